@@ -1,0 +1,121 @@
+//! Acks: how the daemon tells a writer its write is durable.
+//!
+//! An ack is an entry in the writer's own ack stream `<ns>:ack:<client>`, added
+//! only after MongoDB committed the write and the cache holds the committed
+//! document. A stream (not pub/sub) keeps acks durable: a client that
+//! reconnects resumes reading after the last ack it saw and misses nothing.
+//! Ack streams are capped (`MAXLEN ~`) and expire a day after their last ack.
+
+use crate::protocol::Version;
+
+/// Approximate cap of entries kept per ack stream.
+pub const ACK_STREAM_MAXLEN: usize = 10_000;
+/// Seconds an idle ack stream lives.
+pub const ACK_STREAM_TTL_SECS: i64 = 86_400;
+
+/// Fields of an ack entry.
+pub mod field {
+    /// The request id the writer gave.
+    pub const REQUEST: &str = "req";
+    /// One of [`super::Outcome`]'s names.
+    pub const OUTCOME: &str = "outcome";
+    /// The committed version now readable (stream-id form).
+    pub const VERSION: &str = "v";
+    /// The partition-stream entry id of the write.
+    pub const ENTRY: &str = "id";
+    /// Why a write was dead-lettered.
+    pub const REASON: &str = "reason";
+}
+
+/// How a write ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Committed to MongoDB, cached.
+    Applied,
+    /// Superseded inside one batch by a later write of the same key, which committed.
+    Coalesced,
+    /// MongoDB already held this version or newer: skipped, never applied.
+    Stale,
+    /// Parked in the dead-letter stream.
+    DeadLettered,
+}
+
+impl Outcome {
+    /// Wire and metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Coalesced => "coalesced",
+            Outcome::Stale => "stale",
+            Outcome::DeadLettered => "dead_lettered",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Outcome> {
+        [
+            Outcome::Applied,
+            Outcome::Coalesced,
+            Outcome::Stale,
+            Outcome::DeadLettered,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == s)
+    }
+}
+
+/// An ack as the daemon sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    /// Request id.
+    pub request: String,
+    /// Outcome.
+    pub outcome: Outcome,
+    /// Version readable now (for dead letters: the write's own version).
+    pub version: Version,
+    /// The write's entry id.
+    pub entry: Version,
+    /// Dead-letter reason.
+    pub reason: Option<String>,
+}
+
+impl Ack {
+    /// Adds `XADD <ack stream> MAXLEN ~ N * ...` and `EXPIRE` to a pipeline.
+    pub fn add_to(&self, pipe: &mut redis::Pipeline, stream: &str) {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(ACK_STREAM_MAXLEN)
+            .arg("*");
+        cmd.arg(field::REQUEST).arg(&self.request);
+        cmd.arg(field::OUTCOME).arg(self.outcome.as_str());
+        cmd.arg(field::VERSION).arg(self.version.to_stream_id());
+        cmd.arg(field::ENTRY).arg(self.entry.to_stream_id());
+        if let Some(r) = &self.reason {
+            cmd.arg(field::REASON).arg(r);
+        }
+        pipe.add_command(cmd).ignore();
+        pipe.cmd("EXPIRE")
+            .arg(stream)
+            .arg(ACK_STREAM_TTL_SECS)
+            .ignore();
+    }
+
+    /// Parses an ack entry's fields.
+    pub fn parse(fields: &[(Vec<u8>, Vec<u8>)]) -> Option<Ack> {
+        let get = |name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k.as_slice() == name.as_bytes())
+                .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        };
+        Some(Ack {
+            request: get(field::REQUEST)?.to_string(),
+            outcome: Outcome::parse(get(field::OUTCOME)?)?,
+            version: get(field::VERSION)?.parse().ok()?,
+            entry: get(field::ENTRY)?.parse().ok()?,
+            reason: get(field::REASON).map(str::to_string),
+        })
+    }
+}

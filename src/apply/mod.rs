@@ -1,0 +1,14 @@
+//! Apply: one atomic, sequence-guarded upsert per write in MongoDB.
+//!
+//! The filter is the collection's key fields plus `_writ.v < version`. If the
+//! stored document is older (or absent) the upsert applies and returns the exact
+//! committed post-image (findAndModify, returnDocument After). If the stored
+//! document is already at this version or newer, the filter misses, the upsert
+//! tries to insert, and the unique key index answers E11000: "already newer".
+//! That is not an error: the write is stale and is skipped.
+
+mod store;
+
+pub use store::{
+    doc_version, is_live, Applied, Store, DOC_PAYLOAD, DOC_REMOVED, DOC_WRIT, KEY_INDEX,
+};

@@ -1,0 +1,229 @@
+//! MongoDB access: connection, idempotent key indexes, the guarded upsert and
+//! the reads (read-through, listing, counting) that skip soft-deleted keys.
+
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions, ReturnDocument, WriteConcern};
+use mongodb::{Collection, Database, IndexModel};
+
+use crate::config::{redact_url, CollectionConfig, Config, WriteConcernW, WriteMode};
+use crate::error::{mongo_code, Error, Result};
+use crate::protocol::{Key, Op, Version, Write};
+
+/// Field holding the payload.
+pub const DOC_PAYLOAD: &str = "payload";
+/// Soft-delete flag.
+pub const DOC_REMOVED: &str = "removed";
+/// writ's bookkeeping: `{v: <sortable version>, at: <apply time>}`.
+pub const DOC_WRIT: &str = "_writ";
+/// Name of the unique key index writ creates.
+pub const KEY_INDEX: &str = "writ_key";
+
+/// What applying a write did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// The write committed; this is the post-image.
+    Committed(Document),
+    /// A hard delete removed the document, or there was none to remove.
+    Deleted,
+    /// The stored document is already at this version or newer: skipped.
+    /// Carries that newer document, or `None` if it is gone.
+    Stale(Option<Document>),
+}
+
+/// MongoDB, with writ's write concern.
+#[derive(Clone)]
+pub struct Store {
+    db: Database,
+    wc: WriteConcern,
+}
+
+impl Store {
+    /// Connects (lazily: the driver retries in the background) and checks the
+    /// URI parses.
+    pub async fn connect(config: &Config) -> Result<Store> {
+        let mut opts = ClientOptions::parse(&config.mongodb_uri)
+            .await
+            .map_err(|e| {
+                Error::Config(format!(
+                    "`mongodb.uri` {} does not parse: {e}",
+                    redact_url(&config.mongodb_uri)
+                ))
+            })?;
+        opts.app_name.get_or_insert_with(|| "writ".into());
+        opts.server_selection_timeout
+            .get_or_insert(Duration::from_secs(5));
+        opts.connect_timeout.get_or_insert(Duration::from_secs(3));
+        let client = mongodb::Client::with_options(opts)?;
+        let w = match config.write_concern {
+            WriteConcernW::Majority => Acknowledgment::Majority,
+            WriteConcernW::Nodes(n) => Acknowledgment::Nodes(n),
+        };
+        let wc = WriteConcern::builder()
+            .w(w)
+            .journal(config.journal)
+            .w_timeout(config.op_timeout)
+            .build();
+        Ok(Store {
+            db: client.database(&config.database),
+            wc,
+        })
+    }
+
+    /// Pings the server: Ok means reachable.
+    pub async fn ping(&self) -> Result<()> {
+        self.db.run_command(doc! {"ping": 1}).await?;
+        Ok(())
+    }
+
+    fn coll(&self, name: &str) -> Collection<Document> {
+        self.db.collection(name)
+    }
+
+    /// Creates each collection's unique key index. Idempotent.
+    pub async fn ensure_indexes<'a>(
+        &self,
+        collections: impl IntoIterator<Item = &'a CollectionConfig>,
+    ) -> Result<()> {
+        for c in collections {
+            let keys: Document = c.key.iter().map(|k| (k.clone(), Bson::Int32(1))).collect();
+            let model = IndexModel::builder()
+                .keys(keys)
+                .options(
+                    IndexOptions::builder()
+                        .unique(true)
+                        .name(KEY_INDEX.to_string())
+                        .build(),
+                )
+                .build();
+            self.coll(&c.name).create_index(model).await.map_err(|e| {
+                tracing::error!(collection = %c.name, error = %e, "cannot create the unique key index; if an index named writ_key exists with other keys, drop it or fix the collection's key in the config");
+                Error::Mongo(e)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Applies one write at `version`. See the module docs for the guard.
+    pub async fn apply(
+        &self,
+        coll: &CollectionConfig,
+        write: &Write,
+        version: Version,
+    ) -> Result<Applied> {
+        let c = self.coll(&coll.name);
+        let v = version.to_sortable();
+        let mut filter = write.key.to_document();
+        filter.insert(format!("{DOC_WRIT}.v"), doc! {"$lt": &v});
+        let writ = doc! {"v": &v, "at": DateTime::now()};
+        let update = match (write.op, coll.mode) {
+            (Op::Put, WriteMode::Replace) => doc! {"$set": {
+                DOC_PAYLOAD: write.doc.clone().unwrap_or_default(), DOC_REMOVED: false, DOC_WRIT: writ,
+            }},
+            (Op::Put, WriteMode::InsertOnce) => doc! {
+                "$setOnInsert": {DOC_PAYLOAD: write.doc.clone().unwrap_or_default(), DOC_REMOVED: false},
+                "$set": {DOC_WRIT: writ},
+            },
+            (Op::Remove, _) => doc! {"$set": {DOC_REMOVED: true, DOC_WRIT: writ}},
+            (Op::Delete, _) => return self.delete(&c, &write.key, filter, version).await,
+        };
+        let res = c
+            .find_one_and_update(filter, update)
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .write_concern(self.wc.clone())
+            .await;
+        match res {
+            Ok(Some(doc)) => Ok(Applied::Committed(doc)),
+            Ok(None) => Err(Error::MissingPostImage {
+                collection: coll.name.clone(),
+            }),
+            Err(e) if mongo_code(&e) == Some(11000) => {
+                self.stale_or_conflict(&c, &write.key, version, e).await
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn delete(
+        &self,
+        c: &Collection<Document>,
+        key: &Key,
+        filter: Document,
+        version: Version,
+    ) -> Result<Applied> {
+        let deleted = c
+            .find_one_and_delete(filter)
+            .write_concern(self.wc.clone())
+            .await?;
+        if deleted.is_some() {
+            return Ok(Applied::Deleted);
+        }
+        match c.find_one(key.to_document()).await? {
+            Some(doc) if doc_version(&doc).is_some_and(|v| v >= version) => {
+                Ok(Applied::Stale(Some(doc)))
+            }
+            // The guard missed yet the document is older: only a concurrent
+            // writer of this key could do that. Retry.
+            Some(_) => Err(Error::MissingPostImage {
+                collection: c.name().to_string(),
+            }),
+            None => Ok(Applied::Deleted),
+        }
+    }
+
+    async fn stale_or_conflict(
+        &self,
+        c: &Collection<Document>,
+        key: &Key,
+        version: Version,
+        err: mongodb::error::Error,
+    ) -> Result<Applied> {
+        match c.find_one(key.to_document()).await? {
+            Some(doc) if doc_version(&doc).is_some_and(|v| v >= version) => {
+                Ok(Applied::Stale(Some(doc)))
+            }
+            _ => Err(err.into()),
+        }
+    }
+
+    /// The stored document of a key, soft-deleted or not.
+    pub async fn find(&self, coll: &str, key: &Key) -> Result<Option<Document>> {
+        Ok(self.coll(coll).find_one(key.to_document()).await?)
+    }
+
+    /// Every live (not soft-deleted) document of a collection, in key order.
+    pub async fn live_documents(&self, coll: &CollectionConfig) -> Result<Vec<Document>> {
+        let sort: Document = coll
+            .key
+            .iter()
+            .map(|k| (k.clone(), Bson::Int32(1)))
+            .collect();
+        let cursor = self
+            .coll(&coll.name)
+            .find(doc! {DOC_REMOVED: {"$ne": true}})
+            .sort(sort)
+            .await?;
+        Ok(cursor.try_collect().await?)
+    }
+
+    /// Number of live (not soft-deleted) documents.
+    pub async fn count_live(&self, coll: &str) -> Result<u64> {
+        Ok(self
+            .coll(coll)
+            .count_documents(doc! {DOC_REMOVED: {"$ne": true}})
+            .await?)
+    }
+}
+
+/// The version a stored document carries, if any.
+pub fn doc_version(doc: &Document) -> Option<Version> {
+    Version::from_sortable(doc.get_document(DOC_WRIT).ok()?.get_str("v").ok()?)
+}
+
+/// Whether a stored document reads as present (exists and not soft-deleted).
+pub fn is_live(doc: &Document) -> bool {
+    !matches!(doc.get(DOC_REMOVED), Some(Bson::Boolean(true)))
+}

@@ -1,0 +1,64 @@
+//! Capped exponential backoff with full jitter, and a sleep that gives up when
+//! a cancellation token fires.
+
+use std::time::Duration;
+
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+/// Backoff state: delays grow from `base` towards `cap`, each one drawn
+/// uniformly from `[0, current]`; [`Backoff::reset`] after a success.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// A backoff from 50 ms up to `cap`.
+    pub fn new(cap: Duration) -> Backoff {
+        Backoff {
+            base: Duration::from_millis(50),
+            cap,
+            attempt: 0,
+        }
+    }
+
+    /// The next delay.
+    pub fn next_delay(&mut self) -> Duration {
+        let exp = self.base.saturating_mul(1u32 << self.attempt.min(16));
+        self.attempt = self.attempt.saturating_add(1);
+        let ceiling = exp.min(self.cap).as_millis() as u64;
+        Duration::from_millis(rand::rng().random_range(ceiling / 4..=ceiling.max(1)))
+    }
+
+    /// Starts again from `base`.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// Sleeps the next delay; `false` if `cancel` fired first.
+    pub async fn sleep(&mut self, cancel: &CancellationToken) -> bool {
+        let d = self.next_delay();
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = cancel.cancelled() => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_are_capped() {
+        let mut b = Backoff::new(Duration::from_millis(400));
+        for _ in 0..40 {
+            assert!(b.next_delay() <= Duration::from_millis(400));
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(50));
+    }
+}

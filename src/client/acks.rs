@@ -1,0 +1,89 @@
+//! The ack listener: one task per handle reads the handle's ack stream with
+//! `XREAD BLOCK`, resuming after the last id it saw (across reconnects), and
+//! wakes the tickets and reads waiting for each request.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Inner;
+use crate::ack::{Ack, Outcome};
+use crate::backoff::Backoff;
+use crate::error::Result;
+use crate::protocol::Version;
+use crate::stream::parse_read_reply;
+
+/// What a waiter learns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckResult {
+    /// Durable and readable at this version (or newer).
+    Committed(Version),
+    /// Parked in the dead-letter stream, with the reason.
+    DeadLettered(String),
+}
+
+const BLOCK: Duration = Duration::from_millis(1000);
+
+pub(super) async fn spawn_listener(inner: Weak<Inner>, stop: CancellationToken) -> Result<()> {
+    let (url, stream) = {
+        let i = inner.upgrade().expect("called during connect");
+        (i.config.redis_url.clone(), i.names.acks(&i.client_id))
+    };
+    let mut conn = crate::redis_conn::connect(&url, BLOCK).await?;
+    tokio::spawn(async move {
+        let mut last = "0".to_string();
+        let mut backoff = Backoff::new(Duration::from_secs(2));
+        loop {
+            let mut cmd = redis::cmd("XREAD");
+            cmd.arg("COUNT")
+                .arg(512)
+                .arg("BLOCK")
+                .arg(BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&stream)
+                .arg(&last);
+            let read = cmd.query_async::<redis::Value>(&mut conn);
+            let v = tokio::select! {
+                v = read => v,
+                _ = stop.cancelled() => return,
+            };
+            let Some(inner) = inner.upgrade() else { return };
+            match v {
+                Ok(v) => {
+                    backoff.reset();
+                    for entry in parse_read_reply(&v) {
+                        last = entry.id.to_stream_id();
+                        if let Some(ack) = entry.fields.as_deref().and_then(Ack::parse) {
+                            deliver(&inner, ack);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading acks failed; reconnecting and resuming after the last ack seen");
+                    drop(inner);
+                    if !backoff.sleep(&stop).await {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+fn deliver(inner: &Inner, ack: Ack) {
+    let Some((key, tx)) = inner.waiters.lock().expect("lock").remove(&ack.request) else {
+        return;
+    };
+    let result = match ack.outcome {
+        Outcome::DeadLettered => AckResult::DeadLettered(ack.reason.unwrap_or_default()),
+        _ => AckResult::Committed(ack.version),
+    };
+    // Wake waiters first: submit checks the receiver under the `latest` lock.
+    let _ = tx.send(Some(result));
+    let mut latest = inner.latest.lock().expect("lock");
+    if latest.get(&key).is_some_and(|(v, _)| *v <= ack.entry) {
+        latest.remove(&key);
+    }
+}

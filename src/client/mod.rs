@@ -1,0 +1,326 @@
+//! The Rust client: append writes to the partition streams, wait for acks, read
+//! from the cache with read-through to MongoDB.
+//!
+//! Guarantees (see docs/protocol.md):
+//! - read-after-write: once [`Collection::write`] returns, a read of that key by
+//!   any client returns that version or a newer one;
+//! - read-your-writes: once [`Collection::submit`] returns, this handle's reads
+//!   of that key never return an older version; they wait (bounded by
+//!   `client.read_timeout_ms`) and fail with a timeout rather than go stale.
+
+mod acks;
+mod ticket;
+
+pub use ticket::Ticket;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use mongodb::bson::{Bson, Document};
+use redis::aio::ConnectionManager;
+use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::apply::{doc_version, is_live, Store, DOC_PAYLOAD};
+use crate::cache::Cache;
+use crate::config::{CollectionConfig, Config};
+use crate::error::{Error, Result};
+use crate::protocol::{self, Key, Names, Op, Reject, RejectReason, ReplyTo, Version};
+
+type KeyId = (String, String);
+type AckState = watch::Receiver<Option<acks::AckResult>>;
+
+/// What a read returns with its version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// The version read.
+    pub version: Version,
+    /// The payload, or `None` if the key is soft- or hard-deleted.
+    pub payload: Option<Document>,
+}
+
+pub(crate) struct Inner {
+    config: Arc<Config>,
+    names: Names,
+    conn: ConnectionManager,
+    cache: Cache,
+    store: Store,
+    client_id: String,
+    next_request: AtomicU64,
+    /// Request id → (key, sender) for acks not yet seen.
+    waiters: Mutex<HashMap<String, (KeyId, watch::Sender<Option<acks::AckResult>>)>>,
+    /// This handle's newest unacked write per key.
+    latest: Mutex<HashMap<KeyId, (Version, AckState)>>,
+    _stop: DropGuard,
+}
+
+/// A connected handle; cheap to clone.
+#[derive(Clone)]
+pub struct Writ {
+    inner: Arc<Inner>,
+}
+
+impl Writ {
+    /// Connects to Redis (and lazily to MongoDB for read-through) and starts
+    /// the ack listener.
+    pub async fn connect(config: Config) -> Result<Writ> {
+        let config = Arc::new(config);
+        let conn = crate::redis_conn::connect(&config.redis_url, std::time::Duration::ZERO).await?;
+        let store = Store::connect(&config).await?;
+        let client_id = format!("c{:016x}", rand::random::<u64>());
+        let stop = CancellationToken::new();
+        let inner = Arc::new(Inner {
+            names: Names::new(&config.namespace),
+            cache: Cache::new(conn.clone()),
+            conn,
+            store,
+            client_id,
+            next_request: AtomicU64::new(1),
+            waiters: Mutex::new(HashMap::new()),
+            latest: Mutex::new(HashMap::new()),
+            _stop: stop.clone().drop_guard(),
+            config,
+        });
+        acks::spawn_listener(Arc::downgrade(&inner), stop).await?;
+        Ok(Writ { inner })
+    }
+
+    /// A collection declared in the config.
+    pub fn collection(&self, name: &str) -> Result<Collection> {
+        let coll = self.inner.config.collection(name).cloned().ok_or_else(|| {
+            Reject::new(
+                RejectReason::UnknownCollection,
+                format!(
+                    "collection {name:?} is not declared; add it to [[collections]] in the config"
+                ),
+            )
+        })?;
+        Ok(Collection {
+            writ: self.clone(),
+            coll,
+        })
+    }
+
+    /// This handle's client id (its ack stream is `<ns>:ack:<id>`).
+    pub fn client_id(&self) -> &str {
+        &self.inner.client_id
+    }
+}
+
+/// One collection of a [`Writ`] handle.
+#[derive(Clone)]
+pub struct Collection {
+    writ: Writ,
+    coll: CollectionConfig,
+}
+
+impl Collection {
+    fn inner(&self) -> &Inner {
+        &self.writ.inner
+    }
+
+    fn key(&self, key: &Document) -> Result<Key> {
+        Ok(Key::from_document(key, &self.coll)?)
+    }
+
+    /// Appends a `put` to the stream; returns once Redis accepted it.
+    pub async fn submit(&self, key: &Document, doc: &Document) -> Result<Ticket> {
+        protocol::check_size(doc, self.inner().config.max_document_bytes)?;
+        self.submit_op(key, Op::Put, Some(doc)).await
+    }
+
+    /// Stores `doc` at `key`; returns the committed version once it is
+    /// readable by every client.
+    pub async fn write(&self, key: &Document, doc: &Document) -> Result<Version> {
+        self.submit(key, doc).await?.wait().await
+    }
+
+    /// Soft delete: the key then reads as absent.
+    pub async fn remove(&self, key: &Document) -> Result<Version> {
+        self.submit_op(key, Op::Remove, None).await?.wait().await
+    }
+
+    /// Hard delete: the document is removed from MongoDB.
+    pub async fn delete(&self, key: &Document) -> Result<Version> {
+        self.submit_op(key, Op::Delete, None).await?.wait().await
+    }
+
+    /// Appends any op; returns its ticket.
+    pub async fn submit_op(
+        &self,
+        key: &Document,
+        op: Op,
+        doc: Option<&Document>,
+    ) -> Result<Ticket> {
+        let key = self.key(key)?;
+        let inner = self.inner();
+        let p = key.partition(&self.coll.name, inner.config.partitions);
+        let request = format!("{:x}", inner.next_request.fetch_add(1, Ordering::Relaxed));
+        let reply = ReplyTo {
+            client: inner.client_id.clone(),
+            request: request.clone(),
+        };
+        let fields = protocol::encode(&self.coll, &key, op, doc, Some(&reply))?;
+        let id: KeyId = (self.coll.name.clone(), key.canonical());
+        let (tx, rx) = watch::channel(None);
+        inner
+            .waiters
+            .lock()
+            .expect("lock")
+            .insert(request.clone(), (id.clone(), tx));
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(inner.names.stream(p)).arg("*");
+        for (f, v) in &fields {
+            cmd.arg(*f).arg(v.as_slice());
+        }
+        let mut conn = inner.conn.clone();
+        let entry: String = match cmd.query_async(&mut conn).await {
+            Ok(id) => id,
+            Err(e) => {
+                inner.waiters.lock().expect("lock").remove(&request);
+                return Err(e.into());
+            }
+        };
+        let version: Version = entry
+            .parse()
+            .map_err(|_| Error::Encode(format!("XADD returned odd id {entry:?}")))?;
+        {
+            let mut latest = inner.latest.lock().expect("lock");
+            let newer = latest.get(&id).is_none_or(|(v, _)| *v < version);
+            if newer && rx.borrow().is_none() {
+                latest.insert(id, (version, rx.clone()));
+            }
+        }
+        Ok(Ticket::new(version, rx, inner.config.write_timeout))
+    }
+
+    /// Reads the payload of `key`, or `None` if absent or deleted.
+    pub async fn read(&self, key: &Document) -> Result<Option<Document>> {
+        Ok(self.read_record(key).await?.and_then(|r| r.payload))
+    }
+
+    /// Whether `key` reads as present.
+    pub async fn has(&self, key: &Document) -> Result<bool> {
+        Ok(self.read(key).await?.is_some())
+    }
+
+    /// Reads `key` with its version (see [`Record`]); `None` if never written.
+    pub async fn read_record(&self, key: &Document) -> Result<Option<Record>> {
+        let key = self.key(key)?;
+        let inner = self.inner();
+        let id: KeyId = (self.coll.name.clone(), key.canonical());
+        let p = key.partition(&self.coll.name, inner.config.partitions);
+        let cache_key = inner.names.cache(p, &self.coll.name, &id.1);
+        let pending = inner.latest.lock().expect("lock").get(&id).cloned();
+        let mut cached = inner.cache.get(&cache_key).await?;
+        if let Some((version, rx)) = pending {
+            if cached.as_ref().is_none_or(|c| c.version < version) {
+                wait_ack(
+                    rx,
+                    inner.config.read_timeout,
+                    "this client's pending write before reading",
+                )
+                .await?;
+                cached = inner.cache.get(&cache_key).await?;
+            }
+        }
+        if let Some(c) = cached {
+            return Ok(Some(Record {
+                version: c.version,
+                payload: c.doc.as_ref().and_then(payload_of),
+            }));
+        }
+        // Miss: read through to MongoDB and fill the cache (never backwards).
+        let Some(doc) = inner.store.find(&self.coll.name, &key).await? else {
+            return Ok(None);
+        };
+        let Some(version) = doc_version(&doc) else {
+            return Ok(None);
+        };
+        inner
+            .cache
+            .put_if_newer(&cache_key, version, Some(&doc))
+            .await?;
+        Ok(Some(Record {
+            version,
+            payload: payload_of(&doc),
+        }))
+    }
+
+    async fn settle_pending(&self) -> Result<()> {
+        let pending: Vec<AckState> = self
+            .inner()
+            .latest
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|((c, _), _)| *c == self.coll.name)
+            .map(|(_, (_, rx))| rx.clone())
+            .collect();
+        for rx in pending {
+            wait_ack(
+                rx,
+                self.inner().config.read_timeout,
+                "this client's pending writes before listing",
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Live (not deleted) documents: key fields plus payload, in key order.
+    pub async fn values(&self) -> Result<Vec<(Document, Document)>> {
+        self.settle_pending().await?;
+        let docs = self.inner().store.live_documents(&self.coll).await?;
+        Ok(docs
+            .into_iter()
+            .filter_map(|d| {
+                let key: Document = self
+                    .coll
+                    .key
+                    .iter()
+                    .filter_map(|k| Some((k.clone(), d.get(k)?.clone())))
+                    .collect();
+                Some((key, payload_of(&d)?))
+            })
+            .collect())
+    }
+
+    /// Keys of the live documents, in key order.
+    pub async fn keys(&self) -> Result<Vec<Document>> {
+        Ok(self.values().await?.into_iter().map(|(k, _)| k).collect())
+    }
+
+    /// Number of live documents.
+    pub async fn count(&self) -> Result<u64> {
+        self.settle_pending().await?;
+        self.inner().store.count_live(&self.coll.name).await
+    }
+}
+
+fn payload_of(doc: &Document) -> Option<Document> {
+    if !is_live(doc) {
+        return None;
+    }
+    match doc.get(DOC_PAYLOAD) {
+        Some(Bson::Document(d)) => Some(d.clone()),
+        _ => None,
+    }
+}
+
+async fn wait_ack(
+    mut rx: AckState,
+    timeout: std::time::Duration,
+    what: &'static str,
+) -> Result<()> {
+    let waited = tokio::time::timeout(timeout, rx.wait_for(|a| a.is_some())).await;
+    match waited {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(_)) => Err(Error::Shutdown),
+        Err(_) => Err(Error::Timeout {
+            after: timeout,
+            what,
+        }),
+    }
+}

@@ -1,0 +1,322 @@
+//! One key's worker: applies a run of that key's writes in order, updates the
+//! cache, then acks the writers and the consumer group, in that order.
+//!
+//! Consecutive `put`s of a `replace` collection are coalesced: only the last
+//! is applied, and the earlier ones are acked with the committed version (the
+//! state they wrote was superseded by a newer write before it was readable).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::{Ctx, Item, Job};
+use crate::ack::{Ack, Outcome};
+use crate::apply::{doc_version, Applied};
+use crate::backoff::Backoff;
+use crate::config::WriteMode;
+use crate::deadletter::DeadLetter;
+use crate::error::{Error, RetryClass};
+use crate::protocol::{self, Op, Reject, RejectReason, Version};
+
+/// Decodes an entry; a refused one is dead-lettered and acked here.
+pub(super) async fn admit(ctx: &Ctx, p: u32, stream: &str, item: Item) -> Option<Job> {
+    let Item { entry, _permit } = item;
+    let decoded = match &entry.fields {
+        Some(fields) => protocol::decode(fields, &ctx.config, Some(p)),
+        None => Err(Reject::new(
+            RejectReason::Malformed,
+            "entry is not a list of field/value pairs, or was deleted while pending",
+        )),
+    };
+    match decoded {
+        Ok(write) => Some(Job {
+            id: entry.id,
+            write,
+            fields: entry.fields.unwrap_or_default(),
+            _permit,
+        }),
+        Err(reject) => {
+            tracing::error!(partition = p, entry = %entry.id, reason = reject.reason.as_str(), detail = %reject.detail, "refused a stream entry; parked it in the dead-letter stream");
+            metrics::counter!("writ_rejected_total", "reason" => reject.reason.as_str())
+                .increment(1);
+            let reply = entry.fields.as_ref().and_then(|f| reply_of(f));
+            dead_letter(
+                ctx,
+                stream,
+                entry.id,
+                entry.fields.as_ref(),
+                &reject,
+                0,
+                reply.as_ref(),
+            )
+            .await;
+            None
+        }
+    }
+}
+
+/// Best effort: the reply address of an entry that failed to decode.
+fn reply_of(fields: &crate::stream::Fields) -> Option<protocol::ReplyTo> {
+    let get = |n: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k.as_slice() == n.as_bytes())
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    };
+    let (client, request) = (
+        get(protocol::field::CLIENT)?,
+        get(protocol::field::REQUEST)?,
+    );
+    (protocol::valid_id(client) && protocol::valid_id(request)).then(|| protocol::ReplyTo {
+        client: client.into(),
+        request: request.into(),
+    })
+}
+
+/// Processes one key's jobs, in order.
+pub(super) async fn run_key(ctx: &Ctx, p: u32, stream: &str, jobs: Vec<Job>) {
+    let mut i = 0;
+    let mut no_coalesce_before = 0;
+    while i < jobs.len() {
+        let coll = ctx
+            .config
+            .collection(&jobs[i].write.collection)
+            .expect("decode checked the collection")
+            .clone();
+        // A run of puts to a replace collection: apply only its last write.
+        let mut end = i + 1;
+        if i >= no_coalesce_before && coll.mode == WriteMode::Replace && jobs[i].write.op == Op::Put
+        {
+            while end < jobs.len() && jobs[end].write.op == Op::Put {
+                end += 1;
+            }
+        }
+        let target = &jobs[end - 1];
+        let started = std::time::Instant::now();
+        let applied = match apply_with_retry(ctx, &coll, target).await {
+            Some(Ok(a)) => a,
+            Some(Err((reject, attempts))) => {
+                if end - 1 > i {
+                    // The last write is poison; the earlier ones were never
+                    // applied: take them one by one.
+                    no_coalesce_before = end - 1;
+                    continue;
+                }
+                tracing::error!(partition = p, entry = %target.id, collection = %coll.name, attempts, detail = %reject.detail, "write failed for good; parked it in the dead-letter stream");
+                metrics::counter!("writ_writes_total", "collection" => coll.name.clone(), "outcome" => Outcome::DeadLettered.as_str()).increment(1);
+                dead_letter(
+                    ctx,
+                    stream,
+                    target.id,
+                    Some(&target.fields),
+                    &reject,
+                    attempts,
+                    target.write.reply.as_ref(),
+                )
+                .await;
+                i = end;
+                continue;
+            }
+            None => return, // aborted at the shutdown deadline: left pending
+        };
+        metrics::histogram!("writ_apply_seconds", "collection" => coll.name.clone())
+            .record(started.elapsed().as_secs_f64());
+        // What readers may see from now on, at which version.
+        let (version, doc, last_outcome) = match applied {
+            Applied::Committed(doc) => (
+                doc_version(&doc).unwrap_or(target.id),
+                Some(doc),
+                Outcome::Applied,
+            ),
+            Applied::Deleted => (target.id, None, Outcome::Applied),
+            Applied::Stale(Some(doc)) => (
+                doc_version(&doc).unwrap_or(target.id),
+                Some(doc),
+                Outcome::Stale,
+            ),
+            Applied::Stale(None) => (target.id, None, Outcome::Stale),
+        };
+        let cache_key = ctx
+            .names
+            .cache(p, &coll.name, &target.write.key.canonical());
+        let cache_started = std::time::Instant::now();
+        if !retry_until_abort(ctx, "cache update", || {
+            ctx.cache.put_if_newer(&cache_key, version, doc.as_ref())
+        })
+        .await
+        {
+            return;
+        }
+        metrics::histogram!("writ_cache_update_seconds")
+            .record(cache_started.elapsed().as_secs_f64());
+        let run = &jobs[i..end];
+        let acks: Vec<(Option<Ack>, Version)> = run
+            .iter()
+            .enumerate()
+            .map(|(n, job)| {
+                let outcome = if n + 1 == run.len() { last_outcome } else { Outcome::Coalesced };
+                metrics::counter!("writ_writes_total", "collection" => coll.name.clone(), "outcome" => outcome.as_str()).increment(1);
+                let ack = job.write.reply.as_ref().map(|r| Ack {
+                    request: r.request.clone(),
+                    outcome,
+                    version,
+                    entry: job.id,
+                    reason: None,
+                });
+                (ack, job.id)
+            })
+            .collect();
+        if !send_acks(
+            ctx,
+            stream,
+            run.iter()
+                .zip(acks)
+                .map(|(job, (ack, id))| {
+                    (job.write.reply.as_ref().map(|r| r.client.clone()), ack, id)
+                })
+                .collect(),
+        )
+        .await
+        {
+            return;
+        }
+        for job in run {
+            record_end_to_end(&coll.name, job.id);
+        }
+        i = end;
+    }
+}
+
+fn record_end_to_end(collection: &str, id: Version) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let secs = now.saturating_sub(id.ms) as f64 / 1000.0;
+    metrics::histogram!("writ_end_to_end_seconds", "collection" => collection.to_string())
+        .record(secs);
+}
+
+/// Applies with retries. `None`: aborted. `Some(Err)`: permanent failure after
+/// `max_attempts`.
+async fn apply_with_retry(
+    ctx: &Ctx,
+    coll: &crate::config::CollectionConfig,
+    job: &Job,
+) -> Option<Result<Applied, (Reject, u32)>> {
+    let mut backoff = Backoff::new(ctx.config.backoff_cap);
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        match ctx.store.apply(coll, &job.write, job.id).await {
+            Ok(a) => return Some(Ok(a)),
+            Err(e) => {
+                let class = e.retry_class();
+                metrics::counter!("writ_retries_total", "error_class" => class.as_str())
+                    .increment(1);
+                if class == RetryClass::Permanent && attempts >= ctx.config.max_attempts {
+                    return Some(Err((mongo_reject(&e), attempts)));
+                }
+                tracing::warn!(entry = %job.id, collection = %coll.name, attempts, class = class.as_str(), error = %e, "apply failed; retrying");
+                if !backoff.sleep(&ctx.abort).await {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+fn mongo_reject(e: &Error) -> Reject {
+    Reject::new(
+        RejectReason::MongoRejected,
+        format!("MongoDB refused the write: {e}; fix the payload and `writ dlq retry` it"),
+    )
+}
+
+/// Runs `op` until it succeeds or the shutdown deadline fires.
+async fn retry_until_abort<F, Fut, T>(ctx: &Ctx, what: &'static str, mut op: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = crate::error::Result<T>>,
+{
+    let mut backoff = Backoff::new(ctx.config.backoff_cap.min(Duration::from_secs(2)));
+    loop {
+        match op().await {
+            Ok(_) => return true,
+            Err(e) => {
+                metrics::counter!("writ_retries_total", "error_class" => e.retry_class().as_str())
+                    .increment(1);
+                tracing::warn!(what, error = %e, "redis step failed; retrying");
+                if !backoff.sleep(&ctx.abort).await {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// Sends client acks (where asked for) and XACKs the entries, in one pipeline.
+async fn send_acks(
+    ctx: &Ctx,
+    stream: &str,
+    acks: Vec<(Option<String>, Option<Ack>, Version)>,
+) -> bool {
+    let group = ctx.names.group();
+    retry_until_abort(ctx, "ack", || {
+        let mut pipe = redis::pipe();
+        let mut xack = redis::cmd("XACK");
+        xack.arg(stream).arg(&group);
+        for (client, ack, id) in &acks {
+            if let (Some(client), Some(ack)) = (client, ack) {
+                ack.add_to(&mut pipe, &ctx.names.acks(client));
+            }
+            xack.arg(id.to_stream_id());
+        }
+        pipe.add_command(xack).ignore();
+        let mut conn = ctx.conn.clone();
+        async move { pipe.query_async::<()>(&mut conn).await.map_err(Error::from) }
+    })
+    .await
+}
+
+/// Parks an entry in the dead-letter stream, tells its writer, XACKs it.
+async fn dead_letter(
+    ctx: &Ctx,
+    stream: &str,
+    id: Version,
+    fields: Option<&crate::stream::Fields>,
+    reject: &Reject,
+    attempts: u32,
+    reply: Option<&protocol::ReplyTo>,
+) {
+    let dlq = ctx.names.dead_letters();
+    let group = ctx.names.group();
+    retry_until_abort(ctx, "dead letter", || {
+        let mut pipe = redis::pipe();
+        DeadLetter {
+            reason: reject.reason.as_str(),
+            detail: reject.detail.clone(),
+            stream,
+            id: id.to_stream_id(),
+            attempts,
+            original: fields,
+        }
+        .add_to(&mut pipe, &dlq);
+        if let Some(r) = reply {
+            Ack {
+                request: r.request.clone(),
+                outcome: Outcome::DeadLettered,
+                version: id,
+                entry: id,
+                reason: Some(reject.to_string()),
+            }
+            .add_to(&mut pipe, &ctx.names.acks(&r.client));
+        }
+        pipe.cmd("XACK")
+            .arg(stream)
+            .arg(&group)
+            .arg(id.to_stream_id())
+            .ignore();
+        let mut conn = ctx.conn.clone();
+        async move { pipe.query_async::<()>(&mut conn).await.map_err(Error::from) }
+    })
+    .await;
+}

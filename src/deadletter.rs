@@ -1,0 +1,63 @@
+//! The dead-letter stream: where a write that can never apply is parked, with
+//! its reason and its original fields, so nothing accepted is ever lost.
+//!
+//! An entry carries `dlq.*` fields (reason, detail, source stream, source id,
+//! attempts, time) followed by the original entry's fields verbatim, so
+//! `writ dlq retry` can re-add exactly what the writer sent.
+
+use crate::stream::Fields;
+
+/// Metadata field names.
+pub mod field {
+    /// Reason label (see `RejectReason::as_str`).
+    pub const REASON: &str = "dlq.reason";
+    /// Human-readable detail: what is wrong and what to do.
+    pub const DETAIL: &str = "dlq.detail";
+    /// The partition stream the entry came from.
+    pub const SOURCE: &str = "dlq.stream";
+    /// The original entry id.
+    pub const ID: &str = "dlq.id";
+    /// How many apply attempts were made.
+    pub const ATTEMPTS: &str = "dlq.attempts";
+    /// Unix milliseconds when it was parked.
+    pub const AT: &str = "dlq.at";
+}
+
+/// A dead letter about to be written.
+#[derive(Debug, Clone)]
+pub struct DeadLetter<'a> {
+    /// Reason label.
+    pub reason: &'static str,
+    /// Detail.
+    pub detail: String,
+    /// Source stream.
+    pub stream: &'a str,
+    /// Source entry id (stream-id form).
+    pub id: String,
+    /// Attempts made (0 for entries refused on decode).
+    pub attempts: u32,
+    /// Original fields; `None` when the original could not be read at all.
+    pub original: Option<&'a Fields>,
+}
+
+impl DeadLetter<'_> {
+    /// Adds the `XADD` to a pipeline.
+    pub fn add_to(&self, pipe: &mut redis::Pipeline, dlq: &str) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(dlq).arg("*");
+        cmd.arg(field::REASON).arg(self.reason);
+        cmd.arg(field::DETAIL).arg(&self.detail);
+        cmd.arg(field::SOURCE).arg(self.stream);
+        cmd.arg(field::ID).arg(&self.id);
+        cmd.arg(field::ATTEMPTS).arg(self.attempts);
+        cmd.arg(field::AT).arg(now);
+        for (k, v) in self.original.into_iter().flatten() {
+            cmd.arg(k.as_slice()).arg(v.as_slice());
+        }
+        pipe.add_command(cmd).ignore();
+    }
+}

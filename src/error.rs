@@ -1,0 +1,167 @@
+//! Errors of the writ library.
+//!
+//! Every error knows whether retrying can help ([`Error::retry_class`]), so the
+//! daemon's retry loop and the client decide by type, never by message text.
+
+use std::time::Duration;
+
+use crate::protocol::Reject;
+
+/// Whether an operation that failed with an error may succeed if tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryClass {
+    /// Connection loss, timeouts, elections: try again with backoff.
+    Transient,
+    /// Bad data or a rule the server will always enforce: retrying cannot help.
+    Permanent,
+}
+
+impl RetryClass {
+    /// Label value for metrics (`error_class`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryClass::Transient => "transient",
+            RetryClass::Permanent => "permanent",
+        }
+    }
+}
+
+/// The library's error type.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is invalid; the message names the field and the fix.
+    #[error("invalid config: {0}")]
+    Config(String),
+
+    /// A write was refused before or after it reached the stream.
+    #[error("{0}")]
+    Rejected(#[from] Reject),
+
+    /// Redis failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+
+    /// MongoDB failed.
+    #[error("mongodb: {0}")]
+    Mongo(#[from] mongodb::error::Error),
+
+    /// MongoDB answered a findAndModify upsert without a post-image (neither a
+    /// document nor E11000). Real MongoDB never does; treated as transient.
+    #[error("mongodb returned no post-image for an upsert of {collection}; will retry")]
+    MissingPostImage {
+        /// The collection written.
+        collection: String,
+    },
+
+    /// A wait ran out. The write may still commit later.
+    #[error(
+        "timed out after {after:?} waiting for {what}; the write stays queued and may still commit"
+    )]
+    Timeout {
+        /// How long we waited.
+        after: Duration,
+        /// What we were waiting for.
+        what: &'static str,
+    },
+
+    /// The daemon parked the write in the dead-letter stream.
+    #[error("write was dead-lettered by the daemon: {reason}")]
+    DeadLettered {
+        /// The reason the daemon gave.
+        reason: String,
+    },
+
+    /// The handle or daemon is shutting down.
+    #[error("shutting down")]
+    Shutdown,
+
+    /// Encoding a document failed.
+    #[error("encoding: {0}")]
+    Encode(String),
+}
+
+/// Library result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether trying again may help.
+    pub fn retry_class(&self) -> RetryClass {
+        match self {
+            Error::Redis(e) => redis_retry_class(e),
+            Error::Mongo(e) => mongo_retry_class(e),
+            Error::MissingPostImage { .. } | Error::Timeout { .. } => RetryClass::Transient,
+            Error::Config(_)
+            | Error::Rejected(_)
+            | Error::DeadLettered { .. }
+            | Error::Shutdown
+            | Error::Encode(_) => RetryClass::Permanent,
+        }
+    }
+
+    /// Short fixed label for metrics and logs.
+    pub fn class_label(&self) -> &'static str {
+        match self {
+            Error::Redis(_) => "redis",
+            Error::Mongo(_) | Error::MissingPostImage { .. } => "mongodb",
+            Error::Timeout { .. } => "timeout",
+            Error::Rejected(_) => "rejected",
+            Error::DeadLettered { .. } => "dead_lettered",
+            Error::Config(_) => "config",
+            Error::Shutdown => "shutdown",
+            Error::Encode(_) => "encode",
+        }
+    }
+}
+
+fn redis_retry_class(e: &redis::RedisError) -> RetryClass {
+    use redis::ErrorKind as K;
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+        return RetryClass::Transient;
+    }
+    match e.kind() {
+        K::Server(redis::ServerErrorKind::BusyLoading)
+        | K::Server(redis::ServerErrorKind::TryAgain)
+        | K::Server(redis::ServerErrorKind::ClusterDown)
+        | K::Server(redis::ServerErrorKind::MasterDown)
+        | K::Server(redis::ServerErrorKind::ReadOnly) => RetryClass::Transient,
+        _ => RetryClass::Permanent,
+    }
+}
+
+/// MongoDB server error codes that mean "try again": elections, shutdown,
+/// network trouble, time limits, write conflicts.
+const TRANSIENT_MONGO_CODES: &[i32] = &[
+    6, 7, 50, 89, 91, 112, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 64,
+];
+
+pub(crate) fn mongo_retry_class(e: &mongodb::error::Error) -> RetryClass {
+    use mongodb::error::ErrorKind as K;
+    if e.contains_label(mongodb::error::RETRYABLE_WRITE_ERROR)
+        || e.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR)
+    {
+        return RetryClass::Transient;
+    }
+    match e.kind.as_ref() {
+        K::Io(_) | K::ServerSelection { .. } | K::ConnectionPoolCleared { .. } => {
+            RetryClass::Transient
+        }
+        K::Command(c) if TRANSIENT_MONGO_CODES.contains(&c.code) => RetryClass::Transient,
+        K::Write(mongodb::error::WriteFailure::WriteConcernError(wc))
+            if TRANSIENT_MONGO_CODES.contains(&wc.code) =>
+        {
+            RetryClass::Transient
+        }
+        _ => RetryClass::Permanent,
+    }
+}
+
+/// The server error code of a MongoDB error, if it carries one.
+pub(crate) fn mongo_code(e: &mongodb::error::Error) -> Option<i32> {
+    use mongodb::error::{ErrorKind as K, WriteFailure};
+    match e.kind.as_ref() {
+        K::Command(c) => Some(c.code),
+        K::Write(WriteFailure::WriteError(w)) => Some(w.code),
+        K::Write(WriteFailure::WriteConcernError(w)) => Some(w.code),
+        _ => None,
+    }
+}

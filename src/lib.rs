@@ -1,0 +1,40 @@
+//! # writ
+//!
+//! A Redis-fronted write-behind daemon that keeps the state of live trading
+//! systems durable in MongoDB.
+//!
+//! ## Layout: the path of a write
+//!
+//! - [`client`]: a writer appends the write to a partition stream (`XADD`),
+//!   gets a ticket, and waits for the ack; reads go to the cache.
+//! - [`protocol`]: the language-neutral entry format, keys, partitions,
+//!   versions and Redis key names.
+//! - [`consumer`]: the daemon reads each partition through a consumer group and
+//!   runs each key's writes strictly in order.
+//! - [`apply`]: one atomic, sequence-guarded upsert per write in MongoDB.
+//! - [`cache`]: the committed post-image goes to Redis by compare-and-set.
+//! - [`ack`]: only then is the writer acked, and the entry `XACK`ed.
+//! - [`deadletter`]: what can never apply is parked with its reason.
+//!
+//! Around them: [`config`], [`error`], [`serve`] (the daemon's wiring and
+//! shutdown), [`telemetry`] (metrics and health), [`bench`] (load generator).
+
+pub mod ack;
+pub mod apply;
+pub mod backoff;
+pub mod bench;
+pub mod cache;
+pub mod client;
+pub mod config;
+pub mod consumer;
+pub mod deadletter;
+pub mod error;
+pub mod protocol;
+pub mod redis_conn;
+pub mod serve;
+pub mod stream;
+pub mod telemetry;
+
+pub use client::{Collection, Record, Ticket, Writ};
+pub use config::Config;
+pub use error::{Error, Result, RetryClass};

@@ -1,0 +1,360 @@
+//! The stream protocol, version 1: how a write is laid out as the fields of one
+//! Redis Stream entry, and how the daemon decodes and checks it.
+//!
+//! The protocol is language-neutral: any client can write with a plain `XADD`
+//! (see docs/protocol.md and the vectors in tests/vectors/). This module is the
+//! single place that encodes and decodes entries, so the client and the daemon
+//! can never disagree.
+
+mod key;
+mod names;
+mod reject;
+mod version;
+
+pub use key::{Key, KeyValue};
+pub use names::Names;
+pub use reject::{Reject, RejectReason};
+pub use version::Version;
+
+use mongodb::bson::{self, Document};
+
+use crate::config::{CollectionConfig, Config};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: &str = "1";
+
+/// Field names of a stream entry.
+pub mod field {
+    /// Protocol version, `"1"`.
+    pub const VERSION: &str = "v";
+    /// Collection name.
+    pub const COLLECTION: &str = "coll";
+    /// `put`, `remove` or `delete`.
+    pub const OP: &str = "op";
+    /// `json` or `bson`: encoding of `key` and `doc`.
+    pub const ENCODING: &str = "enc";
+    /// The key document.
+    pub const KEY: &str = "key";
+    /// The payload document (only for `put`).
+    pub const DOC: &str = "doc";
+    /// Optional client id: acks go to `<ns>:ack:<client>`.
+    pub const CLIENT: &str = "client";
+    /// Optional request id, echoed in the ack.
+    pub const REQUEST: &str = "req";
+    /// Every field a v1 entry may carry.
+    pub const ALL: &[&str] = &[VERSION, COLLECTION, OP, ENCODING, KEY, DOC, CLIENT, REQUEST];
+}
+
+/// What a write does to its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Store the payload (per the collection's write mode).
+    Put,
+    /// Soft delete: set `removed: true`; the key then reads as absent.
+    Remove,
+    /// Hard delete: remove the document from MongoDB.
+    Delete,
+}
+
+impl Op {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Put => "put",
+            Op::Remove => "remove",
+            Op::Delete => "delete",
+        }
+    }
+}
+
+/// Encoding of the `key` and `doc` fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// UTF-8 JSON text (MongoDB Extended JSON accepted).
+    Json,
+    /// BSON document bytes.
+    Bson,
+}
+
+impl Encoding {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encoding::Json => "json",
+            Encoding::Bson => "bson",
+        }
+    }
+}
+
+/// Where the ack of a write goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyTo {
+    /// Client id.
+    pub client: String,
+    /// Request id.
+    pub request: String,
+}
+
+/// A decoded, validated write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Write {
+    /// Collection name.
+    pub collection: String,
+    /// The key, in the collection's field order.
+    pub key: Key,
+    /// The operation.
+    pub op: Op,
+    /// The payload (`Some` exactly for `Put`).
+    pub doc: Option<Document>,
+    /// Where to send the ack, if anywhere.
+    pub reply: Option<ReplyTo>,
+}
+
+/// Checks a client or request id: 1-64 characters of `[A-Za-z0-9_.:-]`.
+pub fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"_.:-".contains(&c))
+}
+
+/// Decodes and validates the fields of one stream entry.
+///
+/// `partition` is the stream the entry was read from; an entry whose key hashes
+/// elsewhere is refused, because per-key order only holds within one stream.
+pub fn decode(
+    fields: &[(Vec<u8>, Vec<u8>)],
+    config: &Config,
+    partition: Option<u32>,
+) -> Result<Write, Reject> {
+    let mut slots: [Option<&[u8]>; 8] = [None; 8];
+    for (name, value) in fields {
+        let idx = field::ALL
+            .iter()
+            .position(|f| f.as_bytes() == name.as_slice())
+            .ok_or_else(|| {
+                Reject::new(
+                    RejectReason::Malformed,
+                    format!(
+                        "unknown field {:?}; v1 fields are {:?}",
+                        String::from_utf8_lossy(name),
+                        field::ALL
+                    ),
+                )
+            })?;
+        if slots[idx].replace(value).is_some() {
+            return Err(Reject::new(
+                RejectReason::Malformed,
+                format!("field {:?} appears twice", field::ALL[idx]),
+            ));
+        }
+    }
+    let get = |i: usize| slots[i];
+    let text = |i: usize| -> Result<&str, Reject> {
+        let raw = get(i).ok_or_else(|| {
+            Reject::new(
+                RejectReason::Malformed,
+                format!("missing field {:?}", field::ALL[i]),
+            )
+        })?;
+        std::str::from_utf8(raw).map_err(|_| {
+            Reject::new(
+                RejectReason::Malformed,
+                format!("field {:?} is not UTF-8", field::ALL[i]),
+            )
+        })
+    };
+    let version = text(0).map_err(|r| r.with_reason(RejectReason::BadVersion))?;
+    if version != PROTOCOL_VERSION {
+        return Err(Reject::new(
+            RejectReason::BadVersion,
+            format!("protocol version {version:?} is not supported; this daemon speaks {PROTOCOL_VERSION:?}"),
+        ));
+    }
+    let coll_name = text(1)?;
+    let coll = config.collection(coll_name).ok_or_else(|| {
+        Reject::new(
+            RejectReason::UnknownCollection,
+            format!(
+                "collection {coll_name:?} is not declared; add it to [[collections]] in the config"
+            ),
+        )
+    })?;
+    let op = match text(2)? {
+        "put" => Op::Put,
+        "remove" => Op::Remove,
+        "delete" => Op::Delete,
+        other => {
+            return Err(Reject::new(
+                RejectReason::Malformed,
+                format!("op {other:?} is not put, remove or delete"),
+            ))
+        }
+    };
+    let enc = match text(3)? {
+        "json" => Encoding::Json,
+        "bson" => Encoding::Bson,
+        other => {
+            return Err(Reject::new(
+                RejectReason::Malformed,
+                format!("enc {other:?} is not json or bson"),
+            ))
+        }
+    };
+    let key_raw =
+        get(4).ok_or_else(|| Reject::new(RejectReason::KeyField, "missing field \"key\""))?;
+    let key_doc = decode_document(key_raw, enc, "key")?;
+    let key = Key::from_document(&key_doc, coll)?;
+    if let Some(p) = partition {
+        let expected = key.partition(&coll.name, config.partitions);
+        if expected != p {
+            return Err(Reject::new(
+                RejectReason::WrongPartition,
+                format!("key hashes to partition {expected} but was written to partition {p}; compute the partition as docs/protocol.md says"),
+            ));
+        }
+    }
+    let doc = match (op, get(5)) {
+        (Op::Put, Some(raw)) => {
+            let doc = decode_document(raw, enc, "doc")?;
+            check_size(&doc, config.max_document_bytes)?;
+            Some(doc)
+        }
+        (Op::Put, None) => {
+            return Err(Reject::new(
+                RejectReason::Payload,
+                "op put needs a \"doc\" field",
+            ))
+        }
+        (_, Some(_)) => {
+            return Err(Reject::new(
+                RejectReason::Malformed,
+                format!("op {} takes no \"doc\" field", op.as_str()),
+            ))
+        }
+        (_, None) => None,
+    };
+    let reply = match (get(6), get(7)) {
+        (None, None) => None,
+        (Some(_), Some(_)) => {
+            let client = text(6)?;
+            let request = text(7)?;
+            if !valid_id(client) || !valid_id(request) {
+                return Err(Reject::new(
+                    RejectReason::Malformed,
+                    "client and req must be 1-64 characters of [A-Za-z0-9_.:-]",
+                ));
+            }
+            Some(ReplyTo {
+                client: client.to_string(),
+                request: request.to_string(),
+            })
+        }
+        _ => {
+            return Err(Reject::new(
+                RejectReason::Malformed,
+                "client and req go together: give both or neither",
+            ))
+        }
+    };
+    Ok(Write {
+        collection: coll.name.clone(),
+        key,
+        op,
+        doc,
+        reply,
+    })
+}
+
+/// Refuses a payload larger than the configured limit.
+pub fn check_size(doc: &Document, limit: usize) -> Result<(), Reject> {
+    let len = bson::to_vec(doc).map(|v| v.len()).unwrap_or(usize::MAX);
+    if len > limit {
+        return Err(Reject::new(
+            RejectReason::TooLarge,
+            format!("payload is {len} bytes of BSON, over the limit of {limit} (client.max_document_bytes; MongoDB's hard cap is 16 MiB)"),
+        ));
+    }
+    Ok(())
+}
+
+fn decode_document(raw: &[u8], enc: Encoding, what: &str) -> Result<Document, Reject> {
+    let reason = if what == "key" {
+        RejectReason::KeyField
+    } else {
+        RejectReason::Payload
+    };
+    match enc {
+        Encoding::Bson => {
+            if raw.first().is_some_and(|b| *b == b'{') {
+                return Err(Reject::new(
+                    reason,
+                    format!("{what:?} is declared bson but looks like JSON text; set enc=json"),
+                ));
+            }
+            Document::from_reader(raw)
+                .map_err(|e| Reject::new(reason, format!("{what:?} is not a BSON document: {e}")))
+        }
+        Encoding::Json => {
+            let text = std::str::from_utf8(raw).map_err(|_| {
+                Reject::new(reason, format!("{what:?} is declared json but is not UTF-8 text (BSON bytes? set enc=bson)"))
+            })?;
+            let value: serde_json::Value = serde_json::from_str(text)
+                .map_err(|e| Reject::new(reason, format!("{what:?} is not valid JSON: {e}")))?;
+            json_to_document(value).map_err(|m| Reject::new(reason, format!("{what:?}: {m}")))
+        }
+    }
+}
+
+/// Converts a JSON object (Extended JSON accepted) to a BSON document.
+pub fn json_to_document(value: serde_json::Value) -> Result<Document, String> {
+    match value {
+        serde_json::Value::Object(map) => {
+            Document::try_from(map).map_err(|e| format!("not a valid Extended JSON document: {e}"))
+        }
+        other => Err(format!("must be a JSON object, not {}", json_kind(&other))),
+    }
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Encodes a write as stream entry fields (BSON encoding), ready for `XADD`.
+pub fn encode(
+    coll: &CollectionConfig,
+    key: &Key,
+    op: Op,
+    doc: Option<&Document>,
+    reply: Option<&ReplyTo>,
+) -> Result<Vec<(&'static str, Vec<u8>)>, Reject> {
+    let mut out = vec![
+        (field::VERSION, PROTOCOL_VERSION.as_bytes().to_vec()),
+        (field::COLLECTION, coll.name.as_bytes().to_vec()),
+        (field::OP, op.as_str().as_bytes().to_vec()),
+        (field::ENCODING, Encoding::Bson.as_str().as_bytes().to_vec()),
+        (
+            field::KEY,
+            bson::to_vec(&key.to_document())
+                .map_err(|e| Reject::new(RejectReason::KeyField, e.to_string()))?,
+        ),
+    ];
+    if let Some(doc) = doc {
+        out.push((
+            field::DOC,
+            bson::to_vec(doc).map_err(|e| Reject::new(RejectReason::Payload, e.to_string()))?,
+        ));
+    }
+    if let Some(r) = reply {
+        out.push((field::CLIENT, r.client.as_bytes().to_vec()));
+        out.push((field::REQUEST, r.request.as_bytes().to_vec()));
+    }
+    Ok(out)
+}

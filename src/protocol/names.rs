@@ -1,0 +1,40 @@
+//! Redis key names. Every per-partition key carries the hash tag `{p<N>}` so
+//! a partition's stream, cache entries and lease live in one Redis Cluster slot.
+
+/// Builds the Redis key names of one namespace.
+#[derive(Debug, Clone)]
+pub struct Names {
+    ns: String,
+}
+
+impl Names {
+    /// Names under namespace `ns` (default `writ`).
+    pub fn new(ns: &str) -> Names {
+        Names { ns: ns.to_string() }
+    }
+
+    /// The partition stream: `<ns>:{p<N>}:in`.
+    pub fn stream(&self, partition: u32) -> String {
+        format!("{}:{{p{partition}}}:in", self.ns)
+    }
+
+    /// The cache entry of a key: `<ns>:{p<N>}:c:<collection>:<canonical key>`.
+    pub fn cache(&self, partition: u32, collection: &str, canonical: &str) -> String {
+        format!("{}:{{p{partition}}}:c:{collection}:{canonical}", self.ns)
+    }
+
+    /// The consumer group every daemon joins.
+    pub fn group(&self) -> String {
+        self.ns.clone()
+    }
+
+    /// A client's ack stream: `<ns>:ack:<client>`.
+    pub fn acks(&self, client: &str) -> String {
+        format!("{}:ack:{client}", self.ns)
+    }
+
+    /// The dead-letter stream: `<ns>:dlq`.
+    pub fn dead_letters(&self) -> String {
+        format!("{}:dlq", self.ns)
+    }
+}

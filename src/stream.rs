@@ -1,0 +1,90 @@
+//! Raw Redis Stream replies. writ parses stream entries itself, keeping each
+//! entry's fields as an ordered list of byte pairs, so duplicate or odd fields
+//! are seen (and refused) instead of being folded away by a map.
+
+use redis::Value;
+
+use crate::protocol::Version;
+
+/// Fields of an entry, in order.
+pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// One entry of a stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// Entry id.
+    pub id: Version,
+    /// Fields; `None` if the entry was deleted while pending, or if its field
+    /// list was not a list of pairs.
+    pub fields: Option<Fields>,
+}
+
+fn bytes(v: &Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b.clone()),
+        Value::SimpleString(s) => Some(s.clone().into_bytes()),
+        Value::VerbatimString { text, .. } => Some(text.clone().into_bytes()),
+        Value::Int(i) => Some(i.to_string().into_bytes()),
+        _ => None,
+    }
+}
+
+fn items(v: &Value) -> Option<&[Value]> {
+    match v {
+        Value::Array(a) | Value::Set(a) => Some(a),
+        _ => None,
+    }
+}
+
+/// Parses `[[id, [f, v, ...]], ...]`.
+pub fn parse_entries(v: &Value) -> Vec<Entry> {
+    let Some(list) = items(v) else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(|e| {
+            let parts = items(e)?;
+            let id: Version = std::str::from_utf8(&bytes(parts.first()?)?)
+                .ok()?
+                .parse()
+                .ok()?;
+            let fields = parts.get(1).and_then(items).and_then(|kv| {
+                if kv.len() % 2 != 0 {
+                    return None;
+                }
+                kv.chunks(2)
+                    .map(|c| Some((bytes(&c[0])?, bytes(&c[1])?)))
+                    .collect::<Option<Fields>>()
+            });
+            Some(Entry { id, fields })
+        })
+        .collect()
+}
+
+/// Parses an `XREAD`/`XREADGROUP` reply for one stream (RESP2 or RESP3).
+pub fn parse_read_reply(v: &Value) -> Vec<Entry> {
+    match v {
+        Value::Nil => Vec::new(),
+        Value::Map(m) => m.first().map(|(_, e)| parse_entries(e)).unwrap_or_default(),
+        other => items(other)
+            .and_then(|streams| streams.first())
+            .and_then(items)
+            .and_then(|s| s.get(1))
+            .map(parse_entries)
+            .unwrap_or_default(),
+    }
+}
+
+/// Parses an `XAUTOCLAIM` reply: (next cursor, claimed entries).
+pub fn parse_autoclaim(v: &Value) -> (String, Vec<Entry>) {
+    let Some(parts) = items(v) else {
+        return ("0-0".into(), Vec::new());
+    };
+    let cursor = parts
+        .first()
+        .and_then(bytes)
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or_else(|| "0-0".into());
+    let entries = parts.get(1).map(parse_entries).unwrap_or_default();
+    (cursor, entries)
+}

@@ -1,0 +1,141 @@
+//! Metrics and health: the Prometheus recorder, and a small HTTP listener for
+//! `/metrics`, `/health/live` and `/health/ready`.
+//!
+//! Ready means Redis and MongoDB answered the last probe.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use redis::aio::ConnectionManager;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::apply::Store;
+use crate::error::{Error, Result};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global Prometheus recorder once; later calls return it.
+pub fn recorder() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        PrometheusBuilder::new()
+            .set_buckets(&[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ])
+            .expect("static buckets are valid")
+            .install_recorder()
+            .expect("no other metrics recorder is installed")
+    })
+}
+
+/// Emits `writ_build_info`.
+pub fn build_info() {
+    metrics::gauge!("writ_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
+
+/// Readiness flags, set by the probe loop.
+#[derive(Clone, Default)]
+pub struct Health {
+    redis_ok: Arc<AtomicBool>,
+    mongo_ok: Arc<AtomicBool>,
+}
+
+impl Health {
+    /// Whether both servers answered the last probe.
+    pub fn ready(&self) -> bool {
+        self.redis_ok.load(Ordering::Relaxed) && self.mongo_ok.load(Ordering::Relaxed)
+    }
+}
+
+/// Probes Redis and MongoDB every second until `stop` fires.
+pub async fn probe_loop(
+    store: Store,
+    mut conn: ConnectionManager,
+    health: Health,
+    stop: CancellationToken,
+) {
+    loop {
+        let mongo = tokio::time::timeout(Duration::from_secs(3), store.ping())
+            .await
+            .is_ok_and(|r| r.is_ok());
+        let redis = tokio::time::timeout(
+            Duration::from_secs(3),
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        health.mongo_ok.store(mongo, Ordering::Relaxed);
+        health.redis_ok.store(redis, Ordering::Relaxed);
+        metrics::gauge!("writ_up", "dependency" => "mongodb").set(if mongo { 1.0 } else { 0.0 });
+        metrics::gauge!("writ_up", "dependency" => "redis").set(if redis { 1.0 } else { 0.0 });
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Binds the HTTP listener and serves it in the background until `stop`.
+pub async fn serve_http(addr: SocketAddr, health: Health, stop: CancellationToken) -> Result<()> {
+    let handle = recorder().clone();
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        Error::Config(format!("`daemon.metrics_listen` {addr}: cannot listen ({e}); pick a free port or set it to \"\" to disable"))
+    })?;
+    tracing::info!(%addr, "metrics and health on http://{addr}/metrics");
+    let limit = Arc::new(tokio::sync::Semaphore::new(64));
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = stop.cancelled() => return,
+            };
+            let Ok((mut sock, _)) = accepted else {
+                continue;
+            };
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                continue;
+            };
+            let handle = handle.clone();
+            let health = health.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let mut buf = [0u8; 1024];
+                let n =
+                    match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
+                        Ok(Ok(n)) => n,
+                        _ => return,
+                    };
+                let line = String::from_utf8_lossy(&buf[..n]);
+                let path = line.split_whitespace().nth(1).unwrap_or("/");
+                let (status, ctype, body) = match path {
+                    "/metrics" => ("200 OK", "text/plain; version=0.0.4", handle.render()),
+                    "/health/live" => ("200 OK", "text/plain", "live\n".to_string()),
+                    "/health/ready" if health.ready() => {
+                        ("200 OK", "text/plain", "ready\n".to_string())
+                    }
+                    "/health/ready" => (
+                        "503 Service Unavailable",
+                        "text/plain",
+                        "not ready: redis or mongodb unreachable\n".to_string(),
+                    ),
+                    _ => (
+                        "404 Not Found",
+                        "text/plain",
+                        "try /metrics, /health/live, /health/ready\n".to_string(),
+                    ),
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,497 @@
+//! The core contract, end to end on real redis-server + SecantusDB (or the
+//! servers named by WRIT_TEST_REDIS_URL / WRIT_TEST_MONGODB_URI).
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mongodb::bson::{doc, Document};
+use support::history::{Event, History};
+use support::{eventually, Daemon, TestEnv};
+use writ::apply::{doc_version, Applied, Store};
+use writ::protocol::{Key, Names, RejectReason, Version};
+use writ::{Error, Writ};
+
+fn sig(symbol: &str) -> Document {
+    doc! {"symbol": symbol, "strategyName": "trend", "exchangeName": "binance"}
+}
+
+async fn stored(env: &TestEnv, coll: &str, key: Document) -> Option<Document> {
+    env.mongo_db()
+        .await
+        .collection::<Document>(coll)
+        .find_one(key)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_then_read_from_this_and_another_client() {
+    let env = TestEnv::start("write_read");
+    let daemon = Daemon::start(env.config());
+    let a = Writ::connect(env.config()).await.unwrap();
+    let b = Writ::connect(env.config()).await.unwrap();
+    let signals = a.collection("signal").unwrap();
+    assert_eq!(signals.read(&sig("BTCUSDT")).await.unwrap(), None);
+    let v1 = signals
+        .write(&sig("BTCUSDT"), &doc! {"price": 100, "side": "long"})
+        .await
+        .unwrap();
+    assert_eq!(
+        signals.read(&sig("BTCUSDT")).await.unwrap(),
+        Some(doc! {"price": 100, "side": "long"})
+    );
+    let other = b.collection("signal").unwrap();
+    let rec = other
+        .read_record(&sig("BTCUSDT"))
+        .await
+        .unwrap()
+        .expect("second client sees the write");
+    assert!(rec.version >= v1);
+    assert_eq!(rec.payload, Some(doc! {"price": 100, "side": "long"}));
+    // MongoDB holds the committed document with its version.
+    let d = stored(&env, "signal", sig("BTCUSDT")).await.unwrap();
+    assert_eq!(
+        d.get_document("payload").unwrap(),
+        &doc! {"price": 100, "side": "long"}
+    );
+    assert_eq!(doc_version(&d), Some(v1));
+    // A newer write wins.
+    let v2 = signals
+        .write(&sig("BTCUSDT"), &doc! {"price": 101})
+        .await
+        .unwrap();
+    assert!(v2 > v1);
+    assert_eq!(
+        other.read(&sig("BTCUSDT")).await.unwrap(),
+        Some(doc! {"price": 101})
+    );
+    assert!(other.has(&sig("BTCUSDT")).await.unwrap());
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_never_read_backwards_and_last_write_wins() {
+    let env = TestEnv::start("concurrent");
+    let daemon = Daemon::start(env.config());
+    let history = Arc::new(History::default());
+    let keys: Vec<String> = (0..5).map(|i| format!("K{i}")).collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in 0..8usize {
+        let (config, history, keys) = (env.config(), history.clone(), keys.clone());
+        tasks.spawn(async move {
+            let writ = Writ::connect(config).await.unwrap();
+            let c = writ.collection("signal").unwrap();
+            for i in 0..40i64 {
+                let key = &keys[(i as usize + client) % keys.len()];
+                let value = client as i64 * 1000 + i;
+                let ticket = c
+                    .submit(&sig(key), &doc! {"value": value, "client": client as i64})
+                    .await
+                    .unwrap();
+                let own = ticket.version();
+                // Read-your-writes holds already after submit.
+                let r = c.read_record(&sig(key)).await.unwrap().unwrap();
+                assert!(
+                    r.version >= own,
+                    "read-your-writes: read {} after submitting {own}",
+                    r.version
+                );
+                ticket.wait().await.unwrap();
+                history.push(Event::Acked {
+                    client,
+                    key: key.clone(),
+                    version: own,
+                    value,
+                });
+                for probe in [key, &keys[(i as usize * 3 + client) % keys.len()]] {
+                    let r = c.read_record(&sig(probe)).await.unwrap();
+                    history.push(Event::Read {
+                        client,
+                        key: probe.clone(),
+                        version: r.as_ref().map(|r| r.version),
+                        value: r
+                            .and_then(|r| r.payload)
+                            .map(|p| p.get_i64("value").unwrap()),
+                    });
+                }
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    let bad = history.regressions();
+    assert!(bad.is_empty(), "version regressions: {bad:?}");
+    let acked = history
+        .events()
+        .iter()
+        .filter(|e| matches!(e, Event::Acked { .. }))
+        .count();
+    assert_eq!(acked, 320);
+    // MongoDB and the cache hold the last accepted write of every key.
+    let config = env.config();
+    let names = Names::new(&config.namespace);
+    let coll = config.collection("signal").unwrap().clone();
+    let cache = writ::cache::Cache::new(
+        writ::redis_conn::connect(&env.redis_url, Duration::ZERO)
+            .await
+            .unwrap(),
+    );
+    for (key, (version, value)) in history.last_acked() {
+        let d = stored(&env, "signal", sig(&key)).await.unwrap();
+        assert_eq!(doc_version(&d), Some(version), "mongodb version of {key}");
+        assert_eq!(
+            d.get_document("payload").unwrap().get_i64("value").unwrap(),
+            value,
+            "mongodb value of {key}"
+        );
+        let k = Key::from_document(&sig(&key), &coll).unwrap();
+        let cached = cache
+            .get(&names.cache(
+                k.partition("signal", config.partitions),
+                "signal",
+                &k.canonical(),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(cached.version, version, "cache version of {key}");
+        assert_eq!(
+            cached
+                .doc
+                .unwrap()
+                .get_document("payload")
+                .unwrap()
+                .get_i64("value")
+                .unwrap(),
+            value
+        );
+    }
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_once_keeps_the_first_value() {
+    let env = TestEnv::start("insert_once");
+    let daemon = Daemon::start(env.config());
+    let writ = Writ::connect(env.config()).await.unwrap();
+    let candles = writ.collection("candle").unwrap();
+    let key = doc! {"symbol": "BTCUSDT", "interval": "1m", "timestamp": 1_700_000_000_000_i64};
+    candles
+        .write(&key, &doc! {"open": 1.0, "close": 2.0})
+        .await
+        .unwrap();
+    candles
+        .write(&key, &doc! {"open": 9.0, "close": 9.0})
+        .await
+        .unwrap();
+    assert_eq!(
+        candles.read(&key).await.unwrap(),
+        Some(doc! {"open": 1.0, "close": 2.0})
+    );
+    let d = stored(&env, "candle", key.clone()).await.unwrap();
+    assert_eq!(
+        d.get_document("payload").unwrap(),
+        &doc! {"open": 1.0, "close": 2.0}
+    );
+    // A fresh client (cache or MongoDB) agrees.
+    let other = Writ::connect(env.config()).await.unwrap();
+    assert_eq!(
+        other
+            .collection("candle")
+            .unwrap()
+            .read(&key)
+            .await
+            .unwrap(),
+        Some(doc! {"open": 1.0, "close": 2.0})
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_delete_reads_as_absent_everywhere() {
+    let env = TestEnv::start("soft_delete");
+    let daemon = Daemon::start(env.config());
+    let writ = Writ::connect(env.config()).await.unwrap();
+    let m = writ.collection("measure").unwrap();
+    let key = |k: &str| doc! {"bucket": "b", "entryKey": k};
+    for k in ["a", "b", "c"] {
+        m.write(&key(k), &doc! {"x": k}).await.unwrap();
+    }
+    assert_eq!(m.count().await.unwrap(), 3);
+    m.remove(&key("b")).await.unwrap();
+    assert_eq!(m.read(&key("b")).await.unwrap(), None);
+    assert!(!m.has(&key("b")).await.unwrap());
+    assert_eq!(m.count().await.unwrap(), 2);
+    assert_eq!(m.keys().await.unwrap(), vec![key("a"), key("c")]);
+    let values: Vec<Document> = m
+        .values()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(values, vec![doc! {"x": "a"}, doc! {"x": "c"}]);
+    // Soft: the document stays in MongoDB, flagged.
+    let d = stored(&env, "measure", key("b")).await.unwrap();
+    assert_eq!(d.get_bool("removed").unwrap(), true);
+    // A client with a cold view agrees (cache entry, then MongoDB).
+    let other = Writ::connect(env.config())
+        .await
+        .unwrap()
+        .collection("measure")
+        .unwrap();
+    assert_eq!(other.read(&key("b")).await.unwrap(), None);
+    // Writing again revives the key.
+    m.write(&key("b"), &doc! {"x": "b2"}).await.unwrap();
+    assert_eq!(other.read(&key("b")).await.unwrap(), Some(doc! {"x": "b2"}));
+    assert_eq!(m.count().await.unwrap(), 3);
+    // Hard delete removes the document.
+    m.delete(&key("c")).await.unwrap();
+    assert!(stored(&env, "measure", key("c")).await.is_none());
+    assert_eq!(other.read(&key("c")).await.unwrap(), None);
+    assert_eq!(m.count().await.unwrap(), 2);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reapplying_an_applied_range_changes_nothing_and_is_counted() {
+    let env = TestEnv::start("reapply");
+    let config = env.config();
+    let daemon = Daemon::start(config.clone());
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    for i in 0..20i64 {
+        s.write(&sig(&format!("S{}", i % 4)), &doc! {"i": i})
+            .await
+            .unwrap();
+    }
+    daemon.stop().await;
+    let before: Vec<Document> = {
+        use futures::TryStreamExt;
+        let c = env.mongo_db().await.collection::<Document>("signal");
+        c.find(doc! {})
+            .sort(doc! {"symbol": 1})
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap()
+    };
+    // The guard, directly: an old version of a key is stale, never applied.
+    let store = Store::connect(&config).await.unwrap();
+    let coll = config.collection("signal").unwrap();
+    let key = Key::from_document(&sig("S0"), coll).unwrap();
+    let old = writ::protocol::Write {
+        collection: "signal".into(),
+        key,
+        op: writ::protocol::Op::Put,
+        doc: Some(doc! {"i": -1}),
+        reply: None,
+    };
+    match store
+        .apply(coll, &old, Version { ms: 1, seq: 0 })
+        .await
+        .unwrap()
+    {
+        Applied::Stale(Some(d)) => {
+            assert_eq!(d.get_document("payload").unwrap().get_i64("i").unwrap(), 16)
+        }
+        other => panic!("expected stale, got {other:?}"),
+    }
+    // Rewind every partition's group to the start: the daemon re-reads all 20.
+    let names = Names::new(&config.namespace);
+    let mut r = env.redis().await;
+    for p in 0..config.partitions {
+        let _: () = redis::cmd("XGROUP")
+            .arg("SETID")
+            .arg(names.stream(p))
+            .arg(names.group())
+            .arg("0")
+            .query_async(&mut r)
+            .await
+            .unwrap();
+    }
+    let handle = writ::telemetry::recorder().clone();
+    let count = |outcome: &str| {
+        metric(
+            &handle.render(),
+            &format!("writ_writes_total{{collection=\"signal\",outcome=\"{outcome}\"}}"),
+        )
+    };
+    let (stale0, coalesced0, applied0) = (count("stale"), count("coalesced"), count("applied"));
+    let daemon = Daemon::start(config.clone());
+    // Each re-read entry ends as a guard skip (stale), or, when a later entry
+    // of its key is in the same batch, coalesced into that skip.
+    eventually(
+        Duration::from_secs(60),
+        "20 re-read entries skipped",
+        || async {
+            (count("stale") - stale0 + count("coalesced") - coalesced0 >= 20.0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        count("stale") - stale0 + count("coalesced") - coalesced0,
+        20.0
+    );
+    assert!(
+        count("stale") - stale0 >= 4.0,
+        "every key's last entry hits the guard"
+    );
+    assert_eq!(count("applied"), applied0, "nothing was applied again");
+    daemon.stop().await;
+    let after: Vec<Document> = {
+        use futures::TryStreamExt;
+        let c = env.mongo_db().await.collection::<Document>("signal");
+        c.find(doc! {})
+            .sort(doc! {"symbol": 1})
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap()
+    };
+    assert_eq!(before, after, "re-applying changed MongoDB");
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .map(|v| v.trim().parse::<f64>().unwrap())
+        })
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_the_daemon_between_batches_loses_nothing() {
+    let env = TestEnv::start("restart");
+    let config = env.config();
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let mut tickets = Vec::new();
+    let daemon = Daemon::start(config.clone());
+    for i in 0..30i64 {
+        tickets.push((
+            i,
+            s.submit(&sig(&format!("R{}", i % 6)), &doc! {"i": i})
+                .await
+                .unwrap(),
+        ));
+    }
+    daemon.stop().await;
+    // Written while no daemon runs: accepted by the stream, applied later.
+    for i in 30..60i64 {
+        tickets.push((
+            i,
+            s.submit(&sig(&format!("R{}", i % 6)), &doc! {"i": i})
+                .await
+                .unwrap(),
+        ));
+    }
+    let daemon = Daemon::start(config.clone());
+    for i in 60..90i64 {
+        tickets.push((
+            i,
+            s.submit(&sig(&format!("R{}", i % 6)), &doc! {"i": i})
+                .await
+                .unwrap(),
+        ));
+    }
+    for (_, t) in tickets {
+        t.wait().await.unwrap();
+    }
+    for k in 0..6i64 {
+        let last = 84 + k;
+        let d = stored(&env, "signal", sig(&format!("R{k}"))).await.unwrap();
+        assert_eq!(
+            d.get_document("payload").unwrap().get_i64("i").unwrap(),
+            last
+        );
+        assert_eq!(
+            s.read(&sig(&format!("R{k}"))).await.unwrap(),
+            Some(doc! {"i": last})
+        );
+    }
+    daemon.stop().await;
+    // Nothing is left pending in any partition.
+    let names = Names::new(&config.namespace);
+    let mut r = env.redis().await;
+    for p in 0..config.partitions {
+        let pending: redis::Value = redis::cmd("XPENDING")
+            .arg(names.stream(p))
+            .arg(names.group())
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        let count = match &pending {
+            redis::Value::Array(a) => redis::from_redis_value::<i64>(a[0].clone()).unwrap(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(count, 0, "partition {p} has pending entries");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_refuses_bad_writes_before_the_stream() {
+    let env = TestEnv::start("client_refuses");
+    let writ = Writ::connect(env.config()).await.unwrap();
+    match writ.collection("nope") {
+        Err(Error::Rejected(r)) => assert_eq!(r.reason, RejectReason::UnknownCollection),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("unknown collection accepted"),
+    }
+    let s = writ.collection("signal").unwrap();
+    let reason = |r: writ::Result<writ::Ticket>| match r {
+        Err(Error::Rejected(r)) => r.reason,
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("bad write accepted"),
+    };
+    assert_eq!(
+        reason(
+            s.submit(&doc! {"symbol": "X", "strategyName": "s"}, &doc! {})
+                .await
+        ),
+        RejectReason::KeyField
+    );
+    assert_eq!(
+        reason(
+            s.submit(
+                &doc! {"symbol": "X", "strategyName": "s", "exchangeName": "e", "extra": 1},
+                &doc! {}
+            )
+            .await
+        ),
+        RejectReason::KeyField
+    );
+    assert_eq!(
+        reason(
+            s.submit(
+                &doc! {"symbol": 1.5, "strategyName": "s", "exchangeName": "e"},
+                &doc! {}
+            )
+            .await
+        ),
+        RejectReason::KeyField
+    );
+    let big = doc! {"blob": "x".repeat(70_000)};
+    assert_eq!(
+        reason(s.submit(&sig("X"), &big).await),
+        RejectReason::TooLarge
+    );
+    // Nothing reached any stream.
+    let config = env.config();
+    let names = Names::new(&config.namespace);
+    let mut r = env.redis().await;
+    for p in 0..config.partitions {
+        let len: i64 = redis::cmd("XLEN")
+            .arg(names.stream(p))
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        assert_eq!(len, 0);
+    }
+}

@@ -1,0 +1,463 @@
+//! Test harness: real servers on free loopback ports.
+//!
+//! [`RedisServer`] and [`MongoServer`] each start a real process (Debian's
+//! `redis-server`; SecantusDB, a MongoDB-compatible server, from `./.venv`)
+//! with its own temp dir, poll until it answers, print its log if the test
+//! fails, and kill it on drop. `WRIT_TEST_REDIS_URL` / `WRIT_TEST_MONGODB_URI`
+//! point the same tests at external servers (real MongoDB, say); every test
+//! then uses its own namespace and database, so tests never collide.
+//!
+//! A missing server binary fails the test loudly with the install command.
+#![allow(dead_code)]
+
+pub mod history;
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+use writ::config::Config;
+
+/// A free loopback port (bind :0, read, release). Racy by nature; servers
+/// that lose the race fail to start and are retried once by the callers.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_tcp(port: u16, child: &mut Child, name: &str, log: &Path, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        if TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
+            .is_ok()
+        {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "{name} exited with {status} before accepting connections on port {port}; log:\n{}",
+                tail(log)
+            );
+        }
+        if start.elapsed() > limit {
+            panic!(
+                "{name} did not accept connections on port {port} within {limit:?}; log:\n{}",
+                tail(log)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = f.read_to_string(&mut s);
+    }
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A `redis-server` child process.
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+    dir: TempDir,
+    log: PathBuf,
+    aof: bool,
+}
+
+impl RedisServer {
+    /// Starts redis-server without persistence.
+    pub fn start() -> RedisServer {
+        Self::start_with(false)
+    }
+
+    /// Starts redis-server; `aof` turns on `appendonly yes`, `appendfsync always`.
+    pub fn start_with(aof: bool) -> RedisServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::spawn(dir, free_port(), aof)
+    }
+
+    fn spawn(dir: TempDir, port: u16, aof: bool) -> RedisServer {
+        let log = dir.path().join("redis.log");
+        let child = Self::spawn_child(dir.path(), port, aof, &log);
+        RedisServer {
+            child,
+            port,
+            dir,
+            log,
+            aof,
+        }
+    }
+
+    fn spawn_child(dir: &Path, port: u16, aof: bool, log: &Path) -> Child {
+        let bin = std::env::var("WRIT_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let mut cmd = Command::new(&bin);
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .arg("--logfile")
+        .arg(&log)
+        .args([
+            "--appendonly",
+            if aof { "yes" } else { "no" },
+            "--appendfsync",
+            "always",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let mut child = cmd.spawn().unwrap_or_else(|e| {
+            panic!("cannot start {bin:?} ({e}). Install it: `sudo apt-get install redis-server` (or run ./scripts/setup), or set WRIT_TEST_REDIS_URL")
+        });
+        wait_tcp(
+            port,
+            &mut child,
+            "redis-server",
+            log,
+            Duration::from_secs(20),
+        );
+        // Wait until it answers PING (not just accepts).
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+        let start = Instant::now();
+        loop {
+            if let Ok(mut c) = client.get_connection() {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    break;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "redis-server never answered PING; log:\n{}",
+                tail(log)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills (SIGKILL) and starts again on the same port and data dir.
+    pub fn restart(&mut self) {
+        kill(&mut self.child);
+        let fresh = Self::spawn_child(self.dir.path(), self.port, self.aof, &self.log);
+        self.child = fresh;
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+        if std::thread::panicking() {
+            eprintln!(
+                "---- redis-server log (port {}) ----\n{}",
+                self.port,
+                tail(&self.log)
+            );
+        }
+    }
+}
+
+/// The SecantusDB binary, or a loud failure naming the install command.
+pub fn secantusd() -> PathBuf {
+    let path = std::env::var_os("WRIT_SECANTUSD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/secantusd-py"));
+    if !path.exists() {
+        panic!(
+            "SecantusDB not found at {}. Install it with ./scripts/setup (pip install secantusdb==0.7.0b3 into .venv), \
+             or set WRIT_TEST_MONGODB_URI to a real MongoDB",
+            path.display()
+        );
+    }
+    path
+}
+
+/// A SecantusDB child process.
+pub struct MongoServer {
+    child: Child,
+    pub port: u16,
+    dir: TempDir,
+    log: PathBuf,
+}
+
+impl MongoServer {
+    pub fn start() -> MongoServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::spawn(dir, free_port())
+    }
+
+    fn spawn(dir: TempDir, port: u16) -> MongoServer {
+        let log = dir.path().join("secantus.log");
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        let child = Self::spawn_child(dir.path(), port, &log);
+        MongoServer {
+            child,
+            port,
+            dir,
+            log,
+        }
+    }
+
+    fn spawn_child(dir: &Path, port: u16, log: &Path) -> Child {
+        let bin = secantusd();
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut child = Command::new(&bin)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--storage-path",
+            ])
+            .arg(dir.join("data"))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}; run ./scripts/setup", bin.display()));
+        wait_tcp(port, &mut child, "SecantusDB", log, Duration::from_secs(90));
+        child
+    }
+
+    pub fn uri(&self) -> String {
+        format!(
+            "mongodb://127.0.0.1:{}/?directConnection=true&retryWrites=false",
+            self.port
+        )
+    }
+
+    /// Stops the server (SIGKILL).
+    pub fn stop(&mut self) {
+        kill(&mut self.child);
+    }
+
+    /// Starts it again after [`MongoServer::stop`], same port and data.
+    pub fn resume(&mut self) {
+        self.child = Self::spawn_child(self.dir.path(), self.port, &self.log);
+    }
+}
+
+impl Drop for MongoServer {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+        if std::thread::panicking() {
+            eprintln!(
+                "---- SecantusDB log (port {}) ----\n{}",
+                self.port,
+                tail(&self.log)
+            );
+        }
+    }
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A test's servers and names.
+pub struct TestEnv {
+    pub redis: Option<RedisServer>,
+    pub mongo: Option<MongoServer>,
+    pub redis_url: String,
+    pub mongo_uri: String,
+    /// Unique per test: Redis namespace and MongoDB database.
+    pub name: String,
+}
+
+impl TestEnv {
+    /// Starts (or connects to external) servers.
+    pub fn start(test: &str) -> TestEnv {
+        Self::start_with(test, false)
+    }
+
+    pub fn start_with(test: &str, aof: bool) -> TestEnv {
+        let name = format!(
+            "t{}_{}_{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed),
+            test.chars()
+                .filter(|c| c.is_ascii_alphanumeric())
+                .take(20)
+                .collect::<String>()
+        );
+        let (redis, redis_url) = match std::env::var("WRIT_TEST_REDIS_URL") {
+            Ok(url) => (None, url),
+            Err(_) => {
+                let r = RedisServer::start_with(aof);
+                let url = r.url();
+                (Some(r), url)
+            }
+        };
+        let (mongo, mongo_uri) = match std::env::var("WRIT_TEST_MONGODB_URI") {
+            Ok(uri) => (None, uri),
+            Err(_) => {
+                let m = MongoServer::start();
+                let uri = m.uri();
+                (Some(m), uri)
+            }
+        };
+        TestEnv {
+            redis,
+            mongo,
+            redis_url,
+            mongo_uri,
+            name,
+        }
+    }
+
+    /// The config text for this env, with `extra` appended.
+    pub fn config_text(&self, extra: &str) -> String {
+        format!(
+            r#"
+[redis]
+url = "{redis}"
+namespace = "{name}"
+partitions = 4
+
+[mongodb]
+uri = "{mongo}"
+database = "{name}"
+op_timeout_ms = 5000
+
+[daemon]
+block_ms = 200
+metrics_listen = ""
+backoff_cap_ms = 500
+shutdown_deadline_ms = 5000
+max_attempts = 3
+
+[client]
+write_timeout_ms = 30000
+read_timeout_ms = 30000
+max_document_bytes = 65536
+
+[[collections]]
+name = "signal"
+key = ["symbol", "strategyName", "exchangeName"]
+
+[[collections]]
+name = "candle"
+key = ["symbol", "interval", "timestamp"]
+mode = "insert_once"
+
+[[collections]]
+name = "measure"
+key = ["bucket", "entryKey"]
+{extra}
+"#,
+            redis = self.redis_url,
+            mongo = self.mongo_uri,
+            name = self.name
+        )
+    }
+
+    pub fn config(&self) -> Config {
+        Config::from_toml(&self.config_text("")).expect("test config is valid")
+    }
+
+    /// Writes the config to a file (for the binary) and returns its path.
+    pub fn config_file(&self, dir: &Path, extra: &str) -> PathBuf {
+        let p = dir.join(format!("{}.toml", self.name));
+        std::fs::write(&p, self.config_text(extra)).unwrap();
+        p
+    }
+
+    /// A plain Redis connection.
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis_url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// The test's MongoDB database.
+    pub async fn mongo_db(&self) -> mongodb::Database {
+        mongodb::Client::with_uri_str(&self.mongo_uri)
+            .await
+            .unwrap()
+            .database(&self.name)
+    }
+}
+
+/// An in-process daemon; stopped (gracefully) by [`Daemon::stop`] or on drop.
+pub struct Daemon {
+    token: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<writ::Result<()>>>,
+}
+
+impl Daemon {
+    pub fn start(config: Config) -> Daemon {
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(writ::serve::serve(config, token.clone()));
+        Daemon {
+            token,
+            handle: Some(handle),
+        }
+    }
+
+    /// SIGTERM-equivalent: stop reading, drain, return.
+    pub async fn stop(mut self) {
+        self.token.cancel();
+        let h = self.handle.take().unwrap();
+        tokio::time::timeout(Duration::from_secs(30), h)
+            .await
+            .expect("daemon stops within 30 s")
+            .expect("daemon task")
+            .expect("daemon returns Ok");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// Polls `f` until it returns `Some`, at most `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
