@@ -11,7 +11,7 @@ mod names;
 mod reject;
 mod version;
 
-pub use key::{Key, KeyValue};
+pub use key::{fnv1a64, partition_of, Key, KeyValue};
 pub use names::Names;
 pub use reject::{Reject, RejectReason};
 pub use version::Version;

@@ -1,0 +1,39 @@
+"""Generates protocol_v1.json: an independent (Python) implementation of the
+canonical key, FNV-1a 64 and the Redis key names of docs/protocol.md. The Rust
+test tests/protocol_vectors.rs checks the library against these vectors.
+Run: python3 tests/vectors/gen.py > tests/vectors/protocol_v1.json"""
+import json
+
+def fnv1a64(data: bytes) -> int:
+    h = 0xCBF29CE484222325
+    for b in data:
+        h ^= b
+        h = (h * 0x100000001B3) % (1 << 64)
+    return h
+
+CASES = [
+    ("signal", ["symbol", "strategyName", "exchangeName"], {"symbol": "BTCUSDT", "strategyName": "trend", "exchangeName": "binance"}, 8),
+    ("signal", ["symbol", "strategyName", "exchangeName"], {"exchangeName": "binance", "strategyName": "trend", "symbol": "ETHUSDT"}, 8),
+    ("candle", ["symbol", "interval", "timestamp"], {"symbol": "BTCUSDT", "interval": "1m", "timestamp": 1700000000000}, 8),
+    ("risk", ["riskName", "exchangeName"], {"riskName": "conservative", "exchangeName": "bybit"}, 16),
+    ("measure", ["bucket", "entryKey"], {"bucket": "pnl \"daily\"", "entryKey": "ünï/código"}, 4),
+    ("measure", ["bucket", "entryKey"], {"bucket": "b", "entryKey": -42}, 1),
+]
+
+out = []
+for coll, fields, key, parts in CASES:
+    canonical = json.dumps([key[f] for f in fields], separators=(",", ":"), ensure_ascii=False)
+    h = fnv1a64(coll.encode() + b"\x00" + canonical.encode())
+    p = h % parts
+    out.append({
+        "collection": coll,
+        "key_fields": fields,
+        "key_json": json.dumps(key, ensure_ascii=False),
+        "canonical": canonical,
+        "fnv1a64": f"{h:016x}",
+        "partitions": parts,
+        "partition": p,
+        "stream": f"writ:{{p{p}}}:in",
+        "cache_key": f"writ:{{p{p}}}:c:{coll}:{canonical}",
+    })
+print(json.dumps(out, indent=2, ensure_ascii=False))
