@@ -105,6 +105,19 @@ pub struct RawDaemon {
     /// Cap of the jittered retry backoff, in milliseconds.
     #[serde(default = "default_backoff_cap_ms")]
     pub backoff_cap_ms: u64,
+    /// Partition lease TTL: a dead daemon's partitions move within this.
+    #[serde(default = "default_lease_ttl_ms")]
+    pub lease_ttl_ms: u64,
+    /// How often partition stats (lag, pending, watermark) are refreshed and
+    /// streams trimmed.
+    #[serde(default = "default_stats_interval_ms")]
+    pub stats_interval_ms: u64,
+    /// Committed entries older than this are trimmed from the streams.
+    #[serde(default = "default_retention_age")]
+    pub retention_max_age_secs: u64,
+    /// At most this many committed entries are kept per partition stream.
+    #[serde(default = "default_retention_entries")]
+    pub retention_max_entries: u64,
     /// Listen address of the metrics and health HTTP server; empty disables it.
     #[serde(default = "default_metrics_listen")]
     pub metrics_listen: String,
@@ -135,6 +148,10 @@ pub struct RawClient {
     /// Largest payload accepted, in bytes of BSON.
     #[serde(default = "default_max_doc")]
     pub max_document_bytes: usize,
+    /// A submit fails with a backpressure error when its partition has more
+    /// unapplied entries than this.
+    #[serde(default = "default_max_backlog")]
+    pub max_backlog: u64,
 }
 
 impl Default for RawClient {
@@ -208,6 +225,21 @@ fn default_max_attempts() -> u32 {
 }
 fn default_backoff_cap_ms() -> u64 {
     5_000
+}
+fn default_lease_ttl_ms() -> u64 {
+    10_000
+}
+fn default_stats_interval_ms() -> u64 {
+    2_000
+}
+fn default_retention_age() -> u64 {
+    86_400
+}
+fn default_retention_entries() -> u64 {
+    1_000_000
+}
+fn default_max_backlog() -> u64 {
+    100_000
 }
 fn default_metrics_listen() -> String {
     "127.0.0.1:9108".into()
@@ -290,6 +322,16 @@ pub struct Config {
     pub max_attempts: u32,
     /// Backoff cap.
     pub backoff_cap: Duration,
+    /// Partition lease TTL.
+    pub lease_ttl: Duration,
+    /// Stats refresh and trim period.
+    pub stats_interval: Duration,
+    /// Retention by age of committed entries.
+    pub retention_max_age: Duration,
+    /// Retention by count of committed entries.
+    pub retention_max_entries: u64,
+    /// Backpressure bound of unapplied entries per partition.
+    pub max_backlog: u64,
     /// Metrics listener, if enabled.
     pub metrics_listen: Option<SocketAddr>,
     /// Log filter.
@@ -450,6 +492,18 @@ impl RawConfig {
         if daemon.max_attempts == 0 {
             return Err(bad("daemon.max_attempts", "must be at least 1"));
         }
+        if daemon.lease_ttl_ms < 300 || daemon.lease_ttl_ms > 300_000 {
+            return Err(bad("daemon.lease_ttl_ms", "must be between 300 and 300000"));
+        }
+        if daemon.stats_interval_ms < 100 {
+            return Err(bad("daemon.stats_interval_ms", "must be at least 100"));
+        }
+        if daemon.retention_max_entries == 0 {
+            return Err(bad("daemon.retention_max_entries", "must be at least 1"));
+        }
+        if client.max_backlog == 0 {
+            return Err(bad("client.max_backlog", "must be at least 1"));
+        }
         let metrics_listen = if daemon.metrics_listen.is_empty() {
             None
         } else {
@@ -557,6 +611,11 @@ impl RawConfig {
             shutdown_deadline: Duration::from_millis(daemon.shutdown_deadline_ms),
             max_attempts: daemon.max_attempts,
             backoff_cap: Duration::from_millis(daemon.backoff_cap_ms.max(1)),
+            lease_ttl: Duration::from_millis(daemon.lease_ttl_ms),
+            stats_interval: Duration::from_millis(daemon.stats_interval_ms),
+            retention_max_age: Duration::from_secs(daemon.retention_max_age_secs),
+            retention_max_entries: daemon.retention_max_entries,
+            max_backlog: client.max_backlog,
             metrics_listen,
             log_level: daemon.log_level,
             log_format,

@@ -16,7 +16,8 @@
 //! - [`ack`]: only then is the writer acked, and the entry `XACK`ed.
 //! - [`deadletter`]: what can never apply is parked with its reason.
 //!
-//! Around them: [`config`], [`error`], [`serve`] (the daemon's wiring and
+//! Around them: [`config`], [`error`], [`ownership`] (partition leases and
+//! fencing), [`status`] and [`retention`], [`serve`] (the daemon's wiring and
 //! shutdown), [`telemetry`] (metrics and health), [`bench`] (load generator).
 
 pub mod ack;
@@ -29,9 +30,12 @@ pub mod config;
 pub mod consumer;
 pub mod deadletter;
 pub mod error;
+pub mod ownership;
 pub mod protocol;
 pub mod redis_conn;
+pub mod retention;
 pub mod serve;
+pub mod status;
 pub mod stream;
 pub mod telemetry;
 

@@ -1,6 +1,7 @@
-//! `writ serve`: wires MongoDB, Redis, the cache and one consumer task per
-//! partition, and shuts down in order: stop reading, drain and ack what is in
-//! flight, exit; at the deadline, abandon what is left (it stays pending in
+//! `writ serve`: wires MongoDB, Redis, the cache, partition ownership (one
+//! consumer task per owned partition), health probes and housekeeping, and
+//! shuts down in order: stop reading, drain and ack what is in flight, release
+//! the leases, exit; at the deadline, abandon what is left (it stays pending in
 //! the streams and is re-applied by the next owner).
 
 use std::sync::Arc;
@@ -8,13 +9,13 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::apply::Store;
 use crate::cache::Cache;
 use crate::config::{redact_url, Config};
-use crate::consumer::{run_partition, Ctx};
+use crate::consumer::Ctx;
 use crate::error::{Error, Result};
+use crate::ownership::{self, Leases};
 use crate::protocol::Names;
 use crate::telemetry::{self, Health};
 
@@ -65,37 +66,95 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
         store: store.clone(),
         cache: Cache::new(conn.clone()),
         conn: conn.clone(),
-        stop_reading: shutdown.child_token(),
-        abort: CancellationToken::new(),
     });
-    let tracker = TaskTracker::new();
-    for p in 0..config.partitions {
-        tracker.spawn(run_partition(p, ctx.clone()));
-    }
-    tracker.close();
-    let probe = tracker.spawn(telemetry::probe_loop(
-        store,
-        conn,
-        health,
-        ctx.stop_reading.clone(),
-    ));
-    drop(probe);
-    tracing::info!(partitions = config.partitions, "writ serve is running");
-    shutdown.cancelled().await;
-    tracing::info!(
-        deadline_ms = config.shutdown_deadline.as_millis() as u64,
-        "shutting down: stopped reading, draining in-flight writes"
+    let leases = Leases::new(
+        conn.clone(),
+        &config.namespace,
+        &config.consumer_name,
+        config.lease_ttl,
     );
-    if tokio::time::timeout(config.shutdown_deadline, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("shutdown deadline passed; abandoning what is left (it stays pending and is re-applied on restart)");
-        ctx.abort.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
-    }
+    let background = shutdown.child_token();
+    let probe = tokio::spawn(telemetry::probe_loop(
+        store,
+        conn.clone(),
+        health,
+        background.clone(),
+    ));
+    let keeper = tokio::spawn(housekeeping(config.clone(), conn, background.clone()));
+    tracing::info!(
+        partitions = config.partitions,
+        lease_ttl_ms = config.lease_ttl.as_millis() as u64,
+        "writ serve is running"
+    );
+    ownership::run(ctx, leases, shutdown.clone()).await;
+    background.cancel();
+    let _ = tokio::join!(probe, keeper);
     tracing::info!("writ serve stopped");
     Ok(())
+}
+
+/// Refreshes the status metrics of the partitions this daemon owns, and trims
+/// their streams below the committed watermark.
+async fn housekeeping(config: Arc<Config>, mut conn: ConnectionManager, stop: CancellationToken) {
+    let names = Names::new(&config.namespace);
+    loop {
+        match crate::status::status(&mut conn, &config.namespace, config.partitions).await {
+            Ok(s) => {
+                metrics::gauge!("writ_dead_letter_entries").set(s.dead_letters as f64);
+                for p in s
+                    .partitions
+                    .iter()
+                    .filter(|p| p.owner.as_deref() == Some(config.consumer_name.as_str()))
+                {
+                    let label = p.partition.to_string();
+                    metrics::gauge!("writ_partition_unapplied_entries", "partition" => label.clone()).set(p.unapplied as f64);
+                    metrics::gauge!("writ_partition_pending_entries", "partition" => label.clone())
+                        .set(p.pending as f64);
+                    metrics::gauge!("writ_partition_oldest_unapplied_age_seconds", "partition" => label.clone()).set(p.oldest_unapplied_age_seconds);
+                    if let Some(w) = p
+                        .watermark
+                        .as_deref()
+                        .and_then(|w| w.parse::<crate::protocol::Version>().ok())
+                    {
+                        metrics::gauge!("writ_partition_committed_watermark_seconds", "partition" => label.clone()).set(w.ms as f64 / 1000.0);
+                    }
+                    let stream = names.stream(p.partition);
+                    match crate::retention::trim_point(
+                        &mut conn,
+                        &stream,
+                        p,
+                        config.retention_max_age,
+                        config.retention_max_entries,
+                    )
+                    .await
+                    {
+                        Ok(Some(point)) => {
+                            match crate::retention::trim(&mut conn, &stream, point).await {
+                                Ok(n) if n > 0 => tracing::debug!(
+                                    partition = p.partition,
+                                    trimmed = n,
+                                    "trimmed committed entries"
+                                ),
+                                Ok(_) => {}
+                                Err(e) => {
+                                    tracing::warn!(partition = p.partition, error = %e, "trim failed")
+                                }
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(partition = p.partition, error = %e, "trim point failed")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read partition status"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(config.stats_interval) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
 }
 
 async fn wait_for_mongo(store: &Store, shutdown: &CancellationToken) -> Result<()> {

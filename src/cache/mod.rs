@@ -13,8 +13,10 @@ use crate::error::{Error, Result};
 use crate::protocol::Version;
 
 /// Sets the entry if `ARGV[1]` is newer than the stored version. Byte-wise
-/// comparison (not `<`, which follows the server's locale).
+/// comparison (not `<`, which follows the server's locale). With a fence
+/// (`KEYS[2]`, `ARGV[3]`), refuses (-1) unless the token is the current one.
 const CAS_SCRIPT: &str = r#"
+if KEYS[2] and redis.call('GET', KEYS[2]) ~= ARGV[3] then return -1 end
 local cur = redis.call('HGET', KEYS[1], 'v')
 if cur then
   if cur == ARGV[1] then return 0 end
@@ -43,6 +45,26 @@ pub struct Cached {
     pub doc: Option<Document>,
 }
 
+/// What a compare-and-set did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// Stored.
+    Stored,
+    /// The cache already held this version or a newer one.
+    NotNewer,
+    /// The fencing token is no longer current: this writer lost its lease.
+    Fenced,
+}
+
+/// A fencing check: the fence key and the token that must be current.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    /// `<ns>:{p<N>}:fence`.
+    pub key: String,
+    /// The writer's token.
+    pub token: u64,
+}
+
 /// The cache, on a shared connection.
 #[derive(Clone)]
 pub struct Cache {
@@ -67,19 +89,33 @@ impl Cache {
         version: Version,
         doc: Option<&Document>,
     ) -> Result<bool> {
+        Ok(self.put_fenced(key, version, doc, None).await? == CasOutcome::Stored)
+    }
+
+    /// Like [`Cache::put_if_newer`], refused if `fence` is given and stale.
+    pub async fn put_fenced(
+        &self,
+        key: &str,
+        version: Version,
+        doc: Option<&Document>,
+        fence: Option<&Fence>,
+    ) -> Result<CasOutcome> {
         let bytes = match doc {
             Some(d) => bson::to_vec(d).map_err(|e| Error::Encode(e.to_string()))?,
             None => Vec::new(),
         };
         let mut conn = self.conn.clone();
-        let stored: i64 = self
-            .cas
-            .key(key)
-            .arg(version.to_sortable())
-            .arg(bytes)
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(stored == 1)
+        let mut call = self.cas.key(key);
+        call.arg(version.to_sortable()).arg(bytes);
+        if let Some(f) = fence {
+            call.key(&f.key).arg(f.token);
+        }
+        let res: i64 = call.invoke_async(&mut conn).await?;
+        Ok(match res {
+            1 => CasOutcome::Stored,
+            -1 => CasOutcome::Fenced,
+            _ => CasOutcome::NotNewer,
+        })
     }
 
     /// Reads a key's entry; `None` on a miss.

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::apply::Store;
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::ownership::Lease;
 use crate::protocol::{self, Names, Write};
 use crate::stream::Entry;
 
@@ -35,10 +36,17 @@ pub struct Ctx {
     pub cache: Cache,
     /// Shared connection for acks, XACK and dead letters.
     pub conn: ConnectionManager,
-    /// Fired on shutdown: stop reading, drain what is in flight.
+}
+
+/// One tenure of one partition: its lease and its stop signals.
+pub struct PartitionRun {
+    /// Fired on shutdown or hand-over: stop reading, drain what is in flight.
     pub stop_reading: CancellationToken,
-    /// Fired at the shutdown deadline: abandon retries, leave entries pending.
+    /// Fired at the shutdown deadline or when the lease is lost: apply nothing
+    /// more, leave the rest pending for the next owner.
     pub abort: CancellationToken,
+    /// The lease this tenure holds.
+    pub lease: Arc<Lease>,
 }
 
 /// An entry read from a partition, holding its in-flight permit.
@@ -57,31 +65,41 @@ pub(crate) struct Job {
 
 type KeyId = (String, String);
 
-/// Runs partition `p` until `ctx.stop_reading` fires and its in-flight work is
-/// drained (or `ctx.abort` fires).
-pub async fn run_partition(p: u32, ctx: Arc<Ctx>) {
+/// Runs partition `p` until `run.stop_reading` fires and its in-flight work is
+/// drained, or `run.abort` fires.
+pub async fn run_partition(p: u32, ctx: Arc<Ctx>, run: Arc<PartitionRun>) {
     let stream = ctx.names.stream(p);
     let permits = Arc::new(Semaphore::new(ctx.config.max_in_flight));
     let (tx, mut rx) = mpsc::channel::<Vec<Item>>(2);
-    let reader = tokio::spawn(reader::run(p, ctx.clone(), permits.clone(), tx));
+    let reader = tokio::spawn(reader::run(
+        p,
+        ctx.clone(),
+        run.clone(),
+        permits.clone(),
+        tx,
+    ));
     let label = p.to_string();
     let mut queues: HashMap<KeyId, VecDeque<Job>> = HashMap::new();
     let mut running: JoinSet<KeyId> = JoinSet::new();
     let mut reading = true;
+    let mut aborted = false;
     loop {
         metrics::gauge!("writ_inflight_entries", "partition" => label.clone())
             .set((ctx.config.max_in_flight - permits.available_permits()) as f64);
         tokio::select! {
             batch = rx.recv(), if reading => match batch {
                 Some(items) => {
-                    metrics::histogram!("writ_batch_size").record(items.len() as f64);
+                    metrics::histogram!("writ_batch_entries").record(items.len() as f64);
                     for item in items {
-                        if let Some(job) = worker::admit(&ctx, p, &stream, item).await {
+                        if aborted {
+                            break; // left pending for the next owner
+                        }
+                        if let Some(job) = worker::admit(&ctx, &run, p, &stream, item).await {
                             let id = (job.write.collection.clone(), job.write.key.canonical());
                             let idle = !queues.contains_key(&id);
                             queues.entry(id.clone()).or_default().push_back(job);
                             if idle {
-                                spawn_key(&mut running, &mut queues, id, &ctx, p, &stream);
+                                spawn_key(&mut running, &mut queues, id, &ctx, &run, p, &stream);
                             }
                         }
                     }
@@ -91,14 +109,19 @@ pub async fn run_partition(p: u32, ctx: Arc<Ctx>) {
             Some(done) = running.join_next(), if !running.is_empty() => {
                 match done {
                     Ok(id) => {
-                        if queues.get(&id).is_some_and(|q| !q.is_empty()) {
-                            spawn_key(&mut running, &mut queues, id, &ctx, p, &stream);
+                        if !aborted && queues.get(&id).is_some_and(|q| !q.is_empty()) {
+                            spawn_key(&mut running, &mut queues, id, &ctx, &run, p, &stream);
                         } else {
                             queues.remove(&id);
                         }
                     }
                     Err(e) => tracing::error!(partition = p, error = %e, "key worker panicked; its entries stay pending and are re-read on restart"),
                 }
+            }
+            _ = run.abort.cancelled(), if !aborted => {
+                aborted = true;
+                run.stop_reading.cancel();
+                tracing::warn!(partition = p, "partition aborted; unfinished entries stay pending for the next owner");
             }
             else => break,
         }
@@ -115,6 +138,7 @@ fn spawn_key(
     queues: &mut HashMap<KeyId, VecDeque<Job>>,
     id: KeyId,
     ctx: &Arc<Ctx>,
+    run: &Arc<PartitionRun>,
     p: u32,
     stream: &str,
 ) {
@@ -123,9 +147,10 @@ fn spawn_key(
         .map(|q| q.drain(..).collect())
         .unwrap_or_default();
     let ctx = ctx.clone();
+    let run = run.clone();
     let stream = stream.to_string();
     running.spawn(async move {
-        worker::run_key(&ctx, p, &stream, jobs).await;
+        worker::run_key(&ctx, &run, p, &stream, jobs).await;
         id
     });
 }

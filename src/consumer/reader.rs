@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, Semaphore};
 
-use super::{Ctx, Item};
+use super::{Ctx, Item, PartitionRun};
 use crate::backoff::Backoff;
 use crate::error::Result;
 use crate::stream::{parse_autoclaim, parse_read_reply, Entry};
@@ -14,6 +14,7 @@ use crate::stream::{parse_autoclaim, parse_read_reply, Entry};
 pub(super) async fn run(
     p: u32,
     ctx: Arc<Ctx>,
+    run: Arc<PartitionRun>,
     permits: Arc<Semaphore>,
     tx: mpsc::Sender<Vec<Item>>,
 ) {
@@ -31,10 +32,10 @@ pub(super) async fn run(
     // in id order, before any new entry: that keeps per-key order.
     let mut cursor = "0-0".to_string();
     loop {
-        if ctx.stop_reading.is_cancelled() {
+        if run.stop_reading.is_cancelled() {
             return;
         }
-        let Some(first) = acquire(&permits, &ctx).await else {
+        let Some(first) = acquire(&permits, &run).await else {
             return;
         };
         let count = ctx.config.batch_size.min(permits.available_permits() + 1);
@@ -71,14 +72,14 @@ pub(super) async fn run(
             Err(e) => {
                 drop(first);
                 tracing::warn!(partition = p, error = %e, "claiming pending entries failed; retrying");
-                if !backoff.sleep(&ctx.stop_reading).await {
+                if !backoff.sleep(&run.stop_reading).await {
                     return;
                 }
             }
         }
     }
     loop {
-        let Some(first) = acquire(&permits, &ctx).await else {
+        let Some(first) = acquire(&permits, &run).await else {
             return;
         };
         let count = ctx.config.batch_size.min(permits.available_permits() + 1);
@@ -113,7 +114,7 @@ pub(super) async fn run(
                     continue;
                 }
                 tracing::warn!(partition = p, error = %e, "reading the partition stream failed; retrying");
-                if !backoff.sleep(&ctx.stop_reading).await {
+                if !backoff.sleep(&run.stop_reading).await {
                     return;
                 }
             }
@@ -125,13 +126,16 @@ fn is_nogroup(e: &crate::error::Error) -> bool {
     matches!(e, crate::error::Error::Redis(r) if r.code() == Some("NOGROUP"))
 }
 
-async fn acquire(permits: &Arc<Semaphore>, ctx: &Ctx) -> Option<tokio::sync::OwnedSemaphorePermit> {
-    if ctx.stop_reading.is_cancelled() {
+async fn acquire(
+    permits: &Arc<Semaphore>,
+    run: &PartitionRun,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    if run.stop_reading.is_cancelled() {
         return None;
     }
     tokio::select! {
         p = permits.clone().acquire_owned() => p.ok(),
-        _ = ctx.stop_reading.cancelled() => None,
+        _ = run.stop_reading.cancelled() => None,
     }
 }
 

@@ -7,17 +7,24 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{Ctx, Item, Job};
+use super::{Ctx, Item, Job, PartitionRun};
 use crate::ack::{Ack, Outcome};
 use crate::apply::{doc_version, Applied};
 use crate::backoff::Backoff;
+use crate::cache::{CasOutcome, Fence};
 use crate::config::WriteMode;
 use crate::deadletter::DeadLetter;
 use crate::error::{Error, RetryClass};
 use crate::protocol::{self, Op, Reject, RejectReason, Version};
 
 /// Decodes an entry; a refused one is dead-lettered and acked here.
-pub(super) async fn admit(ctx: &Ctx, p: u32, stream: &str, item: Item) -> Option<Job> {
+pub(super) async fn admit(
+    ctx: &Ctx,
+    run: &PartitionRun,
+    p: u32,
+    stream: &str,
+    item: Item,
+) -> Option<Job> {
     let Item { entry, _permit } = item;
     let decoded = match &entry.fields {
         Some(fields) => protocol::decode(fields, &ctx.config, Some(p)),
@@ -40,6 +47,7 @@ pub(super) async fn admit(ctx: &Ctx, p: u32, stream: &str, item: Item) -> Option
             let reply = entry.fields.as_ref().and_then(|f| reply_of(f));
             dead_letter(
                 ctx,
+                run,
                 stream,
                 entry.id,
                 entry.fields.as_ref(),
@@ -72,7 +80,11 @@ fn reply_of(fields: &crate::stream::Fields) -> Option<protocol::ReplyTo> {
 }
 
 /// Processes one key's jobs, in order.
-pub(super) async fn run_key(ctx: &Ctx, p: u32, stream: &str, jobs: Vec<Job>) {
+pub(super) async fn run_key(ctx: &Ctx, run: &PartitionRun, p: u32, stream: &str, jobs: Vec<Job>) {
+    let fence = Fence {
+        key: crate::ownership::fence_key(&ctx.config.namespace, p),
+        token: run.lease.token,
+    };
     let mut i = 0;
     let mut no_coalesce_before = 0;
     while i < jobs.len() {
@@ -90,8 +102,12 @@ pub(super) async fn run_key(ctx: &Ctx, p: u32, stream: &str, jobs: Vec<Job>) {
             }
         }
         let target = &jobs[end - 1];
+        if run.abort.is_cancelled() || !run.lease.valid() {
+            run.abort.cancel();
+            return; // no longer surely the owner: leave the rest pending
+        }
         let started = std::time::Instant::now();
-        let applied = match apply_with_retry(ctx, &coll, target).await {
+        let applied = match apply_with_retry(ctx, run, &coll, target).await {
             Some(Ok(a)) => a,
             Some(Err((reject, attempts))) => {
                 if end - 1 > i {
@@ -102,8 +118,11 @@ pub(super) async fn run_key(ctx: &Ctx, p: u32, stream: &str, jobs: Vec<Job>) {
                 }
                 tracing::error!(partition = p, entry = %target.id, collection = %coll.name, attempts, detail = %reject.detail, "write failed for good; parked it in the dead-letter stream");
                 metrics::counter!("writ_writes_total", "collection" => coll.name.clone(), "outcome" => Outcome::DeadLettered.as_str()).increment(1);
+                metrics::counter!("writ_rejected_total", "reason" => reject.reason.as_str())
+                    .increment(1);
                 dead_letter(
                     ctx,
+                    run,
                     stream,
                     target.id,
                     Some(&target.fields),
@@ -138,21 +157,27 @@ pub(super) async fn run_key(ctx: &Ctx, p: u32, stream: &str, jobs: Vec<Job>) {
             .names
             .cache(p, &coll.name, &target.write.key.canonical());
         let cache_started = std::time::Instant::now();
-        if !retry_until_abort(ctx, "cache update", || {
-            ctx.cache.put_if_newer(&cache_key, version, doc.as_ref())
+        let Some(cas) = retry_until_abort(run, "cache update", || {
+            ctx.cache
+                .put_fenced(&cache_key, version, doc.as_ref(), Some(&fence))
         })
         .await
-        {
+        else {
+            return;
+        };
+        if cas == CasOutcome::Fenced {
+            tracing::warn!(partition = p, token = fence.token, "fencing token is stale: the lease moved to another daemon; stopping this partition");
+            run.abort.cancel();
             return;
         }
         metrics::histogram!("writ_cache_update_seconds")
             .record(cache_started.elapsed().as_secs_f64());
-        let run = &jobs[i..end];
-        let acks: Vec<(Option<Ack>, Version)> = run
+        let batch = &jobs[i..end];
+        let acks: Vec<(Option<Ack>, Version)> = batch
             .iter()
             .enumerate()
             .map(|(n, job)| {
-                let outcome = if n + 1 == run.len() { last_outcome } else { Outcome::Coalesced };
+                let outcome = if n + 1 == batch.len() { last_outcome } else { Outcome::Coalesced };
                 metrics::counter!("writ_writes_total", "collection" => coll.name.clone(), "outcome" => outcome.as_str()).increment(1);
                 let ack = job.write.reply.as_ref().map(|r| Ack {
                     request: r.request.clone(),
@@ -166,8 +191,10 @@ pub(super) async fn run_key(ctx: &Ctx, p: u32, stream: &str, jobs: Vec<Job>) {
             .collect();
         if !send_acks(
             ctx,
+            run,
             stream,
-            run.iter()
+            batch
+                .iter()
                 .zip(acks)
                 .map(|(job, (ack, id))| {
                     (job.write.reply.as_ref().map(|r| r.client.clone()), ack, id)
@@ -178,7 +205,7 @@ pub(super) async fn run_key(ctx: &Ctx, p: u32, stream: &str, jobs: Vec<Job>) {
         {
             return;
         }
-        for job in run {
+        for job in batch {
             record_end_to_end(&coll.name, job.id);
         }
         i = end;
@@ -199,6 +226,7 @@ fn record_end_to_end(collection: &str, id: Version) {
 /// `max_attempts`.
 async fn apply_with_retry(
     ctx: &Ctx,
+    run: &PartitionRun,
     coll: &crate::config::CollectionConfig,
     job: &Job,
 ) -> Option<Result<Applied, (Reject, u32)>> {
@@ -206,17 +234,23 @@ async fn apply_with_retry(
     let mut attempts = 0u32;
     loop {
         attempts += 1;
+        if run.abort.is_cancelled() || !run.lease.valid() {
+            run.abort.cancel();
+            return None;
+        }
         match ctx.store.apply(coll, &job.write, job.id).await {
             Ok(a) => return Some(Ok(a)),
             Err(e) => {
                 let class = e.retry_class();
                 metrics::counter!("writ_retries_total", "error_class" => class.as_str())
                     .increment(1);
+                metrics::counter!("writ_mongodb_errors_total", "error_class" => class.as_str())
+                    .increment(1);
                 if class == RetryClass::Permanent && attempts >= ctx.config.max_attempts {
                     return Some(Err((mongo_reject(&e), attempts)));
                 }
                 tracing::warn!(entry = %job.id, collection = %coll.name, attempts, class = class.as_str(), error = %e, "apply failed; retrying");
-                if !backoff.sleep(&ctx.abort).await {
+                if !backoff.sleep(&run.abort).await {
                     return None;
                 }
             }
@@ -231,22 +265,26 @@ fn mongo_reject(e: &Error) -> Reject {
     )
 }
 
-/// Runs `op` until it succeeds or the shutdown deadline fires.
-async fn retry_until_abort<F, Fut, T>(ctx: &Ctx, what: &'static str, mut op: F) -> bool
+/// Runs `op` until it succeeds or the partition is aborted.
+async fn retry_until_abort<F, Fut, T>(
+    run: &PartitionRun,
+    what: &'static str,
+    mut op: F,
+) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = crate::error::Result<T>>,
 {
-    let mut backoff = Backoff::new(ctx.config.backoff_cap.min(Duration::from_secs(2)));
+    let mut backoff = Backoff::new(Duration::from_secs(2));
     loop {
         match op().await {
-            Ok(_) => return true,
+            Ok(v) => return Some(v),
             Err(e) => {
                 metrics::counter!("writ_retries_total", "error_class" => e.retry_class().as_str())
                     .increment(1);
                 tracing::warn!(what, error = %e, "redis step failed; retrying");
-                if !backoff.sleep(&ctx.abort).await {
-                    return false;
+                if !backoff.sleep(&run.abort).await {
+                    return None;
                 }
             }
         }
@@ -256,11 +294,12 @@ where
 /// Sends client acks (where asked for) and XACKs the entries, in one pipeline.
 async fn send_acks(
     ctx: &Ctx,
+    run: &PartitionRun,
     stream: &str,
     acks: Vec<(Option<String>, Option<Ack>, Version)>,
 ) -> bool {
     let group = ctx.names.group();
-    retry_until_abort(ctx, "ack", || {
+    retry_until_abort(run, "ack", || {
         let mut pipe = redis::pipe();
         let mut xack = redis::cmd("XACK");
         xack.arg(stream).arg(&group);
@@ -275,11 +314,14 @@ async fn send_acks(
         async move { pipe.query_async::<()>(&mut conn).await.map_err(Error::from) }
     })
     .await
+    .is_some()
 }
 
 /// Parks an entry in the dead-letter stream, tells its writer, XACKs it.
+#[allow(clippy::too_many_arguments)]
 async fn dead_letter(
     ctx: &Ctx,
+    run: &PartitionRun,
     stream: &str,
     id: Version,
     fields: Option<&crate::stream::Fields>,
@@ -289,7 +331,7 @@ async fn dead_letter(
 ) {
     let dlq = ctx.names.dead_letters();
     let group = ctx.names.group();
-    retry_until_abort(ctx, "dead letter", || {
+    retry_until_abort(run, "dead letter", || {
         let mut pipe = redis::pipe();
         DeadLetter {
             reason: reject.reason.as_str(),

@@ -354,6 +354,8 @@ metrics_listen = ""
 backoff_cap_ms = 500
 shutdown_deadline_ms = 5000
 max_attempts = 3
+lease_ttl_ms = 2000
+stats_interval_ms = 300
 
 [client]
 write_timeout_ms = 30000

@@ -1,0 +1,153 @@
+//! Partition leases with fencing tokens.
+//!
+//! A partition's owner holds `<ns>:{p<N>}:lease` (its consumer name, with a
+//! TTL). Each new acquisition increments `<ns>:{p<N>}:fence`; the owner keeps
+//! that token and the cache compare-and-set refuses any write whose token is
+//! not the current one, so a daemon that lost its lease (paused, partitioned)
+//! cannot move the cache. Both keys share the partition's hash tag, so the
+//! check is atomic with the write.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+
+use crate::error::Result;
+
+const ACQUIRE: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return redis.call('INCR', KEYS[2])
+end
+return 0
+"#;
+
+const RENEW: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] and redis.call('GET', KEYS[2]) == ARGV[3] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
+/// A held lease: its fencing token and how long it is surely valid.
+#[derive(Debug)]
+pub struct Lease {
+    /// Partition.
+    pub partition: u32,
+    /// Fencing token of this tenure.
+    pub token: u64,
+    valid_until: Mutex<Instant>,
+}
+
+impl Lease {
+    /// Whether the lease is still surely ours (local clock, with margin).
+    pub fn valid(&self) -> bool {
+        Instant::now() < *self.valid_until.lock().expect("lock")
+    }
+
+    fn extend(&self, from: Instant, ttl: Duration) {
+        // Keep a safety margin: a tenth of the TTL.
+        *self.valid_until.lock().expect("lock") = from + ttl - ttl / 10;
+    }
+}
+
+/// Lease operations for one namespace.
+#[derive(Clone)]
+pub struct Leases {
+    conn: ConnectionManager,
+    ns: String,
+    me: String,
+    ttl: Duration,
+    acquire: redis::Script,
+    renew: redis::Script,
+    release: redis::Script,
+}
+
+/// Key of a partition's lease.
+pub fn lease_key(ns: &str, p: u32) -> String {
+    format!("{ns}:{{p{p}}}:lease")
+}
+
+/// Key of a partition's fencing counter.
+pub fn fence_key(ns: &str, p: u32) -> String {
+    format!("{ns}:{{p{p}}}:fence")
+}
+
+impl Leases {
+    /// Leases held as `me`, lasting `ttl` unless renewed.
+    pub fn new(conn: ConnectionManager, ns: &str, me: &str, ttl: Duration) -> Leases {
+        Leases {
+            conn,
+            ns: ns.into(),
+            me: me.into(),
+            ttl,
+            acquire: redis::Script::new(ACQUIRE),
+            renew: redis::Script::new(RENEW),
+            release: redis::Script::new(RELEASE),
+        }
+    }
+
+    /// Takes the lease of `p` if nobody holds it.
+    pub async fn try_acquire(&self, p: u32) -> Result<Option<Lease>> {
+        let started = Instant::now();
+        let mut conn = self.conn.clone();
+        let token: u64 = self
+            .acquire
+            .key(lease_key(&self.ns, p))
+            .key(fence_key(&self.ns, p))
+            .arg(&self.me)
+            .arg(self.ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        if token == 0 {
+            return Ok(None);
+        }
+        let lease = Lease {
+            partition: p,
+            token,
+            valid_until: Mutex::new(started),
+        };
+        lease.extend(started, self.ttl);
+        Ok(Some(lease))
+    }
+
+    /// Renews; `false` means the lease is lost (expired and possibly taken).
+    pub async fn renew(&self, lease: &Lease) -> Result<bool> {
+        let started = Instant::now();
+        let mut conn = self.conn.clone();
+        let ok: i64 = self
+            .renew
+            .key(lease_key(&self.ns, lease.partition))
+            .key(fence_key(&self.ns, lease.partition))
+            .arg(&self.me)
+            .arg(self.ttl.as_millis() as u64)
+            .arg(lease.token)
+            .invoke_async(&mut conn)
+            .await?;
+        if ok == 1 {
+            lease.extend(started, self.ttl);
+        }
+        Ok(ok == 1)
+    }
+
+    /// Gives the lease up (only if still ours).
+    pub async fn release(&self, p: u32) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .release
+            .key(lease_key(&self.ns, p))
+            .arg(&self.me)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+}
