@@ -71,6 +71,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// The partition has too many unapplied entries; the write was not accepted.
+    #[error("backpressure: partition {partition} has {unapplied} unapplied entries (limit {limit}, client.max_backlog); the daemon is behind or MongoDB is down, retry later")]
+    Backpressure {
+        /// The partition.
+        partition: u32,
+        /// Its unapplied entries.
+        unapplied: u64,
+        /// The configured bound.
+        limit: u64,
+    },
+
     /// The handle or daemon is shutting down.
     #[error("shutting down")]
     Shutdown,
@@ -89,7 +100,9 @@ impl Error {
         match self {
             Error::Redis(e) => redis_retry_class(e),
             Error::Mongo(e) => mongo_retry_class(e),
-            Error::MissingPostImage { .. } | Error::Timeout { .. } => RetryClass::Transient,
+            Error::MissingPostImage { .. } | Error::Timeout { .. } | Error::Backpressure { .. } => {
+                RetryClass::Transient
+            }
             Error::Config(_)
             | Error::Rejected(_)
             | Error::DeadLettered { .. }
@@ -104,6 +117,7 @@ impl Error {
             Error::Redis(_) => "redis",
             Error::Mongo(_) | Error::MissingPostImage { .. } => "mongodb",
             Error::Timeout { .. } => "timeout",
+            Error::Backpressure { .. } => "backpressure",
             Error::Rejected(_) => "rejected",
             Error::DeadLettered { .. } => "dead_lettered",
             Error::Config(_) => "config",

@@ -38,6 +38,7 @@ pub mod serve;
 pub mod status;
 pub mod stream;
 pub mod telemetry;
+pub mod tools;
 
 pub use client::{Collection, Record, Ticket, Writ};
 pub use config::Config;

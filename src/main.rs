@@ -30,6 +30,64 @@ enum Command {
     Bench(writ::bench::BenchArgs),
     /// Validate the config and print it (secrets redacted).
     CheckConfig,
+    /// Per partition: owner, unapplied entries, pending, oldest age; dead letters.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect and resolve the dead-letter stream.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+    /// Re-apply retained entries (idempotent: the sequence guard skips what is applied).
+    Replay {
+        /// Start: a stream id (ms-seq), unix ms, or a duration ago (90s, 15m, 2h, 1d).
+        #[arg(long)]
+        from: String,
+        /// End (inclusive), same forms; default: the newest entry.
+        #[arg(long)]
+        to: Option<String>,
+        /// Only this collection.
+        #[arg(long)]
+        collection: Option<String>,
+    },
+    /// Refill the cache from MongoDB (never overwrites a newer cached version).
+    RebuildCache {
+        /// Only this collection.
+        #[arg(long)]
+        collection: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// List dead letters, oldest first.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one dead letter with its original fields.
+    Show { id: String },
+    /// Re-apply at the original version; removed from the stream if it applies.
+    Retry {
+        /// Dead-letter id, or --all.
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete dead letters for good.
+    Drop {
+        /// Dead-letter id, or --all.
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 fn init_logs(config: &Config) {
@@ -81,6 +139,44 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => writ::bench::run(config, args).await.context("writ bench"),
+        Command::Status { json } => {
+            let mut conn =
+                writ::redis_conn::connect(&config.redis_url, std::time::Duration::ZERO).await?;
+            let s = writ::status::status(&mut conn, &config.namespace, config.partitions).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{}", writ::status::render_table(&s));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq { action } => dlq(config, action).await,
+        Command::Replay {
+            from,
+            to,
+            collection,
+        } => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis() as u64;
+            let parse = |s: &str| {
+                writ::tools::parse_point(s, now).with_context(|| {
+                    format!("{s:?} is not a stream id, unix ms, or a duration like 15m")
+                })
+            };
+            let from = parse(&from)?;
+            let to = to.as_deref().map(parse).transpose()?;
+            let tools = writ::tools::Tools::connect(config).await?;
+            let sum = tools.replay(from, to, collection.as_deref()).await?;
+            println!("{}", serde_json::to_string(&sum)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::RebuildCache { collection } => {
+            let tools = writ::tools::Tools::connect(config).await?;
+            let sum = tools.rebuild_cache(collection.as_deref()).await?;
+            println!("{}", serde_json::to_string(&sum)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CheckConfig => {
             println!(
                 "config ok: {} partitions, {} collections, redis {}, mongodb {} / {}",
@@ -90,6 +186,88 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 writ::config::redact_url(&config.mongodb_uri),
                 config.database
             );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn dlq(config: Config, action: DlqAction) -> anyhow::Result<ExitCode> {
+    let tools = writ::tools::Tools::connect(config).await?;
+    let pick = |id: Option<String>, all: bool| -> anyhow::Result<Option<String>> {
+        match (id, all) {
+            (Some(id), false) => Ok(Some(id)),
+            (None, true) => Ok(None),
+            _ => anyhow::bail!("give a dead-letter id or --all"),
+        }
+    };
+    match action {
+        DlqAction::List { count, json } => {
+            let letters = tools.dlq_list(count).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&letters)?);
+            } else {
+                println!(
+                    "{:<22} {:<18} {:<16} {:>8}  detail",
+                    "id", "reason", "source id", "attempts"
+                );
+                for l in &letters {
+                    let detail: String = l.detail.chars().take(90).collect();
+                    println!(
+                        "{:<22} {:<18} {:<16} {:>8}  {}",
+                        l.id, l.reason, l.source_id, l.attempts, detail
+                    );
+                }
+                println!("{} dead letters shown", letters.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqAction::Show { id } => match tools.dlq_show(&id).await? {
+            Some(l) => {
+                println!("{}", serde_json::to_string_pretty(&l)?);
+                Ok(ExitCode::SUCCESS)
+            }
+            None => anyhow::bail!("no dead letter {id}"),
+        },
+        DlqAction::Retry { id, all } => {
+            let letters = match pick(id, all)? {
+                Some(id) => tools.dlq_show(&id).await?.into_iter().collect(),
+                None => tools.dlq_list(usize::MAX >> 1).await?,
+            };
+            let mut failed = 0;
+            for l in &letters {
+                match tools.dlq_retry(l).await? {
+                    Ok(outcome) => println!(
+                        "{}: {} (removed from the dead-letter stream)",
+                        l.id,
+                        outcome.as_str()
+                    ),
+                    Err(reason) => {
+                        failed += 1;
+                        println!("{}: still failing: {reason}", l.id);
+                    }
+                }
+            }
+            Ok(if failed == 0 && !letters.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        DlqAction::Drop { id, all } => {
+            let ids: Vec<String> = match pick(id, all)? {
+                Some(id) => vec![id],
+                None => tools
+                    .dlq_list(usize::MAX >> 1)
+                    .await?
+                    .into_iter()
+                    .map(|l| l.id)
+                    .collect(),
+            };
+            let mut n = 0;
+            for id in &ids {
+                n += usize::from(tools.dlq_drop(id).await?);
+            }
+            println!("dropped {n} dead letters");
             Ok(ExitCode::SUCCESS)
         }
     }

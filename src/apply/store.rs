@@ -82,6 +82,11 @@ impl Store {
         self.db.collection(name)
     }
 
+    /// A collection handle, for tools that scan whole collections.
+    pub fn raw_collection(&self, name: &str) -> Collection<Document> {
+        self.coll(name)
+    }
+
     /// Creates each collection's unique key index. Idempotent.
     pub async fn ensure_indexes<'a>(
         &self,

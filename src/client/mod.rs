@@ -9,6 +9,7 @@
 //!   `client.read_timeout_ms`) and fail with a timeout rather than go stale.
 
 mod acks;
+mod admit;
 mod ticket;
 
 pub use ticket::Ticket;
@@ -52,6 +53,7 @@ pub(crate) struct Inner {
     waiters: Mutex<HashMap<String, (KeyId, watch::Sender<Option<acks::AckResult>>)>>,
     /// This handle's newest unacked write per key.
     latest: Mutex<HashMap<KeyId, (Version, AckState)>>,
+    admit: redis::Script,
     _stop: DropGuard,
 }
 
@@ -79,6 +81,7 @@ impl Writ {
             next_request: AtomicU64::new(1),
             waiters: Mutex::new(HashMap::new()),
             latest: Mutex::new(HashMap::new()),
+            admit: redis::Script::new(admit::XADD_BOUNDED),
             _stop: stop.clone().drop_guard(),
             config,
         });
@@ -169,16 +172,24 @@ impl Collection {
             .lock()
             .expect("lock")
             .insert(request.clone(), (id.clone(), tx));
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(inner.names.stream(p)).arg("*");
+        let mut call = inner.admit.key(inner.names.stream(p));
+        call.arg(inner.names.group()).arg(inner.config.max_backlog);
         for (f, v) in &fields {
-            cmd.arg(*f).arg(v.as_slice());
+            call.arg(*f).arg(v.as_slice());
         }
         let mut conn = inner.conn.clone();
-        let entry: String = match cmd.query_async(&mut conn).await {
+        let entry: String = match call.invoke_async(&mut conn).await {
             Ok(id) => id,
             Err(e) => {
                 inner.waiters.lock().expect("lock").remove(&request);
+                if e.code() == Some("BACKPRESSURE") {
+                    let unapplied = e.detail().and_then(|d| d.trim().parse().ok()).unwrap_or(0);
+                    return Err(Error::Backpressure {
+                        partition: p,
+                        unapplied,
+                        limit: inner.config.max_backlog,
+                    });
+                }
                 return Err(e.into());
             }
         };

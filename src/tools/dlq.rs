@@ -1,0 +1,132 @@
+//! `writ dlq list | show | retry | drop`: inspect and resolve dead letters.
+//!
+//! `retry` re-applies the original entry **at its original version**, so it
+//! can never overwrite a newer write of the same key (the sequence guard turns
+//! it into a no-op instead); it is removed from the dead-letter stream only if
+//! it applied or was superseded.
+
+use redis::Value;
+
+use super::Tools;
+use crate::deadletter::field;
+use crate::error::Result;
+use crate::protocol::Version;
+use crate::stream::{parse_entries, Entry, Fields};
+
+/// A dead letter as read back.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Letter {
+    /// Its id in the dead-letter stream.
+    pub id: String,
+    /// Reason label.
+    pub reason: String,
+    /// Detail.
+    pub detail: String,
+    /// Source stream and entry id.
+    pub source: String,
+    /// Original entry id.
+    pub source_id: String,
+    /// Attempts made.
+    pub attempts: String,
+    /// The original fields (values as UTF-8 where possible, else hex).
+    pub fields: Vec<(String, String)>,
+    #[serde(skip)]
+    original: Fields,
+}
+
+fn text(v: &[u8]) -> String {
+    match std::str::from_utf8(v) {
+        Ok(s) => s.to_string(),
+        Err(_) => format!(
+            "0x{}",
+            v.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ),
+    }
+}
+
+fn letter(e: &Entry) -> Letter {
+    let fields = e.fields.clone().unwrap_or_default();
+    let get = |n: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k.as_slice() == n.as_bytes())
+            .map(|(_, v)| text(v))
+            .unwrap_or_default()
+    };
+    let original: Fields = fields
+        .iter()
+        .filter(|(k, _)| !k.starts_with(b"dlq."))
+        .cloned()
+        .collect();
+    Letter {
+        id: e.id.to_stream_id(),
+        reason: get(field::REASON),
+        detail: get(field::DETAIL),
+        source: get(field::SOURCE),
+        source_id: get(field::ID),
+        attempts: get(field::ATTEMPTS),
+        fields: original.iter().map(|(k, v)| (text(k), text(v))).collect(),
+        original,
+    }
+}
+
+impl Tools {
+    /// Dead letters, oldest first, at most `count`.
+    pub async fn dlq_list(&self, count: usize) -> Result<Vec<Letter>> {
+        let mut conn = self.conn.clone();
+        let v: Value = redis::cmd("XRANGE")
+            .arg(self.names.dead_letters())
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut conn)
+            .await?;
+        Ok(parse_entries(&v).iter().map(letter).collect())
+    }
+
+    /// One dead letter.
+    pub async fn dlq_show(&self, id: &str) -> Result<Option<Letter>> {
+        let mut conn = self.conn.clone();
+        let v: Value = redis::cmd("XRANGE")
+            .arg(self.names.dead_letters())
+            .arg(id)
+            .arg(id)
+            .query_async(&mut conn)
+            .await?;
+        Ok(parse_entries(&v).first().map(letter))
+    }
+
+    /// Re-applies a dead letter at its original version; removes it if that
+    /// worked. Returns the outcome or the reason it failed again.
+    pub async fn dlq_retry(
+        &self,
+        letter: &Letter,
+    ) -> Result<std::result::Result<crate::ack::Outcome, String>> {
+        let Ok(version) = letter.source_id.parse::<Version>() else {
+            return Ok(Err(format!(
+                "dead letter {} has no readable source id",
+                letter.id
+            )));
+        };
+        match self.apply_entry(version, &letter.original).await {
+            Ok(outcome) => {
+                self.dlq_drop(&letter.id).await?;
+                Ok(Ok(outcome))
+            }
+            Err(crate::Error::Rejected(r)) => Ok(Err(r.to_string())),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes a dead letter.
+    pub async fn dlq_drop(&self, id: &str) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let n: u64 = redis::cmd("XDEL")
+            .arg(self.names.dead_letters())
+            .arg(id)
+            .query_async(&mut conn)
+            .await?;
+        Ok(n == 1)
+    }
+}

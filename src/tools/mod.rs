@@ -1,0 +1,136 @@
+//! Operator tools behind the CLI: `writ status`, `writ dlq`, `writ replay`,
+//! `writ rebuild-cache`. Each works directly against Redis and MongoDB, safely
+//! beside running daemons: every apply goes through the same sequence guard
+//! and every cache write through the same compare-and-set.
+
+pub mod dlq;
+pub mod rebuild;
+pub mod replay;
+
+use std::time::Duration;
+
+use crate::ack::Outcome;
+use crate::apply::{doc_version, Applied, Store};
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::protocol::{self, Names, Reject, Version};
+use crate::stream::Fields;
+
+/// Connections the tools share.
+pub struct Tools {
+    /// The config.
+    pub config: Config,
+    /// Key names.
+    pub names: Names,
+    /// Plain reconnecting Redis connection.
+    pub conn: redis::aio::ConnectionManager,
+    /// MongoDB.
+    pub store: Store,
+    /// The cache.
+    pub cache: Cache,
+}
+
+impl Tools {
+    /// Connects.
+    pub async fn connect(config: Config) -> Result<Tools> {
+        let conn = crate::redis_conn::connect(&config.redis_url, Duration::ZERO).await?;
+        let store = Store::connect(&config).await?;
+        Ok(Tools {
+            names: Names::new(&config.namespace),
+            cache: Cache::new(conn.clone()),
+            conn,
+            store,
+            config,
+        })
+    }
+
+    /// Applies one retained entry at its own version, then refreshes the cache
+    /// (never backwards). `Err(Rejected)` if it cannot apply.
+    pub async fn apply_entry(&self, id: Version, fields: &Fields) -> Result<Outcome> {
+        let write = protocol::decode(fields, &self.config, None)?;
+        let coll = self
+            .config
+            .collection(&write.collection)
+            .expect("decode checked it");
+        let applied = match self.store.apply(coll, &write, id).await {
+            Ok(a) => a,
+            Err(e) if e.retry_class() == crate::error::RetryClass::Permanent => {
+                return Err(Error::Rejected(Reject::new(
+                    protocol::RejectReason::MongoRejected,
+                    e.to_string(),
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        let (version, doc, outcome) = match applied {
+            Applied::Committed(d) => (doc_version(&d).unwrap_or(id), Some(d), Outcome::Applied),
+            Applied::Deleted => (id, None, Outcome::Applied),
+            Applied::Stale(Some(d)) => (doc_version(&d).unwrap_or(id), Some(d), Outcome::Stale),
+            Applied::Stale(None) => (id, None, Outcome::Stale),
+        };
+        let p = write
+            .key
+            .partition(&write.collection, self.config.partitions);
+        let key = self
+            .names
+            .cache(p, &write.collection, &write.key.canonical());
+        self.cache.put_if_newer(&key, version, doc.as_ref()).await?;
+        Ok(outcome)
+    }
+}
+
+/// Parses `--from/--to`: a stream id (`ms-seq`), unix milliseconds, or a
+/// duration ago (`90s`, `15m`, `2h`, `1d`).
+pub fn parse_point(s: &str, now_ms: u64) -> Option<Version> {
+    if let Ok(v) = s.parse::<Version>() {
+        if s.contains('-') || s.len() >= 12 {
+            return Some(v);
+        }
+    }
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
+    let n: u64 = num.parse().ok()?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        "d" => n * 86_400_000,
+        _ => return None,
+    };
+    Some(Version {
+        ms: now_ms.saturating_sub(ms),
+        seq: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn points() {
+        assert_eq!(
+            parse_point("1700000000000-3", 0),
+            Some(Version {
+                ms: 1_700_000_000_000,
+                seq: 3
+            })
+        );
+        assert_eq!(
+            parse_point("1700000000000", 0),
+            Some(Version {
+                ms: 1_700_000_000_000,
+                seq: 0
+            })
+        );
+        assert_eq!(
+            parse_point("15m", 1_000_000),
+            Some(Version {
+                ms: 100_000,
+                seq: 0
+            })
+        );
+        assert_eq!(parse_point("soon", 0), None);
+    }
+}

@@ -1,0 +1,74 @@
+//! `writ rebuild-cache`: refills the cache from MongoDB after Redis lost data.
+//! Every entry goes through the compare-and-set, so a newer cached version is
+//! never overwritten.
+
+use futures::TryStreamExt;
+use mongodb::bson::Document;
+
+use super::Tools;
+use crate::apply::doc_version;
+use crate::error::Result;
+use crate::protocol::Key;
+
+/// What a rebuild did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct RebuildSummary {
+    /// Documents read.
+    pub read: u64,
+    /// Cache entries written.
+    pub stored: u64,
+    /// Cache already as new or newer.
+    pub kept: u64,
+    /// Documents without a writ version or usable key (not written by writ).
+    pub skipped: u64,
+}
+
+impl Tools {
+    /// Rebuilds the cache of one collection, or of all.
+    pub async fn rebuild_cache(&self, collection: Option<&str>) -> Result<RebuildSummary> {
+        let mut sum = RebuildSummary::default();
+        let colls: Vec<_> = self
+            .config
+            .collections
+            .values()
+            .filter(|c| collection.is_none_or(|n| n == c.name))
+            .cloned()
+            .collect();
+        for coll in colls {
+            let mut cursor = self
+                .store
+                .raw_collection(&coll.name)
+                .find(mongodb::bson::doc! {})
+                .await?;
+            while let Some(doc) = cursor.try_next().await? {
+                sum.read += 1;
+                let key_doc: Document = coll
+                    .key
+                    .iter()
+                    .filter_map(|k| Some((k.clone(), doc.get(k)?.clone())))
+                    .collect();
+                let (Some(version), Ok(key)) =
+                    (doc_version(&doc), Key::from_document(&key_doc, &coll))
+                else {
+                    sum.skipped += 1;
+                    continue;
+                };
+                let p = key.partition(&coll.name, self.config.partitions);
+                if self
+                    .cache
+                    .put_if_newer(
+                        &self.names.cache(p, &coll.name, &key.canonical()),
+                        version,
+                        Some(&doc),
+                    )
+                    .await?
+                {
+                    sum.stored += 1;
+                } else {
+                    sum.kept += 1;
+                }
+            }
+        }
+        Ok(sum)
+    }
+}
