@@ -20,6 +20,8 @@ pub const ENV_CONFIG: &str = "WRIT_CONFIG";
 pub const ENV_REDIS_URL: &str = "WRIT_REDIS_URL";
 /// Environment variable overriding `mongodb.uri`.
 pub const ENV_MONGODB_URI: &str = "WRIT_MONGODB_URI";
+/// Environment variable overriding `daemon.consumer_name`.
+pub const ENV_CONSUMER_NAME: &str = "WRIT_CONSUMER_NAME";
 /// Config file used when neither `--config` nor `WRIT_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "config/writ.toml";
 
@@ -390,6 +392,9 @@ impl Config {
         }
         if let Ok(uri) = std::env::var(ENV_MONGODB_URI) {
             raw.mongodb.uri = uri;
+        }
+        if let Ok(name) = std::env::var(ENV_CONSUMER_NAME) {
+            raw.daemon.consumer_name = Some(name);
         }
         raw.validate()
     }

@@ -118,7 +118,7 @@ pub async fn run_partition(p: u32, ctx: Arc<Ctx>, run: Arc<PartitionRun>) {
                     Err(e) => tracing::error!(partition = p, error = %e, "key worker panicked; its entries stay pending and are re-read on restart"),
                 }
             }
-            _ = run.abort.cancelled(), if !aborted => {
+            _ = run.abort.cancelled(), if !aborted && (reading || !running.is_empty()) => {
                 aborted = true;
                 run.stop_reading.cancel();
                 tracing::warn!(partition = p, "partition aborted; unfinished entries stay pending for the next owner");

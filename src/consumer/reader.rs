@@ -1,6 +1,11 @@
 //! The partition reader: claims pending entries left by earlier consumers,
-//! then reads new ones with `XREADGROUP ... BLOCK`, never holding more than the
-//! in-flight bound.
+//! then reads new ones, never holding more than the in-flight bound.
+//!
+//! Every group read is **fenced**: a script delivers entries to this consumer
+//! only while the partition's fencing token is still ours. A daemon that was
+//! paused past its lease therefore cannot pull entries into its own pending
+//! list after the new owner claimed the old ones. Waiting for new entries uses
+//! a plain `XREAD BLOCK`, which delivers nothing.
 
 use std::sync::Arc;
 
@@ -8,8 +13,25 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::{Ctx, Item, PartitionRun};
 use crate::backoff::Backoff;
-use crate::error::Result;
-use crate::stream::{parse_autoclaim, parse_read_reply, Entry};
+use crate::error::{Error, Result};
+use crate::stream::{parse_autoclaim, parse_entries, Entry};
+
+/// `KEYS`: stream, fence. `ARGV`: token, group, consumer, count, mode, cursor.
+/// Mode `claim`: XAUTOCLAIM from `cursor`; mode `read`: XREADGROUP `>`,
+/// returning `{entries, last id}`.
+const FENCED_READ: &str = r#"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return redis.error_reply('FENCED the partition lease moved to another daemon')
+end
+if ARGV[5] == 'claim' then
+  return redis.call('XAUTOCLAIM', KEYS[1], ARGV[2], ARGV[3], 0, ARGV[6], 'COUNT', ARGV[4])
+end
+local r = redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4], 'STREAMS', KEYS[1], '>')
+if r then return {r[1][2], ''} end
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if last[1] then return {{}, last[1][1]} end
+return {{}, '0-0'}
+"#;
 
 pub(super) async fn run(
     p: u32,
@@ -19,7 +41,9 @@ pub(super) async fn run(
     tx: mpsc::Sender<Vec<Item>>,
 ) {
     let stream = ctx.names.stream(p);
+    let fence = crate::ownership::fence_key(&ctx.config.namespace, p);
     let group = ctx.names.group();
+    let script = redis::Script::new(FENCED_READ);
     let mut conn = match crate::redis_conn::connect(&ctx.config.redis_url, ctx.config.block).await {
         Ok(c) => c,
         Err(e) => {
@@ -27,31 +51,38 @@ pub(super) async fn run(
             return;
         }
     };
+    let fenced = |mode: &'static str, count: usize, cursor: &str| {
+        let mut call = script.key(&stream);
+        call.key(&fence)
+            .arg(run.lease.token)
+            .arg(&group)
+            .arg(&ctx.config.consumer_name)
+            .arg(count)
+            .arg(mode)
+            .arg(cursor);
+        call
+    };
     let mut backoff = Backoff::new(ctx.config.backoff_cap);
     // First, everything pending in the group (earlier runs, crashed daemons),
     // in id order, before any new entry: that keeps per-key order.
     let mut cursor = "0-0".to_string();
+    let mut claiming = true;
     loop {
-        if run.stop_reading.is_cancelled() {
-            return;
-        }
         let Some(first) = acquire(&permits, &run).await else {
             return;
         };
+        if !run.lease.valid() {
+            run.abort.cancel();
+            return;
+        }
         let count = ctx.config.batch_size.min(permits.available_permits() + 1);
-        let res: Result<redis::Value> = redis::cmd("XAUTOCLAIM")
-            .arg(&stream)
-            .arg(&group)
-            .arg(&ctx.config.consumer_name)
-            .arg(0)
-            .arg(&cursor)
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut conn)
+        let mode = if claiming { "claim" } else { "read" };
+        let res: Result<redis::Value> = fenced(mode, count, &cursor)
+            .invoke_async(&mut conn)
             .await
             .map_err(Into::into);
         match res {
-            Ok(v) => {
+            Ok(v) if claiming => {
                 backoff.reset();
                 let (next, entries) = parse_autoclaim(&v);
                 if !entries.is_empty() {
@@ -65,48 +96,56 @@ pub(super) async fn run(
                     }
                 }
                 if next == "0-0" {
-                    break;
-                }
-                cursor = next;
-            }
-            Err(e) => {
-                drop(first);
-                tracing::warn!(partition = p, error = %e, "claiming pending entries failed; retrying");
-                if !backoff.sleep(&run.stop_reading).await {
-                    return;
+                    claiming = false;
+                } else {
+                    cursor = next;
                 }
             }
-        }
-    }
-    loop {
-        let Some(first) = acquire(&permits, &run).await else {
-            return;
-        };
-        let count = ctx.config.batch_size.min(permits.available_permits() + 1);
-        let res: Result<redis::Value> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(&group)
-            .arg(&ctx.config.consumer_name)
-            .arg("COUNT")
-            .arg(count)
-            .arg("BLOCK")
-            .arg(ctx.config.block.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(&stream)
-            .arg(">")
-            .query_async(&mut conn)
-            .await
-            .map_err(Into::into);
-        match res {
             Ok(v) => {
                 backoff.reset();
-                let entries = parse_read_reply(&v);
-                if !entries.is_empty() && !send(entries, first, &permits, &tx).await {
-                    return;
+                let (entries, last) = match &v {
+                    redis::Value::Array(parts) if parts.len() == 2 => {
+                        let last: String =
+                            redis::from_redis_value(parts[1].clone()).unwrap_or_default();
+                        (parse_entries(&parts[0]), last)
+                    }
+                    _ => (Vec::new(), String::new()),
+                };
+                if !entries.is_empty() {
+                    if !send(entries, first, &permits, &tx).await {
+                        return;
+                    }
+                    continue;
+                }
+                drop(first);
+                // Nothing new: wait for an entry after `last` without taking it.
+                let wait: redis::RedisResult<redis::Value> = redis::cmd("XREAD")
+                    .arg("COUNT")
+                    .arg(1)
+                    .arg("BLOCK")
+                    .arg(ctx.config.block.as_millis() as u64)
+                    .arg("STREAMS")
+                    .arg(&stream)
+                    .arg(if last.is_empty() { "$" } else { last.as_str() })
+                    .query_async(&mut conn)
+                    .await;
+                if let Err(e) = wait {
+                    tracing::warn!(partition = p, error = %e, "waiting for new entries failed; retrying");
+                    if !backoff.sleep(&run.stop_reading).await {
+                        return;
+                    }
                 }
             }
             Err(e) => {
                 drop(first);
+                if is_fenced(&e) {
+                    tracing::warn!(
+                        partition = p,
+                        "fencing token is stale: the lease moved; stopping this partition"
+                    );
+                    run.abort.cancel();
+                    return;
+                }
                 if is_nogroup(&e) {
                     crate::serve::ensure_group(&mut conn, &stream, &group)
                         .await
@@ -122,8 +161,12 @@ pub(super) async fn run(
     }
 }
 
-fn is_nogroup(e: &crate::error::Error) -> bool {
-    matches!(e, crate::error::Error::Redis(r) if r.code() == Some("NOGROUP"))
+fn is_fenced(e: &Error) -> bool {
+    matches!(e, Error::Redis(r) if r.code() == Some("FENCED"))
+}
+
+fn is_nogroup(e: &Error) -> bool {
+    matches!(e, Error::Redis(r) if r.code() == Some("NOGROUP"))
 }
 
 async fn acquire(

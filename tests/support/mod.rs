@@ -11,6 +11,9 @@
 #![allow(dead_code)]
 
 pub mod history;
+pub mod load;
+pub mod proc;
+pub mod proxy;
 
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
@@ -336,7 +339,24 @@ impl TestEnv {
 
     /// The config text for this env, with `extra` appended.
     pub fn config_text(&self, extra: &str) -> String {
-        format!(
+        self.config_text_with(&Overrides {
+            collections: extra,
+            ..Default::default()
+        })
+    }
+
+    /// The config text with overrides.
+    pub fn config_text_with(&self, o: &Overrides) -> String {
+        let mongo = o
+            .mongo_uri
+            .clone()
+            .unwrap_or_else(|| self.mongo_uri.clone());
+        let redis = o
+            .redis_url
+            .clone()
+            .unwrap_or_else(|| self.redis_url.clone());
+        let (daemon_extra, client_extra, extra) = (o.daemon, o.client, o.collections);
+        let config = format!(
             r#"
 [redis]
 url = "{redis}"
@@ -349,18 +369,10 @@ database = "{name}"
 op_timeout_ms = 5000
 
 [daemon]
-block_ms = 200
-metrics_listen = ""
-backoff_cap_ms = 500
-shutdown_deadline_ms = 5000
-max_attempts = 3
-lease_ttl_ms = 2000
-stats_interval_ms = 300
+{daemon_extra}
 
 [client]
-write_timeout_ms = 30000
-read_timeout_ms = 30000
-max_document_bytes = 65536
+{client_extra}
 
 [[collections]]
 name = "signal"
@@ -376,10 +388,43 @@ name = "measure"
 key = ["bucket", "entryKey"]
 {extra}
 "#,
-            redis = self.redis_url,
-            mongo = self.mongo_uri,
+            redis = redis,
+            mongo = mongo,
             name = self.name
-        )
+        );
+        // Defaults for keys the overrides did not set.
+        let mut text = config;
+        for (table, key, value) in [
+            ("[daemon]", "metrics_listen", "\"\""),
+            ("[daemon]", "block_ms", "200"),
+            ("[daemon]", "backoff_cap_ms", "500"),
+            ("[daemon]", "shutdown_deadline_ms", "5000"),
+            ("[daemon]", "max_attempts", "3"),
+            ("[daemon]", "lease_ttl_ms", "2000"),
+            ("[daemon]", "stats_interval_ms", "300"),
+            ("[client]", "write_timeout_ms", "30000"),
+            ("[client]", "read_timeout_ms", "30000"),
+            ("[client]", "max_document_bytes", "65536"),
+        ] {
+            let section_has = |t: &str| {
+                let start = t.find(table).unwrap();
+                let rest = &t[start + table.len()..];
+                let end = rest.find("\n[").unwrap_or(rest.len());
+                rest[..end].lines().any(|l| {
+                    l.trim_start().starts_with(&format!("{key} "))
+                        || l.trim_start().starts_with(&format!("{key}="))
+                })
+            };
+            if !section_has(&text) {
+                text = text.replacen(table, &format!("{table}\n{key} = {value}"), 1);
+            }
+        }
+        text
+    }
+
+    /// A validated config with overrides.
+    pub fn config_with(&self, o: &Overrides) -> Config {
+        Config::from_toml(&self.config_text_with(o)).expect("test config is valid")
     }
 
     pub fn config(&self) -> Config {
@@ -390,6 +435,13 @@ key = ["bucket", "entryKey"]
     pub fn config_file(&self, dir: &Path, extra: &str) -> PathBuf {
         let p = dir.join(format!("{}.toml", self.name));
         std::fs::write(&p, self.config_text(extra)).unwrap();
+        p
+    }
+
+    /// Writes the config with overrides to a file; returns its path.
+    pub fn config_file_with(&self, dir: &Path, o: &Overrides) -> PathBuf {
+        let p = dir.join(format!("{}.toml", self.name));
+        std::fs::write(&p, self.config_text_with(o)).unwrap();
         p
     }
 
@@ -409,6 +461,21 @@ key = ["bucket", "entryKey"]
             .unwrap()
             .database(&self.name)
     }
+}
+
+/// Changes to the test config.
+#[derive(Default, Clone)]
+pub struct Overrides<'a> {
+    /// Lines added to `[daemon]` (they win over the harness defaults).
+    pub daemon: &'a str,
+    /// Lines added to `[client]`.
+    pub client: &'a str,
+    /// Extra `[[collections]]`.
+    pub collections: &'a str,
+    /// Another MongoDB URI (a proxy, say).
+    pub mongo_uri: Option<String>,
+    /// Another Redis URL.
+    pub redis_url: Option<String>,
 }
 
 /// An in-process daemon; stopped (gracefully) by [`Daemon::stop`] or on drop.

@@ -1,0 +1,339 @@
+//! Never lose, never reorder: ownership hand-over, kill -9, pauses, MongoDB
+//! outages and Redis restarts, on real servers and the real binary. Each test
+//! records a history and checks at quiescence that every accepted write was
+//! applied, the cache equals MongoDB, and no client read went backwards.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use support::load::Load;
+use support::proc::DaemonProc;
+use support::proxy::Proxy;
+use support::{eventually, Overrides, TestEnv};
+
+async fn owners(env: &TestEnv, partitions: u32) -> Vec<Option<String>> {
+    let mut r = env.redis().await;
+    let mut out = Vec::new();
+    for p in 0..partitions {
+        let o: Option<String> = redis::cmd("GET")
+            .arg(format!("{}:{{p{p}}}:lease", env.name))
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        out.push(o);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemons_share_partitions_and_take_over_a_killed_one() {
+    let env = TestEnv::start("takeover");
+    let dir = tempfile::tempdir().unwrap();
+    let o = Overrides::default();
+    let path = env.config_file_with(dir.path(), &o);
+    let config = env.config_with(&o);
+    let mut a = DaemonProc::start(&path, dir.path(), "daemon-a");
+    let b = DaemonProc::start(&path, dir.path(), "daemon-b");
+    // Both own a share.
+    eventually(
+        Duration::from_secs(30),
+        "both daemons own partitions",
+        || async {
+            let o = owners(&env, config.partitions).await;
+            let a_n = o
+                .iter()
+                .filter(|x| x.as_deref() == Some("daemon-a"))
+                .count();
+            let b_n = o
+                .iter()
+                .filter(|x| x.as_deref() == Some("daemon-b"))
+                .count();
+            (a_n == 2 && b_n == 2).then_some(())
+        },
+    )
+    .await;
+    let load = Load::start(
+        &config,
+        4,
+        12,
+        Duration::from_millis(5),
+        Duration::from_secs(30),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    a.kill9();
+    let killed = Instant::now();
+    let took = eventually(
+        Duration::from_secs(30),
+        "daemon-b owns every partition",
+        || async {
+            let o = owners(&env, config.partitions).await;
+            o.iter()
+                .all(|x| x.as_deref() == Some("daemon-b"))
+                .then(|| killed.elapsed())
+        },
+    )
+    .await;
+    assert!(
+        took <= config.lease_ttl + Duration::from_secs(3),
+        "takeover took {took:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let load = load.stop().await;
+    let drained = load
+        .verify_quiescent(&config, &env.mongo_db().await, Duration::from_secs(60))
+        .await;
+    eprintln!(
+        "takeover: {} accepted, {} acked, takeover {:?} (lease ttl {:?}), drained {:?} after load stop",
+        load.accepted_count(), load.acked_count(), took, config.lease_ttl, drained
+    );
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_dash_nine_ten_times_loses_nothing() {
+    let env = TestEnv::start("kill9");
+    let dir = tempfile::tempdir().unwrap();
+    let o = Overrides {
+        daemon: "lease_ttl_ms = 1000",
+        ..Default::default()
+    };
+    let path = env.config_file_with(dir.path(), &o);
+    let config = env.config_with(&o);
+    let load = Load::start(
+        &config,
+        4,
+        10,
+        Duration::from_millis(2),
+        Duration::from_secs(60),
+    )
+    .await;
+    let mut rng = rand::rng();
+    let mut kills = 0;
+    for round in 0..11 {
+        let mut d = DaemonProc::start(&path, dir.path(), &format!("k{round}"));
+        let alive_ms = rng.random_range(300..1500);
+        tokio::time::sleep(Duration::from_millis(alive_ms)).await;
+        if round < 10 {
+            d.kill9();
+            kills += 1;
+        } else {
+            // The last one stays up to drain everything.
+            let load = load.stop().await;
+            let drained = load
+                .verify_quiescent(&config, &env.mongo_db().await, Duration::from_secs(90))
+                .await;
+            assert_eq!(
+                d.terminate(Duration::from_secs(20)),
+                Some(0),
+                "clean exit on SIGTERM"
+            );
+            eprintln!(
+                "kill -9: {kills} kills, {} accepted, {} acked, drained {:?} after load stop",
+                load.accepted_count(),
+                load.acked_count(),
+                drained
+            );
+            assert!(load.acked_count() > 50, "the load made progress");
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_daemon_cannot_overwrite_newer_state() {
+    let env = TestEnv::start("paused");
+    let dir = tempfile::tempdir().unwrap();
+    let o = Overrides {
+        daemon: "lease_ttl_ms = 1000",
+        ..Default::default()
+    };
+    let path = env.config_file_with(dir.path(), &o);
+    let config = env.config_with(&o);
+    let a = DaemonProc::start(&path, dir.path(), "paused-a");
+    eventually(Duration::from_secs(20), "daemon-a owns all", || async {
+        owners(&env, config.partitions)
+            .await
+            .iter()
+            .all(|x| x.as_deref() == Some("paused-a"))
+            .then_some(())
+    })
+    .await;
+    let b = DaemonProc::start(&path, dir.path(), "paused-b");
+    let load = Load::start(
+        &config,
+        4,
+        8,
+        Duration::from_millis(5),
+        Duration::from_secs(60),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    a.pause();
+    eventually(
+        Duration::from_secs(20),
+        "daemon-b took over the paused daemon's partitions",
+        || async {
+            owners(&env, config.partitions)
+                .await
+                .iter()
+                .all(|x| x.as_deref() == Some("paused-b"))
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    a.resume(); // wakes with in-flight work and stale tokens
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let load = load.stop().await;
+    load.verify_quiescent(&config, &env.mongo_db().await, Duration::from_secs(60))
+        .await;
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_outage_writers_keep_going_and_everything_commits_in_order() {
+    let env = TestEnv::start("outage");
+    let target: std::net::SocketAddr = {
+        let hostport = env
+            .mongo_uri
+            .trim_start_matches("mongodb://")
+            .split(['/', '?'])
+            .next()
+            .unwrap()
+            .to_string();
+        tokio::net::lookup_host(hostport)
+            .await
+            .unwrap()
+            .next()
+            .unwrap()
+    };
+    let proxy = Proxy::start(target).await;
+    let proxied =
+        env.mongo_uri
+            .replacen(&target.to_string(), &format!("127.0.0.1:{}", proxy.port), 1);
+    let proxied = if proxied.contains("directConnection") {
+        proxied
+    } else {
+        format!(
+            "{proxied}{}directConnection=true",
+            if proxied.contains('?') { "&" } else { "?" }
+        )
+    };
+    let o = Overrides {
+        mongo_uri: Some(proxied),
+        client: "write_timeout_ms = 3000\nread_timeout_ms = 1000",
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let daemon = support::Daemon::start(config.clone());
+    let writ = writ::Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    s.write(
+        &support::load::key("blocked"),
+        &mongodb::bson::doc! {"value": 0_i64},
+    )
+    .await
+    .unwrap();
+    let load = Load::start(
+        &config,
+        4,
+        10,
+        Duration::from_millis(20),
+        Duration::from_millis(200),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = load.accepted_count();
+    proxy.cut();
+    let cut = Instant::now();
+    // A writer blocked in `write` times out; its write still commits later.
+    let t = Instant::now();
+    match s
+        .write(
+            &support::load::key("blocked"),
+            &mongodb::bson::doc! {"value": 1_i64},
+        )
+        .await
+    {
+        Err(writ::Error::Timeout { .. }) => assert!(t.elapsed() >= Duration::from_millis(2900)),
+        other => panic!("expected a timeout during the outage, got {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(cut.elapsed())).await;
+    let during = load.accepted_count() - before;
+    assert!(
+        during > 100,
+        "writers kept getting acceptances during the outage ({during})"
+    );
+    proxy.heal();
+    let healed = Instant::now();
+    let load = load.stop().await;
+    let drained = load
+        .verify_quiescent(&config, &env.mongo_db().await, Duration::from_secs(120))
+        .await;
+    let blocked = eventually(
+        Duration::from_secs(60),
+        "the timed-out write commits",
+        || async {
+            let r = s
+                .read(&support::load::key("blocked"))
+                .await
+                .ok()
+                .flatten()?;
+            (r.get_i64("value").ok()? == 1).then_some(())
+        },
+    )
+    .await;
+    let _ = blocked;
+    eprintln!(
+        "outage: 20 s cut; {} accepted ({} during the outage), {} acked; drained {:?} after heal ({:?} after load stop)",
+        load.accepted_count(), during, load.acked_count(), healed.elapsed(), drained
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_with_aof_always_loses_no_acknowledged_write() {
+    // Always a harness-owned redis-server: the test restarts it.
+    let mut redis = support::RedisServer::start_with(true);
+    let env = TestEnv::start("redis_restart");
+    let o = Overrides {
+        redis_url: Some(redis.url()),
+        client: "write_timeout_ms = 20000\nread_timeout_ms = 2000",
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let daemon = support::Daemon::start(config.clone());
+    let load = Load::start(
+        &config,
+        4,
+        10,
+        Duration::from_millis(5),
+        Duration::from_secs(30),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let acked_before = load.acked_count();
+    redis.restart();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let load = load.stop().await;
+    assert!(
+        load.acked_count() > acked_before,
+        "writes were acked again after the restart"
+    );
+    let drained = load
+        .verify_quiescent(&config, &env.mongo_db().await, Duration::from_secs(60))
+        .await;
+    eprintln!(
+        "redis restart: {} accepted, {} acked, {} submit errors; drained {:?}",
+        load.accepted_count(),
+        load.acked_count(),
+        load.counters
+            .submit_errors
+            .load(std::sync::atomic::Ordering::Relaxed),
+        drained
+    );
+    daemon.stop().await;
+}

@@ -1,0 +1,225 @@
+//! A steady write load with a recorded history, and the checks at quiescence:
+//! every accepted write is applied (MongoDB holds the newest accepted version
+//! of every key), the cache equals MongoDB, and no client read went backwards.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mongodb::bson::{doc, Document};
+use tokio_util::sync::CancellationToken;
+use writ::apply::doc_version;
+use writ::config::Config;
+use writ::protocol::{Key, Names, Version};
+use writ::Writ;
+
+use super::history::{Event, History};
+
+pub fn key(name: &str) -> Document {
+    doc! {"symbol": name, "strategyName": "load", "exchangeName": "test"}
+}
+
+#[derive(Default)]
+pub struct Counters {
+    pub accepted: AtomicU64,
+    pub acked: AtomicU64,
+    pub submit_errors: AtomicU64,
+    pub ack_timeouts: AtomicU64,
+}
+
+pub struct Load {
+    stop: CancellationToken,
+    tasks: tokio::task::JoinSet<()>,
+    pub history: Arc<History>,
+    /// Newest accepted (version, value) per key.
+    pub accepted: Arc<Mutex<HashMap<String, (Version, i64)>>>,
+    pub counters: Arc<Counters>,
+}
+
+impl Load {
+    /// `writers` clients, each cycling over `keys` keys, one write per `pace`.
+    pub async fn start(
+        config: &Config,
+        writers: usize,
+        keys: usize,
+        pace: Duration,
+        ack_wait: Duration,
+    ) -> Load {
+        let stop = CancellationToken::new();
+        let history = Arc::new(History::default());
+        let accepted: Arc<Mutex<HashMap<String, (Version, i64)>>> = Arc::default();
+        let counters = Arc::new(Counters::default());
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..writers {
+            let writ = Writ::connect(config.clone()).await.unwrap();
+            let (stop, history, accepted, counters) = (
+                stop.clone(),
+                history.clone(),
+                accepted.clone(),
+                counters.clone(),
+            );
+            tasks.spawn(async move {
+                let c = writ.collection("signal").unwrap();
+                let mut i: i64 = 0;
+                while !stop.is_cancelled() {
+                    i += 1;
+                    let name = format!("L{}", (i as usize + w) % keys);
+                    let value = (w as i64) * 1_000_000 + i;
+                    match c.submit(&key(&name), &doc! {"value": value}).await {
+                        Ok(ticket) => {
+                            let own = ticket.version();
+                            counters.accepted.fetch_add(1, Ordering::Relaxed);
+                            {
+                                let mut a = accepted.lock().unwrap();
+                                let slot = a.entry(name.clone()).or_insert((own, value));
+                                if slot.0 < own {
+                                    *slot = (own, value);
+                                }
+                            }
+                            match ticket.wait_for(ack_wait).await {
+                                Ok(_) => {
+                                    counters.acked.fetch_add(1, Ordering::Relaxed);
+                                    history.push(Event::Acked {
+                                        client: w,
+                                        key: name.clone(),
+                                        version: own,
+                                        value,
+                                    });
+                                }
+                                Err(_) => {
+                                    // Still queued: no read now (it would wait for this write too).
+                                    counters.ack_timeouts.fetch_add(1, Ordering::Relaxed);
+                                    continue;
+                                }
+                            }
+                            if let Ok(r) = c.read_record(&key(&name)).await {
+                                history.push(Event::Read {
+                                    client: w,
+                                    key: name.clone(),
+                                    version: r.as_ref().map(|r| r.version),
+                                    value: r
+                                        .and_then(|r| r.payload)
+                                        .and_then(|p| p.get_i64("value").ok()),
+                                });
+                            }
+                        }
+                        Err(_) => {
+                            counters.submit_errors.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(pace) => {}
+                        _ = stop.cancelled() => {}
+                    }
+                }
+            });
+        }
+        Load {
+            stop,
+            tasks,
+            history,
+            accepted,
+            counters,
+        }
+    }
+
+    pub fn accepted_count(&self) -> u64 {
+        self.counters.accepted.load(Ordering::Relaxed)
+    }
+
+    pub fn acked_count(&self) -> u64 {
+        self.counters.acked.load(Ordering::Relaxed)
+    }
+
+    pub async fn stop(mut self) -> Load {
+        self.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        self
+    }
+
+    /// Waits (up to `limit`) until MongoDB holds the newest accepted write of
+    /// every key, then checks the cache equals MongoDB and the history.
+    pub async fn verify_quiescent(
+        &self,
+        config: &Config,
+        mongo: &mongodb::Database,
+        limit: Duration,
+    ) -> Duration {
+        let started = std::time::Instant::now();
+        let accepted = self.accepted.lock().unwrap().clone();
+        assert!(!accepted.is_empty(), "the load wrote nothing");
+        let coll = mongo.collection::<Document>("signal");
+        loop {
+            let mut behind = Vec::new();
+            for (name, (version, _)) in &accepted {
+                let d = coll.find_one(key(name)).await.ok().flatten();
+                let v = d.as_ref().and_then(doc_version);
+                // `>=`: a submit whose reply was lost (Redis restart) may have
+                // been accepted after all, with a newer version.
+                if v.is_none_or(|v| v < *version) {
+                    behind.push(format!("{name}: mongodb {v:?} want {version}"));
+                }
+            }
+            if behind.is_empty() {
+                break;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "accepted writes not applied after {limit:?}: {behind:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let drained = started.elapsed();
+        let names = Names::new(&config.namespace);
+        let c = config.collection("signal").unwrap();
+        let cache = writ::cache::Cache::new(
+            writ::redis_conn::connect(&config.redis_url, Duration::ZERO)
+                .await
+                .unwrap(),
+        );
+        for (name, (version, value)) in &accepted {
+            let d = coll.find_one(key(name)).await.unwrap().unwrap();
+            let stored = doc_version(&d).unwrap();
+            if stored == *version {
+                assert_eq!(
+                    d.get_document("payload").unwrap().get_i64("value").unwrap(),
+                    *value,
+                    "mongodb value of {name}"
+                );
+            }
+            let k = Key::from_document(&key(name), c).unwrap();
+            let cached = cache
+                .get(&names.cache(
+                    k.partition("signal", config.partitions),
+                    "signal",
+                    &k.canonical(),
+                ))
+                .await
+                .unwrap();
+            let cached = cached.unwrap_or_else(|| panic!("cache lacks {name}"));
+            assert_eq!(cached.version, stored, "cache version of {name}");
+            assert_eq!(
+                cached.doc.as_ref(),
+                Some(&d),
+                "cache equals mongodb for {name}"
+            );
+        }
+        let bad = self.history.regressions();
+        assert!(bad.is_empty(), "version regressions: {bad:?}");
+        // Every acked write is at or below what MongoDB holds for its key.
+        for e in self.history.events() {
+            if let Event::Acked {
+                key: name, version, ..
+            } = e
+            {
+                assert!(
+                    accepted[&name].0 >= version,
+                    "acked {version} of {name} lost"
+                );
+            }
+        }
+        drained
+    }
+}

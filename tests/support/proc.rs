@@ -1,0 +1,131 @@
+//! The real `writ` binary as a child process, for crash, pause and CLI tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of the binary under test.
+pub fn writ_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_writ")
+}
+
+/// Runs `writ --config <config> <args>` to completion.
+pub fn writ_cli(config: &Path, args: &[&str]) -> Output {
+    Command::new(writ_bin())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("WRIT_REDIS_URL")
+        .env_remove("WRIT_MONGODB_URI")
+        .output()
+        .expect("run writ")
+}
+
+/// A `writ serve` child.
+pub struct DaemonProc {
+    child: Child,
+    log: PathBuf,
+    pub name: String,
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill -{sig} {pid} failed");
+}
+
+impl DaemonProc {
+    /// Starts `writ serve` as consumer `name`, logging into `dir`.
+    pub fn start(config: &Path, dir: &Path, name: &str) -> DaemonProc {
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(writ_bin())
+            .arg("--config")
+            .arg(config)
+            .arg("serve")
+            .env("WRIT_LOG", "info,writ=info")
+            .env_remove("WRIT_REDIS_URL")
+            .env_remove("WRIT_MONGODB_URI")
+            .env("WRIT_CONSUMER_NAME", name)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start writ serve");
+        DaemonProc {
+            child,
+            log,
+            name: name.into(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGSTOP: the process freezes (a "paused" daemon).
+    pub fn pause(&self) {
+        signal(self.pid(), "STOP");
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        signal(self.pid(), "CONT");
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn terminate(&mut self, limit: Duration) -> Option<i32> {
+        signal(self.pid(), "TERM");
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if start.elapsed() > limit {
+                panic!(
+                    "writ serve did not exit within {limit:?} of SIGTERM; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for DaemonProc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-CONT")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!(
+                "---- writ serve {} log ----\n{}",
+                self.name,
+                lines[lines.len().saturating_sub(80)..].join("\n")
+            );
+        }
+    }
+}
