@@ -1,0 +1,414 @@
+//! Poison writes and the operator tools, through the real `writ` binary:
+//! `writ dlq`, `writ replay`, `writ rebuild-cache`; plus backpressure and
+//! retention.
+
+mod support;
+
+use std::time::Duration;
+
+use mongodb::bson::{doc, Document};
+use support::proc::writ_cli;
+use support::{eventually, Daemon, Overrides, TestEnv};
+use writ::{Error, Writ};
+
+fn key(s: &str) -> Document {
+    doc! {"symbol": s, "strategyName": "tools", "exchangeName": "x"}
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "writ failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_write_is_dead_lettered_and_blocks_nothing() {
+    let env = TestEnv::start("poison");
+    let dir = tempfile::tempdir().unwrap();
+    let o = Overrides {
+        client: "max_document_bytes = 16777216",
+        daemon: "max_attempts = 3\nbackoff_cap_ms = 100",
+        ..Default::default()
+    };
+    let path = env.config_file_with(dir.path(), &o);
+    let config = env.config_with(&o);
+    let daemon = Daemon::start(config.clone());
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    s.write(&key("P"), &doc! {"v": 1}).await.unwrap();
+    // Within the client's limit, but MongoDB refuses the stored document
+    // (payload + key + bookkeeping > 16 MiB) every time.
+    let poison = doc! {"blob": "x".repeat(16 * 1024 * 1024 - 64)};
+    let t_poison = s.submit(&key("P"), &poison).await.unwrap();
+    let t_poison_version = t_poison.version();
+    let t_later = s.submit(&key("P"), &doc! {"v": 3}).await.unwrap();
+    // Another key keeps committing meanwhile.
+    s.write(&key("Q"), &doc! {"q": 1}).await.unwrap();
+    match t_poison.wait().await {
+        Err(Error::DeadLettered { reason }) => {
+            assert!(reason.contains("mongo_rejected"), "{reason}")
+        }
+        other => panic!("poison write should be dead-lettered, got {other:?}"),
+    }
+    // The later full-state write of the same key is not blocked behind it.
+    t_later.wait().await.unwrap();
+    assert_eq!(s.read(&key("P")).await.unwrap(), Some(doc! {"v": 3}));
+
+    let letters = json(&writ_cli(&path, &["dlq", "list", "--json"]));
+    let letters = letters.as_array().unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0]["reason"], "mongo_rejected");
+    assert_eq!(letters[0]["attempts"], "3");
+    assert_eq!(
+        letters[0]["source_id"],
+        t_poison_version.to_stream_id().as_str()
+    );
+    let id = letters[0]["id"].as_str().unwrap().to_string();
+    let shown = json(&writ_cli(&path, &["dlq", "show", &id]));
+    assert!(
+        shown["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f[0] == "doc"),
+        "original fields kept"
+    );
+    assert!(shown["detail"]
+        .as_str()
+        .unwrap()
+        .contains("MongoDB refused"));
+    // Retrying applies at the original version: MongoDB already holds the
+    // newer v3, so the guard turns it into a stale no-op and it leaves the
+    // dead-letter stream without ever overwriting v3.
+    let retry = writ_cli(&path, &["dlq", "retry", &id]);
+    assert!(
+        retry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retry.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&retry.stdout).contains("stale"),
+        "{}",
+        String::from_utf8_lossy(&retry.stdout)
+    );
+    assert_eq!(s.read(&key("P")).await.unwrap(), Some(doc! {"v": 3}));
+    assert_eq!(
+        json(&writ_cli(&path, &["dlq", "list", "--json"]))
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    // A poison write that is still the newest of its key keeps failing on
+    // retry, stays parked, and can be dropped.
+    let t = s.submit(&key("Z"), &poison).await.unwrap();
+    assert!(matches!(t.wait().await, Err(Error::DeadLettered { .. })));
+    let letters = json(&writ_cli(&path, &["dlq", "list", "--json"]));
+    let id = letters[0]["id"].as_str().unwrap().to_string();
+    let retry = writ_cli(&path, &["dlq", "retry", &id]);
+    assert!(
+        !retry.status.success(),
+        "a retry that fails again reports failure"
+    );
+    assert!(String::from_utf8_lossy(&retry.stdout).contains("still failing"));
+    assert_eq!(
+        json(&writ_cli(&path, &["dlq", "list", "--json"]))
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(writ_cli(&path, &["dlq", "drop", &id]).status.success());
+    assert_eq!(
+        json(&writ_cli(&path, &["dlq", "list", "--json"]))
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(s.read(&key("Z")).await.unwrap(), None);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_retry_applies_once_the_cause_is_fixed() {
+    let env = TestEnv::start("dlq_retry");
+    let dir = tempfile::tempdir().unwrap();
+    let config = env.config();
+    let daemon = Daemon::start(config.clone());
+    // A raw write to a collection the config does not declare yet.
+    let canonical = r#"["k1"]"#;
+    let p = writ::protocol::partition_of("later", canonical, config.partitions);
+    let mut r = env.redis().await;
+    let id: String = redis::cmd("XADD")
+        .arg(format!("{}:{{p{p}}}:in", env.name))
+        .arg("*")
+        .arg("v")
+        .arg("1")
+        .arg("coll")
+        .arg("later")
+        .arg("op")
+        .arg("put")
+        .arg("enc")
+        .arg("json")
+        .arg("key")
+        .arg(r#"{"k":"k1"}"#)
+        .arg("doc")
+        .arg(r#"{"n":7}"#)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let path = env.config_file_with(dir.path(), &Overrides::default());
+    let letters = eventually(Duration::from_secs(30), "dead letter", || async {
+        let l = json(&writ_cli(&path, &["dlq", "list", "--json"]));
+        (l.as_array().unwrap().len() == 1).then_some(l)
+    })
+    .await;
+    assert_eq!(letters[0]["reason"], "unknown_collection");
+    assert_eq!(letters[0]["source_id"], id.as_str());
+    daemon.stop().await;
+    // The operator declares the collection and retries.
+    let fixed = env.config_file_with(
+        dir.path(),
+        &Overrides {
+            collections: "[[collections]]\nname = \"later\"\nkey = [\"k\"]",
+            ..Default::default()
+        },
+    );
+    let out = writ_cli(&fixed, &["dlq", "retry", "--all"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("applied"));
+    let d = env
+        .mongo_db()
+        .await
+        .collection::<Document>("later")
+        .find_one(doc! {"k": "k1"})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.get_document("payload").unwrap(), &doc! {"n": 7});
+    assert_eq!(
+        json(&writ_cli(&fixed, &["dlq", "list", "--json"]))
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_cache_and_replay_after_redis_data_loss() {
+    let env = TestEnv::start("rebuild");
+    let dir = tempfile::tempdir().unwrap();
+    let path = env.config_file_with(dir.path(), &Overrides::default());
+    let config = env.config();
+    let daemon = Daemon::start(config.clone());
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    for i in 0..24i64 {
+        s.write(&key(&format!("R{}", i % 8)), &doc! {"i": i})
+            .await
+            .unwrap();
+    }
+    daemon.stop().await;
+    // Redis loses the cache.
+    let mut r = env.redis().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*:c:*", env.name))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 8);
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    // One entry is newer in the cache than in MongoDB (a write in flight): the
+    // rebuild must not overwrite it.
+    let names = writ::protocol::Names::new(&config.namespace);
+    let k0 = writ::protocol::Key::from_document(&key("R0"), config.collection("signal").unwrap())
+        .unwrap();
+    let k0_cache = names.cache(
+        k0.partition("signal", config.partitions),
+        "signal",
+        &k0.canonical(),
+    );
+    let cache = writ::cache::Cache::new(
+        writ::redis_conn::connect(&env.redis_url, Duration::ZERO)
+            .await
+            .unwrap(),
+    );
+    let far = writ::protocol::Version {
+        ms: u64::MAX / 2,
+        seq: 0,
+    };
+    cache
+        .put_if_newer(&k0_cache, far, Some(&doc! {"payload": {"i": 999}}))
+        .await
+        .unwrap();
+
+    let sum = json(&writ_cli(&path, &["rebuild-cache"]));
+    assert_eq!(sum["stored"], 7);
+    assert_eq!(sum["kept"], 1);
+    assert_eq!(cache.get(&k0_cache).await.unwrap().unwrap().version, far);
+    let other = Writ::connect(config.clone())
+        .await
+        .unwrap()
+        .collection("signal")
+        .unwrap();
+    for k in 1..8i64 {
+        assert_eq!(
+            other.read(&key(&format!("R{k}"))).await.unwrap(),
+            Some(doc! {"i": 16 + k})
+        );
+    }
+    // Replay of everything retained is idempotent: nothing is applied again.
+    let before: Vec<Document> = {
+        use futures::TryStreamExt;
+        env.mongo_db()
+            .await
+            .collection::<Document>("signal")
+            .find(doc! {})
+            .sort(doc! {"symbol": 1})
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap()
+    };
+    let sum = json(&writ_cli(
+        &path,
+        &["replay", "--from", "0-0", "--collection", "signal"],
+    ));
+    assert_eq!(sum["read"], 24);
+    assert_eq!(sum["outcomes"]["stale"], 24);
+    assert!(sum["outcomes"].get("applied").is_none());
+    let after: Vec<Document> = {
+        use futures::TryStreamExt;
+        env.mongo_db()
+            .await
+            .collection::<Document>("signal")
+            .find(doc! {})
+            .sort(doc! {"symbol": 1})
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap()
+    };
+    assert_eq!(before, after);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backpressure_refuses_submits_over_the_backlog_bound() {
+    let env = TestEnv::start("backpressure");
+    let o = Overrides {
+        client: "max_backlog = 5",
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let mut tickets = Vec::new();
+    for i in 0..5 {
+        tickets.push(s.submit(&key("B"), &doc! {"i": i}).await.unwrap());
+    }
+    match s.submit(&key("B"), &doc! {"i": 5}).await {
+        Err(Error::Backpressure {
+            unapplied, limit, ..
+        }) => assert_eq!((unapplied, limit), (5, 5)),
+        other => panic!("expected backpressure, got {other:?}"),
+    }
+    // Nothing was evicted: once a daemon runs, all five apply and writes flow again.
+    let daemon = Daemon::start(config.clone());
+    for t in tickets {
+        t.wait().await.unwrap();
+    }
+    s.write(&key("B"), &doc! {"i": 6}).await.unwrap();
+    assert_eq!(s.read(&key("B")).await.unwrap(), Some(doc! {"i": 6}));
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_trims_only_committed_entries() {
+    let env = TestEnv::start("retention");
+    let o = Overrides {
+        daemon: "retention_max_entries = 5\nstats_interval_ms = 200",
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    // 30 writes while no daemon runs: all unapplied, none may be trimmed.
+    let mut tickets = Vec::new();
+    for i in 0..30i64 {
+        tickets.push(
+            s.submit(&key(&format!("T{}", i % 3)), &doc! {"i": i})
+                .await
+                .unwrap(),
+        );
+    }
+    let names = writ::protocol::Names::new(&config.namespace);
+    let mut r = env.redis().await;
+    let total = |mut r: redis::aio::MultiplexedConnection| {
+        let names = names.clone();
+        async move {
+            let mut n = 0u64;
+            for p in 0..4 {
+                let l: u64 = redis::cmd("XLEN")
+                    .arg(names.stream(p))
+                    .query_async(&mut r)
+                    .await
+                    .unwrap();
+                n += l;
+            }
+            n
+        }
+    };
+    assert_eq!(total(r.clone()).await, 30);
+    let daemon = Daemon::start(config.clone());
+    for t in tickets {
+        t.wait().await.unwrap();
+    }
+    // Committed now: trimmed down to at most 5 per partition.
+    eventually(
+        Duration::from_secs(20),
+        "streams trimmed to the retention bound",
+        || {
+            let r = r.clone();
+            let names = names.clone();
+            async move {
+                let mut r = r;
+                let mut ok = true;
+                for p in 0..4 {
+                    let l: u64 = redis::cmd("XLEN")
+                        .arg(names.stream(p))
+                        .query_async(&mut r)
+                        .await
+                        .unwrap();
+                    ok &= l <= 5;
+                }
+                ok.then_some(())
+            }
+        },
+    )
+    .await;
+    for k in 0..3i64 {
+        assert_eq!(
+            s.read(&key(&format!("T{k}"))).await.unwrap(),
+            Some(doc! {"i": 27 + k})
+        );
+    }
+    let _: () = redis::cmd("PING").query_async(&mut r).await.unwrap();
+    daemon.stop().await;
+}
