@@ -53,7 +53,7 @@ WRIT_METRICS = {
     "writ_partition_oldest_unapplied_age_seconds": "gauge",
     "writ_partition_pending_entries": "gauge",
     "writ_partition_owned": "gauge",
-    "writ_partitions_total": "gauge",
+    "writ_partitions": "gauge",
     "writ_partition_committed_watermark_seconds": "gauge",
     "writ_dead_letter_entries": "gauge",
     "writ_up": "gauge",

@@ -51,7 +51,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
     if let Some(addr) = config.metrics_listen {
         telemetry::serve_http(addr, health.clone(), shutdown.clone()).await?;
     }
-    telemetry::build_info();
+    telemetry::register(&config);
     let store = Store::connect(&config).await?;
     wait_for_mongo(&store, &shutdown).await?;
     store.ensure_indexes(config.collections.values()).await?;

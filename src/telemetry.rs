@@ -38,6 +38,147 @@ pub fn build_info() {
     metrics::gauge!("writ_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
+/// Every metric writ exports: name, kind, help. `dashboards/` may only query
+/// these (tests check the live `/metrics` against the dashboard and alerts).
+pub const METRICS: &[(&str, &str, &str)] = &[
+    (
+        "writ_writes_total",
+        "counter",
+        "Writes by collection and outcome (applied, coalesced, stale, dead_lettered).",
+    ),
+    (
+        "writ_rejected_total",
+        "counter",
+        "Entries refused, by reason; each was dead-lettered.",
+    ),
+    (
+        "writ_retries_total",
+        "counter",
+        "Retried steps, by error class (transient, permanent).",
+    ),
+    (
+        "writ_mongodb_errors_total",
+        "counter",
+        "MongoDB apply errors, by error class.",
+    ),
+    (
+        "writ_lease_acquired_total",
+        "counter",
+        "Partition leases taken by this daemon.",
+    ),
+    (
+        "writ_lease_lost_total",
+        "counter",
+        "Partition leases this daemon lost without releasing them.",
+    ),
+    (
+        "writ_lease_released_total",
+        "counter",
+        "Partition leases this daemon handed back.",
+    ),
+    (
+        "writ_end_to_end_seconds",
+        "histogram",
+        "Seconds from XADD to the writer's ack.",
+    ),
+    (
+        "writ_apply_seconds",
+        "histogram",
+        "Seconds to apply a write in MongoDB, retries included.",
+    ),
+    (
+        "writ_cache_update_seconds",
+        "histogram",
+        "Seconds to compare-and-set the cache.",
+    ),
+    ("writ_batch_entries", "histogram", "Entries per read batch."),
+    (
+        "writ_inflight_entries",
+        "gauge",
+        "Entries read and not yet acked, per partition.",
+    ),
+    (
+        "writ_partition_unapplied_entries",
+        "gauge",
+        "Entries not yet applied (undelivered + pending), per owned partition.",
+    ),
+    (
+        "writ_partition_oldest_unapplied_age_seconds",
+        "gauge",
+        "Age of the oldest unapplied entry, per owned partition.",
+    ),
+    (
+        "writ_partition_pending_entries",
+        "gauge",
+        "Entries delivered and not yet acked, per owned partition.",
+    ),
+    (
+        "writ_partition_owned",
+        "gauge",
+        "1 while this daemon holds the partition lease.",
+    ),
+    (
+        "writ_partitions",
+        "gauge",
+        "Configured number of partitions.",
+    ),
+    (
+        "writ_partition_committed_watermark_seconds",
+        "gauge",
+        "Unix time of the committed watermark: every older entry is applied.",
+    ),
+    (
+        "writ_dead_letter_entries",
+        "gauge",
+        "Entries in the dead-letter stream.",
+    ),
+    (
+        "writ_up",
+        "gauge",
+        "1 if the dependency (redis, mongodb) answered the last probe.",
+    ),
+    ("writ_build_info", "gauge", "Build information; always 1."),
+];
+
+/// Describes every metric and registers the fixed label sets at zero, so
+/// dashboards and alerts see every series from the start.
+pub fn register(config: &crate::config::Config) {
+    for (name, kind, help) in METRICS {
+        match *kind {
+            "counter" => metrics::describe_counter!(*name, *help),
+            "histogram" => metrics::describe_histogram!(*name, *help),
+            _ => metrics::describe_gauge!(*name, *help),
+        }
+    }
+    for coll in config.collections.keys() {
+        for outcome in ["applied", "coalesced", "stale", "dead_lettered"] {
+            metrics::counter!("writ_writes_total", "collection" => coll.clone(), "outcome" => outcome).absolute(0);
+        }
+    }
+    for reason in crate::protocol::RejectReason::ALL {
+        metrics::counter!("writ_rejected_total", "reason" => reason.as_str()).absolute(0);
+    }
+    for class in ["transient", "permanent"] {
+        metrics::counter!("writ_retries_total", "error_class" => class).absolute(0);
+        metrics::counter!("writ_mongodb_errors_total", "error_class" => class).absolute(0);
+    }
+    for p in 0..config.partitions {
+        let p = p.to_string();
+        for name in [
+            "writ_lease_acquired_total",
+            "writ_lease_lost_total",
+            "writ_lease_released_total",
+        ] {
+            metrics::counter!(name, "partition" => p.clone()).absolute(0);
+        }
+        metrics::gauge!("writ_partition_owned", "partition" => p.clone()).set(0.0);
+        metrics::gauge!("writ_inflight_entries", "partition" => p).set(0.0);
+    }
+    metrics::gauge!("writ_partitions").set(f64::from(config.partitions));
+    metrics::gauge!("writ_dead_letter_entries").set(0.0);
+    build_info();
+}
+
 /// Readiness flags, set by the probe loop.
 #[derive(Clone, Default)]
 pub struct Health {

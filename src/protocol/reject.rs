@@ -25,6 +25,18 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    /// Every reason.
+    pub const ALL: [RejectReason; 8] = [
+        RejectReason::Malformed,
+        RejectReason::BadVersion,
+        RejectReason::UnknownCollection,
+        RejectReason::KeyField,
+        RejectReason::Payload,
+        RejectReason::TooLarge,
+        RejectReason::WrongPartition,
+        RejectReason::MongoRejected,
+    ];
+
     /// Stable label (metrics, dead-letter `reason` field).
     pub fn as_str(self) -> &'static str {
         match self {

@@ -1,0 +1,335 @@
+//! What operators see: the live `/metrics` under a workload, the health
+//! endpoints through a MongoDB outage, `promtool check metrics`, the Grafana
+//! dashboard and alert rules against the metrics really exported, and
+//! `writ status --json`. All against the real binary.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use mongodb::bson::doc;
+use support::proc::{writ_cli, DaemonProc};
+use support::proxy::Proxy;
+use support::{eventually, free_port, Overrides, TestEnv};
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+/// Sum of every sample of `name` whose labels contain all of `labels`.
+fn sample_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|lab| l.contains(lab)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn exported_names(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(|n| {
+            n.trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count")
+                .to_string()
+        })
+        .collect()
+}
+
+fn referenced_names(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(pos) = text[i..].find("writ_") {
+        let start = i + pos;
+        let boundary =
+            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let end = text[start..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map(|e| start + e)
+            .unwrap_or(text.len());
+        if boundary {
+            let n = &text[start..end];
+            out.insert(
+                n.trim_end_matches("_bucket")
+                    .trim_end_matches("_sum")
+                    .trim_end_matches("_count")
+                    .to_string(),
+            );
+        }
+        i = end;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_dashboard_and_status_tell_the_truth() {
+    let env = TestEnv::start("observability");
+    let dir = tempfile::tempdir().unwrap();
+    let target: std::net::SocketAddr = {
+        let hostport = env
+            .mongo_uri
+            .trim_start_matches("mongodb://")
+            .split(['/', '?'])
+            .next()
+            .unwrap()
+            .to_string();
+        tokio::net::lookup_host(hostport)
+            .await
+            .unwrap()
+            .next()
+            .unwrap()
+    };
+    let proxy = Proxy::start(target).await;
+    let proxied =
+        env.mongo_uri
+            .replacen(&target.to_string(), &format!("127.0.0.1:{}", proxy.port), 1);
+    let proxied = if proxied.contains("directConnection") {
+        proxied
+    } else {
+        format!(
+            "{proxied}{}directConnection=true",
+            if proxied.contains('?') { "&" } else { "?" }
+        )
+    };
+    let port = free_port();
+    let daemon_cfg = format!("metrics_listen = \"127.0.0.1:{port}\"\nstats_interval_ms = 200");
+    let o = Overrides {
+        mongo_uri: Some(proxied),
+        daemon: &daemon_cfg,
+        ..Default::default()
+    };
+    let path = env.config_file_with(dir.path(), &o);
+    let config = env.config_with(&o);
+    let mut daemon = DaemonProc::start(&path, dir.path(), "obs-daemon");
+    eventually(Duration::from_secs(30), "ready", || async {
+        (http_get(port, "/health/ready")?.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(http_get(port, "/health/live").unwrap().0, 200);
+
+    // Workload: 40 writes to distinct keys (no coalescing), one bad entry.
+    let writ = writ::Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    for i in 0..40 {
+        s.write(
+            &doc! {"symbol": format!("M{i}"), "strategyName": "obs", "exchangeName": "x"},
+            &doc! {"i": i},
+        )
+        .await
+        .unwrap();
+    }
+    let mut r = env.redis().await;
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{}:{{p0}}:in", env.name))
+        .arg("*")
+        .arg("v")
+        .arg("7")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let text = eventually(Duration::from_secs(30), "metrics settle", || async {
+        let (_, t) = http_get(port, "/metrics")?;
+        let settled = sample_sum(&t, "writ_dead_letter_entries", &[]) == 1.0
+            && sample_sum(&t, "writ_partition_unapplied_entries", &[]) == 0.0
+            && sample_sum(&t, "writ_writes_total", &["outcome=\"applied\""]) == 40.0;
+        settled.then_some(t)
+    })
+    .await;
+    assert_eq!(
+        sample_sum(
+            &text,
+            "writ_writes_total",
+            &["collection=\"signal\"", "outcome=\"applied\""]
+        ),
+        40.0,
+        "applied = writes"
+    );
+    assert_eq!(
+        sample_sum(&text, "writ_rejected_total", &["reason=\"bad_version\""]),
+        1.0
+    );
+    assert_eq!(
+        sample_sum(&text, "writ_end_to_end_seconds_count", &[]),
+        40.0
+    );
+    assert_eq!(sample_sum(&text, "writ_partition_owned", &[]), 4.0);
+    assert_eq!(sample_sum(&text, "writ_partitions", &[]), 4.0);
+    assert_eq!(
+        sample_sum(&text, "writ_up", &["dependency=\"mongodb\""]),
+        1.0
+    );
+
+    // promtool agrees with the exposition format and naming conventions.
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed by ./scripts/setup (Debian package prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Every metric the dashboard and the alert rules query is really exported.
+    let exported = exported_names(&text);
+    for file in ["dashboards/grafana/writ.json", "dashboards/alerts.yml"] {
+        let body =
+            std::fs::read_to_string(format!("{}/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        if file.ends_with(".json") {
+            let _: serde_json::Value =
+                serde_json::from_str(&body).expect("dashboard is valid JSON");
+        }
+        let referenced = referenced_names(&body);
+        assert!(referenced.len() > 5, "{file} queries writ metrics");
+        let missing: Vec<_> = referenced.difference(&exported).collect();
+        assert!(
+            missing.is_empty(),
+            "{file} queries metrics the daemon does not export: {missing:?}"
+        );
+    }
+
+    // writ status --json matches: owner of every partition, no lag, one dead letter.
+    let out = writ_cli(&path, &["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["dead_letters"], 1);
+    for p in st["partitions"].as_array().unwrap() {
+        assert_eq!(p["owner"], "obs-daemon");
+        assert_eq!(p["unapplied"], 0);
+    }
+    let table = writ_cli(&path, &["status"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("obs-daemon"));
+
+    // MongoDB unreachable: not ready (but live); writes queue up and status shows the lag.
+    proxy.cut();
+    eventually(
+        Duration::from_secs(30),
+        "not ready while MongoDB is down",
+        || async { (http_get(port, "/health/ready")?.0 == 503).then_some(()) },
+    )
+    .await;
+    assert_eq!(http_get(port, "/health/live").unwrap().0, 200);
+    let key = doc! {"symbol": "LAG", "strategyName": "obs", "exchangeName": "x"};
+    let mut tickets = Vec::new();
+    for i in 0..3 {
+        tickets.push(s.submit(&key, &doc! {"i": i}).await.unwrap());
+    }
+    let lagging = writ::protocol::Key::from_document(&key, config.collection("signal").unwrap())
+        .unwrap()
+        .partition("signal", 4);
+    eventually(
+        Duration::from_secs(30),
+        "status shows the unapplied entries",
+        || async {
+            let st: serde_json::Value =
+                serde_json::from_slice(&writ_cli(&path, &["status", "--json"]).stdout).ok()?;
+            let p = &st["partitions"][lagging as usize];
+            (p["unapplied"].as_u64()? >= 1 && p["oldest_unapplied"].is_string()).then_some(())
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "the lag shows in the metrics",
+        || async {
+            let (_, t) = http_get(port, "/metrics")?;
+            let lag = sample_sum(
+                &t,
+                "writ_partition_unapplied_entries",
+                &[&format!("partition=\"{lagging}\"")],
+            );
+            (lag >= 1.0 && sample_sum(&t, "writ_up", &["dependency=\"mongodb\""]) == 0.0)
+                .then_some(())
+        },
+    )
+    .await;
+    proxy.heal();
+    eventually(
+        Duration::from_secs(60),
+        "ready again after MongoDB returns",
+        || async { (http_get(port, "/health/ready")?.0 == 200).then_some(()) },
+    )
+    .await;
+    for t in tickets {
+        t.wait_for(Duration::from_secs(60)).await.unwrap();
+    }
+    eventually(Duration::from_secs(30), "lag back to zero", || async {
+        let (_, t) = http_get(port, "/metrics")?;
+        (sample_sum(&t, "writ_partition_unapplied_entries", &[]) == 0.0).then_some(())
+    })
+    .await;
+    assert_eq!(daemon.terminate(Duration::from_secs(20)), Some(0));
+    // After a clean shutdown the leases are released.
+    let st: serde_json::Value =
+        serde_json::from_slice(&writ_cli(&path, &["status", "--json"]).stdout).unwrap();
+    assert!(st["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["owner"].is_null()));
+}
+
+#[test]
+fn bad_config_and_refused_connection_get_one_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[redis]\npartitions = 0\n[mongodb]\n[[collections]]\nname = \"s\"\nkey = [\"k\"]\n",
+    )
+    .unwrap();
+    let out = writ_cli(&bad, &["check-config"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("redis.partitions") && err.contains("between 1 and 4096"),
+        "{err}"
+    );
+    std::fs::write(&bad, "[redis]\nurl = \"redis://127.0.0.1:1\"\n[mongodb]\n[[collections]]\nname = \"s\"\nkey = [\"k\"]\n").unwrap();
+    let out = writ_cli(&bad, &["status"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("redis") && (err.contains("refused") || err.contains("onnect")),
+        "{err}"
+    );
+    assert_eq!(
+        err.trim()
+            .lines()
+            .filter(|l| l.starts_with("writ:"))
+            .count(),
+        1,
+        "one message: {err}"
+    );
+}
