@@ -1,0 +1,91 @@
+//! Guarded upserts racing on one new key, straight at MongoDB (no daemon
+//! ordering in between). Every call must end as a committed post-image of its
+//! own version, a stale skip, or a retryable error — never "success" without
+//! a document — and MongoDB must end at the highest version.
+
+mod support;
+
+use std::sync::Arc;
+
+use mongodb::bson::doc;
+use support::TestEnv;
+use writ::apply::{doc_version, Applied, Store};
+use writ::protocol::{Key, Op, Version, Write};
+use writ::RetryClass;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_upserts_on_a_new_key_never_fake_success() {
+    let env = TestEnv::start("upsert_race");
+    let config = env.config();
+    let store = Arc::new(Store::connect(&config).await.unwrap());
+    store
+        .ensure_indexes(config.collections.values())
+        .await
+        .unwrap();
+    let coll = config.collection("signal").unwrap().clone();
+    for round in 0..5u64 {
+        let key = Key::from_document(
+            &doc! {"symbol": format!("RACE{round}"), "strategyName": "r", "exchangeName": "x"},
+            &coll,
+        )
+        .unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 1..=8u64 {
+            let (store, coll, key) = (store.clone(), coll.clone(), key.clone());
+            tasks.spawn(async move {
+                let v = Version {
+                    ms: 1_000 + n,
+                    seq: 0,
+                };
+                let w = Write {
+                    collection: "signal".into(),
+                    key,
+                    op: Op::Put,
+                    doc: Some(doc! {"n": n as i64}),
+                    reply: None,
+                };
+                // Retry what is retryable, as the daemon does.
+                for _ in 0..20 {
+                    match store.apply(&coll, &w, v).await {
+                        Ok(Applied::Committed(d)) => {
+                            assert_eq!(
+                                doc_version(&d),
+                                Some(v),
+                                "a committed post-image carries its own version"
+                            );
+                            assert_eq!(
+                                d.get_document("payload").unwrap().get_i64("n").unwrap(),
+                                n as i64
+                            );
+                            return;
+                        }
+                        Ok(Applied::Stale(Some(d))) => {
+                            assert!(
+                                doc_version(&d).unwrap() >= v,
+                                "stale means MongoDB holds a newer version"
+                            );
+                            return;
+                        }
+                        Ok(other) => panic!("unexpected {other:?}"),
+                        Err(e) => assert_eq!(
+                            e.retry_class(),
+                            RetryClass::Transient,
+                            "only retryable errors: {e}"
+                        ),
+                    }
+                }
+                panic!("upsert of version {v} never settled");
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+        let d = store.find("signal", &key).await.unwrap().unwrap();
+        assert_eq!(
+            doc_version(&d),
+            Some(Version { ms: 1_008, seq: 0 }),
+            "highest version wins"
+        );
+        assert_eq!(d.get_document("payload").unwrap().get_i64("n").unwrap(), 8);
+    }
+}
