@@ -709,6 +709,26 @@ key = ["symbol", "strategyName"]
     }
 
     #[test]
+    fn documented_default_file_matches_the_code_defaults() {
+        let file = include_str!("../config/writ.toml");
+        let documented = Config::from_toml(file).unwrap();
+        // The same collections with every other table left to the defaults.
+        let collections = &file[file.find("[[collections]]").unwrap()..];
+        let defaults = Config::from_toml(&format!("[redis]\n[mongodb]\n{collections}")).unwrap();
+        let strip = |c: &Config| {
+            let mut c = c.clone();
+            c.consumer_name.clear();
+            format!("{c:?}")
+        };
+        assert_eq!(
+            strip(&documented),
+            strip(&defaults),
+            "config/writ.toml documents other values than the defaults in code"
+        );
+        assert!(documented.collections.len() >= 10);
+    }
+
+    #[test]
     fn redacts_credentials() {
         assert_eq!(
             redact_url("redis://:secret@host:6379/0"),

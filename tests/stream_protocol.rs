@@ -302,16 +302,22 @@ async fn bad_entries_are_dead_lettered_while_good_ones_commit() {
         .await;
         assert!(d.get_document("payload").unwrap().get_i32("n").unwrap() >= 1);
     }
-    // Nothing left pending.
-    let pending: redis::Value = redis::cmd("XPENDING")
-        .arg(&stream)
-        .arg(&ns)
-        .query_async(&mut r)
-        .await
-        .unwrap();
-    let redis::Value::Array(p) = pending else {
-        panic!()
-    };
-    assert_eq!(redis::from_redis_value::<i64>(p[0].clone()).unwrap(), 0);
+    // Nothing stays pending: every entry, good or bad, is acked.
+    eventually(Duration::from_secs(30), "no pending entries", || {
+        let (mut r, stream, ns) = (r.clone(), stream.clone(), ns.clone());
+        async move {
+            let pending: redis::Value = redis::cmd("XPENDING")
+                .arg(&stream)
+                .arg(&ns)
+                .query_async(&mut r)
+                .await
+                .unwrap();
+            let redis::Value::Array(p) = pending else {
+                panic!()
+            };
+            (redis::from_redis_value::<i64>(p[0].clone()).unwrap() == 0).then_some(())
+        }
+    })
+    .await;
     daemon.stop().await;
 }
