@@ -245,12 +245,24 @@ pub async fn serve_http(addr: SocketAddr, health: Health, stop: CancellationToke
             let health = health.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                let mut buf = [0u8; 1024];
-                let n =
-                    match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
-                        Ok(Ok(n)) => n,
-                        _ => return,
-                    };
+                // Read the request head (bounded in size and time).
+                let mut buf = Vec::with_capacity(1024);
+                let head = async {
+                    let mut chunk = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                };
+                if tokio::time::timeout(Duration::from_secs(5), head)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let n = buf.len();
                 let line = String::from_utf8_lossy(&buf[..n]);
                 let path = line.split_whitespace().nth(1).unwrap_or("/");
                 let (status, ctype, body) = match path {

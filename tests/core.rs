@@ -259,10 +259,17 @@ async fn soft_delete_reads_as_absent_everywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reapplying_an_applied_range_changes_nothing_and_is_counted() {
     let env = TestEnv::start("reapply");
-    let config = env.config();
+    // Its own collection: the metrics recorder is global to this test binary.
+    let config = support::TestEnv::config_with(
+        &env,
+        &support::Overrides {
+            collections: REAPPLY_COLLECTION,
+            ..Default::default()
+        },
+    );
     let daemon = Daemon::start(config.clone());
     let writ = Writ::connect(config.clone()).await.unwrap();
-    let s = writ.collection("signal").unwrap();
+    let s = writ.collection("reapplied").unwrap();
     for i in 0..20i64 {
         s.write(&sig(&format!("S{}", i % 4)), &doc! {"i": i})
             .await
@@ -271,7 +278,7 @@ async fn reapplying_an_applied_range_changes_nothing_and_is_counted() {
     daemon.stop().await;
     let before: Vec<Document> = {
         use futures::TryStreamExt;
-        let c = env.mongo_db().await.collection::<Document>("signal");
+        let c = env.mongo_db().await.collection::<Document>("reapplied");
         c.find(doc! {})
             .sort(doc! {"symbol": 1})
             .await
@@ -282,10 +289,10 @@ async fn reapplying_an_applied_range_changes_nothing_and_is_counted() {
     };
     // The guard, directly: an old version of a key is stale, never applied.
     let store = Store::connect(&config).await.unwrap();
-    let coll = config.collection("signal").unwrap();
+    let coll = config.collection("reapplied").unwrap();
     let key = Key::from_document(&sig("S0"), coll).unwrap();
     let old = writ::protocol::Write {
-        collection: "signal".into(),
+        collection: "reapplied".into(),
         key,
         op: writ::protocol::Op::Put,
         doc: Some(doc! {"i": -1}),
@@ -318,7 +325,7 @@ async fn reapplying_an_applied_range_changes_nothing_and_is_counted() {
     let count = |outcome: &str| {
         metric(
             &handle.render(),
-            &format!("writ_writes_total{{collection=\"signal\",outcome=\"{outcome}\"}}"),
+            &format!("writ_writes_total{{collection=\"reapplied\",outcome=\"{outcome}\"}}"),
         )
     };
     let (stale0, coalesced0, applied0) = (count("stale"), count("coalesced"), count("applied"));
@@ -345,7 +352,7 @@ async fn reapplying_an_applied_range_changes_nothing_and_is_counted() {
     daemon.stop().await;
     let after: Vec<Document> = {
         use futures::TryStreamExt;
-        let c = env.mongo_db().await.collection::<Document>("signal");
+        let c = env.mongo_db().await.collection::<Document>("reapplied");
         c.find(doc! {})
             .sort(doc! {"symbol": 1})
             .await
@@ -356,6 +363,9 @@ async fn reapplying_an_applied_range_changes_nothing_and_is_counted() {
     };
     assert_eq!(before, after, "re-applying changed MongoDB");
 }
+
+const REAPPLY_COLLECTION: &str =
+    "[[collections]]\nname = \"reapplied\"\nkey = [\"symbol\", \"strategyName\", \"exchangeName\"]";
 
 fn metric(text: &str, series: &str) -> f64 {
     text.lines()
