@@ -22,6 +22,9 @@ fn partition(collection: &str, canonical: &str, partitions: u64) -> u64 {
     h % partitions
 }
 
+/// Raw entry fields, in order.
+type RawEntry = Vec<(String, Vec<u8>)>;
+
 fn fields_of(v: &redis::Value) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     if let redis::Value::Array(kv) = v {
@@ -140,7 +143,7 @@ async fn a_raw_xadd_following_the_protocol_is_applied_and_acked() {
         d.get_document("payload").unwrap(),
         &doc! {"price": 42.5, "note": "raw"}
     );
-    assert_eq!(d.get_bool("removed").unwrap(), false);
+    assert!(!d.get_bool("removed").unwrap());
     // And the Rust client reads it back.
     let writ = writ::Writ::connect(env.config()).await.unwrap();
     let got = writ
@@ -187,13 +190,10 @@ async fn bad_entries_are_dead_lettered_while_good_ones_commit() {
         e
     };
     let bson_doc = mongodb::bson::to_vec(&doc! {"n": 1}).unwrap();
-    let bad: Vec<(&str, Vec<(String, Vec<u8>)>)> = vec![
+    let bad: Vec<(&str, RawEntry)> = vec![
         ("bad_version", with("v", b"9")),
         ("unknown_collection", with("coll", b"nope")),
-        (
-            "key_field",
-            with("key", format!(r#"{{"bucket":"b"}}"#).as_bytes()),
-        ),
+        ("key_field", with("key", br#"{"bucket":"b"}"#)),
         (
             "key_field",
             with(

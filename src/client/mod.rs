@@ -31,6 +31,8 @@ use crate::protocol::{self, Key, Names, Op, Reject, RejectReason, ReplyTo, Versi
 
 type KeyId = (String, String);
 type AckState = watch::Receiver<Option<acks::AckResult>>;
+/// A request waiting for its ack: its key and the sender that wakes it.
+type Waiter = (KeyId, watch::Sender<Option<acks::AckResult>>);
 
 /// What a read returns with its version.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,7 +52,7 @@ pub(crate) struct Inner {
     client_id: String,
     next_request: AtomicU64,
     /// Request id → (key, sender) for acks not yet seen.
-    waiters: Mutex<HashMap<String, (KeyId, watch::Sender<Option<acks::AckResult>>)>>,
+    waiters: Mutex<HashMap<String, Waiter>>,
     /// This handle's newest unacked write per key.
     latest: Mutex<HashMap<KeyId, (Version, AckState)>>,
     admit: redis::Script,

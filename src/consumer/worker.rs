@@ -44,7 +44,7 @@ pub(super) async fn admit(
             tracing::error!(partition = p, entry = %entry.id, reason = reject.reason.as_str(), detail = %reject.detail, "refused a stream entry; parked it in the dead-letter stream");
             metrics::counter!("writ_rejected_total", "reason" => reject.reason.as_str())
                 .increment(1);
-            let reply = entry.fields.as_ref().and_then(|f| reply_of(f));
+            let reply = entry.fields.as_ref().and_then(reply_of);
             dead_letter(
                 ctx,
                 run,

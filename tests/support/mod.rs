@@ -123,7 +123,7 @@ impl RedisServer {
         .arg("--dir")
         .arg(dir)
         .arg("--logfile")
-        .arg(&log)
+        .arg(log)
         .args([
             "--appendonly",
             if aof { "yes" } else { "no" },
