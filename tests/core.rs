@@ -132,13 +132,6 @@ async fn concurrent_clients_never_read_backwards_and_last_write_wins() {
     assert_eq!(acked, 320);
     // MongoDB and the cache hold the last accepted write of every key.
     let config = env.config();
-    let names = Names::new(&config.namespace);
-    let coll = config.collection("signal").unwrap().clone();
-    let cache = writ::cache::Cache::new(
-        writ::redis_conn::connect(&env.redis_url, Duration::ZERO)
-            .await
-            .unwrap(),
-    );
     for (key, (version, value)) in history.last_acked() {
         let d = stored(&env, "signal", sig(&key)).await.unwrap();
         assert_eq!(doc_version(&d), Some(version), "mongodb version of {key}");
@@ -147,15 +140,8 @@ async fn concurrent_clients_never_read_backwards_and_last_write_wins() {
             value,
             "mongodb value of {key}"
         );
-        let k = Key::from_document(&sig(&key), &coll).unwrap();
-        let cached = cache
-            .get(&names.cache(
-                k.partition("signal", config.partitions),
-                "signal",
-                &k.canonical(),
-            ))
+        let cached = support::cached(&config, "signal", &sig(&key))
             .await
-            .unwrap()
             .unwrap();
         assert_eq!(cached.version, version, "cache version of {key}");
         assert_eq!(
@@ -276,17 +262,7 @@ async fn reapplying_an_applied_range_changes_nothing_and_is_counted() {
             .unwrap();
     }
     daemon.stop().await;
-    let before: Vec<Document> = {
-        use futures::TryStreamExt;
-        let c = env.mongo_db().await.collection::<Document>("reapplied");
-        c.find(doc! {})
-            .sort(doc! {"symbol": 1})
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap()
-    };
+    let before: Vec<Document> = env.all_docs("reapplied").await;
     // The guard, directly: an old version of a key is stale, never applied.
     let store = Store::connect(&config).await.unwrap();
     let coll = config.collection("reapplied").unwrap();
@@ -350,17 +326,7 @@ async fn reapplying_an_applied_range_changes_nothing_and_is_counted() {
     );
     assert_eq!(count("applied"), applied0, "nothing was applied again");
     daemon.stop().await;
-    let after: Vec<Document> = {
-        use futures::TryStreamExt;
-        let c = env.mongo_db().await.collection::<Document>("reapplied");
-        c.find(doc! {})
-            .sort(doc! {"symbol": 1})
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap()
-    };
+    let after: Vec<Document> = env.all_docs("reapplied").await;
     assert_eq!(before, after, "re-applying changed MongoDB");
 }
 

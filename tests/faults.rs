@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use support::load::Load;
 use support::proc::DaemonProc;
-use support::proxy::Proxy;
 use support::{eventually, Overrides, TestEnv};
 
 async fn owners(env: &TestEnv, partitions: u32) -> Vec<Option<String>> {
@@ -196,32 +195,7 @@ async fn a_paused_daemon_cannot_overwrite_newer_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mongodb_outage_writers_keep_going_and_everything_commits_in_order() {
     let env = TestEnv::start("outage");
-    let target: std::net::SocketAddr = {
-        let hostport = env
-            .mongo_uri
-            .trim_start_matches("mongodb://")
-            .split(['/', '?'])
-            .next()
-            .unwrap()
-            .to_string();
-        tokio::net::lookup_host(hostport)
-            .await
-            .unwrap()
-            .next()
-            .unwrap()
-    };
-    let proxy = Proxy::start(target).await;
-    let proxied =
-        env.mongo_uri
-            .replacen(&target.to_string(), &format!("127.0.0.1:{}", proxy.port), 1);
-    let proxied = if proxied.contains("directConnection") {
-        proxied
-    } else {
-        format!(
-            "{proxied}{}directConnection=true",
-            if proxied.contains('?') { "&" } else { "?" }
-        )
-    };
+    let (proxy, proxied) = support::proxy::in_front_of_mongo(&env.mongo_uri).await;
     let o = Overrides {
         mongo_uri: Some(proxied),
         client: "write_timeout_ms = 3000\nread_timeout_ms = 1000",

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use mongodb::bson::doc;
 use support::proc::{writ_cli, DaemonProc};
-use support::proxy::Proxy;
 use support::{eventually, free_port, Overrides, TestEnv};
 
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
@@ -82,32 +81,7 @@ fn referenced_names(text: &str) -> BTreeSet<String> {
 async fn metrics_health_dashboard_and_status_tell_the_truth() {
     let env = TestEnv::start("observability");
     let dir = tempfile::tempdir().unwrap();
-    let target: std::net::SocketAddr = {
-        let hostport = env
-            .mongo_uri
-            .trim_start_matches("mongodb://")
-            .split(['/', '?'])
-            .next()
-            .unwrap()
-            .to_string();
-        tokio::net::lookup_host(hostport)
-            .await
-            .unwrap()
-            .next()
-            .unwrap()
-    };
-    let proxy = Proxy::start(target).await;
-    let proxied =
-        env.mongo_uri
-            .replacen(&target.to_string(), &format!("127.0.0.1:{}", proxy.port), 1);
-    let proxied = if proxied.contains("directConnection") {
-        proxied
-    } else {
-        format!(
-            "{proxied}{}directConnection=true",
-            if proxied.contains('?') { "&" } else { "?" }
-        )
-    };
+    let (proxy, proxied) = support::proxy::in_front_of_mongo(&env.mongo_uri).await;
     let port = free_port();
     let daemon_cfg = format!("metrics_listen = \"127.0.0.1:{port}\"\nstats_interval_ms = 200");
     let o = Overrides {

@@ -273,19 +273,7 @@ async fn rebuild_cache_and_replay_after_redis_data_loss() {
         );
     }
     // Replay of everything retained is idempotent: nothing is applied again.
-    let before: Vec<Document> = {
-        use futures::TryStreamExt;
-        env.mongo_db()
-            .await
-            .collection::<Document>("signal")
-            .find(doc! {})
-            .sort(doc! {"symbol": 1})
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap()
-    };
+    let before: Vec<Document> = env.all_docs("signal").await;
     let sum = json(&writ_cli(
         &path,
         &["replay", "--from", "0-0", "--collection", "signal"],
@@ -293,19 +281,7 @@ async fn rebuild_cache_and_replay_after_redis_data_loss() {
     assert_eq!(sum["read"], 24);
     assert_eq!(sum["outcomes"]["stale"], 24);
     assert!(sum["outcomes"].get("applied").is_none());
-    let after: Vec<Document> = {
-        use futures::TryStreamExt;
-        env.mongo_db()
-            .await
-            .collection::<Document>("signal")
-            .find(doc! {})
-            .sort(doc! {"symbol": 1})
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap()
-    };
+    let after: Vec<Document> = env.all_docs("signal").await;
     assert_eq!(before, after);
 }
 

@@ -11,7 +11,7 @@ use mongodb::bson::{doc, Document};
 use tokio_util::sync::CancellationToken;
 use writ::apply::doc_version;
 use writ::config::Config;
-use writ::protocol::{Key, Names, Version};
+use writ::protocol::Version;
 use writ::Writ;
 
 use super::history::{Event, History};
@@ -172,13 +172,6 @@ impl Load {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let drained = started.elapsed();
-        let names = Names::new(&config.namespace);
-        let c = config.collection("signal").unwrap();
-        let cache = writ::cache::Cache::new(
-            writ::redis_conn::connect(&config.redis_url, Duration::ZERO)
-                .await
-                .unwrap(),
-        );
         for (name, (version, value)) in &accepted {
             let d = coll.find_one(key(name)).await.unwrap().unwrap();
             let stored = doc_version(&d).unwrap();
@@ -189,15 +182,7 @@ impl Load {
                     "mongodb value of {name}"
                 );
             }
-            let k = Key::from_document(&key(name), c).unwrap();
-            let cached = cache
-                .get(&names.cache(
-                    k.partition("signal", config.partitions),
-                    "signal",
-                    &k.canonical(),
-                ))
-                .await
-                .unwrap();
+            let cached = super::cached(config, "signal", &key(name)).await;
             let cached = cached.unwrap_or_else(|| panic!("cache lacks {name}"));
             assert_eq!(cached.version, stored, "cache version of {name}");
             assert_eq!(

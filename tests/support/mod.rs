@@ -454,6 +454,21 @@ key = ["bucket", "entryKey"]
             .unwrap()
     }
 
+    /// Every document of a collection, sorted by `symbol`.
+    pub async fn all_docs(&self, coll: &str) -> Vec<mongodb::bson::Document> {
+        use futures::TryStreamExt;
+        let c = self
+            .mongo_db()
+            .await
+            .collection::<mongodb::bson::Document>(coll);
+        let cursor = c
+            .find(mongodb::bson::doc! {})
+            .sort(mongodb::bson::doc! {"symbol": 1})
+            .await
+            .unwrap();
+        cursor.try_collect().await.unwrap()
+    }
+
     /// The test's MongoDB database.
     pub async fn mongo_db(&self) -> mongodb::Database {
         mongodb::Client::with_uri_str(&self.mongo_uri)
@@ -510,6 +525,26 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.token.cancel();
     }
+}
+
+/// What the cache holds for `key` of `collection`, read directly.
+pub async fn cached(
+    config: &Config,
+    collection: &str,
+    key: &mongodb::bson::Document,
+) -> Option<writ::cache::Cached> {
+    let coll = config.collection(collection).expect("declared collection");
+    let k = writ::protocol::Key::from_document(key, coll).unwrap();
+    let names = writ::protocol::Names::new(&config.namespace);
+    let conn = writ::redis_conn::connect(&config.redis_url, Duration::ZERO)
+        .await
+        .unwrap();
+    let entry = names.cache(
+        k.partition(collection, config.partitions),
+        collection,
+        &k.canonical(),
+    );
+    writ::cache::Cache::new(conn).get(&entry).await.unwrap()
 }
 
 /// Polls `f` until it returns `Some`, at most `limit`.

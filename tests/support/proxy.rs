@@ -56,6 +56,31 @@ impl Proxy {
     }
 }
 
+/// A proxy in front of the MongoDB of `uri`, and the URI that goes through it.
+pub async fn in_front_of_mongo(uri: &str) -> (Proxy, String) {
+    let hostport = uri
+        .trim_start_matches("mongodb://")
+        .split(['/', '?'])
+        .next()
+        .unwrap()
+        .to_string();
+    let hostport = hostport.rsplit('@').next().unwrap().to_string();
+    let target = tokio::net::lookup_host(hostport.as_str())
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = Proxy::start(target).await;
+    let proxied = uri.replacen(&hostport, &format!("127.0.0.1:{}", proxy.port), 1);
+    let sep = if proxied.contains('?') { "&" } else { "?" };
+    let proxied = if proxied.contains("directConnection") {
+        proxied
+    } else {
+        format!("{proxied}{sep}directConnection=true")
+    };
+    (proxy, proxied)
+}
+
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.task.abort();
