@@ -6,27 +6,12 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::Duration;
 
 use mongodb::bson::doc;
 use support::proc::{writ_cli, DaemonProc};
-use support::{eventually, free_port, Overrides, TestEnv};
-
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((code, body))
-}
+use support::{eventually, free_port, http_get, Overrides, TestEnv};
 
 /// Sum of every sample of `name` whose labels contain all of `labels`.
 fn sample_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
