@@ -53,7 +53,13 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
     }
     telemetry::register(&config);
     let store = Store::connect(&config).await?;
-    wait_for_mongo(&store, &shutdown).await?;
+    match wait_for_mongo(&store, &shutdown).await {
+        Err(Error::Shutdown) => {
+            tracing::info!("stopped while waiting for MongoDB; nothing was in flight");
+            return Ok(());
+        }
+        other => other?,
+    }
     store.ensure_indexes(config.collections.values()).await?;
     let mut conn = crate::redis_conn::connect(&config.redis_url, Duration::ZERO).await?;
     let names = Names::new(&config.namespace);

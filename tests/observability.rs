@@ -276,10 +276,59 @@ fn bad_config_and_refused_connection_get_one_clear_message() {
         err.contains("redis.partitions") && err.contains("between 1 and 4096"),
         "{err}"
     );
-    std::fs::write(&bad, "[redis]\nurl = \"redis://127.0.0.1:1\"\n[mongodb]\n[[collections]]\nname = \"s\"\nkey = [\"k\"]\n").unwrap();
+    std::fs::write(&bad, "[redis]\nurl = \"redis://:s3cret-pw@127.0.0.1:1\"\n[mongodb]\n[[collections]]\nname = \"s\"\nkey = [\"k\"]\n").unwrap();
     let out = writ_cli(&bad, &["status"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("s3cret"), "the password leaked: {err}");
+    // The daemon waits for an unreachable MongoDB with one clear warning, and
+    // logs both URLs with their passwords replaced.
+    let quiet = dir.path().join("quiet.toml");
+    std::fs::write(
+        &quiet,
+        std::fs::read_to_string(&bad)
+            .unwrap()
+            .replace("[mongodb]", "[daemon]\nmetrics_listen = \"\"\n[mongodb]"),
+    )
+    .unwrap();
+    let log = dir.path().join("serve.log");
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let serve = std::process::Command::new(support::proc::writ_bin())
+        .args(["--config", quiet.to_str().unwrap(), "serve"])
+        .env(
+            "WRIT_MONGODB_URI",
+            "mongodb://user:m0ngo-pw@127.0.0.1:1/?serverSelectionTimeoutMS=200",
+        )
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("serve.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let serve = KillOnDrop(serve);
+    let start = std::time::Instant::now();
+    let all = loop {
+        let all = std::fs::read_to_string(dir.path().join("serve.err")).unwrap_or_default();
+        if all.contains("MongoDB is not reachable yet") || start.elapsed() > Duration::from_secs(20)
+        {
+            break all;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(serve);
+    assert!(all.contains("MongoDB is not reachable yet"), "{all}");
+    assert!(
+        !all.contains("s3cret") && !all.contains("m0ngo-pw"),
+        "a password leaked: {all}"
+    );
+    assert!(
+        all.contains("***@127.0.0.1"),
+        "URLs are logged redacted: {all}"
+    );
     assert!(
         err.contains("redis") && (err.contains("refused") || err.contains("onnect")),
         "{err}"

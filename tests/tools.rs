@@ -47,8 +47,20 @@ async fn a_poison_write_is_dead_lettered_and_blocks_nothing() {
     let t_poison = s.submit(&key("P"), &poison).await.unwrap();
     let t_poison_version = t_poison.version();
     let t_later = s.submit(&key("P"), &doc! {"v": 3}).await.unwrap();
-    // Another key keeps committing meanwhile.
-    s.write(&key("Q"), &doc! {"q": 1}).await.unwrap();
+    // Another key of the same partition keeps committing meanwhile.
+    let coll = config.collection("signal").unwrap();
+    let part = |k: &str| {
+        writ::protocol::Key::from_document(&key(k), coll)
+            .unwrap()
+            .partition("signal", config.partitions)
+    };
+    let q = (0..100)
+        .map(|i| format!("Q{i}"))
+        .find(|q| part(q) == part("P"))
+        .unwrap();
+    let t_q = s.submit(&key(&q), &doc! {"q": 1}).await.unwrap();
+    let q_version = t_q.version();
+    t_q.wait().await.unwrap();
     match t_poison.wait().await {
         Err(Error::DeadLettered { reason }) => {
             assert!(reason.contains("mongo_rejected"), "{reason}")
@@ -58,6 +70,33 @@ async fn a_poison_write_is_dead_lettered_and_blocks_nothing() {
     // The later full-state write of the same key is not blocked behind it.
     t_later.wait().await.unwrap();
     assert_eq!(s.read(&key("P")).await.unwrap(), Some(doc! {"v": 3}));
+    // The other key was acked before the poison write was given up on: it did
+    // not wait behind it (the ack stream is in the daemon's order).
+    let mut r = env.redis().await;
+    let acks: redis::Value = redis::cmd("XRANGE")
+        .arg(format!("{}:ack:{}", env.name, writ.client_id()))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let order: Vec<String> = writ::stream::parse_entries(&acks)
+        .into_iter()
+        .filter_map(|e| {
+            let f = e.fields?;
+            let id = f
+                .iter()
+                .find(|(k, _)| k == b"id")
+                .map(|(_, v)| String::from_utf8_lossy(v).to_string())?;
+            Some(id)
+        })
+        .collect();
+    let pos =
+        |v: writ::protocol::Version| order.iter().position(|id| *id == v.to_stream_id()).unwrap();
+    assert!(
+        pos(q_version) < pos(t_poison_version),
+        "ack order: {order:?}"
+    );
 
     let letters = json(&writ_cli(&path, &["dlq", "list", "--json"]));
     let letters = letters.as_array().unwrap();
