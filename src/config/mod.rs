@@ -1,0 +1,278 @@
+//! Configuration: a serde `RawConfig` that rejects unknown fields, then
+//! [`RawConfig::validate`] which returns the typed [`Config`] or one message
+//! naming the bad field and the fix.
+//!
+//! Environment overrides (`WRIT_REDIS_URL`, `WRIT_MONGODB_URI`) are applied
+//! between parsing and validation so secrets never need to live in the file.
+
+mod raw;
+mod validate;
+
+pub use raw::{RawClient, RawCollection, RawConfig, RawDaemon, RawMongo, RawRedis, WriteMode};
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Environment variable naming the config file.
+pub const ENV_CONFIG: &str = "WRIT_CONFIG";
+/// Environment variable overriding `redis.url`.
+pub const ENV_REDIS_URL: &str = "WRIT_REDIS_URL";
+/// Environment variable overriding `mongodb.uri`.
+pub const ENV_MONGODB_URI: &str = "WRIT_MONGODB_URI";
+/// Environment variable overriding `daemon.consumer_name`.
+pub const ENV_CONSUMER_NAME: &str = "WRIT_CONSUMER_NAME";
+/// Config file used when neither `--config` nor `WRIT_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "config/writ.toml";
+
+/// Largest document MongoDB stores (16 MiB).
+pub const MONGO_MAX_BSON: usize = 16 * 1024 * 1024;
+
+/// MongoDB write concern `w`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteConcernW {
+    /// `w: "majority"`.
+    Majority,
+    /// `w: n`.
+    Nodes(u32),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A validated collection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectionConfig {
+    /// MongoDB collection name.
+    pub name: String,
+    /// Ordered key fields.
+    pub key: Vec<String>,
+    /// Write mode.
+    pub mode: WriteMode,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Redis URL (may contain credentials: never log it, use [`redact_url`]).
+    pub redis_url: String,
+    /// Key prefix.
+    pub namespace: String,
+    /// Number of partitions.
+    pub partitions: u32,
+    /// MongoDB URI (may contain credentials).
+    pub mongodb_uri: String,
+    /// Database name.
+    pub database: String,
+    /// Write concern `w`.
+    pub write_concern: WriteConcernW,
+    /// Write concern `j`.
+    pub journal: bool,
+    /// Per-operation MongoDB timeout.
+    pub op_timeout: Duration,
+    /// Consumer name in the groups.
+    pub consumer_name: String,
+    /// Entries per read.
+    pub batch_size: usize,
+    /// Entries in flight per partition.
+    pub max_in_flight: usize,
+    /// XREADGROUP BLOCK.
+    pub block: Duration,
+    /// Drain deadline on shutdown.
+    pub shutdown_deadline: Duration,
+    /// Attempts before dead-lettering a permanent failure.
+    pub max_attempts: u32,
+    /// Backoff cap.
+    pub backoff_cap: Duration,
+    /// Partition lease TTL.
+    pub lease_ttl: Duration,
+    /// Stats refresh and trim period.
+    pub stats_interval: Duration,
+    /// Retention by age of committed entries.
+    pub retention_max_age: Duration,
+    /// Retention by count of committed entries.
+    pub retention_max_entries: u64,
+    /// Backpressure bound of unapplied entries per partition.
+    pub max_backlog: u64,
+    /// Metrics listener, if enabled.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log filter.
+    pub log_level: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// `write` ack timeout.
+    pub write_timeout: Duration,
+    /// `read` wait bound for own pending writes.
+    pub read_timeout: Duration,
+    /// Largest accepted payload.
+    pub max_document_bytes: usize,
+    /// Collections by name.
+    pub collections: BTreeMap<String, CollectionConfig>,
+}
+
+impl Config {
+    /// Loads the file at `path` (or `WRIT_CONFIG`, or the default path), applies
+    /// environment overrides and validates.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let path = match path {
+            Some(p) => p.to_path_buf(),
+            None => std::env::var_os(ENV_CONFIG)
+                .map(Into::into)
+                .unwrap_or_else(|| DEFAULT_CONFIG_PATH.into()),
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            Error::Config(format!(
+                "cannot read config file {}: {e}; pass --config PATH or set {ENV_CONFIG}",
+                path.display()
+            ))
+        })?;
+        Config::from_toml_with_env(&text)
+            .map_err(|e| Error::Config(format!("{}: {}", path.display(), strip_prefix(&e))))
+    }
+
+    /// Parses and validates TOML text, ignoring the environment.
+    pub fn from_toml(text: &str) -> Result<Config> {
+        Self::parse(text)?.validate()
+    }
+
+    fn parse(text: &str) -> Result<RawConfig> {
+        toml::from_str(text)
+            .map_err(|e| Error::Config(e.message().to_string() + &span_hint(text, &e)))
+    }
+
+    /// Parses TOML text, applies `WRIT_REDIS_URL` / `WRIT_MONGODB_URI`, validates.
+    pub fn from_toml_with_env(text: &str) -> Result<Config> {
+        let mut raw = Self::parse(text)?;
+        if let Ok(url) = std::env::var(ENV_REDIS_URL) {
+            raw.redis.url = url;
+        }
+        if let Ok(uri) = std::env::var(ENV_MONGODB_URI) {
+            raw.mongodb.uri = uri;
+        }
+        if let Ok(name) = std::env::var(ENV_CONSUMER_NAME) {
+            raw.daemon.consumer_name = Some(name);
+        }
+        raw.validate()
+    }
+}
+
+fn strip_prefix(e: &Error) -> String {
+    match e {
+        Error::Config(m) => m.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn span_hint(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!(" (line {line}); see config/writ.toml for every field and its default")
+        }
+        None => "; see config/writ.toml for every field and its default".into(),
+    }
+}
+
+/// Fields writ owns in every stored document; a key field may not use them.
+pub const RESERVED_FIELDS: &[&str] = &["_id", "payload", "removed", "_writ"];
+
+impl Config {
+    /// Looks up a collection.
+    pub fn collection(&self, name: &str) -> Option<&CollectionConfig> {
+        self.collections.get(name)
+    }
+}
+
+/// Replaces the password (and user) of a URL with `***` for logs.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return "<unparseable url>".into();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}***@{}", &url[..scheme_end + 3], &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+[redis]
+[mongodb]
+[[collections]]
+name = "signal"
+key = ["symbol", "strategyName"]
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::from_toml(MIN).unwrap();
+        assert_eq!(c.partitions, 8);
+        assert_eq!(c.write_concern, WriteConcernW::Majority);
+        assert!(c.journal);
+        assert_eq!(c.collection("signal").unwrap().mode, WriteMode::Replace);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err = Config::from_toml(&MIN.replace("[redis]", "[redis]\npartitons = 3")).unwrap_err();
+        assert!(err.to_string().contains("partitons"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_field() {
+        let e = Config::from_toml(&MIN.replace("[redis]", "[redis]\npartitions = 0")).unwrap_err();
+        assert!(e.to_string().contains("redis.partitions"), "{e}");
+        let e = Config::from_toml(&MIN.replace("\"strategyName\"", "\"symbol\"")).unwrap_err();
+        assert!(e.to_string().contains("collections[0].key"), "{e}");
+        let e = Config::from_toml(&MIN.replace("[mongodb]", "[mongodb]\nwrite_concern = \"all\""))
+            .unwrap_err();
+        assert!(e.to_string().contains("mongodb.write_concern"), "{e}");
+    }
+
+    #[test]
+    fn documented_default_file_matches_the_code_defaults() {
+        let file = include_str!("../../config/writ.toml");
+        let documented = Config::from_toml(file).unwrap();
+        // The same collections with every other table left to the defaults.
+        let collections = &file[file.find("[[collections]]").unwrap()..];
+        let defaults = Config::from_toml(&format!("[redis]\n[mongodb]\n{collections}")).unwrap();
+        let strip = |c: &Config| {
+            let mut c = c.clone();
+            c.consumer_name.clear();
+            format!("{c:?}")
+        };
+        assert_eq!(
+            strip(&documented),
+            strip(&defaults),
+            "config/writ.toml documents other values than the defaults in code"
+        );
+        assert!(documented.collections.len() >= 10);
+    }
+
+    #[test]
+    fn redacts_credentials() {
+        assert_eq!(
+            redact_url("redis://:secret@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
+        assert_eq!(
+            redact_url("mongodb://u:p@h/?a=b@c"),
+            "mongodb://***@h/?a=b@c"
+        );
+        assert_eq!(redact_url("redis://host"), "redis://host");
+    }
+}

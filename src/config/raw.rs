@@ -1,0 +1,241 @@
+//! The config file as written: serde structs that reject unknown fields, with
+//! the documented defaults. [`RawConfig::validate`](super::validate) turns it
+//! into the typed [`Config`](super::Config).
+
+use serde::Deserialize;
+
+use super::MONGO_MAX_BSON;
+
+/// The config file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Redis connection and stream layout.
+    pub redis: RawRedis,
+    /// MongoDB connection and write concern.
+    pub mongodb: RawMongo,
+    /// Daemon tuning.
+    #[serde(default)]
+    pub daemon: RawDaemon,
+    /// Client defaults.
+    #[serde(default)]
+    pub client: RawClient,
+    /// The collections writ manages.
+    #[serde(default)]
+    pub collections: Vec<RawCollection>,
+}
+
+/// `[redis]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// Redis URL; `WRIT_REDIS_URL` overrides it.
+    #[serde(default = "default_redis_url")]
+    pub url: String,
+    /// Prefix of every Redis key writ uses.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Number of partition streams. Changing it needs a drained system.
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
+}
+
+/// `[mongodb]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMongo {
+    /// MongoDB URI; `WRIT_MONGODB_URI` overrides it.
+    #[serde(default = "default_mongo_uri")]
+    pub uri: String,
+    /// Database holding the collections.
+    #[serde(default = "default_database")]
+    pub database: String,
+    /// Write concern `w`: "majority" or a node count.
+    #[serde(default = "default_w")]
+    pub write_concern: toml::Value,
+    /// Write concern `j` (journal).
+    #[serde(default = "default_true")]
+    pub journal: bool,
+    /// Per-operation timeout in milliseconds.
+    #[serde(default = "default_op_timeout_ms")]
+    pub op_timeout_ms: u64,
+}
+
+/// `[daemon]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDaemon {
+    /// Name of this daemon in consumer groups; defaults to host + pid.
+    pub consumer_name: Option<String>,
+    /// Entries read per XREADGROUP.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Entries in flight per partition (read, not yet acked).
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: usize,
+    /// XREADGROUP BLOCK in milliseconds (also bounds shutdown latency).
+    #[serde(default = "default_block_ms")]
+    pub block_ms: u64,
+    /// How long shutdown may take to drain in-flight work.
+    #[serde(default = "default_shutdown_ms")]
+    pub shutdown_deadline_ms: u64,
+    /// Attempts before a deterministically failing write is dead-lettered.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Cap of the jittered retry backoff, in milliseconds.
+    #[serde(default = "default_backoff_cap_ms")]
+    pub backoff_cap_ms: u64,
+    /// Partition lease TTL: a dead daemon's partitions move within this.
+    #[serde(default = "default_lease_ttl_ms")]
+    pub lease_ttl_ms: u64,
+    /// How often partition stats (lag, pending, watermark) are refreshed and
+    /// streams trimmed.
+    #[serde(default = "default_stats_interval_ms")]
+    pub stats_interval_ms: u64,
+    /// Committed entries older than this are trimmed from the streams.
+    #[serde(default = "default_retention_age")]
+    pub retention_max_age_secs: u64,
+    /// At most this many committed entries are kept per partition stream.
+    #[serde(default = "default_retention_entries")]
+    pub retention_max_entries: u64,
+    /// Listen address of the metrics and health HTTP server; empty disables it.
+    #[serde(default = "default_metrics_listen")]
+    pub metrics_listen: String,
+    /// Log level filter (tracing EnvFilter syntax).
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    /// Log format: "text" or "json".
+    #[serde(default = "default_log_format")]
+    pub log_format: String,
+}
+
+impl Default for RawDaemon {
+    fn default() -> Self {
+        toml::from_str("").expect("daemon defaults")
+    }
+}
+
+/// `[client]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClient {
+    /// How long `write` waits for the ack.
+    #[serde(default = "default_write_timeout_ms")]
+    pub write_timeout_ms: u64,
+    /// How long `read` waits for this client's own pending writes.
+    #[serde(default = "default_read_timeout_ms")]
+    pub read_timeout_ms: u64,
+    /// Largest payload accepted, in bytes of BSON.
+    #[serde(default = "default_max_doc")]
+    pub max_document_bytes: usize,
+    /// A submit fails with a backpressure error when its partition has more
+    /// unapplied entries than this.
+    #[serde(default = "default_max_backlog")]
+    pub max_backlog: u64,
+}
+
+impl Default for RawClient {
+    fn default() -> Self {
+        toml::from_str("").expect("client defaults")
+    }
+}
+
+/// `[[collections]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCollection {
+    /// MongoDB collection name.
+    pub name: String,
+    /// Ordered key fields; they form the unique compound index.
+    pub key: Vec<String>,
+    /// `replace` (default) or `insert_once`.
+    #[serde(default)]
+    pub mode: WriteMode,
+}
+
+/// How a `put` changes a stored document.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteMode {
+    /// `$set` the payload: the latest write wins.
+    #[default]
+    Replace,
+    /// `$setOnInsert` the payload: the first write wins (immutable candles).
+    InsertOnce,
+}
+
+fn default_redis_url() -> String {
+    "redis://127.0.0.1:6379".into()
+}
+fn default_namespace() -> String {
+    "writ".into()
+}
+fn default_partitions() -> u32 {
+    8
+}
+fn default_mongo_uri() -> String {
+    "mongodb://127.0.0.1:27017/?directConnection=true".into()
+}
+fn default_database() -> String {
+    "writ".into()
+}
+fn default_w() -> toml::Value {
+    toml::Value::String("majority".into())
+}
+fn default_true() -> bool {
+    true
+}
+fn default_op_timeout_ms() -> u64 {
+    10_000
+}
+fn default_batch() -> usize {
+    128
+}
+fn default_in_flight() -> usize {
+    1024
+}
+fn default_block_ms() -> u64 {
+    500
+}
+fn default_shutdown_ms() -> u64 {
+    10_000
+}
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_backoff_cap_ms() -> u64 {
+    5_000
+}
+fn default_lease_ttl_ms() -> u64 {
+    10_000
+}
+fn default_stats_interval_ms() -> u64 {
+    2_000
+}
+fn default_retention_age() -> u64 {
+    86_400
+}
+fn default_retention_entries() -> u64 {
+    1_000_000
+}
+fn default_max_backlog() -> u64 {
+    100_000
+}
+fn default_metrics_listen() -> String {
+    "127.0.0.1:9108".into()
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_log_format() -> String {
+    "text".into()
+}
+fn default_write_timeout_ms() -> u64 {
+    10_000
+}
+fn default_read_timeout_ms() -> u64 {
+    5_000
+}
+fn default_max_doc() -> usize {
+    MONGO_MAX_BSON - 64 * 1024
+}

@@ -1,0 +1,247 @@
+//! Validation: every field checked, one message naming the bad field and the
+//! fix, and the typed [`Config`] out.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::raw::RawConfig;
+use super::{
+    redact_url, CollectionConfig, Config, LogFormat, WriteConcernW, ENV_MONGODB_URI, ENV_REDIS_URL,
+    MONGO_MAX_BSON, RESERVED_FIELDS,
+};
+use crate::error::{Error, Result};
+
+fn bad(field: &str, msg: impl std::fmt::Display) -> Error {
+    Error::Config(format!("`{field}`: {msg}"))
+}
+
+/// Names allowed for collections, key fields, namespaces and client ids.
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+}
+
+impl RawConfig {
+    /// Checks every field and returns the typed config.
+    pub fn validate(self) -> Result<Config> {
+        let RawConfig {
+            redis,
+            mongodb,
+            daemon,
+            client,
+            collections,
+        } = self;
+        if !(redis.url.starts_with("redis://") || redis.url.starts_with("rediss://")) {
+            return Err(bad(
+                "redis.url",
+                format!(
+                    "{} is not a redis:// or rediss:// URL; set it or {ENV_REDIS_URL}",
+                    redact_url(&redis.url)
+                ),
+            ));
+        }
+        if !is_identifier(&redis.namespace) {
+            return Err(bad(
+                "redis.namespace",
+                "use 1-64 characters of [A-Za-z0-9_.-]",
+            ));
+        }
+        if redis.partitions == 0 || redis.partitions > 4096 {
+            return Err(bad("redis.partitions", "must be between 1 and 4096"));
+        }
+        if !(mongodb.uri.starts_with("mongodb://") || mongodb.uri.starts_with("mongodb+srv://")) {
+            return Err(bad(
+                "mongodb.uri",
+                format!(
+                    "{} is not a mongodb:// URI; set it or {ENV_MONGODB_URI}",
+                    redact_url(&mongodb.uri)
+                ),
+            ));
+        }
+        if mongodb.database.is_empty() || mongodb.database.contains(['/', '\\', '.', ' ', '"', '$'])
+        {
+            return Err(bad(
+                "mongodb.database",
+                "must be a non-empty MongoDB database name without / \\ . space \" $",
+            ));
+        }
+        let write_concern = match &mongodb.write_concern {
+            toml::Value::String(s) if s == "majority" => WriteConcernW::Majority,
+            toml::Value::Integer(n) if *n >= 0 && *n <= 50 => WriteConcernW::Nodes(*n as u32),
+            _ => {
+                return Err(bad(
+                    "mongodb.write_concern",
+                    "use \"majority\" or a node count such as 1",
+                ))
+            }
+        };
+        if mongodb.op_timeout_ms == 0 {
+            return Err(bad("mongodb.op_timeout_ms", "must be at least 1"));
+        }
+        if daemon.batch_size == 0 || daemon.batch_size > 10_000 {
+            return Err(bad("daemon.batch_size", "must be between 1 and 10000"));
+        }
+        if daemon.max_in_flight < daemon.batch_size {
+            return Err(bad(
+                "daemon.max_in_flight",
+                "must be at least daemon.batch_size",
+            ));
+        }
+        if daemon.block_ms == 0 || daemon.block_ms > 60_000 {
+            return Err(bad("daemon.block_ms", "must be between 1 and 60000"));
+        }
+        if daemon.max_attempts == 0 {
+            return Err(bad("daemon.max_attempts", "must be at least 1"));
+        }
+        if daemon.lease_ttl_ms < 300 || daemon.lease_ttl_ms > 300_000 {
+            return Err(bad("daemon.lease_ttl_ms", "must be between 300 and 300000"));
+        }
+        if daemon.stats_interval_ms < 100 {
+            return Err(bad("daemon.stats_interval_ms", "must be at least 100"));
+        }
+        if daemon.retention_max_entries == 0 {
+            return Err(bad("daemon.retention_max_entries", "must be at least 1"));
+        }
+        if client.max_backlog == 0 {
+            return Err(bad("client.max_backlog", "must be at least 1"));
+        }
+        let metrics_listen = if daemon.metrics_listen.is_empty() {
+            None
+        } else {
+            Some(daemon.metrics_listen.parse::<SocketAddr>().map_err(|_| {
+                bad(
+                    "daemon.metrics_listen",
+                    format!(
+                        "{:?} is not host:port such as 127.0.0.1:9108 (empty disables it)",
+                        daemon.metrics_listen
+                    ),
+                )
+            })?)
+        };
+        let log_format = match daemon.log_format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(bad(
+                    "daemon.log_format",
+                    format!("{other:?} is not \"text\" or \"json\""),
+                ))
+            }
+        };
+        let consumer_name = match daemon.consumer_name {
+            Some(n) if is_identifier(&n) => n,
+            Some(_) => {
+                return Err(bad(
+                    "daemon.consumer_name",
+                    "use 1-64 characters of [A-Za-z0-9_.-]",
+                ))
+            }
+            None => default_consumer_name(),
+        };
+        if client.max_document_bytes == 0 || client.max_document_bytes > MONGO_MAX_BSON {
+            return Err(bad(
+                "client.max_document_bytes",
+                format!("must be between 1 and {MONGO_MAX_BSON}"),
+            ));
+        }
+        if collections.is_empty() {
+            return Err(bad(
+                "collections",
+                "declare at least one [[collections]] with name and key",
+            ));
+        }
+        let mut by_name = BTreeMap::new();
+        for (i, c) in collections.into_iter().enumerate() {
+            let at = format!("collections[{i}]");
+            if !is_identifier(&c.name) || c.name.starts_with("system.") {
+                return Err(bad(
+                    &format!("{at}.name"),
+                    format!(
+                        "{:?} must be 1-64 characters of [A-Za-z0-9_.-] and not start with system.",
+                        c.name
+                    ),
+                ));
+            }
+            if c.key.is_empty() {
+                return Err(bad(
+                    &format!("{at}.key"),
+                    format!("collection {:?} needs at least one key field", c.name),
+                ));
+            }
+            let mut seen = HashSet::new();
+            for k in &c.key {
+                if k.is_empty()
+                    || k.starts_with('$')
+                    || k.contains('.')
+                    || RESERVED_FIELDS.contains(&k.as_str())
+                {
+                    return Err(bad(&format!("{at}.key"), format!("{k:?} cannot be a key field (no $ prefix, no dots, not one of {RESERVED_FIELDS:?})")));
+                }
+                if !seen.insert(k) {
+                    return Err(bad(&format!("{at}.key"), format!("{k:?} is listed twice")));
+                }
+            }
+            if by_name.contains_key(&c.name) {
+                return Err(bad(
+                    &format!("{at}.name"),
+                    format!("collection {:?} is declared twice", c.name),
+                ));
+            }
+            by_name.insert(
+                c.name.clone(),
+                CollectionConfig {
+                    name: c.name,
+                    key: c.key,
+                    mode: c.mode,
+                },
+            );
+        }
+        Ok(Config {
+            redis_url: redis.url,
+            namespace: redis.namespace,
+            partitions: redis.partitions,
+            mongodb_uri: mongodb.uri,
+            database: mongodb.database,
+            write_concern,
+            journal: mongodb.journal,
+            op_timeout: Duration::from_millis(mongodb.op_timeout_ms),
+            consumer_name,
+            batch_size: daemon.batch_size,
+            max_in_flight: daemon.max_in_flight,
+            block: Duration::from_millis(daemon.block_ms),
+            shutdown_deadline: Duration::from_millis(daemon.shutdown_deadline_ms),
+            max_attempts: daemon.max_attempts,
+            backoff_cap: Duration::from_millis(daemon.backoff_cap_ms.max(1)),
+            lease_ttl: Duration::from_millis(daemon.lease_ttl_ms),
+            stats_interval: Duration::from_millis(daemon.stats_interval_ms),
+            retention_max_age: Duration::from_secs(daemon.retention_max_age_secs),
+            retention_max_entries: daemon.retention_max_entries,
+            max_backlog: client.max_backlog,
+            metrics_listen,
+            log_level: daemon.log_level,
+            log_format,
+            write_timeout: Duration::from_millis(client.write_timeout_ms),
+            read_timeout: Duration::from_millis(client.read_timeout_ms),
+            max_document_bytes: client.max_document_bytes,
+            collections: by_name,
+        })
+    }
+}
+
+fn default_consumer_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .take(40)
+                .collect::<String>()
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "writ".into());
+    format!("{host}-{}", std::process::id())
+}
