@@ -43,7 +43,7 @@ enum Command {
     },
     /// Re-apply retained entries (idempotent: the sequence guard skips what is applied).
     Replay {
-        /// Start: a stream id (ms-seq), unix ms, or a duration ago (90s, 15m, 2h, 1d).
+        /// Start: a stream id (ms-seq), unix ms, a UTC time (2026-11-23T01:30:00Z), or a duration ago (90s, 15m, 2h, 1d).
         #[arg(long)]
         from: String,
         /// End (inclusive), same forms; default: the newest entry.
@@ -161,7 +161,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 .as_millis() as u64;
             let parse = |s: &str| {
                 writ::tools::parse_point(s, now).with_context(|| {
-                    format!("{s:?} is not a stream id, unix ms, or a duration like 15m")
+                    format!("{s:?} is not a stream id, unix ms, a UTC time like 2026-11-23T01:30:00Z, or a duration like 15m")
                 })
             };
             let from = parse(&from)?;

@@ -80,9 +80,12 @@ impl Tools {
     }
 }
 
-/// Parses `--from/--to`: a stream id (`ms-seq`), unix milliseconds, or a
-/// duration ago (`90s`, `15m`, `2h`, `1d`).
+/// Parses `--from/--to`: a stream id (`ms-seq`), unix milliseconds, a UTC
+/// time (`2026-11-23T01:30:00Z`), or a duration ago (`90s`, `15m`, `2h`, `1d`).
 pub fn parse_point(s: &str, now_ms: u64) -> Option<Version> {
+    if let Some(ms) = parse_utc(s) {
+        return Some(Version { ms, seq: 0 });
+    }
     if let Ok(v) = s.parse::<Version>() {
         if s.contains('-') || s.len() >= 12 {
             return Some(v);
@@ -102,6 +105,29 @@ pub fn parse_point(s: &str, now_ms: u64) -> Option<Version> {
         ms: now_ms.saturating_sub(ms),
         seq: 0,
     })
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fff]Z` to unix milliseconds.
+fn parse_utc(s: &str) -> Option<u64> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    let millis: i64 = format!("{frac:0<3}")[..3].parse().ok()?;
+    // Days from the civil date (proleptic Gregorian), after H. Hinnant.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(((days * 24 + hh) * 60 + mm) * 60_000 + ss * 1000 + millis).ok()
 }
 
 #[cfg(test)]
@@ -132,5 +158,16 @@ mod tests {
             })
         );
         assert_eq!(parse_point("soon", 0), None);
+        assert_eq!(
+            parse_point("1970-01-01T00:00:01Z", 0),
+            Some(Version { ms: 1000, seq: 0 })
+        );
+        assert_eq!(
+            parse_point("2023-11-14T22:13:20.5Z", 0),
+            Some(Version {
+                ms: 1_700_000_000_500,
+                seq: 0
+            })
+        );
     }
 }
