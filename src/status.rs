@@ -165,25 +165,16 @@ pub async fn partition_status(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
+    // Below the watermark everything is applied. With nothing unapplied it is
+    // just past the last entry the group had been given *when we looked*: an
+    // entry added since has a larger id, so it can never fall below it (the
+    // stream's last-generated id would race with writers).
     let watermark = match oldest {
         Some(o) => Some(o),
-        None => {
-            let info: Value = redis::cmd("XINFO")
-                .arg("STREAM")
-                .arg(&stream)
-                .query_async(conn)
-                .await?;
-            let last = match &info {
-                Value::Array(m) => {
-                    as_string(field(m, "last-generated-id")).and_then(|s| s.parse::<Version>().ok())
-                }
-                _ => None,
-            };
-            last.map(|l| Version {
-                ms: l.ms,
-                seq: l.seq + 1,
-            })
-        }
+        None => last_delivered.parse::<Version>().ok().map(|l| Version {
+            ms: l.ms,
+            seq: l.seq + 1,
+        }),
     };
     let age = oldest
         .map(|o| now_ms().saturating_sub(o.ms) as f64 / 1000.0)

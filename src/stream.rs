@@ -75,10 +75,11 @@ pub fn parse_read_reply(v: &Value) -> Vec<Entry> {
     }
 }
 
-/// Parses an `XAUTOCLAIM` reply: (next cursor, claimed entries).
-pub fn parse_autoclaim(v: &Value) -> (String, Vec<Entry>) {
+/// Parses an `XAUTOCLAIM` reply: (next cursor, claimed entries, ids that
+/// were pending but are gone from the stream).
+pub fn parse_autoclaim(v: &Value) -> (String, Vec<Entry>, Vec<String>) {
     let Some(parts) = items(v) else {
-        return ("0-0".into(), Vec::new());
+        return ("0-0".into(), Vec::new(), Vec::new());
     };
     let cursor = parts
         .first()
@@ -86,5 +87,15 @@ pub fn parse_autoclaim(v: &Value) -> (String, Vec<Entry>) {
         .and_then(|b| String::from_utf8(b).ok())
         .unwrap_or_else(|| "0-0".into());
     let entries = parts.get(1).map(parse_entries).unwrap_or_default();
-    (cursor, entries)
+    let deleted = parts
+        .get(2)
+        .and_then(items)
+        .map(|ids| {
+            ids.iter()
+                .filter_map(bytes)
+                .filter_map(|b| String::from_utf8(b).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    (cursor, entries, deleted)
 }

@@ -89,3 +89,64 @@ async fn racing_upserts_on_a_new_key_never_fake_success() {
         assert_eq!(d.get_document("payload").unwrap().get_i64("n").unwrap(), 8);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_written_before_writ_are_adopted_by_the_first_write() {
+    let env = TestEnv::start("adopt");
+    let config = env.config();
+    let store = Store::connect(&config).await.unwrap();
+    store
+        .ensure_indexes(config.collections.values())
+        .await
+        .unwrap();
+    let coll = config.collection("signal").unwrap().clone();
+    let db = env.mongo_db().await;
+    let raw = db.collection::<mongodb::bson::Document>("signal");
+    // As the seed's adapters left them: key fields and payload, no version.
+    for s in ["OLD1", "OLD2"] {
+        raw.insert_one(
+            doc! {"symbol": s, "strategyName": "r", "exchangeName": "x", "payload": {"old": true}},
+        )
+        .await
+        .unwrap();
+    }
+    let put = |s: &str, op: Op| Write {
+        collection: "signal".into(),
+        key: Key::from_document(
+            &doc! {"symbol": s, "strategyName": "r", "exchangeName": "x"},
+            &coll,
+        )
+        .unwrap(),
+        op,
+        doc: (op == Op::Put).then(|| doc! {"new": true}),
+        reply: None,
+    };
+    let v = Version { ms: 5, seq: 0 };
+    match store.apply(&coll, &put("OLD1", Op::Put), v).await.unwrap() {
+        Applied::Committed(d) => {
+            assert_eq!(doc_version(&d), Some(v));
+            assert_eq!(d.get_document("payload").unwrap(), &doc! {"new": true});
+        }
+        other => panic!("expected the old document to be adopted, got {other:?}"),
+    }
+    assert_eq!(
+        store
+            .apply(&coll, &put("OLD2", Op::Delete), v)
+            .await
+            .unwrap(),
+        Applied::Deleted
+    );
+    assert!(raw
+        .find_one(doc! {"symbol": "OLD2"})
+        .await
+        .unwrap()
+        .is_none());
+    // Once adopted, the guard holds as usual.
+    assert!(matches!(
+        store
+            .apply(&coll, &put("OLD1", Op::Put), Version { ms: 4, seq: 0 })
+            .await
+            .unwrap(),
+        Applied::Stale(Some(_))
+    ));
+}

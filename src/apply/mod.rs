@@ -1,6 +1,7 @@
 //! Apply: one atomic, sequence-guarded upsert per write in MongoDB.
 //!
-//! The filter is the collection's key fields plus `_writ.v < version`. If the
+//! The filter is the collection's key fields plus `_writ.v < version` (written
+//! `$not: {$gte: version}` so documents with no version yet are adopted). If the
 //! stored document is older (or absent) the upsert applies and returns the exact
 //! committed post-image (findAndModify, returnDocument After). If the stored
 //! document is already at this version or newer, the filter misses, the upsert

@@ -121,7 +121,9 @@ impl Store {
         let c = self.coll(&coll.name);
         let v = version.to_sortable();
         let mut filter = write.key.to_document();
-        filter.insert(format!("{DOC_WRIT}.v"), doc! {"$lt": &v});
+        // `$not: {$gte}` also matches documents that carry no version yet (written
+        // before writ managed the collection): the first write adopts them.
+        filter.insert(format!("{DOC_WRIT}.v"), doc! {"$not": {"$gte": &v}});
         let writ = doc! {"v": &v, "at": DateTime::now()};
         let update = match (write.op, coll.mode) {
             (Op::Put, WriteMode::Replace) => doc! {"$set": {

@@ -84,7 +84,12 @@ pub(super) async fn run(
         match res {
             Ok(v) if claiming => {
                 backoff.reset();
-                let (next, entries) = parse_autoclaim(&v);
+                let (next, entries, deleted) = parse_autoclaim(&v);
+                if !deleted.is_empty() {
+                    // writ trims only below the committed watermark, so only an
+                    // outside XDEL/XTRIM can do this. Say so loudly.
+                    tracing::error!(partition = p, ids = ?deleted, "pending entries were deleted from the stream by someone else before they were applied; they cannot be applied (check for XDEL/XTRIM outside writ)");
+                }
                 if !entries.is_empty() {
                     tracing::info!(
                         partition = p,
