@@ -141,6 +141,24 @@ async fn documents_written_before_writ_are_adopted_by_the_first_write() {
         .await
         .unwrap()
         .is_none());
+    // A client reads a document writ never wrote (version 0-0, older than any write).
+    raw.insert_one(
+        doc! {"symbol": "OLD3", "strategyName": "r", "exchangeName": "x", "payload": {"old": 3}},
+    )
+    .await
+    .unwrap();
+    let writ = writ::Writ::connect(config.clone()).await.unwrap();
+    let rec = writ
+        .collection("signal")
+        .unwrap()
+        .read_record(&doc! {"symbol": "OLD3", "strategyName": "r", "exchangeName": "x"})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (rec.version, rec.payload),
+        (Version::default(), Some(doc! {"old": 3}))
+    );
     // Once adopted, the guard holds as usual.
     assert!(matches!(
         store

@@ -83,7 +83,10 @@ fn deliver(inner: &Inner, ack: Ack) {
     // Wake waiters first: submit checks the receiver under the `latest` lock.
     let _ = tx.send(Some(result));
     let mut latest = inner.latest.lock().expect("lock");
-    if latest.get(&key).is_some_and(|(v, _)| *v <= ack.entry) {
-        latest.remove(&key);
+    if let Some(pending) = latest.get_mut(&key) {
+        pending.remove(&ack.entry);
+        if pending.is_empty() {
+            latest.remove(&key);
+        }
     }
 }

@@ -14,7 +14,7 @@ mod ticket;
 
 pub use ticket::Ticket;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -54,7 +54,7 @@ pub(crate) struct Inner {
     /// Request id → (key, sender) for acks not yet seen.
     waiters: Mutex<HashMap<String, Waiter>>,
     /// This handle's newest unacked write per key.
-    latest: Mutex<HashMap<KeyId, (Version, AckState)>>,
+    latest: Mutex<HashMap<KeyId, BTreeMap<Version, AckState>>>,
     admit: redis::Script,
     _stop: DropGuard,
 }
@@ -200,9 +200,8 @@ impl Collection {
             .map_err(|_| Error::Encode(format!("XADD returned odd id {entry:?}")))?;
         {
             let mut latest = inner.latest.lock().expect("lock");
-            let newer = latest.get(&id).is_none_or(|(v, _)| *v < version);
-            if newer && rx.borrow().is_none() {
-                latest.insert(id, (version, rx.clone()));
+            if rx.borrow().is_none() {
+                latest.entry(id).or_default().insert(version, rx.clone());
             }
         }
         Ok(Ticket::new(version, rx, inner.config.write_timeout))
@@ -225,14 +224,21 @@ impl Collection {
         let id: KeyId = (self.coll.name.clone(), key.canonical());
         let p = key.partition(&self.coll.name, inner.config.partitions);
         let cache_key = inner.names.cache(p, &self.coll.name, &id.1);
-        let pending = inner.latest.lock().expect("lock").get(&id).cloned();
+        // Every write of this key this handle submitted and has no ack for yet.
+        let pending = inner
+            .latest
+            .lock()
+            .expect("lock")
+            .get(&id)
+            .cloned()
+            .unwrap_or_default();
         let mut cached = inner.cache.get(&cache_key).await?;
-        if let Some((version, rx)) = pending {
-            if cached.as_ref().is_none_or(|c| c.version < version) {
-                wait_ack(
-                    rx,
+        if let Some(newest) = pending.keys().next_back() {
+            if cached.as_ref().is_none_or(|c| c.version < *newest) {
+                wait_all(
+                    pending.into_values(),
                     inner.config.read_timeout,
-                    "this client's pending write before reading",
+                    "this client's pending writes before reading",
                 )
                 .await?;
                 cached = inner.cache.get(&cache_key).await?;
@@ -248,9 +254,9 @@ impl Collection {
         let Some(doc) = inner.store.find(&self.coll.name, &key).await? else {
             return Ok(None);
         };
-        let Some(version) = doc_version(&doc) else {
-            return Ok(None);
-        };
+        // A document from before writ managed the collection has no version:
+        // it reads as version 0-0, older than any write.
+        let version = doc_version(&doc).unwrap_or_default();
         inner
             .cache
             .put_if_newer(&cache_key, version, Some(&doc))
@@ -269,17 +275,14 @@ impl Collection {
             .expect("lock")
             .iter()
             .filter(|((c, _), _)| *c == self.coll.name)
-            .map(|(_, (_, rx))| rx.clone())
+            .flat_map(|(_, m)| m.values().cloned())
             .collect();
-        for rx in pending {
-            wait_ack(
-                rx,
-                self.inner().config.read_timeout,
-                "this client's pending writes before listing",
-            )
-            .await?;
-        }
-        Ok(())
+        wait_all(
+            pending,
+            self.inner().config.read_timeout,
+            "this client's pending writes before listing",
+        )
+        .await
     }
 
     /// Live (not deleted) documents: key fields plus payload, in key order.
@@ -320,6 +323,26 @@ fn payload_of(doc: &Document) -> Option<Document> {
         Some(Bson::Document(d)) => Some(d.clone()),
         _ => None,
     }
+}
+
+/// Waits for every ack, all within one `timeout`.
+async fn wait_all(
+    pending: impl IntoIterator<Item = AckState>,
+    timeout: std::time::Duration,
+    what: &'static str,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    for rx in pending {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        wait_ack(rx, left, what).await.map_err(|e| match e {
+            Error::Timeout { .. } => Error::Timeout {
+                after: timeout,
+                what,
+            },
+            other => other,
+        })?;
+    }
+    Ok(())
 }
 
 async fn wait_ack(

@@ -115,7 +115,13 @@ pub async fn run_partition(p: u32, ctx: Arc<Ctx>, run: Arc<PartitionRun>) {
                             queues.remove(&id);
                         }
                     }
-                    Err(e) => tracing::error!(partition = p, error = %e, "key worker panicked; its entries stay pending and are re-read on restart"),
+                    Err(e) => {
+                        // Its key's later jobs must not run ahead of the lost
+                        // ones: stop the partition; the next tenure re-reads
+                        // everything pending, in order.
+                        tracing::error!(partition = p, error = %e, "key worker panicked; aborting the partition so its entries are re-applied in order");
+                        run.abort.cancel();
+                    }
                 }
             }
             _ = run.abort.cancelled(), if !aborted && (reading || !running.is_empty()) => {

@@ -231,14 +231,27 @@ async fn apply_with_retry(
     job: &Job,
 ) -> Option<Result<Applied, (Reject, u32)>> {
     let mut backoff = Backoff::new(ctx.config.backoff_cap);
+    // Only permanent failures count towards `max_attempts`: an outage must
+    // not dead-letter writes that were merely waiting for MongoDB.
     let mut attempts = 0u32;
+    // Bound every call: a hung connection must not hold the key (or a
+    // hand-over) forever. A call abandoned here may still apply; the entry
+    // stays pending and the guard makes the re-apply harmless.
+    let limit = ctx.config.op_timeout + Duration::from_secs(5);
     loop {
-        attempts += 1;
         if run.abort.is_cancelled() || !run.lease.valid() {
             run.abort.cancel();
             return None;
         }
-        match ctx.store.apply(coll, &job.write, job.id).await {
+        let res = tokio::select! {
+            r = tokio::time::timeout(limit, ctx.store.apply(coll, &job.write, job.id)) => r,
+            _ = run.abort.cancelled() => return None,
+        };
+        let res = res.unwrap_or(Err(Error::Timeout {
+            after: limit,
+            what: "a MongoDB write",
+        }));
+        match res {
             Ok(a) => return Some(Ok(a)),
             Err(e) => {
                 let class = e.retry_class();
@@ -246,8 +259,11 @@ async fn apply_with_retry(
                     .increment(1);
                 metrics::counter!("writ_mongodb_errors_total", "error_class" => class.as_str())
                     .increment(1);
-                if class == RetryClass::Permanent && attempts >= ctx.config.max_attempts {
-                    return Some(Err((mongo_reject(&e), attempts)));
+                if class == RetryClass::Permanent {
+                    attempts += 1;
+                    if attempts >= ctx.config.max_attempts {
+                        return Some(Err((mongo_reject(&e), attempts)));
+                    }
                 }
                 tracing::warn!(entry = %job.id, collection = %coll.name, attempts, class = class.as_str(), error = %e, "apply failed; retrying");
                 if !backoff.sleep(&run.abort).await {
@@ -291,27 +307,65 @@ where
     }
 }
 
-/// Sends client acks (where asked for) and XACKs the entries, in one pipeline.
+/// Sends client acks (where asked for), then XACKs the entries.
 async fn send_acks(
     ctx: &Ctx,
     run: &PartitionRun,
     stream: &str,
     acks: Vec<(Option<String>, Option<Ack>, Version)>,
 ) -> bool {
-    let group = ctx.names.group();
-    retry_until_abort(run, "ack", || {
+    let client_acks: Vec<(String, Ack)> = acks
+        .iter()
+        .filter_map(|(client, ack, _)| Some((client.clone()?, ack.clone()?)))
+        .collect();
+    let ids: Vec<Version> = acks.iter().map(|(_, _, id)| *id).collect();
+    if !send_client_acks(ctx, run, &client_acks).await {
+        return false;
+    }
+    xack(ctx, run, stream, &ids).await
+}
+
+/// Adds client acks. Transient failures are retried; a permanent one (say,
+/// a writer chose a client id whose ack key holds something else) is logged
+/// and skipped: that writer's `write` then times out, its data is safe.
+async fn send_client_acks(ctx: &Ctx, run: &PartitionRun, acks: &[(String, Ack)]) -> bool {
+    if acks.is_empty() {
+        return true;
+    }
+    let mut backoff = Backoff::new(Duration::from_secs(2));
+    loop {
         let mut pipe = redis::pipe();
-        let mut xack = redis::cmd("XACK");
-        xack.arg(stream).arg(&group);
-        for (client, ack, id) in &acks {
-            if let (Some(client), Some(ack)) = (client, ack) {
-                ack.add_to(&mut pipe, &ctx.names.acks(client));
-            }
-            xack.arg(id.to_stream_id());
+        for (client, ack) in acks {
+            ack.add_to(&mut pipe, &ctx.names.acks(client));
         }
-        pipe.add_command(xack).ignore();
         let mut conn = ctx.conn.clone();
-        async move { pipe.query_async::<()>(&mut conn).await.map_err(Error::from) }
+        match pipe.query_async::<()>(&mut conn).await.map_err(Error::from) {
+            Ok(()) => return true,
+            Err(e) if e.retry_class() == RetryClass::Permanent => {
+                tracing::error!(error = %e, "cannot add client acks; skipping them (check for keys under the ack prefix that are not streams)");
+                return true;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "adding client acks failed; retrying");
+                if !backoff.sleep(&run.abort).await {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// XACKs entries of the partition stream.
+async fn xack(ctx: &Ctx, run: &PartitionRun, stream: &str, ids: &[Version]) -> bool {
+    let group = ctx.names.group();
+    retry_until_abort(run, "xack", || {
+        let mut cmd = redis::cmd("XACK");
+        cmd.arg(stream).arg(&group);
+        for id in ids {
+            cmd.arg(id.to_stream_id());
+        }
+        let mut conn = ctx.conn.clone();
+        async move { cmd.query_async::<()>(&mut conn).await.map_err(Error::from) }
     })
     .await
     .is_some()
@@ -330,8 +384,7 @@ async fn dead_letter(
     reply: Option<&protocol::ReplyTo>,
 ) {
     let dlq = ctx.names.dead_letters();
-    let group = ctx.names.group();
-    retry_until_abort(run, "dead letter", || {
+    let parked = retry_until_abort(run, "dead letter", || {
         let mut pipe = redis::pipe();
         DeadLetter {
             reason: reject.reason.as_str(),
@@ -342,23 +395,24 @@ async fn dead_letter(
             original: fields,
         }
         .add_to(&mut pipe, &dlq);
-        if let Some(r) = reply {
-            Ack {
-                request: r.request.clone(),
-                outcome: Outcome::DeadLettered,
-                version: id,
-                entry: id,
-                reason: Some(reject.to_string()),
-            }
-            .add_to(&mut pipe, &ctx.names.acks(&r.client));
-        }
-        pipe.cmd("XACK")
-            .arg(stream)
-            .arg(&group)
-            .arg(id.to_stream_id())
-            .ignore();
         let mut conn = ctx.conn.clone();
         async move { pipe.query_async::<()>(&mut conn).await.map_err(Error::from) }
     })
     .await;
+    if parked.is_none() {
+        return;
+    }
+    if let Some(r) = reply {
+        let ack = Ack {
+            request: r.request.clone(),
+            outcome: Outcome::DeadLettered,
+            version: id,
+            entry: id,
+            reason: Some(reject.to_string()),
+        };
+        if !send_client_acks(ctx, run, &[(r.client.clone(), ack)]).await {
+            return;
+        }
+    }
+    xack(ctx, run, stream, &[id]).await;
 }

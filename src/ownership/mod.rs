@@ -201,9 +201,20 @@ async fn drain(mut owned: BTreeMap<u32, Tenure>, leases: &Leases, ctx: &Ctx, tic
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for (p, t) in std::mem::take(&mut owned) {
-        let _ = tokio::time::timeout(Duration::from_secs(2), t.handle).await;
+        metrics::gauge!("writ_partition_owned", "partition" => p.to_string()).set(0.0);
+        if tokio::time::timeout(Duration::from_secs(2), t.handle)
+            .await
+            .is_err()
+        {
+            // Still inside a call: keep the lease so nobody else applies the
+            // partition meanwhile; it expires by itself within the TTL.
+            tracing::warn!(
+                partition = p,
+                "partition did not stop in time; leaving its lease to expire"
+            );
+            continue;
+        }
         let _ = leases.release(p).await;
         metrics::counter!("writ_lease_released_total", "partition" => p.to_string()).increment(1);
-        metrics::gauge!("writ_partition_owned", "partition" => p.to_string()).set(0.0);
     }
 }
