@@ -104,14 +104,11 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
 async fn housekeeping(config: Arc<Config>, mut conn: ConnectionManager, stop: CancellationToken) {
     let names = Names::new(&config.namespace);
     loop {
-        match crate::status::status(&mut conn, &config.namespace, config.partitions).await {
+        let me = Some(config.consumer_name.as_str());
+        match crate::status::status_of(&mut conn, &config.namespace, config.partitions, me).await {
             Ok(s) => {
                 metrics::gauge!("writ_dead_letter_entries").set(s.dead_letters as f64);
-                for p in s
-                    .partitions
-                    .iter()
-                    .filter(|p| p.owner.as_deref() == Some(config.consumer_name.as_str()))
-                {
+                for p in &s.partitions {
                     let label = p.partition.to_string();
                     metrics::gauge!("writ_partition_unapplied_entries", "partition" => label.clone()).set(p.unapplied as f64);
                     metrics::gauge!("writ_partition_pending_entries", "partition" => label.clone())

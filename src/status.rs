@@ -76,18 +76,14 @@ fn as_string(v: Option<&Value>) -> Option<String> {
 }
 
 /// Reads one partition's status.
-pub async fn partition_status(
+async fn partition_status(
     conn: &mut ConnectionManager,
-    ns: &str,
     names: &Names,
     p: u32,
+    owner: Option<String>,
 ) -> Result<PartitionStatus> {
     let stream = names.stream(p);
     let group = names.group();
-    let owner: Option<String> = redis::cmd("GET")
-        .arg(lease_key(ns, p))
-        .query_async(conn)
-        .await?;
     let length: u64 = redis::cmd("XLEN").arg(&stream).query_async(conn).await?;
     let groups: Value = match redis::cmd("XINFO")
         .arg("GROUPS")
@@ -123,31 +119,20 @@ pub async fn partition_status(
     };
     let pending = as_u64(field(&g, "pending")).unwrap_or(0);
     let last_delivered = as_string(field(&g, "last-delivered-id")).unwrap_or_else(|| "0-0".into());
-    // First entry after the last delivered one.
+    // Entries after the last delivered one: the first of them is the oldest
+    // undelivered entry; when Redis cannot tell the lag, count them (bounded).
+    let lag = as_u64(field(&g, "lag"));
     let next: Value = redis::cmd("XRANGE")
         .arg(&stream)
         .arg(format!("({last_delivered}"))
         .arg("+")
         .arg("COUNT")
-        .arg(1)
+        .arg(if lag.is_some() { 1 } else { 100_000 })
         .query_async(conn)
         .await?;
-    let first_undelivered = parse_entries(&next).first().map(|e| e.id);
-    let undelivered = match as_u64(field(&g, "lag")) {
-        Some(l) => l,
-        None if first_undelivered.is_some() => {
-            let v: Value = redis::cmd("XRANGE")
-                .arg(&stream)
-                .arg(format!("({last_delivered}"))
-                .arg("+")
-                .arg("COUNT")
-                .arg(100_000)
-                .query_async(conn)
-                .await?;
-            parse_entries(&v).len() as u64
-        }
-        None => 0,
-    };
+    let after = parse_entries(&next);
+    let first_undelivered = after.first().map(|e| e.id);
+    let undelivered = lag.unwrap_or(after.len() as u64);
     let oldest_pending = if pending > 0 {
         let v: Value = redis::cmd("XPENDING")
             .arg(&stream)
@@ -194,10 +179,31 @@ pub async fn partition_status(
 
 /// Reads every partition's status and the dead-letter depth.
 pub async fn status(conn: &mut ConnectionManager, ns: &str, partitions: u32) -> Result<Status> {
+    status_of(conn, ns, partitions, None).await
+}
+
+/// Like [`status`], but only for the partitions whose lease `owner` holds
+/// (what a daemon exports and trims).
+pub async fn status_of(
+    conn: &mut ConnectionManager,
+    ns: &str,
+    partitions: u32,
+    owner: Option<&str>,
+) -> Result<Status> {
     let names = Names::new(ns);
+    let leases: Vec<String> = (0..partitions).map(|p| lease_key(ns, p)).collect();
+    // One GET per lease: the lease keys of different partitions live in
+    // different cluster slots, so no MGET.
+    let mut owners = Vec::with_capacity(leases.len());
+    for key in &leases {
+        let o: Option<String> = redis::cmd("GET").arg(key).query_async(conn).await?;
+        owners.push(o);
+    }
     let mut out = Vec::with_capacity(partitions as usize);
-    for p in 0..partitions {
-        out.push(partition_status(conn, ns, &names, p).await?);
+    for (p, o) in (0..partitions).zip(owners) {
+        if owner.is_none() || o.as_deref() == owner {
+            out.push(partition_status(conn, &names, p, o).await?);
+        }
     }
     let dead_letters: u64 = redis::cmd("XLEN")
         .arg(names.dead_letters())

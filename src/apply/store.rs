@@ -33,6 +33,20 @@ pub enum Applied {
     Stale(Option<Document>),
 }
 
+impl Applied {
+    /// What readers may see after this write of version `id`: the version and
+    /// document the cache must hold (`None`: deleted), and whether the write
+    /// itself was skipped as stale.
+    pub fn into_readable(self, id: Version) -> (Version, Option<Document>, bool) {
+        match self {
+            Applied::Committed(d) => (doc_version(&d).unwrap_or(id), Some(d), false),
+            Applied::Deleted => (id, None, false),
+            Applied::Stale(Some(d)) => (doc_version(&d).unwrap_or(id), Some(d), true),
+            Applied::Stale(None) => (id, None, true),
+        }
+    }
+}
+
 /// MongoDB, with writ's write concern.
 #[derive(Clone)]
 pub struct Store {

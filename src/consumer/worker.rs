@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{Ctx, Item, Job, PartitionRun};
 use crate::ack::{Ack, Outcome};
-use crate::apply::{doc_version, Applied};
+use crate::apply::Applied;
 use crate::backoff::Backoff;
 use crate::cache::{CasOutcome, Fence};
 use crate::config::WriteMode;
@@ -139,19 +139,11 @@ pub(super) async fn run_key(ctx: &Ctx, run: &PartitionRun, p: u32, stream: &str,
         metrics::histogram!("writ_apply_seconds", "collection" => coll.name.clone())
             .record(started.elapsed().as_secs_f64());
         // What readers may see from now on, at which version.
-        let (version, doc, last_outcome) = match applied {
-            Applied::Committed(doc) => (
-                doc_version(&doc).unwrap_or(target.id),
-                Some(doc),
-                Outcome::Applied,
-            ),
-            Applied::Deleted => (target.id, None, Outcome::Applied),
-            Applied::Stale(Some(doc)) => (
-                doc_version(&doc).unwrap_or(target.id),
-                Some(doc),
-                Outcome::Stale,
-            ),
-            Applied::Stale(None) => (target.id, None, Outcome::Stale),
+        let (version, doc, stale) = applied.into_readable(target.id);
+        let last_outcome = if stale {
+            Outcome::Stale
+        } else {
+            Outcome::Applied
         };
         let cache_key = ctx
             .names

@@ -41,7 +41,6 @@ pub async fn run(ctx: Arc<Ctx>, leases: Leases, shutdown: CancellationToken) {
     let me = cfg.consumer_name.clone();
     let tick = (cfg.lease_ttl / 3).max(Duration::from_millis(100));
     let mut owned: BTreeMap<u32, Tenure> = BTreeMap::new();
-    metrics::gauge!("writ_partitions").set(f64::from(cfg.partitions));
     loop {
         // Membership: who is alive decides each daemon's share.
         let mut conn = ctx.conn.clone();

@@ -10,7 +10,7 @@ pub mod replay;
 use std::time::Duration;
 
 use crate::ack::Outcome;
-use crate::apply::{doc_version, Applied, Store};
+use crate::apply::Store;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -63,11 +63,11 @@ impl Tools {
             }
             Err(e) => return Err(e),
         };
-        let (version, doc, outcome) = match applied {
-            Applied::Committed(d) => (doc_version(&d).unwrap_or(id), Some(d), Outcome::Applied),
-            Applied::Deleted => (id, None, Outcome::Applied),
-            Applied::Stale(Some(d)) => (doc_version(&d).unwrap_or(id), Some(d), Outcome::Stale),
-            Applied::Stale(None) => (id, None, Outcome::Stale),
+        let (version, doc, stale) = applied.into_readable(id);
+        let outcome = if stale {
+            Outcome::Stale
+        } else {
+            Outcome::Applied
         };
         let p = write
             .key
