@@ -53,26 +53,32 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn field<'a>(map: &'a [Value], name: &str) -> Option<&'a Value> {
-    map.chunks(2)
-        .find(|c| matches!(&c[0], Value::BulkString(b) if b == name.as_bytes()))
-        .map(|c| &c[1])
-}
-
-fn as_u64(v: Option<&Value>) -> Option<u64> {
-    match v? {
-        Value::Int(i) => u64::try_from(*i).ok(),
-        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        _ => None,
-    }
-}
-
 fn as_string(v: Option<&Value>) -> Option<String> {
     match v? {
         Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
         Value::SimpleString(s) => Some(s.clone()),
         _ => None,
     }
+}
+
+/// A partition's backlog, by the script writers' admission uses:
+/// `(unapplied, pending, undelivered, last-delivered-id)`, counting no further
+/// than `bound` (0: exactly).
+pub async fn backlog(
+    conn: &mut ConnectionManager,
+    names: &Names,
+    p: u32,
+    bound: u64,
+) -> Result<(u64, u64, u64, String)> {
+    let script = redis::Script::new(crate::client::admit::XADD_BOUNDED);
+    let out: (u64, u64, u64, String) = script
+        .key(names.stream(p))
+        .key(names.meta(p))
+        .arg(names.group())
+        .arg(bound)
+        .invoke_async(conn)
+        .await?;
+    Ok(out)
 }
 
 /// Reads one partition's status.
@@ -85,26 +91,11 @@ async fn partition_status(
     let stream = names.stream(p);
     let group = names.group();
     let length: u64 = redis::cmd("XLEN").arg(&stream).query_async(conn).await?;
-    let groups: Value = match redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(&stream)
-        .query_async(conn)
-        .await
-    {
-        Ok(v) => v,
-        Err(e) if e.code() == Some("ERR") => Value::Array(vec![]),
-        Err(e) => return Err(e.into()),
-    };
-    let g = match &groups {
-        Value::Array(gs) => gs.iter().find_map(|g| match g {
-            Value::Array(m) if as_string(field(m, "name")).as_deref() == Some(group.as_str()) => {
-                Some(m.clone())
-            }
-            _ => None,
-        }),
-        _ => None,
-    };
-    let Some(g) = g else {
+    // The one definition of the backlog (src/lua/admit.lua), never XINFO's
+    // `lag`, which Redis 7.0 gets wrong after an AOF reload.
+    let (unapplied, pending, undelivered, last_delivered) = backlog(conn, names, p, 0).await?;
+    if last_delivered.is_empty() {
+        // No stream or no group yet: nothing was ever delivered.
         return Ok(PartitionStatus {
             partition: p,
             owner,
@@ -116,23 +107,16 @@ async fn partition_status(
             oldest_unapplied: None,
             watermark: None,
         });
-    };
-    let pending = as_u64(field(&g, "pending")).unwrap_or(0);
-    let last_delivered = as_string(field(&g, "last-delivered-id")).unwrap_or_else(|| "0-0".into());
-    // Entries after the last delivered one: the first of them is the oldest
-    // undelivered entry; when Redis cannot tell the lag, count them (bounded).
-    let lag = as_u64(field(&g, "lag"));
+    }
     let next: Value = redis::cmd("XRANGE")
         .arg(&stream)
         .arg(format!("({last_delivered}"))
         .arg("+")
         .arg("COUNT")
-        .arg(if lag.is_some() { 1 } else { 100_000 })
+        .arg(1)
         .query_async(conn)
         .await?;
-    let after = parse_entries(&next);
-    let first_undelivered = after.first().map(|e| e.id);
-    let undelivered = lag.unwrap_or(after.len() as u64);
+    let first_undelivered = parse_entries(&next).first().map(|e| e.id);
     let oldest_pending = if pending > 0 {
         let v: Value = redis::cmd("XPENDING")
             .arg(&stream)
@@ -170,7 +154,7 @@ async fn partition_status(
         length,
         undelivered,
         pending,
-        unapplied: undelivered + pending,
+        unapplied,
         oldest_unapplied_age_seconds: age,
         oldest_unapplied: oldest.map(|o| o.to_stream_id()),
         watermark: watermark.map(|w| w.to_stream_id()),

@@ -93,6 +93,11 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     ),
     ("writ_batch_entries", "histogram", "Entries per read batch."),
     (
+        "writ_mongodb_concurrency_limit",
+        "gauge",
+        "Adaptive limit of MongoDB operations in flight, daemon-wide.",
+    ),
+    (
         "writ_inflight_entries",
         "gauge",
         "Entries read and not yet acked, per partition.",
@@ -175,6 +180,7 @@ pub fn register(config: &crate::config::Config) {
         metrics::gauge!("writ_inflight_entries", "partition" => p).set(0.0);
     }
     metrics::gauge!("writ_partitions").set(f64::from(config.partitions));
+    metrics::gauge!("writ_mongodb_concurrency_limit").set(config.max_concurrency.min(8) as f64);
     metrics::gauge!("writ_dead_letter_entries").set(0.0);
     build_info();
 }

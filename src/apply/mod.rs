@@ -8,7 +8,10 @@
 //! tries to insert, and the unique key index answers E11000: "already newer".
 //! That is not an error: the write is stale and is skipped.
 
+mod limit;
 mod store;
+
+pub use limit::{Limiter, Permit, Signal};
 
 pub use store::{
     doc_version, is_live, Applied, Store, DOC_PAYLOAD, DOC_REMOVED, DOC_WRIT, KEY_INDEX,

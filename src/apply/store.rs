@@ -47,11 +47,14 @@ impl Applied {
     }
 }
 
-/// MongoDB, with writ's write concern.
+/// MongoDB, with writ's write concern, a server-side time limit on every
+/// operation and the daemon-wide concurrency limiter.
 #[derive(Clone)]
 pub struct Store {
     db: Database,
     wc: WriteConcern,
+    max_time: Duration,
+    limiter: super::Limiter,
 }
 
 impl Store {
@@ -70,6 +73,9 @@ impl Store {
         opts.server_selection_timeout
             .get_or_insert(Duration::from_secs(5));
         opts.connect_timeout.get_or_insert(Duration::from_secs(3));
+        // The limiter admits at most `max_concurrency` operations; the pool has
+        // room for them plus reads and pings, so nothing queues in the driver.
+        opts.max_pool_size = Some(config.max_concurrency as u32 + 4);
         let client = mongodb::Client::with_options(opts)?;
         let w = match config.write_concern {
             WriteConcernW::Majority => Acknowledgment::Majority,
@@ -83,7 +89,14 @@ impl Store {
         Ok(Store {
             db: client.database(&config.database),
             wc,
+            max_time: config.op_timeout,
+            limiter: super::Limiter::new(config.max_concurrency),
         })
+    }
+
+    /// The daemon-wide limiter of MongoDB operations in flight.
+    pub fn limiter(&self) -> &super::Limiter {
+        &self.limiter
     }
 
     /// Pings the server: Ok means reachable.
@@ -155,6 +168,7 @@ impl Store {
             .upsert(true)
             .return_document(ReturnDocument::After)
             .write_concern(self.wc.clone())
+            .max_time(self.max_time)
             .await;
         match res {
             Ok(Some(doc)) => Ok(Applied::Committed(doc)),
@@ -178,11 +192,16 @@ impl Store {
         let deleted = c
             .find_one_and_delete(filter)
             .write_concern(self.wc.clone())
+            .max_time(self.max_time)
             .await?;
         if deleted.is_some() {
             return Ok(Applied::Deleted);
         }
-        match c.find_one(key.to_document()).await? {
+        match c
+            .find_one(key.to_document())
+            .max_time(self.max_time)
+            .await?
+        {
             Some(doc) if doc_version(&doc).is_some_and(|v| v >= version) => {
                 Ok(Applied::Stale(Some(doc)))
             }
@@ -202,7 +221,11 @@ impl Store {
         version: Version,
         err: mongodb::error::Error,
     ) -> Result<Applied> {
-        match c.find_one(key.to_document()).await? {
+        match c
+            .find_one(key.to_document())
+            .max_time(self.max_time)
+            .await?
+        {
             Some(doc) if doc_version(&doc).is_some_and(|v| v >= version) => {
                 Ok(Applied::Stale(Some(doc)))
             }

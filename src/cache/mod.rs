@@ -15,26 +15,7 @@ use crate::protocol::Version;
 /// Sets the entry if `ARGV[1]` is newer than the stored version. Byte-wise
 /// comparison (not `<`, which follows the server's locale). With a fence
 /// (`KEYS[2]`, `ARGV[3]`), refuses (-1) unless the token is the current one.
-const CAS_SCRIPT: &str = r#"
-if KEYS[2] and redis.call('GET', KEYS[2]) ~= ARGV[3] then return -1 end
-local cur = redis.call('HGET', KEYS[1], 'v')
-if cur then
-  if cur == ARGV[1] then return 0 end
-  local newer = false
-  for i = 1, math.max(#cur, #ARGV[1]) do
-    local a, b = string.byte(ARGV[1], i) or 0, string.byte(cur, i) or 0
-    if a ~= b then newer = a > b; break end
-  end
-  if not newer then return 0 end
-end
-redis.call('DEL', KEYS[1])
-if ARGV[2] == '' then
-  redis.call('HSET', KEYS[1], 'v', ARGV[1], 'gone', '1')
-else
-  redis.call('HSET', KEYS[1], 'v', ARGV[1], 'doc', ARGV[2])
-end
-return 1
-"#;
+const CAS_SCRIPT: &str = include_str!("../lua/cache_cas.lua");
 
 /// What the cache holds for a key.
 #[derive(Debug, Clone, PartialEq)]

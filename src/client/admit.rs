@@ -4,24 +4,7 @@
 //! backpressure error instead of growing the stream without limit; nothing
 //! already accepted is ever evicted.
 
-/// `KEYS[1]` stream; `ARGV[1]` group; `ARGV[2]` bound; `ARGV[3..]` fields.
-pub(super) const XADD_BOUNDED: &str = r#"
-local unapplied = 0
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  unapplied = redis.call('XLEN', KEYS[1])
-  local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
-  for _, g in ipairs(groups) do
-    local f = {}
-    for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
-    if f['name'] == ARGV[1] then
-      local lag = f['lag']
-      if type(lag) ~= 'number' then lag = 0 end
-      unapplied = lag + f['pending']
-    end
-  end
-end
-if unapplied >= tonumber(ARGV[2]) then
-  return redis.error_reply('BACKPRESSURE ' .. unapplied)
-end
-return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
-"#;
+/// `KEYS[1]` stream, `KEYS[2]` partition meta; `ARGV[1]` group; `ARGV[2]`
+/// bound; `ARGV[3..]` fields. Without fields it returns the backlog instead
+/// (see [`crate::status`]): one definition for admission and status.
+pub const XADD_BOUNDED: &str = include_str!("../lua/admit.lua");

@@ -9,7 +9,7 @@
 //!   `client.read_timeout_ms`) and fail with a timeout rather than go stale.
 
 mod acks;
-mod admit;
+pub(crate) mod admit;
 mod ticket;
 
 pub use ticket::Ticket;
@@ -175,6 +175,7 @@ impl Collection {
             .expect("lock")
             .insert(request.clone(), (id.clone(), tx));
         let mut call = inner.admit.key(inner.names.stream(p));
+        call.key(inner.names.meta(p));
         call.arg(inner.names.group()).arg(inner.config.max_backlog);
         for (f, v) in &fields {
             call.arg(*f).arg(v.as_slice());

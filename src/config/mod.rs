@@ -77,8 +77,10 @@ pub struct Config {
     pub write_concern: WriteConcernW,
     /// Write concern `j`.
     pub journal: bool,
-    /// Per-operation MongoDB timeout.
+    /// Per-operation MongoDB timeout (also the server-side `maxTimeMS`).
     pub op_timeout: Duration,
+    /// Upper bound of the adaptive MongoDB concurrency limit.
+    pub max_concurrency: usize,
     /// Consumer name in the groups.
     pub consumer_name: String,
     /// Entries per read.

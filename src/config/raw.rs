@@ -59,6 +59,10 @@ pub struct RawMongo {
     /// Per-operation timeout in milliseconds.
     #[serde(default = "default_op_timeout_ms")]
     pub op_timeout_ms: u64,
+    /// Most MongoDB operations in flight at once, daemon-wide (the adaptive
+    /// limit moves between 1 and this).
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: usize,
 }
 
 /// `[daemon]`
@@ -187,6 +191,9 @@ fn default_true() -> bool {
 }
 fn default_op_timeout_ms() -> u64 {
     10_000
+}
+fn default_max_concurrency() -> usize {
+    32
 }
 fn default_batch() -> usize {
     128

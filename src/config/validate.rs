@@ -81,6 +81,9 @@ impl RawConfig {
         if mongodb.op_timeout_ms == 0 {
             return Err(bad("mongodb.op_timeout_ms", "must be at least 1"));
         }
+        if mongodb.max_concurrency == 0 || mongodb.max_concurrency > 1000 {
+            return Err(bad("mongodb.max_concurrency", "must be between 1 and 1000"));
+        }
         if daemon.batch_size == 0 || daemon.batch_size > 10_000 {
             return Err(bad("daemon.batch_size", "must be between 1 and 10000"));
         }
@@ -208,6 +211,7 @@ impl RawConfig {
             write_concern,
             journal: mongodb.journal,
             op_timeout: Duration::from_millis(mongodb.op_timeout_ms),
+            max_concurrency: mongodb.max_concurrency,
             consumer_name,
             batch_size: daemon.batch_size,
             max_in_flight: daemon.max_in_flight,

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{Ctx, Item, Job, PartitionRun};
 use crate::ack::{Ack, Outcome};
-use crate::apply::Applied;
+use crate::apply::{Applied, Signal};
 use crate::backoff::Backoff;
 use crate::cache::{CasOutcome, Fence};
 use crate::config::WriteMode;
@@ -227,14 +227,21 @@ async fn apply_with_retry(
     // not dead-letter writes that were merely waiting for MongoDB.
     let mut attempts = 0u32;
     // Bound every call: a hung connection must not hold the key (or a
-    // hand-over) forever. A call abandoned here may still apply; the entry
-    // stays pending and the guard makes the re-apply harmless.
+    // hand-over) forever. Every operation carries `maxTimeMS = op_timeout`, so
+    // by the time this local bound (op_timeout + 5 s) gives up on an attempt
+    // the server has stopped it too: a retry never runs beside an earlier
+    // attempt. The wait for a slot in the daemon-wide limiter comes first and
+    // is outside the bound, so queueing never times an operation out.
     let limit = ctx.config.op_timeout + Duration::from_secs(5);
     loop {
         if run.abort.is_cancelled() || !run.lease.valid() {
             run.abort.cancel();
             return None;
         }
+        let permit = tokio::select! {
+            p = ctx.store.limiter().acquire() => p,
+            _ = run.abort.cancelled() => return None,
+        };
         let res = tokio::select! {
             r = tokio::time::timeout(limit, ctx.store.apply(coll, &job.write, job.id)) => r,
             _ = run.abort.cancelled() => return None,
@@ -243,6 +250,10 @@ async fn apply_with_retry(
             after: limit,
             what: "a MongoDB write",
         }));
+        permit.done(match &res {
+            Err(e) if e.retry_class() == RetryClass::Transient => Signal::Overloaded,
+            _ => Signal::Completed,
+        });
         match res {
             Ok(a) => return Some(Ok(a)),
             Err(e) => {

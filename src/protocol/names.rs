@@ -23,6 +23,12 @@ impl Names {
         format!("{}:{{p{partition}}}:c:{collection}:{canonical}", self.ns)
     }
 
+    /// A partition's meta hash: `<ns>:{p<N>}:meta` (backlog bookkeeping; see
+    /// `src/lua/admit.lua`).
+    pub fn meta(&self, partition: u32) -> String {
+        format!("{}:{{p{partition}}}:meta", self.ns)
+    }
+
     /// The consumer group every daemon joins.
     pub fn group(&self) -> String {
         self.ns.clone()

@@ -1,0 +1,198 @@
+//! The daemon-wide bound on MongoDB operations in flight, adapted to the
+//! latency MongoDB shows (additive increase, multiplicative decrease).
+//!
+//! Without it every partition's key workers call MongoDB at once: thousands
+//! of operations queue in the driver's pool, time out while queued, are
+//! retried while the first attempt may still run, and the load multiplies (a
+//! congestive collapse under a backlog). With it, operations wait *here*, in
+//! order, outside any timeout, and at most `limit` reach the driver, whose pool
+//! is sized to the upper bound.
+//!
+//! The limit grows by one per `limit` fast completions and shrinks by a tenth
+//! (at most once per round trip) when a completion is slower than
+//! `TOLERANCE` times the best latency seen recently, or failed for a transient
+//! reason. A server that serialises operations therefore settles at a small
+//! limit (more concurrency only adds queueing), one that scales settles high.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+/// A completion this many times slower than the recent best counts as
+/// congestion.
+const TOLERANCE: f64 = 2.0;
+/// Latency below which no sample counts as congestion (noise floor).
+const FLOOR: Duration = Duration::from_millis(5);
+/// How fast the remembered best latency forgets (per sample), so a server
+/// that became slower for good is not judged against a stale best.
+const BEST_DECAY: f64 = 1.001;
+
+#[derive(Debug)]
+struct State {
+    limit: f64,
+    in_flight: usize,
+    best: Option<f64>,
+    last_decrease: Instant,
+}
+
+/// The shared limiter; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Limiter {
+    state: Arc<Mutex<State>>,
+    freed: Arc<Notify>,
+    max: usize,
+}
+
+/// One admitted operation; report how it went with [`Permit::done`]. Dropped
+/// without a report (cancelled), it frees its slot and teaches nothing.
+#[derive(Debug)]
+pub struct Permit {
+    limiter: Limiter,
+    started: Instant,
+}
+
+/// How an operation ended, for the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// It completed (applied, stale or refused for good): its latency counts.
+    Completed,
+    /// It failed for a reason that suggests overload (timeout, connection).
+    Overloaded,
+}
+
+impl Limiter {
+    /// A limiter between 1 and `max`, starting at `min(max, 8)`.
+    pub fn new(max: usize) -> Limiter {
+        let max = max.max(1);
+        Limiter {
+            state: Arc::new(Mutex::new(State {
+                limit: max.min(8) as f64,
+                in_flight: 0,
+                best: None,
+                last_decrease: Instant::now(),
+            })),
+            freed: Arc::new(Notify::new()),
+            max,
+        }
+    }
+
+    /// Waits for a slot. Cancel-safe: dropping the future takes no slot.
+    pub async fn acquire(&self) -> Permit {
+        loop {
+            let notified = self.freed.notified();
+            {
+                let mut s = self.state.lock().expect("limiter lock");
+                if (s.in_flight as f64) < s.limit.floor().max(1.0) {
+                    s.in_flight += 1;
+                    drop(s);
+                    return Permit {
+                        limiter: self.clone(),
+                        started: Instant::now(),
+                    };
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// The current limit (whole operations).
+    pub fn limit(&self) -> usize {
+        self.state.lock().expect("limiter lock").limit.floor() as usize
+    }
+
+    /// Operations admitted and not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.state.lock().expect("limiter lock").in_flight
+    }
+
+    fn finish(&self, latency: Option<(Duration, Signal)>) {
+        let mut s = self.state.lock().expect("limiter lock");
+        s.in_flight = s.in_flight.saturating_sub(1);
+        if let Some((latency, signal)) = latency {
+            let secs = latency.as_secs_f64();
+            let best = s.best.map(|b| (b * BEST_DECAY).min(secs)).unwrap_or(secs);
+            s.best = Some(best);
+            let congested =
+                signal == Signal::Overloaded || (latency > FLOOR && secs > best * TOLERANCE);
+            if congested {
+                // At most one decrease per round trip: the operations already
+                // in flight were admitted under the old limit.
+                if s.last_decrease.elapsed().as_secs_f64() > secs {
+                    s.limit = (s.limit * 0.9).max(1.0);
+                    s.last_decrease = Instant::now();
+                }
+            } else {
+                s.limit = (s.limit + 1.0 / s.limit).min(self.max as f64);
+            }
+            metrics::gauge!("writ_mongodb_concurrency_limit").set(s.limit.floor());
+        }
+        drop(s);
+        self.freed.notify_waiters();
+    }
+}
+
+impl Permit {
+    /// Reports the outcome and frees the slot.
+    pub fn done(self, signal: Signal) {
+        let latency = self.started.elapsed();
+        self.limiter.finish(Some((latency, signal)));
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.limiter.finish(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bounds_in_flight_and_adapts() {
+        let l = Limiter::new(4);
+        assert_eq!(l.limit(), 4);
+        let a = l.acquire().await;
+        let b = l.acquire().await;
+        let c = l.acquire().await;
+        let d = l.acquire().await;
+        assert_eq!(l.in_flight(), 4);
+        // A fifth waits until one finishes.
+        let waiting = tokio::time::timeout(Duration::from_millis(50), l.acquire()).await;
+        assert!(
+            waiting.is_err(),
+            "a fifth operation got a slot over the limit"
+        );
+        a.done(Signal::Completed);
+        let e = tokio::time::timeout(Duration::from_secs(1), l.acquire())
+            .await
+            .expect("a freed slot is handed on");
+        // Overload shrinks the limit; it never goes below 1.
+        {
+            let mut s = l.state.lock().unwrap();
+            s.last_decrease = Instant::now() - Duration::from_secs(10);
+        }
+        b.done(Signal::Overloaded);
+        assert_eq!(l.limit(), 3);
+        drop(c);
+        drop(d);
+        drop(e);
+        assert_eq!(l.in_flight(), 0);
+        for _ in 0..100 {
+            {
+                let mut s = l.state.lock().unwrap();
+                s.last_decrease = Instant::now() - Duration::from_secs(10);
+            }
+            l.acquire().await.done(Signal::Overloaded);
+        }
+        assert_eq!(l.limit(), 1);
+        // Fast completions grow it back, up to the bound.
+        for _ in 0..200 {
+            l.acquire().await.done(Signal::Completed);
+        }
+        assert_eq!(l.limit(), 4);
+    }
+}

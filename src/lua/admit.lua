@@ -1,0 +1,56 @@
+-- Admission: XADD with backpressure (docs/protocol.md, "Writing"), and the one
+-- definition of a partition's unapplied backlog (docs/protocol.md, "Backlog").
+-- KEYS[1] partition stream <ns>:{p<N>}:in; KEYS[2] partition meta <ns>:{p<N>}:meta.
+-- ARGV[1] group; ARGV[2] bound; ARGV[3..] entry fields.
+-- With entry fields: refuses with 'BACKPRESSURE <unapplied>' when the backlog is
+-- at or over the bound, else XADDs and returns the entry id.
+-- Without entry fields: returns {unapplied, pending, undelivered, last-delivered-id},
+-- counting no further than the bound (0: exactly).
+--
+-- unapplied = pending + undelivered, where undelivered is the number of stream
+-- entries after the group's last-delivered-id. It is never taken from XINFO's
+-- `lag` (wrong after an AOF reload on Redis 7.0). The daemon's fenced read keeps
+-- `read` in the meta hash: the stream's entries-added count as of the entry
+-- `at`, the group's last-delivered-id. While `at` is still the last-delivered-id
+-- the count is entries-added - read (O(1)); otherwise the entries after
+-- last-delivered-id are counted (bounded).
+local function backlog(bound)
+  if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0, 0, ''} end
+  local s = redis.call('XINFO', 'STREAM', KEYS[1])
+  local info = {}
+  for i = 1, #s, 2 do info[s[i]] = s[i + 1] end
+  local pending, last, found = 0, '', false
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local f = {}
+    for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+    if f['name'] == ARGV[1] then
+      pending, last, found = f['pending'], f['last-delivered-id'], true
+    end
+  end
+  local undelivered
+  local meta = redis.call('HMGET', KEYS[2], 'at', 'read')
+  if found and meta[1] == last and meta[2] then
+    undelivered = info['entries-added'] - tonumber(meta[2])
+    if undelivered < 0 then undelivered = 0 end
+    if undelivered > info['length'] then undelivered = info['length'] end
+  elseif not found then
+    undelivered = info['length']
+  else
+    local r
+    if bound > 0 then
+      r = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', bound)
+    else
+      r = redis.call('XRANGE', KEYS[1], '(' .. last, '+')
+    end
+    undelivered = #r
+  end
+  return {pending + undelivered, pending, undelivered, last}
+end
+
+local bound = tonumber(ARGV[2])
+if #ARGV < 3 then return backlog(bound) end
+local b = backlog(bound)
+if b[1] >= bound then
+  return redis.error_reply('BACKPRESSURE ' .. b[1])
+end
+return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))

@@ -1,0 +1,22 @@
+-- Cache compare-and-set (docs/protocol.md, "Reading").
+-- KEYS[1] cache entry; ARGV[1] sortable version; ARGV[2] BSON document, or '' for a hard delete.
+-- Optional fence: KEYS[2] fence key, ARGV[3] token (daemons only).
+-- Returns 1 stored, 0 not newer, -1 fenced.
+if KEYS[2] and redis.call('GET', KEYS[2]) ~= ARGV[3] then return -1 end
+local cur = redis.call('HGET', KEYS[1], 'v')
+if cur then
+  if cur == ARGV[1] then return 0 end
+  local newer = false
+  for i = 1, math.max(#cur, #ARGV[1]) do
+    local a, b = string.byte(ARGV[1], i) or 0, string.byte(cur, i) or 0
+    if a ~= b then newer = a > b; break end
+  end
+  if not newer then return 0 end
+end
+redis.call('DEL', KEYS[1])
+if ARGV[2] == '' then
+  redis.call('HSET', KEYS[1], 'v', ARGV[1], 'gone', '1')
+else
+  redis.call('HSET', KEYS[1], 'v', ARGV[1], 'doc', ARGV[2])
+end
+return 1
