@@ -356,6 +356,7 @@ impl TestEnv {
             .clone()
             .unwrap_or_else(|| self.redis_url.clone());
         let (daemon_extra, client_extra, extra) = (o.daemon, o.client, o.collections);
+        let mongo_extra = o.mongo;
         let config = format!(
             r#"
 [redis]
@@ -366,7 +367,7 @@ partitions = 4
 [mongodb]
 uri = "{mongo}"
 database = "{name}"
-op_timeout_ms = 5000
+{mongo_extra}
 
 [daemon]
 {daemon_extra}
@@ -395,6 +396,7 @@ key = ["bucket", "entryKey"]
         // Defaults for keys the overrides did not set.
         let mut text = config;
         for (table, key, value) in [
+            ("[mongodb]", "op_timeout_ms", "5000"),
             ("[daemon]", "metrics_listen", "\"\""),
             ("[daemon]", "block_ms", "200"),
             ("[daemon]", "backoff_cap_ms", "500"),
@@ -485,6 +487,8 @@ pub struct Overrides<'a> {
     pub daemon: &'a str,
     /// Lines added to `[client]`.
     pub client: &'a str,
+    /// Lines added to `[mongodb]`.
+    pub mongo: &'a str,
     /// Extra `[[collections]]`.
     pub collections: &'a str,
     /// Another MongoDB URI (a proxy, say).

@@ -1,9 +1,13 @@
-//! A TCP proxy that can cut every connection on command: a network outage of
-//! the server behind it, for servers the test does not own (real MongoDB).
+//! A TCP proxy that can cut every connection on command (a network outage of
+//! the server behind it) or delay every request (a slow server), for servers
+//! the test does not own (real MongoDB).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -16,6 +20,12 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(target: SocketAddr) -> Proxy {
+        Self::start_with_latency(target, Duration::ZERO).await
+    }
+
+    /// Like [`Proxy::start`], holding every chunk a client sends for `latency`
+    /// before passing it on: each request reaches the server that much later.
+    pub async fn start_with_latency(target: SocketAddr, latency: Duration) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (down, rx) = watch::channel(false);
@@ -34,9 +44,35 @@ impl Proxy {
                     let Ok(mut server) = TcpStream::connect(target).await else {
                         return;
                     };
+                    // No Nagle: a delayed request must not also wait for an ACK.
+                    let _ = server.set_nodelay(true);
+                    let _ = client.set_nodelay(true);
                     let mut client = client;
+                    if latency.is_zero() {
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = rx.wait_for(|d| *d) => {}
+                        }
+                        return;
+                    }
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            tokio::time::sleep(latency).await;
+                            if sw.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = up => {}
+                        _ = tokio::io::copy(&mut sr, &mut cw) => {}
                         _ = rx.wait_for(|d| *d) => {}
                     }
                 });
@@ -58,6 +94,11 @@ impl Proxy {
 
 /// A proxy in front of the MongoDB of `uri`, and the URI that goes through it.
 pub async fn in_front_of_mongo(uri: &str) -> (Proxy, String) {
+    in_front_of_mongo_with_latency(uri, Duration::ZERO).await
+}
+
+/// Like [`in_front_of_mongo`], delaying every request by `latency`.
+pub async fn in_front_of_mongo_with_latency(uri: &str, latency: Duration) -> (Proxy, String) {
     let hostport = uri
         .trim_start_matches("mongodb://")
         .split(['/', '?'])
@@ -70,7 +111,7 @@ pub async fn in_front_of_mongo(uri: &str) -> (Proxy, String) {
         .unwrap()
         .next()
         .unwrap();
-    let proxy = Proxy::start(target).await;
+    let proxy = Proxy::start_with_latency(target, latency).await;
     let proxied = uri.replacen(&hostport, &format!("127.0.0.1:{}", proxy.port), 1);
     let sep = if proxied.contains('?') { "&" } else { "?" };
     let proxied = if proxied.contains("directConnection") {
