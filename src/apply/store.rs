@@ -8,7 +8,7 @@ use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions, ReturnDocument, WriteConcern};
 use mongodb::{Collection, Database, IndexModel};
 
-use crate::config::{redact_url, CollectionConfig, Config, WriteConcernW, WriteMode};
+use crate::config::{redact_url, CollectionConfig, Config, Layout, WriteConcernW, WriteMode};
 use crate::error::{mongo_code, Error, Result};
 use crate::protocol::{Key, Op, Version, Write};
 
@@ -18,6 +18,10 @@ pub const DOC_PAYLOAD: &str = "payload";
 pub const DOC_REMOVED: &str = "removed";
 /// writ's bookkeeping: `{v: <sortable version>, at: <apply time>}`.
 pub const DOC_WRIT: &str = "_writ";
+/// Set on insert, for collections with `timestamps` (as mongoose does).
+pub const DOC_CREATED: &str = "createDate";
+/// Set on every write, for collections with `timestamps`.
+pub const DOC_UPDATED: &str = "updatedDate";
 /// Name of the unique key index writ creates.
 pub const KEY_INDEX: &str = "writ_key";
 
@@ -151,18 +155,10 @@ impl Store {
         // `$not: {$gte}` also matches documents that carry no version yet (written
         // before writ managed the collection): the first write adopts them.
         filter.insert(format!("{DOC_WRIT}.v"), doc! {"$not": {"$gte": &v}});
-        let writ = doc! {"v": &v, "at": DateTime::now()};
-        let update = match (write.op, coll.mode) {
-            (Op::Put, WriteMode::Replace) => doc! {"$set": {
-                DOC_PAYLOAD: write.doc.clone().unwrap_or_default(), DOC_REMOVED: false, DOC_WRIT: writ,
-            }},
-            (Op::Put, WriteMode::InsertOnce) => doc! {
-                "$setOnInsert": {DOC_PAYLOAD: write.doc.clone().unwrap_or_default(), DOC_REMOVED: false},
-                "$set": {DOC_WRIT: writ},
-            },
-            (Op::Remove, _) => doc! {"$set": {DOC_REMOVED: true, DOC_WRIT: writ}},
-            (Op::Delete, _) => return self.delete(&c, &write.key, filter, version).await,
-        };
+        if write.op == Op::Delete {
+            return self.delete(&c, &write.key, filter, version).await;
+        }
+        let update = update_of(coll, write, &v);
         let res = c
             .find_one_and_update(filter, update)
             .upsert(true)
@@ -240,15 +236,45 @@ impl Store {
 
     /// Every live (not soft-deleted) document of a collection, in key order.
     pub async fn live_documents(&self, coll: &CollectionConfig) -> Result<Vec<Document>> {
+        self.live_by_prefix(coll, &Document::new()).await
+    }
+
+    /// The live documents whose leading key fields equal `prefix`, sorted by
+    /// the key fields (the remaining ones decide the order).
+    pub async fn live_by_prefix(
+        &self,
+        coll: &CollectionConfig,
+        prefix: &Document,
+    ) -> Result<Vec<Document>> {
         let sort: Document = coll
             .key
             .iter()
             .map(|k| (k.clone(), Bson::Int32(1)))
             .collect();
+        let mut filter = prefix.clone();
+        filter.insert(DOC_REMOVED, doc! {"$ne": true});
         let cursor = self
             .coll(&coll.name)
-            .find(doc! {DOC_REMOVED: {"$ne": true}})
+            .find(filter)
             .sort(sort)
+            .max_time(self.max_time)
+            .await?;
+        Ok(cursor.try_collect().await?)
+    }
+
+    /// The stored documents of many keys of one collection, in one query.
+    pub async fn find_many(&self, coll: &str, keys: &[Key]) -> Result<Vec<Document>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let any: Vec<Bson> = keys
+            .iter()
+            .map(|k| Bson::Document(k.to_document()))
+            .collect();
+        let cursor = self
+            .coll(coll)
+            .find(doc! {"$or": any})
+            .max_time(self.max_time)
             .await?;
         Ok(cursor.try_collect().await?)
     }
@@ -260,6 +286,45 @@ impl Store {
             .count_documents(doc! {DOC_REMOVED: {"$ne": true}})
             .await?)
     }
+}
+
+/// The update document of a put or remove at sortable version `v`.
+///
+/// - `put`, `replace`: `$set` the stored fields (the payload under `payload`,
+///   or, for the `fields` layout, the document's own top-level fields);
+/// - `put`, `insert_once`: the same under `$setOnInsert` (the first write
+///   wins); only the bookkeeping is `$set`;
+/// - `remove`: `$set {removed: true}`.
+///
+/// Every write `$set`s `_writ`; with `timestamps`, also `updatedDate`, and
+/// `createDate` goes under `$setOnInsert`, as mongoose's timestamps do.
+pub fn update_of(coll: &CollectionConfig, write: &Write, v: &str) -> Document {
+    let now = DateTime::now();
+    let mut set = doc! {DOC_WRIT: {"v": v, "at": now}};
+    let mut on_insert = Document::new();
+    if coll.timestamps {
+        set.insert(DOC_UPDATED, now);
+        on_insert.insert(DOC_CREATED, now);
+    }
+    let stored = || -> Document {
+        let doc = write.doc.clone().unwrap_or_default();
+        match coll.layout {
+            Layout::Payload => doc! {DOC_PAYLOAD: doc, DOC_REMOVED: false},
+            Layout::Fields => doc,
+        }
+    };
+    match (write.op, coll.mode) {
+        (Op::Put, WriteMode::Replace) => set.extend(stored()),
+        (Op::Put, WriteMode::InsertOnce) => on_insert.extend(stored()),
+        _ => {
+            set.insert(DOC_REMOVED, true);
+        }
+    }
+    let mut update = doc! {"$set": set};
+    if !on_insert.is_empty() {
+        update.insert("$setOnInsert", on_insert);
+    }
+    update
 }
 
 /// The version a stored document carries, if any.

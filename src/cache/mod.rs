@@ -101,30 +101,43 @@ impl Cache {
 
     /// Reads a key's entry; `None` on a miss.
     pub async fn get(&self, key: &str) -> Result<Option<Cached>> {
-        let mut conn = self.conn.clone();
-        let (v, doc, gone): (Option<String>, Option<Vec<u8>>, Option<String>) = redis::cmd("HMGET")
-            .arg(key)
-            .arg("v")
-            .arg("doc")
-            .arg("gone")
-            .query_async(&mut conn)
-            .await?;
-        let Some(v) = v else { return Ok(None) };
-        let Some(version) = Version::from_sortable(&v) else {
-            tracing::warn!(
-                key,
-                "cache entry has an unreadable version; treating it as a miss"
-            );
-            return Ok(None);
-        };
-        let doc = match (doc, gone) {
-            (Some(bytes), _) => Some(
-                Document::from_reader(bytes.as_slice())
-                    .map_err(|e| Error::Encode(e.to_string()))?,
-            ),
-            (None, Some(_)) => None,
-            (None, None) => return Ok(None),
-        };
-        Ok(Some(Cached { version, doc }))
+        Ok(self.get_many(&[key.to_string()]).await?.pop().flatten())
     }
+
+    /// Reads many entries in one pipelined round trip; `None` for a miss.
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Cached>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("HMGET").arg(key).arg("v").arg("doc").arg("gone");
+        }
+        type Raw = (Option<String>, Option<Vec<u8>>, Option<String>);
+        let raw: Vec<Raw> = pipe.query_async(&mut conn).await?;
+        keys.iter().zip(raw).map(|(key, r)| parse(key, r)).collect()
+    }
+}
+
+fn parse(
+    key: &str,
+    (v, doc, gone): (Option<String>, Option<Vec<u8>>, Option<String>),
+) -> Result<Option<Cached>> {
+    let Some(v) = v else { return Ok(None) };
+    let Some(version) = Version::from_sortable(&v) else {
+        tracing::warn!(
+            key,
+            "cache entry has an unreadable version; treating it as a miss"
+        );
+        return Ok(None);
+    };
+    let doc = match (doc, gone) {
+        (Some(bytes), _) => Some(
+            Document::from_reader(bytes.as_slice()).map_err(|e| Error::Encode(e.to_string()))?,
+        ),
+        (None, Some(_)) => None,
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(Cached { version, doc }))
 }

@@ -10,6 +10,8 @@
 
 mod acks;
 pub(crate) mod admit;
+mod read;
+mod sync;
 mod ticket;
 
 pub use ticket::Ticket;
@@ -23,9 +25,9 @@ use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::apply::{doc_version, is_live, Store, DOC_PAYLOAD};
+use crate::apply::{doc_version, is_live, Store, DOC_PAYLOAD, DOC_REMOVED};
 use crate::cache::Cache;
-use crate::config::{CollectionConfig, Config};
+use crate::config::{CollectionConfig, Config, Layout};
 use crate::error::{Error, Result};
 use crate::protocol::{self, Key, Names, Op, Reject, RejectReason, ReplyTo, Version};
 
@@ -132,6 +134,9 @@ impl Collection {
     /// Appends a `put` to the stream; returns once Redis accepted it.
     pub async fn submit(&self, key: &Document, doc: &Document) -> Result<Ticket> {
         protocol::check_size(doc, self.inner().config.max_document_bytes)?;
+        if self.coll.layout == Layout::Fields {
+            protocol::check_fields(doc, &self.coll)?;
+        }
         self.submit_op(key, Op::Put, Some(doc)).await
     }
 
@@ -248,7 +253,7 @@ impl Collection {
         if let Some(c) = cached {
             return Ok(Some(Record {
                 version: c.version,
-                payload: c.doc.as_ref().and_then(payload_of),
+                payload: c.doc.as_ref().and_then(|d| payload_of(&self.coll, d)),
             }));
         }
         // Miss: read through to MongoDB and fill the cache (never backwards).
@@ -264,7 +269,7 @@ impl Collection {
             .await?;
         Ok(Some(Record {
             version,
-            payload: payload_of(&doc),
+            payload: payload_of(&self.coll, &doc),
         }))
     }
 
@@ -299,7 +304,7 @@ impl Collection {
                     .iter()
                     .filter_map(|k| Some((k.clone(), d.get(k)?.clone())))
                     .collect();
-                Some((key, payload_of(&d)?))
+                Some((key, payload_of(&self.coll, &d)?))
             })
             .collect())
     }
@@ -316,13 +321,28 @@ impl Collection {
     }
 }
 
-fn payload_of(doc: &Document) -> Option<Document> {
+/// What a reader sees of a stored document: `None` if soft-deleted; the
+/// payload (`payload` layout) or the stored fields without writ's bookkeeping,
+/// the timestamps and the key (`fields` layout).
+fn payload_of(coll: &CollectionConfig, doc: &Document) -> Option<Document> {
     if !is_live(doc) {
         return None;
     }
-    match doc.get(DOC_PAYLOAD) {
-        Some(Bson::Document(d)) => Some(d.clone()),
-        _ => None,
+    match coll.layout {
+        Layout::Payload => match doc.get(DOC_PAYLOAD) {
+            Some(Bson::Document(d)) => Some(d.clone()),
+            _ => None,
+        },
+        Layout::Fields => Some(
+            doc.iter()
+                .filter(|(k, _)| {
+                    !protocol::RESERVED_TOP_LEVEL.contains(&k.as_str())
+                        && k.as_str() != DOC_REMOVED
+                        && !coll.key.contains(k)
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
     }
 }
 

@@ -8,7 +8,9 @@
 mod raw;
 mod validate;
 
-pub use raw::{RawClient, RawCollection, RawConfig, RawDaemon, RawMongo, RawRedis, WriteMode};
+pub use raw::{
+    Layout, RawClient, RawCollection, RawConfig, RawDaemon, RawMongo, RawRedis, WriteMode,
+};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -58,6 +60,10 @@ pub struct CollectionConfig {
     pub key: Vec<String>,
     /// Write mode.
     pub mode: WriteMode,
+    /// Where a put's document goes.
+    pub layout: Layout,
+    /// Whether writes keep `createDate`/`updatedDate`.
+    pub timestamps: bool,
 }
 
 /// The validated configuration.

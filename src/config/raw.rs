@@ -155,6 +155,26 @@ pub struct RawCollection {
     /// `replace` (default) or `insert_once`.
     #[serde(default)]
     pub mode: WriteMode,
+    /// `payload` (default) or `fields`: how a `put`'s document is stored.
+    #[serde(default)]
+    pub layout: Layout,
+    /// Keep mongoose-style `createDate` (on insert) and `updatedDate` (on
+    /// every write).
+    #[serde(default)]
+    pub timestamps: bool,
+}
+
+/// How a `put`'s document is stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    /// Under the `payload` field (the document must be an object).
+    #[default]
+    Payload,
+    /// As top-level fields of the stored document, exactly as given (the
+    /// shape of backtest-kit's official MongoDB adapter: `payload`,
+    /// `positions`, `when`, candle prices...).
+    Fields,
 }
 
 /// How a `put` changes a stored document.

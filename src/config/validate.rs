@@ -199,6 +199,8 @@ impl RawConfig {
                     name: c.name,
                     key: c.key,
                     mode: c.mode,
+                    layout: c.layout,
+                    timestamps: c.timestamps,
                 },
             );
         }

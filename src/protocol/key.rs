@@ -1,10 +1,11 @@
 //! Keys: the ordered key fields of a collection, their canonical text form and
 //! the partition they hash to.
 //!
-//! Key values are strings or integers, the types trading keys use (symbol,
-//! strategy, exchange, candle timestamp). The canonical form is the compact
-//! JSON array of the values in the collection's key order, e.g.
-//! `["BTCUSDT","trend",1700000000000]`; the partition is
+//! Key values are strings, integers or booleans, the types trading keys use
+//! (symbol, strategy, exchange, candle timestamp, the `backtest` flag). The
+//! canonical form is the compact JSON array of the values in the collection's
+//! key order, e.g. `["BTCUSDT","trend",1700000000000]` or `[true,"sig-1"]`;
+//! the partition is
 //! `fnv1a64(collection ++ 0x00 ++ canonical) mod partitions`.
 
 use mongodb::bson::{Bson, Document};
@@ -19,6 +20,8 @@ pub enum KeyValue {
     Str(String),
     /// An integer (stored as BSON int64).
     Int(i64),
+    /// A boolean (`backtest`).
+    Bool(bool),
 }
 
 impl KeyValue {
@@ -26,6 +29,7 @@ impl KeyValue {
         match self {
             KeyValue::Str(s) => Bson::String(s.clone()),
             KeyValue::Int(i) => Bson::Int64(*i),
+            KeyValue::Bool(b) => Bson::Boolean(*b),
         }
     }
 }
@@ -38,7 +42,7 @@ pub struct Key {
 
 impl Key {
     /// Builds a key from a document that must hold exactly the collection's key
-    /// fields (in any order), each a string or an integer.
+    /// fields (in any order), each a string, an integer or a boolean.
     pub fn from_document(doc: &Document, coll: &CollectionConfig) -> Result<Key, Reject> {
         let mut fields = Vec::with_capacity(coll.key.len());
         for name in &coll.key {
@@ -52,11 +56,12 @@ impl Key {
                 Some(Bson::String(s)) => KeyValue::Str(s.clone()),
                 Some(Bson::Int32(i)) => KeyValue::Int(i64::from(*i)),
                 Some(Bson::Int64(i)) => KeyValue::Int(*i),
+                Some(Bson::Boolean(b)) => KeyValue::Bool(*b),
                 Some(Bson::Double(d)) if d.fract() == 0.0 && d.abs() < 9.0e15 => KeyValue::Int(*d as i64),
                 Some(other) => {
                     return Err(Reject::new(
                         RejectReason::KeyField,
-                        format!("key field {name:?} of {:?} is {:?}; key values must be strings or integers", coll.name, other.element_type()),
+                        format!("key field {name:?} of {:?} is {:?}; key values must be strings, integers or booleans", coll.name, other.element_type()),
                     ))
                 }
             };
@@ -95,9 +100,11 @@ impl Key {
             .map(|(_, v)| match v {
                 KeyValue::Str(s) => serde_json::Value::String(s.clone()),
                 KeyValue::Int(i) => serde_json::Value::from(*i),
+                KeyValue::Bool(b) => serde_json::Value::Bool(*b),
             })
             .collect();
-        serde_json::to_string(&arr).expect("a JSON array of strings and integers always serialises")
+        serde_json::to_string(&arr)
+            .expect("a JSON array of strings, integers and booleans always serialises")
     }
 
     /// The partition this key of `collection` belongs to.
@@ -138,6 +145,8 @@ mod tests {
             name: "signal".into(),
             key: vec!["symbol".into(), "ts".into()],
             mode: WriteMode::Replace,
+            layout: Default::default(),
+            timestamps: false,
         }
     }
 
@@ -160,6 +169,13 @@ mod tests {
         let e = Key::from_document(&doc! {"symbol": "x", "ts": 1, "z": 1}, &c).unwrap_err();
         assert!(e.detail.contains("extra field \"z\""), "{e}");
         assert!(Key::from_document(&doc! {"symbol": "x", "ts": 1.5}, &c).is_err());
+    }
+
+    #[test]
+    fn booleans_are_key_values() {
+        let k = Key::from_document(&doc! {"ts": 5_i32, "symbol": true}, &coll()).unwrap();
+        assert_eq!(k.canonical(), "[true,5]");
+        assert_eq!(k.to_document(), doc! {"symbol": true, "ts": 5_i64});
     }
 
     #[test]

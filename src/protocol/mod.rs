@@ -218,6 +218,9 @@ pub fn decode(
         (Op::Put, Some(raw)) => {
             let doc = decode_document(raw, enc, "doc")?;
             check_size(&doc, config.max_document_bytes)?;
+            if coll.layout == crate::config::Layout::Fields {
+                check_fields(&doc, coll)?;
+            }
             Some(doc)
         }
         (Op::Put, None) => {
@@ -264,6 +267,29 @@ pub fn decode(
         doc,
         reply,
     })
+}
+
+/// Field names a `fields`-layout document may not set: writ's bookkeeping,
+/// the timestamps writ keeps, and the key fields (the key says those).
+pub const RESERVED_TOP_LEVEL: &[&str] = &["_id", "_writ", "createDate", "updatedDate"];
+
+/// Checks the top-level fields of a `fields`-layout document.
+pub fn check_fields(doc: &Document, coll: &CollectionConfig) -> Result<(), Reject> {
+    for name in doc.keys() {
+        if RESERVED_TOP_LEVEL.contains(&name.as_str()) || coll.key.iter().any(|k| k == name) {
+            return Err(Reject::new(
+                RejectReason::Payload,
+                format!("field {name:?} of a {:?} document is set by writ (reserved: {RESERVED_TOP_LEVEL:?} and the key fields {:?}); leave it out", coll.name, coll.key),
+            ));
+        }
+        if name.is_empty() || name.starts_with('$') || name.contains('.') || name.contains('\0') {
+            return Err(Reject::new(
+                RejectReason::Payload,
+                format!("field name {name:?} cannot be stored as a top-level field (no $ prefix, dots or NUL)"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a payload larger than the configured limit.

@@ -18,6 +18,17 @@ CASES = [
     ("risk", ["riskName", "exchangeName"], {"riskName": "conservative", "exchangeName": "bybit"}, 16),
     ("measure", ["bucket", "entryKey"], {"bucket": "pnl \"daily\"", "entryKey": "ünï/código"}, 4),
     ("measure", ["bucket", "entryKey"], {"bucket": "b", "entryKey": -42}, 1),
+    # Boolean key fields (backtest-kit's `backtest` flag): JSON true/false.
+    ("storage-items", ["backtest", "signalId"], {"backtest": True, "signalId": "sig-1"}, 8),
+    ("notification-items", ["backtest", "notificationId"], {"backtest": False, "notificationId": "n-7"}, 8),
+    ("recent-items", ["symbol", "strategyName", "exchangeName", "frameName", "backtest"],
+     {"symbol": "BTCUSDT", "strategyName": "trend", "exchangeName": "binance", "frameName": "1d", "backtest": False}, 8),
+    # Escaping: only '"', '\\' and U+0000-U+001F are escaped (short forms for
+    # \b \f \n \r \t, else lowercase \u00xx); '<', '/', U+007F and non-ASCII
+    # stay as they are.
+    ("measure-items", ["bucket", "entryKey"], {"bucket": "tab\tnl\ncr\rbs\\q\"", "entryKey": "ctl\u0001\u001f</x>\u007f\u2028é"}, 8),
+    ("candle-items", ["exchangeName", "symbol", "interval", "timestamp"],
+     {"exchangeName": "binance", "symbol": "BTCUSDT", "interval": "1m", "timestamp": 1700000040000}, 8),
 ]
 
 out = []

@@ -1,0 +1,113 @@
+//! The reads backtest-kit's adapters need beyond one key: many keys in one
+//! round trip (a candle range) and the live documents under a key prefix (a
+//! bucket's measures, a `backtest` flag's storage rows, the log).
+
+use std::collections::HashMap;
+
+use mongodb::bson::Document;
+
+use super::{payload_of, Collection};
+use crate::apply::doc_version;
+use crate::error::{Error, Result};
+use crate::protocol::{Key, Reject, RejectReason};
+
+impl Collection {
+    /// Reads many keys: the cache in one pipelined round trip, every miss
+    /// through one MongoDB query (then cached by compare-and-set). A key with
+    /// a write of this handle still pending is read as [`Collection::read`]
+    /// does (it waits for that write). `None` marks an absent key.
+    pub async fn read_many(&self, keys: &[Document]) -> Result<Vec<Option<Document>>> {
+        let inner = self.inner();
+        let keys: Vec<Key> = keys.iter().map(|k| self.key(k)).collect::<Result<_>>()?;
+        let pending: Vec<bool> = {
+            let latest = inner.latest.lock().expect("lock");
+            keys.iter()
+                .map(|k| latest.contains_key(&(self.coll.name.clone(), k.canonical())))
+                .collect()
+        };
+        let entries: Vec<String> = keys
+            .iter()
+            .map(|k| {
+                let p = k.partition(&self.coll.name, inner.config.partitions);
+                inner.names.cache(p, &self.coll.name, &k.canonical())
+            })
+            .collect();
+        let cached = inner.cache.get_many(&entries).await?;
+        let mut out: Vec<Option<Option<Document>>> = Vec::with_capacity(keys.len());
+        let mut misses = Vec::new();
+        for (i, c) in cached.into_iter().enumerate() {
+            if pending[i] {
+                out.push(Some(self.read(&keys[i].to_document()).await?));
+                continue;
+            }
+            match c {
+                Some(c) => out.push(Some(c.doc.as_ref().and_then(|d| payload_of(&self.coll, d)))),
+                None => {
+                    misses.push(i);
+                    out.push(None);
+                }
+            }
+        }
+        if !misses.is_empty() {
+            let wanted: Vec<Key> = misses.iter().map(|&i| keys[i].clone()).collect();
+            let found = inner.store.find_many(&self.coll.name, &wanted).await?;
+            let mut by_key: HashMap<String, Document> = HashMap::new();
+            for doc in found {
+                if let Ok(k) = Key::from_document(&key_fields(&self.coll.key, &doc), &self.coll) {
+                    by_key.insert(k.canonical(), doc);
+                }
+            }
+            for &i in &misses {
+                let doc = by_key.get(&keys[i].canonical());
+                if let Some(doc) = doc {
+                    let version = doc_version(doc).unwrap_or_default();
+                    inner
+                        .cache
+                        .put_if_newer(&entries[i], version, Some(doc))
+                        .await?;
+                }
+                out[i] = Some(doc.and_then(|d| payload_of(&self.coll, d)));
+            }
+        }
+        Ok(out.into_iter().map(|o| o.flatten()).collect())
+    }
+
+    /// The live documents whose leading key fields equal `prefix` (a document
+    /// holding exactly the first N key fields), as `(key, payload)` sorted by
+    /// the remaining key fields. This handle's own pending writes to the
+    /// collection are settled first.
+    pub async fn list(&self, prefix: &Document) -> Result<Vec<(Document, Document)>> {
+        let n = prefix.len();
+        if n > self.coll.key.len() || self.coll.key[..n].iter().any(|k| !prefix.contains_key(k)) {
+            return Err(Error::Rejected(Reject::new(
+                RejectReason::KeyField,
+                format!(
+                    "a prefix of {:?} holds its first key fields {:?}; got {:?}",
+                    self.coll.name,
+                    self.coll.key,
+                    prefix.keys().collect::<Vec<_>>()
+                ),
+            )));
+        }
+        self.settle_pending().await?;
+        let docs = self
+            .inner()
+            .store
+            .live_by_prefix(&self.coll, prefix)
+            .await?;
+        Ok(docs
+            .into_iter()
+            .filter_map(|d| {
+                let key = key_fields(&self.coll.key, &d);
+                Some((key, payload_of(&self.coll, &d)?))
+            })
+            .collect())
+    }
+}
+
+/// The key fields of a stored document, in key order.
+pub(super) fn key_fields(key: &[String], doc: &Document) -> Document {
+    key.iter()
+        .filter_map(|k| Some((k.clone(), doc.get(k)?.clone())))
+        .collect()
+}
