@@ -10,8 +10,9 @@
 //!
 //! The limit grows by one per `limit` fast completions and shrinks by a tenth
 //! (at most once per round trip) when a completion is slower than
-//! `TOLERANCE` times the best latency seen recently, or failed for a transient
-//! reason. A server that serialises operations therefore settles at a small
+//! `TOLERANCE` times the best latency seen recently, or slower than a quarter
+//! of the operation timeout (queueing must never approach the server-side
+//! time limit), or failed for a transient reason. A server that serialises operations therefore settles at a small
 //! limit (more concurrency only adds queueing), one that scales settles high.
 
 use std::sync::{Arc, Mutex};
@@ -21,7 +22,7 @@ use tokio::sync::Notify;
 
 /// A completion this many times slower than the recent best counts as
 /// congestion.
-const TOLERANCE: f64 = 2.0;
+const TOLERANCE: f64 = 4.0;
 /// Latency below which no sample counts as congestion (noise floor).
 const FLOOR: Duration = Duration::from_millis(5);
 /// How fast the remembered best latency forgets (per sample), so a server
@@ -42,6 +43,7 @@ pub struct Limiter {
     state: Arc<Mutex<State>>,
     freed: Arc<Notify>,
     max: usize,
+    slow: Duration,
 }
 
 /// One admitted operation; report how it went with [`Permit::done`]. Dropped
@@ -62,8 +64,9 @@ pub enum Signal {
 }
 
 impl Limiter {
-    /// A limiter between 1 and `max`, starting at `min(max, 8)`.
-    pub fn new(max: usize) -> Limiter {
+    /// A limiter between 1 and `max`, starting at `min(max, 8)`, for
+    /// operations with time limit `op_timeout`.
+    pub fn new(max: usize, op_timeout: Duration) -> Limiter {
         let max = max.max(1);
         Limiter {
             state: Arc::new(Mutex::new(State {
@@ -74,6 +77,7 @@ impl Limiter {
             })),
             freed: Arc::new(Notify::new()),
             max,
+            slow: op_timeout / 4,
         }
     }
 
@@ -113,8 +117,9 @@ impl Limiter {
             let secs = latency.as_secs_f64();
             let best = s.best.map(|b| (b * BEST_DECAY).min(secs)).unwrap_or(secs);
             s.best = Some(best);
-            let congested =
-                signal == Signal::Overloaded || (latency > FLOOR && secs > best * TOLERANCE);
+            let congested = signal == Signal::Overloaded
+                || latency > self.slow
+                || (latency > FLOOR && secs > best * TOLERANCE);
             if congested {
                 // At most one decrease per round trip: the operations already
                 // in flight were admitted under the old limit.
@@ -153,7 +158,7 @@ mod tests {
 
     #[tokio::test]
     async fn bounds_in_flight_and_adapts() {
-        let l = Limiter::new(4);
+        let l = Limiter::new(4, Duration::from_secs(10));
         assert_eq!(l.limit(), 4);
         let a = l.acquire().await;
         let b = l.acquire().await;

@@ -94,7 +94,7 @@ impl Store {
             db: client.database(&config.database),
             wc,
             max_time: config.op_timeout,
-            limiter: super::Limiter::new(config.max_concurrency),
+            limiter: super::Limiter::new(config.max_concurrency, config.op_timeout),
         })
     }
 
