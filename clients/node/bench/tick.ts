@@ -1,0 +1,203 @@
+// Live-trading workload: 50 symbols x 4 strategies; each tick of a context
+// does writeSignalData, writePartialData, writeRecentData and readSignalData.
+// Run through (1) writ in submit mode, (2) writ in ack mode, (3) the official
+// pattern (a mongoose findOneAndUpdate upsert per write, same collections,
+// keys and shape, with timestamps, plus an ioredis SET; reads with GET).
+// One process, the same servers, one run each. Prints write-call p50/p99,
+// ticks/s and writ/official ratios; for submit mode, how long the daemon's
+// backlog takes to drain to 0 after the last tick.
+//
+//   npm run bench                 (starts its own servers with the test harness)
+//   BENCH_ROUNDS=10 npm run bench (rounds of ticks; every context ticks once per round)
+//
+// Not part of npm test: it measures, it asserts nothing.
+import { performance } from "node:perf_hooks";
+import { Redis } from "ioredis";
+import mongoose from "mongoose";
+
+import { setup } from "../src/setup.js";
+import type { WritClient } from "../src/client.js";
+import { ADMIT_LUA } from "../src/lua.js";
+import { FakeKit } from "../test/fakekit.js";
+import { TestEnv } from "../test/harness.js";
+
+const SYMBOLS = Number(process.env.BENCH_SYMBOLS ?? 50);
+const STRATEGIES = Number(process.env.BENCH_STRATEGIES ?? 4);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
+/** BENCH_ONLY=submit: the submit-mode run alone (for profiling). */
+const ONLY_SUBMIT = process.env.BENCH_ONLY === "submit";
+
+interface Result {
+  name: string;
+  writeMs: number[];
+  ticks: number;
+  seconds: number;
+  drainSeconds?: number;
+}
+
+function pct(xs: number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
+}
+
+function contexts(prefix: string): [string, string, string][] {
+  const out: [string, string, string][] = [];
+  for (let s = 0; s < SYMBOLS; s++) for (let t = 0; t < STRATEGIES; t++) out.push([`${prefix}SYM${s}USDT`, `strategy-${t}`, "binance"]);
+  return out;
+}
+
+function row(ctx: string[], round: number) {
+  return {
+    id: `${ctx[0]}-${ctx[1]}-sig`,
+    position: round % 2 ? "long" : "short",
+    priceOpen: 100 + round,
+    priceTakeProfit: 110 + round,
+    priceStopLoss: 90 + round,
+    minuteEstimatedTime: 240,
+    symbol: ctx[0],
+    strategyName: ctx[1],
+    exchangeName: ctx[2],
+    pendingAt: 1767322800000 + round * 60000,
+    note: "bench",
+  };
+}
+
+/** Every context ticks once per round, concurrently; the 4 calls of a tick are sequential. */
+async function runTicks(
+  name: string,
+  ctxs: [string, string, string][],
+  tick: (ctx: [string, string, string], round: number, time: (f: () => Promise<unknown>) => Promise<void>) => Promise<void>,
+): Promise<Result> {
+  const writeMs: number[] = [];
+  const time = async (f: () => Promise<unknown>) => {
+    const t0 = performance.now();
+    await f();
+    writeMs.push(performance.now() - t0);
+  };
+  const t0 = performance.now();
+  for (let round = 0; round < ROUNDS; round++) {
+    await Promise.all(ctxs.map((ctx) => tick(ctx, round, time)));
+  }
+  return { name, writeMs, ticks: ctxs.length * ROUNDS, seconds: (performance.now() - t0) / 1000 };
+}
+
+async function writ(env: TestEnv, mode: "submit" | "ack"): Promise<{ result: Result; client: WritClient }> {
+  const kit = new FakeKit();
+  const client = setup(env.clientConfig({ mode }), kit.adapters);
+  const ctxs = contexts(`${mode}-`);
+  // Contexts initialise (waitForInit(true): connect + sync) before timing starts.
+  await Promise.all(ctxs.map((c) => kit.call("Signal", c, "readSignalData")));
+  const result = await runTicks(`writ ${mode}`, ctxs, async (ctx, round, time) => {
+    const when = new Date(1767322800000 + round * 60000);
+    const r = row(ctx, round);
+    await time(() => kit.call("Signal", ctx, "writeSignalData", r));
+    await time(() => kit.call("Partial", ctx, "writePartialData", { [r.id]: { profitLevels: [10], lossLevels: [] } }, r.id, when));
+    await time(() => kit.call("Recent", [...ctx, "", false], "writeRecentData", r, when));
+    const back = await kit.call("Signal", ctx, "readSignalData");
+    if (back?.priceOpen !== r.priceOpen) throw new Error(`${mode}: read ${JSON.stringify(back)} after writing round ${round}`);
+  });
+  return { result, client };
+}
+
+/** Unapplied entries over all partitions (the admission script without entry fields; bound 0 = exact). */
+async function backlog(redis: Redis, env: TestEnv): Promise<number> {
+  let n = 0;
+  for (let p = 0; p < env.partitions; p++) {
+    const r = (await redis.eval(ADMIT_LUA, 2, `${env.name}:{p${p}}:in`, `${env.name}:{p${p}}:meta`, env.name, 0)) as unknown[];
+    n += Number(r[0]);
+  }
+  return n;
+}
+
+async function drain(redis: Redis, env: TestEnv): Promise<number> {
+  const t0 = performance.now();
+  while ((await backlog(redis, env)) > 0) await new Promise((r) => setTimeout(r, 20));
+  return (performance.now() - t0) / 1000;
+}
+
+async function official(env: TestEnv): Promise<Result> {
+  const conn = await mongoose.createConnection(env.mongoUri, { dbName: `${env.name}_official` }).asPromise();
+  const redis = new Redis(env.redisUrl);
+  const ts = { timestamps: { createdAt: "createDate", updatedAt: "updatedDate" } } as const;
+  const Mixed = mongoose.Schema.Types.Mixed;
+  const sse = { symbol: String, strategyName: String, exchangeName: String };
+  const Signal = conn.model("signal-items", new mongoose.Schema({ ...sse, payload: Mixed }, { ...ts, collection: "signal-items" }));
+  const Partial = conn.model("partial-items", new mongoose.Schema({ ...sse, signalId: String, payload: Mixed, when: Number }, { ...ts, collection: "partial-items" }));
+  const Recent = conn.model("recent-items", new mongoose.Schema({ ...sse, frameName: String, backtest: Boolean, payload: Mixed, when: Number }, { ...ts, collection: "recent-items" }));
+  await Signal.collection.createIndex({ symbol: 1, strategyName: 1, exchangeName: 1 }, { unique: true });
+  await Partial.collection.createIndex({ symbol: 1, strategyName: 1, exchangeName: 1, signalId: 1 }, { unique: true });
+  await Recent.collection.createIndex({ symbol: 1, strategyName: 1, exchangeName: 1, frameName: 1, backtest: 1 }, { unique: true });
+  const upsert = { upsert: true, new: true } as const;
+  const ctxs = contexts("official-");
+  const result = await runTicks("official (mongoose + SET)", ctxs, async (ctx, round, time) => {
+    const [symbol, strategyName, exchangeName] = ctx;
+    const when = 1767322800000 + round * 60000;
+    const r = row(ctx, round);
+    const key = `${env.name}:official:signal:${symbol}:${strategyName}:${exchangeName}`;
+    await time(async () => {
+      await Signal.findOneAndUpdate({ symbol, strategyName, exchangeName }, { $set: { payload: r } }, upsert);
+      await redis.set(key, JSON.stringify(r));
+    });
+    await time(async () => {
+      const data = { [r.id]: { profitLevels: [10], lossLevels: [] } };
+      await Partial.findOneAndUpdate({ symbol, strategyName, exchangeName, signalId: r.id }, { $set: { payload: data, when } }, upsert);
+      await redis.set(`${env.name}:official:partial:${symbol}:${strategyName}:${exchangeName}:${r.id}`, JSON.stringify(data));
+    });
+    await time(async () => {
+      await Recent.findOneAndUpdate({ symbol, strategyName, exchangeName, frameName: "", backtest: false }, { $set: { payload: r, when } }, upsert);
+      await redis.set(`${env.name}:official:recent:${symbol}:${strategyName}:${exchangeName}::live`, JSON.stringify(r));
+    });
+    const back = JSON.parse((await redis.get(key)) ?? "null");
+    if (back?.priceOpen !== r.priceOpen) throw new Error(`official: read ${JSON.stringify(back)} after round ${round}`);
+  });
+  redis.disconnect();
+  await conn.close();
+  return result;
+}
+
+function line(r: Result): string {
+  const p50 = pct(r.writeMs, 50).toFixed(2);
+  const p99 = pct(r.writeMs, 99).toFixed(2);
+  const tps = (r.ticks / r.seconds).toFixed(0);
+  const drain = r.drainSeconds !== undefined ? `${r.drainSeconds.toFixed(2)} s` : "-";
+  return `${r.name.padEnd(28)} ${p50.padStart(9)} ${p99.padStart(9)} ${tps.padStart(9)} ${String(r.writeMs.length).padStart(7)} ${drain.padStart(9)}`;
+}
+
+async function main(): Promise<void> {
+  console.log(`bench: ${SYMBOLS} symbols x ${STRATEGIES} strategies, ${ROUNDS} rounds (${SYMBOLS * STRATEGIES * ROUNDS} ticks per run, 3 writes + 1 read each)`);
+  const env = await TestEnv.start("bench");
+  const redis = new Redis(env.redisUrl);
+  const results: Result[] = [];
+  try {
+    const submit = await writ(env, "submit");
+    submit.result.drainSeconds = await drain(redis, env);
+    results.push(submit.result);
+    await submit.client.close();
+    if (!ONLY_SUBMIT) {
+      const ack = await writ(env, "ack");
+      results.push(ack.result);
+      await ack.client.close();
+      results.push(await official(env));
+    }
+  } finally {
+    redis.disconnect();
+    await env.stop();
+  }
+  console.log(`\n${"run".padEnd(28)} ${"p50 ms".padStart(9)} ${"p99 ms".padStart(9)} ${"ticks/s".padStart(9)} ${"writes".padStart(7)} ${"drain".padStart(9)}`);
+  for (const r of results) console.log(line(r));
+  const off = results[2];
+  if (!off) return;
+  console.log("\nwrit / official:");
+  for (const r of results.slice(0, 2)) {
+    console.log(
+      `  ${r.name.padEnd(12)} p50 x${(pct(r.writeMs, 50) / pct(off.writeMs, 50)).toFixed(3)}  ` +
+        `p99 x${(pct(r.writeMs, 99) / pct(off.writeMs, 99)).toFixed(3)}  ticks/s x${(r.ticks / r.seconds / (off.ticks / off.seconds)).toFixed(2)}`,
+    );
+  }
+  console.log("\n(drain: time after the last submit-mode tick until the daemon had applied every write; SecantusDB serialises its writes)");
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});

@@ -1,0 +1,571 @@
+/**
+ * The 17 backtest-kit persistence adapters over one {@link WritClient}.
+ *
+ * Each class is constructed by backtest-kit once per context, with the
+ * context as positional arguments, and stores exactly the documents the
+ * official @backtest-kit/mongo package stores (same collections, key fields
+ * and top-level field names); see README.md for each shape.
+ */
+import type { Document } from "bson";
+import { bsonBuffer, type Ticket, type WritClient } from "./client.js";
+import { COLLECTION } from "./collections.js";
+import { WritConfigError, WritKeyError } from "./errors.js";
+import type {
+  AdapterClasses,
+  CandleData,
+  IPersistBreakevenInstance,
+  IPersistCandleInstance,
+  IPersistDictionaryInstance,
+  IPersistIntervalInstance,
+  IPersistLogInstance,
+  IPersistMeasureInstance,
+  IPersistMemoryInstance,
+  IPersistNotificationInstance,
+  IPersistPartialInstance,
+  IPersistRecentInstance,
+  IPersistRiskInstance,
+  IPersistScheduleInstance,
+  IPersistSessionInstance,
+  IPersistSignalInstance,
+  IPersistStateInstance,
+  IPersistStorageInstance,
+  IPersistStrategyInstance,
+  RiskData,
+  Row,
+} from "./types.js";
+
+/** Milliseconds of a candle interval: `1m`, `3m`, `5m`, `15m`, `30m`, `1h`, `2h`, `4h`, `6h`, `8h`, `12h`, `1d`, `1w`, ... */
+export function intervalMs(interval: string): number {
+  const m = /^(\d+)([smhdw])$/.exec(interval);
+  if (!m || Number(m[1]) <= 0) {
+    throw new WritConfigError(`unknown candle interval ${JSON.stringify(interval)}; expected e.g. 1m, 15m, 1h, 4h, 1d`);
+  }
+  const unit = { s: 1000, m: 60000, h: 3600000, d: 86400000, w: 604800000 }[m[2] as "s" | "m" | "h" | "d" | "w"];
+  return Number(m[1]) * unit;
+}
+
+/** `when` as stored: ms since the epoch (now, if backtest-kit passed none). */
+function whenMs(when: Date | number | undefined): number {
+  if (when instanceof Date) return when.getTime();
+  if (typeof when === "number") return when;
+  return Date.now();
+}
+
+/** A bounded insertion-ordered map (oldest entries dropped first). */
+class Bounded<V> {
+  private readonly m = new Map<string, V>();
+  constructor(private readonly limit: number) {}
+  get(k: string): V | undefined {
+    return this.m.get(k);
+  }
+  has(k: string): boolean {
+    return this.m.has(k);
+  }
+  set(k: string, v: V): void {
+    this.m.delete(k);
+    this.m.set(k, v);
+    if (this.m.size > this.limit) this.m.delete(this.m.keys().next().value as string);
+  }
+  delete(k: string): void {
+    this.m.delete(k);
+  }
+  clear(): void {
+    this.m.clear();
+  }
+}
+
+interface Put {
+  key: Record<string, unknown>;
+  fields?: Record<string, unknown>;
+  remove?: boolean;
+}
+
+/** Builds the adapter classes bound to `client`. */
+export function createAdapters(client: WritClient): AdapterClasses {
+  const init = async (initial: boolean): Promise<void> => {
+    if (!initial) return;
+    await client.ready();
+    await client.sync();
+  };
+
+  const put = async (collection: string, key: Record<string, unknown>, fields: Record<string, unknown>) => {
+    await client.write(collection, key, "put", fields);
+  };
+
+  /** Many writes of one collection: all submitted, then (ack mode) all acks awaited. */
+  const writeAll = async (collection: string, items: Put[]): Promise<Ticket[]> => {
+    const tickets = await Promise.all(
+      items.map((it) => client.submit(collection, it.key, it.remove ? "remove" : "put", it.remove ? undefined : it.fields)),
+    );
+    if (client.config.mode === "ack") await Promise.all(tickets.map((t) => client.waitAck(t)));
+    return tickets;
+  };
+
+  const live = async (collection: string, key: Record<string, unknown>): Promise<Document | null> =>
+    client.read(collection, key);
+
+  /** Single-row "payload" adapters (signal, schedule, strategy). */
+  const sse = (self: { symbol: string; strategyName: string; exchangeName: string }) => ({
+    symbol: self.symbol,
+    strategyName: self.strategyName,
+    exchangeName: self.exchangeName,
+  });
+
+  class Signal implements IPersistSignalInstance {
+    constructor(
+      readonly symbol: string,
+      readonly strategyName: string,
+      readonly exchangeName: string,
+    ) {}
+    waitForInit(initial: boolean) {
+      return init(initial);
+    }
+    async readSignalData(): Promise<Row | null> {
+      return ((await live(COLLECTION.signal, sse(this)))?.payload ?? null) as Row | null;
+    }
+    async writeSignalData(row: Row | null): Promise<void> {
+      await put(COLLECTION.signal, sse(this), { payload: row ?? null });
+    }
+  }
+
+  class Schedule implements IPersistScheduleInstance {
+    constructor(
+      readonly symbol: string,
+      readonly strategyName: string,
+      readonly exchangeName: string,
+    ) {}
+    waitForInit(initial: boolean) {
+      return init(initial);
+    }
+    async readScheduleData(): Promise<Row | null> {
+      return ((await live(COLLECTION.schedule, sse(this)))?.payload ?? null) as Row | null;
+    }
+    async writeScheduleData(row: Row | null): Promise<void> {
+      await put(COLLECTION.schedule, sse(this), { payload: row ?? null });
+    }
+  }
+
+  class Strategy implements IPersistStrategyInstance {
+    constructor(
+      readonly symbol: string,
+      readonly strategyName: string,
+      readonly exchangeName: string,
+    ) {}
+    waitForInit(initial: boolean) {
+      return init(initial);
+    }
+    async readStrategyData(): Promise<Row | null> {
+      return ((await live(COLLECTION.strategy, sse(this)))?.payload ?? null) as Row | null;
+    }
+    async writeStrategyData(row: Row | null): Promise<void> {
+      await put(COLLECTION.strategy, sse(this), { payload: row ?? null });
+    }
+  }
+
+  class Risk implements IPersistRiskInstance {
+    constructor(
+      readonly riskName: string,
+      readonly exchangeName: string,
+    ) {}
+    private get key() {
+      return { riskName: this.riskName, exchangeName: this.exchangeName };
+    }
+    waitForInit(initial: boolean) {
+      return init(initial);
+    }
+    async readPositionData(_when?: Date): Promise<RiskData> {
+      const d = await live(COLLECTION.risk, this.key);
+      return Array.isArray(d?.positions) ? (d!.positions as RiskData) : [];
+    }
+    async writePositionData(rows: RiskData, when?: Date): Promise<void> {
+      await put(COLLECTION.risk, this.key, { positions: rows ?? [], when: whenMs(when) });
+    }
+  }
+
+  class Partial implements IPersistPartialInstance {
+    constructor(
+      readonly symbol: string,
+      readonly strategyName: string,
+      readonly exchangeName: string,
+    ) {}
+    waitForInit(initial: boolean) {
+      return init(initial);
+    }
+    async readPartialData(signalId: string, _when?: Date): Promise<Row> {
+      const d = await live(COLLECTION.partial, { ...sse(this), signalId });
+      return (d?.payload ?? {}) as Row;
+    }
+    async writePartialData(data: Row, signalId: string, when?: Date): Promise<void> {
+      await put(COLLECTION.partial, { ...sse(this), signalId }, { payload: data, when: whenMs(when) });
+    }
+  }
+
+  class Breakeven implements IPersistBreakevenInstance {
+    constructor(
+      readonly symbol: string,
+      readonly strategyName: string,
+      readonly exchangeName: string,
+    ) {}
+    waitForInit(initial: boolean) {
+      return init(initial);
+    }
+    async readBreakevenData(signalId: string, _when?: Date): Promise<Row> {
+      const d = await live(COLLECTION.breakeven, { ...sse(this), signalId });
+      return (d?.payload ?? {}) as Row;
+    }
+    async writeBreakevenData(data: Row, signalId: string, when?: Date): Promise<void> {
+      await put(COLLECTION.breakeven, { ...sse(this), signalId }, { payload: data, when: whenMs(when) });
+    }
+  }
+
+  class Candle implements IPersistCandleInstance {
+    private readonly step: number;
+    /** Timestamps known to be stored (read or written): insert-once makes rewriting them a no-op. */
+    private readonly known = new Bounded<true>(20000);
+    constructor(
+      readonly symbol: string,
+      readonly interval: string,
+      readonly exchangeName: string,
+    ) {
+      this.step = intervalMs(interval);
+    }
+    private key(timestamp: number) {
+      return { exchangeName: this.exchangeName, symbol: this.symbol, interval: this.interval, timestamp };
+    }
+    waitForInit(initial: boolean) {
+      return init(initial);
+    }
+    async readCandlesData(limit: number, sinceTimestamp: number, _untilTimestamp?: number): Promise<CandleData[] | null> {
+      if (!Number.isSafeInteger(limit) || limit <= 0) return limit === 0 ? [] : null;
+      const stamps = Array.from({ length: limit }, (_, i) => sinceTimestamp + i * this.step);
+      const recs = await client.readMany(COLLECTION.candle, stamps.map((t) => this.key(t)));
+      const out: CandleData[] = [];
+      for (let i = 0; i < recs.length; i++) {
+        const r = recs[i];
+        if (!r || !r.live || !r.doc) return null;
+        this.known.set(String(stamps[i]), true);
+        const d = r.doc;
+        out.push({ timestamp: stamps[i], open: d.open, high: d.high, low: d.low, close: d.close, volume: d.volume });
+      }
+      return out;
+    }
+    async writeCandlesData(candles: CandleData[]): Promise<void> {
+      const now = Date.now();
+      const items: Put[] = [];
+      const seen = new Set<number>();
+      for (const c of candles ?? []) {
+        if (!Number.isSafeInteger(c.timestamp)) {
+          throw new WritKeyError(`candle timestamp must be an integer (ms), got ${c.timestamp}`);
+        }
+        if (c.timestamp + this.step > now) continue; // not closed yet
+        if (seen.has(c.timestamp) || this.known.has(String(c.timestamp))) continue;
+        seen.add(c.timestamp);
+        items.push({
+          key: this.key(c.timestamp),
+          fields: { open: c.open, high: c.high, low: c.low, close: c.close, volume: c.volume },
+        });
+      }
+      if (!items.length) return;
+      await writeAll(COLLECTION.candle, items);
+      for (const it of items) this.known.set(String(it.key.timestamp), true);
+    }
+  }
+
+  /**
+   * One entity per id, keyed by (backtest, id) (storage, notification). Rows
+   * identical to what this instance last wrote for that id are not rewritten
+   * (callers rewrite their whole list on every change).
+   */
+  const entityList = (collection: string, idField: "signalId" | "notificationId") =>
+    class {
+      readonly last = new Bounded<Buffer>(5000);
+      constructor(readonly backtest: boolean) {}
+      waitForInit(initial: boolean) {
+        return init(initial);
+      }
+      async read(): Promise<Row[]> {
+        const docs = await client.list(collection, { backtest: this.backtest });
+        return docs.map((d) => d.payload as Row);
+      }
+      async write(rows: Row[]): Promise<void> {
+        const items: (Put & { id: string; bytes: Buffer })[] = [];
+        for (const row of rows ?? []) {
+          if (row == null || row.id === undefined || row.id === null) {
+            throw new WritKeyError(`every ${collection} row needs an id`);
+          }
+          const id = String(row.id);
+          const fields = { payload: row };
+          const bytes = bsonBuffer(fields);
+          const prev = this.last.get(id);
+          if (prev && prev.equals(bytes)) continue;
+          items.push({ key: { backtest: this.backtest, [idField]: id }, fields, id, bytes });
+        }
+        if (!items.length) return;
+        const tickets = await writeAll(collection, items);
+        items.forEach((it, i) => {
+          this.last.set(it.id, it.bytes);
+          // A refused write must be retried by the next call.
+          void tickets[i].acked.then((r) => {
+            if (r.outcome === "dead_lettered") this.last.delete(it.id);
+          });
+        });
+      }
+      dispose(): void {
+        this.last.clear();
+      }
+    };
+
+  const StorageBase = entityList(COLLECTION.storage, "signalId");
+  class Storage extends StorageBase implements IPersistStorageInstance {
+    readStorageData() {
+      return this.read();
+    }
+    writeStorageData(rows: Row[]) {
+      return this.write(rows);
+    }
+  }
+
+  const NotificationBase = entityList(COLLECTION.notification, "notificationId");
+  class Notification extends NotificationBase implements IPersistNotificationInstance {
+    readNotificationData() {
+      return this.read();
+    }
+    writeNotificationData(rows: Row[]) {
+      return this.write(rows);
+    }
+  }
+
+  class Log implements IPersistLogInstance {
+    /** Entry ids known to be stored: append-only, so they are never rewritten. */
+    private readonly known = new Bounded<true>(20000);
+    waitForInit(initial: boolean) {
+      return init(initial);
+    }
+    async readLogData(): Promise<Row[]> {
+      const docs = await client.list(COLLECTION.log, {});
+      const rows = docs.map((d) => d.payload as Row);
+      for (const d of docs) this.known.set(String(d.entryId), true);
+      return rows;
+    }
+    async writeLogData(entries: Row[]): Promise<void> {
+      const items: Put[] = [];
+      const seen = new Set<string>();
+      for (const e of entries ?? []) {
+        if (e == null || e.id === undefined || e.id === null) throw new WritKeyError("every log entry needs an id");
+        const id = String(e.id);
+        if (seen.has(id) || this.known.has(id)) continue;
+        seen.add(id);
+        items.push({ key: { entryId: id }, fields: { payload: e } });
+      }
+      if (!items.length) return;
+      await writeAll(COLLECTION.log, items);
+      for (const it of items) this.known.set(String(it.key.entryId), true);
+    }
+  }
+
+  /** Soft-deletable entries keyed by (bucket, entryKey) (measure, interval). */
+  const bucketed = (collection: string, withWhen: boolean) =>
+    class {
+      constructor(readonly bucket: string) {}
+      waitForInit(initial: boolean) {
+        return init(initial);
+      }
+      async read(key: string): Promise<Row | null> {
+        return ((await live(collection, { bucket: this.bucket, entryKey: key }))?.payload ?? null) as Row | null;
+      }
+      async write(data: Row, key: string, when?: Date): Promise<void> {
+        const fields: Record<string, unknown> = { payload: data, removed: false };
+        if (withWhen) fields.when = whenMs(when);
+        await put(collection, { bucket: this.bucket, entryKey: key }, fields);
+      }
+      async remove(key: string): Promise<void> {
+        await client.write(collection, { bucket: this.bucket, entryKey: key }, "remove");
+      }
+      async *list(): AsyncGenerator<string> {
+        const docs = await client.list(collection, { bucket: this.bucket });
+        for (const d of docs) yield String(d.entryKey);
+      }
+    };
+
+  const MeasureBase = bucketed(COLLECTION.measure, false);
+  class Measure extends MeasureBase implements IPersistMeasureInstance {
+    readMeasureData(key: string) {
+      return this.read(key);
+    }
+    writeMeasureData(data: Row, key: string, when?: Date) {
+      return this.write(data, key, when);
+    }
+    removeMeasureData(key: string) {
+      return this.remove(key);
+    }
+    listMeasureData() {
+      return this.list();
+    }
+  }
+
+  const IntervalBase = bucketed(COLLECTION.interval, true);
+  class Interval extends IntervalBase implements IPersistIntervalInstance {
+    readIntervalData(key: string) {
+      return this.read(key);
+    }
+    writeIntervalData(data: Row, key: string, when?: Date) {
+      return this.write(data, key, when);
+    }
+    removeIntervalData(key: string) {
+      return this.remove(key);
+    }
+    listIntervalData() {
+      return this.list();
+    }
+  }
+
+  class Memory implements IPersistMemoryInstance {
+    constructor(
+      readonly signalId: string,
+      readonly bucketName: string,
+    ) {}
+    private key(memoryId: string) {
+      return { signalId: this.signalId, bucketName: this.bucketName, memoryId };
+    }
+    waitForInit(initial: boolean) {
+      return init(initial);
+    }
+    async readMemoryData(memoryId: string): Promise<Row | null> {
+      return ((await live(COLLECTION.memory, this.key(memoryId)))?.payload ?? null) as Row | null;
+    }
+    async hasMemoryData(memoryId: string): Promise<boolean> {
+      const r = await client.readRecord(COLLECTION.memory, this.key(memoryId));
+      return !!r && r.exists;
+    }
+    async writeMemoryData(data: Row, memoryId: string, when?: Date): Promise<void> {
+      await put(COLLECTION.memory, this.key(memoryId), { payload: data, removed: false, when: whenMs(when) });
+    }
+    async removeMemoryData(memoryId: string): Promise<void> {
+      // Like the default store: removing an id that was never written leaves nothing behind.
+      if (!(await this.hasMemoryData(memoryId))) return;
+      await client.write(COLLECTION.memory, this.key(memoryId), "remove");
+    }
+    async *listMemoryData(): AsyncGenerator<{ memoryId: string; data: Row }> {
+      const docs = await client.list(COLLECTION.memory, { signalId: this.signalId, bucketName: this.bucketName });
+      for (const d of docs) yield { memoryId: String(d.memoryId), data: d.payload as Row };
+    }
+    dispose(): void {}
+  }
+
+  class Recent implements IPersistRecentInstance {
+    constructor(
+      readonly symbol: string,
+      readonly strategyName: string,
+      readonly exchangeName: string,
+      readonly frameName: string,
+      readonly backtest: boolean,
+    ) {}
+    private get key() {
+      return {
+        symbol: this.symbol,
+        strategyName: this.strategyName,
+        exchangeName: this.exchangeName,
+        frameName: this.frameName ?? "",
+        backtest: this.backtest,
+      };
+    }
+    waitForInit(initial: boolean) {
+      return init(initial);
+    }
+    async readRecentData(): Promise<Row | null> {
+      return ((await live(COLLECTION.recent, this.key))?.payload ?? null) as Row | null;
+    }
+    async writeRecentData(row: Row, when?: Date): Promise<void> {
+      await put(COLLECTION.recent, this.key, { payload: row ?? null, when: whenMs(when) });
+    }
+  }
+
+  class State implements IPersistStateInstance {
+    constructor(
+      readonly signalId: string,
+      readonly bucketName: string,
+    ) {}
+    private get key() {
+      return { signalId: this.signalId, bucketName: this.bucketName };
+    }
+    waitForInit(initial: boolean) {
+      return init(initial);
+    }
+    async readStateData(): Promise<Row | null> {
+      return ((await live(COLLECTION.state, this.key))?.payload ?? null) as Row | null;
+    }
+    async writeStateData(data: Row, when?: Date): Promise<void> {
+      await put(COLLECTION.state, this.key, { payload: data ?? null, when: whenMs(when) });
+    }
+    dispose(): void {}
+  }
+
+  class Session implements IPersistSessionInstance {
+    constructor(
+      readonly strategyName: string,
+      readonly exchangeName: string,
+      readonly frameName: string,
+      readonly symbol: string,
+      readonly backtest: boolean,
+    ) {}
+    private get key() {
+      return {
+        strategyName: this.strategyName,
+        exchangeName: this.exchangeName,
+        frameName: this.frameName ?? "",
+        symbol: this.symbol,
+        backtest: this.backtest,
+      };
+    }
+    waitForInit(initial: boolean) {
+      return init(initial);
+    }
+    async readSessionData(): Promise<Row | null> {
+      return ((await live(COLLECTION.session, this.key))?.payload ?? null) as Row | null;
+    }
+    async writeSessionData(data: Row, when?: Date): Promise<void> {
+      await put(COLLECTION.session, this.key, { payload: data ?? null, when: whenMs(when) });
+    }
+    dispose(): void {}
+  }
+
+  class Dictionary implements IPersistDictionaryInstance {
+    constructor(
+      readonly signalId: string,
+      readonly dictionaryName: string,
+    ) {}
+    private get key() {
+      return { signalId: this.signalId, dictionaryName: this.dictionaryName };
+    }
+    waitForInit(initial: boolean) {
+      return init(initial);
+    }
+    async readDictionaryData(): Promise<Row | null> {
+      return ((await live(COLLECTION.dictionary, this.key))?.payload ?? null) as Row | null;
+    }
+    async writeDictionaryData(data: Row, when?: Date): Promise<void> {
+      await put(COLLECTION.dictionary, this.key, { payload: data ?? null, when: whenMs(when) });
+    }
+    dispose(): void {}
+  }
+
+  return {
+    Signal,
+    Schedule,
+    Strategy,
+    Risk,
+    Partial,
+    Breakeven,
+    Candle,
+    Storage,
+    Notification,
+    Log,
+    Measure,
+    Interval,
+    Memory,
+    Recent,
+    State,
+    Session,
+    Dictionary,
+  };
+}

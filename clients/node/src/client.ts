@@ -1,0 +1,829 @@
+/**
+ * The writ client core (docs/protocol.md): admission (XADD through the
+ * admission script), acks, the cache with read-through to MongoDB, this
+ * process's overlay of pending writes, prefix lists, and the start-up sync.
+ */
+import { createHash } from "node:crypto";
+import { Redis } from "ioredis";
+import { MongoClient, type Db, type Document as MongoDocument } from "mongodb";
+import { deserialize, serialize, type Document } from "bson";
+
+import { resolveConfig, type WritConfig } from "./config.js";
+import {
+  BackpressureError,
+  RefusedWriteError,
+  WritClosedError,
+  WritConfigError,
+  WritConnectionError,
+  WritError,
+  WritKeyError,
+  WritTimeoutError,
+} from "./errors.js";
+import {
+  canonicalOf,
+  keyDocument,
+  keyFilter,
+  keyValues,
+  Names,
+  partitionOf,
+  type CollectionSpec,
+  type Key,
+  type KeyValue,
+} from "./key.js";
+import { ADMIT_LUA, CACHE_CAS_LUA } from "./lua.js";
+import { RESERVED_FIELDS } from "./collections.js";
+import { compareStreamIds, isSortable, toSortable, ZERO_VERSION } from "./version.js";
+
+export type Op = "put" | "remove";
+export type AckOutcome = "applied" | "coalesced" | "stale" | "dead_lettered";
+
+/** What the daemon said about one write. */
+export interface AckResult {
+  outcome: AckOutcome;
+  /** The version now readable (stream id `ms-seq`); for dead letters, the entry's own id. */
+  version: string;
+  /** The write's own entry id. */
+  entryId: string;
+  /** Why it was dead-lettered. */
+  reason?: string;
+}
+
+/** A write accepted by Redis. */
+export interface Ticket {
+  collection: string;
+  /** The write's entry id (`ms-seq`), i.e. its version. */
+  entryId: string;
+  /** Resolves with the ack; never rejects (a closed client resolves nothing). */
+  acked: Promise<AckResult>;
+}
+
+/** A stored document as a reader sees it. */
+export interface StoredRecord {
+  /** Sortable version. */
+  version: string;
+  /** The whole stored document (key fields, stored fields, `removed`, `_writ`, dates), or null after a hard delete. */
+  doc: Document | null;
+  /** The key exists (written, possibly soft-removed). */
+  exists: boolean;
+  /** Reads as present: exists and not soft-removed. */
+  live: boolean;
+  /** Where it came from. */
+  source: "cache" | "mongodb" | "overlay";
+}
+
+export interface ResolvedKey {
+  spec: CollectionSpec;
+  values: KeyValue[];
+  canonical: string;
+  partition: number;
+  /** `${collection}\0${canonical}` */
+  id: string;
+}
+
+interface PendingWrite {
+  req: string;
+  key: ResolvedKey;
+  op: Op;
+  /** BSON of the stored fields (put only). */
+  doc?: Uint8Array;
+  /** Sortable version, once XADD returned. */
+  version?: string;
+  result?: AckResult;
+  settle: (r: AckResult) => void;
+  acked: Promise<AckResult>;
+}
+
+type Hmget = [Buffer | null, Buffer | null, Buffer | null];
+
+const ACK_BLOCK_MS = 1000;
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** A Buffer view of BSON bytes (no copy). */
+export function bsonBuffer(doc: Document): Buffer {
+  const u8 = serialize(doc, { ignoreUndefined: true });
+  return Buffer.isBuffer(u8) ? u8 : Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength);
+}
+
+function sha1(text: string): string {
+  return createHash("sha1").update(text, "utf8").digest("hex");
+}
+
+function errMessage(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+/** A server reply error (as opposed to a connection failure). */
+function isReplyError(e: unknown): boolean {
+  return e instanceof Error && e.name === "ReplyError";
+}
+
+/** Races `p` against a timer; the timer never keeps the process alive. */
+async function withTimeout<T>(p: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      p,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(onTimeout()), ms);
+        timer.unref?.();
+      }),
+    ]);
+  } finally {
+    if (timer) clearTimeout(timer);
+  }
+}
+
+function flatToMap(flat: unknown): Map<string, unknown> {
+  const m = new Map<string, unknown>();
+  if (Array.isArray(flat)) for (let i = 0; i + 1 < flat.length; i += 2) m.set(String(flat[i]), flat[i + 1]);
+  return m;
+}
+
+export class WritClient {
+  readonly config: WritConfig;
+  readonly names: Names;
+  private readonly specs = new Map<string, CollectionSpec>();
+  private readonly redis: Redis;
+  private ackRedis: Redis | undefined;
+  private mongo: MongoClient | undefined;
+  private mongoDb: Promise<Db> | undefined;
+  private readonly admitSha = sha1(ADMIT_LUA);
+  private readonly casSha = sha1(CACHE_CAS_LUA);
+  private nextReq = 0;
+  /** req → pending write. */
+  private readonly pending = new Map<string, PendingWrite>();
+  /** key id → this process's pending writes of that key, oldest first. */
+  private readonly overlay = new Map<string, PendingWrite[]>();
+  private ackLoop: Promise<void> | undefined;
+  private lastAckId = "0";
+  private syncPromise: Promise<void> | undefined;
+  private readyPromise: Promise<void> | undefined;
+  private closed = false;
+  /** Waiters for room under `maxPending`. */
+  private roomWaiters: Array<() => void> = [];
+
+  constructor(config: Partial<WritConfig> = {}) {
+    this.config = resolveConfig(config);
+    this.names = new Names(this.config.namespace);
+    for (const c of this.config.collections) this.specs.set(c.name, c);
+    this.redis = new Redis(this.config.redisUrl, {
+      lazyConnect: true,
+      enableAutoPipelining: true,
+      maxRetriesPerRequest: 5,
+      connectionName: `writ-node:${this.config.clientId}`,
+    });
+    // Connection errors surface on the commands; keep ioredis from printing each retry.
+    this.redis.on("error", () => {});
+  }
+
+  get clientId(): string {
+    return this.config.clientId;
+  }
+
+  /** The declared collection, or a {@link WritConfigError}. */
+  spec(collection: string): CollectionSpec {
+    const s = this.specs.get(collection);
+    if (!s) {
+      throw new WritConfigError(
+        `collection ${JSON.stringify(collection)} is not declared in this client's config; ` +
+          `declare it (and in the daemon's [[collections]])`,
+      );
+    }
+    return s;
+  }
+
+  /** Checks and resolves a key of a collection. */
+  resolveKey(collection: string, key: Record<string, unknown>): ResolvedKey {
+    const spec = this.spec(collection);
+    const values = keyValues(spec, key);
+    const canonical = canonicalOf(values);
+    return {
+      spec,
+      values,
+      canonical,
+      partition: partitionOf(spec.name, canonical, this.config.partitions),
+      id: `${spec.name}\0${canonical}`,
+    };
+  }
+
+  /** Connects to Redis (once); fails with a {@link WritConnectionError} that names the URL. */
+  ready(): Promise<void> {
+    if (this.closed) return Promise.reject(new WritClosedError());
+    if (!this.readyPromise) {
+      this.readyPromise = (async () => {
+        try {
+          if (this.redis.status === "wait") await this.redis.connect();
+          await this.redis.ping();
+        } catch (e) {
+          this.readyPromise = undefined;
+          throw new WritConnectionError(
+            `cannot reach Redis at ${this.config.redisUrl}: ${errMessage(e)}. ` +
+              `Check WRIT_REDIS_URL / redisUrl and that redis-server is running.`,
+            { cause: e },
+          );
+        }
+      })();
+    }
+    return this.readyPromise;
+  }
+
+  /** The MongoDB driver client used for read-through (created on first use, closed by {@link close}). */
+  get mongoClient(): MongoClient {
+    if (!this.mongo) {
+      this.mongo = new MongoClient(this.config.mongodbUri, {
+        serverSelectionTimeoutMS: 10000,
+        ...this.config.mongoClientOptions,
+      });
+    }
+    return this.mongo;
+  }
+
+  private db(): Promise<Db> {
+    if (!this.mongoDb) {
+      const client = this.mongoClient;
+      this.mongoDb = client.connect().then(
+        (c) => c.db(this.config.mongodbDatabase),
+        (e) => {
+          this.mongoDb = undefined;
+          throw new WritConnectionError(
+            `cannot reach MongoDB for read-through: ${errMessage(e)}. Check WRIT_MONGODB_URI / mongodbUri.`,
+            { cause: e },
+          );
+        },
+      );
+    }
+    return this.mongoDb;
+  }
+
+  private async mongoCall<T>(what: string, f: (db: Db) => Promise<T>): Promise<T> {
+    const db = await this.db();
+    try {
+      return await f(db);
+    } catch (e) {
+      if (e instanceof WritError) throw e;
+      throw new WritConnectionError(`MongoDB ${what} failed: ${errMessage(e)}`, { cause: e });
+    }
+  }
+
+  private async evalScript(sha: string, text: string, keys: string[], args: (string | Buffer | number)[]) {
+    try {
+      return await this.redis.evalsha(sha, keys.length, ...keys, ...args);
+    } catch (e) {
+      if (isReplyError(e) && errMessage(e).startsWith("NOSCRIPT")) {
+        return await this.redis.eval(text, keys.length, ...keys, ...args);
+      }
+      throw e;
+    }
+  }
+
+  // ---------------------------------------------------------------- writing
+
+  /**
+   * Appends one write to its partition stream; resolves once Redis accepted it.
+   * `fields` is the document of stored fields (`put` only).
+   */
+  async submit(collection: string, key: Record<string, unknown>, op: Op, fields?: Record<string, unknown>): Promise<Ticket> {
+    if (this.closed) throw new WritClosedError();
+    const k = this.resolveKey(collection, key);
+    let docBytes: Buffer | undefined;
+    if (op === "put") {
+      if (fields === null || typeof fields !== "object" || Array.isArray(fields)) {
+        throw new WritKeyError(`a put to ${collection} needs a document (an object) of fields to store`);
+      }
+      if ((k.spec.layout ?? "payload") === "fields") {
+        for (const f of Object.keys(fields)) {
+          if ((RESERVED_FIELDS as readonly string[]).includes(f) || k.spec.key.includes(f)) {
+            throw new WritKeyError(
+              `a document for ${collection} must not hold ${f} (reserved or a key field); the daemon sets it`,
+            );
+          }
+          if (f.startsWith("$") || f.includes(".") || f.includes("\0")) {
+            throw new WritKeyError(
+              `a document for ${collection} has the field name ${JSON.stringify(f)}: top-level names must not start with $ or contain . or NUL`,
+            );
+          }
+        }
+      }
+      docBytes = bsonBuffer(fields);
+      if (docBytes.length > this.config.maxDocumentBytes) {
+        throw new WritKeyError(
+          `the document for ${collection} ${k.canonical} is ${docBytes.length} bytes of BSON, over maxDocumentBytes ` +
+            `(${this.config.maxDocumentBytes}); store less`,
+        );
+      }
+    } else if (fields !== undefined) {
+      throw new WritKeyError(`a ${op} carries no document`);
+    }
+    await this.ready();
+    await this.waitForRoom();
+    if (this.closed) throw new WritClosedError();
+
+    const req = (++this.nextReq).toString(36);
+    let settle!: (r: AckResult) => void;
+    const acked = new Promise<AckResult>((r) => (settle = r));
+    const w: PendingWrite = { req, key: k, op, doc: docBytes, settle, acked };
+    this.pending.set(req, w);
+    this.startAckLoop();
+
+    const entry: (string | Buffer)[] = [
+      "v", "1",
+      "coll", k.spec.name,
+      "op", op,
+      "enc", "bson",
+      "key", bsonBuffer(keyDocument(k.spec, k.values)),
+    ];
+    if (docBytes) entry.push("doc", docBytes);
+    entry.push("client", this.config.clientId, "req", req);
+
+    let entryId: string;
+    try {
+      const r = await this.evalScript(
+        this.admitSha,
+        ADMIT_LUA,
+        [this.names.stream(k.partition), this.names.meta(k.partition)],
+        [this.names.group, this.config.maxBacklog, ...entry],
+      );
+      entryId = String(r);
+    } catch (e) {
+      this.forget(w);
+      const msg = errMessage(e);
+      const bp = /^BACKPRESSURE (\d+)/.exec(msg);
+      if (bp) throw new BackpressureError(k.partition, Number(bp[1]), this.config.maxBacklog);
+      if (isReplyError(e)) {
+        throw new WritConnectionError(`Redis refused the write to ${collection}: ${msg}`, { cause: e });
+      }
+      throw new WritConnectionError(
+        `cannot write to Redis at ${this.config.redisUrl}: ${msg}. The write was not accepted; retry when Redis is back.`,
+        { cause: e },
+      );
+    }
+    w.version = toSortable(entryId);
+    if (!w.result) {
+      const list = this.overlay.get(k.id);
+      if (!list) this.overlay.set(k.id, [w]);
+      else {
+        let i = list.length;
+        while (i > 0 && (list[i - 1].version ?? "") > w.version) i--;
+        list.splice(i, 0, w);
+      }
+    }
+    return { collection, entryId, acked };
+  }
+
+  /**
+   * Writes according to the configured mode: `submit` returns once Redis
+   * accepted the write; `ack` waits for the daemon's ack (a refusal throws
+   * {@link RefusedWriteError}, a timeout {@link WritTimeoutError}).
+   */
+  async write(collection: string, key: Record<string, unknown>, op: Op, fields?: Record<string, unknown>): Promise<Ticket> {
+    const t = await this.submit(collection, key, op, fields);
+    if (this.config.mode === "ack") await this.waitAck(t);
+    return t;
+  }
+
+  /** Waits for a write's ack; throws on refusal or after `timeoutMs` (the write stays queued). */
+  async waitAck(t: Ticket, timeoutMs = this.config.writeTimeoutMs): Promise<AckResult> {
+    const r = await withTimeout(
+      t.acked,
+      timeoutMs,
+      () =>
+        new WritTimeoutError(
+          `no ack for the write ${t.entryId} to ${t.collection} within ${timeoutMs} ms; it is still queued and will be ` +
+            `applied when the daemon catches up. Check \`writ status\` and that \`writ serve\` is running.`,
+        ),
+    );
+    if (r.outcome === "dead_lettered") throw new RefusedWriteError(t.collection, r.reason ?? "", r.entryId);
+    return r;
+  }
+
+  /** Waits until every write this process made so far is acked (bounded). */
+  async flush(timeoutMs = this.config.writeTimeoutMs): Promise<void> {
+    const all = [...this.pending.values()].map((w) => w.acked);
+    await withTimeout(
+      Promise.all(all),
+      timeoutMs,
+      () => new WritTimeoutError(`${all.length} writes not acked within ${timeoutMs} ms; check \`writ status\``),
+    );
+  }
+
+  /** Number of writes of this process still waiting for their ack. */
+  get pendingCount(): number {
+    return this.pending.size;
+  }
+
+  private async waitForRoom(): Promise<void> {
+    if (this.pending.size < this.config.maxPending) return;
+    const deadline = Date.now() + this.config.writeTimeoutMs;
+    while (this.pending.size >= this.config.maxPending && !this.closed) {
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        throw new WritTimeoutError(
+          `${this.pending.size} writes of this process are waiting for their ack (maxPending ${this.config.maxPending}) ` +
+            `and none was acked within ${this.config.writeTimeoutMs} ms; the daemon is behind or down: check \`writ status\``,
+        );
+      }
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, Math.min(left, 200));
+        t.unref?.();
+        this.roomWaiters.push(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+  }
+
+  /** Drops a pending write (refused by Redis, or acked). */
+  private forget(w: PendingWrite): void {
+    this.pending.delete(w.req);
+    if (this.roomWaiters.length && this.pending.size < this.config.maxPending) {
+      const ws = this.roomWaiters;
+      this.roomWaiters = [];
+      for (const f of ws) f();
+    }
+  }
+
+  // ------------------------------------------------------------------- acks
+
+  private startAckLoop(): void {
+    if (this.ackLoop || this.closed) return;
+    this.ackLoop = this.runAckLoop().finally(() => {
+      this.ackLoop = undefined;
+      // A write registered while the loop was winding down.
+      if (this.pending.size && !this.closed) this.startAckLoop();
+    });
+  }
+
+  private async runAckLoop(): Promise<void> {
+    if (!this.ackRedis) {
+      this.ackRedis = this.redis.duplicate({ enableAutoPipelining: false, maxRetriesPerRequest: null });
+      this.ackRedis.on("error", () => {});
+    }
+    const stream = this.names.acks(this.config.clientId);
+    let backoff = 50;
+    while (!this.closed && this.pending.size > 0) {
+      let reply: unknown;
+      try {
+        reply = await this.ackRedis.xread("COUNT", 512, "BLOCK", ACK_BLOCK_MS, "STREAMS", stream, this.lastAckId);
+        backoff = 50;
+      } catch {
+        if (this.closed) return;
+        await sleep(backoff);
+        backoff = Math.min(backoff * 2, 2000);
+        continue;
+      }
+      if (!Array.isArray(reply)) continue;
+      for (const [, entries] of reply as [string, [string, string[]][]][]) {
+        for (const [id, flat] of entries) {
+          this.lastAckId = id;
+          const f = flatToMap(flat);
+          const req = f.get("req");
+          const outcome = f.get("outcome");
+          if (typeof req !== "string" || typeof outcome !== "string") continue;
+          this.deliver(req, {
+            outcome: outcome as AckOutcome,
+            version: String(f.get("v") ?? ""),
+            entryId: String(f.get("id") ?? ""),
+            reason: f.has("reason") ? String(f.get("reason")) : undefined,
+          });
+        }
+      }
+    }
+  }
+
+  private deliver(req: string, r: AckResult): void {
+    const w = this.pending.get(req);
+    if (!w) return;
+    w.result = r;
+    this.forget(w);
+    const list = this.overlay.get(w.key.id);
+    if (list) {
+      let keep: PendingWrite[];
+      if (r.outcome === "dead_lettered") {
+        keep = list.filter((x) => x !== w);
+      } else {
+        // Committed at r.version or newer: every pending write of the key up to it is readable from the cache.
+        let upTo: string | undefined;
+        try {
+          upTo = toSortable(r.version);
+        } catch {
+          upTo = w.version;
+        }
+        keep = list.filter((x) => x !== w && !(x.version !== undefined && upTo !== undefined && x.version <= upTo));
+      }
+      if (keep.length) this.overlay.set(w.key.id, keep);
+      else this.overlay.delete(w.key.id);
+    }
+    w.settle(r);
+    if (r.outcome === "dead_lettered" && this.config.mode === "submit") {
+      this.config.onError(new RefusedWriteError(w.key.spec.name, r.reason ?? "", r.entryId));
+    }
+  }
+
+  // ---------------------------------------------------------------- reading
+
+  /** Drops overlay entries the cache already holds (version ≤ `cached`). */
+  private pruneOverlay(id: string, cached: string): PendingWrite[] | undefined {
+    const list = this.overlay.get(id);
+    if (!list) return undefined;
+    const keep = list.filter((w) => !(w.version !== undefined && w.version <= cached));
+    if (keep.length === list.length) return list;
+    if (keep.length) this.overlay.set(id, keep);
+    else this.overlay.delete(id);
+    return keep.length ? keep : undefined;
+  }
+
+  private fromOverlay(k: ResolvedKey, list: PendingWrite[]): StoredRecord {
+    const newest = list[list.length - 1];
+    // insert_once: the first put wins (later puts of the key are no-ops).
+    const source = k.spec.mode === "insert_once" ? list.find((w) => w.op === "put") ?? newest : newest;
+    const base: Document = keyFilter(k.spec, k.values);
+    if (source.op === "remove") {
+      return { version: newest.version!, doc: { ...base, removed: true }, exists: true, live: false, source: "overlay" };
+    }
+    const fields = deserialize(source.doc!);
+    const doc =
+      (k.spec.layout ?? "payload") === "fields"
+        ? { ...base, ...fields }
+        : { ...base, payload: fields, removed: false };
+    const live = doc.removed !== true;
+    return { version: newest.version!, doc, exists: true, live, source: "overlay" };
+  }
+
+  private fromCached(v: Buffer, doc: Buffer | null, gone: Buffer | null): StoredRecord {
+    const version = v.toString("latin1");
+    if (gone || !doc) return { version, doc: null, exists: false, live: false, source: "cache" };
+    const d = deserialize(doc);
+    return { version, doc: d, exists: true, live: d.removed !== true, source: "cache" };
+  }
+
+  /**
+   * Combines what the store holds (cache or MongoDB) with this process's
+   * pending writes of the key, as they were before the store was read (an ack
+   * arriving meanwhile must not make the read go back to the older stored version).
+   */
+  private merge(k: ResolvedKey, stored: StoredRecord | null, snapshot: PendingWrite[] | undefined): StoredRecord | null {
+    if (stored) this.pruneOverlay(k.id, stored.version);
+    const newer = snapshot?.filter((w) => w.version !== undefined && (!stored || w.version > stored.version));
+    if (!newer || !newer.length) return stored;
+    if (k.spec.mode === "insert_once" && stored && stored.exists) {
+      // The stored fields are final (later puts are no-ops); only the version moves.
+      return stored;
+    }
+    return this.fromOverlay(k, newer);
+  }
+
+  private docVersion(doc: Document): string {
+    const w = doc._writ;
+    const v = w && typeof w === "object" ? (w as Document).v : undefined;
+    return isSortable(v) ? v : ZERO_VERSION;
+  }
+
+  /** Stores a document read from MongoDB in the cache unless the cache holds a newer version. */
+  private async casCache(k: ResolvedKey, version: string, raw: Buffer): Promise<void> {
+    try {
+      await this.evalScript(
+        this.casSha,
+        CACHE_CAS_LUA,
+        [this.names.cache(k.partition, k.spec.name, k.canonical)],
+        [version, raw],
+      );
+    } catch {
+      // The cache is an optimisation; a failed fill leaves a miss.
+    }
+  }
+
+  private async hmget(keys: ResolvedKey[]): Promise<Hmget[]> {
+    try {
+      return (await Promise.all(
+        keys.map((k) => this.redis.hmgetBuffer(this.names.cache(k.partition, k.spec.name, k.canonical), "v", "doc", "gone")),
+      )) as Hmget[];
+    } catch (e) {
+      throw new WritConnectionError(`cannot read the writ cache in Redis at ${this.config.redisUrl}: ${errMessage(e)}`, {
+        cause: e,
+      });
+    }
+  }
+
+  /**
+   * Reads one key: the newest of the cache (read through to MongoDB on a miss)
+   * and this process's pending writes. Null if the key was never written (or
+   * hard-deleted). Check `live` for soft removal.
+   */
+  async readRecord(collection: string, key: Record<string, unknown>): Promise<StoredRecord | null> {
+    const k = this.resolveKey(collection, key);
+    return (await this.readRecords([k]))[0];
+  }
+
+  /** Like {@link readRecord} for many keys of one collection in one round trip (plus one MongoDB query for misses). */
+  async readMany(collection: string, keys: Record<string, unknown>[]): Promise<(StoredRecord | null)[]> {
+    return this.readRecords(keys.map((key) => this.resolveKey(collection, key)));
+  }
+
+  /** The live document of a key, or null if absent or soft-removed. */
+  async read(collection: string, key: Record<string, unknown>): Promise<Document | null> {
+    const r = await this.readRecord(collection, key);
+    return r && r.live ? r.doc : null;
+  }
+
+  private async readRecords(keys: ResolvedKey[]): Promise<(StoredRecord | null)[]> {
+    if (this.closed) throw new WritClosedError();
+    if (!keys.length) return [];
+    await this.ready();
+    const snapshot = keys.map((k) => this.overlay.get(k.id)?.slice());
+    const cached = await this.hmget(keys);
+    const out: (StoredRecord | null)[] = new Array(keys.length).fill(null);
+    const misses: number[] = [];
+    cached.forEach(([v, doc, gone], i) => {
+      if (v) out[i] = this.fromCached(v, doc, gone);
+      // A replace key with a pending write of this process and no cache entry: the daemon has
+      // not applied any write of the key since the cache was filled, so MongoDB holds nothing
+      // newer than the pending write; the overlay answers without a MongoDB read.
+      else if (keys[i].spec.mode === "insert_once" || !snapshot[i]?.some((w) => w.version !== undefined)) misses.push(i);
+    });
+    if (misses.length) {
+      const found = await this.findRaw(keys[0].spec, misses.map((i) => keys[i]));
+      const fills: Promise<void>[] = [];
+      for (const i of misses) {
+        const raw = found.get(keys[i].canonical);
+        if (!raw) continue;
+        const doc = deserialize(raw);
+        const version = this.docVersion(doc);
+        fills.push(this.casCache(keys[i], version, raw));
+        out[i] = { version, doc, exists: true, live: doc.removed !== true, source: "mongodb" };
+      }
+      await Promise.all(fills);
+    }
+    return keys.map((k, i) => this.merge(k, out[i], snapshot[i]));
+  }
+
+  /** Finds the stored documents of `keys` (one collection) with one query; raw BSON by canonical key. */
+  private async findRaw(spec: CollectionSpec, keys: ResolvedKey[]): Promise<Map<string, Buffer>> {
+    for (const k of keys) {
+      if (k.spec !== spec) throw new WritConfigError("readMany reads keys of one collection");
+    }
+    let filter: MongoDocument;
+    if (keys.length === 1) {
+      filter = keyFilter(spec, keys[0].values);
+    } else {
+      // Fields equal in every key go in as they are; if only one field varies, one $in, else $or.
+      const varying = spec.key.filter((_, fi) => keys.some((k) => k.values[fi] !== keys[0].values[fi]));
+      if (varying.length === 1) {
+        const fi = spec.key.indexOf(varying[0]);
+        filter = {};
+        spec.key.forEach((f, j) => {
+          if (j !== fi) filter[f] = keys[0].values[j];
+        });
+        filter[varying[0]] = { $in: [...new Set(keys.map((k) => k.values[fi]))] };
+      } else {
+        filter = { $or: keys.map((k) => keyFilter(spec, k.values)) };
+      }
+    }
+    const docs = await this.mongoCall(`find in ${spec.name}`, async (db) => {
+      const c = db.collection(spec.name);
+      if (keys.length === 1) {
+        const one = (await c.findOne(filter, { raw: true })) as unknown as Buffer | null;
+        return one ? [one] : [];
+      }
+      return (await c.find(filter, { raw: true }).toArray()) as unknown as Buffer[];
+    });
+    const byCanonical = new Map<string, Buffer>();
+    for (const raw of docs) {
+      const d = deserialize(raw);
+      try {
+        byCanonical.set(canonicalOf(keyValues(spec, Object.fromEntries(spec.key.map((f) => [f, d[f]])))), raw);
+      } catch {
+        // A document whose key fields do not form a valid key cannot be one we asked for.
+      }
+    }
+    return byCanonical;
+  }
+
+  /**
+   * Live documents whose key starts with `prefix` (the first key fields, in
+   * order), sorted by the remaining key fields ascending. First waits (bounded
+   * by `readTimeoutMs`) for this process's own pending writes under the prefix.
+   */
+  async list(collection: string, prefix: Record<string, unknown>): Promise<Document[]> {
+    if (this.closed) throw new WritClosedError();
+    const spec = this.spec(collection);
+    const names = Object.keys(prefix);
+    const fixed = spec.key.slice(0, names.length);
+    if (names.some((n) => !fixed.includes(n))) {
+      throw new WritKeyError(
+        `a list prefix of ${collection} must hold the first key fields in order (${spec.key.join(", ")}); got ${names.join(", ")}`,
+      );
+    }
+    const prefixSpec: CollectionSpec = { ...spec, key: fixed };
+    const values = keyValues(prefixSpec, prefix);
+    const own = [...this.pending.values()].filter(
+      (w) => w.key.spec.name === spec.name && values.every((v, i) => w.key.values[i] === v),
+    );
+    if (own.length) {
+      await withTimeout(
+        Promise.all(own.map((w) => w.acked)),
+        this.config.readTimeoutMs,
+        () =>
+          new WritTimeoutError(
+            `listing ${collection} waits for ${own.length} pending writes of this process, not acked within ` +
+              `${this.config.readTimeoutMs} ms; check \`writ status\` and that \`writ serve\` is running`,
+          ),
+      );
+    }
+    const filter: MongoDocument = { ...keyFilter(prefixSpec, values), removed: { $ne: true } };
+    const sort: Record<string, 1> = {};
+    for (const f of spec.key.slice(names.length)) sort[f] = 1;
+    return this.mongoCall(`find in ${collection}`, (db) =>
+      db.collection(collection).find(filter, { sort }).toArray(),
+    ) as Promise<Document[]>;
+  }
+
+  // -------------------------------------------------------------------- sync
+
+  /**
+   * Waits until the daemon has applied every entry that was in the partition
+   * streams when it was called (memoized: once per client). Used before the
+   * first read, so a restarted process reads what its predecessor wrote.
+   */
+  sync(): Promise<void> {
+    if (!this.syncPromise) {
+      this.syncPromise = this.runSync().catch((e) => {
+        this.syncPromise = undefined;
+        throw e;
+      });
+    }
+    return this.syncPromise;
+  }
+
+  private async runSync(): Promise<void> {
+    await this.ready();
+    const deadline = Date.now() + this.config.syncTimeoutMs;
+    const parts = Array.from({ length: this.config.partitions }, (_, p) => p);
+    await Promise.all(parts.map((p) => this.syncPartition(p, deadline)));
+  }
+
+  private async syncPartition(p: number, deadline: number): Promise<void> {
+    const stream = this.names.stream(p);
+    const group = this.names.group;
+    let last: string;
+    try {
+      const r = (await this.redis.xrevrange(stream, "+", "-", "COUNT", 1)) as [string, string[]][];
+      if (!r.length) return;
+      last = r[0][0];
+    } catch (e) {
+      throw new WritConnectionError(`cannot read ${stream}: ${errMessage(e)}`, { cause: e });
+    }
+    for (;;) {
+      if (this.closed) throw new WritClosedError();
+      let done = false;
+      try {
+        const groups = (await this.redis.xinfo("GROUPS", stream)) as unknown[];
+        const g = groups.map(flatToMap).find((m) => m.get("name") === group);
+        const delivered = g?.get("last-delivered-id");
+        if (typeof delivered === "string" && compareStreamIds(delivered, last) >= 0) {
+          const pend = (await this.redis.xpending(stream, group, "-", last, 1)) as unknown[];
+          done = pend.length === 0;
+        }
+      } catch (e) {
+        if (!isReplyError(e)) throw new WritConnectionError(`cannot read ${stream}: ${errMessage(e)}`, { cause: e });
+        // No such stream any more (deleted): nothing left to wait for.
+        if (/no such key/i.test(errMessage(e))) return;
+      }
+      if (done) return;
+      if (Date.now() >= deadline) {
+        throw new WritTimeoutError(
+          `the writ daemon has not applied earlier writes of partition ${p} (up to ${last}) within ` +
+            `${this.config.syncTimeoutMs} ms, so reads could miss state written before this process started. ` +
+            `Check that \`writ serve\` is running and \`writ status\` (namespace ${this.config.namespace}).`,
+        );
+      }
+      await sleep(10);
+    }
+  }
+
+  // ------------------------------------------------------------------- close
+
+  /** Closes the connections. Pending writes stay queued in Redis; their acks are no longer read. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const f of this.roomWaiters) f();
+    this.roomWaiters = [];
+    const quit = async (r: Redis | undefined) => {
+      if (!r) return;
+      try {
+        if (r.status === "wait" || r.status === "end") r.disconnect();
+        else await r.quit();
+      } catch {
+        r.disconnect();
+      }
+    };
+    // The ack connection may sit in a blocking XREAD: cut it.
+    this.ackRedis?.disconnect();
+    await quit(this.redis);
+    await this.ackLoop?.catch(() => {});
+    if (this.mongo) await this.mongo.close().catch(() => {});
+  }
+}
+
+export type { Document, Key };

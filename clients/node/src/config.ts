@@ -1,0 +1,137 @@
+/**
+ * Client configuration: explicit values win over environment variables, which
+ * win over the defaults (the same defaults as writ's config/writ.toml).
+ */
+import { WritConfigError, type WritError } from "./errors.js";
+import type { MongoClientOptions } from "mongodb";
+import type { CollectionSpec } from "./key.js";
+import { PRESET_COLLECTIONS } from "./collections.js";
+
+export type WriteModeName = "submit" | "ack";
+
+export interface WritConfig {
+  /** Redis URL (env `WRIT_REDIS_URL`). Default `redis://127.0.0.1:6379`. */
+  redisUrl: string;
+  /** MongoDB URI for read-through (env `WRIT_MONGODB_URI`). */
+  mongodbUri: string;
+  /** MongoDB database (env `WRIT_MONGODB_DATABASE`). Default `writ`. */
+  mongodbDatabase: string;
+  /** Redis key prefix and consumer group name (env `WRIT_NAMESPACE`). Default `writ`. */
+  namespace: string;
+  /** Partition count; must equal the daemon's `redis.partitions` (env `WRIT_PARTITIONS`). Default 8. */
+  partitions: number;
+  /**
+   * `submit` (default): a write returns once Redis accepted it; this process
+   * reads its own pending writes from memory. `ack`: a write returns once the
+   * daemon committed it to MongoDB (env `WRIT_MODE`).
+   */
+  mode: WriteModeName;
+  /** Refuse a write when its partition has this many unapplied entries (`client.max_backlog`). */
+  maxBacklog: number;
+  /** Largest `doc` as BSON bytes (`client.max_document_bytes`). */
+  maxDocumentBytes: number;
+  /** How long an `ack`-mode write waits for its ack (`client.write_timeout_ms`). */
+  writeTimeoutMs: number;
+  /** How long a list read waits for this process's own pending writes (`client.read_timeout_ms`). */
+  readTimeoutMs: number;
+  /** How long the first read waits for the daemon to apply writes made before this process started. */
+  syncTimeoutMs: number;
+  /** Most writes of this process awaiting their ack; a write past it waits for the oldest ack. */
+  maxPending: number;
+  /** This process's client id (`[A-Za-z0-9_.:-]{1,64}`); random by default. */
+  clientId: string;
+  /** Collections as the daemon declares them; the 17 backtest-kit collections by default. */
+  collections: CollectionSpec[];
+  /** Extra options for the MongoDB driver (TLS, pool size, monitoring, ...). */
+  mongoClientOptions: MongoClientOptions;
+  /** Called with errors nobody awaits (a `submit`-mode write the daemon refused). Default: console.error. */
+  onError: (err: WritError) => void;
+}
+
+const CLIENT_ID = /^[A-Za-z0-9_.:-]{1,64}$/;
+const NAMESPACE = /^[A-Za-z0-9_.:-]{1,64}$/;
+
+function randomClientId(): string {
+  const rand = Math.floor(Math.random() * 2 ** 48)
+    .toString(36)
+    .padStart(10, "0");
+  return `node-${process.pid}-${Date.now().toString(36)}-${rand}`;
+}
+
+function intFrom(name: string, text: string | undefined): number | undefined {
+  if (text === undefined || text === "") return undefined;
+  const n = Number(text);
+  if (!Number.isInteger(n)) throw new WritConfigError(`${name}=${JSON.stringify(text)} is not an integer`);
+  return n;
+}
+
+function positiveInt(name: string, v: number, min = 1): number {
+  if (!Number.isSafeInteger(v) || v < min) {
+    throw new WritConfigError(`${name} must be an integer >= ${min}, got ${v}`);
+  }
+  return v;
+}
+
+/** Resolves a full config from explicit values, then `env`, then defaults; validates it. */
+export function resolveConfig(
+  explicit: Partial<WritConfig> = {},
+  env: NodeJS.ProcessEnv = process.env,
+): WritConfig {
+  const pick = <T>(v: T | undefined, e: T | undefined, d: T): T => (v !== undefined ? v : e !== undefined ? e : d);
+  const modeText = pick<string>(explicit.mode, env.WRIT_MODE || undefined, "submit");
+  if (modeText !== "submit" && modeText !== "ack") {
+    throw new WritConfigError(`mode (WRIT_MODE) must be "submit" or "ack", got ${JSON.stringify(modeText)}`);
+  }
+  const cfg: WritConfig = {
+    redisUrl: pick(explicit.redisUrl, env.WRIT_REDIS_URL || undefined, "redis://127.0.0.1:6379"),
+    mongodbUri: pick(
+      explicit.mongodbUri,
+      env.WRIT_MONGODB_URI || undefined,
+      "mongodb://127.0.0.1:27017/?directConnection=true",
+    ),
+    mongodbDatabase: pick(explicit.mongodbDatabase, env.WRIT_MONGODB_DATABASE || undefined, "writ"),
+    namespace: pick(explicit.namespace, env.WRIT_NAMESPACE || undefined, "writ"),
+    partitions: pick(explicit.partitions, intFrom("WRIT_PARTITIONS", env.WRIT_PARTITIONS), 8),
+    mode: modeText,
+    maxBacklog: explicit.maxBacklog ?? 100000,
+    maxDocumentBytes: explicit.maxDocumentBytes ?? 16711680,
+    writeTimeoutMs: explicit.writeTimeoutMs ?? 10000,
+    readTimeoutMs: explicit.readTimeoutMs ?? 5000,
+    syncTimeoutMs: explicit.syncTimeoutMs ?? 30000,
+    maxPending: explicit.maxPending ?? 10000,
+    clientId: explicit.clientId ?? randomClientId(),
+    collections: explicit.collections ?? PRESET_COLLECTIONS,
+    mongoClientOptions: explicit.mongoClientOptions ?? {},
+    onError:
+      explicit.onError ??
+      ((err) => {
+        console.error(`[writ] ${err.message}`);
+      }),
+  };
+  if (!/^rediss?:\/\//.test(cfg.redisUrl)) {
+    throw new WritConfigError(`redisUrl (WRIT_REDIS_URL) must start with redis:// or rediss://, got ${cfg.redisUrl}`);
+  }
+  if (!/^mongodb(\+srv)?:\/\//.test(cfg.mongodbUri)) {
+    throw new WritConfigError(`mongodbUri (WRIT_MONGODB_URI) must start with mongodb:// or mongodb+srv://`);
+  }
+  if (!NAMESPACE.test(cfg.namespace)) {
+    throw new WritConfigError(`namespace (WRIT_NAMESPACE) must be 1-64 of [A-Za-z0-9_.:-], got ${JSON.stringify(cfg.namespace)}`);
+  }
+  if (!CLIENT_ID.test(cfg.clientId)) {
+    throw new WritConfigError(`clientId must be 1-64 of [A-Za-z0-9_.:-], got ${JSON.stringify(cfg.clientId)}`);
+  }
+  positiveInt("partitions (WRIT_PARTITIONS)", cfg.partitions);
+  positiveInt("maxBacklog", cfg.maxBacklog);
+  positiveInt("maxDocumentBytes", cfg.maxDocumentBytes);
+  positiveInt("writeTimeoutMs", cfg.writeTimeoutMs);
+  positiveInt("readTimeoutMs", cfg.readTimeoutMs);
+  positiveInt("syncTimeoutMs", cfg.syncTimeoutMs);
+  positiveInt("maxPending", cfg.maxPending);
+  const seen = new Set<string>();
+  for (const c of cfg.collections) {
+    if (seen.has(c.name)) throw new WritConfigError(`collection ${c.name} is declared twice`);
+    seen.add(c.name);
+    if (!c.key.length) throw new WritConfigError(`collection ${c.name} declares no key fields`);
+  }
+  return cfg;
+}

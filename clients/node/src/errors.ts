@@ -1,0 +1,75 @@
+/**
+ * Typed errors. Every message says what is wrong and what to do about it.
+ * All extend {@link WritError}, so `err instanceof WritError` catches any of them.
+ */
+
+/** Base class of every error this package throws. */
+export class WritError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/** The partition's backlog of unapplied writes is at its bound (`maxBacklog`); nothing was written. */
+export class BackpressureError extends WritError {
+  constructor(
+    readonly partition: number,
+    readonly unapplied: number,
+    readonly limit: number,
+  ) {
+    super(
+      `writ partition ${partition} has ${unapplied} unapplied writes (bound ${limit}); the write was NOT accepted. ` +
+        `The writ daemon is behind or down: check \`writ status\` and that \`writ serve\` is running, then retry.`,
+    );
+  }
+}
+
+/** A wait timed out. A write that timed out is still queued and will be applied. */
+export class WritTimeoutError extends WritError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+  }
+}
+
+/** Redis or MongoDB could not be reached or refused a command. */
+export class WritConnectionError extends WritError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+  }
+}
+
+/** The daemon refused a write for good and parked it in the dead-letter stream. */
+export class RefusedWriteError extends WritError {
+  constructor(
+    readonly collection: string,
+    readonly reason: string,
+    readonly entryId: string,
+  ) {
+    super(
+      `writ refused the write to ${collection} (entry ${entryId}): ${reason || "no reason given"}. ` +
+        `It is in the dead-letter stream: inspect it with \`writ dlq list\` / \`writ dlq show\`, fix the cause, then \`writ dlq retry\`.`,
+    );
+  }
+}
+
+/** A key is missing a field, has an extra one, or a value of a type keys cannot hold. */
+export class WritKeyError extends WritError {
+  constructor(message: string) {
+    super(message);
+  }
+}
+
+/** The configuration is invalid (bad URL, unknown mode, unknown collection, ...). */
+export class WritConfigError extends WritError {
+  constructor(message: string) {
+    super(message);
+  }
+}
+
+/** The client was closed; create a new one. */
+export class WritClosedError extends WritError {
+  constructor() {
+    super("this writ client is closed; create a new one (or call setup() again)");
+  }
+}

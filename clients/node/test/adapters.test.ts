@@ -1,0 +1,445 @@
+// Conformance of the 17 adapters with backtest-kit's persistence contract
+// (shared/reference/backtest-kit-persistence-v19.md, "Semantics"), in both
+// write modes, against a real writ daemon running the repository's preset
+// (config/writ.toml), redis-server and SecantusDB. Adapters are constructed
+// and called exactly as backtest-kit does (test/fakekit.ts).
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { MongoClient } from "mongodb";
+
+import { setup } from "../src/setup.js";
+import type { WritClient } from "../src/client.js";
+import type { WriteModeName } from "../src/config.js";
+import { WritConfigError } from "../src/errors.js";
+import { FakeKit, type Domain } from "./fakekit.js";
+import { TestEnv } from "./harness.js";
+
+let env: TestEnv;
+let mongo: MongoClient;
+const clients: WritClient[] = [];
+
+/** A new "process": its own client (setup) and its own adapter registry. */
+function processWith(mode: WriteModeName): { kit: FakeKit; client: WritClient } {
+  const kit = new FakeKit();
+  const client = setup(env.clientConfig({ mode }), kit.adapters);
+  clients.push(client);
+  return { kit, client };
+}
+
+before(async () => {
+  env = await TestEnv.start("adapters");
+  mongo = new MongoClient(env.mongoUri);
+});
+
+after(async () => {
+  for (const c of clients) await c.close();
+  await mongo?.close();
+  await env?.stop();
+});
+
+const g = (fn: () => Promise<void>) => () => env.guard(fn);
+const MIN = 60000;
+const WHEN = new Date(Date.UTC(2026, 0, 2, 3, 4, 5));
+
+function signalRow(id: string, extra: Record<string, unknown> = {}) {
+  return {
+    id,
+    position: "long",
+    priceOpen: 100.25,
+    priceTakeProfit: 110,
+    priceStopLoss: 95.5,
+    minuteEstimatedTime: Infinity,
+    scheduledAt: 1767322800000,
+    note: "ünïcode ✓",
+    levels: [1, 2.5, -3],
+    nested: { a: null, b: [{ c: "d" }] },
+    ...extra,
+  };
+}
+
+interface Case {
+  domain: Domain;
+  args: unknown[];
+  write: [string, ...unknown[]];
+  read: [string, ...unknown[]];
+  expect: unknown;
+}
+
+function cases(m: string): Case[] {
+  const now = Date.now();
+  const base = Math.floor(now / MIN) * MIN - 30 * MIN;
+  const candles = [0, 1, 2].map((i) => ({
+    timestamp: base + i * MIN,
+    open: 10 + i,
+    high: 12 + i,
+    low: 9 + i,
+    close: 11 + i,
+    volume: 1000.5 + i,
+  }));
+  const pos: [string, unknown][] = [[`${m}:BTC:strat`, { signalId: `${m}-sig`, riskName: "r", openTimestamp: 1, holdMs: Infinity }]];
+  return [
+    { domain: "Signal", args: [`${m}-BTC`, "strat", "binance"], write: ["writeSignalData", signalRow(`${m}-s1`)], read: ["readSignalData"], expect: signalRow(`${m}-s1`) },
+    { domain: "Schedule", args: [`${m}-BTC`, "strat", "binance"], write: ["writeScheduleData", signalRow(`${m}-sc1`)], read: ["readScheduleData"], expect: signalRow(`${m}-sc1`) },
+    { domain: "Strategy", args: [`${m}-BTC`, "strat", "binance"], write: ["writeStrategyData", { state: "x", n: 1 }], read: ["readStrategyData"], expect: { state: "x", n: 1 } },
+    { domain: "Risk", args: [`${m}-risk`, "binance"], write: ["writePositionData", pos, WHEN], read: ["readPositionData", WHEN], expect: pos },
+    { domain: "Partial", args: [`${m}-BTC`, "strat", "binance"], write: ["writePartialData", { [`${m}-sig`]: { profitLevels: [10, 20], lossLevels: [] } }, `${m}-sig`, WHEN], read: ["readPartialData", `${m}-sig`, WHEN], expect: { [`${m}-sig`]: { profitLevels: [10, 20], lossLevels: [] } } },
+    { domain: "Breakeven", args: [`${m}-BTC`, "strat", "binance"], write: ["writeBreakevenData", { [`${m}-sig`]: { reached: true } }, `${m}-sig`, WHEN], read: ["readBreakevenData", `${m}-sig`, WHEN], expect: { [`${m}-sig`]: { reached: true } } },
+    { domain: "Candle", args: [`${m}-BTC`, "1m", "binance"], write: ["writeCandlesData", candles], read: ["readCandlesData", 3, base, base + 3 * MIN], expect: candles },
+    { domain: "Storage", args: [true], write: ["writeStorageData", [signalRow(`${m}-raw-st-1`)]], read: ["readStorageData"], expect: [signalRow(`${m}-raw-st-1`)] },
+    { domain: "Notification", args: [false], write: ["writeNotificationData", [{ id: `${m}-raw-n-1`, type: "signal.opened", createdAt: 5 }]], read: ["readNotificationData"], expect: [{ id: `${m}-raw-n-1`, type: "signal.opened", createdAt: 5 }] },
+    { domain: "Log", args: [], write: ["writeLogData", [{ id: `${m}-raw-log-1`, type: "info", topic: "t", args: [1, "a"], timestamp: 7 }]], read: ["readLogData"], expect: [{ id: `${m}-raw-log-1`, type: "info", topic: "t", args: [1, "a"], timestamp: 7 }] },
+    { domain: "Measure", args: [`${m}-bucket`], write: ["writeMeasureData", { id: "k1", data: { v: 1 }, removed: false }, "k1", WHEN], read: ["readMeasureData", "k1"], expect: { id: "k1", data: { v: 1 }, removed: false } },
+    { domain: "Interval", args: [`${m}-bucket`], write: ["writeIntervalData", { id: "k1", data: { fired: true }, removed: false }, "k1", WHEN], read: ["readIntervalData", "k1"], expect: { id: "k1", data: { fired: true }, removed: false } },
+    { domain: "Memory", args: [`${m}-sig`, "bucket"], write: ["writeMemoryData", { priority: 1, data: { text: "hi" }, removed: false, index: "i" }, "mem1", WHEN], read: ["readMemoryData", "mem1"], expect: { priority: 1, data: { text: "hi" }, removed: false, index: "i" } },
+    { domain: "Recent", args: [`${m}-BTC`, "strat", "binance", "frame", false], write: ["writeRecentData", signalRow(`${m}-r1`), WHEN], read: ["readRecentData"], expect: signalRow(`${m}-r1`) },
+    { domain: "State", args: [`${m}-sig`, "bucket"], write: ["writeStateData", { id: "st", data: { step: 3 } }, WHEN], read: ["readStateData"], expect: { id: "st", data: { step: 3 } } },
+    { domain: "Session", args: ["strat", "binance", "frame", `${m}-BTC`, true], write: ["writeSessionData", { id: "se", data: { k: [1, 2] } }, WHEN], read: ["readSessionData"], expect: { id: "se", data: { k: [1, 2] } } },
+    { domain: "Dictionary", args: [`${m}-sig`, "dict"], write: ["writeDictionaryData", { id: "d", data: { a: "b" } }, WHEN], read: ["readDictionaryData"], expect: { id: "d", data: { a: "b" } } },
+  ];
+}
+
+/** Global collections (storage, notification, log) hold every test's rows: keep those whose id starts with `prefix`. */
+function mine(prefix: string, v: unknown): unknown {
+  if (!Array.isArray(v) || (v.length && Array.isArray(v[0]))) return v;
+  return v.filter((r) => !(r && typeof r === "object" && "id" in r) || String((r as { id: unknown }).id).startsWith(prefix));
+}
+
+for (const mode of ["submit", "ack"] as const) {
+  describe(`adapters, ${mode} mode`, () => {
+    const m = mode;
+
+    test("read-after-write for all 17 adapters, in the writing process and in a new one", g(async () => {
+      const all = cases(m);
+      assert.equal(new Set(all.map((c) => c.domain)).size, 17);
+      const w = processWith(mode);
+      for (const c of all) {
+        assert.equal(await w.kit.call(c.domain, c.args, ...c.write), undefined, `${c.domain} write resolves to nothing`);
+        assert.deepEqual(mine(`${m}-raw-`, await w.kit.call(c.domain, c.args, ...c.read)), c.expect, `${c.domain} read in the writer`);
+      }
+      // backtest-kit's recovery: drop the instances, construct anew, read back.
+      w.kit.clear();
+      for (const c of all) {
+        assert.deepEqual(mine(`${m}-raw-`, await w.kit.call(c.domain, c.args, ...c.read)), c.expect, `${c.domain} read after re-construction`);
+      }
+      // A new process (its first call syncs with the daemon).
+      const r = processWith(mode);
+      for (const c of all) {
+        assert.deepEqual(mine(`${m}-raw-`, await r.kit.call(c.domain, c.args, ...c.read)), c.expect, `${c.domain} read in a new process`);
+        assert.deepEqual(mine(`${m}-raw-`, await r.kit.call(c.domain, c.args, ...c.read)), c.expect, `${c.domain} read again`);
+      }
+      assert.deepEqual(r.kit.inits.map(([, , initial]) => initial), all.flatMap(() => [true, false]));
+    }));
+
+    test("absent keys read as the defaults backtest-kit expects", g(async () => {
+      const { kit } = processWith(mode);
+      const ctx = [`${m}-NONE`, "strat", "binance"];
+      assert.equal(await kit.call("Signal", ctx, "readSignalData"), null);
+      assert.equal(await kit.call("Schedule", ctx, "readScheduleData"), null);
+      assert.equal(await kit.call("Strategy", ctx, "readStrategyData"), null);
+      assert.deepEqual(await kit.call("Risk", [`${m}-none`, "x"], "readPositionData", WHEN), []);
+      assert.deepEqual(await kit.call("Partial", ctx, "readPartialData", "nosig", WHEN), {});
+      assert.deepEqual(await kit.call("Breakeven", ctx, "readBreakevenData", "nosig", WHEN), {});
+      assert.equal(await kit.call("Candle", [`${m}-NONE`, "1m", "binance"], "readCandlesData", 2, 60000, 180000), null);
+      assert.equal(await kit.call("Measure", [`${m}-nob`], "readMeasureData", "k"), null);
+      assert.equal(await kit.call("Interval", [`${m}-nob`], "readIntervalData", "k"), null);
+      assert.equal(await kit.call("Memory", [`${m}-nos`, "b"], "readMemoryData", "k"), null);
+      assert.equal(await kit.call("Memory", [`${m}-nos`, "b"], "hasMemoryData", "k"), false);
+      assert.deepEqual(await kit.list("Memory", [`${m}-nos`, "b"], "listMemoryData"), []);
+      assert.deepEqual(await kit.list("Measure", [`${m}-nob`], "listMeasureData"), []);
+      assert.deepEqual(await kit.list("Interval", [`${m}-nob`], "listIntervalData"), []);
+      assert.equal(await kit.call("Recent", [`${m}-NONE`, "s", "e", "f", true], "readRecentData"), null);
+      assert.equal(await kit.call("State", [`${m}-nos`, "b"], "readStateData"), null);
+      assert.equal(await kit.call("Session", ["s", "e", "f", `${m}-NONE`, false], "readSessionData"), null);
+      assert.equal(await kit.call("Dictionary", [`${m}-nos`, "d"], "readDictionaryData"), null);
+      for (const d of ["Memory", "State", "Session", "Dictionary"] as const) {
+        const args = d === "Session" ? ["s", "e", "f", "x", false] : [`${m}-nos`, "b"];
+        assert.equal(await kit.callSync(d, args, "dispose"), undefined, `${d}.dispose() is synchronous`);
+      }
+    }));
+
+    test("null clears signal, schedule and strategy", g(async () => {
+      const w = processWith(mode);
+      const ctx = [`${m}-NULL`, "strat", "binance"];
+      for (const [d, wr, rd] of [
+        ["Signal", "writeSignalData", "readSignalData"],
+        ["Schedule", "writeScheduleData", "readScheduleData"],
+        ["Strategy", "writeStrategyData", "readStrategyData"],
+      ] as const) {
+        await w.kit.call(d, ctx, wr, signalRow("x"));
+        assert.deepEqual(await w.kit.call(d, ctx, rd), signalRow("x"));
+        await w.kit.call(d, ctx, wr, null);
+        assert.equal(await w.kit.call(d, ctx, rd), null, `${d} cleared in the writer`);
+      }
+      const r = processWith(mode);
+      for (const [d, rd] of [["Signal", "readSignalData"], ["Schedule", "readScheduleData"], ["Strategy", "readStrategyData"]] as const) {
+        assert.equal(await r.kit.call(d, ctx, rd), null, `${d} cleared in a new process`);
+      }
+      const doc = await mongo.db(env.name).collection("signal-items").findOne({ symbol: `${m}-NULL`, strategyName: "strat", exchangeName: "binance" });
+      assert.ok(doc && "payload" in doc && doc.payload === null, "MongoDB holds payload: null");
+    }));
+
+    test("Infinity, -Infinity, NaN, dates and nested values survive", g(async () => {
+      const w = processWith(mode);
+      const ctx = [`${m}-INF`, "strat", "binance"];
+      const row = { id: "inf", minuteEstimatedTime: Infinity, floor: -Infinity, nan: NaN, at: new Date(1700000000123), deep: [[Infinity]] };
+      await w.kit.call("Signal", ctx, "writeSignalData", row);
+      assert.deepEqual(await w.kit.call("Signal", ctx, "readSignalData"), row);
+      const r = processWith(mode);
+      assert.deepEqual(await r.kit.call("Signal", ctx, "readSignalData"), row);
+      const doc = await mongo.db(env.name).collection("signal-items").findOne({ symbol: `${m}-INF` });
+      assert.equal(doc!.payload.minuteEstimatedTime, Infinity);
+    }));
+
+    test("candles: insert-once, unclosed skipped, a range reads all-or-null", g(async () => {
+      const w = processWith(mode);
+      const ctx = [`${m}-CND`, "1m", "binance"];
+      const nowMin = Math.floor(Date.now() / MIN) * MIN;
+      const base = nowMin - 20 * MIN;
+      const mk = (t: number, close: number) => ({ timestamp: t, open: 1, high: 2, low: 0.5, close, volume: 10 });
+      const first = [0, 1, 2, 3, 4].map((i) => mk(base + i * MIN, 100 + i));
+      const unclosed = mk(nowMin, 999);
+      await w.kit.call("Candle", ctx, "writeCandlesData", [...first, unclosed]);
+      assert.deepEqual(await w.kit.call("Candle", ctx, "readCandlesData", 5, base, base + 5 * MIN), first);
+      assert.equal(await w.kit.call("Candle", ctx, "readCandlesData", 1, nowMin, nowMin + MIN), null, "the unclosed candle was not stored");
+      assert.equal(await w.kit.call("Candle", ctx, "readCandlesData", 7, base - 2 * MIN, base + 5 * MIN), null, "missing leading candles → null");
+      assert.equal(await w.kit.call("Candle", ctx, "readCandlesData", 6, base, base + 6 * MIN), null, "missing trailing candle → null");
+      // A gap in the middle.
+      await w.kit.call("Candle", ctx, "writeCandlesData", [mk(base + 6 * MIN, 106), mk(base + 8 * MIN, 108)]);
+      assert.equal(await w.kit.call("Candle", ctx, "readCandlesData", 3, base + 6 * MIN, base + 9 * MIN), null);
+      // Insert-once: another process rewrites with other values; the first stay.
+      const other = processWith(mode);
+      await other.kit.call("Candle", ctx, "writeCandlesData", first.map((c) => ({ ...c, close: -1 })));
+      assert.deepEqual(await other.kit.call("Candle", ctx, "readCandlesData", 5, base, base + 5 * MIN), first);
+      await other.client.flush();
+      const r = processWith(mode);
+      assert.deepEqual(await r.kit.call("Candle", ctx, "readCandlesData", 5, base, base + 5 * MIN), first);
+      const stored = await mongo.db(env.name).collection("candle-items").find({ symbol: `${m}-CND` }).sort({ timestamp: 1 }).toArray();
+      assert.deepEqual(stored.map((d) => d.close), [100, 101, 102, 103, 104, 106, 108]);
+    }));
+
+    test("log is append-only and reads sorted by id", g(async () => {
+      const w = processWith(mode);
+      const e = (n: number, text: string) => ({ id: `${m}-lg-${n}`, type: "log", topic: text, args: [], timestamp: n });
+      await w.kit.call("Log", [], "writeLogData", [e(2, "two"), e(1, "one")]);
+      await w.kit.call("Log", [], "writeLogData", [e(1, "one"), e(2, "TWO-REWRITTEN"), e(3, "three")]);
+      const only = (rows: any[]) => rows.filter((r) => String(r.id).startsWith(`${m}-lg-`));
+      assert.deepEqual(only(await w.kit.call("Log", [], "readLogData")), [e(1, "one"), e(2, "two"), e(3, "three")]);
+      // A new process (empty memo) rewriting an entry changes nothing either.
+      const o = processWith(mode);
+      await o.kit.call("Log", [], "writeLogData", [e(3, "THREE-REWRITTEN"), e(4, "four")]);
+      assert.deepEqual(only(await o.kit.call("Log", [], "readLogData")), [e(1, "one"), e(2, "two"), e(3, "three"), e(4, "four")]);
+    }));
+
+    test("storage and notification: one entity per id, rewritten in place, all of a flag sorted by id", g(async () => {
+      const w = processWith(mode);
+      const row = (id: string, status: string) => ({ id: `${m}-ent-${id}`, status, pnl: Infinity });
+      for (const [d, wr, rd] of [
+        ["Storage", "writeStorageData", "readStorageData"],
+        ["Notification", "writeNotificationData", "readNotificationData"],
+      ] as const) {
+        await w.kit.call(d, [true], wr, [row("b", "opened"), row("a", "opened")]);
+        await w.kit.call(d, [true], wr, [row("a", "opened"), row("b", "closed"), row("c", "opened")]);
+        await w.kit.call(d, [false], wr, [row("z", "live-only")]);
+        const expectTrue = [row("a", "opened"), row("b", "closed"), row("c", "opened")];
+        assert.deepEqual(mine(`${m}-ent-`, await w.kit.call(d, [true], rd)), expectTrue, `${d} backtest=true`);
+        assert.deepEqual(mine(`${m}-ent-`, await w.kit.call(d, [false], rd)), [row("z", "live-only")], `${d} backtest=false`);
+        const r = processWith(mode);
+        assert.deepEqual(mine(`${m}-ent-`, await r.kit.call(d, [true], rd)), expectTrue, `${d} in a new process`);
+      }
+      const coll = mongo.db(env.name).collection("storage-items");
+      assert.equal(await coll.countDocuments({ backtest: true, signalId: `${m}-ent-b` }), 1);
+    }));
+
+    test("soft delete: removed entries read as null and are left out of lists; hasMemoryData stays true", g(async () => {
+      const w = processWith(mode);
+      const md = (k: string) => ({ id: k, data: { k }, removed: false });
+      for (const [d, wr, rd, rm, ls] of [
+        ["Measure", "writeMeasureData", "readMeasureData", "removeMeasureData", "listMeasureData"],
+        ["Interval", "writeIntervalData", "readIntervalData", "removeIntervalData", "listIntervalData"],
+      ] as const) {
+        const b = [`${m}-sd-${d}`];
+        for (const k of ["k3", "k1", "k2"]) await w.kit.call(d, b, wr, md(k), k, WHEN);
+        await w.kit.call(d, b, rm, "k2");
+        assert.equal(await w.kit.call(d, b, rd, "k2"), null);
+        assert.deepEqual(await w.kit.call(d, b, rd, "k1"), md("k1"));
+        assert.deepEqual(await w.kit.list(d, b, ls), ["k1", "k3"]);
+        const r = processWith(mode);
+        assert.equal(await r.kit.call(d, b, rd, "k2"), null);
+        assert.deepEqual(await r.kit.list(d, b, ls), ["k1", "k3"]);
+        // Written again, it is back.
+        await w.kit.call(d, b, wr, md("k2"), "k2", WHEN);
+        assert.deepEqual(await w.kit.call(d, b, rd, "k2"), md("k2"));
+        assert.deepEqual(await w.kit.list(d, b, ls), ["k1", "k2", "k3"]);
+      }
+      const ctx = [`${m}-sd-sig`, "bucket"];
+      const mem = (i: number) => ({ priority: i, data: { i }, removed: false, index: `x${i}` });
+      await w.kit.call("Memory", ctx, "writeMemoryData", mem(1), "m1", WHEN);
+      await w.kit.call("Memory", ctx, "writeMemoryData", mem(2), "m2", WHEN);
+      await w.kit.call("Memory", ctx, "removeMemoryData", "m2");
+      assert.equal(await w.kit.call("Memory", ctx, "readMemoryData", "m2"), null);
+      assert.equal(await w.kit.call("Memory", ctx, "hasMemoryData", "m2"), true, "a removed entry still exists");
+      assert.equal(await w.kit.call("Memory", ctx, "hasMemoryData", "m1"), true);
+      assert.equal(await w.kit.call("Memory", ctx, "hasMemoryData", "never"), false);
+      await w.kit.call("Memory", ctx, "removeMemoryData", "never");
+      assert.equal(await w.kit.call("Memory", ctx, "hasMemoryData", "never"), false, "removing a never-written id leaves nothing");
+      assert.deepEqual(await w.kit.list("Memory", ctx, "listMemoryData"), [{ memoryId: "m1", data: mem(1) }]);
+      const r = processWith(mode);
+      assert.equal(await r.kit.call("Memory", ctx, "hasMemoryData", "m2"), true);
+      assert.equal(await r.kit.call("Memory", ctx, "readMemoryData", "m2"), null);
+      assert.deepEqual(await r.kit.list("Memory", ctx, "listMemoryData"), [{ memoryId: "m1", data: mem(1) }]);
+      const doc = await mongo.db(env.name).collection("memory-items").findOne({ signalId: `${m}-sd-sig`, bucketName: "bucket", memoryId: "m2" });
+      assert.equal(doc!.removed, true);
+    }));
+
+    test("contexts are isolated from each other", g(async () => {
+      const w = processWith(mode);
+      const sig = (s: string) => [`${m}-ISO-${s}`, "strat", "binance"];
+      await w.kit.call("Signal", sig("A"), "writeSignalData", { id: "A" });
+      await w.kit.call("Signal", [`${m}-ISO-A`, "strat2", "binance"], "writeSignalData", { id: "A2" });
+      await w.kit.call("Signal", [`${m}-ISO-A`, "strat", "bybit"], "writeSignalData", { id: "A3" });
+      await w.kit.call("Recent", [`${m}-ISO`, "s", "e", "f1", false], "writeRecentData", { id: "f1-live" }, WHEN);
+      await w.kit.call("Recent", [`${m}-ISO`, "s", "e", "f1", true], "writeRecentData", { id: "f1-bt" }, WHEN);
+      await w.kit.call("Recent", [`${m}-ISO`, "s", "e", "f2", false], "writeRecentData", { id: "f2-live" }, WHEN);
+      await w.kit.call("Session", ["s", "e", "f", `${m}-ISO`, false], "writeSessionData", { id: "live" }, WHEN);
+      await w.kit.call("Session", ["s", "e", "f", `${m}-ISO`, true], "writeSessionData", { id: "bt" }, WHEN);
+      await w.kit.call("Memory", [`${m}-ISO`, "b1"], "writeMemoryData", { v: 1 }, "same", WHEN);
+      await w.kit.call("Memory", [`${m}-ISO`, "b2"], "writeMemoryData", { v: 2 }, "same", WHEN);
+      await w.kit.call("Risk", [`${m}-ISO-r1`, "binance"], "writePositionData", [["a", { v: 1 }]], WHEN);
+      await w.kit.call("Partial", sig("A"), "writePartialData", { p: 1 }, "sig-1", WHEN);
+      await w.kit.call("Partial", sig("A"), "writePartialData", { p: 2 }, "sig-2", WHEN);
+      const r = processWith(mode);
+      for (const k of [w.kit, r.kit]) {
+        assert.deepEqual(await k.call("Signal", sig("A"), "readSignalData"), { id: "A" });
+        assert.deepEqual(await k.call("Signal", [`${m}-ISO-A`, "strat2", "binance"], "readSignalData"), { id: "A2" });
+        assert.deepEqual(await k.call("Signal", [`${m}-ISO-A`, "strat", "bybit"], "readSignalData"), { id: "A3" });
+        assert.equal(await k.call("Signal", sig("B"), "readSignalData"), null);
+        assert.equal(await k.call("Schedule", sig("A"), "readScheduleData"), null, "signal and schedule are separate");
+        assert.deepEqual(await k.call("Recent", [`${m}-ISO`, "s", "e", "f1", false], "readRecentData"), { id: "f1-live" });
+        assert.deepEqual(await k.call("Recent", [`${m}-ISO`, "s", "e", "f1", true], "readRecentData"), { id: "f1-bt" });
+        assert.deepEqual(await k.call("Recent", [`${m}-ISO`, "s", "e", "f2", false], "readRecentData"), { id: "f2-live" });
+        assert.deepEqual(await k.call("Session", ["s", "e", "f", `${m}-ISO`, false], "readSessionData"), { id: "live" });
+        assert.deepEqual(await k.call("Session", ["s", "e", "f", `${m}-ISO`, true], "readSessionData"), { id: "bt" });
+        assert.deepEqual(await k.call("Memory", [`${m}-ISO`, "b1"], "readMemoryData", "same"), { v: 1 });
+        assert.deepEqual(await k.call("Memory", [`${m}-ISO`, "b2"], "readMemoryData", "same"), { v: 2 });
+        assert.deepEqual(await k.call("Risk", [`${m}-ISO-r2`, "binance"], "readPositionData", WHEN), []);
+        assert.deepEqual(await k.call("Partial", sig("A"), "readPartialData", "sig-1", WHEN), { p: 1 });
+        assert.deepEqual(await k.call("Partial", sig("A"), "readPartialData", "sig-2", WHEN), { p: 2 });
+        assert.deepEqual(await k.call("Breakeven", sig("A"), "readBreakevenData", "sig-1", WHEN), {});
+      }
+    }));
+  });
+}
+
+describe("documents interchange with the official @backtest-kit/mongo shape", () => {
+  test("documents written by the package have the official field names and types", g(async () => {
+    const { kit, client } = processWith("ack");
+    const row = signalRow("ix-1");
+    await kit.call("Signal", ["IX", "strat", "binance"], "writeSignalData", row);
+    await kit.call("Risk", ["IX-risk", "binance"], "writePositionData", [["k", { a: 1 }]], WHEN);
+    await kit.call("Partial", ["IX", "strat", "binance"], "writePartialData", { a: 1 }, "sig", WHEN);
+    const t0 = Math.floor(Date.now() / MIN) * MIN - 10 * MIN;
+    await kit.call("Candle", ["IX", "15m", "binance"], "writeCandlesData", [{ timestamp: t0 - 15 * MIN, open: 1, high: 2, low: 0, close: 1.5, volume: 9 }]);
+    await kit.call("Storage", [true], "writeStorageData", [{ id: "ix-st", a: 1 }]);
+    await kit.call("Notification", [false], "writeNotificationData", [{ id: "ix-no", a: 1 }]);
+    await kit.call("Log", [], "writeLogData", [{ id: "ix-log", a: 1 }]);
+    await kit.call("Measure", ["ix-b"], "writeMeasureData", { v: 1 }, "ix-k", WHEN);
+    await kit.call("Interval", ["ix-b"], "writeIntervalData", { v: 1 }, "ix-k", WHEN);
+    await kit.call("Memory", ["ix-sig", "ix-b"], "writeMemoryData", { v: 1 }, "ix-m", WHEN);
+    await kit.call("Recent", ["IX", "strat", "binance", "fr", true], "writeRecentData", { v: 1 }, WHEN);
+    await kit.call("State", ["ix-sig", "ix-b"], "writeStateData", { v: 1 }, WHEN);
+    await kit.call("Session", ["strat", "binance", "fr", "IX", false], "writeSessionData", { v: 1 }, WHEN);
+    await kit.call("Dictionary", ["ix-sig", "ix-d"], "writeDictionaryData", { v: 1 }, WHEN);
+    await client.flush();
+
+    const db = mongo.db(env.name);
+    const one = async (coll: string, key: Record<string, unknown>) => {
+      const docs = await db.collection(coll).find(key).toArray();
+      assert.equal(docs.length, 1, `${coll} ${JSON.stringify(key)}: one document`);
+      const d = docs[0];
+      assert.ok(d.createDate instanceof Date, `${coll}: createDate is a date`);
+      assert.ok(d.updatedDate instanceof Date, `${coll}: updatedDate is a date`);
+      return d;
+    };
+    const sigDoc = await one("signal-items", { symbol: "IX", strategyName: "strat", exchangeName: "binance" });
+    assert.deepEqual(sigDoc.payload, row);
+    const risk = await one("risk-items", { riskName: "IX-risk", exchangeName: "binance" });
+    assert.deepEqual(risk.positions, [["k", { a: 1 }]]);
+    assert.equal(risk.when, WHEN.getTime());
+    const partial = await one("partial-items", { symbol: "IX", strategyName: "strat", exchangeName: "binance", signalId: "sig" });
+    assert.deepEqual([partial.payload, partial.when], [{ a: 1 }, WHEN.getTime()]);
+    const candle = await one("candle-items", { exchangeName: "binance", symbol: "IX", interval: "15m", timestamp: t0 - 15 * MIN });
+    assert.deepEqual([candle.open, candle.high, candle.low, candle.close, candle.volume], [1, 2, 0, 1.5, 9]);
+    assert.equal(typeof candle.timestamp, "number");
+    const st = await one("storage-items", { backtest: true, signalId: "ix-st" });
+    assert.deepEqual(st.payload, { id: "ix-st", a: 1 });
+    const no = await one("notification-items", { backtest: false, notificationId: "ix-no" });
+    assert.deepEqual(no.payload, { id: "ix-no", a: 1 });
+    assert.deepEqual((await one("log-items", { entryId: "ix-log" })).payload, { id: "ix-log", a: 1 });
+    const me = await one("measure-items", { bucket: "ix-b", entryKey: "ix-k" });
+    assert.deepEqual([me.payload, me.removed], [{ v: 1 }, false]);
+    const iv = await one("interval-items", { bucket: "ix-b", entryKey: "ix-k" });
+    assert.deepEqual([iv.payload, iv.removed, iv.when], [{ v: 1 }, false, WHEN.getTime()]);
+    const mm = await one("memory-items", { signalId: "ix-sig", bucketName: "ix-b", memoryId: "ix-m" });
+    assert.deepEqual([mm.payload, mm.removed, mm.when], [{ v: 1 }, false, WHEN.getTime()]);
+    const rc = await one("recent-items", { symbol: "IX", strategyName: "strat", exchangeName: "binance", frameName: "fr", backtest: true });
+    assert.deepEqual([rc.payload, rc.when], [{ v: 1 }, WHEN.getTime()]);
+    assert.deepEqual((await one("state-items", { signalId: "ix-sig", bucketName: "ix-b" })).payload, { v: 1 });
+    assert.deepEqual((await one("session-items", { strategyName: "strat", exchangeName: "binance", frameName: "fr", symbol: "IX", backtest: false })).payload, { v: 1 });
+    assert.deepEqual((await one("dictionary-items", { signalId: "ix-sig", dictionaryName: "ix-d" })).payload, { v: 1 });
+  }));
+
+  test("documents the official package wrote (no _writ) are read, then adopted by the first write", g(async () => {
+    const db = mongo.db(env.name);
+    const created = new Date(Date.UTC(2025, 5, 1));
+    const key = { symbol: "LEGACY", strategyName: "strat", exchangeName: "binance" };
+    await db.collection("signal-items").insertOne({ ...key, payload: { id: "old", priceOpen: 1 }, createDate: created, updatedDate: created });
+    const t = Math.floor(Date.now() / MIN) * MIN - 60 * MIN;
+    // mongoose stores numbers as doubles
+    await db.collection("candle-items").insertOne({ exchangeName: "binance", symbol: "LEGACY", interval: "1m", timestamp: t, open: 5, high: 6, low: 4, close: 5.5, volume: 1, createDate: created, updatedDate: created });
+    await db.collection("storage-items").insertOne({ backtest: false, signalId: "legacy-1", payload: { id: "legacy-1", v: "old" }, createDate: created, updatedDate: created });
+
+    for (const mode of ["submit", "ack"] as const) {
+      const { kit } = processWith(mode);
+      assert.deepEqual(await kit.call("Signal", ["LEGACY", "strat", "binance"], "readSignalData"), { id: "old", priceOpen: 1 });
+      assert.deepEqual(await kit.call("Candle", ["LEGACY", "1m", "binance"], "readCandlesData", 1, t, t + MIN), [
+        { timestamp: t, open: 5, high: 6, low: 4, close: 5.5, volume: 1 },
+      ]);
+      assert.ok((await kit.call("Storage", [false], "readStorageData")).some((r: any) => r.id === "legacy-1" && r.v === "old"));
+    }
+    const { kit, client } = processWith("ack");
+    await kit.call("Signal", ["LEGACY", "strat", "binance"], "writeSignalData", { id: "new", priceOpen: 2 });
+    await kit.call("Storage", [false], "writeStorageData", [{ id: "legacy-1", v: "new" }]);
+    await client.flush();
+    const r = processWith("submit");
+    assert.deepEqual(await r.kit.call("Signal", ["LEGACY", "strat", "binance"], "readSignalData"), { id: "new", priceOpen: 2 });
+    assert.ok((await r.kit.call("Storage", [false], "readStorageData")).some((x: any) => x.id === "legacy-1" && x.v === "new"));
+    const docs = await db.collection("signal-items").find(key).toArray();
+    assert.equal(docs.length, 1, "adopted in place, not duplicated");
+    assert.deepEqual(docs[0].payload, { id: "new", priceOpen: 2 });
+    assert.ok(docs[0]._writ, "now carries writ's version");
+    assert.equal(docs[0].createDate.getTime(), created.getTime(), "createDate kept");
+    assert.ok(docs[0].updatedDate.getTime() > created.getTime(), "updatedDate moved");
+  }));
+});
+
+describe("setup()", () => {
+  test("without adapters and without backtest-kit installed it fails, saying how to fix it", () => {
+    assert.throws(
+      () => setup(env.clientConfig()),
+      (e: unknown) => e instanceof WritConfigError && /backtest-kit/.test(e.message) && /setup\(config, \{ PersistSignalAdapter/.test(e.message),
+    );
+  });
+
+  test("registers all 17 adapters; constructors take the context positionally", () => {
+    const kit = new FakeKit();
+    clients.push(setup(env.clientConfig(), kit.adapters));
+    assert.equal(Object.keys(kit.ctors).length, 17);
+    const risk = new kit.ctors.Risk!("r", "e");
+    assert.deepEqual([risk.riskName, risk.exchangeName], ["r", "e"]);
+    const storage = new kit.ctors.Storage!(true);
+    assert.equal(storage.backtest, true);
+    const session = new kit.ctors.Session!("s", "e", "f", "sym", false);
+    assert.deepEqual([session.strategyName, session.exchangeName, session.frameName, session.symbol, session.backtest], ["s", "e", "f", "sym", false]);
+    assert.equal(new kit.ctors.Log!().readLogData.length, 0);
+  });
+});

@@ -1,0 +1,281 @@
+// The client core against a real writ daemon, redis-server and SecantusDB:
+// admission, acks, cache read-through, the overlay of pending writes,
+// soft removal, insert-once, many-key reads, prefix lists, sync, and the
+// typed errors. Uses collections of its own (writ's payload layout), appended
+// to a copy of config/writ.toml, so it does not depend on the preset.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { Redis } from "ioredis";
+import { MongoClient } from "mongodb";
+
+import { WritClient } from "../src/client.js";
+import {
+  BackpressureError,
+  RefusedWriteError,
+  WritConnectionError,
+  WritKeyError,
+  WritTimeoutError,
+  type WritError,
+} from "../src/errors.js";
+import type { CollectionSpec } from "../src/key.js";
+import { toSortable, ZERO_VERSION } from "../src/version.js";
+import { eventually, TestEnv } from "./harness.js";
+
+const KV: CollectionSpec = { name: "node_kv", key: ["k", "n"] };
+const ONCE: CollectionSpec = { name: "node_once", key: ["k", "n"], mode: "insert_once" };
+/** Declared by the client only: the daemon refuses it. */
+const UNKNOWN: CollectionSpec = { name: "node_unknown", key: ["k"] };
+const COLLECTIONS = [KV, ONCE, UNKNOWN];
+
+const APPEND = `
+[[collections]]
+name = "node_kv"
+key = ["k", "n"]
+
+[[collections]]
+name = "node_once"
+key = ["k", "n"]
+mode = "insert_once"
+`;
+
+let env: TestEnv;
+let mongo: MongoClient;
+const clients: WritClient[] = [];
+
+function client(extra: Record<string, unknown> = {}): WritClient {
+  const c = new WritClient(env.clientConfig({ collections: COLLECTIONS, ...extra }));
+  clients.push(c);
+  return c;
+}
+
+before(async () => {
+  env = await TestEnv.start("core", { append: APPEND });
+  mongo = new MongoClient(env.mongoUri);
+});
+
+after(async () => {
+  for (const c of clients) await c.close();
+  await mongo?.close();
+  await env?.stop();
+});
+
+const g = (fn: () => Promise<void>) => () => env.guard(fn);
+
+describe("core", () => {
+  test("ack mode: a write returns after the daemon applied it; any client reads it", g(async () => {
+    const a = client({ mode: "ack" });
+    const t = await a.write(KV.name, { k: "ack", n: 1 }, "put", { price: 100.5, side: "long", big: Infinity });
+    const ack = await t.acked;
+    assert.equal(ack.outcome, "applied");
+    assert.equal(ack.entryId, t.entryId);
+    // Another client (no overlay) sees it: from the cache.
+    const b = client();
+    const r = await b.readRecord(KV.name, { k: "ack", n: 1 });
+    assert.ok(r);
+    assert.equal(r.source, "cache");
+    assert.equal(r.version, toSortable(t.entryId));
+    assert.deepEqual(r.doc!.payload, { price: 100.5, side: "long", big: Infinity });
+    // MongoDB holds it with the version.
+    const doc = await mongo.db(env.name).collection(KV.name).findOne({ k: "ack", n: 1 });
+    assert.equal(doc!._writ.v, toSortable(t.entryId));
+    assert.equal(doc!.payload.big, Infinity);
+  }));
+
+  test("submit mode: reads see this process's newest write at once (read-your-writes)", g(async () => {
+    const a = client({ mode: "submit" });
+    const key = { k: "ryw", n: 2 };
+    for (let i = 0; i < 30; i++) {
+      await a.write(KV.name, key, "put", { i });
+      const got = await a.read(KV.name, key);
+      assert.equal(got!.payload.i, i, `read after write ${i}`);
+    }
+    await a.flush();
+    assert.equal(a.pendingCount, 0);
+    const b = client();
+    assert.equal((await b.read(KV.name, key))!.payload.i, 29);
+  }));
+
+  test("remove: the key reads as absent but exists; a later put brings it back", g(async () => {
+    const a = client({ mode: "ack" });
+    const key = { k: "rm", n: 1 };
+    await a.write(KV.name, key, "put", { x: 1 });
+    await a.write(KV.name, key, "remove");
+    assert.equal(await a.read(KV.name, key), null);
+    const r = await client().readRecord(KV.name, key);
+    assert.ok(r && r.exists && !r.live);
+    await a.write(KV.name, key, "put", { x: 2 });
+    assert.equal((await client().read(KV.name, key))!.payload.x, 2);
+    // Submit mode: the pending remove wins over the cached put.
+    const s = client({ mode: "submit" });
+    await s.write(KV.name, key, "remove");
+    const pending = await s.readRecord(KV.name, key);
+    assert.ok(pending && pending.exists && !pending.live);
+    await s.flush();
+    assert.equal(await client().read(KV.name, key), null);
+  }));
+
+  test("insert_once: the first put wins, in the overlay and in MongoDB", g(async () => {
+    const a = client({ mode: "submit" });
+    const key = { k: "once", n: 1 };
+    await a.write(ONCE.name, key, "put", { v: "first" });
+    await a.write(ONCE.name, key, "put", { v: "second" });
+    assert.equal((await a.read(ONCE.name, key))!.payload.v, "first");
+    await a.flush();
+    await a.write(ONCE.name, key, "put", { v: "third" });
+    assert.equal((await a.read(ONCE.name, key))!.payload.v, "first");
+    await a.flush();
+    assert.equal((await client().read(ONCE.name, key))!.payload.v, "first");
+    const doc = await mongo.db(env.name).collection(ONCE.name).findOne({ k: "once", n: 1 });
+    assert.equal(doc!.payload.v, "first");
+  }));
+
+  test("readMany: cached, MongoDB-only and missing keys in one round trip and ONE MongoDB query", g(async () => {
+    const w = client({ mode: "ack" });
+    const keys = Array.from({ length: 12 }, (_, i) => ({ k: "many", n: 1700000000000 + i * 60000 }));
+    for (const key of keys.slice(0, 10)) await w.write(KV.name, key, "put", { n: key.n });
+    // Evict 6 of them from the cache: they must be read through.
+    const redis = new Redis(env.redisUrl);
+    try {
+      const evict = keys.slice(0, 6).map((key) => {
+        const k = w.resolveKey(KV.name, key);
+        return w.names.cache(k.partition, KV.name, k.canonical);
+      });
+      assert.equal(await redis.del(...evict), 6);
+      const r = client({ mongoClientOptions: { monitorCommands: true } });
+      const finds: unknown[] = [];
+      r.mongoClient.on("commandStarted", (ev) => {
+        if (ev.commandName === "find") finds.push(ev.command);
+      });
+      const got = await r.readMany(KV.name, keys);
+      assert.equal(finds.length, 1, "one MongoDB query for all misses");
+      got.forEach((rec, i) => {
+        if (i < 10) assert.equal(rec!.doc!.payload.n, keys[i].n);
+        else assert.equal(rec, null);
+      });
+      assert.deepEqual(got.slice(0, 6).map((x) => x!.source), Array(6).fill("mongodb"));
+      assert.deepEqual(got.slice(6, 10).map((x) => x!.source), Array(4).fill("cache"));
+      // The read-through filled the cache (with the compare-and-set script).
+      const again = await r.readMany(KV.name, keys.slice(0, 10));
+      assert.deepEqual(again.map((x) => x!.source), Array(10).fill("cache"));
+      assert.equal(finds.length, 1, "no further MongoDB query");
+    } finally {
+      redis.disconnect();
+    }
+  }));
+
+  test("a document written without writ (no _writ) reads at version zero, and the first write adopts it", g(async () => {
+    const coll = mongo.db(env.name).collection(KV.name);
+    await coll.insertOne({ k: "legacy", n: 1, payload: { from: "official" }, createDate: new Date(), updatedDate: new Date() });
+    const a = client({ mode: "ack" });
+    const r = await a.readRecord(KV.name, { k: "legacy", n: 1 });
+    assert.equal(r!.version, ZERO_VERSION);
+    assert.equal(r!.source, "mongodb");
+    assert.deepEqual(r!.doc!.payload, { from: "official" });
+    const t = await a.write(KV.name, { k: "legacy", n: 1 }, "put", { from: "writ" });
+    assert.equal((await t.acked).outcome, "applied");
+    assert.deepEqual((await client().read(KV.name, { k: "legacy", n: 1 }))!.payload, { from: "writ" });
+    assert.equal(await coll.countDocuments({ k: "legacy", n: 1 }), 1, "adopted, not duplicated");
+  }));
+
+  test("list by prefix waits for own pending writes, skips removed keys, sorts by the rest of the key", g(async () => {
+    const a = client({ mode: "submit" });
+    for (const n of [5, 3, 9, 1, 7]) await a.write(KV.name, { k: "list", n }, "put", { n });
+    await a.write(KV.name, { k: "list", n: 3 }, "remove");
+    await a.write(KV.name, { k: "other", n: 1 }, "put", { n: 1 });
+    const docs = await a.list(KV.name, { k: "list" });
+    assert.deepEqual(docs.map((d) => d.n), [1, 5, 7, 9]);
+    assert.deepEqual(docs.map((d) => d.payload.n), [1, 5, 7, 9]);
+    await assert.rejects(a.list(KV.name, { n: 1 }), WritKeyError);
+  }));
+
+  test("a write the daemon refuses: ack mode throws RefusedWriteError; submit mode reports it to onError", g(async () => {
+    const a = client({ mode: "ack" });
+    await assert.rejects(
+      a.write(UNKNOWN.name, { k: "x" }, "put", { a: 1 }),
+      (e: unknown) => e instanceof RefusedWriteError && e.reason.length > 0 && /dlq/.test(e.message),
+    );
+    const errors: WritError[] = [];
+    const s = client({ mode: "submit", onError: (e: WritError) => errors.push(e) });
+    const t = await s.write(UNKNOWN.name, { k: "y" }, "put", { a: 1 });
+    assert.equal((await t.acked).outcome, "dead_lettered");
+    assert.equal(errors.length, 1);
+    assert.ok(errors[0] instanceof RefusedWriteError);
+  }));
+
+  test("bad keys and documents are refused before anything is written", g(async () => {
+    const a = client();
+    await assert.rejects(a.write(KV.name, { k: "x" }, "put", { a: 1 }), WritKeyError);
+    await assert.rejects(a.write(KV.name, { k: "x", n: 0.5 }, "put", { a: 1 }), WritKeyError);
+    await assert.rejects(a.write("nope", { k: "x" }, "put", { a: 1 }), /not declared/);
+    const fieldsSpec: CollectionSpec = { name: "node_fields_local", key: ["k"], layout: "fields" };
+    const f = client({ collections: [fieldsSpec] });
+    for (const bad of [{ $set: 1 }, { "a.b": 1 }, { _id: 1 }, { _writ: 1 }, { createDate: 1 }, { updatedDate: 1 }, { k: "x" }]) {
+      await assert.rejects(f.write(fieldsSpec.name, { k: "x" }, "put", bad), WritKeyError, JSON.stringify(bad));
+    }
+    const small = client({ maxDocumentBytes: 64 });
+    await assert.rejects(small.write(KV.name, { k: "x", n: 1 }, "put", { a: "y".repeat(100) }), /maxDocumentBytes/);
+  }));
+
+  test("a new client's sync() waits until earlier writes are applied, then reads them", g(async () => {
+    const a = client({ mode: "submit" });
+    for (let n = 0; n < 40; n++) await a.write(KV.name, { k: "sync", n }, "put", { n });
+    const b = client();
+    await b.sync();
+    // Everything is applied: MongoDB holds all of it.
+    const count = await mongo.db(env.name).collection(KV.name).countDocuments({ k: "sync" });
+    assert.equal(count, 40);
+    assert.equal((await b.read(KV.name, { k: "sync", n: 39 }))!.payload.n, 39);
+  }));
+
+  test("without a daemon: backpressure, ack timeout, bounded pending writes, sync timeout", g(async () => {
+    // A namespace no daemon serves (same Redis).
+    const ns = `${env.name}_nod`;
+    const bp = client({ namespace: ns, maxBacklog: 3, partitions: 1 });
+    for (let i = 0; i < 3; i++) await bp.write(KV.name, { k: "bp", n: i }, "put", { i });
+    await assert.rejects(
+      bp.write(KV.name, { k: "bp", n: 9 }, "put", { i: 9 }),
+      (e: unknown) => e instanceof BackpressureError && e.partition === 0 && e.unapplied === 3 && e.limit === 3,
+    );
+    const ack = client({ namespace: ns, mode: "ack", writeTimeoutMs: 200, partitions: 1, maxBacklog: 1000 });
+    await assert.rejects(ack.write(KV.name, { k: "to", n: 1 }, "put", { a: 1 }), WritTimeoutError);
+    const bounded = client({ namespace: ns, maxPending: 2, writeTimeoutMs: 200, partitions: 1, maxBacklog: 1000 });
+    await bounded.write(KV.name, { k: "mp", n: 1 }, "put", { a: 1 });
+    await bounded.write(KV.name, { k: "mp", n: 2 }, "put", { a: 1 });
+    await assert.rejects(bounded.write(KV.name, { k: "mp", n: 3 }, "put", { a: 1 }), WritTimeoutError);
+    // Read-your-writes comes from the overlay while nothing applies the writes.
+    const o = client({ namespace: ns, partitions: 1, maxBacklog: 1000 });
+    await o.write(KV.name, { k: "ovl", n: 1 }, "put", { v: 1 });
+    await o.write(KV.name, { k: "ovl", n: 1 }, "put", { v: 2, d: new Date(5), inf: -Infinity });
+    const mine = await o.readRecord(KV.name, { k: "ovl", n: 1 });
+    assert.equal(mine!.source, "overlay");
+    assert.deepEqual(mine!.doc!.payload, { v: 2, d: new Date(5), inf: -Infinity });
+    assert.equal(await client({ namespace: ns, partitions: 1 }).read(KV.name, { k: "ovl", n: 1 }), null, "other processes do not see it");
+    await o.write(KV.name, { k: "ovl", n: 1 }, "remove");
+    assert.equal(await o.read(KV.name, { k: "ovl", n: 1 }), null);
+    const s = client({ namespace: ns, syncTimeoutMs: 200, partitions: 1 });
+    await assert.rejects(s.sync(), (e: unknown) => e instanceof WritTimeoutError && /writ serve/.test(e.message));
+  }));
+
+  test("acks keep arriving after Redis drops the client's connections", g(async () => {
+    const a = client({ mode: "ack" });
+    await a.write(KV.name, { k: "recon", n: 1 }, "put", { i: 1 });
+    const admin = new Redis(env.redisUrl);
+    try {
+      const killed = await admin.client("KILL", "TYPE", "normal", "SKIPME", "yes");
+      assert.ok(Number(killed) >= 1);
+    } finally {
+      admin.disconnect();
+    }
+    for (let i = 2; i <= 5; i++) {
+      const t = await a.write(KV.name, { k: "recon", n: 1 }, "put", { i });
+      assert.notEqual((await t.acked).outcome, "dead_lettered");
+    }
+    assert.equal((await client().read(KV.name, { k: "recon", n: 1 }))!.payload.i, 5);
+  }));
+
+  test("an unreachable Redis fails with WritConnectionError naming the URL", g(async () => {
+    const port = 1; // nothing listens on port 1
+    const c = client({ redisUrl: `redis://127.0.0.1:${port}` });
+    await assert.rejects(c.ready(), (e: unknown) => e instanceof WritConnectionError && /127\.0\.0\.1:1/.test(e.message));
+  }));
+});

@@ -1,0 +1,91 @@
+// Crash-restart: a child process writes through the adapters in submit mode
+// and is killed (SIGKILL) as soon as its writes returned; a new process must
+// read back exactly that state after waitForInit(true). Then the same with a
+// kill -9 of `writ serve` first: the new process's sync waits for the
+// restarted daemon to apply what the dead child left in the streams.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { join } from "node:path";
+import { MongoClient } from "mongodb";
+
+import { setup } from "../src/setup.js";
+import type { WritClient } from "../src/client.js";
+import { FakeKit } from "./fakekit.js";
+import { crashPlan, onlyTag } from "./crash-plan.js";
+import { PACKAGE_ROOT, TestEnv } from "./harness.js";
+
+let env: TestEnv;
+const K2_SYMBOLS = Array.from({ length: 8 }, (_, i) => `k2-SYM${i}`);
+const clients: WritClient[] = [];
+
+before(async () => {
+  env = await TestEnv.start("crash");
+});
+after(async () => {
+  for (const c of clients) await c.close();
+  await env?.stop();
+});
+
+/** Runs the child until it printed WROTE, then SIGKILLs it at once. */
+async function writeAndDie(tag: string, base: number): Promise<void> {
+  const child = spawn(process.execPath, [join(PACKAGE_ROOT, "build", "test", "crash-child.js"), tag, String(base)], {
+    env: env.clientEnv(),
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  let err = "";
+  child.stderr!.on("data", (d) => (err += d));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) =>
+    child.on("exit", (code, signal) => r({ code, signal })),
+  );
+  await new Promise<void>((resolve, reject) => {
+    child.stdout!.on("data", (d) => {
+      out += d;
+      if (out.includes("WROTE")) {
+        child.kill("SIGKILL");
+        resolve();
+      }
+    });
+    child.on("exit", () => reject(new Error(`child exited before writing: ${out}\n${err}`)));
+  });
+  const { signal } = await exited;
+  assert.equal(signal, "SIGKILL", "the writer was killed, not exited");
+}
+
+async function readBack(tag: string, base: number): Promise<void> {
+  const kit = new FakeKit();
+  clients.push(setup(env.clientConfig({ mode: "submit" }), kit.adapters));
+  for (const { call, expect } of crashPlan(tag, base).reads) {
+    const [domain, args, method, ...margs] = call;
+    const got = await kit.call(domain, args, method, ...margs);
+    assert.deepEqual(onlyTag(tag, got), expect, `${domain}.${method}(${JSON.stringify(margs)}) of ${JSON.stringify(args)}`);
+  }
+  assert.ok(kit.inits[0][2], "the first call ran waitForInit(true)");
+}
+
+describe("crash-restart", () => {
+  test("a writer killed right after its writes returned: a new process reads its state back", () => env.guard(async () => {
+    const base = Date.now();
+    await writeAndDie("k1", base);
+    await readBack("k1", base);
+  }));
+
+  test("with writ serve killed (-9) too: the new process's sync waits for the restarted daemon", () => env.guard(async () => {
+    const base = Date.now();
+    await env.writ!.kill("SIGKILL");
+    await writeAndDie("k2", base);
+    // Nothing applied the child's writes yet.
+    const mongo = new MongoClient(env.mongoUri);
+    try {
+      const n = await mongo.db(env.name).collection("signal-items").countDocuments({ symbol: { $in: K2_SYMBOLS } });
+      assert.equal(n, 0, "no daemon ran, so MongoDB has none of the writes");
+      const reading = readBack("k2", base);
+      await env.writ!.restart();
+      await reading;
+      assert.equal(await mongo.db(env.name).collection("signal-items").countDocuments({ symbol: { $in: K2_SYMBOLS } }), 8);
+    } finally {
+      await mongo.close();
+    }
+  }));
+});

@@ -1,0 +1,183 @@
+// Protocol pieces that need no server: canonical keys, partitions and Redis
+// names against the repository's vectors; FNV-1a against a plain BigInt
+// implementation; key validation; versions; config.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+
+import { canonicalKey, fnv1a64, keyValues, Names, partitionOf, type CollectionSpec } from "../src/key.js";
+import { compareStreamIds, toSortable, toStreamId, ZERO_VERSION } from "../src/version.js";
+import { resolveConfig } from "../src/config.js";
+import { WritConfigError, WritKeyError } from "../src/errors.js";
+import { PRESET_COLLECTIONS } from "../src/collections.js";
+import { REPO_ROOT } from "./harness.js";
+
+interface Vector {
+  collection: string;
+  key_fields: string[];
+  key_json: string;
+  canonical: string;
+  fnv1a64: string;
+  partitions: number;
+  partition: number;
+  stream: string;
+  cache_key: string;
+}
+
+const vectors: Vector[] = JSON.parse(readFileSync(join(REPO_ROOT, "tests", "vectors", "protocol_v1.json"), "utf8"));
+
+test("protocol vectors: canonical key, fnv1a64, partition, stream and cache key names", () => {
+  assert.ok(vectors.length >= 6, "the vector file holds vectors");
+  for (const v of vectors) {
+    const spec: CollectionSpec = { name: v.collection, key: v.key_fields };
+    const key = JSON.parse(v.key_json);
+    const canonical = canonicalKey(spec, key);
+    assert.equal(canonical, v.canonical, `canonical of ${v.key_json}`);
+    assert.equal(fnv1a64(v.collection, canonical).toString(16).padStart(16, "0"), v.fnv1a64, `fnv of ${v.canonical}`);
+    const p = partitionOf(v.collection, canonical, v.partitions);
+    assert.equal(p, v.partition, `partition of ${v.canonical}`);
+    const names = new Names(v.stream.slice(0, v.stream.indexOf(":{")));
+    assert.equal(names.stream(p), v.stream);
+    assert.equal(names.cache(p, v.collection, canonical), v.cache_key);
+  }
+});
+
+test("protocol vectors: boolean key values, when the vector file has them", () => {
+  const withBool = vectors.filter((v) => Object.values(JSON.parse(v.key_json)).some((x) => typeof x === "boolean"));
+  for (const v of withBool) {
+    const spec: CollectionSpec = { name: v.collection, key: v.key_fields };
+    assert.equal(canonicalKey(spec, JSON.parse(v.key_json)), v.canonical);
+    assert.equal(partitionOf(v.collection, v.canonical, v.partitions), v.partition);
+  }
+  // Whatever the file holds, booleans are JSON literals in declared order.
+  const spec: CollectionSpec = { name: "storage-items", key: ["backtest", "signalId"] };
+  assert.equal(canonicalKey(spec, { signalId: "s1", backtest: true }), '[true,"s1"]');
+  assert.equal(canonicalKey(spec, { backtest: false, signalId: "s1" }), '[false,"s1"]');
+});
+
+/** FNV-1a 64 the plain way, one BigInt multiply per byte. */
+function fnvReference(bytes: Uint8Array): bigint {
+  let h = 0xcbf29ce484222325n;
+  for (const b of bytes) {
+    h ^= BigInt(b);
+    h = (h * 0x100000001b3n) & 0xffffffffffffffffn;
+  }
+  return h;
+}
+
+test("fnv1a64 equals a plain BigInt FNV-1a over collection ++ 0x00 ++ canonical", () => {
+  const enc = new TextEncoder();
+  let seed = 12345;
+  const rnd = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
+  const alphabet = ['a', 'Z', '0', '"', "\\", "\n", "é", "ü", "€", "😀", "\u0001", " ", "-", "_"];
+  for (let i = 0; i < 300; i++) {
+    const coll = `c${Math.floor(rnd() * 1000)}`;
+    let s = "";
+    const n = Math.floor(rnd() * 40);
+    for (let j = 0; j < n; j++) s += alphabet[Math.floor(rnd() * alphabet.length)];
+    const canonical = JSON.stringify([s, Math.floor(rnd() * 1e12), rnd() < 0.5]);
+    const bytes = new Uint8Array([...enc.encode(coll), 0, ...enc.encode(canonical)]);
+    assert.equal(fnv1a64(coll, canonical), fnvReference(bytes), `${coll} ${canonical}`);
+    const parts = 1 + Math.floor(rnd() * 64);
+    assert.equal(partitionOf(coll, canonical, parts), Number(fnvReference(bytes) % BigInt(parts)));
+  }
+});
+
+test("canonical keys escape strings exactly as JSON.stringify / serde_json do", () => {
+  const spec: CollectionSpec = { name: "x", key: ["a"] };
+  const cases: [string, string][] = [
+    ["\u0000\u001f\b\f\n\r\t", '["\\u0000\\u001f\\b\\f\\n\\r\\t"]'],
+    ['q"b\\', '["q\\"b\\\\"]'],
+    ["\u007f/</ü😀", '["\u007f/</ü😀"]'],
+    ["\u000b", '["\\u000b"]'],
+  ];
+  for (const [value, expected] of cases) assert.equal(canonicalKey(spec, { a: value }), expected);
+  assert.equal(canonicalKey({ name: "x", key: ["n"] }, { n: -0 }), "[0]");
+  assert.equal(canonicalKey({ name: "x", key: ["n"] }, { n: -9007199254740991 }), "[-9007199254740991]");
+});
+
+test("keys with missing, extra or ill-typed fields are refused with WritKeyError", () => {
+  const spec: CollectionSpec = { name: "signal-items", key: ["symbol", "strategyName", "exchangeName"] };
+  const ok = { symbol: "BTC", strategyName: "s", exchangeName: "e" };
+  assert.deepEqual(keyValues(spec, ok), ["BTC", "s", "e"]);
+  const bad: [Record<string, unknown>, RegExp][] = [
+    [{ symbol: "BTC", strategyName: "s" }, /missing field exchangeName/],
+    [{ ...ok, extra: 1 }, /not a key field/],
+    [{ ...ok, symbol: 1.5 }, /safe integers/],
+    [{ ...ok, symbol: 2 ** 53 }, /safe integers/],
+    [{ ...ok, symbol: Infinity }, /safe integers/],
+    [{ ...ok, symbol: NaN }, /safe integers/],
+    [{ ...ok, symbol: null }, /null/],
+    [{ ...ok, symbol: { a: 1 } }, /object/],
+    [{ ...ok, symbol: "\ud800x" }, /surrogate/],
+  ];
+  for (const [key, re] of bad) {
+    assert.throws(() => keyValues(spec, key), (e: unknown) => e instanceof WritKeyError && re.test(e.message), JSON.stringify(key));
+  }
+});
+
+test("versions: stream ids convert to the sortable form and back; byte order is version order", () => {
+  assert.equal(toSortable("1700000000000-3"), "00000001700000000000-00000000000000000003");
+  assert.equal(toStreamId("00000001700000000000-00000000000000000003"), "1700000000000-3");
+  assert.equal(toSortable("0-0"), ZERO_VERSION);
+  assert.ok(toSortable("999-10") > toSortable("999-9"));
+  assert.ok(toSortable("1000-0") > toSortable("999-99"));
+  assert.equal(compareStreamIds("5-1", "5-1"), 0);
+  assert.ok(compareStreamIds("10-0", "9-5") > 0);
+  assert.throws(() => toSortable("abc"));
+  assert.throws(() => toStreamId("1-2"));
+});
+
+test("config: explicit values win over env, env over defaults; bad values are refused", () => {
+  const env = {
+    WRIT_REDIS_URL: "redis://10.0.0.1:1",
+    WRIT_MONGODB_URI: "mongodb://h:2/",
+    WRIT_MONGODB_DATABASE: "db1",
+    WRIT_NAMESPACE: "ns1",
+    WRIT_PARTITIONS: "16",
+    WRIT_MODE: "ack",
+  };
+  const c = resolveConfig({}, env);
+  assert.equal(c.redisUrl, "redis://10.0.0.1:1");
+  assert.equal(c.mongodbUri, "mongodb://h:2/");
+  assert.equal(c.mongodbDatabase, "db1");
+  assert.equal(c.namespace, "ns1");
+  assert.equal(c.partitions, 16);
+  assert.equal(c.mode, "ack");
+  const d = resolveConfig({ namespace: "x", partitions: 4, mode: "submit" }, env);
+  assert.equal(d.namespace, "x");
+  assert.equal(d.partitions, 4);
+  assert.equal(d.mode, "submit");
+  const defaults = resolveConfig({}, {});
+  assert.equal(defaults.redisUrl, "redis://127.0.0.1:6379");
+  assert.equal(defaults.namespace, "writ");
+  assert.equal(defaults.partitions, 8);
+  assert.equal(defaults.mode, "submit");
+  assert.equal(defaults.maxBacklog, 100000);
+  assert.equal(defaults.collections.length, 17);
+  assert.match(defaults.clientId, /^[A-Za-z0-9_.:-]{1,64}$/);
+  assert.notEqual(resolveConfig({}, {}).clientId, defaults.clientId, "client ids are random per client");
+  for (const [bad, re] of [
+    [{ WRIT_MODE: "fast" }, /mode/],
+    [{ WRIT_PARTITIONS: "x" }, /integer/],
+    [{ WRIT_PARTITIONS: "0" }, /partitions/],
+    [{ WRIT_REDIS_URL: "http://x" }, /redis/],
+    [{ WRIT_NAMESPACE: "a b" }, /namespace/],
+  ] as [Record<string, string>, RegExp][]) {
+    assert.throws(() => resolveConfig({}, bad), (e: unknown) => e instanceof WritConfigError && re.test(e.message));
+  }
+  assert.throws(() => resolveConfig({ clientId: "has space" }, {}), WritConfigError);
+});
+
+test("preset: the 17 official collections with their key fields in order", () => {
+  const byName = Object.fromEntries(PRESET_COLLECTIONS.map((c) => [c.name, c]));
+  assert.equal(PRESET_COLLECTIONS.length, 17);
+  assert.deepEqual(byName["candle-items"].key, ["exchangeName", "symbol", "interval", "timestamp"]);
+  assert.equal(byName["candle-items"].mode, "insert_once");
+  assert.equal(byName["log-items"].mode, "insert_once");
+  assert.deepEqual(byName["session-items"].key, ["strategyName", "exchangeName", "frameName", "symbol", "backtest"]);
+  assert.deepEqual(byName["recent-items"].key, ["symbol", "strategyName", "exchangeName", "frameName", "backtest"]);
+  assert.deepEqual(byName["memory-items"].key, ["signalId", "bucketName", "memoryId"]);
+  assert.ok(PRESET_COLLECTIONS.every((c) => c.layout === "fields"));
+});
