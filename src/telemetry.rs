@@ -93,6 +93,12 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     ),
     ("writ_batch_entries", "histogram", "Entries per read batch."),
     (
+        "writ_bulk_seconds",
+        "histogram",
+        "Seconds per MongoDB bulk (one round of a partition).",
+    ),
+    ("writ_bulk_writes", "histogram", "Writes per MongoDB bulk."),
+    (
         "writ_mongodb_concurrency_limit",
         "gauge",
         "Adaptive limit of MongoDB operations in flight, daemon-wide.",

@@ -238,7 +238,7 @@ async fn boolean_keys_prefix_lists_and_soft_delete() {
         .map(|(k, _)| k.get_str("signalId").unwrap())
         .collect();
     assert_eq!(ids, vec!["s1", "s2", "s3"]);
-    assert_eq!(live[0].0.get_bool("backtest").unwrap(), true);
+    assert!(live[0].0.get_bool("backtest").unwrap());
     assert_eq!(live[0].1, doc! {"payload": {"id": "s1", "bt": true}});
     let other = storage.list(&doc! {"backtest": false}).await.unwrap();
     assert_eq!(other.len(), 1);
@@ -289,7 +289,7 @@ async fn boolean_keys_prefix_lists_and_soft_delete() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(removed.get_bool("removed").unwrap(), true);
+    assert!(removed.get_bool("removed").unwrap());
     // Written again, it is live again.
     measure
         .write(

@@ -46,6 +46,11 @@ async fn a_poison_write_is_dead_lettered_and_blocks_nothing() {
     let poison = doc! {"blob": "x".repeat(16 * 1024 * 1024 - 64)};
     let t_poison = s.submit(&key("P"), &poison).await.unwrap();
     let t_poison_version = t_poison.version();
+    // Not a put right after it: a run of puts is coalesced (only the last
+    // applies), which would hide the poison write instead of testing it.
+    s.submit_op(&key("P"), writ::protocol::Op::Remove, None)
+        .await
+        .unwrap();
     let t_later = s.submit(&key("P"), &doc! {"v": 3}).await.unwrap();
     // Another key of the same partition keeps committing meanwhile.
     let coll = config.collection("signal").unwrap();

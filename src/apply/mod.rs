@@ -8,9 +8,11 @@
 //! tries to insert, and the unique key index answers E11000: "already newer".
 //! That is not an error: the write is stale and is skipped.
 
+mod bulk;
 mod limit;
 mod store;
 
+pub use bulk::{BulkItem, BulkOutcome};
 pub use limit::{Limiter, Permit, Signal};
 
 pub use store::{

@@ -98,6 +98,26 @@ impl Store {
         })
     }
 
+    pub(super) fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// The write concern as a command field.
+    pub(super) fn write_concern_doc(&self) -> Document {
+        mongodb::bson::to_document(&self.wc).unwrap_or_default()
+    }
+
+    /// The server-side time limit, in ms, for commands run by hand.
+    pub(super) fn max_time_ms(&self) -> i64 {
+        self.max_time.as_millis() as i64
+    }
+
+    /// Documents of `coll` matching `filter`.
+    pub(super) async fn find_docs(&self, coll: &str, filter: Document) -> Result<Vec<Document>> {
+        let cursor = self.coll(coll).find(filter).max_time(self.max_time).await?;
+        Ok(cursor.try_collect().await?)
+    }
+
     /// The daemon-wide limiter of MongoDB operations in flight.
     pub fn limiter(&self) -> &super::Limiter {
         &self.limiter

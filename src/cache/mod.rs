@@ -99,6 +99,46 @@ impl Cache {
         })
     }
 
+    /// Compare-and-sets many entries in one pipelined round trip (the script
+    /// is loaded in the same pipeline), all under the same fence.
+    pub async fn put_many_fenced(
+        &self,
+        entries: &[(String, Version, Option<&Document>)],
+        fence: &Fence,
+    ) -> Result<Vec<CasOutcome>> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        pipe.load_script(&self.cas).ignore();
+        let mut calls = Vec::with_capacity(entries.len());
+        for (key, version, doc) in entries {
+            let bytes = match doc {
+                Some(d) => bson::to_vec(d).map_err(|e| Error::Encode(e.to_string()))?,
+                None => Vec::new(),
+            };
+            let mut call = self.cas.key(key);
+            call.arg(version.to_sortable())
+                .arg(bytes)
+                .key(&fence.key)
+                .arg(fence.token);
+            calls.push(call);
+        }
+        for call in &calls {
+            pipe.invoke_script(call);
+        }
+        let mut conn = self.conn.clone();
+        let res: Vec<i64> = pipe.query_async(&mut conn).await?;
+        Ok(res
+            .into_iter()
+            .map(|r| match r {
+                1 => CasOutcome::Stored,
+                -1 => CasOutcome::Fenced,
+                _ => CasOutcome::NotNewer,
+            })
+            .collect())
+    }
+
     /// Reads a key's entry; `None` on a miss.
     pub async fn get(&self, key: &str) -> Result<Option<Cached>> {
         Ok(self.get_many(&[key.to_string()]).await?.pop().flatten())

@@ -2,14 +2,21 @@
 //!
 //! A reader task pulls entries through the consumer group (pending ones first,
 //! after a restart) and hands them to the dispatcher, which keeps one FIFO
-//! queue per key. Different keys run concurrently; one key's writes run
-//! strictly one after another, in stream order. In-flight entries are bounded
-//! by a semaphore whose permits travel with the entries until they are acked.
+//! queue per key. The dispatcher moves the ready keys in **rounds**
+//! ([`batch`]): the next segment of up to `batch_size` keys goes to MongoDB as
+//! one bulk, to the cache as one pipeline, and is acked with one pipeline and
+//! one XACK. At most two rounds are in flight, on disjoint keys. A segment the
+//! bulk does not settle goes to its key's own worker ([`worker`], the single
+//! path with retries and dead-lettering), and the key waits for it. One key's
+//! writes therefore run strictly one after another, in stream order. In-flight
+//! entries are bounded by a semaphore whose permits travel with the entries
+//! until they are acked.
 
+mod batch;
 mod reader;
 mod worker;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use redis::aio::ConnectionManager;
@@ -65,6 +72,76 @@ pub(crate) struct Job {
 
 type KeyId = (String, String);
 
+/// What a finished task of the partition hands back.
+enum Done {
+    /// A round over these keys; the segments it did not settle.
+    Round(Vec<KeyId>, Vec<batch::Segment>),
+    /// A key's own worker finished.
+    Key(KeyId),
+}
+
+/// Rounds of one partition at once: one at MongoDB while the next is
+/// prepared (their keys are disjoint: a key with a write in flight waits).
+const ROUNDS_IN_FLIGHT: usize = 2;
+
+/// The dispatcher's state: per-key FIFO queues, the keys with work in
+/// flight, and the keys ready for the next round.
+#[derive(Default)]
+struct Keys {
+    queues: HashMap<KeyId, VecDeque<Job>>,
+    busy: HashSet<KeyId>,
+    ready: VecDeque<KeyId>,
+}
+
+impl Keys {
+    fn push(&mut self, job: Job) {
+        let id = (job.write.collection.clone(), job.write.key.canonical());
+        let q = self.queues.entry(id.clone()).or_default();
+        q.push_back(job);
+        if q.len() == 1 && !self.busy.contains(&id) {
+            self.ready.push_back(id);
+        }
+    }
+
+    /// Marks `id` idle again; it is ready if it has queued work.
+    fn release(&mut self, id: KeyId) {
+        self.busy.remove(&id);
+        if self.queues.get(&id).is_some_and(|q| !q.is_empty()) {
+            self.ready.push_back(id);
+        } else {
+            self.queues.remove(&id);
+        }
+    }
+
+    /// The next segment of up to `max` ready keys, marking them busy.
+    fn take_round(&mut self, config: &Config, max: usize) -> Vec<batch::Segment> {
+        let mut segs = Vec::new();
+        while segs.len() < max {
+            let Some(id) = self.ready.pop_front() else {
+                break;
+            };
+            if self.busy.contains(&id) {
+                continue;
+            }
+            let Some(q) = self.queues.get_mut(&id) else {
+                continue;
+            };
+            let Some(first) = q.pop_front() else { continue };
+            let coalesce = first.write.op == protocol::Op::Put
+                && config
+                    .collection(&id.0)
+                    .is_some_and(|c| c.mode == crate::config::WriteMode::Replace);
+            let mut jobs = vec![first];
+            while coalesce && q.front().is_some_and(|j| j.write.op == protocol::Op::Put) {
+                jobs.push(q.pop_front().expect("front exists"));
+            }
+            self.busy.insert(id.clone());
+            segs.push(batch::Segment { id, jobs });
+        }
+        segs
+    }
+}
+
 /// Runs partition `p` until `run.stop_reading` fires and its in-flight work is
 /// drained, or `run.abort` fires.
 pub async fn run_partition(p: u32, ctx: Arc<Ctx>, run: Arc<PartitionRun>) {
@@ -79,11 +156,25 @@ pub async fn run_partition(p: u32, ctx: Arc<Ctx>, run: Arc<PartitionRun>) {
         tx,
     ));
     let label = p.to_string();
-    let mut queues: HashMap<KeyId, VecDeque<Job>> = HashMap::new();
-    let mut running: JoinSet<KeyId> = JoinSet::new();
+    let mut keys = Keys::default();
+    let mut running: JoinSet<Done> = JoinSet::new();
+    let mut rounds = 0usize;
     let mut reading = true;
     let mut aborted = false;
     loop {
+        while !aborted && rounds < ROUNDS_IN_FLIGHT && !keys.ready.is_empty() {
+            let segs = keys.take_round(&ctx.config, ctx.config.batch_size);
+            if segs.is_empty() {
+                break;
+            }
+            rounds += 1;
+            let ids: Vec<KeyId> = segs.iter().map(|s| s.id.clone()).collect();
+            let (ctx, run, stream) = (ctx.clone(), run.clone(), stream.clone());
+            running.spawn(async move {
+                let single = batch::run_round(&ctx, &run, p, &stream, segs).await;
+                Done::Round(ids, single)
+            });
+        }
         metrics::gauge!("writ_inflight_entries", "partition" => label.clone())
             .set((ctx.config.max_in_flight - permits.available_permits()) as f64);
         tokio::select! {
@@ -95,12 +186,7 @@ pub async fn run_partition(p: u32, ctx: Arc<Ctx>, run: Arc<PartitionRun>) {
                             break; // left pending for the next owner
                         }
                         if let Some(job) = worker::admit(&ctx, &run, p, &stream, item).await {
-                            let id = (job.write.collection.clone(), job.write.key.canonical());
-                            let idle = !queues.contains_key(&id);
-                            queues.entry(id.clone()).or_default().push_back(job);
-                            if idle {
-                                spawn_key(&mut running, &mut queues, id, &ctx, &run, p, &stream);
-                            }
+                            keys.push(job);
                         }
                     }
                 }
@@ -108,18 +194,30 @@ pub async fn run_partition(p: u32, ctx: Arc<Ctx>, run: Arc<PartitionRun>) {
             },
             Some(done) = running.join_next(), if !running.is_empty() => {
                 match done {
-                    Ok(id) => {
-                        if !aborted && queues.get(&id).is_some_and(|q| !q.is_empty()) {
-                            spawn_key(&mut running, &mut queues, id, &ctx, &run, p, &stream);
-                        } else {
-                            queues.remove(&id);
+                    Ok(Done::Round(ids, single)) => {
+                        rounds -= 1;
+                        let mut held = HashSet::new();
+                        for seg in single {
+                            if aborted {
+                                break;
+                            }
+                            held.insert(seg.id.clone());
+                            let (ctx, run, stream) = (ctx.clone(), run.clone(), stream.clone());
+                            running.spawn(async move {
+                                worker::run_key(&ctx, &run, p, &stream, seg.jobs).await;
+                                Done::Key(seg.id)
+                            });
+                        }
+                        for id in ids.into_iter().filter(|id| !held.contains(id)) {
+                            keys.release(id);
                         }
                     }
+                    Ok(Done::Key(id)) => keys.release(id),
                     Err(e) => {
-                        // Its key's later jobs must not run ahead of the lost
+                        // Its keys' later jobs must not run ahead of the lost
                         // ones: stop the partition; the next tenure re-reads
                         // everything pending, in order.
-                        tracing::error!(partition = p, error = %e, "key worker panicked; aborting the partition so its entries are re-applied in order");
+                        tracing::error!(partition = p, error = %e, "a partition task panicked; aborting the partition so its entries are re-applied in order");
                         run.abort.cancel();
                     }
                 }
@@ -135,28 +233,4 @@ pub async fn run_partition(p: u32, ctx: Arc<Ctx>, run: Arc<PartitionRun>) {
     let _ = reader.await;
     metrics::gauge!("writ_inflight_entries", "partition" => label).set(0.0);
     tracing::info!(partition = p, "partition drained");
-}
-
-/// Marks `id` running with everything queued for it so far. The queue entry
-/// stays (empty) while the worker runs, so new jobs for the key wait.
-fn spawn_key(
-    running: &mut JoinSet<KeyId>,
-    queues: &mut HashMap<KeyId, VecDeque<Job>>,
-    id: KeyId,
-    ctx: &Arc<Ctx>,
-    run: &Arc<PartitionRun>,
-    p: u32,
-    stream: &str,
-) {
-    let jobs: Vec<Job> = queues
-        .get_mut(&id)
-        .map(|q| q.drain(..).collect())
-        .unwrap_or_default();
-    let ctx = ctx.clone();
-    let run = run.clone();
-    let stream = stream.to_string();
-    running.spawn(async move {
-        worker::run_key(&ctx, &run, p, &stream, jobs).await;
-        id
-    });
 }

@@ -204,7 +204,7 @@ pub(super) async fn run_key(ctx: &Ctx, run: &PartitionRun, p: u32, stream: &str,
     }
 }
 
-fn record_end_to_end(collection: &str, id: Version) {
+pub(super) fn record_end_to_end(collection: &str, id: Version) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -285,7 +285,7 @@ fn mongo_reject(e: &Error) -> Reject {
 }
 
 /// Runs `op` until it succeeds or the partition is aborted.
-async fn retry_until_abort<F, Fut, T>(
+pub(super) async fn retry_until_abort<F, Fut, T>(
     run: &PartitionRun,
     what: &'static str,
     mut op: F,
@@ -311,7 +311,7 @@ where
 }
 
 /// Sends client acks (where asked for), then XACKs the entries.
-async fn send_acks(
+pub(super) async fn send_acks(
     ctx: &Ctx,
     run: &PartitionRun,
     stream: &str,
@@ -322,6 +322,37 @@ async fn send_acks(
         .filter_map(|(client, ack, _)| Some((client.clone()?, ack.clone()?)))
         .collect();
     let ids: Vec<Version> = acks.iter().map(|(_, _, id)| *id).collect();
+    // One atomic pipeline: the acks and one XACK of every id. A writer that
+    // sees its ack therefore never finds its entry still pending (admission
+    // counts pending entries).
+    let group = ctx.names.group();
+    let mut backoff = Backoff::new(Duration::from_secs(2));
+    loop {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (client, ack) in &client_acks {
+            ack.add_to(&mut pipe, &ctx.names.acks(client));
+        }
+        let mut cmd = redis::cmd("XACK");
+        cmd.arg(stream).arg(&group);
+        for id in &ids {
+            cmd.arg(id.to_stream_id());
+        }
+        pipe.add_command(cmd).ignore();
+        let mut conn = ctx.conn.clone();
+        match pipe.query_async::<()>(&mut conn).await.map_err(Error::from) {
+            Ok(()) => return true,
+            Err(e) if e.retry_class() == RetryClass::Permanent => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "acking failed; retrying");
+                if !backoff.sleep(&run.abort).await {
+                    return false;
+                }
+            }
+        }
+    }
+    // A permanent error (a client's ack key holds something else): the acks
+    // best effort, then the XACK on its own. Acks are at-least-once.
     if !send_client_acks(ctx, run, &client_acks).await {
         return false;
     }

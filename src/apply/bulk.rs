@@ -1,0 +1,175 @@
+//! The bulk apply: one MongoDB round trip for many writes to distinct keys.
+//!
+//! Each write becomes one statement of an unordered `update` command: the
+//! same guarded upsert as [`Store::apply`] (same filter, same update
+//! document), so per-key order and stale detection are unchanged. Then one
+//! `find` per collection fetches the committed documents the cache needs.
+//! Each write gets its own outcome:
+//!
+//! - the statement succeeded and the document carries this version (or a
+//!   newer one): applied;
+//! - E11000 and the stored document is at this version or newer: stale;
+//! - anything else (another write error, a write-concern error, a post-image
+//!   that does not show the write): [`BulkOutcome::Single`], and the caller
+//!   applies that one write on its own, with the single path's retries and
+//!   dead-lettering. An error on one write never fails the others.
+//!
+//! Hard deletes are rare and are applied one by one.
+
+use std::collections::HashMap;
+
+use mongodb::bson::{doc, Bson, Document};
+
+use super::store::{doc_version, update_of, Applied, Store, DOC_WRIT};
+use crate::config::CollectionConfig;
+use crate::error::Result;
+use crate::protocol::{Op, Version, Write};
+
+/// A write larger than this is applied on its own, outside any bulk.
+const LARGE_BYTES: usize = 4 * 1024 * 1024;
+/// Most statement bytes in one `update` command.
+const CHUNK_BYTES: usize = 8 * 1024 * 1024;
+
+fn doc_bytes(d: &Document) -> usize {
+    mongodb::bson::to_vec(d)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX / 2)
+}
+
+/// One write of a bulk.
+pub struct BulkItem<'a> {
+    /// Its collection.
+    pub coll: &'a CollectionConfig,
+    /// The write.
+    pub write: &'a Write,
+    /// Its version (the stream entry id).
+    pub version: Version,
+}
+
+/// What the bulk did with one write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BulkOutcome {
+    /// Applied or found stale, as the single path would say.
+    Done(Applied),
+    /// Not settled by the bulk: apply it on its own.
+    Single,
+}
+
+impl Store {
+    /// Applies `items` (distinct keys) with one `update` command and one
+    /// `find` per collection. An error of the whole command is returned; the
+    /// caller then applies every write on its own.
+    pub async fn apply_bulk(&self, items: &[BulkItem<'_>]) -> Result<Vec<BulkOutcome>> {
+        let mut out = vec![BulkOutcome::Single; items.len()];
+        let mut by_coll: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, item) in items.iter().enumerate() {
+            if item.write.op == Op::Delete {
+                out[i] = match self.apply(item.coll, item.write, item.version).await {
+                    Ok(a) => BulkOutcome::Done(a),
+                    Err(_) => BulkOutcome::Single,
+                };
+            } else {
+                by_coll.entry(item.coll.name.as_str()).or_default().push(i);
+            }
+        }
+        for (name, idx) in by_coll {
+            // Large writes go on their own; the rest in commands of at most
+            // CHUNK_BYTES, well below MongoDB's 16 MiB command limit.
+            let mut chunk = Vec::new();
+            let mut bytes = 0;
+            for i in idx {
+                let size = items[i].write.doc.as_ref().map_or(0, doc_bytes);
+                if size > LARGE_BYTES {
+                    continue; // stays Single
+                }
+                if bytes + size > CHUNK_BYTES && !chunk.is_empty() {
+                    self.bulk_one(name, items, &chunk, &mut out).await?;
+                    chunk.clear();
+                    bytes = 0;
+                }
+                chunk.push(i);
+                bytes += size + 256;
+            }
+            if !chunk.is_empty() {
+                self.bulk_one(name, items, &chunk, &mut out).await?;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn bulk_one(
+        &self,
+        name: &str,
+        items: &[BulkItem<'_>],
+        idx: &[usize],
+        out: &mut [BulkOutcome],
+    ) -> Result<()> {
+        let statements: Vec<Bson> = idx
+            .iter()
+            .map(|&i| {
+                let it = &items[i];
+                let v = it.version.to_sortable();
+                let mut q = it.write.key.to_document();
+                q.insert(format!("{DOC_WRIT}.v"), doc! {"$not": {"$gte": &v}});
+                Bson::Document(doc! {"q": q, "u": update_of(it.coll, it.write, &v), "upsert": true})
+            })
+            .collect();
+        let reply = self
+            .database()
+            .run_command(doc! {
+                "update": name,
+                "updates": statements,
+                "ordered": false,
+                "writeConcern": self.write_concern_doc(),
+                "maxTimeMS": self.max_time_ms(),
+            })
+            .await?;
+        if reply.contains_key("writeConcernError") {
+            // Applied on the primary perhaps, not yet as durable as asked:
+            // every write goes the single way (re-applying is harmless).
+            return Ok(());
+        }
+        let mut failed: HashMap<usize, i32> = HashMap::new();
+        if let Ok(errors) = reply.get_array("writeErrors") {
+            for e in errors.iter().filter_map(Bson::as_document) {
+                let at = e.get_i32("index").ok().map(|i| i as usize);
+                let code = e.get_i32("code").unwrap_or(0);
+                if let Some(pos) = at.and_then(|a| idx.get(a)) {
+                    failed.insert(*pos, code);
+                }
+            }
+        }
+        let keys: Vec<Bson> = idx
+            .iter()
+            .map(|&i| Bson::Document(items[i].write.key.to_document()))
+            .collect();
+        let docs = self.find_docs(name, doc! {"$or": keys}).await?;
+        let mut found: HashMap<String, Document> = HashMap::new();
+        for d in docs {
+            let key: Document = items[idx[0]]
+                .coll
+                .key
+                .iter()
+                .filter_map(|k| Some((k.clone(), d.get(k)?.clone())))
+                .collect();
+            if let Ok(k) = crate::protocol::Key::from_document(&key, items[idx[0]].coll) {
+                found.insert(k.canonical(), d);
+            }
+        }
+        for &i in idx {
+            let it = &items[i];
+            let stored = found.remove(&it.write.key.canonical());
+            let version = stored.as_ref().and_then(doc_version);
+            out[i] = match (failed.get(&i), stored, version) {
+                (Some(11000), Some(d), Some(v)) if v >= it.version => {
+                    BulkOutcome::Done(Applied::Stale(Some(d)))
+                }
+                (None, Some(d), Some(v)) if v >= it.version => {
+                    BulkOutcome::Done(Applied::Committed(d))
+                }
+                _ => BulkOutcome::Single,
+            };
+        }
+        Ok(())
+    }
+}

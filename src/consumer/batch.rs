@@ -1,0 +1,200 @@
+//! A round: the next segment of many keys of one partition moves through the
+//! stages as a whole. One bulk at MongoDB for all of them, one pipelined cache
+//! compare-and-set, pipelined acks and one `XACK` carrying every id.
+//!
+//! A segment is what one key's worker would apply in one step: a run of
+//! consecutive puts of a `replace` collection (coalesced: only the last is
+//! applied), or a single write. A segment the bulk does not settle (an error
+//! on that write, a large document, a failed command) goes back to the
+//! dispatcher, which gives it to the key's own worker (the single path, with
+//! its retries and dead-lettering): the other writes of the round are not
+//! failed, retried or dead-lettered with it.
+
+use std::time::{Duration, Instant};
+
+use super::{worker, Ctx, Job, KeyId, PartitionRun};
+use crate::ack::{Ack, Outcome};
+use crate::apply::{BulkItem, BulkOutcome, Signal};
+use crate::cache::{CasOutcome, Fence};
+use crate::config::CollectionConfig;
+use crate::error::RetryClass;
+use crate::protocol::Version;
+
+/// One key's next step.
+pub(crate) struct Segment {
+    /// The key.
+    pub id: KeyId,
+    /// Its jobs, in order; only the last is applied.
+    pub jobs: Vec<Job>,
+}
+
+/// Runs one round. Returns the segments the bulk did not settle; their
+/// entries are neither acked nor cached. When the partition is aborted, what
+/// is not done yet stays pending for the next owner (nothing is returned).
+pub(super) async fn run_round(
+    ctx: &Ctx,
+    run: &PartitionRun,
+    p: u32,
+    stream: &str,
+    segs: Vec<Segment>,
+) -> Vec<Segment> {
+    if run.abort.is_cancelled() || !run.lease.valid() {
+        run.abort.cancel();
+        return Vec::new();
+    }
+    let colls: Vec<CollectionConfig> = segs
+        .iter()
+        .map(|s| {
+            ctx.config
+                .collection(&s.id.0)
+                .expect("decode checked the collection")
+                .clone()
+        })
+        .collect();
+    let items: Vec<BulkItem> = segs
+        .iter()
+        .zip(&colls)
+        .map(|(s, coll)| {
+            let last = s.jobs.last().expect("a segment has a job");
+            BulkItem {
+                coll,
+                write: &last.write,
+                version: last.id,
+            }
+        })
+        .collect();
+    let limit = ctx.config.op_timeout + Duration::from_secs(5);
+    let permit = tokio::select! {
+        p = ctx.store.limiter().acquire() => p,
+        _ = run.abort.cancelled() => return Vec::new(),
+    };
+    let started = Instant::now();
+    let res = tokio::select! {
+        r = tokio::time::timeout(limit, ctx.store.apply_bulk(&items)) => r,
+        _ = run.abort.cancelled() => return Vec::new(),
+    };
+    let outcomes = match res {
+        Ok(Ok(o)) => {
+            permit.done(Signal::Completed);
+            o
+        }
+        Ok(Err(e)) => {
+            permit.done(if e.retry_class() == RetryClass::Transient {
+                Signal::Overloaded
+            } else {
+                Signal::Completed
+            });
+            tracing::warn!(partition = p, writes = items.len(), error = %e, "bulk apply failed; applying its writes one by one");
+            return segs;
+        }
+        Err(_) => {
+            permit.done(Signal::Overloaded);
+            tracing::warn!(
+                partition = p,
+                writes = items.len(),
+                "bulk apply timed out; applying its writes one by one"
+            );
+            return segs;
+        }
+    };
+    drop(items);
+    let elapsed = started.elapsed().as_secs_f64();
+    metrics::histogram!("writ_bulk_seconds").record(elapsed);
+    for coll in &colls {
+        metrics::histogram!("writ_apply_seconds", "collection" => coll.name.clone())
+            .record(elapsed);
+    }
+    metrics::histogram!("writ_bulk_writes").record(segs.len() as f64);
+    let mut single = Vec::new();
+    let mut done = Vec::new();
+    for ((seg, coll), outcome) in segs.into_iter().zip(colls).zip(outcomes) {
+        match outcome {
+            BulkOutcome::Done(applied) => done.push((seg, coll, applied)),
+            BulkOutcome::Single => single.push(seg),
+        }
+    }
+    if !finish(ctx, run, p, stream, done).await {
+        return Vec::new();
+    }
+    single
+}
+
+/// Caches the committed documents of settled segments (one pipeline), then
+/// acks them (one pipeline and one XACK). `false`: aborted or fenced.
+async fn finish(
+    ctx: &Ctx,
+    run: &PartitionRun,
+    p: u32,
+    stream: &str,
+    done: Vec<(Segment, CollectionConfig, crate::apply::Applied)>,
+) -> bool {
+    if done.is_empty() {
+        return true;
+    }
+    let readable: Vec<(Version, Option<mongodb::bson::Document>, bool)> = done
+        .iter()
+        .map(|(seg, _, applied)| applied.clone().into_readable(seg.jobs.last().unwrap().id))
+        .collect();
+    let entries: Vec<(String, Version, Option<&mongodb::bson::Document>)> = done
+        .iter()
+        .zip(&readable)
+        .map(|((seg, _, _), (v, doc, _))| {
+            (ctx.names.cache(p, &seg.id.0, &seg.id.1), *v, doc.as_ref())
+        })
+        .collect();
+    let fence = Fence {
+        key: crate::ownership::fence_key(&ctx.config.namespace, p),
+        token: run.lease.token,
+    };
+    let cache_started = Instant::now();
+    let Some(cas) = worker::retry_until_abort(run, "cache update", || {
+        ctx.cache.put_many_fenced(&entries, &fence)
+    })
+    .await
+    else {
+        return false;
+    };
+    if cas.contains(&CasOutcome::Fenced) {
+        tracing::warn!(
+            partition = p,
+            token = fence.token,
+            "fencing token is stale: the lease moved to another daemon; stopping this partition"
+        );
+        run.abort.cancel();
+        return false;
+    }
+    metrics::histogram!("writ_cache_update_seconds").record(cache_started.elapsed().as_secs_f64());
+    let mut acks = Vec::new();
+    for ((seg, coll, _), (version, _, stale)) in done.iter().zip(&readable) {
+        let n = seg.jobs.len();
+        for (i, job) in seg.jobs.iter().enumerate() {
+            let outcome = match (i + 1 == n, stale) {
+                (false, _) => Outcome::Coalesced,
+                (true, true) => Outcome::Stale,
+                (true, false) => Outcome::Applied,
+            };
+            metrics::counter!("writ_writes_total", "collection" => coll.name.clone(), "outcome" => outcome.as_str()).increment(1);
+            let ack = job.write.reply.as_ref().map(|r| Ack {
+                request: r.request.clone(),
+                outcome,
+                version: *version,
+                entry: job.id,
+                reason: None,
+            });
+            acks.push((
+                job.write.reply.as_ref().map(|r| r.client.clone()),
+                ack,
+                job.id,
+            ));
+        }
+    }
+    if !worker::send_acks(ctx, run, stream, acks).await {
+        return false;
+    }
+    for (seg, coll, _) in &done {
+        for job in &seg.jobs {
+            worker::record_end_to_end(&coll.name, job.id);
+        }
+    }
+    true
+}

@@ -1,0 +1,157 @@
+//! One round of a partition: fresh keys, a stale write, a poison write and a
+//! coalesced run go to MongoDB as one bulk, and each write gets its own
+//! outcome. The poison write fails only itself: the others are applied,
+//! cached and acked before it is dead-lettered.
+
+mod support;
+
+use std::collections::HashMap;
+
+use mongodb::bson::{doc, Document};
+use support::{Daemon, Overrides, TestEnv};
+use writ::protocol::{Key, Version};
+use writ::{Error, Writ};
+
+fn key(s: &str) -> Document {
+    doc! {"symbol": s, "strategyName": "bulk", "exchangeName": "x"}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_write_of_a_bulk_gets_its_own_outcome() {
+    let env = TestEnv::start("bulk_outcomes");
+    let o = Overrides {
+        daemon: "max_attempts = 2\nbackoff_cap_ms = 50",
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let coll = config.collection("signal").unwrap().clone();
+    let part = |s: &str| {
+        Key::from_document(&key(s), &coll)
+            .unwrap()
+            .partition("signal", config.partitions)
+    };
+    // Every key in one partition, so one round holds them all.
+    let p = part("F0");
+    let names: Vec<String> = (0..400)
+        .map(|i| format!("K{i}"))
+        .filter(|n| part(n) == p)
+        .take(9)
+        .collect();
+    let (fresh, stale, coalesced, poison, holder) =
+        (&names[0..5], &names[5], &names[6], &names[7], &names[8]);
+
+    // Before any daemon: the stale key already holds a newer version, and a
+    // second unique index makes the poison write collide for good.
+    let db = env.mongo_db().await;
+    let signals = db.collection::<Document>("signal");
+    let future = Version {
+        ms: 9_999_999_999_999,
+        seq: 0,
+    };
+    let mut newer = key(stale);
+    newer.insert("payload", doc! {"who": "newer"});
+    newer.insert("removed", false);
+    newer.insert("_writ", doc! {"v": future.to_sortable()});
+    signals.insert_one(newer).await.unwrap();
+    let mut taken = key(holder);
+    taken.insert("payload", doc! {"u": "dup"});
+    signals.insert_one(taken).await.unwrap();
+    db.run_command(doc! {"createIndexes": "signal", "indexes": [
+        {"key": {"payload.u": 1}, "name": "u_unique", "unique": true, "sparse": true}
+    ]})
+    .await
+    .unwrap();
+
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let mut tickets = Vec::new();
+    for f in fresh {
+        tickets.push((
+            "fresh",
+            s.submit(&key(f), &doc! {"f": f.as_str()}).await.unwrap(),
+        ));
+    }
+    tickets.push((
+        "stale",
+        s.submit(&key(stale), &doc! {"who": "old"}).await.unwrap(),
+    ));
+    for i in 1..=3 {
+        let kind = if i < 3 { "coalesced" } else { "last" };
+        tickets.push((
+            kind,
+            s.submit(&key(coalesced), &doc! {"c": i}).await.unwrap(),
+        ));
+    }
+    tickets.push((
+        "poison",
+        s.submit(&key(poison), &doc! {"u": "dup"}).await.unwrap(),
+    ));
+
+    let daemon = Daemon::start(config.clone());
+    let mut results = Vec::new();
+    for (kind, t) in tickets {
+        let id = t.version();
+        results.push((kind, id, t.wait().await));
+    }
+    // What each write's ack said, by entry id.
+    let mut r = env.redis().await;
+    let acks: redis::Value = redis::cmd("XRANGE")
+        .arg(format!("{}:ack:{}", env.name, writ.client_id()))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let mut outcome: HashMap<String, String> = HashMap::new();
+    let mut order = Vec::new();
+    for e in writ::stream::parse_entries(&acks) {
+        let f = e.fields.unwrap();
+        let get = |n: &[u8]| {
+            f.iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| String::from_utf8_lossy(v).to_string())
+                .unwrap()
+        };
+        order.push(get(b"id"));
+        outcome.insert(get(b"id"), get(b"outcome"));
+    }
+    for (kind, id, res) in &results {
+        let got = outcome.get(&id.to_stream_id()).map(String::as_str);
+        match *kind {
+            "fresh" | "last" => {
+                assert_eq!(got, Some("applied"), "{kind} {id}");
+                assert_eq!(res.as_ref().unwrap(), id);
+            }
+            "coalesced" => assert_eq!(got, Some("coalesced"), "{kind} {id}"),
+            "stale" => {
+                assert_eq!(got, Some("stale"), "{kind} {id}");
+                assert_eq!(res.as_ref().unwrap(), &future);
+            }
+            "poison" => {
+                assert_eq!(got, Some("dead_lettered"), "{kind} {id}");
+                assert!(matches!(res, Err(Error::DeadLettered { .. })), "{res:?}");
+            }
+            _ => unreachable!(),
+        }
+    }
+    // The poison write touched only itself: every other write was acked
+    // before it was dead-lettered.
+    let poison_id = results
+        .iter()
+        .find(|r| r.0 == "poison")
+        .unwrap()
+        .1
+        .to_stream_id();
+    assert_eq!(order.last(), Some(&poison_id), "ack order {order:?}");
+    // MongoDB and the cache hold what they should.
+    assert_eq!(
+        s.read(&key(stale)).await.unwrap(),
+        Some(doc! {"who": "newer"})
+    );
+    assert_eq!(s.read(&key(coalesced)).await.unwrap(), Some(doc! {"c": 3}));
+    for f in fresh {
+        assert_eq!(s.read(&key(f)).await.unwrap(), Some(doc! {"f": f.as_str()}));
+    }
+    assert_eq!(s.read(&key(poison)).await.unwrap(), None);
+    daemon.stop().await;
+}
