@@ -151,9 +151,17 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     ("writ_build_info", "gauge", "Build information; always 1."),
 ];
 
+/// The process metrics (`process_cpu_seconds_total`,
+/// `process_resident_memory_bytes`, ...), collected on every scrape.
+fn process_collector() -> &'static metrics_process::Collector {
+    static C: std::sync::OnceLock<metrics_process::Collector> = std::sync::OnceLock::new();
+    C.get_or_init(metrics_process::Collector::default)
+}
+
 /// Describes every metric and registers the fixed label sets at zero, so
 /// dashboards and alerts see every series from the start.
 pub fn register(config: &crate::config::Config) {
+    process_collector().describe();
     for (name, kind, help) in METRICS {
         match *kind {
             "counter" => metrics::describe_counter!(*name, *help),
@@ -278,7 +286,10 @@ pub async fn serve_http(addr: SocketAddr, health: Health, stop: CancellationToke
                 let line = String::from_utf8_lossy(&buf[..n]);
                 let path = line.split_whitespace().nth(1).unwrap_or("/");
                 let (status, ctype, body) = match path {
-                    "/metrics" => ("200 OK", "text/plain; version=0.0.4", handle.render()),
+                    "/metrics" => {
+                        process_collector().collect();
+                        ("200 OK", "text/plain; version=0.0.4", handle.render())
+                    }
                     "/health/live" => ("200 OK", "text/plain", "live\n".to_string()),
                     "/health/ready" if health.ready() => {
                         ("200 OK", "text/plain", "ready\n".to_string())

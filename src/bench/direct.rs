@@ -1,0 +1,119 @@
+//! The baseline: the pattern writ replaces, run with the same writers, keys,
+//! zipf and payload on the same servers. Each write is an awaited
+//! `findOneAndUpdate` upsert on the unique key (returnDocument After, the
+//! daemon's write concern), then a Redis `SET` of the document, as the
+//! official backtest-kit adapter does. It writes to `<collection>_direct` so
+//! it never touches writ's data.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::options::{ClientOptions, ReturnDocument};
+
+use super::{bench_key, new_hist, BenchArgs, Figures, Zipf};
+use crate::config::{CollectionConfig, Config};
+use crate::error::Result;
+
+/// Runs `args.writes` writes (or `--duration`) of the direct pattern.
+pub(super) async fn run(
+    config: &Config,
+    coll: &CollectionConfig,
+    args: &BenchArgs,
+) -> Result<Figures> {
+    let mut opts = ClientOptions::parse(&config.mongodb_uri).await?;
+    opts.max_pool_size = Some(args.writers.max(1) as u32 + 2);
+    let client = mongodb::Client::with_options(opts)?;
+    let target = client
+        .database(&config.database)
+        .collection::<Document>(&format!("{}_direct", coll.name));
+    let keys: Document = coll
+        .key
+        .iter()
+        .map(|k| (k.clone(), Bson::Int32(1)))
+        .collect();
+    target
+        .create_index(
+            mongodb::IndexModel::builder()
+                .keys(keys)
+                .options(
+                    mongodb::options::IndexOptions::builder()
+                        .unique(true)
+                        .build(),
+                )
+                .build(),
+        )
+        .await?;
+    let redis = crate::redis_conn::connect(&config.redis_url, Duration::ZERO).await?;
+    let zipf = Arc::new(Zipf::new(args.keys.max(1), args.zipf));
+    let pad = "x".repeat(args.payload);
+    let issued = Arc::new(AtomicU64::new(0));
+    let hist = Arc::new(Mutex::new(new_hist()));
+    let deadline = args
+        .duration
+        .map(|s| Instant::now() + Duration::from_secs(s));
+    let total = args.writes;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..args.writers.max(1) {
+        let (target, redis, zipf, pad, issued, hist, key_fields, ns) = (
+            target.clone(),
+            redis.clone(),
+            zipf.clone(),
+            pad.clone(),
+            issued.clone(),
+            hist.clone(),
+            coll.key.clone(),
+            config.namespace.clone(),
+        );
+        tasks.spawn(async move {
+            let mut local = new_hist();
+            let mut redis = redis;
+            loop {
+                let n = issued.fetch_add(1, Ordering::Relaxed);
+                match deadline {
+                    Some(d) if Instant::now() >= d => break,
+                    None if n >= total => break,
+                    _ => {}
+                }
+                let key = bench_key(&key_fields, zipf.sample(&mut rand::rng()));
+                let t = Instant::now();
+                let payload = doc! {"n": n as i64, "writer": w as i64, "pad": &pad};
+                let res = target
+                    .find_one_and_update(
+                        key.clone(),
+                        doc! {"$set": {"payload": payload, "removed": false}},
+                    )
+                    .upsert(true)
+                    .return_document(ReturnDocument::After)
+                    .await;
+                let Ok(Some(stored)) = res else { continue };
+                let bytes = mongodb::bson::to_vec(&stored).unwrap_or_default();
+                let cache_key = format!(
+                    "{ns}:direct:{}",
+                    stored
+                        .get_object_id("_id")
+                        .map(|o| o.to_hex())
+                        .unwrap_or_default()
+                );
+                let set: redis::RedisResult<()> = redis::cmd("SET")
+                    .arg(cache_key)
+                    .arg(bytes)
+                    .query_async(&mut redis)
+                    .await;
+                if set.is_ok() {
+                    let _ = local.record(t.elapsed().as_micros().max(1) as u64);
+                }
+            }
+            let _ = hist.lock().expect("lock").add(&local);
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let hist = hist.lock().expect("lock").clone();
+    Ok(Figures {
+        ops: hist.len(),
+        elapsed: started.elapsed(),
+        hist,
+    })
+}

@@ -1,0 +1,458 @@
+//! `writ bench`: a load generator through the real client. It drives writers
+//! over a zipf-skewed key set, shows progress, prints throughput and latency
+//! percentiles, and finally checks that MongoDB and the cache hold the last
+//! value written to every key. A mismatch fails the run.
+//!
+//! Modes: `sync` (write and wait for the ack), `submit` (fire-and-forget,
+//! then the time the daemon needs to drain), `read` (cache-hit reads). With
+//! `--baseline direct` the same load also runs through the pattern writ
+//! replaces ([`direct`]), in the same run, and the ratio is printed. With
+//! `--metrics` the daemon's CPU per applied write and its RSS are read from
+//! its `/metrics` ([`daemon`]).
+
+mod daemon;
+mod direct;
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use mongodb::bson::{doc, Bson, Document};
+use rand::Rng;
+
+use crate::apply::{doc_version, Store, DOC_PAYLOAD};
+use crate::cache::Cache;
+use crate::config::{Config, WriteMode};
+use crate::error::{Error, Result};
+use crate::protocol::{Key, Names, Version};
+use crate::Writ;
+
+/// Flags of `writ bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Concurrent writers.
+    #[arg(long, default_value_t = 8)]
+    pub writers: usize,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 200)]
+    pub keys: usize,
+    /// Total writes (ignored with --duration).
+    #[arg(long, default_value_t = 2000)]
+    pub writes: u64,
+    /// Run for this many seconds instead of a count.
+    #[arg(long)]
+    pub duration: Option<u64>,
+    /// Zipf exponent of the key choice (0 = uniform).
+    #[arg(long, default_value_t = 0.99)]
+    pub zipf: f64,
+    /// Payload padding in bytes.
+    #[arg(long, default_value_t = 128)]
+    pub payload: usize,
+    /// Collection to write (a `replace` one); default: the first declared.
+    #[arg(long)]
+    pub collection: Option<String>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// `sync`, `submit` or `read`.
+    #[arg(long, value_enum, default_value_t = Mode::Sync)]
+    pub mode: Mode,
+    /// `direct`: also run the pattern writ replaces (an awaited
+    /// `findOneAndUpdate` upsert, then a Redis `SET`) on the same servers.
+    #[arg(long, value_enum)]
+    pub baseline: Option<Baseline>,
+    /// The daemon's metrics URL (e.g. http://127.0.0.1:9108/metrics), to
+    /// report its CPU per applied write and its RSS.
+    #[arg(long)]
+    pub metrics: Option<String>,
+}
+
+/// What the bench measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// `write`: submit and wait for the ack.
+    Sync,
+    /// `submit` only; then wait for the daemon to drain.
+    Submit,
+    /// Cache-hit reads of keys written first.
+    Read,
+}
+
+/// A baseline run in the same process, on the same servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Baseline {
+    /// Awaited `findOneAndUpdate` upsert on the unique key, then Redis `SET`.
+    Direct,
+}
+
+/// Throughput and latency of one measured run.
+#[derive(Debug, Clone)]
+pub(crate) struct Figures {
+    pub ops: u64,
+    pub elapsed: Duration,
+    pub hist: Histogram<u64>,
+}
+
+impl Figures {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+    fn ms(&self, q: f64) -> f64 {
+        self.hist.value_at_quantile(q) as f64 / 1000.0
+    }
+    fn print(&self, what: &str) {
+        println!(
+            "  {what:<10} {:.0}/s  p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  ({} in {:.2} s)",
+            self.rate(),
+            self.ms(0.5),
+            self.ms(0.99),
+            self.ms(0.999),
+            self.ops,
+            self.elapsed.as_secs_f64()
+        );
+    }
+}
+
+pub(crate) fn new_hist() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("bounds")
+}
+
+/// Inverse-CDF zipf sampler over `0..n`.
+struct Zipf {
+    cdf: Vec<f64>,
+}
+
+impl Zipf {
+    fn new(n: usize, s: f64) -> Zipf {
+        let mut acc = 0.0;
+        let mut cdf: Vec<f64> = (1..=n)
+            .map(|k| {
+                acc += 1.0 / (k as f64).powf(s);
+                acc
+            })
+            .collect();
+        for c in &mut cdf {
+            *c /= acc;
+        }
+        Zipf { cdf }
+    }
+    fn sample(&self, rng: &mut impl Rng) -> usize {
+        let u: f64 = rng.random();
+        self.cdf.partition_point(|c| *c < u).min(self.cdf.len() - 1)
+    }
+}
+
+fn bench_key(coll_key: &[String], i: usize) -> Document {
+    coll_key
+        .iter()
+        .enumerate()
+        .map(|(n, f)| {
+            (
+                f.clone(),
+                Bson::String(if n == 0 {
+                    format!("bench-{i:06}")
+                } else {
+                    "bench".into()
+                }),
+            )
+        })
+        .collect()
+}
+
+/// The last version written per key index, with its value `n`.
+type Last = Arc<Mutex<HashMap<usize, (Version, u64)>>>;
+
+fn pick_collection(config: &Config, args: &BenchArgs) -> Result<crate::config::CollectionConfig> {
+    let coll = match &args.collection {
+        Some(n) => config.collection(n).cloned().ok_or_else(|| {
+            Error::Config(format!("--collection {n:?} is not declared in the config"))
+        })?,
+        None => config
+            .collection("bench")
+            .or_else(|| {
+                config
+                    .collections
+                    .values()
+                    .find(|c| c.mode == WriteMode::Replace)
+            })
+            .cloned()
+            .ok_or_else(|| Error::Config("no replace collection to bench".into()))?,
+    };
+    if coll.mode != WriteMode::Replace || coll.layout != crate::config::Layout::Payload {
+        return Err(Error::Config(format!(
+            "--collection {:?} must be a replace collection with the payload layout",
+            coll.name
+        )));
+    }
+    Ok(coll)
+}
+
+/// Runs the benchmark; exit code 1 if verification fails.
+pub async fn run(config: Config, args: BenchArgs) -> Result<ExitCode> {
+    let coll = pick_collection(&config, &args)?;
+    let writ = Writ::connect(config.clone()).await?;
+    let handle = writ.collection(&coll.name)?;
+    let before = daemon::sample(args.metrics.as_deref()).await;
+    let last: Last = Arc::default();
+    println!(
+        "writ bench --mode {:?}: {} writers, {} keys (zipf {}), {} B payload, collection {:?}",
+        args.mode, args.writers, args.keys, args.zipf, args.payload, coll.name
+    );
+    let (figures, errors) = match args.mode {
+        Mode::Sync => {
+            let (f, e) = load(&handle, &coll, &args, &last, true, args.writes).await;
+            f.print("acked");
+            (f, e)
+        }
+        Mode::Submit => {
+            let (f, e) = load(&handle, &coll, &args, &last, false, args.writes).await;
+            f.print("accepted");
+            let t = Instant::now();
+            writ.sync(Duration::from_secs(600)).await?;
+            let drain = t.elapsed();
+            println!(
+                "  drained    {:.2} s after the last submit; applied {:.0} writes/s over the whole run",
+                drain.as_secs_f64(),
+                f.ops as f64 / (f.elapsed + drain).as_secs_f64()
+            );
+            (f, e)
+        }
+        Mode::Read => {
+            let prefill = BenchArgs {
+                zipf: 0.0,
+                ..args.clone()
+            };
+            let (_, e) = load(&handle, &coll, &prefill, &last, true, args.keys as u64 * 2).await;
+            let f = reads(&handle, &coll, &args).await;
+            f.print("reads");
+            (f, e)
+        }
+    };
+    if let Some(Baseline::Direct) = args.baseline {
+        let d = direct::run(&config, &coll, &args).await?;
+        d.print("direct");
+        println!(
+            "  ratio      writ/direct: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x (latency: lower is better)",
+            figures.rate() / d.rate().max(1e-9),
+            figures.ms(0.5) / d.ms(0.5).max(1e-9),
+            figures.ms(0.99) / d.ms(0.99).max(1e-9),
+        );
+    }
+    if let (Some(b), Some(a)) = (before, daemon::sample(args.metrics.as_deref()).await) {
+        let applied = (a.applied - b.applied).max(1.0);
+        println!(
+            "  daemon     {:.1} µs CPU per applied write ({applied:.0} applied), RSS {:.1} MiB",
+            (a.cpu_seconds - b.cpu_seconds) * 1e6 / applied,
+            a.rss_bytes / (1024.0 * 1024.0)
+        );
+    }
+    let last = last.lock().expect("lock").clone();
+    let mismatches = verify(&config, &coll, &last).await?;
+    if mismatches == 0 && errors == 0 {
+        println!(
+            "  verify     OK: MongoDB and the cache hold the last value written to all {} keys",
+            last.len()
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "  verify     FAILED: {mismatches} of {} keys differ, {errors} writes failed",
+            last.len()
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Drives `args.writers` writers for `total` writes (or `--duration`);
+/// `wait`: each write waits for its ack (sync), else only for the stream.
+async fn load(
+    handle: &crate::Collection,
+    coll: &crate::config::CollectionConfig,
+    args: &BenchArgs,
+    last: &Last,
+    wait: bool,
+    total: u64,
+) -> (Figures, u64) {
+    let zipf = Arc::new(Zipf::new(args.keys.max(1), args.zipf));
+    let pad = "x".repeat(args.payload);
+    let issued = Arc::new(AtomicU64::new(0));
+    let hist = Arc::new(Mutex::new(new_hist()));
+    let errors = Arc::new(AtomicU64::new(0));
+    let bar = progress(args, total);
+    let deadline = args
+        .duration
+        .map(|s| Instant::now() + Duration::from_secs(s));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..args.writers.max(1) {
+        let (handle, zipf, pad, issued, last, hist, errors, bar, key_fields) = (
+            handle.clone(),
+            zipf.clone(),
+            pad.clone(),
+            issued.clone(),
+            last.clone(),
+            hist.clone(),
+            errors.clone(),
+            bar.clone(),
+            coll.key.clone(),
+        );
+        tasks.spawn(async move {
+            let mut local = new_hist();
+            loop {
+                let n = issued.fetch_add(1, Ordering::Relaxed);
+                match deadline {
+                    Some(d) if Instant::now() >= d => break,
+                    None if n >= total => break,
+                    _ => {}
+                }
+                let k = zipf.sample(&mut rand::rng());
+                let key = bench_key(&key_fields, k);
+                let t = Instant::now();
+                let doc = doc! {"n": n as i64, "writer": w as i64, "pad": &pad};
+                let res = match handle.submit(&key, &doc).await {
+                    Ok(ticket) if wait => {
+                        let own = ticket.version();
+                        ticket.wait().await.map(|_| own)
+                    }
+                    Ok(ticket) => Ok(ticket.version()),
+                    Err(e) => Err(e),
+                };
+                match res {
+                    Ok(own) => {
+                        let _ = local.record(t.elapsed().as_micros().max(1) as u64);
+                        let mut last = last.lock().expect("lock");
+                        let slot = last.entry(k).or_insert((own, n));
+                        if slot.0 < own {
+                            *slot = (own, n);
+                        }
+                        if deadline.is_none() {
+                            bar.inc(1);
+                        }
+                    }
+                    Err(e) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "bench write failed");
+                    }
+                }
+            }
+            let _ = hist.lock().expect("lock").add(&local);
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    let hist = hist.lock().expect("lock").clone();
+    (
+        Figures {
+            ops: hist.len(),
+            elapsed,
+            hist,
+        },
+        errors.load(Ordering::Relaxed),
+    )
+}
+
+/// Cache-hit reads of the written keys, `args.writes` of them.
+async fn reads(
+    handle: &crate::Collection,
+    coll: &crate::config::CollectionConfig,
+    args: &BenchArgs,
+) -> Figures {
+    let zipf = Arc::new(Zipf::new(args.keys.max(1), args.zipf));
+    let issued = Arc::new(AtomicU64::new(0));
+    let hist = Arc::new(Mutex::new(new_hist()));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..args.writers.max(1) {
+        let (handle, zipf, issued, hist, key_fields, total) = (
+            handle.clone(),
+            zipf.clone(),
+            issued.clone(),
+            hist.clone(),
+            coll.key.clone(),
+            args.writes,
+        );
+        tasks.spawn(async move {
+            let mut local = new_hist();
+            while issued.fetch_add(1, Ordering::Relaxed) < total {
+                let key = bench_key(&key_fields, zipf.sample(&mut rand::rng()));
+                let t = Instant::now();
+                if handle.read(&key).await.is_ok() {
+                    let _ = local.record(t.elapsed().as_micros().max(1) as u64);
+                }
+            }
+            let _ = hist.lock().expect("lock").add(&local);
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let hist = hist.lock().expect("lock").clone();
+    Figures {
+        ops: hist.len(),
+        elapsed: started.elapsed(),
+        hist,
+    }
+}
+
+fn progress(args: &BenchArgs, total: u64) -> ProgressBar {
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(args.duration.unwrap_or(total))
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")
+            .expect("template"),
+    );
+    if let Some(secs) = args.duration {
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            for _ in 0..secs {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                bar.inc(1);
+            }
+        });
+    }
+    bar
+}
+
+/// Compares MongoDB and the cache with the last acked (version, n) per key.
+async fn verify(
+    config: &Config,
+    coll: &crate::config::CollectionConfig,
+    last: &HashMap<usize, (Version, u64)>,
+) -> Result<usize> {
+    let store = Store::connect(config).await?;
+    let cache = Cache::new(crate::redis_conn::connect(&config.redis_url, Duration::ZERO).await?);
+    let names = Names::new(&config.namespace);
+    let mut bad = 0;
+    for (k, (version, n)) in last {
+        let key = Key::from_document(&bench_key(&coll.key, *k), coll)?;
+        let expect = |doc: Option<&Document>| {
+            doc.and_then(|d| d.get_document(DOC_PAYLOAD).ok())
+                .and_then(|p| p.get_i64("n").ok())
+                == Some(*n as i64)
+        };
+        let stored = store.find(&coll.name, &key).await?;
+        let mongo_ok =
+            stored.as_ref().and_then(doc_version) == Some(*version) && expect(stored.as_ref());
+        let cache_key = names.cache(
+            key.partition(&coll.name, config.partitions),
+            &coll.name,
+            &key.canonical(),
+        );
+        let cached = cache.get(&cache_key).await?;
+        let cache_ok = cached.as_ref().map(|c| c.version) == Some(*version)
+            && expect(cached.as_ref().and_then(|c| c.doc.as_ref()));
+        if !(mongo_ok && cache_ok) {
+            bad += 1;
+            if bad <= 5 {
+                println!("  mismatch    key {} expected version {version} n={n}: mongodb ok={mongo_ok} cache ok={cache_ok}", key.canonical());
+            }
+        }
+    }
+    Ok(bad)
+}
