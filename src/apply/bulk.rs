@@ -155,11 +155,9 @@ impl Store {
                 }
             }
         }
-        let keys: Vec<Bson> = idx
-            .iter()
-            .map(|&i| Bson::Document(items[i].write.key.to_document()))
-            .collect();
-        let docs = self.find_docs(name, doc! {"$or": keys}).await?;
+        let keys: Vec<crate::protocol::Key> =
+            idx.iter().map(|&i| items[i].write.key.clone()).collect();
+        let docs = self.find_many(name, &keys).await?;
         let mut found: HashMap<String, Document> = HashMap::new();
         for d in docs {
             let key: Document = items[idx[0]]

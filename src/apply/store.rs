@@ -283,20 +283,13 @@ impl Store {
     }
 
     /// The stored documents of many keys of one collection, in one query.
+    /// It may return other documents too (see [`keys_filter`]): callers match
+    /// the results by key.
     pub async fn find_many(&self, coll: &str, keys: &[Key]) -> Result<Vec<Document>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let any: Vec<Bson> = keys
-            .iter()
-            .map(|k| Bson::Document(k.to_document()))
-            .collect();
-        let cursor = self
-            .coll(coll)
-            .find(doc! {"$or": any})
-            .max_time(self.max_time)
-            .await?;
-        Ok(cursor.try_collect().await?)
+        self.find_docs(coll, keys_filter(keys)).await
     }
 
     /// Number of live (not soft-deleted) documents.
@@ -305,6 +298,48 @@ impl Store {
             .coll(coll)
             .count_documents(doc! {DOC_REMOVED: {"$ne": true}})
             .await?)
+    }
+}
+
+/// A filter matching every key of `keys` (one collection). Where the keys
+/// vary in few values per field, it is one `$in` per field (their cross
+/// product, at most four times as many keys as asked for, or 64), which
+/// servers answer from the key index; otherwise an `$or` of the exact keys.
+/// Some servers scan the collection once per `$or` branch (SecantusDB: 1.8 s
+/// for 125 keys of 2000 documents, against 25 ms with `$in`).
+pub fn keys_filter(keys: &[Key]) -> Document {
+    let docs: Vec<Document> = keys.iter().map(Key::to_document).collect();
+    let Some(first) = docs.first() else {
+        return doc! {"_id": {"$in": []}};
+    };
+    let mut per_field: Vec<(String, Vec<Bson>)> = Vec::new();
+    for name in first.keys() {
+        let mut values: Vec<Bson> = Vec::new();
+        for d in &docs {
+            if let Some(v) = d.get(name) {
+                if !values.contains(v) {
+                    values.push(v.clone());
+                }
+            }
+        }
+        per_field.push((name.clone(), values));
+    }
+    let product = per_field
+        .iter()
+        .try_fold(1usize, |acc, (_, v)| acc.checked_mul(v.len()));
+    match product {
+        Some(p) if p <= (4 * docs.len()).max(64) => per_field
+            .into_iter()
+            .map(|(name, mut values)| {
+                let cond = if values.len() == 1 {
+                    values.pop().expect("one value")
+                } else {
+                    Bson::Document(doc! {"$in": values})
+                };
+                (name, cond)
+            })
+            .collect(),
+        _ => doc! {"$or": docs.into_iter().map(Bson::Document).collect::<Vec<_>>()},
     }
 }
 
@@ -355,4 +390,38 @@ pub fn doc_version(doc: &Document) -> Option<Version> {
 /// Whether a stored document reads as present (exists and not soft-deleted).
 pub fn is_live(doc: &Document) -> bool {
     !matches!(doc.get(DOC_REMOVED), Some(Bson::Boolean(true)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Layout;
+
+    fn coll() -> CollectionConfig {
+        CollectionConfig {
+            name: "c".into(),
+            key: vec!["a".into(), "b".into()],
+            mode: WriteMode::Replace,
+            layout: Layout::Payload,
+            timestamps: false,
+        }
+    }
+
+    fn key(a: &str, b: i64) -> Key {
+        Key::from_document(&doc! {"a": a, "b": b}, &coll()).unwrap()
+    }
+
+    #[test]
+    fn keys_filter_uses_in_when_the_cross_product_is_small() {
+        let keys = [key("x", 1), key("x", 2), key("x", 3)];
+        assert_eq!(
+            keys_filter(&keys),
+            doc! {"a": "x", "b": {"$in": [1_i64, 2_i64, 3_i64]}}
+        );
+        // 100 keys varying in both fields: a cross product of 10,000 is too
+        // large, so the exact keys.
+        let diagonal: Vec<Key> = (0..100).map(|i| key(&format!("k{i}"), i)).collect();
+        let f = keys_filter(&diagonal);
+        assert_eq!(f.get_array("$or").unwrap().len(), 100);
+    }
 }
