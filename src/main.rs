@@ -104,6 +104,15 @@ fn init_logs(config: &Config) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve | Command::Bench(_)) {
+        // A command whose output is piped into `head` ends quietly when the
+        // reader goes away, as Unix tools do, instead of panicking on EPIPE.
+        // Not for `serve` and `bench`: they must never die of a closed socket.
+        // SAFETY: called before any thread starts; SIG_DFL is a valid handler.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -247,7 +256,11 @@ async fn dlq(config: Config, action: DlqAction) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            Ok(if failed == 0 && !letters.is_empty() {
+            if letters.is_empty() && all {
+                println!("no dead letters to retry");
+            }
+            // A named id that is not there is a failure; an empty queue is not.
+            Ok(if failed == 0 && (all || !letters.is_empty()) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

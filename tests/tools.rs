@@ -432,3 +432,35 @@ async fn retention_trims_only_committed_entries() {
     let _: () = redis::cmd("PING").query_async(&mut r).await.unwrap();
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_edges_empty_dlq_retry_and_a_closed_pipe() {
+    let env = TestEnv::start("cli_edges");
+    let dir = tempfile::tempdir().unwrap();
+    let path = env.config_file_with(dir.path(), &Overrides::default());
+    // Retrying everything in an empty queue is not a failure.
+    let out = writ_cli(&path, &["dlq", "retry", "--all"]);
+    assert!(
+        out.status.success(),
+        "dlq retry --all on an empty queue: {:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A reader that goes away (`writ status | head -0`) ends the command
+    // quietly, without a panic.
+    let mut child = std::process::Command::new(support::proc::writ_bin())
+        .arg("--config")
+        .arg(&path)
+        .args(["status"])
+        .env_remove("WRIT_REDIS_URL")
+        .env_remove("WRIT_MONGODB_URI")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(out.status.code(), Some(101), "{stderr}");
+}

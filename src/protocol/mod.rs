@@ -292,9 +292,15 @@ pub fn check_fields(doc: &Document, coll: &CollectionConfig) -> Result<(), Rejec
     Ok(())
 }
 
-/// Refuses a payload larger than the configured limit.
+/// Refuses a payload larger than the configured limit, or one BSON cannot
+/// encode (`payload`, never `too_large`).
 pub fn check_size(doc: &Document, limit: usize) -> Result<(), Reject> {
-    let len = bson::to_vec(doc).map(|v| v.len()).unwrap_or(usize::MAX);
+    let len = bson::to_vec(doc).map(|v| v.len()).map_err(|e| {
+        Reject::new(
+            RejectReason::Payload,
+            format!("payload cannot be encoded as BSON ({e}); field names may not contain NUL"),
+        )
+    })?;
     if len > limit {
         return Err(Reject::new(
             RejectReason::TooLarge,
@@ -383,4 +389,42 @@ pub fn encode(
         out.push((field::REQUEST, r.request.as_bytes().to_vec()));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[redis]
+partitions = 1
+[mongodb]
+[[collections]]
+name = "m"
+key = ["k"]
+"#;
+
+    fn entry(doc: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+        [
+            ("v", "1"),
+            ("coll", "m"),
+            ("op", "put"),
+            ("enc", "json"),
+            ("key", r#"{"k":"a"}"#),
+            ("doc", doc),
+        ]
+        .iter()
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect()
+    }
+
+    #[test]
+    fn a_document_bson_cannot_encode_is_a_payload_fault_not_too_large() {
+        let config = Config::from_toml(CONFIG).unwrap();
+        // A field name with NUL: valid JSON, not encodable as BSON.
+        let err = decode(&entry(r#"{"a\u0000b": 1}"#), &config, Some(0)).unwrap_err();
+        assert_eq!(err.reason, RejectReason::Payload, "{err}");
+        assert!(err.detail.contains("BSON"), "{err}");
+        assert!(!err.detail.contains("18446744073709551615"), "{err}");
+    }
 }
