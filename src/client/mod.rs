@@ -36,6 +36,38 @@ type AckState = watch::Receiver<Option<acks::AckResult>>;
 /// A request waiting for its ack: its key and the sender that wakes it.
 type Waiter = (KeyId, watch::Sender<Option<acks::AckResult>>);
 
+/// One unacked write of this handle: its request id and its ack state.
+#[derive(Clone)]
+pub(crate) struct Pending {
+    request: String,
+    state: AckState,
+}
+
+impl Inner {
+    /// Forgets this handle's pending writes of `id` up to `upto`: the cache
+    /// shows a version at least that new, so they are settled even if their
+    /// ack was lost. Keeps the pending and waiter maps bounded.
+    fn forget(&self, id: &KeyId, upto: Version) {
+        let mut latest = self.latest.lock().expect("lock");
+        let Some(pending) = latest.get_mut(id) else {
+            return;
+        };
+        let newer = pending.split_off(&Version {
+            ms: upto.ms,
+            seq: upto.seq.saturating_add(1),
+        });
+        let settled = std::mem::replace(pending, newer);
+        if pending.is_empty() {
+            latest.remove(id);
+        }
+        drop(latest);
+        let mut waiters = self.waiters.lock().expect("lock");
+        for p in settled.into_values() {
+            waiters.remove(&p.request);
+        }
+    }
+}
+
 /// What a read returns with its version.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
@@ -55,8 +87,8 @@ pub(crate) struct Inner {
     next_request: AtomicU64,
     /// Request id → (key, sender) for acks not yet seen.
     waiters: Mutex<HashMap<String, Waiter>>,
-    /// This handle's newest unacked write per key.
-    latest: Mutex<HashMap<KeyId, BTreeMap<Version, AckState>>>,
+    /// This handle's unacked writes per key, by version.
+    latest: Mutex<HashMap<KeyId, BTreeMap<Version, Pending>>>,
     admit: redis::Script,
     _stop: DropGuard,
 }
@@ -207,7 +239,13 @@ impl Collection {
         {
             let mut latest = inner.latest.lock().expect("lock");
             if rx.borrow().is_none() {
-                latest.entry(id).or_default().insert(version, rx.clone());
+                latest.entry(id).or_default().insert(
+                    version,
+                    Pending {
+                        request: request.clone(),
+                        state: rx.clone(),
+                    },
+                );
             }
         }
         Ok(Ticket::new(version, rx, inner.config.write_timeout))
@@ -240,9 +278,11 @@ impl Collection {
             .unwrap_or_default();
         let mut cached = inner.cache.get(&cache_key).await?;
         if let Some(newest) = pending.keys().next_back() {
-            if cached.as_ref().is_none_or(|c| c.version < *newest) {
+            if let Some(c) = cached.as_ref().filter(|c| c.version >= *newest) {
+                inner.forget(&id, c.version);
+            } else {
                 wait_all(
-                    pending.into_values(),
+                    pending.into_values().map(|p| p.state),
                     inner.config.read_timeout,
                     "this client's pending writes before reading",
                 )
@@ -273,19 +313,48 @@ impl Collection {
         }))
     }
 
+    /// Settles this handle's pending writes to the collection before a list:
+    /// a key whose cache entry is at least as new as its newest pending write
+    /// is settled at once (its ack may have been lost); the rest are waited
+    /// for, bounded by `client.read_timeout_ms`.
     async fn settle_pending(&self) -> Result<()> {
-        let pending: Vec<AckState> = self
-            .inner()
+        let inner = self.inner();
+        let pending: Vec<(KeyId, Version, Vec<AckState>)> = inner
             .latest
             .lock()
             .expect("lock")
             .iter()
-            .filter(|((c, _), _)| *c == self.coll.name)
-            .flat_map(|(_, m)| m.values().cloned())
+            .filter(|((c, _), m)| *c == self.coll.name && !m.is_empty())
+            .map(|(id, m)| {
+                let newest = *m.keys().next_back().expect("not empty");
+                (
+                    id.clone(),
+                    newest,
+                    m.values().map(|p| p.state.clone()).collect(),
+                )
+            })
             .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let entries: Vec<String> = pending
+            .iter()
+            .map(|(id, _, _)| {
+                let p = protocol::partition_of(&id.0, &id.1, inner.config.partitions);
+                inner.names.cache(p, &id.0, &id.1)
+            })
+            .collect();
+        let cached = inner.cache.get_many(&entries).await?;
+        let mut wait = Vec::new();
+        for ((id, newest, states), c) in pending.into_iter().zip(cached) {
+            match c {
+                Some(c) if c.version >= newest => inner.forget(&id, c.version),
+                _ => wait.extend(states),
+            }
+        }
         wait_all(
-            pending,
-            self.inner().config.read_timeout,
+            wait,
+            inner.config.read_timeout,
             "this client's pending writes before listing",
         )
         .await
