@@ -158,6 +158,23 @@ fn process_collector() -> &'static metrics_process::Collector {
     C.get_or_init(metrics_process::Collector::default)
 }
 
+/// Zeroes a partition's gauges when this daemon's tenure of it ends, so a
+/// handed-over or lost partition does not keep exporting its last backlog,
+/// age or watermark from here (and no alert fires on a frozen value).
+pub fn clear_partition(p: u32) {
+    let label = p.to_string();
+    for name in [
+        "writ_partition_owned",
+        "writ_partition_unapplied_entries",
+        "writ_partition_pending_entries",
+        "writ_partition_oldest_unapplied_age_seconds",
+        "writ_partition_committed_watermark_seconds",
+        "writ_inflight_entries",
+    ] {
+        metrics::gauge!(name, "partition" => label.clone()).set(0.0);
+    }
+}
+
 /// Describes every metric and registers the fixed label sets at zero, so
 /// dashboards and alerts see every series from the start.
 pub fn register(config: &crate::config::Config) {

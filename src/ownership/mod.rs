@@ -83,7 +83,7 @@ pub async fn run(ctx: Arc<Ctx>, leases: Leases, shutdown: CancellationToken) {
                 metrics::counter!("writ_lease_released_total", "partition" => p.to_string())
                     .increment(1);
             }
-            metrics::gauge!("writ_partition_owned", "partition" => p.to_string()).set(0.0);
+            crate::telemetry::clear_partition(p);
             tracing::info!(partition = p, "partition tenure ended");
         }
 
@@ -199,12 +199,19 @@ async fn drain(mut owned: BTreeMap<u32, Tenure>, leases: &Leases, ctx: &Ctx, tic
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for (p, t) in std::mem::take(&mut owned) {
-        metrics::gauge!("writ_partition_owned", "partition" => p.to_string()).set(0.0);
-        if tokio::time::timeout(Duration::from_secs(2), t.handle)
-            .await
-            .is_err()
-        {
+    // Join every tenure at once: a stuck one costs its 2 s grace once, not
+    // once per partition.
+    let joins = std::mem::take(&mut owned)
+        .into_iter()
+        .map(|(p, t)| async move {
+            crate::telemetry::clear_partition(p);
+            let stopped = tokio::time::timeout(Duration::from_secs(2), t.handle)
+                .await
+                .is_ok();
+            (p, stopped)
+        });
+    for (p, stopped) in futures::future::join_all(joins).await {
+        if !stopped {
             // Still inside a call: keep the lease so nobody else applies the
             // partition meanwhile; it expires by itself within the TTL.
             tracing::warn!(

@@ -1,0 +1,114 @@
+//! A daemon that loses a partition stops exporting that partition's backlog,
+//! age and watermark: its gauges are cleared when the tenure ends, so no
+//! alert fires on a frozen value.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use mongodb::bson::doc;
+use support::proc::DaemonProc;
+use support::{eventually, free_port, http_get, Overrides, TestEnv};
+use writ::Writ;
+
+/// `partition -> value` of a gauge in a scrape.
+fn per_partition(body: &str, name: &str) -> BTreeMap<String, f64> {
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter_map(|l| {
+            let p = l
+                .split("partition=\"")
+                .nth(1)?
+                .split('"')
+                .next()?
+                .to_string();
+            Some((p, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_partition_stops_exporting_its_gauges() {
+    let env = TestEnv::start("handover_gauges");
+    let port = free_port();
+    let lines = format!("metrics_listen = \"127.0.0.1:{port}\"");
+    let o = Overrides {
+        daemon: &lines,
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let dir = tempfile::tempdir().unwrap();
+    let path = env.config_file_with(dir.path(), &o);
+    let mut d1 = DaemonProc::start(&path, dir.path(), "gauges-d1");
+    let scrape = || http_get(port, "/metrics").map(|(_, b)| b);
+    eventually(
+        Duration::from_secs(30),
+        "d1 to own every partition",
+        || async {
+            let owned = per_partition(&scrape()?, "writ_partition_owned");
+            (owned.len() == 4 && owned.values().all(|v| *v == 1.0)).then_some(())
+        },
+    )
+    .await;
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    for i in 0..40 {
+        s.write(
+            &doc! {"symbol": format!("G{i}"), "strategyName": "g", "exchangeName": "x"},
+            &doc! {"i": i},
+        )
+        .await
+        .unwrap();
+    }
+    eventually(
+        Duration::from_secs(30),
+        "d1 to export every watermark",
+        || async {
+            let w = per_partition(&scrape()?, "writ_partition_committed_watermark_seconds");
+            (w.len() == 4 && w.values().all(|v| *v > 0.0)).then_some(())
+        },
+    )
+    .await;
+    // d1 pauses past its lease; d2 takes the partitions; d1 resumes and finds
+    // its leases gone.
+    let o2 = Overrides::default();
+    let dir2 = tempfile::tempdir().unwrap();
+    let path2 = env.config_file_with(dir2.path(), &o2);
+    d1.pause();
+    let _d2 = DaemonProc::start(&path2, dir2.path(), "gauges-d2");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    d1.resume();
+    // Some partition ends up not owned by d1; for every such partition d1
+    // exports no backlog, age or watermark.
+    let lost = eventually(
+        Duration::from_secs(30),
+        "d1 to clear a lost partition's gauges",
+        || async {
+            let body = scrape()?;
+            let owned = per_partition(&body, "writ_partition_owned");
+            let lost: Vec<String> = owned
+                .iter()
+                .filter(|(_, v)| **v == 0.0)
+                .map(|(p, _)| p.clone())
+                .collect();
+            if lost.is_empty() {
+                return None;
+            }
+            for name in [
+                "writ_partition_committed_watermark_seconds",
+                "writ_partition_unapplied_entries",
+                "writ_partition_oldest_unapplied_age_seconds",
+                "writ_partition_pending_entries",
+            ] {
+                let g = per_partition(&body, name);
+                if lost.iter().any(|p| g.get(p).copied().unwrap_or(0.0) != 0.0) {
+                    return None;
+                }
+            }
+            Some(lost)
+        },
+    )
+    .await;
+    assert!(!lost.is_empty());
+}
