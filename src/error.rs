@@ -53,6 +53,20 @@ pub enum Error {
         collection: String,
     },
 
+    /// A server could not be reached at start. Said once, with the URL
+    /// redacted and what to check.
+    #[error("cannot connect to {what} at {url}: {detail}; {hint}")]
+    Connect {
+        /// `redis` or `mongodb`.
+        what: &'static str,
+        /// The URL with credentials replaced by `***`.
+        url: String,
+        /// The cause, each part once.
+        detail: String,
+        /// What to check.
+        hint: &'static str,
+    },
+
     /// A wait ran out. The write may still commit later.
     #[error(
         "timed out after {after:?} waiting for {what}; the write stays queued and may still commit"
@@ -100,9 +114,10 @@ impl Error {
         match self {
             Error::Redis(e) => redis_retry_class(e),
             Error::Mongo(e) => mongo_retry_class(e),
-            Error::MissingPostImage { .. } | Error::Timeout { .. } | Error::Backpressure { .. } => {
-                RetryClass::Transient
-            }
+            Error::MissingPostImage { .. }
+            | Error::Timeout { .. }
+            | Error::Backpressure { .. }
+            | Error::Connect { .. } => RetryClass::Transient,
             Error::Config(_)
             | Error::Rejected(_)
             | Error::DeadLettered { .. }
@@ -114,7 +129,7 @@ impl Error {
     /// Short fixed label for metrics and logs.
     pub fn class_label(&self) -> &'static str {
         match self {
-            Error::Redis(_) => "redis",
+            Error::Redis(_) | Error::Connect { .. } => "redis",
             Error::Mongo(_) | Error::MissingPostImage { .. } => "mongodb",
             Error::Timeout { .. } => "timeout",
             Error::Backpressure { .. } => "backpressure",
@@ -140,6 +155,18 @@ fn redis_retry_class(e: &redis::RedisError) -> RetryClass {
         | K::Server(redis::ServerErrorKind::ReadOnly) => RetryClass::Transient,
         _ => RetryClass::Permanent,
     }
+}
+
+/// An error's text with repeated parts said once: the redis crate prints
+/// `Connection refused (os error 111): Connection refused (os error 111): ...`.
+pub(crate) fn said_once(text: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for p in text.split(": ").map(str::trim) {
+        if !p.is_empty() && !parts.contains(&p) {
+            parts.push(p);
+        }
+    }
+    parts.join(": ")
 }
 
 /// MongoDB server error codes that mean "try again": elections, shutdown,

@@ -23,8 +23,12 @@ pub async fn connect(url: &str, block: Duration) -> Result<ConnectionManager> {
         .set_number_of_retries(3)
         .set_min_delay(Duration::from_millis(50))
         .set_max_delay(Duration::from_secs(2));
-    ConnectionManager::new_with_config(client, cfg).await.map_err(|e| {
-        tracing::error!(url = %redact_url(url), error = %e, "cannot connect to redis; is redis-server running and is redis.url / WRIT_REDIS_URL right?");
-        Error::Redis(e)
-    })
+    ConnectionManager::new_with_config(client, cfg)
+        .await
+        .map_err(|e| Error::Connect {
+            what: "redis",
+            url: redact_url(url),
+            detail: crate::error::said_once(&e.to_string()),
+            hint: "is redis-server running, and are redis.url / WRIT_REDIS_URL right?",
+        })
 }

@@ -464,3 +464,27 @@ async fn cli_edges_empty_dlq_retry_and_a_closed_pipe() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_ne!(out.status.code(), Some(101), "{stderr}");
 }
+
+#[test]
+fn a_refused_connection_is_said_once_with_the_url_redacted_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("down.toml");
+    let port = support::free_port(); // nothing listens there
+    std::fs::write(
+        &path,
+        format!(
+            "[redis]\nurl = \"redis://:s3cret@127.0.0.1:{port}\"\n[mongodb]\n[[collections]]\nname = \"m\"\nkey = [\"k\"]\n"
+        ),
+    )
+    .unwrap();
+    let out = writ_cli(&path, &["status"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {err}");
+    let line = lines[0];
+    assert!(line.contains(&format!("***@127.0.0.1:{port}")), "{line}");
+    assert!(!line.contains("s3cret"), "{line}");
+    assert!(line.contains("is redis-server running"), "{line}");
+    assert_eq!(line.matches("refused").count(), 1, "the cause once: {line}");
+}
