@@ -234,9 +234,16 @@ async fn soft_delete_reads_as_absent_everywhere() {
     m.write(&key("b"), &doc! {"x": "b2"}).await.unwrap();
     assert_eq!(other.read(&key("b")).await.unwrap(), Some(doc! {"x": "b2"}));
     assert_eq!(m.count().await.unwrap(), 3);
-    // Hard delete removes the document.
+    // Hard delete removes the payload, leaving a versioned tombstone.
     m.delete(&key("c")).await.unwrap();
-    assert!(stored(&env, "measure", key("c")).await.is_none());
+    let tomb = stored(&env, "measure", key("c")).await.unwrap();
+    assert!(tomb.get_bool("removed").unwrap());
+    assert!(!tomb.contains_key("payload"), "{tomb}");
+    assert!(tomb
+        .get_document("_writ")
+        .unwrap()
+        .get_bool("deleted")
+        .unwrap());
     assert_eq!(other.read(&key("c")).await.unwrap(), None);
     assert_eq!(m.count().await.unwrap(), 2);
     daemon.stop().await;

@@ -488,3 +488,48 @@ fn a_refused_connection_is_said_once_with_the_url_redacted_and_the_fix() {
     assert!(line.contains("is redis-server running"), "{line}");
     assert_eq!(line.matches("refused").count(), 1, "the cause once: {line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_deleted_key_stays_deleted_through_replay() {
+    let env = TestEnv::start("delete_replay");
+    let dir = tempfile::tempdir().unwrap();
+    let o = Overrides::default();
+    let path = env.config_file_with(dir.path(), &o);
+    let config = env.config_with(&o);
+    let daemon = Daemon::start(config.clone());
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let put = s.write(&key("D"), &doc! {"v": 1}).await.unwrap();
+    s.write(&key("E"), &doc! {"v": 1}).await.unwrap();
+    s.delete(&key("D")).await.unwrap();
+    // Re-apply a range that holds D's put but not its later delete.
+    let to = put.to_stream_id();
+    let out = writ_cli(&path, &["replay", "--from", "0-0", "--to", &to]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // MongoDB does not hold D's payload again, and a cold cache agrees.
+    let d = env.all_docs("signal").await;
+    let back: Vec<&Document> = d
+        .iter()
+        .filter(|x| x.get_str("symbol") == Ok("D") && x.contains_key("payload"))
+        .collect();
+    assert!(back.is_empty(), "the deleted key came back: {back:?}");
+    let mut r = env.redis().await;
+    let pattern = format!("{}:*:c:signal:*", env.name);
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(&pattern)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    for k in keys {
+        let _: () = redis::cmd("DEL").arg(k).query_async(&mut r).await.unwrap();
+    }
+    let cold = Writ::connect(config.clone()).await.unwrap();
+    let c = cold.collection("signal").unwrap();
+    assert_eq!(c.read(&key("D")).await.unwrap(), None);
+    assert_eq!(c.count().await.unwrap(), 1);
+    daemon.stop().await;
+}

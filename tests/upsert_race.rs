@@ -136,11 +136,15 @@ async fn documents_written_before_writ_are_adopted_by_the_first_write() {
             .unwrap(),
         Applied::Deleted
     );
-    assert!(raw
+    // Only a versioned tombstone is left.
+    let tomb = raw
         .find_one(doc! {"symbol": "OLD2"})
         .await
         .unwrap()
-        .is_none());
+        .unwrap();
+    assert!(tomb.get_bool("removed").unwrap());
+    assert!(!tomb.contains_key("payload"));
+    assert_eq!(doc_version(&tomb), Some(v));
     // A client reads a document writ never wrote (version 0-0, older than any write).
     raw.insert_one(
         doc! {"symbol": "OLD3", "strategyName": "r", "exchangeName": "x", "payload": {"old": 3}},

@@ -30,7 +30,8 @@ pub const KEY_INDEX: &str = "writ_key";
 pub enum Applied {
     /// The write committed; this is the post-image.
     Committed(Document),
-    /// A hard delete removed the document, or there was none to remove.
+    /// A hard delete replaced the document (or its absence) with a versioned
+    /// tombstone `{key, removed: true, _writ: {v, at, deleted: true}}`.
     Deleted,
     /// The stored document is already at this version or newer: skipped.
     /// Carries that newer document, or `None` if it is gone.
@@ -205,28 +206,31 @@ impl Store {
         filter: Document,
         version: Version,
     ) -> Result<Applied> {
-        let deleted = c
-            .find_one_and_delete(filter)
+        // The document is replaced by a versioned tombstone, not removed: a
+        // later re-apply of an older write (replay, `dlq retry`) meets the
+        // guard and is stale, instead of bringing the deleted key back.
+        let mut tombstone = key.to_document();
+        tombstone.insert(DOC_REMOVED, true);
+        tombstone.insert(
+            DOC_WRIT,
+            doc! {"v": version.to_sortable(), "at": DateTime::now(), "deleted": true},
+        );
+        let res = c
+            .find_one_and_replace(filter, tombstone)
+            .upsert(true)
+            .return_document(ReturnDocument::After)
             .write_concern(self.wc.clone())
             .max_time(self.max_time)
-            .await?;
-        if deleted.is_some() {
-            return Ok(Applied::Deleted);
-        }
-        match c
-            .find_one(key.to_document())
-            .max_time(self.max_time)
-            .await?
-        {
-            Some(doc) if doc_version(&doc).is_some_and(|v| v >= version) => {
-                Ok(Applied::Stale(Some(doc)))
-            }
-            // The guard missed yet the document is older: only a concurrent
-            // writer of this key could do that. Retry.
-            Some(_) => Err(Error::MissingPostImage {
+            .await;
+        match res {
+            Ok(Some(_)) => Ok(Applied::Deleted),
+            Ok(None) => Err(Error::MissingPostImage {
                 collection: c.name().to_string(),
             }),
-            None => Ok(Applied::Deleted),
+            Err(e) if mongo_code(&e) == Some(11000) => {
+                self.stale_or_conflict(c, key, version, e).await
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
