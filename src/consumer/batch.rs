@@ -98,6 +98,12 @@ pub(super) async fn run_round(
         }
     };
     drop(items);
+    if crash_after_bulk() {
+        // Test hook (see `crash_after_bulk`): MongoDB has the round, the cache
+        // and the acks do not.
+        tracing::error!(partition = p, "WRIT_TEST_FAILPOINT=after_bulk: aborting");
+        std::process::abort();
+    }
     let elapsed = started.elapsed().as_secs_f64();
     metrics::histogram!("writ_bulk_seconds").record(elapsed);
     for coll in &colls {
@@ -117,6 +123,14 @@ pub(super) async fn run_round(
         return Vec::new();
     }
     single
+}
+
+/// `WRIT_TEST_FAILPOINT=after_bulk` makes the daemon abort right after its
+/// first bulk committed and before the cache step: the crash the fault tests
+/// need between the two. Read once; never set in production.
+fn crash_after_bulk() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("WRIT_TEST_FAILPOINT").as_deref() == Ok("after_bulk"))
 }
 
 /// Caches the committed documents of settled segments (one pipeline), then

@@ -41,6 +41,16 @@ fn signal(pid: u32, sig: &str) {
 impl DaemonProc {
     /// Starts `writ serve` as consumer `name`, logging into `dir`.
     pub fn start(config: &Path, dir: &Path, name: &str) -> DaemonProc {
+        Self::start_with_env(config, dir, name, &[])
+    }
+
+    /// Like [`DaemonProc::start`], with extra environment variables.
+    pub fn start_with_env(
+        config: &Path,
+        dir: &Path,
+        name: &str,
+        env: &[(&str, &str)],
+    ) -> DaemonProc {
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -55,6 +65,7 @@ impl DaemonProc {
             .env_remove("WRIT_REDIS_URL")
             .env_remove("WRIT_MONGODB_URI")
             .env("WRIT_CONSUMER_NAME", name)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -65,6 +76,11 @@ impl DaemonProc {
             log,
             name: name.into(),
         }
+    }
+
+    /// Whether the process has exited (reaps it).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     pub fn pid(&self) -> u32 {
