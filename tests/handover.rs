@@ -40,7 +40,7 @@ async fn a_lost_partition_stops_exporting_its_gauges() {
     let config = env.config_with(&o);
     let dir = tempfile::tempdir().unwrap();
     let path = env.config_file_with(dir.path(), &o);
-    let mut d1 = DaemonProc::start(&path, dir.path(), "gauges-d1");
+    let d1 = DaemonProc::start(&path, dir.path(), "gauges-d1");
     let scrape = || http_get(port, "/metrics").map(|(_, b)| b);
     eventually(
         Duration::from_secs(30),
