@@ -28,6 +28,15 @@ pub(crate) struct Segment {
     pub jobs: Vec<Job>,
 }
 
+/// What a round hands back to the dispatcher.
+pub(crate) struct RoundEnd {
+    /// The segments the bulk did not settle (for their keys' own workers).
+    pub single: Vec<Segment>,
+    /// The whole bulk failed (timeout, connection, server limit): the
+    /// dispatcher makes its next rounds smaller.
+    pub bulk_failed: bool,
+}
+
 /// Runs one round. Returns the segments the bulk did not settle; their
 /// entries are neither acked nor cached. When the partition is aborted, what
 /// is not done yet stays pending for the next owner (nothing is returned).
@@ -37,10 +46,14 @@ pub(super) async fn run_round(
     p: u32,
     stream: &str,
     segs: Vec<Segment>,
-) -> Vec<Segment> {
+) -> RoundEnd {
+    let end = |single, bulk_failed| RoundEnd {
+        single,
+        bulk_failed,
+    };
     if run.abort.is_cancelled() || !run.lease.valid() {
         run.abort.cancel();
-        return Vec::new();
+        return end(Vec::new(), false);
     }
     let colls: Vec<CollectionConfig> = segs
         .iter()
@@ -66,12 +79,12 @@ pub(super) async fn run_round(
     let limit = ctx.config.op_timeout + Duration::from_secs(5);
     let permit = tokio::select! {
         p = ctx.store.limiter().acquire() => p,
-        _ = run.abort.cancelled() => return Vec::new(),
+        _ = run.abort.cancelled() => return end(Vec::new(), false),
     };
     let started = Instant::now();
     let res = tokio::select! {
         r = tokio::time::timeout(limit, ctx.store.apply_bulk(&items)) => r,
-        _ = run.abort.cancelled() => return Vec::new(),
+        _ = run.abort.cancelled() => return end(Vec::new(), false),
     };
     let outcomes = match res {
         Ok(Ok(o)) => {
@@ -84,17 +97,19 @@ pub(super) async fn run_round(
             } else {
                 Signal::Completed
             });
-            tracing::warn!(partition = p, writes = items.len(), error = %e, "bulk apply failed; applying its writes one by one");
-            return segs;
+            tracing::warn!(partition = p, writes = items.len(), error = %e, "bulk apply failed; applying its writes one by one, and making the next rounds smaller");
+            drop(items);
+            return end(segs, true);
         }
         Err(_) => {
             permit.done(Signal::Overloaded);
             tracing::warn!(
                 partition = p,
                 writes = items.len(),
-                "bulk apply timed out; applying its writes one by one"
+                "bulk apply timed out; applying its writes one by one, and making the next rounds smaller"
             );
-            return segs;
+            drop(items);
+            return end(segs, true);
         }
     };
     drop(items);
@@ -120,9 +135,9 @@ pub(super) async fn run_round(
         }
     }
     if !finish(ctx, run, p, stream, done).await {
-        return Vec::new();
+        return end(Vec::new(), false);
     }
-    single
+    end(single, false)
 }
 
 /// `WRIT_TEST_FAILPOINT=after_bulk` makes the daemon abort right after its

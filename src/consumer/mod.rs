@@ -74,8 +74,8 @@ type KeyId = (String, String);
 
 /// What a finished task of the partition hands back.
 enum Done {
-    /// A round over these keys; the segments it did not settle.
-    Round(Vec<KeyId>, Vec<batch::Segment>),
+    /// A round over these keys, and how it ended.
+    Round(Vec<KeyId>, batch::RoundEnd),
     /// A key's own worker finished.
     Key(KeyId),
 }
@@ -111,6 +111,17 @@ impl Keys {
         } else {
             self.queues.remove(&id);
         }
+    }
+
+    /// Puts a segment back at the head of its key's queue (its bulk failed
+    /// as a whole); the key is ready again, for a smaller round.
+    fn requeue(&mut self, seg: batch::Segment) {
+        let q = self.queues.entry(seg.id.clone()).or_default();
+        for job in seg.jobs.into_iter().rev() {
+            q.push_front(job);
+        }
+        self.busy.remove(&seg.id);
+        self.ready.push_back(seg.id);
     }
 
     /// The next segment of up to `max` ready keys, marking them busy.
@@ -159,11 +170,14 @@ pub async fn run_partition(p: u32, ctx: Arc<Ctx>, run: Arc<PartitionRun>) {
     let mut keys = Keys::default();
     let mut running: JoinSet<Done> = JoinSet::new();
     let mut rounds = 0usize;
+    // Writes per round: halved when a whole bulk fails (a bulk too large to
+    // finish within the server-side time limit), grown back on success.
+    let mut round_max = ctx.config.batch_size;
     let mut reading = true;
     let mut aborted = false;
     loop {
         while !aborted && rounds < ROUNDS_IN_FLIGHT && !keys.ready.is_empty() {
-            let segs = keys.take_round(&ctx.config, ctx.config.batch_size);
+            let segs = keys.take_round(&ctx.config, round_max);
             if segs.is_empty() {
                 break;
             }
@@ -171,8 +185,8 @@ pub async fn run_partition(p: u32, ctx: Arc<Ctx>, run: Arc<PartitionRun>) {
             let ids: Vec<KeyId> = segs.iter().map(|s| s.id.clone()).collect();
             let (ctx, run, stream) = (ctx.clone(), run.clone(), stream.clone());
             running.spawn(async move {
-                let single = batch::run_round(&ctx, &run, p, &stream, segs).await;
-                Done::Round(ids, single)
+                let end = batch::run_round(&ctx, &run, p, &stream, segs).await;
+                Done::Round(ids, end)
             });
         }
         metrics::gauge!("writ_inflight_entries", "partition" => label.clone())
@@ -194,10 +208,29 @@ pub async fn run_partition(p: u32, ctx: Arc<Ctx>, run: Arc<PartitionRun>) {
             },
             Some(done) = running.join_next(), if !running.is_empty() => {
                 match done {
-                    Ok(Done::Round(ids, single)) => {
+                    Ok(Done::Round(ids, end)) => {
                         rounds -= 1;
+                        round_max = if end.bulk_failed {
+                            (round_max / 2).max(1)
+                        } else {
+                            (round_max + round_max / 4 + 1).min(ctx.config.batch_size)
+                        };
                         let mut held = HashSet::new();
-                        for seg in single {
+                        if end.bulk_failed && !aborted {
+                            // Not the writes' fault: they go back for the
+                            // next, smaller round. Rounds under 4 writes apply
+                            // write by write, so a failure that persists ends
+                            // on each key's own worker, with its retries.
+                            for seg in end.single {
+                                held.insert(seg.id.clone());
+                                keys.requeue(seg);
+                            }
+                            for id in ids.into_iter().filter(|id| !held.contains(id)) {
+                                keys.release(id);
+                            }
+                            continue;
+                        }
+                        for seg in end.single {
                             if aborted {
                                 break;
                             }
