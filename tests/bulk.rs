@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use mongodb::bson::{doc, Document};
 use support::{Daemon, Overrides, TestEnv};
-use writ::protocol::{Key, Version};
+use writ::protocol::Version;
 use writ::{Error, Writ};
 
 fn key(s: &str) -> Document {
@@ -24,19 +24,8 @@ async fn each_write_of_a_bulk_gets_its_own_outcome() {
         ..Default::default()
     };
     let config = env.config_with(&o);
-    let coll = config.collection("signal").unwrap().clone();
-    let part = |s: &str| {
-        Key::from_document(&key(s), &coll)
-            .unwrap()
-            .partition("signal", config.partitions)
-    };
     // Every key in one partition, so one round holds them all.
-    let p = part("F0");
-    let names: Vec<String> = (0..400)
-        .map(|i| format!("K{i}"))
-        .filter(|n| part(n) == p)
-        .take(9)
-        .collect();
+    let names = support::same_partition(&config, "signal", key, "F0", "K", 9);
     let (fresh, stale, coalesced, poison, holder) =
         (&names[0..5], &names[5], &names[6], &names[7], &names[8]);
 

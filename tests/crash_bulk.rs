@@ -11,7 +11,7 @@ use mongodb::bson::{doc, Document};
 use support::proc::DaemonProc;
 use support::{eventually, Overrides, TestEnv};
 use writ::apply::doc_version;
-use writ::protocol::{Key, Version};
+use writ::protocol::Version;
 use writ::Writ;
 
 fn key(s: &str) -> Document {
@@ -23,18 +23,7 @@ async fn a_crash_between_bulk_and_cache_loses_and_reorders_nothing() {
     let env = TestEnv::start("crash_bulk");
     let o = Overrides::default();
     let config = env.config_with(&o);
-    let coll = config.collection("signal").unwrap().clone();
-    let part = |s: &str| {
-        Key::from_document(&key(s), &coll)
-            .unwrap()
-            .partition("signal", config.partitions)
-    };
-    let p = part("K0");
-    let names: Vec<String> = (0..400)
-        .map(|i| format!("K{i}"))
-        .filter(|n| part(n) == p)
-        .take(10)
-        .collect();
+    let names = support::same_partition(&config, "signal", key, "K0", "K", 10);
     // 40 writes on 10 keys of one partition, queued before any daemon runs,
     // so the first round holds them all (runs of puts coalesce).
     let writ = Writ::connect(config.clone()).await.unwrap();

@@ -53,16 +53,7 @@ async fn a_poison_write_is_dead_lettered_and_blocks_nothing() {
         .unwrap();
     let t_later = s.submit(&key("P"), &doc! {"v": 3}).await.unwrap();
     // Another key of the same partition keeps committing meanwhile.
-    let coll = config.collection("signal").unwrap();
-    let part = |k: &str| {
-        writ::protocol::Key::from_document(&key(k), coll)
-            .unwrap()
-            .partition("signal", config.partitions)
-    };
-    let q = (0..100)
-        .map(|i| format!("Q{i}"))
-        .find(|q| part(q) == part("P"))
-        .unwrap();
+    let q = support::same_partition(&config, "signal", key, "P", "Q", 1).remove(0);
     let t_q = s.submit(&key(&q), &doc! {"q": 1}).await.unwrap();
     let q_version = t_q.version();
     t_q.wait().await.unwrap();

@@ -160,16 +160,18 @@ async fn finish(
     if done.is_empty() {
         return true;
     }
-    let readable: Vec<(Version, Option<mongodb::bson::Document>, bool)> = done
-        .iter()
-        .map(|(seg, _, applied)| applied.clone().into_readable(seg.jobs.last().unwrap().id))
+    // What readers see from each segment: (segment, collection, version,
+    // committed document or None, stale), taking the outcomes by value.
+    let done: Vec<_> = done
+        .into_iter()
+        .map(|(seg, coll, applied)| {
+            let (version, doc, stale) = applied.into_readable(seg.jobs.last().unwrap().id);
+            (seg, coll, version, doc, stale)
+        })
         .collect();
     let entries: Vec<(String, Version, Option<&mongodb::bson::Document>)> = done
         .iter()
-        .zip(&readable)
-        .map(|((seg, _, _), (v, doc, _))| {
-            (ctx.names.cache(p, &seg.id.0, &seg.id.1), *v, doc.as_ref())
-        })
+        .map(|(seg, _, v, doc, _)| (ctx.names.cache(p, &seg.id.0, &seg.id.1), *v, doc.as_ref()))
         .collect();
     let fence = Fence {
         key: crate::ownership::fence_key(&ctx.config.namespace, p),
@@ -194,7 +196,7 @@ async fn finish(
     }
     metrics::histogram!("writ_cache_update_seconds").record(cache_started.elapsed().as_secs_f64());
     let mut acks = Vec::new();
-    for ((seg, coll, _), (version, _, stale)) in done.iter().zip(&readable) {
+    for (seg, coll, version, _, stale) in &done {
         let n = seg.jobs.len();
         for (i, job) in seg.jobs.iter().enumerate() {
             let outcome = match (i + 1 == n, stale) {
@@ -220,7 +222,7 @@ async fn finish(
     if !worker::send_acks(ctx, run, stream, acks).await {
         return false;
     }
-    for (seg, coll, _) in &done {
+    for (seg, coll, ..) in &done {
         for job in &seg.jobs {
             worker::record_end_to_end(&coll.name, job.id);
         }

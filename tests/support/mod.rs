@@ -588,3 +588,30 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// `n` names (`<prefix>0`, `<prefix>1`, ...) whose keys of `collection`, built
+/// by `key`, fall in the same partition as `key(anchor)`: writes to them share
+/// one partition stream, so one round of the daemon can hold them all.
+pub fn same_partition(
+    config: &Config,
+    collection: &str,
+    key: impl Fn(&str) -> mongodb::bson::Document,
+    anchor: &str,
+    prefix: &str,
+    n: usize,
+) -> Vec<String> {
+    let coll = config.collection(collection).expect("declared collection");
+    let part = |s: &str| {
+        writ::protocol::Key::from_document(&key(s), coll)
+            .unwrap()
+            .partition(collection, config.partitions)
+    };
+    let p = part(anchor);
+    let names: Vec<String> = (0..10_000)
+        .map(|i| format!("{prefix}{i}"))
+        .filter(|name| part(name) == p)
+        .take(n)
+        .collect();
+    assert_eq!(names.len(), n, "not enough keys in partition {p}");
+    names
+}
