@@ -13,7 +13,9 @@
 -- `read` in the meta hash: the stream's entries-added count as of the entry
 -- `at`, the group's last-delivered-id. While `at` is still the last-delivered-id
 -- the count is entries-added - read (O(1)); otherwise the entries after
--- last-delivered-id are counted (bounded).
+-- last-delivered-id are counted (bounded), and an exact count is written back
+-- as `at`/`read`, so that the next call is O(1) again while no daemon reads
+-- (writers keep writing through a daemon outage).
 local function backlog(bound)
   if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0, 0, ''} end
   local s = redis.call('XINFO', 'STREAM', KEYS[1])
@@ -43,6 +45,9 @@ local function backlog(bound)
       r = redis.call('XRANGE', KEYS[1], '(' .. last, '+')
     end
     undelivered = #r
+    if bound == 0 or undelivered < bound then
+      redis.call('HSET', KEYS[2], 'at', last, 'read', info['entries-added'] - undelivered)
+    end
   end
   return {pending + undelivered, pending, undelivered, last}
 end
