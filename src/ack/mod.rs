@@ -80,7 +80,8 @@ pub struct Ack {
 }
 
 impl Ack {
-    /// Adds `XADD <ack stream> MAXLEN ~ N * ...` and `EXPIRE` to a pipeline.
+    /// Adds `XADD <ack stream> MAXLEN ~ N * ...` to a pipeline. The caller
+    /// adds [`Ack::add_expiry`] once per ack stream of the pipeline.
     pub fn add_to(&self, pipe: &mut redis::Pipeline, stream: &str) {
         let mut cmd = redis::cmd("XADD");
         cmd.arg(stream)
@@ -96,10 +97,34 @@ impl Ack {
             cmd.arg(field::REASON).arg(r);
         }
         pipe.add_command(cmd).ignore();
+    }
+
+    /// Adds the `EXPIRE` that keeps an ack stream a day after its last ack.
+    pub fn add_expiry(pipe: &mut redis::Pipeline, stream: &str) {
         pipe.cmd("EXPIRE")
             .arg(stream)
             .arg(ACK_STREAM_TTL_SECS)
             .ignore();
+    }
+
+    /// Adds the acks of a batch, grouped by client, with one `EXPIRE` per
+    /// client's ack stream.
+    pub fn add_all<'a>(
+        pipe: &mut redis::Pipeline,
+        acks: impl IntoIterator<Item = (&'a str, &'a Ack)>,
+        stream_of: impl Fn(&str) -> String,
+    ) {
+        let mut streams: Vec<String> = Vec::new();
+        for (client, ack) in acks {
+            let stream = stream_of(client);
+            ack.add_to(pipe, &stream);
+            if !streams.contains(&stream) {
+                streams.push(stream);
+            }
+        }
+        for s in &streams {
+            Ack::add_expiry(pipe, s);
+        }
     }
 
     /// Parses an ack entry's fields.

@@ -330,9 +330,11 @@ pub(super) async fn send_acks(
     loop {
         let mut pipe = redis::pipe();
         pipe.atomic();
-        for (client, ack) in &client_acks {
-            ack.add_to(&mut pipe, &ctx.names.acks(client));
-        }
+        Ack::add_all(
+            &mut pipe,
+            client_acks.iter().map(|(c, a)| (c.as_str(), a)),
+            |c| ctx.names.acks(c),
+        );
         let mut cmd = redis::cmd("XACK");
         cmd.arg(stream).arg(&group);
         for id in &ids {
@@ -369,9 +371,9 @@ async fn send_client_acks(ctx: &Ctx, run: &PartitionRun, acks: &[(String, Ack)])
     let mut backoff = Backoff::new(Duration::from_secs(2));
     loop {
         let mut pipe = redis::pipe();
-        for (client, ack) in acks {
-            ack.add_to(&mut pipe, &ctx.names.acks(client));
-        }
+        Ack::add_all(&mut pipe, acks.iter().map(|(c, a)| (c.as_str(), a)), |c| {
+            ctx.names.acks(c)
+        });
         let mut conn = ctx.conn.clone();
         match pipe.query_async::<()>(&mut conn).await.map_err(Error::from) {
             Ok(()) => return true,
