@@ -14,6 +14,12 @@
 //! of the operation timeout (queueing must never approach the server-side
 //! time limit), or failed for a transient reason. A server that serialises operations therefore settles at a small
 //! limit (more concurrency only adds queueing), one that scales settles high.
+//!
+//! Latency is compared **per write**: a bulk of 200 writes that takes 200
+//! times a single write's time is not congestion, so a bulk reports its
+//! write count ([`Permit::done_writes`]) and its latency is divided by it
+//! before it is compared with the best. The quarter-timeout rule still judges
+//! the whole operation.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -110,20 +116,21 @@ impl Limiter {
         self.state.lock().expect("limiter lock").in_flight
     }
 
-    fn finish(&self, latency: Option<(Duration, Signal)>) {
+    fn finish(&self, latency: Option<(Duration, Signal, usize)>) {
         let mut s = self.state.lock().expect("limiter lock");
         s.in_flight = s.in_flight.saturating_sub(1);
-        if let Some((latency, signal)) = latency {
-            let secs = latency.as_secs_f64();
+        if let Some((latency, signal, writes)) = latency {
+            let per_write = latency / writes.max(1) as u32;
+            let secs = per_write.as_secs_f64();
             let best = s.best.map(|b| (b * BEST_DECAY).min(secs)).unwrap_or(secs);
             s.best = Some(best);
             let congested = signal == Signal::Overloaded
                 || latency > self.slow
-                || (latency > FLOOR && secs > best * TOLERANCE);
+                || (per_write > FLOOR && secs > best * TOLERANCE);
             if congested {
                 // At most one decrease per round trip: the operations already
                 // in flight were admitted under the old limit.
-                if s.last_decrease.elapsed().as_secs_f64() > secs {
+                if s.last_decrease.elapsed() > latency {
                     s.limit = (s.limit * 0.9).max(1.0);
                     s.last_decrease = Instant::now();
                 }
@@ -138,10 +145,16 @@ impl Limiter {
 }
 
 impl Permit {
-    /// Reports the outcome and frees the slot.
+    /// Reports the outcome of a one-write operation and frees the slot.
     pub fn done(self, signal: Signal) {
+        self.done_writes(signal, 1);
+    }
+
+    /// Reports the outcome of an operation that carried `writes` writes (a
+    /// bulk) and frees the slot; its latency is judged per write.
+    pub fn done_writes(self, signal: Signal, writes: usize) {
         let latency = self.started.elapsed();
-        self.limiter.finish(Some((latency, signal)));
+        self.limiter.finish(Some((latency, signal, writes)));
         std::mem::forget(self);
     }
 }
@@ -199,5 +212,28 @@ mod tests {
             l.acquire().await.done(Signal::Completed);
         }
         assert_eq!(l.limit(), 4);
+    }
+
+    #[test]
+    fn judges_a_bulk_per_write() {
+        let l = Limiter::new(16, Duration::from_secs(100));
+        l.finish(Some((Duration::from_millis(10), Signal::Completed, 1)));
+        let before = l.state.lock().unwrap().limit;
+        {
+            let mut s = l.state.lock().unwrap();
+            s.last_decrease = Instant::now() - Duration::from_secs(10);
+        }
+        // 100 writes in 1 s: 10 ms each, as fast as the best single write.
+        l.finish(Some((Duration::from_secs(1), Signal::Completed, 100)));
+        assert!(
+            l.state.lock().unwrap().limit > before,
+            "a bulk as fast per write as the best counted as congestion"
+        );
+        // The same second for 2 writes is 50 times slower per write: congestion.
+        l.finish(Some((Duration::from_secs(1), Signal::Completed, 2)));
+        assert!(
+            l.state.lock().unwrap().limit < before,
+            "a bulk 50x slower per write did not shrink the limit"
+        );
     }
 }

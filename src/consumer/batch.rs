@@ -88,7 +88,7 @@ pub(super) async fn run_round(
     };
     let outcomes = match res {
         Ok(Ok(o)) => {
-            permit.done(Signal::Completed);
+            permit.done_writes(Signal::Completed, items.len());
             o
         }
         Ok(Err(e)) => {
