@@ -10,6 +10,16 @@
 //   npm run bench                 (starts its own servers with the test harness)
 //   BENCH_ROUNDS=10 npm run bench (rounds of ticks; every context ticks once per round)
 //
+// Two load shapes, both in one run:
+// - closed loop (saturated): every context ticks as fast as its calls return,
+//   so write-call latency is mostly queueing (Little's law: 200 contexts /
+//   throughput) and the p50 ratio equals the throughput ratio;
+// - paced (open loop): every context ticks on its own timer, at a total rate of
+//   BENCH_PACE (default 0.5) x the official pattern's closed-loop ticks/s from
+//   the same run, so that both sides keep up and a write call's latency is
+//   what a live process sees at that tick rate. BENCH_PACED_ROUNDS (default 3)
+//   ticks per context.
+//
 // Not part of npm test: it measures, it asserts nothing.
 import { performance } from "node:perf_hooks";
 import { Redis } from "ioredis";
@@ -26,6 +36,10 @@ const STRATEGIES = Number(process.env.BENCH_STRATEGIES ?? 4);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
 /** BENCH_ONLY=submit: the submit-mode run alone (for profiling). */
 const ONLY_SUBMIT = process.env.BENCH_ONLY === "submit";
+const PACE = Number(process.env.BENCH_PACE ?? 0.5);
+const PACED_ROUNDS = Number(process.env.BENCH_PACED_ROUNDS ?? 3);
+/** BENCH_STATS=1: print Redis's per-command statistics after the runs (for profiling). */
+const STATS = process.env.BENCH_STATS === "1";
 
 interface Result {
   name: string;
@@ -62,12 +76,15 @@ function row(ctx: string[], round: number) {
   };
 }
 
-/** Every context ticks once per round, concurrently; the 4 calls of a tick are sequential. */
-async function runTicks(
-  name: string,
-  ctxs: [string, string, string][],
-  tick: (ctx: [string, string, string], round: number, time: (f: () => Promise<unknown>) => Promise<void>) => Promise<void>,
-): Promise<Result> {
+type Tick = (ctx: [string, string, string], round: number, time: (f: () => Promise<unknown>) => Promise<void>) => Promise<void>;
+
+/**
+ * Closed loop (`rate` undefined): every context ticks once per round,
+ * concurrently, rounds back to back. Paced (`rate` ticks/s in total): every
+ * context ticks every `contexts / rate` seconds from a staggered start, for
+ * PACED_ROUNDS ticks. The 4 calls of a tick are sequential either way.
+ */
+async function runTicks(name: string, ctxs: [string, string, string][], tick: Tick, rate?: number): Promise<Result> {
   const writeMs: number[] = [];
   const time = async (f: () => Promise<unknown>) => {
     const t0 = performance.now();
@@ -75,19 +92,33 @@ async function runTicks(
     writeMs.push(performance.now() - t0);
   };
   const t0 = performance.now();
-  for (let round = 0; round < ROUNDS; round++) {
-    await Promise.all(ctxs.map((ctx) => tick(ctx, round, time)));
+  if (rate === undefined) {
+    for (let round = 0; round < ROUNDS; round++) {
+      await Promise.all(ctxs.map((ctx) => tick(ctx, round, time)));
+    }
+    return { name, writeMs, ticks: ctxs.length * ROUNDS, seconds: (performance.now() - t0) / 1000 };
   }
-  return { name, writeMs, ticks: ctxs.length * ROUNDS, seconds: (performance.now() - t0) / 1000 };
+  const interval = (ctxs.length / rate) * 1000;
+  await Promise.all(
+    ctxs.map(async (ctx, i) => {
+      const start = t0 + (i / ctxs.length) * interval;
+      for (let round = 0; round < PACED_ROUNDS; round++) {
+        const wait = start + round * interval - performance.now();
+        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+        await tick(ctx, round, time);
+      }
+    }),
+  );
+  return { name, writeMs, ticks: ctxs.length * PACED_ROUNDS, seconds: (performance.now() - t0) / 1000 };
 }
 
-async function writ(env: TestEnv, mode: "submit" | "ack"): Promise<{ result: Result; client: WritClient }> {
+async function writ(env: TestEnv, mode: "submit" | "ack", rate?: number): Promise<{ result: Result; client: WritClient }> {
   const kit = new FakeKit();
   const client = setup(env.clientConfig({ mode }), kit.adapters);
-  const ctxs = contexts(`${mode}-`);
+  const ctxs = contexts(`${rate === undefined ? "" : "paced-"}${mode}-`);
   // Contexts initialise (waitForInit(true): connect + sync) before timing starts.
   await Promise.all(ctxs.map((c) => kit.call("Signal", c, "readSignalData")));
-  const result = await runTicks(`writ ${mode}`, ctxs, async (ctx, round, time) => {
+  const result = await runTicks(`writ ${mode}${rate === undefined ? "" : " (paced)"}`, ctxs, async (ctx, round, time) => {
     const when = new Date(1767322800000 + round * 60000);
     const r = row(ctx, round);
     await time(() => kit.call("Signal", ctx, "writeSignalData", r));
@@ -95,7 +126,7 @@ async function writ(env: TestEnv, mode: "submit" | "ack"): Promise<{ result: Res
     await time(() => kit.call("Recent", [...ctx, "", false], "writeRecentData", r, when));
     const back = await kit.call("Signal", ctx, "readSignalData");
     if (back?.priceOpen !== r.priceOpen) throw new Error(`${mode}: read ${JSON.stringify(back)} after writing round ${round}`);
-  });
+  }, rate);
   return { result, client };
 }
 
@@ -115,7 +146,7 @@ async function drain(redis: Redis, env: TestEnv): Promise<number> {
   return (performance.now() - t0) / 1000;
 }
 
-async function official(env: TestEnv): Promise<Result> {
+async function official(env: TestEnv, rate?: number): Promise<Result> {
   const conn = await mongoose.createConnection(env.mongoUri, { dbName: `${env.name}_official` }).asPromise();
   const redis = new Redis(env.redisUrl);
   const ts = { timestamps: { createdAt: "createDate", updatedAt: "updatedDate" } } as const;
@@ -128,8 +159,9 @@ async function official(env: TestEnv): Promise<Result> {
   await Partial.collection.createIndex({ symbol: 1, strategyName: 1, exchangeName: 1, signalId: 1 }, { unique: true });
   await Recent.collection.createIndex({ symbol: 1, strategyName: 1, exchangeName: 1, frameName: 1, backtest: 1 }, { unique: true });
   const upsert = { upsert: true, new: true } as const;
-  const ctxs = contexts("official-");
-  const result = await runTicks("official (mongoose + SET)", ctxs, async (ctx, round, time) => {
+  const ctxs = contexts(rate === undefined ? "official-" : "paced-official-");
+  const label = `official${rate === undefined ? "" : " (paced)"}`;
+  const result = await runTicks(label, ctxs, async (ctx, round, time) => {
     const [symbol, strategyName, exchangeName] = ctx;
     const when = 1767322800000 + round * 60000;
     const r = row(ctx, round);
@@ -149,7 +181,7 @@ async function official(env: TestEnv): Promise<Result> {
     });
     const back = JSON.parse((await redis.get(key)) ?? "null");
     if (back?.priceOpen !== r.priceOpen) throw new Error(`official: read ${JSON.stringify(back)} after round ${round}`);
-  });
+  }, rate);
   redis.disconnect();
   await conn.close();
   return result;
@@ -163,37 +195,60 @@ function line(r: Result): string {
   return `${r.name.padEnd(28)} ${p50.padStart(9)} ${p99.padStart(9)} ${tps.padStart(9)} ${String(r.writeMs.length).padStart(7)} ${drain.padStart(9)}`;
 }
 
+function table(title: string, results: Result[]): void {
+  console.log(`\n${title}\n${"run".padEnd(28)} ${"p50 ms".padStart(9)} ${"p99 ms".padStart(9)} ${"ticks/s".padStart(9)} ${"writes".padStart(7)} ${"drain".padStart(9)}`);
+  for (const r of results) console.log(line(r));
+  const off = results.find((r) => r.name.startsWith("official"));
+  if (!off) return;
+  for (const r of results.filter((x) => x !== off)) {
+    console.log(
+      `  ${r.name.padEnd(22)} / official: p50 x${(pct(r.writeMs, 50) / pct(off.writeMs, 50)).toFixed(3)}  ` +
+        `p99 x${(pct(r.writeMs, 99) / pct(off.writeMs, 99)).toFixed(3)}  ticks/s x${(r.ticks / r.seconds / (off.ticks / off.seconds)).toFixed(2)}`,
+    );
+  }
+}
+
 async function main(): Promise<void> {
   console.log(`bench: ${SYMBOLS} symbols x ${STRATEGIES} strategies, ${ROUNDS} rounds (${SYMBOLS * STRATEGIES * ROUNDS} ticks per run, 3 writes + 1 read each)`);
   const env = await TestEnv.start("bench");
   const redis = new Redis(env.redisUrl);
-  const results: Result[] = [];
+  const closed: Result[] = [];
+  const paced: Result[] = [];
+  let rate = 0;
   try {
     const submit = await writ(env, "submit");
     submit.result.drainSeconds = await drain(redis, env);
-    results.push(submit.result);
+    closed.push(submit.result);
     await submit.client.close();
     if (!ONLY_SUBMIT) {
       const ack = await writ(env, "ack");
-      results.push(ack.result);
+      closed.push(ack.result);
       await ack.client.close();
-      results.push(await official(env));
+      const off = await official(env);
+      closed.push(off);
+      if (PACE > 0 && PACED_ROUNDS > 0) {
+        rate = (PACE * off.ticks) / off.seconds;
+        paced.push(await official(env, rate));
+        const ps = await writ(env, "submit", rate);
+        ps.result.drainSeconds = await drain(redis, env);
+        paced.push(ps.result);
+        await ps.client.close();
+        const pa = await writ(env, "ack", rate);
+        paced.push(pa.result);
+        await pa.client.close();
+      }
+    }
+    if (STATS) {
+      const info = String(await redis.info("commandstats")).split("\n").filter((l) => l.startsWith("cmdstat_"));
+      console.log("\nredis commandstats (calls, usec per call):");
+      for (const l of info) console.log("  " + l.replace(/,rejected_calls=.*$/, "").trim());
     }
   } finally {
     redis.disconnect();
     await env.stop();
   }
-  console.log(`\n${"run".padEnd(28)} ${"p50 ms".padStart(9)} ${"p99 ms".padStart(9)} ${"ticks/s".padStart(9)} ${"writes".padStart(7)} ${"drain".padStart(9)}`);
-  for (const r of results) console.log(line(r));
-  const off = results[2];
-  if (!off) return;
-  console.log("\nwrit / official:");
-  for (const r of results.slice(0, 2)) {
-    console.log(
-      `  ${r.name.padEnd(12)} p50 x${(pct(r.writeMs, 50) / pct(off.writeMs, 50)).toFixed(3)}  ` +
-        `p99 x${(pct(r.writeMs, 99) / pct(off.writeMs, 99)).toFixed(3)}  ticks/s x${(r.ticks / r.seconds / (off.ticks / off.seconds)).toFixed(2)}`,
-    );
-  }
+  table("closed loop (every context ticks as fast as its calls return):", closed);
+  if (paced.length) table(`paced (open loop) at ${rate.toFixed(1)} ticks/s in total, ${PACED_ROUNDS} ticks per context:`, paced);
   console.log("\n(drain: time after the last submit-mode tick until the daemon had applied every write; SecantusDB serialises its writes)");
 }
 

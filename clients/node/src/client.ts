@@ -78,6 +78,8 @@ export interface ResolvedKey {
   partition: number;
   /** `${collection}\0${canonical}` */
   id: string;
+  /** The key as a BSON document, as entries carry it. */
+  keyBson: Buffer;
 }
 
 interface PendingWrite {
@@ -96,6 +98,12 @@ interface PendingWrite {
 type Hmget = [Buffer | null, Buffer | null, Buffer | null];
 
 const ACK_BLOCK_MS = 1000;
+/** Keys whose partition and BSON are remembered. */
+const KEY_MEMO_MAX = 20000;
+/** Entry field names and fixed values, encoded once. */
+const F = Object.fromEntries(
+  ["v", "1", "coll", "op", "enc", "bson", "key", "doc", "client", "req", "put", "remove"].map((x) => [x, Buffer.from(x)]),
+) as Record<string, Buffer>;
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** A Buffer view of BSON bytes (no copy). */
@@ -154,6 +162,11 @@ export class WritClient {
   private readonly pending = new Map<string, PendingWrite>();
   /** key id → this process's pending writes of that key, oldest first. */
   private readonly overlay = new Map<string, PendingWrite[]>();
+  /** key id → its partition and key BSON (see {@link resolveKey}). */
+  private readonly keyMemo = new Map<string, { partition: number; keyBson: Buffer }>();
+  /** Per partition: [stream, meta] key names; the group name and bound as sent. */
+  private partitionNames: [string, string][] = [];
+  private connected = false;
   private ackLoop: Promise<void> | undefined;
   private lastAckId = "0";
   private syncPromise: Promise<void> | undefined;
@@ -197,13 +210,25 @@ export class WritClient {
     const spec = this.spec(collection);
     const values = keyValues(spec, key);
     const canonical = canonicalOf(values);
-    return {
-      spec,
-      values,
-      canonical,
-      partition: partitionOf(spec.name, canonical, this.config.partitions),
-      id: `${spec.name}\0${canonical}`,
-    };
+    const id = `${spec.name}\0${canonical}`;
+    let memo = this.keyMemo.get(id);
+    if (!memo) {
+      // A live process writes the same few thousand keys over and over: the
+      // partition hash and the key's BSON are computed once per key (bounded).
+      if (this.keyMemo.size >= KEY_MEMO_MAX) this.keyMemo.clear();
+      memo = {
+        partition: partitionOf(spec.name, canonical, this.config.partitions),
+        keyBson: bsonBuffer(keyDocument(spec, values)),
+      };
+      this.keyMemo.set(id, memo);
+    }
+    return { spec, values, canonical, partition: memo.partition, id, keyBson: memo.keyBson };
+  }
+
+  private partitionKeys(p: number): [string, string] {
+    let n = this.partitionNames[p];
+    if (!n) n = this.partitionNames[p] = [this.names.stream(p), this.names.meta(p)];
+    return n;
   }
 
   /** Connects to Redis (once); fails with a {@link WritConnectionError} that names the URL. */
@@ -214,8 +239,10 @@ export class WritClient {
         try {
           if (this.redis.status === "wait") await this.redis.connect();
           await this.redis.ping();
+          this.connected = true;
         } catch (e) {
           this.readyPromise = undefined;
+          this.connected = false;
           throw new WritConnectionError(
             `cannot reach Redis at ${this.config.redisUrl}: ${errMessage(e)}. ` +
               `Check WRIT_REDIS_URL / redisUrl and that redis-server is running.`,
@@ -314,8 +341,8 @@ export class WritClient {
     } else if (fields !== undefined) {
       throw new WritKeyError(`a ${op} carries no document`);
     }
-    await this.ready();
-    await this.waitForRoom();
+    if (!this.connected) await this.ready();
+    if (this.pending.size >= this.config.maxPending) await this.waitForRoom();
     if (this.closed) throw new WritClosedError();
 
     const req = (++this.nextReq).toString(36);
@@ -325,24 +352,21 @@ export class WritClient {
     this.pending.set(req, w);
     this.startAckLoop();
 
-    const entry: (string | Buffer)[] = [
-      "v", "1",
-      "coll", k.spec.name,
-      "op", op,
-      "enc", "bson",
-      "key", bsonBuffer(keyDocument(k.spec, k.values)),
+    const [stream, meta] = this.partitionKeys(k.partition);
+    const args: (string | Buffer | number)[] = [
+      this.names.group, this.config.maxBacklog,
+      F.v, F["1"],
+      F.coll, k.spec.name,
+      F.op, op === "put" ? F.put : F.remove,
+      F.enc, F.bson,
+      F.key, k.keyBson,
     ];
-    if (docBytes) entry.push("doc", docBytes);
-    entry.push("client", this.config.clientId, "req", req);
+    if (docBytes) args.push(F.doc, docBytes);
+    args.push(F.client, this.config.clientId, F.req, req);
 
     let entryId: string;
     try {
-      const r = await this.evalScript(
-        this.admitSha,
-        ADMIT_LUA,
-        [this.names.stream(k.partition), this.names.meta(k.partition)],
-        [this.names.group, this.config.maxBacklog, ...entry],
-      );
+      const r = await this.evalScript(this.admitSha, ADMIT_LUA, [stream, meta], args);
       entryId = String(r);
     } catch (e) {
       this.forget(w);
@@ -629,7 +653,7 @@ export class WritClient {
   private async readRecords(keys: ResolvedKey[]): Promise<(StoredRecord | null)[]> {
     if (this.closed) throw new WritClosedError();
     if (!keys.length) return [];
-    await this.ready();
+    if (!this.connected) await this.ready();
     const snapshot = keys.map((k) => this.overlay.get(k.id)?.slice());
     const cached = await this.hmget(keys);
     const out: (StoredRecord | null)[] = new Array(keys.length).fill(null);

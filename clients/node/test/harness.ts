@@ -175,7 +175,7 @@ export class RedisServer {
       "--bind", "127.0.0.1",
       "--dir", dir,
       "--appendonly", "yes",
-      "--appendfsync", "always",
+      "--appendfsync", process.env.WRIT_TEST_REDIS_FSYNC ?? "always",
       "--save", "",
       "--daemonize", "no",
     ], log);
