@@ -1,8 +1,10 @@
-// Crash-restart: a child process writes through the adapters in submit mode
-// and is killed (SIGKILL) as soon as its writes returned; a new process must
-// read back exactly that state after waitForInit(true). Then the same with a
-// kill -9 of `writ serve` first: the new process's sync waits for the
-// restarted daemon to apply what the dead child left in the streams.
+// Crash-restart: a child process writes through the adapters and is killed
+// (SIGKILL) as soon as its writes returned; a new process must read back
+// exactly that state after waitForInit(true). In submit mode, then the same
+// with a kill -9 of `writ serve` first: the new process's sync waits for the
+// restarted daemon to apply what the dead child left in the streams. In ack
+// mode, the same twice, the second time with `writ serve` killed -9 after the
+// writes returned and still down while the new process reads.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -28,8 +30,8 @@ after(async () => {
 });
 
 /** Runs the child until it printed WROTE, then SIGKILLs it at once. */
-async function writeAndDie(tag: string, base: number): Promise<void> {
-  const child = spawn(process.execPath, [join(PACKAGE_ROOT, "build", "test", "crash-child.js"), tag, String(base)], {
+async function writeAndDie(tag: string, base: number, mode: "submit" | "ack" = "submit"): Promise<void> {
+  const child = spawn(process.execPath, [join(PACKAGE_ROOT, "build", "test", "crash-child.js"), tag, String(base), mode], {
     env: env.clientEnv(),
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -86,6 +88,23 @@ describe("crash-restart", () => {
       assert.equal(await mongo.db(env.name).collection("signal-items").countDocuments({ symbol: { $in: K2_SYMBOLS } }), 8);
     } finally {
       await mongo.close();
+    }
+  }));
+
+  test("ack mode: a writer killed right after its writes returned: a new process reads its state back", () => env.guard(async () => {
+    const base = Date.now();
+    await writeAndDie("k3", base, "ack");
+    await readBack("k3", base);
+  }));
+
+  test("ack mode, writ serve killed (-9) after the writes returned: a new process reads them while it is down", () => env.guard(async () => {
+    const base = Date.now();
+    await writeAndDie("k4", base, "ack");
+    await env.writ!.kill("SIGKILL");
+    try {
+      await readBack("k4", base);
+    } finally {
+      await env.writ!.restart();
     }
   }));
 });
