@@ -235,6 +235,14 @@ async fn admission_counts_once_while_no_daemon_reads() {
         "admission scanned the backlog {scans} times for {writes} writes on {} partitions",
         config.partitions
     );
+    // Nor does it count at all while its kept upper bound (an exact count
+    // plus the writes admitted since) is under max_backlog.
+    let counts = commandstat_calls(&info, "xinfo|stream");
+    assert!(
+        counts <= config.partitions as u64,
+        "admission counted the backlog {counts} times for {writes} writes on {} partitions",
+        config.partitions
+    );
     // And the count is still exact.
     let mut cm = redis::aio::ConnectionManager::new(
         redis::Client::open(env.config().redis_url.as_str()).unwrap(),
