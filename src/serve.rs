@@ -133,11 +133,15 @@ async fn housekeeping(config: Arc<Config>, mut conn: ConnectionManager, stop: Ca
                     {
                         Ok(Some(point)) => {
                             match crate::retention::trim(&mut conn, &stream, point).await {
-                                Ok(n) if n > 0 => tracing::debug!(
-                                    partition = p.partition,
-                                    trimmed = n,
-                                    "trimmed committed entries"
-                                ),
+                                Ok(n) if n > 0 => {
+                                    metrics::counter!("writ_stream_trimmed_entries_total")
+                                        .increment(n);
+                                    tracing::debug!(
+                                        partition = p.partition,
+                                        trimmed = n,
+                                        "trimmed committed entries"
+                                    )
+                                }
                                 Ok(_) => {}
                                 Err(e) => {
                                     tracing::warn!(partition = p.partition, error = %e, "trim failed")

@@ -62,6 +62,11 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "MongoDB apply errors, by error class.",
     ),
     (
+        "writ_stream_trimmed_entries_total",
+        "counter",
+        "Committed entries removed from partition streams by retention.",
+    ),
+    (
         "writ_lease_acquired_total",
         "counter",
         "Partition leases taken by this daemon.",
@@ -210,6 +215,7 @@ pub fn register(config: &crate::config::Config) {
         metrics::gauge!("writ_partition_owned", "partition" => p.clone()).set(0.0);
         metrics::gauge!("writ_inflight_entries", "partition" => p).set(0.0);
     }
+    metrics::counter!("writ_stream_trimmed_entries_total").absolute(0);
     metrics::gauge!("writ_partitions").set(f64::from(config.partitions));
     metrics::gauge!("writ_mongodb_concurrency_limit").set(config.max_concurrency.min(8) as f64);
     metrics::gauge!("writ_dead_letter_entries").set(0.0);

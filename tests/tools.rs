@@ -350,77 +350,175 @@ async fn backpressure_refuses_submits_over_the_backlog_bound() {
     daemon.stop().await;
 }
 
+/// Sum of a counter's samples in a /metrics text.
+fn counter_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn stream_lengths(
+    r: &mut redis::aio::MultiplexedConnection,
+    names: &writ::protocol::Names,
+    partitions: u32,
+) -> Vec<u64> {
+    let mut out = Vec::new();
+    for p in 0..partitions {
+        let l: u64 = redis::cmd("XLEN")
+            .arg(names.stream(p))
+            .query_async(r)
+            .await
+            .unwrap();
+        out.push(l);
+    }
+    out
+}
+
+/// Retention runs while entries are unapplied (MongoDB cut off) and trims
+/// the committed entries, never an unapplied one; once MongoDB is back every
+/// write is applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_trims_only_committed_entries() {
     let env = TestEnv::start("retention");
+    let (proxy, proxied) = support::proxy::in_front_of_mongo(&env.mongo_uri).await;
+    let port = support::free_port();
+    let daemon_lines = format!(
+        "retention_max_entries = 5\nstats_interval_ms = 200\nmetrics_listen = \"127.0.0.1:{port}\""
+    );
     let o = Overrides {
-        daemon: "retention_max_entries = 5\nstats_interval_ms = 200",
+        daemon: &daemon_lines,
+        mongo: "op_timeout_ms = 1000",
+        mongo_uri: Some(proxied),
         ..Default::default()
     };
     let config = env.config_with(&o);
+    let dir = tempfile::tempdir().unwrap();
+    let path = env.config_file_with(dir.path(), &o);
+    let _daemon = support::proc::DaemonProc::start(&path, dir.path(), "retention-d");
     let writ = Writ::connect(config.clone()).await.unwrap();
     let s = writ.collection("signal").unwrap();
-    // 30 writes while no daemon runs: all unapplied, none may be trimmed.
-    let mut tickets = Vec::new();
-    for i in 0..30i64 {
-        tickets.push(
-            s.submit(&key(&format!("T{}", i % 3)), &doc! {"i": i})
-                .await
-                .unwrap(),
-        );
-    }
     let names = writ::protocol::Names::new(&config.namespace);
     let mut r = env.redis().await;
-    let total = |mut r: redis::aio::MultiplexedConnection| {
-        let names = names.clone();
-        async move {
-            let mut n = 0u64;
-            for p in 0..4 {
-                let l: u64 = redis::cmd("XLEN")
-                    .arg(names.stream(p))
-                    .query_async(&mut r)
-                    .await
-                    .unwrap();
-                n += l;
-            }
-            n
-        }
+    let trimmed = || async {
+        let (_, body) = support::http_get(port, "/metrics")?;
+        Some(counter_sum(&body, "writ_stream_trimmed_entries_total"))
     };
-    assert_eq!(total(r.clone()).await, 30);
-    let daemon = Daemon::start(config.clone());
-    for t in tickets {
-        t.wait().await.unwrap();
+    // 30 committed writes: retention trims them to 5 per partition.
+    for i in 0..30i64 {
+        s.write(&key(&format!("T{}", i % 3)), &doc! {"i": i})
+            .await
+            .unwrap();
     }
-    // Committed now: trimmed down to at most 5 per partition.
     eventually(
         Duration::from_secs(20),
-        "streams trimmed to the retention bound",
+        "committed entries trimmed to 5 per partition",
         || {
-            let r = r.clone();
+            let mut r = r.clone();
             let names = names.clone();
             async move {
-                let mut r = r;
-                let mut ok = true;
-                for p in 0..4 {
-                    let l: u64 = redis::cmd("XLEN")
-                        .arg(names.stream(p))
-                        .query_async(&mut r)
-                        .await
-                        .unwrap();
-                    ok &= l <= 5;
-                }
-                ok.then_some(())
+                let ls = stream_lengths(&mut r, &names, 4).await;
+                ls.iter().all(|l| *l <= 5).then_some(())
             }
         },
     )
     .await;
-    for k in 0..3i64 {
-        assert_eq!(
-            s.read(&key(&format!("T{k}"))).await.unwrap(),
-            Some(doc! {"i": 27 + k})
+    // MongoDB cut off: 40 writes stay unapplied (each key's stream grows).
+    proxy.cut();
+    let before = stream_lengths(&mut r, &names, 4).await;
+    let mut tickets = Vec::new();
+    for i in 0..40i64 {
+        tickets.push(
+            s.submit(&key(&format!("U{}", i % 4)), &doc! {"i": i})
+                .await
+                .unwrap(),
         );
     }
-    let _: () = redis::cmd("PING").query_async(&mut r).await.unwrap();
+    let with_unapplied = stream_lengths(&mut r, &names, 4).await;
+    let added: u64 = with_unapplied.iter().sum::<u64>() - before.iter().sum::<u64>();
+    assert_eq!(added, 40);
+    // Retention runs meanwhile: the committed entries left over are trimmed
+    // (the counter moves), the unapplied ones are all still there.
+    let t0 = trimmed().await.expect("metrics");
+    let t1 = eventually(
+        Duration::from_secs(20),
+        "retention to trim committed entries while 40 are unapplied",
+        || async move {
+            let t = trimmed().await?;
+            (t > t0).then_some(t)
+        },
+    )
+    .await;
+    assert!(t1 > t0);
+    let during = stream_lengths(&mut r, &names, 4).await;
+    for p in 0..4 {
+        let unapplied = with_unapplied[p] - before[p];
+        assert!(
+            during[p] >= unapplied,
+            "partition {p}: {} entries left while {unapplied} were unapplied (trimmed an unapplied entry)",
+            during[p]
+        );
+    }
+    // MongoDB back: every write applied, the last value of each key read back.
+    proxy.heal();
+    for t in tickets {
+        t.wait().await.unwrap();
+    }
+    for k in 0..4i64 {
+        assert_eq!(
+            s.read(&key(&format!("U{k}"))).await.unwrap(),
+            Some(doc! {"i": 36 + k})
+        );
+    }
+}
+
+/// Retention by age: committed entries older than `retention_max_age_secs`
+/// go even when the count bound is far away (the entry at the committed
+/// watermark stays).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_trims_committed_entries_by_age() {
+    let env = TestEnv::start("retention_age");
+    let o = Overrides {
+        daemon:
+            "retention_max_age_secs = 3\nretention_max_entries = 1000000\nstats_interval_ms = 200",
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let daemon = Daemon::start(config.clone());
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    for i in 0..20i64 {
+        s.write(&key(&format!("A{}", i % 5)), &doc! {"i": i})
+            .await
+            .unwrap();
+    }
+    let names = writ::protocol::Names::new(&config.namespace);
+    let mut r = env.redis().await;
+    let full = stream_lengths(&mut r, &names, 4).await;
+    assert_eq!(
+        full.iter().sum::<u64>(),
+        20,
+        "nothing trimmed right after the writes"
+    );
+    eventually(
+        Duration::from_secs(20),
+        "entries older than 3 s trimmed",
+        || {
+            let mut r = r.clone();
+            let names = names.clone();
+            async move {
+                let ls = stream_lengths(&mut r, &names, 4).await;
+                ls.iter().all(|l| *l <= 1).then_some(())
+            }
+        },
+    )
+    .await;
+    for k in 0..5i64 {
+        assert_eq!(
+            s.read(&key(&format!("A{k}"))).await.unwrap(),
+            Some(doc! {"i": 15 + k})
+        );
+    }
     daemon.stop().await;
 }
 

@@ -172,9 +172,16 @@ impl Load {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let drained = started.elapsed();
+        let mut stored_of: HashMap<String, (Version, i64)> = HashMap::new();
         for (name, (version, value)) in &accepted {
             let d = coll.find_one(key(name)).await.unwrap().unwrap();
             let stored = doc_version(&d).unwrap();
+            let stored_value = d
+                .get_document("payload")
+                .ok()
+                .and_then(|p| p.get_i64("value").ok())
+                .unwrap_or(i64::MIN);
+            stored_of.insert(name.clone(), (stored, stored_value));
             if stored == *version {
                 assert_eq!(
                     d.get_document("payload").unwrap().get_i64("value").unwrap(),
@@ -193,16 +200,30 @@ impl Load {
         }
         let bad = self.history.regressions();
         assert!(bad.is_empty(), "version regressions: {bad:?}");
-        // Every acked write is at or below what MongoDB holds for its key.
+        // Every acked write is at or below what MongoDB holds for its key
+        // (compared with MongoDB, not with what the writers sent), and an
+        // acked write that is the stored version has the stored value.
         for e in self.history.events() {
             if let Event::Acked {
-                key: name, version, ..
+                key: name,
+                version,
+                value,
+                ..
             } = e
             {
+                let (stored, stored_value) = stored_of.get(&name).copied().unwrap_or_else(|| {
+                    panic!("acked {version} of {name}: mongodb holds no such key")
+                });
                 assert!(
-                    accepted[&name].0 >= version,
-                    "acked {version} of {name} lost"
+                    stored >= version,
+                    "acked {version} of {name} lost: mongodb holds {stored}"
                 );
+                if stored == version {
+                    assert_eq!(
+                        stored_value, value,
+                        "acked {version} of {name}: mongodb holds another value"
+                    );
+                }
             }
         }
         drained
