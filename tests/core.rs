@@ -104,11 +104,14 @@ async fn concurrent_clients_never_read_backwards_and_last_write_wins() {
                     key: key.clone(),
                     version: own,
                     value,
+                    at: std::time::Instant::now(),
                 });
                 for probe in [key, &keys[(i as usize * 3 + client) % keys.len()]] {
+                    let started = std::time::Instant::now();
                     let r = c.read_record(&sig(probe)).await.unwrap();
                     history.push(Event::Read {
                         client,
+                        at: started,
                         key: probe.clone(),
                         version: r.as_ref().map(|r| r.version),
                         value: r

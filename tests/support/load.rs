@@ -85,6 +85,7 @@ impl Load {
                                         key: name.clone(),
                                         version: own,
                                         value,
+                                        at: std::time::Instant::now(),
                                     });
                                 }
                                 Err(_) => {
@@ -93,9 +94,11 @@ impl Load {
                                     continue;
                                 }
                             }
+                            let started = std::time::Instant::now();
                             if let Ok(r) = c.read_record(&key(&name)).await {
                                 history.push(Event::Read {
                                     client: w,
+                                    at: started,
                                     key: name.clone(),
                                     version: r.as_ref().map(|r| r.version),
                                     value: r
