@@ -144,3 +144,52 @@ async fn each_write_of_a_bulk_gets_its_own_outcome() {
     assert_eq!(s.read(&key(poison)).await.unwrap(), None);
     daemon.stop().await;
 }
+
+/// Post-images and read-many look keys up with one `$in` per key field. When
+/// their cross product is large the query is limited; if a dense collection
+/// fills the limit, the keys it did not return are looked up exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_many_keys_survives_a_dense_cross_product() {
+    let env = TestEnv::start("find_many_dense");
+    let config = env.config();
+    let store = writ::apply::Store::connect(&config).await.unwrap();
+    let coll = env.mongo_db().await.collection::<Document>("measure");
+    // A 30 x 30 grid of documents: every combination of bucket and entryKey.
+    let grid: Vec<Document> = (0..30)
+        .flat_map(|i| (0..30).map(move |j| doc! {"bucket": format!("b{i}"), "entryKey": format!("e{j}"), "n": i * 100 + j}))
+        .collect();
+    coll.insert_many(grid).await.unwrap();
+    let cc = config.collection("measure").unwrap();
+    let key = |i: i32, j: i32| {
+        writ::protocol::Key::from_document(
+            &doc! {"bucket": format!("b{i}"), "entryKey": format!("e{j}")},
+            cc,
+        )
+        .unwrap()
+    };
+    // The diagonal: 30 keys, a cross product of 900 (over the limit of 184).
+    let diagonal: Vec<_> = (0..30).map(|i| key(i, i)).collect();
+    assert!(matches!(
+        writ::apply::keys_query(&diagonal),
+        writ::apply::KeysQuery::Bounded { .. }
+    ));
+    let found = store.find_many("measure", &diagonal).await.unwrap();
+    let ns: std::collections::BTreeSet<i32> =
+        found.iter().map(|d| d.get_i32("n").unwrap()).collect();
+    for i in 0..30 {
+        assert!(
+            ns.contains(&(i * 101)),
+            "key ({i}, {i}) not found among {} documents",
+            found.len()
+        );
+    }
+    assert!(
+        found.len() <= 184 + 30,
+        "fetched {} documents for 30 keys",
+        found.len()
+    );
+    // A sparse product (one row): no fallback needed, exactly the row.
+    let row: Vec<_> = (0..30).map(|j| key(7, j)).collect();
+    let found = store.find_many("measure", &row).await.unwrap();
+    assert_eq!(found.len(), 30);
+}

@@ -16,5 +16,6 @@ pub use bulk::{BulkItem, BulkOutcome};
 pub use limit::{Limiter, Permit, Signal};
 
 pub use store::{
-    doc_version, is_live, Applied, Store, DOC_PAYLOAD, DOC_REMOVED, DOC_WRIT, KEY_INDEX,
+    doc_version, exact_filter, is_live, keys_query, Applied, KeysQuery, Store, DOC_PAYLOAD,
+    DOC_REMOVED, DOC_WRIT, KEY_INDEX,
 };
