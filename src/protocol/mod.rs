@@ -11,7 +11,7 @@ mod names;
 mod reject;
 mod version;
 
-pub use key::{fnv1a64, partition_of, Key, KeyValue};
+pub use key::{fnv1a64, partition_of, Key, KeyTooLarge, KeyValue, MAX_KEY_BYTES};
 pub use names::Names;
 pub use reject::{Reject, RejectReason};
 pub use version::Version;
