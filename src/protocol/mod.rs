@@ -418,6 +418,27 @@ key = ["k"]
         .collect()
     }
 
+    /// Regression (found by tests/protocol_props.rs): serde_json without
+    /// `float_roundtrip` parsed `8999999999999999.0` as 8999999999999998, so a
+    /// JSON key with an integral double landed on another key, and payload
+    /// doubles were stored one ULP off.
+    #[test]
+    fn json_doubles_are_parsed_exactly_in_keys_and_payloads() {
+        let config = Config::from_toml(CONFIG).unwrap();
+        for (text, want) in [
+            ("8999999999999999.0", 8_999_999_999_999_999_i64),
+            ("-1876609461555241.0", -1_876_609_461_555_241),
+            ("7205763906811972.0", 7_205_763_906_811_972),
+        ] {
+            let mut e = entry(r#"{"p": -1876609461555241.0}"#);
+            e[4].1 = format!(r#"{{"k":{text}}}"#).into_bytes();
+            let w = decode(&e, &config, Some(0)).unwrap_or_else(|r| panic!("{text}: {r}"));
+            assert_eq!(w.key.values().collect::<Vec<_>>(), [&KeyValue::Int(want)], "{text}");
+            let p = w.doc.unwrap().get_f64("p").unwrap();
+            assert_eq!(p, -1_876_609_461_555_241.0);
+        }
+    }
+
     #[test]
     fn a_document_bson_cannot_encode_is_a_payload_fault_not_too_large() {
         let config = Config::from_toml(CONFIG).unwrap();
