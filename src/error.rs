@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::protocol::Reject;
+use crate::protocol::{KeyTooLarge, Reject};
 
 /// Whether an operation that failed with an error may succeed if tried again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +36,12 @@ pub enum Error {
     /// A write was refused before or after it reached the stream.
     #[error("{0}")]
     Rejected(#[from] Reject),
+
+    /// A key's canonical form is over the limit (`protocol::MAX_KEY_BYTES`);
+    /// the client refuses it before the stream. Names the collection, the
+    /// size and the limit.
+    #[error("{0}")]
+    KeyTooLarge(#[from] KeyTooLarge),
 
     /// Redis failed.
     #[error("redis: {0}")]
@@ -120,6 +126,7 @@ impl Error {
             | Error::Connect { .. } => RetryClass::Transient,
             Error::Config(_)
             | Error::Rejected(_)
+            | Error::KeyTooLarge(_)
             | Error::DeadLettered { .. }
             | Error::Shutdown
             | Error::Encode(_) => RetryClass::Permanent,
@@ -133,7 +140,7 @@ impl Error {
             Error::Mongo(_) | Error::MissingPostImage { .. } => "mongodb",
             Error::Timeout { .. } => "timeout",
             Error::Backpressure { .. } => "backpressure",
-            Error::Rejected(_) => "rejected",
+            Error::Rejected(_) | Error::KeyTooLarge(_) => "rejected",
             Error::DeadLettered { .. } => "dead_lettered",
             Error::Config(_) => "config",
             Error::Shutdown => "shutdown",

@@ -481,3 +481,58 @@ async fn client_refuses_bad_writes_before_the_stream() {
         assert_eq!(len, 0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_refuses_a_key_over_the_size_limit_before_the_stream() {
+    let env = TestEnv::start("client_key_limit");
+    let writ = Writ::connect(env.config()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    // `["<symbol>","trend","binance"]` is the symbol plus 22 bytes.
+    let limit = writ::protocol::MAX_KEY_BYTES;
+    let over = sig(&"S".repeat(limit - 22 + 1));
+    let err = s.submit(&over, &doc! {"a": 1}).await.unwrap_err();
+    match &err {
+        Error::KeyTooLarge(e) => {
+            assert_eq!(e.collection, "signal");
+            assert_eq!(e.bytes, limit + 1);
+            assert_eq!(e.limit, limit);
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    assert_eq!(err.retry_class(), writ::RetryClass::Permanent);
+    let text = err.to_string();
+    assert!(
+        text.contains("\"signal\"")
+            && text.contains("1025 bytes")
+            && text.contains("limit of 1024"),
+        "{text}"
+    );
+    // Every other op and a read refuse it the same way.
+    assert!(matches!(s.remove(&over).await, Err(Error::KeyTooLarge(_))));
+    assert!(matches!(s.delete(&over).await, Err(Error::KeyTooLarge(_))));
+    assert!(matches!(s.read(&over).await, Err(Error::KeyTooLarge(_))));
+    // Nothing reached any stream; a key at the limit does.
+    let config = env.config();
+    let names = Names::new(&config.namespace);
+    let mut r = env.redis().await;
+    let mut total = 0;
+    for p in 0..config.partitions {
+        let len: i64 = redis::cmd("XLEN")
+            .arg(names.stream(p))
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        total += len;
+    }
+    assert_eq!(total, 0);
+    let at_limit = sig(&"S".repeat(limit - 22));
+    s.submit(&at_limit, &doc! {"a": 1}).await.unwrap();
+    let key = Key::from_document(&at_limit, config.collection("signal").unwrap()).unwrap();
+    assert_eq!(key.canonical().len(), limit);
+    let len: i64 = redis::cmd("XLEN")
+        .arg(names.stream(key.partition("signal", config.partitions)))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(len, 1);
+}

@@ -329,3 +329,78 @@ async fn bad_entries_are_dead_lettered_while_good_ones_commit() {
     .await;
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_over_the_size_limit_is_dead_lettered_and_the_next_write_applies() {
+    let env = TestEnv::start("key_limit");
+    let daemon = Daemon::start(env.config());
+    let ns = env.name.clone();
+    let mut r = env.redis().await;
+    // An `entryKey` of `len` bytes whose key of "measure" hashes to partition 0;
+    // its canonical key `["b","<entryKey>"]` is `len + 8` bytes.
+    let entry_key = |tag: &str, len: usize| -> String {
+        (0..1000)
+            .map(|i| {
+                let head = format!("{tag}{i}-");
+                format!("{head}{}", "k".repeat(len - head.len()))
+            })
+            .find(|s| partition("measure", &format!(r#"["b","{s}"]"#), 4) == 0)
+            .unwrap()
+    };
+    let over = entry_key("over", 1024 - 8 + 1);
+    let at_limit = entry_key("at", 1024 - 8);
+    let next = entry_key("next", 8);
+    let stream = format!("{ns}:{{p0}}:in");
+    let mut ids = Vec::new();
+    for (req, s) in [("r-over", &over), ("r-at", &at_limit), ("r-next", &next)] {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&stream).arg("*");
+        cmd.arg("v").arg("1").arg("coll").arg("measure");
+        cmd.arg("op").arg("put").arg("enc").arg("json");
+        cmd.arg("key")
+            .arg(format!(r#"{{"bucket":"b","entryKey":"{s}"}}"#));
+        cmd.arg("doc").arg(format!(r#"{{"req":"{req}"}}"#));
+        cmd.arg("client").arg("limit-1").arg("req").arg(req);
+        let id: String = cmd.query_async(&mut r).await.unwrap();
+        ids.push(id);
+    }
+    // Every write is acked: the oversized one as dead-lettered, the others applied.
+    let acks = format!("{ns}:ack:limit-1");
+    let acks = eventually(Duration::from_secs(60), "three acks", || {
+        let (mut r, acks) = (r.clone(), acks.clone());
+        async move {
+            let a = xrange(&mut r, &acks).await;
+            (a.len() >= 3).then_some(a)
+        }
+    })
+    .await;
+    let outcome = |req: &str| -> String {
+        let (_, a) = acks
+            .iter()
+            .find(|(_, a)| a["req"] == req.as_bytes())
+            .unwrap();
+        String::from_utf8(a["outcome"].clone()).unwrap()
+    };
+    assert_eq!(outcome("r-over"), "dead_lettered");
+    assert_eq!(outcome("r-at"), "applied");
+    assert_eq!(outcome("r-next"), "applied");
+    // The dead letter says why, with the size and the limit.
+    let parked = xrange(&mut r, &format!("{ns}:dlq")).await;
+    assert_eq!(parked.len(), 1);
+    let letter = &parked[0].1;
+    assert_eq!(letter["dlq.id"], ids[0].as_bytes());
+    assert_eq!(letter["dlq.reason"], b"key_field");
+    let detail = String::from_utf8_lossy(&letter["dlq.detail"]).to_string();
+    assert!(detail.contains("1025 bytes"), "{detail}");
+    assert!(detail.contains("limit of 1024 bytes"), "{detail}");
+    // MongoDB holds the two good writes and not the oversized one.
+    let coll = env.mongo_db().await.collection::<Document>("measure");
+    for (s, want) in [(&at_limit, true), (&next, true), (&over, false)] {
+        let d = coll
+            .find_one(doc! {"bucket": "b", "entryKey": s})
+            .await
+            .unwrap();
+        assert_eq!(d.is_some(), want, "{}...", &s[..6]);
+    }
+    daemon.stop().await;
+}

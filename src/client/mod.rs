@@ -159,8 +159,12 @@ impl Collection {
         &self.writ.inner
     }
 
+    /// Checks a key: its fields ([`Error::Rejected`], `key_field`) and the
+    /// size of its canonical form ([`Error::KeyTooLarge`]).
     fn key(&self, key: &Document) -> Result<Key> {
-        Ok(Key::from_document(key, &self.coll)?)
+        let key = Key::from_document_any_size(key, &self.coll)?;
+        key.check_size(&self.coll.name)?;
+        Ok(key)
     }
 
     /// Appends a `put` to the stream; returns once Redis accepted it.

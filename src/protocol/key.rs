@@ -7,11 +7,42 @@
 //! key order, e.g. `["BTCUSDT","trend",1700000000000]` or `[true,"sig-1"]`;
 //! the partition is
 //! `fnv1a64(collection ++ 0x00 ++ canonical) mod partitions`.
+//!
+//! A canonical key is at most [`MAX_KEY_BYTES`] bytes: it becomes part of a
+//! Redis key name and of every document and dead letter of the key.
 
 use mongodb::bson::{Bson, Document};
 
 use super::{Reject, RejectReason};
 use crate::config::CollectionConfig;
+
+/// The most bytes (UTF-8, escapes included) a canonical key may have.
+///
+/// docs/protocol.md §1 says why: real keys are far shorter, and the canonical
+/// key is part of a Redis key name, of the MongoDB document and its unique
+/// index entry, and of every dead letter.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// A key whose canonical form is over [`MAX_KEY_BYTES`]. Never retryable:
+/// the same key is refused every time. The daemon dead-letters such an entry
+/// with reason `key_field`; the Rust client refuses it before the stream
+/// ([`crate::Error::KeyTooLarge`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the canonical key of {collection:?} is {bytes} bytes, over the limit of {limit} bytes (docs/protocol.md §1); use shorter key values")]
+pub struct KeyTooLarge {
+    /// The collection.
+    pub collection: String,
+    /// The canonical key's length in bytes.
+    pub bytes: usize,
+    /// The limit, [`MAX_KEY_BYTES`].
+    pub limit: usize,
+}
+
+impl From<KeyTooLarge> for Reject {
+    fn from(e: KeyTooLarge) -> Reject {
+        Reject::new(RejectReason::KeyField, e.to_string())
+    }
+}
 
 /// One key field's value.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -22,6 +53,17 @@ pub enum KeyValue {
     Int(i64),
     /// A boolean (`backtest`).
     Bool(bool),
+}
+
+/// A key value serialises as its JSON scalar: a string, an integer or a boolean.
+impl serde::Serialize for KeyValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            KeyValue::Str(v) => s.serialize_str(v),
+            KeyValue::Int(v) => s.serialize_i64(*v),
+            KeyValue::Bool(v) => s.serialize_bool(*v),
+        }
+    }
 }
 
 impl KeyValue {
@@ -42,8 +84,20 @@ pub struct Key {
 
 impl Key {
     /// Builds a key from a document that must hold exactly the collection's key
-    /// fields (in any order), each a string, an integer or a boolean.
+    /// fields (in any order), each a string, an integer or a boolean, with a
+    /// canonical form of at most [`MAX_KEY_BYTES`].
     pub fn from_document(doc: &Document, coll: &CollectionConfig) -> Result<Key, Reject> {
+        let key = Key::from_document_any_size(doc, coll)?;
+        key.check_size(&coll.name)?;
+        Ok(key)
+    }
+
+    /// [`Key::from_document`] without the size limit, for a caller that runs
+    /// [`Key::check_size`] itself to report it as its own error.
+    pub(crate) fn from_document_any_size(
+        doc: &Document,
+        coll: &CollectionConfig,
+    ) -> Result<Key, Reject> {
         let mut fields = Vec::with_capacity(coll.key.len());
         for name in &coll.key {
             let value = match doc.get(name) {
@@ -94,17 +148,42 @@ impl Key {
 
     /// Canonical text: compact JSON array of the values in key order.
     pub fn canonical(&self) -> String {
-        let arr: Vec<serde_json::Value> = self
-            .fields
-            .iter()
-            .map(|(_, v)| match v {
-                KeyValue::Str(s) => serde_json::Value::String(s.clone()),
-                KeyValue::Int(i) => serde_json::Value::from(*i),
-                KeyValue::Bool(b) => serde_json::Value::Bool(*b),
-            })
-            .collect();
-        serde_json::to_string(&arr)
+        let values: Vec<&KeyValue> = self.values().collect();
+        serde_json::to_string(&values)
             .expect("a JSON array of strings, integers and booleans always serialises")
+    }
+
+    /// The length in bytes of [`Key::canonical`], without building it.
+    pub fn canonical_len(&self) -> usize {
+        struct Count(usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0 += buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut n = Count(0);
+        let values: Vec<&KeyValue> = self.values().collect();
+        serde_json::to_writer(&mut n, &values)
+            .expect("a JSON array of strings, integers and booleans always serialises");
+        n.0
+    }
+
+    /// Refuses a key of `collection` whose canonical form is over
+    /// [`MAX_KEY_BYTES`].
+    pub fn check_size(&self, collection: &str) -> Result<(), KeyTooLarge> {
+        let bytes = self.canonical_len();
+        if bytes > MAX_KEY_BYTES {
+            return Err(KeyTooLarge {
+                collection: collection.to_string(),
+                bytes,
+                limit: MAX_KEY_BYTES,
+            });
+        }
+        Ok(())
     }
 
     /// The partition this key of `collection` belongs to.
@@ -176,6 +255,38 @@ mod tests {
         let k = Key::from_document(&doc! {"ts": 5_i32, "symbol": true}, &coll()).unwrap();
         assert_eq!(k.canonical(), "[true,5]");
         assert_eq!(k.to_document(), doc! {"symbol": true, "ts": 5_i64});
+    }
+
+    #[test]
+    fn the_canonical_key_may_be_at_most_the_limit_in_bytes_escapes_included() {
+        let c = coll();
+        // `["<s>",5]` is the string plus 6 bytes.
+        let at_limit = "x".repeat(MAX_KEY_BYTES - 6);
+        let k = Key::from_document(&doc! {"symbol": &at_limit, "ts": 5}, &c).unwrap();
+        assert_eq!(k.canonical().len(), MAX_KEY_BYTES);
+        assert_eq!(k.canonical_len(), MAX_KEY_BYTES);
+        // UTF-8 bytes count, not characters: 509 two-byte characters fit.
+        let wide = "é".repeat((MAX_KEY_BYTES - 6) / 2);
+        assert!(Key::from_document(&doc! {"symbol": &wide, "ts": 5}, &c).is_ok());
+        let over = format!("{at_limit}x");
+        let e = Key::from_document(&doc! {"symbol": &over, "ts": 5}, &c).unwrap_err();
+        assert_eq!(e.reason, RejectReason::KeyField);
+        assert!(e.detail.contains("\"signal\""), "{e}");
+        assert!(e.detail.contains("1025 bytes"), "{e}");
+        assert!(e.detail.contains("limit of 1024 bytes"), "{e}");
+        // 170 control characters are 170 bytes of text but 1020 escaped.
+        let controls = "\u{1}".repeat(170);
+        let e = Key::from_document(&doc! {"symbol": &controls, "ts": 5}, &c).unwrap_err();
+        assert!(e.detail.contains("1026 bytes"), "{e}");
+        let any = Key::from_document_any_size(&doc! {"symbol": &over, "ts": 5}, &c).unwrap();
+        assert_eq!(
+            any.check_size("signal"),
+            Err(KeyTooLarge {
+                collection: "signal".into(),
+                bytes: MAX_KEY_BYTES + 1,
+                limit: MAX_KEY_BYTES
+            })
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ mod names;
 mod reject;
 mod version;
 
-pub use key::{fnv1a64, partition_of, Key, KeyValue};
+pub use key::{fnv1a64, partition_of, Key, KeyTooLarge, KeyValue, MAX_KEY_BYTES};
 pub use names::Names;
 pub use reject::{Reject, RejectReason};
 pub use version::Version;
@@ -317,16 +317,18 @@ fn decode_document(raw: &[u8], enc: Encoding, what: &str) -> Result<Document, Re
         RejectReason::Payload
     };
     match enc {
-        Encoding::Bson => {
-            if raw.first().is_some_and(|b| *b == b'{') {
-                return Err(Reject::new(
+        // A BSON document starts with its length, so its first byte can be
+        // `{` too (123 bytes long, 379, ...): only a failed parse is JSON text.
+        Encoding::Bson => Document::from_reader(raw).map_err(|e| {
+            if raw.first() == Some(&b'{') {
+                Reject::new(
                     reason,
                     format!("{what:?} is declared bson but looks like JSON text; set enc=json"),
-                ));
+                )
+            } else {
+                Reject::new(reason, format!("{what:?} is not a BSON document: {e}"))
             }
-            Document::from_reader(raw)
-                .map_err(|e| Reject::new(reason, format!("{what:?} is not a BSON document: {e}")))
-        }
+        }),
         Encoding::Json => {
             let text = std::str::from_utf8(raw).map_err(|_| {
                 Reject::new(reason, format!("{what:?} is declared json but is not UTF-8 text (BSON bytes? set enc=bson)"))
@@ -416,6 +418,68 @@ key = ["k"]
         .iter()
         .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
         .collect()
+    }
+
+    /// Regression (found by tests/protocol_props.rs): serde_json without
+    /// `float_roundtrip` parsed `8999999999999999.0` as 8999999999999998, so a
+    /// JSON key with an integral double landed on another key, and payload
+    /// doubles were stored one ULP off.
+    #[test]
+    fn json_doubles_are_parsed_exactly_in_keys_and_payloads() {
+        let config = Config::from_toml(CONFIG).unwrap();
+        for (text, want) in [
+            ("8999999999999999.0", 8_999_999_999_999_999_i64),
+            ("-1876609461555241.0", -1_876_609_461_555_241),
+            ("7205763906811972.0", 7_205_763_906_811_972),
+        ] {
+            let mut e = entry(r#"{"p": -1876609461555241.0}"#);
+            e[4].1 = format!(r#"{{"k":{text}}}"#).into_bytes();
+            let w = decode(&e, &config, Some(0)).unwrap_or_else(|r| panic!("{text}: {r}"));
+            assert_eq!(
+                w.key.values().collect::<Vec<_>>(),
+                [&KeyValue::Int(want)],
+                "{text}"
+            );
+            let p = w.doc.unwrap().get_f64("p").unwrap();
+            assert_eq!(p, -1_876_609_461_555_241.0);
+        }
+    }
+
+    /// Regression (found by tests/protocol_props.rs): a BSON document is
+    /// length-prefixed, so one of 123 bytes (or 379, 635, ...) starts with
+    /// `{`; it was refused as "looks like JSON text", key or payload.
+    #[test]
+    fn a_bson_document_whose_first_byte_is_a_brace_is_bson() {
+        let config = Config::from_toml(CONFIG).unwrap();
+        let sized = |doc: Document, len: usize| {
+            let pad = len - bson::to_vec(&doc).unwrap().len();
+            let mut d = doc;
+            // A string field adds 8 bytes plus its text.
+            d.insert("p", "x".repeat(pad - 8));
+            let bytes = bson::to_vec(&d).unwrap();
+            assert_eq!((bytes.len(), bytes[0]), (len, b'{'));
+            bytes
+        };
+        for len in [123, 379] {
+            let mut e = entry("{}");
+            e[3].1 = b"bson".to_vec();
+            e[5].1 = sized(Document::new(), len);
+            let key = sized(mongodb::bson::doc! {"k": "a"}, len);
+            e[4].1 = bson::to_vec(&mongodb::bson::doc! {"k": "a"}).unwrap();
+            let w = decode(&e, &config, Some(0)).unwrap_or_else(|r| panic!("doc of {len}: {r}"));
+            assert_eq!(w.doc.unwrap().get_str("p").unwrap().len(), len - 5 - 8);
+            // The key too (an extra field, so refused, but for that reason).
+            e[4].1 = key;
+            let r = decode(&e, &config, Some(0)).unwrap_err();
+            assert!(r.detail.contains("extra field \"p\""), "key of {len}: {r}");
+        }
+        // JSON text declared bson still gets the hint.
+        let mut e = entry(r#"{"a":1}"#);
+        e[3].1 = b"bson".to_vec();
+        e[4].1 = bson::to_vec(&mongodb::bson::doc! {"k": "a"}).unwrap();
+        let r = decode(&e, &config, Some(0)).unwrap_err();
+        assert_eq!(r.reason, RejectReason::Payload);
+        assert!(r.detail.contains("looks like JSON text"), "{r}");
     }
 
     #[test]

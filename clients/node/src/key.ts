@@ -4,7 +4,8 @@
  * A key is an object holding exactly a collection's declared key fields; each
  * value is a string, a safe integer or a boolean. Its canonical form is
  * `JSON.stringify` of the values in declared order, which is byte-identical to
- * what serde_json writes on the daemon side.
+ * what serde_json writes on the daemon side. A canonical key is at most
+ * {@link MAX_KEY_BYTES} bytes of UTF-8.
  */
 import { Long } from "bson";
 import { WritKeyError } from "./errors.js";
@@ -24,6 +25,12 @@ export interface CollectionSpec {
   mode?: WriteMode;
   layout?: Layout;
 }
+
+/**
+ * The most bytes (UTF-8, escapes included) a canonical key may have; the
+ * daemon dead-letters a longer one (docs/protocol.md §1).
+ */
+export const MAX_KEY_BYTES = 1024;
 
 const INT32_MIN = -2147483648;
 const INT32_MAX = 2147483647;
@@ -72,9 +79,27 @@ function checkValue(coll: string, field: string, value: unknown): KeyValue {
   }
 }
 
+/** Throws {@link WritKeyError} if the canonical key of `values` is over {@link MAX_KEY_BYTES}. */
+function checkSize(coll: string, values: readonly KeyValue[]): void {
+  // A cheap bound first, so ordinary keys are never serialised twice: one
+  // UTF-16 unit is at most 6 bytes of JSON (`\u001f`), a safe integer or a
+  // boolean at most 17 characters; then quotes, commas and brackets.
+  let bound = 2 + values.length;
+  for (const v of values) bound += typeof v === "string" ? 2 + 6 * v.length : 17;
+  if (bound <= MAX_KEY_BYTES) return;
+  const bytes = Buffer.byteLength(canonicalOf(values), "utf8");
+  if (bytes > MAX_KEY_BYTES) {
+    throw new WritKeyError(
+      `the canonical key of ${coll} is ${bytes} bytes, over the limit of ${MAX_KEY_BYTES} bytes ` +
+        `(docs/protocol.md §1); use shorter key values`,
+    );
+  }
+}
+
 /**
  * Checks a key against the collection's declared fields and returns its values
- * in declared order. Throws {@link WritKeyError} on a missing, extra or ill-typed field.
+ * in declared order. Throws {@link WritKeyError} on a missing, extra or
+ * ill-typed field, or when the canonical key is over {@link MAX_KEY_BYTES}.
  */
 export function keyValues(spec: CollectionSpec, key: Record<string, unknown>): KeyValue[] {
   if (key === null || typeof key !== "object" || Array.isArray(key)) {
@@ -88,12 +113,14 @@ export function keyValues(spec: CollectionSpec, key: Record<string, unknown>): K
       );
     }
   }
-  return spec.key.map((f) => {
+  const values = spec.key.map((f) => {
     if (!Object.prototype.hasOwnProperty.call(key, f) || key[f] === undefined) {
       throw new WritKeyError(`key of ${spec.name} is missing field ${f}; its key fields are ${spec.key.join(", ")}`);
     }
     return checkValue(spec.name, f, key[f]);
   });
+  checkSize(spec.name, values);
+  return values;
 }
 
 /** The canonical key text: compact JSON array of the values in declared order. */
