@@ -34,8 +34,36 @@ import { TestEnv } from "../test/harness.js";
 const SYMBOLS = Number(process.env.BENCH_SYMBOLS ?? 50);
 const STRATEGIES = Number(process.env.BENCH_STRATEGIES ?? 4);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
-/** BENCH_ONLY=submit: the submit-mode run alone (for profiling). */
+/** BENCH_ONLY=submit or ack: that closed-loop run alone (for profiling). */
 const ONLY_SUBMIT = process.env.BENCH_ONLY === "submit";
+const ONLY_ACK = process.env.BENCH_ONLY === "ack";
+/**
+ * The official pattern's write concern. Default "majority" (journaled): what
+ * MongoDB >= 5.0 applies to the official adapter on any replica set, and the
+ * same durability as writ's default (`mongodb.write_concern = "majority"`,
+ * `journal = true`). BENCH_OFFICIAL_WC=driver: the driver's default on this
+ * standalone test server (w:1, not journaled), which is weaker than writ's.
+ */
+const OFFICIAL_WC = process.env.BENCH_OFFICIAL_WC ?? "majority";
+
+/** BENCH_METRICS=<port>: the daemon serves /metrics there; a summary is printed after each writ run. */
+const METRICS_PORT = process.env.BENCH_METRICS;
+
+/** Bulk sizes and single-path applies so far, from the daemon's /metrics. */
+async function daemonSummary(): Promise<string> {
+  if (!METRICS_PORT) return "";
+  const text = await (await fetch(`http://127.0.0.1:${METRICS_PORT}/metrics`)).text();
+  const sum = (re: RegExp) =>
+    text
+      .split("\n")
+      .filter((l) => re.test(l))
+      .reduce((a, l) => a + Number(l.split(" ").pop()), 0);
+  const bulks = sum(/^writ_bulk_writes_count/);
+  const inBulks = sum(/^writ_bulk_writes_sum/);
+  const applies = sum(/^writ_apply_seconds_count/);
+  const outcomes = ["applied", "coalesced", "stale"].map((o) => `${o} ${sum(new RegExp(`^writ_writes_total\\{.*outcome="${o}"`))}`).join(", ");
+  return `  daemon so far: ${bulks} bulks carrying ${inBulks} writes, ${applies} applies in all; ${outcomes}; limit ${sum(/^writ_mongodb_concurrency_limit /)}`;
+}
 const PACE = Number(process.env.BENCH_PACE ?? 0.5);
 const PACED_ROUNDS = Number(process.env.BENCH_PACED_ROUNDS ?? 3);
 /** BENCH_STATS=1: print Redis's per-command statistics after the runs (for profiling). */
@@ -127,6 +155,8 @@ async function writ(env: TestEnv, mode: "submit" | "ack", rate?: number): Promis
     const back = await kit.call("Signal", ctx, "readSignalData");
     if (back?.priceOpen !== r.priceOpen) throw new Error(`${mode}: read ${JSON.stringify(back)} after writing round ${round}`);
   }, rate);
+  const summary = await daemonSummary();
+  if (summary) console.log(`${mode}${rate === undefined ? "" : " (paced)"}:\n${summary}`);
   return { result, client };
 }
 
@@ -158,7 +188,11 @@ async function official(env: TestEnv, rate?: number): Promise<Result> {
   await Signal.collection.createIndex({ symbol: 1, strategyName: 1, exchangeName: 1 }, { unique: true });
   await Partial.collection.createIndex({ symbol: 1, strategyName: 1, exchangeName: 1, signalId: 1 }, { unique: true });
   await Recent.collection.createIndex({ symbol: 1, strategyName: 1, exchangeName: 1, frameName: 1, backtest: 1 }, { unique: true });
-  const upsert = { upsert: true, new: true } as const;
+  const upsert = {
+    upsert: true,
+    new: true,
+    ...(OFFICIAL_WC === "driver" ? {} : { writeConcern: { w: "majority" as const, j: true } }),
+  };
   const ctxs = contexts(rate === undefined ? "official-" : "paced-official-");
   const label = `official${rate === undefined ? "" : " (paced)"}`;
   const result = await runTicks(label, ctxs, async (ctx, round, time) => {
@@ -209,18 +243,24 @@ function table(title: string, results: Result[]): void {
 }
 
 async function main(): Promise<void> {
-  console.log(`bench: ${SYMBOLS} symbols x ${STRATEGIES} strategies, ${ROUNDS} rounds (${SYMBOLS * STRATEGIES * ROUNDS} ticks per run, 3 writes + 1 read each)`);
-  const env = await TestEnv.start("bench");
+  console.log(`bench: ${SYMBOLS} symbols x ${STRATEGIES} strategies, ${ROUNDS} rounds (${SYMBOLS * STRATEGIES * ROUNDS} ticks per run, 3 writes + 1 read each); official write concern: ${OFFICIAL_WC === "driver" ? "the driver's default (w:1 on this standalone server)" : "majority, journaled (as writ)"}`);
+  const env = await TestEnv.start("bench", METRICS_PORT ? { toml: [["daemon", "metrics_listen", `"127.0.0.1:${METRICS_PORT}"`]] } : {});
   const redis = new Redis(env.redisUrl);
   const closed: Result[] = [];
   const paced: Result[] = [];
   let rate = 0;
   try {
-    const submit = await writ(env, "submit");
-    submit.result.drainSeconds = await drain(redis, env);
-    closed.push(submit.result);
-    await submit.client.close();
-    if (!ONLY_SUBMIT) {
+    if (ONLY_ACK) {
+      const ack = await writ(env, "ack");
+      closed.push(ack.result);
+      await ack.client.close();
+    } else {
+      const submit = await writ(env, "submit");
+      submit.result.drainSeconds = await drain(redis, env);
+      closed.push(submit.result);
+      await submit.client.close();
+    }
+    if (!ONLY_SUBMIT && !ONLY_ACK) {
       const ack = await writ(env, "ack");
       closed.push(ack.result);
       await ack.client.close();
