@@ -180,22 +180,36 @@ impl Store {
             return self.delete(&c, &write.key, filter, version).await;
         }
         let update = update_of(coll, write, &v);
-        let res = c
-            .find_one_and_update(filter, update)
-            .upsert(true)
-            .return_document(ReturnDocument::After)
-            .write_concern(self.wc.clone())
-            .max_time(self.max_time)
-            .await;
-        match res {
-            Ok(Some(doc)) => Ok(Applied::Committed(doc)),
-            Ok(None) => Err(Error::MissingPostImage {
-                collection: coll.name.clone(),
-            }),
-            Err(e) if mongo_code(&e) == Some(11000) => {
-                self.stale_or_conflict(&c, &write.key, version, e).await
-            }
-            Err(e) => Err(e.into()),
+        let mut raced = false;
+        loop {
+            let res = c
+                .find_one_and_update(filter.clone(), update.clone())
+                .upsert(true)
+                .return_document(ReturnDocument::After)
+                .write_concern(self.wc.clone())
+                .max_time(self.max_time)
+                .await;
+            return match res {
+                Ok(Some(doc)) => Ok(Applied::Committed(doc)),
+                Ok(None) => Err(Error::MissingPostImage {
+                    collection: coll.name.clone(),
+                }),
+                Err(e) if mongo_code(&e) == Some(11000) => {
+                    match self.stale_or_conflict(&c, &write.key, version).await? {
+                        Some(stale) => Ok(stale),
+                        // A duplicate key while the stored version is older
+                        // (or absent): another upsert of the key inserted it
+                        // between our match and our insert. Once more, at once;
+                        // a second one is a real conflict (another unique index).
+                        None if !raced => {
+                            raced = true;
+                            continue;
+                        }
+                        None => Err(e.into()),
+                    }
+                }
+                Err(e) => Err(e.into()),
+            };
         }
     }
 
@@ -215,41 +229,53 @@ impl Store {
             DOC_WRIT,
             doc! {"v": version.to_sortable(), "at": DateTime::now(), "deleted": true},
         );
-        let res = c
-            .find_one_and_replace(filter, tombstone)
-            .upsert(true)
-            .return_document(ReturnDocument::After)
-            .write_concern(self.wc.clone())
-            .max_time(self.max_time)
-            .await;
-        match res {
-            Ok(Some(_)) => Ok(Applied::Deleted),
-            Ok(None) => Err(Error::MissingPostImage {
-                collection: c.name().to_string(),
-            }),
-            Err(e) if mongo_code(&e) == Some(11000) => {
-                self.stale_or_conflict(c, key, version, e).await
-            }
-            Err(e) => Err(e.into()),
+        let mut raced = false;
+        loop {
+            let res = c
+                .find_one_and_replace(filter.clone(), tombstone.clone())
+                .upsert(true)
+                .return_document(ReturnDocument::After)
+                .write_concern(self.wc.clone())
+                .max_time(self.max_time)
+                .await;
+            return match res {
+                Ok(Some(_)) => Ok(Applied::Deleted),
+                Ok(None) => Err(Error::MissingPostImage {
+                    collection: c.name().to_string(),
+                }),
+                Err(e) if mongo_code(&e) == Some(11000) => {
+                    match self.stale_or_conflict(c, key, version).await? {
+                        Some(stale) => Ok(stale),
+                        None if !raced => {
+                            raced = true;
+                            continue;
+                        }
+                        None => Err(e.into()),
+                    }
+                }
+                Err(e) => Err(e.into()),
+            };
         }
     }
 
+    /// After a duplicate-key error: `Some(Stale)` when the key already holds
+    /// this version or a newer one, `None` when it holds an older one or none
+    /// (an insert race, or a clash on another unique index).
     async fn stale_or_conflict(
         &self,
         c: &Collection<Document>,
         key: &Key,
         version: Version,
-        err: mongodb::error::Error,
-    ) -> Result<Applied> {
+    ) -> Result<Option<Applied>> {
         match c
             .find_one(key.to_document())
             .max_time(self.max_time)
             .await?
         {
             Some(doc) if doc_version(&doc).is_some_and(|v| v >= version) => {
-                Ok(Applied::Stale(Some(doc)))
+                Ok(Some(Applied::Stale(Some(doc))))
             }
-            _ => Err(err.into()),
+            _ => Ok(None),
         }
     }
 
