@@ -58,6 +58,13 @@ function randomClientId(): string {
   return `node-${process.pid}-${Date.now().toString(36)}-${rand}`;
 }
 
+/** Every key of {@link WritConfig}: a misspelt one is refused, not ignored. */
+const KNOWN_KEYS = [
+  "redisUrl", "mongodbUri", "mongodbDatabase", "namespace", "partitions", "mode", "maxBacklog",
+  "maxDocumentBytes", "writeTimeoutMs", "readTimeoutMs", "syncTimeoutMs", "maxPending", "clientId",
+  "collections", "mongoClientOptions", "onError",
+] as const satisfies readonly (keyof WritConfig)[];
+
 function intFrom(name: string, text: string | undefined): number | undefined {
   if (text === undefined || text === "") return undefined;
   const n = Number(text);
@@ -77,6 +84,13 @@ export function resolveConfig(
   explicit: Partial<WritConfig> = {},
   env: NodeJS.ProcessEnv = process.env,
 ): WritConfig {
+  for (const k of Object.keys(explicit)) {
+    if (!(KNOWN_KEYS as readonly string[]).includes(k)) {
+      throw new WritConfigError(
+        `unknown config key ${JSON.stringify(k)}; the keys are ${KNOWN_KEYS.join(", ")}`,
+      );
+    }
+  }
   const pick = <T>(v: T | undefined, e: T | undefined, d: T): T => (v !== undefined ? v : e !== undefined ? e : d);
   const modeText = pick<string>(explicit.mode, env.WRIT_MODE || undefined, "submit");
   if (modeText !== "submit" && modeText !== "ack") {

@@ -168,6 +168,11 @@ test("config: explicit values win over env, env over defaults; bad values are re
     assert.throws(() => resolveConfig({}, bad), (e: unknown) => e instanceof WritConfigError && re.test(e.message));
   }
   assert.throws(() => resolveConfig({ clientId: "has space" }, {}), WritConfigError);
+  // A misspelt key is refused, naming it, instead of silently using a default.
+  assert.throws(
+    () => resolveConfig({ mongoUri: "mongodb://elsewhere/" } as never, {}),
+    (e: unknown) => e instanceof WritConfigError && /"mongoUri"/.test(e.message) && /mongodbUri/.test(e.message),
+  );
 });
 
 test("preset: the 17 official collections with their key fields in order", () => {
