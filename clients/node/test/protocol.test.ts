@@ -186,3 +186,17 @@ test("preset: the 17 official collections with their key fields in order", () =>
   assert.deepEqual(byName["memory-items"].key, ["signalId", "bucketName", "memoryId"]);
   assert.ok(PRESET_COLLECTIONS.every((c) => c.layout === "fields"));
 });
+
+test("the READMEs' setup() examples use only config keys that exist", () => {
+  for (const file of [join(REPO_ROOT, "README.md"), join(REPO_ROOT, "clients", "node", "README.md")]) {
+    const text = readFileSync(file, "utf8");
+    const calls = [...text.matchAll(/setup\(\{([^)]*)\}/g)];
+    for (const [, body] of calls) {
+      const keys = [...body.matchAll(/^\s*(\w+)\s*:/gm), ...body.matchAll(/[{,]\s*(\w+)\s*:/g)].map((m) => m[1]);
+      assert.ok(keys.length > 0, `${file}: a setup({...}) example with no keys`);
+      const cfg = Object.fromEntries(keys.map((k) => [k, undefined]));
+      assert.doesNotThrow(() => resolveConfig(cfg as never, {}), `${file}: setup() example keys ${keys.join(", ")}`);
+    }
+    if (file === join(REPO_ROOT, "README.md")) assert.ok(calls.length > 0, `${file} shows setup({...})`);
+  }
+});
