@@ -29,17 +29,27 @@ CASES = [
     ("measure-items", ["bucket", "entryKey"], {"bucket": "tab\tnl\ncr\rbs\\q\"", "entryKey": "ctl\u0001\u001f</x>\u007f\u2028é"}, 8),
     ("candle-items", ["exchangeName", "symbol", "interval", "timestamp"],
      {"exchangeName": "binance", "symbol": "BTCUSDT", "interval": "1m", "timestamp": 1700000040000}, 8),
+    # Number rules: an integral value in any JSON spelling (2.0, 1e3, -0.0) is
+    # that integer, written in plain decimal; the edges of the range both
+    # clients accept exactly (|n| <= 2^53 - 1).
+    ("measure-items", ["bucket", "entryKey"], {"bucket": "num", "entryKey": 2}, 8, '{"bucket": "num", "entryKey": 2.0}'),
+    ("measure-items", ["bucket", "entryKey"], {"bucket": "num", "entryKey": 1000}, 8, '{"bucket": "num", "entryKey": 1e3}'),
+    ("measure-items", ["bucket", "entryKey"], {"bucket": "num", "entryKey": 0}, 8, '{"bucket": "num", "entryKey": -0.0}'),
+    ("measure-items", ["bucket", "entryKey"], {"bucket": "num", "entryKey": 9007199254740991}, 8),
+    ("measure-items", ["bucket", "entryKey"], {"bucket": "num", "entryKey": -9007199254740991}, 8),
 ]
 
 out = []
-for coll, fields, key, parts in CASES:
+for case in CASES:
+    coll, fields, key, parts = case[:4]
+    raw = case[4] if len(case) > 4 else None
     canonical = json.dumps([key[f] for f in fields], separators=(",", ":"), ensure_ascii=False)
     h = fnv1a64(coll.encode() + b"\x00" + canonical.encode())
     p = h % parts
     out.append({
         "collection": coll,
         "key_fields": fields,
-        "key_json": json.dumps(key, ensure_ascii=False),
+        "key_json": raw if raw is not None else json.dumps(key, ensure_ascii=False),
         "canonical": canonical,
         "fnv1a64": f"{h:016x}",
         "partitions": parts,
