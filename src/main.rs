@@ -149,8 +149,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(args) => writ::bench::run(config, args).await.context("writ bench"),
         Command::Status { json } => {
-            let mut conn =
-                writ::redis_conn::connect(&config.redis_url, std::time::Duration::ZERO).await?;
+            let mut conn = writ::redis_conn::connect(&config, std::time::Duration::ZERO).await?;
             let s = writ::status::status(&mut conn, &config.namespace, config.partitions).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
@@ -187,8 +186,16 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig => {
+            let tls = &config.redis_tls;
+            let mut redis_tls = String::new();
+            if let Some(ca) = &tls.ca_file {
+                redis_tls += &format!(" (CA {})", ca.display());
+            }
+            if let Some(cert) = &tls.cert_file {
+                redis_tls += &format!(" (client certificate {})", cert.display());
+            }
             println!(
-                "config ok: {} partitions, {} collections, redis {}, mongodb {} / {}",
+                "config ok: {} partitions, {} collections, redis {}{redis_tls}, mongodb {} / {}",
                 config.partitions,
                 config.collections.len(),
                 writ::config::redact_url(&config.redis_url),

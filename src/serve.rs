@@ -61,7 +61,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
         other => other?,
     }
     store.ensure_indexes(config.collections.values()).await?;
-    let mut conn = crate::redis_conn::connect(&config.redis_url, Duration::ZERO).await?;
+    let mut conn = crate::redis_conn::connect(&config, Duration::ZERO).await?;
     let names = Names::new(&config.namespace);
     for p in 0..config.partitions {
         ensure_group(&mut conn, &names.stream(p), &names.group()).await?;

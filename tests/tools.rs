@@ -279,7 +279,7 @@ async fn rebuild_cache_and_replay_after_redis_data_loss() {
         &k0.canonical(),
     );
     let cache = writ::cache::Cache::new(
-        writ::redis_conn::connect(&env.redis_url, Duration::ZERO)
+        writ::redis_conn::connect(&config, Duration::ZERO)
             .await
             .unwrap(),
     );

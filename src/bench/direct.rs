@@ -45,7 +45,7 @@ pub(super) async fn run(
                 .build(),
         )
         .await?;
-    let redis = crate::redis_conn::connect(&config.redis_url, Duration::ZERO).await?;
+    let redis = crate::redis_conn::connect(config, Duration::ZERO).await?;
     let zipf = Arc::new(Zipf::new(args.keys.max(1), args.zipf));
     let pad = "x".repeat(args.payload);
     let issued = Arc::new(AtomicU64::new(0));

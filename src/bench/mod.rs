@@ -426,7 +426,7 @@ async fn verify(
     last: &HashMap<usize, (Version, u64)>,
 ) -> Result<usize> {
     let store = Store::connect(config).await?;
-    let cache = Cache::new(crate::redis_conn::connect(&config.redis_url, Duration::ZERO).await?);
+    let cache = Cache::new(crate::redis_conn::connect(config, Duration::ZERO).await?);
     let names = Names::new(&config.namespace);
     let mut bad = 0;
     for (k, (version, n)) in last {

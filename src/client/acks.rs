@@ -26,11 +26,11 @@ pub enum AckResult {
 const BLOCK: Duration = Duration::from_millis(1000);
 
 pub(super) async fn spawn_listener(inner: Weak<Inner>, stop: CancellationToken) -> Result<()> {
-    let (url, stream) = {
+    let (config, stream) = {
         let i = inner.upgrade().expect("called during connect");
-        (i.config.redis_url.clone(), i.names.acks(&i.client_id))
+        (i.config.clone(), i.names.acks(&i.client_id))
     };
-    let mut conn = crate::redis_conn::connect(&url, BLOCK).await?;
+    let mut conn = crate::redis_conn::connect(&config, BLOCK).await?;
     tokio::spawn(async move {
         let mut last = "0".to_string();
         let mut backoff = Backoff::new(Duration::from_secs(2));

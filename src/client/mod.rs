@@ -104,7 +104,7 @@ impl Writ {
     /// the ack listener.
     pub async fn connect(config: Config) -> Result<Writ> {
         let config = Arc::new(config);
-        let conn = crate::redis_conn::connect(&config.redis_url, std::time::Duration::ZERO).await?;
+        let conn = crate::redis_conn::connect(&config, std::time::Duration::ZERO).await?;
         let store = Store::connect(&config).await?;
         let client_id = format!("c{:016x}", rand::random::<u64>());
         let stop = CancellationToken::new();

@@ -14,7 +14,7 @@ pub use raw::{
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -66,11 +66,29 @@ pub struct CollectionConfig {
     pub timestamps: bool,
 }
 
+/// The TLS files of a `rediss://` URL (`redis.tls_*`), read when the config
+/// is validated. With none of them, `rediss://` trusts the public webpki roots
+/// and sends no client certificate.
+#[derive(Debug, Clone, Default)]
+pub struct RedisTls {
+    /// `redis.tls_ca_file`: the CA(s) trusted instead of the webpki roots.
+    pub ca_file: Option<PathBuf>,
+    /// `redis.tls_cert_file`: client certificate chain (mutual TLS).
+    pub cert_file: Option<PathBuf>,
+    /// `redis.tls_key_file`: its private key.
+    pub key_file: Option<PathBuf>,
+    /// The files' contents as the redis crate takes them; `None` when no file
+    /// is set. Its `Debug` prints no PEM (the key is a secret).
+    pub certificates: Option<redis::TlsCertificates>,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Redis URL (may contain credentials: never log it, use [`redact_url`]).
     pub redis_url: String,
+    /// TLS files of a `rediss://` URL.
+    pub redis_tls: RedisTls,
     /// Key prefix.
     pub namespace: String,
     /// Number of partitions.
@@ -388,6 +406,96 @@ key = ["symbol", "strategyName"]
         let e = Config::from_toml(&MIN.replace("[mongodb]", "[mongodb]\nwrite_concern = \"all\""))
             .unwrap_err();
         assert!(e.to_string().contains("mongodb.write_concern"), "{e}");
+    }
+
+    #[test]
+    fn redis_tls_files_are_checked_and_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = |name: &str, body: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, body).unwrap();
+            p.display().to_string()
+        };
+        let ca = pem(
+            "ca.pem",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        );
+        let key = pem(
+            "k.pem",
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        );
+        let with = |url: &str, lines: &str| {
+            Config::from_toml(
+                &MIN.replace("[redis]", &format!("[redis]\nurl = \"{url}\"\n{lines}")),
+            )
+        };
+        // Without files: no TLS material (a rediss:// URL trusts the webpki roots).
+        let c = with("rediss://h:6380", "").unwrap();
+        assert!(c.redis_tls.certificates.is_none());
+        // A CA and a client certificate with its key.
+        let c = with(
+            "rediss://h:6380",
+            &format!("tls_ca_file = {ca:?}\ntls_cert_file = {ca:?}\ntls_key_file = {key:?}"),
+        )
+        .unwrap();
+        let certs = c.redis_tls.certificates.as_ref().unwrap();
+        assert!(certs
+            .root_cert
+            .as_ref()
+            .unwrap()
+            .starts_with(b"-----BEGIN CERTIFICATE"));
+        assert!(certs
+            .client_tls
+            .as_ref()
+            .unwrap()
+            .client_key
+            .starts_with(b"-----BEGIN PRIVATE"));
+        assert!(
+            !format!("{c:?}").contains("BEGIN PRIVATE KEY"),
+            "the key is never printed"
+        );
+        // Each rule names its field.
+        let cases = [
+            (
+                "redis://h",
+                format!("tls_ca_file = {ca:?}"),
+                "`redis.tls_ca_file`: is set but the Redis URL redis://h is not rediss://",
+            ),
+            (
+                "rediss://h",
+                format!("tls_cert_file = {ca:?}"),
+                "`redis.tls_key_file`: mutual TLS needs both",
+            ),
+            (
+                "rediss://h",
+                format!("tls_key_file = {key:?}"),
+                "`redis.tls_cert_file`: mutual TLS needs both",
+            ),
+            (
+                "rediss://h",
+                "tls_ca_file = \"/nonexistent/ca.pem\"".into(),
+                "`redis.tls_ca_file`: cannot read /nonexistent/ca.pem",
+            ),
+            (
+                "rediss://h",
+                format!("tls_ca_file = {key:?}"),
+                "holds no PEM certificate",
+            ),
+            (
+                "rediss://h",
+                "tls_ca_file = \"\"".into(),
+                "`redis.tls_ca_file`: is empty",
+            ),
+            (
+                "rediss://h",
+                format!("tls_ca_file = {ca:?}\ntls_cert_file = {ca:?}\ntls_key_file = {ca:?}"),
+                "`redis.tls_key_file`: ",
+            ),
+        ];
+        for (url, lines, want) in cases {
+            let e = with(url, &lines).unwrap_err().to_string();
+            assert!(e.contains(want), "{lines}: {e}");
+        }
     }
 
     #[test]

@@ -38,6 +38,13 @@ pub struct RawRedis {
     /// Number of partition streams. Changing it needs a drained system.
     #[serde(default = "default_partitions")]
     pub partitions: u32,
+    /// PEM file of the CA certificate(s) a `rediss://` server's certificate
+    /// must chain to, instead of the public webpki roots.
+    pub tls_ca_file: Option<String>,
+    /// PEM client certificate chain for mutual TLS (with `tls_key_file`).
+    pub tls_cert_file: Option<String>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<String>,
 }
 
 /// `[mongodb]`

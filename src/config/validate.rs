@@ -3,12 +3,13 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::raw::RawConfig;
 use super::{
-    redact_url, CollectionConfig, Config, LogFormat, WriteConcernW, ENV_MONGODB_URI, ENV_REDIS_URL,
-    MONGO_MAX_BSON, RESERVED_FIELDS,
+    redact_url, CollectionConfig, Config, LogFormat, RedisTls, WriteConcernW, ENV_MONGODB_URI,
+    ENV_REDIS_URL, MONGO_MAX_BSON, RESERVED_FIELDS,
 };
 use crate::error::{Error, Result};
 
@@ -52,6 +53,12 @@ impl RawConfig {
         if redis.partitions == 0 || redis.partitions > 4096 {
             return Err(bad("redis.partitions", "must be between 1 and 4096"));
         }
+        let redis_tls = redis_tls(
+            &redis.url,
+            redis.tls_ca_file,
+            redis.tls_cert_file,
+            redis.tls_key_file,
+        )?;
         if !(mongodb.uri.starts_with("mongodb://") || mongodb.uri.starts_with("mongodb+srv://")) {
             return Err(bad(
                 "mongodb.uri",
@@ -206,6 +213,7 @@ impl RawConfig {
         }
         Ok(Config {
             redis_url: redis.url,
+            redis_tls,
             namespace: redis.namespace,
             partitions: redis.partitions,
             mongodb_uri: mongodb.uri,
@@ -235,6 +243,96 @@ impl RawConfig {
             collections: by_name,
         })
     }
+}
+
+/// The `redis.tls_*` files: only with a `rediss://` URL, the certificate and
+/// the key together, each readable and holding PEM of the right kind (the
+/// redis crate parses them when it connects; an empty CA file would otherwise
+/// only show as every server being untrusted).
+fn redis_tls(
+    url: &str,
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+) -> Result<RedisTls> {
+    if ca.is_none() && cert.is_none() && key.is_none() {
+        return Ok(RedisTls::default());
+    }
+    if !url.starts_with("rediss://") {
+        let field = match (&ca, &cert) {
+            (Some(_), _) => "redis.tls_ca_file",
+            (None, Some(_)) => "redis.tls_cert_file",
+            (None, None) => "redis.tls_key_file",
+        };
+        return Err(bad(
+            field,
+            format!(
+                "is set but the Redis URL {} is not rediss:// (TLS); use rediss:// in redis.url or {ENV_REDIS_URL}, or remove the redis.tls_* fields",
+                redact_url(url)
+            ),
+        ));
+    }
+    if cert.is_some() != key.is_some() {
+        return Err(bad(
+            if cert.is_some() {
+                "redis.tls_key_file"
+            } else {
+                "redis.tls_cert_file"
+            },
+            "mutual TLS needs both redis.tls_cert_file and redis.tls_key_file",
+        ));
+    }
+    let read = |field: &str, path: &Option<String>, kind: &str, marker: &str| {
+        let Some(path) = path else {
+            return Ok(None);
+        };
+        if path.is_empty() {
+            return Err(bad(field, "is empty; name a PEM file or remove it"));
+        }
+        let pem =
+            std::fs::read(path).map_err(|e| bad(field, format!("cannot read {path}: {e}")))?;
+        if !String::from_utf8_lossy(&pem).contains(marker) {
+            return Err(bad(
+                field,
+                format!("{path} holds no PEM {kind} (no \"{marker}\" line)"),
+            ));
+        }
+        Ok(Some((PathBuf::from(path), pem)))
+    };
+    let ca = read(
+        "redis.tls_ca_file",
+        &ca,
+        "certificate",
+        "-----BEGIN CERTIFICATE-----",
+    )?;
+    let cert = read(
+        "redis.tls_cert_file",
+        &cert,
+        "certificate",
+        "-----BEGIN CERTIFICATE-----",
+    )?;
+    let key = read(
+        "redis.tls_key_file",
+        &key,
+        "private key",
+        "PRIVATE KEY-----",
+    )?;
+    let client_tls = match (&cert, &key) {
+        (Some((_, c)), Some((_, k))) => Some(redis::ClientTlsConfig {
+            client_cert: c.clone(),
+            client_key: k.clone(),
+        }),
+        _ => None,
+    };
+    Ok(RedisTls {
+        certificates: Some(redis::TlsCertificates {
+            client_tls,
+            root_cert: ca.as_ref().map(|(_, pem)| pem.clone()),
+        }),
+        ca_file: ca.map(|(p, _)| p),
+        cert_file: cert.map(|(p, _)| p),
+        key_file: key.map(|(p, _)| p),
+    })
 }
 
 fn default_consumer_name() -> String {

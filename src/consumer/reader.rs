@@ -74,7 +74,7 @@ pub(super) async fn run(
     let meta = ctx.names.meta(p);
     let group = ctx.names.group();
     let script = redis::Script::new(FENCED_READ);
-    let mut conn = match crate::redis_conn::connect(&ctx.config.redis_url, ctx.config.block).await {
+    let mut conn = match crate::redis_conn::connect(&ctx.config, ctx.config.block).await {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(partition = p, error = %e, "reader cannot connect to redis");

@@ -34,7 +34,7 @@ pub struct Tools {
 impl Tools {
     /// Connects.
     pub async fn connect(config: Config) -> Result<Tools> {
-        let conn = crate::redis_conn::connect(&config.redis_url, Duration::ZERO).await?;
+        let conn = crate::redis_conn::connect(&config, Duration::ZERO).await?;
         let store = Store::connect(&config).await?;
         Ok(Tools {
             names: Names::new(&config.namespace),

@@ -7,6 +7,10 @@
 //! point the same tests at external servers (real MongoDB, say); every test
 //! then uses its own namespace and database, so tests never collide.
 //!
+//! [`RedisServer::start_tls`] starts a TLS-only redis-server with the server
+//! certificate of a [`TestCa`] (a CA, a server and a client certificate made
+//! with `openssl` in the test's temp dir); TLS tests always start their own.
+//!
 //! A missing server binary fails the test loudly with the install command.
 #![allow(dead_code)]
 
@@ -81,6 +85,129 @@ pub struct RedisServer {
     dir: TempDir,
     log: PathBuf,
     aof: bool,
+    tls: Option<ServerTls>,
+}
+
+/// How a TLS-only redis-server is started: its certificate and the CA it
+/// checks client certificates against.
+#[derive(Clone)]
+struct ServerTls {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+    /// `--tls-auth-clients`: `no`, `optional` or `yes`.
+    auth_clients: &'static str,
+    /// The client certificate the readiness check presents (for `yes`).
+    client: (PathBuf, PathBuf),
+}
+
+/// A test CA made with `openssl` in its own temp dir: a server certificate for
+/// 127.0.0.1 / localhost and a client certificate, both signed by it.
+pub struct TestCa {
+    dir: TempDir,
+    /// The CA certificate (PEM).
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run openssl ({e}); install it: `sudo apt-get install openssl`")
+        });
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl TestCa {
+    /// Makes the CA and its certificates (P-256 keys, valid for two days).
+    pub fn new() -> TestCa {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut args = vec!["req", "-x509"];
+        args.extend(ec);
+        args.extend([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=writ test CA",
+        ]);
+        openssl(d, &args);
+        for (name, cn, usage, san) in [
+            (
+                "server",
+                "127.0.0.1",
+                "serverAuth",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+            ),
+            ("client", "writ-test-client", "clientAuth", ""),
+        ] {
+            let (key, csr, pem, ext) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.pem"),
+                format!("{name}.ext"),
+            );
+            let subj = format!("/CN={cn}");
+            let mut args = vec!["req", "-new"];
+            args.extend(ec);
+            args.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+            openssl(d, &args);
+            std::fs::write(
+                d.join(&ext),
+                format!("{san}basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage={usage}\n"),
+            )
+            .unwrap();
+            openssl(
+                d,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-out",
+                    &pem,
+                    "-days",
+                    "2",
+                    "-extfile",
+                    &ext,
+                ],
+            );
+        }
+        TestCa {
+            ca: d.join("ca.pem"),
+            server_cert: d.join("server.pem"),
+            server_key: d.join("server.key"),
+            client_cert: d.join("client.pem"),
+            client_key: d.join("client.key"),
+            dir,
+        }
+    }
 }
 
 impl RedisServer {
@@ -92,47 +219,66 @@ impl RedisServer {
     /// Starts redis-server; `aof` turns on `appendonly yes`, `appendfsync always`.
     pub fn start_with(aof: bool) -> RedisServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        Self::spawn(dir, free_port(), aof)
+        Self::spawn(dir, free_port(), aof, None)
     }
 
-    fn spawn(dir: TempDir, port: u16, aof: bool) -> RedisServer {
+    /// Starts a TLS-only redis-server (`--port 0 --tls-port P`) with `ca`'s
+    /// server certificate; `auth_clients` is its `--tls-auth-clients`
+    /// (`no`, `optional`, `yes`: client certificates checked against `ca`).
+    pub fn start_tls(ca: &TestCa, auth_clients: &'static str) -> RedisServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tls = ServerTls {
+            cert: ca.server_cert.clone(),
+            key: ca.server_key.clone(),
+            ca: ca.ca.clone(),
+            auth_clients,
+            client: (ca.client_cert.clone(), ca.client_key.clone()),
+        };
+        Self::spawn(dir, free_port(), false, Some(tls))
+    }
+
+    fn spawn(dir: TempDir, port: u16, aof: bool, tls: Option<ServerTls>) -> RedisServer {
         let log = dir.path().join("redis.log");
-        let child = Self::spawn_child(dir.path(), port, aof, &log);
+        let child = Self::spawn_child(dir.path(), port, aof, &log, tls.as_ref());
         RedisServer {
             child,
             port,
             dir,
             log,
             aof,
+            tls,
         }
     }
 
-    fn spawn_child(dir: &Path, port: u16, aof: bool, log: &Path) -> Child {
+    fn spawn_child(dir: &Path, port: u16, aof: bool, log: &Path, tls: Option<&ServerTls>) -> Child {
         let bin = std::env::var("WRIT_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let mut cmd = Command::new(&bin);
-        cmd.args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--daemonize",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(dir)
-        .arg("--logfile")
-        .arg(log)
-        .args([
-            "--appendonly",
-            if aof { "yes" } else { "no" },
-            "--appendfsync",
-            "always",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        match tls {
+            None => cmd.args(["--port", &port.to_string()]),
+            Some(t) => cmd
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(&t.cert)
+                .arg("--tls-key-file")
+                .arg(&t.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&t.ca)
+                .args(["--tls-auth-clients", t.auth_clients]),
+        };
+        cmd.args(["--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .arg("--logfile")
+            .arg(log)
+            .args([
+                "--appendonly",
+                if aof { "yes" } else { "no" },
+                "--appendfsync",
+                "always",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         let mut child = cmd.spawn().unwrap_or_else(|e| {
             panic!("cannot start {bin:?} ({e}). Install it: `sudo apt-get install redis-server` (or run ./scripts/setup), or set WRIT_TEST_REDIS_URL")
         });
@@ -144,7 +290,20 @@ impl RedisServer {
             Duration::from_secs(20),
         );
         // Wait until it answers PING (not just accepts).
-        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+        let client = match tls {
+            None => redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap(),
+            Some(t) => redis::Client::build_with_tls(
+                format!("rediss://127.0.0.1:{port}"),
+                redis::TlsCertificates {
+                    client_tls: Some(redis::ClientTlsConfig {
+                        client_cert: std::fs::read(&t.client.0).unwrap(),
+                        client_key: std::fs::read(&t.client.1).unwrap(),
+                    }),
+                    root_cert: Some(std::fs::read(&t.ca).unwrap()),
+                },
+            )
+            .unwrap(),
+        };
         let start = Instant::now();
         loop {
             if let Ok(mut c) = client.get_connection() {
@@ -162,14 +321,26 @@ impl RedisServer {
         child
     }
 
+    /// `redis://127.0.0.1:P`, or `rediss://` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Kills (SIGKILL) and starts again on the same port and data dir.
     pub fn restart(&mut self) {
         kill(&mut self.child);
-        let fresh = Self::spawn_child(self.dir.path(), self.port, self.aof, &self.log);
+        let fresh = Self::spawn_child(
+            self.dir.path(),
+            self.port,
+            self.aof,
+            &self.log,
+            self.tls.as_ref(),
+        );
         self.child = fresh;
     }
 }
@@ -356,6 +527,7 @@ impl TestEnv {
             .clone()
             .unwrap_or_else(|| self.redis_url.clone());
         let (daemon_extra, client_extra, extra) = (o.daemon, o.client, o.collections);
+        let redis_extra = o.redis;
         let mongo_extra = o.mongo;
         let config = format!(
             r#"
@@ -363,6 +535,7 @@ impl TestEnv {
 url = "{redis}"
 namespace = "{name}"
 partitions = 4
+{redis_extra}
 
 [mongodb]
 uri = "{mongo}"
@@ -483,6 +656,8 @@ key = ["bucket", "entryKey"]
 /// Changes to the test config.
 #[derive(Default, Clone)]
 pub struct Overrides<'a> {
+    /// Lines added to `[redis]` (TLS files, say).
+    pub redis: &'a str,
     /// Lines added to `[daemon]` (they win over the harness defaults).
     pub daemon: &'a str,
     /// Lines added to `[client]`.
@@ -540,7 +715,7 @@ pub async fn cached(
     let coll = config.collection(collection).expect("declared collection");
     let k = writ::protocol::Key::from_document(key, coll).unwrap();
     let names = writ::protocol::Names::new(&config.namespace);
-    let conn = writ::redis_conn::connect(&config.redis_url, Duration::ZERO)
+    let conn = writ::redis_conn::connect(config, Duration::ZERO)
         .await
         .unwrap();
     let entry = names.cache(

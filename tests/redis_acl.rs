@@ -1,0 +1,278 @@
+//! Redis ACL users: the two `ACL SETUSER` lines of docs/operations.md
+//! ("Redis ACL users"), read from the doc so the two cannot drift, are enough
+//! for the daemon, the CLI and a client, and keep the writer away from what
+//! is not its business. Always a harness-owned redis-server (the test creates
+//! users); MongoDB is the usual one.
+
+mod support;
+
+use std::time::Duration;
+
+use mongodb::bson::{doc, Document};
+use support::proc::{writ_cli, DaemonProc};
+use support::{Overrides, RedisServer, TestEnv};
+use writ::Writ;
+
+const DOC: &str = include_str!("../docs/operations.md");
+
+fn sig(symbol: &str) -> Document {
+    doc! {"symbol": symbol, "strategyName": "acl", "exchangeName": "x"}
+}
+
+/// The documented `ACL SETUSER` lines for namespace `ns` with the given
+/// passwords, as argument lists (without `ACL SETUSER`).
+fn documented_users(ns: &str, daemon_pw: &str, writer_pw: &str) -> Vec<Vec<String>> {
+    let lines: Vec<&str> = DOC
+        .lines()
+        .filter(|l| l.starts_with("ACL SETUSER "))
+        .collect();
+    assert_eq!(lines.len(), 2, "docs/operations.md documents two users");
+    assert!(
+        lines[0].starts_with("ACL SETUSER writ-daemon "),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].starts_with("ACL SETUSER writ-writer "),
+        "{}",
+        lines[1]
+    );
+    lines
+        .iter()
+        .map(|l| {
+            l.split_whitespace()
+                .skip(2)
+                .map(|w| {
+                    w.replace("writ:", &format!("{ns}:"))
+                        .replace("DAEMON_PASSWORD", daemon_pw)
+                        .replace("WRITER_PASSWORD", writer_pw)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+async fn conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Runs `args`; asserts Redis refuses it with NOPERM.
+async fn refused(c: &mut redis::aio::MultiplexedConnection, who: &str, args: &[&str]) {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    match cmd.query_async::<redis::Value>(c).await {
+        Err(e) if e.code() == Some("NOPERM") => {}
+        other => panic!("{who} may run {args:?}: {other:?}"),
+    }
+}
+
+/// `ACL LOG` entries (each a field map), leaving out refusals of
+/// `CLIENT SETINFO` (sent by redis-rs on connect, ignored; docs say so).
+async fn acl_log(admin: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
+    let log: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("ACL")
+        .arg("LOG")
+        .query_async(admin)
+        .await
+        .unwrap();
+    log.into_iter()
+        .map(|e| format!("{e:?}"))
+        .filter(|e| !e.contains("client|setinfo"))
+        .collect()
+}
+
+fn cli_ok(out: &std::process::Output, secrets: &[&str]) -> String {
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for s in secrets {
+        assert!(!stdout.contains(s) && !stderr.contains(s), "password shown");
+    }
+    stdout.into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_acl_users_run_writ_and_nothing_more() {
+    let redis = RedisServer::start();
+    let env = TestEnv::start("acl_users");
+    let ns = env.name.clone();
+    let (daemon_pw, writer_pw) = ("d4emon-pw-7f3a", "wr1ter-pw-91c2");
+    let mut admin = conn(&redis.url()).await;
+    for user in documented_users(&ns, daemon_pw, writer_pw) {
+        let ok: String = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(&user)
+            .query_async(&mut admin)
+            .await
+            .unwrap_or_else(|e| panic!("ACL SETUSER {user:?}: {e}"));
+        assert_eq!(ok, "OK");
+    }
+    let _: () = redis::cmd("ACL")
+        .arg("LOG")
+        .arg("RESET")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let daemon_url = format!("redis://writ-daemon:{daemon_pw}@127.0.0.1:{}", redis.port);
+    let writer_url = format!("redis://writ-writer:{writer_pw}@127.0.0.1:{}", redis.port);
+    let secrets = [daemon_pw, writer_pw];
+
+    // The daemon (the real binary) as writ-daemon; retention keeps one
+    // committed entry per partition, so trimming runs too.
+    let dir = tempfile::tempdir().unwrap();
+    let daemon_o = Overrides {
+        redis_url: Some(daemon_url.clone()),
+        daemon: "retention_max_entries = 1",
+        ..Default::default()
+    };
+    let path = env.config_file_with(dir.path(), &daemon_o);
+    let mut daemon = DaemonProc::start(&path, dir.path(), "acl-d1");
+
+    // A client as writ-writer: writes acked, read back, read-many, sync.
+    let writer_config = env.config_with(&Overrides {
+        redis_url: Some(writer_url.clone()),
+        ..Default::default()
+    });
+    let writ = Writ::connect(writer_config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    for i in 0..6 {
+        s.write(&sig(&format!("S{i}")), &doc! {"v": i})
+            .await
+            .unwrap();
+    }
+    s.write(&sig("S0"), &doc! {"v": 10}).await.unwrap();
+    s.delete(&sig("S5")).await.unwrap();
+    assert_eq!(s.read(&sig("S0")).await.unwrap(), Some(doc! {"v": 10}));
+    assert_eq!(
+        s.read_many(&[sig("S1"), sig("S5"), sig("S9")])
+            .await
+            .unwrap(),
+        vec![Some(doc! {"v": 1}), None, None]
+    );
+    writ.sync(Duration::from_secs(20)).await.unwrap();
+    // A cold cache with no scripts loaded: the writer refills an entry from
+    // MongoDB through the compare-and-set script (NOSCRIPT, SCRIPT LOAD).
+    let cache_keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{ns}:*:c:signal:*\"S2\"*"))
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(cache_keys.len(), 1, "{cache_keys:?}");
+    let _: () = redis::cmd("DEL")
+        .arg(&cache_keys[0])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let cold = Writ::connect(writer_config).await.unwrap();
+    let c = cold.collection("signal").unwrap();
+    assert_eq!(c.read(&sig("S2")).await.unwrap(), Some(doc! {"v": 2}));
+    let refilled: bool = redis::cmd("EXISTS")
+        .arg(&cache_keys[0])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert!(refilled, "the writer refilled the cache entry");
+    c.write(&sig("S6"), &doc! {"v": 6}).await.unwrap();
+
+    // The CLI as writ-daemon.
+    let status = cli_ok(&writ_cli(&path, &["status", "--json"]), &secrets);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["dead_letters"], 0, "{status}");
+    let dlq = cli_ok(&writ_cli(&path, &["dlq", "list", "--json"]), &secrets);
+    assert!(dlq.trim_start().starts_with('['), "{dlq}");
+    cli_ok(&writ_cli(&path, &["replay", "--from", "0-0"]), &secrets);
+    cli_ok(&writ_cli(&path, &["rebuild-cache"]), &secrets);
+    // Retention ran under the daemon's user: at most one entry per partition
+    // is left once it trimmed.
+    support::eventually(Duration::from_secs(20), "retention to trim", || {
+        let mut a = admin.clone();
+        let ns = ns.clone();
+        async move {
+            let mut total = 0u64;
+            for p in 0..4 {
+                let n: u64 = redis::cmd("XLEN")
+                    .arg(format!("{ns}:{{p{p}}}:in"))
+                    .query_async(&mut a)
+                    .await
+                    .ok()?;
+                total += n;
+            }
+            (total <= 4).then_some(())
+        }
+    })
+    .await;
+    drop((writ, cold));
+    assert_eq!(daemon.terminate(Duration::from_secs(30)), Some(0));
+
+    // Nothing was refused on the way (a refusal the code retries or only
+    // logs would not fail the steps above).
+    let refusals = acl_log(&mut admin).await;
+    assert!(refusals.is_empty(), "ACL LOG: {refusals:#?}");
+
+    // The passwords are in no log; the URL is, redacted.
+    let log = daemon.log_text();
+    assert!(
+        log.contains(&format!("redis://***@127.0.0.1:{}", redis.port)),
+        "{log}"
+    );
+    for s in secrets {
+        assert!(!log.contains(s), "password in the daemon log");
+    }
+
+    // The writer cannot touch the group, leases, fences or dead letters, nor
+    // the server; the daemon cannot wipe the server or leave its namespace.
+    let mut w = conn(&writer_url).await;
+    let stream = format!("{ns}:{{p0}}:in");
+    for args in [
+        vec!["FLUSHALL"],
+        vec!["XGROUP", "DESTROY", &stream, &ns],
+        vec!["XTRIM", &stream, "MAXLEN", "0"],
+        vec!["XACK", &stream, &ns, "0-1"],
+        vec!["SET", &format!("{ns}:{{p0}}:lease"), "intruder"],
+        vec!["HSET", &format!("{ns}:{{p0}}:fence"), "f", "1"],
+        vec!["XADD", &format!("{ns}:dlq"), "*", "f", "1"],
+        vec!["XADD", &format!("{ns}:ack:c1"), "*", "f", "1"],
+        vec!["XADD", "other:{p0}:in", "*", "f", "1"],
+        vec!["KEYS", "*"],
+    ] {
+        refused(&mut w, "writ-writer", &args).await;
+    }
+    let mut d = conn(&daemon_url).await;
+    for args in [
+        vec!["FLUSHALL"],
+        vec!["CONFIG", "SET", "appendonly", "no"],
+        vec!["XGROUP", "DESTROY", &stream, &ns],
+        vec!["GET", "other:key"],
+    ] {
+        refused(&mut d, "writ-daemon", &args).await;
+    }
+    // A wrong password: one line naming the user check, no password.
+    let bad_dir = tempfile::tempdir().unwrap();
+    let bad = env.config_file_with(
+        bad_dir.path(),
+        &Overrides {
+            redis_url: Some(format!(
+                "redis://writ-daemon:wrong-{daemon_pw}@127.0.0.1:{}",
+                redis.port
+            )),
+            ..Default::default()
+        },
+    );
+    let out = writ_cli(&bad, &["status"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("check the user and password"), "{err}");
+    assert!(!err.contains(daemon_pw), "{err}");
+}
