@@ -8,7 +8,7 @@ import { Redis } from "ioredis";
 import { MongoClient, type Db, type Document as MongoDocument } from "mongodb";
 import { deserialize, serialize, type Document } from "bson";
 
-import { resolveConfig, type WritConfig } from "./config.js";
+import { redactUrl, resolveConfig, type WritConfig } from "./config.js";
 import {
   BackpressureError,
   RefusedWriteError,
@@ -244,7 +244,7 @@ export class WritClient {
           this.readyPromise = undefined;
           this.connected = false;
           throw new WritConnectionError(
-            `cannot reach Redis at ${this.config.redisUrl}: ${errMessage(e)}. ` +
+            `cannot reach Redis at ${redactUrl(this.config.redisUrl)}: ${errMessage(e)}. ` +
               `Check WRIT_REDIS_URL / redisUrl and that redis-server is running.`,
             { cause: e },
           );
@@ -377,7 +377,7 @@ export class WritClient {
         throw new WritConnectionError(`Redis refused the write to ${collection}: ${msg}`, { cause: e });
       }
       throw new WritConnectionError(
-        `cannot write to Redis at ${this.config.redisUrl}: ${msg}. The write was not accepted; retry when Redis is back.`,
+        `cannot write to Redis at ${redactUrl(this.config.redisUrl)}: ${msg}. The write was not accepted; retry when Redis is back.`,
         { cause: e },
       );
     }
@@ -623,7 +623,7 @@ export class WritClient {
         keys.map((k) => this.redis.hmgetBuffer(this.names.cache(k.partition, k.spec.name, k.canonical), "v", "doc", "gone")),
       )) as Hmget[];
     } catch (e) {
-      throw new WritConnectionError(`cannot read the writ cache in Redis at ${this.config.redisUrl}: ${errMessage(e)}`, {
+      throw new WritConnectionError(`cannot read the writ cache in Redis at ${redactUrl(this.config.redisUrl)}: ${errMessage(e)}`, {
         cause: e,
       });
     }

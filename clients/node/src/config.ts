@@ -58,6 +58,28 @@ function randomClientId(): string {
   return `node-${process.pid}-${Date.now().toString(36)}-${rand}`;
 }
 
+/**
+ * A URL fit for messages: the password (and a user, if any) replaced by `***`,
+ * and the values of query parameters that look secret too. Unparseable text is
+ * replaced whole.
+ */
+export function redactUrl(url: string): string {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    return "<unparseable URL>";
+  }
+  if (u.username || u.password) {
+    u.username = "***";
+    u.password = "";
+  }
+  for (const k of [...u.searchParams.keys()]) {
+    if (/pass|pwd|secret|token/i.test(k)) u.searchParams.set(k, "***");
+  }
+  return u.toString().replace("%2A%2A%2A", "***");
+}
+
 /** Every key of {@link WritConfig}: a misspelt one is refused, not ignored. */
 const KNOWN_KEYS = [
   "redisUrl", "mongodbUri", "mongodbDatabase", "namespace", "partitions", "mode", "maxBacklog",
@@ -123,7 +145,7 @@ export function resolveConfig(
       }),
   };
   if (!/^rediss?:\/\//.test(cfg.redisUrl)) {
-    throw new WritConfigError(`redisUrl (WRIT_REDIS_URL) must start with redis:// or rediss://, got ${cfg.redisUrl}`);
+    throw new WritConfigError(`redisUrl (WRIT_REDIS_URL) must start with redis:// or rediss://, got ${redactUrl(cfg.redisUrl)}`);
   }
   if (!/^mongodb(\+srv)?:\/\//.test(cfg.mongodbUri)) {
     throw new WritConfigError(`mongodbUri (WRIT_MONGODB_URI) must start with mongodb:// or mongodb+srv://`);

@@ -8,7 +8,7 @@ import { join } from "node:path";
 
 import { canonicalKey, fnv1a64, keyValues, Names, partitionOf, type CollectionSpec } from "../src/key.js";
 import { compareStreamIds, toSortable, toStreamId, ZERO_VERSION } from "../src/version.js";
-import { resolveConfig } from "../src/config.js";
+import { redactUrl, resolveConfig } from "../src/config.js";
 import { WritConfigError, WritKeyError } from "../src/errors.js";
 import { PRESET_COLLECTIONS } from "../src/collections.js";
 import { REPO_ROOT } from "./harness.js";
@@ -199,4 +199,13 @@ test("the READMEs' setup() examples use only config keys that exist", () => {
     }
     if (file === join(REPO_ROOT, "README.md")) assert.ok(calls.length > 0, `${file} shows setup({...})`);
   }
+});
+
+test("URLs in messages carry no secrets", () => {
+  assert.equal(redactUrl("redis://user:s3cret@h:6379/0"), "redis://***@h:6379/0");
+  assert.equal(redactUrl("rediss://:s3cret@h:6380"), "rediss://***@h:6380");
+  assert.equal(redactUrl("redis://h:6379"), "redis://h:6379");
+  const q = redactUrl("mongodb://h/?tlsCertificateKeyFilePassword=s3cret&authSource=admin");
+  assert.ok(!q.includes("s3cret") && q.includes("authSource=admin"), q);
+  assert.equal(redactUrl("not a url s3cret"), "<unparseable URL>");
 });
