@@ -114,20 +114,23 @@ export function resolveConfig(
     }
   }
   const pick = <T>(v: T | undefined, e: T | undefined, d: T): T => (v !== undefined ? v : e !== undefined ? e : d);
-  const modeText = pick<string>(explicit.mode, env.WRIT_MODE || undefined, "submit");
+  // backtest-kit's packages take their settings from CC_* variables: every
+  // WRIT_<NAME> may also be given as CC_WRIT_<NAME> (WRIT_<NAME> wins).
+  const envOf = (name: string): string | undefined => env[`WRIT_${name}`] || env[`CC_WRIT_${name}`] || undefined;
+  const modeText = pick<string>(explicit.mode, envOf("MODE"), "submit");
   if (modeText !== "submit" && modeText !== "ack") {
     throw new WritConfigError(`mode (WRIT_MODE) must be "submit" or "ack", got ${JSON.stringify(modeText)}`);
   }
   const cfg: WritConfig = {
-    redisUrl: pick(explicit.redisUrl, env.WRIT_REDIS_URL || undefined, "redis://127.0.0.1:6379"),
+    redisUrl: pick(explicit.redisUrl, envOf("REDIS_URL"), "redis://127.0.0.1:6379"),
     mongodbUri: pick(
       explicit.mongodbUri,
-      env.WRIT_MONGODB_URI || undefined,
+      envOf("MONGODB_URI"),
       "mongodb://127.0.0.1:27017/?directConnection=true",
     ),
-    mongodbDatabase: pick(explicit.mongodbDatabase, env.WRIT_MONGODB_DATABASE || undefined, "writ"),
-    namespace: pick(explicit.namespace, env.WRIT_NAMESPACE || undefined, "writ"),
-    partitions: pick(explicit.partitions, intFrom("WRIT_PARTITIONS", env.WRIT_PARTITIONS), 8),
+    mongodbDatabase: pick(explicit.mongodbDatabase, envOf("MONGODB_DATABASE"), "writ"),
+    namespace: pick(explicit.namespace, envOf("NAMESPACE"), "writ"),
+    partitions: pick(explicit.partitions, intFrom("WRIT_PARTITIONS", envOf("PARTITIONS")), 8),
     mode: modeText,
     maxBacklog: explicit.maxBacklog ?? 100000,
     maxDocumentBytes: explicit.maxDocumentBytes ?? 16711680,

@@ -168,6 +168,11 @@ test("config: explicit values win over env, env over defaults; bad values are re
     assert.throws(() => resolveConfig({}, bad), (e: unknown) => e instanceof WritConfigError && re.test(e.message));
   }
   assert.throws(() => resolveConfig({ clientId: "has space" }, {}), WritConfigError);
+  // backtest-kit's CC_ prefix works too; WRIT_ wins when both are set.
+  const cc = resolveConfig({}, { CC_WRIT_REDIS_URL: "redis://cc:1", CC_WRIT_NAMESPACE: "ccns", WRIT_NAMESPACE: "wns", CC_WRIT_PARTITIONS: "4" });
+  assert.equal(cc.redisUrl, "redis://cc:1");
+  assert.equal(cc.namespace, "wns");
+  assert.equal(cc.partitions, 4);
   // A misspelt key is refused, naming it, instead of silently using a default.
   assert.throws(
     () => resolveConfig({ mongoUri: "mongodb://elsewhere/" } as never, {}),
