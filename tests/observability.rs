@@ -342,3 +342,94 @@ fn bad_config_and_refused_connection_get_one_clear_message() {
         "one message: {err}"
     );
 }
+
+/// Redis down for 30 s: `/health/ready` says 503 while it is down (and
+/// `/health/live` stays 200), writers get a clear retryable error, and after
+/// Redis is back the daemon is ready again and every write accepted before
+/// the outage is acked; new writes are accepted and acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_follows_a_redis_outage_of_30_seconds() {
+    let env = TestEnv::start("ready_redis");
+    let (proxy, proxied) = support::proxy::in_front_of_redis(&env.redis_url).await;
+    let port = free_port();
+    let daemon_lines = format!("metrics_listen = \"127.0.0.1:{port}\"");
+    let o = Overrides {
+        daemon: &daemon_lines,
+        redis_url: Some(proxied),
+        client: "write_timeout_ms = 60000",
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = env.config_file_with(dir.path(), &o);
+    let config = env.config_with(&o);
+    let mut daemon = DaemonProc::start(&path, dir.path(), "ready-redis");
+    eventually(Duration::from_secs(30), "ready", || async {
+        (http_get(port, "/health/ready")?.0 == 200).then_some(())
+    })
+    .await;
+    let writ = writ::Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let key = |i: i64| doc! {"symbol": format!("R{i}"), "strategyName": "out", "exchangeName": "x"};
+    let mut before = Vec::new();
+    for i in 0..10 {
+        before.push(s.submit(&key(i), &doc! {"i": i}).await.unwrap());
+    }
+
+    proxy.cut();
+    let cut_at = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(25),
+        "not ready while Redis is down",
+        || async { (http_get(port, "/health/ready")?.0 == 503).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        http_get(port, "/health/live").unwrap().0,
+        200,
+        "live while Redis is down"
+    );
+    let err = s
+        .submit(&key(99), &doc! {"i": 99})
+        .await
+        .expect_err("a submit while Redis is down");
+    assert_eq!(
+        err.retry_class(),
+        writ::RetryClass::Transient,
+        "retryable: {err}"
+    );
+    assert!(
+        err.to_string().to_lowercase().contains("redis"),
+        "names Redis: {err}"
+    );
+    if let Some(left) = Duration::from_secs(30).checked_sub(cut_at.elapsed()) {
+        tokio::time::sleep(left).await; // the outage itself, not a readiness wait
+    }
+    assert_eq!(
+        http_get(port, "/health/ready").unwrap().0,
+        503,
+        "still not ready at 30 s"
+    );
+
+    proxy.heal();
+    eventually(
+        Duration::from_secs(60),
+        "ready again after Redis returns",
+        || async { (http_get(port, "/health/ready")?.0 == 200).then_some(()) },
+    )
+    .await;
+    for t in before {
+        t.wait_for(Duration::from_secs(60)).await.unwrap();
+    }
+    let after = eventually(
+        Duration::from_secs(30),
+        "a write accepted after the outage",
+        || {
+            let s = s.clone();
+            async move { s.submit(&key(100), &doc! {"i": 100}).await.ok() }
+        },
+    )
+    .await;
+    after.wait_for(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(s.read(&key(100)).await.unwrap(), Some(doc! {"i": 100}));
+    assert_eq!(daemon.terminate(Duration::from_secs(20)), Some(0));
+}

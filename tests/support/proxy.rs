@@ -127,3 +127,25 @@ impl Drop for Proxy {
         self.task.abort();
     }
 }
+
+/// A proxy in front of the Redis of `url`, and the same URL through it
+/// (scheme, credentials and database kept).
+pub async fn in_front_of_redis(url: &str) -> (Proxy, String) {
+    let (scheme, rest) = url.split_once("://").expect("a redis:// URL");
+    let (auth, hostpath) = match rest.rsplit_once('@') {
+        Some((a, h)) => (format!("{a}@"), h),
+        None => (String::new(), rest),
+    };
+    let (hostport, path) = match hostpath.split_once('/') {
+        Some((h, p)) => (h, format!("/{p}")),
+        None => (hostpath, String::new()),
+    };
+    let target = tokio::net::lookup_host(hostport)
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = Proxy::start(target).await;
+    let proxied = format!("{scheme}://{auth}127.0.0.1:{}{path}", proxy.port);
+    (proxy, proxied)
+}
