@@ -1,0 +1,100 @@
+//! Shutdown: a SIGTERM while MongoDB is unreachable, with writes in flight,
+//! ends the daemon within `daemon.shutdown_deadline_ms` and loses nothing:
+//! what it could not apply stays pending, and the next daemon applies it.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use mongodb::bson::doc;
+use support::proc::DaemonProc;
+use support::{eventually, Overrides, TestEnv};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_mongodb_is_down_ends_within_the_deadline_and_loses_nothing() {
+    let env = TestEnv::start("shutdown_mongo_down");
+    let (proxy, proxied) = support::proxy::in_front_of_mongo(&env.mongo_uri).await;
+    let o = Overrides {
+        daemon: "shutdown_deadline_ms = 3000",
+        mongo: "op_timeout_ms = 1000",
+        client: "write_timeout_ms = 60000",
+        mongo_uri: Some(proxied),
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = env.config_file_with(dir.path(), &o);
+    let config = env.config_with(&o);
+    let mut first = DaemonProc::start(&path, dir.path(), "shutdown-1");
+    let writ = writ::Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let key =
+        |i: i64| doc! {"symbol": format!("S{i}"), "strategyName": "down", "exchangeName": "x"};
+    // Running and owning partitions: a write is acked.
+    s.write(&key(0), &doc! {"i": 0}).await.unwrap();
+
+    // MongoDB unreachable; 20 writes accepted, and the daemon takes them up.
+    proxy.cut();
+    let mut tickets = Vec::new();
+    for i in 1..=20 {
+        tickets.push(s.submit(&key(i), &doc! {"i": i}).await.unwrap());
+    }
+    let names = writ::protocol::Names::new(&config.namespace);
+    let mut r = env.redis().await;
+    let parts = config.partitions;
+    eventually(
+        Duration::from_secs(20),
+        "the daemon to take up the writes",
+        || {
+            let (mut r, names, group) = (r.clone(), names.clone(), names.group());
+            async move {
+                let mut pending = 0i64;
+                for p in 0..parts {
+                    let v: redis::Value = redis::cmd("XPENDING")
+                        .arg(names.stream(p))
+                        .arg(&group)
+                        .query_async(&mut r)
+                        .await
+                        .ok()?;
+                    if let redis::Value::Array(a) = v {
+                        pending += redis::from_redis_value::<i64>(a[0].clone()).unwrap_or(0);
+                    }
+                }
+                (pending > 0).then_some(())
+            }
+        },
+    )
+    .await;
+
+    let t = Instant::now();
+    let code = first.terminate(Duration::from_secs(20));
+    let took = t.elapsed();
+    assert_eq!(
+        code,
+        Some(0),
+        "exit code after SIGTERM; log:\n{}",
+        first.log_text()
+    );
+    assert!(
+        took < Duration::from_millis(3000 + 2500),
+        "SIGTERM with MongoDB down took {took:?}, deadline 3 s"
+    );
+    eprintln!(
+        "SIGTERM with MongoDB down and 20 writes in flight: exited in {took:?} (deadline 3 s)"
+    );
+
+    // MongoDB back, a new daemon: every accepted write is applied and acked.
+    proxy.heal();
+    let mut second = DaemonProc::start(&path, dir.path(), "shutdown-2");
+    for t in tickets {
+        t.wait_for(Duration::from_secs(60)).await.unwrap();
+    }
+    for i in 1..=20 {
+        assert_eq!(
+            s.read(&key(i)).await.unwrap(),
+            Some(doc! {"i": i}),
+            "write {i}"
+        );
+    }
+    let _: () = redis::cmd("PING").query_async(&mut r).await.unwrap();
+    assert_eq!(second.terminate(Duration::from_secs(20)), Some(0));
+}
