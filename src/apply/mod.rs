@@ -9,13 +9,14 @@
 //! That is not an error: the write is stale and is skipped.
 
 mod bulk;
+mod keys;
 mod limit;
 mod store;
 
 pub use bulk::{BulkItem, BulkOutcome};
 pub use limit::{Limiter, Permit, Signal};
 
+pub use keys::{exact_filter, keys_query, KeysQuery};
 pub use store::{
-    doc_version, exact_filter, is_live, keys_query, Applied, KeysQuery, Store, DOC_PAYLOAD,
-    DOC_REMOVED, DOC_WRIT, KEY_INDEX,
+    doc_version, is_live, Applied, Store, DOC_PAYLOAD, DOC_REMOVED, DOC_WRIT, KEY_INDEX,
 };
