@@ -192,6 +192,9 @@ async fn a_paused_daemon_cannot_overwrite_newer_state() {
     drop((a, b));
 }
 
+/// How long MongoDB is unreachable in the outage test.
+const OUTAGE: Duration = Duration::from_secs(60);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mongodb_outage_writers_keep_going_and_everything_commits_in_order() {
     let env = TestEnv::start("outage");
@@ -235,7 +238,8 @@ async fn mongodb_outage_writers_keep_going_and_everything_commits_in_order() {
         Err(writ::Error::Timeout { .. }) => assert!(t.elapsed() >= Duration::from_millis(2900)),
         other => panic!("expected a timeout during the outage, got {other:?}"),
     }
-    tokio::time::sleep(Duration::from_secs(20).saturating_sub(cut.elapsed())).await;
+    // The outage itself: MongoDB unreachable for 60 s.
+    tokio::time::sleep(OUTAGE.saturating_sub(cut.elapsed())).await;
     let during = load.accepted_count() - before;
     assert!(
         during > 100,
@@ -261,8 +265,8 @@ async fn mongodb_outage_writers_keep_going_and_everything_commits_in_order() {
     )
     .await;
     eprintln!(
-        "outage: 20 s cut; {} accepted ({} during the outage), {} acked; drained {:?} after heal ({:?} after load stop)",
-        load.accepted_count(), during, load.acked_count(), healed.elapsed(), drained
+        "outage: {:?} cut; {} accepted ({} during the outage), {} acked; drained {:?} after heal ({:?} after load stop)",
+        OUTAGE, load.accepted_count(), during, load.acked_count(), healed.elapsed(), drained
     );
     daemon.stop().await;
 }
