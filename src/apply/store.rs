@@ -1,6 +1,7 @@
 //! MongoDB access: connection, idempotent key indexes, the guarded upsert and
 //! the reads (read-through, listing, counting) that skip soft-deleted keys.
 
+use std::future::IntoFuture;
 use std::time::Duration;
 
 use futures::TryStreamExt;
@@ -181,36 +182,20 @@ impl Store {
             return self.delete(&c, &write.key, filter, version).await;
         }
         let update = update_of(coll, write, &v);
-        let mut raced = false;
-        loop {
-            let res = c
-                .find_one_and_update(filter.clone(), update.clone())
+        let op = || {
+            c.find_one_and_update(filter.clone(), update.clone())
                 .upsert(true)
                 .return_document(ReturnDocument::After)
                 .write_concern(self.wc.clone())
                 .max_time(self.max_time)
-                .await;
-            return match res {
-                Ok(Some(doc)) => Ok(Applied::Committed(doc)),
-                Ok(None) => Err(Error::MissingPostImage {
-                    collection: coll.name.clone(),
-                }),
-                Err(e) if mongo_code(&e) == Some(11000) => {
-                    match self.stale_or_conflict(&c, &write.key, version).await? {
-                        Some(stale) => Ok(stale),
-                        // A duplicate key while the stored version is older
-                        // (or absent): another upsert of the key inserted it
-                        // between our match and our insert. Once more, at once;
-                        // a second one is a real conflict (another unique index).
-                        None if !raced => {
-                            raced = true;
-                            continue;
-                        }
-                        None => Err(e.into()),
-                    }
-                }
-                Err(e) => Err(e.into()),
-            };
+                .into_future()
+        };
+        match self.guarded(&c, &write.key, version, op).await? {
+            Guarded::Written(Some(doc)) => Ok(Applied::Committed(doc)),
+            Guarded::Written(None) => Err(Error::MissingPostImage {
+                collection: coll.name.clone(),
+            }),
+            Guarded::Stale(stale) => Ok(stale),
         }
     }
 
@@ -230,32 +215,52 @@ impl Store {
             DOC_WRIT,
             doc! {"v": version.to_sortable(), "at": DateTime::now(), "deleted": true},
         );
-        let mut raced = false;
-        loop {
-            let res = c
-                .find_one_and_replace(filter.clone(), tombstone.clone())
+        let op = || {
+            c.find_one_and_replace(filter.clone(), tombstone.clone())
                 .upsert(true)
                 .return_document(ReturnDocument::After)
                 .write_concern(self.wc.clone())
                 .max_time(self.max_time)
-                .await;
-            return match res {
-                Ok(Some(_)) => Ok(Applied::Deleted),
-                Ok(None) => Err(Error::MissingPostImage {
-                    collection: c.name().to_string(),
-                }),
+                .into_future()
+        };
+        match self.guarded(c, key, version, op).await? {
+            Guarded::Written(Some(_)) => Ok(Applied::Deleted),
+            Guarded::Written(None) => Err(Error::MissingPostImage {
+                collection: c.name().to_string(),
+            }),
+            Guarded::Stale(stale) => Ok(stale),
+        }
+    }
+
+    /// Runs a guarded upsert `op` and reads a duplicate-key error: stale when
+    /// the key already holds this version or a newer one; with an older (or
+    /// no) document it is an insert race (another upsert of the key inserted
+    /// it between our match and our insert), re-run once at once; a second one
+    /// is a real conflict (another unique index).
+    async fn guarded<F, Fut>(
+        &self,
+        c: &Collection<Document>,
+        key: &Key,
+        version: Version,
+        op: F,
+    ) -> Result<Guarded>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = mongodb::error::Result<Option<Document>>>,
+    {
+        let mut raced = false;
+        loop {
+            match op().await {
+                Ok(doc) => return Ok(Guarded::Written(doc)),
                 Err(e) if mongo_code(&e) == Some(11000) => {
                     match self.stale_or_conflict(c, key, version).await? {
-                        Some(stale) => Ok(stale),
-                        None if !raced => {
-                            raced = true;
-                            continue;
-                        }
-                        None => Err(e.into()),
+                        Some(stale) => return Ok(Guarded::Stale(stale)),
+                        None if !raced => raced = true,
+                        None => return Err(e.into()),
                     }
                 }
-                Err(e) => Err(e.into()),
-            };
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 
@@ -406,6 +411,14 @@ pub fn update_of(coll: &CollectionConfig, write: &Write, v: &str) -> Document {
         update.insert("$setOnInsert", on_insert);
     }
     update
+}
+
+/// How a guarded upsert ended (see [`Store::guarded`]).
+enum Guarded {
+    /// It wrote; the post-image, if the server returned one.
+    Written(Option<Document>),
+    /// The key already holds this version or a newer one.
+    Stale(Applied),
 }
 
 /// The version a stored document carries, if any.
