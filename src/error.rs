@@ -106,6 +106,17 @@ pub enum Error {
     #[error("shutting down")]
     Shutdown,
 
+    /// A partition operation was refused because this daemon's fencing token
+    /// is no longer current: another daemon took the partition's lease. The
+    /// tenure is over; retrying cannot help.
+    #[error("fenced: partition {partition} moved to another daemon; its {op} was refused")]
+    Fenced {
+        /// The partition.
+        partition: u32,
+        /// What was refused: `read`, `claim` or `cache`.
+        op: &'static str,
+    },
+
     /// Encoding a document failed.
     #[error("encoding: {0}")]
     Encode(String),
@@ -129,6 +140,7 @@ impl Error {
             | Error::KeyTooLarge(_)
             | Error::DeadLettered { .. }
             | Error::Shutdown
+            | Error::Fenced { .. }
             | Error::Encode(_) => RetryClass::Permanent,
         }
     }
@@ -144,6 +156,7 @@ impl Error {
             Error::DeadLettered { .. } => "dead_lettered",
             Error::Config(_) => "config",
             Error::Shutdown => "shutdown",
+            Error::Fenced { .. } => "fenced",
             Error::Encode(_) => "encode",
         }
     }

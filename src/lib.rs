@@ -9,8 +9,9 @@
 //!   gets a ticket, and waits for the ack; reads go to the cache.
 //! - [`protocol`]: the language-neutral entry format, keys, partitions,
 //!   versions and Redis key names.
-//! - [`consumer`]: the daemon reads each partition through a consumer group and
-//!   runs each key's writes strictly in order.
+//! - [`source`]: the daemon reads each partition's stream through a consumer
+//!   group, fenced by the partition's lease.
+//! - [`consumer`]: runs each key's writes strictly in order.
 //! - [`apply`]: one atomic, sequence-guarded upsert per write in MongoDB.
 //! - [`cache`]: the committed post-image goes to Redis by compare-and-set.
 //! - [`ack`]: only then is the writer acked, and the entry `XACK`ed.
@@ -35,6 +36,7 @@ pub mod protocol;
 pub mod redis_conn;
 pub mod retention;
 pub mod serve;
+pub mod source;
 pub mod status;
 pub mod stream;
 pub mod telemetry;

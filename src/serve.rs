@@ -86,13 +86,26 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
         health,
         background.clone(),
     ));
-    let keeper = tokio::spawn(housekeeping(config.clone(), conn, background.clone()));
+    let keeper = tokio::spawn(housekeeping(
+        config.clone(),
+        conn.clone(),
+        background.clone(),
+    ));
     tracing::info!(
         partitions = config.partitions,
         lease_ttl_ms = config.lease_ttl.as_millis() as u64,
         "writ serve is running"
     );
-    ownership::run(ctx, leases, shutdown.clone()).await;
+    let spawn: ownership::Spawn =
+        Box::new(move |p, run| tokio::spawn(crate::consumer::run_partition(p, ctx.clone(), run)));
+    ownership::run(
+        config.clone(),
+        conn.clone(),
+        leases,
+        spawn,
+        shutdown.clone(),
+    )
+    .await;
     background.cancel();
     let _ = tokio::join!(probe, keeper);
     tracing::info!("writ serve stopped");

@@ -77,6 +77,11 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "Partition leases this daemon lost without releasing them.",
     ),
     (
+        "writ_fenced_total",
+        "counter",
+        "Partition operations (read, claim, cache) refused by the fence: this daemon lost the lease.",
+    ),
+    (
         "writ_lease_released_total",
         "counter",
         "Partition leases this daemon handed back.",
@@ -202,6 +207,9 @@ pub fn register(config: &crate::config::Config) {
     for class in ["transient", "permanent"] {
         metrics::counter!("writ_retries_total", "error_class" => class).absolute(0);
         metrics::counter!("writ_mongodb_errors_total", "error_class" => class).absolute(0);
+    }
+    for op in ["read", "claim", "cache"] {
+        metrics::counter!("writ_fenced_total", "op" => op).absolute(0);
     }
     for p in 0..config.partitions {
         let p = p.to_string();

@@ -40,10 +40,20 @@ pub enum CasOutcome {
 /// A fencing check: the fence key and the token that must be current.
 #[derive(Debug, Clone)]
 pub struct Fence {
+    /// The partition (for the refusal's log line and metric).
+    pub partition: u32,
     /// `<ns>:{p<N>}:fence`.
     pub key: String,
     /// The writer's token.
     pub token: u64,
+}
+
+fn outcome(script_result: i64) -> CasOutcome {
+    match script_result {
+        1 => CasOutcome::Stored,
+        -1 => CasOutcome::Fenced,
+        _ => CasOutcome::NotNewer,
+    }
 }
 
 /// The cache, on a shared connection.
@@ -73,7 +83,8 @@ impl Cache {
         Ok(self.put_fenced(key, version, doc, None).await? == CasOutcome::Stored)
     }
 
-    /// Like [`Cache::put_if_newer`], refused if `fence` is given and stale.
+    /// Like [`Cache::put_if_newer`], refused if `fence` is given and stale
+    /// (the refusal is logged and counted in `writ_fenced_total{op="cache"}`).
     pub async fn put_fenced(
         &self,
         key: &str,
@@ -92,11 +103,11 @@ impl Cache {
             call.key(&f.key).arg(f.token);
         }
         let res: i64 = call.invoke_async(&mut conn).await?;
-        Ok(match res {
-            1 => CasOutcome::Stored,
-            -1 => CasOutcome::Fenced,
-            _ => CasOutcome::NotNewer,
-        })
+        let outcome = outcome(res);
+        if let (CasOutcome::Fenced, Some(f)) = (outcome, fence) {
+            crate::ownership::refused(f.partition, "cache", f.token);
+        }
+        Ok(outcome)
     }
 
     /// Compare-and-sets many entries in one pipelined round trip (the script
@@ -129,14 +140,11 @@ impl Cache {
         }
         let mut conn = self.conn.clone();
         let res: Vec<i64> = pipe.query_async(&mut conn).await?;
-        Ok(res
-            .into_iter()
-            .map(|r| match r {
-                1 => CasOutcome::Stored,
-                -1 => CasOutcome::Fenced,
-                _ => CasOutcome::NotNewer,
-            })
-            .collect())
+        let outcomes: Vec<CasOutcome> = res.into_iter().map(outcome).collect();
+        if outcomes.contains(&CasOutcome::Fenced) {
+            crate::ownership::refused(fence.partition, "cache", fence.token);
+        }
+        Ok(outcomes)
     }
 
     /// Reads a key's entry; `None` on a miss.

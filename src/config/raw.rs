@@ -241,7 +241,7 @@ fn default_backoff_cap_ms() -> u64 {
     5_000
 }
 fn default_lease_ttl_ms() -> u64 {
-    10_000
+    2_000
 }
 fn default_stats_interval_ms() -> u64 {
     2_000

@@ -174,6 +174,7 @@ async fn finish(
         .map(|(seg, _, v, doc, _)| (ctx.names.cache(p, &seg.id.0, &seg.id.1), *v, doc.as_ref()))
         .collect();
     let fence = Fence {
+        partition: p,
         key: crate::ownership::fence_key(&ctx.config.namespace, p),
         token: run.lease.token,
     };
@@ -186,11 +187,6 @@ async fn finish(
         return false;
     };
     if cas.contains(&CasOutcome::Fenced) {
-        tracing::warn!(
-            partition = p,
-            token = fence.token,
-            "fencing token is stale: the lease moved to another daemon; stopping this partition"
-        );
         run.abort.cancel();
         return false;
     }

@@ -22,12 +22,10 @@ use std::sync::Arc;
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
 use crate::apply::Store;
 use crate::cache::Cache;
 use crate::config::Config;
-use crate::ownership::Lease;
 use crate::protocol::{self, Names, Write};
 use crate::stream::Entry;
 
@@ -45,16 +43,7 @@ pub struct Ctx {
     pub conn: ConnectionManager,
 }
 
-/// One tenure of one partition: its lease and its stop signals.
-pub struct PartitionRun {
-    /// Fired on shutdown or hand-over: stop reading, drain what is in flight.
-    pub stop_reading: CancellationToken,
-    /// Fired at the shutdown deadline or when the lease is lost: apply nothing
-    /// more, leave the rest pending for the next owner.
-    pub abort: CancellationToken,
-    /// The lease this tenure holds.
-    pub lease: Arc<Lease>,
-}
+pub use crate::ownership::PartitionRun;
 
 /// An entry read from a partition, holding its in-flight permit.
 pub(crate) struct Item {

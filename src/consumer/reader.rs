@@ -1,11 +1,8 @@
 //! The partition reader: claims pending entries left by earlier consumers,
 //! then reads new ones, never holding more than the in-flight bound.
 //!
-//! Every group read is **fenced**: a script delivers entries to this consumer
-//! only while the partition's fencing token is still ours. A daemon that was
-//! paused past its lease therefore cannot pull entries into its own pending
-//! list after the new owner claimed the old ones. Waiting for new entries uses
-//! a plain `XREAD BLOCK`, which delivers nothing.
+//! Every group read and claim is fenced ([`crate::source`]). Waiting for new
+//! entries uses a plain `XREAD BLOCK`, which delivers nothing.
 
 use std::sync::Arc;
 
@@ -13,54 +10,9 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::{Ctx, Item, PartitionRun};
 use crate::backoff::Backoff;
-use crate::error::{Error, Result};
-use crate::stream::{parse_autoclaim, parse_entries, Entry};
-
-/// `KEYS`: stream, fence, partition meta. `ARGV`: token, group, consumer,
-/// count, mode, cursor. Mode `claim`: XAUTOCLAIM from `cursor`; mode `read`:
-/// XREADGROUP `>`, returning `{entries, last id}`.
-///
-/// A read also keeps the meta hash's `at`/`read` pair (the group's
-/// last-delivered-id and the stream's entries-added count as of that entry),
-/// from which `src/lua/admit.lua` counts the undelivered backlog in O(1).
-const FENCED_READ: &str = r#"
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then
-  return redis.error_reply('FENCED the partition lease moved to another daemon')
-end
-if ARGV[5] == 'claim' then
-  return redis.call('XAUTOCLAIM', KEYS[1], ARGV[2], ARGV[3], 0, ARGV[6], 'COUNT', ARGV[4])
-end
-local before = '0-0'
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-  local f = {}
-  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
-  if f['name'] == ARGV[2] then before = f['last-delivered-id'] end
-end
-local meta = redis.call('HMGET', KEYS[3], 'at', 'read')
-local function added()
-  local s = redis.call('XINFO', 'STREAM', KEYS[1])
-  for i = 1, #s, 2 do if s[i] == 'entries-added' then return s[i + 1] end end
-  return 0
-end
-local r = redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4], 'STREAMS', KEYS[1], '>')
-if r then
-  local entries = r[1][2]
-  local at = entries[#entries][1]
-  if meta[1] == before and meta[2] then
-    redis.call('HSET', KEYS[3], 'at', at, 'read', tonumber(meta[2]) + #entries)
-  else
-    local after = redis.call('XRANGE', KEYS[1], '(' .. at, '+')
-    redis.call('HSET', KEYS[3], 'at', at, 'read', added() - #after)
-  end
-  return {entries, ''}
-end
-if meta[1] ~= before then
-  redis.call('HSET', KEYS[3], 'at', before, 'read', added())
-end
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-if last[1] then return {{}, last[1][1]} end
-return {{}, '0-0'}
-"#;
+use crate::error::Error;
+use crate::source::FencedReader;
+use crate::stream::Entry;
 
 pub(super) async fn run(
     p: u32,
@@ -70,10 +22,14 @@ pub(super) async fn run(
     tx: mpsc::Sender<Vec<Item>>,
 ) {
     let stream = ctx.names.stream(p);
-    let fence = crate::ownership::fence_key(&ctx.config.namespace, p);
-    let meta = ctx.names.meta(p);
     let group = ctx.names.group();
-    let script = redis::Script::new(FENCED_READ);
+    let reader = FencedReader::new(
+        &ctx.names,
+        &ctx.config.namespace,
+        p,
+        &ctx.config.consumer_name,
+        run.lease.token,
+    );
     let mut conn = match crate::redis_conn::connect(&ctx.config, ctx.config.block).await {
         Ok(c) => c,
         Err(e) => {
@@ -81,23 +37,10 @@ pub(super) async fn run(
             return;
         }
     };
-    let fenced = |mode: &'static str, count: usize, cursor: &str| {
-        let mut call = script.key(&stream);
-        call.key(&fence)
-            .key(&meta)
-            .arg(run.lease.token)
-            .arg(&group)
-            .arg(&ctx.config.consumer_name)
-            .arg(count)
-            .arg(mode)
-            .arg(cursor);
-        call
-    };
     let mut backoff = Backoff::new(ctx.config.backoff_cap);
     // First, everything pending in the group (earlier runs, crashed daemons),
     // in id order, before any new entry: that keeps per-key order.
-    let mut cursor = "0-0".to_string();
-    let mut claiming = true;
+    let mut cursor = Some("0-0".to_string());
     loop {
         let Some(first) = acquire(&permits, &run).await else {
             return;
@@ -107,46 +50,24 @@ pub(super) async fn run(
             return;
         }
         let count = ctx.config.batch_size.min(permits.available_permits() + 1);
-        let mode = if claiming { "claim" } else { "read" };
-        let res: Result<redis::Value> = fenced(mode, count, &cursor)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(Into::into);
-        match res {
-            Ok(v) if claiming => {
-                backoff.reset();
-                let (next, entries, deleted) = parse_autoclaim(&v);
-                if !deleted.is_empty() {
+        let res = match &cursor {
+            Some(from) => reader.claim(&mut conn, from, count).await.map(|c| {
+                if !c.deleted.is_empty() {
                     // writ trims only below the committed watermark, so only an
                     // outside XDEL/XTRIM can do this. Say so loudly.
-                    tracing::error!(partition = p, ids = ?deleted, "pending entries were deleted from the stream by someone else before they were applied; they cannot be applied (check for XDEL/XTRIM outside writ)");
+                    tracing::error!(partition = p, ids = ?c.deleted, "pending entries were deleted from the stream by someone else before they were applied; they cannot be applied (check for XDEL/XTRIM outside writ)");
                 }
-                if !entries.is_empty() {
-                    tracing::info!(
-                        partition = p,
-                        entries = entries.len(),
-                        "re-applying pending entries"
-                    );
-                    if !send(entries, first, &permits, &tx).await {
-                        return;
-                    }
+                if !c.entries.is_empty() {
+                    tracing::info!(partition = p, entries = c.entries.len(), "re-applying pending entries");
                 }
-                if next == "0-0" {
-                    claiming = false;
-                } else {
-                    cursor = next;
-                }
-            }
-            Ok(v) => {
+                cursor = (c.next != "0-0").then_some(c.next);
+                (c.entries, None)
+            }),
+            None => reader.read(&mut conn, count).await.map(|r| (r.entries, Some(r.last))),
+        };
+        match res {
+            Ok((entries, last)) => {
                 backoff.reset();
-                let (entries, last) = match &v {
-                    redis::Value::Array(parts) if parts.len() == 2 => {
-                        let last: String =
-                            redis::from_redis_value(parts[1].clone()).unwrap_or_default();
-                        (parse_entries(&parts[0]), last)
-                    }
-                    _ => (Vec::new(), String::new()),
-                };
                 if !entries.is_empty() {
                     if !send(entries, first, &permits, &tx).await {
                         return;
@@ -154,17 +75,22 @@ pub(super) async fn run(
                     continue;
                 }
                 drop(first);
+                let Some(last) = last else { continue };
                 // Nothing new: wait for an entry after `last` without taking it.
-                let wait: redis::RedisResult<redis::Value> = redis::cmd("XREAD")
+                // A hand-over or shutdown does not wait out the block.
+                let mut xread = redis::cmd("XREAD");
+                xread
                     .arg("COUNT")
                     .arg(1)
                     .arg("BLOCK")
                     .arg(ctx.config.block.as_millis() as u64)
                     .arg("STREAMS")
                     .arg(&stream)
-                    .arg(if last.is_empty() { "$" } else { last.as_str() })
-                    .query_async(&mut conn)
-                    .await;
+                    .arg(if last.is_empty() { "$" } else { last.as_str() });
+                let wait: redis::RedisResult<redis::Value> = tokio::select! {
+                    w = xread.query_async(&mut conn) => w,
+                    _ = run.stop_reading.cancelled() => return,
+                };
                 if let Err(e) = wait {
                     tracing::warn!(partition = p, error = %e, "waiting for new entries failed; retrying");
                     if !backoff.sleep(&run.stop_reading).await {
@@ -172,16 +98,12 @@ pub(super) async fn run(
                     }
                 }
             }
+            Err(Error::Fenced { .. }) => {
+                run.abort.cancel();
+                return;
+            }
             Err(e) => {
                 drop(first);
-                if is_fenced(&e) {
-                    tracing::warn!(
-                        partition = p,
-                        "fencing token is stale: the lease moved; stopping this partition"
-                    );
-                    run.abort.cancel();
-                    return;
-                }
                 if is_nogroup(&e) {
                     crate::serve::ensure_group(&mut conn, &stream, &group)
                         .await
@@ -195,10 +117,6 @@ pub(super) async fn run(
             }
         }
     }
-}
-
-fn is_fenced(e: &Error) -> bool {
-    matches!(e, Error::Redis(r) if r.code() == Some("FENCED"))
 }
 
 fn is_nogroup(e: &Error) -> bool {

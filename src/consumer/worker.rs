@@ -82,6 +82,7 @@ fn reply_of(fields: &crate::stream::Fields) -> Option<protocol::ReplyTo> {
 /// Processes one key's jobs, in order.
 pub(super) async fn run_key(ctx: &Ctx, run: &PartitionRun, p: u32, stream: &str, jobs: Vec<Job>) {
     let fence = Fence {
+        partition: p,
         key: crate::ownership::fence_key(&ctx.config.namespace, p),
         token: run.lease.token,
     };
@@ -158,7 +159,6 @@ pub(super) async fn run_key(ctx: &Ctx, run: &PartitionRun, p: u32, stream: &str,
             return;
         };
         if cas == CasOutcome::Fenced {
-            tracing::warn!(partition = p, token = fence.token, "fencing token is stale: the lease moved to another daemon; stopping this partition");
             run.abort.cancel();
             return;
         }

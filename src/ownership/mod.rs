@@ -1,11 +1,22 @@
 //! Partition ownership: which daemon applies which partition.
 //!
 //! Every daemon heartbeats into `<ns>:members` and aims for an even share,
-//! `ceil(partitions / live members)`. Each tick it renews its leases, hands
-//! over partitions above its share (stop reading, drain, release), and takes
-//! free partitions below it. A new tenure first re-applies the partition's
-//! pending entries (XAUTOCLAIM) before reading new ones, so a crashed owner's
-//! work is finished in order. A lost lease aborts the partition at once.
+//! `ceil(partitions / live members)`. It polls every [`POLL`]: renews its
+//! leases every quarter of the lease TTL, hands over every partition above
+//! its share at once (stop reading, drain, release the moment the drain
+//! ends), and takes free partitions below it. A new tenure first re-applies
+//! the partition's pending entries (XAUTOCLAIM) before reading new ones, so a
+//! crashed owner's work is finished in order. A lost lease aborts the
+//! partition at once.
+//!
+//! How fast a partition moves (the figures are in the note and
+//! docs/operations.md): after a kill -9, within the lease TTL plus one poll;
+//! after a join or a graceful stop, within the drain of what is in flight
+//! plus one poll, because a stopping daemon leaves the member set first and
+//! releases each lease as soon as that partition is drained.
+//!
+//! This module does not know what a partition run does: `serve` hands it a
+//! spawn function (see [`Spawn`]).
 
 mod lease;
 
@@ -15,10 +26,43 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use redis::aio::ConnectionManager;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::consumer::{run_partition, Ctx, PartitionRun};
+use crate::config::Config;
+
+/// How often a daemon looks at membership and free partitions.
+pub const POLL: Duration = Duration::from_millis(100);
+
+/// Says that an operation of partition `p` was refused by its fence: this
+/// daemon's `token` is no longer current. Logged and counted in
+/// `writ_fenced_total{op}`.
+pub fn refused(p: u32, op: &'static str, token: u64) {
+    tracing::warn!(
+        partition = p,
+        op,
+        token,
+        "fenced: the partition lease moved to another daemon; refused and stopping this partition"
+    );
+    metrics::counter!("writ_fenced_total", "op" => op).increment(1);
+}
+
+/// One tenure of one partition: its lease and its stop signals.
+pub struct PartitionRun {
+    /// Fired on shutdown or hand-over: stop reading, drain what is in flight.
+    pub stop_reading: CancellationToken,
+    /// Fired at the shutdown deadline or when the lease is lost: apply nothing
+    /// more, leave the rest pending for the next owner.
+    pub abort: CancellationToken,
+    /// The lease this tenure holds.
+    pub lease: Arc<Lease>,
+}
+
+/// Starts the run of a partition whose lease was just taken; the task ends
+/// when the run is drained or aborted.
+pub type Spawn = Box<dyn Fn(u32, Arc<PartitionRun>) -> JoinHandle<()> + Send + Sync>;
 
 struct Tenure {
     run: Arc<PartitionRun>,
@@ -33,63 +77,125 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// One daemon's view of the partitions it holds.
+struct Owner {
+    config: Arc<Config>,
+    conn: ConnectionManager,
+    leases: Leases,
+    spawn: Spawn,
+    members_key: String,
+    owned: BTreeMap<u32, Tenure>,
+    renewed: Instant,
+}
+
 /// Owns partitions until `shutdown`, then drains them (bounded by the
 /// shutdown deadline) and releases the leases.
-pub async fn run(ctx: Arc<Ctx>, leases: Leases, shutdown: CancellationToken) {
-    let cfg = ctx.config.clone();
-    let members_key = format!("{}:members", cfg.namespace);
-    let me = cfg.consumer_name.clone();
-    let tick = (cfg.lease_ttl / 3).max(Duration::from_millis(100));
-    let mut owned: BTreeMap<u32, Tenure> = BTreeMap::new();
+pub async fn run(
+    config: Arc<Config>,
+    conn: ConnectionManager,
+    leases: Leases,
+    spawn: Spawn,
+    shutdown: CancellationToken,
+) {
+    let mut owner = Owner {
+        members_key: format!("{}:members", config.namespace),
+        config,
+        conn,
+        leases,
+        spawn,
+        owned: BTreeMap::new(),
+        renewed: Instant::now(),
+    };
     loop {
-        // Membership: who is alive decides each daemon's share.
-        let mut conn = ctx.conn.clone();
+        let members = owner.heartbeat().await;
+        owner.end_tenures().await;
+        if owner.renewed.elapsed() >= owner.config.lease_ttl / 4 {
+            owner.renewed = Instant::now();
+            owner.renew().await;
+        }
+        if let Some(n) = members {
+            let share = owner.config.partitions.div_ceil(n as u32);
+            owner.hand_over_above(share);
+            owner.take_up_to(share, &shutdown).await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    // Leave first, so the others' share grows and they take each partition
+    // the moment it is released.
+    owner.leave().await;
+    owner.drain().await;
+}
+
+impl Owner {
+    /// Heartbeats and returns the number of live members (`None`: Redis did
+    /// not answer, so take nothing new).
+    async fn heartbeat(&mut self) -> Option<u64> {
         let now = now_ms();
-        let members: Option<u64> = redis::pipe()
+        let ttl = self.config.lease_ttl.as_millis() as u64;
+        redis::pipe()
             .cmd("ZADD")
-            .arg(&members_key)
+            .arg(&self.members_key)
             .arg(now)
-            .arg(&me)
+            .arg(&self.config.consumer_name)
             .ignore()
             .cmd("ZREMRANGEBYSCORE")
-            .arg(&members_key)
+            .arg(&self.members_key)
             .arg("-inf")
-            .arg(now.saturating_sub(cfg.lease_ttl.as_millis() as u64))
+            .arg(now.saturating_sub(ttl))
             .ignore()
             .cmd("PEXPIRE")
-            .arg(&members_key)
-            .arg(cfg.lease_ttl.as_millis() as u64 * 3)
+            .arg(&self.members_key)
+            .arg(ttl * 3)
             .ignore()
             .cmd("ZCARD")
-            .arg(&members_key)
-            .query_async::<(u64,)>(&mut conn)
+            .arg(&self.members_key)
+            .query_async::<(u64,)>(&mut self.conn)
             .await
             .ok()
-            .map(|(n,)| n.max(1));
-        let share = members
-            .map(|n| cfg.partitions.div_ceil(n as u32))
-            .unwrap_or(cfg.partitions);
+            .map(|(n,)| n.max(1))
+    }
 
-        // Tenures that ended: handed over, aborted, or failed.
-        let ended: Vec<u32> = owned
+    async fn leave(&mut self) {
+        let _: redis::RedisResult<()> = redis::cmd("ZREM")
+            .arg(&self.members_key)
+            .arg(&self.config.consumer_name)
+            .query_async(&mut self.conn)
+            .await;
+    }
+
+    /// Releases the leases of tenures that ended (handed over, drained,
+    /// aborted, or failed) while they are still ours.
+    async fn end_tenures(&mut self) {
+        let ended: Vec<u32> = self
+            .owned
             .iter()
             .filter(|(_, t)| t.handle.is_finished())
             .map(|(p, _)| *p)
             .collect();
         for p in ended {
-            let t = owned.remove(&p).expect("listed");
+            let t = self.owned.remove(&p).expect("listed");
             if t.handing_over || t.run.lease.valid() {
-                let _ = leases.release(p).await;
-                metrics::counter!("writ_lease_released_total", "partition" => p.to_string())
-                    .increment(1);
+                self.release(p).await;
             }
             crate::telemetry::clear_partition(p);
             tracing::info!(partition = p, "partition tenure ended");
         }
+    }
 
-        // Renew what we hold.
-        for (p, t) in &owned {
-            match leases.renew(&t.run.lease).await {
+    async fn release(&self, p: u32) {
+        if let Err(e) = self.leases.release(p).await {
+            tracing::warn!(partition = p, error = %e, "cannot release the lease; it expires within its TTL");
+            return;
+        }
+        metrics::counter!("writ_lease_released_total", "partition" => p.to_string()).increment(1);
+    }
+
+    async fn renew(&self) {
+        for (p, t) in &self.owned {
+            match self.leases.renew(&t.run.lease).await {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::warn!(partition = p, "lost the partition lease; aborting it");
@@ -102,125 +208,126 @@ pub async fn run(ctx: Arc<Ctx>, leases: Leases, shutdown: CancellationToken) {
                 }
             }
         }
-
-        // Hand over above our share, one partition per tick.
-        let active = owned.values().filter(|t| !t.handing_over).count() as u32;
-        if active > share {
-            if let Some((p, t)) = owned.iter_mut().rev().find(|(_, t)| !t.handing_over) {
-                tracing::info!(
-                    partition = p,
-                    share,
-                    "handing the partition over to balance the daemons"
-                );
-                t.handing_over = true;
-                t.run.stop_reading.cancel();
-            }
-        }
-
-        // Take free partitions up to our share.
-        let mut active = owned.values().filter(|t| !t.handing_over).count() as u32;
-        if members.is_some() {
-            for p in 0..cfg.partitions {
-                if active >= share || shutdown.is_cancelled() {
-                    break;
-                }
-                if owned.contains_key(&p) {
-                    continue;
-                }
-                match leases.try_acquire(p).await {
-                    Ok(Some(lease)) => {
-                        tracing::info!(
-                            partition = p,
-                            token = lease.token,
-                            "took the partition lease"
-                        );
-                        metrics::counter!("writ_lease_acquired_total", "partition" => p.to_string()).increment(1);
-                        metrics::gauge!("writ_partition_owned", "partition" => p.to_string())
-                            .set(1.0);
-                        let run = Arc::new(PartitionRun {
-                            stop_reading: shutdown.child_token(),
-                            abort: CancellationToken::new(),
-                            lease: Arc::new(lease),
-                        });
-                        let handle = tokio::spawn(run_partition(p, ctx.clone(), run.clone()));
-                        owned.insert(
-                            p,
-                            Tenure {
-                                run,
-                                handle,
-                                handing_over: false,
-                            },
-                        );
-                        active += 1;
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot take partition leases (redis)");
-                        break;
-                    }
-                }
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(tick) => {}
-            _ = shutdown.cancelled() => break,
-        }
     }
-    drain(owned, &leases, &ctx, tick).await;
-    let mut conn = ctx.conn.clone();
-    let _: redis::RedisResult<()> = redis::cmd("ZREM")
-        .arg(&members_key)
-        .arg(&me)
-        .query_async(&mut conn)
-        .await;
-}
 
-/// Stops reading everywhere, keeps renewing while in-flight work drains, and
-/// releases the leases; aborts what is left at the deadline.
-async fn drain(mut owned: BTreeMap<u32, Tenure>, leases: &Leases, ctx: &Ctx, tick: Duration) {
-    for t in owned.values() {
-        t.run.stop_reading.cancel();
+    fn active(&self) -> u32 {
+        self.owned.values().filter(|t| !t.handing_over).count() as u32
     }
-    let deadline = tokio::time::Instant::now() + ctx.config.shutdown_deadline;
-    let mut renewed = tokio::time::Instant::now();
-    while !owned.values().all(|t| t.handle.is_finished()) {
-        if tokio::time::Instant::now() >= deadline {
-            tracing::warn!("shutdown deadline passed; abandoning what is left (it stays pending for the next owner)");
-            for t in owned.values() {
-                t.run.abort.cancel();
+
+    /// Stops reading every partition above `share` (the highest numbers);
+    /// each is released as soon as its in-flight work is drained.
+    fn hand_over_above(&mut self, share: u32) {
+        let mut excess = self.active().saturating_sub(share);
+        for (p, t) in self.owned.iter_mut().rev() {
+            if excess == 0 {
+                break;
             }
-            break;
-        }
-        if renewed.elapsed() >= tick {
-            renewed = tokio::time::Instant::now();
-            for t in owned.values() {
-                let _ = leases.renew(&t.run.lease).await;
+            if t.handing_over {
+                continue;
             }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Join every tenure at once: a stuck one costs its 2 s grace once, not
-    // once per partition.
-    let joins = std::mem::take(&mut owned)
-        .into_iter()
-        .map(|(p, t)| async move {
-            crate::telemetry::clear_partition(p);
-            let stopped = tokio::time::timeout(Duration::from_secs(2), t.handle)
-                .await
-                .is_ok();
-            (p, stopped)
-        });
-    for (p, stopped) in futures::future::join_all(joins).await {
-        if !stopped {
-            // Still inside a call: keep the lease so nobody else applies the
-            // partition meanwhile; it expires by itself within the TTL.
-            tracing::warn!(
+            tracing::info!(
                 partition = p,
-                "partition did not stop in time; leaving its lease to expire"
+                share,
+                "handing the partition over to balance the daemons"
             );
-            continue;
+            t.handing_over = true;
+            t.run.stop_reading.cancel();
+            excess -= 1;
         }
-        let _ = leases.release(p).await;
-        metrics::counter!("writ_lease_released_total", "partition" => p.to_string()).increment(1);
+    }
+
+    async fn take_up_to(&mut self, share: u32, shutdown: &CancellationToken) {
+        let mut active = self.active();
+        for p in 0..self.config.partitions {
+            if active >= share || shutdown.is_cancelled() {
+                return;
+            }
+            if self.owned.contains_key(&p) {
+                continue;
+            }
+            match self.leases.try_acquire(p).await {
+                Ok(Some(lease)) => {
+                    tracing::info!(
+                        partition = p,
+                        token = lease.token,
+                        "took the partition lease"
+                    );
+                    metrics::counter!("writ_lease_acquired_total", "partition" => p.to_string())
+                        .increment(1);
+                    metrics::gauge!("writ_partition_owned", "partition" => p.to_string()).set(1.0);
+                    let run = Arc::new(PartitionRun {
+                        stop_reading: shutdown.child_token(),
+                        abort: CancellationToken::new(),
+                        lease: Arc::new(lease),
+                    });
+                    let handle = (self.spawn)(p, run.clone());
+                    self.owned.insert(
+                        p,
+                        Tenure {
+                            run,
+                            handle,
+                            handing_over: false,
+                        },
+                    );
+                    active += 1;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot take partition leases (redis)");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Stops reading everywhere, keeps renewing while in-flight work drains,
+    /// releases each lease as soon as its partition is drained, and aborts
+    /// what is left at the deadline.
+    async fn drain(mut self) {
+        for t in self.owned.values() {
+            t.run.stop_reading.cancel();
+        }
+        let deadline = Instant::now() + self.config.shutdown_deadline;
+        while !self.owned.is_empty() {
+            if Instant::now() >= deadline {
+                tracing::warn!("shutdown deadline passed; abandoning what is left (it stays pending for the next owner)");
+                for t in self.owned.values() {
+                    t.run.abort.cancel();
+                }
+                break;
+            }
+            if self.renewed.elapsed() >= self.config.lease_ttl / 4 {
+                self.renewed = Instant::now();
+                self.renew().await;
+            }
+            for t in self.owned.values_mut() {
+                t.handing_over = true; // release even if the lease looks old
+            }
+            self.end_tenures().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Join what is left at once: a stuck tenure costs its 2 s grace once,
+        // not once per partition.
+        let joins = std::mem::take(&mut self.owned)
+            .into_iter()
+            .map(|(p, t)| async move {
+                crate::telemetry::clear_partition(p);
+                let stopped = tokio::time::timeout(Duration::from_secs(2), t.handle)
+                    .await
+                    .is_ok();
+                (p, stopped)
+            });
+        for (p, stopped) in futures::future::join_all(joins).await {
+            if stopped {
+                self.release(p).await;
+            } else {
+                // Still inside a call: keep the lease so nobody else applies
+                // the partition meanwhile; it expires within the TTL.
+                tracing::warn!(
+                    partition = p,
+                    "partition did not stop in time; leaving its lease to expire"
+                );
+            }
+        }
     }
 }

@@ -1,0 +1,45 @@
+-- The daemon's fenced group read (src/source/mod.rs).
+-- KEYS: stream, fence, partition meta. ARGV: token, group, consumer, count,
+-- mode, cursor. Mode `claim`: XAUTOCLAIM from `cursor`; mode `read`:
+-- XREADGROUP `>`, returning {entries, last id}. Refused with a FENCED error
+-- unless ARGV[1] is the partition's current fencing token.
+--
+-- A read also keeps the meta hash's `at`/`read` pair (the group's
+-- last-delivered-id and the stream's entries-added count as of that entry),
+-- from which src/lua/admit.lua counts the undelivered backlog in O(1).
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return redis.error_reply('FENCED the partition lease moved to another daemon')
+end
+if ARGV[5] == 'claim' then
+  return redis.call('XAUTOCLAIM', KEYS[1], ARGV[2], ARGV[3], 0, ARGV[6], 'COUNT', ARGV[4])
+end
+local before = '0-0'
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local f = {}
+  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+  if f['name'] == ARGV[2] then before = f['last-delivered-id'] end
+end
+local meta = redis.call('HMGET', KEYS[3], 'at', 'read')
+local function added()
+  local s = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #s, 2 do if s[i] == 'entries-added' then return s[i + 1] end end
+  return 0
+end
+local r = redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4], 'STREAMS', KEYS[1], '>')
+if r then
+  local entries = r[1][2]
+  local at = entries[#entries][1]
+  if meta[1] == before and meta[2] then
+    redis.call('HSET', KEYS[3], 'at', at, 'read', tonumber(meta[2]) + #entries)
+  else
+    local after = redis.call('XRANGE', KEYS[1], '(' .. at, '+')
+    redis.call('HSET', KEYS[3], 'at', at, 'read', added() - #after)
+  end
+  return {entries, ''}
+end
+if meta[1] ~= before then
+  redis.call('HSET', KEYS[3], 'at', before, 'read', added())
+end
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if last[1] then return {{}, last[1][1]} end
+return {{}, '0-0'}

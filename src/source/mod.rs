@@ -1,0 +1,127 @@
+//! The source of a partition's writes: its stream, read through the consumer
+//! group, and only by the partition's current owner.
+//!
+//! Every group read and every claim runs in one script with a fencing check
+//! (`src/lua/fenced_read.lua`): it delivers entries only while the caller's
+//! token is the partition's current one. A daemon that was paused or cut off
+//! past its lease therefore cannot pull entries into its pending list, nor
+//! claim the new owner's, even if its own clock still trusts the lease. A
+//! refusal is [`Error::Fenced`], logged and counted in `writ_fenced_total`.
+
+use redis::aio::ConnectionLike;
+
+use crate::error::{Error, Result};
+use crate::protocol::Names;
+use crate::stream::{parse_autoclaim, parse_entries, Entry};
+
+const FENCED_READ: &str = include_str!("../lua/fenced_read.lua");
+
+/// The fenced reads of one partition tenure.
+pub struct FencedReader {
+    script: redis::Script,
+    partition: u32,
+    token: u64,
+    stream: String,
+    fence: String,
+    meta: String,
+    group: String,
+    consumer: String,
+}
+
+/// What a claim returned.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    /// Where the next claim starts; `0-0` when the pending list is done.
+    pub next: String,
+    /// The claimed entries, in id order.
+    pub entries: Vec<Entry>,
+    /// Ids that were pending but are gone from the stream.
+    pub deleted: Vec<String>,
+}
+
+/// What a read returned.
+#[derive(Debug, Default)]
+pub struct Read {
+    /// New entries, now pending for this consumer.
+    pub entries: Vec<Entry>,
+    /// With no entries: the stream's last id, to wait after (empty: none).
+    pub last: String,
+}
+
+impl FencedReader {
+    /// Reads of partition `p` as `consumer`, holding fencing `token`.
+    pub fn new(names: &Names, namespace: &str, p: u32, consumer: &str, token: u64) -> Self {
+        FencedReader {
+            script: redis::Script::new(FENCED_READ),
+            partition: p,
+            token,
+            stream: names.stream(p),
+            fence: crate::ownership::fence_key(namespace, p),
+            meta: names.meta(p),
+            group: names.group(),
+            consumer: consumer.to_string(),
+        }
+    }
+
+    fn call(&self, mode: &str, count: usize, cursor: &str) -> redis::ScriptInvocation<'_> {
+        let mut call = self.script.key(&self.stream);
+        call.key(&self.fence)
+            .key(&self.meta)
+            .arg(self.token)
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg(count)
+            .arg(mode)
+            .arg(cursor);
+        call
+    }
+
+    async fn invoke<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        op: &'static str,
+        count: usize,
+        cursor: &str,
+    ) -> Result<redis::Value> {
+        match self.call(op, count, cursor).invoke_async(conn).await {
+            Ok(v) => Ok(v),
+            Err(e) if e.code() == Some("FENCED") => {
+                crate::ownership::refused(self.partition, op, self.token);
+                Err(Error::Fenced {
+                    partition: self.partition,
+                    op,
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Claims up to `count` pending entries of the group from `cursor`, for
+    /// this consumer (XAUTOCLAIM, min idle 0: the lease makes it ours).
+    pub async fn claim<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        cursor: &str,
+        count: usize,
+    ) -> Result<Claimed> {
+        let v = self.invoke(conn, "claim", count, cursor).await?;
+        let (next, entries, deleted) = parse_autoclaim(&v);
+        Ok(Claimed {
+            next,
+            entries,
+            deleted,
+        })
+    }
+
+    /// Reads up to `count` new entries (XREADGROUP `>`).
+    pub async fn read<C: ConnectionLike + Send>(&self, conn: &mut C, count: usize) -> Result<Read> {
+        let v = self.invoke(conn, "read", count, "").await?;
+        Ok(match &v {
+            redis::Value::Array(parts) if parts.len() == 2 => Read {
+                entries: parse_entries(&parts[0]),
+                last: redis::from_redis_value(parts[1].clone()).unwrap_or_default(),
+            },
+            _ => Read::default(),
+        })
+    }
+}

@@ -1,0 +1,188 @@
+//! Fencing, probed: a daemon that lost its partition's lease but still
+//! trusts it (paused between its lease check and its next call, or cut off
+//! while its clock said the lease held) actually attempts a group read, a
+//! claim and a cache compare-and-set with its old token. Each one is refused
+//! by Redis, changes nothing, and is counted in `writ_fenced_total{op}`; the
+//! new owner's same calls succeed.
+//!
+//! The daemon's own components are driven in-process (the fenced reader of
+//! `source` and the cache), so each attempt happens for certain instead of
+//! racing the daemon's local lease check.
+
+mod support;
+
+use std::time::Duration;
+
+use mongodb::bson::doc;
+use support::TestEnv;
+use writ::cache::{Cache, CasOutcome, Fence};
+use writ::ownership::{fence_key, lease_key, Leases};
+use writ::protocol::{Names, Version};
+use writ::source::FencedReader;
+use writ::{Error, Writ};
+
+fn fenced_count(op: &str) -> f64 {
+    let text = writ::telemetry::recorder().render();
+    text.lines()
+        .filter(|l| l.starts_with("writ_fenced_total{") && l.contains(&format!("op=\"{op}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn pending_of(conn: &mut redis::aio::ConnectionManager, stream: &str, group: &str) -> u64 {
+    let v: redis::Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .query_async(conn)
+        .await
+        .unwrap();
+    match v {
+        redis::Value::Array(parts) => redis::from_redis_value(parts[0].clone()).unwrap(),
+        other => panic!("XPENDING reply {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
+    writ::telemetry::recorder();
+    let env = TestEnv::start("fencing");
+    let config = env.config();
+    let ns = config.namespace.clone();
+    let names = Names::new(&ns);
+    let mut conn = writ::redis_conn::connect(&config, Duration::ZERO)
+        .await
+        .unwrap();
+    // Six writes in one partition (no daemon runs: nothing else reads them).
+    let key = |s: &str| doc! {"symbol": s, "strategyName": "fence", "exchangeName": "x"};
+    let keys = support::same_partition(&config, "signal", key, "F-anchor", "F", 6);
+    let p =
+        writ::protocol::Key::from_document(&key(&keys[0]), config.collection("signal").unwrap())
+            .unwrap()
+            .partition("signal", config.partitions);
+    let stream = names.stream(p);
+    let group = names.group();
+    writ::serve::ensure_group(&mut conn, &stream, &group)
+        .await
+        .unwrap();
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let signals = writ.collection("signal").unwrap();
+    for (i, k) in keys.iter().enumerate() {
+        signals
+            .submit(&key(k), &doc! {"i": i as i64})
+            .await
+            .unwrap();
+    }
+
+    // The old owner takes the lease and reads two entries while it is current.
+    let ttl = Duration::from_secs(30);
+    let old = Leases::new(conn.clone(), &ns, "old-owner", ttl)
+        .try_acquire(p)
+        .await
+        .unwrap()
+        .expect("free lease");
+    let old_reader = FencedReader::new(&names, &ns, p, "old-owner", old.token);
+    let first = old_reader.read(&mut conn, 2).await.unwrap();
+    assert_eq!(first.entries.len(), 2, "a current owner reads");
+    assert_eq!(pending_of(&mut conn, &stream, &group).await, 2);
+
+    // The lease lapses (as after a pause longer than its TTL) and a new owner
+    // takes it: the fencing counter moves on.
+    let _: () = redis::cmd("DEL")
+        .arg(lease_key(&ns, p))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let new = Leases::new(conn.clone(), &ns, "new-owner", ttl)
+        .try_acquire(p)
+        .await
+        .unwrap()
+        .expect("lapsed lease is free");
+    assert!(new.token > old.token);
+    assert!(
+        old.valid(),
+        "the old owner's own clock still trusts its lease"
+    );
+
+    // 1. Group read with the old token: refused, nothing delivered.
+    let before = fenced_count("read");
+    match old_reader.read(&mut conn, 10).await {
+        Err(Error::Fenced { partition, op }) => assert_eq!((partition, op), (p, "read")),
+        other => panic!("a fenced read must be refused, got {other:?}"),
+    }
+    assert_eq!(
+        fenced_count("read") - before,
+        1.0,
+        "writ_fenced_total{{op=\"read\"}}"
+    );
+    assert_eq!(
+        pending_of(&mut conn, &stream, &group).await,
+        2,
+        "the refused read delivered nothing"
+    );
+
+    // 2. Claim with the old token: refused; the two pending entries stay with
+    //    the old consumer until the new owner claims them.
+    let before = fenced_count("claim");
+    match old_reader.claim(&mut conn, "0-0", 10).await {
+        Err(Error::Fenced { partition, op }) => assert_eq!((partition, op), (p, "claim")),
+        other => panic!("a fenced claim must be refused, got {other:?}"),
+    }
+    assert_eq!(
+        fenced_count("claim") - before,
+        1.0,
+        "writ_fenced_total{{op=\"claim\"}}"
+    );
+    let new_reader = FencedReader::new(&names, &ns, p, "new-owner", new.token);
+    let claimed = new_reader.claim(&mut conn, "0-0", 10).await.unwrap();
+    assert_eq!(
+        claimed.entries.iter().map(|e| e.id).collect::<Vec<_>>(),
+        first.entries.iter().map(|e| e.id).collect::<Vec<_>>(),
+        "the new owner claims the old owner's pending entries, in order"
+    );
+    let rest = new_reader.read(&mut conn, 10).await.unwrap();
+    assert_eq!(rest.entries.len(), 4, "the new owner reads the rest");
+
+    // 3. Cache compare-and-set with the old token: refused, the cache keeps
+    //    nothing; the new owner's same write is stored.
+    let cache = Cache::new(conn.clone());
+    let cache_key = names.cache(p, "signal", "probe");
+    let v = Version { ms: 42, seq: 0 };
+    let stale = Fence {
+        partition: p,
+        key: fence_key(&ns, p),
+        token: old.token,
+    };
+    let before = fenced_count("cache");
+    let body = doc! {"probe": 1};
+    assert_eq!(
+        cache
+            .put_fenced(&cache_key, v, Some(&body), Some(&stale))
+            .await
+            .unwrap(),
+        CasOutcome::Fenced
+    );
+    assert_eq!(
+        cache
+            .put_many_fenced(&[(cache_key.clone(), v, Some(&body))], &stale)
+            .await
+            .unwrap(),
+        vec![CasOutcome::Fenced]
+    );
+    assert_eq!(
+        fenced_count("cache") - before,
+        2.0,
+        "writ_fenced_total{{op=\"cache\"}}"
+    );
+    assert_eq!(cache.get(&cache_key).await.unwrap(), None, "nothing cached");
+    let current = Fence {
+        token: new.token,
+        ..stale
+    };
+    assert_eq!(
+        cache
+            .put_fenced(&cache_key, v, Some(&body), Some(&current))
+            .await
+            .unwrap(),
+        CasOutcome::Stored
+    );
+}
