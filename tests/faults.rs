@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -91,8 +92,27 @@ async fn daemons_share_partitions_and_take_over_a_killed_one() {
     drop(b);
 }
 
+/// Unapplied entries (pending + undelivered) per owner, from `writ status`'s
+/// own routine.
+async fn in_flight_by_owner(env: &TestEnv, config: &writ::config::Config) -> HashMap<String, u64> {
+    let mut conn = writ::redis_conn::connect(config, Duration::ZERO)
+        .await
+        .unwrap();
+    let st = writ::status::status_of(&mut conn, &config.namespace, config.partitions, None)
+        .await
+        .unwrap();
+    let _ = env;
+    let mut out = HashMap::new();
+    for p in st.partitions {
+        *out.entry(p.owner.unwrap_or_default()).or_default() += p.unapplied;
+    }
+    out
+}
+
+const KILLS: usize = 30;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_dash_nine_ten_times_loses_nothing() {
+async fn thirty_kills_with_hundreds_of_submits_in_flight_lose_nothing() {
     let env = TestEnv::start("kill9");
     let dir = tempfile::tempdir().unwrap();
     let o = Overrides {
@@ -101,44 +121,78 @@ async fn kill_dash_nine_ten_times_loses_nothing() {
     };
     let path = env.config_file_with(dir.path(), &o);
     let config = env.config_with(&o);
-    let load = Load::start(
-        &config,
-        4,
-        10,
-        Duration::from_millis(2),
-        Duration::from_secs(60),
-    )
-    .await;
+    // Two daemons at all times: each kill lands on one that owns partitions,
+    // and a successor starts at once.
+    let mut alive: Vec<DaemonProc> = (0..2)
+        .map(|i| DaemonProc::start(&path, dir.path(), &format!("k{i}")))
+        .collect();
+    let load = Load::start_submit(&config, 4, 40, Duration::from_millis(4), 2000).await;
     let mut rng = rand::rng();
-    let mut kills = 0;
-    for round in 0..11 {
-        let mut d = DaemonProc::start(&path, dir.path(), &format!("k{round}"));
-        let alive_ms = rng.random_range(300..1500);
-        tokio::time::sleep(Duration::from_millis(alive_ms)).await;
-        if round < 10 {
-            d.kill9();
-            kills += 1;
-        } else {
-            // The last one stays up to drain everything.
-            let load = load.stop().await;
-            let drained = load
-                .verify_quiescent(&config, &env.mongo_db().await, Duration::from_secs(90))
-                .await;
-            assert_eq!(
-                d.terminate(Duration::from_secs(20)),
-                Some(0),
-                "clean exit on SIGTERM"
-            );
-            eprintln!(
-                "kill -9: {kills} kills, {} accepted, {} acked, drained {:?} after load stop",
-                load.accepted_count(),
-                load.acked_count(),
-                drained
-            );
-            assert!(load.acked_count() > 50, "the load made progress");
-            return;
-        }
+    let mut in_flight_at_kill = Vec::new();
+    for kill in 0..KILLS {
+        // Wait until the daemon to kill owns partitions with hundreds of
+        // entries in flight on them.
+        let (victim, n) = eventually(
+            Duration::from_secs(30),
+            "a daemon owning partitions with hundreds of entries in flight",
+            || async {
+                let by_owner = in_flight_by_owner(&env, &config).await;
+                alive
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, d)| by_owner.get(&d.name).map(|n| (i, *n)))
+                    .filter(|(_, n)| *n >= 100)
+                    .max_by_key(|(_, n)| *n)
+            },
+        )
+        .await;
+        let owned = owners(&env, config.partitions).await;
+        assert!(
+            owned
+                .iter()
+                .any(|o| o.as_deref() == Some(alive[victim].name.as_str())),
+            "kill {kill}: {} owns no partition",
+            alive[victim].name
+        );
+        alive[victim].kill9();
+        in_flight_at_kill.push(n);
+        alive.remove(victim);
+        alive.push(DaemonProc::start(
+            &path,
+            dir.path(),
+            &format!("k{}", kill + 2),
+        ));
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..800))).await;
     }
+    let load = load.stop().await;
+    let drained = load
+        .verify_quiescent(&config, &env.mongo_db().await, Duration::from_secs(120))
+        .await;
+    for mut d in alive {
+        assert_eq!(
+            d.terminate(Duration::from_secs(20)),
+            Some(0),
+            "clean exit on SIGTERM"
+        );
+    }
+    let c = &load.counters;
+    eprintln!(
+        "kill -9: {KILLS} kills, entries in flight on the killed daemon's partitions at each kill: min {} median {} max {}; \
+         {} accepted, {} acked, {} ack timeouts, {} submit errors, drained {:?} after load stop",
+        in_flight_at_kill.iter().min().unwrap(),
+        { let mut v = in_flight_at_kill.clone(); v.sort(); v[v.len() / 2] },
+        in_flight_at_kill.iter().max().unwrap(),
+        load.accepted_count(),
+        load.acked_count(),
+        c.ack_timeouts.load(std::sync::atomic::Ordering::Relaxed),
+        c.submit_errors.load(std::sync::atomic::Ordering::Relaxed),
+        drained
+    );
+    assert_eq!(
+        load.acked_count(),
+        load.accepted_count(),
+        "every accepted write is acked"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -128,6 +128,93 @@ impl Load {
         }
     }
 
+    /// `writers` clients that `submit` without waiting: each ticket is awaited
+    /// by its own task (at most `max_waiting` per writer), so hundreds of
+    /// writes can be in flight. Acks go into the history; there are no reads
+    /// (a read would wait for the writer's own pending writes).
+    pub async fn start_submit(
+        config: &Config,
+        writers: usize,
+        keys: usize,
+        pace: Duration,
+        max_waiting: usize,
+    ) -> Load {
+        let stop = CancellationToken::new();
+        let history = Arc::new(History::default());
+        let accepted: Arc<Mutex<HashMap<String, (Version, i64)>>> = Arc::default();
+        let counters = Arc::new(Counters::default());
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..writers {
+            let writ = Writ::connect(config.clone()).await.unwrap();
+            let (stop, history, accepted, counters) = (
+                stop.clone(),
+                history.clone(),
+                accepted.clone(),
+                counters.clone(),
+            );
+            tasks.spawn(async move {
+                let c = writ.collection("signal").unwrap();
+                let waiting = Arc::new(tokio::sync::Semaphore::new(max_waiting));
+                let mut acks = tokio::task::JoinSet::new();
+                let mut i: i64 = 0;
+                while !stop.is_cancelled() {
+                    i += 1;
+                    let name = format!("L{}", (i as usize * 7 + w) % keys);
+                    let value = (w as i64) * 1_000_000 + i;
+                    let permit = waiting.clone().acquire_owned().await.unwrap();
+                    match c.submit(&key(&name), &doc! {"value": value}).await {
+                        Ok(ticket) => {
+                            let own = ticket.version();
+                            counters.accepted.fetch_add(1, Ordering::Relaxed);
+                            {
+                                let mut a = accepted.lock().unwrap();
+                                let slot = a.entry(name.clone()).or_insert((own, value));
+                                if slot.0 < own {
+                                    *slot = (own, value);
+                                }
+                            }
+                            let (history, counters) = (history.clone(), counters.clone());
+                            acks.spawn(async move {
+                                let _permit = permit;
+                                match ticket.wait_for(Duration::from_secs(180)).await {
+                                    Ok(_) => {
+                                        counters.acked.fetch_add(1, Ordering::Relaxed);
+                                        history.push(Event::Acked {
+                                            client: w,
+                                            key: name,
+                                            version: own,
+                                            value,
+                                            at: std::time::Instant::now(),
+                                        });
+                                    }
+                                    Err(_) => {
+                                        counters.ack_timeouts.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                }
+                            });
+                        }
+                        Err(_) => {
+                            counters.submit_errors.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(pace) => {}
+                        _ = stop.cancelled() => {}
+                    }
+                }
+                while acks.join_next().await.is_some() {}
+            });
+        }
+        Load {
+            stop,
+            tasks,
+            history,
+            accepted,
+            counters,
+        }
+    }
+
     pub fn accepted_count(&self) -> u64 {
         self.counters.accepted.load(Ordering::Relaxed)
     }
