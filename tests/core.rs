@@ -536,3 +536,25 @@ async fn client_refuses_a_key_over_the_size_limit_before_the_stream() {
         .unwrap();
     assert_eq!(len, 1);
 }
+
+/// Order, observed per key in the acks: 4 submit writers on 6 keys for 2 s,
+/// no fault. Each write gets exactly one ack, none `stale`; an applied write
+/// is readable at its own version, a coalesced one at a later applied write
+/// of its key; and a key's writes are acked in stream order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_is_acked_in_stream_order_with_no_stale_write() {
+    let env = TestEnv::start("ack_order");
+    let config = env.config();
+    let daemon = Daemon::start(config.clone());
+    let load =
+        support::load::Load::start_submit(&config, 4, 6, Duration::from_millis(1), 500).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let load = load.stop().await; // waits for every ticket's ack
+    let seen = support::acks::check_ack_order(&config, &mut env.redis().await).await;
+    eprintln!("ack order: {seen:?}");
+    load.verify_quiescent(&config, &env.mongo_db().await, Duration::from_secs(60))
+        .await;
+    assert_eq!(seen.writes as u64, load.accepted_count());
+    assert!(seen.applied > 0 && seen.keys == 6, "{seen:?}");
+    daemon.stop().await;
+}

@@ -14,6 +14,7 @@
 //! A missing server binary fails the test loudly with the install command.
 #![allow(dead_code)]
 
+pub mod acks;
 pub mod history;
 pub mod load;
 pub mod proc;
