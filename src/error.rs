@@ -71,6 +71,9 @@ pub enum Error {
         detail: String,
         /// What to check.
         hint: &'static str,
+        /// Whether waiting can help: a server that is down or still starting
+        /// (transient), or wrong credentials (permanent).
+        retry: RetryClass,
     },
 
     /// A wait ran out. The write may still commit later.
@@ -131,10 +134,10 @@ impl Error {
         match self {
             Error::Redis(e) => redis_retry_class(e),
             Error::Mongo(e) => mongo_retry_class(e),
-            Error::MissingPostImage { .. }
-            | Error::Timeout { .. }
-            | Error::Backpressure { .. }
-            | Error::Connect { .. } => RetryClass::Transient,
+            Error::MissingPostImage { .. } | Error::Timeout { .. } | Error::Backpressure { .. } => {
+                RetryClass::Transient
+            }
+            Error::Connect { retry, .. } => *retry,
             Error::Config(_)
             | Error::Rejected(_)
             | Error::KeyTooLarge(_)
@@ -148,7 +151,8 @@ impl Error {
     /// Short fixed label for metrics and logs.
     pub fn class_label(&self) -> &'static str {
         match self {
-            Error::Redis(_) | Error::Connect { .. } => "redis",
+            Error::Connect { what, .. } => what,
+            Error::Redis(_) => "redis",
             Error::Mongo(_) | Error::MissingPostImage { .. } => "mongodb",
             Error::Timeout { .. } => "timeout",
             Error::Backpressure { .. } => "backpressure",

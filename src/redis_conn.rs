@@ -47,7 +47,13 @@ pub async fn connect(config: &Config, block: Duration) -> Result<ConnectionManag
         .await
         .map_err(|e| {
             let detail = crate::error::said_once(&e.to_string());
+            let retry = if e.kind() == redis::ErrorKind::AuthenticationFailed {
+                crate::error::RetryClass::Permanent
+            } else {
+                crate::error::RetryClass::Transient
+            };
             Error::Connect {
+                retry,
                 what: "redis",
                 url: redact_url(&config.redis_url),
                 hint: hint(config, &e, &detail),

@@ -62,6 +62,8 @@ pub struct Store {
     wc: WriteConcern,
     max_time: Duration,
     limiter: super::Limiter,
+    /// For error messages only (redacted when shown).
+    uri: String,
 }
 
 impl Store {
@@ -98,6 +100,7 @@ impl Store {
             wc,
             max_time: config.op_timeout,
             limiter: super::Limiter::new(config.max_concurrency, config.op_timeout),
+            uri: config.mongodb_uri.clone(),
         })
     }
 
@@ -127,9 +130,22 @@ impl Store {
     }
 
     /// Pings the server: Ok means reachable.
+    /// Pings the server. Wrong credentials are one clear, permanent
+    /// [`Error::Connect`] (the URL redacted) instead of a driver dump.
     pub async fn ping(&self) -> Result<()> {
-        self.db.run_command(doc! {"ping": 1}).await?;
-        Ok(())
+        match self.db.run_command(doc! {"ping": 1}).await {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(*e.kind, mongodb::error::ErrorKind::Authentication { .. }) => {
+                Err(Error::Connect {
+                    what: "mongodb",
+                    url: redact_url(&self.uri),
+                    detail: "authentication failed".into(),
+                    hint: "check the user, password and authSource in mongodb.uri / WRIT_MONGODB_URI; the user needs the readWrite role on mongodb.database",
+                    retry: crate::error::RetryClass::Permanent,
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn coll(&self, name: &str) -> Collection<Document> {

@@ -391,7 +391,7 @@ impl MongoServer {
     fn spawn(dir: TempDir, port: u16) -> MongoServer {
         let log = dir.path().join("secantus.log");
         std::fs::create_dir_all(dir.path().join("data")).unwrap();
-        let child = Self::spawn_child(dir.path(), port, &log);
+        let child = Self::spawn_child(dir.path(), port, &log, &[]);
         MongoServer {
             child,
             port,
@@ -400,7 +400,7 @@ impl MongoServer {
         }
     }
 
-    fn spawn_child(dir: &Path, port: u16, log: &Path) -> Child {
+    fn spawn_child(dir: &Path, port: u16, log: &Path, extra: &[&str]) -> Child {
         let bin = secantusd();
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -416,6 +416,7 @@ impl MongoServer {
                 "--storage-path",
             ])
             .arg(dir.join("data"))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -439,7 +440,29 @@ impl MongoServer {
 
     /// Starts it again after [`MongoServer::stop`], same port and data.
     pub fn resume(&mut self) {
-        self.child = Self::spawn_child(self.dir.path(), self.port, &self.log);
+        self.child = Self::spawn_child(self.dir.path(), self.port, &self.log, &[]);
+    }
+
+    /// Stops the server with SIGTERM (a clean shutdown that keeps everything
+    /// written), waiting up to 30 s.
+    pub fn shut_down(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("SecantusDB did not stop within 30 s of SIGTERM");
+    }
+
+    /// Starts it again after [`MongoServer::stop`] with SCRAM-SHA-256
+    /// authentication required (`--auth`), same port and data.
+    pub fn resume_with_auth(&mut self) {
+        self.child = Self::spawn_child(self.dir.path(), self.port, &self.log, &["--auth"]);
     }
 }
 
