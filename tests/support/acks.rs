@@ -39,6 +39,9 @@ async fn xrange(
     parse_entries(&v)
 }
 
+/// A write's (client, request): what its ack is matched by.
+type Request = (String, String);
+
 pub async fn check_ack_order(
     config: &Config,
     conn: &mut redis::aio::MultiplexedConnection,
@@ -46,7 +49,7 @@ pub async fn check_ack_order(
     let names = Names::new(&config.namespace);
     // Per key, its writes in stream order.
     // (Entry ids are unique per partition only; acks are matched by request.)
-    let mut per_key: BTreeMap<String, Vec<(Version, (String, String))>> = BTreeMap::new();
+    let mut per_key: BTreeMap<String, Vec<(Version, Request)>> = BTreeMap::new();
     for p in 0..config.partitions {
         for e in xrange(conn, &names.stream(p)).await {
             let fields = e.fields.expect("entry fields (nothing deleted)");
@@ -66,7 +69,7 @@ pub async fn check_ack_order(
         .query_async(conn)
         .await
         .unwrap();
-    let mut acks: HashMap<(String, String), Vec<(Version, Ack)>> = HashMap::new();
+    let mut acks: HashMap<Request, Vec<(Version, Ack)>> = HashMap::new();
     for s in &streams {
         let client = s[prefix.len()..].to_string();
         for e in xrange(conn, s).await {
