@@ -59,7 +59,42 @@ pub enum BulkOutcome {
     Single,
 }
 
+/// The guarded upsert of one write, as a statement of an `update` command:
+/// the same filter and update as [`Store::apply`].
+fn statement(it: &BulkItem<'_>) -> Bson {
+    let v = it.version.to_sortable();
+    let mut q = it.write.key.to_document();
+    q.insert(format!("{DOC_WRIT}.v"), doc! {"$not": {"$gte": &v}});
+    Bson::Document(doc! {"q": q, "u": update_of(it.coll, it.write, &v), "upsert": true})
+}
+
 impl Store {
+    async fn update_command(&self, name: &str, statements: Vec<Bson>) -> Result<Document> {
+        Ok(self
+            .database()
+            .run_command(doc! {
+                "update": name,
+                "updates": statements,
+                "ordered": false,
+                "writeConcern": self.write_concern_doc(),
+                "maxTimeMS": self.max_time_ms(),
+            })
+            .await?)
+    }
+
+    /// The server's side of a bulk alone: one unordered `update` command of
+    /// the guarded upserts of `items` (all of one collection), with no
+    /// post-image fetch and no outcome per write. `writ bench --mode drain`
+    /// measures the server's ceiling with it.
+    pub async fn upsert_only(&self, items: &[BulkItem<'_>]) -> Result<()> {
+        let Some(first) = items.first() else {
+            return Ok(());
+        };
+        let statements = items.iter().map(statement).collect();
+        self.update_command(&first.coll.name, statements).await?;
+        Ok(())
+    }
+
     /// Applies `items` (distinct keys) with one `update` command and one
     /// `find` per collection. An error of the whole command is returned; the
     /// caller then applies every write on its own.
@@ -120,26 +155,8 @@ impl Store {
         idx: &[usize],
         out: &mut [BulkOutcome],
     ) -> Result<()> {
-        let statements: Vec<Bson> = idx
-            .iter()
-            .map(|&i| {
-                let it = &items[i];
-                let v = it.version.to_sortable();
-                let mut q = it.write.key.to_document();
-                q.insert(format!("{DOC_WRIT}.v"), doc! {"$not": {"$gte": &v}});
-                Bson::Document(doc! {"q": q, "u": update_of(it.coll, it.write, &v), "upsert": true})
-            })
-            .collect();
-        let reply = self
-            .database()
-            .run_command(doc! {
-                "update": name,
-                "updates": statements,
-                "ordered": false,
-                "writeConcern": self.write_concern_doc(),
-                "maxTimeMS": self.max_time_ms(),
-            })
-            .await?;
+        let statements: Vec<Bson> = idx.iter().map(|&i| statement(&items[i])).collect();
+        let reply = self.update_command(name, statements).await?;
         if reply.contains_key("writeConcernError") {
             // Applied on the primary perhaps, not yet as durable as asked:
             // every write goes the single way (re-applying is harmless).

@@ -4,7 +4,8 @@
 //! value written to every key. A mismatch fails the run.
 //!
 //! Modes: `sync` (write and wait for the ack), `submit` (fire-and-forget,
-//! then the time the daemon needs to drain), `read` (cache-hit reads). With
+//! then the time the daemon needs to drain), `read` (cache-hit reads),
+//! `drain` (a preloaded backlog against the server's ceiling, [`drain`]). With
 //! `--baseline direct` the same load also runs through the pattern writ
 //! replaces ([`direct`]), in the same run, and the ratio is printed. With
 //! `--metrics` the daemon's CPU per applied write and its RSS are read from
@@ -12,6 +13,7 @@
 
 mod daemon;
 mod direct;
+mod drain;
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -58,7 +60,7 @@ pub struct BenchArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
-    /// `sync`, `submit` or `read`.
+    /// `sync`, `submit`, `read` or `drain`.
     #[arg(long, value_enum, default_value_t = Mode::Sync)]
     pub mode: Mode,
     /// `direct`: also run the pattern writ replaces (an awaited
@@ -80,6 +82,10 @@ pub enum Mode {
     Submit,
     /// Cache-hit reads of keys written first.
     Read,
+    /// Preload `--writes` puts on distinct keys with no daemon running, then
+    /// run the daemon in this process and time the drain against the
+    /// server's own bulk-upsert ceiling.
+    Drain,
 }
 
 /// A baseline run in the same process, on the same servers.
@@ -194,6 +200,13 @@ fn pick_collection(config: &Config, args: &BenchArgs) -> Result<crate::config::C
 /// Runs the benchmark; exit code 1 if verification fails.
 pub async fn run(config: Config, args: BenchArgs) -> Result<ExitCode> {
     let coll = pick_collection(&config, &args)?;
+    if args.mode == Mode::Drain {
+        println!(
+            "writ bench --mode drain: {} puts on distinct keys, {} B payload, collection {:?}",
+            args.writes, args.payload, coll.name
+        );
+        return drain::run(config, coll, &args).await;
+    }
     let writ = Writ::connect(config.clone()).await?;
     let handle = writ.collection(&coll.name)?;
     let before = daemon::sample(args.metrics.as_deref()).await;
@@ -221,6 +234,7 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<ExitCode> {
             );
             (f, e)
         }
+        Mode::Drain => unreachable!("handled above"),
         Mode::Read => {
             let prefill = BenchArgs {
                 zipf: 0.0,

@@ -1,0 +1,271 @@
+//! `writ bench --mode drain --writes N`: the backlog an outage leaves.
+//!
+//! 1. Preloads N puts on N distinct keys while no daemon runs (the bench
+//!    refuses to start while a daemon is a live member of the namespace).
+//! 2. Starts the daemon in this process and times it until every partition
+//!    is drained (nothing undelivered or pending), with the CPU it used.
+//! 3. Measures the server's own ceiling on the same shapes: unordered
+//!    `update` commands of `daemon.batch_size` guarded upserts on fresh keys
+//!    of a scratch collection with the same unique index, at 1, 2 and 4
+//!    commands in flight; the best rate is the ceiling.
+//! 4. Prints the drain rate as a ratio to that ceiling, and checks MongoDB
+//!    and the cache on a sample of the keys.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mongodb::bson::doc;
+use tokio_util::sync::CancellationToken;
+
+use super::{bench_key, verify, BenchArgs};
+use crate::apply::{BulkItem, Store};
+use crate::config::{CollectionConfig, Config};
+use crate::error::{Error, Result};
+use crate::protocol::{Key, Op, Version, Write};
+use crate::Writ;
+
+/// Concurrent submits while preloading.
+const PRELOAD_IN_FLIGHT: usize = 64;
+/// Keys checked in MongoDB and the cache after the drain.
+const VERIFY_SAMPLE: usize = 500;
+
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+async fn refuse_if_a_daemon_runs(config: &Config) -> Result<()> {
+    let mut conn = crate::redis_conn::connect(config, Duration::ZERO).await?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let live: u64 = redis::cmd("ZCOUNT")
+        .arg(format!("{}:members", config.namespace))
+        .arg(now.saturating_sub(config.lease_ttl.as_millis() as u64))
+        .arg("+inf")
+        .query_async(&mut conn)
+        .await?;
+    if live > 0 {
+        return Err(Error::Config(format!(
+            "--mode drain runs the daemon itself after preloading: stop every `writ serve` on namespace {:?} first ({live} live)",
+            config.namespace
+        )));
+    }
+    Ok(())
+}
+
+/// Total unapplied entries over all partitions.
+async fn unapplied(config: &Config, conn: &mut redis::aio::ConnectionManager) -> Result<u64> {
+    let st = crate::status::status_of(conn, &config.namespace, config.partitions, None).await?;
+    Ok(st.partitions.iter().map(|p| p.unapplied).sum())
+}
+
+/// Runs the drain bench; exit code 1 if verification fails.
+pub(super) async fn run(
+    config: Config,
+    coll: CollectionConfig,
+    args: &BenchArgs,
+) -> Result<ExitCode> {
+    let n = args.writes as usize;
+    refuse_if_a_daemon_runs(&config).await?;
+    let mut conn = crate::redis_conn::connect(&config, Duration::ZERO).await?;
+    let before = unapplied(&config, &mut conn).await?;
+    if before > 0 {
+        return Err(Error::Config(format!(
+            "{before} entries are already unapplied on namespace {:?}; drain them first (run `writ serve`) so the bench times only its own",
+            config.namespace
+        )));
+    }
+
+    // 1. Preload, on keys no earlier run used.
+    let base = (SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        % 100_000) as usize
+        * 1_000_000;
+    let writ = Writ::connect(config.clone()).await?;
+    let handle = writ.collection(&coll.name)?;
+    let pad = "x".repeat(args.payload);
+    let t = Instant::now();
+    let last = preload(&handle, &coll, base, n, &pad).await?;
+    let preload_secs = t.elapsed().as_secs_f64();
+    println!("  preloaded  {n} puts on {n} distinct keys in {preload_secs:.2} s ({:.0}/s), no daemon running", n as f64 / preload_secs);
+
+    // 2. The daemon, in this process, until nothing is unapplied.
+    let stop = CancellationToken::new();
+    let daemon_config = Config {
+        metrics_listen: None, // the bench's own daemon needs no listener
+        ..config.clone()
+    };
+    let cpu0 = cpu_seconds();
+    let t = Instant::now();
+    let daemon = tokio::spawn(crate::serve::serve(daemon_config, stop.clone()));
+    while unapplied(&config, &mut conn).await? > 0 {
+        if daemon.is_finished() {
+            stop.cancel();
+            return match daemon.await {
+                Ok(Err(e)) => Err(e),
+                _ => Err(Error::Config("the daemon stopped during the drain".into())),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drain = t.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    stop.cancel();
+    let _ = daemon.await;
+    let rate = n as f64 / drain;
+    println!(
+        "  drained    {n} in {drain:.2} s: {rate:.0} applied/s, {:.0} µs CPU per applied write (daemon in this process)",
+        cpu * 1e6 / n as f64
+    );
+
+    // 3. The server's ceiling on the same shapes.
+    let ceiling = ceiling(&config, &coll, n.min(6000), &pad).await?;
+    println!(
+        "  ceiling    {:.0} upserts/s (best of 1, 2, 4 commands of {} in flight)",
+        ceiling.0, config.batch_size
+    );
+    println!(
+        "  ratio      drain/ceiling {:.2}x  (commands in flight at the best: {})",
+        rate / ceiling.0,
+        ceiling.1
+    );
+
+    // 4. A sample, checked in MongoDB and the cache.
+    let step = (n / VERIFY_SAMPLE).max(1);
+    let sample: HashMap<usize, (Version, u64)> = last.into_iter().step_by(step).collect();
+    let bad = verify(&config, &coll, &sample).await?;
+    if bad == 0 {
+        println!(
+            "  verify     OK: MongoDB and the cache hold {} sampled keys",
+            sample.len()
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "  verify     FAILED: {bad} of {} sampled keys differ",
+            sample.len()
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Submits one put per key `base..base + n`, `PRELOAD_IN_FLIGHT` at a time.
+async fn preload(
+    handle: &crate::Collection,
+    coll: &CollectionConfig,
+    base: usize,
+    n: usize,
+    pad: &str,
+) -> Result<Vec<(usize, (Version, u64))>> {
+    let mut out = Vec::with_capacity(n);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        if tasks.len() >= PRELOAD_IN_FLIGHT {
+            if let Some(r) = tasks.join_next().await {
+                out.push(r.map_err(|e| Error::Encode(e.to_string()))??);
+            }
+        }
+        let (handle, key, doc) = (
+            handle.clone(),
+            bench_key(&coll.key, base + i),
+            doc! {"n": i as i64, "pad": pad},
+        );
+        tasks.spawn(async move {
+            let ticket = handle.submit(&key, &doc).await?;
+            Ok::<_, Error>((base + i, (ticket.version(), i as u64)))
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        out.push(r.map_err(|e| Error::Encode(e.to_string()))??);
+    }
+    out.sort_by_key(|(k, _)| *k);
+    Ok(out)
+}
+
+/// Best rate (upserts/s) of `update` commands of `batch_size` guarded
+/// upserts on fresh keys, and the commands in flight that reached it.
+async fn ceiling(
+    config: &Config,
+    coll: &CollectionConfig,
+    per_level: usize,
+    pad: &str,
+) -> Result<(f64, usize)> {
+    let store = Arc::new(Store::connect(config).await?);
+    let scratch = CollectionConfig {
+        name: format!("{}_writ_ceiling", coll.name),
+        ..coll.clone()
+    };
+    store.raw_collection(&scratch.name).drop().await.ok();
+    store.ensure_indexes([&scratch]).await?;
+    let mut best = (0.0, 1);
+    let mut next_key = 0usize;
+    for in_flight in [1usize, 2, 4] {
+        let writes: Vec<Write> = (next_key..next_key + per_level)
+            .map(|i| {
+                Ok(Write {
+                    collection: scratch.name.clone(),
+                    key: Key::from_document(&bench_key(&scratch.key, i), &scratch)?,
+                    op: Op::Put,
+                    doc: Some(doc! {"n": i as i64, "pad": pad}),
+                    reply: None,
+                })
+            })
+            .collect::<Result<_>>()?;
+        next_key += per_level;
+        let writes = Arc::new(writes);
+        let chunks: Vec<std::ops::Range<usize>> = (0..per_level)
+            .step_by(config.batch_size)
+            .map(|s| s..(s + config.batch_size).min(per_level))
+            .collect();
+        let queue = Arc::new(std::sync::Mutex::new(chunks));
+        let t = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..in_flight {
+            let (store, writes, queue, scratch) = (
+                store.clone(),
+                writes.clone(),
+                queue.clone(),
+                scratch.clone(),
+            );
+            tasks.spawn(async move {
+                loop {
+                    let Some(range) = queue.lock().expect("lock").pop() else {
+                        return Ok::<_, Error>(());
+                    };
+                    let items: Vec<BulkItem<'_>> = writes[range.clone()]
+                        .iter()
+                        .zip(range)
+                        .map(|(w, i)| BulkItem {
+                            coll: &scratch,
+                            write: w,
+                            version: Version {
+                                ms: 1,
+                                seq: i as u64,
+                            },
+                        })
+                        .collect();
+                    store.upsert_only(&items).await?;
+                }
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.map_err(|e| Error::Encode(e.to_string()))??;
+        }
+        let rate = per_level as f64 / t.elapsed().as_secs_f64();
+        println!("  ceiling    {in_flight} in flight: {rate:.0} upserts/s");
+        if rate > best.0 {
+            best = (rate, in_flight);
+        }
+    }
+    store.raw_collection(&scratch.name).drop().await.ok();
+    Ok(best)
+}
