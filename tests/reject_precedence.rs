@@ -16,9 +16,12 @@ name = "m"
 key = ["k"]
 "#;
 
+/// Stream entry fields.
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A valid put of key `{"k":"a"}` to its own partition, with `changes`
 /// applied (`None` removes the field).
-fn entry(config: &Config, changes: &[(&str, Option<&str>)]) -> (Vec<(Vec<u8>, Vec<u8>)>, u32) {
+fn entry(config: &Config, changes: &[(&str, Option<&str>)]) -> (Fields, u32) {
     let mut fields: Vec<(String, String)> = [
         ("v", "1"),
         ("coll", "m"),
