@@ -8,7 +8,7 @@ import { Redis } from "ioredis";
 import { MongoClient, type Db, type Document as MongoDocument } from "mongodb";
 import { deserialize, serialize, type Document } from "bson";
 
-import { redactUrl, resolveConfig, type WritConfig } from "./config.js";
+import { readRedisTls, redactUrl, resolveConfig, type WritConfig } from "./config.js";
 import {
   BackpressureError,
   RefusedWriteError,
@@ -153,6 +153,8 @@ export class WritClient {
   private readonly specs = new Map<string, CollectionSpec>();
   private readonly redis: Redis;
   private ackRedis: Redis | undefined;
+  /** The last connection error ioredis reported (TLS and socket errors), for messages. */
+  private lastRedisError: unknown;
   private mongo: MongoClient | undefined;
   private mongoDb: Promise<Db> | undefined;
   private readonly admitSha = sha1(ADMIT_LUA);
@@ -179,14 +181,23 @@ export class WritClient {
     this.config = resolveConfig(config);
     this.names = new Names(this.config.namespace);
     for (const c of this.config.collections) this.specs.set(c.name, c);
+    // The redisTls* files, read once; the ack connection (a duplicate) inherits them.
+    const tls = readRedisTls(this.config);
     this.redis = new Redis(this.config.redisUrl, {
       lazyConnect: true,
       enableAutoPipelining: true,
       maxRetriesPerRequest: 5,
       connectionName: `writ-node:${this.config.clientId}`,
+      ...(tls ? { tls } : {}),
     });
-    // Connection errors surface on the commands; keep ioredis from printing each retry.
-    this.redis.on("error", () => {});
+    // Connection errors surface on the commands; keep ioredis from printing each
+    // retry, but remember the last one: a failed connect only says "Connection is closed.".
+    this.redis.on("error", (e: unknown) => {
+      this.lastRedisError = e;
+    });
+    this.redis.on("ready", () => {
+      this.lastRedisError = undefined;
+    });
   }
 
   get clientId(): string {
@@ -243,15 +254,42 @@ export class WritClient {
         } catch (e) {
           this.readyPromise = undefined;
           this.connected = false;
+          // ioredis rejects a failed connect with "Connection is closed." (or,
+          // while it reconnects, "Reached the max retries per request limit");
+          // the reason (a TLS alert, a refused connection) came as an error event.
+          const cause = !isReplyError(e) && this.lastRedisError ? this.lastRedisError : e;
           throw new WritConnectionError(
-            `cannot reach Redis at ${redactUrl(this.config.redisUrl)}: ${errMessage(e)}. ` +
-              `Check WRIT_REDIS_URL / redisUrl and that redis-server is running.`,
-            { cause: e },
+            `cannot reach Redis at ${redactUrl(this.config.redisUrl)}: ${errMessage(cause)}. ${this.connectHint(cause)}`,
+            { cause },
           );
         }
       })();
     }
     return this.readyPromise;
+  }
+
+  /** What to check after a failed connection to Redis. */
+  private connectHint(e: unknown): string {
+    const c = this.config;
+    if (!c.redisUrl.startsWith("rediss://")) {
+      return "Check WRIT_REDIS_URL / redisUrl and that redis-server is running (rediss:// if it only takes TLS).";
+    }
+    const code = String((e as { code?: unknown })?.code ?? "");
+    const msg = `${errMessage(e)} ${code}`;
+    if (/certificate|self.signed|issuer|CERT_|altnames/i.test(msg) && !/certificate required|ALERT_CERTIFICATE_REQUIRED/i.test(msg)) {
+      return c.redisTlsCaFile
+        ? `The server's TLS certificate is not trusted: does redisTlsCaFile (${c.redisTlsCaFile}) hold the CA that signed it, ` +
+            `and is the URL's host (name or IP) in the certificate?`
+        : `The server's TLS certificate is not trusted: only Node's default CAs are; set redisTlsCaFile ` +
+            `(WRIT_REDIS_TLS_CA_FILE) to the PEM of the CA that signed it, and check that the URL's host (name or IP) is in the certificate.`;
+    }
+    if (!c.redisTlsCertFile) {
+      return (
+        "Is redis-server listening with TLS there (its tls-port)? If it checks client certificates (tls-auth-clients yes), " +
+        "set redisTlsCertFile and redisTlsKeyFile (WRIT_REDIS_TLS_CERT_FILE / WRIT_REDIS_TLS_KEY_FILE)."
+      );
+    }
+    return "Is redis-server listening with TLS there (its tls-port), and are redisUrl / WRIT_REDIS_URL and the redisTls* files right?";
   }
 
   /** The MongoDB driver client used for read-through (created on first use, closed by {@link close}). */

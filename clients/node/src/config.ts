@@ -2,6 +2,8 @@
  * Client configuration: explicit values win over environment variables, which
  * win over the defaults (the same defaults as writ's config/writ.toml).
  */
+import { readFileSync } from "node:fs";
+import { isAbsolute, resolve } from "node:path";
 import { WritConfigError, type WritError } from "./errors.js";
 import type { MongoClientOptions } from "mongodb";
 import type { CollectionSpec } from "./key.js";
@@ -10,8 +12,21 @@ import { PRESET_COLLECTIONS } from "./collections.js";
 export type WriteModeName = "submit" | "ack";
 
 export interface WritConfig {
-  /** Redis URL (env `WRIT_REDIS_URL`). Default `redis://127.0.0.1:6379`. */
+  /** Redis URL (env `WRIT_REDIS_URL`). Default `redis://127.0.0.1:6379`; `rediss://` for TLS. */
   redisUrl: string;
+  /**
+   * PEM file of the CA certificate(s) a `rediss://` server's certificate must
+   * chain to, instead of Node's default CAs (env `WRIT_REDIS_TLS_CA_FILE`);
+   * the daemon's `redis.tls_ca_file`.
+   */
+  redisTlsCaFile?: string;
+  /**
+   * PEM client certificate (chain) for mutual TLS, with `redisTlsKeyFile`
+   * (env `WRIT_REDIS_TLS_CERT_FILE`); the daemon's `redis.tls_cert_file`.
+   */
+  redisTlsCertFile?: string;
+  /** PEM private key of `redisTlsCertFile` (env `WRIT_REDIS_TLS_KEY_FILE`); the daemon's `redis.tls_key_file`. */
+  redisTlsKeyFile?: string;
   /** MongoDB URI for read-through (env `WRIT_MONGODB_URI`). */
   mongodbUri: string;
   /** MongoDB database (env `WRIT_MONGODB_DATABASE`). Default `writ`. */
@@ -82,7 +97,7 @@ export function redactUrl(url: string): string {
 
 /** Every key of {@link WritConfig}: a misspelt one is refused, not ignored. */
 const KNOWN_KEYS = [
-  "redisUrl", "mongodbUri", "mongodbDatabase", "namespace", "partitions", "mode", "maxBacklog",
+  "redisUrl", "redisTlsCaFile", "redisTlsCertFile", "redisTlsKeyFile", "mongodbUri", "mongodbDatabase", "namespace", "partitions", "mode", "maxBacklog",
   "maxDocumentBytes", "writeTimeoutMs", "readTimeoutMs", "syncTimeoutMs", "maxPending", "clientId",
   "collections", "mongoClientOptions", "onError",
 ] as const satisfies readonly (keyof WritConfig)[];
@@ -123,6 +138,9 @@ export function resolveConfig(
   }
   const cfg: WritConfig = {
     redisUrl: pick(explicit.redisUrl, envOf("REDIS_URL"), "redis://127.0.0.1:6379"),
+    redisTlsCaFile: explicit.redisTlsCaFile ?? envOf("REDIS_TLS_CA_FILE"),
+    redisTlsCertFile: explicit.redisTlsCertFile ?? envOf("REDIS_TLS_CERT_FILE"),
+    redisTlsKeyFile: explicit.redisTlsKeyFile ?? envOf("REDIS_TLS_KEY_FILE"),
     mongodbUri: pick(
       explicit.mongodbUri,
       envOf("MONGODB_URI"),
@@ -150,6 +168,7 @@ export function resolveConfig(
   if (!/^rediss?:\/\//.test(cfg.redisUrl)) {
     throw new WritConfigError(`redisUrl (WRIT_REDIS_URL) must start with redis:// or rediss://, got ${redactUrl(cfg.redisUrl)}`);
   }
+  checkRedisTls(cfg);
   if (!/^mongodb(\+srv)?:\/\//.test(cfg.mongodbUri)) {
     throw new WritConfigError(`mongodbUri (WRIT_MONGODB_URI) must start with mongodb:// or mongodb+srv://`);
   }
@@ -173,4 +192,83 @@ export function resolveConfig(
     if (!c.key.length) throw new WritConfigError(`collection ${c.name} declares no key fields`);
   }
   return cfg;
+}
+
+/** The `redisTls*` options: their config key, env variable and what the file holds. */
+const TLS_OPTIONS = [
+  { key: "redisTlsCaFile", env: "WRIT_REDIS_TLS_CA_FILE", kind: "certificate", marker: "-----BEGIN CERTIFICATE-----",
+    what: "the CA certificate(s) that signed the Redis server's certificate" },
+  { key: "redisTlsCertFile", env: "WRIT_REDIS_TLS_CERT_FILE", kind: "certificate", marker: "-----BEGIN CERTIFICATE-----",
+    what: "this client's certificate (chain) for mutual TLS" },
+  { key: "redisTlsKeyFile", env: "WRIT_REDIS_TLS_KEY_FILE", kind: "private key", marker: "PRIVATE KEY-----",
+    what: "the private key of redisTlsCertFile" },
+] as const;
+
+type TlsKey = (typeof TLS_OPTIONS)[number]["key"];
+const tlsName = (o: (typeof TLS_OPTIONS)[number]) => `${o.key} (${o.env})`;
+
+/** `redisTls*` only with `rediss://`, the certificate and the key together, no empty path. */
+function checkRedisTls(cfg: WritConfig): void {
+  const set = TLS_OPTIONS.filter((o) => cfg[o.key] !== undefined);
+  if (!set.length) return;
+  for (const o of set) {
+    if (typeof cfg[o.key] !== "string" || cfg[o.key] === "") {
+      throw new WritConfigError(`${tlsName(o)} must be the path of a PEM file (${o.what}), got ${JSON.stringify(cfg[o.key])}`);
+    }
+  }
+  if (!cfg.redisUrl.startsWith("rediss://")) {
+    throw new WritConfigError(
+      `${tlsName(set[0])} is set but redisUrl (WRIT_REDIS_URL) ${redactUrl(cfg.redisUrl)} is not rediss:// (TLS); ` +
+        `use a rediss:// URL, or remove the redisTls* options`,
+    );
+  }
+  if ((cfg.redisTlsCertFile === undefined) !== (cfg.redisTlsKeyFile === undefined)) {
+    const missing = cfg.redisTlsCertFile === undefined ? TLS_OPTIONS[1] : TLS_OPTIONS[2];
+    throw new WritConfigError(
+      `${tlsName(missing)} is not set: mutual TLS needs both redisTlsCertFile and redisTlsKeyFile (or neither)`,
+    );
+  }
+}
+
+/** The PEM contents of the `redisTls*` files, as Node's `tls.connect` takes them. */
+export interface RedisTlsPem {
+  ca?: Buffer;
+  cert?: Buffer;
+  key?: Buffer;
+}
+
+/**
+ * Reads the `redisTls*` files of a resolved config (relative paths from the
+ * working directory); undefined when none is set. A file that cannot be read
+ * or holds no PEM of its kind is a {@link WritConfigError} naming the option
+ * and the path.
+ */
+export function readRedisTls(cfg: WritConfig): RedisTlsPem | undefined {
+  const out: RedisTlsPem = {};
+  const field: Record<TlsKey, keyof RedisTlsPem> = { redisTlsCaFile: "ca", redisTlsCertFile: "cert", redisTlsKeyFile: "key" };
+  let any = false;
+  for (const o of TLS_OPTIONS) {
+    const path = cfg[o.key];
+    if (path === undefined) continue;
+    any = true;
+    let pem: Buffer;
+    try {
+      pem = readFileSync(path);
+    } catch (e) {
+      const why = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
+      const where = isAbsolute(path) ? "" : `, i.e. ${resolve(path)} from the working directory`;
+      throw new WritConfigError(
+        `${tlsName(o)}: cannot read ${path} (${why}${where}); ` +
+          `point it at a readable PEM file holding ${o.what}`,
+        { cause: e },
+      );
+    }
+    if (!pem.toString("latin1").includes(o.marker)) {
+      throw new WritConfigError(
+        `${tlsName(o)}: ${path} holds no PEM ${o.kind} (no "${o.marker}" line); point it at a PEM file holding ${o.what}`,
+      );
+    }
+    out[field[o.key]] = pem;
+  }
+  return any ? out : undefined;
 }

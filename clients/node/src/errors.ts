@@ -62,8 +62,8 @@ export class WritKeyError extends WritError {
 
 /** The configuration is invalid (bad URL, unknown mode, unknown collection, ...). */
 export class WritConfigError extends WritError {
-  constructor(message: string) {
-    super(message);
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
   }
 }
 

@@ -5,7 +5,9 @@
  * - redis-server (Debian package), append-only with fsync always;
  * - SecantusDB (MongoDB-compatible; `WRIT_SECANTUSD`, default the repo's .venv);
  * - the writ daemon (`WRIT_BIN`, default the repo's target/debug/writ) with a
- *   temp copy of config/writ.toml.
+ *   temp copy of config/writ.toml;
+ * - for TLS tests, a TLS-only redis-server with the server certificate of a
+ *   {@link TestCa} (made with the `openssl` CLI); these always start their own.
  *
  * `WRIT_TEST_REDIS_URL` / `WRIT_TEST_MONGODB_URI` point the tests at external
  * servers instead; every env still gets its own namespace and database.
@@ -14,6 +16,7 @@
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, Socket } from "node:net";
+import { connect as tlsConnect } from "node:tls";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -160,11 +163,115 @@ function redisPing(port: number, host = "127.0.0.1"): Promise<boolean> {
   });
 }
 
+/** Runs the `openssl` CLI in `dir`; throws with its stderr on failure. */
+function openssl(dir: string, args: string[]): void {
+  const r = spawnSync("openssl", args, { cwd: dir, encoding: "utf8" });
+  if (r.error) throw new Error(`cannot run openssl (${r.error.message}); install it: sudo apt-get install openssl`);
+  if (r.status !== 0) throw new Error(`openssl ${args.join(" ")} failed:\n${r.stderr}`);
+}
+
+/**
+ * A test CA made with `openssl` in `dir` (as the Rust harness's `TestCa`):
+ * P-256 keys, valid for two days; a server certificate for 127.0.0.1 /
+ * localhost and a client certificate, both signed by it. PEM file paths.
+ */
+export class TestCa {
+  readonly ca: string;
+  readonly serverCert: string;
+  readonly serverKey: string;
+  readonly clientCert: string;
+  readonly clientKey: string;
+
+  constructor(readonly dir: string) {
+    mkdirSync(dir, { recursive: true });
+    const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    openssl(dir, ["req", "-x509", ...ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=writ test CA"]);
+    for (const [name, cn, usage, san] of [
+      ["server", "127.0.0.1", "serverAuth", "subjectAltName=IP:127.0.0.1,DNS:localhost\n"],
+      ["client", "writ-test-client", "clientAuth", ""],
+    ]) {
+      openssl(dir, ["req", "-new", ...ec, "-keyout", `${name}.key`, "-out", `${name}.csr`, "-subj", `/CN=${cn}`]);
+      writeFileSync(
+        join(dir, `${name}.ext`),
+        `${san}basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=${usage}\n`,
+      );
+      openssl(dir, [
+        "x509", "-req", "-in", `${name}.csr`, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", `${name}.pem`, "-days", "2", "-extfile", `${name}.ext`,
+      ]);
+    }
+    this.ca = join(dir, "ca.pem");
+    this.serverCert = join(dir, "server.pem");
+    this.serverKey = join(dir, "server.key");
+    this.clientCert = join(dir, "client.pem");
+    this.clientKey = join(dir, "client.key");
+  }
+}
+
+/** How a TLS-only redis-server is started. */
+export interface RedisTlsOptions {
+  ca: TestCa;
+  /** `--tls-auth-clients`: `yes` checks client certificates against the CA. */
+  authClients: "no" | "yes";
+  /** `--requirepass`, if any. */
+  password?: string;
+}
+
+/** PING over TLS (with the client certificate, and AUTH if a password is set); true on PONG. */
+function redisTlsPing(port: number, t: RedisTlsOptions): Promise<boolean> {
+  return new Promise((resolvePing) => {
+    const s = tlsConnect({
+      host: "127.0.0.1",
+      port,
+      ca: readFileSync(t.ca.ca),
+      cert: readFileSync(t.ca.clientCert),
+      key: readFileSync(t.ca.clientKey),
+    });
+    let got = "";
+    const done = (ok: boolean) => {
+      s.destroy();
+      resolvePing(ok);
+    };
+    s.setTimeout(500, () => done(false));
+    s.once("error", () => done(false));
+    s.once("secureConnect", () => s.write(`${t.password ? `AUTH ${t.password}\r\n` : ""}PING\r\n`));
+    s.on("data", (d) => {
+      got += d.toString();
+      if (got.includes("+PONG")) done(true);
+      else if (got.includes("-")) done(false);
+    });
+  });
+}
+
 export class RedisServer {
   private constructor(
     readonly proc: Proc,
     readonly port: number,
+    readonly tls?: RedisTlsOptions,
   ) {}
+
+  /** Starts a TLS-only redis-server (`--port 0 --tls-port P`) with `t.ca`'s server certificate, no persistence. */
+  static async startTls(dir: string, t: RedisTlsOptions): Promise<RedisServer> {
+    if (!which(REDIS_SERVER)) throw new Error(`redis-server not found (${REDIS_SERVER}); ${SETUP_HINT}`);
+    const port = await freePort();
+    const proc = new Proc("redis-server (TLS)", REDIS_SERVER, [
+      "--port", "0",
+      "--tls-port", String(port),
+      "--tls-cert-file", t.ca.serverCert,
+      "--tls-key-file", t.ca.serverKey,
+      "--tls-ca-cert-file", t.ca.ca,
+      "--tls-auth-clients", t.authClients,
+      ...(t.password ? ["--requirepass", t.password] : []),
+      "--bind", "127.0.0.1",
+      "--dir", dir,
+      "--appendonly", "no",
+      "--save", "",
+      "--daemonize", "no",
+    ], join(dir, "redis.log"));
+    const r = new RedisServer(proc, port, t);
+    await poll("redis-server (TLS)", proc, 20000, () => redisTlsPing(port, t));
+    return r;
+  }
 
   static async start(dir: string): Promise<RedisServer> {
     if (!which(REDIS_SERVER)) throw new Error(`redis-server not found (${REDIS_SERVER}); ${SETUP_HINT}`);
@@ -184,7 +291,12 @@ export class RedisServer {
     return r;
   }
 
+  /** `redis://127.0.0.1:P`, or `rediss://` (with the password, if any) for a TLS server. */
   get url(): string {
+    if (this.tls) {
+      const auth = this.tls.password ? `:${encodeURIComponent(this.tls.password)}@` : "";
+      return `rediss://${auth}127.0.0.1:${this.port}`;
+    }
     return `redis://127.0.0.1:${this.port}`;
   }
 
@@ -347,6 +459,11 @@ export interface EnvOptions {
   toml?: [string, string, string][];
   /** Text appended to the config (extra [[collections]]). */
   append?: string;
+  /**
+   * A TLS-only redis-server (never an external one); the daemon gets
+   * `redis.tls_ca_file` (and the client certificate when it checks them).
+   */
+  redisTls?: RedisTlsOptions;
 }
 
 /** One test file's servers and names. */
@@ -381,13 +498,14 @@ export class TestEnv {
   }
 
   private async boot(opts: EnvOptions): Promise<void> {
+    const t = opts.redisTls;
     const [r, m] = await Promise.all([
-      process.env.WRIT_TEST_REDIS_URL ? undefined : RedisServer.start(this.dir),
+      t ? RedisServer.startTls(this.dir, t) : process.env.WRIT_TEST_REDIS_URL ? undefined : RedisServer.start(this.dir),
       process.env.WRIT_TEST_MONGODB_URI ? undefined : MongoServer.start(this.dir),
     ]);
     this.redis = r;
     this.mongo = m;
-    this.redisUrl = process.env.WRIT_TEST_REDIS_URL || r!.url;
+    this.redisUrl = (!t && process.env.WRIT_TEST_REDIS_URL) || r!.url;
     this.mongoUri = process.env.WRIT_TEST_MONGODB_URI || m!.uri;
 
     let text = readFileSync(join(REPO_ROOT, "config", "writ.toml"), "utf8");
@@ -395,6 +513,13 @@ export class TestEnv {
     text = setToml(text, "mongodb", "database", JSON.stringify(this.name));
     text = setToml(text, "daemon", "metrics_listen", '""');
     text = setToml(text, "daemon", "lease_ttl_ms", "2000");
+    if (t) {
+      text = setToml(text, "redis", "tls_ca_file", JSON.stringify(t.ca.ca));
+      if (t.authClients === "yes") {
+        text = setToml(text, "redis", "tls_cert_file", JSON.stringify(t.ca.clientCert));
+        text = setToml(text, "redis", "tls_key_file", JSON.stringify(t.ca.clientKey));
+      }
+    }
     for (const [s, k, v] of opts.toml ?? []) text = setToml(text, s, k, v);
     if (opts.append) text = `${text.trimEnd()}\n\n${opts.append}\n`;
     this.configText = text;
