@@ -43,7 +43,11 @@ const MAX_HEAD_BYTES: usize = 8192;
 /// Lifetime of a connection, from accept to the last byte of the response.
 const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
 
+/// How often histogram samples are folded in when nobody scrapes.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
 /// Binds the HTTP listener and serves it in the background until `stop`.
+
 pub async fn serve_http(addr: SocketAddr, health: Health, stop: CancellationToken) -> Result<()> {
     let handle = recorder().clone();
     let listener = TcpListener::bind(addr).await.map_err(|e| {
@@ -56,6 +60,18 @@ pub async fn serve_http(addr: SocketAddr, health: Health, stop: CancellationToke
         .header_read_timeout(HEAD_TIMEOUT)
         .max_header_size(MAX_HEAD_BYTES);
     let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    // Histogram samples are folded in at scrape time; without a scraper they
+    // would pile up, so fold them in every few seconds regardless.
+    let upkeep = (handle.clone(), stop.clone());
+    tokio::spawn(async move {
+        let (handle, stop) = upkeep;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(UPKEEP_EVERY) => handle.run_upkeep(),
+                _ = stop.cancelled() => return,
+            }
+        }
+    });
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {

@@ -125,6 +125,9 @@ function isReplyError(e: unknown): boolean {
   return e instanceof Error && e.name === "ReplyError";
 }
 
+/** Longest close() waits for a clean QUIT or for the ack loop to end. */
+const CLOSE_WAIT_MS = 1000;
+
 /** Races `p` against a timer; the timer never keeps the process alive. */
 async function withTimeout<T>(p: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -174,6 +177,8 @@ export class WritClient {
   private syncPromise: Promise<void> | undefined;
   private readyPromise: Promise<void> | undefined;
   private closed = false;
+  /** Ack waiters to wake with {@link WritClosedError} on {@link close}. */
+  private closeWaiters = new Set<(e: Error) => void>();
   /** Waiters for room under `maxPending`. */
   private roomWaiters: Array<() => void> = [];
 
@@ -445,15 +450,24 @@ export class WritClient {
 
   /** Waits for a write's ack; throws on refusal or after `timeoutMs` (the write stays queued). */
   async waitAck(t: Ticket, timeoutMs = this.config.writeTimeoutMs): Promise<AckResult> {
-    const r = await withTimeout(
-      t.acked,
-      timeoutMs,
-      () =>
-        new WritTimeoutError(
-          `no ack for the write ${t.entryId} to ${t.collection} within ${timeoutMs} ms; it is still queued and will be ` +
-            `applied when the daemon catches up. Check \`writ status\` and that \`writ serve\` is running.`,
-        ),
-    );
+    if (this.closed) throw new WritClosedError();
+    let onClose!: (e: Error) => void;
+    const closed = new Promise<never>((_, reject) => (onClose = reject));
+    this.closeWaiters.add(onClose);
+    let r: AckResult;
+    try {
+      r = await withTimeout(
+        Promise.race([t.acked, closed]),
+        timeoutMs,
+        () =>
+          new WritTimeoutError(
+            `no ack for the write ${t.entryId} to ${t.collection} within ${timeoutMs} ms; it is still queued and will be ` +
+              `applied when the daemon catches up. Check \`writ status\` and that \`writ serve\` is running.`,
+          ),
+      );
+    } finally {
+      this.closeWaiters.delete(onClose);
+    }
     if (r.outcome === "dead_lettered") throw new RefusedWriteError(t.collection, r.reason ?? "", r.entryId);
     return r;
   }
@@ -869,13 +883,20 @@ export class WritClient {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    for (const wake of this.closeWaiters) wake(new WritClosedError());
+    this.closeWaiters.clear();
     for (const f of this.roomWaiters) f();
     this.roomWaiters = [];
     const quit = async (r: Redis | undefined) => {
       if (!r) return;
+      // QUIT only on a live connection: on one that is reconnecting it would
+      // wait in the offline queue for a server that may never come back.
+      if (r.status !== "ready") {
+        r.disconnect();
+        return;
+      }
       try {
-        if (r.status === "wait" || r.status === "end") r.disconnect();
-        else await r.quit();
+        await withTimeout(r.quit(), CLOSE_WAIT_MS, () => new Error("QUIT timed out"));
       } catch {
         r.disconnect();
       }
@@ -883,7 +904,8 @@ export class WritClient {
     // The ack connection may sit in a blocking XREAD: cut it.
     this.ackRedis?.disconnect();
     await quit(this.redis);
-    await this.ackLoop?.catch(() => {});
+    // The loop ends at its next check of `closed`; never wait long for it.
+    await withTimeout(this.ackLoop ?? Promise.resolve(), CLOSE_WAIT_MS, () => new Error("ack loop")).catch(() => {});
     if (this.mongo) await this.mongo.close().catch(() => {});
   }
 }

@@ -19,7 +19,11 @@ import {
 } from "../src/errors.js";
 import type { CollectionSpec } from "../src/key.js";
 import { toSortable, ZERO_VERSION } from "../src/version.js";
-import { eventually, TestEnv } from "./harness.js";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+import { eventually, RedisServer, TestEnv } from "./harness.js";
 
 const KV: CollectionSpec = { name: "node_kv", key: ["k", "n"] };
 const ONCE: CollectionSpec = { name: "node_once", key: ["k", "n"], mode: "insert_once" };
@@ -271,6 +275,30 @@ describe("core", () => {
       assert.notEqual((await t.acked).outcome, "dead_lettered");
     }
     assert.equal((await client().read(KV.name, { k: "recon", n: 1 }))!.payload.i, 5);
+  }));
+
+  test("close() returns promptly while Redis is down and an ack is pending", g(async () => {
+    const dir = mkdtempSync(join(tmpdir(), "writ-close-"));
+    const r = await RedisServer.start(dir);
+    try {
+      // No daemon serves this Redis: the ack never comes.
+      const c = new WritClient(env.clientConfig({ collections: COLLECTIONS, redisUrl: r.url, mode: "ack", writeTimeoutMs: 60000 }));
+      const pending = c.write(KV.name, { k: "close", n: 1 }, "put", { i: 1 }).catch((e: unknown) => e);
+      await eventually("the write is in the stream", 10000, async () => (await c.ready().then(() => true)));
+      await new Promise((res) => setTimeout(res, 200));
+      await r.stop();
+      await new Promise((res) => setTimeout(res, 300)); // the client is now reconnecting
+      const t = Date.now();
+      await Promise.race([
+        c.close(),
+        new Promise((_, rej) => setTimeout(() => rej(new Error("close() did not return within 5 s")), 5000).unref()),
+      ]);
+      assert.ok(Date.now() - t < 5000);
+      assert.ok((await pending) instanceof Error, "the pending write is settled with an error");
+    } finally {
+      await r.stop().catch(() => {});
+      rmSync(dir, { recursive: true, force: true });
+    }
   }));
 
   test("an unreachable Redis fails with WritConnectionError naming the URL", g(async () => {
