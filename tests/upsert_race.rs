@@ -172,3 +172,70 @@ async fn documents_written_before_writ_are_adopted_by_the_first_write() {
         Applied::Stale(Some(_))
     ));
 }
+
+/// Bug 7: an E11000 while the stored version is older is an insert race, not
+/// bad data. The race is staged (see `support::race_proxy`): the upsert of
+/// version 2 finds no document, and before its insert another upsert stores
+/// version 1 of the key; the server answers E11000. writ re-runs the upsert
+/// at once, which now matches version 1 and commits version 2. Before the
+/// fix this was a permanent error, dead-lettered after `max_attempts`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_key_error_over_an_older_version_is_a_race_and_is_re_run() {
+    let env = TestEnv::start("insert_race");
+    let config = env.config();
+    let direct = Store::connect(&config).await.unwrap();
+    direct
+        .ensure_indexes(config.collections.values())
+        .await
+        .unwrap();
+    let coll = config.collection("signal").unwrap().clone();
+    let key_doc = doc! {"symbol": "RACE-STAGED", "strategyName": "r", "exchangeName": "x"};
+    let key = Key::from_document(&key_doc, &coll).unwrap();
+    let write = |n: i64| Write {
+        collection: "signal".into(),
+        key: key.clone(),
+        op: Op::Put,
+        doc: Some(doc! {"n": n}),
+        reply: None,
+    };
+    let (v1, v2) = (Version { ms: 1_000, seq: 0 }, Version { ms: 2_000, seq: 0 });
+    // The other upsert's document (version 1), made by writ itself, then
+    // removed: the key starts absent.
+    let older = match direct.apply(&coll, &write(1), v1).await.unwrap() {
+        Applied::Committed(d) => d,
+        other => panic!("{other:?}"),
+    };
+    let raw = direct.raw_collection("signal");
+    raw.delete_one(key_doc.clone()).await.unwrap();
+
+    let target = support::proxy::mongo_target(&env.mongo_uri).await;
+    let inject = {
+        let (raw, older) = (raw.clone(), older.clone());
+        move || {
+            let (raw, older) = (raw.clone(), older.clone());
+            async move {
+                raw.insert_one(older).await.unwrap();
+            }
+        }
+    };
+    let proxy =
+        support::race_proxy::RaceProxy::start(target, "symbol", "RACE-STAGED", inject).await;
+    let mut via = config.clone();
+    via.mongodb_uri = support::proxy::mongo_uri_via(&env.mongo_uri, proxy.port);
+    let store = Store::connect(&via).await.unwrap();
+
+    let applied = store.apply(&coll, &write(2), v2).await;
+    assert!(
+        proxy.fired.load(std::sync::atomic::Ordering::SeqCst),
+        "the race was staged"
+    );
+    match applied {
+        Ok(Applied::Committed(d)) => {
+            assert_eq!(doc_version(&d), Some(v2));
+            assert_eq!(d.get_document("payload").unwrap().get_i64("n").unwrap(), 2);
+        }
+        other => panic!("an insert race must be re-run and commit version 2, got {other:?}"),
+    }
+    let stored = raw.find_one(key_doc).await.unwrap().unwrap();
+    assert_eq!(doc_version(&stored), Some(v2), "MongoDB holds version 2");
+}

@@ -19,6 +19,7 @@ pub mod history;
 pub mod load;
 pub mod proc;
 pub mod proxy;
+pub mod race_proxy;
 
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};

@@ -99,27 +99,40 @@ pub async fn in_front_of_mongo(uri: &str) -> (Proxy, String) {
 
 /// Like [`in_front_of_mongo`], delaying every request by `latency`.
 pub async fn in_front_of_mongo_with_latency(uri: &str, latency: Duration) -> (Proxy, String) {
+    let target = mongo_target(uri).await;
+    let proxy = Proxy::start_with_latency(target, latency).await;
+    let proxied = mongo_uri_via(uri, proxy.port);
+    (proxy, proxied)
+}
+
+fn mongo_hostport(uri: &str) -> String {
     let hostport = uri
         .trim_start_matches("mongodb://")
         .split(['/', '?'])
         .next()
         .unwrap()
         .to_string();
-    let hostport = hostport.rsplit('@').next().unwrap().to_string();
-    let target = tokio::net::lookup_host(hostport.as_str())
+    hostport.rsplit('@').next().unwrap().to_string()
+}
+
+/// The address of the (single) MongoDB server of `uri`.
+pub async fn mongo_target(uri: &str) -> SocketAddr {
+    tokio::net::lookup_host(mongo_hostport(uri).as_str())
         .await
         .unwrap()
         .next()
-        .unwrap();
-    let proxy = Proxy::start_with_latency(target, latency).await;
-    let proxied = uri.replacen(&hostport, &format!("127.0.0.1:{}", proxy.port), 1);
+        .unwrap()
+}
+
+/// `uri` pointed at a loopback proxy `port` (a direct connection).
+pub fn mongo_uri_via(uri: &str, port: u16) -> String {
+    let proxied = uri.replacen(&mongo_hostport(uri), &format!("127.0.0.1:{port}"), 1);
     let sep = if proxied.contains('?') { "&" } else { "?" };
-    let proxied = if proxied.contains("directConnection") {
+    if proxied.contains("directConnection") {
         proxied
     } else {
         format!("{proxied}{sep}directConnection=true")
-    };
-    (proxy, proxied)
+    }
 }
 
 impl Drop for Proxy {
