@@ -47,7 +47,6 @@ const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Binds the HTTP listener and serves it in the background until `stop`.
-
 pub async fn serve_http(addr: SocketAddr, health: Health, stop: CancellationToken) -> Result<()> {
     let handle = recorder().clone();
     let listener = TcpListener::bind(addr).await.map_err(|e| {
