@@ -46,7 +46,7 @@ async fn refuse_if_a_daemon_runs(config: &Config) -> Result<()> {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let live: u64 = redis::cmd("ZCOUNT")
-        .arg(format!("{}:members", config.namespace))
+        .arg(crate::protocol::Names::new(&config.namespace).members())
         .arg(now.saturating_sub(config.lease_ttl.as_millis() as u64))
         .arg("+inf")
         .query_async(&mut conn)
@@ -115,7 +115,8 @@ pub(super) async fn run(
                 _ => Err(Error::Config("the daemon stopped during the drain".into())),
             };
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Coarse on purpose: the status read is counted in the CPU figure.
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let drain = t.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;

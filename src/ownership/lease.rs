@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use redis::aio::ConnectionManager;
 
 use crate::error::Result;
+use crate::protocol::Names;
 
 const ACQUIRE: &str = r#"
 local cur = redis.call('GET', KEYS[1])
@@ -72,14 +73,14 @@ pub struct Leases {
     release: redis::Script,
 }
 
-/// Key of a partition's lease.
+/// Key of a partition's lease ([`Names::lease`]).
 pub fn lease_key(ns: &str, p: u32) -> String {
-    format!("{ns}:{{p{p}}}:lease")
+    Names::new(ns).lease(p)
 }
 
-/// Key of a partition's fencing counter.
+/// Key of a partition's fencing counter ([`Names::fence`]).
 pub fn fence_key(ns: &str, p: u32) -> String {
-    format!("{ns}:{{p{p}}}:fence")
+    Names::new(ns).fence(p)
 }
 
 impl Leases {

@@ -98,7 +98,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut owner = Owner {
-        members_key: format!("{}:members", config.namespace),
+        members_key: crate::protocol::Names::new(&config.namespace).members(),
         config,
         conn,
         leases,

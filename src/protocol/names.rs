@@ -1,5 +1,7 @@
-//! Redis key names. Every per-partition key carries the hash tag `{p<N>}` so
-//! a partition's stream, cache entries and lease live in one Redis Cluster slot.
+//! Redis key names: every key writ uses is named here and nowhere else.
+//! Every per-partition key carries the hash tag `{p<N>}` so a partition's
+//! stream, meta, cache entries, lease and fence live in one Redis Cluster
+//! slot (the scripts that touch several of them need that).
 
 /// Builds the Redis key names of one namespace.
 #[derive(Debug, Clone)]
@@ -27,6 +29,22 @@ impl Names {
     /// `src/lua/admit.lua`).
     pub fn meta(&self, partition: u32) -> String {
         format!("{}:{{p{partition}}}:meta", self.ns)
+    }
+
+    /// A partition's lease: `<ns>:{p<N>}:lease` (the owner's consumer name,
+    /// with a TTL).
+    pub fn lease(&self, partition: u32) -> String {
+        format!("{}:{{p{partition}}}:lease", self.ns)
+    }
+
+    /// A partition's fencing counter: `<ns>:{p<N>}:fence`.
+    pub fn fence(&self, partition: u32) -> String {
+        format!("{}:{{p{partition}}}:fence", self.ns)
+    }
+
+    /// The live daemons: `<ns>:members` (a sorted set of heartbeats).
+    pub fn members(&self) -> String {
+        format!("{}:members", self.ns)
     }
 
     /// The consumer group every daemon joins.
