@@ -33,32 +33,17 @@ try:
 except ImportError:
     sys.exit("check_compose: PyYAML is missing; run scripts/setup (it installs pyyaml into .venv)")
 
-# The metrics writ exports, name -> type. Keep in sync with src/ (telemetry,
-# serve, consumer, ownership, apply ...). Histograms also have _bucket, _sum
-# and _count series.
-WRIT_METRICS = {
-    "writ_writes_total": "counter",
-    "writ_rejected_total": "counter",
-    "writ_retries_total": "counter",
-    "writ_mongodb_errors_total": "counter",
-    "writ_lease_acquired_total": "counter",
-    "writ_lease_lost_total": "counter",
-    "writ_lease_released_total": "counter",
-    "writ_end_to_end_seconds": "histogram",
-    "writ_apply_seconds": "histogram",
-    "writ_cache_update_seconds": "histogram",
-    "writ_batch_entries": "histogram",
-    "writ_inflight_entries": "gauge",
-    "writ_partition_unapplied_entries": "gauge",
-    "writ_partition_oldest_unapplied_age_seconds": "gauge",
-    "writ_partition_pending_entries": "gauge",
-    "writ_partition_owned": "gauge",
-    "writ_partitions": "gauge",
-    "writ_partition_committed_watermark_seconds": "gauge",
-    "writ_dead_letter_entries": "gauge",
-    "writ_up": "gauge",
-    "writ_build_info": "gauge",
-}
+# The metrics writ exports, name -> type: read from the METRICS table in
+# src/telemetry/mod.rs (the daemon describes exactly these), so this check
+# cannot drift from the code. Histograms also have _bucket, _sum and _count
+# series.
+def _writ_metrics():
+    src = (ROOT / "src" / "telemetry" / "mod.rs").read_text()
+    found = dict(re.findall(r'\(\s*"(writ_[a-z0-9_]+)",\s*"(counter|gauge|histogram)"', src))
+    if not found:
+        sys.exit("check_compose: no METRICS table found in src/telemetry/mod.rs")
+    return found
+
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 METRIC_RE = re.compile(r"(?<![A-Za-z0-9_:])writ_[a-z_]+")
 
@@ -70,6 +55,7 @@ CONTAINER_CONFIG_FIELDS = {
 }
 
 ROOT = Path(__file__).resolve().parent.parent
+WRIT_METRICS = _writ_metrics()
 COMPOSE = ROOT / "docker-compose.yml"
 DASHBOARD = ROOT / "dashboards/grafana/writ.json"
 PROMETHEUS = ROOT / "dashboards/prometheus.yml"

@@ -1,5 +1,5 @@
-//! Capped exponential backoff with full jitter, and a sleep that gives up when
-//! a cancellation token fires.
+//! Capped exponential backoff with full jitter, a sleep that gives up when
+//! a cancellation token fires, and a retry loop built from both.
 
 use std::time::Duration;
 
@@ -44,6 +44,34 @@ impl Backoff {
         tokio::select! {
             _ = tokio::time::sleep(d) => true,
             _ = cancel.cancelled() => false,
+        }
+    }
+}
+
+/// Runs `op` until it succeeds, backing off (capped at 2 s) after each
+/// failure; `None` once `stop` fires. Each failure is counted in
+/// `writ_retries_total` and logged with `what`.
+pub async fn retry_until<F, Fut, T>(
+    stop: &CancellationToken,
+    what: &'static str,
+    mut op: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = crate::error::Result<T>>,
+{
+    let mut backoff = Backoff::new(Duration::from_secs(2));
+    loop {
+        match op().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                metrics::counter!("writ_retries_total", "error_class" => e.retry_class().as_str())
+                    .increment(1);
+                tracing::warn!(what, error = %e, "redis step failed; retrying");
+                if !backoff.sleep(stop).await {
+                    return None;
+                }
+            }
         }
     }
 }

@@ -11,7 +11,8 @@
 //!   versions and Redis key names.
 //! - [`source`]: the daemon reads each partition's stream through a consumer
 //!   group, fenced by the partition's lease.
-//! - [`consumer`]: runs each key's writes strictly in order.
+//! - [`partition`]: one partition's tenure: per-key queues, rounds of many
+//!   keys, and each key's writes strictly in order.
 //! - [`apply`]: one atomic, sequence-guarded upsert per write in MongoDB.
 //! - [`cache`]: the committed post-image goes to Redis by compare-and-set.
 //! - [`ack`]: only then is the writer acked, and the entry `XACK`ed.
@@ -28,10 +29,10 @@ pub mod bench;
 pub mod cache;
 pub mod client;
 pub mod config;
-pub mod consumer;
 pub mod deadletter;
 pub mod error;
 pub mod ownership;
+pub mod partition;
 pub mod protocol;
 pub mod redis_conn;
 pub mod retention;

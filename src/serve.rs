@@ -13,28 +13,13 @@ use tokio_util::sync::CancellationToken;
 use crate::apply::Store;
 use crate::cache::Cache;
 use crate::config::{redact_url, Config};
-use crate::consumer::Ctx;
 use crate::error::{Error, Result};
 use crate::ownership::{self, Leases};
+use crate::partition::Ctx;
 use crate::protocol::Names;
 use crate::telemetry::{self, Health};
 
-/// Creates the consumer group of a stream (and the stream) if missing.
-pub async fn ensure_group(conn: &mut ConnectionManager, stream: &str, group: &str) -> Result<()> {
-    let res: redis::RedisResult<()> = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(stream)
-        .arg(group)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(conn)
-        .await;
-    match res {
-        Ok(()) => Ok(()),
-        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
+pub use crate::source::ensure_group;
 
 /// Runs the daemon until `shutdown` fires, then drains and returns.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
@@ -97,7 +82,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
         "writ serve is running"
     );
     let spawn: ownership::Spawn =
-        Box::new(move |p, run| tokio::spawn(crate::consumer::run_partition(p, ctx.clone(), run)));
+        Box::new(move |p, run| tokio::spawn(crate::partition::run_partition(p, ctx.clone(), run)));
     ownership::run(
         config.clone(),
         conn.clone(),

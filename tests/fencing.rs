@@ -61,7 +61,7 @@ async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
             .partition("signal", config.partitions);
     let stream = names.stream(p);
     let group = names.group();
-    writ::serve::ensure_group(&mut conn, &stream, &group)
+    writ::source::ensure_group(&mut conn, &stream, &group)
         .await
         .unwrap();
     let writ = Writ::connect(config.clone()).await.unwrap();

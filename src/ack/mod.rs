@@ -6,6 +6,10 @@
 //! reconnects resumes reading after the last ack it saw and misses nothing.
 //! Ack streams are capped (`MAXLEN ~`) and expire a day after their last ack.
 
+mod send;
+
+pub use send::{Acker, Outgoing};
+
 use crate::protocol::Version;
 
 /// Approximate cap of entries kept per ack stream.

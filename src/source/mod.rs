@@ -7,14 +7,49 @@
 //! past its lease therefore cannot pull entries into its pending list, nor
 //! claim the new owner's, even if its own clock still trusts the lease. A
 //! refusal is [`Error::Fenced`], logged and counted in `writ_fenced_total`.
+//!
+//! [`reader`] is the tenure's reader task: pending entries first (a crashed
+//! owner's, in id order), then new ones, never more than the in-flight
+//! bound; each entry travels with its permit ([`Item`]).
 
-use redis::aio::ConnectionLike;
+pub(crate) mod reader;
+
+use redis::aio::{ConnectionLike, ConnectionManager};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::error::{Error, Result};
 use crate::protocol::Names;
 use crate::stream::{parse_autoclaim, parse_entries, Entry};
 
 const FENCED_READ: &str = include_str!("../lua/fenced_read.lua");
+
+/// An entry read from a partition, holding its in-flight permit until it is
+/// acked.
+pub(crate) struct Item {
+    /// The entry.
+    pub entry: Entry,
+    /// Its place under `daemon.max_in_flight`.
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// Creates the consumer group of a stream (and the stream) from `0`, if
+/// missing: the daemon does this at start for every partition (writers never
+/// create groups; docs/protocol.md).
+pub async fn ensure_group(conn: &mut ConnectionManager, stream: &str, group: &str) -> Result<()> {
+    let res: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await;
+    match res {
+        Ok(()) => Ok(()),
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
 
 /// The fenced reads of one partition tenure.
 pub struct FencedReader {

@@ -4,7 +4,15 @@
 //! An entry carries `dlq.*` fields (reason, detail, source stream, source id,
 //! attempts, time) followed by the original entry's fields verbatim, so
 //! `writ dlq retry` can re-add exactly what the writer sent.
+//!
+//! [`park`] is the daemon's routine: park the entry, tell its writer
+//! (outcome `dead_lettered`), then `XACK` it, in that order, so an entry is
+//! never acknowledged before it is safe in the dead-letter stream.
 
+use crate::ack::{Ack, Acker, Outcome};
+use crate::backoff::retry_until;
+use crate::error::Error;
+use crate::protocol::{Reject, ReplyTo, Version};
 use crate::stream::Fields;
 
 /// Metadata field names.
@@ -60,4 +68,50 @@ impl DeadLetter<'_> {
         }
         pipe.add_command(cmd).ignore();
     }
+}
+
+/// Parks entry `id` of the acker's partition in the dead-letter stream with
+/// its reason, acks its writer (if it asked) and XACKs it. Gives up only when
+/// the partition is aborted (the entry then stays pending for the next
+/// owner, which decides again).
+pub async fn park(
+    acker: &Acker,
+    id: Version,
+    fields: Option<&Fields>,
+    reject: &Reject,
+    attempts: u32,
+    reply: Option<&ReplyTo>,
+) {
+    let dlq = acker.names().dead_letters();
+    let parked = retry_until(acker.abort(), "dead letter", || {
+        let mut pipe = redis::pipe();
+        DeadLetter {
+            reason: reject.reason.as_str(),
+            detail: reject.detail.clone(),
+            stream: acker.stream(),
+            id: id.to_stream_id(),
+            attempts,
+            original: fields,
+        }
+        .add_to(&mut pipe, &dlq);
+        let mut conn = acker.conn().clone();
+        async move { pipe.query_async::<()>(&mut conn).await.map_err(Error::from) }
+    })
+    .await;
+    if parked.is_none() {
+        return;
+    }
+    if let Some(r) = reply {
+        let ack = Ack {
+            request: r.request.clone(),
+            outcome: Outcome::DeadLettered,
+            version: id,
+            entry: id,
+            reason: Some(reject.to_string()),
+        };
+        if !acker.client_acks(&[(r.client.clone(), ack)]).await {
+            return;
+        }
+    }
+    acker.xack(&[id]).await;
 }

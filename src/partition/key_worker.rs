@@ -7,25 +7,20 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{Ctx, Item, Job, PartitionRun};
+use super::{Job, Partition};
 use crate::ack::{Ack, Outcome};
 use crate::apply::{Applied, Signal};
-use crate::backoff::Backoff;
-use crate::cache::{CasOutcome, Fence};
+use crate::backoff::{retry_until, Backoff};
+use crate::cache::CasOutcome;
 use crate::config::WriteMode;
-use crate::deadletter::DeadLetter;
 use crate::error::{Error, RetryClass};
 use crate::protocol::{self, Op, Reject, RejectReason, Version};
+use crate::source::Item;
 
 /// Decodes an entry; a refused one is dead-lettered and acked here.
-pub(super) async fn admit(
-    ctx: &Ctx,
-    run: &PartitionRun,
-    p: u32,
-    stream: &str,
-    item: Item,
-) -> Option<Job> {
-    let Item { entry, _permit } = item;
+pub(super) async fn admit(part: &Partition, item: Item) -> Option<Job> {
+    let (ctx, p) = (&*part.ctx, part.p);
+    let Item { entry, permit } = item;
     let decoded = match &entry.fields {
         Some(fields) => protocol::decode(fields, &ctx.config, Some(p)),
         None => Err(Reject::new(
@@ -38,17 +33,15 @@ pub(super) async fn admit(
             id: entry.id,
             write,
             fields: entry.fields.unwrap_or_default(),
-            _permit,
+            _permit: permit,
         }),
         Err(reject) => {
-            tracing::error!(partition = p, entry = %entry.id, reason = reject.reason.as_str(), detail = %reject.detail, "refused a stream entry; parked it in the dead-letter stream");
+            tracing::error!(entry = %entry.id, reason = reject.reason.as_str(), detail = %reject.detail, "refused a stream entry; parked it in the dead-letter stream");
             metrics::counter!("writ_rejected_total", "reason" => reject.reason.as_str())
                 .increment(1);
             let reply = entry.fields.as_ref().and_then(reply_of);
-            dead_letter(
-                ctx,
-                run,
-                stream,
+            crate::deadletter::park(
+                &part.acker,
                 entry.id,
                 entry.fields.as_ref(),
                 &reject,
@@ -80,12 +73,9 @@ fn reply_of(fields: &crate::stream::Fields) -> Option<protocol::ReplyTo> {
 }
 
 /// Processes one key's jobs, in order.
-pub(super) async fn run_key(ctx: &Ctx, run: &PartitionRun, p: u32, stream: &str, jobs: Vec<Job>) {
-    let fence = Fence {
-        partition: p,
-        key: crate::ownership::fence_key(&ctx.config.namespace, p),
-        token: run.lease.token,
-    };
+pub(super) async fn run_key(part: &Partition, jobs: Vec<Job>) {
+    let (ctx, run, p) = (&*part.ctx, &*part.run, part.p);
+    let fence = part.fence();
     let mut i = 0;
     let mut no_coalesce_before = 0;
     while i < jobs.len() {
@@ -103,12 +93,11 @@ pub(super) async fn run_key(ctx: &Ctx, run: &PartitionRun, p: u32, stream: &str,
             }
         }
         let target = &jobs[end - 1];
-        if run.abort.is_cancelled() || !run.lease.valid() {
-            run.abort.cancel();
-            return; // no longer surely the owner: leave the rest pending
+        if !part.still_owner() {
+            return; // leave the rest pending
         }
         let started = std::time::Instant::now();
-        let applied = match apply_with_retry(ctx, run, &coll, target).await {
+        let applied = match apply_with_retry(part, &coll, target).await {
             Some(Ok(a)) => a,
             Some(Err((reject, attempts))) => {
                 if end - 1 > i {
@@ -117,14 +106,12 @@ pub(super) async fn run_key(ctx: &Ctx, run: &PartitionRun, p: u32, stream: &str,
                     no_coalesce_before = end - 1;
                     continue;
                 }
-                tracing::error!(partition = p, entry = %target.id, collection = %coll.name, attempts, detail = %reject.detail, "write failed for good; parked it in the dead-letter stream");
+                tracing::error!(entry = %target.id, collection = %coll.name, attempts, detail = %reject.detail, "write failed for good; parked it in the dead-letter stream");
                 metrics::counter!("writ_writes_total", "collection" => coll.name.clone(), "outcome" => Outcome::DeadLettered.as_str()).increment(1);
                 metrics::counter!("writ_rejected_total", "reason" => reject.reason.as_str())
                     .increment(1);
-                dead_letter(
-                    ctx,
-                    run,
-                    stream,
+                crate::deadletter::park(
+                    &part.acker,
                     target.id,
                     Some(&target.fields),
                     &reject,
@@ -150,7 +137,7 @@ pub(super) async fn run_key(ctx: &Ctx, run: &PartitionRun, p: u32, stream: &str,
             .names
             .cache(p, &coll.name, &target.write.key.canonical());
         let cache_started = std::time::Instant::now();
-        let Some(cas) = retry_until_abort(run, "cache update", || {
+        let Some(cas) = retry_until(&run.abort, "cache update", || {
             ctx.cache
                 .put_fenced(&cache_key, version, doc.as_ref(), Some(&fence))
         })
@@ -181,19 +168,18 @@ pub(super) async fn run_key(ctx: &Ctx, run: &PartitionRun, p: u32, stream: &str,
                 (ack, job.id)
             })
             .collect();
-        if !send_acks(
-            ctx,
-            run,
-            stream,
-            batch
-                .iter()
-                .zip(acks)
-                .map(|(job, (ack, id))| {
-                    (job.write.reply.as_ref().map(|r| r.client.clone()), ack, id)
-                })
-                .collect(),
-        )
-        .await
+        if !part
+            .acker
+            .send(
+                batch
+                    .iter()
+                    .zip(acks)
+                    .map(|(job, (ack, id))| {
+                        (job.write.reply.as_ref().map(|r| r.client.clone()), ack, id)
+                    })
+                    .collect(),
+            )
+            .await
         {
             return;
         }
@@ -217,11 +203,11 @@ pub(super) fn record_end_to_end(collection: &str, id: Version) {
 /// Applies with retries. `None`: aborted. `Some(Err)`: permanent failure after
 /// `max_attempts`.
 async fn apply_with_retry(
-    ctx: &Ctx,
-    run: &PartitionRun,
+    part: &Partition,
     coll: &crate::config::CollectionConfig,
     job: &Job,
 ) -> Option<Result<Applied, (Reject, u32)>> {
+    let (ctx, run) = (&*part.ctx, &*part.run);
     let mut backoff = Backoff::new(ctx.config.backoff_cap);
     // Only permanent failures count towards `max_attempts`: an outage must
     // not dead-letter writes that were merely waiting for MongoDB.
@@ -234,8 +220,7 @@ async fn apply_with_retry(
     // is outside the bound, so queueing never times an operation out.
     let limit = ctx.config.op_timeout + Duration::from_secs(5);
     loop {
-        if run.abort.is_cancelled() || !run.lease.valid() {
-            run.abort.cancel();
+        if !part.still_owner() {
             return None;
         }
         let permit = tokio::select! {
@@ -282,173 +267,4 @@ fn mongo_reject(e: &Error) -> Reject {
         RejectReason::MongoRejected,
         format!("MongoDB refused the write: {e}; fix the payload and `writ dlq retry` it"),
     )
-}
-
-/// Runs `op` until it succeeds or the partition is aborted.
-pub(super) async fn retry_until_abort<F, Fut, T>(
-    run: &PartitionRun,
-    what: &'static str,
-    mut op: F,
-) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = crate::error::Result<T>>,
-{
-    let mut backoff = Backoff::new(Duration::from_secs(2));
-    loop {
-        match op().await {
-            Ok(v) => return Some(v),
-            Err(e) => {
-                metrics::counter!("writ_retries_total", "error_class" => e.retry_class().as_str())
-                    .increment(1);
-                tracing::warn!(what, error = %e, "redis step failed; retrying");
-                if !backoff.sleep(&run.abort).await {
-                    return None;
-                }
-            }
-        }
-    }
-}
-
-/// Sends client acks (where asked for), then XACKs the entries.
-pub(super) async fn send_acks(
-    ctx: &Ctx,
-    run: &PartitionRun,
-    stream: &str,
-    acks: Vec<(Option<String>, Option<Ack>, Version)>,
-) -> bool {
-    let client_acks: Vec<(String, Ack)> = acks
-        .iter()
-        .filter_map(|(client, ack, _)| Some((client.clone()?, ack.clone()?)))
-        .collect();
-    let ids: Vec<Version> = acks.iter().map(|(_, _, id)| *id).collect();
-    // One atomic pipeline: the acks and one XACK of every id. A writer that
-    // sees its ack therefore never finds its entry still pending (admission
-    // counts pending entries).
-    let group = ctx.names.group();
-    let mut backoff = Backoff::new(Duration::from_secs(2));
-    loop {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        Ack::add_all(
-            &mut pipe,
-            client_acks.iter().map(|(c, a)| (c.as_str(), a)),
-            |c| ctx.names.acks(c),
-        );
-        let mut cmd = redis::cmd("XACK");
-        cmd.arg(stream).arg(&group);
-        for id in &ids {
-            cmd.arg(id.to_stream_id());
-        }
-        pipe.add_command(cmd).ignore();
-        let mut conn = ctx.conn.clone();
-        match pipe.query_async::<()>(&mut conn).await.map_err(Error::from) {
-            Ok(()) => return true,
-            Err(e) if e.retry_class() == RetryClass::Permanent => break,
-            Err(e) => {
-                tracing::warn!(error = %e, "acking failed; retrying");
-                if !backoff.sleep(&run.abort).await {
-                    return false;
-                }
-            }
-        }
-    }
-    // A permanent error (a client's ack key holds something else): the acks
-    // best effort, then the XACK on its own. Acks are at-least-once.
-    if !send_client_acks(ctx, run, &client_acks).await {
-        return false;
-    }
-    xack(ctx, run, stream, &ids).await
-}
-
-/// Adds client acks. Transient failures are retried; a permanent one (say,
-/// a writer chose a client id whose ack key holds something else) is logged
-/// and skipped: that writer's `write` then times out, its data is safe.
-async fn send_client_acks(ctx: &Ctx, run: &PartitionRun, acks: &[(String, Ack)]) -> bool {
-    if acks.is_empty() {
-        return true;
-    }
-    let mut backoff = Backoff::new(Duration::from_secs(2));
-    loop {
-        let mut pipe = redis::pipe();
-        Ack::add_all(&mut pipe, acks.iter().map(|(c, a)| (c.as_str(), a)), |c| {
-            ctx.names.acks(c)
-        });
-        let mut conn = ctx.conn.clone();
-        match pipe.query_async::<()>(&mut conn).await.map_err(Error::from) {
-            Ok(()) => return true,
-            Err(e) if e.retry_class() == RetryClass::Permanent => {
-                tracing::error!(error = %e, "cannot add client acks; skipping them (check for keys under the ack prefix that are not streams)");
-                return true;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "adding client acks failed; retrying");
-                if !backoff.sleep(&run.abort).await {
-                    return false;
-                }
-            }
-        }
-    }
-}
-
-/// XACKs entries of the partition stream.
-async fn xack(ctx: &Ctx, run: &PartitionRun, stream: &str, ids: &[Version]) -> bool {
-    let group = ctx.names.group();
-    retry_until_abort(run, "xack", || {
-        let mut cmd = redis::cmd("XACK");
-        cmd.arg(stream).arg(&group);
-        for id in ids {
-            cmd.arg(id.to_stream_id());
-        }
-        let mut conn = ctx.conn.clone();
-        async move { cmd.query_async::<()>(&mut conn).await.map_err(Error::from) }
-    })
-    .await
-    .is_some()
-}
-
-/// Parks an entry in the dead-letter stream, tells its writer, XACKs it.
-#[allow(clippy::too_many_arguments)]
-async fn dead_letter(
-    ctx: &Ctx,
-    run: &PartitionRun,
-    stream: &str,
-    id: Version,
-    fields: Option<&crate::stream::Fields>,
-    reject: &Reject,
-    attempts: u32,
-    reply: Option<&protocol::ReplyTo>,
-) {
-    let dlq = ctx.names.dead_letters();
-    let parked = retry_until_abort(run, "dead letter", || {
-        let mut pipe = redis::pipe();
-        DeadLetter {
-            reason: reject.reason.as_str(),
-            detail: reject.detail.clone(),
-            stream,
-            id: id.to_stream_id(),
-            attempts,
-            original: fields,
-        }
-        .add_to(&mut pipe, &dlq);
-        let mut conn = ctx.conn.clone();
-        async move { pipe.query_async::<()>(&mut conn).await.map_err(Error::from) }
-    })
-    .await;
-    if parked.is_none() {
-        return;
-    }
-    if let Some(r) = reply {
-        let ack = Ack {
-            request: r.request.clone(),
-            outcome: Outcome::DeadLettered,
-            version: id,
-            entry: id,
-            reason: Some(reject.to_string()),
-        };
-        if !send_client_acks(ctx, run, &[(r.client.clone(), ack)]).await {
-            return;
-        }
-    }
-    xack(ctx, run, stream, &[id]).await;
 }

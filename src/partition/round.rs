@@ -12,10 +12,11 @@
 
 use std::time::{Duration, Instant};
 
-use super::{worker, Ctx, Job, KeyId, PartitionRun};
+use super::{key_worker, Job, KeyId, Partition};
 use crate::ack::{Ack, Outcome};
 use crate::apply::{BulkItem, BulkOutcome, Signal};
-use crate::cache::{CasOutcome, Fence};
+use crate::backoff::retry_until;
+use crate::cache::CasOutcome;
 use crate::config::CollectionConfig;
 use crate::error::RetryClass;
 use crate::protocol::Version;
@@ -40,19 +41,13 @@ pub(crate) struct RoundEnd {
 /// Runs one round. Returns the segments the bulk did not settle; their
 /// entries are neither acked nor cached. When the partition is aborted, what
 /// is not done yet stays pending for the next owner (nothing is returned).
-pub(super) async fn run_round(
-    ctx: &Ctx,
-    run: &PartitionRun,
-    p: u32,
-    stream: &str,
-    segs: Vec<Segment>,
-) -> RoundEnd {
+pub(super) async fn run_round(part: &Partition, segs: Vec<Segment>) -> RoundEnd {
+    let (ctx, run) = (&*part.ctx, &*part.run);
     let end = |single, bulk_failed| RoundEnd {
         single,
         bulk_failed,
     };
-    if run.abort.is_cancelled() || !run.lease.valid() {
-        run.abort.cancel();
+    if !part.still_owner() {
         return end(Vec::new(), false);
     }
     let colls: Vec<CollectionConfig> = segs
@@ -97,14 +92,13 @@ pub(super) async fn run_round(
             } else {
                 Signal::Completed
             });
-            tracing::warn!(partition = p, writes = items.len(), error = %e, "bulk apply failed; applying its writes one by one, and making the next rounds smaller");
+            tracing::warn!(writes = items.len(), error = %e, "bulk apply failed; applying its writes one by one, and making the next rounds smaller");
             drop(items);
             return end(segs, true);
         }
         Err(_) => {
             permit.done(Signal::Overloaded);
             tracing::warn!(
-                partition = p,
                 writes = items.len(),
                 "bulk apply timed out; applying its writes one by one, and making the next rounds smaller"
             );
@@ -116,7 +110,7 @@ pub(super) async fn run_round(
     if crash_after_bulk() {
         // Test hook (see `crash_after_bulk`): MongoDB has the round, the cache
         // and the acks do not.
-        tracing::error!(partition = p, "WRIT_TEST_FAILPOINT=after_bulk: aborting");
+        tracing::error!("WRIT_TEST_FAILPOINT=after_bulk: aborting");
         std::process::abort();
     }
     let elapsed = started.elapsed().as_secs_f64();
@@ -134,7 +128,7 @@ pub(super) async fn run_round(
             BulkOutcome::Single => single.push(seg),
         }
     }
-    if !finish(ctx, run, p, stream, done).await {
+    if !finish(part, done).await {
         return end(Vec::new(), false);
     }
     end(single, false)
@@ -151,12 +145,10 @@ fn crash_after_bulk() -> bool {
 /// Caches the committed documents of settled segments (one pipeline), then
 /// acks them (one pipeline and one XACK). `false`: aborted or fenced.
 async fn finish(
-    ctx: &Ctx,
-    run: &PartitionRun,
-    p: u32,
-    stream: &str,
+    part: &Partition,
     done: Vec<(Segment, CollectionConfig, crate::apply::Applied)>,
 ) -> bool {
+    let (ctx, run, p) = (&*part.ctx, &*part.run, part.p);
     if done.is_empty() {
         return true;
     }
@@ -173,13 +165,9 @@ async fn finish(
         .iter()
         .map(|(seg, _, v, doc, _)| (ctx.names.cache(p, &seg.id.0, &seg.id.1), *v, doc.as_ref()))
         .collect();
-    let fence = Fence {
-        partition: p,
-        key: crate::ownership::fence_key(&ctx.config.namespace, p),
-        token: run.lease.token,
-    };
+    let fence = part.fence();
     let cache_started = Instant::now();
-    let Some(cas) = worker::retry_until_abort(run, "cache update", || {
+    let Some(cas) = retry_until(&run.abort, "cache update", || {
         ctx.cache.put_many_fenced(&entries, &fence)
     })
     .await
@@ -215,12 +203,12 @@ async fn finish(
             ));
         }
     }
-    if !worker::send_acks(ctx, run, stream, acks).await {
+    if !part.acker.send(acks).await {
         return false;
     }
     for (seg, coll, ..) in &done {
         for job in &seg.jobs {
-            worker::record_end_to_end(&coll.name, job.id);
+            key_worker::record_end_to_end(&coll.name, job.id);
         }
     }
     true

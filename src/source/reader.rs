@@ -8,36 +8,41 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, Semaphore};
 
-use super::{Ctx, Item, PartitionRun};
+use super::{FencedReader, Item};
 use crate::backoff::Backoff;
+use crate::config::Config;
 use crate::error::Error;
-use crate::source::FencedReader;
+use crate::ownership::PartitionRun;
+use crate::protocol::Names;
 use crate::stream::Entry;
 
-pub(super) async fn run(
+/// Reads partition `p` for one tenure into `tx`, holding a permit of
+/// `permits` per entry, until `run.stop_reading` (or a fence refusal).
+pub(crate) async fn run(
     p: u32,
-    ctx: Arc<Ctx>,
+    config: Arc<Config>,
+    names: Names,
     run: Arc<PartitionRun>,
     permits: Arc<Semaphore>,
     tx: mpsc::Sender<Vec<Item>>,
 ) {
-    let stream = ctx.names.stream(p);
-    let group = ctx.names.group();
+    let stream = names.stream(p);
+    let group = names.group();
     let reader = FencedReader::new(
-        &ctx.names,
-        &ctx.config.namespace,
+        &names,
+        &config.namespace,
         p,
-        &ctx.config.consumer_name,
+        &config.consumer_name,
         run.lease.token,
     );
-    let mut conn = match crate::redis_conn::connect(&ctx.config, ctx.config.block).await {
+    let mut conn = match crate::redis_conn::connect(&config, config.block).await {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(partition = p, error = %e, "reader cannot connect to redis");
             return;
         }
     };
-    let mut backoff = Backoff::new(ctx.config.backoff_cap);
+    let mut backoff = Backoff::new(config.backoff_cap);
     // First, everything pending in the group (earlier runs, crashed daemons),
     // in id order, before any new entry: that keeps per-key order.
     let mut cursor = Some("0-0".to_string());
@@ -49,7 +54,7 @@ pub(super) async fn run(
             run.abort.cancel();
             return;
         }
-        let count = ctx.config.batch_size.min(permits.available_permits() + 1);
+        let count = config.batch_size.min(permits.available_permits() + 1);
         let res = match &cursor {
             Some(from) => reader.claim(&mut conn, from, count).await.map(|c| {
                 if !c.deleted.is_empty() {
@@ -83,7 +88,7 @@ pub(super) async fn run(
                     .arg("COUNT")
                     .arg(1)
                     .arg("BLOCK")
-                    .arg(ctx.config.block.as_millis() as u64)
+                    .arg(config.block.as_millis() as u64)
                     .arg("STREAMS")
                     .arg(&stream)
                     .arg(if last.is_empty() { "$" } else { last.as_str() });
@@ -105,9 +110,7 @@ pub(super) async fn run(
             Err(e) => {
                 drop(first);
                 if is_nogroup(&e) {
-                    crate::serve::ensure_group(&mut conn, &stream, &group)
-                        .await
-                        .ok();
+                    super::ensure_group(&mut conn, &stream, &group).await.ok();
                     continue;
                 }
                 tracing::warn!(partition = p, error = %e, "reading the partition stream failed; retrying");
@@ -158,10 +161,7 @@ async fn send(
                     .expect("semaphore never closes"),
             },
         };
-        items.push(Item {
-            entry,
-            _permit: permit,
-        });
+        items.push(Item { entry, permit });
     }
     tx.send(items).await.is_ok()
 }

@@ -1,0 +1,271 @@
+//! One partition's tenure, as one [`Partition`] value shared by its steps.
+//!
+//! The reader ([`crate::source::reader`]) pulls entries through the consumer
+//! group (pending ones first, after a restart) and hands them to the
+//! dispatcher, which keeps one FIFO queue per key ([`keys`]). The dispatcher
+//! moves the ready keys in **rounds** ([`round`]): the next segment of up to `batch_size` keys goes to MongoDB as
+//! one bulk, to the cache as one pipeline, and is acked with one pipeline and
+//! one XACK. At most two rounds are in flight, on disjoint keys. A segment the
+//! bulk does not settle goes to its key's own worker ([`key_worker`], the single
+//! path with retries and dead-lettering), and the key waits for it. One key's
+//! writes therefore run strictly one after another, in stream order. In-flight
+//! entries are bounded by a semaphore whose permits travel with the entries
+//! until they are acked.
+
+mod key_worker;
+mod keys;
+mod round;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use redis::aio::ConnectionManager;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::ack::Acker;
+use crate::apply::Store;
+use crate::cache::{Cache, Fence};
+use crate::config::Config;
+use crate::protocol::{self, Names, Write};
+use crate::source::Item;
+use keys::Keys;
+use tracing::Instrument;
+
+/// What every partition task shares.
+pub struct Ctx {
+    /// The validated config.
+    pub config: Arc<Config>,
+    /// Key names.
+    pub names: Names,
+    /// MongoDB.
+    pub store: Store,
+    /// The cache.
+    pub cache: Cache,
+    /// Shared connection for acks, XACK and dead letters.
+    pub conn: ConnectionManager,
+}
+
+pub use crate::ownership::PartitionRun;
+
+/// One tenure of one partition: what every step of it needs, in one value
+/// (shared by the dispatcher, its rounds and its keys' workers).
+pub(crate) struct Partition {
+    /// The partition number.
+    pub p: u32,
+    /// What every partition shares.
+    pub ctx: Arc<Ctx>,
+    /// This tenure's lease and stop signals.
+    pub run: Arc<PartitionRun>,
+    /// Where its acks go (and its stream's name).
+    pub acker: Acker,
+}
+
+impl Partition {
+    /// Whether this tenure may still apply: not aborted, and the lease surely
+    /// ours by the local clock. If not, aborts the tenure (what is left stays
+    /// pending for the next owner).
+    fn still_owner(&self) -> bool {
+        if self.run.abort.is_cancelled() || !self.run.lease.valid() {
+            self.run.abort.cancel();
+            return false;
+        }
+        true
+    }
+
+    /// The fence every cache write of this tenure carries.
+    fn fence(&self) -> Fence {
+        Fence {
+            partition: self.p,
+            key: self.ctx.names.fence(self.p),
+            token: self.run.lease.token,
+        }
+    }
+}
+
+/// A decoded entry ready for its key's worker.
+pub(crate) struct Job {
+    id: protocol::Version,
+    write: Write,
+    fields: crate::stream::Fields,
+    _permit: OwnedSemaphorePermit,
+}
+
+type KeyId = (String, String);
+
+/// What a finished task of the partition hands back.
+enum Done {
+    /// A round over these keys, and how it ended.
+    Round(Vec<KeyId>, round::RoundEnd),
+    /// A key's own worker finished.
+    Key(KeyId),
+}
+
+/// Rounds of one partition at once: one at MongoDB while the next is
+/// prepared (their keys are disjoint: a key with a write in flight waits).
+const ROUNDS_IN_FLIGHT: usize = 2;
+
+/// Runs partition `p` until `run.stop_reading` fires and its in-flight work is
+/// drained, or `run.abort` fires. Everything it logs carries the tenure's
+/// span (`partition`, `token`).
+pub async fn run_partition(p: u32, ctx: Arc<Ctx>, run: Arc<PartitionRun>) {
+    let span = tracing::info_span!("tenure", partition = p, token = run.lease.token);
+    let stream = ctx.names.stream(p);
+    let acker = Acker::new(
+        ctx.conn.clone(),
+        ctx.names.clone(),
+        stream,
+        run.abort.clone(),
+    );
+    let permits = Arc::new(Semaphore::new(ctx.config.max_in_flight));
+    let part = Arc::new(Partition { p, ctx, run, acker });
+    Dispatcher {
+        round_max: part.ctx.config.batch_size,
+        part,
+        permits,
+        keys: Keys::default(),
+        running: JoinSet::new(),
+        rounds: 0,
+        aborted: false,
+    }
+    .run()
+    .instrument(span)
+    .await
+}
+
+/// One tenure's dispatcher: admits what the reader delivers into per-key
+/// queues and starts rounds and key workers on disjoint keys.
+struct Dispatcher {
+    part: Arc<Partition>,
+    permits: Arc<Semaphore>,
+    keys: Keys,
+    running: JoinSet<Done>,
+    rounds: usize,
+    /// Writes per round: halved when a whole bulk fails (a bulk too large to
+    /// finish within the server-side time limit), grown back on success.
+    round_max: usize,
+    aborted: bool,
+}
+
+impl Dispatcher {
+    async fn run(mut self) {
+        let part = self.part.clone();
+        let (tx, mut rx) = mpsc::channel::<Vec<Item>>(2);
+        let reader = tokio::spawn(
+            crate::source::reader::run(
+                part.p,
+                part.ctx.config.clone(),
+                part.ctx.names.clone(),
+                part.run.clone(),
+                self.permits.clone(),
+                tx,
+            )
+            .in_current_span(),
+        );
+        let label = part.p.to_string();
+        let mut reading = true;
+        loop {
+            self.start_rounds();
+            metrics::gauge!("writ_inflight_entries", "partition" => label.clone())
+                .set((part.ctx.config.max_in_flight - self.permits.available_permits()) as f64);
+            tokio::select! {
+                batch = rx.recv(), if reading => match batch {
+                    Some(items) => self.admit(items).await,
+                    None => reading = false,
+                },
+                Some(done) = self.running.join_next(), if !self.running.is_empty() => {
+                    self.finished(done);
+                }
+                _ = part.run.abort.cancelled(), if !self.aborted && (reading || !self.running.is_empty()) => {
+                    self.aborted = true;
+                    part.run.stop_reading.cancel();
+                    tracing::warn!("partition aborted; unfinished entries stay pending for the next owner");
+                }
+                else => break,
+            }
+        }
+        let _ = reader.await;
+        metrics::gauge!("writ_inflight_entries", "partition" => label).set(0.0);
+        tracing::info!("partition drained");
+    }
+
+    /// Starts rounds on ready keys, at most [`ROUNDS_IN_FLIGHT`] at once.
+    fn start_rounds(&mut self) {
+        while !self.aborted && self.rounds < ROUNDS_IN_FLIGHT && !self.keys.ready.is_empty() {
+            let segs = self.keys.take_round(&self.part.ctx.config, self.round_max);
+            if segs.is_empty() {
+                return;
+            }
+            self.rounds += 1;
+            let ids: Vec<KeyId> = segs.iter().map(|s| s.id.clone()).collect();
+            let part = self.part.clone();
+            self.running.spawn(
+                async move { Done::Round(ids, round::run_round(&part, segs).await) }
+                    .in_current_span(),
+            );
+        }
+    }
+
+    async fn admit(&mut self, items: Vec<Item>) {
+        metrics::histogram!("writ_batch_entries").record(items.len() as f64);
+        for item in items {
+            if self.aborted {
+                return; // left pending for the next owner
+            }
+            if let Some(job) = key_worker::admit(&self.part, item).await {
+                self.keys.push(job);
+            }
+        }
+    }
+
+    fn finished(&mut self, done: Result<Done, tokio::task::JoinError>) {
+        match done {
+            Ok(Done::Round(ids, end)) => self.round_finished(ids, end),
+            Ok(Done::Key(id)) => self.keys.release(id),
+            Err(e) => {
+                // Its keys' later jobs must not run ahead of the lost ones:
+                // stop the partition; the next tenure re-reads everything
+                // pending, in order.
+                tracing::error!(error = %e, "a partition task panicked; aborting the partition so its entries are re-applied in order");
+                self.part.run.abort.cancel();
+            }
+        }
+    }
+
+    fn round_finished(&mut self, ids: Vec<KeyId>, end: round::RoundEnd) {
+        self.rounds -= 1;
+        let max = self.part.ctx.config.batch_size;
+        self.round_max = if end.bulk_failed {
+            (self.round_max / 2).max(1)
+        } else {
+            (self.round_max + self.round_max / 4 + 1).min(max)
+        };
+        // A failed bulk is not the writes' fault: they go back for the next,
+        // smaller round (rounds under 4 writes apply write by write, so a
+        // failure that persists ends on each key's own worker). Otherwise the
+        // segments the bulk did not settle go to their keys' own workers.
+        let requeue = end.bulk_failed && !self.aborted;
+        let mut held = HashSet::new();
+        for seg in end.single {
+            if !requeue && self.aborted {
+                break;
+            }
+            held.insert(seg.id.clone());
+            if requeue {
+                self.keys.requeue(seg);
+            } else {
+                let part = self.part.clone();
+                self.running.spawn(
+                    async move {
+                        key_worker::run_key(&part, seg.jobs).await;
+                        Done::Key(seg.id)
+                    }
+                    .in_current_span(),
+                );
+            }
+        }
+        for id in ids.into_iter().filter(|id| !held.contains(id)) {
+            self.keys.release(id);
+        }
+    }
+}
