@@ -37,7 +37,54 @@ pub struct Load {
     pub counters: Arc<Counters>,
 }
 
+/// What every writer task of a load shares.
+#[derive(Clone)]
+struct Shared {
+    stop: CancellationToken,
+    history: Arc<History>,
+    accepted: Arc<Mutex<HashMap<String, (Version, i64)>>>,
+    counters: Arc<Counters>,
+}
+
+impl Shared {
+    /// Counts an accepted write and keeps the newest per key.
+    fn accept(&self, name: &str, own: Version, value: i64) {
+        self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        let mut a = self.accepted.lock().unwrap();
+        let slot = a.entry(name.to_string()).or_insert((own, value));
+        if slot.0 < own {
+            *slot = (own, value);
+        }
+    }
+}
+
 impl Load {
+    /// Connects `writers` clients and runs `body(w, writ, shared)` for each.
+    async fn spawn<F, Fut>(config: &Config, writers: usize, body: F) -> Load
+    where
+        F: Fn(usize, Writ, Shared) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let shared = Shared {
+            stop: CancellationToken::new(),
+            history: Arc::new(History::default()),
+            accepted: Arc::default(),
+            counters: Arc::new(Counters::default()),
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..writers {
+            let writ = Writ::connect(config.clone()).await.unwrap();
+            tasks.spawn(body(w, writ, shared.clone()));
+        }
+        Load {
+            stop: shared.stop,
+            tasks,
+            history: shared.history,
+            accepted: shared.accepted,
+            counters: shared.counters,
+        }
+    }
+
     /// `writers` clients, each cycling over `keys` keys, one write per `pace`.
     pub async fn start(
         config: &Config,
@@ -46,86 +93,59 @@ impl Load {
         pace: Duration,
         ack_wait: Duration,
     ) -> Load {
-        let stop = CancellationToken::new();
-        let history = Arc::new(History::default());
-        let accepted: Arc<Mutex<HashMap<String, (Version, i64)>>> = Arc::default();
-        let counters = Arc::new(Counters::default());
-        let mut tasks = tokio::task::JoinSet::new();
-        for w in 0..writers {
-            let writ = Writ::connect(config.clone()).await.unwrap();
-            let (stop, history, accepted, counters) = (
-                stop.clone(),
-                history.clone(),
-                accepted.clone(),
-                counters.clone(),
-            );
-            tasks.spawn(async move {
-                let c = writ.collection("signal").unwrap();
-                let mut i: i64 = 0;
-                while !stop.is_cancelled() {
-                    i += 1;
-                    let name = format!("L{}", (i as usize + w) % keys);
-                    let value = (w as i64) * 1_000_000 + i;
-                    match c.submit(&key(&name), &doc! {"value": value}).await {
-                        Ok(ticket) => {
-                            let own = ticket.version();
-                            counters.accepted.fetch_add(1, Ordering::Relaxed);
-                            {
-                                let mut a = accepted.lock().unwrap();
-                                let slot = a.entry(name.clone()).or_insert((own, value));
-                                if slot.0 < own {
-                                    *slot = (own, value);
-                                }
-                            }
-                            match ticket.wait_for(ack_wait).await {
-                                Ok(_) => {
-                                    counters.acked.fetch_add(1, Ordering::Relaxed);
-                                    history.push(Event::Acked {
-                                        client: w,
-                                        key: name.clone(),
-                                        version: own,
-                                        value,
-                                        at: std::time::Instant::now(),
-                                    });
-                                }
-                                Err(_) => {
-                                    // Still queued: no read now (it would wait for this write too).
-                                    counters.ack_timeouts.fetch_add(1, Ordering::Relaxed);
-                                    continue;
-                                }
-                            }
-                            let started = std::time::Instant::now();
-                            if let Ok(r) = c.read_record(&key(&name)).await {
-                                history.push(Event::Read {
+        Self::spawn(config, writers, move |w, writ, sh| async move {
+            let c = writ.collection("signal").unwrap();
+            let mut i: i64 = 0;
+            while !sh.stop.is_cancelled() {
+                i += 1;
+                let name = format!("L{}", (i as usize + w) % keys);
+                let value = (w as i64) * 1_000_000 + i;
+                match c.submit(&key(&name), &doc! {"value": value}).await {
+                    Ok(ticket) => {
+                        let own = ticket.version();
+                        sh.accept(&name, own, value);
+                        match ticket.wait_for(ack_wait).await {
+                            Ok(_) => {
+                                sh.counters.acked.fetch_add(1, Ordering::Relaxed);
+                                sh.history.push(Event::Acked {
                                     client: w,
-                                    at: started,
                                     key: name.clone(),
-                                    version: r.as_ref().map(|r| r.version),
-                                    value: r
-                                        .and_then(|r| r.payload)
-                                        .and_then(|p| p.get_i64("value").ok()),
+                                    version: own,
+                                    value,
+                                    at: std::time::Instant::now(),
                                 });
                             }
+                            Err(_) => {
+                                // Still queued: no read now (it would wait for this write too).
+                                sh.counters.ack_timeouts.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
                         }
-                        Err(_) => {
-                            counters.submit_errors.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        let started = std::time::Instant::now();
+                        if let Ok(r) = c.read_record(&key(&name)).await {
+                            sh.history.push(Event::Read {
+                                client: w,
+                                at: started,
+                                key: name.clone(),
+                                version: r.as_ref().map(|r| r.version),
+                                value: r
+                                    .and_then(|r| r.payload)
+                                    .and_then(|p| p.get_i64("value").ok()),
+                            });
                         }
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(pace) => {}
-                        _ = stop.cancelled() => {}
+                    Err(_) => {
+                        sh.counters.submit_errors.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
-            });
-        }
-        Load {
-            stop,
-            tasks,
-            history,
-            accepted,
-            counters,
-        }
+                tokio::select! {
+                    _ = tokio::time::sleep(pace) => {}
+                    _ = sh.stop.cancelled() => {}
+                }
+            }
+        })
+        .await
     }
 
     /// `writers` clients that `submit` without waiting: each ticket is awaited
@@ -139,80 +159,53 @@ impl Load {
         pace: Duration,
         max_waiting: usize,
     ) -> Load {
-        let stop = CancellationToken::new();
-        let history = Arc::new(History::default());
-        let accepted: Arc<Mutex<HashMap<String, (Version, i64)>>> = Arc::default();
-        let counters = Arc::new(Counters::default());
-        let mut tasks = tokio::task::JoinSet::new();
-        for w in 0..writers {
-            let writ = Writ::connect(config.clone()).await.unwrap();
-            let (stop, history, accepted, counters) = (
-                stop.clone(),
-                history.clone(),
-                accepted.clone(),
-                counters.clone(),
-            );
-            tasks.spawn(async move {
-                let c = writ.collection("signal").unwrap();
-                let waiting = Arc::new(tokio::sync::Semaphore::new(max_waiting));
-                let mut acks = tokio::task::JoinSet::new();
-                let mut i: i64 = 0;
-                while !stop.is_cancelled() {
-                    i += 1;
-                    let name = format!("L{}", (i as usize * 7 + w) % keys);
-                    let value = (w as i64) * 1_000_000 + i;
-                    let permit = waiting.clone().acquire_owned().await.unwrap();
-                    match c.submit(&key(&name), &doc! {"value": value}).await {
-                        Ok(ticket) => {
-                            let own = ticket.version();
-                            counters.accepted.fetch_add(1, Ordering::Relaxed);
-                            {
-                                let mut a = accepted.lock().unwrap();
-                                let slot = a.entry(name.clone()).or_insert((own, value));
-                                if slot.0 < own {
-                                    *slot = (own, value);
+        Self::spawn(config, writers, move |w, writ, sh| async move {
+            let c = writ.collection("signal").unwrap();
+            let waiting = Arc::new(tokio::sync::Semaphore::new(max_waiting));
+            let mut acks = tokio::task::JoinSet::new();
+            let mut i: i64 = 0;
+            while !sh.stop.is_cancelled() {
+                i += 1;
+                let name = format!("L{}", (i as usize * 7 + w) % keys);
+                let value = (w as i64) * 1_000_000 + i;
+                let permit = waiting.clone().acquire_owned().await.unwrap();
+                match c.submit(&key(&name), &doc! {"value": value}).await {
+                    Ok(ticket) => {
+                        let own = ticket.version();
+                        sh.accept(&name, own, value);
+                        let sh = sh.clone();
+                        acks.spawn(async move {
+                            let _permit = permit;
+                            match ticket.wait_for(Duration::from_secs(180)).await {
+                                Ok(_) => {
+                                    sh.counters.acked.fetch_add(1, Ordering::Relaxed);
+                                    sh.history.push(Event::Acked {
+                                        client: w,
+                                        key: name,
+                                        version: own,
+                                        value,
+                                        at: std::time::Instant::now(),
+                                    });
+                                }
+                                Err(_) => {
+                                    sh.counters.ack_timeouts.fetch_add(1, Ordering::Relaxed);
                                 }
                             }
-                            let (history, counters) = (history.clone(), counters.clone());
-                            acks.spawn(async move {
-                                let _permit = permit;
-                                match ticket.wait_for(Duration::from_secs(180)).await {
-                                    Ok(_) => {
-                                        counters.acked.fetch_add(1, Ordering::Relaxed);
-                                        history.push(Event::Acked {
-                                            client: w,
-                                            key: name,
-                                            version: own,
-                                            value,
-                                            at: std::time::Instant::now(),
-                                        });
-                                    }
-                                    Err(_) => {
-                                        counters.ack_timeouts.fetch_add(1, Ordering::Relaxed);
-                                    }
-                                }
-                            });
-                        }
-                        Err(_) => {
-                            counters.submit_errors.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
+                        });
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(pace) => {}
-                        _ = stop.cancelled() => {}
+                    Err(_) => {
+                        sh.counters.submit_errors.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
-                while acks.join_next().await.is_some() {}
-            });
-        }
-        Load {
-            stop,
-            tasks,
-            history,
-            accepted,
-            counters,
-        }
+                tokio::select! {
+                    _ = tokio::time::sleep(pace) => {}
+                    _ = sh.stop.cancelled() => {}
+                }
+            }
+            while acks.join_next().await.is_some() {}
+        })
+        .await
     }
 
     pub fn accepted_count(&self) -> u64 {
