@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::telemetry::Event;
 
 /// How often a daemon looks at membership and free partitions.
 pub const POLL: Duration = Duration::from_millis(100);
@@ -40,13 +41,12 @@ pub const POLL: Duration = Duration::from_millis(100);
 /// daemon's `token` is no longer current. Logged and counted in
 /// `writ_fenced_total{op}`.
 pub fn refused(p: u32, op: &'static str, token: u64) {
-    tracing::warn!(
-        partition = p,
+    Event::Fenced {
+        partition: p,
         op,
         token,
-        "fenced: the partition lease moved to another daemon; refused and stopping this partition"
-    );
-    metrics::counter!("writ_fenced_total", "op" => op).increment(1);
+    }
+    .emit();
 }
 
 /// One tenure of one partition: its lease and its stop signals.
@@ -190,7 +190,7 @@ impl Owner {
             tracing::warn!(partition = p, error = %e, "cannot release the lease; it expires within its TTL");
             return;
         }
-        metrics::counter!("writ_lease_released_total", "partition" => p.to_string()).increment(1);
+        Event::LeaseReleased { partition: p }.emit();
     }
 
     async fn renew(&self) {
@@ -198,9 +198,7 @@ impl Owner {
             match self.leases.renew(&t.run.lease).await {
                 Ok(true) => {}
                 Ok(false) => {
-                    tracing::warn!(partition = p, "lost the partition lease; aborting it");
-                    metrics::counter!("writ_lease_lost_total", "partition" => p.to_string())
-                        .increment(1);
+                    Event::LeaseLost { partition: *p }.emit();
                     t.run.abort.cancel();
                 }
                 Err(e) => {
@@ -247,14 +245,11 @@ impl Owner {
             }
             match self.leases.try_acquire(p).await {
                 Ok(Some(lease)) => {
-                    tracing::info!(
-                        partition = p,
-                        token = lease.token,
-                        "took the partition lease"
-                    );
-                    metrics::counter!("writ_lease_acquired_total", "partition" => p.to_string())
-                        .increment(1);
-                    metrics::gauge!("writ_partition_owned", "partition" => p.to_string()).set(1.0);
+                    Event::LeaseAcquired {
+                        partition: p,
+                        token: lease.token,
+                    }
+                    .emit();
                     let run = Arc::new(PartitionRun {
                         stop_reading: shutdown.child_token(),
                         abort: CancellationToken::new(),

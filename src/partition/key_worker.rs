@@ -16,6 +16,7 @@ use crate::config::WriteMode;
 use crate::error::{Error, RetryClass};
 use crate::protocol::{self, Op, Reject, RejectReason, Version};
 use crate::source::Item;
+use crate::telemetry::Event;
 
 /// Decodes an entry; a refused one is dead-lettered and acked here.
 pub(super) async fn admit(part: &Partition, item: Item) -> Option<Job> {
@@ -36,9 +37,13 @@ pub(super) async fn admit(part: &Partition, item: Item) -> Option<Job> {
             _permit: permit,
         }),
         Err(reject) => {
-            tracing::error!(entry = %entry.id, reason = reject.reason.as_str(), detail = %reject.detail, "refused a stream entry; parked it in the dead-letter stream");
-            metrics::counter!("writ_rejected_total", "reason" => reject.reason.as_str())
-                .increment(1);
+            Event::DeadLettered {
+                collection: None,
+                entry: entry.id,
+                reject: &reject,
+                attempts: 0,
+            }
+            .emit();
             let reply = entry.fields.as_ref().and_then(reply_of);
             crate::deadletter::park(
                 &part.acker,
@@ -106,10 +111,13 @@ pub(super) async fn run_key(part: &Partition, jobs: Vec<Job>) {
                     no_coalesce_before = end - 1;
                     continue;
                 }
-                tracing::error!(entry = %target.id, collection = %coll.name, attempts, detail = %reject.detail, "write failed for good; parked it in the dead-letter stream");
-                metrics::counter!("writ_writes_total", "collection" => coll.name.clone(), "outcome" => Outcome::DeadLettered.as_str()).increment(1);
-                metrics::counter!("writ_rejected_total", "reason" => reject.reason.as_str())
-                    .increment(1);
+                Event::DeadLettered {
+                    collection: Some(&coll.name),
+                    entry: target.id,
+                    reject: &reject,
+                    attempts,
+                }
+                .emit();
                 crate::deadletter::park(
                     &part.acker,
                     target.id,
@@ -156,8 +164,11 @@ pub(super) async fn run_key(part: &Partition, jobs: Vec<Job>) {
             .iter()
             .enumerate()
             .map(|(n, job)| {
-                let outcome = if n + 1 == batch.len() { last_outcome } else { Outcome::Coalesced };
-                metrics::counter!("writ_writes_total", "collection" => coll.name.clone(), "outcome" => outcome.as_str()).increment(1);
+                let outcome = if n + 1 == batch.len() {
+                    last_outcome
+                } else {
+                    Outcome::Coalesced
+                };
                 let ack = job.write.reply.as_ref().map(|r| Ack {
                     request: r.request.clone(),
                     outcome,
@@ -168,6 +179,13 @@ pub(super) async fn run_key(part: &Partition, jobs: Vec<Job>) {
                 (ack, job.id)
             })
             .collect();
+        Event::Settled {
+            collection: &coll.name,
+            applied: u64::from(!stale),
+            coalesced: batch.len() as u64 - 1,
+            stale: u64::from(stale),
+        }
+        .emit();
         if !part
             .acker
             .send(

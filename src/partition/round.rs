@@ -10,6 +10,7 @@
 //! its retries and dead-lettering): the other writes of the round are not
 //! failed, retried or dead-lettered with it.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::{key_worker, Job, KeyId, Partition};
@@ -20,6 +21,7 @@ use crate::cache::CasOutcome;
 use crate::config::CollectionConfig;
 use crate::error::RetryClass;
 use crate::protocol::Version;
+use crate::telemetry::Event;
 
 /// One key's next step.
 pub(crate) struct Segment {
@@ -180,15 +182,19 @@ async fn finish(
     }
     metrics::histogram!("writ_cache_update_seconds").record(cache_started.elapsed().as_secs_f64());
     let mut acks = Vec::new();
+    // Per collection: [applied, coalesced, stale], emitted once per round.
+    let mut settled: BTreeMap<&str, [u64; 3]> = BTreeMap::new();
     for (seg, coll, version, _, stale) in &done {
         let n = seg.jobs.len();
+        let counts = settled.entry(coll.name.as_str()).or_default();
+        counts[1] += n as u64 - 1;
+        counts[if *stale { 2 } else { 0 }] += 1;
         for (i, job) in seg.jobs.iter().enumerate() {
             let outcome = match (i + 1 == n, stale) {
                 (false, _) => Outcome::Coalesced,
                 (true, true) => Outcome::Stale,
                 (true, false) => Outcome::Applied,
             };
-            metrics::counter!("writ_writes_total", "collection" => coll.name.clone(), "outcome" => outcome.as_str()).increment(1);
             let ack = job.write.reply.as_ref().map(|r| Ack {
                 request: r.request.clone(),
                 outcome,
@@ -202,6 +208,15 @@ async fn finish(
                 job.id,
             ));
         }
+    }
+    for (collection, [applied, coalesced, stale]) in settled {
+        Event::Settled {
+            collection,
+            applied,
+            coalesced,
+            stale,
+        }
+        .emit();
     }
     if !part.acker.send(acks).await {
         return false;

@@ -15,8 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apply::Store;
 
+mod events;
 mod http;
 
+pub use events::Event;
 pub use http::serve_http;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
