@@ -3,14 +3,14 @@
 //! The reader ([`crate::source::reader`]) pulls entries through the consumer
 //! group (pending ones first, after a restart) and hands them to the
 //! dispatcher, which keeps one FIFO queue per key ([`keys`]). The dispatcher
-//! moves the ready keys in **rounds** ([`round`]): the next segment of up to `batch_size` keys goes to MongoDB as
-//! one bulk, to the cache as one pipeline, and is acked with one pipeline and
-//! one XACK. At most two rounds are in flight, on disjoint keys. A segment the
-//! bulk does not settle goes to its key's own worker ([`key_worker`], the single
-//! path with retries and dead-lettering), and the key waits for it. One key's
-//! writes therefore run strictly one after another, in stream order. In-flight
-//! entries are bounded by a semaphore whose permits travel with the entries
-//! until they are acked.
+//! moves the ready keys in **rounds** ([`round`]): the next segment of up to
+//! `batch_size` keys goes to MongoDB as one bulk, to the cache as one
+//! pipeline, and is acked with one pipeline and one XACK. At most two rounds
+//! are in flight, on disjoint keys. A segment the bulk does not settle goes to
+//! its key's own worker ([`key_worker`], the single path with retries and
+//! dead-lettering), and the key waits for it. One key's writes therefore run
+//! strictly one after another, in stream order. In-flight entries are bounded
+//! by a semaphore whose permits travel with the entries until they are acked.
 
 mod key_worker;
 mod keys;
