@@ -19,7 +19,7 @@ use crate::partition::Ctx;
 use crate::protocol::Names;
 use crate::telemetry::{self, Health};
 
-pub use crate::source::ensure_group;
+use crate::source::ensure_group;
 
 /// Runs the daemon until `shutdown` fires, then drains and returns.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {

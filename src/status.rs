@@ -9,7 +9,6 @@ use redis::Value;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::ownership::lease_key;
 use crate::protocol::{Names, Version};
 use crate::stream::parse_entries;
 
@@ -175,7 +174,7 @@ pub async fn status_of(
     owner: Option<&str>,
 ) -> Result<Status> {
     let names = Names::new(ns);
-    let leases: Vec<String> = (0..partitions).map(|p| lease_key(ns, p)).collect();
+    let leases: Vec<String> = (0..partitions).map(|p| names.lease(p)).collect();
     // One GET per lease: the lease keys of different partitions live in
     // different cluster slots, so no MGET.
     let mut owners = Vec::with_capacity(leases.len());

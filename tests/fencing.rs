@@ -16,7 +16,7 @@ use std::time::Duration;
 use mongodb::bson::doc;
 use support::TestEnv;
 use writ::cache::{Cache, CasOutcome, Fence};
-use writ::ownership::{fence_key, lease_key, Leases};
+use writ::ownership::Leases;
 use writ::protocol::{Names, Version};
 use writ::source::FencedReader;
 use writ::{Error, Writ};
@@ -80,7 +80,7 @@ async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
         .await
         .unwrap()
         .expect("free lease");
-    let old_reader = FencedReader::new(&names, &ns, p, "old-owner", old.token);
+    let old_reader = FencedReader::new(&names, p, "old-owner", old.token);
     let first = old_reader.read(&mut conn, 2).await.unwrap();
     assert_eq!(first.entries.len(), 2, "a current owner reads");
     assert_eq!(pending_of(&mut conn, &stream, &group).await, 2);
@@ -88,7 +88,7 @@ async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
     // The lease lapses (as after a pause longer than its TTL) and a new owner
     // takes it: the fencing counter moves on.
     let _: () = redis::cmd("DEL")
-        .arg(lease_key(&ns, p))
+        .arg(names.lease(p))
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -132,7 +132,7 @@ async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
         1.0,
         "writ_fenced_total{{op=\"claim\"}}"
     );
-    let new_reader = FencedReader::new(&names, &ns, p, "new-owner", new.token);
+    let new_reader = FencedReader::new(&names, p, "new-owner", new.token);
     let claimed = new_reader.claim(&mut conn, "0-0", 10).await.unwrap();
     assert_eq!(
         claimed.entries.iter().map(|e| e.id).collect::<Vec<_>>(),
@@ -149,7 +149,7 @@ async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
     let v = Version { ms: 42, seq: 0 };
     let stale = Fence {
         partition: p,
-        key: fence_key(&ns, p),
+        key: names.fence(p),
         token: old.token,
     };
     let before = fenced_count("cache");

@@ -151,7 +151,7 @@ async fn owners(env: &TestEnv, partitions: u32) -> HashMap<String, u32> {
     let mut out = HashMap::new();
     for p in 0..partitions {
         let o: Option<String> = redis::cmd("GET")
-            .arg(writ::ownership::lease_key(&env.name, p))
+            .arg(writ::protocol::Names::new(&env.name).lease(p))
             .query_async(&mut r)
             .await
             .unwrap();

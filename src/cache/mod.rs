@@ -56,6 +56,18 @@ fn outcome(script_result: i64) -> CasOutcome {
     }
 }
 
+impl Fence {
+    /// Says that Redis refused a cache write under this fence.
+    fn refused(&self) {
+        crate::telemetry::Event::Fenced {
+            partition: self.partition,
+            op: "cache",
+            token: self.token,
+        }
+        .emit();
+    }
+}
+
 /// The cache, on a shared connection.
 #[derive(Clone)]
 pub struct Cache {
@@ -105,7 +117,7 @@ impl Cache {
         let res: i64 = call.invoke_async(&mut conn).await?;
         let outcome = outcome(res);
         if let (CasOutcome::Fenced, Some(f)) = (outcome, fence) {
-            crate::ownership::refused(f.partition, "cache", f.token);
+            f.refused();
         }
         Ok(outcome)
     }
@@ -142,7 +154,7 @@ impl Cache {
         let res: Vec<i64> = pipe.query_async(&mut conn).await?;
         let outcomes: Vec<CasOutcome> = res.into_iter().map(outcome).collect();
         if outcomes.contains(&CasOutcome::Fenced) {
-            crate::ownership::refused(fence.partition, "cache", fence.token);
+            fence.refused();
         }
         Ok(outcomes)
     }

@@ -65,7 +65,7 @@ impl Lease {
 #[derive(Clone)]
 pub struct Leases {
     conn: ConnectionManager,
-    ns: String,
+    names: Names,
     me: String,
     ttl: Duration,
     acquire: redis::Script,
@@ -73,22 +73,12 @@ pub struct Leases {
     release: redis::Script,
 }
 
-/// Key of a partition's lease ([`Names::lease`]).
-pub fn lease_key(ns: &str, p: u32) -> String {
-    Names::new(ns).lease(p)
-}
-
-/// Key of a partition's fencing counter ([`Names::fence`]).
-pub fn fence_key(ns: &str, p: u32) -> String {
-    Names::new(ns).fence(p)
-}
-
 impl Leases {
     /// Leases held as `me`, lasting `ttl` unless renewed.
     pub fn new(conn: ConnectionManager, ns: &str, me: &str, ttl: Duration) -> Leases {
         Leases {
             conn,
-            ns: ns.into(),
+            names: Names::new(ns),
             me: me.into(),
             ttl,
             acquire: redis::Script::new(ACQUIRE),
@@ -103,8 +93,8 @@ impl Leases {
         let mut conn = self.conn.clone();
         let token: u64 = self
             .acquire
-            .key(lease_key(&self.ns, p))
-            .key(fence_key(&self.ns, p))
+            .key(self.names.lease(p))
+            .key(self.names.fence(p))
             .arg(&self.me)
             .arg(self.ttl.as_millis() as u64)
             .invoke_async(&mut conn)
@@ -127,8 +117,8 @@ impl Leases {
         let mut conn = self.conn.clone();
         let ok: i64 = self
             .renew
-            .key(lease_key(&self.ns, lease.partition))
-            .key(fence_key(&self.ns, lease.partition))
+            .key(self.names.lease(lease.partition))
+            .key(self.names.fence(lease.partition))
             .arg(&self.me)
             .arg(self.ttl.as_millis() as u64)
             .arg(lease.token)
@@ -145,7 +135,7 @@ impl Leases {
         let mut conn = self.conn.clone();
         let _: i64 = self
             .release
-            .key(lease_key(&self.ns, p))
+            .key(self.names.lease(p))
             .arg(&self.me)
             .invoke_async(&mut conn)
             .await?;

@@ -20,7 +20,7 @@
 
 mod lease;
 
-pub use lease::{fence_key, lease_key, Lease, Leases};
+pub use lease::{Lease, Leases};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -36,18 +36,6 @@ use crate::telemetry::Event;
 
 /// How often a daemon looks at membership and free partitions.
 pub const POLL: Duration = Duration::from_millis(100);
-
-/// Says that an operation of partition `p` was refused by its fence: this
-/// daemon's `token` is no longer current. Logged and counted in
-/// `writ_fenced_total{op}`.
-pub fn refused(p: u32, op: &'static str, token: u64) {
-    Event::Fenced {
-        partition: p,
-        op,
-        token,
-    }
-    .emit();
-}
 
 /// One tenure of one partition: its lease and its stop signals.
 pub struct PartitionRun {
@@ -279,8 +267,9 @@ impl Owner {
     /// releases each lease as soon as its partition is drained, and aborts
     /// what is left at the deadline.
     async fn drain(mut self) {
-        for t in self.owned.values() {
+        for t in self.owned.values_mut() {
             t.run.stop_reading.cancel();
+            t.handing_over = true; // released when drained, even if the lease looks old
         }
         let deadline = Instant::now() + self.config.shutdown_deadline;
         while !self.owned.is_empty() {
@@ -294,9 +283,6 @@ impl Owner {
             if self.renewed.elapsed() >= self.config.lease_ttl / 4 {
                 self.renewed = Instant::now();
                 self.renew().await;
-            }
-            for t in self.owned.values_mut() {
-                t.handing_over = true; // release even if the lease looks old
             }
             self.end_tenures().await;
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -85,13 +85,13 @@ pub struct Read {
 
 impl FencedReader {
     /// Reads of partition `p` as `consumer`, holding fencing `token`.
-    pub fn new(names: &Names, namespace: &str, p: u32, consumer: &str, token: u64) -> Self {
+    pub fn new(names: &Names, p: u32, consumer: &str, token: u64) -> Self {
         FencedReader {
             script: redis::Script::new(FENCED_READ),
             partition: p,
             token,
             stream: names.stream(p),
-            fence: crate::ownership::fence_key(namespace, p),
+            fence: names.fence(p),
             meta: names.meta(p),
             group: names.group(),
             consumer: consumer.to_string(),
@@ -121,7 +121,12 @@ impl FencedReader {
         match self.call(op, count, cursor).invoke_async(conn).await {
             Ok(v) => Ok(v),
             Err(e) if e.code() == Some("FENCED") => {
-                crate::ownership::refused(self.partition, op, self.token);
+                crate::telemetry::Event::Fenced {
+                    partition: self.partition,
+                    op,
+                    token: self.token,
+                }
+                .emit();
                 Err(Error::Fenced {
                     partition: self.partition,
                     op,

@@ -28,13 +28,7 @@ pub(crate) async fn run(
 ) {
     let stream = names.stream(p);
     let group = names.group();
-    let reader = FencedReader::new(
-        &names,
-        &config.namespace,
-        p,
-        &config.consumer_name,
-        run.lease.token,
-    );
+    let reader = FencedReader::new(&names, p, &config.consumer_name, run.lease.token);
     let mut conn = match crate::redis_conn::connect(&config, config.block).await {
         Ok(c) => c,
         Err(e) => {

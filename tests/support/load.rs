@@ -47,6 +47,37 @@ struct Shared {
 }
 
 impl Shared {
+    /// Records how waiting for a write's ack ended; `true` if it was acked.
+    fn settle(&self, w: usize, name: &str, own: Version, value: i64, acked: bool) -> bool {
+        if acked {
+            self.counters.acked.fetch_add(1, Ordering::Relaxed);
+            self.history.push(Event::Acked {
+                client: w,
+                key: name.to_string(),
+                version: own,
+                value,
+                at: std::time::Instant::now(),
+            });
+        } else {
+            self.counters.ack_timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        acked
+    }
+
+    /// A refused submit: counted, then a short pause.
+    async fn submit_failed(&self) {
+        self.counters.submit_errors.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    /// Waits `pace`, or until the load stops.
+    async fn pace(&self, pace: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(pace) => {}
+            _ = self.stop.cancelled() => {}
+        }
+    }
+
     /// Counts an accepted write and keeps the newest per key.
     fn accept(&self, name: &str, own: Version, value: i64) {
         self.counters.accepted.fetch_add(1, Ordering::Relaxed);
@@ -104,22 +135,10 @@ impl Load {
                     Ok(ticket) => {
                         let own = ticket.version();
                         sh.accept(&name, own, value);
-                        match ticket.wait_for(ack_wait).await {
-                            Ok(_) => {
-                                sh.counters.acked.fetch_add(1, Ordering::Relaxed);
-                                sh.history.push(Event::Acked {
-                                    client: w,
-                                    key: name.clone(),
-                                    version: own,
-                                    value,
-                                    at: std::time::Instant::now(),
-                                });
-                            }
-                            Err(_) => {
-                                // Still queued: no read now (it would wait for this write too).
-                                sh.counters.ack_timeouts.fetch_add(1, Ordering::Relaxed);
-                                continue;
-                            }
+                        let acked = ticket.wait_for(ack_wait).await.is_ok();
+                        if !sh.settle(w, &name, own, value, acked) {
+                            // Still queued: no read now (it would wait for this write too).
+                            continue;
                         }
                         let started = std::time::Instant::now();
                         if let Ok(r) = c.read_record(&key(&name)).await {
@@ -134,15 +153,9 @@ impl Load {
                             });
                         }
                     }
-                    Err(_) => {
-                        sh.counters.submit_errors.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
+                    Err(_) => sh.submit_failed().await,
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(pace) => {}
-                    _ = sh.stop.cancelled() => {}
-                }
+                sh.pace(pace).await;
             }
         })
         .await
@@ -176,32 +189,13 @@ impl Load {
                         let sh = sh.clone();
                         acks.spawn(async move {
                             let _permit = permit;
-                            match ticket.wait_for(Duration::from_secs(180)).await {
-                                Ok(_) => {
-                                    sh.counters.acked.fetch_add(1, Ordering::Relaxed);
-                                    sh.history.push(Event::Acked {
-                                        client: w,
-                                        key: name,
-                                        version: own,
-                                        value,
-                                        at: std::time::Instant::now(),
-                                    });
-                                }
-                                Err(_) => {
-                                    sh.counters.ack_timeouts.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
+                            let acked = ticket.wait_for(Duration::from_secs(180)).await.is_ok();
+                            sh.settle(w, &name, own, value, acked);
                         });
                     }
-                    Err(_) => {
-                        sh.counters.submit_errors.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
+                    Err(_) => sh.submit_failed().await,
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(pace) => {}
-                    _ = sh.stop.cancelled() => {}
-                }
+                sh.pace(pace).await;
             }
             while acks.join_next().await.is_some() {}
         })
