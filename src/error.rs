@@ -76,6 +76,22 @@ pub enum Error {
         retry: RetryClass,
     },
 
+    /// Redis took a write but fewer than `redis.min_replicas_acked` replicas
+    /// confirmed it in time, so a failover could still lose it. Retryable.
+    #[error(
+        "{what} reached the Redis master but only {confirmed} of {wanted} replicas confirmed it within {timeout_ms} ms (redis.min_replicas_acked); a failover now could lose it, and it may still be applied; retry. If this never succeeds, the master has fewer than {wanted} replicas in sync"
+    )]
+    NotReplicated {
+        /// What was written.
+        what: &'static str,
+        /// Replicas that confirmed.
+        confirmed: u32,
+        /// Replicas required.
+        wanted: u32,
+        /// The WAIT bound.
+        timeout_ms: u64,
+    },
+
     /// A wait ran out. The write may still commit later.
     #[error(
         "timed out after {after:?} waiting for {what}; the write stays queued and may still commit"
@@ -134,9 +150,10 @@ impl Error {
         match self {
             Error::Redis(e) => redis_retry_class(e),
             Error::Mongo(e) => mongo_retry_class(e),
-            Error::MissingPostImage { .. } | Error::Timeout { .. } | Error::Backpressure { .. } => {
-                RetryClass::Transient
-            }
+            Error::MissingPostImage { .. }
+            | Error::Timeout { .. }
+            | Error::Backpressure { .. }
+            | Error::NotReplicated { .. } => RetryClass::Transient,
             Error::Connect { retry, .. } => *retry,
             Error::Config(_)
             | Error::Rejected(_)
@@ -153,6 +170,7 @@ impl Error {
         match self {
             Error::Connect { what, .. } => what,
             Error::Redis(_) => "redis",
+            Error::NotReplicated { .. } => "not_replicated",
             Error::Mongo(_) | Error::MissingPostImage { .. } => "mongodb",
             Error::Timeout { .. } => "timeout",
             Error::Backpressure { .. } => "backpressure",

@@ -1,65 +1,263 @@
 //! Redis connections. Every connection writ opens (daemon, CLI tools, the
-//! Rust client) comes from [`connect`]: a self-healing `ConnectionManager`
-//! with explicit timeouts, over TLS for a `rediss://` URL (rustls; the public
-//! webpki roots, or `redis.tls_ca_file`, and an optional client certificate).
+//! Rust client) comes from [`connect`]: a [`Conn`], either a self-healing
+//! single-node `ConnectionManager` or, with `redis.cluster = true`, redis-rs's
+//! async cluster connection (slots discovered from the seed URLs, `MOVED` and
+//! failovers followed). Both have explicit timeouts and speak TLS for
+//! `rediss://` URLs (rustls; the public webpki roots, or `redis.tls_ca_file`,
+//! and an optional client certificate).
+//!
 //! Blocking stream reads get their own connection with a response timeout
-//! longer than their `BLOCK`, so they never stall other traffic.
+//! longer than their `BLOCK`, so they never stall other traffic: on a cluster
+//! connection a `BLOCK` holds up every command to that node.
+//!
+//! The two things a cluster changes for callers live here too:
+//! [`Conn::query_by_slot`] splits a pipeline of commands on different keys
+//! into one pipeline per slot (a cluster refuses cross-slot pipelines), and
+//! [`Replication`] waits (`WAIT`) until writes reached
+//! `redis.min_replicas_acked` replicas.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use crate::config::{redact_url, Config};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, RetryClass};
 
 /// Response timeout for ordinary commands.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A connection to one Redis server or to a Redis Cluster. Cheap to clone:
+/// clones share the underlying multiplexed connection(s).
+#[derive(Clone)]
+pub enum Conn {
+    /// One server (`redis.cluster = false`, the default).
+    Node(ConnectionManager),
+    /// A Redis Cluster.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Node(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Node(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Node(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Conn {
+    /// Whether this is a cluster connection.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Conn::Cluster(_))
+    }
+
+    /// Runs `cmds`, each touching the key it is paired with, and returns
+    /// their replies in order: one pipeline on a single server; on a cluster
+    /// one pipeline per hash slot, sent concurrently. Not atomic.
+    pub async fn query_by_slot(&self, cmds: Vec<(String, Cmd)>) -> redis::RedisResult<Vec<Value>> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !self.is_cluster() {
+            let mut pipe = redis::pipe();
+            for (_, cmd) in &cmds {
+                pipe.add_command(cmd.clone());
+            }
+            return pipe.query_async(&mut self.clone()).await;
+        }
+        let mut groups: HashMap<Slot, (Vec<usize>, Pipeline)> = HashMap::new();
+        for (i, (key, cmd)) in cmds.into_iter().enumerate() {
+            let (at, pipe) = groups
+                .entry(Slot::for_key(key.as_bytes()))
+                .or_insert_with(|| (Vec::new(), redis::pipe()));
+            at.push(i);
+            pipe.add_command(cmd);
+        }
+        let n: usize = groups.values().map(|(at, _)| at.len()).sum();
+        let replies = futures::future::try_join_all(groups.into_values().map(|(at, pipe)| {
+            let mut conn = self.clone();
+            async move {
+                let r: Vec<Value> = pipe.query_async(&mut conn).await?;
+                Ok::<_, redis::RedisError>((at, r))
+            }
+        }))
+        .await?;
+        let mut out = vec![Value::Nil; n];
+        for (at, r) in replies {
+            for (i, v) in at.into_iter().zip(r) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `redis.min_replicas_acked`: how writ makes sure a write it relies on
+/// survives a failover. Redis replicates asynchronously, so a master that
+/// fails over may lose writes it already answered; `WAIT n` returns once `n`
+/// replicas hold every write sent before it on the same connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Replication {
+    /// Replicas that must confirm; 0 skips the wait.
+    pub replicas: u32,
+    /// Bound of one wait.
+    pub timeout: Duration,
+}
+
+impl Replication {
+    /// From the config.
+    pub fn of(config: &Config) -> Replication {
+        Replication {
+            replicas: config.min_replicas_acked,
+            timeout: config.replica_ack_timeout,
+        }
+    }
+
+    /// Whether writes must be confirmed.
+    pub fn wanted(&self) -> bool {
+        self.replicas > 0
+    }
+
+    /// Adds the `WAIT` to a pipeline that wrote: its reply is the number of
+    /// replicas that confirmed (check it with [`Replication::check`]). On a
+    /// cluster the pipeline goes to the node of its keys, and so does the
+    /// `WAIT`.
+    pub fn add_to(&self, pipe: &mut Pipeline) {
+        pipe.cmd("WAIT")
+            .arg(self.replicas)
+            .arg(self.timeout.as_millis() as u64);
+    }
+
+    /// Waits until the writes this connection sent to `key`'s node reached
+    /// enough replicas. `what` names the write for the error.
+    pub async fn confirm(&self, conn: &Conn, key: &str, what: &'static str) -> Result<()> {
+        if !self.wanted() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        // A keyed no-op routes the pipeline (and its WAIT) to the key's node.
+        pipe.cmd("EXISTS").arg(key).ignore();
+        self.add_to(&mut pipe);
+        let (confirmed,): (u32,) = pipe.query_async(&mut conn.clone()).await?;
+        self.check(confirmed, what)
+    }
+
+    /// Turns a `WAIT` reply into an error when too few replicas confirmed.
+    pub fn check(&self, confirmed: u32, what: &'static str) -> Result<()> {
+        if confirmed >= self.replicas {
+            Ok(())
+        } else {
+            Err(Error::NotReplicated {
+                what,
+                confirmed,
+                wanted: self.replicas,
+                timeout_ms: self.timeout.as_millis() as u64,
+            })
+        }
+    }
+}
+
 /// The redis crate's client for `config`'s URL and TLS files (no connection
-/// yet).
+/// yet). Single-node mode only.
 pub fn client(config: &Config) -> Result<redis::Client> {
     let url = config.redis_url.as_str();
     let client = match &config.redis_tls.certificates {
         Some(certs) => redis::Client::build_with_tls(url, certs.clone()),
         None => redis::Client::open(url),
     };
-    client.map_err(|e| {
-        let field = if config.redis_tls.certificates.is_some() {
-            "`redis.url` / `redis.tls_*`"
-        } else {
-            "`redis.url`"
-        };
-        Error::Config(format!("{field} {}: {e}", redact_url(url)))
-    })
+    client.map_err(|e| bad_url(config, e))
+}
+
+fn bad_url(config: &Config, e: redis::RedisError) -> Error {
+    let field = if config.redis_tls.certificates.is_some() {
+        "`redis.url` / `redis.tls_*`"
+    } else {
+        "`redis.url`"
+    };
+    Error::Config(format!("{field} {}: {e}", redacted_urls(config)))
+}
+
+/// The Redis URLs with credentials masked, for messages.
+pub fn redacted_urls(config: &Config) -> String {
+    config
+        .redis_urls
+        .iter()
+        .map(|u| redact_url(u))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Opens a reconnecting connection. `block` is the longest `BLOCK` this
 /// connection will issue (zero for none).
-pub async fn connect(config: &Config, block: Duration) -> Result<ConnectionManager> {
-    let client = client(config)?;
-    let cfg = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(3)))
-        .set_response_timeout(Some(COMMAND_TIMEOUT + block))
-        .set_number_of_retries(3)
-        .set_min_delay(Duration::from_millis(50))
-        .set_max_delay(Duration::from_secs(2));
-    ConnectionManager::new_with_config(client, cfg)
-        .await
-        .map_err(|e| {
-            let detail = crate::error::said_once(&e.to_string());
-            let retry = if e.kind() == redis::ErrorKind::AuthenticationFailed {
-                crate::error::RetryClass::Permanent
-            } else {
-                crate::error::RetryClass::Transient
-            };
-            Error::Connect {
-                retry,
-                what: "redis",
-                url: redact_url(&config.redis_url),
-                hint: hint(config, &e, &detail),
-                detail,
-            }
-        })
+pub async fn connect(config: &Config, block: Duration) -> Result<Conn> {
+    let conn = if config.redis_cluster {
+        connect_cluster(config, block).await.map(Conn::Cluster)
+    } else {
+        let client = client(config)?;
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(Some(COMMAND_TIMEOUT + block))
+            .set_number_of_retries(3)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(2));
+        ConnectionManager::new_with_config(client, cfg)
+            .await
+            .map(Conn::Node)
+    };
+    conn.map_err(|e| {
+        let detail = crate::error::said_once(&e.to_string());
+        let retry = if e.kind() == redis::ErrorKind::AuthenticationFailed {
+            RetryClass::Permanent
+        } else {
+            RetryClass::Transient
+        };
+        Error::Connect {
+            retry,
+            what: "redis",
+            url: redacted_urls(config),
+            hint: hint(config, &e, &detail),
+            detail,
+        }
+    })
+}
+
+async fn connect_cluster(
+    config: &Config,
+    block: Duration,
+) -> redis::RedisResult<ClusterConnection> {
+    let mut builder = redis::cluster::ClusterClient::builder(config.redis_urls.clone())
+        .connection_timeout(Duration::from_secs(3))
+        .response_timeout(COMMAND_TIMEOUT + block)
+        .retries(6)
+        .min_retry_wait(50)
+        .max_retry_wait(1000);
+    if let Some(certs) = &config.redis_tls.certificates {
+        builder = builder.certs(certs.clone());
+    }
+    builder.build()?.get_async_connection().await
 }
 
 /// What to check, by what failed.
@@ -77,5 +275,44 @@ fn hint(config: &Config, e: &redis::RedisError, detail: &str) -> &'static str {
         "is redis-server listening with TLS there (its tls-port), and are redis.url / WRIT_REDIS_URL and redis.tls_* right?"
     } else {
         "is redis-server running, and are redis.url / WRIT_REDIS_URL right (rediss:// if it only takes TLS)?"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Names;
+
+    /// The slot table of docs/protocol.md, and every partition key of a
+    /// partition in its partition's slot (scripts touch several of them).
+    #[test]
+    fn partition_keys_share_their_documented_slot() {
+        let documented = [15882, 11819, 7752, 3689, 16014, 11951, 7884, 3821];
+        let names = Names::new("writ");
+        for (p, slot) in documented.into_iter().enumerate() {
+            let p = p as u32;
+            let keys = [
+                names.stream(p),
+                names.meta(p),
+                names.lease(p),
+                names.fence(p),
+                names.cache(p, "signal", r#"["BTCUSDT","{p9}","x"]"#),
+            ];
+            for k in keys {
+                assert_eq!(Slot::for_key(k.as_bytes()), Slot::new(slot).unwrap(), "{k}");
+            }
+        }
+    }
+
+    #[test]
+    fn too_few_replicas_is_a_retryable_error() {
+        let r = Replication {
+            replicas: 2,
+            timeout: Duration::from_millis(100),
+        };
+        assert!(r.check(2, "x").is_ok());
+        let e = r.check(1, "the write").unwrap_err();
+        assert_eq!(e.retry_class(), RetryClass::Transient);
+        assert!(e.to_string().contains("only 1 of 2 replicas"), "{e}");
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::Conn;
 
 use crate::error::Result;
 use crate::protocol::Version;
@@ -13,7 +13,7 @@ use crate::stream::parse_entries;
 
 /// The id below which entries of `stream` may be trimmed, given its status.
 pub async fn trim_point(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     stream: &str,
     status: &PartitionStatus,
     max_age: Duration,
@@ -57,7 +57,7 @@ pub async fn trim_point(
 }
 
 /// Trims `stream` below `point`; returns the entries removed.
-pub async fn trim(conn: &mut ConnectionManager, stream: &str, point: Version) -> Result<u64> {
+pub async fn trim(conn: &mut Conn, stream: &str, point: Version) -> Result<u64> {
     let n: u64 = redis::cmd("XTRIM")
         .arg(stream)
         .arg("MINID")

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::{Conn, Replication};
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::Store;
@@ -55,7 +55,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
         config: config.clone(),
         names,
         store: store.clone(),
-        cache: Cache::new(conn.clone()),
+        cache: Cache::new(conn.clone()).with_replication(Replication::of(&config)),
         conn: conn.clone(),
     });
     let leases = Leases::new(
@@ -63,7 +63,8 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
         &config.namespace,
         &config.consumer_name,
         config.lease_ttl,
-    );
+    )
+    .with_replication(Replication::of(&config));
     let background = shutdown.child_token();
     let probe = tokio::spawn(telemetry::probe_loop(
         store,
@@ -99,7 +100,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
 
 /// Refreshes the status metrics of the partitions this daemon owns, and trims
 /// their streams below the committed watermark.
-async fn housekeeping(config: Arc<Config>, mut conn: ConnectionManager, stop: CancellationToken) {
+async fn housekeeping(config: Arc<Config>, mut conn: Conn, stop: CancellationToken) {
     let names = Names::new(&config.namespace);
     loop {
         let me = Some(config.consumer_name.as_str());

@@ -4,7 +4,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::Conn;
 use redis::Value;
 use serde::Serialize;
 
@@ -64,7 +64,7 @@ fn as_string(v: Option<&Value>) -> Option<String> {
 /// `(unapplied, pending, undelivered, last-delivered-id)`, counting no further
 /// than `bound` (0: exactly).
 pub async fn backlog(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     names: &Names,
     p: u32,
     bound: u64,
@@ -82,7 +82,7 @@ pub async fn backlog(
 
 /// Reads one partition's status.
 async fn partition_status(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     names: &Names,
     p: u32,
     owner: Option<String>,
@@ -161,14 +161,14 @@ async fn partition_status(
 }
 
 /// Reads every partition's status and the dead-letter depth.
-pub async fn status(conn: &mut ConnectionManager, ns: &str, partitions: u32) -> Result<Status> {
+pub async fn status(conn: &mut Conn, ns: &str, partitions: u32) -> Result<Status> {
     status_of(conn, ns, partitions, None).await
 }
 
 /// Like [`status`], but only for the partitions whose lease `owner` holds
 /// (what a daemon exports and trims).
 pub async fn status_of(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     ns: &str,
     partitions: u32,
     owner: Option<&str>,

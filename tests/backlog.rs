@@ -244,11 +244,9 @@ async fn admission_counts_once_while_no_daemon_reads() {
         config.partitions
     );
     // And the count is still exact.
-    let mut cm = redis::aio::ConnectionManager::new(
-        redis::Client::open(env.config().redis_url.as_str()).unwrap(),
-    )
-    .await
-    .unwrap();
+    let mut cm = writ::redis_conn::connect(&env.config(), std::time::Duration::ZERO)
+        .await
+        .unwrap();
     let mut total = 0;
     for p in 0..config.partitions {
         let (unapplied, pending, undelivered, _) =

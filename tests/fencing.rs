@@ -29,7 +29,7 @@ fn fenced_count(op: &str) -> f64 {
         .sum()
 }
 
-async fn pending_of(conn: &mut redis::aio::ConnectionManager, stream: &str, group: &str) -> u64 {
+async fn pending_of(conn: &mut writ::redis_conn::Conn, stream: &str, group: &str) -> u64 {
     let v: redis::Value = redis::cmd("XPENDING")
         .arg(stream)
         .arg(group)

@@ -39,7 +39,7 @@ fn fields_of(v: &redis::Value) -> Vec<(String, Vec<u8>)> {
 
 /// XRANGE as (id, fields).
 async fn xrange(
-    r: &mut redis::aio::MultiplexedConnection,
+    r: &mut writ::redis_conn::Conn,
     stream: &str,
 ) -> Vec<(String, HashMap<String, Vec<u8>>)> {
     let v: redis::Value = redis::cmd("XRANGE")

@@ -359,7 +359,7 @@ fn counter_sum(text: &str, name: &str) -> f64 {
 }
 
 async fn stream_lengths(
-    r: &mut redis::aio::MultiplexedConnection,
+    r: &mut writ::redis_conn::Conn,
     names: &writ::protocol::Names,
     partitions: u32,
 ) -> Vec<u64> {

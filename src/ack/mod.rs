@@ -84,9 +84,8 @@ pub struct Ack {
 }
 
 impl Ack {
-    /// Adds `XADD <ack stream> MAXLEN ~ N * ...` to a pipeline. The caller
-    /// adds [`Ack::add_expiry`] once per ack stream of the pipeline.
-    pub fn add_to(&self, pipe: &mut redis::Pipeline, stream: &str) {
+    /// `XADD <ack stream> MAXLEN ~ N * ...`.
+    pub fn command(&self, stream: &str) -> redis::Cmd {
         let mut cmd = redis::cmd("XADD");
         cmd.arg(stream)
             .arg("MAXLEN")
@@ -100,35 +99,31 @@ impl Ack {
         if let Some(r) = &self.reason {
             cmd.arg(field::REASON).arg(r);
         }
-        pipe.add_command(cmd).ignore();
+        cmd
     }
 
-    /// Adds the `EXPIRE` that keeps an ack stream a day after its last ack.
-    pub fn add_expiry(pipe: &mut redis::Pipeline, stream: &str) {
-        pipe.cmd("EXPIRE")
-            .arg(stream)
-            .arg(ACK_STREAM_TTL_SECS)
-            .ignore();
-    }
-
-    /// Adds the acks of a batch, grouped by client, with one `EXPIRE` per
-    /// client's ack stream.
-    pub fn add_all<'a>(
-        pipe: &mut redis::Pipeline,
+    /// The commands that add the acks of a batch, each paired with its ack
+    /// stream, with one `EXPIRE` per ack stream (kept a day after its last
+    /// ack).
+    pub fn commands<'a>(
         acks: impl IntoIterator<Item = (&'a str, &'a Ack)>,
         stream_of: impl Fn(&str) -> String,
-    ) {
+    ) -> Vec<(String, redis::Cmd)> {
+        let mut out = Vec::new();
         let mut streams: Vec<String> = Vec::new();
         for (client, ack) in acks {
             let stream = stream_of(client);
-            ack.add_to(pipe, &stream);
+            out.push((stream.clone(), ack.command(&stream)));
             if !streams.contains(&stream) {
                 streams.push(stream);
             }
         }
-        for s in &streams {
-            Ack::add_expiry(pipe, s);
+        for s in streams {
+            let mut expire = redis::cmd("EXPIRE");
+            expire.arg(&s).arg(ACK_STREAM_TTL_SECS);
+            out.push((s, expire));
         }
+        out
     }
 
     /// Parses an ack entry's fields.

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::{Conn, Replication};
 use tokio_util::sync::CancellationToken;
 
 use super::Ack;
@@ -24,45 +24,51 @@ pub type Outgoing = (Option<String>, Option<Ack>, Version);
 /// Sends the acks of one partition tenure until `abort`.
 #[derive(Clone)]
 pub struct Acker {
-    conn: ConnectionManager,
+    conn: Conn,
     names: Names,
     stream: String,
     abort: CancellationToken,
+    replication: Replication,
 }
 
 impl Acker {
     /// Acks of partition stream `stream`, given up when `abort` fires.
     pub fn new(
-        conn: ConnectionManager,
+        conn: Conn,
         names: Names,
         stream: String,
         abort: CancellationToken,
+        replication: Replication,
     ) -> Acker {
         Acker {
             conn,
             names,
             stream,
             abort,
+            replication,
         }
     }
 
-    /// Sends client acks (where asked for), then XACKs the entries, all in
-    /// one atomic pipeline. `false`: aborted first.
+    /// Sends client acks (where asked for), then XACKs the entries: on a
+    /// single server in one atomic pipeline; on a cluster, where ack streams
+    /// live in other slots, the acks (one pipeline per slot) and then the
+    /// `XACK`. `false`: aborted first.
     pub async fn send(&self, acks: Vec<Outgoing>) -> bool {
         let client_acks: Vec<(String, Ack)> = acks
             .iter()
             .filter_map(|(client, ack, _)| Some((client.clone()?, ack.clone()?)))
             .collect();
         let ids: Vec<Version> = acks.iter().map(|(_, _, id)| *id).collect();
+        if self.conn.is_cluster() {
+            return self.client_acks(&client_acks).await && self.xack(&ids).await;
+        }
         let mut backoff = Backoff::new(Duration::from_secs(2));
         loop {
             let mut pipe = redis::pipe();
             pipe.atomic();
-            Ack::add_all(
-                &mut pipe,
-                client_acks.iter().map(|(c, a)| (c.as_str(), a)),
-                |c| self.names.acks(c),
-            );
+            for (_, cmd) in self.ack_commands(&client_acks) {
+                pipe.add_command(cmd).ignore();
+            }
             pipe.add_command(self.xack_cmd(&ids)).ignore();
             let mut conn = self.conn.clone();
             match pipe.query_async::<()>(&mut conn).await.map_err(Error::from) {
@@ -89,12 +95,14 @@ impl Acker {
         }
         let mut backoff = Backoff::new(Duration::from_secs(2));
         loop {
-            let mut pipe = redis::pipe();
-            Ack::add_all(&mut pipe, acks.iter().map(|(c, a)| (c.as_str(), a)), |c| {
-                self.names.acks(c)
-            });
-            let mut conn = self.conn.clone();
-            match pipe.query_async::<()>(&mut conn).await.map_err(Error::from) {
+            let cmds = self.ack_commands(acks);
+            match self
+                .conn
+                .query_by_slot(cmds)
+                .await
+                .map(drop)
+                .map_err(Error::from)
+            {
                 Ok(()) => return true,
                 Err(e) if e.retry_class() == RetryClass::Permanent => {
                     tracing::error!(error = %e, "cannot add client acks; skipping them (check for keys under the ack prefix that are not streams)");
@@ -108,6 +116,12 @@ impl Acker {
                 }
             }
         }
+    }
+
+    fn ack_commands(&self, acks: &[(String, Ack)]) -> Vec<(String, redis::Cmd)> {
+        Ack::commands(acks.iter().map(|(c, a)| (c.as_str(), a)), |c| {
+            self.names.acks(c)
+        })
     }
 
     fn xack_cmd(&self, ids: &[Version]) -> redis::Cmd {
@@ -135,8 +149,13 @@ impl Acker {
         &self.abort
     }
 
+    /// How dead letters are confirmed (`redis.min_replicas_acked`).
+    pub fn replication(&self) -> &Replication {
+        &self.replication
+    }
+
     /// The shared connection.
-    pub fn conn(&self) -> &ConnectionManager {
+    pub fn conn(&self) -> &Conn {
         &self.conn
     }
 

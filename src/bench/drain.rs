@@ -61,7 +61,7 @@ async fn refuse_if_a_daemon_runs(config: &Config) -> Result<()> {
 }
 
 /// Total unapplied entries over all partitions.
-async fn unapplied(config: &Config, conn: &mut redis::aio::ConnectionManager) -> Result<u64> {
+async fn unapplied(config: &Config, conn: &mut crate::redis_conn::Conn) -> Result<u64> {
     let st = crate::status::status_of(conn, &config.namespace, config.partitions, None).await?;
     Ok(st.partitions.iter().map(|p| p.unapplied).sum())
 }

@@ -6,8 +6,8 @@
 //! slow writer (the daemon retrying, a read-through on a miss) can never move
 //! a key backwards.
 
+use crate::redis_conn::{Conn, Replication};
 use mongodb::bson::{self, Document};
-use redis::aio::ConnectionManager;
 
 use crate::error::{Error, Result};
 use crate::protocol::Version;
@@ -71,17 +71,31 @@ impl Fence {
 /// The cache, on a shared connection.
 #[derive(Clone)]
 pub struct Cache {
-    conn: ConnectionManager,
+    conn: Conn,
     cas: redis::Script,
+    replication: Replication,
 }
 
 impl Cache {
-    /// Wraps a connection.
-    pub fn new(conn: ConnectionManager) -> Cache {
+    /// Wraps a connection; cache writes are not confirmed by replicas.
+    pub fn new(conn: Conn) -> Cache {
         Cache {
             conn,
             cas: redis::Script::new(CAS_SCRIPT),
+            replication: Replication {
+                replicas: 0,
+                timeout: std::time::Duration::ZERO,
+            },
         }
+    }
+
+    /// Confirms every cache write with `replication` (`WAIT`) before it
+    /// returns: the daemon acks a write only once the cache holds it, so
+    /// with `redis.min_replicas_acked` the cache entry must survive a
+    /// failover too.
+    pub fn with_replication(mut self, replication: Replication) -> Cache {
+        self.replication = replication;
+        self
     }
 
     /// Stores `doc` (or a tombstone) at `version` unless the cache already
@@ -116,6 +130,11 @@ impl Cache {
         }
         let res: i64 = call.invoke_async(&mut conn).await?;
         let outcome = outcome(res);
+        if outcome != CasOutcome::Fenced {
+            self.replication
+                .confirm(&conn, key, "a cache write")
+                .await?;
+        }
         if let (CasOutcome::Fenced, Some(f)) = (outcome, fence) {
             f.refused();
         }
@@ -150,8 +169,16 @@ impl Cache {
         for call in &calls {
             pipe.invoke_script(call);
         }
+        if self.replication.wanted() {
+            self.replication.add_to(&mut pipe);
+        }
         let mut conn = self.conn.clone();
-        let res: Vec<i64> = pipe.query_async(&mut conn).await?;
+        let mut res: Vec<i64> = pipe.query_async(&mut conn).await?;
+        if self.replication.wanted() {
+            let confirmed = res.pop().unwrap_or(0);
+            self.replication
+                .check(u32::try_from(confirmed).unwrap_or(0), "a cache write")?;
+        }
         let outcomes: Vec<CasOutcome> = res.into_iter().map(outcome).collect();
         if outcomes.contains(&CasOutcome::Fenced) {
             fence.refused();
@@ -169,14 +196,25 @@ impl Cache {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.conn.clone();
-        let mut pipe = redis::pipe();
-        for key in keys {
-            pipe.cmd("HMGET").arg(key).arg("v").arg("doc").arg("gone");
-        }
+        let cmds = keys
+            .iter()
+            .map(|key| {
+                let mut cmd = redis::cmd("HMGET");
+                cmd.arg(key).arg("v").arg("doc").arg("gone");
+                (key.clone(), cmd)
+            })
+            .collect();
         type Raw = (Option<String>, Option<Vec<u8>>, Option<String>);
-        let raw: Vec<Raw> = pipe.query_async(&mut conn).await?;
-        keys.iter().zip(raw).map(|(key, r)| parse(key, r)).collect()
+        let replies = self.conn.query_by_slot(cmds).await?;
+        keys.iter()
+            .zip(replies)
+            .map(|(key, v)| {
+                parse(
+                    key,
+                    redis::from_redis_value::<Raw>(v).map_err(|e| Error::Encode(e.to_string()))?,
+                )
+            })
+            .collect()
     }
 }
 

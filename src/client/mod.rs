@@ -20,8 +20,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::redis_conn::{Conn, Replication};
 use mongodb::bson::{Bson, Document};
-use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -80,7 +80,7 @@ pub struct Record {
 pub(crate) struct Inner {
     config: Arc<Config>,
     names: Names,
-    conn: ConnectionManager,
+    conn: Conn,
     cache: Cache,
     store: Store,
     client_id: String,
@@ -237,6 +237,13 @@ impl Collection {
                 return Err(e.into());
             }
         };
+        if let Err(e) = Replication::of(&inner.config)
+            .confirm(&conn, &inner.names.stream(p), "the write")
+            .await
+        {
+            inner.waiters.lock().expect("lock").remove(&request);
+            return Err(e);
+        }
         let version: Version = entry
             .parse()
             .map_err(|_| Error::Encode(format!("XADD returned odd id {entry:?}")))?;

@@ -58,7 +58,7 @@ impl Writ {
 
 /// Whether every entry of `stream` up to `target` is delivered and acked.
 async fn applied_through(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut crate::redis_conn::Conn,
     stream: &str,
     group: &str,
     target: Version,

@@ -88,7 +88,16 @@ pub struct RedisTls {
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Redis URL (may contain credentials: never log it, use [`redact_url`]).
+    /// In cluster mode, the first seed node.
     pub redis_url: String,
+    /// Every seed URL (one in single-node mode).
+    pub redis_urls: Vec<String>,
+    /// Redis Cluster mode.
+    pub redis_cluster: bool,
+    /// Replicas that must confirm writes writ relies on (`WAIT`); 0: none.
+    pub min_replicas_acked: u32,
+    /// Bound of each such `WAIT`.
+    pub replica_ack_timeout: Duration,
     /// TLS files of a `rediss://` URL.
     pub redis_tls: RedisTls,
     /// Key prefix.
@@ -181,7 +190,7 @@ impl Config {
     pub fn from_toml_with_env(text: &str) -> Result<Config> {
         let mut raw = Self::parse(text)?;
         if let Ok(url) = std::env::var(ENV_REDIS_URL) {
-            raw.redis.url = url;
+            raw.redis.url = raw::RawUrls::One(url);
         }
         if let Ok(uri) = std::env::var(ENV_MONGODB_URI) {
             raw.mongodb.uri = uri;
@@ -256,6 +265,33 @@ key = ["symbol", "strategyName"]
         let e = Config::from_toml(&MIN.replace("[mongodb]", "[mongodb]\nwrite_concern = \"all\""))
             .unwrap_err();
         assert!(e.to_string().contains("mongodb.write_concern"), "{e}");
+    }
+
+    #[test]
+    fn cluster_urls_lists_and_replica_acks() {
+        let with =
+            |lines: &str| Config::from_toml(&MIN.replace("[redis]", &format!("[redis]\n{lines}")));
+        let list = r#"url = ["redis://a:1", "redis://b:2"]"#;
+        let e = with(list).unwrap_err().to_string();
+        assert!(e.contains("redis.cluster = true"), "{e}");
+        let c = with(&format!("cluster = true\n{list}")).unwrap();
+        assert_eq!(c.redis_urls, ["redis://a:1", "redis://b:2"]);
+        assert_eq!(c.redis_url, "redis://a:1");
+        assert!(c.redis_cluster);
+        // WRIT_REDIS_URL's form: one string, comma-separated.
+        let c = with("cluster = true\nurl = \"redis://a:1, redis://b:2\"").unwrap();
+        assert_eq!(c.redis_urls.len(), 2);
+        let e = with("cluster = true\nurl = [\"redis://a:1\", \"rediss://b:2\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mixes"), "{e}");
+        let e = with("url = []").unwrap_err().to_string();
+        assert!(e.contains("redis.url"), "{e}");
+        let c = with("min_replicas_acked = 1").unwrap();
+        assert_eq!(c.min_replicas_acked, 1);
+        assert_eq!(c.replica_ack_timeout, Duration::from_millis(1000));
+        let e = with("replica_ack_timeout_ms = 0").unwrap_err().to_string();
+        assert!(e.contains("redis.replica_ack_timeout_ms"), "{e}");
     }
 
     #[test]

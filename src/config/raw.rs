@@ -29,9 +29,20 @@ pub struct RawConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRedis {
-    /// Redis URL; `WRIT_REDIS_URL` overrides it.
+    /// Redis URL; `WRIT_REDIS_URL` overrides it. In cluster mode, one or
+    /// more seed nodes: a list, or one string of comma-separated URLs.
     #[serde(default = "default_redis_url")]
-    pub url: String,
+    pub url: RawUrls,
+    /// Redis Cluster mode: `url` names seed nodes, slots are discovered.
+    #[serde(default)]
+    pub cluster: bool,
+    /// Replicas that must confirm (`WAIT`) an accepted entry, a cache write,
+    /// a lease, or a dead letter before writ relies on it. 0: none.
+    #[serde(default)]
+    pub min_replicas_acked: u32,
+    /// How long a `WAIT` for `min_replicas_acked` replicas may take.
+    #[serde(default = "default_replica_ack_timeout_ms")]
+    pub replica_ack_timeout_ms: u64,
     /// Prefix of every Redis key writ uses.
     #[serde(default = "default_namespace")]
     pub namespace: String,
@@ -195,8 +206,37 @@ pub enum WriteMode {
     InsertOnce,
 }
 
-fn default_redis_url() -> String {
-    "redis://127.0.0.1:6379".into()
+/// `redis.url`: one string, or a list of seed URLs.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawUrls {
+    /// One URL (or, in cluster mode, comma-separated URLs).
+    One(String),
+    /// Seed nodes.
+    Many(Vec<String>),
+}
+
+impl RawUrls {
+    /// The URLs, each trimmed, empty ones dropped.
+    pub fn list(&self) -> Vec<String> {
+        let all: Vec<&str> = match self {
+            RawUrls::One(s) => s.split(',').collect(),
+            RawUrls::Many(v) => v.iter().map(String::as_str).collect(),
+        };
+        all.into_iter()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+fn default_replica_ack_timeout_ms() -> u64 {
+    1000
+}
+
+fn default_redis_url() -> RawUrls {
+    RawUrls::One("redis://127.0.0.1:6379".into())
 }
 fn default_namespace() -> String {
     "writ".into()

@@ -35,13 +35,17 @@ impl RawConfig {
             client,
             collections,
         } = self;
-        if !(redis.url.starts_with("redis://") || redis.url.starts_with("rediss://")) {
+        let urls = redis_urls(&redis.url.list(), redis.cluster)?;
+        if redis.min_replicas_acked > 16 {
             return Err(bad(
-                "redis.url",
-                format!(
-                    "{} is not a redis:// or rediss:// URL; set it or {ENV_REDIS_URL}",
-                    redact_url(&redis.url)
-                ),
+                "redis.min_replicas_acked",
+                "must be between 0 and 16 (replicas that confirm each write)",
+            ));
+        }
+        if redis.replica_ack_timeout_ms == 0 || redis.replica_ack_timeout_ms > 60_000 {
+            return Err(bad(
+                "redis.replica_ack_timeout_ms",
+                "must be between 1 and 60000",
             ));
         }
         if !is_identifier(&redis.namespace) {
@@ -54,7 +58,7 @@ impl RawConfig {
             return Err(bad("redis.partitions", "must be between 1 and 4096"));
         }
         let redis_tls = redis_tls(
-            &redis.url,
+            &urls[0],
             redis.tls_ca_file,
             redis.tls_cert_file,
             redis.tls_key_file,
@@ -212,7 +216,11 @@ impl RawConfig {
             );
         }
         Ok(Config {
-            redis_url: redis.url,
+            redis_url: urls[0].clone(),
+            redis_urls: urls,
+            redis_cluster: redis.cluster,
+            min_replicas_acked: redis.min_replicas_acked,
+            replica_ack_timeout: Duration::from_millis(redis.replica_ack_timeout_ms),
             redis_tls,
             namespace: redis.namespace,
             partitions: redis.partitions,
@@ -243,6 +251,44 @@ impl RawConfig {
             collections: by_name,
         })
     }
+}
+
+/// The Redis URLs: at least one, each `redis://` or `rediss://`, all with
+/// the same scheme; more than one only in cluster mode.
+fn redis_urls(urls: &[String], cluster: bool) -> Result<Vec<String>> {
+    let Some(first) = urls.first() else {
+        return Err(bad(
+            "redis.url",
+            format!("is empty; set a redis:// URL there or in {ENV_REDIS_URL}"),
+        ));
+    };
+    for url in urls {
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(bad(
+                "redis.url",
+                format!(
+                    "{} is not a redis:// or rediss:// URL; set it or {ENV_REDIS_URL}",
+                    redact_url(url)
+                ),
+            ));
+        }
+        if url.starts_with("rediss://") != first.starts_with("rediss://") {
+            return Err(bad(
+                "redis.url",
+                "mixes redis:// and rediss:// URLs; the nodes of one cluster all use TLS or none does",
+            ));
+        }
+    }
+    if urls.len() > 1 && !cluster {
+        return Err(bad(
+            "redis.url",
+            format!(
+                "names {} URLs but redis.cluster is false; set redis.cluster = true for Redis Cluster seed nodes, or give one URL",
+                urls.len()
+            ),
+        ));
+    }
+    Ok(urls.to_vec())
 }
 
 /// The `redis.tls_*` files: only with a `rediss://` URL, the certificate and

@@ -94,8 +94,21 @@ pub async fn park(
             original: fields,
         }
         .add_to(&mut pipe, &dlq);
+        // The entry is XACKed only once the dead letter is as durable as
+        // `redis.min_replicas_acked` asks: the dead-letter stream may live on
+        // another node than the partition stream.
+        let replication = *acker.replication();
+        if replication.wanted() {
+            replication.add_to(&mut pipe);
+        }
         let mut conn = acker.conn().clone();
-        async move { pipe.query_async::<()>(&mut conn).await.map_err(Error::from) }
+        async move {
+            let replies: Vec<u32> = pipe.query_async(&mut conn).await.map_err(Error::from)?;
+            match replies.last() {
+                Some(&n) if replication.wanted() => replication.check(n, "a dead letter"),
+                _ => Ok(()),
+            }
+        }
     })
     .await;
     if parked.is_none() {

@@ -6,11 +6,19 @@
 //! not the current one, so a daemon that lost its lease (paused, partitioned)
 //! cannot move the cache. Both keys share the partition's hash tag, so the
 //! check is atomic with the write.
+//!
+//! The check is for equality, so at any moment at most one token is current,
+//! even if a Redis failover rolls the counter back. With
+//! `redis.min_replicas_acked`, a new token is used only after `WAIT`
+//! confirms it reached the replicas (otherwise the lease is released again),
+//! so a promoted replica's counter is never behind a token in use. Renewals
+//! are not confirmed: a renewal lost in a failover only ends the lease
+//! early, and the next owner's new token fences the old one.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::{Conn, Replication};
 
 use crate::error::Result;
 use crate::protocol::Names;
@@ -64,18 +72,19 @@ impl Lease {
 /// Lease operations for one namespace.
 #[derive(Clone)]
 pub struct Leases {
-    conn: ConnectionManager,
+    conn: Conn,
     names: Names,
     me: String,
     ttl: Duration,
     acquire: redis::Script,
     renew: redis::Script,
     release: redis::Script,
+    replication: Replication,
 }
 
 impl Leases {
     /// Leases held as `me`, lasting `ttl` unless renewed.
-    pub fn new(conn: ConnectionManager, ns: &str, me: &str, ttl: Duration) -> Leases {
+    pub fn new(conn: Conn, ns: &str, me: &str, ttl: Duration) -> Leases {
         Leases {
             conn,
             names: Names::new(ns),
@@ -84,7 +93,17 @@ impl Leases {
             acquire: redis::Script::new(ACQUIRE),
             renew: redis::Script::new(RENEW),
             release: redis::Script::new(RELEASE),
+            replication: Replication {
+                replicas: 0,
+                timeout: Duration::ZERO,
+            },
         }
+    }
+
+    /// Uses a new lease's token only once `replication` confirms it.
+    pub fn with_replication(mut self, replication: Replication) -> Leases {
+        self.replication = replication;
+        self
     }
 
     /// Takes the lease of `p` if nobody holds it.
@@ -101,6 +120,17 @@ impl Leases {
             .await?;
         if token == 0 {
             return Ok(None);
+        }
+        let lease_key = self.names.lease(p);
+        if let Err(e) = self
+            .replication
+            .confirm(&conn, &lease_key, "a partition lease")
+            .await
+        {
+            // Not confirmed: a failover could roll the fence back below this
+            // token, so it is never used. Someone takes the lease again later.
+            self.release(p).await.ok();
+            return Err(e);
         }
         let lease = Lease {
             partition: p,

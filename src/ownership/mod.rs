@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::Conn;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -68,7 +68,7 @@ fn now_ms() -> u64 {
 /// One daemon's view of the partitions it holds.
 struct Owner {
     config: Arc<Config>,
-    conn: ConnectionManager,
+    conn: Conn,
     leases: Leases,
     spawn: Spawn,
     members_key: String,
@@ -80,7 +80,7 @@ struct Owner {
 /// shutdown deadline) and releases the leases.
 pub async fn run(
     config: Arc<Config>,
-    conn: ConnectionManager,
+    conn: Conn,
     leases: Leases,
     spawn: Spawn,
     shutdown: CancellationToken,

@@ -19,7 +19,7 @@ mod round;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::Conn;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
@@ -43,7 +43,7 @@ pub struct Ctx {
     /// The cache.
     pub cache: Cache,
     /// Shared connection for acks, XACK and dead letters.
-    pub conn: ConnectionManager,
+    pub conn: Conn,
 }
 
 pub use crate::ownership::PartitionRun;
@@ -116,6 +116,7 @@ pub async fn run_partition(p: u32, ctx: Arc<Ctx>, run: Arc<PartitionRun>) {
         ctx.names.clone(),
         stream,
         run.abort.clone(),
+        crate::redis_conn::Replication::of(&ctx.config),
     );
     let permits = Arc::new(Semaphore::new(ctx.config.max_in_flight));
     let part = Arc::new(Partition { p, ctx, run, acker });

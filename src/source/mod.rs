@@ -14,7 +14,8 @@
 
 pub(crate) mod reader;
 
-use redis::aio::{ConnectionLike, ConnectionManager};
+use crate::redis_conn::Conn;
+use redis::aio::ConnectionLike;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::error::{Error, Result};
@@ -35,7 +36,7 @@ pub(crate) struct Item {
 /// Creates the consumer group of a stream (and the stream) from `0`, if
 /// missing: the daemon does this at start for every partition (writers never
 /// create groups; docs/protocol.md).
-pub async fn ensure_group(conn: &mut ConnectionManager, stream: &str, group: &str) -> Result<()> {
+pub async fn ensure_group(conn: &mut Conn, stream: &str, group: &str) -> Result<()> {
     let res: redis::RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(stream)

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use crate::redis_conn::Conn;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::Store;
@@ -249,12 +249,7 @@ impl Health {
 }
 
 /// Probes Redis and MongoDB every second until `stop` fires.
-pub async fn probe_loop(
-    store: Store,
-    mut conn: ConnectionManager,
-    health: Health,
-    stop: CancellationToken,
-) {
+pub async fn probe_loop(store: Store, mut conn: Conn, health: Health, stop: CancellationToken) {
     loop {
         let mongo = tokio::time::timeout(Duration::from_secs(3), store.ping())
             .await

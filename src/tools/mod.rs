@@ -24,7 +24,7 @@ pub struct Tools {
     /// Key names.
     pub names: Names,
     /// Plain reconnecting Redis connection.
-    pub conn: redis::aio::ConnectionManager,
+    pub conn: crate::redis_conn::Conn,
     /// MongoDB.
     pub store: Store,
     /// The cache.

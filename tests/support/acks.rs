@@ -25,10 +25,7 @@ pub struct AckOrder {
     pub coalesced: usize,
 }
 
-async fn xrange(
-    conn: &mut redis::aio::MultiplexedConnection,
-    stream: &str,
-) -> Vec<writ::stream::Entry> {
+async fn xrange(conn: &mut writ::redis_conn::Conn, stream: &str) -> Vec<writ::stream::Entry> {
     let v: redis::Value = redis::cmd("XRANGE")
         .arg(stream)
         .arg("-")
@@ -42,10 +39,7 @@ async fn xrange(
 /// A write's (client, request): what its ack is matched by.
 type Request = (String, String);
 
-pub async fn check_ack_order(
-    config: &Config,
-    conn: &mut redis::aio::MultiplexedConnection,
-) -> AckOrder {
+pub async fn check_ack_order(config: &Config, conn: &mut writ::redis_conn::Conn) -> AckOrder {
     let names = Names::new(&config.namespace);
     // Per key, its writes in stream order.
     // (Entry ids are unique per partition only; acks are matched by request.)

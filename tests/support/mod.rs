@@ -11,10 +11,15 @@
 //! certificate of a [`TestCa`] (a CA, a server and a client certificate made
 //! with `openssl` in the test's temp dir); TLS tests always start their own.
 //!
+//! With `WRIT_TEST_REDIS_CLUSTER=1`, [`TestEnv`] starts a local Redis
+//! Cluster ([`cluster::RedisCluster`]: 3 masters with a replica each) instead
+//! of one redis-server, and its config sets `redis.cluster = true`.
+//!
 //! A missing server binary fails the test loudly with the install command.
 #![allow(dead_code)]
 
 pub mod acks;
+pub mod cluster;
 pub mod history;
 pub mod load;
 pub mod proc;
@@ -485,6 +490,8 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 /// A test's servers and names.
 pub struct TestEnv {
     pub redis: Option<RedisServer>,
+    /// The local cluster, with `WRIT_TEST_REDIS_CLUSTER=1`.
+    pub cluster: Option<cluster::RedisCluster>,
     pub mongo: Option<MongoServer>,
     pub redis_url: String,
     pub mongo_uri: String,
@@ -508,12 +515,17 @@ impl TestEnv {
                 .take(20)
                 .collect::<String>()
         );
-        let (redis, redis_url) = match std::env::var("WRIT_TEST_REDIS_URL") {
-            Ok(url) => (None, url),
+        let (redis, cluster, redis_url) = match std::env::var("WRIT_TEST_REDIS_URL") {
+            Ok(url) => (None, None, url),
+            Err(_) if cluster::cluster_wanted() => {
+                let c = cluster::RedisCluster::start(3, 1, aof);
+                let url = c.url_list();
+                (None, Some(c), url)
+            }
             Err(_) => {
                 let r = RedisServer::start_with(aof);
                 let url = r.url();
-                (Some(r), url)
+                (Some(r), None, url)
             }
         };
         let (mongo, mongo_uri) = match std::env::var("WRIT_TEST_MONGODB_URI") {
@@ -526,6 +538,7 @@ impl TestEnv {
         };
         TestEnv {
             redis,
+            cluster,
             mongo,
             redis_url,
             mongo_uri,
@@ -552,7 +565,11 @@ impl TestEnv {
             .clone()
             .unwrap_or_else(|| self.redis_url.clone());
         let (daemon_extra, client_extra, extra) = (o.daemon, o.client, o.collections);
-        let redis_extra = o.redis;
+        let redis_extra = if self.is_cluster() && o.redis_url.is_none() {
+            format!("cluster = true\n{}", o.redis)
+        } else {
+            o.redis.to_string()
+        };
         let mongo_extra = o.mongo;
         let config = format!(
             r#"
@@ -645,11 +662,15 @@ key = ["bucket", "entryKey"]
         p
     }
 
-    /// A plain Redis connection.
-    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.redis_url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
+    /// Whether this env runs on a Redis Cluster (`WRIT_TEST_REDIS_CLUSTER=1`).
+    pub fn is_cluster(&self) -> bool {
+        self.cluster.is_some()
+            || (std::env::var("WRIT_TEST_REDIS_URL").is_ok() && cluster::cluster_wanted())
+    }
+
+    /// A Redis connection (a cluster connection on a cluster), as writ makes them.
+    pub async fn redis(&self) -> writ::redis_conn::Conn {
+        writ::redis_conn::connect(&self.config(), Duration::ZERO)
             .await
             .unwrap()
     }
