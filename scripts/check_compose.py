@@ -13,6 +13,17 @@ needs PyYAML, which scripts/setup installs). It checks, without Docker:
 - the Grafana dashboard JSON loads, uses the provisioned datasource uid, and
   sits where the dashboard provider looks;
 - docker/writ.toml is config/writ.toml except for the container addresses;
+- the profile "cluster" (CLUSTER_* below): its services exist and carry the
+  profile while the others carry none; the six Redis nodes run with the
+  cluster flags, announce their own service name and keep their data in
+  volumes of their own; redis-cluster-init waits for all of them and its
+  `redis-cli --cluster create` names exactly those six (its script also passes
+  `sh -n`); writ-1 and writ-2 run the image of writ with
+  docker/writ-cluster.toml (config/writ.toml except for the container
+  addresses and the cluster keys), distinct consumer names and metrics ports,
+  after redis-cluster-init and mongo-init complete; dashboards/
+  prometheus-cluster.yml scrapes exactly those two; no service outside the
+  profile depends on one inside it, and no two services publish one host port;
 - every writ_* metric named in the dashboard, the alerts and their tests is one
   the daemon exports (WRIT_METRICS below).
 
@@ -22,8 +33,12 @@ Exits 1 with one line per problem.
 """
 
 import argparse
+import copy
 import json
 import re
+import shlex
+import shutil
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -54,17 +69,47 @@ CONTAINER_CONFIG_FIELDS = {
     ("daemon", "metrics_listen"): "0.0.0.0:9108",
 }
 
+# docker/writ-cluster.toml may differ from config/writ.toml only in the fields
+# above (but its redis.url must list cluster nodes: cluster_seed_problem) and
+# these.
+CLUSTER_CONFIG_FIELDS = {
+    ("redis", "cluster"): True,
+    ("redis", "min_replicas_acked"): 1,
+    ("redis", "replica_ack_timeout_ms"): 1000,
+}
+
+# The profile "cluster" of docker-compose.yml.
+CLUSTER_PROFILE = "cluster"
+CLUSTER_NODES = [f"redis-node-{i}" for i in range(1, 7)]
+CLUSTER_NODE_PORT = 6379
+CLUSTER_MASTERS = 3
+CLUSTER_INIT = "redis-cluster-init"
+CLUSTER_DAEMONS = ["writ-1", "writ-2"]
+CLUSTER_PROMETHEUS = "prometheus-cluster"
+# Flags every node's redis-server needs, besides
+# --cluster-announce-hostname <its service name>.
+CLUSTER_NODE_FLAGS = {
+    "--cluster-enabled": "yes",
+    "--cluster-node-timeout": "2000",
+    "--appendonly": "yes",
+    "--appendfsync": "always",
+    "--cluster-preferred-endpoint-type": "hostname",
+}
+DEFAULT_SERVICES = ("redis", "mongo", "mongo-init", "writ", "prometheus", "grafana")
+
 ROOT = Path(__file__).resolve().parent.parent
 WRIT_METRICS = _writ_metrics()
 COMPOSE = ROOT / "docker-compose.yml"
 DASHBOARD = ROOT / "dashboards/grafana/writ.json"
 PROMETHEUS = ROOT / "dashboards/prometheus.yml"
+PROMETHEUS_CLUSTER = ROOT / "dashboards/prometheus-cluster.yml"
 ALERTS = ROOT / "dashboards/alerts.yml"
 ALERTS_TEST = ROOT / "dashboards/alerts_test.yml"
 DATASOURCES = ROOT / "dashboards/grafana/provisioning/datasources/prometheus.yml"
 DASHBOARD_PROVIDERS = ROOT / "dashboards/grafana/provisioning/dashboards/writ.yml"
 DEFAULT_CONFIG = ROOT / "config/writ.toml"
 CONTAINER_CONFIG = ROOT / "docker/writ.toml"
+CLUSTER_CONFIG = ROOT / "docker/writ-cluster.toml"
 
 errors = []
 checks = 0
@@ -116,17 +161,18 @@ def parse_volume(spec):
 
 
 def check_compose():
-    """Returns {service: {container path: host path}} of the bind mounts."""
+    """Returns the services and {service: {container path: host path}} of the
+    bind mounts."""
     compose = load_yaml(COMPOSE)
     mounts = {}
     if not isinstance(compose, dict):
         check(False, "docker-compose.yml: not a mapping")
-        return mounts
+        return {}, mounts
     check(compose.get("name") == "writ", "docker-compose.yml: top-level `name: writ` missing")
     services = compose.get("services") or {}
     declared_volumes = set((compose.get("volumes") or {}).keys())
     check(bool(services), "docker-compose.yml: no services")
-    for want in ("redis", "mongo", "mongo-init", "writ", "prometheus", "grafana"):
+    for want in DEFAULT_SERVICES:
         check(want in services, f"docker-compose.yml: service {want!r} missing")
 
     for name, svc in services.items():
@@ -174,7 +220,8 @@ def check_compose():
           "docker-compose.yml: service 'writ' does not publish port 9108")
     check(mounts.get("writ", {}).get("/etc/writ/writ.toml") == CONTAINER_CONFIG.resolve(),
           "docker-compose.yml: service 'writ' must mount ./docker/writ.toml at /etc/writ/writ.toml")
-    return mounts
+    check_host_ports(services)
+    return services, mounts
 
 
 COPY_RE = re.compile(r"^\s*(COPY|ADD)\s+(.*)$", re.IGNORECASE)
@@ -193,30 +240,37 @@ def check_dockerfile(dockerfile, context):
             check((context / source).exists(), f"{rel(dockerfile)}:{lineno}: COPY source {source!r} missing")
 
 
-def check_prometheus(mounts):
-    config = load_yaml(PROMETHEUS)
+def check_prometheus(mounts, path=PROMETHEUS, service="prometheus", targets=("writ:9108",), exactly=False):
+    """The Prometheus config `path`, mounted by `service`, has a job 'writ'
+    that scrapes `targets` (and nothing else if `exactly`)."""
+    config = load_yaml(path)
     if not isinstance(config, dict):
         return
+    name = rel(path)
     jobs = {j.get("job_name"): j for j in config.get("scrape_configs") or []}
     job = jobs.get("writ")
-    if check(job is not None, "dashboards/prometheus.yml: no scrape job 'writ'"):
-        targets = [t for sc in job.get("static_configs") or [] for t in sc.get("targets") or []]
-        check("writ:9108" in targets, "dashboards/prometheus.yml: job 'writ' does not scrape writ:9108")
-    prom_mounts = mounts.get("prometheus", {})
+    if check(job is not None, f"{name}: no scrape job 'writ'"):
+        scraped = [t for sc in job.get("static_configs") or [] for t in sc.get("targets") or []]
+        for target in targets:
+            check(target in scraped, f"{name}: job 'writ' does not scrape {target}")
+        if exactly:
+            check(sorted(scraped) == sorted(targets),
+                  f"{name}: job 'writ' scrapes {sorted(scraped)}, want exactly {sorted(targets)}")
+    prom_mounts = mounts.get(service, {})
     in_container = {host: target for target, host in prom_mounts.items()}
-    config_target = in_container.get(PROMETHEUS.resolve())
+    config_target = in_container.get(path.resolve())
     check(config_target == "/etc/prometheus/prometheus.yml",
-          "docker-compose.yml: prometheus must mount dashboards/prometheus.yml at /etc/prometheus/prometheus.yml")
+          f"docker-compose.yml: {service} must mount {name} at /etc/prometheus/prometheus.yml")
     rule_files = config.get("rule_files") or []
-    check(bool(rule_files), "dashboards/prometheus.yml: no rule_files")
+    check(bool(rule_files), f"{name}: no rule_files")
     for rule_file in rule_files:
-        check(not Path(rule_file).is_absolute(), f"dashboards/prometheus.yml: rule file {rule_file!r} should be relative")
-        local = (PROMETHEUS.parent / rule_file).resolve()
-        check(local.is_file(), f"dashboards/prometheus.yml: rule file {rule_file!r} missing next to it")
+        check(not Path(rule_file).is_absolute(), f"{name}: rule file {rule_file!r} should be relative")
+        local = (path.parent / rule_file).resolve()
+        check(local.is_file(), f"{name}: rule file {rule_file!r} missing next to it")
         if config_target:
             want = str(Path(config_target).parent / rule_file)
             check(prom_mounts.get(want) == local,
-                  f"docker-compose.yml: prometheus must mount {rel(local)} at {want} (rule_files of dashboards/prometheus.yml)")
+                  f"docker-compose.yml: {service} must mount {rel(local)} at {want} (rule_files of {name})")
 
 
 def check_grafana(mounts):
@@ -324,16 +378,24 @@ def check_metric_names(dashboard_text):
         print(f"check_compose: note: {name} is not on the dashboard", file=sys.stderr)
 
 
-def check_container_config():
+def check_container_config(path=CONTAINER_CONFIG, fields=CONTAINER_CONFIG_FIELDS):
+    """`path` is config/writ.toml except for `fields`: {(section, key): want},
+    where want is the value or a function of the value that returns a problem
+    (or None). Returns the loaded config (None if it does not load)."""
     try:
         default = tomllib.loads(DEFAULT_CONFIG.read_text())
-        container = tomllib.loads(CONTAINER_CONFIG.read_text())
+        container = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
-        check(False, f"config: cannot load {rel(DEFAULT_CONFIG)} / {rel(CONTAINER_CONFIG)}: {e}")
-        return
-    for (section, key), want in CONTAINER_CONFIG_FIELDS.items():
+        check(False, f"config: cannot load {rel(DEFAULT_CONFIG)} / {rel(path)}: {e}")
+        return None
+    loaded = copy.deepcopy(container)
+    for (section, key), want in fields.items():
         got = container.get(section, {}).get(key)
-        check(got == want, f"{rel(CONTAINER_CONFIG)}: [{section}] {key} is {got!r}, want {want!r}")
+        if callable(want):
+            problem = want(got)
+            check(problem is None, f"{rel(path)}: [{section}] {key} is {got!r}: {problem}")
+        else:
+            check(got == want, f"{rel(path)}: [{section}] {key} is {got!r}, want {want!r}")
         container.get(section, {}).pop(key, None)
         default.get(section, {}).pop(key, None)
     drifted = []
@@ -343,8 +405,242 @@ def check_container_config():
             drifted += [f"{section}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
         elif a != b:
             drifted.append(section)
-    check(not drifted, f"{rel(CONTAINER_CONFIG)} differs from {rel(DEFAULT_CONFIG)} in {', '.join(drifted)}: "
-                       f"only {', '.join(sorted('.'.join(k) for k in CONTAINER_CONFIG_FIELDS))} may differ")
+    check(not drifted, f"{rel(path)} differs from {rel(DEFAULT_CONFIG)} in {', '.join(drifted)}: "
+                       f"only {', '.join(sorted('.'.join(k) for k in fields))} may differ")
+    return loaded
+
+
+def published_ports(svc):
+    """(host ip, host port, container port, protocol) of each published port
+    of a service (short or long syntax); host port None if Docker picks one."""
+    out = []
+    for spec in svc.get("ports") or []:
+        if isinstance(spec, dict):
+            out.append((str(spec.get("host_ip", "")), str(spec["published"]) if spec.get("published") else None,
+                        str(spec.get("target")), spec.get("protocol", "tcp")))
+            continue
+        spec, _, protocol = str(spec).partition("/")
+        parts = spec.rsplit(":", 2)
+        if len(parts) == 1:
+            out.append(("", None, parts[0], protocol or "tcp"))
+        elif len(parts) == 2:
+            out.append(("", parts[0] or None, parts[1], protocol or "tcp"))
+        else:
+            out.append((parts[0], parts[1] or None, parts[2], protocol or "tcp"))
+    return out
+
+
+def check_host_ports(services):
+    """No two services publish the same host port: `--profile cluster up`
+    starts every service at once."""
+    owner = {}
+    for name, svc in services.items():
+        if not isinstance(svc, dict):
+            continue
+        for _, host_port, _, protocol in published_ports(svc):
+            if host_port is None:
+                continue
+            key = (host_port, protocol)
+            check(key not in owner,
+                  f"docker-compose.yml: services {owner.get(key)!r} and {name!r} both publish host port {host_port}/{protocol}")
+            owner.setdefault(key, name)
+
+
+def command_args(svc):
+    command = svc.get("command")
+    if command is None:
+        return []
+    if isinstance(command, str):
+        return shlex.split(command)
+    return [str(a) for a in command]
+
+
+def environment(svc):
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, None) for item in map(str, env))
+    return {k: (None if v is None else str(v)) for k, v in env.items()}
+
+
+def depends_on(svc):
+    """{target: condition} of a service."""
+    deps = svc.get("depends_on") or {}
+    if isinstance(deps, list):
+        return {d: "service_started" for d in deps}
+    return {t: (c or {}).get("condition", "service_started") for t, c in deps.items()}
+
+
+def cluster_seed_problem(urls):
+    """redis.url of the cluster config: seed URLs, each a cluster node."""
+    if isinstance(urls, str):
+        urls = [urls]
+    if not isinstance(urls, list) or not urls:
+        return "want one or more redis:// URLs of the cluster nodes"
+    for url in urls:
+        m = re.fullmatch(r"redis://([^/:@]+):(\d+)/?", str(url))
+        if not m or m.group(1) not in CLUSTER_NODES or int(m.group(2)) != CLUSTER_NODE_PORT:
+            return f"{url!r} is not redis://<one of {', '.join(CLUSTER_NODES)}>:{CLUSTER_NODE_PORT}"
+    if len(set(urls)) != len(urls):
+        return "a seed is listed twice"
+    return None
+
+
+# $NAME, ${NAME} and ${NAME:-word}-style references (the word is ignored).
+VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-=?+][^}]*)?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+ASSIGN_RE = re.compile(r"""^[ \t]*([A-Za-z_][A-Za-z0-9_]*)=(?:"([^"]*)"|'([^']*)'|(\S*))[ \t]*$""", re.MULTILINE)
+
+
+def expand(text, variables):
+    return VAR_RE.sub(lambda v: variables.get(v.group(1) or v.group(2), v.group(0)), text)
+
+
+def cluster_create_args(text, env):
+    """The node arguments of the `redis-cli --cluster create` in the shell
+    `text`, its variables expanded (from `env`, the service's environment,
+    and the plain `NAME=value` assignments before it), and its options; None
+    if there is no such command."""
+    m = re.search(r"redis-cli\b[^\n]*?--cluster\s+create\s+([^\n]*)", text)
+    if not m:
+        return None
+    variables = dict(env)
+    for a in ASSIGN_RE.finditer(text[: text.rfind("\n", 0, m.start()) + 1]):
+        value = next(g for g in (a.group(2), a.group(3), a.group(4)) if g is not None)
+        variables[a.group(1)] = value if a.group(3) is not None else expand(value, variables)
+    words = shlex.split(expand(m.group(1), variables), comments=True)
+    nodes, options = [], []
+    for word in words:
+        if options or word.startswith("-"):
+            options.append(word)
+        else:
+            nodes.extend(word.split())
+    return nodes, options
+
+
+def check_cluster_profile(services, mounts):
+    where = "docker-compose.yml"
+    profile_services = CLUSTER_NODES + [CLUSTER_INIT] + CLUSTER_DAEMONS + [CLUSTER_PROMETHEUS]
+    for name in profile_services:
+        svc = services.get(name)
+        if check(isinstance(svc, dict), f"{where}: service {name!r} of profile {CLUSTER_PROFILE!r} missing"):
+            check(svc.get("profiles") == [CLUSTER_PROFILE],
+                  f"{where}: service {name!r} must have `profiles: [{CLUSTER_PROFILE}]`, has {svc.get('profiles')!r}")
+    for name in DEFAULT_SERVICES:
+        check(not (services.get(name) or {}).get("profiles"),
+              f"{where}: service {name!r} must have no profiles (plain `docker compose up` starts it)")
+    # A service outside the profile must not need one inside it, or plain
+    # `docker compose up` fails; one inside may need only services that the
+    # profile enables (its own or those without profiles).
+    for name, svc in services.items():
+        if not isinstance(svc, dict):
+            continue
+        mine = set(svc.get("profiles") or [])
+        for target in depends_on(svc):
+            theirs = set((services.get(target) or {}).get("profiles") or [])
+            check(not theirs or theirs & mine,
+                  f"{where}: service {name!r} (profiles {sorted(mine)}) depends on {target!r}, "
+                  f"which only profiles {sorted(theirs)} start")
+
+    # The nodes.
+    node_volumes = {}
+    for name in CLUSTER_NODES:
+        svc = services.get(name)
+        if not isinstance(svc, dict):
+            continue
+        image = str(svc.get("image", ""))
+        check(image.split(":")[0] == "redis" and image.split(":")[-1].startswith("7"),
+              f"{where}: {name!r} must run image redis:7 (hostname announcement needs Redis 7.0+), runs {svc.get('image')!r}")
+        args = command_args(svc)
+        check(args[:1] == ["redis-server"], f"{where}: {name!r} command must start with redis-server")
+        flags = {}
+        for i, arg in enumerate(args):
+            if arg.startswith("--") and i + 1 < len(args) and not args[i + 1].startswith("--"):
+                flags[arg] = args[i + 1]
+        for flag, want in list(CLUSTER_NODE_FLAGS.items()) + [("--cluster-announce-hostname", name)]:
+            check(flags.get(flag) == want, f"{where}: {name!r} must run redis-server with {flag} {want} (has {flags.get(flag)!r})")
+        data = [source for kind, source, target in map(parse_volume, svc.get("volumes") or [])
+                if kind == "volume" and target == "/data"]
+        if check(len(data) == 1, f"{where}: {name!r} must keep /data in a named volume"):
+            check(data[0] not in node_volumes,
+                  f"{where}: {name!r} and {node_volumes.get(data[0])!r} share volume {data[0]!r}; each node needs its own")
+            node_volumes.setdefault(data[0], name)
+        check("healthcheck" in svc, f"{where}: {name!r} has no healthcheck ({CLUSTER_INIT} waits for it)")
+
+    # The one-shot that creates the cluster.
+    init = services.get(CLUSTER_INIT)
+    if isinstance(init, dict):
+        deps = depends_on(init)
+        for node in CLUSTER_NODES:
+            check(deps.get(node) == "service_healthy",
+                  f"{where}: {CLUSTER_INIT!r} must wait for {node!r} (depends_on condition: service_healthy)")
+        check(str(init.get("restart", "no")) == "no", f"{where}: {CLUSTER_INIT!r} is a one-shot: restart must be \"no\"")
+        args = command_args(init)
+        # `$` in the compose file is compose's interpolation: a shell `$` is written `$$`.
+        check("$" not in "\n".join(args).replace("$$", ""),
+              f"{where}: {CLUSTER_INIT!r} command has a single `$`, which compose interpolates; write `$$`")
+        text = "\n".join(args).replace("$$", "$")
+        for target, host in mounts.get(CLUSTER_INIT, {}).items():
+            if target in args and host.is_file():
+                text += "\n" + host.read_text()
+                if shutil.which("sh"):
+                    syntax = subprocess.run(["sh", "-n", str(host)], capture_output=True, text=True)
+                    check(syntax.returncode == 0, f"{rel(host)}: `sh -n` fails: {syntax.stderr.strip()}")
+        created = cluster_create_args(text, environment(init))
+        if check(created is not None, f"{where}: {CLUSTER_INIT!r} runs no `redis-cli --cluster create` (in its command or a script it mounts)"):
+            nodes, options = created
+            check(sorted(nodes) == sorted(f"{n}:{CLUSTER_NODE_PORT}" for n in CLUSTER_NODES),
+                  f"{where}: {CLUSTER_INIT!r}: `redis-cli --cluster create` names {nodes}, "
+                  f"want exactly {', '.join(f'{n}:{CLUSTER_NODE_PORT}' for n in CLUSTER_NODES)}")
+            replicas = options[options.index("--cluster-replicas") + 1] if "--cluster-replicas" in options[:-1] else None
+            want_replicas = len(CLUSTER_NODES) // CLUSTER_MASTERS - 1
+            check(replicas == str(want_replicas),
+                  f"{where}: {CLUSTER_INIT!r}: `--cluster-replicas` is {replicas!r}, want {want_replicas} "
+                  f"({len(CLUSTER_NODES)} nodes = {CLUSTER_MASTERS} masters with a replica each)")
+            check("--cluster-yes" in options,
+                  f"{where}: {CLUSTER_INIT!r}: `redis-cli --cluster create` needs --cluster-yes (no terminal to answer it)")
+        check("cluster_state:ok" in text,
+              f"{where}: {CLUSTER_INIT!r} must skip the create when CLUSTER INFO already says cluster_state:ok")
+
+    # The daemons and their config.
+    cluster_config = check_container_config(CLUSTER_CONFIG, {
+        **CONTAINER_CONFIG_FIELDS,
+        ("redis", "url"): cluster_seed_problem,
+        **CLUSTER_CONFIG_FIELDS,
+    })
+    listen = str(((cluster_config or {}).get("daemon") or {}).get("metrics_listen", ""))
+    metrics_port = listen.rsplit(":", 1)[-1] if ":" in listen else None
+    writ = services.get("writ") or {}
+    names, host_ports = {}, {}
+    for name in CLUSTER_DAEMONS:
+        svc = services.get(name)
+        if not isinstance(svc, dict):
+            continue
+        check(svc.get("image") == writ.get("image") and svc.get("build") == writ.get("build"),
+              f"{where}: {name!r} must have the image and build of 'writ' ({writ.get('image')!r}, {writ.get('build')!r})")
+        check(mounts.get(name, {}).get("/etc/writ/writ.toml") == CLUSTER_CONFIG.resolve(),
+              f"{where}: {name!r} must mount ./{rel(CLUSTER_CONFIG)} at /etc/writ/writ.toml")
+        deps = depends_on(svc)
+        for target in (CLUSTER_INIT, "mongo-init"):
+            check(deps.get(target) == "service_completed_successfully",
+                  f"{where}: {name!r} must wait for {target!r} (depends_on condition: service_completed_successfully)")
+        env = environment(svc)
+        consumer = env.get("WRIT_CONSUMER_NAME")
+        if check(bool(consumer), f"{where}: {name!r} sets no WRIT_CONSUMER_NAME"):
+            check(consumer not in names, f"{where}: {name!r} and {names.get(consumer)!r} share WRIT_CONSUMER_NAME {consumer!r}")
+            names.setdefault(consumer, name)
+        if env.get("WRIT_REDIS_URL"):
+            problem = cluster_seed_problem([u.strip() for u in env["WRIT_REDIS_URL"].split(",")])
+            check(problem is None, f"{where}: {name!r}: WRIT_REDIS_URL {env['WRIT_REDIS_URL']!r}: {problem}")
+        published = [host for _, host, container, _ in published_ports(svc) if container == metrics_port and host]
+        if metrics_port and check(len(published) == 1,
+                 f"{where}: {name!r} must publish its metrics port {metrics_port} (daemon.metrics_listen of "
+                 f"{rel(CLUSTER_CONFIG)}) on one host port, publishes {svc.get('ports')!r}"):
+            check(published[0] not in host_ports,
+                  f"{where}: {name!r} and {host_ports.get(published[0])!r} publish metrics on the same host port {published[0]}")
+            host_ports.setdefault(published[0], name)
+
+    check(metrics_port is not None, f"{rel(CLUSTER_CONFIG)}: daemon.metrics_listen {listen!r} has no port")
+    check_prometheus(mounts, PROMETHEUS_CLUSTER, CLUSTER_PROMETHEUS,
+                     tuple(f"{d}:{metrics_port}" for d in CLUSTER_DAEMONS), exactly=True)
 
 
 GRAFANA_VARS = {
@@ -372,11 +668,12 @@ def main():
                         help="also write the dashboard's PromQL as a rule file for `promtool check rules`")
     args = parser.parse_args()
 
-    mounts = check_compose()
+    services, mounts = check_compose()
     check_prometheus(mounts)
     dashboard_text = check_grafana(mounts)
     check_metric_names(dashboard_text)
     check_container_config()
+    check_cluster_profile(services, mounts)
     if args.dashboard_rules:
         write_dashboard_rules(args.dashboard_rules, dashboard_text)
 
