@@ -194,11 +194,21 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             if let Some(cert) = &tls.cert_file {
                 redis_tls += &format!(" (client certificate {})", cert.display());
             }
+            if config.redis_cluster {
+                redis_tls = format!(" (cluster){redis_tls}");
+            }
+            if config.min_replicas_acked > 0 {
+                redis_tls += &format!(
+                    " (min_replicas_acked {}, within {} ms)",
+                    config.min_replicas_acked,
+                    config.replica_ack_timeout.as_millis()
+                );
+            }
             println!(
                 "config ok: {} partitions, {} collections, redis {}{redis_tls}, mongodb {} / {}",
                 config.partitions,
                 config.collections.len(),
-                writ::config::redact_url(&config.redis_url),
+                writ::redis_conn::redacted_urls(&config),
                 writ::config::redact_url(&config.mongodb_uri),
                 config.database
             );

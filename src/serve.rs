@@ -25,7 +25,9 @@ use crate::source::ensure_group;
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
     let config = Arc::new(config);
     tracing::info!(
-        redis = %redact_url(&config.redis_url),
+        redis = %crate::redis_conn::redacted_urls(&config),
+        redis_cluster = config.redis_cluster,
+        min_replicas_acked = config.min_replicas_acked,
         mongodb = %redact_url(&config.mongodb_uri),
         database = %config.database,
         partitions = config.partitions,

@@ -267,6 +267,22 @@ key = ["symbol", "strategyName"]
         assert!(e.to_string().contains("mongodb.write_concern"), "{e}");
     }
 
+    /// The shipped configs parse: the default, docker-compose's, and its
+    /// cluster profile's (with all six seed nodes and replica acks).
+    #[test]
+    fn shipped_configs_are_valid() {
+        for text in [
+            include_str!("../../config/writ.toml"),
+            include_str!("../../docker/writ.toml"),
+        ] {
+            assert!(!Config::from_toml(text).unwrap().redis_cluster);
+        }
+        let c = Config::from_toml(include_str!("../../docker/writ-cluster.toml")).unwrap();
+        assert!(c.redis_cluster);
+        assert_eq!(c.redis_urls.len(), 6);
+        assert_eq!(c.min_replicas_acked, 1);
+    }
+
     #[test]
     fn cluster_urls_lists_and_replica_acks() {
         let with =
