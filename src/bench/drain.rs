@@ -39,18 +39,23 @@ fn cpu_seconds() -> f64 {
     t(u.ru_utime) + t(u.ru_stime)
 }
 
-async fn refuse_if_a_daemon_runs(config: &Config) -> Result<()> {
-    let mut conn = crate::redis_conn::connect(config, Duration::ZERO).await?;
+/// `writ serve` processes heartbeating on the namespace now.
+async fn live_daemons(config: &Config, conn: &mut crate::redis_conn::Conn) -> Result<u64> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let live: u64 = redis::cmd("ZCOUNT")
+    Ok(redis::cmd("ZCOUNT")
         .arg(crate::protocol::Names::new(&config.namespace).members())
         .arg(now.saturating_sub(config.lease_ttl.as_millis() as u64))
         .arg("+inf")
-        .query_async(&mut conn)
-        .await?;
+        .query_async(conn)
+        .await?)
+}
+
+async fn refuse_if_a_daemon_runs(config: &Config) -> Result<()> {
+    let mut conn = crate::redis_conn::connect(config, Duration::ZERO).await?;
+    let live = live_daemons(config, &mut conn).await?;
     if live > 0 {
         return Err(Error::Config(format!(
             "--mode drain runs the daemon itself after preloading: stop every `writ serve` on namespace {:?} first ({live} live)",
@@ -98,35 +103,12 @@ pub(super) async fn run(
     let preload_secs = t.elapsed().as_secs_f64();
     println!("  preloaded  {n} puts on {n} distinct keys in {preload_secs:.2} s ({:.0}/s), no daemon running", n as f64 / preload_secs);
 
-    // 2. The daemon, in this process, until nothing is unapplied.
-    let stop = CancellationToken::new();
-    let daemon_config = Config {
-        metrics_listen: None, // the bench's own daemon needs no listener
-        ..config.clone()
+    // 2. The daemon, in this process (or the external ones), until nothing
+    //    is unapplied.
+    let rate = match args.external {
+        None => drain_in_process(&config, &mut conn, n).await?,
+        Some(daemons) => drain_external(&config, &mut conn, n, daemons).await?,
     };
-    let cpu0 = cpu_seconds();
-    let t = Instant::now();
-    let daemon = tokio::spawn(crate::serve::serve(daemon_config, stop.clone()));
-    while unapplied(&config, &mut conn).await? > 0 {
-        if daemon.is_finished() {
-            stop.cancel();
-            return match daemon.await {
-                Ok(Err(e)) => Err(e),
-                _ => Err(Error::Config("the daemon stopped during the drain".into())),
-            };
-        }
-        // Coarse on purpose: the status read is counted in the CPU figure.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let drain = t.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu0;
-    stop.cancel();
-    let _ = daemon.await;
-    let rate = n as f64 / drain;
-    println!(
-        "  drained    {n} in {drain:.2} s: {rate:.0} applied/s, {:.0} µs CPU per applied write (daemon in this process)",
-        cpu * 1e6 / n as f64
-    );
 
     // 3. The server's ceiling on the same shapes.
     let ceiling = ceiling(&config, &coll, n.min(6000), &pad).await?;
@@ -157,6 +139,77 @@ pub(super) async fn run(
         );
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// Runs the daemon in this process until nothing is unapplied; the rate.
+async fn drain_in_process(
+    config: &Config,
+    conn: &mut crate::redis_conn::Conn,
+    n: usize,
+) -> Result<f64> {
+    let stop = CancellationToken::new();
+    let daemon_config = Config {
+        metrics_listen: None, // the bench's own daemon needs no listener
+        ..config.clone()
+    };
+    let cpu0 = cpu_seconds();
+    let t = Instant::now();
+    let daemon = tokio::spawn(crate::serve::serve(daemon_config, stop.clone()));
+    while unapplied(config, conn).await? > 0 {
+        if daemon.is_finished() {
+            stop.cancel();
+            return match daemon.await {
+                Ok(Err(e)) => Err(e),
+                _ => Err(Error::Config("the daemon stopped during the drain".into())),
+            };
+        }
+        // Coarse on purpose: the status read is counted in the CPU figure.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let drain = t.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    stop.cancel();
+    let _ = daemon.await;
+    let rate = n as f64 / drain;
+    println!(
+        "  drained    {n} in {drain:.2} s: {rate:.0} applied/s, {:.0} µs CPU per applied write (daemon in this process)",
+        cpu * 1e6 / n as f64
+    );
+    Ok(rate)
+}
+
+/// Waits for `daemons` external `writ serve` processes and times the drain
+/// from the first one's arrival; the rate.
+async fn drain_external(
+    config: &Config,
+    conn: &mut crate::redis_conn::Conn,
+    n: usize,
+    daemons: usize,
+) -> Result<f64> {
+    use std::io::Write as _;
+    println!("  waiting    for {daemons} `writ serve` to join (start them now)");
+    std::io::stdout().flush().ok();
+    let waited = Instant::now();
+    while live_daemons(config, conn).await? == 0 {
+        if waited.elapsed() > Duration::from_secs(120) {
+            return Err(Error::Config(
+                "--external: no `writ serve` joined within 120 s".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t = Instant::now();
+    let mut joined = 1;
+    while unapplied(config, conn).await? > 0 {
+        joined = joined.max(live_daemons(config, conn).await?);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let drain = t.elapsed().as_secs_f64();
+    let rate = n as f64 / drain;
+    println!(
+        "  drained    {n} in {drain:.2} s: {rate:.0} applied/s ({joined} of {daemons} external daemons seen)"
+    );
+    Ok(rate)
 }
 
 /// Submits one put per key `base..base + n`, `PRELOAD_IN_FLIGHT` at a time.

@@ -71,6 +71,12 @@ pub struct BenchArgs {
     /// report its CPU per applied write and its RSS.
     #[arg(long)]
     pub metrics: Option<String>,
+    /// With `--mode drain`: run no daemon in this process. After the preload
+    /// (the line starting `  preloaded`), wait for this many `writ serve`
+    /// processes, started by you, and time the drain from the first one's
+    /// arrival (scripts/scaleout does this).
+    #[arg(long)]
+    pub external: Option<usize>,
 }
 
 /// What the bench measures.
