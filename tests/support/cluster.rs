@@ -290,6 +290,28 @@ impl RedisCluster {
         });
     }
 
+    /// SIGSTOPs node `node` (a replica that stops confirming, say).
+    pub fn pause(&self, node: usize) {
+        self.signal(node, "-STOP");
+    }
+
+    /// SIGCONTs a paused node.
+    pub fn resume(&self, node: usize) {
+        self.signal(node, "-CONT");
+    }
+
+    fn signal(&self, node: usize, sig: &str) {
+        let pid = match self.nodes[node].child().as_ref() {
+            Some(child) => child.id(),
+            None => self.fail(&format!("signal {sig} to node {node}: it is not running")),
+        };
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid} failed");
+    }
+
     /// True while node `node`'s process runs (not killed, not exited).
     pub fn is_alive(&self, node: usize) -> bool {
         match self.nodes[node].child().as_mut() {
