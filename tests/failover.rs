@@ -95,7 +95,17 @@ async fn fail_over(
     let daemons: Vec<DaemonProc> = (0..2)
         .map(|i| DaemonProc::start(&path, dir, &format!("f{i}")))
         .collect();
-    let submits = Load::start_submit(&config, 3, 40, Duration::from_millis(3), 2000).await;
+    // Acks can be lost in a failover (ack streams are not confirmed by
+    // replicas: docs/operations.md); such a writer's wait times out.
+    let submits = Load::start_submit_waiting(
+        &config,
+        3,
+        40,
+        Duration::from_millis(3),
+        2000,
+        Duration::from_secs(20),
+    )
+    .await;
     let syncs = Load::start(
         &config,
         3,

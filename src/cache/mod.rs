@@ -128,13 +128,21 @@ impl Cache {
         if let Some(f) = fence {
             call.key(&f.key).arg(f.token);
         }
-        let res: i64 = call.invoke_async(&mut conn).await?;
-        let outcome = outcome(res);
-        if outcome != CasOutcome::Fenced {
-            self.replication
-                .confirm(&conn, key, "a cache write")
-                .await?;
-        }
+        let outcome = if self.replication.wanted() {
+            // The write and its WAIT in one pipeline: one connection.
+            let mut pipe = redis::pipe();
+            pipe.load_script(&self.cas).ignore();
+            pipe.invoke_script(&call);
+            self.replication.add_to(&mut pipe);
+            let (res, confirmed): (i64, u32) = pipe.query_async(&mut conn).await?;
+            let outcome = outcome(res);
+            if outcome != CasOutcome::Fenced {
+                self.replication.check(confirmed, "a cache write")?;
+            }
+            outcome
+        } else {
+            outcome(call.invoke_async(&mut conn).await?)
+        };
         if let (CasOutcome::Fenced, Some(f)) = (outcome, fence) {
             f.refused();
         }

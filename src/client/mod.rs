@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::redis_conn::{Conn, Replication};
+use crate::redis_conn::{Confirmer, Conn, Replication};
 use mongodb::bson::{Bson, Document};
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -90,6 +90,8 @@ pub(crate) struct Inner {
     /// This handle's unacked writes per key, by version.
     latest: Mutex<HashMap<KeyId, BTreeMap<Version, Pending>>>,
     admit: redis::Script,
+    /// `redis.min_replicas_acked`: submits share `WAIT`s (group commit).
+    confirmer: Confirmer,
     _stop: DropGuard,
 }
 
@@ -111,6 +113,7 @@ impl Writ {
         let inner = Arc::new(Inner {
             names: Names::new(&config.namespace),
             cache: Cache::new(conn.clone()),
+            confirmer: Confirmer::new(conn.clone(), Replication::of(&config)),
             conn,
             store,
             client_id,
@@ -222,8 +225,20 @@ impl Collection {
             call.arg(*f).arg(v.as_slice());
         }
         let mut conn = inner.conn.clone();
-        let entry: String = match call.invoke_async(&mut conn).await {
-            Ok(id) => id,
+        let written = if inner.confirmer.wanted() {
+            // The write and the id of the connection it went out on, for the
+            // replicas' confirmation below.
+            let mut pipe = Confirmer::write_pipeline();
+            pipe.load_script(&inner.admit).ignore();
+            pipe.invoke_script(&call);
+            pipe.query_async::<(u64, String)>(&mut conn)
+                .await
+                .map(|(client, entry)| (entry, client))
+        } else {
+            call.invoke_async(&mut conn).await.map(|entry| (entry, 0))
+        };
+        let (entry, client): (String, u64) = match written {
+            Ok(written) => written,
             Err(e) => {
                 inner.waiters.lock().expect("lock").remove(&request);
                 if e.code() == Some("BACKPRESSURE") {
@@ -237,8 +252,9 @@ impl Collection {
                 return Err(e.into());
             }
         };
-        if let Err(e) = Replication::of(&inner.config)
-            .confirm(&conn, &inner.names.stream(p), "the write")
+        if let Err(e) = inner
+            .confirmer
+            .confirm(&inner.names.stream(p), client, "the write")
             .await
         {
             inner.waiters.lock().expect("lock").remove(&request);

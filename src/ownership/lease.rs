@@ -18,7 +18,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::redis_conn::{Conn, Replication};
+use crate::redis_conn::{Confirmer, Conn, Replication};
 
 use crate::error::Result;
 use crate::protocol::Names;
@@ -110,27 +110,36 @@ impl Leases {
     pub async fn try_acquire(&self, p: u32) -> Result<Option<Lease>> {
         let started = Instant::now();
         let mut conn = self.conn.clone();
-        let token: u64 = self
-            .acquire
-            .key(self.names.lease(p))
-            .key(self.names.fence(p))
+        let mut call = self.acquire.key(self.names.lease(p));
+        call.key(self.names.fence(p))
             .arg(&self.me)
-            .arg(self.ttl.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await?;
+            .arg(self.ttl.as_millis() as u64);
+        // With replicas to confirm, note the connection the acquisition went
+        // out on: its WAIT must go out on the same one.
+        let (client, token): (u64, u64) = if self.replication.wanted() {
+            let mut pipe = Confirmer::write_pipeline();
+            pipe.load_script(&self.acquire).ignore();
+            pipe.invoke_script(&call);
+            pipe.query_async(&mut conn).await?
+        } else {
+            (0, call.invoke_async(&mut conn).await?)
+        };
         if token == 0 {
             return Ok(None);
         }
-        let lease_key = self.names.lease(p);
-        if let Err(e) = self
-            .replication
-            .confirm(&conn, &lease_key, "a partition lease")
-            .await
-        {
-            // Not confirmed: a failover could roll the fence back below this
-            // token, so it is never used. Someone takes the lease again later.
-            self.release(p).await.ok();
-            return Err(e);
+        if self.replication.wanted() {
+            let lease_key = self.names.lease(p);
+            if let Err(e) = self
+                .replication
+                .confirm_on(&conn, &lease_key, client, "a partition lease")
+                .await
+            {
+                // Not confirmed: a failover could roll the fence back below
+                // this token, so it is never used. Someone takes the lease
+                // again later.
+                self.release(p).await.ok();
+                return Err(e);
+            }
         }
         let lease = Lease {
             partition: p,

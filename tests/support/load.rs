@@ -172,6 +172,27 @@ impl Load {
         pace: Duration,
         max_waiting: usize,
     ) -> Load {
+        Self::start_submit_waiting(
+            config,
+            writers,
+            keys,
+            pace,
+            max_waiting,
+            Duration::from_secs(180),
+        )
+        .await
+    }
+
+    /// Like [`Load::start_submit`], waiting at most `ack_wait` for each ack
+    /// (a lost ack then costs the stop no more than that).
+    pub async fn start_submit_waiting(
+        config: &Config,
+        writers: usize,
+        keys: usize,
+        pace: Duration,
+        max_waiting: usize,
+        ack_wait: Duration,
+    ) -> Load {
         Self::spawn(config, writers, move |w, writ, sh| async move {
             let c = writ.collection("signal").unwrap();
             let waiting = Arc::new(tokio::sync::Semaphore::new(max_waiting));
@@ -189,7 +210,7 @@ impl Load {
                         let sh = sh.clone();
                         acks.spawn(async move {
                             let _permit = permit;
-                            let acked = ticket.wait_for(Duration::from_secs(180)).await.is_ok();
+                            let acked = ticket.wait_for(ack_wait).await.is_ok();
                             sh.settle(w, &name, own, value, acked);
                         });
                     }
