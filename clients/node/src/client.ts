@@ -188,7 +188,8 @@ export class WritClient {
   readonly config: WritConfig;
   readonly names: Names;
   private readonly specs = new Map<string, CollectionSpec>();
-  private readonly redis: RedisConn;
+  /** The commands connection (replaced if a Cluster's first connection fails). */
+  private redis: RedisConn;
   private ackRedis: RedisConn | undefined;
   /** With `minReplicasAcked > 0`: the connection admissions and their WAIT go through (WAIT blocks it). */
   private writeRedis: RedisConn | undefined;
@@ -263,6 +264,12 @@ export class WritClient {
         seeds.map((u) => ({ host: u.hostname.replace(/^\[|\]$/g, ""), port: Number(u.port || 6379) })),
         {
           lazyConnect: true,
+          // While no node can be reached, a Cluster queues commands and reconnects
+          // forever (clusterRetryStrategy), and sends them once the cluster is
+          // back: a write waits meanwhile, instead of failing after
+          // maxRetriesPerRequest as with one Redis. (A clusterRetryStrategy that
+          // gives up, restarted by the next command, left ioredis 5.11.1 stuck in
+          // "close" once the nodes came back.)
           // Off in cluster mode: ioredis's auto-pipelines mix slots of one node,
           // and a MOVED reply to such a pipeline (resharding, failover) fails its
           // commands instead of redirecting them (ioredis issue #2075). Many-key
@@ -354,6 +361,14 @@ export class WritClient {
         } catch (e) {
           this.readyPromise = undefined;
           this.connected = false;
+          // A Cluster retries its first connection forever (clusterRetryStrategy), holding
+          // commands meanwhile: replace it, so that the next ready() tries (and fails) as
+          // fast as this one. (Disconnecting it can leave it "disconnecting" for good.)
+          if (this.redis instanceof Cluster) {
+            const failed = this.redis;
+            this.redis = this.connect("commands");
+            failed.disconnect();
+          }
           // ioredis rejects a failed connect with "Connection is closed." (or,
           // while it reconnects, "Reached the max retries per request limit");
           // the reason (a TLS alert, a refused connection) came as an error event.
@@ -362,6 +377,10 @@ export class WritClient {
           // ioredis's Cluster says "Failed to refresh slots cache." and keeps the node's reason.
           const nodeError = (cause as { lastNodeError?: unknown })?.lastNodeError;
           if (nodeError) cause = nodeError;
+          // Its node connections drop the reason ("Connection is closed."): ask a seed alone.
+          if (this.config.redisCluster && /Connection is closed|None of startup nodes|refresh slots cache/i.test(errMessage(cause))) {
+            cause = (await this.probeSeed()) ?? cause;
+          }
           throw new WritConnectionError(
             `cannot reach Redis${this.config.redisCluster ? " Cluster" : ""} at ${redactUrls(this.config.redisUrl)}: ` +
               `${errMessage(cause)}. ${this.connectHint(cause)}`,
@@ -371,6 +390,34 @@ export class WritClient {
       })();
     }
     return this.readyPromise;
+  }
+
+  /**
+   * Connects to the first seed alone (one attempt, the same TLS files and
+   * credentials) and returns why that fails, if it does: ioredis's Cluster
+   * reports a TLS or socket error of a node only as "Connection is closed.".
+   */
+  private async probeSeed(): Promise<unknown> {
+    const r = new Redis(redisUrls(this.config.redisUrl)[0], {
+      lazyConnect: true,
+      retryStrategy: () => null,
+      maxRetriesPerRequest: 0,
+      connectTimeout: 5000,
+      ...(this.tls ? { tls: this.tls } : {}),
+    });
+    let err: unknown;
+    r.on("error", (e: unknown) => {
+      err ??= e;
+    });
+    try {
+      await r.connect();
+      await r.ping();
+    } catch (e) {
+      err ??= e;
+    } finally {
+      r.disconnect();
+    }
+    return err;
   }
 
   /**
