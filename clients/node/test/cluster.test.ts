@@ -189,14 +189,12 @@ describe("Redis Cluster", () => {
   test("minReplicasAcked 1: writes to every master return once a replica has the entry", g(async () => {
     const w = processWith("ack", { minReplicasAcked: 1, replicaAckTimeoutMs: 2000 });
     const ctxs = contexts(w.client, "wait1", 1);
-    const t0 = Date.now();
+    // (A WAIT that timed out would fail the write.)
     const tickets = await Promise.all(
       ctxs.map(([symbol, strategyName, exchangeName]) =>
         w.client.submit(SIGNAL, { symbol, strategyName, exchangeName }, "put", { payload: { n: symbol } }),
       ),
     );
-    const took = Date.now() - t0;
-    assert.ok(took < 1500, `took ${took} ms: WAIT did not time out`);
     // Every entry is on its master's replica already (read there with READONLY).
     const replicaOf = new Map<number, number>();
     for (const n of env.cluster!.nodes) {
@@ -232,7 +230,7 @@ describe("Redis Cluster", () => {
     const took = Date.now() - t0;
     assert.ok(err instanceof WritTimeoutError, `got ${err}`);
     assert.match(err.message, /reached the Redis master but not 2 replica\(s\) within 400 ms .*1 confirmed.*may be lost.*may still be applied.*Retry/);
-    assert.ok(took >= 380 && took < 1500, `failed after ${took} ms`);
+    assert.ok(took >= 380 && took < 3000, `failed after ${took} ms`);
     assert.equal(w.client.pendingCount, 0, "not kept as a pending write");
   }));
 
@@ -248,6 +246,10 @@ describe("Redis Cluster", () => {
       if (repl.get("role") === "slave" && Number(repl.get("master_port")) === victim) replica = n;
     }
     assert.ok(replica, `the replica of :${victim}`);
+    // Connected to every master first: the timing below is of the WAITs alone.
+    await Promise.all(
+      ctxs.map(([symbol, strategyName, exchangeName]) => w.client.submit(SIGNAL, { symbol, strategyName, exchangeName }, "put", { payload: 0 })),
+    );
     replica.proc.child.kill("SIGSTOP");
     try {
       const t0 = Date.now();
@@ -421,6 +423,92 @@ describe("Redis Cluster over TLS", () => {
         return true;
       });
       assert.ok(Date.now() - t0 < 10000, `attempt ${attempt} failed after ${Date.now() - t0} ms`);
+    }
+  });
+});
+
+describe("minReplicasAcked across a failover", () => {
+  let dir: string;
+  let cluster: RedisCluster;
+  const clients: WritClient[] = [];
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), "writ-node-failover-"));
+    cluster = await RedisCluster.start(dir);
+  });
+  after(async () => {
+    for (const c of clients) await c.close();
+    await cluster?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("a master is killed: its writes fail retryably until its replica took over with a replica of its own; every accepted write survives", async () => {
+    const ns = `fo${process.pid}`;
+    const c = new WritClient({ redisCluster: true, redisUrl: cluster.url, namespace: ns, minReplicasAcked: 1, replicaAckTimeoutMs: 500 });
+    clients.push(c);
+    const keyOf: Record<string, unknown>[] = [];
+    for (let i = 0; keyOf.length < 8; i++) {
+      const key = { symbol: `fo${i}`, strategyName: "s", exchangeName: "e" };
+      if (c.resolveKey(SIGNAL, key).partition === keyOf.length) keyOf.push(key);
+      if (i > 10000) throw new Error("no key for every partition");
+    }
+    const masters = await Promise.all(keyOf.map((_, p) => cluster.masterOf(calculateSlot(`${ns}:{p${p}}:in`))));
+    const victim = masters[0];
+    const accepted: { p: number; entryId: string }[] = [];
+    const round = async (n: number) =>
+      Promise.all(
+        keyOf.map((key, p) =>
+          c.submit(SIGNAL, key, "put", { payload: n }).then(
+            (t) => {
+              accepted.push({ p, entryId: t.entryId });
+              return true;
+            },
+            (e: unknown) => {
+              assert.ok(e instanceof WritTimeoutError || e instanceof WritConnectionError, `partition ${p}: ${e}`);
+              return false;
+            },
+          ),
+        ),
+      );
+    assert.deepEqual(await round(0), keyOf.map(() => true));
+    const node = cluster.nodes.find((x) => x.port === victim)!;
+    await node.proc.kill();
+    const t0 = Date.now();
+    let restarted = false;
+    let allOk = false;
+    let failedOnVictim = 0;
+    for (let n = 1; Date.now() - t0 < 60000; n++) {
+      const r0 = Date.now();
+      const ok = await round(n);
+      assert.ok(Date.now() - r0 < 12000, `a round of writes took ${Date.now() - r0} ms`);
+      ok.forEach((x, p) => {
+        if (!x) {
+          assert.equal(masters[p], victim, `partition ${p} on a live master failed`);
+          failedOnVictim++;
+        }
+      });
+      if (ok.every(Boolean) && restarted) {
+        allOk = true;
+        break;
+      }
+      // Once a replica took the victim's slots, the old master comes back, as its replica.
+      if (!restarted && (await cluster.masterOf(calculateSlot(`${ns}:{p0}:in`)).catch(() => victim)) !== victim) {
+        node.proc.restart();
+        restarted = true;
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    console.log(`# failover: writes on every partition again after ${Date.now() - t0} ms; ${failedOnVictim} failed on the killed master's slots meanwhile`);
+    assert.ok(allOk, "writes to every partition succeed again");
+    assert.ok(failedOnVictim > 0, "writes to the killed master's slots failed for a while");
+    // Every accepted write is on the master that now serves its partition.
+    for (const { p, entryId } of accepted) {
+      const port = await cluster.masterOf(calculateSlot(`${ns}:{p${p}}:in`));
+      const r = new Redis(port, "127.0.0.1");
+      try {
+        assert.equal((await r.xrange(`${ns}:{p${p}}:in`, entryId, entryId)).length, 1, `entry ${entryId} of partition ${p}`);
+      } finally {
+        r.disconnect();
+      }
     }
   });
 });

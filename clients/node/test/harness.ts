@@ -386,7 +386,8 @@ export interface RedisClusterOptions {
  * --cluster-node-timeout 2000` on free loopback ports (client and cluster bus)
  * with its own dir, joined with `redis-cli --cluster create ... --cluster-replicas 1
  * --cluster-yes`. Ready when every node says `cluster_state:ok` and knows every
- * node, and every replica's `master_link_status:up`.
+ * node, every replica's `master_link_status:up`, and every master lists its
+ * replicas `state=online`.
  */
 export class RedisCluster {
   /** How long start() took, in ms (spawn to ready). */
@@ -478,9 +479,12 @@ export class RedisCluster {
           const repl = infoFields(await redisCommand(n.port, ["INFO", "replication"], t));
           if (repl.get("role") === "slave" && repl.get("master_link_status") !== "up") return false;
         }
-        // Every master has its replicas.
+        // Every master has its replicas online (connected_slaves counts one still syncing;
+        // WAIT counts only online replicas that acknowledged).
         const roles = await Promise.all(nodes.map(async (n) => infoFields(await redisCommand(n.port, ["INFO", "replication"], t))));
-        return roles.filter((r) => r.get("role") === "master").every((r) => Number(r.get("connected_slaves")) >= replicas);
+        return roles
+          .filter((r) => r.get("role") === "master")
+          .every((r) => [...r.entries()].filter(([k, v]) => /^slave\d+$/.test(k) && /state=online/.test(v)).length >= replicas);
       }).catch((e) => {
         throw new Error(`${(e as Error).message}\n${nodes.map((n) => n.proc.logTail()).join("\n")}`);
       });
