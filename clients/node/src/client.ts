@@ -4,11 +4,12 @@
  * process's overlay of pending writes, prefix lists, and the start-up sync.
  */
 import { createHash } from "node:crypto";
-import { Redis } from "ioredis";
+import { Cluster, Redis, type RedisOptions } from "ioredis";
+import calculateSlot from "cluster-key-slot";
 import { MongoClient, type Db, type Document as MongoDocument } from "mongodb";
 import { deserialize, serialize, type Document } from "bson";
 
-import { readRedisTls, redactUrl, resolveConfig, type WritConfig } from "./config.js";
+import { readRedisTls, redactUrl, redactUrls, redisUrls, resolveConfig, type RedisTlsPem, type WritConfig } from "./config.js";
 import {
   BackpressureError,
   RefusedWriteError,
@@ -97,6 +98,39 @@ interface PendingWrite {
 
 type Hmget = [Buffer | null, Buffer | null, Buffer | null];
 
+/** A connection: one Redis server, or (`redisCluster`) a Redis Cluster. */
+type RedisConn = Redis | Cluster;
+
+/** What a connection is for (see {@link WritClient.connect}). */
+type ConnRole = "commands" | "acks" | "writes";
+
+/**
+ * Reply errors that mean the command was not executed where it was sent
+ * (Redis Cluster redirections, a slot being migrated, a failover in progress):
+ * sending it again is safe.
+ */
+const NOT_EXECUTED = /^(MOVED|ASK|TRYAGAIN|CLUSTERDOWN) /;
+/** An ioredis cluster pipeline refused before sending: its slots moved apart. */
+const PIPELINE_SPLIT = /same slots allocation group|same slot/;
+/** Tries of an admission batch whose commands were redirected (as ioredis's maxRedirections). */
+const MAX_REDIRECTIONS = 16;
+/** Most admissions in one pipeline with a trailing WAIT. */
+const ADMIT_BATCH_MAX = 1000;
+
+/** An admission waiting for its batch (`minReplicasAcked > 0`). */
+interface AdmitJob {
+  keys: [string, string];
+  args: (string | Buffer | number)[];
+  /** Send the script's text (EVAL): the node did not have it (NOSCRIPT). */
+  useEval: boolean;
+  /** Times it was redirected (MOVED, ASK, TRYAGAIN, CLUSTERDOWN) and sent again. */
+  redirects: number;
+  /** The last reply that was not an entry id. */
+  lastError?: unknown;
+  resolve: (r: { entryId: string; replicas: number | Error }) => void;
+  reject: (e: unknown) => void;
+}
+
 const ACK_BLOCK_MS = 1000;
 /** Keys whose partition and BSON are remembered. */
 const KEY_MEMO_MAX = 20000;
@@ -154,8 +188,16 @@ export class WritClient {
   readonly config: WritConfig;
   readonly names: Names;
   private readonly specs = new Map<string, CollectionSpec>();
-  private readonly redis: Redis;
-  private ackRedis: Redis | undefined;
+  /** The commands connection (replaced if a Cluster's first connection fails). */
+  private redis: RedisConn;
+  private ackRedis: RedisConn | undefined;
+  /** With `minReplicasAcked > 0`: the connection admissions and their WAIT go through (WAIT blocks it). */
+  private writeRedis: RedisConn | undefined;
+  private writeReady: Promise<void> | undefined;
+  /** Admissions waiting for a WAIT batch, by node (cluster) or "" (one server). */
+  private admitQueues = new Map<string, { jobs: AdmitJob[]; busy: boolean; scheduled: boolean }>();
+  /** The PEM contents of the redisTls* files, read once. */
+  private readonly tls: RedisTlsPem | undefined;
   /** The last connection error ioredis reported (TLS and socket errors), for messages. */
   private lastRedisError: unknown;
   private mongo: MongoClient | undefined;
@@ -186,23 +228,82 @@ export class WritClient {
     this.config = resolveConfig(config);
     this.names = new Names(this.config.namespace);
     for (const c of this.config.collections) this.specs.set(c.name, c);
-    // The redisTls* files, read once; the ack connection (a duplicate) inherits them.
-    const tls = readRedisTls(this.config);
-    this.redis = new Redis(this.config.redisUrl, {
-      lazyConnect: true,
-      enableAutoPipelining: true,
-      maxRetriesPerRequest: 5,
-      connectionName: `writ-node:${this.config.clientId}`,
-      ...(tls ? { tls } : {}),
-    });
-    // Connection errors surface on the commands; keep ioredis from printing each
-    // retry, but remember the last one: a failed connect only says "Connection is closed.".
-    this.redis.on("error", (e: unknown) => {
-      this.lastRedisError = e;
-    });
-    this.redis.on("ready", () => {
-      this.lastRedisError = undefined;
-    });
+    // The redisTls* files, read once; every connection uses them.
+    this.tls = readRedisTls(this.config);
+    this.redis = this.connect("commands");
+  }
+
+  /**
+   * A new connection (not connected yet: the first command connects it). One
+   * Redis, or with `redisCluster` an ioredis `Cluster` seeded with every URL
+   * of `redisUrl`; TLS files, credentials and the options below apply to every
+   * node. Roles: `commands` (everything but the two below), `acks` (the
+   * blocking XREAD of the ack stream: retries forever, no command timeout),
+   * `writes` (admissions followed by WAIT, which blocks the connection).
+   */
+  private connect(role: ConnRole): RedisConn {
+    const c = this.config;
+    const node: RedisOptions = {
+      connectionName: `writ-node:${c.clientId}`,
+      maxRetriesPerRequest: role === "acks" ? null : 5,
+      // No commandTimeout on any connection: the ack stream's XREAD blocks
+      // ACK_BLOCK_MS, and WAIT up to replicaAckTimeoutMs, by design.
+    };
+    let conn: RedisConn;
+    if (!c.redisCluster) {
+      conn = new Redis(c.redisUrl, {
+        ...node,
+        lazyConnect: true,
+        enableAutoPipelining: role === "commands",
+        ...(this.tls ? { tls: this.tls } : {}),
+      });
+    } else {
+      const seeds = redisUrls(c.redisUrl).map((u) => new URL(u));
+      const first = seeds[0];
+      conn = new Cluster(
+        seeds.map((u) => ({ host: u.hostname.replace(/^\[|\]$/g, ""), port: Number(u.port || 6379) })),
+        {
+          lazyConnect: true,
+          // While no node can be reached, a Cluster queues commands and reconnects
+          // forever (clusterRetryStrategy), and sends them once the cluster is
+          // back: a write waits meanwhile, instead of failing after
+          // maxRetriesPerRequest as with one Redis. (A clusterRetryStrategy that
+          // gives up, restarted by the next command, left ioredis 5.11.1 stuck in
+          // "close" once the nodes came back.)
+          // Off in cluster mode: ioredis's auto-pipelines mix slots of one node,
+          // and a MOVED reply to such a pipeline (resharding, failover) fails its
+          // commands instead of redirecting them (ioredis issue #2075). Many-key
+          // reads pipeline per slot instead (readCache), and admissions with WAIT
+          // batch per node with their own redirection handling (admitBatch).
+          enableAutoPipelining: false,
+          // Nodes learnt from CLUSTER SLOTS get these, not the seed URLs' parts:
+          // credentials and TLS (ioredis enables TLS only for a rediss:// URL
+          // given to a plain Redis) go here.
+          redisOptions: {
+            ...node,
+            ...(first.username ? { username: decodeURIComponent(first.username) } : {}),
+            ...(first.password ? { password: decodeURIComponent(first.password) } : {}),
+            ...(first.protocol === "rediss:" ? { tls: this.tls ?? {} } : {}),
+          },
+        },
+      );
+    }
+    if (role === "commands") {
+      // Connection errors surface on the commands; keep ioredis from printing each
+      // retry, but remember the last one: a failed connect only says "Connection is closed.".
+      const remember = (e: unknown) => {
+        this.lastRedisError = e;
+      };
+      conn.on("error", remember);
+      conn.on("node error", remember);
+      conn.on("ready", () => {
+        this.lastRedisError = undefined;
+      });
+    } else {
+      conn.on("error", () => {});
+      conn.on("node error", () => {});
+    }
+    return conn;
   }
 
   get clientId(): string {
@@ -255,16 +356,34 @@ export class WritClient {
         try {
           if (this.redis.status === "wait") await this.redis.connect();
           await this.redis.ping();
+          if (!this.config.redisCluster) await this.checkNotCluster();
           this.connected = true;
         } catch (e) {
           this.readyPromise = undefined;
           this.connected = false;
+          // A Cluster retries its first connection forever (clusterRetryStrategy), holding
+          // commands meanwhile: replace it, so that the next ready() tries (and fails) as
+          // fast as this one. (Disconnecting it can leave it "disconnecting" for good.)
+          if (this.redis instanceof Cluster) {
+            const failed = this.redis;
+            this.redis = this.connect("commands");
+            failed.disconnect();
+          }
           // ioredis rejects a failed connect with "Connection is closed." (or,
           // while it reconnects, "Reached the max retries per request limit");
           // the reason (a TLS alert, a refused connection) came as an error event.
-          const cause = !isReplyError(e) && this.lastRedisError ? this.lastRedisError : e;
+          if (e instanceof WritError) throw e;
+          let cause = !isReplyError(e) && this.lastRedisError ? this.lastRedisError : e;
+          // ioredis's Cluster says "Failed to refresh slots cache." and keeps the node's reason.
+          const nodeError = (cause as { lastNodeError?: unknown })?.lastNodeError;
+          if (nodeError) cause = nodeError;
+          // Its node connections drop the reason ("Connection is closed."): ask a seed alone.
+          if (this.config.redisCluster && /Connection is closed|None of startup nodes|refresh slots cache/i.test(errMessage(cause))) {
+            cause = (await this.probeSeed()) ?? cause;
+          }
           throw new WritConnectionError(
-            `cannot reach Redis at ${redactUrl(this.config.redisUrl)}: ${errMessage(cause)}. ${this.connectHint(cause)}`,
+            `cannot reach Redis${this.config.redisCluster ? " Cluster" : ""} at ${redactUrls(this.config.redisUrl)}: ` +
+              `${errMessage(cause)}. ${this.connectHint(cause)}`,
             { cause },
           );
         }
@@ -273,11 +392,63 @@ export class WritClient {
     return this.readyPromise;
   }
 
+  /**
+   * Connects to the first seed alone (one attempt, the same TLS files and
+   * credentials) and returns why that fails, if it does: ioredis's Cluster
+   * reports a TLS or socket error of a node only as "Connection is closed.".
+   */
+  private async probeSeed(): Promise<unknown> {
+    const r = new Redis(redisUrls(this.config.redisUrl)[0], {
+      lazyConnect: true,
+      retryStrategy: () => null,
+      maxRetriesPerRequest: 0,
+      connectTimeout: 5000,
+      ...(this.tls ? { tls: this.tls } : {}),
+    });
+    let err: unknown;
+    r.on("error", (e: unknown) => {
+      err ??= e;
+    });
+    try {
+      await r.connect();
+      await r.ping();
+    } catch (e) {
+      err ??= e;
+    } finally {
+      r.disconnect();
+    }
+    return err;
+  }
+
+  /**
+   * Refuses a cluster node without `redisCluster`: it would answer MOVED for
+   * every key outside its own slots. (A server where INFO is not allowed passes.)
+   */
+  private async checkNotCluster(): Promise<void> {
+    let info: string;
+    try {
+      info = String(await this.redis.info("cluster"));
+    } catch {
+      return;
+    }
+    if (/^cluster_enabled:1\s*$/m.test(info)) {
+      throw new WritConfigError(
+        `Redis at ${redactUrl(this.config.redisUrl)} is a Redis Cluster node (cluster_enabled:1): set redisCluster: true ` +
+          `(WRIT_REDIS_CLUSTER=1), with the cluster's nodes as comma-separated redisUrl seeds, as the daemon's redis.cluster`,
+      );
+    }
+  }
+
   /** What to check after a failed connection to Redis. */
   private connectHint(e: unknown): string {
     const c = this.config;
+    if (c.redisCluster && /cluster support disabled/i.test(errMessage(e))) {
+      return "That Redis is not a cluster node (cluster-enabled no): for a single Redis set redisCluster: false (WRIT_REDIS_CLUSTER=0).";
+    }
     if (!c.redisUrl.startsWith("rediss://")) {
-      return "Check WRIT_REDIS_URL / redisUrl and that redis-server is running (rediss:// if it only takes TLS).";
+      return c.redisCluster
+        ? "Check WRIT_REDIS_URL / redisUrl (seed nodes of the cluster) and that the cluster is up (`redis-cli -c -h HOST -p PORT cluster info`: cluster_state:ok)."
+        : "Check WRIT_REDIS_URL / redisUrl and that redis-server is running (rediss:// if it only takes TLS).";
     }
     const code = String((e as { code?: unknown })?.code ?? "");
     const msg = `${errMessage(e)} ${code}`;
@@ -408,21 +579,32 @@ export class WritClient {
     args.push(F.client, this.config.clientId, F.req, req);
 
     let entryId: string;
+    /** Replicas that confirmed the entry (WAIT), with minReplicasAcked > 0. */
+    let replicas: number | Error | undefined;
     try {
-      const r = await this.evalScript(this.admitSha, ADMIT_LUA, [stream, meta], args);
-      entryId = String(r);
+      if (this.config.minReplicasAcked > 0) {
+        ({ entryId, replicas } = await this.admitReplicated([stream, meta], args));
+      } else {
+        entryId = String(await this.evalScript(this.admitSha, ADMIT_LUA, [stream, meta], args));
+      }
     } catch (e) {
       this.forget(w);
+      if (e instanceof WritError) throw e;
       const msg = errMessage(e);
       const bp = /^BACKPRESSURE (\d+)/.exec(msg);
       if (bp) throw new BackpressureError(k.partition, Number(bp[1]), this.config.maxBacklog);
       if (isReplyError(e)) {
-        throw new WritConnectionError(`Redis refused the write to ${collection}: ${msg}`, { cause: e });
+        throw new WritConnectionError(`Redis refused the write to ${collection}: ${msg}${this.clusterHint(msg)}`, { cause: e });
       }
       throw new WritConnectionError(
-        `cannot write to Redis at ${redactUrl(this.config.redisUrl)}: ${msg}. The write was not accepted; retry when Redis is back.`,
+        `cannot write to Redis at ${redactUrls(this.config.redisUrl)}: ${msg}. The write was not accepted; retry when Redis is back.`,
         { cause: e },
       );
+    }
+    if (replicas !== undefined && (replicas instanceof Error || replicas < this.config.minReplicasAcked)) {
+      // Not this process's pending write any more: the caller is told to retry it.
+      this.forget(w);
+      throw this.replicaError(collection, entryId, replicas);
     }
     w.version = toSortable(entryId);
     if (!w.result) {
@@ -435,6 +617,171 @@ export class WritClient {
       }
     }
     return { collection, entryId, acked };
+  }
+
+  /** Why a write failed after its entry reached the master: too few replicas confirmed it. */
+  private replicaError(collection: string, entryId: string, replicas: number | Error): WritError {
+    const { minReplicasAcked: n, replicaAckTimeoutMs: t } = this.config;
+    const risk =
+      `it may be lost if that master fails over before a replica has it, and it may still be applied. ` +
+      `Retry the write (applying the same write again changes nothing).`;
+    if (replicas instanceof Error) {
+      return new WritConnectionError(
+        `the write to ${collection} (entry ${entryId}) reached the Redis master, but waiting for ${n} replica(s) ` +
+          `(minReplicasAcked) failed: ${errMessage(replicas)}; ${risk}`,
+        { cause: replicas },
+      );
+    }
+    const none =
+      replicas === 0
+        ? ` No replica confirmed it: minReplicasAcked needs a Redis master with replicas (INFO replication: ` +
+          `connected_slaves); for a Redis without replicas set minReplicasAcked: 0 (WRIT_REDIS_MIN_REPLICAS_ACKED=0).`
+        : "";
+    return new WritTimeoutError(
+      `the write to ${collection} (entry ${entryId}) reached the Redis master but not ${n} replica(s) within ${t} ms ` +
+        `(minReplicasAcked ${n}, replicaAckTimeoutMs ${t}; ${replicas} confirmed): ${risk}${none}`,
+    );
+  }
+
+  /** For a reply that only a cluster sends, when not in cluster mode: what to set. */
+  private clusterHint(msg: string): string {
+    return !this.config.redisCluster && NOT_EXECUTED.test(msg)
+      ? ` (a Redis Cluster reply: set redisCluster: true, WRIT_REDIS_CLUSTER=1)`
+      : "";
+  }
+
+  // ------------------------------------------------- admission with WAIT
+
+  /**
+   * With `minReplicasAcked > 0`: the admission script, then `WAIT
+   * minReplicasAcked replicaAckTimeoutMs` in the same pipeline on the same
+   * connection, so the WAIT runs on the master that took the entry and
+   * covers it. Admissions made meanwhile share one WAIT per node (group
+   * commit): while a batch waits, the next one gathers. The writes
+   * connection is its own: WAIT blocks it (up to replicaAckTimeoutMs when
+   * replicas lag), and reads must not queue behind it.
+   */
+  private async admitReplicated(
+    keys: [string, string],
+    args: (string | Buffer | number)[],
+  ): Promise<{ entryId: string; replicas: number | Error }> {
+    await this.writeConnection();
+    return new Promise((resolve, reject) => this.enqueueAdmit({ keys, args, useEval: false, redirects: 0, resolve, reject }));
+  }
+
+  private writeConnection(): Promise<void> {
+    if (!this.writeRedis) this.writeRedis = this.connect("writes");
+    if (!this.writeReady) {
+      const conn = this.writeRedis;
+      // A Cluster must know its slots before admissions are grouped by node.
+      this.writeReady = (conn.status === "wait" ? conn.connect() : Promise.resolve()).catch((e) => {
+        this.writeReady = undefined;
+        throw e;
+      });
+    }
+    return this.writeReady;
+  }
+
+  /** The batch an admission joins: the nodes serving its slot (cluster), else the one server. */
+  private admitGroup(key: string): string {
+    const conn = this.writeRedis;
+    if (!(conn instanceof Cluster)) return "";
+    const slot = calculateSlot(key);
+    return conn.slots[slot]?.join(",") || `slot ${slot}`;
+  }
+
+  private enqueueAdmit(job: AdmitJob): void {
+    const group = this.admitGroup(job.keys[0]);
+    let q = this.admitQueues.get(group);
+    if (!q) this.admitQueues.set(group, (q = { jobs: [], busy: false, scheduled: false }));
+    q.jobs.push(job);
+    if (!q.busy && !q.scheduled) {
+      q.scheduled = true;
+      // Like ioredis's auto-pipelining: admissions made in this turn of the event loop go together.
+      setImmediate(() => this.drainAdmits(group));
+    }
+  }
+
+  private drainAdmits(group: string): void {
+    const q = this.admitQueues.get(group);
+    if (!q) return;
+    q.scheduled = false;
+    if (q.busy) return;
+    if (!q.jobs.length) {
+      this.admitQueues.delete(group);
+      return;
+    }
+    const batch = q.jobs.splice(0, ADMIT_BATCH_MAX);
+    if (this.closed) {
+      for (const j of batch) j.reject(new WritClosedError());
+      return this.drainAdmits(group);
+    }
+    q.busy = true;
+    void this.admitBatch(batch).finally(() => {
+      q.busy = false;
+      this.drainAdmits(group);
+    });
+  }
+
+  /**
+   * Sends one batch: its admissions, then WAIT. Admissions a node did not
+   * execute (NOSCRIPT; in a cluster MOVED, ASK, TRYAGAIN, CLUSTERDOWN, or a
+   * pipeline whose slots moved apart) go round again (redirections: after a
+   * slot refresh, at most {@link MAX_REDIRECTIONS} times). Never rejects.
+   */
+  private async admitBatch(batch: AdmitJob[]): Promise<void> {
+    const conn = this.writeRedis!;
+    const p = conn.pipeline();
+    for (const j of batch) {
+      if (j.useEval) p.eval(ADMIT_LUA, 2, ...j.keys, ...j.args);
+      else p.evalsha(this.admitSha, 2, ...j.keys, ...j.args);
+    }
+    p.wait(this.config.minReplicasAcked, this.config.replicaAckTimeoutMs);
+    let res: [Error | null, unknown][];
+    try {
+      res = (await p.exec()) ?? [];
+    } catch (e) {
+      if (conn instanceof Cluster && PIPELINE_SPLIT.test(errMessage(e))) {
+        for (const j of batch) j.lastError = e;
+        return this.redirect(conn, batch);
+      }
+      for (const j of batch) j.reject(e);
+      return;
+    }
+    const [waitErr, waitReply] = res[batch.length] ?? [new Error("no reply to WAIT"), null];
+    const replicas =
+      waitErr ?? (Number.isSafeInteger(waitReply) ? (waitReply as number) : new Error(`WAIT replied ${String(waitReply)}`));
+    const redirected: AdmitJob[] = [];
+    batch.forEach((j, i) => {
+      const [err, id] = res[i] ?? [new Error("no reply to the admission"), null];
+      if (!err) return j.resolve({ entryId: String(id), replicas });
+      const msg = errMessage(err);
+      j.lastError = err;
+      if (!j.useEval && msg.startsWith("NOSCRIPT")) {
+        j.useEval = true;
+        this.enqueueAdmit(j);
+      } else if (conn instanceof Cluster && NOT_EXECUTED.test(msg)) {
+        redirected.push(j);
+      } else {
+        j.reject(err);
+      }
+    });
+    if (redirected.length) await this.redirect(conn as Cluster, redirected);
+  }
+
+  /**
+   * Refreshes the slots, waits a little (as ioredis's retryDelayOnMoved /
+   * OnClusterDown: a failover settles), and queues `jobs` again (each joins
+   * the batch of its slot's node now); a job redirected too often fails with its last reply.
+   */
+  private async redirect(conn: Cluster, jobs: AdmitJob[]): Promise<void> {
+    await new Promise<void>((r) => conn.refreshSlotsCache(() => r()));
+    await sleep(100);
+    for (const j of jobs) {
+      if (this.closed) j.reject(new WritClosedError());
+      else if (++j.redirects > MAX_REDIRECTIONS) j.reject(j.lastError);
+      else this.enqueueAdmit(j);
+    }
   }
 
   /**
@@ -531,10 +878,8 @@ export class WritClient {
   }
 
   private async runAckLoop(): Promise<void> {
-    if (!this.ackRedis) {
-      this.ackRedis = this.redis.duplicate({ enableAutoPipelining: false, maxRetriesPerRequest: null });
-      this.ackRedis.on("error", () => {});
-    }
+    // Its own connection: XREAD BLOCK holds it for up to ACK_BLOCK_MS.
+    if (!this.ackRedis) this.ackRedis = this.connect("acks");
     const stream = this.names.acks(this.config.clientId);
     let backoff = 50;
     while (!this.closed && this.pending.size > 0) {
@@ -669,15 +1014,45 @@ export class WritClient {
     }
   }
 
+  /**
+   * The cache entries of `keys` (HMGET v doc gone each). One server: one
+   * auto-pipelined round trip. Cluster: one pipeline per slot, all sent at
+   * once; each pipeline's HMGETs share one slot, so a MOVED or ASK redirects
+   * it whole (ioredis retries a read-only pipeline whose commands all got the
+   * same redirection).
+   */
   private async hmget(keys: ResolvedKey[]): Promise<Hmget[]> {
+    const names = keys.map((k) => this.names.cache(k.partition, k.spec.name, k.canonical));
     try {
-      return (await Promise.all(
-        keys.map((k) => this.redis.hmgetBuffer(this.names.cache(k.partition, k.spec.name, k.canonical), "v", "doc", "gone")),
-      )) as Hmget[];
-    } catch (e) {
-      throw new WritConnectionError(`cannot read the writ cache in Redis at ${redactUrl(this.config.redisUrl)}: ${errMessage(e)}`, {
-        cause: e,
+      if (!(this.redis instanceof Cluster) || names.length === 1) {
+        return (await Promise.all(names.map((n) => this.redis.hmgetBuffer(n, "v", "doc", "gone")))) as Hmget[];
+      }
+      const bySlot = new Map<number, number[]>();
+      names.forEach((n, i) => {
+        const slot = calculateSlot(n);
+        const at = bySlot.get(slot);
+        if (at) at.push(i);
+        else bySlot.set(slot, [i]);
       });
+      const out: Hmget[] = new Array(names.length);
+      await Promise.all(
+        [...bySlot.values()].map(async (at) => {
+          const p = this.redis.pipeline();
+          for (const i of at) p.hmgetBuffer(names[i], "v", "doc", "gone");
+          const res = (await p.exec()) ?? [];
+          at.forEach((i, j) => {
+            const [err, v] = res[j] ?? [new Error("no reply"), null];
+            if (err) throw err;
+            out[i] = v as Hmget;
+          });
+        }),
+      );
+      return out;
+    } catch (e) {
+      throw new WritConnectionError(
+        `cannot read the writ cache in Redis at ${redactUrls(this.config.redisUrl)}: ${errMessage(e)}${this.clusterHint(errMessage(e))}`,
+        { cause: e },
+      );
     }
   }
 
@@ -887,7 +1262,7 @@ export class WritClient {
     this.closeWaiters.clear();
     for (const f of this.roomWaiters) f();
     this.roomWaiters = [];
-    const quit = async (r: Redis | undefined) => {
+    const quit = async (r: RedisConn | undefined) => {
       if (!r) return;
       // QUIT only on a live connection: on one that is reconnecting it would
       // wait in the offline queue for a server that may never come back.
@@ -903,7 +1278,7 @@ export class WritClient {
     };
     // The ack connection may sit in a blocking XREAD: cut it.
     this.ackRedis?.disconnect();
-    await quit(this.redis);
+    await Promise.all([quit(this.redis), quit(this.writeRedis)]);
     // The loop ends at its next check of `closed`; never wait long for it.
     await withTimeout(this.ackLoop ?? Promise.resolve(), CLOSE_WAIT_MS, () => new Error("ack loop")).catch(() => {});
     if (this.mongo) await this.mongo.close().catch(() => {});

@@ -12,8 +12,27 @@ import { PRESET_COLLECTIONS } from "./collections.js";
 export type WriteModeName = "submit" | "ack";
 
 export interface WritConfig {
-  /** Redis URL (env `WRIT_REDIS_URL`). Default `redis://127.0.0.1:6379`; `rediss://` for TLS. */
+  /**
+   * Redis URL (env `WRIT_REDIS_URL`). Default `redis://127.0.0.1:6379`; `rediss://` for TLS.
+   * With `redisCluster`, one or more seed nodes of the cluster, comma-separated.
+   */
   redisUrl: string;
+  /**
+   * Redis Cluster mode (env `WRIT_REDIS_CLUSTER`, `1`/`true`): `redisUrl` names
+   * seed nodes and the slots are discovered; the daemon's `redis.cluster`.
+   */
+  redisCluster: boolean;
+  /**
+   * Replicas that must confirm each accepted write (`WAIT`) before a write
+   * returns (env `WRIT_REDIS_MIN_REPLICAS_ACKED`); 0 (default): none. The
+   * daemon's `redis.min_replicas_acked`.
+   */
+  minReplicasAcked: number;
+  /**
+   * How long a write waits for `minReplicasAcked` replicas (env
+   * `WRIT_REDIS_REPLICA_ACK_TIMEOUT_MS`); default 1000. The daemon's `redis.replica_ack_timeout_ms`.
+   */
+  replicaAckTimeoutMs: number;
   /**
    * PEM file of the CA certificate(s) a `rediss://` server's certificate must
    * chain to, instead of Node's default CAs (env `WRIT_REDIS_TLS_CA_FILE`);
@@ -97,7 +116,8 @@ export function redactUrl(url: string): string {
 
 /** Every key of {@link WritConfig}: a misspelt one is refused, not ignored. */
 const KNOWN_KEYS = [
-  "redisUrl", "redisTlsCaFile", "redisTlsCertFile", "redisTlsKeyFile", "mongodbUri", "mongodbDatabase", "namespace", "partitions", "mode", "maxBacklog",
+  "redisUrl", "redisCluster", "minReplicasAcked", "replicaAckTimeoutMs",
+  "redisTlsCaFile", "redisTlsCertFile", "redisTlsKeyFile", "mongodbUri", "mongodbDatabase", "namespace", "partitions", "mode", "maxBacklog",
   "maxDocumentBytes", "writeTimeoutMs", "readTimeoutMs", "syncTimeoutMs", "maxPending", "clientId",
   "collections", "mongoClientOptions", "onError",
 ] as const satisfies readonly (keyof WritConfig)[];
@@ -107,6 +127,24 @@ function intFrom(name: string, text: string | undefined): number | undefined {
   const n = Number(text);
   if (!Number.isInteger(n)) throw new WritConfigError(`${name}=${JSON.stringify(text)} is not an integer`);
   return n;
+}
+
+function boolFrom(name: string, text: string | undefined): boolean | undefined {
+  if (text === undefined || text === "") return undefined;
+  const t = text.trim().toLowerCase();
+  if (t === "1" || t === "true") return true;
+  if (t === "0" || t === "false") return false;
+  throw new WritConfigError(`${name}=${JSON.stringify(text)} must be 1, true, 0 or false`);
+}
+
+/** The seed URLs of `redisUrl`: its comma-separated items, trimmed. */
+export function redisUrls(redisUrl: string): string[] {
+  return redisUrl.split(",").map((u) => u.trim());
+}
+
+/** `redisUrl` fit for messages: every URL of the list redacted ({@link redactUrl}). */
+export function redactUrls(redisUrl: string): string {
+  return redisUrls(redisUrl).map(redactUrl).join(",");
 }
 
 function positiveInt(name: string, v: number, min = 1): number {
@@ -138,6 +176,17 @@ export function resolveConfig(
   }
   const cfg: WritConfig = {
     redisUrl: pick(explicit.redisUrl, envOf("REDIS_URL"), "redis://127.0.0.1:6379"),
+    redisCluster: pick(explicit.redisCluster, boolFrom("WRIT_REDIS_CLUSTER", envOf("REDIS_CLUSTER")), false),
+    minReplicasAcked: pick(
+      explicit.minReplicasAcked,
+      intFrom("WRIT_REDIS_MIN_REPLICAS_ACKED", envOf("REDIS_MIN_REPLICAS_ACKED")),
+      0,
+    ),
+    replicaAckTimeoutMs: pick(
+      explicit.replicaAckTimeoutMs,
+      intFrom("WRIT_REDIS_REPLICA_ACK_TIMEOUT_MS", envOf("REDIS_REPLICA_ACK_TIMEOUT_MS")),
+      1000,
+    ),
     redisTlsCaFile: explicit.redisTlsCaFile ?? envOf("REDIS_TLS_CA_FILE"),
     redisTlsCertFile: explicit.redisTlsCertFile ?? envOf("REDIS_TLS_CERT_FILE"),
     redisTlsKeyFile: explicit.redisTlsKeyFile ?? envOf("REDIS_TLS_KEY_FILE"),
@@ -165,9 +214,7 @@ export function resolveConfig(
         console.error(`[writ] ${err.message}`);
       }),
   };
-  if (!/^rediss?:\/\//.test(cfg.redisUrl)) {
-    throw new WritConfigError(`redisUrl (WRIT_REDIS_URL) must start with redis:// or rediss://, got ${redactUrl(cfg.redisUrl)}`);
-  }
+  checkRedisUrls(cfg);
   checkRedisTls(cfg);
   if (!/^mongodb(\+srv)?:\/\//.test(cfg.mongodbUri)) {
     throw new WritConfigError(`mongodbUri (WRIT_MONGODB_URI) must start with mongodb:// or mongodb+srv://`);
@@ -194,6 +241,82 @@ export function resolveConfig(
   return cfg;
 }
 
+/**
+ * `redisUrl`: one redis:// or rediss:// URL, or in cluster mode one or more
+ * (comma-separated), all TLS or none, with the same credentials and no database
+ * other than 0. `minReplicasAcked` 0-16, `replicaAckTimeoutMs` 1-60000 (as the daemon's).
+ */
+function checkRedisUrls(cfg: WritConfig): void {
+  if (typeof cfg.redisCluster !== "boolean") {
+    throw new WritConfigError(`redisCluster (WRIT_REDIS_CLUSTER) must be true or false, got ${JSON.stringify(cfg.redisCluster)}`);
+  }
+  if (typeof cfg.redisUrl !== "string") {
+    throw new WritConfigError(
+      `redisUrl (WRIT_REDIS_URL) must be a string (in cluster mode, comma-separated seed URLs), got ${typeof cfg.redisUrl}`,
+    );
+  }
+  const urls = redisUrls(cfg.redisUrl);
+  if (urls.length > 1 && !cfg.redisCluster) {
+    throw new WritConfigError(
+      `redisUrl (WRIT_REDIS_URL) lists ${urls.length} URLs (${redactUrls(cfg.redisUrl)}), but a list of seed nodes needs ` +
+        `Redis Cluster mode: set redisCluster: true (WRIT_REDIS_CLUSTER=1) for a cluster, or give one URL for a single Redis`,
+    );
+  }
+  for (const u of urls) {
+    if (!/^rediss?:\/\//.test(u)) {
+      throw new WritConfigError(
+        `redisUrl (WRIT_REDIS_URL) must ${urls.length > 1 ? "hold only URLs that " : ""}start with redis:// or rediss://, got ${u === "" ? "an empty URL" : redactUrl(u)}`,
+      );
+    }
+  }
+  if (cfg.redisCluster && urls.length > 1) {
+    const tls = urls[0].startsWith("rediss://");
+    if (urls.some((u) => u.startsWith("rediss://") !== tls)) {
+      throw new WritConfigError(
+        `redisUrl (WRIT_REDIS_URL) mixes redis:// and rediss:// URLs (${redactUrls(cfg.redisUrl)}); the nodes of one cluster all use TLS or none does`,
+      );
+    }
+    const auth = (u: string) => {
+      try {
+        const p = new URL(u);
+        return `${p.username}:${p.password}`;
+      } catch {
+        return "";
+      }
+    };
+    if (urls.some((u) => auth(u) !== auth(urls[0]))) {
+      throw new WritConfigError(
+        `redisUrl (WRIT_REDIS_URL): the seed URLs carry different users or passwords; every node of a cluster is reached with the same credentials`,
+      );
+    }
+  }
+  if (cfg.redisCluster) {
+    for (const u of urls) {
+      let db = "";
+      try {
+        db = new URL(u).pathname.replace(/^\//, "");
+      } catch {
+        throw new WritConfigError(`redisUrl (WRIT_REDIS_URL): cannot parse ${redactUrl(u)}`);
+      }
+      if (db !== "" && db !== "0") {
+        throw new WritConfigError(
+          `redisUrl (WRIT_REDIS_URL) ${redactUrl(u)} selects database ${db}; Redis Cluster has only database 0: drop the /${db}`,
+        );
+      }
+    }
+  }
+  if (!Number.isSafeInteger(cfg.minReplicasAcked) || cfg.minReplicasAcked < 0 || cfg.minReplicasAcked > 16) {
+    throw new WritConfigError(
+      `minReplicasAcked (WRIT_REDIS_MIN_REPLICAS_ACKED) must be an integer from 0 to 16 (replicas that confirm each write; 0: none), got ${cfg.minReplicasAcked}`,
+    );
+  }
+  if (!Number.isSafeInteger(cfg.replicaAckTimeoutMs) || cfg.replicaAckTimeoutMs < 1 || cfg.replicaAckTimeoutMs > 60000) {
+    throw new WritConfigError(
+      `replicaAckTimeoutMs (WRIT_REDIS_REPLICA_ACK_TIMEOUT_MS) must be an integer from 1 to 60000 (ms a write waits for minReplicasAcked replicas), got ${cfg.replicaAckTimeoutMs}`,
+    );
+  }
+}
+
 /** The `redisTls*` options: their config key, env variable and what the file holds. */
 const TLS_OPTIONS = [
   { key: "redisTlsCaFile", env: "WRIT_REDIS_TLS_CA_FILE", kind: "certificate", marker: "-----BEGIN CERTIFICATE-----",
@@ -216,9 +339,9 @@ function checkRedisTls(cfg: WritConfig): void {
       throw new WritConfigError(`${tlsName(o)} must be the path of a PEM file (${o.what}), got ${JSON.stringify(cfg[o.key])}`);
     }
   }
-  if (!cfg.redisUrl.startsWith("rediss://")) {
+  if (!redisUrls(cfg.redisUrl).every((u) => u.startsWith("rediss://"))) {
     throw new WritConfigError(
-      `${tlsName(set[0])} is set but redisUrl (WRIT_REDIS_URL) ${redactUrl(cfg.redisUrl)} is not rediss:// (TLS); ` +
+      `${tlsName(set[0])} is set but redisUrl (WRIT_REDIS_URL) ${redactUrls(cfg.redisUrl)} is not rediss:// (TLS); ` +
         `use a rediss:// URL, or remove the redisTls* options`,
     );
   }

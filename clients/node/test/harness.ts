@@ -7,7 +7,9 @@
  * - the writ daemon (`WRIT_BIN`, default the repo's target/debug/writ) with a
  *   temp copy of config/writ.toml;
  * - for TLS tests, a TLS-only redis-server with the server certificate of a
- *   {@link TestCa} (made with the `openssl` CLI); these always start their own.
+ *   {@link TestCa} (made with the `openssl` CLI); these always start their own;
+ * - for cluster tests, a local Redis Cluster ({@link RedisCluster}: 3 masters
+ *   with a replica each, made with `redis-cli --cluster create`); always its own.
  *
  * `WRIT_TEST_REDIS_URL` / `WRIT_TEST_MONGODB_URI` point the tests at external
  * servers instead; every env still gets its own namespace and database.
@@ -31,6 +33,7 @@ export const REPO_ROOT = resolve(PACKAGE_ROOT, "..", "..");
 export const WRIT_BIN = process.env.WRIT_BIN || join(REPO_ROOT, "target", "debug", "writ");
 const SECANTUSD = process.env.WRIT_SECANTUSD || join(REPO_ROOT, ".venv", "bin", "secantusd-py");
 const REDIS_SERVER = process.env.WRIT_REDIS_SERVER || "redis-server";
+const REDIS_CLI = process.env.WRIT_REDIS_CLI || "redis-cli";
 const SETUP_HINT = `run ./scripts/setup in the writ repository root (${REPO_ROOT}) to install redis-server and SecantusDB`;
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -305,6 +308,229 @@ export class RedisServer {
   }
 }
 
+/**
+ * Sends one command over a raw socket (RESP) and returns the reply's text
+ * (a bulk string's contents, a simple string, or an error's `-ERR ...` line).
+ */
+function redisCommand(port: number, args: string[], t?: RedisTlsOptions): Promise<string> {
+  return new Promise((resolveReply, reject) => {
+    const resp = (a: string[]) => `*${a.length}\r\n${a.map((x) => `$${Buffer.byteLength(x)}\r\n${x}\r\n`).join("")}`;
+    // With a password, AUTH goes first and its +OK is skipped.
+    const request = (t?.password ? resp(["AUTH", t.password]) : "") + resp(args);
+    let skip = t?.password ? "+OK\r\n".length : 0;
+    const s = t
+      ? tlsConnect({ host: "127.0.0.1", port, ca: readFileSync(t.ca.ca), cert: readFileSync(t.ca.clientCert), key: readFileSync(t.ca.clientKey) })
+      : new Socket();
+    let got = Buffer.alloc(0);
+    const fail = (e: Error) => {
+      s.destroy();
+      reject(e);
+    };
+    s.setTimeout(2000, () => fail(new Error(`no reply from 127.0.0.1:${port}`)));
+    s.once("error", fail);
+    if (t) s.once("secureConnect", () => s.write(request));
+    else s.connect(port, "127.0.0.1", () => s.write(request));
+    s.on("data", (d) => {
+      got = Buffer.concat([got, d]);
+      if (skip) {
+        if (got.length < skip) return;
+        if (!got.subarray(0, skip).toString().startsWith("+OK")) return done(got.toString("utf8").split("\r\n")[0]);
+        got = got.subarray(skip);
+        skip = 0;
+      }
+      const text = got.toString("utf8");
+      const nl = text.indexOf("\r\n");
+      if (nl < 0) return;
+      if (text[0] === "$") {
+        const len = Number(text.slice(1, nl));
+        if (len < 0) return done("");
+        if (got.length < nl + 2 + len + 2) return;
+        return done(got.subarray(nl + 2, nl + 2 + len).toString("utf8"));
+      }
+      done(text.slice(text[0] === "-" ? 0 : 1, nl));
+    });
+    const done = (reply: string) => {
+      s.destroy();
+      resolveReply(reply);
+    };
+  });
+}
+
+/** `field:value` lines of an INFO-style reply. */
+function infoFields(text: string): Map<string, string> {
+  const m = new Map<string, string>();
+  for (const line of text.split(/\r?\n/)) {
+    const i = line.indexOf(":");
+    if (i > 0) m.set(line.slice(0, i), line.slice(i + 1).trim());
+  }
+  return m;
+}
+
+/** How a {@link RedisCluster} is made. */
+export interface RedisClusterOptions {
+  /** Masters (default 3). */
+  masters?: number;
+  /** Replicas per master (default 1). */
+  replicas?: number;
+  /**
+   * TLS only (`--port 0 --tls-port P`, `tls-cluster` and `tls-replication`
+   * yes) with `tls.ca`'s server certificate, and `tls.password` as
+   * `requirepass` / `masterauth`; no persistence.
+   */
+  tls?: RedisTlsOptions;
+}
+
+/**
+ * A local Redis Cluster: 3 masters with one replica each (6 nodes) by
+ * default, every node a `redis-server --cluster-enabled yes
+ * --cluster-node-timeout 2000` on free loopback ports (client and cluster bus)
+ * with its own dir, joined with `redis-cli --cluster create ... --cluster-replicas 1
+ * --cluster-yes`. Ready when every node says `cluster_state:ok` and knows every
+ * node, every replica's `master_link_status:up`, and every master lists its
+ * replicas `state=online`.
+ */
+export class RedisCluster {
+  /** How long start() took, in ms (spawn to ready). */
+  startMs = 0;
+
+  private constructor(
+    readonly nodes: { proc: Proc; port: number }[],
+    readonly tls?: RedisTlsOptions,
+  ) {}
+
+  static async start(dir: string, opts: RedisClusterOptions = {}): Promise<RedisCluster> {
+    const { masters = 3, replicas = 1, tls: t } = opts;
+    if (!which(REDIS_SERVER)) throw new Error(`redis-server not found (${REDIS_SERVER}); ${SETUP_HINT}`);
+    if (!which(REDIS_CLI)) throw new Error(`redis-cli not found (${REDIS_CLI}); ${SETUP_HINT}`);
+    const t0 = Date.now();
+    const nodes: { proc: Proc; port: number }[] = [];
+    const cluster = new RedisCluster(nodes, t);
+    try {
+      const used = new Set<number>();
+      const port = async () => {
+        for (;;) {
+          const p = await freePort();
+          if (!used.has(p)) {
+            used.add(p);
+            return p;
+          }
+        }
+      };
+      for (let i = 0; i < masters * (1 + replicas); i++) {
+        const [p, bus] = [await port(), await port()];
+        const nodeDir = join(dir, `cluster-${i}`);
+        mkdirSync(nodeDir, { recursive: true });
+        const tlsArgs = t
+          ? [
+              "--port", "0",
+              "--tls-port", String(p),
+              "--tls-cluster", "yes",
+              "--tls-replication", "yes",
+              "--tls-cert-file", t.ca.serverCert,
+              "--tls-key-file", t.ca.serverKey,
+              "--tls-ca-cert-file", t.ca.ca,
+              // Node to node (cluster bus, replication) the client certificate: the server's is for serverAuth only.
+              "--tls-client-cert-file", t.ca.clientCert,
+              "--tls-client-key-file", t.ca.clientKey,
+              "--tls-auth-clients", t.authClients,
+              ...(t.password ? ["--requirepass", t.password, "--masterauth", t.password] : []),
+            ]
+          : ["--port", String(p)];
+        const proc = new Proc(`redis-server (cluster node ${i}, :${p}${t ? ", TLS" : ""})`, REDIS_SERVER, [
+          ...tlsArgs,
+          "--cluster-port", String(bus),
+          "--cluster-enabled", "yes",
+          "--cluster-config-file", "nodes.conf",
+          "--cluster-node-timeout", "2000",
+          "--bind", "127.0.0.1",
+          "--dir", nodeDir,
+          ...(t ? ["--appendonly", "no"] : ["--appendonly", "yes", "--appendfsync", process.env.WRIT_TEST_REDIS_FSYNC ?? "always"]),
+          "--save", "",
+          "--daemonize", "no",
+        ], join(nodeDir, "redis.log"));
+        nodes.push({ proc, port: p });
+      }
+      await Promise.all(
+        nodes.map((n) => poll(n.proc.name, n.proc, 20000, () => (t ? redisTlsPing(n.port, t) : redisPing(n.port)))),
+      );
+      const cliTls = t
+        ? [
+            "--tls", "--cacert", t.ca.ca, "--cert", t.ca.clientCert, "--key", t.ca.clientKey,
+            ...(t.password ? ["-a", t.password, "--no-auth-warning"] : []),
+          ]
+        : [];
+      const create = spawnSync(
+        REDIS_CLI,
+        [
+          ...cliTls,
+          "--cluster", "create", ...nodes.map((n) => `127.0.0.1:${n.port}`),
+          "--cluster-replicas", String(replicas), "--cluster-yes",
+        ],
+        { encoding: "utf8", timeout: 60000 },
+      );
+      if (create.status !== 0) {
+        throw new Error(`redis-cli --cluster create failed (${create.status}):\n${create.stdout}\n${create.stderr}`);
+      }
+      await poll("Redis Cluster", undefined, 60000, async () => {
+        for (const n of nodes) {
+          if (n.proc.exited) throw new Error(`${n.proc.name} exited\n${n.proc.logTail()}`);
+          const info = infoFields(await redisCommand(n.port, ["CLUSTER", "INFO"], t));
+          if (info.get("cluster_state") !== "ok" || Number(info.get("cluster_known_nodes")) !== nodes.length) return false;
+          const repl = infoFields(await redisCommand(n.port, ["INFO", "replication"], t));
+          if (repl.get("role") === "slave" && repl.get("master_link_status") !== "up") return false;
+        }
+        // Every master has its replicas online (connected_slaves counts one still syncing;
+        // WAIT counts only online replicas that acknowledged).
+        const roles = await Promise.all(nodes.map(async (n) => infoFields(await redisCommand(n.port, ["INFO", "replication"], t))));
+        return roles
+          .filter((r) => r.get("role") === "master")
+          .every((r) => [...r.entries()].filter(([k, v]) => /^slave\d+$/.test(k) && /state=online/.test(v)).length >= replicas);
+      }).catch((e) => {
+        throw new Error(`${(e as Error).message}\n${nodes.map((n) => n.proc.logTail()).join("\n")}`);
+      });
+      cluster.startMs = Date.now() - t0;
+      return cluster;
+    } catch (e) {
+      await cluster.stop();
+      throw e;
+    }
+  }
+
+  /** The seed URLs, comma-separated (as redisUrl / WRIT_REDIS_URL take them); `rediss://` with the password for TLS. */
+  get url(): string {
+    const t = this.tls;
+    const auth = t?.password ? `:${encodeURIComponent(t.password)}@` : "";
+    return this.nodes.map((n) => `${t ? "rediss" : "redis"}://${auth}127.0.0.1:${n.port}`).join(",");
+  }
+
+  /** The node serving `slot` as master (its port), from CLUSTER SLOTS of any node. */
+  async masterOf(slot: number): Promise<number> {
+    const text = await redisCommand(this.nodes[0].port, ["CLUSTER", "NODES"], this.tls);
+    for (const line of text.split("\n")) {
+      const f = line.trim().split(" ");
+      if (!f[2]?.includes("master")) continue;
+      for (const r of f.slice(8)) {
+        const [a, b] = r.split("-").map(Number);
+        if (slot >= a && slot <= (b ?? a)) return Number(f[1].split(":")[1].split("@")[0]);
+      }
+    }
+    throw new Error(`no master serves slot ${slot}`);
+  }
+
+  /** INFO of a node, as fields. */
+  async info(port: number, section: string): Promise<Map<string, string>> {
+    return infoFields(await redisCommand(port, ["INFO", section], this.tls));
+  }
+
+  logTail(): string {
+    return this.nodes.map((n) => n.proc.logTail()).join("\n");
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.nodes.map((n) => n.proc.kill()));
+  }
+}
+
 export class MongoServer {
   private constructor(
     readonly proc: Proc,
@@ -464,11 +690,18 @@ export interface EnvOptions {
    * `redis.tls_ca_file` (and the client certificate when it checks them).
    */
   redisTls?: RedisTlsOptions;
+  /**
+   * A local Redis Cluster ({@link RedisCluster}, never an external Redis);
+   * the daemon gets `redis.cluster = true` and the seeds in WRIT_REDIS_URL,
+   * clients `redisCluster: true`.
+   */
+  redisCluster?: boolean;
 }
 
 /** One test file's servers and names. */
 export class TestEnv {
   redis?: RedisServer;
+  cluster?: RedisCluster;
   mongo?: MongoServer;
   writ?: WritDaemon;
   redisUrl = "";
@@ -499,13 +732,16 @@ export class TestEnv {
 
   private async boot(opts: EnvOptions): Promise<void> {
     const t = opts.redisTls;
-    const [r, m] = await Promise.all([
-      t ? RedisServer.startTls(this.dir, t) : process.env.WRIT_TEST_REDIS_URL ? undefined : RedisServer.start(this.dir),
+    const own = t || opts.redisCluster;
+    const [r, m, c] = await Promise.all([
+      t ? RedisServer.startTls(this.dir, t) : own || process.env.WRIT_TEST_REDIS_URL ? undefined : RedisServer.start(this.dir),
       process.env.WRIT_TEST_MONGODB_URI ? undefined : MongoServer.start(this.dir),
+      opts.redisCluster ? RedisCluster.start(this.dir) : undefined,
     ]);
     this.redis = r;
     this.mongo = m;
-    this.redisUrl = (!t && process.env.WRIT_TEST_REDIS_URL) || r!.url;
+    this.cluster = c;
+    this.redisUrl = c ? c.url : (!own && process.env.WRIT_TEST_REDIS_URL) || r!.url;
     this.mongoUri = process.env.WRIT_TEST_MONGODB_URI || m!.uri;
 
     let text = readFileSync(join(REPO_ROOT, "config", "writ.toml"), "utf8");
@@ -513,6 +749,10 @@ export class TestEnv {
     text = setToml(text, "mongodb", "database", JSON.stringify(this.name));
     text = setToml(text, "daemon", "metrics_listen", '""');
     text = setToml(text, "daemon", "lease_ttl_ms", "2000");
+    if (c) {
+      text = setToml(text, "redis", "cluster", "true");
+      text = setToml(text, "redis", "url", JSON.stringify(c.url.split(",")));
+    }
     if (t) {
       text = setToml(text, "redis", "tls_ca_file", JSON.stringify(t.ca.ca));
       if (t.authClients === "yes") {
@@ -553,6 +793,7 @@ export class TestEnv {
       mongodbDatabase: this.name,
       namespace: this.name,
       partitions: this.partitions,
+      ...(this.cluster ? { redisCluster: true } : {}),
       ...extra,
     };
   }
@@ -566,13 +807,16 @@ export class TestEnv {
       WRIT_MONGODB_DATABASE: this.name,
       WRIT_NAMESPACE: this.name,
       WRIT_PARTITIONS: String(this.partitions),
+      ...(this.cluster ? { WRIT_REDIS_CLUSTER: "1" } : {}),
       ...extra,
     };
   }
 
   /** Server logs, for a failing test. */
   logs(): string {
-    return [this.writ?.logTail(), this.redis?.proc.logTail(), this.mongo?.proc.logTail()].filter(Boolean).join("\n");
+    return [this.writ?.logTail(), this.redis?.proc.logTail(), this.cluster?.logTail(), this.mongo?.proc.logTail()]
+      .filter(Boolean)
+      .join("\n");
   }
 
   /** Runs `fn`; on failure prints the server logs, then rethrows. */
@@ -589,7 +833,7 @@ export class TestEnv {
     if (this.stopped) return;
     this.stopped = true;
     await this.writ?.kill("SIGKILL").catch(() => {});
-    await Promise.all([this.redis?.stop(), this.mongo?.stop()]).catch(() => {});
+    await Promise.all([this.redis?.stop(), this.cluster?.stop(), this.mongo?.stop()]).catch(() => {});
     try {
       rmSync(this.dir, { recursive: true, force: true });
     } catch {

@@ -45,6 +45,6 @@ test("type declarations are built and exports maps import, require and types", (
   assert.match(readFileSync(join(PACKAGE_ROOT, "dist", "types", "types.d.ts"), "utf8"), /interface IPersistSignalInstance/);
   assert.equal(JSON.parse(readFileSync(join(PACKAGE_ROOT, "dist", "esm", "package.json"), "utf8")).type, "module");
   assert.equal(JSON.parse(readFileSync(join(PACKAGE_ROOT, "dist", "cjs", "package.json"), "utf8")).type, "commonjs");
-  assert.deepEqual(Object.keys(pkg.dependencies).sort(), ["bson", "ioredis", "mongodb"]);
+  assert.deepEqual(Object.keys(pkg.dependencies).sort(), ["bson", "cluster-key-slot", "ioredis", "mongodb"]);
   assert.equal(pkg.peerDependenciesMeta["backtest-kit"].optional, true);
 });
