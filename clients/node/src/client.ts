@@ -361,14 +361,17 @@ export class WritClient {
         } catch (e) {
           this.readyPromise = undefined;
           this.connected = false;
-          // A Cluster retries its first connection forever (clusterRetryStrategy), holding
-          // commands meanwhile: replace it, so that the next ready() tries (and fails) as
-          // fast as this one. (Disconnecting it can leave it "disconnecting" for good.)
-          if (this.redis instanceof Cluster) {
-            const failed = this.redis;
-            this.redis = this.connect("commands");
-            failed.disconnect();
-          }
+          // A failed connection keeps reconnecting in the background (a Cluster forever,
+          // clusterRetryStrategy, holding commands meanwhile): replace it, so that the
+          // next ready() tries (and fails) as fast as this one, and nothing retries
+          // behind the caller's back. Over TLS, each background attempt that fails the
+          // handshake can also emit a second socket error after ioredis's one-shot
+          // handler is gone, an uncaught exception in the caller's process.
+          // (Disconnecting a Cluster can leave it "disconnecting" for good; the
+          // replacement does not depend on it.)
+          const failed = this.redis;
+          this.redis = this.connect("commands");
+          failed.disconnect();
           // ioredis rejects a failed connect with "Connection is closed." (or,
           // while it reconnects, "Reached the max retries per request limit");
           // the reason (a TLS alert, a refused connection) came as an error event.
