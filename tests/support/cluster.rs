@@ -537,39 +537,25 @@ fn fresh_port(taken: &mut Vec<u16>) -> u16 {
 /// its log tail) if it exits first or does not answer within [`BOOT`].
 fn spawn_node(dir: &Path, port: u16, bus: u16, aof: bool, log: &Path) -> Result<Child, String> {
     let bin = std::env::var("WRIT_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-    let mut child = Command::new(&bin)
-        .args([
-            "--port",
-            &port.to_string(),
-            "--cluster-port",
-            &bus.to_string(),
-        ])
-        .args(["--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
-        .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
-        // A master otherwise waits 5 s for more replicas before every full sync.
-        .args(["--repl-diskless-sync-delay", "0"])
-        .arg("--cluster-config-file")
-        .arg(dir.join("nodes.conf"))
-        .arg("--dir")
-        .arg(dir)
-        .arg("--logfile")
-        .arg(log)
-        .args([
-            "--appendonly",
-            if aof { "yes" } else { "no" },
-            "--appendfsync",
-            "always",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot start {bin:?} ({e}). Install it: `sudo apt-get install redis-server` \
+    let mut cmd = Command::new(&bin);
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--cluster-port",
+        &bus.to_string(),
+    ])
+    .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+    // A master otherwise waits 5 s for more replicas before every full sync.
+    .args(["--repl-diskless-sync-delay", "0"])
+    .arg("--cluster-config-file")
+    .arg(dir.join("nodes.conf"));
+    super::local_server_args(&mut cmd, dir, log, aof);
+    let mut child = cmd.spawn().unwrap_or_else(|e| {
+        panic!(
+            "cannot start {bin:?} ({e}). Install it: `sudo apt-get install redis-server` \
                  (or run ./scripts/setup)"
-            )
-        });
+        )
+    });
     let begun = Instant::now();
     loop {
         if query_port::<String>(port, &redis::cmd("PING")).is_ok() {

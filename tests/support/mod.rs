@@ -272,20 +272,7 @@ impl RedisServer {
                 .arg(&t.ca)
                 .args(["--tls-auth-clients", t.auth_clients]),
         };
-        cmd.args(["--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
-            .arg("--dir")
-            .arg(dir)
-            .arg("--logfile")
-            .arg(log)
-            .args([
-                "--appendonly",
-                if aof { "yes" } else { "no" },
-                "--appendfsync",
-                "always",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        local_server_args(&mut cmd, dir, log, aof);
         let mut child = cmd.spawn().unwrap_or_else(|e| {
             panic!("cannot start {bin:?} ({e}). Install it: `sudo apt-get install redis-server` (or run ./scripts/setup), or set WRIT_TEST_REDIS_URL")
         });
@@ -483,6 +470,26 @@ impl Drop for MongoServer {
             );
         }
     }
+}
+
+/// The arguments every local redis-server of the harness gets (loopback,
+/// no RDB, its own dir and log, AOF per `aof` with `appendfsync always`,
+/// quiet stdio), for [`RedisServer`] and the cluster nodes.
+pub fn local_server_args(cmd: &mut Command, dir: &Path, log: &Path, aof: bool) {
+    cmd.args(["--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .arg("--logfile")
+        .arg(log)
+        .args([
+            "--appendonly",
+            if aof { "yes" } else { "no" },
+            "--appendfsync",
+            "always",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);

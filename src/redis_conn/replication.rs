@@ -1,0 +1,228 @@
+//! `redis.min_replicas_acked`: waiting (`WAIT`) until writes writ relies on
+//! reached enough replicas to survive a failover. [`Replication`] puts the
+//! `WAIT` in the write's own pipeline (the daemon's cache writes, leases and
+//! dead letters); a [`Confirmer`] lets a client's many concurrent submits
+//! share one `WAIT` per node (group commit), tied to the connection each
+//! write went out on.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::Pipeline;
+
+use super::Conn;
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+/// `redis.min_replicas_acked`: how writ makes sure a write it relies on
+/// survives a failover. Redis replicates asynchronously, so a master that
+/// fails over may lose writes it already answered; `WAIT n` returns once `n`
+/// replicas hold every write sent before it on the same connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Replication {
+    /// Replicas that must confirm; 0 skips the wait.
+    pub replicas: u32,
+    /// Bound of one wait.
+    pub timeout: Duration,
+}
+
+impl Replication {
+    /// From the config.
+    pub fn of(config: &Config) -> Replication {
+        Replication {
+            replicas: config.min_replicas_acked,
+            timeout: config.replica_ack_timeout,
+        }
+    }
+
+    /// Whether writes must be confirmed.
+    pub fn wanted(&self) -> bool {
+        self.replicas > 0
+    }
+
+    /// Adds the `WAIT` to a pipeline that wrote: its reply is the number of
+    /// replicas that confirmed (check it with [`Replication::check`]). On a
+    /// cluster the pipeline goes to the node of its keys, and so does the
+    /// `WAIT`.
+    pub fn add_to(&self, pipe: &mut Pipeline) {
+        pipe.cmd("WAIT")
+            .arg(self.replicas)
+            .arg(self.timeout.as_millis() as u64);
+    }
+
+    /// Waits until the writes connection `client_id` (a `CLIENT ID`) sent to
+    /// `key`'s node reached enough replicas; not confirmed if the connection
+    /// changed since. `what` names the write for the error.
+    pub async fn confirm_on(
+        &self,
+        conn: &Conn,
+        key: &str,
+        client_id: u64,
+        what: &'static str,
+    ) -> Result<()> {
+        let mut pipe = Confirmer::write_pipeline();
+        pipe.cmd("EXISTS").arg(key).ignore();
+        self.add_to(&mut pipe);
+        let (id, confirmed): (u64, u32) = pipe.query_async(&mut conn.clone()).await?;
+        self.check(if id == client_id { confirmed } else { 0 }, what)
+    }
+
+    /// Turns a `WAIT` reply into an error when too few replicas confirmed.
+    pub fn check(&self, confirmed: u32, what: &'static str) -> Result<()> {
+        if confirmed >= self.replicas {
+            Ok(())
+        } else {
+            Err(Error::NotReplicated {
+                what,
+                confirmed,
+                wanted: self.replicas,
+                timeout_ms: self.timeout.as_millis() as u64,
+            })
+        }
+    }
+}
+
+/// Group commit for [`Replication`] on a shared connection. `WAIT` blocks the
+/// connection it is sent on until it returns, and covers every write sent
+/// before it on that connection: one `WAIT` per write would serialise every
+/// writer behind the replica round trip. Callers that wrote to a node join
+/// the next `WAIT` of their route key (a key on that node); while one is in
+/// flight, the next callers gather for the following one.
+///
+/// A `WAIT` only covers writes of its own connection, and a reconnect (a
+/// failover, say) between a write and its `WAIT` would make a fresh
+/// connection's `WAIT` vacuous. So a caller passes the `CLIENT ID` its write
+/// went out on (see [`Confirmer::write_pipeline`]), each `WAIT` is sent with
+/// `CLIENT ID` too, and a caller whose id differs is not confirmed.
+pub struct Confirmer {
+    conn: Conn,
+    replication: Replication,
+    routes: std::sync::Mutex<HashMap<String, Arc<Route>>>,
+}
+
+/// The `CLIENT ID` a `WAIT` went out on, and its reply.
+type Confirmed = std::result::Result<(u64, u32), redis::RedisError>;
+
+#[derive(Default)]
+struct Route {
+    state: std::sync::Mutex<RouteState>,
+}
+
+#[derive(Default)]
+struct RouteState {
+    running: bool,
+    waiting: Vec<tokio::sync::oneshot::Sender<Confirmed>>,
+}
+
+impl Confirmer {
+    /// Confirms writes on `conn` with `replication`.
+    pub fn new(conn: Conn, replication: Replication) -> Confirmer {
+        Confirmer {
+            conn,
+            replication,
+            routes: Default::default(),
+        }
+    }
+
+    /// Whether writes need confirming at all.
+    pub fn wanted(&self) -> bool {
+        self.replication.wanted()
+    }
+
+    /// A pipeline that starts with `CLIENT ID`: add the write after it, and
+    /// pass the id (the first reply) to [`Confirmer::confirm`].
+    pub fn write_pipeline() -> Pipeline {
+        let mut pipe = redis::pipe();
+        pipe.cmd("CLIENT").arg("ID");
+        pipe
+    }
+
+    /// Returns once `replication.replicas` replicas hold every write that
+    /// connection `client_id` sent to `key`'s node before the call (`what`
+    /// names the write for the error).
+    pub async fn confirm(&self, key: &str, client_id: u64, what: &'static str) -> Result<()> {
+        if !self.replication.wanted() {
+            return Ok(());
+        }
+        let route = self
+            .routes
+            .lock()
+            .expect("lock")
+            .entry(key.to_string())
+            .or_default()
+            .clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut st = route.state.lock().expect("lock");
+            st.waiting.push(tx);
+            !std::mem::replace(&mut st.running, true)
+        };
+        if start {
+            tokio::spawn(Self::drive(
+                route,
+                self.conn.clone(),
+                self.replication,
+                key.to_string(),
+            ));
+        }
+        let not_confirmed = Error::NotReplicated {
+            what,
+            confirmed: 0,
+            wanted: self.replication.replicas,
+            timeout_ms: self.replication.timeout.as_millis() as u64,
+        };
+        match rx.await {
+            Ok(Ok((id, n))) if id == client_id => self.replication.check(n, what),
+            Ok(Ok((id, _))) => {
+                tracing::warn!(
+                    wrote_on = client_id,
+                    waited_on = id,
+                    "the Redis connection changed between a write and its WAIT; the write is not confirmed"
+                );
+                Err(not_confirmed)
+            }
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(not_confirmed),
+        }
+    }
+
+    /// Sends one `WAIT` per gathered group until nobody waits.
+    async fn drive(route: Arc<Route>, conn: Conn, replication: Replication, key: String) {
+        loop {
+            let group = {
+                let mut st = route.state.lock().expect("lock");
+                if st.waiting.is_empty() {
+                    st.running = false;
+                    return;
+                }
+                std::mem::take(&mut st.waiting)
+            };
+            let mut pipe = Self::write_pipeline();
+            pipe.cmd("EXISTS").arg(&key).ignore();
+            replication.add_to(&mut pipe);
+            let res: Confirmed = pipe.query_async(&mut conn.clone()).await;
+            for tx in group {
+                let _ = tx.send(res.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::RetryClass;
+
+    #[test]
+    fn too_few_replicas_is_a_retryable_error() {
+        let r = Replication {
+            replicas: 2,
+            timeout: Duration::from_millis(100),
+        };
+        assert!(r.check(2, "x").is_ok());
+        let e = r.check(1, "the write").unwrap_err();
+        assert_eq!(e.retry_class(), RetryClass::Transient);
+        assert!(e.to_string().contains("only 1 of 2 replicas"), "{e}");
+    }
+}
