@@ -546,8 +546,15 @@ async fn every_key_is_acked_in_stream_order_with_no_stale_write() {
     let env = TestEnv::start("ack_order");
     let config = env.config();
     let daemon = Daemon::start(config.clone());
-    let load =
-        support::load::Load::start_submit(&config, 4, 6, Duration::from_millis(1), 500).await;
+    let load = support::load::Load::start_submit(
+        &config,
+        4,
+        6,
+        Duration::from_millis(1),
+        500,
+        Duration::from_secs(180),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let load = load.stop().await; // waits for every ticket's ack
     let seen = support::acks::check_ack_order(&config, &mut env.redis().await).await;

@@ -38,15 +38,9 @@ struct Run {
 
 /// A key of the `signal` collection in partition 0.
 fn partition_zero_key(config: &writ::config::Config) -> String {
-    let coll = config.collection("signal").unwrap();
     (0..)
         .map(|i| format!("probe{i}"))
-        .find(|n| {
-            writ::protocol::Key::from_document(&support::load::key(n), coll)
-                .unwrap()
-                .partition("signal", config.partitions)
-                == 0
-        })
+        .find(|n| partition_of(config, n) == 0)
         .unwrap()
 }
 
@@ -97,7 +91,7 @@ async fn fail_over(
         .collect();
     // Acks can be lost in a failover (ack streams are not confirmed by
     // replicas: docs/operations.md); such a writer's wait times out.
-    let submits = Load::start_submit_waiting(
+    let submits = Load::start_submit(
         &config,
         3,
         40,
@@ -120,9 +114,10 @@ async fn fail_over(
         || async { (submits.acked_count() >= 300 && syncs.acked_count() >= 30).then_some(()) },
     )
     .await;
-    let victim = cluster.master_of_key(&format!("{}:{{p0}}:in", env.name));
+    let names = writ::protocol::Names::new(&config.namespace);
+    let victim = cluster.master_of_key(&names.stream(0));
     let on_victim: Vec<u32> = (0..config.partitions)
-        .filter(|p| cluster.master_of_key(&format!("{}:{{p{p}}}:in", env.name)) == victim)
+        .filter(|p| cluster.master_of_key(&names.stream(*p)) == victim)
         .collect();
     let killed_at = Instant::now();
     cluster.kill9(victim);

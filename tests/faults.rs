@@ -126,7 +126,15 @@ async fn thirty_kills_with_hundreds_of_submits_in_flight_lose_nothing() {
     let mut alive: Vec<DaemonProc> = (0..2)
         .map(|i| DaemonProc::start(&path, dir.path(), &format!("k{i}")))
         .collect();
-    let load = Load::start_submit(&config, 4, 40, Duration::from_millis(4), 2000).await;
+    let load = Load::start_submit(
+        &config,
+        4,
+        40,
+        Duration::from_millis(4),
+        2000,
+        Duration::from_secs(180),
+    )
+    .await;
     let mut rng = rand::rng();
     let mut in_flight_at_kill = Vec::new();
     for kill in 0..KILLS {

@@ -82,10 +82,7 @@ impl Cache {
         Cache {
             conn,
             cas: redis::Script::new(CAS_SCRIPT),
-            replication: Replication {
-                replicas: 0,
-                timeout: std::time::Duration::ZERO,
-            },
+            replication: Replication::NONE,
         }
     }
 

@@ -93,10 +93,7 @@ impl Leases {
             acquire: redis::Script::new(ACQUIRE),
             renew: redis::Script::new(RENEW),
             release: redis::Script::new(RELEASE),
-            replication: Replication {
-                replicas: 0,
-                timeout: Duration::ZERO,
-            },
+            replication: Replication::NONE,
         }
     }
 

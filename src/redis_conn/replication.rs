@@ -28,6 +28,12 @@ pub struct Replication {
 }
 
 impl Replication {
+    /// No confirmation (`min_replicas_acked = 0`).
+    pub const NONE: Replication = Replication {
+        replicas: 0,
+        timeout: Duration::ZERO,
+    };
+
     /// From the config.
     pub fn of(config: &Config) -> Replication {
         Replication {

@@ -164,28 +164,9 @@ impl Load {
     /// `writers` clients that `submit` without waiting: each ticket is awaited
     /// by its own task (at most `max_waiting` per writer), so hundreds of
     /// writes can be in flight. Acks go into the history; there are no reads
-    /// (a read would wait for the writer's own pending writes).
+    /// (a read would wait for the writer's own pending writes). Each ack is
+    /// awaited at most `ack_wait` (a lost ack then costs the stop no more).
     pub async fn start_submit(
-        config: &Config,
-        writers: usize,
-        keys: usize,
-        pace: Duration,
-        max_waiting: usize,
-    ) -> Load {
-        Self::start_submit_waiting(
-            config,
-            writers,
-            keys,
-            pace,
-            max_waiting,
-            Duration::from_secs(180),
-        )
-        .await
-    }
-
-    /// Like [`Load::start_submit`], waiting at most `ack_wait` for each ack
-    /// (a lost ack then costs the stop no more than that).
-    pub async fn start_submit_waiting(
         config: &Config,
         writers: usize,
         keys: usize,
