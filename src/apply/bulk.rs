@@ -2,9 +2,11 @@
 //!
 //! Each write becomes one statement of an unordered `update` command: the
 //! same guarded upsert as [`Store::apply`] (same filter, same update
-//! document), so per-key order and stale detection are unchanged. Then one
-//! `find` per collection fetches the committed documents the cache needs.
-//! Each write gets its own outcome:
+//! document), so per-key order and stale detection are unchanged. The
+//! committed documents the cache needs come without a read where the write
+//! determines them (a statement that inserted: [`super::post_image`]); the
+//! rest are fetched with one `find` per command. Each write gets its own
+//! outcome:
 //!
 //! - the statement succeeded and the document carries this version (or a
 //!   newer one): applied;
@@ -22,6 +24,7 @@ use std::collections::HashMap;
 
 use mongodb::bson::{doc, Bson, Document};
 
+use super::post_image;
 use super::store::{doc_version, update_of, Applied, Store, DOC_WRIT};
 use crate::config::CollectionConfig;
 use crate::error::Result;
@@ -62,10 +65,32 @@ pub enum BulkOutcome {
 /// The guarded upsert of one write, as a statement of an `update` command:
 /// the same filter and update as [`Store::apply`].
 fn statement(it: &BulkItem<'_>) -> Bson {
+    statement_with(it, &update_of(it.coll, it.write, &it.version.to_sortable()))
+}
+
+fn statement_with(it: &BulkItem<'_>, update: &Document) -> Bson {
     let v = it.version.to_sortable();
     let mut q = it.write.key.to_document();
     q.insert(format!("{DOC_WRIT}.v"), doc! {"$not": {"$gte": &v}});
-    Bson::Document(doc! {"q": q, "u": update_of(it.coll, it.write, &v), "upsert": true})
+    Bson::Document(doc! {"q": q, "u": update.clone(), "upsert": true})
+}
+
+/// `index → _id` of the statements that inserted (`upserted` of the reply).
+fn upserted(reply: &Document) -> HashMap<usize, Bson> {
+    let Ok(list) = reply.get_array("upserted") else {
+        return HashMap::new();
+    };
+    list.iter()
+        .filter_map(Bson::as_document)
+        .filter_map(|u| {
+            let index = match u.get("index")? {
+                Bson::Int32(i) => usize::try_from(*i).ok()?,
+                Bson::Int64(i) => usize::try_from(*i).ok()?,
+                _ => return None,
+            };
+            Some((index, u.get("_id")?.clone()))
+        })
+        .collect()
 }
 
 impl Store {
@@ -95,13 +120,14 @@ impl Store {
         Ok(())
     }
 
-    /// Applies `items` (distinct keys) with one `update` command and one
-    /// `find` per collection. An error of the whole command is returned; the
+    /// Applies `items` (distinct keys) with one `update` command per
+    /// collection, and one `find` for the writes that did not insert. An error of the whole command is returned; the
     /// caller then applies every write on its own.
     pub async fn apply_bulk(&self, items: &[BulkItem<'_>]) -> Result<Vec<BulkOutcome>> {
         if items.len() < BULK_MIN {
-            // A bulk costs two round trips (the update, then the find); a
-            // few findAndModify calls side by side cost one each.
+            // A bulk of existing keys costs two round trips (the update,
+            // then the find); a few findAndModify calls side by side cost
+            // one each.
             let each = items
                 .iter()
                 .map(|it| self.apply(it.coll, it.write, it.version));
@@ -155,7 +181,18 @@ impl Store {
         idx: &[usize],
         out: &mut [BulkOutcome],
     ) -> Result<()> {
-        let statements: Vec<Bson> = idx.iter().map(|&i| statement(&items[i])).collect();
+        let updates: Vec<Document> = idx
+            .iter()
+            .map(|&i| {
+                let it = &items[i];
+                update_of(it.coll, it.write, &it.version.to_sortable())
+            })
+            .collect();
+        let statements: Vec<Bson> = idx
+            .iter()
+            .zip(&updates)
+            .map(|(&i, u)| statement_with(&items[i], u))
+            .collect();
         let reply = self.update_command(name, statements).await?;
         if reply.contains_key("writeConcernError") {
             // Applied on the primary perhaps, not yet as durable as asked:
@@ -172,6 +209,38 @@ impl Store {
                 }
             }
         }
+        // Inserted documents are what the statement wrote: no read needed.
+        let mut rest = Vec::new();
+        let inserted = upserted(&reply);
+        for (at, &i) in idx.iter().enumerate() {
+            let it = &items[i];
+            let derived = match (failed.contains_key(&i), inserted.get(&at)) {
+                (false, Some(id)) => {
+                    post_image::inserted(id.clone(), &it.write.key.to_document(), &updates[at])
+                }
+                _ => None,
+            };
+            match derived {
+                Some(d) => out[i] = BulkOutcome::Done(Applied::Committed(d)),
+                None => rest.push(i),
+            }
+        }
+        if !rest.is_empty() {
+            self.read_back(name, items, &rest, &failed, out).await?;
+        }
+        Ok(())
+    }
+
+    /// Settles the writes of `idx` from their stored documents, read in one
+    /// query: applied or stale when the document shows it, else single.
+    async fn read_back(
+        &self,
+        name: &str,
+        items: &[BulkItem<'_>],
+        idx: &[usize],
+        failed: &HashMap<usize, i32>,
+        out: &mut [BulkOutcome],
+    ) -> Result<()> {
         let keys: Vec<crate::protocol::Key> =
             idx.iter().map(|&i| items[i].write.key.clone()).collect();
         let docs = self.find_many(name, &keys).await?;

@@ -11,6 +11,7 @@
 mod bulk;
 mod keys;
 mod limit;
+mod post_image;
 mod store;
 
 pub use bulk::{BulkItem, BulkOutcome};
