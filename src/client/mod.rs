@@ -10,6 +10,7 @@
 
 mod acks;
 pub(crate) mod admit;
+mod batch;
 mod read;
 mod sync;
 mod ticket;
@@ -89,7 +90,8 @@ pub(crate) struct Inner {
     waiters: Mutex<HashMap<String, Waiter>>,
     /// This handle's unacked writes per key, by version.
     latest: Mutex<HashMap<KeyId, BTreeMap<Version, Pending>>>,
-    admit: redis::Script,
+    /// Admission calls, one in flight per partition (group commit).
+    batcher: Arc<batch::Batcher>,
     /// `redis.min_replicas_acked`: submits share `WAIT`s (group commit).
     confirmer: Confirmer,
     _stop: DropGuard,
@@ -110,17 +112,31 @@ impl Writ {
         let store = Store::connect(&config).await?;
         let client_id = format!("c{:016x}", rand::random::<u64>());
         let stop = CancellationToken::new();
+        let names = Names::new(&config.namespace);
+        let batcher = batch::Batcher::new(
+            (0..config.partitions)
+                .map(|p| batch::Target {
+                    stream: names.stream(p),
+                    meta: names.meta(p),
+                })
+                .collect(),
+            conn.clone(),
+            redis::Script::new(admit::XADD_BOUNDED),
+            names.group(),
+            config.max_backlog,
+            Replication::of(&config).wanted(),
+        );
         let inner = Arc::new(Inner {
-            names: Names::new(&config.namespace),
+            batcher,
             cache: Cache::new(conn.clone()),
             confirmer: Confirmer::new(conn.clone(), Replication::of(&config)),
+            names,
             conn,
             store,
             client_id,
             next_request: AtomicU64::new(1),
             waiters: Mutex::new(HashMap::new()),
             latest: Mutex::new(HashMap::new()),
-            admit: redis::Script::new(admit::XADD_BOUNDED),
             _stop: stop.clone().drop_guard(),
             config,
         });
@@ -218,38 +234,11 @@ impl Collection {
             .lock()
             .expect("lock")
             .insert(request.clone(), (id.clone(), tx));
-        let mut call = inner.admit.key(inner.names.stream(p));
-        call.key(inner.names.meta(p));
-        call.arg(inner.names.group()).arg(inner.config.max_backlog);
-        for (f, v) in &fields {
-            call.arg(*f).arg(v.as_slice());
-        }
-        let mut conn = inner.conn.clone();
-        let written = if inner.confirmer.wanted() {
-            // The write and the id of the connection it went out on, for the
-            // replicas' confirmation below.
-            let mut pipe = Confirmer::write_pipeline();
-            pipe.load_script(&inner.admit).ignore();
-            pipe.invoke_script(&call);
-            pipe.query_async::<(u64, String)>(&mut conn)
-                .await
-                .map(|(client, entry)| (entry, client))
-        } else {
-            call.invoke_async(&mut conn).await.map(|entry| (entry, 0))
-        };
-        let (entry, client): (String, u64) = match written {
-            Ok(written) => written,
-            Err(e) => {
+        let (entry, client) = match inner.batcher.admit(p as usize, fields).await {
+            Ok(admitted) => admitted,
+            Err(refused) => {
                 inner.waiters.lock().expect("lock").remove(&request);
-                if e.code() == Some("BACKPRESSURE") {
-                    let unapplied = e.detail().and_then(|d| d.trim().parse().ok()).unwrap_or(0);
-                    return Err(Error::Backpressure {
-                        partition: p,
-                        unapplied,
-                        limit: inner.config.max_backlog,
-                    });
-                }
-                return Err(e.into());
+                return Err(refused.into_error(p, inner.config.max_backlog));
             }
         };
         if let Err(e) = inner

@@ -1,7 +1,7 @@
 -- Admission: XADD with backpressure (docs/protocol.md, "Writing"), and the one
 -- definition of a partition's unapplied backlog (docs/protocol.md, "Backlog").
 -- KEYS[1] partition stream <ns>:{p<N>}:in; KEYS[2] partition meta <ns>:{p<N>}:meta.
--- ARGV[1] group; ARGV[2] bound; ARGV[3..] entry fields.
+-- ARGV[1] group; ARGV[2] bound; ARGV[3..] entry fields (or '' and a batch, below).
 -- With entry fields: refuses with 'BACKPRESSURE <unapplied>' when the backlog is
 -- at or over the bound, else XADDs and returns the entry id. (Most admissions
 -- check a kept upper bound in O(1) instead; see the end of this script.)
@@ -55,19 +55,48 @@ end
 
 local bound = tonumber(ARGV[2])
 if #ARGV < 3 then return backlog(bound) end
--- Admission checks an upper bound first: `est` (an exact count taken by an
--- earlier admission) plus `since` (writes admitted after it). Only admissions
--- grow the backlog, so while est + since is under the bound the write is
--- admitted in O(1); at the bound the backlog is counted again, exactly.
-local m = redis.call('HMGET', KEYS[2], 'est', 'since')
-if m[1] and tonumber(m[1]) + tonumber(m[2] or 0) < bound then
+
+-- How many more entries may be admitted now. Admission checks an upper bound
+-- first: `est` (an exact count taken by an earlier admission) plus `since`
+-- (writes admitted after it). Only admissions grow the backlog, so while
+-- est + since is under the bound, writes are admitted in O(1); at the bound
+-- the backlog is counted again, exactly, and `est`/`since` start over.
+local function room()
+  local m = redis.call('HMGET', KEYS[2], 'est', 'since')
+  if m[1] and tonumber(m[1]) + tonumber(m[2] or 0) < bound then
+    return bound - tonumber(m[1]) - tonumber(m[2] or 0), nil
+  end
+  local b = backlog(bound)
+  redis.call('HSET', KEYS[2], 'est', b[1], 'since', 0)
+  if b[1] >= bound then return 0, b[1] end
+  return bound - b[1], nil
+end
+
+if ARGV[3] ~= '' then
+  -- One entry: ARGV[3..] are its fields.
+  local free, counted = room()
+  if free < 1 then return redis.error_reply('BACKPRESSURE ' .. counted) end
   redis.call('HINCRBY', KEYS[2], 'since', 1)
   return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
 end
-local b = backlog(bound)
-if b[1] >= bound then
-  redis.call('HSET', KEYS[2], 'est', b[1], 'since', 0)
-  return redis.error_reply('BACKPRESSURE ' .. b[1])
+
+-- A batch (ARGV[3] is ''): ARGV[4] the entry count n, then per entry its
+-- argument count c and c arguments (field, value, ...). The Rust client sends
+-- the submits that queued while its previous call to the partition was in
+-- flight, so one script run, one meta update and one AOF transaction carry
+-- many XADDs. Returns the ids of the admitted entries in order; when the
+-- bound stopped it early, one more element: the backlog, as an integer.
+local n = tonumber(ARGV[4])
+local free = room()
+local out, at = {}, 5
+for _ = 1, math.min(n, free) do
+  local c = tonumber(ARGV[at])
+  out[#out + 1] = redis.call('XADD', KEYS[1], '*', unpack(ARGV, at + 1, at + c))
+  at = at + 1 + c
 end
-redis.call('HSET', KEYS[2], 'est', b[1], 'since', 1)
-return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+if #out > 0 then redis.call('HINCRBY', KEYS[2], 'since', #out) end
+if #out < n then
+  local m = redis.call('HMGET', KEYS[2], 'est', 'since')
+  out[#out + 1] = tonumber(m[1]) + tonumber(m[2] or 0)
+end
+return out

@@ -1,0 +1,253 @@
+//! Group commit of submits: one admission call per partition carries every
+//! submit that queued while the previous call to that partition was in
+//! flight.
+//!
+//! With `appendfsync always` a submit's latency is Redis's fsync, and with
+//! one script call per submit Redis spends its time on call overhead (script
+//! dispatch, the meta hash update, one AOF transaction per entry). Submits of
+//! one partition share a stream and a meta hash, so the admission script takes
+//! many entries at once (`src/lua/admit.lua`, batch form): nothing changes for
+//! the entry or for the rule (each entry is admitted only while the backlog is
+//! under the bound), and a lone submit still goes at once, alone.
+//!
+//! The call is made by a task of its own, so a caller that gives up waiting
+//! cannot strand the submits queued behind it. Bounded: at most
+//! [`MAX_BATCH`] entries or [`MAX_BATCH_BYTES`] per call, one call in flight
+//! per partition; callers queue behind it (each caller waits for its own
+//! result, so the queue is bounded by the callers).
+
+use std::sync::{Arc, Mutex};
+
+use redis::Value;
+use tokio::sync::oneshot;
+
+use crate::error::Error;
+use crate::redis_conn::{Confirmer, Conn};
+
+/// Most entries in one admission call.
+pub const MAX_BATCH: usize = 256;
+/// Most argument bytes in one admission call.
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// One entry's fields, as the protocol encodes them.
+pub type Fields = Vec<(&'static str, Vec<u8>)>;
+
+/// What the admission of one entry said: its id and the `CLIENT ID` of the
+/// connection it went out on (0 unless replicas must confirm), or the
+/// partition's backlog when the bound refused it.
+pub type Admitted = std::result::Result<(String, u64), Refused>;
+
+/// Why an entry was not admitted.
+#[derive(Debug, Clone)]
+pub enum Refused {
+    /// The backlog was at the bound.
+    Backpressure(u64),
+    /// The call failed (every entry of the call): maybe added, maybe not.
+    Failed(redis::RedisError),
+    /// The reply made no sense (every entry of the call).
+    Odd(String),
+}
+
+impl Refused {
+    /// The error a submit to partition `p` returns (`limit`: the bound).
+    pub fn into_error(self, partition: u32, limit: u64) -> Error {
+        match self {
+            Refused::Backpressure(unapplied) => Error::Backpressure {
+                partition,
+                unapplied,
+                limit,
+            },
+            Refused::Failed(e) => e.into(),
+            Refused::Odd(what) => Error::Encode(what),
+        }
+    }
+}
+
+struct Waiting {
+    fields: Fields,
+    reply: oneshot::Sender<Admitted>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<Waiting>,
+    busy: bool,
+}
+
+/// Where a partition's admission calls go.
+pub struct Target {
+    /// `KEYS`: the partition stream and its meta hash.
+    pub stream: String,
+    /// The meta hash.
+    pub meta: String,
+}
+
+/// The admission batcher of one client handle.
+pub struct Batcher {
+    queues: Vec<Mutex<Queue>>,
+    targets: Vec<Target>,
+    conn: Conn,
+    script: redis::Script,
+    group: String,
+    bound: u64,
+    confirm: bool,
+}
+
+impl Batcher {
+    /// One queue per partition (`targets[p]`).
+    pub fn new(
+        targets: Vec<Target>,
+        conn: Conn,
+        script: redis::Script,
+        group: String,
+        bound: u64,
+        confirm: bool,
+    ) -> Arc<Batcher> {
+        Arc::new(Batcher {
+            queues: targets.iter().map(|_| Mutex::default()).collect(),
+            targets,
+            conn,
+            script,
+            group,
+            bound,
+            confirm,
+        })
+    }
+
+    /// Admits one entry to partition `p`, in a call with whatever else is
+    /// queued for `p`.
+    pub async fn admit(self: &Arc<Self>, p: usize, fields: Fields) -> Admitted {
+        let (tx, rx) = oneshot::channel();
+        let lead = {
+            let mut q = self.queues[p].lock().expect("lock");
+            q.waiting.push(Waiting { fields, reply: tx });
+            !std::mem::replace(&mut q.busy, true)
+        };
+        if lead {
+            tokio::spawn(self.clone().flush(p));
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(Refused::Odd(
+                "the admission task ended without an answer".into(),
+            ))
+        })
+    }
+
+    /// Sends partition `p`'s queue, call after call, until it is empty.
+    async fn flush(self: Arc<Self>, p: usize) {
+        loop {
+            let batch = {
+                let mut q = self.queues[p].lock().expect("lock");
+                if q.waiting.is_empty() {
+                    q.busy = false;
+                    return;
+                }
+                let mut bytes = 0;
+                let mut n = 0;
+                for w in &q.waiting {
+                    bytes += w.fields.iter().map(|(f, v)| f.len() + v.len()).sum::<usize>();
+                    if n > 0 && (n == MAX_BATCH || bytes > MAX_BATCH_BYTES) {
+                        break;
+                    }
+                    n += 1;
+                }
+                q.waiting.drain(..n).collect::<Vec<_>>()
+            };
+            let results = self.call(p, &batch).await;
+            for (w, r) in batch.into_iter().zip(results) {
+                let _ = w.reply.send(r);
+            }
+        }
+    }
+
+    /// One admission call for `batch`; one result per entry.
+    async fn call(&self, p: usize, batch: &[Waiting]) -> Vec<Admitted> {
+        let target = &self.targets[p];
+        let mut inv = self.script.key(&target.stream);
+        inv.key(&target.meta).arg(&self.group).arg(self.bound);
+        if batch.len() == 1 {
+            for (f, v) in &batch[0].fields {
+                inv.arg(*f).arg(v.as_slice());
+            }
+        } else {
+            inv.arg("").arg(batch.len());
+            for w in batch {
+                inv.arg(w.fields.len() * 2);
+                for (f, v) in &w.fields {
+                    inv.arg(*f).arg(v.as_slice());
+                }
+            }
+        }
+        let mut conn = self.conn.clone();
+        let reply: redis::RedisResult<(u64, Value)> = if self.confirm {
+            let mut pipe = Confirmer::write_pipeline();
+            pipe.load_script(&self.script).ignore();
+            pipe.invoke_script(&inv);
+            pipe.query_async(&mut conn).await
+        } else {
+            inv.invoke_async::<Value>(&mut conn).await.map(|v| (0, v))
+        };
+        match reply {
+            Ok((client, value)) => results(batch.len(), client, value),
+            Err(e) if e.code() == Some("BACKPRESSURE") => {
+                let backlog = e.detail().and_then(|d| d.trim().parse().ok()).unwrap_or(0);
+                vec![Err(Refused::Backpressure(backlog)); batch.len()]
+            }
+            Err(e) => vec![Err(Refused::Failed(e)); batch.len()],
+        }
+    }
+}
+
+/// Reads an admission reply: one id (a single entry) or the batch form (ids,
+/// then the backlog if the bound stopped it).
+fn results(n: usize, client: u64, value: Value) -> Vec<Admitted> {
+    let odd = |what: &str| {
+        vec![Err(Refused::Odd(format!("admission returned {what}"))); n]
+    };
+    let items = match value {
+        Value::BulkString(b) if n == 1 => {
+            return vec![Ok((String::from_utf8_lossy(&b).into_owned(), client))]
+        }
+        Value::SimpleString(s) if n == 1 => return vec![Ok((s, client))],
+        Value::Array(items) => items,
+        other => return odd(&format!("{other:?}")),
+    };
+    let mut out = Vec::with_capacity(n);
+    let mut backlog = None;
+    for item in items {
+        match item {
+            Value::BulkString(b) => out.push(Ok((String::from_utf8_lossy(&b).into_owned(), client))),
+            Value::SimpleString(s) => out.push(Ok((s, client))),
+            Value::Int(b) => backlog = Some(b.max(0) as u64),
+            other => return odd(&format!("{other:?}")),
+        }
+    }
+    if out.len() > n {
+        return odd("more ids than entries");
+    }
+    while out.len() < n {
+        out.push(Err(Refused::Backpressure(backlog.unwrap_or(0))));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_reply_gives_each_entry_its_own_result() {
+        let v = Value::Array(vec![
+            Value::BulkString(b"1-0".to_vec()),
+            Value::BulkString(b"1-1".to_vec()),
+            Value::Int(100),
+        ]);
+        let r = results(3, 7, v);
+        assert!(matches!(&r[0], Ok((id, 7)) if id == "1-0"));
+        assert!(matches!(&r[1], Ok((id, 7)) if id == "1-1"));
+        assert!(matches!(&r[2], Err(Refused::Backpressure(100))));
+        let one = results(1, 0, Value::BulkString(b"5-0".to_vec()));
+        assert!(matches!(&one[0], Ok((id, 0)) if id == "5-0"));
+        assert!(results(2, 0, Value::Int(3)).iter().all(|r| r.is_err()));
+    }
+}

@@ -1,0 +1,101 @@
+//! Group-committed admission (`client::batch`): the submits that queue
+//! while a call to their partition is in flight go in one script call. Each
+//! entry still gets its own id and its own answer, in order, and the backlog
+//! bound holds entry by entry inside a batch.
+
+mod support;
+
+use std::collections::HashSet;
+
+use mongodb::bson::{doc, Document};
+use support::{Daemon, Overrides, TestEnv};
+use writ::{Error, Writ};
+
+fn key(s: &str) -> Document {
+    doc! {"symbol": s, "strategyName": "admit", "exchangeName": "x"}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_submits_each_get_their_own_entry() {
+    let env = TestEnv::start("admission_batch");
+    let config = env.config();
+    let names = support::same_partition(&config, "signal", key, "A0", "K", 20);
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    // 400 submits at once to one partition: they queue behind each other's
+    // calls, so most go in batches.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..400usize {
+        let (s, name) = (s.clone(), names[i % names.len()].clone());
+        tasks.spawn(async move {
+            let t = s.submit(&key(&name), &doc! {"i": i as i64}).await.unwrap();
+            (name, i, t)
+        });
+    }
+    let mut tickets = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        tickets.push(r.unwrap());
+    }
+    let ids: HashSet<_> = tickets.iter().map(|(_, _, t)| t.version()).collect();
+    assert_eq!(ids.len(), 400, "every submit has its own entry id");
+    let p = writ::protocol::Key::from_document(&key(&names[0]), config.collection("signal").unwrap())
+        .unwrap()
+        .partition("signal", config.partitions);
+    let mut conn = env.redis().await;
+    let len: u64 = redis::cmd("XLEN")
+        .arg(writ::protocol::Names::new(&config.namespace).stream(p))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 400, "400 entries in the partition stream");
+
+    // Applied in order: each key ends at the value of its highest entry id.
+    let daemon = Daemon::start(config.clone());
+    let mut last: std::collections::HashMap<String, (writ::protocol::Version, i64)> =
+        Default::default();
+    for (name, i, t) in tickets {
+        let v = t.version();
+        t.wait().await.unwrap();
+        let slot = last.entry(name).or_insert((v, i as i64));
+        if v > slot.0 {
+            *slot = (v, i as i64);
+        }
+    }
+    for (name, (_, i)) in last {
+        assert_eq!(s.read(&key(&name)).await.unwrap(), Some(doc! {"i": i}), "{name}");
+    }
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bound_holds_inside_a_batch() {
+    let env = TestEnv::start("admission_bound");
+    let config = env.config_with(&Overrides {
+        client: "max_backlog = 50",
+        ..Default::default()
+    });
+    let names = support::same_partition(&config, "signal", key, "B0", "K", 10);
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    // No daemon: nothing drains, so exactly 50 are admitted.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200usize {
+        let (s, name) = (s.clone(), names[i % names.len()].clone());
+        tasks.spawn(async move { s.submit(&key(&name), &doc! {"i": i as i64}).await });
+    }
+    let (mut admitted, mut refused) = (0, 0);
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap() {
+            Ok(_) => admitted += 1,
+            Err(Error::Backpressure {
+                unapplied, limit, ..
+            }) => {
+                assert_eq!(limit, 50);
+                assert!(unapplied >= 50, "refused at a backlog of {unapplied}");
+                refused += 1;
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!((admitted, refused), (50, 150));
+}
