@@ -38,9 +38,10 @@ async fn concurrent_submits_each_get_their_own_entry() {
     }
     let ids: HashSet<_> = tickets.iter().map(|(_, _, t)| t.version()).collect();
     assert_eq!(ids.len(), 400, "every submit has its own entry id");
-    let p = writ::protocol::Key::from_document(&key(&names[0]), config.collection("signal").unwrap())
-        .unwrap()
-        .partition("signal", config.partitions);
+    let p =
+        writ::protocol::Key::from_document(&key(&names[0]), config.collection("signal").unwrap())
+            .unwrap()
+            .partition("signal", config.partitions);
     let mut conn = env.redis().await;
     let len: u64 = redis::cmd("XLEN")
         .arg(writ::protocol::Names::new(&config.namespace).stream(p))
@@ -62,7 +63,11 @@ async fn concurrent_submits_each_get_their_own_entry() {
         }
     }
     for (name, (_, i)) in last {
-        assert_eq!(s.read(&key(&name)).await.unwrap(), Some(doc! {"i": i}), "{name}");
+        assert_eq!(
+            s.read(&key(&name)).await.unwrap(),
+            Some(doc! {"i": i}),
+            "{name}"
+        );
     }
     daemon.stop().await;
 }

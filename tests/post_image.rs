@@ -88,7 +88,10 @@ async fn derived_post_images_equal_the_stored_documents() {
                 .unwrap()
                 .unwrap();
             // Document equality compares names, values and types (order aside).
-            assert_eq!(got, stored, "{name} {i}: the cache's document equals MongoDB's");
+            assert_eq!(
+                got, stored,
+                "{name} {i}: the cache's document equals MongoDB's"
+            );
             let order = |d: &Document| d.keys().cloned().collect::<Vec<_>>();
             if order(&got) != order(&stored) {
                 eprintln!(

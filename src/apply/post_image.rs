@@ -67,7 +67,12 @@ mod tests {
             "$set": {"_writ": {"v": "0001", "at": at}, "updatedDate": at, "payload": {"z": 1, "a": 2}, "removed": false},
             "$setOnInsert": {"createDate": at},
         };
-        let d = inserted(id.clone(), &doc! {"symbol": "X", "strategyName": "s"}, &update).unwrap();
+        let d = inserted(
+            id.clone(),
+            &doc! {"symbol": "X", "strategyName": "s"},
+            &update,
+        )
+        .unwrap();
         let names: Vec<&str> = d.keys().map(String::as_str).collect();
         assert_eq!(
             names,
@@ -84,7 +89,12 @@ mod tests {
         );
         assert_eq!(d.get("_id"), Some(&id));
         // The payload is stored as sent, its own order kept.
-        let p: Vec<&str> = d.get_document("payload").unwrap().keys().map(String::as_str).collect();
+        let p: Vec<&str> = d
+            .get_document("payload")
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         assert_eq!(p, ["z", "a"]);
         assert_eq!(d.get_datetime("createDate").unwrap(), &at);
     }
@@ -104,9 +114,18 @@ mod tests {
     #[test]
     fn what_cannot_be_mirrored_is_read_back() {
         let key = doc! {"k": 1};
-        assert_eq!(inserted(Bson::Int32(1), &key, &doc! {"$set": {"a.b": 1}}), None);
-        assert_eq!(inserted(Bson::Int32(1), &key, &doc! {"$set": {"$x": 1}}), None);
-        assert_eq!(inserted(Bson::Int32(1), &key, &doc! {"$inc": {"n": 1}}), None);
+        assert_eq!(
+            inserted(Bson::Int32(1), &key, &doc! {"$set": {"a.b": 1}}),
+            None
+        );
+        assert_eq!(
+            inserted(Bson::Int32(1), &key, &doc! {"$set": {"$x": 1}}),
+            None
+        );
+        assert_eq!(
+            inserted(Bson::Int32(1), &key, &doc! {"$inc": {"n": 1}}),
+            None
+        );
         assert_eq!(inserted(Bson::Int32(1), &key, &doc! {"a": 1}), None);
     }
 }

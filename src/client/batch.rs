@@ -145,7 +145,11 @@ impl Batcher {
                 let mut bytes = 0;
                 let mut n = 0;
                 for w in &q.waiting {
-                    bytes += w.fields.iter().map(|(f, v)| f.len() + v.len()).sum::<usize>();
+                    bytes += w
+                        .fields
+                        .iter()
+                        .map(|(f, v)| f.len() + v.len())
+                        .sum::<usize>();
                     if n > 0 && (n == MAX_BATCH || bytes > MAX_BATCH_BYTES) {
                         break;
                     }
@@ -201,9 +205,7 @@ impl Batcher {
 /// Reads an admission reply: one id (a single entry) or the batch form (ids,
 /// then the backlog if the bound stopped it).
 fn results(n: usize, client: u64, value: Value) -> Vec<Admitted> {
-    let odd = |what: &str| {
-        vec![Err(Refused::Odd(format!("admission returned {what}"))); n]
-    };
+    let odd = |what: &str| vec![Err(Refused::Odd(format!("admission returned {what}"))); n];
     let items = match value {
         Value::BulkString(b) if n == 1 => {
             return vec![Ok((String::from_utf8_lossy(&b).into_owned(), client))]
@@ -216,7 +218,9 @@ fn results(n: usize, client: u64, value: Value) -> Vec<Admitted> {
     let mut backlog = None;
     for item in items {
         match item {
-            Value::BulkString(b) => out.push(Ok((String::from_utf8_lossy(&b).into_owned(), client))),
+            Value::BulkString(b) => {
+                out.push(Ok((String::from_utf8_lossy(&b).into_owned(), client)))
+            }
             Value::SimpleString(s) => out.push(Ok((s, client))),
             Value::Int(b) => backlog = Some(b.max(0) as u64),
             other => return odd(&format!("{other:?}")),
