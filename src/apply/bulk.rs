@@ -65,14 +65,15 @@ pub enum BulkOutcome {
 /// The guarded upsert of one write, as a statement of an `update` command:
 /// the same filter and update as [`Store::apply`].
 fn statement(it: &BulkItem<'_>) -> Bson {
-    statement_with(it, &update_of(it.coll, it.write, &it.version.to_sortable()))
+    statement_with(it, update_of(it.coll, it.write, &it.version.to_sortable()))
 }
 
-fn statement_with(it: &BulkItem<'_>, update: &Document) -> Bson {
+/// [`statement`] with its update document already built.
+fn statement_with(it: &BulkItem<'_>, update: Document) -> Bson {
     let v = it.version.to_sortable();
     let mut q = it.write.key.to_document();
     q.insert(format!("{DOC_WRIT}.v"), doc! {"$not": {"$gte": &v}});
-    Bson::Document(doc! {"q": q, "u": update.clone(), "upsert": true})
+    Bson::Document(doc! {"q": q, "u": update, "upsert": true})
 }
 
 /// `index → _id` of the statements that inserted (`upserted` of the reply).
@@ -121,8 +122,9 @@ impl Store {
     }
 
     /// Applies `items` (distinct keys) with one `update` command per
-    /// collection, and one `find` for the writes that did not insert. An error of the whole command is returned; the
-    /// caller then applies every write on its own.
+    /// collection, and one `find` for the writes that did not insert. An
+    /// error of the whole command is returned; the caller then applies every
+    /// write on its own.
     pub async fn apply_bulk(&self, items: &[BulkItem<'_>]) -> Result<Vec<BulkOutcome>> {
         if items.len() < BULK_MIN {
             // A bulk of existing keys costs two round trips (the update,
@@ -191,7 +193,7 @@ impl Store {
         let statements: Vec<Bson> = idx
             .iter()
             .zip(&updates)
-            .map(|(&i, u)| statement_with(&items[i], u))
+            .map(|(&i, u)| statement_with(&items[i], u.clone()))
             .collect();
         let reply = self.update_command(name, statements).await?;
         if reply.contains_key("writeConcernError") {

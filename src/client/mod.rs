@@ -113,6 +113,7 @@ impl Writ {
         let client_id = format!("c{:016x}", rand::random::<u64>());
         let stop = CancellationToken::new();
         let names = Names::new(&config.namespace);
+        let confirmer = Confirmer::new(conn.clone(), Replication::of(&config));
         let batcher = batch::Batcher::new(
             (0..config.partitions)
                 .map(|p| batch::Target {
@@ -124,12 +125,12 @@ impl Writ {
             redis::Script::new(admit::XADD_BOUNDED),
             names.group(),
             config.max_backlog,
-            Replication::of(&config).wanted(),
+            confirmer.wanted(),
         );
         let inner = Arc::new(Inner {
             batcher,
             cache: Cache::new(conn.clone()),
-            confirmer: Confirmer::new(conn.clone(), Replication::of(&config)),
+            confirmer,
             names,
             conn,
             store,
