@@ -12,7 +12,7 @@
 use crate::ack::{Ack, Acker, Outcome};
 use crate::backoff::retry_until;
 use crate::error::Error;
-use crate::protocol::{Reject, ReplyTo, Version};
+use crate::protocol::{Reject, RejectReason, ReplyTo, Version};
 use crate::stream::Fields;
 
 /// Metadata field names.
@@ -68,6 +68,15 @@ impl DeadLetter<'_> {
         }
         pipe.add_command(cmd).ignore();
     }
+}
+
+/// The reject of a write MongoDB refused for good (a permanent error): the
+/// daemon dead-letters it with this, and `replay` / `dlq retry` report it.
+pub fn mongo_rejected(e: &Error) -> Reject {
+    Reject::new(
+        RejectReason::MongoRejected,
+        format!("MongoDB refused the write: {e}; fix the payload and `writ dlq retry` it"),
+    )
 }
 
 /// Parks entry `id` of the acker's partition in the dead-letter stream with

@@ -79,133 +79,145 @@ fn reply_of(fields: &crate::stream::Fields) -> Option<protocol::ReplyTo> {
 
 /// Processes one key's jobs, in order.
 pub(super) async fn run_key(part: &Partition, jobs: Vec<Job>) {
-    let (ctx, run, p) = (&*part.ctx, &*part.run, part.p);
-    let fence = part.fence();
     let mut i = 0;
     let mut no_coalesce_before = 0;
     while i < jobs.len() {
-        let coll = ctx
+        let coll = part
+            .ctx
             .config
             .collection(&jobs[i].write.collection)
             .expect("decode checked the collection")
             .clone();
-        // A run of puts to a replace collection: apply only its last write.
-        let mut end = i + 1;
-        if i >= no_coalesce_before && coll.mode == WriteMode::Replace && jobs[i].write.op == Op::Put
-        {
-            while end < jobs.len() && jobs[end].write.op == Op::Put {
-                end += 1;
-            }
-        }
+        let end = if i >= no_coalesce_before {
+            coalesced_end(&coll, &jobs, i)
+        } else {
+            i + 1
+        };
         let target = &jobs[end - 1];
         if !part.still_owner() {
             return; // leave the rest pending
         }
         let started = std::time::Instant::now();
-        let applied = match apply_with_retry(part, &coll, target).await {
-            Some(Ok(a)) => a,
-            Some(Err((reject, attempts))) => {
-                if end - 1 > i {
-                    // The last write is poison; the earlier ones were never
-                    // applied: take them one by one.
-                    no_coalesce_before = end - 1;
-                    continue;
+        match apply_with_retry(part, &coll, target).await {
+            Some(Ok(applied)) => {
+                metrics::histogram!("writ_apply_seconds", "collection" => coll.name.clone())
+                    .record(started.elapsed().as_secs_f64());
+                if !publish(part, &coll.name, &jobs[i..end], applied).await {
+                    return;
                 }
-                Event::DeadLettered {
-                    collection: Some(&coll.name),
-                    entry: target.id,
-                    reject: &reject,
-                    attempts,
-                }
-                .emit();
-                crate::deadletter::park(
-                    &part.acker,
-                    target.id,
-                    Some(&target.fields),
-                    &reject,
-                    attempts,
-                    target.write.reply.as_ref(),
-                )
-                .await;
-                i = end;
+            }
+            // The last write is poison; the earlier ones were never
+            // applied: take them one by one.
+            Some(Err(_)) if end - 1 > i => {
+                no_coalesce_before = end - 1;
                 continue;
             }
+            Some(Err((reject, attempts))) => {
+                park(part, &coll.name, target, &reject, attempts).await
+            }
             None => return, // aborted at the shutdown deadline: left pending
-        };
-        metrics::histogram!("writ_apply_seconds", "collection" => coll.name.clone())
-            .record(started.elapsed().as_secs_f64());
-        // What readers may see from now on, at which version.
-        let (version, doc, stale) = applied.into_readable(target.id);
-        let last_outcome = if stale {
-            Outcome::Stale
-        } else {
-            Outcome::Applied
-        };
-        let cache_key = ctx
-            .names
-            .cache(p, &coll.name, &target.write.key.canonical());
-        let cache_started = std::time::Instant::now();
-        let Some(cas) = retry_until(&run.abort, "cache update", || {
-            ctx.cache
-                .put_fenced(&cache_key, version, doc.as_ref(), Some(&fence))
-        })
-        .await
-        else {
-            return;
-        };
-        if cas == CasOutcome::Fenced {
-            run.abort.cancel();
-            return;
-        }
-        metrics::histogram!("writ_cache_update_seconds")
-            .record(cache_started.elapsed().as_secs_f64());
-        let batch = &jobs[i..end];
-        let acks: Vec<(Option<Ack>, Version)> = batch
-            .iter()
-            .enumerate()
-            .map(|(n, job)| {
-                let outcome = if n + 1 == batch.len() {
-                    last_outcome
-                } else {
-                    Outcome::Coalesced
-                };
-                let ack = job.write.reply.as_ref().map(|r| Ack {
-                    request: r.request.clone(),
-                    outcome,
-                    version,
-                    entry: job.id,
-                    reason: None,
-                });
-                (ack, job.id)
-            })
-            .collect();
-        Event::Settled {
-            collection: &coll.name,
-            applied: u64::from(!stale),
-            coalesced: batch.len() as u64 - 1,
-            stale: u64::from(stale),
-        }
-        .emit();
-        if !part
-            .acker
-            .send(
-                batch
-                    .iter()
-                    .zip(acks)
-                    .map(|(job, (ack, id))| {
-                        (job.write.reply.as_ref().map(|r| r.client.clone()), ack, id)
-                    })
-                    .collect(),
-            )
-            .await
-        {
-            return;
-        }
-        for job in batch {
-            record_end_to_end(&coll.name, job.id);
         }
         i = end;
     }
+}
+
+/// The end of the run that starts at `i`: consecutive puts to a replace
+/// collection are coalesced (only the last is applied); anything else runs
+/// alone.
+fn coalesced_end(coll: &crate::config::CollectionConfig, jobs: &[Job], i: usize) -> usize {
+    let mut end = i + 1;
+    if coll.mode == WriteMode::Replace && jobs[i].write.op == Op::Put {
+        while end < jobs.len() && jobs[end].write.op == Op::Put {
+            end += 1;
+        }
+    }
+    end
+}
+
+/// Dead-letters a write that failed for good, and acks its writer.
+async fn park(part: &Partition, collection: &str, job: &Job, reject: &Reject, attempts: u32) {
+    Event::DeadLettered {
+        collection: Some(collection),
+        entry: job.id,
+        reject,
+        attempts,
+    }
+    .emit();
+    crate::deadletter::park(
+        &part.acker,
+        job.id,
+        Some(&job.fields),
+        reject,
+        attempts,
+        job.write.reply.as_ref(),
+    )
+    .await;
+}
+
+/// Makes what the last write of `run` left readable (the cache, fenced), then
+/// acks every write of the run: the last as applied or stale, the earlier
+/// ones as coalesced. `false`: the tenure ended first (left pending).
+async fn publish(part: &Partition, collection: &str, run: &[Job], applied: Applied) -> bool {
+    let (ctx, tenure, p) = (&*part.ctx, &*part.run, part.p);
+    let target = run.last().expect("a run has a write");
+    let (version, doc, stale) = applied.into_readable(target.id);
+    let cache_key = ctx
+        .names
+        .cache(p, collection, &target.write.key.canonical());
+    let fence = part.fence();
+    let cache_started = std::time::Instant::now();
+    let Some(cas) = retry_until(&tenure.abort, "cache update", || {
+        ctx.cache
+            .put_fenced(&cache_key, version, doc.as_ref(), Some(&fence))
+    })
+    .await
+    else {
+        return false;
+    };
+    if cas == CasOutcome::Fenced {
+        tenure.abort.cancel();
+        return false;
+    }
+    metrics::histogram!("writ_cache_update_seconds").record(cache_started.elapsed().as_secs_f64());
+    let last = if stale {
+        Outcome::Stale
+    } else {
+        Outcome::Applied
+    };
+    let acks = run
+        .iter()
+        .enumerate()
+        .map(|(n, job)| {
+            let outcome = if n + 1 == run.len() {
+                last
+            } else {
+                Outcome::Coalesced
+            };
+            let reply = job.write.reply.as_ref();
+            let ack = reply.map(|r| Ack {
+                request: r.request.clone(),
+                outcome,
+                version,
+                entry: job.id,
+                reason: None,
+            });
+            (reply.map(|r| r.client.clone()), ack, job.id)
+        })
+        .collect();
+    Event::Settled {
+        collection,
+        applied: u64::from(!stale),
+        coalesced: run.len() as u64 - 1,
+        stale: u64::from(stale),
+    }
+    .emit();
+    if !part.acker.send(acks).await {
+        return false;
+    }
+    for job in run {
+        record_end_to_end(collection, job.id);
+    }
+    true
 }
 
 pub(super) fn record_end_to_end(collection: &str, id: Version) {
@@ -268,7 +280,7 @@ async fn apply_with_retry(
                 if class == RetryClass::Permanent {
                     attempts += 1;
                     if attempts >= ctx.config.max_attempts {
-                        return Some(Err((mongo_reject(&e), attempts)));
+                        return Some(Err((crate::deadletter::mongo_rejected(&e), attempts)));
                     }
                 }
                 tracing::warn!(entry = %job.id, collection = %coll.name, attempts, class = class.as_str(), error = %e, "apply failed; retrying");
@@ -278,11 +290,4 @@ async fn apply_with_retry(
             }
         }
     }
-}
-
-fn mongo_reject(e: &Error) -> Reject {
-    Reject::new(
-        RejectReason::MongoRejected,
-        format!("MongoDB refused the write: {e}; fix the payload and `writ dlq retry` it"),
-    )
 }

@@ -14,7 +14,7 @@ use crate::apply::Store;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::protocol::{self, Names, Reject, Version};
+use crate::protocol::{self, Names, Version};
 use crate::stream::Fields;
 
 /// Connections the tools share.
@@ -56,10 +56,7 @@ impl Tools {
         let applied = match self.store.apply(coll, &write, id).await {
             Ok(a) => a,
             Err(e) if e.retry_class() == crate::error::RetryClass::Permanent => {
-                return Err(Error::Rejected(Reject::new(
-                    protocol::RejectReason::MongoRejected,
-                    e.to_string(),
-                )))
+                return Err(Error::Rejected(crate::deadletter::mongo_rejected(&e)))
             }
             Err(e) => return Err(e),
         };
