@@ -9,7 +9,7 @@ use crate::redis_conn::Conn;
 use crate::error::Result;
 use crate::protocol::Version;
 use crate::status::PartitionStatus;
-use crate::stream::parse_entries;
+use crate::stream::{cmd, parse_entries};
 
 /// The id below which entries of `stream` may be trimmed, given its status.
 pub async fn trim_point(
@@ -37,12 +37,7 @@ pub async fn trim_point(
     // By count: the id of the entry that leaves `max_entries` behind it.
     let by_count = if status.length > max_entries {
         let excess = (status.length - max_entries).min(100_000);
-        let v: redis::Value = redis::cmd("XRANGE")
-            .arg(stream)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(excess + 1)
+        let v: redis::Value = cmd::xrange(stream, "-", "+", Some(excess + 1))
             .query_async(conn)
             .await?;
         parse_entries(&v).last().map(|e| e.id)
@@ -58,11 +53,6 @@ pub async fn trim_point(
 
 /// Trims `stream` below `point`; returns the entries removed.
 pub async fn trim(conn: &mut Conn, stream: &str, point: Version) -> Result<u64> {
-    let n: u64 = redis::cmd("XTRIM")
-        .arg(stream)
-        .arg("MINID")
-        .arg(point.to_stream_id())
-        .query_async(conn)
-        .await?;
+    let n: u64 = cmd::trim_below(stream, point).query_async(conn).await?;
     Ok(n)
 }

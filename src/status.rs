@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::protocol::{Names, Version};
-use crate::stream::parse_entries;
+use crate::stream::{cmd, parse_entries};
 
 /// One partition's state.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -89,7 +89,7 @@ async fn partition_status(
 ) -> Result<PartitionStatus> {
     let stream = names.stream(p);
     let group = names.group();
-    let length: u64 = redis::cmd("XLEN").arg(&stream).query_async(conn).await?;
+    let length: u64 = cmd::xlen(&stream).query_async(conn).await?;
     // The one definition of the backlog (src/lua/admit.lua), never XINFO's
     // `lag`, which Redis 7.0 gets wrong after an AOF reload.
     let (unapplied, pending, undelivered, last_delivered) = backlog(conn, names, p, 0).await?;
@@ -107,19 +107,12 @@ async fn partition_status(
             watermark: None,
         });
     }
-    let next: Value = redis::cmd("XRANGE")
-        .arg(&stream)
-        .arg(format!("({last_delivered}"))
-        .arg("+")
-        .arg("COUNT")
-        .arg(1)
+    let next: Value = cmd::xrange(&stream, &format!("({last_delivered}"), "+", Some(1))
         .query_async(conn)
         .await?;
     let first_undelivered = parse_entries(&next).first().map(|e| e.id);
     let oldest_pending = if pending > 0 {
-        let v: Value = redis::cmd("XPENDING")
-            .arg(&stream)
-            .arg(&group)
+        let v: Value = cmd::pending_summary(&stream, &group)
             .query_async(conn)
             .await?;
         match &v {
@@ -188,10 +181,7 @@ pub async fn status_of(
             out.push(partition_status(conn, &names, p, o).await?);
         }
     }
-    let dead_letters: u64 = redis::cmd("XLEN")
-        .arg(names.dead_letters())
-        .query_async(conn)
-        .await?;
+    let dead_letters: u64 = cmd::xlen(&names.dead_letters()).query_async(conn).await?;
     Ok(Status {
         partitions: out,
         dead_letters,

@@ -86,12 +86,7 @@ pub struct Ack {
 impl Ack {
     /// `XADD <ack stream> MAXLEN ~ N * ...`.
     pub fn command(&self, stream: &str) -> redis::Cmd {
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(stream)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(ACK_STREAM_MAXLEN)
-            .arg("*");
+        let mut cmd = crate::stream::cmd::xadd(stream, Some(ACK_STREAM_MAXLEN as u64));
         cmd.arg(field::REQUEST).arg(&self.request);
         cmd.arg(field::OUTCOME).arg(self.outcome.as_str());
         cmd.arg(field::VERSION).arg(self.version.to_stream_id());

@@ -125,12 +125,7 @@ impl Acker {
     }
 
     fn xack_cmd(&self, ids: &[Version]) -> redis::Cmd {
-        let mut cmd = redis::cmd("XACK");
-        cmd.arg(&self.stream).arg(self.names.group());
-        for id in ids {
-            cmd.arg(id.to_stream_id());
-        }
-        cmd
+        crate::stream::cmd::xack(&self.stream, &self.names.group(), ids)
     }
 
     /// XACKs entries of the partition stream.

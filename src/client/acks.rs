@@ -35,14 +35,7 @@ pub(super) async fn spawn_listener(inner: Weak<Inner>, stop: CancellationToken) 
         let mut last = "0".to_string();
         let mut backoff = Backoff::new(Duration::from_secs(2));
         loop {
-            let mut cmd = redis::cmd("XREAD");
-            cmd.arg("COUNT")
-                .arg(512)
-                .arg("BLOCK")
-                .arg(BLOCK.as_millis() as u64)
-                .arg("STREAMS")
-                .arg(&stream)
-                .arg(&last);
+            let cmd = crate::stream::cmd::xread_blocking(&stream, &last, 512, BLOCK);
             let read = cmd.query_async::<redis::Value>(&mut conn);
             let v = tokio::select! {
                 v = read => v,

@@ -14,7 +14,7 @@ use redis::Value;
 use super::Writ;
 use crate::error::{Error, Result};
 use crate::protocol::Version;
-use crate::stream::parse_entries;
+use crate::stream::{cmd, parse_entries};
 
 const POLL: Duration = Duration::from_millis(10);
 
@@ -28,14 +28,7 @@ impl Writ {
         let mut targets = Vec::new();
         for p in 0..inner.config.partitions {
             let stream = inner.names.stream(p);
-            let last: Value = redis::cmd("XREVRANGE")
-                .arg(&stream)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1)
-                .query_async(&mut conn)
-                .await?;
+            let last: Value = cmd::newest(&stream).query_async(&mut conn).await?;
             if let Some(e) = parse_entries(&last).first() {
                 targets.push((stream, e.id));
             }
@@ -63,11 +56,7 @@ async fn applied_through(
     group: &str,
     target: Version,
 ) -> Result<bool> {
-    let groups: Value = redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(stream)
-        .query_async(conn)
-        .await?;
+    let groups: Value = cmd::groups(stream).query_async(conn).await?;
     let mut delivered = None;
     if let Value::Array(gs) = &groups {
         for g in gs {
@@ -88,12 +77,7 @@ async fn applied_through(
     if delivered.is_none_or(|d| d < target) {
         return Ok(false);
     }
-    let pending: Value = redis::cmd("XPENDING")
-        .arg(stream)
-        .arg(group)
-        .arg("-")
-        .arg(target.to_stream_id())
-        .arg(1)
+    let pending: Value = cmd::pending_through(stream, group, target)
         .query_async(conn)
         .await?;
     Ok(matches!(pending, Value::Array(ref a) if a.is_empty()))

@@ -55,8 +55,7 @@ impl DeadLetter<'_> {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(dlq).arg("*");
+        let mut cmd = crate::stream::cmd::xadd(dlq, None);
         cmd.arg(field::REASON).arg(self.reason);
         cmd.arg(field::DETAIL).arg(&self.detail);
         cmd.arg(field::SOURCE).arg(self.stream);

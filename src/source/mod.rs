@@ -37,12 +37,7 @@ pub(crate) struct Item {
 /// missing: the daemon does this at start for every partition (writers never
 /// create groups; docs/protocol.md).
 pub async fn ensure_group(conn: &mut Conn, stream: &str, group: &str) -> Result<()> {
-    let res: redis::RedisResult<()> = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(stream)
-        .arg(group)
-        .arg("0")
-        .arg("MKSTREAM")
+    let res: redis::RedisResult<()> = crate::stream::cmd::create_group(stream, group)
         .query_async(conn)
         .await;
     match res {

@@ -77,15 +77,8 @@ pub(crate) async fn run(
                 let Some(last) = last else { continue };
                 // Nothing new: wait for an entry after `last` without taking it.
                 // A hand-over or shutdown does not wait out the block.
-                let mut xread = redis::cmd("XREAD");
-                xread
-                    .arg("COUNT")
-                    .arg(1)
-                    .arg("BLOCK")
-                    .arg(config.block.as_millis() as u64)
-                    .arg("STREAMS")
-                    .arg(&stream)
-                    .arg(if last.is_empty() { "$" } else { last.as_str() });
+                let after = if last.is_empty() { "$" } else { last.as_str() };
+                let xread = crate::stream::cmd::xread_blocking(&stream, after, 1, config.block);
                 let wait: redis::RedisResult<redis::Value> = tokio::select! {
                     w = xread.query_async(&mut conn) => w,
                     _ = run.stop_reading.cancelled() => return,

@@ -11,7 +11,7 @@ use super::Tools;
 use crate::deadletter::field;
 use crate::error::Result;
 use crate::protocol::Version;
-use crate::stream::{parse_entries, Entry, Fields};
+use crate::stream::{cmd, parse_entries, Entry, Fields};
 
 /// A dead letter as read back.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -74,12 +74,7 @@ impl Tools {
     /// Dead letters, oldest first, at most `count`.
     pub async fn dlq_list(&self, count: usize) -> Result<Vec<Letter>> {
         let mut conn = self.conn.clone();
-        let v: Value = redis::cmd("XRANGE")
-            .arg(self.names.dead_letters())
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(count)
+        let v: Value = cmd::xrange(&self.names.dead_letters(), "-", "+", Some(count as u64))
             .query_async(&mut conn)
             .await?;
         Ok(parse_entries(&v).iter().map(letter).collect())
@@ -88,10 +83,7 @@ impl Tools {
     /// One dead letter.
     pub async fn dlq_show(&self, id: &str) -> Result<Option<Letter>> {
         let mut conn = self.conn.clone();
-        let v: Value = redis::cmd("XRANGE")
-            .arg(self.names.dead_letters())
-            .arg(id)
-            .arg(id)
+        let v: Value = cmd::xrange(&self.names.dead_letters(), id, id, None)
             .query_async(&mut conn)
             .await?;
         Ok(parse_entries(&v).first().map(letter))
@@ -122,9 +114,7 @@ impl Tools {
     /// Removes a dead letter.
     pub async fn dlq_drop(&self, id: &str) -> Result<bool> {
         let mut conn = self.conn.clone();
-        let n: u64 = redis::cmd("XDEL")
-            .arg(self.names.dead_letters())
-            .arg(id)
+        let n: u64 = cmd::xdel(&self.names.dead_letters(), id)
             .query_async(&mut conn)
             .await?;
         Ok(n == 1)

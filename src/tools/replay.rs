@@ -9,7 +9,7 @@ use redis::Value;
 use super::Tools;
 use crate::error::Result;
 use crate::protocol::{self, Version};
-use crate::stream::parse_entries;
+use crate::stream::{cmd, parse_entries};
 
 /// What a replay did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -39,12 +39,7 @@ impl Tools {
             let mut start = from.to_stream_id();
             loop {
                 let mut conn = self.conn.clone();
-                let v: Value = redis::cmd("XRANGE")
-                    .arg(&stream)
-                    .arg(&start)
-                    .arg(&to)
-                    .arg("COUNT")
-                    .arg(500)
+                let v: Value = cmd::xrange(&stream, &start, &to, Some(500))
                     .query_async(&mut conn)
                     .await?;
                 let entries = parse_entries(&v);
