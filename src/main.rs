@@ -175,7 +175,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             let from = parse(&from)?;
             let to = to.as_deref().map(parse).transpose()?;
             let tools = writ::tools::Tools::connect(config).await?;
-            let sum = tools.replay(from, to, collection.as_deref()).await?;
+            // Replay waits through outages like the daemon; a signal stops it.
+            tokio::spawn(signal_watch(tools.abort.clone()));
+            let sum = tools
+                .replay(from, to, collection.as_deref())
+                .await
+                .context(
+                    "replay stopped before the end of its range; it is idempotent: run it again",
+                )?;
             println!("{}", serde_json::to_string(&sum)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -219,6 +226,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
 
 async fn dlq(config: Config, action: DlqAction) -> anyhow::Result<ExitCode> {
     let tools = writ::tools::Tools::connect(config).await?;
+    tokio::spawn(signal_watch(tools.abort.clone()));
     let pick = |id: Option<String>, all: bool| -> anyhow::Result<Option<String>> {
         match (id, all) {
             (Some(id), false) => Ok(Some(id)),

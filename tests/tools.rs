@@ -622,3 +622,68 @@ async fn a_hard_deleted_key_stays_deleted_through_replay() {
     assert_eq!(c.count().await.unwrap(), 1);
     daemon.stop().await;
 }
+
+/// `replay` applies with the daemon's routine: through a MongoDB outage it
+/// waits and retries instead of giving up on the first refused connection,
+/// then applies every entry at its own version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_waits_through_a_mongodb_outage() {
+    let env = TestEnv::start("replay_outage");
+    let config = env.config();
+    let daemon = Daemon::start(config.clone());
+    let s = Writ::connect(config.clone())
+        .await
+        .unwrap()
+        .collection("signal")
+        .unwrap();
+    for i in 0..6i64 {
+        s.write(&key(&format!("O{i}")), &doc! {"i": i})
+            .await
+            .unwrap();
+    }
+    daemon.stop().await;
+    // MongoDB comes back from an older backup: the documents are gone, the
+    // stream still retains their writes.
+    let signal = env.mongo_db().await.collection::<Document>("signal");
+    signal.delete_many(doc! {}).await.unwrap();
+
+    let (proxy, proxied) = support::proxy::in_front_of_mongo(&env.mongo_uri).await;
+    let o = Overrides {
+        mongo_uri: Some(proxied),
+        daemon: "backoff_cap_ms = 500",
+        ..Default::default()
+    };
+    let tools = writ::tools::Tools::connect(env.config_with(&o))
+        .await
+        .unwrap();
+    proxy.cut();
+    let replay = tokio::spawn(async move {
+        let sum = tools
+            .replay(writ::protocol::Version { ms: 0, seq: 0 }, None, None)
+            .await;
+        (tools, sum)
+    });
+    // Longer than the driver's 5 s server selection: a single attempt would
+    // have failed by now.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(
+        !replay.is_finished(),
+        "replay gave up during the outage: {:?}",
+        replay.await.unwrap().1
+    );
+    proxy.heal();
+    let (_tools, sum) = tokio::time::timeout(Duration::from_secs(60), replay)
+        .await
+        .expect("replay finishes once MongoDB is back")
+        .unwrap();
+    let sum = sum.unwrap();
+    assert_eq!(sum.read, 6);
+    assert_eq!(sum.outcomes.get("applied"), Some(&6), "{sum:?}");
+    assert_eq!(signal.count_documents(doc! {}).await.unwrap(), 6);
+    for i in 0..6i64 {
+        assert_eq!(
+            s.read(&key(&format!("O{i}"))).await.unwrap(),
+            Some(doc! {"i": i})
+        );
+    }
+}

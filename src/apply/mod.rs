@@ -8,12 +8,14 @@
 //! tries to insert, and the unique key index answers E11000: "already newer".
 //! That is not an error: the write is stale and is skipped.
 
+mod attempt;
 mod bulk;
 mod keys;
 mod limit;
 mod post_image;
 mod store;
 
+pub use attempt::Attempts;
 pub use bulk::{BulkItem, BulkOutcome};
 pub use limit::{Limiter, Permit, Signal};
 

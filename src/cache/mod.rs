@@ -146,6 +146,23 @@ impl Cache {
         Ok(outcome)
     }
 
+    /// [`Cache::put_fenced`], retried through Redis failures until it
+    /// answers; `None` once `abort` fires. The one way a committed write is
+    /// made readable, by the daemon (fenced) and by `replay`/`dlq retry`.
+    pub async fn publish(
+        &self,
+        key: &str,
+        version: Version,
+        doc: Option<&Document>,
+        fence: Option<&Fence>,
+        abort: &tokio_util::sync::CancellationToken,
+    ) -> Option<CasOutcome> {
+        crate::backoff::retry_until(abort, "cache update", || {
+            self.put_fenced(key, version, doc, fence)
+        })
+        .await
+    }
+
     /// Compare-and-sets many entries in one pipelined round trip (the script
     /// is loaded in the same pipeline), all under the same fence.
     pub async fn put_many_fenced(

@@ -5,15 +5,13 @@
 //! is applied, and the earlier ones are acked with the committed version (the
 //! state they wrote was superseded by a newer write before it was readable).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{Job, Partition};
 use crate::ack::{Ack, Outcome};
-use crate::apply::{Applied, Signal};
-use crate::backoff::{retry_until, Backoff};
+use crate::apply::{Applied, Attempts};
 use crate::cache::CasOutcome;
 use crate::config::WriteMode;
-use crate::error::{Error, RetryClass};
 use crate::protocol::{self, Op, Reject, RejectReason, Version};
 use crate::source::Item;
 use crate::telemetry::Event;
@@ -166,11 +164,16 @@ async fn publish(part: &Partition, collection: &str, run: &[Job], applied: Appli
         .cache(p, collection, &target.write.key.canonical());
     let fence = part.fence();
     let cache_started = std::time::Instant::now();
-    let Some(cas) = retry_until(&tenure.abort, "cache update", || {
-        ctx.cache
-            .put_fenced(&cache_key, version, doc.as_ref(), Some(&fence))
-    })
-    .await
+    let Some(cas) = ctx
+        .cache
+        .publish(
+            &cache_key,
+            version,
+            doc.as_ref(),
+            Some(&fence),
+            &tenure.abort,
+        )
+        .await
     else {
         return false;
     };
@@ -230,64 +233,19 @@ pub(super) fn record_end_to_end(collection: &str, id: Version) {
         .record(secs);
 }
 
-/// Applies with retries. `None`: aborted. `Some(Err)`: permanent failure after
-/// `max_attempts`.
+/// Applies with retries: the routine `replay` and `dlq retry` share
+/// ([`Attempts`]), for as long as this tenure owns the partition.
 async fn apply_with_retry(
     part: &Partition,
     coll: &crate::config::CollectionConfig,
     job: &Job,
 ) -> Option<Result<Applied, (Reject, u32)>> {
-    let (ctx, run) = (&*part.ctx, &*part.run);
-    let mut backoff = Backoff::new(ctx.config.backoff_cap);
-    // Only permanent failures count towards `max_attempts`: an outage must
-    // not dead-letter writes that were merely waiting for MongoDB.
-    let mut attempts = 0u32;
-    // Bound every call: a hung connection must not hold the key (or a
-    // hand-over) forever. Every operation carries `maxTimeMS = op_timeout`, so
-    // by the time this local bound (op_timeout + 5 s) gives up on an attempt
-    // the server has stopped it too: a retry never runs beside an earlier
-    // attempt. The wait for a slot in the daemon-wide limiter comes first and
-    // is outside the bound, so queueing never times an operation out.
-    let limit = ctx.config.op_timeout + Duration::from_secs(5);
-    loop {
-        if !part.still_owner() {
-            return None;
-        }
-        let permit = tokio::select! {
-            p = ctx.store.limiter().acquire() => p,
-            _ = run.abort.cancelled() => return None,
-        };
-        let res = tokio::select! {
-            r = tokio::time::timeout(limit, ctx.store.apply(coll, &job.write, job.id)) => r,
-            _ = run.abort.cancelled() => return None,
-        };
-        let res = res.unwrap_or(Err(Error::Timeout {
-            after: limit,
-            what: "a MongoDB write",
-        }));
-        permit.done(match &res {
-            Err(e) if e.retry_class() == RetryClass::Transient => Signal::Overloaded,
-            _ => Signal::Completed,
-        });
-        match res {
-            Ok(a) => return Some(Ok(a)),
-            Err(e) => {
-                let class = e.retry_class();
-                metrics::counter!("writ_retries_total", "error_class" => class.as_str())
-                    .increment(1);
-                metrics::counter!("writ_mongodb_errors_total", "error_class" => class.as_str())
-                    .increment(1);
-                if class == RetryClass::Permanent {
-                    attempts += 1;
-                    if attempts >= ctx.config.max_attempts {
-                        return Some(Err((crate::deadletter::mongo_rejected(&e), attempts)));
-                    }
-                }
-                tracing::warn!(entry = %job.id, collection = %coll.name, attempts, class = class.as_str(), error = %e, "apply failed; retrying");
-                if !backoff.sleep(&run.abort).await {
-                    return None;
-                }
-            }
-        }
-    }
+    let attempts = Attempts {
+        store: &part.ctx.store,
+        config: &part.ctx.config,
+        abort: &part.run.abort,
+    };
+    attempts
+        .apply(|| part.still_owner(), coll, &job.write, job.id)
+        .await
 }

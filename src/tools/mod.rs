@@ -1,7 +1,9 @@
 //! Operator tools behind the CLI: `writ status`, `writ dlq`, `writ replay`,
 //! `writ rebuild-cache`. Each works directly against Redis and MongoDB, safely
-//! beside running daemons: every apply goes through the same sequence guard
-//! and every cache write through the same compare-and-set.
+//! beside running daemons: every apply runs the daemon's own routine
+//! ([`crate::apply::Attempts`]: the sequence guard, retries through outages,
+//! `max_attempts` for permanent failures) and every cache write goes through
+//! the same compare-and-set.
 
 pub mod dlq;
 pub mod rebuild;
@@ -9,8 +11,10 @@ pub mod replay;
 
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::ack::Outcome;
-use crate::apply::Store;
+use crate::apply::{Attempts, Store};
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -29,6 +33,8 @@ pub struct Tools {
     pub store: Store,
     /// The cache.
     pub cache: Cache,
+    /// Stops the retries of an apply (the CLI cancels it on SIGINT/SIGTERM).
+    pub abort: CancellationToken,
 }
 
 impl Tools {
@@ -42,23 +48,28 @@ impl Tools {
             conn,
             store,
             config,
+            abort: CancellationToken::new(),
         })
     }
 
-    /// Applies one retained entry at its own version, then refreshes the cache
-    /// (never backwards). `Err(Rejected)` if it cannot apply.
+    /// Applies one retained entry at its own version with the daemon's
+    /// routine, then refreshes the cache (never backwards). `Err(Rejected)` if
+    /// it cannot apply; `Err(Shutdown)` if [`Tools::abort`] stopped it.
     pub async fn apply_entry(&self, id: Version, fields: &Fields) -> Result<Outcome> {
         let write = protocol::decode(fields, &self.config, None)?;
         let coll = self
             .config
             .collection(&write.collection)
             .expect("decode checked it");
-        let applied = match self.store.apply(coll, &write, id).await {
-            Ok(a) => a,
-            Err(e) if e.retry_class() == crate::error::RetryClass::Permanent => {
-                return Err(Error::Rejected(crate::deadletter::mongo_rejected(&e)))
-            }
-            Err(e) => return Err(e),
+        let attempts = Attempts {
+            store: &self.store,
+            config: &self.config,
+            abort: &self.abort,
+        };
+        let applied = match attempts.apply(|| true, coll, &write, id).await {
+            Some(Ok(a)) => a,
+            Some(Err((reject, _))) => return Err(Error::Rejected(reject)),
+            None => return Err(Error::Shutdown),
         };
         let (version, doc, stale) = applied.into_readable(id);
         let outcome = if stale {
@@ -72,7 +83,10 @@ impl Tools {
         let key = self
             .names
             .cache(p, &write.collection, &write.key.canonical());
-        self.cache.put_if_newer(&key, version, doc.as_ref()).await?;
+        self.cache
+            .publish(&key, version, doc.as_ref(), None, &self.abort)
+            .await
+            .ok_or(Error::Shutdown)?;
         Ok(outcome)
     }
 }
