@@ -127,31 +127,73 @@ pub fn decode(
     config: &Config,
     partition: Option<u32>,
 ) -> Result<Write, Reject> {
-    let mut slots: [Option<&[u8]>; 8] = [None; 8];
-    for (name, value) in fields {
-        let idx = field::ALL
-            .iter()
-            .position(|f| f.as_bytes() == name.as_slice())
-            .ok_or_else(|| {
-                Reject::new(
+    let slots = Slots::collect(fields)?;
+    check_version(
+        slots
+            .text(0)
+            .map_err(|r| r.with_reason(RejectReason::BadVersion))?,
+    )?;
+    let coll_name = slots.text(1)?;
+    let coll = config.collection(coll_name).ok_or_else(|| {
+        Reject::new(
+            RejectReason::UnknownCollection,
+            format!(
+                "collection {coll_name:?} is not declared; add it to [[collections]] in the config"
+            ),
+        )
+    })?;
+    let op = parse_op(slots.text(2)?)?;
+    let enc = parse_encoding(slots.text(3)?)?;
+    let key = decode_key(slots.get(4), enc, coll, config, partition)?;
+    let doc = decode_payload(op, slots.get(5), enc, coll, config)?;
+    let reply = reply_to(&slots)?;
+    Ok(Write {
+        collection: coll.name.clone(),
+        key,
+        op,
+        doc,
+        reply,
+    })
+}
+
+/// An entry's fields by position in [`field::ALL`]: each at most once, no
+/// other names.
+struct Slots<'a>([Option<&'a [u8]>; 8]);
+
+impl<'a> Slots<'a> {
+    fn collect(fields: &'a [(Vec<u8>, Vec<u8>)]) -> Result<Slots<'a>, Reject> {
+        let mut slots: [Option<&[u8]>; 8] = [None; 8];
+        for (name, value) in fields {
+            let idx = field::ALL
+                .iter()
+                .position(|f| f.as_bytes() == name.as_slice())
+                .ok_or_else(|| {
+                    Reject::new(
+                        RejectReason::Malformed,
+                        format!(
+                            "unknown field {:?}; v1 fields are {:?}",
+                            String::from_utf8_lossy(name),
+                            field::ALL
+                        ),
+                    )
+                })?;
+            if slots[idx].replace(value).is_some() {
+                return Err(Reject::new(
                     RejectReason::Malformed,
-                    format!(
-                        "unknown field {:?}; v1 fields are {:?}",
-                        String::from_utf8_lossy(name),
-                        field::ALL
-                    ),
-                )
-            })?;
-        if slots[idx].replace(value).is_some() {
-            return Err(Reject::new(
-                RejectReason::Malformed,
-                format!("field {:?} appears twice", field::ALL[idx]),
-            ));
+                    format!("field {:?} appears twice", field::ALL[idx]),
+                ));
+            }
         }
+        Ok(Slots(slots))
     }
-    let get = |i: usize| slots[i];
-    let text = |i: usize| -> Result<&str, Reject> {
-        let raw = get(i).ok_or_else(|| {
+
+    fn get(&self, i: usize) -> Option<&'a [u8]> {
+        self.0[i]
+    }
+
+    /// A field that must be present and UTF-8.
+    fn text(&self, i: usize) -> Result<&'a str, Reject> {
+        let raw = self.get(i).ok_or_else(|| {
             Reject::new(
                 RejectReason::Malformed,
                 format!("missing field {:?}", field::ALL[i]),
@@ -163,48 +205,53 @@ pub fn decode(
                 format!("field {:?} is not UTF-8", field::ALL[i]),
             )
         })
-    };
-    let version = text(0).map_err(|r| r.with_reason(RejectReason::BadVersion))?;
-    if version != PROTOCOL_VERSION {
-        return Err(Reject::new(
-            RejectReason::BadVersion,
-            format!("protocol version {version:?} is not supported; this daemon speaks {PROTOCOL_VERSION:?}"),
-        ));
     }
-    let coll_name = text(1)?;
-    let coll = config.collection(coll_name).ok_or_else(|| {
-        Reject::new(
-            RejectReason::UnknownCollection,
-            format!(
-                "collection {coll_name:?} is not declared; add it to [[collections]] in the config"
-            ),
-        )
-    })?;
-    let op = match text(2)? {
-        "put" => Op::Put,
-        "remove" => Op::Remove,
-        "delete" => Op::Delete,
-        other => {
-            return Err(Reject::new(
-                RejectReason::Malformed,
-                format!("op {other:?} is not put, remove or delete"),
-            ))
-        }
-    };
-    let enc = match text(3)? {
-        "json" => Encoding::Json,
-        "bson" => Encoding::Bson,
-        other => {
-            return Err(Reject::new(
-                RejectReason::Malformed,
-                format!("enc {other:?} is not json or bson"),
-            ))
-        }
-    };
-    let key_raw =
-        get(4).ok_or_else(|| Reject::new(RejectReason::KeyField, "missing field \"key\""))?;
-    let key_doc = decode_document(key_raw, enc, "key")?;
-    let key = Key::from_document(&key_doc, coll)?;
+}
+
+fn check_version(version: &str) -> Result<(), Reject> {
+    if version == PROTOCOL_VERSION {
+        return Ok(());
+    }
+    Err(Reject::new(
+        RejectReason::BadVersion,
+        format!("protocol version {version:?} is not supported; this daemon speaks {PROTOCOL_VERSION:?}"),
+    ))
+}
+
+fn parse_op(op: &str) -> Result<Op, Reject> {
+    match op {
+        "put" => Ok(Op::Put),
+        "remove" => Ok(Op::Remove),
+        "delete" => Ok(Op::Delete),
+        other => Err(Reject::new(
+            RejectReason::Malformed,
+            format!("op {other:?} is not put, remove or delete"),
+        )),
+    }
+}
+
+fn parse_encoding(enc: &str) -> Result<Encoding, Reject> {
+    match enc {
+        "json" => Ok(Encoding::Json),
+        "bson" => Ok(Encoding::Bson),
+        other => Err(Reject::new(
+            RejectReason::Malformed,
+            format!("enc {other:?} is not json or bson"),
+        )),
+    }
+}
+
+/// The key, checked against the collection's key fields and (for the daemon)
+/// against the partition it was read from.
+fn decode_key(
+    raw: Option<&[u8]>,
+    enc: Encoding,
+    coll: &CollectionConfig,
+    config: &Config,
+    partition: Option<u32>,
+) -> Result<Key, Reject> {
+    let raw = raw.ok_or_else(|| Reject::new(RejectReason::KeyField, "missing field \"key\""))?;
+    let key = Key::from_document(&decode_document(raw, enc, "key")?, coll)?;
     if let Some(p) = partition {
         let expected = key.partition(&coll.name, config.partitions);
         if expected != p {
@@ -214,59 +261,61 @@ pub fn decode(
             ));
         }
     }
-    let doc = match (op, get(5)) {
+    Ok(key)
+}
+
+/// The document of a `put` (size- and layout-checked); none for the others.
+fn decode_payload(
+    op: Op,
+    raw: Option<&[u8]>,
+    enc: Encoding,
+    coll: &CollectionConfig,
+    config: &Config,
+) -> Result<Option<Document>, Reject> {
+    match (op, raw) {
         (Op::Put, Some(raw)) => {
             let doc = decode_document(raw, enc, "doc")?;
             check_size(&doc, config.max_document_bytes)?;
             if coll.layout == crate::config::Layout::Fields {
                 check_fields(&doc, coll)?;
             }
-            Some(doc)
+            Ok(Some(doc))
         }
-        (Op::Put, None) => {
-            return Err(Reject::new(
-                RejectReason::Payload,
-                "op put needs a \"doc\" field",
-            ))
-        }
-        (_, Some(_)) => {
-            return Err(Reject::new(
-                RejectReason::Malformed,
-                format!("op {} takes no \"doc\" field", op.as_str()),
-            ))
-        }
-        (_, None) => None,
-    };
-    let reply = match (get(6), get(7)) {
-        (None, None) => None,
+        (Op::Put, None) => Err(Reject::new(
+            RejectReason::Payload,
+            "op put needs a \"doc\" field",
+        )),
+        (_, Some(_)) => Err(Reject::new(
+            RejectReason::Malformed,
+            format!("op {} takes no \"doc\" field", op.as_str()),
+        )),
+        (_, None) => Ok(None),
+    }
+}
+
+/// Where the ack goes: `client` and `req` together, or neither.
+fn reply_to(slots: &Slots<'_>) -> Result<Option<ReplyTo>, Reject> {
+    match (slots.get(6), slots.get(7)) {
+        (None, None) => Ok(None),
         (Some(_), Some(_)) => {
-            let client = text(6)?;
-            let request = text(7)?;
+            let client = slots.text(6)?;
+            let request = slots.text(7)?;
             if !valid_id(client) || !valid_id(request) {
                 return Err(Reject::new(
                     RejectReason::Malformed,
                     "client and req must be 1-64 characters of [A-Za-z0-9_.:-]",
                 ));
             }
-            Some(ReplyTo {
+            Ok(Some(ReplyTo {
                 client: client.to_string(),
                 request: request.to_string(),
-            })
+            }))
         }
-        _ => {
-            return Err(Reject::new(
-                RejectReason::Malformed,
-                "client and req go together: give both or neither",
-            ))
-        }
-    };
-    Ok(Write {
-        collection: coll.name.clone(),
-        key,
-        op,
-        doc,
-        reply,
-    })
+        _ => Err(Reject::new(
+            RejectReason::Malformed,
+            "client and req go together: give both or neither",
+        )),
+    }
 }
 
 /// Field names a `fields`-layout document may not set: writ's bookkeeping,
