@@ -26,86 +26,137 @@ pub(crate) async fn run(
     permits: Arc<Semaphore>,
     tx: mpsc::Sender<Vec<Item>>,
 ) {
-    let stream = names.stream(p);
-    let group = names.group();
-    let reader = FencedReader::new(&names, p, &config.consumer_name, run.lease.token);
-    let mut conn = match crate::redis_conn::connect(&config, config.block).await {
+    let conn = match crate::redis_conn::connect(&config, config.block).await {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(partition = p, error = %e, "reader cannot connect to redis");
             return;
         }
     };
-    let mut backoff = Backoff::new(config.backoff_cap);
-    // First, everything pending in the group (earlier runs, crashed daemons),
-    // in id order, before any new entry: that keeps per-key order.
-    let mut cursor = Some("0-0".to_string());
+    let mut reader = Reader {
+        p,
+        stream: names.stream(p),
+        group: names.group(),
+        fenced: FencedReader::new(&names, p, &config.consumer_name, run.lease.token),
+        conn,
+        backoff: Backoff::new(config.backoff_cap),
+        // First, everything pending in the group (earlier runs, crashed
+        // daemons), in id order, before any new entry: that keeps per-key
+        // order.
+        cursor: Some("0-0".to_string()),
+        config,
+        run,
+    };
     loop {
-        let Some(first) = acquire(&permits, &run).await else {
+        let Some(first) = acquire(&permits, &reader.run).await else {
             return;
         };
-        if !run.lease.valid() {
-            run.abort.cancel();
+        if !reader.run.lease.valid() {
+            reader.run.abort.cancel();
             return;
         }
-        let count = config.batch_size.min(permits.available_permits() + 1);
-        let res = match &cursor {
-            Some(from) => reader.claim(&mut conn, from, count).await.map(|c| {
-                if !c.deleted.is_empty() {
-                    // writ trims only below the committed watermark, so only an
-                    // outside XDEL/XTRIM can do this. Say so loudly.
-                    tracing::error!(partition = p, ids = ?c.deleted, "pending entries were deleted from the stream by someone else before they were applied; they cannot be applied (check for XDEL/XTRIM outside writ)");
-                }
-                if !c.entries.is_empty() {
-                    tracing::info!(partition = p, entries = c.entries.len(), "re-applying pending entries");
-                }
-                cursor = (c.next != "0-0").then_some(c.next);
-                (c.entries, None)
-            }),
-            None => reader.read(&mut conn, count).await.map(|r| (r.entries, Some(r.last))),
-        };
-        match res {
-            Ok((entries, last)) => {
-                backoff.reset();
-                if !entries.is_empty() {
-                    if !send(entries, first, &permits, &tx).await {
-                        return;
-                    }
-                    continue;
-                }
-                drop(first);
-                let Some(last) = last else { continue };
-                // Nothing new: wait for an entry after `last` without taking it.
-                // A hand-over or shutdown does not wait out the block.
-                let after = if last.is_empty() { "$" } else { last.as_str() };
-                let xread = crate::stream::cmd::xread_blocking(&stream, after, 1, config.block);
-                let wait: redis::RedisResult<redis::Value> = tokio::select! {
-                    w = xread.query_async(&mut conn) => w,
-                    _ = run.stop_reading.cancelled() => return,
-                };
-                if let Err(e) = wait {
-                    tracing::warn!(partition = p, error = %e, "waiting for new entries failed; retrying");
-                    if !backoff.sleep(&run.stop_reading).await {
-                        return;
-                    }
-                }
+        let count = reader
+            .config
+            .batch_size
+            .min(permits.available_permits() + 1);
+        let go_on = match reader.next(count).await {
+            Ok((entries, _)) if !entries.is_empty() => {
+                reader.backoff.reset();
+                send(entries, first, &permits, &tx).await
             }
-            Err(Error::Fenced { .. }) => {
-                run.abort.cancel();
-                return;
+            Ok((_, last)) => {
+                reader.backoff.reset();
+                drop(first);
+                match last {
+                    Some(last) => reader.wait_after(&last).await,
+                    None => true,
+                }
             }
             Err(e) => {
                 drop(first);
-                if is_nogroup(&e) {
-                    super::ensure_group(&mut conn, &stream, &group).await.ok();
-                    continue;
-                }
-                tracing::warn!(partition = p, error = %e, "reading the partition stream failed; retrying");
-                if !backoff.sleep(&run.stop_reading).await {
-                    return;
-                }
+                reader.failed(e).await
+            }
+        };
+        if !go_on {
+            return;
+        }
+    }
+}
+
+/// One tenure's reading state.
+struct Reader {
+    p: u32,
+    config: Arc<Config>,
+    run: Arc<PartitionRun>,
+    stream: String,
+    group: String,
+    fenced: FencedReader,
+    conn: crate::redis_conn::Conn,
+    backoff: Backoff,
+    /// Where the claim of pending entries goes on; `None` once they are all
+    /// claimed and new entries are read.
+    cursor: Option<String>,
+}
+
+impl Reader {
+    /// The next entries: claimed pending ones first, then new ones (with the
+    /// last id the group delivered, to wait after).
+    async fn next(&mut self, count: usize) -> Result<(Vec<Entry>, Option<String>), Error> {
+        let Some(from) = &self.cursor else {
+            let r = self.fenced.read(&mut self.conn, count).await?;
+            return Ok((r.entries, Some(r.last)));
+        };
+        let c = self.fenced.claim(&mut self.conn, from, count).await?;
+        if !c.deleted.is_empty() {
+            // writ trims only below the committed watermark, so only an
+            // outside XDEL/XTRIM can do this. Say so loudly.
+            tracing::error!(partition = self.p, ids = ?c.deleted, "pending entries were deleted from the stream by someone else before they were applied; they cannot be applied (check for XDEL/XTRIM outside writ)");
+        }
+        if !c.entries.is_empty() {
+            tracing::info!(
+                partition = self.p,
+                entries = c.entries.len(),
+                "re-applying pending entries"
+            );
+        }
+        self.cursor = (c.next != "0-0").then_some(c.next);
+        Ok((c.entries, None))
+    }
+
+    /// Nothing new: waits for an entry after `last` without taking it. A
+    /// hand-over or shutdown does not wait out the block. `false`: stop.
+    async fn wait_after(&mut self, last: &str) -> bool {
+        let after = if last.is_empty() { "$" } else { last };
+        let xread = crate::stream::cmd::xread_blocking(&self.stream, after, 1, self.config.block);
+        let wait: redis::RedisResult<redis::Value> = tokio::select! {
+            w = xread.query_async(&mut self.conn) => w,
+            _ = self.run.stop_reading.cancelled() => return false,
+        };
+        match wait {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(partition = self.p, error = %e, "waiting for new entries failed; retrying");
+                self.backoff.sleep(&self.run.stop_reading).await
             }
         }
+    }
+
+    /// A read or claim failed. A fence refusal ends the tenure; a missing
+    /// group is created; anything else is retried after a backoff. `false`:
+    /// stop.
+    async fn failed(&mut self, e: Error) -> bool {
+        if matches!(e, Error::Fenced { .. }) {
+            self.run.abort.cancel();
+            return false;
+        }
+        if is_nogroup(&e) {
+            super::ensure_group(&mut self.conn, &self.stream, &self.group)
+                .await
+                .ok();
+            return true;
+        }
+        tracing::warn!(partition = self.p, error = %e, "reading the partition stream failed; retrying");
+        self.backoff.sleep(&self.run.stop_reading).await
     }
 }
 
