@@ -117,3 +117,65 @@ pub(super) async fn run(
         hist,
     })
 }
+
+/// The read baseline: a plain Redis `HMGET` of the same cache entries, with
+/// the same readers, keys and zipf, on a connection of the same kind. It is
+/// the floor of a cache-hit read on this Redis and this machine (the adapter
+/// writ replaces reads its cache with one `GET`, then parses the value).
+pub(super) async fn reads(
+    config: &Config,
+    coll: &CollectionConfig,
+    args: &BenchArgs,
+) -> Result<Figures> {
+    let redis = crate::redis_conn::connect(config, Duration::ZERO).await?;
+    let names = crate::protocol::Names::new(&config.namespace);
+    let entries: Vec<String> = (0..args.keys.max(1))
+        .map(|k| {
+            let key = crate::protocol::Key::from_document(&bench_key(&coll.key, k), coll)?;
+            let p = key.partition(&coll.name, config.partitions);
+            Ok(names.cache(p, &coll.name, &key.canonical()))
+        })
+        .collect::<Result<_>>()?;
+    let entries = Arc::new(entries);
+    let zipf = Arc::new(Zipf::new(args.keys.max(1), args.zipf));
+    let issued = Arc::new(AtomicU64::new(0));
+    let hist = Arc::new(Mutex::new(new_hist()));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..args.writers.max(1) {
+        let (mut redis, entries, zipf, issued, hist, total) = (
+            redis.clone(),
+            entries.clone(),
+            zipf.clone(),
+            issued.clone(),
+            hist.clone(),
+            args.writes,
+        );
+        tasks.spawn(async move {
+            let mut local = new_hist();
+            while issued.fetch_add(1, Ordering::Relaxed) < total {
+                let entry = &entries[zipf.sample(&mut rand::rng())];
+                let t = Instant::now();
+                let got: redis::RedisResult<(Option<String>, Option<Vec<u8>>, Option<String>)> =
+                    redis::cmd("HMGET")
+                        .arg(entry)
+                        .arg("v")
+                        .arg("doc")
+                        .arg("gone")
+                        .query_async(&mut redis)
+                        .await;
+                if got.is_ok() {
+                    let _ = local.record(t.elapsed().as_micros().max(1) as u64);
+                }
+            }
+            let _ = hist.lock().expect("lock").add(&local);
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let hist = hist.lock().expect("lock").clone();
+    Ok(Figures {
+        ops: hist.len(),
+        elapsed: started.elapsed(),
+        hist,
+    })
+}

@@ -97,7 +97,8 @@ pub enum Mode {
 /// A baseline run in the same process, on the same servers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Baseline {
-    /// Awaited `findOneAndUpdate` upsert on the unique key, then Redis `SET`.
+    /// Awaited `findOneAndUpdate` upsert on the unique key, then Redis `SET`;
+    /// with `--mode read`, a plain Redis `HMGET` of the same cache entries.
     Direct,
 }
 
@@ -253,8 +254,15 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<ExitCode> {
         }
     };
     if let Some(Baseline::Direct) = args.baseline {
-        let d = direct::run(&config, &coll, &args).await?;
-        d.print("direct");
+        let d = if args.mode == Mode::Read {
+            let d = direct::reads(&config, &coll, &args).await?;
+            d.print("raw HMGET");
+            d
+        } else {
+            let d = direct::run(&config, &coll, &args).await?;
+            d.print("direct");
+            d
+        };
         println!(
             "  ratio      writ/direct: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x (latency: lower is better)",
             figures.rate() / d.rate().max(1e-9),

@@ -1,8 +1,11 @@
 //! Partition ownership: which daemon applies which partition.
 //!
 //! Every daemon heartbeats into `<ns>:members` and aims for an even share,
-//! `ceil(partitions / live members)`. It polls every [`POLL`]: renews its
-//! leases every quarter of the lease TTL, hands over every partition above
+//! `ceil(partitions / live members)`. It polls every [`POLL`]: counts the live
+//! members, and every quarter of the lease TTL heartbeats and renews all its
+//! leases at once (one batch of writes, so with `appendfsync always` Redis
+//! syncs its AOF once for them all instead of once per lease and poll: those
+//! syncs stall every other client of that Redis), hands over every partition above
 //! its share at once (stop reading, drain, release the moment the drain
 //! ends), and takes free partitions below it. A new tenure first re-applies
 //! the partition's pending entries (XAUTOCLAIM) before reading new ones, so a
@@ -73,7 +76,8 @@ struct Owner {
     spawn: Spawn,
     members_key: String,
     owned: BTreeMap<u32, Tenure>,
-    renewed: Instant,
+    /// When the heartbeat and the renewals are due next.
+    next_write: Instant,
 }
 
 /// Owns partitions until `shutdown`, then drains them (bounded by the
@@ -92,15 +96,11 @@ pub async fn run(
         leases,
         spawn,
         owned: BTreeMap::new(),
-        renewed: Instant::now(),
+        next_write: Instant::now(),
     };
     loop {
-        let members = owner.heartbeat().await;
+        let members = owner.keep_up().await;
         owner.end_tenures().await;
-        if owner.renewed.elapsed() >= owner.config.lease_ttl / 4 {
-            owner.renewed = Instant::now();
-            owner.renew().await;
-        }
         if let Some(n) = members {
             let share = owner.config.partitions.div_ceil(n as u32);
             owner.hand_over_above(share);
@@ -118,12 +118,31 @@ pub async fn run(
 }
 
 impl Owner {
-    /// Heartbeats and returns the number of live members (`None`: Redis did
-    /// not answer, so take nothing new).
-    async fn heartbeat(&mut self) -> Option<u64> {
+    /// Every poll: the number of live members (`None`: Redis did not answer,
+    /// so take nothing new). When due (every quarter of the lease TTL), the
+    /// heartbeat and every lease renewal go out together first.
+    async fn keep_up(&mut self) -> Option<u64> {
+        if Instant::now() >= self.next_write {
+            self.next_write = Instant::now() + self.config.lease_ttl / 4;
+            tokio::join!(self.heartbeat(), self.renew());
+        }
+        let since = now_ms().saturating_sub(self.config.lease_ttl.as_millis() as u64);
+        redis::cmd("ZCOUNT")
+            .arg(&self.members_key)
+            .arg(format!("({since}"))
+            .arg("+inf")
+            .query_async::<u64>(&mut self.conn.clone())
+            .await
+            .ok()
+            .map(|n| n.max(1))
+    }
+
+    /// Refreshes this daemon's score in the member set and prunes members
+    /// silent for a lease TTL.
+    async fn heartbeat(&self) {
         let now = now_ms();
         let ttl = self.config.lease_ttl.as_millis() as u64;
-        redis::pipe()
+        let res: redis::RedisResult<()> = redis::pipe()
             .cmd("ZADD")
             .arg(&self.members_key)
             .arg(now)
@@ -138,12 +157,11 @@ impl Owner {
             .arg(&self.members_key)
             .arg(ttl * 3)
             .ignore()
-            .cmd("ZCARD")
-            .arg(&self.members_key)
-            .query_async::<(u64,)>(&mut self.conn)
-            .await
-            .ok()
-            .map(|(n,)| n.max(1))
+            .query_async(&mut self.conn.clone())
+            .await;
+        if let Err(e) = res {
+            tracing::warn!(error = %e, "cannot heartbeat; retrying at the next renewal");
+        }
     }
 
     async fn leave(&mut self) {
@@ -181,9 +199,14 @@ impl Owner {
         Event::LeaseReleased { partition: p }.emit();
     }
 
+    /// Renews every lease at once (the requests share one connection, so
+    /// they reach Redis together).
     async fn renew(&self) {
-        for (p, t) in &self.owned {
-            match self.leases.renew(&t.run.lease).await {
+        let renewals = self.owned.iter().map(|(p, t)| async move {
+            (p, t, self.leases.renew(&t.run.lease).await)
+        });
+        for (p, t, res) in futures::future::join_all(renewals).await {
+            match res {
                 Ok(true) => {}
                 Ok(false) => {
                     Event::LeaseLost { partition: *p }.emit();
@@ -280,8 +303,8 @@ impl Owner {
                 }
                 break;
             }
-            if self.renewed.elapsed() >= self.config.lease_ttl / 4 {
-                self.renewed = Instant::now();
+            if Instant::now() >= self.next_write {
+                self.next_write = Instant::now() + self.config.lease_ttl / 4;
                 self.renew().await;
             }
             self.end_tenures().await;
