@@ -224,12 +224,22 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<ExitCode> {
     );
     let (figures, errors) = match args.mode {
         Mode::Sync => {
-            let (f, e) = load(&handle, &coll, &args, &last, true, args.writes).await;
+            let plan = Plan {
+                wait: true,
+                total: args.writes,
+                each_key_once: false,
+            };
+            let (f, e) = load(&handle, &coll, &args, &last, plan).await;
             f.print("acked");
             (f, e)
         }
         Mode::Submit => {
-            let (f, e) = load(&handle, &coll, &args, &last, false, args.writes).await;
+            let plan = Plan {
+                wait: false,
+                total: args.writes,
+                each_key_once: false,
+            };
+            let (f, e) = load(&handle, &coll, &args, &last, plan).await;
             f.print("accepted");
             let t = Instant::now();
             writ.sync(Duration::from_secs(600)).await?;
@@ -243,11 +253,14 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<ExitCode> {
         }
         Mode::Drain => unreachable!("handled above"),
         Mode::Read => {
-            let prefill = BenchArgs {
-                zipf: 0.0,
-                ..args.clone()
+            // Every key once, so that every read is a cache hit (a key never
+            // written would read through to MongoDB).
+            let plan = Plan {
+                wait: true,
+                total: args.keys as u64,
+                each_key_once: true,
             };
-            let (_, e) = load(&handle, &coll, &prefill, &last, true, args.keys as u64 * 2).await;
+            let (_, e) = load(&handle, &coll, &args, &last, plan).await;
             let f = reads(&handle, &coll, &args).await;
             f.print("reads");
             (f, e)
@@ -295,16 +308,30 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<ExitCode> {
     }
 }
 
-/// Drives `args.writers` writers for `total` writes (or `--duration`);
-/// `wait`: each write waits for its ack (sync), else only for the stream.
+/// What one [`load`] does.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    /// Each write waits for its ack (sync), else only for the stream.
+    wait: bool,
+    /// Writes in all (unless `--duration`).
+    total: u64,
+    /// Write keys 0, 1, 2, ... in turn instead of by zipf.
+    each_key_once: bool,
+}
+
+/// Drives `args.writers` writers for `plan.total` writes (or `--duration`).
 async fn load(
     handle: &crate::Collection,
     coll: &crate::config::CollectionConfig,
     args: &BenchArgs,
     last: &Last,
-    wait: bool,
-    total: u64,
+    plan: Plan,
 ) -> (Figures, u64) {
+    let Plan {
+        wait,
+        total,
+        each_key_once,
+    } = plan;
     let zipf = Arc::new(Zipf::new(args.keys.max(1), args.zipf));
     let pad = "x".repeat(args.payload);
     let issued = Arc::new(AtomicU64::new(0));
@@ -337,7 +364,11 @@ async fn load(
                     None if n >= total => break,
                     _ => {}
                 }
-                let k = zipf.sample(&mut rand::rng());
+                let k = if each_key_once {
+                    n as usize
+                } else {
+                    zipf.sample(&mut rand::rng())
+                };
                 let key = bench_key(&key_fields, k);
                 let t = Instant::now();
                 let doc = doc! {"n": n as i64, "writer": w as i64, "pad": &pad};
