@@ -6,7 +6,10 @@
 //! moves the ready keys in **rounds** ([`round`]): the next segment of up to
 //! `batch_size` keys goes to MongoDB as one bulk, to the cache as one
 //! pipeline, and is acked with one pipeline and one XACK. At most two rounds
-//! are in flight, on disjoint keys. A segment the bulk does not settle goes to
+//! are in flight, on disjoint keys. A round is formed only once it holds a
+//! slot of the daemon-wide MongoDB limiter: while the server is busy, writes
+//! gather in the queues, so a slow server gets fewer, larger bulks (and more
+//! coalescing) instead of a queue of small ones formed too early. A segment the bulk does not settle goes to
 //! its key's own worker ([`key_worker`], the single path with retries and
 //! dead-lettering), and the key waits for it. One key's writes therefore run
 //! strictly one after another, in stream order. In-flight entries are bounded
@@ -24,7 +27,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::ack::Acker;
-use crate::apply::Store;
+use crate::apply::{Permit, Store};
 use crate::cache::{Cache, Fence};
 use crate::config::Config;
 use crate::protocol::{self, Names, Write};
@@ -128,6 +131,7 @@ pub async fn run_partition(p: u32, ctx: Arc<Ctx>, run: Arc<PartitionRun>) {
         running: JoinSet::new(),
         rounds: 0,
         aborted: false,
+        slot: None,
     }
     .run()
     .instrument(span)
@@ -146,6 +150,8 @@ struct Dispatcher {
     /// finish within the server-side time limit), grown back on success.
     round_max: usize,
     aborted: bool,
+    /// The wait for a limiter slot for the next round, if one is wanted.
+    slot: Option<std::pin::Pin<Box<dyn std::future::Future<Output = Permit> + Send>>>,
 }
 
 impl Dispatcher {
@@ -177,6 +183,10 @@ impl Dispatcher {
                 Some(done) = self.running.join_next(), if !self.running.is_empty() => {
                     self.finished(done);
                 }
+                permit = async { self.slot.as_mut().expect("guarded").await }, if self.slot.is_some() => {
+                    self.slot = None;
+                    self.start_round(permit);
+                }
                 _ = part.run.abort.cancelled(), if !self.aborted && (reading || !self.running.is_empty()) => {
                     self.aborted = true;
                     part.run.stop_reading.cancel();
@@ -190,21 +200,37 @@ impl Dispatcher {
         tracing::info!("partition drained");
     }
 
-    /// Starts rounds on ready keys, at most [`ROUNDS_IN_FLIGHT`] at once.
+    /// Asks for a limiter slot when a round could start (ready keys, fewer
+    /// than [`ROUNDS_IN_FLIGHT`] rounds): the round itself is formed when
+    /// the slot comes ([`Dispatcher::start_round`]).
     fn start_rounds(&mut self) {
-        while !self.aborted && self.rounds < ROUNDS_IN_FLIGHT && !self.keys.ready.is_empty() {
-            let segs = self.keys.take_round(&self.part.ctx.config, self.round_max);
-            if segs.is_empty() {
-                return;
-            }
-            self.rounds += 1;
-            let ids: Vec<KeyId> = segs.iter().map(|s| s.id.clone()).collect();
-            let part = self.part.clone();
-            self.running.spawn(
-                async move { Done::Round(ids, round::run_round(&part, segs).await) }
-                    .in_current_span(),
-            );
+        if self.aborted
+            || self.slot.is_some()
+            || self.rounds >= ROUNDS_IN_FLIGHT
+            || self.keys.ready.is_empty()
+        {
+            return;
         }
+        let limiter = self.part.ctx.store.limiter().clone();
+        self.slot = Some(Box::pin(async move { limiter.acquire().await }));
+    }
+
+    /// Forms a round of what is ready now and starts it with `permit`.
+    fn start_round(&mut self, permit: Permit) {
+        if self.aborted {
+            return;
+        }
+        let segs = self.keys.take_round(&self.part.ctx.config, self.round_max);
+        if segs.is_empty() {
+            return; // the permit is dropped: the slot is freed
+        }
+        self.rounds += 1;
+        let ids: Vec<KeyId> = segs.iter().map(|s| s.id.clone()).collect();
+        let part = self.part.clone();
+        self.running.spawn(
+            async move { Done::Round(ids, round::run_round(&part, segs, permit).await) }
+                .in_current_span(),
+        );
     }
 
     async fn admit(&mut self, items: Vec<Item>) {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::{key_worker, Job, KeyId, Partition};
 use crate::ack::{Ack, Outcome};
-use crate::apply::{BulkItem, BulkOutcome, Signal};
+use crate::apply::{BulkItem, BulkOutcome, Permit, Signal};
 use crate::backoff::retry_until;
 use crate::cache::CasOutcome;
 use crate::config::CollectionConfig;
@@ -40,10 +40,10 @@ pub(crate) struct RoundEnd {
     pub bulk_failed: bool,
 }
 
-/// Runs one round. Returns the segments the bulk did not settle; their
+/// Runs one round, holding `permit` (a limiter slot) for its bulk. Returns the segments the bulk did not settle; their
 /// entries are neither acked nor cached. When the partition is aborted, what
 /// is not done yet stays pending for the next owner (nothing is returned).
-pub(super) async fn run_round(part: &Partition, segs: Vec<Segment>) -> RoundEnd {
+pub(super) async fn run_round(part: &Partition, segs: Vec<Segment>, permit: Permit) -> RoundEnd {
     let (ctx, run) = (&*part.ctx, &*part.run);
     let end = |single, bulk_failed| RoundEnd {
         single,
@@ -74,10 +74,6 @@ pub(super) async fn run_round(part: &Partition, segs: Vec<Segment>) -> RoundEnd 
         })
         .collect();
     let limit = ctx.config.op_timeout + Duration::from_secs(5);
-    let permit = tokio::select! {
-        p = ctx.store.limiter().acquire() => p,
-        _ = run.abort.cancelled() => return end(Vec::new(), false),
-    };
     let started = Instant::now();
     let res = tokio::select! {
         r = tokio::time::timeout(limit, ctx.store.apply_bulk(&items)) => r,
