@@ -8,7 +8,8 @@
 //! order, outside any timeout, and at most `limit` reach the driver, whose pool
 //! is sized to the upper bound.
 //!
-//! The limit grows by one per `limit` fast completions and shrinks by a tenth
+//! The limit grows by one per `limit` fast completions made while it was
+//! fully used (a limit never reached is not evidence) and shrinks by a tenth
 //! (at most once per round trip) when a completion is slower than
 //! `TOLERANCE` times the best latency seen recently, or slower than a quarter
 //! of the operation timeout (queueing must never approach the server-side
@@ -118,6 +119,11 @@ impl Limiter {
 
     fn finish(&self, latency: Option<(Duration, Signal, usize)>) {
         let mut s = self.state.lock().expect("limiter lock");
+        // Whether the limit was what held operations back: it only grows
+        // then. A limit that is never reached proves nothing about the
+        // server, and growing it anyway lets every caller start its work at
+        // once, in small pieces, on a server that may run them one by one.
+        let used = s.in_flight as f64 >= s.limit.floor().max(1.0);
         s.in_flight = s.in_flight.saturating_sub(1);
         if let Some((latency, signal, writes)) = latency {
             let per_write = latency / writes.max(1) as u32;
@@ -134,7 +140,7 @@ impl Limiter {
                     s.limit = (s.limit * 0.9).max(1.0);
                     s.last_decrease = Instant::now();
                 }
-            } else {
+            } else if used {
                 s.limit = (s.limit + 1.0 / s.limit).min(self.max as f64);
             }
             metrics::gauge!("writ_mongodb_concurrency_limit").set(s.limit.floor());
@@ -207,9 +213,26 @@ mod tests {
             l.acquire().await.done(Signal::Overloaded);
         }
         assert_eq!(l.limit(), 1);
-        // Fast completions grow it back, up to the bound.
-        for _ in 0..200 {
+        // Fast completions of one operation at a time do not grow it: the
+        // limit of 1 was never what held anything back... until it is.
+        for _ in 0..50 {
             l.acquire().await.done(Signal::Completed);
+        }
+        assert_eq!(l.limit(), 2, "grows once: at limit 1, one operation uses it");
+        for _ in 0..50 {
+            l.acquire().await.done(Signal::Completed);
+        }
+        assert_eq!(l.limit(), 2, "a limit of 2 that is never used stays");
+        // Fast completions while the limit is used grow it, up to the bound.
+        for _ in 0..200 {
+            let n = l.limit();
+            let mut held = Vec::new();
+            for _ in 0..n {
+                held.push(l.acquire().await);
+            }
+            for p in held {
+                p.done(Signal::Completed);
+            }
         }
         assert_eq!(l.limit(), 4);
     }
@@ -223,7 +246,12 @@ mod tests {
             let mut s = l.state.lock().unwrap();
             s.last_decrease = Instant::now() - Duration::from_secs(10);
         }
-        // 100 writes in 1 s: 10 ms each, as fast as the best single write.
+        // 100 writes in 1 s: 10 ms each, as fast as the best single write
+        // (with the limit in use).
+        {
+            let mut s = l.state.lock().unwrap();
+            s.in_flight = s.limit.floor() as usize;
+        }
         l.finish(Some((Duration::from_secs(1), Signal::Completed, 100)));
         assert!(
             l.state.lock().unwrap().limit > before,
