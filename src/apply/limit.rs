@@ -27,11 +27,17 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-/// A completion this many times slower than the recent best counts as
-/// congestion.
-const TOLERANCE: f64 = 4.0;
-/// Latency below which no sample counts as congestion (noise floor).
-const FLOOR: Duration = Duration::from_millis(5);
+/// A completion (per write) this many times slower than the recent best
+/// counts as congestion. Tight on purpose: on a server that runs operations
+/// one at a time, each extra operation in flight adds a whole service time of
+/// queueing, and a limit of 2 there (rounds gather into larger bulks while
+/// they wait) applied 1.9-2.2x the writes of a limit of 4-7 in
+/// `writ bench --mode sync` (docs/performance.md, session 7).
+const TOLERANCE: f64 = 1.5;
+/// Per-write latency below which no sample counts as congestion (noise
+/// floor): a real MongoDB applies a write of a bulk in well under this, so
+/// there the limit is bounded by the quarter-timeout rule and failures only.
+const FLOOR: Duration = Duration::from_millis(1);
 /// How fast the remembered best latency forgets (per sample), so a server
 /// that became slower for good is not judged against a stale best.
 const BEST_DECAY: f64 = 1.001;
