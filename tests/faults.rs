@@ -119,8 +119,20 @@ async fn thirty_kills_with_hundreds_of_submits_in_flight_lose_nothing() {
         daemon: "lease_ttl_ms = 1000",
         ..Default::default()
     };
-    let path = env.config_file_with(dir.path(), &o);
     let config = env.config_with(&o);
+    // The daemons reach MongoDB through a proxy that holds each request
+    // 100 ms, so that hundreds of entries are in flight at every kill
+    // whatever the daemon's own speed (it coalesces this load's 40 keys).
+    let (_slow, slow_uri) =
+        support::proxy::in_front_of_mongo_with_latency(&env.mongo_uri, Duration::from_millis(100))
+            .await;
+    let path = env.config_file_with(
+        dir.path(),
+        &Overrides {
+            mongo_uri: Some(slow_uri),
+            ..o
+        },
+    );
     // Two daemons at all times: each kill lands on one that owns partitions,
     // and a successor starts at once.
     let mut alive: Vec<DaemonProc> = (0..2)

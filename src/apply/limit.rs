@@ -224,7 +224,11 @@ mod tests {
         for _ in 0..50 {
             l.acquire().await.done(Signal::Completed);
         }
-        assert_eq!(l.limit(), 2, "grows once: at limit 1, one operation uses it");
+        assert_eq!(
+            l.limit(),
+            2,
+            "grows once: at limit 1, one operation uses it"
+        );
         for _ in 0..50 {
             l.acquire().await.done(Signal::Completed);
         }

@@ -202,9 +202,10 @@ impl Owner {
     /// Renews every lease at once (the requests share one connection, so
     /// they reach Redis together).
     async fn renew(&self) {
-        let renewals = self.owned.iter().map(|(p, t)| async move {
-            (p, t, self.leases.renew(&t.run.lease).await)
-        });
+        let renewals = self
+            .owned
+            .iter()
+            .map(|(p, t)| async move { (p, t, self.leases.renew(&t.run.lease).await) });
         for (p, t, res) in futures::future::join_all(renewals).await {
             match res {
                 Ok(true) => {}
