@@ -104,3 +104,46 @@ async fn the_bound_holds_inside_a_batch() {
     }
     assert_eq!((admitted, refused), (50, 150));
 }
+
+/// A batch that reaches the kept upper bound of the backlog counts it again
+/// before refusing anything: entries the daemon already applied must not
+/// count (a refusal on the estimate is a phantom backlog).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_refused_only_on_an_exact_count() {
+    let env = TestEnv::start("admission_exact");
+    let config = env.config_with(&Overrides {
+        client: "max_backlog = 50",
+        ..Default::default()
+    });
+    let names = support::same_partition(&config, "signal", key, "E0", "K", 10);
+    let _daemon = Daemon::start(config.clone());
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    // 45 writes, each applied before the next: the exact backlog is back to
+    // 0, while the kept upper bound (est + since) has grown to 45.
+    for i in 0..45i64 {
+        s.write(&key(&names[i as usize % names.len()]), &doc! {"i": i})
+            .await
+            .unwrap();
+    }
+    // 40 submits at once: after the first, they queue and go in batches that
+    // cross the upper bound of 50. The real backlog never exceeds 40.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..40usize {
+        let (s, name) = (s.clone(), names[i % names.len()].clone());
+        tasks.spawn(async move { s.submit(&key(&name), &doc! {"i": i as i64}).await });
+    }
+    let mut refused = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap() {
+            Ok(_) => {}
+            Err(e) => refused.push(e.to_string()),
+        }
+    }
+    assert!(
+        refused.is_empty(),
+        "{} of 40 submits refused on a backlog of at most 40 (bound 50): {:?}",
+        refused.len(),
+        refused.first()
+    );
+}

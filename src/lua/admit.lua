@@ -86,17 +86,22 @@ end
 -- flight, so one script run, one meta update and one AOF transaction carry
 -- many XADDs. Returns the ids of the admitted entries in order; when the
 -- bound stopped it early, one more element: the backlog, as an integer.
+-- Entries are admitted while room() finds room; once the kept upper bound is
+-- used up, room() counts the backlog exactly, so an entry is refused only on
+-- an exact count at the bound, never on the estimate.
 local n = tonumber(ARGV[4])
-local free = room()
-local out, at = {}, 5
-for _ = 1, math.min(n, free) do
-  local c = tonumber(ARGV[at])
-  out[#out + 1] = redis.call('XADD', KEYS[1], '*', unpack(ARGV, at + 1, at + c))
-  at = at + 1 + c
+local out, at, counted = {}, 5, nil
+while #out < n do
+  local free
+  free, counted = room()
+  if free < 1 then break end
+  local take = math.min(n - #out, free)
+  for _ = 1, take do
+    local c = tonumber(ARGV[at])
+    out[#out + 1] = redis.call('XADD', KEYS[1], '*', unpack(ARGV, at + 1, at + c))
+    at = at + 1 + c
+  end
+  redis.call('HINCRBY', KEYS[2], 'since', take)
 end
-if #out > 0 then redis.call('HINCRBY', KEYS[2], 'since', #out) end
-if #out < n then
-  local m = redis.call('HMGET', KEYS[2], 'est', 'since')
-  out[#out + 1] = tonumber(m[1]) + tonumber(m[2] or 0)
-end
+if #out < n then out[#out + 1] = counted end
 return out
