@@ -78,6 +78,8 @@ struct Owner {
     owned: BTreeMap<u32, Tenure>,
     /// When the heartbeat and the renewals are due next.
     next_write: Instant,
+    /// Whether the last member count failed (its error is logged once).
+    counting_failed: bool,
 }
 
 /// Owns partitions until `shutdown`, then drains them (bounded by the
@@ -97,6 +99,7 @@ pub async fn run(
         spawn,
         owned: BTreeMap::new(),
         next_write: Instant::now(),
+        counting_failed: false,
     };
     loop {
         let members = owner.keep_up().await;
@@ -127,14 +130,26 @@ impl Owner {
             tokio::join!(self.heartbeat(), self.renew());
         }
         let since = now_ms().saturating_sub(self.config.lease_ttl.as_millis() as u64);
-        redis::cmd("ZCOUNT")
+        let counted = redis::cmd("ZCOUNT")
             .arg(&self.members_key)
             .arg(format!("({since}"))
             .arg("+inf")
             .query_async::<u64>(&mut self.conn.clone())
-            .await
-            .ok()
-            .map(|n| n.max(1))
+            .await;
+        match counted {
+            Ok(n) => {
+                self.counting_failed = false;
+                Some(n.max(1))
+            }
+            Err(e) => {
+                if !self.counting_failed {
+                    // Said once per failing streak, not every poll.
+                    tracing::error!(error = %e, "cannot count the live daemons; taking no partition until it works (a Redis ACL without ZCOUNT? see docs/operations.md)");
+                }
+                self.counting_failed = true;
+                None
+            }
+        }
     }
 
     /// Refreshes this daemon's score in the member set and prunes members
