@@ -118,6 +118,9 @@ pub(super) async fn run(
     })
 }
 
+/// A cache entry's `v`, `doc` and `gone`, as `HMGET` returns them.
+type CacheEntry = (Option<String>, Option<Vec<u8>>, Option<String>);
+
 /// The read baseline: a plain Redis `HMGET` of the same cache entries, with
 /// the same readers, keys and zipf, on a connection of the same kind. It is
 /// the floor of a cache-hit read on this Redis and this machine (the adapter
@@ -156,14 +159,13 @@ pub(super) async fn reads(
             while issued.fetch_add(1, Ordering::Relaxed) < total {
                 let entry = &entries[zipf.sample(&mut rand::rng())];
                 let t = Instant::now();
-                let got: redis::RedisResult<(Option<String>, Option<Vec<u8>>, Option<String>)> =
-                    redis::cmd("HMGET")
-                        .arg(entry)
-                        .arg("v")
-                        .arg("doc")
-                        .arg("gone")
-                        .query_async(&mut redis)
-                        .await;
+                let got: redis::RedisResult<CacheEntry> = redis::cmd("HMGET")
+                    .arg(entry)
+                    .arg("v")
+                    .arg("doc")
+                    .arg("gone")
+                    .query_async(&mut redis)
+                    .await;
                 if got.is_ok() {
                     let _ = local.record(t.elapsed().as_micros().max(1) as u64);
                 }

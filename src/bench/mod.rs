@@ -215,73 +215,15 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<ExitCode> {
         return drain::run(config, coll, &args).await;
     }
     let writ = Writ::connect(config.clone()).await?;
-    let handle = writ.collection(&coll.name)?;
     let before = daemon::sample(args.metrics.as_deref()).await;
     let last: Last = Arc::default();
     println!(
         "writ bench --mode {:?}: {} writers, {} keys (zipf {}), {} B payload, collection {:?}",
         args.mode, args.writers, args.keys, args.zipf, args.payload, coll.name
     );
-    let (figures, errors) = match args.mode {
-        Mode::Sync => {
-            let plan = Plan {
-                wait: true,
-                total: args.writes,
-                each_key_once: false,
-            };
-            let (f, e) = load(&handle, &coll, &args, &last, plan).await;
-            f.print("acked");
-            (f, e)
-        }
-        Mode::Submit => {
-            let plan = Plan {
-                wait: false,
-                total: args.writes,
-                each_key_once: false,
-            };
-            let (f, e) = load(&handle, &coll, &args, &last, plan).await;
-            f.print("accepted");
-            let t = Instant::now();
-            writ.sync(Duration::from_secs(600)).await?;
-            let drain = t.elapsed();
-            println!(
-                "  drained    {:.2} s after the last submit; applied {:.0} writes/s over the whole run",
-                drain.as_secs_f64(),
-                f.ops as f64 / (f.elapsed + drain).as_secs_f64()
-            );
-            (f, e)
-        }
-        Mode::Drain => unreachable!("handled above"),
-        Mode::Read => {
-            // Every key once, so that every read is a cache hit (a key never
-            // written would read through to MongoDB).
-            let plan = Plan {
-                wait: true,
-                total: args.keys as u64,
-                each_key_once: true,
-            };
-            let (_, e) = load(&handle, &coll, &args, &last, plan).await;
-            let f = reads(&handle, &coll, &args).await;
-            f.print("reads");
-            (f, e)
-        }
-    };
+    let (figures, errors) = measure(&writ, &coll, &args, &last).await?;
     if let Some(Baseline::Direct) = args.baseline {
-        let d = if args.mode == Mode::Read {
-            let d = direct::reads(&config, &coll, &args).await?;
-            d.print("raw HMGET");
-            d
-        } else {
-            let d = direct::run(&config, &coll, &args).await?;
-            d.print("direct");
-            d
-        };
-        println!(
-            "  ratio      writ/direct: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x (latency: lower is better)",
-            figures.rate() / d.rate().max(1e-9),
-            figures.ms(0.5) / d.ms(0.5).max(1e-9),
-            figures.ms(0.99) / d.ms(0.99).max(1e-9),
-        );
+        baseline(&config, &coll, &args, &figures).await?;
     }
     if let (Some(b), Some(a)) = (before, daemon::sample(args.metrics.as_deref()).await) {
         let applied = (a.applied - b.applied).max(1.0);
@@ -306,6 +248,81 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<ExitCode> {
         );
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// Runs the measured part of a sync, submit or read bench and prints it;
+/// returns its figures and the writes that failed.
+async fn measure(
+    writ: &Writ,
+    coll: &crate::config::CollectionConfig,
+    args: &BenchArgs,
+    last: &Last,
+) -> Result<(Figures, u64)> {
+    let handle = writ.collection(&coll.name)?;
+    let plan = Plan {
+        wait: args.mode != Mode::Submit,
+        total: args.writes,
+        each_key_once: false,
+    };
+    Ok(match args.mode {
+        Mode::Sync => {
+            let (f, e) = load(&handle, coll, args, last, plan).await;
+            f.print("acked");
+            (f, e)
+        }
+        Mode::Submit => {
+            let (f, e) = load(&handle, coll, args, last, plan).await;
+            f.print("accepted");
+            let t = Instant::now();
+            writ.sync(Duration::from_secs(600)).await?;
+            let drain = t.elapsed();
+            println!(
+                "  drained    {:.2} s after the last submit; applied {:.0} writes/s over the whole run",
+                drain.as_secs_f64(),
+                f.ops as f64 / (f.elapsed + drain).as_secs_f64()
+            );
+            (f, e)
+        }
+        Mode::Read => {
+            // Every key once, so that every read is a cache hit (a key never
+            // written would read through to MongoDB).
+            let prefill = Plan {
+                total: args.keys as u64,
+                each_key_once: true,
+                ..plan
+            };
+            let (_, e) = load(&handle, coll, args, last, prefill).await;
+            let f = reads(&handle, coll, args).await;
+            f.print("reads");
+            (f, e)
+        }
+        Mode::Drain => unreachable!("run() hands drain to drain::run"),
+    })
+}
+
+/// The baseline of the same run (`--baseline direct`) and the ratio.
+async fn baseline(
+    config: &Config,
+    coll: &crate::config::CollectionConfig,
+    args: &BenchArgs,
+    figures: &Figures,
+) -> Result<()> {
+    let d = if args.mode == Mode::Read {
+        let d = direct::reads(config, coll, args).await?;
+        d.print("raw HMGET");
+        d
+    } else {
+        let d = direct::run(config, coll, args).await?;
+        d.print("direct");
+        d
+    };
+    println!(
+        "  ratio      writ/direct: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x (latency: lower is better)",
+        figures.rate() / d.rate().max(1e-9),
+        figures.ms(0.5) / d.ms(0.5).max(1e-9),
+        figures.ms(0.99) / d.ms(0.99).max(1e-9),
+    );
+    Ok(())
 }
 
 /// What one [`load`] does.
