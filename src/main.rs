@@ -8,6 +8,12 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use writ::config::{Config, LogFormat};
 
+/// mimalloc instead of glibc malloc: allocation was about 30 % of the CPU of
+/// the daemon (a drain) and of `writ bench` (submits) in `perf` profiles
+/// (docs/performance.md, session 7).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "writ",
