@@ -443,7 +443,9 @@ describe("minReplicasAcked across a failover", () => {
 
   test("a master is killed: its writes fail retryably until its replica took over with a replica of its own; every accepted write survives", async () => {
     const ns = `fo${process.pid}`;
-    const c = new WritClient({ redisCluster: true, redisUrl: cluster.url, namespace: ns, minReplicasAcked: 1, replicaAckTimeoutMs: 500 });
+    // 2 s for a replica's ack: on two shared cores a healthy replica once took
+    // over 500 ms to answer the first WAIT (round 0 failed on two masters).
+    const c = new WritClient({ redisCluster: true, redisUrl: cluster.url, namespace: ns, minReplicasAcked: 1, replicaAckTimeoutMs: 2000 });
     clients.push(c);
     const keyOf: Record<string, unknown>[] = [];
     for (let i = 0; keyOf.length < 8; i++) {
