@@ -140,44 +140,18 @@ pub(super) async fn reads(
         })
         .collect::<Result<_>>()?;
     let entries = Arc::new(entries);
-    let zipf = Arc::new(Zipf::new(args.keys.max(1), args.zipf));
-    let issued = Arc::new(AtomicU64::new(0));
-    let hist = Arc::new(Mutex::new(new_hist()));
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..args.writers.max(1) {
-        let (mut redis, entries, zipf, issued, hist, total) = (
-            redis.clone(),
-            entries.clone(),
-            zipf.clone(),
-            issued.clone(),
-            hist.clone(),
-            args.writes,
-        );
-        tasks.spawn(async move {
-            let mut local = new_hist();
-            while issued.fetch_add(1, Ordering::Relaxed) < total {
-                let entry = &entries[zipf.sample(&mut rand::rng())];
-                let t = Instant::now();
-                let got: redis::RedisResult<CacheEntry> = redis::cmd("HMGET")
-                    .arg(entry)
-                    .arg("v")
-                    .arg("doc")
-                    .arg("gone")
-                    .query_async(&mut redis)
-                    .await;
-                if got.is_ok() {
-                    let _ = local.record(t.elapsed().as_micros().max(1) as u64);
-                }
-            }
-            let _ = hist.lock().expect("lock").add(&local);
-        });
-    }
-    while tasks.join_next().await.is_some() {}
-    let hist = hist.lock().expect("lock").clone();
-    Ok(Figures {
-        ops: hist.len(),
-        elapsed: started.elapsed(),
-        hist,
+    Ok(super::timed_reads(args, move |k| {
+        let (mut redis, entries) = (redis.clone(), entries.clone());
+        async move {
+            let got: redis::RedisResult<CacheEntry> = redis::cmd("HMGET")
+                .arg(&entries[k])
+                .arg("v")
+                .arg("doc")
+                .arg("gone")
+                .query_async(&mut redis)
+                .await;
+            got.is_ok()
+        }
     })
+    .await)
 }

@@ -438,26 +438,41 @@ async fn reads(
     coll: &crate::config::CollectionConfig,
     args: &BenchArgs,
 ) -> Figures {
+    let (handle, key_fields) = (handle.clone(), Arc::new(coll.key.clone()));
+    timed_reads(args, move |k| {
+        let (handle, key) = (handle.clone(), bench_key(&key_fields, k));
+        async move { handle.read(&key).await.is_ok() }
+    })
+    .await
+}
+
+/// `args.writes` reads of zipf-chosen key indexes by `args.writers` tasks,
+/// each timed; `read(k)` says whether it succeeded (only those count). The
+/// read of writ and the read baseline share it.
+pub(crate) async fn timed_reads<F, Fut>(args: &BenchArgs, read: F) -> Figures
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let zipf = Arc::new(Zipf::new(args.keys.max(1), args.zipf));
     let issued = Arc::new(AtomicU64::new(0));
     let hist = Arc::new(Mutex::new(new_hist()));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..args.writers.max(1) {
-        let (handle, zipf, issued, hist, key_fields, total) = (
-            handle.clone(),
+        let (read, zipf, issued, hist, total) = (
+            read.clone(),
             zipf.clone(),
             issued.clone(),
             hist.clone(),
-            coll.key.clone(),
             args.writes,
         );
         tasks.spawn(async move {
             let mut local = new_hist();
             while issued.fetch_add(1, Ordering::Relaxed) < total {
-                let key = bench_key(&key_fields, zipf.sample(&mut rand::rng()));
+                let k = zipf.sample(&mut rand::rng());
                 let t = Instant::now();
-                if handle.read(&key).await.is_ok() {
+                if read(k).await {
                     let _ = local.record(t.elapsed().as_micros().max(1) as u64);
                 }
             }
