@@ -10,8 +10,8 @@
 //! slot of the daemon-wide MongoDB limiter: while the server is busy, writes
 //! gather in the queues, so a slow server gets fewer, larger bulks (and more
 //! coalescing) instead of a queue of small ones formed too early. A segment
-//! the bulk does not settle goes to its key's own worker ([`key_worker`], the single path with retries and
-//! dead-lettering), and the key waits for it. One key's writes therefore run
+//! the bulk does not settle goes to its key's own worker ([`key_worker`], the
+//! single path with retries and dead-lettering), and the key waits for it. One key's writes therefore run
 //! strictly one after another, in stream order. In-flight entries are bounded
 //! by a semaphore whose permits travel with the entries until they are acked.
 
