@@ -1,26 +1,27 @@
 //! The daemon-wide bound on MongoDB operations in flight, adapted to the
 //! latency MongoDB shows (additive increase, multiplicative decrease).
 //!
-//! Without it every partition's key workers call MongoDB at once: thousands
-//! of operations queue in the driver's pool, time out while queued, are
-//! retried while the first attempt may still run, and the load multiplies (a
-//! congestive collapse under a backlog). With it, operations wait *here*, in
-//! order, outside any timeout, and at most `limit` reach the driver, whose pool
-//! is sized to the upper bound.
+//! Without it every partition's key workers call MongoDB at once: thousands of
+//! operations queue in the driver's pool, time out while queued, are retried
+//! while the first attempt may still run, and the load multiplies (a congestive
+//! collapse under a backlog). With it, operations wait *here*, in order,
+//! outside any timeout, and at most `limit` reach the driver, whose pool is
+//! sized to the upper bound.
 //!
-//! The limit grows by one per `limit` fast completions made while it was
-//! fully used (a limit never reached is not evidence) and shrinks by a tenth
-//! (at most once per round trip) when a completion is slower than
-//! `TOLERANCE` times the best latency seen recently, or slower than a quarter
-//! of the operation timeout (queueing must never approach the server-side
-//! time limit), or failed for a transient reason. A server that serialises operations therefore settles at a small
-//! limit (more concurrency only adds queueing), one that scales settles high.
+//! The limit grows by one per `limit` fast completions made while it was fully
+//! used (a limit never reached is not evidence) and shrinks by a tenth (at most
+//! once per round trip) when a completion is slower than `TOLERANCE` times the
+//! best latency seen recently, or slower than a quarter of the operation
+//! timeout (queueing must never approach the server-side time limit), or failed
+//! for a transient reason. A server that serialises operations therefore
+//! settles at a small limit (more concurrency only adds queueing), one that
+//! scales settles high.
 //!
-//! Latency is compared **per write**: a bulk of 200 writes that takes 200
-//! times a single write's time is not congestion, so a bulk reports its
-//! write count ([`Permit::done_writes`]) and its latency is divided by it
-//! before it is compared with the best. The quarter-timeout rule still judges
-//! the whole operation.
+//! Latency is compared **per write**: a bulk of 200 writes that takes 200 times
+//! a single write's time is not congestion, so a bulk reports its write count
+//! ([`Permit::done_writes`]) and its latency is divided by it before it is
+//! compared with the best. The quarter-timeout rule still judges the whole
+//! operation.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -4,16 +4,17 @@
 //! group (pending ones first, after a restart) and hands them to the
 //! dispatcher, which keeps one FIFO queue per key ([`keys`]). The dispatcher
 //! moves the ready keys in **rounds** ([`round`]): the next segment of up to
-//! `batch_size` keys goes to MongoDB as one bulk, to the cache as one
-//! pipeline, and is acked with one pipeline and one XACK. At most two rounds
-//! are in flight, on disjoint keys. A round is formed only once it holds a
-//! slot of the daemon-wide MongoDB limiter: while the server is busy, writes
-//! gather in the queues, so a slow server gets fewer, larger bulks (and more
-//! coalescing) instead of a queue of small ones formed too early. A segment
-//! the bulk does not settle goes to its key's own worker ([`key_worker`], the
-//! single path with retries and dead-lettering), and the key waits for it. One key's writes therefore run
-//! strictly one after another, in stream order. In-flight entries are bounded
-//! by a semaphore whose permits travel with the entries until they are acked.
+//! `batch_size` keys goes to MongoDB as one bulk, to the cache as one pipeline,
+//! and is acked with one pipeline and one XACK. At most two rounds are in
+//! flight, on disjoint keys. A round is formed only once it holds a slot of the
+//! daemon-wide MongoDB limiter: while the server is busy, writes gather in the
+//! queues, so a slow server gets fewer, larger bulks (and more coalescing)
+//! instead of a queue of small ones formed too early. A segment the bulk does
+//! not settle goes to its key's own worker ([`key_worker`], the single path
+//! with retries and dead-lettering), and the key waits for it. One key's writes
+//! therefore run strictly one after another, in stream order. In-flight entries
+//! are bounded by a semaphore whose permits travel with the entries until they
+//! are acked.
 
 mod key_worker;
 mod keys;
