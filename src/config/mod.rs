@@ -267,6 +267,93 @@ key = ["symbol", "strategyName"]
         assert!(e.to_string().contains("mongodb.write_concern"), "{e}");
     }
 
+    /// Every numeric bound: the value just outside is refused with the
+    /// field and its range, the value at the edge is accepted.
+    #[test]
+    fn numeric_bounds_are_checked_at_their_edges() {
+        let with = |section: &str, line: &str| {
+            let header = format!("[{section}]");
+            let text = if MIN.contains(&header) {
+                MIN.replace(&header, &format!("{header}\n{line}"))
+            } else {
+                format!("{header}\n{line}\n{MIN}")
+            };
+            Config::from_toml(&text)
+        };
+        let cases: &[(&str, &str, &str, &str, &str)] = &[
+            (
+                "redis",
+                "min_replicas_acked",
+                "17",
+                "16",
+                "between 0 and 16",
+            ),
+            (
+                "redis",
+                "replica_ack_timeout_ms",
+                "0",
+                "1",
+                "between 1 and 60000",
+            ),
+            (
+                "redis",
+                "replica_ack_timeout_ms",
+                "60001",
+                "60000",
+                "between 1 and 60000",
+            ),
+            ("redis", "partitions", "4097", "4096", "between 1 and 4096"),
+            ("mongodb", "op_timeout_ms", "0", "1", "at least 1"),
+            (
+                "mongodb",
+                "max_concurrency",
+                "1001",
+                "1000",
+                "between 1 and 1000",
+            ),
+            ("daemon", "batch_size", "0", "1", "between 1 and 10000"),
+            (
+                "daemon",
+                "block_ms",
+                "60001",
+                "60000",
+                "between 1 and 60000",
+            ),
+            ("daemon", "max_attempts", "0", "1", "at least 1"),
+            (
+                "daemon",
+                "lease_ttl_ms",
+                "299",
+                "300",
+                "between 300 and 300000",
+            ),
+            ("daemon", "stats_interval_ms", "99", "100", "at least 100"),
+            ("daemon", "retention_max_entries", "0", "1", "at least 1"),
+            ("client", "max_backlog", "0", "1", "at least 1"),
+            (
+                "client",
+                "max_document_bytes",
+                "16777217",
+                "16777216",
+                "between 1 and 16777216",
+            ),
+        ];
+        for (section, field, bad, edge, range) in cases {
+            let e = with(section, &format!("{field} = {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("`{section}.{field}`: must be {range}")),
+                "{field} = {bad}: {e}"
+            );
+            if let Err(e) = with(section, &format!("{field} = {edge}")) {
+                panic!("{field} = {edge} refused: {e}");
+            }
+        }
+        let e = with("daemon", "batch_size = 64\nmax_in_flight = 63").unwrap_err();
+        assert!(e.to_string().contains("daemon.max_in_flight"), "{e}");
+    }
+
     /// The shipped configs parse: the default, docker-compose's, and its
     /// cluster profile's (with all six seed nodes and replica acks).
     #[test]

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::raw::RawConfig;
+use super::raw::{RawClient, RawCollection, RawConfig, RawDaemon, RawMongo, RawRedis};
 use super::{
     redact_url, CollectionConfig, Config, LogFormat, RedisTls, WriteConcernW, ENV_MONGODB_URI,
     ENV_REDIS_URL, MONGO_MAX_BSON, RESERVED_FIELDS,
@@ -25,6 +25,16 @@ fn is_identifier(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
 }
 
+/// `value` lies in `lo..=hi`; else the config error for `field` ("must be
+/// between lo and hi", or "at least lo" when there is no upper bound).
+fn within(field: &str, value: u64, lo: u64, hi: u64) -> Result<()> {
+    match (lo..=hi).contains(&value) {
+        true => Ok(()),
+        false if hi == u64::MAX => Err(bad(field, format!("must be at least {lo}"))),
+        false => Err(bad(field, format!("must be between {lo} and {hi}"))),
+    }
+}
+
 impl RawConfig {
     /// Checks every field and returns the typed config.
     pub fn validate(self) -> Result<Config> {
@@ -35,186 +45,11 @@ impl RawConfig {
             client,
             collections,
         } = self;
-        let urls = redis_urls(&redis.url.list(), redis.cluster)?;
-        if redis.min_replicas_acked > 16 {
-            return Err(bad(
-                "redis.min_replicas_acked",
-                "must be between 0 and 16 (replicas that confirm each write)",
-            ));
-        }
-        if redis.replica_ack_timeout_ms == 0 || redis.replica_ack_timeout_ms > 60_000 {
-            return Err(bad(
-                "redis.replica_ack_timeout_ms",
-                "must be between 1 and 60000",
-            ));
-        }
-        if !is_identifier(&redis.namespace) {
-            return Err(bad(
-                "redis.namespace",
-                "use 1-64 characters of [A-Za-z0-9_.-]",
-            ));
-        }
-        if redis.partitions == 0 || redis.partitions > 4096 {
-            return Err(bad("redis.partitions", "must be between 1 and 4096"));
-        }
-        let redis_tls = redis_tls(
-            &urls[0],
-            redis.tls_ca_file,
-            redis.tls_cert_file,
-            redis.tls_key_file,
-        )?;
-        if !(mongodb.uri.starts_with("mongodb://") || mongodb.uri.starts_with("mongodb+srv://")) {
-            return Err(bad(
-                "mongodb.uri",
-                format!(
-                    "{} is not a mongodb:// URI; set it or {ENV_MONGODB_URI}",
-                    redact_url(&mongodb.uri)
-                ),
-            ));
-        }
-        if mongodb.database.is_empty() || mongodb.database.contains(['/', '\\', '.', ' ', '"', '$'])
-        {
-            return Err(bad(
-                "mongodb.database",
-                "must be a non-empty MongoDB database name without / \\ . space \" $",
-            ));
-        }
-        let write_concern = match &mongodb.write_concern {
-            toml::Value::String(s) if s == "majority" => WriteConcernW::Majority,
-            toml::Value::Integer(n) if *n >= 0 && *n <= 50 => WriteConcernW::Nodes(*n as u32),
-            _ => {
-                return Err(bad(
-                    "mongodb.write_concern",
-                    "use \"majority\" or a node count such as 1",
-                ))
-            }
-        };
-        if mongodb.op_timeout_ms == 0 {
-            return Err(bad("mongodb.op_timeout_ms", "must be at least 1"));
-        }
-        if mongodb.max_concurrency == 0 || mongodb.max_concurrency > 1000 {
-            return Err(bad("mongodb.max_concurrency", "must be between 1 and 1000"));
-        }
-        if daemon.batch_size == 0 || daemon.batch_size > 10_000 {
-            return Err(bad("daemon.batch_size", "must be between 1 and 10000"));
-        }
-        if daemon.max_in_flight < daemon.batch_size {
-            return Err(bad(
-                "daemon.max_in_flight",
-                "must be at least daemon.batch_size",
-            ));
-        }
-        if daemon.block_ms == 0 || daemon.block_ms > 60_000 {
-            return Err(bad("daemon.block_ms", "must be between 1 and 60000"));
-        }
-        if daemon.max_attempts == 0 {
-            return Err(bad("daemon.max_attempts", "must be at least 1"));
-        }
-        if daemon.lease_ttl_ms < 300 || daemon.lease_ttl_ms > 300_000 {
-            return Err(bad("daemon.lease_ttl_ms", "must be between 300 and 300000"));
-        }
-        if daemon.stats_interval_ms < 100 {
-            return Err(bad("daemon.stats_interval_ms", "must be at least 100"));
-        }
-        if daemon.retention_max_entries == 0 {
-            return Err(bad("daemon.retention_max_entries", "must be at least 1"));
-        }
-        if client.max_backlog == 0 {
-            return Err(bad("client.max_backlog", "must be at least 1"));
-        }
-        let metrics_listen = if daemon.metrics_listen.is_empty() {
-            None
-        } else {
-            Some(daemon.metrics_listen.parse::<SocketAddr>().map_err(|_| {
-                bad(
-                    "daemon.metrics_listen",
-                    format!(
-                        "{:?} is not host:port such as 127.0.0.1:9108 (empty disables it)",
-                        daemon.metrics_listen
-                    ),
-                )
-            })?)
-        };
-        let log_format = match daemon.log_format.as_str() {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            other => {
-                return Err(bad(
-                    "daemon.log_format",
-                    format!("{other:?} is not \"text\" or \"json\""),
-                ))
-            }
-        };
-        let consumer_name = match daemon.consumer_name {
-            Some(n) if is_identifier(&n) => n,
-            Some(_) => {
-                return Err(bad(
-                    "daemon.consumer_name",
-                    "use 1-64 characters of [A-Za-z0-9_.-]",
-                ))
-            }
-            None => default_consumer_name(),
-        };
-        if client.max_document_bytes == 0 || client.max_document_bytes > MONGO_MAX_BSON {
-            return Err(bad(
-                "client.max_document_bytes",
-                format!("must be between 1 and {MONGO_MAX_BSON}"),
-            ));
-        }
-        if collections.is_empty() {
-            return Err(bad(
-                "collections",
-                "declare at least one [[collections]] with name and key",
-            ));
-        }
-        let mut by_name = BTreeMap::new();
-        for (i, c) in collections.into_iter().enumerate() {
-            let at = format!("collections[{i}]");
-            if !is_identifier(&c.name) || c.name.starts_with("system.") {
-                return Err(bad(
-                    &format!("{at}.name"),
-                    format!(
-                        "{:?} must be 1-64 characters of [A-Za-z0-9_.-] and not start with system.",
-                        c.name
-                    ),
-                ));
-            }
-            if c.key.is_empty() {
-                return Err(bad(
-                    &format!("{at}.key"),
-                    format!("collection {:?} needs at least one key field", c.name),
-                ));
-            }
-            let mut seen = HashSet::new();
-            for k in &c.key {
-                if k.is_empty()
-                    || k.starts_with('$')
-                    || k.contains('.')
-                    || RESERVED_FIELDS.contains(&k.as_str())
-                {
-                    return Err(bad(&format!("{at}.key"), format!("{k:?} cannot be a key field (no $ prefix, no dots, not one of {RESERVED_FIELDS:?})")));
-                }
-                if !seen.insert(k) {
-                    return Err(bad(&format!("{at}.key"), format!("{k:?} is listed twice")));
-                }
-            }
-            if by_name.contains_key(&c.name) {
-                return Err(bad(
-                    &format!("{at}.name"),
-                    format!("collection {:?} is declared twice", c.name),
-                ));
-            }
-            by_name.insert(
-                c.name.clone(),
-                CollectionConfig {
-                    name: c.name,
-                    key: c.key,
-                    mode: c.mode,
-                    layout: c.layout,
-                    timestamps: c.timestamps,
-                },
-            );
-        }
+        let (urls, redis_tls) = check_redis(&redis)?;
+        let write_concern = check_mongodb(&mongodb)?;
+        let daemon_checked = check_daemon(&daemon)?;
+        check_client(&client)?;
+        let collections = check_collections(collections)?;
         Ok(Config {
             redis_url: urls[0].clone(),
             redis_urls: urls,
@@ -230,7 +65,7 @@ impl RawConfig {
             journal: mongodb.journal,
             op_timeout: Duration::from_millis(mongodb.op_timeout_ms),
             max_concurrency: mongodb.max_concurrency,
-            consumer_name,
+            consumer_name: daemon_checked.consumer_name,
             batch_size: daemon.batch_size,
             max_in_flight: daemon.max_in_flight,
             block: Duration::from_millis(daemon.block_ms),
@@ -242,15 +77,239 @@ impl RawConfig {
             retention_max_age: Duration::from_secs(daemon.retention_max_age_secs),
             retention_max_entries: daemon.retention_max_entries,
             max_backlog: client.max_backlog,
-            metrics_listen,
+            metrics_listen: daemon_checked.metrics_listen,
             log_level: daemon.log_level,
-            log_format,
+            log_format: daemon_checked.log_format,
             write_timeout: Duration::from_millis(client.write_timeout_ms),
             read_timeout: Duration::from_millis(client.read_timeout_ms),
             max_document_bytes: client.max_document_bytes,
-            collections: by_name,
+            collections,
         })
     }
+}
+
+/// `[redis]`: the URLs and the TLS files.
+fn check_redis(redis: &RawRedis) -> Result<(Vec<String>, RedisTls)> {
+    let urls = redis_urls(&redis.url.list(), redis.cluster)?;
+    if redis.min_replicas_acked > 16 {
+        return Err(bad(
+            "redis.min_replicas_acked",
+            "must be between 0 and 16 (replicas that confirm each write)",
+        ));
+    }
+    within(
+        "redis.replica_ack_timeout_ms",
+        redis.replica_ack_timeout_ms,
+        1,
+        60_000,
+    )?;
+    if !is_identifier(&redis.namespace) {
+        return Err(bad(
+            "redis.namespace",
+            "use 1-64 characters of [A-Za-z0-9_.-]",
+        ));
+    }
+    within("redis.partitions", redis.partitions.into(), 1, 4096)?;
+    let tls = redis_tls(
+        &urls[0],
+        redis.tls_ca_file.clone(),
+        redis.tls_cert_file.clone(),
+        redis.tls_key_file.clone(),
+    )?;
+    Ok((urls, tls))
+}
+
+/// `[mongodb]`: the URI, the database name and the write concern.
+fn check_mongodb(mongodb: &RawMongo) -> Result<WriteConcernW> {
+    if !(mongodb.uri.starts_with("mongodb://") || mongodb.uri.starts_with("mongodb+srv://")) {
+        return Err(bad(
+            "mongodb.uri",
+            format!(
+                "{} is not a mongodb:// URI; set it or {ENV_MONGODB_URI}",
+                redact_url(&mongodb.uri)
+            ),
+        ));
+    }
+    if mongodb.database.is_empty() || mongodb.database.contains(['/', '\\', '.', ' ', '"', '$']) {
+        return Err(bad(
+            "mongodb.database",
+            "must be a non-empty MongoDB database name without / \\ . space \" $",
+        ));
+    }
+    let write_concern = match &mongodb.write_concern {
+        toml::Value::String(s) if s == "majority" => WriteConcernW::Majority,
+        toml::Value::Integer(n) if *n >= 0 && *n <= 50 => WriteConcernW::Nodes(*n as u32),
+        _ => {
+            return Err(bad(
+                "mongodb.write_concern",
+                "use \"majority\" or a node count such as 1",
+            ))
+        }
+    };
+    within("mongodb.op_timeout_ms", mongodb.op_timeout_ms, 1, u64::MAX)?;
+    within(
+        "mongodb.max_concurrency",
+        mongodb.max_concurrency as u64,
+        1,
+        1000,
+    )?;
+    Ok(write_concern)
+}
+
+/// What `[daemon]` yields beyond its plain numbers.
+struct DaemonChecked {
+    consumer_name: String,
+    metrics_listen: Option<SocketAddr>,
+    log_format: LogFormat,
+}
+
+/// `[daemon]`: the bounds, the listen address, the log format and the
+/// consumer name.
+fn check_daemon(daemon: &RawDaemon) -> Result<DaemonChecked> {
+    within("daemon.batch_size", daemon.batch_size as u64, 1, 10_000)?;
+    if daemon.max_in_flight < daemon.batch_size {
+        return Err(bad(
+            "daemon.max_in_flight",
+            "must be at least daemon.batch_size",
+        ));
+    }
+    within("daemon.block_ms", daemon.block_ms, 1, 60_000)?;
+    within(
+        "daemon.max_attempts",
+        daemon.max_attempts.into(),
+        1,
+        u64::MAX,
+    )?;
+    within("daemon.lease_ttl_ms", daemon.lease_ttl_ms, 300, 300_000)?;
+    within(
+        "daemon.stats_interval_ms",
+        daemon.stats_interval_ms,
+        100,
+        u64::MAX,
+    )?;
+    within(
+        "daemon.retention_max_entries",
+        daemon.retention_max_entries,
+        1,
+        u64::MAX,
+    )?;
+    let metrics_listen = if daemon.metrics_listen.is_empty() {
+        None
+    } else {
+        Some(daemon.metrics_listen.parse::<SocketAddr>().map_err(|_| {
+            bad(
+                "daemon.metrics_listen",
+                format!(
+                    "{:?} is not host:port such as 127.0.0.1:9108 (empty disables it)",
+                    daemon.metrics_listen
+                ),
+            )
+        })?)
+    };
+    let log_format = match daemon.log_format.as_str() {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            return Err(bad(
+                "daemon.log_format",
+                format!("{other:?} is not \"text\" or \"json\""),
+            ))
+        }
+    };
+    let consumer_name = match &daemon.consumer_name {
+        Some(n) if is_identifier(n) => n.clone(),
+        Some(_) => {
+            return Err(bad(
+                "daemon.consumer_name",
+                "use 1-64 characters of [A-Za-z0-9_.-]",
+            ))
+        }
+        None => default_consumer_name(),
+    };
+    Ok(DaemonChecked {
+        consumer_name,
+        metrics_listen,
+        log_format,
+    })
+}
+
+/// `[client]`: the backlog bound and the document size cap.
+fn check_client(client: &RawClient) -> Result<()> {
+    within("client.max_backlog", client.max_backlog, 1, u64::MAX)?;
+    within(
+        "client.max_document_bytes",
+        client.max_document_bytes as u64,
+        1,
+        MONGO_MAX_BSON as u64,
+    )
+}
+
+/// `[[collections]]`: at least one; names and key fields valid, none twice.
+fn check_collections(
+    collections: Vec<RawCollection>,
+) -> Result<BTreeMap<String, CollectionConfig>> {
+    if collections.is_empty() {
+        return Err(bad(
+            "collections",
+            "declare at least one [[collections]] with name and key",
+        ));
+    }
+    let mut by_name = BTreeMap::new();
+    for (i, c) in collections.into_iter().enumerate() {
+        let at = format!("collections[{i}]");
+        if !is_identifier(&c.name) || c.name.starts_with("system.") {
+            return Err(bad(
+                &format!("{at}.name"),
+                format!(
+                    "{:?} must be 1-64 characters of [A-Za-z0-9_.-] and not start with system.",
+                    c.name
+                ),
+            ));
+        }
+        check_key(&at, &c)?;
+        if by_name.contains_key(&c.name) {
+            return Err(bad(
+                &format!("{at}.name"),
+                format!("collection {:?} is declared twice", c.name),
+            ));
+        }
+        by_name.insert(
+            c.name.clone(),
+            CollectionConfig {
+                name: c.name,
+                key: c.key,
+                mode: c.mode,
+                layout: c.layout,
+                timestamps: c.timestamps,
+            },
+        );
+    }
+    Ok(by_name)
+}
+
+/// A collection's key fields: at least one, each a plain field name, none
+/// reserved, none twice.
+fn check_key(at: &str, c: &RawCollection) -> Result<()> {
+    if c.key.is_empty() {
+        return Err(bad(
+            &format!("{at}.key"),
+            format!("collection {:?} needs at least one key field", c.name),
+        ));
+    }
+    let mut seen = HashSet::new();
+    for k in &c.key {
+        if k.is_empty()
+            || k.starts_with('$')
+            || k.contains('.')
+            || RESERVED_FIELDS.contains(&k.as_str())
+        {
+            return Err(bad(&format!("{at}.key"), format!("{k:?} cannot be a key field (no $ prefix, no dots, not one of {RESERVED_FIELDS:?})")));
+        }
+        if !seen.insert(k) {
+            return Err(bad(&format!("{at}.key"), format!("{k:?} is listed twice")));
+        }
+    }
+    Ok(())
 }
 
 /// The Redis URLs: at least one, each `redis://` or `rediss://`, all with
