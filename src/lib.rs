@@ -20,7 +20,12 @@
 //!
 //! Around them: [`config`], [`error`], [`ownership`] (partition leases and
 //! fencing), [`status`] and [`retention`], [`serve`] (the daemon's wiring and
-//! shutdown), [`telemetry`] (metrics and health), [`bench`] (load generator).
+//! shutdown), [`telemetry`] (metrics and health), [`bench`](mod@bench) (load
+//! generator).
+
+// The module docs link to the private parts they describe; they are read
+// with `cargo doc --document-private-items`, where those links resolve.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod ack;
 pub mod apply;

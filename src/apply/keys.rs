@@ -7,7 +7,7 @@ use mongodb::bson::{doc, Bson, Document};
 
 use crate::protocol::Key;
 
-/// How a set of keys is looked up (see [`Store::find_many`]).
+/// How a set of keys is looked up (see [`super::Store::find_many`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum KeysQuery {
     /// One `$in` per key field; their cross product is small (at most four

@@ -1,7 +1,8 @@
-//! `writ bench`: a load generator through the real client ([`load`]). It drives writers
-//! over a zipf-skewed key set, shows progress, prints throughput and latency
-//! percentiles, and finally checks that MongoDB and the cache hold the last
-//! value written to every key. A mismatch fails the run.
+//! `writ bench`: a load generator through the real client
+//! ([`load`](mod@load)). It drives writers over a zipf-skewed key set, shows
+//! progress, prints throughput and latency percentiles, and finally checks
+//! that MongoDB and the cache hold the last value written to every key. A
+//! mismatch fails the run.
 //!
 //! Modes: `sync` (write and wait for the ack), `submit` (fire-and-forget,
 //! then the time the daemon needs to drain), `read` (cache-hit reads),
