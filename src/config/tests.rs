@@ -1,0 +1,276 @@
+//! The config's tests: defaults, the shipped files, and one clear message
+//! per bad value.
+
+use super::*;
+
+const MIN: &str = r#"
+[redis]
+[mongodb]
+[[collections]]
+name = "signal"
+key = ["symbol", "strategyName"]
+"#;
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = Config::from_toml(MIN).unwrap();
+    assert_eq!(c.partitions, 8);
+    assert_eq!(c.write_concern, WriteConcernW::Majority);
+    assert!(c.journal);
+    assert_eq!(c.collection("signal").unwrap().mode, WriteMode::Replace);
+}
+
+#[test]
+fn unknown_field_is_named() {
+    let err = Config::from_toml(&MIN.replace("[redis]", "[redis]\npartitons = 3")).unwrap_err();
+    assert!(err.to_string().contains("partitons"), "{err}");
+}
+
+#[test]
+fn bad_values_name_field() {
+    let e = Config::from_toml(&MIN.replace("[redis]", "[redis]\npartitions = 0")).unwrap_err();
+    assert!(e.to_string().contains("redis.partitions"), "{e}");
+    let e = Config::from_toml(&MIN.replace("\"strategyName\"", "\"symbol\"")).unwrap_err();
+    assert!(e.to_string().contains("collections[0].key"), "{e}");
+    let e = Config::from_toml(&MIN.replace("[mongodb]", "[mongodb]\nwrite_concern = \"all\""))
+        .unwrap_err();
+    assert!(e.to_string().contains("mongodb.write_concern"), "{e}");
+}
+
+/// Every numeric bound: the value just outside is refused with the
+/// field and its range, the value at the edge is accepted.
+#[test]
+fn numeric_bounds_are_checked_at_their_edges() {
+    let with = |section: &str, line: &str| {
+        let header = format!("[{section}]");
+        let text = if MIN.contains(&header) {
+            MIN.replace(&header, &format!("{header}\n{line}"))
+        } else {
+            format!("{header}\n{line}\n{MIN}")
+        };
+        Config::from_toml(&text)
+    };
+    let cases: &[(&str, &str, &str, &str, &str)] = &[
+        (
+            "redis",
+            "min_replicas_acked",
+            "17",
+            "16",
+            "between 0 and 16",
+        ),
+        (
+            "redis",
+            "replica_ack_timeout_ms",
+            "0",
+            "1",
+            "between 1 and 60000",
+        ),
+        (
+            "redis",
+            "replica_ack_timeout_ms",
+            "60001",
+            "60000",
+            "between 1 and 60000",
+        ),
+        ("redis", "partitions", "4097", "4096", "between 1 and 4096"),
+        ("mongodb", "op_timeout_ms", "0", "1", "at least 1"),
+        (
+            "mongodb",
+            "max_concurrency",
+            "1001",
+            "1000",
+            "between 1 and 1000",
+        ),
+        ("daemon", "batch_size", "0", "1", "between 1 and 10000"),
+        (
+            "daemon",
+            "block_ms",
+            "60001",
+            "60000",
+            "between 1 and 60000",
+        ),
+        ("daemon", "max_attempts", "0", "1", "at least 1"),
+        (
+            "daemon",
+            "lease_ttl_ms",
+            "299",
+            "300",
+            "between 300 and 300000",
+        ),
+        ("daemon", "stats_interval_ms", "99", "100", "at least 100"),
+        ("daemon", "retention_max_entries", "0", "1", "at least 1"),
+        ("client", "max_backlog", "0", "1", "at least 1"),
+        (
+            "client",
+            "max_document_bytes",
+            "16777217",
+            "16777216",
+            "between 1 and 16777216",
+        ),
+    ];
+    for (section, field, bad, edge, range) in cases {
+        let e = with(section, &format!("{field} = {bad}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("`{section}.{field}`: must be {range}")),
+            "{field} = {bad}: {e}"
+        );
+        if let Err(e) = with(section, &format!("{field} = {edge}")) {
+            panic!("{field} = {edge} refused: {e}");
+        }
+    }
+    let e = with("daemon", "batch_size = 64\nmax_in_flight = 63").unwrap_err();
+    assert!(e.to_string().contains("daemon.max_in_flight"), "{e}");
+}
+
+/// The shipped configs parse: the default, docker-compose's, and its
+/// cluster profile's (with all six seed nodes and replica acks).
+#[test]
+fn shipped_configs_are_valid() {
+    for text in [
+        include_str!("../../config/writ.toml"),
+        include_str!("../../docker/writ.toml"),
+    ] {
+        assert!(!Config::from_toml(text).unwrap().redis_cluster);
+    }
+    let c = Config::from_toml(include_str!("../../docker/writ-cluster.toml")).unwrap();
+    assert!(c.redis_cluster);
+    assert_eq!(c.redis_urls.len(), 6);
+    assert_eq!(c.min_replicas_acked, 1);
+}
+
+#[test]
+fn cluster_urls_lists_and_replica_acks() {
+    let with =
+        |lines: &str| Config::from_toml(&MIN.replace("[redis]", &format!("[redis]\n{lines}")));
+    let list = r#"url = ["redis://a:1", "redis://b:2"]"#;
+    let e = with(list).unwrap_err().to_string();
+    assert!(e.contains("redis.cluster = true"), "{e}");
+    let c = with(&format!("cluster = true\n{list}")).unwrap();
+    assert_eq!(c.redis_urls, ["redis://a:1", "redis://b:2"]);
+    assert_eq!(c.redis_url, "redis://a:1");
+    assert!(c.redis_cluster);
+    // WRIT_REDIS_URL's form: one string, comma-separated.
+    let c = with("cluster = true\nurl = \"redis://a:1, redis://b:2\"").unwrap();
+    assert_eq!(c.redis_urls.len(), 2);
+    let e = with("cluster = true\nurl = [\"redis://a:1\", \"rediss://b:2\"]")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("mixes"), "{e}");
+    let e = with("url = []").unwrap_err().to_string();
+    assert!(e.contains("redis.url"), "{e}");
+    let c = with("min_replicas_acked = 1").unwrap();
+    assert_eq!(c.min_replicas_acked, 1);
+    assert_eq!(c.replica_ack_timeout, Duration::from_millis(1000));
+    let e = with("replica_ack_timeout_ms = 0").unwrap_err().to_string();
+    assert!(e.contains("redis.replica_ack_timeout_ms"), "{e}");
+}
+
+#[test]
+fn redis_tls_files_are_checked_and_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = |name: &str, body: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        p.display().to_string()
+    };
+    let ca = pem(
+        "ca.pem",
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    );
+    let key = pem(
+        "k.pem",
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    );
+    let with = |url: &str, lines: &str| {
+        Config::from_toml(&MIN.replace("[redis]", &format!("[redis]\nurl = \"{url}\"\n{lines}")))
+    };
+    // Without files: no TLS material (a rediss:// URL trusts the webpki roots).
+    let c = with("rediss://h:6380", "").unwrap();
+    assert!(c.redis_tls.certificates.is_none());
+    // A CA and a client certificate with its key.
+    let c = with(
+        "rediss://h:6380",
+        &format!("tls_ca_file = {ca:?}\ntls_cert_file = {ca:?}\ntls_key_file = {key:?}"),
+    )
+    .unwrap();
+    let certs = c.redis_tls.certificates.as_ref().unwrap();
+    assert!(certs
+        .root_cert
+        .as_ref()
+        .unwrap()
+        .starts_with(b"-----BEGIN CERTIFICATE"));
+    assert!(certs
+        .client_tls
+        .as_ref()
+        .unwrap()
+        .client_key
+        .starts_with(b"-----BEGIN PRIVATE"));
+    assert!(
+        !format!("{c:?}").contains("BEGIN PRIVATE KEY"),
+        "the key is never printed"
+    );
+    // Each rule names its field.
+    let cases = [
+        (
+            "redis://h",
+            format!("tls_ca_file = {ca:?}"),
+            "`redis.tls_ca_file`: is set but the Redis URL redis://h is not rediss://",
+        ),
+        (
+            "rediss://h",
+            format!("tls_cert_file = {ca:?}"),
+            "`redis.tls_key_file`: mutual TLS needs both",
+        ),
+        (
+            "rediss://h",
+            format!("tls_key_file = {key:?}"),
+            "`redis.tls_cert_file`: mutual TLS needs both",
+        ),
+        (
+            "rediss://h",
+            "tls_ca_file = \"/nonexistent/ca.pem\"".into(),
+            "`redis.tls_ca_file`: cannot read /nonexistent/ca.pem",
+        ),
+        (
+            "rediss://h",
+            format!("tls_ca_file = {key:?}"),
+            "holds no PEM certificate",
+        ),
+        (
+            "rediss://h",
+            "tls_ca_file = \"\"".into(),
+            "`redis.tls_ca_file`: is empty",
+        ),
+        (
+            "rediss://h",
+            format!("tls_ca_file = {ca:?}\ntls_cert_file = {ca:?}\ntls_key_file = {ca:?}"),
+            "`redis.tls_key_file`: ",
+        ),
+    ];
+    for (url, lines, want) in cases {
+        let e = with(url, &lines).unwrap_err().to_string();
+        assert!(e.contains(want), "{lines}: {e}");
+    }
+}
+
+#[test]
+fn documented_default_file_matches_the_code_defaults() {
+    let file = include_str!("../../config/writ.toml");
+    let documented = Config::from_toml(file).unwrap();
+    // The same collections with every other table left to the defaults.
+    let collections = &file[file.find("[[collections]]").unwrap()..];
+    let defaults = Config::from_toml(&format!("[redis]\n[mongodb]\n{collections}")).unwrap();
+    let strip = |c: &Config| {
+        let mut c = c.clone();
+        c.consumer_name.clear();
+        format!("{c:?}")
+    };
+    assert_eq!(
+        strip(&documented),
+        strip(&defaults),
+        "config/writ.toml documents other values than the defaults in code"
+    );
+    assert!(documented.collections.len() >= 10);
+}
