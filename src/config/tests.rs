@@ -50,63 +50,23 @@ fn numeric_bounds_are_checked_at_their_edges() {
         };
         Config::from_toml(&text)
     };
+    // (section, field, refused, accepted at the edge, the range it names)
+    #[rustfmt::skip]
     let cases: &[(&str, &str, &str, &str, &str)] = &[
-        (
-            "redis",
-            "min_replicas_acked",
-            "17",
-            "16",
-            "between 0 and 16",
-        ),
-        (
-            "redis",
-            "replica_ack_timeout_ms",
-            "0",
-            "1",
-            "between 1 and 60000",
-        ),
-        (
-            "redis",
-            "replica_ack_timeout_ms",
-            "60001",
-            "60000",
-            "between 1 and 60000",
-        ),
+        ("redis", "min_replicas_acked", "17", "16", "between 0 and 16"),
+        ("redis", "replica_ack_timeout_ms", "0", "1", "between 1 and 60000"),
+        ("redis", "replica_ack_timeout_ms", "60001", "60000", "between 1 and 60000"),
         ("redis", "partitions", "4097", "4096", "between 1 and 4096"),
         ("mongodb", "op_timeout_ms", "0", "1", "at least 1"),
-        (
-            "mongodb",
-            "max_concurrency",
-            "1001",
-            "1000",
-            "between 1 and 1000",
-        ),
+        ("mongodb", "max_concurrency", "1001", "1000", "between 1 and 1000"),
         ("daemon", "batch_size", "0", "1", "between 1 and 10000"),
-        (
-            "daemon",
-            "block_ms",
-            "60001",
-            "60000",
-            "between 1 and 60000",
-        ),
+        ("daemon", "block_ms", "60001", "60000", "between 1 and 60000"),
         ("daemon", "max_attempts", "0", "1", "at least 1"),
-        (
-            "daemon",
-            "lease_ttl_ms",
-            "299",
-            "300",
-            "between 300 and 300000",
-        ),
+        ("daemon", "lease_ttl_ms", "299", "300", "between 300 and 300000"),
         ("daemon", "stats_interval_ms", "99", "100", "at least 100"),
         ("daemon", "retention_max_entries", "0", "1", "at least 1"),
         ("client", "max_backlog", "0", "1", "at least 1"),
-        (
-            "client",
-            "max_document_bytes",
-            "16777217",
-            "16777216",
-            "between 1 and 16777216",
-        ),
+        ("client", "max_document_bytes", "16777217", "16777216", "between 1 and 16777216"),
     ];
     for (section, field, bad, edge, range) in cases {
         let e = with(section, &format!("{field} = {bad}"))
