@@ -5,7 +5,7 @@
 //! official backtest-kit adapter does. It writes to `<collection>_direct` so
 //! it never touches writ's data.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -70,13 +70,7 @@ pub(super) async fn run(
         tasks.spawn(async move {
             let mut local = new_hist();
             let mut redis = redis;
-            loop {
-                let n = issued.fetch_add(1, Ordering::Relaxed);
-                match deadline {
-                    Some(d) if Instant::now() >= d => break,
-                    None if n >= total => break,
-                    _ => {}
-                }
+            while let Some(n) = super::load::next_write(&issued, deadline, total) {
                 let key = bench_key(&key_fields, zipf.sample(&mut rand::rng()));
                 let t = Instant::now();
                 let payload = doc! {"n": n as i64, "writer": w as i64, "pad": &pad};

@@ -61,13 +61,7 @@ pub(super) async fn load(
         );
         tasks.spawn(async move {
             let mut local = new_hist();
-            loop {
-                let n = issued.fetch_add(1, Ordering::Relaxed);
-                match deadline {
-                    Some(d) if Instant::now() >= d => break,
-                    None if n >= total => break,
-                    _ => {}
-                }
+            while let Some(n) = next_write(&issued, deadline, total) {
                 let k = if each_key_once {
                     n as usize
                 } else {
@@ -172,6 +166,18 @@ where
         ops: hist.len(),
         elapsed: started.elapsed(),
         hist,
+    }
+}
+
+/// The next write's number, or `None` when the run is over: its deadline
+/// passed (`--duration`), or all `total` writes were issued. Shared by
+/// writ's writers and the direct pattern's, so both stop alike.
+pub(super) fn next_write(issued: &AtomicU64, deadline: Option<Instant>, total: u64) -> Option<u64> {
+    let n = issued.fetch_add(1, Ordering::Relaxed);
+    match deadline {
+        Some(d) if Instant::now() >= d => None,
+        None if n >= total => None,
+        _ => Some(n),
     }
 }
 
