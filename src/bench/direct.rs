@@ -16,12 +16,24 @@ use super::{bench_key, new_hist, BenchArgs, Figures, Zipf};
 use crate::config::{CollectionConfig, Config};
 use crate::error::Result;
 
+/// The direct pattern's writes that failed (an upsert or a `SET`), which its
+/// figures leave out. Concurrent upserts of a key not yet stored race: on
+/// MongoDB the loser gets E11000 (as `@backtest-kit/mongo`'s callers would);
+/// on SecantusDB its `findAndModify` can also return no document.
+#[derive(Default)]
+pub(super) struct Failed {
+    /// How many.
+    pub count: u64,
+    /// The first one's error.
+    pub first: Option<String>,
+}
+
 /// Runs `args.writes` writes (or `--duration`) of the direct pattern.
 pub(super) async fn run(
     config: &Config,
     coll: &CollectionConfig,
     args: &BenchArgs,
-) -> Result<Figures> {
+) -> Result<(Figures, Failed)> {
     let mut opts = ClientOptions::parse(&config.mongodb_uri).await?;
     opts.max_pool_size = Some(args.writers.max(1) as u32 + 2);
     let client = mongodb::Client::with_options(opts)?;
@@ -50,6 +62,7 @@ pub(super) async fn run(
     let pad = "x".repeat(args.payload);
     let issued = Arc::new(AtomicU64::new(0));
     let hist = Arc::new(Mutex::new(new_hist()));
+    let failed = Arc::new(Mutex::new(Failed::default()));
     let deadline = args
         .duration
         .map(|s| Instant::now() + Duration::from_secs(s));
@@ -57,13 +70,14 @@ pub(super) async fn run(
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..args.writers.max(1) {
-        let (target, redis, zipf, pad, issued, hist, key_fields, ns) = (
+        let (target, redis, zipf, pad, issued, hist, failed, key_fields, ns) = (
             target.clone(),
             redis.clone(),
             zipf.clone(),
             pad.clone(),
             issued.clone(),
             hist.clone(),
+            failed.clone(),
             coll.key.clone(),
             config.namespace.clone(),
         );
@@ -82,7 +96,17 @@ pub(super) async fn run(
                     .upsert(true)
                     .return_document(ReturnDocument::After)
                     .await;
-                let Ok(Some(stored)) = res else { continue };
+                let stored = match res {
+                    Ok(Some(stored)) => stored,
+                    Ok(None) => {
+                        note_failure(&failed, "the upsert returned no document".into());
+                        continue;
+                    }
+                    Err(e) => {
+                        note_failure(&failed, e.to_string());
+                        continue;
+                    }
+                };
                 let bytes = mongodb::bson::to_vec(&stored).unwrap_or_default();
                 let cache_key = format!(
                     "{ns}:direct:{}",
@@ -96,8 +120,11 @@ pub(super) async fn run(
                     .arg(bytes)
                     .query_async(&mut redis)
                     .await;
-                if set.is_ok() {
-                    let _ = local.record(t.elapsed().as_micros().max(1) as u64);
+                match set {
+                    Ok(()) => {
+                        let _ = local.record(t.elapsed().as_micros().max(1) as u64);
+                    }
+                    Err(e) => note_failure(&failed, e.to_string()),
                 }
             }
             let _ = hist.lock().expect("lock").add(&local);
@@ -105,11 +132,21 @@ pub(super) async fn run(
     }
     while tasks.join_next().await.is_some() {}
     let hist = hist.lock().expect("lock").clone();
-    Ok(Figures {
-        ops: hist.len(),
-        elapsed: started.elapsed(),
-        hist,
-    })
+    let failed = std::mem::take(&mut *failed.lock().expect("lock"));
+    Ok((
+        Figures {
+            ops: hist.len(),
+            elapsed: started.elapsed(),
+            hist,
+        },
+        failed,
+    ))
+}
+
+fn note_failure(failed: &Mutex<Failed>, error: String) {
+    let mut f = failed.lock().expect("lock");
+    f.count += 1;
+    f.first.get_or_insert(error);
 }
 
 /// A cache entry's `v`, `doc` and `gone`, as `HMGET` returns them.

@@ -315,8 +315,14 @@ async fn baseline(
         d.print("raw HMGET");
         d
     } else {
-        let d = direct::run(config, coll, args).await?;
+        let (d, failed) = direct::run(config, coll, args).await?;
         d.print("direct");
+        if let Some(first) = failed.first {
+            println!(
+                "  direct     {} writes failed and are left out of its figures (first: {first})",
+                failed.count
+            );
+        }
         d
     };
     println!(
