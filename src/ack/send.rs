@@ -1,11 +1,15 @@
 //! Sending acks: the writers' ack entries and the consumer group's `XACK`,
 //! for one partition tenure, on the daemon's shared connection.
 //!
-//! Normally one atomic pipeline carries every ack of a step and one `XACK`
-//! of every id, so a writer that sees its ack never finds its entry still
-//! pending (admission counts pending entries). If that pipeline fails for
-//! good (a client's ack key holds something that is not a stream), the acks
-//! go best effort and the `XACK` on its own: acks are at-least-once.
+//! On one server, one atomic pipeline carries every ack of a step and one
+//! `XACK` of every id, so a writer that sees its ack never finds its entry
+//! still pending (admission counts pending entries). On Redis Cluster the
+//! acks live on other nodes than the stream, so they go first and the `XACK`
+//! after: for that moment an acked entry still counts in the backlog (acking
+//! after the `XACK` would lose the ack of a daemon killed between the two).
+//! If the atomic pipeline fails for good (a client's ack key holds something
+//! that is not a stream), the acks go best effort and the `XACK` on its own:
+//! acks are at-least-once.
 
 use std::time::Duration;
 
