@@ -8,20 +8,32 @@
 //! outside any timeout, and at most `limit` reach the driver, whose pool is
 //! sized to the upper bound.
 //!
-//! The limit grows by one per `limit` fast completions made while it was fully
-//! used (a limit never reached is not evidence) and shrinks by a tenth (at most
-//! once per round trip) when a completion is slower than `TOLERANCE` times the
-//! best latency seen recently, or slower than a quarter of the operation
-//! timeout (queueing must never approach the server-side time limit), or failed
-//! for a transient reason. A server that serialises operations therefore
-//! settles at a small limit (more concurrency only adds queueing), one that
-//! scales settles high.
+//! The limit starts at 1 (a slow start), holds there for the first
+//! `HOLD_AFTER_DECREASE` completions, and then grows by one per `limit` fast
+//! completions made while it was fully used (a limit never reached is not
+//! evidence). It shrinks by a tenth (at most once per round trip) when a
+//! completion is slower than `TOLERANCE` times the best latency seen
+//! recently, or slower than a quarter of the operation timeout (queueing must
+//! never approach the server-side time limit), or failed for a transient
+//! reason; after a decrease it holds for `HOLD_AFTER_DECREASE` fast
+//! completions before it grows again. A server that serialises operations
+//! therefore settles at 1 with a rare probe at 2 (more concurrency only adds
+//! queueing), one that scales settles high.
 //!
 //! Latency is compared **per write**: a bulk of 200 writes that takes 200 times
 //! a single write's time is not congestion, so a bulk reports its write count
 //! ([`Permit::done_writes`]) and its latency is divided by it before it is
 //! compared with the best. The quarter-timeout rule still judges the whole
 //! operation.
+//!
+//! Why a slow start: the best latency must be learned with one operation in
+//! flight. A server that shares its time among the operations it holds (as
+//! SecantusDB's threads do) finishes a burst of eight bulks at about the same
+//! moment, each eight times slower than alone; a limiter that starts at eight
+//! never sees the uncongested latency, takes the congested one as its best,
+//! and stays at 8-12. That cost a backlog drain 10-25 % of the server's
+//! ceiling (docs/performance.md, session 9). Growing from 1 costs a server
+//! that scales a few dozen completions.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,6 +54,13 @@ const FLOOR: Duration = Duration::from_millis(1);
 /// How fast the remembered best latency forgets (per sample), so a server
 /// that became slower for good is not judged against a stale best.
 const BEST_DECAY: f64 = 1.001;
+/// Fast completions after a decrease before the limit may grow again. Every
+/// increase is a probe; on a server that runs one operation at a time, a
+/// probe that follows each decrease at once keeps the limit at 2 half the
+/// time, and two operations sharing that server run slower together than
+/// one after another (a drain lost 10-30 % so, docs/performance.md, session
+/// 9). Waiting this many completions keeps probes to about one in sixteen.
+const HOLD_AFTER_DECREASE: u32 = 16;
 
 #[derive(Debug)]
 struct State {
@@ -49,6 +68,8 @@ struct State {
     in_flight: usize,
     best: Option<f64>,
     last_decrease: Instant,
+    /// Fast completions still to come before the next increase.
+    hold: u32,
 }
 
 /// The shared limiter; cheap to clone.
@@ -78,16 +99,20 @@ pub enum Signal {
 }
 
 impl Limiter {
-    /// A limiter between 1 and `max`, starting at `min(max, 8)`, for
-    /// operations with time limit `op_timeout`.
+    /// A limiter between 1 and `max`, starting at 1, for operations with
+    /// time limit `op_timeout`.
     pub fn new(max: usize, op_timeout: Duration) -> Limiter {
         let max = max.max(1);
         Limiter {
             state: Arc::new(Mutex::new(State {
-                limit: max.min(8) as f64,
+                limit: 1.0,
                 in_flight: 0,
                 best: None,
                 last_decrease: Instant::now(),
+                // Starting as after a decrease: the first completions, run
+                // alone, teach the best latency (the very first is often
+                // slow: a cold collection, a new connection).
+                hold: HOLD_AFTER_DECREASE,
             })),
             freed: Arc::new(Notify::new()),
             max,
@@ -146,7 +171,10 @@ impl Limiter {
                 if s.last_decrease.elapsed() > latency {
                     s.limit = (s.limit * 0.9).max(1.0);
                     s.last_decrease = Instant::now();
+                    s.hold = HOLD_AFTER_DECREASE;
                 }
+            } else if s.hold > 0 {
+                s.hold -= 1;
             } else if used {
                 s.limit = (s.limit + 1.0 / s.limit).min(self.max as f64);
             }
@@ -182,10 +210,44 @@ impl Drop for Permit {
 mod tests {
     use super::*;
 
+    /// Fast completions with every slot in use, `rounds` times.
+    async fn grow(l: &Limiter, rounds: usize) {
+        for _ in 0..rounds {
+            let n = l.limit();
+            let mut held = Vec::new();
+            for _ in 0..n {
+                held.push(l.acquire().await);
+            }
+            for p in held {
+                p.done(Signal::Completed);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn starts_at_one_and_learns_the_best_there() {
+        let l = Limiter::new(32, Duration::from_secs(10));
+        assert_eq!(l.limit(), 1, "a limiter must start with one operation");
+        let first = l.acquire().await;
+        let second = tokio::time::timeout(Duration::from_millis(50), l.acquire()).await;
+        assert!(second.is_err(), "a second operation got a slot at limit 1");
+        first.done(Signal::Completed);
+        assert!(l.state.lock().unwrap().best.is_some());
+        grow(&l, 300).await;
+        assert!(
+            l.limit() >= 16,
+            "fast completions did not grow the limit: {}",
+            l.limit()
+        );
+    }
+
     #[tokio::test]
     async fn bounds_in_flight_and_adapts() {
         let l = Limiter::new(4, Duration::from_secs(10));
+        grow(&l, 100).await;
         assert_eq!(l.limit(), 4);
+        // From here on, as a limiter at 4 that has learned no latency yet.
+        l.state.lock().unwrap().best = None;
         let a = l.acquire().await;
         let b = l.acquire().await;
         let c = l.acquire().await;
@@ -235,16 +297,7 @@ mod tests {
         }
         assert_eq!(l.limit(), 2, "a limit of 2 that is never used stays");
         // Fast completions while the limit is used grow it, up to the bound.
-        for _ in 0..200 {
-            let n = l.limit();
-            let mut held = Vec::new();
-            for _ in 0..n {
-                held.push(l.acquire().await);
-            }
-            for p in held {
-                p.done(Signal::Completed);
-            }
-        }
+        grow(&l, 200).await;
         assert_eq!(l.limit(), 4);
     }
 
@@ -262,16 +315,18 @@ mod tests {
         {
             let mut s = l.state.lock().unwrap();
             s.in_flight = s.limit.floor() as usize;
+            s.hold = 0;
         }
         l.finish(Some((Duration::from_secs(1), Signal::Completed, 100)));
+        let grown = l.state.lock().unwrap().limit;
         assert!(
-            l.state.lock().unwrap().limit > before,
+            grown > before,
             "a bulk as fast per write as the best counted as congestion"
         );
         // The same second for 2 writes is 50 times slower per write: congestion.
         l.finish(Some((Duration::from_secs(1), Signal::Completed, 2)));
         assert!(
-            l.state.lock().unwrap().limit < before,
+            l.state.lock().unwrap().limit < grown,
             "a bulk 50x slower per write did not shrink the limit"
         );
     }
