@@ -176,7 +176,7 @@ async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
     assert_eq!(cache.get(&cache_key).await.unwrap(), None, "nothing cached");
     let current = Fence {
         token: new.token,
-        ..stale
+        ..stale.clone()
     };
     assert_eq!(
         cache
@@ -184,5 +184,77 @@ async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
             .await
             .unwrap(),
         CasOutcome::Stored
+    );
+
+    // 4. A round's cache step (one script call for many keys) keeps the
+    //    single compare-and-set's rule per entry: only a strictly newer
+    //    version is stored, a hard delete leaves a tombstone, and under a
+    //    stale token nothing at all is written.
+    let k = |name: &str| names.cache(p, "signal", name);
+    let (older, newer) = (Version { ms: 41, seq: 9 }, Version { ms: 42, seq: 1 });
+    let (b_old, b_new) = (doc! {"probe": "old"}, doc! {"probe": "new"});
+    for (key, version, doc) in [(k("ahead"), newer, &b_new), (k("behind"), older, &b_old)] {
+        cache
+            .put_fenced(&key, version, Some(doc), Some(&current))
+            .await
+            .unwrap();
+    }
+    let before = fenced_count("cache");
+    assert_eq!(
+        cache
+            .put_many_fenced(
+                &[
+                    (k("fresh-stale"), v, Some(&body)),
+                    (k("behind"), v, Some(&body))
+                ],
+                &stale
+            )
+            .await
+            .unwrap(),
+        vec![CasOutcome::Fenced, CasOutcome::Fenced]
+    );
+    assert_eq!(fenced_count("cache") - before, 1.0, "one refusal per call");
+    assert_eq!(cache.get(&k("fresh-stale")).await.unwrap(), None);
+    assert_eq!(
+        cache.get(&k("behind")).await.unwrap().unwrap().version,
+        older
+    );
+    let round = [
+        (cache_key.clone(), v, Some(&body)), // the same version again
+        (k("fresh"), v, Some(&body)),
+        (k("deleted"), v, None),
+        (k("ahead"), v, Some(&body)),  // the cache holds a newer one
+        (k("behind"), v, Some(&body)), // the cache holds an older one
+    ];
+    assert_eq!(
+        cache.put_many_fenced(&round, &current).await.unwrap(),
+        vec![
+            CasOutcome::NotNewer,
+            CasOutcome::Stored,
+            CasOutcome::Stored,
+            CasOutcome::NotNewer,
+            CasOutcome::Stored
+        ]
+    );
+    let got = |c: Option<writ::cache::Cached>| c.map(|c| (c.version, c.doc));
+    assert_eq!(
+        got(cache.get(&cache_key).await.unwrap()),
+        Some((v, Some(body.clone())))
+    );
+    assert_eq!(
+        got(cache.get(&k("fresh")).await.unwrap()),
+        Some((v, Some(body.clone())))
+    );
+    assert_eq!(
+        got(cache.get(&k("deleted")).await.unwrap()),
+        Some((v, None))
+    );
+    assert_eq!(
+        got(cache.get(&k("ahead")).await.unwrap()),
+        Some((newer, Some(b_new)))
+    );
+    assert_eq!(
+        got(cache.get(&k("behind")).await.unwrap()),
+        Some((v, Some(body)))
     );
 }

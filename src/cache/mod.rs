@@ -17,6 +17,11 @@ use crate::protocol::Version;
 /// (`KEYS[2]`, `ARGV[3]`), refuses (-1) unless the token is the current one.
 const CAS_SCRIPT: &str = include_str!("../lua/cache_cas.lua");
 
+/// The same rule for many entries under one fence, in one call: a round's
+/// cache step is one script run instead of one per key (all of a round's
+/// entries and its fence share the partition's hash tag, so one slot).
+const CAS_MANY_SCRIPT: &str = include_str!("../lua/cache_cas_many.lua");
+
 /// What the cache holds for a key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cached {
@@ -73,6 +78,7 @@ impl Fence {
 pub struct Cache {
     conn: Conn,
     cas: redis::Script,
+    cas_many: redis::Script,
     replication: Replication,
 }
 
@@ -82,6 +88,7 @@ impl Cache {
         Cache {
             conn,
             cas: redis::Script::new(CAS_SCRIPT),
+            cas_many: redis::Script::new(CAS_MANY_SCRIPT),
             replication: Replication::NONE,
         }
     }
@@ -163,8 +170,9 @@ impl Cache {
         .await
     }
 
-    /// Compare-and-sets many entries in one pipelined round trip (the script
-    /// is loaded in the same pipeline), all under the same fence.
+    /// Compare-and-sets many entries in one round trip and one script run,
+    /// all under the same fence; one outcome per entry, in order. The
+    /// entries must share the fence's hash tag (one partition's keys).
     pub async fn put_many_fenced(
         &self,
         entries: &[(String, Version, Option<&Document>)],
@@ -173,33 +181,36 @@ impl Cache {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        pipe.load_script(&self.cas).ignore();
-        let mut calls = Vec::with_capacity(entries.len());
+        let mut call = self.cas_many.key(&fence.key);
+        call.arg(fence.token);
         for (key, version, doc) in entries {
             let bytes = match doc {
                 Some(d) => bson::to_vec(d).map_err(|e| Error::Encode(e.to_string()))?,
                 None => Vec::new(),
             };
-            let mut call = self.cas.key(key);
-            call.arg(version.to_sortable())
-                .arg(bytes)
-                .key(&fence.key)
-                .arg(fence.token);
-            calls.push(call);
-        }
-        for call in &calls {
-            pipe.invoke_script(call);
-        }
-        if self.replication.wanted() {
-            self.replication.add_to(&mut pipe);
+            call.key(key).arg(version.to_sortable()).arg(bytes);
         }
         let mut conn = self.conn.clone();
-        let mut res: Vec<i64> = pipe.query_async(&mut conn).await?;
-        if self.replication.wanted() {
-            let confirmed = res.pop().unwrap_or(0);
-            self.replication
-                .check(u32::try_from(confirmed).unwrap_or(0), "a cache write")?;
+        let res: Vec<i64> = if self.replication.wanted() {
+            // The write and its WAIT in one pipeline: one connection.
+            let mut pipe = redis::pipe();
+            pipe.load_script(&self.cas_many).ignore();
+            pipe.invoke_script(&call);
+            self.replication.add_to(&mut pipe);
+            let (res, confirmed): (Vec<i64>, u32) = pipe.query_async(&mut conn).await?;
+            if !res.contains(&-1) {
+                self.replication.check(confirmed, "a cache write")?;
+            }
+            res
+        } else {
+            call.invoke_async(&mut conn).await?
+        };
+        if res.len() != entries.len() {
+            return Err(Error::Encode(format!(
+                "the cache script answered {} outcomes for {} entries",
+                res.len(),
+                entries.len()
+            )));
         }
         let outcomes: Vec<CasOutcome> = res.into_iter().map(outcome).collect();
         if outcomes.contains(&CasOutcome::Fenced) {
