@@ -10,7 +10,11 @@ use writ::config::{Config, LogFormat};
 
 /// mimalloc instead of glibc malloc: allocation was about 30 % of the CPU of
 /// the daemon (a drain) and of `writ bench` (submits) in `perf` profiles
-/// (docs/performance.md, session 7).
+/// (docs/performance.md, session 7). Built with `no_thp`: mimalloc would
+/// otherwise madvise its arena for transparent huge pages, and each purge of
+/// a 64 KiB piece then costs the kernel a 2 MiB page to zero again
+/// (`clear_page_erms` was 14 % of a drain's daemon CPU; without THP the drain
+/// spends 40-41 µs CPU per write instead of 45-50, session 10).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

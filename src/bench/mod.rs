@@ -75,9 +75,10 @@ pub struct BenchArgs {
     #[arg(long)]
     pub metrics: Option<String>,
     /// With `--mode drain`: run no daemon in this process. After the preload
-    /// (the line starting `  preloaded`), wait for this many `writ serve`
-    /// processes, started by you, and time the drain from the first one's
-    /// arrival (scripts/scaleout does this).
+    /// and the first half of the ceiling, print a line starting `  waiting`,
+    /// then wait for this many `writ serve` processes, started by you on that
+    /// line (not earlier: the ceiling must run alone), and time the drain
+    /// from the first one's arrival (scripts/scaleout does this).
     #[arg(long)]
     pub external: Option<usize>,
 }
