@@ -31,6 +31,7 @@ pub mod ack;
 pub mod apply;
 pub mod backoff;
 pub mod bench;
+pub mod bson_bytes;
 pub mod cache;
 pub mod client;
 pub mod config;

@@ -22,10 +22,11 @@
 
 use std::collections::HashMap;
 
-use mongodb::bson::{doc, Bson, Document};
+use mongodb::bson::{doc, Bson, Document, RawArrayBuf, RawDocumentBuf};
 
 use super::post_image;
-use super::store::{doc_version, update_of, Applied, Store, DOC_WRIT};
+use super::store::{doc_version, update_of, Applied, Store, GUARD_FIELD};
+use crate::bson_bytes;
 use crate::config::CollectionConfig;
 use crate::error::Result;
 use crate::protocol::{Op, Version, Write};
@@ -38,7 +39,7 @@ const LARGE_BYTES: usize = 4 * 1024 * 1024;
 const CHUNK_BYTES: usize = 8 * 1024 * 1024;
 
 fn doc_bytes(d: &Document) -> usize {
-    mongodb::bson::to_vec(d)
+    bson_bytes::to_vec(d)
         .map(|v| v.len())
         .unwrap_or(usize::MAX / 2)
 }
@@ -62,18 +63,21 @@ pub enum BulkOutcome {
     Single,
 }
 
-/// The guarded upsert of one write, as a statement of an `update` command:
-/// the same filter and update as [`Store::apply`].
-fn statement(it: &BulkItem<'_>) -> Bson {
-    statement_with(it, update_of(it.coll, it.write, &it.version.to_sortable()))
-}
-
-/// [`statement`] with its update document already built.
-fn statement_with(it: &BulkItem<'_>, update: Document) -> Bson {
-    let v = it.version.to_sortable();
+/// The guarded upsert of one write, as a statement of an `update` command
+/// (the same filter and update as [`Store::apply`]), encoded straight from
+/// `update` (no copy of it). `None` if the write cannot be encoded: it then
+/// stays out of the bulk and is applied on its own.
+fn statement(it: &BulkItem<'_>, update: &Document) -> Option<RawDocumentBuf> {
     let mut q = it.write.key.to_document();
-    q.insert(format!("{DOC_WRIT}.v"), doc! {"$not": {"$gte": &v}});
-    Bson::Document(doc! {"q": q, "u": update, "upsert": true})
+    q.insert(
+        GUARD_FIELD,
+        doc! {"$not": {"$gte": it.version.to_sortable()}},
+    );
+    let mut st = RawDocumentBuf::new();
+    st.append("q", bson_bytes::to_raw(&q).ok()?);
+    st.append("u", bson_bytes::to_raw(update).ok()?);
+    st.append("upsert", true);
+    Some(st)
 }
 
 /// `index → _id` of the statements that inserted (`upserted` of the reply).
@@ -95,17 +99,18 @@ fn upserted(reply: &Document) -> HashMap<usize, Bson> {
 }
 
 impl Store {
-    async fn update_command(&self, name: &str, statements: Vec<Bson>) -> Result<Document> {
-        Ok(self
-            .database()
-            .run_command(doc! {
-                "update": name,
-                "updates": statements,
-                "ordered": false,
-                "writeConcern": self.write_concern_doc(),
-                "maxTimeMS": self.max_time_ms(),
-            })
-            .await?)
+    /// One unordered `update` command, built as raw BSON: the statements
+    /// are already bytes, so nothing is copied or encoded twice.
+    async fn update_command(&self, name: &str, statements: RawArrayBuf) -> Result<Document> {
+        let mut cmd = RawDocumentBuf::new();
+        cmd.append("update", name);
+        cmd.append("updates", statements);
+        cmd.append("ordered", false);
+        let wc = bson_bytes::to_raw(&self.write_concern_doc())
+            .map_err(|e| crate::error::Error::Encode(format!("write concern: {e}")))?;
+        cmd.append("writeConcern", wc);
+        cmd.append("maxTimeMS", self.max_time_ms());
+        Ok(self.database().run_raw_command(cmd).await?)
     }
 
     /// The server's side of a bulk alone: one unordered `update` command of
@@ -116,7 +121,13 @@ impl Store {
         let Some(first) = items.first() else {
             return Ok(());
         };
-        let statements = items.iter().map(statement).collect();
+        let mut statements = RawArrayBuf::new();
+        for it in items {
+            let update = update_of(it.coll, it.write, &it.version.to_sortable());
+            if let Some(st) = statement(it, &update) {
+                statements.push(st);
+            }
+        }
         self.update_command(&first.coll.name, statements).await?;
         Ok(())
     }
@@ -183,18 +194,24 @@ impl Store {
         idx: &[usize],
         out: &mut [BulkOutcome],
     ) -> Result<()> {
-        let updates: Vec<Document> = idx
-            .iter()
-            .map(|&i| {
-                let it = &items[i];
-                update_of(it.coll, it.write, &it.version.to_sortable())
-            })
-            .collect();
-        let statements: Vec<Bson> = idx
-            .iter()
-            .zip(&updates)
-            .map(|(&i, u)| statement_with(&items[i], u.clone()))
-            .collect();
+        // The writes that encode go in the command; `sent[n]` is the item
+        // of its statement n (the reply's indexes count statements).
+        let mut updates: Vec<Document> = Vec::with_capacity(idx.len());
+        let mut sent: Vec<usize> = Vec::with_capacity(idx.len());
+        let mut statements = RawArrayBuf::new();
+        for &i in idx {
+            let it = &items[i];
+            let update = update_of(it.coll, it.write, &it.version.to_sortable());
+            if let Some(st) = statement(it, &update) {
+                statements.push(st);
+                updates.push(update);
+                sent.push(i);
+            }
+        }
+        if sent.is_empty() {
+            return Ok(());
+        }
+        let idx = &sent[..];
         let reply = self.update_command(name, statements).await?;
         if reply.contains_key("writeConcernError") {
             // Applied on the primary perhaps, not yet as durable as asked:
@@ -217,9 +234,11 @@ impl Store {
         for (at, &i) in idx.iter().enumerate() {
             let it = &items[i];
             let derived = match (failed.contains_key(&i), inserted.get(&at)) {
-                (false, Some(id)) => {
-                    post_image::inserted(id.clone(), &it.write.key.to_document(), &updates[at])
-                }
+                (false, Some(id)) => post_image::inserted(
+                    id.clone(),
+                    &it.write.key.to_document(),
+                    std::mem::take(&mut updates[at]),
+                ),
                 _ => None,
             };
             match derived {

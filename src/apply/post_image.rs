@@ -23,18 +23,23 @@
 use mongodb::bson::{Bson, Document};
 
 /// The document a guarded upsert with `update` inserted under `id` for the
-/// key fields `key`, or `None` when it cannot be derived exactly.
-pub fn inserted(id: Bson, key: &Document, update: &Document) -> Option<Document> {
-    let mut fields: Vec<(&String, &Bson)> = Vec::new();
-    for (op, body) in update {
-        if op != "$set" && op != "$setOnInsert" {
-            return None;
-        }
-        for (name, value) in body.as_document()? {
-            if name.contains('.') || name.starts_with('$') || name.is_empty() {
-                return None;
-            }
-            fields.push((name, value));
+/// key fields `key`, or `None` when it cannot be derived exactly. Takes the
+/// update by value: its values move into the document, uncopied.
+pub fn inserted(id: Bson, key: &Document, update: Document) -> Option<Document> {
+    let mirrorable = update.iter().all(|(op, body)| {
+        (op == "$set" || op == "$setOnInsert")
+            && body.as_document().is_some_and(|b| {
+                b.keys()
+                    .all(|n| !(n.contains('.') || n.starts_with('$') || n.is_empty()))
+            })
+    });
+    if !mirrorable {
+        return None;
+    }
+    let mut fields: Vec<(String, Bson)> = Vec::new();
+    for (_, body) in update {
+        if let Bson::Document(body) = body {
+            fields.extend(body);
         }
     }
     // Byte order, as the server applies them; a name in both operators is a
@@ -49,7 +54,7 @@ pub fn inserted(id: Bson, key: &Document, update: &Document) -> Option<Document>
     }
     for (name, value) in fields {
         // A field already there (a key field, `_id`) keeps its place.
-        doc.insert(name.clone(), value.clone());
+        doc.insert(name, value);
     }
     Some(doc)
 }
@@ -70,7 +75,7 @@ mod tests {
         let d = inserted(
             id.clone(),
             &doc! {"symbol": "X", "strategyName": "s"},
-            &update,
+            update,
         )
         .unwrap();
         let names: Vec<&str> = d.keys().map(String::as_str).collect();
@@ -104,7 +109,7 @@ mod tests {
         let d = inserted(
             Bson::Int32(7),
             &doc! {"k": "a"},
-            &doc! {"$set": {"b": 1, "k": "a"}},
+            doc! {"$set": {"b": 1, "k": "a"}},
         )
         .unwrap();
         assert_eq!(d, doc! {"_id": 7, "k": "a", "b": 1});
@@ -115,17 +120,17 @@ mod tests {
     fn what_cannot_be_mirrored_is_read_back() {
         let key = doc! {"k": 1};
         assert_eq!(
-            inserted(Bson::Int32(1), &key, &doc! {"$set": {"a.b": 1}}),
+            inserted(Bson::Int32(1), &key, doc! {"$set": {"a.b": 1}}),
             None
         );
         assert_eq!(
-            inserted(Bson::Int32(1), &key, &doc! {"$set": {"$x": 1}}),
+            inserted(Bson::Int32(1), &key, doc! {"$set": {"$x": 1}}),
             None
         );
         assert_eq!(
-            inserted(Bson::Int32(1), &key, &doc! {"$inc": {"n": 1}}),
+            inserted(Bson::Int32(1), &key, doc! {"$inc": {"n": 1}}),
             None
         );
-        assert_eq!(inserted(Bson::Int32(1), &key, &doc! {"a": 1}), None);
+        assert_eq!(inserted(Bson::Int32(1), &key, doc! {"a": 1}), None);
     }
 }

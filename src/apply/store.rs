@@ -20,6 +20,8 @@ pub const DOC_PAYLOAD: &str = "payload";
 pub const DOC_REMOVED: &str = "removed";
 /// writ's bookkeeping: `{v: <sortable version>, at: <apply time>}`.
 pub const DOC_WRIT: &str = "_writ";
+/// The version inside it, as a filter's field path: the sequence guard.
+pub const GUARD_FIELD: &str = "_writ.v";
 /// Set on insert, for collections with `timestamps` (as mongoose does).
 pub const DOC_CREATED: &str = "createDate";
 /// Set on every write, for collections with `timestamps`.
@@ -193,7 +195,7 @@ impl Store {
         let mut filter = write.key.to_document();
         // `$not: {$gte}` also matches documents that carry no version yet (written
         // before writ managed the collection): the first write adopts them.
-        filter.insert(format!("{DOC_WRIT}.v"), doc! {"$not": {"$gte": &v}});
+        filter.insert(GUARD_FIELD, doc! {"$not": {"$gte": &v}});
         if write.op == Op::Delete {
             return self.delete(&c, &write.key, filter, version).await;
         }

@@ -7,7 +7,7 @@
 //! a key backwards.
 
 use crate::redis_conn::{Conn, Replication};
-use mongodb::bson::{self, Document};
+use mongodb::bson::Document;
 
 use crate::error::{Error, Result};
 use crate::protocol::Version;
@@ -123,7 +123,7 @@ impl Cache {
         fence: Option<&Fence>,
     ) -> Result<CasOutcome> {
         let bytes = match doc {
-            Some(d) => bson::to_vec(d).map_err(|e| Error::Encode(e.to_string()))?,
+            Some(d) => crate::bson_bytes::to_vec(d).map_err(|e| Error::Encode(e.to_string()))?,
             None => Vec::new(),
         };
         let mut conn = self.conn.clone();
@@ -185,7 +185,9 @@ impl Cache {
         call.arg(fence.token);
         for (key, version, doc) in entries {
             let bytes = match doc {
-                Some(d) => bson::to_vec(d).map_err(|e| Error::Encode(e.to_string()))?,
+                Some(d) => {
+                    crate::bson_bytes::to_vec(d).map_err(|e| Error::Encode(e.to_string()))?
+                }
                 None => Vec::new(),
             };
             call.key(key).arg(version.to_sortable()).arg(bytes);

@@ -18,7 +18,7 @@ pub use names::Names;
 pub use reject::{Reject, RejectReason};
 pub use version::Version;
 
-use mongodb::bson::{self, Document};
+use mongodb::bson::Document;
 
 use crate::config::CollectionConfig;
 
@@ -146,12 +146,14 @@ pub fn check_fields(doc: &Document, coll: &CollectionConfig) -> Result<(), Rejec
 /// Refuses a payload larger than the configured limit, or one BSON cannot
 /// encode (`payload`, never `too_large`).
 pub fn check_size(doc: &Document, limit: usize) -> Result<(), Reject> {
-    let len = bson::to_vec(doc).map(|v| v.len()).map_err(|e| {
-        Reject::new(
-            RejectReason::Payload,
-            format!("payload cannot be encoded as BSON ({e}); field names may not contain NUL"),
-        )
-    })?;
+    let len = crate::bson_bytes::to_vec(doc)
+        .map(|v| v.len())
+        .map_err(|e| {
+            Reject::new(
+                RejectReason::Payload,
+                format!("payload cannot be encoded as BSON ({e}); field names may not contain NUL"),
+            )
+        })?;
     if len > limit {
         return Err(Reject::new(
             RejectReason::TooLarge,
@@ -176,14 +178,15 @@ pub fn encode(
         (field::ENCODING, Encoding::Bson.as_str().as_bytes().to_vec()),
         (
             field::KEY,
-            bson::to_vec(&key.to_document())
+            crate::bson_bytes::to_vec(&key.to_document())
                 .map_err(|e| Reject::new(RejectReason::KeyField, e.to_string()))?,
         ),
     ];
     if let Some(doc) = doc {
         out.push((
             field::DOC,
-            bson::to_vec(doc).map_err(|e| Reject::new(RejectReason::Payload, e.to_string()))?,
+            crate::bson_bytes::to_vec(doc)
+                .map_err(|e| Reject::new(RejectReason::Payload, e.to_string()))?,
         ));
     }
     if let Some(r) = reply {
@@ -197,6 +200,7 @@ pub fn encode(
 mod tests {
     use super::*;
     use crate::config::Config;
+    use mongodb::bson;
 
     const CONFIG: &str = r#"
 [redis]
