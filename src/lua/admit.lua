@@ -81,8 +81,8 @@ if ARGV[3] ~= '' then
 end
 
 -- A batch (ARGV[3] is ''): ARGV[4] the entry count n, then per entry its
--- argument count c and c arguments (field, value, ...). The Rust client sends
--- the submits that queued while its previous call to the partition was in
+-- argument count c and c arguments (field, value, ...). The clients send
+-- the submits that queued while their previous call to the partition was in
 -- flight, so one script run, one meta update and one AOF transaction carry
 -- many XADDs. Returns the ids of the admitted entries in order; when the
 -- bound stopped it early, one more element: the backlog, as an integer.

@@ -32,6 +32,7 @@ import {
   type KeyValue,
 } from "./key.js";
 import { ADMIT_LUA, CACHE_CAS_LUA } from "./lua.js";
+import { AdmitBatcher, AdmitRefused } from "./admit.js";
 import { RESERVED_FIELDS } from "./collections.js";
 import { compareStreamIds, isSortable, toSortable, ZERO_VERSION } from "./version.js";
 
@@ -203,6 +204,8 @@ export class WritClient {
   private mongo: MongoClient | undefined;
   private mongoDb: Promise<Db> | undefined;
   private readonly admitSha = sha1(ADMIT_LUA);
+  /** Group commit of admissions without WAIT (`minReplicasAcked: 0`). */
+  private readonly admitter: AdmitBatcher;
   private readonly casSha = sha1(CACHE_CAS_LUA);
   private nextReq = 0;
   /** req → pending write. */
@@ -227,6 +230,11 @@ export class WritClient {
   constructor(config: Partial<WritConfig> = {}) {
     this.config = resolveConfig(config);
     this.names = new Names(this.config.namespace);
+    this.admitter = new AdmitBatcher(
+      (keys, args) => this.evalScript(this.admitSha, ADMIT_LUA, keys, args),
+      this.names.group,
+      this.config.maxBacklog,
+    );
     for (const c of this.config.collections) this.specs.set(c.name, c);
     // The redisTls* files, read once; every connection uses them.
     this.tls = readRedisTls(this.config);
@@ -570,29 +578,30 @@ export class WritClient {
     this.startAckLoop();
 
     const [stream, meta] = this.partitionKeys(k.partition);
-    const args: (string | Buffer | number)[] = [
-      this.names.group, this.config.maxBacklog,
+    const entry: (string | Buffer | number)[] = [
       F.v, F["1"],
       F.coll, k.spec.name,
       F.op, op === "put" ? F.put : F.remove,
       F.enc, F.bson,
       F.key, k.keyBson,
     ];
-    if (docBytes) args.push(F.doc, docBytes);
-    args.push(F.client, this.config.clientId, F.req, req);
+    if (docBytes) entry.push(F.doc, docBytes);
+    entry.push(F.client, this.config.clientId, F.req, req);
 
     let entryId: string;
     /** Replicas that confirmed the entry (WAIT), with minReplicasAcked > 0. */
     let replicas: number | Error | undefined;
     try {
       if (this.config.minReplicasAcked > 0) {
+        const args = [this.names.group, this.config.maxBacklog, ...entry];
         ({ entryId, replicas } = await this.admitReplicated([stream, meta], args));
       } else {
-        entryId = String(await this.evalScript(this.admitSha, ADMIT_LUA, [stream, meta], args));
+        entryId = await this.admitter.admit([stream, meta], entry);
       }
     } catch (e) {
       this.forget(w);
       if (e instanceof WritError) throw e;
+      if (e instanceof AdmitRefused) throw new BackpressureError(k.partition, e.backlog, this.config.maxBacklog);
       const msg = errMessage(e);
       const bp = /^BACKPRESSURE (\d+)/.exec(msg);
       if (bp) throw new BackpressureError(k.partition, Number(bp[1]), this.config.maxBacklog);
