@@ -53,10 +53,13 @@ pub struct Fence {
     pub token: u64,
 }
 
+/// The cache scripts' answer for a write its fence refused.
+const FENCED: i64 = -1;
+
 fn outcome(script_result: i64) -> CasOutcome {
     match script_result {
         1 => CasOutcome::Stored,
-        -1 => CasOutcome::Fenced,
+        FENCED => CasOutcome::Fenced,
         _ => CasOutcome::NotNewer,
     }
 }
@@ -126,27 +129,13 @@ impl Cache {
             Some(d) => crate::bson_bytes::to_vec(d).map_err(|e| Error::Encode(e.to_string()))?,
             None => Vec::new(),
         };
-        let mut conn = self.conn.clone();
         let mut call = self.cas.key(key);
         call.arg(version.to_sortable()).arg(bytes);
         if let Some(f) = fence {
             call.key(&f.key).arg(f.token);
         }
-        let outcome = if self.replication.wanted() {
-            // The write and its WAIT in one pipeline: one connection.
-            let mut pipe = redis::pipe();
-            pipe.load_script(&self.cas).ignore();
-            pipe.invoke_script(&call);
-            self.replication.add_to(&mut pipe);
-            let (res, confirmed): (i64, u32) = pipe.query_async(&mut conn).await?;
-            let outcome = outcome(res);
-            if outcome != CasOutcome::Fenced {
-                self.replication.check(confirmed, "a cache write")?;
-            }
-            outcome
-        } else {
-            outcome(call.invoke_async(&mut conn).await?)
-        };
+        let res: i64 = self.invoke(&self.cas, &call, |r| *r == FENCED).await?;
+        let outcome = outcome(res);
         if let (CasOutcome::Fenced, Some(f)) = (outcome, fence) {
             f.refused();
         }
@@ -192,21 +181,9 @@ impl Cache {
             };
             call.key(key).arg(version.to_sortable()).arg(bytes);
         }
-        let mut conn = self.conn.clone();
-        let res: Vec<i64> = if self.replication.wanted() {
-            // The write and its WAIT in one pipeline: one connection.
-            let mut pipe = redis::pipe();
-            pipe.load_script(&self.cas_many).ignore();
-            pipe.invoke_script(&call);
-            self.replication.add_to(&mut pipe);
-            let (res, confirmed): (Vec<i64>, u32) = pipe.query_async(&mut conn).await?;
-            if !res.contains(&-1) {
-                self.replication.check(confirmed, "a cache write")?;
-            }
-            res
-        } else {
-            call.invoke_async(&mut conn).await?
-        };
+        let res: Vec<i64> = self
+            .invoke(&self.cas_many, &call, |r: &Vec<i64>| r.contains(&FENCED))
+            .await?;
         if res.len() != entries.len() {
             return Err(Error::Encode(format!(
                 "the cache script answered {} outcomes for {} entries",
@@ -219,6 +196,30 @@ impl Cache {
             fence.refused();
         }
         Ok(outcomes)
+    }
+
+    /// Runs a cache script call. With replicas to confirm, the call and its
+    /// `WAIT` go in one pipeline (one connection), and too few confirmations
+    /// is an error, unless `fenced(reply)`: a fenced call wrote nothing.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        call: &redis::ScriptInvocation<'_>,
+        fenced: impl Fn(&T) -> bool,
+    ) -> Result<T> {
+        let mut conn = self.conn.clone();
+        if !self.replication.wanted() {
+            return Ok(call.invoke_async(&mut conn).await?);
+        }
+        let mut pipe = redis::pipe();
+        pipe.load_script(script).ignore();
+        pipe.invoke_script(call);
+        self.replication.add_to(&mut pipe);
+        let (res, confirmed): (T, u32) = pipe.query_async(&mut conn).await?;
+        if !fenced(&res) {
+            self.replication.check(confirmed, "a cache write")?;
+        }
+        Ok(res)
     }
 
     /// Reads a key's entry; `None` on a miss.
