@@ -16,9 +16,11 @@
 //! recently, or slower than a quarter of the operation timeout (queueing must
 //! never approach the server-side time limit), or failed for a transient
 //! reason; after a decrease it holds for `HOLD_AFTER_DECREASE` fast
-//! completions before it grows again. A server that serialises operations
-//! therefore settles at 1 with a rare probe at 2 (more concurrency only adds
-//! queueing), one that scales settles high.
+//! completions before it grows again. Each increase is a probe: one that
+//! ends in a decrease doubles the next hold (up to `HOLD_MAX`), one that
+//! holds resets it. A server that serialises operations therefore settles at
+//! 1 with ever rarer probes at 2 (more concurrency only adds queueing), one
+//! that scales settles high.
 //!
 //! Latency is compared **per write**: a bulk of 200 writes that takes 200 times
 //! a single write's time is not congestion, so a bulk reports its write count
@@ -61,6 +63,14 @@ const BEST_DECAY: f64 = 1.001;
 /// one after another (a drain lost 10-30 % so, docs/performance.md, session
 /// 9). Waiting this many completions keeps probes to about one in sixteen.
 const HOLD_AFTER_DECREASE: u32 = 16;
+/// The longest hold. A probe that ends in a decrease doubles the next hold,
+/// up to this; a probe that holds (a full window of fast completions at the
+/// new limit) brings it back to [`HOLD_AFTER_DECREASE`]. On a server where
+/// more concurrency never helps, probes then grow rare: each costs two
+/// operations that run slower together than apart (a drain at 0.90-0.92x
+/// of the server's ceiling with a fixed hold of 16, 0.95x with the limit
+/// pinned at 1, docs/performance.md, session 10).
+const HOLD_MAX: u32 = 256;
 
 #[derive(Debug)]
 struct State {
@@ -70,6 +80,11 @@ struct State {
     last_decrease: Instant,
     /// Fast completions still to come before the next increase.
     hold: u32,
+    /// The hold the next decrease sets (doubled by each failed probe).
+    next_hold: u32,
+    /// After an increase of the whole limit: fast completions since, until
+    /// a full window of them confirms the probe.
+    probe: Option<u32>,
 }
 
 /// The shared limiter; cheap to clone.
@@ -113,6 +128,8 @@ impl Limiter {
                 // alone, teach the best latency (the very first is often
                 // slow: a cold collection, a new connection).
                 hold: HOLD_AFTER_DECREASE,
+                next_hold: HOLD_AFTER_DECREASE,
+                probe: None,
             })),
             freed: Arc::new(Notify::new()),
             max,
@@ -171,12 +188,30 @@ impl Limiter {
                 if s.last_decrease.elapsed() > latency {
                     s.limit = (s.limit * 0.9).max(1.0);
                     s.last_decrease = Instant::now();
-                    s.hold = HOLD_AFTER_DECREASE;
+                    if s.probe.take().is_some() {
+                        // The last increase made it worse: probe half as often.
+                        s.next_hold = (s.next_hold * 2).min(HOLD_MAX);
+                    }
+                    s.hold = s.next_hold;
                 }
-            } else if s.hold > 0 {
-                s.hold -= 1;
-            } else if used {
-                s.limit = (s.limit + 1.0 / s.limit).min(self.max as f64);
+            } else {
+                if let Some(fast) = s.probe.as_mut() {
+                    *fast += 1;
+                    if *fast as f64 >= s.limit.floor() {
+                        // A full window at the new limit: the probe held.
+                        s.probe = None;
+                        s.next_hold = HOLD_AFTER_DECREASE;
+                    }
+                }
+                if s.hold > 0 {
+                    s.hold -= 1;
+                } else if used {
+                    let before = s.limit.floor();
+                    s.limit = (s.limit + 1.0 / s.limit).min(self.max as f64);
+                    if s.limit.floor() > before {
+                        s.probe = Some(0);
+                    }
+                }
             }
             metrics::gauge!("writ_mongodb_concurrency_limit").set(s.limit.floor());
         }
@@ -299,6 +334,58 @@ mod tests {
         // Fast completions while the limit is used grow it, up to the bound.
         grow(&l, 200).await;
         assert_eq!(l.limit(), 4);
+    }
+
+    /// `completions` completions with every slot in use, each taking 10 ms,
+    /// times the operations in flight on a `serial` server. The completion
+    /// numbers at which a probe (a limit above 1) began, and the final limit.
+    fn simulate(l: &Limiter, completions: usize, serial: bool) -> (Vec<usize>, usize) {
+        let mut probes = Vec::new();
+        let mut was = 1;
+        for i in 0..completions {
+            let k = l.limit();
+            if k > 1 && was == 1 {
+                probes.push(i);
+            }
+            was = k;
+            {
+                let mut s = l.state.lock().unwrap();
+                s.in_flight = k;
+                s.last_decrease = Instant::now() - Duration::from_secs(10);
+            }
+            let latency = Duration::from_millis(10) * if serial { k as u32 } else { 1 };
+            l.finish(Some((latency, Signal::Completed, 1)));
+        }
+        (probes, l.limit())
+    }
+
+    #[test]
+    fn probes_grow_rare_where_they_never_help_and_stay_frequent_where_they_do() {
+        let l = Limiter::new(32, Duration::from_secs(100));
+        let (probes, limit) = simulate(&l, 3000, true);
+        assert_eq!(limit, 1);
+        let gaps: Vec<usize> = probes.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(
+            // (a completion or two of jitter: the limit moves in fractions)
+            gaps.windows(2).all(|w| w[1] + 2 >= w[0]),
+            "gaps between failed probes must not shrink: {gaps:?}"
+        );
+        assert!(
+            gaps.last().is_some_and(|g| *g >= HOLD_MAX as usize),
+            "probes never grew rare: {gaps:?}"
+        );
+        assert!(
+            probes.len() < 20,
+            "{} probes in 3000 completions",
+            probes.len()
+        );
+        // The same limiter on a server that scales: probes hold, it grows.
+        let (_, limit) = simulate(&l, 3000, false);
+        assert_eq!(
+            limit, 32,
+            "a server that scales must get its concurrency back"
+        );
+        assert_eq!(l.state.lock().unwrap().next_hold, HOLD_AFTER_DECREASE);
     }
 
     #[test]
