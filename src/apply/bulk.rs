@@ -38,10 +38,12 @@ const LARGE_BYTES: usize = 4 * 1024 * 1024;
 /// Most statement bytes in one `update` command.
 const CHUNK_BYTES: usize = 8 * 1024 * 1024;
 
-fn doc_bytes(d: &Document) -> usize {
-    bson_bytes::to_vec(d)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX / 2)
+/// One write of a command, ready to send: its item, its update document (for
+/// the post-image) and its encoded statement.
+struct Prepared {
+    at: usize,
+    update: Document,
+    statement: RawDocumentBuf,
 }
 
 /// One write of a bulk.
@@ -163,25 +165,36 @@ impl Store {
             }
         }
         for (name, idx) in by_coll {
-            // Large writes go on their own; the rest in commands of at most
-            // CHUNK_BYTES, well below MongoDB's 16 MiB command limit.
+            // Each statement is encoded once, and its size decides: large
+            // writes (and any that cannot be encoded) go on their own, the
+            // rest in commands of at most CHUNK_BYTES, well below MongoDB's
+            // 16 MiB command limit.
             let mut chunk = Vec::new();
             let mut bytes = 0;
-            for i in idx {
-                let size = items[i].write.doc.as_ref().map_or(0, doc_bytes);
+            for at in idx {
+                let it = &items[at];
+                let update = update_of(it.coll, it.write, &it.version.to_sortable());
+                let Some(statement) = statement(it, &update) else {
+                    continue; // stays Single
+                };
+                let size = statement.as_bytes().len();
                 if size > LARGE_BYTES {
                     continue; // stays Single
                 }
                 if bytes + size > CHUNK_BYTES && !chunk.is_empty() {
-                    self.bulk_one(name, items, &chunk, &mut out).await?;
-                    chunk.clear();
+                    self.bulk_one(name, items, std::mem::take(&mut chunk), &mut out)
+                        .await?;
                     bytes = 0;
                 }
-                chunk.push(i);
-                bytes += size + 256;
+                chunk.push(Prepared {
+                    at,
+                    update,
+                    statement,
+                });
+                bytes += size;
             }
             if !chunk.is_empty() {
-                self.bulk_one(name, items, &chunk, &mut out).await?;
+                self.bulk_one(name, items, chunk, &mut out).await?;
             }
         }
         Ok(out)
@@ -191,27 +204,20 @@ impl Store {
         &self,
         name: &str,
         items: &[BulkItem<'_>],
-        idx: &[usize],
+        chunk: Vec<Prepared>,
         out: &mut [BulkOutcome],
     ) -> Result<()> {
-        // The writes that encode go in the command; `sent[n]` is the item
-        // of its statement n (the reply's indexes count statements).
-        let mut updates: Vec<Document> = Vec::with_capacity(idx.len());
-        let mut sent: Vec<usize> = Vec::with_capacity(idx.len());
+        // `idx[n]` is the item of statement n (the reply's indexes count
+        // statements).
+        let mut idx: Vec<usize> = Vec::with_capacity(chunk.len());
+        let mut updates: Vec<Document> = Vec::with_capacity(chunk.len());
         let mut statements = RawArrayBuf::new();
-        for &i in idx {
-            let it = &items[i];
-            let update = update_of(it.coll, it.write, &it.version.to_sortable());
-            if let Some(st) = statement(it, &update) {
-                statements.push(st);
-                updates.push(update);
-                sent.push(i);
-            }
+        for p in chunk {
+            idx.push(p.at);
+            updates.push(p.update);
+            statements.push(p.statement);
         }
-        if sent.is_empty() {
-            return Ok(());
-        }
-        let idx = &sent[..];
+        let idx = &idx[..];
         let reply = self.update_command(name, statements).await?;
         if reply.contains_key("writeConcernError") {
             // Applied on the primary perhaps, not yet as durable as asked:

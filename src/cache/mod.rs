@@ -53,6 +53,13 @@ pub struct Fence {
     pub token: u64,
 }
 
+/// What a cache entry stores for `doc`: its BSON, or nothing (a tombstone).
+fn entry_bytes(doc: Option<&Document>) -> Result<Vec<u8>> {
+    doc.map_or(Ok(Vec::new()), |d| {
+        crate::bson_bytes::to_vec(d).map_err(|e| Error::Encode(e.to_string()))
+    })
+}
+
 /// The cache scripts' answer for a write its fence refused.
 const FENCED: i64 = -1;
 
@@ -125,10 +132,7 @@ impl Cache {
         doc: Option<&Document>,
         fence: Option<&Fence>,
     ) -> Result<CasOutcome> {
-        let bytes = match doc {
-            Some(d) => crate::bson_bytes::to_vec(d).map_err(|e| Error::Encode(e.to_string()))?,
-            None => Vec::new(),
-        };
+        let bytes = entry_bytes(doc)?;
         let mut call = self.cas.key(key);
         call.arg(version.to_sortable()).arg(bytes);
         if let Some(f) = fence {
@@ -173,12 +177,7 @@ impl Cache {
         let mut call = self.cas_many.key(&fence.key);
         call.arg(fence.token);
         for (key, version, doc) in entries {
-            let bytes = match doc {
-                Some(d) => {
-                    crate::bson_bytes::to_vec(d).map_err(|e| Error::Encode(e.to_string()))?
-                }
-                None => Vec::new(),
-            };
+            let bytes = entry_bytes(*doc)?;
             call.key(key).arg(version.to_sortable()).arg(bytes);
         }
         let res: Vec<i64> = self

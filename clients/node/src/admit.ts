@@ -112,7 +112,7 @@ export class AdmitBatcher {
 }
 
 /** The script's BACKPRESSURE error reply (the single form), as {@link AdmitRefused}. */
-function backpressure(e: unknown): AdmitRefused | undefined {
+export function backpressure(e: unknown): AdmitRefused | undefined {
   const m = /^BACKPRESSURE (\d+)/.exec(e instanceof Error ? e.message : "");
   return m ? new AdmitRefused(Number(m[1])) : undefined;
 }

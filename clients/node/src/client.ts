@@ -32,7 +32,7 @@ import {
   type KeyValue,
 } from "./key.js";
 import { ADMIT_LUA, CACHE_CAS_LUA } from "./lua.js";
-import { AdmitBatcher, AdmitRefused } from "./admit.js";
+import { AdmitBatcher, AdmitRefused, backpressure } from "./admit.js";
 import { RESERVED_FIELDS } from "./collections.js";
 import { compareStreamIds, isSortable, toSortable, ZERO_VERSION } from "./version.js";
 
@@ -601,10 +601,10 @@ export class WritClient {
     } catch (e) {
       this.forget(w);
       if (e instanceof WritError) throw e;
-      if (e instanceof AdmitRefused) throw new BackpressureError(k.partition, e.backlog, this.config.maxBacklog);
+      // Refused by the bound: from the batcher, or the script's error reply (replicated path).
+      const refused = e instanceof AdmitRefused ? e : backpressure(e);
+      if (refused) throw new BackpressureError(k.partition, refused.backlog, this.config.maxBacklog);
       const msg = errMessage(e);
-      const bp = /^BACKPRESSURE (\d+)/.exec(msg);
-      if (bp) throw new BackpressureError(k.partition, Number(bp[1]), this.config.maxBacklog);
       if (isReplyError(e)) {
         throw new WritConnectionError(`Redis refused the write to ${collection}: ${msg}${this.clusterHint(msg)}`, { cause: e });
       }
