@@ -22,6 +22,19 @@ fn partition(collection: &str, canonical: &str, partitions: u64) -> u64 {
     h % partitions
 }
 
+/// A BSON document nested `levels` deep, `{"a": {"a": ... {}}}`, written
+/// out byte by byte (no encoder would build it).
+fn nested_bson(levels: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + 8 * levels);
+    for k in (1..=levels).rev() {
+        out.extend_from_slice(&((5 + 8 * k) as i32).to_le_bytes());
+        out.extend_from_slice(&[0x03, b'a', 0]);
+    }
+    out.extend_from_slice(&[5, 0, 0, 0, 0]);
+    out.extend(std::iter::repeat_n(0u8, levels));
+    out
+}
+
 /// Raw entry fields, in order.
 type RawEntry = Vec<(String, Vec<u8>)>;
 
@@ -221,6 +234,26 @@ async fn bad_entries_are_dead_lettered_while_good_ones_commit() {
             e
         }),
         ("payload", with("doc", b"[1,2]")),
+        // Nested past MongoDB's 100 levels: as JSON, and as BSON deep enough
+        // to overflow a decoder that recurses without a limit (the daemon
+        // runs in this process: a crash would end the test).
+        (
+            "payload",
+            with(
+                "doc",
+                format!("{}{{}}{}", r#"{"a":"#.repeat(101), "}".repeat(101)).as_bytes(),
+            ),
+        ),
+        ("payload", {
+            let mut e = with("enc", b"bson");
+            e.retain(|(k, _)| k != "key" && k != "doc");
+            e.push((
+                "key".into(),
+                mongodb::bson::to_vec(&doc! {"bucket": "b", "entryKey": &good[0]}).unwrap(),
+            ));
+            e.push(("doc".into(), nested_bson(50_000)));
+            e
+        }),
     ];
     let mut n = 0;
     let mut bad_ids = Vec::new();

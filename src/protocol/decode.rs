@@ -5,6 +5,7 @@
 
 use mongodb::bson::Document;
 
+use super::nesting::{nesting, MAX_NESTING};
 use super::{
     check_fields, check_size, field, valid_id, Encoding, Key, Op, Reject, RejectReason, ReplyTo,
     Write, PROTOCOL_VERSION,
@@ -220,25 +221,51 @@ fn decode_document(raw: &[u8], enc: Encoding, what: &str) -> Result<Document, Re
     match enc {
         // A BSON document starts with its length, so its first byte can be
         // `{` too (123 bytes long, 379, ...): only a failed parse is JSON text.
-        Encoding::Bson => Document::from_reader(raw).map_err(|e| {
-            if raw.first() == Some(&b'{') {
-                Reject::new(
-                    reason,
-                    format!("{what:?} is declared bson but looks like JSON text; set enc=json"),
-                )
-            } else {
-                Reject::new(reason, format!("{what:?} is not a BSON document: {e}"))
+        Encoding::Bson => {
+            let bad = |e: String| {
+                if raw.first() == Some(&b'{') {
+                    Reject::new(
+                        reason,
+                        format!("{what:?} is declared bson but looks like JSON text; set enc=json"),
+                    )
+                } else {
+                    Reject::new(reason, format!("{what:?} is not a BSON document: {e}"))
+                }
+            };
+            // Measured before decoding: the decoder recurses without a limit.
+            match nesting(raw) {
+                Err(e) => return Err(bad(e.to_string())),
+                Ok(levels) if levels > MAX_NESTING => return Err(too_deep(reason, what)),
+                Ok(_) => {}
             }
-        }),
+            Document::from_reader(raw).map_err(|e| bad(e.to_string()))
+        }
         Encoding::Json => {
             let text = std::str::from_utf8(raw).map_err(|_| {
                 Reject::new(reason, format!("{what:?} is declared json but is not UTF-8 text (BSON bytes? set enc=bson)"))
             })?;
             let value: serde_json::Value = serde_json::from_str(text)
                 .map_err(|e| Reject::new(reason, format!("{what:?} is not valid JSON: {e}")))?;
-            json_to_document(value).map_err(|m| Reject::new(reason, format!("{what:?}: {m}")))
+            let doc = json_to_document(value)
+                .map_err(|m| Reject::new(reason, format!("{what:?}: {m}")))?;
+            // serde_json stops at 128 levels; MongoDB at 100.
+            let bytes = crate::bson_bytes::to_vec(&doc).map_err(|e| {
+                Reject::new(reason, format!("{what:?} cannot be encoded as BSON: {e}"))
+            })?;
+            match nesting(&bytes) {
+                Ok(levels) if levels > MAX_NESTING => Err(too_deep(reason, what)),
+                _ => Ok(doc),
+            }
         }
     }
+}
+
+/// The refusal of a document nested deeper than MongoDB stores.
+pub(crate) fn too_deep(reason: RejectReason, what: &str) -> Reject {
+    Reject::new(
+        reason,
+        format!("{what:?} nests objects and arrays more than {MAX_NESTING} levels deep, past MongoDB's limit; flatten it"),
+    )
 }
 
 /// Converts a JSON object (Extended JSON accepted) to a BSON document.
@@ -259,5 +286,61 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
         serde_json::Value::String(_) => "a string",
         serde_json::Value::Array(_) => "an array",
         serde_json::Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A BSON document nested `depth` levels deep: {"a": {"a": ... {}}}.
+    fn nested(depth: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(5 + 8 * depth);
+        for k in (1..=depth).rev() {
+            out.extend_from_slice(&((5 + 8 * k) as i32).to_le_bytes());
+            out.extend_from_slice(&[0x03, b'a', 0]);
+        }
+        out.extend_from_slice(&[5, 0, 0, 0, 0]);
+        out.extend(std::iter::repeat_n(0u8, depth));
+        out
+    }
+
+    #[test]
+    fn a_deeply_nested_document_is_refused_not_a_crash() {
+        // On a thread with tokio's default worker stack (2 MiB).
+        let r = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(|| {
+                let doc = nested(20_000);
+                decode_document(&doc, Encoding::Bson, "doc").map(drop)
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let e = r.unwrap_err();
+        assert_eq!(e.reason, RejectReason::Payload, "{e:?}");
+        assert!(e.detail.contains("more than 100 levels deep"), "{e}");
+    }
+
+    #[test]
+    fn nesting_up_to_mongodbs_limit_decodes_and_one_more_is_refused() {
+        for enc in [Encoding::Bson, Encoding::Json] {
+            let raw = |levels: usize| match enc {
+                Encoding::Bson => nested(levels),
+                Encoding::Json => format!(
+                    "{}{}",
+                    r#"{"a":"#.repeat(levels),
+                    format!("{{}}{}", "}".repeat(levels))
+                )
+                .into_bytes(),
+            };
+            assert!(
+                decode_document(&raw(MAX_NESTING), enc, "doc").is_ok(),
+                "{enc:?}"
+            );
+            let e = decode_document(&raw(MAX_NESTING + 1), enc, "key").unwrap_err();
+            assert_eq!(e.reason, RejectReason::KeyField, "{enc:?}");
+            assert!(e.detail.starts_with("\"key\" nests"), "{e}");
+        }
     }
 }

@@ -9,12 +9,14 @@
 mod decode;
 mod key;
 mod names;
+mod nesting;
 mod reject;
 mod version;
 
 pub use decode::{decode, json_to_document};
 pub use key::{fnv1a64, partition_of, Key, KeyTooLarge, KeyValue, MAX_KEY_BYTES};
 pub use names::Names;
+pub use nesting::MAX_NESTING;
 pub use reject::{Reject, RejectReason};
 pub use version::Version;
 
@@ -143,22 +145,24 @@ pub fn check_fields(doc: &Document, coll: &CollectionConfig) -> Result<(), Rejec
     Ok(())
 }
 
-/// Refuses a payload larger than the configured limit, or one BSON cannot
-/// encode (`payload`, never `too_large`).
+/// Refuses a payload larger than the configured limit, one nested deeper than
+/// MongoDB stores, or one BSON cannot encode (`payload`, never `too_large`).
 pub fn check_size(doc: &Document, limit: usize) -> Result<(), Reject> {
-    let len = crate::bson_bytes::to_vec(doc)
-        .map(|v| v.len())
-        .map_err(|e| {
-            Reject::new(
-                RejectReason::Payload,
-                format!("payload cannot be encoded as BSON ({e}); field names may not contain NUL"),
-            )
-        })?;
+    let bytes = crate::bson_bytes::to_vec(doc).map_err(|e| {
+        Reject::new(
+            RejectReason::Payload,
+            format!("payload cannot be encoded as BSON ({e}); field names may not contain NUL"),
+        )
+    })?;
+    let len = bytes.len();
     if len > limit {
         return Err(Reject::new(
             RejectReason::TooLarge,
             format!("payload is {len} bytes of BSON, over the limit of {limit} (client.max_document_bytes; MongoDB's hard cap is 16 MiB)"),
         ));
+    }
+    if nesting::nesting(&bytes).is_ok_and(|n| n > MAX_NESTING) {
+        return Err(decode::too_deep(RejectReason::Payload, "doc"));
     }
     Ok(())
 }
