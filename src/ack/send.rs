@@ -104,7 +104,7 @@ impl Acker {
                 .conn
                 .query_by_slot(cmds)
                 .await
-                .map(drop)
+                .and_then(|replies| replies.into_iter().try_for_each(|r| r.map(drop)))
                 .map_err(Error::from)
             {
                 Ok(()) => return true,

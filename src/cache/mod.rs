@@ -63,12 +63,32 @@ fn entry_bytes(doc: Option<&Document>) -> Result<Vec<u8>> {
 /// The cache scripts' answer for a write its fence refused.
 const FENCED: i64 = -1;
 
-fn outcome(script_result: i64) -> CasOutcome {
+/// The cache scripts' answer for a write stored over a value of another type
+/// (another program's key in writ's namespace), which it replaced.
+const REPLACED_FOREIGN: i64 = 2;
+
+/// Redis's error code for a command on a key of another type.
+const WRONG_TYPE: &str = "WRONGTYPE";
+
+/// What the cache script answered for `key`.
+fn outcome(key: &str, script_result: i64) -> CasOutcome {
     match script_result {
         1 => CasOutcome::Stored,
+        REPLACED_FOREIGN => {
+            foreign(key, "replaced by the committed document");
+            CasOutcome::Stored
+        }
         FENCED => CasOutcome::Fenced,
         _ => CasOutcome::NotNewer,
     }
+}
+
+/// Logs and counts a cache key that held another program's value (not a
+/// hash): a reader treats it as a miss, a cache write replaces it. The cache
+/// is a copy of MongoDB, so nothing is lost; the log names the key so that an
+/// operator can find who writes under writ's namespace.
+fn foreign(key: &str, then: &'static str) {
+    crate::telemetry::Event::ForeignCacheValue { key, then }.emit();
 }
 
 impl Fence {
@@ -139,7 +159,7 @@ impl Cache {
             call.key(&f.key).arg(f.token);
         }
         let res: i64 = self.invoke(&self.cas, &call, |r| *r == FENCED).await?;
-        let outcome = outcome(res);
+        let outcome = outcome(key, res);
         if let (CasOutcome::Fenced, Some(f)) = (outcome, fence) {
             f.refused();
         }
@@ -190,7 +210,11 @@ impl Cache {
                 entries.len()
             )));
         }
-        let outcomes: Vec<CasOutcome> = res.into_iter().map(outcome).collect();
+        let outcomes: Vec<CasOutcome> = entries
+            .iter()
+            .zip(res)
+            .map(|((key, ..), r)| outcome(key, r))
+            .collect();
         if outcomes.contains(&CasOutcome::Fenced) {
             fence.refused();
         }
@@ -243,11 +267,16 @@ impl Cache {
         let replies = self.conn.query_by_slot(cmds).await?;
         keys.iter()
             .zip(replies)
-            .map(|(key, v)| {
-                parse(
+            .map(|(key, reply)| match reply {
+                Ok(v) => parse(
                     key,
                     redis::from_redis_value::<Raw>(v).map_err(|e| Error::Encode(e.to_string()))?,
-                )
+                ),
+                Err(e) if e.code() == Some(WRONG_TYPE) => {
+                    foreign(key, "reading");
+                    Ok(None)
+                }
+                Err(e) => Err(e.into()),
             })
             .collect()
     }

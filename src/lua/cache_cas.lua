@@ -1,9 +1,16 @@
 -- Cache compare-and-set (docs/protocol.md, "Reading").
 -- KEYS[1] cache entry; ARGV[1] sortable version; ARGV[2] BSON document, or '' for a hard delete.
 -- Optional fence: KEYS[2] fence key, ARGV[3] token (daemons only).
--- Returns 1 stored, 0 not newer, -1 fenced.
+-- Returns 1 stored, 0 not newer, -1 fenced, 2 stored over a value that was not
+-- a hash (another program's key in writ's namespace: the cache is a copy of
+-- MongoDB, so the committed document replaces it).
 if KEYS[2] and redis.call('GET', KEYS[2]) ~= ARGV[3] then return -1 end
-local cur = redis.call('HGET', KEYS[1], 'v')
+local stored = 1
+local cur = redis.pcall('HGET', KEYS[1], 'v')
+if type(cur) == 'table' and cur.err then
+  if string.sub(cur.err, 1, 9) ~= 'WRONGTYPE' then return redis.error_reply(cur.err) end
+  cur, stored = false, 2
+end
 if cur then
   if cur == ARGV[1] then return 0 end
   local newer = false
@@ -19,4 +26,4 @@ if ARGV[2] == '' then
 else
   redis.call('HSET', KEYS[1], 'v', ARGV[1], 'doc', ARGV[2])
 end
-return 1
+return stored

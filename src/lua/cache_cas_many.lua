@@ -3,8 +3,9 @@
 -- KEYS[1] fence key; KEYS[2..n+1] cache entries (all in the partition's slot).
 -- ARGV[1] token; then per entry i (1-based): ARGV[2i] sortable version,
 -- ARGV[2i+1] BSON document, or '' for a hard delete.
--- Returns one outcome per entry: 1 stored, 0 not newer; every entry -1 when
--- the token is not the current one (nothing is written then).
+-- Returns one outcome per entry: 1 stored, 0 not newer, 2 stored over a value
+-- that was not a hash (as in cache_cas.lua); every entry -1 when the token is
+-- not the current one (nothing is written then).
 local out = {}
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   for i = 2, #KEYS do out[i - 1] = -1 end
@@ -12,7 +13,11 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
 end
 for i = 2, #KEYS do
   local key, v, doc = KEYS[i], ARGV[2 * (i - 1)], ARGV[2 * (i - 1) + 1]
-  local cur = redis.call('HGET', key, 'v')
+  local cur, stored = redis.pcall('HGET', key, 'v'), 1
+  if type(cur) == 'table' and cur.err then
+    if string.sub(cur.err, 1, 9) ~= 'WRONGTYPE' then return redis.error_reply(cur.err) end
+    cur, stored = false, 2
+  end
   local newer = true
   if cur then
     newer = false
@@ -28,7 +33,7 @@ for i = 2, #KEYS do
     else
       redis.call('HSET', key, 'v', v, 'doc', doc)
     end
-    out[i - 1] = 1
+    out[i - 1] = stored
   else
     out[i - 1] = 0
   end

@@ -78,24 +78,31 @@ impl Conn {
     }
 
     /// Runs `cmds`, each touching the key it is paired with, and returns
-    /// their replies in order: one pipeline on a single server; on a cluster
-    /// one pipeline per hash slot, sent concurrently. Not atomic.
-    pub async fn query_by_slot(&self, cmds: Vec<(String, Cmd)>) -> redis::RedisResult<Vec<Value>> {
+    /// each one's reply in order: one pipeline on a single server; on a
+    /// cluster one pipeline per hash slot, sent concurrently. Not atomic.
+    /// A command the server refused (say, `WRONGTYPE` on a key another
+    /// program wrote) is its own `Err`; the others' replies still count.
+    /// The outer `Err` is a connection failure.
+    pub async fn query_by_slot(
+        &self,
+        cmds: Vec<(String, Cmd)>,
+    ) -> redis::RedisResult<Vec<redis::RedisResult<Value>>> {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
-        if !self.is_cluster() {
-            let mut pipe = redis::pipe();
-            for (_, cmd) in &cmds {
-                pipe.add_command(cmd.clone());
-            }
-            return pipe.query_async(&mut self.clone()).await;
-        }
         let mut groups: HashMap<Slot, (Vec<usize>, Pipeline)> = HashMap::new();
         for (i, (key, cmd)) in cmds.into_iter().enumerate() {
-            let (at, pipe) = groups
-                .entry(Slot::for_key(key.as_bytes()))
-                .or_insert_with(|| (Vec::new(), redis::pipe()));
+            // One server: one pipeline (every key in slot 0 for grouping).
+            let slot = if self.is_cluster() {
+                Slot::for_key(key.as_bytes())
+            } else {
+                Slot::new(0).expect("slot 0 exists")
+            };
+            let (at, pipe) = groups.entry(slot).or_insert_with(|| {
+                let mut pipe = redis::pipe();
+                pipe.ignore_errors();
+                (Vec::new(), pipe)
+            });
             at.push(i);
             pipe.add_command(cmd);
         }
@@ -103,12 +110,12 @@ impl Conn {
         let replies = futures::future::try_join_all(groups.into_values().map(|(at, pipe)| {
             let mut conn = self.clone();
             async move {
-                let r: Vec<Value> = pipe.query_async(&mut conn).await?;
+                let r: Vec<redis::RedisResult<Value>> = pipe.query_async(&mut conn).await?;
                 Ok::<_, redis::RedisError>((at, r))
             }
         }))
         .await?;
-        let mut out = vec![Value::Nil; n];
+        let mut out: Vec<redis::RedisResult<Value>> = (0..n).map(|_| Ok(Value::Nil)).collect();
         for (at, r) in replies {
             for (i, v) in at.into_iter().zip(r) {
                 out[i] = v;

@@ -45,6 +45,14 @@ pub enum Event<'a> {
         /// This daemon's stale token.
         token: u64,
     },
+    /// A cache key held another program's value (not a hash): a reader
+    /// treated it as a miss, or a cache write replaced it.
+    ForeignCacheValue {
+        /// The cache key.
+        key: &'a str,
+        /// What was done about it.
+        then: &'static str,
+    },
     /// This daemon took a partition's lease.
     LeaseAcquired {
         /// The partition.
@@ -118,6 +126,14 @@ impl Event<'_> {
                     op,
                     token,
                     "fenced: the partition lease moved to another daemon; refused and stopping this partition"
+                );
+            }
+            Event::ForeignCacheValue { key, then } => {
+                metrics::counter!("writ_cache_foreign_total").increment(1);
+                tracing::warn!(
+                    key,
+                    then,
+                    "a cache key holds a value that is not writ's (not a hash): another program writes under writ's namespace"
                 );
             }
             Event::LeaseAcquired { partition, token } => {

@@ -86,6 +86,11 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "Partition operations (read, claim, cache) refused by the fence: this daemon lost the lease.",
     ),
     (
+        "writ_cache_foreign_total",
+        "counter",
+        "Cache keys found holding another program's value (not a hash); each was read as a miss or replaced.",
+    ),
+    (
         "writ_lease_released_total",
         "counter",
         "Partition leases this daemon handed back.",
@@ -212,6 +217,7 @@ pub fn register(config: &crate::config::Config) {
         metrics::counter!("writ_retries_total", "error_class" => class).absolute(0);
         metrics::counter!("writ_mongodb_errors_total", "error_class" => class).absolute(0);
     }
+    metrics::counter!("writ_cache_foreign_total").absolute(0);
     for op in ["read", "claim", "cache"] {
         metrics::counter!("writ_fenced_total", "op" => op).absolute(0);
     }

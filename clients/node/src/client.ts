@@ -160,6 +160,17 @@ function isReplyError(e: unknown): boolean {
   return e instanceof Error && e.name === "ReplyError";
 }
 
+/**
+ * A cache key holding another program's value (not a hash: Redis answers
+ * WRONGTYPE, the error code that starts its reply) reads as a miss, so the read
+ * goes through to MongoDB; the cache is a copy of it. The daemon's next cache
+ * write of the key, or this client's fill, replaces the value.
+ */
+function foreignAsMiss(e: unknown): Hmget {
+  if (isReplyError(e) && errMessage(e).startsWith("WRONGTYPE")) return [null, null, null];
+  throw e;
+}
+
 /** Longest close() waits for a clean QUIT or for the ack loop to end. */
 const CLOSE_WAIT_MS = 1000;
 
@@ -1037,7 +1048,9 @@ export class WritClient {
     const names = keys.map((k) => this.names.cache(k.partition, k.spec.name, k.canonical));
     try {
       if (!(this.redis instanceof Cluster) || names.length === 1) {
-        return (await Promise.all(names.map((n) => this.redis.hmgetBuffer(n, "v", "doc", "gone")))) as Hmget[];
+        return await Promise.all(
+          names.map((n) => (this.redis.hmgetBuffer(n, "v", "doc", "gone") as Promise<Hmget>).catch(foreignAsMiss)),
+        );
       }
       const bySlot = new Map<number, number[]>();
       names.forEach((n, i) => {
@@ -1054,8 +1067,7 @@ export class WritClient {
           const res = (await p.exec()) ?? [];
           at.forEach((i, j) => {
             const [err, v] = res[j] ?? [new Error("no reply"), null];
-            if (err) throw err;
-            out[i] = v as Hmget;
+            out[i] = err ? foreignAsMiss(err) : (v as Hmget);
           });
         }),
       );

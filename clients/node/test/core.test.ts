@@ -167,6 +167,38 @@ describe("core", () => {
     }
   }));
 
+  test("a cache key holding another program's value reads through to MongoDB, is repaired, and fails no other key", g(async () => {
+    const w = client({ mode: "ack" });
+    const keys = [{ k: "foreign", n: 1 }, { k: "foreign", n: 2 }, { k: "foreign", n: 3 }];
+    for (const key of keys) await w.write(KV.name, key, "put", { n: key.n });
+    const redis = new Redis(env.redisUrl);
+    try {
+      const entry = (key: { k: string; n: number }) => {
+        const k = w.resolveKey(KV.name, key);
+        return w.names.cache(k.partition, KV.name, k.canonical);
+      };
+      await redis.del(entry(keys[0]), entry(keys[1]));
+      await redis.set(entry(keys[0]), "someone else's");
+      await redis.rpush(entry(keys[1]), "a");
+      const r = client();
+      const got = await r.readMany(KV.name, keys);
+      assert.deepEqual(got.map((x) => x!.doc!.payload.n), [1, 2, 3]);
+      assert.deepEqual(got.map((x) => x!.source), ["mongodb", "mongodb", "cache"]);
+      assert.equal((await r.read(KV.name, keys[0]))!.payload.n, 1);
+      // The read's fill replaced the foreign values with writ's entries.
+      assert.deepEqual([await redis.type(entry(keys[0])), await redis.type(entry(keys[1]))], ["hash", "hash"]);
+      // And the daemon writes over one too.
+      await redis.del(entry(keys[2]));
+      await redis.set(entry(keys[2]), "again");
+      const t = await w.write(KV.name, keys[2], "put", { n: 33 });
+      assert.equal((await t.acked).outcome, "applied");
+      assert.equal(await redis.type(entry(keys[2])), "hash");
+      assert.equal((await client().readRecord(KV.name, keys[2]))!.source, "cache");
+    } finally {
+      redis.disconnect();
+    }
+  }));
+
   test("a document written without writ (no _writ) reads at version zero, and the first write adopts it", g(async () => {
     const coll = mongo.db(env.name).collection(KV.name);
     await coll.insertOne({ k: "legacy", n: 1, payload: { from: "official" }, createDate: new Date(), updatedDate: new Date() });

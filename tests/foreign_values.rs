@@ -1,0 +1,129 @@
+//! Another program's value at one of writ's cache keys (a string `SET` by
+//! hand, a list from a namespace clash) must not stop a partition. The cache
+//! is only a copy of MongoDB: the daemon replaces the foreign value with the
+//! committed document, and a reader treats it as a miss and reads through.
+//! The other writes of the same round are cached and acked as usual.
+
+mod support;
+
+use std::time::Duration;
+
+use mongodb::bson::{doc, Document};
+use support::{Daemon, TestEnv};
+use writ::protocol::{Key, Names};
+use writ::Writ;
+
+fn key(s: &str) -> Document {
+    doc! {"symbol": s, "strategyName": "foreign", "exchangeName": "x"}
+}
+
+/// The cache key of `name` in the `signal` collection.
+fn cache_key(config: &writ::config::Config, name: &str) -> String {
+    let k = Key::from_document(&key(name), config.collection("signal").unwrap()).unwrap();
+    Names::new(&config.namespace).cache(
+        k.partition("signal", config.partitions),
+        "signal",
+        &k.canonical(),
+    )
+}
+
+/// `writ_cache_foreign_total` of this process (the daemon runs in it).
+fn foreign_count() -> f64 {
+    writ::telemetry::recorder()
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("writ_cache_foreign_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn type_of(conn: &mut writ::redis_conn::Conn, k: &str) -> String {
+    redis::cmd("TYPE").arg(k).query_async(conn).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_value_at_a_cache_key_is_replaced_and_blocks_nothing() {
+    let env = TestEnv::start("foreign_cache");
+    let config = env.config();
+    // All in one partition, so one round holds the foreign keys and the others.
+    let names = support::same_partition(&config, "signal", key, "G0", "K", 6);
+    let (as_string, as_list, plain) = (&names[0], &names[1], &names[2..]);
+    let mut conn = env.redis().await;
+    let _: () = redis::cmd("SET")
+        .arg(cache_key(&config, as_string))
+        .arg("someone else's")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("RPUSH")
+        .arg(cache_key(&config, as_list))
+        .arg("a")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let before = foreign_count();
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let mut tickets = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        tickets.push(s.submit(&key(name), &doc! {"n": i as i32}).await.unwrap());
+    }
+    let daemon = Daemon::start(config.clone());
+    for (name, t) in names.iter().zip(tickets) {
+        t.wait_for(Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("the write of {name} was not acked: {e}"));
+    }
+    for (i, name) in names.iter().enumerate() {
+        assert_eq!(
+            s.read(&key(name)).await.unwrap(),
+            Some(doc! {"n": i as i32}),
+            "{name}"
+        );
+    }
+    for name in [as_string, as_list] {
+        assert_eq!(type_of(&mut conn, &cache_key(&config, name)).await, "hash");
+    }
+    assert_eq!(plain.len(), 4);
+    // Counted once each (the tests of this file share the counter).
+    assert!(
+        foreign_count() - before >= 2.0,
+        "{before} -> {}",
+        foreign_count()
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_reads_through_a_foreign_value_and_repairs_the_entry() {
+    let env = TestEnv::start("foreign_read");
+    let config = env.config();
+    let daemon = Daemon::start(config.clone());
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    s.write(&key("R1"), &doc! {"price": 7}).await.unwrap();
+    s.write(&key("R2"), &doc! {"price": 8}).await.unwrap();
+    daemon.stop().await;
+
+    let mut conn = env.redis().await;
+    let entry = cache_key(&config, "R1");
+    let _: () = redis::cmd("DEL")
+        .arg(&entry)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SADD")
+        .arg(&entry)
+        .arg("x")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // A new handle has no pending writes: it reads the cache, then MongoDB.
+    let reader = Writ::connect(config.clone()).await.unwrap();
+    let r = reader.collection("signal").unwrap();
+    assert_eq!(r.read(&key("R1")).await.unwrap(), Some(doc! {"price": 7}));
+    assert_eq!(type_of(&mut conn, &entry).await, "hash");
+    // One foreign entry does not fail a read of several keys.
+    assert_eq!(r.read(&key("R2")).await.unwrap(), Some(doc! {"price": 8}));
+}
