@@ -76,9 +76,16 @@ fn reply_of(fields: &crate::stream::Fields) -> Option<protocol::ReplyTo> {
 }
 
 /// Processes one key's jobs, in order.
+///
+/// A coalesced run applies only its last write. When that write fails for
+/// good, the writes before it were never applied: they run again as a run of
+/// their own (whose last write is then the one applied), and the failed
+/// write is dead-lettered in its turn with the verdict already reached, not
+/// tried `max_attempts` times more.
 pub(super) async fn run_key(part: &Partition, jobs: Vec<Job>) {
     let mut i = 0;
-    let mut no_coalesce_before = 0;
+    // Writes found poison as the last of a run, by index; the lowest on top.
+    let mut poison: Vec<(usize, Reject, u32)> = Vec::new();
     while i < jobs.len() {
         let coll = part
             .ctx
@@ -86,11 +93,14 @@ pub(super) async fn run_key(part: &Partition, jobs: Vec<Job>) {
             .collection(&jobs[i].write.collection)
             .expect("decode checked the collection")
             .clone();
-        let end = if i >= no_coalesce_before {
-            coalesced_end(&coll, &jobs, i)
-        } else {
-            i + 1
-        };
+        if poison.last().is_some_and(|(at, ..)| *at == i) {
+            let (_, reject, attempts) = poison.pop().expect("checked");
+            park(part, &coll.name, &jobs[i], &reject, attempts).await;
+            i += 1;
+            continue;
+        }
+        let limit = poison.last().map_or(jobs.len(), |(at, ..)| *at);
+        let end = coalesced_end(&coll, &jobs[..limit], i);
         let target = &jobs[end - 1];
         if !part.still_owner() {
             return; // leave the rest pending
@@ -104,10 +114,8 @@ pub(super) async fn run_key(part: &Partition, jobs: Vec<Job>) {
                     return;
                 }
             }
-            // The last write is poison; the earlier ones were never
-            // applied: take them one by one.
-            Some(Err(_)) if end - 1 > i => {
-                no_coalesce_before = end - 1;
+            Some(Err((reject, attempts))) if end - 1 > i => {
+                poison.push((end - 1, reject, attempts));
                 continue;
             }
             Some(Err((reject, attempts))) => {

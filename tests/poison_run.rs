@@ -1,0 +1,102 @@
+//! A coalesced run whose last write MongoDB refuses for good: the writes
+//! before it still apply (as a run of their own), the refused one is
+//! dead-lettered once, and it is not tried `max_attempts` times a second
+//! time. Alone in its file: it counts this process's MongoDB errors.
+
+mod support;
+
+use std::collections::HashMap;
+
+use mongodb::bson::{doc, Document};
+use support::{Daemon, Overrides, TestEnv};
+use writ::{Error, Writ};
+
+fn key(s: &str) -> Document {
+    doc! {"symbol": s, "strategyName": "poison-run", "exchangeName": "x"}
+}
+
+/// `writ_mongodb_errors_total{error_class="permanent"}` of this process.
+fn permanent_errors() -> f64 {
+    writ::telemetry::recorder()
+        .render()
+        .lines()
+        .filter(|l| {
+            l.starts_with("writ_mongodb_errors_total") && l.contains("error_class=\"permanent\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_last_write_is_poison_applies_the_rest_and_parks_it_once() {
+    let env = TestEnv::start("poison_run");
+    let o = Overrides {
+        daemon: "max_attempts = 3\nbackoff_cap_ms = 50",
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    // A second unique index: a payload `u` another key holds collides for good.
+    let db = env.mongo_db().await;
+    let signals = db.collection::<Document>("signal");
+    let mut holder = key("HOLDER");
+    holder.insert("payload", doc! {"u": "taken"});
+    signals.insert_one(holder).await.unwrap();
+    db.run_command(doc! {"createIndexes": "signal", "indexes": [
+        {"key": {"payload.u": 1}, "name": "u_unique", "unique": true, "sparse": true}
+    ]})
+    .await
+    .unwrap();
+
+    // Written before any daemon runs, so one read takes all of them: one run.
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let mut tickets = Vec::new();
+    for (kind, d) in [
+        ("first", doc! {"c": 1}),
+        ("second", doc! {"c": 2}),
+        ("poison", doc! {"u": "taken"}),
+    ] {
+        tickets.push((kind, s.submit(&key("K"), &d).await.unwrap()));
+    }
+    let before = permanent_errors();
+    let daemon = Daemon::start(config.clone());
+    let mut results = HashMap::new();
+    for (kind, t) in tickets {
+        let id = t.version();
+        results.insert(kind, (id, t.wait().await));
+    }
+    assert!(
+        matches!(results["poison"].1, Err(Error::DeadLettered { .. })),
+        "{:?}",
+        results["poison"]
+    );
+    // The write before the poison was applied, and the first was coalesced
+    // into it: both acks carry the second's version.
+    let second = results["second"].0;
+    assert_eq!(results["second"].1.as_ref().unwrap(), &second);
+    assert_eq!(results["first"].1.as_ref().unwrap(), &second);
+    assert_eq!(s.read(&key("K")).await.unwrap(), Some(doc! {"c": 2}));
+    // The poison was tried max_attempts times in all: once as the run's last
+    // write; its verdict was reused when its turn came alone.
+    let tried = permanent_errors() - before;
+    assert_eq!(tried, 3.0, "permanent MongoDB errors");
+    // Acks in stream order: coalesced, applied, dead-lettered.
+    let mut r = env.redis().await;
+    let acks: redis::Value = redis::cmd("XRANGE")
+        .arg(format!("{}:ack:{}", env.name, writ.client_id()))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let outcomes: Vec<String> = writ::stream::parse_entries(&acks)
+        .into_iter()
+        .map(|e| {
+            let f = e.fields.unwrap();
+            let v = &f.iter().find(|(k, _)| k == b"outcome").unwrap().1;
+            String::from_utf8_lossy(v).into_owned()
+        })
+        .collect();
+    assert_eq!(outcomes, ["coalesced", "applied", "dead_lettered"]);
+    daemon.stop().await;
+}
