@@ -127,3 +127,65 @@ async fn a_reader_reads_through_a_foreign_value_and_repairs_the_entry() {
     // One foreign entry does not fail a read of several keys.
     assert_eq!(r.read(&key("R2")).await.unwrap(), Some(doc! {"price": 8}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_lease_keys_leave_the_other_partitions_owned() {
+    let env = TestEnv::start("foreign_lease");
+    let config = env.config();
+    assert!(config.partitions >= 3);
+    let names = Names::new(&config.namespace);
+    let mut conn = env.redis().await;
+    // Partition 0: a lease with no expiry (writ always sets one): taken over.
+    let _: () = redis::cmd("SET")
+        .arg(names.lease(0))
+        .arg("set-by-hand")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Partition 1: a lease key of another type: that partition stays
+    // unowned, and the partitions after it are still taken.
+    let _: () = redis::cmd("HSET")
+        .arg(names.lease(1))
+        .arg("f")
+        .arg("v")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let daemon = Daemon::start(config.clone());
+    let consumer = |v: Option<String>| v.filter(|o| o != "set-by-hand");
+    for p in (0..config.partitions).filter(|p| *p != 1) {
+        support::eventually(
+            Duration::from_secs(20),
+            "every partition but the foreign one owned",
+            || {
+                let (mut conn, key) = (conn.clone(), names.lease(p));
+                async move {
+                    let owner: Option<String> = redis::cmd("GET")
+                        .arg(&key)
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap();
+                    consumer(owner)
+                }
+            },
+        )
+        .await;
+    }
+    assert_eq!(type_of(&mut conn, &names.lease(1)).await, "hash");
+    // A write to partition 0 commits.
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let k = (0..10_000)
+        .map(|i| format!("L{i}"))
+        .find(|n| {
+            Key::from_document(&key(n), config.collection("signal").unwrap())
+                .unwrap()
+                .partition("signal", config.partitions)
+                == 0
+        })
+        .expect("a key of partition 0");
+    s.write(&key(&k), &doc! {"p": 0})
+        .await
+        .expect("partition 0 is served");
+    daemon.stop().await;
+}

@@ -23,9 +23,12 @@ use crate::redis_conn::{Confirmer, Conn, Replication};
 use crate::error::Result;
 use crate::protocol::Names;
 
+/// Takes a free lease. A lease key without an expiry was not set by writ
+/// (writ always sets one): it is taken over, or the partition would never be
+/// owned again; the new token fences whoever set it.
 const ACQUIRE: &str = r#"
 local cur = redis.call('GET', KEYS[1])
-if cur == false then
+if cur == false or redis.call('PTTL', KEYS[1]) == -1 then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return redis.call('INCR', KEYS[2])
 end

@@ -35,6 +35,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::error::RetryClass;
+use crate::protocol::Names;
 use crate::telemetry::Event;
 
 /// How often a daemon looks at membership and free partitions.
@@ -294,6 +296,17 @@ impl Owner {
                     active += 1;
                 }
                 Ok(None) => {}
+                // One partition's keys hold something else (another
+                // program's value): that partition stays unowned, the
+                // others are still taken.
+                Err(e) if e.retry_class() == RetryClass::Permanent => {
+                    tracing::error!(
+                        partition = p,
+                        lease = %Names::new(&self.config.namespace).lease(p),
+                        error = %e,
+                        "cannot take this partition's lease: its lease or fence key (same hash tag) holds a value writ did not write; delete it"
+                    );
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot take partition leases (redis)");
                     return;
