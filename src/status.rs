@@ -8,7 +8,7 @@ use crate::redis_conn::Conn;
 use redis::Value;
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::protocol::{Names, Version};
 use crate::stream::{cmd, parse_entries};
 
@@ -172,20 +172,39 @@ pub async fn status_of(
     // different cluster slots, so no MGET.
     let mut owners = Vec::with_capacity(leases.len());
     for key in &leases {
-        let o: Option<String> = redis::cmd("GET").arg(key).query_async(conn).await?;
-        owners.push(o);
+        let o = redis::cmd("GET").arg(key).query_async(conn).await;
+        owners.push(unless_foreign(o.map_err(Error::from))?.flatten());
     }
     let mut out = Vec::with_capacity(partitions as usize);
     for (p, o) in (0..partitions).zip(owners) {
         if owner.is_none() || o.as_deref() == owner {
-            out.push(partition_status(conn, &names, p, o).await?);
+            // A partition whose keys hold another program's values is left
+            // out; the others are still reported (and trimmed).
+            if let Some(s) = unless_foreign(partition_status(conn, &names, p, o).await)? {
+                out.push(s);
+            }
         }
     }
-    let dead_letters: u64 = cmd::xlen(&names.dead_letters()).query_async(conn).await?;
+    let dead_letters = cmd::xlen(&names.dead_letters()).query_async(conn).await;
+    let dead_letters: u64 = unless_foreign(dead_letters.map_err(Error::from))?.unwrap_or(0);
     Ok(Status {
         partitions: out,
         dead_letters,
     })
+}
+
+/// `None` when one of writ's keys holds another program's value (Redis
+/// answers `WRONGTYPE`). The daemon's ownership pass logs such lease keys; a
+/// status read must not fail for every partition because of one.
+fn unless_foreign<T>(r: Result<T>) -> Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(Error::Redis(e)) if e.code() == Some("WRONGTYPE") => {
+            tracing::debug!(error = %e, "status: a key holds a value writ did not write; left out");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Renders the status as a table.

@@ -172,6 +172,15 @@ async fn foreign_lease_keys_leave_the_other_partitions_owned() {
         .await;
     }
     assert_eq!(type_of(&mut conn, &names.lease(1)).await, "hash");
+    // `writ status` (and the daemon's stats and retention) still report the
+    // other partitions.
+    let st = writ::status::status(&mut conn, &config.namespace, config.partitions)
+        .await
+        .expect("status with a foreign lease key");
+    let listed: Vec<u32> = st.partitions.iter().map(|p| p.partition).collect();
+    assert_eq!(listed, (0..config.partitions).collect::<Vec<u32>>());
+    assert_eq!(st.partitions[1].owner, None);
+    assert!(st.partitions[0].owner.is_some());
     // A write to partition 0 commits.
     let writ = Writ::connect(config.clone()).await.unwrap();
     let s = writ.collection("signal").unwrap();

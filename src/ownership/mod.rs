@@ -35,7 +35,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::error::RetryClass;
+use crate::error::Error;
 use crate::protocol::Names;
 use crate::telemetry::Event;
 
@@ -299,7 +299,7 @@ impl Owner {
                 // One partition's keys hold something else (another
                 // program's value): that partition stays unowned, the
                 // others are still taken.
-                Err(e) if e.retry_class() == RetryClass::Permanent => {
+                Err(Error::Redis(e)) if e.code() == Some("WRONGTYPE") => {
                     tracing::error!(
                         partition = p,
                         lease = %Names::new(&self.config.namespace).lease(p),
