@@ -51,6 +51,11 @@ impl Backoff {
 /// Runs `op` until it succeeds, backing off (capped at 2 s) after each
 /// failure; `None` once `stop` fires. Each failure is counted in
 /// `writ_retries_total` and logged with `what`.
+///
+/// Permanent errors are retried too: these are the Redis steps after a write
+/// committed (cache, acks, `XACK`), which must happen before the write is
+/// acked, and nothing else can take their place. They are logged as errors,
+/// since only an operator can clear them.
 pub async fn retry_until<F, Fut, T>(
     stop: &CancellationToken,
     what: &'static str,
@@ -67,7 +72,11 @@ where
             Err(e) => {
                 metrics::counter!("writ_retries_total", "error_class" => e.retry_class().as_str())
                     .increment(1);
-                tracing::warn!(what, error = %e, "redis step failed; retrying");
+                if e.retry_class() == crate::error::RetryClass::Permanent {
+                    tracing::error!(what, error = %e, "redis step failed with an error retrying will not clear; retrying until it is fixed (the partition waits)");
+                } else {
+                    tracing::warn!(what, error = %e, "redis step failed; retrying");
+                }
                 if !backoff.sleep(stop).await {
                     return None;
                 }
