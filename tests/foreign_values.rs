@@ -198,3 +198,62 @@ async fn foreign_lease_keys_leave_the_other_partitions_owned() {
         .expect("partition 0 is served");
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meta_values_that_are_not_numbers_strand_nothing_and_refuse_nothing() {
+    let env = TestEnv::start("foreign_meta");
+    let config = env.config();
+    let names = Names::new(&config.namespace);
+    let ks = support::same_partition(&config, "signal", key, "M0", "M", 3);
+    let p = Key::from_document(&key(&ks[0]), config.collection("signal").unwrap())
+        .unwrap()
+        .partition("signal", config.partitions);
+    let mut conn = env.redis().await;
+    // The group as a daemon creates it, so that `at` below names its
+    // last-delivered-id (0-0) and the daemon's read takes the O(1) path.
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(names.stream(p))
+        .arg(names.group())
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let spoil = |mut conn: writ::redis_conn::Conn| {
+        let meta = names.meta(p);
+        async move {
+            let _: () = redis::cmd("HSET")
+                .arg(meta)
+                .arg("at")
+                .arg("0-0")
+                .arg("read")
+                .arg("x")
+                .arg("est")
+                .arg("y")
+                .arg("since")
+                .arg("z")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    };
+    spoil(conn.clone()).await;
+    // Admission still admits (it counts the backlog exactly instead).
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let mut tickets = Vec::new();
+    for (i, k) in ks.iter().enumerate() {
+        tickets.push(s.submit(&key(k), &doc! {"i": i as i32}).await.unwrap());
+    }
+    // The daemon's first read meets them too: the entries it takes must be
+    // applied, not stranded as pending.
+    spoil(conn.clone()).await;
+    let daemon = Daemon::start(config.clone());
+    for (k, t) in ks.iter().zip(tickets) {
+        t.wait_for(Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("the write of {k} was not acked: {e}"));
+    }
+    daemon.stop().await;
+}

@@ -32,8 +32,9 @@ local function backlog(bound)
   end
   local undelivered
   local meta = redis.call('HMGET', KEYS[2], 'at', 'read')
-  if found and meta[1] == last and meta[2] then
-    undelivered = info['entries-added'] - tonumber(meta[2])
+  local read = tonumber(meta[2])
+  if found and meta[1] == last and read then
+    undelivered = info['entries-added'] - read
     if undelivered < 0 then undelivered = 0 end
     if undelivered > info['length'] then undelivered = info['length'] end
   elseif not found then
@@ -60,11 +61,13 @@ if #ARGV < 3 then return backlog(bound) end
 -- first: `est` (an exact count taken by an earlier admission) plus `since`
 -- (writes admitted after it). Only admissions grow the backlog, so while
 -- est + since is under the bound, writes are admitted in O(1); at the bound
--- the backlog is counted again, exactly, and `est`/`since` start over.
+-- the backlog is counted again, exactly, and `est`/`since` start over. A meta
+-- value that is not a number (someone else wrote it) counts as absent.
 local function room()
   local m = redis.call('HMGET', KEYS[2], 'est', 'since')
-  if m[1] and tonumber(m[1]) + tonumber(m[2] or 0) < bound then
-    return bound - tonumber(m[1]) - tonumber(m[2] or 0), nil
+  local est, since = tonumber(m[1]), tonumber(m[2] or 0)
+  if est and since and est + since < bound then
+    return bound - est - since, nil
   end
   local b = backlog(bound)
   redis.call('HSET', KEYS[2], 'est', b[1], 'since', 0)

@@ -25,12 +25,16 @@ local function added()
   for i = 1, #s, 2 do if s[i] == 'entries-added' then return s[i + 1] end end
   return 0
 end
+-- Nothing after XREADGROUP may fail: the entries it delivers are pending on
+-- this consumer at once, and a failed script would not return them. So an
+-- unreadable `read` (written by someone else) is recounted, never added to.
+local read = tonumber(meta[2])
 local r = redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4], 'STREAMS', KEYS[1], '>')
 if r then
   local entries = r[1][2]
   local at = entries[#entries][1]
-  if meta[1] == before and meta[2] then
-    redis.call('HSET', KEYS[3], 'at', at, 'read', tonumber(meta[2]) + #entries)
+  if meta[1] == before and read then
+    redis.call('HSET', KEYS[3], 'at', at, 'read', read + #entries)
   else
     local after = redis.call('XRANGE', KEYS[1], '(' .. at, '+')
     redis.call('HSET', KEYS[3], 'at', at, 'read', added() - #after)
