@@ -47,8 +47,10 @@ pub enum Error {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
 
-    /// MongoDB failed.
-    #[error("mongodb: {0}")]
+    /// MongoDB failed. Shown as the driver's error kind (and labels): its
+    /// full form also dumps the server's raw reply as hex bytes, which is
+    /// noise in a log line or a dead letter's reason.
+    #[error("mongodb: {}", mongo_summary(.0))]
     Mongo(#[from] mongodb::error::Error),
 
     /// MongoDB answered a findAndModify upsert without a post-image (neither a
@@ -139,6 +141,18 @@ pub enum Error {
     /// Encoding a document failed.
     #[error("encoding: {0}")]
     Encode(String),
+}
+
+/// A MongoDB error's kind, with its labels when it has any.
+fn mongo_summary(e: &mongodb::error::Error) -> String {
+    let labels = e.labels();
+    if labels.is_empty() {
+        e.kind.to_string()
+    } else {
+        let mut labels: Vec<&String> = labels.iter().collect();
+        labels.sort();
+        format!("{} (labels: {labels:?})", e.kind)
+    }
 }
 
 /// Library result type.

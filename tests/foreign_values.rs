@@ -257,3 +257,42 @@ async fn meta_values_that_are_not_numbers_strand_nothing_and_refuse_nothing() {
     }
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_version_writ_did_not_write_is_dead_lettered_saying_so() {
+    let env = TestEnv::start("foreign_version");
+    let o = support::Overrides {
+        daemon: "max_attempts = 2\nbackoff_cap_ms = 50",
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let daemon = Daemon::start(config.clone());
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    // The daemon made the key's unique index; now another program stores a
+    // document whose `_writ.v` is no version of writ's.
+    s.write(&key("OTHER"), &doc! {"n": 0}).await.unwrap();
+    let mut theirs = key("V1");
+    theirs.insert("payload", doc! {"n": -1});
+    // (A string that sorts after every version of writ's; a value of another
+    // type is older than any version, and simply overwritten.)
+    theirs.insert("_writ", doc! {"v": "1700000000000-5"});
+    env.mongo_db()
+        .await
+        .collection::<Document>("signal")
+        .insert_one(theirs)
+        .await
+        .unwrap();
+    let err = s.write(&key("V1"), &doc! {"n": 1}).await.unwrap_err();
+    let writ::Error::DeadLettered { reason } = &err else {
+        panic!("{err:?}")
+    };
+    assert!(
+        reason.contains(r#"_writ.v = "1700000000000-5""#),
+        "{reason}"
+    );
+    assert!(reason.contains("not a version writ wrote"), "{reason}");
+    // The key's later writes meet the same document; other keys are fine.
+    s.write(&key("OTHER"), &doc! {"n": 2}).await.unwrap();
+    daemon.stop().await;
+}

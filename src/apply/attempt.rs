@@ -78,7 +78,11 @@ impl Attempts<'_> {
             if class == RetryClass::Permanent {
                 attempts += 1;
                 if attempts >= self.config.max_attempts {
-                    return Some(Err((crate::deadletter::mongo_rejected(&e), attempts)));
+                    let reject = match e {
+                        Error::Rejected(r) => r,
+                        e => crate::deadletter::mongo_rejected(&e),
+                    };
+                    return Some(Err((reject, attempts)));
                 }
             }
             tracing::warn!(entry = %id, collection = %coll.name, attempts, class = class.as_str(), error = %e, "apply failed; retrying");

@@ -12,7 +12,7 @@ use mongodb::{Collection, Database, IndexModel};
 use super::keys::{exact_filter, keys_query, KeysQuery};
 use crate::config::{redact_url, CollectionConfig, Config, Layout, WriteConcernW, WriteMode};
 use crate::error::{mongo_code, Error, Result};
-use crate::protocol::{Key, Op, Version, Write};
+use crate::protocol::{Key, Op, Reject, RejectReason, Version, Write};
 
 /// Field holding the payload.
 pub const DOC_PAYLOAD: &str = "payload";
@@ -284,7 +284,10 @@ impl Store {
 
     /// After a duplicate-key error: `Some(Stale)` when the key already holds
     /// this version or a newer one, `None` when it holds an older one or none
-    /// (an insert race, or a clash on another unique index).
+    /// (an insert race, or a clash on another unique index). A stored
+    /// `_writ.v` that is not a version writ writes (another program changed
+    /// it) is a permanent refusal that says so: the guard cannot order the
+    /// write against it.
     async fn stale_or_conflict(
         &self,
         c: &Collection<Document>,
@@ -299,6 +302,17 @@ impl Store {
             Some(doc) if doc_version(&doc).is_some_and(|v| v >= version) => {
                 Ok(Some(Applied::Stale(Some(doc))))
             }
+            Some(doc) if doc_version(&doc).is_none() => match doc
+                .get_document(DOC_WRIT)
+                .ok()
+                .and_then(|w| w.get("v"))
+            {
+                Some(v) => Err(Error::Rejected(Reject::new(
+                    RejectReason::MongoRejected,
+                    format!("the stored document of this key has _writ.v = {v}, which is not a version writ wrote (another program changed it?), so writ cannot order this write against it; remove that document's _writ field (it then reads as version 0) and `writ dlq retry` the write"),
+                ))),
+                None => Ok(None),
+            },
             _ => Ok(None),
         }
     }
