@@ -1,7 +1,8 @@
 //! A coalesced run whose last write MongoDB refuses for good: the writes
 //! before it still apply (as a run of their own), the refused one is
 //! dead-lettered once, and it is not tried `max_attempts` times a second
-//! time. Alone in its file: it counts this process's MongoDB errors.
+//! time; the writes before it get one attempt each. Alone in its file: it
+//! counts this process's MongoDB errors.
 
 mod support;
 
@@ -100,5 +101,25 @@ async fn a_run_whose_last_write_is_poison_applies_the_rest_and_parks_it_once() {
         })
         .collect();
     assert_eq!(outcomes, ["coalesced", "applied", "dead_lettered"]);
+    daemon.stop().await;
+
+    // A key whose every write is refused: the last takes its max_attempts,
+    // each write before it one attempt, and all are dead-lettered in order.
+    let mut tickets = Vec::new();
+    for i in 0..3 {
+        let d = doc! {"u": "taken", "i": i};
+        tickets.push(s.submit(&key("P"), &d).await.unwrap());
+    }
+    let before = permanent_errors();
+    let daemon = Daemon::start(config.clone());
+    for t in tickets {
+        let res = t.wait().await;
+        assert!(matches!(res, Err(Error::DeadLettered { .. })), "{res:?}");
+    }
+    assert_eq!(
+        permanent_errors() - before,
+        3.0 + 1.0 + 1.0,
+        "permanent MongoDB errors"
+    );
     daemon.stop().await;
 }

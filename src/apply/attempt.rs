@@ -19,8 +19,12 @@ use crate::protocol::{Reject, Version, Write};
 pub struct Attempts<'a> {
     /// MongoDB (and its limiter).
     pub store: &'a Store,
-    /// `max_attempts`, `backoff_cap`, `op_timeout`.
+    /// `backoff_cap`, `op_timeout`.
     pub config: &'a Config,
+    /// Permanent failures allowed before the write's reject is returned:
+    /// `daemon.max_attempts`, or 1 for a write of a key whose later write
+    /// MongoDB already refused for good in the same run.
+    pub max_attempts: u32,
     /// Stops the retries (a tenure's end, or an operator's Ctrl-C).
     pub abort: &'a CancellationToken,
 }
@@ -77,7 +81,7 @@ impl Attempts<'_> {
                 .increment(1);
             if class == RetryClass::Permanent {
                 attempts += 1;
-                if attempts >= self.config.max_attempts {
+                if attempts >= self.max_attempts.max(1) {
                     let reject = match e {
                         Error::Rejected(r) => r,
                         e => crate::deadletter::mongo_rejected(&e),

@@ -81,7 +81,10 @@ fn reply_of(fields: &crate::stream::Fields) -> Option<protocol::ReplyTo> {
 /// good, the writes before it were never applied: they run again as a run of
 /// their own (whose last write is then the one applied), and the failed
 /// write is dead-lettered in its turn with the verdict already reached, not
-/// tried `max_attempts` times more.
+/// tried `max_attempts` times more. The writes before a refused one get one
+/// attempt each for a permanent failure (transient ones are still retried):
+/// the key has just spent its full retries, and a key whose every write is
+/// refused must not hold the partition's in-flight slots for seconds a write.
 pub(super) async fn run_key(part: &Partition, jobs: Vec<Job>) {
     let mut i = 0;
     // Writes found poison as the last of a run, by index; the lowest on top.
@@ -106,7 +109,12 @@ pub(super) async fn run_key(part: &Partition, jobs: Vec<Job>) {
             return; // leave the rest pending
         }
         let started = std::time::Instant::now();
-        match apply_with_retry(part, &coll, target).await {
+        let budget = if poison.is_empty() {
+            part.ctx.config.max_attempts
+        } else {
+            1
+        };
+        match apply_with_retry(part, &coll, target, budget).await {
             Some(Ok(applied)) => {
                 metrics::histogram!("writ_apply_seconds", "collection" => coll.name.clone())
                     .record(started.elapsed().as_secs_f64());
@@ -242,16 +250,19 @@ pub(super) fn record_end_to_end(collection: &str, id: Version) {
 }
 
 /// Applies with retries: the routine `replay` and `dlq retry` share
-/// ([`Attempts`]), for as long as this tenure owns the partition.
+/// ([`Attempts`]), for as long as this tenure owns the partition, until
+/// `max_attempts` permanent failures.
 async fn apply_with_retry(
     part: &Partition,
     coll: &crate::config::CollectionConfig,
     job: &Job,
+    max_attempts: u32,
 ) -> Option<Result<Applied, (Reject, u32)>> {
     let attempts = Attempts {
         store: &part.ctx.store,
         config: &part.ctx.config,
         abort: &part.run.abort,
+        max_attempts,
     };
     attempts
         .apply(|| part.still_owner(), coll, &job.write, job.id)

@@ -65,6 +65,7 @@ impl Tools {
             store: &self.store,
             config: &self.config,
             abort: &self.abort,
+            max_attempts: self.config.max_attempts,
         };
         let applied = match attempts.apply(|| true, coll, &write, id).await {
             Some(Ok(a)) => a,
