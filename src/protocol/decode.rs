@@ -327,12 +327,9 @@ mod tests {
         for enc in [Encoding::Bson, Encoding::Json] {
             let raw = |levels: usize| match enc {
                 Encoding::Bson => nested(levels),
-                Encoding::Json => format!(
-                    "{}{}",
-                    r#"{"a":"#.repeat(levels),
-                    format!("{{}}{}", "}".repeat(levels))
-                )
-                .into_bytes(),
+                Encoding::Json => {
+                    format!("{}{{}}{}", r#"{"a":"#.repeat(levels), "}".repeat(levels)).into_bytes()
+                }
             };
             assert!(
                 decode_document(&raw(MAX_NESTING), enc, "doc").is_ok(),
