@@ -42,14 +42,7 @@ async fn each_write_of_a_bulk_gets_its_own_outcome() {
     newer.insert("removed", false);
     newer.insert("_writ", doc! {"v": future.to_sortable()});
     signals.insert_one(newer).await.unwrap();
-    let mut taken = key(holder);
-    taken.insert("payload", doc! {"u": "dup"});
-    signals.insert_one(taken).await.unwrap();
-    db.run_command(doc! {"createIndexes": "signal", "indexes": [
-        {"key": {"payload.u": 1}, "name": "u_unique", "unique": true, "sparse": true}
-    ]})
-    .await
-    .unwrap();
+    env.poison_payload_u("signal", key(holder), "dup").await;
 
     let writ = Writ::connect(config.clone()).await.unwrap();
     let s = writ.collection("signal").unwrap();
@@ -83,26 +76,11 @@ async fn each_write_of_a_bulk_gets_its_own_outcome() {
         results.push((kind, id, t.wait().await));
     }
     // What each write's ack said, by entry id.
-    let mut r = env.redis().await;
-    let acks: redis::Value = redis::cmd("XRANGE")
-        .arg(format!("{}:ack:{}", env.name, writ.client_id()))
-        .arg("-")
-        .arg("+")
-        .query_async(&mut r)
-        .await
-        .unwrap();
     let mut outcome: HashMap<String, String> = HashMap::new();
     let mut order = Vec::new();
-    for e in writ::stream::parse_entries(&acks) {
-        let f = e.fields.unwrap();
-        let get = |n: &[u8]| {
-            f.iter()
-                .find(|(k, _)| k == n)
-                .map(|(_, v)| String::from_utf8_lossy(v).to_string())
-                .unwrap()
-        };
-        order.push(get(b"id"));
-        outcome.insert(get(b"id"), get(b"outcome"));
+    for a in support::acks::of_client(&env, writ.client_id()).await {
+        order.push(a["id"].clone());
+        outcome.insert(a["id"].clone(), a["outcome"].clone());
     }
     for (kind, id, res) in &results {
         let got = outcome.get(&id.to_stream_id()).map(String::as_str);

@@ -37,16 +37,7 @@ async fn a_run_whose_last_write_is_poison_applies_the_rest_and_parks_it_once() {
     };
     let config = env.config_with(&o);
     // A second unique index: a payload `u` another key holds collides for good.
-    let db = env.mongo_db().await;
-    let signals = db.collection::<Document>("signal");
-    let mut holder = key("HOLDER");
-    holder.insert("payload", doc! {"u": "taken"});
-    signals.insert_one(holder).await.unwrap();
-    db.run_command(doc! {"createIndexes": "signal", "indexes": [
-        {"key": {"payload.u": 1}, "name": "u_unique", "unique": true, "sparse": true}
-    ]})
-    .await
-    .unwrap();
+    env.poison_payload_u("signal", key("HOLDER"), "taken").await;
 
     // Written before any daemon runs, so one read takes all of them: one run.
     let writ = Writ::connect(config.clone()).await.unwrap();
@@ -84,21 +75,10 @@ async fn a_run_whose_last_write_is_poison_applies_the_rest_and_parks_it_once() {
     let tried = permanent_errors() - before;
     assert_eq!(tried, 3.0, "permanent MongoDB errors");
     // Acks in stream order: coalesced, applied, dead-lettered.
-    let mut r = env.redis().await;
-    let acks: redis::Value = redis::cmd("XRANGE")
-        .arg(format!("{}:ack:{}", env.name, writ.client_id()))
-        .arg("-")
-        .arg("+")
-        .query_async(&mut r)
+    let outcomes: Vec<String> = support::acks::of_client(&env, writ.client_id())
         .await
-        .unwrap();
-    let outcomes: Vec<String> = writ::stream::parse_entries(&acks)
         .into_iter()
-        .map(|e| {
-            let f = e.fields.unwrap();
-            let v = &f.iter().find(|(k, _)| k == b"outcome").unwrap().1;
-            String::from_utf8_lossy(v).into_owned()
-        })
+        .map(|a| a["outcome"].clone())
         .collect();
     assert_eq!(outcomes, ["coalesced", "applied", "dead_lettered"]);
     daemon.stop().await;

@@ -68,24 +68,10 @@ async fn a_poison_write_is_dead_lettered_and_blocks_nothing() {
     assert_eq!(s.read(&key("P")).await.unwrap(), Some(doc! {"v": 3}));
     // The other key was acked before the poison write was given up on: it did
     // not wait behind it (the ack stream is in the daemon's order).
-    let mut r = env.redis().await;
-    let acks: redis::Value = redis::cmd("XRANGE")
-        .arg(format!("{}:ack:{}", env.name, writ.client_id()))
-        .arg("-")
-        .arg("+")
-        .query_async(&mut r)
+    let order: Vec<String> = support::acks::of_client(&env, writ.client_id())
         .await
-        .unwrap();
-    let order: Vec<String> = writ::stream::parse_entries(&acks)
         .into_iter()
-        .filter_map(|e| {
-            let f = e.fields?;
-            let id = f
-                .iter()
-                .find(|(k, _)| k == b"id")
-                .map(|(_, v)| String::from_utf8_lossy(v).to_string())?;
-            Some(id)
-        })
+        .map(|a| a["id"].clone())
         .collect();
     let pos =
         |v: writ::protocol::Version| order.iter().position(|id| *id == v.to_stream_id()).unwrap();

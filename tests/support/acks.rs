@@ -36,6 +36,30 @@ async fn xrange(conn: &mut writ::redis_conn::Conn, stream: &str) -> Vec<writ::st
     parse_entries(&v)
 }
 
+/// The acks in one client's ack stream, in the daemon's order, each as its
+/// fields (`id`, `outcome`, ...) read as text.
+pub async fn of_client(env: &super::TestEnv, client: &str) -> Vec<HashMap<String, String>> {
+    let mut conn = env.redis().await;
+    xrange(&mut conn, &format!("{}:ack:{client}", env.name))
+        .await
+        .into_iter()
+        .filter_map(|e| {
+            let fields = e.fields?;
+            Some(
+                fields
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            String::from_utf8_lossy(k).into_owned(),
+                            String::from_utf8_lossy(v).into_owned(),
+                        )
+                    })
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
 /// A write's (client, request): what its ack is matched by.
 type Request = (String, String);
 

@@ -704,6 +704,31 @@ key = ["bucket", "entryKey"]
             .unwrap()
             .database(&self.name)
     }
+
+    /// Makes every write to `collection` whose payload has `u: <u>` fail for
+    /// good: `holder` (a key document) is stored with that payload, and a
+    /// second unique index on `payload.u` makes any other key's copy clash.
+    pub async fn poison_payload_u(
+        &self,
+        collection: &str,
+        holder: mongodb::bson::Document,
+        u: &str,
+    ) {
+        let db = self.mongo_db().await;
+        let mut doc = holder;
+        doc.insert("payload", mongodb::bson::doc! {"u": u});
+        db.collection::<mongodb::bson::Document>(collection)
+            .insert_one(doc)
+            .await
+            .unwrap();
+        db.run_command(
+            mongodb::bson::doc! {"createIndexes": collection, "indexes": [
+                {"key": {"payload.u": 1}, "name": "u_unique", "unique": true, "sparse": true}
+            ]},
+        )
+        .await
+        .unwrap();
+    }
 }
 
 /// Changes to the test config.
