@@ -34,6 +34,7 @@ import {
 import { ADMIT_LUA, CACHE_CAS_LUA } from "./lua.js";
 import { AdmitBatcher, AdmitRefused, backpressure } from "./admit.js";
 import { RESERVED_FIELDS } from "./collections.js";
+import { bsonNesting, MAX_NESTING } from "./nesting.js";
 import { compareStreamIds, isSortable, toSortable, ZERO_VERSION } from "./version.js";
 
 export type Op = "put" | "remove";
@@ -572,6 +573,12 @@ export class WritClient {
         throw new WritKeyError(
           `the document for ${collection} ${k.canonical} is ${docBytes.length} bytes of BSON, over maxDocumentBytes ` +
             `(${this.config.maxDocumentBytes}); store less`,
+        );
+      }
+      if (bsonNesting(docBytes) > MAX_NESTING) {
+        throw new WritKeyError(
+          `the document for ${collection} ${k.canonical} nests objects and arrays more than ${MAX_NESTING} levels deep, ` +
+            `past MongoDB's limit (the daemon would dead-letter it); flatten it`,
         );
       }
     } else if (fields !== undefined) {

@@ -13,6 +13,7 @@ export {
   WritClosedError,
 } from "./errors.js";
 export { canonicalKey, canonicalOf, fnv1a64, partitionOf, keyValues, Names, MAX_KEY_BYTES } from "./key.js";
+export { MAX_NESTING } from "./nesting.js";
 export type { CollectionSpec, Key, KeyValue, Layout, WriteMode } from "./key.js";
 export { toSortable, toStreamId, ZERO_VERSION } from "./version.js";
 export { COLLECTION, PRESET_COLLECTIONS } from "./collections.js";

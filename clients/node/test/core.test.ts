@@ -250,6 +250,9 @@ describe("core", () => {
     }
     const small = client({ maxDocumentBytes: 64 });
     await assert.rejects(small.write(KV.name, { k: "x", n: 1 }, "put", { a: "y".repeat(100) }), /maxDocumentBytes/);
+    let deep: Record<string, unknown> = { x: 1 };
+    for (let i = 0; i < 101; i++) deep = { a: deep };
+    await assert.rejects(a.write(KV.name, { k: "x", n: 1 }, "put", deep), /more than 100 levels deep/);
   }));
 
   test("a new client's sync() waits until earlier writes are applied, then reads them", g(async () => {

@@ -12,6 +12,8 @@ import { redactUrl, resolveConfig } from "../src/config.js";
 import { WritConfigError, WritKeyError } from "../src/errors.js";
 import { PRESET_COLLECTIONS } from "../src/collections.js";
 import { REPO_ROOT } from "./harness.js";
+import { serialize, Binary, BSONRegExp, Code, Decimal128, Double, Int32, Long, MaxKey, MinKey, ObjectId, Timestamp, type Document } from "bson";
+import { bsonNesting, MAX_NESTING } from "../src/nesting.js";
 
 interface Vector {
   collection: string;
@@ -215,4 +217,29 @@ test("URLs in messages carry no secrets", () => {
   const q = redactUrl("mongodb://h/?tlsCertificateKeyFilePassword=s3cret&authSource=admin");
   assert.ok(!q.includes("s3cret") && q.includes("authSource=admin"), q);
   assert.equal(redactUrl("not a url s3cret"), "<unparseable URL>");
+});
+
+test("bsonNesting counts objects, arrays and code scopes below the top, over every BSON type", () => {
+  const scalars: Document = {
+    d: new Double(1.5), s: "text", bin: new Binary(Buffer.from([1, 2, 3]), 4), oid: new ObjectId(), t: true,
+    date: new Date(0), nul: null, re: new BSONRegExp("a+", "i"), code: new Code("x()"), i32: new Int32(7),
+    ts: new Timestamp({ t: 1, i: 2 }), i64: Long.fromNumber(8), dec: Decimal128.fromString("1.25"),
+    min: new MinKey(), max: new MaxKey(),
+  };
+  const n = (d: Document) => bsonNesting(serialize(d));
+  assert.equal(n({}), 0);
+  assert.equal(n(scalars), 0);
+  assert.equal(n({ ...scalars, o: { ...scalars } }), 1);
+  assert.equal(n({ a: [1, [2, { c: [] }]], ...scalars }), 4);
+  // The deepest branch counts, wherever it is.
+  assert.equal(n({ a: 1, b: {}, c: { d: { e: { ...scalars } } }, z: scalars }), 3);
+  assert.equal(n({ f: new Code("x", { y: { z: 1 } }) }), 2);
+  const nested = (levels: number) => {
+    let d: Document = { ...scalars };
+    for (let i = 0; i < levels; i++) d = { a: d, s: "after" };
+    return d;
+  };
+  assert.equal(n(nested(MAX_NESTING)), MAX_NESTING);
+  assert.equal(n(nested(MAX_NESTING + 1)), MAX_NESTING + 1);
+  assert.equal(n(nested(MAX_NESTING + 50)), MAX_NESTING + 1, "counts no further than the limit + 1");
 });
