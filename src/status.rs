@@ -199,7 +199,7 @@ pub async fn status_of(
 fn unless_foreign<T>(r: Result<T>) -> Result<Option<T>> {
     match r {
         Ok(v) => Ok(Some(v)),
-        Err(Error::Redis(e)) if e.code() == Some("WRONGTYPE") => {
+        Err(Error::Redis(e)) if crate::redis_conn::is_wrong_type(&e) => {
             tracing::debug!(error = %e, "status: a key holds a value writ did not write; left out");
             Ok(None)
         }

@@ -468,6 +468,15 @@ async fn client_refuses_bad_writes_before_the_stream() {
         reason(s.submit(&sig("X"), &big).await),
         RejectReason::TooLarge
     );
+    // Nested past MongoDB's 100 levels: the daemon would dead-letter it.
+    let mut deep = doc! {"x": 1};
+    for _ in 0..=writ::protocol::MAX_NESTING {
+        deep = doc! {"a": deep};
+    }
+    assert_eq!(
+        reason(s.submit(&sig("X"), &deep).await),
+        RejectReason::Payload
+    );
     // Nothing reached any stream.
     let config = env.config();
     let names = Names::new(&config.namespace);

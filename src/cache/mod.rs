@@ -67,9 +67,6 @@ const FENCED: i64 = -1;
 /// (another program's key in writ's namespace), which it replaced.
 const REPLACED_FOREIGN: i64 = 2;
 
-/// Redis's error code for a command on a key of another type.
-const WRONG_TYPE: &str = "WRONGTYPE";
-
 /// What the cache script answered for `key`.
 fn outcome(key: &str, script_result: i64) -> CasOutcome {
     match script_result {
@@ -272,7 +269,7 @@ impl Cache {
                     key,
                     redis::from_redis_value::<Raw>(v).map_err(|e| Error::Encode(e.to_string()))?,
                 ),
-                Err(e) if e.code() == Some(WRONG_TYPE) => {
+                Err(e) if crate::redis_conn::is_wrong_type(&e) => {
                     foreign(key, "reading");
                     Ok(None)
                 }

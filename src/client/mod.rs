@@ -189,7 +189,7 @@ impl Collection {
 
     /// Appends a `put` to the stream; returns once Redis accepted it.
     pub async fn submit(&self, key: &Document, doc: &Document) -> Result<Ticket> {
-        protocol::check_size(doc, self.inner().config.max_document_bytes)?;
+        protocol::check_payload(doc, self.inner().config.max_document_bytes)?;
         if self.coll.layout == Layout::Fields {
             protocol::check_fields(doc, &self.coll)?;
         }

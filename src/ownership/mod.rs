@@ -299,7 +299,7 @@ impl Owner {
                 // One partition's keys hold something else (another
                 // program's value): that partition stays unowned, the
                 // others are still taken.
-                Err(Error::Redis(e)) if e.code() == Some("WRONGTYPE") => {
+                Err(Error::Redis(e)) if crate::redis_conn::is_wrong_type(&e) => {
                     tracing::error!(
                         partition = p,
                         lease = %Names::new(&self.config.namespace).lease(p),

@@ -145,9 +145,26 @@ pub fn check_fields(doc: &Document, coll: &CollectionConfig) -> Result<(), Rejec
     Ok(())
 }
 
-/// Refuses a payload larger than the configured limit, one nested deeper than
-/// MongoDB stores, or one BSON cannot encode (`payload`, never `too_large`).
+/// Refuses a payload larger than the configured limit, or one BSON cannot
+/// encode (`payload`, never `too_large`). The daemon's decode has measured
+/// the payload's nesting on its entry bytes already; clients call
+/// [`check_payload`].
 pub fn check_size(doc: &Document, limit: usize) -> Result<(), Reject> {
+    encoded_within(doc, limit).map(drop)
+}
+
+/// What a client checks before the stream: [`check_size`], then the nesting
+/// limit the daemon enforces ([`MAX_NESTING`]).
+pub fn check_payload(doc: &Document, limit: usize) -> Result<(), Reject> {
+    let bytes = encoded_within(doc, limit)?;
+    if nesting::nesting(&bytes).is_ok_and(|n| n > MAX_NESTING) {
+        return Err(decode::too_deep(RejectReason::Payload, "doc"));
+    }
+    Ok(())
+}
+
+/// `doc` as BSON, refused if it cannot be encoded or is over `limit` bytes.
+fn encoded_within(doc: &Document, limit: usize) -> Result<Vec<u8>, Reject> {
     let bytes = crate::bson_bytes::to_vec(doc).map_err(|e| {
         Reject::new(
             RejectReason::Payload,
@@ -161,10 +178,7 @@ pub fn check_size(doc: &Document, limit: usize) -> Result<(), Reject> {
             format!("payload is {len} bytes of BSON, over the limit of {limit} (client.max_document_bytes; MongoDB's hard cap is 16 MiB)"),
         ));
     }
-    if nesting::nesting(&bytes).is_ok_and(|n| n > MAX_NESTING) {
-        return Err(decode::too_deep(RejectReason::Payload, "doc"));
-    }
-    Ok(())
+    Ok(bytes)
 }
 
 /// Encodes a write as stream entry fields (BSON encoding), ready for `XADD`.

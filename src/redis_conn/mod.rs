@@ -71,6 +71,12 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// Whether Redis refused a command because its key holds a value of another
+/// type (`WRONGTYPE`): another program's value under writ's namespace.
+pub fn is_wrong_type(e: &redis::RedisError) -> bool {
+    e.code() == Some("WRONGTYPE")
+}
+
 impl Conn {
     /// Whether this is a cluster connection.
     pub fn is_cluster(&self) -> bool {
