@@ -46,8 +46,11 @@ pub(crate) struct Pending {
 
 impl Inner {
     /// Forgets this handle's pending writes of `id` up to `upto`: the cache
-    /// shows a version at least that new, so they are settled even if their
-    /// ack was lost. Keeps the pending and waiter maps bounded.
+    /// shows a version at least that new, so they are settled for reads even
+    /// if their ack was lost. Keeps the pending and waiter maps bounded. A
+    /// write whose ticket is still waiting keeps its waiter: the cache is
+    /// written before the ack is sent, and dropping the sender here would end
+    /// that `wait` with `Shutdown` instead of the ack.
     fn forget(&self, id: &KeyId, upto: Version) {
         let mut latest = self.latest.lock().expect("lock");
         let Some(pending) = latest.get_mut(id) else {
@@ -63,8 +66,14 @@ impl Inner {
         }
         drop(latest);
         let mut waiters = self.waiters.lock().expect("lock");
-        for p in settled.into_values() {
-            waiters.remove(&p.request);
+        for Pending { request, state } in settled.into_values() {
+            drop(state);
+            if waiters
+                .get(&request)
+                .is_some_and(|(_, tx)| tx.receiver_count() == 0)
+            {
+                waiters.remove(&request);
+            }
         }
     }
 }
