@@ -3,7 +3,7 @@
  * admission script), acks, the cache with read-through to MongoDB, this
  * process's overlay of pending writes, prefix lists, and the start-up sync.
  */
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { Cluster, Redis, type RedisOptions } from "ioredis";
 import calculateSlot from "cluster-key-slot";
 import { MongoClient, type Db, type Document as MongoDocument } from "mongodb";
@@ -220,6 +220,13 @@ export class WritClient {
   private readonly admitter: AdmitBatcher;
   private readonly casSha = sha1(CACHE_CAS_LUA);
   private nextReq = 0;
+  /**
+   * Request ids are `<reqPrefix>.<counter>`: random per instance, so that a
+   * client id used again (a restarted process, a second client, workers that
+   * share a configured `clientId`) never matches an old ack, still in the ack
+   * stream for up to 24 h, to a new write (protocol.md §5).
+   */
+  private readonly reqPrefix = randomBytes(5).toString("hex");
   /** req → pending write. */
   private readonly pending = new Map<string, PendingWrite>();
   /** key id → this process's pending writes of that key, oldest first. */
@@ -588,7 +595,7 @@ export class WritClient {
     if (this.pending.size >= this.config.maxPending) await this.waitForRoom();
     if (this.closed) throw new WritClosedError();
 
-    const req = (++this.nextReq).toString(36);
+    const req = `${this.reqPrefix}.${(++this.nextReq).toString(36)}`;
     let settle!: (r: AckResult) => void;
     const acked = new Promise<AckResult>((r) => (settle = r));
     const w: PendingWrite = { req, key: k, op, doc: docBytes, settle, acked };

@@ -295,6 +295,24 @@ describe("core", () => {
     await assert.rejects(s.sync(), (e: unknown) => e instanceof WritTimeoutError && /writ serve/.test(e.message));
   }));
 
+  test("a client id used again never takes an old ack for a new write", g(async () => {
+    // A namespace no daemon serves: no write here is ever acked for real.
+    const ns = `${env.name}_reuse`;
+    const id = "fixed-id-1";
+    // The acks an earlier client with this id left (kept for 24 h), for the
+    // request ids a per-process counter would give its first writes.
+    const admin = new Redis(env.redisUrl);
+    try {
+      await admin.xadd(`${ns}:ack:${id}`, "*", "req", "1", "outcome", "applied", "v", "1-0", "id", "1-0");
+      await admin.xadd(`${ns}:ack:${id}`, "*", "req", "2", "outcome", "dead_lettered", "v", "1-1", "id", "1-1", "reason", "old");
+    } finally {
+      admin.disconnect();
+    }
+    const c = client({ namespace: ns, clientId: id, mode: "ack", writeTimeoutMs: 300, partitions: 1, maxBacklog: 1000 });
+    await assert.rejects(c.write(KV.name, { k: "reuse", n: 1 }, "put", { i: 1 }), WritTimeoutError);
+    await assert.rejects(c.write(KV.name, { k: "reuse", n: 2 }, "put", { i: 2 }), WritTimeoutError);
+  }));
+
   test("acks keep arriving after Redis drops the client's connections", g(async () => {
     const a = client({ mode: "ack" });
     await a.write(KV.name, { k: "recon", n: 1 }, "put", { i: 1 });
