@@ -82,8 +82,12 @@ interface Put {
 
 /** Builds the adapter classes bound to `client`. */
 export function createAdapters(client: WritClient): AdapterClasses {
-  const init = async (initial: boolean): Promise<void> => {
-    if (!initial) return;
+  // Every waitForInit syncs, not only the first (`initial`) one: backtest-kit
+  // passes `true` once per context, so if that call failed (Redis not up yet,
+  // or the daemon still draining past syncTimeoutMs), a retry must not read
+  // before the predecessor's accepted writes are applied. `sync()` remembers
+  // its success, so later calls cost nothing.
+  const init = async (_initial: boolean): Promise<void> => {
     await client.ready();
     await client.sync();
   };

@@ -15,7 +15,8 @@ import { setup } from "../src/setup.js";
 import type { WritClient } from "../src/client.js";
 import { FakeKit } from "./fakekit.js";
 import { crashPlan, onlyTag } from "./crash-plan.js";
-import { PACKAGE_ROOT, TestEnv } from "./harness.js";
+import { eventually, PACKAGE_ROOT, TestEnv } from "./harness.js";
+import { WritTimeoutError } from "../src/errors.js";
 
 let env: TestEnv;
 const K2_SYMBOLS = Array.from({ length: 8 }, (_, i) => `k2-SYM${i}`);
@@ -88,6 +89,41 @@ describe("crash-restart", () => {
       assert.equal(await mongo.db(env.name).collection("signal-items").countDocuments({ symbol: { $in: K2_SYMBOLS } }), 8);
     } finally {
       await mongo.close();
+    }
+  }));
+
+  test("a first waitForInit(true) that failed does not skip the sync: the retry waits too", () => env.guard(async () => {
+    const base = Date.now();
+    await env.writ!.kill("SIGKILL");
+    let down = true;
+    try {
+      await writeAndDie("k5", base);
+      const kit = new FakeKit();
+      clients.push(setup(env.clientConfig({ mode: "submit", syncTimeoutMs: 300 }), kit.adapters));
+      const { call } = crashPlan("k5", base).reads[0];
+      const [domain, args, method, ...margs] = call;
+      // The sync times out while no daemon runs; backtest-kit then retries
+      // with waitForInit(false), which must not read the old state either.
+      await assert.rejects(kit.call(domain, args, method, ...margs), WritTimeoutError);
+      await assert.rejects(kit.call(domain, args, method, ...margs), WritTimeoutError);
+      assert.deepEqual(kit.inits.map(([, , initial]) => initial), [true, false]);
+      await env.writ!.restart();
+      down = false;
+      await eventually("a sync within 300 ms once the daemon drained", 30000, async () =>
+        kit.call(domain, args, method, ...margs).then(
+          () => true,
+          (e: unknown) => {
+            if (e instanceof WritTimeoutError) return false;
+            throw e;
+          },
+        ),
+      );
+      for (const { call: c, expect } of crashPlan("k5", base).reads) {
+        const [d, a, m, ...ma] = c;
+        assert.deepEqual(onlyTag("k5", await kit.call(d, a, m, ...ma)), expect, `${d}.${m} of ${JSON.stringify(a)}`);
+      }
+    } finally {
+      if (down) await env.writ!.restart();
     }
   }));
 
