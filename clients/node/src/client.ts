@@ -1208,13 +1208,14 @@ export class WritClient {
     const own = [...this.pending.values()].filter(
       (w) => w.key.spec.name === spec.name && values.every((v, i) => w.key.values[i] === v),
     );
-    if (own.length) {
+    const wait = own.length ? await this.unsettled(own) : [];
+    if (wait.length) {
       await withTimeout(
-        Promise.all(own.map((w) => w.acked)),
+        Promise.all(wait.map((w) => w.acked)),
         this.config.readTimeoutMs,
         () =>
           new WritTimeoutError(
-            `listing ${collection} waits for ${own.length} pending writes of this process, not acked within ` +
+            `listing ${collection} waits for ${wait.length} pending writes of this process, not acked within ` +
               `${this.config.readTimeoutMs} ms; check \`writ status\` and that \`writ serve\` is running`,
           ),
       );
@@ -1225,6 +1226,31 @@ export class WritClient {
     return this.mongoCall(`find in ${collection}`, (db) =>
       db.collection(collection).find(filter, { sort }).toArray(),
     ) as Promise<Document[]>;
+  }
+
+  /**
+   * Of this process's pending `writes`, those a list must still wait for. A
+   * key whose cache entry is at least as new as its newest pending write is
+   * settled without its acks (protocol.md §6): an ack can be lost (a Redis
+   * failover, a trimmed ack stream), and one lost ack must not make every
+   * later list of the prefix time out. Those writes stay pending until their
+   * ack comes; only the list stops waiting for them.
+   */
+  private async unsettled(writes: PendingWrite[]): Promise<PendingWrite[]> {
+    const byKey = new Map<string, PendingWrite[]>();
+    for (const w of writes) {
+      const same = byKey.get(w.key.id);
+      if (same) same.push(w);
+      else byKey.set(w.key.id, [w]);
+    }
+    const groups = [...byKey.values()];
+    const cached = await this.hmget(groups.map((g) => g[0].key));
+    return groups.flatMap((g, i) => {
+      const v = cached[i][0]?.toString("latin1");
+      // A write still being admitted has no version yet: it is waited for.
+      const settled = v !== undefined && g.every((w) => w.version !== undefined && w.version <= v);
+      return settled ? [] : g;
+    });
   }
 
   // -------------------------------------------------------------------- sync

@@ -7,6 +7,7 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { Redis } from "ioredis";
 import { MongoClient } from "mongodb";
+import { serialize } from "bson";
 
 import { WritClient } from "../src/client.js";
 import {
@@ -19,6 +20,8 @@ import {
 } from "../src/errors.js";
 import type { CollectionSpec } from "../src/key.js";
 import { toSortable, ZERO_VERSION } from "../src/version.js";
+import { Names } from "../src/key.js";
+import { CACHE_CAS_LUA } from "../src/lua.js";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -311,6 +314,30 @@ describe("core", () => {
     const c = client({ namespace: ns, clientId: id, mode: "ack", writeTimeoutMs: 300, partitions: 1, maxBacklog: 1000 });
     await assert.rejects(c.write(KV.name, { k: "reuse", n: 1 }, "put", { i: 1 }), WritTimeoutError);
     await assert.rejects(c.write(KV.name, { k: "reuse", n: 2 }, "put", { i: 2 }), WritTimeoutError);
+  }));
+
+  test("a list does not wait for a lost ack: a key whose cache holds its version is settled", g(async () => {
+    // A namespace no daemon serves; the test plays the daemon for one key
+    // (MongoDB, then the cache) and never sends its ack.
+    const ns = `${env.name}_lost`;
+    const c = client({ namespace: ns, partitions: 1, maxBacklog: 1000, readTimeoutMs: 300 });
+    const t = await c.submit(KV.name, { k: "lost", n: 1 }, "put", { i: 1 });
+    const v = toSortable(t.entryId);
+    await mongo.db(env.name).collection(KV.name).insertOne({ k: "lost", n: 1, payload: { i: 1 }, _writ: { v } });
+    const stored = await mongo.db(env.name).collection(KV.name).findOne({ k: "lost", n: 1 });
+    const admin = new Redis(env.redisUrl);
+    try {
+      const key = new Names(ns).cache(0, KV.name, JSON.stringify(["lost", 1]));
+      assert.equal(await admin.eval(CACHE_CAS_LUA, 1, key, v, Buffer.from(serialize(stored!))), 1);
+    } finally {
+      admin.disconnect();
+    }
+    const listed = await c.list(KV.name, { k: "lost" });
+    assert.deepEqual(listed.map((d) => d.payload), [{ i: 1 }]);
+    assert.equal(c.pendingCount, 1, "the write stays pending until its ack");
+    // A pending write of another key of the prefix, not in the cache: waited for.
+    await c.submit(KV.name, { k: "lost", n: 2 }, "put", { i: 2 });
+    await assert.rejects(c.list(KV.name, { k: "lost" }), (e: unknown) => e instanceof WritTimeoutError && /1 pending writes/.test(e.message));
   }));
 
   test("acks keep arriving after Redis drops the client's connections", g(async () => {
