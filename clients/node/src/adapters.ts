@@ -200,7 +200,7 @@ export function createAdapters(client: WritClient): AdapterClasses {
       return (d?.payload ?? {}) as Row;
     }
     async writePartialData(data: Row, signalId: string, when?: Date): Promise<void> {
-      await put(COLLECTION.partial, { ...sse(this), signalId }, { payload: data, when: whenMs(when) });
+      await put(COLLECTION.partial, { ...sse(this), signalId }, { payload: data ?? null, when: whenMs(when) });
     }
   }
 
@@ -218,7 +218,7 @@ export function createAdapters(client: WritClient): AdapterClasses {
       return (d?.payload ?? {}) as Row;
     }
     async writeBreakevenData(data: Row, signalId: string, when?: Date): Promise<void> {
-      await put(COLLECTION.breakeven, { ...sse(this), signalId }, { payload: data, when: whenMs(when) });
+      await put(COLLECTION.breakeven, { ...sse(this), signalId }, { payload: data ?? null, when: whenMs(when) });
     }
   }
 
@@ -378,7 +378,7 @@ export function createAdapters(client: WritClient): AdapterClasses {
         return ((await live(collection, { bucket: this.bucket, entryKey: key }))?.payload ?? null) as Row | null;
       }
       async write(data: Row, key: string, when?: Date): Promise<void> {
-        const fields: Record<string, unknown> = { payload: data, removed: false };
+        const fields: Record<string, unknown> = { payload: data ?? null, removed: false };
         if (withWhen) fields.when = whenMs(when);
         await put(collection, { bucket: this.bucket, entryKey: key }, fields);
       }
@@ -442,7 +442,7 @@ export function createAdapters(client: WritClient): AdapterClasses {
       return !!r && r.exists;
     }
     async writeMemoryData(data: Row, memoryId: string, when?: Date): Promise<void> {
-      await put(COLLECTION.memory, this.key(memoryId), { payload: data, removed: false, when: whenMs(when) });
+      await put(COLLECTION.memory, this.key(memoryId), { payload: data ?? null, removed: false, when: whenMs(when) });
     }
     async removeMemoryData(memoryId: string): Promise<void> {
       // Like the default store: removing an id that was never written leaves nothing behind.

@@ -178,6 +178,22 @@ for (const mode of ["submit", "ack"] as const) {
       assert.ok(doc && "payload" in doc && doc.payload === null, "MongoDB holds payload: null");
     }));
 
+    test("an undefined value is stored as null, as the official adapter stores it", g(async () => {
+      const w = processWith(mode);
+      const ctx = [`${m}-UNDEF`, "strat", "binance"];
+      await w.kit.call("Partial", ctx, "writePartialData", { a: 1 }, "sig", WHEN);
+      await w.kit.call("Partial", ctx, "writePartialData", undefined, "sig", WHEN);
+      await w.kit.call("Breakeven", ctx, "writeBreakevenData", { a: 1 }, "sig", WHEN);
+      await w.kit.call("Breakeven", ctx, "writeBreakevenData", undefined, "sig", WHEN);
+      const r = processWith(mode);
+      for (const [d, rd] of [["Partial", "readPartialData"], ["Breakeven", "readBreakevenData"]] as const) {
+        assert.deepEqual(await w.kit.call(d, ctx, rd, "sig", WHEN), {}, `${d} in the writer`);
+        assert.deepEqual(await r.kit.call(d, ctx, rd, "sig", WHEN), {}, `${d} in a new process`);
+      }
+      const doc = await mongo.db(env.name).collection("partial-items").findOne({ symbol: `${m}-UNDEF`, signalId: "sig" });
+      assert.ok(doc && "payload" in doc && doc.payload === null, `MongoDB holds payload: null: ${JSON.stringify(doc)}`);
+    }));
+
     test("Infinity, -Infinity, NaN, dates and nested values survive", g(async () => {
       const w = processWith(mode);
       const ctx = [`${m}-INF`, "strat", "binance"];
