@@ -9,8 +9,9 @@ mod support;
 use std::time::Duration;
 
 use mongodb::bson::{doc, Document};
+use support::cluster::RedisCluster;
 use support::proc::{writ_cli, DaemonProc};
-use support::{Overrides, RedisServer, TestEnv};
+use support::{Daemon, Overrides, RedisServer, TestEnv};
 use writ::Writ;
 
 const DOC: &str = include_str!("../docs/operations.md");
@@ -147,6 +148,26 @@ async fn the_documented_acl_users_run_writ_and_nothing_more() {
             .await
             .unwrap();
     }
+    // A second daemon under the same user: the first hands partitions over,
+    // and each takes a lease the other held (the acquire script's `PTTL`).
+    let mut daemon2 = DaemonProc::start(&path, dir.path(), "acl-d2");
+    support::eventually(
+        Duration::from_secs(30),
+        "both daemons to own partitions",
+        || {
+            let out = writ_cli(&path, &["status", "--json"]);
+            async move {
+                let st: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+                let owners: Vec<&str> = st["partitions"]
+                    .as_array()?
+                    .iter()
+                    .map(|p| p["owner"].as_str())
+                    .collect::<Option<_>>()?;
+                (owners.contains(&"acl-d1") && owners.contains(&"acl-d2")).then_some(())
+            }
+        },
+    )
+    .await;
     s.write(&sig("S0"), &doc! {"v": 10}).await.unwrap();
     s.delete(&sig("S5")).await.unwrap();
     assert_eq!(s.read(&sig("S0")).await.unwrap(), Some(doc! {"v": 10}));
@@ -214,6 +235,7 @@ async fn the_documented_acl_users_run_writ_and_nothing_more() {
     })
     .await;
     drop((writ, cold));
+    assert_eq!(daemon2.terminate(Duration::from_secs(30)), Some(0));
     assert_eq!(daemon.terminate(Duration::from_secs(30)), Some(0));
 
     // Nothing was refused on the way (a refusal the code retries or only
@@ -222,7 +244,7 @@ async fn the_documented_acl_users_run_writ_and_nothing_more() {
     assert!(refusals.is_empty(), "ACL LOG: {refusals:#?}");
 
     // The passwords are in no log; the URL is, redacted.
-    let log = daemon.log_text();
+    let log = daemon.log_text() + &daemon2.log_text();
     assert!(
         log.contains(&format!("redis://***@127.0.0.1:{}", redis.port)),
         "{log}"
@@ -275,4 +297,84 @@ async fn the_documented_acl_users_run_writ_and_nothing_more() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("check the user and password"), "{err}");
     assert!(!err.contains(daemon_pw), "{err}");
+}
+
+/// The commands docs/operations.md adds to both users for replica
+/// confirmation (`min_replicas_acked` ≥ 1) and for Redis Cluster.
+const CLUSTER_AND_REPLICA_ADDITIONS: [&str; 2] = ["+wait +client|id", "+cluster|slots"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_with_replica_acks_the_documented_additions_are_enough() {
+    for a in CLUSTER_AND_REPLICA_ADDITIONS {
+        assert!(
+            DOC.contains(&format!("`{a}`")),
+            "docs/operations.md names `{a}`"
+        );
+    }
+    let env = TestEnv::start("acl_cluster");
+    let cluster = RedisCluster::start(3, 1, false);
+    let ns = env.name.clone();
+    let (daemon_pw, writer_pw) = ("cl-d4emon-pw-5e1b", "cl-wr1ter-pw-0d7c");
+    // ACL users are per node: every master and replica gets both.
+    let mut admins = Vec::new();
+    for node in 0..cluster.len() {
+        let mut admin = conn(&cluster.node_url(node)).await;
+        for mut user in documented_users(&ns, daemon_pw, writer_pw) {
+            user.extend(
+                CLUSTER_AND_REPLICA_ADDITIONS
+                    .iter()
+                    .flat_map(|a| a.split_whitespace().map(String::from)),
+            );
+            let ok: String = redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg(&user)
+                .query_async(&mut admin)
+                .await
+                .unwrap_or_else(|e| panic!("ACL SETUSER {user:?}: {e}"));
+            assert_eq!(ok, "OK");
+        }
+        let _: () = redis::cmd("ACL")
+            .arg("LOG")
+            .arg("RESET")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        admins.push(admin);
+    }
+    let seeds = |user: &str, pw: &str| {
+        cluster
+            .urls()
+            .iter()
+            .map(|u| u.replacen("redis://", &format!("redis://{user}:{pw}@"), 1))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let redis = "cluster = true\nmin_replicas_acked = 1\nreplica_ack_timeout_ms = 5000";
+    let daemon = Daemon::start(env.config_with(&Overrides {
+        redis_url: Some(seeds("writ-daemon", daemon_pw)),
+        redis,
+        ..Default::default()
+    }));
+    let writ = Writ::connect(env.config_with(&Overrides {
+        redis_url: Some(seeds("writ-writer", writer_pw)),
+        redis,
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    let s = writ.collection("signal").unwrap();
+    // Enough keys to reach every partition, so every master and replica.
+    for i in 0..12 {
+        s.write(&sig(&format!("C{i}")), &doc! {"v": i})
+            .await
+            .unwrap();
+    }
+    assert_eq!(s.read(&sig("C3")).await.unwrap(), Some(doc! {"v": 3}));
+    writ.sync(Duration::from_secs(20)).await.unwrap();
+    drop(writ);
+    daemon.stop().await;
+    for (node, admin) in admins.iter_mut().enumerate() {
+        let refusals = acl_log(admin).await;
+        assert!(refusals.is_empty(), "node {node}: ACL LOG: {refusals:#?}");
+    }
 }
