@@ -11,8 +11,10 @@ use super::MONGO_MAX_BSON;
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     /// Redis connection and stream layout.
+    #[serde(default)]
     pub redis: RawRedis,
     /// MongoDB connection and write concern.
+    #[serde(default)]
     pub mongodb: RawMongo,
     /// Daemon tuning.
     #[serde(default)]
@@ -131,6 +133,18 @@ pub struct RawDaemon {
     pub log_format: String,
 }
 
+impl Default for RawRedis {
+    fn default() -> Self {
+        toml::from_str("").expect("redis defaults")
+    }
+}
+
+impl Default for RawMongo {
+    fn default() -> Self {
+        toml::from_str("").expect("mongodb defaults")
+    }
+}
+
 impl Default for RawDaemon {
     fn default() -> Self {
         toml::from_str("").expect("daemon defaults")
@@ -150,8 +164,8 @@ pub struct RawClient {
     /// Largest payload accepted, in bytes of BSON.
     #[serde(default = "default_max_doc")]
     pub max_document_bytes: usize,
-    /// A submit fails with a backpressure error when its partition has more
-    /// unapplied entries than this.
+    /// A submit fails with a backpressure error when its partition has this
+    /// many unapplied entries or more.
     #[serde(default = "default_max_backlog")]
     pub max_backlog: u64,
 }

@@ -21,6 +21,15 @@ fn minimal_config_gets_defaults() {
 }
 
 #[test]
+fn every_table_but_the_collections_may_be_left_out() {
+    let c = Config::from_toml(&MIN.replace("[redis]\n[mongodb]\n", "")).unwrap();
+    assert_eq!(c.partitions, 8);
+    assert_eq!(c.namespace, "writ");
+    assert_eq!(c.database, "writ");
+    assert!(c.journal);
+}
+
+#[test]
 fn unknown_field_is_named() {
     let err = Config::from_toml(&MIN.replace("[redis]", "[redis]\npartitons = 3")).unwrap_err();
     assert!(err.to_string().contains("partitons"), "{err}");
