@@ -113,8 +113,9 @@ pub(super) async fn run_round(part: &Partition, segs: Vec<Segment>, permit: Perm
     }
     let elapsed = started.elapsed().as_secs_f64();
     metrics::histogram!("writ_bulk_seconds").record(elapsed);
-    // Each write's apply latency is the bulk's: one sample per write, recorded
-    // per collection in one call (no label built per write).
+    // Each statement's apply latency is the bulk's: one sample per statement
+    // (distinct key; a coalesced run counts once), recorded per collection in
+    // one call (no label built per statement).
     let mut per_coll: Vec<(&str, usize)> = Vec::new();
     for coll in &colls {
         match per_coll.iter_mut().find(|(name, _)| *name == coll.name) {

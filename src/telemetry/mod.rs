@@ -103,7 +103,7 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     (
         "writ_apply_seconds",
         "histogram",
-        "Seconds to apply a write in MongoDB, retries included.",
+        "Seconds a statement spent in MongoDB: its bulk's time, or its own with retries on the single path; one sample per distinct key, a coalesced run counts once.",
     ),
     (
         "writ_cache_update_seconds",
@@ -116,7 +116,11 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "histogram",
         "Seconds per MongoDB bulk (one round of a partition).",
     ),
-    ("writ_bulk_writes", "histogram", "Writes per MongoDB bulk."),
+    (
+        "writ_bulk_writes",
+        "histogram",
+        "Statements per MongoDB bulk: one per distinct key, a coalesced run counts once.",
+    ),
     (
         "writ_mongodb_concurrency_limit",
         "gauge",
@@ -235,7 +239,9 @@ pub fn register(config: &crate::config::Config) {
     }
     metrics::counter!("writ_stream_trimmed_entries_total").absolute(0);
     metrics::gauge!("writ_partitions").set(f64::from(config.partitions));
-    metrics::gauge!("writ_mongodb_concurrency_limit").set(config.max_concurrency.min(8) as f64);
+    // The adaptive limit starts at 1 (src/apply/limit.rs) and the limiter
+    // sets the gauge from its first completion on.
+    metrics::gauge!("writ_mongodb_concurrency_limit").set(1.0);
     metrics::gauge!("writ_dead_letter_entries").set(0.0);
     build_info();
 }
@@ -273,6 +279,20 @@ pub async fn probe_loop(store: Store, mut conn: Conn, health: Health, stop: Canc
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every exported metric has a row in docs/operations.md's table, with
+    /// its type, so the table cannot fall behind the code.
+    #[test]
+    fn every_metric_is_documented_in_operations_md() {
+        let doc = include_str!("../../docs/operations.md");
+        for (name, kind, _) in super::METRICS {
+            let row = format!("| `{name}` | {kind} |");
+            assert!(doc.contains(&row), "docs/operations.md has no row {row}");
         }
     }
 }
