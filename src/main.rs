@@ -38,7 +38,7 @@ enum Command {
     Serve,
     /// Generate load, report throughput and ack latency, verify the result.
     Bench(writ::bench::BenchArgs),
-    /// Validate the config and print it (secrets redacted).
+    /// Validate the config and print a one-line summary (secrets redacted).
     CheckConfig,
     /// Per partition: owner, unapplied entries, pending, oldest age; dead letters.
     Status {

@@ -15,7 +15,7 @@
 //! that order too). Values are exactly the ones sent, so the derived document
 //! equals the stored one field for field and type for type; a server that
 //! orders an inserted document's top-level fields otherwise differs only in
-//! that order (docs/protocol.md, "The cache").
+//! that order (docs/protocol.md §4, step 3).
 //!
 //! Updates the derivation cannot mirror exactly (dotted or `$` field names,
 //! other operators) return `None`, and the caller reads the document back.

@@ -57,7 +57,8 @@ pub struct BenchArgs {
     /// Payload padding in bytes.
     #[arg(long, default_value_t = 128)]
     pub payload: usize,
-    /// Collection to write (a `replace` one); default: the first declared.
+    /// Collection to write (`replace` mode, `payload` layout); default: `bench`,
+    /// else the first `replace` collection by name.
     #[arg(long)]
     pub collection: Option<String>,
     /// No progress bar.

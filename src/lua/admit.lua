@@ -1,5 +1,5 @@
--- Admission: XADD with backpressure (docs/protocol.md, "Writing"), and the one
--- definition of a partition's unapplied backlog (docs/protocol.md, "Backlog").
+-- Admission: XADD with backpressure, and the one definition of a partition's
+-- unapplied backlog (docs/protocol.md §2a).
 -- KEYS[1] partition stream <ns>:{p<N>}:in; KEYS[2] partition meta <ns>:{p<N>}:meta.
 -- ARGV[1] group; ARGV[2] bound; ARGV[3..] entry fields (or '' and a batch, below).
 -- With entry fields: refuses with 'BACKPRESSURE <unapplied>' when the backlog is
