@@ -1125,10 +1125,10 @@ export class WritClient {
     const misses: number[] = [];
     cached.forEach(([v, doc, gone], i) => {
       if (v) out[i] = this.fromCached(v, doc, gone);
-      // A replace key with a pending write of this process and no cache entry: the daemon has
-      // not applied any write of the key since the cache was filled, so MongoDB holds nothing
-      // newer than the pending write; the overlay answers without a MongoDB read.
-      else if (keys[i].spec.mode === "insert_once" || !snapshot[i]?.some((w) => w.version !== undefined)) misses.push(i);
+      // Every miss reads MongoDB, even for a key with a pending write of this process: the entry
+      // may be missing because it was lost (evicted, deleted, another program's value, a Redis
+      // failover) after the daemon applied a newer write of another process there.
+      else misses.push(i);
     });
     if (misses.length) {
       const found = await this.findRaw(keys[0].spec, misses.map((i) => keys[i]));

@@ -340,6 +340,19 @@ describe("core", () => {
     await assert.rejects(c.list(KV.name, { k: "lost" }), (e: unknown) => e instanceof WritTimeoutError && /1 pending writes/.test(e.message));
   }));
 
+  test("a cache miss reads MongoDB even with a pending write: a newer write of another process wins", g(async () => {
+    // A namespace no daemon serves; the test applies one write by hand to
+    // MongoDB only, as if its cache entry had been lost since.
+    const ns = `${env.name}_miss`;
+    const key = { k: "miss", n: 1 };
+    const mine = client({ namespace: ns, partitions: 1, maxBacklog: 1000 });
+    await mine.write(KV.name, key, "put", { who: "mine" });
+    const theirs = client({ namespace: ns, partitions: 1, maxBacklog: 1000 });
+    const t = await theirs.submit(KV.name, key, "put", { who: "theirs" });
+    await mongo.db(env.name).collection(KV.name).insertOne({ ...key, payload: { who: "theirs" }, _writ: { v: toSortable(t.entryId) } });
+    assert.deepEqual((await mine.read(KV.name, key))!.payload, { who: "theirs" });
+  }));
+
   test("acks keep arriving after Redis drops the client's connections", g(async () => {
     const a = client({ mode: "ack" });
     await a.write(KV.name, { k: "recon", n: 1 }, "put", { i: 1 });
