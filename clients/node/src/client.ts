@@ -144,7 +144,13 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** A Buffer view of BSON bytes (no copy). */
 export function bsonBuffer(doc: Document): Buffer {
-  const u8 = serialize(doc, { ignoreUndefined: true });
+  let u8: Uint8Array;
+  try {
+    u8 = serialize(doc, { ignoreUndefined: true });
+  } catch (e) {
+    // A circular value, a NUL in a nested field name, a value BSON has no type for.
+    throw new WritKeyError(`a document BSON cannot encode: ${errMessage(e)}; fix the value`, { cause: e });
+  }
   return Buffer.isBuffer(u8) ? u8 : Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength);
 }
 
@@ -238,6 +244,8 @@ export class WritClient {
   private connected = false;
   private ackLoop: Promise<void> | undefined;
   private lastAckId = "0";
+  /** Whether a refusal of the ack stream's read went to `onError` already. */
+  private ackErrorReported = false;
   private syncPromise: Promise<void> | undefined;
   private readyPromise: Promise<void> | undefined;
   private closed = false;
@@ -617,12 +625,11 @@ export class WritClient {
     /** Replicas that confirmed the entry (WAIT), with minReplicasAcked > 0. */
     let replicas: number | Error | undefined;
     try {
-      if (this.config.minReplicasAcked > 0) {
-        const args = [this.names.group, this.config.maxBacklog, ...entry];
-        ({ entryId, replicas } = await this.admitReplicated([stream, meta], args));
-      } else {
-        entryId = await this.admitter.admit([stream, meta], entry);
-      }
+      const admitted: Promise<{ entryId: string; replicas: number | Error | undefined }> =
+        this.config.minReplicasAcked > 0
+          ? this.admitReplicated([stream, meta], [this.names.group, this.config.maxBacklog, ...entry])
+          : this.admitter.admit([stream, meta], entry).then((id) => ({ entryId: id, replicas: undefined }));
+      ({ entryId, replicas } = await this.bounded(admitted, collection));
     } catch (e) {
       this.forget(w);
       if (e instanceof WritError) throw e;
@@ -634,7 +641,8 @@ export class WritClient {
         throw new WritConnectionError(`Redis refused the write to ${collection}: ${msg}${this.clusterHint(msg)}`, { cause: e });
       }
       throw new WritConnectionError(
-        `cannot write to Redis at ${redactUrls(this.config.redisUrl)}: ${msg}. The write was not accepted; retry when Redis is back.`,
+        `cannot write to Redis at ${redactUrls(this.config.redisUrl)}: ${msg}. The write may or may not have been ` +
+          `accepted; retry it when Redis is back.`,
         { cause: e },
       );
     }
@@ -654,6 +662,34 @@ export class WritClient {
       }
     }
     return { collection, entryId, acked };
+  }
+
+  /**
+   * An admission, bounded: by `writeTimeoutMs` (a Redis that takes commands
+   * and never answers, a connection ioredis keeps queueing on) and by
+   * {@link close} (ioredis may never settle commands queued on a connection
+   * that is closed while it reconnects). Either way the entry may or may not
+   * have reached the stream.
+   */
+  private async bounded<T>(admitted: Promise<T>, collection: string): Promise<T> {
+    let onClose!: (e: Error) => void;
+    const closed = new Promise<never>((_, reject) => (onClose = reject));
+    this.closeWaiters.add(onClose);
+    const { writeTimeoutMs, minReplicasAcked, replicaAckTimeoutMs } = this.config;
+    const ms = writeTimeoutMs + (minReplicasAcked > 0 ? replicaAckTimeoutMs : 0);
+    try {
+      return await withTimeout(
+        Promise.race([admitted, closed]),
+        ms,
+        () =>
+          new WritConnectionError(
+            `Redis at ${redactUrls(this.config.redisUrl)} did not answer the write to ${collection} within ${ms} ms; ` +
+              `it may or may not have been accepted. Check Redis, then retry the write.`,
+          ),
+      );
+    } finally {
+      this.closeWaiters.delete(onClose);
+    }
   }
 
   /** Why a write failed after its entry reached the master: too few replicas confirmed it. */
@@ -883,12 +919,19 @@ export class WritClient {
         );
       }
       await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, Math.min(left, 200));
-        t.unref?.();
-        this.roomWaiters.push(() => {
+        const wake = () => {
           clearTimeout(t);
           resolve();
-        });
+        };
+        // On its timer the waiter leaves the list, which stays as long as
+        // the number of writes waiting, however long the daemon is away.
+        const t = setTimeout(() => {
+          const i = this.roomWaiters.indexOf(wake);
+          if (i >= 0) this.roomWaiters.splice(i, 1);
+          resolve();
+        }, Math.min(left, 200));
+        t.unref?.();
+        this.roomWaiters.push(wake);
       });
     }
   }
@@ -924,8 +967,22 @@ export class WritClient {
       try {
         reply = await this.ackRedis.xread("COUNT", 512, "BLOCK", ACK_BLOCK_MS, "STREAMS", stream, this.lastAckId);
         backoff = 50;
-      } catch {
+      } catch (e) {
         if (this.closed) return;
+        // Redis refusing the read (an ACL without this ack stream, another
+        // program's value at its key) does not pass by itself: say so once,
+        // or ack-mode writes would only time out, blaming the daemon.
+        if (isReplyError(e) && !this.ackErrorReported) {
+          this.ackErrorReported = true;
+          this.config.onError(
+            new WritConnectionError(
+              `Redis refuses to read this client's ack stream ${stream}: ${errMessage(e)}. Writes are accepted but ` +
+                `their acks cannot be read; check the ACL (read access to <namespace>:ack:*) and that nothing else ` +
+                `writes that key`,
+              { cause: e },
+            ),
+          );
+        }
         await sleep(backoff);
         backoff = Math.min(backoff * 2, 2000);
         continue;

@@ -55,8 +55,8 @@ export class RefusedWriteError extends WritError {
 
 /** A key is missing a field, has an extra one, or a value of a type keys cannot hold. */
 export class WritKeyError extends WritError {
-  constructor(message: string) {
-    super(message);
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
   }
 }
 

@@ -13,6 +13,7 @@ import { WritClient } from "../src/client.js";
 import {
   BackpressureError,
   RefusedWriteError,
+  WritClosedError,
   WritConnectionError,
   WritKeyError,
   WritTimeoutError,
@@ -256,6 +257,9 @@ describe("core", () => {
     let deep: Record<string, unknown> = { x: 1 };
     for (let i = 0; i < 101; i++) deep = { a: deep };
     await assert.rejects(a.write(KV.name, { k: "x", n: 1 }, "put", deep), /more than 100 levels deep/);
+    const circular: Record<string, unknown> = { a: 1 };
+    circular.self = circular;
+    await assert.rejects(a.write(KV.name, { k: "x", n: 1 }, "put", circular), (e: unknown) => e instanceof WritKeyError && /BSON cannot encode/.test(e.message));
   }));
 
   test("a new client's sync() waits until earlier writes are applied, then reads them", g(async () => {
@@ -353,6 +357,52 @@ describe("core", () => {
     assert.deepEqual((await mine.read(KV.name, key))!.payload, { who: "theirs" });
   }));
 
+  test("waiting for room under maxPending leaves no waiter behind", g(async () => {
+    const ns = `${env.name}_room`;
+    const c = client({ namespace: ns, maxPending: 1, writeTimeoutMs: 1000, partitions: 1, maxBacklog: 1000 });
+    await c.write(KV.name, { k: "room", n: 1 }, "put", { a: 1 });
+    await assert.rejects(c.write(KV.name, { k: "room", n: 2 }, "put", { a: 2 }), WritTimeoutError);
+    assert.equal((c as unknown as { roomWaiters: unknown[] }).roomWaiters.length, 0);
+  }));
+
+  test("a Redis that refuses the ack stream's read is reported to onError once", g(async () => {
+    const ns = `${env.name}_ackref`;
+    const errors: WritError[] = [];
+    const c = client({ namespace: ns, mode: "ack", writeTimeoutMs: 1500, partitions: 1, maxBacklog: 1000, onError: (e: WritError) => errors.push(e) });
+    const admin = new Redis(env.redisUrl);
+    try {
+      await admin.set(`${ns}:ack:${c.clientId}`, "another program's value");
+    } finally {
+      admin.disconnect();
+    }
+    await assert.rejects(c.write(KV.name, { k: "ackref", n: 1 }, "put", { a: 1 }), WritTimeoutError);
+    assert.equal(errors.length, 1, errors.map(String).join("; "));
+    assert.ok(errors[0] instanceof WritConnectionError && /ack stream/.test(errors[0].message) && /WRONGTYPE/.test(errors[0].message), errors[0].message);
+  }));
+
+  test("an admission Redis does not answer fails within writeTimeoutMs, saying it may have been accepted", g(async () => {
+    const dir = mkdtempSync(join(tmpdir(), "writ-paused-"));
+    const r = await RedisServer.start(dir);
+    const admin = new Redis(r.url);
+    try {
+      const c = new WritClient(env.clientConfig({ collections: COLLECTIONS, redisUrl: r.url, writeTimeoutMs: 500, partitions: 1 }));
+      clients.push(c);
+      await c.ready();
+      await admin.client("PAUSE", 20000, "WRITE");
+      const t = Date.now();
+      await assert.rejects(
+        c.write(KV.name, { k: "paused", n: 1 }, "put", { a: 1 }),
+        (e: unknown) => e instanceof WritConnectionError && /may or may not have been accepted/.test(e.message),
+      );
+      assert.ok(Date.now() - t < 5000, `failed after ${Date.now() - t} ms`);
+    } finally {
+      await admin.client("UNPAUSE").catch(() => {});
+      admin.disconnect();
+      await r.stop().catch(() => {});
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }));
+
   test("acks keep arriving after Redis drops the client's connections", g(async () => {
     const a = client({ mode: "ack" });
     await a.write(KV.name, { k: "recon", n: 1 }, "put", { i: 1 });
@@ -381,6 +431,8 @@ describe("core", () => {
       await new Promise((res) => setTimeout(res, 200));
       await r.stop();
       await new Promise((res) => setTimeout(res, 300)); // the client is now reconnecting
+      // A write made now waits in ioredis's offline queue; close() settles it.
+      const queued = c.write(KV.name, { k: "close", n: 2 }, "put", { i: 2 }).catch((e: unknown) => e);
       const t = Date.now();
       await Promise.race([
         c.close(),
@@ -388,6 +440,8 @@ describe("core", () => {
       ]);
       assert.ok(Date.now() - t < 5000);
       assert.ok((await pending) instanceof Error, "the pending write is settled with an error");
+      const settled = await Promise.race([queued, new Promise((res) => setTimeout(() => res("unsettled"), 5000).unref())]);
+      assert.ok(settled instanceof WritClosedError, `the queued write is settled with WritClosedError: ${String(settled)}`);
     } finally {
       await r.stop().catch(() => {});
       rmSync(dir, { recursive: true, force: true });
