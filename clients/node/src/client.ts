@@ -215,6 +215,12 @@ export class WritClient {
   private writeReady: Promise<void> | undefined;
   /** Admissions waiting for a WAIT batch, by node (cluster) or "" (one server). */
   private admitQueues = new Map<string, { jobs: AdmitJob[]; busy: boolean; scheduled: boolean }>();
+  /**
+   * Partition stream → admissions held back while an earlier admission of
+   * that partition goes round again (NOSCRIPT, a redirection): they are sent
+   * after it, so one key's entries keep the order of their submits.
+   */
+  private heldAdmits = new Map<string, AdmitJob[]>();
   /** The PEM contents of the redisTls* files, read once. */
   private readonly tls: RedisTlsPem | undefined;
   /** The last connection error ioredis reported (TLS and socket errors), for messages. */
@@ -764,6 +770,11 @@ export class WritClient {
   }
 
   private enqueueAdmit(job: AdmitJob): void {
+    const held = this.heldAdmits.get(job.keys[0]);
+    if (held) {
+      held.push(job);
+      return;
+    }
     const group = this.admitGroup(job.keys[0]);
     let q = this.admitQueues.get(group);
     if (!q) this.admitQueues.set(group, (q = { jobs: [], busy: false, scheduled: false }));
@@ -816,6 +827,7 @@ export class WritClient {
     } catch (e) {
       if (conn instanceof Cluster && PIPELINE_SPLIT.test(errMessage(e))) {
         for (const j of batch) j.lastError = e;
+        this.holdBehind(batch);
         return this.redirect(conn, batch);
       }
       for (const j of batch) j.reject(e);
@@ -824,7 +836,8 @@ export class WritClient {
     const [waitErr, waitReply] = res[batch.length] ?? [new Error("no reply to WAIT"), null];
     const replicas =
       waitErr ?? (Number.isSafeInteger(waitReply) ? (waitReply as number) : new Error(`WAIT replied ${String(waitReply)}`));
-    const redirected: AdmitJob[] = [];
+    const again: AdmitJob[] = [];
+    let redirected = false;
     batch.forEach((j, i) => {
       const [err, id] = res[i] ?? [new Error("no reply to the admission"), null];
       if (!err) return j.resolve({ entryId: String(id), replicas });
@@ -832,14 +845,44 @@ export class WritClient {
       j.lastError = err;
       if (!j.useEval && msg.startsWith("NOSCRIPT")) {
         j.useEval = true;
-        this.enqueueAdmit(j);
+        again.push(j);
       } else if (conn instanceof Cluster && NOT_EXECUTED.test(msg)) {
-        redirected.push(j);
+        redirected = true;
+        again.push(j);
       } else {
         j.reject(err);
       }
     });
-    if (redirected.length) await this.redirect(conn as Cluster, redirected);
+    if (!again.length) return;
+    this.holdBehind(again);
+    if (redirected) await this.redirect(conn as Cluster, again);
+    else this.release(again);
+  }
+
+  /**
+   * Holds back every admission of the partitions of `jobs` (about to go round
+   * again) that is queued now or submitted until {@link release}: taken out
+   * of their queues, kept in order.
+   */
+  private holdBehind(jobs: AdmitJob[]): void {
+    const streams = new Set(jobs.map((j) => j.keys[0]));
+    for (const st of streams) if (!this.heldAdmits.has(st)) this.heldAdmits.set(st, []);
+    for (const q of this.admitQueues.values()) {
+      const keep: AdmitJob[] = [];
+      for (const j of q.jobs) (streams.has(j.keys[0]) ? this.heldAdmits.get(j.keys[0])! : keep).push(j);
+      q.jobs = keep;
+    }
+  }
+
+  /** Queues `jobs` again, each partition's held admissions after them, in order. */
+  private release(jobs: AdmitJob[]): void {
+    const streams = [...new Set(jobs.map((j) => j.keys[0]))];
+    const held = streams.flatMap((st) => {
+      const h = this.heldAdmits.get(st) ?? [];
+      this.heldAdmits.delete(st);
+      return h;
+    });
+    for (const j of [...jobs, ...held]) this.enqueueAdmit(j);
   }
 
   /**
@@ -850,10 +893,21 @@ export class WritClient {
   private async redirect(conn: Cluster, jobs: AdmitJob[]): Promise<void> {
     await new Promise<void>((r) => conn.refreshSlotsCache(() => r()));
     await sleep(100);
+    const again: AdmitJob[] = [];
     for (const j of jobs) {
       if (this.closed) j.reject(new WritClosedError());
+      else if (j.lastError instanceof Error && j.lastError.message.startsWith("NOSCRIPT")) again.push(j);
       else if (++j.redirects > MAX_REDIRECTIONS) j.reject(j.lastError);
-      else this.enqueueAdmit(j);
+      else again.push(j);
+    }
+    this.release(again);
+    // A partition none of whose jobs goes again still lets its held ones go.
+    const left = new Set(again.map((j) => j.keys[0]));
+    for (const st of new Set(jobs.map((j) => j.keys[0]))) {
+      if (left.has(st)) continue;
+      const held = this.heldAdmits.get(st) ?? [];
+      this.heldAdmits.delete(st);
+      for (const j of held) this.enqueueAdmit(j);
     }
   }
 

@@ -62,9 +62,13 @@ before(async () => {
 });
 
 after(async () => {
-  for (const c of clients) await c.close();
-  await mongo?.close();
-  await env?.stop();
+  try {
+    for (const c of clients) await c.close();
+    await mongo?.close();
+  } finally {
+    // The servers stop even if a close failed: a failing hook must not leave them running.
+    await env?.stop();
+  }
 });
 
 const g = (fn: () => Promise<void>) => () => env.guard(fn);
@@ -400,6 +404,50 @@ describe("core", () => {
       admin.disconnect();
       await r.stop().catch(() => {});
       rmSync(dir, { recursive: true, force: true });
+    }
+  }));
+
+  test("minReplicasAcked: an admission sent again after NOSCRIPT stays ahead of later writes of its partition", g(async () => {
+    // The writes connection is replaced by a stand-in whose first pipeline
+    // answers NOSCRIPT while a second write of the key is submitted.
+    const c = client({ namespace: `${env.name}_order`, minReplicasAcked: 1, partitions: 1, maxBacklog: 1000 });
+    await c.ready();
+    const landed: string[] = [];
+    let release: (() => void) | undefined;
+    const reqOf = (args: unknown[]) => String(args[args.findIndex((a) => String(a) === "req") + 1]);
+    const fake = {
+      status: "ready",
+      pipeline() {
+        const reqs: string[] = [];
+        const p = {
+          evalsha: (...a: unknown[]) => (reqs.push(reqOf(a)), p),
+          eval: (...a: unknown[]) => (reqs.push(reqOf(a)), p),
+          wait: () => p,
+          exec: async () => {
+            if (!release) {
+              await new Promise<void>((r) => (release = r));
+              return [...reqs.map(() => [new Error("NOSCRIPT No matching script"), null]), [null, 1]];
+            }
+            landed.push(...reqs);
+            return [...reqs.map((_, i) => [null, `1-${landed.length - reqs.length + i}`]), [null, 1]];
+          },
+        };
+        return p;
+      },
+    };
+    const inner = c as unknown as Record<string, unknown>;
+    const real = { writeRedis: inner.writeRedis, writeReady: inner.writeReady };
+    Object.assign(inner, { writeRedis: fake, writeReady: Promise.resolve() });
+    try {
+      const first = c.submit(KV.name, { k: "ord", n: 1 }, "put", { i: 1 });
+      await eventually("the first admission in flight", 5000, async () => release !== undefined);
+      const second = c.submit(KV.name, { k: "ord", n: 1 }, "put", { i: 2 });
+      await new Promise((r) => setTimeout(r, 50)); // queued behind the first
+      release!();
+      await Promise.all([first, second]);
+      assert.deepEqual(landed.map((r) => r.split(".")[1]), ["1", "2"], "the entries land in submit order");
+    } finally {
+      Object.assign(inner, real);
     }
   }));
 
