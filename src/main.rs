@@ -56,7 +56,7 @@ enum Command {
         /// Start: a stream id (ms-seq), unix ms, a UTC time (2026-11-23T01:30:00Z), or a duration ago (90s, 15m, 2h, 1d).
         #[arg(long)]
         from: String,
-        /// End (inclusive), same forms; default: the newest entry.
+        /// End (inclusive), same forms; default: the newest entry when the replay starts.
         #[arg(long)]
         to: Option<String>,
         /// Only this collection.
@@ -194,10 +194,18 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                     "replay stopped before the end of its range; it is idempotent: run it again",
                 )?;
             println!("{}", serde_json::to_string(&sum)?);
+            if !sum.trimmed.is_empty() {
+                eprintln!(
+                    "writ: warning: partitions {:?} no longer hold the start of the range (retention trimmed them): \
+                     writes there before their first retained entry were not replayed",
+                    sum.trimmed
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::RebuildCache { collection } => {
             let tools = writ::tools::Tools::connect(config).await?;
+            tools.check_collection(collection.as_deref())?;
             let sum = tools.rebuild_cache(collection.as_deref()).await?;
             println!("{}", serde_json::to_string(&sum)?);
             Ok(ExitCode::SUCCESS)
@@ -291,8 +299,12 @@ async fn dlq(config: Config, action: DlqAction) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            if letters.is_empty() && all {
-                println!("no dead letters to retry");
+            if letters.is_empty() {
+                if all {
+                    println!("no dead letters to retry");
+                } else {
+                    eprintln!("writ: no dead letter with that id; `writ dlq list` shows them");
+                }
             }
             // A named id that is not there is a failure; an empty queue is not.
             Ok(if failed == 0 && (all || !letters.is_empty()) {
@@ -316,6 +328,11 @@ async fn dlq(config: Config, action: DlqAction) -> anyhow::Result<ExitCode> {
                 n += usize::from(tools.dlq_drop(id).await?);
             }
             println!("dropped {n} dead letters");
+            // A named id that is not there is a failure, as for retry.
+            if !all && n == 0 {
+                eprintln!("writ: no dead letter with that id; `writ dlq list` shows them");
+                return Ok(ExitCode::FAILURE);
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

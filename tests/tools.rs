@@ -162,38 +162,66 @@ async fn dlq_retry_applies_once_the_cause_is_fixed() {
     let dir = tempfile::tempdir().unwrap();
     let config = env.config();
     let daemon = Daemon::start(config.clone());
-    // A raw write to a collection the config does not declare yet.
-    let canonical = r#"["k1"]"#;
-    let p = writ::protocol::partition_of("later", canonical, config.partitions);
-    let mut r = env.redis().await;
-    let id: String = redis::cmd("XADD")
-        .arg(format!("{}:{{p{p}}}:in", env.name))
-        .arg("*")
-        .arg("v")
-        .arg("1")
-        .arg("coll")
-        .arg("later")
-        .arg("op")
-        .arg("put")
-        .arg("enc")
-        .arg("json")
-        .arg("key")
-        .arg(r#"{"k":"k1"}"#)
-        .arg("doc")
-        .arg(r#"{"n":7}"#)
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    // Raw writes to a collection the config does not declare yet: two of
+    // key k1, then one of k2 added to a partition that is not its own.
+    let r = env.redis().await;
+    let put = |k: &'static str, n: i32, wrong: bool| {
+        let canonical = format!(r#"["{k}"]"#);
+        let own = writ::protocol::partition_of("later", &canonical, config.partitions);
+        let p = if wrong {
+            (own + 1) % config.partitions
+        } else {
+            own
+        };
+        let stream = format!("{}:{{p{p}}}:in", env.name);
+        let mut r = r.clone();
+        async move {
+            let id: String = redis::cmd("XADD")
+                .arg(stream)
+                .arg("*")
+                .arg("v")
+                .arg("1")
+                .arg("coll")
+                .arg("later")
+                .arg("op")
+                .arg("put")
+                .arg("enc")
+                .arg("json")
+                .arg("key")
+                .arg(format!(r#"{{"k":"{k}"}}"#))
+                .arg("doc")
+                .arg(format!(r#"{{"n":{n}}}"#))
+                .query_async(&mut r)
+                .await
+                .unwrap();
+            id
+        }
+    };
+    let older = put("k1", 7, false).await;
+    let newer = put("k1", 8, false).await;
+    let misplaced = put("k2", 9, true).await;
     let path = env.config_file_with(dir.path(), &Overrides::default());
-    let letters = eventually(Duration::from_secs(30), "dead letter", || async {
+    let letters = eventually(Duration::from_secs(30), "dead letters", || async {
         let l = json(&writ_cli(&path, &["dlq", "list", "--json"]));
-        (l.as_array().unwrap().len() == 1).then_some(l)
+        (l.as_array().unwrap().len() == 3).then_some(l)
     })
     .await;
-    assert_eq!(letters[0]["reason"], "unknown_collection");
-    assert_eq!(letters[0]["source_id"], id.as_str());
+    let letter_of = |source: &str| {
+        letters
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["source_id"] == source)
+            .unwrap_or_else(|| panic!("no letter for {source}: {letters}"))
+    };
+    for id in [&older, &newer, &misplaced] {
+        assert_eq!(letter_of(id)["reason"], "unknown_collection");
+    }
     daemon.stop().await;
-    // The operator declares the collection and retries.
+    // The operator declares the collection and retries, newest first. No
+    // daemon ran with it declared, so the retry itself must create the
+    // unique key index: without it the older write would be inserted as a
+    // second document of k1 instead of being found stale.
     let fixed = env.config_file_with(
         dir.path(),
         &Overrides {
@@ -201,29 +229,44 @@ async fn dlq_retry_applies_once_the_cause_is_fixed() {
             ..Default::default()
         },
     );
-    let out = writ_cli(&fixed, &["dlq", "retry", "--all"]);
+    let retry = |source: &str| {
+        let id = letter_of(source)["id"].as_str().unwrap().to_string();
+        writ_cli(&fixed, &["dlq", "retry", &id])
+    };
+    let out = retry(&newer);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("applied"));
-    let d = env
-        .mongo_db()
-        .await
-        .collection::<Document>("later")
-        .find_one(doc! {"k": "k1"})
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(d.get_document("payload").unwrap(), &doc! {"n": 7});
-    assert_eq!(
-        json(&writ_cli(&fixed, &["dlq", "list", "--json"]))
-            .as_array()
-            .unwrap()
-            .len(),
-        0
+    let out = retry(&older);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
     );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("stale"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The entry in another partition's stream is refused, as the daemon
+    // would refuse it, and stays parked.
+    let out = retry(&misplaced);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("still failing"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let docs: Vec<Document> = env.all_docs("later").await;
+    assert_eq!(docs.len(), 1, "{docs:?}");
+    assert_eq!(docs[0].get_str("k").unwrap(), "k1");
+    assert_eq!(docs[0].get_document("payload").unwrap(), &doc! {"n": 8});
+    let left = json(&writ_cli(&fixed, &["dlq", "list", "--json"]));
+    assert_eq!(left.as_array().unwrap().len(), 1, "{left}");
+    assert_eq!(left[0]["source_id"], misplaced.as_str());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,6 +343,7 @@ async fn rebuild_cache_and_replay_after_redis_data_loss() {
         &["replay", "--from", "0-0", "--collection", "signal"],
     ));
     assert_eq!(sum["read"], 24);
+    assert_eq!(sum["trimmed"], serde_json::json!([]), "{sum}");
     assert_eq!(sum["outcomes"]["stale"], 24);
     assert!(sum["outcomes"].get("applied").is_none());
     let after: Vec<Document> = env.all_docs("signal").await;
@@ -469,6 +513,17 @@ async fn retention_trims_only_committed_entries() {
             Some(doc! {"i": 36 + k})
         );
     }
+    // A replay from the beginning says which partitions retention trimmed:
+    // their first writes are gone from the streams and were not replayed.
+    let out = writ_cli(&path, &["replay", "--from", "0-0"]);
+    let sum = json(&out);
+    let trimmed = sum["trimmed"].as_array().expect("trimmed").len();
+    assert!(trimmed >= 1, "{sum}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("retention trimmed them"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Retention by age: committed entries older than `retention_max_age_secs`
@@ -534,6 +589,23 @@ async fn cli_edges_empty_dlq_retry_and_a_closed_pipe() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+    // A dead-letter id that is not there, and a collection the config does
+    // not declare, fail with a line that says so.
+    for args in [
+        &["dlq", "retry", "1-1"][..],
+        &["dlq", "drop", "1-1"],
+        &["replay", "--from", "0-0", "--collection", "signa1"],
+        &["rebuild-cache", "--collection", "signa1"],
+    ] {
+        let out = writ_cli(&path, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            err.contains("no dead letter with that id")
+                || err.contains("\"signa1\" is not declared"),
+            "{args:?}: {err}"
+        );
+    }
     // A reader that goes away (`writ status | head -0`) ends the command
     // quietly, without a panic.
     let mut child = std::process::Command::new(support::proc::writ_bin())

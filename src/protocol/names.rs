@@ -20,6 +20,17 @@ impl Names {
         format!("{}:{{p{partition}}}:in", self.ns)
     }
 
+    /// The partition whose stream is `stream` (the inverse of
+    /// [`Names::stream`]), or `None` for any other key.
+    pub fn partition_of_stream(&self, stream: &str) -> Option<u32> {
+        stream
+            .strip_prefix(self.ns.as_str())?
+            .strip_prefix(":{p")?
+            .strip_suffix("}:in")?
+            .parse()
+            .ok()
+    }
+
     /// The cache entry of a key: `<ns>:{p<N>}:c:<collection>:<canonical key>`.
     pub fn cache(&self, partition: u32, collection: &str, canonical: &str) -> String {
         format!("{}:{{p{partition}}}:c:{collection}:{canonical}", self.ns)
@@ -60,5 +71,27 @@ impl Names {
     /// The dead-letter stream: `<ns>:dlq`.
     pub fn dead_letters(&self) -> String {
         format!("{}:dlq", self.ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_name_gives_its_partition_back() {
+        let n = Names::new("w:x");
+        for p in [0, 7, 1023] {
+            assert_eq!(n.partition_of_stream(&n.stream(p)), Some(p));
+        }
+        for other in [
+            "w:x:{p3}:meta",
+            "other:{p3}:in",
+            "w:x:{pq}:in",
+            "w:x:dlq",
+            "",
+        ] {
+            assert_eq!(n.partition_of_stream(other), None, "{other}");
+        }
     }
 }

@@ -47,6 +47,20 @@ pub fn newest(stream: &str) -> Cmd {
     cmd
 }
 
+/// `EXISTS <stream>`.
+pub fn exists(stream: &str) -> Cmd {
+    let mut cmd = redis::cmd("EXISTS");
+    cmd.arg(stream);
+    cmd
+}
+
+/// `XINFO STREAM <stream>`: its length, ids and `max-deleted-entry-id`.
+pub fn info(stream: &str) -> Cmd {
+    let mut cmd = redis::cmd("XINFO");
+    cmd.arg("STREAM").arg(stream);
+    cmd
+}
+
 /// `XREAD COUNT <n> BLOCK <ms> STREAMS <stream> <after>`: waits for entries
 /// after `after` (`$`: after the newest) without joining a group.
 pub fn xread_blocking(stream: &str, after: &str, count: u64, block: Duration) -> Cmd {

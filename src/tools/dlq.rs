@@ -101,7 +101,8 @@ impl Tools {
                 letter.id
             )));
         };
-        match self.apply_entry(version, &letter.original).await {
+        let partition = self.names.partition_of_stream(&letter.source);
+        match self.apply_entry(partition, version, &letter.original).await {
             Ok(outcome) => {
                 self.dlq_drop(&letter.id).await?;
                 Ok(Ok(outcome))

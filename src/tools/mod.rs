@@ -35,6 +35,8 @@ pub struct Tools {
     pub cache: Cache,
     /// Stops the retries of an apply (the CLI cancels it on SIGINT/SIGTERM).
     pub abort: CancellationToken,
+    /// Collections whose unique key index this run has made sure of.
+    indexed: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Tools {
@@ -49,18 +51,72 @@ impl Tools {
             store,
             config,
             abort: CancellationToken::new(),
+            indexed: Default::default(),
         })
     }
 
-    /// Applies one retained entry at its own version with the daemon's
-    /// routine, then refreshes the cache (never backwards). `Err(Rejected)` if
-    /// it cannot apply; `Err(Shutdown)` if [`Tools::abort`] stopped it.
-    pub async fn apply_entry(&self, id: Version, fields: &Fields) -> Result<Outcome> {
-        let write = protocol::decode(fields, &self.config, None)?;
+    /// Refuses a `--collection` the config does not declare (a typo would
+    /// otherwise match nothing and look like success).
+    pub fn check_collection(&self, collection: Option<&str>) -> Result<()> {
+        match collection {
+            Some(c) if self.config.collection(c).is_none() => Err(Error::Config(format!(
+                "collection {c:?} is not declared in the config; declared: {}",
+                self.config
+                    .collections
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Makes sure `coll` has its unique key index before the first apply.
+    /// `writ serve` creates it at start, but a tool may run before any daemon
+    /// ran with this collection declared (`dlq retry` after declaring an
+    /// unknown collection). Without the index the sequence guard cannot see a
+    /// stale write: the upsert would insert a second document for the key.
+    async fn ensure_index(&self, coll: &crate::config::CollectionConfig) -> Result<()> {
+        if self.indexed.lock().expect("lock").contains(&coll.name) {
+            return Ok(());
+        }
+        // Through an outage, as the apply itself waits (transient errors);
+        // a refusal (another index named writ_key, no privilege) is final.
+        let mut backoff = crate::backoff::Backoff::new(self.config.backoff_cap);
+        loop {
+            match self.store.ensure_indexes([coll]).await {
+                Ok(()) => break,
+                Err(e) if e.retry_class() == crate::error::RetryClass::Transient => {
+                    tracing::warn!(collection = %coll.name, error = %e, "cannot create the unique key index yet; retrying");
+                    if !backoff.sleep(&self.abort).await {
+                        return Err(Error::Shutdown);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.indexed.lock().expect("lock").insert(coll.name.clone());
+        Ok(())
+    }
+
+    /// Applies one retained entry of `partition`'s stream (when known) at
+    /// its own version with the daemon's routine, then refreshes the cache
+    /// (never backwards). `Err(Rejected)` if it cannot apply, as the daemon
+    /// would refuse it (including an entry in the wrong partition's stream);
+    /// `Err(Shutdown)` if [`Tools::abort`] stopped it.
+    pub async fn apply_entry(
+        &self,
+        partition: Option<u32>,
+        id: Version,
+        fields: &Fields,
+    ) -> Result<Outcome> {
+        let write = protocol::decode(fields, &self.config, partition)?;
         let coll = self
             .config
             .collection(&write.collection)
             .expect("decode checked it");
+        self.ensure_index(coll).await?;
         let attempts = Attempts {
             store: &self.store,
             config: &self.config,

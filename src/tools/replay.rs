@@ -22,6 +22,10 @@ pub struct ReplaySummary {
     pub outcomes: BTreeMap<String, u64>,
     /// Entries that could not apply (already dead-lettered at the time, or bad).
     pub rejected: u64,
+    /// Partitions whose stream may no longer hold the whole range:
+    /// retention trimmed it up to a first entry after `from` (or an `XDEL`
+    /// removed entries in it), so writes there, if any, were not replayed.
+    pub trimmed: Vec<u32>,
 }
 
 impl Tools {
@@ -32,10 +36,22 @@ impl Tools {
         to: Option<Version>,
         collection: Option<&str>,
     ) -> Result<ReplaySummary> {
+        self.check_collection(collection)?;
         let mut sum = ReplaySummary::default();
-        let to = to.map(|v| v.to_stream_id()).unwrap_or_else(|| "+".into());
         for p in 0..self.config.partitions {
             let stream = self.names.stream(p);
+            // Without `--to`, the range ends at the newest entry as of now:
+            // writers keep adding, and a replay must end.
+            let to = match to {
+                Some(v) => v.to_stream_id(),
+                None => match self.newest(&stream).await? {
+                    Some(v) => v.to_stream_id(),
+                    None => continue,
+                },
+            };
+            if self.removed_since(&stream, from).await? {
+                sum.trimmed.push(p);
+            }
             let mut start = from.to_stream_id();
             loop {
                 let mut conn = self.conn.clone();
@@ -58,7 +74,7 @@ impl Tools {
                             continue;
                         }
                     }
-                    match self.apply_entry(e.id, fields).await {
+                    match self.apply_entry(Some(p), e.id, fields).await {
                         Ok(o) => *sum.outcomes.entry(o.as_str().to_string()).or_default() += 1,
                         Err(crate::Error::Rejected(_)) => sum.rejected += 1,
                         Err(err) => return Err(err),
@@ -68,5 +84,55 @@ impl Tools {
             }
         }
         Ok(sum)
+    }
+
+    /// The id of `stream`'s newest entry, if it has any.
+    async fn newest(&self, stream: &str) -> Result<Option<Version>> {
+        let mut conn = self.conn.clone();
+        let v: Value = cmd::newest(stream).query_async(&mut conn).await?;
+        Ok(parse_entries(&v).first().map(|e| e.id))
+    }
+
+    /// Whether `stream` may have lost entries at or after `from`: trimmed
+    /// from before its first retained entry, or deleted (`XINFO STREAM`).
+    async fn removed_since(&self, stream: &str, from: Version) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let exists: bool = cmd::exists(stream).query_async(&mut conn).await?;
+        if !exists {
+            // No stream: nothing was ever there to remove.
+            return Ok(false);
+        }
+        let info: Value = cmd::info(stream).query_async(&mut conn).await?;
+        let text = |v: &Value| redis::from_redis_value::<String>(v.clone()).ok();
+        let pairs: Vec<(Value, Value)> = match info {
+            Value::Map(pairs) => pairs,
+            Value::Array(items) => items
+                .chunks(2)
+                .filter(|kv| kv.len() == 2)
+                .map(|kv| (kv[0].clone(), kv[1].clone()))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let get = |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| text(k).as_deref() == Some(name))
+                .map(|(_, v)| v)
+        };
+        let number =
+            |name: &str| get(name).and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok());
+        let version = |v: Option<&Value>| v.and_then(text).and_then(|s| s.parse::<Version>().ok());
+        // Trimming (retention's XTRIM MINID) removes the oldest entries and
+        // leaves no id behind, but counts: entries-added > length. Then
+        // anything before the first entry still there may have been removed.
+        let trimmed = number("entries-added") > number("length")
+            && match get("first-entry") {
+                Some(Value::Array(e)) => version(e.first()).is_none_or(|first| from < first),
+                _ => true,
+            };
+        // XDEL leaves its newest removed id.
+        let deleted = version(get("max-deleted-entry-id"))
+            .is_some_and(|d| d >= from && d != Version { ms: 0, seq: 0 });
+        Ok(trimmed || deleted)
     }
 }
