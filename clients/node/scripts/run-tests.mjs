@@ -19,5 +19,10 @@ if (!files.length) {
   process.exit(1);
 }
 const concurrency = process.env.WRIT_NODE_TEST_CONCURRENCY || "2";
-const r = spawnSync(process.execPath, ["--test", `--test-concurrency=${concurrency}`, ...files], { stdio: "inherit" });
+// A test that hangs fails on its own, named, instead of using up CI's time
+// (WRIT_NODE_TEST_TIMEOUT_MS; the slowest test here takes about 20 s).
+const timeout = process.env.WRIT_NODE_TEST_TIMEOUT_MS || "300000";
+const r = spawnSync(process.execPath, ["--test", `--test-concurrency=${concurrency}`, `--test-timeout=${timeout}`, ...files], {
+  stdio: "inherit",
+});
 process.exit(r.status ?? 1);
