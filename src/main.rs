@@ -242,6 +242,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Dead letters read per page by `dlq retry --all` and `dlq drop --all`.
+const DLQ_PAGE: usize = 100;
+
 async fn dlq(config: Config, action: DlqAction) -> anyhow::Result<ExitCode> {
     let tools = writ::tools::Tools::connect(config).await?;
     tokio::spawn(signal_watch(tools.abort.clone()));
@@ -281,25 +284,41 @@ async fn dlq(config: Config, action: DlqAction) -> anyhow::Result<ExitCode> {
             None => anyhow::bail!("no dead letter {id}"),
         },
         DlqAction::Retry { id, all } => {
-            let letters = match pick(id, all)? {
-                Some(id) => tools.dlq_show(&id).await?.into_iter().collect(),
-                None => tools.dlq_list(usize::MAX >> 1).await?,
-            };
+            let one = pick(id, all)?;
+            let through = tools.dlq_newest().await?.unwrap_or_else(|| "0-0".into());
             let mut failed = 0;
-            for l in &letters {
-                match tools.dlq_retry(l).await? {
-                    Ok(outcome) => println!(
-                        "{}: {} (removed from the dead-letter stream)",
-                        l.id,
-                        outcome.as_str()
-                    ),
-                    Err(reason) => {
-                        failed += 1;
-                        println!("{}: still failing: {reason}", l.id);
+            let mut seen = 0usize;
+            let mut after: Option<String> = None;
+            loop {
+                // One named letter, or the whole stream a page at a time.
+                let letters = match &one {
+                    Some(id) if after.is_none() => tools.dlq_show(id).await?.into_iter().collect(),
+                    Some(_) => Vec::new(),
+                    None => {
+                        tools
+                            .dlq_after(after.as_deref(), &through, DLQ_PAGE)
+                            .await?
+                    }
+                };
+                let Some(last) = letters.last() else { break };
+                after = Some(last.id.clone());
+                seen += letters.len();
+                for l in &letters {
+                    match tools.dlq_retry(l).await? {
+                        Ok(outcome) => println!(
+                            "{}: {} (removed from the dead-letter stream)",
+                            l.id,
+                            outcome.as_str()
+                        ),
+                        Err(reason) => {
+                            failed += 1;
+                            println!("{}: still failing: {reason}", l.id);
+                        }
                     }
                 }
             }
-            if letters.is_empty() {
+            let letters_empty = seen == 0;
+            if letters_empty {
                 if all {
                     println!("no dead letters to retry");
                 } else {
@@ -307,25 +326,32 @@ async fn dlq(config: Config, action: DlqAction) -> anyhow::Result<ExitCode> {
                 }
             }
             // A named id that is not there is a failure; an empty queue is not.
-            Ok(if failed == 0 && (all || !letters.is_empty()) {
+            Ok(if failed == 0 && (all || !letters_empty) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
             })
         }
         DlqAction::Drop { id, all } => {
-            let ids: Vec<String> = match pick(id, all)? {
-                Some(id) => vec![id],
-                None => tools
-                    .dlq_list(usize::MAX >> 1)
-                    .await?
-                    .into_iter()
-                    .map(|l| l.id)
-                    .collect(),
-            };
             let mut n = 0;
-            for id in &ids {
-                n += usize::from(tools.dlq_drop(id).await?);
+            match pick(id, all)? {
+                Some(id) => n += usize::from(tools.dlq_drop(&id).await?),
+                None => {
+                    // Up to the newest letter at the start: one parked
+                    // meanwhile stays for the operator to see.
+                    let through = tools.dlq_newest().await?.unwrap_or_else(|| "0-0".into());
+                    let mut after: Option<String> = None;
+                    loop {
+                        let page = tools
+                            .dlq_after(after.as_deref(), &through, DLQ_PAGE)
+                            .await?;
+                        let Some(last) = page.last() else { break };
+                        after = Some(last.id.clone());
+                        for l in &page {
+                            n += usize::from(tools.dlq_drop(&l.id).await?);
+                        }
+                    }
+                }
             }
             println!("dropped {n} dead letters");
             // A named id that is not there is a failure, as for retry.

@@ -35,8 +35,8 @@ pub async fn trim_point(
         seq: 0,
     };
     // By count: the id of the entry that leaves `max_entries` behind it.
-    let by_count = if status.length > max_entries {
-        let excess = (status.length - max_entries).min(100_000);
+    let excess = count_excess(status, max_entries);
+    let by_count = if excess > 0 {
         let v: redis::Value = cmd::xrange(stream, "-", "+", Some(excess + 1))
             .query_async(conn)
             .await?;
@@ -51,8 +51,55 @@ pub async fn trim_point(
     Ok(Some(wanted.min(watermark)))
 }
 
+/// How many of the oldest entries the count bound asks to trim, read at
+/// most 100,000 per pass. Only committed entries can go, and at most
+/// `length - unapplied` of them are below the watermark: during a MongoDB
+/// outage, once the committed ones are trimmed, this is 0 and no entry is
+/// read at all (otherwise each pass would read up to 100,000 entries, with
+/// their payloads, to find a point the watermark then overrides).
+fn count_excess(status: &PartitionStatus, max_entries: u64) -> u64 {
+    status
+        .length
+        .saturating_sub(max_entries)
+        .min(status.length.saturating_sub(status.unapplied))
+        .min(100_000)
+}
+
 /// Trims `stream` below `point`; returns the entries removed.
 pub async fn trim(conn: &mut Conn, stream: &str, point: Version) -> Result<u64> {
     let n: u64 = cmd::trim_below(stream, point).query_async(conn).await?;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(length: u64, unapplied: u64) -> PartitionStatus {
+        PartitionStatus {
+            partition: 0,
+            owner: None,
+            length,
+            undelivered: 0,
+            pending: unapplied,
+            unapplied,
+            oldest_unapplied_age_seconds: 0.0,
+            oldest_unapplied: None,
+            watermark: None,
+        }
+    }
+
+    #[test]
+    fn the_count_bound_reads_only_entries_that_can_go() {
+        // Under the bound: nothing.
+        assert_eq!(count_excess(&status(900, 0), 1000), 0);
+        // Over it, all committed: the excess.
+        assert_eq!(count_excess(&status(1500, 0), 1000), 500);
+        // Over it, but only 200 committed (a MongoDB outage): at most 200.
+        assert_eq!(count_excess(&status(1500, 1300), 1000), 200);
+        // Everything unapplied: no read at all.
+        assert_eq!(count_excess(&status(250_000, 250_000), 1000), 0);
+        // A large excess is read 100,000 at a time.
+        assert_eq!(count_excess(&status(1_000_000, 0), 1000), 100_000);
+    }
 }

@@ -606,6 +606,53 @@ async fn cli_edges_empty_dlq_retry_and_a_closed_pipe() {
             "{args:?}: {err}"
         );
     }
+    // `--all` pages through the dead-letter stream (100 letters a page):
+    // 250 letters of a collection the config does not declare all fail
+    // again and stay, then all go.
+    let mut r = env.redis().await;
+    for i in 0..250 {
+        let _: String = redis::cmd("XADD")
+            .arg(format!("{}:dlq", env.name))
+            .arg("*")
+            .arg("v")
+            .arg("1")
+            .arg("coll")
+            .arg("nowhere")
+            .arg("op")
+            .arg("put")
+            .arg("enc")
+            .arg("json")
+            .arg("key")
+            .arg(format!(r#"{{"k":"{i}"}}"#))
+            .arg("doc")
+            .arg("{}")
+            .arg("dlq.reason")
+            .arg("unknown_collection")
+            .arg("dlq.stream")
+            .arg(format!("{}:{{p0}}:in", env.name))
+            .arg("dlq.id")
+            .arg(format!("1-{i}"))
+            .query_async(&mut r)
+            .await
+            .unwrap();
+    }
+    let out = writ_cli(&path, &["dlq", "retry", "--all"]);
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("still failing").count(), 250, "{stdout}");
+    let out = writ_cli(&path, &["dlq", "drop", "--all"]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("dropped 250 dead letters"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let left: u64 = redis::cmd("XLEN")
+        .arg(format!("{}:dlq", env.name))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
     // A reader that goes away (`writ status | head -0`) ends the command
     // quietly, without a panic.
     let mut child = std::process::Command::new(support::proc::writ_bin())

@@ -80,6 +80,39 @@ impl Tools {
         Ok(parse_entries(&v).iter().map(letter).collect())
     }
 
+    /// Up to `count` dead letters after the one with id `after` (from the
+    /// oldest when `None`) and up to `through`: `--all` pages through the
+    /// stream this way instead of holding every letter, payloads and all, in
+    /// memory at once.
+    pub async fn dlq_after(
+        &self,
+        after: Option<&str>,
+        through: &str,
+        count: usize,
+    ) -> Result<Vec<Letter>> {
+        let start = after.map_or_else(|| "-".to_string(), |id| format!("({id}"));
+        let mut conn = self.conn.clone();
+        let v: Value = cmd::xrange(
+            &self.names.dead_letters(),
+            &start,
+            through,
+            Some(count as u64),
+        )
+        .query_async(&mut conn)
+        .await?;
+        Ok(parse_entries(&v).iter().map(letter).collect())
+    }
+
+    /// The id of the newest dead letter, if any: where `--all` stops, so a
+    /// letter parked while it runs is left for the operator to see.
+    pub async fn dlq_newest(&self) -> Result<Option<String>> {
+        let mut conn = self.conn.clone();
+        let v: Value = cmd::newest(&self.names.dead_letters())
+            .query_async(&mut conn)
+            .await?;
+        Ok(parse_entries(&v).first().map(|e| e.id.to_stream_id()))
+    }
+
     /// One dead letter.
     pub async fn dlq_show(&self, id: &str) -> Result<Option<Letter>> {
         let mut conn = self.conn.clone();
