@@ -174,9 +174,12 @@ function isReplyError(e: unknown): boolean {
  * write of the key, or this client's fill, replaces the value.
  */
 function foreignAsMiss(e: unknown): Hmget {
-  if (isReplyError(e) && errMessage(e).startsWith("WRONGTYPE")) return [null, null, null];
+  if (isReplyError(e) && errMessage(e).startsWith("WRONGTYPE")) return FOREIGN;
   throw e;
 }
+
+/** The miss {@link foreignAsMiss} answers: compared by identity. */
+const FOREIGN: Hmget = [null, null, null];
 
 /** Longest close() waits for a clean QUIT or for the ack loop to end. */
 const CLOSE_WAIT_MS = 1000;
@@ -307,8 +310,8 @@ export class WritClient {
           lazyConnect: true,
           // While no node can be reached, a Cluster queues commands and reconnects
           // forever (clusterRetryStrategy), and sends them once the cluster is
-          // back: a write waits meanwhile, instead of failing after
-          // maxRetriesPerRequest as with one Redis. (A clusterRetryStrategy that
+          // back. A write fails after writeTimeoutMs meanwhile ("may or may not
+          // have been accepted": the queued command may still run later). (A clusterRetryStrategy that
           // gives up, restarted by the next command, left ioredis 5.11.1 stuck in
           // "close" once the nodes came back.)
           // Off in cluster mode: ioredis's auto-pipelines mix slots of one node,
@@ -638,6 +641,8 @@ export class WritClient {
       ({ entryId, replicas } = await this.bounded(admitted, collection));
     } catch (e) {
       this.forget(w);
+      // Nothing will ack it: a list or flush that waits for it stops waiting.
+      w.settle({ outcome: "dead_lettered", version: "", entryId: "", reason: `not admitted: ${errMessage(e)}` });
       if (e instanceof WritError) throw e;
       // Refused by the bound: from the batcher, or the script's error reply (replicated path).
       const refused = e instanceof AdmitRefused ? e : backpressure(e);
@@ -655,6 +660,7 @@ export class WritClient {
     if (replicas !== undefined && (replicas instanceof Error || replicas < this.config.minReplicasAcked)) {
       // Not this process's pending write any more: the caller is told to retry it.
       this.forget(w);
+      w.settle({ outcome: "dead_lettered", version: "", entryId, reason: "too few replicas confirmed it" });
       throw this.replicaError(collection, entryId, replicas);
     }
     w.version = toSortable(entryId);
@@ -682,7 +688,8 @@ export class WritClient {
     const closed = new Promise<never>((_, reject) => (onClose = reject));
     this.closeWaiters.add(onClose);
     const { writeTimeoutMs, minReplicasAcked, replicaAckTimeoutMs } = this.config;
-    const ms = writeTimeoutMs + (minReplicasAcked > 0 ? replicaAckTimeoutMs : 0);
+    // With replicas, a write may wait out the WAIT of the batch before its own.
+    const ms = writeTimeoutMs + (minReplicasAcked > 0 ? 2 * replicaAckTimeoutMs : 0);
     try {
       return await withTimeout(
         Promise.race([admitted, closed]),
@@ -990,6 +997,15 @@ export class WritClient {
     }
   }
 
+  /** Hands `e` to `onError`; an `onError` that throws must not stop the ack loop. */
+  private report(e: WritError): void {
+    try {
+      this.config.onError(e);
+    } catch {
+      // The caller's handler failed; nothing more can be done with `e` here.
+    }
+  }
+
   /** Drops a pending write (refused by Redis, or acked). */
   private forget(w: PendingWrite): void {
     this.pending.delete(w.req);
@@ -1028,7 +1044,7 @@ export class WritClient {
         // or ack-mode writes would only time out, blaming the daemon.
         if (isReplyError(e) && !this.ackErrorReported) {
           this.ackErrorReported = true;
-          this.config.onError(
+          this.report(
             new WritConnectionError(
               `Redis refuses to read this client's ack stream ${stream}: ${errMessage(e)}. Writes are accepted but ` +
                 `their acks cannot be read; check the ACL (read access to <namespace>:ack:*) and that nothing else ` +
@@ -1085,7 +1101,7 @@ export class WritClient {
     }
     w.settle(r);
     if (r.outcome === "dead_lettered" && this.config.mode === "submit") {
-      this.config.onError(new RefusedWriteError(w.key.spec.name, r.reason ?? "", r.entryId));
+      this.report(new RefusedWriteError(w.key.spec.name, r.reason ?? "", r.entryId));
     }
   }
 
@@ -1236,10 +1252,15 @@ export class WritClient {
     const misses: number[] = [];
     cached.forEach(([v, doc, gone], i) => {
       if (v) out[i] = this.fromCached(v, doc, gone);
-      // Every miss reads MongoDB, even for a key with a pending write of this process: the entry
-      // may be missing because it was lost (evicted, deleted, another program's value, a Redis
-      // failover) after the daemon applied a newer write of another process there.
-      else misses.push(i);
+      // A replace key with a pending write of this process and no cache entry: every write the
+      // daemon applies also fills the cache, so MongoDB holds nothing newer than the pending
+      // write and the overlay answers without a MongoDB read (the common case: a new key read
+      // right after its first write). Not so when another program's value took the entry's
+      // place: the daemon may have applied a newer write of another process before that, so
+      // such a miss reads MongoDB. (An entry Redis evicted or someone deleted is the same case,
+      // and cannot be seen: run Redis without eviction; docs/operations.md.)
+      else if (cached[i] === FOREIGN || keys[i].spec.mode === "insert_once" || !snapshot[i]?.some((w) => w.version !== undefined))
+        misses.push(i);
     });
     if (misses.length) {
       const found = await this.findRaw(keys[0].spec, misses.map((i) => keys[i]));

@@ -319,9 +319,11 @@ describe("core", () => {
     } finally {
       admin.disconnect();
     }
-    const c = client({ namespace: ns, clientId: id, mode: "ack", writeTimeoutMs: 300, partitions: 1, maxBacklog: 1000 });
-    await assert.rejects(c.write(KV.name, { k: "reuse", n: 1 }, "put", { i: 1 }), WritTimeoutError);
-    await assert.rejects(c.write(KV.name, { k: "reuse", n: 2 }, "put", { i: 2 }), WritTimeoutError);
+    const c = client({ namespace: ns, clientId: id, partitions: 1, maxBacklog: 1000 });
+    for (const n of [1, 2]) {
+      const t = await c.submit(KV.name, { k: "reuse", n }, "put", { i: n });
+      await assert.rejects(c.waitAck(t, 300), WritTimeoutError);
+    }
   }));
 
   test("a list does not wait for a lost ack: a key whose cache holds its version is settled", g(async () => {
@@ -348,9 +350,9 @@ describe("core", () => {
     await assert.rejects(c.list(KV.name, { k: "lost" }), (e: unknown) => e instanceof WritTimeoutError && /1 pending writes/.test(e.message));
   }));
 
-  test("a cache miss reads MongoDB even with a pending write: a newer write of another process wins", g(async () => {
+  test("another program's value at a cache key: a read with a pending write asks MongoDB, and a newer write of another process wins", g(async () => {
     // A namespace no daemon serves; the test applies one write by hand to
-    // MongoDB only, as if its cache entry had been lost since.
+    // MongoDB, then another program's value takes its cache entry's place.
     const ns = `${env.name}_miss`;
     const key = { k: "miss", n: 1 };
     const mine = client({ namespace: ns, partitions: 1, maxBacklog: 1000 });
@@ -358,6 +360,12 @@ describe("core", () => {
     const theirs = client({ namespace: ns, partitions: 1, maxBacklog: 1000 });
     const t = await theirs.submit(KV.name, key, "put", { who: "theirs" });
     await mongo.db(env.name).collection(KV.name).insertOne({ ...key, payload: { who: "theirs" }, _writ: { v: toSortable(t.entryId) } });
+    const admin = new Redis(env.redisUrl);
+    try {
+      await admin.set(new Names(ns).cache(0, KV.name, JSON.stringify(["miss", 1])), "another program's value");
+    } finally {
+      admin.disconnect();
+    }
     assert.deepEqual((await mine.read(KV.name, key))!.payload, { who: "theirs" });
   }));
 
