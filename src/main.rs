@@ -56,7 +56,7 @@ enum Command {
         /// Start: a stream id (ms-seq), unix ms, a UTC time (2026-11-23T01:30:00Z), or a duration ago (90s, 15m, 2h, 1d).
         #[arg(long)]
         from: String,
-        /// End (inclusive), same forms; default: the newest entry when the replay starts.
+        /// End (inclusive), same forms; default: each partition's newest entry when the replay starts.
         #[arg(long)]
         to: Option<String>,
         /// Only this collection.
@@ -185,6 +185,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             let from = parse(&from)?;
             let to = to.as_deref().map(parse).transpose()?;
             let tools = writ::tools::Tools::connect(config).await?;
+            tools.check_collection(collection.as_deref())?;
             // Replay waits through outages like the daemon; a signal stops it.
             tokio::spawn(signal_watch(tools.abort.clone()));
             let sum = tools
@@ -196,8 +197,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string(&sum)?);
             if !sum.trimmed.is_empty() {
                 eprintln!(
-                    "writ: warning: partitions {:?} no longer hold the start of the range (retention trimmed them): \
-                     writes there before their first retained entry were not replayed",
+                    "writ: warning: partitions {:?} no longer hold the whole range (retention trimmed them, or entries \
+                     were deleted): writes removed from there were not replayed",
                     sum.trimmed
                 );
             }

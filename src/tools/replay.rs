@@ -38,20 +38,23 @@ impl Tools {
     ) -> Result<ReplaySummary> {
         self.check_collection(collection)?;
         let mut sum = ReplaySummary::default();
+        // Without `--to`, each partition's range ends at its newest entry as
+        // of the start: writers keep adding, and a replay must end.
+        let mut ends = Vec::with_capacity(self.config.partitions as usize);
         for p in 0..self.config.partitions {
             let stream = self.names.stream(p);
-            // Without `--to`, the range ends at the newest entry as of now:
-            // writers keep adding, and a replay must end.
-            let to = match to {
-                Some(v) => v.to_stream_id(),
-                None => match self.newest(&stream).await? {
-                    Some(v) => v.to_stream_id(),
-                    None => continue,
-                },
-            };
             if self.removed_since(&stream, from).await? {
                 sum.trimmed.push(p);
             }
+            ends.push(match to {
+                Some(v) => Some(v),
+                None => self.newest(&stream).await?,
+            });
+        }
+        for (p, end) in (0..self.config.partitions).zip(ends) {
+            let stream = self.names.stream(p);
+            let Some(end) = end else { continue };
+            let to = end.to_stream_id();
             let mut start = from.to_stream_id();
             loop {
                 let mut conn = self.conn.clone();
