@@ -53,6 +53,25 @@ fn documented_users(ns: &str, daemon_pw: &str, writer_pw: &str) -> Vec<Vec<Strin
         .collect()
 }
 
+/// Creates `users` (`ACL SETUSER` argument lists), then empties `ACL LOG`.
+async fn set_users(admin: &mut redis::aio::MultiplexedConnection, users: Vec<Vec<String>>) {
+    for user in users {
+        let ok: String = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(&user)
+            .query_async(admin)
+            .await
+            .unwrap_or_else(|e| panic!("ACL SETUSER {user:?}: {e}"));
+        assert_eq!(ok, "OK");
+    }
+    let _: () = redis::cmd("ACL")
+        .arg("LOG")
+        .arg("RESET")
+        .query_async(admin)
+        .await
+        .unwrap();
+}
+
 async fn conn(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
         .unwrap()
@@ -106,21 +125,7 @@ async fn the_documented_acl_users_run_writ_and_nothing_more() {
     let ns = env.name.clone();
     let (daemon_pw, writer_pw) = ("d4emon-pw-7f3a", "wr1ter-pw-91c2");
     let mut admin = conn(&redis.url()).await;
-    for user in documented_users(&ns, daemon_pw, writer_pw) {
-        let ok: String = redis::cmd("ACL")
-            .arg("SETUSER")
-            .arg(&user)
-            .query_async(&mut admin)
-            .await
-            .unwrap_or_else(|e| panic!("ACL SETUSER {user:?}: {e}"));
-        assert_eq!(ok, "OK");
-    }
-    let _: () = redis::cmd("ACL")
-        .arg("LOG")
-        .arg("RESET")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    set_users(&mut admin, documented_users(&ns, daemon_pw, writer_pw)).await;
     let daemon_url = format!("redis://writ-daemon:{daemon_pw}@127.0.0.1:{}", redis.port);
     let writer_url = format!("redis://writ-writer:{writer_pw}@127.0.0.1:{}", redis.port);
     let secrets = [daemon_pw, writer_pw];
@@ -319,26 +324,15 @@ async fn on_a_cluster_with_replica_acks_the_documented_additions_are_enough() {
     let mut admins = Vec::new();
     for node in 0..cluster.len() {
         let mut admin = conn(&cluster.node_url(node)).await;
-        for mut user in documented_users(&ns, daemon_pw, writer_pw) {
+        let mut users = documented_users(&ns, daemon_pw, writer_pw);
+        for user in &mut users {
             user.extend(
                 CLUSTER_AND_REPLICA_ADDITIONS
                     .iter()
                     .flat_map(|a| a.split_whitespace().map(String::from)),
             );
-            let ok: String = redis::cmd("ACL")
-                .arg("SETUSER")
-                .arg(&user)
-                .query_async(&mut admin)
-                .await
-                .unwrap_or_else(|e| panic!("ACL SETUSER {user:?}: {e}"));
-            assert_eq!(ok, "OK");
         }
-        let _: () = redis::cmd("ACL")
-            .arg("LOG")
-            .arg("RESET")
-            .query_async(&mut admin)
-            .await
-            .unwrap();
+        set_users(&mut admin, users).await;
         admins.push(admin);
     }
     let seeds = |user: &str, pw: &str| {
