@@ -73,11 +73,7 @@ fn letter(e: &Entry) -> Letter {
 impl Tools {
     /// Dead letters, oldest first, at most `count`.
     pub async fn dlq_list(&self, count: usize) -> Result<Vec<Letter>> {
-        let mut conn = self.conn.clone();
-        let v: Value = cmd::xrange(&self.names.dead_letters(), "-", "+", Some(count as u64))
-            .query_async(&mut conn)
-            .await?;
-        Ok(parse_entries(&v).iter().map(letter).collect())
+        self.dlq_after(None, "+", count).await
     }
 
     /// Up to `count` dead letters after the one with id `after` (from the
