@@ -112,17 +112,16 @@ async fn scram_user_with_read_write_runs_writ_and_a_wrong_password_is_one_clear_
         ..Default::default()
     };
     let path = env.config_file_with(dir.path(), &bad);
-    let mut child = std::process::Command::new(writ_bin())
-        .args(["--config"])
+    let mut cmd = std::process::Command::new(writ_bin());
+    cmd.args(["--config"])
         .arg(&path)
         .arg("serve")
         .env_remove("WRIT_REDIS_URL")
         .env_remove("WRIT_MONGODB_URI")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(std::process::Stdio::piped());
+    let mut child = support::reap::spawn(cmd).unwrap();
     let started = std::time::Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {

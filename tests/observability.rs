@@ -354,17 +354,16 @@ fn bad_config_and_refused_connection_get_one_clear_message() {
             let _ = self.0.wait();
         }
     }
-    let serve = std::process::Command::new(support::proc::writ_bin())
+    let mut serve = std::process::Command::new(support::proc::writ_bin());
+    serve
         .args(["--config", quiet.to_str().unwrap(), "serve"])
         .env(
             "WRIT_MONGODB_URI",
             "mongodb://user:m0ngo-pw@127.0.0.1:1/?serverSelectionTimeoutMS=200",
         )
         .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(dir.path().join("serve.err")).unwrap())
-        .spawn()
-        .unwrap();
-    let serve = KillOnDrop(serve);
+        .stderr(std::fs::File::create(dir.path().join("serve.err")).unwrap());
+    let serve = KillOnDrop(support::reap::spawn(serve).unwrap());
     let start = std::time::Instant::now();
     let all = loop {
         let all = std::fs::read_to_string(dir.path().join("serve.err")).unwrap_or_default();

@@ -79,8 +79,8 @@ async fn prometheus_scrapes_the_daemon_and_evaluates_the_alert_rules() {
     .unwrap();
     let log = dir.path().join("prometheus.log");
     let out = std::fs::File::create(&log).unwrap();
-    let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", prom_cfg.display()))
+    let mut cmd = Command::new("prometheus");
+    cmd.arg(format!("--config.file={}", prom_cfg.display()))
         .arg(format!(
             "--storage.tsdb.path={}",
             dir.path().join("tsdb").display()
@@ -88,8 +88,8 @@ async fn prometheus_scrapes_the_daemon_and_evaluates_the_alert_rules() {
         .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
+        .stderr(out);
+    let child = support::reap::spawn(cmd)
         .expect("prometheus is installed by ./scripts/setup (sudo apt-get install prometheus)");
     let _prom = Prometheus { child, log };
     eventually(Duration::from_secs(60), "prometheus ready", || async {

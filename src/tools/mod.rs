@@ -19,6 +19,7 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::protocol::{self, Names, Version};
+use crate::redis_conn::Replication;
 use crate::stream::Fields;
 
 /// Connections the tools share.
@@ -46,7 +47,10 @@ impl Tools {
         let store = Store::connect(&config).await?;
         Ok(Tools {
             names: Names::new(&config.namespace),
-            cache: Cache::new(conn.clone()),
+            // As the daemon's: with `redis.min_replicas_acked`, a cache entry
+            // the tools make readable must survive a failover too, or a
+            // reader could see the older entry a promoted replica still holds.
+            cache: Cache::new(conn.clone()).with_replication(Replication::of(&config)),
             conn,
             store,
             config,

@@ -166,7 +166,7 @@ impl RedisCluster {
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out);
-        let mut child = cmd.spawn().unwrap_or_else(|e| {
+        let mut child = super::reap::spawn(cmd).unwrap_or_else(|e| {
             panic!(
                 "cannot start {bin:?} ({e}). Install it: `sudo apt-get install redis-server` \
                  (redis-cli comes with it) or run ./scripts/setup"
@@ -550,7 +550,7 @@ fn spawn_node(dir: &Path, port: u16, bus: u16, aof: bool, log: &Path) -> Result<
     .arg("--cluster-config-file")
     .arg(dir.join("nodes.conf"));
     super::local_server_args(&mut cmd, dir, log, aof);
-    let mut child = cmd.spawn().unwrap_or_else(|e| {
+    let mut child = super::reap::spawn(cmd).unwrap_or_else(|e| {
         panic!(
             "cannot start {bin:?} ({e}). Install it: `sudo apt-get install redis-server` \
                  (or run ./scripts/setup)"

@@ -25,6 +25,7 @@ pub mod load;
 pub mod proc;
 pub mod proxy;
 pub mod race_proxy;
+pub mod reap;
 
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
@@ -37,8 +38,8 @@ use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 use writ::config::Config;
 
-/// A free loopback port (bind :0, read, release). Racy by nature; servers
-/// that lose the race fail to start and are retried once by the callers.
+/// A free loopback port (bind :0, read, release). Racy by nature: a server
+/// that loses the race exits, and [`on_a_free_port`] tries another port.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind 127.0.0.1:0")
@@ -47,19 +48,32 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn wait_tcp(port: u16, child: &mut Child, name: &str, log: &Path, limit: Duration) {
+/// How many free ports a fresh server tries: another process may take the
+/// port between [`free_port`] and the server's bind.
+const PORT_TRIES: usize = 3;
+
+/// Waits until `port` accepts connections. An error (with the log's tail) if
+/// the child exits first, as it does when it lost its port to another
+/// process; a panic if it neither exits nor answers within `limit`.
+fn wait_tcp(
+    port: u16,
+    child: &mut Child,
+    name: &str,
+    log: &Path,
+    limit: Duration,
+) -> Result<(), String> {
     let start = Instant::now();
     loop {
         if TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
             .is_ok()
         {
-            return;
+            return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
-            panic!(
+            return Err(format!(
                 "{name} exited with {status} before accepting connections on port {port}; log:\n{}",
                 tail(log)
-            );
+            ));
         }
         if start.elapsed() > limit {
             panic!(
@@ -83,6 +97,26 @@ fn tail(path: &Path) -> String {
 fn kill(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Starts a fresh server with `start` on a free port, and on another one if
+/// it exits before it is ready (up to [`PORT_TRIES`] ports); panics with the
+/// last error.
+fn on_a_free_port(mut start: impl FnMut(u16) -> Result<Child, String>) -> (u16, Child) {
+    let mut last = String::new();
+    for _ in 0..PORT_TRIES {
+        let port = free_port();
+        match start(port) {
+            Ok(child) => return (port, child),
+            Err(e) => {
+                eprintln!(
+                    "test harness: a server failed to start on port {port}; trying another port"
+                );
+                last = e;
+            }
+        }
+    }
+    panic!("{last}")
 }
 
 /// A `redis-server` child process.
@@ -226,7 +260,7 @@ impl RedisServer {
     /// Starts redis-server; `aof` turns on `appendonly yes`, `appendfsync always`.
     pub fn start_with(aof: bool) -> RedisServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        Self::spawn(dir, free_port(), aof, None)
+        Self::spawn(dir, aof, None)
     }
 
     /// Starts a TLS-only redis-server (`--port 0 --tls-port P`) with `ca`'s
@@ -241,12 +275,14 @@ impl RedisServer {
             auth_clients,
             client: (ca.client_cert.clone(), ca.client_key.clone()),
         };
-        Self::spawn(dir, free_port(), false, Some(tls))
+        Self::spawn(dir, false, Some(tls))
     }
 
-    fn spawn(dir: TempDir, port: u16, aof: bool, tls: Option<ServerTls>) -> RedisServer {
+    /// A fresh server on a free port, trying up to [`PORT_TRIES`] ports.
+    fn spawn(dir: TempDir, aof: bool, tls: Option<ServerTls>) -> RedisServer {
         let log = dir.path().join("redis.log");
-        let child = Self::spawn_child(dir.path(), port, aof, &log, tls.as_ref());
+        let (port, child) =
+            on_a_free_port(|port| Self::try_spawn_child(dir.path(), port, aof, &log, tls.as_ref()));
         RedisServer {
             child,
             port,
@@ -258,6 +294,16 @@ impl RedisServer {
     }
 
     fn spawn_child(dir: &Path, port: u16, aof: bool, log: &Path, tls: Option<&ServerTls>) -> Child {
+        Self::try_spawn_child(dir, port, aof, log, tls).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_spawn_child(
+        dir: &Path,
+        port: u16,
+        aof: bool,
+        log: &Path,
+        tls: Option<&ServerTls>,
+    ) -> Result<Child, String> {
         let bin = std::env::var("WRIT_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let mut cmd = Command::new(&bin);
         match tls {
@@ -273,7 +319,7 @@ impl RedisServer {
                 .args(["--tls-auth-clients", t.auth_clients]),
         };
         local_server_args(&mut cmd, dir, log, aof);
-        let mut child = cmd.spawn().unwrap_or_else(|e| {
+        let mut child = reap::spawn(cmd).unwrap_or_else(|e| {
             panic!("cannot start {bin:?} ({e}). Install it: `sudo apt-get install redis-server` (or run ./scripts/setup), or set WRIT_TEST_REDIS_URL")
         });
         wait_tcp(
@@ -282,7 +328,7 @@ impl RedisServer {
             "redis-server",
             log,
             Duration::from_secs(20),
-        );
+        )?;
         // Wait until it answers PING (not just accepts).
         let client = match tls {
             None => redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap(),
@@ -312,7 +358,12 @@ impl RedisServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        child
+        Ok(child)
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `redis://127.0.0.1:P`, or `rediss://` for a TLS server.
@@ -378,13 +429,10 @@ pub struct MongoServer {
 impl MongoServer {
     pub fn start() -> MongoServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        Self::spawn(dir, free_port())
-    }
-
-    fn spawn(dir: TempDir, port: u16) -> MongoServer {
         let log = dir.path().join("secantus.log");
         std::fs::create_dir_all(dir.path().join("data")).unwrap();
-        let child = Self::spawn_child(dir.path(), port, &log, &[]);
+        let (port, child) =
+            on_a_free_port(|port| Self::try_spawn_child(dir.path(), port, &log, &[]));
         MongoServer {
             child,
             port,
@@ -394,29 +442,38 @@ impl MongoServer {
     }
 
     fn spawn_child(dir: &Path, port: u16, log: &Path, extra: &[&str]) -> Child {
+        Self::try_spawn_child(dir, port, log, extra).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_spawn_child(dir: &Path, port: u16, log: &Path, extra: &[&str]) -> Result<Child, String> {
         let bin = secantusd();
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
-        let mut child = Command::new(&bin)
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--storage-path",
-            ])
-            .arg(dir.join("data"))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
+        let mut cmd = Command::new(&bin);
+        cmd.args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--storage-path",
+        ])
+        .arg(dir.join("data"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
+        let mut child = reap::spawn(cmd)
             .unwrap_or_else(|e| panic!("cannot start {}: {e}; run ./scripts/setup", bin.display()));
-        wait_tcp(port, &mut child, "SecantusDB", log, Duration::from_secs(90));
-        child
+        wait_tcp(port, &mut child, "SecantusDB", log, Duration::from_secs(90))?;
+        Ok(child)
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn uri(&self) -> String {

@@ -57,8 +57,8 @@ impl DaemonProc {
             .append(true)
             .open(&log)
             .unwrap();
-        let child = Command::new(writ_bin())
-            .arg("--config")
+        let mut cmd = Command::new(writ_bin());
+        cmd.arg("--config")
             .arg(config)
             .arg("serve")
             .env("WRIT_LOG", "info,writ=info")
@@ -68,9 +68,8 @@ impl DaemonProc {
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("start writ serve");
+            .stderr(out);
+        let child = super::reap::spawn(cmd).expect("start writ serve");
         DaemonProc {
             child,
             log,

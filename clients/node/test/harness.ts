@@ -15,7 +15,7 @@
  * servers instead; every env still gets its own namespace and database.
  * A missing server binary fails loudly with the install command; nothing is skipped.
  */
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from "node:child_process";
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, Socket } from "node:net";
 import { connect as tlsConnect } from "node:tls";
@@ -85,6 +85,20 @@ function which(bin: string): boolean {
   return spawnSync("sh", ["-c", `command -v ${bin}`], { stdio: "ignore" }).status === 0;
 }
 
+/**
+ * `setpriv --pdeathsig KILL` (util-linux): the kernel kills each server when
+ * this process dies, also by SIGKILL or an OOM kill, when no exit handler
+ * runs. Children are spawned by the main thread, which lives as long as the
+ * process (the signal follows the forking thread).
+ */
+const PDEATHSIG = which("setpriv") ? ["setpriv", "--pdeathsig", "KILL", "--"] : [];
+
+/** `spawn`, with the child killed by the kernel when this process dies ({@link PDEATHSIG}). */
+export function spawnReaped(bin: string, args: string[], opts: SpawnOptions): ChildProcess {
+  const [cmd, ...rest] = [...PDEATHSIG, bin, ...args];
+  return spawn(cmd, rest, opts);
+}
+
 /** A started child with a log file. */
 class Proc {
   child: ChildProcess;
@@ -101,7 +115,7 @@ class Proc {
 
   private spawn(): ChildProcess {
     const fd = openSync(this.log, "a");
-    const child = spawn(this.bin, this.args, {
+    const child = spawnReaped(this.bin, this.args, {
       stdio: ["ignore", fd, fd],
       env: this.env ?? process.env,
     });
@@ -122,6 +136,11 @@ class Proc {
     this.child = this.spawn();
   }
 
+  /** The process id (the server's own: `setpriv` execs it). */
+  get pid(): number | undefined {
+    return this.child.pid;
+  }
+
   /** SIGKILL and wait for the exit. */
   async kill(signal: NodeJS.Signals = "SIGKILL"): Promise<void> {
     if (this.exited || this.child.exitCode !== null || this.child.signalCode !== null) return;
@@ -135,10 +154,33 @@ class Proc {
   }
 }
 
+/** How many free ports a fresh server tries: another process may take its port between `freePort` and the bind. */
+const PORT_TRIES = 3;
+
+/**
+ * Runs `start` (spawn and wait until ready) on a free port, and on another
+ * one if the server exited before it was ready, as it does when it lost its
+ * port (up to {@link PORT_TRIES}). Other failures are thrown at once.
+ */
+async function onAFreePort<T>(start: (port: number) => Promise<T>): Promise<T> {
+  for (let i = 1; ; i++) {
+    const port = await freePort();
+    try {
+      return await start(port);
+    } catch (e) {
+      if (!(e instanceof ServerExited) || i >= PORT_TRIES) throw e;
+      console.error(`test harness: a server failed to start on port ${port}; trying another port`);
+    }
+  }
+}
+
+/** A server that exited before it was ready (the only start failure retried on another port). */
+class ServerExited extends Error {}
+
 async function poll(what: string, proc: Proc | undefined, limitMs: number, check: () => Promise<boolean>): Promise<void> {
   const deadline = Date.now() + limitMs;
   for (;;) {
-    if (proc?.exited) throw new Error(`${what} exited before it was ready\n${proc.logTail()}`);
+    if (proc?.exited) throw new ServerExited(`${what} exited before it was ready\n${proc.logTail()}`);
     try {
       if (await check()) return;
     } catch {
@@ -278,20 +320,20 @@ export class RedisServer {
 
   static async start(dir: string): Promise<RedisServer> {
     if (!which(REDIS_SERVER)) throw new Error(`redis-server not found (${REDIS_SERVER}); ${SETUP_HINT}`);
-    const port = await freePort();
     const log = join(dir, "redis.log");
-    const proc = new Proc("redis-server", REDIS_SERVER, [
-      "--port", String(port),
-      "--bind", "127.0.0.1",
-      "--dir", dir,
-      "--appendonly", "yes",
-      "--appendfsync", process.env.WRIT_TEST_REDIS_FSYNC ?? "always",
-      "--save", "",
-      "--daemonize", "no",
-    ], log);
-    const r = new RedisServer(proc, port);
-    await poll("redis-server", proc, 20000, () => redisPing(port));
-    return r;
+    return onAFreePort(async (port) => {
+      const proc = new Proc("redis-server", REDIS_SERVER, [
+        "--port", String(port),
+        "--bind", "127.0.0.1",
+        "--dir", dir,
+        "--appendonly", "yes",
+        "--appendfsync", process.env.WRIT_TEST_REDIS_FSYNC ?? "always",
+        "--save", "",
+        "--daemonize", "no",
+      ], log);
+      await poll("redis-server", proc, 20000, () => redisPing(port));
+      return new RedisServer(proc, port);
+    });
   }
 
   /** `redis://127.0.0.1:P`, or `rediss://` (with the password, if any) for a TLS server. */
@@ -543,18 +585,19 @@ export class MongoServer {
         `SecantusDB not found at ${SECANTUSD}; ${SETUP_HINT} (or set WRIT_SECANTUSD, or WRIT_TEST_MONGODB_URI to a real MongoDB)`,
       );
     }
-    const port = await freePort();
     const data = join(dir, "mongo-data");
     mkdirSync(data, { recursive: true });
-    const proc = new Proc(
-      "SecantusDB",
-      SECANTUSD,
-      ["--host", "127.0.0.1", "--port", String(port), "--storage-path", data],
-      join(dir, "secantus.log"),
-    );
-    const m = new MongoServer(proc, port);
-    await poll("SecantusDB", proc, 90000, () => mongoPing(m.uri));
-    return m;
+    return onAFreePort(async (port) => {
+      const proc = new Proc(
+        "SecantusDB",
+        SECANTUSD,
+        ["--host", "127.0.0.1", "--port", String(port), "--storage-path", data],
+        join(dir, "secantus.log"),
+      );
+      const m = new MongoServer(proc, port);
+      await poll("SecantusDB", proc, 90000, () => mongoPing(m.uri));
+      return m;
+    });
   }
 
   get uri(): string {
