@@ -93,6 +93,9 @@ interface PendingWrite {
   doc?: Uint8Array;
   /** Sortable version, once XADD returned. */
   version?: string;
+  /** The entry's stream id and when it was admitted (ms), once XADD returned. */
+  entryId?: string;
+  admittedAt?: number;
   result?: AckResult;
   settle: (r: AckResult) => void;
   acked: Promise<AckResult>;
@@ -134,6 +137,12 @@ interface AdmitJob {
 }
 
 const ACK_BLOCK_MS = 1000;
+/** How often, at most, the ack loop looks for lost acks ({@link WritClient.sweepLostAcks}). */
+const LOST_ACK_SWEEP_MS = 5000;
+/** Writes one sweep looks at. */
+const LOST_ACK_SWEEP_MAX = 256;
+/** Dead letters one sweep reads (pages of 500) before it gives up until the next. */
+const LOST_ACK_DLQ_SCAN = 10000;
 /** Keys whose partition and BSON are remembered. */
 const KEY_MEMO_MAX = 20000;
 /** Entry field names and fixed values, encoded once. */
@@ -255,6 +264,9 @@ export class WritClient {
   private lastAckId = "0";
   /** Whether a refusal of the ack stream's read went to `onError` already. */
   private ackErrorReported = false;
+  /** When the ack loop last looked for lost acks; whether it told `onError`. */
+  private lastSweepAt = 0;
+  private lostAckReported = false;
   private syncPromise: Promise<void> | undefined;
   private readyPromise: Promise<void> | undefined;
   private closed = false;
@@ -664,6 +676,8 @@ export class WritClient {
       throw this.replicaError(collection, entryId, replicas);
     }
     w.version = toSortable(entryId);
+    w.entryId = entryId;
+    w.admittedAt = Date.now();
     if (!w.result) {
       const list = this.overlay.get(k.id);
       if (!list) this.overlay.set(k.id, [w]);
@@ -1033,6 +1047,8 @@ export class WritClient {
     const stream = this.names.acks(this.config.clientId);
     let backoff = 50;
     while (!this.closed && this.pending.size > 0) {
+      await this.sweepLostAcks();
+      if (this.closed || this.pending.size === 0) return;
       let reply: unknown;
       try {
         reply = await this.ackRedis.xread("COUNT", 512, "BLOCK", ACK_BLOCK_MS, "STREAMS", stream, this.lastAckId);
@@ -1074,6 +1090,115 @@ export class WritClient {
         }
       }
     }
+  }
+
+  /**
+   * Settles writes whose ack was lost (a Redis failover, an ack stream
+   * trimmed or deleted), from what the daemon left behind (protocol.md §6).
+   * A write older than `writeTimeoutMs` whose entry the consumer group has
+   * delivered and no longer holds pending was finished by the daemon: its
+   * cache write, its ack and its dead letter, if any, all come before the
+   * `XACK`. It is settled `dead_lettered` if the dead-letter stream holds its
+   * entry, else `applied` at its own version (the cache holds it or a newer
+   * one). Without this, each lost ack would hold a `maxPending` slot and make
+   * every `flush()` time out for the life of the process. Bounded: at most
+   * every {@link LOST_ACK_SWEEP_MS}, {@link LOST_ACK_SWEEP_MAX} writes and
+   * {@link LOST_ACK_DLQ_SCAN} dead letters per sweep; any failure leaves the
+   * writes for the next sweep.
+   */
+  private async sweepLostAcks(): Promise<void> {
+    const now = Date.now();
+    if (now - this.lastSweepAt < Math.min(LOST_ACK_SWEEP_MS, this.config.writeTimeoutMs)) return;
+    this.lastSweepAt = now;
+    const old: PendingWrite[] = [];
+    for (const w of this.pending.values()) {
+      if (w.entryId && w.admittedAt! <= now - this.config.writeTimeoutMs) old.push(w);
+      if (old.length >= LOST_ACK_SWEEP_MAX) break;
+    }
+    if (!old.length) return;
+    try {
+      const done = await this.finishedByDaemon(old);
+      if (!done.length) return;
+      const letters = await this.deadLettersOf(done);
+      if (!letters) return;
+      let settled = 0;
+      for (const w of done) {
+        if (!this.pending.has(w.req)) continue; // its ack came meanwhile
+        const stream = this.names.stream(w.key.partition);
+        const reason = letters.get(`${stream} ${w.entryId}`);
+        const entryId = w.entryId!;
+        this.deliver(
+          w.req,
+          reason !== undefined
+            ? { outcome: "dead_lettered", version: entryId, entryId, reason }
+            : { outcome: "applied", version: entryId, entryId },
+        );
+        settled++;
+      }
+      if (settled && !this.lostAckReported) {
+        this.lostAckReported = true;
+        this.report(
+          new WritConnectionError(
+            `the acks of ${settled} writes never arrived on ${this.names.acks(this.config.clientId)} (a Redis ` +
+              `failover, or the ack stream trimmed or deleted); the daemon had finished them, so they were settled ` +
+              `from the consumer group and the dead-letter stream. Reported once per client.`,
+          ),
+        );
+      }
+    } catch {
+      /* Redis busy or away: the next sweep tries again */
+    }
+  }
+
+  /** Of `writes`, those whose entries the consumer group delivered and no longer holds pending. */
+  private async finishedByDaemon(writes: PendingWrite[]): Promise<PendingWrite[]> {
+    const byPartition = new Map<number, PendingWrite[]>();
+    for (const w of writes) {
+      const same = byPartition.get(w.key.partition);
+      if (same) same.push(w);
+      else byPartition.set(w.key.partition, [w]);
+    }
+    const group = this.names.group;
+    const done = await Promise.all(
+      [...byPartition].map(async ([p, ws]) => {
+        const stream = this.names.stream(p);
+        const groups = ((await this.redis.xinfo("GROUPS", stream)) as unknown[]).map(flatToMap);
+        const delivered = groups.find((m) => m.get("name") === group)?.get("last-delivered-id");
+        if (typeof delivered !== "string") return [];
+        const candidates = ws.filter((w) => compareStreamIds(w.entryId!, delivered) <= 0);
+        const pending = await Promise.all(
+          candidates.map((w) => this.redis.xpending(stream, group, w.entryId!, w.entryId!, 1) as Promise<unknown[]>),
+        );
+        return candidates.filter((_, i) => pending[i].length === 0);
+      }),
+    );
+    return done.flat();
+  }
+
+  /**
+   * The dead letters of `writes` (`"<stream> <entry id>"` → reason), read from
+   * the oldest write's time on; undefined if more than
+   * {@link LOST_ACK_DLQ_SCAN} letters follow it (the answer would be unsure).
+   */
+  private async deadLettersOf(writes: PendingWrite[]): Promise<Map<string, string> | undefined> {
+    const letters = new Map<string, string>();
+    const oldest = writes.reduce((a, w) => (compareStreamIds(w.entryId!, a) < 0 ? w.entryId! : a), writes[0].entryId!);
+    let from = `${oldest.split("-")[0]}-0`;
+    for (let read = 0; read < LOST_ACK_DLQ_SCAN; ) {
+      const page = (await this.redis.xrange(this.names.dlq, from, "+", "COUNT", 500)) as [string, string[]][];
+      for (const [, flat] of page) {
+        const f = flatToMap(flat);
+        const stream = f.get("dlq.stream");
+        const id = f.get("dlq.id");
+        if (typeof stream === "string" && typeof id === "string") {
+          letters.set(`${stream} ${id}`, String(f.get("dlq.reason") ?? ""));
+        }
+      }
+      if (page.length < 500) return letters;
+      read += page.length;
+      from = `(${page[page.length - 1][0]}`;
+    }
+    return undefined;
   }
 
   private deliver(req: string, r: AckResult): void {

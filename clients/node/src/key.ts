@@ -202,6 +202,10 @@ export class Names {
   acks(client: string): string {
     return `${this.namespace}:ack:${client}`;
   }
+  /** The dead-letter stream. */
+  get dlq(): string {
+    return `${this.namespace}:dlq`;
+  }
   get group(): string {
     return this.namespace;
   }

@@ -246,6 +246,36 @@ describe("core", () => {
     assert.ok(errors[0] instanceof RefusedWriteError);
   }));
 
+  test("lost acks are settled from the consumer group and the dead-letter stream: flush and maxPending recover", g(async () => {
+    const id = `lost-${process.pid}-${Date.now()}`;
+    const redis = new Redis(env.redisUrl);
+    try {
+      // Another program's value at this client's ack stream: the daemon cannot ack it (it logs and skips
+      // the acks) but applies, caches and dead-letters its writes, and XACKs them.
+      await redis.set(new Names(env.name).acks(id), "not a stream");
+      const errors: WritError[] = [];
+      const s = client({ mode: "submit", clientId: id, writeTimeoutMs: 1000, maxPending: 4, onError: (e: WritError) => errors.push(e) });
+      const good = [];
+      for (const n of [1, 2, 3]) good.push(await s.write(KV.name, { k: "sweep", n }, "put", { n }));
+      const bad = await s.write(UNKNOWN.name, { k: "sweep" }, "put", { a: 1 });
+      // Without the sweep, no ack ever comes: flush times out and the 4 writes fill maxPending for good.
+      await s.flush(30000);
+      assert.equal(s.pendingCount, 0);
+      for (const t of good) assert.equal((await t.acked).outcome, "applied");
+      const b = await bad.acked;
+      assert.equal(b.outcome, "dead_lettered");
+      assert.equal(b.entryId, bad.entryId);
+      assert.ok(b.reason, "the dead letter's reason");
+      assert.ok(errors.some((e) => e instanceof RefusedWriteError), "the refusal is reported in submit mode");
+      assert.ok(errors.some((e) => e instanceof WritConnectionError && /never arrived/.test(e.message)), errors.join("\n"));
+      await s.write(KV.name, { k: "sweep", n: 4 }, "put", { n: 4 });
+      assert.equal(s.pendingCount, 1, "room again under maxPending");
+      for (const n of [1, 2, 3]) assert.equal((await client().read(KV.name, { k: "sweep", n }))!.payload.n, n);
+    } finally {
+      redis.disconnect();
+    }
+  }));
+
   test("bad keys and documents are refused before anything is written", g(async () => {
     const a = client();
     await assert.rejects(a.write(KV.name, { k: "x" }, "put", { a: 1 }), WritKeyError);
