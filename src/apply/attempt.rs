@@ -3,7 +3,10 @@
 //! every entry they re-apply. So an operator's re-apply behaves exactly like the
 //! daemon's: the same limiter slot, the same time bound per attempt, the same
 //! backoff through outages, and the same count of permanent failures towards
-//! `max_attempts` before the write's reject is returned.
+//! `max_attempts` before the write's reject is returned. Timeouts count too,
+//! but only in a row and only while MongoDB answers other operations in
+//! between: then the write itself is what never finishes, and an unbounded
+//! retry would hold its key, and in time its partition, for ever.
 
 use std::time::Duration;
 
@@ -13,7 +16,7 @@ use super::{Applied, Signal, Store};
 use crate::backoff::Backoff;
 use crate::config::{CollectionConfig, Config};
 use crate::error::{Error, RetryClass};
-use crate::protocol::{Reject, Version, Write};
+use crate::protocol::{Reject, RejectReason, Version, Write};
 
 /// Who applies, and until when.
 pub struct Attempts<'a> {
@@ -33,7 +36,8 @@ impl Attempts<'_> {
     /// Applies `write` at version `id`, retrying. `still_owner` is asked
     /// before every attempt (the daemon's lease; a tool always may).
     /// `None`: stopped. `Some(Err)`: MongoDB refused it for good
-    /// `max_attempts` times; the reject says why.
+    /// `max_attempts` times, or it timed out that many times in a row while
+    /// MongoDB answered others; the reject says why.
     pub async fn apply(
         &self,
         still_owner: impl Fn() -> bool,
@@ -51,6 +55,15 @@ impl Attempts<'_> {
         // attempt. The wait for a limiter slot is outside the bound, so
         // queueing never times an operation out.
         let limit = self.config.op_timeout + Duration::from_secs(5);
+        // Timeouts in a row while MongoDB answered other operations: the
+        // write is slow by itself (a huge document, a stalled statement), not
+        // the server. Bounded like permanent failures, or one such write
+        // would hold its key, and in time its partition, for ever.
+        let mut slow = 0u32;
+        // What the server had answered at the last failure (or the start):
+        // with one operation in flight at a time, the others run between
+        // this write's attempts, not during them.
+        let mut answered = self.store.limiter().answered();
         loop {
             if !still_owner() {
                 return None;
@@ -76,6 +89,16 @@ impl Attempts<'_> {
                 Err(e) => e,
             };
             let class = e.retry_class();
+            let now = self.store.limiter().answered();
+            if timed_out(&e) && now > answered {
+                slow += 1;
+                if slow >= self.max_attempts.max(1) {
+                    return Some(Err((self.slow_reject(slow), attempts + slow)));
+                }
+            } else {
+                slow = 0;
+            }
+            answered = now;
             metrics::counter!("writ_retries_total", "error_class" => class.as_str()).increment(1);
             metrics::counter!("writ_mongodb_errors_total", "error_class" => class.as_str())
                 .increment(1);
@@ -89,10 +112,37 @@ impl Attempts<'_> {
                     return Some(Err((reject, attempts)));
                 }
             }
-            tracing::warn!(entry = %id, collection = %coll.name, attempts, class = class.as_str(), error = %e, "apply failed; retrying");
+            tracing::warn!(entry = %id, collection = %coll.name, attempts, slow, class = class.as_str(), error = %e, "apply failed; retrying");
             if !backoff.sleep(self.abort).await {
                 return None;
             }
         }
+    }
+}
+
+impl Attempts<'_> {
+    /// The refusal of a write that timed out `times` times in a row while
+    /// MongoDB answered other operations.
+    fn slow_reject(&self, times: u32) -> Reject {
+        Reject::new(
+            RejectReason::MongoRejected,
+            format!(
+                "MongoDB did not complete this write within mongodb.op_timeout_ms ({} ms) {times} times \
+                 in a row, while it completed other operations meanwhile: the write itself is too slow \
+                 (a very large document, a missing index) or stalls the server. Fix the cause or raise \
+                 op_timeout_ms, then `writ dlq retry`",
+                self.config.op_timeout.as_millis()
+            ),
+        )
+    }
+}
+
+/// Whether `e` says the operation ran out of time: writ's own bound, or the
+/// server's `maxTimeMS` (code 50).
+fn timed_out(e: &Error) -> bool {
+    match e {
+        Error::Timeout { .. } => true,
+        Error::Mongo(m) => crate::error::mongo_code(m) == Some(50),
+        _ => false,
     }
 }

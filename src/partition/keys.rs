@@ -17,6 +17,9 @@ pub(super) struct Keys {
     queues: HashMap<KeyId, VecDeque<Job>>,
     busy: HashSet<KeyId>,
     pub(super) ready: VecDeque<KeyId>,
+    /// Keys whose segment was in a round that failed as a whole, and the
+    /// limiter's `answered` count at that failure.
+    failed: HashMap<KeyId, u64>,
 }
 
 impl Keys {
@@ -31,11 +34,30 @@ impl Keys {
 
     /// Marks `id` idle again; it is ready if it has queued work.
     pub(super) fn release(&mut self, id: KeyId) {
+        self.failed.remove(&id);
         self.busy.remove(&id);
         if self.queues.get(&id).is_some_and(|q| !q.is_empty()) {
             self.ready.push_back(id);
         } else {
             self.queues.remove(&id);
+        }
+    }
+
+    /// Records that `id`'s segment was in a round that failed as a whole
+    /// (a timeout, a lost connection), with `answered` the limiter's count
+    /// of answered operations now. True if it failed so before and MongoDB
+    /// answered other operations in between: the failure is then the
+    /// write's own (a statement the server never finishes), and requeueing
+    /// it would fail every round it joins for ever. It goes to its key's
+    /// worker instead, whose retries are bounded. In an outage nothing is
+    /// answered, and the segment is requeued as before.
+    pub(super) fn failed_again(&mut self, id: &KeyId, answered: u64) -> bool {
+        match self.failed.insert(id.clone(), answered) {
+            Some(before) if answered > before => {
+                self.failed.remove(id);
+                true
+            }
+            _ => false,
         }
     }
 

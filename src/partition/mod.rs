@@ -270,16 +270,19 @@ impl Dispatcher {
         };
         // A failed bulk is not the writes' fault: they go back for the next,
         // smaller round (rounds under 4 writes apply write by write, so a
-        // failure that persists ends on each key's own worker). Otherwise the
-        // segments the bulk did not settle go to their keys' own workers.
+        // failure that persists ends on each key's own worker), unless a
+        // segment failed a round before too while MongoDB answered others
+        // (`Keys::failed_again`). Otherwise the segments the bulk did not
+        // settle go to their keys' own workers.
         let requeue = end.bulk_failed && !self.aborted;
+        let answered = self.part.ctx.store.limiter().answered();
         let mut held = HashSet::new();
         for seg in end.single {
             if !requeue && self.aborted {
                 break;
             }
             held.insert(seg.id.clone());
-            if requeue {
+            if requeue && !self.keys.failed_again(&seg.id, answered) {
                 self.keys.requeue(seg);
             } else {
                 let part = self.part.clone();

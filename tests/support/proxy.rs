@@ -1,6 +1,7 @@
 //! A TCP proxy that can cut every connection on command (a network outage of
-//! the server behind it) or delay every request (a slow server), for servers
-//! the test does not own (real MongoDB).
+//! the server behind it), delay every request (a slow server) or stall the
+//! connections that send one marker (a statement the server never finishes),
+//! for servers the test does not own (real MongoDB).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +27,22 @@ impl Proxy {
     /// Like [`Proxy::start`], holding every chunk a client sends for `latency`
     /// before passing it on: each request reaches the server that much later.
     pub async fn start_with_latency(target: SocketAddr, latency: Duration) -> Proxy {
+        Self::start_with(target, latency, None).await
+    }
+
+    /// Like [`Proxy::start`], but a connection that sends `marker` (say, a
+    /// string in one write's document) stalls: that request and everything
+    /// after it on the connection are swallowed, never answered, as by a
+    /// server stuck on that one statement. Other connections pass.
+    pub async fn start_swallowing(target: SocketAddr, marker: &'static [u8]) -> Proxy {
+        Self::start_with(target, Duration::ZERO, Some(marker)).await
+    }
+
+    async fn start_with(
+        target: SocketAddr,
+        latency: Duration,
+        swallow: Option<&'static [u8]>,
+    ) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (down, rx) = watch::channel(false);
@@ -48,7 +65,7 @@ impl Proxy {
                     let _ = server.set_nodelay(true);
                     let _ = client.set_nodelay(true);
                     let mut client = client;
-                    if latency.is_zero() {
+                    if latency.is_zero() && swallow.is_none() {
                         tokio::select! {
                             _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
                             _ = rx.wait_for(|d| *d) => {}
@@ -59,12 +76,27 @@ impl Proxy {
                     let (mut sr, mut sw) = server.into_split();
                     let up = async move {
                         let mut buf = vec![0u8; 64 * 1024];
+                        // The last bytes sent, so a marker split between two
+                        // reads is still seen.
+                        let mut seen: Vec<u8> = Vec::new();
+                        let mut stalled = false;
                         loop {
                             let n = match cr.read(&mut buf).await {
                                 Ok(0) | Err(_) => return,
                                 Ok(n) => n,
                             };
-                            tokio::time::sleep(latency).await;
+                            if let Some(marker) = swallow {
+                                seen.extend_from_slice(&buf[..n]);
+                                stalled |= seen.windows(marker.len()).any(|w| w == marker);
+                                let keep = seen.len().saturating_sub(marker.len());
+                                seen.drain(..keep);
+                            }
+                            if stalled {
+                                continue;
+                            }
+                            if !latency.is_zero() {
+                                tokio::time::sleep(latency).await;
+                            }
                             if sw.write_all(&buf[..n]).await.is_err() {
                                 return;
                             }
@@ -101,6 +133,15 @@ pub async fn in_front_of_mongo(uri: &str) -> (Proxy, String) {
 pub async fn in_front_of_mongo_with_latency(uri: &str, latency: Duration) -> (Proxy, String) {
     let target = mongo_target(uri).await;
     let proxy = Proxy::start_with_latency(target, latency).await;
+    let proxied = mongo_uri_via(uri, proxy.port);
+    (proxy, proxied)
+}
+
+/// A proxy in front of the MongoDB of `uri` that stalls every connection
+/// sending `marker` ([`Proxy::start_swallowing`]), and the URI through it.
+pub async fn in_front_of_mongo_swallowing(uri: &str, marker: &'static [u8]) -> (Proxy, String) {
+    let target = mongo_target(uri).await;
+    let proxy = Proxy::start_swallowing(target, marker).await;
     let proxied = mongo_uri_via(uri, proxy.port);
     (proxy, proxied)
 }

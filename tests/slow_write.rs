@@ -1,0 +1,92 @@
+//! A write MongoDB never finishes, while it answers every other: the daemon
+//! must not retry it for ever (holding its key, and in time its partition).
+//! After `max_attempts` timeouts in a row with other operations answered in
+//! between, it is dead-lettered (`mongo_rejected`, saying it timed out); the
+//! key's later write and the other keys' writes are applied.
+//!
+//! The stall comes from a proxy in front of MongoDB that swallows every
+//! connection sending a marker string (the stuck write's payload).
+
+mod support;
+
+use std::time::Duration;
+
+use mongodb::bson::{doc, Document};
+use support::{Daemon, Overrides, TestEnv};
+use writ::{Error, Writ};
+
+fn key(s: &str) -> Document {
+    doc! {"symbol": s, "strategyName": "slow", "exchangeName": "x"}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_always_times_out_is_dead_lettered_and_the_rest_flows() {
+    let env = TestEnv::start("slow_write");
+    let (_proxy, proxied) =
+        support::proxy::in_front_of_mongo_swallowing(&env.mongo_uri, b"NEVER-FINISHES").await;
+    let o = Overrides {
+        daemon: "max_attempts = 2\nbackoff_cap_ms = 100",
+        mongo: "op_timeout_ms = 300",
+        mongo_uri: Some(proxied),
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let daemon = Daemon::start(config.clone());
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let stuck = s
+        .submit(&key("STUCK"), &doc! {"x": "NEVER-FINISHES"})
+        .await
+        .unwrap();
+    // Other keys keep going meanwhile, and the server answers them.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let feeder = {
+        let (s, stop) = (s.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut tickets = Vec::new();
+            for i in 0i64.. {
+                tickets.push(
+                    s.submit(&key(&format!("O{}", i % 10)), &doc! {"i": i})
+                        .await
+                        .unwrap(),
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = stop.cancelled() => break,
+                }
+            }
+            tickets
+        })
+    };
+    let waited = stuck.wait_for(Duration::from_secs(90)).await;
+    stop.cancel();
+    let others = feeder.await.unwrap();
+    let Err(Error::DeadLettered { reason }) = &waited else {
+        panic!("the stuck write: {waited:?}")
+    };
+    assert!(reason.contains("did not complete"), "{reason}");
+    // The key is free again: its next write is applied.
+    let later = s.submit(&key("STUCK"), &doc! {"x": "fine"}).await.unwrap();
+    later.wait_for(Duration::from_secs(60)).await.unwrap();
+    for t in others {
+        t.wait_for(Duration::from_secs(60)).await.unwrap();
+    }
+    assert_eq!(
+        s.read(&key("STUCK")).await.unwrap(),
+        Some(doc! {"x": "fine"})
+    );
+    let mut r = env.redis().await;
+    let letters: Vec<(String, std::collections::HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(format!("{}:dlq", env.name))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let reasons: Vec<&str> = letters
+        .iter()
+        .map(|(_, f)| f["dlq.reason"].as_str())
+        .collect();
+    assert_eq!(reasons, ["mongo_rejected"]);
+    daemon.stop().await;
+}
