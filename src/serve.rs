@@ -47,7 +47,16 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
         }
         other => other?,
     }
-    store.ensure_indexes(config.collections.values()).await?;
+    match store
+        .ensure_indexes_waiting(config.collections.values(), config.backoff_cap, &shutdown)
+        .await
+    {
+        Err(Error::Shutdown) => {
+            tracing::info!("stopped while creating the unique key indexes; nothing was in flight");
+            return Ok(());
+        }
+        other => other?,
+    }
     let mut conn = crate::redis_conn::connect(&config, Duration::ZERO).await?;
     let names = Names::new(&config.namespace);
     for p in 0..config.partitions {

@@ -176,11 +176,40 @@ impl Store {
                 )
                 .build();
             self.coll(&c.name).create_index(model).await.map_err(|e| {
-                tracing::error!(collection = %c.name, error = %e, "cannot create the unique key index; if an index named writ_key exists with other keys, drop it or fix the collection's key in the config");
-                Error::Mongo(e)
+                let e = Error::Mongo(e);
+                // A transient failure (an outage) is the caller's to retry
+                // and report; a refusal needs an operator.
+                if e.retry_class() == crate::error::RetryClass::Permanent {
+                    tracing::error!(collection = %c.name, error = %e, "cannot create the unique key index; if an index named writ_key exists with other keys, drop it or fix the collection's key in the config");
+                }
+                e
             })?;
         }
         Ok(())
+    }
+
+    /// [`Store::ensure_indexes`] through an outage, as applies wait
+    /// (transient errors, backoff capped at `backoff_cap`); a refusal
+    /// (another index named `writ_key`, no privilege) is returned at once.
+    /// `Err(Shutdown)` once `stop` fires.
+    pub async fn ensure_indexes_waiting<'a>(
+        &self,
+        collections: impl IntoIterator<Item = &'a CollectionConfig> + Clone,
+        backoff_cap: Duration,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Result<()> {
+        let mut backoff = crate::backoff::Backoff::new(backoff_cap);
+        loop {
+            match self.ensure_indexes(collections.clone()).await {
+                Err(e) if e.retry_class() == crate::error::RetryClass::Transient => {
+                    tracing::warn!(error = %e, "cannot create the unique key indexes yet; retrying");
+                    if !backoff.sleep(stop).await {
+                        return Err(Error::Shutdown);
+                    }
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Applies one write at `version`. See the module docs for the guard.

@@ -85,21 +85,9 @@ impl Tools {
         if self.indexed.lock().expect("lock").contains(&coll.name) {
             return Ok(());
         }
-        // Through an outage, as the apply itself waits (transient errors);
-        // a refusal (another index named writ_key, no privilege) is final.
-        let mut backoff = crate::backoff::Backoff::new(self.config.backoff_cap);
-        loop {
-            match self.store.ensure_indexes([coll]).await {
-                Ok(()) => break,
-                Err(e) if e.retry_class() == crate::error::RetryClass::Transient => {
-                    tracing::warn!(collection = %coll.name, error = %e, "cannot create the unique key index yet; retrying");
-                    if !backoff.sleep(&self.abort).await {
-                        return Err(Error::Shutdown);
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        self.store
+            .ensure_indexes_waiting([coll], self.config.backoff_cap, &self.abort)
+            .await?;
         self.indexed.lock().expect("lock").insert(coll.name.clone());
         Ok(())
     }
