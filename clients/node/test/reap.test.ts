@@ -4,6 +4,7 @@
 // die with it (harness.ts, PDEATHSIG).
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 
@@ -24,6 +25,8 @@ function gone(pid: number): boolean {
 }
 
 test("a test process killed with SIGKILL takes its servers with it", async () => {
+  const setpriv = spawnSync("sh", ["-c", "command -v setpriv"], { stdio: "ignore" }).status === 0;
+  assert.ok(setpriv, "setpriv not found: the harness needs it to tie servers to the test process; sudo apt-get install util-linux");
   const child = spawnReaped(process.execPath, [join(PACKAGE_ROOT, "build", "test", "reap-child.js")], {
     stdio: ["ignore", "pipe", "inherit"],
   });
