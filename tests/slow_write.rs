@@ -26,7 +26,8 @@ async fn a_write_that_always_times_out_is_dead_lettered_and_the_rest_flows() {
         support::proxy::in_front_of_mongo_swallowing(&env.mongo_uri, b"NEVER-FINISHES").await;
     let o = Overrides {
         daemon: "max_attempts = 2\nbackoff_cap_ms = 100",
-        mongo: "op_timeout_ms = 300",
+        // Long enough that no healthy write times out on a loaded machine.
+        mongo: "op_timeout_ms = 2000",
         mongo_uri: Some(proxied),
         ..Default::default()
     };
@@ -58,7 +59,7 @@ async fn a_write_that_always_times_out_is_dead_lettered_and_the_rest_flows() {
             tickets
         })
     };
-    let waited = stuck.wait_for(Duration::from_secs(90)).await;
+    let waited = stuck.wait_for(Duration::from_secs(150)).await;
     stop.cancel();
     let others = feeder.await.unwrap();
     let Err(Error::DeadLettered { reason }) = &waited else {

@@ -1,7 +1,8 @@
 //! With `redis.min_replicas_acked`, the operator tools confirm their cache
-//! writes with `WAIT`, as the daemon does: `replay`, `dlq retry` and
-//! `rebuild-cache` make entries readable, and an entry a failover loses
-//! would let a reader see the older one the promoted replica holds.
+//! writes with `WAIT`, as the daemon does: `replay` and `rebuild-cache`
+//! (and `dlq retry`, which publishes through the same call as `replay`) make
+//! entries readable, and an entry a failover loses would let a reader see
+//! the older one the promoted replica holds.
 //!
 //! The test starts its own master and replica (one redis-server each, with
 //! `REPLICAOF`), whatever Redis the other tests use.

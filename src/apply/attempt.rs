@@ -60,10 +60,12 @@ impl Attempts<'_> {
         // the server. Bounded like permanent failures, or one such write
         // would hold its key, and in time its partition, for ever.
         let mut slow = 0u32;
-        // What the server had answered at the last failure (or the start):
-        // with one operation in flight at a time, the others run between
-        // this write's attempts, not during them.
-        let mut answered = self.store.limiter().answered();
+        // What the server had answered on this collection at the last
+        // failure (or the start): with one operation in flight at a time,
+        // the others run between this write's attempts, not during them. Per
+        // collection, so that a collection MongoDB cannot serve (a lock, an
+        // index build) is an outage for its writes, not their fault.
+        let mut answered = self.store.answered(&coll.name);
         loop {
             if !still_owner() {
                 return None;
@@ -85,11 +87,17 @@ impl Attempts<'_> {
                 _ => Signal::Completed,
             });
             let e = match res {
-                Ok(a) => return Some(Ok(a)),
+                Ok(a) => {
+                    self.store.note_answered([coll.name.as_str()]);
+                    return Some(Ok(a));
+                }
                 Err(e) => e,
             };
             let class = e.retry_class();
-            let now = self.store.limiter().answered();
+            if class == RetryClass::Permanent {
+                self.store.note_answered([coll.name.as_str()]);
+            }
+            let now = self.store.answered(&coll.name);
             if timed_out(&e) && now > answered {
                 slow += 1;
                 if slow >= self.max_attempts.max(1) {

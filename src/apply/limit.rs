@@ -37,7 +37,6 @@
 //! ceiling (docs/performance.md, session 9). Growing from 1 costs a server
 //! that scales a few dozen completions.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -95,8 +94,6 @@ pub struct Limiter {
     freed: Arc<Notify>,
     max: usize,
     slow: Duration,
-    /// Operations the server answered ([`Signal::Completed`]), ever.
-    answered: Arc<AtomicU64>,
 }
 
 /// One admitted operation; report how it went with [`Permit::done`]. Dropped
@@ -137,7 +134,6 @@ impl Limiter {
             freed: Arc::new(Notify::new()),
             max,
             slow: op_timeout / 4,
-            answered: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -165,13 +161,6 @@ impl Limiter {
         self.state.lock().expect("limiter lock").limit.floor() as usize
     }
 
-    /// How many operations the server has answered so far (applied, stale
-    /// or refused for good; not timed out or cut off). A write that keeps
-    /// timing out while this grows is slow by itself, not the server.
-    pub fn answered(&self) -> u64 {
-        self.answered.load(Ordering::Relaxed)
-    }
-
     /// Operations admitted and not yet finished.
     pub fn in_flight(&self) -> usize {
         self.state.lock().expect("limiter lock").in_flight
@@ -186,9 +175,6 @@ impl Limiter {
         let used = s.in_flight as f64 >= s.limit.floor().max(1.0);
         s.in_flight = s.in_flight.saturating_sub(1);
         if let Some((latency, signal, writes)) = latency {
-            if signal == Signal::Completed {
-                self.answered.fetch_add(1, Ordering::Relaxed);
-            }
             let per_write = latency / writes.max(1) as u32;
             let secs = per_write.as_secs_f64();
             let best = s.best.map(|b| (b * BEST_DECAY).min(secs)).unwrap_or(secs);

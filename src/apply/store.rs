@@ -64,6 +64,11 @@ pub struct Store {
     wc: WriteConcern,
     max_time: Duration,
     limiter: super::Limiter,
+    /// Per collection, the operations MongoDB answered so far (applied,
+    /// stale or refused for good; not timed out or cut off). A write that
+    /// keeps timing out while its collection's count grows is slow by
+    /// itself, not the server.
+    answered: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
     /// For error messages only (redacted when shown).
     uri: String,
 }
@@ -102,6 +107,7 @@ impl Store {
             wc,
             max_time: config.op_timeout,
             limiter: super::Limiter::new(config.max_concurrency, config.op_timeout),
+            answered: Default::default(),
             uri: config.mongodb_uri.clone(),
         })
     }
@@ -124,6 +130,25 @@ impl Store {
     pub(super) async fn find_docs(&self, coll: &str, filter: Document) -> Result<Vec<Document>> {
         let cursor = self.coll(coll).find(filter).max_time(self.max_time).await?;
         Ok(cursor.try_collect().await?)
+    }
+
+    /// How many operations on `collection` MongoDB has answered so far.
+    pub fn answered(&self, collection: &str) -> u64 {
+        let answered = self.answered.lock().expect("answered lock");
+        answered.get(collection).copied().unwrap_or(0)
+    }
+
+    /// Counts answered operations, one per collection named.
+    pub fn note_answered<'a>(&self, collections: impl IntoIterator<Item = &'a str>) {
+        let mut answered = self.answered.lock().expect("answered lock");
+        for c in collections {
+            match answered.get_mut(c) {
+                Some(n) => *n += 1,
+                None => {
+                    answered.insert(c.to_string(), 1);
+                }
+            }
+        }
     }
 
     /// The daemon-wide limiter of MongoDB operations in flight.
@@ -200,7 +225,11 @@ impl Store {
     ) -> Result<()> {
         let mut backoff = crate::backoff::Backoff::new(backoff_cap);
         loop {
-            match self.ensure_indexes(collections.clone()).await {
+            let res = tokio::select! {
+                r = self.ensure_indexes(collections.clone()) => r,
+                _ = stop.cancelled() => return Err(Error::Shutdown),
+            };
+            match res {
                 Err(e) if e.retry_class() == crate::error::RetryClass::Transient => {
                     tracing::warn!(error = %e, "cannot create the unique key indexes yet; retrying");
                     if !backoff.sleep(stop).await {

@@ -17,8 +17,8 @@ pub(super) struct Keys {
     queues: HashMap<KeyId, VecDeque<Job>>,
     busy: HashSet<KeyId>,
     pub(super) ready: VecDeque<KeyId>,
-    /// Keys whose segment was in a round that failed as a whole, and the
-    /// limiter's `answered` count at that failure.
+    /// Keys whose segment was in a round that failed as a whole, and their
+    /// collection's `Store::answered` count at that failure.
     failed: HashMap<KeyId, u64>,
 }
 
@@ -44,9 +44,9 @@ impl Keys {
     }
 
     /// Records that `id`'s segment was in a round that failed as a whole
-    /// (a timeout, a lost connection), with `answered` the limiter's count
-    /// of answered operations now. True if it failed so before and MongoDB
-    /// answered other operations in between: the failure is then the
+    /// (a timeout, a lost connection), with `answered` its collection's
+    /// count of answered operations now. True if it failed so before and
+    /// MongoDB answered other operations on that collection in between: the failure is then the
     /// write's own (a statement the server never finishes), and requeueing
     /// it would fail every round it joins for ever. It goes to its key's
     /// worker instead, whose retries are bounded. In an outage nothing is

@@ -271,17 +271,17 @@ impl Dispatcher {
         // A failed bulk is not the writes' fault: they go back for the next,
         // smaller round (rounds under 4 writes apply write by write, so a
         // failure that persists ends on each key's own worker), unless a
-        // segment failed a round before too while MongoDB answered others
-        // (`Keys::failed_again`). Otherwise the segments the bulk did not
+        // segment failed a round before too while MongoDB answered other
+        // operations on its collection (`Keys::failed_again`). Otherwise the segments the bulk did not
         // settle go to their keys' own workers.
         let requeue = end.bulk_failed && !self.aborted;
-        let answered = self.part.ctx.store.limiter().answered();
         let mut held = HashSet::new();
         for seg in end.single {
             if !requeue && self.aborted {
                 break;
             }
             held.insert(seg.id.clone());
+            let answered = self.part.ctx.store.answered(&seg.id.0);
             if requeue && !self.keys.failed_again(&seg.id, answered) {
                 self.keys.requeue(seg);
             } else {

@@ -82,6 +82,8 @@ pub(super) async fn run_round(part: &Partition, segs: Vec<Segment>, permit: Perm
     let outcomes = match res {
         Ok(Ok(o)) => {
             permit.done_writes(Signal::Completed, items.len());
+            ctx.store
+                .note_answered(colls.iter().map(|c| c.name.as_str()));
             o
         }
         Ok(Err(e)) => {

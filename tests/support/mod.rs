@@ -348,7 +348,25 @@ impl RedisServer {
         loop {
             if let Ok(mut c) = client.get_connection() {
                 if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    break;
+                    // The server that answers must be ours: another process
+                    // (a parallel test's server) may hold the port, and ours
+                    // then fails to bind and exits.
+                    let info: String = redis::cmd("INFO")
+                        .arg("server")
+                        .query(&mut c)
+                        .unwrap_or_default();
+                    let pid = info
+                        .lines()
+                        .find_map(|l| l.strip_prefix("process_id:"))
+                        .and_then(|p| p.trim().parse::<u32>().ok());
+                    if pid == Some(child.id()) {
+                        break;
+                    }
+                    kill(&mut child);
+                    return Err(format!(
+                        "port {port} answers for another redis-server (pid {pid:?}), not ours ({})",
+                        child.id()
+                    ));
                 }
             }
             assert!(

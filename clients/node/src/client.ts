@@ -142,7 +142,9 @@ const LOST_ACK_SWEEP_MS = 5000;
 /** Writes one sweep looks at. */
 const LOST_ACK_SWEEP_MAX = 256;
 /** Dead letters one sweep reads (pages of 500) before it gives up until the next. */
-const LOST_ACK_DLQ_SCAN = 10000;
+const LOST_ACK_DLQ_SCAN = 2000;
+/** How far before a write's entry its dead letter is looked for. */
+const LOST_ACK_CLOCK_MARGIN_MS = 60_000;
 /** Keys whose partition and BSON are remembered. */
 const KEY_MEMO_MAX = 20000;
 /** Entry field names and fixed values, encoded once. */
@@ -1073,36 +1075,65 @@ export class WritClient {
         backoff = Math.min(backoff * 2, 2000);
         continue;
       }
-      if (!Array.isArray(reply)) continue;
-      for (const [, entries] of reply as [string, [string, string[]][]][]) {
-        for (const [id, flat] of entries) {
-          this.lastAckId = id;
-          const f = flatToMap(flat);
-          const req = f.get("req");
-          const outcome = f.get("outcome");
-          if (typeof req !== "string" || typeof outcome !== "string") continue;
-          this.deliver(req, {
-            outcome: outcome as AckOutcome,
-            version: String(f.get("v") ?? ""),
-            entryId: String(f.get("id") ?? ""),
-            reason: f.has("reason") ? String(f.get("reason")) : undefined,
-          });
-        }
+      this.deliverAcks(reply);
+    }
+  }
+
+  /** Delivers the acks of an `XREAD` reply of this client's ack stream. */
+  private deliverAcks(reply: unknown): void {
+    if (!Array.isArray(reply)) return;
+    for (const [, entries] of reply as [string, [string, string[]][]][]) {
+      for (const [id, flat] of entries) {
+        this.lastAckId = id;
+        const f = flatToMap(flat);
+        const req = f.get("req");
+        const outcome = f.get("outcome");
+        if (typeof req !== "string" || typeof outcome !== "string") continue;
+        this.deliver(req, {
+          outcome: outcome as AckOutcome,
+          version: String(f.get("v") ?? ""),
+          entryId: String(f.get("id") ?? ""),
+          reason: f.has("reason") ? String(f.get("reason")) : undefined,
+        });
       }
     }
   }
 
   /**
+   * Reads what the ack stream holds now, without blocking, and delivers it:
+   * an ack that arrived is believed before anything is settled without one.
+   * False if the stream could not be read for a reason that may pass (a
+   * connection); a refusal (another program's value at its key) means no
+   * ack can be read, so settling goes on.
+   */
+  private async catchUpAcks(): Promise<boolean> {
+    const stream = this.names.acks(this.config.clientId);
+    for (let pages = 0; pages < 64; pages++) {
+      let reply: unknown;
+      try {
+        reply = await this.ackRedis!.xread("COUNT", 512, "STREAMS", stream, this.lastAckId);
+      } catch (e) {
+        return isReplyError(e);
+      }
+      if (!Array.isArray(reply)) return true;
+      this.deliverAcks(reply);
+    }
+    return false;
+  }
+
+  /**
    * Settles writes whose ack was lost (a Redis failover, an ack stream
    * trimmed or deleted), from what the daemon left behind (protocol.md §6).
-   * A write older than `writeTimeoutMs` whose entry the consumer group has
-   * delivered and no longer holds pending was finished by the daemon: its
-   * cache write, its ack and its dead letter, if any, all come before the
-   * `XACK`. It is settled `dead_lettered` if the dead-letter stream holds its
-   * entry, else `applied` at its own version (the cache holds it or a newer
-   * one). Without this, each lost ack would hold a `maxPending` slot and make
-   * every `flush()` time out for the life of the process. Bounded: at most
-   * every {@link LOST_ACK_SWEEP_MS}, {@link LOST_ACK_SWEEP_MAX} writes and
+   * A write older than `writeTimeoutMs` whose entry the stream still holds
+   * and the consumer group has delivered and no longer holds pending was
+   * finished by the daemon: its cache write, its ack and its dead letter, if
+   * any, all come before the `XACK`. The acks that did arrive are read first
+   * ({@link catchUpAcks}). It is settled `dead_lettered` if the dead-letter
+   * stream holds its entry, else `applied` at its own version (the cache
+   * holds it or a newer one). Without this, each lost ack would hold a
+   * `maxPending` slot and make every `flush()` time out for the life of the
+   * process. Bounded: at most every {@link LOST_ACK_SWEEP_MS} (or
+   * `writeTimeoutMs`, if shorter), {@link LOST_ACK_SWEEP_MAX} writes and
    * {@link LOST_ACK_DLQ_SCAN} dead letters per sweep; any failure leaves the
    * writes for the next sweep.
    */
@@ -1119,6 +1150,7 @@ export class WritClient {
     try {
       const done = await this.finishedByDaemon(old);
       if (!done.length) return;
+      if (!(await this.catchUpAcks())) return;
       const letters = await this.deadLettersOf(done);
       if (!letters) return;
       let settled = 0;
@@ -1150,7 +1182,12 @@ export class WritClient {
     }
   }
 
-  /** Of `writes`, those whose entries the consumer group delivered and no longer holds pending. */
+  /**
+   * Of `writes`, those whose entries the stream still holds and the consumer
+   * group delivered and no longer holds pending. An entry the stream does not
+   * hold is never counted: its XADD may itself have been lost (a failover),
+   * and such a write was not applied.
+   */
   private async finishedByDaemon(writes: PendingWrite[]): Promise<PendingWrite[]> {
     const byPartition = new Map<number, PendingWrite[]>();
     for (const w of writes) {
@@ -1166,10 +1203,15 @@ export class WritClient {
         const delivered = groups.find((m) => m.get("name") === group)?.get("last-delivered-id");
         if (typeof delivered !== "string") return [];
         const candidates = ws.filter((w) => compareStreamIds(w.entryId!, delivered) <= 0);
-        const pending = await Promise.all(
-          candidates.map((w) => this.redis.xpending(stream, group, w.entryId!, w.entryId!, 1) as Promise<unknown[]>),
-        );
-        return candidates.filter((_, i) => pending[i].length === 0);
+        const [pending, present] = await Promise.all([
+          Promise.all(
+            candidates.map((w) => this.redis.xpending(stream, group, w.entryId!, w.entryId!, 1) as Promise<unknown[]>),
+          ),
+          Promise.all(
+            candidates.map((w) => this.redis.xrange(stream, w.entryId!, w.entryId!, "COUNT", 1) as Promise<unknown[]>),
+          ),
+        ]);
+        return candidates.filter((_, i) => pending[i].length === 0 && present[i].length === 1);
       }),
     );
     return done.flat();
@@ -1183,7 +1225,9 @@ export class WritClient {
   private async deadLettersOf(writes: PendingWrite[]): Promise<Map<string, string> | undefined> {
     const letters = new Map<string, string>();
     const oldest = writes.reduce((a, w) => (compareStreamIds(w.entryId!, a) < 0 ? w.entryId! : a), writes[0].entryId!);
-    let from = `${oldest.split("-")[0]}-0`;
+    // A margin for clocks: the dead-letter stream may live on another node
+    // (a cluster), or on a promoted replica whose clock is behind.
+    let from = `${Math.max(0, Number(oldest.split("-")[0]) - LOST_ACK_CLOCK_MARGIN_MS)}-0`;
     for (let read = 0; read < LOST_ACK_DLQ_SCAN; ) {
       const page = (await this.redis.xrange(this.names.dlq, from, "+", "COUNT", 500)) as [string, string[]][];
       for (const [, flat] of page) {

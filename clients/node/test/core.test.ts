@@ -21,7 +21,7 @@ import {
 } from "../src/errors.js";
 import type { CollectionSpec } from "../src/key.js";
 import { toSortable, ZERO_VERSION } from "../src/version.js";
-import { Names } from "../src/key.js";
+import { canonicalKey, Names, partitionOf } from "../src/key.js";
 import { CACHE_CAS_LUA } from "../src/lua.js";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -271,6 +271,30 @@ describe("core", () => {
       await s.write(KV.name, { k: "sweep", n: 4 }, "put", { n: 4 });
       assert.equal(s.pendingCount, 1, "room again under maxPending");
       for (const n of [1, 2, 3]) assert.equal((await client().read(KV.name, { k: "sweep", n }))!.payload.n, n);
+    } finally {
+      redis.disconnect();
+    }
+  }));
+
+  test("a write whose entry is gone from its stream is not settled without its ack (its XADD may have been lost)", g(async () => {
+    const id = `gone-${process.pid}-${Date.now()}`;
+    const redis = new Redis(env.redisUrl);
+    try {
+      await redis.set(new Names(env.name).acks(id), "not a stream");
+      const s = client({ mode: "submit", clientId: id, writeTimeoutMs: 1000 });
+      const t = await s.write(KV.name, { k: "gone", n: 1 }, "put", { n: 1 });
+      const stream = new Names(env.name).stream(partitionOf(KV.name, canonicalKey(KV, { k: "gone", n: 1 }), env.partitions));
+      // The daemon is done with it (delivered, XACKed); then the entry goes, as if it had never been written.
+      await eventually("the daemon to finish the write", 20000, async () => {
+        const pend = (await redis.xpending(stream, env.name, t.entryId, t.entryId, 1)) as unknown[];
+        const groups = (await redis.xinfo("GROUPS", stream)) as unknown[][];
+        const g = groups.find((x) => x[1] === env.name);
+        const delivered = g ? String(g[g.indexOf("last-delivered-id") + 1]) : "0-0";
+        return pend.length === 0 && delivered >= t.entryId;
+      });
+      await redis.xdel(stream, t.entryId);
+      await assert.rejects(s.flush(4000), WritTimeoutError);
+      assert.equal(s.pendingCount, 1, "still pending: the sweep must not call it applied");
     } finally {
       redis.disconnect();
     }

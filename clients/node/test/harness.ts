@@ -193,6 +193,38 @@ async function poll(what: string, proc: Proc | undefined, limitMs: number, check
   }
 }
 
+/** The `process_id` of the redis-server answering on `port` (INFO over a raw socket). */
+function redisPid(port: number): Promise<number | undefined> {
+  return new Promise((resolvePid) => {
+    const s = new Socket();
+    let buf = "";
+    const done = (pid: number | undefined) => {
+      s.destroy();
+      resolvePid(pid);
+    };
+    s.setTimeout(2000, () => done(undefined));
+    s.once("error", () => done(undefined));
+    s.connect(port, "127.0.0.1", () => s.write("INFO server\r\n"));
+    s.on("data", (d) => {
+      buf += d.toString();
+      const m = /process_id:(\d+)/.exec(buf);
+      if (m) done(Number(m[1]));
+    });
+  });
+}
+
+/**
+ * Throws {@link ServerExited} (so another port is tried) when the redis-server
+ * on `port` is not `proc`: another process (a parallel test's server) held
+ * the port, and ours failed to bind.
+ */
+async function ownsPort(proc: Proc, port: number): Promise<void> {
+  const pid = await redisPid(port);
+  if (pid !== undefined && pid === proc.pid) return;
+  await proc.kill();
+  throw new ServerExited(`port ${port} answers for another redis-server (pid ${pid}), not ours (${proc.pid})`);
+}
+
 /** Sends PING over a raw socket; true on +PONG. */
 function redisPing(port: number, host = "127.0.0.1"): Promise<boolean> {
   return new Promise((resolvePing) => {
@@ -332,6 +364,7 @@ export class RedisServer {
         "--daemonize", "no",
       ], log);
       await poll("redis-server", proc, 20000, () => redisPing(port));
+      await ownsPort(proc, port);
       return new RedisServer(proc, port);
     });
   }
