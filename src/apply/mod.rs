@@ -10,6 +10,7 @@
 
 mod attempt;
 mod bulk;
+mod indexes;
 mod keys;
 mod limit;
 mod post_image;
