@@ -126,9 +126,7 @@ impl Attempts<'_> {
             }
         }
     }
-}
 
-impl Attempts<'_> {
     /// The refusal of a write that timed out `times` times in a row while
     /// MongoDB answered other operations.
     fn slow_reject(&self, times: u32) -> Reject {

@@ -46,8 +46,8 @@ impl Keys {
     /// Records that `id`'s segment was in a round that failed as a whole
     /// (a timeout, a lost connection), with `answered` its collection's
     /// count of answered operations now. True if it failed so before and
-    /// MongoDB answered other operations on that collection in between: the failure is then the
-    /// write's own (a statement the server never finishes), and requeueing
+    /// MongoDB answered other operations on that collection in between: the
+    /// failure is then the write's own (a statement the server never finishes), and requeueing
     /// it would fail every round it joins for ever. It goes to its key's
     /// worker instead, whose retries are bounded. In an outage nothing is
     /// answered, and the segment is requeued as before.
