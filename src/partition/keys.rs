@@ -47,10 +47,11 @@ impl Keys {
     /// (a timeout, a lost connection), with `answered` its collection's
     /// count of answered operations now. True if it failed so before and
     /// MongoDB answered other operations on that collection in between: the
-    /// failure is then the write's own (a statement the server never finishes), and requeueing
-    /// it would fail every round it joins for ever. It goes to its key's
-    /// worker instead, whose retries are bounded. In an outage nothing is
-    /// answered, and the segment is requeued as before.
+    /// failure is then the write's own (a statement the server never
+    /// finishes), and requeueing it would fail every round it joins for
+    /// ever. It goes to its key's worker instead, whose retries are bounded.
+    /// In an outage nothing is answered, and the segment is requeued as
+    /// before.
     pub(super) fn failed_again(&mut self, id: &KeyId, answered: u64) -> bool {
         match self.failed.insert(id.clone(), answered) {
             Some(before) if answered > before => {
