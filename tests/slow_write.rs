@@ -1,6 +1,6 @@
 //! A write MongoDB never finishes, while it answers every other: the daemon
 //! must not retry it for ever (holding its key, and in time its partition).
-//! After `max_attempts` timeouts in a row with other operations answered in
+//! After `max_timeouts` timeouts in a row with other operations answered in
 //! between, it is dead-lettered (`mongo_rejected`, saying it timed out); the
 //! key's later write and the other keys' writes are applied.
 //!
@@ -25,7 +25,7 @@ async fn a_write_that_always_times_out_is_dead_lettered_and_the_rest_flows() {
     let (_proxy, proxied) =
         support::proxy::in_front_of_mongo_swallowing(&env.mongo_uri, b"NEVER-FINISHES").await;
     let o = Overrides {
-        daemon: "max_attempts = 2\nbackoff_cap_ms = 100",
+        daemon: "max_timeouts = 2\nbackoff_cap_ms = 100",
         // Long enough that no healthy write times out on a loaded machine.
         mongo: "op_timeout_ms = 2000",
         mongo_uri: Some(proxied),

@@ -3,10 +3,11 @@
 //! every entry they re-apply. So an operator's re-apply behaves exactly like the
 //! daemon's: the same limiter slot, the same time bound per attempt, the same
 //! backoff through outages, and the same count of permanent failures towards
-//! `max_attempts` before the write's reject is returned. Timeouts count too,
-//! but only in a row and only while MongoDB answers other operations in
-//! between: then the write itself is what never finishes, and an unbounded
-//! retry would hold its key, and in time its partition, for ever.
+//! `max_attempts` before the write's reject is returned. Timeouts count
+//! towards `daemon.max_timeouts`, but only in a row and only while MongoDB
+//! answers other operations on the collection in between: then the write
+//! itself is what never finishes, and an unbounded retry would hold its key,
+//! and in time its partition, for ever.
 
 use std::time::Duration;
 
@@ -36,8 +37,8 @@ impl Attempts<'_> {
     /// Applies `write` at version `id`, retrying. `still_owner` is asked
     /// before every attempt (the daemon's lease; a tool always may).
     /// `None`: stopped. `Some(Err)`: MongoDB refused it for good
-    /// `max_attempts` times, or it timed out that many times in a row while
-    /// MongoDB answered others; the reject says why.
+    /// `max_attempts` times, or it timed out `daemon.max_timeouts` times in a
+    /// row while MongoDB answered others; the reject says why.
     pub async fn apply(
         &self,
         still_owner: impl Fn() -> bool,
@@ -100,7 +101,7 @@ impl Attempts<'_> {
             let now = self.store.answered(&coll.name);
             if timed_out(&e) && now > answered {
                 slow += 1;
-                if slow >= self.max_attempts.max(1) {
+                if self.config.max_timeouts > 0 && slow >= self.config.max_timeouts {
                     return Some(Err((self.slow_reject(slow), attempts + slow)));
                 }
             } else {

@@ -128,6 +128,9 @@ pub struct Config {
     pub shutdown_deadline: Duration,
     /// Attempts before dead-lettering a permanent failure.
     pub max_attempts: u32,
+    /// Timeouts in a row (others answered meanwhile) before dead-lettering
+    /// a write that never finishes; 0: never.
+    pub max_timeouts: u32,
     /// Backoff cap.
     pub backoff_cap: Duration,
     /// Partition lease TTL.

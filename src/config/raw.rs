@@ -106,6 +106,10 @@ pub struct RawDaemon {
     /// Attempts before a deterministically failing write is dead-lettered.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// Timeouts in a row, each while MongoDB answered other operations on the
+    /// write's collection, before the write is dead-lettered; 0: never.
+    #[serde(default = "default_max_timeouts")]
+    pub max_timeouts: u32,
     /// Cap of the jittered retry backoff, in milliseconds.
     #[serde(default = "default_backoff_cap_ms")]
     pub backoff_cap_ms: u64,
@@ -289,6 +293,9 @@ fn default_shutdown_ms() -> u64 {
     10_000
 }
 fn default_max_attempts() -> u32 {
+    5
+}
+fn default_max_timeouts() -> u32 {
     5
 }
 fn default_backoff_cap_ms() -> u64 {

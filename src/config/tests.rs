@@ -71,6 +71,7 @@ fn numeric_bounds_are_checked_at_their_edges() {
         ("daemon", "batch_size", "0", "1", "between 1 and 10000"),
         ("daemon", "block_ms", "60001", "60000", "between 1 and 60000"),
         ("daemon", "max_attempts", "0", "1", "at least 1"),
+        ("daemon", "max_timeouts", "1001", "1000", "between 0 and 1000"),
         ("daemon", "lease_ttl_ms", "299", "300", "between 300 and 300000"),
         ("daemon", "stats_interval_ms", "99", "100", "at least 100"),
         ("daemon", "retention_max_entries", "0", "1", "at least 1"),

@@ -71,6 +71,7 @@ impl RawConfig {
             block: Duration::from_millis(daemon.block_ms),
             shutdown_deadline: Duration::from_millis(daemon.shutdown_deadline_ms),
             max_attempts: daemon.max_attempts,
+            max_timeouts: daemon.max_timeouts,
             backoff_cap: Duration::from_millis(daemon.backoff_cap_ms.max(1)),
             lease_ttl: Duration::from_millis(daemon.lease_ttl_ms),
             stats_interval: Duration::from_millis(daemon.stats_interval_ms),
@@ -180,6 +181,7 @@ fn check_daemon(daemon: &RawDaemon) -> Result<DaemonChecked> {
         1,
         u64::MAX,
     )?;
+    within("daemon.max_timeouts", daemon.max_timeouts.into(), 0, 1000)?;
     within("daemon.lease_ttl_ms", daemon.lease_ttl_ms, 300, 300_000)?;
     within(
         "daemon.stats_interval_ms",
