@@ -211,6 +211,17 @@ async function withTimeout<T>(p: Promise<T>, ms: number, onTimeout: () => Error)
   }
 }
 
+/** `items` grouped by `key`, each group in the items' order. */
+function groupBy<K, T>(items: T[], key: (t: T) => K): Map<K, T[]> {
+  const groups = new Map<K, T[]>();
+  for (const t of items) {
+    const same = groups.get(key(t));
+    if (same) same.push(t);
+    else groups.set(key(t), [t]);
+  }
+  return groups;
+}
+
 function flatToMap(flat: unknown): Map<string, unknown> {
   const m = new Map<string, unknown>();
   if (Array.isArray(flat)) for (let i = 0; i + 1 < flat.length; i += 2) m.set(String(flat[i]), flat[i + 1]);
@@ -1182,6 +1193,13 @@ export class WritClient {
     }
   }
 
+  /** The consumer group's `last-delivered-id` on `stream`; undefined if it has no group yet. */
+  private async lastDelivered(stream: string): Promise<string | undefined> {
+    const groups = ((await this.redis.xinfo("GROUPS", stream)) as unknown[]).map(flatToMap);
+    const delivered = groups.find((m) => m.get("name") === this.names.group)?.get("last-delivered-id");
+    return typeof delivered === "string" ? delivered : undefined;
+  }
+
   /**
    * Of `writes`, those whose entries the stream still holds and the consumer
    * group delivered and no longer holds pending. An entry the stream does not
@@ -1189,19 +1207,12 @@ export class WritClient {
    * and such a write was not applied.
    */
   private async finishedByDaemon(writes: PendingWrite[]): Promise<PendingWrite[]> {
-    const byPartition = new Map<number, PendingWrite[]>();
-    for (const w of writes) {
-      const same = byPartition.get(w.key.partition);
-      if (same) same.push(w);
-      else byPartition.set(w.key.partition, [w]);
-    }
     const group = this.names.group;
     const done = await Promise.all(
-      [...byPartition].map(async ([p, ws]) => {
+      [...groupBy(writes, (w) => w.key.partition)].map(async ([p, ws]) => {
         const stream = this.names.stream(p);
-        const groups = ((await this.redis.xinfo("GROUPS", stream)) as unknown[]).map(flatToMap);
-        const delivered = groups.find((m) => m.get("name") === group)?.get("last-delivered-id");
-        if (typeof delivered !== "string") return [];
+        const delivered = await this.lastDelivered(stream);
+        if (delivered === undefined) return [];
         const candidates = ws.filter((w) => compareStreamIds(w.entryId!, delivered) <= 0);
         const [pending, present] = await Promise.all([
           Promise.all(
@@ -1538,13 +1549,7 @@ export class WritClient {
    * ack comes; only the list stops waiting for them.
    */
   private async unsettled(writes: PendingWrite[]): Promise<PendingWrite[]> {
-    const byKey = new Map<string, PendingWrite[]>();
-    for (const w of writes) {
-      const same = byKey.get(w.key.id);
-      if (same) same.push(w);
-      else byKey.set(w.key.id, [w]);
-    }
-    const groups = [...byKey.values()];
+    const groups = [...groupBy(writes, (w) => w.key.id).values()];
     const cached = await this.hmget(groups.map((g) => g[0].key));
     return groups.flatMap((g, i) => {
       const v = cached[i][0]?.toString("latin1");
@@ -1593,10 +1598,8 @@ export class WritClient {
       if (this.closed) throw new WritClosedError();
       let done = false;
       try {
-        const groups = (await this.redis.xinfo("GROUPS", stream)) as unknown[];
-        const g = groups.map(flatToMap).find((m) => m.get("name") === group);
-        const delivered = g?.get("last-delivered-id");
-        if (typeof delivered === "string" && compareStreamIds(delivered, last) >= 0) {
+        const delivered = await this.lastDelivered(stream);
+        if (delivered !== undefined && compareStreamIds(delivered, last) >= 0) {
           const pend = (await this.redis.xpending(stream, group, "-", last, 1)) as unknown[];
           done = pend.length === 0;
         }
