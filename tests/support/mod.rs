@@ -26,6 +26,7 @@ pub mod proc;
 pub mod proxy;
 pub mod race_proxy;
 pub mod reap;
+pub mod wire;
 
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
@@ -102,10 +103,18 @@ fn kill(child: &mut Child) {
 /// Starts a fresh server with `start` on a free port, and on another one if
 /// it exits before it is ready (up to [`PORT_TRIES`] ports); panics with the
 /// last error.
-fn on_a_free_port(mut start: impl FnMut(u16) -> Result<Child, String>) -> (u16, Child) {
-    let mut last = String::new();
-    for _ in 0..PORT_TRIES {
-        let port = free_port();
+fn on_a_free_port(start: impl FnMut(u16) -> Result<Child, String>) -> (u16, Child) {
+    on_ports(std::iter::repeat_with(free_port).take(PORT_TRIES), start)
+}
+
+/// [`on_a_free_port`] over the given ports, in order (the harness's own
+/// tests hand it a taken port first).
+fn on_ports(
+    ports: impl IntoIterator<Item = u16>,
+    mut start: impl FnMut(u16) -> Result<Child, String>,
+) -> (u16, Child) {
+    let mut last = String::from("no port to try");
+    for port in ports {
         match start(port) {
             Ok(child) => return (port, child),
             Err(e) => {
@@ -278,6 +287,24 @@ impl RedisServer {
         Self::spawn(dir, false, Some(tls))
     }
 
+    /// Starts redis-server on the first of `ports` where it comes up as the
+    /// one answering (for the harness's own tests).
+    pub fn start_on_ports(ports: Vec<u16>) -> RedisServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("redis.log");
+        let (port, child) = on_ports(ports, |port| {
+            Self::try_spawn_child(dir.path(), port, false, &log, None)
+        });
+        RedisServer {
+            child,
+            port,
+            dir,
+            log,
+            aof: false,
+            tls: None,
+        }
+    }
+
     /// A fresh server on a free port, trying up to [`PORT_TRIES`] ports.
     fn spawn(dir: TempDir, aof: bool, tls: Option<ServerTls>) -> RedisServer {
         let log = dir.path().join("redis.log");
@@ -446,11 +473,22 @@ pub struct MongoServer {
 
 impl MongoServer {
     pub fn start() -> MongoServer {
+        Self::start_on(std::iter::repeat_with(free_port).take(PORT_TRIES))
+    }
+
+    /// Starts SecantusDB on the first of `ports` where it comes up as the
+    /// one answering (for the harness's own tests).
+    pub fn start_on_ports(ports: Vec<u16>) -> MongoServer {
+        Self::start_on(ports)
+    }
+
+    fn start_on(ports: impl IntoIterator<Item = u16>) -> MongoServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("secantus.log");
         std::fs::create_dir_all(dir.path().join("data")).unwrap();
-        let (port, child) =
-            on_a_free_port(|port| Self::try_spawn_child(dir.path(), port, &log, &[]));
+        let (port, child) = on_ports(ports, |port| {
+            Self::try_spawn_child(dir.path(), port, &log, &[])
+        });
         MongoServer {
             child,
             port,
@@ -486,6 +524,36 @@ impl MongoServer {
         let mut child = reap::spawn(cmd)
             .unwrap_or_else(|e| panic!("cannot start {}: {e}; run ./scripts/setup", bin.display()));
         wait_tcp(port, &mut child, "SecantusDB", log, Duration::from_secs(90))?;
+        // The server that answers must be ours, as for redis-server: another
+        // process (a parallel test's server) may hold the port, and ours
+        // then fails to bind and exits. `--auth` servers refuse
+        // `serverStatus` before a login; they restart on a port this
+        // harness already owned, so they are not checked.
+        if !extra.contains(&"--auth") {
+            let started = Instant::now();
+            let pid = loop {
+                match wire::server_pid(port) {
+                    Some(pid) => break Some(pid),
+                    None if started.elapsed() > Duration::from_secs(30) => break None,
+                    None => {
+                        if let Ok(Some(status)) = child.try_wait() {
+                            return Err(format!(
+                                "SecantusDB exited with {status} before it answered on port {port}; log:\n{}",
+                                tail(log)
+                            ));
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            };
+            if pid != Some(child.id()) {
+                kill(&mut child);
+                return Err(format!(
+                    "port {port} answers for another MongoDB-protocol server (pid {pid:?}), not our SecantusDB ({})",
+                    child.id()
+                ));
+            }
+        }
         Ok(child)
     }
 

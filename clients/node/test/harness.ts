@@ -161,14 +161,16 @@ const PORT_TRIES = 3;
  * Runs `start` (spawn and wait until ready) on a free port, and on another
  * one if the server exited before it was ready, as it does when it lost its
  * port (up to {@link PORT_TRIES}). Other failures are thrown at once.
+ * `ports` replaces the free ports (the harness's own tests pass a taken one).
  */
-async function onAFreePort<T>(start: (port: number) => Promise<T>): Promise<T> {
+async function onAFreePort<T>(start: (port: number) => Promise<T>, ports?: number[]): Promise<T> {
+  const tries = ports?.length ?? PORT_TRIES;
   for (let i = 1; ; i++) {
-    const port = await freePort();
+    const port = ports ? ports[i - 1] : await freePort();
     try {
       return await start(port);
     } catch (e) {
-      if (!(e instanceof ServerExited) || i >= PORT_TRIES) throw e;
+      if (!(e instanceof ServerExited) || i >= tries) throw e;
       console.error(`test harness: a server failed to start on port ${port}; trying another port`);
     }
   }
@@ -194,7 +196,7 @@ async function poll(what: string, proc: Proc | undefined, limitMs: number, check
 }
 
 /** The `process_id` of the redis-server answering on `port` (INFO over a raw socket). */
-function redisPid(port: number): Promise<number | undefined> {
+export function redisPid(port: number): Promise<number | undefined> {
   return new Promise((resolvePid) => {
     const s = new Socket();
     let buf = "";
@@ -350,7 +352,8 @@ export class RedisServer {
     return r;
   }
 
-  static async start(dir: string): Promise<RedisServer> {
+  /** Starts redis-server (AOF on) on a free port; `ports`, if given, are tried instead, in order. */
+  static async start(dir: string, ports?: number[]): Promise<RedisServer> {
     if (!which(REDIS_SERVER)) throw new Error(`redis-server not found (${REDIS_SERVER}); ${SETUP_HINT}`);
     const log = join(dir, "redis.log");
     return onAFreePort(async (port) => {
@@ -366,7 +369,7 @@ export class RedisServer {
       await poll("redis-server", proc, 20000, () => redisPing(port));
       await ownsPort(proc, port);
       return new RedisServer(proc, port);
-    });
+    }, ports);
   }
 
   /** `redis://127.0.0.1:P`, or `rediss://` (with the password, if any) for a TLS server. */
@@ -612,7 +615,8 @@ export class MongoServer {
     readonly port: number,
   ) {}
 
-  static async start(dir: string): Promise<MongoServer> {
+  /** Starts SecantusDB on a free port; `ports`, if given, are tried instead, in order. */
+  static async start(dir: string, ports?: number[]): Promise<MongoServer> {
     if (!existsSync(SECANTUSD)) {
       throw new Error(
         `SecantusDB not found at ${SECANTUSD}; ${SETUP_HINT} (or set WRIT_SECANTUSD, or WRIT_TEST_MONGODB_URI to a real MongoDB)`,
@@ -629,8 +633,14 @@ export class MongoServer {
       );
       const m = new MongoServer(proc, port);
       await poll("SecantusDB", proc, 90000, () => mongoPing(m.uri));
+      // Ours must be the server that answered (see ownsPort).
+      const pid = await mongoPid(m.uri);
+      if (pid !== proc.pid) {
+        await proc.kill();
+        throw new ServerExited(`port ${port} answers for another MongoDB-protocol server (pid ${pid}), not our SecantusDB (${proc.pid})`);
+      }
       return m;
-    });
+    }, ports);
   }
 
   get uri(): string {
@@ -648,6 +658,19 @@ async function mongoPing(uri: string): Promise<boolean> {
     await c.connect();
     const r = await c.db("admin").command({ ping: 1 });
     return r.ok === 1;
+  } finally {
+    await c.close().catch(() => {});
+  }
+}
+
+/** The `pid` that the MongoDB-protocol server at `uri` reports in `serverStatus`. */
+export async function mongoPid(uri: string): Promise<number | undefined> {
+  const c = new MongoClient(uri, { serverSelectionTimeoutMS: 2000, connectTimeoutMS: 2000 });
+  try {
+    const r = await c.db("admin").command({ serverStatus: 1 });
+    return typeof r.pid === "number" ? r.pid : Number(r.pid);
+  } catch {
+    return undefined;
   } finally {
     await c.close().catch(() => {});
   }
