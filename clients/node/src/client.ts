@@ -222,6 +222,29 @@ function groupBy<K, T>(items: T[], key: (t: T) => K): Map<K, T[]> {
   return groups;
 }
 
+/**
+ * Up to `max` of `items` (oldest first), taken one per key in turn: the
+ * oldest of every key, then the second of every key, and so on. So a key
+ * with many writes that cannot settle (its partition stuck, its entries
+ * gone) does not use up a sweep that another key's lost ack needs.
+ */
+function fairShare<K, T>(items: T[], key: (t: T) => K, max: number): T[] {
+  const queues = [...groupBy(items, key).values()];
+  const out: T[] = [];
+  for (let round = 0; out.length < max; round++) {
+    let took = false;
+    for (const q of queues) {
+      if (round < q.length) {
+        out.push(q[round]);
+        took = true;
+        if (out.length >= max) break;
+      }
+    }
+    if (!took) break;
+  }
+  return out;
+}
+
 function flatToMap(flat: unknown): Map<string, unknown> {
   const m = new Map<string, unknown>();
   if (Array.isArray(flat)) for (let i = 0; i + 1 < flat.length; i += 2) m.set(String(flat[i]), flat[i + 1]);
@@ -1144,20 +1167,20 @@ export class WritClient {
    * holds it or a newer one). Without this, each lost ack would hold a
    * `maxPending` slot and make every `flush()` time out for the life of the
    * process. Bounded: at most every {@link LOST_ACK_SWEEP_MS} (or
-   * `writeTimeoutMs`, if shorter), {@link LOST_ACK_SWEEP_MAX} writes and
-   * {@link LOST_ACK_DLQ_SCAN} dead letters per sweep; any failure leaves the
-   * writes for the next sweep.
+   * `writeTimeoutMs`, if shorter), {@link LOST_ACK_SWEEP_MAX} writes (one
+   * key at a time, {@link fairShare}) and {@link LOST_ACK_DLQ_SCAN} dead
+   * letters per sweep; any failure leaves the writes for the next sweep.
    */
   private async sweepLostAcks(): Promise<void> {
     const now = Date.now();
     if (now - this.lastSweepAt < Math.min(LOST_ACK_SWEEP_MS, this.config.writeTimeoutMs)) return;
     this.lastSweepAt = now;
-    const old: PendingWrite[] = [];
+    const overdue: PendingWrite[] = [];
     for (const w of this.pending.values()) {
-      if (w.entryId && w.admittedAt! <= now - this.config.writeTimeoutMs) old.push(w);
-      if (old.length >= LOST_ACK_SWEEP_MAX) break;
+      if (w.entryId && w.admittedAt! <= now - this.config.writeTimeoutMs) overdue.push(w);
     }
-    if (!old.length) return;
+    if (!overdue.length) return;
+    const old = fairShare(overdue, (w) => w.key.id, LOST_ACK_SWEEP_MAX);
     try {
       const done = await this.finishedByDaemon(old);
       if (!done.length) return;

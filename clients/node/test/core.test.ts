@@ -20,7 +20,7 @@ import {
   type WritError,
 } from "../src/errors.js";
 import type { CollectionSpec } from "../src/key.js";
-import { toSortable, ZERO_VERSION } from "../src/version.js";
+import { compareStreamIds, toSortable, ZERO_VERSION } from "../src/version.js";
 import { canonicalKey, Names, partitionOf } from "../src/key.js";
 import { CACHE_CAS_LUA } from "../src/lua.js";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -295,6 +295,41 @@ describe("core", () => {
       await redis.xdel(stream, t.entryId);
       await assert.rejects(s.flush(4000), WritTimeoutError);
       assert.equal(s.pendingCount, 1, "still pending: the sweep must not call it applied");
+    } finally {
+      redis.disconnect();
+    }
+  }));
+
+  test("a key whose writes can never settle does not hide another key's lost ack from the sweep", g(async () => {
+    const id = `hidden-${process.pid}-${Date.now()}`;
+    const redis = new Redis(env.redisUrl);
+    const names = new Names(env.name);
+    try {
+      await redis.set(names.acks(id), "not a stream");
+      const s = client({ mode: "submit", clientId: id, writeTimeoutMs: 1000, maxPending: 1000 });
+      // More writes of one key than a sweep looks at (256), older than the write below. The daemon
+      // finishes them; then their entries go, so the sweep must leave them pending (see the test above).
+      const stuck = [];
+      for (let i = 0; i < 300; i++) stuck.push(await s.write(KV.name, { k: "stuck", n: 1 }, "put", { i }));
+      const stream = names.stream(partitionOf(KV.name, canonicalKey(KV, { k: "stuck", n: 1 }), env.partitions));
+      const last = stuck[stuck.length - 1].entryId;
+      await eventually("the daemon to finish the 300 writes", 30000, async () => {
+        const pend = (await redis.xpending(stream, env.name, "-", "+", 1)) as unknown[];
+        const groups = (await redis.xinfo("GROUPS", stream)) as unknown[][];
+        const gr = groups.find((x) => x[1] === env.name);
+        const delivered = gr ? String(gr[gr.indexOf("last-delivered-id") + 1]) : "0-0";
+        return pend.length === 0 && compareStreamIds(delivered, last) >= 0;
+      });
+      await redis.xdel(stream, ...stuck.map((t) => t.entryId));
+      // A newer write of another key, whose ack is lost too: the sweep must still find it.
+      const t = await s.write(KV.name, { k: "seen", n: 1 }, "put", { n: 1 });
+      const r = await Promise.race([
+        t.acked,
+        new Promise<undefined>((res) => setTimeout(() => res(undefined), 20000)),
+      ]);
+      assert.ok(r, "the lost ack of the newer key was never settled: the stuck key's writes used up the sweep");
+      assert.equal(r.outcome, "applied");
+      assert.equal(s.pendingCount, 300, "the writes whose entries are gone stay pending");
     } finally {
       redis.disconnect();
     }
