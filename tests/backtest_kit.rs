@@ -341,3 +341,47 @@ async fn sync_waits_for_every_write_accepted_before_it() {
     }
     daemon.stop().await;
 }
+
+/// A `put` after a `remove` brings the key back in the `fields` layout too,
+/// without adding a `removed` field that the official adapter never writes
+/// on rows that carry none (`signal-items`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_after_a_remove_brings_a_fields_row_back() {
+    let env = TestEnv::start("bk_put_after_remove");
+    let config = env_config(&env);
+    let daemon = Daemon::start(config.clone());
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let signals = writ.collection("signal-items").unwrap();
+    let key = sig_key("REVIVE");
+    signals
+        .write(&key, &doc! {"payload": {"n": 1}})
+        .await
+        .unwrap();
+    signals.remove(&key).await.unwrap();
+    assert_eq!(signals.read(&key).await.unwrap(), None);
+    signals
+        .write(&key, &doc! {"payload": {"n": 2}})
+        .await
+        .unwrap();
+    assert_eq!(
+        signals.read(&key).await.unwrap(),
+        Some(doc! {"payload": {"n": 2}}),
+        "a put after a remove must read as present"
+    );
+    let db = env.mongo_db().await;
+    let stored = db
+        .collection::<Document>("signal-items")
+        .find_one(key.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !stored.contains_key("removed"),
+        "the row is live again in the official shape (no `removed` field): {stored:?}"
+    );
+    assert_eq!(
+        signals.list(&doc! {"symbol": "REVIVE"}).await.unwrap().len(),
+        1
+    );
+    daemon.stop().await;
+}

@@ -4,7 +4,7 @@
 //! A bulk's reply names the statements that inserted (`upserted: [{index,
 //! _id}]`). Such a document holds exactly what the statement wrote: the `_id`
 //! the server chose, the equality fields of the filter (the key) and the
-//! fields of `$set` and `$setOnInsert`. So the cache can be filled without the
+//! fields of `$set` and `$setOnInsert`, less those of `$unset`. So the cache can be filled without the
 //! `find` a round needs for keys that already existed (their post-image
 //! depends on what was stored before). A drain of fresh keys then costs one
 //! round trip per bulk, as the server's own ceiling does.
@@ -27,19 +27,24 @@ use mongodb::bson::{Bson, Document};
 /// update by value: its values move into the document, uncopied.
 pub fn inserted(id: Bson, key: &Document, update: Document) -> Option<Document> {
     let mirrorable = update.iter().all(|(op, body)| {
-        (op == "$set" || op == "$setOnInsert")
+        (op == "$set" || op == "$setOnInsert" || op == "$unset")
             && body.as_document().is_some_and(|b| {
                 b.keys()
-                    .all(|n| !(n.contains('.') || n.starts_with('$') || n.is_empty()))
+                    .all(|n| !(n.contains('.') || n.starts_with('$') || n.is_empty() || n == "_id"))
             })
     });
     if !mirrorable {
         return None;
     }
     let mut fields: Vec<(String, Bson)> = Vec::new();
-    for (_, body) in update {
+    let mut unset: Vec<String> = Vec::new();
+    for (op, body) in update {
         if let Bson::Document(body) = body {
-            fields.extend(body);
+            if op == "$unset" {
+                unset.extend(body.into_iter().map(|(n, _)| n));
+            } else {
+                fields.extend(body);
+            }
         }
     }
     // Byte order, as the server applies them; a name in both operators is a
@@ -55,6 +60,12 @@ pub fn inserted(id: Bson, key: &Document, update: Document) -> Option<Document> 
     for (name, value) in fields {
         // A field already there (a key field, `_id`) keeps its place.
         doc.insert(name, value);
+    }
+    // An `$unset` of a field the insert has (a key field) removes it, as
+    // on the server; of a missing one, it does nothing. (A name in both
+    // `$set` and `$unset` is a conflict the server refuses.)
+    for name in unset {
+        doc.remove(&name);
     }
     Some(doc)
 }
@@ -114,6 +125,21 @@ mod tests {
         .unwrap();
         assert_eq!(d, doc! {"_id": 7, "k": "a", "b": 1});
         assert_eq!(d.keys().collect::<Vec<_>>(), ["_id", "k", "b"]);
+    }
+
+    #[test]
+    fn an_unset_field_is_left_out() {
+        let d = inserted(
+            Bson::Int32(3),
+            &doc! {"k": "a"},
+            doc! {"$set": {"b": 1}, "$unset": {"removed": ""}},
+        )
+        .unwrap();
+        assert_eq!(d, doc! {"_id": 3, "k": "a", "b": 1});
+        assert_eq!(
+            inserted(Bson::Int32(3), &doc! {"k": "a"}, doc! {"$unset": {"_id": ""}}),
+            None
+        );
     }
 
     #[test]

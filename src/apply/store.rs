@@ -415,6 +415,13 @@ impl Store {
 ///   wins); only the bookkeeping is `$set`;
 /// - `remove`: `$set {removed: true}`.
 ///
+/// A `replace` put brings a soft-removed key back in every layout: the
+/// `payload` layout `$set`s `removed: false`; the `fields` layout `$unset`s
+/// `removed` unless the writer sends it (backtest-kit's measure, interval and
+/// memory rows send `removed: false`; its other rows have no such field, and
+/// an `$unset` of a missing field adds none, so their documents keep the
+/// official shape).
+///
 /// Every write `$set`s `_writ`; with `timestamps`, also `updatedDate`, and
 /// `createDate` goes under `$setOnInsert`, as mongoose's timestamps do.
 pub fn update_of(coll: &CollectionConfig, write: &Write, v: &str) -> Document {
@@ -432,8 +439,15 @@ pub fn update_of(coll: &CollectionConfig, write: &Write, v: &str) -> Document {
             Layout::Fields => doc,
         }
     };
+    let mut unset = Document::new();
     match (write.op, coll.mode) {
-        (Op::Put, WriteMode::Replace) => set.extend(stored()),
+        (Op::Put, WriteMode::Replace) => {
+            let fields = stored();
+            if !fields.contains_key(DOC_REMOVED) {
+                unset.insert(DOC_REMOVED, "");
+            }
+            set.extend(fields)
+        }
         (Op::Put, WriteMode::InsertOnce) => on_insert.extend(stored()),
         _ => {
             set.insert(DOC_REMOVED, true);
@@ -442,6 +456,9 @@ pub fn update_of(coll: &CollectionConfig, write: &Write, v: &str) -> Document {
     let mut update = doc! {"$set": set};
     if !on_insert.is_empty() {
         update.insert("$setOnInsert", on_insert);
+    }
+    if !unset.is_empty() {
+        update.insert("$unset", unset);
     }
     update
 }
