@@ -78,6 +78,17 @@ pub enum Error {
         retry: RetryClass,
     },
 
+    /// MongoDB holds this write's version, but not yet at the configured
+    /// write concern's read concern (`majority`): acknowledging it now could
+    /// hand out a write a failover rolls back.
+    #[error(
+        "MongoDB holds this write in `{collection}` on the primary, but the majority has not confirmed it yet (mongodb.write_concern); retrying until it does"
+    )]
+    NotYetConfirmed {
+        /// The collection.
+        collection: String,
+    },
+
     /// Redis took a write but fewer than `redis.min_replicas_acked` replicas
     /// confirmed it in time, so a failover could still lose it. Retryable.
     #[error(
@@ -167,7 +178,8 @@ impl Error {
             Error::MissingPostImage { .. }
             | Error::Timeout { .. }
             | Error::Backpressure { .. }
-            | Error::NotReplicated { .. } => RetryClass::Transient,
+            | Error::NotReplicated { .. }
+            | Error::NotYetConfirmed { .. } => RetryClass::Transient,
             Error::Connect { retry, .. } => *retry,
             Error::Config(_)
             | Error::Rejected(_)
@@ -185,7 +197,9 @@ impl Error {
             Error::Connect { what, .. } => what,
             Error::Redis(_) => "redis",
             Error::NotReplicated { .. } => "not_replicated",
-            Error::Mongo(_) | Error::MissingPostImage { .. } => "mongodb",
+            Error::Mongo(_) | Error::MissingPostImage { .. } | Error::NotYetConfirmed { .. } => {
+                "mongodb"
+            }
             Error::Timeout { .. } => "timeout",
             Error::Backpressure { .. } => "backpressure",
             Error::Rejected(_) | Error::KeyTooLarge(_) => "rejected",

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, DateTime, Document};
-use mongodb::options::{Acknowledgment, ClientOptions, ReturnDocument, WriteConcern};
+use mongodb::options::{Acknowledgment, ClientOptions, ReadConcern, ReturnDocument, WriteConcern};
 use mongodb::{Collection, Database};
 
 use super::keys::{exact_filter, keys_query, KeysQuery};
@@ -62,6 +62,9 @@ impl Applied {
 pub struct Store {
     db: Database,
     wc: WriteConcern,
+    /// Whether the write concern asks for more than one node: the stale
+    /// check then reads at `majority` ([`Store::stale_or_conflict`]).
+    confirm_majority: bool,
     max_time: Duration,
     limiter: super::Limiter,
     /// Per collection, the operations MongoDB answered so far (applied,
@@ -105,6 +108,7 @@ impl Store {
         Ok(Store {
             db: client.database(&config.database),
             wc,
+            confirm_majority: !matches!(config.write_concern, WriteConcernW::Nodes(0 | 1)),
             max_time: config.op_timeout,
             limiter: super::Limiter::new(config.max_concurrency, config.op_timeout),
             answered: Default::default(),
@@ -289,17 +293,25 @@ impl Store {
     /// `_writ.v` that is not a version writ writes (another program changed
     /// it) is a permanent refusal that says so: the guard cannot order the
     /// write against it.
+    ///
+    /// With a write concern beyond one node, the key is read at read concern
+    /// `majority`: the version found may be this write's own, committed by an
+    /// earlier attempt whose write concern timed out, and the driver drops a
+    /// failed command's `writeConcernError`. Acknowledging it from a `local`
+    /// read could hand out a write that a failover rolls back. If only the
+    /// primary holds the version, the write is [`Error::NotYetConfirmed`]
+    /// (retried).
     async fn stale_or_conflict(
         &self,
         c: &Collection<Document>,
         key: &Key,
         version: Version,
     ) -> Result<Option<Applied>> {
-        match c
-            .find_one(key.to_document())
-            .max_time(self.max_time)
-            .await?
-        {
+        let mut find = c.find_one(key.to_document()).max_time(self.max_time);
+        if self.confirm_majority {
+            find = find.read_concern(ReadConcern::majority());
+        }
+        match find.await? {
             Some(doc) if doc_version(&doc).is_some_and(|v| v >= version) => {
                 Ok(Some(Applied::Stale(Some(doc))))
             }
@@ -312,8 +324,34 @@ impl Store {
                     RejectReason::MongoRejected,
                     format!("the stored document of this key has _writ.v = {v}, which is not a version writ wrote (another program changed it?), so writ cannot order this write against it; remove that document's _writ field (it then reads as version 0) and `writ dlq retry` the write"),
                 ))),
-                None => Ok(None),
+                None => self.unconfirmed(c, key, version).await,
             },
+            _ => self.unconfirmed(c, key, version).await,
+        }
+    }
+
+    /// After a `majority` read found the key older than `version`, or absent:
+    /// [`Error::NotYetConfirmed`] if the primary holds `version` or newer,
+    /// else `None` (an insert race, or a clash on another unique index).
+    async fn unconfirmed(
+        &self,
+        c: &Collection<Document>,
+        key: &Key,
+        version: Version,
+    ) -> Result<Option<Applied>> {
+        if !self.confirm_majority {
+            return Ok(None);
+        }
+        let local = c
+            .find_one(key.to_document())
+            .max_time(self.max_time)
+            .await?;
+        match local {
+            Some(doc) if doc_version(&doc).is_some_and(|v| v >= version) => {
+                Err(Error::NotYetConfirmed {
+                    collection: c.name().to_string(),
+                })
+            }
             _ => Ok(None),
         }
     }

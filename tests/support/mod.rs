@@ -22,6 +22,7 @@ pub mod acks;
 pub mod cluster;
 pub mod history;
 pub mod load;
+pub mod majority_proxy;
 pub mod proc;
 pub mod proxy;
 pub mod race_proxy;

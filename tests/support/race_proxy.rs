@@ -39,7 +39,7 @@ impl Drop for RaceProxy {
 }
 
 /// The command document of an OP_MSG body (its kind-0 section).
-fn command_of(body: &[u8]) -> Option<Document> {
+pub fn command_of(body: &[u8]) -> Option<Document> {
     // flagBits, then sections; the kind-0 section is the command.
     let mut at = 4;
     while at < body.len() {

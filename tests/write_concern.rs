@@ -1,0 +1,73 @@
+//! A write is acknowledged only once MongoDB confirms it at the configured
+//! write concern (`w: majority`), also when a retry finds the key already
+//! at its version.
+//!
+//! The route this guards: the first attempt commits on the primary, but the
+//! majority does not confirm it in time (`writeConcernError`). The retry's
+//! guard no longer matches (the key holds this version), the upsert collides
+//! (E11000), and the driver drops the reply's `writeConcernError` with it. If
+//! the daemon then read the key at read concern `local`, it would call the
+//! write stale, cache it and ack it, and a failover before the majority
+//! caught up would roll the acked write back. It must read at `majority`,
+//! and wait while the majority does not hold the version.
+//!
+//! A SecantusDB is one node, so a proxy models the lagging majority
+//! ([`support::majority_proxy`]).
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use mongodb::bson::doc;
+use support::majority_proxy::MajorityProxy;
+use support::{Daemon, Overrides, TestEnv};
+use writ::Writ;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_ack_until_the_majority_holds_the_write() {
+    let env = TestEnv::start("write_concern");
+    let target = support::proxy::mongo_target(&env.mongo_uri).await;
+    let proxy = MajorityProxy::start(target, "symbol", "UNCONFIRMED").await;
+    let o = Overrides {
+        daemon: "backoff_cap_ms = 100",
+        mongo_uri: Some(support::proxy::mongo_uri_via(&env.mongo_uri, proxy.port)),
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let daemon = Daemon::start(config.clone());
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let key = doc! {"symbol": "UNCONFIRMED", "strategyName": "wc", "exchangeName": "x"};
+    let ticket = s.submit(&key, &doc! {"n": 1}).await.unwrap();
+    let waiting = tokio::spawn(async move { ticket.wait_for(Duration::from_secs(120)).await });
+    // The commit, then retries that find the key at its version.
+    support::eventually(Duration::from_secs(60), "three attempts, or an ack", || {
+        let done = waiting.is_finished();
+        let writes = proxy.writes.load(Ordering::SeqCst);
+        async move { (done || writes >= 3).then_some(()) }
+    })
+    .await;
+    assert!(
+        !waiting.is_finished(),
+        "the write was acknowledged before the majority confirmed it: {:?}",
+        waiting.await
+    );
+    assert!(
+        proxy.hidden_reads.load(Ordering::SeqCst) > 0,
+        "the key was never read at read concern majority"
+    );
+    assert!(
+        support::cached(&config, "signal", &key).await.is_none(),
+        "the cache holds a write the majority has not confirmed"
+    );
+    // The majority catches up: the write is acknowledged and readable.
+    proxy.catch_up();
+    let v = waiting.await.unwrap().expect("acknowledged once confirmed");
+    assert!(support::cached(&config, "signal", &key).await.is_some());
+    assert_eq!(s.read(&key).await.unwrap(), Some(doc! {"n": 1}));
+    // Later writes of the key go through as usual.
+    let v2 = s.write(&key, &doc! {"n": 2}).await.unwrap();
+    assert!(v2 > v);
+    daemon.stop().await;
+}
