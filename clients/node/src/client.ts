@@ -145,6 +145,13 @@ const LOST_ACK_SWEEP_MAX = 256;
 const LOST_ACK_DLQ_SCAN = 2000;
 /** How far before a write's entry its dead letter is looked for. */
 const LOST_ACK_CLOCK_MARGIN_MS = 60_000;
+/**
+ * Reply errors that may pass by themselves (a server loading its data set, a
+ * busy script, a cluster failover or resharding): the sweep retries them
+ * without a word. Any other reply error (NOPERM, WRONGTYPE, ...) stays until
+ * someone fixes it.
+ */
+const TRANSIENT_REPLY = /^(LOADING|BUSY|TRYAGAIN|CLUSTERDOWN|MASTERDOWN|MOVED|ASK)\b/;
 /** Keys whose partition and BSON are remembered. */
 const KEY_MEMO_MAX = 20000;
 /** Entry field names and fixed values, encoded once. */
@@ -303,6 +310,8 @@ export class WritClient {
   /** When the ack loop last looked for lost acks; whether it told `onError`. */
   private lastSweepAt = 0;
   private lostAckReported = false;
+  /** Whether a refusal of the dead-letter stream's read (the sweep) went to `onError` already. */
+  private dlqErrorReported = false;
   private syncPromise: Promise<void> | undefined;
   private readyPromise: Promise<void> | undefined;
   private closed = false;
@@ -1169,7 +1178,10 @@ export class WritClient {
    * process. Bounded: at most every {@link LOST_ACK_SWEEP_MS} (or
    * `writeTimeoutMs`, if shorter), {@link LOST_ACK_SWEEP_MAX} writes (one
    * key at a time, {@link fairShare}) and {@link LOST_ACK_DLQ_SCAN} dead
-   * letters per sweep; any failure leaves the writes for the next sweep.
+   * letters per sweep; any failure leaves the writes for the next sweep (a
+   * refusal of the dead-letter read that will not pass by itself, such as a
+   * writer ACL without `%R~<ns>:dlq`, also goes to `onError` once:
+   * {@link reportDlqRefusal}).
    */
   private async sweepLostAcks(): Promise<void> {
     const now = Date.now();
@@ -1185,7 +1197,13 @@ export class WritClient {
       const done = await this.finishedByDaemon(old);
       if (!done.length) return;
       if (!(await this.catchUpAcks())) return;
-      const letters = await this.deadLettersOf(done);
+      let letters: Map<string, string> | undefined;
+      try {
+        letters = await this.deadLettersOf(done);
+      } catch (e) {
+        this.reportDlqRefusal(e);
+        throw e;
+      }
       if (!letters) return;
       let settled = 0;
       for (const w of done) {
@@ -1214,6 +1232,30 @@ export class WritClient {
     } catch {
       /* Redis busy or away: the next sweep tries again */
     }
+  }
+
+  /**
+   * Tells `onError`, once per client, that Redis refuses the sweep's read of
+   * the dead-letter stream for a reason that will not pass by itself (NOPERM:
+   * a writer ACL without read access to it; WRONGTYPE: another program's
+   * value at its key). Without that read no lost ack can be settled (a write
+   * is never called `applied` unless the dead letters were read), so those
+   * writes would only time out, silently. Connection failures and transient
+   * replies stay silent: the next sweep tries again.
+   */
+  private reportDlqRefusal(e: unknown): void {
+    if (this.dlqErrorReported || this.closed || !isReplyError(e) || TRANSIENT_REPLY.test(errMessage(e))) return;
+    this.dlqErrorReported = true;
+    const dlq = this.names.dlq;
+    this.report(
+      new WritConnectionError(
+        `Redis refuses to read the dead-letter stream ${dlq}: ${errMessage(e)}. Writes whose acks were lost cannot be ` +
+          `settled without it: they stay pending (flush() times out, each holds a maxPending slot). Grant the ` +
+          `writer's ACL user read access to it (\`%R~${dlq}\`; docs/operations.md, "Redis ACL users") and check ` +
+          `that nothing else writes that key. Reported once per client.`,
+        { cause: e },
+      ),
+    );
   }
 
   /** The consumer group's `last-delivered-id` on `stream`; undefined if it has no group yet. */

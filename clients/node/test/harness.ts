@@ -795,6 +795,11 @@ export interface EnvOptions {
    * clients `redisCluster: true`.
    */
   redisCluster?: boolean;
+  /**
+   * A redis-server of this env's own even when `WRIT_TEST_REDIS_URL` is set:
+   * for tests that change server-wide state (ACL users).
+   */
+  ownRedis?: boolean;
 }
 
 /** One test file's servers and names. */
@@ -831,9 +836,13 @@ export class TestEnv {
 
   private async boot(opts: EnvOptions): Promise<void> {
     const t = opts.redisTls;
-    const own = t || opts.redisCluster;
+    const own = t || opts.redisCluster || opts.ownRedis;
     const [r, m, c] = await Promise.all([
-      t ? RedisServer.startTls(this.dir, t) : own || process.env.WRIT_TEST_REDIS_URL ? undefined : RedisServer.start(this.dir),
+      t
+        ? RedisServer.startTls(this.dir, t)
+        : opts.redisCluster || (!own && process.env.WRIT_TEST_REDIS_URL)
+          ? undefined
+          : RedisServer.start(this.dir),
       process.env.WRIT_TEST_MONGODB_URI ? undefined : MongoServer.start(this.dir),
       opts.redisCluster ? RedisCluster.start(this.dir) : undefined,
     ]);
