@@ -191,6 +191,16 @@ impl Error {
         }
     }
 
+    /// Whether the operation ran out of time: writ's own bound, or the
+    /// server's `maxTimeMS` (code 50).
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            Error::Timeout { .. } => true,
+            Error::Mongo(m) => mongo_code(m) == Some(50),
+            _ => false,
+        }
+    }
+
     /// Short fixed label for metrics and logs.
     pub fn class_label(&self) -> &'static str {
         match self {

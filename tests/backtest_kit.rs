@@ -380,7 +380,11 @@ async fn a_put_after_a_remove_brings_a_fields_row_back() {
         "the row is live again in the official shape (no `removed` field): {stored:?}"
     );
     assert_eq!(
-        signals.list(&doc! {"symbol": "REVIVE"}).await.unwrap().len(),
+        signals
+            .list(&doc! {"symbol": "REVIVE"})
+            .await
+            .unwrap()
+            .len(),
         1
     );
     daemon.stop().await;

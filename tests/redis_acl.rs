@@ -258,9 +258,21 @@ async fn the_documented_acl_users_run_writ_and_nothing_more() {
         assert!(!log.contains(s), "password in the daemon log");
     }
 
-    // The writer cannot touch the group, leases, fences or dead letters, nor
-    // the server; the daemon cannot wipe the server or leave its namespace.
+    // The writer cannot touch the group, leases or fences, nor write dead
+    // letters, nor the server; the daemon cannot wipe the server or leave
+    // its namespace. The writer may read the dead-letter stream (the Node
+    // client's lost-ack sweep, docs/protocol.md).
     let mut w = conn(&writer_url).await;
+    let letters: redis::Value = redis::cmd("XRANGE")
+        .arg(format!("{ns}:dlq"))
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut w)
+        .await
+        .expect("the writer may read the dead-letter stream");
+    assert!(matches!(letters, redis::Value::Array(_)), "{letters:?}");
     let stream = format!("{ns}:{{p0}}:in");
     for args in [
         vec!["FLUSHALL"],

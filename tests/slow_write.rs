@@ -91,3 +91,70 @@ async fn a_write_that_always_times_out_is_dead_lettered_and_the_rest_flows() {
     assert_eq!(reasons, ["mongo_rejected"]);
     daemon.stop().await;
 }
+
+/// A write that MongoDB commits but whose replies never arrive times out
+/// just the same; before it is dead-lettered for its timeouts, the daemon
+/// reads the key. It finds the write's own version there, so the write is
+/// settled as committed (cached, acknowledged), not parked as refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_committed_but_never_answered_is_not_dead_lettered() {
+    let env = TestEnv::start("unheard_write");
+    let (_proxy, proxied) =
+        support::proxy::in_front_of_mongo_deafening(&env.mongo_uri, b"COMMITS-UNHEARD").await;
+    let o = Overrides {
+        daemon: "max_timeouts = 2\nbackoff_cap_ms = 100",
+        mongo: "op_timeout_ms = 2000",
+        mongo_uri: Some(proxied),
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let daemon = Daemon::start(config.clone());
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    s.write(&key("UNHEARD"), &doc! {"x": "old"}).await.unwrap();
+    let unheard = s
+        .submit(&key("UNHEARD"), &doc! {"x": "COMMITS-UNHEARD"})
+        .await
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let feeder = {
+        let (s, stop) = (s.clone(), stop.clone());
+        tokio::spawn(async move {
+            for i in 0i64.. {
+                s.submit(&key(&format!("U{}", i % 10)), &doc! {"i": i})
+                    .await
+                    .unwrap();
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = stop.cancelled() => break,
+                }
+            }
+        })
+    };
+    let waited = unheard.wait_for(Duration::from_secs(150)).await;
+    stop.cancel();
+    feeder.await.unwrap();
+    let v = waited.expect("committed, so acknowledged, not dead-lettered");
+    assert_eq!(
+        s.read(&key("UNHEARD")).await.unwrap(),
+        Some(doc! {"x": "COMMITS-UNHEARD"}),
+        "the cache holds what MongoDB committed"
+    );
+    let stored = env
+        .mongo_db()
+        .await
+        .collection::<Document>("signal")
+        .find_one(key("UNHEARD"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(writ::apply::doc_version(&stored), Some(v));
+    let mut r = env.redis().await;
+    let letters: usize = redis::cmd("XLEN")
+        .arg(format!("{}:dlq", env.name))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(letters, 0, "no dead letter for a committed write");
+    daemon.stop().await;
+}

@@ -4,10 +4,12 @@
 //! daemon's: the same limiter slot, the same time bound per attempt, the same
 //! backoff through outages, and the same count of permanent failures towards
 //! `max_attempts` before the write's reject is returned. Timeouts count
-//! towards `daemon.max_timeouts`, but only in a row and only while MongoDB
-//! answers other operations on the collection in between: then the write
-//! itself is what never finishes, and an unbounded retry would hold its key,
-//! and in time its partition, for ever.
+//! towards `daemon.max_timeouts`, but only in a row, only while MongoDB
+//! answers other operations on the collection in between, more of them than
+//! time out: then the write itself is what never finishes,
+//! and an unbounded retry would hold its key, and in time its partition, for
+//! ever. Before such a write is refused, the key is read: a timed-out
+//! attempt may have committed with its reply lost.
 
 use std::time::Duration;
 
@@ -61,12 +63,12 @@ impl Attempts<'_> {
         // the server. Bounded like permanent failures, or one such write
         // would hold its key, and in time its partition, for ever.
         let mut slow = 0u32;
-        // What the server had answered on this collection at the last
-        // failure (or the start): with one operation in flight at a time,
-        // the others run between this write's attempts, not during them. Per
-        // collection, so that a collection MongoDB cannot serve (a lock, an
-        // index build) is an outage for its writes, not their fault.
-        let mut answered = self.store.answered(&coll.name);
+        // What the server had done on this collection at the last failure
+        // (or the start). Per collection, so that a collection MongoDB cannot
+        // serve (a lock, an index build) is an outage for its writes, not
+        // their fault; and as many other operations timing out as answered
+        // says the server is struggling, not this write.
+        let mut seen = self.store.answers(&coll.name);
         loop {
             if !still_owner() {
                 return None;
@@ -98,16 +100,32 @@ impl Attempts<'_> {
             if class == RetryClass::Permanent {
                 self.store.note_answered([coll.name.as_str()]);
             }
-            let now = self.store.answered(&coll.name);
-            if timed_out(&e) && now > answered {
+            if e.is_timeout() {
+                self.store.note_timed_out([coll.name.as_str()]);
+            }
+            let now = self.store.answers(&coll.name);
+            // Since the last failure: the others answered, and more of them
+            // were answered than timed out (this write's own timeout aside).
+            let answered = now.answered - seen.answered;
+            let others_timed_out = (now.timed_out - seen.timed_out).saturating_sub(1);
+            seen = now;
+            if e.is_timeout() && answered > others_timed_out {
                 slow += 1;
                 if self.config.max_timeouts > 0 && slow >= self.config.max_timeouts {
-                    return Some(Err((self.slow_reject(slow), attempts + slow)));
+                    match self.committed_unanswered(coll, write, id, limit).await {
+                        Held::Yes(a) => return Some(Ok(a)),
+                        Held::No(reject) => {
+                            return Some(Err((
+                                reject.unwrap_or_else(|| self.slow_reject(slow)),
+                                attempts + slow,
+                            )))
+                        }
+                        Held::Unknown => {} // read again after the next timeout
+                    }
                 }
             } else {
                 slow = 0;
             }
-            answered = now;
             metrics::counter!("writ_retries_total", "error_class" => class.as_str()).increment(1);
             metrics::counter!("writ_mongodb_errors_total", "error_class" => class.as_str())
                 .increment(1);
@@ -128,6 +146,31 @@ impl Attempts<'_> {
         }
     }
 
+    /// Whether MongoDB holds `write` at `id` (or newer) although its attempts
+    /// timed out: a commit whose reply was lost is settled, not refused.
+    async fn committed_unanswered(
+        &self,
+        coll: &CollectionConfig,
+        write: &Write,
+        id: Version,
+        limit: Duration,
+    ) -> Held {
+        let read = tokio::select! {
+            r = tokio::time::timeout(limit, self.store.holds(coll, write, id)) => r,
+            _ = self.abort.cancelled() => return Held::Unknown,
+        };
+        match read {
+            Ok(Ok(Some(a))) => Held::Yes(a),
+            Ok(Ok(None)) => Held::No(None),
+            Ok(Err(Error::Rejected(r))) => Held::No(Some(r)),
+            Ok(Err(e)) => {
+                tracing::warn!(entry = %id, collection = %coll.name, error = %e, "cannot tell whether a write that keeps timing out was committed; retrying it");
+                Held::Unknown
+            }
+            Err(_) => Held::Unknown,
+        }
+    }
+
     /// The refusal of a write that timed out `times` times in a row while
     /// MongoDB answered other operations.
     fn slow_reject(&self, times: u32) -> Reject {
@@ -144,12 +187,12 @@ impl Attempts<'_> {
     }
 }
 
-/// Whether `e` says the operation ran out of time: writ's own bound, or the
-/// server's `maxTimeMS` (code 50).
-fn timed_out(e: &Error) -> bool {
-    match e {
-        Error::Timeout { .. } => true,
-        Error::Mongo(m) => crate::error::mongo_code(m) == Some(50),
-        _ => false,
-    }
+/// What a read of a key says about a write whose attempts timed out.
+enum Held {
+    /// MongoDB holds it (or a newer version): settled as this.
+    Yes(Applied),
+    /// It does not: refused (with this reason, or for its timeouts).
+    No(Option<Reject>),
+    /// The read failed: keep trying the write.
+    Unknown,
 }

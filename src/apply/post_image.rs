@@ -137,7 +137,11 @@ mod tests {
         .unwrap();
         assert_eq!(d, doc! {"_id": 3, "k": "a", "b": 1});
         assert_eq!(
-            inserted(Bson::Int32(3), &doc! {"k": "a"}, doc! {"$unset": {"_id": ""}}),
+            inserted(
+                Bson::Int32(3),
+                &doc! {"k": "a"},
+                doc! {"$unset": {"_id": ""}}
+            ),
             None
         );
     }

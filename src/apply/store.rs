@@ -68,10 +68,10 @@ pub struct Store {
     max_time: Duration,
     limiter: super::Limiter,
     /// Per collection, the operations MongoDB answered so far (applied,
-    /// stale or refused for good; not timed out or cut off). A write that
-    /// keeps timing out while its collection's count grows is slow by
-    /// itself, not the server.
-    answered: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
+    /// stale or refused for good) and those that timed out. A write that
+    /// keeps timing out while the others on its collection are answered, and
+    /// none of them times out, is slow by itself, not the server.
+    answers: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Answers>>>,
     /// For error messages only (redacted when shown).
     uri: String,
 }
@@ -111,7 +111,7 @@ impl Store {
             confirm_majority: !matches!(config.write_concern, WriteConcernW::Nodes(0 | 1)),
             max_time: config.op_timeout,
             limiter: super::Limiter::new(config.max_concurrency, config.op_timeout),
-            answered: Default::default(),
+            answers: Default::default(),
             uri: config.mongodb_uri.clone(),
         })
     }
@@ -136,23 +136,47 @@ impl Store {
         Ok(cursor.try_collect().await?)
     }
 
-    /// How many operations on `collection` MongoDB has answered so far.
-    pub fn answered(&self, collection: &str) -> u64 {
-        let answered = self.answered.lock().expect("answered lock");
-        answered.get(collection).copied().unwrap_or(0)
+    /// What MongoDB has done with the operations on `collection` so far.
+    pub fn answers(&self, collection: &str) -> Answers {
+        let answers = self.answers.lock().expect("answers lock");
+        answers.get(collection).copied().unwrap_or_default()
     }
 
     /// Counts answered operations, one per collection named.
     pub fn note_answered<'a>(&self, collections: impl IntoIterator<Item = &'a str>) {
-        let mut answered = self.answered.lock().expect("answered lock");
+        self.note(collections, |a| a.answered += 1);
+    }
+
+    /// Counts operations that timed out, one per collection named.
+    pub fn note_timed_out<'a>(&self, collections: impl IntoIterator<Item = &'a str>) {
+        self.note(collections, |a| a.timed_out += 1);
+    }
+
+    fn note<'a>(&self, collections: impl IntoIterator<Item = &'a str>, f: impl Fn(&mut Answers)) {
+        let mut answers = self.answers.lock().expect("answers lock");
         for c in collections {
-            match answered.get_mut(c) {
-                Some(n) => *n += 1,
+            match answers.get_mut(c) {
+                Some(a) => f(a),
                 None => {
-                    answered.insert(c.to_string(), 1);
+                    let mut a = Answers::default();
+                    f(&mut a);
+                    answers.insert(c.to_string(), a);
                 }
             }
         }
+    }
+
+    /// After a write timed out: whether MongoDB holds its version (or a newer
+    /// one) all the same, read as [`Store::stale_or_conflict`] does. `Ok(Some)`:
+    /// it does (a commit whose reply was lost); `Ok(None)`: it does not.
+    pub async fn holds(
+        &self,
+        coll: &CollectionConfig,
+        write: &Write,
+        version: Version,
+    ) -> Result<Option<Applied>> {
+        self.stale_or_conflict(&self.coll(&coll.name), &write.key, version)
+            .await
     }
 
     /// The daemon-wide limiter of MongoDB operations in flight.
@@ -499,6 +523,15 @@ pub fn update_of(coll: &CollectionConfig, write: &Write, v: &str) -> Document {
         update.insert("$unset", unset);
     }
     update
+}
+
+/// Per collection: operations MongoDB answered, and operations that timed out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Answers {
+    /// Applied, stale or refused for good.
+    pub answered: u64,
+    /// Ran out of time (writ's bound or the server's `maxTimeMS`).
+    pub timed_out: u64,
 }
 
 /// How a guarded upsert ended (see [`Store::guarded`]).

@@ -97,7 +97,8 @@ pub struct RawDaemon {
     /// Entries in flight per partition (read, not yet acked).
     #[serde(default = "default_in_flight")]
     pub max_in_flight: usize,
-    /// XREADGROUP BLOCK in milliseconds (also bounds shutdown latency).
+    /// How long an idle reader's `XREAD BLOCK` waits for new entries, in
+    /// milliseconds (shutdown and hand-over do not wait it out).
     #[serde(default = "default_block_ms")]
     pub block_ms: u64,
     /// How long shutdown may take to drain in-flight work.

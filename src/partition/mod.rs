@@ -281,7 +281,7 @@ impl Dispatcher {
                 break;
             }
             held.insert(seg.id.clone());
-            let answered = self.part.ctx.store.answered(&seg.id.0);
+            let answered = self.part.ctx.store.answers(&seg.id.0).answered;
             if requeue && !self.keys.failed_again(&seg.id, answered) {
                 self.keys.requeue(seg);
             } else {

@@ -87,6 +87,10 @@ pub(super) async fn run_round(part: &Partition, segs: Vec<Segment>, permit: Perm
             o
         }
         Ok(Err(e)) => {
+            if e.is_timeout() {
+                ctx.store
+                    .note_timed_out(colls.iter().map(|c| c.name.as_str()));
+            }
             permit.done(if e.retry_class() == RetryClass::Transient {
                 Signal::Overloaded
             } else {
@@ -97,6 +101,8 @@ pub(super) async fn run_round(part: &Partition, segs: Vec<Segment>, permit: Perm
             return end(segs, true);
         }
         Err(_) => {
+            ctx.store
+                .note_timed_out(colls.iter().map(|c| c.name.as_str()));
             permit.done(Signal::Overloaded);
             tracing::warn!(
                 writes = items.len(),

@@ -1,6 +1,7 @@
 //! A TCP proxy that can cut every connection on command (a network outage of
 //! the server behind it), delay every request (a slow server) or stall the
-//! connections that send one marker (a statement the server never finishes),
+//! connections that send one marker (a statement the server never finishes,
+//! or one whose reply is lost),
 //! for servers the test does not own (real MongoDB).
 
 use std::net::SocketAddr;
@@ -27,7 +28,7 @@ impl Proxy {
     /// Like [`Proxy::start`], holding every chunk a client sends for `latency`
     /// before passing it on: each request reaches the server that much later.
     pub async fn start_with_latency(target: SocketAddr, latency: Duration) -> Proxy {
-        Self::start_with(target, latency, None).await
+        Self::start_with(target, latency, None, false).await
     }
 
     /// Like [`Proxy::start`], but a connection that sends `marker` (say, a
@@ -35,13 +36,21 @@ impl Proxy {
     /// after it on the connection are swallowed, never answered, as by a
     /// server stuck on that one statement. Other connections pass.
     pub async fn start_swallowing(target: SocketAddr, marker: &'static [u8]) -> Proxy {
-        Self::start_with(target, Duration::ZERO, Some(marker)).await
+        Self::start_with(target, Duration::ZERO, Some(marker), false).await
+    }
+
+    /// Like [`Proxy::start_swallowing`], but the request with `marker` and
+    /// everything after it reach the server; its replies are swallowed. So
+    /// the write commits, and the one who sent it never hears so.
+    pub async fn start_deafening(target: SocketAddr, marker: &'static [u8]) -> Proxy {
+        Self::start_with(target, Duration::ZERO, Some(marker), true).await
     }
 
     async fn start_with(
         target: SocketAddr,
         latency: Duration,
         swallow: Option<&'static [u8]>,
+        deafen: bool,
     ) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -74,6 +83,25 @@ impl Proxy {
                     }
                     let (mut cr, mut cw) = client.into_split();
                     let (mut sr, mut sw) = server.into_split();
+                    let deaf = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    let down = {
+                        let deaf = deaf.clone();
+                        async move {
+                            let mut buf = vec![0u8; 64 * 1024];
+                            loop {
+                                let n = match sr.read(&mut buf).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => n,
+                                };
+                                if deaf.load(std::sync::atomic::Ordering::SeqCst) {
+                                    continue;
+                                }
+                                if cw.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    };
                     let up = async move {
                         let mut buf = vec![0u8; 64 * 1024];
                         // The last bytes sent, so a marker split between two
@@ -91,7 +119,9 @@ impl Proxy {
                                 let keep = seen.len().saturating_sub(marker.len());
                                 seen.drain(..keep);
                             }
-                            if stalled {
+                            if stalled && deafen {
+                                deaf.store(true, std::sync::atomic::Ordering::SeqCst);
+                            } else if stalled {
                                 continue;
                             }
                             if !latency.is_zero() {
@@ -104,7 +134,7 @@ impl Proxy {
                     };
                     tokio::select! {
                         _ = up => {}
-                        _ = tokio::io::copy(&mut sr, &mut cw) => {}
+                        _ = down => {}
                         _ = rx.wait_for(|d| *d) => {}
                     }
                 });
@@ -142,6 +172,15 @@ pub async fn in_front_of_mongo_with_latency(uri: &str, latency: Duration) -> (Pr
 pub async fn in_front_of_mongo_swallowing(uri: &str, marker: &'static [u8]) -> (Proxy, String) {
     let target = mongo_target(uri).await;
     let proxy = Proxy::start_swallowing(target, marker).await;
+    let proxied = mongo_uri_via(uri, proxy.port);
+    (proxy, proxied)
+}
+
+/// A proxy in front of the MongoDB of `uri` whose connections go deaf after
+/// sending `marker` ([`Proxy::start_deafening`]), and the URI through it.
+pub async fn in_front_of_mongo_deafening(uri: &str, marker: &'static [u8]) -> (Proxy, String) {
+    let target = mongo_target(uri).await;
+    let proxy = Proxy::start_deafening(target, marker).await;
     let proxied = mongo_uri_via(uri, proxy.port);
     (proxy, proxied)
 }
