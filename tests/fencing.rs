@@ -1,7 +1,7 @@
 //! Fencing, probed: a daemon that lost its partition's lease but still
 //! trusts it (paused between its lease check and its next call, or cut off
 //! while its clock said the lease held) actually attempts a group read, a
-//! claim and a cache compare-and-set with its old token. Each one is refused
+//! claim, a cache compare-and-set and a dead letter with its old token. Each one is refused
 //! by Redis, changes nothing, and is counted in `writ_fenced_total{op}`; the
 //! new owner's same calls succeed.
 //!
@@ -257,4 +257,59 @@ async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
         got(cache.get(&k("behind")).await.unwrap()),
         Some((v, Some(body)))
     );
+
+    // 5. Dead-lettering with the old token (its write's last attempt ran
+    //    while the lease moved): refused before anything is written, so no
+    //    letter, no ack and no XACK of an entry the new owner now holds; the
+    //    new owner's is parked.
+    let acker = writ::ack::Acker::new(
+        conn.clone(),
+        names.clone(),
+        stream.clone(),
+        tokio_util::sync::CancellationToken::new(),
+        writ::redis_conn::Replication::of(&config),
+    );
+    let reject = writ::protocol::Reject::new(writ::protocol::RejectReason::MongoRejected, "probe");
+    let entry = rest.entries[0].id;
+    let letter = || writ::deadletter::Parking {
+        collection: Some("signal"),
+        id: entry,
+        fields: None,
+        reject: &reject,
+        attempts: 1,
+        reply: None,
+    };
+    let letters = |mut c: writ::redis_conn::Conn| {
+        let dlq = names.dead_letters();
+        async move {
+            redis::cmd("XLEN")
+                .arg(dlq)
+                .query_async::<u64>(&mut c)
+                .await
+                .unwrap()
+        }
+    };
+    let pending = pending_of(&mut conn, &stream, &group).await;
+    let before = fenced_count("dead_letter");
+    assert_eq!(
+        writ::deadletter::park(&acker, &stale, letter()).await,
+        writ::deadletter::Parked::Fenced
+    );
+    assert_eq!(
+        fenced_count("dead_letter") - before,
+        1.0,
+        "writ_fenced_total{{op=\"dead_letter\"}}"
+    );
+    assert_eq!(letters(conn.clone()).await, 0, "no dead letter");
+    assert_eq!(
+        pending_of(&mut conn, &stream, &group).await,
+        pending,
+        "the entry stays pending for the new owner"
+    );
+    assert_eq!(
+        writ::deadletter::park(&acker, &current, letter()).await,
+        writ::deadletter::Parked::Yes
+    );
+    assert_eq!(letters(conn.clone()).await, 1);
+    assert_eq!(pending_of(&mut conn, &stream, &group).await, pending - 1);
 }

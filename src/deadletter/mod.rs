@@ -11,9 +11,11 @@
 
 use crate::ack::{Ack, Acker, Outcome};
 use crate::backoff::retry_until;
+use crate::cache::Fence;
 use crate::error::Error;
 use crate::protocol::{Reject, RejectReason, ReplyTo, Version};
 use crate::stream::Fields;
+use crate::telemetry::Event;
 
 /// Metadata field names.
 pub mod field {
@@ -78,18 +80,84 @@ pub fn mongo_rejected(e: &Error) -> Reject {
     )
 }
 
+/// The write [`park`] dead-letters.
+pub struct Parking<'a> {
+    /// Its collection, if it decoded.
+    pub collection: Option<&'a str>,
+    /// Its entry id.
+    pub id: Version,
+    /// The entry's fields, kept verbatim in the letter.
+    pub fields: Option<&'a Fields>,
+    /// Why.
+    pub reject: &'a Reject,
+    /// Apply attempts made.
+    pub attempts: u32,
+    /// Where its writer waits for the ack, if it asked.
+    pub reply: Option<&'a ReplyTo>,
+}
+
+/// How [`park`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parked {
+    /// Parked, its writer told, XACKed.
+    Yes,
+    /// Not parked: `fence` holds a later owner's token (counted in
+    /// `writ_fenced_total{op="dead_letter"}`). The caller ends its tenure.
+    Fenced,
+    /// The partition was aborted first.
+    Stopped,
+}
+
 /// Parks entry `id` of the acker's partition in the dead-letter stream with
 /// its reason, acks its writer (if it asked) and XACKs it. Gives up only when
 /// the partition is aborted (the entry then stays pending for the next
 /// owner, which decides again).
-pub async fn park(
-    acker: &Acker,
-    id: Version,
-    fields: Option<&Fields>,
-    reject: &Reject,
-    attempts: u32,
-    reply: Option<&ReplyTo>,
-) {
+///
+/// Fenced like the cache step: first the partition's fence must still hold
+/// this tenure's token. A tenure that lost its partition while the write's
+/// last attempt ran (paused, or its renewals cut off from Redis) would
+/// otherwise tell the writer "dead-lettered" for a write the new owner may
+/// apply. (The check and the `XADD` are two calls: the dead-letter stream
+/// may live on another cluster node than the fence. The window between them
+/// is one round trip, instead of a whole attempt.)
+pub async fn park(acker: &Acker, fence: &Fence, write: Parking<'_>) -> Parked {
+    let Parking {
+        collection,
+        id,
+        fields,
+        reject,
+        attempts,
+        reply,
+    } = write;
+    let held = retry_until(acker.abort(), "fence check", || {
+        let mut conn = acker.conn().clone();
+        let key = fence.key.clone();
+        async move {
+            let t: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+            Ok(t)
+        }
+    })
+    .await;
+    match held {
+        None => return Parked::Stopped,
+        Some(t) if t != Some(fence.token.to_string()) => {
+            Event::Fenced {
+                partition: fence.partition,
+                op: "dead_letter",
+                token: fence.token,
+            }
+            .emit();
+            return Parked::Fenced;
+        }
+        Some(_) => {}
+    }
+    Event::DeadLettered {
+        collection,
+        entry: id,
+        reject,
+        attempts,
+    }
+    .emit();
     let dlq = acker.names().dead_letters();
     let parked = retry_until(acker.abort(), "dead letter", || {
         let mut pipe = redis::pipe();
@@ -120,7 +188,7 @@ pub async fn park(
     })
     .await;
     if parked.is_none() {
-        return;
+        return Parked::Stopped;
     }
     if let Some(r) = reply {
         let ack = Ack {
@@ -131,8 +199,12 @@ pub async fn park(
             reason: Some(reject.to_string()),
         };
         if !acker.client_acks(&[(r.client.clone(), ack)]).await {
-            return;
+            return Parked::Stopped;
         }
     }
-    acker.xack(&[id]).await;
+    if acker.xack(&[id]).await {
+        Parked::Yes
+    } else {
+        Parked::Stopped
+    }
 }

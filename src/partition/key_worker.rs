@@ -12,6 +12,7 @@ use crate::ack::{Ack, Outcome};
 use crate::apply::{Applied, Attempts};
 use crate::cache::CasOutcome;
 use crate::config::WriteMode;
+use crate::deadletter::{Parked, Parking};
 use crate::protocol::{self, Op, Reject, RejectReason, Version};
 use crate::source::Item;
 use crate::telemetry::Event;
@@ -35,23 +36,16 @@ pub(super) async fn admit(part: &Partition, item: Item) -> Option<Job> {
             _permit: permit,
         }),
         Err(reject) => {
-            Event::DeadLettered {
+            let reply = entry.fields.as_ref().and_then(reply_of);
+            let write = Parking {
                 collection: None,
-                entry: entry.id,
+                id: entry.id,
+                fields: entry.fields.as_ref(),
                 reject: &reject,
                 attempts: 0,
-            }
-            .emit();
-            let reply = entry.fields.as_ref().and_then(reply_of);
-            crate::deadletter::park(
-                &part.acker,
-                entry.id,
-                entry.fields.as_ref(),
-                &reject,
-                0,
-                reply.as_ref(),
-            )
-            .await;
+                reply: reply.as_ref(),
+            };
+            park_fenced(part, write).await;
             None
         }
     }
@@ -150,22 +144,23 @@ fn coalesced_end(coll: &crate::config::CollectionConfig, jobs: &[Job], i: usize)
 
 /// Dead-letters a write that failed for good, and acks its writer.
 async fn park(part: &Partition, collection: &str, job: &Job, reject: &Reject, attempts: u32) {
-    Event::DeadLettered {
+    let write = Parking {
         collection: Some(collection),
-        entry: job.id,
+        id: job.id,
+        fields: Some(&job.fields),
         reject,
         attempts,
+        reply: job.write.reply.as_ref(),
+    };
+    park_fenced(part, write).await;
+}
+
+/// [`crate::deadletter::park`] under this tenure's fence; a park the fence
+/// refused ends the tenure (the entry stays pending for the new owner).
+async fn park_fenced(part: &Partition, write: Parking<'_>) {
+    if crate::deadletter::park(&part.acker, &part.fence(), write).await == Parked::Fenced {
+        part.run.abort.cancel();
     }
-    .emit();
-    crate::deadletter::park(
-        &part.acker,
-        job.id,
-        Some(&job.fields),
-        reject,
-        attempts,
-        job.write.reply.as_ref(),
-    )
-    .await;
 }
 
 /// Makes what the last write of `run` left readable (the cache, fenced), then

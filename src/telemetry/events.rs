@@ -36,7 +36,7 @@ pub enum Event<'a> {
         attempts: u32,
     },
     /// A partition operation was refused by its fence: this daemon lost the
-    /// lease (`op`: `read`, `claim` or `cache`).
+    /// lease (`op`: `read`, `claim`, `cache` or `dead_letter`).
     Fenced {
         /// The partition.
         partition: u32,

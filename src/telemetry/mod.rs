@@ -222,7 +222,7 @@ pub fn register(config: &crate::config::Config) {
         metrics::counter!("writ_mongodb_errors_total", "error_class" => class).absolute(0);
     }
     metrics::counter!("writ_cache_foreign_total").absolute(0);
-    for op in ["read", "claim", "cache"] {
+    for op in ["read", "claim", "cache", "dead_letter"] {
         metrics::counter!("writ_fenced_total", "op" => op).absolute(0);
     }
     for p in 0..config.partitions {
