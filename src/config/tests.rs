@@ -44,6 +44,17 @@ fn bad_values_name_field() {
     let e = Config::from_toml(&MIN.replace("[mongodb]", "[mongodb]\nwrite_concern = \"all\""))
         .unwrap_err();
     assert!(e.to_string().contains("mongodb.write_concern"), "{e}");
+    let e = Config::from_toml(&MIN.replace(
+        "[mongodb]",
+        "[daemon]\nlog_level = \"verbose=??!\"\n[mongodb]",
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("daemon.log_level"), "{e}");
+    let ok = Config::from_toml(&MIN.replace(
+        "[mongodb]",
+        "[daemon]\nlog_level = \"info,writ=debug\"\n[mongodb]",
+    ));
+    assert!(ok.is_ok(), "{ok:?}");
 }
 
 /// Every numeric bound: the value just outside is refused with the

@@ -218,6 +218,15 @@ fn check_daemon(daemon: &RawDaemon) -> Result<DaemonChecked> {
             ))
         }
     };
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&daemon.log_level) {
+        return Err(bad(
+            "daemon.log_level",
+            format!(
+                "{:?} is not a log filter ({e}); use a level such as \"info\" or \"debug\", or directives such as \"info,writ=debug\"",
+                daemon.log_level
+            ),
+        ));
+    }
     let consumer_name = match &daemon.consumer_name {
         Some(n) if is_identifier(n) => n.clone(),
         Some(_) => {
