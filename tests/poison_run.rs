@@ -33,6 +33,12 @@ async fn a_run_whose_last_write_is_poison_applies_the_rest_and_parks_it_once() {
     let env = TestEnv::start("poison_run");
     let o = Overrides {
         daemon: "max_attempts = 3\nbackoff_cap_ms = 50",
+        collections: r#"
+[[collections]]
+name = "once"
+key = ["symbol", "strategyName", "exchangeName"]
+mode = "insert_once"
+"#,
         ..Default::default()
     };
     let config = env.config_with(&o);
@@ -101,5 +107,33 @@ async fn a_run_whose_last_write_is_poison_applies_the_rest_and_parks_it_once() {
         3.0 + 1.0 + 1.0,
         "permanent MongoDB errors"
     );
+    daemon.stop().await;
+
+    // The same for writes that never coalesce (insert-once puts; removes),
+    // each of which reaches its key's worker alone: after a refused one,
+    // the key's next queued write gets one attempt. Otherwise each would
+    // take its max_attempts with backoff, and a writer that keeps sending
+    // such writes would fill the partition's in-flight slots and stall its
+    // other keys.
+    env.poison_payload_u("once", key("HOLDER"), "taken").await;
+    let once = writ.collection("once").unwrap();
+    let mut tickets = Vec::new();
+    for i in 0..4 {
+        let d = doc! {"u": "taken", "i": i};
+        tickets.push(once.submit(&key("Q"), &d).await.unwrap());
+    }
+    let before = permanent_errors();
+    let daemon = Daemon::start(config.clone());
+    for t in tickets {
+        let res = t.wait().await;
+        assert!(matches!(res, Err(Error::DeadLettered { .. })), "{res:?}");
+    }
+    assert_eq!(
+        permanent_errors() - before,
+        3.0 + 1.0 + 1.0 + 1.0,
+        "permanent MongoDB errors"
+    );
+    // A later good write of the key gets its full attempts again: applied.
+    once.write(&key("Q"), &doc! {"u": "free"}).await.unwrap();
     daemon.stop().await;
 }

@@ -79,7 +79,10 @@ fn reply_of(fields: &crate::stream::Fields) -> Option<protocol::ReplyTo> {
 /// attempt each for a permanent failure (transient ones are still retried):
 /// the key has just spent its full retries, and a key whose every write is
 /// refused must not hold the partition's in-flight slots for seconds a write.
-pub(super) async fn run_key(part: &Partition, jobs: Vec<Job>) {
+/// So do the writes after a refused one, until one applies: `refused` says
+/// the key's last write (of an earlier run) was refused for good. Returns
+/// whether the last write settled here was.
+pub(super) async fn run_key(part: &Partition, jobs: Vec<Job>, mut refused: bool) -> bool {
     let mut i = 0;
     // Writes found poison as the last of a run, by index; the lowest on top.
     let mut poison: Vec<(usize, Reject, u32)> = Vec::new();
@@ -93,6 +96,7 @@ pub(super) async fn run_key(part: &Partition, jobs: Vec<Job>) {
         if poison.last().is_some_and(|(at, ..)| *at == i) {
             let (_, reject, attempts) = poison.pop().expect("checked");
             park(part, &coll.name, &jobs[i], &reject, attempts).await;
+            refused = true;
             i += 1;
             continue;
         }
@@ -100,10 +104,10 @@ pub(super) async fn run_key(part: &Partition, jobs: Vec<Job>) {
         let end = coalesced_end(&coll, &jobs[..limit], i);
         let target = &jobs[end - 1];
         if !part.still_owner() {
-            return; // leave the rest pending
+            return refused; // leave the rest pending
         }
         let started = std::time::Instant::now();
-        let budget = if poison.is_empty() {
+        let budget = if poison.is_empty() && !refused {
             part.ctx.config.max_attempts
         } else {
             1
@@ -113,20 +117,23 @@ pub(super) async fn run_key(part: &Partition, jobs: Vec<Job>) {
                 metrics::histogram!("writ_apply_seconds", "collection" => coll.name.clone())
                     .record(started.elapsed().as_secs_f64());
                 if !publish(part, &coll.name, &jobs[i..end], applied).await {
-                    return;
+                    return refused;
                 }
+                refused = false;
             }
             Some(Err((reject, attempts))) if end - 1 > i => {
                 poison.push((end - 1, reject, attempts));
                 continue;
             }
             Some(Err((reject, attempts))) => {
-                park(part, &coll.name, target, &reject, attempts).await
+                park(part, &coll.name, target, &reject, attempts).await;
+                refused = true;
             }
-            None => return, // aborted at the shutdown deadline: left pending
+            None => return refused, // aborted at the shutdown deadline: left pending
         }
         i = end;
     }
+    refused
 }
 
 /// The end of the run that starts at `i`: consecutive puts to a replace

@@ -20,6 +20,11 @@ pub(super) struct Keys {
     /// Keys whose segment was in a round that failed as a whole, and their
     /// collection's `Store::answered` count at that failure.
     failed: HashMap<KeyId, u64>,
+    /// Keys whose last write MongoDB refused for good, with writes still
+    /// queued: their next write gets one attempt for a permanent failure
+    /// ([`super::key_worker::run_key`]). Forgotten once the key applies a
+    /// write or its queue runs empty.
+    refused: HashSet<KeyId>,
 }
 
 impl Keys {
@@ -40,7 +45,24 @@ impl Keys {
             self.ready.push_back(id);
         } else {
             self.queues.remove(&id);
+            self.refused.remove(&id);
         }
+    }
+
+    /// Marks `id` idle again after its own worker ran; `refused`: the last
+    /// write it settled was refused for good.
+    pub(super) fn release_worked(&mut self, id: KeyId, refused: bool) {
+        if refused {
+            self.refused.insert(id.clone());
+        } else {
+            self.refused.remove(&id);
+        }
+        self.release(id);
+    }
+
+    /// Whether `id`'s last write was refused for good (see `refused`).
+    pub(super) fn was_refused(&self, id: &KeyId) -> bool {
+        self.refused.contains(id)
     }
 
     /// Records that `id`'s segment was in a round that failed as a whole

@@ -101,8 +101,9 @@ type KeyId = (String, String);
 enum Done {
     /// A round over these keys, and how it ended.
     Round(Vec<KeyId>, round::RoundEnd),
-    /// A key's own worker finished.
-    Key(KeyId),
+    /// A key's own worker finished; whether the last write it settled was
+    /// refused for good.
+    Key(KeyId, bool),
 }
 
 /// Rounds of one partition at once: one at MongoDB while the next is
@@ -249,7 +250,7 @@ impl Dispatcher {
     fn finished(&mut self, done: Result<Done, tokio::task::JoinError>) {
         match done {
             Ok(Done::Round(ids, end)) => self.round_finished(ids, end),
-            Ok(Done::Key(id)) => self.keys.release(id),
+            Ok(Done::Key(id, refused)) => self.keys.release_worked(id, refused),
             Err(e) => {
                 // Its keys' later jobs must not run ahead of the lost ones:
                 // stop the partition; the next tenure re-reads everything
@@ -286,10 +287,11 @@ impl Dispatcher {
                 self.keys.requeue(seg);
             } else {
                 let part = self.part.clone();
+                let refused = self.keys.was_refused(&seg.id);
                 self.running.spawn(
                     async move {
-                        key_worker::run_key(&part, seg.jobs).await;
-                        Done::Key(seg.id)
+                        let refused = key_worker::run_key(&part, seg.jobs, refused).await;
+                        Done::Key(seg.id, refused)
                     }
                     .in_current_span(),
                 );
