@@ -1,8 +1,11 @@
 -- The daemon's fenced group read (src/source/mod.rs).
 -- KEYS: stream, fence, partition meta. ARGV: token, group, consumer, count,
 -- mode, cursor. Mode `claim`: XAUTOCLAIM from `cursor`; mode `read`:
--- XREADGROUP `>`, returning {entries, last id}. Refused with a FENCED error
--- unless ARGV[1] is the partition's current fencing token.
+-- XREADGROUP `>`, returning {entries, last id, delivered before}: `delivered
+-- before` is the group's last-delivered-id before this read, so the reader
+-- can tell that an earlier read delivered entries whose reply it never got.
+-- Refused with a FENCED error unless ARGV[1] is the partition's current
+-- fencing token.
 --
 -- A read also keeps the meta hash's `at`/`read` pair (the group's
 -- last-delivered-id and the stream's entries-added count as of that entry),
@@ -39,11 +42,11 @@ if r then
     local after = redis.call('XRANGE', KEYS[1], '(' .. at, '+')
     redis.call('HSET', KEYS[3], 'at', at, 'read', added() - #after)
   end
-  return {entries, ''}
+  return {entries, '', before}
 end
 if meta[1] ~= before then
   redis.call('HSET', KEYS[3], 'at', before, 'read', added())
 end
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-if last[1] then return {{}, last[1][1]} end
-return {{}, '0-0'}
+if last[1] then return {{}, last[1][1], before} end
+return {{}, '0-0', before}

@@ -77,6 +77,8 @@ pub struct Read {
     pub entries: Vec<Entry>,
     /// With no entries: the stream's last id, to wait after (empty: none).
     pub last: String,
+    /// The group's last-delivered-id before this read.
+    pub before: String,
 }
 
 impl FencedReader {
@@ -153,9 +155,10 @@ impl FencedReader {
     pub async fn read<C: ConnectionLike + Send>(&self, conn: &mut C, count: usize) -> Result<Read> {
         let v = self.invoke(conn, "read", count, "").await?;
         Ok(match &v {
-            redis::Value::Array(parts) if parts.len() == 2 => Read {
+            redis::Value::Array(parts) if parts.len() == 3 => Read {
                 entries: parse_entries(&parts[0]),
                 last: redis::from_redis_value(parts[1].clone()).unwrap_or_default(),
+                before: redis::from_redis_value(parts[2].clone()).unwrap_or_default(),
             },
             _ => Read::default(),
         })

@@ -44,6 +44,7 @@ pub(crate) async fn run(
         // daemons), in id order, before any new entry: that keeps per-key
         // order.
         cursor: Some("0-0".to_string()),
+        received: None,
         config,
         run,
     };
@@ -96,6 +97,9 @@ struct Reader {
     /// Where the claim of pending entries goes on; `None` once they are all
     /// claimed and new entries are read.
     cursor: Option<String>,
+    /// The group's last-delivered-id as far as this reader received it;
+    /// `None` until the first read after a claim.
+    received: Option<String>,
 }
 
 impl Reader {
@@ -104,6 +108,21 @@ impl Reader {
     async fn next(&mut self, count: usize) -> Result<(Vec<Entry>, Option<String>), Error> {
         let Some(from) = &self.cursor else {
             let r = self.fenced.read(&mut self.conn, count).await?;
+            if let Some(received) = self.received.take() {
+                if r.before != received {
+                    // An earlier read delivered entries whose reply never
+                    // came (a dropped connection, a client-side retry): they
+                    // are pending on this consumer. Claim them, then these,
+                    // in id order, before anything newer.
+                    tracing::warn!(partition = self.p, received = %received, delivered = %r.before, "entries were delivered to this daemon whose read reply was lost; claiming them again, in order");
+                    self.cursor = Some(after(&received));
+                    return Ok((Vec::new(), None));
+                }
+            }
+            self.received = Some(match r.entries.last() {
+                Some(e) => e.id.to_stream_id(),
+                None => r.before.clone(),
+            });
             return Ok((r.entries, Some(r.last)));
         };
         let c = self.fenced.claim(&mut self.conn, from, count).await?;
@@ -160,6 +179,18 @@ impl Reader {
     }
 }
 
+/// The stream id right after `id` (XAUTOCLAIM's start is inclusive).
+fn after(id: &str) -> String {
+    match id
+        .split_once('-')
+        .map(|(ms, seq)| (ms.parse::<u64>(), seq.parse::<u64>()))
+    {
+        Some((Ok(ms), Ok(u64::MAX))) => format!("{}-0", ms.saturating_add(1)),
+        Some((Ok(ms), Ok(seq))) => format!("{ms}-{}", seq + 1),
+        _ => "0-0".to_string(),
+    }
+}
+
 fn is_nogroup(e: &Error) -> bool {
     matches!(e, Error::Redis(r) if r.code() == Some("NOGROUP"))
 }
@@ -202,4 +233,17 @@ async fn send(
         items.push(Item { entry, permit });
     }
     tx.send(items).await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::after;
+
+    #[test]
+    fn the_id_after() {
+        assert_eq!(after("5-3"), "5-4");
+        assert_eq!(after(&format!("5-{}", u64::MAX)), "6-0");
+        assert_eq!(after("0-0"), "0-1");
+        assert_eq!(after(""), "0-0");
+    }
 }

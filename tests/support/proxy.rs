@@ -17,6 +17,8 @@ use tokio::sync::watch;
 pub struct Proxy {
     pub port: u16,
     down: watch::Sender<bool>,
+    /// Set once a reply was cut ([`Proxy::start_cutting_reply`]).
+    cut: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -28,7 +30,7 @@ impl Proxy {
     /// Like [`Proxy::start`], holding every chunk a client sends for `latency`
     /// before passing it on: each request reaches the server that much later.
     pub async fn start_with_latency(target: SocketAddr, latency: Duration) -> Proxy {
-        Self::start_with(target, latency, None, false).await
+        Self::start_with(target, latency, None, false, None).await
     }
 
     /// Like [`Proxy::start`], but a connection that sends `marker` (say, a
@@ -36,14 +38,26 @@ impl Proxy {
     /// after it on the connection are swallowed, never answered, as by a
     /// server stuck on that one statement. Other connections pass.
     pub async fn start_swallowing(target: SocketAddr, marker: &'static [u8]) -> Proxy {
-        Self::start_with(target, Duration::ZERO, Some(marker), false).await
+        Self::start_with(target, Duration::ZERO, Some(marker), false, None).await
     }
 
     /// Like [`Proxy::start_swallowing`], but the request with `marker` and
     /// everything after it reach the server; its replies are swallowed. So
     /// the write commits, and the one who sent it never hears so.
     pub async fn start_deafening(target: SocketAddr, marker: &'static [u8]) -> Proxy {
-        Self::start_with(target, Duration::ZERO, Some(marker), true).await
+        Self::start_with(target, Duration::ZERO, Some(marker), true, None).await
+    }
+
+    /// Like [`Proxy::start`], but the first reply (of any connection) that
+    /// carries `marker`, and not `unless`, is never delivered: the proxy
+    /// closes that connection instead, once. So a command ran on the server,
+    /// and its caller saw the connection drop.
+    pub async fn start_cutting_reply(
+        target: SocketAddr,
+        marker: &'static [u8],
+        unless: &'static [u8],
+    ) -> Proxy {
+        Self::start_with(target, Duration::ZERO, None, false, Some((marker, unless))).await
     }
 
     async fn start_with(
@@ -51,11 +65,14 @@ impl Proxy {
         latency: Duration,
         swallow: Option<&'static [u8]>,
         deafen: bool,
+        cut_reply: Option<(&'static [u8], &'static [u8])>,
     ) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (down, rx) = watch::channel(false);
         let rx = Arc::new(rx);
+        let cut_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cut = cut_done.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -66,6 +83,7 @@ impl Proxy {
                     continue;
                 }
                 let mut rx = (*rx).clone();
+                let cut_done = cut_done.clone();
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(target).await else {
                         return;
@@ -74,7 +92,7 @@ impl Proxy {
                     let _ = server.set_nodelay(true);
                     let _ = client.set_nodelay(true);
                     let mut client = client;
-                    if latency.is_zero() && swallow.is_none() {
+                    if latency.is_zero() && swallow.is_none() && cut_reply.is_none() {
                         tokio::select! {
                             _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
                             _ = rx.wait_for(|d| *d) => {}
@@ -88,6 +106,7 @@ impl Proxy {
                         let deaf = deaf.clone();
                         async move {
                             let mut buf = vec![0u8; 64 * 1024];
+                            let mut seen: Vec<u8> = Vec::new();
                             loop {
                                 let n = match sr.read(&mut buf).await {
                                     Ok(0) | Err(_) => return,
@@ -95,6 +114,20 @@ impl Proxy {
                                 };
                                 if deaf.load(std::sync::atomic::Ordering::SeqCst) {
                                     continue;
+                                }
+                                if let Some((marker, unless)) = cut_reply {
+                                    seen.extend_from_slice(&buf[..n]);
+                                    let has = |m: &[u8]| buf[..n].windows(m.len()).any(|w| w == m);
+                                    if seen.windows(marker.len()).any(|w| w == marker)
+                                        && !has(unless)
+                                        && !cut_done.swap(true, std::sync::atomic::Ordering::SeqCst)
+                                    {
+                                        return; // the connection closes; the reply is lost
+                                    }
+                                    // The tail stays, so a marker split
+                                    // between two reads is still seen.
+                                    let keep = seen.len().saturating_sub(marker.len());
+                                    seen.drain(..keep);
                                 }
                                 if cw.write_all(&buf[..n]).await.is_err() {
                                     return;
@@ -140,7 +173,17 @@ impl Proxy {
                 });
             }
         });
-        Proxy { port, down, task }
+        Proxy {
+            port,
+            down,
+            cut,
+            task,
+        }
+    }
+
+    /// Whether a reply was cut ([`Proxy::start_cutting_reply`]).
+    pub fn cut_done(&self) -> bool {
+        self.cut.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Cuts every connection and refuses new ones.
@@ -224,6 +267,23 @@ impl Drop for Proxy {
 /// A proxy in front of the Redis of `url`, and the same URL through it
 /// (scheme, credentials and database kept).
 pub async fn in_front_of_redis(url: &str) -> (Proxy, String) {
+    in_front_of_redis_with(url, None).await
+}
+
+/// Like [`in_front_of_redis`], losing the first reply that carries `marker`
+/// and not `unless` ([`Proxy::start_cutting_reply`]).
+pub async fn in_front_of_redis_cutting_reply(
+    url: &str,
+    marker: &'static [u8],
+    unless: &'static [u8],
+) -> (Proxy, String) {
+    in_front_of_redis_with(url, Some((marker, unless))).await
+}
+
+async fn in_front_of_redis_with(
+    url: &str,
+    cut_reply: Option<(&'static [u8], &'static [u8])>,
+) -> (Proxy, String) {
     let (scheme, rest) = url.split_once("://").expect("a redis:// URL");
     let (auth, hostpath) = match rest.rsplit_once('@') {
         Some((a, h)) => (format!("{a}@"), h),
@@ -238,7 +298,10 @@ pub async fn in_front_of_redis(url: &str) -> (Proxy, String) {
         .unwrap()
         .next()
         .unwrap();
-    let proxy = Proxy::start(target).await;
+    let proxy = match cut_reply {
+        Some((marker, unless)) => Proxy::start_cutting_reply(target, marker, unless).await,
+        None => Proxy::start(target).await,
+    };
     let proxied = format!("{scheme}://{auth}127.0.0.1:{}{path}", proxy.port);
     (proxy, proxied)
 }
