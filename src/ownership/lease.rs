@@ -25,10 +25,15 @@ use crate::protocol::Names;
 
 /// Takes a free lease. A lease key without an expiry was not set by writ
 /// (writ always sets one): it is taken over, or the partition would never be
-/// owned again; the new token fences whoever set it.
+/// owned again; the new token fences whoever set it. A lease that already
+/// names this daemon is taken again with a new token: this daemon asks only
+/// for partitions it has no tenure of, so the holder is an ended tenure (a
+/// release that failed), or this very call run twice (a cluster client
+/// re-sends a call whose reply it lost, and the first run took the lease).
+/// Refusing would leave the partition unowned for a whole TTL.
 const ACQUIRE: &str = r#"
 local cur = redis.call('GET', KEYS[1])
-if cur == false or redis.call('PTTL', KEYS[1]) == -1 then
+if cur == false or cur == ARGV[1] or redis.call('PTTL', KEYS[1]) == -1 then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return redis.call('INCR', KEYS[2])
 end
