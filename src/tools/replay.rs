@@ -56,11 +56,18 @@ impl Tools {
             let Some(end) = end else { continue };
             let to = end.to_stream_id();
             let mut start = from.to_stream_id();
+            // The first id this page may hold: what was read so far is
+            // before it. Retention keeps trimming while a long replay runs;
+            // entries it removed ahead of the replay are missed, and said so.
+            let mut next = from;
             loop {
                 let mut conn = self.conn.clone();
                 let v: Value = cmd::xrange(&stream, &start, &to, Some(500))
                     .query_async(&mut conn)
                     .await?;
+                if !sum.trimmed.contains(&p) && self.removed_since(&stream, next).await? {
+                    sum.trimmed.push(p);
+                }
                 let entries = parse_entries(&v);
                 let Some(last) = entries.last().map(|e| e.id) else {
                     break;
@@ -84,6 +91,10 @@ impl Tools {
                     }
                 }
                 start = format!("({}", last.to_stream_id());
+                next = Version {
+                    ms: last.ms,
+                    seq: last.seq.saturating_add(1),
+                };
             }
         }
         Ok(sum)
