@@ -27,25 +27,45 @@ async fn a_lost_ack_does_not_wedge_lists() {
         .unwrap();
     let s = writ.collection("signal").unwrap();
     let key = doc! {"symbol": "LOST", "strategyName": "ack", "exchangeName": "x"};
+    // Two writes whose tickets are dropped (nobody waits for their acks),
+    // and one whose ticket is kept.
+    let key2 = doc! {"symbol": "LOST2", "strategyName": "ack", "exchangeName": "x"};
+    drop(s.submit(&key2, &doc! {"v": 2}).await.unwrap());
+    let key3 = doc! {"symbol": "LOST3", "strategyName": "ack", "exchangeName": "x"};
+    drop(s.submit(&key3, &doc! {"v": 3}).await.unwrap());
     let _ticket = s.submit(&key, &doc! {"v": 1}).await.unwrap();
+    assert_eq!(writ.unacked(), 3);
     let daemon = Daemon::start(config.clone());
     // The write is applied and cached although its ack never arrives.
     support::eventually(
         std::time::Duration::from_secs(30),
-        "the write to be cached",
+        "the writes to be cached",
         || {
-            let (config, key) = (config.clone(), key.clone());
-            async move { support::cached(&config, "signal", &key).await }
+            let (config, keys) = (config.clone(), [key.clone(), key2.clone(), key3.clone()]);
+            async move {
+                for k in &keys {
+                    support::cached(&config, "signal", k).await?;
+                }
+                Some(())
+            }
         },
     )
     .await;
+    // Settled from the cache, a write nobody waits for (its ticket dropped)
+    // is forgotten: by a read, then by a list. The one whose ticket is kept
+    // still waits for its ack. Before, every lost ack stayed for the life of
+    // the handle.
+    assert_eq!(s.read(&key2).await.unwrap(), Some(doc! {"v": 2}));
+    assert_eq!(writ.unacked(), 2, "the read forgot its settled write");
     assert_eq!(
         s.count().await.unwrap(),
-        1,
+        3,
         "count settles by the cache version"
     );
-    assert_eq!(s.keys().await.unwrap().len(), 1);
+    assert_eq!(writ.unacked(), 1, "only the kept ticket's write is unacked");
+    assert_eq!(s.keys().await.unwrap().len(), 3);
     assert_eq!(s.read(&key).await.unwrap(), Some(doc! {"v": 1}));
+    assert_eq!(writ.unacked(), 1);
     daemon.stop().await;
 }
 

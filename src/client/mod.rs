@@ -174,6 +174,13 @@ impl Writ {
     pub fn client_id(&self) -> &str {
         &self.inner.client_id
     }
+
+    /// Writes of this handle whose ack has not arrived, less those a read
+    /// or list settled from the cache that nobody waits for any more (a
+    /// dropped ticket): bounded even when acks are lost.
+    pub fn unacked(&self) -> usize {
+        self.inner.waiters.lock().expect("lock").len()
+    }
 }
 
 /// One collection of a [`Writ`] handle.
@@ -303,8 +310,11 @@ impl Collection {
             .cloned()
             .unwrap_or_default();
         let mut cached = inner.cache.get(&cache_key).await?;
-        if let Some(newest) = pending.keys().next_back() {
-            if let Some(c) = cached.as_ref().filter(|c| c.version >= *newest) {
+        if let Some(newest) = pending.keys().next_back().copied() {
+            if let Some(c) = cached.as_ref().filter(|c| c.version >= newest) {
+                // The copies of their ack receivers go first: `forget` drops
+                // the waiters nobody else holds a receiver of.
+                drop(pending);
                 inner.forget(&id, c.version);
             } else {
                 wait_all(
@@ -374,7 +384,10 @@ impl Collection {
         let mut wait = Vec::new();
         for ((id, newest, states), c) in pending.into_iter().zip(cached) {
             match c {
-                Some(c) if c.version >= newest => inner.forget(&id, c.version),
+                Some(c) if c.version >= newest => {
+                    drop(states); // see `read_record`
+                    inner.forget(&id, c.version)
+                }
                 _ => wait.extend(states),
             }
         }
