@@ -151,9 +151,18 @@ async fn foreign_lease_keys_leave_the_other_partitions_owned() {
         .query_async(&mut conn)
         .await
         .unwrap();
+    // Partition 2: a fence that is a string but no number: the same (before,
+    // taking its lease failed after setting it, and stopped the pass there).
+    assert!(config.partitions >= 4);
+    let _: () = redis::cmd("SET")
+        .arg(names.fence(2))
+        .arg("not-a-number")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let daemon = Daemon::start(config.clone());
     let consumer = |v: Option<String>| v.filter(|o| o != "set-by-hand");
-    for p in (0..config.partitions).filter(|p| *p != 1) {
+    for p in (0..config.partitions).filter(|p| *p != 1 && *p != 2) {
         support::eventually(
             Duration::from_secs(20),
             "every partition but the foreign one owned",
@@ -172,6 +181,12 @@ async fn foreign_lease_keys_leave_the_other_partitions_owned() {
         .await;
     }
     assert_eq!(type_of(&mut conn, &names.lease(1)).await, "hash");
+    let lease2: Option<String> = redis::cmd("GET")
+        .arg(names.lease(2))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(lease2, None, "no lease is left without a token");
     // `writ status` (and the daemon's stats and retention) still report the
     // other partitions.
     let st = writ::status::status(&mut conn, &config.namespace, config.partitions)
@@ -180,6 +195,7 @@ async fn foreign_lease_keys_leave_the_other_partitions_owned() {
     let listed: Vec<u32> = st.partitions.iter().map(|p| p.partition).collect();
     assert_eq!(listed, (0..config.partitions).collect::<Vec<u32>>());
     assert_eq!(st.partitions[1].owner, None);
+    assert_eq!(st.partitions[2].owner, None);
     assert!(st.partitions[0].owner.is_some());
     // A write to partition 0 commits.
     let writ = Writ::connect(config.clone()).await.unwrap();

@@ -89,6 +89,14 @@ impl Store {
                 ))
             })?;
         opts.app_name.get_or_insert_with(|| "writ".into());
+        // Every read writ makes (a post-image, a stale check, a read-through
+        // on a cache miss, a list) must see the committed writes it orders
+        // against: the primary, whatever `readPreference` the URI names. A
+        // secondary behind could fill the cache with a version older than an
+        // acknowledged write.
+        opts.selection_criteria = Some(mongodb::options::SelectionCriteria::ReadPreference(
+            mongodb::options::ReadPreference::Primary,
+        ));
         opts.server_selection_timeout
             .get_or_insert(Duration::from_secs(5));
         opts.connect_timeout.get_or_insert(Duration::from_secs(3));

@@ -30,8 +30,14 @@ use crate::protocol::Names;
 /// for partitions it has no tenure of, so the holder is an ended tenure (a
 /// release that failed), or this very call run twice (a cluster client
 /// re-sends a call whose reply it lost, and the first run took the lease).
-/// Refusing would leave the partition unowned for a whole TTL.
+/// Refusing would leave the partition unowned for a whole TTL. A fence that
+/// is not a number is refused before anything is set, as a key of another
+/// type is (`WRONGTYPE`): that partition stays unowned, the others are taken.
 const ACQUIRE: &str = r#"
+local fence = redis.call('GET', KEYS[2])
+if fence and not tonumber(fence) then
+  return redis.error_reply('WRONGTYPE the fence key holds a value writ did not write (not a number)')
+end
 local cur = redis.call('GET', KEYS[1])
 if cur == false or cur == ARGV[1] or redis.call('PTTL', KEYS[1]) == -1 then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
