@@ -204,6 +204,12 @@ impl Collection {
     }
 
     /// Appends a `put` to the stream; returns once Redis accepted it.
+    ///
+    /// Once called, the write is queued for its partition's next admission:
+    /// dropping the future (a `timeout` around it, say) does not take it
+    /// back, and it may still be appended. An error after the call reached
+    /// Redis (a dropped connection) cannot tell either. Retry only when a
+    /// lost write matters more than a duplicate (docs/protocol.md §5a).
     pub async fn submit(&self, key: &Document, doc: &Document) -> Result<Ticket> {
         protocol::check_payload(doc, self.inner().config.max_document_bytes)?;
         if self.coll.layout == Layout::Fields {
