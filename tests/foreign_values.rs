@@ -151,12 +151,13 @@ async fn foreign_lease_keys_leave_the_other_partitions_owned() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    // Partition 2: a fence that is a string but no number: the same (before,
-    // taking its lease failed after setting it, and stopped the pass there).
+    // Partition 2: a fence that is a string but no integer (`1e3` is a
+    // number to Lua, not to INCR): the same (before, taking its lease failed
+    // after setting it, and stopped the pass there).
     assert!(config.partitions >= 4);
     let _: () = redis::cmd("SET")
         .arg(names.fence(2))
-        .arg("not-a-number")
+        .arg("1e3")
         .query_async(&mut conn)
         .await
         .unwrap();

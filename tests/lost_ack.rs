@@ -33,7 +33,7 @@ async fn a_lost_ack_does_not_wedge_lists() {
     drop(s.submit(&key2, &doc! {"v": 2}).await.unwrap());
     let key3 = doc! {"symbol": "LOST3", "strategyName": "ack", "exchangeName": "x"};
     drop(s.submit(&key3, &doc! {"v": 3}).await.unwrap());
-    let _ticket = s.submit(&key, &doc! {"v": 1}).await.unwrap();
+    let ticket = s.submit(&key, &doc! {"v": 1}).await.unwrap();
     assert_eq!(writ.unacked(), 3);
     let daemon = Daemon::start(config.clone());
     // The write is applied and cached although its ack never arrives.
@@ -66,6 +66,9 @@ async fn a_lost_ack_does_not_wedge_lists() {
     assert_eq!(s.keys().await.unwrap().len(), 3);
     assert_eq!(s.read(&key).await.unwrap(), Some(doc! {"v": 1}));
     assert_eq!(writ.unacked(), 1);
+    // Its ticket dropped later, it goes too.
+    drop(ticket);
+    assert_eq!(writ.unacked(), 0);
     daemon.stop().await;
 }
 

@@ -78,3 +78,42 @@ async fn entries_whose_read_reply_was_lost_are_applied_in_order() {
     }
     daemon.stop().await;
 }
+
+/// The same on the first read of a tenure, right after its claim of the
+/// pending entries: the claim tells the reader where the group stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_reply_of_a_tenures_first_read_is_claimed_too() {
+    let env = TestEnv::start("lost_first_read");
+    let (proxy, proxied) = support::proxy::in_front_of_redis_cutting_reply(
+        &env.redis_url,
+        b"LOST-AT-START",
+        b":in\r\n",
+    )
+    .await;
+    let o = Overrides {
+        daemon: "lease_ttl_ms = 60000\nbackoff_cap_ms = 200",
+        redis_url: Some(proxied),
+        ..Default::default()
+    };
+    let config = env.config();
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let key = doc! {"symbol": "LOST", "strategyName": "first", "exchangeName": "x"};
+    // In the stream before any daemon: its tenure's first read delivers it.
+    let lost = s
+        .submit(&key, &doc! {"n": 1, "tag": "LOST-AT-START"})
+        .await
+        .unwrap();
+    let daemon = Daemon::start(env.config_with(&o));
+    let lost = lost.wait_for(Duration::from_secs(60)).await;
+    assert!(
+        proxy.cut_done(),
+        "the proxy never cut a read reply: the test did not run its case"
+    );
+    lost.expect("the write whose first read's reply was lost is applied");
+    assert_eq!(
+        s.read(&key).await.unwrap(),
+        Some(doc! {"n": 1, "tag": "LOST-AT-START"})
+    );
+    daemon.stop().await;
+}

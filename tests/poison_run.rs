@@ -136,4 +136,36 @@ mode = "insert_once"
     // A later good write of the key gets its full attempts again: applied.
     once.write(&key("Q"), &doc! {"u": "free"}).await.unwrap();
     daemon.stop().await;
+
+    // A write that applies in between (here a remove, in a round) ends that:
+    // the next refused write of the key gets its max_attempts again.
+    let tickets = vec![
+        s.submit(&key("R"), &doc! {"u": "taken", "i": 1})
+            .await
+            .unwrap(),
+        s.submit_op(&key("R"), writ::protocol::Op::Remove, None)
+            .await
+            .unwrap(),
+        s.submit(&key("R"), &doc! {"u": "taken", "i": 2})
+            .await
+            .unwrap(),
+    ];
+    let before = permanent_errors();
+    let daemon = Daemon::start(config.clone());
+    let results: Vec<_> = futures::future::join_all(tickets.into_iter().map(|t| t.wait())).await;
+    assert!(
+        matches!(results[0], Err(Error::DeadLettered { .. })),
+        "{results:?}"
+    );
+    assert!(results[1].is_ok(), "{results:?}");
+    assert!(
+        matches!(results[2], Err(Error::DeadLettered { .. })),
+        "{results:?}"
+    );
+    assert_eq!(
+        permanent_errors() - before,
+        3.0 + 3.0,
+        "permanent MongoDB errors"
+    );
+    daemon.stop().await;
 }

@@ -19,6 +19,31 @@ fn key(s: &str) -> Document {
     doc! {"symbol": s, "strategyName": "slow", "exchangeName": "x"}
 }
 
+/// Writes to ten other keys (`<prefix>0`..`<prefix>9`), one every 100 ms
+/// until `stop`: MongoDB answers them while the stuck write times out.
+fn feed(
+    s: &writ::Collection,
+    prefix: &'static str,
+    stop: &tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<Vec<writ::Ticket>> {
+    let (s, stop) = (s.clone(), stop.clone());
+    tokio::spawn(async move {
+        let mut tickets = Vec::new();
+        for i in 0i64.. {
+            tickets.push(
+                s.submit(&key(&format!("{prefix}{}", i % 10)), &doc! {"i": i})
+                    .await
+                    .unwrap(),
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = stop.cancelled() => break,
+            }
+        }
+        tickets
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_that_always_times_out_is_dead_lettered_and_the_rest_flows() {
     let env = TestEnv::start("slow_write");
@@ -41,24 +66,7 @@ async fn a_write_that_always_times_out_is_dead_lettered_and_the_rest_flows() {
         .unwrap();
     // Other keys keep going meanwhile, and the server answers them.
     let stop = tokio_util::sync::CancellationToken::new();
-    let feeder = {
-        let (s, stop) = (s.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut tickets = Vec::new();
-            for i in 0i64.. {
-                tickets.push(
-                    s.submit(&key(&format!("O{}", i % 10)), &doc! {"i": i})
-                        .await
-                        .unwrap(),
-                );
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    _ = stop.cancelled() => break,
-                }
-            }
-            tickets
-        })
-    };
+    let feeder = feed(&s, "O", &stop);
     let waited = stuck.wait_for(Duration::from_secs(150)).await;
     stop.cancel();
     let others = feeder.await.unwrap();
@@ -117,20 +125,7 @@ async fn a_write_committed_but_never_answered_is_not_dead_lettered() {
         .await
         .unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    let feeder = {
-        let (s, stop) = (s.clone(), stop.clone());
-        tokio::spawn(async move {
-            for i in 0i64.. {
-                s.submit(&key(&format!("U{}", i % 10)), &doc! {"i": i})
-                    .await
-                    .unwrap();
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    _ = stop.cancelled() => break,
-                }
-            }
-        })
-    };
+    let feeder = feed(&s, "U", &stop);
     let waited = unheard.wait_for(Duration::from_secs(150)).await;
     stop.cancel();
     feeder.await.unwrap();

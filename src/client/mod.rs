@@ -66,16 +66,34 @@ impl Inner {
         }
         drop(latest);
         let mut waiters = self.waiters.lock().expect("lock");
+        let mut kept = self.settled.lock().expect("lock");
         for Pending { request, state } in settled.into_values() {
             drop(state);
-            if waiters
-                .get(&request)
-                .is_some_and(|(_, tx)| tx.receiver_count() == 0)
-            {
-                waiters.remove(&request);
-            }
+            kept.push(request);
         }
+        prune(&mut waiters, &mut kept);
     }
+
+    /// Writes whose ack has not arrived, less the settled ones nobody waits
+    /// for any more.
+    fn unacked(&self) -> usize {
+        let mut waiters = self.waiters.lock().expect("lock");
+        prune(&mut waiters, &mut self.settled.lock().expect("lock"));
+        waiters.len()
+    }
+}
+
+/// Drops the waiters of settled writes that no receiver is left for (their
+/// tickets dropped); keeps the rest of `settled` for a later look.
+fn prune(waiters: &mut HashMap<String, Waiter>, settled: &mut Vec<String>) {
+    settled.retain(|request| match waiters.get(request) {
+        Some((_, tx)) if tx.receiver_count() == 0 => {
+            waiters.remove(request);
+            false
+        }
+        Some(_) => true,
+        None => false, // its ack came after all
+    });
 }
 
 /// What a read returns with its version.
@@ -99,6 +117,9 @@ pub(crate) struct Inner {
     waiters: Mutex<HashMap<String, Waiter>>,
     /// This handle's unacked writes per key, by version.
     latest: Mutex<HashMap<KeyId, BTreeMap<Version, Pending>>>,
+    /// Requests settled from the cache whose ticket may still wait for the
+    /// ack: their waiters go once no receiver is left ([`prune`]).
+    settled: Mutex<Vec<String>>,
     /// Admission calls, one in flight per partition (group commit).
     batcher: Arc<batch::Batcher>,
     /// `redis.min_replicas_acked`: submits share `WAIT`s (group commit).
@@ -147,6 +168,7 @@ impl Writ {
             next_request: AtomicU64::new(1),
             waiters: Mutex::new(HashMap::new()),
             latest: Mutex::new(HashMap::new()),
+            settled: Mutex::new(Vec::new()),
             _stop: stop.clone().drop_guard(),
             config,
         });
@@ -176,10 +198,11 @@ impl Writ {
     }
 
     /// Writes of this handle whose ack has not arrived, less those a read
-    /// or list settled from the cache that nobody waits for any more (a
-    /// dropped ticket): bounded even when acks are lost.
+    /// or list settled from the cache that nobody waits for any more (their
+    /// tickets dropped, then or later): lost acks do not pile up once their
+    /// keys are read.
     pub fn unacked(&self) -> usize {
-        self.inner.waiters.lock().expect("lock").len()
+        self.inner.unacked()
     }
 }
 

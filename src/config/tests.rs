@@ -50,6 +50,10 @@ fn bad_values_name_field() {
     ))
     .unwrap_err();
     assert!(e.to_string().contains("daemon.log_level"), "{e}");
+    let e =
+        Config::from_toml(&MIN.replace("[mongodb]", "[daemon]\nlog_level = \"debgu\"\n[mongodb]"))
+            .unwrap_err();
+    assert!(e.to_string().contains("not a level"), "{e}");
     let ok = Config::from_toml(&MIN.replace(
         "[mongodb]",
         "[daemon]\nlog_level = \"info,writ=debug\"\n[mongodb]",

@@ -218,6 +218,22 @@ fn check_daemon(daemon: &RawDaemon) -> Result<DaemonChecked> {
             ))
         }
     };
+    // A bare word is a level to EnvFilter only if it names one; anything
+    // else is taken as a target, so a typo ("debgu") would turn every log
+    // line off without a word.
+    let levels = ["trace", "debug", "info", "warn", "error", "off"];
+    if let Some(word) = daemon.log_level.split(',').map(str::trim).find(|d| {
+        !d.is_empty()
+            && !d.contains(['=', '[', ':'])
+            && !levels.contains(&d.to_ascii_lowercase().as_str())
+    }) {
+        return Err(bad(
+            "daemon.log_level",
+            format!(
+                "{word:?} is not a level (trace, debug, info, warn, error, off); for one target's level write \"{word}=debug\""
+            ),
+        ));
+    }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&daemon.log_level) {
         return Err(bad(
             "daemon.log_level",

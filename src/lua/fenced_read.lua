@@ -1,6 +1,6 @@
 -- The daemon's fenced group read (src/source/mod.rs).
 -- KEYS: stream, fence, partition meta. ARGV: token, group, consumer, count,
--- mode, cursor. Mode `claim`: XAUTOCLAIM from `cursor`; mode `read`:
+-- mode, cursor. Mode `claim`: XAUTOCLAIM from `cursor` (see below); mode `read`:
 -- XREADGROUP `>`, returning {entries, last id, delivered before}: `delivered
 -- before` is the group's last-delivered-id before this read, so the reader
 -- can tell that an earlier read delivered entries whose reply it never got.
@@ -13,15 +13,23 @@
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
   return redis.error_reply('FENCED the partition lease moved to another daemon')
 end
+local function delivered()
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local f = {}
+    for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+    if f['name'] == ARGV[2] then return f['last-delivered-id'] end
+  end
+  return '0-0'
+end
 if ARGV[5] == 'claim' then
-  return redis.call('XAUTOCLAIM', KEYS[1], ARGV[2], ARGV[3], 0, ARGV[6], 'COUNT', ARGV[4])
+  -- XAUTOCLAIM's reply {next, entries, deleted}, and once the pending list
+  -- is done (next 0-0) the group's last-delivered-id: what the reader has
+  -- received so far, for its next read's gap check.
+  local c = redis.call('XAUTOCLAIM', KEYS[1], ARGV[2], ARGV[3], 0, ARGV[6], 'COUNT', ARGV[4])
+  if c[1] == '0-0' then c[4] = delivered() end
+  return c
 end
-local before = '0-0'
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-  local f = {}
-  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
-  if f['name'] == ARGV[2] then before = f['last-delivered-id'] end
-end
+local before = delivered()
 local meta = redis.call('HMGET', KEYS[3], 'at', 'read')
 local function added()
   local s = redis.call('XINFO', 'STREAM', KEYS[1])

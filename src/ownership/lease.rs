@@ -25,23 +25,26 @@ use crate::protocol::Names;
 
 /// Takes a free lease. A lease key without an expiry was not set by writ
 /// (writ always sets one): it is taken over, or the partition would never be
-/// owned again; the new token fences whoever set it. A lease that already
-/// names this daemon is taken again with a new token: this daemon asks only
-/// for partitions it has no tenure of, so the holder is an ended tenure (a
-/// release that failed), or this very call run twice (a cluster client
-/// re-sends a call whose reply it lost, and the first run took the lease).
-/// Refusing would leave the partition unowned for a whole TTL. A fence that
-/// is not a number is refused before anything is set, as a key of another
-/// type is (`WRONGTYPE`): that partition stays unowned, the others are taken.
+/// owned again; the new token fences whoever set it. A fence that is not a
+/// plain number is refused before anything is set, as a key of another type
+/// is (`WRONGTYPE`): that partition stays unowned, the others are taken. The
+/// `INCR` goes before the `SET`, so a failing `INCR` leaves no lease behind.
+///
+/// A lease that already names this daemon is not taken again: two daemons
+/// that share a consumer name (a replacement started while the old one
+/// drains) would fence each other for ever. The cost: in cluster mode, an
+/// acquisition the client re-sent after losing its reply leaves the
+/// partition unowned until the lease's TTL runs out.
 const ACQUIRE: &str = r#"
 local fence = redis.call('GET', KEYS[2])
-if fence and not tonumber(fence) then
+if fence and not (string.match(fence, '^%d+$') and #fence <= 18) then
   return redis.error_reply('WRONGTYPE the fence key holds a value writ did not write (not a number)')
 end
 local cur = redis.call('GET', KEYS[1])
-if cur == false or cur == ARGV[1] or redis.call('PTTL', KEYS[1]) == -1 then
+if cur == false or redis.call('PTTL', KEYS[1]) == -1 then
+  local token = redis.call('INCR', KEYS[2])
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return redis.call('INCR', KEYS[2])
+  return token
 end
 return 0
 "#;

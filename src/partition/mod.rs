@@ -297,8 +297,10 @@ impl Dispatcher {
                 );
             }
         }
+        // The round settled these keys' writes (applied or stale): a key
+        // refused earlier has applied again.
         for id in ids.into_iter().filter(|id| !held.contains(id)) {
-            self.keys.release(id);
+            self.keys.release_worked(id, false);
         }
     }
 }

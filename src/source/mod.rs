@@ -68,6 +68,9 @@ pub struct Claimed {
     pub entries: Vec<Entry>,
     /// Ids that were pending but are gone from the stream.
     pub deleted: Vec<String>,
+    /// Once the pending list is done (`next` is `0-0`): the group's
+    /// last-delivered-id.
+    pub delivered: Option<String>,
 }
 
 /// What a read returned.
@@ -144,10 +147,17 @@ impl FencedReader {
     ) -> Result<Claimed> {
         let v = self.invoke(conn, "claim", count, cursor).await?;
         let (next, entries, deleted) = parse_autoclaim(&v);
+        let delivered = match &v {
+            redis::Value::Array(parts) => parts
+                .get(3)
+                .and_then(|d| redis::from_redis_value::<String>(d.clone()).ok()),
+            _ => None,
+        };
         Ok(Claimed {
             next,
             entries,
             deleted,
+            delivered,
         })
     }
 

@@ -109,14 +109,24 @@ impl Reader {
         let Some(from) = &self.cursor else {
             let r = self.fenced.read(&mut self.conn, count).await?;
             if let Some(received) = self.received.take() {
-                if r.before != received {
-                    // An earlier read delivered entries whose reply never
-                    // came (a dropped connection, a client-side retry): they
-                    // are pending on this consumer. Claim them, then these,
-                    // in id order, before anything newer.
-                    tracing::warn!(partition = self.p, received = %received, delivered = %r.before, "entries were delivered to this daemon whose read reply was lost; claiming them again, in order");
-                    self.cursor = Some(after(&received));
-                    return Ok((Vec::new(), None));
+                match compare_ids(&r.before, &received) {
+                    std::cmp::Ordering::Greater => {
+                        // An earlier read delivered entries whose reply never
+                        // came (a dropped connection, a client-side retry):
+                        // they are pending on this consumer. Claim them, then
+                        // these, in id order, before anything newer.
+                        tracing::warn!(partition = self.p, received = %received, delivered = %r.before, "entries were delivered to this daemon whose read reply was lost; claiming them again, in order");
+                        self.cursor = Some(after(&received));
+                        return Ok((Vec::new(), None));
+                    }
+                    std::cmp::Ordering::Less => {
+                        // The group went back (`XGROUP SETID`, a failover to
+                        // a replica behind, an AOF that lost its tail): its
+                        // entries are delivered again, in order, by this read
+                        // and the next ones.
+                        tracing::warn!(partition = self.p, received = %received, delivered = %r.before, "the consumer group's last-delivered id went back; re-reading from there");
+                    }
+                    std::cmp::Ordering::Equal => {}
                 }
             }
             self.received = Some(match r.entries.last() {
@@ -139,6 +149,12 @@ impl Reader {
             );
         }
         self.cursor = (c.next != "0-0").then_some(c.next);
+        if self.cursor.is_none() {
+            // Everything the group delivered is claimed (the partition is
+            // fenced: nobody else reads it), so the next read's gap check
+            // starts from here.
+            self.received = c.delivered;
+        }
         Ok((c.entries, None))
     }
 
@@ -177,6 +193,15 @@ impl Reader {
         tracing::warn!(partition = self.p, error = %e, "reading the partition stream failed; retrying");
         self.backoff.sleep(&self.run.stop_reading).await
     }
+}
+
+/// Stream ids in stream order (an unparsable one sorts first).
+fn compare_ids(a: &str, b: &str) -> std::cmp::Ordering {
+    let parse = |id: &str| {
+        id.split_once('-')
+            .and_then(|(ms, seq)| Some((ms.parse::<u64>().ok()?, seq.parse::<u64>().ok()?)))
+    };
+    parse(a).cmp(&parse(b))
 }
 
 /// The stream id right after `id` (XAUTOCLAIM's start is inclusive).
@@ -245,5 +270,14 @@ mod tests {
         assert_eq!(after(&format!("5-{}", u64::MAX)), "6-0");
         assert_eq!(after("0-0"), "0-1");
         assert_eq!(after(""), "0-0");
+    }
+
+    #[test]
+    fn ids_compare_as_numbers() {
+        use std::cmp::Ordering::*;
+        assert_eq!(super::compare_ids("10-0", "9-5"), Greater);
+        assert_eq!(super::compare_ids("9-10", "9-9"), Greater);
+        assert_eq!(super::compare_ids("9-9", "9-9"), Equal);
+        assert_eq!(super::compare_ids("0-0", "1-0"), Less);
     }
 }

@@ -21,9 +21,7 @@ use mongodb::bson::{doc, Bson, Document};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::race_proxy::command_of;
-
-const OP_MSG: i32 = 2013;
+use super::wire::{command_of, op_msg, OP_MSG};
 
 pub struct MajorityProxy {
     pub port: u16,
@@ -70,21 +68,6 @@ fn majority_read(cmd: &Document, field: &str, marker: &str) -> bool {
             .ok()
             .and_then(|f| f.get_str(field).ok())
             == Some(marker)
-}
-
-fn op_msg(request_id: i32, response_to: i32, body: &Document) -> Vec<u8> {
-    let mut bson = Vec::new();
-    body.to_writer(&mut bson).unwrap();
-    let len = 16 + 4 + 1 + bson.len();
-    let mut out = Vec::with_capacity(len);
-    out.extend_from_slice(&(len as i32).to_le_bytes());
-    out.extend_from_slice(&request_id.to_le_bytes());
-    out.extend_from_slice(&response_to.to_le_bytes());
-    out.extend_from_slice(&OP_MSG.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.push(0);
-    out.extend_from_slice(&bson);
-    out
 }
 
 async fn read_msg(r: &mut (impl AsyncReadExt + Unpin)) -> Option<([u8; 16], Vec<u8>)> {

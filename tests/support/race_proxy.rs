@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 
-const OP_MSG: i32 = 2013;
+use super::wire::{command_of, op_msg, OP_MSG};
 
 type Inject = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
@@ -38,22 +38,6 @@ impl Drop for RaceProxy {
     }
 }
 
-/// The command document of an OP_MSG body (its kind-0 section).
-pub fn command_of(body: &[u8]) -> Option<Document> {
-    // flagBits, then sections; the kind-0 section is the command.
-    let mut at = 4;
-    while at < body.len() {
-        let kind = body[at];
-        at += 1;
-        let len = i32::from_le_bytes(body.get(at..at + 4)?.try_into().ok()?) as usize;
-        if kind == 0 {
-            return Document::from_reader(body.get(at..at + len)?).ok();
-        }
-        at += len; // kind 1: size covers the identifier and the documents
-    }
-    None
-}
-
 fn reply(response_to: i32, cmd: &Document) -> Vec<u8> {
     let err = doc! {
         "ok": 0.0,
@@ -62,18 +46,7 @@ fn reply(response_to: i32, cmd: &Document) -> Vec<u8> {
         "code": 11000,
         "codeName": "DuplicateKey",
     };
-    let mut bson = Vec::new();
-    err.to_writer(&mut bson).unwrap();
-    let len = 16 + 4 + 1 + bson.len();
-    let mut out = Vec::with_capacity(len);
-    out.extend_from_slice(&(len as i32).to_le_bytes());
-    out.extend_from_slice(&0x5eed_i32.to_le_bytes());
-    out.extend_from_slice(&response_to.to_le_bytes());
-    out.extend_from_slice(&OP_MSG.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.push(0);
-    out.extend_from_slice(&bson);
-    out
+    op_msg(0x5eed, response_to, &err)
 }
 
 impl RaceProxy {

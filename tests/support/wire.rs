@@ -1,7 +1,8 @@
-//! One synchronous MongoDB command over a raw socket (OP_MSG), for the
-//! harness's readiness check: it runs outside any tokio runtime, before a
-//! test has a driver, and it must tell *which* server answers on a port (the
-//! driver would happily talk to any of them).
+//! MongoDB wire messages (OP_MSG) for the harness: one synchronous command
+//! over a raw socket, for the readiness check (it runs outside any tokio
+//! runtime, before a test has a driver, and it must tell *which* server
+//! answers on a port; the driver would happily talk to any of them), and
+//! the message codec the test proxies share.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -9,24 +10,46 @@ use std::time::Duration;
 
 use mongodb::bson::{doc, Document};
 
-const OP_MSG: i32 = 2013;
+pub const OP_MSG: i32 = 2013;
+
+/// An OP_MSG with `body` as its one (kind 0) section.
+pub fn op_msg(request_id: i32, response_to: i32, body: &Document) -> Vec<u8> {
+    let mut bson = Vec::new();
+    body.to_writer(&mut bson).expect("a document encodes");
+    let len = 16 + 4 + 1 + bson.len();
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(&(len as i32).to_le_bytes());
+    out.extend_from_slice(&request_id.to_le_bytes());
+    out.extend_from_slice(&response_to.to_le_bytes());
+    out.extend_from_slice(&OP_MSG.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes()); // flagBits
+    out.push(0); // section kind 0: the body
+    out.extend_from_slice(&bson);
+    out
+}
+
+/// The command document of an OP_MSG body (after the header: flagBits, then
+/// sections; the kind-0 section is the command).
+pub fn command_of(body: &[u8]) -> Option<Document> {
+    let mut at = 4;
+    while at < body.len() {
+        let kind = body[at];
+        at += 1;
+        let len = i32::from_le_bytes(body.get(at..at + 4)?.try_into().ok()?) as usize;
+        if kind == 0 {
+            return Document::from_reader(body.get(at..at + len)?).ok();
+        }
+        at += len; // kind 1: size covers the identifier and the documents
+    }
+    None
+}
 
 /// Runs `cmd` against `admin` on `127.0.0.1:port`; `None` on any failure
 /// (refused, timed out, not a MongoDB-protocol reply).
 pub fn admin_command(port: u16, cmd: Document) -> Option<Document> {
     let mut body = cmd;
     body.insert("$db", "admin");
-    let mut doc_bytes = Vec::new();
-    body.to_writer(&mut doc_bytes).ok()?;
-    let len = 16 + 4 + 1 + doc_bytes.len();
-    let mut msg = Vec::with_capacity(len);
-    msg.extend_from_slice(&(len as i32).to_le_bytes());
-    msg.extend_from_slice(&1i32.to_le_bytes()); // requestID
-    msg.extend_from_slice(&0i32.to_le_bytes()); // responseTo
-    msg.extend_from_slice(&OP_MSG.to_le_bytes());
-    msg.extend_from_slice(&0u32.to_le_bytes()); // flagBits
-    msg.push(0); // section kind 0: the body
-    msg.extend_from_slice(&doc_bytes);
+    let msg = op_msg(1, 0, &body);
 
     let mut s =
         TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
@@ -41,11 +64,7 @@ pub fn admin_command(port: u16, cmd: Document) -> Option<Document> {
     }
     let mut rest = vec![0u8; total as usize - 16];
     s.read_exact(&mut rest).ok()?;
-    // flagBits (4), then the kind-0 section's document.
-    if rest.get(4) != Some(&0) {
-        return None;
-    }
-    Document::from_reader(&rest[5..]).ok()
+    command_of(&rest)
 }
 
 /// The `pid` that the MongoDB-protocol server on `port` reports in

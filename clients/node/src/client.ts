@@ -233,10 +233,14 @@ function groupBy<K, T>(items: T[], key: (t: T) => K): Map<K, T[]> {
  * Up to `max` of `items` (oldest first), taken one per key in turn: the
  * oldest of every key, then the second of every key, and so on. So a key
  * with many writes that cannot settle (its partition stuck, its entries
- * gone) does not use up a sweep that another key's lost ack needs.
+ * gone) does not use up a sweep that another key's lost ack needs. The
+ * keys' turn starts at key `start` (modulo their number): successive sweeps
+ * pass `start` on, so with more keys than `max` every key gets its turn.
  */
-function fairShare<K, T>(items: T[], key: (t: T) => K, max: number): T[] {
-  const queues = [...groupBy(items, key).values()];
+function fairShare<K, T>(items: T[], key: (t: T) => K, max: number, start = 0): T[] {
+  const grouped = [...groupBy(items, key).values()];
+  const at = grouped.length ? start % grouped.length : 0;
+  const queues = [...grouped.slice(at), ...grouped.slice(0, at)];
   const out: T[] = [];
   for (let round = 0; out.length < max; round++) {
     let took = false;
@@ -309,6 +313,8 @@ export class WritClient {
   private ackErrorReported = false;
   /** When the ack loop last looked for lost acks; whether it told `onError`. */
   private lastSweepAt = 0;
+  /** Where the next sweep's turn of keys starts ({@link fairShare}). */
+  private sweepStart = 0;
   private lostAckReported = false;
   /** Whether a refusal of the dead-letter stream's read (the sweep) went to `onError` already. */
   private dlqErrorReported = false;
@@ -1192,7 +1198,8 @@ export class WritClient {
       if (w.entryId && w.admittedAt! <= now - this.config.writeTimeoutMs) overdue.push(w);
     }
     if (!overdue.length) return;
-    const old = fairShare(overdue, (w) => w.key.id, LOST_ACK_SWEEP_MAX);
+    const old = fairShare(overdue, (w) => w.key.id, LOST_ACK_SWEEP_MAX, this.sweepStart);
+    this.sweepStart += LOST_ACK_SWEEP_MAX;
     try {
       const done = await this.finishedByDaemon(old);
       if (!done.length) return;

@@ -300,39 +300,57 @@ describe("core", () => {
     }
   }));
 
-  test("a key whose writes can never settle does not hide another key's lost ack from the sweep", g(async () => {
-    const id = `hidden-${process.pid}-${Date.now()}`;
+  /**
+   * 300 writes whose acks are lost and whose entries are then deleted (so the sweep must leave them
+   * pending: see the test above), keyed by `keyOf`, all older than one more write of another key whose
+   * ack is lost too: the sweep, 256 writes at a time, must still find that one.
+   */
+  async function lostAckBehind(label: string, keyOf: (i: number) => { k: string; n: number }): Promise<void> {
+    const id = `hidden-${label}-${process.pid}-${Date.now()}`;
     const redis = new Redis(env.redisUrl);
     const names = new Names(env.name);
     try {
       await redis.set(names.acks(id), "not a stream");
       const s = client({ mode: "submit", clientId: id, writeTimeoutMs: 1000, maxPending: 1000 });
-      // More writes of one key than a sweep looks at (256), older than the write below. The daemon
-      // finishes them; then their entries go, so the sweep must leave them pending (see the test above).
       const stuck = [];
-      for (let i = 0; i < 300; i++) stuck.push(await s.write(KV.name, { k: "stuck", n: 1 }, "put", { i }));
-      const stream = names.stream(partitionOf(KV.name, canonicalKey(KV, { k: "stuck", n: 1 }), env.partitions));
-      const last = stuck[stuck.length - 1].entryId;
+      for (let i = 0; i < 300; i++) stuck.push({ key: keyOf(i), t: await s.write(KV.name, keyOf(i), "put", { i }) });
+      const byStream = groupByStream(stuck.map(({ key, t }) => ({ stream: names.stream(partitionOf(KV.name, canonicalKey(KV, key), env.partitions)), id: t.entryId })));
       await eventually("the daemon to finish the 300 writes", 30000, async () => {
-        const pend = (await redis.xpending(stream, env.name, "-", "+", 1)) as unknown[];
-        const groups = (await redis.xinfo("GROUPS", stream)) as unknown[][];
-        const gr = groups.find((x) => x[1] === env.name);
-        const delivered = gr ? String(gr[gr.indexOf("last-delivered-id") + 1]) : "0-0";
-        return pend.length === 0 && compareStreamIds(delivered, last) >= 0;
+        for (const [stream, ids] of byStream) {
+          const pend = (await redis.xpending(stream, env.name, "-", "+", 1)) as unknown[];
+          const groups = (await redis.xinfo("GROUPS", stream)) as unknown[][];
+          const gr = groups.find((x) => x[1] === env.name);
+          const delivered = gr ? String(gr[gr.indexOf("last-delivered-id") + 1]) : "0-0";
+          if (pend.length !== 0 || compareStreamIds(delivered, ids[ids.length - 1]) < 0) return false;
+        }
+        return true;
       });
-      await redis.xdel(stream, ...stuck.map((t) => t.entryId));
-      // A newer write of another key, whose ack is lost too: the sweep must still find it.
+      for (const [stream, ids] of byStream) await redis.xdel(stream, ...ids);
       const t = await s.write(KV.name, { k: "seen", n: 1 }, "put", { n: 1 });
       const r = await Promise.race([
         t.acked,
         new Promise<undefined>((res) => setTimeout(() => res(undefined), 20000)),
       ]);
-      assert.ok(r, "the lost ack of the newer key was never settled: the stuck key's writes used up the sweep");
+      assert.ok(r, "the lost ack of the newer key was never settled: the stuck writes used up the sweep");
       assert.equal(r.outcome, "applied");
       assert.equal(s.pendingCount, 300, "the writes whose entries are gone stay pending");
     } finally {
       redis.disconnect();
     }
+  }
+
+  function groupByStream(items: { stream: string; id: string }[]): Map<string, string[]> {
+    const m = new Map<string, string[]>();
+    for (const { stream, id } of items) m.set(stream, [...(m.get(stream) ?? []), id]);
+    return m;
+  }
+
+  test("a key whose writes can never settle does not hide another key's lost ack from the sweep", g(async () => {
+    await lostAckBehind("one-key", () => ({ k: "stuck", n: 1 }));
+  }));
+
+  test("more keys than a sweep looks at, whose writes can never settle, do not hide another key's lost ack", g(async () => {
+    await lostAckBehind("many-keys", (i) => ({ k: "stuck-many", n: i }));
   }));
 
   test("bad keys and documents are refused before anything is written", g(async () => {
