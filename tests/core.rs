@@ -249,6 +249,30 @@ async fn soft_delete_reads_as_absent_everywhere() {
         .unwrap());
     assert_eq!(other.read(&key("c")).await.unwrap(), None);
     assert_eq!(m.count().await.unwrap(), 2);
+    // Its cache entry lost (a Redis data loss), a read-through fills it from
+    // the tombstone as `gone`, as the daemon wrote it, not as a document
+    // (which a reader that tells "exists" from "live" would take as a
+    // soft-removed key).
+    let config = env.config();
+    let names = writ::protocol::Names::new(&config.namespace);
+    let k = writ::protocol::Key::from_document(&key("c"), config.collection("measure").unwrap())
+        .unwrap();
+    let entry = names.cache(
+        k.partition("measure", config.partitions),
+        "measure",
+        &k.canonical(),
+    );
+    let mut r = env.redis().await;
+    let _: i64 = redis::cmd("DEL")
+        .arg(&entry)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(other.read(&key("c")).await.unwrap(), None);
+    let refilled = support::cached(&config, "measure", &key("c"))
+        .await
+        .expect("the read filled the cache");
+    assert_eq!(refilled.doc, None, "a tombstone is cached as gone");
     daemon.stop().await;
 }
 

@@ -22,5 +22,6 @@ pub use limit::{Limiter, Permit, Signal};
 
 pub use keys::{exact_filter, keys_query, KeysQuery};
 pub use store::{
-    doc_version, is_live, Answers, Applied, Store, DOC_PAYLOAD, DOC_REMOVED, DOC_WRIT, KEY_INDEX,
+    doc_version, is_live, is_tombstone, Answers, Applied, Store, DOC_PAYLOAD, DOC_REMOVED,
+    DOC_WRIT, KEY_INDEX,
 };

@@ -555,6 +555,15 @@ pub fn doc_version(doc: &Document) -> Option<Version> {
     Version::from_sortable(doc.get_document(DOC_WRIT).ok()?.get_str("v").ok()?)
 }
 
+/// Whether a stored document is the versioned tombstone of a hard delete
+/// (`_writ.deleted`): a cache fills it as `gone`, as the daemon does.
+pub fn is_tombstone(doc: &Document) -> bool {
+    doc.get_document(DOC_WRIT)
+        .ok()
+        .and_then(|w| w.get_bool("deleted").ok())
+        == Some(true)
+}
+
 /// Whether a stored document reads as present (exists and not soft-deleted).
 pub fn is_live(doc: &Document) -> bool {
     !matches!(doc.get(DOC_REMOVED), Some(Bson::Boolean(true)))

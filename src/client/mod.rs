@@ -26,7 +26,7 @@ use mongodb::bson::{Bson, Document};
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::apply::{doc_version, is_live, Store, DOC_PAYLOAD, DOC_REMOVED};
+use crate::apply::{doc_version, is_live, is_tombstone, Store, DOC_PAYLOAD, DOC_REMOVED};
 use crate::cache::Cache;
 use crate::config::{CollectionConfig, Config, Layout};
 use crate::error::{Error, Result};
@@ -370,7 +370,7 @@ impl Collection {
         let version = doc_version(&doc).unwrap_or_default();
         inner
             .cache
-            .put_if_newer(&cache_key, version, Some(&doc))
+            .put_if_newer(&cache_key, version, (!is_tombstone(&doc)).then_some(&doc))
             .await?;
         Ok(Some(Record {
             version,

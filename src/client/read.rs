@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use mongodb::bson::Document;
 
 use super::{payload_of, Collection};
-use crate::apply::doc_version;
+use crate::apply::{doc_version, is_tombstone};
 use crate::error::{Error, Result};
 use crate::protocol::{Key, Reject, RejectReason};
 
@@ -63,7 +63,7 @@ impl Collection {
                     let version = doc_version(doc).unwrap_or_default();
                     inner
                         .cache
-                        .put_if_newer(&entries[i], version, Some(doc))
+                        .put_if_newer(&entries[i], version, (!is_tombstone(doc)).then_some(doc))
                         .await?;
                 }
                 out[i] = Some(doc.and_then(|d| payload_of(&self.coll, d)));

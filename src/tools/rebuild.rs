@@ -6,7 +6,7 @@ use futures::TryStreamExt;
 use mongodb::bson::Document;
 
 use super::Tools;
-use crate::apply::doc_version;
+use crate::apply::{doc_version, is_tombstone};
 use crate::error::Result;
 use crate::protocol::Key;
 
@@ -59,7 +59,7 @@ impl Tools {
                     .put_if_newer(
                         &self.names.cache(p, &coll.name, &key.canonical()),
                         version,
-                        Some(&doc),
+                        (!is_tombstone(&doc)).then_some(&doc),
                     )
                     .await?
                 {

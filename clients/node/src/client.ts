@@ -1522,6 +1522,12 @@ export class WritClient {
         if (!raw) continue;
         const doc = deserialize(raw);
         const version = this.docVersion(doc);
+        // A hard delete's versioned tombstone: gone, in the cache too (as the daemon writes it).
+        if (doc._writ?.deleted === true) {
+          fills.push(this.casCache(keys[i], version, Buffer.alloc(0)));
+          out[i] = { version, doc: null, exists: false, live: false, source: "mongodb" };
+          continue;
+        }
         fills.push(this.casCache(keys[i], version, raw));
         out[i] = { version, doc, exists: true, live: doc.removed !== true, source: "mongodb" };
       }

@@ -207,6 +207,24 @@ describe("core", () => {
     }
   }));
 
+  test("a hard delete's tombstone read from MongoDB does not exist, and is cached as gone", g(async () => {
+    const coll = mongo.db(env.name).collection(KV.name);
+    const version = toSortable("5-0");
+    await coll.insertOne({ k: "tomb", n: 1, removed: true, _writ: { v: version, at: new Date(), deleted: true } });
+    const r = await client().readRecord(KV.name, { k: "tomb", n: 1 });
+    assert.equal(r?.exists ?? false, false, "a hard-deleted key does not exist (hasMemoryData reads exists)");
+    assert.equal(r?.live ?? false, false);
+    const redis = new Redis(env.redisUrl);
+    try {
+      const k = canonicalKey(KV, { k: "tomb", n: 1 });
+      const entry = new Names(env.name).cache(partitionOf(KV.name, k, env.partitions), KV.name, k);
+      assert.equal(await redis.hget(entry, "gone"), "1", "cached as gone, as the daemon writes a hard delete");
+      assert.equal(await redis.hexists(entry, "doc"), 0);
+    } finally {
+      redis.disconnect();
+    }
+  }));
+
   test("a document written without writ (no _writ) reads at version zero, and the first write adopts it", g(async () => {
     const coll = mongo.db(env.name).collection(KV.name);
     await coll.insertOne({ k: "legacy", n: 1, payload: { from: "official" }, createDate: new Date(), updatedDate: new Date() });
