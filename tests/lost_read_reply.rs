@@ -17,26 +17,27 @@ use mongodb::bson::doc;
 use support::{Daemon, Overrides, TestEnv};
 use writ::Writ;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn entries_whose_read_reply_was_lost_are_applied_in_order() {
-    let env = TestEnv::start("lost_read_reply");
-    // Only the group read's reply: an `XREAD` (the reader waiting for new
-    // entries, which delivers nothing) names the stream, `...:in`.
-    let (proxy, proxied) = support::proxy::in_front_of_redis_cutting_reply(
-        &env.redis_url,
-        b"LOST-IN-TRANSIT",
-        b":in\r\n",
-    )
-    .await;
-    // A long lease: the tenure must outlive the cut (a hand-over would claim
-    // the entries anyway and hide the bug).
+/// A daemon config whose Redis is behind a proxy that cuts the first group
+/// read reply carrying `marker`. Only a group read's reply: an `XREAD` (the
+/// reader waiting for new entries, which delivers nothing) names the stream,
+/// `...:in`. A long lease: the tenure must outlive the cut (a hand-over
+/// would claim the entries anyway and hide the bug).
+async fn cutting(env: &TestEnv, marker: &'static [u8]) -> (support::proxy::Proxy, writ::Config) {
+    let (proxy, proxied) =
+        support::proxy::in_front_of_redis_cutting_reply(&env.redis_url, marker, b":in\r\n").await;
     let o = Overrides {
         daemon: "lease_ttl_ms = 60000\nbackoff_cap_ms = 200",
         redis_url: Some(proxied),
         ..Default::default()
     };
-    let daemon_config = env.config_with(&o);
-    let daemon = Daemon::start(daemon_config.clone());
+    (proxy, env.config_with(&o))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_whose_read_reply_was_lost_are_applied_in_order() {
+    let env = TestEnv::start("lost_read_reply");
+    let (proxy, daemon_config) = cutting(&env, b"LOST-IN-TRANSIT").await;
+    let daemon = Daemon::start(daemon_config);
     let config = env.config();
     let writ = Writ::connect(config.clone()).await.unwrap();
     let s = writ.collection("signal").unwrap();
@@ -84,17 +85,7 @@ async fn entries_whose_read_reply_was_lost_are_applied_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_reply_of_a_tenures_first_read_is_claimed_too() {
     let env = TestEnv::start("lost_first_read");
-    let (proxy, proxied) = support::proxy::in_front_of_redis_cutting_reply(
-        &env.redis_url,
-        b"LOST-AT-START",
-        b":in\r\n",
-    )
-    .await;
-    let o = Overrides {
-        daemon: "lease_ttl_ms = 60000\nbackoff_cap_ms = 200",
-        redis_url: Some(proxied),
-        ..Default::default()
-    };
+    let (proxy, daemon_config) = cutting(&env, b"LOST-AT-START").await;
     let config = env.config();
     let writ = Writ::connect(config.clone()).await.unwrap();
     let s = writ.collection("signal").unwrap();
@@ -104,7 +95,7 @@ async fn a_lost_reply_of_a_tenures_first_read_is_claimed_too() {
         .submit(&key, &doc! {"n": 1, "tag": "LOST-AT-START"})
         .await
         .unwrap();
-    let daemon = Daemon::start(env.config_with(&o));
+    let daemon = Daemon::start(daemon_config);
     let lost = lost.wait_for(Duration::from_secs(60)).await;
     assert!(
         proxy.cut_done(),

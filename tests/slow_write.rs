@@ -19,6 +19,23 @@ fn key(s: &str) -> Document {
     doc! {"symbol": s, "strategyName": "slow", "exchangeName": "x"}
 }
 
+/// A daemon whose MongoDB is behind the proxy at `proxied`, with
+/// `max_timeouts = 2` and a 2 s operation bound (long enough that no healthy
+/// write times out on a loaded machine), and a client of `signal`.
+async fn daemon_through(env: &TestEnv, proxied: String) -> (Daemon, writ::Collection) {
+    let o = Overrides {
+        daemon: "max_timeouts = 2\nbackoff_cap_ms = 100",
+        mongo: "op_timeout_ms = 2000",
+        mongo_uri: Some(proxied),
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let daemon = Daemon::start(config.clone());
+    let writ = Writ::connect(config).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    (daemon, s)
+}
+
 /// Writes to ten other keys (`<prefix>0`..`<prefix>9`), one every 100 ms
 /// until `stop`: MongoDB answers them while the stuck write times out.
 fn feed(
@@ -49,17 +66,7 @@ async fn a_write_that_always_times_out_is_dead_lettered_and_the_rest_flows() {
     let env = TestEnv::start("slow_write");
     let (_proxy, proxied) =
         support::proxy::in_front_of_mongo_swallowing(&env.mongo_uri, b"NEVER-FINISHES").await;
-    let o = Overrides {
-        daemon: "max_timeouts = 2\nbackoff_cap_ms = 100",
-        // Long enough that no healthy write times out on a loaded machine.
-        mongo: "op_timeout_ms = 2000",
-        mongo_uri: Some(proxied),
-        ..Default::default()
-    };
-    let config = env.config_with(&o);
-    let daemon = Daemon::start(config.clone());
-    let writ = Writ::connect(config.clone()).await.unwrap();
-    let s = writ.collection("signal").unwrap();
+    let (daemon, s) = daemon_through(&env, proxied).await;
     let stuck = s
         .submit(&key("STUCK"), &doc! {"x": "NEVER-FINISHES"})
         .await
@@ -109,16 +116,7 @@ async fn a_write_committed_but_never_answered_is_not_dead_lettered() {
     let env = TestEnv::start("unheard_write");
     let (_proxy, proxied) =
         support::proxy::in_front_of_mongo_deafening(&env.mongo_uri, b"COMMITS-UNHEARD").await;
-    let o = Overrides {
-        daemon: "max_timeouts = 2\nbackoff_cap_ms = 100",
-        mongo: "op_timeout_ms = 2000",
-        mongo_uri: Some(proxied),
-        ..Default::default()
-    };
-    let config = env.config_with(&o);
-    let daemon = Daemon::start(config.clone());
-    let writ = Writ::connect(config.clone()).await.unwrap();
-    let s = writ.collection("signal").unwrap();
+    let (daemon, s) = daemon_through(&env, proxied).await;
     s.write(&key("UNHEARD"), &doc! {"x": "old"}).await.unwrap();
     let unheard = s
         .submit(&key("UNHEARD"), &doc! {"x": "COMMITS-UNHEARD"})

@@ -24,8 +24,9 @@ use std::collections::HashMap;
 
 use mongodb::bson::{doc, Bson, Document, RawArrayBuf, RawDocumentBuf};
 
+use super::document::{doc_version, update_of, GUARD_FIELD};
 use super::post_image;
-use super::store::{doc_version, update_of, Applied, Store, GUARD_FIELD};
+use super::store::{Applied, Store};
 use crate::bson_bytes;
 use crate::config::CollectionConfig;
 use crate::error::Result;

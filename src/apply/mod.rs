@@ -10,18 +10,20 @@
 
 mod attempt;
 mod bulk;
+mod document;
 mod indexes;
 mod keys;
 mod limit;
 mod post_image;
+mod reads;
 mod store;
 
 pub use attempt::Attempts;
 pub use bulk::{BulkItem, BulkOutcome};
 pub use limit::{Limiter, Permit, Signal};
 
-pub use keys::{exact_filter, keys_query, KeysQuery};
-pub use store::{
-    doc_version, is_live, is_tombstone, Answers, Applied, Store, DOC_PAYLOAD, DOC_REMOVED,
-    DOC_WRIT, KEY_INDEX,
+pub use document::{
+    doc_version, is_live, is_tombstone, update_of, DOC_PAYLOAD, DOC_REMOVED, DOC_WRIT, KEY_INDEX,
 };
+pub use keys::{exact_filter, keys_query, KeysQuery};
+pub use store::{Answers, Applied, Store};

@@ -1,33 +1,18 @@
-//! MongoDB access: connection, idempotent key indexes, the guarded upsert and
-//! the reads (read-through, listing, counting) that skip soft-deleted keys.
+//! MongoDB access: the connection and the guarded upsert of one write, with
+//! its stale check. The stored document's shape is in `document`, the reads
+//! in `reads`, the bulk in `bulk`, the key indexes in `indexes`.
 
 use std::future::IntoFuture;
 use std::time::Duration;
 
-use futures::TryStreamExt;
-use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::bson::{doc, DateTime, Document};
 use mongodb::options::{Acknowledgment, ClientOptions, ReadConcern, ReturnDocument, WriteConcern};
 use mongodb::{Collection, Database};
 
-use super::keys::{exact_filter, keys_query, KeysQuery};
-use crate::config::{redact_url, CollectionConfig, Config, Layout, WriteConcernW, WriteMode};
+use super::document::{doc_version, update_of, DOC_REMOVED, DOC_WRIT, GUARD_FIELD};
+use crate::config::{redact_url, CollectionConfig, Config, WriteConcernW};
 use crate::error::{mongo_code, Error, Result};
 use crate::protocol::{Key, Op, Reject, RejectReason, Version, Write};
-
-/// Field holding the payload.
-pub const DOC_PAYLOAD: &str = "payload";
-/// Soft-delete flag.
-pub const DOC_REMOVED: &str = "removed";
-/// writ's bookkeeping: `{v: <sortable version>, at: <apply time>}`.
-pub const DOC_WRIT: &str = "_writ";
-/// The version inside it, as a filter's field path: the sequence guard.
-pub const GUARD_FIELD: &str = "_writ.v";
-/// Set on insert, for collections with `timestamps` (as mongoose does).
-pub const DOC_CREATED: &str = "createDate";
-/// Set on every write, for collections with `timestamps`.
-pub const DOC_UPDATED: &str = "updatedDate";
-/// Name of the unique key index writ creates.
-pub const KEY_INDEX: &str = "writ_key";
 
 /// What applying a write did.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,7 +50,7 @@ pub struct Store {
     /// Whether the write concern asks for more than one node: the stale
     /// check then reads at `majority` ([`Store::stale_or_conflict`]).
     confirm_majority: bool,
-    max_time: Duration,
+    pub(super) max_time: Duration,
     limiter: super::Limiter,
     /// Per collection, the operations MongoDB answered so far (applied,
     /// stale or refused for good) and those that timed out. A write that
@@ -136,12 +121,6 @@ impl Store {
     /// The server-side time limit, in ms, for commands run by hand.
     pub(super) fn max_time_ms(&self) -> i64 {
         self.max_time.as_millis() as i64
-    }
-
-    /// Documents of `coll` matching `filter`.
-    pub(super) async fn find_docs(&self, coll: &str, filter: Document) -> Result<Vec<Document>> {
-        let cursor = self.coll(coll).find(filter).max_time(self.max_time).await?;
-        Ok(cursor.try_collect().await?)
     }
 
     /// What MongoDB has done with the operations on `collection` so far.
@@ -387,150 +366,6 @@ impl Store {
             _ => Ok(None),
         }
     }
-
-    /// The stored document of a key, soft-deleted or not.
-    pub async fn find(&self, coll: &str, key: &Key) -> Result<Option<Document>> {
-        Ok(self.coll(coll).find_one(key.to_document()).await?)
-    }
-
-    /// Every live (not soft-deleted) document of a collection, in key order.
-    pub async fn live_documents(&self, coll: &CollectionConfig) -> Result<Vec<Document>> {
-        self.live_by_prefix(coll, &Document::new()).await
-    }
-
-    /// The live documents whose leading key fields equal `prefix`, sorted by
-    /// the key fields (the remaining ones decide the order).
-    pub async fn live_by_prefix(
-        &self,
-        coll: &CollectionConfig,
-        prefix: &Document,
-    ) -> Result<Vec<Document>> {
-        let sort: Document = coll
-            .key
-            .iter()
-            .map(|k| (k.clone(), Bson::Int32(1)))
-            .collect();
-        let mut filter = prefix.clone();
-        filter.insert(DOC_REMOVED, doc! {"$ne": true});
-        let cursor = self
-            .coll(&coll.name)
-            .find(filter)
-            .sort(sort)
-            .max_time(self.max_time)
-            .await?;
-        Ok(cursor.try_collect().await?)
-    }
-
-    /// The stored documents of many keys of one collection, in one query.
-    /// It may return other documents too (see [`super::keys_query`]): callers match
-    /// the results by key.
-    pub async fn find_many(&self, coll: &str, keys: &[Key]) -> Result<Vec<Document>> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        match keys_query(keys) {
-            KeysQuery::Small(filter) => self.find_docs(coll, filter).await,
-            KeysQuery::Bounded { filter, limit } => {
-                let cursor = self
-                    .coll(coll)
-                    .find(filter)
-                    .limit(limit)
-                    .max_time(self.max_time)
-                    .await?;
-                let mut docs: Vec<Document> = cursor.try_collect().await?;
-                if (docs.len() as i64) < limit {
-                    return Ok(docs);
-                }
-                // Possibly cut short: look up the keys it did not return.
-                // (Matched on the key document as writ writes it; a key
-                // stored with other number types is looked up again, which
-                // costs a query, never a wrong answer.)
-                let fields: Vec<String> = keys[0].to_document().keys().cloned().collect();
-                let seen: Vec<Document> = docs
-                    .iter()
-                    .map(|d| {
-                        fields
-                            .iter()
-                            .filter_map(|f| Some((f.clone(), d.get(f)?.clone())))
-                            .collect::<Document>()
-                    })
-                    .collect();
-                let missing: Vec<Key> = keys
-                    .iter()
-                    .filter(|k| !seen.contains(&k.to_document()))
-                    .cloned()
-                    .collect();
-                if !missing.is_empty() {
-                    docs.extend(self.find_docs(coll, exact_filter(&missing)).await?);
-                }
-                Ok(docs)
-            }
-        }
-    }
-
-    /// Number of live (not soft-deleted) documents.
-    pub async fn count_live(&self, coll: &str) -> Result<u64> {
-        Ok(self
-            .coll(coll)
-            .count_documents(doc! {DOC_REMOVED: {"$ne": true}})
-            .await?)
-    }
-}
-
-/// The update document of a put or remove at sortable version `v`.
-///
-/// - `put`, `replace`: `$set` the stored fields (the payload under `payload`,
-///   or, for the `fields` layout, the document's own top-level fields);
-/// - `put`, `insert_once`: the same under `$setOnInsert` (the first write
-///   wins); only the bookkeeping is `$set`;
-/// - `remove`: `$set {removed: true}`.
-///
-/// A `replace` put brings a soft-removed key back in every layout: the
-/// `payload` layout `$set`s `removed: false`; the `fields` layout `$unset`s
-/// `removed` unless the writer sends it (backtest-kit's measure, interval and
-/// memory rows send `removed: false`; its other rows have no such field, and
-/// an `$unset` of a missing field adds none, so their documents keep the
-/// official shape).
-///
-/// Every write `$set`s `_writ`; with `timestamps`, also `updatedDate`, and
-/// `createDate` goes under `$setOnInsert`, as mongoose's timestamps do.
-pub fn update_of(coll: &CollectionConfig, write: &Write, v: &str) -> Document {
-    let now = DateTime::now();
-    let mut set = doc! {DOC_WRIT: {"v": v, "at": now}};
-    let mut on_insert = Document::new();
-    if coll.timestamps {
-        set.insert(DOC_UPDATED, now);
-        on_insert.insert(DOC_CREATED, now);
-    }
-    let stored = || -> Document {
-        let doc = write.doc.clone().unwrap_or_default();
-        match coll.layout {
-            Layout::Payload => doc! {DOC_PAYLOAD: doc, DOC_REMOVED: false},
-            Layout::Fields => doc,
-        }
-    };
-    let mut unset = Document::new();
-    match (write.op, coll.mode) {
-        (Op::Put, WriteMode::Replace) => {
-            let fields = stored();
-            if !fields.contains_key(DOC_REMOVED) {
-                unset.insert(DOC_REMOVED, "");
-            }
-            set.extend(fields)
-        }
-        (Op::Put, WriteMode::InsertOnce) => on_insert.extend(stored()),
-        _ => {
-            set.insert(DOC_REMOVED, true);
-        }
-    }
-    let mut update = doc! {"$set": set};
-    if !on_insert.is_empty() {
-        update.insert("$setOnInsert", on_insert);
-    }
-    if !unset.is_empty() {
-        update.insert("$unset", unset);
-    }
-    update
 }
 
 /// Per collection: operations MongoDB answered, and operations that timed out.
@@ -548,23 +383,4 @@ enum Guarded {
     Written(Option<Document>),
     /// The key already holds this version or a newer one.
     Stale(Applied),
-}
-
-/// The version a stored document carries, if any.
-pub fn doc_version(doc: &Document) -> Option<Version> {
-    Version::from_sortable(doc.get_document(DOC_WRIT).ok()?.get_str("v").ok()?)
-}
-
-/// Whether a stored document is the versioned tombstone of a hard delete
-/// (`_writ.deleted`): a cache fills it as `gone`, as the daemon does.
-pub fn is_tombstone(doc: &Document) -> bool {
-    doc.get_document(DOC_WRIT)
-        .ok()
-        .and_then(|w| w.get_bool("deleted").ok())
-        == Some(true)
-}
-
-/// Whether a stored document reads as present (exists and not soft-deleted).
-pub fn is_live(doc: &Document) -> bool {
-    !matches!(doc.get(DOC_REMOVED), Some(Bson::Boolean(true)))
 }

@@ -11,6 +11,7 @@
 mod acks;
 pub(crate) mod admit;
 mod batch;
+mod pending;
 mod read;
 mod sync;
 mod ticket;
@@ -18,6 +19,8 @@ mod ticket;
 pub use ticket::Ticket;
 
 use std::collections::{BTreeMap, HashMap};
+
+use pending::{wait_all, Pending};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -36,65 +39,6 @@ type KeyId = (String, String);
 type AckState = watch::Receiver<Option<acks::AckResult>>;
 /// A request waiting for its ack: its key and the sender that wakes it.
 type Waiter = (KeyId, watch::Sender<Option<acks::AckResult>>);
-
-/// One unacked write of this handle: its request id and its ack state.
-#[derive(Clone)]
-pub(crate) struct Pending {
-    request: String,
-    state: AckState,
-}
-
-impl Inner {
-    /// Forgets this handle's pending writes of `id` up to `upto`: the cache
-    /// shows a version at least that new, so they are settled for reads even
-    /// if their ack was lost. Keeps the pending and waiter maps bounded. A
-    /// write whose ticket is still waiting keeps its waiter: the cache is
-    /// written before the ack is sent, and dropping the sender here would end
-    /// that `wait` with `Shutdown` instead of the ack.
-    fn forget(&self, id: &KeyId, upto: Version) {
-        let mut latest = self.latest.lock().expect("lock");
-        let Some(pending) = latest.get_mut(id) else {
-            return;
-        };
-        let newer = pending.split_off(&Version {
-            ms: upto.ms,
-            seq: upto.seq.saturating_add(1),
-        });
-        let settled = std::mem::replace(pending, newer);
-        if pending.is_empty() {
-            latest.remove(id);
-        }
-        drop(latest);
-        let mut waiters = self.waiters.lock().expect("lock");
-        let mut kept = self.settled.lock().expect("lock");
-        for Pending { request, state } in settled.into_values() {
-            drop(state);
-            kept.push(request);
-        }
-        prune(&mut waiters, &mut kept);
-    }
-
-    /// Writes whose ack has not arrived, less the settled ones nobody waits
-    /// for any more.
-    fn unacked(&self) -> usize {
-        let mut waiters = self.waiters.lock().expect("lock");
-        prune(&mut waiters, &mut self.settled.lock().expect("lock"));
-        waiters.len()
-    }
-}
-
-/// Drops the waiters of settled writes that no receiver is left for (their
-/// tickets dropped); keeps the rest of `settled` for a later look.
-fn prune(waiters: &mut HashMap<String, Waiter>, settled: &mut Vec<String>) {
-    settled.retain(|request| match waiters.get(request) {
-        Some((_, tx)) if tx.receiver_count() == 0 => {
-            waiters.remove(request);
-            false
-        }
-        Some(_) => true,
-        None => false, // its ack came after all
-    });
-}
 
 /// What a read returns with its version.
 #[derive(Debug, Clone, PartialEq)]
@@ -378,56 +322,6 @@ impl Collection {
         }))
     }
 
-    /// Settles this handle's pending writes to the collection before a list:
-    /// a key whose cache entry is at least as new as its newest pending write
-    /// is settled at once (its ack may have been lost); the rest are waited
-    /// for, bounded by `client.read_timeout_ms`.
-    async fn settle_pending(&self) -> Result<()> {
-        let inner = self.inner();
-        let pending: Vec<(KeyId, Version, Vec<AckState>)> = inner
-            .latest
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter(|((c, _), m)| *c == self.coll.name && !m.is_empty())
-            .map(|(id, m)| {
-                let newest = *m.keys().next_back().expect("not empty");
-                (
-                    id.clone(),
-                    newest,
-                    m.values().map(|p| p.state.clone()).collect(),
-                )
-            })
-            .collect();
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let entries: Vec<String> = pending
-            .iter()
-            .map(|(id, _, _)| {
-                let p = protocol::partition_of(&id.0, &id.1, inner.config.partitions);
-                inner.names.cache(p, &id.0, &id.1)
-            })
-            .collect();
-        let cached = inner.cache.get_many(&entries).await?;
-        let mut wait = Vec::new();
-        for ((id, newest, states), c) in pending.into_iter().zip(cached) {
-            match c {
-                Some(c) if c.version >= newest => {
-                    drop(states); // see `read_record`
-                    inner.forget(&id, c.version)
-                }
-                _ => wait.extend(states),
-            }
-        }
-        wait_all(
-            wait,
-            inner.config.read_timeout,
-            "this client's pending writes before listing",
-        )
-        .await
-    }
-
     /// Live (not deleted) documents: key fields plus payload, in key order.
     pub async fn values(&self) -> Result<Vec<(Document, Document)>> {
         self.settle_pending().await?;
@@ -480,41 +374,5 @@ fn payload_of(coll: &CollectionConfig, doc: &Document) -> Option<Document> {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         ),
-    }
-}
-
-/// Waits for every ack, all within one `timeout`.
-async fn wait_all(
-    pending: impl IntoIterator<Item = AckState>,
-    timeout: std::time::Duration,
-    what: &'static str,
-) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    for rx in pending {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        wait_ack(rx, left, what).await.map_err(|e| match e {
-            Error::Timeout { .. } => Error::Timeout {
-                after: timeout,
-                what,
-            },
-            other => other,
-        })?;
-    }
-    Ok(())
-}
-
-async fn wait_ack(
-    mut rx: AckState,
-    timeout: std::time::Duration,
-    what: &'static str,
-) -> Result<()> {
-    let waited = tokio::time::timeout(timeout, rx.wait_for(|a| a.is_some())).await;
-    match waited {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(_)) => Err(Error::Shutdown),
-        Err(_) => Err(Error::Timeout {
-            after: timeout,
-            what,
-        }),
     }
 }

@@ -1,0 +1,108 @@
+//! The reads of stored documents: one key (read-through), many keys in one
+//! query, the live documents of a collection or a key prefix, and their
+//! count. Soft-deleted keys are skipped where a reader asks for live ones.
+
+use futures::TryStreamExt;
+use mongodb::bson::{doc, Bson, Document};
+
+use super::keys::{exact_filter, keys_query, KeysQuery};
+use super::{Store, DOC_REMOVED};
+use crate::config::CollectionConfig;
+use crate::error::Result;
+use crate::protocol::Key;
+
+impl Store {
+    /// Documents of `coll` matching `filter`.
+    pub(super) async fn find_docs(&self, coll: &str, filter: Document) -> Result<Vec<Document>> {
+        let cursor = self.coll(coll).find(filter).max_time(self.max_time).await?;
+        Ok(cursor.try_collect().await?)
+    }
+
+    /// The stored document of a key, soft-deleted or not.
+    pub async fn find(&self, coll: &str, key: &Key) -> Result<Option<Document>> {
+        Ok(self.coll(coll).find_one(key.to_document()).await?)
+    }
+
+    /// Every live (not soft-deleted) document of a collection, in key order.
+    pub async fn live_documents(&self, coll: &CollectionConfig) -> Result<Vec<Document>> {
+        self.live_by_prefix(coll, &Document::new()).await
+    }
+
+    /// The live documents whose leading key fields equal `prefix`, sorted by
+    /// the key fields (the remaining ones decide the order).
+    pub async fn live_by_prefix(
+        &self,
+        coll: &CollectionConfig,
+        prefix: &Document,
+    ) -> Result<Vec<Document>> {
+        let sort: Document = coll
+            .key
+            .iter()
+            .map(|k| (k.clone(), Bson::Int32(1)))
+            .collect();
+        let mut filter = prefix.clone();
+        filter.insert(DOC_REMOVED, doc! {"$ne": true});
+        let cursor = self
+            .coll(&coll.name)
+            .find(filter)
+            .sort(sort)
+            .max_time(self.max_time)
+            .await?;
+        Ok(cursor.try_collect().await?)
+    }
+
+    /// The stored documents of many keys of one collection, in one query.
+    /// It may return other documents too (see [`super::keys_query`]): callers match
+    /// the results by key.
+    pub async fn find_many(&self, coll: &str, keys: &[Key]) -> Result<Vec<Document>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        match keys_query(keys) {
+            KeysQuery::Small(filter) => self.find_docs(coll, filter).await,
+            KeysQuery::Bounded { filter, limit } => {
+                let cursor = self
+                    .coll(coll)
+                    .find(filter)
+                    .limit(limit)
+                    .max_time(self.max_time)
+                    .await?;
+                let mut docs: Vec<Document> = cursor.try_collect().await?;
+                if (docs.len() as i64) < limit {
+                    return Ok(docs);
+                }
+                // Possibly cut short: look up the keys it did not return.
+                // (Matched on the key document as writ writes it; a key
+                // stored with other number types is looked up again, which
+                // costs a query, never a wrong answer.)
+                let fields: Vec<String> = keys[0].to_document().keys().cloned().collect();
+                let seen: Vec<Document> = docs
+                    .iter()
+                    .map(|d| {
+                        fields
+                            .iter()
+                            .filter_map(|f| Some((f.clone(), d.get(f)?.clone())))
+                            .collect::<Document>()
+                    })
+                    .collect();
+                let missing: Vec<Key> = keys
+                    .iter()
+                    .filter(|k| !seen.contains(&k.to_document()))
+                    .cloned()
+                    .collect();
+                if !missing.is_empty() {
+                    docs.extend(self.find_docs(coll, exact_filter(&missing)).await?);
+                }
+                Ok(docs)
+            }
+        }
+    }
+
+    /// Number of live (not soft-deleted) documents.
+    pub async fn count_live(&self, coll: &str) -> Result<u64> {
+        Ok(self
+            .coll(coll)
+            .count_documents(doc! {DOC_REMOVED: {"$ne": true}})
+            .await?)
+    }
+}
