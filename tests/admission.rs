@@ -147,3 +147,81 @@ async fn a_batch_is_refused_only_on_an_exact_count() {
         refused.first()
     );
 }
+
+/// A call that runs twice (a client library sent it again after its reply
+/// was lost: ioredis at a reconnect, redis-rs in cluster mode after a
+/// timeout) adds its entries once and gets the first run's reply again,
+/// refusals included. A number at or under the last one whose reply is no
+/// longer kept is refused, not added. The script is called by hand here;
+/// `clients/node/test/core.test.ts` loses a real reply through a proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_sent_twice_adds_its_entries_once() {
+    let redis = support::RedisServer::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let script = redis::Script::new(include_str!("../src/lua/admit.lua"));
+    let (stream, meta, record) = ("w:{p0}:in", "w:{p0}:meta", "w:{p0}:adm:c1");
+    let call = |seq: u64, entries: usize| {
+        let mut inv = script.key(stream);
+        inv.key(meta).key(record);
+        inv.arg("w").arg(5).arg("").arg(entries).arg(seq).arg(1);
+        for i in 0..entries {
+            inv.arg(2).arg("i").arg(format!("{seq}.{i}"));
+        }
+        inv
+    };
+    let xlen = |mut c: redis::aio::MultiplexedConnection| async move {
+        redis::cmd("XLEN")
+            .arg(stream)
+            .query_async::<u64>(&mut c)
+            .await
+            .unwrap()
+    };
+
+    let first: Vec<redis::Value> = call(1, 2).invoke_async(&mut conn).await.unwrap();
+    let again: Vec<redis::Value> = call(1, 2).invoke_async(&mut conn).await.unwrap();
+    assert_eq!(first.len(), 2);
+    assert_eq!(
+        again, first,
+        "the second run answers with the first run's ids"
+    );
+    assert_eq!(xlen(conn.clone()).await, 2, "call 1's two entries, once");
+
+    // Call 2 reaches the bound (5) after three entries: its reply ends with
+    // the backlog, and so does its second run.
+    let second: Vec<redis::Value> = call(2, 4).invoke_async(&mut conn).await.unwrap();
+    assert_eq!(second.len(), 4, "three ids and the backlog: {second:?}");
+    assert_eq!(second[3], redis::Value::Int(5));
+    let again: Vec<redis::Value> = call(2, 4).invoke_async(&mut conn).await.unwrap();
+    assert_eq!(again, second);
+    assert_eq!(xlen(conn.clone()).await, 5);
+
+    // The window is one call: call 1's reply is gone, and it is refused.
+    let old: redis::RedisResult<redis::Value> = call(1, 2).invoke_async(&mut conn).await;
+    let e = old.expect_err("a call older than the window is refused");
+    assert_eq!(e.code(), Some("DUPLICATE"), "{e}");
+    assert_eq!(xlen(conn.clone()).await, 5, "nothing added by the old call");
+
+    // Another caller numbers its own calls.
+    let mut inv = script.key(stream);
+    inv.key(meta).key("w:{p0}:adm:c2");
+    inv.arg("w").arg(50).arg("").arg(1).arg(1).arg(1);
+    inv.arg(2).arg("i").arg("c2");
+    let theirs: Vec<redis::Value> = inv.invoke_async(&mut conn).await.unwrap();
+    assert_eq!(theirs.len(), 1, "{theirs:?}");
+    assert_eq!(xlen(conn.clone()).await, 6);
+
+    // The record expires.
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(record)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((1..=3600).contains(&ttl), "record TTL {ttl}");
+    let fields: u64 = redis::cmd("HLEN")
+        .arg(record)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(fields, 2, "`last` and the last call's reply");
+}

@@ -10,6 +10,13 @@
 //! the entry or for the rule (each entry is admitted only while the backlog is
 //! under the bound), and a lone submit still goes at once, alone.
 //!
+//! Each call carries the partition's next call number and this handle's
+//! admission record (`<ns>:{p<N>}:adm:<client id>`): redis-rs in cluster mode
+//! sends a command again after a timeout or a dropped connection, and the
+//! script then answers the second run with the first run's ids instead of
+//! adding the entries again. One call in flight per partition, so a window of
+//! one call is enough.
+//!
 //! The call is made by a task of its own, so a caller that gives up waiting
 //! cannot strand the submits queued behind it. Bounded: at most
 //! [`MAX_BATCH`] entries or [`MAX_BATCH_BYTES`] per call, one call in flight
@@ -72,7 +79,13 @@ struct Waiting {
 struct Queue {
     waiting: Vec<Waiting>,
     busy: bool,
+    /// The number of the partition's last call (1, 2, 3, ...).
+    calls: u64,
 }
+
+/// How many of its last calls' replies the admission record keeps: one call
+/// is in flight per partition.
+const WINDOW: u64 = 1;
 
 /// Where a partition's admission calls go.
 pub struct Target {
@@ -80,6 +93,8 @@ pub struct Target {
     pub stream: String,
     /// The meta hash.
     pub meta: String,
+    /// This handle's admission record in the partition.
+    pub record: String,
 }
 
 /// The admission batcher of one client handle.
@@ -155,31 +170,29 @@ impl Batcher {
                     }
                     n += 1;
                 }
-                q.waiting.drain(..n).collect::<Vec<_>>()
+                q.calls += 1;
+                (q.calls, q.waiting.drain(..n).collect::<Vec<_>>())
             };
-            let results = self.call(p, &batch).await;
+            let (seq, batch) = batch;
+            let results = self.call(p, seq, &batch).await;
             for (w, r) in batch.into_iter().zip(results) {
                 let _ = w.reply.send(r);
             }
         }
     }
 
-    /// One admission call for `batch`; one result per entry.
-    async fn call(&self, p: usize, batch: &[Waiting]) -> Vec<Admitted> {
+    /// Admission call number `seq` of partition `p`, for `batch`; one result
+    /// per entry.
+    async fn call(&self, p: usize, seq: u64, batch: &[Waiting]) -> Vec<Admitted> {
         let target = &self.targets[p];
         let mut inv = self.script.key(&target.stream);
-        inv.key(&target.meta).arg(&self.group).arg(self.bound);
-        if batch.len() == 1 {
-            for (f, v) in &batch[0].fields {
+        inv.key(&target.meta).key(&target.record);
+        inv.arg(&self.group).arg(self.bound);
+        inv.arg("").arg(batch.len()).arg(seq).arg(WINDOW);
+        for w in batch {
+            inv.arg(w.fields.len() * 2);
+            for (f, v) in &w.fields {
                 inv.arg(*f).arg(v.as_slice());
-            }
-        } else {
-            inv.arg("").arg(batch.len());
-            for w in batch {
-                inv.arg(w.fields.len() * 2);
-                for (f, v) in &w.fields {
-                    inv.arg(*f).arg(v.as_slice());
-                }
             }
         }
         let mut conn = self.conn.clone();
@@ -193,24 +206,16 @@ impl Batcher {
         };
         match reply {
             Ok((client, value)) => results(batch.len(), client, value),
-            Err(e) if e.code() == Some("BACKPRESSURE") => {
-                let backlog = e.detail().and_then(|d| d.trim().parse().ok()).unwrap_or(0);
-                vec![Err(Refused::Backpressure(backlog)); batch.len()]
-            }
             Err(e) => vec![Err(Refused::Failed(e)); batch.len()],
         }
     }
 }
 
-/// Reads an admission reply: one id (a single entry) or the batch form (ids,
-/// then the backlog if the bound stopped it).
+/// Reads an admission reply (the batch form): the ids, then the backlog if the
+/// bound stopped it.
 fn results(n: usize, client: u64, value: Value) -> Vec<Admitted> {
     let odd = |what: &str| vec![Err(Refused::Odd(format!("admission returned {what}"))); n];
     let items = match value {
-        Value::BulkString(b) if n == 1 => {
-            return vec![Ok((String::from_utf8_lossy(&b).into_owned(), client))]
-        }
-        Value::SimpleString(s) if n == 1 => return vec![Ok((s, client))],
         Value::Array(items) => items,
         other => return odd(&format!("{other:?}")),
     };
@@ -250,7 +255,7 @@ mod tests {
         assert!(matches!(&r[0], Ok((id, 7)) if id == "1-0"));
         assert!(matches!(&r[1], Ok((id, 7)) if id == "1-1"));
         assert!(matches!(&r[2], Err(Refused::Backpressure(100))));
-        let one = results(1, 0, Value::BulkString(b"5-0".to_vec()));
+        let one = results(1, 0, Value::Array(vec![Value::BulkString(b"5-0".to_vec())]));
         assert!(matches!(&one[0], Ok((id, 0)) if id == "5-0"));
         assert!(results(2, 0, Value::Int(3)).iter().all(|r| r.is_err()));
     }

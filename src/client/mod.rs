@@ -93,6 +93,7 @@ impl Writ {
                 .map(|p| batch::Target {
                     stream: names.stream(p),
                     meta: names.meta(p),
+                    record: names.admission(p, &client_id),
                 })
                 .collect(),
             conn.clone(),

@@ -1,6 +1,8 @@
 -- Admission: XADD with backpressure, and the one definition of a partition's
 -- unapplied backlog (docs/protocol.md §2a).
--- KEYS[1] partition stream <ns>:{p<N>}:in; KEYS[2] partition meta <ns>:{p<N>}:meta.
+-- KEYS[1] partition stream <ns>:{p<N>}:in; KEYS[2] partition meta <ns>:{p<N>}:meta;
+-- KEYS[3] (optional, batch form only) the caller's admission record
+-- <ns>:{p<N>}:adm:<caller>, which makes a call that runs twice add its entries once.
 -- ARGV[1] group; ARGV[2] bound; ARGV[3..] entry fields (or '' and a batch, below).
 -- With entry fields: refuses with 'BACKPRESSURE <unapplied>' when the backlog is
 -- at or over the bound, else XADDs and returns the entry id. (Most admissions
@@ -92,8 +94,40 @@ end
 -- Entries are admitted while room() finds room; once the kept upper bound is
 -- used up, room() counts the backlog exactly, so an entry is refused only on
 -- an exact count at the bound, never on the estimate.
+--
+-- With KEYS[3], ARGV[5] is the call's number and ARGV[6] a window, and the
+-- entries start at ARGV[7]. A client library may send a call again when its
+-- reply was lost (ioredis at a reconnect, redis-rs in cluster mode after a
+-- timeout); without the record the entries would be added twice, and a
+-- write of the key by another process in between would be overwritten by
+-- the copy. A caller numbers its calls to a partition 1, 2, 3, ... (one
+-- record per caller and partition). The record keeps `last`, the highest
+-- number that ran, and the reply of each of the last `window` calls; a call
+-- that ran already gets its reply again and adds nothing; a number at or
+-- under `last` whose reply is gone (older than the window) is refused with
+-- DUPLICATE. The record expires an hour after the caller's last call.
 local n = tonumber(ARGV[4])
 local out, at, counted = {}, 5, nil
+local seq, window
+if KEYS[3] then
+  seq, window, at = tonumber(ARGV[5]), tonumber(ARGV[6]), 7
+  local rec = redis.call('HMGET', KEYS[3], 'last', ARGV[5])
+  if rec[2] then
+    for item in string.gmatch(rec[2], '%S+') do
+      if string.sub(item, 1, 1) == '#' then
+        out[#out + 1] = tonumber(string.sub(item, 2))
+      else
+        out[#out + 1] = item
+      end
+    end
+    return out
+  end
+  local last = tonumber(rec[1])
+  if last and seq <= last then
+    return redis.error_reply('DUPLICATE admission call ' .. ARGV[5] .. ' ran before (last ' .. rec[1] ..
+      ') and its reply is no longer kept: the write may or may not have been added')
+  end
+end
 while #out < n do
   local free
   free, counted = room()
@@ -107,4 +141,13 @@ while #out < n do
   redis.call('HINCRBY', KEYS[2], 'since', take)
 end
 if #out < n then out[#out + 1] = counted end
+if seq then
+  local said = {}
+  for i, item in ipairs(out) do
+    if type(item) == 'number' then said[i] = '#' .. item else said[i] = item end
+  end
+  redis.call('HSET', KEYS[3], 'last', ARGV[5], ARGV[5], table.concat(said, ' '))
+  redis.call('HDEL', KEYS[3], string.format('%d', seq - window))
+  redis.call('EXPIRE', KEYS[3], 3600)
+end
 return out

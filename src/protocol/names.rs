@@ -42,6 +42,13 @@ impl Names {
         format!("{}:{{p{partition}}}:meta", self.ns)
     }
 
+    /// A writer's admission record in a partition: `<ns>:{p<N>}:adm:<caller>`
+    /// (the replies of its last admission calls, so that a call sent twice
+    /// adds its entries once; see `src/lua/admit.lua`).
+    pub fn admission(&self, partition: u32, caller: &str) -> String {
+        format!("{}:{{p{partition}}}:adm:{caller}", self.ns)
+    }
+
     /// A partition's lease: `<ns>:{p<N>}:lease` (the owner's consumer name,
     /// with a TTL).
     pub fn lease(&self, partition: u32) -> String {

@@ -8,11 +8,18 @@
  * script dispatch, the meta hash update, one AOF transaction per call. The
  * admission script takes many entries at once (its batch form, docs/protocol.md
  * "Writing"); each entry is still admitted only while the backlog is under the
- * bound. A lone submit goes at once, alone, in the single form.
+ * bound. A lone submit goes at once, in a call of its own.
  *
  * Order: one queue per partition, first in first out, one call in flight per
  * partition, so the entries of one key are added in the order their submits
- * were made. Bounded: at most {@link MAX_BATCH} entries or
+ * were made.
+ *
+ * Sent twice, added once: ioredis sends a command again when its connection
+ * dropped before the reply came (`autoResendUnfulfilledCommands`). Each call
+ * carries the partition's next call number and this client's admission
+ * record (the third key), and the script answers a call that already ran
+ * with that run's ids instead of adding the entries again (src/lua/admit.lua).
+ * One call in flight per partition, so the record keeps one call's reply. Bounded: at most {@link MAX_BATCH} entries or
  * {@link MAX_BATCH_BYTES} argument bytes per call; callers wait behind it.
  */
 
@@ -23,8 +30,14 @@ export const MAX_BATCH_BYTES = 1 << 20;
 
 export type Arg = string | Buffer | number;
 
+/** A partition's stream, its meta hash and this client's admission record there. */
+export type AdmitKeys = [string, string, string];
+
 /** Runs the admission script on `keys` with `args` (NOSCRIPT handled by the caller). */
-export type AdmitCall = (keys: [string, string], args: Arg[]) => Promise<unknown>;
+export type AdmitCall = (keys: AdmitKeys, args: Arg[]) => Promise<unknown>;
+
+/** How many of its last calls' replies an admission record keeps (one call in flight per partition). */
+export const WINDOW = 1;
 
 /** The bound refused the entry: the partition's backlog was at `backlog`. */
 export class AdmitRefused extends Error {
@@ -42,7 +55,7 @@ interface Waiting {
 }
 
 interface Queue {
-  keys: [string, string];
+  keys: AdmitKeys;
   waiting: Waiting[];
   busy: boolean;
 }
@@ -51,6 +64,8 @@ const argBytes = (a: Arg): number => (typeof a === "number" ? 8 : a.length);
 
 export class AdmitBatcher {
   private readonly queues = new Map<string, Queue>();
+  /** Per partition stream: the number of its last call (kept while the queue comes and goes). */
+  private readonly calls = new Map<string, number>();
 
   /** `group`: the daemon's consumer group; `bound`: the backlog bound (maxBacklog). */
   constructor(
@@ -60,7 +75,7 @@ export class AdmitBatcher {
   ) {}
 
   /** Admits one entry (its field/value arguments) to the partition of `keys`; its id. */
-  admit(keys: [string, string], fields: Arg[]): Promise<string> {
+  admit(keys: AdmitKeys, fields: Arg[]): Promise<string> {
     return new Promise((resolve, reject) => {
       let q = this.queues.get(keys[0]);
       if (!q) this.queues.set(keys[0], (q = { keys, waiting: [], busy: false }));
@@ -84,12 +99,13 @@ export class AdmitBatcher {
         n++;
       }
       const batch = q.waiting.splice(0, n);
+      const seq = (this.calls.get(q.keys[0]) ?? 0) + 1;
+      this.calls.set(q.keys[0], seq);
       let reply: unknown;
       try {
-        reply = await this.call(q.keys, this.args(batch));
+        reply = await this.call(q.keys, admitArgs(this.group, this.bound, seq, WINDOW, batch.map((w) => w.fields)));
       } catch (e) {
-        const refused = backpressure(e);
-        for (const w of batch) w.reject(refused ?? e);
+        for (const w of batch) w.reject(e);
         continue;
       }
       settle(batch, reply);
@@ -98,40 +114,33 @@ export class AdmitBatcher {
     this.queues.delete(q.keys[0]);
   }
 
-  /** The script's arguments: the single form for one entry, else the batch form. */
-  private args(batch: Waiting[]): Arg[] {
-    const head: Arg[] = [this.group, this.bound];
-    if (batch.length === 1) return head.concat(batch[0].fields);
-    const args: Arg[] = head.concat("", batch.length);
-    for (const w of batch) {
-      args.push(w.fields.length);
-      for (const f of w.fields) args.push(f);
-    }
-    return args;
-  }
-}
-
-/** The script's BACKPRESSURE error reply (the single form), as {@link AdmitRefused}. */
-export function backpressure(e: unknown): AdmitRefused | undefined {
-  const m = /^BACKPRESSURE (\d+)/.exec(e instanceof Error ? e.message : "");
-  return m ? new AdmitRefused(Number(m[1])) : undefined;
 }
 
 /**
- * Gives each entry of `batch` its result from the script's `reply`: one id
- * (the single form), or the batch form's ids in order, then the backlog (an
- * integer) when the bound stopped it early; the entries after the last id are
- * refused with it.
+ * The admission script's arguments in the batch form with a record (keys:
+ * {@link AdmitKeys}): call number `seq`, the record's `window`, then each
+ * entry's argument count and its field/value arguments.
+ */
+export function admitArgs(group: string, bound: number, seq: number, window: number, entries: Arg[][]): Arg[] {
+  const args: Arg[] = [group, bound, "", entries.length, seq, window];
+  for (const fields of entries) {
+    args.push(fields.length);
+    for (const f of fields) args.push(f);
+  }
+  return args;
+}
+
+/**
+ * Gives each entry of `batch` its result from the script's `reply` (the batch
+ * form): the ids in order, then the backlog (an integer) when the bound
+ * stopped it early; the entries after the last id are refused with it.
  */
 export function settle(batch: { resolve: (id: string) => void; reject: (e: unknown) => void }[], reply: unknown): void {
   const odd = (what: string) => {
     const e = new Error(`the admission script returned ${what}`);
     for (const w of batch) w.reject(e);
   };
-  if (!Array.isArray(reply)) {
-    if (batch.length === 1 && (typeof reply === "string" || Buffer.isBuffer(reply))) return batch[0].resolve(String(reply));
-    return odd(JSON.stringify(reply));
-  }
+  if (!Array.isArray(reply)) return odd(JSON.stringify(reply));
   const ids: string[] = [];
   let backlog = 0;
   for (const item of reply) {

@@ -32,7 +32,7 @@ import {
   type KeyValue,
 } from "./key.js";
 import { ADMIT_LUA, CACHE_CAS_LUA } from "./lua.js";
-import { AdmitBatcher, AdmitRefused, backpressure } from "./admit.js";
+import { AdmitBatcher, AdmitRefused, admitArgs, type AdmitKeys } from "./admit.js";
 import { RESERVED_FIELDS } from "./collections.js";
 import { bsonNesting, MAX_NESTING } from "./nesting.js";
 import { compareStreamIds, isSortable, toSortable, ZERO_VERSION } from "./version.js";
@@ -124,7 +124,8 @@ const ADMIT_BATCH_MAX = 1000;
 
 /** An admission waiting for its batch (`minReplicasAcked > 0`). */
 interface AdmitJob {
-  keys: [string, string];
+  keys: AdmitKeys;
+  /** The batch form with one entry and a call number (src/lua/admit.lua). */
   args: (string | Buffer | number)[];
   /** Send the script's text (EVAL): the node did not have it (NOSCRIPT). */
   useEval: boolean;
@@ -298,14 +299,23 @@ export class WritClient {
    * stream for up to 24 h, to a new write (protocol.md §5).
    */
   private readonly reqPrefix = randomBytes(5).toString("hex");
+  /** This instance's name in its admission records (`<ns>:{p<N>}:adm:<caller>`). */
+  private readonly caller = `n${randomBytes(8).toString("hex")}`;
+  /**
+   * With `minReplicasAcked > 0`: per partition, the number of its last
+   * admission call. Each admission is a call of its own, and up to
+   * {@link ADMIT_BATCH_MAX} of a partition's can be in one pipeline, so their
+   * records keep that many replies.
+   */
+  private readonly admitCalls = new Map<string, number>();
   /** req → pending write. */
   private readonly pending = new Map<string, PendingWrite>();
   /** key id → this process's pending writes of that key, oldest first. */
   private readonly overlay = new Map<string, PendingWrite[]>();
   /** key id → its partition and key BSON (see {@link resolveKey}). */
   private readonly keyMemo = new Map<string, { partition: number; keyBson: Buffer }>();
-  /** Per partition: [stream, meta] key names; the group name and bound as sent. */
-  private partitionNames: [string, string][] = [];
+  /** Per partition: [stream, meta, admission record] key names. */
+  private partitionNames: AdmitKeys[] = [];
   private connected = false;
   private ackLoop: Promise<void> | undefined;
   private lastAckId = "0";
@@ -449,9 +459,9 @@ export class WritClient {
     return { spec, values, canonical, partition: memo.partition, id, keyBson: memo.keyBson };
   }
 
-  private partitionKeys(p: number): [string, string] {
+  private partitionKeys(p: number): AdmitKeys {
     let n = this.partitionNames[p];
-    if (!n) n = this.partitionNames[p] = [this.names.stream(p), this.names.meta(p)];
+    if (!n) n = this.partitionNames[p] = [this.names.stream(p), this.names.meta(p), this.names.admission(p, this.caller)];
     return n;
   }
 
@@ -682,7 +692,7 @@ export class WritClient {
     this.pending.set(req, w);
     this.startAckLoop();
 
-    const [stream, meta] = this.partitionKeys(k.partition);
+    const keys = this.partitionKeys(k.partition);
     const entry: (string | Buffer | number)[] = [
       F.v, F["1"],
       F.coll, k.spec.name,
@@ -699,17 +709,16 @@ export class WritClient {
     try {
       const admitted: Promise<{ entryId: string; replicas: number | Error | undefined }> =
         this.config.minReplicasAcked > 0
-          ? this.admitReplicated([stream, meta], [this.names.group, this.config.maxBacklog, ...entry])
-          : this.admitter.admit([stream, meta], entry).then((id) => ({ entryId: id, replicas: undefined }));
+          ? this.admitReplicated(keys, entry)
+          : this.admitter.admit(keys, entry).then((id) => ({ entryId: id, replicas: undefined }));
       ({ entryId, replicas } = await this.bounded(admitted, collection));
     } catch (e) {
       this.forget(w);
       // Nothing will ack it: a list or flush that waits for it stops waiting.
       w.settle({ outcome: "dead_lettered", version: "", entryId: "", reason: `not admitted: ${errMessage(e)}` });
       if (e instanceof WritError) throw e;
-      // Refused by the bound: from the batcher, or the script's error reply (replicated path).
-      const refused = e instanceof AdmitRefused ? e : backpressure(e);
-      if (refused) throw new BackpressureError(k.partition, refused.backlog, this.config.maxBacklog);
+      // Refused by the bound.
+      if (e instanceof AdmitRefused) throw new BackpressureError(k.partition, e.backlog, this.config.maxBacklog);
       const msg = errMessage(e);
       if (isReplyError(e)) {
         throw new WritConnectionError(`Redis refused the write to ${collection}: ${msg}${this.clusterHint(msg)}`, { cause: e });
@@ -812,11 +821,12 @@ export class WritClient {
    * connection is its own: WAIT blocks it (up to replicaAckTimeoutMs when
    * replicas lag), and reads must not queue behind it.
    */
-  private async admitReplicated(
-    keys: [string, string],
-    args: (string | Buffer | number)[],
-  ): Promise<{ entryId: string; replicas: number | Error }> {
+  private async admitReplicated(keys: AdmitKeys, entry: (string | Buffer | number)[]): Promise<{ entryId: string; replicas: number | Error }> {
     await this.writeConnection();
+    // Numbered in submit order: jobs of one partition are sent in that order.
+    const seq = (this.admitCalls.get(keys[0]) ?? 0) + 1;
+    this.admitCalls.set(keys[0], seq);
+    const args = admitArgs(this.names.group, this.config.maxBacklog, seq, ADMIT_BATCH_MAX, [entry]);
     return new Promise((resolve, reject) => this.enqueueAdmit({ keys, args, useEval: false, redirects: 0, resolve, reject }));
   }
 
@@ -889,8 +899,8 @@ export class WritClient {
     const conn = this.writeRedis!;
     const p = conn.pipeline();
     for (const j of batch) {
-      if (j.useEval) p.eval(ADMIT_LUA, 2, ...j.keys, ...j.args);
-      else p.evalsha(this.admitSha, 2, ...j.keys, ...j.args);
+      if (j.useEval) p.eval(ADMIT_LUA, j.keys.length, ...j.keys, ...j.args);
+      else p.evalsha(this.admitSha, j.keys.length, ...j.keys, ...j.args);
     }
     p.wait(this.config.minReplicasAcked, this.config.replicaAckTimeoutMs);
     let res: [Error | null, unknown][];
@@ -911,8 +921,14 @@ export class WritClient {
     const again: AdmitJob[] = [];
     let redirected = false;
     batch.forEach((j, i) => {
-      const [err, id] = res[i] ?? [new Error("no reply to the admission"), null];
-      if (!err) return j.resolve({ entryId: String(id), replicas });
+      const [err, reply] = res[i] ?? [new Error("no reply to the admission"), null];
+      if (!err) {
+        // The batch form with one entry: [id], or [backlog] when the bound refused it.
+        const [item] = Array.isArray(reply) ? reply : [undefined];
+        if (typeof item === "string" || Buffer.isBuffer(item)) return j.resolve({ entryId: String(item), replicas });
+        if (typeof item === "number") return j.reject(new AdmitRefused(Math.max(0, item)));
+        return j.reject(new Error(`the admission script returned ${JSON.stringify(reply)}`));
+      }
       const msg = errMessage(err);
       j.lastError = err;
       if (!j.useEval && msg.startsWith("NOSCRIPT")) {

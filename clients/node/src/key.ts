@@ -196,6 +196,10 @@ export class Names {
   meta(p: number): string {
     return `${this.namespace}:{p${p}}:meta`;
   }
+  /** A writer's admission record in a partition (src/lua/admit.lua): a call sent twice adds its entries once. */
+  admission(p: number, caller: string): string {
+    return `${this.namespace}:{p${p}}:adm:${caller}`;
+  }
   cache(p: number, collection: string, canonical: string): string {
     return `${this.namespace}:{p${p}}:c:${collection}:${canonical}`;
   }

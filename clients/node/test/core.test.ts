@@ -22,8 +22,9 @@ import {
 import type { CollectionSpec } from "../src/key.js";
 import { compareStreamIds, toSortable, ZERO_VERSION } from "../src/version.js";
 import { canonicalKey, Names, partitionOf } from "../src/key.js";
-import { CACHE_CAS_LUA } from "../src/lua.js";
+import { ADMIT_LUA, CACHE_CAS_LUA } from "../src/lua.js";
 import { mkdtempSync, rmSync } from "node:fs";
+import { connect, createServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -562,7 +563,7 @@ describe("core", () => {
               return [...reqs.map(() => [new Error("NOSCRIPT No matching script"), null]), [null, 1]];
             }
             landed.push(...reqs);
-            return [...reqs.map((_, i) => [null, `1-${landed.length - reqs.length + i}`]), [null, 1]];
+            return [...reqs.map((_, i) => [null, [`1-${landed.length - reqs.length + i}`]]), [null, 1]];
           },
         };
         return p;
@@ -581,6 +582,56 @@ describe("core", () => {
       assert.deepEqual(landed.map((r) => r.split(".")[1]), ["1", "2"], "the entries land in submit order");
     } finally {
       Object.assign(inner, real);
+    }
+  }));
+
+  test("an admission whose reply is lost and that ioredis sends again lands once", g(async () => {
+    // A proxy between the client and Redis drops the connection that carries
+    // the admission (marked by its payload) as soon as Redis answers it: Redis
+    // ran it, and ioredis sends it again on its new connection.
+    const marker = Buffer.from("resend-marker-7f3a");
+    const target = new URL(env.redisUrl);
+    let cut = 0;
+    const proxy = createServer((down) => {
+      const up = connect(Number(target.port), target.hostname);
+      let armed = false;
+      down.on("data", (d: Buffer) => {
+        if (cut === 0 && d.includes(marker)) armed = true;
+        up.write(d);
+      });
+      up.on("data", (d: Buffer) => {
+        if (armed) {
+          cut++;
+          armed = false;
+          down.destroy();
+          up.destroy();
+          return;
+        }
+        down.write(d);
+      });
+      const close = () => (down.destroy(), up.destroy());
+      down.on("error", close).on("close", close);
+      up.on("error", close).on("close", close);
+    });
+    await new Promise<void>((r) => proxy.listen(0, "127.0.0.1", r));
+    const admin = new Redis(env.redisUrl);
+    try {
+      // The script is loaded, so the reply lost is the admission's own.
+      await admin.script("LOAD", ADMIT_LUA);
+      const port = (proxy.address() as AddressInfo).port;
+      const c = client({ mode: "ack", redisUrl: `redis://127.0.0.1:${port}` });
+      const key = { k: "resend", n: 1 };
+      const t = await c.write(KV.name, key, "put", { a: marker.toString() });
+      assert.equal((await t.acked).outcome, "applied");
+      assert.equal(cut, 1, "the admission's reply was cut");
+      const stream = new Names(env.name).stream(partitionOf(KV.name, canonicalKey(KV, key), env.partitions));
+      const copies = (await admin.xrangeBuffer(stream, "-", "+")).filter(([, f]) => f.some((v) => v.includes(marker)));
+      assert.equal(copies.length, 1, "the admission sent twice landed once");
+      assert.equal(String(copies[0][0]), t.entryId);
+      assert.equal((await client().read(KV.name, key))!.payload.a, marker.toString());
+    } finally {
+      admin.disconnect();
+      proxy.close();
     }
   }));
 
