@@ -26,4 +26,4 @@ pub use document::{
     doc_version, is_live, is_tombstone, update_of, DOC_PAYLOAD, DOC_REMOVED, DOC_WRIT, KEY_INDEX,
 };
 pub use keys::{exact_filter, keys_query, KeysQuery};
-pub use store::{Answers, Applied, Store};
+pub use store::{write_concern, Answers, Applied, Store};

@@ -61,6 +61,20 @@ pub struct Store {
     uri: String,
 }
 
+/// The write concern of `mongodb.write_concern`, `journal` and `op_timeout_ms`
+/// (also the benchmark baseline's, so that both sides wait for the same).
+pub fn write_concern(config: &Config) -> WriteConcern {
+    let w = match config.write_concern {
+        WriteConcernW::Majority => Acknowledgment::Majority,
+        WriteConcernW::Nodes(n) => Acknowledgment::Nodes(n),
+    };
+    WriteConcern::builder()
+        .w(w)
+        .journal(config.journal)
+        .w_timeout(config.op_timeout)
+        .build()
+}
+
 impl Store {
     /// Connects (lazily: the driver retries in the background) and checks the
     /// URI parses.
@@ -89,18 +103,9 @@ impl Store {
         // room for them plus reads and pings, so nothing queues in the driver.
         opts.max_pool_size = Some(config.max_concurrency as u32 + 4);
         let client = mongodb::Client::with_options(opts)?;
-        let w = match config.write_concern {
-            WriteConcernW::Majority => Acknowledgment::Majority,
-            WriteConcernW::Nodes(n) => Acknowledgment::Nodes(n),
-        };
-        let wc = WriteConcern::builder()
-            .w(w)
-            .journal(config.journal)
-            .w_timeout(config.op_timeout)
-            .build();
         Ok(Store {
             db: client.database(&config.database),
-            wc,
+            wc: write_concern(config),
             confirm_majority: !matches!(config.write_concern, WriteConcernW::Nodes(0 | 1)),
             max_time: config.op_timeout,
             limiter: super::Limiter::new(config.max_concurrency, config.op_timeout),

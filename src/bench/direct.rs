@@ -39,7 +39,12 @@ pub(super) async fn run(
     let client = mongodb::Client::with_options(opts)?;
     let target = client
         .database(&config.database)
-        .collection::<Document>(&format!("{}_direct", coll.name));
+        .collection_with_options::<Document>(
+            &format!("{}_direct", coll.name),
+            mongodb::options::CollectionOptions::builder()
+                .write_concern(crate::apply::write_concern(config))
+                .build(),
+        );
     let keys: Document = coll
         .key
         .iter()
