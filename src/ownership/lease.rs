@@ -23,31 +23,9 @@ use crate::redis_conn::{Confirmer, Conn, Replication};
 use crate::error::Result;
 use crate::protocol::Names;
 
-/// Takes a free lease. A lease key without an expiry was not set by writ
-/// (writ always sets one): it is taken over, or the partition would never be
-/// owned again; the new token fences whoever set it. A fence that is not a
-/// plain number is refused before anything is set, as a key of another type
-/// is (`WRONGTYPE`): that partition stays unowned, the others are taken. The
-/// `INCR` goes before the `SET`, so a failing `INCR` leaves no lease behind.
-///
-/// A lease that already names this daemon is not taken again: two daemons
-/// that share a consumer name (a replacement started while the old one
-/// drains) would fence each other for ever. The cost: in cluster mode, an
-/// acquisition the client re-sent after losing its reply leaves the
-/// partition unowned until the lease's TTL runs out.
-const ACQUIRE: &str = r#"
-local fence = redis.call('GET', KEYS[2])
-if fence and not (string.match(fence, '^%d+$') and #fence <= 18) then
-  return redis.error_reply('WRONGTYPE the fence key holds a value writ did not write (not a number)')
-end
-local cur = redis.call('GET', KEYS[1])
-if cur == false or redis.call('PTTL', KEYS[1]) == -1 then
-  local token = redis.call('INCR', KEYS[2])
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return token
-end
-return 0
-"#;
+/// Takes a free lease, once per call even when the call runs twice
+/// (`src/lua/lease_acquire.lua`).
+const ACQUIRE: &str = include_str!("../lua/lease_acquire.lua");
 
 const RENEW: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] and redis.call('GET', KEYS[2]) == ARGV[3] then
@@ -126,8 +104,10 @@ impl Leases {
         let mut conn = self.conn.clone();
         let mut call = self.acquire.key(self.names.lease(p));
         call.key(self.names.fence(p))
+            .key(self.names.acquired(p))
             .arg(&self.me)
-            .arg(self.ttl.as_millis() as u64);
+            .arg(self.ttl.as_millis() as u64)
+            .arg(format!("{:016x}", rand::random::<u64>()));
         // With replicas to confirm, note the connection the acquisition went
         // out on: its WAIT must go out on the same one.
         let (client, token): (u64, u64) = if self.replication.wanted() {

@@ -55,6 +55,13 @@ impl Names {
         format!("{}:{{p{partition}}}:lease", self.ns)
     }
 
+    /// A partition's last lease acquisition: `<ns>:{p<N>}:acquired` (the
+    /// acquiring call's id and the token it took, with the lease's TTL), so
+    /// that an acquisition sent twice takes the lease once.
+    pub fn acquired(&self, partition: u32) -> String {
+        format!("{}:{{p{partition}}}:acquired", self.ns)
+    }
+
     /// A partition's fencing counter: `<ns>:{p<N>}:fence`.
     pub fn fence(&self, partition: u32) -> String {
         format!("{}:{{p{partition}}}:fence", self.ns)

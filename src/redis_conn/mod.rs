@@ -246,6 +246,7 @@ mod tests {
                 names.stream(p),
                 names.meta(p),
                 names.lease(p),
+                names.acquired(p),
                 names.fence(p),
                 names.cache(p, "signal", r#"["BTCUSDT","{p9}","x"]"#),
             ];

@@ -1,0 +1,35 @@
+-- Lease acquisition (src/ownership/lease.rs).
+-- KEYS[1] lease <ns>:{p<N>}:lease; KEYS[2] fence <ns>:{p<N>}:fence;
+-- KEYS[3] last acquisition <ns>:{p<N>}:acquired.
+-- ARGV[1] the daemon's consumer name; ARGV[2] TTL (ms); ARGV[3] this call's id
+-- (random per call). Returns the new fencing token, or 0 when the lease is held.
+--
+-- Takes a free lease. A lease key without an expiry was not set by writ
+-- (writ always sets one): it is taken over, or the partition would never be
+-- owned again; the new token fences whoever set it. A fence that is not a
+-- plain number is refused before anything is set, as a key of another type
+-- is (WRONGTYPE): that partition stays unowned, the others are taken. The
+-- INCR goes before the SET, so a failing INCR leaves no lease behind.
+--
+-- Sent twice, taken once: redis-rs in cluster mode sends a call again after
+-- a timeout or a dropped connection. When the lease names this daemon and
+-- the last acquisition is this call's, with the token still current, the
+-- second run returns that token (as a string, exact at any size). Another call from a daemon of the same
+-- name (a replacement started while the old one drains) has another id and
+-- gets 0, as any daemon does while the lease is held.
+local fence = redis.call('GET', KEYS[2])
+if fence and not (string.match(fence, '^%d+$') and #fence <= 18) then
+  return redis.error_reply('WRONGTYPE the fence key holds a value writ did not write (not a number)')
+end
+local cur = redis.call('GET', KEYS[1])
+if cur == false or redis.call('PTTL', KEYS[1]) == -1 then
+  local token = redis.call('INCR', KEYS[2])
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  redis.call('SET', KEYS[3], ARGV[3] .. ' ' .. token, 'PX', ARGV[2])
+  return token
+end
+if cur == ARGV[1] and fence then
+  local last = redis.call('GET', KEYS[3])
+  if last and last == ARGV[3] .. ' ' .. fence then return fence end
+end
+return 0
