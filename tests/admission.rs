@@ -156,7 +156,7 @@ async fn a_batch_is_refused_only_on_an_exact_count() {
 /// `clients/node/test/core.test.ts` loses a real reply through a proxy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_sent_twice_adds_its_entries_once() {
-    let redis = support::RedisServer::start();
+    let redis = support::RedisServer::start_with(true);
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let script = redis::Script::new(include_str!("../src/lua/admit.lua"));
@@ -192,9 +192,18 @@ async fn a_call_sent_twice_adds_its_entries_once() {
     let second: Vec<redis::Value> = call(2, 4).invoke_async(&mut conn).await.unwrap();
     assert_eq!(second.len(), 4, "three ids and the backlog: {second:?}");
     assert_eq!(second[3], redis::Value::Int(5));
+    // The second run writes (it renews the record's expiry), so that a WAIT
+    // after it on its connection covers the first run: Redis 7 moves a
+    // connection's replication offset only for commands that write. Seen
+    // here as the AOF growing.
+    let aof_before = aof_size(&mut conn).await;
     let again: Vec<redis::Value> = call(2, 4).invoke_async(&mut conn).await.unwrap();
     assert_eq!(again, second);
     assert_eq!(xlen(conn.clone()).await, 5);
+    assert!(
+        aof_size(&mut conn).await > aof_before,
+        "the second run propagated nothing"
+    );
 
     // The window is one call: call 1's reply is gone, and it is refused.
     let old: redis::RedisResult<redis::Value> = call(1, 2).invoke_async(&mut conn).await;
@@ -224,4 +233,53 @@ async fn a_call_sent_twice_adds_its_entries_once() {
         .await
         .unwrap();
     assert_eq!(fields, 2, "`last` and the last call's reply");
+
+    // A window of 3 keeps three replies in three slots; a number that never
+    // reached Redis (4) leaves nothing behind, and the record stays at four
+    // fields.
+    let windowed = |seq: u64| {
+        let mut inv = script.key(stream);
+        inv.key(meta).key("w:{p0}:adm:c3");
+        inv.arg("w").arg(1000).arg("").arg(1).arg(seq).arg(3);
+        inv.arg(2).arg("i").arg(format!("c3.{seq}"));
+        inv
+    };
+    let mut replies = std::collections::HashMap::new();
+    for seq in [1u64, 2, 3, 5, 6, 7] {
+        let r: Vec<redis::Value> = windowed(seq).invoke_async(&mut conn).await.unwrap();
+        replies.insert(seq, r);
+    }
+    let len_before = xlen(conn.clone()).await;
+    for seq in [5u64, 6, 7] {
+        let r: Vec<redis::Value> = windowed(seq).invoke_async(&mut conn).await.unwrap();
+        assert_eq!(r, replies[&seq], "call {seq} within the window");
+    }
+    for seq in [3u64, 4] {
+        let r: redis::RedisResult<redis::Value> = windowed(seq).invoke_async(&mut conn).await;
+        assert_eq!(
+            r.expect_err("refused").code(),
+            Some("DUPLICATE"),
+            "call {seq}: its slot was reused, or it never ran and a later call did"
+        );
+    }
+    assert_eq!(xlen(conn.clone()).await, len_before, "nothing added");
+    let fields: u64 = redis::cmd("HLEN")
+        .arg("w:{p0}:adm:c3")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(fields, 4, "`last` and three slots");
+}
+
+/// `aof_current_size` of `INFO persistence`.
+async fn aof_size(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("persistence")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("aof_current_size:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("aof_current_size")
 }

@@ -100,32 +100,40 @@ end
 -- reply was lost (ioredis at a reconnect, redis-rs in cluster mode after a
 -- timeout); without the record the entries would be added twice, and a
 -- write of the key by another process in between would be overwritten by
--- the copy. A caller numbers its calls to a partition 1, 2, 3, ... (one
--- record per caller and partition). The record keeps `last`, the highest
--- number that ran, and the reply of each of the last `window` calls; a call
--- that ran already gets its reply again and adds nothing; a number at or
--- under `last` whose reply is gone (older than the window) is refused with
--- DUPLICATE. The record expires an hour after the caller's last call.
+-- the copy. A caller numbers its calls to a partition 1, 2, 3, ... in the
+-- order it sends them (one record per caller and partition). The record
+-- keeps `last`, the highest number that ran, and the replies of recent calls
+-- in `window` slots (field r<number mod window>: "<number>:<reply>"), so it
+-- never holds more than window + 1 fields. A call that ran already gets its
+-- reply again and adds nothing; it still renews the record's expiry, a write,
+-- so that a WAIT after it on its connection also covers the first run. A
+-- number at or under `last` whose reply is not kept is refused with
+-- DUPLICATE and adds nothing: it ran before and its reply was overwritten, or
+-- a later call overtook it (adding it now would put it after that call). The
+-- record expires an hour after the caller's last call.
 local n = tonumber(ARGV[4])
 local out, at, counted = {}, 5, nil
-local seq, window
+local seq, slot
 if KEYS[3] then
-  seq, window, at = tonumber(ARGV[5]), tonumber(ARGV[6]), 7
-  local rec = redis.call('HMGET', KEYS[3], 'last', ARGV[5])
-  if rec[2] then
-    for item in string.gmatch(rec[2], '%S+') do
+  seq, at = tonumber(ARGV[5]), 7
+  slot = 'r' .. string.format('%d', seq % tonumber(ARGV[6]))
+  local rec = redis.call('HMGET', KEYS[3], 'last', slot)
+  local ran, said = string.match(rec[2] or '', '^(%d+):(.*)$')
+  if ran == ARGV[5] then
+    for item in string.gmatch(said, '%S+') do
       if string.sub(item, 1, 1) == '#' then
         out[#out + 1] = tonumber(string.sub(item, 2))
       else
         out[#out + 1] = item
       end
     end
+    redis.call('EXPIRE', KEYS[3], 3600)
     return out
   end
   local last = tonumber(rec[1])
   if last and seq <= last then
-    return redis.error_reply('DUPLICATE admission call ' .. ARGV[5] .. ' ran before (last ' .. rec[1] ..
-      ') and its reply is no longer kept: the write may or may not have been added')
+    return redis.error_reply('DUPLICATE admission call ' .. ARGV[5] .. ' is not after the last call that ran (' ..
+      rec[1] .. ') and its reply is not kept: it ran before, or a later call overtook it; nothing was added now')
   end
 end
 while #out < n do
@@ -146,8 +154,7 @@ if seq then
   for i, item in ipairs(out) do
     if type(item) == 'number' then said[i] = '#' .. item else said[i] = item end
   end
-  redis.call('HSET', KEYS[3], 'last', ARGV[5], ARGV[5], table.concat(said, ' '))
-  redis.call('HDEL', KEYS[3], string.format('%d', seq - window))
+  redis.call('HSET', KEYS[3], 'last', ARGV[5], slot, ARGV[5] .. ':' .. table.concat(said, ' '))
   redis.call('EXPIRE', KEYS[3], 3600)
 end
 return out

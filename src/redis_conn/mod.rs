@@ -245,6 +245,7 @@ mod tests {
             let keys = [
                 names.stream(p),
                 names.meta(p),
+                names.admission(p, "c0123456789abcdef"),
                 names.lease(p),
                 names.acquired(p),
                 names.fence(p),

@@ -720,6 +720,14 @@ export class WritClient {
       // Refused by the bound.
       if (e instanceof AdmitRefused) throw new BackpressureError(k.partition, e.backlog, this.config.maxBacklog);
       const msg = errMessage(e);
+      if (isReplyError(e) && msg.startsWith("DUPLICATE")) {
+        // The admission ran before (its reply lost, then no longer kept) or was
+        // overtaken by a later one of this client (protocol.md §2a).
+        throw new WritConnectionError(
+          `the write to ${collection} may or may not have been accepted: ${msg}. Read the key before retrying it.`,
+          { cause: e },
+        );
+      }
       if (isReplyError(e)) {
         throw new WritConnectionError(`Redis refused the write to ${collection}: ${msg}${this.clusterHint(msg)}`, { cause: e });
       }
