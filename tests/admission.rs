@@ -196,12 +196,12 @@ async fn a_call_sent_twice_adds_its_entries_once() {
     // after it on its connection covers the first run: Redis 7 moves a
     // connection's replication offset only for commands that write. Seen
     // here as the AOF growing.
-    let aof_before = aof_size(&mut conn).await;
+    let aof_before = support::aof_size(&mut conn).await;
     let again: Vec<redis::Value> = call(2, 4).invoke_async(&mut conn).await.unwrap();
     assert_eq!(again, second);
     assert_eq!(xlen(conn.clone()).await, 5);
     assert!(
-        aof_size(&mut conn).await > aof_before,
+        support::aof_size(&mut conn).await > aof_before,
         "the second run propagated nothing"
     );
 
@@ -269,17 +269,4 @@ async fn a_call_sent_twice_adds_its_entries_once() {
         .await
         .unwrap();
     assert_eq!(fields, 4, "`last` and three slots");
-}
-
-/// `aof_current_size` of `INFO persistence`.
-async fn aof_size(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("persistence")
-        .query_async(conn)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("aof_current_size:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("aof_current_size")
 }

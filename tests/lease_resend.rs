@@ -28,7 +28,7 @@ async fn acquire(conn: &mut MultiplexedConnection, me: &str, call: &str) -> u64 
 
 #[tokio::test]
 async fn an_acquisition_sent_twice_takes_the_lease_once() {
-    let redis = support::RedisServer::start();
+    let redis = support::RedisServer::start_with(true);
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let fence = |mut c: MultiplexedConnection| async move {
@@ -40,10 +40,17 @@ async fn an_acquisition_sent_twice_takes_the_lease_once() {
     };
 
     assert_eq!(acquire(&mut conn, "d1", "a").await, 1, "a free lease");
+    let aof = support::aof_size(&mut conn).await;
     assert_eq!(
         acquire(&mut conn, "d1", "a").await,
         1,
         "the same call again gets its token"
+    );
+    // The second run writes, so that a WAIT after it (min_replicas_acked)
+    // covers the first run's INCR.
+    assert!(
+        support::aof_size(&mut conn).await > aof,
+        "the second run propagated nothing"
     );
     assert_eq!(fence(conn.clone()).await, 1, "one INCR for the two runs");
     assert_eq!(

@@ -30,6 +30,12 @@ if cur == false or redis.call('PTTL', KEYS[1]) == -1 then
 end
 if cur == ARGV[1] and fence then
   local last = redis.call('GET', KEYS[3])
-  if last and last == ARGV[3] .. ' ' .. fence then return fence end
+  if last and last == ARGV[3] .. ' ' .. fence then
+    -- A write, so that a WAIT after this run on its connection also covers
+    -- the first run's INCR (Redis 7 moves a connection's replication offset
+    -- only for commands that write).
+    redis.call('PEXPIRE', KEYS[3], ARGV[2])
+    return fence
+  end
 end
 return 0

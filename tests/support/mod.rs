@@ -1012,3 +1012,17 @@ pub fn same_partition(
     assert_eq!(names.len(), n, "not enough keys in partition {p}");
     names
 }
+
+/// `aof_current_size` of `INFO persistence`: grows when Redis propagates a
+/// write (to the AOF and to replicas alike).
+pub async fn aof_size(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("persistence")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("aof_current_size:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("aof_current_size")
+}
