@@ -151,7 +151,7 @@ impl Batcher {
     /// Sends partition `p`'s queue, call after call, until it is empty.
     async fn flush(self: Arc<Self>, p: usize) {
         loop {
-            let batch = {
+            let (seq, batch) = {
                 let mut q = self.queues[p].lock().expect("lock");
                 if q.waiting.is_empty() {
                     q.busy = false;
@@ -173,7 +173,6 @@ impl Batcher {
                 q.calls += 1;
                 (q.calls, q.waiting.drain(..n).collect::<Vec<_>>())
             };
-            let (seq, batch) = batch;
             let results = self.call(p, seq, &batch).await;
             for (w, r) in batch.into_iter().zip(results) {
                 let _ = w.reply.send(r);
