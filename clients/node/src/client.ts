@@ -32,10 +32,13 @@ import {
   type KeyValue,
 } from "./key.js";
 import { ADMIT_LUA, CACHE_CAS_LUA } from "./lua.js";
-import { AdmitBatcher, AdmitRefused, admitArgs, type AdmitKeys } from "./admit.js";
+import { AdmitBatcher, AdmitRefused, type AdmitKeys } from "./admit.js";
+import { AckReader, lastDelivered } from "./acks.js";
 import { RESERVED_FIELDS } from "./collections.js";
 import { bsonNesting, MAX_NESTING } from "./nesting.js";
+import { NOT_EXECUTED, ReplicatedAdmitter } from "./replicated.js";
 import { compareStreamIds, isSortable, toSortable, ZERO_VERSION } from "./version.js";
+import { errMessage, groupBy, isReplyError, sleep } from "./util.js";
 
 export type Op = "put" | "remove";
 export type AckOutcome = "applied" | "coalesced" | "stale" | "dead_lettered";
@@ -109,57 +112,12 @@ type RedisConn = Redis | Cluster;
 /** What a connection is for (see {@link WritClient.connect}). */
 type ConnRole = "commands" | "acks" | "writes";
 
-/**
- * Reply errors that mean the command was not executed where it was sent
- * (Redis Cluster redirections, a slot being migrated, a failover in progress):
- * sending it again is safe.
- */
-const NOT_EXECUTED = /^(MOVED|ASK|TRYAGAIN|CLUSTERDOWN) /;
-/** An ioredis cluster pipeline refused before sending: its slots moved apart. */
-const PIPELINE_SPLIT = /same slots allocation group|same slot/;
-/** Tries of an admission batch whose commands were redirected (as ioredis's maxRedirections). */
-const MAX_REDIRECTIONS = 16;
-/** Most admissions in one pipeline with a trailing WAIT. */
-const ADMIT_BATCH_MAX = 1000;
-
-/** An admission waiting for its batch (`minReplicasAcked > 0`). */
-interface AdmitJob {
-  keys: AdmitKeys;
-  /** The batch form with one entry and a call number (src/lua/admit.lua). */
-  args: (string | Buffer | number)[];
-  /** Send the script's text (EVAL): the node did not have it (NOSCRIPT). */
-  useEval: boolean;
-  /** Times it was redirected (MOVED, ASK, TRYAGAIN, CLUSTERDOWN) and sent again. */
-  redirects: number;
-  /** The last reply that was not an entry id. */
-  lastError?: unknown;
-  resolve: (r: { entryId: string; replicas: number | Error }) => void;
-  reject: (e: unknown) => void;
-}
-
-const ACK_BLOCK_MS = 1000;
-/** How often, at most, the ack loop looks for lost acks ({@link WritClient.sweepLostAcks}). */
-const LOST_ACK_SWEEP_MS = 5000;
-/** Writes one sweep looks at. */
-const LOST_ACK_SWEEP_MAX = 256;
-/** Dead letters one sweep reads (pages of 500) before it gives up until the next. */
-const LOST_ACK_DLQ_SCAN = 2000;
-/** How far before a write's entry its dead letter is looked for. */
-const LOST_ACK_CLOCK_MARGIN_MS = 60_000;
-/**
- * Reply errors that may pass by themselves (a server loading its data set, a
- * busy script, a cluster failover or resharding): the sweep retries them
- * without a word. Any other reply error (NOPERM, WRONGTYPE, ...) stays until
- * someone fixes it.
- */
-const TRANSIENT_REPLY = /^(LOADING|BUSY|TRYAGAIN|CLUSTERDOWN|MASTERDOWN|MOVED|ASK)\b/;
 /** Keys whose partition and BSON are remembered. */
 const KEY_MEMO_MAX = 20000;
 /** Entry field names and fixed values, encoded once. */
 const F = Object.fromEntries(
   ["v", "1", "coll", "op", "enc", "bson", "key", "doc", "client", "req", "put", "remove"].map((x) => [x, Buffer.from(x)]),
 ) as Record<string, Buffer>;
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** A Buffer view of BSON bytes (no copy). */
 export function bsonBuffer(doc: Document): Buffer {
@@ -175,15 +133,6 @@ export function bsonBuffer(doc: Document): Buffer {
 
 function sha1(text: string): string {
   return createHash("sha1").update(text, "utf8").digest("hex");
-}
-
-function errMessage(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
-}
-
-/** A server reply error (as opposed to a connection failure). */
-function isReplyError(e: unknown): boolean {
-  return e instanceof Error && e.name === "ReplyError";
 }
 
 /**
@@ -219,68 +168,16 @@ async function withTimeout<T>(p: Promise<T>, ms: number, onTimeout: () => Error)
   }
 }
 
-/** `items` grouped by `key`, each group in the items' order. */
-function groupBy<K, T>(items: T[], key: (t: T) => K): Map<K, T[]> {
-  const groups = new Map<K, T[]>();
-  for (const t of items) {
-    const same = groups.get(key(t));
-    if (same) same.push(t);
-    else groups.set(key(t), [t]);
-  }
-  return groups;
-}
-
-/**
- * Up to `max` of `items` (oldest first), taken one per key in turn: the
- * oldest of every key, then the second of every key, and so on. So a key
- * with many writes that cannot settle (its partition stuck, its entries
- * gone) does not use up a sweep that another key's lost ack needs. The
- * keys' turn starts at key `start` (modulo their number): successive sweeps
- * pass `start` on, so with more keys than `max` every key gets its turn.
- */
-function fairShare<K, T>(items: T[], key: (t: T) => K, max: number, start = 0): T[] {
-  const grouped = [...groupBy(items, key).values()];
-  const at = grouped.length ? start % grouped.length : 0;
-  const queues = [...grouped.slice(at), ...grouped.slice(0, at)];
-  const out: T[] = [];
-  for (let round = 0; out.length < max; round++) {
-    let took = false;
-    for (const q of queues) {
-      if (round < q.length) {
-        out.push(q[round]);
-        took = true;
-        if (out.length >= max) break;
-      }
-    }
-    if (!took) break;
-  }
-  return out;
-}
-
-function flatToMap(flat: unknown): Map<string, unknown> {
-  const m = new Map<string, unknown>();
-  if (Array.isArray(flat)) for (let i = 0; i + 1 < flat.length; i += 2) m.set(String(flat[i]), flat[i + 1]);
-  return m;
-}
-
 export class WritClient {
   readonly config: WritConfig;
   readonly names: Names;
   private readonly specs = new Map<string, CollectionSpec>();
   /** The commands connection (replaced if a Cluster's first connection fails). */
   private redis: RedisConn;
-  private ackRedis: RedisConn | undefined;
-  /** With `minReplicasAcked > 0`: the connection admissions and their WAIT go through (WAIT blocks it). */
-  private writeRedis: RedisConn | undefined;
-  private writeReady: Promise<void> | undefined;
-  /** Admissions waiting for a WAIT batch, by node (cluster) or "" (one server). */
-  private admitQueues = new Map<string, { jobs: AdmitJob[]; busy: boolean; scheduled: boolean }>();
-  /**
-   * Partition stream → admissions held back while an earlier admission of
-   * that partition goes round again (NOSCRIPT, a redirection): they are sent
-   * after it, so one key's entries keep the order of their submits.
-   */
-  private heldAdmits = new Map<string, AdmitJob[]>();
+  /** The ack stream loop and the lost-ack sweep (src/acks.ts). */
+  private readonly ackReader: AckReader;
+  /** Admissions with `minReplicasAcked > 0`, each followed by WAIT on a connection of its own (src/replicated.ts). */
+  private readonly replicated: ReplicatedAdmitter;
   /** The PEM contents of the redisTls* files, read once. */
   private readonly tls: RedisTlsPem | undefined;
   /** The last connection error ioredis reported (TLS and socket errors), for messages. */
@@ -301,13 +198,6 @@ export class WritClient {
   private readonly reqPrefix = randomBytes(5).toString("hex");
   /** This instance's name in its admission records (`<ns>:{p<N>}:adm:<caller>`). */
   private readonly caller = `n${randomBytes(8).toString("hex")}`;
-  /**
-   * With `minReplicasAcked > 0`: per partition, the number of its last
-   * admission call. Each admission is a call of its own, and up to
-   * {@link ADMIT_BATCH_MAX} of a partition's can be in one pipeline, so their
-   * records keep that many replies.
-   */
-  private readonly admitCalls = new Map<string, number>();
   /** req → pending write. */
   private readonly pending = new Map<string, PendingWrite>();
   /** key id → this process's pending writes of that key, oldest first. */
@@ -317,17 +207,6 @@ export class WritClient {
   /** Per partition: [stream, meta, admission record] key names. */
   private partitionNames: AdmitKeys[] = [];
   private connected = false;
-  private ackLoop: Promise<void> | undefined;
-  private lastAckId = "0";
-  /** Whether a refusal of the ack stream's read went to `onError` already. */
-  private ackErrorReported = false;
-  /** When the ack loop last looked for lost acks; whether it told `onError`. */
-  private lastSweepAt = 0;
-  /** Where the next sweep's turn of keys starts ({@link fairShare}). */
-  private sweepStart = 0;
-  private lostAckReported = false;
-  /** Whether a refusal of the dead-letter stream's read (the sweep) went to `onError` already. */
-  private dlqErrorReported = false;
   private syncPromise: Promise<void> | undefined;
   private readyPromise: Promise<void> | undefined;
   private closed = false;
@@ -344,6 +223,23 @@ export class WritClient {
       this.names.group,
       this.config.maxBacklog,
     );
+    this.replicated = new ReplicatedAdmitter({
+      config: this.config,
+      connect: () => this.connect("writes"),
+      script: { sha: this.admitSha, text: ADMIT_LUA },
+      group: this.names.group,
+      closed: () => this.closed,
+    });
+    this.ackReader = new AckReader({
+      config: this.config,
+      names: this.names,
+      pending: this.pending,
+      connect: () => this.connect("acks"),
+      commands: () => this.redis,
+      deliver: (req, r) => this.deliver(req, r),
+      report: (e) => this.report(e),
+      closed: () => this.closed,
+    });
     for (const c of this.config.collections) this.specs.set(c.name, c);
     // The redisTls* files, read once; every connection uses them.
     this.tls = readRedisTls(this.config);
@@ -391,7 +287,7 @@ export class WritClient {
           // and a MOVED reply to such a pipeline (resharding, failover) fails its
           // commands instead of redirecting them (ioredis issue #2075). Many-key
           // reads pipeline per slot instead (readCache), and admissions with WAIT
-          // batch per node with their own redirection handling (admitBatch).
+          // batch per node with their own redirection handling (src/replicated.ts).
           enableAutoPipelining: false,
           // Nodes learnt from CLUSTER SLOTS get these, not the seed URLs' parts:
           // credentials and TLS (ioredis enables TLS only for a rediss:// URL
@@ -690,7 +586,7 @@ export class WritClient {
     const acked = new Promise<AckResult>((r) => (settle = r));
     const w: PendingWrite = { req, key: k, op, doc: docBytes, settle, acked };
     this.pending.set(req, w);
-    this.startAckLoop();
+    this.ackReader.start();
 
     const keys = this.partitionKeys(k.partition);
     const entry: (string | Buffer | number)[] = [
@@ -709,7 +605,7 @@ export class WritClient {
     try {
       const admitted: Promise<{ entryId: string; replicas: number | Error | undefined }> =
         this.config.minReplicasAcked > 0
-          ? this.admitReplicated(keys, entry)
+          ? this.replicated.admit(keys, entry)
           : this.admitter.admit(keys, entry).then((id) => ({ entryId: id, replicas: undefined }));
       ({ entryId, replicas } = await this.bounded(admitted, collection));
     } catch (e) {
@@ -818,195 +714,6 @@ export class WritClient {
       : "";
   }
 
-  // ------------------------------------------------- admission with WAIT
-
-  /**
-   * With `minReplicasAcked > 0`: the admission script, then `WAIT
-   * minReplicasAcked replicaAckTimeoutMs` in the same pipeline on the same
-   * connection, so the WAIT runs on the master that took the entry and
-   * covers it. Admissions made meanwhile share one WAIT per node (group
-   * commit): while a batch waits, the next one gathers. The writes
-   * connection is its own: WAIT blocks it (up to replicaAckTimeoutMs when
-   * replicas lag), and reads must not queue behind it.
-   */
-  private async admitReplicated(keys: AdmitKeys, entry: (string | Buffer | number)[]): Promise<{ entryId: string; replicas: number | Error }> {
-    await this.writeConnection();
-    // Numbered in submit order: jobs of one partition are sent in that order.
-    const seq = (this.admitCalls.get(keys[0]) ?? 0) + 1;
-    this.admitCalls.set(keys[0], seq);
-    const args = admitArgs(this.names.group, this.config.maxBacklog, seq, ADMIT_BATCH_MAX, [entry]);
-    return new Promise((resolve, reject) => this.enqueueAdmit({ keys, args, useEval: false, redirects: 0, resolve, reject }));
-  }
-
-  private writeConnection(): Promise<void> {
-    if (!this.writeRedis) this.writeRedis = this.connect("writes");
-    if (!this.writeReady) {
-      const conn = this.writeRedis;
-      // A Cluster must know its slots before admissions are grouped by node.
-      this.writeReady = (conn.status === "wait" ? conn.connect() : Promise.resolve()).catch((e) => {
-        this.writeReady = undefined;
-        throw e;
-      });
-    }
-    return this.writeReady;
-  }
-
-  /** The batch an admission joins: the nodes serving its slot (cluster), else the one server. */
-  private admitGroup(key: string): string {
-    const conn = this.writeRedis;
-    if (!(conn instanceof Cluster)) return "";
-    const slot = calculateSlot(key);
-    return conn.slots[slot]?.join(",") || `slot ${slot}`;
-  }
-
-  private enqueueAdmit(job: AdmitJob): void {
-    const held = this.heldAdmits.get(job.keys[0]);
-    if (held) {
-      held.push(job);
-      return;
-    }
-    const group = this.admitGroup(job.keys[0]);
-    let q = this.admitQueues.get(group);
-    if (!q) this.admitQueues.set(group, (q = { jobs: [], busy: false, scheduled: false }));
-    q.jobs.push(job);
-    if (!q.busy && !q.scheduled) {
-      q.scheduled = true;
-      // Like ioredis's auto-pipelining: admissions made in this turn of the event loop go together.
-      setImmediate(() => this.drainAdmits(group));
-    }
-  }
-
-  private drainAdmits(group: string): void {
-    const q = this.admitQueues.get(group);
-    if (!q) return;
-    q.scheduled = false;
-    if (q.busy) return;
-    if (!q.jobs.length) {
-      this.admitQueues.delete(group);
-      return;
-    }
-    const batch = q.jobs.splice(0, ADMIT_BATCH_MAX);
-    if (this.closed) {
-      for (const j of batch) j.reject(new WritClosedError());
-      return this.drainAdmits(group);
-    }
-    q.busy = true;
-    void this.admitBatch(batch).finally(() => {
-      q.busy = false;
-      this.drainAdmits(group);
-    });
-  }
-
-  /**
-   * Sends one batch: its admissions, then WAIT. Admissions a node did not
-   * execute (NOSCRIPT; in a cluster MOVED, ASK, TRYAGAIN, CLUSTERDOWN, or a
-   * pipeline whose slots moved apart) go round again (redirections: after a
-   * slot refresh, at most {@link MAX_REDIRECTIONS} times). Never rejects.
-   */
-  private async admitBatch(batch: AdmitJob[]): Promise<void> {
-    const conn = this.writeRedis!;
-    const p = conn.pipeline();
-    for (const j of batch) {
-      if (j.useEval) p.eval(ADMIT_LUA, j.keys.length, ...j.keys, ...j.args);
-      else p.evalsha(this.admitSha, j.keys.length, ...j.keys, ...j.args);
-    }
-    p.wait(this.config.minReplicasAcked, this.config.replicaAckTimeoutMs);
-    let res: [Error | null, unknown][];
-    try {
-      res = (await p.exec()) ?? [];
-    } catch (e) {
-      if (conn instanceof Cluster && PIPELINE_SPLIT.test(errMessage(e))) {
-        for (const j of batch) j.lastError = e;
-        this.holdBehind(batch);
-        return this.redirect(conn, batch);
-      }
-      for (const j of batch) j.reject(e);
-      return;
-    }
-    const [waitErr, waitReply] = res[batch.length] ?? [new Error("no reply to WAIT"), null];
-    const replicas =
-      waitErr ?? (Number.isSafeInteger(waitReply) ? (waitReply as number) : new Error(`WAIT replied ${String(waitReply)}`));
-    const again: AdmitJob[] = [];
-    let redirected = false;
-    batch.forEach((j, i) => {
-      const [err, reply] = res[i] ?? [new Error("no reply to the admission"), null];
-      if (!err) {
-        // The batch form with one entry: [id], or [backlog] when the bound refused it.
-        const [item] = Array.isArray(reply) ? reply : [undefined];
-        if (typeof item === "string" || Buffer.isBuffer(item)) return j.resolve({ entryId: String(item), replicas });
-        if (typeof item === "number") return j.reject(new AdmitRefused(Math.max(0, item)));
-        return j.reject(new Error(`the admission script returned ${JSON.stringify(reply)}`));
-      }
-      const msg = errMessage(err);
-      j.lastError = err;
-      if (!j.useEval && msg.startsWith("NOSCRIPT")) {
-        j.useEval = true;
-        again.push(j);
-      } else if (conn instanceof Cluster && NOT_EXECUTED.test(msg)) {
-        redirected = true;
-        again.push(j);
-      } else {
-        j.reject(err);
-      }
-    });
-    if (!again.length) return;
-    this.holdBehind(again);
-    if (redirected) await this.redirect(conn as Cluster, again);
-    else this.release(again);
-  }
-
-  /**
-   * Holds back every admission of the partitions of `jobs` (about to go round
-   * again) that is queued now or submitted until {@link release}: taken out
-   * of their queues, kept in order.
-   */
-  private holdBehind(jobs: AdmitJob[]): void {
-    const streams = new Set(jobs.map((j) => j.keys[0]));
-    for (const st of streams) if (!this.heldAdmits.has(st)) this.heldAdmits.set(st, []);
-    for (const q of this.admitQueues.values()) {
-      const keep: AdmitJob[] = [];
-      for (const j of q.jobs) (streams.has(j.keys[0]) ? this.heldAdmits.get(j.keys[0])! : keep).push(j);
-      q.jobs = keep;
-    }
-  }
-
-  /** Queues `jobs` again, each partition's held admissions after them, in order. */
-  private release(jobs: AdmitJob[]): void {
-    const streams = [...new Set(jobs.map((j) => j.keys[0]))];
-    const held = streams.flatMap((st) => {
-      const h = this.heldAdmits.get(st) ?? [];
-      this.heldAdmits.delete(st);
-      return h;
-    });
-    for (const j of [...jobs, ...held]) this.enqueueAdmit(j);
-  }
-
-  /**
-   * Refreshes the slots, waits a little (as ioredis's retryDelayOnMoved /
-   * OnClusterDown: a failover settles), and queues `jobs` again (each joins
-   * the batch of its slot's node now); a job redirected too often fails with its last reply.
-   */
-  private async redirect(conn: Cluster, jobs: AdmitJob[]): Promise<void> {
-    await new Promise<void>((r) => conn.refreshSlotsCache(() => r()));
-    await sleep(100);
-    const again: AdmitJob[] = [];
-    for (const j of jobs) {
-      if (this.closed) j.reject(new WritClosedError());
-      else if (j.lastError instanceof Error && j.lastError.message.startsWith("NOSCRIPT")) again.push(j);
-      else if (++j.redirects > MAX_REDIRECTIONS) j.reject(j.lastError);
-      else again.push(j);
-    }
-    this.release(again);
-    // A partition none of whose jobs goes again still lets its held ones go.
-    const left = new Set(again.map((j) => j.keys[0]));
-    for (const st of new Set(jobs.map((j) => j.keys[0]))) {
-      if (left.has(st)) continue;
-      const held = this.heldAdmits.get(st) ?? [];
-      this.heldAdmits.delete(st);
-      for (const j of held) this.enqueueAdmit(j);
-    }
-  }
-
   /**
    * Writes according to the configured mode: `submit` returns once Redis
    * accepted the write; `ack` waits for the daemon's ack (a refusal throws
@@ -1107,251 +814,7 @@ export class WritClient {
 
   // ------------------------------------------------------------------- acks
 
-  private startAckLoop(): void {
-    if (this.ackLoop || this.closed) return;
-    this.ackLoop = this.runAckLoop().finally(() => {
-      this.ackLoop = undefined;
-      // A write registered while the loop was winding down.
-      if (this.pending.size && !this.closed) this.startAckLoop();
-    });
-  }
-
-  private async runAckLoop(): Promise<void> {
-    // Its own connection: XREAD BLOCK holds it for up to ACK_BLOCK_MS.
-    if (!this.ackRedis) this.ackRedis = this.connect("acks");
-    const stream = this.names.acks(this.config.clientId);
-    let backoff = 50;
-    while (!this.closed && this.pending.size > 0) {
-      await this.sweepLostAcks();
-      if (this.closed || this.pending.size === 0) return;
-      let reply: unknown;
-      try {
-        reply = await this.ackRedis.xread("COUNT", 512, "BLOCK", ACK_BLOCK_MS, "STREAMS", stream, this.lastAckId);
-        backoff = 50;
-      } catch (e) {
-        if (this.closed) return;
-        // Redis refusing the read (an ACL without this ack stream, another
-        // program's value at its key) does not pass by itself: say so once,
-        // or ack-mode writes would only time out, blaming the daemon.
-        if (isReplyError(e) && !this.ackErrorReported) {
-          this.ackErrorReported = true;
-          this.report(
-            new WritConnectionError(
-              `Redis refuses to read this client's ack stream ${stream}: ${errMessage(e)}. Writes are accepted but ` +
-                `their acks cannot be read; check the ACL (read access to <namespace>:ack:*) and that nothing else ` +
-                `writes that key`,
-              { cause: e },
-            ),
-          );
-        }
-        await sleep(backoff);
-        backoff = Math.min(backoff * 2, 2000);
-        continue;
-      }
-      this.deliverAcks(reply);
-    }
-  }
-
-  /** Delivers the acks of an `XREAD` reply of this client's ack stream. */
-  private deliverAcks(reply: unknown): void {
-    if (!Array.isArray(reply)) return;
-    for (const [, entries] of reply as [string, [string, string[]][]][]) {
-      for (const [id, flat] of entries) {
-        this.lastAckId = id;
-        const f = flatToMap(flat);
-        const req = f.get("req");
-        const outcome = f.get("outcome");
-        if (typeof req !== "string" || typeof outcome !== "string") continue;
-        this.deliver(req, {
-          outcome: outcome as AckOutcome,
-          version: String(f.get("v") ?? ""),
-          entryId: String(f.get("id") ?? ""),
-          reason: f.has("reason") ? String(f.get("reason")) : undefined,
-        });
-      }
-    }
-  }
-
-  /**
-   * Reads what the ack stream holds now, without blocking, and delivers it:
-   * an ack that arrived is believed before anything is settled without one.
-   * False if the stream could not be read for a reason that may pass (a
-   * connection); a refusal (another program's value at its key) means no
-   * ack can be read, so settling goes on.
-   */
-  private async catchUpAcks(): Promise<boolean> {
-    const stream = this.names.acks(this.config.clientId);
-    for (let pages = 0; pages < 64; pages++) {
-      let reply: unknown;
-      try {
-        reply = await this.ackRedis!.xread("COUNT", 512, "STREAMS", stream, this.lastAckId);
-      } catch (e) {
-        return isReplyError(e);
-      }
-      if (!Array.isArray(reply)) return true;
-      this.deliverAcks(reply);
-    }
-    return false;
-  }
-
-  /**
-   * Settles writes whose ack was lost (a Redis failover, an ack stream
-   * trimmed or deleted), from what the daemon left behind (protocol.md §6).
-   * A write older than `writeTimeoutMs` whose entry the stream still holds
-   * and the consumer group has delivered and no longer holds pending was
-   * finished by the daemon: its cache write, its ack and its dead letter, if
-   * any, all come before the `XACK`. The acks that did arrive are read first
-   * ({@link catchUpAcks}). It is settled `dead_lettered` if the dead-letter
-   * stream holds its entry, else `applied` at its own version (the cache
-   * holds it or a newer one). Without this, each lost ack would hold a
-   * `maxPending` slot and make every `flush()` time out for the life of the
-   * process. Bounded: at most every {@link LOST_ACK_SWEEP_MS} (or
-   * `writeTimeoutMs`, if shorter), {@link LOST_ACK_SWEEP_MAX} writes (one
-   * key at a time, {@link fairShare}) and {@link LOST_ACK_DLQ_SCAN} dead
-   * letters per sweep; any failure leaves the writes for the next sweep (a
-   * refusal of the dead-letter read that will not pass by itself, such as a
-   * writer ACL without `%R~<ns>:dlq`, also goes to `onError` once:
-   * {@link reportDlqRefusal}).
-   */
-  private async sweepLostAcks(): Promise<void> {
-    const now = Date.now();
-    if (now - this.lastSweepAt < Math.min(LOST_ACK_SWEEP_MS, this.config.writeTimeoutMs)) return;
-    this.lastSweepAt = now;
-    const overdue: PendingWrite[] = [];
-    for (const w of this.pending.values()) {
-      if (w.entryId && w.admittedAt! <= now - this.config.writeTimeoutMs) overdue.push(w);
-    }
-    if (!overdue.length) return;
-    const old = fairShare(overdue, (w) => w.key.id, LOST_ACK_SWEEP_MAX, this.sweepStart);
-    this.sweepStart += LOST_ACK_SWEEP_MAX;
-    try {
-      const done = await this.finishedByDaemon(old);
-      if (!done.length) return;
-      if (!(await this.catchUpAcks())) return;
-      let letters: Map<string, string> | undefined;
-      try {
-        letters = await this.deadLettersOf(done);
-      } catch (e) {
-        this.reportDlqRefusal(e);
-        throw e;
-      }
-      if (!letters) return;
-      let settled = 0;
-      for (const w of done) {
-        if (!this.pending.has(w.req)) continue; // its ack came meanwhile
-        const stream = this.names.stream(w.key.partition);
-        const reason = letters.get(`${stream} ${w.entryId}`);
-        const entryId = w.entryId!;
-        this.deliver(
-          w.req,
-          reason !== undefined
-            ? { outcome: "dead_lettered", version: entryId, entryId, reason }
-            : { outcome: "applied", version: entryId, entryId },
-        );
-        settled++;
-      }
-      if (settled && !this.lostAckReported) {
-        this.lostAckReported = true;
-        this.report(
-          new WritConnectionError(
-            `the acks of ${settled} writes never arrived on ${this.names.acks(this.config.clientId)} (a Redis ` +
-              `failover, or the ack stream trimmed or deleted); the daemon had finished them, so they were settled ` +
-              `from the consumer group and the dead-letter stream. Reported once per client.`,
-          ),
-        );
-      }
-    } catch {
-      /* Redis busy or away: the next sweep tries again */
-    }
-  }
-
-  /**
-   * Tells `onError`, once per client, that Redis refuses the sweep's read of
-   * the dead-letter stream for a reason that will not pass by itself (NOPERM:
-   * a writer ACL without read access to it; WRONGTYPE: another program's
-   * value at its key). Without that read no lost ack can be settled (a write
-   * is never called `applied` unless the dead letters were read), so those
-   * writes would only time out, silently. Connection failures and transient
-   * replies stay silent: the next sweep tries again.
-   */
-  private reportDlqRefusal(e: unknown): void {
-    if (this.dlqErrorReported || this.closed || !isReplyError(e) || TRANSIENT_REPLY.test(errMessage(e))) return;
-    this.dlqErrorReported = true;
-    const dlq = this.names.dlq;
-    this.report(
-      new WritConnectionError(
-        `Redis refuses to read the dead-letter stream ${dlq}: ${errMessage(e)}. Writes whose acks were lost cannot be ` +
-          `settled without it: they stay pending (flush() times out, each holds a maxPending slot). Grant the ` +
-          `writer's ACL user read access to it (\`%R~${dlq}\`; docs/operations.md, "Redis ACL users") and check ` +
-          `that nothing else writes that key. Reported once per client.`,
-        { cause: e },
-      ),
-    );
-  }
-
-  /** The consumer group's `last-delivered-id` on `stream`; undefined if it has no group yet. */
-  private async lastDelivered(stream: string): Promise<string | undefined> {
-    const groups = ((await this.redis.xinfo("GROUPS", stream)) as unknown[]).map(flatToMap);
-    const delivered = groups.find((m) => m.get("name") === this.names.group)?.get("last-delivered-id");
-    return typeof delivered === "string" ? delivered : undefined;
-  }
-
-  /**
-   * Of `writes`, those whose entries the stream still holds and the consumer
-   * group delivered and no longer holds pending. An entry the stream does not
-   * hold is never counted: its XADD may itself have been lost (a failover),
-   * and such a write was not applied.
-   */
-  private async finishedByDaemon(writes: PendingWrite[]): Promise<PendingWrite[]> {
-    const group = this.names.group;
-    const done = await Promise.all(
-      [...groupBy(writes, (w) => w.key.partition)].map(async ([p, ws]) => {
-        const stream = this.names.stream(p);
-        const delivered = await this.lastDelivered(stream);
-        if (delivered === undefined) return [];
-        const candidates = ws.filter((w) => compareStreamIds(w.entryId!, delivered) <= 0);
-        const [pending, present] = await Promise.all([
-          Promise.all(
-            candidates.map((w) => this.redis.xpending(stream, group, w.entryId!, w.entryId!, 1) as Promise<unknown[]>),
-          ),
-          Promise.all(
-            candidates.map((w) => this.redis.xrange(stream, w.entryId!, w.entryId!, "COUNT", 1) as Promise<unknown[]>),
-          ),
-        ]);
-        return candidates.filter((_, i) => pending[i].length === 0 && present[i].length === 1);
-      }),
-    );
-    return done.flat();
-  }
-
-  /**
-   * The dead letters of `writes` (`"<stream> <entry id>"` → reason), read from
-   * the oldest write's time on; undefined if more than
-   * {@link LOST_ACK_DLQ_SCAN} letters follow it (the answer would be unsure).
-   */
-  private async deadLettersOf(writes: PendingWrite[]): Promise<Map<string, string> | undefined> {
-    const letters = new Map<string, string>();
-    const oldest = writes.reduce((a, w) => (compareStreamIds(w.entryId!, a) < 0 ? w.entryId! : a), writes[0].entryId!);
-    // A margin for clocks: the dead-letter stream may live on another node
-    // (a cluster), or on a promoted replica whose clock is behind.
-    let from = `${Math.max(0, Number(oldest.split("-")[0]) - LOST_ACK_CLOCK_MARGIN_MS)}-0`;
-    for (let read = 0; read < LOST_ACK_DLQ_SCAN; ) {
-      const page = (await this.redis.xrange(this.names.dlq, from, "+", "COUNT", 500)) as [string, string[]][];
-      for (const [, flat] of page) {
-        const f = flatToMap(flat);
-        const stream = f.get("dlq.stream");
-        const id = f.get("dlq.id");
-        if (typeof stream === "string" && typeof id === "string") {
-          letters.set(`${stream} ${id}`, String(f.get("dlq.reason") ?? ""));
-        }
-      }
-      if (page.length < 500) return letters;
-      read += page.length;
-      from = `(${page[page.length - 1][0]}`;
-    }
-    return undefined;
-  }
-
+  /** Settles a pending write with its ack, read or swept by the {@link AckReader} (src/acks.ts). */
   private deliver(req: string, r: AckResult): void {
     const w = this.pending.get(req);
     if (!w) return;
@@ -1700,7 +1163,7 @@ export class WritClient {
       if (this.closed) throw new WritClosedError();
       let done = false;
       try {
-        const delivered = await this.lastDelivered(stream);
+        const delivered = await lastDelivered(this.redis, stream, group);
         if (delivered !== undefined && compareStreamIds(delivered, last) >= 0) {
           const pend = (await this.redis.xpending(stream, group, "-", last, 1)) as unknown[];
           done = pend.length === 0;
@@ -1747,10 +1210,10 @@ export class WritClient {
       }
     };
     // The ack connection may sit in a blocking XREAD: cut it.
-    this.ackRedis?.disconnect();
-    await Promise.all([quit(this.redis), quit(this.writeRedis)]);
+    this.ackReader.disconnect();
+    await Promise.all([quit(this.redis), quit(this.replicated.connection)]);
     // The loop ends at its next check of `closed`; never wait long for it.
-    await withTimeout(this.ackLoop ?? Promise.resolve(), CLOSE_WAIT_MS, () => new Error("ack loop")).catch(() => {});
+    await withTimeout(this.ackReader.loop ?? Promise.resolve(), CLOSE_WAIT_MS, () => new Error("ack loop")).catch(() => {});
     if (this.mongo) await this.mongo.close().catch(() => {});
   }
 }

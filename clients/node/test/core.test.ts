@@ -569,7 +569,9 @@ describe("core", () => {
         return p;
       },
     };
-    const inner = c as unknown as Record<string, unknown>;
+    // The writes connection lives in the client's ReplicatedAdmitter (src/replicated.ts).
+    const inner = (c as unknown as Record<string, unknown>).replicated as Record<string, unknown>;
+    assert.ok(inner, "the client has a ReplicatedAdmitter to replace the writes connection of");
     const real = { writeRedis: inner.writeRedis, writeReady: inner.writeReady };
     Object.assign(inner, { writeRedis: fake, writeReady: Promise.resolve() });
     try {

@@ -1,0 +1,398 @@
+/**
+ * The ack side of a client (docs/protocol.md §5, §6): the loop that reads
+ * this client's ack stream while it has writes waiting for their ack, and
+ * the lost-ack sweep, which settles from the consumer group and the
+ * dead-letter stream the writes whose ack never came.
+ *
+ * It lives apart from the client core (client.ts) because it only reads the
+ * client's pending writes: it is given them as a read-only map, and hands
+ * every ack, received or swept, back through one `deliver` callback, which
+ * the client keeps (settling a write touches its overlay and its waiters).
+ * Its own state (the ack connection, the stream position, the sweep's turn
+ * and what it already told `onError`) is nobody else's.
+ */
+import type { Cluster, Redis } from "ioredis";
+
+import type { AckOutcome, AckResult } from "./client.js";
+import type { WritConfig } from "./config.js";
+import { WritConnectionError, type WritError } from "./errors.js";
+import type { Names } from "./key.js";
+import { compareStreamIds } from "./version.js";
+import { errMessage, groupBy, isReplyError, sleep } from "./util.js";
+
+const ACK_BLOCK_MS = 1000;
+/** How often, at most, the ack loop looks for lost acks ({@link AckReader.sweepLostAcks}). */
+const LOST_ACK_SWEEP_MS = 5000;
+/** Writes one sweep looks at. */
+const LOST_ACK_SWEEP_MAX = 256;
+/** Dead letters one sweep reads (pages of 500) before it gives up until the next. */
+const LOST_ACK_DLQ_SCAN = 2000;
+/** How far before a write's entry its dead letter is looked for. */
+const LOST_ACK_CLOCK_MARGIN_MS = 60_000;
+/**
+ * Reply errors that may pass by themselves (a server loading its data set, a
+ * busy script, a cluster failover or resharding): the sweep retries them
+ * without a word. Any other reply error (NOPERM, WRONGTYPE, ...) stays until
+ * someone fixes it.
+ */
+const TRANSIENT_REPLY = /^(LOADING|BUSY|TRYAGAIN|CLUSTERDOWN|MASTERDOWN|MOVED|ASK)\b/;
+
+/**
+ * Up to `max` of `items` (oldest first), taken one per key in turn: the
+ * oldest of every key, then the second of every key, and so on. So a key
+ * with many writes that cannot settle (its partition stuck, its entries
+ * gone) does not use up a sweep that another key's lost ack needs. The
+ * keys' turn starts at key `start` (modulo their number): successive sweeps
+ * pass `start` on, so with more keys than `max` every key gets its turn.
+ */
+function fairShare<K, T>(items: T[], key: (t: T) => K, max: number, start = 0): T[] {
+  const grouped = [...groupBy(items, key).values()];
+  const at = grouped.length ? start % grouped.length : 0;
+  const queues = [...grouped.slice(at), ...grouped.slice(0, at)];
+  const out: T[] = [];
+  for (let round = 0; out.length < max; round++) {
+    let took = false;
+    for (const q of queues) {
+      if (round < q.length) {
+        out.push(q[round]);
+        took = true;
+        if (out.length >= max) break;
+      }
+    }
+    if (!took) break;
+  }
+  return out;
+}
+
+function flatToMap(flat: unknown): Map<string, unknown> {
+  const m = new Map<string, unknown>();
+  if (Array.isArray(flat)) for (let i = 0; i + 1 < flat.length; i += 2) m.set(String(flat[i]), flat[i + 1]);
+  return m;
+}
+
+/** The consumer group's `last-delivered-id` on `stream`; undefined if it has no group yet. */
+export async function lastDelivered(redis: Redis | Cluster, stream: string, group: string): Promise<string | undefined> {
+  const groups = ((await redis.xinfo("GROUPS", stream)) as unknown[]).map(flatToMap);
+  const delivered = groups.find((m) => m.get("name") === group)?.get("last-delivered-id");
+  return typeof delivered === "string" ? delivered : undefined;
+}
+
+/** What the ack loop reads of one of the client's pending writes. */
+export interface AwaitedWrite {
+  req: string;
+  key: { id: string; partition: number };
+  /** The entry's stream id and when it was admitted (ms), once XADD returned. */
+  entryId?: string;
+  admittedAt?: number;
+}
+
+/** What an {@link AckReader} is given by its client. */
+export interface AckReaderOptions {
+  /** The client's config (read when used): its ack stream's client id, and how long before an ack counts as late. */
+  config: Pick<WritConfig, "clientId" | "writeTimeoutMs">;
+  names: Names;
+  /** req → the client's pending write: read here, changed only by the client (through `deliver`). */
+  pending: ReadonlyMap<string, AwaitedWrite>;
+  /** Creates the "acks" connection (not connected yet), when the loop first runs. */
+  connect: () => Redis | Cluster;
+  /** The client's commands connection as it is now (the client replaces it after a failed connect). */
+  commands: () => Redis | Cluster;
+  /** Settles the pending write `req` with its ack (nothing if it is no longer pending). */
+  deliver: (req: string, r: AckResult) => void;
+  /** Hands an error to `onError`. */
+  report: (e: WritError) => void;
+  /** Whether the client was closed: the loop then ends. */
+  closed: () => boolean;
+}
+
+/** Reads one client's acks, and settles those that were lost. */
+export class AckReader {
+  private readonly config: AckReaderOptions["config"];
+  private readonly names: Names;
+  private readonly pending: ReadonlyMap<string, AwaitedWrite>;
+  private readonly connect: () => Redis | Cluster;
+  private readonly commands: () => Redis | Cluster;
+  private readonly deliver: (req: string, r: AckResult) => void;
+  private readonly report: (e: WritError) => void;
+  private readonly isClosed: () => boolean;
+  private ackRedis: Redis | Cluster | undefined;
+  private ackLoop: Promise<void> | undefined;
+  private lastAckId = "0";
+  /** Whether a refusal of the ack stream's read went to `onError` already. */
+  private ackErrorReported = false;
+  /** When the ack loop last looked for lost acks; whether it told `onError`. */
+  private lastSweepAt = 0;
+  /** Where the next sweep's turn of keys starts ({@link fairShare}). */
+  private sweepStart = 0;
+  private lostAckReported = false;
+  /** Whether a refusal of the dead-letter stream's read (the sweep) went to `onError` already. */
+  private dlqErrorReported = false;
+
+  constructor(opts: AckReaderOptions) {
+    this.config = opts.config;
+    this.names = opts.names;
+    this.pending = opts.pending;
+    this.connect = opts.connect;
+    this.commands = opts.commands;
+    this.deliver = opts.deliver;
+    this.report = opts.report;
+    this.isClosed = opts.closed;
+  }
+
+  /** The running loop, if any (the client waits a little for it on close). */
+  get loop(): Promise<void> | undefined {
+    return this.ackLoop;
+  }
+
+  /** Cuts the ack connection, which may sit in a blocking XREAD (on close). */
+  disconnect(): void {
+    this.ackRedis?.disconnect();
+  }
+
+  private get closed(): boolean {
+    return this.isClosed();
+  }
+
+  private get redis(): Redis | Cluster {
+    return this.commands();
+  }
+
+  /** Starts the loop unless it runs (or the client is closed); it ends when no write is pending. */
+  start(): void {
+    if (this.ackLoop || this.closed) return;
+    this.ackLoop = this.runAckLoop().finally(() => {
+      this.ackLoop = undefined;
+      // A write registered while the loop was winding down.
+      if (this.pending.size && !this.closed) this.start();
+    });
+  }
+
+  private async runAckLoop(): Promise<void> {
+    // Its own connection: XREAD BLOCK holds it for up to ACK_BLOCK_MS.
+    if (!this.ackRedis) this.ackRedis = this.connect();
+    const stream = this.names.acks(this.config.clientId);
+    let backoff = 50;
+    while (!this.closed && this.pending.size > 0) {
+      await this.sweepLostAcks();
+      if (this.closed || this.pending.size === 0) return;
+      let reply: unknown;
+      try {
+        reply = await this.ackRedis.xread("COUNT", 512, "BLOCK", ACK_BLOCK_MS, "STREAMS", stream, this.lastAckId);
+        backoff = 50;
+      } catch (e) {
+        if (this.closed) return;
+        // Redis refusing the read (an ACL without this ack stream, another
+        // program's value at its key) does not pass by itself: say so once,
+        // or ack-mode writes would only time out, blaming the daemon.
+        if (isReplyError(e) && !this.ackErrorReported) {
+          this.ackErrorReported = true;
+          this.report(
+            new WritConnectionError(
+              `Redis refuses to read this client's ack stream ${stream}: ${errMessage(e)}. Writes are accepted but ` +
+                `their acks cannot be read; check the ACL (read access to <namespace>:ack:*) and that nothing else ` +
+                `writes that key`,
+              { cause: e },
+            ),
+          );
+        }
+        await sleep(backoff);
+        backoff = Math.min(backoff * 2, 2000);
+        continue;
+      }
+      this.deliverAcks(reply);
+    }
+  }
+
+  /** Delivers the acks of an `XREAD` reply of this client's ack stream. */
+  private deliverAcks(reply: unknown): void {
+    if (!Array.isArray(reply)) return;
+    for (const [, entries] of reply as [string, [string, string[]][]][]) {
+      for (const [id, flat] of entries) {
+        this.lastAckId = id;
+        const f = flatToMap(flat);
+        const req = f.get("req");
+        const outcome = f.get("outcome");
+        if (typeof req !== "string" || typeof outcome !== "string") continue;
+        this.deliver(req, {
+          outcome: outcome as AckOutcome,
+          version: String(f.get("v") ?? ""),
+          entryId: String(f.get("id") ?? ""),
+          reason: f.has("reason") ? String(f.get("reason")) : undefined,
+        });
+      }
+    }
+  }
+
+  /**
+   * Reads what the ack stream holds now, without blocking, and delivers it:
+   * an ack that arrived is believed before anything is settled without one.
+   * False if the stream could not be read for a reason that may pass (a
+   * connection); a refusal (another program's value at its key) means no
+   * ack can be read, so settling goes on.
+   */
+  private async catchUpAcks(): Promise<boolean> {
+    const stream = this.names.acks(this.config.clientId);
+    for (let pages = 0; pages < 64; pages++) {
+      let reply: unknown;
+      try {
+        reply = await this.ackRedis!.xread("COUNT", 512, "STREAMS", stream, this.lastAckId);
+      } catch (e) {
+        return isReplyError(e);
+      }
+      if (!Array.isArray(reply)) return true;
+      this.deliverAcks(reply);
+    }
+    return false;
+  }
+
+  /**
+   * Settles writes whose ack was lost (a Redis failover, an ack stream
+   * trimmed or deleted), from what the daemon left behind (protocol.md §6).
+   * A write older than `writeTimeoutMs` whose entry the stream still holds
+   * and the consumer group has delivered and no longer holds pending was
+   * finished by the daemon: its cache write, its ack and its dead letter, if
+   * any, all come before the `XACK`. The acks that did arrive are read first
+   * ({@link catchUpAcks}). It is settled `dead_lettered` if the dead-letter
+   * stream holds its entry, else `applied` at its own version (the cache
+   * holds it or a newer one). Without this, each lost ack would hold a
+   * `maxPending` slot and make every `flush()` time out for the life of the
+   * process. Bounded: at most every {@link LOST_ACK_SWEEP_MS} (or
+   * `writeTimeoutMs`, if shorter), {@link LOST_ACK_SWEEP_MAX} writes (one
+   * key at a time, {@link fairShare}) and {@link LOST_ACK_DLQ_SCAN} dead
+   * letters per sweep; any failure leaves the writes for the next sweep (a
+   * refusal of the dead-letter read that will not pass by itself, such as a
+   * writer ACL without `%R~<ns>:dlq`, also goes to `onError` once:
+   * {@link reportDlqRefusal}).
+   */
+  private async sweepLostAcks(): Promise<void> {
+    const now = Date.now();
+    if (now - this.lastSweepAt < Math.min(LOST_ACK_SWEEP_MS, this.config.writeTimeoutMs)) return;
+    this.lastSweepAt = now;
+    const overdue: AwaitedWrite[] = [];
+    for (const w of this.pending.values()) {
+      if (w.entryId && w.admittedAt! <= now - this.config.writeTimeoutMs) overdue.push(w);
+    }
+    if (!overdue.length) return;
+    const old = fairShare(overdue, (w) => w.key.id, LOST_ACK_SWEEP_MAX, this.sweepStart);
+    this.sweepStart += LOST_ACK_SWEEP_MAX;
+    try {
+      const done = await this.finishedByDaemon(old);
+      if (!done.length) return;
+      if (!(await this.catchUpAcks())) return;
+      let letters: Map<string, string> | undefined;
+      try {
+        letters = await this.deadLettersOf(done);
+      } catch (e) {
+        this.reportDlqRefusal(e);
+        throw e;
+      }
+      if (!letters) return;
+      let settled = 0;
+      for (const w of done) {
+        if (!this.pending.has(w.req)) continue; // its ack came meanwhile
+        const stream = this.names.stream(w.key.partition);
+        const reason = letters.get(`${stream} ${w.entryId}`);
+        const entryId = w.entryId!;
+        this.deliver(
+          w.req,
+          reason !== undefined
+            ? { outcome: "dead_lettered", version: entryId, entryId, reason }
+            : { outcome: "applied", version: entryId, entryId },
+        );
+        settled++;
+      }
+      if (settled && !this.lostAckReported) {
+        this.lostAckReported = true;
+        this.report(
+          new WritConnectionError(
+            `the acks of ${settled} writes never arrived on ${this.names.acks(this.config.clientId)} (a Redis ` +
+              `failover, or the ack stream trimmed or deleted); the daemon had finished them, so they were settled ` +
+              `from the consumer group and the dead-letter stream. Reported once per client.`,
+          ),
+        );
+      }
+    } catch {
+      /* Redis busy or away: the next sweep tries again */
+    }
+  }
+
+  /**
+   * Tells `onError`, once per client, that Redis refuses the sweep's read of
+   * the dead-letter stream for a reason that will not pass by itself (NOPERM:
+   * a writer ACL without read access to it; WRONGTYPE: another program's
+   * value at its key). Without that read no lost ack can be settled (a write
+   * is never called `applied` unless the dead letters were read), so those
+   * writes would only time out, silently. Connection failures and transient
+   * replies stay silent: the next sweep tries again.
+   */
+  private reportDlqRefusal(e: unknown): void {
+    if (this.dlqErrorReported || this.closed || !isReplyError(e) || TRANSIENT_REPLY.test(errMessage(e))) return;
+    this.dlqErrorReported = true;
+    const dlq = this.names.dlq;
+    this.report(
+      new WritConnectionError(
+        `Redis refuses to read the dead-letter stream ${dlq}: ${errMessage(e)}. Writes whose acks were lost cannot be ` +
+          `settled without it: they stay pending (flush() times out, each holds a maxPending slot). Grant the ` +
+          `writer's ACL user read access to it (\`%R~${dlq}\`; docs/operations.md, "Redis ACL users") and check ` +
+          `that nothing else writes that key. Reported once per client.`,
+        { cause: e },
+      ),
+    );
+  }
+
+  /**
+   * Of `writes`, those whose entries the stream still holds and the consumer
+   * group delivered and no longer holds pending. An entry the stream does not
+   * hold is never counted: its XADD may itself have been lost (a failover),
+   * and such a write was not applied.
+   */
+  private async finishedByDaemon(writes: AwaitedWrite[]): Promise<AwaitedWrite[]> {
+    const group = this.names.group;
+    const done = await Promise.all(
+      [...groupBy(writes, (w) => w.key.partition)].map(async ([p, ws]) => {
+        const stream = this.names.stream(p);
+        const delivered = await lastDelivered(this.redis, stream, group);
+        if (delivered === undefined) return [];
+        const candidates = ws.filter((w) => compareStreamIds(w.entryId!, delivered) <= 0);
+        const [pending, present] = await Promise.all([
+          Promise.all(
+            candidates.map((w) => this.redis.xpending(stream, group, w.entryId!, w.entryId!, 1) as Promise<unknown[]>),
+          ),
+          Promise.all(
+            candidates.map((w) => this.redis.xrange(stream, w.entryId!, w.entryId!, "COUNT", 1) as Promise<unknown[]>),
+          ),
+        ]);
+        return candidates.filter((_, i) => pending[i].length === 0 && present[i].length === 1);
+      }),
+    );
+    return done.flat();
+  }
+
+  /**
+   * The dead letters of `writes` (`"<stream> <entry id>"` → reason), read from
+   * the oldest write's time on; undefined if more than
+   * {@link LOST_ACK_DLQ_SCAN} letters follow it (the answer would be unsure).
+   */
+  private async deadLettersOf(writes: AwaitedWrite[]): Promise<Map<string, string> | undefined> {
+    const letters = new Map<string, string>();
+    const oldest = writes.reduce((a, w) => (compareStreamIds(w.entryId!, a) < 0 ? w.entryId! : a), writes[0].entryId!);
+    // A margin for clocks: the dead-letter stream may live on another node
+    // (a cluster), or on a promoted replica whose clock is behind.
+    let from = `${Math.max(0, Number(oldest.split("-")[0]) - LOST_ACK_CLOCK_MARGIN_MS)}-0`;
+    for (let read = 0; read < LOST_ACK_DLQ_SCAN; ) {
+      const page = (await this.redis.xrange(this.names.dlq, from, "+", "COUNT", 500)) as [string, string[]][];
+      for (const [, flat] of page) {
+        const f = flatToMap(flat);
+        const stream = f.get("dlq.stream");
+        const id = f.get("dlq.id");
+        if (typeof stream === "string" && typeof id === "string") {
+          letters.set(`${stream} ${id}`, String(f.get("dlq.reason") ?? ""));
+        }
+      }
+      if (page.length < 500) return letters;
+      read += page.length;
+      from = `(${page[page.length - 1][0]}`;
+    }
+    return undefined;
+  }
+}
