@@ -332,19 +332,26 @@ describe("core", () => {
       await redis.set(names.acks(id), "not a stream");
       const s = client({ mode: "submit", clientId: id, writeTimeoutMs: 1000, maxPending: 1000 });
       const stuck = [];
-      for (let i = 0; i < 300; i++) stuck.push({ key: keyOf(i), t: await s.write(KV.name, keyOf(i), "put", { i }) });
-      const byStream = groupByStream(stuck.map(({ key, t }) => ({ stream: names.stream(partitionOf(KV.name, canonicalKey(KV, key), env.partitions)), id: t.entryId })));
-      await eventually("the daemon to finish the 300 writes", 30000, async () => {
-        for (const [stream, ids] of byStream) {
+      const streamOf = (key: { k: string; n: number }) => names.stream(partitionOf(KV.name, canonicalKey(KV, key), env.partitions));
+      for (let i = 0; i < 300; i++) {
+        const t = await s.write(KV.name, keyOf(i), "put", { i });
+        // Deleted at once: the sweep looks only at writes older than
+        // writeTimeoutMs, so none of these can be settled while its entry
+        // is still there (a sweep between the daemon finishing them and a
+        // later XDEL would settle them, rightly).
+        await redis.xdel(streamOf(keyOf(i)), t.entryId);
+        stuck.push({ key: keyOf(i), t });
+      }
+      const byStream = groupByStream(stuck.map(({ key, t }) => ({ stream: streamOf(key), id: t.entryId })));
+      // Whatever the daemon read before its XDEL, it has finished. (An entry
+      // deleted before the daemon read it is never delivered.)
+      await eventually("the daemon to finish what it read of the 300 writes", 30000, async () => {
+        for (const stream of byStream.keys()) {
           const pend = (await redis.xpending(stream, env.name, "-", "+", 1)) as unknown[];
-          const groups = (await redis.xinfo("GROUPS", stream)) as unknown[][];
-          const gr = groups.find((x) => x[1] === env.name);
-          const delivered = gr ? String(gr[gr.indexOf("last-delivered-id") + 1]) : "0-0";
-          if (pend.length !== 0 || compareStreamIds(delivered, ids[ids.length - 1]) < 0) return false;
+          if (pend.length !== 0) return false;
         }
         return true;
       });
-      for (const [stream, ids] of byStream) await redis.xdel(stream, ...ids);
       const t = await s.write(KV.name, { k: "seen", n: 1 }, "put", { n: 1 });
       const r = await Promise.race([
         t.acked,
