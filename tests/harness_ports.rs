@@ -13,9 +13,7 @@ fn redis_pid(port: u16) -> Option<u32> {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
     let mut c = client.get_connection().ok()?;
     let info: String = redis::cmd("INFO").arg("server").query(&mut c).ok()?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("process_id:"))
-        .and_then(|p| p.trim().parse().ok())
+    support::info_field(&info, "process_id").and_then(|p| p.parse().ok())
 }
 
 #[test]

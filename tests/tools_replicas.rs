@@ -23,8 +23,8 @@ async fn wait_calls(master: &mut redis::aio::MultiplexedConnection) -> u64 {
         .query_async(master)
         .await
         .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_wait:calls="))
+    support::info_field(&info, "cmdstat_wait")
+        .and_then(|v| v.strip_prefix("calls="))
         .map(|rest| rest.split(',').next().unwrap().parse().unwrap())
         .unwrap_or(0)
 }

@@ -383,10 +383,7 @@ impl RedisServer {
                         .arg("server")
                         .query(&mut c)
                         .unwrap_or_default();
-                    let pid = info
-                        .lines()
-                        .find_map(|l| l.strip_prefix("process_id:"))
-                        .and_then(|p| p.trim().parse::<u32>().ok());
+                    let pid = info_field(&info, "process_id").and_then(|p| p.parse::<u32>().ok());
                     if pid == Some(child.id()) {
                         break;
                     }
@@ -1021,8 +1018,16 @@ pub async fn aof_size(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
         .query_async(conn)
         .await
         .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("aof_current_size:"))
-        .and_then(|v| v.trim().parse().ok())
+    info_field(&info, "aof_current_size")
+        .and_then(|v| v.parse().ok())
         .expect("aof_current_size")
+}
+
+/// The value of `name` in an `INFO` reply (`name:value` lines).
+pub fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines().find_map(|l| {
+        l.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .map(str::trim)
+    })
 }
