@@ -1,25 +1,30 @@
 /**
- * Admissions with `minReplicasAcked > 0` (docs/protocol.md "Writing"): each
- * admission script call is followed by `WAIT minReplicasAcked
- * replicaAckTimeoutMs` in one pipeline on a connection of its own, and the
- * admissions made while a WAIT is out share the next one, one batch per node
- * (group commit). In a Redis Cluster the batches do their own redirection
- * handling (ioredis's auto-pipelining is off there), and an admission that
- * goes round again (NOSCRIPT, a redirection) holds back the later ones of its
- * partition, so one key's entries keep the order of their submits.
+ * Admissions with `minReplicasAcked > 0` (docs/protocol.md "Writing"): the
+ * admission script, then `WAIT minReplicasAcked replicaAckTimeoutMs` in one
+ * pipeline on a connection of its own, so the WAIT runs on the master that
+ * took the entries and covers them.
+ *
+ * Group commit, as the group commit without WAIT (admit.ts): each partition
+ * has one queue and at most one admission call in flight, which carries every
+ * submit that queued meanwhile. The calls of all partitions a node serves go
+ * in one pipeline with one WAIT (in a Redis Cluster: the node serving the
+ * partition's slot now). A call that a node did not execute (NOSCRIPT; MOVED,
+ * ASK, TRYAGAIN, CLUSTERDOWN) is sent again, with the same call number,
+ * before anything else of its partition. So one key's entries keep the order
+ * of their submits across script reloads and slot-map changes: no later call
+ * of a partition can run before an earlier one, on any node.
  *
  * It lives apart from the client core (client.ts) because none of it touches
  * the pending writes, the overlay or the cache: the client hands it the
  * partition's keys and the entry and gets back the entry id and the replicas
- * that confirmed it. Admissions without WAIT (`minReplicasAcked: 0`) go
- * through `AdmitBatcher` (admit.ts) instead.
+ * that confirmed it.
  */
 import { Cluster, type Redis } from "ioredis";
 import calculateSlot from "cluster-key-slot";
 
 import type { WritConfig } from "./config.js";
 import { WritClosedError } from "./errors.js";
-import { AdmitRefused, admitArgs, type AdmitKeys } from "./admit.js";
+import { MAX_BATCH, MAX_BATCH_BYTES, WINDOW, admitArgs, settle, type AdmitKeys, type Arg } from "./admit.js";
 import { errMessage, sleep } from "./util.js";
 
 /**
@@ -30,24 +35,48 @@ import { errMessage, sleep } from "./util.js";
 export const NOT_EXECUTED = /^(MOVED|ASK|TRYAGAIN|CLUSTERDOWN) /;
 /** An ioredis cluster pipeline refused before sending: its slots moved apart. */
 const PIPELINE_SPLIT = /same slots allocation group|same slot/;
-/** Tries of an admission batch whose commands were redirected (as ioredis's maxRedirections). */
+/** Tries of an admission call that was redirected (as ioredis's maxRedirections). */
 const MAX_REDIRECTIONS = 16;
-/** Most admissions in one pipeline with a trailing WAIT. */
-const ADMIT_BATCH_MAX = 1000;
+/** Most entries in one pipeline with a trailing WAIT (over all its calls). */
+const PIPELINE_MAX_ENTRIES = 1000;
 
-/** An admission waiting for its batch (`minReplicasAcked > 0`). */
-interface AdmitJob {
-  keys: AdmitKeys;
-  /** The batch form with one entry and a call number (src/lua/admit.lua). */
-  args: (string | Buffer | number)[];
+/** What an admission gives its write: the entry id and the replicas that confirmed it (or why WAIT failed). */
+export interface Admitted {
+  entryId: string;
+  replicas: number | Error;
+}
+
+/** A submit waiting for its partition's next call. */
+interface Entry {
+  fields: Arg[];
+  bytes: number;
+  resolve: (r: Admitted) => void;
+  reject: (e: unknown) => void;
+}
+
+/** One admission script call: some entries of one partition, under one call number. */
+interface Call {
+  entries: Entry[];
+  /** The batch form with the call's number (src/lua/admit.lua). */
+  args: Arg[];
   /** Send the script's text (EVAL): the node did not have it (NOSCRIPT). */
   useEval: boolean;
   /** Times it was redirected (MOVED, ASK, TRYAGAIN, CLUSTERDOWN) and sent again. */
   redirects: number;
-  /** The last reply that was not an entry id. */
+  /** The last reply that was not the script's. */
   lastError?: unknown;
-  resolve: (r: { entryId: string; replicas: number | Error }) => void;
-  reject: (e: unknown) => void;
+}
+
+/** One partition's queue. */
+interface Part {
+  keys: AdmitKeys;
+  waiting: Entry[];
+  /** A call the node did not execute: sent again before any waiting entry. */
+  retry?: Call;
+  /** A call of this partition is at a node (or waiting to be redirected). */
+  inFlight: boolean;
+  /** The number of its last call. */
+  seq: number;
 }
 
 /** What a {@link ReplicatedAdmitter} is given by its client. */
@@ -64,6 +93,8 @@ export interface ReplicatedOptions {
   closed: () => boolean;
 }
 
+const argBytes = (a: Arg): number => (typeof a === "number" ? 8 : a.length);
+
 /** The admission path with WAIT of one client (`minReplicasAcked > 0`). */
 export class ReplicatedAdmitter {
   private readonly config: ReplicatedOptions["config"];
@@ -74,20 +105,10 @@ export class ReplicatedAdmitter {
   /** The connection admissions and their WAIT go through (WAIT blocks it). */
   private writeRedis: Redis | Cluster | undefined;
   private writeReady: Promise<void> | undefined;
-  /** Admissions waiting for a WAIT batch, by node (cluster) or "" (one server). */
-  private admitQueues = new Map<string, { jobs: AdmitJob[]; busy: boolean; scheduled: boolean }>();
-  /**
-   * Partition stream → admissions held back while an earlier admission of
-   * that partition goes round again (NOSCRIPT, a redirection): they are sent
-   * after it, so one key's entries keep the order of their submits.
-   */
-  private heldAdmits = new Map<string, AdmitJob[]>();
-  /**
-   * Per partition, the number of its last admission call. Each admission is
-   * a call of its own, and up to {@link ADMIT_BATCH_MAX} of a partition's can
-   * be in one pipeline, so their records keep that many replies.
-   */
-  private readonly admitCalls = new Map<string, number>();
+  /** Partition stream → its queue (one per partition written to; kept, as its call numbers). */
+  private readonly parts = new Map<string, Part>();
+  /** Node (its addresses in a cluster, else "") → whether its pipeline is out or about to go. */
+  private readonly nodes = new Map<string, { busy: boolean; scheduled: boolean }>();
 
   constructor(opts: ReplicatedOptions) {
     this.config = opts.config;
@@ -102,26 +123,20 @@ export class ReplicatedAdmitter {
     return this.writeRedis;
   }
 
-  private get closed(): boolean {
-    return this.isClosed();
-  }
-
   /**
-   * With `minReplicasAcked > 0`: the admission script, then `WAIT
-   * minReplicasAcked replicaAckTimeoutMs` in the same pipeline on the same
-   * connection, so the WAIT runs on the master that took the entry and
-   * covers it. Admissions made meanwhile share one WAIT per node (group
-   * commit): while a batch waits, the next one gathers. The writes
-   * connection is its own: WAIT blocks it (up to replicaAckTimeoutMs when
-   * replicas lag), and reads must not queue behind it.
+   * Admits one entry (its field/value arguments) to the partition of `keys`,
+   * in the order of the calls to this method, and waits for the WAIT after
+   * it. The writes connection is its own: WAIT blocks it (up to
+   * replicaAckTimeoutMs when replicas lag), and reads must not queue behind it.
    */
-  async admit(keys: AdmitKeys, entry: (string | Buffer | number)[]): Promise<{ entryId: string; replicas: number | Error }> {
+  async admit(keys: AdmitKeys, fields: Arg[]): Promise<Admitted> {
     await this.writeConnection();
-    // Numbered in submit order: jobs of one partition are sent in that order.
-    const seq = (this.admitCalls.get(keys[0]) ?? 0) + 1;
-    this.admitCalls.set(keys[0], seq);
-    const args = admitArgs(this.group, this.config.maxBacklog, seq, ADMIT_BATCH_MAX, [entry]);
-    return new Promise((resolve, reject) => this.enqueueAdmit({ keys, args, useEval: false, redirects: 0, resolve, reject }));
+    return new Promise((resolve, reject) => {
+      let part = this.parts.get(keys[0]);
+      if (!part) this.parts.set(keys[0], (part = { keys, waiting: [], inFlight: false, seq: 0 }));
+      part.waiting.push({ fields, bytes: fields.reduce<number>((n, a) => n + argBytes(a), 0), resolve, reject });
+      this.schedule(this.nodeOf(part));
+    });
   }
 
   private writeConnection(): Promise<void> {
@@ -137,64 +152,98 @@ export class ReplicatedAdmitter {
     return this.writeReady;
   }
 
-  /** The batch an admission joins: the nodes serving its slot (cluster), else the one server. */
-  private admitGroup(key: string): string {
+  /** The node a partition's calls go to now: the nodes serving its slot (cluster), else the one server. */
+  private nodeOf(part: Part): string {
     const conn = this.writeRedis;
     if (!(conn instanceof Cluster)) return "";
-    const slot = calculateSlot(key);
+    const slot = calculateSlot(part.keys[0]);
     return conn.slots[slot]?.join(",") || `slot ${slot}`;
   }
 
-  private enqueueAdmit(job: AdmitJob): void {
-    const held = this.heldAdmits.get(job.keys[0]);
-    if (held) {
-      held.push(job);
-      return;
-    }
-    const group = this.admitGroup(job.keys[0]);
-    let q = this.admitQueues.get(group);
-    if (!q) this.admitQueues.set(group, (q = { jobs: [], busy: false, scheduled: false }));
-    q.jobs.push(job);
-    if (!q.busy && !q.scheduled) {
-      q.scheduled = true;
-      // Like ioredis's auto-pipelining: admissions made in this turn of the event loop go together.
-      setImmediate(() => this.drainAdmits(group));
-    }
+  /** Sends the node's next pipeline soon, unless one is out (it sends the next one when it is back). */
+  private schedule(node: string): void {
+    let n = this.nodes.get(node);
+    if (!n) this.nodes.set(node, (n = { busy: false, scheduled: false }));
+    if (n.busy || n.scheduled) return;
+    n.scheduled = true;
+    // Like ioredis's auto-pipelining: admissions made in this turn of the event loop go together.
+    setImmediate(() => this.drain(node));
   }
 
-  private drainAdmits(group: string): void {
-    const q = this.admitQueues.get(group);
-    if (!q) return;
-    q.scheduled = false;
-    if (q.busy) return;
-    if (!q.jobs.length) {
-      this.admitQueues.delete(group);
+  /** Sends one pipeline to `node`: the next call of each partition it serves that has none in flight. */
+  private drain(node: string): void {
+    const n = this.nodes.get(node);
+    if (!n) return;
+    n.scheduled = false;
+    if (n.busy) return;
+    const calls: [Part, Call][] = [];
+    let entries = 0;
+    for (const part of this.parts.values()) {
+      if (part.inFlight || (!part.retry && !part.waiting.length)) continue;
+      // Past the cap, the rest go in the next pipeline (sent when this one is back).
+      if (entries >= PIPELINE_MAX_ENTRIES || this.nodeOf(part) !== node) continue;
+      if (this.isClosed()) {
+        this.fail(part, new WritClosedError());
+        continue;
+      }
+      const call = part.retry ?? this.nextCall(part);
+      part.retry = undefined;
+      part.inFlight = true;
+      calls.push([part, call]);
+      entries += call.entries.length;
+    }
+    if (!calls.length) {
+      this.nodes.delete(node);
       return;
     }
-    const batch = q.jobs.splice(0, ADMIT_BATCH_MAX);
-    if (this.closed) {
-      for (const j of batch) j.reject(new WritClosedError());
-      return this.drainAdmits(group);
-    }
-    q.busy = true;
-    void this.admitBatch(batch).finally(() => {
-      q.busy = false;
-      this.drainAdmits(group);
+    n.busy = true;
+    void this.send(calls).finally(() => {
+      n.busy = false;
+      const next = new Set([node]);
+      for (const [part] of calls) {
+        part.inFlight = false;
+        if (part.retry || part.waiting.length) next.add(this.nodeOf(part));
+      }
+      for (const other of next) this.schedule(other);
     });
   }
 
+  /** The partition's next call: its waiting entries, up to {@link MAX_BATCH} or {@link MAX_BATCH_BYTES}. */
+  private nextCall(part: Part): Call {
+    let count = 0;
+    let bytes = 0;
+    for (const e of part.waiting) {
+      bytes += e.bytes;
+      if (count > 0 && (count === MAX_BATCH || bytes > MAX_BATCH_BYTES)) break;
+      count++;
+    }
+    const entries = part.waiting.splice(0, count);
+    part.seq++;
+    const args = admitArgs(this.group, this.config.maxBacklog, part.seq, WINDOW, entries.map((e) => e.fields));
+    return { entries, args, useEval: false, redirects: 0 };
+  }
+
+  /** Fails every queued entry of `part` (the client was closed). */
+  private fail(part: Part, e: unknown): void {
+    const entries = [...(part.retry?.entries ?? []), ...part.waiting];
+    part.retry = undefined;
+    part.waiting = [];
+    for (const entry of entries) entry.reject(e);
+  }
+
   /**
-   * Sends one batch: its admissions, then WAIT. Admissions a node did not
-   * execute (NOSCRIPT; in a cluster MOVED, ASK, TRYAGAIN, CLUSTERDOWN, or a
-   * pipeline whose slots moved apart) go round again (redirections: after a
-   * slot refresh, at most {@link MAX_REDIRECTIONS} times). Never rejects.
+   * Sends one pipeline: its calls, then WAIT. Calls the node did not execute
+   * (NOSCRIPT; in a cluster MOVED, ASK, TRYAGAIN, CLUSTERDOWN, or a pipeline
+   * whose slots moved apart) become their partition's retry (redirections:
+   * after a slot refresh, at most {@link MAX_REDIRECTIONS} times); their
+   * partitions stay in flight until then. Never rejects.
    */
-  private async admitBatch(batch: AdmitJob[]): Promise<void> {
+  private async send(calls: [Part, Call][]): Promise<void> {
     const conn = this.writeRedis!;
     const p = conn.pipeline();
-    for (const j of batch) {
-      if (j.useEval) p.eval(this.script.text, j.keys.length, ...j.keys, ...j.args);
-      else p.evalsha(this.script.sha, j.keys.length, ...j.keys, ...j.args);
+    for (const [part, c] of calls) {
+      if (c.useEval) p.eval(this.script.text, part.keys.length, ...part.keys, ...c.args);
+      else p.evalsha(this.script.sha, part.keys.length, ...part.keys, ...c.args);
     }
     p.wait(this.config.minReplicasAcked, this.config.replicaAckTimeoutMs);
     let res: [Error | null, unknown][];
@@ -202,94 +251,56 @@ export class ReplicatedAdmitter {
       res = (await p.exec()) ?? [];
     } catch (e) {
       if (conn instanceof Cluster && PIPELINE_SPLIT.test(errMessage(e))) {
-        for (const j of batch) j.lastError = e;
-        this.holdBehind(batch);
-        return this.redirect(conn, batch);
+        for (const [, c] of calls) c.lastError = e;
+        return this.redirect(conn, calls);
       }
-      for (const j of batch) j.reject(e);
+      for (const [, c] of calls) for (const entry of c.entries) entry.reject(e);
       return;
     }
-    const [waitErr, waitReply] = res[batch.length] ?? [new Error("no reply to WAIT"), null];
+    const [waitErr, waitReply] = res[calls.length] ?? [new Error("no reply to WAIT"), null];
     const replicas =
       waitErr ?? (Number.isSafeInteger(waitReply) ? (waitReply as number) : new Error(`WAIT replied ${String(waitReply)}`));
-    const again: AdmitJob[] = [];
+    const again: [Part, Call][] = [];
     let redirected = false;
-    batch.forEach((j, i) => {
+    calls.forEach(([part, c], i) => {
       const [err, reply] = res[i] ?? [new Error("no reply to the admission"), null];
       if (!err) {
-        // The batch form with one entry: [id], or [backlog] when the bound refused it.
-        const [item] = Array.isArray(reply) ? reply : [undefined];
-        if (typeof item === "string" || Buffer.isBuffer(item)) return j.resolve({ entryId: String(item), replicas });
-        if (typeof item === "number") return j.reject(new AdmitRefused(Math.max(0, item)));
-        return j.reject(new Error(`the admission script returned ${JSON.stringify(reply)}`));
+        // The ids in order, then the backlog when the bound refused the rest.
+        return settle(
+          c.entries.map((e) => ({ resolve: (entryId: string) => e.resolve({ entryId, replicas }), reject: e.reject })),
+          reply,
+        );
       }
       const msg = errMessage(err);
-      j.lastError = err;
-      if (!j.useEval && msg.startsWith("NOSCRIPT")) {
-        j.useEval = true;
-        again.push(j);
+      c.lastError = err;
+      if (!c.useEval && msg.startsWith("NOSCRIPT")) {
+        c.useEval = true;
+        again.push([part, c]);
       } else if (conn instanceof Cluster && NOT_EXECUTED.test(msg)) {
         redirected = true;
-        again.push(j);
+        again.push([part, c]);
       } else {
-        j.reject(err);
+        for (const entry of c.entries) entry.reject(err);
       }
     });
-    if (!again.length) return;
-    this.holdBehind(again);
-    if (redirected) await this.redirect(conn as Cluster, again);
-    else this.release(again);
-  }
-
-  /**
-   * Holds back every admission of the partitions of `jobs` (about to go round
-   * again) that is queued now or submitted until {@link release}: taken out
-   * of their queues, kept in order.
-   */
-  private holdBehind(jobs: AdmitJob[]): void {
-    const streams = new Set(jobs.map((j) => j.keys[0]));
-    for (const st of streams) if (!this.heldAdmits.has(st)) this.heldAdmits.set(st, []);
-    for (const q of this.admitQueues.values()) {
-      const keep: AdmitJob[] = [];
-      for (const j of q.jobs) (streams.has(j.keys[0]) ? this.heldAdmits.get(j.keys[0])! : keep).push(j);
-      q.jobs = keep;
-    }
-  }
-
-  /** Queues `jobs` again, each partition's held admissions after them, in order. */
-  private release(jobs: AdmitJob[]): void {
-    const streams = [...new Set(jobs.map((j) => j.keys[0]))];
-    const held = streams.flatMap((st) => {
-      const h = this.heldAdmits.get(st) ?? [];
-      this.heldAdmits.delete(st);
-      return h;
-    });
-    for (const j of [...jobs, ...held]) this.enqueueAdmit(j);
+    if (redirected) return this.redirect(conn as Cluster, again);
+    for (const [part, c] of again) part.retry = c;
   }
 
   /**
    * Refreshes the slots, waits a little (as ioredis's retryDelayOnMoved /
-   * OnClusterDown: a failover settles), and queues `jobs` again (each joins
-   * the batch of its slot's node now); a job redirected too often fails with its last reply.
+   * OnClusterDown: a failover settles), and makes each call its partition's
+   * retry (sent to its slot's node now); a call redirected too often fails
+   * with its last reply.
    */
-  private async redirect(conn: Cluster, jobs: AdmitJob[]): Promise<void> {
+  private async redirect(conn: Cluster, calls: [Part, Call][]): Promise<void> {
     await new Promise<void>((r) => conn.refreshSlotsCache(() => r()));
     await sleep(100);
-    const again: AdmitJob[] = [];
-    for (const j of jobs) {
-      if (this.closed) j.reject(new WritClosedError());
-      else if (j.lastError instanceof Error && j.lastError.message.startsWith("NOSCRIPT")) again.push(j);
-      else if (++j.redirects > MAX_REDIRECTIONS) j.reject(j.lastError);
-      else again.push(j);
-    }
-    this.release(again);
-    // A partition none of whose jobs goes again still lets its held ones go.
-    const left = new Set(again.map((j) => j.keys[0]));
-    for (const st of new Set(jobs.map((j) => j.keys[0]))) {
-      if (left.has(st)) continue;
-      const held = this.heldAdmits.get(st) ?? [];
-      this.heldAdmits.delete(st);
-      for (const j of held) this.enqueueAdmit(j);
+    for (const [part, c] of calls) {
+      const noscript = c.lastError instanceof Error && c.lastError.message.startsWith("NOSCRIPT");
+      if (this.isClosed()) for (const entry of c.entries) entry.reject(new WritClosedError());
+      else if (!noscript && ++c.redirects > MAX_REDIRECTIONS) for (const entry of c.entries) entry.reject(c.lastError);
+      else part.retry = c;
     }
   }
 }

@@ -5,7 +5,8 @@
 // to a copy of config/writ.toml, so it does not depend on the preset.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { Redis } from "ioredis";
+import { Cluster, Redis } from "ioredis";
+import calculateSlot from "cluster-key-slot";
 import { MongoClient } from "mongodb";
 import { serialize } from "bson";
 
@@ -541,49 +542,125 @@ describe("core", () => {
     }
   }));
 
+  /**
+   * A stand-in for the writes connection of a client with minReplicasAcked
+   * (a Cluster when `slots` is given, routed by it). Each admission call's
+   * entries (their `req` field) land in `landed` unless `refuse` names the
+   * error the node answers that call with instead; `hold` keeps the first
+   * pipeline out until released.
+   */
+  function fakeWrites(opts: { slots?: string[][]; refuse?: (pipeline: number, call: number) => string | undefined; hold?: boolean }) {
+    const landed: string[] = [];
+    const sent: { node: string; calls: number; entries: number }[] = [];
+    let release: (() => void) | undefined;
+    let held = false;
+    const reqsOf = (args: unknown[]) => args.flatMap((a, i) => (String(a) === "req" ? [String(args[i + 1])] : []));
+    const base = opts.slots ? Object.create(Cluster.prototype) : {};
+    const fake = Object.assign(base, {
+      status: "ready",
+      slots: opts.slots,
+      refreshSlotsCache: (cb: () => void) => cb(),
+      pipeline() {
+        const calls: { key: string; reqs: string[] }[] = [];
+        const add = (...a: unknown[]) => (calls.push({ key: String(a[2]), reqs: reqsOf(a) }), p);
+        const p = {
+          evalsha: add,
+          eval: add,
+          wait: () => p,
+          exec: async () => {
+            const pipeline = sent.length;
+            sent.push({
+              node: opts.slots ? opts.slots[calculateSlot(calls[0].key)].join(",") : "",
+              calls: calls.length,
+              entries: calls.reduce((n, c) => n + c.reqs.length, 0),
+            });
+            if (opts.hold && !held) {
+              held = true;
+              await new Promise<void>((r) => (release = r));
+            }
+            const replies = calls.map((c, i): [Error | null, unknown] => {
+              const refused = opts.refuse?.(pipeline, i);
+              if (refused) return [Object.assign(new Error(refused), { name: "ReplyError" }), null];
+              landed.push(...c.reqs);
+              return [null, c.reqs.map((_, j) => `1-${landed.length - c.reqs.length + j}`)];
+            });
+            return [...replies, [null, 1]];
+          },
+        };
+        return p;
+      },
+    });
+    return { fake, landed, sent, release: () => release?.(), out: () => release !== undefined };
+  }
+
+  /** Puts `fake` in place of the client's writes connection (in its ReplicatedAdmitter); undoes it. */
+  function replaceWrites(c: WritClient, fake: unknown): () => void {
+    const inner = (c as unknown as Record<string, unknown>).replicated as Record<string, unknown>;
+    assert.ok(inner, "the client has a ReplicatedAdmitter to replace the writes connection of");
+    const real = { writeRedis: inner.writeRedis, writeReady: inner.writeReady };
+    Object.assign(inner, { writeRedis: fake, writeReady: Promise.resolve() });
+    return () => Object.assign(inner, real);
+  }
+
   test("minReplicasAcked: an admission sent again after NOSCRIPT stays ahead of later writes of its partition", g(async () => {
     // The writes connection is replaced by a stand-in whose first pipeline
     // answers NOSCRIPT while a second write of the key is submitted.
     const c = client({ namespace: `${env.name}_order`, minReplicasAcked: 1, partitions: 1, maxBacklog: 1000 });
     await c.ready();
-    const landed: string[] = [];
-    let release: (() => void) | undefined;
-    const reqOf = (args: unknown[]) => String(args[args.findIndex((a) => String(a) === "req") + 1]);
-    const fake = {
-      status: "ready",
-      pipeline() {
-        const reqs: string[] = [];
-        const p = {
-          evalsha: (...a: unknown[]) => (reqs.push(reqOf(a)), p),
-          eval: (...a: unknown[]) => (reqs.push(reqOf(a)), p),
-          wait: () => p,
-          exec: async () => {
-            if (!release) {
-              await new Promise<void>((r) => (release = r));
-              return [...reqs.map(() => [new Error("NOSCRIPT No matching script"), null]), [null, 1]];
-            }
-            landed.push(...reqs);
-            return [...reqs.map((_, i) => [null, [`1-${landed.length - reqs.length + i}`]]), [null, 1]];
-          },
-        };
-        return p;
-      },
-    };
-    // The writes connection lives in the client's ReplicatedAdmitter (src/replicated.ts).
-    const inner = (c as unknown as Record<string, unknown>).replicated as Record<string, unknown>;
-    assert.ok(inner, "the client has a ReplicatedAdmitter to replace the writes connection of");
-    const real = { writeRedis: inner.writeRedis, writeReady: inner.writeReady };
-    Object.assign(inner, { writeRedis: fake, writeReady: Promise.resolve() });
+    const w = fakeWrites({ hold: true, refuse: (pipeline) => (pipeline === 0 ? "NOSCRIPT No matching script" : undefined) });
+    const undo = replaceWrites(c, w.fake);
     try {
       const first = c.submit(KV.name, { k: "ord", n: 1 }, "put", { i: 1 });
-      await eventually("the first admission in flight", 5000, async () => release !== undefined);
+      await eventually("the first admission in flight", 5000, async () => w.out());
       const second = c.submit(KV.name, { k: "ord", n: 1 }, "put", { i: 2 });
       await new Promise((r) => setTimeout(r, 50)); // queued behind the first
-      release!();
+      w.release();
       await Promise.all([first, second]);
-      assert.deepEqual(landed.map((r) => r.split(".")[1]), ["1", "2"], "the entries land in submit order");
+      assert.deepEqual(w.landed.map((r) => r.split(".")[1]), ["1", "2"], "the entries land in submit order");
     } finally {
-      Object.assign(inner, real);
+      undo();
+    }
+  }));
+
+  test("minReplicasAcked: submits of one partition made together go in one call, so a NOSCRIPT cannot split them", g(async () => {
+    // The node answers the pipeline's first call NOSCRIPT and runs the rest
+    // (another connection loaded the script in between). Were each submit a
+    // call of its own, the later ones would land before the first.
+    const c = client({ namespace: `${env.name}_onecall`, minReplicasAcked: 1, partitions: 1, maxBacklog: 1000 });
+    await c.ready();
+    const w = fakeWrites({ refuse: (pipeline, call) => (pipeline === 0 && call === 0 ? "NOSCRIPT No matching script" : undefined) });
+    const undo = replaceWrites(c, w.fake);
+    try {
+      const subs = [1, 2, 3].map((i) => c.submit(KV.name, { k: "one", n: 1 }, "put", { i }));
+      await Promise.all(subs);
+      assert.deepEqual(w.landed.map((r) => r.split(".")[1]), ["1", "2", "3"], "the entries land in submit order");
+      assert.deepEqual(w.sent.map((s) => [s.calls, s.entries]), [[1, 3], [1, 3]], "one call of 3 entries, sent again once");
+    } finally {
+      undo();
+    }
+  }));
+
+  test("minReplicasAcked in a cluster: a write made while its partition's call is out waits for it, even when the slot moved", g(async () => {
+    // The first call goes to node A, which holds it and then answers MOVED:
+    // the slot moved to node B meanwhile. A second write of the partition,
+    // made while the first is out, must not reach B before the first does.
+    const c = client({ namespace: `${env.name}_moved`, minReplicasAcked: 1, partitions: 1, maxBacklog: 1000 });
+    await c.ready();
+    const slots: string[][] = Array.from({ length: 16384 }, () => ["A"]);
+    const w = fakeWrites({ slots, hold: true, refuse: (pipeline) => (pipeline === 0 ? "MOVED 1 127.0.0.1:2" : undefined) });
+    const undo = replaceWrites(c, w.fake);
+    try {
+      const first = c.submit(KV.name, { k: "mv", n: 1 }, "put", { i: 1 });
+      await eventually("the first admission out at A", 5000, async () => w.out());
+      slots.fill(["B"]);
+      const second = c.submit(KV.name, { k: "mv", n: 1 }, "put", { i: 2 });
+      await new Promise((r) => setTimeout(r, 50)); // B would have taken it by now
+      w.release();
+      await Promise.all([first, second]);
+      assert.deepEqual(w.landed.map((r) => r.split(".")[1]), ["1", "2"], "the entries land in submit order");
+      assert.deepEqual(w.sent.map((s) => s.node), ["A", "B", "B"], "A, then the first again at B, then the second");
+    } finally {
+      undo();
     }
   }));
 
