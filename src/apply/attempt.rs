@@ -73,36 +73,11 @@ impl Attempts<'_> {
             if !still_owner() {
                 return None;
             }
-            let permit = tokio::select! {
-                p = self.store.limiter().acquire() => p,
-                _ = self.abort.cancelled() => return None,
-            };
-            let res = tokio::select! {
-                r = tokio::time::timeout(limit, self.store.apply(coll, write, id)) => r,
-                _ = self.abort.cancelled() => return None,
-            };
-            let res = res.unwrap_or(Err(Error::Timeout {
-                after: limit,
-                what: "a MongoDB write",
-            }));
-            permit.done(match &res {
-                Err(e) if e.retry_class() == RetryClass::Transient => Signal::Overloaded,
-                _ => Signal::Completed,
-            });
-            let e = match res {
-                Ok(a) => {
-                    self.store.note_answered([coll.name.as_str()]);
-                    return Some(Ok(a));
-                }
+            let e = match self.once(coll, write, id, limit).await? {
+                Ok(a) => return Some(Ok(a)),
                 Err(e) => e,
             };
             let class = e.retry_class();
-            if class == RetryClass::Permanent {
-                self.store.note_answered([coll.name.as_str()]);
-            }
-            if e.is_timeout() {
-                self.store.note_timed_out([coll.name.as_str()]);
-            }
             let now = self.store.answers(&coll.name);
             // Since the last failure: the others answered, and more of them
             // were answered than timed out (this write's own timeout aside).
@@ -144,6 +119,47 @@ impl Attempts<'_> {
                 return None;
             }
         }
+    }
+
+    /// One attempt: a limiter slot, then the write within `limit`, telling
+    /// the limiter and the collection's answer counts how it went. `None`:
+    /// stopped.
+    async fn once(
+        &self,
+        coll: &CollectionConfig,
+        write: &Write,
+        id: Version,
+        limit: Duration,
+    ) -> Option<Result<Applied, Error>> {
+        let permit = tokio::select! {
+            p = self.store.limiter().acquire() => p,
+            _ = self.abort.cancelled() => return None,
+        };
+        let res = tokio::select! {
+            r = tokio::time::timeout(limit, self.store.apply(coll, write, id)) => r,
+            _ = self.abort.cancelled() => return None,
+        };
+        let res = res.unwrap_or(Err(Error::Timeout {
+            after: limit,
+            what: "a MongoDB write",
+        }));
+        permit.done(match &res {
+            Err(e) if e.retry_class() == RetryClass::Transient => Signal::Overloaded,
+            _ => Signal::Completed,
+        });
+        let name = [coll.name.as_str()];
+        match &res {
+            Ok(_) => self.store.note_answered(name),
+            Err(e) => {
+                if e.retry_class() == RetryClass::Permanent {
+                    self.store.note_answered(name);
+                }
+                if e.is_timeout() {
+                    self.store.note_timed_out(name);
+                }
+            }
+        }
+        Some(res)
     }
 
     /// Whether MongoDB holds `write` at `id` (or newer) although its attempts

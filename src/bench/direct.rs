@@ -34,8 +34,69 @@ pub(super) async fn run(
     coll: &CollectionConfig,
     args: &BenchArgs,
 ) -> Result<(Figures, Failed)> {
+    let target = direct_collection(config, coll, args.writers).await?;
+    let redis = crate::redis_conn::connect(config, Duration::ZERO).await?;
+    let zipf = Arc::new(Zipf::new(args.keys.max(1), args.zipf));
+    let pad = "x".repeat(args.payload);
+    let issued = Arc::new(AtomicU64::new(0));
+    let hist = Arc::new(Mutex::new(new_hist()));
+    let failed = Arc::new(Mutex::new(Failed::default()));
+    let deadline = args
+        .duration
+        .map(|s| Instant::now() + Duration::from_secs(s));
+    let total = args.writes;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..args.writers.max(1) {
+        let (target, zipf, pad, issued, hist, failed, key_fields, ns) = (
+            target.clone(),
+            zipf.clone(),
+            pad.clone(),
+            issued.clone(),
+            hist.clone(),
+            failed.clone(),
+            coll.key.clone(),
+            config.namespace.clone(),
+        );
+        let mut redis = redis.clone();
+        tasks.spawn(async move {
+            let mut local = new_hist();
+            while let Some(n) = super::load::next_write(&issued, deadline, total) {
+                let key = bench_key(&key_fields, zipf.sample(&mut rand::rng()));
+                let t = Instant::now();
+                let payload = doc! {"n": n as i64, "writer": w as i64, "pad": &pad};
+                match write(&target, &mut redis, &ns, key, payload).await {
+                    Ok(()) => {
+                        let _ = local.record(t.elapsed().as_micros().max(1) as u64);
+                    }
+                    Err(e) => note_failure(&failed, e),
+                }
+            }
+            let _ = hist.lock().expect("lock").add(&local);
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let hist = hist.lock().expect("lock").clone();
+    let failed = std::mem::take(&mut *failed.lock().expect("lock"));
+    Ok((
+        Figures {
+            ops: hist.len(),
+            elapsed: started.elapsed(),
+            hist,
+        },
+        failed,
+    ))
+}
+
+/// The direct pattern's collection (`<name>_direct`), with the daemon's
+/// write concern and a unique index on the key fields; a pool for `writers`.
+async fn direct_collection(
+    config: &Config,
+    coll: &CollectionConfig,
+    writers: usize,
+) -> Result<mongodb::Collection<Document>> {
     let mut opts = ClientOptions::parse(&config.mongodb_uri).await?;
-    opts.max_pool_size = Some(args.writers.max(1) as u32 + 2);
+    opts.max_pool_size = Some(writers.max(1) as u32 + 2);
     let client = mongodb::Client::with_options(opts)?;
     let target = client
         .database(&config.database)
@@ -62,90 +123,39 @@ pub(super) async fn run(
                 .build(),
         )
         .await?;
-    let redis = crate::redis_conn::connect(config, Duration::ZERO).await?;
-    let zipf = Arc::new(Zipf::new(args.keys.max(1), args.zipf));
-    let pad = "x".repeat(args.payload);
-    let issued = Arc::new(AtomicU64::new(0));
-    let hist = Arc::new(Mutex::new(new_hist()));
-    let failed = Arc::new(Mutex::new(Failed::default()));
-    let deadline = args
-        .duration
-        .map(|s| Instant::now() + Duration::from_secs(s));
-    let total = args.writes;
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for w in 0..args.writers.max(1) {
-        let (target, redis, zipf, pad, issued, hist, failed, key_fields, ns) = (
-            target.clone(),
-            redis.clone(),
-            zipf.clone(),
-            pad.clone(),
-            issued.clone(),
-            hist.clone(),
-            failed.clone(),
-            coll.key.clone(),
-            config.namespace.clone(),
-        );
-        tasks.spawn(async move {
-            let mut local = new_hist();
-            let mut redis = redis;
-            while let Some(n) = super::load::next_write(&issued, deadline, total) {
-                let key = bench_key(&key_fields, zipf.sample(&mut rand::rng()));
-                let t = Instant::now();
-                let payload = doc! {"n": n as i64, "writer": w as i64, "pad": &pad};
-                let res = target
-                    .find_one_and_update(
-                        key.clone(),
-                        doc! {"$set": {"payload": payload, "removed": false}},
-                    )
-                    .upsert(true)
-                    .return_document(ReturnDocument::After)
-                    .await;
-                let stored = match res {
-                    Ok(Some(stored)) => stored,
-                    Ok(None) => {
-                        note_failure(&failed, "the upsert returned no document".into());
-                        continue;
-                    }
-                    Err(e) => {
-                        note_failure(&failed, e.to_string());
-                        continue;
-                    }
-                };
-                let bytes = mongodb::bson::to_vec(&stored).unwrap_or_default();
-                let cache_key = format!(
-                    "{ns}:direct:{}",
-                    stored
-                        .get_object_id("_id")
-                        .map(|o| o.to_hex())
-                        .unwrap_or_default()
-                );
-                let set: redis::RedisResult<()> = redis::cmd("SET")
-                    .arg(cache_key)
-                    .arg(bytes)
-                    .query_async(&mut redis)
-                    .await;
-                match set {
-                    Ok(()) => {
-                        let _ = local.record(t.elapsed().as_micros().max(1) as u64);
-                    }
-                    Err(e) => note_failure(&failed, e.to_string()),
-                }
-            }
-            let _ = hist.lock().expect("lock").add(&local);
-        });
-    }
-    while tasks.join_next().await.is_some() {}
-    let hist = hist.lock().expect("lock").clone();
-    let failed = std::mem::take(&mut *failed.lock().expect("lock"));
-    Ok((
-        Figures {
-            ops: hist.len(),
-            elapsed: started.elapsed(),
-            hist,
-        },
-        failed,
-    ))
+    Ok(target)
+}
+
+/// One write of the direct pattern: the awaited `findOneAndUpdate` upsert,
+/// then a Redis `SET` of the stored document.
+async fn write(
+    target: &mongodb::Collection<Document>,
+    redis: &mut crate::redis_conn::Conn,
+    ns: &str,
+    key: Document,
+    payload: Document,
+) -> std::result::Result<(), String> {
+    let stored = target
+        .find_one_and_update(key, doc! {"$set": {"payload": payload, "removed": false}})
+        .upsert(true)
+        .return_document(ReturnDocument::After)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "the upsert returned no document".to_string())?;
+    let bytes = mongodb::bson::to_vec(&stored).unwrap_or_default();
+    let cache_key = format!(
+        "{ns}:direct:{}",
+        stored
+            .get_object_id("_id")
+            .map(|o| o.to_hex())
+            .unwrap_or_default()
+    );
+    redis::cmd("SET")
+        .arg(cache_key)
+        .arg(bytes)
+        .query_async::<()>(redis)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn note_failure(failed: &Mutex<Failed>, error: String) {

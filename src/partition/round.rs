@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::{key_worker, Job, KeyId, Partition};
-use crate::ack::{Ack, Outcome};
+use crate::ack::{Ack, Outcome, Outgoing};
 use crate::apply::{BulkItem, BulkOutcome, Permit, Signal};
 use crate::backoff::retry_until;
 use crate::cache::CasOutcome;
@@ -22,6 +22,16 @@ use crate::config::CollectionConfig;
 use crate::error::RetryClass;
 use crate::protocol::Version;
 use crate::telemetry::Event;
+
+/// What readers see from a settled segment: the segment, its collection, the
+/// version, the committed document (`None`: gone) and whether it was stale.
+type Settled = (
+    Segment,
+    CollectionConfig,
+    Version,
+    Option<mongodb::bson::Document>,
+    bool,
+);
 
 /// One key's next step.
 pub(crate) struct Segment {
@@ -40,102 +50,61 @@ pub(crate) struct RoundEnd {
     pub bulk_failed: bool,
 }
 
+impl RoundEnd {
+    /// Aborted or fenced: what is not done stays pending for the next owner.
+    fn nothing() -> Self {
+        RoundEnd {
+            single: Vec::new(),
+            bulk_failed: false,
+        }
+    }
+}
+
+/// How a round's bulk ended.
+enum Bulk {
+    /// Each segment's outcome, in order.
+    Done(Vec<BulkOutcome>),
+    /// The whole bulk failed or timed out: its writes go again, one by one.
+    Failed,
+    /// The partition was aborted meanwhile.
+    Aborted,
+}
+
 /// Runs one round, holding `permit` (a limiter slot) for its bulk. Returns the segments the bulk did not settle; their
 /// entries are neither acked nor cached. When the partition is aborted, what
 /// is not done yet stays pending for the next owner (nothing is returned).
 pub(super) async fn run_round(part: &Partition, segs: Vec<Segment>, permit: Permit) -> RoundEnd {
-    let (ctx, run) = (&*part.ctx, &*part.run);
-    let end = |single, bulk_failed| RoundEnd {
-        single,
-        bulk_failed,
-    };
     if !part.still_owner() {
-        return end(Vec::new(), false);
+        return RoundEnd::nothing();
     }
     let colls: Vec<CollectionConfig> = segs
         .iter()
         .map(|s| {
-            ctx.config
+            part.ctx
+                .config
                 .collection(&s.id.0)
                 .expect("decode checked the collection")
                 .clone()
         })
         .collect();
-    let items: Vec<BulkItem> = segs
-        .iter()
-        .zip(&colls)
-        .map(|(s, coll)| {
-            let last = s.jobs.last().expect("a segment has a job");
-            BulkItem {
-                coll,
-                write: &last.write,
-                version: last.id,
-            }
-        })
-        .collect();
-    let limit = ctx.config.op_timeout + Duration::from_secs(5);
     let started = Instant::now();
-    let res = tokio::select! {
-        r = tokio::time::timeout(limit, ctx.store.apply_bulk(&items)) => r,
-        _ = run.abort.cancelled() => return end(Vec::new(), false),
-    };
-    let outcomes = match res {
-        Ok(Ok(o)) => {
-            permit.done_writes(Signal::Completed, items.len());
-            ctx.store
-                .note_answered(colls.iter().map(|c| c.name.as_str()));
-            o
-        }
-        Ok(Err(e)) => {
-            if e.is_timeout() {
-                ctx.store
-                    .note_timed_out(colls.iter().map(|c| c.name.as_str()));
+    let outcomes = match bulk(part, &segs, &colls, permit).await {
+        Bulk::Done(outcomes) => outcomes,
+        Bulk::Failed => {
+            return RoundEnd {
+                single: segs,
+                bulk_failed: true,
             }
-            permit.done(if e.retry_class() == RetryClass::Transient {
-                Signal::Overloaded
-            } else {
-                Signal::Completed
-            });
-            tracing::warn!(writes = items.len(), error = %e, "bulk apply failed; applying its writes one by one, and making the next rounds smaller");
-            drop(items);
-            return end(segs, true);
         }
-        Err(_) => {
-            ctx.store
-                .note_timed_out(colls.iter().map(|c| c.name.as_str()));
-            permit.done(Signal::Overloaded);
-            tracing::warn!(
-                writes = items.len(),
-                "bulk apply timed out; applying its writes one by one, and making the next rounds smaller"
-            );
-            drop(items);
-            return end(segs, true);
-        }
+        Bulk::Aborted => return RoundEnd::nothing(),
     };
-    drop(items);
     if crash_after_bulk() {
         // Test hook (see `crash_after_bulk`): MongoDB has the round, the cache
         // and the acks do not.
         tracing::error!("WRIT_TEST_FAILPOINT=after_bulk: aborting");
         std::process::abort();
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    metrics::histogram!("writ_bulk_seconds").record(elapsed);
-    // Each statement's apply latency is the bulk's: one sample per statement
-    // (distinct key; a coalesced run counts once), recorded per collection in
-    // one call (no label built per statement).
-    let mut per_coll: Vec<(&str, usize)> = Vec::new();
-    for coll in &colls {
-        match per_coll.iter_mut().find(|(name, _)| *name == coll.name) {
-            Some((_, n)) => *n += 1,
-            None => per_coll.push((&coll.name, 1)),
-        }
-    }
-    for (name, n) in per_coll {
-        metrics::histogram!("writ_apply_seconds", "collection" => name.to_string())
-            .record_many(elapsed, n);
-    }
-    metrics::histogram!("writ_bulk_writes").record(segs.len() as f64);
+    record_bulk(&colls, started.elapsed().as_secs_f64());
     let mut single = Vec::new();
     let mut done = Vec::new();
     for ((seg, coll), outcome) in segs.into_iter().zip(colls).zip(outcomes) {
@@ -145,9 +114,88 @@ pub(super) async fn run_round(part: &Partition, segs: Vec<Segment>, permit: Perm
         }
     }
     if !finish(part, done).await {
-        return end(Vec::new(), false);
+        return RoundEnd::nothing();
     }
-    end(single, false)
+    RoundEnd {
+        single,
+        bulk_failed: false,
+    }
+}
+
+/// The round's one bulk at MongoDB: the last write of each segment, within
+/// the operation timeout (plus slack), telling the limiter how it went.
+async fn bulk(
+    part: &Partition,
+    segs: &[Segment],
+    colls: &[CollectionConfig],
+    permit: Permit,
+) -> Bulk {
+    let store = &part.ctx.store;
+    let items: Vec<BulkItem> = segs
+        .iter()
+        .zip(colls)
+        .map(|(s, coll)| {
+            let last = s.jobs.last().expect("a segment has a job");
+            BulkItem {
+                coll,
+                write: &last.write,
+                version: last.id,
+            }
+        })
+        .collect();
+    let names = || colls.iter().map(|c| c.name.as_str());
+    let limit = part.ctx.config.op_timeout + Duration::from_secs(5);
+    let res = tokio::select! {
+        r = tokio::time::timeout(limit, store.apply_bulk(&items)) => r,
+        _ = part.run.abort.cancelled() => return Bulk::Aborted,
+    };
+    match res {
+        Ok(Ok(outcomes)) => {
+            permit.done_writes(Signal::Completed, items.len());
+            store.note_answered(names());
+            Bulk::Done(outcomes)
+        }
+        Ok(Err(e)) => {
+            if e.is_timeout() {
+                store.note_timed_out(names());
+            }
+            permit.done(if e.retry_class() == RetryClass::Transient {
+                Signal::Overloaded
+            } else {
+                Signal::Completed
+            });
+            tracing::warn!(writes = items.len(), error = %e, "bulk apply failed; applying its writes one by one, and making the next rounds smaller");
+            Bulk::Failed
+        }
+        Err(_) => {
+            store.note_timed_out(names());
+            permit.done(Signal::Overloaded);
+            tracing::warn!(
+                writes = items.len(),
+                "bulk apply timed out; applying its writes one by one, and making the next rounds smaller"
+            );
+            Bulk::Failed
+        }
+    }
+}
+
+/// A bulk's latency: its own histogram, and each statement's apply latency
+/// (distinct key; a coalesced run counts once), recorded per collection in
+/// one call (no label built per statement).
+fn record_bulk(colls: &[CollectionConfig], elapsed: f64) {
+    metrics::histogram!("writ_bulk_seconds").record(elapsed);
+    let mut per_coll: Vec<(&str, usize)> = Vec::new();
+    for coll in colls {
+        match per_coll.iter_mut().find(|(name, _)| *name == coll.name) {
+            Some((_, n)) => *n += 1,
+            None => per_coll.push((&coll.name, 1)),
+        }
+    }
+    for (name, n) in per_coll {
+        metrics::histogram!("writ_apply_seconds", "collection" => name.to_string())
+            .record_many(elapsed, n);
+    }
+    metrics::histogram!("writ_bulk_writes").record(colls.len() as f64);
 }
 
 /// `WRIT_TEST_FAILPOINT=after_bulk` makes the daemon abort right after its
@@ -168,9 +216,7 @@ async fn finish(
     if done.is_empty() {
         return true;
     }
-    // What readers see from each segment: (segment, collection, version,
-    // committed document or None, stale), taking the outcomes by value.
-    let done: Vec<_> = done
+    let done: Vec<Settled> = done
         .into_iter()
         .map(|(seg, coll, applied)| {
             let (version, doc, stale) = applied.into_readable(seg.jobs.last().unwrap().id);
@@ -195,10 +241,25 @@ async fn finish(
         return false;
     }
     metrics::histogram!("writ_cache_update_seconds").record(cache_started.elapsed().as_secs_f64());
+    let acks = round_acks(&done);
+    if !part.acker.send(acks).await {
+        return false;
+    }
+    for (seg, coll, ..) in &done {
+        for job in &seg.jobs {
+            key_worker::record_end_to_end(&coll.name, job.id);
+        }
+    }
+    true
+}
+
+/// The acks of settled segments (the earlier jobs of a run coalesced, the
+/// last applied or stale), and one [`Event::Settled`] per collection.
+fn round_acks(done: &[Settled]) -> Vec<Outgoing> {
     let mut acks = Vec::new();
     // Per collection: [applied, coalesced, stale], emitted once per round.
     let mut settled: BTreeMap<&str, [u64; 3]> = BTreeMap::new();
-    for (seg, coll, version, _, stale) in &done {
+    for (seg, coll, version, _, stale) in done {
         let n = seg.jobs.len();
         let counts = settled.entry(coll.name.as_str()).or_default();
         counts[1] += n as u64 - 1;
@@ -232,13 +293,5 @@ async fn finish(
         }
         .emit();
     }
-    if !part.acker.send(acks).await {
-        return false;
-    }
-    for (seg, coll, ..) in &done {
-        for job in &seg.jobs {
-            key_worker::record_end_to_end(&coll.name, job.id);
-        }
-    }
-    true
+    acks
 }
