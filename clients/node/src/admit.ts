@@ -47,12 +47,16 @@ export class AdmitRefused extends Error {
   }
 }
 
-interface Waiting {
+/** An entry waiting for its partition's next call; `R` is what its submit gets back. */
+export interface Queued<R = string> {
   fields: Arg[];
+  /** Its argument bytes. */
   bytes: number;
-  resolve: (id: string) => void;
+  resolve: (r: R) => void;
   reject: (e: unknown) => void;
 }
+
+type Waiting = Queued<string>;
 
 interface Queue {
   keys: AdmitKeys;
@@ -60,7 +64,20 @@ interface Queue {
   busy: boolean;
 }
 
-const argBytes = (a: Arg): number => (typeof a === "number" ? 8 : a.length);
+/** An entry's argument bytes (a number counts 8). */
+export const argBytes = (fields: Arg[]): number => fields.reduce<number>((n, a) => n + (typeof a === "number" ? 8 : a.length), 0);
+
+/** Takes the next call's entries off the front of `waiting`: at most {@link MAX_BATCH} or {@link MAX_BATCH_BYTES}, at least one. */
+export function takeBatch<T extends { bytes: number }>(waiting: T[]): T[] {
+  let n = 0;
+  let bytes = 0;
+  for (const w of waiting) {
+    bytes += w.bytes;
+    if (n > 0 && (n === MAX_BATCH || bytes > MAX_BATCH_BYTES)) break;
+    n++;
+  }
+  return waiting.splice(0, n);
+}
 
 export class AdmitBatcher {
   private readonly queues = new Map<string, Queue>();
@@ -79,7 +96,7 @@ export class AdmitBatcher {
     return new Promise((resolve, reject) => {
       let q = this.queues.get(keys[0]);
       if (!q) this.queues.set(keys[0], (q = { keys, waiting: [], busy: false }));
-      q.waiting.push({ fields, bytes: fields.reduce<number>((n, a) => n + argBytes(a), 0), resolve, reject });
+      q.waiting.push({ fields, bytes: argBytes(fields), resolve, reject });
       if (!q.busy) {
         q.busy = true;
         // Submits made in this turn of the microtask queue join the first call.
@@ -91,14 +108,7 @@ export class AdmitBatcher {
   /** Sends the queue, call after call, until it is empty. Never rejects. */
   private async flush(q: Queue): Promise<void> {
     while (q.waiting.length) {
-      let n = 0;
-      let bytes = 0;
-      for (const w of q.waiting) {
-        bytes += w.bytes;
-        if (n > 0 && (n === MAX_BATCH || bytes > MAX_BATCH_BYTES)) break;
-        n++;
-      }
-      const batch = q.waiting.splice(0, n);
+      const batch = takeBatch(q.waiting);
       const seq = (this.calls.get(q.keys[0]) ?? 0) + 1;
       this.calls.set(q.keys[0], seq);
       let reply: unknown;

@@ -24,7 +24,7 @@ import calculateSlot from "cluster-key-slot";
 
 import type { WritConfig } from "./config.js";
 import { WritClosedError } from "./errors.js";
-import { MAX_BATCH, MAX_BATCH_BYTES, WINDOW, admitArgs, settle, type AdmitKeys, type Arg } from "./admit.js";
+import { WINDOW, admitArgs, argBytes, settle, takeBatch, type AdmitKeys, type Arg, type Queued } from "./admit.js";
 import { errMessage, sleep } from "./util.js";
 
 /**
@@ -47,12 +47,7 @@ export interface Admitted {
 }
 
 /** A submit waiting for its partition's next call. */
-interface Entry {
-  fields: Arg[];
-  bytes: number;
-  resolve: (r: Admitted) => void;
-  reject: (e: unknown) => void;
-}
+type Entry = Queued<Admitted>;
 
 /** One admission script call: some entries of one partition, under one call number. */
 interface Call {
@@ -93,8 +88,6 @@ export interface ReplicatedOptions {
   closed: () => boolean;
 }
 
-const argBytes = (a: Arg): number => (typeof a === "number" ? 8 : a.length);
-
 /** The admission path with WAIT of one client (`minReplicasAcked > 0`). */
 export class ReplicatedAdmitter {
   private readonly config: ReplicatedOptions["config"];
@@ -134,7 +127,7 @@ export class ReplicatedAdmitter {
     return new Promise((resolve, reject) => {
       let part = this.parts.get(keys[0]);
       if (!part) this.parts.set(keys[0], (part = { keys, waiting: [], inFlight: false, seq: 0 }));
-      part.waiting.push({ fields, bytes: fields.reduce<number>((n, a) => n + argBytes(a), 0), resolve, reject });
+      part.waiting.push({ fields, bytes: argBytes(fields), resolve, reject });
       this.schedule(this.nodeOf(part));
     });
   }
@@ -208,16 +201,9 @@ export class ReplicatedAdmitter {
     });
   }
 
-  /** The partition's next call: its waiting entries, up to {@link MAX_BATCH} or {@link MAX_BATCH_BYTES}. */
+  /** The partition's next call: its waiting entries, as many as one call takes (admit.ts `takeBatch`). */
   private nextCall(part: Part): Call {
-    let count = 0;
-    let bytes = 0;
-    for (const e of part.waiting) {
-      bytes += e.bytes;
-      if (count > 0 && (count === MAX_BATCH || bytes > MAX_BATCH_BYTES)) break;
-      count++;
-    }
-    const entries = part.waiting.splice(0, count);
+    const entries = takeBatch(part.waiting);
     part.seq++;
     const args = admitArgs(this.group, this.config.maxBacklog, part.seq, WINDOW, entries.map((e) => e.fields));
     return { entries, args, useEval: false, redirects: 0 };
