@@ -20,10 +20,16 @@ if cur then
   end
   if not newer then return 0 end
 end
-redis.call('DEL', KEYS[1])
+-- In place: a DEL first would leave the key absent mid-script, and while its
+-- slot migrates to another Redis Cluster node, the writes after that are
+-- refused ("non local key") with the DEL done. Only a value that is not a
+-- hash is deleted first.
+if stored == 2 then redis.call('DEL', KEYS[1]) end
 if ARGV[2] == '' then
   redis.call('HSET', KEYS[1], 'v', ARGV[1], 'gone', '1')
+  redis.call('HDEL', KEYS[1], 'doc')
 else
   redis.call('HSET', KEYS[1], 'v', ARGV[1], 'doc', ARGV[2])
+  redis.call('HDEL', KEYS[1], 'gone')
 end
 return stored

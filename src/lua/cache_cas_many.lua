@@ -27,11 +27,14 @@ for i = 2, #KEYS do
     end
   end
   if newer then
-    redis.call('DEL', key)
+    -- In place, as in cache_cas.lua (a DEL first breaks mid-migration).
+    if stored == 2 then redis.call('DEL', key) end
     if doc == '' then
       redis.call('HSET', key, 'v', v, 'gone', '1')
+      redis.call('HDEL', key, 'doc')
     else
       redis.call('HSET', key, 'v', v, 'doc', doc)
+      redis.call('HDEL', key, 'gone')
     end
     out[i - 1] = stored
   else

@@ -36,7 +36,7 @@ import { AdmitBatcher, AdmitRefused, type AdmitKeys } from "./admit.js";
 import { AckReader, lastDelivered } from "./acks.js";
 import { RESERVED_FIELDS } from "./collections.js";
 import { bsonNesting, MAX_NESTING } from "./nesting.js";
-import { NOT_EXECUTED, ReplicatedAdmitter } from "./replicated.js";
+import { NOT_EXECUTED, ReplicatedAdmitter, redirectionsFor } from "./replicated.js";
 import { compareStreamIds, isSortable, toSortable, ZERO_VERSION } from "./version.js";
 import { errMessage, groupBy, isReplyError, sleep } from "./util.js";
 
@@ -289,6 +289,14 @@ export class WritClient {
           // reads pipeline per slot instead (readCache), and admissions with WAIT
           // batch per node with their own redirection handling (src/replicated.ts).
           enableAutoPipelining: false,
+          // While a slot moves to another node (resharding), a command whose
+          // keys are split between the two, or that would create a key, is
+          // refused with TRYAGAIN (or ASK, then TRYAGAIN) until the move is done;
+          // ioredis tries again every retryDelayOnTryAgain (100 ms), each try a
+          // redirection. Its default of 16 gave up after about 1.6 s; this lets
+          // a write wait for the move about as long as it waits for anything
+          // (writeTimeoutMs), as the daemon does (tests: test/reshard.test.ts).
+          maxRedirections: redirectionsFor(c.writeTimeoutMs),
           // Nodes learnt from CLUSTER SLOTS get these, not the seed URLs' parts:
           // credentials and TLS (ioredis enables TLS only for a rediss:// URL
           // given to a plain Redis) go here.

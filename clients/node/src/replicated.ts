@@ -35,8 +35,18 @@ import { errMessage, sleep } from "./util.js";
 export const NOT_EXECUTED = /^(MOVED|ASK|TRYAGAIN|CLUSTERDOWN) /;
 /** An ioredis cluster pipeline refused before sending: its slots moved apart. */
 const PIPELINE_SPLIT = /same slots allocation group|same slot/;
-/** Tries of an admission call that was redirected (as ioredis's maxRedirections). */
-const MAX_REDIRECTIONS = 16;
+/** Wait before a redirected call goes again (as ioredis's retryDelayOnMoved / OnTryAgain). */
+export const REDIRECT_DELAY_MS = 100;
+
+/**
+ * Redirections (each {@link REDIRECT_DELAY_MS} apart) that take about as
+ * long as a write waits (`writeTimeoutMs`), and at least ioredis's default
+ * of 16: a resharding refuses a slot's multi-key commands with TRYAGAIN
+ * until its move is done.
+ */
+export function redirectionsFor(writeTimeoutMs: number): number {
+  return Math.max(16, Math.ceil(writeTimeoutMs / REDIRECT_DELAY_MS));
+}
 /** Most entries in one pipeline with a trailing WAIT (over all its calls). */
 const PIPELINE_MAX_ENTRIES = 1000;
 
@@ -77,7 +87,7 @@ interface Part {
 /** What a {@link ReplicatedAdmitter} is given by its client. */
 export interface ReplicatedOptions {
   /** The client's config (read when used): the bound, and the WAIT's replicas and timeout. */
-  config: Pick<WritConfig, "maxBacklog" | "minReplicasAcked" | "replicaAckTimeoutMs">;
+  config: Pick<WritConfig, "maxBacklog" | "minReplicasAcked" | "replicaAckTimeoutMs" | "writeTimeoutMs">;
   /** Creates the "writes" connection (not connected yet), on the first admission. */
   connect: () => Redis | Cluster;
   /** The admission script (src/lua/admit.lua) and its SHA-1. */
@@ -221,7 +231,7 @@ export class ReplicatedAdmitter {
    * Sends one pipeline: its calls, then WAIT. Calls the node did not execute
    * (NOSCRIPT; in a cluster MOVED, ASK, TRYAGAIN, CLUSTERDOWN, or a pipeline
    * whose slots moved apart) become their partition's retry (redirections:
-   * after a slot refresh, at most {@link MAX_REDIRECTIONS} times); their
+   * after a slot refresh, at most {@link redirectionsFor} times); their
    * partitions stay in flight until then. Never rejects.
    */
   private async send(calls: [Part, Call][]): Promise<void> {
@@ -281,11 +291,12 @@ export class ReplicatedAdmitter {
    */
   private async redirect(conn: Cluster, calls: [Part, Call][]): Promise<void> {
     await new Promise<void>((r) => conn.refreshSlotsCache(() => r()));
-    await sleep(100);
+    await sleep(REDIRECT_DELAY_MS);
+    const max = redirectionsFor(this.config.writeTimeoutMs);
     for (const [part, c] of calls) {
       const noscript = c.lastError instanceof Error && c.lastError.message.startsWith("NOSCRIPT");
       if (this.isClosed()) for (const entry of c.entries) entry.reject(new WritClosedError());
-      else if (!noscript && ++c.redirects > MAX_REDIRECTIONS) for (const entry of c.entries) entry.reject(c.lastError);
+      else if (!noscript && ++c.redirects > max) for (const entry of c.entries) entry.reject(c.lastError);
       else part.retry = c;
     }
   }
