@@ -6,11 +6,12 @@
 -- MongoDB, so the committed document replaces it).
 if KEYS[2] and redis.call('GET', KEYS[2]) ~= ARGV[3] then return -1 end
 local stored = 1
-local cur = redis.pcall('HGET', KEYS[1], 'v')
-if type(cur) == 'table' and cur.err then
-  if string.sub(cur.err, 1, 9) ~= 'WRONGTYPE' then return redis.error_reply(cur.err) end
-  cur, stored = false, 2
+local got = redis.pcall('HMGET', KEYS[1], 'v', 'gone')
+if got.err then
+  if string.sub(got.err, 1, 9) ~= 'WRONGTYPE' then return redis.error_reply(got.err) end
+  got, stored = {false, false}, 2
 end
+local cur, gone = got[1], got[2]
 if cur then
   if cur == ARGV[1] then return 0 end
   local newer = false
@@ -20,16 +21,16 @@ if cur then
   end
   if not newer then return 0 end
 end
--- In place: a DEL first would leave the key absent mid-script, and while its
--- slot migrates to another Redis Cluster node, the writes after that are
--- refused ("non local key") with the DEL done. Only a value that is not a
--- hash is deleted first.
-if stored == 2 then redis.call('DEL', KEYS[1]) end
+-- A document over a document is written in place. Deleting the key first
+-- would leave it absent half-way through the script, and while its slot
+-- moves to another Redis Cluster node the writes after that are refused
+-- ("non local key") with the delete done. The key is deleted first only
+-- where a field must go: a value that is not a hash, a hard delete, and a
+-- document over a hard delete (all rare).
+if stored == 2 or ARGV[2] == '' or gone then redis.call('DEL', KEYS[1]) end
 if ARGV[2] == '' then
   redis.call('HSET', KEYS[1], 'v', ARGV[1], 'gone', '1')
-  redis.call('HDEL', KEYS[1], 'doc')
 else
   redis.call('HSET', KEYS[1], 'v', ARGV[1], 'doc', ARGV[2])
-  redis.call('HDEL', KEYS[1], 'gone')
 end
 return stored

@@ -13,11 +13,12 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
 end
 for i = 2, #KEYS do
   local key, v, doc = KEYS[i], ARGV[2 * (i - 1)], ARGV[2 * (i - 1) + 1]
-  local cur, stored = redis.pcall('HGET', key, 'v'), 1
-  if type(cur) == 'table' and cur.err then
-    if string.sub(cur.err, 1, 9) ~= 'WRONGTYPE' then return redis.error_reply(cur.err) end
-    cur, stored = false, 2
+  local got, stored = redis.pcall('HMGET', key, 'v', 'gone'), 1
+  if got.err then
+    if string.sub(got.err, 1, 9) ~= 'WRONGTYPE' then return redis.error_reply(got.err) end
+    got, stored = {false, false}, 2
   end
+  local cur, gone = got[1], got[2]
   local newer = true
   if cur then
     newer = false
@@ -27,14 +28,12 @@ for i = 2, #KEYS do
     end
   end
   if newer then
-    -- In place, as in cache_cas.lua (a DEL first breaks mid-migration).
-    if stored == 2 then redis.call('DEL', key) end
+    -- In place unless a field must go, as in cache_cas.lua.
+    if stored == 2 or doc == '' or gone then redis.call('DEL', key) end
     if doc == '' then
       redis.call('HSET', key, 'v', v, 'gone', '1')
-      redis.call('HDEL', key, 'doc')
     else
       redis.call('HSET', key, 'v', v, 'doc', doc)
-      redis.call('HDEL', key, 'gone')
     end
     out[i - 1] = stored
   else
