@@ -229,6 +229,10 @@ fn redis_retry_class(e: &redis::RedisError) -> RetryClass {
     }
     match e.kind() {
         K::Server(redis::ServerErrorKind::BusyLoading)
+        // Not run where it was sent (a slot moved or is moving: resharding,
+        // failover); the cluster connection refreshes its slot map.
+        | K::Server(redis::ServerErrorKind::Moved)
+        | K::Server(redis::ServerErrorKind::Ask)
         | K::Server(redis::ServerErrorKind::TryAgain)
         | K::Server(redis::ServerErrorKind::ClusterDown)
         | K::Server(redis::ServerErrorKind::MasterDown)
@@ -284,5 +288,34 @@ pub(crate) fn mongo_code(e: &mongodb::error::Error) -> Option<i32> {
         K::Write(WriteFailure::WriteError(w)) => Some(w.code),
         K::Write(WriteFailure::WriteConcernError(w)) => Some(w.code),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Replies that mean "not run here, or not yet": a slot that moved or is
+    /// moving, a loading or failing-over node. Retried, not logged as errors
+    /// that retrying will not clear.
+    #[test]
+    fn redis_redirections_and_busy_nodes_are_transient() {
+        use redis::{ErrorKind as K, ServerErrorKind as S};
+        for kind in [
+            S::Moved,
+            S::Ask,
+            S::TryAgain,
+            S::ClusterDown,
+            S::MasterDown,
+            S::ReadOnly,
+            S::BusyLoading,
+        ] {
+            let e = Error::Redis(redis::RedisError::from((K::Server(kind), "reply")));
+            assert_eq!(e.retry_class(), RetryClass::Transient, "{kind:?}");
+        }
+        for kind in [S::NoPerm, S::CrossSlot, S::ResponseError] {
+            let e = Error::Redis(redis::RedisError::from((K::Server(kind), "reply")));
+            assert_eq!(e.retry_class(), RetryClass::Permanent, "{kind:?}");
+        }
     }
 }
