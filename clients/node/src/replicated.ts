@@ -199,6 +199,12 @@ export class ReplicatedAdmitter {
       this.nodes.delete(node);
       return;
     }
+    // Served partitions go to the back of the order: past the cap, the ones
+    // left out go first next time (no partition waits behind busier ones).
+    for (const [part] of calls) {
+      this.parts.delete(part.keys[0]);
+      this.parts.set(part.keys[0], part);
+    }
     n.busy = true;
     void this.send(calls).finally(() => {
       n.busy = false;

@@ -549,7 +549,13 @@ describe("core", () => {
    * error the node answers that call with instead; `hold` keeps the first
    * pipeline out until released.
    */
-  function fakeWrites(opts: { slots?: string[][]; refuse?: (pipeline: number, call: number) => string | undefined; hold?: boolean }) {
+  function fakeWrites(opts: {
+    slots?: string[][];
+    refuse?: (pipeline: number, call: number) => string | undefined;
+    hold?: boolean;
+    /** Called as each pipeline arrives, with its calls' first keys (the partition streams). */
+    onExec?: (pipeline: number, streams: string[]) => void;
+  }) {
     const landed: string[] = [];
     const sent: { node: string; calls: number; entries: number }[] = [];
     let release: (() => void) | undefined;
@@ -569,6 +575,7 @@ describe("core", () => {
           wait: () => p,
           exec: async () => {
             const pipeline = sent.length;
+            opts.onExec?.(pipeline, calls.map((c) => c.key));
             sent.push({
               node: opts.slots ? opts.slots[calculateSlot(calls[0].key)].join(",") : "",
               calls: calls.length,
@@ -635,6 +642,36 @@ describe("core", () => {
       await Promise.all(subs);
       assert.deepEqual(w.landed.map((r) => r.split(".")[1]), ["1", "2", "3"], "the entries land in submit order");
       assert.deepEqual(w.sent.map((s) => [s.calls, s.entries]), [[1, 3], [1, 3]], "one call of 3 entries, sent again once");
+    } finally {
+      undo();
+    }
+  }));
+
+  test("minReplicasAcked: a partition is not left out of every pipeline by busier ones", g(async () => {
+    // Partitions 0-3 get 300 more writes as each pipeline arrives, so each
+    // always has a full call (256) waiting and four fill a pipeline (cap
+    // 1000 entries); partition 4's one write must still go within a few.
+    const c = client({ namespace: `${env.name}_fair`, minReplicasAcked: 1, partitions: 5, maxBacklog: 1000000, maxPending: 1000000 });
+    await c.ready();
+    const keyOf: Record<string, unknown>[] = [];
+    for (let i = 0; keyOf.length < 5; i++) {
+      const key = { k: `f${i}`, n: 1 };
+      if (c.resolveKey(KV.name, key).partition === keyOf.length) keyOf.push(key);
+    }
+    const busy: Promise<unknown>[] = [];
+    const load = () => {
+      for (let p = 0; p < 4; p++) for (let i = 0; i < 300; i++) busy.push(c.submit(KV.name, keyOf[p], "put", { i }));
+    };
+    const inPipeline: string[][] = [];
+    const w = fakeWrites({ onExec: (pipeline, streams) => (inPipeline.push(streams), pipeline < 6 ? load() : undefined) });
+    const undo = replaceWrites(c, w.fake);
+    try {
+      load();
+      const lone = c.submit(KV.name, keyOf[4], "put", { i: 0 });
+      await lone;
+      await Promise.all(busy);
+      const first = inPipeline.findIndex((streams) => streams.some((s) => s.includes("{p4}")));
+      assert.ok(first >= 0 && first <= 2, `partition 4 went in pipeline ${first} of ${JSON.stringify(inPipeline)}`);
     } finally {
       undo();
     }
