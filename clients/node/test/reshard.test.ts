@@ -107,11 +107,10 @@ describe("Redis Cluster: a partition's slot moves while writes flow", () => {
       const stream = `${env.name}:{p${p}}:in`;
       const slot = calculateSlot(stream);
       const fromPort = await env.cluster!.masterOf(slot);
-      const names = (plain as unknown as { names: { cache(p: number, c: string, k: string): string } }).names;
-      const cold = settled.map((key) => names.cache(p, SIGNAL, plain.resolveKey(SIGNAL, key).canonical));
+      const cold = settled.map((key) => plain.names.cache(p, SIGNAL, plain.resolveKey(SIGNAL, key).canonical));
       const first = order === "cold" ? cold : [stream, ...cold];
       const masters = new Set(await Promise.all(Array.from({ length: 16 }, (_, i) => env.cluster!.masterOf(i * 1024))));
-      const toPort = [...masters].find((p) => p !== fromPort)!;
+      const toPort = [...masters].find((port) => port !== fromPort)!;
 
       // Ten keys written in chains of 40, one write after another: three by a
       // client with minReplicasAcked 1, three by one without, and, from
