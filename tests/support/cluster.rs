@@ -109,14 +109,14 @@ impl RedisCluster {
             let dir = root.path().join(format!("node{i}"));
             std::fs::create_dir_all(&dir).expect("node dir");
             let log = dir.join("redis.log");
-            // Free ports are racy: a node that loses the race gets fresh ones once.
+            // Free ports are racy: a node that loses the race gets fresh ones (up to 3 times).
             let mut attempt = 0;
             let (port, bus, child) = loop {
                 let port = fresh_port(&mut taken);
                 let bus = fresh_port(&mut taken);
                 match spawn_node(&dir, port, bus, aof, &log) {
                     Ok(child) => break (port, bus, child),
-                    Err(e) if attempt == 0 => {
+                    Err(e) if attempt < 3 => {
                         eprintln!("cluster node {i} did not start on {port}/{bus}, retrying: {e}");
                         attempt += 1;
                     }
@@ -559,7 +559,21 @@ fn spawn_node(dir: &Path, port: u16, bus: u16, aof: bool, log: &Path) -> Result<
     let begun = Instant::now();
     loop {
         if query_port::<String>(port, &redis::cmd("PING")).is_ok() {
-            return Ok(child);
+            // The server that answers must be ours: a parallel test's node may
+            // hold the port, and ours then fails to bind and exits. (Without
+            // this, two clusters once shared a node: "--cluster create
+            // failed: Node ... is not empty".)
+            let info =
+                query_port::<String>(port, redis::cmd("INFO").arg("server")).unwrap_or_default();
+            let pid = super::info_field(&info, "process_id").and_then(|p| p.parse::<u32>().ok());
+            if pid == Some(child.id()) {
+                return Ok(child);
+            }
+            kill(&mut child);
+            return Err(format!(
+                "port {port} answers for another redis-server (pid {pid:?}), not ours ({})",
+                child.id()
+            ));
         }
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!(

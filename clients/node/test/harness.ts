@@ -178,6 +178,8 @@ async function onAFreePort<T>(start: (port: number) => Promise<T>, ports?: numbe
 
 /** A server that exited before it was ready (the only start failure retried on another port). */
 class ServerExited extends Error {}
+/** A free port was taken by another process before our server bound it. */
+class PortTaken extends Error {}
 
 async function poll(what: string, proc: Proc | undefined, limitMs: number, check: () => Promise<boolean>): Promise<void> {
   const deadline = Date.now() + limitMs;
@@ -476,7 +478,19 @@ export class RedisCluster {
     readonly tls?: RedisTlsOptions,
   ) {}
 
+  /** Starts the cluster; one whose free ports another process took first starts again on fresh ones (3 tries). */
   static async start(dir: string, opts: RedisClusterOptions = {}): Promise<RedisCluster> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await RedisCluster.startOnce(attempt === 1 ? dir : join(dir, `attempt-${attempt}`), opts);
+      } catch (e) {
+        if (!(e instanceof PortTaken) || attempt === 3) throw e;
+        console.error(`# Redis Cluster: ${e.message}; starting again on fresh ports`);
+      }
+    }
+  }
+
+  private static async startOnce(dir: string, opts: RedisClusterOptions): Promise<RedisCluster> {
     const { masters = 3, replicas = 1, tls: t } = opts;
     if (!which(REDIS_SERVER)) throw new Error(`redis-server not found (${REDIS_SERVER}); ${SETUP_HINT}`);
     if (!which(REDIS_CLI)) throw new Error(`redis-cli not found (${REDIS_CLI}); ${SETUP_HINT}`);
@@ -531,6 +545,16 @@ export class RedisCluster {
       await Promise.all(
         nodes.map((n) => poll(n.proc.name, n.proc, 20000, () => (t ? redisTlsPing(n.port, t) : redisPing(n.port)))),
       );
+      // The server that answers must be ours: a parallel test's node may hold
+      // the port, and ours then fails to bind and exits (two clusters sharing
+      // a node fail `--cluster create` with "Node ... is not empty"). Not
+      // checked over TLS (redisPid speaks plain RESP).
+      if (!t) {
+        for (const n of nodes) {
+          const pid = await redisPid(n.port);
+          if (pid !== n.proc.pid) throw new PortTaken(`port ${n.port} answers for another redis-server (pid ${pid}), not ours (${n.proc.pid})`);
+        }
+      }
       const cliTls = t
         ? [
             "--tls", "--cacert", t.ca.ca, "--cert", t.ca.clientCert, "--key", t.ca.clientKey,
