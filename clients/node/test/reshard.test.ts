@@ -12,10 +12,10 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 
 import { WritClient } from "../src/client.js";
+import { sleep } from "../src/util.js";
 import { TestEnv } from "./harness.js";
 
 const SIGNAL = "signal-items";
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /**
  * Moves `slot` from its master to the master on `toPort` as
