@@ -17,6 +17,14 @@
 //! adding the entries again. One call in flight per partition, so a window of
 //! one call is enough.
 //!
+//! While a resharding moves a partition's slot, Redis Cluster refuses the
+//! call until the move is done (`TRYAGAIN`, or `ASK` where the keys are split
+//! or not created yet), and redis-rs gives up after its 6 retries (under a
+//! second for `ASK`, about 2 s for `TRYAGAIN`). The call is then sent again,
+//! under the same number, every [`REDIRECT_DELAY`] until
+//! `client.write_timeout_ms` from its first send: the node did not run it,
+//! and a second run would be answered from the admission record anyway.
+//!
 //! The call is made by a task of its own, so a caller that gives up waiting
 //! cannot strand the submits queued behind it. Bounded: at most
 //! [`MAX_BATCH`] entries or [`MAX_BATCH_BYTES`] per call, one call in flight
@@ -24,17 +32,22 @@
 //! result, so the queue is bounded by the callers).
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use redis::Value;
 use tokio::sync::oneshot;
 
 use crate::error::Error;
-use crate::redis_conn::{Confirmer, Conn};
+use crate::redis_conn::{not_run, Confirmer, Conn};
 
 /// Most entries in one admission call.
 pub const MAX_BATCH: usize = 256;
 /// Most argument bytes in one admission call.
 pub const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// The pause before a call that a node did not run (its slot is moving) is
+/// sent again.
+pub const REDIRECT_DELAY: Duration = Duration::from_millis(100);
 
 /// One entry's fields, as the protocol encodes them.
 pub type Fields = Vec<(&'static str, Vec<u8>)>;
@@ -106,6 +119,20 @@ pub struct Batcher {
     group: String,
     bound: u64,
     confirm: bool,
+    /// How long a call the cluster did not run is sent again
+    /// (`client.write_timeout_ms`).
+    patience: Duration,
+}
+
+/// How the batcher calls: the bound, whether replicas confirm, and how long a
+/// call the cluster did not run is sent again.
+pub struct Settings {
+    /// `redis.max_backlog`.
+    pub bound: u64,
+    /// Whether the call's pipeline starts with `CLIENT ID` (replicas confirm).
+    pub confirm: bool,
+    /// `client.write_timeout_ms`.
+    pub patience: Duration,
 }
 
 impl Batcher {
@@ -115,8 +142,7 @@ impl Batcher {
         conn: Conn,
         script: redis::Script,
         group: String,
-        bound: u64,
-        confirm: bool,
+        settings: Settings,
     ) -> Arc<Batcher> {
         Arc::new(Batcher {
             queues: targets.iter().map(|_| Mutex::default()).collect(),
@@ -124,8 +150,9 @@ impl Batcher {
             conn,
             script,
             group,
-            bound,
-            confirm,
+            bound: settings.bound,
+            confirm: settings.confirm,
+            patience: settings.patience,
         })
     }
 
@@ -194,18 +221,27 @@ impl Batcher {
                 inv.arg(*f).arg(v.as_slice());
             }
         }
-        let mut conn = self.conn.clone();
-        let reply: redis::RedisResult<(u64, Value)> = if self.confirm {
-            let mut pipe = Confirmer::write_pipeline();
-            pipe.load_script(&self.script).ignore();
-            pipe.invoke_script(&inv);
-            pipe.query_async(&mut conn).await
-        } else {
-            inv.invoke_async::<Value>(&mut conn).await.map(|v| (0, v))
-        };
-        match reply {
-            Ok((client, value)) => results(batch.len(), client, value),
-            Err(e) => vec![Err(Refused::Failed(e)); batch.len()],
+        let deadline = tokio::time::Instant::now() + self.patience;
+        loop {
+            let mut conn = self.conn.clone();
+            let reply: redis::RedisResult<(u64, Value)> = if self.confirm {
+                let mut pipe = Confirmer::write_pipeline();
+                pipe.load_script(&self.script).ignore();
+                pipe.invoke_script(&inv);
+                pipe.query_async(&mut conn).await
+            } else {
+                inv.invoke_async::<Value>(&mut conn).await.map(|v| (0, v))
+            };
+            match reply {
+                Ok((client, value)) => return results(batch.len(), client, value),
+                Err(e)
+                    if not_run(&e) && tokio::time::Instant::now() + REDIRECT_DELAY < deadline =>
+                {
+                    tracing::debug!(partition = p, error = %e, "admission not run (a slot is moving); sending it again");
+                    tokio::time::sleep(REDIRECT_DELAY).await;
+                }
+                Err(e) => return vec![Err(Refused::Failed(e)); batch.len()],
+            }
         }
     }
 }

@@ -99,8 +99,11 @@ impl Writ {
             conn.clone(),
             redis::Script::new(admit::XADD_BOUNDED),
             names.group(),
-            config.max_backlog,
-            confirmer.wanted(),
+            batch::Settings {
+                bound: config.max_backlog,
+                confirm: confirmer.wanted(),
+                patience: config.write_timeout,
+            },
         );
         let inner = Arc::new(Inner {
             batcher,

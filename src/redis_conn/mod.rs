@@ -77,6 +77,18 @@ pub fn is_wrong_type(e: &redis::RedisError) -> bool {
     e.code() == Some("WRONGTYPE")
 }
 
+/// Whether a node did not run a command because its slot moved or is moving
+/// (`MOVED`, `ASK`, `TRYAGAIN`: a resharding) or the cluster is down, so that
+/// sending it again cannot run it twice. redis-rs follows these replies
+/// itself, but only for its few retries.
+pub fn not_run(e: &redis::RedisError) -> bool {
+    use redis::ServerErrorKind as S;
+    matches!(
+        e.kind(),
+        redis::ErrorKind::Server(S::Moved | S::Ask | S::TryAgain | S::ClusterDown)
+    )
+}
+
 impl Conn {
     /// Whether this is a cluster connection.
     pub fn is_cluster(&self) -> bool {

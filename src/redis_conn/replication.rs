@@ -67,11 +67,28 @@ impl Replication {
         client_id: u64,
         what: &'static str,
     ) -> Result<()> {
-        let mut pipe = Confirmer::write_pipeline();
-        pipe.cmd("EXISTS").arg(key).ignore();
-        self.add_to(&mut pipe);
-        let (id, confirmed): (u64, u32) = pipe.query_async(&mut conn.clone()).await?;
+        let (id, confirmed) = self.wait_on(conn, key).await?;
         self.check(if id == client_id { confirmed } else { 0 }, what)
+    }
+
+    /// Sends `CLIENT ID` and `WAIT` to the master of `key`'s slot as the
+    /// connection's slot map has it; returns both replies. Neither command
+    /// names a key: the `WAIT` must reach the node the writes went to, and a
+    /// keyed command is redirected (`ASK`) while a resharding moves the key.
+    async fn wait_on(&self, conn: &Conn, key: &str) -> redis::RedisResult<(u64, u32)> {
+        use redis::aio::ConnectionLike;
+        use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
+        let mut pipe = Confirmer::write_pipeline();
+        self.add_to(&mut pipe);
+        let replies = match conn.clone() {
+            Conn::Cluster(mut c) => {
+                let to =
+                    SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master));
+                c.route_pipeline(pipe, 0, 2, to).await?
+            }
+            Conn::Node(mut c) => c.req_packed_commands(&pipe, 0, 2).await?,
+        };
+        Ok(redis::from_redis_value(redis::Value::Array(replies))?)
     }
 
     /// Turns a `WAIT` reply into an error when too few replicas confirmed.
@@ -204,10 +221,7 @@ impl Confirmer {
                 }
                 std::mem::take(&mut st.waiting)
             };
-            let mut pipe = Self::write_pipeline();
-            pipe.cmd("EXISTS").arg(&key).ignore();
-            replication.add_to(&mut pipe);
-            let res: Confirmed = pipe.query_async(&mut conn.clone()).await;
+            let res: Confirmed = replication.wait_on(&conn, &key).await;
             for tx in group {
                 let _ = tx.send(res.clone());
             }
