@@ -46,6 +46,40 @@ async fn node_id(c: &mut MultiplexedConnection) -> String {
         .unwrap()
 }
 
+async fn keyslot(c: &mut MultiplexedConnection, key: &str) -> u16 {
+    redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query_async(c)
+        .await
+        .unwrap()
+}
+
+fn setslot(slot: u16, state: &str, id: &str) -> redis::Cmd {
+    let mut c = redis::cmd("CLUSTER");
+    c.arg("SETSLOT").arg(slot).arg(state).arg(id);
+    c
+}
+
+/// Starts moving `slot` from `from` to `to` (IMPORTING on the target,
+/// MIGRATING on the source); returns the target's node id.
+async fn begin_move(
+    slot: u16,
+    from: &mut MultiplexedConnection,
+    to: &mut MultiplexedConnection,
+) -> String {
+    let (from_id, to_id) = (node_id(from).await, node_id(to).await);
+    let _: () = setslot(slot, "IMPORTING", &from_id)
+        .query_async(to)
+        .await
+        .unwrap();
+    let _: () = setslot(slot, "MIGRATING", &to_id)
+        .query_async(from)
+        .await
+        .unwrap();
+    to_id
+}
+
 /// How a slot moves.
 struct Move {
     from: u16,
@@ -66,26 +100,13 @@ struct Move {
 async fn move_slot(slot: u16, mut m: Move) -> usize {
     let mut from = conn(m.from).await;
     let mut to = conn(m.to).await;
-    let (from_id, to_id) = (node_id(&mut from).await, node_id(&mut to).await);
-    let setslot = |state: &str, id: &str| {
-        let mut c = redis::cmd("CLUSTER");
-        c.arg("SETSLOT").arg(slot).arg(state).arg(id);
-        c
-    };
+    let to_id = begin_move(slot, &mut from, &mut to).await;
     let in_slot = |c: &mut MultiplexedConnection| {
         let mut cmd = redis::cmd("CLUSTER");
         cmd.arg("GETKEYSINSLOT").arg(slot).arg(1_000_000);
         let mut c = c.clone();
         async move { cmd.query_async::<Vec<String>>(&mut c).await.unwrap() }
     };
-    let _: () = setslot("IMPORTING", &from_id)
-        .query_async(&mut to)
-        .await
-        .unwrap();
-    let _: () = setslot("MIGRATING", &to_id)
-        .query_async(&mut from)
-        .await
-        .unwrap();
     let total = in_slot(&mut from).await.len();
     let mut moved = 0;
     loop {
@@ -120,14 +141,17 @@ async fn move_slot(slot: u16, mut m: Move) -> usize {
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
-    let _: () = setslot("NODE", &to_id).query_async(&mut to).await.unwrap();
-    let _: () = setslot("NODE", &to_id)
+    let _: () = setslot(slot, "NODE", &to_id)
+        .query_async(&mut to)
+        .await
+        .unwrap();
+    let _: () = setslot(slot, "NODE", &to_id)
         .query_async(&mut from)
         .await
         .unwrap();
     for &port in &m.masters {
         if port != m.from && port != m.to {
-            let _: () = setslot("NODE", &to_id)
+            let _: () = setslot(slot, "NODE", &to_id)
                 .query_async(&mut conn(port).await)
                 .await
                 .unwrap();
@@ -238,15 +262,7 @@ async fn reshard(
         vec![]
     };
     first.extend(cold);
-    let slot: u16 = {
-        let mut c = conn(cluster.port(from)).await;
-        redis::cmd("CLUSTER")
-            .arg("KEYSLOT")
-            .arg(&stream)
-            .query_async(&mut c)
-            .await
-            .unwrap()
-    };
+    let slot = keyslot(&mut conn(cluster.port(from)).await, &stream).await;
 
     // Ten keys: three written with acks awaited by the replicated client,
     // three submitted by the plain one, and from half-way through the move
@@ -393,26 +409,8 @@ async fn a_write_is_confirmed_on_its_node_while_its_key_moves_away() {
     let from = cluster.master_of_key(&key);
     let to = cluster.masters().into_iter().find(|&m| m != from).unwrap();
     let (mut src, mut dst) = (conn_to(&cluster, from).await, conn_to(&cluster, to).await);
-    let (from_id, to_id) = (node_id(&mut src).await, node_id(&mut dst).await);
-    let slot: u16 = redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(&key)
-        .query_async(&mut src)
-        .await
-        .unwrap();
-    let setslot = |state: &str, id: &str| {
-        let mut c = redis::cmd("CLUSTER");
-        c.arg("SETSLOT").arg(slot).arg(state).arg(id);
-        c
-    };
-    let _: () = setslot("IMPORTING", &from_id)
-        .query_async(&mut dst)
-        .await
-        .unwrap();
-    let _: () = setslot("MIGRATING", &to_id)
-        .query_async(&mut src)
-        .await
-        .unwrap();
+    let slot = keyslot(&mut src, &key).await;
+    begin_move(slot, &mut src, &mut dst).await;
     let _: () = redis::cmd("MIGRATE")
         .arg("127.0.0.1")
         .arg(cluster.port(to))
