@@ -367,7 +367,7 @@ async fn a_partition_slot_moves_while_rust_clients_write() {
         redis: if replicas == 0 {
             "cluster = true"
         } else {
-            "cluster = true\nmin_replicas_acked = 1"
+            "cluster = true\nmin_replicas_acked = 1\nreplica_ack_timeout_ms = 2000"
         },
         ..Default::default()
     };
@@ -390,10 +390,13 @@ async fn a_write_is_confirmed_on_its_node_while_its_key_moves_away() {
     let cluster = RedisCluster::start(3, 1, false);
     let config = env.config_with(&Overrides {
         redis_url: Some(cluster.url_list()),
-        redis: "cluster = true\nmin_replicas_acked = 1",
+        redis: "cluster = true\nmin_replicas_acked = 1\nreplica_ack_timeout_ms = 2000",
         ..Default::default()
     });
-    let conn = writ::redis_conn::connect(&config, Duration::ZERO)
+    let writes = writ::redis_conn::connect(&config, Duration::ZERO)
+        .await
+        .unwrap();
+    let other_conn = writ::redis_conn::connect(&config, Duration::ZERO)
         .await
         .unwrap();
     let key = Names::new(&config.namespace).stream(0);
@@ -404,7 +407,7 @@ async fn a_write_is_confirmed_on_its_node_while_its_key_moves_away() {
         .arg("f")
         .arg("v")
         .ignore();
-    let (client,): (u64,) = pipe.query_async(&mut conn.clone()).await.unwrap();
+    let (client,): (u64,) = pipe.query_async(&mut writes.clone()).await.unwrap();
 
     let from = cluster.master_of_key(&key);
     let to = cluster.masters().into_iter().find(|&m| m != from).unwrap();
@@ -428,11 +431,13 @@ async fn a_write_is_confirmed_on_its_node_while_its_key_moves_away() {
         redis::ErrorKind::Server(redis::ServerErrorKind::Ask)
     );
 
-    let confirmer =
-        writ::redis_conn::Confirmer::new(conn.clone(), writ::redis_conn::Replication::of(&config));
+    let confirmer = writ::redis_conn::Confirmer::new(
+        writes.clone(),
+        writ::redis_conn::Replication::of(&config),
+    );
     confirmer.confirm(&key, client, "the write").await.unwrap();
     writ::redis_conn::Replication::of(&config)
-        .confirm_on(&conn, &key, client, "the write")
+        .confirm_on(&writes, &key, client, "the write")
         .await
         .unwrap();
     // Another connection's writes are not confirmed by this one's WAIT.
@@ -444,6 +449,51 @@ async fn a_write_is_confirmed_on_its_node_while_its_key_moves_away() {
         matches!(other, writ::Error::NotReplicated { confirmed: 0, .. }),
         "{other}"
     );
+
+    // The move ends. A write that followed the `MOVED` to the new node (as
+    // redis-rs sends it, by address, at once) is confirmed there, although
+    // the connections' slot maps still name the old node.
+    // The target first, then the source, then the other masters.
+    let mut masters = vec![cluster.port(to), cluster.port(from)];
+    for m in cluster.masters() {
+        if m != to && m != from {
+            masters.push(cluster.port(m));
+        }
+    }
+    let to_id = node_id(&mut dst).await;
+    for port in masters {
+        let _: () = setslot(slot, "NODE", &to_id)
+            .query_async(&mut conn(port).await)
+            .await
+            .unwrap();
+    }
+    let on_new_node = |c: &writ::redis_conn::Conn| {
+        let writ::redis_conn::Conn::Cluster(mut c) = c.clone() else {
+            panic!("a cluster connection")
+        };
+        let mut pipe = writ::redis_conn::Confirmer::write_pipeline();
+        pipe.cmd("XADD")
+            .arg(&key)
+            .arg("*")
+            .arg("f")
+            .arg("w")
+            .ignore();
+        let to = redis::cluster_routing::SingleNodeRoutingInfo::ByAddress {
+            host: "127.0.0.1".into(),
+            port: cluster.port(to),
+        };
+        async move {
+            let replies = c.route_pipeline(pipe, 0, 2, to).await.unwrap();
+            redis::from_redis_value::<u64>(replies[0].clone()).unwrap()
+        }
+    };
+    let client = on_new_node(&writes).await;
+    confirmer.confirm(&key, client, "the write").await.unwrap();
+    let client = on_new_node(&other_conn).await;
+    writ::redis_conn::Replication::of(&config)
+        .confirm_on(&other_conn, &key, client, "the write")
+        .await
+        .unwrap();
 }
 
 async fn conn_to(cluster: &RedisCluster, node: usize) -> MultiplexedConnection {

@@ -67,7 +67,11 @@ impl Replication {
         client_id: u64,
         what: &'static str,
     ) -> Result<()> {
-        let (id, confirmed) = self.wait_on(conn, key).await?;
+        let (mut id, mut confirmed) = self.wait_on(conn, key).await?;
+        if id != client_id {
+            // Not confirmed if this fails too (an `ASK` mid-move, say).
+            (id, confirmed) = self.wait_following(conn, key).await.unwrap_or((0, 0));
+        }
         self.check(if id == client_id { confirmed } else { 0 }, what)
     }
 
@@ -89,6 +93,19 @@ impl Replication {
             Conn::Node(mut c) => c.req_packed_commands(&pipe, 0, 2).await?,
         };
         Ok(redis::from_redis_value(redis::Value::Array(replies))?)
+    }
+
+    /// [`Replication::wait_on`] for a write that [`Replication::wait_on`]
+    /// found on another connection: with an `EXISTS` of `key` in the
+    /// pipeline, which redis-rs sends on to `key`'s node if the slot moved
+    /// (`MOVED`). redis-rs follows a `MOVED` for the write at once but
+    /// rebuilds its slot map in the background, so a `WAIT` sent right after
+    /// the write may still go to the slot's old node.
+    async fn wait_following(&self, conn: &Conn, key: &str) -> redis::RedisResult<(u64, u32)> {
+        let mut pipe = Confirmer::write_pipeline();
+        pipe.cmd("EXISTS").arg(key).ignore();
+        self.add_to(&mut pipe);
+        pipe.query_async(&mut conn.clone()).await
     }
 
     /// Turns a `WAIT` reply into an error when too few replicas confirmed.
@@ -195,7 +212,16 @@ impl Confirmer {
             wanted: self.replication.replicas,
             timeout_ms: self.replication.timeout.as_millis() as u64,
         };
-        match rx.await {
+        let reply = match rx.await {
+            // Another connection: the write may have followed a MOVED.
+            // Not confirmed if this fails too (an `ASK` mid-move, say).
+            Ok(Ok((id, _))) if id != client_id => {
+                let again = self.replication.wait_following(&self.conn, key).await;
+                Ok(Ok(again.unwrap_or((id, 0))))
+            }
+            reply => reply,
+        };
+        match reply {
             Ok(Ok((id, n))) if id == client_id => self.replication.check(n, what),
             Ok(Ok((id, _))) => {
                 tracing::warn!(
