@@ -67,12 +67,27 @@ impl Replication {
         client_id: u64,
         what: &'static str,
     ) -> Result<()> {
-        let (mut id, mut confirmed) = self.wait_on(conn, key).await?;
-        if id != client_id {
-            // Not confirmed if this fails too (an `ASK` mid-move, say).
-            (id, confirmed) = self.wait_following(conn, key).await.unwrap_or((0, 0));
-        }
+        let first = self.wait_on(conn, key).await?;
+        let (id, confirmed) = self.for_connection(conn, key, client_id, first).await;
         self.check(if id == client_id { confirmed } else { 0 }, what)
+    }
+
+    /// The `WAIT` reply that counts for connection `client_id`, given the
+    /// `first` one of [`Replication::wait_on`]. If that came from another
+    /// connection, the write may have followed a `MOVED` to the slot's new
+    /// node: one more `WAIT`, [`Replication::wait_following`]. Its failure
+    /// (an `ASK` mid-move, say) confirms nothing.
+    async fn for_connection(
+        &self,
+        conn: &Conn,
+        key: &str,
+        client_id: u64,
+        first: (u64, u32),
+    ) -> (u64, u32) {
+        if first.0 == client_id {
+            return first;
+        }
+        self.wait_following(conn, key).await.unwrap_or((first.0, 0))
     }
 
     /// Sends `CLIENT ID` and `WAIT` to the master of `key`'s slot as the
@@ -212,18 +227,18 @@ impl Confirmer {
             wanted: self.replication.replicas,
             timeout_ms: self.replication.timeout.as_millis() as u64,
         };
-        let reply = match rx.await {
-            // Another connection: the write may have followed a MOVED.
-            // Not confirmed if this fails too (an `ASK` mid-move, say).
-            Ok(Ok((id, _))) if id != client_id => {
-                let again = self.replication.wait_following(&self.conn, key).await;
-                Ok(Ok(again.unwrap_or((id, 0))))
-            }
-            reply => reply,
+        let first = match rx.await {
+            Ok(Ok(first)) => first,
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(not_confirmed),
         };
-        match reply {
-            Ok(Ok((id, n))) if id == client_id => self.replication.check(n, what),
-            Ok(Ok((id, _))) => {
+        match self
+            .replication
+            .for_connection(&self.conn, key, client_id, first)
+            .await
+        {
+            (id, n) if id == client_id => self.replication.check(n, what),
+            (id, _) => {
                 tracing::warn!(
                     wrote_on = client_id,
                     waited_on = id,
@@ -231,8 +246,6 @@ impl Confirmer {
                 );
                 Err(not_confirmed)
             }
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => Err(not_confirmed),
         }
     }
 
