@@ -1,9 +1,10 @@
 //! A live resharding of Redis Cluster with the Rust client
-//! (docs/operations.md, "Moving a partition's slot"): one partition's slot
-//! moves to another master, key by key, as `redis-cli --cluster reshard`
-//! moves it, while Rust clients write to the partition (one with
-//! `min_replicas_acked = 1`, one without, and two that connect half-way) and
-//! a `writ serve` process applies them.
+//! (docs/operations.md, "Moving a partition's slot"): a slot moves to another
+//! master, key by key, as `redis-cli --cluster reshard` moves it, while Rust
+//! clients write to a partition (one with `min_replicas_acked = 1`, one
+//! without, and two that connect half-way) and a `writ serve` process applies
+//! them. The slot is the partition's (twice, in two orders), then the slot of
+//! a client's ack stream.
 //!
 //! Every write is accepted and acked, lands in the stream once, keeps its
 //! key's order, and is applied; the daemon logs no error. The move takes
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use mongodb::bson::{doc, Document};
 use redis::aio::MultiplexedConnection;
+use redis::cluster_routing::Slot;
 use support::cluster::RedisCluster;
 use support::load::key;
 use support::proc::DaemonProc;
@@ -210,20 +212,32 @@ async fn chain(client: Writ, name: String, sync: bool, errors: Arc<Mutex<Vec<Str
     }
 }
 
-/// Moves partition `p`'s slot while ten of its keys are written. `stream_first`:
-/// the stream moves first, so every admission and every read of the daemon is
-/// refused (`TRYAGAIN`) until the move is done; else the 200 cache entries
-/// written before move first, and the keys the writes touch stay on the old
-/// master, `MIGRATING`, until the end.
+/// Which slot moves while partition `p`'s keys are written, and how.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Order {
+    /// Partition `p`'s slot, its 200 cache entries written before first:
+    /// the keys the writes touch (their cache entries, the stream, meta,
+    /// lease and fence) stay on the old master, `MIGRATING`, until the end.
+    ColdFirst,
+    /// Partition `p`'s slot, its stream first: every admission and every
+    /// read of the daemon is refused (`TRYAGAIN`) until the move is done.
+    StreamFirst,
+    /// The slot of the ack stream of the client that waits for its acks
+    /// (`<ns>:ack:<client id>`, in any slot): the daemon's acks and the
+    /// client's blocking reads of them meet the move.
+    AckStream,
+}
+
+/// Moves a slot (`order`) while ten keys of partition `p` are written.
 async fn reshard(
     cluster: &RedisCluster,
     configs: &(Config, Config),
     daemon: &DaemonProc,
     p: u32,
-    stream_first: bool,
+    order: Order,
 ) {
     let (plain_cfg, replicated_cfg) = configs;
-    let tag = if stream_first { "s" } else { "c" };
+    let tag = format!("{order:?}");
     let names: Vec<String> = (0..)
         .map(|i| format!("rs{tag}{i}"))
         .filter(|n| partition_of(plain_cfg, &key(n)) == p)
@@ -243,8 +257,6 @@ async fn reshard(
     }
     let ns = Names::new(&plain_cfg.namespace);
     let stream = ns.stream(p);
-    let from = cluster.master_of_key(&stream);
-    let to = cluster.masters().into_iter().find(|&m| m != from).unwrap();
     let signal = plain_cfg.collection("signal").unwrap();
     let cold: Vec<String> = settled
         .iter()
@@ -256,13 +268,36 @@ async fn reshard(
             )
         })
         .collect();
-    let mut first = if stream_first {
-        vec![stream.clone()]
-    } else {
-        vec![]
+    let (moving, first) = match order {
+        Order::ColdFirst => (stream.clone(), cold),
+        Order::StreamFirst => (stream.clone(), [vec![stream.clone()], cold].concat()),
+        Order::AckStream => {
+            // The ack stream first, then 200 other keys of its slot, so that
+            // the move takes as long as the others.
+            let acks = ns.acks(replicated.client_id());
+            let at = Slot::for_key(acks.as_bytes());
+            let fill: Vec<String> = (0..)
+                .map(|i| format!("{}:fill{i}", plain_cfg.namespace))
+                .filter(|k| Slot::for_key(k.as_bytes()) == at)
+                .take(200)
+                .collect();
+            let mut c = writ::redis_conn::connect(plain_cfg, Duration::ZERO)
+                .await
+                .unwrap();
+            for k in &fill {
+                let _: () = redis::cmd("SET")
+                    .arg(k)
+                    .arg(1)
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+            }
+            (acks.clone(), [vec![acks], fill].concat())
+        }
     };
-    first.extend(cold);
-    let slot = keyslot(&mut conn(cluster.port(from)).await, &stream).await;
+    let from = cluster.master_of_key(&moving);
+    let to = cluster.masters().into_iter().find(|&m| m != from).unwrap();
+    let slot = keyslot(&mut conn(cluster.port(from)).await, &moving).await;
 
     // Ten keys: three written with acks awaited by the replicated client,
     // three submitted by the plain one, and from half-way through the move
@@ -296,6 +331,16 @@ async fn reshard(
             set.join_all().await
         })
     };
+    if order == Order::AckStream {
+        // The ack stream exists (the client's first write was acked).
+        let c = conn(cluster.port(from)).await;
+        support::eventually(Duration::from_secs(10), "the first ack", || {
+            let cmd = redis::cmd("EXISTS").arg(&moving).clone();
+            let mut c = c.clone();
+            async move { (cmd.query_async::<i64>(&mut c).await.unwrap() == 1).then_some(()) }
+        })
+        .await;
+    }
     let masters = cluster
         .masters()
         .into_iter()
@@ -314,24 +359,17 @@ async fn reshard(
     .await;
     chains.join_all().await;
     assert_eq!(late.await.unwrap().len(), 4, "the late clients wrote");
-    eprintln!(
-        "reshard ({} first): {moved} keys moved from node {from} to node {to}",
-        if stream_first {
-            "the stream"
-        } else {
-            "cold keys"
-        }
-    );
+    eprintln!("reshard ({order:?}): {moved} keys moved from node {from} to node {to}");
     assert_eq!(
         *errors.lock().unwrap(),
         Vec::<String>::new(),
         "no write failed"
     );
-    assert_eq!(cluster.master_of_key(&stream), to, "the slot moved");
+    assert_eq!(cluster.master_of_key(&moving), to, "the slot moved");
     // Once each: the stream holds one entry per write (none trimmed yet).
     let len: usize = redis::cmd("XLEN")
         .arg(&stream)
-        .query_async(&mut conn(cluster.port(to)).await)
+        .query_async(&mut conn(cluster.port(cluster.master_of_key(&stream))).await)
         .await
         .unwrap();
     assert_eq!(
@@ -374,8 +412,9 @@ async fn a_partition_slot_moves_while_rust_clients_write() {
     let path = env.config_file_with(dir.path(), &with(0));
     let daemon = DaemonProc::start(&path, dir.path(), "r0");
     let configs = (env.config_with(&with(0)), env.config_with(&with(1)));
-    reshard(&cluster, &configs, &daemon, 0, false).await;
-    reshard(&cluster, &configs, &daemon, 1, true).await;
+    reshard(&cluster, &configs, &daemon, 0, Order::ColdFirst).await;
+    reshard(&cluster, &configs, &daemon, 1, Order::StreamFirst).await;
+    reshard(&cluster, &configs, &daemon, 2, Order::AckStream).await;
 }
 
 /// The `WAIT` that confirms a write with `min_replicas_acked` goes to the
