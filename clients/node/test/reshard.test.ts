@@ -1,7 +1,7 @@
 // A live resharding of Redis Cluster (docs/operations.md "Redis Cluster"):
-// one partition's slot moves to another master, key by key, while two
-// processes write to it (one with minReplicasAcked 1, one without) and the
-// writ daemon applies them. Every write is accepted, lands once, keeps its
+// one partition's slot (or a writer's ack stream's) moves to another
+// master, key by key, while two processes write to the partition (one with
+// minReplicasAcked 1, one without) and the writ daemon applies them. Every write is accepted, lands once, keeps its
 // key's order, and is applied; the daemon's lease, fence and cache move
 // with the slot.
 import { after, before, describe, test } from "node:test";
@@ -81,15 +81,16 @@ describe("Redis Cluster: a partition's slot moves while writes flow", () => {
   });
 
   /**
-   * Moves partition `p`'s slot while ten keys of it are written; `order`:
-   * which keys move first. "cold": the cache entries of 200 keys written
-   * before, so the keys the writes touch (their cache entries, the stream,
-   * the partition's meta, lease and fence) stay on the old master, MIGRATING,
-   * while the writes go on. "stream": the stream first, so that every
-   * admission and every read of the daemon is refused (TRYAGAIN) until the
-   * move is done.
+   * Moves a slot while ten keys of partition `p` are written; `order`: which
+   * slot, and which keys move first. "cold": `p`'s slot, the cache entries of
+   * 200 keys written before first, so the keys the writes touch (their cache
+   * entries, the stream, the partition's meta, lease and fence) stay on the
+   * old master, MIGRATING, while the writes go on. "stream": `p`'s slot, the
+   * stream first, so that every admission and every read of the daemon is
+   * refused (TRYAGAIN) until the move is done. "acks": the slot of a
+   * writer's ack stream.
    */
-  const reshard = (p: number, order: "cold" | "stream") =>
+  const reshard = (p: number, order: "cold" | "stream" | "acks") =>
     env.guard(async () => {
       const cfg = (extra: Record<string, unknown>) => env.clientConfig({ replicaAckTimeoutMs: 2000, ...extra });
       const replicated = new WritClient(cfg({ minReplicasAcked: 1 }));
@@ -105,10 +106,27 @@ describe("Redis Cluster: a partition's slot moves while writes flow", () => {
       await Promise.all(settled.map((key) => plain.submit(SIGNAL, key, "put", { payload: 0 })));
       await plain.flush();
       const stream = `${env.name}:{p${p}}:in`;
-      const slot = calculateSlot(stream);
-      const fromPort = await env.cluster!.masterOf(slot);
       const cold = settled.map((key) => plain.names.cache(p, SIGNAL, plain.resolveKey(SIGNAL, key).canonical));
-      const first = order === "cold" ? cold : [stream, ...cold];
+      // "acks": the slot of the plain client's ack stream (no hash tag: any
+      // slot; it holds the acks of the writes above), the stream first, then
+      // 200 other keys of its slot. The acks of the writes below go through
+      // the move, and flush() waits for them all.
+      const acks = plain.names.acks(plain.clientId);
+      const moving = order === "acks" ? acks : stream;
+      const slot = calculateSlot(moving);
+      const fromPort = await env.cluster!.masterOf(slot);
+      let first = order === "cold" ? cold : [stream, ...cold];
+      if (order === "acks") {
+        const fill: string[] = [];
+        for (let i = 0; fill.length < 200; i++) if (calculateSlot(`${env.name}:fill${i}`) === slot) fill.push(`${env.name}:fill${i}`);
+        const node = new Redis(fromPort, "127.0.0.1");
+        try {
+          for (const k of fill) await node.set(k, "1");
+        } finally {
+          node.disconnect();
+        }
+        first = [acks, ...fill];
+      }
       const masters = new Set(await Promise.all(Array.from({ length: 16 }, (_, i) => env.cluster!.masterOf(i * 1024))));
       const toPort = [...masters].find((port) => port !== fromPort)!;
 
@@ -143,7 +161,7 @@ describe("Redis Cluster: a partition's slot moves while writes flow", () => {
       assert.equal(await env.cluster!.masterOf(slot), toPort, "the slot moved");
       for (const c of [replicated, plain, ...late]) await c.flush();
       // Once each: the stream holds one entry per write (none trimmed yet).
-      const target = new Redis(toPort, "127.0.0.1");
+      const target = new Redis(await env.cluster!.masterOf(calculateSlot(stream)), "127.0.0.1");
       try {
         assert.equal(await target.xlen(stream), settled.length + WRITES * 10, "one entry per write");
       } finally {
@@ -162,4 +180,5 @@ describe("Redis Cluster: a partition's slot moves while writes flow", () => {
 
   test("cold keys first: every write is accepted, lands once, in order, and is applied", () => reshard(0, "cold"));
   test("the stream first: every write waits for the move, then lands once, in order, and is applied", () => reshard(1, "stream"));
+  test("a writer's ack stream moves: its acks still arrive", () => reshard(2, "acks"));
 });
