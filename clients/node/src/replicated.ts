@@ -33,6 +33,8 @@ import { errMessage, sleep } from "./util.js";
  * sending it again is safe.
  */
 export const NOT_EXECUTED = /^(MOVED|ASK|TRYAGAIN|CLUSTERDOWN) /;
+/** Refusals of a slot that is moving: they leave the slot map as it is. */
+const MID_MOVE = /^(ASK|TRYAGAIN) /;
 /** An ioredis cluster pipeline refused before sending: its slots moved apart. */
 const PIPELINE_SPLIT = /same slots allocation group|same slot/;
 /** Wait before a redirected call goes again (as ioredis's retryDelayOnMoved / OnTryAgain). */
@@ -290,13 +292,16 @@ export class ReplicatedAdmitter {
   }
 
   /**
-   * Refreshes the slots, waits a little (as ioredis's retryDelayOnMoved /
-   * OnClusterDown: a failover settles), and makes each call its partition's
-   * retry (sent to its slot's node now); a call redirected too often fails
-   * with its last reply.
+   * Refreshes the slots (unless every call was only refused mid-move, ASK or
+   * TRYAGAIN: the slot map stays as it is until the move ends with MOVED),
+   * waits a little (as ioredis's retryDelayOnMoved / OnClusterDown: a
+   * failover settles), and makes each call its partition's retry (sent to its
+   * slot's node now); a call redirected too often fails with its last reply.
    */
   private async redirect(conn: Cluster, calls: [Part, Call][]): Promise<void> {
-    await new Promise<void>((r) => conn.refreshSlotsCache(() => r()));
+    if (calls.some(([, c]) => !MID_MOVE.test(errMessage(c.lastError)))) {
+      await new Promise<void>((r) => conn.refreshSlotsCache(() => r()));
+    }
     await sleep(REDIRECT_DELAY_MS);
     const max = redirectionsFor(this.config.writeTimeoutMs);
     for (const [part, c] of calls) {

@@ -558,6 +558,7 @@ describe("core", () => {
   }) {
     const landed: string[] = [];
     const sent: { node: string; calls: number; entries: number }[] = [];
+    let refreshes = 0;
     let release: (() => void) | undefined;
     let held = false;
     const reqsOf = (args: unknown[]) => args.flatMap((a, i) => (String(a) === "req" ? [String(args[i + 1])] : []));
@@ -565,7 +566,7 @@ describe("core", () => {
     const fake = Object.assign(base, {
       status: "ready",
       slots: opts.slots,
-      refreshSlotsCache: (cb: () => void) => cb(),
+      refreshSlotsCache: (cb: () => void) => (refreshes++, cb()),
       pipeline() {
         const calls: { key: string; reqs: string[] }[] = [];
         const add = (...a: unknown[]) => (calls.push({ key: String(a[2]), reqs: reqsOf(a) }), p);
@@ -597,7 +598,7 @@ describe("core", () => {
         return p;
       },
     });
-    return { fake, landed, sent, release: () => release?.(), out: () => release !== undefined };
+    return { fake, landed, sent, release: () => release?.(), out: () => release !== undefined, refreshes: () => refreshes };
   }
 
   /** Puts `fake` in place of the client's writes connection (in its ReplicatedAdmitter); undoes it. */
@@ -701,6 +702,27 @@ describe("core", () => {
       await Promise.all([first, second]);
       assert.deepEqual(w.landed.map((r) => r.split(".")[1]), ["1", "2"], "the entries land in submit order");
       assert.deepEqual(w.sent.map((s) => s.node), ["A", "B", "B"], "A, then the first again at B, then the second");
+      assert.equal(w.refreshes(), 1, "the MOVED refreshed the slot map");
+    } finally {
+      undo();
+    }
+  }));
+
+  test("minReplicasAcked in a cluster: a call refused while its slot moves (TRYAGAIN, ASK) is sent again, the slot map left as it is", g(async () => {
+    // Until a move ends, the slot's node refuses the call; the slot map is
+    // the same all along, so refreshing it for each refusal would only cost
+    // a CLUSTER SLOTS per try.
+    const c = client({ namespace: `${env.name}_midmove`, minReplicasAcked: 1, partitions: 1, maxBacklog: 1000 });
+    await c.ready();
+    const slots: string[][] = Array.from({ length: 16384 }, () => ["A"]);
+    const refusals = ["TRYAGAIN Multiple keys request during rehashing of slot", "ASK 1 127.0.0.1:2"];
+    const w = fakeWrites({ slots, refuse: (pipeline) => refusals[pipeline] });
+    const undo = replaceWrites(c, w.fake);
+    try {
+      await c.submit(KV.name, { k: "mid", n: 1 }, "put", { i: 1 });
+      assert.deepEqual(w.landed.map((r) => r.split(".")[1]), ["1"], "landed once");
+      assert.equal(w.sent.length, 3, "refused twice, then run");
+      assert.equal(w.refreshes(), 0, "no slot refresh");
     } finally {
       undo();
     }
