@@ -227,14 +227,13 @@ fn redis_retry_class(e: &redis::RedisError) -> RetryClass {
     if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
         return RetryClass::Transient;
     }
+    // Not run where it was sent (a slot moved or is moving: resharding,
+    // failover); the cluster connection refreshes its slot map.
+    if crate::redis_conn::not_run(e) {
+        return RetryClass::Transient;
+    }
     match e.kind() {
         K::Server(redis::ServerErrorKind::BusyLoading)
-        // Not run where it was sent (a slot moved or is moving: resharding,
-        // failover); the cluster connection refreshes its slot map.
-        | K::Server(redis::ServerErrorKind::Moved)
-        | K::Server(redis::ServerErrorKind::Ask)
-        | K::Server(redis::ServerErrorKind::TryAgain)
-        | K::Server(redis::ServerErrorKind::ClusterDown)
         | K::Server(redis::ServerErrorKind::MasterDown)
         | K::Server(redis::ServerErrorKind::ReadOnly) => RetryClass::Transient,
         _ => RetryClass::Permanent,

@@ -82,6 +82,18 @@ async fn begin_move(
     to_id
 }
 
+/// Ends a move: `SETSLOT NODE` on the target, then the source, then the
+/// other masters (`masters`: every master's port).
+async fn end_move(slot: u16, to_id: &str, from: u16, to: u16, masters: &[u16]) {
+    let others = masters.iter().copied().filter(|&p| p != from && p != to);
+    for port in [to, from].into_iter().chain(others) {
+        let _: () = setslot(slot, "NODE", to_id)
+            .query_async(&mut conn(port).await)
+            .await
+            .unwrap();
+    }
+}
+
 /// How a slot moves.
 struct Move {
     from: u16,
@@ -143,22 +155,7 @@ async fn move_slot(slot: u16, mut m: Move) -> usize {
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
-    let _: () = setslot(slot, "NODE", &to_id)
-        .query_async(&mut to)
-        .await
-        .unwrap();
-    let _: () = setslot(slot, "NODE", &to_id)
-        .query_async(&mut from)
-        .await
-        .unwrap();
-    for &port in &m.masters {
-        if port != m.from && port != m.to {
-            let _: () = setslot(slot, "NODE", &to_id)
-                .query_async(&mut conn(port).await)
-                .await
-                .unwrap();
-        }
-    }
+    end_move(slot, &to_id, m.from, m.to, &m.masters).await;
     moved
 }
 
@@ -450,7 +447,7 @@ async fn a_write_is_confirmed_on_its_node_while_its_key_moves_away() {
 
     let from = cluster.master_of_key(&key);
     let to = cluster.masters().into_iter().find(|&m| m != from).unwrap();
-    let (mut src, mut dst) = (conn_to(&cluster, from).await, conn_to(&cluster, to).await);
+    let (mut src, mut dst) = (conn(cluster.port(from)).await, conn(cluster.port(to)).await);
     let slot = keyslot(&mut src, &key).await;
     begin_move(slot, &mut src, &mut dst).await;
     let _: () = redis::cmd("MIGRATE")
@@ -492,20 +489,13 @@ async fn a_write_is_confirmed_on_its_node_while_its_key_moves_away() {
     // The move ends. A write that followed the `MOVED` to the new node (as
     // redis-rs sends it, by address, at once) is confirmed there, although
     // the connections' slot maps still name the old node.
-    // The target first, then the source, then the other masters.
-    let mut masters = vec![cluster.port(to), cluster.port(from)];
-    for m in cluster.masters() {
-        if m != to && m != from {
-            masters.push(cluster.port(m));
-        }
-    }
     let to_id = node_id(&mut dst).await;
-    for port in masters {
-        let _: () = setslot(slot, "NODE", &to_id)
-            .query_async(&mut conn(port).await)
-            .await
-            .unwrap();
-    }
+    let masters: Vec<u16> = cluster
+        .masters()
+        .into_iter()
+        .map(|m| cluster.port(m))
+        .collect();
+    end_move(slot, &to_id, cluster.port(from), cluster.port(to), &masters).await;
     let on_new_node = |c: &writ::redis_conn::Conn| {
         let writ::redis_conn::Conn::Cluster(mut c) = c.clone() else {
             panic!("a cluster connection")
@@ -533,8 +523,4 @@ async fn a_write_is_confirmed_on_its_node_while_its_key_moves_away() {
         .confirm_on(&other_conn, &key, client, "the write")
         .await
         .unwrap();
-}
-
-async fn conn_to(cluster: &RedisCluster, node: usize) -> MultiplexedConnection {
-    conn(cluster.port(node)).await
 }

@@ -117,11 +117,7 @@ pub struct Batcher {
     conn: Conn,
     script: redis::Script,
     group: String,
-    bound: u64,
-    confirm: bool,
-    /// How long a call the cluster did not run is sent again
-    /// (`client.write_timeout_ms`).
-    patience: Duration,
+    settings: Settings,
 }
 
 /// How the batcher calls: the bound, whether replicas confirm, and how long a
@@ -150,9 +146,7 @@ impl Batcher {
             conn,
             script,
             group,
-            bound: settings.bound,
-            confirm: settings.confirm,
-            patience: settings.patience,
+            settings,
         })
     }
 
@@ -213,7 +207,7 @@ impl Batcher {
         let target = &self.targets[p];
         let mut inv = self.script.key(&target.stream);
         inv.key(&target.meta).key(&target.record);
-        inv.arg(&self.group).arg(self.bound);
+        inv.arg(&self.group).arg(self.settings.bound);
         inv.arg("").arg(batch.len()).arg(seq).arg(WINDOW);
         for w in batch {
             inv.arg(w.fields.len() * 2);
@@ -221,10 +215,10 @@ impl Batcher {
                 inv.arg(*f).arg(v.as_slice());
             }
         }
-        let deadline = tokio::time::Instant::now() + self.patience;
+        let deadline = tokio::time::Instant::now() + self.settings.patience;
         loop {
             let mut conn = self.conn.clone();
-            let reply: redis::RedisResult<(u64, Value)> = if self.confirm {
+            let reply: redis::RedisResult<(u64, Value)> = if self.settings.confirm {
                 let mut pipe = Confirmer::write_pipeline();
                 pipe.load_script(&self.script).ignore();
                 pipe.invoke_script(&inv);
