@@ -152,6 +152,21 @@ pub enum Error {
     /// Encoding a document failed.
     #[error("encoding: {0}")]
     Encode(String),
+
+    /// A collection has an index on exactly its key fields that cannot serve
+    /// as the unique key index the sequence guard needs, and MongoDB will
+    /// not create a second one on the same keys.
+    #[error("collection `{collection}` has the index `{index}` on its key fields {keys:?}, but it is {why}; writ's sequence guard needs a plain unique index on them: drop `{index}` (writ then creates a unique one when it starts) or make it unique")]
+    KeyIndex {
+        /// The collection.
+        collection: String,
+        /// The index's name.
+        index: String,
+        /// The collection's key fields.
+        keys: Vec<String>,
+        /// What is wrong with it.
+        why: &'static str,
+    },
 }
 
 /// A MongoDB error's kind, with its labels when it has any.
@@ -187,7 +202,8 @@ impl Error {
             | Error::DeadLettered { .. }
             | Error::Shutdown
             | Error::Fenced { .. }
-            | Error::Encode(_) => RetryClass::Permanent,
+            | Error::Encode(_)
+            | Error::KeyIndex { .. } => RetryClass::Permanent,
         }
     }
 
@@ -214,7 +230,7 @@ impl Error {
             Error::Backpressure { .. } => "backpressure",
             Error::Rejected(_) | Error::KeyTooLarge(_) => "rejected",
             Error::DeadLettered { .. } => "dead_lettered",
-            Error::Config(_) => "config",
+            Error::Config(_) | Error::KeyIndex { .. } => "config",
             Error::Shutdown => "shutdown",
             Error::Fenced { .. } => "fenced",
             Error::Encode(_) => "encode",

@@ -8,7 +8,10 @@ mod support;
 
 use std::time::Duration;
 
+use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::options::IndexOptions;
+use mongodb::IndexModel;
 use support::{Daemon, Overrides, TestEnv};
 use writ::{Error, Writ};
 
@@ -74,6 +77,32 @@ async fn documents_are_interchangeable_with_the_official_adapter() {
     let db = env.mongo_db().await;
     let signals = db.collection::<Document>("signal-items");
     let candles = db.collection::<Document>("candle-items");
+    // The official package's indexes (mongoose names them by their keys),
+    // and a unique key index named by an earlier writ.
+    official_indexes(
+        &signals,
+        doc! {"symbol": 1, "strategyName": 1, "exchangeName": 1},
+    )
+    .await;
+    official_indexes(
+        &candles,
+        doc! {"exchangeName": 1, "symbol": 1, "interval": 1, "timestamp": 1},
+    )
+    .await;
+    let risks = db.collection::<Document>("risk-items");
+    let old_writ = IndexOptions::builder()
+        .unique(true)
+        .name("writ_key".to_string())
+        .build();
+    risks
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! {"riskName": 1, "exchangeName": 1})
+                .options(old_writ)
+                .build(),
+        )
+        .await
+        .unwrap();
     // Written by the official package before writ ever ran: no `_writ`.
     let created = DateTime::from_millis(1_600_000_000_000);
     let mut official = sig_key("BTCUSDT");
@@ -212,7 +241,76 @@ async fn documents_are_interchangeable_with_the_official_adapter() {
         .unwrap_err();
     assert!(matches!(err, Error::Rejected(_)), "{err}");
     assert!(err.to_string().contains("createDate"), "{err}");
+    // One unique index on each collection's key fields: the official
+    // package's and the earlier writ's were used, the others created under
+    // the name mongoose gives them.
+    for (coll, name) in [
+        ("signal-items", "symbol_1_strategyName_1_exchangeName_1"),
+        (
+            "candle-items",
+            "exchangeName_1_symbol_1_interval_1_timestamp_1",
+        ),
+        ("risk-items", "writ_key"),
+        ("storage-items", "backtest_1_signalId_1"),
+    ] {
+        let unique: Vec<String> = db
+            .collection::<Document>(coll)
+            .list_indexes()
+            .await
+            .unwrap()
+            .try_collect::<Vec<IndexModel>>()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|ix| ix.options.as_ref().and_then(|o| o.unique) == Some(true))
+            .filter_map(|ix| ix.options.and_then(|o| o.name))
+            .collect();
+        assert_eq!(unique, vec![name.to_string()], "{coll}");
+    }
     daemon.stop().await;
+}
+
+/// The indexes mongoose creates for an official collection: the unique key
+/// index (unnamed, so named by its keys) and one index per key field.
+async fn official_indexes(coll: &mongodb::Collection<Document>, keys: Document) {
+    let unique = IndexOptions::builder().unique(true).build();
+    let mut models = vec![IndexModel::builder()
+        .keys(keys.clone())
+        .options(unique)
+        .build()];
+    for field in keys.keys() {
+        models.push(IndexModel::builder().keys(doc! {field: 1}).build());
+    }
+    coll.create_indexes(models).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_on_the_key_fields_that_is_not_unique_stops_the_daemon_naming_it() {
+    let env = TestEnv::start("bk_unfit_index");
+    let config = env_config(&env);
+    let db = env.mongo_db().await;
+    db.collection::<Document>("storage-items")
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! {"backtest": 1, "signalId": 1})
+                .build(),
+        )
+        .await
+        .unwrap();
+    let err = writ::serve::serve(config, tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::KeyIndex { .. }), "{err}");
+    assert_eq!(err.retry_class(), writ::RetryClass::Permanent);
+    let text = err.to_string();
+    for part in [
+        "storage-items",
+        "backtest_1_signalId_1",
+        "not unique",
+        "drop",
+    ] {
+        assert!(text.contains(part), "{part:?} in {text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,8 +20,6 @@ pub const GUARD_FIELD: &str = "_writ.v";
 pub const DOC_CREATED: &str = "createDate";
 /// Set on every write, for collections with `timestamps`.
 pub const DOC_UPDATED: &str = "updatedDate";
-/// Name of the unique key index writ creates.
-pub const KEY_INDEX: &str = "writ_key";
 
 /// The update document of a put or remove at sortable version `v`.
 ///
