@@ -241,6 +241,13 @@ async fn documents_are_interchangeable_with_the_official_adapter() {
         .unwrap_err();
     assert!(matches!(err, Error::Rejected(_)), "{err}");
     assert!(err.to_string().contains("createDate"), "{err}");
+    // The official package starting on a collection writ created: mongoose
+    // asks for the same indexes, and MongoDB has them already.
+    official_indexes(
+        &db.collection::<Document>("storage-items"),
+        doc! {"backtest": 1, "signalId": 1},
+    )
+    .await;
     // One unique index on each collection's key fields: the official
     // package's and the earlier writ's were used, the others created under
     // the name mongoose gives them.
@@ -270,18 +277,27 @@ async fn documents_are_interchangeable_with_the_official_adapter() {
     daemon.stop().await;
 }
 
-/// The indexes mongoose creates for an official collection: the unique key
-/// index (unnamed, so named by its keys) and one index per key field.
+/// The indexes mongoose creates for an official collection, as it asks for
+/// them (the Node driver's `createIndexes`): the unique key index, named by
+/// its keys, and one index per key field, each with `background: true`.
 async fn official_indexes(coll: &mongodb::Collection<Document>, keys: Document) {
-    let unique = IndexOptions::builder().unique(true).build();
-    let mut models = vec![IndexModel::builder()
-        .keys(keys.clone())
-        .options(unique)
-        .build()];
+    let name = |keys: &Document| {
+        let parts: Vec<String> = keys.keys().map(|k| format!("{k}_1")).collect();
+        parts.join("_")
+    };
+    let mut indexes = vec![Bson::Document(
+        doc! {"key": keys.clone(), "unique": true, "background": true, "name": name(&keys)},
+    )];
     for field in keys.keys() {
-        models.push(IndexModel::builder().keys(doc! {field: 1}).build());
+        let single = doc! {field: 1};
+        indexes.push(Bson::Document(
+            doc! {"key": single.clone(), "background": true, "name": name(&single)},
+        ));
     }
-    coll.create_indexes(models).await.unwrap();
+    let db = coll.client().database(&coll.namespace().db);
+    db.run_command(doc! {"createIndexes": coll.name(), "indexes": indexes})
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

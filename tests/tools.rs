@@ -350,6 +350,78 @@ async fn rebuild_cache_and_replay_after_redis_data_loss() {
     assert_eq!(before, after);
 }
 
+/// Switching back to writ after the official adapter wrote MongoDB: its
+/// writes change documents without moving writ's version, so the cache
+/// holds the old value at the same version until `rebuild-cache` replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_cache_takes_mongodbs_document_after_another_program_wrote_it() {
+    let env = TestEnv::start("rebuild_refresh");
+    let dir = tempfile::tempdir().unwrap();
+    let path = env.config_file_with(dir.path(), &Overrides::default());
+    let config = env.config();
+    let signals = env.mongo_db().await.collection::<Document>("signal");
+    // "O" was written by the other program before writ ran: no version.
+    let mut official = key("O");
+    official.insert("payload", doc! {"i": 0});
+    signals.insert_one(official).await.unwrap();
+    let daemon = Daemon::start(config.clone());
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    for k in ["A", "B"] {
+        s.write(&key(k), &doc! {"i": 1}).await.unwrap();
+    }
+    assert_eq!(s.read(&key("O")).await.unwrap(), Some(doc! {"i": 0}));
+    daemon.stop().await;
+
+    // The other program changes A and O in MongoDB, as `findOneAndUpdate`
+    // with `$set` does: A keeps writ's version, O still has none.
+    for k in ["A", "O"] {
+        signals
+            .update_one(key(k), doc! {"$set": {"payload": {"i": 2}}})
+            .await
+            .unwrap();
+    }
+    let reader = || async {
+        let w = Writ::connect(config.clone()).await.unwrap();
+        let c = w.collection("signal").unwrap();
+        let mut out = vec![];
+        for k in ["A", "B", "O"] {
+            out.push(
+                c.read(&key(k))
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .get_i32("i")
+                    .unwrap(),
+            );
+        }
+        out
+    };
+    assert_eq!(
+        reader().await,
+        vec![1, 1, 0],
+        "the cache still holds the old values"
+    );
+
+    let sum = json(&writ_cli(&path, &["rebuild-cache"]));
+    assert_eq!(
+        (&sum["read"], &sum["stored"], &sum["kept"]),
+        (&3.into(), &3.into(), &0.into()),
+        "{sum}"
+    );
+    assert_eq!(
+        reader().await,
+        vec![2, 1, 2],
+        "MongoDB's documents after the rebuild"
+    );
+
+    // writ's next write to A still goes over it.
+    let daemon = Daemon::start(config.clone());
+    s.write(&key("A"), &doc! {"i": 3}).await.unwrap();
+    assert_eq!(reader().await, vec![3, 1, 2]);
+    daemon.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backpressure_refuses_submits_over_the_backlog_bound() {
     let env = TestEnv::start("backpressure");

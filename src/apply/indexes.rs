@@ -3,17 +3,17 @@
 //! error this index raises. `writ serve` makes sure of it at start, the tools
 //! before their first apply to a collection.
 //!
-//! The index has MongoDB's default name (`symbol_1_strategyName_1_...`),
-//! which is the name `@backtest-kit/mongo` (mongoose) gives the same unique
-//! index: either of the two can start first on a database the other has
-//! used, and neither sees a conflict. A unique index on the same keys under
+//! The index is asked for as `@backtest-kit/mongo` (mongoose) asks for the
+//! same unique index: MongoDB's default name (`symbol_1_strategyName_1_...`),
+//! `unique`, `background`. Either of the two can start first on a database
+//! the other has used, and neither sees a conflict. A unique index on the same keys under
 //! another name (`writ_key`, from writ before 2026-12, or one an operator made)
 //! is used as it is.
 
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use mongodb::bson::{Bson, Document};
+use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::IndexOptions;
 use mongodb::IndexModel;
 
@@ -26,8 +26,13 @@ use crate::error::{mongo_code, Error, Result};
 /// or options (86).
 const INDEX_CONFLICTS: [i32; 2] = [85, 86];
 
+/// `listIndexes` of a collection that does not exist yet.
+const NAMESPACE_NOT_FOUND: i32 = 26;
+
 impl Store {
-    /// Creates each collection's unique key index, or finds it made. Idempotent.
+    /// Makes sure each collection has its unique key index: uses the one on
+    /// exactly the key fields if there is one (whatever its name), creates it
+    /// if not. Idempotent.
     pub async fn ensure_indexes<'a>(
         &self,
         collections: impl IntoIterator<Item = &'a CollectionConfig>,
@@ -74,38 +79,46 @@ impl Store {
 
     async fn ensure_key_index(&self, c: &CollectionConfig) -> Result<()> {
         let keys: Document = c.key.iter().map(|k| (k.clone(), Bson::Int32(1))).collect();
-        let model = IndexModel::builder()
-            .keys(keys.clone())
-            .options(IndexOptions::builder().unique(true).build())
-            .build();
-        match self.coll(&c.name).create_index(model).await {
+        if let Some(name) = self.existing_key_index(c, &keys).await? {
+            tracing::debug!(collection = %c.name, index = %name, "the unique key index is there");
+            return Ok(());
+        }
+        // The request mongoose sends for the same index, field for field and
+        // in its order: a server that compares requests as documents (as
+        // SecantusDB does, `background` and order included) then finds the
+        // official package's index and ours the same. MongoDB has ignored
+        // `background` since 4.2.
+        let name: Vec<String> = c.key.iter().map(|k| format!("{k}_1")).collect();
+        let command = doc! {
+            "createIndexes": &c.name,
+            "indexes": [{"key": keys.clone(), "unique": true, "background": true, "name": name.join("_")}],
+        };
+        match self.database().run_command(command).await {
             Ok(_) => Ok(()),
+            // Made by another process since we looked.
             Err(e) if mongo_code(&e).is_some_and(|code| INDEX_CONFLICTS.contains(&code)) => {
-                self.existing_key_index(c, &keys).await?.map_or_else(
-                    || Err(Error::Mongo(e)),
-                    |name| {
-                        tracing::info!(collection = %c.name, index = %name, "using the collection's unique index on the key fields");
-                        Ok(())
-                    },
-                )
+                match self.existing_key_index(c, &keys).await? {
+                    Some(_) => Ok(()),
+                    None => Err(Error::Mongo(e)),
+                }
             }
             Err(e) => Err(Error::Mongo(e)),
         }
     }
 
     /// The name of the index on exactly `keys`, if it serves the sequence
-    /// guard; an error naming it if it cannot; `None` if there is none.
+    /// guard; an error naming it if it cannot; `None` if there is none (or
+    /// no collection yet).
     async fn existing_key_index(
         &self,
         c: &CollectionConfig,
         keys: &Document,
     ) -> Result<Option<String>> {
-        let indexes: Vec<IndexModel> = self
-            .coll(&c.name)
-            .list_indexes()
-            .await?
-            .try_collect()
-            .await?;
+        let indexes: Vec<IndexModel> = match self.coll(&c.name).list_indexes().await {
+            Ok(cursor) => cursor.try_collect().await?,
+            Err(e) if mongo_code(&e) == Some(NAMESPACE_NOT_FOUND) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
         let Some(found) = indexes.into_iter().find(|ix| same_keys(&ix.keys, keys)) else {
             return Ok(None);
         };
@@ -160,7 +173,6 @@ fn unfit(options: &IndexOptions) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mongodb::bson::doc;
     use mongodb::options::Collation;
 
     #[test]

@@ -4,7 +4,8 @@
 //! `{v, gone: 1}` after a hard delete. Entries are only ever replaced by a
 //! strictly newer version, through one atomic compare-and-set script, so a
 //! slow writer (the daemon retrying, a read-through on a miss) can never move
-//! a key backwards.
+//! a key backwards. `writ rebuild-cache` alone also replaces the same version
+//! with MongoDB's document ([`Cache::refresh`]).
 
 use crate::redis_conn::{Conn, Replication};
 use mongodb::bson::Document;
@@ -138,6 +139,26 @@ impl Cache {
         doc: Option<&Document>,
     ) -> Result<bool> {
         Ok(self.put_fenced(key, version, doc, None).await? == CasOutcome::Stored)
+    }
+
+    /// Stores MongoDB's `doc` (or a tombstone) at `version` unless the cache
+    /// holds a newer version; unlike [`Cache::put_if_newer`] the same version
+    /// is replaced too: `writ rebuild-cache` takes MongoDB's word for it, as
+    /// another program (the official adapter) may have changed the document
+    /// without moving its version. Returns whether it stored.
+    pub async fn refresh(
+        &self,
+        key: &str,
+        version: Version,
+        doc: Option<&Document>,
+    ) -> Result<bool> {
+        let mut call = self.cas.key(key);
+        call.arg(version.to_sortable())
+            .arg(entry_bytes(doc)?)
+            .arg("")
+            .arg("refresh");
+        let res: i64 = self.invoke(&self.cas, &call, |_| false).await?;
+        Ok(outcome(key, res) == CasOutcome::Stored)
     }
 
     /// Like [`Cache::put_if_newer`], refused if `fence` is given and stale

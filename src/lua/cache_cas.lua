@@ -1,6 +1,8 @@
 -- Cache compare-and-set (docs/protocol.md, "Reading").
 -- KEYS[1] cache entry; ARGV[1] sortable version; ARGV[2] BSON document, or '' for a hard delete.
 -- Optional fence: KEYS[2] fence key, ARGV[3] token (daemons only).
+-- ARGV[4] = 'refresh' (writ rebuild-cache): the same version is replaced too,
+-- with MongoDB's document (another program may have changed it there).
 -- Returns 1 stored, 0 not newer, -1 fenced, 2 stored over a value that was not
 -- a hash (another program's key in writ's namespace: the cache is a copy of
 -- MongoDB, so the committed document replaces it).
@@ -12,7 +14,7 @@ if got.err then
   got, stored = {false, false}, 2
 end
 local cur, gone = got[1], got[2]
-if cur then
+if cur and not (cur == ARGV[1] and ARGV[4] == 'refresh') then
   if cur == ARGV[1] then return 0 end
   local newer = false
   for i = 1, math.max(#cur, #ARGV[1]) do

@@ -1,6 +1,9 @@
-//! `writ rebuild-cache`: refills the cache from MongoDB after Redis lost data.
-//! Every entry goes through the compare-and-set, so a newer cached version is
-//! never overwritten.
+//! `writ rebuild-cache`: refills the cache from MongoDB after Redis lost data,
+//! and refreshes it after another program (the official `@backtest-kit/mongo`
+//! adapter, during a switch back to writ) wrote MongoDB directly. Every entry
+//! goes through the compare-and-set, so a newer cached version is never
+//! overwritten; the same version is replaced with MongoDB's document, which is
+//! the truth for it ([`crate::cache::Cache::refresh`]).
 
 use futures::TryStreamExt;
 use mongodb::bson::Document;
@@ -17,9 +20,10 @@ pub struct RebuildSummary {
     pub read: u64,
     /// Cache entries written.
     pub stored: u64,
-    /// Cache already as new or newer.
+    /// Cache entries newer than MongoDB's document (a write applied since).
     pub kept: u64,
-    /// Documents without a writ version or usable key (not written by writ).
+    /// Documents without a usable key (the key fields missing or of a type
+    /// a key cannot hold).
     pub skipped: u64,
 }
 
@@ -47,16 +51,17 @@ impl Tools {
                     .iter()
                     .filter_map(|k| Some((k.clone(), doc.get(k)?.clone())))
                     .collect();
-                let (Some(version), Ok(key)) =
-                    (doc_version(&doc), Key::from_document(&key_doc, &coll))
-                else {
+                let Ok(key) = Key::from_document(&key_doc, &coll) else {
                     sum.skipped += 1;
                     continue;
                 };
+                // A document no writ write reached (the official adapter's)
+                // reads as version 0-0, as a read-through caches it.
+                let version = doc_version(&doc).unwrap_or_default();
                 let p = key.partition(&coll.name, self.config.partitions);
                 if self
                     .cache
-                    .put_if_newer(
+                    .refresh(
                         &self.names.cache(p, &coll.name, &key.canonical()),
                         version,
                         (!is_tombstone(&doc)).then_some(&doc),

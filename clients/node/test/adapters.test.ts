@@ -6,6 +6,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { MongoClient } from "mongodb";
+import mongoose from "mongoose";
 
 import { setup } from "../src/setup.js";
 import type { WritClient } from "../src/client.js";
@@ -435,6 +436,58 @@ describe("documents interchange with the official @backtest-kit/mongo shape", ()
     assert.ok(docs[0]._writ, "now carries writ's version");
     assert.equal(docs[0].createDate.getTime(), created.getTime(), "createDate kept");
     assert.ok(docs[0].updatedDate.getTime() > created.getTime(), "updatedDate moved");
+  }));
+});
+
+/**
+ * The unique indexes of the official package's mongoose schemas
+ * (`@backtest-kit/mongo` 20.1.0, build/index.mjs: each `Schema.index(...,
+ * { unique: true })`, and `entryId`'s `unique: true` for the log).
+ */
+const OFFICIAL_UNIQUE: [string, Record<string, 1>][] = [
+  ["candle-items", { exchangeName: 1, symbol: 1, interval: 1, timestamp: 1 }],
+  ["signal-items", { symbol: 1, strategyName: 1, exchangeName: 1 }],
+  ["schedule-items", { symbol: 1, strategyName: 1, exchangeName: 1 }],
+  ["strategy-items", { symbol: 1, strategyName: 1, exchangeName: 1 }],
+  ["risk-items", { riskName: 1, exchangeName: 1 }],
+  ["partial-items", { symbol: 1, strategyName: 1, exchangeName: 1, signalId: 1 }],
+  ["breakeven-items", { symbol: 1, strategyName: 1, exchangeName: 1, signalId: 1 }],
+  ["storage-items", { backtest: 1, signalId: 1 }],
+  ["notification-items", { backtest: 1, notificationId: 1 }],
+  ["log-items", { entryId: 1 }],
+  ["measure-items", { bucket: 1, entryKey: 1 }],
+  ["interval-items", { bucket: 1, entryKey: 1 }],
+  ["memory-items", { signalId: 1, bucketName: 1, memoryId: 1 }],
+  ["recent-items", { symbol: 1, strategyName: 1, exchangeName: 1, frameName: 1, backtest: 1 }],
+  ["state-items", { signalId: 1, bucketName: 1 }],
+  ["dictionary-items", { signalId: 1, dictionaryName: 1 }],
+  ["session-items", { strategyName: 1, exchangeName: 1, frameName: 1, symbol: 1, backtest: 1 }],
+];
+
+describe("indexes shared with the official @backtest-kit/mongo", () => {
+  test("mongoose builds the official unique indexes on the daemon's database without a conflict", g(async () => {
+    // The daemon (started by before()) made its unique key indexes. The
+    // official package starting on this database asks mongoose for its own:
+    // the same createIndex calls its autoIndex makes.
+    const conn = await mongoose.createConnection(env.mongoUri, { dbName: env.name, autoIndex: false }).asPromise();
+    try {
+      for (const [name, keys] of OFFICIAL_UNIQUE) {
+        const schema = new mongoose.Schema({}, { strict: false });
+        schema.index(keys, { unique: true });
+        await conn.model(name, schema, name).createIndexes();
+      }
+    } finally {
+      await conn.close();
+    }
+    const db = mongo.db(env.name);
+    for (const [name, keys] of OFFICIAL_UNIQUE) {
+      const unique = (await db.collection(name).indexes()).filter((ix) => ix.unique);
+      assert.deepEqual(
+        unique.map((ix) => [ix.name, ix.key]),
+        [[Object.keys(keys).map((k) => `${k}_1`).join("_"), keys]],
+        `${name}: one unique index, the official one`,
+      );
+    }
   }));
 });
 
