@@ -1,0 +1,249 @@
+// The published official adapter, `@backtest-kit/mongo` 20.1.0 (its build,
+// vendored in test/vendor: see NOTICE.md there), and writ on one database:
+// each reads what the other wrote, for the 17 adapters, through the switch
+// steps of docs/operations.md ("Switching between writ and
+// @backtest-kit/mongo"). The official package starts first, on an empty
+// database, and makes its indexes; then the daemon starts on them.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
+import { MongoClient } from "mongodb";
+
+import { setup } from "../src/setup.js";
+import type { WritClient } from "../src/client.js";
+import type { WriteModeName } from "../src/config.js";
+import { FakeKit, type Domain } from "./fakekit.js";
+import { officialKit } from "./official-stubs.js";
+import { PACKAGE_ROOT, TestEnv, WRIT_BIN } from "./harness.js";
+
+const VENDORED = join(PACKAGE_ROOT, "test", "vendor", "backtest-kit-mongo-20.1.0", "index.mjs");
+const VENDORED_SHA256 = "09d4560bd593e4683c601a9644772e444d0b300e93fb7dded8c5d6010e5c528f";
+
+// Timers of the official package that outlive its connections: a Redis ping
+// every 30 s from an interval it never clears, and the 15 s timeouts its
+// waitForInit races the connections against. Unref'd (the interval for the
+// whole file, timeouts while it connects), they do not keep this test
+// process alive.
+const realSetInterval = globalThis.setInterval;
+globalThis.setInterval = ((...args: Parameters<typeof setInterval>) => realSetInterval(...args).unref()) as typeof setInterval;
+
+async function withUnrefTimeouts<T>(fn: () => Promise<T>): Promise<T> {
+  const real = globalThis.setTimeout;
+  globalThis.setTimeout = ((...args: Parameters<typeof setTimeout>) => real(...args).unref()) as typeof setTimeout;
+  try {
+    return await fn();
+  } finally {
+    globalThis.setTimeout = real;
+  }
+}
+
+let env: TestEnv;
+let mongo: MongoClient;
+let official: any;
+const clients: WritClient[] = [];
+
+/** Loads the vendored build with its imports mapped (NOTICE.md). */
+async function loadOfficial(dir: string): Promise<any> {
+  const bytes = readFileSync(VENDORED);
+  assert.equal(createHash("sha256").update(bytes).digest("hex"), VENDORED_SHA256, `${VENDORED} is the published build`);
+  const stubs = new URL("./official-stubs.js", import.meta.url).href;
+  const imports: Record<string, string> = {
+    "backtest-kit": stubs,
+    "di-factory": stubs,
+    "functools-kit": import.meta.resolve("functools-kit"),
+    "di-kit": import.meta.resolve("di-kit"),
+    mongoose: import.meta.resolve("mongoose"),
+    ioredis: import.meta.resolve("ioredis"),
+  };
+  let text = bytes.toString("utf8");
+  for (const [name, url] of Object.entries(imports)) {
+    const from = ` from '${name}';`;
+    assert.ok(text.includes(from), `the build imports ${name}`);
+    text = text.replace(from, ` from ${JSON.stringify(url)};`);
+  }
+  assert.doesNotMatch(text, /^import [^;]* from '[^'.][^']*';$/m, "every package the build imports is mapped");
+  const file = join(dir, "backtest-kit-mongo-20.1.0.mjs");
+  writeFileSync(file, text);
+  return import(pathToFileURL(file).href);
+}
+
+/** `uri` with its database path set to `db` (the official package's CC_MONGO_CONNECTION_STRING). */
+function withDatabase(uri: string, db: string): string {
+  const [scheme, rest] = uri.split("://");
+  const q = rest.indexOf("?");
+  const base = q < 0 ? rest : rest.slice(0, q);
+  const slash = base.indexOf("/");
+  return `${scheme}://${slash < 0 ? base : base.slice(0, slash)}/${db}${q < 0 ? "" : rest.slice(q)}`;
+}
+
+before(async () => {
+  env = await TestEnv.start("official", { daemon: false });
+  mongo = new MongoClient(env.mongoUri);
+  official = await loadOfficial(env.dir);
+  const redis = new URL(env.redisUrl);
+  official.setup({
+    CC_MONGO_CONNECTION_STRING: withDatabase(env.mongoUri, env.name),
+    CC_REDIS_HOST: redis.hostname,
+    CC_REDIS_PORT: Number(redis.port || 6379),
+    CC_REDIS_USER: decodeURIComponent(redis.username),
+    CC_REDIS_PASSWORD: decodeURIComponent(redis.password),
+  });
+  await withUnrefTimeouts(() => official.waitForInit());
+});
+
+after(async () => {
+  for (const c of clients) await c.close();
+  if (official) {
+    await (await official.getMongo()).disconnect();
+    official.getRedis().disconnect();
+  }
+  await mongo?.close();
+  await env?.stop();
+});
+
+const g = (fn: () => Promise<void>) => () => env.guard(fn);
+
+/** A new writ "process": its own client and adapter registry. */
+function writProcess(mode: WriteModeName): { kit: FakeKit; client: WritClient } {
+  const kit = new FakeKit();
+  const client = setup(env.clientConfig({ mode }), kit.adapters);
+  clients.push(client);
+  return { kit, client };
+}
+
+const MIN = 60_000;
+const WHEN = new Date(Date.UTC(2026, 0, 2, 3, 4, 5));
+const T0 = Math.floor(Date.now() / MIN) * MIN - 60 * MIN;
+const SIG = ["OFX", "strat", "binance"];
+
+function row(gen: number) {
+  return { id: `sig-${gen}`, priceOpen: 100 + gen, minuteEstimatedTime: Infinity, note: "ünïcode ✓", nested: { a: null, b: [{ c: gen }] } };
+}
+const candle = (gen: number) => ({ timestamp: T0 + gen * MIN, open: gen, high: gen + 1, low: gen - 0.5, close: gen + 0.5, volume: 10 * gen });
+const positions = (gen: number) => [[`OFX:strat`, { signalId: `sig-${gen}`, hold: gen }]];
+
+type Call = [Domain, unknown[], string, ...unknown[]];
+
+/** Generation `gen`'s writes, the same for either package. */
+function writes(gen: number): Call[] {
+  return [
+    ["Signal", SIG, "writeSignalData", row(gen)],
+    ["Schedule", SIG, "writeScheduleData", row(gen)],
+    ["Strategy", SIG, "writeStrategyData", { state: `s${gen}`, n: gen }],
+    ["Risk", ["OF-risk", "binance"], "writePositionData", positions(gen), WHEN],
+    ["Partial", SIG, "writePartialData", { sig: { profitLevels: [10 * gen], lossLevels: [] } }, "sig", WHEN],
+    ["Breakeven", SIG, "writeBreakevenData", { sig: { reached: gen % 2 === 1 } }, "sig", WHEN],
+    ["Candle", ["OFX", "1m", "binance"], "writeCandlesData", [candle(gen)]],
+    ["Storage", [true], "writeStorageData", [{ id: "of-st-1", gen }]],
+    ["Notification", [false], "writeNotificationData", [{ id: "of-no-1", gen }]],
+    ["Log", [], "writeLogData", [{ id: `of-log-${gen}`, gen }]],
+    ["Measure", ["of-bucket"], "writeMeasureData", { v: gen }, "k1", WHEN],
+    ["Interval", ["of-bucket"], "writeIntervalData", { v: gen }, "k1", WHEN],
+    ["Memory", ["of-sig", "bucket"], "writeMemoryData", { v: gen }, "m1", WHEN],
+    ["Recent", [...SIG, "frame", false], "writeRecentData", row(gen), WHEN],
+    ["State", ["of-sig", "bucket"], "writeStateData", { v: gen }, WHEN],
+    ["Session", ["strat", "binance", "frame", "OFX", true], "writeSessionData", { v: gen }, WHEN],
+    ["Dictionary", ["of-sig", "dict"], "writeDictionaryData", { v: gen }, WHEN],
+  ];
+}
+
+/** Soft-deletable entries: "gone" and "gone2" are written by generation 1. */
+const SOFT: [Domain, unknown[], string, string, string][] = [
+  ["Measure", ["of-bucket"], "writeMeasureData", "removeMeasureData", "listMeasureData"],
+  ["Interval", ["of-bucket"], "writeIntervalData", "removeIntervalData", "listIntervalData"],
+  ["Memory", ["of-sig", "bucket"], "writeMemoryData", "removeMemoryData", "listMemoryData"],
+];
+
+async function run(kit: FakeKit, calls: Call[]): Promise<void> {
+  for (const [domain, args, method, ...margs] of calls) {
+    assert.equal(await kit.call(domain, args, method, ...margs), undefined, `${domain}.${method}`);
+  }
+}
+
+const byId = (rows: any[], prefix: string) =>
+  rows.filter((r) => String(r?.id).startsWith(prefix)).sort((a, b) => String(a.id).localeCompare(String(b.id)));
+
+/** What every reader must see after generation `gen`, with `live` the soft-deletable keys still there. */
+async function expectState(who: string, kit: FakeKit, gen: number, live: string[]): Promise<void> {
+  const read = (d: Domain, args: unknown[], m: string, ...a: unknown[]) => kit.call(d, args, m, ...a);
+  const at = (what: string) => `${who}, generation ${gen}: ${what}`;
+  assert.deepEqual(await read("Signal", SIG, "readSignalData"), row(gen), at("Signal"));
+  assert.deepEqual(await read("Schedule", SIG, "readScheduleData"), row(gen), at("Schedule"));
+  assert.deepEqual(await read("Strategy", SIG, "readStrategyData"), { state: `s${gen}`, n: gen }, at("Strategy"));
+  assert.deepEqual(await read("Risk", ["OF-risk", "binance"], "readPositionData", WHEN), positions(gen), at("Risk"));
+  assert.deepEqual(await read("Partial", SIG, "readPartialData", "sig", WHEN), { sig: { profitLevels: [10 * gen], lossLevels: [] } }, at("Partial"));
+  assert.deepEqual(await read("Breakeven", SIG, "readBreakevenData", "sig", WHEN), { sig: { reached: gen % 2 === 1 } }, at("Breakeven"));
+  const candles = Array.from({ length: gen }, (_, i) => candle(i + 1));
+  assert.deepEqual(await read("Candle", ["OFX", "1m", "binance"], "readCandlesData", gen, T0 + MIN, T0 + (gen + 1) * MIN), candles, at("Candle"));
+  assert.deepEqual(byId(await read("Storage", [true], "readStorageData"), "of-"), [{ id: "of-st-1", gen }], at("Storage"));
+  assert.deepEqual(byId(await read("Notification", [false], "readNotificationData"), "of-"), [{ id: "of-no-1", gen }], at("Notification"));
+  const logs = Array.from({ length: gen }, (_, i) => ({ id: `of-log-${i + 1}`, gen: i + 1 }));
+  assert.deepEqual(byId(await read("Log", [], "readLogData"), "of-log-"), logs, at("Log"));
+  assert.deepEqual(await read("Measure", ["of-bucket"], "readMeasureData", "k1"), { v: gen }, at("Measure"));
+  assert.deepEqual(await read("Interval", ["of-bucket"], "readIntervalData", "k1"), { v: gen }, at("Interval"));
+  assert.deepEqual(await read("Memory", ["of-sig", "bucket"], "readMemoryData", "m1"), { v: gen }, at("Memory"));
+  assert.deepEqual(await read("Recent", [...SIG, "frame", false], "readRecentData"), row(gen), at("Recent"));
+  assert.deepEqual(await read("State", ["of-sig", "bucket"], "readStateData"), { v: gen }, at("State"));
+  assert.deepEqual(await read("Session", ["strat", "binance", "frame", "OFX", true], "readSessionData"), { v: gen }, at("Session"));
+  assert.deepEqual(await read("Dictionary", ["of-sig", "dict"], "readDictionaryData"), { v: gen }, at("Dictionary"));
+  for (const [d, args, , , list] of SOFT) {
+    const keys = ["k1", "m1", ...live].filter((k) => d === "Memory" ? k !== "k1" : k !== "m1");
+    const listed = (await kit.list(d, args, list)).map((x: any) => (typeof x === "string" ? x : x.memoryId)).sort();
+    assert.deepEqual(listed, keys.sort(), at(`${d} list`));
+    for (const gone of ["gone", "gone2"].filter((k) => !live.includes(k))) {
+      const readMethod = list.replace("list", "read");
+      assert.equal(await kit.call(d, args, readMethod, gone), null, at(`${d} ${gone} removed`));
+    }
+  }
+}
+
+test("the official package and writ read each other's documents, through both switches", g(async () => {
+  // 1. The official package alone: generation 1, and the soft-deletable keys.
+  await run(officialKit, writes(1));
+  for (const [d, args, write] of SOFT) {
+    for (const k of ["gone", "gone2"]) await officialKit.call(d, args, write, { v: 0 }, k, WHEN);
+  }
+  const m = await official.getMongo();
+  await Promise.all(m.modelNames().map((name: string) => m.model(name).init()));
+  assert.equal(m.modelNames().length, 17, "the official package's 17 models");
+  await expectState("official", officialKit, 1, ["gone", "gone2"]);
+
+  // 2. Switch to writ: the daemon starts on the official indexes and documents.
+  await env.startDaemon();
+  for (const mode of ["ack", "submit"] as const) {
+    await expectState(`writ (${mode}) reading the official documents`, writProcess(mode).kit, 1, ["gone", "gone2"]);
+  }
+
+  // 3. writ writes generation 2 and removes gone2; drained before the switch back.
+  const w = writProcess("ack");
+  await run(w.kit, writes(2));
+  for (const [d, args, , remove] of SOFT) await w.kit.call(d, args, remove, "gone2");
+  await w.client.flush();
+  await expectState("writ", w.kit, 2, ["gone"]);
+
+  // 4. Back to the official package: it reads writ's documents, then writes 3.
+  officialKit.clear();
+  await expectState("official reading writ's documents", officialKit, 2, ["gone"]);
+  await run(officialKit, writes(3));
+  for (const [d, args, , remove] of SOFT) await officialKit.call(d, args, remove, "gone");
+  await expectState("official", officialKit, 3, []);
+
+  // 5. To writ again: one rebuild-cache, and every writ reader sees generation 3.
+  const rebuild = spawnSync(WRIT_BIN, ["--config", env.configPath, "rebuild-cache"], { env: env.daemonEnv, encoding: "utf8" });
+  assert.equal(rebuild.status, 0, `writ rebuild-cache: ${rebuild.stdout}\n${rebuild.stderr}`);
+  for (const mode of ["ack", "submit"] as const) {
+    await expectState(`writ (${mode}) after rebuild-cache`, writProcess(mode).kit, 3, []);
+  }
+
+  // One unique index per collection: the official package's.
+  const db = mongo.db(env.name);
+  for (const name of m.modelNames()) {
+    const coll = m.model(name).collection.collectionName;
+    const unique = (await db.collection(coll).indexes()).filter((ix) => ix.unique);
+    assert.equal(unique.length, 1, `${coll}: one unique index: ${JSON.stringify(unique)}`);
+  }
+}));
