@@ -68,6 +68,9 @@ enum Command {
         /// Only this collection.
         #[arg(long)]
         collection: Option<String>,
+        /// Only documents updated at or after this time (their `updatedDate`: collections with timestamps; the others are read whole): unix ms, a UTC time (2026-11-23T01:30:00Z), or a duration ago (90s, 15m, 2h, 1d).
+        #[arg(long)]
+        since: Option<String>,
     },
 }
 
@@ -174,9 +177,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             to,
             collection,
         } => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_millis() as u64;
+            let now = now_ms()?;
             let parse = |s: &str| {
                 writ::tools::parse_point(s, now).with_context(|| {
                     format!("{s:?} is not a stream id, unix ms, a UTC time like 2026-11-23T01:30:00Z, or a duration like 15m")
@@ -204,10 +205,19 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::RebuildCache { collection } => {
+        Command::RebuildCache { collection, since } => {
+            let since = since
+                .map(|s| {
+                    writ::tools::parse_point(&s, now_ms()?)
+                        .map(|v| v.ms)
+                        .with_context(|| {
+                            format!("--since {s:?}: give unix ms, a UTC time (2026-11-23T01:30:00Z) or a duration ago (90s, 15m, 2h, 1d)")
+                        })
+                })
+                .transpose()?;
             let tools = writ::tools::Tools::connect(config).await?;
             tools.check_collection(collection.as_deref())?;
-            let sum = tools.rebuild_cache(collection.as_deref()).await?;
+            let sum = tools.rebuild_cache(collection.as_deref(), since).await?;
             println!("{}", serde_json::to_string(&sum)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -388,4 +398,11 @@ async fn signal_watch(shutdown: CancellationToken) {
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
     shutdown.cancel();
+}
+
+/// The wall clock in unix milliseconds (for `--from`, `--since`).
+fn now_ms() -> anyhow::Result<u64> {
+    Ok(std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64)
 }

@@ -329,6 +329,84 @@ async fn an_index_on_the_key_fields_that_is_not_unique_stops_the_daemon_naming_i
     }
 }
 
+/// Switching back to writ after the official adapter wrote: `rebuild-cache
+/// --since <when writ stopped>` reads only what changed since (by
+/// `updatedDate`, which the official adapter's mongoose timestamps set) and
+/// replaces the stale cache entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_back_needs_one_rebuild_of_what_changed_since_writ_stopped() {
+    let env = TestEnv::start("bk_switch_back");
+    let config = env_config(&env);
+    let dir = tempfile::tempdir().unwrap();
+    let path = env.config_file_with(
+        dir.path(),
+        &Overrides {
+            collections: COLLECTIONS,
+            ..Default::default()
+        },
+    );
+    let daemon = Daemon::start(config.clone());
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let signal = writ.collection("signal-items").unwrap();
+    for symbol in ["A", "B"] {
+        signal
+            .write(&sig_key(symbol), &doc! {"payload": {"v": 1}})
+            .await
+            .unwrap();
+    }
+    daemon.stop().await;
+    let stopped = DateTime::now();
+
+    // The official adapter, back for a while: `findOneAndUpdate` with `$set`
+    // (mongoose sets `updatedDate`); writ's version stays as it was.
+    let signals = env.mongo_db().await.collection::<Document>("signal-items");
+    signals
+        .update_one(
+            sig_key("A"),
+            doc! {"$set": {"payload": {"v": 2}, "updatedDate": DateTime::now()}},
+        )
+        .await
+        .unwrap();
+    let read = |symbol: &'static str| {
+        let config = config.clone();
+        async move {
+            let w = Writ::connect(config).await.unwrap();
+            let c = w.collection("signal-items").unwrap();
+            c.read(&sig_key(symbol)).await.unwrap().unwrap()
+        }
+    };
+    assert_eq!(
+        read("A").await,
+        doc! {"payload": {"v": 1}},
+        "stale until the rebuild"
+    );
+
+    let since = stopped.timestamp_millis().to_string();
+    let out = support::proc::writ_cli(&path, &["rebuild-cache", "--since", &since]);
+    assert!(out.status.success(), "{out:?}");
+    let sum: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&sum["read"], &sum["stored"], &sum["kept"]),
+        (&1.into(), &1.into(), &0.into()),
+        "only the document changed since writ stopped: {sum}"
+    );
+    // The harness's own collections have no timestamps: read whole (empty).
+    assert_eq!(
+        sum["whole"],
+        serde_json::json!(["candle", "measure", "signal"]),
+        "{sum}"
+    );
+    assert_eq!(read("A").await, doc! {"payload": {"v": 2}});
+    assert_eq!(read("B").await, doc! {"payload": {"v": 1}});
+
+    let bad = support::proc::writ_cli(&path, &["rebuild-cache", "--since", "yesterday"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--since \"yesterday\""),
+        "{bad:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boolean_keys_prefix_lists_and_soft_delete() {
     let env = TestEnv::start("bk_lists");

@@ -6,10 +6,10 @@
 //! the truth for it ([`crate::cache::Cache::refresh`]).
 
 use futures::TryStreamExt;
-use mongodb::bson::Document;
+use mongodb::bson::{doc, DateTime, Document};
 
 use super::Tools;
-use crate::apply::{doc_version, is_tombstone};
+use crate::apply::{doc_version, is_tombstone, DOC_UPDATED};
 use crate::error::Result;
 use crate::protocol::Key;
 
@@ -25,11 +25,21 @@ pub struct RebuildSummary {
     /// Documents without a usable key (the key fields missing or of a type
     /// a key cannot hold).
     pub skipped: u64,
+    /// With `since`: the collections read whole, having no `updatedDate`
+    /// to select by (`timestamps = false`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub whole: Vec<String>,
 }
 
 impl Tools {
-    /// Rebuilds the cache of one collection, or of all.
-    pub async fn rebuild_cache(&self, collection: Option<&str>) -> Result<RebuildSummary> {
+    /// Rebuilds the cache of one collection, or of all. With `since` (unix
+    /// ms), only the documents whose `updatedDate` is that time or later, in
+    /// the collections with `timestamps`; the others are read whole.
+    pub async fn rebuild_cache(
+        &self,
+        collection: Option<&str>,
+        since: Option<u64>,
+    ) -> Result<RebuildSummary> {
         let mut sum = RebuildSummary::default();
         let colls: Vec<_> = self
             .config
@@ -39,11 +49,17 @@ impl Tools {
             .cloned()
             .collect();
         for coll in colls {
-            let mut cursor = self
-                .store
-                .raw_collection(&coll.name)
-                .find(mongodb::bson::doc! {})
-                .await?;
+            let filter = match since {
+                Some(ms) if coll.timestamps => {
+                    doc! {DOC_UPDATED: {"$gte": DateTime::from_millis(ms as i64)}}
+                }
+                Some(_) => {
+                    sum.whole.push(coll.name.clone());
+                    doc! {}
+                }
+                None => doc! {},
+            };
+            let mut cursor = self.store.raw_collection(&coll.name).find(filter).await?;
             while let Some(doc) = cursor.try_next().await? {
                 sum.read += 1;
                 let key_doc: Document = coll

@@ -224,6 +224,7 @@ test("the official package and writ read each other's documents, through both sw
   for (const [d, args, , remove] of SOFT) await w.kit.call(d, args, remove, "gone2");
   await w.client.flush();
   await expectState("writ", w.kit, 2, ["gone"]);
+  const writStopped = Date.now();
 
   // 4. Back to the official package: it reads writ's documents, then writes 3.
   officialKit.clear();
@@ -232,9 +233,17 @@ test("the official package and writ read each other's documents, through both sw
   for (const [d, args, , remove] of SOFT) await officialKit.call(d, args, remove, "gone");
   await expectState("official", officialKit, 3, []);
 
-  // 5. To writ again: one rebuild-cache, and every writ reader sees generation 3.
-  const rebuild = spawnSync(WRIT_BIN, ["--config", env.configPath, "rebuild-cache"], { env: env.daemonEnv, encoding: "utf8" });
+  // 5. To writ again: one rebuild-cache of what changed since writ stopped,
+  // and every writ reader sees generation 3.
+  const rebuild = spawnSync(WRIT_BIN, ["--config", env.configPath, "rebuild-cache", "--since", String(writStopped)], {
+    env: env.daemonEnv,
+    encoding: "utf8",
+  });
   assert.equal(rebuild.status, 0, `writ rebuild-cache: ${rebuild.stdout}\n${rebuild.stderr}`);
+  const summary = JSON.parse(rebuild.stdout);
+  // Generation 3 changed 20 of the 27 documents: 17 writes (a new candle, a
+  // new log entry) and 3 soft deletes.
+  assert.deepEqual([summary.read, summary.stored], [20, 20], `what the official package wrote since writ stopped: ${rebuild.stdout}`);
   for (const mode of ["ack", "submit"] as const) {
     await expectState(`writ (${mode}) after rebuild-cache`, writProcess(mode).kit, 3, []);
   }
