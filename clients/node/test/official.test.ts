@@ -256,3 +256,37 @@ test("the official package and writ read each other's documents, through both sw
     assert.equal(unique.length, 1, `${coll}: one unique index: ${JSON.stringify(unique)}`);
   }
 }));
+
+test("absent keys read the same through both packages", g(async () => {
+  if (!env.writ) await env.startDaemon(); // run alone (--test-name-pattern)
+  const writ = writProcess("submit").kit;
+  const absent: Call[] = [
+    ["Signal", ["NONE", "s", "e"], "readSignalData"],
+    ["Schedule", ["NONE", "s", "e"], "readScheduleData"],
+    ["Strategy", ["NONE", "s", "e"], "readStrategyData"],
+    ["Risk", ["none", "e"], "readPositionData", WHEN],
+    ["Partial", ["NONE", "s", "e"], "readPartialData", "nosig", WHEN],
+    ["Breakeven", ["NONE", "s", "e"], "readBreakevenData", "nosig", WHEN],
+    ["Candle", ["NONE", "1m", "e"], "readCandlesData", 2, T0, T0 + 2 * MIN],
+    ["Measure", ["none"], "readMeasureData", "k"],
+    ["Interval", ["none"], "readIntervalData", "k"],
+    ["Memory", ["none", "b"], "readMemoryData", "k"],
+    ["Memory", ["none", "b"], "hasMemoryData", "k"],
+    ["Recent", ["NONE", "s", "e", "f", true], "readRecentData"],
+    ["State", ["none", "b"], "readStateData"],
+    ["Session", ["s", "e", "f", "NONE", false], "readSessionData"],
+    ["Dictionary", ["none", "d"], "readDictionaryData"],
+  ];
+  for (const [domain, args, method, ...margs] of absent) {
+    const theirs = await officialKit.call(domain, args, method, ...margs);
+    assert.deepEqual(await writ.call(domain, args, method, ...margs), theirs, `${domain}.${method} of an absent key`);
+  }
+  for (const [domain, args, list] of [
+    ["Measure", ["none"], "listMeasureData"],
+    ["Interval", ["none"], "listIntervalData"],
+    ["Memory", ["none", "b"], "listMemoryData"],
+  ] as [Domain, unknown[], string][]) {
+    assert.deepEqual(await writ.list(domain, args, list), await officialKit.list(domain, args, list), `${domain}.${list} of an empty bucket`);
+  }
+}));
+
