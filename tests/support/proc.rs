@@ -127,9 +127,12 @@ impl DaemonProc {
 
 impl Drop for DaemonProc {
     fn drop(&mut self) {
+        // Wakes a paused daemon so that it can die; one that already exited
+        // makes `kill` say "No such process", which is no news here.
         let _ = Command::new("kill")
             .arg("-CONT")
             .arg(self.child.id().to_string())
+            .stderr(Stdio::null())
             .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
