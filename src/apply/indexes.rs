@@ -3,12 +3,12 @@
 //! error this index raises. `writ serve` makes sure of it at start, the tools
 //! before their first apply to a collection.
 //!
-//! The index is asked for as `@backtest-kit/mongo` (mongoose) asks for the
-//! same unique index: MongoDB's default name (`symbol_1_strategyName_1_...`),
-//! `unique`, `background`. Either of the two can start first on a database
-//! the other has used, and neither sees a conflict. A unique index on the same keys under
-//! another name (`writ_key`, from writ before 2026-12, or one an operator made)
-//! is used as it is.
+//! An index on exactly the key fields is used whatever its name: the
+//! official `@backtest-kit/mongo` adapter's (mongoose names it by its keys,
+//! `symbol_1_strategyName_1_...`), `writ_key` from writ before 2026-12, or one
+//! an operator made. If there is none, writ asks for it as mongoose asks for
+//! the same index, so that either of the two can start first on a database
+//! the other has used and neither meets a conflict.
 
 use std::time::Duration;
 
@@ -119,20 +119,25 @@ impl Store {
             Err(e) if mongo_code(&e) == Some(NAMESPACE_NOT_FOUND) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let Some(found) = indexes.into_iter().find(|ix| same_keys(&ix.keys, keys)) else {
-            return Ok(None);
-        };
-        let options = found.options.unwrap_or_default();
-        let name = options.name.clone().unwrap_or_default();
-        match unfit(&options) {
-            None => Ok(Some(name)),
-            Some(why) => Err(Error::KeyIndex {
-                collection: c.name.clone(),
-                index: name,
-                keys: c.key.clone(),
-                why,
-            }),
+        // Several indexes may share a key pattern (under other collations or
+        // filters): any one that fits will do.
+        let mut refusal = None;
+        for ix in indexes.into_iter().filter(|ix| same_keys(&ix.keys, keys)) {
+            let options = ix.options.unwrap_or_default();
+            let name = options.name.clone().unwrap_or_default();
+            match unfit(&options) {
+                None => return Ok(Some(name)),
+                Some(why) => {
+                    refusal.get_or_insert(Error::KeyIndex {
+                        collection: c.name.clone(),
+                        index: name,
+                        keys: c.key.clone(),
+                        why,
+                    });
+                }
+            }
         }
+        refusal.map_or(Ok(None), Err)
     }
 }
 
