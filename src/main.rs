@@ -177,7 +177,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             to,
             collection,
         } => {
-            let now = now_ms()?;
+            let now = writ::protocol::wall_clock_ms();
             let parse = |s: &str| {
                 writ::tools::parse_point(s, now).with_context(|| {
                     format!("{s:?} is not a stream id, unix ms, a UTC time like 2026-11-23T01:30:00Z, or a duration like 15m")
@@ -208,7 +208,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::RebuildCache { collection, since } => {
             let since = since
                 .map(|s| {
-                    writ::tools::parse_point(&s, now_ms()?)
+                    writ::tools::parse_point(&s, writ::protocol::wall_clock_ms())
                         .map(|v| v.ms)
                         .with_context(|| {
                             format!("--since {s:?}: give unix ms, a UTC time (2026-11-23T01:30:00Z) or a duration ago (90s, 15m, 2h, 1d)")
@@ -398,11 +398,4 @@ async fn signal_watch(shutdown: CancellationToken) {
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
     shutdown.cancel();
-}
-
-/// The wall clock in unix milliseconds (for `--from`, `--since`).
-fn now_ms() -> anyhow::Result<u64> {
-    Ok(std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as u64)
 }

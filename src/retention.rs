@@ -2,7 +2,7 @@
 //! entry at or above the committed watermark (`XTRIM MINID`). Unapplied
 //! entries are never evicted; when they pile up, writers get backpressure.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::redis_conn::Conn;
 
@@ -26,10 +26,7 @@ pub async fn trim_point(
     else {
         return Ok(None);
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let now = crate::protocol::wall_clock_ms();
     let by_age = Version {
         ms: now.saturating_sub(max_age.as_millis() as u64),
         seq: 0,

@@ -2,8 +2,6 @@
 //! of the oldest unapplied entry, the committed watermark and dead-letter
 //! depth. Used by `writ status`, the daemon's metrics and stream retention.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use crate::redis_conn::Conn;
 use redis::Value;
 use serde::Serialize;
@@ -43,13 +41,6 @@ pub struct Status {
     pub partitions: Vec<PartitionStatus>,
     /// Entries in the dead-letter stream.
     pub dead_letters: u64,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn as_string(v: Option<&Value>) -> Option<String> {
@@ -138,7 +129,7 @@ async fn partition_status(
         }),
     };
     let age = oldest
-        .map(|o| now_ms().saturating_sub(o.ms) as f64 / 1000.0)
+        .map(|o| crate::protocol::wall_clock_ms().saturating_sub(o.ms) as f64 / 1000.0)
         .unwrap_or(0.0);
     Ok(PartitionStatus {
         partition: p,

@@ -7,6 +7,13 @@ use mongodb::bson::{doc, Bson, Document};
 
 use crate::protocol::Key;
 
+/// The key fields of a stored document, in key order (those it has).
+pub fn key_fields(key: &[String], doc: &Document) -> Document {
+    key.iter()
+        .filter_map(|k| Some((k.clone(), doc.get(k)?.clone())))
+        .collect()
+}
+
 /// How a set of keys is looked up (see [`super::Store::find_many`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum KeysQuery {

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use mongodb::bson::doc;
 use tokio_util::sync::CancellationToken;
@@ -44,10 +44,7 @@ fn cpu_seconds() -> f64 {
 
 /// `writ serve` processes heartbeating on the namespace now.
 async fn live_daemons(config: &Config, conn: &mut crate::redis_conn::Conn) -> Result<u64> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let now = crate::protocol::wall_clock_ms();
     Ok(redis::cmd("ZCOUNT")
         .arg(crate::protocol::Names::new(&config.namespace).members())
         .arg(now.saturating_sub(config.lease_ttl.as_millis() as u64))
@@ -98,12 +95,7 @@ pub(super) async fn run(
     }
 
     // 1. Preload, on keys no earlier run used.
-    let base = (SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-        % 100_000) as usize
-        * 1_000_000;
+    let base = (crate::protocol::wall_clock_ms() / 1000 % 100_000) as usize * 1_000_000;
     let writ = Writ::connect(config.clone()).await?;
     let handle = writ.collection(&coll.name)?;
     let pad = "x".repeat(args.payload);

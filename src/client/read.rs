@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use mongodb::bson::Document;
 
 use super::{payload_of, Collection};
-use crate::apply::{doc_version, is_tombstone};
+use crate::apply::{doc_version, is_tombstone, key_fields};
 use crate::error::{Error, Result};
 use crate::protocol::{Key, Reject, RejectReason};
 
@@ -103,11 +103,4 @@ impl Collection {
             })
             .collect())
     }
-}
-
-/// The key fields of a stored document, in key order.
-pub(super) fn key_fields(key: &[String], doc: &Document) -> Document {
-    key.iter()
-        .filter_map(|k| Some((k.clone(), doc.get(k)?.clone())))
-        .collect()
 }

@@ -53,10 +53,7 @@ pub struct DeadLetter<'a> {
 impl DeadLetter<'_> {
     /// Adds the `XADD` to a pipeline.
     pub fn add_to(&self, pipe: &mut redis::Pipeline, dlq: &str) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now = crate::protocol::wall_clock_ms();
         let mut cmd = crate::stream::cmd::xadd(dlq, None);
         cmd.arg(field::REASON).arg(self.reason);
         cmd.arg(field::DETAIL).arg(&self.detail);

@@ -27,7 +27,7 @@ pub use lease::{Lease, Leases};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::redis_conn::Conn;
 use tokio::task::JoinHandle;
@@ -61,13 +61,6 @@ struct Tenure {
     run: Arc<PartitionRun>,
     handle: JoinHandle<()>,
     handing_over: bool,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// One daemon's view of the partitions it holds.
@@ -131,7 +124,8 @@ impl Owner {
             self.next_write = Instant::now() + self.config.lease_ttl / 4;
             tokio::join!(self.heartbeat(), self.renew());
         }
-        let since = now_ms().saturating_sub(self.config.lease_ttl.as_millis() as u64);
+        let since = crate::protocol::wall_clock_ms()
+            .saturating_sub(self.config.lease_ttl.as_millis() as u64);
         let counted = redis::cmd("ZCOUNT")
             .arg(&self.members_key)
             .arg(format!("({since}"))
@@ -157,7 +151,7 @@ impl Owner {
     /// Refreshes this daemon's score in the member set and prunes members
     /// silent for a lease TTL.
     async fn heartbeat(&self) {
-        let now = now_ms();
+        let now = crate::protocol::wall_clock_ms();
         let ttl = self.config.lease_ttl.as_millis() as u64;
         let res: redis::RedisResult<()> = redis::pipe()
             .cmd("ZADD")

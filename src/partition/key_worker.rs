@@ -5,8 +5,6 @@
 //! is applied, and the earlier ones are acked with the committed version (the
 //! state they wrote was superseded by a newer write before it was readable).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use super::{Job, Partition};
 use crate::ack::{Ack, Outcome};
 use crate::apply::{Applied, Attempts};
@@ -242,10 +240,7 @@ async fn publish(part: &Partition, collection: &str, run: &[Job], applied: Appli
 }
 
 pub(super) fn record_end_to_end(collection: &str, id: Version) {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let now = crate::protocol::wall_clock_ms();
     let secs = now.saturating_sub(id.ms) as f64 / 1000.0;
     metrics::histogram!("writ_end_to_end_seconds", "collection" => collection.to_string())
         .record(secs);

@@ -18,7 +18,7 @@ pub use key::{fnv1a64, partition_of, Key, KeyTooLarge, KeyValue, MAX_KEY_BYTES};
 pub use names::Names;
 pub use nesting::MAX_NESTING;
 pub use reject::{Reject, RejectReason};
-pub use version::Version;
+pub use version::{wall_clock_ms, Version};
 
 use mongodb::bson::Document;
 

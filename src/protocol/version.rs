@@ -42,6 +42,15 @@ impl Version {
     }
 }
 
+/// The wall clock in unix milliseconds, the unit of [`Version::ms`] (stream
+/// IDs are Redis's clock): for ages, cut-offs and `--from`/`--since`. 0 if
+/// the clock is before 1970.
+pub fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{}", self.ms, self.seq)

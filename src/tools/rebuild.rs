@@ -9,7 +9,7 @@ use futures::TryStreamExt;
 use mongodb::bson::{doc, DateTime, Document};
 
 use super::Tools;
-use crate::apply::{doc_version, is_tombstone, DOC_UPDATED};
+use crate::apply::{doc_version, is_tombstone, key_fields, DOC_UPDATED};
 use crate::config::CollectionConfig;
 use crate::error::{Error, Result};
 use crate::protocol::Key;
@@ -86,12 +86,7 @@ impl Tools {
 
     /// Puts one MongoDB document into the cache (see [`crate::cache::Cache::refresh`]).
     async fn refresh_one(&self, coll: &CollectionConfig, doc: Document) -> Result<Refreshed> {
-        let key_doc: Document = coll
-            .key
-            .iter()
-            .filter_map(|k| Some((k.clone(), doc.get(k)?.clone())))
-            .collect();
-        let Ok(key) = Key::from_document(&key_doc, coll) else {
+        let Ok(key) = Key::from_document(&key_fields(&coll.key, &doc), coll) else {
             return Ok(Refreshed::Skipped);
         };
         // A document no writ write reached (the official adapter's) reads as
