@@ -116,13 +116,26 @@ async fn a_large_backlog_on_a_slow_mongodb_drains_without_a_retry_storm() {
     assert_eq!(n as usize, BACKLOG);
     assert_eq!(daemon.terminate(Duration::from_secs(20)), Some(0));
 
-    // The server's own ceiling through the same slow link, in the same run:
-    // the same guarded upsert on fresh keys, from as many concurrent callers
-    // as the daemon's limit allows at most.
+    // A reference through the same slow link, in the same run: the same
+    // guarded upsert on fresh keys, one findAndModify per write, from as many
+    // concurrent callers as the daemon's limit allows at most.
     let callers = config.max_concurrency;
     let per = 300 / callers + 1;
     let client = mongodb::Client::with_uri_str(&slow_uri).await.unwrap();
     let coll = client.database(&env.name).collection::<Document>("ceiling");
+    // The same unique index the daemon makes for `measure`'s key.
+    coll.create_index(
+        mongodb::IndexModel::builder()
+            .keys(doc! {"bucket": 1, "entryKey": 1})
+            .options(
+                mongodb::options::IndexOptions::builder()
+                    .unique(true)
+                    .build(),
+            )
+            .build(),
+    )
+    .await
+    .unwrap();
     let t = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..callers {
@@ -145,7 +158,7 @@ async fn a_large_backlog_on_a_slow_mongodb_drains_without_a_retry_storm() {
     let ceiling = (callers * per) as f64 / t.elapsed().as_secs_f64();
     let rate = BACKLOG as f64 / drain.as_secs_f64();
     eprintln!(
-        "congestion: {BACKLOG} entries behind a {LATENCY:?} link drained in {drain:.2?} ({rate:.0}/s; {:.2}x the server's {ceiling:.0}/s with {callers} callers); {retries} retries, final limit {limit}",
+        "congestion: {BACKLOG} entries behind a {LATENCY:?} link drained in {drain:.2?} ({rate:.0}/s; {:.2}x the {ceiling:.0}/s of {callers} callers applying one write each); {retries} retries, final limit {limit}",
         rate / ceiling
     );
 }
