@@ -4,7 +4,10 @@
 //! Before the daemon-wide adaptive limiter, every partition ran up to
 //! `max_in_flight` applies at once: they queued in the driver's pool, timed
 //! out while queued, and were retried while the first attempts still ran, so
-//! the load on MongoDB multiplied and the drain collapsed.
+//! the load on MongoDB multiplied and the drain collapsed. Rounds (one bulk
+//! per partition round) bound that by themselves to two bulks per partition,
+//! so the test uses enough partitions for those bulks to time out without
+//! the limiter (see `PARTITIONS`).
 
 mod support;
 
@@ -24,8 +27,16 @@ fn counter_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-const BACKLOG: usize = 1000;
+const BACKLOG: usize = 4000;
 const LATENCY: Duration = Duration::from_millis(40);
+/// Partitions: each may have two rounds (bulks of up to `batch_size` writes)
+/// at MongoDB at once, so without the limiter 32 partitions send up to 64
+/// bulks of 64-128 writes at once. On a server that runs them one by one
+/// they outlast the bulk's bound (`op_timeout` + 5 s) and time out: this test
+/// fails with the limiter disabled (checked 2026-12-03: "operations timed
+/// out while draining"). With 4 partitions and 1000 entries it did not: the
+/// eight bulks finished within the bound, limiter or not.
+const PARTITIONS: u32 = 32;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_backlog_on_a_slow_mongodb_drains_without_a_retry_storm() {
@@ -39,6 +50,7 @@ async fn a_large_backlog_on_a_slow_mongodb_drains_without_a_retry_storm() {
         mongo_uri: Some(slow_uri.clone()),
         daemon: &daemon_lines,
         mongo: "op_timeout_ms = 500",
+        partitions: Some(PARTITIONS),
         ..Default::default()
     };
     let config = env.config_with(&o);

@@ -713,6 +713,7 @@ impl TestEnv {
             .clone()
             .unwrap_or_else(|| self.redis_url.clone());
         let (daemon_extra, client_extra, extra) = (o.daemon, o.client, o.collections);
+        let partitions = o.partitions.unwrap_or(4);
         let redis_extra = if self.is_cluster() && o.redis_url.is_none() {
             format!("cluster = true\n{}", o.redis)
         } else {
@@ -724,7 +725,7 @@ impl TestEnv {
 [redis]
 url = "{redis}"
 namespace = "{name}"
-partitions = 4
+partitions = {partitions}
 {redis_extra}
 
 [mongodb]
@@ -889,6 +890,8 @@ pub struct Overrides<'a> {
     pub mongo_uri: Option<String>,
     /// Another Redis URL.
     pub redis_url: Option<String>,
+    /// Another partition count (default 4).
+    pub partitions: Option<u32>,
 }
 
 /// An in-process daemon; stopped (gracefully) by [`Daemon::stop`] or on drop.
