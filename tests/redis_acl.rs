@@ -384,3 +384,64 @@ async fn on_a_cluster_with_replica_acks_the_documented_additions_are_enough() {
         assert!(refusals.is_empty(), "node {node}: ACL LOG: {refusals:#?}");
     }
 }
+
+/// A daemon user set up before `+time` was documented: the heartbeat script
+/// is refused, and the daemons say so once each and heartbeat on their hosts'
+/// clocks; they still share the partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_user_without_time_heartbeats_on_the_hosts_clock() {
+    let redis = RedisServer::start();
+    let env = TestEnv::start("acl_no_time");
+    let ns = env.name.clone();
+    let (daemon_pw, writer_pw) = ("d4emon-pw-5e1b", "wr1ter-pw-0c77");
+    let mut users = documented_users(&ns, daemon_pw, writer_pw);
+    let rules = users[0].len();
+    users[0].retain(|r| r != "+time");
+    assert_eq!(users[0].len(), rules - 1, "the daemon user has +time");
+    let mut admin = conn(&redis.url()).await;
+    set_users(&mut admin, users).await;
+    let dir = tempfile::tempdir().unwrap();
+    let o = Overrides {
+        redis_url: Some(format!(
+            "redis://writ-daemon:{daemon_pw}@127.0.0.1:{}",
+            redis.port
+        )),
+        ..Default::default()
+    };
+    let path = env.config_file_with(dir.path(), &o);
+    let config = env.config_with(&o);
+    let mut d1 = DaemonProc::start(&path, dir.path(), "old-acl-d1");
+    let mut d2 = DaemonProc::start(&path, dir.path(), "old-acl-d2");
+    let names = writ::protocol::Names::new(&ns);
+    support::eventually(
+        Duration::from_secs(30),
+        "the two daemons to own half the partitions each",
+        || {
+            let mut admin = admin.clone();
+            let names = names.clone();
+            async move {
+                let mut n = (0, 0);
+                for p in 0..config.partitions {
+                    let o: Option<String> = redis::cmd("GET")
+                        .arg(names.lease(p))
+                        .query_async(&mut admin)
+                        .await
+                        .ok()?;
+                    match o.as_deref() {
+                        Some("old-acl-d1") => n.0 += 1,
+                        Some("old-acl-d2") => n.1 += 1,
+                        _ => {}
+                    }
+                }
+                let half = config.partitions / 2;
+                (n == (half, half)).then_some(())
+            }
+        },
+    )
+    .await;
+    for d in [&mut d1, &mut d2] {
+        let said = d.log_text().matches("Redis refuses TIME").count();
+        assert_eq!(said, 1, "{}: said {said} times\n{}", d.name, d.log_text());
+        assert_eq!(d.terminate(Duration::from_secs(20)), Some(0));
+    }
+}

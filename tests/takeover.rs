@@ -10,7 +10,6 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -146,24 +145,10 @@ impl Probes {
     }
 }
 
-async fn owners(env: &TestEnv, partitions: u32) -> HashMap<String, u32> {
-    let mut r = env.redis().await;
-    let mut out = HashMap::new();
-    for p in 0..partitions {
-        let o: Option<String> = redis::cmd("GET")
-            .arg(writ::protocol::Names::new(&env.name).lease(p))
-            .query_async(&mut r)
-            .await
-            .unwrap();
-        *out.entry(o.unwrap_or_default()).or_default() += 1;
-    }
-    out
-}
-
 async fn wait_owned(env: &TestEnv, config: &Config, want: &[(&str, u32)], what: &str) -> Duration {
     let started = Instant::now();
     eventually(Duration::from_secs(60), what, || async {
-        let o = owners(env, config.partitions).await;
+        let o = support::lease_holders(env, config.partitions).await;
         want.iter()
             .all(|(name, n)| o.get(*name).copied().unwrap_or(0) == *n)
             .then_some(())

@@ -1,8 +1,9 @@
 //! Partition ownership: which daemon applies which partition.
 //!
-//! Every daemon heartbeats into `<ns>:members` and aims for an even share,
-//! `ceil(partitions / live members)`. It polls every [`POLL`]: counts the live
-//! members, and every quarter of the lease TTL heartbeats and renews all its
+//! Every daemon heartbeats into `<ns>:members` (on Redis's clock: `members.rs`)
+//! and aims for an even share, `ceil(partitions / live members)`. It polls
+//! every [`POLL`]: counts the live members, and every quarter of the lease
+//! TTL heartbeats and renews all its
 //! leases at once (one batch of writes, so with `appendfsync always` Redis
 //! syncs its AOF once for them all instead of once per lease and poll: those
 //! syncs stall every other client of that Redis), hands over every partition above
@@ -22,6 +23,7 @@
 //! spawn function (see [`Spawn`]).
 
 mod lease;
+mod members;
 
 pub use lease::{Lease, Leases};
 
@@ -69,7 +71,7 @@ struct Owner {
     conn: Conn,
     leases: Leases,
     spawn: Spawn,
-    members_key: String,
+    members: members::Members,
     owned: BTreeMap<u32, Tenure>,
     /// When the heartbeat and the renewals are due next.
     next_write: Instant,
@@ -87,7 +89,11 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut owner = Owner {
-        members_key: crate::protocol::Names::new(&config.namespace).members(),
+        members: members::Members::new(
+            crate::protocol::Names::new(&config.namespace).members(),
+            &config.consumer_name,
+            config.lease_ttl,
+        ),
         config,
         conn,
         leases,
@@ -122,16 +128,9 @@ impl Owner {
     async fn keep_up(&mut self) -> Option<u64> {
         if Instant::now() >= self.next_write {
             self.next_write = Instant::now() + self.config.lease_ttl / 4;
-            tokio::join!(self.heartbeat(), self.renew());
+            tokio::join!(self.members.heartbeat(&self.conn), self.renew());
         }
-        let since = crate::protocol::wall_clock_ms()
-            .saturating_sub(self.config.lease_ttl.as_millis() as u64);
-        let counted = redis::cmd("ZCOUNT")
-            .arg(&self.members_key)
-            .arg(format!("({since}"))
-            .arg("+inf")
-            .query_async::<u64>(&mut self.conn.clone())
-            .await;
+        let counted = self.members.count(&self.conn).await;
         match counted {
             Ok(n) => {
                 self.counting_failed = false;
@@ -148,39 +147,8 @@ impl Owner {
         }
     }
 
-    /// Refreshes this daemon's score in the member set and prunes members
-    /// silent for a lease TTL.
-    async fn heartbeat(&self) {
-        let now = crate::protocol::wall_clock_ms();
-        let ttl = self.config.lease_ttl.as_millis() as u64;
-        let res: redis::RedisResult<()> = redis::pipe()
-            .cmd("ZADD")
-            .arg(&self.members_key)
-            .arg(now)
-            .arg(&self.config.consumer_name)
-            .ignore()
-            .cmd("ZREMRANGEBYSCORE")
-            .arg(&self.members_key)
-            .arg("-inf")
-            .arg(now.saturating_sub(ttl))
-            .ignore()
-            .cmd("PEXPIRE")
-            .arg(&self.members_key)
-            .arg(ttl * 3)
-            .ignore()
-            .query_async(&mut self.conn.clone())
-            .await;
-        if let Err(e) = res {
-            tracing::warn!(error = %e, "cannot heartbeat; retrying at the next renewal");
-        }
-    }
-
     async fn leave(&mut self) {
-        let _: redis::RedisResult<()> = redis::cmd("ZREM")
-            .arg(&self.members_key)
-            .arg(&self.config.consumer_name)
-            .query_async(&mut self.conn)
-            .await;
+        self.members.leave(&self.conn).await;
     }
 
     /// Releases the leases of tenures that ended (handed over, drained,

@@ -967,6 +967,24 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
+/// How many partitions each daemon holds the lease of now (`""`: no one).
+pub async fn lease_holders(
+    env: &TestEnv,
+    partitions: u32,
+) -> std::collections::HashMap<String, u32> {
+    let mut r = env.redis().await;
+    let mut out = std::collections::HashMap::new();
+    for p in 0..partitions {
+        let o: Option<String> = redis::cmd("GET")
+            .arg(writ::protocol::Names::new(&env.name).lease(p))
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        *out.entry(o.unwrap_or_default()).or_default() += 1;
+    }
+    out
+}
+
 /// Polls `f` until it returns `Some`, at most `limit`.
 pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
 where

@@ -1,0 +1,140 @@
+//! Membership: how many daemons are alive, judged on Redis's clock.
+//!
+//! Each daemon heartbeats into `<ns>:members`, a sorted set scored by time,
+//! and counts the members heard from within one lease TTL. The heartbeat
+//! script scores with Redis's `TIME` and returns it, and the count's cut-off
+//! is this daemon's clock corrected by the offset that reply measured, so
+//! the hosts' clocks need not agree: a daemon whose clock ran behind was
+//! pruned by the others (who then kept its share), and one whose clock ran
+//! ahead stayed counted after its death for as long as it ran ahead (its
+//! partitions waited that long for a new owner).
+//!
+//! A Redis ACL without `+time` (the documented one before 2026-12-04)
+//! refuses the script: the daemon then asks for `TIME` alone, and on
+//! `NOPERM` says so once and heartbeats on its own wall clock, as before.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
+
+use crate::protocol::wall_clock_ms;
+use crate::redis_conn::Conn;
+
+const HEARTBEAT: &str = include_str!("../lua/members_heartbeat.lua");
+
+/// This daemon's membership: its heartbeat and its count of the live ones.
+pub(super) struct Members {
+    key: String,
+    me: String,
+    ttl_ms: u64,
+    script: redis::Script,
+    /// Redis's clock minus this host's, as the last heartbeat measured.
+    offset_ms: AtomicI64,
+    /// Redis refused `TIME` (an ACL without `+time`): use this host's clock.
+    own_clock: AtomicBool,
+}
+
+impl Members {
+    pub(super) fn new(key: String, me: &str, ttl: std::time::Duration) -> Members {
+        Members {
+            key,
+            me: me.to_string(),
+            ttl_ms: ttl.as_millis() as u64,
+            script: redis::Script::new(HEARTBEAT),
+            offset_ms: AtomicI64::new(0),
+            own_clock: AtomicBool::new(false),
+        }
+    }
+
+    /// Refreshes this daemon's score and prunes members silent for a lease
+    /// TTL; a failure is logged and retried at the next heartbeat.
+    pub(super) async fn heartbeat(&self, conn: &Conn) {
+        if !self.own_clock.load(Relaxed) {
+            let before = local_ms();
+            let res = self
+                .script
+                .key(&self.key)
+                .arg(&self.me)
+                .arg(self.ttl_ms)
+                .invoke_async::<i64>(&mut conn.clone())
+                .await;
+            match res {
+                Ok(redis_ms) => {
+                    let mid = (before + local_ms()) / 2;
+                    self.offset_ms.store(redis_ms - mid as i64, Relaxed);
+                    return;
+                }
+                // A command refused inside a script comes back as a plain
+                // error, so ask for `TIME` alone: only that says NOPERM.
+                Err(e) if !time_refused(conn).await => {
+                    tracing::warn!(error = %e, "cannot heartbeat; retrying at the next renewal");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!("Redis refuses TIME to this daemon (an ACL without +time, see docs/operations.md): membership uses this host's clock from now on, so keep the daemons' clocks in step");
+                    self.own_clock.store(true, Relaxed);
+                }
+            }
+        }
+        let now = local_ms();
+        let res: redis::RedisResult<()> = redis::pipe()
+            .cmd("ZADD")
+            .arg(&self.key)
+            .arg(now)
+            .arg(&self.me)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&self.key)
+            .arg("-inf")
+            .arg(now.saturating_sub(self.ttl_ms))
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&self.key)
+            .arg(self.ttl_ms * 3)
+            .ignore()
+            .query_async(&mut conn.clone())
+            .await;
+        if let Err(e) = res {
+            tracing::warn!(error = %e, "cannot heartbeat; retrying at the next renewal");
+        }
+    }
+
+    /// The members heard from within one lease TTL, on Redis's clock.
+    pub(super) async fn count(&self, conn: &Conn) -> redis::RedisResult<u64> {
+        let now = (local_ms() as i64 + self.offset_ms.load(Relaxed)).max(0) as u64;
+        redis::cmd("ZCOUNT")
+            .arg(&self.key)
+            .arg(format!("({}", now.saturating_sub(self.ttl_ms)))
+            .arg("+inf")
+            .query_async::<u64>(&mut conn.clone())
+            .await
+    }
+
+    /// Leaves the member set (a graceful stop), so the others' share grows.
+    pub(super) async fn leave(&self, conn: &Conn) {
+        let _: redis::RedisResult<()> = redis::cmd("ZREM")
+            .arg(&self.key)
+            .arg(&self.me)
+            .query_async(&mut conn.clone())
+            .await;
+    }
+}
+
+/// Whether Redis refuses `TIME` to this daemon's user (`NOPERM`).
+async fn time_refused(conn: &Conn) -> bool {
+    matches!(
+        redis::cmd("TIME").query_async::<redis::Value>(&mut conn.clone()).await,
+        Err(e) if e.code() == Some("NOPERM")
+    )
+}
+
+/// This host's wall clock in ms, shifted by `WRIT_TEST_CLOCK_SKEW_MS` (a
+/// test hook: a host whose clock runs ahead or behind; membership only).
+fn local_ms() -> u64 {
+    static SKEW: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let skew = *SKEW.get_or_init(|| {
+        std::env::var("WRIT_TEST_CLOCK_SKEW_MS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    });
+    (wall_clock_ms() as i64 + skew).max(0) as u64
+}
