@@ -71,6 +71,7 @@ impl Members {
                 Err(_) => {
                     tracing::warn!("Redis refuses TIME to this daemon (an ACL without +time, see docs/operations.md): membership uses this host's clock from now on, so keep the daemons' clocks in step");
                     self.own_clock.store(true, Relaxed);
+                    self.offset_ms.store(0, Relaxed);
                 }
             }
         }
