@@ -412,29 +412,17 @@ async fn a_daemon_user_without_time_heartbeats_on_the_hosts_clock() {
     let config = env.config_with(&o);
     let mut d1 = DaemonProc::start(&path, dir.path(), "old-acl-d1");
     let mut d2 = DaemonProc::start(&path, dir.path(), "old-acl-d2");
-    let names = writ::protocol::Names::new(&ns);
     support::eventually(
         Duration::from_secs(30),
         "the two daemons to own half the partitions each",
         || {
             let mut admin = admin.clone();
-            let names = names.clone();
+            let ns = ns.clone();
             async move {
-                let mut n = (0, 0);
-                for p in 0..config.partitions {
-                    let o: Option<String> = redis::cmd("GET")
-                        .arg(names.lease(p))
-                        .query_async(&mut admin)
-                        .await
-                        .ok()?;
-                    match o.as_deref() {
-                        Some("old-acl-d1") => n.0 += 1,
-                        Some("old-acl-d2") => n.1 += 1,
-                        _ => {}
-                    }
-                }
+                let o = support::lease_holders_on(&mut admin, &ns, config.partitions).await;
                 let half = config.partitions / 2;
-                (n == (half, half)).then_some(())
+                (o.get("old-acl-d1") == Some(&half) && o.get("old-acl-d2") == Some(&half))
+                    .then_some(())
             }
         },
     )

@@ -972,12 +972,21 @@ pub async fn lease_holders(
     env: &TestEnv,
     partitions: u32,
 ) -> std::collections::HashMap<String, u32> {
-    let mut r = env.redis().await;
+    lease_holders_on(&mut env.redis().await, &env.name, partitions).await
+}
+
+/// [`lease_holders`] through any connection (a Redis the test started
+/// itself) for namespace `ns`.
+pub async fn lease_holders_on<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    ns: &str,
+    partitions: u32,
+) -> std::collections::HashMap<String, u32> {
     let mut out = std::collections::HashMap::new();
     for p in 0..partitions {
         let o: Option<String> = redis::cmd("GET")
-            .arg(writ::protocol::Names::new(&env.name).lease(p))
-            .query_async(&mut r)
+            .arg(writ::protocol::Names::new(ns).lease(p))
+            .query_async(conn)
             .await
             .unwrap();
         *out.entry(o.unwrap_or_default()).or_default() += 1;
