@@ -141,7 +141,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli.command, config)) {
+    let mut command = cli.command;
+    if let Command::Bench(args) = &mut command {
+        // `bench --mode drain` starts `writ serve` on the same file.
+        args.config_path = cli.config.clone();
+    }
+    match rt.block_on(run(command, config)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("writ: {e:#}");

@@ -2,8 +2,9 @@
 //!
 //! 1. Preloads N puts on N distinct keys while no daemon runs (the bench
 //!    refuses to start while a daemon is a live member of the namespace).
-//! 2. Starts the daemon in this process and times it until every partition
-//!    is drained (nothing undelivered or pending), with the CPU it used.
+//! 2. Starts `writ serve` (this binary, on the same config) as a child
+//!    process and times it until every partition is drained (nothing
+//!    undelivered or pending), with the CPU the child used.
 //! 3. Measures the server's own ceiling on the same shapes: unordered
 //!    `update` commands of `daemon.batch_size` guarded upserts on fresh keys
 //!    of a scratch collection with the same unique index, at 1, 2 and 4
@@ -20,7 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mongodb::bson::doc;
-use tokio_util::sync::CancellationToken;
 
 use super::{bench_key, verify, BenchArgs};
 use crate::apply::{BulkItem, Store};
@@ -34,23 +34,20 @@ const PRELOAD_IN_FLIGHT: usize = 64;
 /// Keys checked in MongoDB and the cache after the drain.
 const VERIFY_SAMPLE: usize = 500;
 
-fn cpu_seconds() -> f64 {
+/// CPU seconds (user + system) of this process's waited-for children.
+fn children_cpu_seconds() -> f64 {
     // SAFETY: getrusage only writes into the struct we pass.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
     let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
     t(u.ru_utime) + t(u.ru_stime)
 }
 
-/// `writ serve` processes heartbeating on the namespace now.
+/// `writ serve` processes heartbeating on the namespace now (on Redis's
+/// clock, as the daemons count each other).
 async fn live_daemons(config: &Config, conn: &mut crate::redis_conn::Conn) -> Result<u64> {
-    let now = crate::protocol::wall_clock_ms();
-    Ok(redis::cmd("ZCOUNT")
-        .arg(crate::protocol::Names::new(&config.namespace).members())
-        .arg(now.saturating_sub(config.lease_ttl.as_millis() as u64))
-        .arg("+inf")
-        .query_async(conn)
-        .await?)
+    let key = crate::protocol::Names::new(&config.namespace).members();
+    Ok(crate::ownership::live_members(conn, &key, config.lease_ttl).await?)
 }
 
 async fn refuse_if_a_daemon_runs(config: &Config) -> Result<()> {
@@ -108,10 +105,10 @@ pub(super) async fn run(
     let half = (n.min(6000) / 2).max(1);
     let before = ceiling(&config, &coll, half, &pad).await?;
 
-    // 2. The daemon, in this process (or the external ones), until nothing
-    //    is unapplied.
+    // 2. The daemon, a child `writ serve` (or the external ones), until
+    //    nothing is unapplied.
     let rate = match args.external {
-        None => drain_in_process(&config, &mut conn, n).await?,
+        None => drain_child(&config, args.config_path.as_deref(), &mut conn, n).await?,
         Some(daemons) => drain_external(&config, &mut conn, n, daemons).await?,
     };
 
@@ -147,41 +144,69 @@ pub(super) async fn run(
     }
 }
 
-/// Runs the daemon in this process until nothing is unapplied; the rate.
-async fn drain_in_process(
+/// Runs `writ serve` (this binary, on the same config) as a child process
+/// until nothing is unapplied; the rate. The CPU figure is the child's
+/// alone, start and graceful stop included: the bench's own preload client
+/// and its backlog polls are not in it.
+async fn drain_child(
     config: &Config,
+    config_path: Option<&std::path::Path>,
     conn: &mut crate::redis_conn::Conn,
     n: usize,
 ) -> Result<f64> {
-    let stop = CancellationToken::new();
-    let daemon_config = Config {
-        metrics_listen: None, // the bench's own daemon needs no listener
-        ..config.clone()
-    };
-    let cpu0 = cpu_seconds();
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Config(format!("cannot find this binary to run `writ serve`: {e}")))?;
+    let mut cmd = tokio::process::Command::new(&exe);
+    if let Some(path) = config_path {
+        cmd.arg("--config").arg(path);
+    }
+    cmd.arg("serve")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    if std::env::var_os("WRIT_LOG").is_none() {
+        // The daemon's start and partition lines would bury the bench's.
+        cmd.env("WRIT_LOG", "warn");
+    }
+    let cpu0 = children_cpu_seconds();
     let t = Instant::now();
-    let daemon = tokio::spawn(crate::serve::serve(daemon_config, stop.clone()));
+    let mut daemon = cmd
+        .spawn()
+        .map_err(|e| Error::Config(format!("cannot start `{} serve`: {e}", exe.display())))?;
     while unapplied(config, conn).await? > 0 {
-        if daemon.is_finished() {
-            stop.cancel();
-            return match daemon.await {
-                Ok(Err(e)) => Err(e),
-                _ => Err(Error::Config("the daemon stopped during the drain".into())),
-            };
+        if let Some(status) = daemon
+            .try_wait()
+            .map_err(|e| Error::Config(e.to_string()))?
+        {
+            return Err(Error::Config(format!(
+                "the daemon (`writ serve`) stopped during the drain ({status}); its error is above"
+            )));
         }
-        // Coarse on purpose: the status read is counted in the CPU figure.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let drain = t.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu0;
-    stop.cancel();
-    let _ = daemon.await;
+    stop_child(&mut daemon).await;
+    let cpu = children_cpu_seconds() - cpu0;
     let rate = n as f64 / drain;
     println!(
-        "  drained    {n} in {drain:.2} s: {rate:.0} applied/s, {:.0} µs CPU per applied write (daemon in this process)",
+        "  drained    {n} in {drain:.2} s: {rate:.0} applied/s, {:.1} µs daemon CPU per applied write (`writ serve` as a child process, its start and stop included)",
         cpu * 1e6 / n as f64
     );
     Ok(rate)
+}
+
+/// SIGTERM, then waits for the graceful stop (it drains nothing here: the
+/// backlog is empty); a child that outlives 30 s is killed.
+async fn stop_child(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) on our own child's pid, which is not yet reaped.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    }
+    if tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
 }
 
 /// Waits for `daemons` external `writ serve` processes and times the drain

@@ -82,6 +82,10 @@ pub struct BenchArgs {
     /// from the first one's arrival (scripts/scaleout does this).
     #[arg(long)]
     pub external: Option<usize>,
+    /// The `--config` given to `writ` (not a flag of `bench`): `--mode drain`
+    /// starts its `writ serve` child on the same file.
+    #[arg(skip)]
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 /// What the bench measures.
@@ -94,7 +98,7 @@ pub enum Mode {
     /// Cache-hit reads of keys written first.
     Read,
     /// Preload `--writes` puts on distinct keys with no daemon running, then
-    /// run the daemon in this process and time the drain against the
+    /// start `writ serve` as a child process and time the drain against the
     /// server's own bulk-upsert ceiling.
     Drain,
 }

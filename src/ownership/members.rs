@@ -119,6 +119,30 @@ impl Members {
     }
 }
 
+/// The members of `key` heard from within `ttl`, judged on Redis's clock
+/// (its `TIME`; this host's clock if Redis refuses `TIME`): for a tool that
+/// must know whether any daemon runs, without heartbeating itself.
+pub(crate) async fn live(
+    conn: &Conn,
+    key: &str,
+    ttl: std::time::Duration,
+) -> redis::RedisResult<u64> {
+    let now = match redis::cmd("TIME")
+        .query_async::<(u64, u64)>(&mut conn.clone())
+        .await
+    {
+        Ok((secs, micros)) => secs * 1000 + micros / 1000,
+        Err(e) if e.code() == Some("NOPERM") => wall_clock_ms(),
+        Err(e) => return Err(e),
+    };
+    redis::cmd("ZCOUNT")
+        .arg(key)
+        .arg(format!("({}", now.saturating_sub(ttl.as_millis() as u64)))
+        .arg("+inf")
+        .query_async::<u64>(&mut conn.clone())
+        .await
+}
+
 /// Whether Redis refuses `TIME` to this daemon's user (`NOPERM`).
 async fn time_refused(conn: &Conn) -> bool {
     matches!(

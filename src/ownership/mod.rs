@@ -26,6 +26,7 @@ mod lease;
 mod members;
 
 pub use lease::{Lease, Leases};
+pub(crate) use members::live as live_members;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
