@@ -79,7 +79,10 @@ async fn the_drain_bench_runs_its_own_daemon_and_stops_it() {
     .await;
     let p = path.clone();
     let refused = tokio::task::spawn_blocking(move || {
-        writ_cli(&p, &["bench", "--quiet", "--mode", "drain", "--writes", "10"])
+        writ_cli(
+            &p,
+            &["bench", "--quiet", "--mode", "drain", "--writes", "10"],
+        )
     })
     .await
     .unwrap();
@@ -101,8 +104,16 @@ async fn the_sync_and_submit_benches_print_their_ratio_and_verify() {
         let out = bench(
             &path,
             &[
-                "--mode", mode, "--writers", "4", "--keys", "20", "--writes", "200",
-                "--baseline", "direct",
+                "--mode",
+                mode,
+                "--writers",
+                "4",
+                "--keys",
+                "20",
+                "--writes",
+                "200",
+                "--baseline",
+                "direct",
             ],
         )
         .await;

@@ -135,6 +135,25 @@ async fn metrics_health_dashboard_and_status_tell_the_truth() {
         1.0
     );
 
+    // The CPU counter is the daemon's CPU time to the clock tick, not in
+    // whole seconds: a scrape lies between two readings of the process's
+    // own utime + stime.
+    let ticks = || -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", daemon.pid())).unwrap();
+        let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = after_comm.split(' ').collect();
+        // Fields 14 and 15 of proc(5), counted from the state (field 3).
+        (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+    };
+    let before = ticks();
+    let (_, scraped) = http_get(port, "/metrics").unwrap();
+    let after = ticks();
+    let cpu = sample_sum(&scraped, "process_cpu_seconds_total", &[]);
+    assert!(
+        before <= cpu && cpu <= after,
+        "process_cpu_seconds_total {cpu} is not between the daemon's CPU times {before} and {after} read around the scrape"
+    );
+
     // promtool agrees with the exposition format and naming conventions.
     let mut child = std::process::Command::new("promtool")
         .args(["check", "metrics"])

@@ -31,7 +31,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{process_collector, recorder, Health};
+use super::{recorder, Health};
 use crate::error::{Error, Result};
 
 /// Connections served at once.
@@ -121,10 +121,11 @@ pub async fn serve_http(addr: SocketAddr, health: Health, stop: CancellationToke
 /// The response for `path`; any method.
 fn respond(path: &str, handle: &PrometheusHandle, health: &Health) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match path {
-        "/metrics" => {
-            process_collector().collect();
-            (StatusCode::OK, "text/plain; version=0.0.4", handle.render())
-        }
+        "/metrics" => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            super::render_metrics(handle),
+        ),
         "/health/live" => (StatusCode::OK, "text/plain", "live\n".to_string()),
         "/health/ready" if health.ready() => (StatusCode::OK, "text/plain", "ready\n".to_string()),
         "/health/ready" => (

@@ -181,6 +181,34 @@ fn process_collector() -> &'static metrics_process::Collector {
     C.get_or_init(metrics_process::Collector::default)
 }
 
+/// The `/metrics` body: the recorder's exposition, with the process metrics
+/// collected just before and `process_cpu_seconds_total` to the clock tick.
+/// `metrics` counters are integers, so metrics-process records the CPU time
+/// in whole seconds: a daemon using a few percent of a core showed a flat
+/// line with a one-second step now and then, and `rate()` over it was 0 or
+/// a spike. The sample is rewritten with the exact value (still a counter).
+pub(crate) fn render_metrics(handle: &metrics_exporter_prometheus::PrometheusHandle) -> String {
+    process_collector().collect();
+    let cpu = metrics_process::collector::collect().cpu_seconds_total;
+    with_precise_cpu(handle.render(), cpu)
+}
+
+fn with_precise_cpu(text: String, cpu: Option<f64>) -> String {
+    const NAME: &str = "process_cpu_seconds_total ";
+    let Some(cpu) = cpu else { return text };
+    let mut out = String::with_capacity(text.len() + 16);
+    for line in text.split_inclusive('\n') {
+        if line.starts_with(NAME) {
+            out.push_str(NAME);
+            out.push_str(&cpu.to_string());
+            out.push('\n');
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
 /// Zeroes a partition's gauges when this daemon's tenure of it ends, so a
 /// handed-over or lost partition does not keep exporting its last backlog,
 /// age or watermark from here (and no alert fires on a frozen value).
@@ -294,5 +322,23 @@ mod tests {
             let row = format!("| `{name}` | {kind} |");
             assert!(doc.contains(&row), "docs/operations.md has no row {row}");
         }
+    }
+
+    #[test]
+    fn the_cpu_counter_keeps_its_fraction() {
+        let text = "# HELP process_cpu_seconds_total Total CPU.\n\
+                    # TYPE process_cpu_seconds_total counter\n\
+                    process_cpu_seconds_total 3\n\
+                    process_cpu_seconds_total_other 1\n\
+                    writ_up{dependency=\"redis\"} 1\n";
+        let out = super::with_precise_cpu(text.to_string(), Some(3.47));
+        assert!(out.contains("\nprocess_cpu_seconds_total 3.47\n"), "{out}");
+        assert!(
+            out.contains("# TYPE process_cpu_seconds_total counter\n"),
+            "{out}"
+        );
+        assert!(out.contains("process_cpu_seconds_total_other 1\n"), "{out}");
+        assert!(out.ends_with("writ_up{dependency=\"redis\"} 1\n"), "{out}");
+        assert_eq!(super::with_precise_cpu(text.to_string(), None), text);
     }
 }
