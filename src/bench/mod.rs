@@ -231,10 +231,13 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<ExitCode> {
         args.mode, args.writers, args.keys, args.zipf, args.payload, coll.name
     );
     let (figures, errors) = measure(&writ, &coll, &args, &last).await?;
+    // Sampled before the baseline runs: the daemon idles through it, and
+    // its idle CPU is not the writes' cost.
+    let after = daemon::sample(args.metrics.as_deref()).await;
     if let Some(Baseline::Direct) = args.baseline {
         baseline(&config, &coll, &args, &figures).await?;
     }
-    if let (Some(b), Some(a)) = (before, daemon::sample(args.metrics.as_deref()).await) {
+    if let (Some(b), Some(a)) = (before, after) {
         let applied = (a.applied - b.applied).max(1.0);
         // `process_cpu_seconds_total` moves in clock ticks (10 ms here).
         println!(
