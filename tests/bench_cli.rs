@@ -54,27 +54,25 @@ async fn the_drain_bench_runs_its_own_daemon_and_stops_it() {
     assert!(line(&out, "ratio").contains("drain/ceiling"), "{out}");
     assert!(line(&out, "verify").contains("OK"), "{out}");
     // The child stopped gracefully: it left the member set on its way out.
-    let mut conn = env.redis().await;
-    let members: u64 = redis::cmd("ZCARD")
-        .arg(writ::protocol::Names::new(&env.config().namespace).members())
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(members, 0, "the bench's daemon is still a member:\n{out}");
+    let members = || async {
+        redis::cmd("ZCARD")
+            .arg(writ::protocol::Names::new(&env.config().namespace).members())
+            .query_async::<u64>(&mut env.redis().await)
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        members().await,
+        0,
+        "the bench's daemon is still a member:\n{out}"
+    );
 
     // A second drain bench refuses to run beside a live daemon, saying why.
     let daemon = Daemon::start(env.config());
     support::eventually(
         std::time::Duration::from_secs(10),
         "the daemon joins",
-        || async {
-            let n: u64 = redis::cmd("ZCARD")
-                .arg(writ::protocol::Names::new(&env.config().namespace).members())
-                .query_async(&mut env.redis().await)
-                .await
-                .unwrap();
-            (n > 0).then_some(())
-        },
+        || async { (members().await > 0).then_some(()) },
     )
     .await;
     let p = path.clone();

@@ -101,12 +101,7 @@ impl Members {
     /// The members heard from within one lease TTL, on Redis's clock.
     pub(super) async fn count(&self, conn: &Conn) -> redis::RedisResult<u64> {
         let now = (local_ms() as i64 + self.offset_ms.load(Relaxed)).max(0) as u64;
-        redis::cmd("ZCOUNT")
-            .arg(&self.key)
-            .arg(format!("({}", now.saturating_sub(self.ttl_ms)))
-            .arg("+inf")
-            .query_async::<u64>(&mut conn.clone())
-            .await
+        heard_since(conn, &self.key, now.saturating_sub(self.ttl_ms)).await
     }
 
     /// Leaves the member set (a graceful stop), so the others' share grows.
@@ -135,9 +130,14 @@ pub(crate) async fn live(
         Err(e) if e.code() == Some("NOPERM") => wall_clock_ms(),
         Err(e) => return Err(e),
     };
+    heard_since(conn, key, now.saturating_sub(ttl.as_millis() as u64)).await
+}
+
+/// The members of `key` whose last heartbeat is after `cutoff_ms`.
+async fn heard_since(conn: &Conn, key: &str, cutoff_ms: u64) -> redis::RedisResult<u64> {
     redis::cmd("ZCOUNT")
         .arg(key)
-        .arg(format!("({}", now.saturating_sub(ttl.as_millis() as u64)))
+        .arg(format!("({cutoff_ms}"))
         .arg("+inf")
         .query_async::<u64>(&mut conn.clone())
         .await
