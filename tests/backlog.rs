@@ -257,3 +257,53 @@ async fn admission_counts_once_while_no_daemon_reads() {
     }
     assert_eq!(total, writes, "the backlog of {writes} unread writes");
 }
+
+/// The reader spends one group read per batch of new entries. A read that
+/// delivers fewer entries than it asked for delivered all there were (the
+/// read is one atomic script, and only the tenure's reader reads the group),
+/// so the reader waits for a newer entry straight away. (Before, it read
+/// once more to learn that nothing came: two fenced-read scripts, each
+/// running XINFO GROUPS, for every wake-up, which made a daemon under
+/// one-at-a-time writes spend about 1.9 group reads per write.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reader_reads_once_per_batch_of_new_entries() {
+    let env = TestEnv::start("reads_per_batch");
+    // A long block: no idle wake-up adds a read while the test counts.
+    let o = Overrides {
+        daemon: "block_ms = 60000",
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let daemon = support::Daemon::start(config.clone());
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let measure = writ.collection("measure").unwrap();
+    // Every partition's reader is past its start-up claim and read.
+    for i in 0..16 {
+        let key = doc! {"bucket": "warm", "entryKey": format!("k{i}")};
+        measure.write(&key, &doc! {"i": i}).await.unwrap();
+    }
+    let mut conn = env.redis().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let writes = 40u64;
+    for i in 0..writes {
+        // One at a time: each write is its own batch.
+        let key = doc! {"bucket": "one-by-one", "entryKey": format!("k{}", i % 8)};
+        measure.write(&key, &doc! {"i": i as i64}).await.unwrap();
+    }
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let reads = commandstat_calls(&info, "xreadgroup");
+    assert!(
+        reads >= writes && reads <= writes + config.partitions as u64,
+        "the daemon made {reads} group reads for {writes} writes written one at a time \
+         (one per write expected, plus at most one per partition)"
+    );
+    daemon.stop().await;
+}

@@ -61,16 +61,17 @@ pub(crate) async fn run(
             .batch_size
             .min(permits.available_permits() + 1);
         let go_on = match reader.next(count).await {
-            Ok((entries, _)) if !entries.is_empty() => {
+            Ok(next) => {
                 reader.backoff.reset();
-                send(entries, first, &permits, &tx).await
-            }
-            Ok((_, last)) => {
-                reader.backoff.reset();
-                drop(first);
-                match last {
-                    Some(last) => reader.wait_after(&last).await,
-                    None => true,
+                let sent = if next.entries.is_empty() {
+                    drop(first);
+                    true
+                } else {
+                    send(next.entries, first, &permits, &tx).await
+                };
+                match next.wait_after {
+                    Some(last) if sent => reader.wait_after(&last).await,
+                    _ => sent,
                 }
             }
             Err(e) => {
@@ -82,6 +83,16 @@ pub(crate) async fn run(
             return;
         }
     }
+}
+
+/// What one read or claim brought.
+struct Next {
+    /// The entries, in id order.
+    entries: Vec<Entry>,
+    /// Set when the stream holds nothing after this id (the read delivered
+    /// everything there was): the reader waits for a newer entry before it
+    /// reads again, instead of spending a read to learn that nothing came.
+    wait_after: Option<String>,
 }
 
 /// One tenure's reading state.
@@ -103,9 +114,12 @@ struct Reader {
 }
 
 impl Reader {
-    /// The next entries: claimed pending ones first, then new ones (with the
-    /// last id the group delivered, to wait after).
-    async fn next(&mut self, count: usize) -> Result<(Vec<Entry>, Option<String>), Error> {
+    /// The next entries: claimed pending ones first, then new ones. A read
+    /// that delivered fewer than `count` entries delivered all there were
+    /// (the script is atomic, and only this tenure reads the group), so it
+    /// says to wait after its last entry, as an empty read says to wait after
+    /// the stream's last id.
+    async fn next(&mut self, count: usize) -> Result<Next, Error> {
         let Some(from) = &self.cursor else {
             let r = self.fenced.read(&mut self.conn, count).await?;
             if let Some(received) = self.received.take() {
@@ -117,7 +131,10 @@ impl Reader {
                         // these, in id order, before anything newer.
                         tracing::warn!(partition = self.p, received = %received, delivered = %r.before, "entries were delivered to this daemon whose read reply was lost; claiming them again, in order");
                         self.cursor = Some(after(&received));
-                        return Ok((Vec::new(), None));
+                        return Ok(Next {
+                            entries: Vec::new(),
+                            wait_after: None,
+                        });
                     }
                     std::cmp::Ordering::Less => {
                         // The group went back (`XGROUP SETID`, a failover to
@@ -133,7 +150,15 @@ impl Reader {
                 Some(e) => e.id.to_stream_id(),
                 None => r.before.clone(),
             });
-            return Ok((r.entries, Some(r.last)));
+            let wait_after = match r.entries.last() {
+                None => Some(r.last),
+                Some(e) if r.entries.len() < count => Some(e.id.to_stream_id()),
+                Some(_) => None,
+            };
+            return Ok(Next {
+                entries: r.entries,
+                wait_after,
+            });
         };
         let c = self.fenced.claim(&mut self.conn, from, count).await?;
         if !c.deleted.is_empty() {
@@ -155,7 +180,10 @@ impl Reader {
             // starts from here.
             self.received = c.delivered;
         }
-        Ok((c.entries, None))
+        Ok(Next {
+            entries: c.entries,
+            wait_after: None,
+        })
     }
 
     /// Nothing new: waits for an entry after `last` without taking it. A
