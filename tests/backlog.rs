@@ -4,6 +4,8 @@
 //! from the AOF as `XCLAIM ... LASTID`, which moves `last-delivered-id` but not
 //! `entries-read`, so XINFO's `lag` stays too high after a restart: a backlog
 //! counted from it never drains, and `submit` refuses writes for good.
+//! The same fenced read script keeps the count; the last test checks the
+//! reader runs it once per batch of new entries, not twice.
 
 mod support;
 
