@@ -1,8 +1,13 @@
 // Live-trading workload: 50 symbols x 4 strategies; each tick of a context
 // does writeSignalData, writePartialData, writeRecentData and readSignalData.
 // Run through (1) writ in submit mode, (2) writ in ack mode, (3) the official
-// pattern (a mongoose findOneAndUpdate upsert per write, same collections,
-// keys and shape, with timestamps, plus an ioredis SET; reads with GET).
+// adapter: the published @backtest-kit/mongo 20.1.0 (vendored in
+// test/vendor, loaded by test/official-package.ts), called as backtest-kit
+// calls it. Per write it does a mongoose findOneAndUpdate upsert and caches
+// the document's id in Redis; a read looks the id up in Redis, then finds the
+// document in MongoDB. BENCH_OFFICIAL=pattern runs instead the hand-written
+// pattern of earlier sessions' figures (the upsert plus an ioredis SET of the
+// document; reads with GET only, so faster to read than the package).
 // One process, the same servers, one run each. Prints write-call p50/p99,
 // ticks/s and writ/official ratios; for submit mode, how long the daemon's
 // backlog takes to drain to 0 after the last tick.
@@ -29,6 +34,8 @@ import { setup } from "../src/setup.js";
 import type { WritClient } from "../src/client.js";
 import { ADMIT_LUA } from "../src/lua.js";
 import { FakeKit } from "../test/fakekit.js";
+import { startOfficial, stopOfficial } from "../test/official-package.js";
+import { officialKit } from "../test/official-stubs.js";
 import { TestEnv } from "../test/harness.js";
 
 const SYMBOLS = Number(process.env.BENCH_SYMBOLS ?? 50);
@@ -45,6 +52,8 @@ const ONLY_ACK = process.env.BENCH_ONLY === "ack";
  * standalone test server (w:1, not journaled), which is weaker than writ's.
  */
 const OFFICIAL_WC = process.env.BENCH_OFFICIAL_WC ?? "majority";
+/** BENCH_OFFICIAL=pattern: the hand-written official pattern instead of the package. */
+const OFFICIAL_PATTERN = process.env.BENCH_OFFICIAL === "pattern";
 
 /** BENCH_METRICS=<port>: the daemon serves /metrics there; a summary is printed after each writ run. */
 const METRICS_PORT = process.env.BENCH_METRICS;
@@ -176,7 +185,35 @@ async function drain(redis: Redis, env: TestEnv): Promise<number> {
   return (performance.now() - t0) / 1000;
 }
 
+/** `uri` with the bench's official write concern in its query. */
+function officialUri(uri: string): string {
+  if (OFFICIAL_WC === "driver") return uri;
+  return `${uri}${uri.includes("?") ? "&" : "?"}w=majority&journal=true`;
+}
+
+/** The official package, started once per bench (it keeps module-level state). */
+let officialPackage: any;
+
+/** The published official adapter, through backtest-kit's calls, as `writ()` runs writ. */
 async function official(env: TestEnv, rate?: number): Promise<Result> {
+  if (OFFICIAL_PATTERN) return officialPattern(env, rate);
+  officialPackage ??= await startOfficial({ dir: env.dir, redisUrl: env.redisUrl, mongoUri: officialUri(env.mongoUri) }, `${env.name}_official`);
+  const kit = officialKit;
+  const ctxs = contexts(rate === undefined ? "official-" : "paced-official-");
+  await Promise.all(ctxs.map((c) => kit.call("Signal", c, "readSignalData")));
+  return runTicks(`official${rate === undefined ? "" : " (paced)"}`, ctxs, async (ctx, round, time) => {
+    const when = new Date(1767322800000 + round * 60000);
+    const r = row(ctx, round);
+    await time(() => kit.call("Signal", ctx, "writeSignalData", r));
+    await time(() => kit.call("Partial", ctx, "writePartialData", { [r.id]: { profitLevels: [10], lossLevels: [] } }, r.id, when));
+    await time(() => kit.call("Recent", [...ctx, "", false], "writeRecentData", r, when));
+    const back = await kit.call("Signal", ctx, "readSignalData");
+    if (back?.priceOpen !== r.priceOpen) throw new Error(`official: read ${JSON.stringify(back)} after writing round ${round}`);
+  }, rate);
+}
+
+/** The hand-written official pattern (BENCH_OFFICIAL=pattern). */
+async function officialPattern(env: TestEnv, rate?: number): Promise<Result> {
   const conn = await mongoose.createConnection(env.mongoUri, { dbName: `${env.name}_official` }).asPromise();
   const redis = new Redis(env.redisUrl);
   const ts = { timestamps: { createdAt: "createDate", updatedAt: "updatedDate" } } as const;
@@ -243,7 +280,7 @@ function table(title: string, results: Result[]): void {
 }
 
 async function main(): Promise<void> {
-  console.log(`bench: ${SYMBOLS} symbols x ${STRATEGIES} strategies, ${ROUNDS} rounds (${SYMBOLS * STRATEGIES * ROUNDS} ticks per run, 3 writes + 1 read each); official write concern: ${OFFICIAL_WC === "driver" ? "the driver's default (w:1 on this standalone server)" : "majority, journaled (as writ)"}`);
+  console.log(`bench: ${SYMBOLS} symbols x ${STRATEGIES} strategies, ${ROUNDS} rounds (${SYMBOLS * STRATEGIES * ROUNDS} ticks per run, 3 writes + 1 read each); official: ${OFFICIAL_PATTERN ? "the hand-written pattern" : "@backtest-kit/mongo 20.1.0"}, write concern ${OFFICIAL_WC === "driver" ? "the driver's default (w:1 on this standalone server)" : "majority, journaled (as writ)"}`);
   const env = await TestEnv.start("bench", METRICS_PORT ? { toml: [["daemon", "metrics_listen", `"127.0.0.1:${METRICS_PORT}"`]] } : {});
   const redis = new Redis(env.redisUrl);
   const closed: Result[] = [];
@@ -285,6 +322,7 @@ async function main(): Promise<void> {
     }
   } finally {
     redis.disconnect();
+    if (officialPackage) await stopOfficial(officialPackage);
     await env.stop();
   }
   table("closed loop (every context ticks as fast as its calls return):", closed);

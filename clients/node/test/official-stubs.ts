@@ -1,7 +1,7 @@
 /**
  * Stand-ins for the two imports of the published `@backtest-kit/mongo` build
  * (test/vendor/backtest-kit-mongo-20.1.0) that cannot be installed here (see
- * its NOTICE.md): `backtest-kit` and `di-factory`. `test/official.test.ts`
+ * its NOTICE.md): `backtest-kit` and `di-factory`. `test/official-package.ts`
  * maps both specifiers to this module.
  *
  * - `backtest-kit`: the adapter registry, as a {@link FakeKit} whose

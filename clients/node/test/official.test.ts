@@ -7,10 +7,6 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { createHash } from "node:crypto";
-import { readFileSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
-import { pathToFileURL } from "node:url";
 import { MongoClient } from "mongodb";
 
 import { setup } from "../src/setup.js";
@@ -18,89 +14,23 @@ import type { WritClient } from "../src/client.js";
 import type { WriteModeName } from "../src/config.js";
 import { FakeKit, type Domain } from "./fakekit.js";
 import { officialKit } from "./official-stubs.js";
-import { PACKAGE_ROOT, TestEnv, WRIT_BIN } from "./harness.js";
-
-const VENDORED = join(PACKAGE_ROOT, "test", "vendor", "backtest-kit-mongo-20.1.0", "index.mjs");
-const VENDORED_SHA256 = "09d4560bd593e4683c601a9644772e444d0b300e93fb7dded8c5d6010e5c528f";
-
-// Timers of the official package that outlive its connections: a Redis ping
-// every 30 s from an interval it never clears, and the 15 s timeouts its
-// waitForInit races the connections against. Unref'd (the interval for the
-// whole file, timeouts while it connects), they do not keep this test
-// process alive.
-const realSetInterval = globalThis.setInterval;
-globalThis.setInterval = ((...args: Parameters<typeof setInterval>) => realSetInterval(...args).unref()) as typeof setInterval;
-
-async function withUnrefTimeouts<T>(fn: () => Promise<T>): Promise<T> {
-  const real = globalThis.setTimeout;
-  globalThis.setTimeout = ((...args: Parameters<typeof setTimeout>) => real(...args).unref()) as typeof setTimeout;
-  try {
-    return await fn();
-  } finally {
-    globalThis.setTimeout = real;
-  }
-}
+import { startOfficial, stopOfficial } from "./official-package.js";
+import { TestEnv, WRIT_BIN } from "./harness.js";
 
 let env: TestEnv;
 let mongo: MongoClient;
 let official: any;
 const clients: WritClient[] = [];
 
-/** Loads the vendored build with its imports mapped (NOTICE.md). */
-async function loadOfficial(dir: string): Promise<any> {
-  const bytes = readFileSync(VENDORED);
-  assert.equal(createHash("sha256").update(bytes).digest("hex"), VENDORED_SHA256, `${VENDORED} is the published build`);
-  const stubs = new URL("./official-stubs.js", import.meta.url).href;
-  const imports: Record<string, string> = {
-    "backtest-kit": stubs,
-    "di-factory": stubs,
-    "functools-kit": import.meta.resolve("functools-kit"),
-    "di-kit": import.meta.resolve("di-kit"),
-    mongoose: import.meta.resolve("mongoose"),
-    ioredis: import.meta.resolve("ioredis"),
-  };
-  let text = bytes.toString("utf8");
-  for (const [name, url] of Object.entries(imports)) {
-    const from = ` from '${name}';`;
-    assert.ok(text.includes(from), `the build imports ${name}`);
-    text = text.replace(from, ` from ${JSON.stringify(url)};`);
-  }
-  assert.doesNotMatch(text, /^import [^;]* from '[^'.][^']*';$/m, "every package the build imports is mapped");
-  const file = join(dir, "backtest-kit-mongo-20.1.0.mjs");
-  writeFileSync(file, text);
-  return import(pathToFileURL(file).href);
-}
-
-/** `uri` with its database path set to `db` (the official package's CC_MONGO_CONNECTION_STRING). */
-function withDatabase(uri: string, db: string): string {
-  const [scheme, rest] = uri.split("://");
-  const q = rest.indexOf("?");
-  const base = q < 0 ? rest : rest.slice(0, q);
-  const slash = base.indexOf("/");
-  return `${scheme}://${slash < 0 ? base : base.slice(0, slash)}/${db}${q < 0 ? "" : rest.slice(q)}`;
-}
-
 before(async () => {
   env = await TestEnv.start("official", { daemon: false });
   mongo = new MongoClient(env.mongoUri);
-  official = await loadOfficial(env.dir);
-  const redis = new URL(env.redisUrl);
-  official.setup({
-    CC_MONGO_CONNECTION_STRING: withDatabase(env.mongoUri, env.name),
-    CC_REDIS_HOST: redis.hostname,
-    CC_REDIS_PORT: Number(redis.port || 6379),
-    CC_REDIS_USER: decodeURIComponent(redis.username),
-    CC_REDIS_PASSWORD: decodeURIComponent(redis.password),
-  });
-  await withUnrefTimeouts(() => official.waitForInit());
+  official = await startOfficial(env, env.name);
 });
 
 after(async () => {
   for (const c of clients) await c.close();
-  if (official) {
-    await (await official.getMongo()).disconnect();
-    official.getRedis().disconnect();
-  }
+  if (official) await stopOfficial(official);
   await mongo?.close();
   await env?.stop();
 });
