@@ -255,7 +255,7 @@ async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
     );
     assert_eq!(
         got(cache.get(&k("behind")).await.unwrap()),
-        Some((v, Some(body)))
+        Some((v, Some(body.clone())))
     );
 
     // 5. Dead-lettering with the old token (its write's last attempt ran
@@ -312,4 +312,97 @@ async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
     );
     assert_eq!(letters(conn.clone()).await, 1);
     assert_eq!(pending_of(&mut conn, &stream, &group).await, pending - 1);
+
+    // 6. A round's cache step with its acks in the same script call (one
+    //    server, no replicas to confirm): under the old token neither the
+    //    entries nor the acks nor the XACK are written; under the current one
+    //    all are, and an ack whose stream key holds another type is skipped
+    //    without stopping the others or the XACK.
+    assert!(cache.acks_ride_along());
+    let _: () = redis::cmd("SET")
+        .arg(names.acks("bad-client"))
+        .arg("not a stream")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let ids = [claimed.entries[0].id, claimed.entries[1].id];
+    let ack = |req: &str, id: Version| writ::ack::Ack {
+        request: req.to_string(),
+        outcome: writ::ack::Outcome::Applied,
+        version: v,
+        entry: id,
+        reason: None,
+    };
+    let outgoing = vec![
+        (
+            Some("good-client".to_string()),
+            Some(ack("r1", ids[0])),
+            ids[0],
+        ),
+        (
+            Some("bad-client".to_string()),
+            Some(ack("r2", ids[1])),
+            ids[1],
+        ),
+        (
+            Some("good-client".to_string()),
+            Some(ack("r3", ids[1])),
+            ids[1],
+        ),
+    ];
+    let batch = acker.batch(outgoing);
+    let acked_entry = [(k("acked"), v, Some(&body))];
+    let acks_of = |mut c: writ::redis_conn::Conn| {
+        let stream = names.acks("good-client");
+        async move {
+            let v: redis::Value = redis::cmd("XRANGE")
+                .arg(stream)
+                .arg("-")
+                .arg("+")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            writ::stream::parse_entries(&v)
+                .into_iter()
+                .map(|e| {
+                    writ::ack::Ack::parse(&e.fields.expect("fields"))
+                        .expect("an ack")
+                        .request
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let pending = pending_of(&mut conn, &stream, &group).await;
+    assert_eq!(
+        cache
+            .put_many_fenced_acking(&acked_entry, &stale, &batch)
+            .await
+            .unwrap(),
+        vec![CasOutcome::Fenced]
+    );
+    assert_eq!(cache.get(&k("acked")).await.unwrap(), None);
+    assert!(
+        acks_of(conn.clone()).await.is_empty(),
+        "no ack under the old token"
+    );
+    assert_eq!(pending_of(&mut conn, &stream, &group).await, pending);
+    assert_eq!(
+        cache
+            .put_many_fenced_acking(&acked_entry, &current, &batch)
+            .await
+            .unwrap(),
+        vec![CasOutcome::Stored]
+    );
+    assert_eq!(
+        got(cache.get(&k("acked")).await.unwrap()),
+        Some((v, Some(body.clone())))
+    );
+    assert_eq!(acks_of(conn.clone()).await, ["r1", "r3"]);
+    assert_eq!(pending_of(&mut conn, &stream, &group).await, pending - 2);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(names.acks("good-client"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 0, "the ack stream expires (TTL {ttl})");
 }

@@ -8,7 +8,7 @@
 
 mod send;
 
-pub use send::{Acker, Outgoing};
+pub use send::{Acker, Batch, Outgoing};
 
 use crate::protocol::Version;
 
@@ -84,15 +84,25 @@ pub struct Ack {
 }
 
 impl Ack {
+    /// The ack entry's fields and values, in order.
+    pub fn fields(&self) -> Vec<(&'static str, String)> {
+        let mut f = vec![
+            (field::REQUEST, self.request.clone()),
+            (field::OUTCOME, self.outcome.as_str().to_string()),
+            (field::VERSION, self.version.to_stream_id()),
+            (field::ENTRY, self.entry.to_stream_id()),
+        ];
+        if let Some(r) = &self.reason {
+            f.push((field::REASON, r.clone()));
+        }
+        f
+    }
+
     /// `XADD <ack stream> MAXLEN ~ N * ...`.
     pub fn command(&self, stream: &str) -> redis::Cmd {
         let mut cmd = crate::stream::cmd::xadd(stream, Some(ACK_STREAM_MAXLEN as u64));
-        cmd.arg(field::REQUEST).arg(&self.request);
-        cmd.arg(field::OUTCOME).arg(self.outcome.as_str());
-        cmd.arg(field::VERSION).arg(self.version.to_stream_id());
-        cmd.arg(field::ENTRY).arg(self.entry.to_stream_id());
-        if let Some(r) = &self.reason {
-            cmd.arg(field::REASON).arg(r);
+        for (name, value) in self.fields() {
+            cmd.arg(name).arg(value);
         }
         cmd
     }

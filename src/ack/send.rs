@@ -10,6 +10,10 @@
 //! If the atomic pipeline fails for good (a client's ack key holds something
 //! that is not a stream), the acks go best effort and the `XACK` on its own:
 //! acks are at-least-once.
+//!
+//! A round's acks skip this path on one server with no replicas to confirm:
+//! they ride in the round's cache script ([`Batch`], built here), after its
+//! entries, in the same round trip.
 
 use std::time::Duration;
 
@@ -24,6 +28,20 @@ use crate::protocol::{Names, Version};
 /// One ack to send: the writer's client id (if it asked for acks), the ack,
 /// and the entry to `XACK`.
 pub type Outgoing = (Option<String>, Option<Ack>, Version);
+
+/// A step's acks and its `XACK`, for the round's cache script to add on one
+/// server ([`crate::cache::Cache::put_many_fenced_acking`]): one round trip
+/// for the cache and the acks instead of two.
+pub struct Batch {
+    /// The partition stream (`XACK`).
+    pub stream: String,
+    /// The consumer group.
+    pub group: String,
+    /// Each writer's ack, with its ack stream.
+    pub acks: Vec<(String, Ack)>,
+    /// The entries to `XACK`.
+    pub ids: Vec<Version>,
+}
 
 /// Sends the acks of one partition tenure until `abort`.
 #[derive(Clone)]
@@ -58,11 +76,7 @@ impl Acker {
     /// live in other slots, the acks (one pipeline per slot) and then the
     /// `XACK`. `false`: aborted first.
     pub async fn send(&self, acks: Vec<Outgoing>) -> bool {
-        let client_acks: Vec<(String, Ack)> = acks
-            .iter()
-            .filter_map(|(client, ack, _)| Some((client.clone()?, ack.clone()?)))
-            .collect();
-        let ids: Vec<Version> = acks.iter().map(|(_, _, id)| *id).collect();
+        let (client_acks, ids) = split(acks);
         if self.conn.is_cluster() {
             return self.client_acks(&client_acks).await && self.xack(&ids).await;
         }
@@ -122,6 +136,20 @@ impl Acker {
         }
     }
 
+    /// `acks` as a [`Batch`] for the round's cache script.
+    pub fn batch(&self, acks: Vec<Outgoing>) -> Batch {
+        let (client_acks, ids) = split(acks);
+        Batch {
+            stream: self.stream.clone(),
+            group: self.names.group(),
+            acks: client_acks
+                .into_iter()
+                .map(|(client, ack)| (self.names.acks(&client), ack))
+                .collect(),
+            ids,
+        }
+    }
+
     fn ack_commands(&self, acks: &[(String, Ack)]) -> Vec<(String, redis::Cmd)> {
         Ack::commands(acks.iter().map(|(c, a)| (c.as_str(), a)), |c| {
             self.names.acks(c)
@@ -167,4 +195,15 @@ impl Acker {
     pub fn stream(&self) -> &str {
         &self.stream
     }
+}
+
+/// The writers' acks (client id and ack, where asked for) and the ids to
+/// `XACK` (all of them).
+fn split(acks: Vec<Outgoing>) -> (Vec<(String, Ack)>, Vec<Version>) {
+    let ids = acks.iter().map(|(_, _, id)| *id).collect();
+    let client_acks = acks
+        .into_iter()
+        .filter_map(|(client, ack, _)| Some((client?, ack?)))
+        .collect();
+    (client_acks, ids)
 }

@@ -61,6 +61,41 @@ fn entry_bytes(doc: Option<&Document>) -> Result<Vec<u8>> {
     })
 }
 
+/// Appends a round's acks to its cache script call (the layout is in
+/// src/lua/cache_cas_many.lua): the partition stream and the distinct ack
+/// streams as keys, then the group, the ack streams' cap and TTL, each ack
+/// with the index of its stream, and the ids to `XACK`.
+fn add_acks(call: &mut redis::ScriptInvocation<'_>, b: &crate::ack::Batch) {
+    call.key(&b.stream);
+    let mut streams: Vec<&str> = Vec::new();
+    let mut acks = Vec::with_capacity(b.acks.len());
+    for (stream, ack) in &b.acks {
+        let at = match streams.iter().position(|s| s == stream) {
+            Some(i) => i,
+            None => {
+                streams.push(stream);
+                call.key(stream);
+                streams.len() - 1
+            }
+        };
+        acks.push((at + 1, ack.fields()));
+    }
+    call.arg(&b.group)
+        .arg(crate::ack::ACK_STREAM_MAXLEN)
+        .arg(crate::ack::ACK_STREAM_TTL_SECS)
+        .arg(acks.len());
+    for (at, fields) in acks {
+        call.arg(at).arg(2 * fields.len());
+        for (name, value) in fields {
+            call.arg(name).arg(value);
+        }
+    }
+    call.arg(b.ids.len());
+    for id in &b.ids {
+        call.arg(id.to_stream_id());
+    }
+}
+
 /// The cache scripts' answer for a write its fence refused.
 const FENCED: i64 = -1;
 
@@ -209,19 +244,66 @@ impl Cache {
         entries: &[(String, Version, Option<&Document>)],
         fence: &Fence,
     ) -> Result<Vec<CasOutcome>> {
-        if entries.is_empty() {
-            return Ok(Vec::new());
+        Ok(self.put_many(entries, fence, None).await?.0)
+    }
+
+    /// Whether the round's acks can ride in its cache script
+    /// ([`Cache::put_many_fenced_acking`]): on one server (on Redis Cluster
+    /// the writers' ack streams live in other slots), with no replicas to
+    /// confirm the cache first (the acks must wait for that `WAIT`).
+    pub fn acks_ride_along(&self) -> bool {
+        !self.conn.is_cluster() && !self.replication.wanted()
+    }
+
+    /// [`Cache::put_many_fenced`], then, in the same script run, the acks and
+    /// `XACK` of `batch` (see [`Cache::acks_ride_along`]): under a stale
+    /// fence neither the entries nor the acks are written. An ack whose
+    /// stream key holds another type is skipped, logged and counted, as
+    /// [`crate::ack::Acker::send`] does.
+    pub async fn put_many_fenced_acking(
+        &self,
+        entries: &[(String, Version, Option<&Document>)],
+        fence: &Fence,
+        batch: &crate::ack::Batch,
+    ) -> Result<Vec<CasOutcome>> {
+        let (outcomes, skipped) = self.put_many(entries, fence, Some(batch)).await?;
+        if skipped > 0 {
+            tracing::error!(skipped, "cannot add client acks; skipping them (check for keys under the ack prefix that are not streams)");
+        }
+        Ok(outcomes)
+    }
+
+    async fn put_many(
+        &self,
+        entries: &[(String, Version, Option<&Document>)],
+        fence: &Fence,
+        batch: Option<&crate::ack::Batch>,
+    ) -> Result<(Vec<CasOutcome>, i64)> {
+        if entries.is_empty() && batch.is_none() {
+            return Ok((Vec::new(), 0));
         }
         let mut call = self.cas_many.key(&fence.key);
-        call.arg(fence.token);
+        call.arg(fence.token).arg(entries.len());
         for (key, version, doc) in entries {
             let bytes = entry_bytes(*doc)?;
             call.key(key).arg(version.to_sortable()).arg(bytes);
         }
-        let res: Vec<i64> = self
+        if let Some(b) = batch {
+            add_acks(&mut call, b);
+        }
+        let mut res: Vec<i64> = self
             .invoke(&self.cas_many, &call, |r: &Vec<i64>| r.contains(&FENCED))
             .await?;
-        if res.len() != entries.len() {
+        if res.contains(&FENCED) {
+            // The script wrote nothing: no entry, no ack.
+            fence.refused();
+            return Ok((vec![CasOutcome::Fenced; entries.len()], 0));
+        }
+        let skipped = match batch {
+            Some(_) => res.pop(),
+            None => Some(0),
+        };
+        if res.len() != entries.len() || skipped.is_none() {
             return Err(Error::Encode(format!(
                 "the cache script answered {} outcomes for {} entries",
                 res.len(),
@@ -233,10 +315,7 @@ impl Cache {
             .zip(res)
             .map(|((key, ..), r)| outcome(key, r))
             .collect();
-        if outcomes.contains(&CasOutcome::Fenced) {
-            fence.refused();
-        }
-        Ok(outcomes)
+        Ok((outcomes, skipped.unwrap_or(0)))
     }
 
     /// Runs a cache script call. With replicas to confirm, the call and its

@@ -206,8 +206,9 @@ fn crash_after_bulk() -> bool {
     *ON.get_or_init(|| std::env::var("WRIT_TEST_FAILPOINT").as_deref() == Ok("after_bulk"))
 }
 
-/// Caches the committed documents of settled segments (one pipeline), then
-/// acks them (one pipeline and one XACK). `false`: aborted or fenced.
+/// Caches the committed documents of settled segments (one script call), then
+/// acks them (one pipeline and one XACK; on one server with no replicas to
+/// confirm, inside the same script call). `false`: aborted or fenced.
 async fn finish(
     part: &Partition,
     done: Vec<(Segment, CollectionConfig, crate::apply::Applied)>,
@@ -228,9 +229,20 @@ async fn finish(
         .map(|(seg, _, v, doc, _)| (ctx.names.cache(p, &seg.id.0, &seg.id.1), *v, doc.as_ref()))
         .collect();
     let fence = part.fence();
+    let acks = round_acks(&done);
+    // On one server with no replicas to confirm, the acks ride in the cache
+    // script, after the entries (one round trip, one fsync); else they
+    // follow it.
+    let (batch, acks) = match ctx.cache.acks_ride_along() {
+        true => (Some(part.acker.batch(acks)), Vec::new()),
+        false => (None, acks),
+    };
     let cache_started = Instant::now();
-    let Some(cas) = retry_until(&run.abort, "cache update", || {
-        ctx.cache.put_many_fenced(&entries, &fence)
+    let Some(cas) = retry_until(&run.abort, "cache update", || async {
+        match &batch {
+            Some(b) => ctx.cache.put_many_fenced_acking(&entries, &fence, b).await,
+            None => ctx.cache.put_many_fenced(&entries, &fence).await,
+        }
     })
     .await
     else {
@@ -241,8 +253,7 @@ async fn finish(
         return false;
     }
     metrics::histogram!("writ_cache_update_seconds").record(cache_started.elapsed().as_secs_f64());
-    let acks = round_acks(&done);
-    if !part.acker.send(acks).await {
+    if batch.is_none() && !part.acker.send(acks).await {
         return false;
     }
     for (seg, coll, ..) in &done {
