@@ -64,6 +64,7 @@ for _ = 1, m do
   local stream, c = KEYS[n + 2 + tonumber(ARGV[at])], tonumber(ARGV[at + 1])
   local added = redis.pcall('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(ARGV, at + 2, at + 1 + c))
   if type(added) == 'table' and added.err then
+    if string.sub(added.err, 1, 9) ~= 'WRONGTYPE' then return redis.error_reply(added.err) end
     skipped = skipped + 1
   else
     expire[stream] = true
@@ -72,6 +73,9 @@ for _ = 1, m do
 end
 for stream in pairs(expire) do redis.call('EXPIRE', stream, ttl) end
 local k = tonumber(ARGV[at])
-if k > 0 then redis.call('XACK', KEYS[n + 2], group, unpack(ARGV, at + 1, at + k)) end
+-- In chunks: Lua's unpack refuses about 8000 values.
+for j = at + 1, at + k, 1000 do
+  redis.call('XACK', KEYS[n + 2], group, unpack(ARGV, j, math.min(j + 999, at + k)))
+end
 out[n + 1] = skipped
 return out
