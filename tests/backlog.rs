@@ -183,6 +183,24 @@ async fn backlog_stays_true_across_redis_restarts() {
     );
 }
 
+/// `CONFIG RESETSTAT`: the command counts start from 0.
+async fn reset_stats<C: redis::aio::ConnectionLike>(conn: &mut C) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+/// `INFO commandstats`, for [`commandstat_calls`].
+async fn commandstats<C: redis::aio::ConnectionLike>(conn: &mut C) -> String {
+    redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
 fn commandstat_calls(info: &str, cmd: &str) -> u64 {
     info.lines()
         .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
@@ -214,11 +232,7 @@ async fn admission_counts_once_while_no_daemon_reads() {
             .await
             .unwrap();
     }
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    reset_stats(&mut conn).await;
     let writ = Writ::connect(config.clone()).await.unwrap();
     let measure = writ.collection("measure").unwrap();
     let writes = 300u64;
@@ -226,11 +240,7 @@ async fn admission_counts_once_while_no_daemon_reads() {
         let key = doc! {"bucket": "outage", "entryKey": format!("k{}", i % 40)};
         measure.submit(&key, &doc! {"i": i as i64}).await.unwrap();
     }
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let info = commandstats(&mut conn).await;
     let scans = commandstat_calls(&info, "xrange");
     assert!(
         scans <= config.partitions as u64,
@@ -285,22 +295,14 @@ async fn the_reader_reads_once_per_batch_of_new_entries() {
         measure.write(&key, &doc! {"i": i}).await.unwrap();
     }
     let mut conn = env.redis().await;
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    reset_stats(&mut conn).await;
     let writes = 40u64;
     for i in 0..writes {
         // One at a time: each write is its own batch.
         let key = doc! {"bucket": "one-by-one", "entryKey": format!("k{}", i % 8)};
         measure.write(&key, &doc! {"i": i as i64}).await.unwrap();
     }
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let info = commandstats(&mut conn).await;
     let reads = commandstat_calls(&info, "xreadgroup");
     assert!(
         reads >= writes && reads <= writes + config.partitions as u64,

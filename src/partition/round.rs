@@ -233,9 +233,10 @@ async fn finish(
     // On one server with no replicas to confirm, the acks ride in the cache
     // script, after the entries (one round trip, one fsync); else they
     // follow it.
-    let (batch, acks) = match ctx.cache.acks_ride_along() {
-        true => (Some(part.acker.batch(acks)), Vec::new()),
-        false => (None, acks),
+    let (batch, acks) = if ctx.cache.acks_ride_along() {
+        (Some(part.acker.batch(acks)), Vec::new())
+    } else {
+        (None, acks)
     };
     let cache_started = Instant::now();
     let Some(cas) = retry_until(&run.abort, "cache update", || async {

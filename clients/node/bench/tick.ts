@@ -149,21 +149,29 @@ async function runTicks(name: string, ctxs: [string, string, string][], tick: Ti
   return { name, writeMs, ticks: ctxs.length * PACED_ROUNDS, seconds: (performance.now() - t0) / 1000 };
 }
 
-async function writ(env: TestEnv, mode: "submit" | "ack", rate?: number): Promise<{ result: Result; client: WritClient }> {
-  const kit = new FakeKit();
-  const client = setup(env.clientConfig({ mode }), kit.adapters);
-  const ctxs = contexts(`${rate === undefined ? "" : "paced-"}${mode}-`);
-  // Contexts initialise (waitForInit(true): connect + sync) before timing starts.
+/**
+ * The ticks through an adapter registry (writ's or the official package's),
+ * called as backtest-kit calls it. Contexts initialise (waitForInit(true):
+ * connect, and for writ sync) before timing starts.
+ */
+async function kitTicks(name: string, kit: FakeKit, prefix: string, rate?: number): Promise<Result> {
+  const ctxs = contexts(prefix);
   await Promise.all(ctxs.map((c) => kit.call("Signal", c, "readSignalData")));
-  const result = await runTicks(`writ ${mode}${rate === undefined ? "" : " (paced)"}`, ctxs, async (ctx, round, time) => {
+  return runTicks(`${name}${rate === undefined ? "" : " (paced)"}`, ctxs, async (ctx, round, time) => {
     const when = new Date(1767322800000 + round * 60000);
     const r = row(ctx, round);
     await time(() => kit.call("Signal", ctx, "writeSignalData", r));
     await time(() => kit.call("Partial", ctx, "writePartialData", { [r.id]: { profitLevels: [10], lossLevels: [] } }, r.id, when));
     await time(() => kit.call("Recent", [...ctx, "", false], "writeRecentData", r, when));
     const back = await kit.call("Signal", ctx, "readSignalData");
-    if (back?.priceOpen !== r.priceOpen) throw new Error(`${mode}: read ${JSON.stringify(back)} after writing round ${round}`);
+    if (back?.priceOpen !== r.priceOpen) throw new Error(`${name}: read ${JSON.stringify(back)} after writing round ${round}`);
   }, rate);
+}
+
+async function writ(env: TestEnv, mode: "submit" | "ack", rate?: number): Promise<{ result: Result; client: WritClient }> {
+  const kit = new FakeKit();
+  const client = setup(env.clientConfig({ mode }), kit.adapters);
+  const result = await kitTicks(`writ ${mode}`, kit, `${rate === undefined ? "" : "paced-"}${mode}-`, rate);
   const summary = await daemonSummary();
   if (summary) console.log(`${mode}${rate === undefined ? "" : " (paced)"}:\n${summary}`);
   return { result, client };
@@ -198,18 +206,7 @@ let officialPackage: any;
 async function official(env: TestEnv, rate?: number): Promise<Result> {
   if (OFFICIAL_PATTERN) return officialPattern(env, rate);
   officialPackage ??= await startOfficial({ dir: env.dir, redisUrl: env.redisUrl, mongoUri: officialUri(env.mongoUri) }, `${env.name}_official`);
-  const kit = officialKit;
-  const ctxs = contexts(rate === undefined ? "official-" : "paced-official-");
-  await Promise.all(ctxs.map((c) => kit.call("Signal", c, "readSignalData")));
-  return runTicks(`official${rate === undefined ? "" : " (paced)"}`, ctxs, async (ctx, round, time) => {
-    const when = new Date(1767322800000 + round * 60000);
-    const r = row(ctx, round);
-    await time(() => kit.call("Signal", ctx, "writeSignalData", r));
-    await time(() => kit.call("Partial", ctx, "writePartialData", { [r.id]: { profitLevels: [10], lossLevels: [] } }, r.id, when));
-    await time(() => kit.call("Recent", [...ctx, "", false], "writeRecentData", r, when));
-    const back = await kit.call("Signal", ctx, "readSignalData");
-    if (back?.priceOpen !== r.priceOpen) throw new Error(`official: read ${JSON.stringify(back)} after writing round ${round}`);
-  }, rate);
+  return kitTicks("official", officialKit, rate === undefined ? "official-" : "paced-official-", rate);
 }
 
 /** The hand-written official pattern (BENCH_OFFICIAL=pattern). */
