@@ -4,8 +4,9 @@
 //! from the AOF as `XCLAIM ... LASTID`, which moves `last-delivered-id` but not
 //! `entries-read`, so XINFO's `lag` stays too high after a restart: a backlog
 //! counted from it never drains, and `submit` refuses writes for good.
-//! The same fenced read script keeps the count; the last test checks the
-//! reader runs it once per batch of new entries, not twice.
+//! The same fenced read script keeps the count; the last two tests check the
+//! reader runs it once per batch of new entries, not twice, and not entry by
+//! entry while the keys it read wait for a round.
 
 mod support;
 
@@ -309,5 +310,101 @@ async fn the_reader_reads_once_per_batch_of_new_entries() {
         "the daemon made {reads} group reads for {writes} writes written one at a time \
          (one per write expected, plus at most one per partition)"
     );
+    daemon.stop().await;
+}
+
+/// Entries delivered to the group's consumers and not yet acked.
+async fn delivered_unacked<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    stream: &str,
+    group: &str,
+) -> i64 {
+    let summary: redis::Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .query_async(conn)
+        .await
+        .unwrap();
+    match summary {
+        redis::Value::Array(v) => match v.first() {
+            Some(redis::Value::Int(n)) => *n,
+            other => panic!("XPENDING summary starts with {other:?}"),
+        },
+        other => panic!("XPENDING summary is {other:?}"),
+    }
+}
+
+/// Under a backlog, a reader that has caught up with its stream does not read
+/// entry by entry while the keys it read wait for a round: new entries stay
+/// in the stream until a round ends, then come in full reads. Read one by one
+/// meanwhile, each cost a fenced read script in Redis (in a 64-writer submit
+/// bench, about 8,000 group reads for 80,000 writes before the hold, about
+/// 1,100 after).
+///
+/// MongoDB is held at a proxy, so both rounds of the one partition wait there
+/// (at most 4 keys each) while more keys wait for a round. Of 40 writes to 40
+/// keys, written one at a time, the reader then takes the rounds' keys, the
+/// keys waiting and one more read: at most 4 + 4 + 4 + 3 = 15, and 20 allows
+/// for a reader that fell behind for a while (its reads came back full, so it
+/// did not hold back yet). A reader without the hold reads all 40 within
+/// milliseconds (the test fails: checked). Once MongoDB answers again, every
+/// write applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_holds_back_while_read_keys_wait_for_a_round() {
+    let env = TestEnv::start("reader_hold");
+    let (proxy, uri) = support::proxy::in_front_of_mongo_pausable(&env.mongo_uri).await;
+    // One partition, rounds of at most 4 keys, and an operation timeout that
+    // the held rounds do not reach.
+    let o = Overrides {
+        mongo_uri: Some(uri),
+        partitions: Some(1),
+        daemon: "batch_size = 4\nblock_ms = 60000",
+        mongo: "op_timeout_ms = 30000",
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let daemon = support::Daemon::start(config.clone());
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let measure = writ.collection("measure").unwrap();
+    // The reader is past its start-up claim.
+    measure
+        .write(&doc! {"bucket": "warm", "entryKey": "k"}, &doc! {"i": -1})
+        .await
+        .unwrap();
+    let names = writ::protocol::Names::new(&config.namespace);
+    let (stream, group) = (names.stream(0), names.group());
+    let mut conn = env.redis().await;
+
+    proxy.pause();
+    let writes = 40i64;
+    let mut tickets = Vec::new();
+    for i in 0..writes {
+        let key = doc! {"bucket": "held", "entryKey": format!("k{i}")};
+        tickets.push(measure.submit(&key, &doc! {"i": i}).await.unwrap());
+    }
+    // A negative check needs a window: a reader that does not hold back
+    // reads each entry within milliseconds of its XADD.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let delivered = delivered_unacked(&mut conn, &stream, &group).await;
+    assert!(
+        (1..=20).contains(&delivered),
+        "the reader took {delivered} of {writes} entries while both rounds waited at MongoDB \
+         (expected about 15 at most: two rounds of 4, 4 keys waiting, one more read of up to 3)"
+    );
+
+    proxy.go_on();
+    for t in tickets {
+        t.wait().await.unwrap();
+    }
+    let docs = env.all_docs("measure").await;
+    for i in 0..writes {
+        let k = format!("k{i}");
+        let d = docs
+            .iter()
+            .find(|d| d.get_str("bucket") == Ok("held") && d.get_str("entryKey") == Ok(&k))
+            .unwrap_or_else(|| panic!("{k} is not in MongoDB"));
+        assert_eq!(d.get_document("payload").unwrap().get_i64("i"), Ok(i));
+    }
+    assert_eq!(delivered_unacked(&mut conn, &stream, &group).await, 0);
     daemon.stop().await;
 }

@@ -9,7 +9,10 @@
 //! flight, on disjoint keys. A round is formed only once it holds a slot of the
 //! daemon-wide MongoDB limiter: while the server is busy, writes gather in the
 //! queues, so a slow server gets fewer, larger bulks (and more coalescing)
-//! instead of a queue of small ones formed too early. A segment the bulk does
+//! instead of a queue of small ones formed too early. While keys wait so and a
+//! batch's worth of entries is in flight, the reader, once caught up, reads no
+//! more until they have gone: the writes gather in the stream, and come in
+//! full reads (see [`crate::source::reader`]). A segment the bulk does
 //! not settle goes to its key's own worker ([`key_worker`], the single path
 //! with retries and dead-lettering), and the key waits for it. One key's writes
 //! therefore run strictly one after another, in stream order. In-flight entries
@@ -24,7 +27,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::redis_conn::Conn;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::ack::Acker;
@@ -160,6 +163,7 @@ impl Dispatcher {
     async fn run(mut self) {
         let part = self.part.clone();
         let (tx, mut rx) = mpsc::channel::<Vec<Item>>(2);
+        let (hold, held) = watch::channel(false);
         let reader = tokio::spawn(
             crate::source::reader::run(
                 part.p,
@@ -167,6 +171,7 @@ impl Dispatcher {
                 part.ctx.names.clone(),
                 part.run.clone(),
                 self.permits.clone(),
+                held,
                 tx,
             )
             .in_current_span(),
@@ -175,8 +180,18 @@ impl Dispatcher {
         let mut reading = true;
         loop {
             self.start_rounds();
+            let in_flight = part.ctx.config.max_in_flight - self.permits.available_permits();
+            // Under a backlog (a batch's worth of entries read and not yet
+            // acked) with keys waiting for the next round, a caught-up reader
+            // waits for those keys to go before it reads again, then reads
+            // what gathered meanwhile at once, instead of a few entries at a
+            // time. Below that (a closed loop of fewer writers than a batch,
+            // waiting for their acks) it reads at once, so a write that comes
+            // while a round is at MongoDB still joins the next round.
+            let held = !self.keys.ready.is_empty() && in_flight >= part.ctx.config.batch_size;
+            hold.send_if_modified(|h| std::mem::replace(h, held) != held);
             metrics::gauge!("writ_inflight_entries", "partition" => label.clone())
-                .set((part.ctx.config.max_in_flight - self.permits.available_permits()) as f64);
+                .set(in_flight as f64);
             tokio::select! {
                 batch = rx.recv(), if reading => match batch {
                     Some(items) => self.admit(items).await,

@@ -3,10 +3,17 @@
 //!
 //! Every group read and claim is fenced ([`crate::source`]). Waiting for new
 //! entries uses a plain `XREAD BLOCK`, which delivers nothing.
+//!
+//! Once it has caught up with the stream, the reader also holds back while
+//! its dispatcher says so (`hold`): while keys already read wait for the next
+//! round, reading more would only move entries from the stream into memory a
+//! few at a time, each read a script run in Redis. Held, new entries gather
+//! in the stream and come in larger reads once those keys have gone. A
+//! reader that is behind (its reads come back full) never holds back.
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::{FencedReader, Item};
 use crate::backoff::Backoff;
@@ -17,13 +24,16 @@ use crate::protocol::Names;
 use crate::stream::Entry;
 
 /// Reads partition `p` for one tenure into `tx`, holding a permit of
-/// `permits` per entry, until `run.stop_reading` (or a fence refusal).
+/// `permits` per entry, until `run.stop_reading` (or a fence refusal). Once
+/// caught up with the stream, it waits for new entries only when `hold` is
+/// `false`.
 pub(crate) async fn run(
     p: u32,
     config: Arc<Config>,
     names: Names,
     run: Arc<PartitionRun>,
     permits: Arc<Semaphore>,
+    mut hold: watch::Receiver<bool>,
     tx: mpsc::Sender<Vec<Item>>,
 ) {
     let conn = match crate::redis_conn::connect(&config, config.block).await {
@@ -70,7 +80,9 @@ pub(crate) async fn run(
                     send(next.entries, first, &permits, &tx).await
                 };
                 match next.wait_after {
-                    Some(last) if sent => reader.wait_after(&last).await,
+                    Some(last) if sent => {
+                        unheld(&mut hold, &reader.run).await && reader.wait_after(&last).await
+                    }
                     _ => sent,
                 }
             }
@@ -246,6 +258,15 @@ fn after(id: &str) -> String {
 
 fn is_nogroup(e: &Error) -> bool {
     matches!(e, Error::Redis(r) if r.code() == Some("NOGROUP"))
+}
+
+/// Waits until the dispatcher no longer holds reading back. `false`: stop
+/// (the tenure ends, or the dispatcher is gone).
+async fn unheld(hold: &mut watch::Receiver<bool>, run: &PartitionRun) -> bool {
+    tokio::select! {
+        r = hold.wait_for(|held| !held) => r.is_ok(),
+        _ = run.stop_reading.cancelled() => false,
+    }
 }
 
 async fn acquire(

@@ -1,5 +1,6 @@
 //! A TCP proxy that can cut every connection on command (a network outage of
-//! the server behind it), delay every request (a slow server) or stall the
+//! the server behind it), hold every request until told to go on (a server
+//! that pauses), delay every request (a slow server) or stall the
 //! connections that send one marker (a statement the server never finishes,
 //! or one whose reply is lost),
 //! for servers the test does not own (real MongoDB).
@@ -17,6 +18,8 @@ use tokio::sync::watch;
 pub struct Proxy {
     pub port: u16,
     down: watch::Sender<bool>,
+    /// While `true`, requests wait in the proxy ([`Proxy::pause`]).
+    paused: watch::Sender<bool>,
     /// Set once a reply was cut ([`Proxy::start_cutting_reply`]).
     cut: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
@@ -30,7 +33,7 @@ impl Proxy {
     /// Like [`Proxy::start`], holding every chunk a client sends for `latency`
     /// before passing it on: each request reaches the server that much later.
     pub async fn start_with_latency(target: SocketAddr, latency: Duration) -> Proxy {
-        Self::start_with(target, latency, None, false, None).await
+        Self::start_with(target, latency, None, false, None, false).await
     }
 
     /// Like [`Proxy::start`], but a connection that sends `marker` (say, a
@@ -38,14 +41,14 @@ impl Proxy {
     /// after it on the connection are swallowed, never answered, as by a
     /// server stuck on that one statement. Other connections pass.
     pub async fn start_swallowing(target: SocketAddr, marker: &'static [u8]) -> Proxy {
-        Self::start_with(target, Duration::ZERO, Some(marker), false, None).await
+        Self::start_with(target, Duration::ZERO, Some(marker), false, None, false).await
     }
 
     /// Like [`Proxy::start_swallowing`], but the request with `marker` and
     /// everything after it reach the server; its replies are swallowed. So
     /// the write commits, and the one who sent it never hears so.
     pub async fn start_deafening(target: SocketAddr, marker: &'static [u8]) -> Proxy {
-        Self::start_with(target, Duration::ZERO, Some(marker), true, None).await
+        Self::start_with(target, Duration::ZERO, Some(marker), true, None, false).await
     }
 
     /// Like [`Proxy::start`], but the first reply (of any connection) that
@@ -57,7 +60,20 @@ impl Proxy {
         marker: &'static [u8],
         unless: &'static [u8],
     ) -> Proxy {
-        Self::start_with(target, Duration::ZERO, None, false, Some((marker, unless))).await
+        Self::start_with(
+            target,
+            Duration::ZERO,
+            None,
+            false,
+            Some((marker, unless)),
+            false,
+        )
+        .await
+    }
+
+    /// Like [`Proxy::start`], but it can hold requests ([`Proxy::pause`]).
+    pub async fn start_pausable(target: SocketAddr) -> Proxy {
+        Self::start_with(target, Duration::ZERO, None, false, None, true).await
     }
 
     async fn start_with(
@@ -66,10 +82,12 @@ impl Proxy {
         swallow: Option<&'static [u8]>,
         deafen: bool,
         cut_reply: Option<(&'static [u8], &'static [u8])>,
+        pausable: bool,
     ) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (down, rx) = watch::channel(false);
+        let (paused, paused_rx) = watch::channel(false);
         let rx = Arc::new(rx);
         let cut_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let cut = cut_done.clone();
@@ -83,6 +101,7 @@ impl Proxy {
                     continue;
                 }
                 let mut rx = (*rx).clone();
+                let mut paused = paused_rx.clone();
                 let cut_done = cut_done.clone();
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(target).await else {
@@ -92,7 +111,7 @@ impl Proxy {
                     let _ = server.set_nodelay(true);
                     let _ = client.set_nodelay(true);
                     let mut client = client;
-                    if latency.is_zero() && swallow.is_none() && cut_reply.is_none() {
+                    if latency.is_zero() && swallow.is_none() && cut_reply.is_none() && !pausable {
                         tokio::select! {
                             _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
                             _ = rx.wait_for(|d| *d) => {}
@@ -160,6 +179,9 @@ impl Proxy {
                             if !latency.is_zero() {
                                 tokio::time::sleep(latency).await;
                             }
+                            if paused.wait_for(|p| !*p).await.is_err() {
+                                return;
+                            }
                             if sw.write_all(&buf[..n]).await.is_err() {
                                 return;
                             }
@@ -176,9 +198,22 @@ impl Proxy {
         Proxy {
             port,
             down,
+            paused,
             cut,
             task,
         }
+    }
+
+    /// Holds every request from now on until [`Proxy::go_on`]: they reach
+    /// the server then, in order, as if it had paused. Only a proxy started
+    /// with [`Proxy::start_pausable`] does.
+    pub fn pause(&self) {
+        self.paused.send_replace(true);
+    }
+
+    /// Passes the held requests on, and every later one.
+    pub fn go_on(&self) {
+        self.paused.send_replace(false);
     }
 
     /// Whether a reply was cut ([`Proxy::start_cutting_reply`]).
@@ -206,6 +241,15 @@ pub async fn in_front_of_mongo(uri: &str) -> (Proxy, String) {
 pub async fn in_front_of_mongo_with_latency(uri: &str, latency: Duration) -> (Proxy, String) {
     let target = mongo_target(uri).await;
     let proxy = Proxy::start_with_latency(target, latency).await;
+    let proxied = mongo_uri_via(uri, proxy.port);
+    (proxy, proxied)
+}
+
+/// A proxy in front of the MongoDB of `uri` that can hold its requests
+/// ([`Proxy::pause`]), and the URI that goes through it.
+pub async fn in_front_of_mongo_pausable(uri: &str) -> (Proxy, String) {
+    let target = mongo_target(uri).await;
+    let proxy = Proxy::start_pausable(target).await;
     let proxied = mongo_uri_via(uri, proxy.port);
     (proxy, proxied)
 }
