@@ -185,9 +185,11 @@ impl Dispatcher {
             // acked) with keys waiting for the next round, a caught-up reader
             // waits for those keys to go before it reads again, then reads
             // what gathered meanwhile at once, instead of a few entries at a
-            // time. Below that (a closed loop of fewer writers than a batch,
-            // waiting for their acks) it reads at once, so a write that comes
-            // while a round is at MongoDB still joins the next round.
+            // time. Below that (a closed loop of fewer than about half a
+            // batch of writers, waiting for their acks: an acked entry's
+            // permit is freed a moment after its ack) it reads at once, so a
+            // write that comes while a round is at MongoDB still joins the
+            // next round.
             let held = !self.keys.ready.is_empty() && in_flight >= part.ctx.config.batch_size;
             hold.send_if_modified(|h| std::mem::replace(h, held) != held);
             metrics::gauge!("writ_inflight_entries", "partition" => label.clone())

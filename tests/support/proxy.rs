@@ -206,7 +206,9 @@ impl Proxy {
 
     /// Holds every request from now on until [`Proxy::go_on`]: they reach
     /// the server then, in order, as if it had paused. Only a proxy started
-    /// with [`Proxy::start_pausable`] does.
+    /// with [`Proxy::start_pausable`] does. Replies to requests already
+    /// passed still flow. Keep pauses short of the driver's heartbeat and
+    /// connect timeouts (about 10 s), or it marks the server unknown.
     pub fn pause(&self) {
         self.paused.send_replace(true);
     }
