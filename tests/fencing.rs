@@ -29,6 +29,16 @@ fn fenced_count(op: &str) -> f64 {
         .sum()
 }
 
+/// `writ_acks_skipped_total` of this process.
+fn acks_skipped() -> f64 {
+    writ::telemetry::recorder()
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("writ_acks_skipped_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 async fn pending_of(conn: &mut writ::redis_conn::Conn, stream: &str, group: &str) -> u64 {
     let v: redis::Value = redis::cmd("XPENDING")
         .arg(stream)
@@ -389,6 +399,7 @@ async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
         "no ack under the old token"
     );
     assert_eq!(pending_of(&mut conn, &stream, &group).await, pending);
+    let skipped_before = acks_skipped();
     assert_eq!(
         cache
             .put_many_fenced_acking(&acked_entry, &current, &batch)
@@ -401,6 +412,11 @@ async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
         Some((v, Some(body.clone())))
     );
     assert_eq!(acks_of(conn.clone()).await, ["r1", "r3"]);
+    assert_eq!(
+        acks_skipped() - skipped_before,
+        1.0,
+        "the skipped ack is counted in writ_acks_skipped_total"
+    );
     assert_eq!(pending_of(&mut conn, &stream, &group).await, pending - 2);
     let ttl: i64 = redis::cmd("TTL")
         .arg(names.acks("good-client"))

@@ -2,7 +2,9 @@
 //! hand, a list from a namespace clash) must not stop a partition. The cache
 //! is only a copy of MongoDB: the daemon replaces the foreign value with the
 //! committed document, and a reader treats it as a miss and reads through.
-//! The other writes of the same round are cached and acked as usual.
+//! The other writes of the same round are cached and acked as usual. The
+//! same holds for a writer's ack stream key: its ack is skipped and counted,
+//! every other ack goes.
 
 mod support;
 
@@ -92,6 +94,70 @@ async fn a_foreign_value_at_a_cache_key_is_replaced_and_blocks_nothing() {
         "{before} -> {}",
         foreign_count()
     );
+    daemon.stop().await;
+}
+
+/// `writ_acks_skipped_total` of this process (the daemon runs in it).
+fn acks_skipped() -> f64 {
+    writ::telemetry::recorder()
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("writ_acks_skipped_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A writer whose ack stream key holds another program's value: its ack is
+/// skipped and counted (`writ_acks_skipped_total`), its write is committed
+/// all the same, and the other writer of the same round gets its ack. On one
+/// server the round's cache script adds the acks; on Redis Cluster
+/// (`WRIT_TEST_REDIS_CLUSTER=1`) the acker's pipeline does: both count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_value_at_an_ack_stream_skips_that_ack_only() {
+    let env = TestEnv::start("foreign_ack");
+    let config = env.config();
+    let names = support::same_partition(&config, "signal", key, "A0", "A", 2);
+    let bad = Writ::connect(config.clone()).await.unwrap();
+    let good = Writ::connect(config.clone()).await.unwrap();
+    let mut conn = env.redis().await;
+    let ack_key = Names::new(&config.namespace).acks(bad.client_id());
+    let _: () = redis::cmd("SET")
+        .arg(&ack_key)
+        .arg("someone else's")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let before = acks_skipped();
+    // Both queued before the daemon starts: one round holds both.
+    let lost = bad
+        .collection("signal")
+        .unwrap()
+        .submit(&key(&names[0]), &doc! {"n": 0})
+        .await
+        .unwrap();
+    let acked = good
+        .collection("signal")
+        .unwrap()
+        .submit(&key(&names[1]), &doc! {"n": 1})
+        .await
+        .unwrap();
+    let daemon = Daemon::start(config.clone());
+    acked
+        .wait_for(Duration::from_secs(20))
+        .await
+        .expect("the other writer's ack");
+    support::eventually(
+        Duration::from_secs(10),
+        "the skipped ack counted",
+        || async { (acks_skipped() - before >= 1.0).then_some(()) },
+    )
+    .await;
+    // Committed and readable all the same, by a handle with nothing pending.
+    let reader = Writ::connect(config.clone()).await.unwrap();
+    let r = reader.collection("signal").unwrap();
+    assert_eq!(r.read(&key(&names[0])).await.unwrap(), Some(doc! {"n": 0}));
+    assert_eq!(type_of(&mut conn, &ack_key).await, "string", "not replaced");
+    drop(lost);
     daemon.stop().await;
 }
 

@@ -24,6 +24,7 @@ use super::Ack;
 use crate::backoff::{retry_until, Backoff};
 use crate::error::{Error, RetryClass};
 use crate::protocol::{Names, Version};
+use crate::telemetry::Event;
 
 /// One ack to send: the writer's client id (if it asked for acks), the ack,
 /// and the entry to `XACK`.
@@ -114,16 +115,30 @@ impl Acker {
         let mut backoff = Backoff::new(Duration::from_secs(2));
         loop {
             let cmds = self.ack_commands(acks);
-            match self
+            // The number of commands refused for good (an ack stream key of
+            // another type), or the first error worth retrying.
+            let sent = self
                 .conn
                 .query_by_slot(cmds)
                 .await
-                .and_then(|replies| replies.into_iter().try_for_each(|r| r.map(drop)))
                 .map_err(Error::from)
-            {
-                Ok(()) => return true,
+                .and_then(|replies| {
+                    replies.into_iter().try_fold(0u64, |skipped, r| match r {
+                        Ok(_) => Ok(skipped),
+                        Err(e) => match Error::from(e) {
+                            e if e.retry_class() == RetryClass::Permanent => Ok(skipped + 1),
+                            e => Err(e),
+                        },
+                    })
+                });
+            match sent {
+                Ok(0) => return true,
+                Ok(skipped) => {
+                    Event::AcksSkipped { count: skipped }.emit();
+                    return true;
+                }
                 Err(e) if e.retry_class() == RetryClass::Permanent => {
-                    tracing::error!(error = %e, "cannot add client acks; skipping them (check for keys under the ack prefix that are not streams)");
+                    tracing::error!(error = %e, "cannot add client acks; skipping them");
                     return true;
                 }
                 Err(e) => {

@@ -268,7 +268,10 @@ impl Cache {
     ) -> Result<Vec<CasOutcome>> {
         let (outcomes, skipped) = self.put_many(entries, fence, Some(batch)).await?;
         if skipped > 0 {
-            tracing::error!(skipped, "cannot add client acks; skipping them (check for keys under the ack prefix that are not streams)");
+            crate::telemetry::Event::AcksSkipped {
+                count: skipped as u64,
+            }
+            .emit();
         }
         Ok(outcomes)
     }

@@ -53,6 +53,13 @@ pub enum Event<'a> {
         /// What was done about it.
         then: &'static str,
     },
+    /// Writers' acks that could not be added because their ack stream key
+    /// holds another type (another program's value): those writers' waits
+    /// time out; their writes are committed and cached all the same.
+    AcksSkipped {
+        /// How many acks.
+        count: u64,
+    },
     /// This daemon took a partition's lease.
     LeaseAcquired {
         /// The partition.
@@ -134,6 +141,13 @@ impl Event<'_> {
                     key,
                     then,
                     "a cache key holds a value that is not writ's (not a hash): another program writes under writ's namespace"
+                );
+            }
+            Event::AcksSkipped { count } => {
+                metrics::counter!("writ_acks_skipped_total").increment(count);
+                tracing::error!(
+                    skipped = count,
+                    "cannot add writers' acks: a key under the ack prefix holds a value that is not a stream (another program writes under writ's namespace; delete the key). Those writers' waits time out; their writes are committed"
                 );
             }
             Event::LeaseAcquired { partition, token } => {

@@ -91,6 +91,11 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "Cache keys found holding another program's value (not a hash); each was read as a miss or replaced.",
     ),
     (
+        "writ_acks_skipped_total",
+        "counter",
+        "Writers' acks not added because their ack stream key holds another program's value (not a stream).",
+    ),
+    (
         "writ_lease_released_total",
         "counter",
         "Partition leases this daemon handed back.",
@@ -250,6 +255,7 @@ pub fn register(config: &crate::config::Config) {
         metrics::counter!("writ_mongodb_errors_total", "error_class" => class).absolute(0);
     }
     metrics::counter!("writ_cache_foreign_total").absolute(0);
+    metrics::counter!("writ_acks_skipped_total").absolute(0);
     for op in ["read", "claim", "cache", "dead_letter"] {
         metrics::counter!("writ_fenced_total", "op" => op).absolute(0);
     }
