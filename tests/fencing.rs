@@ -22,21 +22,12 @@ use writ::source::FencedReader;
 use writ::{Error, Writ};
 
 fn fenced_count(op: &str) -> f64 {
-    let text = writ::telemetry::recorder().render();
-    text.lines()
-        .filter(|l| l.starts_with("writ_fenced_total{") && l.contains(&format!("op=\"{op}\"")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    support::own_counter("writ_fenced_total", &format!("op=\"{op}\""))
 }
 
 /// `writ_acks_skipped_total` of this process.
 fn acks_skipped() -> f64 {
-    writ::telemetry::recorder()
-        .render()
-        .lines()
-        .filter(|l| l.starts_with("writ_acks_skipped_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    support::own_counter("writ_acks_skipped_total", "")
 }
 
 async fn pending_of(conn: &mut writ::redis_conn::Conn, stream: &str, group: &str) -> u64 {

@@ -18,14 +18,7 @@ fn key(s: &str) -> Document {
 
 /// `writ_mongodb_errors_total{error_class="permanent"}` of this process.
 fn permanent_errors() -> f64 {
-    writ::telemetry::recorder()
-        .render()
-        .lines()
-        .filter(|l| {
-            l.starts_with("writ_mongodb_errors_total") && l.contains("error_class=\"permanent\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    support::own_counter("writ_mongodb_errors_total", "error_class=\"permanent\"")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

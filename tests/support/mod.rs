@@ -994,6 +994,22 @@ pub async fn lease_holders_on<C: redis::aio::ConnectionLike>(
     out
 }
 
+/// The sum of this process's samples of the counter `name` whose labels
+/// contain `label` ("" for every sample). For tests that run the daemon in
+/// their own process (`Daemon::start`), whose metrics go to this recorder.
+pub fn own_counter(name: &str, label: &str) -> f64 {
+    writ::telemetry::recorder()
+        .render()
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+                && l.contains(label)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Polls `f` until it returns `Some`, at most `limit`.
 pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
 where
