@@ -98,8 +98,9 @@ fn acks_skipped() -> f64 {
 }
 
 /// A writer whose ack stream key holds another program's value: its ack is
-/// skipped and counted (`writ_acks_skipped_total`), its write is committed
-/// all the same, and the other writer of the same round gets its ack. On one
+/// skipped and counted (`writ_acks_skipped_total`), the key is left as it is
+/// (no expiry either), its write is committed all the same, and the other
+/// writer of the same round gets its ack. On one
 /// server the round's cache script adds the acks; on Redis Cluster
 /// (`WRIT_TEST_REDIS_CLUSTER=1`) the acker's pipeline does: both count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,6 +148,21 @@ async fn a_foreign_value_at_an_ack_stream_skips_that_ack_only() {
     let r = reader.collection("signal").unwrap();
     assert_eq!(r.read(&key(&names[0])).await.unwrap(), Some(doc! {"n": 0}));
     assert_eq!(type_of(&mut conn, &ack_key).await, "string", "not replaced");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&ack_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(ttl, -1, "another program's key got no expiry");
+    let good_ttl: i64 = redis::cmd("TTL")
+        .arg(Names::new(&config.namespace).acks(good.client_id()))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        good_ttl > 0,
+        "the ack stream expires a day after its last ack"
+    );
     drop(lost);
     daemon.stop().await;
 }

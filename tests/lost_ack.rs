@@ -108,10 +108,10 @@ async fn a_read_between_the_cache_write_and_the_ack_leaves_the_ticket_its_ack() 
         reason: None,
     };
     let mut conn = env.redis().await;
-    for (_, cmd) in Ack::commands([(writ.client_id(), &ack)], |c| {
+    for call in Ack::commands([(writ.client_id(), &ack)], |c| {
         format!("{}:ack:{c}", config.namespace)
     }) {
-        let _: redis::Value = cmd.query_async(&mut conn).await.unwrap();
+        let _: redis::Value = call.invocation().invoke_async(&mut conn).await.unwrap();
     }
     let got = ticket
         .wait_for(std::time::Duration::from_secs(10))

@@ -68,6 +68,38 @@ impl Outcome {
     }
 }
 
+/// `src/lua/ack_stream.lua`, hashed once per process.
+fn ack_stream_script() -> &'static redis::Script {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| redis::Script::new(include_str!("../lua/ack_stream.lua")))
+}
+
+/// The call that adds one writer's acks of a batch to its ack stream.
+pub struct AckCall {
+    /// The ack stream (the key the call touches).
+    pub stream: String,
+    /// The script's arguments after the key.
+    args: Vec<Vec<u8>>,
+    /// How many acks it carries.
+    pub acks: usize,
+}
+
+impl AckCall {
+    /// The script (for a pipeline's `SCRIPT LOAD`).
+    pub fn script() -> &'static redis::Script {
+        ack_stream_script()
+    }
+
+    /// The call, as an `EVALSHA` that loads the script if Redis lacks it.
+    pub fn invocation(&self) -> redis::ScriptInvocation<'static> {
+        let mut call = ack_stream_script().key(&self.stream);
+        for a in &self.args {
+            call.arg(a.as_slice());
+        }
+        call
+    }
+}
+
 /// An ack as the daemon sends it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ack {
@@ -98,35 +130,38 @@ impl Ack {
         f
     }
 
-    /// `XADD <ack stream> MAXLEN ~ N * ...`.
-    pub fn command(&self, stream: &str) -> redis::Cmd {
-        let mut cmd = crate::stream::cmd::xadd(stream, Some(ACK_STREAM_MAXLEN as u64));
-        for (name, value) in self.fields() {
-            cmd.arg(name).arg(value);
-        }
-        cmd
-    }
-
-    /// The commands that add the acks of a batch, each paired with its ack
-    /// stream, with one `EXPIRE` per ack stream (kept a day after its last
-    /// ack).
+    /// The calls that add the acks of a batch: one per ack stream
+    /// (`src/lua/ack_stream.lua`), which adds its acks and keeps the stream a
+    /// day after its last ack, and leaves a key of another type as it is.
     pub fn commands<'a>(
         acks: impl IntoIterator<Item = (&'a str, &'a Ack)>,
         stream_of: impl Fn(&str) -> String,
-    ) -> Vec<(String, redis::Cmd)> {
-        let mut out = Vec::new();
-        let mut streams: Vec<String> = Vec::new();
+    ) -> Vec<AckCall> {
+        let mut out: Vec<AckCall> = Vec::new();
         for (client, ack) in acks {
             let stream = stream_of(client);
-            out.push((stream.clone(), ack.command(&stream)));
-            if !streams.contains(&stream) {
-                streams.push(stream);
+            let at = match out.iter().position(|c| c.stream == stream) {
+                Some(at) => at,
+                None => {
+                    out.push(AckCall {
+                        stream,
+                        args: vec![
+                            ACK_STREAM_MAXLEN.to_string().into_bytes(),
+                            ACK_STREAM_TTL_SECS.to_string().into_bytes(),
+                        ],
+                        acks: 0,
+                    });
+                    out.len() - 1
+                }
+            };
+            let call = &mut out[at];
+            let fields = ack.fields();
+            call.args.push((fields.len() * 2).to_string().into_bytes());
+            for (name, value) in fields {
+                call.args.push(name.as_bytes().to_vec());
+                call.args.push(value.into_bytes());
             }
-        }
-        for s in streams {
-            let mut expire = redis::cmd("EXPIRE");
-            expire.arg(&s).arg(ACK_STREAM_TTL_SECS);
-            out.push((s, expire));
+            call.acks += 1;
         }
         out
     }

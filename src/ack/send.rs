@@ -7,9 +7,12 @@
 //! acks live on other nodes than the stream, so they go first and the `XACK`
 //! after: for that moment an acked entry still counts in the backlog (acking
 //! after the `XACK` would lose the ack of a daemon killed between the two).
-//! If the atomic pipeline fails for good (a client's ack key holds something
-//! that is not a stream), the acks go best effort and the `XACK` on its own:
-//! acks are at-least-once.
+//! Each writer's acks go in one call of `src/lua/ack_stream.lua`, which adds
+//! them and renews the stream's expiry, and leaves a key of another type (not
+//! writ's) untouched. If the atomic pipeline fails for good (a client's ack
+//! key holds something that is not a stream), the acks go best effort and
+//! the `XACK` on its own: acks are at-least-once, and the skipped ones are
+//! counted (`writ_acks_skipped_total`).
 //!
 //! A round's acks skip this path on one server with no replicas to confirm:
 //! they ride in the round's cache script ([`Batch`], built here), after its
@@ -85,8 +88,12 @@ impl Acker {
         loop {
             let mut pipe = redis::pipe();
             pipe.atomic();
-            for (_, cmd) in self.ack_commands(&client_acks) {
-                pipe.add_command(cmd).ignore();
+            let calls = self.ack_commands(&client_acks);
+            if !calls.is_empty() {
+                pipe.load_script(super::AckCall::script()).ignore();
+            }
+            for call in &calls {
+                pipe.invoke_script(&call.invocation()).ignore();
             }
             pipe.add_command(self.xack_cmd(&ids)).ignore();
             let mut conn = self.conn.clone();
@@ -114,27 +121,34 @@ impl Acker {
         }
         let mut backoff = Backoff::new(Duration::from_secs(2));
         loop {
-            let cmds = self.ack_commands(acks);
-            // The number of commands refused for good (an ack stream key of
-            // another type), or the first error worth retrying.
-            let sent = self
-                .conn
-                .query_by_slot(cmds)
-                .await
-                .map_err(Error::from)
-                .and_then(|replies| {
-                    replies.into_iter().try_fold(0u64, |skipped, r| match r {
+            let calls = self.ack_commands(acks);
+            // One call per ack stream, sent at once (the multiplexed
+            // connection pipelines them; on a cluster each goes to its
+            // stream's node). The acks refused because their stream key holds
+            // another type are skipped; any other error decides.
+            let replies = futures::future::join_all(calls.iter().map(|c| {
+                let mut conn = self.conn.clone();
+                let call = c.invocation();
+                async move { call.invoke_async::<redis::Value>(&mut conn).await }
+            }))
+            .await;
+            let sent =
+                replies
+                    .into_iter()
+                    .zip(&calls)
+                    .try_fold(0usize, |skipped, (r, c)| match r {
                         Ok(_) => Ok(skipped),
-                        Err(e) => match Error::from(e) {
-                            e if e.retry_class() == RetryClass::Permanent => Ok(skipped + 1),
-                            e => Err(e),
-                        },
-                    })
-                });
+                        Err(e) if e.code() == Some("WRONGTYPE") => Ok(skipped + c.acks),
+                        Err(e) => Err(Error::from(e)),
+                    });
             match sent {
-                Ok(0) => return true,
                 Ok(skipped) => {
-                    Event::AcksSkipped { count: skipped }.emit();
+                    if skipped > 0 {
+                        Event::AcksSkipped {
+                            count: skipped as u64,
+                        }
+                        .emit();
+                    }
                     return true;
                 }
                 Err(e) if e.retry_class() == RetryClass::Permanent => {
@@ -165,7 +179,7 @@ impl Acker {
         }
     }
 
-    fn ack_commands(&self, acks: &[(String, Ack)]) -> Vec<(String, redis::Cmd)> {
+    fn ack_commands(&self, acks: &[(String, Ack)]) -> Vec<super::AckCall> {
         Ack::commands(acks.iter().map(|(c, a)| (c.as_str(), a)), |c| {
             self.names.acks(c)
         })
