@@ -313,27 +313,6 @@ async fn the_reader_reads_once_per_batch_of_new_entries() {
     daemon.stop().await;
 }
 
-/// Entries delivered to the group's consumers and not yet acked.
-async fn delivered_unacked<C: redis::aio::ConnectionLike>(
-    conn: &mut C,
-    stream: &str,
-    group: &str,
-) -> i64 {
-    let summary: redis::Value = redis::cmd("XPENDING")
-        .arg(stream)
-        .arg(group)
-        .query_async(conn)
-        .await
-        .unwrap();
-    match summary {
-        redis::Value::Array(v) => match v.first() {
-            Some(redis::Value::Int(n)) => *n,
-            other => panic!("XPENDING summary starts with {other:?}"),
-        },
-        other => panic!("XPENDING summary is {other:?}"),
-    }
-}
-
 /// Under a backlog, a reader that has caught up with its stream does not read
 /// entry by entry while the keys it read wait for a round: new entries stay
 /// in the stream until a round ends, then come in full reads. Read one by one
@@ -386,7 +365,7 @@ async fn a_reader_holds_back_while_read_keys_wait_for_a_round() {
     // A negative check needs a window: a reader that does not hold back
     // reads each entry within milliseconds of its XADD.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let delivered = delivered_unacked(&mut conn, &stream, &group).await;
+    let delivered = support::pending_count(&mut conn, &stream, &group).await;
     assert!(
         (1..=20).contains(&delivered),
         "the reader took {delivered} of {writes} entries while its round waited at MongoDB \
@@ -410,7 +389,7 @@ async fn a_reader_holds_back_while_read_keys_wait_for_a_round() {
     eventually(Duration::from_secs(10), "every entry XACKed", || {
         let mut conn = conn.clone();
         let (stream, group) = (stream.clone(), group.clone());
-        async move { (delivered_unacked(&mut conn, &stream, &group).await == 0).then_some(()) }
+        async move { (support::pending_count(&mut conn, &stream, &group).await == 0).then_some(()) }
     })
     .await;
     daemon.stop().await;

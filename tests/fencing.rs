@@ -30,19 +30,6 @@ fn acks_skipped() -> f64 {
     support::own_counter("writ_acks_skipped_total", "")
 }
 
-async fn pending_of(conn: &mut writ::redis_conn::Conn, stream: &str, group: &str) -> u64 {
-    let v: redis::Value = redis::cmd("XPENDING")
-        .arg(stream)
-        .arg(group)
-        .query_async(conn)
-        .await
-        .unwrap();
-    match v {
-        redis::Value::Array(parts) => redis::from_redis_value(parts[0].clone()).unwrap(),
-        other => panic!("XPENDING reply {other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
     writ::telemetry::recorder();
@@ -84,7 +71,7 @@ async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
     let old_reader = FencedReader::new(&names, p, "old-owner", old.token);
     let first = old_reader.read(&mut conn, 2).await.unwrap();
     assert_eq!(first.entries.len(), 2, "a current owner reads");
-    assert_eq!(pending_of(&mut conn, &stream, &group).await, 2);
+    assert_eq!(support::pending_count(&mut conn, &stream, &group).await, 2);
 
     // The lease lapses (as after a pause longer than its TTL) and a new owner
     // takes it: the fencing counter moves on.
@@ -116,7 +103,7 @@ async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
         "writ_fenced_total{{op=\"read\"}}"
     );
     assert_eq!(
-        pending_of(&mut conn, &stream, &group).await,
+        support::pending_count(&mut conn, &stream, &group).await,
         2,
         "the refused read delivered nothing"
     );
@@ -290,7 +277,7 @@ async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
                 .unwrap()
         }
     };
-    let pending = pending_of(&mut conn, &stream, &group).await;
+    let pending = support::pending_count(&mut conn, &stream, &group).await;
     let before = fenced_count("dead_letter");
     assert_eq!(
         writ::deadletter::park(&acker, &stale, letter()).await,
@@ -303,7 +290,7 @@ async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
     );
     assert_eq!(letters(conn.clone()).await, 0, "no dead letter");
     assert_eq!(
-        pending_of(&mut conn, &stream, &group).await,
+        support::pending_count(&mut conn, &stream, &group).await,
         pending,
         "the entry stays pending for the new owner"
     );
@@ -312,7 +299,10 @@ async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
         writ::deadletter::Parked::Yes
     );
     assert_eq!(letters(conn.clone()).await, 1);
-    assert_eq!(pending_of(&mut conn, &stream, &group).await, pending - 1);
+    assert_eq!(
+        support::pending_count(&mut conn, &stream, &group).await,
+        pending - 1
+    );
 
     // 6. A round's cache step with its acks in the same script call (one
     //    server, no replicas to confirm): under the old token neither the
@@ -376,7 +366,7 @@ async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
                 .collect::<Vec<_>>()
         }
     };
-    let pending = pending_of(&mut conn, &stream, &group).await;
+    let pending = support::pending_count(&mut conn, &stream, &group).await;
     assert_eq!(
         cache
             .put_many_fenced_acking(&acked_entry, &stale, &batch)
@@ -389,7 +379,10 @@ async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
         acks_of(conn.clone()).await.is_empty(),
         "no ack under the old token"
     );
-    assert_eq!(pending_of(&mut conn, &stream, &group).await, pending);
+    assert_eq!(
+        support::pending_count(&mut conn, &stream, &group).await,
+        pending
+    );
     let skipped_before = acks_skipped();
     assert_eq!(
         cache
@@ -408,7 +401,10 @@ async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
         1.0,
         "the skipped ack is counted in writ_acks_skipped_total"
     );
-    assert_eq!(pending_of(&mut conn, &stream, &group).await, pending - 2);
+    assert_eq!(
+        support::pending_count(&mut conn, &stream, &group).await,
+        pending - 2
+    );
     let ttl: i64 = redis::cmd("TTL")
         .arg(names.acks("good-client"))
         .query_async(&mut conn)

@@ -994,6 +994,25 @@ pub async fn lease_holders_on<C: redis::aio::ConnectionLike>(
     out
 }
 
+/// Entries of `stream` delivered to `group`'s consumers and not yet acked
+/// (the `XPENDING` summary's count).
+pub async fn pending_count<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    stream: &str,
+    group: &str,
+) -> u64 {
+    let v: redis::Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .query_async(conn)
+        .await
+        .unwrap();
+    match v {
+        redis::Value::Array(parts) => redis::from_redis_value(parts[0].clone()).unwrap(),
+        other => panic!("XPENDING reply {other:?}"),
+    }
+}
+
 /// The sum of this process's samples of the counter `name` whose labels
 /// contain `label` ("" for every sample). For tests that run the daemon in
 /// their own process (`Daemon::start`), whose metrics go to this recorder.
