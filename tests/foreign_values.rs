@@ -100,9 +100,9 @@ fn acks_skipped() -> f64 {
 /// A writer whose ack stream key holds another program's value: its ack is
 /// skipped and counted (`writ_acks_skipped_total`), the key is left as it is
 /// (no expiry either), its write is committed all the same, and the other
-/// writer of the same round gets its ack. On one
-/// server the round's cache script adds the acks; on Redis Cluster
-/// (`WRIT_TEST_REDIS_CLUSTER=1`) the acker's pipeline does: both count.
+/// writer of the same round gets its ack. On one server the round's cache
+/// script adds the acks; on Redis Cluster (`WRIT_TEST_REDIS_CLUSTER=1`) the
+/// acker's own script (`src/lua/ack_stream.lua`) does: both count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_value_at_an_ack_stream_skips_that_ack_only() {
     let env = TestEnv::start("foreign_ack");

@@ -68,12 +68,6 @@ impl Outcome {
     }
 }
 
-/// `src/lua/ack_stream.lua`, hashed once per process.
-fn ack_stream_script() -> &'static redis::Script {
-    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| redis::Script::new(include_str!("../lua/ack_stream.lua")))
-}
-
 /// The call that adds one writer's acks of a batch to its ack stream.
 pub struct AckCall {
     /// The ack stream (the key the call touches).
@@ -85,14 +79,16 @@ pub struct AckCall {
 }
 
 impl AckCall {
-    /// The script (for a pipeline's `SCRIPT LOAD`).
+    /// `src/lua/ack_stream.lua`, hashed once per process (for a pipeline's
+    /// `SCRIPT LOAD`).
     pub fn script() -> &'static redis::Script {
-        ack_stream_script()
+        static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+        SCRIPT.get_or_init(|| redis::Script::new(include_str!("../lua/ack_stream.lua")))
     }
 
     /// The call, as an `EVALSHA` that loads the script if Redis lacks it.
     pub fn invocation(&self) -> redis::ScriptInvocation<'static> {
-        let mut call = ack_stream_script().key(&self.stream);
+        let mut call = Self::script().key(&self.stream);
         for a in &self.args {
             call.arg(a.as_slice());
         }
