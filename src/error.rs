@@ -248,6 +248,14 @@ fn redis_retry_class(e: &redis::RedisError) -> RetryClass {
     if crate::redis_conn::not_run(e) {
         return RetryClass::Transient;
     }
+    // States of the server that pass by themselves or by an operator's
+    // hand, not by changing the command: memory above `maxmemory` (until
+    // trimming or the operator frees some), a script running long, too few
+    // replicas for `min-replicas-to-write`. The redis crate knows them only
+    // by their reply code.
+    if matches!(e.code(), Some("OOM" | "BUSY" | "NOREPLICAS")) {
+        return RetryClass::Transient;
+    }
     match e.kind() {
         K::Server(redis::ServerErrorKind::BusyLoading)
         | K::Server(redis::ServerErrorKind::MasterDown)
@@ -332,5 +340,26 @@ mod tests {
             let e = Error::Redis(redis::RedisError::from((K::Server(kind), "reply")));
             assert_eq!(e.retry_class(), RetryClass::Permanent, "{kind:?}");
         }
+    }
+
+    /// Replies the redis crate knows only by their code: memory above
+    /// `maxmemory`, a long script, too few replicas to write. They pass
+    /// without a change to the command, so they are retried, not skipped
+    /// (the acker skipped a round's acks on `OOM`). `WRONGTYPE` is not.
+    #[test]
+    fn redis_replies_of_a_full_or_busy_server_are_transient() {
+        let reply = |line: &str| -> Error {
+            let v = redis::parse_redis_value(format!("-{line}\r\n").as_bytes()).unwrap();
+            Error::Redis(v.extract_error().unwrap_err())
+        };
+        for line in [
+            "OOM command not allowed when used memory > 'maxmemory'.",
+            "BUSY Redis is busy running a script.",
+            "NOREPLICAS Not enough good replicas to write.",
+        ] {
+            assert_eq!(reply(line).retry_class(), RetryClass::Transient, "{line}");
+        }
+        let wrong = "WRONGTYPE Operation against a key holding the wrong kind of value";
+        assert_eq!(reply(wrong).retry_class(), RetryClass::Permanent);
     }
 }

@@ -1,10 +1,13 @@
-//! With `redis.min_replicas_acked`, the operator tools confirm their cache
-//! writes with `WAIT`, as the daemon does: `replay` and `rebuild-cache`
-//! (and `dlq retry`, which publishes through the same call as `replay`) make
-//! entries readable, and an entry a failover loses would let a reader see
-//! the older one the promoted replica holds.
+//! With `redis.min_replicas_acked`, the daemon confirms its cache writes
+//! with `WAIT` and sends the acks after them, in a step of their own:
+//! - the operator tools confirm their cache writes the same way: `replay` and
+//!   `rebuild-cache` (and `dlq retry`, which publishes through the same call
+//!   as `replay`) make entries readable, and an entry a failover loses would
+//!   let a reader see the older one the promoted replica holds;
+//! - acks refused because Redis is at `maxmemory` wait for memory; they are
+//!   not skipped.
 //!
-//! The test starts its own master and replica (one redis-server each, with
+//! The tests start their own master and replica (one redis-server each, with
 //! `REPLICAOF`), whatever Redis the other tests use.
 
 mod support;
@@ -12,12 +15,13 @@ mod support;
 use std::time::Duration;
 
 use mongodb::bson::doc;
+use redis::aio::MultiplexedConnection;
 use support::proc::writ_cli;
 use support::{eventually, Daemon, Overrides, RedisServer, TestEnv};
 use writ::Writ;
 
 /// `cmdstat_wait`'s `calls` in `INFO commandstats` (0 when never called).
-async fn wait_calls(master: &mut redis::aio::MultiplexedConnection) -> u64 {
+async fn wait_calls(master: &mut MultiplexedConnection) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(master)
@@ -29,7 +33,7 @@ async fn wait_calls(master: &mut redis::aio::MultiplexedConnection) -> u64 {
         .unwrap_or(0)
 }
 
-async fn reset_stats(master: &mut redis::aio::MultiplexedConnection) {
+async fn reset_stats(master: &mut MultiplexedConnection) {
     let _: () = redis::cmd("CONFIG")
         .arg("RESETSTAT")
         .query_async(master)
@@ -37,9 +41,9 @@ async fn reset_stats(master: &mut redis::aio::MultiplexedConnection) {
         .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tools_confirm_their_cache_writes_with_replicas() {
-    let env = TestEnv::start("toolsrepl");
+/// A master, a replica of it that has confirmed a `WAIT`, and a connection
+/// to the master.
+async fn master_and_replica() -> (RedisServer, RedisServer, MultiplexedConnection) {
     let master = RedisServer::start();
     let replica = RedisServer::start();
     let client = |url: String| async move {
@@ -49,7 +53,7 @@ async fn tools_confirm_their_cache_writes_with_replicas() {
             .await
             .unwrap()
     };
-    let mut m = client(master.url()).await;
+    let m = client(master.url()).await;
     let mut r = client(replica.url()).await;
     let _: () = redis::cmd("REPLICAOF")
         .arg("127.0.0.1")
@@ -70,7 +74,13 @@ async fn tools_confirm_their_cache_writes_with_replicas() {
         }
     })
     .await;
+    (master, replica, m)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_confirm_their_cache_writes_with_replicas() {
+    let env = TestEnv::start("toolsrepl");
+    let (master, _replica, mut m) = master_and_replica().await;
     let dir = tempfile::tempdir().unwrap();
     let o = Overrides {
         redis: "min_replicas_acked = 1\nreplica_ack_timeout_ms = 5000",
@@ -104,4 +114,107 @@ async fn tools_confirm_their_cache_writes_with_replicas() {
     for i in 0..8i64 {
         assert_eq!(s.read(&key(i)).await.unwrap(), Some(doc! {"i": i}));
     }
+}
+
+async fn config_set(conn: &mut MultiplexedConnection, name: &str, value: &str) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg(name)
+        .arg(value)
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+fn signal(process: u32, name: &str) {
+    let ok = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(process.to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{name} {process}");
+}
+
+/// Where the acks follow the cache step (here: replicas must confirm it),
+/// a Redis at `maxmemory` refuses them with `OOM`. That passes once memory
+/// is freed, so the acks wait for it; before, the acker took the reply for
+/// one retrying cannot clear, skipped the acks and `XACK`ed the entries,
+/// and the writers waited in vain.
+///
+/// The test brings the acks, and only them, to a full Redis: MongoDB is held
+/// while the writes are accepted, the replica is stopped so the cache step
+/// cannot be confirmed, and `maxmemory` is set once the master holds the
+/// cache entries (the step's later tries write nothing, so they pass). The
+/// replica goes on, the cache step is confirmed, and the acks meet the full
+/// Redis: the entries must stay pending, then be acked once memory is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_refused_for_memory_wait_for_memory() {
+    let env = TestEnv::start("ackoom");
+    let (master, replica, mut m) = master_and_replica().await;
+    let (proxy, uri) = support::proxy::in_front_of_mongo_pausable(&env.mongo_uri).await;
+    let o = Overrides {
+        redis: "min_replicas_acked = 1\nreplica_ack_timeout_ms = 300",
+        redis_url: Some(master.url()),
+        mongo_uri: Some(uri),
+        partitions: Some(1),
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let daemon = Daemon::start(config.clone());
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let key = |i: i64| doc! {"symbol": format!("M{i}"), "strategyName": "s", "exchangeName": "x"};
+    s.write(&key(-1), &doc! {"i": -1}).await.unwrap();
+    let names = writ::protocol::Names::new(&config.namespace);
+    let (stream, group) = (names.stream(0), names.group());
+
+    proxy.pause();
+    let mut tickets = Vec::new();
+    for i in 0..4i64 {
+        tickets.push(s.submit(&key(i), &doc! {"i": i}).await.unwrap());
+    }
+    signal(replica.pid(), "STOP");
+    proxy.go_on();
+    let cached = |i: i64| {
+        let k = writ::protocol::Key::from_document(&key(i), config.collection("signal").unwrap())
+            .unwrap();
+        names.cache(0, "signal", &k.canonical())
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the master to hold the cache entries",
+        || {
+            let mut m = m.clone();
+            let last = cached(3);
+            async move {
+                let n: u32 = redis::cmd("EXISTS")
+                    .arg(last)
+                    .query_async(&mut m)
+                    .await
+                    .ok()?;
+                (n == 1).then_some(())
+            }
+        },
+    )
+    .await;
+    config_set(&mut m, "maxmemory", "1").await;
+    signal(replica.pid(), "CONT");
+    // The replica catches up, the next try of the cache step is confirmed
+    // (tries come at most 2 s apart), and the acks meet the full Redis: they
+    // must not be skipped, so the entries stay pending.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let pending = support::pending_count(&mut m, &stream, &group).await;
+    config_set(&mut m, "maxmemory", "0").await;
+    assert_eq!(
+        pending, 4,
+        "entries pending while Redis was full: acks refused for memory were skipped and the entries XACKed"
+    );
+    for t in tickets {
+        t.wait().await.unwrap();
+    }
+    for i in 0..4i64 {
+        assert_eq!(s.read(&key(i)).await.unwrap(), Some(doc! {"i": i}));
+    }
+    daemon.stop().await;
 }
