@@ -134,6 +134,16 @@ pub enum Error {
         limit: u64,
     },
 
+    /// Redis is at its `maxmemory` and refused the admission; the write was
+    /// not accepted.
+    #[error("Redis is out of memory (its maxmemory) and refused the write to partition {partition}: it was NOT accepted. Free memory in Redis or raise its maxmemory (a daemon that is down or behind lets the streams grow: check `writ status`), then retry. Redis said: OOM {detail}")]
+    RedisFull {
+        /// The partition.
+        partition: u32,
+        /// Redis's reply.
+        detail: String,
+    },
+
     /// The handle or daemon is shutting down.
     #[error("shutting down")]
     Shutdown,
@@ -193,6 +203,7 @@ impl Error {
             Error::MissingPostImage { .. }
             | Error::Timeout { .. }
             | Error::Backpressure { .. }
+            | Error::RedisFull { .. }
             | Error::NotReplicated { .. }
             | Error::NotYetConfirmed { .. } => RetryClass::Transient,
             Error::Connect { retry, .. } => *retry,
@@ -221,7 +232,7 @@ impl Error {
     pub fn class_label(&self) -> &'static str {
         match self {
             Error::Connect { what, .. } => what,
-            Error::Redis(_) => "redis",
+            Error::Redis(_) | Error::RedisFull { .. } => "redis",
             Error::NotReplicated { .. } => "not_replicated",
             Error::Mongo(_) | Error::MissingPostImage { .. } | Error::NotYetConfirmed { .. } => {
                 "mongodb"

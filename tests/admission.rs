@@ -270,3 +270,57 @@ async fn a_call_sent_twice_adds_its_entries_once() {
         .unwrap();
     assert_eq!(fields, 4, "`last` and three slots");
 }
+
+/// A Redis at its `maxmemory` refuses an admission before it writes
+/// anything: the writer gets [`Error::RedisFull`] at once, saying the write
+/// was not accepted and what to do, classed as retryable, and nothing is in
+/// the stream. Once memory is freed, submits are accepted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_refuses_the_write_saying_so() {
+    let env = TestEnv::start("admission_full");
+    let redis = support::RedisServer::start();
+    let o = Overrides {
+        redis_url: Some(redis.url()),
+        partitions: Some(1),
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let set_maxmemory = |bytes: &'static str| {
+        let mut conn = conn.clone();
+        async move {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("maxmemory")
+                .arg(bytes)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    };
+    set_maxmemory("1").await;
+    let refused = s.submit(&key("full"), &doc! {"i": 1}).await;
+    set_maxmemory("0").await;
+    let e = refused.expect_err("a full Redis accepted a write");
+    assert!(matches!(e, Error::RedisFull { partition: 0, .. }), "{e:?}");
+    let text = e.to_string();
+    assert!(
+        text.contains("NOT accepted") && text.contains("maxmemory") && text.contains("OOM"),
+        "{text}"
+    );
+    assert_eq!(e.retry_class(), writ::error::RetryClass::Transient);
+    let stream = writ::protocol::Names::new(&config.namespace).stream(0);
+    let len: u64 = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 0, "the refused write is in the stream");
+    s.submit(&key("full"), &doc! {"i": 2}).await.unwrap();
+}

@@ -77,6 +77,10 @@ impl Refused {
                 unapplied,
                 limit,
             },
+            Refused::Failed(e) if e.code() == Some("OOM") => Error::RedisFull {
+                partition,
+                detail: e.detail().unwrap_or_default().to_string(),
+            },
             Refused::Failed(e) => e.into(),
             Refused::Odd(what) => Error::Encode(what),
         }

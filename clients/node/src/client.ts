@@ -632,6 +632,15 @@ export class WritClient {
           { cause: e },
         );
       }
+      if (isReplyError(e) && msg.startsWith("OOM")) {
+        // Refused before the admission wrote anything.
+        throw new WritConnectionError(
+          `Redis is out of memory (its maxmemory) and refused the write to ${collection}: it was NOT accepted. Free ` +
+            `memory in Redis or raise its maxmemory (a daemon that is down or behind lets the streams grow: check ` +
+            `\`writ status\`), then retry. Redis said: ${msg}`,
+          { cause: e },
+        );
+      }
       if (isReplyError(e)) {
         throw new WritConnectionError(`Redis refused the write to ${collection}: ${msg}${this.clusterHint(msg)}`, { cause: e });
       }

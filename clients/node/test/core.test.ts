@@ -542,6 +542,32 @@ describe("core", () => {
     }
   }));
 
+  test("a Redis at its maxmemory refuses the write at once, saying it was not accepted and what to do", g(async () => {
+    const dir = mkdtempSync(join(tmpdir(), "writ-full-"));
+    const r = await RedisServer.start(dir);
+    const admin = new Redis(r.url);
+    try {
+      const c = new WritClient(env.clientConfig({ collections: COLLECTIONS, redisUrl: r.url, partitions: 1 }));
+      clients.push(c);
+      await c.ready();
+      await admin.config("SET", "maxmemory", "1");
+      await assert.rejects(
+        c.write(KV.name, { k: "full", n: 1 }, "put", { a: 1 }),
+        (e: unknown) =>
+          e instanceof WritConnectionError && /NOT accepted/.test(e.message) && /maxmemory/.test(e.message) && /OOM/.test(e.message),
+      );
+      await admin.config("SET", "maxmemory", "0");
+      assert.equal(await admin.xlen(`${env.name}:{p0}:in`), 0, "the refused write is in the stream");
+      await c.write(KV.name, { k: "full", n: 2 }, "put", { a: 2 });
+      assert.equal(await admin.xlen(`${env.name}:{p0}:in`), 1);
+    } finally {
+      await admin.config("SET", "maxmemory", "0").catch(() => {});
+      admin.disconnect();
+      await r.stop().catch(() => {});
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }));
+
   /**
    * A stand-in for the writes connection of a client with minReplicasAcked
    * (a Cluster when `slots` is given, routed by it). Each admission call's
