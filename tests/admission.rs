@@ -323,4 +323,10 @@ async fn a_full_redis_refuses_the_write_saying_so() {
         .unwrap();
     assert_eq!(len, 0, "the refused write is in the stream");
     s.submit(&key("full"), &doc! {"i": 2}).await.unwrap();
+    let len: u64 = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 1, "the accepted write is not in {stream}");
 }

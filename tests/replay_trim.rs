@@ -1,7 +1,8 @@
 //! Retention keeps trimming while a long `writ replay` runs. Entries it
 //! removes ahead of the replay's position are missed by the replay, and the
 //! summary must say so (`trimmed`), as it does for a range trimmed before
-//! the replay began.
+//! the replay began. Retention also keeps trimming while Redis is at its
+//! `maxmemory`, which is when the memory it frees is needed.
 
 mod support;
 
@@ -81,4 +82,82 @@ async fn a_range_trimmed_during_a_replay_is_reported() {
         vec![p],
         "the entries trimmed ahead of the replay are reported: {sum:?}"
     );
+}
+
+/// The daemon's housekeeping counts each partition's backlog with the
+/// admission script's count, which writes a shortcut for the next count back
+/// to the partition's meta hash when it had to count entry by entry. At
+/// `maxmemory` Redis refused that write, the count failed, and with it the
+/// status gauges and retention, for every partition, for as long as Redis
+/// stayed full. The shortcut is now optional (`pcall`).
+///
+/// The test makes the count go entry by entry (it removes the meta hash's
+/// `read`, which the daemon's reads do not restore while nothing new comes),
+/// fills Redis, and waits for retention (`retention_max_age_secs = 2`) to
+/// trim the applied entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_trims_while_redis_is_full() {
+    let env = TestEnv::start("trim_full");
+    let redis = support::RedisServer::start();
+    let o = Overrides {
+        redis_url: Some(redis.url()),
+        partitions: Some(1),
+        daemon: "retention_max_age_secs = 2",
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let daemon = support::Daemon::start(config.clone());
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    for i in 0..20i64 {
+        let key = doc! {"symbol": format!("F{i}"), "strategyName": "full", "exchangeName": "x"};
+        s.write(&key, &doc! {"i": i}).await.unwrap();
+    }
+    let names = Names::new(&config.namespace);
+    let stream = names.stream(0);
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HDEL")
+        .arg(names.meta(0))
+        .arg("read")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let maxmemory = |bytes: &'static str| {
+        let mut conn = conn.clone();
+        async move {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("maxmemory")
+                .arg(bytes)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    };
+    maxmemory("1").await;
+    let mut reader = conn.clone();
+    let trimmed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let len: u64 = redis::cmd("XLEN")
+                .arg(&stream)
+                .query_async(&mut reader)
+                .await
+                .unwrap();
+            if len == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    maxmemory("0").await;
+    assert!(
+        trimmed.is_ok(),
+        "retention did not trim the 20 applied entries within 20 s while Redis was full"
+    );
+    daemon.stop().await;
 }

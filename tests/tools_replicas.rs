@@ -20,14 +20,15 @@ use support::proc::writ_cli;
 use support::{eventually, Daemon, Overrides, RedisServer, TestEnv};
 use writ::Writ;
 
-/// `cmdstat_wait`'s `calls` in `INFO commandstats` (0 when never called).
-async fn wait_calls(master: &mut MultiplexedConnection) -> u64 {
+/// `cmdstat_<command>`'s `calls` in `INFO commandstats` (0 when never
+/// called).
+async fn calls(master: &mut MultiplexedConnection, command: &str) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(master)
         .await
         .unwrap();
-    support::info_field(&info, "cmdstat_wait")
+    support::info_field(&info, &format!("cmdstat_{command}"))
         .and_then(|v| v.strip_prefix("calls="))
         .map(|rest| rest.split(',').next().unwrap().parse().unwrap())
         .unwrap_or(0)
@@ -102,11 +103,11 @@ async fn tools_confirm_their_cache_writes_with_replicas() {
     reset_stats(&mut m).await;
     let out = writ_cli(&path, &["replay", "--from", "0-0"]);
     assert!(out.status.success(), "{out:?}");
-    let replay = wait_calls(&mut m).await;
+    let replay = calls(&mut m, "wait").await;
     reset_stats(&mut m).await;
     let out = writ_cli(&path, &["rebuild-cache"]);
     assert!(out.status.success(), "{out:?}");
-    let rebuild = wait_calls(&mut m).await;
+    let rebuild = calls(&mut m, "wait").await;
     assert!(
         replay >= 8 && rebuild >= 8,
         "WAIT calls on the master: replay {replay}, rebuild-cache {rebuild}; want at least 8 each"
@@ -176,34 +177,49 @@ async fn acks_refused_for_memory_wait_for_memory() {
     }
     signal(replica.pid(), "STOP");
     proxy.go_on();
-    let cached = |i: i64| {
-        let k = writ::protocol::Key::from_document(&key(i), config.collection("signal").unwrap())
-            .unwrap();
-        names.cache(0, "signal", &k.canonical())
-    };
+    let cached: Vec<String> = (0..4i64)
+        .map(|i| {
+            let coll = config.collection("signal").unwrap();
+            let k = writ::protocol::Key::from_document(&key(i), coll).unwrap();
+            names.cache(0, "signal", &k.canonical())
+        })
+        .collect();
+    // The first round's entries at least (the others may wait for a round:
+    // no round ends while the replica is stopped).
     eventually(
         Duration::from_secs(30),
-        "the master to hold the cache entries",
+        "the master to hold cache entries",
         || {
             let mut m = m.clone();
-            let last = cached(3);
+            let cached = cached.clone();
             async move {
                 let n: u32 = redis::cmd("EXISTS")
-                    .arg(last)
+                    .arg(cached)
                     .query_async(&mut m)
                     .await
                     .ok()?;
-                (n == 1).then_some(())
+                (n >= 1).then_some(())
             }
         },
     )
     .await;
     config_set(&mut m, "maxmemory", "1").await;
+    reset_stats(&mut m).await;
     signal(replica.pid(), "CONT");
-    // The replica catches up, the next try of the cache step is confirmed
-    // (tries come at most 2 s apart), and the acks meet the full Redis: they
-    // must not be skipped, so the entries stay pending.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The replica catches up, the next try of the cache step is confirmed,
+    // and the acker sends its acks and XACK in one MULTI (the only MULTI the
+    // daemon sends), which a full Redis refuses. Once it has, the acks must
+    // not be skipped: the entries stay pending.
+    eventually(
+        Duration::from_secs(30),
+        "the acker to send its acks to the full Redis",
+        || {
+            let mut m = m.clone();
+            async move { (calls(&mut m, "multi").await >= 1).then_some(()) }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let pending = support::pending_count(&mut m, &stream, &group).await;
     config_set(&mut m, "maxmemory", "0").await;
     assert_eq!(

@@ -111,58 +111,55 @@ impl Acker {
         self.client_acks(&client_acks).await && self.xack(&ids).await
     }
 
-    /// Adds client acks. Transient failures are retried; a permanent one
-    /// (say, a writer chose a client id whose ack key holds something else)
-    /// is logged and skipped: that writer's `write` then times out, its data
-    /// is safe.
+    /// Adds client acks, one call per ack stream. A call that fails for a
+    /// while (Redis at its `maxmemory`, a node failing over) is tried again,
+    /// alone: the calls that went are not sent twice. A call refused for
+    /// good (say, a writer chose a client id whose ack key holds something
+    /// else) is logged, and its acks are skipped and counted: that writer's
+    /// `write` then times out, its data is safe. `false`: aborted first.
     pub async fn client_acks(&self, acks: &[(String, Ack)]) -> bool {
-        if acks.is_empty() {
-            return true;
-        }
+        let mut calls = self.ack_commands(acks);
+        let mut skipped = 0usize;
         let mut backoff = Backoff::new(Duration::from_secs(2));
-        loop {
-            let calls = self.ack_commands(acks);
-            // One call per ack stream, sent at once (the multiplexed
-            // connection pipelines them; on a cluster each goes to its
-            // stream's node). The acks refused because their stream key holds
-            // another type are skipped; any other error decides.
+        while !calls.is_empty() {
+            // Sent at once: the multiplexed connection pipelines them; on a
+            // cluster each goes to its stream's node.
             let replies = futures::future::join_all(calls.iter().map(|c| {
                 let mut conn = self.conn.clone();
                 let call = c.invocation();
                 async move { call.invoke_async::<redis::Value>(&mut conn).await }
             }))
             .await;
-            let sent =
-                replies
-                    .into_iter()
-                    .zip(&calls)
-                    .try_fold(0usize, |skipped, (r, c)| match r {
-                        Ok(_) => Ok(skipped),
-                        Err(e) if e.code() == Some("WRONGTYPE") => Ok(skipped + c.acks),
-                        Err(e) => Err(Error::from(e)),
-                    });
-            match sent {
-                Ok(skipped) => {
-                    if skipped > 0 {
-                        Event::AcksSkipped {
-                            count: skipped as u64,
-                        }
-                        .emit();
-                    }
-                    return true;
+            let mut again = Vec::new();
+            let mut retrying = None;
+            for (reply, call) in replies.into_iter().zip(calls) {
+                let Err(e) = reply else { continue };
+                let e = Error::from(e);
+                if matches!(&e, Error::Redis(r) if r.code() == Some("WRONGTYPE")) {
+                    skipped += call.acks;
+                } else if e.retry_class() == RetryClass::Permanent {
+                    tracing::error!(error = %e, stream = %call.stream, "cannot add client acks; skipping them");
+                    skipped += call.acks;
+                } else {
+                    retrying.get_or_insert(e);
+                    again.push(call);
                 }
-                Err(e) if e.retry_class() == RetryClass::Permanent => {
-                    tracing::error!(error = %e, "cannot add client acks; skipping them");
-                    return true;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "adding client acks failed; retrying");
-                    if !backoff.sleep(&self.abort).await {
-                        return false;
-                    }
+            }
+            calls = again;
+            if let Some(e) = retrying {
+                tracing::warn!(error = %e, calls = calls.len(), "adding client acks failed; retrying those");
+                if !backoff.sleep(&self.abort).await {
+                    return false;
                 }
             }
         }
+        if skipped > 0 {
+            Event::AcksSkipped {
+                count: skipped as u64,
+            }
+            .emit();
+        }
+        true
     }
 
     /// `acks` as a [`Batch`] for the round's cache script.

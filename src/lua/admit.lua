@@ -50,7 +50,10 @@ local function backlog(bound)
     end
     undelivered = #r
     if bound == 0 or undelivered < bound then
-      redis.call('HSET', KEYS[2], 'at', last, 'read', info['entries-added'] - undelivered)
+      -- Only a shortcut for the next count: if Redis refuses it (at its
+      -- maxmemory), the count is still right. pcall, so that the daemon's
+      -- status and trimming, which free memory, keep working then.
+      redis.pcall('HSET', KEYS[2], 'at', last, 'read', info['entries-added'] - undelivered)
     end
   end
   return {pending + undelivered, pending, undelivered, last}
