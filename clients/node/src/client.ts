@@ -12,6 +12,7 @@ import { deserialize, serialize, type Document } from "bson";
 import { readRedisTls, redactUrl, redactUrls, redisUrls, resolveConfig, type RedisTlsPem, type WritConfig } from "./config.js";
 import {
   BackpressureError,
+  RedisFullError,
   RefusedWriteError,
   WritClosedError,
   WritConfigError,
@@ -632,15 +633,8 @@ export class WritClient {
           { cause: e },
         );
       }
-      if (isReplyError(e) && msg.startsWith("OOM")) {
-        // Refused before the admission wrote anything.
-        throw new WritConnectionError(
-          `Redis is out of memory (its maxmemory) and refused the write to ${collection}: it was NOT accepted. Free ` +
-            `memory in Redis or raise its maxmemory (a daemon that is down or behind lets the streams grow: check ` +
-            `\`writ status\`), then retry. Redis said: ${msg}`,
-          { cause: e },
-        );
-      }
+      // Refused before the admission wrote anything.
+      if (isReplyError(e) && msg.startsWith("OOM")) throw new RedisFullError(collection, msg, { cause: e });
       if (isReplyError(e)) {
         throw new WritConnectionError(`Redis refused the write to ${collection}: ${msg}${this.clusterHint(msg)}`, { cause: e });
       }

@@ -39,6 +39,26 @@ export class WritConnectionError extends WritError {
   }
 }
 
+/**
+ * Redis is at its `maxmemory` and refused the write (`OOM`): it was NOT
+ * accepted. Retry once memory is freed. A {@link WritConnectionError}, so
+ * code that catches those catches this too.
+ */
+export class RedisFullError extends WritConnectionError {
+  constructor(
+    readonly collection: string,
+    readonly reply: string,
+    options?: { cause?: unknown },
+  ) {
+    super(
+      `Redis is out of memory (its maxmemory) and refused the write to ${collection}: it was NOT accepted. Free ` +
+        `memory in Redis or raise its maxmemory (a daemon that is down or behind lets the streams grow: check ` +
+        `\`writ status\`), then retry. Redis said: ${reply}`,
+      options,
+    );
+  }
+}
+
 /** The daemon refused a write for good and parked it in the dead-letter stream. */
 export class RefusedWriteError extends WritError {
   constructor(

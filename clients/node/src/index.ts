@@ -7,6 +7,7 @@ export {
   BackpressureError,
   WritTimeoutError,
   WritConnectionError,
+  RedisFullError,
   RefusedWriteError,
   WritKeyError,
   WritConfigError,

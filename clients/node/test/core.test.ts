@@ -13,6 +13,7 @@ import { serialize } from "bson";
 import { WritClient } from "../src/client.js";
 import {
   BackpressureError,
+  RedisFullError,
   RefusedWriteError,
   WritClosedError,
   WritConnectionError,
@@ -554,7 +555,12 @@ describe("core", () => {
       await assert.rejects(
         c.write(KV.name, { k: "full", n: 1 }, "put", { a: 1 }),
         (e: unknown) =>
-          e instanceof WritConnectionError && /NOT accepted/.test(e.message) && /maxmemory/.test(e.message) && /OOM/.test(e.message),
+          e instanceof RedisFullError &&
+          e instanceof WritConnectionError &&
+          e.collection === KV.name &&
+          /NOT accepted/.test(e.message) &&
+          /maxmemory/.test(e.message) &&
+          /OOM/.test(e.reply),
       );
       await admin.config("SET", "maxmemory", "0");
       assert.equal(await admin.xlen(`${env.name}:{p0}:in`), 0, "the refused write is in the stream");

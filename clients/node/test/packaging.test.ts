@@ -11,7 +11,8 @@ import { PACKAGE_ROOT } from "./harness.js";
 
 const pkg = JSON.parse(readFileSync(join(PACKAGE_ROOT, "package.json"), "utf8"));
 const API = ["setup", "waitForInit", "dispose", "WritClient", "createAdapters", "BackpressureError", "WritTimeoutError",
-  "WritConnectionError", "RefusedWriteError", "WritKeyError", "WritConfigError", "canonicalKey", "partitionOf"];
+  "WritConnectionError", "RedisFullError", "RefusedWriteError", "WritKeyError", "WritConfigError", "canonicalKey",
+  "partitionOf"];
 
 test("require() loads the CommonJS build", () => {
   const require = createRequire(join(PACKAGE_ROOT, "package.json"));
