@@ -1,7 +1,8 @@
 //! Group-committed admission (`client::batch`): the submits that queue
 //! while a call to their partition is in flight go in one script call. Each
 //! entry still gets its own id and its own answer, in order, and the backlog
-//! bound holds entry by entry inside a batch.
+//! bound holds entry by entry inside a batch. And at Redis's `maxmemory`,
+//! a write is refused with an error that says so, and a read still answers.
 
 mod support;
 
@@ -329,4 +330,69 @@ async fn a_full_redis_refuses_the_write_saying_so() {
         .await
         .unwrap();
     assert_eq!(len, 1, "the accepted write is not in {stream}");
+}
+
+/// At `maxmemory` a read that misses the cache still answers from MongoDB:
+/// the cache fill after it is only a shortcut, and Redis refuses it. Before,
+/// the refused fill failed the read (`read` and `read_many`), though MongoDB
+/// held the document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_still_answers_reads_from_mongodb() {
+    let env = TestEnv::start("read_full");
+    let redis = support::RedisServer::start();
+    let o = Overrides {
+        redis_url: Some(redis.url()),
+        partitions: Some(1),
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let daemon = Daemon::start(config.clone());
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    for name in ["R1", "R2"] {
+        s.write(&key(name), &doc! {"n": name}).await.unwrap();
+    }
+    daemon.stop().await;
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // Both keys miss the cache from now on.
+    for name in ["R1", "R2"] {
+        let k =
+            writ::protocol::Key::from_document(&key(name), config.collection("signal").unwrap())
+                .unwrap();
+        let cached =
+            writ::protocol::Names::new(&config.namespace).cache(0, "signal", &k.canonical());
+        let _: () = redis::cmd("DEL")
+            .arg(cached)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let maxmemory = |bytes: &'static str| {
+        let mut conn = conn.clone();
+        async move {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("maxmemory")
+                .arg(bytes)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    };
+    // A fresh handle: no pending writes of its own to settle first.
+    let reader = Writ::connect(config.clone()).await.unwrap();
+    let r = reader.collection("signal").unwrap();
+    maxmemory("1").await;
+    let one = r.read(&key("R1")).await;
+    let many = r.read_many(&[key("R1"), key("R2")]).await;
+    maxmemory("0").await;
+    assert_eq!(one.unwrap(), Some(doc! {"n": "R1"}));
+    assert_eq!(
+        many.unwrap(),
+        vec![Some(doc! {"n": "R1"}), Some(doc! {"n": "R2"})]
+    );
 }

@@ -29,7 +29,7 @@ use mongodb::bson::{Bson, Document};
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::apply::{doc_version, is_live, is_tombstone, Store, DOC_PAYLOAD, DOC_REMOVED};
+use crate::apply::{doc_version, is_live, Store, DOC_PAYLOAD, DOC_REMOVED};
 use crate::cache::Cache;
 use crate::config::{CollectionConfig, Config, Layout};
 use crate::error::{Error, Result};
@@ -316,10 +316,7 @@ impl Collection {
         // A document from before writ managed the collection has no version:
         // it reads as version 0-0, older than any write.
         let version = doc_version(&doc).unwrap_or_default();
-        inner
-            .cache
-            .put_if_newer(&cache_key, version, (!is_tombstone(&doc)).then_some(&doc))
-            .await?;
+        inner.fill(&cache_key, version, &doc).await;
         Ok(Some(Record {
             version,
             payload: payload_of(&self.coll, &doc),

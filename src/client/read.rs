@@ -1,6 +1,7 @@
 //! The reads backtest-kit's adapters need beyond one key: many keys in one
 //! round trip (a candle range) and the live documents under a key prefix (a
 //! bucket's measures, a `backtest` flag's storage rows, the log).
+//! Also the cache fill after a read-through, which the one-key read shares.
 
 use std::collections::HashMap;
 
@@ -9,7 +10,20 @@ use mongodb::bson::Document;
 use super::{payload_of, Collection};
 use crate::apply::{doc_version, is_tombstone, key_fields};
 use crate::error::{Error, Result};
-use crate::protocol::{Key, Reject, RejectReason};
+use crate::protocol::{Key, Reject, RejectReason, Version};
+
+impl super::Inner {
+    /// Fills the cache after a read-through (compare-and-set, never
+    /// backwards). Only a shortcut for later reads: if Redis refuses it (at
+    /// its `maxmemory`, say), the read still answers from MongoDB, which
+    /// holds every applied write.
+    pub(super) async fn fill(&self, cache_key: &str, version: Version, doc: &Document) {
+        let live = (!is_tombstone(doc)).then_some(doc);
+        if let Err(e) = self.cache.put_if_newer(cache_key, version, live).await {
+            tracing::debug!(key = cache_key, error = %e, "cannot fill the cache after a read-through; answering from MongoDB");
+        }
+    }
+}
 
 impl Collection {
     /// Reads many keys: the cache in one pipelined round trip, every miss
@@ -61,10 +75,7 @@ impl Collection {
                 let doc = by_key.get(&keys[i].canonical());
                 if let Some(doc) = doc {
                     let version = doc_version(doc).unwrap_or_default();
-                    inner
-                        .cache
-                        .put_if_newer(&entries[i], version, (!is_tombstone(doc)).then_some(doc))
-                        .await?;
+                    inner.fill(&entries[i], version, doc).await;
                 }
                 out[i] = Some(doc.and_then(|d| payload_of(&self.coll, d)));
             }
