@@ -144,6 +144,12 @@ pub enum Error {
         detail: String,
     },
 
+    /// Redis is set up so that it may evict accepted writes (an `allkeys-*`
+    /// eviction policy under a memory limit); the daemon does not start. The
+    /// message names the setting and the fix.
+    #[error("{0}")]
+    UnsafeRedis(String),
+
     /// The handle or daemon is shutting down.
     #[error("shutting down")]
     Shutdown,
@@ -208,6 +214,7 @@ impl Error {
             | Error::NotYetConfirmed { .. } => RetryClass::Transient,
             Error::Connect { retry, .. } => *retry,
             Error::Config(_)
+            | Error::UnsafeRedis(_)
             | Error::Rejected(_)
             | Error::KeyTooLarge(_)
             | Error::DeadLettered { .. }
@@ -241,7 +248,7 @@ impl Error {
             Error::Backpressure { .. } => "backpressure",
             Error::Rejected(_) | Error::KeyTooLarge(_) => "rejected",
             Error::DeadLettered { .. } => "dead_lettered",
-            Error::Config(_) | Error::KeyIndex { .. } => "config",
+            Error::Config(_) | Error::KeyIndex { .. } | Error::UnsafeRedis(_) => "config",
             Error::Shutdown => "shutdown",
             Error::Fenced { .. } => "fenced",
             Error::Encode(_) => "encode",

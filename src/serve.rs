@@ -59,6 +59,8 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
     }
     let mut conn = crate::redis_conn::connect(&config, Duration::ZERO).await?;
     let names = Names::new(&config.namespace);
+    let streams: Vec<String> = (0..config.partitions).map(|p| names.stream(p)).collect();
+    crate::redis_conn::eviction::check(&conn, &streams).await?;
     for p in 0..config.partitions {
         ensure_group(&mut conn, &names.stream(p), &names.group()).await?;
     }

@@ -13,8 +13,10 @@
 //! What a cluster changes for callers lives here too: [`Conn::query_by_slot`]
 //! splits a pipeline of commands on different keys into one pipeline per slot
 //! (a cluster refuses cross-slot pipelines), and `replication` waits until
-//! writes reached `redis.min_replicas_acked` replicas.
+//! writes reached `redis.min_replicas_acked` replicas. `eviction` checks at
+//! start that Redis cannot evict the streams.
 
+pub mod eviction;
 mod replication;
 
 use std::collections::HashMap;

@@ -1,0 +1,191 @@
+//! Redis's eviction policy, checked when the daemon starts.
+//!
+//! The partition streams hold accepted writes that are not in MongoDB yet.
+//! Under a memory limit, a policy that may evict any key (`allkeys-*`) could
+//! drop a stream, and with it writes whose writers were told they were
+//! accepted; nothing would say so. The daemon then refuses to start. A
+//! policy that evicts only keys with an expiry (`volatile-*`) never touches
+//! a stream or a cache entry (they have none), but may evict writers' ack
+//! streams (their waits time out), leases (partitions change hands, fenced)
+//! and admission records: allowed, with a warning. The same policies without
+//! a limit (`maxmemory 0`) evict nothing yet: a warning. `noeviction` is
+//! the documented setting (docs/operations.md).
+//!
+//! The check reads `INFO memory` on the node of each partition stream. A
+//! Redis that refuses `INFO` (an ACL without `+info`) is not checked; that
+//! is logged once.
+
+use redis::{Pipeline, Value};
+
+use super::Conn;
+use crate::error::{Error, Result};
+
+/// What `INFO memory` says about eviction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// `maxmemory` in bytes (0: no limit).
+    pub maxmemory: u64,
+    /// `maxmemory_policy`.
+    pub policy: String,
+}
+
+impl Policy {
+    /// Reads `maxmemory` and `maxmemory_policy` from an `INFO memory` reply.
+    pub fn from_info(info: &str) -> Option<Policy> {
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.trim_end().strip_prefix(name)?.strip_prefix(':'))
+        };
+        Some(Policy {
+            maxmemory: field("maxmemory")?.parse().ok()?,
+            policy: field("maxmemory_policy")?.to_string(),
+        })
+    }
+
+    /// Whether the daemon may run on a node with this policy.
+    pub fn verdict(&self) -> Verdict {
+        let Policy { maxmemory, policy } = self;
+        let limited = *maxmemory > 0;
+        if policy.starts_with("allkeys-") && limited {
+            Verdict::Refuse(format!(
+                "Redis may evict writ's partition streams, which hold accepted writes not yet in MongoDB: \
+                 its maxmemory-policy is {policy} with maxmemory {maxmemory} bytes. Set maxmemory-policy \
+                 noeviction (CONFIG SET maxmemory-policy noeviction, and in redis.conf), then start writ again"
+            ))
+        } else if policy.starts_with("allkeys-") {
+            Verdict::Warn(format!(
+                "Redis's maxmemory-policy is {policy}: harmless while maxmemory is 0 (no limit), but once a \
+                 limit is set Redis may evict partition streams, which hold accepted writes. Set \
+                 maxmemory-policy noeviction"
+            ))
+        } else if policy.starts_with("volatile-") && limited {
+            Verdict::Warn(format!(
+                "Redis's maxmemory-policy is {policy} with maxmemory {maxmemory} bytes: at the limit it \
+                 evicts keys with an expiry, such as writers' ack streams (their waits time out; the writes \
+                 are safe) and partition leases (partitions change hands). noeviction is recommended"
+            ))
+        } else {
+            Verdict::Safe
+        }
+    }
+}
+
+/// Whether a policy lets the daemon run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing writ keeps can be evicted.
+    Safe,
+    /// Runs; the message is logged as a warning.
+    Warn(String),
+    /// Accepted writes could be evicted; the daemon does not start.
+    Refuse(String),
+}
+
+/// Checks the policy of the node of each of `streams` (the partition
+/// streams; one server: its only node). `Err` only when a node's policy
+/// could evict a stream ([`Error::UnsafeRedis`]); a check that cannot run is
+/// logged and passes.
+pub async fn check(conn: &Conn, streams: &[String]) -> Result<()> {
+    let keys: &[String] = if conn.is_cluster() {
+        streams
+    } else {
+        &streams[..streams.len().min(1)]
+    };
+    let mut warned = Vec::new();
+    for key in keys {
+        let info = match info_memory(conn, key).await {
+            Ok(info) => info,
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => {
+                tracing::info!("Redis's ACL refuses INFO to this daemon, so its maxmemory-policy is not checked (add +info to the daemon's user; docs/operations.md); noeviction is the setting writ needs");
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read INFO memory, so Redis's maxmemory-policy is not checked; noeviction is the setting writ needs");
+                return Ok(());
+            }
+        };
+        let Some(policy) = Policy::from_info(&info) else {
+            tracing::info!(
+                "INFO memory has no maxmemory_policy; Redis's eviction policy is not checked"
+            );
+            return Ok(());
+        };
+        match policy.verdict() {
+            Verdict::Safe => {}
+            Verdict::Warn(message) => {
+                if !warned.contains(&message) {
+                    tracing::warn!(stream = %key, "{message}");
+                    warned.push(message);
+                }
+            }
+            Verdict::Refuse(message) => return Err(Error::UnsafeRedis(message)),
+        }
+    }
+    Ok(())
+}
+
+/// `INFO memory` of the node that holds `key`.
+async fn info_memory(conn: &Conn, key: &str) -> redis::RedisResult<String> {
+    use redis::aio::ConnectionLike;
+    use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
+    let mut pipe = Pipeline::new();
+    pipe.cmd("INFO").arg("memory");
+    let replies = match conn.clone() {
+        Conn::Cluster(mut c) => {
+            let to = SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master));
+            c.route_pipeline(pipe, 0, 1, to).await?
+        }
+        Conn::Node(mut c) => c.req_packed_commands(&pipe, 0, 1).await?,
+    };
+    let reply = replies
+        .into_iter()
+        .next()
+        .unwrap_or(Value::Nil)
+        .extract_error()?;
+    redis::from_redis_value(reply).map_err(Into::into)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(maxmemory: u64, policy: &str) -> Policy {
+        Policy {
+            maxmemory,
+            policy: policy.into(),
+        }
+    }
+
+    #[test]
+    fn reads_info_memory() {
+        let info = "# Memory\r\nused_memory:1000\r\nmaxmemory:104857600\r\nmaxmemory_human:100.00M\r\nmaxmemory_policy:allkeys-lru\r\n";
+        assert_eq!(
+            Policy::from_info(info),
+            Some(policy(104_857_600, "allkeys-lru"))
+        );
+        assert_eq!(Policy::from_info("# Memory\r\nused_memory:1\r\n"), None);
+    }
+
+    #[test]
+    fn only_a_limit_with_allkeys_refuses() {
+        assert!(matches!(
+            policy(1 << 20, "allkeys-lru").verdict(),
+            Verdict::Refuse(m) if m.contains("allkeys-lru") && m.contains("noeviction")
+        ));
+        assert!(matches!(
+            policy(1 << 20, "allkeys-random").verdict(),
+            Verdict::Refuse(_)
+        ));
+        assert!(matches!(
+            policy(0, "allkeys-lfu").verdict(),
+            Verdict::Warn(_)
+        ));
+        assert!(matches!(
+            policy(1 << 20, "volatile-ttl").verdict(),
+            Verdict::Warn(_)
+        ));
+        assert_eq!(policy(0, "volatile-lru").verdict(), Verdict::Safe);
+        assert_eq!(policy(1 << 20, "noeviction").verdict(), Verdict::Safe);
+        assert_eq!(policy(0, "noeviction").verdict(), Verdict::Safe);
+    }
+}

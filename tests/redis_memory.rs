@@ -1,0 +1,172 @@
+//! Redis at its memory limit. At `maxmemory` (policy `noeviction`) a write
+//! is refused with an error that says it was not accepted and what to do,
+//! and a read that misses the cache still answers from MongoDB. A Redis
+//! whose policy may evict writ's streams (`allkeys-*` under a limit) is
+//! refused by the daemon at start. What the daemon does with accepted writes
+//! at the limit is tested where it happens: `tests/tools_replicas.rs` (acks)
+//! and `tests/replay_trim.rs` (retention).
+
+mod support;
+
+use mongodb::bson::{doc, Document};
+use support::{Daemon, Overrides, RedisServer, TestEnv};
+use writ::{Error, Writ};
+
+fn key(s: &str) -> Document {
+    doc! {"symbol": s, "strategyName": "memory", "exchangeName": "x"}
+}
+
+async fn config_set(conn: &mut redis::aio::MultiplexedConnection, name: &str, value: &str) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg(name)
+        .arg(value)
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+async fn connect(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// A Redis at its `maxmemory` refuses an admission before it writes
+/// anything: the writer gets [`Error::RedisFull`] at once, saying the write
+/// was not accepted and what to do, classed as retryable, and nothing is in
+/// the stream. Once memory is freed, submits are accepted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_refuses_the_write_saying_so() {
+    let env = TestEnv::start("admission_full");
+    let redis = RedisServer::start();
+    let o = Overrides {
+        redis_url: Some(redis.url()),
+        partitions: Some(1),
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let mut conn = connect(&redis).await;
+    config_set(&mut conn, "maxmemory", "1").await;
+    let refused = s.submit(&key("full"), &doc! {"i": 1}).await;
+    config_set(&mut conn, "maxmemory", "0").await;
+    let e = refused.expect_err("a full Redis accepted a write");
+    assert!(matches!(e, Error::RedisFull { partition: 0, .. }), "{e:?}");
+    let text = e.to_string();
+    assert!(
+        text.contains("NOT accepted") && text.contains("maxmemory") && text.contains("OOM"),
+        "{text}"
+    );
+    assert_eq!(e.retry_class(), writ::error::RetryClass::Transient);
+    let stream = writ::protocol::Names::new(&config.namespace).stream(0);
+    let len: u64 = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 0, "the refused write is in the stream");
+    s.submit(&key("full"), &doc! {"i": 2}).await.unwrap();
+    let len: u64 = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 1, "the accepted write is not in {stream}");
+}
+
+/// At `maxmemory` a read that misses the cache still answers from MongoDB:
+/// the cache fill after it is only a shortcut, and Redis refuses it. Before,
+/// the refused fill failed the read (`read` and `read_many`), though MongoDB
+/// held the document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_still_answers_reads_from_mongodb() {
+    let env = TestEnv::start("read_full");
+    let redis = RedisServer::start();
+    let o = Overrides {
+        redis_url: Some(redis.url()),
+        partitions: Some(1),
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let daemon = Daemon::start(config.clone());
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    for name in ["R1", "R2"] {
+        s.write(&key(name), &doc! {"n": name}).await.unwrap();
+    }
+    daemon.stop().await;
+    let mut conn = connect(&redis).await;
+    // Both keys miss the cache from now on.
+    for name in ["R1", "R2"] {
+        let k =
+            writ::protocol::Key::from_document(&key(name), config.collection("signal").unwrap())
+                .unwrap();
+        let cached =
+            writ::protocol::Names::new(&config.namespace).cache(0, "signal", &k.canonical());
+        let _: () = redis::cmd("DEL")
+            .arg(cached)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    // A fresh handle: no pending writes of its own to settle first.
+    let reader = Writ::connect(config.clone()).await.unwrap();
+    let r = reader.collection("signal").unwrap();
+    config_set(&mut conn, "maxmemory", "1").await;
+    let one = r.read(&key("R1")).await;
+    let many = r.read_many(&[key("R1"), key("R2")]).await;
+    config_set(&mut conn, "maxmemory", "0").await;
+    assert_eq!(one.unwrap(), Some(doc! {"n": "R1"}));
+    assert_eq!(
+        many.unwrap(),
+        vec![Some(doc! {"n": "R1"}), Some(doc! {"n": "R2"})]
+    );
+}
+
+/// A Redis that may evict any key at its limit could drop a partition
+/// stream, and the accepted writes in it, without a word: the daemon does
+/// not start on one, and says which setting to change. The same policy
+/// without a limit, and `volatile-*` with one, only warn: the daemon runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_refuses_a_redis_that_may_evict_its_streams() {
+    let env = TestEnv::start("evicting");
+    let redis = RedisServer::start();
+    let o = Overrides {
+        redis_url: Some(redis.url()),
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let mut conn = connect(&redis).await;
+    config_set(&mut conn, "maxmemory-policy", "allkeys-lru").await;
+    config_set(&mut conn, "maxmemory", "1gb").await;
+    let token = tokio_util::sync::CancellationToken::new();
+    let refused = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        writ::serve::serve(config.clone(), token.clone()),
+    )
+    .await
+    .expect("the daemon started on an evicting Redis");
+    let e = refused.expect_err("the daemon ran on an evicting Redis");
+    assert!(matches!(e, Error::UnsafeRedis(_)), "{e:?}");
+    let text = e.to_string();
+    assert!(
+        text.contains("allkeys-lru")
+            && text.contains("noeviction")
+            && text.contains("accepted writes"),
+        "{text}"
+    );
+
+    for (policy, limit) in [("allkeys-lru", "0"), ("volatile-lru", "1gb")] {
+        config_set(&mut conn, "maxmemory-policy", policy).await;
+        config_set(&mut conn, "maxmemory", limit).await;
+        let daemon = Daemon::start(config.clone());
+        let writ = Writ::connect(config.clone()).await.unwrap();
+        let s = writ.collection("signal").unwrap();
+        s.write(&key(policy), &doc! {"p": policy}).await.unwrap();
+        daemon.stop().await;
+    }
+}
