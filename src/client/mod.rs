@@ -66,6 +66,9 @@ pub(crate) struct Inner {
     settled: Mutex<Vec<String>>,
     /// Admission calls, one in flight per partition (group commit).
     batcher: Arc<batch::Batcher>,
+    /// Whether a cache fill failed for a reason other than memory (said
+    /// once per handle: [`Inner::fill`]).
+    fill_failed: std::sync::atomic::AtomicBool,
     /// `redis.min_replicas_acked`: submits share `WAIT`s (group commit).
     confirmer: Confirmer,
     _stop: DropGuard,
@@ -107,6 +110,7 @@ impl Writ {
         );
         let inner = Arc::new(Inner {
             batcher,
+            fill_failed: Default::default(),
             cache: Cache::new(conn.clone()),
             confirmer,
             names,

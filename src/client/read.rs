@@ -16,11 +16,23 @@ impl super::Inner {
     /// Fills the cache after a read-through (compare-and-set, never
     /// backwards). Only a shortcut for later reads: if Redis refuses it (at
     /// its `maxmemory`, say), the read still answers from MongoDB, which
-    /// holds every applied write.
+    /// holds every applied write. A refusal for another reason (an ACL
+    /// without the cache keys) would send every later miss to MongoDB too:
+    /// that is said once per handle, as a warning.
     pub(super) async fn fill(&self, cache_key: &str, version: Version, doc: &Document) {
         let live = (!is_tombstone(doc)).then_some(doc);
-        if let Err(e) = self.cache.put_if_newer(cache_key, version, live).await {
-            tracing::debug!(key = cache_key, error = %e, "cannot fill the cache after a read-through; answering from MongoDB");
+        let Err(e) = self.cache.put_if_newer(cache_key, version, live).await else {
+            return;
+        };
+        let full = matches!(&e, Error::Redis(r) if r.code() == Some("OOM"));
+        if full
+            || self
+                .fill_failed
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::debug!(key = cache_key, error = %e, "cannot fill the cache after a read-through; answered from MongoDB");
+        } else {
+            tracing::warn!(key = cache_key, error = %e, "cannot fill the cache after a read-through; answered from MongoDB (said once per handle: later misses also go to MongoDB until this is fixed)");
         }
     }
 }

@@ -12,8 +12,8 @@
 //! the documented setting (docs/operations.md).
 //!
 //! The check reads `INFO memory` on the node of each partition stream. A
-//! Redis that refuses `INFO` (an ACL without `+info`) is not checked; that
-//! is logged once.
+//! Redis that refuses `INFO` (an ACL without `+info`), or a node that does
+//! not answer it, is not checked; that is logged as a warning.
 
 use redis::{Pipeline, Value};
 
@@ -61,8 +61,9 @@ impl Policy {
         } else if policy.starts_with("volatile-") && limited {
             Verdict::Warn(format!(
                 "Redis's maxmemory-policy is {policy} with maxmemory {maxmemory} bytes: at the limit it \
-                 evicts keys with an expiry, such as writers' ack streams (their waits time out; the writes \
-                 are safe) and partition leases (partitions change hands). noeviction is recommended"
+                 evicts keys with an expiry: writers' ack streams (their waits time out; the writes are \
+                 safe), partition leases (partitions change hands) and admission records (a client's \
+                 re-sent admission could then add its writes twice). noeviction is recommended"
             ))
         } else {
             Verdict::Safe
@@ -96,19 +97,17 @@ pub async fn check(conn: &Conn, streams: &[String]) -> Result<()> {
         let info = match info_memory(conn, key).await {
             Ok(info) => info,
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => {
-                tracing::info!("Redis's ACL refuses INFO to this daemon, so its maxmemory-policy is not checked (add +info to the daemon's user; docs/operations.md); noeviction is the setting writ needs");
+                tracing::warn!("Redis's ACL refuses INFO to this daemon, so its maxmemory-policy is not checked (add +info to the daemon's user; docs/operations.md); noeviction is the setting writ needs");
                 return Ok(());
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read INFO memory, so Redis's maxmemory-policy is not checked; noeviction is the setting writ needs");
-                return Ok(());
+                tracing::warn!(stream = %key, error = %e, "cannot read INFO memory of this stream's node, so its maxmemory-policy is not checked; noeviction is the setting writ needs");
+                continue;
             }
         };
         let Some(policy) = Policy::from_info(&info) else {
-            tracing::info!(
-                "INFO memory has no maxmemory_policy; Redis's eviction policy is not checked"
-            );
-            return Ok(());
+            tracing::warn!(stream = %key, "INFO memory has no maxmemory_policy; this node's eviction policy is not checked");
+            continue;
         };
         match policy.verdict() {
             Verdict::Safe => {}
