@@ -9,29 +9,11 @@
 mod support;
 
 use mongodb::bson::{doc, Document};
-use support::{Daemon, Overrides, RedisServer, TestEnv};
+use support::{config_set, Daemon, Overrides, RedisServer, TestEnv};
 use writ::{Error, Writ};
 
 fn key(s: &str) -> Document {
     doc! {"symbol": s, "strategyName": "memory", "exchangeName": "x"}
-}
-
-async fn config_set(conn: &mut redis::aio::MultiplexedConnection, name: &str, value: &str) {
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg(name)
-        .arg(value)
-        .query_async(conn)
-        .await
-        .unwrap();
-}
-
-async fn connect(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
 }
 
 /// A Redis at its `maxmemory` refuses an admission before it writes
@@ -50,7 +32,7 @@ async fn a_full_redis_refuses_the_write_saying_so() {
     let config = env.config_with(&o);
     let writ = Writ::connect(config.clone()).await.unwrap();
     let s = writ.collection("signal").unwrap();
-    let mut conn = connect(&redis).await;
+    let mut conn = redis.connect().await;
     config_set(&mut conn, "maxmemory", "1").await;
     let refused = s.submit(&key("full"), &doc! {"i": 1}).await;
     config_set(&mut conn, "maxmemory", "0").await;
@@ -99,7 +81,7 @@ async fn a_full_redis_still_answers_reads_from_mongodb() {
         s.write(&key(name), &doc! {"n": name}).await.unwrap();
     }
     daemon.stop().await;
-    let mut conn = connect(&redis).await;
+    let mut conn = redis.connect().await;
     // Both keys miss the cache from now on.
     for name in ["R1", "R2"] {
         let k =
@@ -140,7 +122,7 @@ async fn the_daemon_refuses_a_redis_that_may_evict_its_streams() {
         ..Default::default()
     };
     let config = env.config_with(&o);
-    let mut conn = connect(&redis).await;
+    let mut conn = redis.connect().await;
     config_set(&mut conn, "maxmemory-policy", "allkeys-lru").await;
     config_set(&mut conn, "maxmemory", "1gb").await;
     let token = tokio_util::sync::CancellationToken::new();

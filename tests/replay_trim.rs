@@ -115,30 +115,14 @@ async fn retention_trims_while_redis_is_full() {
     }
     let names = Names::new(&config.namespace);
     let stream = names.stream(0);
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = redis.connect().await;
     let _: () = redis::cmd("HDEL")
         .arg(names.meta(0))
         .arg("read")
         .query_async(&mut conn)
         .await
         .unwrap();
-    let maxmemory = |bytes: &'static str| {
-        let mut conn = conn.clone();
-        async move {
-            let _: () = redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("maxmemory")
-                .arg(bytes)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-        }
-    };
-    maxmemory("1").await;
+    support::config_set(&mut conn, "maxmemory", "1").await;
     let mut reader = conn.clone();
     let trimmed = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
@@ -154,7 +138,7 @@ async fn retention_trims_while_redis_is_full() {
         }
     })
     .await;
-    maxmemory("0").await;
+    support::config_set(&mut conn, "maxmemory", "0").await;
     assert!(
         trimmed.is_ok(),
         "retention did not trim the 20 applied entries within 20 s while Redis was full"

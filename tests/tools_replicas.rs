@@ -17,7 +17,7 @@ use std::time::Duration;
 use mongodb::bson::doc;
 use redis::aio::MultiplexedConnection;
 use support::proc::writ_cli;
-use support::{eventually, Daemon, Overrides, RedisServer, TestEnv};
+use support::{config_set, eventually, Daemon, Overrides, RedisServer, TestEnv};
 use writ::Writ;
 
 /// `cmdstat_<command>`'s `calls` in `INFO commandstats` (0 when never
@@ -47,15 +47,8 @@ async fn reset_stats(master: &mut MultiplexedConnection) {
 async fn master_and_replica() -> (RedisServer, RedisServer, MultiplexedConnection) {
     let master = RedisServer::start();
     let replica = RedisServer::start();
-    let client = |url: String| async move {
-        redis::Client::open(url)
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
-    };
-    let m = client(master.url()).await;
-    let mut r = client(replica.url()).await;
+    let m = master.connect().await;
+    let mut r = replica.connect().await;
     let _: () = redis::cmd("REPLICAOF")
         .arg("127.0.0.1")
         .arg(master.port)
@@ -115,16 +108,6 @@ async fn tools_confirm_their_cache_writes_with_replicas() {
     for i in 0..8i64 {
         assert_eq!(s.read(&key(i)).await.unwrap(), Some(doc! {"i": i}));
     }
-}
-
-async fn config_set(conn: &mut MultiplexedConnection, name: &str, value: &str) {
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg(name)
-        .arg(value)
-        .query_async(conn)
-        .await
-        .unwrap();
 }
 
 fn signal(process: u32, name: &str) {

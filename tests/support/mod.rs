@@ -419,6 +419,15 @@ impl RedisServer {
         format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
+    /// A connection to this server (plain TCP).
+    pub async fn connect(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
     /// Kills (SIGKILL) and starts again on the same port and data dir.
     pub fn restart(&mut self) {
         kill(&mut self.child);
@@ -1095,4 +1104,15 @@ pub fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
             .and_then(|rest| rest.strip_prefix(':'))
             .map(str::trim)
     })
+}
+
+/// `CONFIG SET name value` (`maxmemory`, say) on the server behind `conn`.
+pub async fn config_set<C: redis::aio::ConnectionLike>(conn: &mut C, name: &str, value: &str) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg(name)
+        .arg(value)
+        .query_async(conn)
+        .await
+        .unwrap_or_else(|e| panic!("CONFIG SET {name} {value}: {e}"));
 }
