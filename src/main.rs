@@ -146,10 +146,18 @@ fn main() -> ExitCode {
         // `bench --mode drain` starts `writ serve` on the same file.
         args.config_path = cli.config.clone();
     }
+    let serve = matches!(command, Command::Serve);
     match rt.block_on(run(command, config)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("writ: {e:#}");
+            if serve {
+                // A start-up refusal comes moments after the MongoDB driver
+                // started its background tasks, and dropping the runtime
+                // then can make one of them panic: the message above says
+                // all there is, so leave without dropping it.
+                std::process::exit(1);
+            }
             ExitCode::FAILURE
         }
     }

@@ -60,7 +60,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
     let mut conn = crate::redis_conn::connect(&config, Duration::ZERO).await?;
     let names = Names::new(&config.namespace);
     let streams: Vec<String> = (0..config.partitions).map(|p| names.stream(p)).collect();
-    crate::redis_conn::eviction::check(&conn, &streams).await?;
+    crate::redis_conn::durability::check(&conn, &streams, config.min_replicas_acked > 0).await?;
     for p in 0..config.partitions {
         ensure_group(&mut conn, &names.stream(p), &names.group()).await?;
     }

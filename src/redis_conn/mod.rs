@@ -13,10 +13,11 @@
 //! What a cluster changes for callers lives here too: [`Conn::query_by_slot`]
 //! splits a pipeline of commands on different keys into one pipeline per slot
 //! (a cluster refuses cross-slot pipelines), and `replication` waits until
-//! writes reached `redis.min_replicas_acked` replicas. `eviction` checks at
-//! start that Redis cannot evict the streams.
+//! writes reached `redis.min_replicas_acked` replicas. `durability` checks
+//! at start that Redis cannot evict the streams, and warns when it keeps no
+//! append-only file.
 
-pub mod eviction;
+pub mod durability;
 mod replication;
 
 use std::collections::HashMap;

@@ -1,4 +1,5 @@
-//! Redis's eviction policy, checked when the daemon starts.
+//! The Redis settings that decide whether accepted writes survive, checked
+//! when the daemon starts: the eviction policy and the append-only file.
 //!
 //! The partition streams hold accepted writes that are not in MongoDB yet.
 //! Under a memory limit, a policy that may evict any key (`allkeys-*`) could
@@ -11,9 +12,14 @@
 //! a limit (`maxmemory 0`) evict nothing yet: a warning. `noeviction` is
 //! the documented setting (docs/operations.md).
 //!
-//! The check reads `INFO memory` on the node of each partition stream. A
-//! Redis that refuses `INFO` (an ACL without `+info`), or a node that does
-//! not answer it, is not checked; that is logged as a warning.
+//! Without an append-only file (`appendonly no`) a Redis restart loses what
+//! was accepted since the last snapshot, acked writes included. That is a
+//! documented trade-off (docs/operations.md, "Failure modes"), so it is a
+//! warning, unless replicas confirm every write (`redis.min_replicas_acked`).
+//!
+//! The check reads `INFO memory persistence` on the node of each partition
+//! stream. A Redis that refuses `INFO` (an ACL without `+info`), or a node
+//! that does not answer it, is not checked; that is logged as a warning.
 
 use redis::{Pipeline, Value};
 
@@ -71,6 +77,21 @@ impl Policy {
     }
 }
 
+/// The warning for a node that keeps no append-only file (`aof_enabled:0`
+/// in `INFO persistence`), unless `replicas` confirm every write.
+pub fn persistence_warning(info: &str, replicas: bool) -> Option<String> {
+    let aof = info
+        .lines()
+        .find_map(|l| l.trim_end().strip_prefix("aof_enabled:"))?;
+    (aof == "0" && !replicas).then(|| {
+        "Redis keeps no append-only file (appendonly no): if it restarts, the writes it accepted since \
+         its last snapshot are lost, acked ones included. For writ's durability contract set appendonly \
+         yes and appendfsync always (docs/operations.md, Failure modes), or have replicas confirm writes \
+         (redis.min_replicas_acked)"
+            .to_string()
+    })
+}
+
 /// Whether a policy lets the daemon run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -82,11 +103,12 @@ pub enum Verdict {
     Refuse(String),
 }
 
-/// Checks the policy of the node of each of `streams` (the partition
-/// streams; one server: its only node). `Err` only when a node's policy
-/// could evict a stream ([`Error::UnsafeRedis`]); a check that cannot run is
-/// logged and passes.
-pub async fn check(conn: &Conn, streams: &[String]) -> Result<()> {
+/// Checks the node of each of `streams` (the partition streams; one
+/// server: its only node). `replicas`: whether replicas confirm every write.
+/// `Err` only when a node's policy could evict a stream
+/// ([`Error::UnsafeRedis`]); warnings are logged once each, and a check that
+/// cannot run is logged and passes.
+pub async fn check(conn: &Conn, streams: &[String], replicas: bool) -> Result<()> {
     let keys: &[String] = if conn.is_cluster() {
         streams
     } else {
@@ -97,11 +119,11 @@ pub async fn check(conn: &Conn, streams: &[String]) -> Result<()> {
         let info = match info_memory(conn, key).await {
             Ok(info) => info,
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => {
-                tracing::warn!("Redis's ACL refuses INFO to this daemon, so its maxmemory-policy is not checked (add +info to the daemon's user; docs/operations.md); noeviction is the setting writ needs");
+                tracing::warn!("Redis's ACL refuses INFO to this daemon, so its maxmemory-policy and persistence are not checked (add +info to the daemon's user; docs/operations.md); writ needs noeviction and an append-only file");
                 return Ok(());
             }
             Err(e) => {
-                tracing::warn!(stream = %key, error = %e, "cannot read INFO memory of this stream's node, so its maxmemory-policy is not checked; noeviction is the setting writ needs");
+                tracing::warn!(stream = %key, error = %e, "cannot read INFO of this stream's node, so its maxmemory-policy and persistence are not checked; writ needs noeviction and an append-only file");
                 continue;
             }
         };
@@ -109,26 +131,30 @@ pub async fn check(conn: &Conn, streams: &[String]) -> Result<()> {
             tracing::warn!(stream = %key, "INFO memory has no maxmemory_policy; this node's eviction policy is not checked");
             continue;
         };
-        match policy.verdict() {
-            Verdict::Safe => {}
-            Verdict::Warn(message) => {
-                if !warned.contains(&message) {
-                    tracing::warn!(stream = %key, "{message}");
-                    warned.push(message);
-                }
-            }
+        let warning = match policy.verdict() {
+            Verdict::Safe => None,
+            Verdict::Warn(message) => Some(message),
             Verdict::Refuse(message) => return Err(Error::UnsafeRedis(message)),
+        };
+        for message in warning
+            .into_iter()
+            .chain(persistence_warning(&info, replicas))
+        {
+            if !warned.contains(&message) {
+                tracing::warn!(stream = %key, "{message}");
+                warned.push(message);
+            }
         }
     }
     Ok(())
 }
 
-/// `INFO memory` of the node that holds `key`.
+/// `INFO memory persistence` of the node that holds `key`.
 async fn info_memory(conn: &Conn, key: &str) -> redis::RedisResult<String> {
     use redis::aio::ConnectionLike;
     use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
     let mut pipe = Pipeline::new();
-    pipe.cmd("INFO").arg("memory");
+    pipe.cmd("INFO").arg("memory").arg("persistence");
     let replies = match conn.clone() {
         Conn::Cluster(mut c) => {
             let to = SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master));
@@ -163,6 +189,16 @@ mod tests {
             Some(policy(104_857_600, "allkeys-lru"))
         );
         assert_eq!(Policy::from_info("# Memory\r\nused_memory:1\r\n"), None);
+    }
+
+    #[test]
+    fn no_append_only_file_warns_unless_replicas_confirm() {
+        let off = "# Persistence\r\nloading:0\r\naof_enabled:0\r\n";
+        let on = "# Persistence\r\nloading:0\r\naof_enabled:1\r\n";
+        assert!(persistence_warning(off, false).is_some_and(|m| m.contains("appendonly yes")));
+        assert_eq!(persistence_warning(off, true), None);
+        assert_eq!(persistence_warning(on, false), None);
+        assert_eq!(persistence_warning("# Memory\r\n", false), None);
     }
 
     #[test]
