@@ -9,11 +9,38 @@
 mod support;
 
 use mongodb::bson::{doc, Document};
+use redis::aio::MultiplexedConnection;
 use support::{config_set, Daemon, Overrides, RedisServer, TestEnv};
+use writ::config::Config;
 use writ::{Error, Writ};
 
 fn key(s: &str) -> Document {
     doc! {"symbol": s, "strategyName": "memory", "exchangeName": "x"}
+}
+
+/// A test's servers: the shared MongoDB, its own redis-server (the tests
+/// change its memory settings) and a connection to it, and the config of a
+/// namespace with one partition on them.
+async fn own_redis(test: &str) -> (TestEnv, RedisServer, MultiplexedConnection, Config) {
+    let env = TestEnv::start(test);
+    let redis = RedisServer::start();
+    let o = Overrides {
+        redis_url: Some(redis.url()),
+        partitions: Some(1),
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let conn = redis.connect().await;
+    (env, redis, conn, config)
+}
+
+/// The length of `stream`.
+async fn xlen(conn: &mut MultiplexedConnection, stream: &str) -> u64 {
+    redis::cmd("XLEN")
+        .arg(stream)
+        .query_async(conn)
+        .await
+        .unwrap()
 }
 
 /// A Redis at its `maxmemory` refuses an admission before it writes
@@ -22,17 +49,9 @@ fn key(s: &str) -> Document {
 /// the stream. Once memory is freed, submits are accepted again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_redis_refuses_the_write_saying_so() {
-    let env = TestEnv::start("admission_full");
-    let redis = RedisServer::start();
-    let o = Overrides {
-        redis_url: Some(redis.url()),
-        partitions: Some(1),
-        ..Default::default()
-    };
-    let config = env.config_with(&o);
+    let (_env, _redis, mut conn, config) = own_redis("admission_full").await;
     let writ = Writ::connect(config.clone()).await.unwrap();
     let s = writ.collection("signal").unwrap();
-    let mut conn = redis.connect().await;
     config_set(&mut conn, "maxmemory", "1").await;
     let refused = s.submit(&key("full"), &doc! {"i": 1}).await;
     config_set(&mut conn, "maxmemory", "0").await;
@@ -45,19 +64,17 @@ async fn a_full_redis_refuses_the_write_saying_so() {
     );
     assert_eq!(e.retry_class(), writ::error::RetryClass::Transient);
     let stream = writ::protocol::Names::new(&config.namespace).stream(0);
-    let len: u64 = redis::cmd("XLEN")
-        .arg(&stream)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(len, 0, "the refused write is in the stream");
+    assert_eq!(
+        xlen(&mut conn, &stream).await,
+        0,
+        "the refused write is in the stream"
+    );
     s.submit(&key("full"), &doc! {"i": 2}).await.unwrap();
-    let len: u64 = redis::cmd("XLEN")
-        .arg(&stream)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(len, 1, "the accepted write is not in {stream}");
+    assert_eq!(
+        xlen(&mut conn, &stream).await,
+        1,
+        "the accepted write is not in {stream}"
+    );
 }
 
 /// At `maxmemory` a read that misses the cache still answers from MongoDB:
@@ -66,14 +83,7 @@ async fn a_full_redis_refuses_the_write_saying_so() {
 /// held the document.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_redis_still_answers_reads_from_mongodb() {
-    let env = TestEnv::start("read_full");
-    let redis = RedisServer::start();
-    let o = Overrides {
-        redis_url: Some(redis.url()),
-        partitions: Some(1),
-        ..Default::default()
-    };
-    let config = env.config_with(&o);
+    let (_env, _redis, mut conn, config) = own_redis("read_full").await;
     let daemon = Daemon::start(config.clone());
     let writ = Writ::connect(config.clone()).await.unwrap();
     let s = writ.collection("signal").unwrap();
@@ -81,7 +91,6 @@ async fn a_full_redis_still_answers_reads_from_mongodb() {
         s.write(&key(name), &doc! {"n": name}).await.unwrap();
     }
     daemon.stop().await;
-    let mut conn = redis.connect().await;
     // Both keys miss the cache from now on.
     for name in ["R1", "R2"] {
         let k =
@@ -115,14 +124,7 @@ async fn a_full_redis_still_answers_reads_from_mongodb() {
 /// without a limit, and `volatile-*` with one, only warn: the daemon runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_refuses_a_redis_that_may_evict_its_streams() {
-    let env = TestEnv::start("evicting");
-    let redis = RedisServer::start();
-    let o = Overrides {
-        redis_url: Some(redis.url()),
-        ..Default::default()
-    };
-    let config = env.config_with(&o);
-    let mut conn = redis.connect().await;
+    let (_env, _redis, mut conn, config) = own_redis("evicting").await;
     config_set(&mut conn, "maxmemory-policy", "allkeys-lru").await;
     config_set(&mut conn, "maxmemory", "1gb").await;
     let token = tokio_util::sync::CancellationToken::new();
