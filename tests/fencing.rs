@@ -69,7 +69,7 @@ async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
         .unwrap()
         .expect("free lease");
     let old_reader = FencedReader::new(&names, p, "old-owner", old.token);
-    let first = old_reader.read(&mut conn, 2).await.unwrap();
+    let first = old_reader.read(&mut conn, 2, usize::MAX).await.unwrap();
     assert_eq!(first.entries.len(), 2, "a current owner reads");
     assert_eq!(support::pending_count(&mut conn, &stream, &group).await, 2);
 
@@ -93,7 +93,7 @@ async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
 
     // 1. Group read with the old token: refused, nothing delivered.
     let before = fenced_count("read");
-    match old_reader.read(&mut conn, 10).await {
+    match old_reader.read(&mut conn, 10, usize::MAX).await {
         Err(Error::Fenced { partition, op }) => assert_eq!((partition, op), (p, "read")),
         other => panic!("a fenced read must be refused, got {other:?}"),
     }
@@ -111,7 +111,7 @@ async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
     // 2. Claim with the old token: refused; the two pending entries stay with
     //    the old consumer until the new owner claims them.
     let before = fenced_count("claim");
-    match old_reader.claim(&mut conn, "0-0", 10).await {
+    match old_reader.claim(&mut conn, "0-0", 10, usize::MAX).await {
         Err(Error::Fenced { partition, op }) => assert_eq!((partition, op), (p, "claim")),
         other => panic!("a fenced claim must be refused, got {other:?}"),
     }
@@ -121,13 +121,16 @@ async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
         "writ_fenced_total{{op=\"claim\"}}"
     );
     let new_reader = FencedReader::new(&names, p, "new-owner", new.token);
-    let claimed = new_reader.claim(&mut conn, "0-0", 10).await.unwrap();
+    let claimed = new_reader
+        .claim(&mut conn, "0-0", 10, usize::MAX)
+        .await
+        .unwrap();
     assert_eq!(
         claimed.entries.iter().map(|e| e.id).collect::<Vec<_>>(),
         first.entries.iter().map(|e| e.id).collect::<Vec<_>>(),
         "the new owner claims the old owner's pending entries, in order"
     );
-    let rest = new_reader.read(&mut conn, 10).await.unwrap();
+    let rest = new_reader.read(&mut conn, 10, usize::MAX).await.unwrap();
     assert_eq!(rest.entries.len(), 4, "the new owner reads the rest");
 
     // 3. Cache compare-and-set with the old token: refused, the cache keeps

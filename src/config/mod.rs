@@ -122,6 +122,9 @@ pub struct Config {
     pub batch_size: usize,
     /// Entries in flight per partition.
     pub max_in_flight: usize,
+    /// Entry bytes in flight per partition: reads ask for no more than
+    /// what is free, and return at most one entry past it.
+    pub max_in_flight_bytes: usize,
     /// XREADGROUP BLOCK.
     pub block: Duration,
     /// Drain deadline on shutdown.

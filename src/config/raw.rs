@@ -97,6 +97,9 @@ pub struct RawDaemon {
     /// Entries in flight per partition (read, not yet acked).
     #[serde(default = "default_in_flight")]
     pub max_in_flight: usize,
+    /// Entry bytes in flight per partition (read, not yet acked).
+    #[serde(default = "default_in_flight_bytes")]
+    pub max_in_flight_bytes: usize,
     /// How long an idle reader's `XREAD BLOCK` waits for new entries, in
     /// milliseconds (shutdown and hand-over do not wait it out).
     #[serde(default = "default_block_ms")]
@@ -286,6 +289,9 @@ fn default_batch() -> usize {
 }
 fn default_in_flight() -> usize {
     1024
+}
+fn default_in_flight_bytes() -> usize {
+    16 * 1024 * 1024
 }
 fn default_block_ms() -> u64 {
     500

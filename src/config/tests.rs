@@ -84,6 +84,7 @@ fn numeric_bounds_are_checked_at_their_edges() {
         ("mongodb", "op_timeout_ms", "0", "1", "at least 1"),
         ("mongodb", "max_concurrency", "1001", "1000", "between 1 and 1000"),
         ("daemon", "batch_size", "0", "1", "between 1 and 10000"),
+        ("daemon", "max_in_flight_bytes", "1048575", "1048576", "at least 1048576"),
         ("daemon", "block_ms", "60001", "60000", "between 1 and 60000"),
         ("daemon", "max_attempts", "0", "1", "at least 1"),
         ("daemon", "max_timeouts", "1001", "1000", "between 0 and 1000"),

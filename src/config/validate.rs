@@ -68,6 +68,7 @@ impl RawConfig {
             consumer_name: daemon_checked.consumer_name,
             batch_size: daemon.batch_size,
             max_in_flight: daemon.max_in_flight,
+            max_in_flight_bytes: daemon.max_in_flight_bytes,
             block: Duration::from_millis(daemon.block_ms),
             shutdown_deadline: Duration::from_millis(daemon.shutdown_deadline_ms),
             max_attempts: daemon.max_attempts,
@@ -174,6 +175,12 @@ fn check_daemon(daemon: &RawDaemon) -> Result<DaemonChecked> {
             "must be at least daemon.batch_size",
         ));
     }
+    within(
+        "daemon.max_in_flight_bytes",
+        daemon.max_in_flight_bytes as u64,
+        1024 * 1024,
+        u64::MAX,
+    )?;
     within("daemon.block_ms", daemon.block_ms, 1, 60_000)?;
     within(
         "daemon.max_attempts",

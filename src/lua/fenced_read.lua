@@ -1,9 +1,17 @@
 -- The daemon's fenced group read (src/source/mod.rs).
 -- KEYS: stream, fence, partition meta. ARGV: token, group, consumer, count,
--- mode, cursor. Mode `claim`: XAUTOCLAIM from `cursor` (see below); mode `read`:
--- XREADGROUP `>`, returning {entries, last id, delivered before}: `delivered
--- before` is the group's last-delivered-id before this read, so the reader
--- can tell that an earlier read delivered entries whose reply it never got.
+-- mode, cursor, bytes. Mode `claim`: XAUTOCLAIM from `cursor` (see below);
+-- mode `read`: XREADGROUP `>`, returning {entries, last id, delivered before,
+-- more}: `delivered before` is the group's last-delivered-id before this
+-- read, so the reader can tell that an earlier read delivered entries whose
+-- reply it never got.
+--
+-- Both return entries only while the bytes of those before stay under
+-- ARGV[7] (the values' lengths; so at least one entry, and at most one past
+-- it): the daemon's memory for reads is bounded even when entries grow
+-- larger than the ones it sized its count by. The entries not returned stay
+-- pending on this consumer; `more` (a read) or `next` (a claim) is the first
+-- of them, where the reader's next claim starts.
 -- Refused with a FENCED error unless ARGV[1] is the partition's current
 -- fencing token.
 --
@@ -12,6 +20,23 @@
 -- from which src/lua/admit.lua counts the undelivered backlog in O(1).
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
   return redis.error_reply('FENCED the partition lease moved to another daemon')
+end
+local budget = tonumber(ARGV[7]) or math.huge
+-- How many of `entries` to return (a deleted entry of a claim, `false`,
+-- counts nothing and never ends the list).
+local function fit(entries)
+  local used = 0
+  for i, e in ipairs(entries) do
+    if e and e[2] then
+      if used >= budget then return i - 1 end
+      local f = e[2]
+      for j = 2, #f, 2 do used = used + #f[j] end
+    end
+  end
+  return #entries
+end
+local function cut(entries, n)
+  for i = #entries, n + 1, -1 do entries[i] = nil end
 end
 local function delivered()
   for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
@@ -26,6 +51,11 @@ if ARGV[5] == 'claim' then
   -- is done (next 0-0) the group's last-delivered-id: what the reader has
   -- received so far, for its next read's gap check.
   local c = redis.call('XAUTOCLAIM', KEYS[1], ARGV[2], ARGV[3], 0, ARGV[6], 'COUNT', ARGV[4])
+  local n = fit(c[2])
+  if n < #c[2] then
+    c[1] = c[2][n + 1][1]
+    cut(c[2], n)
+  end
   if c[1] == '0-0' then c[4] = delivered() end
   return c
 end
@@ -50,7 +80,12 @@ if r then
     local after = redis.call('XRANGE', KEYS[1], '(' .. at, '+')
     redis.call('HSET', KEYS[3], 'at', at, 'read', added() - #after)
   end
-  return {entries, '', before}
+  local n, more = fit(entries), ''
+  if n < #entries then
+    more = entries[n + 1][1]
+    cut(entries, n)
+  end
+  return {entries, '', before, more}
 end
 if meta[1] ~= before then
   redis.call('HSET', KEYS[3], 'at', before, 'read', added())

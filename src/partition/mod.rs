@@ -16,8 +16,8 @@
 //! not settle goes to its key's own worker ([`key_worker`], the single path
 //! with retries and dead-lettering), and the key waits for it. One key's writes
 //! therefore run strictly one after another, in stream order. In-flight entries
-//! are bounded by a semaphore whose permits travel with the entries until they
-//! are acked.
+//! are bounded, in number and in bytes, by permits that travel with the
+//! entries until they are acked ([`crate::source::InFlight`]).
 
 mod key_worker;
 mod keys;
@@ -27,7 +27,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::redis_conn::Conn;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::ack::Acker;
@@ -95,7 +95,7 @@ pub(crate) struct Job {
     id: protocol::Version,
     write: Write,
     fields: crate::stream::Fields,
-    _permit: OwnedSemaphorePermit,
+    _permit: crate::source::InFlight,
 }
 
 type KeyId = (String, String);
@@ -130,6 +130,7 @@ pub async fn run_partition(p: u32, ctx: Arc<Ctx>, run: Arc<PartitionRun>) {
     let part = Arc::new(Partition { p, ctx, run, acker });
     Dispatcher {
         round_max: part.ctx.config.batch_size,
+        bytes: crate::source::ByteBudget::new(part.ctx.config.max_in_flight_bytes),
         part,
         permits,
         keys: Keys::default(),
@@ -148,6 +149,8 @@ pub async fn run_partition(p: u32, ctx: Arc<Ctx>, run: Arc<PartitionRun>) {
 struct Dispatcher {
     part: Arc<Partition>,
     permits: Arc<Semaphore>,
+    /// Entry bytes in flight (`daemon.max_in_flight_bytes`).
+    bytes: Arc<crate::source::ByteBudget>,
     keys: Keys,
     running: JoinSet<Done>,
     rounds: usize,
@@ -170,7 +173,10 @@ impl Dispatcher {
                 part.ctx.config.clone(),
                 part.ctx.names.clone(),
                 part.run.clone(),
-                self.permits.clone(),
+                crate::source::reader::Bounds {
+                    permits: self.permits.clone(),
+                    bytes: self.bytes.clone(),
+                },
                 held,
                 tx,
             )
@@ -194,6 +200,8 @@ impl Dispatcher {
             hold.send_if_modified(|h| std::mem::replace(h, held) != held);
             metrics::gauge!("writ_inflight_entries", "partition" => label.clone())
                 .set(in_flight as f64);
+            metrics::gauge!("writ_inflight_bytes", "partition" => label.clone())
+                .set(self.bytes.used() as f64);
             tokio::select! {
                 batch = rx.recv(), if reading => match batch {
                     Some(items) => self.admit(items).await,
@@ -215,7 +223,8 @@ impl Dispatcher {
             }
         }
         let _ = reader.await;
-        metrics::gauge!("writ_inflight_entries", "partition" => label).set(0.0);
+        metrics::gauge!("writ_inflight_entries", "partition" => label.clone()).set(0.0);
+        metrics::gauge!("writ_inflight_bytes", "partition" => label).set(0.0);
         tracing::info!("partition drained");
     }
 

@@ -14,9 +14,12 @@
 
 pub(crate) mod reader;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use crate::redis_conn::Conn;
 use redis::aio::ConnectionLike;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use crate::error::{Error, Result};
 use crate::protocol::Names;
@@ -29,8 +32,82 @@ const FENCED_READ: &str = include_str!("../lua/fenced_read.lua");
 pub(crate) struct Item {
     /// The entry.
     pub entry: Entry,
-    /// Its place under `daemon.max_in_flight`.
-    pub permit: OwnedSemaphorePermit,
+    /// Its place under `daemon.max_in_flight` and `max_in_flight_bytes`.
+    pub permit: InFlight,
+}
+
+/// An entry's share of the in-flight bounds: its slot, and its bytes, given
+/// back when it is dropped (once the entry is acked, or its tenure ends).
+pub(crate) struct InFlight {
+    _slot: OwnedSemaphorePermit,
+    bytes: usize,
+    budget: Arc<ByteBudget>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.budget.give_back(self.bytes);
+    }
+}
+
+/// The bytes of a partition's entries read and not yet acked, against
+/// `daemon.max_in_flight_bytes`. Only the tenure's reader takes; entries
+/// give back as they are dropped.
+pub(crate) struct ByteBudget {
+    bound: usize,
+    used: AtomicUsize,
+    freed: Notify,
+}
+
+impl ByteBudget {
+    /// A budget of `bound` bytes.
+    pub fn new(bound: usize) -> Arc<Self> {
+        Arc::new(ByteBudget {
+            bound,
+            used: AtomicUsize::new(0),
+            freed: Notify::new(),
+        })
+    }
+
+    /// The bytes taken now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// The bytes free now (0 when at or over the bound).
+    pub fn free(&self) -> usize {
+        self.bound.saturating_sub(self.used.load(Ordering::Acquire))
+    }
+
+    /// Waits until some bytes are free. `false`: `stop` fired first.
+    pub async fn some_free(&self, stop: &tokio_util::sync::CancellationToken) -> bool {
+        loop {
+            let freed = self.freed.notified();
+            if self.free() > 0 {
+                return true;
+            }
+            tokio::select! {
+                _ = freed => {}
+                _ = stop.cancelled() => return false,
+            }
+        }
+    }
+
+    /// Takes `bytes` for an entry, with its `slot`: over the bound is allowed
+    /// (a read returns at most one entry past what was free).
+    pub fn take(self: &Arc<Self>, slot: OwnedSemaphorePermit, bytes: usize) -> InFlight {
+        self.used.fetch_add(bytes, Ordering::AcqRel);
+        InFlight {
+            _slot: slot,
+            bytes,
+            budget: self.clone(),
+        }
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+        self.freed.notify_one();
+    }
 }
 
 /// Creates the consumer group of a stream (and the stream) from `0`, if
@@ -82,6 +159,9 @@ pub struct Read {
     pub last: String,
     /// The group's last-delivered-id before this read.
     pub before: String,
+    /// When the read delivered more than fitted in its bytes: the first
+    /// entry it did not return (pending on this consumer, to be claimed).
+    pub more: Option<String>,
 }
 
 impl FencedReader {
@@ -99,7 +179,13 @@ impl FencedReader {
         }
     }
 
-    fn call(&self, mode: &str, count: usize, cursor: &str) -> redis::ScriptInvocation<'_> {
+    fn call(
+        &self,
+        mode: &str,
+        count: usize,
+        cursor: &str,
+        bytes: usize,
+    ) -> redis::ScriptInvocation<'_> {
         let mut call = self.script.key(&self.stream);
         call.key(&self.fence)
             .key(&self.meta)
@@ -108,7 +194,8 @@ impl FencedReader {
             .arg(&self.consumer)
             .arg(count)
             .arg(mode)
-            .arg(cursor);
+            .arg(cursor)
+            .arg(bytes);
         call
     }
 
@@ -118,8 +205,9 @@ impl FencedReader {
         op: &'static str,
         count: usize,
         cursor: &str,
+        bytes: usize,
     ) -> Result<redis::Value> {
-        match self.call(op, count, cursor).invoke_async(conn).await {
+        match self.call(op, count, cursor, bytes).invoke_async(conn).await {
             Ok(v) => Ok(v),
             Err(e) if e.code() == Some("FENCED") => {
                 crate::telemetry::Event::Fenced {
@@ -138,14 +226,16 @@ impl FencedReader {
     }
 
     /// Claims up to `count` pending entries of the group from `cursor`, for
-    /// this consumer (XAUTOCLAIM, min idle 0: the lease makes it ours).
+    /// this consumer (XAUTOCLAIM, min idle 0: the lease makes it ours),
+    /// returning them while the ones before came to less than `bytes`.
     pub async fn claim<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
         cursor: &str,
         count: usize,
+        bytes: usize,
     ) -> Result<Claimed> {
-        let v = self.invoke(conn, "claim", count, cursor).await?;
+        let v = self.invoke(conn, "claim", count, cursor, bytes).await?;
         let (next, entries, deleted) = parse_autoclaim(&v);
         let delivered = match &v {
             redis::Value::Array(parts) => parts
@@ -161,14 +251,24 @@ impl FencedReader {
         })
     }
 
-    /// Reads up to `count` new entries (XREADGROUP `>`).
-    pub async fn read<C: ConnectionLike + Send>(&self, conn: &mut C, count: usize) -> Result<Read> {
-        let v = self.invoke(conn, "read", count, "").await?;
+    /// Reads up to `count` new entries (XREADGROUP `>`), returning them
+    /// while the ones before came to less than `bytes`.
+    pub async fn read<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        count: usize,
+        bytes: usize,
+    ) -> Result<Read> {
+        let v = self.invoke(conn, "read", count, "", bytes).await?;
         Ok(match &v {
-            redis::Value::Array(parts) if parts.len() == 3 => Read {
+            redis::Value::Array(parts) if (3..=4).contains(&parts.len()) => Read {
                 entries: parse_entries(&parts[0]),
                 last: redis::from_redis_value(parts[1].clone()).unwrap_or_default(),
                 before: redis::from_redis_value(parts[2].clone()).unwrap_or_default(),
+                more: parts
+                    .get(3)
+                    .and_then(|m| redis::from_redis_value::<String>(m.clone()).ok())
+                    .filter(|m| !m.is_empty()),
             },
             _ => Read::default(),
         })

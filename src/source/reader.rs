@@ -4,6 +4,13 @@
 //! Every group read and claim is fenced ([`crate::source`]). Waiting for new
 //! entries uses a plain `XREAD BLOCK`, which delivers nothing.
 //!
+//! Entry bytes in flight are bounded too (`daemon.max_in_flight_bytes`): a
+//! read waits for free bytes, asks for as many entries as fit if they are
+//! as large as the largest of its last read, and the read script returns
+//! no more than fit (at least one; the rest stay pending, claimed next). So
+//! a backlog of large documents is read a few at a time, and no read script
+//! holds Redis, or the daemon's memory, for long.
+//!
 //! Once it has caught up with the stream, the reader also holds back while
 //! its dispatcher says so (`hold`): while keys already read wait for the next
 //! round, reading more would only move entries from the stream into memory a
@@ -15,7 +22,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use super::{FencedReader, Item};
+use super::{ByteBudget, FencedReader, Item};
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::error::Error;
@@ -23,8 +30,16 @@ use crate::ownership::PartitionRun;
 use crate::protocol::Names;
 use crate::stream::Entry;
 
+/// The bounds a tenure's reader reads under: entry slots and entry bytes.
+pub(crate) struct Bounds {
+    /// One permit per entry in flight (`daemon.max_in_flight`).
+    pub permits: Arc<Semaphore>,
+    /// Entry bytes in flight (`daemon.max_in_flight_bytes`).
+    pub bytes: Arc<ByteBudget>,
+}
+
 /// Reads partition `p` for one tenure into `tx`, holding a permit of
-/// `permits` per entry, until `run.stop_reading` (or a fence refusal). Once
+/// `bounds` per entry, until `run.stop_reading` (or a fence refusal). Once
 /// caught up with the stream, it waits for new entries only when `hold` is
 /// `false`.
 pub(crate) async fn run(
@@ -32,7 +47,7 @@ pub(crate) async fn run(
     config: Arc<Config>,
     names: Names,
     run: Arc<PartitionRun>,
-    permits: Arc<Semaphore>,
+    bounds: Bounds,
     mut hold: watch::Receiver<bool>,
     tx: mpsc::Sender<Vec<Item>>,
 ) {
@@ -55,9 +70,13 @@ pub(crate) async fn run(
         // order.
         cursor: Some("0-0".to_string()),
         received: None,
+        // Until a read has shown how large entries are, they are taken to be
+        // a quarter of the byte bound: the first read asks for four.
+        entry_bytes: config.max_in_flight_bytes / 4,
         config,
         run,
     };
+    let Bounds { permits, bytes } = bounds;
     loop {
         let Some(first) = acquire(&permits, &reader.run).await else {
             return;
@@ -66,18 +85,26 @@ pub(crate) async fn run(
             reader.run.abort.cancel();
             return;
         }
+        if !bytes.some_free(&reader.run.stop_reading).await {
+            return;
+        }
+        let free = bytes.free().max(1);
         let count = reader
             .config
             .batch_size
-            .min(permits.available_permits() + 1);
-        let go_on = match reader.next(count).await {
+            .min(permits.available_permits() + 1)
+            .min((free / reader.entry_bytes.max(1)).max(1));
+        let go_on = match reader.next(count, free).await {
             Ok(next) => {
                 reader.backoff.reset();
+                if let Some(largest) = next.entries.iter().map(|e| e.bytes()).max() {
+                    reader.entry_bytes = largest;
+                }
                 let sent = if next.entries.is_empty() {
                     drop(first);
                     true
                 } else {
-                    send(next.entries, first, &permits, &tx).await
+                    send(next.entries, first, &permits, &bytes, &tx).await
                 };
                 match next.wait_after {
                     Some(last) if sent => {
@@ -123,6 +150,9 @@ struct Reader {
     /// The group's last-delivered-id as far as this reader received it;
     /// `None` until the first read after a claim.
     received: Option<String>,
+    /// The largest entry of the last read that returned any, in bytes: how
+    /// many entries the next read asks for is sized by it.
+    entry_bytes: usize,
 }
 
 impl Reader {
@@ -130,10 +160,11 @@ impl Reader {
     /// that delivered fewer than `count` entries delivered all there were
     /// (the script is atomic, and only this tenure reads the group), so it
     /// says to wait after its last entry, as an empty read says to wait after
-    /// the stream's last id.
-    async fn next(&mut self, count: usize) -> Result<Next, Error> {
+    /// the stream's last id. Reads and claims return entries while those
+    /// before came to less than `bytes`.
+    async fn next(&mut self, count: usize, bytes: usize) -> Result<Next, Error> {
         let Some(from) = &self.cursor else {
-            let r = self.fenced.read(&mut self.conn, count).await?;
+            let r = self.fenced.read(&mut self.conn, count, bytes).await?;
             if let Some(received) = self.received.take() {
                 match compare_ids(&r.before, &received) {
                     std::cmp::Ordering::Greater => {
@@ -162,6 +193,15 @@ impl Reader {
                 Some(e) => e.id.to_stream_id(),
                 None => r.before.clone(),
             });
+            if let Some(more) = r.more {
+                // Delivered, but past the bytes: pending on this consumer,
+                // claimed next (the claims end by setting `received`).
+                self.cursor = Some(more);
+                return Ok(Next {
+                    entries: r.entries,
+                    wait_after: None,
+                });
+            }
             let wait_after = match r.entries.last() {
                 None => Some(r.last),
                 Some(e) if r.entries.len() < count => Some(e.id.to_stream_id()),
@@ -172,7 +212,10 @@ impl Reader {
                 wait_after,
             });
         };
-        let c = self.fenced.claim(&mut self.conn, from, count).await?;
+        let c = self
+            .fenced
+            .claim(&mut self.conn, from, count, bytes)
+            .await?;
         if !c.deleted.is_empty() {
             // writ trims only below the committed watermark, so only an
             // outside XDEL/XTRIM can do this. Say so loudly.
@@ -282,11 +325,13 @@ async fn acquire(
     }
 }
 
-/// Attaches a permit to each entry (the first one already held) and sends.
+/// Attaches a permit and its bytes to each entry (the first permit already
+/// held) and sends.
 async fn send(
     entries: Vec<Entry>,
     first: tokio::sync::OwnedSemaphorePermit,
     permits: &Arc<Semaphore>,
+    bytes: &Arc<ByteBudget>,
     tx: &mpsc::Sender<Vec<Item>>,
 ) -> bool {
     let mut items = Vec::with_capacity(entries.len());
@@ -304,6 +349,7 @@ async fn send(
                     .expect("semaphore never closes"),
             },
         };
+        let permit = bytes.take(permit, entry.bytes());
         items.push(Item { entry, permit });
     }
     tx.send(items).await.is_ok()

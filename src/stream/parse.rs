@@ -19,6 +19,16 @@ pub struct Entry {
     pub fields: Option<Fields>,
 }
 
+impl Entry {
+    /// Its size as the in-flight byte bound counts it: the lengths of its
+    /// values (as `src/lua/fenced_read.lua` counts them).
+    pub fn bytes(&self) -> usize {
+        self.fields
+            .as_ref()
+            .map_or(0, |f| f.iter().map(|(_, v)| v.len()).sum())
+    }
+}
+
 fn bytes(v: &Value) -> Option<Vec<u8>> {
     match v {
         Value::BulkString(b) => Some(b.clone()),

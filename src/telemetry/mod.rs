@@ -137,6 +137,11 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "Entries read and not yet acked, per partition.",
     ),
     (
+        "writ_inflight_bytes",
+        "gauge",
+        "Bytes of the entries read and not yet acked, per partition (bounded by daemon.max_in_flight_bytes, plus at most one entry).",
+    ),
+    (
         "writ_partition_unapplied_entries",
         "gauge",
         "Entries not yet applied (undelivered + pending), per owned partition.",
@@ -226,6 +231,7 @@ pub fn clear_partition(p: u32) {
         "writ_partition_oldest_unapplied_age_seconds",
         "writ_partition_committed_watermark_seconds",
         "writ_inflight_entries",
+        "writ_inflight_bytes",
     ] {
         metrics::gauge!(name, "partition" => label.clone()).set(0.0);
     }
@@ -269,7 +275,8 @@ pub fn register(config: &crate::config::Config) {
             metrics::counter!(name, "partition" => p.clone()).absolute(0);
         }
         metrics::gauge!("writ_partition_owned", "partition" => p.clone()).set(0.0);
-        metrics::gauge!("writ_inflight_entries", "partition" => p).set(0.0);
+        metrics::gauge!("writ_inflight_entries", "partition" => p.clone()).set(0.0);
+        metrics::gauge!("writ_inflight_bytes", "partition" => p).set(0.0);
     }
     metrics::counter!("writ_stream_trimmed_entries_total").absolute(0);
     metrics::gauge!("writ_partitions").set(f64::from(config.partitions));

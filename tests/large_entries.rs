@@ -1,0 +1,212 @@
+//! Large entries are read a few at a time. A partition's reader holds no
+//! more entry bytes (read, not yet acked) than `daemon.max_in_flight_bytes`
+//! plus one entry: it sizes each read by the largest entry of its last one,
+//! and the read script returns no more than fits even when entries grew
+//! since (the rest stay pending, claimed next). Before, a backlog of 4 MiB
+//! documents was read 128 at a time: each read script held Redis for about a
+//! second, the leases of every partition lapsed meanwhile, and nothing was
+//! applied (docs/performance.md, "Large documents").
+//!
+//! In its own test binary: it reads the daemon's gauges from this process's
+//! recorder, which no other daemon may share.
+
+mod support;
+
+use std::time::Duration;
+
+use mongodb::bson::{doc, Document};
+use support::{eventually, own_counter, Daemon, Overrides, TestEnv};
+use writ::Writ;
+
+const BOUND: usize = 2 * 1024 * 1024;
+const BIG: usize = 512 * 1024;
+
+fn key(kind: &str, i: usize) -> Document {
+    doc! {"bucket": kind, "entryKey": format!("k{i}")}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_entries_are_read_within_the_byte_bound() {
+    let env = TestEnv::start("large_entries");
+    let (proxy, uri) = support::proxy::in_front_of_mongo_pausable(&env.mongo_uri).await;
+    let o = Overrides {
+        mongo_uri: Some(uri),
+        partitions: Some(1),
+        daemon: &format!("max_in_flight_bytes = {BOUND}\nblock_ms = 60000"),
+        mongo: "op_timeout_ms = 30000",
+        client: "max_document_bytes = 1048576",
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let measure = writ.collection("measure").unwrap();
+
+    // The daemon's gauges go to this process's recorder once it exists.
+    writ::telemetry::recorder();
+    let daemon = Daemon::start(config.clone());
+    // The reader is past its start-up claim, and its last read was small.
+    measure
+        .write(&key("warm", 0), &doc! {"i": -1})
+        .await
+        .unwrap();
+    let names = writ::protocol::Names::new(&config.namespace);
+    let (stream, group) = (names.stream(0), names.group());
+    let conn = env.redis().await;
+
+    // MongoDB holds the next round, so nothing more is acked: what the
+    // reader takes stays in flight. Then 8 small writes and 12 of 512 KiB.
+    // The reader sizes its reads by the small ones, so only the read
+    // script's own bound keeps the large ones out.
+    proxy.pause();
+    let pad = "x".repeat(BIG);
+    let mut tickets = Vec::new();
+    for i in 0..8 {
+        let t = measure
+            .submit(&key("small", i), &doc! {"i": i as i64})
+            .await;
+        tickets.push(t.unwrap());
+    }
+    // Submitted at once, the large ones share the client's admission calls,
+    // so they land in the stream together.
+    let keys: Vec<Document> = (0..12).map(|i| key("big", i)).collect();
+    let bodies: Vec<Document> = (0..12).map(|i| doc! {"i": i as i64, "pad": &pad}).collect();
+    let big = keys.iter().zip(&bodies).map(|(k, b)| measure.submit(k, b));
+    for t in futures::future::join_all(big).await {
+        tickets.push(t.unwrap());
+    }
+    let label = "partition=\"0\"";
+    eventually(
+        Duration::from_secs(20),
+        "the reader took large entries",
+        || {
+            let (mut conn, stream, group) = (conn.clone(), stream.clone(), group.clone());
+            async move {
+                let delivered = support::pending_count(&mut conn, &stream, &group).await;
+                (delivered >= 12 && own_counter("writ_inflight_bytes", label) > BIG as f64)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    // A negative check needs a window: a reader without the bound takes
+    // every entry within milliseconds.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (entries, bytes) = (
+        own_counter("writ_inflight_entries", label),
+        own_counter("writ_inflight_bytes", label),
+    );
+    assert!(
+        bytes <= (BOUND + BIG + 1024) as f64,
+        "the daemon holds {bytes} bytes of {entries} entries read and not acked, \
+         over the bound of {BOUND} plus one entry"
+    );
+    assert!(
+        entries <= 13.0,
+        "the daemon holds {entries} entries ({bytes} bytes): \
+         expected the 8 small ones and at most 5 of 512 KiB"
+    );
+
+    // Once MongoDB answers, everything is applied, in full, in order.
+    proxy.go_on();
+    for t in tickets {
+        t.wait().await.unwrap();
+    }
+    let docs = env.all_docs("measure").await;
+    for (kind, n) in [("small", 8), ("big", 12)] {
+        for i in 0..n {
+            let k = format!("k{i}");
+            let d = docs
+                .iter()
+                .find(|d| d.get_str("bucket") == Ok(kind) && d.get_str("entryKey") == Ok(&k))
+                .unwrap_or_else(|| panic!("{kind} {k} is not in MongoDB"));
+            let payload = d.get_document("payload").unwrap();
+            assert_eq!(payload.get_i64("i"), Ok(i as i64), "{kind} {k}");
+            if kind == "big" {
+                assert_eq!(payload.get_str("pad").map(str::len), Ok(BIG), "{kind} {k}");
+            }
+        }
+    }
+    eventually(Duration::from_secs(10), "every entry XACKed", || {
+        let (mut conn, stream, group) = (conn.clone(), stream.clone(), group.clone());
+        async move { (support::pending_count(&mut conn, &stream, &group).await == 0).then_some(()) }
+    })
+    .await;
+    eventually(Duration::from_secs(10), "nothing in flight", || async {
+        (own_counter("writ_inflight_bytes", label) == 0.0).then_some(())
+    })
+    .await;
+    daemon.stop().await;
+}
+
+/// The read script itself: a read or claim returns entries while those
+/// before came to less than its bytes (so at least one), leaves the rest
+/// pending on the reader, and says where its next claim starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_script_returns_no_more_than_fits() {
+    let env = TestEnv::start("large_read_script");
+    let o = Overrides {
+        partitions: Some(1),
+        client: "max_document_bytes = 1048576",
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let names = writ::protocol::Names::new(&config.namespace);
+    let (stream, group) = (names.stream(0), names.group());
+    let mut conn = env.redis().await;
+    writ::source::ensure_group(&mut conn, &stream, &group)
+        .await
+        .unwrap();
+    // Four entries of 512 KiB, and no daemon: nothing else reads them.
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let measure = writ.collection("measure").unwrap();
+    let pad = "x".repeat(BIG);
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let t = measure
+            .submit(&key("script", i), &doc! {"i": i as i64, "pad": &pad})
+            .await
+            .unwrap();
+        ids.push(t.version().to_stream_id());
+    }
+    let lease = writ::ownership::Leases::new(
+        conn.clone(),
+        &config.namespace,
+        "reader",
+        Duration::from_secs(30),
+    )
+    .try_acquire(0)
+    .await
+    .unwrap()
+    .expect("a free lease");
+    let reader = writ::source::FencedReader::new(&names, 0, "reader", lease.token);
+    let mib = 1024 * 1024;
+
+    // Asked for 10 within 1 MiB: the second entry starts under it, the third
+    // does not. All four are delivered, and pending on this reader.
+    let r = reader.read(&mut conn, 10, mib).await.unwrap();
+    let got: Vec<String> = r.entries.iter().map(|e| e.id.to_stream_id()).collect();
+    assert_eq!(got, ids[..2], "a read returns what fits");
+    assert_eq!(
+        r.more.as_deref(),
+        Some(ids[2].as_str()),
+        "and says what it kept back"
+    );
+    assert_eq!(support::pending_count(&mut conn, &stream, &group).await, 4);
+
+    // A claim from there returns the rest, within the same bound.
+    let c = reader.claim(&mut conn, &ids[2], 10, mib).await.unwrap();
+    let got: Vec<String> = c.entries.iter().map(|e| e.id.to_stream_id()).collect();
+    assert_eq!(got, ids[2..], "a claim returns what fits");
+    assert_eq!(c.next, "0-0");
+    assert_eq!(c.delivered.as_deref(), Some(ids[3].as_str()));
+
+    // With one byte, a claim still returns one entry, and goes on after it.
+    let c = reader.claim(&mut conn, "0-0", 10, 1).await.unwrap();
+    let got: Vec<String> = c.entries.iter().map(|e| e.id.to_stream_id()).collect();
+    assert_eq!(got, ids[..1], "at least one entry");
+    assert_eq!(
+        c.next, ids[1],
+        "the next claim starts at the first kept back"
+    );
+    assert_eq!(c.delivered, None, "the pending list is not done");
+}
