@@ -98,3 +98,61 @@ async fn a_dead_daemon_whose_clock_ran_ahead_is_replaced_within_the_lease_ttl() 
         config.lease_ttl
     );
 }
+
+/// A daemon that takes many partitions from a slow Redis keeps the first
+/// ones meanwhile. It takes them one by one, and before session 25 it renewed
+/// nothing until it had tried them all: with each acquisition slow (here
+/// every request waits 100 ms at a proxy; in the field, a Redis fsyncing
+/// large documents to its AOF), the first leases lapsed before the last was
+/// taken, their partitions were aborted and taken again with a new token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taking_many_partitions_from_a_slow_redis_keeps_the_first_ones() {
+    let env = TestEnv::start("slow_take");
+    let (_proxy, proxied) =
+        support::proxy::in_front_of_redis_with_latency(&env.redis_url, Duration::from_millis(100))
+            .await;
+    let partitions = 16;
+    let o = Overrides {
+        redis_url: Some(proxied),
+        partitions: Some(partitions),
+        daemon: "lease_ttl_ms = 1500",
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let daemon = support::Daemon::start(config.clone());
+    let me = config.consumer_name.clone();
+    let started = Instant::now();
+    wait_split(
+        &env,
+        partitions,
+        &[(&me, partitions)],
+        "every partition taken",
+    )
+    .await;
+    let took = started.elapsed();
+    // Two more lease TTLs: a lapsed lease is found at the next renewal.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let names = writ::protocol::Names::new(&config.namespace);
+    let mut conn = env.redis().await;
+    let mut retaken = Vec::new();
+    for p in 0..partitions {
+        let token: Option<String> = redis::cmd("GET")
+            .arg(names.fence(p))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if token.as_deref() != Some("1") {
+            retaken.push((p, token));
+        }
+    }
+    assert!(
+        retaken.is_empty(),
+        "partitions whose lease lapsed and was taken again (partition, token): {retaken:?}; \
+         taking all {partitions} took {took:?} against a lease TTL of 1.5 s"
+    );
+    assert_eq!(
+        lease_holders(&env, partitions).await.get(&me).copied(),
+        Some(partitions)
+    );
+    daemon.stop().await;
+}

@@ -127,10 +127,7 @@ impl Owner {
     /// so take nothing new). When due (every quarter of the lease TTL), the
     /// heartbeat and every lease renewal go out together first.
     async fn keep_up(&mut self) -> Option<u64> {
-        if Instant::now() >= self.next_write {
-            self.next_write = Instant::now() + self.config.lease_ttl / 4;
-            tokio::join!(self.members.heartbeat(&self.conn), self.renew());
-        }
+        self.renew_if_due().await;
         let counted = self.members.count(&self.conn).await;
         match counted {
             Ok(n) => {
@@ -145,6 +142,15 @@ impl Owner {
                 self.counting_failed = true;
                 None
             }
+        }
+    }
+
+    /// When due (every quarter of the lease TTL), the heartbeat and every
+    /// lease renewal, together.
+    async fn renew_if_due(&mut self) {
+        if Instant::now() >= self.next_write {
+            self.next_write = Instant::now() + self.config.lease_ttl / 4;
+            tokio::join!(self.members.heartbeat(&self.conn), self.renew());
         }
     }
 
@@ -235,6 +241,10 @@ impl Owner {
             if self.owned.contains_key(&p) {
                 continue;
             }
+            // Taking many partitions from a slow Redis (a takeover while it
+            // writes large documents to its AOF) can outlast the leases
+            // already held: renew them between acquisitions when due.
+            self.renew_if_due().await;
             match self.leases.try_acquire(p).await {
                 Ok(Some(lease)) => {
                     Event::LeaseAcquired {

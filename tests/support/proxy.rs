@@ -313,7 +313,13 @@ impl Drop for Proxy {
 /// A proxy in front of the Redis of `url`, and the same URL through it
 /// (scheme, credentials and database kept).
 pub async fn in_front_of_redis(url: &str) -> (Proxy, String) {
-    in_front_of_redis_with(url, None).await
+    in_front_of_redis_with(url, None, Duration::ZERO).await
+}
+
+/// Like [`in_front_of_redis`], holding every chunk a client sends for
+/// `latency` (a slow Redis).
+pub async fn in_front_of_redis_with_latency(url: &str, latency: Duration) -> (Proxy, String) {
+    in_front_of_redis_with(url, None, latency).await
 }
 
 /// Like [`in_front_of_redis`], losing the first reply that carries `marker`
@@ -323,12 +329,13 @@ pub async fn in_front_of_redis_cutting_reply(
     marker: &'static [u8],
     unless: &'static [u8],
 ) -> (Proxy, String) {
-    in_front_of_redis_with(url, Some((marker, unless))).await
+    in_front_of_redis_with(url, Some((marker, unless)), Duration::ZERO).await
 }
 
 async fn in_front_of_redis_with(
     url: &str,
     cut_reply: Option<(&'static [u8], &'static [u8])>,
+    latency: Duration,
 ) -> (Proxy, String) {
     let (scheme, rest) = url.split_once("://").expect("a redis:// URL");
     let (auth, hostpath) = match rest.rsplit_once('@') {
@@ -346,7 +353,7 @@ async fn in_front_of_redis_with(
         .unwrap();
     let proxy = match cut_reply {
         Some((marker, unless)) => Proxy::start_cutting_reply(target, marker, unless).await,
-        None => Proxy::start(target).await,
+        None => Proxy::start_with_latency(target, latency).await,
     };
     let proxied = format!("{scheme}://{auth}127.0.0.1:{}{path}", proxy.port);
     (proxy, proxied)
