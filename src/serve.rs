@@ -71,8 +71,12 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
         cache: Cache::new(conn.clone()).with_replication(Replication::of(&config)),
         conn: conn.clone(),
     });
+    // Leases and membership get a connection of their own: on the shared
+    // one, a renewal would wait behind the rounds' cache writes, which carry
+    // whole documents (tens of MiB with large ones), and lapse meanwhile.
+    let control = crate::redis_conn::connect(&config, Duration::ZERO).await?;
     let leases = Leases::new(
-        conn.clone(),
+        control.clone(),
         &config.namespace,
         &config.consumer_name,
         config.lease_ttl,
@@ -97,14 +101,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
     );
     let spawn: ownership::Spawn =
         Box::new(move |p, run| tokio::spawn(crate::partition::run_partition(p, ctx.clone(), run)));
-    ownership::run(
-        config.clone(),
-        conn.clone(),
-        leases,
-        spawn,
-        shutdown.clone(),
-    )
-    .await;
+    ownership::run(config.clone(), control, leases, spawn, shutdown.clone()).await;
     background.cancel();
     let _ = tokio::join!(probe, keeper);
     tracing::info!("writ serve stopped");
