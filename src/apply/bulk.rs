@@ -124,14 +124,26 @@ impl Store {
         let Some(first) = items.first() else {
             return Ok(());
         };
-        let mut statements = RawArrayBuf::new();
+        // In commands of at most CHUNK_BYTES, as the daemon's bulks are:
+        // 128 large documents would pass MongoDB's message size limit.
+        let (mut statements, mut bytes) = (RawArrayBuf::new(), 0);
         for it in items {
             let update = update_of(it.coll, it.write, &it.version.to_sortable());
-            if let Some(st) = statement(it, &update) {
-                statements.push(st);
+            let Some(st) = statement(it, &update) else {
+                continue;
+            };
+            let size = st.as_bytes().len();
+            if bytes + size > CHUNK_BYTES && bytes > 0 {
+                let full = std::mem::replace(&mut statements, RawArrayBuf::new());
+                self.update_command(&first.coll.name, full).await?;
+                bytes = 0;
             }
+            statements.push(st);
+            bytes += size;
         }
-        self.update_command(&first.coll.name, statements).await?;
+        if bytes > 0 {
+            self.update_command(&first.coll.name, statements).await?;
+        }
         Ok(())
     }
 
