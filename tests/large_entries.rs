@@ -1,11 +1,11 @@
 //! Large entries are read a few at a time. A partition's reader holds no
 //! more entry bytes (read, not yet acked) than `daemon.max_in_flight_bytes`
-//! plus one entry: it sizes each read by the largest entry of its last one,
-//! and the read script returns no more than fits even when entries grew
-//! since (the rest stay pending, claimed next). Before, a backlog of 4 MiB
-//! documents was read 128 at a time: each read script held Redis for about a
-//! second, the leases of every partition lapsed meanwhile, and nothing was
-//! applied (docs/performance.md, "Large documents").
+//! plus one entry: the read script takes entries in steps sized by the
+//! largest it has seen, and returns no more than fits even when entries grew
+//! within a step (the rest stay pending, claimed next). Before, a backlog of
+//! 4 MiB documents was read 128 at a time: each read script held Redis for
+//! about a second, the leases of every partition lapsed meanwhile, and
+//! nothing was applied (docs/operations.md, "Failure modes").
 //!
 //! In its own test binary: it reads the daemon's gauges from this process's
 //! recorder, which no other daemon may share.
@@ -55,8 +55,6 @@ async fn large_entries_are_read_within_the_byte_bound() {
 
     // MongoDB holds the next round, so nothing more is acked: what the
     // reader takes stays in flight. Then 8 small writes and 12 of 512 KiB.
-    // The reader sizes its reads by the small ones, so only the read
-    // script's own bound keeps the large ones out.
     proxy.pause();
     let pad = "x".repeat(BIG);
     let mut tickets = Vec::new();
@@ -156,12 +154,12 @@ async fn the_read_script_returns_no_more_than_fits() {
     writ::source::ensure_group(&mut conn, &stream, &group)
         .await
         .unwrap();
-    // Four entries of 512 KiB, and no daemon: nothing else reads them.
+    // Eight entries of 512 KiB, and no daemon: nothing else reads them.
     let writ = Writ::connect(config.clone()).await.unwrap();
     let measure = writ.collection("measure").unwrap();
     let pad = "x".repeat(BIG);
     let mut ids = Vec::new();
-    for i in 0..4 {
+    for i in 0..8 {
         let t = measure
             .submit(&key("script", i), &doc! {"i": i as i64, "pad": &pad})
             .await
@@ -181,8 +179,10 @@ async fn the_read_script_returns_no_more_than_fits() {
     let reader = writ::source::FencedReader::new(&names, 0, "reader", lease.token);
     let mib = 1024 * 1024;
 
-    // Asked for 10 within 1 MiB: the second entry starts under it, the third
-    // does not. All four are delivered, and pending on this reader.
+    // Asked for 10 within 1 MiB: the script takes a first step of 4, which
+    // uses up the bytes, and takes no more; of those, the second entry
+    // starts under the bound, the third does not. The four are pending on
+    // this reader.
     let r = reader.read(&mut conn, 10, mib).await.unwrap();
     let got: Vec<String> = r.entries.iter().map(|e| e.id.to_stream_id()).collect();
     assert_eq!(got, ids[..2], "a read returns what fits");
@@ -191,12 +191,16 @@ async fn the_read_script_returns_no_more_than_fits() {
         Some(ids[2].as_str()),
         "and says what it kept back"
     );
-    assert_eq!(support::pending_count(&mut conn, &stream, &group).await, 4);
+    assert_eq!(
+        support::pending_count(&mut conn, &stream, &group).await,
+        4,
+        "a read takes entries in steps, and stops once their bytes are used"
+    );
 
-    // A claim from there returns the rest, within the same bound.
+    // A claim from there returns the rest of them, within the same bound.
     let c = reader.claim(&mut conn, &ids[2], 10, mib).await.unwrap();
     let got: Vec<String> = c.entries.iter().map(|e| e.id.to_stream_id()).collect();
-    assert_eq!(got, ids[2..], "a claim returns what fits");
+    assert_eq!(got, ids[2..4], "a claim returns what fits");
     assert_eq!(c.next, "0-0");
     assert_eq!(c.delivered.as_deref(), Some(ids[3].as_str()));
 
@@ -209,4 +213,11 @@ async fn the_read_script_returns_no_more_than_fits() {
         "the next claim starts at the first kept back"
     );
     assert_eq!(c.delivered, None, "the pending list is not done");
+
+    // With room for all, a read takes 4, then as many as fit by the largest
+    // seen: the other 4.
+    let r = reader.read(&mut conn, 10, 64 * mib).await.unwrap();
+    let got: Vec<String> = r.entries.iter().map(|e| e.id.to_stream_id()).collect();
+    assert_eq!(got, ids[4..], "a read with room returns all there is");
+    assert_eq!(r.more, None);
 }

@@ -6,12 +6,15 @@
 -- read, so the reader can tell that an earlier read delivered entries whose
 -- reply it never got.
 --
--- Both return entries only while the bytes of those before stay under
--- ARGV[7] (the values' lengths; so at least one entry, and at most one past
--- it): the daemon's memory for reads is bounded even when entries grow
--- larger than the ones it sized its count by. The entries not returned stay
--- pending on this consumer; `more` (a read) or `next` (a claim) is the first
--- of them, where the reader's next claim starts.
+-- Both take entries in steps: 4 first, then as many as fit in the bytes left
+-- (ARGV[7]) if they are as large as the largest seen so far, up to `count`.
+-- So a read of small entries is one or two calls, and a read of large ones
+-- never moves many more than fit through the script (which holds Redis while
+-- it runs). Both return entries only while the bytes of those before stay
+-- under ARGV[7] (the values' lengths; so at least one entry, and at most one
+-- past it), even when entries grew within a step. The entries not returned
+-- stay pending on this consumer; `more` (a read) or `next` (a claim) is the
+-- first of them, where the reader's next claim starts.
 -- Refused with a FENCED error unless ARGV[1] is the partition's current
 -- fencing token.
 --
@@ -22,6 +25,35 @@ if redis.call('GET', KEYS[2]) ~= ARGV[1] then
   return redis.error_reply('FENCED the partition lease moved to another daemon')
 end
 local budget = tonumber(ARGV[7]) or math.huge
+local want = tonumber(ARGV[4])
+local function size(e)
+  local n = 0
+  if e and e[2] then
+    local f = e[2]
+    for j = 2, #f, 2 do n = n + #f[j] end
+  end
+  return n
+end
+-- Entries from `step(n)` (up to n entries, and whether more may follow),
+-- called while fewer than `want` were taken and their bytes are under the
+-- budget, each time for as many as fit if they are as large as the largest
+-- seen so far.
+local function gather(step)
+  local out, used, largest = {}, 0, 1
+  local n = math.min(want, 4)
+  while n > 0 do
+    local got, more = step(n)
+    for _, e in ipairs(got) do
+      out[#out + 1] = e
+      local b = size(e)
+      used = used + b
+      if b > largest then largest = b end
+    end
+    if not more or #out >= want or used >= budget then break end
+    n = math.min(want - #out, math.max(1, math.floor((budget - used) / largest)))
+  end
+  return out
+end
 -- How many of `entries` to return (a deleted entry of a claim, `false`,
 -- counts nothing and never ends the list).
 local function fit(entries)
@@ -29,8 +61,7 @@ local function fit(entries)
   for i, e in ipairs(entries) do
     if e and e[2] then
       if used >= budget then return i - 1 end
-      local f = e[2]
-      for j = 2, #f, 2 do used = used + #f[j] end
+      used = used + size(e)
     end
   end
   return #entries
@@ -50,13 +81,20 @@ if ARGV[5] == 'claim' then
   -- XAUTOCLAIM's reply {next, entries, deleted}, and once the pending list
   -- is done (next 0-0) the group's last-delivered-id: what the reader has
   -- received so far, for its next read's gap check.
-  local c = redis.call('XAUTOCLAIM', KEYS[1], ARGV[2], ARGV[3], 0, ARGV[6], 'COUNT', ARGV[4])
-  local n = fit(c[2])
-  if n < #c[2] then
-    c[1] = c[2][n + 1][1]
-    cut(c[2], n)
+  local cursor, deleted = ARGV[6], {}
+  local entries = gather(function(n)
+    local c = redis.call('XAUTOCLAIM', KEYS[1], ARGV[2], ARGV[3], 0, cursor, 'COUNT', n)
+    cursor = c[1]
+    for _, id in ipairs(c[3] or {}) do deleted[#deleted + 1] = id end
+    return c[2], cursor ~= '0-0'
+  end)
+  local n = fit(entries)
+  if n < #entries then
+    cursor = entries[n + 1][1]
+    cut(entries, n)
   end
-  if c[1] == '0-0' then c[4] = delivered() end
+  local c = {cursor, entries, deleted}
+  if cursor == '0-0' then c[4] = delivered() end
   return c
 end
 local before = delivered()
@@ -70,9 +108,12 @@ end
 -- this consumer at once, and a failed script would not return them. So an
 -- unreadable `read` (written by someone else) is recounted, never added to.
 local read = tonumber(meta[2])
-local r = redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4], 'STREAMS', KEYS[1], '>')
-if r then
-  local entries = r[1][2]
+local entries = gather(function(n)
+  local r = redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', n, 'STREAMS', KEYS[1], '>')
+  if not r then return {}, false end
+  return r[1][2], #r[1][2] == n
+end)
+if #entries > 0 then
   local at = entries[#entries][1]
   if meta[1] == before and read then
     redis.call('HSET', KEYS[3], 'at', at, 'read', read + #entries)

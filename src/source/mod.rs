@@ -23,7 +23,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use crate::error::{Error, Result};
 use crate::protocol::Names;
-use crate::stream::{parse_autoclaim, parse_entries, Entry};
+use crate::stream::{parse_autoclaim, take_entries, Entry};
 
 const FENCED_READ: &str = include_str!("../lua/fenced_read.lua");
 
@@ -236,13 +236,13 @@ impl FencedReader {
         bytes: usize,
     ) -> Result<Claimed> {
         let v = self.invoke(conn, "claim", count, cursor, bytes).await?;
-        let (next, entries, deleted) = parse_autoclaim(&v);
         let delivered = match &v {
             redis::Value::Array(parts) => parts
                 .get(3)
                 .and_then(|d| redis::from_redis_value::<String>(d.clone()).ok()),
             _ => None,
         };
+        let (next, entries, deleted) = parse_autoclaim(v);
         Ok(Claimed {
             next,
             entries,
@@ -260,16 +260,20 @@ impl FencedReader {
         bytes: usize,
     ) -> Result<Read> {
         let v = self.invoke(conn, "read", count, "", bytes).await?;
-        Ok(match &v {
-            redis::Value::Array(parts) if (3..=4).contains(&parts.len()) => Read {
-                entries: parse_entries(&parts[0]),
-                last: redis::from_redis_value(parts[1].clone()).unwrap_or_default(),
-                before: redis::from_redis_value(parts[2].clone()).unwrap_or_default(),
-                more: parts
-                    .get(3)
-                    .and_then(|m| redis::from_redis_value::<String>(m.clone()).ok())
-                    .filter(|m| !m.is_empty()),
-            },
+        let string = |v: Option<redis::Value>| {
+            v.and_then(|v| redis::from_redis_value::<String>(v).ok())
+                .unwrap_or_default()
+        };
+        Ok(match v {
+            redis::Value::Array(parts) if (3..=4).contains(&parts.len()) => {
+                let mut parts = parts.into_iter();
+                Read {
+                    entries: parts.next().map(take_entries).unwrap_or_default(),
+                    last: string(parts.next()),
+                    before: string(parts.next()),
+                    more: Some(string(parts.next())).filter(|m| !m.is_empty()),
+                }
+            }
             _ => Read::default(),
         })
     }

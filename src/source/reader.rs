@@ -5,11 +5,11 @@
 //! entries uses a plain `XREAD BLOCK`, which delivers nothing.
 //!
 //! Entry bytes in flight are bounded too (`daemon.max_in_flight_bytes`): a
-//! read waits for free bytes, asks for as many entries as fit if they are
-//! as large as the largest of its last read, and the read script returns
-//! no more than fit (at least one; the rest stay pending, claimed next). So
-//! a backlog of large documents is read a few at a time, and no read script
-//! holds Redis, or the daemon's memory, for long.
+//! read waits for free bytes, and the read script takes entries in steps
+//! sized by the largest it has seen, returning no more than fit (at least
+//! one; the rest stay pending, claimed next). So a backlog of large
+//! documents is read a few at a time, and no read script holds Redis, or
+//! the daemon's memory, for long.
 //!
 //! Once it has caught up with the stream, the reader also holds back while
 //! its dispatcher says so (`hold`): while keys already read wait for the next
@@ -70,9 +70,6 @@ pub(crate) async fn run(
         // order.
         cursor: Some("0-0".to_string()),
         received: None,
-        // Until a read has shown how large entries are, they are taken to be
-        // a quarter of the byte bound: the first read asks for four.
-        entry_bytes: config.max_in_flight_bytes / 4,
         config,
         run,
     };
@@ -88,18 +85,13 @@ pub(crate) async fn run(
         if !bytes.some_free(&reader.run.stop_reading).await {
             return;
         }
-        let free = bytes.free().max(1);
         let count = reader
             .config
             .batch_size
-            .min(permits.available_permits() + 1)
-            .min((free / reader.entry_bytes.max(1)).max(1));
-        let go_on = match reader.next(count, free).await {
+            .min(permits.available_permits() + 1);
+        let go_on = match reader.next(count, bytes.free().max(1)).await {
             Ok(next) => {
                 reader.backoff.reset();
-                if let Some(largest) = next.entries.iter().map(|e| e.bytes()).max() {
-                    reader.entry_bytes = largest;
-                }
                 let sent = if next.entries.is_empty() {
                     drop(first);
                     true
@@ -150,9 +142,6 @@ struct Reader {
     /// The group's last-delivered-id as far as this reader received it;
     /// `None` until the first read after a claim.
     received: Option<String>,
-    /// The largest entry of the last read that returned any, in bytes: how
-    /// many entries the next read asks for is sized by it.
-    entry_bytes: usize,
 }
 
 impl Reader {

@@ -7,4 +7,4 @@
 pub mod cmd;
 mod parse;
 
-pub use parse::{parse_autoclaim, parse_entries, parse_read_reply, Entry, Fields};
+pub use parse::{parse_autoclaim, parse_entries, parse_read_reply, take_entries, Entry, Fields};

@@ -29,11 +29,12 @@ impl Entry {
     }
 }
 
-fn bytes(v: &Value) -> Option<Vec<u8>> {
+/// The bytes of a string reply, moved out of it.
+fn into_bytes(v: Value) -> Option<Vec<u8>> {
     match v {
-        Value::BulkString(b) => Some(b.clone()),
-        Value::SimpleString(s) => Some(s.clone().into_bytes()),
-        Value::VerbatimString { text, .. } => Some(text.clone().into_bytes()),
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        Value::VerbatimString { text, .. } => Some(text.into_bytes()),
         Value::Int(i) => Some(i.to_string().into_bytes()),
         _ => None,
     }
@@ -46,25 +47,42 @@ fn items(v: &Value) -> Option<&[Value]> {
     }
 }
 
+fn into_items(v: Value) -> Option<Vec<Value>> {
+    match v {
+        Value::Array(a) | Value::Set(a) => Some(a),
+        _ => None,
+    }
+}
+
 /// Parses `[[id, [f, v, ...]], ...]`.
 pub fn parse_entries(v: &Value) -> Vec<Entry> {
-    let Some(list) = items(v) else {
+    take_entries(v.clone())
+}
+
+/// Parses `[[id, [f, v, ...]], ...]` as [`parse_entries`] does, moving the
+/// values out of the reply instead of copying them (the daemon's reads: a
+/// read of large documents is not held twice).
+pub fn take_entries(v: Value) -> Vec<Entry> {
+    let Some(list) = into_items(v) else {
         return Vec::new();
     };
-    list.iter()
+    list.into_iter()
         .filter_map(|e| {
-            let parts = items(e)?;
-            let id: Version = std::str::from_utf8(&bytes(parts.first()?)?)
+            let mut parts = into_items(e)?.into_iter();
+            let id: Version = std::str::from_utf8(&into_bytes(parts.next()?)?)
                 .ok()?
                 .parse()
                 .ok()?;
-            let fields = parts.get(1).and_then(items).and_then(|kv| {
+            let fields = parts.next().and_then(into_items).and_then(|kv| {
                 if kv.len() % 2 != 0 {
                     return None;
                 }
-                kv.chunks(2)
-                    .map(|c| Some((bytes(&c[0])?, bytes(&c[1])?)))
-                    .collect::<Option<Fields>>()
+                let mut out = Vec::with_capacity(kv.len() / 2);
+                let mut kv = kv.into_iter();
+                while let (Some(f), Some(v)) = (kv.next(), kv.next()) {
+                    out.push((into_bytes(f)?, into_bytes(v)?));
+                }
+                Some(out)
             });
             Some(Entry { id, fields })
         })
@@ -86,23 +104,25 @@ pub fn parse_read_reply(v: &Value) -> Vec<Entry> {
 }
 
 /// Parses an `XAUTOCLAIM` reply: (next cursor, claimed entries, ids that
-/// were pending but are gone from the stream).
-pub fn parse_autoclaim(v: &Value) -> (String, Vec<Entry>, Vec<String>) {
-    let Some(parts) = items(v) else {
+/// were pending but are gone from the stream), moving the entries' values
+/// out of it.
+pub fn parse_autoclaim(v: Value) -> (String, Vec<Entry>, Vec<String>) {
+    let Some(parts) = into_items(v) else {
         return ("0-0".into(), Vec::new(), Vec::new());
     };
+    let mut parts = parts.into_iter();
     let cursor = parts
-        .first()
-        .and_then(bytes)
+        .next()
+        .and_then(into_bytes)
         .and_then(|b| String::from_utf8(b).ok())
         .unwrap_or_else(|| "0-0".into());
-    let entries = parts.get(1).map(parse_entries).unwrap_or_default();
+    let entries = parts.next().map(take_entries).unwrap_or_default();
     let deleted = parts
-        .get(2)
-        .and_then(items)
+        .next()
+        .and_then(into_items)
         .map(|ids| {
-            ids.iter()
-                .filter_map(bytes)
+            ids.into_iter()
+                .filter_map(into_bytes)
                 .filter_map(|b| String::from_utf8(b).ok())
                 .collect()
         })
