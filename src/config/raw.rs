@@ -291,7 +291,7 @@ fn default_in_flight() -> usize {
     1024
 }
 fn default_in_flight_bytes() -> usize {
-    16 * 1024 * 1024
+    32 * 1024 * 1024
 }
 fn default_block_ms() -> u64 {
     500

@@ -49,6 +49,16 @@ impl RawConfig {
         let write_concern = check_mongodb(&mongodb)?;
         let daemon_checked = check_daemon(&daemon)?;
         check_client(&client)?;
+        if daemon.max_in_flight_bytes < 2 * client.max_document_bytes {
+            return Err(bad(
+                "daemon.max_in_flight_bytes",
+                format!(
+                    "must be at least twice client.max_document_bytes ({}), so that one \
+                     document MongoDB refuses, retried, never holds up the rest of its partition",
+                    client.max_document_bytes
+                ),
+            ));
+        }
         let collections = check_collections(collections)?;
         Ok(Config {
             redis_url: urls[0].clone(),
