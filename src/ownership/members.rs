@@ -30,6 +30,9 @@ pub(super) struct Members {
     offset_ms: AtomicI64,
     /// Redis refused `TIME` (an ACL without `+time`): use this host's clock.
     own_clock: AtomicBool,
+    /// The last heartbeat failed (said once per failing streak: at Redis's
+    /// `maxmemory` it fails every renewal, every 500 ms by default).
+    failing: AtomicBool,
 }
 
 impl Members {
@@ -41,6 +44,7 @@ impl Members {
             script: redis::Script::new(HEARTBEAT),
             offset_ms: AtomicI64::new(0),
             own_clock: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
         }
     }
 
@@ -60,12 +64,13 @@ impl Members {
                 Ok(redis_ms) => {
                     let mid = (before + local_ms()) / 2;
                     self.offset_ms.store(redis_ms - mid as i64, Relaxed);
+                    self.worked();
                     return;
                 }
                 // A command refused inside a script comes back as a plain
                 // error, so ask for `TIME` alone: only that says NOPERM.
                 Err(e) if !time_refused(conn).await => {
-                    tracing::warn!(error = %e, "cannot heartbeat; retrying at the next renewal");
+                    self.failed(&e);
                     return;
                 }
                 Err(_) => {
@@ -93,8 +98,21 @@ impl Members {
             .ignore()
             .query_async(&mut conn.clone())
             .await;
-        if let Err(e) = res {
-            tracing::warn!(error = %e, "cannot heartbeat; retrying at the next renewal");
+        match res {
+            Ok(()) => self.worked(),
+            Err(e) => self.failed(&e),
+        }
+    }
+
+    fn failed(&self, e: &redis::RedisError) {
+        if !self.failing.swap(true, Relaxed) {
+            tracing::warn!(error = %e, "cannot heartbeat; retrying at each renewal, silently until it works again");
+        }
+    }
+
+    fn worked(&self) {
+        if self.failing.swap(false, Relaxed) {
+            tracing::info!("the heartbeat works again");
         }
     }
 
