@@ -191,6 +191,7 @@ async fn the_read_script_returns_no_more_than_fits() {
         Some(ids[2].as_str()),
         "and says what it kept back"
     );
+    assert!(r.full);
     assert_eq!(
         support::pending_count(&mut conn, &stream, &group).await,
         4,
@@ -214,10 +215,22 @@ async fn the_read_script_returns_no_more_than_fits() {
     );
     assert_eq!(c.delivered, None, "the pending list is not done");
 
-    // With room for all, a read takes 4, then as many as fit by the largest
-    // seen: the other 4.
+    // The reader's calls are sized by the largest entry they saw (512 KiB):
+    // within 600 KiB a read takes one, then one more, which crosses the
+    // bound. Both are returned, nothing is kept back, and the read says
+    // that the bytes, not the stream, ran out: the reader reads on instead
+    // of waiting for new entries.
+    let r = reader.read(&mut conn, 10, 600 * 1024).await.unwrap();
+    let got: Vec<String> = r.entries.iter().map(|e| e.id.to_stream_id()).collect();
+    assert_eq!(got, ids[4..6]);
+    assert_eq!(r.more, None);
+    assert!(r.full, "a read stopped by its bytes says so");
+    assert_eq!(support::pending_count(&mut conn, &stream, &group).await, 6);
+
+    // With room for all, a read returns all there is, and is not full.
     let r = reader.read(&mut conn, 10, 64 * mib).await.unwrap();
     let got: Vec<String> = r.entries.iter().map(|e| e.id.to_stream_id()).collect();
-    assert_eq!(got, ids[4..], "a read with room returns all there is");
+    assert_eq!(got, ids[6..], "a read with room returns all there is");
     assert_eq!(r.more, None);
+    assert!(!r.full);
 }

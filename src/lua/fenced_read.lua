@@ -1,13 +1,15 @@
 -- The daemon's fenced group read (src/source/mod.rs).
 -- KEYS: stream, fence, partition meta. ARGV: token, group, consumer, count,
--- mode, cursor, bytes. Mode `claim`: XAUTOCLAIM from `cursor` (see below);
--- mode `read`: XREADGROUP `>`, returning {entries, last id, delivered before,
--- more}: `delivered before` is the group's last-delivered-id before this
--- read, so the reader can tell that an earlier read delivered entries whose
--- reply it never got.
+-- mode, cursor, bytes, size hint. Mode `claim`: XAUTOCLAIM from `cursor`
+-- (see below); mode `read`: XREADGROUP `>`, returning {entries, last id,
+-- delivered before, more, full}: `delivered before` is the group's
+-- last-delivered-id before this read, so the reader can tell that an earlier
+-- read delivered entries whose reply it never got.
 --
--- Both take entries in steps: 4 first, then as many as fit in the bytes left
--- (ARGV[7]) if they are as large as the largest seen so far, up to `count`.
+-- Both take entries in steps: first as many as fit in the bytes (ARGV[7])
+-- if they are as large as the hint (ARGV[8], the largest entry of the
+-- reader's last read; without one, 4), then as many as fit in the bytes left
+-- if they are as large as the largest seen so far, up to `count`.
 -- So a read of small entries is one or two calls, and a read of large ones
 -- never moves many more than fit through the script (which holds Redis while
 -- it runs). Both return entries only while the bytes of those before stay
@@ -34,13 +36,18 @@ local function size(e)
   end
   return n
 end
+-- ARGV[8]: the largest entry of the reader's last read, in bytes (0: none
+-- yet, as at the start of a tenure).
+local hint = tonumber(ARGV[8]) or 0
 -- Entries from `step(n)` (up to n entries, and whether more may follow),
 -- called while fewer than `want` were taken and their bytes are under the
 -- budget, each time for as many as fit if they are as large as the largest
--- seen so far.
+-- seen so far (the first time by the hint; with none, 4). Also says whether
+-- it stopped on the budget with more perhaps to come.
 local function gather(step)
-  local out, used, largest = {}, 0, 1
+  local out, used, largest = {}, 0, math.max(hint, 1)
   local n = math.min(want, 4)
+  if hint > 0 then n = math.min(want, math.max(1, math.floor(budget / largest))) end
   while n > 0 do
     local got, more = step(n)
     for _, e in ipairs(got) do
@@ -49,10 +56,11 @@ local function gather(step)
       used = used + b
       if b > largest then largest = b end
     end
-    if not more or #out >= want or used >= budget then break end
+    if not more or #out >= want then return out, false end
+    if used >= budget then return out, true end
     n = math.min(want - #out, math.max(1, math.floor((budget - used) / largest)))
   end
-  return out
+  return out, false
 end
 -- How many of `entries` to return (a deleted entry of a claim, `false`,
 -- counts nothing and never ends the list).
@@ -108,7 +116,7 @@ end
 -- this consumer at once, and a failed script would not return them. So an
 -- unreadable `read` (written by someone else) is recounted, never added to.
 local read = tonumber(meta[2])
-local entries = gather(function(n)
+local entries, full = gather(function(n)
   local r = redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', n, 'STREAMS', KEYS[1], '>')
   if not r then return {}, false end
   return r[1][2], #r[1][2] == n
@@ -126,7 +134,9 @@ if #entries > 0 then
     more = entries[n + 1][1]
     cut(entries, n)
   end
-  return {entries, '', before, more}
+  -- `full`: the bytes ran out before the entries did, so the stream may
+  -- hold more: the reader reads again instead of waiting for new entries.
+  return {entries, '', before, more, full and '1' or ''}
 end
 if meta[1] ~= before then
   redis.call('HSET', KEYS[3], 'at', before, 'read', added())

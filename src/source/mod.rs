@@ -134,6 +134,9 @@ pub struct FencedReader {
     meta: String,
     group: String,
     consumer: String,
+    /// The largest entry of the last read or claim that returned any, in
+    /// bytes (0: none yet): the script sizes its first step by it.
+    hint: AtomicUsize,
 }
 
 /// What a claim returned.
@@ -162,6 +165,9 @@ pub struct Read {
     /// When the read delivered more than fitted in its bytes: the first
     /// entry it did not return (pending on this consumer, to be claimed).
     pub more: Option<String>,
+    /// The bytes ran out before the entries did: the stream may hold more
+    /// (read again rather than wait).
+    pub full: bool,
 }
 
 impl FencedReader {
@@ -176,6 +182,7 @@ impl FencedReader {
             meta: names.meta(p),
             group: names.group(),
             consumer: consumer.to_string(),
+            hint: AtomicUsize::new(0),
         }
     }
 
@@ -195,7 +202,8 @@ impl FencedReader {
             .arg(count)
             .arg(mode)
             .arg(cursor)
-            .arg(bytes);
+            .arg(bytes)
+            .arg(self.hint.load(Ordering::Relaxed));
         call
     }
 
@@ -243,6 +251,7 @@ impl FencedReader {
             _ => None,
         };
         let (next, entries, deleted) = parse_autoclaim(v);
+        self.hinted(&entries);
         Ok(Claimed {
             next,
             entries,
@@ -265,16 +274,26 @@ impl FencedReader {
                 .unwrap_or_default()
         };
         Ok(match v {
-            redis::Value::Array(parts) if (3..=4).contains(&parts.len()) => {
+            redis::Value::Array(parts) if (3..=5).contains(&parts.len()) => {
                 let mut parts = parts.into_iter();
+                let entries = parts.next().map(take_entries).unwrap_or_default();
+                self.hinted(&entries);
                 Read {
-                    entries: parts.next().map(take_entries).unwrap_or_default(),
+                    entries,
                     last: string(parts.next()),
                     before: string(parts.next()),
                     more: Some(string(parts.next())).filter(|m| !m.is_empty()),
+                    full: !string(parts.next()).is_empty(),
                 }
             }
             _ => Read::default(),
         })
+    }
+
+    /// Keeps the largest of `entries` as the next call's size hint.
+    fn hinted(&self, entries: &[Entry]) {
+        if let Some(largest) = entries.iter().map(Entry::bytes).max() {
+            self.hint.store(largest, Ordering::Relaxed);
+        }
     }
 }

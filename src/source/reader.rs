@@ -70,6 +70,7 @@ pub(crate) async fn run(
         // order.
         cursor: Some("0-0".to_string()),
         received: None,
+        kept_back: false,
         config,
         run,
     };
@@ -142,6 +143,9 @@ struct Reader {
     /// The group's last-delivered-id as far as this reader received it;
     /// `None` until the first read after a claim.
     received: Option<String>,
+    /// The claims going on are of entries a read kept back (past its bytes),
+    /// not of an earlier owner's: nothing to report.
+    kept_back: bool,
 }
 
 impl Reader {
@@ -186,6 +190,7 @@ impl Reader {
                 // Delivered, but past the bytes: pending on this consumer,
                 // claimed next (the claims end by setting `received`).
                 self.cursor = Some(more);
+                self.kept_back = true;
                 return Ok(Next {
                     entries: r.entries,
                     wait_after: None,
@@ -193,6 +198,7 @@ impl Reader {
             }
             let wait_after = match r.entries.last() {
                 None => Some(r.last),
+                Some(_) if r.full => None,
                 Some(e) if r.entries.len() < count => Some(e.id.to_stream_id()),
                 Some(_) => None,
             };
@@ -210,7 +216,7 @@ impl Reader {
             // outside XDEL/XTRIM can do this. Say so loudly.
             tracing::error!(partition = self.p, ids = ?c.deleted, "pending entries were deleted from the stream by someone else before they were applied; they cannot be applied (check for XDEL/XTRIM outside writ)");
         }
-        if !c.entries.is_empty() {
+        if !c.entries.is_empty() && !self.kept_back {
             tracing::info!(
                 partition = self.p,
                 entries = c.entries.len(),
@@ -218,6 +224,7 @@ impl Reader {
             );
         }
         self.cursor = (c.next != "0-0").then_some(c.next);
+        self.kept_back &= self.cursor.is_some();
         if self.cursor.is_none() {
             // Everything the group delivered is claimed (the partition is
             // fenced: nobody else reads it), so the next read's gap check
