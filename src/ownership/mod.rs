@@ -64,6 +64,8 @@ struct Tenure {
     run: Arc<PartitionRun>,
     handle: JoinHandle<()>,
     handing_over: bool,
+    /// Its lease was found lost (reported once).
+    lost: std::sync::atomic::AtomicBool,
 }
 
 /// One daemon's view of the partitions it holds.
@@ -186,7 +188,10 @@ impl Owner {
     }
 
     /// Renews every lease at once (the requests share one connection, so
-    /// they reach Redis together).
+    /// they reach Redis together). A loss is reported once per tenure: an
+    /// aborted tenure is still renewed until it ends (if the lease is still
+    /// ours, it is then released at once), and before, each of those
+    /// renewals reported the same loss again.
     async fn renew(&self) {
         let renewals = self
             .owned
@@ -196,7 +201,9 @@ impl Owner {
             match res {
                 Ok(true) => {}
                 Ok(false) => {
-                    Event::LeaseLost { partition: *p }.emit();
+                    if !t.lost.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        Event::LeaseLost { partition: *p }.emit();
+                    }
                     t.run.abort.cancel();
                 }
                 Err(e) => {
@@ -264,6 +271,7 @@ impl Owner {
                             run,
                             handle,
                             handing_over: false,
+                            lost: Default::default(),
                         },
                     );
                     active += 1;
