@@ -6,10 +6,10 @@
 //!
 //! Entry bytes in flight are bounded too (`daemon.max_in_flight_bytes`): a
 //! read waits for free bytes, and the read script takes entries in steps
-//! sized by the largest it has seen, returning no more than fit (at least
-//! one; the rest stay pending, claimed next). So a backlog of large
-//! documents is read a few at a time, and no read script holds Redis, or
-//! the daemon's memory, for long.
+//! sized by the largest it has seen (the first by the largest of the last
+//! read), returning no more than fit (at least one; the rest stay pending,
+//! claimed next). So a backlog of large documents is read a few at a time,
+//! and no read script holds Redis, or the daemon's memory, for long.
 //!
 //! Once it has caught up with the stream, the reader also holds back while
 //! its dispatcher says so (`hold`): while keys already read wait for the next
