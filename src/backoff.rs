@@ -48,6 +48,11 @@ impl Backoff {
     }
 }
 
+/// Counts one retried step, MongoDB or Redis, in `writ_retries_total`.
+pub fn count_retry(class: crate::error::RetryClass) {
+    metrics::counter!("writ_retries_total", "error_class" => class.as_str()).increment(1);
+}
+
 /// Runs `op` until it succeeds, backing off (capped at 2 s) after each
 /// failure; `None` once `stop` fires. Each failure is counted in
 /// `writ_retries_total` and logged with `what`.
@@ -70,8 +75,7 @@ where
         match op().await {
             Ok(v) => return Some(v),
             Err(e) => {
-                metrics::counter!("writ_retries_total", "error_class" => e.retry_class().as_str())
-                    .increment(1);
+                count_retry(e.retry_class());
                 if e.retry_class() == crate::error::RetryClass::Permanent {
                     tracing::error!(what, error = %e, "redis step failed with an error retrying will not clear; retrying until it is fixed (the partition waits)");
                 } else {

@@ -101,7 +101,7 @@ impl Acker {
                 Ok(()) => return true,
                 Err(e) if e.retry_class() == RetryClass::Permanent => break,
                 Err(e) => {
-                    retried(&e);
+                    crate::backoff::count_retry(e.retry_class());
                     tracing::warn!(error = %e, "acking failed; retrying");
                     if !backoff.sleep(&self.abort).await {
                         return false;
@@ -148,7 +148,7 @@ impl Acker {
             }
             calls = again;
             if let Some(e) = retrying {
-                retried(&e);
+                crate::backoff::count_retry(e.retry_class());
                 tracing::warn!(error = %e, calls = calls.len(), "adding client acks failed; retrying those");
                 if !backoff.sleep(&self.abort).await {
                     return false;
@@ -234,10 +234,4 @@ fn split(acks: Vec<Outgoing>) -> (Vec<(String, Ack)>, Vec<Version>) {
         .filter_map(|(client, ack, _)| Some((client?, ack?)))
         .collect();
     (client_acks, ids)
-}
-
-/// Counts a retry of the acker in `writ_retries_total`, as the other Redis
-/// steps after a commit count theirs ([`crate::backoff::retry_until`]).
-fn retried(e: &Error) {
-    metrics::counter!("writ_retries_total", "error_class" => e.retry_class().as_str()).increment(1);
 }

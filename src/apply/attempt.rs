@@ -101,7 +101,7 @@ impl Attempts<'_> {
             } else {
                 slow = 0;
             }
-            metrics::counter!("writ_retries_total", "error_class" => class.as_str()).increment(1);
+            crate::backoff::count_retry(class);
             metrics::counter!("writ_mongodb_errors_total", "error_class" => class.as_str())
                 .increment(1);
             if class == RetryClass::Permanent {

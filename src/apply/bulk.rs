@@ -70,6 +70,24 @@ pub enum BulkOutcome {
 /// (the same filter and update as [`Store::apply`]), encoded straight from
 /// `update` (no copy of it). `None` if the write cannot be encoded: it then
 /// stays out of the bulk and is applied on its own.
+/// Splits `sized` (items with their encoded sizes), in order, into runs of
+/// at most [`CHUNK_BYTES`] (an item larger than that alone).
+fn by_bytes<T>(sized: impl IntoIterator<Item = (T, usize)>) -> Vec<Vec<T>> {
+    let mut chunks: Vec<Vec<T>> = Vec::new();
+    let mut bytes = 0;
+    for (item, size) in sized {
+        match chunks.last_mut() {
+            Some(chunk) if bytes + size <= CHUNK_BYTES => chunk.push(item),
+            _ => {
+                chunks.push(vec![item]);
+                bytes = 0;
+            }
+        }
+        bytes += size;
+    }
+    chunks
+}
+
 fn statement(it: &BulkItem<'_>, update: &Document) -> Option<RawDocumentBuf> {
     let mut q = it.write.key.to_document();
     q.insert(
@@ -126,22 +144,17 @@ impl Store {
         };
         // In commands of at most CHUNK_BYTES, as the daemon's bulks are:
         // 128 large documents would pass MongoDB's message size limit.
-        let (mut statements, mut bytes) = (RawArrayBuf::new(), 0);
-        for it in items {
+        let sized = items.iter().filter_map(|it| {
             let update = update_of(it.coll, it.write, &it.version.to_sortable());
-            let Some(st) = statement(it, &update) else {
-                continue;
-            };
+            let st = statement(it, &update)?;
             let size = st.as_bytes().len();
-            if bytes + size > CHUNK_BYTES && bytes > 0 {
-                let full = std::mem::replace(&mut statements, RawArrayBuf::new());
-                self.update_command(&first.coll.name, full).await?;
-                bytes = 0;
+            Some((st, size))
+        });
+        for chunk in by_bytes(sized) {
+            let mut statements = RawArrayBuf::new();
+            for st in chunk {
+                statements.push(st);
             }
-            statements.push(st);
-            bytes += size;
-        }
-        if bytes > 0 {
             self.update_command(&first.coll.name, statements).await?;
         }
         Ok(())
@@ -182,31 +195,19 @@ impl Store {
             // writes (and any that cannot be encoded) go on their own, the
             // rest in commands of at most CHUNK_BYTES, well below MongoDB's
             // 16 MiB command limit.
-            let mut chunk = Vec::new();
-            let mut bytes = 0;
-            for at in idx {
+            let sized = idx.into_iter().filter_map(|at| {
                 let it = &items[at];
                 let update = update_of(it.coll, it.write, &it.version.to_sortable());
-                let Some(statement) = statement(it, &update) else {
-                    continue; // stays Single
-                };
+                let statement = statement(it, &update)?; // else stays Single
                 let size = statement.as_bytes().len();
-                if size > LARGE_BYTES {
-                    continue; // stays Single
-                }
-                if bytes + size > CHUNK_BYTES && !chunk.is_empty() {
-                    self.bulk_one(name, items, std::mem::take(&mut chunk), &mut out)
-                        .await?;
-                    bytes = 0;
-                }
-                chunk.push(Prepared {
+                let prepared = Prepared {
                     at,
                     update,
                     statement,
-                });
-                bytes += size;
-            }
-            if !chunk.is_empty() {
+                };
+                (size <= LARGE_BYTES).then_some((prepared, size)) // else stays Single
+            });
+            for chunk in by_bytes(sized) {
                 self.bulk_one(name, items, chunk, &mut out).await?;
             }
         }
@@ -311,5 +312,18 @@ impl Store {
             };
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{by_bytes, CHUNK_BYTES};
+
+    #[test]
+    fn runs_stay_within_the_chunk_bytes_in_order() {
+        let half = CHUNK_BYTES / 2;
+        let sized = [(1, half), (2, half), (3, 1), (4, CHUNK_BYTES + 1), (5, 1)];
+        assert_eq!(by_bytes(sized), vec![vec![1, 2], vec![3], vec![4], vec![5]]);
+        assert!(by_bytes(Vec::<(u8, usize)>::new()).is_empty());
     }
 }
