@@ -150,6 +150,11 @@ pub enum Error {
     #[error("{0}")]
     UnsafeRedis(String),
 
+    /// The Redis server is older than writ supports (7.0); the daemon does
+    /// not start. The message names the version found and the one needed.
+    #[error("{0}")]
+    UnsupportedRedis(String),
+
     /// The handle or daemon is shutting down.
     #[error("shutting down")]
     Shutdown,
@@ -215,6 +220,7 @@ impl Error {
             Error::Connect { retry, .. } => *retry,
             Error::Config(_)
             | Error::UnsafeRedis(_)
+            | Error::UnsupportedRedis(_)
             | Error::Rejected(_)
             | Error::KeyTooLarge(_)
             | Error::DeadLettered { .. }
@@ -248,7 +254,10 @@ impl Error {
             Error::Backpressure { .. } => "backpressure",
             Error::Rejected(_) | Error::KeyTooLarge(_) => "rejected",
             Error::DeadLettered { .. } => "dead_lettered",
-            Error::Config(_) | Error::KeyIndex { .. } | Error::UnsafeRedis(_) => "config",
+            Error::Config(_)
+            | Error::KeyIndex { .. }
+            | Error::UnsafeRedis(_)
+            | Error::UnsupportedRedis(_) => "config",
             Error::Shutdown => "shutdown",
             Error::Fenced { .. } => "fenced",
             Error::Encode(_) => "encode",

@@ -118,6 +118,54 @@ async fn a_full_redis_still_answers_reads_from_mongodb() {
     );
 }
 
+/// writ's scripts need Redis 7.0 or newer. A daemon pointed at an older
+/// server (the test's Redis behind a proxy that reports its version with a
+/// major of 6) does not start, touches nothing, and says which version it
+/// found and which it needs. Every other test runs daemons on the same
+/// Redis seen directly, so a new enough one passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_refuses_a_redis_older_than_7() {
+    fn as_six(buf: &mut [u8]) {
+        const FIELD: &[u8] = b"redis_version:";
+        let mut from = 0;
+        while let Some(at) = buf[from..].windows(FIELD.len()).position(|w| w == FIELD) {
+            let digit = from + at + FIELD.len();
+            if let Some(d) = buf.get_mut(digit) {
+                *d = b'6';
+            }
+            from = digit;
+        }
+    }
+    let (env, redis, mut conn, _config) = own_redis("old_redis").await;
+    let (_proxy, url) = support::proxy::in_front_of_redis_rewriting(&redis.url(), as_six).await;
+    let config = env.config_with(&Overrides {
+        redis_url: Some(url),
+        partitions: Some(1),
+        ..Default::default()
+    });
+    let token = tokio_util::sync::CancellationToken::new();
+    let refused = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        writ::serve::serve(config.clone(), token.clone()),
+    )
+    .await
+    .expect("the daemon kept running on an old Redis");
+    let e = refused.expect_err("the daemon ran on a Redis older than 7.0");
+    assert!(matches!(e, Error::UnsupportedRedis(_)), "{e:?}");
+    let text = e.to_string();
+    assert!(
+        text.contains("Redis 6.") && text.contains("7.0 or newer") && text.contains("Upgrade"),
+        "{text}"
+    );
+    let stream = writ::protocol::Names::new(&config.namespace).stream(0);
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!exists, "the refusing daemon created {stream}");
+}
+
 /// A Redis that may evict any key at its limit could drop a partition
 /// stream, and the accepted writes in it, without a word: the daemon does
 /// not start on one, and says which setting to change. The same policy

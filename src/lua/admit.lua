@@ -24,6 +24,10 @@ local function backlog(bound)
   local s = redis.call('XINFO', 'STREAM', KEYS[1])
   local info = {}
   for i = 1, #s, 2 do info[s[i]] = s[i + 1] end
+  if not info['entries-added'] then
+    -- Redis before 7.0: say so, rather than fail on the arithmetic below.
+    error('writ needs Redis 7.0 or newer: this server\'s XINFO STREAM has no entries-added (docs/operations.md, Requirements)')
+  end
   local pending, last, found = 0, '', false
   for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
     local f = {}

@@ -1,5 +1,11 @@
 //! The Redis settings that decide whether accepted writes survive, checked
-//! when the daemon starts: the eviction policy and the append-only file.
+//! when the daemon starts: the server's version, the eviction policy and the
+//! append-only file.
+//!
+//! writ's scripts need Redis 7.0 or newer (`XINFO STREAM`'s `entries-added`,
+//! exclusive `XRANGE` bounds, `XAUTOCLAIM`'s deleted ids). On an older
+//! server they would fail at the first write or read with a Lua error that
+//! names none of this, so the daemon refuses to start and says so.
 //!
 //! The partition streams hold accepted writes that are not in MongoDB yet.
 //! Under a memory limit, a policy that may evict any key (`allkeys-*`) could
@@ -17,7 +23,7 @@
 //! documented trade-off (docs/operations.md, "Failure modes"), so it is a
 //! warning, unless replicas confirm every write (`redis.min_replicas_acked`).
 //!
-//! The check reads `INFO memory persistence` on the node of each partition
+//! The check reads `INFO server memory persistence` on the node of each partition
 //! stream. A Redis that refuses `INFO` (an ACL without `+info`), or a node
 //! that does not answer it, is not checked; that is logged as a warning.
 
@@ -92,6 +98,26 @@ pub fn persistence_warning(info: &str, replicas: bool) -> Option<String> {
     })
 }
 
+/// The oldest Redis major version writ runs on.
+pub const MIN_MAJOR: u32 = 7;
+
+/// The refusal for a server older than Redis 7.0, from its `INFO server`
+/// (`redis_version:6.2.14`). `None` for a new enough server, or one whose
+/// version cannot be read (a proxy or fork that hides it is not refused).
+pub fn version_refusal(info: &str) -> Option<String> {
+    let version = info
+        .lines()
+        .find_map(|l| l.trim_end().strip_prefix("redis_version:"))?;
+    let major: u32 = version.split('.').next()?.parse().ok()?;
+    (major < MIN_MAJOR).then(|| {
+        format!(
+            "Redis {version} is too old for writ, which needs Redis {MIN_MAJOR}.0 or newer (its scripts use \
+             XINFO STREAM's entries-added, exclusive XRANGE bounds and XAUTOCLAIM). Upgrade this Redis \
+             (docs/operations.md, Requirements), then start writ again"
+        )
+    })
+}
+
 /// Whether a policy lets the daemon run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -106,8 +132,9 @@ pub enum Verdict {
 /// Checks the node of each of `streams` (the partition streams; one
 /// server: its only node). `replicas`: whether replicas confirm every write.
 /// `Err` only when a node's policy could evict a stream
-/// ([`Error::UnsafeRedis`]); warnings are logged once each, and a check that
-/// cannot run is logged and passes.
+/// ([`Error::UnsafeRedis`]) or a node is older than Redis 7.0
+/// ([`Error::UnsupportedRedis`]); warnings are logged once each, and a check
+/// that cannot run is logged and passes.
 pub async fn check(conn: &Conn, streams: &[String], replicas: bool) -> Result<()> {
     let keys: &[String] = if conn.is_cluster() {
         streams
@@ -127,6 +154,9 @@ pub async fn check(conn: &Conn, streams: &[String], replicas: bool) -> Result<()
                 continue;
             }
         };
+        if let Some(message) = version_refusal(&info) {
+            return Err(Error::UnsupportedRedis(message));
+        }
         let Some(policy) = Policy::from_info(&info) else {
             tracing::warn!(stream = %key, "INFO memory has no maxmemory_policy; this node's eviction policy is not checked");
             continue;
@@ -149,12 +179,15 @@ pub async fn check(conn: &Conn, streams: &[String], replicas: bool) -> Result<()
     Ok(())
 }
 
-/// `INFO memory persistence` of the node that holds `key`.
+/// `INFO server memory persistence` of the node that holds `key`.
 async fn info_memory(conn: &Conn, key: &str) -> redis::RedisResult<String> {
     use redis::aio::ConnectionLike;
     use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
     let mut pipe = Pipeline::new();
-    pipe.cmd("INFO").arg("memory").arg("persistence");
+    pipe.cmd("INFO")
+        .arg("server")
+        .arg("memory")
+        .arg("persistence");
     let replies = match conn.clone() {
         Conn::Cluster(mut c) => {
             let to = SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master));
@@ -199,6 +232,21 @@ mod tests {
         assert_eq!(persistence_warning(off, true), None);
         assert_eq!(persistence_warning(on, false), None);
         assert_eq!(persistence_warning("# Memory\r\n", false), None);
+    }
+
+    #[test]
+    fn a_redis_older_than_7_is_refused() {
+        let info = |v: &str| format!("# Server\r\nredis_version:{v}\r\nredis_git_sha1:0\r\n");
+        assert!(version_refusal(&info("6.2.14"))
+            .is_some_and(|m| m.contains("Redis 6.2.14") && m.contains("7.0 or newer")));
+        assert!(version_refusal(&info("5.0.7")).is_some());
+        assert_eq!(version_refusal(&info("7.0.15")), None);
+        assert_eq!(version_refusal(&info("7.4.1")), None);
+        assert_eq!(version_refusal(&info("8.0.0")), None);
+        assert_eq!(version_refusal(&info("255.255.255")), None);
+        // No version to read: not refused.
+        assert_eq!(version_refusal("# Memory\r\nmaxmemory:0\r\n"), None);
+        assert_eq!(version_refusal(&info("unstable")), None);
     }
 
     #[test]

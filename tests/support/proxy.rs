@@ -1,8 +1,9 @@
 //! A TCP proxy that can cut every connection on command (a network outage of
 //! the server behind it), hold every request until told to go on (a server
-//! that pauses), delay every request (a slow server) or stall the
+//! that pauses), delay every request (a slow server), stall the
 //! connections that send one marker (a statement the server never finishes,
-//! or one whose reply is lost),
+//! or one whose reply is lost) or rewrite replies (a server of another
+//! version),
 //! for servers the test does not own (real MongoDB).
 
 use std::net::SocketAddr;
@@ -33,7 +34,7 @@ impl Proxy {
     /// Like [`Proxy::start`], holding every chunk a client sends for `latency`
     /// before passing it on: each request reaches the server that much later.
     pub async fn start_with_latency(target: SocketAddr, latency: Duration) -> Proxy {
-        Self::start_with(target, latency, None, false, None, false).await
+        Self::start_with(target, latency, None, false, None, false, None).await
     }
 
     /// Like [`Proxy::start`], but a connection that sends `marker` (say, a
@@ -41,14 +42,32 @@ impl Proxy {
     /// after it on the connection are swallowed, never answered, as by a
     /// server stuck on that one statement. Other connections pass.
     pub async fn start_swallowing(target: SocketAddr, marker: &'static [u8]) -> Proxy {
-        Self::start_with(target, Duration::ZERO, Some(marker), false, None, false).await
+        Self::start_with(
+            target,
+            Duration::ZERO,
+            Some(marker),
+            false,
+            None,
+            false,
+            None,
+        )
+        .await
     }
 
     /// Like [`Proxy::start_swallowing`], but the request with `marker` and
     /// everything after it reach the server; its replies are swallowed. So
     /// the write commits, and the one who sent it never hears so.
     pub async fn start_deafening(target: SocketAddr, marker: &'static [u8]) -> Proxy {
-        Self::start_with(target, Duration::ZERO, Some(marker), true, None, false).await
+        Self::start_with(
+            target,
+            Duration::ZERO,
+            Some(marker),
+            true,
+            None,
+            false,
+            None,
+        )
+        .await
     }
 
     /// Like [`Proxy::start`], but the first reply (of any connection) that
@@ -67,13 +86,30 @@ impl Proxy {
             false,
             Some((marker, unless)),
             false,
+            None,
+        )
+        .await
+    }
+
+    /// Like [`Proxy::start`], but every chunk of replies passes through
+    /// `rewrite` first, which may change bytes in place (keeping lengths, so
+    /// the protocol's framing holds): a server that says something else.
+    pub async fn start_rewriting_replies(target: SocketAddr, rewrite: fn(&mut [u8])) -> Proxy {
+        Self::start_with(
+            target,
+            Duration::ZERO,
+            None,
+            false,
+            None,
+            false,
+            Some(rewrite),
         )
         .await
     }
 
     /// Like [`Proxy::start`], but it can hold requests ([`Proxy::pause`]).
     pub async fn start_pausable(target: SocketAddr) -> Proxy {
-        Self::start_with(target, Duration::ZERO, None, false, None, true).await
+        Self::start_with(target, Duration::ZERO, None, false, None, true, None).await
     }
 
     async fn start_with(
@@ -83,6 +119,7 @@ impl Proxy {
         deafen: bool,
         cut_reply: Option<(&'static [u8], &'static [u8])>,
         pausable: bool,
+        rewrite: Option<fn(&mut [u8])>,
     ) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -111,7 +148,12 @@ impl Proxy {
                     let _ = server.set_nodelay(true);
                     let _ = client.set_nodelay(true);
                     let mut client = client;
-                    if latency.is_zero() && swallow.is_none() && cut_reply.is_none() && !pausable {
+                    if latency.is_zero()
+                        && swallow.is_none()
+                        && cut_reply.is_none()
+                        && rewrite.is_none()
+                        && !pausable
+                    {
                         tokio::select! {
                             _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
                             _ = rx.wait_for(|d| *d) => {}
@@ -147,6 +189,9 @@ impl Proxy {
                                     // between two reads is still seen.
                                     let keep = seen.len().saturating_sub(marker.len());
                                     seen.drain(..keep);
+                                }
+                                if let Some(rewrite) = rewrite {
+                                    rewrite(&mut buf[..n]);
                                 }
                                 if cw.write_all(&buf[..n]).await.is_err() {
                                     return;
@@ -313,13 +358,13 @@ impl Drop for Proxy {
 /// A proxy in front of the Redis of `url`, and the same URL through it
 /// (scheme, credentials and database kept).
 pub async fn in_front_of_redis(url: &str) -> (Proxy, String) {
-    in_front_of_redis_with(url, None, Duration::ZERO).await
+    in_front_of_redis_with(url, Shape::Latency(Duration::ZERO)).await
 }
 
 /// Like [`in_front_of_redis`], holding every chunk a client sends for
 /// `latency` (a slow Redis).
 pub async fn in_front_of_redis_with_latency(url: &str, latency: Duration) -> (Proxy, String) {
-    in_front_of_redis_with(url, None, latency).await
+    in_front_of_redis_with(url, Shape::Latency(latency)).await
 }
 
 /// Like [`in_front_of_redis`], losing the first reply that carries `marker`
@@ -329,14 +374,23 @@ pub async fn in_front_of_redis_cutting_reply(
     marker: &'static [u8],
     unless: &'static [u8],
 ) -> (Proxy, String) {
-    in_front_of_redis_with(url, Some((marker, unless)), Duration::ZERO).await
+    in_front_of_redis_with(url, Shape::CutReply(marker, unless)).await
 }
 
-async fn in_front_of_redis_with(
-    url: &str,
-    cut_reply: Option<(&'static [u8], &'static [u8])>,
-    latency: Duration,
-) -> (Proxy, String) {
+/// Like [`in_front_of_redis`], passing every reply through `rewrite`
+/// ([`Proxy::start_rewriting_replies`]).
+pub async fn in_front_of_redis_rewriting(url: &str, rewrite: fn(&mut [u8])) -> (Proxy, String) {
+    in_front_of_redis_with(url, Shape::Rewrite(rewrite)).await
+}
+
+/// What a Redis proxy does besides passing bytes.
+enum Shape {
+    Latency(Duration),
+    CutReply(&'static [u8], &'static [u8]),
+    Rewrite(fn(&mut [u8])),
+}
+
+async fn in_front_of_redis_with(url: &str, shape: Shape) -> (Proxy, String) {
     let (scheme, rest) = url.split_once("://").expect("a redis:// URL");
     let (auth, hostpath) = match rest.rsplit_once('@') {
         Some((a, h)) => (format!("{a}@"), h),
@@ -351,9 +405,10 @@ async fn in_front_of_redis_with(
         .unwrap()
         .next()
         .unwrap();
-    let proxy = match cut_reply {
-        Some((marker, unless)) => Proxy::start_cutting_reply(target, marker, unless).await,
-        None => Proxy::start_with_latency(target, latency).await,
+    let proxy = match shape {
+        Shape::CutReply(marker, unless) => Proxy::start_cutting_reply(target, marker, unless).await,
+        Shape::Latency(latency) => Proxy::start_with_latency(target, latency).await,
+        Shape::Rewrite(rewrite) => Proxy::start_rewriting_replies(target, rewrite).await,
     };
     let proxied = format!("{scheme}://{auth}127.0.0.1:{}{path}", proxy.port);
     (proxy, proxied)
