@@ -19,7 +19,8 @@
 //! - [`deadletter`]: what can never apply is parked with its reason.
 //!
 //! Around them: [`config`], [`error`], [`ownership`] (partition leases and
-//! fencing), [`status`] and [`retention`], [`serve`] (the daemon's wiring and
+//! fencing), [`partition_count`] (the count daemons and clients must agree
+//! on), [`status`] and [`retention`], [`serve`] (the daemon's wiring and
 //! shutdown), [`telemetry`] (metrics and health), [`bench`](mod@bench) (load
 //! generator).
 
@@ -39,6 +40,7 @@ pub mod deadletter;
 pub mod error;
 pub mod ownership;
 pub mod partition;
+pub mod partition_count;
 pub mod protocol;
 pub mod redis_conn;
 pub mod retention;

@@ -176,6 +176,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => writ::bench::run(config, args).await.context("writ bench"),
         Command::Status { json } => {
             let mut conn = writ::redis_conn::connect(&config, std::time::Duration::ZERO).await?;
+            let names = writ::protocol::Names::new(&config.namespace);
+            match writ::partition_count::recorded(&mut conn, &names).await? {
+                Some(n) if n != config.partitions => eprintln!(
+                    "note: the daemons of this namespace recorded redis.partitions = {n}; this config says {}, so the table below shows {} partitions",
+                    config.partitions, config.partitions
+                ),
+                _ => {}
+            }
             let s = writ::status::status(&mut conn, &config.namespace, config.partitions).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);

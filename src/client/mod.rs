@@ -82,14 +82,17 @@ pub struct Writ {
 
 impl Writ {
     /// Connects to Redis (and lazily to MongoDB for read-through) and starts
-    /// the ack listener.
+    /// the ack listener. Refused ([`Error::Config`])
+    /// when the namespace's daemons recorded another `redis.partitions`
+    /// ([`crate::partition_count`]).
     pub async fn connect(config: Config) -> Result<Writ> {
         let config = Arc::new(config);
-        let conn = crate::redis_conn::connect(&config, std::time::Duration::ZERO).await?;
+        let mut conn = crate::redis_conn::connect(&config, std::time::Duration::ZERO).await?;
+        let names = Names::new(&config.namespace);
+        crate::partition_count::check_client(&mut conn, &names, config.partitions).await?;
         let store = Store::connect(&config).await?;
         let client_id = format!("c{:016x}", rand::random::<u64>());
         let stop = CancellationToken::new();
-        let names = Names::new(&config.namespace);
         let confirmer = Confirmer::new(conn.clone(), Replication::of(&config));
         let batcher = batch::Batcher::new(
             (0..config.partitions)

@@ -15,6 +15,11 @@ impl Names {
         Names { ns: ns.to_string() }
     }
 
+    /// The namespace.
+    pub fn ns(&self) -> &str {
+        &self.ns
+    }
+
     /// The partition stream: `<ns>:{p<N>}:in`.
     pub fn stream(&self, partition: u32) -> String {
         format!("{}:{{p{partition}}}:in", self.ns)

@@ -43,10 +43,14 @@ pub struct Tools {
 impl Tools {
     /// Connects.
     pub async fn connect(config: Config) -> Result<Tools> {
-        let conn = crate::redis_conn::connect(&config, Duration::ZERO).await?;
+        let mut conn = crate::redis_conn::connect(&config, Duration::ZERO).await?;
+        let names = Names::new(&config.namespace);
+        // A replay or retry with another count would compute other cache keys
+        // and read other streams than the daemons.
+        crate::partition_count::check_client(&mut conn, &names, config.partitions).await?;
         let store = Store::connect(&config).await?;
         Ok(Tools {
-            names: Names::new(&config.namespace),
+            names,
             // As the daemon's: with `redis.min_replicas_acked`, a cache entry
             // the tools make readable must survive a failover too, or a
             // reader could see the older entry a promoted replica still holds.

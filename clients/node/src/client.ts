@@ -379,6 +379,7 @@ export class WritClient {
           if (this.redis.status === "wait") await this.redis.connect();
           await this.redis.ping();
           if (!this.config.redisCluster) await this.checkNotCluster();
+          await this.checkPartitions();
           this.connected = true;
         } catch (e) {
           this.readyPromise = undefined;
@@ -460,6 +461,28 @@ export class WritClient {
       throw new WritConfigError(
         `Redis at ${redactUrl(this.config.redisUrl)} is a Redis Cluster node (cluster_enabled:1): set redisCluster: true ` +
           `(WRIT_REDIS_CLUSTER=1), with the cluster's nodes as comma-separated redisUrl seeds, as the daemon's redis.cluster`,
+      );
+    }
+  }
+
+  /**
+   * Refuses a partition count other than the one the namespace's daemons
+   * recorded (field `partitions` of `<ns>:{p0}:meta`, src/partition_count.rs
+   * of the writ repository): with another count, keys go to streams no daemon
+   * reads, or one key's writes to two streams. Nothing recorded (no daemon
+   * has run yet): not checked.
+   */
+  private async checkPartitions(): Promise<void> {
+    const key = this.names.meta(0);
+    const recorded = await this.redis.hget(key, "partitions");
+    if (recorded === null || !/^[1-9][0-9]*$/.test(recorded)) return;
+    const n = Number(recorded);
+    if (n !== this.config.partitions) {
+      throw new WritConfigError(
+        `this client is configured with partitions = ${this.config.partitions}, but the daemons of namespace ` +
+          `"${this.config.namespace}" run with ${n} (recorded in Redis, ${key} field partitions): keys would go to ` +
+          `the wrong partition streams, where they are never applied or applied out of order. ` +
+          `Set partitions: ${n} (WRIT_PARTITIONS=${n}), as the daemon's redis.partitions`,
       );
     }
   }

@@ -16,6 +16,7 @@ import {
   RedisFullError,
   RefusedWriteError,
   WritClosedError,
+  WritConfigError,
   WritConnectionError,
   WritKeyError,
   WritTimeoutError,
@@ -853,6 +854,23 @@ describe("core", () => {
       await r.stop().catch(() => {});
       rmSync(dir, { recursive: true, force: true });
     }
+  }));
+
+  test("a client with another partition count than the daemons recorded is refused, naming both", g(async () => {
+    const right = client({ mode: "ack" });
+    await right.write(KV.name, { k: "count", n: 1 }, "put", { n: 1 });
+    const daemons = right.config.partitions;
+    const wrong = daemons === 4 ? 5 : 4;
+    const c = client({ partitions: wrong });
+    await assert.rejects(
+      c.ready(),
+      (e: unknown) =>
+        e instanceof WritConfigError &&
+        e.message.includes(`configured with partitions = ${wrong}`) &&
+        e.message.includes(`run with ${daemons}`) &&
+        e.message.includes(`WRIT_PARTITIONS=${daemons}`),
+    );
+    await assert.rejects(c.write(KV.name, { k: "count", n: 2 }, "put", { n: 2 }), WritConfigError);
   }));
 
   test("an unreachable Redis fails with WritConnectionError naming the URL", g(async () => {
