@@ -46,6 +46,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The namespace's partition count as recorded in Redis, against the config's.
+    Partitions {
+        /// Record the config's `redis.partitions` as the namespace's count: refused
+        /// while a daemon runs or the recorded count's partitions hold unapplied
+        /// writes. Stop every writer first.
+        #[arg(long)]
+        set: bool,
+    },
     /// Inspect and resolve the dead-letter stream.
     Dlq {
         #[command(subcommand)]
@@ -189,6 +197,35 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
                 print!("{}", writ::status::render_table(&s));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Partitions { set } => {
+            let mut conn = writ::redis_conn::connect(&config, std::time::Duration::ZERO).await?;
+            let names = writ::protocol::Names::new(&config.namespace);
+            let ns = &config.namespace;
+            let to = config.partitions;
+            if set {
+                use writ::partition_count::Changed;
+                match writ::partition_count::change(&mut conn, &names, to, config.lease_ttl)
+                    .await?
+                {
+                    Changed::Already => println!("namespace {ns:?} already records {to} partitions"),
+                    Changed::From(None) => println!("namespace {ns:?} now records {to} partitions"),
+                    Changed::From(Some(n)) => println!(
+                        "namespace {ns:?} now records {to} partitions (before: {n}); start daemons and writers with {to}"
+                    ),
+                }
+            } else {
+                match writ::partition_count::recorded(&mut conn, &names).await? {
+                    Some(n) if n == to => println!("namespace {ns:?} records {n} partitions, as this config"),
+                    Some(n) => println!(
+                        "namespace {ns:?} records {n} partitions; this config says {to} (daemons and clients with it are refused)"
+                    ),
+                    None => println!(
+                        "namespace {ns:?} records no partition count yet (the first daemon or client records its own); this config says {to}"
+                    ),
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

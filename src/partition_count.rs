@@ -1,22 +1,21 @@
-//! The namespace's partition count, recorded in Redis, so that a daemon or a
-//! client configured with another count is refused instead of quietly
-//! breaking the namespace.
+//! The namespace's partition count, recorded in Redis, so that a daemon, a
+//! client or a tool configured with another count is refused instead of
+//! quietly breaking the namespace.
 //!
 //! A key's partition is its hash modulo `redis.partitions`
 //! (docs/protocol.md §1). A writer with more partitions than the daemons
 //! appends to streams no daemon reads: its writes are accepted and never
-//! applied (until backpressure refuses them). Writers with different counts
-//! put one key's writes in two streams, which are applied independently, so
-//! per-key order no longer holds. Nothing in the streams shows either.
+//! applied (until backpressure refuses them). A writer with fewer puts keys
+//! in streams whose daemon dead-letters them (`wrong_partition`). Writers
+//! with different counts split one key's writes between two streams.
 //!
-//! So the daemon records its count in partition 0's meta hash (field
-//! `partitions` of `<ns>:{p0}:meta`, which writers may read already) when
-//! none is recorded, and refuses to start with another count while the
-//! recorded count's partitions still hold unapplied writes. On a drained
-//! namespace it records its own count: that is how the count is changed
-//! (docs/operations.md, "Processes and ownership"). Clients read the field
-//! once when they connect and refuse a different count; with none recorded
-//! (no daemon has run yet) they go on.
+//! So the first process to connect, daemon or client, records its count in
+//! partition 0's meta hash (field `partitions` of `<ns>:{p0}:meta`, which
+//! writers may read and write already), and every process after it must
+//! have the same count: [`claim`]. Changing the count is an operator's act
+//! on a drained, stopped namespace ([`change`], `writ partitions --set`).
+
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::protocol::Names;
@@ -24,6 +23,14 @@ use crate::redis_conn::Conn;
 
 /// The field of `<ns>:{p0}:meta` that holds the count.
 pub const FIELD: &str = "partitions";
+
+/// Records `ARGV[2]` in field `ARGV[1]` of `KEYS[1]` unless a value is
+/// there; returns the value there afterwards. The Node package runs the
+/// same script.
+pub const CLAIM_LUA: &str = "local v = redis.call('HGET', KEYS[1], ARGV[1]) \
+if v then return v end \
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) \
+return ARGV[2]";
 
 /// The count Redis records for the namespace of `names`, if any (a value
 /// that is not a count reads as none).
@@ -33,80 +40,92 @@ pub async fn recorded(conn: &mut Conn, names: &Names) -> Result<Option<u32>> {
         .arg(FIELD)
         .query_async(conn)
         .await?;
-    Ok(v.and_then(|v| v.parse().ok()).filter(|&n| n > 0))
+    Ok(v.as_deref().and_then(parse))
 }
 
-/// For a client: `Err(Error::Config)` when Redis records a count other than
-/// `configured`.
-pub async fn check_client(conn: &mut Conn, names: &Names, configured: u32) -> Result<()> {
-    match recorded(conn, names).await? {
-        Some(n) if n != configured => Err(Error::Config(format!(
-            "this client is configured with redis.partitions = {configured}, but the daemons of \
-             namespace {:?} run with {n} (recorded in Redis, {} field {FIELD}): keys would go to \
-             the wrong partition streams, where they are never applied or applied out of order. \
-             Set partitions = {n} in this client's config",
-            names.ns(),
-            names.meta(0),
-        ))),
-        _ => Ok(()),
-    }
-}
-
-/// For the daemon at start: records `configured` if no count is recorded;
-/// with another one recorded, records `configured` if that count's
-/// partitions are drained, and refuses ([`Error::Config`]) if not.
+/// Records `configured` as the namespace's count if none is recorded, and
+/// refuses ([`Error::Config`]) a different recorded count. Daemons, clients
+/// and tools call it when they start.
 pub async fn claim(conn: &mut Conn, names: &Names, configured: u32) -> Result<()> {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
-    // Sets the field only if absent, in one step: two daemons starting at
-    // once with different counts cannot both record theirs.
-    let script = SCRIPT.get_or_init(|| {
-        redis::Script::new(
-            "local v = redis.call('HGET', KEYS[1], ARGV[1]) \
-             if v then return v end \
-             redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) \
-             return ARGV[2]",
-        )
-    });
+    let script = SCRIPT.get_or_init(|| redis::Script::new(CLAIM_LUA));
     let now: String = script
         .key(names.meta(0))
         .arg(FIELD)
         .arg(configured)
         .invoke_async(conn)
         .await?;
-    let before = match now.parse::<u32>() {
-        Ok(n) if n == configured => return Ok(()),
-        Ok(n) if n > 0 => n,
-        _ => {
-            tracing::warn!(recorded = %now, partitions = configured, "the recorded partition count is not a number; recording this daemon's");
-            return record(conn, names, configured).await;
+    match parse(&now) {
+        Some(n) if n != configured => Err(Error::Config(format!(
+            "this process is configured with redis.partitions = {configured}, but namespace {:?} \
+             records {n} partitions ({} field {FIELD}, set by the first daemon or client that \
+             ran): its keys would go to other partition streams, where they are applied out of \
+             order or never. Set redis.partitions = {n} (Node: partitions, WRIT_PARTITIONS). To \
+             change the namespace's count: let the daemons drain it, stop every daemon and \
+             writer, run `writ partitions --set` with a config of the new count, then start \
+             everything with it (docs/operations.md)",
+            names.ns(),
+            names.meta(0),
+        ))),
+        Some(_) => Ok(()),
+        None => {
+            tracing::warn!(recorded = %now, partitions = configured, "the recorded partition count is not a number; recording this process's");
+            record(conn, names, configured).await
         }
-    };
+    }
+}
+
+/// What [`change`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changed {
+    /// The count was already recorded.
+    Already,
+    /// Recorded, over the count before (`None`: none was recorded).
+    From(Option<u32>),
+}
+
+/// Records `to` as the namespace's count, for an operator changing it:
+/// refused while a daemon runs (heard from within `lease_ttl`) or while the
+/// recorded count's partitions hold unapplied writes. Writers cannot be
+/// seen from here; the operator stops them first.
+pub async fn change(
+    conn: &mut Conn,
+    names: &Names,
+    to: u32,
+    lease_ttl: Duration,
+) -> Result<Changed> {
+    let before = recorded(conn, names).await?;
+    if before == Some(to) {
+        return Ok(Changed::Already);
+    }
+    let daemons = crate::ownership::live_members(conn, &names.members(), lease_ttl).await?;
+    if daemons > 0 {
+        return Err(Error::Config(format!(
+            "{daemons} writ daemon(s) of namespace {:?} are running: stop every daemon (and every \
+             writer) before changing the partition count",
+            names.ns()
+        )));
+    }
     let mut busy = Vec::new();
-    for p in 0..before {
+    for p in 0..before.unwrap_or(0) {
         let (unapplied, ..) = crate::status::backlog(conn, names, p, 1).await?;
         if unapplied > 0 {
             busy.push(p);
         }
     }
-    if busy.is_empty() {
-        tracing::warn!(
-            from = before,
-            to = configured,
-            "the namespace's partition count changes: the daemons before ran with another redis.partitions, and every one of their partitions is drained. Writers and daemons still on the old count must be stopped (docs/operations.md)"
-        );
-        return record(conn, names, configured).await;
+    if let (Some(old), false) = (before, busy.is_empty()) {
+        return Err(Error::Config(format!(
+            "namespace {:?} records {old} partitions, and partition(s) {} still hold unapplied \
+             writes: with another count they would be applied out of order or never. Start \
+             daemons with {old} partitions until `writ status` shows 0 unapplied, stop them, \
+             then change the count",
+            names.ns(),
+            list(&busy),
+        )));
     }
-    Err(Error::Config(format!(
-        "this daemon is configured with redis.partitions = {configured}, but namespace {:?} ran with \
-         {before} partitions (recorded in Redis, {} field {FIELD}), and partition(s) {} of those \
-         still hold unapplied writes. Keys map to partitions by the count, so with another count \
-         those writes would be applied out of order or never. Set redis.partitions = {before} \
-         again; to change the count, let daemons with {before} drain them (writ status shows 0 \
-         unapplied), stop every writer, then start daemons and writers with the new count",
-        names.ns(),
-        names.meta(0),
-        list(&busy),
-    )))
+    record(conn, names, to).await?;
+    tracing::warn!(from = ?before, to, "the namespace's partition count is changed");
+    Ok(Changed::From(before))
 }
 
 async fn record(conn: &mut Conn, names: &Names, configured: u32) -> Result<()> {
@@ -117,6 +136,10 @@ async fn record(conn: &mut Conn, names: &Names, configured: u32) -> Result<()> {
         .query_async(conn)
         .await?;
     Ok(())
+}
+
+fn parse(v: &str) -> Option<u32> {
+    v.parse().ok().filter(|&n| n > 0)
 }
 
 /// `0, 3, 5`, or the first ten and how many more.
@@ -130,7 +153,7 @@ fn list(ps: &[u32]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::list;
+    use super::{list, parse};
 
     #[test]
     fn lists_at_most_ten_partitions() {
@@ -138,5 +161,13 @@ mod tests {
         assert_eq!(list(&[0, 3, 5]), "0, 3, 5");
         let many: Vec<u32> = (0..13).collect();
         assert_eq!(list(&many), "0, 1, 2, 3, 4, 5, 6, 7, 8, 9 and 3 more");
+    }
+
+    #[test]
+    fn only_a_positive_count_is_a_count() {
+        assert_eq!(parse("8"), Some(8));
+        assert_eq!(parse("0"), None);
+        assert_eq!(parse("-1"), None);
+        assert_eq!(parse("eight"), None);
     }
 }

@@ -1,18 +1,19 @@
-//! Daemons and clients agree on `redis.partitions`. A key's stream is its
-//! hash modulo the count, so a writer with another count writes to streams
-//! no daemon reads, or splits one key's writes between two streams. The
-//! first daemon records its count in Redis; a client with another count is
-//! refused when it connects, and a daemon with another count is refused
-//! while the recorded count's partitions hold unapplied writes. On a drained
-//! namespace a daemon with a new count records it (that is how the count is
-//! changed).
+//! Daemons, clients and tools agree on `redis.partitions`. A key's stream
+//! is its hash modulo the count, so a writer with another count writes to
+//! streams no daemon reads, or splits one key's writes between two streams.
+//! The first process to connect, daemon or client, records its count in
+//! Redis; any process with another count is refused when it starts, naming
+//! both. An operator changes the count (`partition_count::change`, the CLI's
+//! `writ partitions --set`) only with no daemon running and the recorded
+//! count's partitions drained.
 
 mod support;
 
 use std::time::Duration;
 
 use mongodb::bson::{doc, Document};
-use support::{eventually, Daemon, Overrides, TestEnv};
+use support::proc::writ_cli;
+use support::{Daemon, Overrides, TestEnv};
 use writ::config::Config;
 use writ::{Error, Writ};
 
@@ -49,72 +50,115 @@ async fn refused_client(config: Config, configured: u32, recorded: u32) {
         }
         Err(e) => e,
     };
+    assert_names_both(e, configured, recorded);
+}
+
+fn assert_names_both(e: Error, configured: u32, recorded: u32) {
     assert!(matches!(e, Error::Config(_)), "{e:?}");
     let text = e.to_string();
     assert!(
         text.contains(&format!("redis.partitions = {configured}"))
-            && text.contains(&format!("run with {recorded}"))
-            && text.contains(&format!("Set partitions = {recorded}")),
+            && text.contains(&format!("records {recorded} partitions"))
+            && text.contains(&format!("Set redis.partitions = {recorded}")),
         "{text}"
     );
 }
 
+/// The stdout of a CLI run that succeeded.
+fn cli_ok(out: std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// `serve`'s result within 30 s (it must not keep running).
+async fn serve_refused(config: Config) -> Error {
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        writ::serve::serve(config, tokio_util::sync::CancellationToken::new()),
+    )
+    .await
+    .expect("a daemon with another count kept running")
+    .expect_err("a daemon with another count ran")
+}
+
+async fn change(config: &Config, to: u32) -> writ::Result<writ::partition_count::Changed> {
+    let mut conn = writ::redis_conn::connect(config, Duration::ZERO)
+        .await
+        .unwrap();
+    let names = writ::protocol::Names::new(&config.namespace);
+    writ::partition_count::change(&mut conn, &names, to, config.lease_ttl).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_and_daemons_with_another_partition_count_are_refused() {
+    use writ::partition_count::Changed;
     let env = TestEnv::start("partition_count");
     let four = with_partitions(&env, 4);
     let eight = with_partitions(&env, 8);
 
-    // No daemon has run: nothing is recorded, and a client of any count connects.
+    // The first process to connect, here a client, records its count.
     assert_eq!(recorded(&four).await, None);
-    drop(Writ::connect(eight.clone()).await.unwrap());
-
-    // The first daemon records its count.
-    let daemon = Daemon::start(four.clone());
     let writ = Writ::connect(four.clone()).await.unwrap();
-    let s = writ.collection("signal").unwrap();
-    s.write(&key("first"), &doc! {"n": 0}).await.unwrap();
-    daemon.stop().await;
     assert_eq!(recorded(&four).await.as_deref(), Some("4"));
     refused_client(eight.clone(), 8, 4).await;
+    assert_names_both(serve_refused(eight.clone()).await, 8, 4);
 
     // Writes accepted while no daemon runs stay unapplied in the 4 streams:
-    // a daemon with 8 partitions does not start, and says why.
+    // the count cannot be changed then.
+    let s = writ.collection("signal").unwrap();
     for i in 0..10 {
         s.submit(&key(&format!("k{i}")), &doc! {"n": i})
             .await
             .unwrap();
     }
-    let refused = tokio::time::timeout(
-        Duration::from_secs(30),
-        writ::serve::serve(eight.clone(), tokio_util::sync::CancellationToken::new()),
-    )
-    .await
-    .expect("a daemon with another count kept running");
-    let e = refused.expect_err("a daemon with another count ran over unapplied writes");
-    assert!(matches!(e, Error::Config(_)), "{e:?}");
-    let text = e.to_string();
+    let e = change(&eight, 8)
+        .await
+        .expect_err("changed over unapplied writes");
     assert!(
-        text.contains("redis.partitions = 8")
-            && text.contains("ran with 4 partitions")
-            && text.contains("unapplied"),
-        "{text}"
+        matches!(&e, Error::Config(t) if t.contains("records 4 partitions") && t.contains("unapplied")),
+        "{e:?}"
     );
-    assert_eq!(recorded(&four).await.as_deref(), Some("4"));
-
-    // Drained by a daemon with the recorded count, the namespace takes the
-    // new count: the daemon with 8 starts, and clients with 4 are refused.
+    // Nor while a daemon runs, even with everything applied.
     let daemon = Daemon::start(four.clone());
     writ.sync(Duration::from_secs(60)).await.unwrap();
+    let e = change(&eight, 8)
+        .await
+        .expect_err("changed under a running daemon");
+    assert!(
+        matches!(&e, Error::Config(t) if t.contains("daemon(s)") && t.contains("running")),
+        "{e:?}"
+    );
     daemon.stop().await;
     drop(writ);
+    assert_eq!(recorded(&four).await.as_deref(), Some("4"));
+
+    // Drained and stopped: the count changes (here with the CLI), the
+    // daemon with 8 runs, and processes with 4 are refused from now on.
+    let dir = tempfile::tempdir().unwrap();
+    let file = env.config_file_with(
+        dir.path(),
+        &Overrides {
+            partitions: Some(8),
+            ..Default::default()
+        },
+    );
+    let shown = cli_ok(writ_cli(&file, &["partitions"]));
+    assert!(
+        shown.contains("records 4 partitions; this config says 8"),
+        "{shown}"
+    );
+    let set = cli_ok(writ_cli(&file, &["partitions", "--set"]));
+    assert!(
+        set.contains("now records 8 partitions (before: 4)"),
+        "{set}"
+    );
+    assert_eq!(change(&eight, 8).await.unwrap(), Changed::Already);
     let daemon = Daemon::start(eight.clone());
-    eventually(
-        Duration::from_secs(30),
-        "the new count recorded",
-        || async { (recorded(&eight).await.as_deref() == Some("8")).then_some(()) },
-    )
-    .await;
     let writ = Writ::connect(eight.clone()).await.unwrap();
     let s = writ.collection("signal").unwrap();
     s.write(&key("k3"), &doc! {"n": 33}).await.unwrap();

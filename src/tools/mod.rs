@@ -47,7 +47,7 @@ impl Tools {
         let names = Names::new(&config.namespace);
         // A replay or retry with another count would compute other cache keys
         // and read other streams than the daemons.
-        crate::partition_count::check_client(&mut conn, &names, config.partitions).await?;
+        crate::partition_count::claim(&mut conn, &names, config.partitions).await?;
         let store = Store::connect(&config).await?;
         Ok(Tools {
             names,

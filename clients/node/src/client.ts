@@ -169,6 +169,10 @@ async function withTimeout<T>(p: Promise<T>, ms: number, onTimeout: () => Error)
   }
 }
 
+/** Records a partition count if none is (src/partition_count.rs of the writ repository, CLAIM_LUA). */
+const CLAIM_PARTITIONS_LUA =
+  "local v = redis.call('HGET', KEYS[1], ARGV[1]) if v then return v end redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return ARGV[2]";
+
 export class WritClient {
   readonly config: WritConfig;
   readonly names: Names;
@@ -466,23 +470,24 @@ export class WritClient {
   }
 
   /**
-   * Refuses a partition count other than the one the namespace's daemons
-   * recorded (field `partitions` of `<ns>:{p0}:meta`, src/partition_count.rs
-   * of the writ repository): with another count, keys go to streams no daemon
-   * reads, or one key's writes to two streams. Nothing recorded (no daemon
-   * has run yet): not checked.
+   * Records this client's partition count as the namespace's if none is
+   * recorded yet (field `partitions` of `<ns>:{p0}:meta`), and refuses a
+   * different recorded one: with another count than the daemons, keys go to
+   * streams no daemon reads, or one key's writes to two streams
+   * (src/partition_count.rs of the writ repository, whose CLAIM_LUA this is).
    */
   private async checkPartitions(): Promise<void> {
     const key = this.names.meta(0);
-    const recorded = await this.redis.hget(key, "partitions");
-    if (recorded === null || !/^[1-9][0-9]*$/.test(recorded)) return;
+    const recorded = String(await this.redis.eval(CLAIM_PARTITIONS_LUA, 1, key, "partitions", String(this.config.partitions)));
+    if (!/^[1-9][0-9]*$/.test(recorded)) return;
     const n = Number(recorded);
     if (n !== this.config.partitions) {
       throw new WritConfigError(
-        `this client is configured with partitions = ${this.config.partitions}, but the daemons of namespace ` +
-          `"${this.config.namespace}" run with ${n} (recorded in Redis, ${key} field partitions): keys would go to ` +
-          `the wrong partition streams, where they are never applied or applied out of order. ` +
-          `Set partitions: ${n} (WRIT_PARTITIONS=${n}), as the daemon's redis.partitions`,
+        `this client is configured with partitions = ${this.config.partitions}, but namespace ` +
+          `"${this.config.namespace}" records ${n} partitions (${key} field partitions, set by the first daemon or client ` +
+          `that ran): its keys would go to other partition streams, where they are applied out of order or never. ` +
+          `Set partitions: ${n} (WRIT_PARTITIONS=${n}), as the daemon's redis.partitions. To change the namespace's ` +
+          `count, see \`writ partitions --set\` in the writ repository's docs/operations.md`,
       );
     }
   }

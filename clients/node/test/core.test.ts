@@ -856,21 +856,32 @@ describe("core", () => {
     }
   }));
 
-  test("a client with another partition count than the daemons recorded is refused, naming both", g(async () => {
+  test("the first client records its partition count; a client with another count is refused, naming both", g(async () => {
+    // The daemon's namespace: the daemon recorded its count.
     const right = client({ mode: "ack" });
     await right.write(KV.name, { k: "count", n: 1 }, "put", { n: 1 });
     const daemons = right.config.partitions;
     const wrong = daemons === 4 ? 5 : 4;
+    const named = (configured: number, recorded: number) => (e: unknown) =>
+      e instanceof WritConfigError &&
+      e.message.includes(`configured with partitions = ${configured}`) &&
+      e.message.includes(`records ${recorded} partitions`) &&
+      e.message.includes(`WRIT_PARTITIONS=${recorded}`);
     const c = client({ partitions: wrong });
-    await assert.rejects(
-      c.ready(),
-      (e: unknown) =>
-        e instanceof WritConfigError &&
-        e.message.includes(`configured with partitions = ${wrong}`) &&
-        e.message.includes(`run with ${daemons}`) &&
-        e.message.includes(`WRIT_PARTITIONS=${daemons}`),
-    );
+    await assert.rejects(c.ready(), named(wrong, daemons));
     await assert.rejects(c.write(KV.name, { k: "count", n: 2 }, "put", { n: 2 }), WritConfigError);
+    // A namespace no daemon has served: the first client records its count.
+    const ns = `${env.name}_count`;
+    const first = client({ namespace: ns, partitions: 3 });
+    await first.ready();
+    const redis = new Redis(env.redisUrl);
+    try {
+      assert.equal(await redis.hget(new Names(ns).meta(0), "partitions"), "3");
+    } finally {
+      redis.disconnect();
+    }
+    await assert.rejects(client({ namespace: ns, partitions: 2 }).ready(), named(2, 3));
+    await client({ namespace: ns, partitions: 3 }).ready();
   }));
 
   test("an unreachable Redis fails with WritConnectionError naming the URL", g(async () => {
