@@ -187,7 +187,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             let names = writ::protocol::Names::new(&config.namespace);
             match writ::partition_count::recorded(&mut conn, &names).await? {
                 Some(n) if n != config.partitions => eprintln!(
-                    "note: the daemons of this namespace recorded redis.partitions = {n}; this config says {}, so the table below shows {} partitions",
+                    "note: this namespace records redis.partitions = {n}; this config says {}, so the table below shows {} partitions (daemons and clients with it are refused)",
                     config.partitions, config.partitions
                 ),
                 _ => {}

@@ -82,9 +82,9 @@ pub struct Writ {
 
 impl Writ {
     /// Connects to Redis (and lazily to MongoDB for read-through) and starts
-    /// the ack listener. Refused ([`Error::Config`])
-    /// when the namespace's daemons recorded another `redis.partitions`
-    /// ([`crate::partition_count`]).
+    /// the ack listener. Records `redis.partitions` as the namespace's count
+    /// if no daemon or client did yet, and is refused ([`Error::Config`])
+    /// when another count is recorded ([`crate::partition_count`]).
     pub async fn connect(config: Config) -> Result<Writ> {
         let config = Arc::new(config);
         let mut conn = crate::redis_conn::connect(&config, std::time::Duration::ZERO).await?;
