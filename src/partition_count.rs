@@ -75,6 +75,24 @@ pub async fn claim(conn: &mut Conn, names: &Names, configured: u32) -> Result<()
     }
 }
 
+/// For a running daemon, at each housekeeping pass: records the count again
+/// if it is gone (Redis lost its data, a failover lost the write), so that a
+/// process connecting later is still held to it. Another recorded count (a
+/// process recorded its own while the field was gone) is logged as an error
+/// once per streak (`mismatched` carries the streak); the daemon runs on, as
+/// it did since it started.
+pub async fn recheck(conn: &mut Conn, names: &Names, configured: u32, mismatched: &mut bool) {
+    match claim(conn, names, configured).await {
+        Ok(()) => *mismatched = false,
+        Err(e @ Error::Config(_)) => {
+            if !std::mem::replace(mismatched, true) {
+                tracing::error!(error = %e, "the namespace now records another partition count than this daemon's");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot check the recorded partition count"),
+    }
+}
+
 /// What [`change`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Changed {

@@ -109,11 +109,15 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
     Ok(())
 }
 
-/// Refreshes the status metrics of the partitions this daemon owns, and trims
-/// their streams below the committed watermark.
+/// Refreshes the status metrics of the partitions this daemon owns, trims
+/// their streams below the committed watermark, and keeps the namespace's
+/// partition count recorded.
 async fn housekeeping(config: Arc<Config>, mut conn: Conn, stop: CancellationToken) {
     let names = Names::new(&config.namespace);
+    let mut other_count = false;
     loop {
+        crate::partition_count::recheck(&mut conn, &names, config.partitions, &mut other_count)
+            .await;
         let me = Some(config.consumer_name.as_str());
         match crate::status::status_of(&mut conn, &config.namespace, config.partitions, me).await {
             Ok(s) => {

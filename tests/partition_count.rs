@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use mongodb::bson::{doc, Document};
 use support::proc::writ_cli;
-use support::{Daemon, Overrides, TestEnv};
+use support::{eventually, Daemon, Overrides, TestEnv};
 use writ::config::Config;
 use writ::{Error, Writ};
 
@@ -163,6 +163,23 @@ async fn clients_and_daemons_with_another_partition_count_are_refused() {
     let s = writ.collection("signal").unwrap();
     s.write(&key("k3"), &doc! {"n": 33}).await.unwrap();
     refused_client(four.clone(), 4, 8).await;
+    // A running daemon records the count again if Redis loses it.
+    let mut conn = writ::redis_conn::connect(&eight, Duration::ZERO)
+        .await
+        .unwrap();
+    let meta = writ::protocol::Names::new(&eight.namespace).meta(0);
+    let _: () = redis::cmd("HDEL")
+        .arg(&meta)
+        .arg(writ::partition_count::FIELD)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the count recorded again",
+        || async { (recorded(&eight).await.as_deref() == Some("8")).then_some(()) },
+    )
+    .await;
     // Nothing written under the old count was lost.
     assert_eq!(s.read(&key("k9")).await.unwrap(), Some(doc! {"n": 9}));
     assert_eq!(s.read(&key("k3")).await.unwrap(), Some(doc! {"n": 33}));
