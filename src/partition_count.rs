@@ -9,11 +9,16 @@
 //! in streams whose daemon dead-letters them (`wrong_partition`). Writers
 //! with different counts split one key's writes between two streams.
 //!
-//! So the first process to connect, daemon or client, records its count in
-//! partition 0's meta hash (field `partitions` of `<ns>:{p0}:meta`, which
-//! writers may read and write already), and every process after it must
-//! have the same count: [`claim`]. Changing the count is an operator's act
-//! on a drained, stopped namespace ([`change`], `writ partitions --set`).
+//! So the count is recorded in partition 0's meta hash (field `partitions`
+//! of `<ns>:{p0}:meta`, which writers may read and write already, and
+//! `partitions_by`: `daemon` or `client`), and every process checks it when
+//! it starts: [`claim`]. The daemons are the authority. The first process
+//! to connect records its count; a daemon also replaces a count only a
+//! client recorded (a misconfigured client that connected first must not
+//! lock the daemons out), and refuses a count another daemon recorded.
+//! Clients and tools refuse any other recorded count. Changing a
+//! daemon-recorded count is an operator's act on a drained, stopped
+//! namespace ([`change`], `writ partitions --set`).
 
 use std::time::Duration;
 
@@ -24,13 +29,37 @@ use crate::redis_conn::Conn;
 /// The field of `<ns>:{p0}:meta` that holds the count.
 pub const FIELD: &str = "partitions";
 
-/// Records `ARGV[2]` in field `ARGV[1]` of `KEYS[1]` unless a value is
-/// there; returns the value there afterwards. The Node package runs the
-/// same script.
-pub const CLAIM_LUA: &str = "local v = redis.call('HGET', KEYS[1], ARGV[1]) \
-if v then return v end \
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) \
-return ARGV[2]";
+/// The field that says who recorded it: `daemon` or `client`.
+pub const BY_FIELD: &str = "partitions_by";
+
+/// Who records a count: daemons replace a count only a client recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum By {
+    /// `writ serve` (and `writ partitions --set`).
+    Daemon,
+    /// A client library or a CLI tool.
+    Client,
+}
+
+impl By {
+    fn as_str(self) -> &'static str {
+        match self {
+            By::Daemon => "daemon",
+            By::Client => "client",
+        }
+    }
+}
+
+/// `KEYS[1]` `<ns>:{p0}:meta`; `ARGV[1]` the caller's count; `ARGV[2]`
+/// `daemon` or `client`. Records the count (and who recorded it) unless one
+/// is recorded; a daemon also replaces a count a client recorded (or one
+/// that is not a number). Returns `{recorded count, the count it replaced
+/// or ''}`. The Node package runs the same script.
+pub const CLAIM_LUA: &str =
+    "local v = redis.call('HMGET', KEYS[1], 'partitions', 'partitions_by') \
+if tonumber(v[1]) and (v[2] == 'daemon' or ARGV[2] == 'client') then return {v[1], ''} end \
+redis.call('HSET', KEYS[1], 'partitions', ARGV[1], 'partitions_by', ARGV[2]) \
+return {ARGV[1], v[1] or ''}";
 
 /// The count Redis records for the namespace of `names`, if any (a value
 /// that is not a count reads as none).
@@ -43,46 +72,58 @@ pub async fn recorded(conn: &mut Conn, names: &Names) -> Result<Option<u32>> {
     Ok(v.as_deref().and_then(parse))
 }
 
-/// Records `configured` as the namespace's count if none is recorded, and
-/// refuses ([`Error::Config`]) a different recorded count. Daemons, clients
-/// and tools call it when they start.
-pub async fn claim(conn: &mut Conn, names: &Names, configured: u32) -> Result<()> {
+/// Records `configured` as the namespace's count as [`CLAIM_LUA`] says, and
+/// refuses ([`Error::Config`]) a different count that stays recorded.
+/// Daemons, clients and tools call it when they start. At Redis's
+/// `maxmemory` the script is refused; then the count is only read and
+/// compared.
+pub async fn claim(conn: &mut Conn, names: &Names, configured: u32, by: By) -> Result<()> {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
     let script = SCRIPT.get_or_init(|| redis::Script::new(CLAIM_LUA));
-    let now: String = script
+    let claimed: redis::RedisResult<(String, String)> = script
         .key(names.meta(0))
-        .arg(FIELD)
         .arg(configured)
+        .arg(by.as_str())
         .invoke_async(conn)
-        .await?;
-    match parse(&now) {
-        Some(n) if n != configured => Err(Error::Config(format!(
+        .await;
+    let (now, replaced) = match claimed {
+        Ok(r) => r,
+        Err(e) if e.code() == Some("OOM") => match recorded(conn, names).await? {
+            Some(n) => (n.to_string(), String::new()),
+            None => return Ok(()),
+        },
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(n) = parse(&now).filter(|&n| n != configured) {
+        return Err(Error::Config(format!(
             "this process is configured with redis.partitions = {configured}, but namespace {:?} \
-             records {n} partitions ({} field {FIELD}, set by the first daemon or client that \
-             ran): its keys would go to other partition streams, where they are applied out of \
-             order or never. Set redis.partitions = {n} (Node: partitions, WRIT_PARTITIONS). To \
-             change the namespace's count: let the daemons drain it, stop every daemon and \
-             writer, run `writ partitions --set` with a config of the new count, then start \
-             everything with it (docs/operations.md)",
+             records {n} partitions ({} field {FIELD}): its keys would go to other partition \
+             streams, where they are applied out of order or never. Set redis.partitions = {n} \
+             (Node: partitions, WRIT_PARTITIONS). To change the namespace's count: let the \
+             daemons drain it, stop every daemon and writer, run `writ partitions --set` with a \
+             config of the new count, then start everything with it (docs/operations.md)",
             names.ns(),
             names.meta(0),
-        ))),
-        Some(_) => Ok(()),
-        None => {
-            tracing::warn!(recorded = %now, partitions = configured, "the recorded partition count is not a number; recording this process's");
-            record(conn, names, configured).await
-        }
+        )));
     }
+    if let Some(old) = parse(&replaced).filter(|&n| n != configured) {
+        tracing::warn!(
+            client_count = old,
+            partitions = configured,
+            "a client recorded another partition count for this namespace before any daemon; this daemon records its own. Clients configured with the other count are refused from now on; any already running write to the wrong streams (their entries are dead-lettered wrong_partition, or wait in streams past this daemon's count): restart them with this count"
+        );
+    }
+    Ok(())
 }
 
 /// For a running daemon, at each housekeeping pass: records the count again
-/// if it is gone (Redis lost its data, a failover lost the write), so that a
-/// process connecting later is still held to it. Another recorded count (a
-/// process recorded its own while the field was gone) is logged as an error
-/// once per streak (`mismatched` carries the streak); the daemon runs on, as
-/// it did since it started.
+/// if it is gone (Redis lost its data, a failover lost the write) or only a
+/// client recorded another one meanwhile, so that a process connecting later
+/// is held to it. Another daemon-recorded count (a `writ partitions --set`
+/// that raced this daemon's start, a hand edit) is logged as an error once
+/// per streak (`mismatched` carries the streak); the daemon runs on.
 pub async fn recheck(conn: &mut Conn, names: &Names, configured: u32, mismatched: &mut bool) {
-    match claim(conn, names, configured).await {
+    match claim(conn, names, configured, By::Daemon).await {
         Ok(()) => *mismatched = false,
         Err(e @ Error::Config(_)) => {
             if !std::mem::replace(mismatched, true) {
@@ -103,17 +144,24 @@ pub enum Changed {
 }
 
 /// Records `to` as the namespace's count, for an operator changing it:
-/// refused while a daemon runs (heard from within `lease_ttl`) or while the
-/// recorded count's partitions hold unapplied writes. Writers cannot be
-/// seen from here; the operator stops them first.
+/// refused while a daemon runs (heard from within `lease_ttl`) or while any
+/// partition under the old or the new count holds unapplied writes, and if
+/// the count changed while it looked. Writers cannot be seen from here; the
+/// operator stops them first.
 pub async fn change(
     conn: &mut Conn,
     names: &Names,
     to: u32,
     lease_ttl: Duration,
 ) -> Result<Changed> {
-    let before = recorded(conn, names).await?;
+    let raw: Option<String> = redis::cmd("HGET")
+        .arg(names.meta(0))
+        .arg(FIELD)
+        .query_async(conn)
+        .await?;
+    let before = raw.as_deref().and_then(parse);
     if before == Some(to) {
+        record(conn, names, to).await?;
         return Ok(Changed::Already);
     }
     let daemons = crate::ownership::live_members(conn, &names.members(), lease_ttl).await?;
@@ -125,32 +173,54 @@ pub async fn change(
         )));
     }
     let mut busy = Vec::new();
-    for p in 0..before.unwrap_or(0) {
+    for p in 0..before.unwrap_or(0).max(to) {
         let (unapplied, ..) = crate::status::backlog(conn, names, p, 1).await?;
         if unapplied > 0 {
             busy.push(p);
         }
     }
-    if let (Some(old), false) = (before, busy.is_empty()) {
+    if !busy.is_empty() {
+        let old = before.map_or("no".to_string(), |n| n.to_string());
         return Err(Error::Config(format!(
             "namespace {:?} records {old} partitions, and partition(s) {} still hold unapplied \
              writes: with another count they would be applied out of order or never. Start \
-             daemons with {old} partitions until `writ status` shows 0 unapplied, stop them, \
+             daemons with the recorded count until `writ status` shows 0 unapplied, stop them, \
              then change the count",
             names.ns(),
             list(&busy),
         )));
     }
-    record(conn, names, to).await?;
+    // Only over the value looked at: a process that recorded a count since
+    // then makes this run refuse, not overwrite it.
+    let swapped: i64 = redis::Script::new(
+        "if redis.call('HGET', KEYS[1], ARGV[1]) ~= (ARGV[2] ~= '' and ARGV[2] or false) then return 0 end \
+         redis.call('HSET', KEYS[1], ARGV[1], ARGV[3], ARGV[1] .. '_by', 'daemon') return 1",
+    )
+    .key(names.meta(0))
+    .arg(FIELD)
+    .arg(raw.as_deref().unwrap_or(""))
+    .arg(to)
+    .invoke_async(conn)
+    .await?;
+    if swapped == 0 {
+        return Err(Error::Config(format!(
+            "the partition count of namespace {:?} changed while this command looked (a daemon or \
+             client started): stop it and run the command again",
+            names.ns()
+        )));
+    }
     tracing::warn!(from = ?before, to, "the namespace's partition count is changed");
     Ok(Changed::From(before))
 }
 
-async fn record(conn: &mut Conn, names: &Names, configured: u32) -> Result<()> {
+/// Records `count` as a daemon's.
+async fn record(conn: &mut Conn, names: &Names, count: u32) -> Result<()> {
     let _: () = redis::cmd("HSET")
         .arg(names.meta(0))
         .arg(FIELD)
-        .arg(configured)
+        .arg(count)
+        .arg(BY_FIELD)
+        .arg(By::Daemon.as_str())
         .query_async(conn)
         .await?;
     Ok(())

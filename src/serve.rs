@@ -61,7 +61,13 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
     let names = Names::new(&config.namespace);
     let streams: Vec<String> = (0..config.partitions).map(|p| names.stream(p)).collect();
     crate::redis_conn::durability::check(&conn, &streams, config.min_replicas_acked > 0).await?;
-    crate::partition_count::claim(&mut conn, &names, config.partitions).await?;
+    crate::partition_count::claim(
+        &mut conn,
+        &names,
+        config.partitions,
+        crate::partition_count::By::Daemon,
+    )
+    .await?;
     for p in 0..config.partitions {
         ensure_group(&mut conn, &names.stream(p), &names.group()).await?;
     }

@@ -42,6 +42,20 @@ async fn recorded(config: &Config) -> Option<String> {
         .unwrap()
 }
 
+/// Who recorded the count, read directly.
+async fn recorded_by(config: &Config) -> Option<String> {
+    let mut conn = writ::redis_conn::connect(config, Duration::ZERO)
+        .await
+        .unwrap();
+    let names = writ::protocol::Names::new(&config.namespace);
+    redis::cmd("HGET")
+        .arg(names.meta(0))
+        .arg(writ::partition_count::BY_FIELD)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
 /// `Writ::connect`'s refusal, which must name both counts.
 async fn refused_client(config: Config, configured: u32, recorded: u32) {
     let e = match Writ::connect(config).await {
@@ -101,11 +115,20 @@ async fn clients_and_daemons_with_another_partition_count_are_refused() {
     let four = with_partitions(&env, 4);
     let eight = with_partitions(&env, 8);
 
-    // The first process to connect, here a client, records its count.
+    // The first process to connect, here a client, records its count;
+    // other clients are held to it.
     assert_eq!(recorded(&four).await, None);
     let writ = Writ::connect(four.clone()).await.unwrap();
     assert_eq!(recorded(&four).await.as_deref(), Some("4"));
     refused_client(eight.clone(), 8, 4).await;
+    // A daemon with the same count takes it over as the daemons' count;
+    // then a daemon with another count is refused too.
+    let daemon = Daemon::start(four.clone());
+    eventually(Duration::from_secs(30), "the daemon's record", || async {
+        (recorded_by(&four).await.as_deref() == Some("daemon")).then_some(())
+    })
+    .await;
+    daemon.stop().await;
     assert_names_both(serve_refused(eight.clone()).await, 8, 4);
 
     // Writes accepted while no daemon runs stay unapplied in the 4 streams:
@@ -183,5 +206,25 @@ async fn clients_and_daemons_with_another_partition_count_are_refused() {
     // Nothing written under the old count was lost.
     assert_eq!(s.read(&key("k9")).await.unwrap(), Some(doc! {"n": 9}));
     assert_eq!(s.read(&key("k3")).await.unwrap(), Some(doc! {"n": 33}));
+    daemon.stop().await;
+    drop(writ);
+
+    // A misconfigured client that connects before any daemon does not lock
+    // the daemons out: a daemon replaces a count only a client recorded.
+    let _: () = redis::cmd("HDEL")
+        .arg(&meta)
+        .arg(writ::partition_count::FIELD)
+        .arg(writ::partition_count::BY_FIELD)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    drop(Writ::connect(four.clone()).await.unwrap());
+    assert_eq!(recorded(&four).await.as_deref(), Some("4"));
+    let daemon = Daemon::start(eight.clone());
+    eventually(Duration::from_secs(30), "the daemon's count", || async {
+        (recorded(&eight).await.as_deref() == Some("8")).then_some(())
+    })
+    .await;
+    refused_client(four.clone(), 4, 8).await;
     daemon.stop().await;
 }

@@ -77,7 +77,8 @@ async fn a_full_redis_refuses_the_write_saying_so() {
     );
 }
 
-/// At `maxmemory` a read that misses the cache still answers from MongoDB:
+/// At `maxmemory` a client still connects (recording the partition count is
+/// skipped), and a read that misses the cache still answers from MongoDB:
 /// the cache fill after it is only a shortcut, and Redis refuses it. Before,
 /// the refused fill failed the read (`read` and `read_many`), though MongoDB
 /// held the document.
@@ -104,10 +105,27 @@ async fn a_full_redis_still_answers_reads_from_mongodb() {
             .await
             .unwrap();
     }
-    // A fresh handle: no pending writes of its own to settle first.
-    let reader = Writ::connect(config.clone()).await.unwrap();
-    let r = reader.collection("signal").unwrap();
+    // A fresh handle: no pending writes of its own to settle first. It
+    // connects to the full Redis, with no partition count recorded (as after
+    // a Redis data loss): recording it is refused, and only skipped.
+    let meta = writ::protocol::Names::new(&config.namespace).meta(0);
+    let _: () = redis::cmd("HDEL")
+        .arg(&meta)
+        .arg(writ::partition_count::FIELD)
+        .arg(writ::partition_count::BY_FIELD)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     config_set(&mut conn, "maxmemory", "1").await;
+    let reader = Writ::connect(config.clone()).await;
+    let reader = match reader {
+        Ok(r) => r,
+        Err(e) => {
+            config_set(&mut conn, "maxmemory", "0").await;
+            panic!("a client could not connect to a full Redis: {e:?}");
+        }
+    };
+    let r = reader.collection("signal").unwrap();
     let one = r.read(&key("R1")).await;
     let many = r.read_many(&[key("R1"), key("R2")]).await;
     config_set(&mut conn, "maxmemory", "0").await;

@@ -23,7 +23,7 @@
 //! documented trade-off (docs/operations.md, "Failure modes"), so it is a
 //! warning, unless replicas confirm every write (`redis.min_replicas_acked`).
 //!
-//! The check reads `INFO server memory persistence` on the node of each partition
+//! The check reads `INFO` (its default sections) on the node of each partition
 //! stream. A Redis that refuses `INFO` (an ACL without `+info`), or a node
 //! that does not answer it, is not checked; that is logged as a warning.
 
@@ -179,15 +179,16 @@ pub async fn check(conn: &Conn, streams: &[String], replicas: bool) -> Result<()
     Ok(())
 }
 
-/// `INFO server memory persistence` of the node that holds `key`.
+/// `INFO` (default sections: server, memory and persistence among them) of
+/// the node that holds `key`.
 async fn info_memory(conn: &Conn, key: &str) -> redis::RedisResult<String> {
     use redis::aio::ConnectionLike;
     use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
     let mut pipe = Pipeline::new();
-    pipe.cmd("INFO")
-        .arg("server")
-        .arg("memory")
-        .arg("persistence");
+    // Plain INFO (its default sections include these three): Redis before
+    // 7.0 refuses INFO with more than one section (a syntax error), which
+    // would skip the version check meant for it.
+    pipe.cmd("INFO");
     let replies = match conn.clone() {
         Conn::Cluster(mut c) => {
             let to = SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master));

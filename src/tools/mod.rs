@@ -47,7 +47,13 @@ impl Tools {
         let names = Names::new(&config.namespace);
         // A replay or retry with another count would compute other cache keys
         // and read other streams than the daemons.
-        crate::partition_count::claim(&mut conn, &names, config.partitions).await?;
+        crate::partition_count::claim(
+            &mut conn,
+            &names,
+            config.partitions,
+            crate::partition_count::By::Client,
+        )
+        .await?;
         let store = Store::connect(&config).await?;
         Ok(Tools {
             names,

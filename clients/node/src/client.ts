@@ -169,9 +169,16 @@ async function withTimeout<T>(p: Promise<T>, ms: number, onTimeout: () => Error)
   }
 }
 
-/** Records a partition count if none is (src/partition_count.rs of the writ repository, CLAIM_LUA). */
+/**
+ * Records a client's partition count unless one is recorded (a daemon's
+ * replaces a client's); returns [recorded, replaced or ""]. The same text
+ * as CLAIM_LUA in src/partition_count.rs of the writ repository.
+ */
 const CLAIM_PARTITIONS_LUA =
-  "local v = redis.call('HGET', KEYS[1], ARGV[1]) if v then return v end redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return ARGV[2]";
+  "local v = redis.call('HMGET', KEYS[1], 'partitions', 'partitions_by') " +
+  "if tonumber(v[1]) and (v[2] == 'daemon' or ARGV[2] == 'client') then return {v[1], ''} end " +
+  "redis.call('HSET', KEYS[1], 'partitions', ARGV[1], 'partitions_by', ARGV[2]) " +
+  "return {ARGV[1], v[1] or ''}";
 
 export class WritClient {
   readonly config: WritConfig;
@@ -471,21 +478,28 @@ export class WritClient {
 
   /**
    * Records this client's partition count as the namespace's if none is
-   * recorded yet (field `partitions` of `<ns>:{p0}:meta`), and refuses a
-   * different recorded one: with another count than the daemons, keys go to
+   * recorded yet (field `partitions` of `<ns>:{p0}:meta`; a daemon replaces
+   * a count only clients recorded), and refuses a different recorded one: with another count than the daemons, keys go to
    * streams no daemon reads, or one key's writes to two streams
    * (src/partition_count.rs of the writ repository, whose CLAIM_LUA this is).
    */
   private async checkPartitions(): Promise<void> {
     const key = this.names.meta(0);
-    const recorded = String(await this.redis.eval(CLAIM_PARTITIONS_LUA, 1, key, "partitions", String(this.config.partitions)));
-    if (!/^[1-9][0-9]*$/.test(recorded)) return;
+    let recorded: string | null;
+    try {
+      const r = (await this.redis.eval(CLAIM_PARTITIONS_LUA, 1, key, String(this.config.partitions), "client")) as unknown[];
+      recorded = String(r[0]);
+    } catch (e) {
+      // At maxmemory Redis refuses the script (it may write): only compare.
+      if (!/^OOM/.test(errMessage(e))) throw e;
+      recorded = await this.redis.hget(key, "partitions");
+    }
+    if (recorded === null || !/^[1-9][0-9]*$/.test(recorded)) return;
     const n = Number(recorded);
     if (n !== this.config.partitions) {
       throw new WritConfigError(
         `this client is configured with partitions = ${this.config.partitions}, but namespace ` +
-          `"${this.config.namespace}" records ${n} partitions (${key} field partitions, set by the first daemon or client ` +
-          `that ran): its keys would go to other partition streams, where they are applied out of order or never. ` +
+          `"${this.config.namespace}" records ${n} partitions (${key} field partitions): its keys would go to other partition streams, where they are applied out of order or never. ` +
           `Set partitions: ${n} (WRIT_PARTITIONS=${n}), as the daemon's redis.partitions. To change the namespace's ` +
           `count, see \`writ partitions --set\` in the writ repository's docs/operations.md`,
       );
