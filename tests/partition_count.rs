@@ -28,32 +28,28 @@ fn with_partitions(env: &TestEnv, n: u32) -> Config {
     })
 }
 
-/// The count recorded in Redis, read directly.
-async fn recorded(config: &Config) -> Option<String> {
+/// A field of partition 0's meta hash, read directly.
+async fn meta_field(config: &Config, field: &str) -> Option<String> {
     let mut conn = writ::redis_conn::connect(config, Duration::ZERO)
         .await
         .unwrap();
     let names = writ::protocol::Names::new(&config.namespace);
     redis::cmd("HGET")
         .arg(names.meta(0))
-        .arg(writ::partition_count::FIELD)
+        .arg(field)
         .query_async(&mut conn)
         .await
         .unwrap()
 }
 
-/// Who recorded the count, read directly.
+/// The count recorded in Redis.
+async fn recorded(config: &Config) -> Option<String> {
+    meta_field(config, writ::partition_count::FIELD).await
+}
+
+/// Who recorded the count.
 async fn recorded_by(config: &Config) -> Option<String> {
-    let mut conn = writ::redis_conn::connect(config, Duration::ZERO)
-        .await
-        .unwrap();
-    let names = writ::protocol::Names::new(&config.namespace);
-    redis::cmd("HGET")
-        .arg(names.meta(0))
-        .arg(writ::partition_count::BY_FIELD)
-        .query_async(&mut conn)
-        .await
-        .unwrap()
+    meta_field(config, writ::partition_count::BY_FIELD).await
 }
 
 /// `Writ::connect`'s refusal, which must name both counts.
