@@ -119,18 +119,18 @@ pub async fn claim(conn: &mut Conn, names: &Names, configured: u32, by: By) -> R
 /// For a running daemon, at each housekeeping pass: records the count again
 /// if it is gone (Redis lost its data, a failover lost the write) or only a
 /// client recorded another one meanwhile, so that a process connecting later
-/// is held to it. Another daemon-recorded count (a `writ partitions --set`
-/// that raced this daemon's start, a hand edit) is logged as an error once
-/// per streak (`mismatched` carries the streak); the daemon runs on.
-pub async fn recheck(conn: &mut Conn, names: &Names, configured: u32, mismatched: &mut bool) {
+/// is held to it. Returns the refusal when another daemon's count is
+/// recorded (a hand edit, or a `writ partitions --set` that raced this
+/// daemon's start): the daemon must stop. Redis errors are left to the next
+/// pass.
+pub async fn recheck(conn: &mut Conn, names: &Names, configured: u32) -> Option<Error> {
     match claim(conn, names, configured, By::Daemon).await {
-        Ok(()) => *mismatched = false,
-        Err(e @ Error::Config(_)) => {
-            if !std::mem::replace(mismatched, true) {
-                tracing::error!(error = %e, "the namespace now records another partition count than this daemon's");
-            }
+        Ok(()) => None,
+        Err(e @ Error::Config(_)) => Some(e),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot check the recorded partition count");
+            None
         }
-        Err(e) => tracing::debug!(error = %e, "cannot check the recorded partition count"),
     }
 }
 

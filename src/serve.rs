@@ -96,10 +96,17 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
         health,
         background.clone(),
     ));
+    // Set (and the daemon stopped) when another daemon's partition count
+    // appears in Redis: this daemon must not go on with its own.
+    let wrong_count = Arc::new(std::sync::Mutex::new(None));
     let keeper = tokio::spawn(housekeeping(
         config.clone(),
         conn.clone(),
         background.clone(),
+        Halt {
+            daemon: shutdown.clone(),
+            why: wrong_count.clone(),
+        },
     ));
     tracing::info!(
         partitions = config.partitions,
@@ -112,18 +119,35 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
     background.cancel();
     let _ = tokio::join!(probe, keeper);
     tracing::info!("writ serve stopped");
-    Ok(())
+    let why = wrong_count.lock().ok().and_then(|mut w| w.take());
+    match why {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// How housekeeping stops the whole daemon, and says why.
+struct Halt {
+    daemon: CancellationToken,
+    why: Arc<std::sync::Mutex<Option<Error>>>,
 }
 
 /// Refreshes the status metrics of the partitions this daemon owns, trims
 /// their streams below the committed watermark, and keeps the namespace's
-/// partition count recorded.
-async fn housekeeping(config: Arc<Config>, mut conn: Conn, stop: CancellationToken) {
+/// partition count recorded (stopping the daemon through `halt` if another
+/// daemon's count appears).
+async fn housekeeping(config: Arc<Config>, mut conn: Conn, stop: CancellationToken, halt: Halt) {
     let names = Names::new(&config.namespace);
-    let mut other_count = false;
     loop {
-        crate::partition_count::recheck(&mut conn, &names, config.partitions, &mut other_count)
-            .await;
+        if let Some(e) = crate::partition_count::recheck(&mut conn, &names, config.partitions).await
+        {
+            tracing::error!(error = %e, "another daemon's partition count is recorded for this namespace; this daemon stops (its partitions drain and go to the others)");
+            if let Ok(mut why) = halt.why.lock() {
+                *why = Some(e);
+            }
+            halt.daemon.cancel();
+            return;
+        }
         let me = Some(config.consumer_name.as_str());
         match crate::status::status_of(&mut conn, &config.namespace, config.partitions, me).await {
             Ok(s) => {

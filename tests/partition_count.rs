@@ -5,7 +5,8 @@
 //! Redis; any process with another count is refused when it starts, naming
 //! both. An operator changes the count (`partition_count::change`, the CLI's
 //! `writ partitions --set`) only with no daemon running and the recorded
-//! count's partitions drained.
+//! count's partitions drained; a running daemon that finds another daemon's
+//! count recorded stops.
 
 mod support;
 
@@ -202,7 +203,22 @@ async fn clients_and_daemons_with_another_partition_count_are_refused() {
     // Nothing written under the old count was lost.
     assert_eq!(s.read(&key("k9")).await.unwrap(), Some(doc! {"n": 9}));
     assert_eq!(s.read(&key("k3")).await.unwrap(), Some(doc! {"n": 33}));
-    daemon.stop().await;
+    // Another daemon's count appearing under a running daemon (a hand edit
+    // here) stops it, saying why.
+    let _: () = redis::cmd("HSET")
+        .arg(&meta)
+        .arg(writ::partition_count::FIELD)
+        .arg(4)
+        .arg(writ::partition_count::BY_FIELD)
+        .arg("daemon")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let e = daemon
+        .stopped_within(Duration::from_secs(30))
+        .await
+        .expect_err("the daemon went on under another daemon's count");
+    assert_names_both(e, 8, 4);
     drop(writ);
 
     // A misconfigured client that connects before any daemon does not lock

@@ -919,6 +919,15 @@ impl Daemon {
         }
     }
 
+    /// What the daemon returned, once it stopped by itself within `limit`.
+    pub async fn stopped_within(mut self, limit: Duration) -> writ::Result<()> {
+        let h = self.handle.take().unwrap();
+        tokio::time::timeout(limit, h)
+            .await
+            .expect("the daemon stopped by itself")
+            .expect("daemon task")
+    }
+
     /// SIGTERM-equivalent: stop reading, drain, return.
     pub async fn stop(mut self) {
         self.token.cancel();
