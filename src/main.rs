@@ -207,8 +207,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             let to = config.partitions;
             if set {
                 use writ::partition_count::Changed;
-                match writ::partition_count::change(&mut conn, &names, to, config.lease_ttl)
-                    .await?
+                match writ::partition_count::change(&mut conn, &config).await?
                 {
                     Changed::Already => println!("namespace {ns:?} already records {to} partitions"),
                     Changed::From(None) => println!("namespace {ns:?} now records {to} partitions"),

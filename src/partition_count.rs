@@ -20,8 +20,7 @@
 //! daemon-recorded count is an operator's act on a drained, stopped
 //! namespace ([`change`], `writ partitions --set`).
 
-use std::time::Duration;
-
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::protocol::Names;
 use crate::redis_conn::Conn;
@@ -50,16 +49,9 @@ impl By {
     }
 }
 
-/// `KEYS[1]` `<ns>:{p0}:meta`; `ARGV[1]` the caller's count; `ARGV[2]`
-/// `daemon` or `client`. Records the count (and who recorded it) unless one
-/// is recorded; a daemon also replaces a count a client recorded (or one
-/// that is not a number). Returns `{recorded count, the count it replaced
-/// or ''}`. The Node package runs the same script.
-pub const CLAIM_LUA: &str =
-    "local v = redis.call('HMGET', KEYS[1], 'partitions', 'partitions_by') \
-if tonumber(v[1]) and (v[2] == 'daemon' or ARGV[2] == 'client') then return {v[1], ''} end \
-redis.call('HSET', KEYS[1], 'partitions', ARGV[1], 'partitions_by', ARGV[2]) \
-return {ARGV[1], v[1] or ''}";
+/// Records the count as the module header says (`src/lua/partition_count.lua`;
+/// the Node package embeds the same file).
+pub const CLAIM_LUA: &str = include_str!("lua/partition_count.lua");
 
 /// The count Redis records for the namespace of `names`, if any (a value
 /// that is not a count reads as none).
@@ -77,7 +69,9 @@ pub async fn recorded(conn: &mut Conn, names: &Names) -> Result<Option<u32>> {
 /// Daemons, clients and tools call it when they start. At Redis's
 /// `maxmemory` the script is refused; then the count is only read and
 /// compared.
-pub async fn claim(conn: &mut Conn, names: &Names, configured: u32, by: By) -> Result<()> {
+pub async fn claim(conn: &mut Conn, config: &Config, by: By) -> Result<()> {
+    let names = &Names::new(&config.namespace);
+    let configured = config.partitions;
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
     let script = SCRIPT.get_or_init(|| redis::Script::new(CLAIM_LUA));
     let claimed: redis::RedisResult<(String, String)> = script
@@ -123,8 +117,8 @@ pub async fn claim(conn: &mut Conn, names: &Names, configured: u32, by: By) -> R
 /// recorded (a hand edit, or a `writ partitions --set` that raced this
 /// daemon's start): the daemon must stop. Redis errors are left to the next
 /// pass.
-pub async fn recheck(conn: &mut Conn, names: &Names, configured: u32) -> Option<Error> {
-    match claim(conn, names, configured, By::Daemon).await {
+pub async fn recheck(conn: &mut Conn, config: &Config) -> Option<Error> {
+    match claim(conn, config, By::Daemon).await {
         Ok(()) => None,
         Err(e @ Error::Config(_)) => Some(e),
         Err(e) => {
@@ -143,17 +137,15 @@ pub enum Changed {
     From(Option<u32>),
 }
 
-/// Records `to` as the namespace's count, for an operator changing it:
-/// refused while a daemon runs (heard from within `lease_ttl`) or while any
+/// Records the config's `redis.partitions` as the namespace's count, for an
+/// operator changing it:
+/// refused while a daemon runs (heard from within `daemon.lease_ttl_ms`) or while any
 /// partition under the old or the new count holds unapplied writes, and if
 /// the count changed while it looked. Writers cannot be seen from here; the
 /// operator stops them first.
-pub async fn change(
-    conn: &mut Conn,
-    names: &Names,
-    to: u32,
-    lease_ttl: Duration,
-) -> Result<Changed> {
+pub async fn change(conn: &mut Conn, config: &Config) -> Result<Changed> {
+    let names = &Names::new(&config.namespace);
+    let to = config.partitions;
     let raw: Option<String> = redis::cmd("HGET")
         .arg(names.meta(0))
         .arg(FIELD)
@@ -164,7 +156,7 @@ pub async fn change(
         record(conn, names, to).await?;
         return Ok(Changed::Already);
     }
-    let daemons = crate::ownership::live_members(conn, &names.members(), lease_ttl).await?;
+    let daemons = crate::ownership::live_members(conn, &names.members(), config.lease_ttl).await?;
     if daemons > 0 {
         return Err(Error::Config(format!(
             "{daemons} writ daemon(s) of namespace {:?} are running: stop every daemon (and every \

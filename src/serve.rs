@@ -61,13 +61,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
     let names = Names::new(&config.namespace);
     let streams: Vec<String> = (0..config.partitions).map(|p| names.stream(p)).collect();
     crate::redis_conn::durability::check(&conn, &streams, config.min_replicas_acked > 0).await?;
-    crate::partition_count::claim(
-        &mut conn,
-        &names,
-        config.partitions,
-        crate::partition_count::By::Daemon,
-    )
-    .await?;
+    crate::partition_count::claim(&mut conn, &config, crate::partition_count::By::Daemon).await?;
     for p in 0..config.partitions {
         ensure_group(&mut conn, &names.stream(p), &names.group()).await?;
     }
@@ -139,8 +133,7 @@ struct Halt {
 async fn housekeeping(config: Arc<Config>, mut conn: Conn, stop: CancellationToken, halt: Halt) {
     let names = Names::new(&config.namespace);
     loop {
-        if let Some(e) = crate::partition_count::recheck(&mut conn, &names, config.partitions).await
-        {
+        if let Some(e) = crate::partition_count::recheck(&mut conn, &config).await {
             tracing::error!(error = %e, "another daemon's partition count is recorded for this namespace; this daemon stops (its partitions drain and go to the others)");
             if let Ok(mut why) = halt.why.lock() {
                 *why = Some(e);

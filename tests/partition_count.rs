@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use mongodb::bson::{doc, Document};
 use support::proc::writ_cli;
-use support::{eventually, Daemon, Overrides, TestEnv};
+use support::{eventually, forget_partition_count, Daemon, Overrides, TestEnv};
 use writ::config::Config;
 use writ::{Error, Writ};
 
@@ -97,12 +97,11 @@ async fn serve_refused(config: Config) -> Error {
     .expect_err("a daemon with another count ran")
 }
 
-async fn change(config: &Config, to: u32) -> writ::Result<writ::partition_count::Changed> {
+async fn change(config: &Config) -> writ::Result<writ::partition_count::Changed> {
     let mut conn = writ::redis_conn::connect(config, Duration::ZERO)
         .await
         .unwrap();
-    let names = writ::protocol::Names::new(&config.namespace);
-    writ::partition_count::change(&mut conn, &names, to, config.lease_ttl).await
+    writ::partition_count::change(&mut conn, config).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,7 +135,7 @@ async fn clients_and_daemons_with_another_partition_count_are_refused() {
             .await
             .unwrap();
     }
-    let e = change(&eight, 8)
+    let e = change(&eight)
         .await
         .expect_err("changed over unapplied writes");
     assert!(
@@ -146,7 +145,7 @@ async fn clients_and_daemons_with_another_partition_count_are_refused() {
     // Nor while a daemon runs, even with everything applied.
     let daemon = Daemon::start(four.clone());
     writ.sync(Duration::from_secs(60)).await.unwrap();
-    let e = change(&eight, 8)
+    let e = change(&eight)
         .await
         .expect_err("changed under a running daemon");
     assert!(
@@ -177,7 +176,7 @@ async fn clients_and_daemons_with_another_partition_count_are_refused() {
         set.contains("now records 8 partitions (before: 4)"),
         "{set}"
     );
-    assert_eq!(change(&eight, 8).await.unwrap(), Changed::Already);
+    assert_eq!(change(&eight).await.unwrap(), Changed::Already);
     let daemon = Daemon::start(eight.clone());
     let writ = Writ::connect(eight.clone()).await.unwrap();
     let s = writ.collection("signal").unwrap();
@@ -188,12 +187,7 @@ async fn clients_and_daemons_with_another_partition_count_are_refused() {
         .await
         .unwrap();
     let meta = writ::protocol::Names::new(&eight.namespace).meta(0);
-    let _: () = redis::cmd("HDEL")
-        .arg(&meta)
-        .arg(writ::partition_count::FIELD)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    forget_partition_count(&mut conn, &eight).await;
     eventually(
         Duration::from_secs(30),
         "the count recorded again",
@@ -223,13 +217,7 @@ async fn clients_and_daemons_with_another_partition_count_are_refused() {
 
     // A misconfigured client that connects before any daemon does not lock
     // the daemons out: a daemon replaces a count only a client recorded.
-    let _: () = redis::cmd("HDEL")
-        .arg(&meta)
-        .arg(writ::partition_count::FIELD)
-        .arg(writ::partition_count::BY_FIELD)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    forget_partition_count(&mut conn, &eight).await;
     drop(Writ::connect(four.clone()).await.unwrap());
     assert_eq!(recorded(&four).await.as_deref(), Some("4"));
     let daemon = Daemon::start(eight.clone());

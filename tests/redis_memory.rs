@@ -10,7 +10,7 @@ mod support;
 
 use mongodb::bson::{doc, Document};
 use redis::aio::MultiplexedConnection;
-use support::{config_set, Daemon, Overrides, RedisServer, TestEnv};
+use support::{config_set, forget_partition_count, Daemon, Overrides, RedisServer, TestEnv};
 use writ::config::Config;
 use writ::{Error, Writ};
 
@@ -108,14 +108,7 @@ async fn a_full_redis_still_answers_reads_from_mongodb() {
     // A fresh handle: no pending writes of its own to settle first. It
     // connects to the full Redis, with no partition count recorded (as after
     // a Redis data loss): recording it is refused, and only skipped.
-    let meta = writ::protocol::Names::new(&config.namespace).meta(0);
-    let _: () = redis::cmd("HDEL")
-        .arg(&meta)
-        .arg(writ::partition_count::FIELD)
-        .arg(writ::partition_count::BY_FIELD)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    forget_partition_count(&mut conn, &config).await;
     config_set(&mut conn, "maxmemory", "1").await;
     let reader = Writ::connect(config.clone()).await;
     let reader = match reader {

@@ -89,13 +89,8 @@ impl Writ {
         let config = Arc::new(config);
         let mut conn = crate::redis_conn::connect(&config, std::time::Duration::ZERO).await?;
         let names = Names::new(&config.namespace);
-        crate::partition_count::claim(
-            &mut conn,
-            &names,
-            config.partitions,
-            crate::partition_count::By::Client,
-        )
-        .await?;
+        crate::partition_count::claim(&mut conn, &config, crate::partition_count::By::Client)
+            .await?;
         let store = Store::connect(&config).await?;
         let client_id = format!("c{:016x}", rand::random::<u64>());
         let stop = CancellationToken::new();

@@ -47,13 +47,8 @@ impl Tools {
         let names = Names::new(&config.namespace);
         // A replay or retry with another count would compute other cache keys
         // and read other streams than the daemons.
-        crate::partition_count::claim(
-            &mut conn,
-            &names,
-            config.partitions,
-            crate::partition_count::By::Client,
-        )
-        .await?;
+        crate::partition_count::claim(&mut conn, &config, crate::partition_count::By::Client)
+            .await?;
         let store = Store::connect(&config).await?;
         Ok(Tools {
             names,

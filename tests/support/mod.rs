@@ -1115,6 +1115,18 @@ pub fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// Removes the namespace's recorded partition count (as a Redis data loss
+/// would), and who recorded it.
+pub async fn forget_partition_count<C: redis::aio::ConnectionLike>(conn: &mut C, config: &Config) {
+    let _: () = redis::cmd("HDEL")
+        .arg(writ::protocol::Names::new(&config.namespace).meta(0))
+        .arg(writ::partition_count::FIELD)
+        .arg(writ::partition_count::BY_FIELD)
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
 /// `CONFIG SET name value` (`maxmemory`, say) on the server behind `conn`.
 pub async fn config_set<C: redis::aio::ConnectionLike>(conn: &mut C, name: &str, value: &str) {
     let _: () = redis::cmd("CONFIG")

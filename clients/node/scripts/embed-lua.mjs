@@ -14,6 +14,9 @@ export const ADMIT_LUA = ${JSON.stringify(lua("admit.lua"))};
 
 /** Cache compare-and-set (src/lua/cache_cas.lua). */
 export const CACHE_CAS_LUA = ${JSON.stringify(lua("cache_cas.lua"))};
+
+/** The namespace's partition count, recorded or checked at connect (src/lua/partition_count.lua). */
+export const PARTITION_COUNT_LUA = ${JSON.stringify(lua("partition_count.lua"))};
 `;
 writeFileSync(join(root, "src/lua.ts"), out);
 console.log("wrote src/lua.ts");

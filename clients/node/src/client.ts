@@ -32,7 +32,7 @@ import {
   type Key,
   type KeyValue,
 } from "./key.js";
-import { ADMIT_LUA, CACHE_CAS_LUA } from "./lua.js";
+import { ADMIT_LUA, CACHE_CAS_LUA, PARTITION_COUNT_LUA } from "./lua.js";
 import { AdmitBatcher, AdmitRefused, type AdmitKeys } from "./admit.js";
 import { AckReader, lastDelivered } from "./acks.js";
 import { RESERVED_FIELDS } from "./collections.js";
@@ -168,17 +168,6 @@ async function withTimeout<T>(p: Promise<T>, ms: number, onTimeout: () => Error)
     if (timer) clearTimeout(timer);
   }
 }
-
-/**
- * Records a client's partition count unless one is recorded (a daemon's
- * replaces a client's); returns [recorded, replaced or ""]. The same text
- * as CLAIM_LUA in src/partition_count.rs of the writ repository.
- */
-const CLAIM_PARTITIONS_LUA =
-  "local v = redis.call('HMGET', KEYS[1], 'partitions', 'partitions_by') " +
-  "if tonumber(v[1]) and (v[2] == 'daemon' or ARGV[2] == 'client') then return {v[1], ''} end " +
-  "redis.call('HSET', KEYS[1], 'partitions', ARGV[1], 'partitions_by', ARGV[2]) " +
-  "return {ARGV[1], v[1] or ''}";
 
 export class WritClient {
   readonly config: WritConfig;
@@ -481,13 +470,13 @@ export class WritClient {
    * recorded yet (field `partitions` of `<ns>:{p0}:meta`; a daemon replaces
    * a count only clients recorded), and refuses a different recorded one: with another count than the daemons, keys go to
    * streams no daemon reads, or one key's writes to two streams
-   * (src/partition_count.rs of the writ repository, whose CLAIM_LUA this is).
+   * (src/lua/partition_count.lua of the writ repository, embedded in src/lua.ts).
    */
   private async checkPartitions(): Promise<void> {
     const key = this.names.meta(0);
     let recorded: string | null;
     try {
-      const r = (await this.redis.eval(CLAIM_PARTITIONS_LUA, 1, key, String(this.config.partitions), "client")) as unknown[];
+      const r = (await this.redis.eval(PARTITION_COUNT_LUA, 1, key, String(this.config.partitions), "client")) as unknown[];
       recorded = String(r[0]);
     } catch (e) {
       // At maxmemory Redis refuses the script (it may write): only compare.

@@ -18,7 +18,7 @@ export { MAX_NESTING } from "./nesting.js";
 export type { CollectionSpec, Key, KeyValue, Layout, WriteMode } from "./key.js";
 export { toSortable, toStreamId, ZERO_VERSION } from "./version.js";
 export { COLLECTION, PRESET_COLLECTIONS } from "./collections.js";
-export { ADMIT_LUA, CACHE_CAS_LUA } from "./lua.js";
+export { ADMIT_LUA, CACHE_CAS_LUA, PARTITION_COUNT_LUA } from "./lua.js";
 export { setup, waitForInit, dispose, registerAdapters } from "./setup.js";
 export { createAdapters, intervalMs } from "./adapters.js";
 export type {
