@@ -19,6 +19,15 @@
 //! Clients and tools refuse any other recorded count. Changing a
 //! daemon-recorded count is an operator's act on a drained, stopped
 //! namespace ([`change`], `writ partitions --set`).
+//!
+//! A process checks the record when it starts; one that keeps running on
+//! the old count after a change is caught by its next admission instead. The
+//! count is copied into every other partition's meta hash too (same field,
+//! written by each daemon tenure, [`copy`], and by [`change`]), and the
+//! admission script refuses a write whose caller's count differs from its
+//! partition's copy (`PARTITIONS`), adding nothing. The copies live in each
+//! partition's own hash slot, so the check costs one `HGET` per admission
+//! call, also on Redis Cluster.
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -164,13 +173,8 @@ pub async fn change(conn: &mut Conn, config: &Config) -> Result<Changed> {
             names.ns()
         )));
     }
-    let mut busy = Vec::new();
-    for p in 0..before.unwrap_or(0).max(to) {
-        let (unapplied, ..) = crate::status::backlog(conn, names, p, 1).await?;
-        if unapplied > 0 {
-            busy.push(p);
-        }
-    }
+    let upto = before.unwrap_or(0).max(to);
+    let busy = unapplied_in(conn, names, 0..upto).await?;
     if !busy.is_empty() {
         let old = before.map_or("no".to_string(), |n| n.to_string());
         return Err(Error::Config(format!(
@@ -201,8 +205,68 @@ pub async fn change(conn: &mut Conn, config: &Config) -> Result<Changed> {
             names.ns()
         )));
     }
+    // From here on a writer still on the old count is refused at its next
+    // admission, in every partition either count uses.
+    for p in 1..upto {
+        let _: () = redis::cmd("HSET")
+            .arg(names.meta(p))
+            .arg(FIELD)
+            .arg(to)
+            .query_async(conn)
+            .await?;
+    }
     tracing::warn!(from = ?before, to, "the namespace's partition count is changed");
+    // A writer on the old count that was admitted between the look above and
+    // the copies: its entries wait in partitions the new count leaves out.
+    let stranded = unapplied_in(conn, names, to..upto).await?;
+    if !stranded.is_empty() {
+        return Err(Error::Config(format!(
+            "namespace {:?} now records {to} partitions, but partition(s) {} received writes \
+             while this command ran, from a process still on the old count: no daemon with \
+             the new count reads them. Stop every writer, set the count back (`writ partitions \
+             --set` with the old count), let daemons with it drain the namespace, then change \
+             the count again",
+            names.ns(),
+            list(&stranded),
+        )));
+    }
     Ok(Changed::From(before))
+}
+
+/// The partitions of `range` that hold unapplied writes.
+async fn unapplied_in(
+    conn: &mut Conn,
+    names: &Names,
+    range: std::ops::Range<u32>,
+) -> Result<Vec<u32>> {
+    let mut busy = Vec::new();
+    for p in range {
+        let (unapplied, ..) = crate::status::backlog(conn, names, p, 1).await?;
+        if unapplied > 0 {
+            busy.push(p);
+        }
+    }
+    Ok(busy)
+}
+
+/// Copies the daemon's count into partition `p`'s meta hash, where the
+/// admission script checks writers' counts against it (the module header).
+/// Called at the start of each tenure; partition 0 holds the record itself
+/// and is left to [`claim`]. A failure (Redis at `maxmemory`) leaves that
+/// partition unchecked until the next tenure, and is only logged.
+pub async fn copy(conn: &mut Conn, names: &Names, p: u32, count: u32) {
+    if p == 0 {
+        return;
+    }
+    let r: redis::RedisResult<()> = redis::cmd("HSET")
+        .arg(names.meta(p))
+        .arg(FIELD)
+        .arg(count)
+        .query_async(conn)
+        .await;
+    if let Err(e) = r {
+        tracing::debug!(partition = p, error = %e, "cannot copy the partition count to the partition's meta hash");
+    }
 }
 
 /// Records `count` as a daemon's.

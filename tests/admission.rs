@@ -164,7 +164,13 @@ async fn a_call_sent_twice_adds_its_entries_once() {
     let call = |seq: u64, entries: usize| {
         let mut inv = script.key(stream);
         inv.key(meta).key(record);
-        inv.arg("w").arg(5).arg("").arg(entries).arg(seq).arg(1);
+        inv.arg("w")
+            .arg(5)
+            .arg(1)
+            .arg("")
+            .arg(entries)
+            .arg(seq)
+            .arg(1);
         for i in 0..entries {
             inv.arg(2).arg("i").arg(format!("{seq}.{i}"));
         }
@@ -214,7 +220,7 @@ async fn a_call_sent_twice_adds_its_entries_once() {
     // Another caller numbers its own calls.
     let mut inv = script.key(stream);
     inv.key(meta).key("w:{p0}:adm:c2");
-    inv.arg("w").arg(50).arg("").arg(1).arg(1).arg(1);
+    inv.arg("w").arg(50).arg(1).arg("").arg(1).arg(1).arg(1);
     inv.arg(2).arg("i").arg("c2");
     let theirs: Vec<redis::Value> = inv.invoke_async(&mut conn).await.unwrap();
     assert_eq!(theirs.len(), 1, "{theirs:?}");
@@ -240,7 +246,7 @@ async fn a_call_sent_twice_adds_its_entries_once() {
     let windowed = |seq: u64| {
         let mut inv = script.key(stream);
         inv.key(meta).key("w:{p0}:adm:c3");
-        inv.arg("w").arg(1000).arg("").arg(1).arg(seq).arg(3);
+        inv.arg("w").arg(1000).arg(1).arg("").arg(1).arg(seq).arg(3);
         inv.arg(2).arg("i").arg(format!("c3.{seq}"));
         inv
     };
@@ -269,4 +275,74 @@ async fn a_call_sent_twice_adds_its_entries_once() {
         .await
         .unwrap();
     assert_eq!(fields, 4, "`last` and three slots");
+}
+
+/// The script refuses a caller whose partition count differs from the one
+/// the partition's meta hash records (`PARTITIONS <recorded>`), in both
+/// write forms, and adds nothing; a call that ran before the count changed
+/// still gets its reply again; a count that is not a number is not checked.
+/// `tests/partition_count.rs` covers who records the copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_on_another_partition_count_is_refused_by_the_script() {
+    let redis = support::RedisServer::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let script = redis::Script::new(include_str!("../src/lua/admit.lua"));
+    let (stream, meta, record) = ("w:{p1}:in", "w:{p1}:meta", "w:{p1}:adm:c1");
+    let batch = |seq: u64, count: u32| {
+        let mut inv = script.key(stream);
+        inv.key(meta).key(record);
+        inv.arg("w")
+            .arg(100)
+            .arg(count)
+            .arg("")
+            .arg(1)
+            .arg(seq)
+            .arg(1);
+        inv.arg(2).arg("i").arg(format!("{seq}"));
+        inv
+    };
+    let single = |count: u32| {
+        let mut inv = script.key(stream);
+        inv.key(meta);
+        inv.arg("w").arg(100).arg(count).arg("i").arg("single");
+        inv
+    };
+    let set_count = |v: &'static str| {
+        redis::cmd("HSET")
+            .arg(meta)
+            .arg("partitions")
+            .arg(v)
+            .clone()
+    };
+    let xlen = redis::cmd("XLEN").arg(stream).clone();
+
+    // Nothing recorded: not checked.
+    let first: Vec<redis::Value> = batch(1, 4).invoke_async(&mut conn).await.unwrap();
+    assert_eq!(first.len(), 1);
+    let _: () = set_count("2").query_async(&mut conn).await.unwrap();
+    let again: Vec<redis::Value> = batch(1, 4).invoke_async(&mut conn).await.unwrap();
+    assert_eq!(
+        again, first,
+        "a call that ran before the change is answered again"
+    );
+    for refused in [
+        batch(2, 4).invoke_async::<redis::Value>(&mut conn).await,
+        single(4).invoke_async::<redis::Value>(&mut conn).await,
+    ] {
+        let e = refused.expect_err("another count was admitted");
+        assert_eq!(e.code(), Some("PARTITIONS"), "{e}");
+        assert!(e.detail().unwrap().starts_with("2 "), "{e}");
+    }
+    assert_eq!(
+        xlen.query_async::<u64>(&mut conn).await.unwrap(),
+        1,
+        "nothing added"
+    );
+    let _: Vec<redis::Value> = batch(2, 2).invoke_async(&mut conn).await.unwrap();
+    let _: String = single(2).invoke_async(&mut conn).await.unwrap();
+    assert_eq!(xlen.query_async::<u64>(&mut conn).await.unwrap(), 3);
+    let _: () = set_count("two").query_async(&mut conn).await.unwrap();
+    let _: Vec<redis::Value> = batch(3, 4).invoke_async(&mut conn).await.unwrap();
+    assert_eq!(xlen.query_async::<u64>(&mut conn).await.unwrap(), 4);
 }

@@ -228,3 +228,131 @@ async fn clients_and_daemons_with_another_partition_count_are_refused() {
     refused_client(four.clone(), 4, 8).await;
     daemon.stop().await;
 }
+
+/// The partition of key `name` of `signal` under `config`'s count.
+fn partition_of(config: &Config, name: &str) -> u32 {
+    let coll = config.collection("signal").unwrap();
+    writ::protocol::Key::from_document(&key(name), coll)
+        .unwrap()
+        .partition("signal", config.partitions)
+}
+
+/// The count copied into partition `p`'s meta hash, and the entries of its
+/// stream.
+async fn copy_and_xlen(config: &Config, p: u32) -> (Option<String>, u64) {
+    let mut conn = writ::redis_conn::connect(config, Duration::ZERO)
+        .await
+        .unwrap();
+    let names = writ::protocol::Names::new(&config.namespace);
+    let copy: Option<String> = redis::cmd("HGET")
+        .arg(names.meta(p))
+        .arg(writ::partition_count::FIELD)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let len: u64 = redis::cmd("XLEN")
+        .arg(names.stream(p))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    (copy, len)
+}
+
+/// A write refused at admission for its count: nothing accepted, both
+/// counts named, and what to do.
+fn assert_write_refused(r: writ::Result<impl std::fmt::Debug>, recorded: u32, configured: u32) {
+    let e = r.expect_err("a write with another partition count was accepted");
+    assert!(matches!(e, Error::Config(_)), "{e:?}");
+    let text = e.to_string();
+    assert!(
+        text.contains("NOT accepted")
+            && text.contains(&format!("records {recorded} partitions"))
+            && text.contains(&format!("redis.partitions = {configured}"))
+            && text.contains(&format!("restart it with redis.partitions = {recorded}")),
+        "{text}"
+    );
+}
+
+/// Processes check the recorded count when they start; one that keeps
+/// running on another count (the count changed under it, or the record was
+/// lost when it started) is refused by its next admission, which adds
+/// nothing: each daemon tenure and each change copy the count into every
+/// partition's meta hash, where the admission script checks it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_left_on_another_count_is_refused_at_its_next_write() {
+    use writ::partition_count::{By, Changed};
+    let env = TestEnv::start("partition_count_running");
+    let four = with_partitions(&env, 4);
+    let two = with_partitions(&env, 2);
+    let mut conn = writ::redis_conn::connect(&four, Duration::ZERO)
+        .await
+        .unwrap();
+
+    // One key in each of four partitions, written and acked.
+    let daemon = Daemon::start(four.clone());
+    let old = Writ::connect(four.clone()).await.unwrap();
+    let s = old.collection("signal").unwrap();
+    let mut names = Vec::new();
+    for p in 0..4 {
+        let name = (0..)
+            .map(|i| format!("K{i}"))
+            .find(|n| partition_of(&four, n) == p)
+            .unwrap();
+        s.write(&key(&name), &doc! {"n": p as i64}).await.unwrap();
+        names.push(name);
+    }
+    daemon.stop().await;
+    for p in 1..4 {
+        assert_eq!(
+            copy_and_xlen(&four, p).await,
+            (Some("4".into()), 1),
+            "partition {p}: its tenure copied the count"
+        );
+    }
+
+    // The record lost (a hand HDEL here): a client with 2 partitions connects
+    // and records its count, but the tenures' copies refuse its writes
+    // outside partition 0.
+    forget_partition_count(&mut conn, &four).await;
+    let wrong = Writ::connect(two.clone()).await.unwrap();
+    let p1 = names
+        .iter()
+        .find(|n| partition_of(&two, n) == 1)
+        .unwrap()
+        .clone();
+    let w = wrong.collection("signal").unwrap();
+    assert_write_refused(w.submit(&key(&p1), &doc! {"n": -1}).await, 4, 2);
+    assert_eq!(copy_and_xlen(&two, 1).await.1, 1, "nothing added");
+    drop(wrong);
+    forget_partition_count(&mut conn, &four).await;
+    writ::partition_count::claim(&mut conn, &four, By::Daemon)
+        .await
+        .unwrap();
+
+    // The count changes from 4 to 2 while `old` still runs: each of its
+    // writes is refused from then on, in every partition, and adds nothing.
+    assert_eq!(change(&two).await.unwrap(), Changed::From(Some(4)));
+    for (p, name) in names.iter().enumerate() {
+        assert_write_refused(s.submit(&key(name), &doc! {"n": -1}).await, 2, 4);
+        assert_eq!(
+            copy_and_xlen(&four, p as u32).await,
+            (Some("2".into()), 1),
+            "partition {p}"
+        );
+    }
+    assert_write_refused(s.write(&key(&names[3]), &doc! {"n": -1}).await, 2, 4);
+    drop(old);
+
+    // Processes with the new count write, and nothing written before is lost.
+    let daemon = Daemon::start(two.clone());
+    let new = Writ::connect(two.clone()).await.unwrap();
+    let s = new.collection("signal").unwrap();
+    s.write(&key("fresh"), &doc! {"n": 9}).await.unwrap();
+    for (p, name) in names.iter().enumerate() {
+        assert_eq!(
+            s.read(&key(name)).await.unwrap(),
+            Some(doc! {"n": p as i64})
+        );
+    }
+    daemon.stop().await;
+}

@@ -66,6 +66,14 @@ pub enum Refused {
     Failed(redis::RedisError),
     /// The reply made no sense (every entry of the call).
     Odd(String),
+    /// The partition records another partition count than this handle's
+    /// (`redis.partitions` was changed since it started): nothing was added.
+    Partitions {
+        /// The count the partition records.
+        recorded: u32,
+        /// This handle's count.
+        configured: u32,
+    },
 }
 
 impl Refused {
@@ -83,6 +91,17 @@ impl Refused {
             },
             Refused::Failed(e) => e.into(),
             Refused::Odd(what) => Error::Encode(what),
+            Refused::Partitions {
+                recorded,
+                configured,
+            } => Error::Config(format!(
+                "the write was NOT accepted: the namespace now records {recorded} partitions \
+                 (partition {partition}'s meta hash), and this process is configured with \
+                 redis.partitions = {configured}; its keys would go to other partition streams, \
+                 where they are applied out of order or never. The count was changed (`writ \
+                 partitions --set`) while this process ran: restart it with redis.partitions = \
+                 {recorded} (Node: WRIT_PARTITIONS)"
+            )),
         }
     }
 }
@@ -212,7 +231,11 @@ impl Batcher {
         let mut inv = self.script.key(&target.stream);
         inv.key(&target.meta).key(&target.record);
         inv.arg(&self.group).arg(self.settings.bound);
-        inv.arg("").arg(batch.len()).arg(seq).arg(WINDOW);
+        inv.arg(self.targets.len())
+            .arg("")
+            .arg(batch.len())
+            .arg(seq)
+            .arg(WINDOW);
         for w in batch {
             inv.arg(w.fields.len() * 2);
             for (f, v) in &w.fields {
@@ -238,10 +261,27 @@ impl Batcher {
                     tracing::debug!(partition = p, error = %e, "admission not run (a slot is moving); sending it again");
                     tokio::time::sleep(REDIRECT_DELAY).await;
                 }
-                Err(e) => return vec![Err(Refused::Failed(e)); batch.len()],
+                Err(e) => {
+                    let refused = match partitions_refused(&e) {
+                        Some(recorded) => Refused::Partitions {
+                            recorded,
+                            configured: self.targets.len() as u32,
+                        },
+                        None => Refused::Failed(e),
+                    };
+                    return vec![Err(refused); batch.len()];
+                }
             }
         }
     }
+}
+
+/// The count a `PARTITIONS <recorded> ...` refusal names, if `e` is one.
+fn partitions_refused(e: &redis::RedisError) -> Option<u32> {
+    if e.code() != Some("PARTITIONS") {
+        return None;
+    }
+    e.detail()?.split_whitespace().next()?.parse().ok()
 }
 
 /// Reads an admission reply (the batch form): the ids, then the backlog if the

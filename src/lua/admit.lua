@@ -3,11 +3,14 @@
 -- KEYS[1] partition stream <ns>:{p<N>}:in; KEYS[2] partition meta <ns>:{p<N>}:meta;
 -- KEYS[3] (optional, batch form only) the caller's admission record
 -- <ns>:{p<N>}:adm:<caller>, which makes a call that runs twice add its entries once.
--- ARGV[1] group; ARGV[2] bound; ARGV[3..] entry fields (or '' and a batch, below).
+-- ARGV[1] group; ARGV[2] bound; ARGV[3] the caller's partition count
+-- (redis.partitions); ARGV[4..] entry fields (or '' and a batch, below).
 -- With entry fields: refuses with 'BACKPRESSURE <unapplied>' when the backlog is
 -- at or over the bound, else XADDs and returns the entry id. (Most admissions
 -- check a kept upper bound in O(1) instead; see the end of this script.)
--- Without entry fields: returns {unapplied, pending, undelivered, last-delivered-id},
+-- Either write form refuses with 'PARTITIONS <recorded>', adding nothing, when
+-- the partition's meta hash records another partition count (below).
+-- With only ARGV[1..2]: returns {unapplied, pending, undelivered, last-delivered-id},
 -- counting no further than the bound (0: exactly).
 --
 -- unapplied = pending + undelivered, where undelivered is the number of stream
@@ -64,7 +67,22 @@ local function backlog(bound)
 end
 
 local bound = tonumber(ARGV[2])
-if #ARGV < 3 then return backlog(bound) end
+if #ARGV < 4 then return backlog(bound) end
+
+-- The caller's partition count against the one this partition's meta hash
+-- records (field `partitions`): partition 0's is the namespace's record
+-- (src/partition_count.rs), and each daemon tenure and `writ partitions --set`
+-- copy it to the others. A writer still running on another count after the
+-- count changed would put keys in streams no daemon reads, or one key's writes
+-- in two streams: it is refused here, and nothing is added. A partition with
+-- no count recorded (or one that is not a positive number) is not checked.
+local function count_refused()
+  local recorded = tonumber(redis.call('HGET', KEYS[2], 'partitions'))
+  if recorded and recorded > 0 and recorded ~= tonumber(ARGV[3]) then
+    return redis.error_reply('PARTITIONS ' .. recorded .. ' this namespace records ' .. recorded ..
+      ' partitions and the caller is configured with ' .. ARGV[3] .. '; nothing was added')
+  end
+end
 
 -- How many more entries may be admitted now. Admission checks an upper bound
 -- first: `est` (an exact count taken by an earlier admission) plus `since`
@@ -84,15 +102,17 @@ local function room()
   return bound - b[1], nil
 end
 
-if ARGV[3] ~= '' then
-  -- One entry: ARGV[3..] are its fields.
+if ARGV[4] ~= '' then
+  -- One entry: ARGV[4..] are its fields.
+  local refused = count_refused()
+  if refused then return refused end
   local free, counted = room()
   if free < 1 then return redis.error_reply('BACKPRESSURE ' .. counted) end
   redis.call('HINCRBY', KEYS[2], 'since', 1)
-  return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+  return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
 end
 
--- A batch (ARGV[3] is ''): ARGV[4] the entry count n, then per entry its
+-- A batch (ARGV[4] is ''): ARGV[5] the entry count n, then per entry its
 -- argument count c and c arguments (field, value, ...). The clients send
 -- the submits that queued while their previous call to the partition was in
 -- flight, so one script run, one meta update and one AOF transaction carry
@@ -102,8 +122,8 @@ end
 -- used up, room() counts the backlog exactly, so an entry is refused only on
 -- an exact count at the bound, never on the estimate.
 --
--- With KEYS[3], ARGV[5] is the call's number and ARGV[6] a window, and the
--- entries start at ARGV[7]. A client library may send a call again when its
+-- With KEYS[3], ARGV[6] is the call's number and ARGV[7] a window, and the
+-- entries start at ARGV[8]. A client library may send a call again when its
 -- reply was lost (ioredis at a reconnect, redis-rs in cluster mode after a
 -- timeout); without the record the entries would be added twice, and a
 -- write of the key by another process in between would be overwritten by
@@ -118,15 +138,15 @@ end
 -- DUPLICATE and adds nothing: it ran before and its reply was overwritten, or
 -- a later call overtook it (adding it now would put it after that call). The
 -- record expires an hour after the caller's last call.
-local n = tonumber(ARGV[4])
-local out, at, counted = {}, 5, nil
+local n = tonumber(ARGV[5])
+local out, at, counted = {}, 6, nil
 local seq, slot
 if KEYS[3] then
-  seq, at = tonumber(ARGV[5]), 7
-  slot = 'r' .. string.format('%d', seq % tonumber(ARGV[6]))
+  seq, at = tonumber(ARGV[6]), 8
+  slot = 'r' .. string.format('%d', seq % tonumber(ARGV[7]))
   local rec = redis.call('HMGET', KEYS[3], 'last', slot)
   local ran, said = string.match(rec[2] or '', '^(%d+):(.*)$')
-  if ran == ARGV[5] then
+  if ran == ARGV[6] then
     for item in string.gmatch(said, '%S+') do
       if string.sub(item, 1, 1) == '#' then
         out[#out + 1] = tonumber(string.sub(item, 2))
@@ -139,10 +159,12 @@ if KEYS[3] then
   end
   local last = tonumber(rec[1])
   if last and seq <= last then
-    return redis.error_reply('DUPLICATE admission call ' .. ARGV[5] .. ' is not after the last call that ran (' ..
+    return redis.error_reply('DUPLICATE admission call ' .. ARGV[6] .. ' is not after the last call that ran (' ..
       rec[1] .. ') and its reply is not kept: it ran before, or a later call overtook it; nothing was added now')
   end
 end
+local refused = count_refused()
+if refused then return refused end
 while #out < n do
   local free
   free, counted = room()
@@ -161,7 +183,7 @@ if seq then
   for i, item in ipairs(out) do
     if type(item) == 'number' then said[i] = '#' .. item else said[i] = item end
   end
-  redis.call('HSET', KEYS[3], 'last', ARGV[5], slot, ARGV[5] .. ':' .. table.concat(said, ' '))
+  redis.call('HSET', KEYS[3], 'last', ARGV[6], slot, ARGV[6] .. ':' .. table.concat(said, ' '))
   redis.call('EXPIRE', KEYS[3], 3600)
 end
 return out

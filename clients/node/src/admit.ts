@@ -84,11 +84,12 @@ export class AdmitBatcher {
   /** Per partition stream: the number of its last call (kept while the queue comes and goes). */
   private readonly calls = new Map<string, number>();
 
-  /** `group`: the daemon's consumer group; `bound`: the backlog bound (maxBacklog). */
+  /** `group`: the daemon's consumer group; `bound`: the backlog bound (maxBacklog); `partitions`: this client's partition count. */
   constructor(
     private readonly call: AdmitCall,
     private readonly group: string,
     private readonly bound: number,
+    private readonly partitions: number,
   ) {}
 
   /** Admits one entry (its field/value arguments) to the partition of `keys`; its id. */
@@ -113,7 +114,7 @@ export class AdmitBatcher {
       this.calls.set(q.keys[0], seq);
       let reply: unknown;
       try {
-        reply = await this.call(q.keys, admitArgs(this.group, this.bound, seq, WINDOW, batch.map((w) => w.fields)));
+        reply = await this.call(q.keys, admitArgs(this.group, this.bound, this.partitions, seq, WINDOW, batch.map((w) => w.fields)));
       } catch (e) {
         for (const w of batch) w.reject(e);
         continue;
@@ -128,11 +129,13 @@ export class AdmitBatcher {
 
 /**
  * The admission script's arguments in the batch form with a record (keys:
- * {@link AdmitKeys}): call number `seq`, the record's `window`, then each
- * entry's argument count and its field/value arguments.
+ * {@link AdmitKeys}): the caller's partition count (the script refuses it,
+ * adding nothing, where the partition records another), call number `seq`,
+ * the record's `window`, then each entry's argument count and its
+ * field/value arguments.
  */
-export function admitArgs(group: string, bound: number, seq: number, window: number, entries: Arg[][]): Arg[] {
-  const args: Arg[] = [group, bound, "", entries.length, seq, window];
+export function admitArgs(group: string, bound: number, partitions: number, seq: number, window: number, entries: Arg[][]): Arg[] {
+  const args: Arg[] = [group, bound, partitions, "", entries.length, seq, window];
   for (const fields of entries) {
     args.push(fields.length);
     for (const f of fields) args.push(f);

@@ -223,6 +223,7 @@ export class WritClient {
       (keys, args) => this.evalScript(this.admitSha, ADMIT_LUA, keys, args),
       this.names.group,
       this.config.maxBacklog,
+      this.config.partitions,
     );
     this.replicated = new ReplicatedAdmitter({
       config: this.config,
@@ -666,6 +667,16 @@ export class WritClient {
       }
       // Refused before the admission wrote anything.
       if (isReplyError(e) && msg.startsWith("OOM")) throw new RedisFullError(collection, msg, { cause: e });
+      if (isReplyError(e) && msg.startsWith("PARTITIONS ")) {
+        const recorded = msg.split(" ")[1];
+        throw new WritConfigError(
+          `the write to ${collection} was NOT accepted: namespace "${this.config.namespace}" now records ${recorded} partitions ` +
+            `(partition ${k.partition}'s meta hash) and this client is configured with partitions = ${this.config.partitions}; ` +
+            `its keys would go to other partition streams, where they are applied out of order or never. The count was changed ` +
+            `(\`writ partitions --set\`) while this process ran: restart it with partitions: ${recorded} (WRIT_PARTITIONS=${recorded})`,
+          { cause: e },
+        );
+      }
       if (isReplyError(e)) {
         throw new WritConnectionError(`Redis refused the write to ${collection}: ${msg}${this.clusterHint(msg)}`, { cause: e });
       }

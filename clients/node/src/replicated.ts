@@ -89,7 +89,7 @@ interface Part {
 /** What a {@link ReplicatedAdmitter} is given by its client. */
 export interface ReplicatedOptions {
   /** The client's config (read when used): the bound, and the WAIT's replicas and timeout. */
-  config: Pick<WritConfig, "maxBacklog" | "minReplicasAcked" | "replicaAckTimeoutMs" | "writeTimeoutMs">;
+  config: Pick<WritConfig, "maxBacklog" | "minReplicasAcked" | "replicaAckTimeoutMs" | "writeTimeoutMs" | "partitions">;
   /** Creates the "writes" connection (not connected yet), on the first admission. */
   connect: () => Redis | Cluster;
   /** The admission script (src/lua/admit.lua) and its SHA-1. */
@@ -223,7 +223,7 @@ export class ReplicatedAdmitter {
   private nextCall(part: Part): Call {
     const entries = takeBatch(part.waiting);
     part.seq++;
-    const args = admitArgs(this.group, this.config.maxBacklog, part.seq, WINDOW, entries.map((e) => e.fields));
+    const args = admitArgs(this.group, this.config.maxBacklog, this.config.partitions, part.seq, WINDOW, entries.map((e) => e.fields));
     return { entries, args, useEval: false, redirects: 0 };
   }
 

@@ -35,11 +35,12 @@ describe("admission group commit", () => {
     const calls: number[] = [];
     const b = new AdmitBatcher(
       async (keys, args) => {
-        calls.push(args[2] === "" ? Number(args[3]) : 1);
+        calls.push(args[3] === "" ? Number(args[4]) : 1);
         return redis.eval(ADMIT_LUA, keys.length, ...keys, ...args);
       },
       "writ",
       bound,
+      1,
     );
     return { b, calls };
   }
@@ -107,6 +108,7 @@ describe("admission group commit", () => {
       },
       "writ",
       1000,
+      1,
     );
     const keys: AdmitKeys = ["t4:{p0}:in", "t4:{p0}:meta", "t4:{p0}:adm:c"];
     const batch = await Promise.allSettled([0, 1, 2].map((i) => b.admit(keys, entry(i))));
@@ -125,6 +127,7 @@ describe("admission group commit", () => {
       },
       "writ",
       1000,
+      1,
     );
     const ids = await Promise.all([0, 1, 2].map((i) => b.admit(keys, entry(i))));
     ids.push(await b.admit(keys, entry(3)));

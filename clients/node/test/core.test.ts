@@ -884,6 +884,30 @@ describe("core", () => {
     await client({ namespace: ns, partitions: 3 }).ready();
   }));
 
+  test("a client left on another partition count after a change is refused at its next write, and nothing is added", g(async () => {
+    const ns = `${env.name}_recount`;
+    const names = new Names(ns);
+    const c = client({ namespace: ns, partitions: 3 });
+    await c.ready();
+    const redis = new Redis(env.redisUrl);
+    try {
+      // The meta hashes as `writ partitions --set` leaves them for 2 (tests/partition_count.rs runs the command).
+      for (let p = 0; p < 3; p++) await redis.hset(names.meta(p), "partitions", "2");
+      const refused = (e: unknown) =>
+        e instanceof WritConfigError &&
+        e.message.includes("NOT accepted") &&
+        e.message.includes("records 2 partitions") &&
+        e.message.includes("configured with partitions = 3") &&
+        e.message.includes("WRIT_PARTITIONS=2");
+      for (let i = 0; i < 6; i++) {
+        await assert.rejects(c.submit(KV.name, { k: `recount${i}`, n: i }, "put", { n: i }), refused);
+      }
+      for (let p = 0; p < 3; p++) assert.equal(await redis.exists(names.stream(p)), 0, `partition ${p}: nothing added`);
+    } finally {
+      redis.disconnect();
+    }
+  }));
+
   test("an unreachable Redis fails with WritConnectionError naming the URL", g(async () => {
     const port = 1; // nothing listens on port 1
     const c = client({ redisUrl: `redis://127.0.0.1:${port}` });
