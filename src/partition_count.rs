@@ -40,6 +40,18 @@ pub const FIELD: &str = "partitions";
 /// The field that says who recorded it: `daemon` or `client`.
 pub const BY_FIELD: &str = "partitions_by";
 
+/// The field of each meta hash with the epoch of its count: raised by each
+/// [`change`], so that a copy of a later change is never overwritten by a
+/// daemon that read an earlier one.
+pub const EPOCH_FIELD: &str = "partitions_epoch";
+
+/// The field of `<ns>:{p0}:meta` with how many partitions hold copies: the
+/// largest count any [`change`] used, so that a later run writes every copy.
+pub const UPTO_FIELD: &str = "partitions_upto";
+
+/// [`change`]'s swap of partition 0's record (`src/lua/partition_change.lua`).
+pub const CHANGE_LUA: &str = include_str!("lua/partition_change.lua");
+
 /// Who records a count: daemons replace a count only a client recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum By {
@@ -147,22 +159,39 @@ pub enum Changed {
 }
 
 /// Records the config's `redis.partitions` as the namespace's count, for an
-/// operator changing it:
-/// refused while a daemon runs (heard from within `daemon.lease_ttl_ms`) or while any
-/// partition under the old or the new count holds unapplied writes, and if
-/// the count changed while it looked. Writers cannot be seen from here; the
-/// operator stops them first.
+/// operator changing it. Refused while a daemon runs (heard from within
+/// `daemon.lease_ttl_ms`), while any partition under the old, the new or an
+/// earlier count holds unapplied writes, and if the count changed while it
+/// looked. Writers cannot be seen from here; the operator stops them first.
+///
+/// The change is made so that a writer still on the old count cannot strand
+/// a write: the new count is copied into partitions 1.. first (from then on
+/// the admission script refuses the old count there), those partitions are
+/// looked at again, and partition 0's record is swapped last, in one script
+/// that also checks partition 0 is drained ([`CHANGE_LUA`]). If a write got
+/// in before its partition's copy, the copies are set back and the change is
+/// refused, naming the partitions: nothing changed. Run again, it also
+/// writes any copy a failed or interrupted run left out (`Already`).
 pub async fn change(conn: &mut Conn, config: &Config) -> Result<Changed> {
     let names = &Names::new(&config.namespace);
     let to = config.partitions;
-    let raw: Option<String> = redis::cmd("HGET")
+    let (raw, epoch, upto): (Option<String>, Option<String>, Option<String>) = redis::cmd("HMGET")
         .arg(names.meta(0))
         .arg(FIELD)
+        .arg(EPOCH_FIELD)
+        .arg(UPTO_FIELD)
         .query_async(conn)
         .await?;
     let before = raw.as_deref().and_then(parse);
+    let epoch: u64 = epoch.and_then(|e| e.parse().ok()).unwrap_or(0);
+    // Every partition that any count recorded here used.
+    let upto = before
+        .unwrap_or(0)
+        .max(to)
+        .max(upto.as_deref().and_then(parse).unwrap_or(0));
     if before == Some(to) {
         record(conn, names, to).await?;
+        copy_all(conn, names, 1..upto, Some(to), epoch).await?;
         return Ok(Changed::Already);
     }
     let daemons = crate::ownership::live_members(conn, &names.members(), config.lease_ttl).await?;
@@ -173,10 +202,9 @@ pub async fn change(conn: &mut Conn, config: &Config) -> Result<Changed> {
             names.ns()
         )));
     }
-    let upto = before.unwrap_or(0).max(to);
+    let old = before.map_or("no".to_string(), |n| n.to_string());
     let busy = unapplied_in(conn, names, 0..upto).await?;
     if !busy.is_empty() {
-        let old = before.map_or("no".to_string(), |n| n.to_string());
         return Err(Error::Config(format!(
             "namespace {:?} records {old} partitions, and partition(s) {} still hold unapplied \
              writes: with another count they would be applied out of order or never. Start \
@@ -186,51 +214,47 @@ pub async fn change(conn: &mut Conn, config: &Config) -> Result<Changed> {
             list(&busy),
         )));
     }
-    // Only over the value looked at: a process that recorded a count since
-    // then makes this run refuse, not overwrite it.
-    let swapped: i64 = redis::Script::new(
-        "if redis.call('HGET', KEYS[1], ARGV[1]) ~= (ARGV[2] ~= '' and ARGV[2] or false) then return 0 end \
-         redis.call('HSET', KEYS[1], ARGV[1], ARGV[3], ARGV[1] .. '_by', 'daemon') return 1",
-    )
-    .key(names.meta(0))
-    .arg(FIELD)
-    .arg(raw.as_deref().unwrap_or(""))
-    .arg(to)
-    .invoke_async(conn)
-    .await?;
+    let next = epoch + 1;
+    copy_all(conn, names, 1..upto, Some(to), next).await?;
+    let late = unapplied_in(conn, names, 1..upto).await?;
+    let swapped: i64 = if late.is_empty() {
+        static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+        SCRIPT
+            .get_or_init(|| redis::Script::new(CHANGE_LUA))
+            .key(names.meta(0))
+            .key(names.stream(0))
+            .arg(raw.as_deref().unwrap_or(""))
+            .arg(to)
+            .arg(next)
+            .arg(upto)
+            .arg(names.group())
+            .invoke_async(conn)
+            .await?
+    } else {
+        2
+    };
     if swapped == 0 {
+        tracing::warn!(from = ?before, to, "the namespace's partition count is changed");
+        return Ok(Changed::From(before));
+    }
+    // Nothing changed: the copies go back to the count that stays.
+    copy_all(conn, names, 1..upto, before, next).await?;
+    if swapped == 1 {
         return Err(Error::Config(format!(
             "the partition count of namespace {:?} changed while this command looked (a daemon or \
              client started): stop it and run the command again",
             names.ns()
         )));
     }
-    // From here on a writer still on the old count is refused at its next
-    // admission, in every partition either count uses.
-    for p in 1..upto {
-        let _: () = redis::cmd("HSET")
-            .arg(names.meta(p))
-            .arg(FIELD)
-            .arg(to)
-            .query_async(conn)
-            .await?;
-    }
-    tracing::warn!(from = ?before, to, "the namespace's partition count is changed");
-    // A writer on the old count that was admitted between the look above and
-    // the copies: its entries wait in partitions the new count leaves out.
-    let stranded = unapplied_in(conn, names, to..upto).await?;
-    if !stranded.is_empty() {
-        return Err(Error::Config(format!(
-            "namespace {:?} now records {to} partitions, but partition(s) {} received writes \
-             while this command ran, from a process still on the old count: no daemon with \
-             the new count reads them. Stop every writer, set the count back (`writ partitions \
-             --set` with the old count), let daemons with it drain the namespace, then change \
-             the count again",
-            names.ns(),
-            list(&stranded),
-        )));
-    }
-    Ok(Changed::From(before))
+    let late = if late.is_empty() { vec![0] } else { late };
+    Err(Error::Config(format!(
+        "partition(s) {} of namespace {:?} received writes while this command ran, from a \
+         process still running on {old} partitions: the count stays {old}. Stop every writer, \
+         let daemons with the recorded count apply them (`writ status`: 0 unapplied), stop the \
+         daemons, then run this command again",
+        list(&late),
+        names.ns(),
+    )))
 }
 
 /// The partitions of `range` that hold unapplied writes.
@@ -249,23 +273,85 @@ async fn unapplied_in(
     Ok(busy)
 }
 
+/// Writes `count` (or, for `None`, no count) with `epoch` as the copy in the
+/// meta hash of each partition of `range`.
+async fn copy_all(
+    conn: &mut Conn,
+    names: &Names,
+    range: std::ops::Range<u32>,
+    count: Option<u32>,
+    epoch: u64,
+) -> Result<()> {
+    for p in range {
+        let cmd = match count {
+            Some(n) => {
+                let mut c = redis::cmd("HSET");
+                c.arg(names.meta(p))
+                    .arg(FIELD)
+                    .arg(n)
+                    .arg(EPOCH_FIELD)
+                    .arg(epoch);
+                c
+            }
+            None => {
+                let mut c = redis::cmd("HDEL");
+                c.arg(names.meta(p)).arg(FIELD).arg(EPOCH_FIELD);
+                c
+            }
+        };
+        let _: () = cmd.query_async(conn).await?;
+    }
+    Ok(())
+}
+
 /// Copies the daemon's count into partition `p`'s meta hash, where the
 /// admission script checks writers' counts against it (the module header).
 /// Called at the start of each tenure; partition 0 holds the record itself
-/// and is left to [`claim`]. A failure (Redis at `maxmemory`) leaves that
-/// partition unchecked until the next tenure, and is only logged.
+/// and is left to [`claim`]. Only while partition 0 records this count, and
+/// never over a copy of a later change (its epoch is higher): a daemon that
+/// started on the old count just before a change, or that was stalled
+/// through one, must not write the old count back. A failure (Redis at
+/// `maxmemory`) leaves the copy as it was, and is only logged.
 pub async fn copy(conn: &mut Conn, names: &Names, p: u32, count: u32) {
     if p == 0 {
         return;
     }
-    let r: redis::RedisResult<()> = redis::cmd("HSET")
-        .arg(names.meta(p))
-        .arg(FIELD)
-        .arg(count)
-        .query_async(conn)
-        .await;
-    if let Err(e) = r {
-        tracing::debug!(partition = p, error = %e, "cannot copy the partition count to the partition's meta hash");
+    let r: redis::RedisResult<i64> = async {
+        let (recorded, epoch): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(names.meta(0))
+            .arg(FIELD)
+            .arg(EPOCH_FIELD)
+            .query_async(conn)
+            .await?;
+        if recorded.as_deref().and_then(parse) != Some(count) {
+            return Ok(0);
+        }
+        static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+        SCRIPT
+            .get_or_init(|| {
+                redis::Script::new(
+                    "if (tonumber(redis.call('HGET', KEYS[1], ARGV[3])) or 0) > tonumber(ARGV[4]) then return 0 end \
+                     redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]) return 1",
+                )
+            })
+            .key(names.meta(p))
+            .arg(FIELD)
+            .arg(count)
+            .arg(EPOCH_FIELD)
+            .arg(epoch.as_deref().unwrap_or("0"))
+            .invoke_async(conn)
+            .await
+    }
+    .await;
+    match r {
+        Ok(1) => {}
+        Ok(_) => tracing::debug!(
+            partition = p,
+            "the partition count's copy is left to a later change"
+        ),
+        Err(e) => {
+            tracing::debug!(partition = p, error = %e, "cannot copy the partition count to the partition's meta hash")
+        }
     }
 }
 

@@ -356,3 +356,208 @@ async fn a_writer_left_on_another_count_is_refused_at_its_next_write() {
     }
     daemon.stop().await;
 }
+
+/// A key of `signal` in partition `p` under `config`'s count.
+fn name_in(config: &Config, p: u32) -> String {
+    (0..)
+        .map(|i| format!("R{i}"))
+        .find(|n| partition_of(config, n) == p)
+        .unwrap()
+}
+
+/// `writ partitions --set` while a writer still runs on the old count (the
+/// procedure says to stop writers first): a write admitted to a partition
+/// before the new count's copy reached it is found after the copies, and
+/// the change is refused and undone, naming the partition, so no write is
+/// left in a partition the new count leaves out. Redis is slowed for the
+/// changing command only, so that the write lands between two of its
+/// copies. Also: a daemon's tenure never writes an old count back over a
+/// change's copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_races_a_change_of_the_count_undoes_it() {
+    let env = TestEnv::start("partition_count_race");
+    let four = with_partitions(&env, 4);
+    let two = with_partitions(&env, 2);
+    let names = writ::protocol::Names::new(&four.namespace);
+    let mut conn = writ::redis_conn::connect(&four, Duration::ZERO)
+        .await
+        .unwrap();
+    let old = Writ::connect(four.clone()).await.unwrap();
+    let s = old.collection("signal").unwrap();
+    let (_proxy, slow_url) =
+        support::proxy::in_front_of_redis_with_latency(&env.redis_url, Duration::from_millis(300))
+            .await;
+    let slow_two = env.config_with(&Overrides {
+        partitions: Some(2),
+        redis_url: Some(slow_url),
+        ..Default::default()
+    });
+    let changing = tokio::spawn(async move { change(&slow_two).await });
+    eventually(
+        Duration::from_secs(30),
+        "partition 1's copy of 2",
+        || async { (copy_and_xlen(&four, 1).await.0.as_deref() == Some("2")).then_some(()) },
+    )
+    .await;
+    let raced = name_in(&four, 3);
+    s.submit(&key(&raced), &doc! {"n": 3})
+        .await
+        .expect("partition 3's copy is still 4");
+    let e = changing
+        .await
+        .unwrap()
+        .expect_err("the count changed over a write that raced it");
+    let text = e.to_string();
+    assert!(matches!(e, Error::Config(_)), "{e:?}");
+    assert!(
+        text.contains("partition(s) 3 ") && text.contains("the count stays 4"),
+        "{text}"
+    );
+    // Nothing changed: the record and every copy say 4, the writer goes on.
+    assert_eq!(recorded(&four).await.as_deref(), Some("4"));
+    for p in 1..4 {
+        assert_eq!(
+            copy_and_xlen(&four, p).await.0.as_deref(),
+            Some("4"),
+            "partition {p}"
+        );
+    }
+    s.submit(&key(&name_in(&four, 1)), &doc! {"n": 1})
+        .await
+        .expect("the old count is the namespace's again");
+    let daemon = Daemon::start(four.clone());
+    eventually(
+        Duration::from_secs(30),
+        "the raced write applied",
+        || async { (s.read(&key(&raced)).await.unwrap() == Some(doc! {"n": 3})).then_some(()) },
+    )
+    .await;
+    daemon.stop().await;
+    drop(old);
+
+    // Drained, the change goes through; a daemon that read the old count
+    // before it (it starts a tenure afterwards) does not write 4 back, nor
+    // over a copy of a later epoch.
+    eventually(Duration::from_secs(30), "the change", || async {
+        change(&two).await.ok()
+    })
+    .await;
+    writ::partition_count::copy(&mut conn, &names, 1, 4).await;
+    assert_eq!(copy_and_xlen(&four, 1).await.0.as_deref(), Some("2"));
+    let _: () = redis::cmd("HSET")
+        .arg(names.meta(1))
+        .arg(writ::partition_count::FIELD)
+        .arg("3")
+        .arg(writ::partition_count::EPOCH_FIELD)
+        .arg(99)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    writ::partition_count::copy(&mut conn, &names, 1, 2).await;
+    assert_eq!(
+        copy_and_xlen(&four, 1).await.0.as_deref(),
+        Some("3"),
+        "epoch 99 is later"
+    );
+}
+
+/// The change's last step, on its own: partition 0's record is swapped only
+/// over the count the command read, and only while partition 0 holds no
+/// unapplied write (none undelivered, none pending).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_record_is_swapped_only_over_a_drained_partition_0() {
+    let redis = support::RedisServer::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let script = redis::Script::new(writ::partition_count::CHANGE_LUA);
+    let (meta, stream) = ("w:{p0}:meta", "w:{p0}:in");
+    let swap = |read: &'static str| {
+        let mut inv = script.key(meta);
+        inv.key(stream).arg(read).arg(2).arg(7).arg(4).arg("w");
+        inv
+    };
+    let _: () = redis::cmd("HSET")
+        .arg(meta)
+        .arg("partitions")
+        .arg(4)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(stream)
+        .arg("*")
+        .arg("f")
+        .arg("v")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        swap("4").invoke_async::<i64>(&mut conn).await.unwrap(),
+        2,
+        "no group yet"
+    );
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg("w")
+        .arg("0")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        swap("4").invoke_async::<i64>(&mut conn).await.unwrap(),
+        2,
+        "undelivered"
+    );
+    let read: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("w")
+        .arg("c")
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_ne!(read, redis::Value::Nil);
+    assert_eq!(
+        swap("4").invoke_async::<i64>(&mut conn).await.unwrap(),
+        2,
+        "pending"
+    );
+    let ids: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("XACK")
+        .arg(stream)
+        .arg("w")
+        .arg(&ids[0].0)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        swap("8").invoke_async::<i64>(&mut conn).await.unwrap(),
+        1,
+        "not the count read"
+    );
+    assert_eq!(
+        swap("4").invoke_async::<i64>(&mut conn).await.unwrap(),
+        0,
+        "drained"
+    );
+    let fields: Vec<Option<String>> = redis::cmd("HMGET")
+        .arg(meta)
+        .arg("partitions")
+        .arg("partitions_by")
+        .arg("partitions_epoch")
+        .arg("partitions_upto")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let want = ["2", "daemon", "7", "4"].map(|v| Some(v.to_string()));
+    assert_eq!(fields, want);
+}
