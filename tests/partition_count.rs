@@ -385,7 +385,7 @@ async fn a_write_that_races_a_change_of_the_count_undoes_it() {
     let old = Writ::connect(four.clone()).await.unwrap();
     let s = old.collection("signal").unwrap();
     let (_proxy, slow_url) =
-        support::proxy::in_front_of_redis_with_latency(&env.redis_url, Duration::from_millis(300))
+        support::proxy::in_front_of_redis_with_latency(&env.redis_url, Duration::from_millis(500))
             .await;
     let slow_two = env.config_with(&Overrides {
         partitions: Some(2),
@@ -473,7 +473,14 @@ async fn the_record_is_swapped_only_over_a_drained_partition_0() {
     let (meta, stream) = ("w:{p0}:meta", "w:{p0}:in");
     let swap = |read: &'static str| {
         let mut inv = script.key(meta);
-        inv.key(stream).arg(read).arg(2).arg(7).arg(4).arg("w");
+        inv.key(stream)
+            .arg(read)
+            .arg(2)
+            .arg(7)
+            .arg(4)
+            .arg("w")
+            .arg("1")
+            .arg("daemon");
         inv
     };
     let _: () = redis::cmd("HSET")
@@ -539,6 +546,27 @@ async fn the_record_is_swapped_only_over_a_drained_partition_0() {
         .query_async(&mut conn)
         .await
         .unwrap();
+    // An entry added after the last delivered one and deleted before it was
+    // read leaves nothing to apply.
+    let gone: String = redis::cmd("XADD")
+        .arg(stream)
+        .arg("*")
+        .arg("f")
+        .arg("v")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        swap("4").invoke_async::<i64>(&mut conn).await.unwrap(),
+        2,
+        "undelivered again"
+    );
+    let _: i64 = redis::cmd("XDEL")
+        .arg(stream)
+        .arg(&gone)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(
         swap("8").invoke_async::<i64>(&mut conn).await.unwrap(),
         1,
@@ -560,4 +588,100 @@ async fn the_record_is_swapped_only_over_a_drained_partition_0() {
         .unwrap();
     let want = ["2", "daemon", "7", "4"].map(|v| Some(v.to_string()));
     assert_eq!(fields, want);
+}
+
+/// A `writ partitions --set` that stopped midway (its copies written, the
+/// record not swapped) refuses writers on the recorded count in those
+/// partitions, and daemons leave its copies alone (they cannot tell it from
+/// a run in progress); running the command again finishes it. The copy
+/// script on its own: a run writes only over copies of earlier runs, and a
+/// failed run puts back only the copies it wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_change_is_finished_by_running_it_again() {
+    use writ::partition_count::{Changed, EPOCHS_FIELD, EPOCH_FIELD, FIELD};
+    let env = TestEnv::start("partition_count_unfinished");
+    let two = with_partitions(&env, 2);
+    let four = with_partitions(&env, 4);
+    let names = writ::protocol::Names::new(&two.namespace);
+    let mut conn = writ::redis_conn::connect(&two, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(change(&four).await.unwrap(), Changed::From(None));
+    let copy_script = redis::Script::new(writ::partition_count::copies::COPY_LUA);
+    // A run to 2 that stopped after its copies: epoch taken, copies written.
+    let epoch: u64 = redis::cmd("HINCRBY")
+        .arg(names.meta(0))
+        .arg(EPOCHS_FIELD)
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for p in 1..4 {
+        let r: Vec<redis::Value> = copy_script
+            .key(names.meta(p))
+            .arg("write")
+            .arg(2)
+            .arg(epoch)
+            .arg(epoch - 1)
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(r, vec![redis::Value::Int(1)], "over an earlier run's copy");
+    }
+    let writ = Writ::connect(four.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let p1 = name_in(&four, 1);
+    assert_write_refused(s.submit(&key(&p1), &doc! {"n": 1}).await, 2, 4);
+    // A daemon's tenure leaves the unfinished run's copy alone.
+    writ::partition_count::copy(&mut conn, &names, 1, 4).await;
+    assert_eq!(copy_and_xlen(&four, 1).await.0.as_deref(), Some("2"));
+    // Running the command again (with the recorded count) finishes it.
+    assert_eq!(change(&four).await.unwrap(), Changed::Already);
+    for p in 1..4 {
+        assert_eq!(
+            copy_and_xlen(&four, p).await.0.as_deref(),
+            Some("4"),
+            "partition {p}"
+        );
+    }
+    s.submit(&key(&p1), &doc! {"n": 1}).await.unwrap();
+
+    // The script: a run never writes over a later run's copy, and putting
+    // back touches only the copies of the run that failed.
+    let field = |p: u32, f: &'static str| redis::cmd("HGET").arg(names.meta(p)).arg(f).clone();
+    let later: Vec<redis::Value> = copy_script
+        .key(names.meta(2))
+        .arg("write")
+        .arg(8)
+        .arg(100)
+        .arg(99)
+        .invoke_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(later[0], redis::Value::Int(1));
+    let earlier: Vec<redis::Value> = copy_script
+        .key(names.meta(2))
+        .arg("write")
+        .arg(3)
+        .arg(50)
+        .arg(49)
+        .invoke_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(earlier[0], redis::Value::Int(0));
+    for (p, run, want) in [(2, 50, "8"), (2, 100, "4")] {
+        let _: Vec<redis::Value> = copy_script
+            .key(names.meta(p))
+            .arg("back")
+            .arg(run)
+            .arg(4)
+            .arg(0)
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
+        let now: String = field(p, FIELD).query_async(&mut conn).await.unwrap();
+        assert_eq!(now, want, "put back after run {run}");
+    }
+    let e: String = field(2, EPOCH_FIELD).query_async(&mut conn).await.unwrap();
+    assert_eq!(e, "0");
 }

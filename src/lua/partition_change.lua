@@ -2,17 +2,18 @@
 -- new partition count in partition 0's meta hash, only over the value the
 -- operator's command read, and only while partition 0 holds no unapplied write.
 -- KEYS[1] <ns>:{p0}:meta; KEYS[2] <ns>:{p0}:in. ARGV[1] the count read ('' for
--- none); ARGV[2] the new count; ARGV[3] its epoch; ARGV[4] the partitions that
--- hold copies of it; ARGV[5] the daemons' group.
+-- none); ARGV[2] the new count; ARGV[3] the run's epoch; ARGV[4] the partitions
+-- that hold copies of it; ARGV[5] the daemons' group; ARGV[6] '1' to check that
+-- partition 0 is drained ('0' when the count stays the same); ARGV[7] 'daemon'.
 -- Returns 0 when recorded, 1 when the count is no longer the one read, 2 when
 -- partition 0 holds an unapplied write. The other partitions' copies are written
 -- before this runs, so this one call is where the change takes effect: a writer
 -- on the old count that was admitted to partition 0 before it is seen here.
--- "Unapplied" is checked exactly and in O(1): an entry is pending, or the group
--- has not delivered up to the stream's last id (or there is no group yet).
+-- "Unapplied" is checked exactly: an entry is pending, or an entry is after the
+-- group's last-delivered-id (or the stream has entries and no group yet).
 local cur = redis.call('HGET', KEYS[1], 'partitions')
 if cur ~= (ARGV[1] ~= '' and ARGV[1] or false) then return 1 end
-if redis.call('EXISTS', KEYS[2]) == 1 then
+if ARGV[6] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then
   local s = redis.call('XINFO', 'STREAM', KEYS[2])
   local info = {}
   for i = 1, #s, 2 do info[s[i]] = s[i + 1] end
@@ -22,12 +23,13 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
       local f = {}
       for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
       if f['name'] == ARGV[5] then
-        drained = f['pending'] == 0 and f['last-delivered-id'] == info['last-generated-id']
+        drained = f['pending'] == 0 and (f['last-delivered-id'] == info['last-generated-id'] or
+          #redis.call('XRANGE', KEYS[2], '(' .. f['last-delivered-id'], '+', 'COUNT', 1) == 0)
       end
     end
     if not drained then return 2 end
   end
 end
-redis.call('HSET', KEYS[1], 'partitions', ARGV[2], 'partitions_by', 'daemon',
+redis.call('HSET', KEYS[1], 'partitions', ARGV[2], 'partitions_by', ARGV[7],
   'partitions_epoch', ARGV[3], 'partitions_upto', ARGV[4])
 return 0

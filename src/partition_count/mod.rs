@@ -1,0 +1,190 @@
+//! The namespace's partition count, recorded in Redis, so that a daemon, a
+//! client or a tool configured with another count is refused instead of
+//! quietly breaking the namespace.
+//!
+//! A key's partition is its hash modulo `redis.partitions`
+//! (docs/protocol.md §1). A writer with more partitions than the daemons
+//! appends to streams no daemon reads: its writes are accepted and never
+//! applied (until backpressure refuses them). A writer with fewer puts keys
+//! in streams whose daemon dead-letters them (`wrong_partition`). Writers
+//! with different counts split one key's writes between two streams.
+//!
+//! So the count is recorded in partition 0's meta hash (field `partitions`
+//! of `<ns>:{p0}:meta`, which writers may read and write already, and
+//! `partitions_by`: `daemon` or `client`), and every process checks it when
+//! it starts: [`claim`]. The daemons are the authority. The first process
+//! to connect records its count; a daemon also replaces a count only a
+//! client recorded (a misconfigured client that connected first must not
+//! lock the daemons out), and refuses a count another daemon recorded.
+//! Clients and tools refuse any other recorded count. Changing a
+//! daemon-recorded count is an operator's act on a drained, stopped
+//! namespace ([`change`], `writ partitions --set`).
+//!
+//! A process checks the record when it starts; one that keeps running on
+//! the old count after a change is caught by its next admission instead. The
+//! count is copied into every other partition's meta hash too ([`copies`]),
+//! and the admission script refuses a write whose caller's count differs
+//! from its partition's copy (`PARTITIONS`), adding nothing. The copies live
+//! in each partition's own hash slot, so the check costs one `HGET` per
+//! admission call, also on Redis Cluster.
+
+mod change;
+pub mod copies;
+
+pub use change::{change, Changed, CHANGE_LUA};
+pub use copies::copy;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::protocol::Names;
+use crate::redis_conn::Conn;
+
+/// The field of `<ns>:{p0}:meta` that holds the count.
+pub const FIELD: &str = "partitions";
+
+/// The field that says who recorded it: `daemon` or `client`.
+pub const BY_FIELD: &str = "partitions_by";
+
+/// The field of each meta hash with the epoch of its count (absent: 0): in
+/// partition 0 the epoch of the [`change`] that recorded the count, in the
+/// others that of the run that wrote the copy ([`copies`]).
+pub const EPOCH_FIELD: &str = "partitions_epoch";
+
+/// The field of `<ns>:{p0}:meta` that hands out epochs: each [`change`] run
+/// takes the next one (`HINCRBY`), so no two runs share one.
+pub const EPOCHS_FIELD: &str = "partitions_epochs";
+
+/// The field of `<ns>:{p0}:meta` with how many partitions hold copies: the
+/// largest count any [`change`] used, so that a later run writes every copy.
+pub const UPTO_FIELD: &str = "partitions_upto";
+
+/// Who records a count: daemons replace a count only a client recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum By {
+    /// `writ serve` (and `writ partitions --set`).
+    Daemon,
+    /// A client library or a CLI tool.
+    Client,
+}
+
+impl By {
+    fn as_str(self) -> &'static str {
+        match self {
+            By::Daemon => "daemon",
+            By::Client => "client",
+        }
+    }
+}
+
+/// Records the count as the module header says (`src/lua/partition_count.lua`;
+/// the Node package embeds the same file).
+pub const CLAIM_LUA: &str = include_str!("../lua/partition_count.lua");
+
+/// The count Redis records for the namespace of `names`, if any (a value
+/// that is not a count reads as none).
+pub async fn recorded(conn: &mut Conn, names: &Names) -> Result<Option<u32>> {
+    let v: Option<String> = redis::cmd("HGET")
+        .arg(names.meta(0))
+        .arg(FIELD)
+        .query_async(conn)
+        .await?;
+    Ok(v.as_deref().and_then(parse))
+}
+
+/// Records `configured` as the namespace's count as [`CLAIM_LUA`] says, and
+/// refuses ([`Error::Config`]) a different count that stays recorded.
+/// Daemons, clients and tools call it when they start. At Redis's
+/// `maxmemory` the script is refused; then the count is only read and
+/// compared.
+pub async fn claim(conn: &mut Conn, config: &Config, by: By) -> Result<()> {
+    let names = &Names::new(&config.namespace);
+    let configured = config.partitions;
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    let script = SCRIPT.get_or_init(|| redis::Script::new(CLAIM_LUA));
+    let claimed: redis::RedisResult<(String, String)> = script
+        .key(names.meta(0))
+        .arg(configured)
+        .arg(by.as_str())
+        .invoke_async(conn)
+        .await;
+    let (now, replaced) = match claimed {
+        Ok(r) => r,
+        Err(e) if e.code() == Some("OOM") => match recorded(conn, names).await? {
+            Some(n) => (n.to_string(), String::new()),
+            None => return Ok(()),
+        },
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(n) = parse(&now).filter(|&n| n != configured) {
+        return Err(Error::Config(format!(
+            "this process is configured with redis.partitions = {configured}, but namespace {:?} \
+             records {n} partitions ({} field {FIELD}): its keys would go to other partition \
+             streams, where they are applied out of order or never. Set redis.partitions = {n} \
+             (Node: partitions, WRIT_PARTITIONS). To change the namespace's count: let the \
+             daemons drain it, stop every daemon and writer, run `writ partitions --set` with a \
+             config of the new count, then start everything with it (docs/operations.md)",
+            names.ns(),
+            names.meta(0),
+        )));
+    }
+    if let Some(old) = parse(&replaced).filter(|&n| n != configured) {
+        tracing::warn!(
+            client_count = old,
+            partitions = configured,
+            "a client recorded another partition count for this namespace before any daemon; this daemon records its own. Clients configured with the other count are refused from now on; any already running write to the wrong streams (their entries are dead-lettered wrong_partition, or wait in streams past this daemon's count): restart them with this count"
+        );
+    }
+    Ok(())
+}
+
+/// For a running daemon, at each housekeeping pass: records the count again
+/// if it is gone (Redis lost its data, a failover lost the write) or only a
+/// client recorded another one meanwhile, so that a process connecting later
+/// is held to it. Returns the refusal when another daemon's count is
+/// recorded (a hand edit, or a `writ partitions --set` that raced this
+/// daemon's start): the daemon must stop. Redis errors are left to the next
+/// pass.
+pub async fn recheck(conn: &mut Conn, config: &Config) -> Option<Error> {
+    match claim(conn, config, By::Daemon).await {
+        Ok(()) => None,
+        Err(e @ Error::Config(_)) => Some(e),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot check the recorded partition count");
+            None
+        }
+    }
+}
+
+fn parse(v: &str) -> Option<u32> {
+    v.parse().ok().filter(|&n| n > 0)
+}
+
+/// `0, 3, 5`, or the first ten and how many more.
+fn list(ps: &[u32]) -> String {
+    let shown: Vec<String> = ps.iter().take(10).map(u32::to_string).collect();
+    match ps.len() {
+        n if n > 10 => format!("{} and {} more", shown.join(", "), n - 10),
+        _ => shown.join(", "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{list, parse};
+
+    #[test]
+    fn lists_at_most_ten_partitions() {
+        assert_eq!(list(&[3]), "3");
+        assert_eq!(list(&[0, 3, 5]), "0, 3, 5");
+        let many: Vec<u32> = (0..13).collect();
+        assert_eq!(list(&many), "0, 1, 2, 3, 4, 5, 6, 7, 8, 9 and 3 more");
+    }
+
+    #[test]
+    fn only_a_positive_count_is_a_count() {
+        assert_eq!(parse("8"), Some(8));
+        assert_eq!(parse("0"), None);
+        assert_eq!(parse("-1"), None);
+        assert_eq!(parse("eight"), None);
+    }
+}
