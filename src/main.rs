@@ -216,7 +216,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                     ),
                 }
             } else {
-                match writ::partition_count::recorded(&mut conn, &names).await? {
+                let recorded = writ::partition_count::recorded(&mut conn, &names).await?;
+                match recorded {
                     Some(n) if n == to => println!("namespace {ns:?} records {n} partitions, as this config"),
                     Some(n) => println!(
                         "namespace {ns:?} records {n} partitions; this config says {to} (daemons and clients with it are refused)"
@@ -224,6 +225,24 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                     None => println!(
                         "namespace {ns:?} records no partition count yet (the first daemon or client records its own); this config says {to}"
                     ),
+                }
+                if let Some(n) = recorded {
+                    let (other, missing) =
+                        writ::partition_count::copies::disagreeing(&mut conn, &names, n).await?;
+                    let list =
+                        |ps: &[u32]| ps.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
+                    if !other.is_empty() {
+                        println!(
+                            "partition(s) {} hold a copy of another count (a `writ partitions --set` that did not finish, or a hand edit): writers configured with {n} are refused there. Run `writ partitions --set` again",
+                            list(&other)
+                        );
+                    }
+                    if !missing.is_empty() {
+                        println!(
+                            "partition(s) {} have lost their copy of the count (a failover, say): a writer on another count is not refused there. Run `writ partitions --set` again",
+                            list(&missing)
+                        );
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -6,7 +6,10 @@
 //! both. An operator changes the count (`partition_count::change`, the CLI's
 //! `writ partitions --set`) only with no daemon running and the recorded
 //! count's partitions drained; a running daemon that finds another daemon's
-//! count recorded stops.
+//! count recorded stops. The count is copied into every partition, where
+//! admission refuses a writer left running on another count; a change that
+//! a writer races, or that stops midway, strands no write and is finished
+//! by running it again.
 
 mod support;
 
@@ -635,8 +638,25 @@ async fn an_unfinished_change_is_finished_by_running_it_again() {
     // A daemon's tenure leaves the unfinished run's copy alone.
     writ::partition_count::copy(&mut conn, &names, 1, 4).await;
     assert_eq!(copy_and_xlen(&four, 1).await.0.as_deref(), Some("2"));
+    // `writ partitions` says so, and what to do.
+    let dir = tempfile::tempdir().unwrap();
+    let file = env.config_file_with(
+        dir.path(),
+        &Overrides {
+            partitions: Some(4),
+            ..Default::default()
+        },
+    );
+    let shown = cli_ok(writ_cli(&file, &["partitions"]));
+    assert!(
+        shown.contains("partition(s) 1, 2, 3 hold a copy of another count")
+            && shown.contains("Run `writ partitions --set` again"),
+        "{shown}"
+    );
     // Running the command again (with the recorded count) finishes it.
     assert_eq!(change(&four).await.unwrap(), Changed::Already);
+    let shown = cli_ok(writ_cli(&file, &["partitions"]));
+    assert!(!shown.contains("partition(s)"), "{shown}");
     for p in 1..4 {
         assert_eq!(
             copy_and_xlen(&four, p).await.0.as_deref(),

@@ -127,3 +127,35 @@ pub async fn copy(conn: &mut Conn, names: &Names, p: u32, count: u32) {
         }
     }
 }
+
+/// For `writ partitions`: the partitions whose copy is another count than
+/// the recorded `count` (a run that stopped midway, a hand edit), and those
+/// past `count` that a change left and whose copy is gone (a failover lost
+/// it: writers on another count are not checked there).
+pub async fn disagreeing(
+    conn: &mut Conn,
+    names: &Names,
+    count: u32,
+) -> Result<(Vec<u32>, Vec<u32>)> {
+    let upto: Option<String> = redis::cmd("HGET")
+        .arg(names.meta(0))
+        .arg(super::UPTO_FIELD)
+        .query_async(conn)
+        .await?;
+    let upto = count.max(upto.as_deref().and_then(parse).unwrap_or(0));
+    let (mut other, mut missing) = (Vec::new(), Vec::new());
+    for p in 1..upto {
+        let copy: Option<String> = redis::cmd("HGET")
+            .arg(names.meta(p))
+            .arg(FIELD)
+            .query_async(conn)
+            .await?;
+        match copy.as_deref().map(parse) {
+            Some(Some(n)) if n == count => {}
+            None if p < count => {} // written by the partition's next tenure
+            None => missing.push(p),
+            Some(_) => other.push(p),
+        }
+    }
+    Ok((other, missing))
+}
