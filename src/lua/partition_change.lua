@@ -9,8 +9,10 @@
 -- partition 0 holds an unapplied write. The other partitions' copies are written
 -- before this runs, so this one call is where the change takes effect: a writer
 -- on the old count that was admitted to partition 0 before it is seen here.
--- "Unapplied" is checked exactly: an entry is pending, or an entry is after the
--- group's last-delivered-id (or the stream has entries and no group yet).
+-- "Unapplied" is the one definition of src/lua/admit.lua (pending entries plus
+-- the entries after the group's last-delivered-id), asked here only whether it
+-- is 0, which needs no count: no entry is pending, and none is after the
+-- last-delivered-id (or the stream has entries and no group yet).
 local cur = redis.call('HGET', KEYS[1], 'partitions')
 if cur ~= (ARGV[1] ~= '' and ARGV[1] or false) then return 1 end
 if ARGV[6] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then
