@@ -385,6 +385,9 @@ export class WritClient {
         } catch (e) {
           this.readyPromise = undefined;
           this.connected = false;
+          // Refused by a check on a working connection (another partition count, a
+          // cluster node without redisCluster): keep the connection, say why.
+          if (e instanceof WritError) throw e;
           // A failed connection keeps reconnecting in the background (a Cluster forever,
           // clusterRetryStrategy, holding commands meanwhile): replace it, so that the
           // next ready() tries (and fails) as fast as this one, and nothing retries
@@ -399,7 +402,6 @@ export class WritClient {
           // ioredis rejects a failed connect with "Connection is closed." (or,
           // while it reconnects, "Reached the max retries per request limit");
           // the reason (a TLS alert, a refused connection) came as an error event.
-          if (e instanceof WritError) throw e;
           let cause = !isReplyError(e) && this.lastRedisError ? this.lastRedisError : e;
           // ioredis's Cluster says "Failed to refresh slots cache." and keeps the node's reason.
           const nodeError = (cause as { lastNodeError?: unknown })?.lastNodeError;

@@ -869,7 +869,10 @@ describe("core", () => {
       e.message.includes(`WRIT_PARTITIONS=${recorded}`);
     const c = client({ partitions: wrong });
     await assert.rejects(c.ready(), named(wrong, daemons));
+    // The connection worked: it is kept for the next try, not replaced.
+    const conn = (c as unknown as { redis: unknown }).redis;
     await assert.rejects(c.write(KV.name, { k: "count", n: 2 }, "put", { n: 2 }), WritConfigError);
+    assert.equal((c as unknown as { redis: unknown }).redis, conn, "a refused ready() keeps its connection");
     // A namespace no daemon has served: the first client records its count.
     const ns = `${env.name}_count`;
     const first = client({ namespace: ns, partitions: 3 });
