@@ -61,7 +61,9 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
     let names = Names::new(&config.namespace);
     let streams: Vec<String> = (0..config.partitions).map(|p| names.stream(p)).collect();
     crate::redis_conn::durability::check(&conn, &streams, config.min_replicas_acked > 0).await?;
-    crate::partition_count::claim(&mut conn, &config, crate::partition_count::By::Daemon).await?;
+    let standing =
+        crate::partition_count::claim_daemon(&mut conn, &config, crate::protocol::wall_clock_ms())
+            .await?;
     for p in 0..config.partitions {
         ensure_group(&mut conn, &names.stream(p), &names.group()).await?;
     }
@@ -96,6 +98,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
     let keeper = tokio::spawn(housekeeping(
         config.clone(),
         conn.clone(),
+        standing,
         background.clone(),
         Halt {
             daemon: shutdown.clone(),
@@ -130,10 +133,16 @@ struct Halt {
 /// their streams below the committed watermark, and keeps the namespace's
 /// partition count recorded (stopping the daemon through `halt` if another
 /// daemon's count appears).
-async fn housekeeping(config: Arc<Config>, mut conn: Conn, stop: CancellationToken, halt: Halt) {
+async fn housekeeping(
+    config: Arc<Config>,
+    mut conn: Conn,
+    standing: crate::partition_count::Standing,
+    stop: CancellationToken,
+    halt: Halt,
+) {
     let names = Names::new(&config.namespace);
     loop {
-        if let Some(e) = crate::partition_count::recheck(&mut conn, &config).await {
+        if let Some(e) = crate::partition_count::recheck(&mut conn, &config, &standing).await {
             tracing::error!(error = %e, "another daemon's partition count is recorded for this namespace; this daemon stops (its partitions drain and go to the others)");
             if let Ok(mut why) = halt.why.lock() {
                 *why = Some(e);

@@ -200,14 +200,17 @@ async fn clients_and_daemons_with_another_partition_count_are_refused() {
     // Nothing written under the old count was lost.
     assert_eq!(s.read(&key("k9")).await.unwrap(), Some(doc! {"n": 9}));
     assert_eq!(s.read(&key("k3")).await.unwrap(), Some(doc! {"n": 33}));
-    // Another daemon's count appearing under a running daemon (a hand edit
-    // here) stops it, saying why.
+    // Another daemon's count appearing under a running daemon with a raised
+    // epoch (a change of the count that raced its start; a hand edit here)
+    // stops it, saying why.
     let _: () = redis::cmd("HSET")
         .arg(&meta)
         .arg(writ::partition_count::FIELD)
         .arg(4)
         .arg(writ::partition_count::BY_FIELD)
         .arg("daemon")
+        .arg(writ::partition_count::EPOCH_FIELD)
+        .arg(1000)
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -704,4 +707,81 @@ async fn an_unfinished_change_is_finished_by_running_it_again() {
     }
     let e: String = field(2, EPOCH_FIELD).query_async(&mut conn).await.unwrap();
     assert_eq!(e, "0");
+}
+
+/// Redis lost the record, and a daemon configured with another count that
+/// started meanwhile recorded its own (before the running daemons recorded
+/// theirs again): the daemon that started first keeps its count and goes on,
+/// and the later one stops at its next check, naming both counts. Only a
+/// change of the count (its epoch raised) stops a daemon that started first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misconfigured_daemon_cannot_stop_a_running_fleet() {
+    use writ::partition_count::{recheck, Standing, BY_FIELD, EPOCH_FIELD, FIELD, SINCE_FIELD};
+    let env = TestEnv::start("partition_count_fleet");
+    let eight = with_partitions(&env, 8);
+    let four = with_partitions(&env, 4);
+    let meta = writ::protocol::Names::new(&eight.namespace).meta(0);
+    let mut conn = writ::redis_conn::connect(&eight, Duration::ZERO)
+        .await
+        .unwrap();
+    let daemon = Daemon::start(eight.clone());
+    let writ = Writ::connect(eight.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    s.write(&key("f1"), &doc! {"n": 1}).await.unwrap();
+    let since: u64 = meta_field(&eight, SINCE_FIELD)
+        .await
+        .expect("the daemon records when it started")
+        .parse()
+        .unwrap();
+    // The later daemon's record, as its start writes it where none is.
+    let later = since + 1000;
+    let _: () = redis::cmd("HSET")
+        .arg(&meta)
+        .arg(FIELD)
+        .arg(4)
+        .arg(BY_FIELD)
+        .arg("daemon")
+        .arg(SINCE_FIELD)
+        .arg(later)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the running daemon's count recorded again",
+        || async { (recorded(&eight).await.as_deref() == Some("8")).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        meta_field(&eight, SINCE_FIELD).await,
+        Some(since.to_string())
+    );
+    s.write(&key("f2"), &doc! {"n": 2}).await.unwrap();
+    let e = recheck(
+        &mut conn,
+        &four,
+        &Standing {
+            since: later,
+            epoch: 0,
+        },
+    )
+    .await
+    .expect("the daemon that started later goes on");
+    assert_names_both(e, 4, 8);
+    assert_eq!(recorded(&eight).await.as_deref(), Some("8"));
+    // A change of the count stops it.
+    let _: () = redis::cmd("HSET")
+        .arg(&meta)
+        .arg(FIELD)
+        .arg(4)
+        .arg(EPOCH_FIELD)
+        .arg(9)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let e = daemon
+        .stopped_within(Duration::from_secs(30))
+        .await
+        .expect_err("the daemon went on after the count changed");
+    assert_names_both(e, 8, 4);
 }

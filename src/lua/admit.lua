@@ -71,7 +71,7 @@ if #ARGV < 4 then return backlog(bound) end
 
 -- The caller's partition count against the one this partition's meta hash
 -- records (field `partitions`): partition 0's is the namespace's record
--- (src/partition_count.rs), and each daemon tenure and `writ partitions --set`
+-- (src/partition_count/), and each daemon tenure and `writ partitions --set`
 -- copy it to the others. A writer still running on another count after the
 -- count changed would put keys in streams no daemon reads, or one key's writes
 -- in two streams: it is refused here, and nothing is added. A partition with

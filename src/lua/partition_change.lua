@@ -1,4 +1,4 @@
--- `writ partitions --set`'s last step (src/partition_count.rs, change): records a
+-- `writ partitions --set`'s last step (src/partition_count/change.rs): records a
 -- new partition count in partition 0's meta hash, only over the value the
 -- operator's command read, and only while partition 0 holds no unapplied write.
 -- KEYS[1] <ns>:{p0}:meta; KEYS[2] <ns>:{p0}:in. ARGV[1] the count read ('' for
@@ -34,4 +34,6 @@ if ARGV[6] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then
 end
 redis.call('HSET', KEYS[1], 'partitions', ARGV[2], 'partitions_by', ARGV[7],
   'partitions_epoch', ARGV[3], 'partitions_upto', ARGV[4])
+-- A new count: no running daemon recorded it (partitions_since is for those).
+if ARGV[6] == '1' then redis.call('HDEL', KEYS[1], 'partitions_since') end
 return 0

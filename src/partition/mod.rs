@@ -119,7 +119,7 @@ const ROUNDS_IN_FLIGHT: usize = 2;
 pub async fn run_partition(p: u32, ctx: Arc<Ctx>, run: Arc<PartitionRun>) {
     let span = tracing::info_span!("tenure", partition = p, token = run.lease.token);
     // Writers on another partition count are refused in this partition from
-    // now on, also after a change of the count (src/partition_count.rs).
+    // now on, also after a change of the count (src/partition_count/copies.rs).
     crate::partition_count::copy(&mut ctx.conn.clone(), &ctx.names, p, ctx.config.partitions).await;
     let stream = ctx.names.stream(p);
     let acker = Acker::new(

@@ -29,13 +29,14 @@
 //! admission call, also on Redis Cluster.
 
 mod change;
+mod claim;
 pub mod copies;
 
 pub use change::{change, Changed, CHANGE_LUA};
+pub use claim::{claim, claim_daemon, recheck, Standing};
 pub use copies::copy;
 
-use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::protocol::Names;
 use crate::redis_conn::Conn;
 
@@ -53,6 +54,12 @@ pub const EPOCH_FIELD: &str = "partitions_epoch";
 /// The field of `<ns>:{p0}:meta` that hands out epochs: each [`change`] run
 /// takes the next one (`HINCRBY`), so no two runs share one.
 pub const EPOCHS_FIELD: &str = "partitions_epochs";
+
+/// The field of `<ns>:{p0}:meta` with when the daemon that recorded the
+/// count started (unix ms; absent when a client, a `writ partitions --set`
+/// or a hand recorded it): when two daemons' counts meet, the daemon that
+/// started first keeps its count (`claim::recheck`).
+pub const SINCE_FIELD: &str = "partitions_since";
 
 /// The field of `<ns>:{p0}:meta` with how many partitions hold copies: the
 /// largest count any [`change`] used, so that a later run writes every copy.
@@ -89,70 +96,6 @@ pub async fn recorded(conn: &mut Conn, names: &Names) -> Result<Option<u32>> {
         .query_async(conn)
         .await?;
     Ok(v.as_deref().and_then(parse))
-}
-
-/// Records `configured` as the namespace's count as [`CLAIM_LUA`] says, and
-/// refuses ([`Error::Config`]) a different count that stays recorded.
-/// Daemons, clients and tools call it when they start. At Redis's
-/// `maxmemory` the script is refused; then the count is only read and
-/// compared.
-pub async fn claim(conn: &mut Conn, config: &Config, by: By) -> Result<()> {
-    let names = &Names::new(&config.namespace);
-    let configured = config.partitions;
-    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
-    let script = SCRIPT.get_or_init(|| redis::Script::new(CLAIM_LUA));
-    let claimed: redis::RedisResult<(String, String)> = script
-        .key(names.meta(0))
-        .arg(configured)
-        .arg(by.as_str())
-        .invoke_async(conn)
-        .await;
-    let (now, replaced) = match claimed {
-        Ok(r) => r,
-        Err(e) if e.code() == Some("OOM") => match recorded(conn, names).await? {
-            Some(n) => (n.to_string(), String::new()),
-            None => return Ok(()),
-        },
-        Err(e) => return Err(e.into()),
-    };
-    if let Some(n) = parse(&now).filter(|&n| n != configured) {
-        return Err(Error::Config(format!(
-            "this process is configured with redis.partitions = {configured}, but namespace {:?} \
-             records {n} partitions ({} field {FIELD}): its keys would go to other partition \
-             streams, where they are applied out of order or never. Set redis.partitions = {n} \
-             (Node: partitions, WRIT_PARTITIONS). To change the namespace's count: let the \
-             daemons drain it, stop every daemon and writer, run `writ partitions --set` with a \
-             config of the new count, then start everything with it (docs/operations.md)",
-            names.ns(),
-            names.meta(0),
-        )));
-    }
-    if let Some(old) = parse(&replaced).filter(|&n| n != configured) {
-        tracing::warn!(
-            client_count = old,
-            partitions = configured,
-            "a client recorded another partition count for this namespace before any daemon; this daemon records its own. Clients configured with the other count are refused from now on; any already running write to the wrong streams (their entries are dead-lettered wrong_partition, or wait in streams past this daemon's count): restart them with this count"
-        );
-    }
-    Ok(())
-}
-
-/// For a running daemon, at each housekeeping pass: records the count again
-/// if it is gone (Redis lost its data, a failover lost the write) or only a
-/// client recorded another one meanwhile, so that a process connecting later
-/// is held to it. Returns the refusal when another daemon's count is
-/// recorded (a hand edit, or a `writ partitions --set` that raced this
-/// daemon's start): the daemon must stop. Redis errors are left to the next
-/// pass.
-pub async fn recheck(conn: &mut Conn, config: &Config) -> Option<Error> {
-    match claim(conn, config, By::Daemon).await {
-        Ok(()) => None,
-        Err(e @ Error::Config(_)) => Some(e),
-        Err(e) => {
-            tracing::debug!(error = %e, "cannot check the recorded partition count");
-            None
-        }
-    }
 }
 
 fn parse(v: &str) -> Option<u32> {

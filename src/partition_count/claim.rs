@@ -1,0 +1,185 @@
+//! Recording and checking the count: every process when it starts
+//! ([`claim`], [`claim_daemon`]), and each running daemon at each
+//! housekeeping pass ([`recheck`]).
+//!
+//! A running daemon that finds another daemon's count recorded must tell a
+//! change of the count from a mistake. A change (`writ partitions --set`)
+//! raises the record's epoch: a daemon that started under an earlier epoch
+//! stops. Anything else (Redis lost the record, and a daemon configured with
+//! another count started meanwhile and recorded its own; a hand edit) leaves
+//! the epoch where it was: then the daemon that started first keeps its
+//! count (the record's `partitions_since`), and the other stops at its next
+//! check. So one misconfigured daemon cannot stop a running fleet.
+
+use super::{parse, By, CLAIM_LUA, FIELD, SINCE_FIELD};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::protocol::Names;
+use crate::redis_conn::Conn;
+
+/// A daemon's standing against the record: when it started, and the epoch
+/// of the record it started under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    /// Unix ms.
+    pub since: u64,
+    /// The record's `partitions_epoch` then (absent: 0).
+    pub epoch: u64,
+}
+
+/// What the claim script found.
+struct Found {
+    /// The count that stays recorded (as stored), if any.
+    now: Option<String>,
+    /// A count this call replaced.
+    replaced: Option<u32>,
+    /// When the daemon that recorded it started.
+    since: Option<u64>,
+    epoch: u64,
+}
+
+/// Runs [`CLAIM_LUA`]. At Redis's `maxmemory` the script is refused; then
+/// the record is only read.
+async fn look(conn: &mut Conn, config: &Config, by: By, since: Option<u64>) -> Result<Found> {
+    let names = &Names::new(&config.namespace);
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    let mut inv = SCRIPT
+        .get_or_init(|| redis::Script::new(CLAIM_LUA))
+        .key(names.meta(0));
+    inv.arg(config.partitions).arg(by.as_str());
+    if let Some(s) = since {
+        inv.arg(s);
+    }
+    let r: redis::RedisResult<(String, String, String, String)> = inv.invoke_async(conn).await;
+    let (now, replaced, since, epoch) = match r {
+        Ok(r) => r,
+        Err(e) if e.code() == Some("OOM") => {
+            let (now, since, epoch): (Option<String>, Option<String>, Option<String>) =
+                redis::cmd("HMGET")
+                    .arg(names.meta(0))
+                    .arg(FIELD)
+                    .arg(SINCE_FIELD)
+                    .arg(super::EPOCH_FIELD)
+                    .query_async(conn)
+                    .await?;
+            let or_empty = |v: Option<String>| v.unwrap_or_default();
+            (
+                or_empty(now),
+                String::new(),
+                or_empty(since),
+                or_empty(epoch),
+            )
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Found {
+        now: Some(now).filter(|n| !n.is_empty()),
+        replaced: parse(&replaced),
+        since: since.parse().ok(),
+        epoch: epoch.parse().unwrap_or(0),
+    })
+}
+
+/// The refusal of a process configured with `configured` where `recorded`
+/// stays recorded.
+fn refusal(names: &Names, configured: u32, recorded: u32) -> Error {
+    Error::Config(format!(
+        "this process is configured with redis.partitions = {configured}, but namespace {:?} \
+         records {recorded} partitions ({} field {FIELD}): its keys would go to other partition \
+         streams, where they are applied out of order or never. Set redis.partitions = \
+         {recorded} (Node: partitions, WRIT_PARTITIONS). To change the namespace's count: let \
+         the daemons drain it, stop every daemon and writer, run `writ partitions --set` with a \
+         config of the new count, then start everything with it (docs/operations.md)",
+        names.ns(),
+        names.meta(0),
+    ))
+}
+
+/// Records `configured` as the namespace's count as [`CLAIM_LUA`] says, and
+/// refuses ([`Error::Config`]) a different count that stays recorded.
+/// Clients and tools call it when they start.
+pub async fn claim(conn: &mut Conn, config: &Config, by: By) -> Result<()> {
+    let found = look(conn, config, by, None).await?;
+    check(config, &found)
+}
+
+/// [`claim`] for a daemon that started at `since` (unix ms); its
+/// [`Standing`] for [`recheck`].
+pub async fn claim_daemon(conn: &mut Conn, config: &Config, since: u64) -> Result<Standing> {
+    let found = look(conn, config, By::Daemon, Some(since)).await?;
+    check(config, &found)?;
+    Ok(Standing {
+        since,
+        epoch: found.epoch,
+    })
+}
+
+fn check(config: &Config, found: &Found) -> Result<()> {
+    let configured = config.partitions;
+    if let Some(n) = found
+        .now
+        .as_deref()
+        .and_then(parse)
+        .filter(|&n| n != configured)
+    {
+        return Err(refusal(&Names::new(&config.namespace), configured, n));
+    }
+    if let Some(old) = found.replaced.filter(|&n| n != configured) {
+        tracing::warn!(
+            client_count = old,
+            partitions = configured,
+            "a client recorded another partition count for this namespace before any daemon; this daemon records its own. Clients configured with the other count are refused from now on; any already running write to the wrong streams (their entries are dead-lettered wrong_partition, or wait in streams past this daemon's count): restart them with this count"
+        );
+    }
+    Ok(())
+}
+
+/// For a running daemon, at each housekeeping pass: records the count again
+/// if it is gone (Redis lost its data, a failover lost the write) or only a
+/// client recorded another one meanwhile, so that a process connecting later
+/// is held to it. Where another daemon's count is recorded, as the module
+/// header says: returns the refusal when the count was changed since this
+/// daemon started, or when that daemon started first (this daemon must
+/// stop); records this daemon's count over it otherwise. Redis errors are
+/// left to the next pass.
+pub async fn recheck(conn: &mut Conn, config: &Config, me: &Standing) -> Option<Error> {
+    let names = &Names::new(&config.namespace);
+    let found = match look(conn, config, By::Daemon, Some(me.since)).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot check the recorded partition count");
+            return None;
+        }
+    };
+    let Err(refused) = check(config, &found) else {
+        return None;
+    };
+    let theirs_is_later = found.since.is_none_or(|s| s > me.since);
+    if found.epoch > me.epoch || !theirs_is_later {
+        return Some(refused);
+    }
+    // Only over the value looked at: another change meanwhile is seen at
+    // the next pass.
+    let now = found.now.unwrap_or_default();
+    let swapped: redis::RedisResult<i64> = redis::Script::new(
+        "if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end \
+         redis.call('HSET', KEYS[1], ARGV[1], ARGV[3], ARGV[4], 'daemon', ARGV[5], ARGV[6]) return 1",
+    )
+    .key(names.meta(0))
+    .arg(FIELD)
+    .arg(&now)
+    .arg(config.partitions)
+    .arg(super::BY_FIELD)
+    .arg(SINCE_FIELD)
+    .arg(me.since)
+    .invoke_async(conn)
+    .await;
+    if let Ok(1) = swapped {
+        tracing::warn!(
+            recorded = %now,
+            partitions = config.partitions,
+            "another daemon's partition count was recorded for this namespace without a change of the count (Redis lost the record and a daemon configured with another count started, or a hand edit); this daemon, running since earlier, records its own again. The other daemon stops at its next check: fix its redis.partitions"
+        );
+    }
+    None
+}
