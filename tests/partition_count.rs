@@ -784,4 +784,48 @@ async fn a_misconfigured_daemon_cannot_stop_a_running_fleet() {
         .await
         .expect_err("the daemon went on after the count changed");
     assert_names_both(e, 8, 4);
+
+    // Each rule on its own, for a daemon with 8 that started at `since`
+    // under epoch 0, against a record of 4 by a daemon.
+    let me = Standing { since, epoch: 0 };
+    let cases: [(Option<u64>, u64, bool, &str); 4] = [
+        (
+            Some(later),
+            0,
+            false,
+            "a later daemon's record is taken back",
+        ),
+        (
+            None,
+            0,
+            false,
+            "a record without a start (a hand edit) is taken back",
+        ),
+        (Some(0), 0, true, "a record `--set` made (start 0) stops it"),
+        (Some(later), 1, true, "a raised epoch (a change) stops it"),
+    ];
+    for (their_since, epoch, stops, what) in cases {
+        let _: () = redis::cmd("HDEL")
+            .arg(&meta)
+            .arg(SINCE_FIELD)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let mut put = redis::cmd("HSET");
+        put.arg(&meta)
+            .arg(FIELD)
+            .arg(4)
+            .arg(BY_FIELD)
+            .arg("daemon")
+            .arg(EPOCH_FIELD)
+            .arg(epoch);
+        if let Some(t) = their_since {
+            put.arg(SINCE_FIELD).arg(t);
+        }
+        let _: () = put.query_async(&mut conn).await.unwrap();
+        let r = recheck(&mut conn, &eight, &me).await;
+        assert_eq!(r.is_some(), stops, "{what}: {r:?}");
+        let want = if stops { "4" } else { "8" };
+        assert_eq!(recorded(&eight).await.as_deref(), Some(want), "{what}");
+    }
 }

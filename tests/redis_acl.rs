@@ -220,6 +220,10 @@ async fn the_documented_acl_users_run_writ_and_nothing_more() {
     assert!(dlq.trim_start().starts_with('['), "{dlq}");
     cli_ok(&writ_cli(&path, &["replay", "--from", "0-0"]), &secrets);
     cli_ok(&writ_cli(&path, &["rebuild-cache"]), &secrets);
+    let counted = cli_ok(&writ_cli(&path, &["partitions"]), &secrets);
+    assert!(counted.contains("as this config"), "{counted}");
+    let set = cli_ok(&writ_cli(&path, &["partitions", "--set"]), &secrets);
+    assert!(set.contains("already records"), "{set}");
     // Retention ran under the daemon's user: at most one entry per partition
     // is left once it trimmed.
     support::eventually(Duration::from_secs(20), "retention to trim", || {

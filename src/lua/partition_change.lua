@@ -34,6 +34,7 @@ if ARGV[6] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then
 end
 redis.call('HSET', KEYS[1], 'partitions', ARGV[2], 'partitions_by', ARGV[7],
   'partitions_epoch', ARGV[3], 'partitions_upto', ARGV[4])
--- A new count: no running daemon recorded it (partitions_since is for those).
-if ARGV[6] == '1' then redis.call('HDEL', KEYS[1], 'partitions_since') end
+-- A new count, set by the operator: it stands before any daemon's (a running
+-- daemon that finds it stops; src/partition_count/claim.rs).
+if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'partitions_since', '0') end
 return 0

@@ -9,7 +9,8 @@
 --   Returns {1} when written, else {0, the copy's count, its epoch}.
 -- ARGV[1] 'back': where the copy still carries epoch ARGV[2] (the run that
 --   failed), puts back count ARGV[3] with epoch ARGV[4] (what partition 0
---   records), or, for ARGV[3] '', no count. Returns {1} when it did, else {0}.
+--   records), or, for ARGV[3] '', no count ('' reads as none: the documented ACL
+--   users have no HDEL). Returns {1} when it did, else {0}.
 local have = redis.call('HMGET', KEYS[1], 'partitions', 'partitions_epoch')
 local epoch = tonumber(have[2]) or 0
 if ARGV[1] == 'write' then
@@ -18,9 +19,5 @@ if ARGV[1] == 'write' then
   return {1}
 end
 if epoch ~= tonumber(ARGV[2]) then return {0} end
-if ARGV[3] == '' then
-  redis.call('HDEL', KEYS[1], 'partitions', 'partitions_epoch')
-else
-  redis.call('HSET', KEYS[1], 'partitions', ARGV[3], 'partitions_epoch', ARGV[4])
-end
+redis.call('HSET', KEYS[1], 'partitions', ARGV[3], 'partitions_epoch', ARGV[4])
 return {1}

@@ -9,10 +9,10 @@ local v = redis.call('HMGET', KEYS[1], 'partitions', 'partitions_by', 'partition
 if tonumber(v[1]) and (v[2] == 'daemon' or ARGV[2] == 'client') then
   return {v[1], '', v[3] or '', v[4] or ''}
 end
+-- A client's record keeps whatever partitions_since was there: only a daemon's
+-- record is ever compared by it, and a daemon replaces a client's record.
+-- (No HDEL here or in the other partition-count scripts: the documented ACL
+-- users do not have it.)
 redis.call('HSET', KEYS[1], 'partitions', ARGV[1], 'partitions_by', ARGV[2])
-if ARGV[3] then
-  redis.call('HSET', KEYS[1], 'partitions_since', ARGV[3])
-else
-  redis.call('HDEL', KEYS[1], 'partitions_since')
-end
+if ARGV[3] then redis.call('HSET', KEYS[1], 'partitions_since', ARGV[3]) end
 return {ARGV[1], v[1] or '', ARGV[3] or '', v[4] or ''}

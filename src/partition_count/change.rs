@@ -67,12 +67,15 @@ pub async fn change(conn: &mut Conn, config: &Config) -> Result<Changed> {
             )));
         }
     }
-    let epoch: u64 = redis::cmd("HINCRBY")
-        .arg(names.meta(0))
-        .arg(EPOCHS_FIELD)
-        .arg(1)
-        .query_async(conn)
-        .await?;
+    // HINCRBY, as a script of the commands the documented ACL users have.
+    let epoch: u64 = redis::Script::new(
+        "local e = (tonumber(redis.call('HGET', KEYS[1], ARGV[1])) or 0) + 1 \
+         redis.call('HSET', KEYS[1], ARGV[1], e) return e",
+    )
+    .key(names.meta(0))
+    .arg(EPOCHS_FIELD)
+    .invoke_async(conn)
+    .await?;
     copies::write(conn, names, 1..upto, to, epoch).await?;
     let late = if same {
         Vec::new()

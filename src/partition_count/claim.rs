@@ -5,11 +5,14 @@
 //! A running daemon that finds another daemon's count recorded must tell a
 //! change of the count from a mistake. A change (`writ partitions --set`)
 //! raises the record's epoch: a daemon that started under an earlier epoch
-//! stops. Anything else (Redis lost the record, and a daemon configured with
-//! another count started meanwhile and recorded its own; a hand edit) leaves
-//! the epoch where it was: then the daemon that started first keeps its
-//! count (the record's `partitions_since`), and the other stops at its next
-//! check. So one misconfigured daemon cannot stop a running fleet.
+//! stops, and so does one that finds a record `--set` made (its
+//! `partitions_since` is 0: the operator's count stands before any
+//! daemon's, also when Redis lost the epochs). Otherwise (Redis lost the
+//! record, and a daemon configured with another count started meanwhile and
+//! recorded its own) the daemon that started first keeps its count (the
+//! record's `partitions_since`; a record without one, a hand edit, counts as
+//! later), and the other stops at its next check. So one misconfigured
+//! daemon cannot stop a running fleet.
 
 use super::{parse, By, CLAIM_LUA, FIELD, SINCE_FIELD};
 use crate::config::Config;
@@ -174,12 +177,19 @@ pub async fn recheck(conn: &mut Conn, config: &Config, me: &Standing) -> Option<
     .arg(me.since)
     .invoke_async(conn)
     .await;
-    if let Ok(1) = swapped {
-        tracing::warn!(
+    match swapped {
+        Ok(1) => tracing::warn!(
             recorded = %now,
             partitions = config.partitions,
             "another daemon's partition count was recorded for this namespace without a change of the count (Redis lost the record and a daemon configured with another count started, or a hand edit); this daemon, running since earlier, records its own again. The other daemon stops at its next check: fix its redis.partitions"
-        );
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(
+            recorded = %now,
+            partitions = config.partitions,
+            error = %e,
+            "another daemon's partition count is recorded for this namespace, and this daemon, running since earlier, cannot record its own again (at maxmemory Redis refuses it): both go on until it can. Stop the daemon configured with the other count, and free Redis memory"
+        ),
     }
     None
 }

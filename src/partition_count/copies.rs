@@ -150,7 +150,7 @@ pub async fn disagreeing(
             .arg(FIELD)
             .query_async(conn)
             .await?;
-        match copy.as_deref().map(parse) {
+        match copy.as_deref().filter(|c| !c.is_empty()).map(parse) {
             Some(Some(n)) if n == count => {}
             None if p < count => {} // written by the partition's next tenure
             None => missing.push(p),
