@@ -467,6 +467,18 @@ async fn a_write_that_races_a_change_of_the_count_undoes_it() {
     );
 }
 
+/// One command, given as words, on `conn`.
+async fn run<T: redis::FromRedisValue>(
+    conn: &mut redis::aio::MultiplexedConnection,
+    words: &[&str],
+) -> T {
+    let mut c = redis::cmd(words[0]);
+    for w in &words[1..] {
+        c.arg(*w);
+    }
+    c.query_async(conn).await.unwrap()
+}
+
 /// The change's last step, on its own: partition 0's record is swapped only
 /// over the count the command read, and only while partition 0 holds no
 /// unapplied write (none undelivered, none pending).
@@ -474,125 +486,74 @@ async fn a_write_that_races_a_change_of_the_count_undoes_it() {
 async fn the_record_is_swapped_only_over_a_drained_partition_0() {
     let redis = support::RedisServer::start();
     let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let c = &mut client.get_multiplexed_async_connection().await.unwrap();
     let script = redis::Script::new(writ::partition_count::CHANGE_LUA);
     let (meta, stream) = ("w:{p0}:meta", "w:{p0}:in");
     let swap = |read: &'static str| {
         let mut inv = script.key(meta);
-        inv.key(stream)
-            .arg(read)
-            .arg(2)
-            .arg(7)
-            .arg(4)
-            .arg("w")
-            .arg("1")
-            .arg("daemon");
+        inv.key(stream).arg(read).arg(2).arg(7).arg(4);
+        inv.arg("w").arg("1").arg("daemon");
         inv
     };
-    let _: () = redis::cmd("HSET")
-        .arg(meta)
-        .arg("partitions")
-        .arg(4)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let _: String = redis::cmd("XADD")
-        .arg(stream)
-        .arg("*")
-        .arg("f")
-        .arg("v")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let _: () = run(c, &["HSET", meta, "partitions", "4"]).await;
+    let _: String = run(c, &["XADD", stream, "*", "f", "v"]).await;
     assert_eq!(
-        swap("4").invoke_async::<i64>(&mut conn).await.unwrap(),
+        swap("4").invoke_async::<i64>(c).await.unwrap(),
         2,
         "no group yet"
     );
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(stream)
-        .arg("w")
-        .arg("0")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let _: () = run(c, &["XGROUP", "CREATE", stream, "w", "0"]).await;
     assert_eq!(
-        swap("4").invoke_async::<i64>(&mut conn).await.unwrap(),
+        swap("4").invoke_async::<i64>(c).await.unwrap(),
         2,
         "undelivered"
     );
-    let read: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("w")
-        .arg("c")
-        .arg("STREAMS")
-        .arg(stream)
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let read: redis::Value = run(
+        c,
+        &["XREADGROUP", "GROUP", "w", "c", "STREAMS", stream, ">"],
+    )
+    .await;
     assert_ne!(read, redis::Value::Nil);
     assert_eq!(
-        swap("4").invoke_async::<i64>(&mut conn).await.unwrap(),
+        swap("4").invoke_async::<i64>(c).await.unwrap(),
         2,
         "pending"
     );
-    let ids: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(stream)
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let _: i64 = redis::cmd("XACK")
-        .arg(stream)
-        .arg("w")
-        .arg(&ids[0].0)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let ids: Vec<(String, Vec<(String, String)>)> = run(c, &["XRANGE", stream, "-", "+"]).await;
+    let _: i64 = run(c, &["XACK", stream, "w", &ids[0].0]).await;
     // An entry added after the last delivered one and deleted before it was
     // read leaves nothing to apply.
-    let gone: String = redis::cmd("XADD")
-        .arg(stream)
-        .arg("*")
-        .arg("f")
-        .arg("v")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let gone: String = run(c, &["XADD", stream, "*", "f", "v"]).await;
     assert_eq!(
-        swap("4").invoke_async::<i64>(&mut conn).await.unwrap(),
+        swap("4").invoke_async::<i64>(c).await.unwrap(),
         2,
         "undelivered again"
     );
-    let _: i64 = redis::cmd("XDEL")
-        .arg(stream)
-        .arg(&gone)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let _: i64 = run(c, &["XDEL", stream, &gone]).await;
     assert_eq!(
-        swap("8").invoke_async::<i64>(&mut conn).await.unwrap(),
+        swap("8").invoke_async::<i64>(c).await.unwrap(),
         1,
         "not the count read"
     );
     assert_eq!(
-        swap("4").invoke_async::<i64>(&mut conn).await.unwrap(),
+        swap("4").invoke_async::<i64>(c).await.unwrap(),
         0,
         "drained"
     );
-    let fields: Vec<Option<String>> = redis::cmd("HMGET")
-        .arg(meta)
-        .arg("partitions")
-        .arg("partitions_by")
-        .arg("partitions_epoch")
-        .arg("partitions_upto")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let want = ["2", "daemon", "7", "4"].map(|v| Some(v.to_string()));
+    let fields: Vec<Option<String>> = run(
+        c,
+        &[
+            "HMGET",
+            meta,
+            "partitions",
+            "partitions_by",
+            "partitions_epoch",
+            "partitions_upto",
+            "partitions_since",
+        ],
+    )
+    .await;
+    let want = ["2", "daemon", "7", "4", "0"].map(|v| Some(v.to_string()));
     assert_eq!(fields, want);
 }
 
