@@ -78,6 +78,20 @@ fn assert_names_both(e: Error, configured: u32, recorded: u32) {
     );
 }
 
+/// A config file with `n` partitions, for the CLI (in a directory that
+/// lives as long as the first value).
+fn config_file(env: &TestEnv, n: u32) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = env.config_file_with(
+        dir.path(),
+        &Overrides {
+            partitions: Some(n),
+            ..Default::default()
+        },
+    );
+    (dir, file)
+}
+
 /// The stdout of a CLI run that succeeded.
 fn cli_ok(out: std::process::Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -161,14 +175,7 @@ async fn clients_and_daemons_with_another_partition_count_are_refused() {
 
     // Drained and stopped: the count changes (here with the CLI), the
     // daemon with 8 runs, and processes with 4 are refused from now on.
-    let dir = tempfile::tempdir().unwrap();
-    let file = env.config_file_with(
-        dir.path(),
-        &Overrides {
-            partitions: Some(8),
-            ..Default::default()
-        },
-    );
+    let (_dir, file) = config_file(&env, 8);
     let shown = cli_ok(writ_cli(&file, &["partitions"]));
     assert!(
         shown.contains("records 4 partitions; this config says 8"),
@@ -603,14 +610,7 @@ async fn an_unfinished_change_is_finished_by_running_it_again() {
     writ::partition_count::copy(&mut conn, &names, 1, 4).await;
     assert_eq!(copy_and_xlen(&four, 1).await.0.as_deref(), Some("2"));
     // `writ partitions` says so, and what to do.
-    let dir = tempfile::tempdir().unwrap();
-    let file = env.config_file_with(
-        dir.path(),
-        &Overrides {
-            partitions: Some(4),
-            ..Default::default()
-        },
-    );
+    let (_dir, file) = config_file(&env, 4);
     let shown = cli_ok(writ_cli(&file, &["partitions"]));
     assert!(
         shown.contains("partition(s) 1, 2, 3 hold a copy of another count")
