@@ -582,6 +582,12 @@ async fn an_unfinished_change_is_finished_by_running_it_again() {
         .unwrap();
     assert_eq!(change(&four).await.unwrap(), Changed::From(None));
     let copy_script = redis::Script::new(writ::partition_count::copies::COPY_LUA);
+    // The copy script on partition `p`: `mode` and its three arguments.
+    let copy_call = |p: u32, mode: &'static str, args: [u64; 3]| {
+        let mut inv = copy_script.key(names.meta(p));
+        inv.arg(mode).arg(&args[..]);
+        inv
+    };
     // A run to 2 that stopped after its copies: epoch taken, copies written.
     let epoch: u64 = redis::cmd("HINCRBY")
         .arg(names.meta(0))
@@ -591,12 +597,7 @@ async fn an_unfinished_change_is_finished_by_running_it_again() {
         .await
         .unwrap();
     for p in 1..4 {
-        let r: Vec<redis::Value> = copy_script
-            .key(names.meta(p))
-            .arg("write")
-            .arg(2)
-            .arg(epoch)
-            .arg(epoch - 1)
+        let r: Vec<redis::Value> = copy_call(p, "write", [2, epoch, epoch - 1])
             .invoke_async(&mut conn)
             .await
             .unwrap();
@@ -633,33 +634,18 @@ async fn an_unfinished_change_is_finished_by_running_it_again() {
     // The script: a run never writes over a later run's copy, and putting
     // back touches only the copies of the run that failed.
     let field = |p: u32, f: &'static str| redis::cmd("HGET").arg(names.meta(p)).arg(f).clone();
-    let later: Vec<redis::Value> = copy_script
-        .key(names.meta(2))
-        .arg("write")
-        .arg(8)
-        .arg(100)
-        .arg(99)
+    let later: Vec<redis::Value> = copy_call(2, "write", [8, 100, 99])
         .invoke_async(&mut conn)
         .await
         .unwrap();
     assert_eq!(later[0], redis::Value::Int(1));
-    let earlier: Vec<redis::Value> = copy_script
-        .key(names.meta(2))
-        .arg("write")
-        .arg(3)
-        .arg(50)
-        .arg(49)
+    let earlier: Vec<redis::Value> = copy_call(2, "write", [3, 50, 49])
         .invoke_async(&mut conn)
         .await
         .unwrap();
     assert_eq!(earlier[0], redis::Value::Int(0));
     for (p, run, want) in [(2, 50, "8"), (2, 100, "4")] {
-        let _: Vec<redis::Value> = copy_script
-            .key(names.meta(p))
-            .arg("back")
-            .arg(run)
-            .arg(4)
-            .arg(0)
+        let _: Vec<redis::Value> = copy_call(p, "back", [run, 4, 0])
             .invoke_async(&mut conn)
             .await
             .unwrap();
