@@ -229,8 +229,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 if let Some(n) = recorded {
                     let (other, missing) =
                         writ::partition_count::copies::disagreeing(&mut conn, &names, n).await?;
-                    let list =
-                        |ps: &[u32]| ps.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
+                    use writ::partition_count::list;
                     if !other.is_empty() {
                         println!(
                             "partition(s) {} hold a copy of another count (a `writ partitions --set` that did not finish, or a hand edit): writers configured with {n} are refused there. Run `writ partitions --set` again",

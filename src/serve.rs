@@ -143,7 +143,7 @@ async fn housekeeping(
     let names = Names::new(&config.namespace);
     loop {
         if let Some(e) = crate::partition_count::recheck(&mut conn, &config, &standing).await {
-            tracing::error!(error = %e, "another daemon's partition count is recorded for this namespace; this daemon stops (its partitions drain and go to the others)");
+            tracing::error!(error = %e, "the namespace's partition count was changed, or a daemon that started earlier recorded another; this daemon stops (its partitions drain and go to the others)");
             if let Ok(mut why) = halt.why.lock() {
                 *why = Some(e);
             }

@@ -398,7 +398,7 @@ async fn a_write_that_races_a_change_of_the_count_undoes_it() {
     let old = Writ::connect(four.clone()).await.unwrap();
     let s = old.collection("signal").unwrap();
     let (_proxy, slow_url) =
-        support::proxy::in_front_of_redis_with_latency(&env.redis_url, Duration::from_millis(500))
+        support::proxy::in_front_of_redis_with_latency(&env.redis_url, Duration::from_millis(800))
             .await;
     let slow_two = env.config_with(&Overrides {
         partitions: Some(2),
@@ -618,8 +618,11 @@ async fn an_unfinished_change_is_finished_by_running_it_again() {
             && shown.contains("Run `writ partitions --set` again"),
         "{shown}"
     );
-    // Running the command again (with the recorded count) finishes it.
+    // Running the command again (with the recorded count) finishes it, and
+    // leaves the record's epoch, which running daemons started under.
+    let epoch_before = meta_field(&four, EPOCH_FIELD).await;
     assert_eq!(change(&four).await.unwrap(), Changed::Already);
+    assert_eq!(meta_field(&four, EPOCH_FIELD).await, epoch_before);
     let shown = cli_ok(writ_cli(&file, &["partitions"]));
     assert!(!shown.contains("partition(s)"), "{shown}");
     for p in 1..4 {

@@ -5,6 +5,8 @@
 //! already accepted is ever evicted.
 
 /// `KEYS[1]` stream, `KEYS[2]` partition meta; `ARGV[1]` group; `ARGV[2]`
-/// bound; `ARGV[3..]` fields. Without fields it returns the backlog instead
-/// (see [`crate::status`]): one definition for admission and status.
+/// bound; `ARGV[3]` the caller's partition count; `ARGV[4..]` fields (or a
+/// batch; the script's header). With only `ARGV[1..2]` it returns the
+/// backlog instead (see [`crate::status`]): one definition for admission and
+/// status.
 pub const XADD_BOUNDED: &str = include_str!("../lua/admit.lua");

@@ -32,9 +32,11 @@ if ARGV[6] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then
     if not drained then return 2 end
   end
 end
-redis.call('HSET', KEYS[1], 'partitions', ARGV[2], 'partitions_by', ARGV[7],
-  'partitions_epoch', ARGV[3], 'partitions_upto', ARGV[4])
--- A new count, set by the operator: it stands before any daemon's (a running
--- daemon that finds it stops; src/partition_count/claim.rs).
-if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'partitions_since', '0') end
+redis.call('HSET', KEYS[1], 'partitions', ARGV[2], 'partitions_by', ARGV[7], 'partitions_upto', ARGV[4])
+-- A new count, set by the operator: its epoch, and it stands before any
+-- daemon's (a running daemon that finds it stops; src/partition_count/claim.rs).
+-- The same count (daemons may be running) keeps the epoch they started under.
+if ARGV[6] == '1' then
+  redis.call('HSET', KEYS[1], 'partitions_epoch', ARGV[3], 'partitions_since', '0')
+end
 return 0

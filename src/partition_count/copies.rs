@@ -98,7 +98,8 @@ pub async fn copy(conn: &mut Conn, names: &Names, p: u32, count: u32) {
             // Not this daemon's count: its recheck stops it.
             return Ok(None);
         }
-        let reply: (u8, Option<String>, Option<u64>) = script()
+        // {1} when written, else {0, the copy, its epoch}.
+        let reply: Vec<redis::Value> = script()
             .key(names.meta(p))
             .arg("write")
             .arg(count)
@@ -106,8 +107,11 @@ pub async fn copy(conn: &mut Conn, names: &Names, p: u32, count: u32) {
             .arg(epoch)
             .invoke_async(conn)
             .await?;
-        Ok(match reply {
-            (0, copy, copy_epoch) => Some((copy.unwrap_or_default(), copy_epoch.unwrap_or(0))),
+        Ok(match reply.as_slice() {
+            [redis::Value::Int(0), copy, copy_epoch] => Some((
+                redis::from_redis_value_ref(copy).unwrap_or_default(),
+                redis::from_redis_value_ref(copy_epoch).unwrap_or(0),
+            )),
             _ => None,
         })
     }

@@ -20,7 +20,8 @@
 //! daemon-recorded count is an operator's act on a drained, stopped
 //! namespace ([`change`], `writ partitions --set`).
 //!
-//! A process checks the record when it starts; one that keeps running on
+//! A process checks the record when it starts (a running daemon also at
+//! each housekeeping pass, [`recheck`]); a writer that keeps running on
 //! the old count after a change is caught by its next admission instead. The
 //! count is copied into every other partition's meta hash too ([`copies`]),
 //! and the admission script refuses a write whose caller's count differs
@@ -52,11 +53,13 @@ pub const BY_FIELD: &str = "partitions_by";
 pub const EPOCH_FIELD: &str = "partitions_epoch";
 
 /// The field of `<ns>:{p0}:meta` that hands out epochs: each [`change`] run
-/// takes the next one (`HINCRBY`), so no two runs share one.
+/// takes the next one (an `HINCRBY` as a script of `HGET` and `HSET`, which
+/// the documented ACL users have), so no two runs share one.
 pub const EPOCHS_FIELD: &str = "partitions_epochs";
 
 /// The field of `<ns>:{p0}:meta` with when the daemon that recorded the
-/// count started (unix ms; absent when a client, a `writ partitions --set`
+/// count started (unix ms; 0 when `writ partitions --set` changed it, so
+/// that it stands before every daemon; absent, or left over, when a client
 /// or a hand recorded it): when two daemons' counts meet, the daemon that
 /// started first keeps its count (`claim::recheck`).
 pub const SINCE_FIELD: &str = "partitions_since";
@@ -103,7 +106,7 @@ fn parse(v: &str) -> Option<u32> {
 }
 
 /// `0, 3, 5`, or the first ten and how many more.
-fn list(ps: &[u32]) -> String {
+pub fn list(ps: &[u32]) -> String {
     let shown: Vec<String> = ps.iter().take(10).map(u32::to_string).collect();
     match ps.len() {
         n if n > 10 => format!("{} and {} more", shown.join(", "), n - 10),
