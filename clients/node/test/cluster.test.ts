@@ -220,6 +220,35 @@ describe("Redis Cluster", () => {
     assert.deepEqual(await processWith("submit").kit.call("Signal", ctxs[0], "readSignalData"), { id: "via-adapter" });
   }));
 
+  test("minReplicasAcked 1: a client left on another partition count is refused at its next write, and nothing is added", g(async () => {
+    const w = processWith("submit", { minReplicasAcked: 1, replicaAckTimeoutMs: 2000 });
+    await w.client.ready();
+    const part = ([symbol, strategyName, exchangeName]: string[]) =>
+      w.client.resolveKey(SIGNAL, { symbol, strategyName, exchangeName }).partition;
+    const ctxs = contexts(w.client, "recount", 1).filter((ctx) => part(ctx) !== 0);
+    const metas = Array.from({ length: env.partitions }, (_, p) => `${env.name}:{p${p}}:meta`);
+    // The copies as `writ partitions --set` to 4 leaves them (partition 0 holds
+    // the record the running daemon checks, and is left alone here).
+    const saved = await Promise.all(metas.map((m) => cluster.hget(m, "partitions")));
+    try {
+      for (let p = 1; p < env.partitions; p++) await cluster.hset(metas[p], "partitions", "4");
+      const before = await streamLengths();
+      for (const [symbol, strategyName, exchangeName] of ctxs) {
+        await assert.rejects(
+          w.client.submit(SIGNAL, { symbol, strategyName, exchangeName }, "put", { payload: { n: 1 } }),
+          (e: unknown) =>
+            e instanceof WritConfigError && /NOT accepted/.test(e.message) && /records 4 partitions/.test(e.message),
+        );
+      }
+      assert.deepEqual(await streamLengths(), before, "nothing added");
+    } finally {
+      for (let p = 1; p < env.partitions; p++) {
+        if (saved[p] === null) await cluster.hdel(metas[p], "partitions");
+        else await cluster.hset(metas[p], "partitions", saved[p]!);
+      }
+    }
+  }));
+
   test("minReplicasAcked 2 with one replica per master: a retryable WritTimeoutError after about the timeout", g(async () => {
     const w = processWith("submit", { minReplicasAcked: 2, replicaAckTimeoutMs: 400 });
     const t0 = Date.now();
