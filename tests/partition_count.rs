@@ -92,6 +92,34 @@ fn config_file(env: &TestEnv, n: u32) -> (tempfile::TempDir, std::path::PathBuf)
     (dir, file)
 }
 
+/// Records 4 partitions over a running daemon with 8, with the record's
+/// epoch raised to `epoch` (a change of the count), and checks that the
+/// daemon stops, naming both counts.
+async fn stops_when_the_count_changes(
+    daemon: Daemon,
+    conn: &mut writ::redis_conn::Conn,
+    meta: &str,
+    epoch: u64,
+) {
+    use writ::partition_count::{BY_FIELD, EPOCH_FIELD, FIELD};
+    let _: () = redis::cmd("HSET")
+        .arg(meta)
+        .arg(FIELD)
+        .arg(4)
+        .arg(BY_FIELD)
+        .arg("daemon")
+        .arg(EPOCH_FIELD)
+        .arg(epoch)
+        .query_async(conn)
+        .await
+        .unwrap();
+    let e = daemon
+        .stopped_within(Duration::from_secs(30))
+        .await
+        .expect_err("the daemon went on after the count changed");
+    assert_names_both(e, 8, 4);
+}
+
 /// The stdout of a CLI run that succeeded.
 fn cli_ok(out: std::process::Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -210,22 +238,7 @@ async fn clients_and_daemons_with_another_partition_count_are_refused() {
     // Another daemon's count appearing under a running daemon with a raised
     // epoch (a change of the count that raced its start; a hand edit here)
     // stops it, saying why.
-    let _: () = redis::cmd("HSET")
-        .arg(&meta)
-        .arg(writ::partition_count::FIELD)
-        .arg(4)
-        .arg(writ::partition_count::BY_FIELD)
-        .arg("daemon")
-        .arg(writ::partition_count::EPOCH_FIELD)
-        .arg(1000)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let e = daemon
-        .stopped_within(Duration::from_secs(30))
-        .await
-        .expect_err("the daemon went on under another daemon's count");
-    assert_names_both(e, 8, 4);
+    stops_when_the_count_changes(daemon, &mut conn, &meta, 1000).await;
     drop(writ);
 
     // A misconfigured client that connects before any daemon does not lock
@@ -720,20 +733,7 @@ async fn a_misconfigured_daemon_cannot_stop_a_running_fleet() {
     assert_names_both(e, 4, 8);
     assert_eq!(recorded(&eight).await.as_deref(), Some("8"));
     // A change of the count stops it.
-    let _: () = redis::cmd("HSET")
-        .arg(&meta)
-        .arg(FIELD)
-        .arg(4)
-        .arg(EPOCH_FIELD)
-        .arg(9)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let e = daemon
-        .stopped_within(Duration::from_secs(30))
-        .await
-        .expect_err("the daemon went on after the count changed");
-    assert_names_both(e, 8, 4);
+    stops_when_the_count_changes(daemon, &mut conn, &meta, 9).await;
 
     // Each rule on its own, for a daemon with 8 that started at `since`
     // under epoch 0, against a record of 4 by a daemon.
