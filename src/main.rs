@@ -173,159 +173,192 @@ fn main() -> ExitCode {
 
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve => {
-            let shutdown = CancellationToken::new();
-            tokio::spawn(signal_watch(shutdown.clone()));
-            writ::serve::serve(config, shutdown)
-                .await
-                .context("writ serve")?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Serve => serve(config).await,
         Command::Bench(args) => writ::bench::run(config, args).await.context("writ bench"),
-        Command::Status { json } => {
-            let mut conn = writ::redis_conn::connect(&config, std::time::Duration::ZERO).await?;
-            let names = writ::protocol::Names::new(&config.namespace);
-            match writ::partition_count::recorded(&mut conn, &names).await? {
-                Some(n) if n != config.partitions => eprintln!(
-                    "note: this namespace records redis.partitions = {n}; this config says {}, so the table below shows {} partitions (daemons and clients with it are refused)",
-                    config.partitions, config.partitions
-                ),
-                _ => {}
-            }
-            let s = writ::status::status(&mut conn, &config.namespace, config.partitions).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
-            } else {
-                print!("{}", writ::status::render_table(&s));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Partitions { set } => {
-            let mut conn = writ::redis_conn::connect(&config, std::time::Duration::ZERO).await?;
-            let names = writ::protocol::Names::new(&config.namespace);
-            let ns = &config.namespace;
-            let to = config.partitions;
-            if set {
-                use writ::partition_count::Changed;
-                match writ::partition_count::change(&mut conn, &config).await?
-                {
-                    Changed::Already => println!("namespace {ns:?} already records {to} partitions"),
-                    Changed::From(None) => println!("namespace {ns:?} now records {to} partitions"),
-                    Changed::From(Some(n)) => println!(
-                        "namespace {ns:?} now records {to} partitions (before: {n}); start daemons and writers with {to}"
-                    ),
-                }
-            } else {
-                let recorded = writ::partition_count::recorded(&mut conn, &names).await?;
-                match recorded {
-                    Some(n) if n == to => println!("namespace {ns:?} records {n} partitions, as this config"),
-                    Some(n) => println!(
-                        "namespace {ns:?} records {n} partitions; this config says {to} (daemons and clients with it are refused)"
-                    ),
-                    None => println!(
-                        "namespace {ns:?} records no partition count yet (the first daemon or client records its own); this config says {to}"
-                    ),
-                }
-                if let Some(n) = recorded {
-                    let (other, missing) =
-                        writ::partition_count::copies::disagreeing(&mut conn, &names, n).await?;
-                    use writ::partition_count::list;
-                    if !other.is_empty() {
-                        println!(
-                            "partition(s) {} hold a copy of another count (a `writ partitions --set` that did not finish, or a hand edit): writers configured with {n} are refused there. Run `writ partitions --set` again",
-                            list(&other)
-                        );
-                    }
-                    if !missing.is_empty() {
-                        println!(
-                            "partition(s) {} have lost their copy of the count (a failover, say): a writer on another count is not refused there. Run `writ partitions --set` again",
-                            list(&missing)
-                        );
-                    }
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Status { json } => status(config, json).await,
+        Command::Partitions { set: true } => partitions_set(config).await,
+        Command::Partitions { set: false } => partitions_show(config).await,
         Command::Dlq { action } => dlq(config, action).await,
         Command::Replay {
             from,
             to,
             collection,
-        } => {
-            let now = writ::protocol::wall_clock_ms();
-            let parse = |s: &str| {
-                writ::tools::parse_point(s, now).with_context(|| {
-                    format!("{s:?} is not a stream id, unix ms, a UTC time like 2026-11-23T01:30:00Z, or a duration like 15m")
-                })
-            };
-            let from = parse(&from)?;
-            let to = to.as_deref().map(parse).transpose()?;
-            let tools = writ::tools::Tools::connect(config).await?;
-            tools.check_collection(collection.as_deref())?;
-            // Replay waits through outages like the daemon; a signal stops it.
-            tokio::spawn(signal_watch(tools.abort.clone()));
-            let sum = tools
-                .replay(from, to, collection.as_deref())
-                .await
-                .context(
-                    "replay stopped before the end of its range; it is idempotent: run it again",
-                )?;
-            println!("{}", serde_json::to_string(&sum)?);
-            if !sum.trimmed.is_empty() {
-                eprintln!(
-                    "writ: warning: partitions {:?} no longer hold the whole range (retention trimmed them, or entries \
-                     were deleted): writes removed from there were not replayed",
-                    sum.trimmed
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => replay(config, &from, to.as_deref(), collection.as_deref()).await,
         Command::RebuildCache { collection, since } => {
-            let since = since
-                .map(|s| {
-                    writ::tools::parse_point(&s, writ::protocol::wall_clock_ms())
-                        .map(|v| v.ms)
-                        .with_context(|| {
-                            format!("--since {s:?}: give unix ms, a UTC time (2026-11-23T01:30:00Z) or a duration ago (90s, 15m, 2h, 1d)")
-                        })
-                })
-                .transpose()?;
-            let tools = writ::tools::Tools::connect(config).await?;
-            tools.check_collection(collection.as_deref())?;
-            let sum = tools.rebuild_cache(collection.as_deref(), since).await?;
-            println!("{}", serde_json::to_string(&sum)?);
-            Ok(ExitCode::SUCCESS)
+            rebuild_cache(config, collection.as_deref(), since.as_deref()).await
         }
         Command::CheckConfig => {
-            let tls = &config.redis_tls;
-            let mut redis_tls = String::new();
-            if let Some(ca) = &tls.ca_file {
-                redis_tls += &format!(" (CA {})", ca.display());
-            }
-            if let Some(cert) = &tls.cert_file {
-                redis_tls += &format!(" (client certificate {})", cert.display());
-            }
-            if config.redis_cluster {
-                redis_tls = format!(" (cluster){redis_tls}");
-            }
-            if config.min_replicas_acked > 0 {
-                redis_tls += &format!(
-                    " (min_replicas_acked {}, within {} ms)",
-                    config.min_replicas_acked,
-                    config.replica_ack_timeout.as_millis()
-                );
-            }
-            println!(
-                "config ok: {} partitions, {} collections, redis {}{redis_tls}, mongodb {} / {}",
-                config.partitions,
-                config.collections.len(),
-                writ::redis_conn::redacted_urls(&config),
-                writ::config::redact_url(&config.mongodb_uri),
-                config.database
-            );
+            check_config(&config);
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `writ serve`: the daemon, until SIGTERM or SIGINT.
+async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_watch(shutdown.clone()));
+    writ::serve::serve(config, shutdown)
+        .await
+        .context("writ serve")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `writ status [--json]`.
+async fn status(config: Config, json: bool) -> anyhow::Result<ExitCode> {
+    let mut conn = writ::redis_conn::connect(&config, std::time::Duration::ZERO).await?;
+    let names = writ::protocol::Names::new(&config.namespace);
+    match writ::partition_count::recorded(&mut conn, &names).await? {
+        Some(n) if n != config.partitions => eprintln!(
+            "note: this namespace records redis.partitions = {n}; this config says {}, so the table below shows {} partitions (daemons and clients with it are refused)",
+            config.partitions, config.partitions
+        ),
+        _ => {}
+    }
+    let s = writ::status::status(&mut conn, &config.namespace, config.partitions).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        print!("{}", writ::status::render_table(&s));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `writ partitions --set`: records the config's count.
+async fn partitions_set(config: Config) -> anyhow::Result<ExitCode> {
+    use writ::partition_count::Changed;
+    let mut conn = writ::redis_conn::connect(&config, std::time::Duration::ZERO).await?;
+    let (ns, to) = (&config.namespace, config.partitions);
+    match writ::partition_count::change(&mut conn, &config).await? {
+        Changed::Already => println!("namespace {ns:?} already records {to} partitions"),
+        Changed::From(None) => println!("namespace {ns:?} now records {to} partitions"),
+        Changed::From(Some(n)) => println!(
+            "namespace {ns:?} now records {to} partitions (before: {n}); start daemons and writers with {to}"
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `writ partitions`: the recorded count against the config's, and the
+/// partitions whose copy of it disagrees or was lost.
+async fn partitions_show(config: Config) -> anyhow::Result<ExitCode> {
+    use writ::partition_count::list;
+    let mut conn = writ::redis_conn::connect(&config, std::time::Duration::ZERO).await?;
+    let names = writ::protocol::Names::new(&config.namespace);
+    let (ns, to) = (&config.namespace, config.partitions);
+    let recorded = writ::partition_count::recorded(&mut conn, &names).await?;
+    match recorded {
+        Some(n) if n == to => println!("namespace {ns:?} records {n} partitions, as this config"),
+        Some(n) => println!(
+            "namespace {ns:?} records {n} partitions; this config says {to} (daemons and clients with it are refused)"
+        ),
+        None => println!(
+            "namespace {ns:?} records no partition count yet (the first daemon or client records its own); this config says {to}"
+        ),
+    }
+    let Some(n) = recorded else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let (other, missing) = writ::partition_count::copies::disagreeing(&mut conn, &names, n).await?;
+    if !other.is_empty() {
+        println!(
+            "partition(s) {} hold a copy of another count (a `writ partitions --set` that did not finish, or a hand edit): writers configured with {n} are refused there. Run `writ partitions --set` again",
+            list(&other)
+        );
+    }
+    if !missing.is_empty() {
+        println!(
+            "partition(s) {} have lost their copy of the count (a failover, say): a writer on another count is not refused there. Run `writ partitions --set` again",
+            list(&missing)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `writ replay --from F [--to T] [--collection C]`.
+async fn replay(
+    config: Config,
+    from: &str,
+    to: Option<&str>,
+    collection: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let now = writ::protocol::wall_clock_ms();
+    let parse = |s: &str| {
+        writ::tools::parse_point(s, now).with_context(|| {
+            format!("{s:?} is not a stream id, unix ms, a UTC time like 2026-11-23T01:30:00Z, or a duration like 15m")
+        })
+    };
+    let from = parse(from)?;
+    let to = to.map(parse).transpose()?;
+    let tools = writ::tools::Tools::connect(config).await?;
+    tools.check_collection(collection)?;
+    // Replay waits through outages like the daemon; a signal stops it.
+    tokio::spawn(signal_watch(tools.abort.clone()));
+    let sum = tools
+        .replay(from, to, collection)
+        .await
+        .context("replay stopped before the end of its range; it is idempotent: run it again")?;
+    println!("{}", serde_json::to_string(&sum)?);
+    if !sum.trimmed.is_empty() {
+        eprintln!(
+            "writ: warning: partitions {:?} no longer hold the whole range (retention trimmed them, or entries \
+             were deleted): writes removed from there were not replayed",
+            sum.trimmed
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `writ rebuild-cache [--collection C] [--since S]`.
+async fn rebuild_cache(
+    config: Config,
+    collection: Option<&str>,
+    since: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let since = since
+        .map(|s| {
+            writ::tools::parse_point(s, writ::protocol::wall_clock_ms())
+                .map(|v| v.ms)
+                .with_context(|| {
+                    format!("--since {s:?}: give unix ms, a UTC time (2026-11-23T01:30:00Z) or a duration ago (90s, 15m, 2h, 1d)")
+                })
+        })
+        .transpose()?;
+    let tools = writ::tools::Tools::connect(config).await?;
+    tools.check_collection(collection)?;
+    let sum = tools.rebuild_cache(collection, since).await?;
+    println!("{}", serde_json::to_string(&sum)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `writ check-config`: a one-line summary, secrets redacted.
+fn check_config(config: &Config) {
+    let tls = &config.redis_tls;
+    let mut redis_tls = String::new();
+    if let Some(ca) = &tls.ca_file {
+        redis_tls += &format!(" (CA {})", ca.display());
+    }
+    if let Some(cert) = &tls.cert_file {
+        redis_tls += &format!(" (client certificate {})", cert.display());
+    }
+    if config.redis_cluster {
+        redis_tls = format!(" (cluster){redis_tls}");
+    }
+    if config.min_replicas_acked > 0 {
+        redis_tls += &format!(
+            " (min_replicas_acked {}, within {} ms)",
+            config.min_replicas_acked,
+            config.replica_ack_timeout.as_millis()
+        );
+    }
+    println!(
+        "config ok: {} partitions, {} collections, redis {}{redis_tls}, mongodb {} / {}",
+        config.partitions,
+        config.collections.len(),
+        writ::redis_conn::redacted_urls(config),
+        writ::config::redact_url(&config.mongodb_uri),
+        config.database
+    );
 }
 
 /// Dead letters read per page by `dlq retry --all` and `dlq drop --all`.

@@ -24,52 +24,21 @@ use crate::source::ensure_group;
 /// Runs the daemon until `shutdown` fires, then drains and returns.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
     let config = Arc::new(config);
-    tracing::info!(
-        redis = %crate::redis_conn::redacted_urls(&config),
-        redis_cluster = config.redis_cluster,
-        min_replicas_acked = config.min_replicas_acked,
-        mongodb = %redact_url(&config.mongodb_uri),
-        database = %config.database,
-        partitions = config.partitions,
-        consumer = %config.consumer_name,
-        "starting writ serve"
-    );
+    log_start(&config);
     let health = Health::default();
     if let Some(addr) = config.metrics_listen {
         telemetry::serve_http(addr, health.clone(), shutdown.clone()).await?;
     }
     telemetry::register(&config);
     let store = Store::connect(&config).await?;
-    match wait_for_mongo(&store, &shutdown).await {
-        Err(Error::Shutdown) => {
-            tracing::info!("stopped while waiting for MongoDB; nothing was in flight");
-            return Ok(());
-        }
+    match prepare_mongo(&store, &config, &shutdown).await {
+        Err(Error::Shutdown) => return Ok(()),
         other => other?,
     }
-    match store
-        .ensure_indexes_waiting(config.collections.values(), config.backoff_cap, &shutdown)
-        .await
-    {
-        Err(Error::Shutdown) => {
-            tracing::info!("stopped while creating the unique key indexes; nothing was in flight");
-            return Ok(());
-        }
-        other => other?,
-    }
-    let mut conn = crate::redis_conn::connect(&config, Duration::ZERO).await?;
-    let names = Names::new(&config.namespace);
-    let streams: Vec<String> = (0..config.partitions).map(|p| names.stream(p)).collect();
-    crate::redis_conn::durability::check(&conn, &streams, config.min_replicas_acked > 0).await?;
-    let standing =
-        crate::partition_count::claim_daemon(&mut conn, &config, crate::protocol::wall_clock_ms())
-            .await?;
-    for p in 0..config.partitions {
-        ensure_group(&mut conn, &names.stream(p), &names.group()).await?;
-    }
+    let (conn, standing) = prepare_redis(&config).await?;
     let ctx = Arc::new(Ctx {
         config: config.clone(),
-        names,
+        names: Names::new(&config.namespace),
         store: store.clone(),
         cache: Cache::new(conn.clone()).with_replication(Replication::of(&config)),
         conn: conn.clone(),
@@ -94,16 +63,17 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
     ));
     // Set (and the daemon stopped) when another daemon's partition count
     // appears in Redis: this daemon must not go on with its own.
-    let wrong_count = Arc::new(std::sync::Mutex::new(None));
+    let halt = Halt {
+        daemon: shutdown.clone(),
+        why: Arc::new(std::sync::Mutex::new(None)),
+    };
+    let why = halt.why.clone();
     let keeper = tokio::spawn(housekeeping(
         config.clone(),
-        conn.clone(),
+        conn,
         standing,
         background.clone(),
-        Halt {
-            daemon: shutdown.clone(),
-            why: wrong_count.clone(),
-        },
+        halt,
     ));
     tracing::info!(
         partitions = config.partitions,
@@ -116,11 +86,58 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
     background.cancel();
     let _ = tokio::join!(probe, keeper);
     tracing::info!("writ serve stopped");
-    let why = wrong_count.lock().ok().and_then(|mut w| w.take());
+    let why = why.lock().ok().and_then(|mut w| w.take());
     match why {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// The start-up line: where the daemon writes (credentials redacted).
+fn log_start(config: &Config) {
+    tracing::info!(
+        redis = %crate::redis_conn::redacted_urls(config),
+        redis_cluster = config.redis_cluster,
+        min_replicas_acked = config.min_replicas_acked,
+        mongodb = %redact_url(&config.mongodb_uri),
+        database = %config.database,
+        partitions = config.partitions,
+        consumer = %config.consumer_name,
+        "starting writ serve"
+    );
+}
+
+/// Waits for MongoDB and creates the unique key indexes.
+/// [`Error::Shutdown`] when `shutdown` fires meanwhile (nothing was in flight).
+async fn prepare_mongo(store: &Store, config: &Config, shutdown: &CancellationToken) -> Result<()> {
+    let r = match wait_for_mongo(store, shutdown).await {
+        Ok(()) => {
+            store
+                .ensure_indexes_waiting(config.collections.values(), config.backoff_cap, shutdown)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    if matches!(r, Err(Error::Shutdown)) {
+        tracing::info!("stopped while waiting for MongoDB or creating the unique key indexes; nothing was in flight");
+    }
+    r
+}
+
+/// Connects to Redis, checks its settings ([`crate::redis_conn::durability`]),
+/// claims the namespace's partition count and creates the consumer groups.
+async fn prepare_redis(config: &Config) -> Result<(Conn, crate::partition_count::Standing)> {
+    let mut conn = crate::redis_conn::connect(config, Duration::ZERO).await?;
+    let names = Names::new(&config.namespace);
+    let streams: Vec<String> = (0..config.partitions).map(|p| names.stream(p)).collect();
+    crate::redis_conn::durability::check(&conn, &streams, config.min_replicas_acked > 0).await?;
+    let standing =
+        crate::partition_count::claim_daemon(&mut conn, config, crate::protocol::wall_clock_ms())
+            .await?;
+    for stream in &streams {
+        ensure_group(&mut conn, stream, &names.group()).await?;
+    }
+    Ok((conn, standing))
 }
 
 /// How housekeeping stops the whole daemon, and says why.
@@ -155,50 +172,8 @@ async fn housekeeping(
             Ok(s) => {
                 metrics::gauge!("writ_dead_letter_entries").set(s.dead_letters as f64);
                 for p in &s.partitions {
-                    let label = p.partition.to_string();
-                    metrics::gauge!("writ_partition_unapplied_entries", "partition" => label.clone()).set(p.unapplied as f64);
-                    metrics::gauge!("writ_partition_pending_entries", "partition" => label.clone())
-                        .set(p.pending as f64);
-                    metrics::gauge!("writ_partition_oldest_unapplied_age_seconds", "partition" => label.clone()).set(p.oldest_unapplied_age_seconds);
-                    if let Some(w) = p
-                        .watermark
-                        .as_deref()
-                        .and_then(|w| w.parse::<crate::protocol::Version>().ok())
-                    {
-                        metrics::gauge!("writ_partition_committed_watermark_seconds", "partition" => label.clone()).set(w.ms as f64 / 1000.0);
-                    }
-                    let stream = names.stream(p.partition);
-                    match crate::retention::trim_point(
-                        &mut conn,
-                        &stream,
-                        p,
-                        config.retention_max_age,
-                        config.retention_max_entries,
-                    )
-                    .await
-                    {
-                        Ok(Some(point)) => {
-                            match crate::retention::trim(&mut conn, &stream, point).await {
-                                Ok(n) if n > 0 => {
-                                    metrics::counter!("writ_stream_trimmed_entries_total")
-                                        .increment(n);
-                                    tracing::debug!(
-                                        partition = p.partition,
-                                        trimmed = n,
-                                        "trimmed committed entries"
-                                    )
-                                }
-                                Ok(_) => {}
-                                Err(e) => {
-                                    tracing::warn!(partition = p.partition, error = %e, "trim failed")
-                                }
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            tracing::warn!(partition = p.partition, error = %e, "trim point failed")
-                        }
-                    }
+                    publish_status(p);
+                    trim(&mut conn, &config, &names.stream(p.partition), p).await;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot read partition status"),
@@ -207,6 +182,58 @@ async fn housekeeping(
             _ = tokio::time::sleep(config.stats_interval) => {}
             _ = stop.cancelled() => return,
         }
+    }
+}
+
+/// One owned partition's status as gauges.
+fn publish_status(p: &crate::status::PartitionStatus) {
+    let label = p.partition.to_string();
+    metrics::gauge!("writ_partition_unapplied_entries", "partition" => label.clone())
+        .set(p.unapplied as f64);
+    metrics::gauge!("writ_partition_pending_entries", "partition" => label.clone())
+        .set(p.pending as f64);
+    metrics::gauge!("writ_partition_oldest_unapplied_age_seconds", "partition" => label.clone())
+        .set(p.oldest_unapplied_age_seconds);
+    if let Some(w) = p
+        .watermark
+        .as_deref()
+        .and_then(|w| w.parse::<crate::protocol::Version>().ok())
+    {
+        metrics::gauge!("writ_partition_committed_watermark_seconds", "partition" => label)
+            .set(w.ms as f64 / 1000.0);
+    }
+}
+
+/// Trims one owned partition's committed entries past retention
+/// ([`crate::retention`]); a failure is logged and tried again next time.
+async fn trim(conn: &mut Conn, config: &Config, stream: &str, p: &crate::status::PartitionStatus) {
+    let point = crate::retention::trim_point(
+        conn,
+        stream,
+        p,
+        config.retention_max_age,
+        config.retention_max_entries,
+    )
+    .await;
+    let point = match point {
+        Ok(Some(point)) => point,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(partition = p.partition, error = %e, "trim point failed");
+            return;
+        }
+    };
+    match crate::retention::trim(conn, stream, point).await {
+        Ok(0) => {}
+        Ok(n) => {
+            metrics::counter!("writ_stream_trimmed_entries_total").increment(n);
+            tracing::debug!(
+                partition = p.partition,
+                trimmed = n,
+                "trimmed committed entries"
+            )
+        }
+        Err(e) => tracing::warn!(partition = p.partition, error = %e, "trim failed"),
     }
 }
 

@@ -212,19 +212,7 @@ fn check_daemon(daemon: &RawDaemon) -> Result<DaemonChecked> {
         1,
         u64::MAX,
     )?;
-    let metrics_listen = if daemon.metrics_listen.is_empty() {
-        None
-    } else {
-        Some(daemon.metrics_listen.parse::<SocketAddr>().map_err(|_| {
-            bad(
-                "daemon.metrics_listen",
-                format!(
-                    "{:?} is not host:port such as 127.0.0.1:9108 (empty disables it)",
-                    daemon.metrics_listen
-                ),
-            )
-        })?)
-    };
+    let metrics_listen = metrics_listen(&daemon.metrics_listen)?;
     let log_format = match daemon.log_format.as_str() {
         "text" => LogFormat::Text,
         "json" => LogFormat::Json,
@@ -235,31 +223,7 @@ fn check_daemon(daemon: &RawDaemon) -> Result<DaemonChecked> {
             ))
         }
     };
-    // A bare word is a level to EnvFilter only if it names one; anything
-    // else is taken as a target, so a typo ("debgu") would turn every log
-    // line off without a word.
-    let levels = ["trace", "debug", "info", "warn", "error", "off"];
-    if let Some(word) = daemon.log_level.split(',').map(str::trim).find(|d| {
-        !d.is_empty()
-            && !d.contains(['=', '[', ':'])
-            && !levels.contains(&d.to_ascii_lowercase().as_str())
-    }) {
-        return Err(bad(
-            "daemon.log_level",
-            format!(
-                "{word:?} is not a level (trace, debug, info, warn, error, off); for one target's level write \"{word}=debug\""
-            ),
-        ));
-    }
-    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&daemon.log_level) {
-        return Err(bad(
-            "daemon.log_level",
-            format!(
-                "{:?} is not a log filter ({e}); use a level such as \"info\" or \"debug\", or directives such as \"info,writ=debug\"",
-                daemon.log_level
-            ),
-        ));
-    }
+    check_log_level(&daemon.log_level)?;
     let consumer_name = match &daemon.consumer_name {
         Some(n) if is_identifier(n) => n.clone(),
         Some(_) => {
@@ -275,6 +239,49 @@ fn check_daemon(daemon: &RawDaemon) -> Result<DaemonChecked> {
         metrics_listen,
         log_format,
     })
+}
+
+/// `daemon.metrics_listen`: host:port, or "" for none.
+fn metrics_listen(text: &str) -> Result<Option<SocketAddr>> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let addr = text.parse::<SocketAddr>().map_err(|_| {
+        bad(
+            "daemon.metrics_listen",
+            format!("{text:?} is not host:port such as 127.0.0.1:9108 (empty disables it)"),
+        )
+    })?;
+    Ok(Some(addr))
+}
+
+/// `daemon.log_level`: a level, or `EnvFilter` directives.
+fn check_log_level(level: &str) -> Result<()> {
+    // A bare word is a level to EnvFilter only if it names one; anything
+    // else is taken as a target, so a typo ("debgu") would turn every log
+    // line off without a word.
+    let levels = ["trace", "debug", "info", "warn", "error", "off"];
+    if let Some(word) = level.split(',').map(str::trim).find(|d| {
+        !d.is_empty()
+            && !d.contains(['=', '[', ':'])
+            && !levels.contains(&d.to_ascii_lowercase().as_str())
+    }) {
+        return Err(bad(
+            "daemon.log_level",
+            format!(
+                "{word:?} is not a level (trace, debug, info, warn, error, off); for one target's level write \"{word}=debug\""
+            ),
+        ));
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(level) {
+        return Err(bad(
+            "daemon.log_level",
+            format!(
+                "{level:?} is not a log filter ({e}); use a level such as \"info\" or \"debug\", or directives such as \"info,writ=debug\""
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `[client]`: the backlog bound and the document size cap.
@@ -431,36 +438,19 @@ fn redis_tls(
             "mutual TLS needs both redis.tls_cert_file and redis.tls_key_file",
         ));
     }
-    let read = |field: &str, path: &Option<String>, kind: &str, marker: &str| {
-        let Some(path) = path else {
-            return Ok(None);
-        };
-        if path.is_empty() {
-            return Err(bad(field, "is empty; name a PEM file or remove it"));
-        }
-        let pem =
-            std::fs::read(path).map_err(|e| bad(field, format!("cannot read {path}: {e}")))?;
-        if !String::from_utf8_lossy(&pem).contains(marker) {
-            return Err(bad(
-                field,
-                format!("{path} holds no PEM {kind} (no \"{marker}\" line)"),
-            ));
-        }
-        Ok(Some((PathBuf::from(path), pem)))
-    };
-    let ca = read(
+    let ca = read_pem(
         "redis.tls_ca_file",
         &ca,
         "certificate",
         "-----BEGIN CERTIFICATE-----",
     )?;
-    let cert = read(
+    let cert = read_pem(
         "redis.tls_cert_file",
         &cert,
         "certificate",
         "-----BEGIN CERTIFICATE-----",
     )?;
-    let key = read(
+    let key = read_pem(
         "redis.tls_key_file",
         &key,
         "private key",
@@ -482,6 +472,30 @@ fn redis_tls(
         cert_file: cert.map(|(p, _)| p),
         key_file: key.map(|(p, _)| p),
     })
+}
+
+/// Reads the PEM file of a `redis.tls_*` field (`None`: not set), which
+/// must hold a `marker` line.
+fn read_pem(
+    field: &str,
+    path: &Option<String>,
+    kind: &str,
+    marker: &str,
+) -> Result<Option<(PathBuf, Vec<u8>)>> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    if path.is_empty() {
+        return Err(bad(field, "is empty; name a PEM file or remove it"));
+    }
+    let pem = std::fs::read(path).map_err(|e| bad(field, format!("cannot read {path}: {e}")))?;
+    if !String::from_utf8_lossy(&pem).contains(marker) {
+        return Err(bad(
+            field,
+            format!("{path} holds no PEM {kind} (no \"{marker}\" line)"),
+        ));
+    }
+    Ok(Some((PathBuf::from(path), pem)))
 }
 
 fn default_consumer_name() -> String {
