@@ -7,10 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use mongodb::bson::doc;
 
 use super::{bench_key, new_hist, BenchArgs, Figures, Last, Zipf};
+use crate::protocol::Version;
 
 /// What one [`load`] does.
 #[derive(Debug, Clone, Copy)]
@@ -31,86 +33,101 @@ pub(super) async fn load(
     last: &Last,
     plan: Plan,
 ) -> (Figures, u64) {
-    let Plan {
-        wait,
-        total,
-        each_key_once,
-    } = plan;
-    let zipf = Arc::new(Zipf::new(args.keys.max(1), args.zipf));
-    let pad = "x".repeat(args.payload);
-    let issued = Arc::new(AtomicU64::new(0));
-    let hist = Arc::new(Mutex::new(new_hist()));
-    let errors = Arc::new(AtomicU64::new(0));
-    let bar = progress(args, total);
-    let deadline = args
-        .duration
-        .map(|s| Instant::now() + Duration::from_secs(s));
+    let writers = Writers {
+        handle: handle.clone(),
+        key_fields: Arc::new(coll.key.clone()),
+        zipf: Arc::new(Zipf::new(args.keys.max(1), args.zipf)),
+        pad: Arc::new("x".repeat(args.payload)),
+        issued: Arc::new(AtomicU64::new(0)),
+        last: last.clone(),
+        hist: Arc::new(Mutex::new(new_hist())),
+        errors: Arc::new(AtomicU64::new(0)),
+        bar: progress(args, plan.total),
+        deadline: args
+            .duration
+            .map(|s| Instant::now() + Duration::from_secs(s)),
+        plan,
+    };
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..args.writers.max(1) {
-        let (handle, zipf, pad, issued, last, hist, errors, bar, key_fields) = (
-            handle.clone(),
-            zipf.clone(),
-            pad.clone(),
-            issued.clone(),
-            last.clone(),
-            hist.clone(),
-            errors.clone(),
-            bar.clone(),
-            coll.key.clone(),
-        );
-        tasks.spawn(async move {
-            let mut local = new_hist();
-            while let Some(n) = next_write(&issued, deadline, total) {
-                let k = if each_key_once {
-                    n as usize
-                } else {
-                    zipf.sample(&mut rand::rng())
-                };
-                let key = bench_key(&key_fields, k);
-                let t = Instant::now();
-                let doc = doc! {"n": n as i64, "writer": w as i64, "pad": &pad};
-                let res = match handle.submit(&key, &doc).await {
-                    Ok(ticket) if wait => {
-                        let own = ticket.version();
-                        ticket.wait().await.map(|_| own)
-                    }
-                    Ok(ticket) => Ok(ticket.version()),
-                    Err(e) => Err(e),
-                };
-                match res {
-                    Ok(own) => {
-                        let _ = local.record(t.elapsed().as_micros().max(1) as u64);
-                        let mut last = last.lock().expect("lock");
-                        let slot = last.entry(k).or_insert((own, n));
-                        if slot.0 < own {
-                            *slot = (own, n);
-                        }
-                        if deadline.is_none() {
-                            bar.inc(1);
-                        }
-                    }
-                    Err(e) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(error = %e, "bench write failed");
-                    }
-                }
-            }
-            let _ = hist.lock().expect("lock").add(&local);
-        });
+        tasks.spawn(writers.clone().run(w));
     }
     while tasks.join_next().await.is_some() {}
     let elapsed = started.elapsed();
-    bar.finish_and_clear();
-    let hist = hist.lock().expect("lock").clone();
+    writers.bar.finish_and_clear();
+    let hist = writers.hist.lock().expect("lock").clone();
     (
         Figures {
             ops: hist.len(),
             elapsed,
             hist,
         },
-        errors.load(Ordering::Relaxed),
+        writers.errors.load(Ordering::Relaxed),
     )
+}
+
+/// What the writers of one [`load`] share.
+#[derive(Clone)]
+struct Writers {
+    handle: crate::Collection,
+    key_fields: Arc<Vec<String>>,
+    zipf: Arc<Zipf>,
+    pad: Arc<String>,
+    /// Writes handed out so far.
+    issued: Arc<AtomicU64>,
+    last: Last,
+    hist: Arc<Mutex<Histogram<u64>>>,
+    errors: Arc<AtomicU64>,
+    bar: ProgressBar,
+    deadline: Option<Instant>,
+    plan: Plan,
+}
+
+impl Writers {
+    /// Writer `w`: writes until the plan's count or deadline.
+    async fn run(self, w: usize) {
+        let mut local = new_hist();
+        while let Some(n) = next_write(&self.issued, self.deadline, self.plan.total) {
+            let k = if self.plan.each_key_once {
+                n as usize
+            } else {
+                self.zipf.sample(&mut rand::rng())
+            };
+            let t = Instant::now();
+            match self.write(w, n, k).await {
+                Ok(own) => {
+                    let _ = local.record(t.elapsed().as_micros().max(1) as u64);
+                    let mut last = self.last.lock().expect("lock");
+                    let slot = last.entry(k).or_insert((own, n));
+                    if slot.0 < own {
+                        *slot = (own, n);
+                    }
+                    if self.deadline.is_none() {
+                        self.bar.inc(1);
+                    }
+                }
+                Err(e) => {
+                    self.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "bench write failed");
+                }
+            }
+        }
+        let _ = self.hist.lock().expect("lock").add(&local);
+    }
+
+    /// Write `n` of writer `w`, to key `k`: its version once it is accepted
+    /// (or acked, with `plan.wait`).
+    async fn write(&self, w: usize, n: u64, k: usize) -> crate::Result<Version> {
+        let key = bench_key(&self.key_fields, k);
+        let doc = doc! {"n": n as i64, "writer": w as i64, "pad": self.pad.as_str()};
+        let ticket = self.handle.submit(&key, &doc).await?;
+        let own = ticket.version();
+        if self.plan.wait {
+            ticket.wait().await?;
+        }
+        Ok(own)
+    }
 }
 
 /// Cache-hit reads of the written keys, `args.writes` of them.

@@ -126,27 +126,10 @@ pub async fn park(acker: &Acker, fence: &Fence, write: Parking<'_>) -> Parked {
         attempts,
         reply,
     } = write;
-    let held = retry_until(acker.abort(), "fence check", || {
-        let mut conn = acker.conn().clone();
-        let key = fence.key.clone();
-        async move {
-            let t: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
-            Ok(t)
-        }
-    })
-    .await;
-    match held {
+    match still_held(acker, fence).await {
         None => return Parked::Stopped,
-        Some(t) if t != Some(fence.token.to_string()) => {
-            Event::Fenced {
-                partition: fence.partition,
-                op: "dead_letter",
-                token: fence.token,
-            }
-            .emit();
-            return Parked::Fenced;
-        }
-        Some(_) => {}
+        Some(false) => return Parked::Fenced,
+        Some(true) => {}
     }
     Event::DeadLettered {
         collection,
@@ -155,35 +138,15 @@ pub async fn park(acker: &Acker, fence: &Fence, write: Parking<'_>) -> Parked {
         attempts,
     }
     .emit();
-    let dlq = acker.names().dead_letters();
-    let parked = retry_until(acker.abort(), "dead letter", || {
-        let mut pipe = redis::pipe();
-        DeadLetter {
-            reason: reject.reason.as_str(),
-            detail: reject.detail.clone(),
-            stream: acker.stream(),
-            id: id.to_stream_id(),
-            attempts,
-            original: fields,
-        }
-        .add_to(&mut pipe, &dlq);
-        // The entry is XACKed only once the dead letter is as durable as
-        // `redis.min_replicas_acked` asks: the dead-letter stream may live on
-        // another node than the partition stream.
-        let replication = *acker.replication();
-        if replication.wanted() {
-            replication.add_to(&mut pipe);
-        }
-        let mut conn = acker.conn().clone();
-        async move {
-            let replies: Vec<u32> = pipe.query_async(&mut conn).await.map_err(Error::from)?;
-            match replies.last() {
-                Some(&n) if replication.wanted() => replication.check(n, "a dead letter"),
-                _ => Ok(()),
-            }
-        }
-    })
-    .await;
+    let letter = DeadLetter {
+        reason: reject.reason.as_str(),
+        detail: reject.detail.clone(),
+        stream: acker.stream(),
+        id: id.to_stream_id(),
+        attempts,
+        original: fields,
+    };
+    let parked = add(acker, &letter).await;
     if parked.is_none() {
         return Parked::Stopped;
     }
@@ -204,4 +167,55 @@ pub async fn park(acker: &Acker, fence: &Fence, write: Parking<'_>) -> Parked {
     } else {
         Parked::Stopped
     }
+}
+
+/// Whether this tenure still holds the partition's fence (`None`: stopped
+/// before Redis answered). A lost fence is counted and logged here.
+async fn still_held(acker: &Acker, fence: &Fence) -> Option<bool> {
+    let held = retry_until(acker.abort(), "fence check", || {
+        let mut conn = acker.conn().clone();
+        let key = fence.key.clone();
+        async move {
+            let t: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+            Ok(t)
+        }
+    })
+    .await?;
+    if held != Some(fence.token.to_string()) {
+        Event::Fenced {
+            partition: fence.partition,
+            op: "dead_letter",
+            token: fence.token,
+        }
+        .emit();
+        return Some(false);
+    }
+    Some(true)
+}
+
+/// Adds `letter` to the dead-letter stream, retried until it is there (and
+/// as durable as `redis.min_replicas_acked` asks) or the acker stops
+/// (`None`).
+async fn add(acker: &Acker, letter: &DeadLetter<'_>) -> Option<()> {
+    let dlq = acker.names().dead_letters();
+    retry_until(acker.abort(), "dead letter", || {
+        let mut pipe = redis::pipe();
+        letter.add_to(&mut pipe, &dlq);
+        // The entry is XACKed only once the dead letter is as durable as
+        // `redis.min_replicas_acked` asks: the dead-letter stream may live on
+        // another node than the partition stream.
+        let replication = *acker.replication();
+        if replication.wanted() {
+            replication.add_to(&mut pipe);
+        }
+        let mut conn = acker.conn().clone();
+        async move {
+            let replies: Vec<u32> = pipe.query_async(&mut conn).await.map_err(Error::from)?;
+            match replies.last() {
+                Some(&n) if replication.wanted() => replication.check(n, "a dead letter"),
+                _ => Ok(()),
+            }
+        }
+    })
+    .await
 }

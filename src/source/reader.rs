@@ -74,47 +74,7 @@ pub(crate) async fn run(
         config,
         run,
     };
-    let Bounds { permits, bytes } = bounds;
-    loop {
-        let Some(first) = acquire(&permits, &reader.run).await else {
-            return;
-        };
-        if !reader.run.lease.valid() {
-            reader.run.abort.cancel();
-            return;
-        }
-        if !bytes.some_free(&reader.run.stop_reading).await {
-            return;
-        }
-        let count = reader
-            .config
-            .batch_size
-            .min(permits.available_permits() + 1);
-        let go_on = match reader.next(count, bytes.free().max(1)).await {
-            Ok(next) => {
-                reader.backoff.reset();
-                let sent = if next.entries.is_empty() {
-                    drop(first);
-                    true
-                } else {
-                    send(next.entries, first, &permits, &bytes, &tx).await
-                };
-                match next.wait_after {
-                    Some(last) if sent => {
-                        unheld(&mut hold, &reader.run).await && reader.wait_after(&last).await
-                    }
-                    _ => sent,
-                }
-            }
-            Err(e) => {
-                drop(first);
-                reader.failed(e).await
-            }
-        };
-        if !go_on {
-            return;
-        }
-    }
+    while reader.step(&bounds, &mut hold, &tx).await {}
 }
 
 /// What one read or claim brought.
@@ -156,57 +116,119 @@ impl Reader {
     /// the stream's last id. Reads and claims return entries while those
     /// before came to less than `bytes`.
     async fn next(&mut self, count: usize, bytes: usize) -> Result<Next, Error> {
-        let Some(from) = &self.cursor else {
-            let r = self.fenced.read(&mut self.conn, count, bytes).await?;
-            if let Some(received) = self.received.take() {
-                match compare_ids(&r.before, &received) {
-                    std::cmp::Ordering::Greater => {
-                        // An earlier read delivered entries whose reply never
-                        // came (a dropped connection, a client-side retry):
-                        // they are pending on this consumer. Claim them, then
-                        // these, in id order, before anything newer.
-                        tracing::warn!(partition = self.p, received = %received, delivered = %r.before, "entries were delivered to this daemon whose read reply was lost; claiming them again, in order");
-                        self.cursor = Some(after(&received));
-                        return Ok(Next {
-                            entries: Vec::new(),
-                            wait_after: None,
-                        });
-                    }
-                    std::cmp::Ordering::Less => {
-                        // The group went back (`XGROUP SETID`, a failover to
-                        // a replica behind, an AOF that lost its tail): its
-                        // entries are delivered again, in order, by this read
-                        // and the next ones.
-                        tracing::warn!(partition = self.p, received = %received, delivered = %r.before, "the consumer group's last-delivered id went back; re-reading from there");
-                    }
-                    std::cmp::Ordering::Equal => {}
-                }
+        match self.cursor.clone() {
+            Some(from) => self.claim(&from, count, bytes).await,
+            None => self.read(count, bytes).await,
+        }
+    }
+
+    /// One round of reading: a permit, the lease, free bytes, then the next
+    /// entries to the dispatcher, and a wait for new ones once caught up
+    /// (and not held). `false`: stop.
+    async fn step(
+        &mut self,
+        bounds: &Bounds,
+        hold: &mut watch::Receiver<bool>,
+        tx: &mpsc::Sender<Vec<Item>>,
+    ) -> bool {
+        let Bounds { permits, bytes } = bounds;
+        let Some(first) = acquire(permits, &self.run).await else {
+            return false;
+        };
+        if !self.run.lease.valid() {
+            self.run.abort.cancel();
+            return false;
+        }
+        if !bytes.some_free(&self.run.stop_reading).await {
+            return false;
+        }
+        let count = self.config.batch_size.min(permits.available_permits() + 1);
+        let next = match self.next(count, bytes.free().max(1)).await {
+            Ok(next) => next,
+            Err(e) => {
+                drop(first);
+                return self.failed(e).await;
             }
-            self.received = Some(match r.entries.last() {
-                Some(e) => e.id.to_stream_id(),
-                None => r.before.clone(),
+        };
+        self.backoff.reset();
+        let sent = if next.entries.is_empty() {
+            drop(first);
+            true
+        } else {
+            send(next.entries, first, permits, bytes, tx).await
+        };
+        match next.wait_after {
+            Some(last) if sent => unheld(hold, &self.run).await && self.wait_after(&last).await,
+            _ => sent,
+        }
+    }
+
+    /// New entries (a fenced group read).
+    async fn read(&mut self, count: usize, bytes: usize) -> Result<Next, Error> {
+        let r = self.fenced.read(&mut self.conn, count, bytes).await?;
+        if self.replies_lost(&r.before) {
+            return Ok(Next {
+                entries: Vec::new(),
+                wait_after: None,
             });
-            if let Some(more) = r.more {
-                // Delivered, but past the bytes: pending on this consumer,
-                // claimed next (the claims end by setting `received`).
-                self.cursor = Some(more);
-                self.kept_back = true;
-                return Ok(Next {
-                    entries: r.entries,
-                    wait_after: None,
-                });
-            }
-            let wait_after = match r.entries.last() {
-                None => Some(r.last),
-                Some(_) if r.full => None,
-                Some(e) if r.entries.len() < count => Some(e.id.to_stream_id()),
-                Some(_) => None,
-            };
+        }
+        self.received = Some(match r.entries.last() {
+            Some(e) => e.id.to_stream_id(),
+            None => r.before.clone(),
+        });
+        if let Some(more) = r.more {
+            // Delivered, but past the bytes: pending on this consumer,
+            // claimed next (the claims end by setting `received`).
+            self.cursor = Some(more);
+            self.kept_back = true;
             return Ok(Next {
                 entries: r.entries,
-                wait_after,
+                wait_after: None,
             });
+        }
+        let wait_after = match r.entries.last() {
+            None => Some(r.last),
+            Some(_) if r.full => None,
+            Some(e) if r.entries.len() < count => Some(e.id.to_stream_id()),
+            Some(_) => None,
         };
+        Ok(Next {
+            entries: r.entries,
+            wait_after,
+        })
+    }
+
+    /// Compares the group's last-delivered id before a read (`before`) with
+    /// the last this reader received. `true`: entries were delivered whose
+    /// reply never came, and their claim is set up to run first.
+    fn replies_lost(&mut self, before: &str) -> bool {
+        let Some(received) = self.received.take() else {
+            return false;
+        };
+        match compare_ids(before, &received) {
+            std::cmp::Ordering::Greater => {
+                // An earlier read delivered entries whose reply never
+                // came (a dropped connection, a client-side retry):
+                // they are pending on this consumer. Claim them, then
+                // these, in id order, before anything newer.
+                tracing::warn!(partition = self.p, received = %received, delivered = %before, "entries were delivered to this daemon whose read reply was lost; claiming them again, in order");
+                self.cursor = Some(after(&received));
+                true
+            }
+            std::cmp::Ordering::Less => {
+                // The group went back (`XGROUP SETID`, a failover to
+                // a replica behind, an AOF that lost its tail): its
+                // entries are delivered again, in order, by this read
+                // and the next ones.
+                tracing::warn!(partition = self.p, received = %received, delivered = %before, "the consumer group's last-delivered id went back; re-reading from there");
+                false
+            }
+            std::cmp::Ordering::Equal => false,
+        }
+    }
+
+    /// Pending entries from `from` on (a fenced claim).
+    async fn claim(&mut self, from: &str, count: usize, bytes: usize) -> Result<Next, Error> {
         let c = self
             .fenced
             .claim(&mut self.conn, from, count, bytes)
