@@ -110,16 +110,17 @@ fn log_start(config: &Config) {
 /// Waits for MongoDB and creates the unique key indexes.
 /// [`Error::Shutdown`] when `shutdown` fires meanwhile (nothing was in flight).
 async fn prepare_mongo(store: &Store, config: &Config, shutdown: &CancellationToken) -> Result<()> {
-    let r = match wait_for_mongo(store, shutdown).await {
-        Ok(()) => {
-            store
-                .ensure_indexes_waiting(config.collections.values(), config.backoff_cap, shutdown)
-                .await
+    if let Err(e) = wait_for_mongo(store, shutdown).await {
+        if matches!(e, Error::Shutdown) {
+            tracing::info!("stopped while waiting for MongoDB; nothing was in flight");
         }
-        Err(e) => Err(e),
-    };
+        return Err(e);
+    }
+    let r = store
+        .ensure_indexes_waiting(config.collections.values(), config.backoff_cap, shutdown)
+        .await;
     if matches!(r, Err(Error::Shutdown)) {
-        tracing::info!("stopped while waiting for MongoDB or creating the unique key indexes; nothing was in flight");
+        tracing::info!("stopped while creating the unique key indexes; nothing was in flight");
     }
     r
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use mongodb::bson::doc;
+use mongodb::bson::{doc, Document};
 
 use super::{bench_key, new_hist, BenchArgs, Figures, Last, Zipf};
 use crate::protocol::Version;
@@ -94,8 +94,9 @@ impl Writers {
             } else {
                 self.zipf.sample(&mut rand::rng())
             };
+            let key = bench_key(&self.key_fields, k);
             let t = Instant::now();
-            match self.write(w, n, k).await {
+            match self.write(w, n, &key).await {
                 Ok(own) => {
                     let _ = local.record(t.elapsed().as_micros().max(1) as u64);
                     let mut last = self.last.lock().expect("lock");
@@ -116,12 +117,11 @@ impl Writers {
         let _ = self.hist.lock().expect("lock").add(&local);
     }
 
-    /// Write `n` of writer `w`, to key `k`: its version once it is accepted
+    /// Write `n` of writer `w`, to `key`: its version once it is accepted
     /// (or acked, with `plan.wait`).
-    async fn write(&self, w: usize, n: u64, k: usize) -> crate::Result<Version> {
-        let key = bench_key(&self.key_fields, k);
+    async fn write(&self, w: usize, n: u64, key: &Document) -> crate::Result<Version> {
         let doc = doc! {"n": n as i64, "writer": w as i64, "pad": self.pad.as_str()};
-        let ticket = self.handle.submit(&key, &doc).await?;
+        let ticket = self.handle.submit(key, &doc).await?;
         let own = ticket.version();
         if self.plan.wait {
             ticket.wait().await?;
