@@ -1,6 +1,13 @@
 //! Stream retention: trim committed entries by age and count, and never an
 //! entry at or above the committed watermark (`XTRIM MINID`). Unapplied
 //! entries are never evicted; when they pile up, writers get backpressure.
+//!
+//! Redis has no way to find the id of the n-th entry without reading the
+//! entries before it, payloads included, so the count bound reads them, in
+//! pages sized to about [`Budget::page_bytes`] by the largest entry seen so
+//! far, and at most [`Budget::pass_bytes`] a pass: no reply, and no pass,
+//! holds Redis or the daemon's memory for long, whatever the documents'
+//! size. What a pass leaves over, the next one trims.
 
 use std::time::Duration;
 
@@ -9,7 +16,7 @@ use crate::redis_conn::Conn;
 use crate::error::Result;
 use crate::protocol::Version;
 use crate::status::PartitionStatus;
-use crate::stream::{cmd, parse_entries};
+use crate::stream::{cmd, take_entries, Entry};
 
 /// The id below which entries of `stream` may be trimmed, given its status.
 pub async fn trim_point(
@@ -34,10 +41,7 @@ pub async fn trim_point(
     // By count: the id of the entry that leaves `max_entries` behind it.
     let excess = count_excess(status, max_entries);
     let by_count = if excess > 0 {
-        let v: redis::Value = cmd::xrange(stream, "-", "+", Some(excess + 1))
-            .query_async(conn)
-            .await?;
-        parse_entries(&v).last().map(|e| e.id)
+        nth_id(conn, stream, excess + 1, Budget::DEFAULT).await?
     } else {
         None
     };
@@ -62,6 +66,109 @@ fn count_excess(status: &PartitionStatus, max_entries: u64) -> u64 {
         .min(100_000)
 }
 
+/// How much one search for the count bound's point reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// About the most entry bytes one `XRANGE` returns (at least one entry).
+    pub page_bytes: usize,
+    /// The most entry bytes one search reads; it may end one page past it.
+    pub pass_bytes: usize,
+}
+
+impl Budget {
+    /// 4 MiB a page, 64 MiB a pass.
+    pub const DEFAULT: Budget = Budget {
+        page_bytes: 4 << 20,
+        pass_bytes: 64 << 20,
+    };
+}
+
+/// Entries per `XRANGE` at most, and in the first one.
+const MAX_PAGE: u64 = 1000;
+const FIRST_PAGE: u64 = 1;
+
+/// The id of the `n`-th oldest entry of `stream` (1-based), read in pages
+/// within `budget`: an older entry's if the budget ran out first (trimming
+/// below it is a part of the way), the newest's if the stream is shorter,
+/// `None` if it is empty.
+pub async fn nth_id(
+    conn: &mut Conn,
+    stream: &str,
+    n: u64,
+    budget: Budget,
+) -> Result<Option<Version>> {
+    let mut walk = Walk::new(n, budget);
+    while let Some((from, count)) = walk.next_page() {
+        let v: redis::Value = cmd::xrange(stream, &from, "+", Some(count))
+            .query_async(conn)
+            .await?;
+        if !walk.saw(&take_entries(v), count) {
+            break;
+        }
+    }
+    Ok(walk.last)
+}
+
+/// Where a search of [`nth_id`] is: what it has read, and how large its next
+/// page is.
+#[derive(Debug)]
+struct Walk {
+    budget: Budget,
+    /// Entries still to read.
+    left: u64,
+    /// The last entry read.
+    last: Option<Version>,
+    /// Entry bytes read so far, and the largest entry's.
+    read: usize,
+    largest: usize,
+    /// Entries the next page asks for.
+    page: u64,
+}
+
+impl Walk {
+    fn new(n: u64, budget: Budget) -> Walk {
+        Walk {
+            budget,
+            left: n,
+            last: None,
+            read: 0,
+            largest: 0,
+            page: FIRST_PAGE,
+        }
+    }
+
+    /// The next `XRANGE`'s start and count, or `None`: done.
+    fn next_page(&self) -> Option<(String, u64)> {
+        if self.left == 0 || self.read >= self.budget.pass_bytes {
+            return None;
+        }
+        let from = match self.last {
+            None => "-".to_string(),
+            Some(v) => format!("({}", v.to_stream_id()),
+        };
+        Some((from, self.page.min(self.left)))
+    }
+
+    /// Takes in a page of `asked` entries. The next page holds about
+    /// `page_bytes` of entries as large as the largest seen, and grows at
+    /// most fourfold. `false`: the stream has no more.
+    fn saw(&mut self, entries: &[Entry], asked: u64) -> bool {
+        let Some(last) = entries.last() else {
+            return false;
+        };
+        self.last = Some(last.id);
+        self.left = self.left.saturating_sub(entries.len() as u64);
+        for e in entries {
+            let bytes = e.bytes();
+            self.read += bytes;
+            self.largest = self.largest.max(bytes);
+        }
+        let fits = (self.budget.page_bytes / self.largest.max(1)) as u64;
+        self.page = fits.min(self.page.saturating_mul(4)).clamp(1, MAX_PAGE);
+        entries.len() as u64 == asked
+    }
+}
+
 /// Trims `stream` below `point`; returns the entries removed.
 pub async fn trim(conn: &mut Conn, stream: &str, point: Version) -> Result<u64> {
     let n: u64 = cmd::trim_below(stream, point).query_async(conn).await?;
@@ -84,6 +191,69 @@ mod tests {
             oldest_unapplied: None,
             watermark: None,
         }
+    }
+
+    fn entries(from: u64, n: u64, bytes: usize) -> Vec<Entry> {
+        (from..from + n)
+            .map(|i| Entry {
+                id: Version { ms: i, seq: 0 },
+                fields: Some(vec![(b"doc".to_vec(), vec![0; bytes])]),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_search_reads_pages_sized_by_the_largest_entry() {
+        let budget = Budget {
+            page_bytes: 1000,
+            pass_bytes: 10_000,
+        };
+        // Small entries: pages grow fourfold up to what fits in page_bytes.
+        let mut w = Walk::new(100, budget);
+        let mut from = 1;
+        for asked in [1, 4, 16, 64] {
+            let at = if from == 1 {
+                "-".to_string()
+            } else {
+                format!("({}-0", from - 1)
+            };
+            assert_eq!(w.next_page(), Some((at, asked)));
+            assert!(w.saw(&entries(from, asked, 10), asked));
+            from += asked;
+        }
+        // 1000 / 10 = 100 fit (and 4 * 64 > 100), but only 15 are left.
+        assert_eq!(w.page, 100);
+        assert_eq!(w.next_page(), Some(("(85-0".to_string(), 15)));
+        // A large entry shrinks the next page to what fits.
+        let mut page = entries(86, 14, 10);
+        page.extend(entries(100, 1, 400));
+        assert!(w.saw(&page, 15));
+        assert_eq!((w.left, w.page), (0, 2));
+        assert_eq!(w.last, Some(Version { ms: 100, seq: 0 }));
+        assert_eq!(w.next_page(), None);
+        // A shorter page than asked: the stream has no more.
+        let mut w = Walk::new(100, budget);
+        assert!(!w.saw(&entries(1, 3, 10), 4));
+        assert!(!w.saw(&[], 4));
+        assert_eq!(w.last, Some(Version { ms: 3, seq: 0 }));
+    }
+
+    #[test]
+    fn a_search_stops_at_its_pass_budget_reading_one_large_entry_at_a_time() {
+        let budget = Budget {
+            page_bytes: 1000,
+            pass_bytes: 5000,
+        };
+        let mut w = Walk::new(1_000_000, budget);
+        let mut from = 1;
+        while let Some((_, asked)) = w.next_page() {
+            assert_eq!(asked, 1);
+            assert!(w.saw(&entries(from, 1, 2000), 1));
+            from += 1;
+        }
+        // 2000-byte entries, 5000 a pass: the third passes the budget.
+        assert_eq!(w.read, 6000);
+        assert_eq!(w.last, Some(Version { ms: 3, seq: 0 }));
     }
 
     #[test]

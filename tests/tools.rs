@@ -598,6 +598,61 @@ async fn retention_trims_only_committed_entries() {
     );
 }
 
+/// The count bound finds its point by reading the oldest entries, payloads
+/// included: it reads them in pages, and stops at its pass budget, so a
+/// stream of large documents is trimmed over several passes instead of being
+/// read whole in one reply (src/retention.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_finds_the_count_point_in_pages_within_its_budget() {
+    use writ::retention::{nth_id, Budget};
+    let env = TestEnv::start("retention-pages");
+    let mut r = env.redis().await;
+    let stream = writ::protocol::Names::new(&env.name).stream(0);
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        let id: String = redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("doc")
+            .arg(vec![b'x'; 50_000])
+            .arg("i")
+            .arg(i)
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        ids.push(id.parse::<writ::protocol::Version>().unwrap());
+    }
+    // Pages of about 2 entries (120 kB of 50 kB entries).
+    let budget = Budget {
+        page_bytes: 120_000,
+        pass_bytes: 1_000_000,
+    };
+    for n in [1, 2, 9, 10] {
+        let got = nth_id(&mut r, &stream, n, budget).await.unwrap();
+        assert_eq!(got, Some(ids[n as usize - 1]), "entry {n}");
+    }
+    // The pass budget ends the search past 1 MB, at about the 20th entry:
+    // a point short of the 50th, which the next pass goes on from.
+    let got = nth_id(&mut r, &stream, 50, budget).await.unwrap().unwrap();
+    let at = ids.iter().position(|v| *v == got).expect("an entry's id") + 1;
+    assert!((20..=23).contains(&at), "stopped at entry {at}");
+    // A budget that fits it all: the 50th; past the end: the newest.
+    let all = Budget {
+        page_bytes: 4 << 20,
+        pass_bytes: 64 << 20,
+    };
+    assert_eq!(
+        nth_id(&mut r, &stream, 50, all).await.unwrap(),
+        Some(ids[49])
+    );
+    assert_eq!(
+        nth_id(&mut r, &stream, 1000, all).await.unwrap(),
+        Some(ids[59])
+    );
+    let empty = writ::protocol::Names::new(&env.name).stream(1);
+    assert_eq!(nth_id(&mut r, &empty, 5, all).await.unwrap(), None);
+}
+
 /// Retention by age: committed entries older than `retention_max_age_secs`
 /// go even when the count bound is far away (the entry at the committed
 /// watermark stays).
