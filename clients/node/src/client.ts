@@ -215,6 +215,9 @@ export class WritClient {
   private closeWaiters = new Set<(e: Error) => void>();
   /** Waiters for room under `maxPending`. */
   private roomWaiters: Array<() => void> = [];
+  /** Writes waiting their turn to be admitted ({@link waitTurn}), and the promise the next one waits for. */
+  private turnsWaiting = 0;
+  private turnTail: Promise<void> = Promise.resolve();
 
   constructor(config: Partial<WritConfig> = {}) {
     this.config = resolveConfig(config);
@@ -620,9 +623,18 @@ export class WritClient {
     } else if (fields !== undefined) {
       throw new WritKeyError(`a ${op} carries no document`);
     }
-    if (!this.connected) await this.ready();
-    if (this.pending.size >= this.config.maxPending) await this.waitForRoom();
-    if (this.closed) throw new WritClosedError();
+    // A write that must wait (for the connection, for room under maxPending,
+    // or behind writes already waiting) waits its turn in call order, and lets
+    // the next one go only once it is in the admitter's queue: per-key order
+    // is call order, and maxPending holds however many wait.
+    const turn =
+      this.turnsWaiting > 0 || !this.connected || this.pending.size >= this.config.maxPending
+        ? await this.waitTurn()
+        : undefined;
+    if (this.closed) {
+      turn?.();
+      throw new WritClosedError();
+    }
 
     const req = `${this.reqPrefix}.${(++this.nextReq).toString(36)}`;
     let settle!: (r: AckResult) => void;
@@ -650,8 +662,12 @@ export class WritClient {
         this.config.minReplicasAcked > 0
           ? this.replicated.admit(keys, entry)
           : this.admitter.admit(keys, entry).then((id) => ({ entryId: id, replicas: undefined }));
+      // In the queue (or, replicated, behind the same connection promise as
+      // the next one): the next write may go.
+      turn?.();
       ({ entryId, replicas } = await this.bounded(admitted, collection));
     } catch (e) {
+      turn?.();
       this.forget(w);
       // Nothing will ack it: a list or flush that waits for it stops waiting.
       w.settle({ outcome: "dead_lettered", version: "", entryId: "", reason: `not admitted: ${errMessage(e)}` });
@@ -819,9 +835,49 @@ export class WritClient {
     return this.pending.size;
   }
 
-  private async waitForRoom(): Promise<void> {
-    if (this.pending.size < this.config.maxPending) return;
+  /**
+   * Waits until it is this write's turn (every write that began waiting
+   * before it has gone into the admitter's queue, or failed), this client is
+   * connected, and there is room under maxPending; all within
+   * writeTimeoutMs. Resolves to the release the caller calls once its write
+   * is in the queue (idempotent); on failure, releases by itself, once those
+   * ahead have gone, so that no later write overtakes them.
+   */
+  private async waitTurn(): Promise<() => void> {
     const deadline = Date.now() + this.config.writeTimeoutMs;
+    const ahead = this.turnTail;
+    let done!: () => void;
+    this.turnTail = new Promise<void>((r) => (done = r));
+    this.turnsWaiting++;
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      this.turnsWaiting--;
+      done();
+    };
+    try {
+      await withTimeout(
+        ahead,
+        Math.max(0, deadline - Date.now()),
+        () =>
+          new WritTimeoutError(
+            `writes of this process called before this one have waited writeTimeoutMs (${this.config.writeTimeoutMs} ms) ` +
+              `for room under maxPending (${this.config.maxPending}) or for Redis; the daemon is behind or down: check \`writ status\``,
+          ),
+      );
+      if (this.closed) throw new WritClosedError();
+      if (!this.connected) await this.ready();
+      await this.waitForRoom(deadline);
+      return release;
+    } catch (e) {
+      void ahead.then(release);
+      throw e;
+    }
+  }
+
+  private async waitForRoom(deadline: number): Promise<void> {
+    if (this.pending.size < this.config.maxPending) return;
     while (this.pending.size >= this.config.maxPending && !this.closed) {
       const left = deadline - Date.now();
       if (left <= 0) {

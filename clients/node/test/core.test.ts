@@ -506,6 +506,38 @@ describe("core", () => {
     assert.equal((c as unknown as { roomWaiters: unknown[] }).roomWaiters.length, 0);
   }));
 
+  test("writes that wait for room under maxPending are admitted in call order", g(async () => {
+    // One write fills maxPending while the daemon is stopped (SIGSTOP: no
+    // ack comes), and eight more of the same key wait for room, called 70 ms
+    // apart. Once the daemon goes on, each is admitted as the one before it is
+    // acked: in call order, so the stream holds them in that order and the
+    // last call wins (a waiter that re-queued on its 200 ms timer used to
+    // overtake the ones called after it).
+    const c = client({ maxPending: 1, writeTimeoutMs: 20000 });
+    const key = { k: "order", n: 1 };
+    const daemon = env.writ!.proc.child;
+    const tickets: Promise<{ entryId: string }>[] = [];
+    daemon.kill("SIGSTOP");
+    try {
+      await c.write(KV.name, key, "put", { i: 0 });
+      for (let i = 1; i <= 8; i++) {
+        tickets.push(c.write(KV.name, key, "put", { i }));
+        await new Promise((r) => setTimeout(r, 70));
+      }
+      assert.equal(c.pendingCount, 1, "the eight wait for room");
+    } finally {
+      daemon.kill("SIGCONT");
+    }
+    const ids = (await Promise.all(tickets)).map((t) => t.entryId);
+    const order = (id: string) => id.split("-").map(Number);
+    for (let i = 1; i < ids.length; i++) {
+      const [a, b] = [order(ids[i - 1]), order(ids[i])];
+      assert.ok(a[0] < b[0] || (a[0] === b[0] && a[1] < b[1]), `write ${i + 1} (${ids[i]}) was admitted before write ${i} (${ids[i - 1]}): ${ids.join(" ")}`);
+    }
+    await c.flush();
+    assert.equal((await client().read(KV.name, key))!.payload.i, 8);
+  }));
+
   test("a Redis that refuses the ack stream's read is reported to onError once", g(async () => {
     const ns = `${env.name}_ackref`;
     const errors: WritError[] = [];
