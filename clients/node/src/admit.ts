@@ -65,6 +65,44 @@ interface Queue {
 }
 
 /** An entry's argument bytes (a number counts 8). */
+/**
+ * Lets a submit take its entry back while the entry still waits for its
+ * partition's next call (the call before it is stuck at a Redis that does not
+ * answer): then the submit can say the write was NOT accepted, instead of
+ * "may or may not", and the entry does not stay queued, to land late.
+ */
+export class Withdrawal {
+  private remove: (() => boolean) | undefined;
+  private withdrawn = false;
+
+  /** An admitter queued the entry: how to take it out (false once it went into a call). */
+  attach(remove: () => boolean): void {
+    this.remove = remove;
+  }
+
+  /** True if the entry was never sent, and now never will be; false if a call took it. */
+  withdraw(): boolean {
+    if (!this.withdrawn) this.withdrawn = this.remove ? this.remove() : true;
+    return this.withdrawn;
+  }
+
+  /** Withdrawn before an admitter queued it (it must not queue it). */
+  get isWithdrawn(): boolean {
+    return this.withdrawn;
+  }
+}
+
+/** Takes `entry` out of `waiting` if it is still there. */
+export function removeFrom<T>(waiting: () => T[], entry: T): () => boolean {
+  return () => {
+    const list = waiting();
+    const i = list.indexOf(entry);
+    if (i < 0) return false;
+    list.splice(i, 1);
+    return true;
+  };
+}
+
 export const argBytes = (fields: Arg[]): number => fields.reduce<number>((n, a) => n + (typeof a === "number" ? 8 : a.length), 0);
 
 /** Takes the next call's entries off the front of `waiting`: at most {@link MAX_BATCH} or {@link MAX_BATCH_BYTES}, at least one. */
@@ -93,11 +131,14 @@ export class AdmitBatcher {
   ) {}
 
   /** Admits one entry (its field/value arguments) to the partition of `keys`; its id. */
-  admit(keys: AdmitKeys, fields: Arg[]): Promise<string> {
+  admit(keys: AdmitKeys, fields: Arg[], withdrawal?: Withdrawal): Promise<string> {
     return new Promise((resolve, reject) => {
       let q = this.queues.get(keys[0]);
       if (!q) this.queues.set(keys[0], (q = { keys, waiting: [], busy: false }));
-      q.waiting.push({ fields, bytes: argBytes(fields), resolve, reject });
+      const entry: Waiting = { fields, bytes: argBytes(fields), resolve, reject };
+      q.waiting.push(entry);
+      const queue = q;
+      withdrawal?.attach(removeFrom(() => queue.waiting, entry));
       if (!q.busy) {
         q.busy = true;
         // Submits made in this turn of the microtask queue join the first call.

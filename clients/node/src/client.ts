@@ -33,7 +33,7 @@ import {
   type KeyValue,
 } from "./key.js";
 import { ADMIT_LUA, CACHE_CAS_LUA, PARTITION_COUNT_LUA } from "./lua.js";
-import { AdmitBatcher, AdmitRefused, type AdmitKeys } from "./admit.js";
+import { AdmitBatcher, AdmitRefused, Withdrawal, type AdmitKeys } from "./admit.js";
 import { AckReader, lastDelivered } from "./acks.js";
 import { RESERVED_FIELDS } from "./collections.js";
 import { bsonNesting, MAX_NESTING } from "./nesting.js";
@@ -654,18 +654,19 @@ export class WritClient {
     if (docBytes) entry.push(F.doc, docBytes);
     entry.push(F.client, this.config.clientId, F.req, req);
 
+    const withdrawal = new Withdrawal();
     let entryId: string;
     /** Replicas that confirmed the entry (WAIT), with minReplicasAcked > 0. */
     let replicas: number | Error | undefined;
     try {
       const admitted: Promise<{ entryId: string; replicas: number | Error | undefined }> =
         this.config.minReplicasAcked > 0
-          ? this.replicated.admit(keys, entry)
-          : this.admitter.admit(keys, entry).then((id) => ({ entryId: id, replicas: undefined }));
+          ? this.replicated.admit(keys, entry, withdrawal)
+          : this.admitter.admit(keys, entry, withdrawal).then((id) => ({ entryId: id, replicas: undefined }));
       // In the queue (or, replicated, behind the same connection promise as
       // the next one): the next write may go.
       turn?.();
-      ({ entryId, replicas } = await this.bounded(admitted, collection));
+      ({ entryId, replicas } = await this.bounded(admitted, collection, withdrawal));
     } catch (e) {
       turn?.();
       this.forget(w);
@@ -732,7 +733,7 @@ export class WritClient {
    * that is closed while it reconnects). Either way the entry may or may not
    * have reached the stream.
    */
-  private async bounded<T>(admitted: Promise<T>, collection: string): Promise<T> {
+  private async bounded<T>(admitted: Promise<T>, collection: string, withdrawal?: Withdrawal): Promise<T> {
     let onClose!: (e: Error) => void;
     const closed = new Promise<never>((_, reject) => (onClose = reject));
     this.closeWaiters.add(onClose);
@@ -744,10 +745,17 @@ export class WritClient {
         Promise.race([admitted, closed]),
         ms,
         () =>
-          new WritConnectionError(
-            `Redis at ${redactUrls(this.config.redisUrl)} did not answer the write to ${collection} within ${ms} ms; ` +
-              `it may or may not have been accepted. Check Redis, then retry the write.`,
-          ),
+          // Still queued behind a call that is stuck: taken back, never sent.
+          withdrawal?.withdraw()
+            ? new WritConnectionError(
+                `the write to ${collection} was NOT accepted: it waited ${ms} ms behind an earlier admission of this ` +
+                  `process that Redis at ${redactUrls(this.config.redisUrl)} did not answer, and was taken back unsent. ` +
+                  `Check Redis, then retry the write.`,
+              )
+            : new WritConnectionError(
+                `Redis at ${redactUrls(this.config.redisUrl)} did not answer the write to ${collection} within ${ms} ms; ` +
+                  `it may or may not have been accepted. Check Redis, then retry the write.`,
+              ),
       );
     } finally {
       this.closeWaiters.delete(onClose);

@@ -24,7 +24,7 @@ import calculateSlot from "cluster-key-slot";
 
 import type { WritConfig } from "./config.js";
 import { WritClosedError } from "./errors.js";
-import { WINDOW, admitArgs, argBytes, settle, takeBatch, type AdmitKeys, type Arg, type Queued } from "./admit.js";
+import { WINDOW, admitArgs, argBytes, removeFrom, settle, takeBatch, type AdmitKeys, type Arg, type Queued, type Withdrawal } from "./admit.js";
 import { errMessage, sleep } from "./util.js";
 
 /**
@@ -134,12 +134,17 @@ export class ReplicatedAdmitter {
    * it. The writes connection is its own: WAIT blocks it (up to
    * replicaAckTimeoutMs when replicas lag), and reads must not queue behind it.
    */
-  async admit(keys: AdmitKeys, fields: Arg[]): Promise<Admitted> {
+  async admit(keys: AdmitKeys, fields: Arg[], withdrawal?: Withdrawal): Promise<Admitted> {
     await this.writeConnection();
     return new Promise((resolve, reject) => {
+      // Given up while the connection was made: never queued (never settles).
+      if (withdrawal?.isWithdrawn) return;
       let part = this.parts.get(keys[0]);
       if (!part) this.parts.set(keys[0], (part = { keys, waiting: [], inFlight: false, seq: 0 }));
-      part.waiting.push({ fields, bytes: argBytes(fields), resolve, reject });
+      const entry: Entry = { fields, bytes: argBytes(fields), resolve, reject };
+      part.waiting.push(entry);
+      const queued = part;
+      withdrawal?.attach(removeFrom(() => queued.waiting, entry));
       this.schedule(this.nodeOf(part));
     });
   }

@@ -563,11 +563,23 @@ describe("core", () => {
       await c.ready();
       await admin.client("PAUSE", 20000, "WRITE");
       const t = Date.now();
-      await assert.rejects(
-        c.write(KV.name, { k: "paused", n: 1 }, "put", { a: 1 }),
-        (e: unknown) => e instanceof WritConnectionError && /may or may not have been accepted/.test(e.message),
-      );
+      const sent = c.write(KV.name, { k: "paused", n: 1 }, "put", { a: 1 });
+      // A write queued behind that call was never sent: it says so, and is
+      // taken back, so it does not land once Redis answers.
+      await new Promise((r) => setTimeout(r, 50));
+      const behind = c.write(KV.name, { k: "paused", n: 2 }, "put", { a: "behind" });
+      await assert.rejects(sent, (e: unknown) => e instanceof WritConnectionError && /may or may not have been accepted/.test(e.message));
       assert.ok(Date.now() - t < 5000, `failed after ${Date.now() - t} ms`);
+      await assert.rejects(
+        behind,
+        (e: unknown) => e instanceof WritConnectionError && /NOT accepted/.test(e.message) && /taken back unsent/.test(e.message),
+      );
+      await admin.client("UNPAUSE");
+      const stream = new Names(env.name).stream(0);
+      await eventually("the call Redis held to land once it answers", 10000, async () => (await admin.xlen(stream)) >= 1);
+      await new Promise((r) => setTimeout(r, 300));
+      const entries = await admin.xrangeBuffer(stream, "-", "+");
+      assert.equal(entries.length, 1, "the write taken back was sent after all");
     } finally {
       await admin.client("UNPAUSE").catch(() => {});
       admin.disconnect();
