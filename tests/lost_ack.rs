@@ -119,3 +119,65 @@ async fn a_read_between_the_cache_write_and_the_ack_leaves_the_ticket_its_ack() 
         .expect("the ticket gets its ack");
     assert_eq!(got, v);
 }
+
+/// A dead-lettered write whose ack was lost (here the ack stream's key holds
+/// another type, so the daemon skips every ack of this handle) must not
+/// wedge reads of its key, nor lists of its collection, for the life of the
+/// handle: the cache never reaches its version, so only the streams can say
+/// what became of it (docs/protocol.md §5). After one wait of
+/// `client.read_timeout_ms`, the handle settles it from them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_ack_of_a_dead_lettered_write_is_settled_from_the_streams() {
+    let env = TestEnv::start("lost_dl_ack");
+    let o = Overrides {
+        client: "read_timeout_ms = 1000",
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let signal = |s: &str| doc! {"symbol": s, "strategyName": "dl", "exchangeName": "x"};
+    // A second unique index: a payload `u` of "taken" collides for good.
+    env.poison_payload_u("signal", signal("HOLDER"), "taken")
+        .await;
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let mut r = env.redis().await;
+    let _: () = redis::cmd("SET")
+        .arg(format!("{}:ack:{}", env.name, writ.client_id()))
+        .arg("not a stream")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let s = writ.collection("signal").unwrap();
+    // Per key: a write that is applied, then one that is dead-lettered.
+    for k in ["READ", "LIST"] {
+        drop(s.submit(&signal(k), &doc! {"v": 1}).await.unwrap());
+        drop(s.submit(&signal(k), &doc! {"u": "taken"}).await.unwrap());
+    }
+    assert_eq!(writ.unacked(), 4);
+    let daemon = Daemon::start(config.clone());
+    let dlq = writ::protocol::Names::new(&config.namespace).dead_letters();
+    support::eventually(
+        std::time::Duration::from_secs(60),
+        "both poison writes to be dead-lettered",
+        || {
+            let (mut r, dlq) = (r.clone(), dlq.clone());
+            async move {
+                let n: u64 = redis::cmd("XLEN")
+                    .arg(&dlq)
+                    .query_async(&mut r)
+                    .await
+                    .ok()?;
+                (n >= 2).then_some(())
+            }
+        },
+    )
+    .await;
+    // A read: its key reads as the write that was applied; a list: its
+    // collection lists. Without the look at the streams both time out, and
+    // go on timing out.
+    assert_eq!(s.read(&signal("READ")).await.unwrap(), Some(doc! {"v": 1}));
+    let keys = s.keys().await.unwrap();
+    assert!(keys.contains(&signal("LIST")), "{keys:?}");
+    assert_eq!(s.read(&signal("LIST")).await.unwrap(), Some(doc! {"v": 1}));
+    assert_eq!(writ.unacked(), 0, "every write settled");
+    daemon.stop().await;
+}

@@ -65,7 +65,9 @@ pub(super) async fn spawn_listener(inner: Weak<Inner>, stop: CancellationToken) 
     Ok(())
 }
 
-fn deliver(inner: &Inner, ack: Ack) {
+/// Wakes the waiter of `ack`'s request and drops the write from the pending
+/// ones of its key (also for an ack settled from the streams: [`super::overdue`]).
+pub(super) fn deliver(inner: &Inner, ack: Ack) {
     let Some((key, tx)) = inner.waiters.lock().expect("lock").remove(&ack.request) else {
         return;
     };

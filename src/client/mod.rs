@@ -11,6 +11,7 @@
 mod acks;
 pub(crate) mod admit;
 mod batch;
+mod overdue;
 mod pending;
 mod read;
 mod sync;
@@ -302,12 +303,19 @@ impl Collection {
                 drop(pending);
                 inner.forget(&id, c.version);
             } else {
-                wait_all(
-                    pending.into_values().map(|p| p.state),
+                let states: Vec<AckState> = pending.values().map(|p| p.state.clone()).collect();
+                let waited = wait_all(
+                    states,
                     inner.config.read_timeout,
                     "this client's pending writes before reading",
                 )
-                .await?;
+                .await;
+                match waited {
+                    // An ack overdue may have been lost: settled from the
+                    // streams if the daemon is done with its write.
+                    Err(Error::Timeout { .. }) if inner.settle_overdue(p, pending).await? => {}
+                    other => other?,
+                }
                 cached = inner.cache.get(&cache_key).await?;
             }
         }

@@ -3,7 +3,7 @@
 //! version at least that new (the ack may have been lost). Keeps the maps of
 //! pending writes and waiters bounded when acks are lost.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::{AckState, Collection, Inner, KeyId, Waiter};
 use crate::error::{Error, Result};
@@ -75,48 +75,58 @@ impl Collection {
     /// for, bounded by `client.read_timeout_ms`.
     pub(super) async fn settle_pending(&self) -> Result<()> {
         let inner = self.inner();
-        let pending: Vec<(KeyId, Version, Vec<AckState>)> = inner
+        let pending: Vec<(KeyId, BTreeMap<Version, Pending>)> = inner
             .latest
             .lock()
             .expect("lock")
             .iter()
             .filter(|((c, _), m)| *c == self.coll.name && !m.is_empty())
-            .map(|(id, m)| {
-                let newest = *m.keys().next_back().expect("not empty");
-                (
-                    id.clone(),
-                    newest,
-                    m.values().map(|p| p.state.clone()).collect(),
-                )
-            })
+            .map(|(id, m)| (id.clone(), m.clone()))
             .collect();
         if pending.is_empty() {
             return Ok(());
         }
+        let partition = |id: &KeyId| protocol::partition_of(&id.0, &id.1, inner.config.partitions);
         let entries: Vec<String> = pending
             .iter()
-            .map(|(id, _, _)| {
-                let p = protocol::partition_of(&id.0, &id.1, inner.config.partitions);
-                inner.names.cache(p, &id.0, &id.1)
-            })
+            .map(|(id, _)| inner.names.cache(partition(id), &id.0, &id.1))
             .collect();
         let cached = inner.cache.get_many(&entries).await?;
         let mut wait = Vec::new();
-        for ((id, newest, states), c) in pending.into_iter().zip(cached) {
+        for ((id, writes), c) in pending.into_iter().zip(cached) {
+            let newest = *writes.keys().next_back().expect("not empty");
             match c {
                 Some(c) if c.version >= newest => {
-                    drop(states); // see `read_record`
+                    drop(writes); // see `read_record`
                     inner.forget(&id, c.version)
                 }
-                _ => wait.extend(states),
+                _ => wait.push((id, writes)),
             }
         }
-        wait_all(
-            wait,
+        let states: Vec<AckState> = wait
+            .iter()
+            .flat_map(|(_, m)| m.values().map(|p| p.state.clone()))
+            .collect();
+        let waited = wait_all(
+            states,
             inner.config.read_timeout,
             "this client's pending writes before listing",
         )
-        .await
+        .await;
+        let Err(timeout @ Error::Timeout { .. }) = waited else {
+            return waited;
+        };
+        // Acks overdue may have been lost: settled from the streams where
+        // the daemon is done with their writes.
+        let mut all = true;
+        for (id, writes) in wait {
+            all &= inner.settle_overdue(partition(&id), writes).await?;
+        }
+        if all {
+            Ok(())
+        } else {
+            Err(timeout)
+        }
     }
 }
 

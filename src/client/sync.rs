@@ -50,7 +50,7 @@ impl Writ {
 }
 
 /// Whether every entry of `stream` up to `target` is delivered and acked.
-async fn applied_through(
+pub(super) async fn applied_through(
     conn: &mut crate::redis_conn::Conn,
     stream: &str,
     group: &str,
