@@ -47,6 +47,16 @@ pub enum Error {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
 
+    /// An admission call's reply was lost each time it was sent, until
+    /// `client.write_timeout_ms`: its writes may or may not have been added.
+    #[error("the write to partition {partition} may or may not have been accepted: its admission call's reply was lost each time it was sent within client.write_timeout_ms (last: {source}); read the key before writing it again (docs/protocol.md §5a)")]
+    AdmissionUnknown {
+        /// The partition written.
+        partition: u32,
+        /// The last failure.
+        source: redis::RedisError,
+    },
+
     /// MongoDB failed. Shown as the driver's error kind (and labels): its
     /// full form also dumps the server's raw reply as hex bytes, which is
     /// noise in a log line or a dead letter's reason.
@@ -212,6 +222,7 @@ impl Error {
             Error::Redis(e) => redis_retry_class(e),
             Error::Mongo(e) => mongo_retry_class(e),
             Error::MissingPostImage { .. }
+            | Error::AdmissionUnknown { .. }
             | Error::Timeout { .. }
             | Error::Backpressure { .. }
             | Error::RedisFull { .. }
@@ -245,7 +256,7 @@ impl Error {
     pub fn class_label(&self) -> &'static str {
         match self {
             Error::Connect { what, .. } => what,
-            Error::Redis(_) | Error::RedisFull { .. } => "redis",
+            Error::Redis(_) | Error::RedisFull { .. } | Error::AdmissionUnknown { .. } => "redis",
             Error::NotReplicated { .. } => "not_replicated",
             Error::Mongo(_) | Error::MissingPostImage { .. } | Error::NotYetConfirmed { .. } => {
                 "mongodb"

@@ -346,3 +346,59 @@ async fn a_caller_on_another_partition_count_is_refused_by_the_script() {
     let _: Vec<redis::Value> = batch(3, 4).invoke_async(&mut conn).await.unwrap();
     assert_eq!(xlen.query_async::<u64>(&mut conn).await.unwrap(), 4);
 }
+
+/// An admission call whose reply is lost (Redis ran it, then the connection
+/// dropped) is sent again under its number: the admission record answers
+/// it with the first run's ids, so the submit learns that its write was
+/// added, and the entry is added once. Before, the submit failed with a
+/// Redis error that could not say, and a caller that retried added a copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admission_whose_reply_was_lost_is_sent_again_and_added_once() {
+    let env = TestEnv::start("adm_lost_reply");
+    let (proxy, proxied) =
+        support::proxy::in_front_of_redis_dropping_reply_to(&env.redis_url, b"REPLY-LOST-ONCE")
+            .await;
+    let o = Overrides {
+        redis_url: Some(proxied),
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let key = doc! {"symbol": "LOSTREPLY", "strategyName": "adm", "exchangeName": "x"};
+    let ticket = s
+        .submit(&key, &doc! {"tag": "REPLY-LOST-ONCE"})
+        .await
+        .expect("the call sent again is answered from the admission record");
+    assert!(
+        proxy.cut_done(),
+        "the proxy never dropped a reply: the test did not run its case"
+    );
+    let k = writ::protocol::Key::from_document(&key, config.collection("signal").unwrap()).unwrap();
+    let stream = writ::protocol::Names::new(&config.namespace)
+        .stream(k.partition("signal", config.partitions));
+    let mut r = env.redis().await;
+    let all: redis::Value = redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let copies: Vec<_> = writ::stream::parse_entries(&all)
+        .into_iter()
+        .filter(|e| {
+            e.fields.as_ref().is_some_and(|f| {
+                f.iter()
+                    .any(|(_, v)| v.windows(15).any(|w| w == b"REPLY-LOST-ONCE"))
+            })
+        })
+        .collect();
+    assert_eq!(
+        copies.len(),
+        1,
+        "the write was added {} times",
+        copies.len()
+    );
+    assert_eq!(copies[0].id, ticket.version());
+}

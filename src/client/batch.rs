@@ -25,6 +25,12 @@
 //! `client.write_timeout_ms` from its first send: the node did not run it,
 //! and a second run would be answered from the admission record anyway.
 //!
+//! A call whose reply is lost (the connection dropped after Redis ran it, or
+//! the reply timed out) is sent again the same way, under its number, until
+//! `client.write_timeout_ms`: the record answers a call that ran with its
+//! first reply, and one that did not run runs now, so the caller learns
+//! whether its writes were added instead of an error that cannot say.
+//!
 //! The call is made by a task of its own, so a caller that gives up waiting
 //! cannot strand the submits queued behind it. Bounded: at most
 //! [`MAX_BATCH`] entries or [`MAX_BATCH_BYTES`] per call, one call in flight
@@ -88,6 +94,10 @@ impl Refused {
             Refused::Failed(e) if e.code() == Some("OOM") => Error::RedisFull {
                 partition,
                 detail: e.detail().unwrap_or_default().to_string(),
+            },
+            Refused::Failed(e) if reply_lost(&e) => Error::AdmissionUnknown {
+                partition,
+                source: e,
             },
             Refused::Failed(e) => e.into(),
             Refused::Odd(what) => Error::Encode(what),
@@ -261,6 +271,17 @@ impl Batcher {
                     tracing::debug!(partition = p, error = %e, "admission not run (a slot is moving); sending it again");
                     tokio::time::sleep(REDIRECT_DELAY).await;
                 }
+                // The call may have run and its reply been lost (a dropped
+                // connection, a timeout): sent again under the same number,
+                // it is answered from the admission record if it ran, and
+                // runs now if it did not. So the caller learns which.
+                Err(e)
+                    if reply_lost(&e)
+                        && tokio::time::Instant::now() + REDIRECT_DELAY < deadline =>
+                {
+                    tracing::debug!(partition = p, error = %e, "admission reply lost; sending the call again under its number");
+                    tokio::time::sleep(REDIRECT_DELAY).await;
+                }
                 Err(e) => {
                     let refused = match partitions_refused(&e) {
                         Some(recorded) => Refused::Partitions {
@@ -274,6 +295,11 @@ impl Batcher {
             }
         }
     }
+}
+
+/// Whether a call that failed with `e` may have run with its reply lost.
+fn reply_lost(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal()
 }
 
 /// The count a `PARTITIONS <recorded> ...` refusal names, if `e` is one.

@@ -187,9 +187,12 @@ impl Collection {
     ///
     /// Once called, the write is queued for its partition's next admission:
     /// dropping the future (a `timeout` around it, say) does not take it
-    /// back, and it may still be appended. An error after the call reached
-    /// Redis (a dropped connection) cannot tell either. Retry only when a
-    /// lost write matters more than a duplicate (docs/protocol.md §5a).
+    /// back, and it may still be appended. A call whose reply is lost (a
+    /// dropped connection) is sent again under its number until
+    /// `client.write_timeout_ms`, and answered from the admission record if
+    /// it ran; only [`Error::AdmissionUnknown`] leaves it unknown. Retry that
+    /// only when a lost write matters more than a duplicate (docs/protocol.md
+    /// §5a).
     pub async fn submit(&self, key: &Document, doc: &Document) -> Result<Ticket> {
         protocol::check_payload(doc, self.inner().config.max_document_bytes)?;
         if self.coll.layout == Layout::Fields {

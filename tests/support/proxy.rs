@@ -112,6 +112,24 @@ impl Proxy {
         Self::start_with(target, Duration::ZERO, None, false, None, true, None).await
     }
 
+    /// Like [`Proxy::start`], but the first connection that sends `marker`
+    /// (once per proxy) is closed at the next reply the server sends it: the
+    /// request ran, and its caller saw the connection drop. Later requests
+    /// with `marker`, on new connections, pass.
+    pub async fn start_dropping_reply_to(target: SocketAddr, marker: &'static [u8]) -> Proxy {
+        Self::start_shaped(
+            target,
+            Duration::ZERO,
+            Some(marker),
+            true,
+            None,
+            false,
+            None,
+            true,
+        )
+        .await
+    }
+
     async fn start_with(
         target: SocketAddr,
         latency: Duration,
@@ -120,6 +138,25 @@ impl Proxy {
         cut_reply: Option<(&'static [u8], &'static [u8])>,
         pausable: bool,
         rewrite: Option<fn(&mut [u8])>,
+    ) -> Proxy {
+        Self::start_shaped(
+            target, latency, swallow, deafen, cut_reply, pausable, rewrite, false,
+        )
+        .await
+    }
+
+    /// `once`: with `swallow` and `deafen`, only the first connection that
+    /// sends the marker goes deaf, and is closed at its next reply.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_shaped(
+        target: SocketAddr,
+        latency: Duration,
+        swallow: Option<&'static [u8]>,
+        deafen: bool,
+        cut_reply: Option<(&'static [u8], &'static [u8])>,
+        pausable: bool,
+        rewrite: Option<fn(&mut [u8])>,
+        once: bool,
     ) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -163,6 +200,7 @@ impl Proxy {
                     let (mut cr, mut cw) = client.into_split();
                     let (mut sr, mut sw) = server.into_split();
                     let deaf = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    let cut_once = cut_done.clone();
                     let down = {
                         let deaf = deaf.clone();
                         async move {
@@ -174,6 +212,9 @@ impl Proxy {
                                     Ok(n) => n,
                                 };
                                 if deaf.load(std::sync::atomic::Ordering::SeqCst) {
+                                    if once {
+                                        return; // the connection closes; the reply is lost
+                                    }
                                     continue;
                                 }
                                 if let Some((marker, unless)) = cut_reply {
@@ -216,7 +257,16 @@ impl Proxy {
                                 let keep = seen.len().saturating_sub(marker.len());
                                 seen.drain(..keep);
                             }
-                            if stalled && deafen {
+                            if stalled && once {
+                                // Only the first such connection of the proxy.
+                                if !deaf.load(std::sync::atomic::Ordering::SeqCst)
+                                    && cut_once.swap(true, std::sync::atomic::Ordering::SeqCst)
+                                {
+                                    stalled = false;
+                                } else {
+                                    deaf.store(true, std::sync::atomic::Ordering::SeqCst);
+                                }
+                            } else if stalled && deafen {
                                 deaf.store(true, std::sync::atomic::Ordering::SeqCst);
                             } else if stalled {
                                 continue;
@@ -383,8 +433,18 @@ pub async fn in_front_of_redis_rewriting(url: &str, rewrite: fn(&mut [u8])) -> (
     in_front_of_redis_with(url, Shape::Rewrite(rewrite)).await
 }
 
+/// Like [`in_front_of_redis`], closing the first connection that sends
+/// `marker` at its next reply ([`Proxy::start_dropping_reply_to`]).
+pub async fn in_front_of_redis_dropping_reply_to(
+    url: &str,
+    marker: &'static [u8],
+) -> (Proxy, String) {
+    in_front_of_redis_with(url, Shape::DropReplyTo(marker)).await
+}
+
 /// What a Redis proxy does besides passing bytes.
 enum Shape {
+    DropReplyTo(&'static [u8]),
     Latency(Duration),
     CutReply(&'static [u8], &'static [u8]),
     Rewrite(fn(&mut [u8])),
@@ -407,6 +467,7 @@ async fn in_front_of_redis_with(url: &str, shape: Shape) -> (Proxy, String) {
         .unwrap();
     let proxy = match shape {
         Shape::CutReply(marker, unless) => Proxy::start_cutting_reply(target, marker, unless).await,
+        Shape::DropReplyTo(marker) => Proxy::start_dropping_reply_to(target, marker).await,
         Shape::Latency(latency) => Proxy::start_with_latency(target, latency).await,
         Shape::Rewrite(rewrite) => Proxy::start_rewriting_replies(target, rewrite).await,
     };
