@@ -1043,7 +1043,25 @@ export class WritClient {
    * it whole (ioredis retries a read-only pipeline whose commands all got the
    * same redirection).
    */
-  private async hmget(keys: ResolvedKey[]): Promise<Hmget[]> {
+  /**
+   * A Redis read, bounded by readTimeoutMs: a Redis that stops answering (a
+   * pause, a stall), or an ioredis Cluster with no node reachable (it holds
+   * commands until one is), must not hang a read or a list for good.
+   */
+  private redisRead<T>(p: Promise<T>, what: string): Promise<T> {
+    const ms = this.config.readTimeoutMs;
+    return withTimeout(
+      p,
+      ms,
+      () => new WritConnectionError(`Redis at ${redactUrls(this.config.redisUrl)} did not answer ${what} within readTimeoutMs (${ms} ms); check Redis`),
+    );
+  }
+
+  private hmget(keys: ResolvedKey[]): Promise<Hmget[]> {
+    return this.redisRead(this.hmgetUnbounded(keys), "a cache read");
+  }
+
+  private async hmgetUnbounded(keys: ResolvedKey[]): Promise<Hmget[]> {
     const names = keys.map((k) => this.names.cache(k.partition, k.spec.name, k.canonical));
     try {
       if (!(this.redis instanceof Cluster) || names.length === 1) {
@@ -1137,7 +1155,7 @@ export class WritClient {
         fills.push(this.casCache(keys[i], version, raw));
         out[i] = { version, doc, exists: true, live: doc.removed !== true, source: "mongodb" };
       }
-      await Promise.all(fills);
+      await this.redisRead(Promise.all(fills), "a cache fill");
     }
     return keys.map((k, i) => this.merge(k, out[i], snapshot[i]));
   }
@@ -1264,7 +1282,18 @@ export class WritClient {
     await this.ready();
     const deadline = Date.now() + this.config.syncTimeoutMs;
     const parts = Array.from({ length: this.config.partitions }, (_, p) => p);
-    await Promise.all(parts.map((p) => this.syncPartition(p, deadline)));
+    // Each partition checks the deadline between its reads (and says why it
+    // gave up); a read Redis does not answer would not get there: 1 s later,
+    // this bound does.
+    await withTimeout(
+      Promise.all(parts.map((p) => this.syncPartition(p, deadline))),
+      this.config.syncTimeoutMs + 1000,
+      () =>
+        new WritTimeoutError(
+          `Redis at ${redactUrls(this.config.redisUrl)} did not answer the reads of the sync (the daemon's progress) ` +
+            `within syncTimeoutMs (${this.config.syncTimeoutMs} ms) and 1 s more; check Redis`,
+        ),
+    );
   }
 
   private async syncPartition(p: number, deadline: number): Promise<void> {

@@ -588,6 +588,35 @@ describe("core", () => {
     }
   }));
 
+  test("a read from a Redis that does not answer fails within readTimeoutMs", g(async () => {
+    const dir = mkdtempSync(join(tmpdir(), "writ-paused-read-"));
+    const r = await RedisServer.start(dir);
+    const admin = new Redis(r.url);
+    try {
+      const c = new WritClient(env.clientConfig({ collections: COLLECTIONS, redisUrl: r.url, readTimeoutMs: 500, partitions: 1 }));
+      clients.push(c);
+      await c.ready();
+      // Pending (no daemon serves this Redis): a list of its prefix reads its cache entry.
+      await c.write(KV.name, { k: "pr", n: 2 }, "put", { a: 1 });
+      await admin.client("PAUSE", 20000, "ALL");
+      const t = Date.now();
+      // Bounded here too, so that a read that hangs fails the test instead of hanging it.
+      const hung = new Promise<never>((_, reject) => setTimeout(() => reject(new Error("the read hung")), 5000).unref());
+      for (const read of [() => c.read(KV.name, { k: "pr", n: 1 }), () => c.list(KV.name, { k: "pr" })]) {
+        await assert.rejects(
+          Promise.race([read(), hung]),
+          (e: unknown) => e instanceof WritConnectionError && /did not answer a cache read within readTimeoutMs/.test(e.message),
+        );
+      }
+      assert.ok(Date.now() - t < 5000, `failed after ${Date.now() - t} ms`);
+    } finally {
+      await admin.client("UNPAUSE").catch(() => {});
+      admin.disconnect();
+      await r.stop().catch(() => {});
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }));
+
   test("a Redis at its maxmemory refuses the write at once, saying it was not accepted and what to do", g(async () => {
     const dir = mkdtempSync(join(tmpdir(), "writ-full-"));
     const r = await RedisServer.start(dir);
