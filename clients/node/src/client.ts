@@ -215,6 +215,8 @@ export class WritClient {
   private closeWaiters = new Set<(e: Error) => void>();
   /** Waiters for room under `maxPending`. */
   private roomWaiters: Array<() => void> = [];
+  /** Acks (of writes) whose ack-mode wait timed out: a refusal of theirs goes to onError. */
+  private unheard = new WeakSet<Promise<AckResult>>();
   /** Writes waiting their turn to be admitted ({@link waitTurn}), and the promise the next one waits for. */
   private turnsWaiting = 0;
   private turnTail: Promise<void> = Promise.resolve();
@@ -815,11 +817,15 @@ export class WritClient {
       r = await withTimeout(
         Promise.race([t.acked, closed]),
         timeoutMs,
-        () =>
-          new WritTimeoutError(
+        () => {
+          // If it is refused after all, onError says so (deliver).
+          this.unheard.add(t.acked);
+          return new WritTimeoutError(
             `no ack for the write ${t.entryId} to ${t.collection} within ${timeoutMs} ms; it is still queued and will be ` +
-              `applied when the daemon catches up. Check \`writ status\` and that \`writ serve\` is running.`,
-          ),
+              `applied when the daemon catches up (if it is refused instead, onError gets a RefusedWriteError). ` +
+              `Check \`writ status\` and that \`writ serve\` is running.`,
+          );
+        },
       );
     } finally {
       this.closeWaiters.delete(onClose);
@@ -958,7 +964,9 @@ export class WritClient {
       else this.overlay.delete(w.key.id);
     }
     w.settle(r);
-    if (r.outcome === "dead_lettered" && this.config.mode === "submit") {
+    // Submit mode, or an ack-mode wait that timed out saying the write would
+    // be applied: nobody else hears of the refusal.
+    if (r.outcome === "dead_lettered" && (this.config.mode === "submit" || this.unheard.has(w.acked))) {
       this.report(new RefusedWriteError(w.key.spec.name, r.reason ?? "", r.entryId));
     }
   }

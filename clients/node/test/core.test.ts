@@ -268,6 +268,25 @@ describe("core", () => {
     assert.ok(errors[0] instanceof RefusedWriteError);
   }));
 
+  test("an ack-mode write whose wait timed out and that is then refused is reported to onError", g(async () => {
+    const errors: WritError[] = [];
+    const a = client({ mode: "ack", writeTimeoutMs: 300, onError: (e: WritError) => errors.push(e) });
+    await a.ready();
+    const daemon = env.writ!.proc.child;
+    daemon.kill("SIGSTOP");
+    try {
+      await assert.rejects(
+        a.write(UNKNOWN.name, { k: "late" }, "put", { a: 1 }),
+        (e: unknown) => e instanceof WritTimeoutError && /onError gets a RefusedWriteError/.test(e.message),
+      );
+    } finally {
+      daemon.kill("SIGCONT");
+    }
+    await eventually("the refusal to reach onError", 20000, async () => errors.length > 0);
+    assert.equal(errors.length, 1);
+    assert.ok(errors[0] instanceof RefusedWriteError, String(errors[0]));
+  }));
+
   test("lost acks are settled from the consumer group and the dead-letter stream: flush and maxPending recover", g(async () => {
     const id = `lost-${process.pid}-${Date.now()}`;
     const redis = new Redis(env.redisUrl);
