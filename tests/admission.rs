@@ -402,3 +402,29 @@ async fn an_admission_whose_reply_was_lost_is_sent_again_and_added_once() {
     );
     assert_eq!(copies[0].id, ticket.version());
 }
+
+/// A submit dropped while its admission call is out (a `timeout` around it)
+/// takes its ack waiter back: the call may never add the write, and a
+/// waiter left behind would count in `unacked()` and stay for the life of
+/// the handle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_dropped_during_its_admission_leaves_no_waiter() {
+    let env = TestEnv::start("adm_dropped");
+    let (_proxy, proxied) =
+        support::proxy::in_front_of_redis_swallowing(&env.redis_url, b"NEVER-ANSWERED").await;
+    let o = Overrides {
+        redis_url: Some(proxied),
+        ..Default::default()
+    };
+    let writ = Writ::connect(env.config_with(&o)).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let key = doc! {"symbol": "DROPPED", "strategyName": "adm", "exchangeName": "x"};
+    let stalled = doc! {"tag": "NEVER-ANSWERED"};
+    let submit = s.submit(&key, &stalled);
+    let gave_up = tokio::time::timeout(std::time::Duration::from_millis(300), submit).await;
+    assert!(
+        gave_up.is_err(),
+        "the stalled admission answered: {gave_up:?}"
+    );
+    assert_eq!(writ.unacked(), 0, "the dropped submit left its waiter");
+}

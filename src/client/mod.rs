@@ -240,21 +240,21 @@ impl Collection {
             .lock()
             .expect("lock")
             .insert(request.clone(), (id.clone(), tx));
+        // Until the write is pending, any way out (an error, or this future
+        // dropped: a `timeout` around the submit) takes its waiter back, or
+        // a write that was refused or never added would keep it for good.
+        let mut waiter = WaiterGuard {
+            inner,
+            request: Some(request.clone()),
+        };
         let (entry, client) = match inner.batcher.admit(p as usize, fields).await {
             Ok(admitted) => admitted,
-            Err(refused) => {
-                inner.waiters.lock().expect("lock").remove(&request);
-                return Err(refused.into_error(p, inner.config.max_backlog));
-            }
+            Err(refused) => return Err(refused.into_error(p, inner.config.max_backlog)),
         };
-        if let Err(e) = inner
+        inner
             .confirmer
             .confirm(&inner.names.stream(p), client, "the write")
-            .await
-        {
-            inner.waiters.lock().expect("lock").remove(&request);
-            return Err(e);
-        }
+            .await?;
         let version: Version = entry
             .parse()
             .map_err(|_| Error::Encode(format!("XADD returned odd id {entry:?}")))?;
@@ -270,6 +270,7 @@ impl Collection {
                 );
             }
         }
+        waiter.request = None;
         Ok(Ticket::new(version, rx, inner.config.write_timeout))
     }
 
@@ -375,6 +376,21 @@ impl Collection {
 /// What a reader sees of a stored document: `None` if soft-deleted; the
 /// payload (`payload` layout) or the stored fields without writ's bookkeeping,
 /// the timestamps and the key (`fields` layout).
+/// Takes a submit's waiter back when the submit ends before its write is
+/// pending (see `submit_op`).
+struct WaiterGuard<'a> {
+    inner: &'a Inner,
+    request: Option<String>,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(request) = self.request.take() {
+            self.inner.waiters.lock().expect("lock").remove(&request);
+        }
+    }
+}
+
 fn payload_of(coll: &CollectionConfig, doc: &Document) -> Option<Document> {
     if !is_live(doc) {
         return None;

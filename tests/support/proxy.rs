@@ -442,8 +442,15 @@ pub async fn in_front_of_redis_dropping_reply_to(
     in_front_of_redis_with(url, Shape::DropReplyTo(marker)).await
 }
 
+/// Like [`in_front_of_redis`], stalling a connection that sends `marker`
+/// ([`Proxy::start_swallowing`]).
+pub async fn in_front_of_redis_swallowing(url: &str, marker: &'static [u8]) -> (Proxy, String) {
+    in_front_of_redis_with(url, Shape::Swallow(marker)).await
+}
+
 /// What a Redis proxy does besides passing bytes.
 enum Shape {
+    Swallow(&'static [u8]),
     DropReplyTo(&'static [u8]),
     Latency(Duration),
     CutReply(&'static [u8], &'static [u8]),
@@ -467,6 +474,7 @@ async fn in_front_of_redis_with(url: &str, shape: Shape) -> (Proxy, String) {
         .unwrap();
     let proxy = match shape {
         Shape::CutReply(marker, unless) => Proxy::start_cutting_reply(target, marker, unless).await,
+        Shape::Swallow(marker) => Proxy::start_swallowing(target, marker).await,
         Shape::DropReplyTo(marker) => Proxy::start_dropping_reply_to(target, marker).await,
         Shape::Latency(latency) => Proxy::start_with_latency(target, latency).await,
         Shape::Rewrite(rewrite) => Proxy::start_rewriting_replies(target, rewrite).await,
