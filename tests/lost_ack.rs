@@ -181,3 +181,72 @@ async fn a_lost_ack_of_a_dead_lettered_write_is_settled_from_the_streams() {
     assert_eq!(writ.unacked(), 0, "every write settled");
     daemon.stop().await;
 }
+
+/// A read waits for its key's pending writes newest first: once the newest
+/// is acked committed, the cache holds it, and an older write whose ack was
+/// lost is not waited for (before, the read waited out
+/// `client.read_timeout_ms` on the older one, here a minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_does_not_wait_for_an_older_lost_ack_once_a_newer_write_is_acked() {
+    use writ::ack::{Ack, Outcome};
+    let env = TestEnv::start("newest_first");
+    let o = Overrides {
+        client: "read_timeout_ms = 60000",
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let key = doc! {"symbol": "NEWEST", "strategyName": "ack", "exchangeName": "x"};
+    // No daemon: its steps by hand. Two writes of the key, requests "1" and "2".
+    let older = s.submit(&key, &doc! {"v": 1}).await.unwrap().version();
+    let newer = s.submit(&key, &doc! {"v": 2}).await.unwrap().version();
+    let k = writ::protocol::Key::from_document(&key, config.collection("signal").unwrap()).unwrap();
+    let entry = writ::protocol::Names::new(&config.namespace).cache(
+        k.partition("signal", config.partitions),
+        "signal",
+        &k.canonical(),
+    );
+    let cache = writ::cache::Cache::new(env.redis().await);
+    let stored = |v: i32, at: writ::protocol::Version| {
+        let mut d = key.clone();
+        d.insert("payload", doc! {"v": v});
+        d.insert("_writ", doc! {"v": at.to_sortable()});
+        d
+    };
+    // The older write is applied and cached; its ack is lost (never sent).
+    assert!(cache
+        .put_if_newer(&entry, older, Some(&stored(1, older)))
+        .await
+        .unwrap());
+    let read = tokio::spawn({
+        let s = s.clone();
+        let key = key.clone();
+        async move { s.read(&key).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The newer one is applied, cached and acked.
+    assert!(cache
+        .put_if_newer(&entry, newer, Some(&stored(2, newer)))
+        .await
+        .unwrap());
+    let ack = Ack {
+        request: "2".into(),
+        outcome: Outcome::Applied,
+        version: newer,
+        entry: newer,
+        reason: None,
+    };
+    let mut conn = env.redis().await;
+    for call in Ack::commands([(writ.client_id(), &ack)], |c| {
+        format!("{}:ack:{c}", config.namespace)
+    }) {
+        let _: redis::Value = call.invocation().invoke_async(&mut conn).await.unwrap();
+    }
+    let got = tokio::time::timeout(std::time::Duration::from_secs(20), read)
+        .await
+        .expect("the read waited for the older write's lost ack")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, Some(doc! {"v": 2}));
+}

@@ -21,7 +21,7 @@ pub use ticket::Ticket;
 
 use std::collections::{BTreeMap, HashMap};
 
-use pending::{wait_all, Pending};
+use pending::{wait_key, Pending};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -307,8 +307,9 @@ impl Collection {
                 drop(pending);
                 inner.forget(&id, c.version);
             } else {
-                let states: Vec<AckState> = pending.values().map(|p| p.state.clone()).collect();
-                let waited = wait_all(
+                let states: Vec<AckState> =
+                    pending.values().rev().map(|p| p.state.clone()).collect();
+                let waited = wait_key(
                     states,
                     inner.config.read_timeout,
                     "this client's pending writes before reading",

@@ -150,6 +150,34 @@ pub(super) async fn wait_all(
     Ok(())
 }
 
+/// Waits for one key's pending writes, newest first, all within `timeout`:
+/// once one of them is committed, the cache holds its version or a newer
+/// one, so the older ones are readable too, and their acks (one may have
+/// been lost) are not waited for.
+pub(super) async fn wait_key(
+    newest_first: Vec<AckState>,
+    timeout: std::time::Duration,
+    what: &'static str,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    for rx in newest_first {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        wait_ack(rx.clone(), left, what)
+            .await
+            .map_err(|e| match e {
+                Error::Timeout { .. } => Error::Timeout {
+                    after: timeout,
+                    what,
+                },
+                other => other,
+            })?;
+        if matches!(*rx.borrow(), Some(super::acks::AckResult::Committed(_))) {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
 async fn wait_ack(
     mut rx: AckState,
     timeout: std::time::Duration,
