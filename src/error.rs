@@ -47,9 +47,10 @@ pub enum Error {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
 
-    /// An admission call's reply was lost each time it was sent, until
-    /// `client.write_timeout_ms`: its writes may or may not have been added.
-    #[error("the write to partition {partition} may or may not have been accepted: its admission call's reply was lost each time it was sent within client.write_timeout_ms (last: {source}); read the key before writing it again (docs/protocol.md §5a)")]
+    /// An admission call's reply was lost, and sending it again under its
+    /// number got no answer (until `client.write_timeout_ms`, or until Redis
+    /// could not be reached): its writes may or may not have been added.
+    #[error("the write to partition {partition} may or may not have been accepted: Redis did not answer its admission call, sent again under its number until client.write_timeout_ms or until Redis could not be reached (last: {source}); read the key before writing it again (docs/protocol.md §5a)")]
     AdmissionUnknown {
         /// The partition written.
         partition: u32,

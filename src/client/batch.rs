@@ -26,8 +26,9 @@
 //! and a second run would be answered from the admission record anyway.
 //!
 //! A call whose reply is lost (the connection dropped after Redis ran it, or
-//! the reply timed out) is sent again the same way, under its number, until
-//! `client.write_timeout_ms`: the record answers a call that ran with its
+//! the reply timed out) is sent again the same way, under its number, up to
+//! `LOST_REPLY_SENDS` (20) times within `client.write_timeout_ms`, and not once
+//! Redis refuses connections: the record answers a call that ran with its
 //! first reply, and one that did not run runs now, so the caller learns
 //! whether its writes were added instead of an error that cannot say.
 //!
@@ -51,9 +52,14 @@ pub const MAX_BATCH: usize = 256;
 /// Most argument bytes in one admission call.
 pub const MAX_BATCH_BYTES: usize = 1 << 20;
 
-/// The pause before a call that a node did not run (its slot is moving) is
-/// sent again.
+/// The pause before a call that a node did not run (its slot is moving), or
+/// whose reply was lost, is sent again.
 pub const REDIRECT_DELAY: Duration = Duration::from_millis(100);
+
+/// Sends of one call whose reply is lost before it fails as unknown: a
+/// blip (a dropped connection) is over after one; an outage is said within
+/// about 2 s instead of `client.write_timeout_ms`.
+const LOST_REPLY_SENDS: u32 = 20;
 
 /// One entry's fields, as the protocol encodes them.
 pub type Fields = Vec<(&'static str, Vec<u8>)>;
@@ -68,8 +74,12 @@ pub type Admitted = std::result::Result<(String, u64), Refused>;
 pub enum Refused {
     /// The backlog was at the bound.
     Backpressure(u64),
-    /// The call failed (every entry of the call): maybe added, maybe not.
+    /// The call failed (every entry of the call) before Redis could run it,
+    /// or Redis refused it.
     Failed(redis::RedisError),
+    /// A send of the call lost its reply, and no later send got one: maybe
+    /// added, maybe not.
+    Unknown(redis::RedisError),
     /// The reply made no sense (every entry of the call).
     Odd(String),
     /// The partition records another partition count than this handle's
@@ -95,7 +105,7 @@ impl Refused {
                 partition,
                 detail: e.detail().unwrap_or_default().to_string(),
             },
-            Refused::Failed(e) if reply_lost(&e) => Error::AdmissionUnknown {
+            Refused::Unknown(e) => Error::AdmissionUnknown {
                 partition,
                 source: e,
             },
@@ -253,6 +263,8 @@ impl Batcher {
             }
         }
         let deadline = tokio::time::Instant::now() + self.settings.patience;
+        // Sends that lost their reply: the call may have run.
+        let mut lost = 0;
         loop {
             let mut conn = self.conn.clone();
             let reply: redis::RedisResult<(u64, Value)> = if self.settings.confirm {
@@ -277,9 +289,11 @@ impl Batcher {
                 // runs now if it did not. So the caller learns which.
                 Err(e)
                     if reply_lost(&e)
+                        && lost < LOST_REPLY_SENDS
                         && tokio::time::Instant::now() + REDIRECT_DELAY < deadline =>
                 {
                     tracing::debug!(partition = p, error = %e, "admission reply lost; sending the call again under its number");
+                    lost += 1;
                     tokio::time::sleep(REDIRECT_DELAY).await;
                 }
                 Err(e) => {
@@ -288,6 +302,12 @@ impl Batcher {
                             recorded,
                             configured: self.targets.len() as u32,
                         },
+                        // Redis cannot be reached (a refused connection,
+                        // or replies lost LOST_REPLY_SENDS times: an
+                        // outage, not a blip; fail now rather than at
+                        // write_timeout), or the time is up; a call an
+                        // earlier send may have run stays unknown.
+                        None if lost > 0 || reply_lost(&e) => Refused::Unknown(e),
                         None => Refused::Failed(e),
                     };
                     return vec![Err(refused); batch.len()];
@@ -299,7 +319,7 @@ impl Batcher {
 
 /// Whether a call that failed with `e` may have run with its reply lost.
 fn reply_lost(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal()
+    !e.is_connection_refusal() && (e.is_io_error() || e.is_connection_dropped() || e.is_timeout())
 }
 
 /// The count a `PARTITIONS <recorded> ...` refusal names, if `e` is one.

@@ -188,9 +188,9 @@ impl Collection {
     /// Once called, the write is queued for its partition's next admission:
     /// dropping the future (a `timeout` around it, say) does not take it
     /// back, and it may still be appended. A call whose reply is lost (a
-    /// dropped connection) is sent again under its number until
-    /// `client.write_timeout_ms`, and answered from the admission record if
-    /// it ran; only [`Error::AdmissionUnknown`] leaves it unknown. Retry that
+    /// dropped connection) is sent again under its number (for about 2 s),
+    /// and answered from the admission record if it ran; only
+    /// [`Error::AdmissionUnknown`] leaves it unknown. Retry that
     /// only when a lost write matters more than a duplicate (docs/protocol.md
     /// §5a).
     pub async fn submit(&self, key: &Document, doc: &Document) -> Result<Ticket> {
