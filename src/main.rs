@@ -8,6 +8,10 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use writ::config::{Config, LogFormat};
 
+#[path = "cli/dlq.rs"]
+mod dlq;
+use dlq::{dlq, DlqAction};
+
 /// mimalloc instead of glibc malloc: allocation was about 30 % of the CPU of
 /// the daemon (a drain) and of `writ bench` (submits) in `perf` profiles
 /// (docs/performance.md, session 7). Built with `no_thp`: mimalloc would
@@ -79,35 +83,6 @@ enum Command {
         /// Only documents updated at or after this time (their `updatedDate`: collections with timestamps; the others are read whole): unix ms, a UTC time (2026-11-23T01:30:00Z), or a duration ago (90s, 15m, 2h, 1d).
         #[arg(long)]
         since: Option<String>,
-    },
-}
-
-#[derive(Subcommand)]
-enum DlqAction {
-    /// List dead letters, oldest first.
-    List {
-        /// At most this many.
-        #[arg(long, default_value_t = 100)]
-        count: usize,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Show one dead letter with its original fields.
-    Show { id: String },
-    /// Re-apply at the original version; removed from the stream if it applies.
-    Retry {
-        /// Dead-letter id, or --all.
-        id: Option<String>,
-        #[arg(long)]
-        all: bool,
-    },
-    /// Delete dead letters for good.
-    Drop {
-        /// Dead-letter id, or --all.
-        id: Option<String>,
-        #[arg(long)]
-        all: bool,
     },
 }
 
@@ -359,137 +334,6 @@ fn check_config(config: &Config) {
         writ::config::redact_url(&config.mongodb_uri),
         config.database
     );
-}
-
-/// Dead letters read per page by `dlq retry --all` and `dlq drop --all`.
-const DLQ_PAGE: usize = 100;
-
-async fn dlq(config: Config, action: DlqAction) -> anyhow::Result<ExitCode> {
-    let tools = writ::tools::Tools::connect(config).await?;
-    tokio::spawn(signal_watch(tools.abort.clone()));
-    // One named letter (`Some`), or all of them.
-    let pick = |id: Option<String>, all: bool| -> anyhow::Result<Option<String>> {
-        match (id, all) {
-            (Some(id), false) => Ok(Some(id)),
-            (None, true) => Ok(None),
-            _ => anyhow::bail!("give a dead-letter id or --all"),
-        }
-    };
-    match action {
-        DlqAction::List { count, json } => {
-            print_letters(&tools.dlq_list(count).await?, json)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        DlqAction::Show { id } => match tools.dlq_show(&id).await? {
-            Some(l) => {
-                println!("{}", serde_json::to_string_pretty(&l)?);
-                Ok(ExitCode::SUCCESS)
-            }
-            None => anyhow::bail!("no dead letter {id}"),
-        },
-        DlqAction::Retry { id, all } => dlq_retry(&tools, pick(id, all)?).await,
-        DlqAction::Drop { id, all } => dlq_drop(&tools, pick(id, all)?).await,
-    }
-}
-
-/// `writ dlq list`: a table, or JSON.
-fn print_letters(letters: &[writ::tools::dlq::Letter], json: bool) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(letters)?);
-        return Ok(());
-    }
-    println!(
-        "{:<22} {:<18} {:<16} {:>8}  detail",
-        "id", "reason", "source id", "attempts"
-    );
-    for l in letters {
-        let detail: String = l.detail.chars().take(90).collect();
-        println!(
-            "{:<22} {:<18} {:<16} {:>8}  {}",
-            l.id, l.reason, l.source_id, l.attempts, detail
-        );
-    }
-    println!("{} dead letters shown", letters.len());
-    Ok(())
-}
-
-/// `writ dlq retry <id>` (`one`) or `--all`: each letter up to the newest at
-/// the start, a page at a time. Fails when a letter still fails, or a named
-/// one is not there (an empty queue is no failure).
-async fn dlq_retry(tools: &writ::tools::Tools, one: Option<String>) -> anyhow::Result<ExitCode> {
-    let through = tools.dlq_newest().await?.unwrap_or_else(|| "0-0".into());
-    let mut failed = 0;
-    let mut seen = 0usize;
-    let mut after: Option<String> = None;
-    loop {
-        let letters = match &one {
-            Some(id) if after.is_none() => tools.dlq_show(id).await?.into_iter().collect(),
-            Some(_) => Vec::new(),
-            None => {
-                tools
-                    .dlq_after(after.as_deref(), &through, DLQ_PAGE)
-                    .await?
-            }
-        };
-        let Some(last) = letters.last() else { break };
-        after = Some(last.id.clone());
-        seen += letters.len();
-        for l in &letters {
-            match tools.dlq_retry(l).await? {
-                Ok(outcome) => println!(
-                    "{}: {} (removed from the dead-letter stream)",
-                    l.id,
-                    outcome.as_str()
-                ),
-                Err(reason) => {
-                    failed += 1;
-                    println!("{}: still failing: {reason}", l.id);
-                }
-            }
-        }
-    }
-    if seen == 0 {
-        if one.is_none() {
-            println!("no dead letters to retry");
-        } else {
-            eprintln!("writ: no dead letter with that id; `writ dlq list` shows them");
-        }
-    }
-    Ok(if failed == 0 && (one.is_none() || seen > 0) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
-/// `writ dlq drop <id>` (`one`) or `--all` (up to the newest letter at the
-/// start: one parked meanwhile stays for the operator to see).
-async fn dlq_drop(tools: &writ::tools::Tools, one: Option<String>) -> anyhow::Result<ExitCode> {
-    let mut n = 0;
-    match &one {
-        Some(id) => n += usize::from(tools.dlq_drop(id).await?),
-        None => {
-            let through = tools.dlq_newest().await?.unwrap_or_else(|| "0-0".into());
-            let mut after: Option<String> = None;
-            loop {
-                let page = tools
-                    .dlq_after(after.as_deref(), &through, DLQ_PAGE)
-                    .await?;
-                let Some(last) = page.last() else { break };
-                after = Some(last.id.clone());
-                for l in &page {
-                    n += usize::from(tools.dlq_drop(&l.id).await?);
-                }
-            }
-        }
-    }
-    println!("dropped {n} dead letters");
-    // A named id that is not there is a failure, as for retry.
-    if one.is_some() && n == 0 {
-        eprintln!("writ: no dead letter with that id; `writ dlq list` shows them");
-        return Ok(ExitCode::FAILURE);
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 async fn signal_watch(shutdown: CancellationToken) {

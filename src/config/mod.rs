@@ -7,6 +7,7 @@
 
 mod raw;
 mod redact;
+mod redis_endpoint;
 mod validate;
 
 pub use raw::{

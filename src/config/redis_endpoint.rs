@@ -1,0 +1,144 @@
+//! The Redis endpoint settings of `[redis]`: the URLs (one, or a cluster's
+//! seeds, all of one scheme) and the TLS files, each checked with one
+//! message naming the field and the fix.
+
+use std::path::PathBuf;
+
+use super::validate::bad;
+use super::{redact_url, RedisTls, ENV_REDIS_URL};
+use crate::error::Result;
+
+/// The Redis URLs: at least one, each `redis://` or `rediss://`, all with
+/// the same scheme; more than one only in cluster mode.
+pub(super) fn redis_urls(urls: &[String], cluster: bool) -> Result<Vec<String>> {
+    let Some(first) = urls.first() else {
+        return Err(bad(
+            "redis.url",
+            format!("is empty; set a redis:// URL there or in {ENV_REDIS_URL}"),
+        ));
+    };
+    for url in urls {
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(bad(
+                "redis.url",
+                format!(
+                    "{} is not a redis:// or rediss:// URL; set it or {ENV_REDIS_URL}",
+                    redact_url(url)
+                ),
+            ));
+        }
+        if url.starts_with("rediss://") != first.starts_with("rediss://") {
+            return Err(bad(
+                "redis.url",
+                "mixes redis:// and rediss:// URLs; the nodes of one cluster all use TLS or none does",
+            ));
+        }
+    }
+    if urls.len() > 1 && !cluster {
+        return Err(bad(
+            "redis.url",
+            format!(
+                "names {} URLs but redis.cluster is false; set redis.cluster = true for Redis Cluster seed nodes, or give one URL",
+                urls.len()
+            ),
+        ));
+    }
+    Ok(urls.to_vec())
+}
+
+/// The `redis.tls_*` files: only with a `rediss://` URL, the certificate and
+/// the key together, each readable and holding PEM of the right kind (the
+/// redis crate parses them when it connects; an empty CA file would otherwise
+/// only show as every server being untrusted).
+pub(super) fn redis_tls(
+    url: &str,
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+) -> Result<RedisTls> {
+    if ca.is_none() && cert.is_none() && key.is_none() {
+        return Ok(RedisTls::default());
+    }
+    if !url.starts_with("rediss://") {
+        let field = match (&ca, &cert) {
+            (Some(_), _) => "redis.tls_ca_file",
+            (None, Some(_)) => "redis.tls_cert_file",
+            (None, None) => "redis.tls_key_file",
+        };
+        return Err(bad(
+            field,
+            format!(
+                "is set but the Redis URL {} is not rediss:// (TLS); use rediss:// in redis.url or {ENV_REDIS_URL}, or remove the redis.tls_* fields",
+                redact_url(url)
+            ),
+        ));
+    }
+    if cert.is_some() != key.is_some() {
+        return Err(bad(
+            if cert.is_some() {
+                "redis.tls_key_file"
+            } else {
+                "redis.tls_cert_file"
+            },
+            "mutual TLS needs both redis.tls_cert_file and redis.tls_key_file",
+        ));
+    }
+    let ca = read_pem(
+        "redis.tls_ca_file",
+        &ca,
+        "certificate",
+        "-----BEGIN CERTIFICATE-----",
+    )?;
+    let cert = read_pem(
+        "redis.tls_cert_file",
+        &cert,
+        "certificate",
+        "-----BEGIN CERTIFICATE-----",
+    )?;
+    let key = read_pem(
+        "redis.tls_key_file",
+        &key,
+        "private key",
+        "PRIVATE KEY-----",
+    )?;
+    let client_tls = match (&cert, &key) {
+        (Some((_, c)), Some((_, k))) => Some(redis::ClientTlsConfig {
+            client_cert: c.clone(),
+            client_key: k.clone(),
+        }),
+        _ => None,
+    };
+    Ok(RedisTls {
+        certificates: Some(redis::TlsCertificates {
+            client_tls,
+            root_cert: ca.as_ref().map(|(_, pem)| pem.clone()),
+        }),
+        ca_file: ca.map(|(p, _)| p),
+        cert_file: cert.map(|(p, _)| p),
+        key_file: key.map(|(p, _)| p),
+    })
+}
+
+/// Reads the PEM file of a `redis.tls_*` field (`None`: not set), which
+/// must hold a `marker` line.
+fn read_pem(
+    field: &str,
+    path: &Option<String>,
+    kind: &str,
+    marker: &str,
+) -> Result<Option<(PathBuf, Vec<u8>)>> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    if path.is_empty() {
+        return Err(bad(field, "is empty; name a PEM file or remove it"));
+    }
+    let pem = std::fs::read(path).map_err(|e| bad(field, format!("cannot read {path}: {e}")))?;
+    if !String::from_utf8_lossy(&pem).contains(marker) {
+        return Err(bad(
+            field,
+            format!("{path} holds no PEM {kind} (no \"{marker}\" line)"),
+        ));
+    }
+    Ok(Some((PathBuf::from(path), pem)))
+}
