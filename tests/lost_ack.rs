@@ -7,6 +7,63 @@ use mongodb::bson::doc;
 use support::{Daemon, Overrides, TestEnv};
 use writ::Writ;
 
+/// Sets this handle's ack stream key to a string: the daemon cannot ack the
+/// handle (it logs and skips the acks), but applies and caches its writes.
+async fn block_acks(env: &TestEnv, writ: &Writ) {
+    let mut r = env.redis().await;
+    let _: () = redis::cmd("SET")
+        .arg(format!("{}:ack:{}", env.name, writ.client_id()))
+        .arg("not a stream")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+}
+
+/// The cache entry of a `signal` key.
+fn cache_entry(config: &writ::Config, key: &mongodb::bson::Document) -> String {
+    let k = writ::protocol::Key::from_document(key, config.collection("signal").unwrap()).unwrap();
+    writ::protocol::Names::new(&config.namespace).cache(
+        k.partition("signal", config.partitions),
+        "signal",
+        &k.canonical(),
+    )
+}
+
+/// The stored document of `key` with payload `{v}` at version `at`.
+fn stored(
+    key: &mongodb::bson::Document,
+    v: i32,
+    at: writ::protocol::Version,
+) -> mongodb::bson::Document {
+    let mut d = key.clone();
+    d.insert("payload", doc! {"v": v});
+    d.insert("_writ", doc! {"v": at.to_sortable()});
+    d
+}
+
+/// Adds the daemon's `applied` ack of `request` at `version` by hand.
+async fn send_applied_ack(
+    env: &TestEnv,
+    writ: &Writ,
+    request: &str,
+    version: writ::protocol::Version,
+) {
+    use writ::ack::{Ack, Outcome};
+    let ack = Ack {
+        request: request.into(),
+        outcome: Outcome::Applied,
+        version,
+        entry: version,
+        reason: None,
+    };
+    let mut conn = env.redis().await;
+    for call in Ack::commands([(writ.client_id(), &ack)], |c| {
+        format!("{}:ack:{c}", env.name)
+    }) {
+        let _: redis::Value = call.invocation().invoke_async(&mut conn).await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_ack_does_not_wedge_lists() {
     let env = TestEnv::start("lost_ack");
@@ -18,13 +75,7 @@ async fn a_lost_ack_does_not_wedge_lists() {
     let writ = Writ::connect(config.clone()).await.unwrap();
     // The ack stream's key holds something else: the daemon cannot ack this
     // handle (it logs and skips the acks), but applies and caches its writes.
-    let mut r = env.redis().await;
-    let _: () = redis::cmd("SET")
-        .arg(format!("{}:ack:{}", env.name, writ.client_id()))
-        .arg("not a stream")
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    block_acks(&env, &writ).await;
     let s = writ.collection("signal").unwrap();
     let key = doc! {"symbol": "LOST", "strategyName": "ack", "exchangeName": "x"};
     // Two writes whose tickets are dropped (nobody waits for their acks),
@@ -77,7 +128,6 @@ async fn a_lost_ack_does_not_wedge_lists() {
 /// ack (it used to end with `Shutdown`: the read dropped the ack's sender).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_between_the_cache_write_and_the_ack_leaves_the_ticket_its_ack() {
-    use writ::ack::{Ack, Outcome};
     let env = TestEnv::start("read_before_ack");
     let config = env.config();
     let writ = Writ::connect(config.clone()).await.unwrap();
@@ -86,33 +136,16 @@ async fn a_read_between_the_cache_write_and_the_ack_leaves_the_ticket_its_ack() 
     // No daemon: play its two steps by hand.
     let ticket = s.submit(&key, &doc! {"v": 1}).await.unwrap();
     let v = ticket.version();
-    let k = writ::protocol::Key::from_document(&key, config.collection("signal").unwrap()).unwrap();
-    let entry = writ::protocol::Names::new(&config.namespace).cache(
-        k.partition("signal", config.partitions),
-        "signal",
-        &k.canonical(),
-    );
-    let mut stored = key.clone();
-    stored.insert("payload", doc! {"v": 1});
-    stored.insert("_writ", doc! {"v": v.to_sortable()});
+    let entry = cache_entry(&config, &key);
     let cache = writ::cache::Cache::new(env.redis().await);
-    assert!(cache.put_if_newer(&entry, v, Some(&stored)).await.unwrap());
+    assert!(cache
+        .put_if_newer(&entry, v, Some(&stored(&key, 1, v)))
+        .await
+        .unwrap());
     let r = s.read_record(&key).await.unwrap().unwrap();
     assert_eq!(r.version, v);
     // The first request id of a handle is "1".
-    let ack = Ack {
-        request: "1".into(),
-        outcome: Outcome::Applied,
-        version: v,
-        entry: v,
-        reason: None,
-    };
-    let mut conn = env.redis().await;
-    for call in Ack::commands([(writ.client_id(), &ack)], |c| {
-        format!("{}:ack:{c}", config.namespace)
-    }) {
-        let _: redis::Value = call.invocation().invoke_async(&mut conn).await.unwrap();
-    }
+    send_applied_ack(&env, &writ, "1", v).await;
     let got = ticket
         .wait_for(std::time::Duration::from_secs(10))
         .await
@@ -139,13 +172,8 @@ async fn a_lost_ack_of_a_dead_lettered_write_is_settled_from_the_streams() {
     env.poison_payload_u("signal", signal("HOLDER"), "taken")
         .await;
     let writ = Writ::connect(config.clone()).await.unwrap();
-    let mut r = env.redis().await;
-    let _: () = redis::cmd("SET")
-        .arg(format!("{}:ack:{}", env.name, writ.client_id()))
-        .arg("not a stream")
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    block_acks(&env, &writ).await;
+    let r = env.redis().await;
     let s = writ.collection("signal").unwrap();
     // Per key: a write that is applied, then one that is dead-lettered.
     for k in ["READ", "LIST"] {
@@ -188,7 +216,6 @@ async fn a_lost_ack_of_a_dead_lettered_write_is_settled_from_the_streams() {
 /// `client.read_timeout_ms` on the older one, here a minute).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_does_not_wait_for_an_older_lost_ack_once_a_newer_write_is_acked() {
-    use writ::ack::{Ack, Outcome};
     let env = TestEnv::start("newest_first");
     let o = Overrides {
         client: "read_timeout_ms = 60000",
@@ -201,22 +228,11 @@ async fn a_read_does_not_wait_for_an_older_lost_ack_once_a_newer_write_is_acked(
     // No daemon: its steps by hand. Two writes of the key, requests "1" and "2".
     let older = s.submit(&key, &doc! {"v": 1}).await.unwrap().version();
     let newer = s.submit(&key, &doc! {"v": 2}).await.unwrap().version();
-    let k = writ::protocol::Key::from_document(&key, config.collection("signal").unwrap()).unwrap();
-    let entry = writ::protocol::Names::new(&config.namespace).cache(
-        k.partition("signal", config.partitions),
-        "signal",
-        &k.canonical(),
-    );
+    let entry = cache_entry(&config, &key);
     let cache = writ::cache::Cache::new(env.redis().await);
-    let stored = |v: i32, at: writ::protocol::Version| {
-        let mut d = key.clone();
-        d.insert("payload", doc! {"v": v});
-        d.insert("_writ", doc! {"v": at.to_sortable()});
-        d
-    };
     // The older write is applied and cached; its ack is lost (never sent).
     assert!(cache
-        .put_if_newer(&entry, older, Some(&stored(1, older)))
+        .put_if_newer(&entry, older, Some(&stored(&key, 1, older)))
         .await
         .unwrap());
     let read = tokio::spawn({
@@ -227,22 +243,10 @@ async fn a_read_does_not_wait_for_an_older_lost_ack_once_a_newer_write_is_acked(
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     // The newer one is applied, cached and acked.
     assert!(cache
-        .put_if_newer(&entry, newer, Some(&stored(2, newer)))
+        .put_if_newer(&entry, newer, Some(&stored(&key, 2, newer)))
         .await
         .unwrap());
-    let ack = Ack {
-        request: "2".into(),
-        outcome: Outcome::Applied,
-        version: newer,
-        entry: newer,
-        reason: None,
-    };
-    let mut conn = env.redis().await;
-    for call in Ack::commands([(writ.client_id(), &ack)], |c| {
-        format!("{}:ack:{c}", config.namespace)
-    }) {
-        let _: redis::Value = call.invocation().invoke_async(&mut conn).await.unwrap();
-    }
+    send_applied_ack(&env, &writ, "2", newer).await;
     let got = tokio::time::timeout(std::time::Duration::from_secs(20), read)
         .await
         .expect("the read waited for the older write's lost ack")
