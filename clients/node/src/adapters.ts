@@ -96,11 +96,30 @@ export function createAdapters(client: WritClient): AdapterClasses {
     await client.write(collection, key, "put", fields);
   };
 
-  /** Many writes of one collection: all submitted, then (ack mode) all acks awaited. */
+  /**
+   * Many writes of one collection: all submitted, then (ack mode) all acks
+   * awaited. Rows go to several partitions: when some are refused (one
+   * partition at its backlog bound, say) and others accepted, the error says
+   * how many were accepted; retrying the whole call is safe.
+   */
   const writeAll = async (collection: string, items: Put[]): Promise<Ticket[]> => {
-    const tickets = await Promise.all(
+    const submitted = await Promise.allSettled(
       items.map((it) => client.submit(collection, it.key, it.remove ? "remove" : "put", it.remove ? undefined : it.fields)),
     );
+    const tickets: Ticket[] = [];
+    let refused: unknown;
+    for (const r of submitted) {
+      if (r.status === "fulfilled") tickets.push(r.value);
+      else refused ??= r.reason;
+    }
+    if (refused !== undefined) {
+      if (tickets.length && refused instanceof Error) {
+        refused.message =
+          `${tickets.length} of ${items.length} rows of this ${collection} write were accepted, the others were not ` +
+          `(retrying the whole write is safe: a row written again keeps its value). ${refused.message}`;
+      }
+      throw refused;
+    }
     if (client.config.mode === "ack") await Promise.all(tickets.map((t) => client.waitAck(t)));
     return tickets;
   };

@@ -11,7 +11,9 @@ import mongoose from "mongoose";
 import { setup } from "../src/setup.js";
 import type { WritClient } from "../src/client.js";
 import type { WriteModeName } from "../src/config.js";
-import { WritConfigError } from "../src/errors.js";
+import { BackpressureError, WritConfigError } from "../src/errors.js";
+import { canonicalKey, partitionOf } from "../src/key.js";
+import { COLLECTION, PRESET_COLLECTIONS } from "../src/collections.js";
 import { FakeKit, type Domain } from "./fakekit.js";
 import { TestEnv } from "./harness.js";
 
@@ -498,6 +500,25 @@ describe("setup()", () => {
       (e: unknown) => e instanceof WritConfigError && /backtest-kit/.test(e.message) && /setup\(config, \{ PersistSignalAdapter/.test(e.message),
     );
   });
+
+  test("a batch write some of whose rows are refused says how many were accepted", g(async () => {
+    // A namespace no daemon serves, one unapplied entry per partition at most.
+    const kit = new FakeKit();
+    const client = setup(env.clientConfig({ namespace: `${env.name}_partial`, partitions: 2, maxBacklog: 1 }), kit.adapters);
+    clients.push(client);
+    const spec = PRESET_COLLECTIONS.find((c) => c.name === COLLECTION.storage)!;
+    const partition = (id: string) => partitionOf(spec.name, canonicalKey(spec, { backtest: true, signalId: id }), 2);
+    const ids = Array.from({ length: 20 }, (_, i) => `pw-${i}`);
+    const first = ids.find((id) => partition(id) === 0)!;
+    const full = ids.find((id) => id !== first && partition(id) === 0)!;
+    const free = ids.find((id) => partition(id) === 1)!;
+    await kit.call("Storage", [true], "writeStorageData", [{ id: first, v: 1 }]);
+    // Partition 0 is at its bound now; partition 1 takes one more.
+    await assert.rejects(
+      kit.call("Storage", [true], "writeStorageData", [{ id: full, v: 1 }, { id: free, v: 1 }]),
+      (e: unknown) => e instanceof BackpressureError && /^1 of 2 rows of this storage-items write were accepted/.test(e.message) && /NOT accepted/.test(e.message),
+    );
+  }));
 
   test("registers all 17 adapters; constructors take the context positionally", () => {
     const kit = new FakeKit();
