@@ -115,12 +115,26 @@ export function createAdapters(client: WritClient): AdapterClasses {
     if (refused !== undefined) {
       if (tickets.length && refused instanceof Error) {
         refused.message =
-          `${tickets.length} of ${items.length} rows of this ${collection} write were accepted, the others were not ` +
-          `(retrying the whole write is safe: a row written again keeps its value). ${refused.message}`;
+          `${tickets.length} of ${items.length} rows of this ${collection} write were accepted; the others were not, or ` +
+          `may not have been (the reason below says which; retrying the whole write is safe: a row written again keeps ` +
+          `its value). ${refused.message}`;
+        // Nobody waits for the accepted rows' acks: if one is refused after
+        // all, onError hears it.
+        if (client.config.mode === "ack") for (const t of tickets) client.reportIfRefused(t);
       }
       throw refused;
     }
-    if (client.config.mode === "ack") await Promise.all(tickets.map((t) => client.waitAck(t)));
+    if (client.config.mode === "ack") {
+      const acked = await Promise.allSettled(tickets.map((t) => client.waitAck(t)));
+      const failed = acked.flatMap((r) => (r.status === "rejected" ? [r.reason as unknown] : []));
+      if (failed.length) {
+        const first = failed[0];
+        if (failed.length > 1 && first instanceof Error) {
+          first.message = `${failed.length} of ${items.length} rows of this ${collection} write failed; the first: ${first.message}`;
+        }
+        throw first;
+      }
+    }
     return tickets;
   };
 

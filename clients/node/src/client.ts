@@ -12,6 +12,7 @@ import { deserialize, serialize, type Document } from "bson";
 import { readRedisTls, redactUrl, redactUrls, redisUrls, resolveConfig, type RedisTlsPem, type WritConfig } from "./config.js";
 import {
   BackpressureError,
+  PendingFullError,
   RedisFullError,
   RefusedWriteError,
   WritClosedError,
@@ -152,6 +153,9 @@ const FOREIGN: Hmget = [null, null, null];
 
 /** Longest close() waits for a clean QUIT or for the ack loop to end. */
 const CLOSE_WAIT_MS = 1000;
+
+/** ready()'s bound ran out: Redis took the connection and did not answer. */
+class NoAnswer extends Error {}
 
 /** Races `p` against a timer; the timer never keeps the process alive. */
 async function withTimeout<T>(p: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
@@ -382,10 +386,28 @@ export class WritClient {
     if (!this.readyPromise) {
       this.readyPromise = (async () => {
         try {
-          if (this.redis.status === "wait") await this.redis.connect();
-          await this.redis.ping();
-          if (!this.config.redisCluster) await this.checkNotCluster();
-          await this.checkPartitions();
+          // Bounded: a Redis that accepts the connection and never answers
+          // (paused, stopped, a stalled failover) must not hang every read,
+          // sync and write behind this promise. On the timeout, the
+          // connection is replaced below; its commands fail with it.
+          const within = Math.max(this.config.writeTimeoutMs, this.config.readTimeoutMs);
+          const conn = this.redis;
+          await withTimeout(
+            (async () => {
+              if (conn.status === "wait") await conn.connect();
+              await conn.ping();
+              if (this.redis !== conn) return;
+              if (!this.config.redisCluster) await this.checkNotCluster();
+              if (this.redis !== conn) return;
+              await this.checkPartitions();
+            })(),
+            within,
+            () =>
+              new NoAnswer(
+                `Redis accepted the connection but did not answer within ${within} ms (the longer of writeTimeoutMs and ` +
+                  `readTimeoutMs); is it paused, stopped or failing over?`,
+              ),
+          );
           this.connected = true;
         } catch (e) {
           this.readyPromise = undefined;
@@ -407,7 +429,7 @@ export class WritClient {
           // ioredis rejects a failed connect with "Connection is closed." (or,
           // while it reconnects, "Reached the max retries per request limit");
           // the reason (a TLS alert, a refused connection) came as an error event.
-          let cause = !isReplyError(e) && this.lastRedisError ? this.lastRedisError : e;
+          let cause = !isReplyError(e) && !(e instanceof NoAnswer) && this.lastRedisError ? this.lastRedisError : e;
           // ioredis's Cluster says "Failed to refresh slots cache." and keeps the node's reason.
           const nodeError = (cause as { lastNodeError?: unknown })?.lastNodeError;
           if (nodeError) cause = nodeError;
@@ -806,9 +828,27 @@ export class WritClient {
     return t;
   }
 
+  /**
+   * Reports `t` to onError if the daemon refuses it (dead-letters it): for
+   * an ack-mode write whose ack nobody waits for. (Submit mode reports every
+   * refusal already.)
+   */
+  reportIfRefused(t: Ticket): void {
+    if (this.config.mode === "submit") return;
+    void t.acked.then(
+      (r) => {
+        if (r.outcome === "dead_lettered") this.report(new RefusedWriteError(t.collection, r.reason ?? "", r.entryId));
+      },
+      () => {},
+    );
+  }
+
   /** Waits for a write's ack; throws on refusal or after `timeoutMs` (the write stays queued). */
   async waitAck(t: Ticket, timeoutMs = this.config.writeTimeoutMs): Promise<AckResult> {
     if (this.closed) throw new WritClosedError();
+    // Someone waits for it now: a refusal is thrown here, not also given to
+    // onError (an earlier wait that timed out marked it unheard).
+    this.unheard.delete(t.acked);
     let onClose!: (e: Error) => void;
     const closed = new Promise<never>((_, reject) => (onClose = reject));
     this.closeWaiters.add(onClose);
@@ -875,7 +915,7 @@ export class WritClient {
         ahead,
         Math.max(0, deadline - Date.now()),
         () =>
-          new WritTimeoutError(
+          new PendingFullError(
             `writes of this process called before this one have waited writeTimeoutMs (${this.config.writeTimeoutMs} ms) ` +
               `for room under maxPending (${this.config.maxPending}) or for Redis; the daemon is behind or down: check \`writ status\``,
           ),
@@ -895,7 +935,7 @@ export class WritClient {
     while (this.pending.size >= this.config.maxPending && !this.closed) {
       const left = deadline - Date.now();
       if (left <= 0) {
-        throw new WritTimeoutError(
+        throw new PendingFullError(
           `${this.pending.size} writes of this process are waiting for their ack (maxPending ${this.config.maxPending}) ` +
             `and none was acked within ${this.config.writeTimeoutMs} ms; the daemon is behind or down: check \`writ status\``,
         );

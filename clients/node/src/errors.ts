@@ -25,10 +25,29 @@ export class BackpressureError extends WritError {
   }
 }
 
-/** A wait timed out. A write that timed out is still queued and will be applied. */
+/**
+ * A wait timed out. A write whose ack did not come in time is still queued
+ * and will be applied; a write that was never admitted is a
+ * {@link PendingFullError} (this class too) and was NOT accepted; a write
+ * fewer than `minReplicasAcked` replicas confirmed in time is to be retried.
+ * The message says which.
+ */
 export class WritTimeoutError extends WritError {
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, options);
+  }
+}
+
+/**
+ * The write waited `writeTimeoutMs` before it was admitted: for room under
+ * `maxPending` (this process's writes waiting for their ack), or behind
+ * earlier writes of this process that waited for that or for Redis. It was
+ * NOT accepted; retry once the daemon catches up. A {@link WritTimeoutError},
+ * so code that catches those catches this too.
+ */
+export class PendingFullError extends WritTimeoutError {
+  constructor(message: string) {
+    super(`${message}. The write was NOT accepted: retry it once the daemon catches up`);
   }
 }
 

@@ -6,6 +6,7 @@ export {
   WritError,
   BackpressureError,
   WritTimeoutError,
+  PendingFullError,
   WritConnectionError,
   RedisFullError,
   RefusedWriteError,

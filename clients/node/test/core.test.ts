@@ -20,6 +20,7 @@ import {
   WritConnectionError,
   WritKeyError,
   WritTimeoutError,
+  PendingFullError,
   type WritError,
 } from "../src/errors.js";
 import type { CollectionSpec } from "../src/key.js";
@@ -287,6 +288,25 @@ describe("core", () => {
     assert.ok(errors[0] instanceof RefusedWriteError, String(errors[0]));
   }));
 
+  test("a refusal that a second waitAck receives is not also given to onError", g(async () => {
+    const errors: WritError[] = [];
+    const a = client({ mode: "ack", writeTimeoutMs: 300, onError: (e: WritError) => errors.push(e) });
+    await a.ready();
+    const daemon = env.writ!.proc.child;
+    daemon.kill("SIGSTOP");
+    let again: Promise<unknown>;
+    try {
+      const t = await a.submit(UNKNOWN.name, { k: "twice" }, "put", { a: 1 });
+      await assert.rejects(a.waitAck(t, 300), WritTimeoutError);
+      again = a.waitAck(t, 20000);
+    } finally {
+      daemon.kill("SIGCONT");
+    }
+    await assert.rejects(again, RefusedWriteError);
+    // deliver() reports in the same turn as it settles the ack, before the wait above wakes.
+    assert.deepEqual(errors, [], "the refusal went to the waiter only");
+  }));
+
   test("lost acks are settled from the consumer group and the dead-letter stream: flush and maxPending recover", g(async () => {
     const id = `lost-${process.pid}-${Date.now()}`;
     const redis = new Redis(env.redisUrl);
@@ -439,7 +459,16 @@ describe("core", () => {
     const bounded = client({ namespace: ns, maxPending: 2, writeTimeoutMs: 200, partitions: 1, maxBacklog: 1000 });
     await bounded.write(KV.name, { k: "mp", n: 1 }, "put", { a: 1 });
     await bounded.write(KV.name, { k: "mp", n: 2 }, "put", { a: 1 });
-    await assert.rejects(bounded.write(KV.name, { k: "mp", n: 3 }, "put", { a: 1 }), WritTimeoutError);
+    const admin = new Redis(env.redisUrl);
+    const entries = () => admin.xlen(new Names(ns).stream(0));
+    const before = await entries();
+    // Never admitted: a PendingFullError (a WritTimeoutError) that says it was NOT accepted, and nothing was added.
+    await assert.rejects(
+      bounded.write(KV.name, { k: "mp", n: 3 }, "put", { a: 1 }),
+      (e: unknown) => e instanceof PendingFullError && e instanceof WritTimeoutError && /NOT accepted/.test(e.message),
+    );
+    assert.equal(await entries(), before, "the write that waited for room added nothing");
+    admin.disconnect();
     // Read-your-writes comes from the overlay while nothing applies the writes.
     const o = client({ namespace: ns, partitions: 1, maxBacklog: 1000 });
     await o.write(KV.name, { k: "ovl", n: 1 }, "put", { v: 1 });
@@ -521,7 +550,7 @@ describe("core", () => {
     const ns = `${env.name}_room`;
     const c = client({ namespace: ns, maxPending: 1, writeTimeoutMs: 1000, partitions: 1, maxBacklog: 1000 });
     await c.write(KV.name, { k: "room", n: 1 }, "put", { a: 1 });
-    await assert.rejects(c.write(KV.name, { k: "room", n: 2 }, "put", { a: 2 }), WritTimeoutError);
+    await assert.rejects(c.write(KV.name, { k: "room", n: 2 }, "put", { a: 2 }), PendingFullError);
     assert.equal((c as unknown as { roomWaiters: unknown[] }).roomWaiters.length, 0);
   }));
 
@@ -628,6 +657,38 @@ describe("core", () => {
         );
       }
       assert.ok(Date.now() - t < 5000, `failed after ${Date.now() - t} ms`);
+    } finally {
+      await admin.client("UNPAUSE").catch(() => {});
+      admin.disconnect();
+      await r.stop().catch(() => {});
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }));
+
+  test("a client whose first call meets a Redis that does not answer fails within its timeouts, and recovers", g(async () => {
+    const dir = mkdtempSync(join(tmpdir(), "writ-paused-ready-"));
+    const r = await RedisServer.start(dir);
+    const admin = new Redis(r.url);
+    try {
+      await admin.client("PAUSE", 6000, "ALL");
+      // Never ready: the connect (its ready check), the PING and writ's checks wait on the paused Redis.
+      const c = new WritClient(env.clientConfig({ collections: COLLECTIONS, redisUrl: r.url, readTimeoutMs: 400, writeTimeoutMs: 700, partitions: 1 }));
+      clients.push(c);
+      const hung = () => new Promise<never>((_, reject) => setTimeout(() => reject(new Error("hung")), 6000).unref());
+      const noAnswer = (e: unknown) => e instanceof WritConnectionError && /did not answer within 700 ms/.test(e.message);
+      for (const call of [
+        () => c.read(KV.name, { k: "pr", n: 1 }),
+        () => c.sync(),
+        () => c.write(KV.name, { k: "pr", n: 1 }, "put", { a: 1 }),
+      ]) {
+        const t = Date.now();
+        await assert.rejects(Promise.race([call(), hung()]), noAnswer);
+        assert.ok(Date.now() - t < 3000, `failed after ${Date.now() - t} ms`);
+      }
+      // (An UNPAUSE would wait for the pause's end too: Redis pauses it with the rest.)
+      await admin.ping();
+      // The next call connects again and goes through.
+      assert.equal(await c.read(KV.name, { k: "pr", n: 1 }), null);
     } finally {
       await admin.client("UNPAUSE").catch(() => {});
       admin.disconnect();

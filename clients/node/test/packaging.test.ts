@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { PACKAGE_ROOT } from "./harness.js";
 
 const pkg = JSON.parse(readFileSync(join(PACKAGE_ROOT, "package.json"), "utf8"));
-const API = ["setup", "waitForInit", "dispose", "WritClient", "createAdapters", "BackpressureError", "WritTimeoutError",
+const API = ["setup", "waitForInit", "dispose", "WritClient", "createAdapters", "BackpressureError", "WritTimeoutError", "PendingFullError",
   "WritConnectionError", "RedisFullError", "RefusedWriteError", "WritKeyError", "WritConfigError", "canonicalKey",
   "partitionOf"];
 
