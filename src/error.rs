@@ -49,8 +49,10 @@ pub enum Error {
 
     /// An admission call's reply was lost, and sending it again under its
     /// number got no answer (until `client.write_timeout_ms`, or until Redis
-    /// could not be reached): its writes may or may not have been added.
-    #[error("the write to partition {partition} may or may not have been accepted: Redis did not answer its admission call, sent again under its number until client.write_timeout_ms or until Redis could not be reached (last: {source}); read the key before writing it again (docs/protocol.md §5a)")]
+    /// could not be reached): its writes may or may not have been added. A
+    /// read alone cannot tell: this handle does not wait for a write it does
+    /// not know was added; `sync` first.
+    #[error("the write to partition {partition} may or may not have been accepted: Redis did not answer its admission call, sent again under its number until client.write_timeout_ms or until Redis could not be reached (last: {source}); to learn which, once Redis answers run sync (it waits until every write accepted before it is applied), then read the key, and write it again only if it does not hold this value (docs/protocol.md §5a)")]
     AdmissionUnknown {
         /// The partition written.
         partition: u32,

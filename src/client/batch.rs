@@ -265,6 +265,12 @@ impl Batcher {
         let deadline = tokio::time::Instant::now() + self.settings.patience;
         // Sends that lost their reply: the call may have run.
         let mut lost = 0;
+        // redis-rs's cluster connection sends a command again on its own
+        // (after a dropped connection, a timeout, a redirect), and returns
+        // only its last error: a failure that is not a reply of the script
+        // may follow an earlier send that ran.
+        let cluster = self.conn.is_cluster();
+        let maybe_ran = |e: &redis::RedisError| reply_lost(e) || (cluster && e.code().is_none());
         loop {
             let mut conn = self.conn.clone();
             let reply: redis::RedisResult<(u64, Value)> = if self.settings.confirm {
@@ -288,7 +294,7 @@ impl Batcher {
                 // it is answered from the admission record if it ran, and
                 // runs now if it did not. So the caller learns which.
                 Err(e)
-                    if reply_lost(&e)
+                    if maybe_ran(&e)
                         && lost < LOST_REPLY_SENDS
                         && tokio::time::Instant::now() + REDIRECT_DELAY < deadline =>
                 {
@@ -306,8 +312,12 @@ impl Batcher {
                         // or replies lost LOST_REPLY_SENDS times: an
                         // outage, not a blip; fail now rather than at
                         // write_timeout), or the time is up; a call an
-                        // earlier send may have run stays unknown.
-                        None if lost > 0 || reply_lost(&e) => Refused::Unknown(e),
+                        // earlier send may have run stays unknown. On a
+                        // cluster, so does one still redirected at the
+                        // deadline (redis-rs may have sent it before).
+                        None if lost > 0 || maybe_ran(&e) || (cluster && not_run(&e)) => {
+                            Refused::Unknown(e)
+                        }
                         None => Refused::Failed(e),
                     };
                     return vec![Err(refused); batch.len()];
