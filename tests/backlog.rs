@@ -184,31 +184,6 @@ async fn backlog_stays_true_across_redis_restarts() {
     );
 }
 
-/// `CONFIG RESETSTAT`: the command counts start from 0.
-async fn reset_stats<C: redis::aio::ConnectionLike>(conn: &mut C) {
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(conn)
-        .await
-        .unwrap();
-}
-
-/// `INFO commandstats`, for [`commandstat_calls`].
-async fn commandstats<C: redis::aio::ConnectionLike>(conn: &mut C) -> String {
-    redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .unwrap()
-}
-
-fn commandstat_calls(info: &str, cmd: &str) -> u64 {
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
-        .and_then(|rest| rest.split(',').next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Writers keep writing while no daemon reads (a daemon outage). Admission
 /// must count the backlog without scanning it on every write: the first count
 /// after the group last moved scans the undelivered entries once and is kept
@@ -233,7 +208,7 @@ async fn admission_counts_once_while_no_daemon_reads() {
             .await
             .unwrap();
     }
-    reset_stats(&mut conn).await;
+    support::reset_stats(&mut conn).await;
     let writ = Writ::connect(config.clone()).await.unwrap();
     let measure = writ.collection("measure").unwrap();
     let writes = 300u64;
@@ -241,8 +216,8 @@ async fn admission_counts_once_while_no_daemon_reads() {
         let key = doc! {"bucket": "outage", "entryKey": format!("k{}", i % 40)};
         measure.submit(&key, &doc! {"i": i as i64}).await.unwrap();
     }
-    let info = commandstats(&mut conn).await;
-    let scans = commandstat_calls(&info, "xrange");
+    let info = support::commandstats(&mut conn).await;
+    let scans = support::command_calls(&info, "xrange");
     assert!(
         scans <= config.partitions as u64,
         "admission scanned the backlog {scans} times for {writes} writes on {} partitions",
@@ -250,7 +225,7 @@ async fn admission_counts_once_while_no_daemon_reads() {
     );
     // Nor does it count at all while its kept upper bound (an exact count
     // plus the writes admitted since) is under max_backlog.
-    let counts = commandstat_calls(&info, "xinfo|stream");
+    let counts = support::command_calls(&info, "xinfo|stream");
     assert!(
         counts <= config.partitions as u64,
         "admission counted the backlog {counts} times for {writes} writes on {} partitions",
@@ -296,15 +271,15 @@ async fn the_reader_reads_once_per_batch_of_new_entries() {
         measure.write(&key, &doc! {"i": i}).await.unwrap();
     }
     let mut conn = env.redis().await;
-    reset_stats(&mut conn).await;
+    support::reset_stats(&mut conn).await;
     let writes = 40u64;
     for i in 0..writes {
         // One at a time: each write is its own batch.
         let key = doc! {"bucket": "one-by-one", "entryKey": format!("k{}", i % 8)};
         measure.write(&key, &doc! {"i": i as i64}).await.unwrap();
     }
-    let info = commandstats(&mut conn).await;
-    let reads = commandstat_calls(&info, "xreadgroup");
+    let info = support::commandstats(&mut conn).await;
+    let reads = support::command_calls(&info, "xreadgroup");
     assert!(
         reads >= writes && reads <= writes + config.partitions as u64,
         "the daemon made {reads} group reads for {writes} writes written one at a time \

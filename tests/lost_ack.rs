@@ -254,3 +254,37 @@ async fn a_read_does_not_wait_for_an_older_lost_ack_once_a_newer_write_is_acked(
         .unwrap();
     assert_eq!(got, Some(doc! {"v": 2}));
 }
+
+/// A read whose wait for its key's pending writes timed out looks at the
+/// streams in id order, and stops at the first write the daemon is not done
+/// with: it cannot be done with any later one either. With no daemon, a key
+/// with 100 pending writes costs one look, not 100 (each a few round trips,
+/// one after another, on every read of the key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overdue_look_stops_at_the_first_write_the_daemon_is_not_done_with() {
+    let env = TestEnv::start("overdue_stop");
+    let o = Overrides {
+        client: "read_timeout_ms = 300",
+        ..Default::default()
+    };
+    let writ = Writ::connect(env.config_with(&o)).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let key = doc! {"symbol": "S", "strategyName": "stop", "exchangeName": "x"};
+    let writes = 100;
+    for v in 0..writes {
+        drop(s.submit(&key, &doc! {"v": v}).await.unwrap());
+    }
+    let looks = || async {
+        let mut conn = env.redis().await;
+        support::command_calls(&support::commandstats(&mut conn).await, "xrange")
+    };
+    let before = looks().await;
+    let err = s.read(&key).await.unwrap_err();
+    assert!(matches!(err, writ::Error::Timeout { .. }), "{err}");
+    let looked = looks().await - before;
+    assert!(
+        looked <= 2,
+        "the read looked up {looked} entries for its {writes} pending writes (one expected)"
+    );
+    assert_eq!(writ.unacked(), writes as usize, "nothing settled");
+}

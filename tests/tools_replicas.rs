@@ -20,26 +20,9 @@ use support::proc::writ_cli;
 use support::{config_set, eventually, Daemon, Overrides, RedisServer, TestEnv};
 use writ::Writ;
 
-/// `cmdstat_<command>`'s `calls` in `INFO commandstats` (0 when never
-/// called).
+/// `cmdstat_<command>`'s `calls` on `master`.
 async fn calls(master: &mut MultiplexedConnection, command: &str) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(master)
-        .await
-        .unwrap();
-    support::info_field(&info, &format!("cmdstat_{command}"))
-        .and_then(|v| v.strip_prefix("calls="))
-        .map(|rest| rest.split(',').next().unwrap().parse().unwrap())
-        .unwrap_or(0)
-}
-
-async fn reset_stats(master: &mut MultiplexedConnection) {
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(master)
-        .await
-        .unwrap();
+    support::command_calls(&support::commandstats(master).await, command)
 }
 
 /// A master, a replica of it that has confirmed a `WAIT`, and a connection
@@ -93,11 +76,11 @@ async fn tools_confirm_their_cache_writes_with_replicas() {
     daemon.stop().await;
 
     // Each run publishes 8 entries, each with its own WAIT.
-    reset_stats(&mut m).await;
+    support::reset_stats(&mut m).await;
     let out = writ_cli(&path, &["replay", "--from", "0-0"]);
     assert!(out.status.success(), "{out:?}");
     let replay = calls(&mut m, "wait").await;
-    reset_stats(&mut m).await;
+    support::reset_stats(&mut m).await;
     let out = writ_cli(&path, &["rebuild-cache"]);
     assert!(out.status.success(), "{out:?}");
     let rebuild = calls(&mut m, "wait").await;
@@ -187,7 +170,7 @@ async fn acks_refused_for_memory_wait_for_memory() {
     )
     .await;
     config_set(&mut m, "maxmemory", "1").await;
-    reset_stats(&mut m).await;
+    support::reset_stats(&mut m).await;
     signal(replica.pid(), "CONT");
     // The replica catches up, the next try of the cache step is confirmed,
     // and the acker sends its acks and XACK in one MULTI (the only MULTI the

@@ -22,12 +22,18 @@ use crate::stream::{cmd, parse_entries, take_entries, Entry};
 /// settled now, and a later read looks again.
 const LETTERS_PAGE: u64 = 500;
 const LETTERS_PAGES: usize = 4;
+/// Writes looked at per settling, at most (a few round trips each); the
+/// rest wait for a later read's look.
+const LOOK_AT_MOST: usize = 256;
 
 /// What the streams say about a write whose ack is overdue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Fate {
-    /// The daemon is not done with it, or it cannot be told (the entry is
-    /// gone, or too many letters to look through).
+    /// The daemon is not done with it: nor with any later entry of the
+    /// partition.
+    NotDone,
+    /// It cannot be told (the entry is gone, or too many letters to look
+    /// through).
     Unknown,
     /// Done, and not dead-lettered: readable at its version or newer.
     Applied,
@@ -38,18 +44,26 @@ enum Fate {
 impl Inner {
     /// Settles each of `writes` (this handle's pending writes of partition
     /// `p`) that is still unacked and that the daemon is done with, as its
-    /// ack would. `true` when none is left unsettled.
+    /// ack would, in id order: at the first the daemon is not done with, or
+    /// after [`LOOK_AT_MOST`], it stops. `true` when none is left unsettled.
     pub(super) async fn settle_overdue(
         &self,
         p: u32,
         writes: impl IntoIterator<Item = (Version, Pending)>,
     ) -> Result<bool> {
-        let mut all = true;
-        for (version, Pending { request, state }) in writes {
+        let mut writes: Vec<(Version, Pending)> = writes
+            .into_iter()
+            .filter(|(_, w)| w.state.borrow().is_none())
+            .collect();
+        writes.sort_by_key(|(v, _)| *v);
+        let mut all = writes.len() <= LOOK_AT_MOST;
+        for (version, Pending { request, state }) in writes.into_iter().take(LOOK_AT_MOST) {
             if state.borrow().is_some() {
                 continue; // acked meanwhile
             }
             let (outcome, reason) = match self.fate(p, version).await? {
+                // The group has not passed it: later entries wait too.
+                Fate::NotDone => return Ok(false),
                 Fate::Unknown => {
                     all = false;
                     continue;
@@ -85,10 +99,11 @@ impl Inner {
             .query_async(&mut conn)
             .await?;
         // An entry that is gone may never have been written at all.
-        if parse_entries(&held).is_empty()
-            || !super::sync::applied_through(&mut conn, &stream, &self.names.group(), id).await?
-        {
+        if parse_entries(&held).is_empty() {
             return Ok(Fate::Unknown);
+        }
+        if !super::sync::applied_through(&mut conn, &stream, &self.names.group(), id).await? {
+            return Ok(Fate::NotDone);
         }
         let dlq = self.names.dead_letters();
         let mut from = Version {

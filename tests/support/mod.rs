@@ -1115,6 +1115,33 @@ pub fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// `INFO commandstats` of the server behind `conn`.
+pub async fn commandstats<C: redis::aio::ConnectionLike>(conn: &mut C) -> String {
+    redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+/// `cmdstat_<command>`'s `calls` in an `INFO commandstats` text (0 when
+/// never called).
+pub fn command_calls(info: &str, command: &str) -> u64 {
+    info_field(info, &format!("cmdstat_{command}"))
+        .and_then(|v| v.strip_prefix("calls="))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `CONFIG RESETSTAT`: the command counts start from 0.
+pub async fn reset_stats<C: redis::aio::ConnectionLike>(conn: &mut C) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
 /// Removes the namespace's recorded partition count (as a Redis data loss
 /// would), and who recorded it.
 pub async fn forget_partition_count<C: redis::aio::ConnectionLike>(conn: &mut C, config: &Config) {
