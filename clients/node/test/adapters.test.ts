@@ -11,7 +11,7 @@ import mongoose from "mongoose";
 import { setup } from "../src/setup.js";
 import type { WritClient } from "../src/client.js";
 import type { WriteModeName } from "../src/config.js";
-import { BackpressureError, WritConfigError } from "../src/errors.js";
+import { BackpressureError, RefusedWriteError, WritConfigError } from "../src/errors.js";
 import { canonicalKey, partitionOf } from "../src/key.js";
 import { COLLECTION, PRESET_COLLECTIONS } from "../src/collections.js";
 import { FakeKit, type Domain } from "./fakekit.js";
@@ -518,6 +518,27 @@ describe("setup()", () => {
       kit.call("Storage", [true], "writeStorageData", [{ id: full, v: 1 }, { id: free, v: 1 }]),
       (e: unknown) => e instanceof BackpressureError && /^1 of 2 rows of this storage-items write were accepted/.test(e.message) && /NOT accepted/.test(e.message),
     );
+  }));
+
+  test("an ack-mode batch write several of whose rows the daemon refuses says how many", g(async () => {
+    // A second unique index (sparse: rows without `u` are not in it) and a
+    // removed holder of u = "taken-u": a row with that u collides for good,
+    // and the daemon dead-letters it.
+    const db = mongo.db(env.name);
+    await db.collection(COLLECTION.storage).insertOne({ backtest: true, signalId: "u-holder", payload: { u: "taken-u" }, removed: true });
+    await db.command({ createIndexes: COLLECTION.storage, indexes: [{ key: { "payload.u": 1 }, name: "u_unique_batch", unique: true, sparse: true }] });
+    try {
+      const kit = new FakeKit();
+      const client = setup(env.clientConfig({ mode: "ack", writeTimeoutMs: 60000 }), kit.adapters);
+      clients.push(client);
+      await assert.rejects(
+        kit.call("Storage", [true], "writeStorageData", [{ id: "u-a", u: "taken-u" }, { id: "u-b", u: "taken-u" }, { id: "u-c", v: 1 }]),
+        (e: unknown) => e instanceof RefusedWriteError && /^2 of 3 rows of this storage-items write failed; the first: /.test(e.message),
+      );
+      assert.ok((await kit.call("Storage", [true], "readStorageData")).some((r: any) => r.id === "u-c"), "the row that was not refused is stored");
+    } finally {
+      await db.collection(COLLECTION.storage).dropIndex("u_unique_batch");
+    }
   }));
 
   test("registers all 17 adapters; constructors take the context positionally", () => {
