@@ -7,6 +7,8 @@
 //! the streams what became of each write still unacked, and settles the ones
 //! the daemon is done with, as their ack would have.
 
+use std::collections::HashMap;
+
 use redis::Value;
 
 use super::{acks, Inner, Pending};
@@ -16,29 +18,35 @@ use crate::error::Result;
 use crate::protocol::Version;
 use crate::stream::{cmd, parse_entries, take_entries, Entry};
 
-/// Dead letters read per page, and pages at most, when looking for one write's
-/// letter: letters come after the entry, read from a minute before its time
-/// (other nodes' clocks). With more letters than that, the write is not
-/// settled now, and a later read looks again.
-const LETTERS_PAGE: u64 = 500;
-const LETTERS_PAGES: usize = 4;
+/// Dead letters read per page, and pages at most, when looking for the
+/// letters of a look's writes: letters come after their entries, read from a
+/// minute before the oldest one's time (other nodes' clocks). A letter
+/// carries its write's document, so pages are small. With more letters than
+/// that, the writes not found are not settled now, and a later read looks
+/// again.
+const LETTERS_PAGE: u64 = 100;
+const LETTERS_PAGES: usize = 20;
 /// Writes looked at per settling, at most (a few round trips each); the
 /// rest wait for a later read's look.
 const LOOK_AT_MOST: usize = 256;
 
-/// What the streams say about a write whose ack is overdue.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Fate {
-    /// The daemon is not done with it: nor with any later entry of the
-    /// partition.
-    NotDone,
-    /// It cannot be told (the entry is gone, or too many letters to look
-    /// through).
-    Unknown,
-    /// Done, and not dead-lettered: readable at its version or newer.
-    Applied,
-    /// Parked, with this reason.
-    DeadLettered(String),
+/// Whether the daemon is done with a write whose ack is overdue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Done {
+    /// Done: readable at its version or newer, unless it was dead-lettered.
+    Yes,
+    /// Not done: nor with any later entry of the partition.
+    NotYet,
+    /// It cannot be told: the entry is gone (it may never have been written).
+    Gone,
+}
+
+/// The letters found for a look's writes: each one's reason, and whether
+/// the search reached the end of the dead-letter stream (else writes not
+/// found may have letters further on).
+struct Letters {
+    reasons: HashMap<Version, String>,
+    complete: bool,
 }
 
 impl Inner {
@@ -57,19 +65,38 @@ impl Inner {
             .collect();
         writes.sort_by_key(|(v, _)| *v);
         let mut all = writes.len() <= LOOK_AT_MOST;
-        for (version, Pending { request, state }) in writes.into_iter().take(LOOK_AT_MOST) {
+        writes.truncate(LOOK_AT_MOST);
+        let mut done = Vec::new();
+        for (version, pending) in writes {
+            match self.done_with(p, version).await? {
+                Done::Yes => done.push((version, pending)),
+                Done::Gone => all = false,
+                // The group has not passed it: later entries wait too.
+                Done::NotYet => {
+                    all = false;
+                    break;
+                }
+            }
+        }
+        if done.is_empty() {
+            return Ok(all);
+        }
+        let ids: Vec<Version> = done.iter().map(|(v, _)| *v).collect();
+        let Letters {
+            mut reasons,
+            complete,
+        } = self.letters(p, &ids).await?;
+        for (version, Pending { request, state }) in done {
             if state.borrow().is_some() {
                 continue; // acked meanwhile
             }
-            let (outcome, reason) = match self.fate(p, version).await? {
-                // The group has not passed it: later entries wait too.
-                Fate::NotDone => return Ok(false),
-                Fate::Unknown => {
+            let (outcome, reason) = match reasons.remove(&version) {
+                Some(why) => (Outcome::DeadLettered, Some(why)),
+                None if complete => (Outcome::Applied, None),
+                None => {
                     all = false;
                     continue;
                 }
-                Fate::Applied => (Outcome::Applied, None),
-                Fate::DeadLettered(why) => (Outcome::DeadLettered, Some(why)),
             };
             tracing::warn!(request = %request, entry = %version, outcome = outcome.as_str(), "the ack of this write was lost (Redis lost data, or the ack stream was trimmed or holds another type); settled from the streams");
             acks::deliver(
@@ -86,28 +113,38 @@ impl Inner {
         Ok(all)
     }
 
-    /// What became of entry `id` of partition `p`. The daemon does every
-    /// step of a write before its `XACK`, so it is done with an entry that
-    /// the stream still holds, that the group delivered, and that no entry up
-    /// to it is pending; then the dead-letter stream says whether it was
-    /// parked.
-    async fn fate(&self, p: u32, id: Version) -> Result<Fate> {
+    /// Whether the daemon is done with entry `id` of partition `p`. It does
+    /// every step of a write before its `XACK`, so it is done with an entry
+    /// that the stream still holds, that the group delivered, and that no
+    /// entry up to it is pending.
+    async fn done_with(&self, p: u32, id: Version) -> Result<Done> {
         let stream = self.names.stream(p);
         let mut conn = self.conn.clone();
         let at = id.to_stream_id();
         let held: Value = cmd::xrange(&stream, &at, &at, Some(1))
             .query_async(&mut conn)
             .await?;
-        // An entry that is gone may never have been written at all.
         if parse_entries(&held).is_empty() {
-            return Ok(Fate::Unknown);
+            return Ok(Done::Gone);
         }
-        if !super::sync::applied_through(&mut conn, &stream, &self.names.group(), id).await? {
-            return Ok(Fate::NotDone);
+        if super::sync::applied_through(&mut conn, &stream, &self.names.group(), id).await? {
+            Ok(Done::Yes)
+        } else {
+            Ok(Done::NotYet)
         }
+    }
+
+    /// The dead letters of entries `ids` (sorted) of partition `p`, read
+    /// once for all of them, in pages.
+    async fn letters(&self, p: u32, ids: &[Version]) -> Result<Letters> {
+        let stream = self.names.stream(p);
         let dlq = self.names.dead_letters();
+        let mut conn = self.conn.clone();
+        let wanted: HashMap<String, Version> = ids.iter().map(|v| (v.to_stream_id(), *v)).collect();
+        let mut reasons = HashMap::new();
+        let oldest = ids.first().map_or(0, |v| v.ms);
         let mut from = Version {
-            ms: id.ms.saturating_sub(60_000),
+            ms: oldest.saturating_sub(60_000),
             seq: 0,
         }
         .to_stream_id();
@@ -116,26 +153,41 @@ impl Inner {
                 .query_async(&mut conn)
                 .await?;
             let letters = take_entries(page);
-            if let Some(l) = letters.iter().find(|l| {
-                value(l, field::SOURCE) == Some(stream.as_bytes())
-                    && value(l, field::ID) == Some(at.as_bytes())
-            }) {
+            for l in &letters {
+                if value(l, field::SOURCE) != Some(stream.as_bytes()) {
+                    continue;
+                }
+                let Some(id) = value(l, field::ID)
+                    .and_then(|id| std::str::from_utf8(id).ok())
+                    .and_then(|id| wanted.get(id))
+                else {
+                    continue;
+                };
                 let reason = value(l, field::REASON).unwrap_or_default();
                 let detail = value(l, field::DETAIL).unwrap_or_default();
-                return Ok(Fate::DeadLettered(format!(
+                let why = format!(
                     "{}: {}",
                     String::from_utf8_lossy(reason),
                     String::from_utf8_lossy(detail)
-                )));
+                );
+                reasons.insert(*id, why);
             }
             match letters.last() {
-                Some(last) if letters.len() as u64 == LETTERS_PAGE => {
+                Some(last) if letters.len() as u64 == LETTERS_PAGE && reasons.len() < ids.len() => {
                     from = format!("({}", last.id.to_stream_id());
                 }
-                _ => return Ok(Fate::Applied),
+                _ => {
+                    return Ok(Letters {
+                        reasons,
+                        complete: true,
+                    })
+                }
             }
         }
-        Ok(Fate::Unknown)
+        Ok(Letters {
+            reasons,
+            complete: false,
+        })
     }
 }
 
