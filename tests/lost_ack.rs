@@ -276,7 +276,7 @@ async fn the_overdue_look_stops_at_the_first_write_the_daemon_is_not_done_with()
     }
     let looks = || async {
         let mut conn = env.redis().await;
-        support::command_calls(&support::commandstats(&mut conn).await, "xrange")
+        support::command_calls(&support::commandstats(&mut conn).await, "xrevrange")
     };
     let before = looks().await;
     let err = s.read(&key).await.unwrap_err();
@@ -287,4 +287,79 @@ async fn the_overdue_look_stops_at_the_first_write_the_daemon_is_not_done_with()
         "the read looked up {looked} entries for its {writes} pending writes (one expected)"
     );
     assert_eq!(writ.unacked(), writes as usize, "nothing settled");
+}
+
+/// The same after retention trimmed the entry before any read looked: the
+/// handle knows its write was added (its admission returned the id), and with
+/// no entry at or before it left, the stream was trimmed from the front, as
+/// retention trims, below what the group passed. Before, a gone entry stayed
+/// unknown, and every read of its key timed out for the life of the handle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_ack_of_a_dead_lettered_write_is_settled_after_its_entry_was_trimmed() {
+    let env = TestEnv::start("lost_dl_trim");
+    let o = Overrides {
+        client: "read_timeout_ms = 1000",
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let signal = |s: &str| doc! {"symbol": s, "strategyName": "dl", "exchangeName": "x"};
+    env.poison_payload_u("signal", signal("HOLDER"), "taken")
+        .await;
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    block_acks(&env, &writ).await;
+    let s = writ.collection("signal").unwrap();
+    drop(s.submit(&signal("TRIM"), &doc! {"v": 1}).await.unwrap());
+    drop(
+        s.submit(&signal("TRIM"), &doc! {"u": "taken"})
+            .await
+            .unwrap(),
+    );
+    let daemon = Daemon::start(config.clone());
+    let names = writ::protocol::Names::new(&config.namespace);
+    let streams: Vec<String> = (0..config.partitions).map(|p| names.stream(p)).collect();
+    let r = env.redis().await;
+    // Dead-lettered, and every entry acked by the group (nothing pending).
+    support::eventually(
+        std::time::Duration::from_secs(60),
+        "the poison write to be dead-lettered and nothing pending",
+        || {
+            let (mut r, dlq, streams) = (r.clone(), names.dead_letters(), streams.clone());
+            let group = names.group();
+            async move {
+                let n: u64 = redis::cmd("XLEN")
+                    .arg(&dlq)
+                    .query_async(&mut r)
+                    .await
+                    .ok()?;
+                for stream in &streams {
+                    let p: redis::Value = redis::cmd("XPENDING")
+                        .arg(stream)
+                        .arg(&group)
+                        .query_async(&mut r)
+                        .await
+                        .ok()?;
+                    let redis::Value::Array(summary) = p else {
+                        return None;
+                    };
+                    (summary.first() == Some(&redis::Value::Int(0))).then_some(())?;
+                }
+                (n >= 1).then_some(())
+            }
+        },
+    )
+    .await;
+    // Retention's trim, by hand: every entry of every partition.
+    let mut r = r.clone();
+    for stream in &streams {
+        let _: u64 = redis::cmd("XTRIM")
+            .arg(stream)
+            .arg("MAXLEN")
+            .arg(0)
+            .query_async(&mut r)
+            .await
+            .unwrap();
+    }
+    assert_eq!(s.read(&signal("TRIM")).await.unwrap(), Some(doc! {"v": 1}));
+    assert_eq!(writ.unacked(), 0, "both writes settled");
+    daemon.stop().await;
 }

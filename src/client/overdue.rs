@@ -37,7 +37,8 @@ enum Done {
     Yes,
     /// Not done: nor with any later entry of the partition.
     NotYet,
-    /// It cannot be told: the entry is gone (it may never have been written).
+    /// It cannot be told: the entry is gone while older ones are there
+    /// (deleted by hand, or lost by Redis), so it was not retention's trim.
     Gone,
 }
 
@@ -116,16 +117,20 @@ impl Inner {
     /// Whether the daemon is done with entry `id` of partition `p`. It does
     /// every step of a write before its `XACK`, so it is done with an entry
     /// that the stream still holds, that the group delivered, and that no
-    /// entry up to it is pending.
+    /// entry up to it is pending. An entry of this handle's that is gone was
+    /// added all the same (its admission returned its id): if no entry at or
+    /// before it is left, retention trimmed it from the front, which it does
+    /// only below what the group passed, and the same check holds. A gap
+    /// (older entries still there) is not retention's, and stays unknown.
     async fn done_with(&self, p: u32, id: Version) -> Result<Done> {
         let stream = self.names.stream(p);
         let mut conn = self.conn.clone();
         let at = id.to_stream_id();
-        let held: Value = cmd::xrange(&stream, &at, &at, Some(1))
-            .query_async(&mut conn)
-            .await?;
-        if parse_entries(&held).is_empty() {
-            return Ok(Done::Gone);
+        let upto: Value = cmd::xrev_upto(&stream, &at).query_async(&mut conn).await?;
+        if let Some(e) = parse_entries(&upto).first() {
+            if e.id != id {
+                return Ok(Done::Gone);
+            }
         }
         if super::sync::applied_through(&mut conn, &stream, &self.names.group(), id).await? {
             Ok(Done::Yes)

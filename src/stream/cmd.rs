@@ -47,6 +47,13 @@ pub fn newest(stream: &str) -> Cmd {
     cmd
 }
 
+/// `XREVRANGE <stream> <id> - COUNT 1`: the newest entry at or before `id`.
+pub fn xrev_upto(stream: &str, id: &str) -> Cmd {
+    let mut cmd = redis::cmd("XREVRANGE");
+    cmd.arg(stream).arg(id).arg("-").arg("COUNT").arg(1);
+    cmd
+}
+
 /// `EXISTS <stream>`.
 pub fn exists(stream: &str) -> Cmd {
     let mut cmd = redis::cmd("EXISTS");
