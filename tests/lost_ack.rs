@@ -363,3 +363,47 @@ async fn a_lost_ack_of_a_dead_lettered_write_is_settled_after_its_entry_was_trim
     assert_eq!(writ.unacked(), 0, "both writes settled");
     daemon.stop().await;
 }
+
+/// A write whose entry is gone without a letter is not settled as applied,
+/// even when nothing older is left and the group is past its id: a failover
+/// that lost the entry looks the same as retention's trim (the new master
+/// goes on with later entries). Here by hand: the entry trimmed, the group
+/// moved past it, no daemon ever applied it. The read fails with its
+/// timeout, and the write stays pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_entry_is_gone_without_a_letter_is_not_settled_as_applied() {
+    let env = TestEnv::start("lost_no_letter");
+    let o = Overrides {
+        client: "read_timeout_ms = 300",
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let key = doc! {"symbol": "LOST", "strategyName": "dl", "exchangeName": "x"};
+    drop(s.submit(&key, &doc! {"v": 1}).await.unwrap());
+    let names = writ::protocol::Names::new(&config.namespace);
+    let mut r = env.redis().await;
+    for p in 0..config.partitions {
+        let stream = names.stream(p);
+        let _: redis::Value = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&stream)
+            .arg(names.group())
+            .arg("$")
+            .arg("MKSTREAM")
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        let _: u64 = redis::cmd("XTRIM")
+            .arg(&stream)
+            .arg("MAXLEN")
+            .arg(0)
+            .query_async(&mut r)
+            .await
+            .unwrap();
+    }
+    let err = s.read(&key).await.unwrap_err();
+    assert!(matches!(err, writ::Error::Timeout { .. }), "{err}");
+    assert_eq!(writ.unacked(), 1, "the write is not settled");
+}

@@ -267,10 +267,17 @@ impl Batcher {
         let mut lost = 0;
         // redis-rs's cluster connection sends a command again on its own
         // (after a dropped connection, a timeout, a redirect), and returns
-        // only its last error: a failure that is not a reply of the script
-        // may follow an earlier send that ran.
+        // only its last error: a failure to reach a node (a refused
+        // connection, none found) may follow an earlier send that ran. A
+        // refusal by Redis (OOM, PARTITIONS, also wrapped in a pipeline's
+        // error) is taken as final, though it too could follow a lost reply
+        // redis-rs sent again, which this cannot see.
         let cluster = self.conn.is_cluster();
-        let maybe_ran = |e: &redis::RedisError| reply_lost(e) || (cluster && e.code().is_none());
+        let maybe_ran = |e: &redis::RedisError| {
+            reply_lost(e)
+                || (cluster
+                    && (e.is_io_error() || e.kind() == redis::ErrorKind::ClusterConnectionNotFound))
+        };
         loop {
             let mut conn = self.conn.clone();
             let reply: redis::RedisResult<(u64, Value)> = if self.settings.confirm {

@@ -318,7 +318,8 @@ impl Collection {
                 match waited {
                     // An ack overdue may have been lost: settled from the
                     // streams if the daemon is done with its write.
-                    Err(Error::Timeout { .. }) if inner.settle_overdue(p, pending).await? => {}
+                    Err(Error::Timeout { .. })
+                        if inner.settle_overdue(p, &cache_key, pending).await? => {}
                     other => other?,
                 }
                 cached = inner.cache.get(&cache_key).await?;

@@ -35,6 +35,11 @@ const LOOK_AT_MOST: usize = 256;
 enum Done {
     /// Done: readable at its version or newer, unless it was dead-lettered.
     Yes,
+    /// Its entry was trimmed from the front and the group passed it: done
+    /// if a letter says it was parked. Without one it cannot be told
+    /// applied: a failover may have lost the entry, and the group then
+    /// passed its id on later entries.
+    Trimmed,
     /// Not done: nor with any later entry of the partition.
     NotYet,
     /// It cannot be told: the entry is gone while older ones are there
@@ -51,15 +56,20 @@ struct Letters {
 }
 
 impl Inner {
-    /// Settles each of `writes` (this handle's pending writes of partition
-    /// `p`) that is still unacked and that the daemon is done with, as its
-    /// ack would, in id order: at the first the daemon is not done with, or
-    /// after [`LOOK_AT_MOST`], it stops. `true` when none is left unsettled.
+    /// Settles each of `writes` (this handle's pending writes of one key, in
+    /// partition `p`, whose cache entry is `cache_key`) that is still unacked
+    /// and that the daemon is done with, as its ack would, in id order: at
+    /// the first the daemon is not done with, or after [`LOOK_AT_MOST`], it
+    /// stops. A write at or below the version the cache holds is done (a
+    /// letter still tells whether it was parked). `true` when none is left
+    /// unsettled.
     pub(super) async fn settle_overdue(
         &self,
         p: u32,
+        cache_key: &str,
         writes: impl IntoIterator<Item = (Version, Pending)>,
     ) -> Result<bool> {
+        let committed = self.cache.get(cache_key).await?.map(|c| c.version);
         let mut writes: Vec<(Version, Pending)> = writes
             .into_iter()
             .filter(|(_, w)| w.state.borrow().is_none())
@@ -69,8 +79,13 @@ impl Inner {
         writes.truncate(LOOK_AT_MOST);
         let mut done = Vec::new();
         for (version, pending) in writes {
+            if committed.is_some_and(|c| c >= version) {
+                done.push((version, pending, true));
+                continue;
+            }
             match self.done_with(p, version).await? {
-                Done::Yes => done.push((version, pending)),
+                Done::Yes => done.push((version, pending, true)),
+                Done::Trimmed => done.push((version, pending, false)),
                 Done::Gone => all = false,
                 // The group has not passed it: later entries wait too.
                 Done::NotYet => {
@@ -82,18 +97,18 @@ impl Inner {
         if done.is_empty() {
             return Ok(all);
         }
-        let ids: Vec<Version> = done.iter().map(|(v, _)| *v).collect();
+        let ids: Vec<Version> = done.iter().map(|(v, _, _)| *v).collect();
         let Letters {
             mut reasons,
             complete,
         } = self.letters(p, &ids).await?;
-        for (version, Pending { request, state }) in done {
+        for (version, Pending { request, state }, held) in done {
             if state.borrow().is_some() {
                 continue; // acked meanwhile
             }
             let (outcome, reason) = match reasons.remove(&version) {
                 Some(why) => (Outcome::DeadLettered, Some(why)),
-                None if complete => (Outcome::Applied, None),
+                None if complete && held => (Outcome::Applied, None),
                 None => {
                     all = false;
                     continue;
@@ -120,22 +135,25 @@ impl Inner {
     /// entry up to it is pending. An entry of this handle's that is gone was
     /// added all the same (its admission returned its id): if no entry at or
     /// before it is left, retention trimmed it from the front, which it does
-    /// only below what the group passed, and the same check holds. A gap
-    /// (older entries still there) is not retention's, and stays unknown.
+    /// only below what the group passed; then only a letter can settle it
+    /// ([`Done::Trimmed`]). A gap (older entries still there) is not
+    /// retention's, and stays unknown.
     async fn done_with(&self, p: u32, id: Version) -> Result<Done> {
         let stream = self.names.stream(p);
         let mut conn = self.conn.clone();
         let at = id.to_stream_id();
         let upto: Value = cmd::xrev_upto(&stream, &at).query_async(&mut conn).await?;
-        if let Some(e) = parse_entries(&upto).first() {
-            if e.id != id {
-                return Ok(Done::Gone);
-            }
-        }
-        if super::sync::applied_through(&mut conn, &stream, &self.names.group(), id).await? {
+        let held = match parse_entries(&upto).first() {
+            Some(e) if e.id == id => true,
+            Some(_) => return Ok(Done::Gone),
+            None => false,
+        };
+        if !super::sync::applied_through(&mut conn, &stream, &self.names.group(), id).await? {
+            Ok(Done::NotYet)
+        } else if held {
             Ok(Done::Yes)
         } else {
-            Ok(Done::NotYet)
+            Ok(Done::Trimmed)
         }
     }
 

@@ -120,7 +120,9 @@ impl Collection {
         // the daemon is done with their writes.
         let mut all = true;
         for (id, writes) in wait {
-            all &= inner.settle_overdue(partition(&id), writes).await?;
+            let p = partition(&id);
+            let entry = inner.names.cache(p, &id.0, &id.1);
+            all &= inner.settle_overdue(p, &entry, writes).await?;
         }
         if all {
             Ok(())
