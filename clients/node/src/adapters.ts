@@ -9,7 +9,14 @@
 import type { Document } from "bson";
 import { bsonBuffer, type Ticket, type WritClient } from "./client.js";
 import { COLLECTION } from "./collections.js";
-import { WritConfigError, WritKeyError } from "./errors.js";
+import {
+  BackpressureError,
+  PendingFullError,
+  RedisFullError,
+  RefusedWriteError,
+  WritConfigError,
+  WritKeyError,
+} from "./errors.js";
 import type {
   AdapterClasses,
   CandleData,
@@ -80,6 +87,17 @@ interface Put {
   remove?: boolean;
 }
 
+/** Whether `e` says for certain that its write was NOT accepted (nothing was added). */
+function notAccepted(e: unknown): boolean {
+  return (
+    e instanceof BackpressureError ||
+    e instanceof PendingFullError ||
+    e instanceof RedisFullError ||
+    e instanceof WritKeyError ||
+    e instanceof WritConfigError
+  );
+}
+
 /** Builds the adapter classes bound to `client`. */
 export function createAdapters(client: WritClient): AdapterClasses {
   // Every waitForInit syncs, not only the first (`initial`) one: backtest-kit
@@ -107,12 +125,16 @@ export function createAdapters(client: WritClient): AdapterClasses {
       items.map((it) => client.submit(collection, it.key, it.remove ? "remove" : "put", it.remove ? undefined : it.fields)),
     );
     const tickets: Ticket[] = [];
-    let refused: unknown;
+    const errors: unknown[] = [];
     for (const r of submitted) {
       if (r.status === "fulfilled") tickets.push(r.value);
-      else refused ??= r.reason;
+      else errors.push(r.reason);
     }
-    if (refused !== undefined) {
+    // The error thrown keeps its class: one that may have been accepted
+    // wins over a definite refusal, so a caller that acts on the class does
+    // not take a row that may be in the stream for one that is not.
+    const refused = errors.find((e) => !notAccepted(e)) ?? errors[0];
+    if (errors.length) {
       if (tickets.length && refused instanceof Error) {
         refused.message =
           `${tickets.length} of ${items.length} rows of this ${collection} write were accepted; the others were not, or ` +
@@ -128,9 +150,15 @@ export function createAdapters(client: WritClient): AdapterClasses {
       const acked = await Promise.allSettled(tickets.map((t) => client.waitAck(t)));
       const failed = acked.flatMap((r) => (r.status === "rejected" ? [r.reason as unknown] : []));
       if (failed.length) {
-        const first = failed[0];
+        // A refusal wins over a timeout (whose row is still queued): the
+        // caller must hear that a row was dead-lettered, and why.
+        const refusals = failed.filter((e) => e instanceof RefusedWriteError).length;
+        const first = failed.find((e) => e instanceof RefusedWriteError) ?? failed[0];
         if (failed.length > 1 && first instanceof Error) {
-          first.message = `${failed.length} of ${items.length} rows of this ${collection} write failed; the first: ${first.message}`;
+          first.message =
+            `${failed.length} of ${items.length} rows of this ${collection} write failed (${refusals} dead-lettered by the ` +
+            `daemon, ${failed.length - refusals} not acked in time: still queued); the first ` +
+            `${refusals ? "refusal" : "timeout"}: ${first.message}`;
         }
         throw first;
       }
