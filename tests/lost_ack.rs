@@ -64,6 +64,81 @@ async fn send_applied_ack(
     }
 }
 
+/// A `signal` key of the dead-letter tests.
+fn dl_signal(symbol: &str) -> mongodb::bson::Document {
+    doc! {"symbol": symbol, "strategyName": "dl", "exchangeName": "x"}
+}
+
+/// With `writ`'s acks blocked, per key of `keys`: a write the daemon applies
+/// (`{v: 1}`), then one it dead-letters for good (a payload `u` of "taken"
+/// collides on a second unique index). Starts a daemon, and returns it once
+/// every poison write is dead-lettered and no entry is pending in the group.
+async fn applied_then_dead_lettered(
+    env: &TestEnv,
+    config: &writ::Config,
+    writ: &Writ,
+    keys: &[&str],
+) -> Daemon {
+    env.poison_payload_u("signal", dl_signal("HOLDER"), "taken")
+        .await;
+    block_acks(env, writ).await;
+    let s = writ.collection("signal").unwrap();
+    for k in keys {
+        drop(s.submit(&dl_signal(k), &doc! {"v": 1}).await.unwrap());
+        drop(s.submit(&dl_signal(k), &doc! {"u": "taken"}).await.unwrap());
+    }
+    assert_eq!(writ.unacked(), 2 * keys.len());
+    let daemon = Daemon::start(config.clone());
+    let names = writ::protocol::Names::new(&config.namespace);
+    let streams: Vec<String> = (0..config.partitions).map(|p| names.stream(p)).collect();
+    let r = env.redis().await;
+    support::eventually(
+        std::time::Duration::from_secs(60),
+        "every poison write to be dead-lettered and nothing pending",
+        || {
+            let (mut r, dlq, streams) = (r.clone(), names.dead_letters(), streams.clone());
+            let group = names.group();
+            async move {
+                let n: usize = redis::cmd("XLEN")
+                    .arg(&dlq)
+                    .query_async(&mut r)
+                    .await
+                    .ok()?;
+                for stream in &streams {
+                    let p: redis::Value = redis::cmd("XPENDING")
+                        .arg(stream)
+                        .arg(&group)
+                        .query_async(&mut r)
+                        .await
+                        .ok()?;
+                    let redis::Value::Array(summary) = p else {
+                        return None;
+                    };
+                    (summary.first() == Some(&redis::Value::Int(0))).then_some(())?;
+                }
+                (n >= keys.len()).then_some(())
+            }
+        },
+    )
+    .await;
+    daemon
+}
+
+/// Retention's trim, by hand: every entry of every partition.
+async fn trim_all(env: &TestEnv, config: &writ::Config) {
+    let names = writ::protocol::Names::new(&config.namespace);
+    let mut r = env.redis().await;
+    for p in 0..config.partitions {
+        let _: u64 = redis::cmd("XTRIM")
+            .arg(names.stream(p))
+            .arg("MAXLEN")
+            .arg(0)
+            .query_async(&mut r)
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_ack_does_not_wedge_lists() {
     let env = TestEnv::start("lost_ack");
@@ -167,45 +242,22 @@ async fn a_lost_ack_of_a_dead_lettered_write_is_settled_from_the_streams() {
         ..Default::default()
     };
     let config = env.config_with(&o);
-    let signal = |s: &str| doc! {"symbol": s, "strategyName": "dl", "exchangeName": "x"};
-    // A second unique index: a payload `u` of "taken" collides for good.
-    env.poison_payload_u("signal", signal("HOLDER"), "taken")
-        .await;
     let writ = Writ::connect(config.clone()).await.unwrap();
-    block_acks(&env, &writ).await;
-    let r = env.redis().await;
+    let daemon = applied_then_dead_lettered(&env, &config, &writ, &["READ", "LIST"]).await;
     let s = writ.collection("signal").unwrap();
-    // Per key: a write that is applied, then one that is dead-lettered.
-    for k in ["READ", "LIST"] {
-        drop(s.submit(&signal(k), &doc! {"v": 1}).await.unwrap());
-        drop(s.submit(&signal(k), &doc! {"u": "taken"}).await.unwrap());
-    }
-    assert_eq!(writ.unacked(), 4);
-    let daemon = Daemon::start(config.clone());
-    let dlq = writ::protocol::Names::new(&config.namespace).dead_letters();
-    support::eventually(
-        std::time::Duration::from_secs(60),
-        "both poison writes to be dead-lettered",
-        || {
-            let (mut r, dlq) = (r.clone(), dlq.clone());
-            async move {
-                let n: u64 = redis::cmd("XLEN")
-                    .arg(&dlq)
-                    .query_async(&mut r)
-                    .await
-                    .ok()?;
-                (n >= 2).then_some(())
-            }
-        },
-    )
-    .await;
     // A read: its key reads as the write that was applied; a list: its
     // collection lists. Without the look at the streams both time out, and
     // go on timing out.
-    assert_eq!(s.read(&signal("READ")).await.unwrap(), Some(doc! {"v": 1}));
+    assert_eq!(
+        s.read(&dl_signal("READ")).await.unwrap(),
+        Some(doc! {"v": 1})
+    );
     let keys = s.keys().await.unwrap();
-    assert!(keys.contains(&signal("LIST")), "{keys:?}");
-    assert_eq!(s.read(&signal("LIST")).await.unwrap(), Some(doc! {"v": 1}));
+    assert!(keys.contains(&dl_signal("LIST")), "{keys:?}");
+    assert_eq!(
+        s.read(&dl_signal("LIST")).await.unwrap(),
+        Some(doc! {"v": 1})
+    );
     assert_eq!(writ.unacked(), 0, "every write settled");
     daemon.stop().await;
 }
@@ -302,64 +354,14 @@ async fn a_lost_ack_of_a_dead_lettered_write_is_settled_after_its_entry_was_trim
         ..Default::default()
     };
     let config = env.config_with(&o);
-    let signal = |s: &str| doc! {"symbol": s, "strategyName": "dl", "exchangeName": "x"};
-    env.poison_payload_u("signal", signal("HOLDER"), "taken")
-        .await;
     let writ = Writ::connect(config.clone()).await.unwrap();
-    block_acks(&env, &writ).await;
+    let daemon = applied_then_dead_lettered(&env, &config, &writ, &["TRIM"]).await;
+    trim_all(&env, &config).await;
     let s = writ.collection("signal").unwrap();
-    drop(s.submit(&signal("TRIM"), &doc! {"v": 1}).await.unwrap());
-    drop(
-        s.submit(&signal("TRIM"), &doc! {"u": "taken"})
-            .await
-            .unwrap(),
+    assert_eq!(
+        s.read(&dl_signal("TRIM")).await.unwrap(),
+        Some(doc! {"v": 1})
     );
-    let daemon = Daemon::start(config.clone());
-    let names = writ::protocol::Names::new(&config.namespace);
-    let streams: Vec<String> = (0..config.partitions).map(|p| names.stream(p)).collect();
-    let r = env.redis().await;
-    // Dead-lettered, and every entry acked by the group (nothing pending).
-    support::eventually(
-        std::time::Duration::from_secs(60),
-        "the poison write to be dead-lettered and nothing pending",
-        || {
-            let (mut r, dlq, streams) = (r.clone(), names.dead_letters(), streams.clone());
-            let group = names.group();
-            async move {
-                let n: u64 = redis::cmd("XLEN")
-                    .arg(&dlq)
-                    .query_async(&mut r)
-                    .await
-                    .ok()?;
-                for stream in &streams {
-                    let p: redis::Value = redis::cmd("XPENDING")
-                        .arg(stream)
-                        .arg(&group)
-                        .query_async(&mut r)
-                        .await
-                        .ok()?;
-                    let redis::Value::Array(summary) = p else {
-                        return None;
-                    };
-                    (summary.first() == Some(&redis::Value::Int(0))).then_some(())?;
-                }
-                (n >= 1).then_some(())
-            }
-        },
-    )
-    .await;
-    // Retention's trim, by hand: every entry of every partition.
-    let mut r = r.clone();
-    for stream in &streams {
-        let _: u64 = redis::cmd("XTRIM")
-            .arg(stream)
-            .arg("MAXLEN")
-            .arg(0)
-            .query_async(&mut r)
-            .await
-            .unwrap();
-    }
-    assert_eq!(s.read(&signal("TRIM")).await.unwrap(), Some(doc! {"v": 1}));
     assert_eq!(writ.unacked(), 0, "both writes settled");
     daemon.stop().await;
 }
@@ -384,25 +386,19 @@ async fn a_write_whose_entry_is_gone_without_a_letter_is_not_settled_as_applied(
     drop(s.submit(&key, &doc! {"v": 1}).await.unwrap());
     let names = writ::protocol::Names::new(&config.namespace);
     let mut r = env.redis().await;
+    // The group past every entry, as a daemon that read them leaves it.
     for p in 0..config.partitions {
-        let stream = names.stream(p);
         let _: redis::Value = redis::cmd("XGROUP")
             .arg("CREATE")
-            .arg(&stream)
+            .arg(names.stream(p))
             .arg(names.group())
             .arg("$")
             .arg("MKSTREAM")
             .query_async(&mut r)
             .await
             .unwrap();
-        let _: u64 = redis::cmd("XTRIM")
-            .arg(&stream)
-            .arg("MAXLEN")
-            .arg(0)
-            .query_async(&mut r)
-            .await
-            .unwrap();
     }
+    trim_all(&env, &config).await;
     let err = s.read(&key).await.unwrap_err();
     assert!(matches!(err, writ::Error::Timeout { .. }), "{err}");
     assert_eq!(writ.unacked(), 1, "the write is not settled");
