@@ -221,6 +221,12 @@ export class WritClient {
   private roomWaiters: Array<() => void> = [];
   /** Acks (of writes) whose ack-mode wait timed out: a refusal of theirs goes to onError. */
   private unheard = new WeakSet<Promise<AckResult>>();
+  /**
+   * Acks with a {@link waitAck} in progress, and how many: a refusal goes
+   * to a waiter then, not also to onError (another wait of the same write
+   * may have timed out meanwhile).
+   */
+  private waiting = new Map<Promise<AckResult>, number>();
   /** Writes waiting their turn to be admitted ({@link waitTurn}), and the promise the next one waits for. */
   private turnsWaiting = 0;
   private turnTail: Promise<void> = Promise.resolve();
@@ -846,9 +852,9 @@ export class WritClient {
   /** Waits for a write's ack; throws on refusal or after `timeoutMs` (the write stays queued). */
   async waitAck(t: Ticket, timeoutMs = this.config.writeTimeoutMs): Promise<AckResult> {
     if (this.closed) throw new WritClosedError();
-    // Someone waits for it now: a refusal is thrown here, not also given to
-    // onError (an earlier wait that timed out marked it unheard).
-    this.unheard.delete(t.acked);
+    // While someone waits for it, a refusal is thrown to them, not also
+    // given to onError (deliver() checks `waiting`).
+    this.waiting.set(t.acked, (this.waiting.get(t.acked) ?? 0) + 1);
     let onClose!: (e: Error) => void;
     const closed = new Promise<never>((_, reject) => (onClose = reject));
     this.closeWaiters.add(onClose);
@@ -869,6 +875,9 @@ export class WritClient {
       );
     } finally {
       this.closeWaiters.delete(onClose);
+      const n = (this.waiting.get(t.acked) ?? 1) - 1;
+      if (n > 0) this.waiting.set(t.acked, n);
+      else this.waiting.delete(t.acked);
     }
     if (r.outcome === "dead_lettered") throw new RefusedWriteError(t.collection, r.reason ?? "", r.entryId);
     return r;
@@ -1005,8 +1014,11 @@ export class WritClient {
     }
     w.settle(r);
     // Submit mode, or an ack-mode wait that timed out saying the write would
-    // be applied: nobody else hears of the refusal.
-    if (r.outcome === "dead_lettered" && (this.config.mode === "submit" || this.unheard.has(w.acked))) {
+    // be applied and no other wait for it in progress: nobody else hears of
+    // the refusal. (settle() has resolved the ack, but a waiter's code runs
+    // only after this turn, so a waiter still counts in `waiting`.)
+    const heard = this.waiting.has(w.acked);
+    if (r.outcome === "dead_lettered" && (this.config.mode === "submit" || (this.unheard.has(w.acked) && !heard))) {
       this.report(new RefusedWriteError(w.key.spec.name, r.reason ?? "", r.entryId));
     }
   }

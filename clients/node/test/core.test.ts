@@ -307,6 +307,25 @@ describe("core", () => {
     assert.deepEqual(errors, [], "the refusal went to the waiter only");
   }));
 
+  test("two waits for one write, one timing out: the refusal goes to the other wait only, not also to onError", g(async () => {
+    const errors: WritError[] = [];
+    const a = client({ mode: "ack", writeTimeoutMs: 300, onError: (e: WritError) => errors.push(e) });
+    await a.ready();
+    const daemon = env.writ!.proc.child;
+    daemon.kill("SIGSTOP");
+    let long: Promise<unknown>;
+    try {
+      const t = await a.submit(UNKNOWN.name, { k: "side-by-side" }, "put", { a: 1 });
+      long = a.waitAck(t, 20000);
+      // The short wait starts after the long one and times out while it still waits.
+      await assert.rejects(a.waitAck(t, 300), WritTimeoutError);
+    } finally {
+      daemon.kill("SIGCONT");
+    }
+    await assert.rejects(long, RefusedWriteError);
+    assert.deepEqual(errors, [], "the refusal went to the waiting call only");
+  }));
+
   test("lost acks are settled from the consumer group and the dead-letter stream: flush and maxPending recover", g(async () => {
     const id = `lost-${process.pid}-${Date.now()}`;
     const redis = new Redis(env.redisUrl);
