@@ -430,6 +430,11 @@ export class WritClient {
           // (Disconnecting a Cluster can leave it "disconnecting" for good; the
           // replacement does not depend on it.)
           const failed = this.redis;
+          // After close(), nothing is replaced, and the caller hears why it failed.
+          if (this.closed) {
+            failed.disconnect();
+            throw new WritClosedError();
+          }
           this.redis = this.connect("commands");
           failed.disconnect();
           // ioredis rejects a failed connect with "Connection is closed." (or,

@@ -716,6 +716,29 @@ describe("core", () => {
     }
   }));
 
+  test("close() while the first call waits for a Redis that does not answer: that call fails with WritClosedError", g(async () => {
+    const dir = mkdtempSync(join(tmpdir(), "writ-paused-close-"));
+    const r = await RedisServer.start(dir);
+    const admin = new Redis(r.url);
+    try {
+      await admin.client("PAUSE", 3000, "ALL");
+      const c = new WritClient(env.clientConfig({ collections: COLLECTIONS, redisUrl: r.url, readTimeoutMs: 5000, writeTimeoutMs: 5000, partitions: 1 }));
+      clients.push(c);
+      const read = c.read(KV.name, { k: "pr", n: 1 });
+      const t = Date.now();
+      await c.close();
+      // Not "cannot reach Redis": the caller closed the client (and no new connection replaces the closed one).
+      await assert.rejects(read, WritClosedError);
+      assert.ok(Date.now() - t < 2500, `failed after ${Date.now() - t} ms`);
+      await assert.rejects(c.read(KV.name, { k: "pr", n: 1 }), WritClosedError);
+    } finally {
+      await admin.client("UNPAUSE").catch(() => {});
+      admin.disconnect();
+      await r.stop().catch(() => {});
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }));
+
   test("a Redis at its maxmemory refuses the write at once, saying it was not accepted and what to do", g(async () => {
     const dir = mkdtempSync(join(tmpdir(), "writ-full-"));
     const r = await RedisServer.start(dir);
