@@ -294,7 +294,10 @@ fn redis_retry_class(e: &redis::RedisError) -> RetryClass {
     // trimming or the operator frees some), a script running long, too few
     // replicas for `min-replicas-to-write`. The redis crate knows them only
     // by their reply code.
-    if matches!(e.code(), Some("OOM" | "BUSY" | "NOREPLICAS")) {
+    if matches!(
+        crate::redis_conn::code_of(e).as_deref(),
+        Some("OOM" | "BUSY" | "NOREPLICAS")
+    ) {
         return RetryClass::Transient;
     }
     match e.kind() {

@@ -5,7 +5,9 @@
 //!   as `replay`) make entries readable, and an entry a failover loses would
 //!   let a reader see the older one the promoted replica holds;
 //! - acks refused because Redis is at `maxmemory` wait for memory; they are
-//!   not skipped.
+//!   not skipped;
+//! - a writer's admissions, which replicas confirm (a pipeline), report
+//!   Redis's refusals by their reply code, as they do without replicas.
 //!
 //! The tests start their own master and replica (one redis-server each, with
 //! `REPLICAOF`), whatever Redis the other tests use.
@@ -199,4 +201,54 @@ async fn acks_refused_for_memory_wait_for_memory() {
         assert_eq!(s.read(&key(i)).await.unwrap(), Some(doc! {"i": i}));
     }
     daemon.stop().await;
+}
+
+/// A writer whose admissions replicas confirm (each call a pipeline that
+/// starts with `CLIENT ID`) hears Redis's refusals as a writer without
+/// replicas does: a Redis at its `maxmemory` (`OOM`) is
+/// [`writ::Error::RedisFull`], a partition count changed under it
+/// (`PARTITIONS`) is the config error that names both counts. redis-rs
+/// reports a reply code it does not know, inside a pipeline's error, as no
+/// code at all; before the fix, both were a bare Redis error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_admissions_name_their_refusals() {
+    let env = TestEnv::start("confirmrefused");
+    let (master, _replica, mut m) = master_and_replica().await;
+    let o = Overrides {
+        redis: "min_replicas_acked = 1\nreplica_ack_timeout_ms = 5000",
+        redis_url: Some(master.url()),
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let key = |i: i64| doc! {"symbol": format!("R{i}"), "strategyName": "s", "exchangeName": "x"};
+    s.submit(&key(0), &doc! {"i": 0}).await.unwrap();
+
+    config_set(&mut m, "maxmemory", "1").await;
+    let full = s.submit(&key(1), &doc! {"i": 1}).await;
+    config_set(&mut m, "maxmemory", "0").await;
+    let e = full.expect_err("a full Redis accepted a write");
+    assert!(matches!(e, writ::Error::RedisFull { .. }), "{e:?}");
+    assert!(e.to_string().contains("OOM"), "{e}");
+
+    let names = writ::protocol::Names::new(&config.namespace);
+    let recorded = config.partitions * 2;
+    for p in 0..config.partitions {
+        let _: () = redis::cmd("HSET")
+            .arg(names.meta(p))
+            .arg(writ::partition_count::FIELD)
+            .arg(recorded)
+            .query_async(&mut m)
+            .await
+            .unwrap();
+    }
+    let e = s
+        .submit(&key(2), &doc! {"i": 2})
+        .await
+        .expect_err("a writer on another partition count was admitted");
+    assert!(
+        matches!(&e, writ::Error::Config(t) if t.contains(&format!("now records {recorded} partitions"))),
+        "{e:?}"
+    );
 }

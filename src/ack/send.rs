@@ -136,7 +136,7 @@ impl Acker {
             for (reply, call) in replies.into_iter().zip(calls) {
                 let Err(e) = reply else { continue };
                 let e = Error::from(e);
-                if matches!(&e, Error::Redis(r) if r.code() == Some("WRONGTYPE")) {
+                if matches!(&e, Error::Redis(r) if crate::redis_conn::is_wrong_type(r)) {
                     skipped += call.acks;
                 } else if e.retry_class() == RetryClass::Permanent {
                     tracing::error!(error = %e, stream = %call.stream, "cannot add client acks; skipping them");

@@ -101,10 +101,14 @@ impl Refused {
                 unapplied,
                 limit,
             },
-            Refused::Failed(e) if e.code() == Some("OOM") => Error::RedisFull {
-                partition,
-                detail: e.detail().unwrap_or_default().to_string(),
-            },
+            Refused::Failed(e) if crate::redis_conn::code_of(&e).as_deref() == Some("OOM") => {
+                Error::RedisFull {
+                    partition,
+                    detail: crate::redis_conn::server_error(&e)
+                        .and_then(|(_, detail)| detail)
+                        .unwrap_or_default(),
+                }
+            }
             Refused::Unknown(e) => Error::AdmissionUnknown {
                 partition,
                 source: e,
@@ -339,12 +343,15 @@ fn reply_lost(e: &redis::RedisError) -> bool {
     !e.is_connection_refusal() && (e.is_io_error() || e.is_connection_dropped() || e.is_timeout())
 }
 
-/// The count a `PARTITIONS <recorded> ...` refusal names, if `e` is one.
+/// The count a `PARTITIONS <recorded> ...` refusal names, if `e` is one
+/// (also in a pipeline's error: the calls replicas confirm).
 fn partitions_refused(e: &redis::RedisError) -> Option<u32> {
-    if e.code() != Some("PARTITIONS") {
-        return None;
+    match crate::redis_conn::server_error(e)? {
+        (code, Some(detail)) if code == "PARTITIONS" => {
+            detail.split_whitespace().next()?.parse().ok()
+        }
+        _ => None,
     }
-    e.detail()?.split_whitespace().next()?.parse().ok()
 }
 
 /// Reads an admission reply (the batch form): the ids, then the backlog if the

@@ -74,10 +74,35 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// The reply code of the server error `e` carries (`OOM`, `WRONGTYPE`,
+/// writ's own `FENCED` and `PARTITIONS`, ...) and its detail (the text after
+/// the code), also when it came in a pipeline's reply. redis-rs's own
+/// `code()` and `detail()` see into a pipeline's error only for the codes
+/// it knows (`MOVED`, `NOPERM`, ...): for the others they say `None`, so a
+/// refusal in a pipelined call (every call that replicas confirm) would pass
+/// for an unknown error. Of a pipeline's errors, the first.
+pub fn server_error(e: &redis::RedisError) -> Option<(String, Option<String>)> {
+    match e.clone().into_server_errors() {
+        Some(errors) => {
+            let (_, first) = errors.first()?;
+            Some((
+                first.code().to_string(),
+                first.details().map(str::to_string),
+            ))
+        }
+        None => Some((e.code()?.to_string(), e.detail().map(str::to_string))),
+    }
+}
+
+/// The reply code of `e`, also in a pipeline's error ([`server_error`]).
+pub fn code_of(e: &redis::RedisError) -> Option<String> {
+    server_error(e).map(|(code, _)| code)
+}
+
 /// Whether Redis refused a command because its key holds a value of another
 /// type (`WRONGTYPE`): another program's value under writ's namespace.
 pub fn is_wrong_type(e: &redis::RedisError) -> bool {
-    e.code() == Some("WRONGTYPE")
+    code_of(e).as_deref() == Some("WRONGTYPE")
 }
 
 /// Whether a node did not run a command because its slot moved or is moving
