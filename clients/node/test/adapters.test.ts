@@ -11,11 +11,11 @@ import mongoose from "mongoose";
 import { setup } from "../src/setup.js";
 import type { WritClient } from "../src/client.js";
 import type { WriteModeName } from "../src/config.js";
-import { BackpressureError, RefusedWriteError, WritConfigError } from "../src/errors.js";
+import { BackpressureError, RefusedWriteError, WritConfigError, type WritError } from "../src/errors.js";
 import { canonicalKey, partitionOf } from "../src/key.js";
 import { COLLECTION, PRESET_COLLECTIONS } from "../src/collections.js";
 import { FakeKit, type Domain } from "./fakekit.js";
-import { TestEnv } from "./harness.js";
+import { eventually, TestEnv } from "./harness.js";
 
 let env: TestEnv;
 let mongo: MongoClient;
@@ -538,6 +538,47 @@ describe("setup()", () => {
       assert.ok((await kit.call("Storage", [true], "readStorageData")).some((r: any) => r.id === "u-c"), "the row that was not refused is stored");
     } finally {
       await db.collection(COLLECTION.storage).dropIndex("u_unique_batch");
+    }
+  }));
+
+  test("an ack-mode batch write partly refused at admission: an accepted row the daemon dead-letters later reaches onError", g(async () => {
+    // As above: a row with u = "taken-r" collides for good on a second unique index.
+    const db = mongo.db(env.name);
+    await db.collection(COLLECTION.storage).insertOne({ backtest: true, signalId: "r-holder", payload: { u: "taken-r" }, removed: true });
+    await db.command({ createIndexes: COLLECTION.storage, indexes: [{ key: { "payload.u": 1 }, name: "r_unique_batch", unique: true, sparse: true }] });
+    const daemon = env.writ!.proc.child;
+    try {
+      const errors: WritError[] = [];
+      const kit = new FakeKit();
+      const client = setup(env.clientConfig({ mode: "ack", maxBacklog: 1, onError: (e: WritError) => errors.push(e) }), kit.adapters);
+      clients.push(client);
+      const filler = new FakeKit();
+      clients.push(setup(env.clientConfig({ mode: "submit", maxBacklog: 1 }), filler.adapters));
+      const spec = PRESET_COLLECTIONS.find((c) => c.name === COLLECTION.storage)!;
+      const partition = (id: string) => partitionOf(spec.name, canonicalKey(spec, { backtest: true, signalId: id }), env.partitions);
+      const ids = Array.from({ length: 100 }, (_, i) => `rr-${i}`);
+      const first = ids.find((id) => partition(id) === 0)!;
+      const full = ids.find((id) => id !== first && partition(id) === 0)!;
+      const doomed = ids.find((id) => partition(id) !== 0)!;
+      // Each client's first call waits until the daemon has applied what came before it: done now.
+      for (const k of [kit, filler]) await k.call("Storage", [true], "readStorageData");
+      daemon.kill("SIGSTOP");
+      try {
+        // Partition 0 at its bound (one unapplied entry, nothing applies it now).
+        await filler.call("Storage", [true], "writeStorageData", [{ id: first, v: 1 }]);
+        await assert.rejects(
+          kit.call("Storage", [true], "writeStorageData", [{ id: full, v: 1 }, { id: doomed, u: "taken-r" }]),
+          (e: unknown) => e instanceof BackpressureError && /^1 of 2 rows of this storage-items write were accepted/.test(e.message),
+        );
+      } finally {
+        daemon.kill("SIGCONT");
+      }
+      // Nobody waits for the accepted row's ack: its refusal goes to onError, once.
+      await eventually("the accepted row's refusal to reach onError", 30000, async () => errors.length > 0);
+      assert.equal(errors.length, 1, String(errors));
+      assert.ok(errors[0] instanceof RefusedWriteError, String(errors[0]));
+    } finally {
+      await db.collection(COLLECTION.storage).dropIndex("r_unique_batch");
     }
   }));
 
