@@ -171,13 +171,40 @@ impl Conn {
     }
 }
 
+/// The TCP settings of every Redis connection writ opens (redis-rs's
+/// defaults leave both off):
+/// - `TCP_NODELAY`: a multiplexed connection sends a command while earlier
+///   ones are unanswered. With Nagle's algorithm on, such a small segment
+///   may wait until the earlier data is acknowledged. Measured: 4–13 % more
+///   submits a second, no change to sync writes (docs/performance.md,
+///   session 30).
+/// - keepalive probes (after 30 s idle, every 10 s): a connection whose peer
+///   vanished without closing it (a host or a NAT gone) is found dead in
+///   about a minute and replaced, instead of hanging until a reply times out.
+pub fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    use redis::io::tcp::socket2::TcpKeepalive;
+    redis::io::tcp::TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(
+            TcpKeepalive::new()
+                .with_time(Duration::from_secs(30))
+                .with_interval(Duration::from_secs(10)),
+        )
+}
+
 /// The redis crate's client for `config`'s URL and TLS files (no connection
-/// yet). Single-node mode only.
+/// yet), with [`tcp_settings`]. Single-node mode only.
 pub fn client(config: &Config) -> Result<redis::Client> {
-    let url = config.redis_url.as_str();
+    use redis::IntoConnectionInfo;
+    let info = config
+        .redis_url
+        .as_str()
+        .into_connection_info()
+        .map_err(|e| bad_url(config, e))?
+        .set_tcp_settings(tcp_settings());
     let client = match &config.redis_tls.certificates {
-        Some(certs) => redis::Client::build_with_tls(url, certs.clone()),
-        None => redis::Client::open(url),
+        Some(certs) => redis::Client::build_with_tls(info, certs.clone()),
+        None => redis::Client::open(info),
     };
     client.map_err(|e| bad_url(config, e))
 }
@@ -244,7 +271,8 @@ async fn connect_cluster(
         .response_timeout(COMMAND_TIMEOUT + block)
         .retries(6)
         .min_retry_wait(50)
-        .max_retry_wait(1000);
+        .max_retry_wait(1000)
+        .tcp_settings(tcp_settings());
     if let Some(certs) = &config.redis_tls.certificates {
         builder = builder.certs(certs.clone());
     }
@@ -273,6 +301,20 @@ fn hint(config: &Config, e: &redis::RedisError, detail: &str) -> &'static str {
 mod tests {
     use super::*;
     use crate::protocol::Names;
+
+    /// Every single-node connection gets writ's TCP settings (the cluster
+    /// builder takes them too), not redis-rs's defaults (Nagle on, no
+    /// keepalive).
+    #[test]
+    fn connections_get_nodelay_and_keepalive() {
+        let config =
+            Config::from_toml("[redis]\n[mongodb]\n[[collections]]\nname = \"s\"\nkey = [\"k\"]\n")
+                .unwrap();
+        let client = client(&config).unwrap();
+        let tcp = client.get_connection_info().tcp_settings();
+        assert!(tcp.nodelay());
+        assert!(tcp.keepalive().is_some());
+    }
 
     /// The slot table of docs/protocol.md, and every partition key of a
     /// partition in its partition's slot (scripts touch several of them).
