@@ -137,7 +137,8 @@ async fn acks_refused_for_memory_wait_for_memory() {
     // A warm-up write. Its admission's WAIT has only 300 ms (the timeout the
     // test needs for the daemon's cache step): on a loaded machine the
     // replica may not confirm in time, which is that write's error to say,
-    // not this test's failure; any other error is.
+    // not this test's failure; any other error is. (This write failed once,
+    // its error not kept; a slow replica is the likely cause, not a known one.)
     for attempt in 1.. {
         match s.write(&key(-1), &doc! {"i": -1}).await {
             Ok(_) => break,
@@ -239,8 +240,11 @@ async fn confirmed_admissions_name_their_refusals() {
     let full = s.submit(&key(1), &doc! {"i": 1}).await;
     config_set(&mut m, "maxmemory", "0").await;
     let e = full.expect_err("a full Redis accepted a write");
-    assert!(matches!(e, writ::Error::RedisFull { .. }), "{e:?}");
-    assert!(e.to_string().contains("OOM"), "{e}");
+    // Redis's own words (read from the pipeline's error: empty before).
+    assert!(
+        matches!(&e, writ::Error::RedisFull { detail, .. } if detail.contains("maxmemory")),
+        "{e:?}"
+    );
 
     let names = writ::protocol::Names::new(&config.namespace);
     let recorded = config.partitions * 2;

@@ -575,6 +575,7 @@ describe("setup()", () => {
       }
       // Nobody waits for the accepted row's ack: its refusal goes to onError, once.
       await eventually("the accepted row's refusal to reach onError", 30000, async () => errors.length > 0);
+      await new Promise((r) => setTimeout(r, 500)); // a second report would come by now
       assert.equal(errors.length, 1, String(errors));
       assert.ok(errors[0] instanceof RefusedWriteError, String(errors[0]));
     } finally {
