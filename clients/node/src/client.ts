@@ -157,6 +157,30 @@ const CLOSE_WAIT_MS = 1000;
 /** ready()'s bound ran out: Redis took the connection and did not answer. */
 class NoAnswer extends Error {}
 
+/** What to do about Redis's refusal `msg` of a start-up check, by its code (`undefined`: no advice by code). */
+function refusalHint(msg: string): string | undefined {
+  const code = msg.split(" ")[0];
+  switch (code) {
+    case "NOPERM":
+    case "NOAUTH":
+    case "WRONGPASS":
+      return "Check the user and password in redisUrl / WRIT_REDIS_URL and the ACL user's rights (the writ repository's docs/operations.md, \"Redis ACL users\").";
+    case "NOREPLICAS":
+      return "Redis refuses writes while fewer replicas than its min-replicas-to-write are in sync: bring the replicas back, or lower that setting.";
+    case "READONLY":
+    case "MASTERDOWN":
+      return "That Redis is a replica (or lost its master): point redisUrl at the master.";
+    case "LOADING":
+      return "Redis is loading its data set: try again in a moment.";
+    case "BUSY":
+      return "A script runs long on Redis: wait for it, or SCRIPT KILL it.";
+    case "OOM":
+      return "Redis is at its maxmemory: free memory or raise maxmemory (the writ repository's docs/operations.md).";
+    default:
+      return undefined;
+  }
+}
+
 /** Races `p` against a timer; the timer never keeps the process alive. */
 async function withTimeout<T>(p: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -437,6 +461,15 @@ export class WritClient {
           }
           this.redis = this.connect("commands");
           failed.disconnect();
+          // Redis answered, with a refusal (an ACL without a command writ
+          // needs, a replica, too few replicas in sync): reachable, so say so.
+          if (isReplyError(e)) {
+            const msg = errMessage(e);
+            throw new WritConnectionError(
+              `Redis at ${redactUrls(this.config.redisUrl)} refused writ's start-up checks: ${msg}. ${refusalHint(msg) ?? this.connectHint(e)}`,
+              { cause: e },
+            );
+          }
           // ioredis rejects a failed connect with "Connection is closed." (or,
           // while it reconnects, "Reached the max retries per request limit");
           // the reason (a TLS alert, a refused connection) came as an error event.

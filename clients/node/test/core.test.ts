@@ -741,6 +741,32 @@ describe("core", () => {
     }
   }));
 
+  test("a Redis that refuses writ's start-up checks: the error says Redis answered, with what, and what to do", g(async () => {
+    const dir = mkdtempSync(join(tmpdir(), "writ-noreplicas-"));
+    const r = await RedisServer.start(dir);
+    const admin = new Redis(r.url);
+    try {
+      // The partition-count check writes: with no replica in sync, Redis refuses it.
+      await admin.config("SET", "min-replicas-to-write", "1");
+      const c = new WritClient(env.clientConfig({ collections: COLLECTIONS, redisUrl: r.url, partitions: 1 }));
+      clients.push(c);
+      await assert.rejects(
+        c.ready(),
+        (e: unknown) =>
+          e instanceof WritConnectionError &&
+          /refused writ's start-up checks: NOREPLICAS/.test(e.message) &&
+          /min-replicas-to-write/.test(e.message) &&
+          !/redis-server is running/.test(e.message),
+      );
+      await admin.config("SET", "min-replicas-to-write", "0");
+      await c.ready();
+    } finally {
+      admin.disconnect();
+      await r.stop().catch(() => {});
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }));
+
   test("a Redis at its maxmemory refuses the write at once, saying it was not accepted and what to do", g(async () => {
     const dir = mkdtempSync(join(tmpdir(), "writ-full-"));
     const r = await RedisServer.start(dir);
