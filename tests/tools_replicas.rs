@@ -7,7 +7,8 @@
 //! - acks refused because Redis is at `maxmemory` wait for memory; they are
 //!   not skipped;
 //! - a writer's admissions, which replicas confirm (a pipeline), report
-//!   Redis's refusals by their reply code, as they do without replicas.
+//!   Redis's refusals by their reply code, as they do without replicas, and
+//!   their `WAIT`s, which block a connection, do not hold the handle's reads.
 //!
 //! The tests start their own master and replica (one redis-server each, with
 //! `REPLICAOF`), whatever Redis the other tests use.
@@ -265,4 +266,61 @@ async fn confirmed_admissions_name_their_refusals() {
         matches!(&e, writ::Error::Config(t) if t.contains(&format!("now records {recorded} partitions"))),
         "{e:?}"
     );
+}
+
+/// A `WAIT` blocks its connection until the replicas answer. With a replica
+/// stopped, a writer's admission waits there up to
+/// `redis.replica_ack_timeout_ms`; a read of the same handle meanwhile must
+/// not queue behind it (before, both shared one connection, and the read
+/// ended only after the submit had given up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_wait_does_not_hold_the_reads() {
+    let env = TestEnv::start("waitreads");
+    let (master, replica, m) = master_and_replica().await;
+    let o = Overrides {
+        redis: "min_replicas_acked = 1\nreplica_ack_timeout_ms = 8000",
+        redis_url: Some(master.url()),
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let daemon = Daemon::start(config.clone());
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let key = |i: i64| doc! {"symbol": format!("B{i}"), "strategyName": "s", "exchangeName": "x"};
+    s.write(&key(1), &doc! {"i": 1}).await.unwrap();
+
+    signal(replica.pid(), "STOP");
+    let blocked = tokio::spawn({
+        let s = s.clone();
+        async move { s.submit(&key(2), &doc! {"i": 2}).await }
+    });
+    // The submit's WAIT is blocked on the master now.
+    eventually(
+        Duration::from_secs(30),
+        "the submit's WAIT to block",
+        || {
+            let mut m = m.clone();
+            async move {
+                let list: String = redis::cmd("CLIENT")
+                    .arg("LIST")
+                    .query_async(&mut m)
+                    .await
+                    .ok()?;
+                list.lines()
+                    .any(|l| l.contains("cmd=wait") && l.contains("flags=b"))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let read = s.read(&key(1)).await.unwrap().expect("the cached value");
+    let still_blocked = !blocked.is_finished();
+    signal(replica.pid(), "CONT");
+    assert!(
+        still_blocked,
+        "the read ended only after the submit's WAIT: they share a connection"
+    );
+    assert_eq!(read, doc! {"i": 1});
+    let _ = blocked.await.unwrap();
+    daemon.stop().await;
 }

@@ -95,7 +95,17 @@ impl Writ {
         let store = Store::connect(&config).await?;
         let client_id = format!("c{:016x}", rand::random::<u64>());
         let stop = CancellationToken::new();
-        let confirmer = Confirmer::new(conn.clone(), Replication::of(&config));
+        // With replicas to confirm, admissions and their `WAIT`s get a
+        // connection of their own: a `WAIT` blocks its connection until the
+        // replicas answer (up to `redis.replica_ack_timeout_ms` when one is
+        // down), and reads must not queue behind it.
+        let replication = Replication::of(&config);
+        let writes = if replication.wanted() {
+            crate::redis_conn::connect(&config, config.replica_ack_timeout).await?
+        } else {
+            conn.clone()
+        };
+        let confirmer = Confirmer::new(writes.clone(), replication);
         let batcher = batch::Batcher::new(
             (0..config.partitions)
                 .map(|p| batch::Target {
@@ -104,7 +114,7 @@ impl Writ {
                     record: names.admission(p, &client_id),
                 })
                 .collect(),
-            conn.clone(),
+            writes,
             redis::Script::new(admit::XADD_BOUNDED),
             names.group(),
             batch::Settings {
