@@ -417,7 +417,7 @@ export function createAdapters(client: WritClient): AdapterClasses {
   }
 
   class Log implements IPersistLogInstance {
-    /** Entry ids known to be stored (read, or acked): append-only, so they are never rewritten. */
+    /** Entry ids known to be stored: append-only, so they are never rewritten. */
     private readonly known = new Bounded<true>(20000);
     waitForInit(initial: boolean) {
       return init(initial);
@@ -439,18 +439,8 @@ export function createAdapters(client: WritClient): AdapterClasses {
         items.push({ key: { entryId: id }, fields: { payload: e } });
       }
       if (!items.length) return;
-      const tickets = await writeAll(COLLECTION.log, items);
-      // Known once the daemon has settled it (not refused): until then, an
-      // entry written again is sent again (insert-once: a copy is a no-op),
-      // so one the daemon dead-letters is not skipped for good.
-      items.forEach((it, i) => {
-        void tickets[i].acked.then(
-          (r) => {
-            if (r.outcome !== "dead_lettered") this.known.set(String(it.key.entryId), true);
-          },
-          () => {},
-        );
-      });
+      await writeAll(COLLECTION.log, items);
+      for (const it of items) this.known.set(String(it.key.entryId), true);
     }
   }
 

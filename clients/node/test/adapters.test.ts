@@ -608,28 +608,6 @@ describe("setup()", () => {
     await client.flush(30000);
   }));
 
-  test("a log entry written again is sent again until the daemon has settled it, then skipped", g(async () => {
-    const kit = new FakeKit();
-    const client = setup(env.clientConfig({ mode: "submit" }), kit.adapters);
-    clients.push(client);
-    await kit.call("Log", [], "readLogData"); // the first call's wait for the daemon, done now
-    const entry = { id: `log-again-${Date.now()}`, topic: "t" };
-    const daemon = env.writ!.proc.child;
-    daemon.kill("SIGSTOP");
-    try {
-      await kit.call("Log", [], "writeLogData", [entry]);
-      await kit.call("Log", [], "writeLogData", [entry]);
-      assert.equal(client.pendingCount, 2, "the pending entry was skipped");
-    } finally {
-      daemon.kill("SIGCONT");
-    }
-    await client.flush(30000);
-    await new Promise((r) => setImmediate(r));
-    await kit.call("Log", [], "writeLogData", [entry]);
-    assert.equal(client.pendingCount, 0, "a settled entry was sent again");
-    assert.equal((await kit.call("Log", [], "readLogData")).filter((r: any) => r.id === entry.id).length, 1);
-  }));
-
   test("registers all 17 adapters; constructors take the context positionally", () => {
     const kit = new FakeKit();
     clients.push(setup(env.clientConfig(), kit.adapters));
