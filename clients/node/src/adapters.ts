@@ -343,15 +343,7 @@ export function createAdapters(client: WritClient): AdapterClasses {
    */
   const entityList = (collection: string, idField: "signalId" | "notificationId") =>
     class {
-      /**
-       * Per row id, the bytes of this instance's latest write of it, and
-       * whether the daemon has applied them: a row rewritten with the same
-       * bytes is skipped only then. (Skipped while the earlier write was
-       * still pending, a rewrite whose earlier write the daemon then
-       * dead-letters would have returned success and stored nothing.)
-       */
-      readonly last = new Bounded<{ bytes: Buffer; seq: number; applied: boolean }>(5000);
-      private seq = 0;
+      readonly last = new Bounded<Buffer>(5000);
       constructor(readonly backtest: boolean) {}
       waitForInit(initial: boolean) {
         return init(initial);
@@ -370,25 +362,17 @@ export function createAdapters(client: WritClient): AdapterClasses {
           const fields = { payload: row };
           const bytes = bsonBuffer(fields);
           const prev = this.last.get(id);
-          if (prev && prev.applied && prev.bytes.equals(bytes)) continue;
+          if (prev && prev.equals(bytes)) continue;
           items.push({ key: { backtest: this.backtest, [idField]: id }, fields, id, bytes });
         }
         if (!items.length) return;
         const tickets = await writeAll(collection, items);
         items.forEach((it, i) => {
-          const mine = { bytes: it.bytes, seq: ++this.seq, applied: false };
-          this.last.set(it.id, mine);
-          // Unless a later write of the row came meanwhile: applied, the next
-          // identical write is skipped; refused (or not what is stored:
-          // stale, coalesced into another process's write), it is sent.
-          void tickets[i].acked.then(
-            (r) => {
-              if (this.last.get(it.id)?.seq !== mine.seq) return;
-              if (r.outcome === "applied") mine.applied = true;
-              else this.last.delete(it.id);
-            },
-            () => {},
-          );
+          this.last.set(it.id, it.bytes);
+          // A refused write must be retried by the next call.
+          void tickets[i].acked.then((r) => {
+            if (r.outcome === "dead_lettered") this.last.delete(it.id);
+          });
         });
       }
       dispose(): void {

@@ -583,31 +583,6 @@ describe("setup()", () => {
     }
   }));
 
-  test("a storage row rewritten with the same bytes is sent again until its earlier write is applied, then skipped", g(async () => {
-    const kit = new FakeKit();
-    const client = setup(env.clientConfig({ mode: "submit" }), kit.adapters);
-    clients.push(client);
-    await kit.call("Storage", [true], "readStorageData"); // the first call's wait for the daemon, done now
-    const daemon = env.writ!.proc.child;
-    daemon.kill("SIGSTOP");
-    try {
-      await kit.call("Storage", [true], "writeStorageData", [{ id: "same-bytes", v: 1 }]);
-      // The earlier write is pending (it could still be dead-lettered): the rewrite is not skipped.
-      await kit.call("Storage", [true], "writeStorageData", [{ id: "same-bytes", v: 1 }]);
-      assert.equal(client.pendingCount, 2);
-    } finally {
-      daemon.kill("SIGCONT");
-    }
-    await client.flush(30000);
-    await new Promise((r) => setImmediate(r)); // the acks' callbacks
-    // Applied now: the same bytes again are skipped; other bytes are not.
-    await kit.call("Storage", [true], "writeStorageData", [{ id: "same-bytes", v: 1 }]);
-    assert.equal(client.pendingCount, 0);
-    await kit.call("Storage", [true], "writeStorageData", [{ id: "same-bytes", v: 2 }]);
-    assert.equal(client.pendingCount, 1);
-    await client.flush(30000);
-  }));
-
   test("registers all 17 adapters; constructors take the context positionally", () => {
     const kit = new FakeKit();
     clients.push(setup(env.clientConfig(), kit.adapters));
