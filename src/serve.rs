@@ -46,7 +46,8 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
     // Leases and membership get a connection of their own: on the shared
     // one, a renewal would wait behind the rounds' cache writes, which carry
     // whole documents (tens of MiB with large ones), and lapse meanwhile.
-    let control = crate::redis_conn::connect(&config, Duration::ZERO).await?;
+    let control =
+        crate::redis_conn::connect(&config, crate::redis_conn::wait_bound(&config)).await?;
     let leases = Leases::new(
         control.clone(),
         &config.namespace,
@@ -128,7 +129,8 @@ async fn prepare_mongo(store: &Store, config: &Config, shutdown: &CancellationTo
 /// Connects to Redis, checks its settings ([`crate::redis_conn::durability`]),
 /// claims the namespace's partition count and creates the consumer groups.
 async fn prepare_redis(config: &Config) -> Result<(Conn, crate::partition_count::Standing)> {
-    let mut conn = crate::redis_conn::connect(config, Duration::ZERO).await?;
+    let mut conn =
+        crate::redis_conn::connect(config, crate::redis_conn::wait_bound(config)).await?;
     let names = Names::new(&config.namespace);
     let streams: Vec<String> = (0..config.partitions).map(|p| names.stream(p)).collect();
     crate::redis_conn::durability::check(&conn, &streams, config.min_replicas_acked > 0).await?;

@@ -98,11 +98,11 @@ impl Writ {
         // With replicas to confirm, admissions and their `WAIT`s get a
         // connection of their own: a `WAIT` blocks its connection until the
         // replicas answer (up to `redis.replica_ack_timeout_ms` when one is
-        // down), and reads must not queue behind it. (Every connection's
-        // reply timeout allows for a `WAIT`: `redis_conn::connect`.)
+        // down), and reads must not queue behind it; its reply timeout
+        // allows for the `WAIT` (`redis_conn::wait_bound`).
         let replication = Replication::of(&config);
         let writes = if replication.wanted() {
-            crate::redis_conn::connect(&config, std::time::Duration::ZERO).await?
+            crate::redis_conn::connect(&config, crate::redis_conn::wait_bound(&config)).await?
         } else {
             conn.clone()
         };

@@ -233,18 +233,19 @@ pub fn redacted_urls(config: &Config) -> String {
         .join(",")
 }
 
-/// How long a connection waits for a reply: [`COMMAND_TIMEOUT`], plus the
-/// longest `BLOCK` it issues, plus, with replicas to confirm, the longest
-/// `WAIT` (any connection may send one: the daemon's, the tools', a
-/// writer's). Without the last, a `WAIT` longer than the rest timed out on
-/// the client's side while a replica was down, instead of answering.
-fn reply_timeout(config: &Config, block: Duration) -> Duration {
-    let wait = if config.min_replicas_acked > 0 {
+/// The longest `WAIT` a connection may send for `config`: none without
+/// replicas to confirm, else `redis.replica_ack_timeout_ms`. A connection
+/// that sends `WAIT`s (the daemon's shared one and its lease connection, the
+/// tools', a writer's admissions) passes it to [`connect`] as its `block`:
+/// without it, a `WAIT` longer than [`COMMAND_TIMEOUT`] timed out on the
+/// client's side while a replica was down, instead of answering. The others
+/// (readers, ack listeners, reads) keep the shorter timeout.
+pub fn wait_bound(config: &Config) -> Duration {
+    if config.min_replicas_acked > 0 {
         config.replica_ack_timeout
     } else {
         Duration::ZERO
-    };
-    COMMAND_TIMEOUT + block + wait
+    }
 }
 
 /// Opens a reconnecting connection. `block` is the longest `BLOCK` this
@@ -256,7 +257,7 @@ pub async fn connect(config: &Config, block: Duration) -> Result<Conn> {
         let client = client(config)?;
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(3)))
-            .set_response_timeout(Some(reply_timeout(config, block)))
+            .set_response_timeout(Some(COMMAND_TIMEOUT + block))
             .set_number_of_retries(3)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_secs(2));
@@ -287,7 +288,7 @@ async fn connect_cluster(
 ) -> redis::RedisResult<ClusterConnection> {
     let mut builder = redis::cluster::ClusterClient::builder(config.redis_urls.clone())
         .connection_timeout(Duration::from_secs(3))
-        .response_timeout(reply_timeout(config, block))
+        .response_timeout(COMMAND_TIMEOUT + block)
         .retries(6)
         .min_retry_wait(50)
         .max_retry_wait(1000)
@@ -321,22 +322,18 @@ mod tests {
     use super::*;
     use crate::protocol::Names;
 
-    /// A connection's reply timeout allows for a `WAIT` only with replicas
-    /// to confirm.
+    /// A connection that sends `WAIT`s allows for one only with replicas to
+    /// confirm.
     #[test]
-    fn the_reply_timeout_allows_for_a_wait_with_replicas() {
+    fn the_wait_bound_is_the_replica_ack_timeout_with_replicas() {
         let base = "[mongodb]\n[[collections]]\nname = \"s\"\nkey = [\"k\"]\n";
         let plain = Config::from_toml(&format!("[redis]\n{base}")).unwrap();
-        let block = Duration::from_millis(500);
-        assert_eq!(reply_timeout(&plain, block), COMMAND_TIMEOUT + block);
+        assert_eq!(wait_bound(&plain), Duration::ZERO);
         let confirmed = Config::from_toml(&format!(
             "[redis]\nmin_replicas_acked = 1\nreplica_ack_timeout_ms = 8000\n{base}"
         ))
         .unwrap();
-        assert_eq!(
-            reply_timeout(&confirmed, block),
-            COMMAND_TIMEOUT + block + Duration::from_secs(8)
-        );
+        assert_eq!(wait_bound(&confirmed), Duration::from_secs(8));
     }
 
     /// Every single-node connection gets writ's TCP settings (the cluster

@@ -9,7 +9,6 @@ pub mod dlq;
 pub mod rebuild;
 pub mod replay;
 
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -43,7 +42,8 @@ pub struct Tools {
 impl Tools {
     /// Connects.
     pub async fn connect(config: Config) -> Result<Tools> {
-        let mut conn = crate::redis_conn::connect(&config, Duration::ZERO).await?;
+        let mut conn =
+            crate::redis_conn::connect(&config, crate::redis_conn::wait_bound(&config)).await?;
         let names = Names::new(&config.namespace);
         // A replay or retry with another count would compute other cache keys
         // and read other streams than the daemons.

@@ -466,7 +466,7 @@ export class WritClient {
           if (isReplyError(e)) {
             const msg = errMessage(e);
             throw new WritConnectionError(
-              `Redis at ${redactUrls(this.config.redisUrl)} refused writ's start-up checks: ${msg}. ${refusalHint(msg) ?? this.connectHint(e)}`,
+              `Redis at ${redactUrls(this.config.redisUrl)} refused writ's start-up checks: ${msg}. ${refusalHint(msg) ?? (/cluster support disabled/i.test(msg) ? this.connectHint(e) : "See the Redis server's log, and docs/operations.md in the writ repository.")}`,
               { cause: e },
             );
           }
