@@ -9,7 +9,6 @@ pub mod dlq;
 pub mod rebuild;
 pub mod replay;
 
-
 use tokio_util::sync::CancellationToken;
 
 use crate::ack::Outcome;
