@@ -101,19 +101,17 @@ impl Refused {
                 unapplied,
                 limit,
             },
-            Refused::Failed(e) if crate::redis_conn::code_of(&e).as_deref() == Some("OOM") => {
-                Error::RedisFull {
+            Refused::Failed(e) => match crate::redis_conn::server_error(&e) {
+                Some((code, detail)) if code == "OOM" => Error::RedisFull {
                     partition,
-                    detail: crate::redis_conn::server_error(&e)
-                        .and_then(|(_, detail)| detail)
-                        .unwrap_or_default(),
-                }
-            }
+                    detail: detail.unwrap_or_default(),
+                },
+                _ => e.into(),
+            },
             Refused::Unknown(e) => Error::AdmissionUnknown {
                 partition,
                 source: e,
             },
-            Refused::Failed(e) => e.into(),
             Refused::Odd(what) => Error::Encode(what),
             Refused::Partitions {
                 recorded,

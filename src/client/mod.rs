@@ -99,10 +99,10 @@ impl Writ {
         // connection of their own: a `WAIT` blocks its connection until the
         // replicas answer (up to `redis.replica_ack_timeout_ms` when one is
         // down), and reads must not queue behind it; its reply timeout
-        // allows for the `WAIT` (`redis_conn::wait_bound`).
+        // allows for the `WAIT`.
         let replication = Replication::of(&config);
         let writes = if replication.wanted() {
-            crate::redis_conn::connect(&config, crate::redis_conn::wait_bound(&config)).await?
+            crate::redis_conn::connect(&config, replication.timeout).await?
         } else {
             conn.clone()
         };

@@ -241,8 +241,9 @@ pub fn redacted_urls(config: &Config) -> String {
 /// client's side while a replica was down, instead of answering. The others
 /// (readers, ack listeners, reads) keep the shorter timeout.
 pub fn wait_bound(config: &Config) -> Duration {
-    if config.min_replicas_acked > 0 {
-        config.replica_ack_timeout
+    let replication = Replication::of(config);
+    if replication.wanted() {
+        replication.timeout
     } else {
         Duration::ZERO
     }
