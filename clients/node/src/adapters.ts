@@ -366,7 +366,17 @@ export function createAdapters(client: WritClient): AdapterClasses {
           items.push({ key: { backtest: this.backtest, [idField]: id }, fields, id, bytes });
         }
         if (!items.length) return;
-        const tickets = await writeAll(collection, items);
+        let tickets: Ticket[];
+        try {
+          tickets = await writeAll(collection, items);
+        } catch (e) {
+          // Some rows may have been accepted (and applied) with their new
+          // bytes: what this instance last wrote is no longer known for any
+          // of them, so the next call writes them all again (harmless)
+          // rather than skip a row reverted to its old bytes.
+          for (const it of items) this.last.delete(it.id);
+          throw e;
+        }
         items.forEach((it, i) => {
           this.last.set(it.id, it.bytes);
           // A refused write must be retried by the next call.

@@ -583,6 +583,41 @@ describe("setup()", () => {
     }
   }));
 
+  test("after a partly refused batch write, a row reverted to the bytes it had before is written again", g(async () => {
+    // Row x: written (v 1), then changed (v 2) in a call one of whose other
+    // rows is refused at admission (the call throws, x is accepted and
+    // applied), then reverted to v 1. The adapter must not take v 1 for what
+    // is stored: it is not, v 2 is.
+    const daemon = env.writ!.proc.child;
+    const kit = new FakeKit();
+    const client = setup(env.clientConfig({ mode: "ack", maxBacklog: 1 }), kit.adapters);
+    clients.push(client);
+    const filler = new FakeKit();
+    clients.push(setup(env.clientConfig({ mode: "submit", maxBacklog: 1 }), filler.adapters));
+    const spec = PRESET_COLLECTIONS.find((c) => c.name === COLLECTION.storage)!;
+    const partition = (id: string) => partitionOf(spec.name, canonicalKey(spec, { backtest: true, signalId: id }), env.partitions);
+    const ids = Array.from({ length: 100 }, (_, i) => `mv-${i}`);
+    const first = ids.find((id) => partition(id) === 0)!;
+    const refused = ids.find((id) => id !== first && partition(id) === 0)!;
+    const x = ids.find((id) => partition(id) !== 0)!;
+    const stored = async () => (await kit.call("Storage", [true], "readStorageData")).find((r: any) => r.id === x);
+    await kit.call("Storage", [true], "writeStorageData", [{ id: x, v: 1 }]);
+    await filler.call("Storage", [true], "readStorageData");
+    daemon.kill("SIGSTOP");
+    try {
+      await filler.call("Storage", [true], "writeStorageData", [{ id: first, v: 1 }]);
+      await assert.rejects(
+        kit.call("Storage", [true], "writeStorageData", [{ id: x, v: 2 }, { id: refused, v: 1 }]),
+        (e: unknown) => e instanceof BackpressureError && /^1 of 2 rows/.test(e.message),
+      );
+    } finally {
+      daemon.kill("SIGCONT");
+    }
+    await eventually("the accepted row's write to be applied", 30000, async () => (await stored())?.v === 2);
+    await kit.call("Storage", [true], "writeStorageData", [{ id: x, v: 1 }]);
+    assert.equal((await stored())?.v, 1, "the reverted row is stored");
+  }));
+
   test("registers all 17 adapters; constructors take the context positionally", () => {
     const kit = new FakeKit();
     clients.push(setup(env.clientConfig(), kit.adapters));
