@@ -343,7 +343,13 @@ export function createAdapters(client: WritClient): AdapterClasses {
    */
   const entityList = (collection: string, idField: "signalId" | "notificationId") =>
     class {
-      readonly last = new Bounded<Buffer>(5000);
+      /**
+       * Per id: the bytes this instance last wrote and had accepted (acked,
+       * in ack mode), or the marker of the call writing it now (what is
+       * stored is then not known, so an overlapping call does not skip the
+       * row: its write must land after the one in flight).
+       */
+      readonly last = new Bounded<Buffer | object>(5000);
       constructor(readonly backtest: boolean) {}
       waitForInit(initial: boolean) {
         return init(initial);
@@ -362,23 +368,20 @@ export function createAdapters(client: WritClient): AdapterClasses {
           const fields = { payload: row };
           const bytes = bsonBuffer(fields);
           const prev = this.last.get(id);
-          if (prev && prev.equals(bytes)) continue;
+          if (prev instanceof Buffer && prev.equals(bytes)) continue;
           items.push({ key: { backtest: this.backtest, [idField]: id }, fields, id, bytes });
         }
         if (!items.length) return;
-        let tickets: Ticket[];
-        try {
-          tickets = await writeAll(collection, items);
-        } catch (e) {
-          // Some rows may have been accepted (and applied) with their new
-          // bytes: what this instance last wrote is no longer known for any
-          // of them, so the next call writes them all again (harmless)
-          // rather than skip a row reverted to its old bytes.
-          for (const it of items) this.last.delete(it.id);
-          throw e;
-        }
+        // Until this call returns, its rows' stored bytes are not known: a
+        // call that throws may have had some rows accepted (and applied),
+        // and an overlapping call must write even bytes this instance wrote
+        // before.
+        const writing = {};
+        for (const it of items) this.last.set(it.id, writing);
+        const tickets = await writeAll(collection, items);
         items.forEach((it, i) => {
-          this.last.set(it.id, it.bytes);
+          // Unless a later call is writing the row meanwhile.
+          if (this.last.get(it.id) === writing) this.last.set(it.id, it.bytes);
           // A refused write must be retried by the next call.
           void tickets[i].acked.then((r) => {
             if (r.outcome === "dead_lettered") this.last.delete(it.id);

@@ -618,6 +618,21 @@ describe("setup()", () => {
     assert.equal((await stored())?.v, 1, "the reverted row is stored");
   }));
 
+  test("a row rewritten to its old bytes while another write of it is in flight is written after that write", g(async () => {
+    // x = 1 is stored; a call writing x = 2 is in flight when a second call
+    // reverts it to 1. The second call must not be skipped as identical to
+    // what was written before: its write has to land after the first's.
+    const kit = new FakeKit();
+    clients.push(setup(env.clientConfig({ mode: "ack" }), kit.adapters));
+    const x = "overlap-x";
+    const stored = async () => (await kit.call("Storage", [false], "readStorageData")).find((r: any) => r.id === x);
+    await kit.call("Storage", [false], "writeStorageData", [{ id: x, v: 1 }]);
+    const changing = kit.call("Storage", [false], "writeStorageData", [{ id: x, v: 2 }]);
+    const reverting = kit.call("Storage", [false], "writeStorageData", [{ id: x, v: 1 }]);
+    await Promise.all([changing, reverting]);
+    assert.equal((await stored())?.v, 1, "the later call's value is stored");
+  }));
+
   test("registers all 17 adapters; constructors take the context positionally", () => {
     const kit = new FakeKit();
     clients.push(setup(env.clientConfig(), kit.adapters));
