@@ -154,6 +154,9 @@ export function createAdapters(client: WritClient): AdapterClasses {
         // caller must hear that a row was dead-lettered, and why.
         const refusals = failed.filter((e) => e instanceof RefusedWriteError).length;
         const first = failed.find((e) => e instanceof RefusedWriteError) ?? failed[0];
+        // The caller hears the first; every other refusal's reason goes to
+        // onError, so none is heard of only as a count.
+        for (const e of failed) if (e !== first && e instanceof RefusedWriteError) client.reportError(e);
         if (failed.length > 1 && first instanceof Error) {
           first.message =
             `${failed.length} of ${items.length} rows of this ${collection} write failed (${refusals} dead-lettered by the ` +
@@ -308,7 +311,9 @@ export function createAdapters(client: WritClient): AdapterClasses {
       for (let i = 0; i < recs.length; i++) {
         const r = recs[i];
         if (!r || !r.live || !r.doc) return null;
-        this.known.set(String(stamps[i]), true);
+        // Only what is stored: a pending write of this process (the overlay)
+        // may still be dead-lettered.
+        if (r.source !== "overlay") this.known.set(String(stamps[i]), true);
         const d = r.doc;
         out.push({ timestamp: stamps[i], open: d.open, high: d.high, low: d.low, close: d.close, volume: d.volume });
       }
@@ -331,8 +336,15 @@ export function createAdapters(client: WritClient): AdapterClasses {
         });
       }
       if (!items.length) return;
-      await writeAll(COLLECTION.candle, items);
-      for (const it of items) this.known.set(String(it.key.timestamp), true);
+      const tickets = await writeAll(COLLECTION.candle, items);
+      items.forEach((it, i) => {
+        const t = String(it.key.timestamp);
+        this.known.set(t, true);
+        // A refused write must be retried by the next call.
+        void tickets[i].acked.then((r) => {
+          if (r.outcome === "dead_lettered") this.known.delete(t);
+        });
+      });
     }
   }
 
@@ -359,12 +371,19 @@ export function createAdapters(client: WritClient): AdapterClasses {
         return docs.map((d) => d.payload as Row);
       }
       async write(rows: Row[]): Promise<void> {
-        const items: (Put & { id: string; bytes: Buffer })[] = [];
+        // An id listed twice is written once, with its last row (what
+        // writing the rows in order would leave).
+        const byId = new Map<string, Row>();
         for (const row of rows ?? []) {
           if (row == null || row.id === undefined || row.id === null) {
             throw new WritKeyError(`every ${collection} row needs an id`);
           }
           const id = String(row.id);
+          byId.delete(id);
+          byId.set(id, row);
+        }
+        const items: (Put & { id: string; bytes: Buffer })[] = [];
+        for (const [id, row] of byId) {
           const fields = { payload: row };
           const bytes = bsonBuffer(fields);
           const prev = this.last.get(id);

@@ -887,6 +887,11 @@ export class WritClient {
     );
   }
 
+  /** Hands `e` to `onError` (a refusal no caller is told of otherwise). */
+  reportError(e: WritError): void {
+    this.report(e);
+  }
+
   /** Waits for a write's ack; throws on refusal or after `timeoutMs` (the write stays queued). */
   async waitAck(t: Ticket, timeoutMs = this.config.writeTimeoutMs): Promise<AckResult> {
     if (this.closed) throw new WritClosedError();

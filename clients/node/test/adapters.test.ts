@@ -11,7 +11,7 @@ import mongoose from "mongoose";
 import { setup } from "../src/setup.js";
 import type { WritClient } from "../src/client.js";
 import type { WriteModeName } from "../src/config.js";
-import { BackpressureError, RefusedWriteError, WritConfigError, type WritError } from "../src/errors.js";
+import { BackpressureError, RefusedWriteError, WritConfigError, WritTimeoutError, type WritError } from "../src/errors.js";
 import { canonicalKey, partitionOf } from "../src/key.js";
 import { COLLECTION, PRESET_COLLECTIONS } from "../src/collections.js";
 import { FakeKit, type Domain } from "./fakekit.js";
@@ -529,12 +529,20 @@ describe("setup()", () => {
     await db.command({ createIndexes: COLLECTION.storage, indexes: [{ key: { "payload.u": 1 }, name: "u_unique_batch", unique: true, sparse: true }] });
     try {
       const kit = new FakeKit();
-      const client = setup(env.clientConfig({ mode: "ack", writeTimeoutMs: 60000 }), kit.adapters);
+      const errors: WritError[] = [];
+      const client = setup(env.clientConfig({ mode: "ack", writeTimeoutMs: 60000, onError: (e: WritError) => errors.push(e) }), kit.adapters);
       clients.push(client);
+      let thrown: unknown;
       await assert.rejects(
         kit.call("Storage", [true], "writeStorageData", [{ id: "u-a", u: "taken-u" }, { id: "u-b", u: "taken-u" }, { id: "u-c", v: 1 }]),
-        (e: unknown) => e instanceof RefusedWriteError && /^2 of 3 rows of this storage-items write failed \(2 dead-lettered by the daemon, 0 not acked in time: still queued\); the first refusal: /.test(e.message),
+        (e: unknown) => {
+          thrown = e;
+          return e instanceof RefusedWriteError && /^2 of 3 rows of this storage-items write failed \(2 dead-lettered by the daemon, 0 not acked in time: still queued\); the first refusal: /.test(e.message);
+        },
       );
+      // The other refusal's reason is not lost: onError has it.
+      assert.equal(errors.length, 1, String(errors));
+      assert.ok(errors[0] instanceof RefusedWriteError && errors[0] !== thrown, String(errors[0]));
       assert.ok((await kit.call("Storage", [true], "readStorageData")).some((r: any) => r.id === "u-c"), "the row that was not refused is stored");
     } finally {
       await db.collection(COLLECTION.storage).dropIndex("u_unique_batch");
@@ -631,6 +639,82 @@ describe("setup()", () => {
     const reverting = kit.call("Storage", [false], "writeStorageData", [{ id: x, v: 1 }]);
     await Promise.all([changing, reverting]);
     assert.equal((await stored())?.v, 1, "the later call's value is stored");
+  }));
+
+  test("a row listed twice in one call is stored with its last value, and a later write of the first is not skipped", g(async () => {
+    const kit = new FakeKit();
+    clients.push(setup(env.clientConfig({ mode: "ack" }), kit.adapters));
+    const x = "twice-x";
+    const stored = async () => (await kit.call("Notification", [false], "readNotificationData")).find((r: any) => r.id === x);
+    await kit.call("Notification", [false], "writeNotificationData", [{ id: x, v: 1 }, { id: x, v: 2 }]);
+    assert.equal((await stored())?.v, 2, "the last row of the id is stored");
+    await kit.call("Notification", [false], "writeNotificationData", [{ id: x, v: 1 }]);
+    assert.equal((await stored())?.v, 1, "the next call's value is stored");
+  }));
+
+  /**
+   * Runs `fn` with a second unique index on the candles' `open` (only for
+   * that value) and a stored holder of it: a candle with that open collides for
+   * good, and the daemon dead-letters it. `release()` drops the index (a
+   * write of that candle then applies).
+   */
+  async function withCandleCollision(open: number, fn: (release: () => Promise<void>) => Promise<void>) {
+    const coll = mongo.db(env.name).collection(COLLECTION.candle);
+    const holder = { exchangeName: "holder", symbol: `H-${open}`, interval: "1m", timestamp: 0 };
+    await coll.insertOne({ ...holder, open, high: 0, low: 0, close: 0, volume: 0 });
+    await mongo.db(env.name).command({ createIndexes: COLLECTION.candle, indexes: [{ key: { open: 1 }, name: `open_${open}`, unique: true, partialFilterExpression: { open: { $eq: open } } }] });
+    let dropped = false;
+    const release = async () => {
+      if (!dropped) await coll.dropIndex(`open_${open}`);
+      dropped = true;
+    };
+    try {
+      await fn(release);
+    } finally {
+      await release();
+      await coll.deleteOne(holder);
+    }
+  }
+
+  const candleAt = (timestamp: number, open: number) => ({ timestamp, open, high: open, low: open, close: open, volume: 1 });
+
+  test("a candle the daemon dead-letters is written again by the next call (submit mode)", g(async () => {
+    await withCandleCollision(777.125, async (release) => {
+      const errors: WritError[] = [];
+      const kit = new FakeKit();
+      clients.push(setup(env.clientConfig({ mode: "submit", onError: (e: WritError) => errors.push(e) }), kit.adapters));
+      const ctx = ["DL-SUBMIT", "1m", "binance"];
+      const c = candleAt(Date.UTC(2026, 0, 3, 0, 0), 777.125);
+      await kit.call("Candle", ctx, "writeCandlesData", [c]);
+      await eventually("the candle's refusal to reach onError", 30000, async () => errors.some((e) => e instanceof RefusedWriteError));
+      await release();
+      await kit.call("Candle", ctx, "writeCandlesData", [c]);
+      await eventually("the candle to be stored", 15000, async () => (await kit.call("Candle", ctx, "readCandlesData", 1, c.timestamp)) !== null);
+    });
+  }));
+
+  test("a candle read back from this process's pending write, then dead-lettered, is written again by the next call (ack mode)", g(async () => {
+    await withCandleCollision(778.25, async (release) => {
+      const errors: WritError[] = [];
+      const kit = new FakeKit();
+      clients.push(setup(env.clientConfig({ mode: "ack", writeTimeoutMs: 300, onError: (e: WritError) => errors.push(e) }), kit.adapters));
+      const ctx = ["DL-ACK", "1m", "binance"];
+      const c = candleAt(Date.UTC(2026, 0, 3, 0, 0), 778.25);
+      await kit.call("Candle", ctx, "readCandlesData", 1, c.timestamp); // the first call waits for the daemon: done now
+      const daemon = env.writ!.proc.child;
+      daemon.kill("SIGSTOP");
+      try {
+        await assert.rejects(kit.call("Candle", ctx, "writeCandlesData", [c]), (e: unknown) => e instanceof WritTimeoutError);
+        // Read from the pending write (the overlay): not stored yet.
+        assert.equal((await kit.call("Candle", ctx, "readCandlesData", 1, c.timestamp))?.[0]?.open, 778.25);
+      } finally {
+        daemon.kill("SIGCONT");
+      }
+      await eventually("the candle's refusal to reach onError", 30000, async () => errors.some((e) => e instanceof RefusedWriteError));
+      await release();
+      await kit.call("Candle", ctx, "writeCandlesData", [c]);
+      assert.notEqual(await kit.call("Candle", ctx, "readCandlesData", 1, c.timestamp), null, "the candle is stored");
+    });
   }));
 
   test("registers all 17 adapters; constructors take the context positionally", () => {
