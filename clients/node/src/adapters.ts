@@ -455,8 +455,15 @@ export function createAdapters(client: WritClient): AdapterClasses {
         items.push({ key: { entryId: id }, fields: { payload: e } });
       }
       if (!items.length) return;
-      await writeAll(COLLECTION.log, items);
-      for (const it of items) this.known.set(String(it.key.entryId), true);
+      const tickets = await writeAll(COLLECTION.log, items);
+      items.forEach((it, i) => {
+        const id = String(it.key.entryId);
+        this.known.set(id, true);
+        // A refused write must be retried by the next call.
+        void tickets[i].acked.then((r) => {
+          if (r.outcome === "dead_lettered") this.known.delete(id);
+        });
+      });
     }
   }
 

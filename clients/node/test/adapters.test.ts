@@ -717,6 +717,32 @@ describe("setup()", () => {
     });
   }));
 
+  test("a log entry the daemon dead-letters is written again by the next call (submit mode)", g(async () => {
+    // A second unique index on the entries' `payload.tag`, for one value
+    // only, and a stored holder of it: an entry with that tag collides
+    // for good until the index is dropped.
+    const db = mongo.db(env.name);
+    const coll = db.collection(COLLECTION.log);
+    await coll.insertOne({ entryId: "log-holder", payload: { id: "log-holder", tag: "taken-log" } });
+    await db.command({ createIndexes: COLLECTION.log, indexes: [{ key: { "payload.tag": 1 }, name: "tag_log", unique: true, partialFilterExpression: { "payload.tag": { $eq: "taken-log" } } }] });
+    let dropped = false;
+    try {
+      const errors: WritError[] = [];
+      const kit = new FakeKit();
+      clients.push(setup(env.clientConfig({ mode: "submit", onError: (e: WritError) => errors.push(e) }), kit.adapters));
+      const entry = { id: "log-dl-1", tag: "taken-log" };
+      await kit.call("Log", [], "writeLogData", [entry]);
+      await eventually("the entry's refusal to reach onError", 30000, async () => errors.some((e) => e instanceof RefusedWriteError));
+      await coll.dropIndex("tag_log");
+      dropped = true;
+      await kit.call("Log", [], "writeLogData", [entry]);
+      await eventually("the entry to be stored", 15000, async () => (await coll.findOne({ entryId: "log-dl-1" })) !== null);
+    } finally {
+      if (!dropped) await coll.dropIndex("tag_log");
+      await coll.deleteOne({ entryId: "log-holder" });
+    }
+  }));
+
   test("registers all 17 adapters; constructors take the context positionally", () => {
     const kit = new FakeKit();
     clients.push(setup(env.clientConfig(), kit.adapters));
