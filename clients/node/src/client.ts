@@ -1079,21 +1079,40 @@ export class WritClient {
     return keep.length ? keep : undefined;
   }
 
-  private fromOverlay(k: ResolvedKey, list: PendingWrite[]): StoredRecord {
-    const newest = list[list.length - 1];
-    // insert_once: the first put wins (later puts of the key are no-ops).
-    const source = k.spec.mode === "insert_once" ? list.find((w) => w.op === "put") ?? newest : newest;
+  /**
+   * What the key holds once this process's pending writes `list` (newer than
+   * `stored`, in order) are applied over it, as the daemon applies them
+   * (src/apply/document.rs): a `replace` put sets its fields (the `fields`
+   * layout keeps the stored fields it does not send, and drops `removed`
+   * unless it sends it), an `insert_once` put only creates a missing key, a
+   * remove sets `removed: true`.
+   */
+  private fromOverlay(k: ResolvedKey, stored: StoredRecord | null, list: PendingWrite[]): StoredRecord {
     const base: Document = keyFilter(k.spec, k.values);
-    if (source.op === "remove") {
-      return { version: newest.version!, doc: { ...base, removed: true }, exists: true, live: false, source: "overlay" };
+    const fieldsLayout = (k.spec.layout ?? "payload") === "fields";
+    let doc: Document | null = stored?.exists && stored.doc ? { ...stored.doc } : null;
+    let changed = false;
+    for (const w of list) {
+      if (w.op === "remove") {
+        doc = { ...(doc ?? base), removed: true };
+        changed = true;
+        continue;
+      }
+      if (k.spec.mode === "insert_once" && doc) continue; // the first write wins
+      changed = true;
+      const fields = deserialize(w.doc!);
+      if (fieldsLayout) {
+        doc = { ...(doc ?? base), ...fields };
+        if (!("removed" in fields)) delete doc.removed;
+      } else {
+        doc = { ...(doc ?? base), payload: fields, removed: false };
+      }
     }
-    const fields = deserialize(source.doc!);
-    const doc =
-      (k.spec.layout ?? "payload") === "fields"
-        ? { ...base, ...fields }
-        : { ...base, payload: fields, removed: false };
-    const live = doc.removed !== true;
-    return { version: newest.version!, doc, exists: true, live, source: "overlay" };
+    // Puts of a key that exists, insert-once: what is stored stays.
+    if (!changed && stored) return stored;
+    const version = list[list.length - 1].version!;
+    if (!doc) return { version, doc: null, exists: false, live: false, source: "overlay" };
+    return { version, doc, exists: true, live: doc.removed !== true, source: "overlay" };
   }
 
   private fromCached(v: Buffer, doc: Buffer | null, gone: Buffer | null): StoredRecord {
@@ -1112,11 +1131,7 @@ export class WritClient {
     if (stored) this.pruneOverlay(k.id, stored.version);
     const newer = snapshot?.filter((w) => w.version !== undefined && (!stored || w.version > stored.version));
     if (!newer || !newer.length) return stored;
-    if (k.spec.mode === "insert_once" && stored && stored.exists) {
-      // The stored fields are final (later puts are no-ops); only the version moves.
-      return stored;
-    }
-    return this.fromOverlay(k, newer);
+    return this.fromOverlay(k, stored, newer);
   }
 
   private docVersion(doc: Document): string {

@@ -36,9 +36,10 @@ import { eventually, RedisServer, TestEnv } from "./harness.js";
 
 const KV: CollectionSpec = { name: "node_kv", key: ["k", "n"] };
 const ONCE: CollectionSpec = { name: "node_once", key: ["k", "n"], mode: "insert_once" };
+const FIELDS: CollectionSpec = { name: "node_fields", key: ["k", "n"], layout: "fields" };
 /** Declared by the client only: the daemon refuses it. */
 const UNKNOWN: CollectionSpec = { name: "node_unknown", key: ["k"] };
-const COLLECTIONS = [KV, ONCE, UNKNOWN];
+const COLLECTIONS = [KV, ONCE, FIELDS, UNKNOWN];
 
 const APPEND = `
 [[collections]]
@@ -49,6 +50,11 @@ key = ["k", "n"]
 name = "node_once"
 key = ["k", "n"]
 mode = "insert_once"
+
+[[collections]]
+name = "node_fields"
+key = ["k", "n"]
+layout = "fields"
 `;
 
 let env: TestEnv;
@@ -144,6 +150,40 @@ describe("core", () => {
     assert.equal((await client().read(ONCE.name, key))!.payload.v, "first");
     const doc = await mongo.db(env.name).collection(ONCE.name).findOne({ k: "once", n: 1 });
     assert.equal(doc!.payload.v, "first");
+  }));
+
+  test("the overlay applies pending writes over what is stored, as the daemon will", g(async () => {
+    const a = client({ mode: "submit" });
+    const fields = { k: "ovl-fields", n: 1 };
+    const once = { k: "ovl-once", n: 1 };
+    const fresh = { k: "ovl-once", n: 2 };
+    await a.write(FIELDS.name, fields, "put", { a: 1, b: 2 });
+    await a.write(ONCE.name, once, "put", { v: "first" });
+    await a.flush();
+    const daemon = env.writ!.proc.child;
+    daemon.kill("SIGSTOP");
+    try {
+      // fields layout: a put sets the fields it sends; the others stay.
+      await a.write(FIELDS.name, fields, "put", { a: 3 });
+      const f = await a.readRecord(FIELDS.name, fields);
+      assert.equal(f!.source, "overlay");
+      assert.deepEqual([f!.doc!.a, f!.doc!.b], [3, 2]);
+      // insert_once: a pending remove of a stored key, and a put then a
+      // remove of a new one, read as removed.
+      await a.write(ONCE.name, once, "remove");
+      assert.equal(await a.read(ONCE.name, once), null);
+      await a.write(ONCE.name, fresh, "put", { v: "new" });
+      await a.write(ONCE.name, fresh, "remove");
+      assert.equal(await a.read(ONCE.name, fresh), null);
+    } finally {
+      daemon.kill("SIGCONT");
+    }
+    await a.flush();
+    const other = client();
+    const f = await other.readRecord(FIELDS.name, fields);
+    assert.deepEqual([f!.doc!.a, f!.doc!.b], [3, 2], "what the daemon stored");
+    assert.equal(await other.read(ONCE.name, once), null);
+    assert.equal(await other.read(ONCE.name, fresh), null);
   }));
 
   test("readMany: cached, MongoDB-only and missing keys in one round trip and ONE MongoDB query", g(async () => {
