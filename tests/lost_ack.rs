@@ -341,6 +341,38 @@ async fn the_overdue_look_stops_at_the_first_write_the_daemon_is_not_done_with()
     assert_eq!(writ.unacked(), writes as usize, "nothing settled");
 }
 
+/// A list whose wait for the handle's pending writes timed out settles
+/// overdue acks key by key only until one key is found not done: the call
+/// fails then anyway. With no daemon and 20 keys pending, one key is looked
+/// at, not 20 (each a few round trips, one after another).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_stops_settling_at_the_first_key_not_done() {
+    let env = TestEnv::start("list_settle_stop");
+    let o = Overrides {
+        client: "read_timeout_ms = 300",
+        ..Default::default()
+    };
+    let writ = Writ::connect(env.config_with(&o)).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let keys = 20;
+    for k in 0..keys {
+        let key = doc! {"symbol": format!("L{k}"), "strategyName": "list", "exchangeName": "x"};
+        drop(s.submit(&key, &doc! {"v": k}).await.unwrap());
+    }
+    let looks = || async {
+        let mut conn = env.redis().await;
+        support::command_calls(&support::commandstats(&mut conn).await, "xrevrange")
+    };
+    let before = looks().await;
+    let err = s.list(&doc! {}).await.unwrap_err();
+    assert!(matches!(err, writ::Error::Timeout { .. }), "{err}");
+    let looked = looks().await - before;
+    assert!(
+        looked <= 2,
+        "the list looked up {looked} entries for its {keys} pending keys (one expected)"
+    );
+}
+
 /// The same after retention trimmed the entry before any read looked: the
 /// handle knows its write was added (its admission returned the id), and with
 /// no entry at or before it left, the stream was trimmed from the front, as

@@ -117,17 +117,23 @@ impl Collection {
             return waited;
         };
         // Acks overdue may have been lost: settled from the streams where
-        // the daemon is done with their writes.
-        let mut all = true;
-        for (id, writes) in wait {
-            let p = partition(&id);
-            let entry = inner.names.cache(p, &id.0, &id.1);
-            all &= inner.settle_overdue(p, &entry, writes).await?;
-        }
-        if all {
-            Ok(())
-        } else {
-            Err(timeout)
+        // the daemon is done with their writes. Within one more
+        // `client.read_timeout_ms`, and only until one key is found not
+        // done (the call fails then anyway; the next call goes on).
+        let settle = async {
+            for (id, writes) in wait {
+                let p = partition(&id);
+                let entry = inner.names.cache(p, &id.0, &id.1);
+                if !inner.settle_overdue(p, &entry, writes).await? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        };
+        match tokio::time::timeout(inner.config.read_timeout, settle).await {
+            Ok(Ok(true)) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(false)) | Err(_) => Err(timeout),
         }
     }
 }
