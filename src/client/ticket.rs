@@ -38,6 +38,11 @@ impl Ticket {
     /// Waits for the ack, at most the configured write timeout. Returns the
     /// version now readable (this write's, or a newer one that superseded it).
     /// On timeout the write stays queued and may still commit.
+    ///
+    /// The acks come through the handle ([`crate::Writ`]): keep a clone of it
+    /// alive while tickets are awaited. Once every clone is dropped, a wait
+    /// fails at once with [`Error::Shutdown`], and the write (accepted) may
+    /// still commit: read the key to learn its outcome.
     pub async fn wait(self) -> Result<Version> {
         let timeout = self.timeout;
         self.wait_for(timeout).await
