@@ -668,9 +668,9 @@ export class WritClient {
               `a document for ${collection} must not hold ${f} (reserved or a key field); the daemon sets it`,
             );
           }
-          if (f.startsWith("$") || f.includes(".") || f.includes("\0")) {
+          if (f === "" || f.startsWith("$") || f.includes(".") || f.includes("\0")) {
             throw new WritKeyError(
-              `a document for ${collection} has the field name ${JSON.stringify(f)}: top-level names must not start with $ or contain . or NUL`,
+              `a document for ${collection} has the field name ${JSON.stringify(f)}: top-level names must not be empty, start with $ or contain . or NUL`,
             );
           }
         }

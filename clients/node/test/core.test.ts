@@ -480,7 +480,7 @@ describe("core", () => {
     await assert.rejects(a.write("nope", { k: "x" }, "put", { a: 1 }), /not declared/);
     const fieldsSpec: CollectionSpec = { name: "node_fields_local", key: ["k"], layout: "fields" };
     const f = client({ collections: [fieldsSpec] });
-    for (const bad of [{ $set: 1 }, { "a.b": 1 }, { _id: 1 }, { _writ: 1 }, { createDate: 1 }, { updatedDate: 1 }, { k: "x" }]) {
+    for (const bad of [{ $set: 1 }, { "a.b": 1 }, { "": 1 }, { _id: 1 }, { _writ: 1 }, { createDate: 1 }, { updatedDate: 1 }, { k: "x" }]) {
       await assert.rejects(f.write(fieldsSpec.name, { k: "x" }, "put", bad), WritKeyError, JSON.stringify(bad));
     }
     const small = client({ maxDocumentBytes: 64 });
