@@ -83,7 +83,7 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     (
         "writ_fenced_total",
         "counter",
-        "Partition operations (read, claim, cache) refused by the fence: this daemon lost the lease.",
+        "Partition operations (read, claim, cache, dead_letter) refused by the fence: this daemon lost the lease.",
     ),
     (
         "writ_cache_foreign_total",
@@ -93,7 +93,7 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     (
         "writ_acks_skipped_total",
         "counter",
-        "Writers' acks not added because their ack stream key holds another program's value (not a stream).",
+        "Writers' acks not added: their ack stream key holds another program's value (not a stream), or Redis refused the ack for good.",
     ),
     (
         "writ_lease_released_total",
