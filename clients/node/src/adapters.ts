@@ -81,6 +81,18 @@ class Bounded<V> {
   }
 }
 
+/**
+ * Remembers `id` in `known` once its write `t` was accepted (acked, in ack
+ * mode). A write the daemon then dead-letters is forgotten, so the next call
+ * sends it again.
+ */
+function rememberWritten(known: Bounded<true>, id: string, t: Ticket): void {
+  known.set(id, true);
+  void t.acked.then((r) => {
+    if (r.outcome === "dead_lettered") known.delete(id);
+  });
+}
+
 interface Put {
   key: Record<string, unknown>;
   fields?: Record<string, unknown>;
@@ -337,14 +349,7 @@ export function createAdapters(client: WritClient): AdapterClasses {
       }
       if (!items.length) return;
       const tickets = await writeAll(COLLECTION.candle, items);
-      items.forEach((it, i) => {
-        const t = String(it.key.timestamp);
-        this.known.set(t, true);
-        // A refused write must be retried by the next call.
-        void tickets[i].acked.then((r) => {
-          if (r.outcome === "dead_lettered") this.known.delete(t);
-        });
-      });
+      items.forEach((it, i) => rememberWritten(this.known, String(it.key.timestamp), tickets[i]));
     }
   }
 
@@ -456,14 +461,7 @@ export function createAdapters(client: WritClient): AdapterClasses {
       }
       if (!items.length) return;
       const tickets = await writeAll(COLLECTION.log, items);
-      items.forEach((it, i) => {
-        const id = String(it.key.entryId);
-        this.known.set(id, true);
-        // A refused write must be retried by the next call.
-        void tickets[i].acked.then((r) => {
-          if (r.outcome === "dead_lettered") this.known.delete(id);
-        });
-      });
+      items.forEach((it, i) => rememberWritten(this.known, String(it.key.entryId), tickets[i]));
     }
   }
 
