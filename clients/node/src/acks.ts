@@ -386,7 +386,10 @@ export class AckReader {
         const stream = f.get("dlq.stream");
         const id = f.get("dlq.id");
         if (typeof stream === "string" && typeof id === "string") {
-          letters.set(`${stream} ${id}`, String(f.get("dlq.reason") ?? ""));
+          // As the Rust client settles it: `<label>: <detail>`.
+          const reason = String(f.get("dlq.reason") ?? "");
+          const detail = f.get("dlq.detail");
+          letters.set(`${stream} ${id}`, detail ? `${reason}: ${String(detail)}` : reason);
         }
       }
       if (page.length < 500) return letters;
