@@ -24,7 +24,7 @@ impl super::Inner {
         let Err(e) = self.cache.put_if_newer(cache_key, version, live).await else {
             return;
         };
-        let full = matches!(&e, Error::Redis(r) if crate::redis_conn::code_of(r).as_deref() == Some("OOM"));
+        let full = matches!(&e, Error::Redis(r) if crate::redis_conn::has_code(r, "OOM"));
         if full
             || self
                 .fill_failed

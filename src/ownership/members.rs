@@ -145,7 +145,7 @@ pub(crate) async fn live(
         .await
     {
         Ok((secs, micros)) => secs * 1000 + micros / 1000,
-        Err(e) if crate::redis_conn::code_of(&e).as_deref() == Some("NOPERM") => wall_clock_ms(),
+        Err(e) if crate::redis_conn::has_code(&e, "NOPERM") => wall_clock_ms(),
         Err(e) => return Err(e),
     };
     heard_since(conn, key, now.saturating_sub(ttl.as_millis() as u64)).await
@@ -165,7 +165,7 @@ async fn heard_since(conn: &Conn, key: &str, cutoff_ms: u64) -> redis::RedisResu
 async fn time_refused(conn: &Conn) -> bool {
     matches!(
         redis::cmd("TIME").query_async::<redis::Value>(&mut conn.clone()).await,
-        Err(e) if crate::redis_conn::code_of(&e).as_deref() == Some("NOPERM")
+        Err(e) if crate::redis_conn::has_code(&e, "NOPERM")
     )
 }
 

@@ -56,7 +56,7 @@ async fn look(conn: &mut Conn, config: &Config, by: By, since: Option<u64>) -> R
     let r: redis::RedisResult<(String, String, String, String)> = inv.invoke_async(conn).await;
     let (now, replaced, since, epoch) = match r {
         Ok(r) => r,
-        Err(e) if crate::redis_conn::code_of(&e).as_deref() == Some("OOM") => {
+        Err(e) if crate::redis_conn::has_code(&e, "OOM") => {
             let (now, since, epoch): (Option<String>, Option<String>, Option<String>) =
                 redis::cmd("HMGET")
                     .arg(names.meta(0))

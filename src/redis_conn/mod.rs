@@ -101,10 +101,15 @@ pub fn code_of(e: &redis::RedisError) -> Option<String> {
     server_error(e).map(|(code, _)| code)
 }
 
+/// Whether `e` carries reply code `code`, also in a pipeline's error.
+pub fn has_code(e: &redis::RedisError, code: &str) -> bool {
+    code_of(e).as_deref() == Some(code)
+}
+
 /// Whether Redis refused a command because its key holds a value of another
 /// type (`WRONGTYPE`): another program's value under writ's namespace.
 pub fn is_wrong_type(e: &redis::RedisError) -> bool {
-    code_of(e).as_deref() == Some("WRONGTYPE")
+    has_code(e, "WRONGTYPE")
 }
 
 /// Whether a node did not run a command because its slot moved or is moving

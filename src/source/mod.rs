@@ -119,7 +119,7 @@ pub async fn ensure_group(conn: &mut Conn, stream: &str, group: &str) -> Result<
         .await;
     match res {
         Ok(()) => Ok(()),
-        Err(e) if crate::redis_conn::code_of(&e).as_deref() == Some("BUSYGROUP") => Ok(()),
+        Err(e) if crate::redis_conn::has_code(&e, "BUSYGROUP") => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
@@ -217,7 +217,7 @@ impl FencedReader {
     ) -> Result<redis::Value> {
         match self.call(op, count, cursor, bytes).invoke_async(conn).await {
             Ok(v) => Ok(v),
-            Err(e) if crate::redis_conn::code_of(&e).as_deref() == Some("FENCED") => {
+            Err(e) if crate::redis_conn::has_code(&e, "FENCED") => {
                 crate::telemetry::Event::Fenced {
                     partition: self.partition,
                     op,

@@ -318,7 +318,7 @@ fn after(id: &str) -> String {
 }
 
 fn is_nogroup(e: &Error) -> bool {
-    matches!(e, Error::Redis(r) if crate::redis_conn::code_of(r).as_deref() == Some("NOGROUP"))
+    matches!(e, Error::Redis(r) if crate::redis_conn::has_code(r, "NOGROUP"))
 }
 
 /// Waits until the dispatcher no longer holds reading back. `false`: stop

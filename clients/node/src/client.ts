@@ -1090,7 +1090,8 @@ export class WritClient {
   private fromOverlay(k: ResolvedKey, stored: StoredRecord | null, list: PendingWrite[]): StoredRecord {
     const base: Document = keyFilter(k.spec, k.values);
     const fieldsLayout = (k.spec.layout ?? "payload") === "fields";
-    let doc: Document | null = stored?.exists && stored.doc ? { ...stored.doc } : null;
+    // Never changed in place: each write makes a new object.
+    let doc: Document | null = stored?.exists ? stored.doc : null;
     let changed = false;
     for (const w of list) {
       if (w.op === "remove") {
