@@ -81,15 +81,16 @@ export async function lastDelivered(redis: Redis | Cluster, stream: string, grou
 export interface AwaitedWrite {
   req: string;
   key: { id: string; partition: number };
-  /** The entry's stream id and when it was admitted (ms), once XADD returned. */
+  /** The entry's stream id, its sortable version and when it was admitted (ms), once XADD returned. */
   entryId?: string;
+  version?: string;
   admittedAt?: number;
 }
 
 /** What an {@link AckReader} is given by its client. */
 export interface AckReaderOptions {
   /** The client's config (read when used): its ack stream's client id, and how long before an ack counts as late. */
-  config: Pick<WritConfig, "clientId" | "writeTimeoutMs">;
+  config: Pick<WritConfig, "clientId" | "writeTimeoutMs" | "lostWriteAfterMs">;
   names: Names;
   /** req → the client's pending write: read here, changed only by the client (through `deliver`). */
   pending: ReadonlyMap<string, AwaitedWrite>;
@@ -99,6 +100,11 @@ export interface AckReaderOptions {
   commands: () => Redis | Cluster;
   /** Settles the pending write `req` with its ack (nothing if it is no longer pending). */
   deliver: (req: string, r: AckResult) => void;
+  /**
+   * The sortable version MongoDB holds of each write's key (`ZERO_VERSION`
+   * for none), by `req`; throws if MongoDB cannot be read.
+   */
+  storedVersions: (writes: AwaitedWrite[]) => Promise<Map<string, string>>;
   /** Hands an error to `onError`. */
   report: (e: WritError) => void;
   /** Whether the client was closed: the loop then ends. */
@@ -113,6 +119,7 @@ export class AckReader {
   private readonly connect: () => Redis | Cluster;
   private readonly commands: () => Redis | Cluster;
   private readonly deliver: (req: string, r: AckResult) => void;
+  private readonly storedVersions: AckReaderOptions["storedVersions"];
   private readonly report: (e: WritError) => void;
   private readonly isClosed: () => boolean;
   private ackRedis: Redis | Cluster | undefined;
@@ -127,6 +134,8 @@ export class AckReader {
   private lostAckReported = false;
   /** Whether a refusal of the dead-letter stream's read (the sweep) went to `onError` already. */
   private dlqErrorReported = false;
+  /** req → when a sweep first found its entry gone and MongoDB older than it ({@link lostOrStored}). */
+  private missingSince = new Map<string, number>();
 
   constructor(opts: AckReaderOptions) {
     this.config = opts.config;
@@ -135,6 +144,7 @@ export class AckReader {
     this.connect = opts.connect;
     this.commands = opts.commands;
     this.deliver = opts.deliver;
+    this.storedVersions = opts.storedVersions;
     this.report = opts.report;
     this.isClosed = opts.closed;
   }
@@ -251,23 +261,29 @@ export class AckReader {
    * A write older than `writeTimeoutMs` whose entry the stream still holds
    * and the consumer group has delivered and no longer holds pending was
    * finished by the daemon: its cache write, its ack and its dead letter, if
-   * any, all come before the `XACK`. The acks that did arrive are read first
-   * ({@link catchUpAcks}). It is settled `dead_lettered` if the dead-letter
-   * stream holds its entry, else `applied` at its own version (the cache
-   * holds it or a newer one). Without this, each lost ack would hold a
-   * `maxPending` slot and make every `flush()` time out for the life of the
-   * process. Bounded: at most every {@link LOST_ACK_SWEEP_MS} (or
-   * `writeTimeoutMs`, if shorter), {@link LOST_ACK_SWEEP_MAX} writes (one
-   * key at a time, {@link fairShare}) and {@link LOST_ACK_DLQ_SCAN} dead
-   * letters per sweep; any failure leaves the writes for the next sweep (a
-   * refusal of the dead-letter read that will not pass by itself, such as a
-   * writer ACL without `%R~<ns>:dlq`, also goes to `onError` once:
+   * any, all come before the `XACK`. A write whose entry is gone is settled
+   * from MongoDB ({@link lostOrStored}): finished if MongoDB holds its version
+   * or a newer one, else `lost` once that has lasted `lostWriteAfterMs`. The
+   * acks that did arrive are read first ({@link catchUpAcks}). A finished
+   * write is settled `dead_lettered` if the dead-letter stream holds its
+   * entry, else `applied` at its own version (the cache holds it or a newer
+   * one); a lost one is `dead_lettered` if a letter says so, else `lost`.
+   * Without this, each lost ack would hold a `maxPending` slot and make every
+   * `flush()` time out for the life of the process, and a lost write would
+   * answer this process's reads of its key and hold up its lists. Bounded:
+   * at most every {@link LOST_ACK_SWEEP_MS} (or `writeTimeoutMs`, if
+   * shorter), {@link LOST_ACK_SWEEP_MAX} writes (one key at a time,
+   * {@link fairShare}) and {@link LOST_ACK_DLQ_SCAN} dead letters per sweep;
+   * any failure leaves the writes for the next sweep (a refusal of the
+   * dead-letter read that will not pass by itself, such as a writer ACL
+   * without `%R~<ns>:dlq`, also goes to `onError` once:
    * {@link reportDlqRefusal}).
    */
   private async sweepLostAcks(): Promise<void> {
     const now = Date.now();
     if (now - this.lastSweepAt < Math.min(LOST_ACK_SWEEP_MS, this.config.writeTimeoutMs)) return;
     this.lastSweepAt = now;
+    for (const req of this.missingSince.keys()) if (!this.pending.has(req)) this.missingSince.delete(req);
     const overdue: AwaitedWrite[] = [];
     for (const w of this.pending.values()) {
       if (w.entryId && w.admittedAt! <= now - this.config.writeTimeoutMs) overdue.push(w);
@@ -276,29 +292,34 @@ export class AckReader {
     const old = fairShare(overdue, (w) => w.key.id, LOST_ACK_SWEEP_MAX, this.sweepStart);
     this.sweepStart += LOST_ACK_SWEEP_MAX;
     try {
-      const done = await this.finishedByDaemon(old);
-      if (!done.length) return;
+      const { done, gone } = await this.finishedByDaemon(old);
+      const { stored, lost } = gone.length ? await this.lostOrStored(gone, now) : { stored: [], lost: [] };
+      const finished = [...done, ...stored];
+      if (!finished.length && !lost.length) return;
       if (!(await this.catchUpAcks())) return;
       let letters: Map<string, string> | undefined;
       try {
-        letters = await this.deadLettersOf(done);
+        letters = await this.deadLettersOf([...finished, ...lost]);
       } catch (e) {
         this.reportDlqRefusal(e);
         throw e;
       }
       if (!letters) return;
       let settled = 0;
-      for (const w of done) {
+      for (const w of [...finished, ...lost]) {
         if (!this.pending.has(w.req)) continue; // its ack came meanwhile
         const stream = this.names.stream(w.key.partition);
         const reason = letters.get(`${stream} ${w.entryId}`);
         const entryId = w.entryId!;
-        this.deliver(
-          w.req,
-          reason !== undefined
-            ? { outcome: "dead_lettered", version: entryId, entryId, reason }
-            : { outcome: "applied", version: entryId, entryId },
-        );
+        this.missingSince.delete(w.req);
+        if (reason !== undefined) {
+          this.deliver(w.req, { outcome: "dead_lettered", version: entryId, entryId, reason });
+        } else if (lost.includes(w)) {
+          this.deliver(w.req, { outcome: "lost", version: entryId, entryId, reason: `gone from ${stream}` });
+          continue; // deliver() tells onError of it (LostWriteError)
+        } else {
+          this.deliver(w.req, { outcome: "applied", version: entryId, entryId });
+        }
         settled++;
       }
       if (settled && !this.lostAckReported) {
@@ -307,13 +328,41 @@ export class AckReader {
           new WritConnectionError(
             `the acks of ${settled} writes never arrived on ${this.names.acks(this.config.clientId)} (a Redis ` +
               `failover, or the ack stream trimmed or deleted); the daemon had finished them, so they were settled ` +
-              `from the consumer group and the dead-letter stream. Reported once per client.`,
+              `from the consumer group, the dead-letter stream and MongoDB. Reported once per client.`,
           ),
         );
       }
     } catch {
-      /* Redis busy or away: the next sweep tries again */
+      /* Redis or MongoDB busy or away: the next sweep tries again */
     }
+  }
+
+  /**
+   * Of `gone` (writes whose entries their streams no longer hold), those
+   * MongoDB holds at their version or newer (`stored`: the daemon finished
+   * them before the entry went, by retention's trim or by hand), and those it
+   * has held an older version of for `lostWriteAfterMs` since a sweep first
+   * saw it so (`lost`: no daemon will apply them; the wait is for one that
+   * read the entry before it went and may still be applying it). The others
+   * are left for a later sweep. Throws if MongoDB cannot be read.
+   */
+  private async lostOrStored(gone: AwaitedWrite[], now: number): Promise<{ stored: AwaitedWrite[]; lost: AwaitedWrite[] }> {
+    const versions = await this.storedVersions(gone);
+    const stored: AwaitedWrite[] = [];
+    const lost: AwaitedWrite[] = [];
+    for (const w of gone) {
+      const v = versions.get(w.req);
+      if (v === undefined || w.version === undefined) continue;
+      if (v >= w.version) {
+        this.missingSince.delete(w.req);
+        stored.push(w);
+        continue;
+      }
+      const since = this.missingSince.get(w.req);
+      if (since === undefined) this.missingSince.set(w.req, now);
+      else if (now - since >= this.config.lostWriteAfterMs) lost.push(w);
+    }
+    return { stored, lost };
   }
 
   /**
@@ -342,30 +391,31 @@ export class AckReader {
 
   /**
    * Of `writes`, those whose entries the stream still holds and the consumer
-   * group delivered and no longer holds pending. An entry the stream does not
-   * hold is never counted: its XADD may itself have been lost (a failover),
-   * and such a write was not applied.
+   * group delivered and no longer holds pending (`done`), and those whose
+   * entries the stream does not hold (`gone`: its XADD may itself have been
+   * lost in a failover, so only MongoDB can tell whether it was applied).
    */
-  private async finishedByDaemon(writes: AwaitedWrite[]): Promise<AwaitedWrite[]> {
+  private async finishedByDaemon(writes: AwaitedWrite[]): Promise<{ done: AwaitedWrite[]; gone: AwaitedWrite[] }> {
     const group = this.names.group;
-    const done = await Promise.all(
+    const parts = await Promise.all(
       [...groupBy(writes, (w) => w.key.partition)].map(async ([p, ws]) => {
         const stream = this.names.stream(p);
+        const present = await Promise.all(
+          ws.map((w) => this.redis.xrange(stream, w.entryId!, w.entryId!, "COUNT", 1) as Promise<unknown[]>),
+        );
+        const gone = ws.filter((_, i) => present[i].length === 0);
+        const held = ws.filter((_, i) => present[i].length === 1);
+        if (!held.length) return { done: [], gone };
         const delivered = await lastDelivered(this.redis, stream, group);
-        if (delivered === undefined) return [];
-        const candidates = ws.filter((w) => compareStreamIds(w.entryId!, delivered) <= 0);
-        const [pending, present] = await Promise.all([
-          Promise.all(
-            candidates.map((w) => this.redis.xpending(stream, group, w.entryId!, w.entryId!, 1) as Promise<unknown[]>),
-          ),
-          Promise.all(
-            candidates.map((w) => this.redis.xrange(stream, w.entryId!, w.entryId!, "COUNT", 1) as Promise<unknown[]>),
-          ),
-        ]);
-        return candidates.filter((_, i) => pending[i].length === 0 && present[i].length === 1);
+        if (delivered === undefined) return { done: [], gone };
+        const candidates = held.filter((w) => compareStreamIds(w.entryId!, delivered) <= 0);
+        const pending = await Promise.all(
+          candidates.map((w) => this.redis.xpending(stream, group, w.entryId!, w.entryId!, 1) as Promise<unknown[]>),
+        );
+        return { done: candidates.filter((_, i) => pending[i].length === 0), gone };
       }),
     );
-    return done.flat();
+    return { done: parts.flatMap((x) => x.done), gone: parts.flatMap((x) => x.gone) };
   }
 
   /**

@@ -7,13 +7,14 @@
  * and top-level field names); see README.md for each shape.
  */
 import type { Document } from "bson";
-import { bsonBuffer, type Ticket, type WritClient } from "./client.js";
+import { bsonBuffer, notStored, type Ticket, type WritClient } from "./client.js";
 import { COLLECTION } from "./collections.js";
 import {
   BackpressureError,
   PendingFullError,
   RedisFullError,
   RefusedWriteError,
+  LostWriteError,
   WritConfigError,
   WritKeyError,
 } from "./errors.js";
@@ -83,13 +84,13 @@ class Bounded<V> {
 
 /**
  * Remembers `id` in `known` once its write `t` was accepted (acked, in ack
- * mode). A write the daemon then dead-letters is forgotten, so the next call
- * sends it again.
+ * mode). A write the daemon then dead-letters (or Redis loses) is forgotten,
+ * so the next call sends it again.
  */
 function rememberWritten(known: Bounded<true>, id: string, t: Ticket): void {
   known.set(id, true);
   void t.acked.then((r) => {
-    if (r.outcome === "dead_lettered") known.delete(id);
+    if (notStored(r)) known.delete(id);
   });
 }
 
@@ -164,15 +165,19 @@ export function createAdapters(client: WritClient): AdapterClasses {
       if (failed.length) {
         // A refusal wins over a timeout (whose row is still queued): the
         // caller must hear that a row was dead-lettered, and why.
-        const refusals = failed.filter((e) => e instanceof RefusedWriteError).length;
-        const first = failed.find((e) => e instanceof RefusedWriteError) ?? failed[0];
+        const refused = (e: unknown): e is RefusedWriteError | LostWriteError =>
+          e instanceof RefusedWriteError || e instanceof LostWriteError;
+        const refusals = failed.filter(refused).length;
+        const lost = failed.filter((e) => e instanceof LostWriteError).length;
+        const first = failed.find(refused) ?? failed[0];
         // The caller hears the first; every other refusal's reason goes to
         // onError, so none is heard of only as a count.
-        for (const e of failed) if (e !== first && e instanceof RefusedWriteError) client.reportError(e);
+        for (const e of failed) if (e !== first && refused(e)) client.reportError(e);
         if (failed.length > 1 && first instanceof Error) {
           first.message =
-            `${failed.length} of ${items.length} rows of this ${collection} write failed (${refusals} dead-lettered by the ` +
-            `daemon, ${failed.length - refusals} not acked in time: still queued); the first ` +
+            `${failed.length} of ${items.length} rows of this ${collection} write failed (${refusals - lost} dead-lettered by ` +
+            `the daemon, ${lost ? `${lost} lost by Redis, ` : ""}${failed.length - refusals} not acked in time: still ` +
+            `queued); the first ` +
             `${refusals ? "refusal" : "timeout"}: ${first.message}`;
         }
         throw first;
@@ -408,7 +413,7 @@ export function createAdapters(client: WritClient): AdapterClasses {
           if (this.last.get(it.id) === writing) this.last.set(it.id, it.bytes);
           // A refused write must be retried by the next call.
           void tickets[i].acked.then((r) => {
-            if (r.outcome === "dead_lettered") this.last.delete(it.id);
+            if (notStored(r)) this.last.delete(it.id);
           });
         });
       }

@@ -15,6 +15,7 @@ import {
   PendingFullError,
   RedisFullError,
   RefusedWriteError,
+  LostWriteError,
   WritClosedError,
   WritConfigError,
   WritConnectionError,
@@ -35,7 +36,7 @@ import {
 } from "./key.js";
 import { ADMIT_LUA, CACHE_CAS_LUA, PARTITION_COUNT_LUA } from "./lua.js";
 import { AdmitBatcher, AdmitRefused, Withdrawal, type AdmitKeys } from "./admit.js";
-import { AckReader, lastDelivered } from "./acks.js";
+import { AckReader, lastDelivered, type AwaitedWrite } from "./acks.js";
 import { RESERVED_FIELDS } from "./collections.js";
 import { bsonNesting, MAX_NESTING } from "./nesting.js";
 import { NOT_EXECUTED, ReplicatedAdmitter, redirectionsFor } from "./replicated.js";
@@ -43,7 +44,17 @@ import { compareStreamIds, isSortable, toSortable, ZERO_VERSION } from "./versio
 import { errMessage, groupBy, isReplyError, sleep } from "./util.js";
 
 export type Op = "put" | "remove";
-export type AckOutcome = "applied" | "coalesced" | "stale" | "dead_lettered";
+/**
+ * What became of a write: the daemon's outcomes (docs/protocol.md §5), and
+ * `lost`, which only the client gives: Redis lost the write before the daemon
+ * applied it ({@link LostWriteError}).
+ */
+export type AckOutcome = "applied" | "coalesced" | "stale" | "dead_lettered" | "lost";
+
+/** Whether the write of `r` is not stored and never will be: dead-lettered or lost. */
+export function notStored(r: AckResult): boolean {
+  return r.outcome === "dead_lettered" || r.outcome === "lost";
+}
 
 /** What the daemon said about one write. */
 export interface AckResult {
@@ -52,7 +63,7 @@ export interface AckResult {
   version: string;
   /** The write's own entry id. */
   entryId: string;
-  /** Why it was dead-lettered. */
+  /** Why it was dead-lettered (or, for `lost`, where its entry went missing). */
   reason?: string;
 }
 
@@ -278,6 +289,7 @@ export class WritClient {
       connect: () => this.connect("acks"),
       commands: () => this.redis,
       deliver: (req, r) => this.deliver(req, r),
+      storedVersions: (writes) => this.storedVersions(writes),
       report: (e) => this.report(e),
       closed: () => this.closed,
     });
@@ -881,7 +893,7 @@ export class WritClient {
     if (this.config.mode === "submit") return;
     void t.acked.then(
       (r) => {
-        if (r.outcome === "dead_lettered") this.report(new RefusedWriteError(t.collection, r.reason ?? "", r.entryId));
+        if (notStored(r)) this.report(this.notStoredError(t.collection, r));
       },
       () => {},
     );
@@ -922,8 +934,14 @@ export class WritClient {
       if (n > 0) this.waiting.set(t.acked, n);
       else this.waiting.delete(t.acked);
     }
-    if (r.outcome === "dead_lettered") throw new RefusedWriteError(t.collection, r.reason ?? "", r.entryId);
+    if (notStored(r)) throw this.notStoredError(t.collection, r);
     return r;
+  }
+
+  /** The error for a write that is not stored ({@link notStored}): refused by the daemon, or lost by Redis. */
+  private notStoredError(collection: string, r: AckResult): RefusedWriteError | LostWriteError {
+    if (r.outcome === "lost") return new LostWriteError(collection, r.entryId, r.reason ?? "");
+    return new RefusedWriteError(collection, r.reason ?? "", r.entryId);
   }
 
   /** Waits until every write this process made so far is acked (bounded). */
@@ -1040,7 +1058,7 @@ export class WritClient {
     const list = this.overlay.get(w.key.id);
     if (list) {
       let keep: PendingWrite[];
-      if (r.outcome === "dead_lettered") {
+      if (notStored(r)) {
         keep = list.filter((x) => x !== w);
       } else {
         // Committed at r.version or newer: every pending write of the key up to it is readable from the cache.
@@ -1061,8 +1079,8 @@ export class WritClient {
     // the refusal. (settle() has resolved the ack, but a waiter's code runs
     // only after this turn, so a waiter still counts in `waiting`.)
     const heard = this.waiting.has(w.acked);
-    if (r.outcome === "dead_lettered" && (this.config.mode === "submit" || (this.unheard.has(w.acked) && !heard))) {
-      this.report(new RefusedWriteError(w.key.spec.name, r.reason ?? "", r.entryId));
+    if (notStored(r) && (this.config.mode === "submit" || (this.unheard.has(w.acked) && !heard))) {
+      this.report(this.notStoredError(w.key.spec.name, r));
     }
   }
 
@@ -1279,8 +1297,33 @@ export class WritClient {
     return keys.map((k, i) => this.merge(k, out[i], snapshot[i]));
   }
 
-  /** Finds the stored documents of `keys` (one collection) with one query; raw BSON by canonical key. */
-  private async findRaw(spec: CollectionSpec, keys: ResolvedKey[]): Promise<Map<string, Buffer>> {
+  /**
+   * The version MongoDB holds of each write's key (`ZERO_VERSION` for none),
+   * by `req`, for the lost-ack sweep (src/acks.ts): one query per collection
+   * and 100 keys, reading the key fields and `_writ` only.
+   */
+  private async storedVersions(writes: AwaitedWrite[]): Promise<Map<string, string>> {
+    const out = new Map<string, string>();
+    const ws = writes.flatMap((a) => this.pending.get(a.req) ?? []);
+    for (const [spec, group] of groupBy(ws, (w) => w.key.spec)) {
+      const keys = [...new Map(group.map((w) => [w.key.id, w.key])).values()];
+      for (let i = 0; i < keys.length; i += 100) {
+        const found = await this.findRaw(spec, keys.slice(i, i + 100), { _writ: 1 });
+        for (const k of keys.slice(i, i + 100)) {
+          const raw = found.get(k.canonical);
+          const v = raw ? this.docVersion(deserialize(raw)) : ZERO_VERSION;
+          for (const w of group) if (w.key.id === k.id) out.set(w.req, v);
+        }
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Finds the stored documents of `keys` (one collection) with one query; raw
+   * BSON by canonical key. With `fields`, only those and the key fields.
+   */
+  private async findRaw(spec: CollectionSpec, keys: ResolvedKey[], fields?: Record<string, 1>): Promise<Map<string, Buffer>> {
     for (const k of keys) {
       if (k.spec !== spec) throw new WritConfigError("readMany reads keys of one collection");
     }
@@ -1301,13 +1344,14 @@ export class WritClient {
         filter = { $or: keys.map((k) => keyFilter(spec, k.values)) };
       }
     }
+    const projection = fields && { ...fields, ...Object.fromEntries(spec.key.map((f) => [f, 1])) };
     const docs = await this.mongoCall(`find in ${spec.name}`, async (db) => {
       const c = db.collection(spec.name);
       if (keys.length === 1) {
-        const one = (await c.findOne(filter, { raw: true })) as unknown as Buffer | null;
+        const one = (await c.findOne(filter, { raw: true, projection })) as unknown as Buffer | null;
         return one ? [one] : [];
       }
-      return (await c.find(filter, { raw: true }).toArray()) as unknown as Buffer[];
+      return (await c.find(filter, { raw: true, projection }).toArray()) as unknown as Buffer[];
     });
     const byCanonical = new Map<string, Buffer>();
     for (const raw of docs) {

@@ -72,6 +72,13 @@ export interface WritConfig {
   syncTimeoutMs: number;
   /** Most writes of this process awaiting their ack; a write past it waits for the oldest ack. */
   maxPending: number;
+  /**
+   * How long a write whose stream entry is gone, with no ack or dead letter
+   * and an older version in MongoDB, is still waited for before it is
+   * settled `lost` (a `LostWriteError`): a daemon may have read the entry
+   * before it went and be applying it. Default 60000 (docs/protocol.md §5).
+   */
+  lostWriteAfterMs: number;
   /** This process's client id (`[A-Za-z0-9_.:-]{1,64}`); random by default. */
   clientId: string;
   /** Collections as the daemon declares them; the 17 backtest-kit collections by default. */
@@ -118,7 +125,7 @@ export function redactUrl(url: string): string {
 const KNOWN_KEYS = [
   "redisUrl", "redisCluster", "minReplicasAcked", "replicaAckTimeoutMs",
   "redisTlsCaFile", "redisTlsCertFile", "redisTlsKeyFile", "mongodbUri", "mongodbDatabase", "namespace", "partitions", "mode", "maxBacklog",
-  "maxDocumentBytes", "writeTimeoutMs", "readTimeoutMs", "syncTimeoutMs", "maxPending", "clientId",
+  "maxDocumentBytes", "writeTimeoutMs", "readTimeoutMs", "syncTimeoutMs", "maxPending", "lostWriteAfterMs", "clientId",
   "collections", "mongoClientOptions", "onError",
 ] as const satisfies readonly (keyof WritConfig)[];
 
@@ -205,6 +212,7 @@ export function resolveConfig(
     readTimeoutMs: explicit.readTimeoutMs ?? 5000,
     syncTimeoutMs: explicit.syncTimeoutMs ?? 30000,
     maxPending: explicit.maxPending ?? 10000,
+    lostWriteAfterMs: explicit.lostWriteAfterMs ?? 60000,
     clientId: explicit.clientId ?? randomClientId(),
     collections: explicit.collections ?? PRESET_COLLECTIONS,
     mongoClientOptions: explicit.mongoClientOptions ?? {},
@@ -232,6 +240,7 @@ export function resolveConfig(
   positiveInt("readTimeoutMs", cfg.readTimeoutMs);
   positiveInt("syncTimeoutMs", cfg.syncTimeoutMs);
   positiveInt("maxPending", cfg.maxPending);
+  positiveInt("lostWriteAfterMs", cfg.lostWriteAfterMs);
   const seen = new Set<string>();
   for (const c of cfg.collections) {
     if (seen.has(c.name)) throw new WritConfigError(`collection ${c.name} is declared twice`);

@@ -92,6 +92,29 @@ export class RefusedWriteError extends WritError {
   }
 }
 
+/**
+ * A write Redis accepted and then lost: its stream entry is gone (a Redis
+ * failover that dropped it, with `minReplicasAcked` 0, or someone deleted
+ * it), no ack or dead letter came, and MongoDB still holds an older version
+ * of the key `lostWriteAfterMs` after the loss was first seen. It was NOT
+ * applied and never will be: write it again.
+ */
+export class LostWriteError extends WritError {
+  constructor(
+    readonly collection: string,
+    readonly entryId: string,
+    /** Where the entry went missing (`gone from <stream>`). */
+    readonly reason: string,
+  ) {
+    super(
+      `the write to ${collection} (entry ${entryId}) was lost: its entry is ${reason || "gone"}, no ack or dead letter ` +
+        `came, and MongoDB holds an older version of the key. Redis lost it (a failover with minReplicasAcked 0, or ` +
+        `the entry was deleted by hand); it was NOT applied: write it again. To keep accepted writes through a ` +
+        `failover, give Redis a replica and set minReplicasAcked (docs/operations.md, "\`min_replicas_acked\`: accepted means replicated").`,
+    );
+  }
+}
+
 /** A key is missing a field, has an extra one, or a value of a type keys cannot hold. */
 export class WritKeyError extends WritError {
   constructor(message: string, options?: { cause?: unknown }) {

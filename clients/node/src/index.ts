@@ -1,4 +1,4 @@
-export { WritClient } from "./client.js";
+export { WritClient, notStored } from "./client.js";
 export type { AckResult, AckOutcome, Op, StoredRecord, Ticket } from "./client.js";
 export { resolveConfig } from "./config.js";
 export type { WritConfig, WriteModeName } from "./config.js";
@@ -10,6 +10,7 @@ export {
   WritConnectionError,
   RedisFullError,
   RefusedWriteError,
+  LostWriteError,
   WritKeyError,
   WritConfigError,
   WritClosedError,

@@ -10,11 +10,12 @@ import calculateSlot from "cluster-key-slot";
 import { MongoClient } from "mongodb";
 import { serialize } from "bson";
 
-import { WritClient } from "../src/client.js";
+import { WritClient, type Ticket } from "../src/client.js";
 import {
   BackpressureError,
   RedisFullError,
   RefusedWriteError,
+  LostWriteError,
   WritClosedError,
   WritConfigError,
   WritConnectionError,
@@ -396,7 +397,7 @@ describe("core", () => {
     }
   }));
 
-  test("a write whose entry is gone from its stream is not settled without its ack (its XADD may have been lost)", g(async () => {
+  test("a write whose ack is lost and whose entry is then gone is settled applied from MongoDB, which holds its version", g(async () => {
     const id = `gone-${process.pid}-${Date.now()}`;
     const redis = new Redis(env.redisUrl);
     try {
@@ -404,7 +405,7 @@ describe("core", () => {
       const s = client({ mode: "submit", clientId: id, writeTimeoutMs: 1000 });
       const t = await s.write(KV.name, { k: "gone", n: 1 }, "put", { n: 1 });
       const stream = new Names(env.name).stream(partitionOf(KV.name, canonicalKey(KV, { k: "gone", n: 1 }), env.partitions));
-      // The daemon is done with it (delivered, XACKed); then the entry goes, as if it had never been written.
+      // The daemon is done with it (delivered, XACKed); then the entry goes (retention, or by hand).
       await eventually("the daemon to finish the write", 20000, async () => {
         const pend = (await redis.xpending(stream, env.name, t.entryId, t.entryId, 1)) as unknown[];
         const groups = (await redis.xinfo("GROUPS", stream)) as unknown[][];
@@ -413,17 +414,54 @@ describe("core", () => {
         return pend.length === 0 && delivered >= t.entryId;
       });
       await redis.xdel(stream, t.entryId);
-      await assert.rejects(s.flush(4000), WritTimeoutError);
-      assert.equal(s.pendingCount, 1, "still pending: the sweep must not call it applied");
+      await s.flush(20000);
+      assert.equal((await t.acked).outcome, "applied");
+      assert.equal(s.pendingCount, 0);
     } finally {
       redis.disconnect();
     }
   }));
 
+  test("a write Redis lost before the daemon read it is settled lost: onError and waitAck hear it, reads and lists stop waiting for it", g(async () => {
+    const errors: WritError[] = [];
+    const s = client({ mode: "submit", writeTimeoutMs: 500, lostWriteAfterMs: 1000, onError: (e: WritError) => errors.push(e) });
+    const key = { k: "redis-lost", n: 1 };
+    await s.write(KV.name, key, "put", { n: 1 });
+    await s.flush(20000);
+    const stream = new Names(env.name).stream(partitionOf(KV.name, canonicalKey(KV, key), env.partitions));
+    const daemon = env.writ!.proc.child;
+    const redis = new Redis(env.redisUrl);
+    let t: Ticket;
+    daemon.kill("SIGSTOP");
+    try {
+      // Accepted, then gone before any daemon read it (as a failover loses an entry).
+      t = await s.write(KV.name, key, "put", { n: 2 });
+      assert.equal(await redis.xdel(stream, t.entryId), 1);
+    } finally {
+      daemon.kill("SIGCONT");
+      redis.disconnect();
+    }
+    // Until it is settled, this process reads its own write.
+    assert.equal((await s.readRecord(KV.name, key))!.source, "overlay");
+    const heard = s.waitAck(t, 30000);
+    await assert.rejects(heard, (e: unknown) => e instanceof LostWriteError && e.entryId === t.entryId && /was lost/.test(e.message));
+    assert.equal((await t.acked).outcome, "lost");
+    assert.ok(errors.some((e) => e instanceof LostWriteError), errors.join("\n"));
+    assert.equal(s.pendingCount, 0);
+    const r = await s.readRecord(KV.name, key);
+    assert.equal(r!.source === "overlay", false, "no longer read from the lost write");
+    assert.equal(r!.doc!.payload.n, 1, "the stored value");
+    assert.deepEqual((await s.list(KV.name, { k: "redis-lost" })).map((d) => d.n), [1], "a list does not wait for it");
+    // Written again, it is applied.
+    await s.write(KV.name, key, "put", { n: 2 });
+    await s.flush(20000);
+    assert.equal((await client().read(KV.name, key))!.payload.n, 2);
+  }));
+
   /**
-   * 300 writes whose acks are lost and whose entries are then deleted (so the sweep must leave them
-   * pending: see the test above), keyed by `keyOf`, all older than one more write of another key whose
-   * ack is lost too: the sweep, 256 writes at a time, must still find that one.
+   * 300 writes whose entries are deleted before the daemon reads them (so the sweep must leave them
+   * pending until lostWriteAfterMs: see the test above), keyed by `keyOf`, all older than one more write
+   * of another key whose ack is lost: the sweep, 256 writes at a time, must still find that one.
    */
   async function lostAckBehind(label: string, keyOf: (i: number) => { k: string; n: number }): Promise<void> {
     const id = `hidden-${label}-${process.pid}-${Date.now()}`;
@@ -432,26 +470,22 @@ describe("core", () => {
     try {
       await redis.set(names.acks(id), "not a stream");
       const s = client({ mode: "submit", clientId: id, writeTimeoutMs: 1000, maxPending: 1000 });
-      const streams = new Set<string>();
       const streamOf = (key: { k: string; n: number }) => names.stream(partitionOf(KV.name, canonicalKey(KV, key), env.partitions));
-      for (let i = 0; i < 300; i++) {
-        const t = await s.write(KV.name, keyOf(i), "put", { i });
-        // Deleted at once: the sweep looks only at writes older than
-        // writeTimeoutMs, so none of these can be settled while its entry
-        // is still there (a sweep between the daemon finishing them and a
-        // later XDEL would settle them, rightly).
-        await redis.xdel(streamOf(keyOf(i)), t.entryId);
-        streams.add(streamOf(keyOf(i)));
+      // Written and deleted while the daemon is stopped, so that it reads
+      // none of them: MongoDB never holds them, and they stay pending for
+      // lostWriteAfterMs (60 s by default, longer than this test).
+      const daemon = env.writ!.proc.child;
+      daemon.kill("SIGSTOP");
+      try {
+        const keys = Array.from({ length: 300 }, (_, i) => keyOf(i));
+        const ts = await Promise.all(keys.map((key, i) => s.write(KV.name, key, "put", { i })));
+        const del = redis.pipeline();
+        ts.forEach((t, i) => del.xdel(streamOf(keys[i]), t.entryId));
+        const deleted = (await del.exec())!.map(([e, n]) => (e ? e : n));
+        assert.deepEqual(deleted, ts.map(() => 1));
+      } finally {
+        daemon.kill("SIGCONT");
       }
-      // Whatever the daemon read before its XDEL, it has finished. (An entry
-      // deleted before the daemon read it is never delivered.)
-      await eventually("the daemon to finish what it read of the 300 writes", 30000, async () => {
-        for (const stream of streams) {
-          const pend = (await redis.xpending(stream, env.name, "-", "+", 1)) as unknown[];
-          if (pend.length !== 0) return false;
-        }
-        return true;
-      });
       const t = await s.write(KV.name, { k: "seen", n: 1 }, "put", { n: 1 });
       const r = await Promise.race([
         t.acked,
