@@ -136,6 +136,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// Redis lost the write after accepting it: its stream entry is gone, no
+    /// ack or dead letter came, and MongoDB still held an older version of
+    /// the key `client.lost_write_after_ms` after a look first saw that. It
+    /// was not applied; writing it again is safe.
+    #[error("write was lost: {reason}; it was NOT applied: write it again (Redis lost its entry: a failover with redis.min_replicas_acked = 0, or the entry was deleted by hand)")]
+    Lost {
+        /// Where its entry went missing.
+        reason: String,
+    },
+
     /// The partition has too many unapplied entries; the write was not accepted.
     #[error("backpressure: partition {partition} has {unapplied} unapplied entries (limit {limit}, client.max_backlog); the daemon is behind or MongoDB is down, retry later")]
     Backpressure {
@@ -227,6 +237,7 @@ impl Error {
             Error::MissingPostImage { .. }
             | Error::AdmissionUnknown { .. }
             | Error::Timeout { .. }
+            | Error::Lost { .. }
             | Error::Backpressure { .. }
             | Error::RedisFull { .. }
             | Error::NotReplicated { .. }
@@ -268,6 +279,7 @@ impl Error {
             Error::Backpressure { .. } => "backpressure",
             Error::Rejected(_) | Error::KeyTooLarge(_) => "rejected",
             Error::DeadLettered { .. } => "dead_lettered",
+            Error::Lost { .. } => "lost",
             Error::Config(_)
             | Error::KeyIndex { .. }
             | Error::UnsafeRedis(_)

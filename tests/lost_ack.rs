@@ -398,24 +398,28 @@ async fn a_lost_ack_of_a_dead_lettered_write_is_settled_after_its_entry_was_trim
     daemon.stop().await;
 }
 
-/// A write whose entry is gone without a letter is not settled as applied,
-/// even when nothing older is left and the group is past its id: a failover
-/// that lost the entry looks the same as retention's trim (the new master
-/// goes on with later entries). Here by hand: the entry trimmed, the group
-/// moved past it, no daemon ever applied it. The read fails with its
-/// timeout, and the write stays pending.
+/// A write whose entry is gone without a letter, and that MongoDB does not
+/// hold, is not settled as applied, even when nothing older is left and the
+/// group is past its id: a failover that lost the entry looks the same as
+/// retention's trim (the new master goes on with later entries). Here by
+/// hand: the entry trimmed, the group moved past it, no daemon ever applied
+/// it. The first look only notes it (a daemon that read the entry before it
+/// went may still be applying it); a look `client.lost_write_after_ms` later
+/// settles it lost: its ticket fails with `Error::Lost`, and reads of its key
+/// answer from MongoDB again. Before, every read of the key failed with the
+/// timeout for the life of the handle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_whose_entry_is_gone_without_a_letter_is_not_settled_as_applied() {
+async fn a_write_whose_entry_is_gone_without_a_letter_is_settled_lost_not_applied() {
     let env = TestEnv::start("lost_no_letter");
     let o = Overrides {
-        client: "read_timeout_ms = 300",
+        client: "read_timeout_ms = 300\nlost_write_after_ms = 1",
         ..Default::default()
     };
     let config = env.config_with(&o);
     let writ = Writ::connect(config.clone()).await.unwrap();
     let s = writ.collection("signal").unwrap();
     let key = doc! {"symbol": "LOST", "strategyName": "dl", "exchangeName": "x"};
-    drop(s.submit(&key, &doc! {"v": 1}).await.unwrap());
+    let ticket = s.submit(&key, &doc! {"v": 1}).await.unwrap();
     let names = writ::protocol::Names::new(&config.namespace);
     let mut r = env.redis().await;
     // The group past every entry, as a daemon that read them leaves it.
@@ -433,5 +437,60 @@ async fn a_write_whose_entry_is_gone_without_a_letter_is_not_settled_as_applied(
     trim_all(&env, &config).await;
     let err = s.read(&key).await.unwrap_err();
     assert!(matches!(err, writ::Error::Timeout { .. }), "{err}");
-    assert_eq!(writ.unacked(), 1, "the write is not settled");
+    assert_eq!(writ.unacked(), 1, "the first look does not settle it");
+    assert_eq!(s.read(&key).await.unwrap(), None, "MongoDB holds nothing");
+    assert_eq!(writ.unacked(), 0, "settled lost");
+    let err = ticket.wait().await.unwrap_err();
+    assert!(matches!(err, writ::Error::Lost { .. }), "{err}");
+    assert_eq!(
+        err.retry_class(),
+        writ::RetryClass::Transient,
+        "writing it again is safe"
+    );
+}
+
+/// A write whose ack is lost, whose entry is then trimmed and whose cache
+/// entry is gone too (a failover that lost both, or an evicted entry) was
+/// applied: MongoDB holds its version, so a read settles it applied and
+/// answers from MongoDB. Before, without a letter, it stayed unknown and
+/// every read of the key timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_entry_and_cache_entry_are_gone_is_settled_applied_from_mongodb() {
+    let env = TestEnv::start("lost_from_mongo");
+    let o = Overrides {
+        client: "read_timeout_ms = 300",
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    block_acks(&env, &writ).await;
+    let s = writ.collection("signal").unwrap();
+    let key = doc! {"symbol": "APPLIED", "strategyName": "dl", "exchangeName": "x"};
+    let ticket = s.submit(&key, &doc! {"v": 1}).await.unwrap();
+    let daemon = Daemon::start(config.clone());
+    support::eventually(
+        std::time::Duration::from_secs(30),
+        "the write to be cached",
+        || {
+            let (config, key) = (config.clone(), key.clone());
+            async move { support::cached(&config, "signal", &key).await }
+        },
+    )
+    .await;
+    daemon.stop().await;
+    trim_all(&env, &config).await;
+    let mut r = env.redis().await;
+    let _: u64 = redis::cmd("DEL")
+        .arg(cache_entry(&config, &key))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(s.read(&key).await.unwrap(), Some(doc! {"v": 1}));
+    assert_eq!(writ.unacked(), 0);
+    let v = ticket.version();
+    assert_eq!(
+        ticket.wait().await.unwrap(),
+        v,
+        "settled applied at its version"
+    );
 }

@@ -21,6 +21,9 @@ pub enum AckResult {
     Committed(Version),
     /// Parked in the dead-letter stream, with the reason.
     DeadLettered(String),
+    /// Lost by Redis before any daemon applied it ([`super::overdue`]), with
+    /// where its entry went missing.
+    Lost(String),
 }
 
 const BLOCK: Duration = Duration::from_millis(1000);
@@ -68,18 +71,24 @@ pub(super) async fn spawn_listener(inner: Weak<Inner>, stop: CancellationToken) 
 /// Wakes the waiter of `ack`'s request and drops the write from the pending
 /// ones of its key (also for an ack settled from the streams: [`super::overdue`]).
 pub(super) fn deliver(inner: &Inner, ack: Ack) {
-    let Some((key, tx)) = inner.waiters.lock().expect("lock").remove(&ack.request) else {
-        return;
-    };
     let result = match ack.outcome {
         Outcome::DeadLettered => AckResult::DeadLettered(ack.reason.unwrap_or_default()),
         _ => AckResult::Committed(ack.version),
+    };
+    settle(inner, &ack.request, ack.entry, result);
+}
+
+/// Wakes the waiter of `request` (the write of entry `entry`) with `result`
+/// and drops the write from the pending ones of its key.
+pub(super) fn settle(inner: &Inner, request: &str, entry: Version, result: AckResult) {
+    let Some((key, tx)) = inner.waiters.lock().expect("lock").remove(request) else {
+        return;
     };
     // Wake waiters first: submit checks the receiver under the `latest` lock.
     let _ = tx.send(Some(result));
     let mut latest = inner.latest.lock().expect("lock");
     if let Some(pending) = latest.get_mut(&key) {
-        pending.remove(&ack.entry);
+        pending.remove(&entry);
         if pending.is_empty() {
             latest.remove(&key);
         }

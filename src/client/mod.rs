@@ -65,6 +65,9 @@ pub(crate) struct Inner {
     /// Requests settled from the cache whose ticket may still wait for the
     /// ack: their waiters go once no receiver is left ([`prune`]).
     settled: Mutex<Vec<String>>,
+    /// Request → when a look first found its entry gone and MongoDB older
+    /// than it ([`overdue`]); dropped once it is settled or no longer waited for.
+    missing: Mutex<HashMap<String, tokio::time::Instant>>,
     /// Admission calls, one in flight per partition (group commit).
     batcher: Arc<batch::Batcher>,
     /// Whether a cache fill failed for a reason other than memory (said
@@ -137,6 +140,7 @@ impl Writ {
             waiters: Mutex::new(HashMap::new()),
             latest: Mutex::new(HashMap::new()),
             settled: Mutex::new(Vec::new()),
+            missing: Mutex::new(HashMap::new()),
             _stop: stop.clone().drop_guard(),
             config,
         });
@@ -277,6 +281,7 @@ impl Collection {
                     Pending {
                         request: request.clone(),
                         state: rx.clone(),
+                        key: Arc::new(key),
                     },
                 );
             }
@@ -330,7 +335,9 @@ impl Collection {
                     // An ack overdue may have been lost: settled from the
                     // streams if the daemon is done with its write.
                     Err(Error::Timeout { .. })
-                        if inner.settle_overdue(p, &cache_key, pending).await? => {}
+                        if inner
+                            .settle_overdue(&self.coll.name, p, &cache_key, pending)
+                            .await? => {}
                     other => other?,
                 }
                 cached = inner.cache.get(&cache_key).await?;

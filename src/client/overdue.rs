@@ -5,14 +5,17 @@
 //! version, and every read of the key would wait out `client.read_timeout_ms`
 //! and fail, for the life of the handle. So after such a wait the handle asks
 //! the streams what became of each write still unacked, and settles the ones
-//! the daemon is done with, as their ack would have.
+//! the daemon is done with, as their ack would have. A write whose entry Redis
+//! lost (a failover) is never applied: MongoDB tells, and it is settled lost
+//! ([`crate::Error::Lost`]) rather than wedge its key's reads.
 
 use std::collections::HashMap;
 
 use redis::Value;
 
+use super::acks::AckResult;
 use super::{acks, Inner, Pending};
-use crate::ack::{Ack, Outcome};
+use crate::apply::doc_version;
 use crate::deadletter::field;
 use crate::error::Result;
 use crate::protocol::Version;
@@ -35,15 +38,12 @@ const LOOK_AT_MOST: usize = 256;
 enum Done {
     /// Done: readable at its version or newer, unless it was dead-lettered.
     Yes,
-    /// Its entry was trimmed from the front and the group passed it: done
-    /// if a letter says it was parked. Without one it cannot be told
-    /// applied: a failover may have lost the entry, and the group then
-    /// passed its id on later entries.
-    Trimmed,
     /// Not done: nor with any later entry of the partition.
     NotYet,
-    /// It cannot be told: the entry is gone while older ones are there
-    /// (deleted by hand, or lost by Redis), so it was not retention's trim.
+    /// Its entry is gone: trimmed by retention after the daemon finished it,
+    /// deleted by hand, or lost by Redis (a failover; the group may then
+    /// have passed its id on later entries). The stream cannot tell which:
+    /// MongoDB can ([`Inner::gone_writes`]).
     Gone,
 }
 
@@ -56,15 +56,19 @@ struct Letters {
 }
 
 impl Inner {
-    /// Settles each of `writes` (this handle's pending writes of one key, in
-    /// partition `p`, whose cache entry is `cache_key`) that is still unacked
-    /// and that the daemon is done with, as its ack would, in id order: at
-    /// the first the daemon is not done with, or after [`LOOK_AT_MOST`], it
-    /// stops. A write at or below the version the cache holds is done (a
-    /// letter still tells whether it was parked). `true` when none is left
-    /// unsettled.
+    /// Settles each of `writes` (this handle's pending writes of one key of
+    /// collection `coll`, in partition `p`, whose cache entry is `cache_key`)
+    /// that is still unacked and that the daemon is done with, as its ack
+    /// would, in id order: at the first the daemon is not done with, or after
+    /// [`LOOK_AT_MOST`], it stops. A write at or below the version the cache
+    /// holds is done (a letter still tells whether it was parked). A write
+    /// whose entry is gone is asked of MongoDB ([`Inner::gone_writes`]): done
+    /// if MongoDB holds its version or a newer one; else parked if a letter
+    /// says so, or lost once `client.lost_write_after_ms` has passed since a
+    /// look first saw it so. `true` when none is left unsettled.
     pub(super) async fn settle_overdue(
         &self,
+        coll: &str,
         p: u32,
         cache_key: &str,
         writes: impl IntoIterator<Item = (Version, Pending)>,
@@ -78,15 +82,15 @@ impl Inner {
         let mut all = writes.len() <= LOOK_AT_MOST;
         writes.truncate(LOOK_AT_MOST);
         let mut done = Vec::new();
+        let mut gone = Vec::new();
         for (version, pending) in writes {
             if committed.is_some_and(|c| c >= version) {
-                done.push((version, pending, true));
+                done.push((version, pending));
                 continue;
             }
             match self.done_with(p, version).await? {
-                Done::Yes => done.push((version, pending, true)),
-                Done::Trimmed => done.push((version, pending, false)),
-                Done::Gone => all = false,
+                Done::Yes => done.push((version, pending)),
+                Done::Gone => gone.push((version, pending)),
                 // The group has not passed it: later entries wait too.
                 Done::NotYet => {
                     all = false;
@@ -94,66 +98,116 @@ impl Inner {
                 }
             }
         }
-        if done.is_empty() {
+        let missing = self.gone_writes(coll, gone, &mut done).await?;
+        if done.is_empty() && missing.is_empty() {
             return Ok(all);
         }
-        let ids: Vec<Version> = done.iter().map(|(v, _, _)| *v).collect();
+        let mut ids: Vec<Version> = done.iter().chain(&missing).map(|(v, _)| *v).collect();
+        ids.sort();
         let Letters {
             mut reasons,
             complete,
         } = self.letters(p, &ids).await?;
-        for (version, Pending { request, state }, held) in done {
+        let lost_after = self.config.lost_write_after;
+        let now = tokio::time::Instant::now();
+        let stream = self.names.stream(p);
+        let settle = done
+            .into_iter()
+            .map(|w| (w, false))
+            .chain(missing.into_iter().map(|w| (w, true)));
+        for ((version, Pending { request, state, .. }), is_missing) in settle {
             if state.borrow().is_some() {
                 continue; // acked meanwhile
             }
-            let (outcome, reason) = match reasons.remove(&version) {
-                Some(why) => (Outcome::DeadLettered, Some(why)),
-                None if complete && held => (Outcome::Applied, None),
-                None => {
+            let result = match reasons.remove(&version) {
+                Some(why) => AckResult::DeadLettered(why),
+                None if !complete => {
                     all = false;
                     continue;
                 }
+                None if !is_missing => AckResult::Committed(version),
+                None => {
+                    let since = *self
+                        .missing
+                        .lock()
+                        .expect("lock")
+                        .entry(request.clone())
+                        .or_insert(now);
+                    if now.duration_since(since) < lost_after {
+                        all = false;
+                        continue;
+                    }
+                    AckResult::Lost(format!("its entry is gone from {stream}"))
+                }
             };
-            tracing::warn!(request = %request, entry = %version, outcome = outcome.as_str(), "the ack of this write was lost (Redis lost data, or the ack stream was trimmed or holds another type); settled from the streams");
-            acks::deliver(
-                self,
-                Ack {
-                    request,
-                    outcome,
-                    version,
-                    entry: version,
-                    reason,
-                },
-            );
+            self.missing.lock().expect("lock").remove(&request);
+            match &result {
+                AckResult::Lost(_) => {
+                    tracing::warn!(request = %request, entry = %version, "this write's entry is gone from its stream, no ack or dead letter came, and MongoDB holds an older version of its key: Redis lost it (a failover with redis.min_replicas_acked = 0, or the entry was deleted by hand); settled as lost")
+                }
+                _ => {
+                    tracing::warn!(request = %request, entry = %version, "the ack of this write was lost (Redis lost data, or the ack stream was trimmed or holds another type); settled from the streams")
+                }
+            }
+            acks::settle(self, &request, version, result);
         }
         Ok(all)
+    }
+
+    /// Of `gone` (writes of one key of `coll` whose entries are gone: trimmed
+    /// by retention, deleted, or lost by Redis), moves those MongoDB holds at
+    /// their version or newer to `done` (the daemon applied them, or a newer
+    /// write superseded them) and returns the others: not applied, unless a
+    /// daemon that read the entry before it went is applying it now (hence
+    /// `client.lost_write_after_ms`). One MongoDB read, and none when `gone`
+    /// is empty. Also forgets the missing-since times of writes nobody waits
+    /// for any more.
+    async fn gone_writes(
+        &self,
+        coll: &str,
+        gone: Vec<(Version, Pending)>,
+        done: &mut Vec<(Version, Pending)>,
+    ) -> Result<Vec<(Version, Pending)>> {
+        {
+            let waiters = self.waiters.lock().expect("lock");
+            self.missing
+                .lock()
+                .expect("lock")
+                .retain(|request, _| waiters.contains_key(request));
+        }
+        let Some(key) = gone.first().map(|(_, w)| w.key.clone()) else {
+            return Ok(Vec::new());
+        };
+        let stored = self
+            .store
+            .find(coll, &key)
+            .await?
+            .and_then(|d| doc_version(&d))
+            .unwrap_or_default();
+        let (applied, missing): (Vec<_>, Vec<_>) =
+            gone.into_iter().partition(|(v, _)| stored >= *v);
+        done.extend(applied);
+        Ok(missing)
     }
 
     /// Whether the daemon is done with entry `id` of partition `p`. It does
     /// every step of a write before its `XACK`, so it is done with an entry
     /// that the stream still holds, that the group delivered, and that no
-    /// entry up to it is pending. An entry of this handle's that is gone was
-    /// added all the same (its admission returned its id): if no entry at or
-    /// before it is left, retention trimmed it from the front, which it does
-    /// only below what the group passed; then only a letter can settle it
-    /// ([`Done::Trimmed`]). A gap (older entries still there) is not
-    /// retention's, and stays unknown.
+    /// entry up to it is pending. An entry of this handle's that the stream
+    /// does not hold was added all the same (its admission returned its id):
+    /// it is [`Done::Gone`], whatever the group says.
     async fn done_with(&self, p: u32, id: Version) -> Result<Done> {
         let stream = self.names.stream(p);
         let mut conn = self.conn.clone();
         let at = id.to_stream_id();
         let upto: Value = cmd::xrev_upto(&stream, &at).query_async(&mut conn).await?;
-        let held = match parse_entries(&upto).first() {
-            Some(e) if e.id == id => true,
-            Some(_) => return Ok(Done::Gone),
-            None => false,
-        };
-        if !super::sync::applied_through(&mut conn, &stream, &self.names.group(), id).await? {
-            Ok(Done::NotYet)
-        } else if held {
+        if parse_entries(&upto).first().map(|e| e.id) != Some(id) {
+            return Ok(Done::Gone);
+        }
+        if super::sync::applied_through(&mut conn, &stream, &self.names.group(), id).await? {
             Ok(Done::Yes)
         } else {
-            Ok(Done::Trimmed)
+            Ok(Done::NotYet)
         }
     }
 

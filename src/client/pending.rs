@@ -9,11 +9,13 @@ use super::{AckState, Collection, Inner, KeyId, Waiter};
 use crate::error::{Error, Result};
 use crate::protocol::{self, Version};
 
-/// One unacked write of this handle: its request id and its ack state.
+/// One unacked write of this handle: its request id, its ack state and its
+/// key (to ask MongoDB about it if its entry is lost: [`super::overdue`]).
 #[derive(Clone)]
 pub(crate) struct Pending {
     pub(super) request: String,
     pub(super) state: AckState,
+    pub(super) key: std::sync::Arc<protocol::Key>,
 }
 
 impl Inner {
@@ -39,7 +41,7 @@ impl Inner {
         drop(latest);
         let mut waiters = self.waiters.lock().expect("lock");
         let mut kept = self.settled.lock().expect("lock");
-        for Pending { request, state } in settled.into_values() {
+        for Pending { request, state, .. } in settled.into_values() {
             drop(state);
             kept.push(request);
         }
@@ -124,7 +126,7 @@ impl Collection {
             for (id, writes) in wait {
                 let p = partition(&id);
                 let entry = inner.names.cache(p, &id.0, &id.1);
-                if !inner.settle_overdue(p, &entry, writes).await? {
+                if !inner.settle_overdue(&id.0, p, &entry, writes).await? {
                     return Ok(false);
                 }
             }

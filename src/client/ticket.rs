@@ -55,6 +55,7 @@ impl Ticket {
             Ok(Ok(ack)) => match ack.clone().expect("waited for Some") {
                 AckResult::Committed(v) => Ok(v),
                 AckResult::DeadLettered(reason) => Err(Error::DeadLettered { reason }),
+                AckResult::Lost(reason) => Err(Error::Lost { reason }),
             },
             Ok(Err(_)) => Err(Error::Shutdown),
             Err(_) => Err(Error::Timeout {

@@ -157,6 +157,9 @@ pub struct Config {
     pub write_timeout: Duration,
     /// `read` wait bound for own pending writes.
     pub read_timeout: Duration,
+    /// How long a write whose entry is gone and that MongoDB does not hold
+    /// is waited for before it is settled lost (`client.lost_write_after_ms`).
+    pub lost_write_after: Duration,
     /// Largest accepted payload.
     pub max_document_bytes: usize,
     /// Collections by name.

@@ -169,6 +169,11 @@ pub struct RawClient {
     /// How long `read` waits for this client's own pending writes.
     #[serde(default = "default_read_timeout_ms")]
     pub read_timeout_ms: u64,
+    /// How long a write whose stream entry is gone, with no ack or dead
+    /// letter and an older version in MongoDB, is still waited for before it
+    /// is settled lost.
+    #[serde(default = "default_lost_write_after_ms")]
+    pub lost_write_after_ms: u64,
     /// Largest payload accepted, in bytes of BSON.
     #[serde(default = "default_max_doc")]
     pub max_document_bytes: usize,
@@ -337,6 +342,9 @@ fn default_write_timeout_ms() -> u64 {
 }
 fn default_read_timeout_ms() -> u64 {
     5_000
+}
+fn default_lost_write_after_ms() -> u64 {
+    60_000
 }
 fn default_max_doc() -> usize {
     MONGO_MAX_BSON - 64 * 1024

@@ -94,6 +94,7 @@ impl RawConfig {
             log_format: daemon_checked.log_format,
             write_timeout: Duration::from_millis(client.write_timeout_ms),
             read_timeout: Duration::from_millis(client.read_timeout_ms),
+            lost_write_after: Duration::from_millis(client.lost_write_after_ms),
             max_document_bytes: client.max_document_bytes,
             collections,
         })
