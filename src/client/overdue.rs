@@ -98,7 +98,13 @@ impl Inner {
                 }
             }
         }
-        let missing = self.gone_writes(coll, gone, &mut done).await?;
+        let missing = match self.gone_writes(coll, gone, &mut done).await {
+            Some(missing) => missing,
+            None => {
+                all = false;
+                Vec::new()
+            }
+        };
         if done.is_empty() && missing.is_empty() {
             return Ok(all);
         }
@@ -160,14 +166,15 @@ impl Inner {
     /// write superseded them) and returns the others: not applied, unless a
     /// daemon that read the entry before it went is applying it now (hence
     /// `client.lost_write_after_ms`). One MongoDB read, and none when `gone`
-    /// is empty. Also forgets the missing-since times of writes nobody waits
-    /// for any more.
+    /// is empty; `None` if MongoDB cannot be read (they stay unknown, and the
+    /// writes whose entries are there are settled all the same). Also
+    /// forgets the missing-since times of writes nobody waits for any more.
     async fn gone_writes(
         &self,
         coll: &str,
         gone: Vec<(Version, Pending)>,
         done: &mut Vec<(Version, Pending)>,
-    ) -> Result<Vec<(Version, Pending)>> {
+    ) -> Option<Vec<(Version, Pending)>> {
         {
             let waiters = self.waiters.lock().expect("lock");
             self.missing
@@ -176,18 +183,19 @@ impl Inner {
                 .retain(|request, _| waiters.contains_key(request));
         }
         let Some(key) = gone.first().map(|(_, w)| w.key.clone()) else {
-            return Ok(Vec::new());
+            return Some(Vec::new());
         };
-        let stored = self
-            .store
-            .find(coll, &key)
-            .await?
-            .and_then(|d| doc_version(&d))
-            .unwrap_or_default();
+        let stored = match self.store.find(coll, &key).await {
+            Ok(doc) => doc.and_then(|d| doc_version(&d)).unwrap_or_default(),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot ask MongoDB about this handle's writes whose entries are gone; a later read looks again");
+                return None;
+            }
+        };
         let (applied, missing): (Vec<_>, Vec<_>) =
             gone.into_iter().partition(|(v, _)| stored >= *v);
         done.extend(applied);
-        Ok(missing)
+        Some(missing)
     }
 
     /// Whether the daemon is done with entry `id` of partition `p`. It does

@@ -344,10 +344,16 @@ export class AckReader {
    * has held an older version of for `lostWriteAfterMs` since a sweep first
    * saw it so (`lost`: no daemon will apply them; the wait is for one that
    * read the entry before it went and may still be applying it). The others
-   * are left for a later sweep. Throws if MongoDB cannot be read.
+   * are left for a later sweep, as all are if MongoDB cannot be read (the
+   * writes whose entries are there are settled all the same).
    */
   private async lostOrStored(gone: AwaitedWrite[], now: number): Promise<{ stored: AwaitedWrite[]; lost: AwaitedWrite[] }> {
-    const versions = await this.storedVersions(gone);
+    let versions: Map<string, string>;
+    try {
+      versions = await this.storedVersions(gone);
+    } catch {
+      return { stored: [], lost: [] };
+    }
     const stored: AwaitedWrite[] = [];
     const lost: AwaitedWrite[] = [];
     for (const w of gone) {

@@ -458,6 +458,37 @@ describe("core", () => {
     assert.equal((await client().read(KV.name, key))!.payload.n, 2);
   }));
 
+  test("a sweep that cannot read MongoDB still settles the lost acks of writes whose entries are there", g(async () => {
+    const id = `nomongo-${process.pid}-${Date.now()}`;
+    const redis = new Redis(env.redisUrl);
+    const names = new Names(env.name);
+    try {
+      await redis.set(names.acks(id), "not a stream");
+      const s = client({
+        mode: "submit",
+        clientId: id,
+        writeTimeoutMs: 500,
+        lostWriteAfterMs: 1,
+        mongodbUri: "mongodb://127.0.0.1:9/?directConnection=true&serverSelectionTimeoutMS=300",
+      });
+      const gone = { k: "nomongo", n: 1 };
+      const daemon = env.writ!.proc.child;
+      daemon.kill("SIGSTOP");
+      try {
+        const t = await s.write(KV.name, gone, "put", { n: 1 });
+        assert.equal(await redis.xdel(names.stream(partitionOf(KV.name, canonicalKey(KV, gone), env.partitions)), t.entryId), 1);
+      } finally {
+        daemon.kill("SIGCONT");
+      }
+      const kept = await s.write(KV.name, { k: "nomongo", n: 2 }, "put", { n: 2 });
+      const r = await Promise.race([kept.acked, new Promise<undefined>((res) => setTimeout(() => res(undefined), 20000))]);
+      assert.equal(r?.outcome, "applied", "settled from the streams although MongoDB cannot be read");
+      assert.equal(s.pendingCount, 1, "the write whose entry is gone stays pending: MongoDB could not be asked about it");
+    } finally {
+      redis.disconnect();
+    }
+  }));
+
   /**
    * 300 writes whose entries are deleted before the daemon reads them (so the sweep must leave them
    * pending until lostWriteAfterMs: see the test above), keyed by `keyOf`, all older than one more write
