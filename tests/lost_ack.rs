@@ -494,3 +494,72 @@ async fn a_write_whose_entry_and_cache_entry_are_gone_is_settled_applied_from_mo
         "settled applied at its version"
     );
 }
+
+/// A write whose entry is gone while the group still holds it pending was
+/// read by a daemon that may be applying it now: no look settles it lost
+/// until the group lets it go (acked, or dropped by a claim that finds it
+/// deleted). Here by hand, with no daemon: the entry read for the group by
+/// another consumer, then deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gone_write_the_group_holds_pending_is_not_settled_lost() {
+    let env = TestEnv::start("lost_pending");
+    let o = Overrides {
+        client: "read_timeout_ms = 300\nlost_write_after_ms = 1",
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let key = doc! {"symbol": "HELD", "strategyName": "dl", "exchangeName": "x"};
+    let names = writ::protocol::Names::new(&config.namespace);
+    let mut r = env.redis().await;
+    for p in 0..config.partitions {
+        let _: redis::Value = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(names.stream(p))
+            .arg(names.group())
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut r)
+            .await
+            .unwrap();
+    }
+    let ticket = s.submit(&key, &doc! {"v": 1}).await.unwrap();
+    let id = ticket.version().to_stream_id();
+    let k = writ::protocol::Key::from_document(&key, config.collection("signal").unwrap()).unwrap();
+    let stream = names.stream(k.partition("signal", config.partitions));
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(names.group())
+        .arg("held-by-test")
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let deleted: u64 = redis::cmd("XDEL")
+        .arg(&stream)
+        .arg(&id)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    for _ in 0..3 {
+        let err = s.read(&key).await.unwrap_err();
+        assert!(matches!(err, writ::Error::Timeout { .. }), "{err}");
+    }
+    assert_eq!(writ.unacked(), 1, "a daemon may still apply it");
+    let _: u64 = redis::cmd("XACK")
+        .arg(&stream)
+        .arg(names.group())
+        .arg(&id)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    // The first look after that notes it; the next settles it lost.
+    assert!(s.read(&key).await.is_err());
+    assert_eq!(s.read(&key).await.unwrap(), None);
+    let err = ticket.wait().await.unwrap_err();
+    assert!(matches!(err, writ::Error::Lost { .. }), "{err}");
+}

@@ -18,6 +18,7 @@ use super::{acks, Inner, Pending};
 use crate::apply::doc_version;
 use crate::deadletter::field;
 use crate::error::Result;
+use crate::protocol::field as entry_field;
 use crate::protocol::Version;
 use crate::stream::{cmd, parse_entries, take_entries, Entry};
 
@@ -88,11 +89,13 @@ impl Inner {
                 done.push((version, pending));
                 continue;
             }
-            match self.done_with(p, version).await? {
+            match self.done_with(p, version, &pending.request).await? {
                 Done::Yes => done.push((version, pending)),
                 Done::Gone => gone.push((version, pending)),
-                // The group has not passed it: later entries wait too.
+                // The group has not passed it (or holds it pending, its entry
+                // gone: a daemon may be applying it): later entries wait too.
                 Done::NotYet => {
+                    self.missing.lock().expect("lock").remove(&pending.request);
                     all = false;
                     break;
                 }
@@ -198,21 +201,41 @@ impl Inner {
         Some(missing)
     }
 
-    /// Whether the daemon is done with entry `id` of partition `p`. It does
-    /// every step of a write before its `XACK`, so it is done with an entry
-    /// that the stream still holds, that the group delivered, and that no
-    /// entry up to it is pending. An entry of this handle's that the stream
-    /// does not hold was added all the same (its admission returned its id):
-    /// it is [`Done::Gone`], whatever the group says.
-    async fn done_with(&self, p: u32, id: Version) -> Result<Done> {
+    /// Whether the daemon is done with entry `id` of partition `p`, this
+    /// handle's write `request`. It does every step of a write before its
+    /// `XACK`, so it is done with an entry that the stream still holds, that
+    /// the group delivered, and that no entry up to it is pending. An entry
+    /// of this handle's that the stream does not hold was added all the same
+    /// (its admission returned its id): it is [`Done::Gone`], whatever the
+    /// group says, unless the group still holds it pending (a daemon read it
+    /// before it went and may be applying it now: [`Done::NotYet`]). An entry
+    /// at its id that another write added (a promoted replica whose clock is
+    /// behind may give out a lost entry's id again) is not its entry.
+    async fn done_with(&self, p: u32, id: Version, request: &str) -> Result<Done> {
         let stream = self.names.stream(p);
+        let group = self.names.group();
         let mut conn = self.conn.clone();
         let at = id.to_stream_id();
         let upto: Value = cmd::xrev_upto(&stream, &at).query_async(&mut conn).await?;
-        if parse_entries(&upto).first().map(|e| e.id) != Some(id) {
-            return Ok(Done::Gone);
+        let own = parse_entries(&upto).first().is_some_and(|e| {
+            e.id == id
+                && value(e, entry_field::CLIENT) == Some(self.client_id.as_bytes())
+                && value(e, entry_field::REQUEST) == Some(request.as_bytes())
+        });
+        if !own {
+            let pending = match cmd::pending_at(&stream, &group, id)
+                .query_async::<Value>(&mut conn)
+                .await
+            {
+                Ok(Value::Array(a)) => !a.is_empty(),
+                Ok(_) => false,
+                // No group (or no stream): nothing holds it.
+                Err(e) if crate::redis_conn::has_code(&e, "NOGROUP") => false,
+                Err(e) => return Err(e.into()),
+            };
+            return Ok(if pending { Done::NotYet } else { Done::Gone });
         }
-        if super::sync::applied_through(&mut conn, &stream, &self.names.group(), id).await? {
+        if super::sync::applied_through(&mut conn, &stream, &group, id).await? {
             Ok(Done::Yes)
         } else {
             Ok(Done::NotYet)

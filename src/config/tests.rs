@@ -91,6 +91,7 @@ fn numeric_bounds_are_checked_at_their_edges() {
         ("daemon", "stats_interval_ms", "99", "100", "at least 100"),
         ("daemon", "retention_max_entries", "0", "1", "at least 1"),
         ("client", "max_backlog", "0", "1", "at least 1"),
+        ("client", "lost_write_after_ms", "0", "1", "at least 1"),
         ("client", "max_document_bytes", "16777217", "16777216", "between 1 and 16777216"),
     ];
     for (section, field, bad, edge, range) in cases {

@@ -289,6 +289,12 @@ fn check_log_level(level: &str) -> Result<()> {
 fn check_client(client: &RawClient) -> Result<()> {
     within("client.max_backlog", client.max_backlog, 1, u64::MAX)?;
     within(
+        "client.lost_write_after_ms",
+        client.lost_write_after_ms,
+        1,
+        u64::MAX,
+    )?;
+    within(
         "client.max_document_bytes",
         client.max_document_bytes as u64,
         1,

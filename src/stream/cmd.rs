@@ -119,6 +119,15 @@ pub fn pending_through(stream: &str, group: &str, through: Version) -> Cmd {
     cmd
 }
 
+/// `XPENDING <stream> <group> <id> <id> 1`: whether the group holds entry
+/// `id` pending (a deleted entry stays pending until it is acked or claimed).
+pub fn pending_at(stream: &str, group: &str, id: Version) -> Cmd {
+    let at = id.to_stream_id();
+    let mut cmd = redis::cmd("XPENDING");
+    cmd.arg(stream).arg(group).arg(&at).arg(&at).arg(1);
+    cmd
+}
+
 /// `XLEN <stream>`.
 pub fn xlen(stream: &str) -> Cmd {
     let mut cmd = redis::cmd("XLEN");

@@ -136,6 +136,12 @@ export class AckReader {
   private dlqErrorReported = false;
   /** req → when a sweep first found its entry gone and MongoDB older than it ({@link lostOrStored}). */
   private missingSince = new Map<string, number>();
+  /** The MongoDB look for writes whose entries are gone, running beside the ack loop ({@link lostOrStored}). */
+  private mongoLook: Promise<void> | undefined;
+  /** req → the version MongoDB held of its key at the last look, not yet used by a sweep. */
+  private storedSeen = new Map<string, string>();
+  /** Whether a failed MongoDB look went to `onError` already. */
+  private mongoErrorReported = false;
 
   constructor(opts: AckReaderOptions) {
     this.config = opts.config;
@@ -283,7 +289,7 @@ export class AckReader {
     const now = Date.now();
     if (now - this.lastSweepAt < Math.min(LOST_ACK_SWEEP_MS, this.config.writeTimeoutMs)) return;
     this.lastSweepAt = now;
-    for (const req of this.missingSince.keys()) if (!this.pending.has(req)) this.missingSince.delete(req);
+    for (const m of [this.missingSince, this.storedSeen]) for (const req of m.keys()) if (!this.pending.has(req)) m.delete(req);
     const overdue: AwaitedWrite[] = [];
     for (const w of this.pending.values()) {
       if (w.entryId && w.admittedAt! <= now - this.config.writeTimeoutMs) overdue.push(w);
@@ -293,7 +299,7 @@ export class AckReader {
     this.sweepStart += LOST_ACK_SWEEP_MAX;
     try {
       const { done, gone } = await this.finishedByDaemon(old);
-      const { stored, lost } = gone.length ? await this.lostOrStored(gone, now) : { stored: [], lost: [] };
+      const { stored, lost } = this.lostOrStored(gone, now);
       const finished = [...done, ...stored];
       if (!finished.length && !lost.length) return;
       if (!(await this.catchUpAcks())) return;
@@ -338,37 +344,69 @@ export class AckReader {
   }
 
   /**
-   * Of `gone` (writes whose entries their streams no longer hold), those
-   * MongoDB holds at their version or newer (`stored`: the daemon finished
-   * them before the entry went, by retention's trim or by hand), and those it
-   * has held an older version of for `lostWriteAfterMs` since a sweep first
-   * saw it so (`lost`: no daemon will apply them; the wait is for one that
-   * read the entry before it went and may still be applying it). The others
-   * are left for a later sweep, as all are if MongoDB cannot be read (the
-   * writes whose entries are there are settled all the same).
+   * Of `gone` (writes whose entries their streams no longer hold, and that no
+   * daemon holds pending), those MongoDB holds at their version or newer
+   * (`stored`: the daemon finished them before the entry went, by retention's
+   * trim or by hand, or a newer write superseded them), and those it has held
+   * an older version of for `lostWriteAfterMs` since a sweep first saw it so
+   * (`lost`: no daemon will apply them; the wait is for one that read the
+   * entry before it went and may still be applying it). MongoDB is asked
+   * beside the ack loop, never in it (a MongoDB that is slow or away must not
+   * hold up the acks): a sweep uses the answers of the look before it, once
+   * each, and starts the next look for the writes still undecided. Until an
+   * answer comes, and while MongoDB cannot be read, a write is left for a
+   * later sweep.
    */
-  private async lostOrStored(gone: AwaitedWrite[], now: number): Promise<{ stored: AwaitedWrite[]; lost: AwaitedWrite[] }> {
-    let versions: Map<string, string>;
-    try {
-      versions = await this.storedVersions(gone);
-    } catch {
-      return { stored: [], lost: [] };
-    }
+  private lostOrStored(gone: AwaitedWrite[], now: number): { stored: AwaitedWrite[]; lost: AwaitedWrite[] } {
     const stored: AwaitedWrite[] = [];
     const lost: AwaitedWrite[] = [];
+    const ask: AwaitedWrite[] = [];
     for (const w of gone) {
-      const v = versions.get(w.req);
-      if (v === undefined || w.version === undefined) continue;
-      if (v >= w.version) {
+      const v = this.storedSeen.get(w.req);
+      this.storedSeen.delete(w.req);
+      if (v === undefined || w.version === undefined) {
+        ask.push(w);
+      } else if (v >= w.version) {
         this.missingSince.delete(w.req);
         stored.push(w);
-        continue;
+      } else {
+        const since = this.missingSince.get(w.req);
+        if (since !== undefined && now - since >= this.config.lostWriteAfterMs) lost.push(w);
+        else {
+          if (since === undefined) this.missingSince.set(w.req, now);
+          ask.push(w);
+        }
       }
-      const since = this.missingSince.get(w.req);
-      if (since === undefined) this.missingSince.set(w.req, now);
-      else if (now - since >= this.config.lostWriteAfterMs) lost.push(w);
+    }
+    if (ask.length && !this.mongoLook) {
+      this.mongoLook = this.storedVersions(ask)
+        .then((versions) => {
+          for (const [req, v] of versions) if (this.pending.has(req)) this.storedSeen.set(req, v);
+        })
+        .catch((e) => this.reportMongoFailure(e, ask.length))
+        .finally(() => {
+          this.mongoLook = undefined;
+        });
     }
     return { stored, lost };
+  }
+
+  /**
+   * Tells `onError`, once per client, that MongoDB could not be asked about
+   * writes whose entries are gone: they stay pending until it can be.
+   */
+  private reportMongoFailure(e: unknown, n: number): void {
+    if (this.mongoErrorReported || this.closed) return;
+    this.mongoErrorReported = true;
+    this.report(
+      new WritConnectionError(
+        `${n} writes of this client have no ack and their entries are gone from their streams (a Redis failover, or ` +
+          `deleted by hand); only MongoDB can tell whether they were applied, and reading it failed: ${errMessage(e)}. ` +
+          `They stay pending (flush() times out, each holds a maxPending slot) until MongoDB can be read: check ` +
+          `mongodbUri (WRIT_MONGODB_URI). Reported once per client.`,
+        { cause: e },
+      ),
+    );
   }
 
   /**
@@ -398,30 +436,50 @@ export class AckReader {
   /**
    * Of `writes`, those whose entries the stream still holds and the consumer
    * group delivered and no longer holds pending (`done`), and those whose
-   * entries the stream does not hold (`gone`: its XADD may itself have been
-   * lost in a failover, so only MongoDB can tell whether it was applied).
+   * entries the stream does not hold and no daemon holds pending (`gone`: its
+   * XADD may itself have been lost in a failover, so only MongoDB can tell
+   * whether it was applied). An entry at a write's id that another write
+   * added (a promoted replica whose clock is behind may give out the lost
+   * entry's id again) is not that write's: it counts as gone. A gone entry
+   * that the group still holds pending was read by a daemon that may be
+   * applying it now: it is neither.
    */
   private async finishedByDaemon(writes: AwaitedWrite[]): Promise<{ done: AwaitedWrite[]; gone: AwaitedWrite[] }> {
     const group = this.names.group;
+    const clientId = this.config.clientId;
     const parts = await Promise.all(
       [...groupBy(writes, (w) => w.key.partition)].map(async ([p, ws]) => {
         const stream = this.names.stream(p);
-        const present = await Promise.all(
-          ws.map((w) => this.redis.xrange(stream, w.entryId!, w.entryId!, "COUNT", 1) as Promise<unknown[]>),
-        );
-        const gone = ws.filter((_, i) => present[i].length === 0);
-        const held = ws.filter((_, i) => present[i].length === 1);
+        const [entries, pending] = await Promise.all([
+          Promise.all(
+            ws.map((w) => this.redis.xrange(stream, w.entryId!, w.entryId!, "COUNT", 1) as Promise<[string, string[]][]>),
+          ),
+          Promise.all(ws.map((w) => this.pendingInGroup(stream, w.entryId!))),
+        ]);
+        const own = (i: number) => {
+          const f = entries[i].length === 1 ? flatToMap(entries[i][0][1]) : undefined;
+          return f !== undefined && String(f.get("req")) === ws[i].req && String(f.get("client")) === clientId;
+        };
+        const gone = ws.filter((_, i) => !own(i) && !pending[i]);
+        for (const w of ws.filter((_, i) => !own(i) && pending[i])) this.missingSince.delete(w.req);
+        const held = ws.filter((_, i) => own(i) && !pending[i]);
         if (!held.length) return { done: [], gone };
         const delivered = await lastDelivered(this.redis, stream, group);
         if (delivered === undefined) return { done: [], gone };
-        const candidates = held.filter((w) => compareStreamIds(w.entryId!, delivered) <= 0);
-        const pending = await Promise.all(
-          candidates.map((w) => this.redis.xpending(stream, group, w.entryId!, w.entryId!, 1) as Promise<unknown[]>),
-        );
-        return { done: candidates.filter((_, i) => pending[i].length === 0), gone };
+        return { done: held.filter((w) => compareStreamIds(w.entryId!, delivered) <= 0), gone };
       }),
     );
     return { done: parts.flatMap((x) => x.done), gone: parts.flatMap((x) => x.gone) };
+  }
+
+  /** Whether the consumer group holds entry `id` of `stream` pending (false if the stream or group is gone). */
+  private async pendingInGroup(stream: string, id: string): Promise<boolean> {
+    try {
+      return ((await this.redis.xpending(stream, this.names.group, id, id, 1)) as unknown[]).length > 0;
+    } catch (e) {
+      if (isReplyError(e) && /^NOGROUP\b/.test(errMessage(e))) return false;
+      throw e;
+    }
   }
 
   /**

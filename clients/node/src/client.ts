@@ -923,7 +923,8 @@ export class WritClient {
           this.unheard.add(t.acked);
           return new WritTimeoutError(
             `no ack for the write ${t.entryId} to ${t.collection} within ${timeoutMs} ms; it is still queued and will be ` +
-              `applied when the daemon catches up (if it is refused instead, onError gets a RefusedWriteError). ` +
+              `applied when the daemon catches up (if it is refused instead, onError gets a RefusedWriteError; if Redis ` +
+              `lost it, a LostWriteError). ` +
               `Check \`writ status\` and that \`writ serve\` is running.`,
           );
         },

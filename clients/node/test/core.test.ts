@@ -28,6 +28,7 @@ import type { CollectionSpec } from "../src/key.js";
 import { toSortable, ZERO_VERSION } from "../src/version.js";
 import { canonicalKey, Names, partitionOf } from "../src/key.js";
 import { ADMIT_LUA, CACHE_CAS_LUA } from "../src/lua.js";
+import { sleep } from "../src/util.js";
 import { mkdtempSync, rmSync } from "node:fs";
 import { connect, createServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -402,7 +403,8 @@ describe("core", () => {
     const redis = new Redis(env.redisUrl);
     try {
       await redis.set(new Names(env.name).acks(id), "not a stream");
-      const s = client({ mode: "submit", clientId: id, writeTimeoutMs: 1000 });
+      // Long enough that no sweep looks at the write before its entry is deleted below.
+      const s = client({ mode: "submit", clientId: id, writeTimeoutMs: 5000 });
       const t = await s.write(KV.name, { k: "gone", n: 1 }, "put", { n: 1 });
       const stream = new Names(env.name).stream(partitionOf(KV.name, canonicalKey(KV, { k: "gone", n: 1 }), env.partitions));
       // The daemon is done with it (delivered, XACKed); then the entry goes (retention, or by hand).
@@ -413,8 +415,9 @@ describe("core", () => {
         const delivered = g ? String(g[g.indexOf("last-delivered-id") + 1]) : "0-0";
         return pend.length === 0 && delivered >= t.entryId;
       });
-      await redis.xdel(stream, t.entryId);
-      await s.flush(20000);
+      assert.equal(s.pendingCount, 1, "not settled while its entry is there");
+      assert.equal(await redis.xdel(stream, t.entryId), 1);
+      await s.flush(30000);
       assert.equal((await t.acked).outcome, "applied");
       assert.equal(s.pendingCount, 0);
     } finally {
@@ -456,6 +459,38 @@ describe("core", () => {
     await s.write(KV.name, key, "put", { n: 2 });
     await s.flush(20000);
     assert.equal((await client().read(KV.name, key))!.payload.n, 2);
+  }));
+
+  test("a write whose entry is gone while the group holds it pending is not settled lost until the group lets it go", g(async () => {
+    const s = client({ mode: "submit", writeTimeoutMs: 300, lostWriteAfterMs: 1 });
+    const key = { k: "held-gone", n: 1 };
+    const names = new Names(env.name);
+    const stream = names.stream(partitionOf(KV.name, canonicalKey(KV, key), env.partitions));
+    const redis = new Redis(env.redisUrl);
+    // Stopped throughout: a running daemon would claim the entry from the
+    // other consumer below, find it deleted and drop it from the group.
+    const daemon = env.writ!.proc.child;
+    daemon.kill("SIGSTOP");
+    try {
+      const t = await s.write(KV.name, key, "put", { n: 1 });
+      // Read for the group by another consumer (as a daemon that is applying it), then deleted.
+      const read = (await redis.xreadgroup("GROUP", names.group, "held-by-test", "COUNT", 100, "STREAMS", stream, ">")) as [
+        string,
+        [string, string[]][],
+      ][];
+      assert.ok(read[0][1].some(([id]) => id === t.entryId));
+      assert.equal(await redis.xdel(stream, t.entryId), 1);
+      // Five sweeps or so pass (one per ack read, which blocks up to 1 s): without the group's
+      // word, the third (a MongoDB answer, then a second one) would call it lost.
+      await sleep(5000);
+      assert.equal(s.pendingCount, 1, "a daemon may still apply it");
+      await redis.xack(stream, names.group, t.entryId);
+      const r = await Promise.race([t.acked, sleep(20000).then(() => undefined)]);
+      assert.equal(r?.outcome, "lost", "settled once the group let it go");
+    } finally {
+      daemon.kill("SIGCONT");
+      redis.disconnect();
+    }
   }));
 
   test("a sweep that cannot read MongoDB still settles the lost acks of writes whose entries are there", g(async () => {
