@@ -563,3 +563,61 @@ async fn a_gone_write_the_group_holds_pending_is_not_settled_lost() {
     let err = ticket.wait().await.unwrap_err();
     assert!(matches!(err, writ::Error::Lost { .. }), "{err}");
 }
+
+/// An entry at a write's id that another write added is not that write's:
+/// after a failover that lost the entry, a promoted replica whose clock is
+/// behind can give out the same id again. Here by hand, with no daemon: the
+/// stream replaced by one holding another client's entry at that id, which
+/// the group has passed. The write is not settled applied on that entry's
+/// account; MongoDB does not hold it, so it is settled lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_another_write_added_at_a_writes_id_does_not_settle_it() {
+    let env = TestEnv::start("lost_same_id");
+    let o = Overrides {
+        client: "read_timeout_ms = 300\nlost_write_after_ms = 1",
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let key = doc! {"symbol": "SAMEID", "strategyName": "dl", "exchangeName": "x"};
+    let ticket = s.submit(&key, &doc! {"v": 1}).await.unwrap();
+    let id = ticket.version().to_stream_id();
+    let names = writ::protocol::Names::new(&config.namespace);
+    let k = writ::protocol::Key::from_document(&key, config.collection("signal").unwrap()).unwrap();
+    let stream = names.stream(k.partition("signal", config.partitions));
+    let mut r = env.redis().await;
+    let _: u64 = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg(&id)
+        .arg("v")
+        .arg("1")
+        .arg("client")
+        .arg("another-client")
+        .arg("req")
+        .arg("1")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let _: redis::Value = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg(names.group())
+        .arg("$")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let err = s.read(&key).await.unwrap_err();
+    assert!(
+        matches!(err, writ::Error::Timeout { .. }),
+        "not settled applied on another write's entry: {err}"
+    );
+    assert_eq!(s.read(&key).await.unwrap(), None);
+    let err = ticket.wait().await.unwrap_err();
+    assert!(matches!(err, writ::Error::Lost { .. }), "{err}");
+}
