@@ -15,7 +15,7 @@ import type { Cluster, Redis } from "ioredis";
 
 import type { AckOutcome, AckResult } from "./client.js";
 import type { WritConfig } from "./config.js";
-import { WritConnectionError, type WritError } from "./errors.js";
+import { WritConnectionError, WritTimeoutError, type WritError } from "./errors.js";
 import type { Names } from "./key.js";
 import { compareStreamIds } from "./version.js";
 import { errMessage, groupBy, isReplyError, sleep } from "./util.js";
@@ -90,7 +90,7 @@ export interface AwaitedWrite {
 /** What an {@link AckReader} is given by its client. */
 export interface AckReaderOptions {
   /** The client's config (read when used): its ack stream's client id, and how long before an ack counts as late. */
-  config: Pick<WritConfig, "clientId" | "writeTimeoutMs" | "lostWriteAfterMs">;
+  config: Pick<WritConfig, "clientId" | "writeTimeoutMs" | "readTimeoutMs" | "lostWriteAfterMs">;
   names: Names;
   /** req → the client's pending write: read here, changed only by the client (through `deliver`). */
   pending: ReadonlyMap<string, AwaitedWrite>;
@@ -138,8 +138,11 @@ export class AckReader {
   private missingSince = new Map<string, number>();
   /** The MongoDB look for writes whose entries are gone, running beside the ack loop ({@link lostOrStored}). */
   private mongoLook: Promise<void> | undefined;
-  /** req → the version MongoDB held of its key at the last look, not yet used by a sweep. */
-  private storedSeen = new Map<string, string>();
+  /**
+   * req → the version MongoDB held of its key at the last look, and when that
+   * look was sent (ms), not yet used by a sweep.
+   */
+  private storedSeen = new Map<string, { v: string; at: number }>();
   /** Whether a failed MongoDB look went to `onError` already. */
   private mongoErrorReported = false;
 
@@ -299,7 +302,7 @@ export class AckReader {
     this.sweepStart += LOST_ACK_SWEEP_MAX;
     try {
       const { done, gone } = await this.finishedByDaemon(old);
-      const { stored, lost } = this.lostOrStored(gone, now);
+      const { stored, lost } = this.lostOrStored(gone);
       const finished = [...done, ...stored];
       if (!finished.length && !lost.length) return;
       if (!(await this.catchUpAcks())) return;
@@ -357,38 +360,54 @@ export class AckReader {
    * answer comes, and while MongoDB cannot be read, a write is left for a
    * later sweep.
    */
-  private lostOrStored(gone: AwaitedWrite[], now: number): { stored: AwaitedWrite[]; lost: AwaitedWrite[] } {
+  private lostOrStored(gone: AwaitedWrite[]): { stored: AwaitedWrite[]; lost: AwaitedWrite[] } {
     const stored: AwaitedWrite[] = [];
     const lost: AwaitedWrite[] = [];
     const ask: AwaitedWrite[] = [];
     for (const w of gone) {
-      const v = this.storedSeen.get(w.req);
+      const seen = this.storedSeen.get(w.req);
       this.storedSeen.delete(w.req);
-      if (v === undefined || w.version === undefined) {
+      if (seen === undefined || w.version === undefined) {
         ask.push(w);
-      } else if (v >= w.version) {
+      } else if (seen.v >= w.version) {
         this.missingSince.delete(w.req);
         stored.push(w);
       } else {
+        // Timed by when the looks were sent, not when a sweep used them: an
+        // answer a sweep comes to late (Redis away, or the write's turn in
+        // a long sweep queue) is as old as its look.
         const since = this.missingSince.get(w.req);
-        if (since !== undefined && now - since >= this.config.lostWriteAfterMs) lost.push(w);
+        if (since !== undefined && seen.at - since >= this.config.lostWriteAfterMs) lost.push(w);
         else {
-          if (since === undefined) this.missingSince.set(w.req, now);
+          if (since === undefined) this.missingSince.set(w.req, seen.at);
           ask.push(w);
         }
       }
     }
-    if (ask.length && !this.mongoLook) {
-      this.mongoLook = this.storedVersions(ask)
-        .then((versions) => {
-          for (const [req, v] of versions) if (this.pending.has(req)) this.storedSeen.set(req, v);
-        })
-        .catch((e) => this.reportMongoFailure(e, ask.length))
-        .finally(() => {
-          this.mongoLook = undefined;
-        });
-    }
+    if (ask.length && !this.mongoLook) this.startMongoLook(ask);
     return { stored, lost };
+  }
+
+  /**
+   * Asks MongoDB the stored versions of `writes`' keys, beside the ack loop;
+   * at most one look at a time, so a MongoDB that never answers holds one
+   * (and `onError` hears of it once, after `readTimeoutMs`).
+   */
+  private startMongoLook(writes: AwaitedWrite[]): void {
+    const at = Date.now();
+    const slow = setTimeout(() => {
+      this.reportMongoFailure(new WritTimeoutError(`MongoDB did not answer within ${this.config.readTimeoutMs} ms`), writes.length);
+    }, this.config.readTimeoutMs);
+    slow.unref?.();
+    this.mongoLook = this.storedVersions(writes)
+      .then((versions) => {
+        for (const [req, v] of versions) if (this.pending.has(req)) this.storedSeen.set(req, { v, at });
+      })
+      .catch((e) => this.reportMongoFailure(e, writes.length))
+      .finally(() => {
+        clearTimeout(slow);
+        this.mongoLook = undefined;
+      });
   }
 
   /**
@@ -450,23 +469,30 @@ export class AckReader {
     const parts = await Promise.all(
       [...groupBy(writes, (w) => w.key.partition)].map(async ([p, ws]) => {
         const stream = this.names.stream(p);
-        const [entries, pending] = await Promise.all([
-          Promise.all(
-            ws.map((w) => this.redis.xrange(stream, w.entryId!, w.entryId!, "COUNT", 1) as Promise<[string, string[]][]>),
-          ),
-          Promise.all(ws.map((w) => this.pendingInGroup(stream, w.entryId!))),
-        ]);
+        const entries = await Promise.all(
+          ws.map((w) => this.redis.xrange(stream, w.entryId!, w.entryId!, "COUNT", 1) as Promise<[string, string[]][]>),
+        );
         const own = (i: number) => {
           const f = entries[i].length === 1 ? flatToMap(entries[i][0][1]) : undefined;
           return f !== undefined && String(f.get("req")) === ws[i].req && String(f.get("client")) === clientId;
         };
-        const gone = ws.filter((_, i) => !own(i) && !pending[i]);
-        for (const w of ws.filter((_, i) => !own(i) && pending[i])) this.missingSince.delete(w.req);
-        const held = ws.filter((_, i) => own(i) && !pending[i]);
-        if (!held.length) return { done: [], gone };
-        const delivered = await lastDelivered(this.redis, stream, group);
+        const held = ws.filter((_, i) => own(i));
+        const missing = ws.filter((_, i) => !own(i));
+        // The group's last-delivered id is read before any pending check of
+        // a held entry: delivered by then and not pending after means acked.
+        const [delivered, missingPending] = await Promise.all([
+          held.length ? lastDelivered(this.redis, stream, group) : Promise.resolve(undefined),
+          Promise.all(missing.map((w) => this.pendingInGroup(stream, w.entryId!))),
+        ]);
+        const gone = missing.filter((_, i) => !missingPending[i]);
+        for (const w of missing.filter((_, i) => missingPending[i])) {
+          this.missingSince.delete(w.req);
+          this.storedSeen.delete(w.req);
+        }
         if (delivered === undefined) return { done: [], gone };
-        return { done: held.filter((w) => compareStreamIds(w.entryId!, delivered) <= 0), gone };
+        const candidates = held.filter((w) => compareStreamIds(w.entryId!, delivered) <= 0);
+        const pending = await Promise.all(candidates.map((w) => this.pendingInGroup(stream, w.entryId!)));
+        return { done: candidates.filter((_, i) => !pending[i]), gone };
       }),
     );
     return { done: parts.flatMap((x) => x.done), gone: parts.flatMap((x) => x.gone) };
