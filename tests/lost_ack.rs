@@ -139,6 +139,42 @@ async fn trim_all(env: &TestEnv, config: &writ::Config) {
     }
 }
 
+/// A test env, its config with `client` lines added to `[client]`, and a
+/// handle on it.
+async fn handle_with(name: &str, client: &str) -> (TestEnv, writ::Config, Writ) {
+    let env = TestEnv::start(name);
+    let config = env.config_with(&Overrides {
+        client,
+        ..Default::default()
+    });
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    (env, config, writ)
+}
+
+/// Creates the consumer group on every partition stream at `start` (`0`,
+/// or `$`: past every entry, as a daemon that read them leaves it).
+async fn create_groups(env: &TestEnv, config: &writ::Config, start: &str) {
+    let names = writ::protocol::Names::new(&config.namespace);
+    let mut r = env.redis().await;
+    for p in 0..config.partitions {
+        let _: redis::Value = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(names.stream(p))
+            .arg(names.group())
+            .arg(start)
+            .arg("MKSTREAM")
+            .query_async(&mut r)
+            .await
+            .unwrap();
+    }
+}
+
+/// The partition stream of a `signal` key.
+fn signal_stream(config: &writ::Config, key: &mongodb::bson::Document) -> String {
+    let k = writ::protocol::Key::from_document(key, config.collection("signal").unwrap()).unwrap();
+    writ::protocol::Names::new(&config.namespace).stream(k.partition("signal", config.partitions))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_ack_does_not_wedge_lists() {
     let env = TestEnv::start("lost_ack");
@@ -410,30 +446,15 @@ async fn a_lost_ack_of_a_dead_lettered_write_is_settled_after_its_entry_was_trim
 /// timeout for the life of the handle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_whose_entry_is_gone_without_a_letter_is_settled_lost_not_applied() {
-    let env = TestEnv::start("lost_no_letter");
-    let o = Overrides {
-        client: "read_timeout_ms = 300\nlost_write_after_ms = 1",
-        ..Default::default()
-    };
-    let config = env.config_with(&o);
-    let writ = Writ::connect(config.clone()).await.unwrap();
+    let (env, config, writ) = handle_with(
+        "lost_no_letter",
+        "read_timeout_ms = 300\nlost_write_after_ms = 1",
+    )
+    .await;
     let s = writ.collection("signal").unwrap();
     let key = doc! {"symbol": "LOST", "strategyName": "dl", "exchangeName": "x"};
     let ticket = s.submit(&key, &doc! {"v": 1}).await.unwrap();
-    let names = writ::protocol::Names::new(&config.namespace);
-    let mut r = env.redis().await;
-    // The group past every entry, as a daemon that read them leaves it.
-    for p in 0..config.partitions {
-        let _: redis::Value = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(names.stream(p))
-            .arg(names.group())
-            .arg("$")
-            .arg("MKSTREAM")
-            .query_async(&mut r)
-            .await
-            .unwrap();
-    }
+    create_groups(&env, &config, "$").await;
     trim_all(&env, &config).await;
     let err = s.read(&key).await.unwrap_err();
     assert!(matches!(err, writ::Error::Timeout { .. }), "{err}");
@@ -456,13 +477,7 @@ async fn a_write_whose_entry_is_gone_without_a_letter_is_settled_lost_not_applie
 /// every read of the key timed out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_whose_entry_and_cache_entry_are_gone_is_settled_applied_from_mongodb() {
-    let env = TestEnv::start("lost_from_mongo");
-    let o = Overrides {
-        client: "read_timeout_ms = 300",
-        ..Default::default()
-    };
-    let config = env.config_with(&o);
-    let writ = Writ::connect(config.clone()).await.unwrap();
+    let (env, config, writ) = handle_with("lost_from_mongo", "read_timeout_ms = 300").await;
     block_acks(&env, &writ).await;
     let s = writ.collection("signal").unwrap();
     let key = doc! {"symbol": "APPLIED", "strategyName": "dl", "exchangeName": "x"};
@@ -502,32 +517,19 @@ async fn a_write_whose_entry_and_cache_entry_are_gone_is_settled_applied_from_mo
 /// another consumer, then deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gone_write_the_group_holds_pending_is_not_settled_lost() {
-    let env = TestEnv::start("lost_pending");
-    let o = Overrides {
-        client: "read_timeout_ms = 300\nlost_write_after_ms = 1",
-        ..Default::default()
-    };
-    let config = env.config_with(&o);
-    let writ = Writ::connect(config.clone()).await.unwrap();
+    let (env, config, writ) = handle_with(
+        "lost_pending",
+        "read_timeout_ms = 300\nlost_write_after_ms = 1",
+    )
+    .await;
     let s = writ.collection("signal").unwrap();
     let key = doc! {"symbol": "HELD", "strategyName": "dl", "exchangeName": "x"};
     let names = writ::protocol::Names::new(&config.namespace);
-    let mut r = env.redis().await;
-    for p in 0..config.partitions {
-        let _: redis::Value = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(names.stream(p))
-            .arg(names.group())
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut r)
-            .await
-            .unwrap();
-    }
+    create_groups(&env, &config, "0").await;
     let ticket = s.submit(&key, &doc! {"v": 1}).await.unwrap();
     let id = ticket.version().to_stream_id();
-    let k = writ::protocol::Key::from_document(&key, config.collection("signal").unwrap()).unwrap();
-    let stream = names.stream(k.partition("signal", config.partitions));
+    let stream = signal_stream(&config, &key);
+    let mut r = env.redis().await;
     let _: redis::Value = redis::cmd("XREADGROUP")
         .arg("GROUP")
         .arg(names.group())
@@ -572,20 +574,17 @@ async fn a_gone_write_the_group_holds_pending_is_not_settled_lost() {
 /// account; MongoDB does not hold it, so it is settled lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_another_write_added_at_a_writes_id_does_not_settle_it() {
-    let env = TestEnv::start("lost_same_id");
-    let o = Overrides {
-        client: "read_timeout_ms = 300\nlost_write_after_ms = 1",
-        ..Default::default()
-    };
-    let config = env.config_with(&o);
-    let writ = Writ::connect(config.clone()).await.unwrap();
+    let (env, config, writ) = handle_with(
+        "lost_same_id",
+        "read_timeout_ms = 300\nlost_write_after_ms = 1",
+    )
+    .await;
     let s = writ.collection("signal").unwrap();
     let key = doc! {"symbol": "SAMEID", "strategyName": "dl", "exchangeName": "x"};
     let ticket = s.submit(&key, &doc! {"v": 1}).await.unwrap();
     let id = ticket.version().to_stream_id();
     let names = writ::protocol::Names::new(&config.namespace);
-    let k = writ::protocol::Key::from_document(&key, config.collection("signal").unwrap()).unwrap();
-    let stream = names.stream(k.partition("signal", config.partitions));
+    let stream = signal_stream(&config, &key);
     let mut r = env.redis().await;
     let _: u64 = redis::cmd("DEL")
         .arg(&stream)
