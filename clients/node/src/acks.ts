@@ -342,7 +342,7 @@ export class AckReader {
         );
       }
     } catch {
-      /* Redis or MongoDB busy or away: the next sweep tries again */
+      /* Redis busy or away: the next sweep tries again (MongoDB is asked beside it: lostOrStored) */
     }
   }
 
