@@ -1308,14 +1308,16 @@ export class WritClient {
     const ws = writes.flatMap((a) => this.pending.get(a.req) ?? []);
     for (const [spec, group] of groupBy(ws, (w) => w.key.spec)) {
       const keys = [...new Map(group.map((w) => [w.key.id, w.key])).values()];
+      const byKey = new Map<string, string>();
       for (let i = 0; i < keys.length; i += 100) {
-        const found = await this.findRaw(spec, keys.slice(i, i + 100), { _writ: 1 });
-        for (const k of keys.slice(i, i + 100)) {
+        const chunk = keys.slice(i, i + 100);
+        const found = await this.findRaw(spec, chunk, { _writ: 1 });
+        for (const k of chunk) {
           const raw = found.get(k.canonical);
-          const v = raw ? this.docVersion(deserialize(raw)) : ZERO_VERSION;
-          for (const w of group) if (w.key.id === k.id) out.set(w.req, v);
+          byKey.set(k.id, raw ? this.docVersion(deserialize(raw)) : ZERO_VERSION);
         }
       }
+      for (const w of group) out.set(w.req, byKey.get(w.key.id)!);
     }
     return out;
   }
