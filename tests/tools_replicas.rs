@@ -96,16 +96,6 @@ async fn tools_confirm_their_cache_writes_with_replicas() {
     }
 }
 
-fn signal(process: u32, name: &str) {
-    let ok = std::process::Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(process.to_string())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{name} {process}");
-}
-
 /// Where the acks follow the cache step (here: replicas must confirm it),
 /// a Redis at `maxmemory` refuses them with `OOM`. That passes once memory
 /// is freed, so the acks wait for it; before, the acker took the reply for
@@ -155,7 +145,7 @@ async fn acks_refused_for_memory_wait_for_memory() {
     for i in 0..4i64 {
         tickets.push(s.submit(&key(i), &doc! {"i": i}).await.unwrap());
     }
-    signal(replica.pid(), "STOP");
+    support::pause::pause(replica.pid());
     proxy.go_on();
     let cached: Vec<String> = (0..4i64)
         .map(|i| {
@@ -185,7 +175,7 @@ async fn acks_refused_for_memory_wait_for_memory() {
     .await;
     config_set(&mut m, "maxmemory", "1").await;
     support::reset_stats(&mut m).await;
-    signal(replica.pid(), "CONT");
+    support::pause::resume(replica.pid());
     // The replica catches up, the next try of the cache step is confirmed,
     // and the acker sends its acks and XACK in one MULTI (the only MULTI the
     // daemon sends), which a full Redis refuses. Once it has, the acks must
@@ -289,7 +279,7 @@ async fn a_blocking_wait_does_not_hold_the_reads() {
     let key = |i: i64| doc! {"symbol": format!("B{i}"), "strategyName": "s", "exchangeName": "x"};
     s.write(&key(1), &doc! {"i": 1}).await.unwrap();
 
-    signal(replica.pid(), "STOP");
+    support::pause::pause(replica.pid());
     let blocked = tokio::spawn({
         let s = s.clone();
         async move { s.submit(&key(2), &doc! {"i": 2}).await }
@@ -315,7 +305,7 @@ async fn a_blocking_wait_does_not_hold_the_reads() {
     .await;
     let read = s.read(&key(1)).await.unwrap().expect("the cached value");
     let still_blocked = !blocked.is_finished();
-    signal(replica.pid(), "CONT");
+    support::pause::resume(replica.pid());
     assert!(
         still_blocked,
         "the read ended only after the submit's WAIT: they share a connection"

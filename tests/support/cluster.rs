@@ -290,26 +290,22 @@ impl RedisCluster {
         });
     }
 
-    /// SIGSTOPs node `node` (a replica that stops confirming, say).
+    /// SIGSTOPs node `node` (a replica that stops confirming, say); returns
+    /// once it has stopped.
     pub fn pause(&self, node: usize) {
-        self.signal(node, "-STOP");
+        super::pause::pause(self.pid(node, "SIGSTOP"));
     }
 
     /// SIGCONTs a paused node.
     pub fn resume(&self, node: usize) {
-        self.signal(node, "-CONT");
+        super::pause::resume(self.pid(node, "SIGCONT"));
     }
 
-    fn signal(&self, node: usize, sig: &str) {
-        let pid = match self.nodes[node].child().as_ref() {
+    fn pid(&self, node: usize, sig: &str) -> u32 {
+        match self.nodes[node].child().as_ref() {
             Some(child) => child.id(),
-            None => self.fail(&format!("signal {sig} to node {node}: it is not running")),
-        };
-        let ok = std::process::Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill {sig} {pid} failed");
+            None => self.fail(&format!("{sig} to node {node}: it is not running")),
+        }
     }
 
     /// True while node `node`'s process runs (not killed, not exited).

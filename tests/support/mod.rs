@@ -23,6 +23,7 @@ pub mod cluster;
 pub mod history;
 pub mod load;
 pub mod majority_proxy;
+pub mod pause;
 pub mod proc;
 pub mod proxy;
 pub mod race_proxy;

@@ -92,14 +92,15 @@ impl DaemonProc {
         let _ = self.child.wait();
     }
 
-    /// SIGSTOP: the process freezes (a "paused" daemon).
+    /// SIGSTOP: the process freezes (a "paused" daemon); returns once it
+    /// has.
     pub fn pause(&self) {
-        signal(self.pid(), "STOP");
+        super::pause::pause(self.pid());
     }
 
     /// SIGCONT.
     pub fn resume(&self) {
-        signal(self.pid(), "CONT");
+        super::pause::resume(self.pid());
     }
 
     /// SIGTERM and wait; returns the exit code.

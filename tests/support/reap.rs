@@ -19,9 +19,13 @@ type Job = (Command, mpsc::Sender<io::Result<Child>>);
 
 static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
 
-/// Spawns `cmd` so that the kernel kills it when this process ends.
+/// Spawns `cmd` so that the kernel kills it when this process ends, in a
+/// process group of its own (see [`super::pause`]: a paused server in the
+/// test's group would be sent SIGHUP whenever the kernel finds that group
+/// orphaned, as it is under `nohup` or a detached runner).
 pub fn spawn(mut cmd: Command) -> io::Result<Child> {
     let parent = std::process::id() as libc::pid_t;
+    cmd.process_group(0);
     // SAFETY: between fork and exec the closure only makes two
     // async-signal-safe system calls and allocates nothing.
     unsafe {
