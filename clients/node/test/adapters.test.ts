@@ -15,7 +15,7 @@ import { BackpressureError, RefusedWriteError, WritConfigError, WritTimeoutError
 import { canonicalKey, partitionOf } from "../src/key.js";
 import { COLLECTION, PRESET_COLLECTIONS } from "../src/collections.js";
 import { FakeKit, type Domain } from "./fakekit.js";
-import { eventually, TestEnv } from "./harness.js";
+import { eventually, pause, resume, TestEnv } from "./harness.js";
 
 let env: TestEnv;
 let mongo: MongoClient;
@@ -570,7 +570,7 @@ describe("setup()", () => {
       const doomed = ids.find((id) => partition(id) !== 0)!;
       // Each client's first call waits until the daemon has applied what came before it: done now.
       for (const k of [kit, filler]) await k.call("Storage", [true], "readStorageData");
-      daemon.kill("SIGSTOP");
+      await pause(daemon);
       try {
         // Partition 0 at its bound (one unapplied entry, nothing applies it now).
         await filler.call("Storage", [true], "writeStorageData", [{ id: first, v: 1 }]);
@@ -579,7 +579,7 @@ describe("setup()", () => {
           (e: unknown) => e instanceof BackpressureError && /^1 of 2 rows of this storage-items write were accepted/.test(e.message),
         );
       } finally {
-        daemon.kill("SIGCONT");
+        resume(daemon);
       }
       // Nobody waits for the accepted row's ack: its refusal goes to onError, once.
       await eventually("the accepted row's refusal to reach onError", 30000, async () => errors.length > 0);
@@ -611,7 +611,7 @@ describe("setup()", () => {
     const stored = async () => (await kit.call("Storage", [true], "readStorageData")).find((r: any) => r.id === x);
     await kit.call("Storage", [true], "writeStorageData", [{ id: x, v: 1 }]);
     await filler.call("Storage", [true], "readStorageData");
-    daemon.kill("SIGSTOP");
+    await pause(daemon);
     try {
       await filler.call("Storage", [true], "writeStorageData", [{ id: first, v: 1 }]);
       await assert.rejects(
@@ -619,7 +619,7 @@ describe("setup()", () => {
         (e: unknown) => e instanceof BackpressureError && /^1 of 2 rows/.test(e.message),
       );
     } finally {
-      daemon.kill("SIGCONT");
+      resume(daemon);
     }
     await eventually("the accepted row's write to be applied", 30000, async () => (await stored())?.v === 2);
     await kit.call("Storage", [true], "writeStorageData", [{ id: x, v: 1 }]);
@@ -702,13 +702,13 @@ describe("setup()", () => {
       const c = candleAt(Date.UTC(2026, 0, 3, 0, 0), 778.25);
       await kit.call("Candle", ctx, "readCandlesData", 1, c.timestamp); // the first call waits for the daemon: done now
       const daemon = env.writ!.proc.child;
-      daemon.kill("SIGSTOP");
+      await pause(daemon);
       try {
         await assert.rejects(kit.call("Candle", ctx, "writeCandlesData", [c]), (e: unknown) => e instanceof WritTimeoutError);
         // Read from the pending write (the overlay): not stored yet.
         assert.equal((await kit.call("Candle", ctx, "readCandlesData", 1, c.timestamp))?.[0]?.open, 778.25);
       } finally {
-        daemon.kill("SIGCONT");
+        resume(daemon);
       }
       await eventually("the candle's refusal to reach onError", 30000, async () => errors.some((e) => e instanceof RefusedWriteError));
       await release();

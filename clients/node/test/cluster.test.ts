@@ -20,7 +20,7 @@ import { WritConfigError, WritConnectionError, WritTimeoutError } from "../src/e
 import { setup } from "../src/setup.js";
 import { toSortable } from "../src/version.js";
 import { FakeKit } from "./fakekit.js";
-import { RedisCluster, RedisServer, TestCa, TestEnv } from "./harness.js";
+import { pause, RedisCluster, RedisServer, resume, TestCa, TestEnv } from "./harness.js";
 
 const MIN = 60000;
 const SIGNAL = "signal-items";
@@ -269,7 +269,7 @@ describe("Redis Cluster", () => {
     const ctxs = contexts(w.client, "stop1", 1);
     const partOf = (ctx: string[]) => w.client.resolveKey(SIGNAL, { symbol: ctx[0], strategyName: ctx[1], exchangeName: ctx[2] }).partition;
     const victim = masters[0];
-    let replica: { proc: { child: { kill(s: NodeJS.Signals): boolean } }; port: number } | undefined;
+    let replica: RedisCluster["nodes"][number] | undefined;
     for (const n of env.cluster!.nodes) {
       const repl = await env.cluster!.info(n.port, "replication");
       if (repl.get("role") === "slave" && Number(repl.get("master_port")) === victim) replica = n;
@@ -279,7 +279,7 @@ describe("Redis Cluster", () => {
     await Promise.all(
       ctxs.map(([symbol, strategyName, exchangeName]) => w.client.submit(SIGNAL, { symbol, strategyName, exchangeName }, "put", { payload: 0 })),
     );
-    replica.proc.child.kill("SIGSTOP");
+    await pause(replica.proc.child);
     try {
       const t0 = Date.now();
       const results = await Promise.all(
@@ -303,7 +303,7 @@ describe("Redis Cluster", () => {
       });
       assert.ok(masters.some((m) => m === victim) && masters.some((m) => m !== victim));
     } finally {
-      replica.proc.child.kill("SIGCONT");
+      resume(replica.proc.child);
     }
     // Once the replica runs again, writes there succeed.
     const ctx = ctxs.find((c) => masters[partOf(c)] === victim)!;

@@ -34,7 +34,7 @@ import { connect, createServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-import { eventually, RedisServer, TestEnv } from "./harness.js";
+import { eventually, pause, RedisServer, resume, TestEnv } from "./harness.js";
 
 const KV: CollectionSpec = { name: "node_kv", key: ["k", "n"] };
 const ONCE: CollectionSpec = { name: "node_once", key: ["k", "n"], mode: "insert_once" };
@@ -163,7 +163,7 @@ describe("core", () => {
     await a.write(ONCE.name, once, "put", { v: "first" });
     await a.flush();
     const daemon = env.writ!.proc.child;
-    daemon.kill("SIGSTOP");
+    await pause(daemon);
     try {
       // fields layout: a put sets the fields it sends; the others stay.
       await a.write(FIELDS.name, fields, "put", { a: 3 });
@@ -178,7 +178,7 @@ describe("core", () => {
       await a.write(ONCE.name, fresh, "remove");
       assert.equal(await a.read(ONCE.name, fresh), null);
     } finally {
-      daemon.kill("SIGCONT");
+      resume(daemon);
     }
     await a.flush();
     const other = client();
@@ -316,14 +316,14 @@ describe("core", () => {
     const a = client({ mode: "ack", writeTimeoutMs: 300, onError: (e: WritError) => errors.push(e) });
     await a.ready();
     const daemon = env.writ!.proc.child;
-    daemon.kill("SIGSTOP");
+    await pause(daemon);
     try {
       await assert.rejects(
         a.write(UNKNOWN.name, { k: "late" }, "put", { a: 1 }),
         (e: unknown) => e instanceof WritTimeoutError && /onError gets a RefusedWriteError/.test(e.message),
       );
     } finally {
-      daemon.kill("SIGCONT");
+      resume(daemon);
     }
     await eventually("the refusal to reach onError", 20000, async () => errors.length > 0);
     assert.equal(errors.length, 1);
@@ -335,14 +335,14 @@ describe("core", () => {
     const a = client({ mode: "ack", writeTimeoutMs: 300, onError: (e: WritError) => errors.push(e) });
     await a.ready();
     const daemon = env.writ!.proc.child;
-    daemon.kill("SIGSTOP");
+    await pause(daemon);
     let again: Promise<unknown>;
     try {
       const t = await a.submit(UNKNOWN.name, { k: "twice" }, "put", { a: 1 });
       await assert.rejects(a.waitAck(t, 300), WritTimeoutError);
       again = a.waitAck(t, 20000);
     } finally {
-      daemon.kill("SIGCONT");
+      resume(daemon);
     }
     await assert.rejects(again, RefusedWriteError);
     // deliver() reports in the same turn as it settles the ack, before the wait above wakes.
@@ -354,7 +354,7 @@ describe("core", () => {
     const a = client({ mode: "ack", writeTimeoutMs: 300, onError: (e: WritError) => errors.push(e) });
     await a.ready();
     const daemon = env.writ!.proc.child;
-    daemon.kill("SIGSTOP");
+    await pause(daemon);
     let long: Promise<unknown>;
     try {
       const t = await a.submit(UNKNOWN.name, { k: "side-by-side" }, "put", { a: 1 });
@@ -362,7 +362,7 @@ describe("core", () => {
       // The short wait starts after the long one and times out while it still waits.
       await assert.rejects(a.waitAck(t, 300), WritTimeoutError);
     } finally {
-      daemon.kill("SIGCONT");
+      resume(daemon);
     }
     await assert.rejects(long, RefusedWriteError);
     assert.deepEqual(errors, [], "the refusal went to the waiting call only");
@@ -435,13 +435,13 @@ describe("core", () => {
     const daemon = env.writ!.proc.child;
     const redis = new Redis(env.redisUrl);
     let t: Ticket;
-    daemon.kill("SIGSTOP");
+    await pause(daemon);
     try {
       // Accepted, then gone before any daemon read it (as a failover loses an entry).
       t = await s.write(KV.name, key, "put", { n: 2 });
       assert.equal(await redis.xdel(stream, t.entryId), 1);
     } finally {
-      daemon.kill("SIGCONT");
+      resume(daemon);
       redis.disconnect();
     }
     // Until it is settled, this process reads its own write.
@@ -470,7 +470,7 @@ describe("core", () => {
     // Stopped throughout: a running daemon would claim the entry from the
     // other consumer below, find it deleted and drop it from the group.
     const daemon = env.writ!.proc.child;
-    daemon.kill("SIGSTOP");
+    await pause(daemon);
     try {
       const t = await s.write(KV.name, key, "put", { n: 1 });
       // Read for the group by another consumer (as a daemon that is applying it), then deleted.
@@ -488,7 +488,7 @@ describe("core", () => {
       const r = await Promise.race([t.acked, sleep(20000).then(() => undefined)]);
       assert.equal(r?.outcome, "lost", "settled once the group let it go");
     } finally {
-      daemon.kill("SIGCONT");
+      resume(daemon);
       redis.disconnect();
     }
   }));
@@ -508,12 +508,12 @@ describe("core", () => {
       });
       const gone = { k: "nomongo", n: 1 };
       const daemon = env.writ!.proc.child;
-      daemon.kill("SIGSTOP");
+      await pause(daemon);
       try {
         const t = await s.write(KV.name, gone, "put", { n: 1 });
         assert.equal(await redis.xdel(names.stream(partitionOf(KV.name, canonicalKey(KV, gone), env.partitions)), t.entryId), 1);
       } finally {
-        daemon.kill("SIGCONT");
+        resume(daemon);
       }
       const kept = await s.write(KV.name, { k: "nomongo", n: 2 }, "put", { n: 2 });
       const r = await Promise.race([kept.acked, new Promise<undefined>((res) => setTimeout(() => res(undefined), 20000))]);
@@ -541,7 +541,7 @@ describe("core", () => {
       // none of them: MongoDB never holds them, and they stay pending for
       // lostWriteAfterMs (60 s by default, longer than this test).
       const daemon = env.writ!.proc.child;
-      daemon.kill("SIGSTOP");
+      await pause(daemon);
       try {
         const keys = Array.from({ length: 300 }, (_, i) => keyOf(i));
         const ts = await Promise.all(keys.map((key, i) => s.write(KV.name, key, "put", { i })));
@@ -550,7 +550,7 @@ describe("core", () => {
         const deleted = (await del.exec())!.map(([e, n]) => (e ? e : n));
         assert.deepEqual(deleted, ts.map(() => 1));
       } finally {
-        daemon.kill("SIGCONT");
+        resume(daemon);
       }
       const t = await s.write(KV.name, { k: "seen", n: 1 }, "put", { n: 1 });
       const r = await Promise.race([
@@ -724,7 +724,7 @@ describe("core", () => {
     const key = { k: "order", n: 1 };
     const daemon = env.writ!.proc.child;
     const tickets: Promise<{ entryId: string }>[] = [];
-    daemon.kill("SIGSTOP");
+    await pause(daemon);
     try {
       await c.write(KV.name, key, "put", { i: 0 });
       for (let i = 1; i <= 8; i++) {
@@ -733,7 +733,7 @@ describe("core", () => {
       }
       assert.equal(c.pendingCount, 1, "the eight wait for room");
     } finally {
-      daemon.kill("SIGCONT");
+      resume(daemon);
     }
     const ids = (await Promise.all(tickets)).map((t) => t.entryId);
     const order = (id: string) => id.split("-").map(Number);

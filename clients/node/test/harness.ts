@@ -16,7 +16,7 @@
  * A missing server binary fails loudly with the install command; nothing is skipped.
  */
 import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from "node:child_process";
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, Socket } from "node:net";
 import { connect as tlsConnect } from "node:tls";
 import { tmpdir } from "node:os";
@@ -93,10 +93,68 @@ function which(bin: string): boolean {
  */
 const PDEATHSIG = which("setpriv") ? ["setpriv", "--pdeathsig", "KILL", "--"] : [];
 
-/** `spawn`, with the child killed by the kernel when this process dies ({@link PDEATHSIG}). */
+/**
+ * `spawn`, with the child killed by the kernel when this process dies
+ * ({@link PDEATHSIG}), in a session of its own (`detached`): a stopped child
+ * ({@link pause}) in this process's group would be sent SIGHUP and SIGCONT
+ * whenever the kernel finds that group orphaned (POSIX job control, as under
+ * `nohup` or a detached runner), which ends a paused `writ serve`.
+ */
 export function spawnReaped(bin: string, args: string[], opts: SpawnOptions): ChildProcess {
   const [cmd, ...rest] = [...PDEATHSIG, bin, ...args];
-  return spawn(cmd, rest, opts);
+  return spawn(cmd, rest, { detached: true, ...opts });
+}
+
+/**
+ * SIGSTOPs `child` and resolves once every thread of it has stopped.
+ * `kill()` returns before the process has stopped: the kernel wakes one of
+ * its threads to take the signal, and the others run on until that thread
+ * runs, milliseconds on a busy machine (a "paused" daemon was seen refusing
+ * a write 2 ms after it was made). Read from `/proc/<pid>/task/<tid>/stat`.
+ */
+export async function pause(child: ChildProcess, limitMs = 10000): Promise<void> {
+  const pid = child.pid;
+  if (pid === undefined || !child.kill("SIGSTOP")) throw new Error(`SIGSTOP to process ${pid} failed: it is gone`);
+  const deadline = Date.now() + limitMs;
+  for (;;) {
+    const stopped = threadsStopped(pid);
+    if (stopped === undefined) throw new Error(`process ${pid} is gone: it cannot be paused`);
+    if (stopped) return;
+    if (Date.now() > deadline) {
+      child.kill("SIGCONT");
+      throw new Error(`process ${pid} did not stop within ${limitMs} ms of SIGSTOP`);
+    }
+    await sleep(1);
+  }
+}
+
+/** SIGCONTs a child {@link pause} stopped (the kernel resumes every thread before `kill` returns). */
+export function resume(child: ChildProcess): void {
+  child.kill("SIGCONT");
+}
+
+/** Whether every live thread of `pid` is stopped; undefined if the process is gone. */
+function threadsStopped(pid: number): boolean | undefined {
+  let tasks: string[];
+  try {
+    tasks = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return undefined;
+  }
+  let any = false;
+  for (const tid of tasks) {
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+    } catch {
+      continue; // the thread exited meanwhile
+    }
+    // The state follows the command name, which is in parentheses and may hold them.
+    const state = stat.slice(stat.lastIndexOf(")") + 1).trimStart().charAt(0);
+    if (!state || !"TtZX".includes(state)) return false;
+    any = true;
+  }
+  return any;
 }
 
 /** A started child with a log file. */
