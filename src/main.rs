@@ -169,7 +169,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// `writ serve`: the daemon, until SIGTERM or SIGINT.
+/// `writ serve`: the daemon, until SIGTERM, SIGINT or SIGHUP.
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_watch(shutdown.clone()));
@@ -338,9 +338,14 @@ fn check_config(config: &Config) {
 
 async fn signal_watch(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    // SIGHUP too: its default action ends the process at once, mid-round.
+    // It comes when the terminal `writ serve` runs in goes away, or from the
+    // kernel to a stopped daemon whose process group is orphaned; writ has
+    // nothing to reload, so it drains and exits as on SIGTERM.
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         tracing::error!("cannot install signal handlers");
         return;
@@ -348,6 +353,7 @@ async fn signal_watch(shutdown: CancellationToken) {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
+        _ = hup.recv() => tracing::info!("SIGHUP received"),
     }
     shutdown.cancel();
 }

@@ -98,3 +98,52 @@ async fn sigterm_while_mongodb_is_down_ends_within_the_deadline_and_loses_nothin
     let _: () = redis::cmd("PING").query_async(&mut r).await.unwrap();
     assert_eq!(second.terminate(Duration::from_secs(20)), Some(0));
 }
+
+/// SIGHUP (the terminal `writ serve` ran in went away, or the kernel's
+/// SIGHUP to a stopped daemon in an orphaned process group) drains and exits
+/// as SIGTERM does, instead of ending the process mid-round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_drains_and_exits_like_sigterm() {
+    let env = TestEnv::start("shutdown_hup");
+    let dir = tempfile::tempdir().unwrap();
+    let o = Overrides::default();
+    let path = env.config_file_with(dir.path(), &o);
+    let mut first = DaemonProc::start(&path, dir.path(), "hup-1");
+    let writ = writ::Writ::connect(env.config_with(&o)).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let key = |i: i64| doc! {"symbol": format!("H{i}"), "strategyName": "hup", "exchangeName": "x"};
+    s.write(&key(0), &doc! {"i": 0_i64}).await.unwrap();
+    let mut tickets = Vec::new();
+    for i in 1..=30 {
+        tickets.push(s.submit(&key(i), &doc! {"i": i}).await.unwrap());
+    }
+    let code = first.stop_with("HUP", Duration::from_secs(20));
+    assert_eq!(
+        code,
+        Some(0),
+        "exit code after SIGHUP (None: the signal ended the process); log:\n{}",
+        first.log_text()
+    );
+    assert!(first.log_text().contains("SIGHUP received"));
+
+    // What the first daemon did not apply, the next one does.
+    let mut second = DaemonProc::start(&path, dir.path(), "hup-2");
+    for t in tickets {
+        t.wait_for(Duration::from_secs(60)).await.unwrap();
+    }
+    for i in 0..=30 {
+        assert_eq!(
+            s.read(&key(i)).await.unwrap(),
+            Some(doc! {"i": i}),
+            "write {i}"
+        );
+    }
+    // Started (its signal handlers in place) before it is stopped: the
+    // first daemon may have applied every write as it drained.
+    eventually(Duration::from_secs(20), "the second daemon to run", || {
+        let log = second.log_text();
+        async move { log.contains("writ serve is running").then_some(()) }
+    })
+    .await;
+    assert_eq!(second.terminate(Duration::from_secs(20)), Some(0));
+}

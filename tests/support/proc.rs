@@ -105,7 +105,13 @@ impl DaemonProc {
 
     /// SIGTERM and wait; returns the exit code.
     pub fn terminate(&mut self, limit: Duration) -> Option<i32> {
-        signal(self.pid(), "TERM");
+        self.stop_with("TERM", limit)
+    }
+
+    /// Sends `sig` (a name `kill` knows: TERM, HUP, ...) and waits for the
+    /// exit; returns the exit code (`None`: the signal ended the process).
+    pub fn stop_with(&mut self, sig: &str, limit: Duration) -> Option<i32> {
+        signal(self.pid(), sig);
         let start = Instant::now();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -113,7 +119,7 @@ impl DaemonProc {
             }
             if start.elapsed() > limit {
                 panic!(
-                    "writ serve did not exit within {limit:?} of SIGTERM; log:\n{}",
+                    "writ serve did not exit within {limit:?} of SIG{sig}; log:\n{}",
                     self.log_text()
                 );
             }
