@@ -16,7 +16,7 @@ import { join } from "node:path";
 
 import { bsonBuffer, WritClient } from "../src/client.js";
 import { resolveConfig, type WriteModeName } from "../src/config.js";
-import { WritConfigError, WritConnectionError, WritTimeoutError } from "../src/errors.js";
+import { RedisFullError, WritConfigError, WritConnectionError, WritTimeoutError } from "../src/errors.js";
 import { setup } from "../src/setup.js";
 import { toSortable } from "../src/version.js";
 import { FakeKit } from "./fakekit.js";
@@ -218,6 +218,36 @@ describe("Redis Cluster", () => {
     for (const t of tickets) assert.equal((await w.client.waitAck(t)).outcome, "applied");
     await w.kit.call("Signal", ctxs[0], "writeSignalData", { id: "via-adapter" });
     assert.deepEqual(await processWith("submit").kit.call("Signal", ctxs[0], "readSignalData"), { id: "via-adapter" });
+  }));
+
+  test("a Redis Cluster at its maxmemory refuses writes at once with RedisFullError, on both admission paths, and nothing is added", g(async () => {
+    const admins = env.cluster!.nodes.map((n) => new Redis(n.port, "127.0.0.1"));
+    try {
+      for (const extra of [{}, { minReplicasAcked: 1, replicaAckTimeoutMs: 2000 }]) {
+        const w = processWith("submit", extra);
+        const ctxs = contexts(w.client, `full${Object.keys(extra).length}`, 1);
+        // Connected to every master first.
+        for (const [symbol, strategyName, exchangeName] of ctxs) {
+          await w.client.submit(SIGNAL, { symbol, strategyName, exchangeName }, "put", { payload: 0 });
+        }
+        const before = await streamLengths();
+        for (const a of admins) await a.config("SET", "maxmemory", "1");
+        try {
+          for (const [symbol, strategyName, exchangeName] of ctxs) {
+            await assert.rejects(
+              w.client.submit(SIGNAL, { symbol, strategyName, exchangeName }, "put", { payload: 1 }),
+              (e: unknown) => e instanceof RedisFullError && /NOT accepted/.test(e.message) && /OOM/.test(e.reply),
+              JSON.stringify(extra),
+            );
+          }
+        } finally {
+          for (const a of admins) await a.config("SET", "maxmemory", "0");
+        }
+        assert.deepEqual(await streamLengths(), before, "nothing added");
+      }
+    } finally {
+      for (const a of admins) a.disconnect();
+    }
   }));
 
   test("minReplicasAcked 1: a client left on another partition count is refused at its next write, and nothing is added", g(async () => {
