@@ -85,16 +85,7 @@ async fn sigterm_while_mongodb_is_down_ends_within_the_deadline_and_loses_nothin
     // MongoDB back, a new daemon: every accepted write is applied and acked.
     proxy.heal();
     let mut second = DaemonProc::start(&path, dir.path(), "shutdown-2");
-    for t in tickets {
-        t.wait_for(Duration::from_secs(60)).await.unwrap();
-    }
-    for i in 1..=20 {
-        assert_eq!(
-            s.read(&key(i)).await.unwrap(),
-            Some(doc! {"i": i}),
-            "write {i}"
-        );
-    }
+    all_applied(tickets, &s, (1..=20).map(|i| (key(i), i))).await;
     let _: () = redis::cmd("PING").query_async(&mut r).await.unwrap();
     assert_eq!(second.terminate(Duration::from_secs(20)), Some(0));
 }
@@ -117,7 +108,7 @@ async fn sighup_drains_and_exits_like_sigterm() {
     for i in 1..=30 {
         tickets.push(s.submit(&key(i), &doc! {"i": i}).await.unwrap());
     }
-    let code = first.stop_with("HUP", Duration::from_secs(20));
+    let code = first.stop_with(libc::SIGHUP, Duration::from_secs(20));
     assert_eq!(
         code,
         Some(0),
@@ -128,16 +119,7 @@ async fn sighup_drains_and_exits_like_sigterm() {
 
     // What the first daemon did not apply, the next one does.
     let mut second = DaemonProc::start(&path, dir.path(), "hup-2");
-    for t in tickets {
-        t.wait_for(Duration::from_secs(60)).await.unwrap();
-    }
-    for i in 0..=30 {
-        assert_eq!(
-            s.read(&key(i)).await.unwrap(),
-            Some(doc! {"i": i}),
-            "write {i}"
-        );
-    }
+    all_applied(tickets, &s, (0..=30).map(|i| (key(i), i))).await;
     // Started (its signal handlers in place) before it is stopped: the
     // first daemon may have applied every write as it drained.
     eventually(Duration::from_secs(20), "the second daemon to run", || {
@@ -146,4 +128,22 @@ async fn sighup_drains_and_exits_like_sigterm() {
     })
     .await;
     assert_eq!(second.terminate(Duration::from_secs(20)), Some(0));
+}
+
+/// Waits for every ticket's ack, then reads each key back: `{"i": i}`.
+async fn all_applied(
+    tickets: Vec<writ::Ticket>,
+    s: &writ::Collection,
+    keys: impl Iterator<Item = (mongodb::bson::Document, i64)>,
+) {
+    for t in tickets {
+        t.wait_for(Duration::from_secs(60)).await.unwrap();
+    }
+    for (key, i) in keys {
+        assert_eq!(
+            s.read(&key).await.unwrap(),
+            Some(doc! {"i": i}),
+            "write {i}"
+        );
+    }
 }

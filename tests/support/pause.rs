@@ -19,7 +19,7 @@ const STOP_LIMIT: Duration = Duration::from_secs(10);
 
 /// SIGSTOPs `pid` and waits until every one of its threads has stopped.
 pub fn pause(pid: u32) {
-    send(pid, libc::SIGSTOP, "SIGSTOP");
+    signal(pid, libc::SIGSTOP);
     let start = Instant::now();
     loop {
         match stopped(pid) {
@@ -37,15 +37,16 @@ pub fn pause(pid: u32) {
 
 /// SIGCONTs `pid` (the kernel resumes every thread before `kill` returns).
 pub fn resume(pid: u32) {
-    send(pid, libc::SIGCONT, "SIGCONT");
+    signal(pid, libc::SIGCONT);
 }
 
-fn send(pid: u32, sig: libc::c_int, name: &str) {
+/// Sends signal `sig` to process `pid`.
+pub fn signal(pid: u32, sig: libc::c_int) {
     // SAFETY: kill(2) with a plain pid and signal number.
     let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
     assert!(
         rc == 0,
-        "{name} to process {pid} failed: {}",
+        "signal {sig} to process {pid} failed: {}",
         std::io::Error::last_os_error()
     );
 }

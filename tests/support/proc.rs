@@ -28,16 +28,6 @@ pub struct DaemonProc {
     pub name: String,
 }
 
-fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "kill -{sig} {pid} failed");
-}
-
 impl DaemonProc {
     /// Starts `writ serve` as consumer `name`, logging into `dir`.
     pub fn start(config: &Path, dir: &Path, name: &str) -> DaemonProc {
@@ -105,13 +95,13 @@ impl DaemonProc {
 
     /// SIGTERM and wait; returns the exit code.
     pub fn terminate(&mut self, limit: Duration) -> Option<i32> {
-        self.stop_with("TERM", limit)
+        self.stop_with(libc::SIGTERM, limit)
     }
 
-    /// Sends `sig` (a name `kill` knows: TERM, HUP, ...) and waits for the
-    /// exit; returns the exit code (`None`: the signal ended the process).
-    pub fn stop_with(&mut self, sig: &str, limit: Duration) -> Option<i32> {
-        signal(self.pid(), sig);
+    /// Sends signal `sig` (`libc::SIGTERM`, ...) and waits for the exit;
+    /// returns the exit code (`None`: the signal ended the process).
+    pub fn stop_with(&mut self, sig: libc::c_int, limit: Duration) -> Option<i32> {
+        super::pause::signal(self.pid(), sig);
         let start = Instant::now();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -119,7 +109,7 @@ impl DaemonProc {
             }
             if start.elapsed() > limit {
                 panic!(
-                    "writ serve did not exit within {limit:?} of SIG{sig}; log:\n{}",
+                    "writ serve did not exit within {limit:?} of signal {sig}; log:\n{}",
                     self.log_text()
                 );
             }
