@@ -383,6 +383,72 @@ async fn a_writer_left_on_another_count_is_refused_at_its_next_write() {
     daemon.stop().await;
 }
 
+/// A read refused for its count: both counts named, and what to do.
+fn assert_read_refused(r: writ::Result<impl std::fmt::Debug>, recorded: u32, configured: u32) {
+    let e = r.expect_err("a read with another partition count was answered");
+    assert!(matches!(e, Error::Config(_)), "{e:?}");
+    let text = e.to_string();
+    assert!(
+        text.contains("read was refused")
+            && text.contains(&format!("records {recorded} partitions"))
+            && text.contains(&format!("redis.partitions = {configured}"))
+            && text.contains(&format!("restart it with redis.partitions = {recorded}")),
+        "{text}"
+    );
+}
+
+/// A process that only reads, left running on the old count after a change
+/// of the count: cache entries are named by partition, so it would read the
+/// old count's entry of a key, which no daemon updates any more, and answer
+/// a value older than an acknowledged write. Its next read is refused
+/// instead, naming both counts, as a writer's next write is: each read
+/// checks the count its keys' partitions record, in the same round trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_left_on_another_count_is_refused_at_its_next_read() {
+    use writ::partition_count::Changed;
+    let env = TestEnv::start("partition_count_reader");
+    let four = with_partitions(&env, 4);
+    let two = with_partitions(&env, 2);
+    // Keys in partitions 3 and 0 under four; under two, 1 and 0.
+    let moved = (0..)
+        .map(|i| format!("M{i}"))
+        .find(|n| partition_of(&four, n) == 3)
+        .unwrap();
+    let kept = name_in(&four, 0);
+
+    let daemon = Daemon::start(four.clone());
+    let writer = Writ::connect(four.clone()).await.unwrap();
+    let w = writer.collection("signal").unwrap();
+    w.write(&key(&moved), &doc! {"n": 1}).await.unwrap();
+    w.write(&key(&kept), &doc! {"n": 1}).await.unwrap();
+    daemon.stop().await;
+    drop(writer);
+    let reader = Writ::connect(four.clone()).await.unwrap();
+    let r = reader.collection("signal").unwrap();
+    assert_eq!(r.read(&key(&moved)).await.unwrap(), Some(doc! {"n": 1}));
+
+    // The count changes from 4 to 2 while `reader` runs, and a writer on the
+    // new count overwrites both keys, acknowledged.
+    assert_eq!(change(&two).await.unwrap(), Changed::From(Some(4)));
+    let daemon = Daemon::start(two.clone());
+    let new = Writ::connect(two.clone()).await.unwrap();
+    let s = new.collection("signal").unwrap();
+    s.write(&key(&moved), &doc! {"n": 2}).await.unwrap();
+    s.write(&key(&kept), &doc! {"n": 2}).await.unwrap();
+
+    // Every read of the old-count reader is refused, in any partition; none
+    // answers the old value.
+    assert_read_refused(r.read(&key(&moved)).await, 2, 4);
+    assert_read_refused(r.read(&key(&kept)).await, 2, 4);
+    assert_read_refused(r.read_many(&[key(&kept), key(&moved)]).await, 2, 4);
+    assert_read_refused(r.has(&key(&moved)).await, 2, 4);
+    // Processes on the new count read the acknowledged values.
+    for name in [&moved, &kept] {
+        assert_eq!(s.read(&key(name)).await.unwrap(), Some(doc! {"n": 2}));
+    }
+    daemon.stop().await;
+}
+
 /// A key of `signal` in partition `p` under `config`'s count.
 fn name_in(config: &Config, p: u32) -> String {
     (0..)

@@ -352,10 +352,24 @@ impl Cache {
 
     /// Reads many entries in one pipelined round trip; `None` for a miss.
     pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Cached>>> {
+        Ok(self.get_many_counted(keys, &[]).await?.0)
+    }
+
+    /// [`Cache::get_many`], and in the same round trip the partition count
+    /// that each of `metas` (partition meta hashes, `<ns>:{p<N>}:meta`)
+    /// records: `None` where none is, or where it is not a positive number
+    /// (as admission reads it: `src/lua/admit.lua`). A meta hash shares its
+    /// partition's hash tag with the partition's cache entries, so on Redis
+    /// Cluster it rides in their pipeline, to the same node.
+    pub async fn get_many_counted(
+        &self,
+        keys: &[String],
+        metas: &[String],
+    ) -> Result<(Vec<Option<Cached>>, Vec<Option<u32>>)> {
         if keys.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
-        let cmds = keys
+        let mut cmds: Vec<(String, redis::Cmd)> = keys
             .iter()
             .map(|key| {
                 let mut cmd = redis::cmd("HMGET");
@@ -363,9 +377,16 @@ impl Cache {
                 (key.clone(), cmd)
             })
             .collect();
+        cmds.extend(metas.iter().map(|meta| {
+            let mut cmd = redis::cmd("HGET");
+            cmd.arg(meta).arg(crate::partition_count::FIELD);
+            (meta.clone(), cmd)
+        }));
         type Raw = (Option<String>, Option<Vec<u8>>, Option<String>);
-        let replies = self.conn.query_by_slot(cmds).await?;
-        keys.iter()
+        let mut replies = self.conn.query_by_slot(cmds).await?;
+        let counts = replies.split_off(keys.len());
+        let cached = keys
+            .iter()
             .zip(replies)
             .map(|(key, reply)| match reply {
                 Ok(v) => parse(
@@ -378,7 +399,20 @@ impl Cache {
                 }
                 Err(e) => Err(e.into()),
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        let counts = counts
+            .into_iter()
+            .map(|reply| match reply {
+                Ok(v) => Ok(redis::from_redis_value::<Option<String>>(v)
+                    .ok()
+                    .flatten()
+                    .as_deref()
+                    .and_then(crate::partition_count::parse)),
+                Err(e) if crate::redis_conn::is_wrong_type(&e) => Ok(None),
+                Err(e) => Err(e.into()),
+            })
+            .collect::<Result<_>>()?;
+        Ok((cached, counts))
     }
 }
 

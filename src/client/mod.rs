@@ -301,6 +301,9 @@ impl Collection {
     }
 
     /// Reads `key` with its version (see [`Record`]); `None` if never written.
+    /// Refused ([`Error::Config`]) when the key's partition records another
+    /// partition count than this handle's: the count was changed while it
+    /// ran, and the cache entries it would read are no longer updated.
     pub async fn read_record(&self, key: &Document) -> Result<Option<Record>> {
         let key = self.key(key)?;
         let inner = self.inner();
@@ -315,7 +318,7 @@ impl Collection {
             .get(&id)
             .cloned()
             .unwrap_or_default();
-        let mut cached = inner.cache.get(&cache_key).await?;
+        let mut cached = inner.cached_one(p, &cache_key).await?;
         if let Some(newest) = pending.keys().next_back().copied() {
             if let Some(c) = cached.as_ref().filter(|c| c.version >= newest) {
                 // The copies of their ack receivers go first: `forget` drops
@@ -340,7 +343,7 @@ impl Collection {
                             .await? => {}
                     other => other?,
                 }
-                cached = inner.cache.get(&cache_key).await?;
+                cached = inner.cached_one(p, &cache_key).await?;
             }
         }
         if let Some(c) = cached {

@@ -74,7 +74,7 @@ impl Inner {
         cache_key: &str,
         writes: impl IntoIterator<Item = (Version, Pending)>,
     ) -> Result<bool> {
-        let committed = self.cache.get(cache_key).await?.map(|c| c.version);
+        let committed = self.cached_one(p, cache_key).await?.map(|c| c.version);
         let mut writes: Vec<(Version, Pending)> = writes
             .into_iter()
             .filter(|(_, w)| w.state.borrow().is_none())

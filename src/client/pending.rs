@@ -89,11 +89,16 @@ impl Collection {
             return Ok(());
         }
         let partition = |id: &KeyId| protocol::partition_of(&id.0, &id.1, inner.config.partitions);
-        let entries: Vec<String> = pending
+        let entries: Vec<(u32, String)> = pending
             .iter()
-            .map(|(id, _)| inner.names.cache(partition(id), &id.0, &id.1))
+            .map(|(id, _)| {
+                (
+                    partition(id),
+                    inner.names.cache(partition(id), &id.0, &id.1),
+                )
+            })
             .collect();
-        let cached = inner.cache.get_many(&entries).await?;
+        let cached = inner.cached(&entries).await?;
         let mut wait = Vec::new();
         for ((id, writes), c) in pending.into_iter().zip(cached) {
             let newest = *writes.keys().next_back().expect("not empty");

@@ -1,7 +1,9 @@
 //! The reads backtest-kit's adapters need beyond one key: many keys in one
 //! round trip (a candle range) and the live documents under a key prefix (a
 //! bucket's measures, a `backtest` flag's storage rows, the log).
-//! Also the cache fill after a read-through, which the one-key read shares.
+//! Also the cache fill after a read-through, which the one-key read shares,
+//! and the cache read every read starts with, which checks the partition
+//! count as admission does.
 
 use std::collections::HashMap;
 
@@ -9,10 +11,50 @@ use mongodb::bson::Document;
 
 use super::{payload_of, Collection};
 use crate::apply::{doc_version, is_tombstone, key_fields};
+use crate::cache::Cached;
 use crate::error::{Error, Result};
 use crate::protocol::{Key, Reject, RejectReason, Version};
 
 impl super::Inner {
+    /// The cache entries of `entries` (each with its partition) in one
+    /// round trip, refused ([`Error::Config`]) when one of their partitions
+    /// records another partition count than this handle's. A reader left
+    /// running on the old count after `writ partitions --set` would read
+    /// entries named by the old count, which no daemon updates any more, and
+    /// answer a value older than an acknowledged write: so each read checks
+    /// the count the partitions' meta hashes record, as each admission does
+    /// (`src/lua/admit.lua`). A partition with no count recorded is not
+    /// checked.
+    pub(super) async fn cached(&self, entries: &[(u32, String)]) -> Result<Vec<Option<Cached>>> {
+        let mut ps: Vec<u32> = entries.iter().map(|(p, _)| *p).collect();
+        ps.sort_unstable();
+        ps.dedup();
+        let metas: Vec<String> = ps.iter().map(|&p| self.names.meta(p)).collect();
+        let keys: Vec<String> = entries.iter().map(|(_, k)| k.clone()).collect();
+        let (cached, counts) = self.cache.get_many_counted(&keys, &metas).await?;
+        let configured = self.config.partitions;
+        let other = ps.iter().zip(counts).find_map(|(&p, c)| {
+            c.filter(|&recorded| recorded != configured)
+                .map(|recorded| (p, recorded))
+        });
+        if let Some((p, recorded)) = other {
+            return Err(Error::Config(format!(
+                "the read was refused: the namespace now records {recorded} partitions \
+                 (partition {p}'s meta hash), and this process is configured with \
+                 redis.partitions = {configured}; it would read cache entries no daemon \
+                 updates any more, older than acknowledged writes. The count was changed \
+                 (`writ partitions --set`) while this process ran: restart it with \
+                 redis.partitions = {recorded} (Node: WRIT_PARTITIONS)"
+            )));
+        }
+        Ok(cached)
+    }
+
+    /// [`Inner::cached`] for one entry, in partition `p`.
+    pub(super) async fn cached_one(&self, p: u32, key: &str) -> Result<Option<Cached>> {
+        Ok(self.cached(&[(p, key.to_string())]).await?.pop().flatten())
+    }
+
     /// Fills the cache after a read-through (compare-and-set, never
     /// backwards). Only a shortcut for later reads: if Redis refuses it (at
     /// its `maxmemory`, say), the read still answers from MongoDB, which
@@ -51,14 +93,14 @@ impl Collection {
                 .map(|k| latest.contains_key(&(self.coll.name.clone(), k.canonical())))
                 .collect()
         };
-        let entries: Vec<String> = keys
+        let entries: Vec<(u32, String)> = keys
             .iter()
             .map(|k| {
                 let p = k.partition(&self.coll.name, inner.config.partitions);
-                inner.names.cache(p, &self.coll.name, &k.canonical())
+                (p, inner.names.cache(p, &self.coll.name, &k.canonical()))
             })
             .collect();
-        let cached = inner.cache.get_many(&entries).await?;
+        let cached = inner.cached(&entries).await?;
         let mut out: Vec<Option<Option<Document>>> = Vec::with_capacity(keys.len());
         let mut misses = Vec::new();
         for (i, c) in cached.into_iter().enumerate() {
@@ -87,7 +129,7 @@ impl Collection {
                 let doc = by_key.get(&keys[i].canonical());
                 if let Some(doc) = doc {
                     let version = doc_version(doc).unwrap_or_default();
-                    inner.fill(&entries[i], version, doc).await;
+                    inner.fill(&entries[i].1, version, doc).await;
                 }
                 out[i] = Some(doc.and_then(|d| payload_of(&self.coll, d)));
             }

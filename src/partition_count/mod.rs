@@ -101,7 +101,8 @@ pub async fn recorded(conn: &mut Conn, names: &Names) -> Result<Option<u32>> {
     Ok(v.as_deref().and_then(parse))
 }
 
-fn parse(v: &str) -> Option<u32> {
+/// A recorded count: a positive number (anything else reads as none).
+pub fn parse(v: &str) -> Option<u32> {
     v.parse().ok().filter(|&n| n > 0)
 }
 

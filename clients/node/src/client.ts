@@ -162,6 +162,12 @@ function foreignAsMiss(e: unknown): Hmget {
 /** The miss {@link foreignAsMiss} answers: compared by identity. */
 const FOREIGN: Hmget = [null, null, null];
 
+/** A meta hash that is not a hash (another program's key) records no partition count. */
+function wrongTypeAsNone(e: unknown): null {
+  if (isReplyError(e) && errMessage(e).startsWith("WRONGTYPE")) return null;
+  throw e;
+}
+
 /** Longest close() waits for a clean QUIT or for the ack loop to end. */
 const CLOSE_WAIT_MS = 1000;
 
@@ -1175,13 +1181,6 @@ export class WritClient {
   }
 
   /**
-   * The cache entries of `keys` (HMGET v doc gone each). One server: one
-   * auto-pipelined round trip. Cluster: one pipeline per slot, all sent at
-   * once; each pipeline's HMGETs share one slot, so a MOVED or ASK redirects
-   * it whole (ioredis retries a read-only pipeline whose commands all got the
-   * same redirection).
-   */
-  /**
    * A Redis read, bounded by readTimeoutMs: a Redis that stops answering (a
    * pause, a stall), or an ioredis Cluster with no node reachable (it holds
    * commands until one is), must not hang a read or a list for good.
@@ -1199,40 +1198,90 @@ export class WritClient {
     return this.redisRead(this.hmgetUnbounded(keys), "a cache read");
   }
 
+  /**
+   * The cache entries of `keys` (HMGET v doc gone each), and the partition count their
+   * partitions record, checked ({@link checkReadCount}). One server: one auto-pipelined round
+   * trip. Cluster: one pipeline per slot, all sent at once; each pipeline's commands share one
+   * slot, so a MOVED or ASK redirects it whole (ioredis retries a read-only pipeline whose
+   * commands all got the same redirection).
+   */
   private async hmgetUnbounded(keys: ResolvedKey[]): Promise<Hmget[]> {
     const names = keys.map((k) => this.names.cache(k.partition, k.spec.name, k.canonical));
+    // The partition count each of the keys' partitions records, read in the same round trip
+    // (a meta hash shares its partition's hash tag, so its slot, with the partition's entries).
+    const parts = [...new Set(keys.map((k) => k.partition))];
+    const metas = parts.map((p) => this.names.meta(p));
+    let cached: Hmget[];
+    let counts: (string | null)[];
     try {
       if (!(this.redis instanceof Cluster) || names.length === 1) {
-        return await Promise.all(
-          names.map((n) => (this.redis.hmgetBuffer(n, "v", "doc", "gone") as Promise<Hmget>).catch(foreignAsMiss)),
-        );
+        [cached, counts] = await Promise.all([
+          Promise.all(names.map((n) => (this.redis.hmgetBuffer(n, "v", "doc", "gone") as Promise<Hmget>).catch(foreignAsMiss))),
+          Promise.all(metas.map((m) => this.redis.hget(m, "partitions").catch(wrongTypeAsNone))),
+        ]);
+      } else {
+        [cached, counts] = await this.hmgetBySlot(names, metas);
       }
-      const bySlot = new Map<number, number[]>();
-      names.forEach((n, i) => {
-        const slot = calculateSlot(n);
-        const at = bySlot.get(slot);
-        if (at) at.push(i);
-        else bySlot.set(slot, [i]);
-      });
-      const out: Hmget[] = new Array(names.length);
-      await Promise.all(
-        [...bySlot.values()].map(async (at) => {
-          const p = this.redis.pipeline();
-          for (const i of at) p.hmgetBuffer(names[i], "v", "doc", "gone");
-          const res = (await p.exec()) ?? [];
-          at.forEach((i, j) => {
-            const [err, v] = res[j] ?? [new Error("no reply"), null];
-            out[i] = err ? foreignAsMiss(err) : (v as Hmget);
-          });
-        }),
-      );
-      return out;
     } catch (e) {
       throw new WritConnectionError(
         `cannot read the writ cache in Redis at ${redactUrls(this.config.redisUrl)}: ${errMessage(e)}${this.clusterHint(errMessage(e))}`,
         { cause: e },
       );
     }
+    this.checkReadCount(keys[0].spec.name, parts, counts);
+    return cached;
+  }
+
+  /** {@link hmgetUnbounded} on a cluster: one pipeline per slot, all sent at once. */
+  private async hmgetBySlot(names: string[], metas: string[]): Promise<[Hmget[], (string | null)[]]> {
+    const all = [...names, ...metas];
+    const bySlot = new Map<number, number[]>();
+    all.forEach((n, i) => {
+      const slot = calculateSlot(n);
+      const at = bySlot.get(slot);
+      if (at) at.push(i);
+      else bySlot.set(slot, [i]);
+    });
+    const out: unknown[] = new Array(all.length);
+    await Promise.all(
+      [...bySlot.values()].map(async (at) => {
+        const p = this.redis.pipeline();
+        for (const i of at) {
+          if (i < names.length) p.hmgetBuffer(all[i], "v", "doc", "gone");
+          else p.hget(all[i], "partitions");
+        }
+        const res = (await p.exec()) ?? [];
+        at.forEach((i, j) => {
+          const [err, v] = res[j] ?? [new Error("no reply"), null];
+          if (i < names.length) out[i] = err ? foreignAsMiss(err) : (v as Hmget);
+          else out[i] = err ? wrongTypeAsNone(err) : (v as string | null);
+        });
+      }),
+    );
+    return [out.slice(0, names.length) as Hmget[], out.slice(names.length) as (string | null)[]];
+  }
+
+  /**
+   * Refuses a read when one of its keys' partitions records another partition count than this
+   * client's (`counts[i]` is what partition `parts[i]`'s meta hash records). A reader left running
+   * on the old count after `writ partitions --set` would read cache entries named by the old
+   * count, which no daemon updates any more, and answer a value older than an acknowledged write.
+   * A partition with no count recorded (or one that is not a positive number) is not checked, as
+   * at admission.
+   */
+  private checkReadCount(collection: string, parts: number[], counts: (string | null)[]): void {
+    const configured = this.config.partitions;
+    parts.forEach((p, i) => {
+      const v = counts[i];
+      const recorded = v !== null && /^[0-9]+$/.test(v) ? Number(v) : 0;
+      if (recorded <= 0 || recorded === configured) return;
+      throw new WritConfigError(
+        `the read of ${collection} was refused: namespace "${this.config.namespace}" now records ${recorded} partitions ` +
+          `(partition ${p}'s meta hash) and this client is configured with partitions = ${configured}; it would read ` +
+          `cache entries no daemon updates any more, older than acknowledged writes. The count was changed ` +
+          `(\`writ partitions --set\`) while this process ran: restart it with partitions: ${recorded} (WRIT_PARTITIONS=${recorded})`,
+      );
+    });
   }
 
   /**

@@ -1274,6 +1274,38 @@ describe("core", () => {
     }
   }));
 
+  test("a reader left on another partition count after a change is refused at its next read, instead of answering an old value", g(async () => {
+    const ns = `${env.name}_rerecount`;
+    const names = new Names(ns);
+    const key = { k: "reread", n: 1 };
+    const canonical = canonicalKey(KV, key);
+    const old = client({ namespace: ns, partitions: 3 });
+    await old.ready();
+    const redis = new Redis(env.redisUrl);
+    try {
+      // The key's cache entry under 3 partitions, as the daemon leaves it: version 1 holds n = 1.
+      const entry = names.cache(partitionOf(KV.name, canonical, 3), KV.name, canonical);
+      const doc = { k: "reread", n: 1, payload: { n: 1 } };
+      await redis.hset(entry, "v", toSortable("1-0"), "doc", Buffer.from(serialize(doc)));
+      assert.deepEqual((await old.read(KV.name, key))?.payload, { n: 1 });
+      // The count changes to 2 (the meta hashes as `writ partitions --set` leaves them;
+      // tests/partition_count.rs runs the command), and a daemon on 2 partitions applies a newer
+      // write to the key's entry under 2: the entry under 3 is never updated again.
+      for (let p = 0; p < 3; p++) await redis.hset(names.meta(p), "partitions", "2");
+      const refused = (e: unknown) =>
+        e instanceof WritConfigError &&
+        e.message.includes(`read of ${KV.name} was refused`) &&
+        e.message.includes("records 2 partitions") &&
+        e.message.includes("configured with partitions = 3") &&
+        e.message.includes("WRIT_PARTITIONS=2");
+      await assert.rejects(old.read(KV.name, key), refused);
+      await assert.rejects(old.readMany(KV.name, [key, { k: "other", n: 2 }]), refused);
+      await assert.rejects(old.readRecord(KV.name, { k: "other", n: 3 }), refused, "a key of any partition");
+    } finally {
+      redis.disconnect();
+    }
+  }));
+
   test("an unreachable Redis fails with WritConnectionError naming the URL", g(async () => {
     const port = 1; // nothing listens on port 1
     const c = client({ redisUrl: `redis://127.0.0.1:${port}` });
