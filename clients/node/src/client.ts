@@ -1109,8 +1109,8 @@ export class WritClient {
    * `stored`, in order) are applied over it, as the daemon applies them
    * (src/apply/document.rs): a `replace` put sets its fields (the `fields`
    * layout keeps the stored fields it does not send, and drops `removed`
-   * unless it sends it), an `insert_once` put only creates a missing key, a
-   * remove sets `removed: true`.
+   * unless it sends it), an `insert_once` put only creates a missing key (a
+   * hard-deleted key's tombstone is not missing), a remove sets `removed: true`.
    */
   private fromOverlay(k: ResolvedKey, stored: StoredRecord | null, list: PendingWrite[]): StoredRecord {
     const base: Document = keyFilter(k.spec, k.values);
@@ -1124,7 +1124,10 @@ export class WritClient {
         changed = true;
         continue;
       }
-      if (k.spec.mode === "insert_once" && doc) continue; // the first write wins
+      // The first write wins. Any stored document counts, a hard delete's
+      // tombstone too (`stored` that does not exist): the daemon's
+      // $setOnInsert leaves it as it is, so the key stays deleted.
+      if (k.spec.mode === "insert_once" && (doc || stored)) continue;
       changed = true;
       const fields = deserialize(w.doc!);
       if (fieldsLayout) {
@@ -1155,7 +1158,11 @@ export class WritClient {
    */
   private merge(k: ResolvedKey, stored: StoredRecord | null, snapshot: PendingWrite[] | undefined): StoredRecord | null {
     if (stored) this.pruneOverlay(k.id, stored.version);
-    const newer = snapshot?.filter((w) => w.version !== undefined && (!stored || w.version > stored.version));
+    // A write refused while the read was out (its dead letter or loss settled
+    // after the snapshot) is left out: it will never be stored.
+    const newer = snapshot?.filter(
+      (w) => w.version !== undefined && !(w.result && notStored(w.result)) && (!stored || w.version > stored.version),
+    );
     if (!newer || !newer.length) return stored;
     return this.fromOverlay(k, stored, newer);
   }

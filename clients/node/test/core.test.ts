@@ -154,6 +154,55 @@ describe("core", () => {
     assert.equal(doc!.payload.v, "first");
   }));
 
+  test("insert_once: a pending put over a hard-deleted key's tombstone reads as deleted, as the daemon leaves it", g(async () => {
+    // The tombstone another process's hard delete leaves (the Node package has no hard delete).
+    const coll = mongo.db(env.name).collection(ONCE.name);
+    await coll.insertOne({ k: "once-gone", n: 1, removed: true, _writ: { v: toSortable("5-0"), at: new Date(), deleted: true } });
+    const a = client({ mode: "submit" });
+    await a.ready();
+    const key = { k: "once-gone", n: 1 };
+    const daemon = env.writ!.proc.child;
+    let pending: unknown;
+    await pause(daemon);
+    try {
+      await a.write(ONCE.name, key, "put", { v: "x" });
+      pending = await a.read(ONCE.name, key);
+    } finally {
+      resume(daemon);
+    }
+    await a.flush();
+    assert.equal(pending, null, "the pending put does not bring the key back");
+    assert.equal(await a.read(ONCE.name, key), null);
+    assert.equal(await client().read(ONCE.name, key), null, "the daemon left it deleted");
+  }));
+
+  test("a read does not answer a write of this process that was refused while the read was out", g(async () => {
+    const errors: WritError[] = [];
+    const c = client({ mode: "submit", onError: (e: WritError) => errors.push(e) });
+    await c.ready();
+    const key = { k: "refused-mid-read" };
+    const daemon = env.writ!.proc.child;
+    await pause(daemon);
+    let t: Ticket;
+    try {
+      t = await c.write(UNKNOWN.name, key, "put", { a: 1 });
+    } catch (e) {
+      resume(daemon);
+      throw e;
+    }
+    // The cache read lets the daemon go and returns only once the write is dead-lettered.
+    const inner = c as unknown as { hmget: (keys: unknown[]) => Promise<unknown> };
+    const hmget = inner.hmget.bind(c);
+    inner.hmget = async (keys: unknown[]) => {
+      resume(daemon);
+      assert.equal((await t.acked).outcome, "dead_lettered");
+      return hmget(keys);
+    };
+    const r = await c.readRecord(UNKNOWN.name, key);
+    assert.equal(r, null, `the refused write is not read: ${JSON.stringify(r)}`);
+    assert.equal(errors.length, 1, "reported to onError");
+  }));
+
   test("the overlay applies pending writes over what is stored, as the daemon will", g(async () => {
     const a = client({ mode: "submit" });
     const fields = { k: "ovl-fields", n: 1 };
