@@ -343,6 +343,88 @@ async fn a_read_does_not_wait_for_an_older_lost_ack_once_a_newer_write_is_acked(
     assert_eq!(got, Some(doc! {"v": 2}));
 }
 
+/// A list waits for each key's pending writes newest first, as a read does:
+/// once the newest is acked committed, an older write whose ack was lost is
+/// not waited for (before, the list waited for them oldest first, and so
+/// waited out `client.read_timeout_ms` on the older one, here a minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_does_not_wait_for_an_older_lost_ack_once_a_newer_write_is_acked() {
+    let env = TestEnv::start("newest_first_list");
+    let o = Overrides {
+        client: "read_timeout_ms = 60000",
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let key = doc! {"symbol": "NEWEST", "strategyName": "list", "exchangeName": "x"};
+    // No daemon: its steps by hand. Two writes of the key, requests "1" and "2".
+    let older = s.submit(&key, &doc! {"v": 1}).await.unwrap().version();
+    let newer = s.submit(&key, &doc! {"v": 2}).await.unwrap().version();
+    let entry = cache_entry(&config, &key);
+    let cache = writ::cache::Cache::new(env.redis().await);
+    // The older write is applied and cached; its ack is lost (never sent).
+    assert!(cache
+        .put_if_newer(&entry, older, Some(&stored(&key, 1, older)))
+        .await
+        .unwrap());
+    let list = tokio::spawn({
+        let s = s.clone();
+        async move { s.values().await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The newer one is applied (in MongoDB too), cached and acked.
+    env.mongo_db()
+        .await
+        .collection::<mongodb::bson::Document>("signal")
+        .insert_one(stored(&key, 2, newer))
+        .await
+        .unwrap();
+    assert!(cache
+        .put_if_newer(&entry, newer, Some(&stored(&key, 2, newer)))
+        .await
+        .unwrap());
+    send_applied_ack(&env, &writ, "2", newer).await;
+    let got = tokio::time::timeout(std::time::Duration::from_secs(20), list)
+        .await
+        .expect("the list waited for the older write's lost ack")
+        .unwrap()
+        .unwrap();
+    let payloads: Vec<_> = got.into_iter().map(|(_, payload)| payload).collect();
+    assert_eq!(payloads, vec![doc! {"v": 2}]);
+}
+
+/// `read_many` reads its keys that have writes of this handle pending all at
+/// once: each waits at most `client.read_timeout_ms` before it looks at the
+/// streams, and so does the call (before, it read them one after another:
+/// here five keys whose acks were lost, five waits of 4 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_many_waits_for_its_pending_keys_together() {
+    let env = TestEnv::start("read_many_pending");
+    let timeout = std::time::Duration::from_millis(4000);
+    let o = Overrides {
+        client: "read_timeout_ms = 4000",
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let names = ["RM0", "RM1", "RM2", "RM3", "RM4"];
+    let daemon = applied_then_dead_lettered(&env, &config, &writ, &names).await;
+    let s = writ.collection("signal").unwrap();
+    let keys: Vec<_> = names.iter().map(|n| dl_signal(n)).collect();
+    let start = std::time::Instant::now();
+    let got = s.read_many(&keys).await.unwrap();
+    let took = start.elapsed();
+    assert_eq!(got, vec![Some(doc! {"v": 1}); names.len()]);
+    assert_eq!(writ.unacked(), 0, "every write settled");
+    assert!(
+        took < timeout * 3,
+        "read_many took {took:?} for {} keys with a {timeout:?} read timeout each",
+        names.len()
+    );
+    daemon.stop().await;
+}
+
 /// A read whose wait for its key's pending writes timed out looks at the
 /// streams in id order, and stops at the first write the daemon is not done
 /// with: it cannot be done with any later one either. With no daemon, a key

@@ -110,12 +110,14 @@ impl Collection {
                 _ => wait.push((id, writes)),
             }
         }
-        let states: Vec<AckState> = wait
+        // Each key's writes newest first, as a read waits for them: once the
+        // newest is committed, an older write whose ack was lost is not waited for.
+        let keys: Vec<Vec<AckState>> = wait
             .iter()
-            .flat_map(|(_, m)| m.values().map(|p| p.state.clone()))
+            .map(|(_, m)| m.values().rev().map(|p| p.state.clone()).collect())
             .collect();
-        let waited = wait_all(
-            states,
+        let waited = wait_keys(
+            keys,
             inner.config.read_timeout,
             "this client's pending writes before listing",
         )
@@ -145,22 +147,25 @@ impl Collection {
     }
 }
 
-/// Waits for every ack, all within one `timeout`.
-pub(super) async fn wait_all(
-    pending: impl IntoIterator<Item = AckState>,
+/// Waits for the pending writes of every key of `keys` (each newest first:
+/// [`wait_key`]), all within one `timeout`.
+pub(super) async fn wait_keys(
+    keys: Vec<Vec<AckState>>,
     timeout: std::time::Duration,
     what: &'static str,
 ) -> Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
-    for rx in pending {
+    for newest_first in keys {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        wait_ack(rx, left, what).await.map_err(|e| match e {
-            Error::Timeout { .. } => Error::Timeout {
-                after: timeout,
-                what,
-            },
-            other => other,
-        })?;
+        wait_key(newest_first, left, what)
+            .await
+            .map_err(|e| match e {
+                Error::Timeout { .. } => Error::Timeout {
+                    after: timeout,
+                    what,
+                },
+                other => other,
+            })?;
     }
     Ok(())
 }

@@ -83,7 +83,9 @@ impl Collection {
     /// Reads many keys: the cache in one pipelined round trip, every miss
     /// through one MongoDB query (then cached by compare-and-set). A key with
     /// a write of this handle still pending is read as [`Collection::read`]
-    /// does (it waits for that write). `None` marks an absent key.
+    /// does (it waits for that write; all such keys together, so the call
+    /// waits about `client.read_timeout_ms` at most, not that per key).
+    /// `None` marks an absent key.
     pub async fn read_many(&self, keys: &[Document]) -> Result<Vec<Option<Document>>> {
         let inner = self.inner();
         let keys: Vec<Key> = keys.iter().map(|k| self.key(k)).collect::<Result<_>>()?;
@@ -103,9 +105,19 @@ impl Collection {
         let cached = inner.cached(&entries).await?;
         let mut out: Vec<Option<Option<Document>>> = Vec::with_capacity(keys.len());
         let mut misses = Vec::new();
+        // Keys with a write of this handle pending are read as `read` does,
+        // all at once: each waits at most `client.read_timeout_ms` (and a
+        // look at the streams), so the call does too, not that per key.
+        let waited: Vec<usize> = (0..keys.len()).filter(|&i| pending[i]).collect();
+        let mut waited = futures::future::try_join_all(waited.iter().map(|&i| {
+            let key = keys[i].to_document();
+            async move { self.read(&key).await }
+        }))
+        .await?
+        .into_iter();
         for (i, c) in cached.into_iter().enumerate() {
             if pending[i] {
-                out.push(Some(self.read(&keys[i].to_document()).await?));
+                out.push(Some(waited.next().expect("one read per pending key")));
                 continue;
             }
             match c {
