@@ -592,6 +592,74 @@ async fn a_write_whose_entry_and_cache_entry_are_gone_is_settled_applied_from_mo
     );
 }
 
+/// A write whose ack and entry are lost while the cache holds an older
+/// version of its key (a failover that lost everything from the write's
+/// entry on, the daemon's cache update with it) was applied: MongoDB holds
+/// its version. The read that settles it applied from MongoDB also caches
+/// MongoDB's document, so neither it nor a later read by anyone answers the
+/// older value. Before, the read settled the write applied and then answered
+/// the cache's older value, as every reader did until the key was written again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_settled_applied_from_mongodb_is_not_read_older_from_the_cache() {
+    let (env, config, writ) = handle_with("lost_older_cache", "read_timeout_ms = 300").await;
+    let s = writ.collection("signal").unwrap();
+    let key = doc! {"symbol": "OLDER", "strategyName": "dl", "exchangeName": "x"};
+    let daemon = Daemon::start(config.clone());
+    let first = s.write(&key, &doc! {"v": 0}).await.unwrap();
+    let entry = cache_entry(&config, &key);
+    let mut r = env.redis().await;
+    // The cache entry of version `first`, as the daemon wrote it.
+    let (v0, doc0): (String, Vec<u8>) = redis::cmd("HMGET")
+        .arg(&entry)
+        .arg("v")
+        .arg("doc")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(writ::protocol::Version::from_sortable(&v0), Some(first));
+    block_acks(&env, &writ).await;
+    let ticket = s.submit(&key, &doc! {"v": 1}).await.unwrap();
+    support::eventually(
+        std::time::Duration::from_secs(30),
+        "the second write to be cached",
+        || {
+            let (config, key) = (config.clone(), key.clone());
+            async move {
+                let r = writ::Writ::connect(config).await.ok()?;
+                let got = r.collection("signal").ok()?.read(&key).await.ok()?;
+                (got == Some(doc! {"v": 1})).then_some(())
+            }
+        },
+    )
+    .await;
+    daemon.stop().await;
+    // The failover: the entry gone, and the cache back at the first write.
+    trim_all(&env, &config).await;
+    let _: () = redis::cmd("HSET")
+        .arg(&entry)
+        .arg("v")
+        .arg(&v0)
+        .arg("doc")
+        .arg(doc0)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(s.read(&key).await.unwrap(), Some(doc! {"v": 1}));
+    let v = ticket.version();
+    assert_eq!(ticket.wait().await.unwrap(), v, "settled applied");
+    let other = Writ::connect(config.clone()).await.unwrap();
+    assert_eq!(
+        other
+            .collection("signal")
+            .unwrap()
+            .read(&key)
+            .await
+            .unwrap(),
+        Some(doc! {"v": 1}),
+        "another reader"
+    );
+}
+
 /// A write whose entry is gone while the group still holds it pending was
 /// read by a daemon that may be applying it now: no look settles it lost
 /// until the group lets it go (acked, or dropped by a claim that finds it

@@ -22,6 +22,13 @@ use crate::protocol::field as entry_field;
 use crate::protocol::Version;
 use crate::stream::{cmd, parse_entries, take_entries, Entry};
 
+/// What [`Inner::gone_writes`] found: the writes MongoDB does not hold, and
+/// MongoDB's document with its version if it settled any as applied.
+type Gone = (
+    Vec<(Version, Pending)>,
+    Option<(Version, mongodb::bson::Document)>,
+);
+
 /// Dead letters read per page, and pages at most, when looking for the
 /// letters of a look's writes: letters come after their entries, read from a
 /// minute before the oldest one's time (other nodes' clocks). A letter
@@ -102,7 +109,16 @@ impl Inner {
             }
         }
         let missing = match self.gone_writes(coll, gone, &mut done).await {
-            Some(missing) => missing,
+            Some((missing, Some((version, doc)))) => {
+                // Settled applied from MongoDB's document: the cache may hold
+                // an older version (lost with the entry, in a failover), and
+                // the read after this one must not answer it.
+                if committed.is_none_or(|c| c < version) {
+                    self.fill(cache_key, version, &doc).await;
+                }
+                missing
+            }
+            Some((missing, None)) => missing,
             None => {
                 all = false;
                 Vec::new()
@@ -170,14 +186,16 @@ impl Inner {
     /// daemon that read the entry before it went is applying it now (hence
     /// `client.lost_write_after_ms`). One MongoDB read, and none when `gone`
     /// is empty; `None` if MongoDB cannot be read (they stay unknown, and the
-    /// writes whose entries are there are settled all the same). Also
-    /// forgets the missing-since times of writes nobody waits for any more.
+    /// writes whose entries are there are settled all the same). With the
+    /// others, MongoDB's document and its version when it settled any write
+    /// (for the cache). Also forgets the missing-since times of writes nobody
+    /// waits for any more.
     async fn gone_writes(
         &self,
         coll: &str,
         gone: Vec<(Version, Pending)>,
         done: &mut Vec<(Version, Pending)>,
-    ) -> Option<Vec<(Version, Pending)>> {
+    ) -> Option<Gone> {
         {
             let waiters = self.waiters.lock().expect("lock");
             self.missing
@@ -186,19 +204,21 @@ impl Inner {
                 .retain(|request, _| waiters.contains_key(request));
         }
         let Some(key) = gone.first().map(|(_, w)| w.key.clone()) else {
-            return Some(Vec::new());
+            return Some((Vec::new(), None));
         };
-        let stored = match self.store.find(coll, &key).await {
-            Ok(doc) => doc.and_then(|d| doc_version(&d)).unwrap_or_default(),
+        let doc = match self.store.find(coll, &key).await {
+            Ok(doc) => doc,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot ask MongoDB about this handle's writes whose entries are gone; a later read looks again");
                 return None;
             }
         };
+        let stored = doc.as_ref().and_then(doc_version).unwrap_or_default();
         let (applied, missing): (Vec<_>, Vec<_>) =
             gone.into_iter().partition(|(v, _)| stored >= *v);
+        let settled = (!applied.is_empty()).then_some(doc).flatten();
         done.extend(applied);
-        Some(missing)
+        Some((missing, settled.map(|d| (stored, d))))
     }
 
     /// Whether the daemon is done with entry `id` of partition `p`, this

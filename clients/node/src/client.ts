@@ -1357,7 +1357,10 @@ export class WritClient {
   /**
    * The version MongoDB holds of each write's key (`ZERO_VERSION` for none),
    * by `req`, for the lost-ack sweep (src/acks.ts): one query per collection
-   * and 100 keys, reading the key fields and `_writ` only.
+   * and 100 keys. Each document found also goes to the cache (compare-and-set,
+   * never backwards), as a read-through fills it: a write the sweep settles
+   * applied from MongoDB may have lost its cache update with its entry (a
+   * failover), and no read may then answer the older version the cache holds.
    */
   private async storedVersions(writes: AwaitedWrite[]): Promise<Map<string, string>> {
     const out = new Map<string, string>();
@@ -1367,11 +1370,21 @@ export class WritClient {
       const byKey = new Map<string, string>();
       for (let i = 0; i < keys.length; i += 100) {
         const chunk = keys.slice(i, i + 100);
-        const found = await this.findRaw(spec, chunk, { _writ: 1 });
+        const found = await this.findRaw(spec, chunk);
+        const fills: Promise<void>[] = [];
         for (const k of chunk) {
           const raw = found.get(k.canonical);
-          byKey.set(k.id, raw ? this.docVersion(deserialize(raw)) : ZERO_VERSION);
+          if (!raw) {
+            byKey.set(k.id, ZERO_VERSION);
+            continue;
+          }
+          const doc = deserialize(raw);
+          const version = this.docVersion(doc);
+          byKey.set(k.id, version);
+          fills.push(this.casCache(k, version, doc._writ?.deleted === true ? Buffer.alloc(0) : raw));
         }
+        // A fill that fails or hangs leaves the entry as it was; the versions still count.
+        await this.redisRead(Promise.all(fills), "a cache fill").catch(() => {});
       }
       for (const w of group) out.set(w.req, byKey.get(w.key.id)!);
     }

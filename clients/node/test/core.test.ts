@@ -474,6 +474,35 @@ describe("core", () => {
     }
   }));
 
+  test("a write settled applied from MongoDB is not read older from a cache entry that lost its update", g(async () => {
+    // A namespace no daemon serves: the daemon's steps by hand.
+    const ns = `${env.name}_older`;
+    const names = new Names(ns);
+    const key = { k: "gone-older", n: 1 };
+    const canonical = canonicalKey(KV, key);
+    const entry = names.cache(partitionOf(KV.name, canonical, 1), KV.name, canonical);
+    const stored = (n: number, v: string) => ({ k: "gone-older", n: 1, payload: { n }, removed: false, _writ: { v, at: new Date() } });
+    const redis = new Redis(env.redisUrl);
+    try {
+      // The key's first value, applied and cached.
+      const v0 = toSortable("1-0");
+      await mongo.db(env.name).collection(KV.name).insertOne(stored(0, v0));
+      await redis.hset(entry, "v", v0, "doc", Buffer.from(serialize(stored(0, v0))));
+      const s = client({ namespace: ns, partitions: 1, mode: "submit", writeTimeoutMs: 1000, maxBacklog: 1000 });
+      const t = await s.write(KV.name, key, "put", { n: 1 });
+      // The write applied to MongoDB; then a failover lost everything from its entry on: the
+      // entry, its cache update and its ack.
+      await mongo.db(env.name).collection(KV.name).updateOne({ k: "gone-older", n: 1 }, { $set: stored(1, toSortable(t.entryId)) });
+      assert.equal(await redis.xdel(names.stream(0), t.entryId), 1);
+      await s.flush(30000);
+      assert.equal((await t.acked).outcome, "applied");
+      assert.equal((await s.read(KV.name, key))!.payload.n, 1, "this process");
+      assert.equal((await client({ namespace: ns, partitions: 1 }).read(KV.name, key))!.payload.n, 1, "another process");
+    } finally {
+      redis.disconnect();
+    }
+  }));
+
   test("a write Redis lost before the daemon read it is settled lost: onError and waitAck hear it, reads and lists stop waiting for it", g(async () => {
     const errors: WritError[] = [];
     const s = client({ mode: "submit", writeTimeoutMs: 500, lostWriteAfterMs: 1000, onError: (e: WritError) => errors.push(e) });
