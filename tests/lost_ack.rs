@@ -298,13 +298,19 @@ async fn a_lost_ack_of_a_dead_lettered_write_is_settled_from_the_streams() {
     daemon.stop().await;
 }
 
-/// A read waits for its key's pending writes newest first: once the newest
-/// is acked committed, the cache holds it, and an older write whose ack was
-/// lost is not waited for (before, the read waited out
-/// `client.read_timeout_ms` on the older one, here a minute).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_read_does_not_wait_for_an_older_lost_ack_once_a_newer_write_is_acked() {
-    let env = TestEnv::start("newest_first");
+/// Two writes of one `signal` key, by a handle whose read timeout is a
+/// minute, with no daemon (its steps by hand, in env `name`): the older is
+/// applied and cached and its ack is lost; 200 ms after `call` (given the
+/// collection and the key) starts, the newer is applied (in MongoDB and the
+/// cache) and acked. Returns what `call` returned; fails if it took 20 s,
+/// having waited for the older write's lost ack.
+async fn with_an_older_lost_ack<T, F, Fut>(name: &str, call: F) -> T
+where
+    F: FnOnce(writ::Collection, mongodb::bson::Document) -> Fut,
+    Fut: std::future::Future<Output = writ::Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let env = TestEnv::start(name);
     let o = Overrides {
         client: "read_timeout_ms = 60000",
         ..Default::default()
@@ -313,67 +319,17 @@ async fn a_read_does_not_wait_for_an_older_lost_ack_once_a_newer_write_is_acked(
     let writ = Writ::connect(config.clone()).await.unwrap();
     let s = writ.collection("signal").unwrap();
     let key = doc! {"symbol": "NEWEST", "strategyName": "ack", "exchangeName": "x"};
-    // No daemon: its steps by hand. Two writes of the key, requests "1" and "2".
+    // Requests "1" and "2".
     let older = s.submit(&key, &doc! {"v": 1}).await.unwrap().version();
     let newer = s.submit(&key, &doc! {"v": 2}).await.unwrap().version();
     let entry = cache_entry(&config, &key);
     let cache = writ::cache::Cache::new(env.redis().await);
-    // The older write is applied and cached; its ack is lost (never sent).
     assert!(cache
         .put_if_newer(&entry, older, Some(&stored(&key, 1, older)))
         .await
         .unwrap());
-    let read = tokio::spawn({
-        let s = s.clone();
-        let key = key.clone();
-        async move { s.read(&key).await }
-    });
+    let call = tokio::spawn(call(s, key.clone()));
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    // The newer one is applied, cached and acked.
-    assert!(cache
-        .put_if_newer(&entry, newer, Some(&stored(&key, 2, newer)))
-        .await
-        .unwrap());
-    send_applied_ack(&env, &writ, "2", newer).await;
-    let got = tokio::time::timeout(std::time::Duration::from_secs(20), read)
-        .await
-        .expect("the read waited for the older write's lost ack")
-        .unwrap()
-        .unwrap();
-    assert_eq!(got, Some(doc! {"v": 2}));
-}
-
-/// A list waits for each key's pending writes newest first, as a read does:
-/// once the newest is acked committed, an older write whose ack was lost is
-/// not waited for (before, the list waited for them oldest first, and so
-/// waited out `client.read_timeout_ms` on the older one, here a minute).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_list_does_not_wait_for_an_older_lost_ack_once_a_newer_write_is_acked() {
-    let env = TestEnv::start("newest_first_list");
-    let o = Overrides {
-        client: "read_timeout_ms = 60000",
-        ..Default::default()
-    };
-    let config = env.config_with(&o);
-    let writ = Writ::connect(config.clone()).await.unwrap();
-    let s = writ.collection("signal").unwrap();
-    let key = doc! {"symbol": "NEWEST", "strategyName": "list", "exchangeName": "x"};
-    // No daemon: its steps by hand. Two writes of the key, requests "1" and "2".
-    let older = s.submit(&key, &doc! {"v": 1}).await.unwrap().version();
-    let newer = s.submit(&key, &doc! {"v": 2}).await.unwrap().version();
-    let entry = cache_entry(&config, &key);
-    let cache = writ::cache::Cache::new(env.redis().await);
-    // The older write is applied and cached; its ack is lost (never sent).
-    assert!(cache
-        .put_if_newer(&entry, older, Some(&stored(&key, 1, older)))
-        .await
-        .unwrap());
-    let list = tokio::spawn({
-        let s = s.clone();
-        async move { s.values().await }
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    // The newer one is applied (in MongoDB too), cached and acked.
     env.mongo_db()
         .await
         .collection::<mongodb::bson::Document>("signal")
@@ -385,11 +341,31 @@ async fn a_list_does_not_wait_for_an_older_lost_ack_once_a_newer_write_is_acked(
         .await
         .unwrap());
     send_applied_ack(&env, &writ, "2", newer).await;
-    let got = tokio::time::timeout(std::time::Duration::from_secs(20), list)
+    tokio::time::timeout(std::time::Duration::from_secs(20), call)
         .await
-        .expect("the list waited for the older write's lost ack")
+        .expect("the call waited for the older write's lost ack")
         .unwrap()
-        .unwrap();
+        .unwrap()
+}
+
+/// A read waits for its key's pending writes newest first: once the newest
+/// is acked committed, the cache holds it, and an older write whose ack was
+/// lost is not waited for (before, the read waited out
+/// `client.read_timeout_ms` on the older one, here a minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_does_not_wait_for_an_older_lost_ack_once_a_newer_write_is_acked() {
+    let got =
+        with_an_older_lost_ack("newest_first", |s, key| async move { s.read(&key).await }).await;
+    assert_eq!(got, Some(doc! {"v": 2}));
+}
+
+/// A list waits for each key's pending writes newest first, as a read does
+/// (before, it waited for them oldest first, and so waited out
+/// `client.read_timeout_ms` on the older one's lost ack).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_does_not_wait_for_an_older_lost_ack_once_a_newer_write_is_acked() {
+    let got =
+        with_an_older_lost_ack("newest_first_list", |s, _| async move { s.values().await }).await;
     let payloads: Vec<_> = got.into_iter().map(|(_, payload)| payload).collect();
     assert_eq!(payloads, vec![doc! {"v": 2}]);
 }

@@ -156,16 +156,7 @@ pub(super) async fn wait_keys(
 ) -> Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
     for newest_first in keys {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        wait_key(newest_first, left, what)
-            .await
-            .map_err(|e| match e {
-                Error::Timeout { .. } => Error::Timeout {
-                    after: timeout,
-                    what,
-                },
-                other => other,
-            })?;
+        wait_key_until(newest_first, deadline, timeout, what).await?;
     }
     Ok(())
 }
@@ -180,36 +171,30 @@ pub(super) async fn wait_key(
     what: &'static str,
 ) -> Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
-    for rx in newest_first {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        wait_ack(rx.clone(), left, what)
-            .await
-            .map_err(|e| match e {
-                Error::Timeout { .. } => Error::Timeout {
+    wait_key_until(newest_first, deadline, timeout, what).await
+}
+
+/// [`wait_key`] until `deadline`; a timeout says `timeout` (the whole wait's).
+async fn wait_key_until(
+    newest_first: Vec<AckState>,
+    deadline: tokio::time::Instant,
+    timeout: std::time::Duration,
+    what: &'static str,
+) -> Result<()> {
+    for mut rx in newest_first {
+        match tokio::time::timeout_at(deadline, rx.wait_for(|a| a.is_some())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return Err(Error::Shutdown),
+            Err(_) => {
+                return Err(Error::Timeout {
                     after: timeout,
                     what,
-                },
-                other => other,
-            })?;
+                })
+            }
+        }
         if matches!(*rx.borrow(), Some(super::acks::AckResult::Committed(_))) {
             return Ok(());
         }
     }
     Ok(())
-}
-
-async fn wait_ack(
-    mut rx: AckState,
-    timeout: std::time::Duration,
-    what: &'static str,
-) -> Result<()> {
-    let waited = tokio::time::timeout(timeout, rx.wait_for(|a| a.is_some())).await;
-    match waited {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(_)) => Err(Error::Shutdown),
-        Err(_) => Err(Error::Timeout {
-            after: timeout,
-            what,
-        }),
-    }
 }
