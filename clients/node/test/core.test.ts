@@ -25,7 +25,7 @@ import {
   type WritError,
 } from "../src/errors.js";
 import type { CollectionSpec } from "../src/key.js";
-import { toSortable, ZERO_VERSION } from "../src/version.js";
+import { compareStreamIds, toSortable, ZERO_VERSION } from "../src/version.js";
 import { canonicalKey, Names, partitionOf } from "../src/key.js";
 import { ADMIT_LUA, CACHE_CAS_LUA } from "../src/lua.js";
 import { sleep } from "../src/util.js";
@@ -462,7 +462,7 @@ describe("core", () => {
         const groups = (await redis.xinfo("GROUPS", stream)) as unknown[][];
         const g = groups.find((x) => x[1] === env.name);
         const delivered = g ? String(g[g.indexOf("last-delivered-id") + 1]) : "0-0";
-        if (delivered < t.entryId) return false;
+        if (compareStreamIds(delivered, t.entryId) < 0) return false;
         const pend = (await redis.xpending(stream, env.name, t.entryId, t.entryId, 1)) as unknown[];
         return pend.length === 0;
       });
