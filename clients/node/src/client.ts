@@ -162,6 +162,21 @@ function foreignAsMiss(e: unknown): Hmget {
 /** The miss {@link foreignAsMiss} answers: compared by identity. */
 const FOREIGN: Hmget = [null, null, null];
 
+/**
+ * Waits for one key's pending writes newest first, until one is committed:
+ * the cache (and MongoDB) then hold its version or a newer one, so the older
+ * writes are settled for a read or a list, and an older one whose ack was lost
+ * is not waited for.
+ */
+async function newestCommitted(writes: PendingWrite[]): Promise<void> {
+  // A write still being admitted has no version yet: it is the newest.
+  const v = (w: PendingWrite) => w.version ?? "\uffff";
+  const newestFirst = [...writes].sort((a, b) => (v(a) < v(b) ? 1 : v(a) > v(b) ? -1 : 0));
+  for (const w of newestFirst) {
+    if (!notStored(await w.acked)) return;
+  }
+}
+
 /** A meta hash that is not a hash (another program's key) records no partition count. */
 function wrongTypeAsNone(e: unknown): null {
   if (isReplyError(e) && errMessage(e).startsWith("WRONGTYPE")) return null;
@@ -1460,7 +1475,7 @@ export class WritClient {
     const wait = own.length ? await this.unsettled(own) : [];
     if (wait.length) {
       await withTimeout(
-        Promise.all(wait.map((w) => w.acked)),
+        Promise.all([...groupBy(wait, (w) => w.key.id).values()].map((g) => newestCommitted(g))),
         this.config.readTimeoutMs,
         () =>
           new WritTimeoutError(

@@ -742,6 +742,38 @@ describe("core", () => {
     }
   }));
 
+  test("a list waits for a key's pending writes newest first: an older write's lost ack is not waited for once a newer one is acked", g(async () => {
+    // A namespace no daemon serves; the test plays the daemon.
+    const ns = `${env.name}_newest`;
+    const id = `newest-${process.pid}-${Date.now()}`;
+    const key = { k: "newest", n: 1 };
+    const c = client({ namespace: ns, clientId: id, partitions: 1, maxBacklog: 1000, readTimeoutMs: 60000 });
+    const older = await c.submit(KV.name, key, "put", { i: 1 });
+    const newer = await c.submit(KV.name, key, "put", { i: 2 });
+    const names = new Names(ns);
+    const entry = names.cache(0, KV.name, canonicalKey(KV, key));
+    const doc = (i: number, t: Ticket) => ({ k: "newest", n: 1, payload: { i }, removed: false, _writ: { v: toSortable(t.entryId) } });
+    const admin = new Redis(env.redisUrl);
+    try {
+      // The older write applied and cached; its ack is lost (never sent).
+      assert.equal(await admin.eval(CACHE_CAS_LUA, 1, entry, toSortable(older.entryId), Buffer.from(serialize(doc(1, older)))), 1);
+      const started = Date.now();
+      const listed = c.list(KV.name, { k: "newest" });
+      await sleep(200);
+      // The newer one applied (MongoDB, cache) and acked.
+      await mongo.db(env.name).collection(KV.name).insertOne(doc(2, newer));
+      assert.equal(await admin.eval(CACHE_CAS_LUA, 1, entry, toSortable(newer.entryId), Buffer.from(serialize(doc(2, newer)))), 1);
+      const [[, fields]] = (await admin.xrange(names.stream(0), newer.entryId, newer.entryId)) as [string, string[]][];
+      const req = fields[fields.indexOf("req") + 1];
+      await admin.xadd(names.acks(id), "*", "req", req, "outcome", "applied", "v", newer.entryId, "id", newer.entryId);
+      const docs = await listed;
+      assert.deepEqual(docs.map((d) => d.payload.i), [2]);
+      assert.ok(Date.now() - started < 20000, `the list waited ${Date.now() - started} ms`);
+    } finally {
+      admin.disconnect();
+    }
+  }));
+
   test("a list does not wait for a lost ack: a key whose cache holds its version is settled", g(async () => {
     // A namespace no daemon serves; the test plays the daemon for one key
     // (MongoDB, then the cache) and never sends its ack.
