@@ -284,19 +284,29 @@ async fn copy_and_xlen(config: &Config, p: u32) -> (Option<String>, u64) {
     (copy, len)
 }
 
-/// A write refused at admission for its count: nothing accepted, both
-/// counts named, and what to do.
-fn assert_write_refused(r: writ::Result<impl std::fmt::Debug>, recorded: u32, configured: u32) {
-    let e = r.expect_err("a write with another partition count was accepted");
+/// A call refused for its count ([`Error::Config`]): `says` (what was
+/// refused), both counts named, and what to do.
+fn assert_count_refused(
+    r: writ::Result<impl std::fmt::Debug>,
+    says: &str,
+    recorded: u32,
+    configured: u32,
+) {
+    let e = r.expect_err("a call with another partition count was answered");
     assert!(matches!(e, Error::Config(_)), "{e:?}");
     let text = e.to_string();
     assert!(
-        text.contains("NOT accepted")
+        text.contains(says)
             && text.contains(&format!("records {recorded} partitions"))
             && text.contains(&format!("redis.partitions = {configured}"))
             && text.contains(&format!("restart it with redis.partitions = {recorded}")),
         "{text}"
     );
+}
+
+/// A write refused at admission for its count: nothing accepted.
+fn assert_write_refused(r: writ::Result<impl std::fmt::Debug>, recorded: u32, configured: u32) {
+    assert_count_refused(r, "NOT accepted", recorded, configured);
 }
 
 /// Processes check the recorded count when they start; one that keeps
@@ -383,18 +393,9 @@ async fn a_writer_left_on_another_count_is_refused_at_its_next_write() {
     daemon.stop().await;
 }
 
-/// A read refused for its count: both counts named, and what to do.
+/// A read refused for its count: nothing answered.
 fn assert_read_refused(r: writ::Result<impl std::fmt::Debug>, recorded: u32, configured: u32) {
-    let e = r.expect_err("a read with another partition count was answered");
-    assert!(matches!(e, Error::Config(_)), "{e:?}");
-    let text = e.to_string();
-    assert!(
-        text.contains("read was refused")
-            && text.contains(&format!("records {recorded} partitions"))
-            && text.contains(&format!("redis.partitions = {configured}"))
-            && text.contains(&format!("restart it with redis.partitions = {recorded}")),
-        "{text}"
-    );
+    assert_count_refused(r, "read was refused", recorded, configured);
 }
 
 /// A process that only reads, left running on the old count after a change
