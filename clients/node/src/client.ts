@@ -177,6 +177,11 @@ async function newestCommitted(writes: PendingWrite[]): Promise<void> {
   }
 }
 
+/** A recorded partition count: a positive number; anything else records none (as at admission). */
+function recordedCount(v: string | null): number | undefined {
+  return v !== null && /^[1-9][0-9]*$/.test(v) ? Number(v) : undefined;
+}
+
 /** A meta hash that is not a hash (another program's key) records no partition count. */
 function wrongTypeAsNone(e: unknown): null {
   if (isReplyError(e) && errMessage(e).startsWith("WRONGTYPE")) return null;
@@ -590,9 +595,8 @@ export class WritClient {
       if (!/^OOM/.test(errMessage(e))) throw e;
       recorded = await this.redis.hget(key, "partitions");
     }
-    if (recorded === null || !/^[1-9][0-9]*$/.test(recorded)) return;
-    const n = Number(recorded);
-    if (n !== this.config.partitions) {
+    const n = recordedCount(recorded);
+    if (n !== undefined && n !== this.config.partitions) {
       throw new WritConfigError(
         `this client is configured with partitions = ${this.config.partitions}, but namespace ` +
           `"${this.config.namespace}" records ${n} partitions (${key} field partitions): its keys would go to other partition streams, where they are applied out of order or never. ` +
@@ -1294,9 +1298,8 @@ export class WritClient {
   private checkReadCount(collection: string, parts: number[], counts: (string | null)[]): void {
     const configured = this.config.partitions;
     parts.forEach((p, i) => {
-      const v = counts[i];
-      const recorded = v !== null && /^[0-9]+$/.test(v) ? Number(v) : 0;
-      if (recorded <= 0 || recorded === configured) return;
+      const recorded = recordedCount(counts[i]);
+      if (recorded === undefined || recorded === configured) return;
       throw new WritConfigError(
         `the read of ${collection} was refused: namespace "${this.config.namespace}" now records ${recorded} partitions ` +
           `(partition ${p}'s meta hash) and this client is configured with partitions = ${configured}; it would read ` +
