@@ -87,8 +87,8 @@ enum Command {
 }
 
 fn init_logs(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WRIT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
+    // `WRIT_LOG`, when set, is in `log_level` already, checked (config::ENV_LOG).
+    let filter = tracing_subscriber::EnvFilter::new(&config.log_level);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -315,6 +315,10 @@ fn check_config(config: &Config) {
     }
     if let Some(cert) = &tls.cert_file {
         redis_tls += &format!(" (client certificate {})", cert.display());
+    }
+    if let Some(key) = &tls.key_file {
+        // The path only: the key itself is never printed.
+        redis_tls += &format!(" (client key {})", key.display());
     }
     if config.redis_cluster {
         redis_tls = format!(" (cluster){redis_tls}");

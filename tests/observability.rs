@@ -350,6 +350,25 @@ fn bad_config_and_refused_connection_get_one_clear_message() {
         err.contains("redis.partitions") && err.contains("between 1 and 4096"),
         "{err}"
     );
+    // A log filter typo in WRIT_LOG is refused by name, as one in the file
+    // would be (it used to turn to the file's level without a word).
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[redis]\n[mongodb]\n[[collections]]\nname = \"s\"\nkey = [\"k\"]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(support::proc::writ_bin())
+        .args(["--config", good.to_str().unwrap(), "check-config"])
+        .env("WRIT_LOG", "debgu")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("WRIT_LOG") && err.contains("\"debgu\" is not a level"),
+        "{err}"
+    );
     std::fs::write(&bad, "[redis]\nurl = \"redis://:s3cret-pw@127.0.0.1:1\"\n[mongodb]\n[[collections]]\nname = \"s\"\nkey = [\"k\"]\n").unwrap();
     let out = writ_cli(&bad, &["status"]);
     assert!(!out.status.success());

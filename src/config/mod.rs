@@ -2,8 +2,10 @@
 //! [`RawConfig::validate`] which returns the typed [`Config`] or one message
 //! naming the bad field and the fix.
 //!
-//! Environment overrides (`WRIT_REDIS_URL`, `WRIT_MONGODB_URI`) are applied
-//! between parsing and validation so secrets never need to live in the file.
+//! Environment overrides (`WRIT_REDIS_URL`, `WRIT_MONGODB_URI`,
+//! `WRIT_CONSUMER_NAME`, `WRIT_LOG`) are applied between parsing and
+//! validation so secrets never need to live in the file, and a bad override
+//! is refused as a bad field would be.
 
 mod raw;
 mod redact;
@@ -30,6 +32,8 @@ pub const ENV_REDIS_URL: &str = "WRIT_REDIS_URL";
 pub const ENV_MONGODB_URI: &str = "WRIT_MONGODB_URI";
 /// Environment variable overriding `daemon.consumer_name`.
 pub const ENV_CONSUMER_NAME: &str = "WRIT_CONSUMER_NAME";
+/// Environment variable overriding `daemon.log_level`.
+pub const ENV_LOG: &str = "WRIT_LOG";
 /// Config file used when neither `--config` nor `WRIT_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "config/writ.toml";
 
@@ -196,7 +200,7 @@ impl Config {
             .map_err(|e| Error::Config(e.message().to_string() + &span_hint(text, &e)))
     }
 
-    /// Parses TOML text, applies `WRIT_REDIS_URL` / `WRIT_MONGODB_URI`, validates.
+    /// Parses TOML text, applies the environment overrides, validates.
     pub fn from_toml_with_env(text: &str) -> Result<Config> {
         let mut raw = Self::parse(text)?;
         if let Ok(url) = std::env::var(ENV_REDIS_URL) {
@@ -207,6 +211,14 @@ impl Config {
         }
         if let Ok(name) = std::env::var(ENV_CONSUMER_NAME) {
             raw.daemon.consumer_name = Some(name);
+        }
+        if let Ok(level) = std::env::var(ENV_LOG) {
+            // Checked under its own name: the file's field is not the culprit.
+            validate::check_log_level(
+                &format!("{ENV_LOG} (environment, overrides daemon.log_level)"),
+                &level,
+            )?;
+            raw.daemon.log_level = level;
         }
         raw.validate()
     }

@@ -224,7 +224,7 @@ fn check_daemon(daemon: &RawDaemon) -> Result<DaemonChecked> {
             ))
         }
     };
-    check_log_level(&daemon.log_level)?;
+    check_log_level("daemon.log_level", &daemon.log_level)?;
     let consumer_name = match &daemon.consumer_name {
         Some(n) if is_identifier(n) => n.clone(),
         Some(_) => {
@@ -256,8 +256,9 @@ fn metrics_listen(text: &str) -> Result<Option<SocketAddr>> {
     Ok(Some(addr))
 }
 
-/// `daemon.log_level`: a level, or `EnvFilter` directives.
-fn check_log_level(level: &str) -> Result<()> {
+/// `daemon.log_level` (or `WRIT_LOG`, named `field`): a level, or
+/// `EnvFilter` directives.
+pub(super) fn check_log_level(field: &str, level: &str) -> Result<()> {
     // A bare word is a level to EnvFilter only if it names one; anything
     // else is taken as a target, so a typo ("debgu") would turn every log
     // line off without a word.
@@ -268,7 +269,7 @@ fn check_log_level(level: &str) -> Result<()> {
             && !levels.contains(&d.to_ascii_lowercase().as_str())
     }) {
         return Err(bad(
-            "daemon.log_level",
+            field,
             format!(
                 "{word:?} is not a level (trace, debug, info, warn, error, off); for one target's level write \"{word}=debug\""
             ),
@@ -276,7 +277,7 @@ fn check_log_level(level: &str) -> Result<()> {
     }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(level) {
         return Err(bad(
-            "daemon.log_level",
+            field,
             format!(
                 "{level:?} is not a log filter ({e}); use a level such as \"info\" or \"debug\", or directives such as \"info,writ=debug\""
             ),

@@ -90,7 +90,11 @@ export interface WritConfig {
 }
 
 const CLIENT_ID = /^[A-Za-z0-9_.:-]{1,64}$/;
-const NAMESPACE = /^[A-Za-z0-9_.:-]{1,64}$/;
+/** As the daemon's `redis.namespace`: no colon, which separates the parts of its key names. */
+const NAMESPACE = /^[A-Za-z0-9_.-]{1,64}$/;
+/** The daemon's ranges (src/config/validate.rs): a value it refuses could never match a daemon. */
+const MAX_PARTITIONS = 4096;
+const MAX_DOCUMENT_BYTES = 16 * 1024 * 1024;
 
 function randomClientId(): string {
   const rand = Math.floor(Math.random() * 2 ** 48)
@@ -161,6 +165,10 @@ function positiveInt(name: string, v: number, min = 1): number {
   return v;
 }
 
+function atMost(name: string, v: number, max: number, why: string): void {
+  if (v > max) throw new WritConfigError(`${name} must be at most ${max} (${why}), got ${v}`);
+}
+
 /** Resolves a full config from explicit values, then `env`, then defaults; validates it. */
 export function resolveConfig(
   explicit: Partial<WritConfig> = {},
@@ -228,14 +236,16 @@ export function resolveConfig(
     throw new WritConfigError(`mongodbUri (WRIT_MONGODB_URI) must start with mongodb:// or mongodb+srv://`);
   }
   if (!NAMESPACE.test(cfg.namespace)) {
-    throw new WritConfigError(`namespace (WRIT_NAMESPACE) must be 1-64 of [A-Za-z0-9_.:-], got ${JSON.stringify(cfg.namespace)}`);
+    throw new WritConfigError(
+      `namespace (WRIT_NAMESPACE) must be 1-64 of [A-Za-z0-9_.-], as the daemon's redis.namespace, got ${JSON.stringify(cfg.namespace)}`,
+    );
   }
   if (!CLIENT_ID.test(cfg.clientId)) {
     throw new WritConfigError(`clientId must be 1-64 of [A-Za-z0-9_.:-], got ${JSON.stringify(cfg.clientId)}`);
   }
-  positiveInt("partitions (WRIT_PARTITIONS)", cfg.partitions);
+  atMost("partitions (WRIT_PARTITIONS)", positiveInt("partitions (WRIT_PARTITIONS)", cfg.partitions), MAX_PARTITIONS, "the daemon's redis.partitions");
   positiveInt("maxBacklog", cfg.maxBacklog);
-  positiveInt("maxDocumentBytes", cfg.maxDocumentBytes);
+  atMost("maxDocumentBytes", positiveInt("maxDocumentBytes", cfg.maxDocumentBytes), MAX_DOCUMENT_BYTES, "MongoDB's 16 MiB document limit");
   positiveInt("writeTimeoutMs", cfg.writeTimeoutMs);
   positiveInt("readTimeoutMs", cfg.readTimeoutMs);
   positiveInt("syncTimeoutMs", cfg.syncTimeoutMs);

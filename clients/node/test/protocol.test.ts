@@ -166,10 +166,18 @@ test("config: explicit values win over env, env over defaults; bad values are re
     [{ WRIT_PARTITIONS: "0" }, /partitions/],
     [{ WRIT_REDIS_URL: "http://x" }, /redis/],
     [{ WRIT_NAMESPACE: "a b" }, /namespace/],
+    // The daemon's rules: no colon in a namespace, at most 4096 partitions.
+    [{ WRIT_NAMESPACE: "app:writ" }, /namespace.*redis\.namespace/],
+    [{ WRIT_PARTITIONS: "4097" }, /at most 4096/],
   ] as [Record<string, string>, RegExp][]) {
     assert.throws(() => resolveConfig({}, bad), (e: unknown) => e instanceof WritConfigError && re.test(e.message));
   }
   assert.throws(() => resolveConfig({ clientId: "has space" }, {}), WritConfigError);
+  assert.equal(resolveConfig({ partitions: 4096 }, {}).partitions, 4096);
+  assert.throws(
+    () => resolveConfig({ maxDocumentBytes: 16 * 1024 * 1024 + 1 }, {}),
+    (e: unknown) => e instanceof WritConfigError && /maxDocumentBytes must be at most 16777216/.test(e.message),
+  );
   // backtest-kit's CC_ prefix works too; WRIT_ wins when both are set.
   const cc = resolveConfig({}, { CC_WRIT_REDIS_URL: "redis://cc:1", CC_WRIT_NAMESPACE: "ccns", WRIT_NAMESPACE: "wns", CC_WRIT_PARTITIONS: "4" });
   assert.equal(cc.redisUrl, "redis://cc:1");
