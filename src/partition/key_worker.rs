@@ -1,17 +1,17 @@
 //! One key's worker: applies a run of that key's writes in order, updates the
 //! cache, then acks the writers and the consumer group, in that order.
 //!
-//! Consecutive `put`s of a `replace` collection are coalesced: only the last
-//! is applied, and the earlier ones are acked with the committed version (the
-//! state they wrote was superseded by a newer write before it was readable).
+//! Consecutive `put`s of a `replace` collection are coalesced
+//! ([`super::keys::run_len`]): only the last is applied, and the earlier ones
+//! are acked with the committed version (the state they wrote was superseded
+//! by a newer write before it was readable).
 
 use super::{Job, Partition};
 use crate::ack::{Ack, Outcome};
 use crate::apply::{Applied, Attempts};
 use crate::cache::CasOutcome;
-use crate::config::WriteMode;
 use crate::deadletter::{Parked, Parking};
-use crate::protocol::{self, Op, Reject, RejectReason, Version};
+use crate::protocol::{self, Reject, RejectReason, Version};
 use crate::source::Item;
 use crate::telemetry::Event;
 
@@ -35,8 +35,12 @@ pub(super) async fn admit(part: &Partition, item: Item) -> Option<Job> {
         }),
         Err(reject) => {
             let reply = entry.fields.as_ref().and_then(reply_of);
+            let collection = entry
+                .fields
+                .as_ref()
+                .and_then(|f| declared_collection(f, &ctx.config));
             let write = Parking {
-                collection: None,
+                collection,
                 id: entry.id,
                 fields: entry.fields.as_ref(),
                 reject: &reject,
@@ -47,6 +51,22 @@ pub(super) async fn admit(part: &Partition, item: Item) -> Option<Job> {
             None
         }
     }
+}
+
+/// Best effort: the declared collection an entry that failed to decode
+/// names, for its log line and its `writ_writes_total` count.
+fn declared_collection<'c>(
+    fields: &crate::stream::Fields,
+    config: &'c crate::config::Config,
+) -> Option<&'c str> {
+    let name = fields
+        .iter()
+        .find(|(k, _)| k.as_slice() == protocol::field::COLLECTION.as_bytes())
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())?;
+    config
+        .collections
+        .get_key_value(name)
+        .map(|(k, _)| k.as_str())
 }
 
 /// Best effort: the reply address of an entry that failed to decode.
@@ -134,17 +154,11 @@ pub(super) async fn run_key(part: &Partition, jobs: Vec<Job>, mut refused: bool)
     refused
 }
 
-/// The end of the run that starts at `i`: consecutive puts to a replace
-/// collection are coalesced (only the last is applied); anything else runs
-/// alone.
+/// The end of the run that starts at `i`: the writes the last of them
+/// stands for ([`super::keys::run_len`]: consecutive puts to a replace
+/// collection, only the last applied); anything else runs alone.
 fn coalesced_end(coll: &crate::config::CollectionConfig, jobs: &[Job], i: usize) -> usize {
-    let mut end = i + 1;
-    if coll.mode == WriteMode::Replace && jobs[i].write.op == Op::Put {
-        while end < jobs.len() && jobs[end].write.op == Op::Put {
-            end += 1;
-        }
-    }
-    end
+    i + super::keys::run_len(coll, &jobs[i..]).max(1)
 }
 
 /// Dead-letters a write that failed for good, and acks its writer.

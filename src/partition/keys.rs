@@ -7,8 +7,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use super::round::Segment;
 use super::{Job, KeyId};
-use crate::config::Config;
-use crate::protocol;
+use crate::config::{CollectionConfig, Config, Layout, WriteMode};
+use crate::protocol::Op;
 
 /// The dispatcher's state: per-key FIFO queues, the keys with work in
 /// flight, and the keys ready for the next round.
@@ -108,18 +108,57 @@ impl Keys {
             let Some(q) = self.queues.get_mut(&id) else {
                 continue;
             };
-            let Some(first) = q.pop_front() else { continue };
-            let coalesce = first.write.op == protocol::Op::Put
-                && config
-                    .collection(&id.0)
-                    .is_some_and(|c| c.mode == crate::config::WriteMode::Replace);
-            let mut jobs = vec![first];
-            while coalesce && q.front().is_some_and(|j| j.write.op == protocol::Op::Put) {
-                jobs.push(q.pop_front().expect("front exists"));
+            let n = match config.collection(&id.0) {
+                Some(coll) => run_len(coll, q.iter()),
+                None => 1,
+            };
+            let jobs: Vec<Job> = q.drain(..n.min(q.len())).collect();
+            if jobs.is_empty() {
+                continue;
             }
             self.busy.insert(id.clone());
             segs.push(Segment { id, jobs });
         }
         segs
     }
+}
+
+/// How many of a key's queued writes (`jobs`, oldest first) one apply of the
+/// last of them stands for: consecutive puts to a `replace` collection are
+/// coalesced, and anything else runs alone.
+///
+/// A put of the `payload` layout replaces the whole payload, so the last put
+/// stands for every put before it. A put of the `fields` layout sets only
+/// the fields it sends (`$set`), so the last stands for the earlier ones only
+/// where it sends every field they sent: the run ends before a put that
+/// leaves out a field of an earlier one (`{a:1}` then `{b:2}` both apply, in
+/// order). The adapters send whole rows, which always coalesce.
+pub(super) fn run_len<'a>(
+    coll: &CollectionConfig,
+    jobs: impl IntoIterator<Item = &'a Job>,
+) -> usize {
+    let mut jobs = jobs.into_iter();
+    let Some(first) = jobs.next() else { return 0 };
+    if coll.mode != WriteMode::Replace || first.write.op != Op::Put {
+        return 1;
+    }
+    let mut sent = first.write.doc.as_ref();
+    let mut n = 1;
+    for job in jobs {
+        let (Op::Put, Some(next)) = (job.write.op, job.write.doc.as_ref()) else {
+            break;
+        };
+        let covers = || {
+            sent.into_iter()
+                .flat_map(|d| d.keys())
+                .all(|k| next.contains_key(k))
+        };
+        if coll.layout == Layout::Fields && !covers() {
+            break;
+        }
+        // `next` sends every field sent so far: it is the union now.
+        sent = Some(next);
+        n += 1;
+    }
+    n
 }
