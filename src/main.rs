@@ -89,8 +89,11 @@ enum Command {
 fn init_logs(config: &Config) {
     // `WRIT_LOG`, when set, is in `log_level` already, checked (config::ENV_LOG).
     let filter = tracing_subscriber::EnvFilter::new(&config.log_level);
+    // Colours only on a terminal: a log file or journald gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
@@ -265,6 +268,11 @@ async fn replay(
     };
     let from = parse(from)?;
     let to = to.map(parse).transpose()?;
+    if let Some(to) = to.filter(|to| *to < from) {
+        anyhow::bail!(
+            "--to ({to}) is before --from ({from}): the range is empty; durations count back from now, so --from 2h --to 1m is the last two hours"
+        );
+    }
     let tools = writ::tools::Tools::connect(config).await?;
     tools.check_collection(collection)?;
     // Replay waits through outages like the daemon; a signal stops it.

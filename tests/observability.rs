@@ -124,6 +124,31 @@ async fn metrics_health_dashboard_and_status_tell_the_truth() {
         sample_sum(&text, "writ_rejected_total", &["reason=\"bad_version\""]),
         1.0
     );
+    // The log line of the parked entry names the dead letter's own id, the
+    // one `writ dlq show` takes, and what to do for its reason.
+    let log = daemon.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("parked a write"))
+        .unwrap_or_else(|| panic!("no dead-letter line in the log:\n{log}"));
+    let letter = line
+        .split("dead_letter=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(|id| id.trim_matches('"').to_string())
+        .unwrap_or_else(|| panic!("no dead_letter= in {line}"));
+    assert!(line.contains("remedy="), "{line}");
+    assert!(
+        !line.contains('\u{1b}'),
+        "colour codes in a log file: {line}"
+    );
+    let shown = writ_cli(&path, &["dlq", "show", &letter]);
+    assert!(shown.status.success(), "dlq show {letter}: {line}");
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains("bad_version"),
+        "{}",
+        String::from_utf8_lossy(&shown.stdout)
+    );
     assert_eq!(
         sample_sum(&text, "writ_end_to_end_seconds_count", &[]),
         40.0

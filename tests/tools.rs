@@ -732,6 +732,29 @@ async fn cli_edges_empty_dlq_retry_and_a_closed_pipe() {
                 || err.contains("\"signa1\" is not declared"),
             "{args:?}: {err}"
         );
+        // A failure says only that: no "dropped 0" beside it.
+        assert!(
+            out.stdout.is_empty(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    // Arguments that cannot be right are refused before Redis is asked, each
+    // with one line saying what is wrong.
+    for (args, says) in [
+        (
+            &["dlq", "show", "notanid"][..],
+            "\"notanid\" is not a dead-letter id",
+        ),
+        (&["dlq", "drop", "zzz"], "\"zzz\" is not a dead-letter id"),
+        (&["dlq", "retry", "1-1", "--all"], "not both"),
+        (&["replay", "--from", "1m", "--to", "2h"], "--to"),
+    ] {
+        let out = writ_cli(&path, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(!err.contains("ResponseError"), "{args:?}: {err}");
     }
     // `--all` pages through the dead-letter stream (100 letters a page):
     // 250 letters of a collection the config does not declare all fail

@@ -46,9 +46,10 @@ pub async fn dlq(config: Config, action: DlqAction) -> anyhow::Result<ExitCode> 
     // One named letter (`Some`), or all of them.
     let pick = |id: Option<String>, all: bool| -> anyhow::Result<Option<String>> {
         match (id, all) {
-            (Some(id), false) => Ok(Some(id)),
+            (Some(id), false) => Ok(Some(letter_id(id)?)),
             (None, true) => Ok(None),
-            _ => anyhow::bail!("give a dead-letter id or --all"),
+            (Some(_), true) => anyhow::bail!("give a dead-letter id or --all, not both"),
+            (None, false) => anyhow::bail!("give a dead-letter id or --all"),
         }
     };
     match action {
@@ -56,16 +57,30 @@ pub async fn dlq(config: Config, action: DlqAction) -> anyhow::Result<ExitCode> 
             print_letters(&tools.dlq_list(count).await?, json)?;
             Ok(ExitCode::SUCCESS)
         }
-        DlqAction::Show { id } => match tools.dlq_show(&id).await? {
+        DlqAction::Show { id } => match tools.dlq_show(&letter_id(id.clone())?).await? {
             Some(l) => {
                 println!("{}", serde_json::to_string_pretty(&l)?);
                 Ok(ExitCode::SUCCESS)
             }
-            None => anyhow::bail!("no dead letter {id}"),
+            None => anyhow::bail!("no dead letter {id}; {NOT_THERE}"),
         },
         DlqAction::Retry { id, all } => dlq_retry(&tools, pick(id, all)?).await,
         DlqAction::Drop { id, all } => dlq_drop(&tools, pick(id, all)?).await,
     }
+}
+
+/// What to say when a named dead letter is not there: the id given may be
+/// the write's own (the `entry=` of the daemon's log line).
+const NOT_THERE: &str = "`writ dlq list` shows the dead letters, each with its write's id in the source id column (the `entry=` of the daemon's log; the letter's own id is its `dead_letter=`)";
+
+/// A dead-letter id as given, checked to be a stream id before Redis sees it.
+fn letter_id(id: String) -> anyhow::Result<String> {
+    if id.parse::<writ::protocol::Version>().is_err() {
+        anyhow::bail!(
+            "{id:?} is not a dead-letter id: ids look like 1796559839946-0 (`writ dlq list` shows them)"
+        );
+    }
+    Ok(id)
 }
 
 /// `writ dlq list`: a table, or JSON.
@@ -128,7 +143,7 @@ async fn dlq_retry(tools: &writ::tools::Tools, one: Option<String>) -> anyhow::R
         if one.is_none() {
             println!("no dead letters to retry");
         } else {
-            eprintln!("writ: no dead letter with that id; `writ dlq list` shows them");
+            eprintln!("writ: no dead letter with that id; {NOT_THERE}");
         }
     }
     Ok(if failed == 0 && (one.is_none() || seen > 0) {
@@ -159,11 +174,11 @@ async fn dlq_drop(tools: &writ::tools::Tools, one: Option<String>) -> anyhow::Re
             }
         }
     }
-    println!("dropped {n} dead letters");
     // A named id that is not there is a failure, as for retry.
     if one.is_some() && n == 0 {
-        eprintln!("writ: no dead letter with that id; `writ dlq list` shows them");
+        eprintln!("writ: no dead letter with that id; {NOT_THERE}");
         return Ok(ExitCode::FAILURE);
     }
+    println!("dropped {n} dead letters");
     Ok(ExitCode::SUCCESS)
 }

@@ -181,10 +181,17 @@ impl Config {
                 .unwrap_or_else(|| DEFAULT_CONFIG_PATH.into()),
         };
         let text = std::fs::read_to_string(&path).map_err(|e| {
-            Error::Config(format!(
-                "cannot read config file {}: {e}; pass --config PATH or set {ENV_CONFIG}",
-                path.display()
-            ))
+            Error::Config(if e.kind() == std::io::ErrorKind::InvalidData {
+                format!(
+                    "config file {} is not UTF-8 text: a writ config is TOML (config/writ.toml shows every field)",
+                    path.display()
+                )
+            } else {
+                format!(
+                    "cannot read config file {}: {e}; pass --config PATH or set {ENV_CONFIG}",
+                    path.display()
+                )
+            })
         })?;
         Config::from_toml_with_env(&text)
             .map_err(|e| Error::Config(format!("{}: {}", path.display(), strip_prefix(&e))))
@@ -196,8 +203,20 @@ impl Config {
     }
 
     fn parse(text: &str) -> Result<RawConfig> {
-        toml::from_str(text)
-            .map_err(|e| Error::Config(e.message().to_string() + &span_hint(text, &e)))
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| Error::Config(e.message().to_string() + &span_hint(text, &e)))?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            // The field's path (`redis.partitions`), so a wrong type names
+            // its field as a bad value does; Rust's type names made plain.
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let message = plain_types(inner.message());
+            let hint = span_hint(text, &inner);
+            Error::Config(match path.as_str() {
+                "." | "" => message + &hint,
+                _ => format!("`{path}`: {message}{hint}"),
+            })
+        })
     }
 
     /// Parses TOML text, applies the environment overrides, validates.
@@ -210,6 +229,12 @@ impl Config {
             raw.mongodb.uri = uri;
         }
         if let Ok(name) = std::env::var(ENV_CONSUMER_NAME) {
+            if !validate::is_identifier(&name) {
+                return Err(validate::bad(
+                    &format!("{ENV_CONSUMER_NAME} (environment, overrides daemon.consumer_name)"),
+                    format!("{name:?}: use 1-64 characters of [A-Za-z0-9_.-]"),
+                ));
+            }
             raw.daemon.consumer_name = Some(name);
         }
         if let Ok(level) = std::env::var(ENV_LOG) {
@@ -229,6 +254,23 @@ fn strip_prefix(e: &Error) -> String {
         Error::Config(m) => m.clone(),
         other => other.to_string(),
     }
+}
+
+/// serde's "expected u32" and the like, in words.
+fn plain_types(message: &str) -> String {
+    let mut m = message.to_string();
+    for (rust, plain) in [
+        ("expected u8", "expected a whole number 0-255"),
+        ("expected u16", "expected a whole number 0-65535"),
+        ("expected u32", "expected a whole number 0-4294967295"),
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected usize", "expected a whole number, 0 or more"),
+        ("expected i64", "expected a whole number"),
+        ("expected a sequence", "expected a list [ ... ]"),
+    ] {
+        m = m.replace(rust, plain);
+    }
+    m
 }
 
 fn span_hint(text: &str, e: &toml::de::Error) -> String {

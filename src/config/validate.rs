@@ -18,7 +18,7 @@ pub(super) fn bad(field: &str, msg: impl std::fmt::Display) -> Error {
 }
 
 /// Names allowed for collections, key fields, namespaces and client ids.
-fn is_identifier(s: &str) -> bool {
+pub(super) fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.chars()

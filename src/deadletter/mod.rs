@@ -51,7 +51,7 @@ pub struct DeadLetter<'a> {
 }
 
 impl DeadLetter<'_> {
-    /// Adds the `XADD` to a pipeline.
+    /// Adds the `XADD` to a pipeline; its reply is the letter's id.
     pub fn add_to(&self, pipe: &mut redis::Pipeline, dlq: &str) {
         let now = crate::protocol::wall_clock_ms();
         let mut cmd = crate::stream::cmd::xadd(dlq, None);
@@ -64,7 +64,7 @@ impl DeadLetter<'_> {
         for (k, v) in self.original.into_iter().flatten() {
             cmd.arg(k.as_slice()).arg(v.as_slice());
         }
-        pipe.add_command(cmd).ignore();
+        pipe.add_command(cmd);
     }
 }
 
@@ -73,7 +73,7 @@ impl DeadLetter<'_> {
 pub fn mongo_rejected(e: &Error) -> Reject {
     Reject::new(
         RejectReason::MongoRejected,
-        format!("MongoDB refused the write: {e}; fix the payload and `writ dlq retry` it"),
+        format!("MongoDB refused the write: {e}; fix the payload and write it again, or fix what MongoDB refused and `writ dlq retry` it"),
     )
 }
 
@@ -131,13 +131,6 @@ pub async fn park(acker: &Acker, fence: &Fence, write: Parking<'_>) -> Parked {
         Some(false) => return Parked::Fenced,
         Some(true) => {}
     }
-    Event::DeadLettered {
-        collection,
-        entry: id,
-        reject,
-        attempts,
-    }
-    .emit();
     let letter = DeadLetter {
         reason: reject.reason.as_str(),
         detail: reject.detail.clone(),
@@ -146,10 +139,17 @@ pub async fn park(acker: &Acker, fence: &Fence, write: Parking<'_>) -> Parked {
         attempts,
         original: fields,
     };
-    let parked = add(acker, &letter).await;
-    if parked.is_none() {
+    let Some(letter_id) = add(acker, &letter).await else {
         return Parked::Stopped;
+    };
+    Event::DeadLettered {
+        collection,
+        entry: id,
+        reject,
+        attempts,
+        letter: &letter_id,
     }
+    .emit();
     if let Some(r) = reply {
         let ack = Ack {
             request: r.request.clone(),
@@ -195,8 +195,8 @@ async fn still_held(acker: &Acker, fence: &Fence) -> Option<bool> {
 
 /// Adds `letter` to the dead-letter stream, retried until it is there (and
 /// as durable as `redis.min_replicas_acked` asks) or the acker stops
-/// (`None`).
-async fn add(acker: &Acker, letter: &DeadLetter<'_>) -> Option<()> {
+/// (`None`); its id in the dead-letter stream.
+async fn add(acker: &Acker, letter: &DeadLetter<'_>) -> Option<String> {
     let dlq = acker.names().dead_letters();
     retry_until(acker.abort(), "dead letter", || {
         let mut pipe = redis::pipe();
@@ -210,10 +210,14 @@ async fn add(acker: &Acker, letter: &DeadLetter<'_>) -> Option<()> {
         }
         let mut conn = acker.conn().clone();
         async move {
-            let replies: Vec<u32> = pipe.query_async(&mut conn).await.map_err(Error::from)?;
-            match replies.last() {
-                Some(&n) if replication.wanted() => replication.check(n, "a dead letter"),
-                _ => Ok(()),
+            if replication.wanted() {
+                let (id, n): (String, u32) =
+                    pipe.query_async(&mut conn).await.map_err(Error::from)?;
+                replication.check(n, "a dead letter")?;
+                Ok(id)
+            } else {
+                let (id,): (String,) = pipe.query_async(&mut conn).await.map_err(Error::from)?;
+                Ok(id)
             }
         }
     })

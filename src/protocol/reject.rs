@@ -50,6 +50,30 @@ impl RejectReason {
             RejectReason::MongoRejected => "mongo_rejected",
         }
     }
+
+    /// What an operator does with a write parked for this reason. A retry
+    /// re-adds the writer's fields unchanged, so it can only succeed where
+    /// the config or MongoDB was at fault, not the entry.
+    pub fn remedy(self) -> &'static str {
+        match self {
+            RejectReason::UnknownCollection => {
+                "declare the collection in [[collections]] and restart writ serve, then `writ dlq retry <dead-letter id>`"
+            }
+            RejectReason::TooLarge => {
+                "raise client.max_document_bytes (at most 16 MiB) and restart writ serve, then `writ dlq retry <dead-letter id>`; or fix the writer and `writ dlq drop` it"
+            }
+            RejectReason::MongoRejected => {
+                "fix what MongoDB refused (a validator, an index, the payload), then `writ dlq retry <dead-letter id>`; or `writ dlq drop` it"
+            }
+            RejectReason::Malformed
+            | RejectReason::BadVersion
+            | RejectReason::KeyField
+            | RejectReason::Payload
+            | RejectReason::WrongPartition => {
+                "the writer sent it wrong: a retry would fail the same way; fix the writer, resend the write, then `writ dlq drop <dead-letter id>`"
+            }
+        }
+    }
 }
 
 /// A refused write: reason plus a human-readable detail.

@@ -34,6 +34,8 @@ pub enum Event<'a> {
         reject: &'a Reject,
         /// Apply attempts made (0: refused when decoded).
         attempts: u32,
+        /// The dead letter's own id (what `writ dlq show` takes).
+        letter: &'a str,
     },
     /// A partition operation was refused by its fence: this daemon lost the
     /// lease (`op`: `read`, `claim`, `cache` or `dead_letter`).
@@ -106,6 +108,7 @@ impl Event<'_> {
                 entry,
                 reject,
                 attempts,
+                letter,
             } => {
                 metrics::counter!("writ_rejected_total", "reason" => reject.reason.as_str())
                     .increment(1);
@@ -114,12 +117,14 @@ impl Event<'_> {
                         .increment(1);
                 }
                 tracing::error!(
+                    dead_letter = letter,
                     entry = %entry,
                     collection = collection.unwrap_or("-"),
                     reason = reject.reason.as_str(),
                     attempts,
                     detail = %reject.detail,
-                    "parked a write in the dead-letter stream (`writ dlq show` has it; fix it, then `writ dlq retry`)"
+                    remedy = reject.reason.remedy(),
+                    "parked a write in the dead-letter stream (`writ dlq show <dead_letter>` has it)"
                 );
             }
             Event::Fenced {
