@@ -333,9 +333,12 @@ pub(crate) fn said_once(text: &str) -> String {
 }
 
 /// MongoDB server error codes that mean "try again": elections, shutdown,
-/// network trouble, time limits, write conflicts.
+/// network trouble, time limits, write conflicts, and a new primary without
+/// a majority snapshot yet (134, on the driver's retryable-read list: the
+/// stale check reads at `majority`) or a shard without a primary for now
+/// (133, from mongos).
 const TRANSIENT_MONGO_CODES: &[i32] = &[
-    6, 7, 50, 89, 91, 112, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 64,
+    6, 7, 50, 64, 89, 91, 112, 133, 134, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436,
 ];
 
 pub(crate) fn mongo_retry_class(e: &mongodb::error::Error) -> RetryClass {
@@ -373,6 +376,34 @@ pub(crate) fn mongo_code(e: &mongodb::error::Error) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server's passing states are retried, never counted towards
+    /// `daemon.max_attempts` (which ends in a dead letter); a refusal of the
+    /// write itself is not.
+    #[test]
+    fn mongo_codes_of_passing_server_states_are_transient() {
+        let command = |code: i32| -> mongodb::error::Error {
+            let c: mongodb::error::CommandError = mongodb::bson::from_document(
+                mongodb::bson::doc! {"code": code, "codeName": "X", "errmsg": "x"},
+            )
+            .unwrap();
+            mongodb::error::ErrorKind::Command(c).into()
+        };
+        for code in [134, 133, 189, 11600, 91, 262] {
+            assert_eq!(
+                mongo_retry_class(&command(code)),
+                RetryClass::Transient,
+                "{code}"
+            );
+        }
+        for code in [2, 121, 11000, 17280] {
+            assert_eq!(
+                mongo_retry_class(&command(code)),
+                RetryClass::Permanent,
+                "{code}"
+            );
+        }
+    }
 
     /// Replies that mean "not run here, or not yet": a slot that moved or is
     /// moving, a loading or failing-over node. Retried, not logged as errors
