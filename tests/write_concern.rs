@@ -71,3 +71,77 @@ async fn no_ack_until_the_majority_holds_the_write() {
     assert!(v2 > v);
     daemon.stop().await;
 }
+
+/// The same guarantee in a round's bulk. A write the primary already holds
+/// (an earlier attempt whose write concern never came: a dropped connection,
+/// a killed daemon) is delivered again, in a round with fresh keys, so it
+/// goes to MongoDB in a bulk; its statement collides (E11000). The bulk's
+/// read-back finds the key at the write's version, but that read is `local`:
+/// the write must not be acked stale until a majority holds the version.
+/// The fresh keys of the round are acked meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_does_not_ack_stale_what_only_the_primary_holds() {
+    let env = TestEnv::start("write_concern_bulk");
+    let target = support::proxy::mongo_target(&env.mongo_uri).await;
+    let marker = "PRIMARYONLY";
+    let proxy = MajorityProxy::start(target, "symbol", marker).await;
+    proxy.reads_only();
+    let o = Overrides {
+        daemon: "backoff_cap_ms = 100",
+        mongo_uri: Some(support::proxy::mongo_uri_via(&env.mongo_uri, proxy.port)),
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let key = |s: &str| doc! {"symbol": s, "strategyName": "wcb", "exchangeName": "x"};
+    // The marked key and 5 fresh keys of its partition, queued before any
+    // daemon runs, so one round holds them all (a bulk: 4 writes or more).
+    let fresh = support::same_partition(&config, "signal", key, marker, "F", 5);
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let ticket = s.submit(&key(marker), &doc! {"n": 1}).await.unwrap();
+    let version = ticket.version();
+    // The primary holds this very write already (as its first attempt left
+    // it); the majority does not, as far as the proxy tells.
+    let mut stored = key(marker);
+    stored.insert("payload", doc! {"n": 1});
+    stored.insert("removed", false);
+    stored.insert("_writ", doc! {"v": version.to_sortable()});
+    env.mongo_db()
+        .await
+        .collection::<mongodb::bson::Document>("signal")
+        .insert_one(stored)
+        .await
+        .unwrap();
+    let mut others = Vec::new();
+    for f in &fresh {
+        others.push(s.submit(&key(f), &doc! {"f": f.as_str()}).await.unwrap());
+    }
+    let daemon = Daemon::start(config.clone());
+    let waiting = tokio::spawn(async move { ticket.wait_for(Duration::from_secs(120)).await });
+    for t in others {
+        t.wait_for(Duration::from_secs(60)).await.unwrap();
+    }
+    // Some attempts after the bulk, all refused by the lagging majority.
+    support::eventually(Duration::from_secs(60), "majority reads of the key", || {
+        let n = proxy.hidden_reads.load(Ordering::SeqCst);
+        let done = waiting.is_finished();
+        async move { (done || n >= 3).then_some(()) }
+    })
+    .await;
+    assert!(
+        !waiting.is_finished(),
+        "acknowledged stale from a local read, before the majority held it: {:?}",
+        waiting.await
+    );
+    assert!(
+        support::cached(&config, "signal", &key(marker))
+            .await
+            .is_none(),
+        "the cache holds a version the majority has not confirmed"
+    );
+    proxy.catch_up();
+    let v = waiting.await.unwrap().expect("acknowledged once confirmed");
+    assert_eq!(v, version);
+    assert_eq!(s.read(&key(marker)).await.unwrap(), Some(doc! {"n": 1}));
+    daemon.stop().await;
+}

@@ -31,6 +31,7 @@ use crate::bson_bytes;
 use crate::config::CollectionConfig;
 use crate::error::Result;
 use crate::protocol::{Op, Version, Write};
+use mongodb::options::ReadConcern;
 
 /// Rounds smaller than this use one findAndModify per write, concurrently.
 const BULK_MIN: usize = 4;
@@ -274,6 +275,16 @@ impl Store {
 
     /// Settles the writes of `idx` from their stored documents, read in one
     /// query: applied or stale when the document shows it, else single.
+    ///
+    /// A statement applied in the bulk is as durable as the bulk's write
+    /// concern. One refused as a duplicate (E11000) is stale only if the
+    /// newer version is: with a write concern beyond one node, that is
+    /// checked by a second read at `majority` of those keys alone (none in
+    /// the usual round), as the single path does. The version found may be
+    /// this write's own, applied on the primary by an attempt whose write
+    /// concern never came; acknowledging it from a `local` read could hand
+    /// out a write that a failover rolls back. What the majority does not
+    /// hold yet goes to the single path, which retries it until it does.
     async fn read_back(
         &self,
         name: &str,
@@ -285,24 +296,15 @@ impl Store {
         let keys: Vec<crate::protocol::Key> =
             idx.iter().map(|&i| items[i].write.key.clone()).collect();
         let docs = self.find_many(name, &keys).await?;
-        let mut found: HashMap<String, Document> = HashMap::new();
-        for d in docs {
-            let key: Document = items[idx[0]]
-                .coll
-                .key
-                .iter()
-                .filter_map(|k| Some((k.clone(), d.get(k)?.clone())))
-                .collect();
-            if let Ok(k) = crate::protocol::Key::from_document(&key, items[idx[0]].coll) {
-                found.insert(k.canonical(), d);
-            }
-        }
+        let mut found = by_key(items[idx[0]].coll, docs);
+        let mut stale = Vec::new();
         for &i in idx {
             let it = &items[i];
             let stored = found.remove(&it.write.key.canonical());
             let version = stored.as_ref().and_then(doc_version);
             out[i] = match (failed.get(&i), stored, version) {
                 (Some(11000), Some(d), Some(v)) if v >= it.version => {
+                    stale.push(i);
                     BulkOutcome::Done(Applied::Stale(Some(d)))
                 }
                 (None, Some(d), Some(v)) if v >= it.version => {
@@ -311,8 +313,54 @@ impl Store {
                 _ => BulkOutcome::Single,
             };
         }
+        if self.confirm_majority && !stale.is_empty() {
+            self.confirm_stale(name, items, &stale, out).await?;
+        }
         Ok(())
     }
+
+    /// Keeps as stale only the writes of `idx` whose newer version a
+    /// majority holds; the others go to the single path ([`Self::read_back`]).
+    async fn confirm_stale(
+        &self,
+        name: &str,
+        items: &[BulkItem<'_>],
+        idx: &[usize],
+        out: &mut [BulkOutcome],
+    ) -> Result<()> {
+        let keys: Vec<crate::protocol::Key> =
+            idx.iter().map(|&i| items[i].write.key.clone()).collect();
+        let majority = ReadConcern::majority();
+        let docs = self.find_many_at(name, &keys, Some(&majority)).await?;
+        let mut found = by_key(items[idx[0]].coll, docs);
+        for &i in idx {
+            let it = &items[i];
+            out[i] = match found.remove(&it.write.key.canonical()) {
+                Some(d) if doc_version(&d).is_some_and(|v| v >= it.version) => {
+                    BulkOutcome::Done(Applied::Stale(Some(d)))
+                }
+                _ => BulkOutcome::Single,
+            };
+        }
+        Ok(())
+    }
+}
+
+/// Stored documents of `coll` by their key's canonical form (a query for
+/// many keys may return others too: they are matched by key).
+fn by_key(coll: &CollectionConfig, docs: Vec<Document>) -> HashMap<String, Document> {
+    let mut found = HashMap::new();
+    for d in docs {
+        let key: Document = coll
+            .key
+            .iter()
+            .filter_map(|k| Some((k.clone(), d.get(k)?.clone())))
+            .collect();
+        if let Ok(k) = crate::protocol::Key::from_document(&key, coll) {
+            found.insert(k.canonical(), d);
+        }
+    }
+    found
 }
 
 #[cfg(test)]

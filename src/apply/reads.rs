@@ -4,6 +4,7 @@
 
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
+use mongodb::options::ReadConcern;
 
 use super::keys::{exact_filter, keys_query, KeysQuery};
 use super::{Store, DOC_REMOVED};
@@ -12,10 +13,20 @@ use crate::error::Result;
 use crate::protocol::Key;
 
 impl Store {
-    /// Documents of `coll` matching `filter`.
-    pub(super) async fn find_docs(&self, coll: &str, filter: Document) -> Result<Vec<Document>> {
-        let cursor = self.coll(coll).find(filter).max_time(self.max_time).await?;
-        Ok(cursor.try_collect().await?)
+    /// Documents of `coll` matching `filter`, at read concern `concern` (the
+    /// collection's own when `None`).
+    async fn find_docs_at(
+        &self,
+        coll: &str,
+        filter: Document,
+        concern: Option<&ReadConcern>,
+    ) -> Result<Vec<Document>> {
+        let collection = self.coll(coll);
+        let mut find = collection.find(filter).max_time(self.max_time);
+        if let Some(c) = concern {
+            find = find.read_concern(c.clone());
+        }
+        Ok(find.await?.try_collect().await?)
     }
 
     /// The stored document of a key, soft-deleted or not.
@@ -55,19 +66,29 @@ impl Store {
     /// It may return other documents too (see [`super::keys_query`]): callers match
     /// the results by key.
     pub async fn find_many(&self, coll: &str, keys: &[Key]) -> Result<Vec<Document>> {
+        self.find_many_at(coll, keys, None).await
+    }
+
+    /// [`Store::find_many`] at read concern `concern` (the collection's own
+    /// when `None`).
+    pub(super) async fn find_many_at(
+        &self,
+        coll: &str,
+        keys: &[Key],
+        concern: Option<&ReadConcern>,
+    ) -> Result<Vec<Document>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
         match keys_query(keys) {
-            KeysQuery::Small(filter) => self.find_docs(coll, filter).await,
+            KeysQuery::Small(filter) => self.find_docs_at(coll, filter, concern).await,
             KeysQuery::Bounded { filter, limit } => {
-                let cursor = self
-                    .coll(coll)
-                    .find(filter)
-                    .limit(limit)
-                    .max_time(self.max_time)
-                    .await?;
-                let mut docs: Vec<Document> = cursor.try_collect().await?;
+                let collection = self.coll(coll);
+                let mut find = collection.find(filter).limit(limit).max_time(self.max_time);
+                if let Some(c) = concern {
+                    find = find.read_concern(c.clone());
+                }
+                let mut docs: Vec<Document> = find.await?.try_collect().await?;
                 if (docs.len() as i64) < limit {
                     return Ok(docs);
                 }
@@ -91,7 +112,10 @@ impl Store {
                     .cloned()
                     .collect();
                 if !missing.is_empty() {
-                    docs.extend(self.find_docs(coll, exact_filter(&missing)).await?);
+                    docs.extend(
+                        self.find_docs_at(coll, exact_filter(&missing), concern)
+                            .await?,
+                    );
                 }
                 Ok(docs)
             }

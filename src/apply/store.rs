@@ -49,7 +49,7 @@ pub struct Store {
     wc: WriteConcern,
     /// Whether the write concern asks for more than one node: the stale
     /// check then reads at `majority` ([`Store::stale_or_conflict`]).
-    confirm_majority: bool,
+    pub(super) confirm_majority: bool,
     pub(super) max_time: Duration,
     limiter: super::Limiter,
     /// Per collection, the operations MongoDB answered so far (applied,

@@ -26,6 +26,9 @@ use super::wire::{command_of, op_msg, OP_MSG};
 pub struct MajorityProxy {
     pub port: u16,
     lagging: Arc<AtomicBool>,
+    /// Whether writes of the key get the `writeConcernError` (else only the
+    /// majority reads lag: a write the primary took before this proxy ran).
+    mark_writes: Arc<AtomicBool>,
     /// Write commands on the key seen so far (while lagging).
     pub writes: Arc<AtomicU32>,
     /// Majority reads of the key answered with no document.
@@ -55,8 +58,18 @@ fn writes_key(cmd: &Document, field: &str, marker: &str) -> bool {
     false
 }
 
-/// Whether `cmd` is a majority read of the key.
-fn majority_read(cmd: &Document, field: &str, marker: &str) -> bool {
+/// Whether `cmd` is a majority read that may return the key: its filter
+/// names the marker anywhere (an equality, an `$in`, an `$or` of keys).
+/// `field` is not checked there: the marker is unique to the test.
+fn majority_read(cmd: &Document, _field: &str, marker: &str) -> bool {
+    fn mentions(b: &Bson, marker: &str) -> bool {
+        match b {
+            Bson::String(s) => s == marker,
+            Bson::Array(a) => a.iter().any(|x| mentions(x, marker)),
+            Bson::Document(d) => d.values().any(|x| mentions(x, marker)),
+            _ => false,
+        }
+    }
     cmd.contains_key("find")
         && cmd
             .get_document("readConcern")
@@ -65,9 +78,7 @@ fn majority_read(cmd: &Document, field: &str, marker: &str) -> bool {
             == Some("majority")
         && cmd
             .get_document("filter")
-            .ok()
-            .and_then(|f| f.get_str(field).ok())
-            == Some(marker)
+            .is_ok_and(|f| mentions(&Bson::Document(f.clone()), marker))
 }
 
 async fn read_msg(r: &mut (impl AsyncReadExt + Unpin)) -> Option<([u8; 16], Vec<u8>)> {
@@ -86,21 +97,28 @@ impl MajorityProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let lagging = Arc::new(AtomicBool::new(true));
+        let mark_writes = Arc::new(AtomicBool::new(true));
         let writes = Arc::new(AtomicU32::new(0));
         let hidden_reads = Arc::new(AtomicU32::new(0));
         let (field, marker) = (field.to_string(), marker.to_string());
-        let (l, w, h) = (lagging.clone(), writes.clone(), hidden_reads.clone());
+        let (l, w, h, m) = (
+            lagging.clone(),
+            writes.clone(),
+            hidden_reads.clone(),
+            mark_writes.clone(),
+        );
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(target).await else {
                     continue;
                 };
-                let (lagging, writes, hidden, field, marker) = (
+                let (lagging, writes, hidden, field, marker, mark) = (
                     l.clone(),
                     w.clone(),
                     h.clone(),
                     field.clone(),
                     marker.clone(),
+                    m.clone(),
                 );
                 tokio::spawn(async move {
                     let (mut cr, cw) = client.into_split();
@@ -172,7 +190,9 @@ impl MajorityProxy {
                                 }
                                 if writes_key(cmd, &field, &marker) {
                                     writes.fetch_add(1, Ordering::SeqCst);
-                                    marked.lock().unwrap().insert(request_id);
+                                    if mark.load(Ordering::SeqCst) {
+                                        marked.lock().unwrap().insert(request_id);
+                                    }
                                 }
                             }
                             if sw.write_all(&header).await.is_err()
@@ -192,10 +212,17 @@ impl MajorityProxy {
         MajorityProxy {
             port,
             lagging,
+            mark_writes,
             writes,
             hidden_reads,
             task,
         }
+    }
+
+    /// Writes of the key pass with their own replies (counted still): only
+    /// majority reads lag, as for a write the primary took earlier.
+    pub fn reads_only(&self) {
+        self.mark_writes.store(false, Ordering::SeqCst);
     }
 
     /// The majority catches up: everything passes through from now on.
