@@ -369,3 +369,83 @@ async fn a_reader_holds_back_while_read_keys_wait_for_a_round() {
     .await;
     daemon.stop().await;
 }
+
+/// A first start behind writers (the documented order: writers may start
+/// before any daemon): the streams hold a backlog, and the daemon makes the
+/// groups from the start. Its first group read of each partition, and every
+/// count of the backlog after it, must not read the backlog to count it.
+/// (Before, the first fenced read of each partition copied every entry after
+/// its batch into the script to count them, and each admission until then
+/// read up to `max_backlog` of them: with 100,000 large entries, one script
+/// holding Redis and its memory for the whole backlog.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_behind_writers_counts_the_backlog_without_reading_it() {
+    let env = TestEnv::start("backlog_first_start");
+    // Small batches, so every partition's backlog outlasts its first read.
+    let o = support::Overrides {
+        daemon: "batch_size = 8",
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let measure = writ.collection("measure").unwrap();
+    let writes = 400u64;
+    let mut tickets = Vec::new();
+    for i in 0..writes {
+        let key = doc! {"bucket": "first", "entryKey": format!("k{i}")};
+        tickets.push(measure.submit(&key, &doc! {"i": i as i64}).await.unwrap());
+    }
+    // Every command Redis runs from now on, scripts' commands included (on
+    // a cluster, those of the seed node).
+    let seed = env.redis_url.split(',').next().unwrap().trim().to_string();
+    let monitor = redis::Client::open(seed)
+        .unwrap()
+        .get_async_monitor()
+        .await
+        .unwrap();
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let watch = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let mut lines = std::pin::pin!(monitor.into_on_message::<String>());
+            while let Some(line) = futures::StreamExt::next(&mut lines).await {
+                if line.contains("\"XRANGE\"") {
+                    seen.lock().unwrap().push(line);
+                }
+            }
+        })
+    };
+    let daemon = support::Daemon::start(config.clone());
+    // Writers keep writing while the daemon starts.
+    for i in 0..40u64 {
+        let key = doc! {"bucket": "first", "entryKey": format!("late{i}")};
+        tickets.push(measure.submit(&key, &doc! {"i": i as i64}).await.unwrap());
+    }
+    for t in tickets {
+        t.wait().await.unwrap();
+    }
+    watch.abort();
+    // Bounded looks (the oldest unapplied entry's age: COUNT 1) are fine; a
+    // range of a partition stream to its end without COUNT reads it all.
+    let whole: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains(":in\"") && !l.contains("\"COUNT\""))
+        .cloned()
+        .collect();
+    assert!(
+        whole.is_empty(),
+        "the backlog was read to count it: {whole:?}"
+    );
+    // And the count is exact: nothing is left.
+    let names = writ::protocol::Names::new(&config.namespace);
+    let mut cm = writ::redis_conn::connect(&config, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    for p in 0..config.partitions {
+        let (unapplied, ..) = writ::status::backlog(&mut cm, &names, p, 0).await.unwrap();
+        assert_eq!(unapplied, 0, "partition {p}");
+    }
+    daemon.stop().await;
+}

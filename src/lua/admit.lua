@@ -48,6 +48,11 @@ local function backlog(bound)
     if undelivered > info['length'] then undelivered = info['length'] end
   elseif not found then
     undelivered = info['length']
+  elseif last == '0-0' then
+    -- Nothing delivered yet (the group was made from the start): every entry
+    -- is undelivered, counted without reading them; recorded as below.
+    undelivered = info['length']
+    redis.pcall('HSET', KEYS[2], 'at', last, 'read', info['entries-added'] - undelivered)
   else
     local r
     if bound > 0 then

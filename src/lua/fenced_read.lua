@@ -125,6 +125,11 @@ if #entries > 0 then
   local at = entries[#entries][1]
   if meta[1] == before and read then
     redis.call('HSET', KEYS[3], 'at', at, 'read', read + #entries)
+  elseif before == '0-0' then
+    -- The group had delivered nothing (made from the start, as at a first
+    -- start behind writers): these are the stream's first entries, so the
+    -- rest of the stream is after them, counted without reading it.
+    redis.call('HSET', KEYS[3], 'at', at, 'read', added() - (redis.call('XLEN', KEYS[1]) - #entries))
   else
     local after = redis.call('XRANGE', KEYS[1], '(' .. at, '+')
     redis.call('HSET', KEYS[3], 'at', at, 'read', added() - #after)
