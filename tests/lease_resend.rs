@@ -80,3 +80,51 @@ async fn an_acquisition_sent_twice_takes_the_lease_once() {
         "the record lives as long as the lease: {ttl}"
     );
 }
+
+/// A lease is released only by the tenure that holds it: its name and its
+/// token. A process paused past its lease's TTL may find, once it runs
+/// again and shuts down, that a replacement started under the same
+/// `consumer_name` took the partition with a new token; its release must
+/// leave that lease alone (before, the name alone matched, and the release
+/// deleted the replacement's lease: a needless hand-over).
+#[tokio::test]
+async fn a_release_leaves_a_newer_tenure_of_the_same_name_alone() {
+    let env = support::TestEnv::start("lease_release");
+    let config = env.config();
+    let conn = writ::redis_conn::connect(&config, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    let ttl = std::time::Duration::from_secs(60);
+    let old = writ::ownership::Leases::new(conn.clone(), &config.namespace, "d1", ttl);
+    let first = old.try_acquire(0).await.unwrap().expect("a free lease");
+    // The lease lapses (the old process paused), and a replacement of the
+    // same name takes the partition.
+    let names = writ::protocol::Names::new(&config.namespace);
+    let mut c = env.redis().await;
+    let _: () = redis::cmd("DEL")
+        .arg(names.lease(0))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let new = writ::ownership::Leases::new(conn.clone(), &config.namespace, "d1", ttl);
+    let second = new.try_acquire(0).await.unwrap().expect("a lapsed lease");
+    assert!(second.token > first.token);
+    let holder = |mut c: writ::redis_conn::Conn| {
+        let key = names.lease(0);
+        async move {
+            redis::cmd("GET")
+                .arg(key)
+                .query_async::<Option<String>>(&mut c)
+                .await
+                .unwrap()
+        }
+    };
+    old.release(0, first.token).await.unwrap();
+    assert_eq!(
+        holder(conn.clone()).await.as_deref(),
+        Some("d1"),
+        "the old tenure's release took the new tenure's lease"
+    );
+    new.release(0, second.token).await.unwrap();
+    assert_eq!(holder(conn.clone()).await, None, "the holder's release");
+}

@@ -35,8 +35,11 @@ end
 return 0
 "#;
 
+/// Only the tenure that holds the lease gives it up: the name alone is not
+/// enough, as a replacement started under the same `consumer_name` takes the
+/// lease over with a new token while the old process may still be draining.
 const RELEASE: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+if redis.call('GET', KEYS[1]) == ARGV[1] and redis.call('GET', KEYS[2]) == ARGV[2] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
@@ -131,7 +134,7 @@ impl Leases {
                 // Not confirmed: a failover could roll the fence back below
                 // this token, so it is never used. Someone takes the lease
                 // again later.
-                self.release(p).await.ok();
+                self.release(p, token).await.ok();
                 return Err(e);
             }
         }
@@ -163,13 +166,16 @@ impl Leases {
         Ok(ok == 1)
     }
 
-    /// Gives the lease up (only if still ours).
-    pub async fn release(&self, p: u32) -> Result<()> {
+    /// Gives the lease of partition `p` up, only if still this tenure's
+    /// (its name and its fencing `token`).
+    pub async fn release(&self, p: u32, token: u64) -> Result<()> {
         let mut conn = self.conn.clone();
         let _: i64 = self
             .release
             .key(self.names.lease(p))
+            .key(self.names.fence(p))
             .arg(&self.me)
+            .arg(token)
             .invoke_async(&mut conn)
             .await?;
         Ok(())

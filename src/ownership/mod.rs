@@ -172,15 +172,15 @@ impl Owner {
         for p in ended {
             let t = self.owned.remove(&p).expect("listed");
             if t.handing_over || t.run.lease.valid() {
-                self.release(p).await;
+                self.release(p, t.run.lease.token).await;
             }
             crate::telemetry::clear_partition(p);
             tracing::info!(partition = p, "partition tenure ended");
         }
     }
 
-    async fn release(&self, p: u32) {
-        if let Err(e) = self.leases.release(p).await {
+    async fn release(&self, p: u32, token: u64) {
+        if let Err(e) = self.leases.release(p, token).await {
             tracing::warn!(partition = p, error = %e, "cannot release the lease; it expires within its TTL");
             return;
         }
@@ -326,14 +326,15 @@ impl Owner {
             .into_iter()
             .map(|(p, t)| async move {
                 crate::telemetry::clear_partition(p);
+                let token = t.run.lease.token;
                 let stopped = tokio::time::timeout(Duration::from_secs(2), t.handle)
                     .await
                     .is_ok();
-                (p, stopped)
+                (p, token, stopped)
             });
-        for (p, stopped) in futures::future::join_all(joins).await {
+        for (p, token, stopped) in futures::future::join_all(joins).await {
             if stopped {
-                self.release(p).await;
+                self.release(p, token).await;
             } else {
                 // Still inside a call: keep the lease so nobody else applies
                 // the partition meanwhile; it expires within the TTL.
