@@ -27,6 +27,22 @@ pub(super) fn redis_urls(urls: &[String], cluster: bool) -> Result<Vec<String>> 
                 ),
             ));
         }
+        // The parse `serve` meets (a bad port, database or host), said here
+        // so that `check-config` refuses it too.
+        if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
+            let why = match url::Url::parse(url) {
+                Err(u) => u.to_string(),
+                Ok(_) => e.to_string(),
+            };
+            return Err(bad(
+                "redis.url",
+                format!(
+                    "{} does not parse: {}; check the host, the port (1-65535) and the database number (redis://host:port/N), and %-encode special characters in the password; set it or {ENV_REDIS_URL}",
+                    redact_url(url),
+                    super::validate::scrub(&why, url)
+                ),
+            ));
+        }
         if url.starts_with("rediss://") != first.starts_with("rediss://") {
             return Err(bad(
                 "redis.url",

@@ -273,3 +273,56 @@ fn documented_default_file_matches_the_code_defaults() {
     );
     assert!(documented.collections.len() >= 10);
 }
+
+#[test]
+fn urls_are_parsed_as_the_clients_will_with_no_secret_in_the_message() {
+    let with = |redis: &str, mongo: &str| {
+        Config::from_toml(
+            &MIN.replace("[redis]", &format!("[redis]\nurl = \"{redis}\""))
+                .replace("[mongodb]", &format!("[mongodb]\nuri = \"{mongo}\"")),
+        )
+    };
+    let (r, m) = ("redis://127.0.0.1:6379", "mongodb://127.0.0.1:27017/");
+    assert!(with(r, m).is_ok());
+    for (redis, mongo, field, says) in [
+        (
+            "redis://u:s3cretpw@127.0.0.1:99999",
+            m,
+            "redis.url",
+            "invalid port",
+        ),
+        ("redis://:s3cretpw@", m, "redis.url", "empty host"),
+        ("redis://127.0.0.1:6379/abc", m, "redis.url", "database"),
+        (
+            r,
+            "mongodb://u:s3cretpw@127.0.0.1:99999/",
+            "mongodb.uri",
+            "port",
+        ),
+        (
+            r,
+            "mongodb://u:s3cret@pw@127.0.0.1/",
+            "mongodb.uri",
+            "URL encoded",
+        ),
+        (
+            r,
+            "mongodb://127.0.0.1/?directConnection=maybe",
+            "mongodb.uri",
+            "boolean",
+        ),
+        (
+            r,
+            "mongodb://127.0.0.1/?tlsCertificateKeyFilePassword=s3cretpw",
+            "mongodb.uri",
+            "decrypt the key file",
+        ),
+    ] {
+        let e = with(redis, mongo).unwrap_err().to_string();
+        assert!(
+            e.contains(field) && e.contains(says),
+            "{redis} {mongo}: {e}"
+        );
+        assert!(!e.contains("s3cret"), "a secret in the message: {e}");
+    }
+}

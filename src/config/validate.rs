@@ -143,6 +143,20 @@ fn check_mongodb(mongodb: &RawMongo) -> Result<WriteConcernW> {
             ),
         ));
     }
+    // The driver's own parse, as `serve` meets it, so `check-config` refuses
+    // what `serve` would (a bad port, an unknown option, a password with an
+    // unencoded `@`). It reads no DNS: a mongodb+srv:// host is looked up at
+    // connect time.
+    if let Err(e) = mongodb::options::ConnectionString::parse(&mongodb.uri) {
+        return Err(bad(
+            "mongodb.uri",
+            format!(
+                "{} does not parse: {}; fix it or {ENV_MONGODB_URI} (special characters in the user or password must be %-encoded)",
+                redact_url(&mongodb.uri),
+                scrub(&driver_message(&e), &mongodb.uri)
+            ),
+        ));
+    }
     if mongodb.database.is_empty() || mongodb.database.contains(['/', '\\', '.', ' ', '"', '$']) {
         return Err(bad(
             "mongodb.database",
@@ -167,6 +181,38 @@ fn check_mongodb(mongodb: &RawMongo) -> Result<WriteConcernW> {
         1000,
     )?;
     Ok(write_concern)
+}
+
+/// The message of a driver error, without the fields it prints for every
+/// error (`labels: {}, source: None, ...`).
+fn driver_message(e: &mongodb::error::Error) -> String {
+    let message = match e.kind.as_ref() {
+        mongodb::error::ErrorKind::InvalidArgument { message, .. } => message.clone(),
+        other => other.to_string(),
+    };
+    // The one option writ's build leaves out, said in an operator's terms.
+    if message.contains("tlsCertificateKeyFilePassword") {
+        return "writ does not read encrypted client keys (tlsCertificateKeyFilePassword): decrypt the key file (openssl pkey -in key.pem -out plain.pem), point tlsCertificateKeyFile at it and drop the password".into();
+    }
+    message
+}
+
+/// `text` with the credentials of `url` (its user info) blanked, in case an
+/// error quotes them.
+pub(super) fn scrub(text: &str, url: &str) -> String {
+    let userinfo = url
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .and_then(|rest| rest.split(['/', '?']).next())
+        .and_then(|authority| authority.rsplit_once('@'))
+        .map(|(user, _)| user);
+    let mut out = text.to_string();
+    for part in userinfo.into_iter().flat_map(|u| u.split(':')) {
+        if part.len() >= 3 {
+            out = out.replace(part, "***");
+        }
+    }
+    out
 }
 
 /// What `[daemon]` yields beyond its plain numbers.
