@@ -241,15 +241,34 @@ async fn trim(conn: &mut Conn, config: &Config, stream: &str, p: &crate::status:
 }
 
 async fn wait_for_mongo(store: &Store, shutdown: &CancellationToken) -> Result<()> {
+    /// How often a wait that goes on says so again.
+    const REMIND: Duration = Duration::from_secs(60);
     let mut backoff = crate::backoff::Backoff::new(Duration::from_secs(5));
+    let since = std::time::Instant::now();
     let mut warned = false;
+    let mut remind_at = since + REMIND;
     loop {
         match store.ping().await {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                if warned {
+                    tracing::info!(
+                        waited_secs = since.elapsed().as_secs(),
+                        "MongoDB is reachable; starting"
+                    );
+                }
+                return Ok(());
+            }
             Err(e) if e.retry_class() == crate::error::RetryClass::Transient => {
                 if !warned {
                     tracing::warn!(error = %e, "MongoDB is not reachable yet; retrying (check mongodb.uri / WRIT_MONGODB_URI)");
                     warned = true;
+                } else if std::time::Instant::now() >= remind_at {
+                    remind_at += REMIND;
+                    tracing::warn!(
+                        waited_secs = since.elapsed().as_secs(),
+                        error = %e,
+                        "MongoDB is still not reachable; writes are accepted and wait in Redis (check mongodb.uri / WRIT_MONGODB_URI, and that MongoDB runs)"
+                    );
                 }
                 if !backoff.sleep(shutdown).await {
                     return Err(Error::Shutdown);

@@ -104,7 +104,12 @@ impl Key {
                 None => {
                     return Err(Reject::new(
                         RejectReason::KeyField,
-                        format!("key of {:?} lacks field {name:?}; its key fields are {:?}", coll.name, coll.key),
+                        format!(
+                            "key of {:?} lacks field {name:?}; its key fields are {:?}, and it has {:?}",
+                            coll.name,
+                            coll.key,
+                            doc.keys().collect::<Vec<_>>()
+                        ),
                     ))
                 }
                 Some(Bson::String(s)) => KeyValue::Str(s.clone()),
