@@ -428,3 +428,47 @@ async fn a_submit_dropped_during_its_admission_leaves_no_waiter() {
     );
     assert_eq!(writ.unacked(), 0, "the dropped submit left its waiter");
 }
+
+/// A submit made on a runtime that then shuts down (a short-lived runtime
+/// per request, or per test, beside a long-lived handle) starts its
+/// partition's flush task on that runtime, which drops the task mid-way.
+/// Later submits to the partition, from a runtime that lives on, are
+/// answered; before, they waited for good behind a task that no longer ran.
+#[test]
+fn a_submit_on_a_runtime_that_shuts_down_does_not_strand_its_partition() {
+    let env = TestEnv::start("admission_runtime");
+    let config = env.config();
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let writ = main.block_on(Writ::connect(config.clone())).unwrap();
+    let s = writ.collection("signal").unwrap();
+    let key = |k: &str| doc! {"symbol": k, "strategyName": "rt", "exchangeName": "x"};
+    let other = support::same_partition(&config, "signal", key, "A", "B", 1).remove(0);
+    let short = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    short.block_on(async {
+        let s = s.clone();
+        let k = key("A");
+        tokio::spawn(async move {
+            let _ = s.submit(&k, &doc! {"n": 1}).await;
+        });
+        tokio::task::yield_now().await;
+    });
+    drop(short);
+    let answered = main.block_on(async {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            s.submit(&key(&other), &doc! {"n": 2}),
+        )
+        .await
+    });
+    let admitted = answered.expect("the submit waited behind a flush task that no longer runs");
+    admitted.expect("admitted");
+    drop(writ);
+    drop(main);
+}

@@ -33,7 +33,8 @@
 //! whether its writes were added instead of an error that cannot say.
 //!
 //! The call is made by a task of its own, so a caller that gives up waiting
-//! cannot strand the submits queued behind it. Bounded: at most
+//! cannot strand the submits queued behind it; nor can a runtime that shuts
+//! down under that task ([`Flush`]). Bounded: at most
 //! [`MAX_BATCH`] entries or [`MAX_BATCH_BYTES`] per call, one call in flight
 //! per partition; callers queue behind it (each caller waits for its own
 //! result, so the queue is bounded by the callers).
@@ -205,22 +206,59 @@ impl Batcher {
             !std::mem::replace(&mut q.busy, true)
         };
         if lead {
-            tokio::spawn(self.clone().flush(p));
+            let flush = Flush {
+                batcher: self.clone(),
+                p,
+                done: false,
+            };
+            tokio::spawn(flush.run());
         }
         rx.await.unwrap_or_else(|_| {
             Err(Refused::Odd(
-                "the admission task ended without an answer".into(),
+                "the admission task ended without an answer (the runtime it ran on shut down?): the write may or may not have been added".into(),
             ))
         })
     }
+}
 
-    /// Sends partition `p`'s queue, call after call, until it is empty.
-    async fn flush(self: Arc<Self>, p: usize) {
+/// Partition `p`'s flush task: sends the queue, call after call, until it is
+/// empty. The task runs on the runtime of the submit that started it; if that
+/// runtime shuts down first, the task is dropped mid-way, and its drop frees
+/// the queue (else every later submit to `p` would wait for good behind a
+/// task that no longer runs) and tells the writes still queued that they
+/// were not sent.
+struct Flush {
+    batcher: Arc<Batcher>,
+    p: usize,
+    done: bool,
+}
+
+impl Drop for Flush {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut q = self.batcher.queues[self.p]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        q.busy = false;
+        for w in q.waiting.drain(..) {
+            let _ = w.reply.send(Err(Refused::Odd(
+                "the admission task was dropped with the runtime it ran on before this write was sent: it was NOT added; submit it again".into(),
+            )));
+        }
+    }
+}
+
+impl Flush {
+    async fn run(mut self) {
+        let (batcher, p) = (self.batcher.clone(), self.p);
         loop {
             let (seq, batch) = {
-                let mut q = self.queues[p].lock().expect("lock");
+                let mut q = batcher.queues[p].lock().expect("lock");
                 if q.waiting.is_empty() {
                     q.busy = false;
+                    self.done = true;
                     return;
                 }
                 let mut bytes = 0;
@@ -239,13 +277,15 @@ impl Batcher {
                 q.calls += 1;
                 (q.calls, q.waiting.drain(..n).collect::<Vec<_>>())
             };
-            let results = self.call(p, seq, &batch).await;
+            let results = batcher.call(p, seq, &batch).await;
             for (w, r) in batch.into_iter().zip(results) {
                 let _ = w.reply.send(r);
             }
         }
     }
+}
 
+impl Batcher {
     /// Admission call number `seq` of partition `p`, for `batch`; one result
     /// per entry.
     async fn call(&self, p: usize, seq: u64, batch: &[Waiting]) -> Vec<Admitted> {
