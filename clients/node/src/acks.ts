@@ -21,6 +21,15 @@ import { compareStreamIds } from "./version.js";
 import { errMessage, groupBy, isReplyError, sleep } from "./util.js";
 
 const ACK_BLOCK_MS = 1000;
+/**
+ * The ack connection's `socketTimeout`: its XREAD BLOCK answers within
+ * ACK_BLOCK_MS, so a reply this late means a half-open connection (a NAT or
+ * load balancer dropped it without a reset). ioredis then destroys the
+ * socket and reconnects, instead of waiting for TCP to give up (about 15
+ * minutes), with no acks and no lost-ack sweep meanwhile. It only runs
+ * while a command is out: an idle ack connection is left alone.
+ */
+export const ACK_SOCKET_TIMEOUT_MS = ACK_BLOCK_MS + 9000;
 /** How often, at most, the ack loop looks for lost acks ({@link AckReader.sweepLostAcks}). */
 const LOST_ACK_SWEEP_MS = 5000;
 /** Writes one sweep looks at. */

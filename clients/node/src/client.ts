@@ -36,7 +36,7 @@ import {
 } from "./key.js";
 import { ADMIT_LUA, CACHE_CAS_LUA, PARTITION_COUNT_LUA } from "./lua.js";
 import { AdmitBatcher, AdmitRefused, Withdrawal, type AdmitKeys } from "./admit.js";
-import { AckReader, lastDelivered, type AwaitedWrite } from "./acks.js";
+import { ACK_SOCKET_TIMEOUT_MS, AckReader, lastDelivered, type AwaitedWrite } from "./acks.js";
 import { RESERVED_FIELDS } from "./collections.js";
 import { bsonNesting, MAX_NESTING } from "./nesting.js";
 import { NOT_EXECUTED, ReplicatedAdmitter, redirectionsFor } from "./replicated.js";
@@ -339,7 +339,9 @@ export class WritClient {
       connectionName: `writ-node:${c.clientId}`,
       maxRetriesPerRequest: role === "acks" ? null : 5,
       // No commandTimeout on any connection: the ack stream's XREAD blocks
-      // ACK_BLOCK_MS, and WAIT up to replicaAckTimeoutMs, by design.
+      // ACK_BLOCK_MS, and WAIT up to replicaAckTimeoutMs, by design. The ack
+      // connection is watched for a reply that never comes (acks.ts).
+      ...(role === "acks" ? { socketTimeout: ACK_SOCKET_TIMEOUT_MS } : {}),
     };
     let conn: RedisConn;
     if (!c.redisCluster) {

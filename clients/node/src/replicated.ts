@@ -187,11 +187,19 @@ export class ReplicatedAdmitter {
     n.scheduled = false;
     if (n.busy) return;
     const calls: [Part, Call][] = [];
+    const elsewhere = new Set<string>();
     let entries = 0;
     for (const part of this.parts.values()) {
       if (part.inFlight || (!part.retry && !part.waiting.length)) continue;
       // Past the cap, the rest go in the next pipeline (sent when this one is back).
-      if (entries >= PIPELINE_MAX_ENTRIES || this.nodeOf(part) !== node) continue;
+      if (entries >= PIPELINE_MAX_ENTRIES) continue;
+      const at = this.nodeOf(part);
+      if (at !== node) {
+        // Its slot moved since it was queued (a failover, a resharding):
+        // the node serving it now sends it, or nobody would.
+        elsewhere.add(at);
+        continue;
+      }
       if (this.isClosed()) {
         this.fail(part, new WritClosedError());
         continue;
@@ -202,6 +210,7 @@ export class ReplicatedAdmitter {
       calls.push([part, call]);
       entries += call.entries.length;
     }
+    for (const other of elsewhere) this.schedule(other);
     if (!calls.length) {
       this.nodes.delete(node);
       return;

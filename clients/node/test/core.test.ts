@@ -1118,6 +1118,39 @@ describe("core", () => {
     return () => Object.assign(inner, real);
   }
 
+  test("minReplicasAcked: a write queued while its partition's slot moves to another node is sent there", g(async () => {
+    // Partitions A and B share node X. A's pipeline is out when a write to B
+    // is queued (X is busy, so it waits for X). Meanwhile the slot map moves
+    // both to node Y (a failover). When A's pipeline is back, X has nothing
+    // left, and B's write must go to Y: before, nothing scheduled Y, and the
+    // write waited out writeTimeoutMs and failed though the cluster was fine.
+    const c = client({ namespace: `${env.name}_moved`, minReplicasAcked: 1, maxBacklog: 1000, writeTimeoutMs: 20_000 });
+    await c.ready();
+    const slots: string[][] = Array.from({ length: 16384 }, () => ["X"]);
+    const w = fakeWrites({ slots, hold: true });
+    const undo = replaceWrites(c, w.fake);
+    try {
+      const keyA = { k: "moved-a", n: 1 };
+      const pA = partitionOf(KV.name, canonicalKey(KV, keyA), env.partitions);
+      let n = 1;
+      while (partitionOf(KV.name, canonicalKey(KV, { k: "moved-b", n }), env.partitions) === pA) n++;
+      const keyB = { k: "moved-b", n };
+      const first = c.submit(KV.name, keyA, "put", { i: 1 });
+      await eventually("A's admission out", 5000, async () => w.out());
+      const second = c.submit(KV.name, keyB, "put", { i: 2 });
+      await sleep(50); // B's write is queued behind X's pipeline
+      for (let i = 0; i < slots.length; i++) slots[i] = ["Y"];
+      w.release();
+      await first;
+      const started = Date.now();
+      await second;
+      assert.ok(Date.now() - started < 5000, "B's write waited for its timeout");
+      assert.deepEqual(w.sent.map((x) => x.node), ["X", "Y"]);
+    } finally {
+      undo();
+    }
+  }));
+
   test("minReplicasAcked: an admission sent again after NOSCRIPT stays ahead of later writes of its partition", g(async () => {
     // The writes connection is replaced by a stand-in whose first pipeline
     // answers NOSCRIPT while a second write of the key is submitted.
@@ -1282,6 +1315,48 @@ describe("core", () => {
       assert.equal((await client().read(KV.name, key))!.payload.a, marker.toString());
     } finally {
       admin.disconnect();
+      proxy.close();
+    }
+  }));
+
+  test("acks keep arriving after the ack connection goes half-open", g(async () => {
+    // A proxy between the client and Redis: once told, it stops passing
+    // anything on the connections that have carried an XREAD (the ack
+    // reader's), in either direction, without closing them, as a NAT that
+    // forgot the connection does. Acks must come again on a new connection
+    // well before TCP would give up (about 15 minutes).
+    const target = new URL(env.redisUrl);
+    const ackConns = new Set<{ held: boolean }>();
+    const proxy = createServer((down) => {
+      const up = connect(Number(target.port), target.hostname);
+      const state = { held: false };
+      down.on("data", (d: Buffer) => {
+        if (state.held) return;
+        if (d.toString("latin1").toLowerCase().includes("xread")) ackConns.add(state);
+        up.write(d);
+      });
+      up.on("data", (d: Buffer) => {
+        if (!state.held) down.write(d);
+      });
+      const close = () => (down.destroy(), up.destroy());
+      down.on("error", close).on("close", close);
+      up.on("error", close).on("close", close);
+    });
+    await new Promise<void>((r) => proxy.listen(0, "127.0.0.1", r));
+    try {
+      const port = (proxy.address() as AddressInfo).port;
+      const c = client({ mode: "ack", writeTimeoutMs: 40_000, redisUrl: `redis://127.0.0.1:${port}` });
+      const key = { k: "halfopen", n: 1 };
+      await (await c.write(KV.name, key, "put", { i: 1 })).acked;
+      assert.ok(ackConns.size >= 1, "the ack reader's XREAD went through the proxy");
+      for (const a of ackConns) a.held = true;
+      const started = Date.now();
+      const t = await c.write(KV.name, key, "put", { i: 2 });
+      assert.equal((await t.acked).outcome, "applied");
+      const waited = Date.now() - started;
+      assert.ok(waited < 30_000, `the ack took ${waited} ms`);
+      assert.equal((await client().read(KV.name, key))!.payload.i, 2);
+    } finally {
       proxy.close();
     }
   }));
