@@ -18,7 +18,7 @@ import type { WritConfig } from "./config.js";
 import { WritConnectionError, WritTimeoutError, type WritError } from "./errors.js";
 import type { Names } from "./key.js";
 import { compareStreamIds } from "./version.js";
-import { errMessage, groupBy, isReplyError, sleep } from "./util.js";
+import { errMessage, groupBy, isReplyError, sleepUnref } from "./util.js";
 
 const ACK_BLOCK_MS = 1000;
 /**
@@ -223,7 +223,7 @@ export class AckReader {
             ),
           );
         }
-        await sleep(backoff);
+        await sleepUnref(backoff);
         backoff = Math.min(backoff * 2, 2000);
         continue;
       }

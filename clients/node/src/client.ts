@@ -974,12 +974,21 @@ export class WritClient {
 
   /** Waits until every write this process made so far is acked (bounded). */
   async flush(timeoutMs = this.config.writeTimeoutMs): Promise<void> {
+    if (this.closed) throw new WritClosedError();
     const all = [...this.pending.values()].map((w) => w.acked);
-    await withTimeout(
-      Promise.all(all),
-      timeoutMs,
-      () => new WritTimeoutError(`${all.length} writes not acked within ${timeoutMs} ms; check \`writ status\``),
-    );
+    // A close() meanwhile ends the wait at once: no ack is read after it.
+    let onClose!: (e: Error) => void;
+    const closed = new Promise<never>((_, reject) => (onClose = reject));
+    this.closeWaiters.add(onClose);
+    try {
+      await withTimeout(
+        Promise.race([Promise.all(all), closed]),
+        timeoutMs,
+        () => new WritTimeoutError(`${all.length} writes not acked within ${timeoutMs} ms; check \`writ status\``),
+      );
+    } finally {
+      this.closeWaiters.delete(onClose);
+    }
   }
 
   /** Number of writes of this process still waiting for their ack. */

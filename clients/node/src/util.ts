@@ -6,6 +6,9 @@
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
+/** {@link sleep} that does not keep the process alive (a background loop's backoff). */
+export const sleepUnref = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
+
 export function errMessage(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }

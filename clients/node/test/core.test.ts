@@ -1391,6 +1391,8 @@ describe("core", () => {
       await new Promise((res) => setTimeout(res, 300)); // the client is now reconnecting
       // A write made now waits in ioredis's offline queue; close() settles it.
       const queued = c.write(KV.name, { k: "close", n: 2 }, "put", { i: 2 }).catch((e: unknown) => e);
+      // A flush waiting for the pending ack ends with the close, not after writeTimeoutMs.
+      const flushing = c.flush().catch((e: unknown) => e);
       const t = Date.now();
       await Promise.race([
         c.close(),
@@ -1400,6 +1402,9 @@ describe("core", () => {
       assert.ok((await pending) instanceof Error, "the pending write is settled with an error");
       const settled = await Promise.race([queued, new Promise((res) => setTimeout(() => res("unsettled"), 5000).unref())]);
       assert.ok(settled instanceof WritClosedError, `the queued write is settled with WritClosedError: ${String(settled)}`);
+      const flushed = await Promise.race([flushing, new Promise((res) => setTimeout(() => res("unsettled"), 5000).unref())]);
+      assert.ok(flushed instanceof WritClosedError, `the flush is settled with WritClosedError: ${String(flushed)}`);
+      await assert.rejects(c.flush(), WritClosedError);
     } finally {
       await r.stop().catch(() => {});
       rmSync(dir, { recursive: true, force: true });
