@@ -1124,7 +1124,7 @@ describe("core", () => {
     // both to node Y (a failover). When A's pipeline is back, X has nothing
     // left, and B's write must go to Y: before, nothing scheduled Y, and the
     // write waited out writeTimeoutMs and failed though the cluster was fine.
-    const c = client({ namespace: `${env.name}_moved`, minReplicasAcked: 1, maxBacklog: 1000, writeTimeoutMs: 20_000 });
+    const c = client({ namespace: `${env.name}_requeued`, minReplicasAcked: 1, maxBacklog: 1000, writeTimeoutMs: 20_000 });
     await c.ready();
     const slots: string[][] = Array.from({ length: 16384 }, () => ["X"]);
     const w = fakeWrites({ slots, hold: true });
