@@ -23,6 +23,7 @@
 use std::collections::HashMap;
 
 use mongodb::bson::{doc, Bson, Document, RawArrayBuf, RawDocumentBuf};
+use mongodb::options::ReadConcern;
 
 use super::document::{doc_version, update_of, GUARD_FIELD};
 use super::post_image;
@@ -31,7 +32,6 @@ use crate::bson_bytes;
 use crate::config::CollectionConfig;
 use crate::error::Result;
 use crate::protocol::{Op, Version, Write};
-use mongodb::options::ReadConcern;
 
 /// Rounds smaller than this use one findAndModify per write, concurrently.
 const BULK_MIN: usize = 4;

@@ -59,10 +59,7 @@ fn declared_collection<'c>(
     fields: &crate::stream::Fields,
     config: &'c crate::config::Config,
 ) -> Option<&'c str> {
-    let name = fields
-        .iter()
-        .find(|(k, _)| k.as_slice() == protocol::field::COLLECTION.as_bytes())
-        .and_then(|(_, v)| std::str::from_utf8(v).ok())?;
+    let name = text_field(fields, protocol::field::COLLECTION)?;
     config
         .collections
         .get_key_value(name)
@@ -71,20 +68,22 @@ fn declared_collection<'c>(
 
 /// Best effort: the reply address of an entry that failed to decode.
 fn reply_of(fields: &crate::stream::Fields) -> Option<protocol::ReplyTo> {
-    let get = |n: &str| {
-        fields
-            .iter()
-            .find(|(k, _)| k.as_slice() == n.as_bytes())
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
-    };
     let (client, request) = (
-        get(protocol::field::CLIENT)?,
-        get(protocol::field::REQUEST)?,
+        text_field(fields, protocol::field::CLIENT)?,
+        text_field(fields, protocol::field::REQUEST)?,
     );
     (protocol::valid_id(client) && protocol::valid_id(request)).then(|| protocol::ReplyTo {
         client: client.into(),
         request: request.into(),
     })
+}
+
+/// The value of an entry's field `name`, if it is there and is text.
+fn text_field<'f>(fields: &'f crate::stream::Fields, name: &str) -> Option<&'f str> {
+    fields
+        .iter()
+        .find(|(k, _)| k.as_slice() == name.as_bytes())
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
 }
 
 /// Processes one key's jobs, in order.

@@ -59,9 +59,9 @@ fn writes_key(cmd: &Document, field: &str, marker: &str) -> bool {
 }
 
 /// Whether `cmd` is a majority read that may return the key: its filter
-/// names the marker anywhere (an equality, an `$in`, an `$or` of keys).
-/// `field` is not checked there: the marker is unique to the test.
-fn majority_read(cmd: &Document, _field: &str, marker: &str) -> bool {
+/// names the marker anywhere (an equality, an `$in`, an `$or` of keys; the
+/// marker is unique to the test, so its field is not checked).
+fn majority_read(cmd: &Document, marker: &str) -> bool {
     fn mentions(b: &Bson, marker: &str) -> bool {
         match b {
             Bson::String(s) => s == marker,
@@ -166,7 +166,7 @@ impl MajorityProxy {
                                 .then(|| command_of(&body))
                                 .flatten();
                             if let Some(cmd) = &cmd {
-                                if majority_read(cmd, &field, &marker) {
+                                if majority_read(cmd, &marker) {
                                     hidden.fetch_add(1, Ordering::SeqCst);
                                     let ns = format!(
                                         "{}.{}",
