@@ -254,6 +254,8 @@ export class WritClient {
   /** Group commit of admissions without WAIT (`minReplicasAcked: 0`). */
   private readonly admitter: AdmitBatcher;
   private readonly casSha = sha1(CACHE_CAS_LUA);
+  /** Whether a failed cache fill of the lost-ack sweep went to `onError` already. */
+  private fillErrorReported = false;
   private nextReq = 0;
   /**
    * Request ids are `<reqPrefix>.<counter>`: random per instance, so that a
@@ -1206,15 +1208,15 @@ export class WritClient {
   /** Stores a document read from MongoDB in the cache unless the cache holds a newer version. */
   private async casCache(k: ResolvedKey, version: string, raw: Buffer): Promise<void> {
     try {
-      await this.evalScript(
-        this.casSha,
-        CACHE_CAS_LUA,
-        [this.names.cache(k.partition, k.spec.name, k.canonical)],
-        [version, raw],
-      );
+      await this.casCacheOrThrow(k, version, raw);
     } catch {
       // The cache is an optimisation; a failed fill leaves a miss.
     }
+  }
+
+  /** {@link casCache}, failing when Redis refuses or fails the fill. */
+  private async casCacheOrThrow(k: ResolvedKey, version: string, raw: Buffer): Promise<void> {
+    await this.evalScript(this.casSha, CACHE_CAS_LUA, [this.names.cache(k.partition, k.spec.name, k.canonical)], [version, raw]);
   }
 
   /**
@@ -1390,6 +1392,10 @@ export class WritClient {
    * never backwards), as a read-through fills it: a write the sweep settles
    * applied from MongoDB may have lost its cache update with its entry (a
    * failover), and no read may then answer the older version the cache holds.
+   * So a write whose key's fill failed (or did not answer within
+   * readTimeoutMs) and that MongoDB holds is left out, for a later sweep:
+   * settled applied, it would let the cache answer older than it. `onError`
+   * hears of the first such failure.
    */
   private async storedVersions(writes: AwaitedWrite[]): Promise<Map<string, string>> {
     const out = new Map<string, string>();
@@ -1397,6 +1403,8 @@ export class WritClient {
     for (const [spec, group] of groupBy(ws, (w) => w.key.spec)) {
       const keys = [...new Map(group.map((w) => [w.key.id, w.key])).values()];
       const byKey = new Map<string, string>();
+      const filled = new Set<string>();
+      let failure: unknown;
       for (let i = 0; i < keys.length; i += 100) {
         const chunk = keys.slice(i, i + 100);
         const found = await this.findRaw(spec, chunk);
@@ -1405,19 +1413,46 @@ export class WritClient {
           const raw = found.get(k.canonical);
           if (!raw) {
             byKey.set(k.id, ZERO_VERSION);
+            filled.add(k.id); // nothing to fill
             continue;
           }
           const doc = deserialize(raw);
           const version = this.docVersion(doc);
           byKey.set(k.id, version);
-          fills.push(this.casCache(k, version, doc._writ?.deleted === true ? Buffer.alloc(0) : raw));
+          fills.push(
+            this.casCacheOrThrow(k, version, doc._writ?.deleted === true ? Buffer.alloc(0) : raw).then(
+              () => void filled.add(k.id),
+              (e) => void (failure ??= e),
+            ),
+          );
         }
-        // A fill that fails or hangs leaves the entry as it was; the versions still count.
-        await this.redisRead(Promise.all(fills), "a cache fill").catch(() => {});
+        await this.redisRead(Promise.all(fills), "a cache fill").catch((e) => void (failure ??= e));
       }
-      for (const w of group) out.set(w.req, byKey.get(w.key.id)!);
+      for (const w of group) {
+        const v = byKey.get(w.key.id)!;
+        if (filled.has(w.key.id) || w.version === undefined || v < w.version) out.set(w.req, v);
+      }
+      if (failure !== undefined) this.reportFillFailure(failure);
     }
     return out;
+  }
+
+  /**
+   * Tells `onError`, once per client, that the cache fill of writes the
+   * lost-ack sweep found in MongoDB failed, so they stay pending.
+   */
+  private reportFillFailure(e: unknown): void {
+    if (this.fillErrorReported || this.closed) return;
+    this.fillErrorReported = true;
+    this.report(
+      new WritConnectionError(
+        `writes of this client whose acks were lost are in MongoDB, but Redis refused or did not answer their cache ` +
+          `fill: ${errMessage(e)}. They stay pending (flush() waits, each holds a maxPending slot) until the cache holds ` +
+          `them, so that no read answers an older cached value. With a Redis ACL user, the writer needs write access ` +
+          `to ${this.names.namespace}:{p*}:c:* (docs/operations.md, "Redis ACL users"). Reported once per client.`,
+        { cause: e },
+      ),
+    );
   }
 
   /**

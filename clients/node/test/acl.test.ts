@@ -10,11 +10,13 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Redis } from "ioredis";
+import { MongoClient } from "mongodb";
+import { serialize } from "bson";
 
 import { WritClient } from "../src/client.js";
 import { RefusedWriteError, WritConnectionError, WritTimeoutError, type WritError } from "../src/errors.js";
 import { canonicalKey, Names, partitionOf, type CollectionSpec } from "../src/key.js";
-import { compareStreamIds } from "../src/version.js";
+import { compareStreamIds, toSortable } from "../src/version.js";
 import { eventually, REPO_ROOT, TestEnv } from "./harness.js";
 
 const KV: CollectionSpec = { name: "acl_kv", key: ["k", "n"] };
@@ -29,17 +31,20 @@ const WRITER_PASSWORD = "n0de-wr1ter-pw-4b8e";
 
 let env: TestEnv;
 let admin: Redis;
+let mongo: MongoClient;
 const clients: WritClient[] = [];
 
 before(async () => {
   env = await TestEnv.start("acl", { append: APPEND, ownRedis: true });
   admin = new Redis(env.redisUrl);
+  mongo = new MongoClient(env.mongoUri);
 });
 
 after(async () => {
   try {
     for (const c of clients) await c.close();
     admin?.disconnect();
+    await mongo?.close();
   } finally {
     await env?.stop();
   }
@@ -147,6 +152,59 @@ describe("the documented writer ACL user", () => {
     assert.ok(told[0].message.includes(`%R~${dlq}`), told[0].message);
     assert.match(told[0].message, /docs\/operations\.md/);
     assert.ok(!errors.some((e) => /never arrived/.test(e.message)), errors.join("\n"));
+    await s.close();
+  }));
+  test("with the cache read-only, a write settled from MongoDB stays pending until its cache fill succeeds", g(async () => {
+    // A namespace no daemon serves: the daemon's steps by hand, as in core's
+    // "a write settled applied from MongoDB is not read older from a cache entry that lost its update".
+    const ns = `${env.name}_fill`;
+    const names = new Names(ns);
+    const rules = documentedWriter().map((r) => r.replaceAll(`${env.name}:`, `${ns}:`));
+    const cacheRule = `~${ns}:{p*}:c:*`;
+    assert.ok(rules.includes(cacheRule), `the writer's line grants ${cacheRule}: ${rules.join(" ")}`);
+    await setWriter(rules.map((r) => (r === cacheRule ? `%R${cacheRule}` : r)));
+    const key = { k: "fill", n: 1 };
+    const canonical = canonicalKey(KV, key);
+    const entry = names.cache(partitionOf(KV.name, canonical, 1), KV.name, canonical);
+    const stored = (n: number, v: string) => ({ k: "fill", n: 1, payload: { n }, removed: false, _writ: { v, at: new Date() } });
+    const coll = mongo.db(env.name).collection(KV.name);
+    // The key's first value, applied and cached.
+    const v0 = toSortable("1-0");
+    await coll.insertOne(stored(0, v0));
+    await admin.hset(entry, "v", v0, "doc", Buffer.from(serialize(stored(0, v0))));
+    const errors: WritError[] = [];
+    const s = new WritClient(
+      env.clientConfig({
+        redisUrl: `redis://writ-writer:${WRITER_PASSWORD}@127.0.0.1:${env.redis!.port}`,
+        collections: [KV],
+        namespace: ns,
+        partitions: 1,
+        mode: "submit",
+        writeTimeoutMs: 1000,
+        maxBacklog: 1000,
+        onError: (e: WritError) => errors.push(e),
+      }),
+    );
+    clients.push(s);
+    const t = await s.write(KV.name, key, "put", { n: 1 });
+    // Applied to MongoDB; then a failover lost the entry, its cache update and its ack.
+    await coll.updateOne({ k: "fill", n: 1 }, { $set: stored(1, toSortable(t.entryId)) });
+    assert.equal(await admin.xdel(names.stream(0), t.entryId), 1);
+    // Sweeps find it in MongoDB but cannot fill the cache: settled, it would leave other readers the older value.
+    await assert.rejects(s.flush(4000), WritTimeoutError);
+    assert.equal(s.pendingCount, 1, "settled applied while the cache still holds the older value");
+    const told = errors.filter((e) => e.message.includes("cache fill"));
+    assert.equal(told.length, 1, `onError is told once:\n${errors.join("\n")}`);
+    assert.match(told[0].message, /NOPERM/);
+    assert.ok(told[0].message.includes(`${ns}:{p*}:c:*`), told[0].message);
+    assert.equal((await s.read(KV.name, key))!.payload.n, 1, "this process reads its pending write");
+    // Write access back: the next sweep fills the cache and settles the write.
+    await setWriter(rules);
+    await s.flush(30000);
+    assert.equal((await t.acked).outcome, "applied");
+    const [v, doc] = (await admin.hmgetBuffer(entry, "v", "doc")) as (Buffer | null)[];
+    assert.equal(String(v), toSortable(t.entryId), "the cache holds the applied version");
+    assert.ok(doc && doc.length > 0);
     await s.close();
   }));
 });
