@@ -486,7 +486,12 @@ export function createAdapters(client: WritClient): AdapterClasses {
         await put(collection, { bucket: this.bucket, entryKey: key }, fields);
       }
       async remove(key: string): Promise<void> {
-        await client.write(collection, { bucket: this.bucket, entryKey: key }, "remove");
+        // Like the official package (an update without upsert): removing a key
+        // that was never written leaves no document behind.
+        const k = { bucket: this.bucket, entryKey: key };
+        const r = await client.readRecord(collection, k);
+        if (!r || !r.exists) return;
+        await client.write(collection, k, "remove");
       }
       async *list(): AsyncGenerator<string> {
         const docs = await client.list(collection, { bucket: this.bucket });
@@ -548,7 +553,7 @@ export function createAdapters(client: WritClient): AdapterClasses {
       await put(COLLECTION.memory, this.key(memoryId), { payload: data ?? null, removed: false, when: whenMs(when) });
     }
     async removeMemoryData(memoryId: string): Promise<void> {
-      // Like the default store: removing an id that was never written leaves nothing behind.
+      // Like the official package: removing an id that was never written leaves nothing behind.
       if (!(await this.hasMemoryData(memoryId))) return;
       await client.write(COLLECTION.memory, this.key(memoryId), "remove");
     }

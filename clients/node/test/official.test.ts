@@ -220,3 +220,21 @@ test("absent keys read the same through both packages", g(async () => {
   }
 }));
 
+test("removing a key that was never written leaves no document, as in the official package", g(async () => {
+  if (!env.writ) await env.startDaemon(); // run alone (--test-name-pattern)
+  const w = writProcess("ack");
+  const db = mongo.db(env.name);
+  const cases: [Domain, unknown[], string, string, Record<string, unknown>][] = [
+    ["Measure", ["never-bucket"], "removeMeasureData", "measure-items", { bucket: "never-bucket", entryKey: "never" }],
+    ["Interval", ["never-bucket"], "removeIntervalData", "interval-items", { bucket: "never-bucket", entryKey: "never" }],
+    ["Memory", ["never-sig", "bucket"], "removeMemoryData", "memory-items", { signalId: "never-sig", bucketName: "bucket", memoryId: "never" }],
+  ];
+  for (const [d, args, remove, coll, filter] of cases) {
+    await officialKit.call(d, args, remove, "never");
+    assert.equal(await db.collection(coll).countDocuments(filter), 0, `official ${d}.${remove}`);
+    await w.kit.call(d, args, remove, "never");
+    await w.client.flush();
+    assert.equal(await db.collection(coll).countDocuments(filter), 0, `writ ${d}.${remove} of a key never written left a document`);
+  }
+}));
+
