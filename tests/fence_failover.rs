@@ -8,7 +8,7 @@
 //!   never used — so a promoted replica's counter is never behind a token in
 //!   use;
 //! - the fence check is for equality, so even a counter that does go back
-//!   (`min_replicas_acked = 0`, a failover that lost the last `INCR`) admits
+//!   (`min_replicas_acked = 0`, a failover that lost the last fence write) admits
 //!   exactly one of the tokens at any moment. A `>=` check would admit both.
 
 mod support;
@@ -190,4 +190,78 @@ async fn a_fence_that_goes_back_admits_one_token_at_a_time() {
         "after the counter went back both tokens wrote: two owners"
     );
     assert!(old_in ^ new_in, "exactly one token is current");
+}
+
+/// A failover that lost A's acquisition (`min_replicas_acked = 0`): the
+/// promoted replica's fence is back where it was before A took the
+/// partition, and A, which does not know, still holds its token until its
+/// next renewal. The next acquisition must not hand B that same token, or
+/// both would pass every fence check. With a step of one it did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquisition_after_a_lost_one_does_not_repeat_its_token() {
+    let env = TestEnv::start("fencerepeat");
+    let config = env.config();
+    let names = Names::new(&config.namespace);
+    let mut conn = writ::redis_conn::connect(&config, Duration::ZERO)
+        .await
+        .unwrap();
+    let p = 2;
+    let ttl = Duration::from_secs(30);
+    // An earlier owner's tenure, so that the fence has a value to go back to.
+    let first = Leases::new(conn.clone(), &config.namespace, "first", ttl)
+        .try_acquire(p)
+        .await
+        .unwrap()
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(names.lease(p))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let a = Leases::new(conn.clone(), &config.namespace, "a", ttl)
+        .try_acquire(p)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(a.token > first.token);
+    // The failover: A's acquisition is gone (the fence and the lease as
+    // before it); A does not know yet.
+    let _: () = redis::cmd("SET")
+        .arg(names.fence(p))
+        .arg(first.token)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(names.lease(p))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let b = Leases::new(conn.clone(), &config.namespace, "b", ttl)
+        .try_acquire(p)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(
+        a.token, b.token,
+        "B was handed the token A still holds: two owners pass the fence"
+    );
+    // And the fence admits B's token only.
+    let cache = Cache::new(conn.clone());
+    let key = names.cache(p, "signal", "fencerepeat");
+    let fence_of = |token| Fence {
+        partition: p,
+        key: names.fence(p),
+        token,
+    };
+    let version = Version { ms: 1000, seq: 0 };
+    let body = mongodb::bson::doc! {"v": 1};
+    assert_eq!(
+        cache
+            .put_fenced(&key, version, Some(&body), Some(&fence_of(a.token)))
+            .await
+            .unwrap(),
+        CasOutcome::Fenced,
+        "A's token still writes"
+    );
 }

@@ -13,6 +13,9 @@ const LEASE: &str = "w:{p0}:lease";
 const FENCE: &str = "w:{p0}:fence";
 const ACQUIRED: &str = "w:{p0}:acquired";
 
+/// The fence's step for every call here (the daemon draws one at random).
+const STEP: u64 = 7;
+
 async fn acquire(conn: &mut MultiplexedConnection, me: &str, call: &str) -> u64 {
     redis::Script::new(include_str!("../src/lua/lease_acquire.lua"))
         .key(LEASE)
@@ -21,6 +24,7 @@ async fn acquire(conn: &mut MultiplexedConnection, me: &str, call: &str) -> u64 
         .arg(me)
         .arg(60_000)
         .arg(call)
+        .arg(STEP)
         .invoke_async(conn)
         .await
         .unwrap()
@@ -39,20 +43,20 @@ async fn an_acquisition_sent_twice_takes_the_lease_once() {
             .unwrap()
     };
 
-    assert_eq!(acquire(&mut conn, "d1", "a").await, 1, "a free lease");
+    assert_eq!(acquire(&mut conn, "d1", "a").await, STEP, "a free lease");
     let aof = support::aof_size(&mut conn).await;
     assert_eq!(
         acquire(&mut conn, "d1", "a").await,
-        1,
+        STEP,
         "the same call again gets its token"
     );
     // The second run writes, so that a WAIT after it (min_replicas_acked)
-    // covers the first run's INCR.
+    // covers the first run's fence write.
     assert!(
         support::aof_size(&mut conn).await > aof,
         "the second run propagated nothing"
     );
-    assert_eq!(fence(conn.clone()).await, 1, "one INCR for the two runs");
+    assert_eq!(fence(conn.clone()).await, STEP, "one step for the two runs");
     assert_eq!(
         acquire(&mut conn, "d1", "b").await,
         0,
@@ -67,9 +71,9 @@ async fn an_acquisition_sent_twice_takes_the_lease_once() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(acquire(&mut conn, "d2", "c").await, 2);
+    assert_eq!(acquire(&mut conn, "d2", "c").await, 2 * STEP);
     assert_eq!(acquire(&mut conn, "d1", "a").await, 0);
-    assert_eq!(fence(conn.clone()).await, 2);
+    assert_eq!(fence(conn.clone()).await, 2 * STEP);
     let ttl: i64 = redis::cmd("PTTL")
         .arg(ACQUIRED)
         .query_async(&mut conn)
@@ -127,4 +131,28 @@ async fn a_release_leaves_a_newer_tenure_of_the_same_name_alone() {
     );
     new.release(0, second.token).await.unwrap();
     assert_eq!(holder(conn.clone()).await, None, "the holder's release");
+}
+
+/// A fence beyond what Lua's numbers hold exactly (2^53) still moves
+/// exactly (by one, Redis's own `INCR`), and is returned as it is stored.
+#[tokio::test]
+async fn a_fence_near_the_top_moves_exactly() {
+    let redis = support::RedisServer::start_with(false);
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let big: u64 = 900_719_925_474_099_123;
+    let _: () = redis::cmd("SET")
+        .arg(FENCE)
+        .arg(big)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(acquire(&mut conn, "d1", "a").await, big + 1);
+    let stored: u64 = redis::cmd("GET")
+        .arg(FENCE)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(stored, big + 1);
+    assert_eq!(acquire(&mut conn, "d1", "a").await, big + 1, "sent twice");
 }

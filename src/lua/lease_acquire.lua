@@ -2,14 +2,22 @@
 -- KEYS[1] lease <ns>:{p<N>}:lease; KEYS[2] fence <ns>:{p<N>}:fence;
 -- KEYS[3] last acquisition <ns>:{p<N>}:acquired.
 -- ARGV[1] the daemon's consumer name; ARGV[2] TTL (ms); ARGV[3] this call's id
--- (random per call). Returns the new fencing token, or 0 when the lease is held.
+-- (random per call); ARGV[4] the step (random per call, 2 to 2^20+1).
+-- Returns the new fencing token (as a string, exact at any size), or 0 when
+-- the lease is held.
+--
+-- The fence moves by a random step, not by one: a Redis failover that lost
+-- an acquisition rolls the fence back, and with a step of one the next
+-- acquisition would hand out the lost one's token again, so two daemons
+-- would hold the same current token (both pass every fence check). With a
+-- random step that takes two acquisitions drawing the same step (1 in 2^20).
 --
 -- Takes a free lease. A lease key without an expiry was not set by writ
 -- (writ always sets one): it is taken over, or the partition would never be
 -- owned again; the new token fences whoever set it. A fence that is not a
 -- plain number is refused before anything is set, as a key of another type
 -- is (WRONGTYPE): that partition stays unowned, the others are taken. The
--- INCR goes before the SET, so a failing INCR leaves no lease behind.
+-- fence goes before the lease, so a failing fence write leaves no lease behind.
 --
 -- Sent twice, taken once: redis-rs in cluster mode sends a call again after
 -- a timeout or a dropped connection. When the lease names this daemon and
@@ -23,7 +31,19 @@ if fence and not (string.match(fence, '^%d+$') and #fence <= 18) then
 end
 local cur = redis.call('GET', KEYS[1])
 if cur == false or redis.call('PTTL', KEYS[1]) == -1 then
-  local token = redis.call('INCR', KEYS[2])
+  -- With SET rather than INCRBY, so that a daemon user set up before
+  -- random steps (`+incr +set`) still takes leases. Lua's numbers are exact
+  -- below 2^53; a fence that near the top moves by INCR (exact in Redis).
+  local token
+  local stepped = tonumber(fence or '0') + tonumber(ARGV[4])
+  if stepped < 2^53 then
+    token = string.format('%.0f', stepped)
+    redis.call('SET', KEYS[2], token)
+  else
+    -- INCR's reply reaches Lua as a number, inexact up here: read the string.
+    redis.call('INCR', KEYS[2])
+    token = redis.call('GET', KEYS[2])
+  end
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   redis.call('SET', KEYS[3], ARGV[3] .. ' ' .. token, 'PX', ARGV[2])
   return token
@@ -32,7 +52,7 @@ if cur == ARGV[1] and fence then
   local last = redis.call('GET', KEYS[3])
   if last and last == ARGV[3] .. ' ' .. fence then
     -- A write, so that a WAIT after this run on its connection also covers
-    -- the first run's INCR (Redis 7 moves a connection's replication offset
+    -- the first run's fence write (Redis 7 moves a connection's replication offset
     -- only for commands that write).
     redis.call('PEXPIRE', KEYS[3], ARGV[2])
     return fence

@@ -1,14 +1,17 @@
 //! Partition leases with fencing tokens.
 //!
 //! A partition's owner holds `<ns>:{p<N>}:lease` (its consumer name, with a
-//! TTL). Each new acquisition increments `<ns>:{p<N>}:fence`; the owner keeps
+//! TTL). Each new acquisition moves `<ns>:{p<N>}:fence` up; the owner keeps
 //! that token and the cache compare-and-set refuses any write whose token is
 //! not the current one, so a daemon that lost its lease (paused, partitioned)
 //! cannot move the cache. Both keys share the partition's hash tag, so the
 //! check is atomic with the write.
 //!
 //! The check is for equality, so at any moment at most one token is current,
-//! even if a Redis failover rolls the counter back. With
+//! even if a Redis failover rolls the counter back. Each acquisition moves
+//! the fence by a random step ([`FENCE_STEP`]), so that after such a rollback
+//! the next acquisition does not hand out the lost acquisition's token again
+//! (two holders of one current token), but for a 1 in 2^20 chance. With
 //! `redis.min_replicas_acked`, a new token is used only after `WAIT`
 //! confirms it reached the replicas (otherwise the lease is released again),
 //! so a promoted replica's counter is never behind a token in use. Renewals
@@ -44,6 +47,13 @@ if redis.call('GET', KEYS[1]) == ARGV[1] and redis.call('GET', KEYS[2]) == ARGV[
 end
 return 0
 "#;
+
+/// How far one acquisition moves the fence (src/lua/lease_acquire.lua):
+/// random, so that a failover that rolled the fence back does not make the
+/// next acquisition repeat a token still held. From 2, so that a rollback of
+/// one step of a writ before this change is covered as well; 2^20 wide, so
+/// that the 18-digit fence lasts for about 10^12 acquisitions.
+pub const FENCE_STEP: std::ops::RangeInclusive<u64> = 2..=(1 << 20) + 1;
 
 /// A held lease: its fencing token and how long it is surely valid.
 #[derive(Debug)]
@@ -110,7 +120,8 @@ impl Leases {
             .key(self.names.acquired(p))
             .arg(&self.me)
             .arg(self.ttl.as_millis() as u64)
-            .arg(format!("{:016x}", rand::random::<u64>()));
+            .arg(format!("{:016x}", rand::random::<u64>()))
+            .arg(rand::random_range(FENCE_STEP));
         // With replicas to confirm, note the connection the acquisition went
         // out on: its WAIT must go out on the same one.
         let (client, token): (u64, u64) = if self.replication.wanted() {
