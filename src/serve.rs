@@ -134,6 +134,7 @@ async fn prepare_redis(config: &Config) -> Result<(Conn, crate::partition_count:
     let names = Names::new(&config.namespace);
     let streams: Vec<String> = (0..config.partitions).map(|p| names.stream(p)).collect();
     crate::redis_conn::durability::check(&conn, &streams, config.min_replicas_acked > 0).await?;
+    Replication::of(config).check_permitted(&conn).await?;
     let standing =
         crate::partition_count::claim_daemon(&mut conn, config, crate::protocol::wall_clock_ms())
             .await?;

@@ -472,3 +472,110 @@ fn a_submit_on_a_runtime_that_shuts_down_does_not_strand_its_partition() {
     drop(writ);
     drop(main);
 }
+
+/// With `min_replicas_acked = 1` and no replica, the `WAIT` after an
+/// admission never gets its replica; the daemon (confirming nothing itself
+/// here) applies and acks the write meanwhile. The ack settles it: the write
+/// is committed in MongoDB, and "not replicated" would make its caller send
+/// it again. Before, the caller got `NotReplicated` after the full wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acked_write_is_not_reported_unconfirmed() {
+    let env = TestEnv::start("admission_acked_unconfirmed");
+    let _daemon = Daemon::start(env.config());
+    let o = Overrides {
+        redis: "min_replicas_acked = 1\nreplica_ack_timeout_ms = 5000",
+        ..Default::default()
+    };
+    let writ = Writ::connect(env.config_with(&o)).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let key = doc! {"symbol": "ACKED", "strategyName": "unconfirmed", "exchangeName": "x"};
+    let version = s
+        .write(&key, &doc! {"v": 1})
+        .await
+        .expect("a write the daemon applied and acked was reported as failed");
+    let stored = env
+        .mongo_db()
+        .await
+        .collection::<Document>("signal")
+        .find_one(doc! {"symbol": "ACKED", "strategyName": "unconfirmed"})
+        .await
+        .unwrap()
+        .expect("in MongoDB");
+    assert_eq!(
+        stored
+            .get_document("payload")
+            .ok()
+            .and_then(|d| d.get_i32("v").ok()),
+        Some(1),
+        "{stored}"
+    );
+    assert_eq!(s.read_record(&key).await.unwrap().unwrap().version, version);
+}
+
+/// A `WAIT` in flight on a runtime that shuts down (a handle used from a
+/// short-lived runtime): its driver is dropped mid-way. Later writes of that
+/// partition, from a runtime that lives on, are still confirmed (here: told
+/// "not confirmed" after the wait, there being no replica); before, they
+/// waited for good behind a driver that no longer ran.
+#[test]
+fn a_wait_on_a_runtime_that_shuts_down_does_not_strand_its_partition() {
+    let env = TestEnv::start("admission_wait_runtime");
+    let o = Overrides {
+        redis: "min_replicas_acked = 1\nreplica_ack_timeout_ms = 2000",
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let writ = main.block_on(Writ::connect(config.clone())).unwrap();
+    let s = writ.collection("signal").unwrap();
+    let key = |k: &str| doc! {"symbol": k, "strategyName": "wrt", "exchangeName": "x"};
+    let other = support::same_partition(&config, "signal", key, "A", "B", 1).remove(0);
+    let admin = main.block_on(env.redis());
+    let short = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    short.block_on(async {
+        let s = s.clone();
+        let k = key("A");
+        tokio::spawn(async move {
+            let _ = s.submit(&k, &doc! {"n": 1}).await;
+        });
+        // Until that write's WAIT blocks in Redis.
+        support::eventually(
+            std::time::Duration::from_secs(20),
+            "the first write's WAIT to block",
+            || {
+                let mut admin = admin.clone();
+                async move {
+                    let list: String = redis::cmd("CLIENT")
+                        .arg("LIST")
+                        .query_async(&mut admin)
+                        .await
+                        .ok()?;
+                    list.contains("cmd=wait").then_some(())
+                }
+            },
+        )
+        .await;
+    });
+    drop(short);
+    let answered = main.block_on(async {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            s.submit(&key(&other), &doc! {"n": 2}),
+        )
+        .await
+    });
+    let r = answered.expect("the submit waited behind a WAIT driver that no longer runs");
+    assert!(
+        matches!(r, Err(Error::NotReplicated { .. })),
+        "no replica: not confirmed, got {r:?}"
+    );
+    drop(writ);
+    drop(main);
+}

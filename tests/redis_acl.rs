@@ -12,7 +12,7 @@ use mongodb::bson::{doc, Document};
 use support::cluster::RedisCluster;
 use support::proc::{writ_cli, DaemonProc};
 use support::{Daemon, Overrides, RedisServer, TestEnv};
-use writ::Writ;
+use writ::{Error, Writ};
 
 const DOC: &str = include_str!("../docs/operations.md");
 
@@ -435,5 +435,39 @@ async fn a_daemon_user_without_time_heartbeats_on_the_hosts_clock() {
         let said = d.log_text().matches("Redis refuses TIME").count();
         assert_eq!(said, 1, "{}: said {said} times\n{}", d.name, d.log_text());
         assert_eq!(d.terminate(Duration::from_secs(20)), Some(0));
+    }
+}
+
+/// With `min_replicas_acked` ≥ 1, a writer whose user lacks `+client|id` or
+/// `+wait` (the additions docs/operations.md lists for it) is refused at
+/// connect, naming the rule. Before, it connected, and every write was added
+/// to its stream and then reported failed (`NOPERM` from the confirmation
+/// after the `XADD`), so callers sent again writes Redis held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_may_not_confirm_is_refused_at_connect() {
+    let redis = RedisServer::start();
+    let env = TestEnv::start("acl_no_confirm");
+    let ns = env.name.clone();
+    let (daemon_pw, writer_pw) = ("d4emon-pw-77a1", "wr1ter-pw-3f90");
+    let mut admin = conn(&redis.url()).await;
+    for (granted, missing) in [("+wait", "+client|id"), ("+client|id", "+wait")] {
+        let mut users = documented_users(&ns, daemon_pw, writer_pw);
+        users[1].push(granted.to_string());
+        set_users(&mut admin, users).await;
+        let o = Overrides {
+            redis: "min_replicas_acked = 1\nreplica_ack_timeout_ms = 500",
+            redis_url: Some(format!(
+                "redis://writ-writer:{writer_pw}@127.0.0.1:{}",
+                redis.port
+            )),
+            ..Default::default()
+        };
+        match Writ::connect(env.config_with(&o)).await {
+            Err(Error::Config(m)) => assert!(m.contains(missing), "{m}"),
+            Err(e) => panic!("without {missing}: {e:?}"),
+            Ok(_) => panic!(
+                "connected without {missing}: its writes would be added, then reported failed"
+            ),
+        }
     }
 }

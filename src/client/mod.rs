@@ -109,6 +109,7 @@ impl Writ {
         } else {
             conn.clone()
         };
+        replication.check_permitted(&writes).await?;
         let confirmer = Confirmer::new(writes.clone(), replication);
         let batcher = batch::Batcher::new(
             (0..config.partitions)
@@ -266,10 +267,23 @@ impl Collection {
             Ok(admitted) => admitted,
             Err(refused) => return Err(refused.into_error(p, inner.config.max_backlog)),
         };
-        inner
-            .confirmer
-            .confirm(&inner.names.stream(p), client, "the write")
-            .await?;
+        // An ack settles the write, whatever the `WAIT` says: the daemon
+        // applied it to MongoDB (and, confirming its own writes, waited for
+        // the replicas), so "not confirmed" would be wrong, and a caller told
+        // so would write it again.
+        let confirmed = {
+            let mut acked = rx.clone();
+            let stream = inner.names.stream(p);
+            tokio::select! {
+                r = inner.confirmer.confirm(&stream, client, "the write") => r,
+                Ok(_) = acked.wait_for(|a| a.is_some()) => Ok(()),
+            }
+        };
+        if let Err(e) = confirmed {
+            if rx.borrow().is_none() {
+                return Err(e);
+            }
+        }
         let version: Version = entry
             .parse()
             .map_err(|_| Error::Encode(format!("XADD returned odd id {entry:?}")))?;

@@ -47,6 +47,38 @@ impl Replication {
         self.replicas > 0
     }
 
+    /// With writes to confirm, checks once at start that Redis lets this
+    /// user run what confirming needs (`CLIENT ID`, `WAIT`). Without them
+    /// each write would be added and then reported failed (the refusal comes
+    /// after the `XADD`), so a writer would send again writes Redis holds.
+    pub async fn check_permitted(&self, conn: &Conn) -> Result<()> {
+        if !self.wanted() {
+            return Ok(());
+        }
+        let mut missing = Vec::new();
+        for (cmd, rule) in [
+            (redis::cmd("CLIENT").arg("ID").clone(), "+client|id"),
+            (redis::cmd("WAIT").arg(0).arg(0).clone(), "+wait"),
+        ] {
+            match cmd.query_async::<redis::Value>(&mut conn.clone()).await {
+                Ok(_) => {}
+                Err(e) if super::has_code(&e, "NOPERM") => missing.push(rule),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Config(format!(
+            "redis.min_replicas_acked = {} confirms writes with CLIENT ID and WAIT, and Redis refuses \
+             {} to this user (NOPERM): add `{}` to its ACL line (docs/operations.md, \"Redis ACL users\"), \
+             or set min_replicas_acked = 0",
+            self.replicas,
+            if missing.len() == 2 { "both" } else { "one of them" },
+            missing.join(" "),
+        )))
+    }
+
     /// Adds the `WAIT` to a pipeline that wrote: its reply is the number of
     /// replicas that confirmed (check it with [`Replication::check`]). On a
     /// cluster the pipeline goes to the node of its keys, and so does the
@@ -251,11 +283,16 @@ impl Confirmer {
 
     /// Sends one `WAIT` per gathered group until nobody waits.
     async fn drive(route: Arc<Route>, conn: Conn, replication: Replication, key: String) {
+        let mut running = Driving {
+            route: route.clone(),
+            done: false,
+        };
         loop {
             let group = {
                 let mut st = route.state.lock().expect("lock");
                 if st.waiting.is_empty() {
                     st.running = false;
+                    running.done = true;
                     return;
                 }
                 std::mem::take(&mut st.waiting)
@@ -265,6 +302,26 @@ impl Confirmer {
                 let _ = tx.send(res.clone());
             }
         }
+    }
+}
+
+/// A route's driver, which a runtime shutting down can drop mid-`WAIT` (a
+/// handle used from a short-lived runtime). Dropped before it finished, it
+/// frees the route, or every later write of that route would wait for a
+/// driver that never comes; those waiting get "not confirmed".
+struct Driving {
+    route: Arc<Route>,
+    done: bool,
+}
+
+impl Drop for Driving {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut st = self.route.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.running = false;
+        st.waiting.clear();
     }
 }
 
