@@ -211,7 +211,7 @@ async fn partitions_set(config: Config) -> anyhow::Result<ExitCode> {
         Changed::Already => println!("namespace {ns:?} already records {to} partitions"),
         Changed::From(None) => println!("namespace {ns:?} now records {to} partitions"),
         Changed::From(Some(n)) => println!(
-            "namespace {ns:?} now records {to} partitions (before: {n}); start daemons, writers and readers with {to}, then run `writ rebuild-cache` (cache entries are named by partition: those left from an earlier time on {to} are stale; see docs/operations.md)"
+            "namespace {ns:?} now records {to} partitions (before: {n}); if it ever ran on {to} before, run `writ rebuild-cache` now, before daemons, writers and readers start with {to} (cache entries are named by partition: those left from an earlier time on {to} are stale; see docs/operations.md)"
         ),
     }
     Ok(ExitCode::SUCCESS)

@@ -846,3 +846,72 @@ async fn a_misconfigured_daemon_cannot_stop_a_running_fleet() {
         assert_eq!(recorded(&eight).await.as_deref(), Some(want), "{what}");
     }
 }
+
+/// N → M → N: the cache entries a key had under N are still there when the
+/// namespace comes back to N, older than what was acknowledged under M. The
+/// documented order (docs/operations.md, step 4: `writ rebuild-cache`
+/// before any process starts on the count) leaves no reader a stale entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_count_changed_back_is_rebuilt_before_anyone_reads() {
+    use writ::partition_count::Changed;
+    let env = TestEnv::start("partition_count_back");
+    let four = with_partitions(&env, 4);
+    let two = with_partitions(&env, 2);
+    // A key whose partition differs between the counts: 3 under four.
+    let moved = (0..)
+        .map(|i| format!("B{i}"))
+        .find(|n| partition_of(&four, n) == 3)
+        .unwrap();
+    let (_dir, four_file) = config_file(&env, 4);
+
+    let daemon = Daemon::start(four.clone());
+    let w = Writ::connect(four.clone()).await.unwrap();
+    w.collection("signal")
+        .unwrap()
+        .write(&key(&moved), &doc! {"n": 1})
+        .await
+        .unwrap();
+    daemon.stop().await;
+    drop(w);
+
+    assert_eq!(change(&two).await.unwrap(), Changed::From(Some(4)));
+    let daemon = Daemon::start(two.clone());
+    let w = Writ::connect(two.clone()).await.unwrap();
+    w.collection("signal")
+        .unwrap()
+        .write(&key(&moved), &doc! {"n": 2})
+        .await
+        .unwrap();
+    daemon.stop().await;
+    drop(w);
+
+    assert_eq!(change(&four).await.unwrap(), Changed::From(Some(2)));
+    // The hazard: the entry from the first time on four is still there.
+    let names = writ::protocol::Names::new(&four.namespace);
+    let canonical =
+        writ::protocol::Key::from_document(&key(&moved), four.collection("signal").unwrap())
+            .unwrap()
+            .canonical();
+    let entry = names.cache(3, "signal", &canonical);
+    let mut conn = env.redis().await;
+    let stale: Option<Vec<u8>> = redis::cmd("HGET")
+        .arg(&entry)
+        .arg("doc")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(stale.is_some(), "no entry left from the first time on four");
+    // Step 4: rebuild before anyone starts on four.
+    cli_ok(writ_cli(&four_file, &["rebuild-cache"]));
+    let reader = Writ::connect(four.clone()).await.unwrap();
+    assert_eq!(
+        reader
+            .collection("signal")
+            .unwrap()
+            .read(&key(&moved))
+            .await
+            .unwrap(),
+        Some(doc! {"n": 2}),
+        "a reader on the count changed back answered the entry from the first time on it"
+    );
+}
