@@ -289,8 +289,25 @@ async fn replay(
             sum.trimmed
         );
     }
+    if sum.rejected > 0 {
+        eprintln!(
+            "writ: warning: {} entries of the range were rejected, as the daemon rejects them (bad entries, or \
+             errors MongoDB gives for good): not applied; the daemon dead-lettered them when it read them \
+             (`writ dlq list`)",
+            sum.rejected
+        );
+    }
+    // A script that checks the exit code must not take a partial replay
+    // for a whole one.
+    if !sum.trimmed.is_empty() || sum.rejected > 0 {
+        return Ok(ExitCode::from(REPLAY_INCOMPLETE));
+    }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `writ replay`'s exit code when it ran to the end of its range but did not
+/// apply all of it (part trimmed, or entries rejected); 1 is an error.
+const REPLAY_INCOMPLETE: u8 = 2;
 
 /// `writ rebuild-cache [--collection C] [--since S]`.
 async fn rebuild_cache(
