@@ -44,6 +44,21 @@ fn text(v: &[u8]) -> String {
     }
 }
 
+/// A letter's fields after the daemon's own (`dlq.reason` ... `dlq.at`,
+/// written first): what the writer sent, unchanged, even a field of the
+/// writer's that happens to be named `dlq.*` (an entry refused for it must
+/// stay refused on retry).
+fn writers_fields(fields: &Fields) -> Fields {
+    use crate::deadletter::field::{AT, ATTEMPTS, DETAIL, ID, REASON, SOURCE};
+    let ours = [REASON, DETAIL, SOURCE, ID, ATTEMPTS, AT];
+    let skip = fields
+        .iter()
+        .zip(ours)
+        .take_while(|((k, _), name)| k.as_slice() == name.as_bytes())
+        .count();
+    fields[skip..].to_vec()
+}
+
 fn letter(e: &Entry) -> Letter {
     let fields = e.fields.clone().unwrap_or_default();
     let get = |n: &str| {
@@ -53,11 +68,7 @@ fn letter(e: &Entry) -> Letter {
             .map(|(_, v)| text(v))
             .unwrap_or_default()
     };
-    let original: Fields = fields
-        .iter()
-        .filter(|(k, _)| !k.starts_with(b"dlq."))
-        .cloned()
-        .collect();
+    let original = writers_fields(&fields);
     Letter {
         id: e.id.to_stream_id(),
         reason: get(field::REASON),
