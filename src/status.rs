@@ -126,6 +126,10 @@ async fn partition_status(
     // stream's last-generated id would race with writers).
     let watermark = match oldest {
         Some(o) => Some(o),
+        // Entries are pending but their oldest id could not be read (a reply
+        // not as expected): no watermark, so retention trims nothing, rather
+        // than one past entries not yet applied.
+        None if pending > 0 => None,
         None => last_delivered.parse::<Version>().ok().map(|l| Version {
             ms: l.ms,
             seq: l.seq + 1,
