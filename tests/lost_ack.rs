@@ -746,3 +746,72 @@ async fn an_entry_another_write_added_at_a_writes_id_does_not_settle_it() {
     let err = ticket.wait().await.unwrap_err();
     assert!(matches!(err, writ::Error::Lost { .. }), "{err}");
 }
+
+/// A read sees the cache at the write's version and forgets the write (its
+/// ticket keeps its waiter); then the ack is lost. The ticket, not waited on
+/// by any read any more, settles the write from the streams once its wait
+/// runs out, as a read would. Before, it ended in `Timeout` ("may still
+/// commit") for a write its own handle had read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_whose_ack_is_lost_after_a_read_forgot_its_write_is_settled() {
+    let (env, config, writ) = handle_with(
+        "ticket_forgot_lost",
+        "read_timeout_ms = 1000\nwrite_timeout_ms = 5000",
+    )
+    .await;
+    block_acks(&env, &writ).await;
+    let s = writ.collection("signal").unwrap();
+    let key = doc! {"symbol": "FORGOT", "strategyName": "ack", "exchangeName": "x"};
+    let ticket = s.submit(&key, &doc! {"v": 1}).await.unwrap();
+    let v = ticket.version();
+    let _daemon = Daemon::start(config.clone());
+    let entry = cache_entry(&config, &key);
+    let cache = writ::cache::Cache::new(env.redis().await);
+    support::eventually(
+        std::time::Duration::from_secs(30),
+        "the write cached",
+        || {
+            let (cache, entry) = (cache.clone(), entry.clone());
+            async move {
+                cache
+                    .get(&entry)
+                    .await
+                    .ok()
+                    .flatten()
+                    .filter(|c| c.version >= v)
+            }
+        },
+    )
+    .await;
+    assert_eq!(s.read(&key).await.unwrap(), Some(doc! {"v": 1}));
+    let got = ticket
+        .wait()
+        .await
+        .expect("the ticket of a write its handle read back timed out");
+    assert_eq!(got, v);
+}
+
+/// A ticket awaited after every clone of its handle was dropped still gets
+/// its write's outcome: it keeps the handle's ack listener running. Before,
+/// it failed at once with `Shutdown` for a write that was then applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_outliving_its_handle_gets_its_ack() {
+    let env = TestEnv::start("ticket_outlives");
+    let config = env.config();
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let key = doc! {"symbol": "ORPHAN", "strategyName": "ack", "exchangeName": "x"};
+    let ticket = writ
+        .collection("signal")
+        .unwrap()
+        .submit(&key, &doc! {"v": 1})
+        .await
+        .unwrap();
+    let v = ticket.version();
+    drop(writ);
+    let _daemon = Daemon::start(config.clone());
+    let got = ticket
+        .wait_for(std::time::Duration::from_secs(20))
+        .await
+        .expect("the ticket of a dropped handle got no outcome");
+    assert_eq!(got, v);
+}

@@ -287,21 +287,30 @@ impl Collection {
         let version: Version = entry
             .parse()
             .map_err(|_| Error::Encode(format!("XADD returned odd id {entry:?}")))?;
+        let pending = Pending {
+            request: request.clone(),
+            state: rx.clone(),
+            key: Arc::new(key),
+        };
+        let cache_key = inner.names.cache(p, &self.coll.name, &id.1);
         {
             let mut latest = inner.latest.lock().expect("lock");
             if rx.borrow().is_none() {
-                latest.entry(id).or_default().insert(
-                    version,
-                    Pending {
-                        request: request.clone(),
-                        state: rx.clone(),
-                        key: Arc::new(key),
-                    },
-                );
+                latest
+                    .entry(id)
+                    .or_default()
+                    .insert(version, pending.clone());
             }
         }
         waiter.request = None;
-        Ok(Ticket::new(version, rx, inner.config.write_timeout))
+        let origin = ticket::Origin {
+            inner: self.writ.inner.clone(),
+            collection: self.coll.name.clone(),
+            partition: p,
+            cache_key,
+            pending,
+        };
+        Ok(Ticket::new(version, rx, inner.config.write_timeout, origin))
     }
 
     /// Reads the payload of `key`, or `None` if absent or deleted.

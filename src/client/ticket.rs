@@ -1,20 +1,44 @@
 //! A ticket for a submitted write: its version, and a way to await its ack.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use super::acks::AckResult;
+use super::pending::Pending;
+use super::Inner;
 use crate::error::{Error, Result};
 use crate::protocol::Version;
 
 /// Returned by `submit`: the write is in the stream; await [`Ticket::wait`]
 /// for it to be durable and readable.
-#[derive(Debug)]
 pub struct Ticket {
     version: Version,
     rx: watch::Receiver<Option<AckResult>>,
     timeout: Duration,
+    origin: Origin,
+}
+
+/// Where a ticket's write went: the handle (kept alive, so that its ack
+/// listener runs while the ticket is awaited) and what settles the write
+/// from the streams if its ack never comes.
+pub(super) struct Origin {
+    pub(super) inner: Arc<Inner>,
+    pub(super) collection: String,
+    pub(super) partition: u32,
+    pub(super) cache_key: String,
+    pub(super) pending: Pending,
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket")
+            .field("version", &self.version)
+            .field("collection", &self.origin.collection)
+            .field("acked", &self.rx.borrow().is_some())
+            .finish()
+    }
 }
 
 impl Ticket {
@@ -22,11 +46,13 @@ impl Ticket {
         version: Version,
         rx: watch::Receiver<Option<AckResult>>,
         timeout: Duration,
+        origin: Origin,
     ) -> Ticket {
         Ticket {
             version,
             rx,
             timeout,
+            origin,
         }
     }
 
@@ -37,31 +63,62 @@ impl Ticket {
 
     /// Waits for the ack, at most the configured write timeout. Returns the
     /// version now readable (this write's, or a newer one that superseded it).
-    /// On timeout the write stays queued and may still commit.
     ///
-    /// The acks come through the handle ([`crate::Writ`]): keep a clone of it
-    /// alive while tickets are awaited. Once every clone is dropped, a wait
-    /// fails at once with [`Error::Shutdown`], and the write (accepted) may
-    /// still commit: read the key to learn its outcome.
+    /// A ticket keeps its handle's connections and ack listener alive: it
+    /// can be awaited after every clone of the [`crate::Writ`] is dropped.
+    /// When no ack came within the bound, the ticket settles the write from
+    /// the streams if the daemon is done with it (its ack was lost: a Redis
+    /// failover, the ack stream trimmed), as a read of the key does
+    /// (docs/protocol.md §5); otherwise [`Error::Timeout`]: the write stays
+    /// queued and may still commit.
     pub async fn wait(self) -> Result<Version> {
         let timeout = self.timeout;
         self.wait_for(timeout).await
     }
 
-    /// Like [`Ticket::wait`] with an explicit bound.
+    /// Like [`Ticket::wait`] with an explicit bound (the look at the
+    /// streams after it is bounded by `client.read_timeout_ms`).
     pub async fn wait_for(mut self, timeout: Duration) -> Result<Version> {
-        let res = tokio::time::timeout(timeout, self.rx.wait_for(|a| a.is_some())).await;
+        let res = tokio::time::timeout(timeout, self.rx.wait_for(|a| a.is_some()))
+            .await
+            .map(|r| r.map(|ack| ack.clone()));
         match res {
-            Ok(Ok(ack)) => match ack.clone().expect("waited for Some") {
-                AckResult::Committed(v) => Ok(v),
-                AckResult::DeadLettered(reason) => Err(Error::DeadLettered { reason }),
-                AckResult::Lost(reason) => Err(Error::Lost { reason }),
-            },
+            Ok(Ok(ack)) => outcome(ack.expect("waited for Some")),
             Ok(Err(_)) => Err(Error::Shutdown),
-            Err(_) => Err(Error::Timeout {
-                after: timeout,
-                what: "the daemon's ack",
-            }),
+            Err(_) => {
+                self.settle_overdue().await;
+                let settled = self.rx.borrow().clone();
+                match settled {
+                    Some(ack) => outcome(ack),
+                    None => Err(Error::Timeout {
+                        after: timeout,
+                        what: "the daemon's ack",
+                    }),
+                }
+            }
         }
+    }
+
+    /// Settles the write from the streams if the daemon is done with it
+    /// (best effort, within `client.read_timeout_ms`).
+    async fn settle_overdue(&self) {
+        let o = &self.origin;
+        let look = o.inner.settle_overdue(
+            &o.collection,
+            o.partition,
+            &o.cache_key,
+            [(self.version, o.pending.clone())],
+        );
+        if let Ok(Err(e)) = tokio::time::timeout(o.inner.config.read_timeout, look).await {
+            tracing::debug!(error = %e, "could not look for a lost ack");
+        }
+    }
+}
+
+fn outcome(ack: AckResult) -> Result<Version> {
+    match ack {
+        AckResult::Committed(v) => Ok(v),
+        AckResult::DeadLettered(reason) => Err(Error::DeadLettered { reason }),
+        AckResult::Lost(reason) => Err(Error::Lost { reason }),
     }
 }
