@@ -60,6 +60,16 @@ pub enum Error {
         source: redis::RedisError,
     },
 
+    /// The write was NOT added to its stream, and nothing was sent: submit
+    /// it again.
+    #[error("the write to partition {partition} was NOT accepted: {why}; submit it again")]
+    NotSent {
+        /// The partition written.
+        partition: u32,
+        /// Why it was not sent.
+        why: &'static str,
+    },
+
     /// MongoDB failed. Shown as the driver's error kind (and labels): its
     /// full form also dumps the server's raw reply as hex bytes, which is
     /// noise in a log line or a dead letter's reason.
@@ -236,6 +246,7 @@ impl Error {
             Error::Mongo(e) => mongo_retry_class(e),
             Error::MissingPostImage { .. }
             | Error::AdmissionUnknown { .. }
+            | Error::NotSent { .. }
             | Error::Timeout { .. }
             | Error::Lost { .. }
             | Error::Backpressure { .. }
@@ -270,7 +281,10 @@ impl Error {
     pub fn class_label(&self) -> &'static str {
         match self {
             Error::Connect { what, .. } => what,
-            Error::Redis(_) | Error::RedisFull { .. } | Error::AdmissionUnknown { .. } => "redis",
+            Error::Redis(_)
+            | Error::RedisFull { .. }
+            | Error::AdmissionUnknown { .. }
+            | Error::NotSent { .. } => "redis",
             Error::NotReplicated { .. } => "not_replicated",
             Error::Mongo(_) | Error::MissingPostImage { .. } | Error::NotYetConfirmed { .. } => {
                 "mongodb"

@@ -83,6 +83,12 @@ pub enum Refused {
     Unknown(redis::RedisError),
     /// The reply made no sense (every entry of the call).
     Odd(String),
+    /// The admission task ended without an answer (its runtime shut down
+    /// while the call was out): maybe added, maybe not.
+    Unanswered,
+    /// The admission task was dropped (its runtime shut down) before this
+    /// write was sent: NOT added.
+    NotSent,
     /// The partition records another partition count than this handle's
     /// (`redis.partitions` was changed since it started): nothing was added.
     Partitions {
@@ -114,6 +120,17 @@ impl Refused {
                 source: e,
             },
             Refused::Odd(what) => Error::Encode(what),
+            Refused::Unanswered => Error::AdmissionUnknown {
+                partition,
+                source: redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "the admission task ended without an answer (the runtime it ran on shut down?)",
+                )),
+            },
+            Refused::NotSent => Error::NotSent {
+                partition,
+                why: "the admission task was dropped with the runtime it ran on before this write was sent",
+            },
             Refused::Partitions {
                 recorded,
                 configured,
@@ -213,11 +230,7 @@ impl Batcher {
             };
             tokio::spawn(flush.run());
         }
-        rx.await.unwrap_or_else(|_| {
-            Err(Refused::Odd(
-                "the admission task ended without an answer (the runtime it ran on shut down?): the write may or may not have been added".into(),
-            ))
-        })
+        rx.await.unwrap_or(Err(Refused::Unanswered))
     }
 }
 
@@ -243,9 +256,7 @@ impl Drop for Flush {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         q.busy = false;
         for w in q.waiting.drain(..) {
-            let _ = w.reply.send(Err(Refused::Odd(
-                "the admission task was dropped with the runtime it ran on before this write was sent: it was NOT added; submit it again".into(),
-            )));
+            let _ = w.reply.send(Err(Refused::NotSent));
         }
     }
 }
@@ -439,5 +450,27 @@ mod tests {
         let one = results(1, 0, Value::Array(vec![Value::BulkString(b"5-0".to_vec())]));
         assert!(matches!(&one[0], Ok((id, 0)) if id == "5-0"));
         assert!(results(2, 0, Value::Int(3)).iter().all(|r| r.is_err()));
+    }
+
+    /// A runtime that shut down under the admission task: the writes it had
+    /// not sent were NOT added (retryable: submit again); the one whose call
+    /// was out may or may not have been (`AdmissionUnknown`). Neither is a
+    /// permanent encoding error, as both were before.
+    #[test]
+    fn writes_of_a_dropped_admission_task_get_retryable_errors() {
+        use crate::error::RetryClass;
+        let not_sent = Refused::NotSent.into_error(3, 100);
+        assert!(
+            matches!(not_sent, Error::NotSent { partition: 3, .. }),
+            "{not_sent:?}"
+        );
+        assert!(not_sent.to_string().contains("NOT accepted"), "{not_sent}");
+        assert_eq!(not_sent.retry_class(), RetryClass::Transient);
+        let unknown = Refused::Unanswered.into_error(3, 100);
+        assert!(
+            matches!(unknown, Error::AdmissionUnknown { partition: 3, .. }),
+            "{unknown:?}"
+        );
+        assert_eq!(unknown.retry_class(), RetryClass::Transient);
     }
 }

@@ -359,11 +359,16 @@ impl Collection {
                 .await;
                 match waited {
                     // An ack overdue may have been lost: settled from the
-                    // streams if the daemon is done with its write.
-                    Err(Error::Timeout { .. })
-                        if inner
-                            .settle_overdue(&self.coll.name, p, &cache_key, pending)
-                            .await? => {}
+                    // streams if the daemon is done with its write, within
+                    // one more `client.read_timeout_ms` (as lists do).
+                    Err(timeout @ Error::Timeout { .. }) => {
+                        let look = inner.settle_overdue(&self.coll.name, p, &cache_key, pending);
+                        match tokio::time::timeout(inner.config.read_timeout, look).await {
+                            Ok(Ok(true)) => {}
+                            Ok(Err(e)) => return Err(e),
+                            Ok(Ok(false)) | Err(_) => return Err(timeout),
+                        }
+                    }
                     other => other?,
                 }
                 cached = inner.cached_one(p, &cache_key).await?;
