@@ -257,6 +257,7 @@ async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
         conn.clone(),
         names.clone(),
         stream.clone(),
+        config.partitions,
         tokio_util::sync::CancellationToken::new(),
         writ::redis_conn::Replication::of(&config),
     );

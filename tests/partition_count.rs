@@ -915,3 +915,79 @@ async fn a_count_changed_back_is_rebuilt_before_anyone_reads() {
         "a reader on the count changed back answered the entry from the first time on it"
     );
 }
+
+/// A write parked before the count changed (here: its collection was not
+/// declared yet) can be retried after: `dlq retry` checks its partition
+/// against the count it was parked under. Before, its key hashed elsewhere
+/// under the new count, and every retry said "wrong partition", leaving
+/// only `dlq drop`: an accepted write lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_parked_before_a_count_change_can_be_retried_after() {
+    use writ::partition_count::Changed;
+    let env = TestEnv::start("partition_count_dlq");
+    let four = with_partitions(&env, 4);
+    let eight = with_partitions(&env, 8);
+    let canonical = (0..)
+        .map(|i| format!(r#"["L{i}"]"#))
+        .find(|c| {
+            writ::protocol::partition_of("later", c, 4)
+                != writ::protocol::partition_of("later", c, 8)
+        })
+        .unwrap();
+    let k = canonical
+        .trim_start_matches("[\"")
+        .trim_end_matches("\"]")
+        .to_string();
+    let daemon = Daemon::start(four.clone());
+    let names = writ::protocol::Names::new(&four.namespace);
+    let mut r = env.redis().await;
+    let _: String = redis::cmd("XADD")
+        .arg(names.stream(writ::protocol::partition_of("later", &canonical, 4)))
+        .arg("*")
+        .arg("v")
+        .arg("1")
+        .arg("coll")
+        .arg("later")
+        .arg("op")
+        .arg("put")
+        .arg("enc")
+        .arg("json")
+        .arg("key")
+        .arg(format!(r#"{{"k":"{k}"}}"#))
+        .arg("doc")
+        .arg(r#"{"n":1}"#)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "the write parked", || {
+        let mut r = r.clone();
+        let dlq = names.dead_letters();
+        async move {
+            let n: u64 = redis::cmd("XLEN").arg(dlq).query_async(&mut r).await.ok()?;
+            (n == 1).then_some(())
+        }
+    })
+    .await;
+    daemon.stop().await;
+    assert_eq!(change(&eight).await.unwrap(), Changed::From(Some(4)));
+    // The operator declares the collection and retries, on the new count.
+    let dir = tempfile::tempdir().unwrap();
+    let fixed = env.config_file_with(
+        dir.path(),
+        &Overrides {
+            partitions: Some(8),
+            collections: "[[collections]]\nname = \"later\"\nkey = [\"k\"]",
+            ..Default::default()
+        },
+    );
+    let out = writ_cli(&fixed, &["dlq", "retry", "--all"]);
+    let said = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && said.contains("applied"), "{said}");
+    let docs = env.all_docs("later").await;
+    assert_eq!(docs.len(), 1, "{docs:?}");
+    assert_eq!(docs[0].get_str("k").unwrap(), k);
+}

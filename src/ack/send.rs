@@ -53,16 +53,19 @@ pub struct Acker {
     conn: Conn,
     names: Names,
     stream: String,
+    partitions: u32,
     abort: CancellationToken,
     replication: Replication,
 }
 
 impl Acker {
-    /// Acks of partition stream `stream`, given up when `abort` fires.
+    /// Acks of partition stream `stream` (of a namespace of `partitions`
+    /// partitions), given up when `abort` fires.
     pub fn new(
         conn: Conn,
         names: Names,
         stream: String,
+        partitions: u32,
         abort: CancellationToken,
         replication: Replication,
     ) -> Acker {
@@ -70,9 +73,15 @@ impl Acker {
             conn,
             names,
             stream,
+            partitions,
             abort,
             replication,
         }
+    }
+
+    /// The namespace's partition count this acker's stream belongs to.
+    pub fn partitions(&self) -> u32 {
+        self.partitions
     }
 
     /// Sends client acks (where asked for), then XACKs the entries: on a

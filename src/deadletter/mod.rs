@@ -2,7 +2,7 @@
 //! its reason and its original fields, so nothing accepted is ever lost.
 //!
 //! An entry carries `dlq.*` fields (reason, detail, source stream, source id,
-//! attempts, time) followed by the original entry's fields verbatim, so
+//! attempts, time, partition count) followed by the original entry's fields verbatim, so
 //! `writ dlq retry` can re-add exactly what the writer sent.
 //!
 //! [`park`] is the daemon's routine: park the entry, tell its writer
@@ -31,6 +31,9 @@ pub mod field {
     pub const ATTEMPTS: &str = "dlq.attempts";
     /// Unix milliseconds when it was parked.
     pub const AT: &str = "dlq.at";
+    /// The namespace's partition count when it was parked (`dlq.stream` is
+    /// a partition under that count).
+    pub const PARTITIONS: &str = "dlq.partitions";
 }
 
 /// A dead letter about to be written.
@@ -46,6 +49,8 @@ pub struct DeadLetter<'a> {
     pub id: String,
     /// Attempts made (0 for entries refused on decode).
     pub attempts: u32,
+    /// The namespace's partition count.
+    pub partitions: u32,
     /// Original fields; `None` when the original could not be read at all.
     pub original: Option<&'a Fields>,
 }
@@ -61,6 +66,7 @@ impl DeadLetter<'_> {
         cmd.arg(field::ID).arg(&self.id);
         cmd.arg(field::ATTEMPTS).arg(self.attempts);
         cmd.arg(field::AT).arg(now);
+        cmd.arg(field::PARTITIONS).arg(self.partitions);
         for (k, v) in self.original.into_iter().flatten() {
             cmd.arg(k.as_slice()).arg(v.as_slice());
         }
@@ -137,6 +143,7 @@ pub async fn park(acker: &Acker, fence: &Fence, write: Parking<'_>) -> Parked {
         stream: acker.stream(),
         id: id.to_stream_id(),
         attempts,
+        partitions: acker.partitions(),
         original: fields,
     };
     let Some(letter_id) = add(acker, &letter).await else {

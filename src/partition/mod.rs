@@ -126,6 +126,7 @@ pub async fn run_partition(p: u32, ctx: Arc<Ctx>, run: Arc<PartitionRun>) {
         ctx.conn.clone(),
         ctx.names.clone(),
         stream,
+        ctx.config.partitions,
         run.abort.clone(),
         crate::redis_conn::Replication::of(&ctx.config),
     );

@@ -21,6 +21,18 @@ pub fn decode(
     config: &Config,
     partition: Option<u32>,
 ) -> Result<Write, Reject> {
+    decode_in(fields, config, partition, config.partitions)
+}
+
+/// [`decode`] of an entry read under a partition count of `count` (a dead
+/// letter parked before the count was changed: its partition is checked
+/// against the count it was written under).
+pub fn decode_in(
+    fields: &[(Vec<u8>, Vec<u8>)],
+    config: &Config,
+    partition: Option<u32>,
+    count: u32,
+) -> Result<Write, Reject> {
     let slots = Slots::collect(fields)?;
     check_version(
         slots
@@ -38,7 +50,7 @@ pub fn decode(
     })?;
     let op = parse_op(slots.text(2)?)?;
     let enc = parse_encoding(slots.text(3)?)?;
-    let key = decode_key(slots.get(4), enc, coll, config, partition)?;
+    let key = decode_key(slots.get(4), enc, coll, partition.map(|p| (p, count)))?;
     let doc = decode_payload(op, slots.get(5), enc, coll, config)?;
     let reply = reply_to(&slots)?;
     Ok(Write {
@@ -141,13 +153,12 @@ fn decode_key(
     raw: Option<&[u8]>,
     enc: Encoding,
     coll: &CollectionConfig,
-    config: &Config,
-    partition: Option<u32>,
+    partition: Option<(u32, u32)>,
 ) -> Result<Key, Reject> {
     let raw = raw.ok_or_else(|| Reject::new(RejectReason::KeyField, "missing field \"key\""))?;
     let key = Key::from_document(&decode_document(raw, enc, "key")?, coll)?;
-    if let Some(p) = partition {
-        let expected = key.partition(&coll.name, config.partitions);
+    if let Some((p, count)) = partition {
+        let expected = key.partition(&coll.name, count);
         if expected != p {
             return Err(Reject::new(
                 RejectReason::WrongPartition,

@@ -13,7 +13,7 @@ mod nesting;
 mod reject;
 mod version;
 
-pub use decode::{decode, json_to_document};
+pub use decode::{decode, decode_in, json_to_document};
 pub use key::{fnv1a64, partition_of, Key, KeyTooLarge, KeyValue, MAX_KEY_BYTES};
 pub use names::Names;
 pub use nesting::MAX_NESTING;

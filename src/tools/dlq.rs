@@ -28,6 +28,9 @@ pub struct Letter {
     pub source_id: String,
     /// Attempts made.
     pub attempts: String,
+    /// The namespace's partition count when it was parked (empty for
+    /// letters parked by a writ before session 36).
+    pub partitions: String,
     /// The original fields (values as UTF-8 where possible, else hex).
     pub fields: Vec<(String, String)>,
     #[serde(skip)]
@@ -44,13 +47,14 @@ fn text(v: &[u8]) -> String {
     }
 }
 
-/// A letter's fields after the daemon's own (`dlq.reason` ... `dlq.at`,
-/// written first): what the writer sent, unchanged, even a field of the
+/// A letter's fields after the daemon's own (`dlq.reason` ...
+/// `dlq.partitions`, written first): what the writer sent, unchanged, even a field of the
 /// writer's that happens to be named `dlq.*` (an entry refused for it must
 /// stay refused on retry).
 fn writers_fields(fields: &Fields) -> Fields {
-    use crate::deadletter::field::{AT, ATTEMPTS, DETAIL, ID, REASON, SOURCE};
-    let ours = [REASON, DETAIL, SOURCE, ID, ATTEMPTS, AT];
+    use crate::deadletter::field::{AT, ATTEMPTS, DETAIL, ID, PARTITIONS, REASON, SOURCE};
+    // `dlq.partitions` since session 36; letters parked before end at `dlq.at`.
+    let ours = [REASON, DETAIL, SOURCE, ID, ATTEMPTS, AT, PARTITIONS];
     let skip = fields
         .iter()
         .zip(ours)
@@ -76,6 +80,7 @@ fn letter(e: &Entry) -> Letter {
         source: get(field::SOURCE),
         source_id: get(field::ID),
         attempts: get(field::ATTEMPTS),
+        partitions: get(field::PARTITIONS),
         fields: original.iter().map(|(k, v)| (text(k), text(v))).collect(),
         original,
     }
@@ -142,7 +147,15 @@ impl Tools {
             )));
         };
         let partition = self.names.partition_of_stream(&letter.source);
-        match self.apply_entry(partition, version, &letter.original).await {
+        // The partition is checked against the count the letter was parked
+        // under: the count may have changed since (`writ partitions --set`),
+        // and its key may hash elsewhere now. Order stays safe: the sequence
+        // guard finds it stale if a newer write of its key was applied.
+        let count = letter.partitions.parse().unwrap_or(self.config.partitions);
+        match self
+            .apply_entry(partition, count, version, &letter.original)
+            .await
+        {
             Ok(outcome) => {
                 self.dlq_drop(&letter.id).await?;
                 Ok(Ok(outcome))

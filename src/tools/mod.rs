@@ -104,10 +104,11 @@ impl Tools {
     pub async fn apply_entry(
         &self,
         partition: Option<u32>,
+        count: u32,
         id: Version,
         fields: &Fields,
     ) -> Result<Outcome> {
-        let write = protocol::decode(fields, &self.config, partition)?;
+        let write = protocol::decode_in(fields, &self.config, partition, count)?;
         let coll = self
             .config
             .collection(&write.collection)

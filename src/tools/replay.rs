@@ -84,7 +84,10 @@ impl Tools {
                             continue;
                         }
                     }
-                    match self.apply_entry(Some(p), e.id, fields).await {
+                    match self
+                        .apply_entry(Some(p), self.config.partitions, e.id, fields)
+                        .await
+                    {
                         Ok(o) => *sum.outcomes.entry(o.as_str().to_string()).or_default() += 1,
                         Err(crate::Error::Rejected(_)) => sum.rejected += 1,
                         Err(err) => return Err(err),
