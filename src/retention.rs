@@ -16,7 +16,7 @@ use crate::redis_conn::Conn;
 use crate::error::Result;
 use crate::protocol::Version;
 use crate::status::PartitionStatus;
-use crate::stream::{cmd, take_entries, Entry};
+use crate::stream::{cmd, take_entries, Entry, PageSize};
 
 /// The id below which entries of `stream` may be trimmed, given its status.
 pub async fn trim_point(
@@ -118,11 +118,10 @@ struct Walk {
     left: u64,
     /// The last entry read.
     last: Option<Version>,
-    /// Entry bytes read so far, and the largest entry's.
+    /// Entry bytes read so far.
     read: usize,
-    largest: usize,
     /// Entries the next page asks for.
-    page: u64,
+    page: PageSize,
 }
 
 impl Walk {
@@ -132,8 +131,7 @@ impl Walk {
             left: n,
             last: None,
             read: 0,
-            largest: 0,
-            page: FIRST_PAGE,
+            page: PageSize::new(budget.page_bytes, FIRST_PAGE, MAX_PAGE),
         }
     }
 
@@ -146,7 +144,7 @@ impl Walk {
             None => "-".to_string(),
             Some(v) => format!("({}", v.to_stream_id()),
         };
-        Some((from, self.page.min(self.left)))
+        Some((from, self.page.next().min(self.left)))
     }
 
     /// Takes in a page of `asked` entries. The next page holds about
@@ -158,13 +156,8 @@ impl Walk {
         };
         self.last = Some(last.id);
         self.left = self.left.saturating_sub(entries.len() as u64);
-        for e in entries {
-            let bytes = e.bytes();
-            self.read += bytes;
-            self.largest = self.largest.max(bytes);
-        }
-        let fits = (self.budget.page_bytes / self.largest.max(1)) as u64;
-        self.page = fits.min(self.page.saturating_mul(4)).clamp(1, MAX_PAGE);
+        self.read += entries.iter().map(Entry::bytes).sum::<usize>();
+        self.page.saw(entries);
         entries.len() as u64 == asked
     }
 }
@@ -222,13 +215,13 @@ mod tests {
             from += asked;
         }
         // 1000 / 10 = 100 fit (and 4 * 64 > 100), but only 15 are left.
-        assert_eq!(w.page, 100);
+        assert_eq!(w.page.next(), 100);
         assert_eq!(w.next_page(), Some(("(85-0".to_string(), 15)));
         // A large entry shrinks the next page to what fits.
         let mut page = entries(86, 14, 10);
         page.extend(entries(100, 1, 400));
         assert!(w.saw(&page, 15));
-        assert_eq!((w.left, w.page), (0, 2));
+        assert_eq!((w.left, w.page.next()), (0, 2));
         assert_eq!(w.last, Some(Version { ms: 100, seq: 0 }));
         assert_eq!(w.next_page(), None);
         // A shorter page than asked: the stream has no more.

@@ -1020,3 +1020,130 @@ async fn replay_waits_through_a_mongodb_outage() {
         );
     }
 }
+
+/// `replay` and `dlq drop --all` read large entries a few at a time: one
+/// `XRANGE` reply is built whole in Redis (which serves nobody else
+/// meanwhile) and held whole by the tool, and entries and letters hold whole
+/// documents. Before, replay asked for 500 entries a page and `--all` for
+/// 100 letters, whatever their size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_and_dlq_all_read_large_entries_a_few_at_a_time() {
+    const BIG: usize = 1 << 20;
+    let env = TestEnv::start("tools_large_pages");
+    let dir = tempfile::tempdir().unwrap();
+    let o = Overrides {
+        partitions: Some(1),
+        ..Default::default()
+    };
+    let path = env.config_file_with(dir.path(), &o);
+    let config = env.config_with(&o);
+    let daemon = Daemon::start(config.clone());
+    // 12 writes of 1 MiB to a collection the config does not declare: parked,
+    // and kept in the partition stream by retention.
+    let names = writ::protocol::Names::new(&config.namespace);
+    let mut r = env.redis().await;
+    let doc = format!(r#"{{"s":"{}"}}"#, "x".repeat(BIG));
+    for i in 0..12 {
+        let _: String = redis::cmd("XADD")
+            .arg(names.stream(0))
+            .arg("*")
+            .arg("v")
+            .arg("1")
+            .arg("coll")
+            .arg("later")
+            .arg("op")
+            .arg("put")
+            .arg("enc")
+            .arg("json")
+            .arg("key")
+            .arg(format!(r#"{{"k":"big{i}"}}"#))
+            .arg("doc")
+            .arg(&doc)
+            .query_async(&mut r)
+            .await
+            .unwrap();
+    }
+    eventually(Duration::from_secs(60), "12 dead letters", || {
+        let mut r = r.clone();
+        let dlq = names.dead_letters();
+        async move {
+            let n: u64 = redis::cmd("XLEN").arg(dlq).query_async(&mut r).await.ok()?;
+            (n == 12).then_some(())
+        }
+    })
+    .await;
+    daemon.stop().await;
+    // Every XRANGE Redis runs from now on.
+    let seed = env.redis_url.split(',').next().unwrap().trim().to_string();
+    let monitor = redis::Client::open(seed)
+        .unwrap()
+        .get_async_monitor()
+        .await
+        .unwrap();
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let watch = {
+        let seen = seen.clone();
+        let ns = format!("\"{}:", config.namespace);
+        tokio::spawn(async move {
+            let mut lines = std::pin::pin!(monitor.into_on_message::<String>());
+            while let Some(line) = futures::StreamExt::next(&mut lines).await {
+                if (line.contains("\"XRANGE\"") || line.contains("\"ECHO\"")) && line.contains(&ns)
+                {
+                    seen.lock().unwrap().push(line);
+                }
+            }
+        })
+    };
+    let out = writ_cli(&path, &["replay", "--from", "0-0"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "12 rejected: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = writ_cli(&path, &["dlq", "drop", "--all"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("dropped 12"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // MONITOR shows commands in the order Redis ran them: once it shows
+    // this ECHO, it has shown every XRANGE of the two commands.
+    let sentinel = format!("{}:monitor-sentinel", config.namespace);
+    let _: String = redis::cmd("ECHO")
+        .arg(&sentinel)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "MONITOR to catch up", || {
+        let seen = seen.clone();
+        let sentinel = sentinel.clone();
+        async move {
+            let s = seen.lock().unwrap();
+            s.iter().any(|l| l.contains(&sentinel)).then_some(())
+        }
+    })
+    .await;
+    watch.abort();
+    let lines = seen.lock().unwrap().clone();
+    let count_of = |l: &str| -> u64 {
+        let at = l.find("\"COUNT\" \"").map(|i| i + 9).unwrap_or(0);
+        l[at..]
+            .split('"')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(u64::MAX)
+    };
+    for (what, marker) in [("replay", ":in\""), ("dlq drop --all", ":dlq\"")] {
+        let pages: Vec<u64> = lines
+            .iter()
+            .filter(|l| l.contains(marker) && l.contains("\"COUNT\""))
+            .map(|l| count_of(l))
+            .collect();
+        assert!(pages.len() >= 3, "{what}: pages {pages:?}\n{lines:#?}");
+        assert!(
+            pages.iter().all(|&n| n <= 4),
+            "{what} asked for more 1 MiB entries than fit in 4 MiB: {pages:?}"
+        );
+    }
+}

@@ -37,7 +37,8 @@ pub enum DlqAction {
     },
 }
 
-/// Dead letters read per page by `dlq retry --all` and `dlq drop --all`.
+/// Dead letters read per page by `dlq retry --all` and `dlq drop --all`, at
+/// most (and about 4 MiB of them).
 const DLQ_PAGE: usize = 100;
 
 pub async fn dlq(config: Config, action: DlqAction) -> anyhow::Result<ExitCode> {
@@ -116,11 +117,7 @@ async fn dlq_retry(tools: &writ::tools::Tools, one: Option<String>) -> anyhow::R
         let letters = match &one {
             Some(id) if after.is_none() => tools.dlq_show(id).await?.into_iter().collect(),
             Some(_) => Vec::new(),
-            None => {
-                tools
-                    .dlq_after(after.as_deref(), &through, DLQ_PAGE)
-                    .await?
-            }
+            None => tools.dlq_page(after.as_deref(), &through, DLQ_PAGE).await?,
         };
         let Some(last) = letters.last() else { break };
         after = Some(last.id.clone());
@@ -163,9 +160,7 @@ async fn dlq_drop(tools: &writ::tools::Tools, one: Option<String>) -> anyhow::Re
             let through = tools.dlq_newest().await?.unwrap_or_else(|| "0-0".into());
             let mut after: Option<String> = None;
             loop {
-                let page = tools
-                    .dlq_after(after.as_deref(), &through, DLQ_PAGE)
-                    .await?;
+                let page = tools.dlq_page(after.as_deref(), &through, DLQ_PAGE).await?;
                 let Some(last) = page.last() else { break };
                 after = Some(last.id.clone());
                 for l in &page {

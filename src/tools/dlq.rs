@@ -11,7 +11,10 @@ use super::Tools;
 use crate::deadletter::field;
 use crate::error::Result;
 use crate::protocol::Version;
-use crate::stream::{cmd, parse_entries, Entry, Fields};
+use crate::stream::{cmd, parse_entries, Entry, Fields, PageSize};
+
+/// About the most letter bytes one page of `--all` reads.
+const PAGE_BYTES: usize = 4 << 20;
 
 /// A dead letter as read back.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -89,30 +92,53 @@ fn letter(e: &Entry) -> Letter {
 impl Tools {
     /// Dead letters, oldest first, at most `count`.
     pub async fn dlq_list(&self, count: usize) -> Result<Vec<Letter>> {
-        self.dlq_after(None, "+", count).await
+        let entries = self.dlq_entries(None, "+", count as u64).await?;
+        Ok(entries.iter().map(letter).collect())
     }
 
-    /// Up to `count` dead letters after the one with id `after` (from the
-    /// oldest when `None`) and up to `through`: `--all` pages through the
-    /// stream this way instead of holding every letter, payloads and all, in
-    /// memory at once.
-    pub async fn dlq_after(
+    /// The next page of `--all` after `after` (up to `through`): at most
+    /// `max` letters and about 4 MiB of them, at least one. Letters hold
+    /// whole documents (a `too_large` one more than `max_document_bytes`),
+    /// so `--all` pages through the stream this way instead of holding many
+    /// of them, or asking Redis for them, at once.
+    pub async fn dlq_page(
         &self,
         after: Option<&str>,
         through: &str,
-        count: usize,
+        max: usize,
     ) -> Result<Vec<Letter>> {
+        let mut sizes = PageSize::new(PAGE_BYTES, 1, max as u64);
+        let (mut out, mut bytes) = (Vec::new(), 0);
+        let mut after = after.map(str::to_string);
+        while out.len() < max && bytes < PAGE_BYTES {
+            let want = sizes.next().min((max - out.len()) as u64);
+            let entries = self.dlq_entries(after.as_deref(), through, want).await?;
+            let Some(last) = entries.last() else { break };
+            after = Some(last.id.to_stream_id());
+            sizes.saw(&entries);
+            bytes += entries.iter().map(|e| e.bytes()).sum::<usize>();
+            let ended = (entries.len() as u64) < want;
+            out.extend(entries.iter().map(letter));
+            if ended {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Letters after `after` up to `through`, at most `count`, as entries.
+    async fn dlq_entries(
+        &self,
+        after: Option<&str>,
+        through: &str,
+        count: u64,
+    ) -> Result<Vec<Entry>> {
         let start = after.map_or_else(|| "-".to_string(), |id| format!("({id}"));
         let mut conn = self.conn.clone();
-        let v: Value = cmd::xrange(
-            &self.names.dead_letters(),
-            &start,
-            through,
-            Some(count as u64),
-        )
-        .query_async(&mut conn)
-        .await?;
-        Ok(parse_entries(&v).iter().map(letter).collect())
+        let v: Value = cmd::xrange(&self.names.dead_letters(), &start, through, Some(count))
+            .query_async(&mut conn)
+            .await?;
+        Ok(parse_entries(&v))
     }
 
     /// The id of the newest dead letter, if any: where `--all` stops, so a

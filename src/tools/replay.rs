@@ -9,7 +9,12 @@ use redis::Value;
 use super::Tools;
 use crate::error::Result;
 use crate::protocol::{self, Version};
-use crate::stream::{cmd, parse_entries};
+use crate::stream::{cmd, parse_entries, PageSize};
+
+/// About the most entry bytes one page of a replay reads, and its most
+/// entries.
+const PAGE_BYTES: usize = 4 << 20;
+const MAX_PAGE: u64 = 500;
 
 /// What a replay did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -60,9 +65,11 @@ impl Tools {
             // before it. Retention keeps trimming while a long replay runs;
             // entries it removed ahead of the replay are missed, and said so.
             let mut next = from;
+            // Pages of about 4 MiB: entries may be up to 16 MiB each.
+            let mut page = PageSize::new(PAGE_BYTES, 1, MAX_PAGE);
             loop {
                 let mut conn = self.conn.clone();
-                let v: Value = cmd::xrange(&stream, &start, &to, Some(500))
+                let v: Value = cmd::xrange(&stream, &start, &to, Some(page.next()))
                     .query_async(&mut conn)
                     .await?;
                 if !sum.trimmed.contains(&p) && self.removed_since(&stream, next).await? {
@@ -72,6 +79,7 @@ impl Tools {
                 let Some(last) = entries.last().map(|e| e.id) else {
                     break;
                 };
+                page.saw(&entries);
                 for e in &entries {
                     sum.read += 1;
                     let Some(fields) = &e.fields else { continue };
