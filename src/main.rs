@@ -199,6 +199,16 @@ async fn status(config: Config, json: bool) -> anyhow::Result<ExitCode> {
     } else {
         print!("{}", writ::status::render_table(&s));
     }
+    // "0 unapplied everywhere" is a go/no-go check (before a partition-count
+    // change, or a switch back to the official adapter): a partition whose
+    // backlog cannot be read must not pass it.
+    if !s.left_out.is_empty() {
+        eprintln!(
+            "writ: partitions {:?} could not be read: a key of theirs holds a value writ did not write (WRONGTYPE); find what writes under the namespace (docs/operations.md, failure table)",
+            s.left_out
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

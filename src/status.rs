@@ -39,6 +39,9 @@ pub struct PartitionStatus {
 pub struct Status {
     /// Per partition.
     pub partitions: Vec<PartitionStatus>,
+    /// Partitions left out: one of their keys (the stream, its meta hash)
+    /// holds a value writ did not write, so their backlog cannot be read.
+    pub left_out: Vec<u32>,
     /// Entries in the dead-letter stream.
     pub dead_letters: u64,
 }
@@ -174,12 +177,14 @@ pub async fn status_of(
         owners.push(unless_foreign(o.map_err(Error::from))?.flatten());
     }
     let mut out = Vec::with_capacity(partitions as usize);
+    let mut left_out = Vec::new();
     for (p, o) in (0..partitions).zip(owners) {
         if owner.is_none() || o.as_deref() == owner {
             // A partition whose keys hold another program's values is left
-            // out; the others are still reported (and trimmed).
-            if let Some(s) = unless_foreign(partition_status(conn, &names, p, o).await)? {
-                out.push(s);
+            // out, and named; the others are still reported (and trimmed).
+            match unless_foreign(partition_status(conn, &names, p, o).await)? {
+                Some(s) => out.push(s),
+                None => left_out.push(p),
             }
         }
     }
@@ -187,6 +192,7 @@ pub async fn status_of(
     let dead_letters: u64 = unless_foreign(dead_letters.map_err(Error::from))?.unwrap_or(0);
     Ok(Status {
         partitions: out,
+        left_out,
         dead_letters,
     })
 }
@@ -221,6 +227,12 @@ pub fn render_table(s: &Status) -> String {
             p.oldest_unapplied_age_seconds,
             p.length,
             p.watermark.as_deref().unwrap_or("-")
+        );
+    }
+    if !s.left_out.is_empty() {
+        out += &format!(
+            "partitions {:?} left out: one of their keys (stream or meta hash) holds a value writ did not write; their backlog is unknown\n",
+            s.left_out
         );
     }
     out += &format!("dead letters: {}\n", s.dead_letters);

@@ -385,3 +385,38 @@ async fn a_stored_version_writ_did_not_write_is_dead_lettered_saying_so() {
     s.write(&key("OTHER"), &doc! {"n": 2}).await.unwrap();
     daemon.stop().await;
 }
+
+/// `writ status` with a partition stream key that holds another program's
+/// value: the other partitions are shown, the unreadable one is named, and
+/// the command fails ("0 unapplied everywhere" is a go/no-go check that a
+/// partition with an unknown backlog must not pass). Before, the partition
+/// was left out of the table without a word, and the exit code was 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_names_a_partition_it_cannot_read_and_fails() {
+    let env = TestEnv::start("foreign_status");
+    let dir = tempfile::tempdir().unwrap();
+    let path = env.config_file(dir.path(), "");
+    let config = env.config();
+    let names = Names::new(&config.namespace);
+    let mut conn = env.redis().await;
+    let _: () = redis::cmd("SET")
+        .arg(names.stream(1))
+        .arg("another program's value")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let st = writ::status::status(&mut conn, &config.namespace, config.partitions)
+        .await
+        .unwrap();
+    assert_eq!(st.left_out, [1]);
+    let listed: Vec<u32> = st.partitions.iter().map(|p| p.partition).collect();
+    assert_eq!(listed, [0, 2, 3]);
+    let out = support::proc::writ_cli(&path, &["status"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("partitions [1] left out"), "{stdout}");
+    assert!(stderr.contains("WRONGTYPE"), "{stderr}");
+}
