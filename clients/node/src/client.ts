@@ -1351,6 +1351,7 @@ export class WritClient {
     const cached = await this.hmget(keys);
     const out: (StoredRecord | null)[] = new Array(keys.length).fill(null);
     const misses: number[] = [];
+    const skipped: number[] = [];
     cached.forEach(([v, doc, gone], i) => {
       if (v) out[i] = this.fromCached(v, doc, gone);
       // A replace key with a pending write of this process and no cache entry: every write the
@@ -1362,27 +1363,45 @@ export class WritClient {
       // and cannot be seen: run Redis without eviction; docs/operations.md.)
       else if (cached[i] === FOREIGN || keys[i].spec.mode === "insert_once" || !snapshot[i]?.some((w) => w.version !== undefined))
         misses.push(i);
+      else skipped.push(i);
     });
-    if (misses.length) {
-      const found = await this.findRaw(keys[0].spec, misses.map((i) => keys[i]));
-      const fills: Promise<void>[] = [];
-      for (const i of misses) {
-        const raw = found.get(keys[i].canonical);
-        if (!raw) continue;
-        const doc = deserialize(raw);
-        const version = this.docVersion(doc);
-        // A hard delete's versioned tombstone: gone, in the cache too (as the daemon writes it).
-        if (doc._writ?.deleted === true) {
-          fills.push(this.casCache(keys[i], version, Buffer.alloc(0)));
-          out[i] = { version, doc: null, exists: false, live: false, source: "mongodb" };
-          continue;
-        }
-        fills.push(this.casCache(keys[i], version, raw));
-        out[i] = { version, doc, exists: true, live: doc.removed !== true, source: "mongodb" };
-      }
-      await this.redisRead(Promise.all(fills), "a cache fill");
+    await this.readThrough(keys, misses, out);
+    // A skipped key whose pending writes were all refused while the read was out (dead letters,
+    // lost writes): the overlay no longer answers for it, and MongoDB may hold it. Asked until
+    // none is left (a refusal can land while MongoDB is asked), each key once.
+    const unanswered = (i: number) => !snapshot[i]!.some((w) => w.version !== undefined && !(w.result && notStored(w.result)));
+    for (let left = skipped; ; ) {
+      const ask = left.filter(unanswered);
+      if (!ask.length) break;
+      left = left.filter((i) => !ask.includes(i));
+      await this.readThrough(keys, ask, out);
     }
     return keys.map((k, i) => this.merge(k, out[i], snapshot[i]));
+  }
+
+  /**
+   * Reads keys `at` (indexes into `keys`, one collection) from MongoDB into
+   * `out`, and fills the cache with what it finds (compare-and-set).
+   */
+  private async readThrough(keys: ResolvedKey[], at: number[], out: (StoredRecord | null)[]): Promise<void> {
+    if (!at.length) return;
+    const found = await this.findRaw(keys[0].spec, at.map((i) => keys[i]));
+    const fills: Promise<void>[] = [];
+    for (const i of at) {
+      const raw = found.get(keys[i].canonical);
+      if (!raw) continue;
+      const doc = deserialize(raw);
+      const version = this.docVersion(doc);
+      // A hard delete's versioned tombstone: gone, in the cache too (as the daemon writes it).
+      if (doc._writ?.deleted === true) {
+        fills.push(this.casCache(keys[i], version, Buffer.alloc(0)));
+        out[i] = { version, doc: null, exists: false, live: false, source: "mongodb" };
+        continue;
+      }
+      fills.push(this.casCache(keys[i], version, raw));
+      out[i] = { version, doc, exists: true, live: doc.removed !== true, source: "mongodb" };
+    }
+    await this.redisRead(Promise.all(fills), "a cache fill");
   }
 
   /**

@@ -505,6 +505,32 @@ describe("core", () => {
     }
   }));
 
+  test("a read that skipped MongoDB for a pending write refused while it was out asks MongoDB after all", g(async () => {
+    // The key is in MongoDB (written before writ, or by the official
+    // package) and has no cache entry. This process's pending put lets a read
+    // skip MongoDB ("MongoDB holds nothing newer"); the put is then refused
+    // (dead-lettered: the daemon does not declare node_unknown) while the
+    // read is out. The read must not answer "absent".
+    const key = { k: `skip-${process.pid}` };
+    await mongo.db(env.name).collection(UNKNOWN.name).insertOne({ k: key.k, payload: { n: 0 }, removed: false });
+    const s = client({ mode: "submit", onError: () => {} });
+    const t = await s.write(UNKNOWN.name, key, "put", { n: 1 });
+    const inner = s as unknown as { hmgetUnbounded: (keys: unknown[]) => Promise<unknown> };
+    const original = inner.hmgetUnbounded.bind(s);
+    inner.hmgetUnbounded = async (keys: unknown[]) => {
+      const r = await original(keys);
+      await t.acked.catch(() => {}); // the refusal lands while the read is out
+      return r;
+    };
+    try {
+      const r = await s.read(UNKNOWN.name, key);
+      assert.equal((await t.acked).outcome, "dead_lettered");
+      assert.deepEqual(r?.payload, { n: 0 }, "the key MongoDB holds read as absent");
+    } finally {
+      inner.hmgetUnbounded = original;
+    }
+  }));
+
   test("a write Redis lost before the daemon read it is settled lost: onError and waitAck hear it, reads and lists stop waiting for it", g(async () => {
     const errors: WritError[] = [];
     const s = client({ mode: "submit", writeTimeoutMs: 500, lostWriteAfterMs: 1000, onError: (e: WritError) => errors.push(e) });
