@@ -207,6 +207,14 @@ async fn status(config: Config, json: bool) -> anyhow::Result<ExitCode> {
             "writ: partitions {:?} could not be read: a key of theirs holds a value writ did not write (WRONGTYPE); find what writes under the namespace (docs/operations.md, failure table)",
             s.left_out
         );
+    }
+    if s.dead_letters_unreadable {
+        eprintln!(
+            "writ: the dead-letter stream {:?} could not be read: its key holds a value writ did not write (WRONGTYPE), so parked writes cannot be counted, and the daemon cannot park more; find what writes under the namespace (docs/operations.md, failure table)",
+            names.dead_letters()
+        );
+    }
+    if !s.left_out.is_empty() || s.dead_letters_unreadable {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
@@ -221,7 +229,7 @@ async fn partitions_set(config: Config) -> anyhow::Result<ExitCode> {
         Changed::Already => println!("namespace {ns:?} already records {to} partitions"),
         Changed::From(None) => println!("namespace {ns:?} now records {to} partitions"),
         Changed::From(Some(n)) => println!(
-            "namespace {ns:?} now records {to} partitions (before: {n}); if it ever ran on {to} before, run `writ rebuild-cache` now, before daemons, writers and readers start with {to} (cache entries are named by partition: those left from an earlier time on {to} are stale; see docs/operations.md)"
+            "namespace {ns:?} now records {to} partitions (before: {n}); run `writ rebuild-cache` now, before daemons, writers and readers start with {to} (cache entries are named by partition, and a key's partition under {to} may hold its entry from an earlier count, older than what was acknowledged since; see docs/operations.md)"
         ),
     }
     Ok(ExitCode::SUCCESS)

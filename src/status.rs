@@ -44,6 +44,9 @@ pub struct Status {
     pub left_out: Vec<u32>,
     /// Entries in the dead-letter stream.
     pub dead_letters: u64,
+    /// The dead-letter stream's key holds another program's value: its
+    /// count is unknown (`dead_letters` says 0).
+    pub dead_letters_unreadable: bool,
 }
 
 fn as_string(v: Option<&Value>) -> Option<String> {
@@ -108,16 +111,24 @@ async fn partition_status(
         .query_async(conn)
         .await?;
     let first_undelivered = parse_entries(&next).first().map(|e| e.id);
-    let oldest_pending = if pending > 0 {
+    // The oldest pending entry, from XPENDING's own summary; `unreadable`
+    // when it says entries are pending but its oldest id does not parse.
+    let (oldest_pending, unreadable) = if pending > 0 {
         let v: Value = cmd::pending_summary(&stream, &group)
             .query_async(conn)
             .await?;
         match &v {
-            Value::Array(parts) => as_string(parts.get(1)).and_then(|s| s.parse::<Version>().ok()),
-            _ => None,
+            Value::Array(parts) => {
+                let count = parts
+                    .first()
+                    .and_then(|c| redis::from_redis_value::<u64>(c.clone()).ok());
+                let oldest = as_string(parts.get(1)).and_then(|s| s.parse::<Version>().ok());
+                (oldest, oldest.is_none() && count != Some(0))
+            }
+            _ => (None, true),
         }
     } else {
-        None
+        (None, false)
     };
     let oldest = match (oldest_pending, first_undelivered) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -128,11 +139,11 @@ async fn partition_status(
     // entry added since has a larger id, so it can never fall below it (the
     // stream's last-generated id would race with writers).
     let watermark = match oldest {
-        Some(o) => Some(o),
         // Entries are pending but their oldest id could not be read (a reply
         // not as expected): no watermark, so retention trims nothing, rather
         // than one past entries not yet applied.
-        None if pending > 0 => None,
+        _ if unreadable => None,
+        Some(o) => Some(o),
         None => last_delivered.parse::<Version>().ok().map(|l| Version {
             ms: l.ms,
             seq: l.seq + 1,
@@ -189,11 +200,12 @@ pub async fn status_of(
         }
     }
     let dead_letters = cmd::xlen(&names.dead_letters()).query_async(conn).await;
-    let dead_letters: u64 = unless_foreign(dead_letters.map_err(Error::from))?.unwrap_or(0);
+    let dead_letters: Option<u64> = unless_foreign(dead_letters.map_err(Error::from))?;
     Ok(Status {
         partitions: out,
         left_out,
-        dead_letters,
+        dead_letters: dead_letters.unwrap_or(0),
+        dead_letters_unreadable: dead_letters.is_none(),
     })
 }
 
@@ -235,6 +247,10 @@ pub fn render_table(s: &Status) -> String {
             s.left_out
         );
     }
-    out += &format!("dead letters: {}\n", s.dead_letters);
+    if s.dead_letters_unreadable {
+        out += "dead letters: unknown (the dead-letter stream's key holds a value writ did not write)\n";
+    } else {
+        out += &format!("dead letters: {}\n", s.dead_letters);
+    }
     out
 }

@@ -74,7 +74,7 @@ async fn a_lease_token_no_replica_confirmed_is_never_used() {
     assert_eq!(held, None, "the unconfirmed lease was released");
     let unused = fence(conn.clone())
         .await
-        .expect("the INCR happened on the master");
+        .expect("the fence moved on the master");
     cluster.resume(replica);
 
     // Once the replica has caught up, the lease is taken (attempts that are
@@ -174,7 +174,7 @@ async fn a_fence_that_goes_back_admits_one_token_at_a_time() {
         admitted(fence_of(b.token)).await,
         "the current token writes"
     );
-    // A failover that lost B's INCR: the counter goes back to A's token.
+    // A failover that lost B's acquisition: the counter goes back to A's token.
     let _: () = redis::cmd("SET")
         .arg(names.fence(p))
         .arg(a.token)
@@ -263,5 +263,13 @@ async fn an_acquisition_after_a_lost_one_does_not_repeat_its_token() {
             .unwrap(),
         CasOutcome::Fenced,
         "A's token still writes"
+    );
+    assert_eq!(
+        cache
+            .put_fenced(&key, version, Some(&body), Some(&fence_of(b.token)))
+            .await
+            .unwrap(),
+        CasOutcome::Stored,
+        "B's token, the current one, is refused"
     );
 }

@@ -419,4 +419,24 @@ async fn status_names_a_partition_it_cannot_read_and_fails() {
     assert!(!out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("partitions [1] left out"), "{stdout}");
     assert!(stderr.contains("WRONGTYPE"), "{stderr}");
+    // The same for the dead-letter stream: not "0 dead letters".
+    let _: () = redis::cmd("DEL")
+        .arg(names.stream(1))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(names.dead_letters())
+        .arg("another program's value")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let out = support::proc::writ_cli(&path, &["status"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("dead letters: unknown"), "{stdout}");
+    assert!(stderr.contains("dead-letter stream"), "{stderr}");
 }

@@ -479,4 +479,27 @@ async fn a_writer_that_may_not_confirm_is_refused_at_connect() {
             ),
         }
     }
+    // `writ serve` as the documented daemon user, without the additions.
+    set_users(&mut admin, documented_users(&ns, daemon_pw, writer_pw)).await;
+    let o = Overrides {
+        redis: "min_replicas_acked = 1\nreplica_ack_timeout_ms = 500",
+        redis_url: Some(format!(
+            "redis://writ-daemon:{daemon_pw}@127.0.0.1:{}",
+            redis.port
+        )),
+        ..Default::default()
+    };
+    let served = tokio::time::timeout(
+        Duration::from_secs(30),
+        writ::serve::serve(
+            env.config_with(&o),
+            tokio_util::sync::CancellationToken::new(),
+        ),
+    )
+    .await
+    .expect("writ serve without +wait +client|id kept running");
+    match served {
+        Err(Error::Config(m)) => assert!(m.contains("+client|id +wait"), "{m}"),
+        other => panic!("writ serve without +wait +client|id: {other:?}"),
+    }
 }

@@ -1073,18 +1073,24 @@ async fn replay_and_dlq_all_read_large_entries_a_few_at_a_time() {
     })
     .await;
     daemon.stop().await;
-    // Every XRANGE Redis runs from now on.
-    let seed = env.redis_url.split(',').next().unwrap().trim().to_string();
-    let monitor = redis::Client::open(seed)
-        .unwrap()
-        .get_async_monitor()
-        .await
-        .unwrap();
+    // Every XRANGE Redis runs from now on, on the nodes of the partition
+    // stream and of the dead-letter stream (one node unless on a cluster).
+    let mut nodes = vec![node_of(&env, &names.stream(0)).await];
+    let dlq_node = node_of(&env, &names.dead_letters()).await;
+    if dlq_node != nodes[0] {
+        nodes.push(dlq_node);
+    }
     let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
-    let watch = {
+    let mut watches = Vec::new();
+    for node in &nodes {
+        let monitor = redis::Client::open(node.as_str())
+            .unwrap()
+            .get_async_monitor()
+            .await
+            .unwrap();
         let seen = seen.clone();
         let ns = format!("\"{}:", config.namespace);
-        tokio::spawn(async move {
+        watches.push(tokio::spawn(async move {
             let mut lines = std::pin::pin!(monitor.into_on_message::<String>());
             while let Some(line) = futures::StreamExt::next(&mut lines).await {
                 if (line.contains("\"XRANGE\"") || line.contains("\"ECHO\"")) && line.contains(&ns)
@@ -1092,8 +1098,8 @@ async fn replay_and_dlq_all_read_large_entries_a_few_at_a_time() {
                     seen.lock().unwrap().push(line);
                 }
             }
-        })
-    };
+        }));
+    }
     let out = writ_cli(&path, &["replay", "--from", "0-0"]);
     assert_eq!(
         out.status.code(),
@@ -1107,24 +1113,33 @@ async fn replay_and_dlq_all_read_large_entries_a_few_at_a_time() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    // MONITOR shows commands in the order Redis ran them: once it shows
-    // this ECHO, it has shown every XRANGE of the two commands.
-    let sentinel = format!("{}:monitor-sentinel", config.namespace);
-    let _: String = redis::cmd("ECHO")
-        .arg(&sentinel)
-        .query_async(&mut r)
-        .await
-        .unwrap();
-    eventually(Duration::from_secs(10), "MONITOR to catch up", || {
-        let seen = seen.clone();
-        let sentinel = sentinel.clone();
-        async move {
-            let s = seen.lock().unwrap();
-            s.iter().any(|l| l.contains(&sentinel)).then_some(())
-        }
-    })
-    .await;
-    watch.abort();
+    // MONITOR shows a node's commands in the order it ran them: once it
+    // shows this ECHO on each node, it has shown every XRANGE before it.
+    for (i, node) in nodes.iter().enumerate() {
+        let sentinel = format!("{}:monitor-sentinel-{i}", config.namespace);
+        let mut c = redis::Client::open(node.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let _: String = redis::cmd("ECHO")
+            .arg(&sentinel)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        eventually(Duration::from_secs(10), "MONITOR to catch up", || {
+            let seen = seen.clone();
+            let sentinel = sentinel.clone();
+            async move {
+                let s = seen.lock().unwrap();
+                s.iter().any(|l| l.contains(&sentinel)).then_some(())
+            }
+        })
+        .await;
+    }
+    for w in watches {
+        w.abort();
+    }
     let lines = seen.lock().unwrap().clone();
     let count_of = |l: &str| -> u64 {
         let at = l.find("\"COUNT\" \"").map(|i| i + 9).unwrap_or(0);
@@ -1146,4 +1161,47 @@ async fn replay_and_dlq_all_read_large_entries_a_few_at_a_time() {
             "{what} asked for more 1 MiB entries than fit in 4 MiB: {pages:?}"
         );
     }
+}
+
+/// The URL of the Redis node that serves `key`: the one server, or on a
+/// cluster the master of its slot.
+async fn node_of(env: &TestEnv, key: &str) -> String {
+    let seed = env.redis_url.split(',').next().unwrap().trim().to_string();
+    if !env.is_cluster() {
+        return seed;
+    }
+    let mut c = redis::Client::open(seed.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let slot: u16 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let ranges: Vec<redis::Value> = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    for range in ranges {
+        let redis::Value::Array(r) = range else {
+            continue;
+        };
+        let (first, last): (u16, u16) = (
+            redis::from_redis_value(r[0].clone()).unwrap(),
+            redis::from_redis_value(r[1].clone()).unwrap(),
+        );
+        if (first..=last).contains(&slot) {
+            let redis::Value::Array(master) = &r[2] else {
+                break;
+            };
+            let host: String = redis::from_redis_value(master[0].clone()).unwrap();
+            let port: u16 = redis::from_redis_value(master[1].clone()).unwrap();
+            return format!("redis://{host}:{port}");
+        }
+    }
+    panic!("no master serves the slot of {key}")
 }

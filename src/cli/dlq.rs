@@ -112,15 +112,18 @@ async fn dlq_retry(tools: &writ::tools::Tools, one: Option<String>) -> anyhow::R
     let through = tools.dlq_newest().await?.unwrap_or_else(|| "0-0".into());
     let mut failed = 0;
     let mut seen = 0usize;
-    let mut after: Option<String> = None;
+    let mut pages = tools.dlq_pages(through, DLQ_PAGE);
+    let mut first = true;
     loop {
         let letters = match &one {
-            Some(id) if after.is_none() => tools.dlq_show(id).await?.into_iter().collect(),
+            Some(id) if first => tools.dlq_show(id).await?.into_iter().collect(),
             Some(_) => Vec::new(),
-            None => tools.dlq_page(after.as_deref(), &through, DLQ_PAGE).await?,
+            None => tools.dlq_next(&mut pages).await?,
         };
-        let Some(last) = letters.last() else { break };
-        after = Some(last.id.clone());
+        first = false;
+        if letters.is_empty() {
+            break;
+        }
         seen += letters.len();
         for l in &letters {
             match tools.dlq_retry(l).await? {
@@ -158,11 +161,12 @@ async fn dlq_drop(tools: &writ::tools::Tools, one: Option<String>) -> anyhow::Re
         Some(id) => n += usize::from(tools.dlq_drop(id).await?),
         None => {
             let through = tools.dlq_newest().await?.unwrap_or_else(|| "0-0".into());
-            let mut after: Option<String> = None;
+            let mut pages = tools.dlq_pages(through, DLQ_PAGE);
             loop {
-                let page = tools.dlq_page(after.as_deref(), &through, DLQ_PAGE).await?;
-                let Some(last) = page.last() else { break };
-                after = Some(last.id.clone());
+                let page = tools.dlq_next(&mut pages).await?;
+                if page.is_empty() {
+                    break;
+                }
                 for l in &page {
                     n += usize::from(tools.dlq_drop(&l.id).await?);
                 }

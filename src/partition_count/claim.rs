@@ -92,7 +92,8 @@ fn refusal(names: &Names, configured: u32, recorded: u32) -> Error {
          streams, where they are applied out of order or never. Set redis.partitions = \
          {recorded} (Node: partitions, WRIT_PARTITIONS). To change the namespace's count: let \
          the daemons drain it, stop every daemon and writer, run `writ partitions --set` with a \
-         config of the new count, then start everything with it (docs/operations.md)",
+         config of the new count and `writ rebuild-cache`, then start everything with it \
+         (docs/operations.md)",
         names.ns(),
         names.meta(0),
     ))

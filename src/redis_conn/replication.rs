@@ -246,8 +246,11 @@ impl Confirmer {
             !std::mem::replace(&mut st.running, true)
         };
         if start {
+            // The guard exists before the task: a runtime shutting down may
+            // drop the task before it ever runs.
+            let running = Driving { route, done: false };
             tokio::spawn(Self::drive(
-                route,
+                running,
                 self.conn.clone(),
                 self.replication,
                 key.to_string(),
@@ -282,11 +285,8 @@ impl Confirmer {
     }
 
     /// Sends one `WAIT` per gathered group until nobody waits.
-    async fn drive(route: Arc<Route>, conn: Conn, replication: Replication, key: String) {
-        let mut running = Driving {
-            route: route.clone(),
-            done: false,
-        };
+    async fn drive(mut running: Driving, conn: Conn, replication: Replication, key: String) {
+        let route = running.route.clone();
         loop {
             let group = {
                 let mut st = route.state.lock().expect("lock");
@@ -305,8 +305,9 @@ impl Confirmer {
     }
 }
 
-/// A route's driver, which a runtime shutting down can drop mid-`WAIT` (a
-/// handle used from a short-lived runtime). Dropped before it finished, it
+/// A route's driver, which a runtime shutting down can drop mid-`WAIT` or
+/// before it first ran (a handle used from a short-lived runtime). Dropped
+/// before it finished, it
 /// frees the route, or every later write of that route would wait for a
 /// driver that never comes; those waiting get "not confirmed".
 struct Driving {

@@ -66,6 +66,14 @@ fn writers_fields(fields: &Fields) -> Fields {
     fields[skip..].to_vec()
 }
 
+/// Where a walk through the dead letters is ([`Tools::dlq_pages`]).
+pub struct DlqPages {
+    after: Option<String>,
+    through: String,
+    max: usize,
+    sizes: PageSize,
+}
+
 fn letter(e: &Entry) -> Letter {
     let fields = e.fields.clone().unwrap_or_default();
     let get = |n: &str| {
@@ -96,26 +104,31 @@ impl Tools {
         Ok(entries.iter().map(letter).collect())
     }
 
-    /// The next page of `--all` after `after` (up to `through`): at most
-    /// `max` letters and about 4 MiB of them, at least one. Letters hold
-    /// whole documents (a `too_large` one more than `max_document_bytes`),
-    /// so `--all` pages through the stream this way instead of holding many
-    /// of them, or asking Redis for them, at once.
-    pub async fn dlq_page(
-        &self,
-        after: Option<&str>,
-        through: &str,
-        max: usize,
-    ) -> Result<Vec<Letter>> {
-        let mut sizes = PageSize::new(PAGE_BYTES, 1, max as u64);
+    /// A walk through the dead letters up to `through` (what `--all` acts
+    /// on), in pages of at most `max` letters and about 4 MiB of them.
+    pub fn dlq_pages(&self, through: String, max: usize) -> DlqPages {
+        DlqPages {
+            after: None,
+            through,
+            max,
+            sizes: PageSize::new(PAGE_BYTES, 1, max as u64),
+        }
+    }
+
+    /// The next page of `pages` (empty at the end). Letters hold whole
+    /// documents (a `too_large` one more than `max_document_bytes`), so
+    /// `--all` pages through the stream by size instead of holding many of
+    /// them, or asking Redis for them, at once.
+    pub async fn dlq_next(&self, pages: &mut DlqPages) -> Result<Vec<Letter>> {
         let (mut out, mut bytes) = (Vec::new(), 0);
-        let mut after = after.map(str::to_string);
-        while out.len() < max && bytes < PAGE_BYTES {
-            let want = sizes.next().min((max - out.len()) as u64);
-            let entries = self.dlq_entries(after.as_deref(), through, want).await?;
+        while out.len() < pages.max && bytes < PAGE_BYTES {
+            let want = pages.sizes.next().min((pages.max - out.len()) as u64);
+            let entries = self
+                .dlq_entries(pages.after.as_deref(), &pages.through, want)
+                .await?;
             let Some(last) = entries.last() else { break };
-            after = Some(last.id.to_stream_id());
-            sizes.saw(&entries);
+            pages.after = Some(last.id.to_stream_id());
+            pages.sizes.saw(&entries);
             bytes += entries.iter().map(|e| e.bytes()).sum::<usize>();
             let ended = (entries.len() as u64) < want;
             out.extend(entries.iter().map(letter));
