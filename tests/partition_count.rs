@@ -941,24 +941,9 @@ async fn a_letter_parked_before_a_count_change_can_be_retried_after() {
     let daemon = Daemon::start(four.clone());
     let names = writ::protocol::Names::new(&four.namespace);
     let mut r = env.redis().await;
-    let _: String = redis::cmd("XADD")
-        .arg(names.stream(writ::protocol::partition_of("later", &canonical, 4)))
-        .arg("*")
-        .arg("v")
-        .arg("1")
-        .arg("coll")
-        .arg("later")
-        .arg("op")
-        .arg("put")
-        .arg("enc")
-        .arg("json")
-        .arg("key")
-        .arg(format!(r#"{{"k":"{k}"}}"#))
-        .arg("doc")
-        .arg(r#"{"n":1}"#)
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    let stream = names.stream(writ::protocol::partition_of("later", &canonical, 4));
+    let key = format!(r#"{{"k":"{k}"}}"#);
+    support::raw_json_put(&mut r, &stream, "later", &key, r#"{"n":1}"#, &[]).await;
     eventually(Duration::from_secs(30), "the write parked", || {
         let mut r = r.clone();
         let dlq = names.dead_letters();

@@ -176,24 +176,15 @@ async fn dlq_retry_applies_once_the_cause_is_fixed() {
         let stream = format!("{}:{{p{p}}}:in", env.name);
         let mut r = r.clone();
         async move {
-            let id: String = redis::cmd("XADD")
-                .arg(&stream)
-                .arg("*")
-                .arg("v")
-                .arg("1")
-                .arg("coll")
-                .arg("later")
-                .arg("op")
-                .arg("put")
-                .arg("enc")
-                .arg("json")
-                .arg("key")
-                .arg(format!(r#"{{"k":"{k}"}}"#))
-                .arg("doc")
-                .arg(format!(r#"{{"n":{n}}}"#))
-                .query_async(&mut r)
-                .await
-                .unwrap();
+            let id = support::raw_json_put(
+                &mut r,
+                &stream,
+                "later",
+                &format!(r#"{{"k":"{k}"}}"#),
+                &format!(r#"{{"n":{n}}}"#),
+                &[],
+            )
+            .await;
             // Entry ids are per stream: two partitions can give out the same.
             format!("{stream} {id}")
         }
@@ -207,26 +198,15 @@ async fn dlq_retry_applies_once_the_cause_is_fixed() {
         let canonical = r#"["k3"]"#;
         let p = writ::protocol::partition_of("later", canonical, config.partitions);
         let stream = format!("{}:{{p{p}}}:in", env.name);
-        let id: String = redis::cmd("XADD")
-            .arg(&stream)
-            .arg("*")
-            .arg("v")
-            .arg("1")
-            .arg("coll")
-            .arg("later")
-            .arg("op")
-            .arg("put")
-            .arg("enc")
-            .arg("json")
-            .arg("key")
-            .arg(r#"{"k":"k3"}"#)
-            .arg("doc")
-            .arg(r#"{"n":10}"#)
-            .arg("dlq.x")
-            .arg("1")
-            .query_async(&mut r.clone())
-            .await
-            .unwrap();
+        let id = support::raw_json_put(
+            &mut r.clone(),
+            &stream,
+            "later",
+            r#"{"k":"k3"}"#,
+            r#"{"n":10}"#,
+            &[("dlq.x", "1")],
+        )
+        .await;
         format!("{stream} {id}")
     };
     let path = env.config_file_with(dir.path(), &Overrides::default());
@@ -1044,24 +1024,8 @@ async fn replay_and_dlq_all_read_large_entries_a_few_at_a_time() {
     let mut r = env.redis().await;
     let doc = format!(r#"{{"s":"{}"}}"#, "x".repeat(BIG));
     for i in 0..12 {
-        let _: String = redis::cmd("XADD")
-            .arg(names.stream(0))
-            .arg("*")
-            .arg("v")
-            .arg("1")
-            .arg("coll")
-            .arg("later")
-            .arg("op")
-            .arg("put")
-            .arg("enc")
-            .arg("json")
-            .arg("key")
-            .arg(format!(r#"{{"k":"big{i}"}}"#))
-            .arg("doc")
-            .arg(&doc)
-            .query_async(&mut r)
-            .await
-            .unwrap();
+        let key = format!(r#"{{"k":"big{i}"}}"#);
+        support::raw_json_put(&mut r, &names.stream(0), "later", &key, &doc, &[]).await;
     }
     eventually(Duration::from_secs(60), "12 dead letters", || {
         let mut r = r.clone();

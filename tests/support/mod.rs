@@ -1165,3 +1165,32 @@ pub async fn config_set<C: redis::aio::ConnectionLike>(conn: &mut C, name: &str,
         .await
         .unwrap_or_else(|e| panic!("CONFIG SET {name} {value}: {e}"));
 }
+
+/// Adds a raw protocol-v1 `put` (JSON key and document, no reply address)
+/// to `stream`, as a writer outside the clients would, with `extra` fields
+/// after the protocol's; returns its id.
+pub async fn raw_json_put<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    stream: &str,
+    coll: &str,
+    key: &str,
+    doc: &str,
+    extra: &[(&str, &str)],
+) -> String {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream).arg("*");
+    for (f, v) in [
+        ("v", "1"),
+        ("coll", coll),
+        ("op", "put"),
+        ("enc", "json"),
+        ("key", key),
+        ("doc", doc),
+    ]
+    .iter()
+    .chain(extra)
+    {
+        cmd.arg(*f).arg(*v);
+    }
+    cmd.query_async(conn).await.expect("XADD")
+}
