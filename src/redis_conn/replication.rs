@@ -307,9 +307,9 @@ impl Confirmer {
 
 /// A route's driver, which a runtime shutting down can drop mid-`WAIT` or
 /// before it first ran (a handle used from a short-lived runtime). Dropped
-/// before it finished, it
-/// frees the route, or every later write of that route would wait for a
-/// driver that never comes; those waiting get "not confirmed".
+/// before it finished, it frees the route, or every later write of that
+/// route would wait for a driver that never comes; those waiting get "not
+/// confirmed".
 struct Driving {
     route: Arc<Route>,
     done: bool,
