@@ -18,7 +18,7 @@ use std::time::Duration;
 use support::cluster::RedisCluster;
 use support::{Overrides, TestEnv};
 use writ::cache::{Cache, CasOutcome, Fence};
-use writ::ownership::Leases;
+use writ::ownership::{Lease, Leases};
 use writ::protocol::{Names, Version};
 use writ::redis_conn::Replication;
 use writ::Error;
@@ -123,23 +123,10 @@ async fn a_fence_that_goes_back_admits_one_token_at_a_time() {
         .await
         .unwrap();
     let p = 1;
-    let ttl = Duration::from_secs(30);
-    let a = Leases::new(conn.clone(), &config.namespace, "a", ttl)
-        .try_acquire(p)
-        .await
-        .unwrap()
-        .unwrap();
+    let a = take(&conn, &config.namespace, "a", p).await;
     // A's lease lapses; B takes the partition with the next token.
-    let _: () = redis::cmd("DEL")
-        .arg(names.lease(p))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let b = Leases::new(conn.clone(), &config.namespace, "b", ttl)
-        .try_acquire(p)
-        .await
-        .unwrap()
-        .unwrap();
+    lapse(&mut conn, &names, p).await;
+    let b = take(&conn, &config.namespace, "b", p).await;
     assert!(b.token > a.token);
     let cache = Cache::new(conn.clone());
     let key = names.cache(p, "signal", "fenceback");
@@ -206,23 +193,10 @@ async fn an_acquisition_after_a_lost_one_does_not_repeat_its_token() {
         .await
         .unwrap();
     let p = 2;
-    let ttl = Duration::from_secs(30);
     // An earlier owner's tenure, so that the fence has a value to go back to.
-    let first = Leases::new(conn.clone(), &config.namespace, "first", ttl)
-        .try_acquire(p)
-        .await
-        .unwrap()
-        .unwrap();
-    let _: () = redis::cmd("DEL")
-        .arg(names.lease(p))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let a = Leases::new(conn.clone(), &config.namespace, "a", ttl)
-        .try_acquire(p)
-        .await
-        .unwrap()
-        .unwrap();
+    let first = take(&conn, &config.namespace, "first", p).await;
+    lapse(&mut conn, &names, p).await;
+    let a = take(&conn, &config.namespace, "a", p).await;
     assert!(a.token > first.token);
     // The failover: A's acquisition is gone (the fence and the lease as
     // before it); A does not know yet.
@@ -232,16 +206,8 @@ async fn an_acquisition_after_a_lost_one_does_not_repeat_its_token() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let _: () = redis::cmd("DEL")
-        .arg(names.lease(p))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let b = Leases::new(conn.clone(), &config.namespace, "b", ttl)
-        .try_acquire(p)
-        .await
-        .unwrap()
-        .unwrap();
+    lapse(&mut conn, &names, p).await;
+    let b = take(&conn, &config.namespace, "b", p).await;
     assert_ne!(
         a.token, b.token,
         "B was handed the token A still holds: two owners pass the fence"
@@ -272,4 +238,22 @@ async fn an_acquisition_after_a_lost_one_does_not_repeat_its_token() {
         CasOutcome::Stored,
         "B's token, the current one, is refused"
     );
+}
+
+/// Takes partition `p`'s free lease as daemon `who` (a 30 s lease).
+async fn take(conn: &writ::redis_conn::Conn, ns: &str, who: &str, p: u32) -> Lease {
+    Leases::new(conn.clone(), ns, who, Duration::from_secs(30))
+        .try_acquire(p)
+        .await
+        .unwrap()
+        .expect("a free lease")
+}
+
+/// Partition `p`'s lease lapses (its holder does not know yet).
+async fn lapse(conn: &mut writ::redis_conn::Conn, names: &Names, p: u32) {
+    let _: () = redis::cmd("DEL")
+        .arg(names.lease(p))
+        .query_async(conn)
+        .await
+        .unwrap();
 }

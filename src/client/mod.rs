@@ -362,11 +362,11 @@ impl Collection {
                     // streams if the daemon is done with its write, within
                     // one more `client.read_timeout_ms` (as lists do).
                     Err(timeout @ Error::Timeout { .. }) => {
-                        let look = inner.settle_overdue(&self.coll.name, p, &cache_key, pending);
-                        match tokio::time::timeout(inner.config.read_timeout, look).await {
-                            Ok(Ok(true)) => {}
-                            Ok(Err(e)) => return Err(e),
-                            Ok(Ok(false)) | Err(_) => return Err(timeout),
+                        if !inner
+                            .settle_within(&self.coll.name, p, &cache_key, pending)
+                            .await?
+                        {
+                            return Err(timeout);
                         }
                     }
                     other => other?,

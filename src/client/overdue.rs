@@ -64,6 +64,21 @@ struct Letters {
 }
 
 impl Inner {
+    /// [`Inner::settle_overdue`] within one more `client.read_timeout_ms`:
+    /// `Ok(false)` also when it did not end in time.
+    pub(super) async fn settle_within(
+        &self,
+        coll: &str,
+        p: u32,
+        cache_key: &str,
+        writes: impl IntoIterator<Item = (Version, Pending)>,
+    ) -> Result<bool> {
+        let look = self.settle_overdue(coll, p, cache_key, writes);
+        tokio::time::timeout(self.config.read_timeout, look)
+            .await
+            .unwrap_or(Ok(false))
+    }
+
     /// Settles each of `writes` (this handle's pending writes of one key of
     /// collection `coll`, in partition `p`, whose cache entry is `cache_key`)
     /// that is still unacked and that the daemon is done with, as its ack

@@ -103,13 +103,13 @@ impl Ticket {
     /// (best effort, within `client.read_timeout_ms`).
     async fn settle_overdue(&self) {
         let o = &self.origin;
-        let look = o.inner.settle_overdue(
+        let look = o.inner.settle_within(
             &o.collection,
             o.partition,
             &o.cache_key,
             [(self.version, o.pending.clone())],
         );
-        if let Ok(Err(e)) = tokio::time::timeout(o.inner.config.read_timeout, look).await {
+        if let Err(e) = look.await {
             tracing::debug!(error = %e, "could not look for a lost ack");
         }
     }
