@@ -350,10 +350,20 @@ pub(crate) fn said_once(text: &str) -> String {
 /// network trouble, time limits, write conflicts, and a new primary without
 /// a majority snapshot yet (134, on the driver's retryable-read list: the
 /// stale check reads at `majority`) or a shard without a primary for now
-/// (133, from mongos).
+/// (133, from mongos); and states of the server rather than of the write:
+/// locks not granted in time (24, 46), an operation killed by an operator
+/// (11601), a mongos's network time limit (202), a full disk or an
+/// exhausted storage quota (14031; 8000, Atlas), and request-rate limiting
+/// (16500, Cosmos DB's MongoDB API). Counted as permanent, each would
+/// dead-letter every write in flight within a second.
 const TRANSIENT_MONGO_CODES: &[i32] = &[
-    6, 7, 50, 64, 89, 91, 112, 133, 134, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436,
+    6, 7, 24, 46, 50, 64, 89, 91, 112, 133, 134, 189, 202, 262, 8000, 9001, 10107, 11600, 11601,
+    11602, 13435, 13436, 14031, 16500,
 ];
+
+/// MongoDB server error codes that mean "writ's user may not do this now":
+/// `Unauthorized` (13) and `AuthenticationFailed` (18).
+const ACCESS_MONGO_CODES: &[i32] = &[13, 18];
 
 pub(crate) fn mongo_retry_class(e: &mongodb::error::Error) -> RetryClass {
     use mongodb::error::ErrorKind as K;
@@ -364,6 +374,18 @@ pub(crate) fn mongo_retry_class(e: &mongodb::error::Error) -> RetryClass {
     }
     match e.kind.as_ref() {
         K::Io(_) | K::ServerSelection { .. } | K::ConnectionPoolCleared { .. } => {
+            RetryClass::Transient
+        }
+        // Credentials or privileges taken away while writ runs (a rotated
+        // password, a revoked role): the operator's to fix, and no write's
+        // fault. Retried like an outage, so the backlog waits in the streams
+        // instead of draining into the dead-letter stream. At start, wrong
+        // credentials are still fatal (`Store::ping`).
+        K::Authentication { .. } => RetryClass::Transient,
+        K::Command(c) if ACCESS_MONGO_CODES.contains(&c.code) => RetryClass::Transient,
+        K::Write(mongodb::error::WriteFailure::WriteError(w))
+            if ACCESS_MONGO_CODES.contains(&w.code) =>
+        {
             RetryClass::Transient
         }
         K::Command(c) if TRANSIENT_MONGO_CODES.contains(&c.code) => RetryClass::Transient,
@@ -403,7 +425,9 @@ mod tests {
             .unwrap();
             mongodb::error::ErrorKind::Command(c).into()
         };
-        for code in [134, 133, 189, 11600, 91, 262] {
+        for code in [
+            134, 133, 189, 11600, 91, 262, 13, 18, 24, 46, 202, 8000, 11601, 14031, 16500,
+        ] {
             assert_eq!(
                 mongo_retry_class(&command(code)),
                 RetryClass::Transient,

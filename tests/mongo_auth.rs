@@ -155,3 +155,126 @@ async fn scram_user_with_read_write_runs_writ_and_a_wrong_password_is_one_clear_
     assert!(!text.contains(PASSWORD));
     eprintln!("wrong password, as the operator sees it:\n{text}");
 }
+
+/// Privileges taken away while the daemon runs (a revoked role; on MongoDB a
+/// rotated password looks the same to new connections) are an outage, not
+/// the writes' fault: the daemon retries them with backoff instead of
+/// counting them towards `daemon.max_attempts`, so no write is
+/// dead-lettered, and once the role is back every write applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_revoked_while_running_holds_writes_back_instead_of_dead_lettering_them() {
+    const ADMIN: &str = "writ-admin";
+    const ADMIN_PASSWORD: &str = "adm1n-Pw-7730";
+    let mut env = TestEnv::start("mongo_auth_revoked");
+    let setup = mongodb::Client::with_uri_str(&env.mongo_uri).await.unwrap();
+    let roles = |role: &str| vec![doc! {"role": role, "db": &env.name}];
+    setup
+        .database(&env.name)
+        .run_command(doc! {"createUser": USER, "pwd": PASSWORD, "roles": roles("readWrite")})
+        .await
+        .expect("createUser");
+    // On SecantusDB the server restarts with --auth, so a user that may
+    // change roles is needed; a real MongoDB's URI already is one.
+    let admin_uri = if env.mongo.is_some() {
+        setup
+            .database("admin")
+            .run_command(doc! {"createUser": ADMIN, "pwd": ADMIN_PASSWORD, "roles": ["root"]})
+            .await
+            .expect("createUser admin");
+        with_credentials(&env.mongo_uri, ADMIN, ADMIN_PASSWORD, "admin")
+    } else {
+        env.mongo_uri.clone()
+    };
+    drop(setup);
+    // SecantusDB applies a role change to other connections when they next
+    // authenticate (MongoDB at once), so there the server restarts after
+    // each change and the daemon's connections authenticate again.
+    let restart = |env: &mut TestEnv| {
+        if let Some(m) = env.mongo.as_mut() {
+            m.shut_down();
+            m.resume_with_auth();
+        }
+    };
+    restart(&mut env);
+    let set_role = |role: &'static str, admin_uri: String, db: String| async move {
+        let admin = mongodb::Client::with_uri_str(&admin_uri).await.unwrap();
+        admin
+            .database(&db)
+            .run_command(doc! {"updateUser": USER, "roles": [{"role": role, "db": &db}]})
+            .await
+            .expect("updateUser");
+    };
+
+    let uri = with_credentials(&env.mongo_uri, USER, PASSWORD, &env.name);
+    let o = Overrides {
+        mongo_uri: Some(uri),
+        daemon: "max_attempts = 2\nbackoff_cap_ms = 200",
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let dir = tempfile::tempdir().unwrap();
+    let path = env.config_file_with(dir.path(), &o);
+    let daemon = DaemonProc::start(&path, dir.path(), "revoked-daemon");
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let signals = writ.collection("signal").unwrap();
+    let key =
+        |i: u32| doc! {"symbol": format!("R{i}"), "strategyName": "revoked", "exchangeName": "x"};
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        signals.write(&key(0), &doc! {"n": 0}),
+    )
+    .await
+    .expect("acked within 60 s")
+    .unwrap_or_else(|e| panic!("{e}; daemon log:\n{}", daemon.log_text()));
+
+    set_role("read", admin_uri.clone(), env.name.clone()).await;
+    restart(&mut env);
+    let mut tickets = Vec::new();
+    for i in 1..=5 {
+        tickets.push(signals.submit(&key(i), &doc! {"n": i}).await.unwrap());
+    }
+    // Each write is refused far more often than `max_attempts` (2) allows
+    // for a refusal of the write itself.
+    let retries = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("apply failed; retrying"))
+            .count()
+    };
+    support::eventually(Duration::from_secs(60), "15 refused attempts", || {
+        let n = retries(&daemon.log_text());
+        async move { (n >= 15).then_some(()) }
+    })
+    .await;
+    let mut redis = env.redis().await;
+    let dlq = writ::protocol::Names::new(&config.namespace).dead_letters();
+    let letters: u64 = redis::cmd("XLEN")
+        .arg(&dlq)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(
+        letters,
+        0,
+        "no write is dead-lettered for a revoked role:\n{}",
+        daemon.log_text()
+    );
+
+    set_role("readWrite", admin_uri, env.name.clone()).await;
+    restart(&mut env);
+    for t in tickets {
+        t.wait_for(Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("{e}; daemon log:\n{}", daemon.log_text()));
+    }
+    let letters: u64 = redis::cmd("XLEN")
+        .arg(&dlq)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(letters, 0);
+    let log = daemon.log_text();
+    assert!(
+        log.contains("Unauthorized") || log.contains("not authorized"),
+        "the log names the cause:\n{log}"
+    );
+}
