@@ -30,7 +30,10 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
         telemetry::serve_http(addr, health.clone(), shutdown.clone()).await?;
     }
     telemetry::register(&config);
-    let store = Store::connect(&config).await?;
+    let store = match wait_for_mongo(&shutdown, || Store::connect(&config)).await {
+        Err(Error::Shutdown) => return Ok(()),
+        other => other?,
+    };
     match prepare_mongo(&store, &config, &shutdown).await {
         Err(Error::Shutdown) => return Ok(()),
         other => other?,
@@ -111,7 +114,7 @@ fn log_start(config: &Config) {
 /// Waits for MongoDB and creates the unique key indexes.
 /// [`Error::Shutdown`] when `shutdown` fires meanwhile (nothing was in flight).
 async fn prepare_mongo(store: &Store, config: &Config, shutdown: &CancellationToken) -> Result<()> {
-    if let Err(e) = wait_for_mongo(store, shutdown).await {
+    if let Err(e) = wait_for_mongo(shutdown, || store.ping()).await {
         if matches!(e, Error::Shutdown) {
             tracing::info!("stopped while waiting for MongoDB; nothing was in flight");
         }
@@ -241,7 +244,15 @@ async fn trim(conn: &mut Conn, config: &Config, stream: &str, p: &crate::status:
     }
 }
 
-async fn wait_for_mongo(store: &Store, shutdown: &CancellationToken) -> Result<()> {
+/// Runs `attempt` until it succeeds, fails for good or `shutdown` fires,
+/// waiting out transient failures (MongoDB down or still starting, its
+/// mongodb+srv:// host not resolving) with backoff, and saying so once a
+/// minute.
+async fn wait_for_mongo<T, F, Fut>(shutdown: &CancellationToken, mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
     /// How often a wait that goes on says so again.
     const REMIND: Duration = Duration::from_secs(60);
     let mut backoff = crate::backoff::Backoff::new(Duration::from_secs(5));
@@ -249,15 +260,15 @@ async fn wait_for_mongo(store: &Store, shutdown: &CancellationToken) -> Result<(
     let mut warned = false;
     let mut remind_at = since + REMIND;
     loop {
-        match store.ping().await {
-            Ok(()) => {
+        match attempt().await {
+            Ok(v) => {
                 if warned {
                     tracing::info!(
                         waited_secs = since.elapsed().as_secs(),
                         "MongoDB is reachable; starting"
                     );
                 }
-                return Ok(());
+                return Ok(v);
             }
             Err(e) if e.retry_class() == crate::error::RetryClass::Transient => {
                 if !warned {

@@ -598,3 +598,66 @@ async fn every_key_is_acked_in_stream_order_with_no_stale_write() {
     assert!(seen.applied > 0 && seen.keys == 6, "{seen:?}");
     daemon.stop().await;
 }
+
+/// An `insert_once` key that was hard-deleted is gone, so the next put
+/// creates it again with that put's payload, as an insert does (and as
+/// `deleteOne` then an upsert does with the official adapter); puts after
+/// that are no-ops again. Before, the put only moved the tombstone's
+/// version: it was acked `applied` while the key read as absent, for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_once_put_after_a_hard_delete_inserts_again() {
+    let env = TestEnv::start("insert_once_delete");
+    let daemon = Daemon::start(env.config());
+    let writ = Writ::connect(env.config()).await.unwrap();
+    let candles = writ.collection("candle").unwrap();
+    let key = |i: i64| doc! {"symbol": "IOD", "interval": "1m", "timestamp": i};
+    let n = 6;
+    for i in 0..n {
+        candles.write(&key(i), &doc! {"p": 1}).await.unwrap();
+        candles.write(&key(i), &doc! {"p": 11}).await.unwrap();
+        candles.delete(&key(i)).await.unwrap();
+    }
+    // Submitted together, so that a round may carry them in one bulk.
+    let mut tickets = Vec::new();
+    for i in 0..n {
+        tickets.push(candles.submit(&key(i), &doc! {"p": 2}).await.unwrap());
+    }
+    for t in tickets {
+        t.wait_for(Duration::from_secs(60)).await.unwrap();
+    }
+    let other = Writ::connect(env.config())
+        .await
+        .unwrap()
+        .collection("candle")
+        .unwrap();
+    for i in 0..n {
+        assert_eq!(
+            candles.read(&key(i)).await.unwrap(),
+            Some(doc! {"p": 2}),
+            "key {i}"
+        );
+        assert_eq!(
+            other.read(&key(i)).await.unwrap(),
+            Some(doc! {"p": 2}),
+            "key {i}"
+        );
+        let d = stored(&env, "candle", key(i)).await.unwrap();
+        assert_eq!(d.get_document("payload").unwrap(), &doc! {"p": 2}, "{d}");
+        assert!(!d.get_bool("removed").unwrap(), "{d}");
+        assert!(
+            !d.get_document("_writ").unwrap().contains_key("deleted"),
+            "{d}"
+        );
+    }
+    // Inserted again, the key keeps its first payload as before.
+    candles.write(&key(0), &doc! {"p": 3}).await.unwrap();
+    assert_eq!(other.read(&key(0)).await.unwrap(), Some(doc! {"p": 2}));
+    assert_eq!(candles.count().await.unwrap(), n as u64);
+    let dlq: u64 = redis::cmd("XLEN")
+        .arg(writ::protocol::Names::new(&env.config().namespace).dead_letters())
+        .query_async(&mut env.redis().await)
+        .await
+        .unwrap();
+    assert_eq!(dlq, 0);
+    daemon.stop().await;
+}

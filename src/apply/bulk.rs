@@ -22,10 +22,10 @@
 
 use std::collections::HashMap;
 
-use mongodb::bson::{doc, Bson, Document, RawArrayBuf, RawDocumentBuf};
+use mongodb::bson::{Bson, Document, RawArrayBuf, RawDocumentBuf};
 use mongodb::options::ReadConcern;
 
-use super::document::{doc_version, update_of, GUARD_FIELD};
+use super::document::{doc_version, guard_filter, update_of};
 use super::post_image;
 use super::store::{Applied, Store};
 use crate::bson_bytes;
@@ -90,11 +90,7 @@ fn by_bytes<T>(sized: impl IntoIterator<Item = (T, usize)>) -> Vec<Vec<T>> {
 }
 
 fn statement(it: &BulkItem<'_>, update: &Document) -> Option<RawDocumentBuf> {
-    let mut q = it.write.key.to_document();
-    q.insert(
-        GUARD_FIELD,
-        doc! {"$not": {"$gte": it.version.to_sortable()}},
-    );
+    let q = guard_filter(it.coll, it.write, &it.version.to_sortable());
     let mut st = RawDocumentBuf::new();
     st.append("q", bson_bytes::to_raw(&q).ok()?);
     st.append("u", bson_bytes::to_raw(update).ok()?);

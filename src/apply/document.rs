@@ -77,6 +77,48 @@ pub fn update_of(coll: &CollectionConfig, write: &Write, v: &str) -> Document {
     update
 }
 
+/// Where a hard delete's tombstone says so: `_writ.deleted`.
+pub const DELETED_FIELD: &str = "_writ.deleted";
+
+/// The filter of a guarded write at sortable version `v`: the key fields and
+/// the sequence guard (`_writ.v` older than `v`, or absent: a document
+/// written before writ managed the collection is adopted by its first
+/// write). An `insert_once` put does not match a hard delete's tombstone:
+/// the key is gone, so the put must insert ([`revive_of`]), and an update
+/// of the tombstone would set only the bookkeeping and leave it removed.
+pub fn guard_filter(coll: &CollectionConfig, write: &Write, v: &str) -> Document {
+    let mut filter = write.key.to_document();
+    filter.insert(GUARD_FIELD, doc! {"$not": {"$gte": v}});
+    if write.op == Op::Put && coll.mode == WriteMode::InsertOnce {
+        filter.insert(DELETED_FIELD, doc! {"$ne": true});
+    }
+    filter
+}
+
+/// The update of an `insert_once` put that meets an older tombstone: what
+/// the insert would have written (`$setOnInsert`'s fields `$set`), and the
+/// tombstone's `removed` taken away (in the `fields` layout unless the
+/// writer sends it), so the key reads as the put wrote it, as after an
+/// insert.
+pub fn revive_of(coll: &CollectionConfig, write: &Write, v: &str) -> Document {
+    let mut update = update_of(coll, write, v);
+    let on_insert = match update.remove("$setOnInsert") {
+        Some(Bson::Document(d)) => d,
+        _ => Document::new(),
+    };
+    let mut set = match update.remove("$set") {
+        Some(Bson::Document(d)) => d,
+        _ => Document::new(),
+    };
+    set.extend(on_insert);
+    let sends_removed = set.contains_key(DOC_REMOVED);
+    update.insert("$set", set);
+    if !sends_removed {
+        update.insert("$unset", doc! {DOC_REMOVED: ""});
+    }
+    update
+}
+
 /// The version a stored document carries, if any.
 pub fn doc_version(doc: &Document) -> Option<Version> {
     Version::from_sortable(doc.get_document(DOC_WRIT).ok()?.get_str("v").ok()?)

@@ -9,8 +9,11 @@ use mongodb::bson::{doc, DateTime, Document};
 use mongodb::options::{Acknowledgment, ClientOptions, ReadConcern, ReturnDocument, WriteConcern};
 use mongodb::{Collection, Database};
 
-use super::document::{doc_version, update_of, DOC_REMOVED, DOC_WRIT, GUARD_FIELD};
-use crate::config::{redact_url, CollectionConfig, Config, WriteConcernW};
+use super::document::{
+    doc_version, guard_filter, revive_of, update_of, DELETED_FIELD, DOC_REMOVED, DOC_WRIT,
+    GUARD_FIELD,
+};
+use crate::config::{redact_url, CollectionConfig, Config, WriteConcernW, WriteMode};
 use crate::error::{mongo_code, Error, Result};
 use crate::protocol::{Key, Op, Reject, RejectReason, Version, Write};
 
@@ -47,6 +50,8 @@ impl Applied {
 pub struct Store {
     db: Database,
     wc: WriteConcern,
+    /// `wc` as the `writeConcern` field of a command run by hand.
+    wc_doc: Document,
     /// Whether the write concern asks for more than one node: the stale
     /// check then reads at `majority` ([`Store::stale_or_conflict`]).
     pub(super) confirm_majority: bool,
@@ -81,11 +86,20 @@ impl Store {
     pub async fn connect(config: &Config) -> Result<Store> {
         let mut opts = ClientOptions::parse(&config.mongodb_uri)
             .await
-            .map_err(|e| {
-                Error::Config(format!(
+            .map_err(|e| match *e.kind {
+                // A mongodb+srv:// URI is resolved here (SRV and TXT
+                // records): a DNS failure is the network's, not the URI's.
+                mongodb::error::ErrorKind::DnsResolve { ref message, .. } => Error::Connect {
+                    what: "mongodb",
+                    url: redact_url(&config.mongodb_uri),
+                    detail: format!("cannot resolve the mongodb+srv:// host: {message}"),
+                    hint: "check DNS from this host and the host name in mongodb.uri / WRIT_MONGODB_URI",
+                    retry: crate::error::RetryClass::Transient,
+                },
+                _ => Error::Config(format!(
                     "`mongodb.uri` {} does not parse: {e}",
                     redact_url(&config.mongodb_uri)
-                ))
+                )),
             })?;
         opts.app_name.get_or_insert_with(|| "writ".into());
         // Every read writ makes (a post-image, a stale check, a read-through
@@ -103,9 +117,18 @@ impl Store {
         // room for them plus reads and pings, so nothing queues in the driver.
         opts.max_pool_size = Some(config.max_concurrency as u32 + 4);
         let client = mongodb::Client::with_options(opts)?;
+        let wc = write_concern(config);
+        // Computed once, so a bulk can never go out with an empty write
+        // concern (the server's default) in place of the configured one.
+        let wc_doc = mongodb::bson::to_document(&wc).map_err(|e| {
+            Error::Config(format!(
+                "mongodb.write_concern, journal and op_timeout_ms make no write concern: {e}"
+            ))
+        })?;
         Ok(Store {
+            wc_doc,
             db: client.database(&config.database),
-            wc: write_concern(config),
+            wc,
             confirm_majority: !matches!(config.write_concern, WriteConcernW::Nodes(0 | 1)),
             max_time: config.op_timeout,
             limiter: super::Limiter::new(config.max_concurrency, config.op_timeout),
@@ -120,7 +143,7 @@ impl Store {
 
     /// The write concern as a command field.
     pub(super) fn write_concern_doc(&self) -> Document {
-        mongodb::bson::to_document(&self.wc).unwrap_or_default()
+        self.wc_doc.clone()
     }
 
     /// The server-side time limit, in ms, for commands run by hand.
@@ -213,10 +236,7 @@ impl Store {
     ) -> Result<Applied> {
         let c = self.coll(&coll.name);
         let v = version.to_sortable();
-        let mut filter = write.key.to_document();
-        // `$not: {$gte}` also matches documents that carry no version yet (written
-        // before writ managed the collection): the first write adopts them.
-        filter.insert(GUARD_FIELD, doc! {"$not": {"$gte": &v}});
+        let filter = guard_filter(coll, write, &v);
         if write.op == Op::Delete {
             return self.delete(&c, &write.key, filter, version).await;
         }
@@ -229,13 +249,49 @@ impl Store {
                 .max_time(self.max_time)
                 .into_future()
         };
-        match self.guarded(&c, &write.key, version, op).await? {
+        let written = match self.guarded(&c, &write.key, version, op).await {
+            // An `insert_once` put whose key is an older tombstone: its
+            // filter leaves the tombstone out, so the upsert met the key.
+            Err(Error::Mongo(e))
+                if mongo_code(&e) == Some(11000)
+                    && write.op == Op::Put
+                    && coll.mode == WriteMode::InsertOnce =>
+            {
+                match self.revive(&c, coll, write, &v).await? {
+                    Some(doc) => Guarded::Written(Some(doc)),
+                    None => return Err(Error::Mongo(e)),
+                }
+            }
+            other => other?,
+        };
+        match written {
             Guarded::Written(Some(doc)) => Ok(Applied::Committed(doc)),
             Guarded::Written(None) => Err(Error::MissingPostImage {
                 collection: coll.name.clone(),
             }),
             Guarded::Stale(stale) => Ok(stale),
         }
+    }
+
+    /// An `insert_once` put over an older tombstone: the key was deleted, so
+    /// the put writes what its insert would have. `None`: no older tombstone
+    /// holds the key now (a newer write came first, or it was another
+    /// conflict); the caller's error stands and the write is tried again.
+    async fn revive(
+        &self,
+        c: &Collection<Document>,
+        coll: &CollectionConfig,
+        write: &Write,
+        v: &str,
+    ) -> Result<Option<Document>> {
+        let mut filter = write.key.to_document();
+        filter.insert(GUARD_FIELD, doc! {"$not": {"$gte": v}});
+        filter.insert(DELETED_FIELD, true);
+        Ok(c.find_one_and_update(filter, revive_of(coll, write, v))
+            .return_document(ReturnDocument::After)
+            .write_concern(self.wc.clone())
+            .max_time(self.max_time)
+            .await?)
     }
 
     async fn delete(

@@ -89,8 +89,9 @@ pub struct RedisTls {
     pub certificates: Option<redis::TlsCertificates>,
 }
 
-/// The validated configuration.
-#[derive(Debug, Clone)]
+/// The validated configuration. Its `Debug` blanks the credentials of the
+/// URLs.
+#[derive(Clone)]
 pub struct Config {
     /// Redis URL (may contain credentials: never log it, use [`redact_url`]).
     /// In cluster mode, the first seed node.
@@ -168,6 +169,91 @@ pub struct Config {
     pub max_document_bytes: usize,
     /// Collections by name.
     pub collections: BTreeMap<String, CollectionConfig>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Every field by name, so a new one cannot slip past unredacted.
+        let Config {
+            redis_url,
+            redis_urls,
+            redis_cluster,
+            min_replicas_acked,
+            replica_ack_timeout,
+            redis_tls,
+            namespace,
+            partitions,
+            mongodb_uri,
+            database,
+            write_concern,
+            journal,
+            op_timeout,
+            max_concurrency,
+            consumer_name,
+            batch_size,
+            max_in_flight,
+            max_in_flight_bytes,
+            block,
+            shutdown_deadline,
+            max_attempts,
+            max_timeouts,
+            backoff_cap,
+            lease_ttl,
+            stats_interval,
+            retention_max_age,
+            retention_max_entries,
+            max_backlog,
+            metrics_listen,
+            log_level,
+            log_format,
+            write_timeout,
+            read_timeout,
+            lost_write_after,
+            max_document_bytes,
+            collections,
+        } = self;
+        f.debug_struct("Config")
+            .field("redis_url", &redact_url(redis_url))
+            .field(
+                "redis_urls",
+                &redis_urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
+            )
+            .field("redis_cluster", redis_cluster)
+            .field("min_replicas_acked", min_replicas_acked)
+            .field("replica_ack_timeout", replica_ack_timeout)
+            .field("redis_tls", redis_tls)
+            .field("namespace", namespace)
+            .field("partitions", partitions)
+            .field("mongodb_uri", &redact_url(mongodb_uri))
+            .field("database", database)
+            .field("write_concern", write_concern)
+            .field("journal", journal)
+            .field("op_timeout", op_timeout)
+            .field("max_concurrency", max_concurrency)
+            .field("consumer_name", consumer_name)
+            .field("batch_size", batch_size)
+            .field("max_in_flight", max_in_flight)
+            .field("max_in_flight_bytes", max_in_flight_bytes)
+            .field("block", block)
+            .field("shutdown_deadline", shutdown_deadline)
+            .field("max_attempts", max_attempts)
+            .field("max_timeouts", max_timeouts)
+            .field("backoff_cap", backoff_cap)
+            .field("lease_ttl", lease_ttl)
+            .field("stats_interval", stats_interval)
+            .field("retention_max_age", retention_max_age)
+            .field("retention_max_entries", retention_max_entries)
+            .field("max_backlog", max_backlog)
+            .field("metrics_listen", metrics_listen)
+            .field("log_level", log_level)
+            .field("log_format", log_format)
+            .field("write_timeout", write_timeout)
+            .field("read_timeout", read_timeout)
+            .field("lost_write_after", lost_write_after)
+            .field("max_document_bytes", max_document_bytes)
+            .field("collections", collections)
+            .finish()
+    }
 }
 
 impl Config {

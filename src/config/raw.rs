@@ -61,7 +61,7 @@ pub struct RawRedis {
 }
 
 /// `[mongodb]`
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawMongo {
     /// MongoDB URI; `WRIT_MONGODB_URI` overrides it.
@@ -83,6 +83,28 @@ pub struct RawMongo {
     /// limit moves between 1 and this).
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: usize,
+}
+
+/// The fields with the URI's credentials blanked.
+impl std::fmt::Debug for RawMongo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let RawMongo {
+            uri,
+            database,
+            write_concern,
+            journal,
+            op_timeout_ms,
+            max_concurrency,
+        } = self;
+        f.debug_struct("RawMongo")
+            .field("uri", &super::redact_url(uri))
+            .field("database", database)
+            .field("write_concern", write_concern)
+            .field("journal", journal)
+            .field("op_timeout_ms", op_timeout_ms)
+            .field("max_concurrency", max_concurrency)
+            .finish()
+    }
 }
 
 /// `[daemon]`
@@ -234,13 +256,22 @@ pub enum WriteMode {
 }
 
 /// `redis.url`: one string, or a list of seed URLs.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(untagged)]
 pub enum RawUrls {
     /// One URL (or, in cluster mode, comma-separated URLs).
     One(String),
     /// Seed nodes.
     Many(Vec<String>),
+}
+
+/// The URLs with their credentials blanked: a password never reaches a
+/// `{:?}` print.
+impl std::fmt::Debug for RawUrls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown: Vec<String> = self.list().iter().map(|u| super::redact_url(u)).collect();
+        f.debug_tuple("RawUrls").field(&shown).finish()
+    }
 }
 
 impl RawUrls {

@@ -44,6 +44,15 @@ fn bad_values_name_field() {
     let e = Config::from_toml(&MIN.replace("[mongodb]", "[mongodb]\nwrite_concern = \"all\""))
         .unwrap_err();
     assert!(e.to_string().contains("mongodb.write_concern"), "{e}");
+    // w: 0 is an unacknowledged write: writ could never learn the outcome.
+    let e =
+        Config::from_toml(&MIN.replace("[mongodb]", "[mongodb]\nwrite_concern = 0")).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("`mongodb.write_concern`: 0 asks MongoDB not to answer"),
+        "{e}"
+    );
+    assert!(Config::from_toml(&MIN.replace("[mongodb]", "[mongodb]\nwrite_concern = 1")).is_ok());
     let e = Config::from_toml(&MIN.replace(
         "[mongodb]",
         "[daemon]\nlog_level = \"verbose=??!\"\n[mongodb]",
@@ -81,14 +90,24 @@ fn numeric_bounds_are_checked_at_their_edges() {
         ("redis", "replica_ack_timeout_ms", "0", "1", "between 1 and 60000"),
         ("redis", "replica_ack_timeout_ms", "60001", "60000", "between 1 and 60000"),
         ("redis", "partitions", "4097", "4096", "between 1 and 4096"),
-        ("mongodb", "op_timeout_ms", "0", "1", "at least 1"),
+        ("mongodb", "op_timeout_ms", "0", "1", "between 1 and 2147483647"),
+        ("mongodb", "op_timeout_ms", "2147483648", "2147483647", "between 1 and 2147483647"),
         ("mongodb", "max_concurrency", "1001", "1000", "between 1 and 1000"),
         ("daemon", "batch_size", "0", "1", "between 1 and 10000"),
         ("daemon", "block_ms", "60001", "60000", "between 1 and 60000"),
         ("daemon", "max_attempts", "0", "1", "at least 1"),
         ("daemon", "max_timeouts", "1001", "1000", "between 0 and 1000"),
         ("daemon", "lease_ttl_ms", "299", "300", "between 300 and 300000"),
-        ("daemon", "stats_interval_ms", "99", "100", "at least 100"),
+        ("daemon", "stats_interval_ms", "99", "100", "between 100 and 300000"),
+        ("daemon", "stats_interval_ms", "300001", "300000", "between 100 and 300000"),
+        ("daemon", "max_in_flight", "1000001", "1000000", "between 1 and 1000000"),
+        ("daemon", "shutdown_deadline_ms", "99", "100", "between 100 and 3600000"),
+        ("daemon", "shutdown_deadline_ms", "3600001", "3600000", "between 100 and 3600000"),
+        ("daemon", "backoff_cap_ms", "9", "10", "between 10 and 600000"),
+        ("daemon", "backoff_cap_ms", "600001", "600000", "between 10 and 600000"),
+        ("client", "write_timeout_ms", "0", "1", "between 1 and 86400000"),
+        ("client", "read_timeout_ms", "0", "1", "between 1 and 86400000"),
+        ("client", "read_timeout_ms", "86400001", "86400000", "between 1 and 86400000"),
         ("daemon", "retention_max_entries", "0", "1", "at least 1"),
         ("client", "max_backlog", "0", "1", "at least 1"),
         ("client", "lost_write_after_ms", "0", "1", "at least 1"),
@@ -324,5 +343,29 @@ fn urls_are_parsed_as_the_clients_will_with_no_secret_in_the_message() {
             "{redis} {mongo}: {e}"
         );
         assert!(!e.contains("s3cret"), "a secret in the message: {e}");
+    }
+}
+
+/// `{:?}` of a config, raw or validated, never shows a URL's password.
+#[test]
+fn debug_prints_blank_the_urls_credentials() {
+    let text = MIN
+        .replace(
+            "[redis]",
+            "[redis]\nurl = \"redis://writer:r3dis-Secret@h:6379\"",
+        )
+        .replace(
+            "[mongodb]",
+            "[mongodb]\nuri = \"mongodb://writ:m0ngo-Secret@h:27017/?authSource=admin\"",
+        );
+    let c = Config::from_toml(&text).unwrap();
+    let raw: RawConfig = toml::from_str(&text).unwrap();
+    for shown in [format!("{c:?}"), format!("{c:#?}"), format!("{raw:?}")] {
+        assert!(!shown.contains("r3dis-Secret"), "{shown}");
+        assert!(!shown.contains("m0ngo-Secret"), "{shown}");
+        assert!(
+            shown.contains("h:6379") && shown.contains("h:27017"),
+            "{shown}"
+        );
     }
 }

@@ -83,7 +83,7 @@ impl RawConfig {
             shutdown_deadline: Duration::from_millis(daemon.shutdown_deadline_ms),
             max_attempts: daemon.max_attempts,
             max_timeouts: daemon.max_timeouts,
-            backoff_cap: Duration::from_millis(daemon.backoff_cap_ms.max(1)),
+            backoff_cap: Duration::from_millis(daemon.backoff_cap_ms),
             lease_ttl: Duration::from_millis(daemon.lease_ttl_ms),
             stats_interval: Duration::from_millis(daemon.stats_interval_ms),
             retention_max_age: Duration::from_secs(daemon.retention_max_age_secs),
@@ -165,7 +165,14 @@ fn check_mongodb(mongodb: &RawMongo) -> Result<WriteConcernW> {
     }
     let write_concern = match &mongodb.write_concern {
         toml::Value::String(s) if s == "majority" => WriteConcernW::Majority,
-        toml::Value::Integer(n) if *n >= 0 && *n <= 50 => WriteConcernW::Nodes(*n as u32),
+        toml::Value::Integer(0) => {
+            return Err(bad(
+                "mongodb.write_concern",
+                "0 asks MongoDB not to answer writes, and writ acks a write only once MongoDB \
+                 has answered it; use \"majority\" or a node count of at least 1",
+            ))
+        }
+        toml::Value::Integer(n) if *n >= 1 && *n <= 50 => WriteConcernW::Nodes(*n as u32),
         _ => {
             return Err(bad(
                 "mongodb.write_concern",
@@ -173,7 +180,14 @@ fn check_mongodb(mongodb: &RawMongo) -> Result<WriteConcernW> {
             ))
         }
     };
-    within("mongodb.op_timeout_ms", mongodb.op_timeout_ms, 1, u64::MAX)?;
+    // MongoDB refuses a `maxTimeMS` above a 32-bit integer, and writ sends
+    // this as every operation's `maxTimeMS`.
+    within(
+        "mongodb.op_timeout_ms",
+        mongodb.op_timeout_ms,
+        1,
+        i32::MAX as u64,
+    )?;
     within(
         "mongodb.max_concurrency",
         mongodb.max_concurrency as u64,
@@ -233,6 +247,12 @@ fn check_daemon(daemon: &RawDaemon) -> Result<DaemonChecked> {
         ));
     }
     within(
+        "daemon.max_in_flight",
+        daemon.max_in_flight as u64,
+        1,
+        1_000_000,
+    )?;
+    within(
         "daemon.max_in_flight_bytes",
         daemon.max_in_flight_bytes as u64,
         1024 * 1024,
@@ -246,12 +266,23 @@ fn check_daemon(daemon: &RawDaemon) -> Result<DaemonChecked> {
         u64::MAX,
     )?;
     within("daemon.max_timeouts", daemon.max_timeouts.into(), 0, 1000)?;
+    // 0 would drain nothing on SIGTERM; an hour outlasts any supervisor.
+    within(
+        "daemon.shutdown_deadline_ms",
+        daemon.shutdown_deadline_ms,
+        100,
+        3_600_000,
+    )?;
+    // Below 10 ms a failing write is retried in a hot loop.
+    within("daemon.backoff_cap_ms", daemon.backoff_cap_ms, 10, 600_000)?;
     within("daemon.lease_ttl_ms", daemon.lease_ttl_ms, 300, 300_000)?;
     within(
         "daemon.stats_interval_ms",
         daemon.stats_interval_ms,
         100,
-        u64::MAX,
+        // Retention, the status gauges and the partition-count recheck run
+        // at this pace; an hour's pause would leave them all off.
+        300_000,
     )?;
     within(
         "daemon.retention_max_entries",
@@ -332,9 +363,22 @@ pub(super) fn check_log_level(field: &str, level: &str) -> Result<()> {
     Ok(())
 }
 
-/// `[client]`: the backlog bound and the document size cap.
+/// `[client]`: the backlog bound, the timeouts and the document size cap.
 fn check_client(client: &RawClient) -> Result<()> {
     within("client.max_backlog", client.max_backlog, 1, u64::MAX)?;
+    // 0 would time every write and read out before Redis could answer.
+    within(
+        "client.write_timeout_ms",
+        client.write_timeout_ms,
+        1,
+        86_400_000,
+    )?;
+    within(
+        "client.read_timeout_ms",
+        client.read_timeout_ms,
+        1,
+        86_400_000,
+    )?;
     within(
         "client.lost_write_after_ms",
         client.lost_write_after_ms,
