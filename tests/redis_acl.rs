@@ -503,3 +503,65 @@ async fn a_writer_that_may_not_confirm_is_refused_at_connect() {
         other => panic!("writ serve without +wait +client|id: {other:?}"),
     }
 }
+
+/// A partition whose lease this daemon cannot take (here its user may only
+/// read partition 0's lease key; in production its cluster node failing
+/// over, or no replica to confirm its lease) does not keep the partitions
+/// after it unowned. Before, the first such error ended the daemon's try,
+/// so partitions 1 to 3 were never taken and their writes never applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_whose_lease_is_refused_does_not_keep_the_others_unowned() {
+    let redis = RedisServer::start();
+    let env = TestEnv::start("acl_one_lease");
+    let ns = env.name.clone();
+    let (daemon_pw, writer_pw) = ("d4emon-pw-77a0", "wr1ter-pw-31c2");
+    let mut users = documented_users(&ns, daemon_pw, writer_pw);
+    let all = format!("~{ns}:*");
+    let at = users[0]
+        .iter()
+        .position(|r| *r == all)
+        .expect("the daemon's key pattern");
+    // Every key but partition 0's lease, which it may only read.
+    users[0].splice(
+        at..=at,
+        [
+            format!("~{ns}:[^{{]*"),
+            format!("~{ns}:{{p[^0]}}:*"),
+            format!("~{ns}:{{p0}}:[^l]*"),
+            format!("%R~{ns}:{{p0}}:lease"),
+        ],
+    );
+    let mut admin = conn(&redis.url()).await;
+    set_users(&mut admin, users).await;
+    let dir = tempfile::tempdir().unwrap();
+    let o = Overrides {
+        redis_url: Some(format!(
+            "redis://writ-daemon:{daemon_pw}@127.0.0.1:{}",
+            redis.port
+        )),
+        partitions: Some(4),
+        ..Default::default()
+    };
+    let path = env.config_file_with(dir.path(), &o);
+    let mut daemon = DaemonProc::start(&path, dir.path(), "one-lease-refused");
+    support::eventually(
+        Duration::from_secs(30),
+        "the daemon to own partitions 1 to 3",
+        || {
+            let mut admin = admin.clone();
+            let ns = ns.clone();
+            async move {
+                let o = support::lease_holders_on(&mut admin, &ns, 4).await;
+                (o.get("one-lease-refused") == Some(&3)).then_some(())
+            }
+        },
+    )
+    .await;
+    let log = daemon.log_text();
+    assert!(
+        log.contains("cannot take these partitions' leases")
+            && log.to_ascii_lowercase().contains("noperm"),
+        "the refusal is said:\n{log}"
+    );
+    assert_eq!(daemon.terminate(Duration::from_secs(20)), Some(0));
+}

@@ -80,6 +80,9 @@ struct Owner {
     next_write: Instant,
     /// Whether the last member count failed (its error is logged once).
     counting_failed: bool,
+    /// The partitions whose leases the last try could not take (said once
+    /// per change, not every poll).
+    refused: Vec<u32>,
 }
 
 /// Owns partitions until `shutdown`, then drains them (bounded by the
@@ -104,6 +107,7 @@ pub async fn run(
         owned: BTreeMap::new(),
         next_write: Instant::now(),
         counting_failed: false,
+        refused: Vec::new(),
     };
     loop {
         let members = owner.keep_up().await;
@@ -241,9 +245,11 @@ impl Owner {
 
     async fn take_up_to(&mut self, share: u32, shutdown: &CancellationToken) {
         let mut active = self.active();
+        let mut failed: Vec<u32> = Vec::new();
+        let mut first_error: Option<Error> = None;
         for p in 0..self.config.partitions {
             if active >= share || shutdown.is_cancelled() {
-                return;
+                break;
             }
             if self.owned.contains_key(&p) {
                 continue;
@@ -288,12 +294,30 @@ impl Owner {
                         "cannot take this partition's lease: its lease or fence key (same hash tag) holds a value writ did not write; delete it"
                     );
                 }
+                // One partition's trouble (its cluster node failing over, no
+                // replica to confirm its lease, an ACL without its keys) must
+                // not keep the partitions after it unowned: they are tried
+                // too. Only a Redis that does not answer at all, on one
+                // server, ends the round (each try would wait it out again).
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot take partition leases (redis)");
-                    return;
+                    let unreachable = !self.conn.is_cluster()
+                        && (e.is_timeout()
+                            || matches!(&e, Error::Redis(r) if r.is_io_error() || r.is_connection_dropped()));
+                    failed.push(p);
+                    first_error.get_or_insert(e);
+                    if unreachable {
+                        break;
+                    }
                 }
             }
         }
+        match first_error {
+            Some(e) if failed != self.refused => {
+                tracing::warn!(partitions = ?failed, error = %e, "cannot take these partitions' leases (redis); the others were tried, and these are tried again every poll");
+            }
+            _ => {}
+        }
+        self.refused = failed;
     }
 
     /// Stops reading everywhere, keeps renewing while in-flight work drains,
