@@ -104,25 +104,64 @@ function randomClientId(): string {
 }
 
 /**
- * A URL fit for messages: the password (and a user, if any) replaced by `***`,
- * and the values of query parameters that look secret too. Unparseable text is
- * replaced whole.
+ * A URL fit for messages: the user information (user and password) replaced
+ * by `***`, and the values of query parameters that look secret too, as the
+ * daemon's `redact_url` does. The user information is everything before the
+ * last `@` ahead of the query, so a password with an unescaped `/` or digits
+ * (which a URL parser takes for a host and port) is hidden too. Text without
+ * a scheme is replaced whole.
  */
 export function redactUrl(url: string): string {
-  let u: URL;
-  try {
-    u = new URL(url);
-  } catch {
-    return "<unparseable URL>";
+  const schemeEnd = url.indexOf("://");
+  if (schemeEnd < 0) return "<unparseable URL>";
+  const head = url.slice(0, schemeEnd + 3);
+  let rest = url.slice(schemeEnd + 3);
+  const queryAt = (text: string): number => {
+    const i = text.search(/[?#]/);
+    return i < 0 ? text.length : i;
+  };
+  let at = rest.slice(0, queryAt(rest)).lastIndexOf("@");
+  if (at < 0) {
+    // A password with an unescaped `?` or `#`: the `@` after it, unless a
+    // query parameter (`=`) comes first.
+    const eq = rest.indexOf("=");
+    at = rest.slice(0, eq < 0 ? rest.length : eq).lastIndexOf("@");
   }
-  if (u.username || u.password) {
-    u.username = "***";
-    u.password = "";
-  }
-  for (const k of [...u.searchParams.keys()]) {
-    if (/pass|pwd|secret|token/i.test(k)) u.searchParams.set(k, "***");
-  }
-  return u.toString().replace("%2A%2A%2A", "***");
+  if (at >= 0) rest = "***" + rest.slice(at);
+  const q = queryAt(rest);
+  if (q === rest.length) return head + rest;
+  const hash = rest.indexOf("#", q);
+  const query = rest.slice(q + 1, hash < 0 ? rest.length : hash);
+  const fragment = hash < 0 ? "" : rest.slice(hash);
+  let inSecret = false;
+  const params = query
+    .split(/[&;]/)
+    .map((param) => {
+      const eq = param.indexOf("=");
+      if (eq < 0) return inSecret ? null : param; // a piece of a secret's value
+      let name = param.slice(0, eq);
+      try {
+        name = decodeURIComponent(name);
+      } catch {
+        // an undecodable name is judged as written
+      }
+      inSecret = /pass|pwd|secret|token/i.test(name);
+      if (inSecret) return `${param.slice(0, eq)}=***`;
+      if (name.toLowerCase() === "authmechanismproperties") {
+        // `NAME:value,...`: only the secret properties (AWS_SESSION_TOKEN).
+        const props = param
+          .slice(eq + 1)
+          .split(",")
+          .map((prop) => {
+            const colon = prop.indexOf(":");
+            return colon > 0 && /pass|pwd|secret|token/i.test(prop.slice(0, colon)) ? `${prop.slice(0, colon)}:***` : prop;
+          });
+        return `${param.slice(0, eq)}=${props.join(",")}`;
+      }
+      return param;
+    })
+    .filter((p): p is string => p !== null);
+  return `${head}${rest.slice(0, q)}${rest[q] === "?" ? "?" + params.join("&") : ""}${fragment}`;
 }
 
 /** Every key of {@link WritConfig}: a misspelt one is refused, not ignored. */

@@ -225,6 +225,19 @@ test("URLs in messages carry no secrets", () => {
   const q = redactUrl("mongodb://h/?tlsCertificateKeyFilePassword=s3cret&authSource=admin");
   assert.ok(!q.includes("s3cret") && q.includes("authSource=admin"), q);
   assert.equal(redactUrl("not a url s3cret"), "<unparseable URL>");
+  // Passwords a URL parser reads as a host and port, or cuts at a `/`, `?` or `#`.
+  for (const [url, secret] of [
+    ["redis://admin:2024/Xy9@redis.example:6379", "2024/Xy9"],
+    ["redis://admin:2024@redis.example:6379/0", "2024"],
+    ["mongodb://writ:ab/c?d#e@h:27017/?authSource=admin", "ab/c?d#e"],
+    ["rediss://:p@ss@h:6380", "p@ss"],
+  ]) {
+    const shown = redactUrl(url);
+    assert.ok(!shown.includes(secret), `${url} -> ${shown}`);
+    assert.ok(/@(redis\.example|h):\d+/.test(shown), `${url} -> ${shown}: the host is still named`);
+  }
+  const tokens = redactUrl("mongodb://h/?authMechanismProperties=AWS_SESSION_TOKEN:t0k&x=1");
+  assert.ok(!tokens.includes("t0k") && tokens.includes("x=1"), tokens);
 });
 
 test("bsonNesting counts objects, arrays and code scopes below the top, over every BSON type", () => {
