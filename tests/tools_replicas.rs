@@ -314,3 +314,74 @@ async fn a_blocking_wait_does_not_hold_the_reads() {
     let _ = blocked.await.unwrap();
     daemon.stop().await;
 }
+
+/// A dead letter that Redis added but no replica confirmed (the replica is
+/// paused) is confirmed again on its retries, not added again: one letter
+/// however long the replica is away. Before, each retry added the whole
+/// letter again, one more every few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_waiting_for_its_replica_is_added_once() {
+    let env = TestEnv::start("dlq_replica");
+    let (master, replica, mut m) = master_and_replica().await;
+    let dir = tempfile::tempdir().unwrap();
+    let o = Overrides {
+        redis: "min_replicas_acked = 1\nreplica_ack_timeout_ms = 200",
+        redis_url: Some(master.url()),
+        ..Default::default()
+    };
+    let path = env.config_file_with(dir.path(), &o);
+    let config = env.config_with(&o);
+    let daemon = support::proc::DaemonProc::start(&path, dir.path(), "dlq-replica");
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let sig = doc! {"symbol": "DLQ", "strategyName": "s", "exchangeName": "x"};
+    s.write(&sig, &doc! {"n": 1}).await.unwrap();
+
+    support::pause::pause(replica.pid());
+    let names = writ::protocol::Names::new(&config.namespace);
+    let stream = names.stream(0);
+    support::raw_json_put(
+        &mut m,
+        &stream,
+        "no-such-collection",
+        r#"{"k":"v"}"#,
+        "{}",
+        &[],
+    )
+    .await;
+    let retries = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("redis step failed") && l.contains("dead letter"))
+            .count()
+    };
+    eventually(
+        Duration::from_secs(60),
+        "four unconfirmed tries of the letter",
+        || {
+            let n = retries(&daemon.log_text());
+            async move { (n >= 4).then_some(()) }
+        },
+    )
+    .await;
+    let letters = |mut m: MultiplexedConnection| {
+        let dlq = names.dead_letters();
+        async move {
+            redis::cmd("XLEN")
+                .arg(dlq)
+                .query_async::<u64>(&mut m)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(letters(m.clone()).await, 1, "{}", daemon.log_text());
+
+    support::pause::resume(replica.pid());
+    let group = names.group();
+    eventually(Duration::from_secs(30), "the refused entry to be acknowledged", || {
+        let mut m = m.clone();
+        let (stream, group) = (stream.clone(), group.clone());
+        async move { (support::pending_count(&mut m, &stream, &group).await == 0).then_some(()) }
+    })
+    .await;
+    assert_eq!(letters(m.clone()).await, 1);
+}

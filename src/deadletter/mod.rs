@@ -203,29 +203,49 @@ async fn still_held(acker: &Acker, fence: &Fence) -> Option<bool> {
 /// Adds `letter` to the dead-letter stream, retried until it is there (and
 /// as durable as `redis.min_replicas_acked` asks) or the acker stops
 /// (`None`); its id in the dead-letter stream.
+///
+/// A letter that Redis added but too few replicas confirmed in time is not
+/// added again: the retries ask the same connection's replicas again (a
+/// `WAIT`), so a replica that is down for minutes costs one letter, not one
+/// per retry. Only if that connection is gone (a reconnect) is it added
+/// again, as its confirmation can no longer be asked for.
 async fn add(acker: &Acker, letter: &DeadLetter<'_>) -> Option<String> {
     let dlq = acker.names().dead_letters();
+    // The letter's id and the `CLIENT ID` of the connection that added it,
+    // once added and waiting for its replicas.
+    let added: std::sync::Mutex<Option<(String, u64)>> = Default::default();
     retry_until(acker.abort(), "dead letter", || {
-        let mut pipe = redis::pipe();
-        letter.add_to(&mut pipe, &dlq);
-        // The entry is XACKed only once the dead letter is as durable as
-        // `redis.min_replicas_acked` asks: the dead-letter stream may live on
-        // another node than the partition stream.
         let replication = *acker.replication();
-        if replication.wanted() {
-            replication.add_to(&mut pipe);
-        }
-        let mut conn = acker.conn().clone();
+        let conn = acker.conn().clone();
+        let pending = added.lock().expect("lock").clone();
+        let (dlq, added) = (&dlq, &added);
         async move {
-            if replication.wanted() {
-                let (id, n): (String, u32) =
-                    pipe.query_async(&mut conn).await.map_err(Error::from)?;
-                replication.check(n, "a dead letter")?;
-                Ok(id)
-            } else {
-                let (id,): (String,) = pipe.query_async(&mut conn).await.map_err(Error::from)?;
-                Ok(id)
+            if let Some((id, client)) = pending {
+                if replication
+                    .confirm_again(&conn, dlq, client, "a dead letter")
+                    .await?
+                {
+                    return Ok(id);
+                }
+                *added.lock().expect("lock") = None;
             }
+            let mut pipe = crate::redis_conn::Confirmer::write_pipeline();
+            letter.add_to(&mut pipe, dlq);
+            let (client, id): (u64, String) = pipe
+                .query_async(&mut conn.clone())
+                .await
+                .map_err(Error::from)?;
+            if !replication.wanted() {
+                return Ok(id);
+            }
+            // The entry is XACKed only once the dead letter is as durable as
+            // `redis.min_replicas_acked` asks: the dead-letter stream may live
+            // on another node than the partition stream.
+            *added.lock().expect("lock") = Some((id.clone(), client));
+            replication
+                .confirm_on(&conn, dlq, client, "a dead letter")
+                .await?;
+            Ok(id)
         }
     })
     .await

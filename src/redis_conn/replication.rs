@@ -99,9 +99,30 @@ impl Replication {
         client_id: u64,
         what: &'static str,
     ) -> Result<()> {
+        match self.confirm_again(conn, key, client_id, what).await? {
+            true => Ok(()),
+            false => self.check(0, what),
+        }
+    }
+
+    /// [`Replication::confirm_on`], telling a connection that changed since
+    /// the write (`Ok(false)`: its confirmation can no longer be asked for)
+    /// from too few replicas (`Err(NotReplicated)`). A caller that keeps the
+    /// write's `client_id` can ask again after a short `WAIT` without
+    /// writing again.
+    pub async fn confirm_again(
+        &self,
+        conn: &Conn,
+        key: &str,
+        client_id: u64,
+        what: &'static str,
+    ) -> Result<bool> {
         let first = self.wait_on(conn, key).await?;
         let (id, confirmed) = self.for_connection(conn, key, client_id, first).await;
-        self.check(if id == client_id { confirmed } else { 0 }, what)
+        if id != client_id {
+            return Ok(false);
+        }
+        self.check(confirmed, what).map(|()| true)
     }
 
     /// The `WAIT` reply that counts for connection `client_id`, given the
