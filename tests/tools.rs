@@ -1169,3 +1169,71 @@ async fn node_of(env: &TestEnv, key: &str) -> String {
     }
     panic!("no master serves the slot of {key}")
 }
+
+/// In the `fields` layout a put sets only the fields it sends, so a dead
+/// letter found stale (a newer write of its key applied first) is not
+/// redundant: `dlq retry` keeps it and says what to do, instead of removing
+/// it with its fields never stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_retry_keeps_a_stale_fields_layout_letter() {
+    let env = TestEnv::start("dlq_fields_stale");
+    let dir = tempfile::tempdir().unwrap();
+    let config = env.config();
+    let daemon = Daemon::start(config.clone());
+    // Two puts of one key to a collection not declared yet: both parked.
+    let canonical = r#"["k1"]"#;
+    let p = writ::protocol::partition_of("rows", canonical, config.partitions);
+    let stream = format!("{}:{{p{p}}}:in", env.name);
+    let mut r = env.redis().await;
+    let older =
+        support::raw_json_put(&mut r, &stream, "rows", r#"{"k":"k1"}"#, r#"{"a":1}"#, &[]).await;
+    let newer =
+        support::raw_json_put(&mut r, &stream, "rows", r#"{"k":"k1"}"#, r#"{"b":2}"#, &[]).await;
+    let path = env.config_file_with(dir.path(), &Overrides::default());
+    let letters = eventually(Duration::from_secs(30), "two dead letters", || async {
+        let l = json(&writ_cli(&path, &["dlq", "list", "--json"]));
+        (l.as_array().unwrap().len() == 2).then_some(l)
+    })
+    .await;
+    daemon.stop().await;
+    let letter_of = |source_id: &str| {
+        letters
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["source_id"].as_str() == Some(source_id))
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let fixed = env.config_file_with(
+        dir.path(),
+        &Overrides {
+            collections: "[[collections]]\nname = \"rows\"\nkey = [\"k\"]\nlayout = \"fields\"",
+            ..Default::default()
+        },
+    );
+    // The newer first: applied, removed.
+    let out = writ_cli(&fixed, &["dlq", "retry", &letter_of(&newer)]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success() && text.contains("applied"), "{text}");
+    // The older is stale, and its field `a` is not in the document: kept.
+    let kept = letter_of(&older);
+    let out = writ_cli(&fixed, &["dlq", "retry", &kept]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("kept") && text.contains("fields"), "{text}");
+    let left = json(&writ_cli(&fixed, &["dlq", "list", "--json"]));
+    let left: Vec<&str> = left
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(left, [kept.as_str()]);
+    let docs: Vec<Document> = env.all_docs("rows").await;
+    assert_eq!(docs.len(), 1, "{docs:?}");
+    assert_eq!(docs[0].get_i32("b").unwrap(), 2, "{docs:?}");
+    assert!(!docs[0].contains_key("a"), "{docs:?}");
+}

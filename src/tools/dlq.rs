@@ -195,13 +195,43 @@ impl Tools {
             .apply_entry(partition, count, version, &letter.original)
             .await
         {
-            Ok(outcome) => {
+            Ok((crate::ack::Outcome::Stale, now))
+                if now > version && self.sets_only_its_fields(&letter.original) =>
+            {
+                Ok(Err(format!(
+                    "kept: the key holds a newer write ({now}) than this letter ({version}), and in \
+                     the `fields` layout a put sets only the fields it sends, so this letter's fields \
+                     may be missing from the document. Compare `writ dlq show {id}` with the document, \
+                     write what is missing again, then `writ dlq drop {id}`",
+                    now = now.to_stream_id(),
+                    version = version.to_stream_id(),
+                    id = letter.id
+                )))
+            }
+            Ok((outcome, _)) => {
                 self.dlq_drop(&letter.id).await?;
                 Ok(Ok(outcome))
             }
             Err(crate::Error::Rejected(r)) => Ok(Err(r.to_string())),
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether the letter is a put of a `fields`-layout collection: a write
+    /// that sets only the fields it sends, so a newer write of its key does
+    /// not make it redundant.
+    fn sets_only_its_fields(&self, original: &Fields) -> bool {
+        let field = |name: &str| {
+            original
+                .iter()
+                .find(|(k, _)| k.as_slice() == name.as_bytes())
+                .map(|(_, v)| v.as_slice())
+        };
+        let is_put = field(crate::protocol::field::OP) == Some(b"put".as_slice());
+        let coll = field(crate::protocol::field::COLLECTION)
+            .and_then(|c| std::str::from_utf8(c).ok())
+            .and_then(|c| self.config.collection(c));
+        is_put && coll.is_some_and(|c| c.layout == crate::config::Layout::Fields)
     }
 
     /// Removes a dead letter.

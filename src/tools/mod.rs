@@ -98,7 +98,7 @@ impl Tools {
 
     /// Applies one retained entry of `partition`'s stream (when known) at
     /// its own version with the daemon's routine, then refreshes the cache
-    /// (never backwards). `Err(Rejected)` if it cannot apply, as the daemon
+    /// (never backwards); its outcome, and the version the key holds now. `Err(Rejected)` if it cannot apply, as the daemon
     /// would refuse it (including an entry in the wrong partition's stream);
     /// `Err(Shutdown)` if [`Tools::abort`] stopped it.
     pub async fn apply_entry(
@@ -107,7 +107,7 @@ impl Tools {
         count: u32,
         id: Version,
         fields: &Fields,
-    ) -> Result<Outcome> {
+    ) -> Result<(Outcome, Version)> {
         let write = protocol::decode_in(fields, &self.config, partition, count)?;
         let coll = self
             .config
@@ -141,7 +141,7 @@ impl Tools {
             .publish(&key, version, doc.as_ref(), None, &self.abort)
             .await
             .ok_or(Error::Shutdown)?;
-        Ok(outcome)
+        Ok((outcome, version))
     }
 }
 

@@ -96,7 +96,7 @@ impl Tools {
                         .apply_entry(Some(p), self.config.partitions, e.id, fields)
                         .await
                     {
-                        Ok(o) => *sum.outcomes.entry(o.as_str().to_string()).or_default() += 1,
+                        Ok((o, _)) => *sum.outcomes.entry(o.as_str().to_string()).or_default() += 1,
                         Err(crate::Error::Rejected(_)) => sum.rejected += 1,
                         Err(err) => return Err(err),
                     }
