@@ -394,6 +394,37 @@ fn bad_config_and_refused_connection_get_one_clear_message() {
         err.contains("WRIT_LOG") && err.contains("\"debgu\" is not a level"),
         "{err}"
     );
+    // A bad URL in the environment is named as the environment's, not
+    // blamed on the file (whose own URL is fine).
+    for (var, value, named) in [
+        (
+            "WRIT_MONGODB_URI",
+            "postgres://u:pw-in-env@h/",
+            "WRIT_MONGODB_URI (environment, overrides mongodb.uri)",
+        ),
+        (
+            "WRIT_REDIS_URL",
+            "http://u:pw-in-env@h/",
+            "WRIT_REDIS_URL (environment, overrides redis.url)",
+        ),
+        (
+            "WRIT_REDIS_URL",
+            "",
+            "WRIT_REDIS_URL (environment, overrides redis.url)",
+        ),
+    ] {
+        let out = std::process::Command::new(support::proc::writ_bin())
+            .args(["--config", good.to_str().unwrap(), "check-config"])
+            .env_remove("WRIT_REDIS_URL")
+            .env_remove("WRIT_MONGODB_URI")
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(named), "{var}={value:?}: {err}");
+        assert!(!err.contains("pw-in-env"), "{err}");
+    }
     std::fs::write(&bad, "[redis]\nurl = \"redis://:s3cret-pw@127.0.0.1:1\"\n[mongodb]\n[[collections]]\nname = \"s\"\nkey = [\"k\"]\n").unwrap();
     let out = writ_cli(&bad, &["status"]);
     assert!(!out.status.success());

@@ -310,9 +310,11 @@ impl Config {
         let mut raw = Self::parse(text)?;
         if let Ok(url) = std::env::var(ENV_REDIS_URL) {
             raw.redis.url = raw::RawUrls::One(url);
+            raw.redis.url_from_env = true;
         }
         if let Ok(uri) = std::env::var(ENV_MONGODB_URI) {
             raw.mongodb.uri = uri;
+            raw.mongodb.uri_from_env = true;
         }
         if let Ok(name) = std::env::var(ENV_CONSUMER_NAME) {
             if !validate::is_identifier(&name) {

@@ -58,6 +58,9 @@ pub struct RawRedis {
     pub tls_cert_file: Option<String>,
     /// PEM private key of `tls_cert_file`.
     pub tls_key_file: Option<String>,
+    /// Whether `url` came from `WRIT_REDIS_URL`: its errors name that.
+    #[serde(skip)]
+    pub url_from_env: bool,
 }
 
 /// `[mongodb]`
@@ -83,6 +86,9 @@ pub struct RawMongo {
     /// limit moves between 1 and this).
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: usize,
+    /// Whether `uri` came from `WRIT_MONGODB_URI`: its errors name that.
+    #[serde(skip)]
+    pub uri_from_env: bool,
 }
 
 /// The fields with the URI's credentials blanked.
@@ -95,6 +101,7 @@ impl std::fmt::Debug for RawMongo {
             journal,
             op_timeout_ms,
             max_concurrency,
+            uri_from_env,
         } = self;
         f.debug_struct("RawMongo")
             .field("uri", &super::redact_url(uri))
@@ -103,6 +110,7 @@ impl std::fmt::Debug for RawMongo {
             .field("journal", journal)
             .field("op_timeout_ms", op_timeout_ms)
             .field("max_concurrency", max_concurrency)
+            .field("uri_from_env", uri_from_env)
             .finish()
     }
 }

@@ -10,17 +10,18 @@ use crate::error::Result;
 
 /// The Redis URLs: at least one, each `redis://` or `rediss://`, all with
 /// the same scheme; more than one only in cluster mode.
-pub(super) fn redis_urls(urls: &[String], cluster: bool) -> Result<Vec<String>> {
+/// `field` is where the URLs came from, as errors name it.
+pub(super) fn redis_urls(urls: &[String], cluster: bool, field: &str) -> Result<Vec<String>> {
     let Some(first) = urls.first() else {
         return Err(bad(
-            "redis.url",
+            field,
             format!("is empty; set a redis:// URL there or in {ENV_REDIS_URL}"),
         ));
     };
     for url in urls {
         if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
             return Err(bad(
-                "redis.url",
+                field,
                 format!(
                     "{} is not a redis:// or rediss:// URL; set it or {ENV_REDIS_URL}",
                     redact_url(url)
@@ -35,7 +36,7 @@ pub(super) fn redis_urls(urls: &[String], cluster: bool) -> Result<Vec<String>> 
                 Ok(_) => e.to_string(),
             };
             return Err(bad(
-                "redis.url",
+                field,
                 format!(
                     "{} does not parse: {}; check the host, the port (1-65535) and the database number (redis://host:port/N), and %-encode special characters in the password; set it or {ENV_REDIS_URL}",
                     redact_url(url),
@@ -45,14 +46,14 @@ pub(super) fn redis_urls(urls: &[String], cluster: bool) -> Result<Vec<String>> 
         }
         if url.starts_with("rediss://") != first.starts_with("rediss://") {
             return Err(bad(
-                "redis.url",
+                field,
                 "mixes redis:// and rediss:// URLs; the nodes of one cluster all use TLS or none does",
             ));
         }
     }
     if urls.len() > 1 && !cluster {
         return Err(bad(
-            "redis.url",
+            field,
             format!(
                 "names {} URLs but redis.cluster is false; set redis.cluster = true for Redis Cluster seed nodes, or give one URL",
                 urls.len()

@@ -103,7 +103,12 @@ impl RawConfig {
 
 /// `[redis]`: the URLs and the TLS files.
 fn check_redis(redis: &RawRedis) -> Result<(Vec<String>, RedisTls)> {
-    let urls = redis_urls(&redis.url.list(), redis.cluster)?;
+    let field = if redis.url_from_env {
+        "WRIT_REDIS_URL (environment, overrides redis.url)"
+    } else {
+        "redis.url"
+    };
+    let urls = redis_urls(&redis.url.list(), redis.cluster, field)?;
     if redis.min_replicas_acked > 16 {
         return Err(bad(
             "redis.min_replicas_acked",
@@ -134,9 +139,14 @@ fn check_redis(redis: &RawRedis) -> Result<(Vec<String>, RedisTls)> {
 
 /// `[mongodb]`: the URI, the database name and the write concern.
 fn check_mongodb(mongodb: &RawMongo) -> Result<WriteConcernW> {
+    let field = if mongodb.uri_from_env {
+        "WRIT_MONGODB_URI (environment, overrides mongodb.uri)"
+    } else {
+        "mongodb.uri"
+    };
     if !(mongodb.uri.starts_with("mongodb://") || mongodb.uri.starts_with("mongodb+srv://")) {
         return Err(bad(
-            "mongodb.uri",
+            field,
             format!(
                 "{} is not a mongodb:// URI; set it or {ENV_MONGODB_URI}",
                 redact_url(&mongodb.uri)
@@ -149,7 +159,7 @@ fn check_mongodb(mongodb: &RawMongo) -> Result<WriteConcernW> {
     // connect time.
     if let Err(e) = mongodb::options::ConnectionString::parse(&mongodb.uri) {
         return Err(bad(
-            "mongodb.uri",
+            field,
             format!(
                 "{} does not parse: {}; fix it or {ENV_MONGODB_URI} (special characters in the user or password must be %-encoded)",
                 redact_url(&mongodb.uri),

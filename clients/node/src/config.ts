@@ -224,6 +224,15 @@ export function resolveConfig(
   // backtest-kit's packages take their settings from CC_* variables: every
   // WRIT_<NAME> may also be given as CC_WRIT_<NAME> (WRIT_<NAME> wins).
   const envOf = (name: string): string | undefined => env[`WRIT_${name}`] || env[`CC_WRIT_${name}`] || undefined;
+  // An empty URL variable (a compose file's unset `${VAR}`) is refused, as
+  // the daemon refuses it, instead of quietly meaning localhost.
+  for (const [name, given] of [["REDIS_URL", explicit.redisUrl], ["MONGODB_URI", explicit.mongodbUri]] as const) {
+    for (const v of [`WRIT_${name}`, `CC_WRIT_${name}`]) {
+      if (given === undefined && env[v] !== undefined && env[v]!.trim() === "") {
+        throw new WritConfigError(`${v} is set but empty; set a URL there, or unset it for the default`);
+      }
+    }
+  }
   const modeText = pick<string>(explicit.mode, envOf("MODE"), "submit");
   if (modeText !== "submit" && modeText !== "ack") {
     throw new WritConfigError(`mode (WRIT_MODE) must be "submit" or "ack", got ${JSON.stringify(modeText)}`);
@@ -290,13 +299,44 @@ export function resolveConfig(
   positiveInt("syncTimeoutMs", cfg.syncTimeoutMs);
   positiveInt("maxPending", cfg.maxPending);
   positiveInt("lostWriteAfterMs", cfg.lostWriteAfterMs);
-  const seen = new Set<string>();
-  for (const c of cfg.collections) {
-    if (seen.has(c.name)) throw new WritConfigError(`collection ${c.name} is declared twice`);
-    seen.add(c.name);
-    if (!c.key.length) throw new WritConfigError(`collection ${c.name} declares no key fields`);
-  }
+  checkCollections(cfg.collections);
   return cfg;
+}
+
+/** The fields a collection spec may have: a misspelt one is refused, not ignored. */
+const COLLECTION_KEYS = ["name", "key", "mode", "layout"] as const satisfies readonly (keyof CollectionSpec)[];
+
+/**
+ * `collections`: each a name, at least one key field, and a `mode` and
+ * `layout` the daemon knows, with no other fields and no name twice. A typo
+ * here would make this process's read-your-writes view disagree with what
+ * the daemon stores (an `insert_once` collection read as `replace`, say).
+ */
+function checkCollections(collections: readonly CollectionSpec[]): void {
+  if (!Array.isArray(collections)) throw new WritConfigError(`collections must be an array of { name, key, mode?, layout? }`);
+  const seen = new Set<string>();
+  for (const c of collections) {
+    const name = JSON.stringify((c as { name?: unknown })?.name);
+    if (c === null || typeof c !== "object" || typeof c.name !== "string" || !c.name) {
+      throw new WritConfigError(`each collection needs a name (a non-empty string), got ${JSON.stringify(c)}`);
+    }
+    for (const k of Object.keys(c)) {
+      if (!(COLLECTION_KEYS as readonly string[]).includes(k)) {
+        throw new WritConfigError(`collection ${name} has an unknown field ${JSON.stringify(k)}; its fields are ${COLLECTION_KEYS.join(", ")}`);
+      }
+    }
+    if (seen.has(c.name)) throw new WritConfigError(`collection ${name} is declared twice`);
+    seen.add(c.name);
+    if (!Array.isArray(c.key) || !c.key.length || (c.key as readonly unknown[]).some((k: unknown) => typeof k !== "string" || !k)) {
+      throw new WritConfigError(`collection ${name} declares no key fields (key: a non-empty array of field names, as the daemon's [[collections]] key)`);
+    }
+    if (c.mode !== undefined && c.mode !== "replace" && c.mode !== "insert_once") {
+      throw new WritConfigError(`collection ${name}: mode must be "replace" or "insert_once", as the daemon's, got ${JSON.stringify(c.mode)}`);
+    }
+    if (c.layout !== undefined && c.layout !== "payload" && c.layout !== "fields") {
+      throw new WritConfigError(`collection ${name}: layout must be "payload" or "fields", as the daemon's, got ${JSON.stringify(c.layout)}`);
+    }
+  }
 }
 
 /**

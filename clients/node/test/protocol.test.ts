@@ -131,6 +131,8 @@ test("versions: stream ids convert to the sortable form and back; byte order is 
   assert.throws(() => toStreamId("1-2"));
 });
 
+const configErr = (re: RegExp) => (e: unknown) => e instanceof WritConfigError && re.test(e.message);
+
 test("config: explicit values win over env, env over defaults; bad values are refused", () => {
   const env = {
     WRIT_REDIS_URL: "redis://10.0.0.1:1",
@@ -183,6 +185,20 @@ test("config: explicit values win over env, env over defaults; bad values are re
   assert.equal(cc.redisUrl, "redis://cc:1");
   assert.equal(cc.namespace, "wns");
   assert.equal(cc.partitions, 4);
+  // An empty URL variable is refused by name, not taken for localhost.
+  assert.throws(() => resolveConfig({}, { WRIT_REDIS_URL: "" }), configErr(/WRIT_REDIS_URL is set but empty/));
+  assert.throws(() => resolveConfig({}, { CC_WRIT_MONGODB_URI: " " }), configErr(/CC_WRIT_MONGODB_URI is set but empty/));
+  assert.doesNotThrow(() => resolveConfig({ redisUrl: "redis://h:1" }, { WRIT_REDIS_URL: "" }), "an explicit URL wins");
+  // Collection specs: a mode, layout or field the daemon does not know is
+  // refused, naming it (a typo would make this process read a key otherwise
+  // than the daemon stores it).
+  const spec = (extra: object) => ({ collections: [{ name: "c", key: ["k"], ...extra }] }) as never;
+  assert.throws(() => resolveConfig(spec({ mode: "insertOnce" }), {}), configErr(/collection "c": mode must be "replace" or "insert_once".*"insertOnce"/));
+  assert.throws(() => resolveConfig(spec({ layout: "Fields" }), {}), configErr(/collection "c": layout must be "payload" or "fields".*"Fields"/));
+  assert.throws(() => resolveConfig(spec({ layot: "fields" }), {}), configErr(/collection "c" has an unknown field "layot"/));
+  assert.throws(() => resolveConfig(spec({ key: [] }), {}), configErr(/collection "c" declares no key fields/));
+  assert.throws(() => resolveConfig({ collections: [{ key: ["k"] }] } as never, {}), configErr(/needs a name/));
+  assert.equal(resolveConfig(spec({ mode: "insert_once", layout: "fields" }), {}).collections[0].mode, "insert_once");
   // A misspelt key is refused, naming it, instead of silently using a default.
   assert.throws(
     () => resolveConfig({ mongoUri: "mongodb://elsewhere/" } as never, {}),
