@@ -440,3 +440,73 @@ async fn status_names_a_partition_it_cannot_read_and_fails() {
     assert!(stdout.contains("dead letters: unknown"), "{stdout}");
     assert!(stderr.contains("dead-letter stream"), "{stderr}");
 }
+
+/// While the dead-letter stream cannot be written (here another program's
+/// string sits at its key), an entry refused at decode waits to be parked,
+/// and the other keys of its partition keep flowing. Before, the refused
+/// entry was parked inline by the partition's dispatcher, which stopped every
+/// key of the partition until the stream could be written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_entry_waiting_for_the_dead_letter_stream_blocks_nothing() {
+    let env = TestEnv::start("foreign_dlq");
+    let config = env.config();
+    let names = Names::new(&config.namespace);
+    let mut conn = env.redis().await;
+    let _: () = redis::cmd("SET")
+        .arg(names.dead_letters())
+        .arg("someone else's")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let daemon = Daemon::start(config.clone());
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let signals = writ.collection("signal").unwrap();
+    let k = Key::from_document(&key("DLQ0"), config.collection("signal").unwrap()).unwrap();
+    let p = k.partition("signal", config.partitions);
+    // An entry of an undeclared collection in that key's partition: refused.
+    support::raw_json_put(
+        &mut conn,
+        &names.stream(p),
+        "no-such",
+        r#"{"k":"v"}"#,
+        "{}",
+        &[],
+    )
+    .await;
+    for i in 0..5 {
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            signals.write(&key("DLQ0"), &doc! {"n": i}),
+        )
+        .await
+        .expect("a write of the refused entry's partition is acked while the entry waits")
+        .unwrap();
+    }
+    let pending = |mut conn: writ::redis_conn::Conn| {
+        let (stream, group) = (names.stream(p), names.group());
+        async move { support::pending_count(&mut conn, &stream, &group).await }
+    };
+    assert_eq!(
+        pending(conn.clone()).await,
+        1,
+        "the refused entry waits, pending"
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(names.dead_letters())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    support::eventually(Duration::from_secs(30), "the refused entry parked", || {
+        let c = conn.clone();
+        let f = pending(c);
+        async move { (f.await == 0).then_some(()) }
+    })
+    .await;
+    let letters: u64 = redis::cmd("XLEN")
+        .arg(names.dead_letters())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(letters, 1);
+    daemon.stop().await;
+}

@@ -15,8 +15,9 @@ use crate::protocol::{self, Reject, RejectReason, Version};
 use crate::source::Item;
 use crate::telemetry::Event;
 
-/// Decodes an entry; a refused one is dead-lettered and acked here.
-pub(super) async fn admit(part: &Partition, item: Item) -> Option<Job> {
+/// Decodes an entry: `Ok` a job for its key, or `Err` the entry refused, to
+/// be dead-lettered by [`park_refused`].
+pub(super) fn admit(part: &Partition, item: Item) -> Result<Job, Refused> {
     let (ctx, p) = (&*part.ctx, part.p);
     let Item { entry, permit } = item;
     let decoded = match &entry.fields {
@@ -27,30 +28,49 @@ pub(super) async fn admit(part: &Partition, item: Item) -> Option<Job> {
         )),
     };
     match decoded {
-        Ok(write) => Some(Job {
+        Ok(write) => Ok(Job {
             id: entry.id,
             write,
             fields: entry.fields.unwrap_or_default(),
             _permit: permit,
         }),
-        Err(reject) => {
-            let reply = entry.fields.as_ref().and_then(reply_of);
-            let collection = entry
-                .fields
-                .as_ref()
-                .and_then(|f| declared_collection(f, &ctx.config));
-            let write = Parking {
-                collection,
-                id: entry.id,
-                fields: entry.fields.as_ref(),
-                reject: &reject,
-                attempts: 0,
-                reply: reply.as_ref(),
-            };
-            park_fenced(part, write).await;
-            None
-        }
+        Err(reject) => Err(Refused {
+            entry,
+            reject,
+            _permit: permit,
+        }),
     }
+}
+
+/// An entry refused at decode, with its place under the in-flight bounds
+/// until it is parked.
+pub(super) struct Refused {
+    entry: crate::stream::Entry,
+    reject: Reject,
+    _permit: crate::source::InFlight,
+}
+
+/// Dead-letters and acks a refused entry. Run as a task of its own: while
+/// the dead-letter stream cannot be written (a foreign value, an ACL, its
+/// node failing over) this retries, and the partition's other keys must
+/// keep flowing meanwhile. The entry names no key the daemon could order
+/// (it did not decode), so parking it beside them reorders nothing.
+pub(super) async fn park_refused(part: std::sync::Arc<Partition>, refused: Refused) {
+    let Refused { entry, reject, .. } = &refused;
+    let reply = entry.fields.as_ref().and_then(reply_of);
+    let collection = entry
+        .fields
+        .as_ref()
+        .and_then(|f| declared_collection(f, &part.ctx.config));
+    let write = Parking {
+        collection,
+        id: entry.id,
+        fields: entry.fields.as_ref(),
+        reject,
+        attempts: 0,
+        reply: reply.as_ref(),
+    };
+    park_fenced(&part, write).await;
 }
 
 /// Best effort: the declared collection an entry that failed to decode

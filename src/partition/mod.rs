@@ -107,6 +107,8 @@ enum Done {
     /// A key's own worker finished; whether the last write it settled was
     /// refused for good.
     Key(KeyId, bool),
+    /// An entry refused at decode was dead-lettered (or its tenure ended).
+    Parked,
 }
 
 /// Rounds of one partition at once: one at MongoDB while the next is
@@ -208,7 +210,7 @@ impl Dispatcher {
                 .set(self.bytes.used() as f64);
             tokio::select! {
                 batch = rx.recv(), if reading => match batch {
-                    Some(items) => self.admit(items).await,
+                    Some(items) => self.admit(items),
                     None => reading = false,
                 },
                 Some(done) = self.running.join_next(), if !self.running.is_empty() => {
@@ -265,14 +267,24 @@ impl Dispatcher {
         );
     }
 
-    async fn admit(&mut self, items: Vec<Item>) {
+    fn admit(&mut self, items: Vec<Item>) {
         metrics::histogram!("writ_batch_entries").record(items.len() as f64);
         for item in items {
             if self.aborted {
                 return; // left pending for the next owner
             }
-            if let Some(job) = key_worker::admit(&self.part, item).await {
-                self.keys.push(job);
+            match key_worker::admit(&self.part, item) {
+                Ok(job) => self.keys.push(job),
+                Err(refused) => {
+                    let part = self.part.clone();
+                    self.running.spawn(
+                        async move {
+                            key_worker::park_refused(part, refused).await;
+                            Done::Parked
+                        }
+                        .in_current_span(),
+                    );
+                }
             }
         }
     }
@@ -281,6 +293,7 @@ impl Dispatcher {
         match done {
             Ok(Done::Round(ids, end)) => self.round_finished(ids, end),
             Ok(Done::Key(id, refused)) => self.keys.release_worked(id, refused),
+            Ok(Done::Parked) => {}
             Err(e) => {
                 // Its keys' later jobs must not run ahead of the lost ones:
                 // stop the partition; the next tenure re-reads everything
