@@ -173,14 +173,20 @@ impl Owner {
             .filter(|(_, t)| t.handle.is_finished())
             .map(|(p, _)| *p)
             .collect();
+        let mut releases = Vec::new();
         for p in ended {
             let t = self.owned.remove(&p).expect("listed");
             if t.handing_over || t.run.lease.valid() {
-                self.release(p, t.run.lease.token).await;
+                releases.push((p, t.run.lease.token));
             }
             crate::telemetry::clear_partition(p);
             tracing::info!(partition = p, "partition tenure ended");
         }
+        // At once, as the renewals go: tenures that end together (a
+        // shutdown, a Redis stall that aborts them all) cost one round trip,
+        // or one reply timeout, not one per partition.
+        futures::future::join_all(releases.into_iter().map(|(p, token)| self.release(p, token)))
+            .await;
     }
 
     async fn release(&self, p: u32, token: u64) {
@@ -356,9 +362,10 @@ impl Owner {
                     .is_ok();
                 (p, token, stopped)
             });
+        let mut releases = Vec::new();
         for (p, token, stopped) in futures::future::join_all(joins).await {
             if stopped {
-                self.release(p, token).await;
+                releases.push((p, token));
             } else {
                 // Still inside a call: keep the lease so nobody else applies
                 // the partition meanwhile; it expires within the TTL.
@@ -368,5 +375,9 @@ impl Owner {
                 );
             }
         }
+        // At once: a Redis that does not answer costs one reply timeout, not
+        // one per partition.
+        futures::future::join_all(releases.into_iter().map(|(p, token)| self.release(p, token)))
+            .await;
     }
 }
