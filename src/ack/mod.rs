@@ -38,7 +38,8 @@ pub enum Outcome {
     Applied,
     /// Superseded inside one batch by a later write of the same key, which committed.
     Coalesced,
-    /// MongoDB already held this version or newer: skipped, never applied.
+    /// MongoDB already held this version or newer (a newer write, or this
+    /// write's own earlier attempt whose reply was lost): skipped this time.
     Stale,
     /// Parked in the dead-letter stream.
     DeadLettered,

@@ -10,8 +10,8 @@ use mongodb::options::{Acknowledgment, ClientOptions, ReadConcern, ReturnDocumen
 use mongodb::{Collection, Database};
 
 use super::document::{
-    doc_version, guard_filter, revive_of, update_of, DELETED_FIELD, DOC_REMOVED, DOC_WRIT,
-    GUARD_FIELD,
+    doc_version, guard_filter, is_tombstone, revive_of, update_of, DELETED_FIELD, DOC_REMOVED,
+    DOC_WRIT, GUARD_FIELD,
 };
 use crate::config::{redact_url, CollectionConfig, Config, WriteConcernW, WriteMode};
 use crate::error::{mongo_code, Error, Result};
@@ -38,6 +38,11 @@ impl Applied {
         match self {
             Applied::Committed(d) => (doc_version(&d).unwrap_or(id), Some(d), false),
             Applied::Deleted => (id, None, false),
+            // A hard delete's tombstone is cached as gone, as a read-through
+            // fills it.
+            Applied::Stale(Some(d)) if is_tombstone(&d) => {
+                (doc_version(&d).unwrap_or(id), None, true)
+            }
             Applied::Stale(Some(d)) => (doc_version(&d).unwrap_or(id), Some(d), true),
             Applied::Stale(None) => (id, None, true),
         }
