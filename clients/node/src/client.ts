@@ -1142,7 +1142,8 @@ export class WritClient {
    * (src/apply/document.rs): a `replace` put sets its fields (the `fields`
    * layout keeps the stored fields it does not send, and drops `removed`
    * unless it sends it), an `insert_once` put only creates a missing key (a
-   * hard-deleted key's tombstone is not missing), a remove sets `removed: true`.
+   * hard-deleted key's tombstone counts as missing: the daemon writes over it
+   * what the insert would have), a remove sets `removed: true`.
    */
   private fromOverlay(k: ResolvedKey, stored: StoredRecord | null, list: PendingWrite[]): StoredRecord {
     const base: Document = keyFilter(k.spec, k.values);
@@ -1156,10 +1157,10 @@ export class WritClient {
         changed = true;
         continue;
       }
-      // The first write wins. Any stored document counts, a hard delete's
-      // tombstone too (`stored` that does not exist): the daemon's
-      // $setOnInsert leaves it as it is, so the key stays deleted.
-      if (k.spec.mode === "insert_once" && (doc || stored)) continue;
+      // The first write wins. A hard delete's tombstone (`stored` that does
+      // not exist) is no write: the key is gone, and the put creates it
+      // again, as the daemon does (docs/protocol.md, `insert_once`).
+      if (k.spec.mode === "insert_once" && doc) continue;
       changed = true;
       const fields = deserialize(w.doc!);
       if (fieldsLayout) {

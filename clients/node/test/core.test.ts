@@ -154,7 +154,7 @@ describe("core", () => {
     assert.equal(doc!.payload.v, "first");
   }));
 
-  test("insert_once: a pending put over a hard-deleted key's tombstone reads as deleted, as the daemon leaves it", g(async () => {
+  test("insert_once: a pending put over a hard-deleted key's tombstone reads as its value, as the daemon stores it", g(async () => {
     // The tombstone another process's hard delete leaves (the Node package has no hard delete).
     const coll = mongo.db(env.name).collection(ONCE.name);
     await coll.insertOne({ k: "once-gone", n: 1, removed: true, _writ: { v: toSortable("5-0"), at: new Date(), deleted: true } });
@@ -171,9 +171,17 @@ describe("core", () => {
       resume(daemon);
     }
     await a.flush();
-    assert.equal(pending, null, "the pending put does not bring the key back");
-    assert.equal(await a.read(ONCE.name, key), null);
-    assert.equal(await client().read(ONCE.name, key), null, "the daemon left it deleted");
+    const valueOf = (d: unknown) => {
+      const doc = d as { payload?: unknown; removed?: unknown } | null;
+      return doc && { payload: doc.payload, removed: doc.removed };
+    };
+    const created = { payload: { v: "x" }, removed: false };
+    assert.deepEqual(valueOf(pending), created, "the pending put creates the deleted key again");
+    assert.deepEqual(valueOf(await a.read(ONCE.name, key)), created);
+    assert.deepEqual(valueOf(await client().read(ONCE.name, key)), created, "the daemon created it again");
+    const stored = await coll.findOne({ k: "once-gone", n: 1 });
+    assert.equal(stored?.removed, false, JSON.stringify(stored));
+    assert.equal(stored?._writ?.deleted, undefined, JSON.stringify(stored));
   }));
 
   test("a read does not answer a write of this process that was refused while the read was out", g(async () => {
