@@ -1,4 +1,4 @@
-//! Capped exponential backoff with full jitter, a sleep that gives up when
+//! Capped exponential backoff with jitter, a sleep that gives up when
 //! a cancellation token fires, and a retry loop built from both.
 
 use std::time::Duration;
@@ -7,7 +7,8 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
 /// Backoff state: delays grow from `base` towards `cap`, each one drawn
-/// uniformly from `[0, current]`; [`Backoff::reset`] after a success.
+/// uniformly from `[current / 4, current]` (jittered, never near zero, so a
+/// failing call is not retried in a burst); [`Backoff::reset`] after a success.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     base: Duration,

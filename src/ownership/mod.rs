@@ -185,8 +185,12 @@ impl Owner {
         // At once, as the renewals go: tenures that end together (a
         // shutdown, a Redis stall that aborts them all) cost one round trip,
         // or one reply timeout, not one per partition.
-        futures::future::join_all(releases.into_iter().map(|(p, token)| self.release(p, token)))
-            .await;
+        futures::future::join_all(
+            releases
+                .into_iter()
+                .map(|(p, token)| self.release(p, token)),
+        )
+        .await;
     }
 
     async fn release(&self, p: u32, token: u64) {
@@ -377,7 +381,11 @@ impl Owner {
         }
         // At once: a Redis that does not answer costs one reply timeout, not
         // one per partition.
-        futures::future::join_all(releases.into_iter().map(|(p, token)| self.release(p, token)))
-            .await;
+        futures::future::join_all(
+            releases
+                .into_iter()
+                .map(|(p, token)| self.release(p, token)),
+        )
+        .await;
     }
 }
