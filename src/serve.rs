@@ -165,6 +165,8 @@ async fn housekeeping(
     halt: Halt,
 ) {
     let names = Names::new(&config.namespace);
+    // The partitions the last pass could not read: said once per change.
+    let mut skipped: Vec<u32> = Vec::new();
     loop {
         if let Some(e) = crate::partition_count::recheck(&mut conn, &config, &standing).await {
             tracing::error!(error = %e, "the namespace's partition count was changed, or a daemon that started earlier recorded another; this daemon stops (its partitions drain and go to the others)");
@@ -177,6 +179,15 @@ async fn housekeeping(
         let me = Some(config.consumer_name.as_str());
         match crate::status::status_of(&mut conn, &config.namespace, config.partitions, me).await {
             Ok(s) => {
+                if s.skipped != skipped {
+                    match &s.skipped_error {
+                        Some(e) => {
+                            tracing::warn!(partitions = ?s.skipped, error = %e, "cannot read these partitions' status; their gauges and trimming wait, the other partitions' go on")
+                        }
+                        None => tracing::info!("every owned partition's status reads again"),
+                    }
+                    skipped = s.skipped.clone();
+                }
                 metrics::gauge!("writ_dead_letter_entries").set(s.dead_letters as f64);
                 for p in &s.partitions {
                     publish_status(p);

@@ -47,6 +47,13 @@ pub struct Status {
     /// The dead-letter stream's key holds another program's value: its
     /// count is unknown (`dead_letters` says 0).
     pub dead_letters_unreadable: bool,
+    /// A daemon's pass only: partitions it could not read this time (a
+    /// node down), with the first error; `writ status` fails instead.
+    #[serde(skip)]
+    pub skipped: Vec<u32>,
+    /// Why the first of `skipped` could not be read.
+    #[serde(skip)]
+    pub skipped_error: Option<String>,
 }
 
 fn as_string(v: Option<&Value>) -> Option<String> {
@@ -182,10 +189,27 @@ pub async fn status_of(
     let leases: Vec<String> = (0..partitions).map(|p| names.lease(p)).collect();
     // One GET per lease: the lease keys of different partitions live in
     // different cluster slots, so no MGET.
+    //
+    // For a daemon (`owner` set), one partition that cannot be read (its
+    // cluster node down, with `cluster-require-full-coverage no`) is logged
+    // and skipped: the others' gauges and trimming go on. `writ status`
+    // fails instead, as a go/no-go check must.
     let mut owners = Vec::with_capacity(leases.len());
-    for key in &leases {
+    let (mut skipped, mut skipped_error) = (Vec::new(), None);
+    let mut skip = |p: u32, e: Error| {
+        skipped.push(p);
+        skipped_error.get_or_insert_with(|| e.to_string());
+    };
+    for (p, key) in leases.iter().enumerate() {
         let o = redis::cmd("GET").arg(key).query_async(conn).await;
-        owners.push(unless_foreign(o.map_err(Error::from))?.flatten());
+        match unless_foreign(o.map_err(Error::from)) {
+            Ok(o) => owners.push(o.flatten()),
+            Err(e) if owner.is_some() => {
+                skip(p as u32, e);
+                owners.push(None);
+            }
+            Err(e) => return Err(e),
+        }
     }
     let mut out = Vec::with_capacity(partitions as usize);
     let mut left_out = Vec::new();
@@ -193,9 +217,11 @@ pub async fn status_of(
         if owner.is_none() || o.as_deref() == owner {
             // A partition whose keys hold another program's values is left
             // out, and named; the others are still reported (and trimmed).
-            match unless_foreign(partition_status(conn, &names, p, o).await)? {
-                Some(s) => out.push(s),
-                None => left_out.push(p),
+            match unless_foreign(partition_status(conn, &names, p, o).await) {
+                Ok(Some(s)) => out.push(s),
+                Ok(None) => left_out.push(p),
+                Err(e) if owner.is_some() => skip(p, e),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -206,6 +232,8 @@ pub async fn status_of(
         left_out,
         dead_letters: dead_letters.unwrap_or(0),
         dead_letters_unreadable: dead_letters.is_none(),
+        skipped,
+        skipped_error,
     })
 }
 

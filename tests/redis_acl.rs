@@ -565,3 +565,87 @@ async fn a_partition_whose_lease_is_refused_does_not_keep_the_others_unowned() {
     );
     assert_eq!(daemon.terminate(Duration::from_secs(20)), Some(0));
 }
+
+/// A daemon whose status pass cannot read one partition (here its user may
+/// not run `XLEN` on partition 0's keys; in production that partition's
+/// cluster node down, with `cluster-require-full-coverage no`) still
+/// publishes the other partitions' gauges and trims their streams. Before,
+/// the one partition's error failed the whole pass, every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_whose_status_cannot_be_read_leaves_the_others_gauges_going() {
+    let redis = RedisServer::start();
+    let env = TestEnv::start("acl_one_status");
+    let ns = env.name.clone();
+    let (daemon_pw, writer_pw) = ("d4emon-pw-4c19", "wr1ter-pw-8e02");
+    let mut users = documented_users(&ns, daemon_pw, writer_pw);
+    let rules = users[0].len();
+    users[0].retain(|r| r != "+xlen");
+    assert_eq!(users[0].len(), rules - 1, "the daemon user has +xlen");
+    users[0].push(format!("(%R~{ns}:[^{{]* %R~{ns}:{{p[^0]}}:* +xlen)"));
+    let mut admin = conn(&redis.url()).await;
+    set_users(&mut admin, users).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let o = Overrides {
+        redis_url: Some(format!(
+            "redis://writ-daemon:{daemon_pw}@127.0.0.1:{}",
+            redis.port
+        )),
+        daemon: &format!("metrics_listen = \"127.0.0.1:{port}\""),
+        partitions: Some(4),
+        ..Default::default()
+    };
+    let path = env.config_file_with(dir.path(), &o);
+    let daemon = DaemonProc::start(&path, dir.path(), "one-status-refused");
+    // A write to a partition other than 0, as the default user.
+    let writer = Overrides {
+        redis_url: Some(redis.url()),
+        partitions: Some(4),
+        ..Default::default()
+    };
+    let config = env.config_with(&writer);
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let signals = writ.collection("signal").unwrap();
+    let name = (0..)
+        .map(|i| format!("ST{i}"))
+        .find(|n| {
+            writ::protocol::Key::from_document(&sig(n), config.collection("signal").unwrap())
+                .unwrap()
+                .partition("signal", 4)
+                != 0
+        })
+        .unwrap();
+    let p = writ::protocol::Key::from_document(&sig(&name), config.collection("signal").unwrap())
+        .unwrap()
+        .partition("signal", 4);
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        signals.write(&sig(&name), &doc! {"n": 1}),
+    )
+    .await
+    .expect("acked within 60 s")
+    .unwrap_or_else(|e| panic!("{e}; daemon log:\n{}", daemon.log_text()));
+    let gauge = format!("writ_partition_committed_watermark_seconds{{partition=\"{p}\"}}");
+    support::eventually(
+        Duration::from_secs(30),
+        "partition's watermark gauge",
+        || {
+            let text = support::http_get(port, "/metrics")
+                .map(|(_, b)| b)
+                .unwrap_or_default();
+            let value = text
+                .lines()
+                .find(|l| l.starts_with(&gauge))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            async move { (value > 0.0).then_some(()) }
+        },
+    )
+    .await;
+    let log = daemon.log_text();
+    assert!(
+        log.matches("cannot read these partitions' status").count() == 1
+            && log.contains("partitions=[0]"),
+        "partition 0's refusal is said:\n{log}"
+    );
+}
