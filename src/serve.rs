@@ -189,8 +189,13 @@ async fn housekeeping(
                     skipped = s.skipped.clone();
                 }
                 metrics::gauge!("writ_dead_letter_entries").set(s.dead_letters as f64);
+                // Every gauge first, then the trims (which may take seconds):
+                // a tenure that ends meanwhile clears its gauges after these,
+                // not before, where they would be written back stale.
                 for p in &s.partitions {
                     publish_status(p);
+                }
+                for p in &s.partitions {
                     trim(&mut conn, &config, &names.stream(p.partition), p).await;
                 }
             }

@@ -101,7 +101,13 @@ async fn partition_status(
     // `lag`, which Redis 7.0 gets wrong after an AOF reload.
     let (unapplied, pending, undelivered, last_delivered) = backlog(conn, names, p, 0).await?;
     if last_delivered.is_empty() {
-        // No stream or no group yet: nothing was ever delivered.
+        // No stream or no group yet: nothing was ever delivered, so the
+        // oldest unapplied entry is the stream's first (a group deleted by
+        // hand under a backlog must still age, or the lag alert never fires).
+        let first: Value = cmd::xrange(&stream, "-", "+", Some(1))
+            .query_async(conn)
+            .await?;
+        let oldest = parse_entries(&first).first().map(|e| e.id);
         return Ok(PartitionStatus {
             partition: p,
             owner,
@@ -109,8 +115,10 @@ async fn partition_status(
             undelivered: length,
             pending: 0,
             unapplied: length,
-            oldest_unapplied_age_seconds: 0.0,
-            oldest_unapplied: None,
+            oldest_unapplied_age_seconds: oldest.map_or(0.0, |o| {
+                crate::protocol::wall_clock_ms().saturating_sub(o.ms) as f64 / 1000.0
+            }),
+            oldest_unapplied: oldest.map(|o| o.to_stream_id()),
             watermark: None,
         });
     }

@@ -449,3 +449,34 @@ async fn a_first_start_behind_writers_counts_the_backlog_without_reading_it() {
     }
     daemon.stop().await;
 }
+
+/// A partition whose stream holds entries but has no consumer group (never
+/// created, or deleted by hand under a backlog) reports its first entry as
+/// the oldest unapplied one, with its age: before, the age was 0, so the
+/// lag alert could not fire for a backlog nothing reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_without_a_group_ages_its_backlog() {
+    let env = TestEnv::start("no_group_age");
+    let config = env.config();
+    let names = writ::protocol::Names::new(&config.namespace);
+    let mut conn = env.redis().await;
+    // An entry of 2001-09-09 (id 1000000000000-0): old enough to show.
+    let _: String = redis::cmd("XADD")
+        .arg(names.stream(1))
+        .arg("1000000000000-0")
+        .arg("v")
+        .arg("1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let st = writ::status::status(&mut conn, &config.namespace, config.partitions)
+        .await
+        .unwrap();
+    let p = st.partitions.iter().find(|s| s.partition == 1).unwrap();
+    assert_eq!(p.unapplied, 1);
+    assert_eq!(p.oldest_unapplied.as_deref(), Some("1000000000000-0"));
+    assert!(p.oldest_unapplied_age_seconds > 7.0e8, "{p:?}");
+    let empty = st.partitions.iter().find(|s| s.partition == 0).unwrap();
+    assert_eq!(empty.oldest_unapplied_age_seconds, 0.0);
+    assert_eq!(empty.oldest_unapplied, None);
+}
