@@ -9,15 +9,7 @@
 import type { Document } from "bson";
 import { bsonBuffer, notStored, type Ticket, type WritClient } from "./client.js";
 import { COLLECTION } from "./collections.js";
-import {
-  BackpressureError,
-  PendingFullError,
-  RedisFullError,
-  RefusedWriteError,
-  LostWriteError,
-  WritConfigError,
-  WritKeyError,
-} from "./errors.js";
+import { RefusedWriteError, LostWriteError, WritConfigError, WritError, WritKeyError, type Accepted } from "./errors.js";
 import type {
   AdapterClasses,
   CandleData,
@@ -102,13 +94,7 @@ interface Put {
 
 /** Whether `e` says for certain that its write was NOT accepted (nothing was added). */
 function notAccepted(e: unknown): boolean {
-  return (
-    e instanceof BackpressureError ||
-    e instanceof PendingFullError ||
-    e instanceof RedisFullError ||
-    e instanceof WritKeyError ||
-    e instanceof WritConfigError
-  );
+  return e instanceof WritError && e.accepted === "no";
 }
 
 /** Builds the adapter classes bound to `client`. */
@@ -153,6 +139,8 @@ export function createAdapters(client: WritClient): AdapterClasses {
           `${tickets.length} of ${items.length} rows of this ${collection} write were accepted; the others were not, or ` +
           `may not have been (the reason below says which; retrying the whole write is safe: a row written again keeps ` +
           `its value). ${refused.message}`;
+        // Some rows are held and others not: neither "yes" nor "no".
+        (refused as { accepted?: Accepted }).accepted = "unknown";
         // Nobody waits for the accepted rows' acks: if one is refused after
         // all, onError hears it.
         if (client.config.mode === "ack") for (const t of tickets) client.reportIfRefused(t);

@@ -790,7 +790,7 @@ export class WritClient {
         // overtaken by a later one of this client (protocol.md §2a).
         throw new WritConnectionError(
           `the write to ${collection} may or may not have been accepted: ${msg}. Read the key before retrying it.`,
-          { cause: e },
+          { cause: e, accepted: "unknown" },
         );
       }
       // Refused before the admission wrote anything.
@@ -802,16 +802,20 @@ export class WritClient {
             `(partition ${k.partition}'s meta hash) and this client is configured with partitions = ${this.config.partitions}; ` +
             `its keys would go to other partition streams, where they are applied out of order or never. The count was changed ` +
             `(\`writ partitions --set\`) while this process ran: restart it with partitions: ${recorded} (WRIT_PARTITIONS=${recorded})`,
-          { cause: e },
+          { cause: e, accepted: "no" },
         );
       }
       if (isReplyError(e)) {
-        throw new WritConnectionError(`Redis refused the write to ${collection}: ${msg}${this.clusterHint(msg)}`, { cause: e });
+        // A refusal of the admission call: nothing was added.
+        throw new WritConnectionError(`Redis refused the write to ${collection}: ${msg}${this.clusterHint(msg)}`, {
+          cause: e,
+          accepted: "no",
+        });
       }
       throw new WritConnectionError(
         `cannot write to Redis at ${redactUrls(this.config.redisUrl)}: ${msg}. The write may or may not have been ` +
           `accepted; retry it when Redis is back.`,
-        { cause: e },
+        { cause: e, accepted: "unknown" },
       );
     }
     if (replicas !== undefined && (replicas instanceof Error || replicas < this.config.minReplicasAcked)) {
@@ -860,10 +864,12 @@ export class WritClient {
                 `the write to ${collection} was NOT accepted: it waited ${ms} ms behind an earlier admission of this ` +
                   `process that Redis at ${redactUrls(this.config.redisUrl)} did not answer, and was taken back unsent. ` +
                   `Check Redis, then retry the write.`,
+                { accepted: "no" },
               )
             : new WritConnectionError(
                 `Redis at ${redactUrls(this.config.redisUrl)} did not answer the write to ${collection} within ${ms} ms; ` +
                   `it may or may not have been accepted. Check Redis, then retry the write.`,
+                { accepted: "unknown" },
               ),
       );
     } finally {
@@ -881,7 +887,7 @@ export class WritClient {
       return new WritConnectionError(
         `the write to ${collection} (entry ${entryId}) reached the Redis master, but waiting for ${n} replica(s) ` +
           `(minReplicasAcked) failed: ${errMessage(replicas)}; ${risk}`,
-        { cause: replicas },
+        { cause: replicas, accepted: "unknown" },
       );
     }
     const none =
@@ -892,6 +898,7 @@ export class WritClient {
     return new WritTimeoutError(
       `the write to ${collection} (entry ${entryId}) reached the Redis master but not ${n} replica(s) within ${t} ms ` +
         `(minReplicasAcked ${n}, replicaAckTimeoutMs ${t}; ${replicas} confirmed): ${risk}${none}`,
+      { accepted: "unknown" },
     );
   }
 
@@ -955,6 +962,7 @@ export class WritClient {
               `applied when the daemon catches up (if it is refused instead, onError gets a RefusedWriteError; if Redis ` +
               `lost it, a LostWriteError). ` +
               `Check \`writ status\` and that \`writ serve\` is running.`,
+            { accepted: "yes" },
           );
         },
       );
@@ -986,7 +994,10 @@ export class WritClient {
       await withTimeout(
         Promise.race([Promise.all(all), closed]),
         timeoutMs,
-        () => new WritTimeoutError(`${all.length} writes not acked within ${timeoutMs} ms; check \`writ status\``),
+        () =>
+          new WritTimeoutError(`${all.length} writes not acked within ${timeoutMs} ms; they are still queued; check \`writ status\``, {
+            accepted: "yes",
+          }),
       );
     } finally {
       this.closeWaiters.delete(onClose);

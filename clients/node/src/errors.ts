@@ -3,11 +3,42 @@
  * All extend {@link WritError}, so `err instanceof WritError` catches any of them.
  */
 
+/**
+ * What an error of a write says about that write, so that code can decide
+ * without reading the message whether to send it again:
+ * - `"no"`: Redis does not hold it (it was refused before it was added, or
+ *   Redis lost it): sending it again is safe;
+ * - `"yes"`: writ holds it (queued, or parked in the dead-letter stream): it
+ *   is applied, or waits for `writ dlq retry`, without you; sending it again
+ *   would write it twice, over any newer write of the key by another process;
+ * - `"unknown"`: Redis may or may not hold it (its reply was lost, or too few
+ *   replicas confirmed it): once Redis answers, `flush()`, read the key, and
+ *   write it again only if it does not hold this value. An adapter write of
+ *   several rows (candles, storage, log) says `"unknown"` too when some of
+ *   its rows are held and others not; the message says how many.
+ */
+export type Accepted = "yes" | "no" | "unknown";
+
+/** What a {@link WritError} is built with. */
+export interface WritErrorOptions {
+  cause?: unknown;
+  /** For an error of a write: see {@link Accepted}. */
+  accepted?: Accepted;
+}
+
 /** Base class of every error this package throws. */
 export class WritError extends Error {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
+  /**
+   * For an error a write threw (or `onError` was given for a write): whether
+   * writ holds that write ({@link Accepted}). `undefined` for an error that
+   * says nothing about a write (a read, a list, a sync, a closed client).
+   */
+  readonly accepted?: Accepted;
+
+  constructor(message: string, options?: WritErrorOptions) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.name = new.target.name;
+    if (options?.accepted !== undefined) this.accepted = options.accepted;
   }
 }
 
@@ -21,6 +52,7 @@ export class BackpressureError extends WritError {
     super(
       `writ partition ${partition} has ${unapplied} unapplied writes (bound ${limit}); the write was NOT accepted. ` +
         `The writ daemon is behind or down: check \`writ status\` and that \`writ serve\` is running, then retry.`,
+      { accepted: "no" },
     );
   }
 }
@@ -33,7 +65,7 @@ export class BackpressureError extends WritError {
  * The message says which.
  */
 export class WritTimeoutError extends WritError {
-  constructor(message: string, options?: { cause?: unknown }) {
+  constructor(message: string, options?: WritErrorOptions) {
     super(message, options);
   }
 }
@@ -47,13 +79,13 @@ export class WritTimeoutError extends WritError {
  */
 export class PendingFullError extends WritTimeoutError {
   constructor(message: string) {
-    super(`${message}. The write was NOT accepted: retry it once the daemon catches up`);
+    super(`${message}. The write was NOT accepted: retry it once the daemon catches up`, { accepted: "no" });
   }
 }
 
 /** Redis or MongoDB could not be reached or refused a command. */
 export class WritConnectionError extends WritError {
-  constructor(message: string, options?: { cause?: unknown }) {
+  constructor(message: string, options?: WritErrorOptions) {
     super(message, options);
   }
 }
@@ -73,7 +105,7 @@ export class RedisFullError extends WritConnectionError {
       `Redis is out of memory (its maxmemory) and refused the write to ${collection}: it was NOT accepted. Free ` +
         `memory in Redis or raise its maxmemory (a daemon that is down or behind lets the streams grow: check ` +
         `\`writ status\`), then retry. Redis said: ${reply}`,
-      options,
+      { cause: options?.cause, accepted: "no" },
     );
   }
 }
@@ -88,6 +120,7 @@ export class RefusedWriteError extends WritError {
     super(
       `writ refused the write to ${collection} (entry ${entryId}): ${reason || "no reason given"}. ` +
         `It is in the dead-letter stream: inspect it with \`writ dlq list\` / \`writ dlq show\`, fix the cause, then \`writ dlq retry\`.`,
+      { accepted: "yes" },
     );
   }
 }
@@ -111,6 +144,7 @@ export class LostWriteError extends WritError {
         `came, and MongoDB holds an older version of the key. Redis lost it (a failover with minReplicasAcked 0, or ` +
         `the entry was deleted by hand); it was NOT applied: write it again. To keep accepted writes through a ` +
         `failover, give Redis a replica and set minReplicasAcked (docs/operations.md, "\`min_replicas_acked\`: accepted means replicated").`,
+      { accepted: "no" },
     );
   }
 }
@@ -118,13 +152,14 @@ export class LostWriteError extends WritError {
 /** A key is missing a field, has an extra one, or a value of a type keys cannot hold. */
 export class WritKeyError extends WritError {
   constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
+    // Refused before anything was sent.
+    super(message, { cause: options?.cause, accepted: "no" });
   }
 }
 
 /** The configuration is invalid (bad URL, unknown mode, unknown collection, ...). */
 export class WritConfigError extends WritError {
-  constructor(message: string, options?: { cause?: unknown }) {
+  constructor(message: string, options?: WritErrorOptions) {
     super(message, options);
   }
 }

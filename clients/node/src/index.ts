@@ -15,6 +15,7 @@ export {
   WritConfigError,
   WritClosedError,
 } from "./errors.js";
+export type { Accepted, WritErrorOptions } from "./errors.js";
 export { canonicalKey, canonicalOf, fnv1a64, partitionOf, keyValues, Names, MAX_KEY_BYTES } from "./key.js";
 export { MAX_NESTING } from "./nesting.js";
 export type { CollectionSpec, Key, KeyValue, Layout, WriteMode } from "./key.js";

@@ -516,7 +516,11 @@ describe("setup()", () => {
     // Partition 0 is at its bound now; partition 1 takes one more.
     await assert.rejects(
       kit.call("Storage", [true], "writeStorageData", [{ id: full, v: 1 }, { id: free, v: 1 }]),
-      (e: unknown) => e instanceof BackpressureError && /^1 of 2 rows of this storage-items write were accepted/.test(e.message) && /NOT accepted/.test(e.message),
+      (e: unknown) =>
+        e instanceof BackpressureError &&
+        /^1 of 2 rows of this storage-items write were accepted/.test(e.message) &&
+        /NOT accepted/.test(e.message) &&
+        e.accepted === "unknown",
     );
   }));
 

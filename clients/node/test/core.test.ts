@@ -358,7 +358,7 @@ describe("core", () => {
     const a = client({ mode: "ack" });
     await assert.rejects(
       a.write(UNKNOWN.name, { k: "x" }, "put", { a: 1 }),
-      (e: unknown) => e instanceof RefusedWriteError && e.reason.length > 0 && /dlq/.test(e.message),
+      (e: unknown) => e instanceof RefusedWriteError && e.reason.length > 0 && /dlq/.test(e.message) && e.accepted === "yes",
     );
     const errors: WritError[] = [];
     const s = client({ mode: "submit", onError: (e: WritError) => errors.push(e) });
@@ -377,7 +377,7 @@ describe("core", () => {
     try {
       await assert.rejects(
         a.write(UNKNOWN.name, { k: "late" }, "put", { a: 1 }),
-        (e: unknown) => e instanceof WritTimeoutError && /onError gets a RefusedWriteError/.test(e.message),
+        (e: unknown) => e instanceof WritTimeoutError && /onError gets a RefusedWriteError/.test(e.message) && e.accepted === "yes",
       );
     } finally {
       resume(daemon);
@@ -561,7 +561,7 @@ describe("core", () => {
     // Until it is settled, this process reads its own write.
     assert.equal((await s.readRecord(KV.name, key))!.source, "overlay");
     const heard = s.waitAck(t, 30000);
-    await assert.rejects(heard, (e: unknown) => e instanceof LostWriteError && e.entryId === t.entryId && /was lost/.test(e.message));
+    await assert.rejects(heard, (e: unknown) => e instanceof LostWriteError && e.entryId === t.entryId && /was lost/.test(e.message) && e.accepted === "no");
     assert.equal((await t.acked).outcome, "lost");
     assert.ok(errors.some((e) => e instanceof LostWriteError), errors.join("\n"));
     assert.equal(s.pendingCount, 0);
@@ -725,7 +725,7 @@ describe("core", () => {
     for (let i = 0; i < 3; i++) await bp.write(KV.name, { k: "bp", n: i }, "put", { i });
     await assert.rejects(
       bp.write(KV.name, { k: "bp", n: 9 }, "put", { i: 9 }),
-      (e: unknown) => e instanceof BackpressureError && e.partition === 0 && e.unapplied === 3 && e.limit === 3,
+      (e: unknown) => e instanceof BackpressureError && e.partition === 0 && e.unapplied === 3 && e.limit === 3 && e.accepted === "no",
     );
     const ack = client({ namespace: ns, mode: "ack", writeTimeoutMs: 200, partitions: 1, maxBacklog: 1000 });
     await assert.rejects(ack.write(KV.name, { k: "to", n: 1 }, "put", { a: 1 }), WritTimeoutError);
@@ -738,7 +738,7 @@ describe("core", () => {
     // Never admitted: a PendingFullError (a WritTimeoutError) that says it was NOT accepted, and nothing was added.
     await assert.rejects(
       bounded.write(KV.name, { k: "mp", n: 3 }, "put", { a: 1 }),
-      (e: unknown) => e instanceof PendingFullError && e instanceof WritTimeoutError && /NOT accepted/.test(e.message),
+      (e: unknown) => e instanceof PendingFullError && e instanceof WritTimeoutError && /NOT accepted/.test(e.message) && e.accepted === "no",
     );
     assert.equal(await entries(), before, "the write that waited for room added nothing");
     admin.disconnect();
@@ -921,7 +921,7 @@ describe("core", () => {
       // taken back, so it does not land once Redis answers.
       await new Promise((r) => setTimeout(r, 50));
       const behind = c.write(KV.name, { k: "paused", n: 2 }, "put", { a: "behind" });
-      await assert.rejects(sent, (e: unknown) => e instanceof WritConnectionError && /may or may not have been accepted/.test(e.message));
+      await assert.rejects(sent, (e: unknown) => e instanceof WritConnectionError && /may or may not have been accepted/.test(e.message) && e.accepted === "unknown");
       assert.ok(Date.now() - t < 5000, `failed after ${Date.now() - t} ms`);
       await assert.rejects(
         behind,
@@ -1070,7 +1070,8 @@ describe("core", () => {
           e.collection === KV.name &&
           /NOT accepted/.test(e.message) &&
           /maxmemory/.test(e.message) &&
-          /OOM/.test(e.reply),
+          /OOM/.test(e.reply) &&
+          e.accepted === "no",
       );
       await admin.config("SET", "maxmemory", "0");
       assert.equal(await admin.xlen(`${env.name}:{p0}:in`), 0, "the refused write is in the stream");
