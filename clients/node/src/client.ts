@@ -802,7 +802,7 @@ export class WritClient {
             `(partition ${k.partition}'s meta hash) and this client is configured with partitions = ${this.config.partitions}; ` +
             `its keys would go to other partition streams, where they are applied out of order or never. The count was changed ` +
             `(\`writ partitions --set\`) while this process ran: restart it with partitions: ${recorded} (WRIT_PARTITIONS=${recorded})`,
-          { cause: e, accepted: "no" },
+          { cause: e },
         );
       }
       if (isReplyError(e)) {

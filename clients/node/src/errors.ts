@@ -160,7 +160,9 @@ export class WritKeyError extends WritError {
 /** The configuration is invalid (bad URL, unknown mode, unknown collection, ...). */
 export class WritConfigError extends WritError {
   constructor(message: string, options?: WritErrorOptions) {
-    super(message, options);
+    // A write refused for its config (an undeclared collection, another
+    // partition count) was refused before anything was sent.
+    super(message, { cause: options?.cause, accepted: options?.accepted ?? "no" });
   }
 }
 
