@@ -72,6 +72,30 @@ async fn set_users(admin: &mut redis::aio::MultiplexedConnection, users: Vec<Vec
         .unwrap();
 }
 
+/// A harness Redis with the documented users, the daemon's rules changed by
+/// `edit` (given the namespace), for the test `test`; and the daemon user's
+/// URL.
+async fn with_daemon_user(
+    test: &str,
+    edit: impl FnOnce(&str, &mut Vec<String>),
+) -> (RedisServer, TestEnv, String) {
+    let redis = RedisServer::start();
+    let env = TestEnv::start(test);
+    let (daemon_pw, writer_pw) = ("d4emon-pw-5e1b", "wr1ter-pw-0c77");
+    let mut users = documented_users(&env.name, daemon_pw, writer_pw);
+    edit(&env.name, &mut users[0]);
+    set_users(&mut conn(&redis.url()).await, users).await;
+    let url = format!("redis://writ-daemon:{daemon_pw}@127.0.0.1:{}", redis.port);
+    (redis, env, url)
+}
+
+/// `rules` without `rule`, which the documented line has.
+fn without(rules: &mut Vec<String>, rule: &str) {
+    let before = rules.len();
+    rules.retain(|r| r != rule);
+    assert_eq!(rules.len(), before - 1, "the daemon user has {rule}");
+}
+
 async fn conn(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
         .unwrap()
@@ -403,22 +427,13 @@ async fn on_a_cluster_with_replica_acks_the_documented_additions_are_enough() {
 /// clocks; they still share the partitions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_user_without_time_heartbeats_on_the_hosts_clock() {
-    let redis = RedisServer::start();
-    let env = TestEnv::start("acl_no_time");
+    let (redis, env, daemon_url) =
+        with_daemon_user("acl_no_time", |_, rules| without(rules, "+time")).await;
     let ns = env.name.clone();
-    let (daemon_pw, writer_pw) = ("d4emon-pw-5e1b", "wr1ter-pw-0c77");
-    let mut users = documented_users(&ns, daemon_pw, writer_pw);
-    let rules = users[0].len();
-    users[0].retain(|r| r != "+time");
-    assert_eq!(users[0].len(), rules - 1, "the daemon user has +time");
-    let mut admin = conn(&redis.url()).await;
-    set_users(&mut admin, users).await;
+    let admin = conn(&redis.url()).await;
     let dir = tempfile::tempdir().unwrap();
     let o = Overrides {
-        redis_url: Some(format!(
-            "redis://writ-daemon:{daemon_pw}@127.0.0.1:{}",
-            redis.port
-        )),
+        redis_url: Some(daemon_url),
         ..Default::default()
     };
     let path = env.config_file_with(dir.path(), &o);
@@ -511,34 +526,29 @@ async fn a_writer_that_may_not_confirm_is_refused_at_connect() {
 /// so partitions 1 to 3 were never taken and their writes never applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_whose_lease_is_refused_does_not_keep_the_others_unowned() {
-    let redis = RedisServer::start();
-    let env = TestEnv::start("acl_one_lease");
+    let (redis, env, daemon_url) = with_daemon_user("acl_one_lease", |ns, rules| {
+        let all = format!("~{ns}:*");
+        let at = rules
+            .iter()
+            .position(|r| *r == all)
+            .expect("the daemon's key pattern");
+        // Every key but partition 0's lease, which it may only read.
+        rules.splice(
+            at..=at,
+            [
+                format!("~{ns}:[^{{]*"),
+                format!("~{ns}:{{p[^0]}}:*"),
+                format!("~{ns}:{{p0}}:[^l]*"),
+                format!("%R~{ns}:{{p0}}:lease"),
+            ],
+        );
+    })
+    .await;
     let ns = env.name.clone();
-    let (daemon_pw, writer_pw) = ("d4emon-pw-77a0", "wr1ter-pw-31c2");
-    let mut users = documented_users(&ns, daemon_pw, writer_pw);
-    let all = format!("~{ns}:*");
-    let at = users[0]
-        .iter()
-        .position(|r| *r == all)
-        .expect("the daemon's key pattern");
-    // Every key but partition 0's lease, which it may only read.
-    users[0].splice(
-        at..=at,
-        [
-            format!("~{ns}:[^{{]*"),
-            format!("~{ns}:{{p[^0]}}:*"),
-            format!("~{ns}:{{p0}}:[^l]*"),
-            format!("%R~{ns}:{{p0}}:lease"),
-        ],
-    );
-    let mut admin = conn(&redis.url()).await;
-    set_users(&mut admin, users).await;
+    let admin = conn(&redis.url()).await;
     let dir = tempfile::tempdir().unwrap();
     let o = Overrides {
-        redis_url: Some(format!(
-            "redis://writ-daemon:{daemon_pw}@127.0.0.1:{}",
-            redis.port
-        )),
+        redis_url: Some(daemon_url),
         partitions: Some(4),
         ..Default::default()
     };
@@ -573,24 +583,15 @@ async fn a_partition_whose_lease_is_refused_does_not_keep_the_others_unowned() {
 /// the one partition's error failed the whole pass, every time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_whose_status_cannot_be_read_leaves_the_others_gauges_going() {
-    let redis = RedisServer::start();
-    let env = TestEnv::start("acl_one_status");
-    let ns = env.name.clone();
-    let (daemon_pw, writer_pw) = ("d4emon-pw-4c19", "wr1ter-pw-8e02");
-    let mut users = documented_users(&ns, daemon_pw, writer_pw);
-    let rules = users[0].len();
-    users[0].retain(|r| r != "+xlen");
-    assert_eq!(users[0].len(), rules - 1, "the daemon user has +xlen");
-    users[0].push(format!("(%R~{ns}:[^{{]* %R~{ns}:{{p[^0]}}:* +xlen)"));
-    let mut admin = conn(&redis.url()).await;
-    set_users(&mut admin, users).await;
+    let (redis, env, daemon_url) = with_daemon_user("acl_one_status", |ns, rules| {
+        without(rules, "+xlen");
+        rules.push(format!("(%R~{ns}:[^{{]* %R~{ns}:{{p[^0]}}:* +xlen)"));
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let port = support::free_port();
     let o = Overrides {
-        redis_url: Some(format!(
-            "redis://writ-daemon:{daemon_pw}@127.0.0.1:{}",
-            redis.port
-        )),
+        redis_url: Some(daemon_url),
         daemon: &format!("metrics_listen = \"127.0.0.1:{port}\""),
         partitions: Some(4),
         ..Default::default()

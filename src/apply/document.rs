@@ -95,6 +95,14 @@ pub fn guard_filter(coll: &CollectionConfig, write: &Write, v: &str) -> Document
     filter
 }
 
+/// The filter of [`revive_of`]: the key's tombstone, older than `v`.
+pub fn revive_filter(write: &Write, v: &str) -> Document {
+    let mut filter = write.key.to_document();
+    filter.insert(GUARD_FIELD, doc! {"$not": {"$gte": v}});
+    filter.insert(DELETED_FIELD, true);
+    filter
+}
+
 /// The update of an `insert_once` put that meets an older tombstone: what
 /// the insert would have written (`$setOnInsert`'s fields `$set`), and the
 /// tombstone's `removed` taken away (in the `fields` layout unless the

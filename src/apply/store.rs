@@ -10,8 +10,8 @@ use mongodb::options::{Acknowledgment, ClientOptions, ReadConcern, ReturnDocumen
 use mongodb::{Collection, Database};
 
 use super::document::{
-    doc_version, guard_filter, is_tombstone, revive_of, update_of, DELETED_FIELD, DOC_REMOVED,
-    DOC_WRIT, GUARD_FIELD,
+    doc_version, guard_filter, is_tombstone, revive_filter, revive_of, update_of, DOC_REMOVED,
+    DOC_WRIT,
 };
 use crate::config::{redact_url, CollectionConfig, Config, WriteConcernW, WriteMode};
 use crate::error::{mongo_code, Error, Result};
@@ -289,14 +289,13 @@ impl Store {
         write: &Write,
         v: &str,
     ) -> Result<Option<Document>> {
-        let mut filter = write.key.to_document();
-        filter.insert(GUARD_FIELD, doc! {"$not": {"$gte": v}});
-        filter.insert(DELETED_FIELD, true);
-        Ok(c.find_one_and_update(filter, revive_of(coll, write, v))
-            .return_document(ReturnDocument::After)
-            .write_concern(self.wc.clone())
-            .max_time(self.max_time)
-            .await?)
+        Ok(
+            c.find_one_and_update(revive_filter(write, v), revive_of(coll, write, v))
+                .return_document(ReturnDocument::After)
+                .write_concern(self.wc.clone())
+                .max_time(self.max_time)
+                .await?,
+        )
     }
 
     async fn delete(
