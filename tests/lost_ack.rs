@@ -568,21 +568,20 @@ async fn a_write_whose_entry_and_cache_entry_are_gone_is_settled_applied_from_mo
     );
 }
 
-/// A write whose ack and entry are lost while the cache holds an older
-/// version of its key (a failover that lost everything from the write's
-/// entry on, the daemon's cache update with it) was applied: MongoDB holds
-/// its version. The read that settles it applied from MongoDB also caches
-/// MongoDB's document, so neither it nor a later read by anyone answers the
-/// older value. Before, the read settled the write applied and then answered
-/// the cache's older value, as every reader did until the key was written again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_settled_applied_from_mongodb_is_not_read_older_from_the_cache() {
-    let (env, config, writ) = handle_with("lost_older_cache", "read_timeout_ms = 300").await;
+/// A handle whose second write of `key` (`{v: 1}`, its ticket returned)
+/// was applied and cached, and whose ack and entry were then lost while the
+/// cache went back to the first write (`{v: 0}`): a failover that lost
+/// everything from the write's entry on, the daemon's cache update with it.
+/// No daemon runs afterwards.
+async fn lost_back_to_an_older_cache(
+    name: &str,
+    key: &mongodb::bson::Document,
+) -> (TestEnv, writ::Config, Writ, writ::Ticket) {
+    let (env, config, writ) = handle_with(name, "read_timeout_ms = 300").await;
     let s = writ.collection("signal").unwrap();
-    let key = doc! {"symbol": "OLDER", "strategyName": "dl", "exchangeName": "x"};
     let daemon = Daemon::start(config.clone());
-    let first = s.write(&key, &doc! {"v": 0}).await.unwrap();
-    let entry = cache_entry(&config, &key);
+    let first = s.write(key, &doc! {"v": 0}).await.unwrap();
+    let entry = cache_entry(&config, key);
     let mut r = env.redis().await;
     // The cache entry of version `first`, as the daemon wrote it.
     let (v0, doc0): (String, Vec<u8>) = redis::cmd("HMGET")
@@ -594,7 +593,7 @@ async fn a_write_settled_applied_from_mongodb_is_not_read_older_from_the_cache()
         .unwrap();
     assert_eq!(writ::protocol::Version::from_sortable(&v0), Some(first));
     block_acks(&env, &writ).await;
-    let ticket = s.submit(&key, &doc! {"v": 1}).await.unwrap();
+    let ticket = s.submit(key, &doc! {"v": 1}).await.unwrap();
     support::eventually(
         std::time::Duration::from_secs(30),
         "the second write to be cached",
@@ -609,7 +608,6 @@ async fn a_write_settled_applied_from_mongodb_is_not_read_older_from_the_cache()
     )
     .await;
     daemon.stop().await;
-    // The failover: the entry gone, and the cache back at the first write.
     trim_all(&env, &config).await;
     let _: () = redis::cmd("HSET")
         .arg(&entry)
@@ -620,9 +618,74 @@ async fn a_write_settled_applied_from_mongodb_is_not_read_older_from_the_cache()
         .query_async(&mut r)
         .await
         .unwrap();
+    (env, config, writ, ticket)
+}
+
+/// A write whose ack and entry are lost while the cache holds an older
+/// version of its key was applied: MongoDB holds its version. The read that
+/// settles it applied from MongoDB also caches MongoDB's document, so
+/// neither it nor a later read by anyone answers the older value. Before,
+/// the read settled the write applied and then answered the cache's older
+/// value, as every reader did until the key was written again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_settled_applied_from_mongodb_is_not_read_older_from_the_cache() {
+    let key = doc! {"symbol": "OLDER", "strategyName": "dl", "exchangeName": "x"};
+    let (_env, config, writ, ticket) = lost_back_to_an_older_cache("lost_older_cache", &key).await;
+    let s = writ.collection("signal").unwrap();
     assert_eq!(s.read(&key).await.unwrap(), Some(doc! {"v": 1}));
     let v = ticket.version();
     assert_eq!(ticket.wait().await.unwrap(), v, "settled applied");
+    let other = Writ::connect(config.clone()).await.unwrap();
+    assert_eq!(
+        other
+            .collection("signal")
+            .unwrap()
+            .read(&key)
+            .await
+            .unwrap(),
+        Some(doc! {"v": 1}),
+        "another reader"
+    );
+}
+
+/// The same, while Redis refuses the fill of MongoDB's document (at its
+/// `maxmemory`): the write stays unsettled, and neither its ticket nor a read
+/// says it is committed while the cache still answers the older value. Once
+/// Redis takes writes again, a look settles it and the cache holds it.
+/// Before, the look settled the write applied whatever the fill did: its
+/// ticket said `Ok`, and every reader got `{v: 0}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_is_not_settled_applied_while_its_cache_fill_is_refused() {
+    let key = doc! {"symbol": "NOFILL", "strategyName": "dl", "exchangeName": "x"};
+    let (env, config, writ, ticket) = lost_back_to_an_older_cache("lost_no_fill", &key).await;
+    let s = writ.collection("signal").unwrap();
+    let r = env.redis().await;
+    let set_maxmemory = |bytes: &'static str| {
+        let mut r = r.clone();
+        async move {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("maxmemory")
+                .arg(bytes)
+                .query_async(&mut r)
+                .await
+                .unwrap();
+        }
+    };
+    set_maxmemory("1").await;
+    let read = s.read(&key).await;
+    assert!(
+        matches!(read, Err(writ::Error::Timeout { .. })),
+        "a read while the fill is refused: {read:?}"
+    );
+    let waited = ticket.wait_for(std::time::Duration::from_millis(200)).await;
+    set_maxmemory("0").await;
+    assert!(
+        matches!(waited, Err(writ::Error::Timeout { .. })),
+        "the ticket while the fill is refused: {waited:?}"
+    );
+    assert_eq!(s.read(&key).await.unwrap(), Some(doc! {"v": 1}));
+    assert_eq!(writ.unacked(), 0, "settled by the read's look");
     let other = Writ::connect(config.clone()).await.unwrap();
     assert_eq!(
         other
@@ -814,4 +877,64 @@ async fn a_ticket_outliving_its_handle_gets_its_ack() {
         .await
         .expect("the ticket of a dropped handle got no outcome");
     assert_eq!(got, v);
+}
+
+/// A write the daemon refuses at decode waits, pending in the group, to be
+/// parked while the dead-letter stream cannot be written (here a stream at
+/// the last possible id: `XADD` fails, reads work), and later writes of its
+/// key are applied meanwhile (the daemon allows a bigger document than this
+/// handle: `client.max_document_bytes` differs between the two). The cache
+/// past its version does not make it committed: its ticket times out, and
+/// once the letter can be written the write is parked. Before, the overdue
+/// look settled it applied from the cache version alone, and `write`
+/// returned `Ok` for a write then dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_waiting_to_be_parked_is_not_settled_by_a_newer_cached_version() {
+    let (env, config, writ) = handle_with("lost_refused", "read_timeout_ms = 300").await;
+    let names = writ::protocol::Names::new(&config.namespace);
+    let mut r = env.redis().await;
+    let _: String = redis::cmd("XADD")
+        .arg(names.dead_letters())
+        .arg("18446744073709551615-18446744073709551615")
+        .arg("placeholder")
+        .arg("1")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let mut daemon_config = config.clone();
+    daemon_config.max_document_bytes = 1024;
+    let daemon = Daemon::start(daemon_config);
+    let s = writ.collection("signal").unwrap();
+    let key = dl_signal("PARKING");
+    let big = doc! {"v": "x".repeat(4096)};
+    let refused = s.submit(&key, &big).await.unwrap();
+    let newer = s.write(&key, &doc! {"v": 2}).await.unwrap();
+    assert!(newer > refused.version());
+    let waited = refused
+        .wait_for(std::time::Duration::from_millis(300))
+        .await;
+    assert!(
+        matches!(waited, Err(writ::Error::Timeout { .. })),
+        "a write still waiting to be parked: {waited:?}"
+    );
+    let _: u64 = redis::cmd("DEL")
+        .arg(names.dead_letters())
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    support::eventually(
+        std::time::Duration::from_secs(30),
+        "the refused write parked",
+        || {
+            let mut r = r.clone();
+            let dlq = names.dead_letters();
+            async move {
+                let n: u64 = redis::cmd("XLEN").arg(dlq).query_async(&mut r).await.ok()?;
+                (n == 1).then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(s.read(&key).await.unwrap(), Some(doc! {"v": 2}));
+    daemon.stop().await;
 }

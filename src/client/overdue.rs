@@ -22,12 +22,15 @@ use crate::protocol::field as entry_field;
 use crate::protocol::Version;
 use crate::stream::{cmd, parse_entries, take_entries, Entry};
 
-/// What [`Inner::gone_writes`] found: the writes MongoDB does not hold, and
-/// MongoDB's document with its version if it settled any as applied.
-type Gone = (
-    Vec<(Version, Pending)>,
-    Option<(Version, mongodb::bson::Document)>,
-);
+/// What [`Inner::gone_writes`] found of writes whose entries are gone.
+struct Gone {
+    /// The writes MongoDB holds at their version or newer.
+    applied: Vec<(Version, Pending)>,
+    /// The writes MongoDB does not hold.
+    missing: Vec<(Version, Pending)>,
+    /// MongoDB's document with its version, when `applied` is not empty.
+    stored: Option<(Version, mongodb::bson::Document)>,
+}
 
 /// Dead letters read per page, and pages at most, when looking for the
 /// letters of a look's writes: letters come after their entries, read from a
@@ -83,12 +86,13 @@ impl Inner {
     /// collection `coll`, in partition `p`, whose cache entry is `cache_key`)
     /// that is still unacked and that the daemon is done with, as its ack
     /// would, in id order: at the first the daemon is not done with, or after
-    /// [`LOOK_AT_MOST`], it stops. A write at or below the version the cache
-    /// holds is done (a letter still tells whether it was parked). A write
-    /// whose entry is gone is asked of MongoDB ([`Inner::gone_writes`]): done
-    /// if MongoDB holds its version or a newer one; else parked if a letter
+    /// [`LOOK_AT_MOST`], it stops. A write whose entry is gone is done if the
+    /// cache holds its version or a newer one; else it is asked of MongoDB
+    /// ([`Inner::gone_writes`]): done if MongoDB holds its version or a newer
+    /// one and the cache could be filled with that; else parked if a letter
     /// says so, or lost once `client.lost_write_after_ms` has passed since a
-    /// look first saw it so. `true` when none is left unsettled.
+    /// look first saw it so. A done write is parked if a letter says so.
+    /// `true` when none is left unsettled.
     pub(super) async fn settle_overdue(
         &self,
         coll: &str,
@@ -109,12 +113,14 @@ impl Inner {
         let mut done = Vec::new();
         let mut gone = Vec::new();
         for (version, pending) in writes {
-            if committed.is_some_and(|c| c >= version) {
-                done.push((version, pending));
-                continue;
-            }
+            // The cache at or past a write's version does not make the daemon
+            // done with it: an entry refused at decode waits, pending, to be
+            // parked while later writes of its key are applied.
             match self.done_with(p, version, &pending.request).await? {
                 Done::Yes => done.push((version, pending)),
+                Done::Gone if committed.is_some_and(|c| c >= version) => {
+                    done.push((version, pending))
+                }
                 Done::Gone => gone.push((version, pending)),
                 // The group has not passed it (or holds it pending, its entry
                 // gone: a daemon may be applying it): later entries wait too.
@@ -125,17 +131,31 @@ impl Inner {
                 }
             }
         }
-        let missing = match self.gone_writes(coll, gone, &mut done).await {
-            Some((missing, Some((version, doc)))) => {
+        let missing = match self.gone_writes(coll, gone).await {
+            Some(Gone {
+                applied,
+                missing,
+                stored,
+            }) => {
                 // Settled applied from MongoDB's document: the cache may hold
                 // an older version (lost with the entry, in a failover), and
-                // the read after this one must not answer it.
-                if committed.is_none_or(|c| c < version) {
-                    self.fill(cache_key, version, &doc).await;
+                // no read after this one may answer it. So they are settled
+                // only once the cache holds MongoDB's version; while Redis
+                // refuses that fill (at its maxmemory, say), they wait for a
+                // later look.
+                let cached = match &stored {
+                    Some((version, doc)) if committed.is_none_or(|c| c < *version) => {
+                        self.fill(cache_key, *version, doc).await
+                    }
+                    _ => true,
+                };
+                if cached {
+                    done.extend(applied);
+                } else {
+                    all = false;
                 }
                 missing
             }
-            Some((missing, None)) => missing,
             None => {
                 all = false;
                 Vec::new()
@@ -196,23 +216,17 @@ impl Inner {
         Ok(all)
     }
 
-    /// Of `gone` (writes of one key of `coll` whose entries are gone: trimmed
-    /// by retention, deleted, or lost by Redis), moves those MongoDB holds at
-    /// their version or newer to `done` (the daemon applied them, or a newer
-    /// write superseded them) and returns the others: not applied, unless a
-    /// daemon that read the entry before it went is applying it now (hence
-    /// `client.lost_write_after_ms`). One MongoDB read, and none when `gone`
-    /// is empty; `None` if MongoDB cannot be read (they stay unknown, and the
-    /// writes whose entries are there are settled all the same). With the
-    /// others, MongoDB's document and its version when it settled any write
-    /// (for the cache). Also forgets the missing-since times of writes nobody
-    /// waits for any more.
-    async fn gone_writes(
-        &self,
-        coll: &str,
-        gone: Vec<(Version, Pending)>,
-        done: &mut Vec<(Version, Pending)>,
-    ) -> Option<Gone> {
+    /// Splits `gone` (writes of one key of `coll` whose entries are gone:
+    /// trimmed by retention, deleted, or lost by Redis) into those MongoDB
+    /// holds at their version or newer (the daemon applied them, or a newer
+    /// write superseded them), with MongoDB's document for the cache, and the
+    /// others: not applied, unless a daemon that read the entry before it
+    /// went is applying it now (hence `client.lost_write_after_ms`). One
+    /// MongoDB read, and none when `gone` is empty; `None` if MongoDB cannot
+    /// be read (they stay unknown, and the writes whose entries are there are
+    /// settled all the same). Also forgets the missing-since times of writes
+    /// nobody waits for any more.
+    async fn gone_writes(&self, coll: &str, gone: Vec<(Version, Pending)>) -> Option<Gone> {
         {
             let waiters = self.waiters.lock().expect("lock");
             self.missing
@@ -221,7 +235,11 @@ impl Inner {
                 .retain(|request, _| waiters.contains_key(request));
         }
         let Some(key) = gone.first().map(|(_, w)| w.key.clone()) else {
-            return Some((Vec::new(), None));
+            return Some(Gone {
+                applied: Vec::new(),
+                missing: Vec::new(),
+                stored: None,
+            });
         };
         let doc = match self.store.find(coll, &key).await {
             Ok(doc) => doc,
@@ -234,8 +252,11 @@ impl Inner {
         let (applied, missing): (Vec<_>, Vec<_>) =
             gone.into_iter().partition(|(v, _)| stored >= *v);
         let settled = (!applied.is_empty()).then_some(doc).flatten();
-        done.extend(applied);
-        Some((missing, settled.map(|d| (stored, d))))
+        Some(Gone {
+            applied,
+            missing,
+            stored: settled.map(|d| (stored, d)),
+        })
     }
 
     /// Whether the daemon is done with entry `id` of partition `p`, this

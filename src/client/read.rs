@@ -60,11 +60,12 @@ impl super::Inner {
     /// its `maxmemory`, say), the read still answers from MongoDB, which
     /// holds every applied write. A refusal for another reason (an ACL
     /// without the cache keys) would send every later miss to MongoDB too:
-    /// that is said once per handle, as a warning.
-    pub(super) async fn fill(&self, cache_key: &str, version: Version, doc: &Document) {
+    /// that is said once per handle, as a warning. `true` when the cache
+    /// holds `version` or a newer one.
+    pub(super) async fn fill(&self, cache_key: &str, version: Version, doc: &Document) -> bool {
         let live = (!is_tombstone(doc)).then_some(doc);
         let Err(e) = self.cache.put_if_newer(cache_key, version, live).await else {
-            return;
+            return true;
         };
         let full = matches!(&e, Error::Redis(r) if crate::redis_conn::has_code(r, "OOM"));
         if full
@@ -76,6 +77,7 @@ impl super::Inner {
         } else {
             tracing::warn!(key = cache_key, error = %e, "cannot fill the cache after a read-through; answered from MongoDB (said once per handle: later misses also go to MongoDB until this is fixed)");
         }
+        false
     }
 }
 
