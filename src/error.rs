@@ -26,6 +26,22 @@ impl RetryClass {
     }
 }
 
+/// Whether writ holds a write that returned an error ([`Error::accepted`]),
+/// so that code can decide without reading the message whether to send it
+/// again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Redis does not hold the write: sending it again is safe.
+    No,
+    /// writ holds it (queued, or parked as a dead letter): do not send it
+    /// again.
+    Yes,
+    /// Redis may or may not hold it: once Redis answers, run `sync`, read
+    /// the key, and write it again only if it does not hold this value
+    /// (docs/protocol.md §5a).
+    Unknown,
+}
+
 /// The library's error type.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -52,11 +68,33 @@ pub enum Error {
     /// could not be reached): its writes may or may not have been added. A
     /// read alone cannot tell: this handle does not wait for a write it does
     /// not know was added; `sync` first.
-    #[error("the write to partition {partition} may or may not have been accepted: Redis did not answer its admission call, sent again under its number until client.write_timeout_ms or until Redis could not be reached (last: {source}); to learn which, once Redis answers run sync (it waits until every write accepted before it is applied), then read the key, and write it again only if it does not hold this value (docs/protocol.md §5a)")]
+    #[error("the write to partition {partition} may or may not have been accepted: its admission call got no answer this client could use, sent again under its number until client.write_timeout_ms or until Redis could not be reached (last: {source}); to learn which, once Redis answers run sync (it waits until every write accepted before it is applied), then read the key, and write it again only if it does not hold this value (docs/protocol.md §5a)")]
     AdmissionUnknown {
         /// The partition written.
         partition: u32,
         /// The last failure.
+        source: redis::RedisError,
+    },
+
+    /// Redis refused the admission call (an ACL without the stream, say), or
+    /// could not be reached before it was sent: the write was NOT added.
+    #[error("the write to partition {partition} was NOT accepted: Redis refused its admission call or could not be reached ({source}); fix that, then submit it again")]
+    AdmissionRefused {
+        /// The partition written.
+        partition: u32,
+        /// What Redis said.
+        source: redis::RedisError,
+    },
+
+    /// The write reached the Redis master (its admission returned its id),
+    /// but asking its replicas to confirm it failed (a connection lost
+    /// during `WAIT`): a failover could still lose it, and it may still be
+    /// applied.
+    #[error("the write to partition {partition} reached the Redis master, but asking its replicas to confirm it failed ({source}) (redis.min_replicas_acked): a failover could still lose it, and it may still be applied; once Redis answers run sync, then read the key, and write it again only if it does not hold this value (docs/protocol.md §5a)")]
+    ConfirmFailed {
+        /// The partition written.
+        partition: u32,
+        /// What failed.
         source: redis::RedisError,
     },
 
@@ -128,15 +166,20 @@ pub enum Error {
         timeout_ms: u64,
     },
 
-    /// A wait ran out. The write may still commit later.
+    /// A wait ran out. For a write's ack (`accepted` is `Yes`) the write
+    /// stays queued and may still commit.
     #[error(
-        "timed out after {after:?} waiting for {what}; the write stays queued and may still commit"
+        "timed out after {after:?} waiting for {what}{}",
+        if *.accepted == Some(Accepted::Yes) { "; the write stays queued and may still commit" } else { "" }
     )]
     Timeout {
         /// How long we waited.
         after: Duration,
         /// What we were waiting for.
         what: &'static str,
+        /// Whether writ holds the write waited for; `None` when the wait
+        /// was not for a write (a read, a list, `sync`).
+        accepted: Option<Accepted>,
     },
 
     /// The daemon parked the write in the dead-letter stream.
@@ -242,10 +285,11 @@ impl Error {
     /// Whether trying again may help.
     pub fn retry_class(&self) -> RetryClass {
         match self {
-            Error::Redis(e) => redis_retry_class(e),
+            Error::Redis(e) | Error::AdmissionRefused { source: e, .. } => redis_retry_class(e),
             Error::Mongo(e) => mongo_retry_class(e),
             Error::MissingPostImage { .. }
             | Error::AdmissionUnknown { .. }
+            | Error::ConfirmFailed { .. }
             | Error::NotSent { .. }
             | Error::Timeout { .. }
             | Error::Lost { .. }
@@ -267,6 +311,49 @@ impl Error {
         }
     }
 
+    /// Whether writ holds the write this error is about; `None` when the
+    /// error is not about a write (a read, a list, `sync`, the daemon's
+    /// own errors). Decided where the error is made, so every write-side
+    /// error says it:
+    /// - `No`: [`Error::Rejected`], [`Error::KeyTooLarge`],
+    ///   [`Error::Encode`] and [`Error::Config`] (refused before anything
+    ///   was sent), [`Error::Backpressure`], [`Error::RedisFull`],
+    ///   [`Error::AdmissionRefused`], [`Error::NotSent`], and
+    ///   [`Error::Lost`] (Redis lost it before it was applied);
+    /// - `Yes`: [`Error::DeadLettered`], and the [`Error::Timeout`] of a
+    ///   ticket's wait for its ack;
+    /// - `Unknown`: [`Error::AdmissionUnknown`], [`Error::NotReplicated`]
+    ///   and [`Error::ConfirmFailed`] (on the master, maybe not on enough
+    ///   replicas to survive a failover).
+    pub fn accepted(&self) -> Option<Accepted> {
+        match self {
+            Error::Rejected(_)
+            | Error::KeyTooLarge(_)
+            | Error::Encode(_)
+            | Error::Config(_)
+            | Error::Backpressure { .. }
+            | Error::RedisFull { .. }
+            | Error::AdmissionRefused { .. }
+            | Error::NotSent { .. }
+            | Error::Lost { .. } => Some(Accepted::No),
+            Error::DeadLettered { .. } => Some(Accepted::Yes),
+            Error::AdmissionUnknown { .. }
+            | Error::NotReplicated { .. }
+            | Error::ConfirmFailed { .. } => Some(Accepted::Unknown),
+            Error::Timeout { accepted, .. } => *accepted,
+            Error::Redis(_)
+            | Error::Mongo(_)
+            | Error::MissingPostImage { .. }
+            | Error::Connect { .. }
+            | Error::NotYetConfirmed { .. }
+            | Error::UnsafeRedis(_)
+            | Error::UnsupportedRedis(_)
+            | Error::Shutdown
+            | Error::Fenced { .. }
+            | Error::KeyIndex { .. } => None,
+        }
+    }
+
     /// Whether the operation ran out of time: writ's own bound, or the
     /// server's `maxTimeMS` (code 50).
     pub fn is_timeout(&self) -> bool {
@@ -284,8 +371,9 @@ impl Error {
             Error::Redis(_)
             | Error::RedisFull { .. }
             | Error::AdmissionUnknown { .. }
+            | Error::AdmissionRefused { .. }
             | Error::NotSent { .. } => "redis",
-            Error::NotReplicated { .. } => "not_replicated",
+            Error::NotReplicated { .. } | Error::ConfirmFailed { .. } => "not_replicated",
             Error::Mongo(_) | Error::MissingPostImage { .. } | Error::NotYetConfirmed { .. } => {
                 "mongodb"
             }
@@ -412,6 +500,93 @@ pub(crate) fn mongo_code(e: &mongodb::error::Error) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every write-side error says whether writ holds the write; errors of
+    /// reads and of the daemon say nothing; a timeout says what it waited
+    /// for, and only a write's wait says the write stays queued.
+    #[test]
+    fn write_errors_say_whether_the_write_is_held() {
+        let io = || redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        let cases = [
+            (
+                Error::Backpressure {
+                    partition: 0,
+                    unapplied: 9,
+                    limit: 9,
+                },
+                Some(Accepted::No),
+            ),
+            (
+                Error::AdmissionRefused {
+                    partition: 0,
+                    source: redis::RedisError::from((redis::ErrorKind::Client, "NOPERM")),
+                },
+                Some(Accepted::No),
+            ),
+            (
+                Error::NotSent {
+                    partition: 0,
+                    why: "dropped",
+                },
+                Some(Accepted::No),
+            ),
+            (
+                Error::Lost {
+                    reason: "gone".into(),
+                },
+                Some(Accepted::No),
+            ),
+            (Error::Config("partitions".into()), Some(Accepted::No)),
+            (
+                Error::DeadLettered {
+                    reason: "payload".into(),
+                },
+                Some(Accepted::Yes),
+            ),
+            (
+                Error::AdmissionUnknown {
+                    partition: 0,
+                    source: io(),
+                },
+                Some(Accepted::Unknown),
+            ),
+            (
+                Error::ConfirmFailed {
+                    partition: 0,
+                    source: io(),
+                },
+                Some(Accepted::Unknown),
+            ),
+            (
+                Error::NotReplicated {
+                    what: "the write",
+                    confirmed: 0,
+                    wanted: 1,
+                    timeout_ms: 10,
+                },
+                Some(Accepted::Unknown),
+            ),
+            (Error::Redis(io()), None),
+            (Error::Shutdown, None),
+        ];
+        for (e, want) in cases {
+            assert_eq!(e.accepted(), want, "{e}");
+        }
+        let ack = Error::Timeout {
+            after: Duration::from_secs(1),
+            what: "the daemon's ack",
+            accepted: Some(Accepted::Yes),
+        };
+        assert_eq!(ack.accepted(), Some(Accepted::Yes));
+        assert!(ack.to_string().contains("stays queued"), "{ack}");
+        let read = Error::Timeout {
+            after: Duration::from_secs(1),
+            what: "this client's pending writes before reading",
+            accepted: None,
+        };
+        assert_eq!(read.accepted(), None);
+        assert!(!read.to_string().contains("queued"), "{read}");
+    }
 
     /// A server's passing states are retried, never counted towards
     /// `daemon.max_attempts` (which ends in a dead letter); a refusal of the

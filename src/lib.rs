@@ -53,4 +53,4 @@ pub mod tools;
 
 pub use client::{Collection, Record, Ticket, Writ};
 pub use config::Config;
-pub use error::{Error, Result, RetryClass};
+pub use error::{Accepted, Error, Result, RetryClass};

@@ -92,9 +92,12 @@ async fn the_bound_holds_inside_a_batch() {
     while let Some(r) = tasks.join_next().await {
         match r.unwrap() {
             Ok(_) => admitted += 1,
-            Err(Error::Backpressure {
-                unapplied, limit, ..
-            }) => {
+            Err(
+                e @ Error::Backpressure {
+                    unapplied, limit, ..
+                },
+            ) => {
+                assert_eq!(e.accepted(), Some(writ::Accepted::No), "{e}");
                 assert_eq!(limit, 50);
                 assert!(unapplied >= 50, "refused at a backlog of {unapplied}");
                 refused += 1;
@@ -578,4 +581,109 @@ fn a_wait_on_a_runtime_that_shuts_down_does_not_strand_its_partition() {
     );
     drop(writ);
     drop(main);
+}
+
+/// With `min_replicas_acked = 1`, a write whose admission returned its id
+/// but whose `WAIT` lost its connection (killed here while it blocked, no
+/// replica answering) is on the master: the error says it may be held
+/// ([`Error::ConfirmFailed`], accepted `Unknown`), and the entry is in the
+/// stream. Before, the caller got the bare connection error, which said
+/// nothing of the write, and would send it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_wait_is_cut_off_says_it_may_be_held() {
+    let env = TestEnv::start("admission_wait_cut");
+    let o = Overrides {
+        redis: "min_replicas_acked = 1\nreplica_ack_timeout_ms = 20000",
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let write = tokio::spawn(async move { s.submit(&key("CUT"), &doc! {"n": 1}).await });
+    let mut admin = env.redis().await;
+    let waiting = support::eventually(
+        std::time::Duration::from_secs(20),
+        "the write's WAIT to block",
+        || {
+            let mut admin = admin.clone();
+            async move {
+                let list: String = redis::cmd("CLIENT")
+                    .arg("LIST")
+                    .query_async(&mut admin)
+                    .await
+                    .ok()?;
+                list.lines()
+                    .find(|l| l.contains("cmd=wait"))
+                    .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+                    .map(str::to_string)
+            }
+        },
+    )
+    .await;
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(&waiting)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let e = tokio::time::timeout(std::time::Duration::from_secs(15), write)
+        .await
+        .expect("the write returned once its WAIT's connection was gone")
+        .unwrap()
+        .expect_err("no replica confirmed it");
+    assert!(matches!(e, Error::ConfirmFailed { .. }), "{e:?}");
+    assert_eq!(e.accepted(), Some(writ::Accepted::Unknown), "{e}");
+    let k = writ::protocol::Key::from_document(&key("CUT"), config.collection("signal").unwrap())
+        .unwrap();
+    let stream = writ::protocol::Names::new(&config.namespace)
+        .stream(k.partition("signal", config.partitions));
+    let len: u64 = redis::cmd("XLEN")
+        .arg(stream)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(len, 1, "the write is in its stream");
+}
+
+/// `submit_op` refuses what the daemon's decode would refuse of an op and
+/// its document (a put with none, a remove or delete with one, a document
+/// over `client.max_document_bytes`) before the stream, as `submit` does.
+/// Before, such writes were added and then dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_op_refuses_an_op_the_daemon_would_refuse() {
+    use writ::protocol::Op;
+    let env = TestEnv::start("admission_submit_op");
+    let config = env.config_with(&Overrides {
+        client: "max_document_bytes = 1024",
+        ..Default::default()
+    });
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let big = doc! {"v": "x".repeat(2048)};
+    let small = doc! {"v": 1};
+    for (op, doc) in [
+        (Op::Put, None),
+        (Op::Remove, Some(&small)),
+        (Op::Delete, Some(&small)),
+        (Op::Put, Some(&big)),
+    ] {
+        let e = s
+            .submit_op(&key("OP"), op, doc)
+            .await
+            .expect_err("refused before the stream");
+        assert!(matches!(e, Error::Rejected(_)), "{op:?}: {e:?}");
+        assert_eq!(e.accepted(), Some(writ::Accepted::No), "{op:?}: {e}");
+    }
+    let mut admin = env.redis().await;
+    let names = writ::protocol::Names::new(&config.namespace);
+    for p in 0..config.partitions {
+        let len: u64 = redis::cmd("XLEN")
+            .arg(names.stream(p))
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        assert_eq!(len, 0, "partition {p}");
+    }
+    s.submit_op(&key("OP"), Op::Remove, None).await.unwrap();
 }

@@ -97,6 +97,8 @@ async fn each_write_of_a_bulk_gets_its_own_outcome() {
             "poison" => {
                 assert_eq!(got, Some("dead_lettered"), "{kind} {id}");
                 assert!(matches!(res, Err(Error::DeadLettered { .. })), "{res:?}");
+                let held = res.as_ref().err().and_then(Error::accepted);
+                assert_eq!(held, Some(writ::Accepted::Yes), "{kind} {id}");
             }
             _ => unreachable!(),
         }

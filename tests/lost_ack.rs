@@ -675,13 +675,19 @@ async fn a_write_is_not_settled_applied_while_its_cache_fill_is_refused() {
     set_maxmemory("1").await;
     let read = s.read(&key).await;
     assert!(
-        matches!(read, Err(writ::Error::Timeout { .. })),
+        matches!(read, Err(writ::Error::Timeout { accepted: None, .. })),
         "a read while the fill is refused: {read:?}"
     );
     let waited = ticket.wait_for(std::time::Duration::from_millis(200)).await;
     set_maxmemory("0").await;
     assert!(
-        matches!(waited, Err(writ::Error::Timeout { .. })),
+        matches!(
+            waited,
+            Err(writ::Error::Timeout {
+                accepted: Some(writ::Accepted::Yes),
+                ..
+            })
+        ),
         "the ticket while the fill is refused: {waited:?}"
     );
     assert_eq!(s.read(&key).await.unwrap(), Some(doc! {"v": 1}));

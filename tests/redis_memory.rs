@@ -57,6 +57,7 @@ async fn a_full_redis_refuses_the_write_saying_so() {
     config_set(&mut conn, "maxmemory", "0").await;
     let e = refused.expect_err("a full Redis accepted a write");
     assert!(matches!(e, Error::RedisFull { partition: 0, .. }), "{e:?}");
+    assert_eq!(e.accepted(), Some(writ::Accepted::No));
     let text = e.to_string();
     assert!(
         text.contains("NOT accepted") && text.contains("maxmemory") && text.contains("OOM"),

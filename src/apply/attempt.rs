@@ -142,6 +142,7 @@ impl Attempts<'_> {
         let res = res.unwrap_or(Err(Error::Timeout {
             after: limit,
             what: "a MongoDB write",
+            accepted: None,
         }));
         permit.done(match &res {
             Err(e) if e.retry_class() == RetryClass::Transient => Signal::Overloaded,

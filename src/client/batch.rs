@@ -113,13 +113,24 @@ impl Refused {
                     partition,
                     detail: detail.unwrap_or_default(),
                 },
-                _ => e.into(),
+                _ => Error::AdmissionRefused {
+                    partition,
+                    source: e,
+                },
             },
             Refused::Unknown(e) => Error::AdmissionUnknown {
                 partition,
                 source: e,
             },
-            Refused::Odd(what) => Error::Encode(what),
+            // The call ran, and said something this client cannot read.
+            Refused::Odd(what) => Error::AdmissionUnknown {
+                partition,
+                source: redis::RedisError::from((
+                    redis::ErrorKind::Parse,
+                    "the admission call's reply makes no sense",
+                    what,
+                )),
+            },
             Refused::Unanswered => Error::AdmissionUnknown {
                 partition,
                 source: redis::RedisError::from((

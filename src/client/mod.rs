@@ -210,10 +210,6 @@ impl Collection {
     /// only when a lost write matters more than a duplicate (docs/protocol.md
     /// §5a).
     pub async fn submit(&self, key: &Document, doc: &Document) -> Result<Ticket> {
-        protocol::check_payload(doc, self.inner().config.max_document_bytes)?;
-        if self.coll.layout == Layout::Fields {
-            protocol::check_fields(doc, &self.coll)?;
-        }
         self.submit_op(key, Op::Put, Some(doc)).await
     }
 
@@ -233,13 +229,16 @@ impl Collection {
         self.submit_op(key, Op::Delete, None).await?.wait().await
     }
 
-    /// Appends any op; returns its ticket.
+    /// Appends any op; returns its ticket. A `put` needs a document, the
+    /// others take none ([`Error::Rejected`] before the stream, as the
+    /// daemon would refuse it).
     pub async fn submit_op(
         &self,
         key: &Document,
         op: Op,
         doc: Option<&Document>,
     ) -> Result<Ticket> {
+        protocol::check_write(op, doc, &self.coll, self.inner().config.max_document_bytes)?;
         let key = self.key(key)?;
         let inner = self.inner();
         let p = key.partition(&self.coll.name, inner.config.partitions);
@@ -281,12 +280,25 @@ impl Collection {
         };
         if let Err(e) = confirmed {
             if rx.borrow().is_none() {
-                return Err(e);
+                // The write is on the master: a failed `WAIT` leaves it
+                // unknown, not refused.
+                return Err(match e {
+                    Error::Redis(source) => Error::ConfirmFailed {
+                        partition: p,
+                        source,
+                    },
+                    other => other,
+                });
             }
         }
-        let version: Version = entry
-            .parse()
-            .map_err(|_| Error::Encode(format!("XADD returned odd id {entry:?}")))?;
+        let version: Version = entry.parse().map_err(|_| Error::AdmissionUnknown {
+            partition: p,
+            source: redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "the admission returned an entry id this client cannot read",
+                entry.clone(),
+            )),
+        })?;
         let pending = Pending {
             request: request.clone(),
             state: rx.clone(),

@@ -189,6 +189,7 @@ async fn wait_key_until(
                 return Err(Error::Timeout {
                     after: timeout,
                     what,
+                    accepted: None,
                 })
             }
         }

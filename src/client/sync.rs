@@ -40,6 +40,7 @@ impl Writ {
                     return Err(Error::Timeout {
                         after: timeout,
                         what: "the daemon to apply the writes accepted before this process started (is `writ serve` running? see `writ status`)",
+                        accepted: None,
                     });
                 }
                 tokio::time::sleep(POLL).await;

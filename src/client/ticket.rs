@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use super::acks::AckResult;
 use super::pending::Pending;
 use super::Inner;
-use crate::error::{Error, Result};
+use crate::error::{Accepted, Error, Result};
 use crate::protocol::Version;
 
 /// Returned by `submit`: the write is in the stream; await [`Ticket::wait`]
@@ -93,6 +93,7 @@ impl Ticket {
                     None => Err(Error::Timeout {
                         after: timeout,
                         what: "the daemon's ack",
+                        accepted: Some(Accepted::Yes),
                     }),
                 }
             }

@@ -163,6 +163,36 @@ pub fn check_payload(doc: &Document, limit: usize) -> Result<(), Reject> {
     Ok(())
 }
 
+/// What the daemon's decode refuses of an op and its document, checked by a
+/// client before the stream: a `put` needs a document (within `limit`
+/// bytes, and for the `fields` layout storable as top-level fields), the
+/// others take none.
+pub fn check_write(
+    op: Op,
+    doc: Option<&Document>,
+    coll: &CollectionConfig,
+    limit: usize,
+) -> Result<(), Reject> {
+    match (op, doc) {
+        (Op::Put, Some(doc)) => {
+            check_payload(doc, limit)?;
+            if coll.layout == crate::config::Layout::Fields {
+                check_fields(doc, coll)?;
+            }
+            Ok(())
+        }
+        (Op::Put, None) => Err(Reject::new(
+            RejectReason::Payload,
+            "op put needs a document",
+        )),
+        (_, Some(_)) => Err(Reject::new(
+            RejectReason::Malformed,
+            format!("op {} takes no document", op.as_str()),
+        )),
+        (_, None) => Ok(()),
+    }
+}
+
 /// `doc` as BSON, refused if it cannot be encoded or is over `limit` bytes.
 fn encoded_within(doc: &Document, limit: usize) -> Result<Vec<u8>, Reject> {
     let bytes = crate::bson_bytes::to_vec(doc).map_err(|e| {
