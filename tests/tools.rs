@@ -389,6 +389,78 @@ async fn rebuild_cache_and_replay_after_redis_data_loss() {
     assert_eq!(before, after);
 }
 
+/// `rebuild-cache --since`, the step after a Redis crash that lost its last
+/// second (`appendfsync everysec`), over a key hard-deleted in that window:
+/// the key reads as deleted afterwards. A delete's tombstone has no
+/// `updatedDate`; before, `--since` selected on `updatedDate` alone, left
+/// the tombstone out, and every reader kept getting the deleted document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_cache_since_takes_a_hard_delete_in_its_window() {
+    let env = TestEnv::start("rebuild_since_delete");
+    let dir = tempfile::tempdir().unwrap();
+    let o = Overrides {
+        collections: "[[collections]]\nname = \"session\"\nkey = [\"symbol\"]\ntimestamps = true\n",
+        ..Default::default()
+    };
+    let path = env.config_file_with(dir.path(), &o);
+    let config = env.config_with(&o);
+    let daemon = Daemon::start(config.clone());
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("session").unwrap();
+    let gone = doc! {"symbol": "GONE"};
+    s.write(&gone, &doc! {"i": 1}).await.unwrap();
+    s.write(&doc! {"symbol": "KEPT"}, &doc! {"i": 1})
+        .await
+        .unwrap();
+    let k =
+        writ::protocol::Key::from_document(&gone, config.collection("session").unwrap()).unwrap();
+    let entry = writ::protocol::Names::new(&config.namespace).cache(
+        k.partition("session", config.partitions),
+        "session",
+        &k.canonical(),
+    );
+    let mut r = env.redis().await;
+    let (v0, doc0): (String, Vec<u8>) = redis::cmd("HMGET")
+        .arg(&entry)
+        .arg("v")
+        .arg("doc")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    s.delete(&gone).await.unwrap();
+    daemon.stop().await;
+    // Redis lost the delete's cache update: the entry is back at the put.
+    let _: () = redis::cmd("HSET")
+        .arg(&entry)
+        .arg("v")
+        .arg(&v0)
+        .arg("doc")
+        .arg(doc0)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let read = || async {
+        let w = Writ::connect(config.clone()).await.unwrap();
+        w.collection("session").unwrap().read(&gone).await.unwrap()
+    };
+    assert_eq!(read().await, Some(doc! {"i": 1}), "the lost cache update");
+    let sum = json(&writ_cli(
+        &path,
+        &["rebuild-cache", "--since", &since.to_string()],
+    ));
+    assert_eq!(
+        (&sum["read"], &sum["stored"]),
+        (&1.into(), &1.into()),
+        "the tombstone alone is in the window: {sum}"
+    );
+    assert_eq!(read().await, None, "the deleted key after the rebuild");
+}
+
 /// Switching back to writ after the official adapter wrote MongoDB: its
 /// writes change documents without moving writ's version, so the cache
 /// holds the old value at the same version until `rebuild-cache` replaces it.

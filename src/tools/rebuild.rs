@@ -9,7 +9,7 @@ use futures::TryStreamExt;
 use mongodb::bson::{doc, DateTime, Document};
 
 use super::Tools;
-use crate::apply::{doc_version, is_tombstone, key_fields, DOC_UPDATED};
+use crate::apply::{doc_version, is_tombstone, key_fields, DOC_UPDATED, DOC_WRIT};
 use crate::config::CollectionConfig;
 use crate::error::{Error, Result};
 use crate::protocol::Key;
@@ -34,8 +34,9 @@ pub struct RebuildSummary {
 
 impl Tools {
     /// Rebuilds the cache of one collection, or of all. With `since` (unix
-    /// ms), only the documents whose `updatedDate` is that time or later, in
-    /// the collections with `timestamps`; the others are read whole.
+    /// ms), only the documents whose `updatedDate` or `_writ.at` (writ's
+    /// time of its last write, tombstones included) is that time or later,
+    /// in the collections with `timestamps`; the others are read whole.
     pub async fn rebuild_cache(
         &self,
         collection: Option<&str>,
@@ -51,8 +52,12 @@ impl Tools {
             .collect();
         for coll in colls {
             let filter = match since {
+                // `_writ.at` too: a hard delete's tombstone has no
+                // `updatedDate`, and a deleted key left in the cache would
+                // read as present.
                 Some(ms) if coll.timestamps => {
-                    doc! {DOC_UPDATED: {"$gte": DateTime::from_millis(ms as i64)}}
+                    let t = DateTime::from_millis(ms as i64);
+                    doc! {"$or": [{DOC_UPDATED: {"$gte": t}}, {format!("{DOC_WRIT}.at"): {"$gte": t}}]}
                 }
                 Some(_) => {
                     sum.whole.push(coll.name.clone());
