@@ -145,3 +145,64 @@ async fn retention_trims_while_redis_is_full() {
     );
     daemon.stop().await;
 }
+
+/// A partition that retention trimmed empty (idle for longer than
+/// `retention_max_age_secs`) held nothing at or after a `from` later than its
+/// last entry: a replay from there reports it whole. From that last entry
+/// on, it was trimmed, and says so. Before, any empty stream that had held
+/// entries was reported trimmed, and `writ replay` exited 2 ("writes removed
+/// from there were not replayed") after every short outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_trimmed_empty_is_trimmed_only_up_to_its_last_entry() {
+    let env = TestEnv::start("replay_idle");
+    let config = env.config();
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let key = doc! {"symbol": "IDLE", "strategyName": "replay", "exchangeName": "x"};
+    let last = s.submit(&key, &doc! {"i": 1}).await.unwrap().version();
+    let p = writ::protocol::Key::from_document(&key, config.collection("signal").unwrap())
+        .unwrap()
+        .partition("signal", config.partitions);
+    let mut r = env.redis().await;
+    let _: i64 = redis::cmd("XTRIM")
+        .arg(Names::new(&config.namespace).stream(p))
+        .arg("MAXLEN")
+        .arg(0)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let tools = writ::tools::Tools::connect(config.clone()).await.unwrap();
+    let after = Version {
+        ms: last.ms + 1,
+        seq: 0,
+    };
+    let sum = tools.replay(after, None, None).await.unwrap();
+    assert!(sum.trimmed.is_empty(), "from after the last entry: {sum:?}");
+    let sum = tools.replay(last, None, None).await.unwrap();
+    assert_eq!(sum.trimmed, vec![p], "from the last entry: {sum:?}");
+}
+
+/// A replay that was told to stop (SIGINT, SIGTERM or SIGHUP cancel
+/// `Tools::abort`) stops between pages, also over entries of other
+/// collections, which apply nothing. Before, it noticed a stop only inside
+/// an apply, so `replay --collection <rare>` over a long stream ran to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_told_to_stop_stops_between_pages() {
+    let env = TestEnv::start("replay_stop");
+    let config = env.config();
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    for i in 0..20i64 {
+        let key = doc! {"symbol": format!("S{i}"), "strategyName": "replay", "exchangeName": "x"};
+        s.submit(&key, &doc! {"i": i}).await.unwrap();
+    }
+    let tools = writ::tools::Tools::connect(config.clone()).await.unwrap();
+    tools.abort.cancel();
+    let stopped = tools
+        .replay(Version { ms: 0, seq: 0 }, None, Some("measure"))
+        .await;
+    assert!(
+        matches!(stopped, Err(writ::Error::Shutdown)),
+        "a stopped replay: {stopped:?}"
+    );
+}

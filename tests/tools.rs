@@ -1309,3 +1309,75 @@ async fn dlq_retry_keeps_a_stale_fields_layout_letter() {
     assert_eq!(docs[0].get_i32("b").unwrap(), 2, "{docs:?}");
     assert!(!docs[0].contains_key("a"), "{docs:?}");
 }
+
+/// `writ dlq drop --all` stops at a signal (it catches SIGINT, SIGTERM and
+/// SIGHUP to stop cleanly): the letters it has not dropped yet stay, and it
+/// exits 1. Here Redis is frozen (SIGSTOP) while the drop is under way, so
+/// the SIGINT lands mid-drop whatever the machine's speed. Before, the drop
+/// loop never looked at the stop: Ctrl-C was swallowed and every letter
+/// dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_drop_all_stops_at_a_signal() {
+    const LETTERS: usize = 20_000;
+    let env = TestEnv::start("dlq_drop_signal");
+    let redis = support::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let o = Overrides {
+        redis_url: Some(redis.url()),
+        ..Default::default()
+    };
+    let path = env.config_file_with(dir.path(), &o);
+    let config = env.config_with(&o);
+    let dlq = writ::protocol::Names::new(&config.namespace).dead_letters();
+    let mut r = redis.connect().await;
+    for _ in 0..LETTERS / 1000 {
+        let mut pipe = redis::pipe();
+        for _ in 0..1000 {
+            pipe.cmd("XADD")
+                .arg(&dlq)
+                .arg("*")
+                .arg("dlq.reason")
+                .arg("payload")
+                .ignore();
+        }
+        let _: () = pipe.query_async(&mut r).await.unwrap();
+    }
+    let len = |mut r: redis::aio::MultiplexedConnection, dlq: String| async move {
+        redis::cmd("XLEN")
+            .arg(dlq)
+            .query_async::<usize>(&mut r)
+            .await
+            .unwrap()
+    };
+    let mut drop_all = std::process::Command::new(support::proc::writ_bin())
+        .arg("--config")
+        .arg(&path)
+        .args(["dlq", "drop", "--all"])
+        .env_remove("WRIT_REDIS_URL")
+        .env_remove("WRIT_MONGODB_URI")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(30), "the drop under way", || {
+        let (r, dlq) = (r.clone(), dlq.clone());
+        async move { (len(r, dlq).await < LETTERS).then_some(()) }
+    })
+    .await;
+    support::pause::pause(redis.pid());
+    support::pause::signal(drop_all.id(), libc::SIGINT);
+    support::pause::resume(redis.pid());
+    let out = tokio::task::spawn_blocking(move || drop_all.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let left = len(r.clone(), dlq.clone()).await;
+    assert!(
+        left > 0,
+        "every letter dropped after the signal: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("stopped by a signal"), "{said}");
+}

@@ -126,6 +126,10 @@ async fn dlq_retry(tools: &writ::tools::Tools, one: Option<String>) -> anyhow::R
         }
         seen += letters.len();
         for l in &letters {
+            if tools.abort.is_cancelled() {
+                eprintln!("writ: stopped by a signal; the letters not retried yet stay");
+                return Ok(ExitCode::FAILURE);
+            }
             match tools.dlq_retry(l).await? {
                 Ok(outcome) => println!(
                     "{}: {} (removed from the dead-letter stream)",
@@ -168,6 +172,10 @@ async fn dlq_drop(tools: &writ::tools::Tools, one: Option<String>) -> anyhow::Re
                     break;
                 }
                 for l in &page {
+                    if tools.abort.is_cancelled() {
+                        eprintln!("writ: stopped by a signal after dropping {n} dead letters; the others stay");
+                        return Ok(ExitCode::FAILURE);
+                    }
                     n += usize::from(tools.dlq_drop(&l.id).await?);
                 }
             }

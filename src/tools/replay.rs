@@ -68,6 +68,12 @@ impl Tools {
             // Pages of about 4 MiB: entries may be up to 16 MiB each.
             let mut page = PageSize::new(PAGE_BYTES, 1, MAX_PAGE);
             loop {
+                // A stop (SIGINT, SIGTERM, SIGHUP) ends the replay here too,
+                // not only inside an apply: pages of entries of other
+                // collections apply nothing.
+                if self.abort.is_cancelled() {
+                    return Err(crate::Error::Shutdown);
+                }
                 let mut conn = self.conn.clone();
                 let v: Value = cmd::xrange(&stream, &start, &to, Some(page.next()))
                     .query_async(&mut conn)
@@ -149,11 +155,13 @@ impl Tools {
         let version = |v: Option<&Value>| v.and_then(text).and_then(|s| s.parse::<Version>().ok());
         // Trimming (retention's XTRIM MINID) removes the oldest entries and
         // leaves no id behind, but counts: entries-added > length. Then
-        // anything before the first entry still there may have been removed.
+        // anything before the first entry still there may have been removed;
+        // in a stream trimmed empty (an idle partition), anything up to its
+        // last id.
         let trimmed = number("entries-added") > number("length")
             && match get("first-entry") {
                 Some(Value::Array(e)) => version(e.first()).is_none_or(|first| from < first),
-                _ => true,
+                _ => version(get("last-generated-id")).is_none_or(|last| from <= last),
             };
         // XDEL leaves its newest removed id.
         let deleted = version(get("max-deleted-entry-id"))
