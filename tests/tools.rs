@@ -1349,7 +1349,7 @@ async fn dlq_drop_all_stops_at_a_signal() {
             .await
             .unwrap()
     };
-    let mut drop_all = std::process::Command::new(support::proc::writ_bin())
+    let drop_all = std::process::Command::new(support::proc::writ_bin())
         .arg("--config")
         .arg(&path)
         .args(["dlq", "drop", "--all"])
