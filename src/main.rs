@@ -186,14 +186,19 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
 async fn status(config: Config, json: bool) -> anyhow::Result<ExitCode> {
     let mut conn = writ::redis_conn::connect(&config, std::time::Duration::ZERO).await?;
     let names = writ::protocol::Names::new(&config.namespace);
-    match writ::partition_count::recorded(&mut conn, &names).await? {
-        Some(n) if n != config.partitions => eprintln!(
-            "note: this namespace records redis.partitions = {n}; this config says {}, so the table below shows {} partitions (daemons and clients with it are refused)",
-            config.partitions, config.partitions
-        ),
-        _ => {}
+    // The streams are the recorded count's: a table of the config's count
+    // would leave partitions out (or show ones nothing writes), and pass the
+    // go/no-go check without looking at them.
+    let recorded = writ::partition_count::recorded(&mut conn, &names).await?;
+    let mismatch = recorded.filter(|n| *n != config.partitions);
+    if let Some(n) = mismatch {
+        eprintln!(
+            "writ: this namespace records redis.partitions = {n}, and this config says {} (daemons and clients with it are refused); the table below shows the recorded {n} partitions. Fix the config, or change the count with `writ partitions --set` (docs/operations.md)",
+            config.partitions
+        );
     }
-    let s = writ::status::status(&mut conn, &config.namespace, config.partitions).await?;
+    let count = recorded.unwrap_or(config.partitions);
+    let s = writ::status::status(&mut conn, &config.namespace, count).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {
@@ -214,7 +219,7 @@ async fn status(config: Config, json: bool) -> anyhow::Result<ExitCode> {
             names.dead_letters()
         );
     }
-    if !s.left_out.is_empty() || s.dead_letters_unreadable {
+    if !s.left_out.is_empty() || s.dead_letters_unreadable || mismatch.is_some() {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
@@ -324,8 +329,10 @@ async fn replay(
 }
 
 /// `writ replay`'s exit code when it ran to the end of its range but did not
-/// apply all of it (part trimmed, or entries rejected); 1 is an error.
-const REPLAY_INCOMPLETE: u8 = 2;
+/// apply all of it (part trimmed, or entries rejected); 1 is an error, and 2
+/// a usage or config error (clap's, and `Config::load`'s), which must not
+/// read as "replayed, but not all of it".
+const REPLAY_INCOMPLETE: u8 = 3;
 
 /// `writ rebuild-cache [--collection C] [--since S]`.
 async fn rebuild_cache(

@@ -976,3 +976,39 @@ async fn a_letter_parked_before_a_count_change_can_be_retried_after() {
     assert_eq!(docs.len(), 1, "{docs:?}");
     assert_eq!(docs[0].get_str("k").unwrap(), k);
 }
+
+/// `writ status` with a config whose partition count is not the recorded
+/// one shows the recorded count's partitions (where the streams are) and
+/// exits 1, saying both counts. Before, it showed the config's count, left
+/// the others out, and exited 0, so the "0 unapplied everywhere" check
+/// passed over a backlog in a partition it did not look at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_with_another_count_shows_the_recorded_partitions_and_fails() {
+    let env = TestEnv::start("count_status");
+    let eight = with_partitions(&env, 8);
+    let writ = Writ::connect(eight.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let high = (0..)
+        .map(|i| format!("H{i}"))
+        .find(|k| partition_of(&eight, k) >= 4)
+        .unwrap();
+    s.submit(&key(&high), &doc! {"i": 1}).await.unwrap();
+    let (_dir, four) = config_file(&env, 4);
+    let out = support::proc::writ_cli(&four, &["status", "--json"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("records redis.partitions = 8") && said.contains("this config says 4"),
+        "{said}"
+    );
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let parts = st["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 8, "{st}");
+    let unapplied: u64 = parts.iter().map(|p| p["unapplied"].as_u64().unwrap()).sum();
+    assert_eq!(
+        unapplied,
+        1,
+        "the write in partition {}: {st}",
+        partition_of(&eight, &high)
+    );
+}

@@ -701,8 +701,8 @@ async fn retention_trims_only_committed_entries() {
     let out = writ_cli(&path, &["replay", "--from", "0-0"]);
     assert_eq!(
         out.status.code(),
-        Some(2),
-        "a replay missing part of its range exits 2: {}",
+        Some(3),
+        "a replay missing part of its range exits 3 (2 is a usage or config error): {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let sum: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the summary");
@@ -1139,7 +1139,7 @@ async fn replay_and_dlq_all_read_large_entries_a_few_at_a_time() {
     let out = writ_cli(&path, &["replay", "--from", "0-0"]);
     assert_eq!(
         out.status.code(),
-        Some(2),
+        Some(3),
         "12 rejected: {}",
         String::from_utf8_lossy(&out.stderr)
     );
