@@ -284,13 +284,13 @@ async fn replay(
     collection: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let now = writ::protocol::wall_clock_ms();
-    let parse = |s: &str| {
-        writ::tools::parse_point(s, now).with_context(|| {
-            format!("{s:?} is not a stream id, unix ms, a UTC time like 2026-11-23T01:30:00Z, or a duration like 15m")
+    let parse = |s: &str, point: fn(&str, u64) -> Option<writ::protocol::Version>| {
+        point(s, now).with_context(|| {
+            format!("{s:?} is not a stream id (ms-seq), unix ms, a UTC time like 2026-11-23T01:30:00Z, or a duration like 15m")
         })
     };
-    let from = parse(from)?;
-    let to = to.map(parse).transpose()?;
+    let from = parse(from, writ::tools::parse_point)?;
+    let to = to.map(|s| parse(s, writ::tools::parse_end)).transpose()?;
     if let Some(to) = to.filter(|to| *to < from) {
         anyhow::bail!(
             "--to ({to}) is before --from ({from}): the range is empty; durations count back from now, so --from 2h --to 1m is the last two hours"

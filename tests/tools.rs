@@ -864,8 +864,19 @@ async fn cli_edges_empty_dlq_retry_and_a_closed_pipe() {
             "\"notanid\" is not a dead-letter id",
         ),
         (&["dlq", "drop", "zzz"], "\"zzz\" is not a dead-letter id"),
+        // A bare ms: every letter of that millisecond to `show`, only
+        // `ms-0` to `drop`.
+        (
+            &["dlq", "drop", "1796559839946"],
+            "\"1796559839946\" is not a dead-letter id",
+        ),
         (&["dlq", "retry", "1-1", "--all"], "not both"),
         (&["replay", "--from", "1m", "--to", "2h"], "--to"),
+        (
+            &["replay", "--from", "999999999999999d"],
+            "is not a stream id",
+        ),
+        (&["replay", "--from", "2026-11"], "is not a stream id"),
     ] {
         let out = writ_cli(&path, args);
         let err = String::from_utf8_lossy(&out.stderr);

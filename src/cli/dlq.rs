@@ -74,9 +74,11 @@ pub async fn dlq(config: Config, action: DlqAction) -> anyhow::Result<ExitCode> 
 /// the write's own (the `entry=` of the daemon's log line).
 const NOT_THERE: &str = "`writ dlq list` shows the dead letters, each with its write's id in the source id column (the `entry=` of the daemon's log; the letter's own id is its `dead_letter=`)";
 
-/// A dead-letter id as given, checked to be a stream id before Redis sees it.
+/// A dead-letter id as given, checked to be a whole stream id (`ms-seq`)
+/// before Redis sees it: a bare `ms` means every letter of that millisecond
+/// to `XRANGE` (`show`, `retry`) but only `ms-0` to `XDEL` (`drop`).
 fn letter_id(id: String) -> anyhow::Result<String> {
-    if id.parse::<writ::protocol::Version>().is_err() {
+    if !id.contains('-') || id.parse::<writ::protocol::Version>().is_err() {
         anyhow::bail!(
             "{id:?} is not a dead-letter id: ids look like 1796559839946-0 (`writ dlq list` shows them)"
         );

@@ -145,46 +145,88 @@ impl Tools {
     }
 }
 
-/// Parses `--from/--to`: a stream id (`ms-seq`), unix milliseconds, a UTC
-/// time (`2026-11-23T01:30:00Z`), or a duration ago (`90s`, `15m`, `2h`, `1d`).
+/// Parses `--from` (and `--since`): a stream id (`ms-seq`), unix
+/// milliseconds, a UTC time (`2026-11-23T01:30:00Z`), or a duration ago
+/// (`90s`, `15m`, `2h`, `1d`). A point that names no sequence starts at
+/// `ms-0`.
 pub fn parse_point(s: &str, now_ms: u64) -> Option<Version> {
-    if let Some(ms) = parse_utc(s) {
-        return Some(Version { ms, seq: 0 });
-    }
-    if let Ok(v) = s.parse::<Version>() {
-        if s.contains('-') || s.len() >= 12 {
-            return Some(v);
-        }
-    }
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
-    let n: u64 = num.parse().ok()?;
-    let ms = match unit {
-        "ms" => n,
-        "s" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        "d" => n * 86_400_000,
-        _ => return None,
-    };
+    let (ms, seq) = parse_parts(s, now_ms)?;
     Some(Version {
-        ms: now_ms.saturating_sub(ms),
-        seq: 0,
+        ms,
+        seq: seq.unwrap_or(0),
     })
 }
 
-/// `YYYY-MM-DDTHH:MM:SS[.fff]Z` to unix milliseconds.
+/// Parses `--to`, which is inclusive: as [`parse_point`], but a point that
+/// names no sequence takes its whole millisecond (`ms-<max>`), as Redis
+/// reads an incomplete end id.
+pub fn parse_end(s: &str, now_ms: u64) -> Option<Version> {
+    let (ms, seq) = parse_parts(s, now_ms)?;
+    Some(Version {
+        ms,
+        seq: seq.unwrap_or(u64::MAX),
+    })
+}
+
+/// A point's milliseconds, and its sequence if it names one.
+fn parse_parts(s: &str, now_ms: u64) -> Option<(u64, Option<u64>)> {
+    if let Some(ms) = parse_utc(s) {
+        return Some((ms, None));
+    }
+    if let Some((ms, seq)) = s.split_once('-') {
+        // `2026-11` is the start of a date, not the stream id 2026-11 (two
+        // seconds after 1970), which would replay everything retained.
+        let datelike = ms.len() == 4 && seq.len() <= 2;
+        let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        if datelike || !digits(ms) || !digits(seq) {
+            return None;
+        }
+        return Some((ms.parse().ok()?, Some(seq.parse().ok()?)));
+    }
+    if s.len() >= 12 && s.bytes().all(|b| b.is_ascii_digit()) {
+        return Some((s.parse().ok()?, None));
+    }
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
+    let n: u64 = num.parse().ok()?;
+    let scale = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    Some((now_ms.saturating_sub(n.checked_mul(scale)?), None))
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fff]Z` to unix milliseconds; `None` for anything
+/// else, a day the month does not have included.
 fn parse_utc(s: &str) -> Option<u64> {
     let s = s.strip_suffix('Z')?;
     let (date, time) = s.split_once('T')?;
-    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let number = |t: &str| -> Option<i64> {
+        (!t.is_empty() && t.len() <= 4 && t.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| t.parse().ok())?
+    };
+    let mut d = date.splitn(3, '-').map(number);
     let (y, m, day) = (d.next()??, d.next()??, d.next()??);
     let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let mut t = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let mut t = hms.splitn(3, ':').map(number);
     let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let month_days = match m {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    if !(1..=12).contains(&m) || !(1..=month_days).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
         return None;
     }
-    let millis: i64 = format!("{frac:0<3}")[..3].parse().ok()?;
+    if frac.is_empty() || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let millis: i64 = format!("{:0<3}", &frac[..frac.len().min(3)]).parse().ok()?;
     // Days from the civil date (proleptic Gregorian), after H. Hinnant.
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
@@ -233,6 +275,47 @@ mod tests {
                 ms: 1_700_000_000_500,
                 seq: 0
             })
+        );
+        assert_eq!(parse_point("0-0", 0), Some(Version { ms: 0, seq: 0 }));
+    }
+
+    /// Input that used to panic, or to mean something else than it says.
+    #[test]
+    fn odd_points_are_refused() {
+        for odd in [
+            "999999999999999d",        // overflowed the multiplication (a panic)
+            "2026-11-23T01:30:00.é5Z", // a non-ASCII fraction (a panic)
+            "2026-11",                 // a date's start, not the stream id 2026-11
+            "2026-02-31T00:00:00Z",    // no such day (was 3 March)
+            "2025-02-29T00:00:00Z",
+            "1700000000000-",
+            "-5",
+            "+1700000000000",
+        ] {
+            assert_eq!(parse_point(odd, 1_000_000), None, "{odd}");
+        }
+        assert!(parse_point("2024-02-29T00:00:00Z", 0).is_some());
+    }
+
+    /// `--to` takes its whole millisecond unless it names a sequence.
+    #[test]
+    fn an_end_is_inclusive() {
+        let ms = 1_700_000_000_000;
+        assert_eq!(
+            parse_end("1700000000000", 0),
+            Some(Version { ms, seq: u64::MAX })
+        );
+        assert_eq!(
+            parse_end("1700000000000-3", 0),
+            Some(Version { ms, seq: 3 })
+        );
+        assert_eq!(
+            parse_end("2023-11-14T22:13:20Z", 0),
+            Some(Version { ms, seq: u64::MAX })
+        );
+        assert_eq!(
+            parse_end("1m", ms + 60_000),
+            Some(Version { ms, seq: u64::MAX })
         );
     }
 }
