@@ -181,7 +181,10 @@ for (const mode of ["submit", "ack"] as const) {
       assert.ok(doc && "payload" in doc && doc.payload === null, "MongoDB holds payload: null");
     }));
 
-    test("an undefined value is stored as null, as the official adapter stores it", g(async () => {
+    // The official package's mongoose drops `undefined` from its `$set` and
+    // keeps the old payload; this package clears (README, "Where the
+    // documents differ"). backtest-kit itself clears with null.
+    test("an undefined value is stored as null: it reads as cleared", g(async () => {
       const w = processWith(mode);
       const ctx = [`${m}-UNDEF`, "strat", "binance"];
       await w.kit.call("Partial", ctx, "writePartialData", { a: 1 }, "sig", WHEN);
