@@ -312,16 +312,19 @@ impl Error {
     }
 
     /// Whether writ holds the write this error is about; `None` when the
-    /// error is not about a write (a read, a list, `sync`, the daemon's
-    /// own errors). Decided where the error is made, so every write-side
-    /// error says it:
+    /// error is not about a write (a read's, a list's or `sync`'s Redis,
+    /// MongoDB or timeout errors; a read refused for its key or for another
+    /// partition count says `No`: nothing was sent). Decided where the error
+    /// is made, so every write-side error says it, but [`Error::Shutdown`]
+    /// (a ticket whose handle's runtime shut down under it):
     /// - `No`: [`Error::Rejected`], [`Error::KeyTooLarge`],
     ///   [`Error::Encode`] and [`Error::Config`] (refused before anything
     ///   was sent), [`Error::Backpressure`], [`Error::RedisFull`],
     ///   [`Error::AdmissionRefused`], [`Error::NotSent`], and
     ///   [`Error::Lost`] (Redis lost it before it was applied);
     /// - `Yes`: [`Error::DeadLettered`], and the [`Error::Timeout`] of a
-    ///   ticket's wait for its ack;
+    ///   ticket's wait for its ack while its entry is in the stream (gone,
+    ///   or not readable: `Unknown`);
     /// - `Unknown`: [`Error::AdmissionUnknown`], [`Error::NotReplicated`]
     ///   and [`Error::ConfirmFailed`] (on the master, maybe not on enough
     ///   replicas to survive a failover).
@@ -501,9 +504,9 @@ pub(crate) fn mongo_code(e: &mongodb::error::Error) -> Option<i32> {
 mod tests {
     use super::*;
 
-    /// Every write-side error says whether writ holds the write; errors of
-    /// reads and of the daemon say nothing; a timeout says what it waited
-    /// for, and only a write's wait says the write stays queued.
+    /// Each write-side error says whether writ holds the write; a Redis
+    /// error or a shutdown says nothing; a timeout says what it waited for,
+    /// and only a write's wait says the write stays queued.
     #[test]
     fn write_errors_say_whether_the_write_is_held() {
         let io = || redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));

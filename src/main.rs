@@ -80,7 +80,7 @@ enum Command {
         /// Only this collection.
         #[arg(long)]
         collection: Option<String>,
-        /// Only documents updated at or after this time (their `updatedDate`: collections with timestamps; the others are read whole): unix ms, a UTC time (2026-11-23T01:30:00Z), or a duration ago (90s, 15m, 2h, 1d).
+        /// Only documents updated at or after this time (their `updatedDate`, or `_writ.at` for writ's own writes and deletes: collections with timestamps; the others are read whole): unix ms, a UTC time (2026-11-23T01:30:00Z), or a duration ago (90s, 15m, 2h, 1d).
         #[arg(long)]
         since: Option<String>,
     },
@@ -198,6 +198,12 @@ async fn status(config: Config, json: bool) -> anyhow::Result<ExitCode> {
         );
     }
     let count = recorded.unwrap_or(config.partitions);
+    if count > writ::config::MAX_PARTITIONS {
+        anyhow::bail!(
+            "this namespace records redis.partitions = {count}, more than writ allows ({}): the record was written by hand or by something else; fix partition 0's meta hash (docs/operations.md)",
+            writ::config::MAX_PARTITIONS
+        );
+    }
     let s = writ::status::status(&mut conn, &config.namespace, count).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);

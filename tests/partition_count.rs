@@ -1011,4 +1011,19 @@ async fn status_with_another_count_shows_the_recorded_partitions_and_fails() {
         "the write in partition {}: {st}",
         partition_of(&eight, &high)
     );
+    // A count written by hand beyond what writ allows is refused, not walked.
+    let mut conn = writ::redis_conn::connect(&eight, Duration::ZERO)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(writ::protocol::Names::new(&eight.namespace).meta(0))
+        .arg(writ::partition_count::FIELD)
+        .arg(u32::MAX)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let out = support::proc::writ_cli(&four, &["status"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("more than writ allows (4096)"), "{said}");
 }

@@ -337,11 +337,6 @@ impl Batcher {
         // error) is taken as final, though it too could follow a lost reply
         // redis-rs sent again, which this cannot see.
         let cluster = self.conn.is_cluster();
-        let maybe_ran = |e: &redis::RedisError| {
-            reply_lost(e)
-                || (cluster
-                    && (e.is_io_error() || e.kind() == redis::ErrorKind::ClusterConnectionNotFound))
-        };
         loop {
             let mut conn = self.conn.clone();
             let reply: redis::RedisResult<(u64, Value)> = if self.settings.confirm {
@@ -365,7 +360,7 @@ impl Batcher {
                 // it is answered from the admission record if it ran, and
                 // runs now if it did not. So the caller learns which.
                 Err(e)
-                    if maybe_ran(&e)
+                    if maybe_ran(&e, cluster)
                         && lost < LOST_REPLY_SENDS
                         && tokio::time::Instant::now() + REDIRECT_DELAY < deadline =>
                 {
@@ -374,28 +369,43 @@ impl Batcher {
                     tokio::time::sleep(REDIRECT_DELAY).await;
                 }
                 Err(e) => {
-                    let refused = match partitions_refused(&e) {
-                        Some(recorded) => Refused::Partitions {
-                            recorded,
-                            configured: self.targets.len() as u32,
-                        },
-                        // Redis cannot be reached (a refused connection,
-                        // or replies lost LOST_REPLY_SENDS times: an
-                        // outage, not a blip; fail now rather than at
-                        // write_timeout), or the time is up; a call an
-                        // earlier send may have run stays unknown. On a
-                        // cluster, so does one still redirected at the
-                        // deadline (redis-rs may have sent it before).
-                        None if lost > 0 || maybe_ran(&e) || (cluster && not_run(&e)) => {
-                            Refused::Unknown(e)
-                        }
-                        None => Refused::Failed(e),
-                    };
+                    let refused = refusal(e, lost > 0, cluster, self.targets.len() as u32);
                     return vec![Err(refused); batch.len()];
                 }
             }
         }
     }
+}
+
+/// What a call that failed for good with `e` tells its writes. `resent`:
+/// an earlier send of it lost its reply; `cluster`: redis-rs may have sent
+/// it again on its own; `configured`: this handle's partition count.
+fn refusal(e: redis::RedisError, resent: bool, cluster: bool, configured: u32) -> Refused {
+    match partitions_refused(&e) {
+        Some(recorded) => Refused::Partitions {
+            recorded,
+            configured,
+        },
+        // The record says this call number is not after the last that ran:
+        // it ran before (its reply lost, then overwritten), or a later call
+        // overtook it.
+        None if crate::redis_conn::has_code(&e, "DUPLICATE") => Refused::Unknown(e),
+        // Redis cannot be reached (a refused connection, or replies lost
+        // LOST_REPLY_SENDS times: an outage, not a blip; fail now rather
+        // than at write_timeout), or the time is up; a call an earlier send
+        // may have run stays unknown. On a cluster, so does one still
+        // redirected at the deadline (redis-rs may have sent it before).
+        None if resent || maybe_ran(&e, cluster) || (cluster && not_run(&e)) => Refused::Unknown(e),
+        None => Refused::Failed(e),
+    }
+}
+
+/// Whether a call that failed with `e` may have run: its reply lost, or on
+/// a cluster any failure to reach a node (redis-rs sends a command again on
+/// its own and returns only its last error).
+fn maybe_ran(e: &redis::RedisError, cluster: bool) -> bool {
+    reply_lost(e)
+        || (cluster && (e.is_io_error() || e.kind() == redis::ErrorKind::ClusterConnectionNotFound))
 }
 
 /// Whether a call that failed with `e` may have run with its reply lost.
@@ -461,6 +471,33 @@ mod tests {
         let one = results(1, 0, Value::Array(vec![Value::BulkString(b"5-0".to_vec())]));
         assert!(matches!(&one[0], Ok((id, 0)) if id == "5-0"));
         assert!(results(2, 0, Value::Int(3)).iter().all(|r| r.is_err()));
+    }
+
+    /// A `DUPLICATE` refusal (the call number is not after the last that
+    /// ran: it ran before, or a later call overtook it) leaves the writes
+    /// unknown, as Node says; a refusal of a call that never ran (`NOPERM`)
+    /// is final, and `PARTITIONS` names the recorded count.
+    #[test]
+    fn a_duplicate_call_is_unknown_and_a_refusal_is_final() {
+        let reply = |line: &str| {
+            let v = redis::parse_redis_value(format!("-{line}\r\n").as_bytes()).unwrap();
+            v.extract_error().unwrap_err()
+        };
+        let dup = reply("DUPLICATE admission call 3 is not after the last call that ran (4)");
+        let e = refusal(dup, false, false, 8).into_error(0, 100);
+        assert_eq!(e.accepted(), Some(crate::error::Accepted::Unknown), "{e}");
+        let noperm = reply("NOPERM this user has no permissions to access the stream");
+        let e = refusal(noperm, false, false, 8).into_error(0, 100);
+        assert!(matches!(e, Error::AdmissionRefused { .. }), "{e:?}");
+        assert_eq!(e.accepted(), Some(crate::error::Accepted::No));
+        let moved = reply("PARTITIONS 4 recorded");
+        assert!(matches!(
+            refusal(moved, false, false, 8),
+            Refused::Partitions {
+                recorded: 4,
+                configured: 8
+            }
+        ));
     }
 
     /// A runtime that shut down under the admission task: the writes it had

@@ -205,8 +205,10 @@ impl Collection {
     /// dropping the future (a `timeout` around it, say) does not take it
     /// back, and it may still be appended. A call whose reply is lost (a
     /// dropped connection) is sent again under its number (for about 2 s),
-    /// and answered from the admission record if it ran; only
-    /// [`Error::AdmissionUnknown`] leaves it unknown. Retry that
+    /// and answered from the admission record if it ran. Errors that leave
+    /// it unknown say so ([`Error::accepted`] is `Unknown`:
+    /// [`Error::AdmissionUnknown`], and with replicas to confirm,
+    /// [`Error::NotReplicated`] and [`Error::ConfirmFailed`]). Retry those
     /// only when a lost write matters more than a duplicate (docs/protocol.md
     /// §5a).
     pub async fn submit(&self, key: &Document, doc: &Document) -> Result<Ticket> {

@@ -46,7 +46,7 @@ const LOOK_AT_MOST: usize = 256;
 
 /// Whether the daemon is done with a write whose ack is overdue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Done {
+pub(super) enum Done {
     /// Done: readable at its version or newer, unless it was dead-lettered.
     Yes,
     /// Not done: nor with any later entry of the partition.
@@ -262,14 +262,15 @@ impl Inner {
     /// Whether the daemon is done with entry `id` of partition `p`, this
     /// handle's write `request`. It does every step of a write before its
     /// `XACK`, so it is done with an entry that the stream still holds, that
-    /// the group delivered, and that no entry up to it is pending. An entry
+    /// the group delivered, and that is not pending (other entries pending
+    /// before it, a poison write retrying say, do not hold it up). An entry
     /// of this handle's that the stream does not hold was added all the same
     /// (its admission returned its id): it is [`Done::Gone`], whatever the
     /// group says, unless the group still holds it pending (a daemon read it
     /// before it went and may be applying it now: [`Done::NotYet`]). An entry
     /// at its id that another write added (a promoted replica whose clock is
     /// behind may give out a lost entry's id again) is not its entry.
-    async fn done_with(&self, p: u32, id: Version, request: &str) -> Result<Done> {
+    pub(super) async fn done_with(&self, p: u32, id: Version, request: &str) -> Result<Done> {
         let stream = self.names.stream(p);
         let group = self.names.group();
         let mut conn = self.conn.clone();
@@ -280,20 +281,20 @@ impl Inner {
                 && value(e, entry_field::CLIENT) == Some(self.client_id.as_bytes())
                 && value(e, entry_field::REQUEST) == Some(request.as_bytes())
         });
+        let pending = match cmd::pending_at(&stream, &group, id)
+            .query_async::<Value>(&mut conn)
+            .await
+        {
+            Ok(Value::Array(a)) => !a.is_empty(),
+            Ok(_) => false,
+            // No group (or no stream): nothing holds it.
+            Err(e) if crate::redis_conn::has_code(&e, "NOGROUP") => false,
+            Err(e) => return Err(e.into()),
+        };
         if !own {
-            let pending = match cmd::pending_at(&stream, &group, id)
-                .query_async::<Value>(&mut conn)
-                .await
-            {
-                Ok(Value::Array(a)) => !a.is_empty(),
-                Ok(_) => false,
-                // No group (or no stream): nothing holds it.
-                Err(e) if crate::redis_conn::has_code(&e, "NOGROUP") => false,
-                Err(e) => return Err(e.into()),
-            };
             return Ok(if pending { Done::NotYet } else { Done::Gone });
         }
-        if super::sync::applied_through(&mut conn, &stream, &group, id).await? {
+        if !pending && super::sync::delivered_through(&mut conn, &stream, &group, id).await? {
             Ok(Done::Yes)
         } else {
             Ok(Done::NotYet)

@@ -57,6 +57,22 @@ pub(super) async fn applied_through(
     group: &str,
     target: Version,
 ) -> Result<bool> {
+    if !delivered_through(conn, stream, group, target).await? {
+        return Ok(false);
+    }
+    let pending: Value = cmd::pending_through(stream, group, target)
+        .query_async(conn)
+        .await?;
+    Ok(matches!(pending, Value::Array(ref a) if a.is_empty()))
+}
+
+/// Whether `group` has delivered `stream`'s entries up to `target`.
+pub(super) async fn delivered_through(
+    conn: &mut crate::redis_conn::Conn,
+    stream: &str,
+    group: &str,
+    target: Version,
+) -> Result<bool> {
     let groups: Value = cmd::groups(stream).query_async(conn).await?;
     let mut delivered = None;
     if let Value::Array(gs) = &groups {
@@ -75,11 +91,5 @@ pub(super) async fn applied_through(
             }
         }
     }
-    if delivered.is_none_or(|d| d < target) {
-        return Ok(false);
-    }
-    let pending: Value = cmd::pending_through(stream, group, target)
-        .query_async(conn)
-        .await?;
-    Ok(matches!(pending, Value::Array(ref a) if a.is_empty()))
+    Ok(delivered.is_some_and(|d| d >= target))
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::acks::AckResult;
+use super::overdue::Done;
 use super::pending::Pending;
 use super::Inner;
 use crate::error::{Accepted, Error, Result};
@@ -70,7 +71,9 @@ impl Ticket {
     /// the streams if the daemon is done with it (its ack was lost: a Redis
     /// failover, the ack stream trimmed), as a read of the key does
     /// (docs/protocol.md §5); otherwise [`Error::Timeout`]: the write stays
-    /// queued and may still commit.
+    /// queued and may still commit (`accepted` `Yes`), or, if its entry is
+    /// gone from the stream (a failover lost it, say) or the stream cannot
+    /// be read, `Unknown`: read the key once Redis answers, then decide.
     pub async fn wait(self) -> Result<Version> {
         let timeout = self.timeout;
         self.wait_for(timeout).await
@@ -93,10 +96,25 @@ impl Ticket {
                     None => Err(Error::Timeout {
                         after: timeout,
                         what: "the daemon's ack",
-                        accepted: Some(Accepted::Yes),
+                        accepted: Some(self.held().await),
                     }),
                 }
             }
+        }
+    }
+
+    /// Whether the stream still holds this unsettled write (or the group
+    /// holds it pending): `Yes`. Its entry gone (a failover lost it, or
+    /// retention trimmed it and MongoDB could not tell), or the stream not
+    /// readable: `Unknown`, for a read of the key to decide.
+    async fn held(&self) -> Accepted {
+        let o = &self.origin;
+        let look = o
+            .inner
+            .done_with(o.partition, self.version, &o.pending.request);
+        match tokio::time::timeout(o.inner.config.read_timeout, look).await {
+            Ok(Ok(Done::Yes | Done::NotYet)) => Accepted::Yes,
+            Ok(Ok(Done::Gone) | Err(_)) | Err(_) => Accepted::Unknown,
         }
     }
 

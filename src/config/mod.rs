@@ -26,6 +26,8 @@ pub use redact::redact_url;
 
 /// Environment variable naming the config file.
 pub const ENV_CONFIG: &str = "WRIT_CONFIG";
+/// The most partitions a namespace may have (`redis.partitions`).
+pub const MAX_PARTITIONS: u32 = 4096;
 /// Environment variable overriding `redis.url`.
 pub const ENV_REDIS_URL: &str = "WRIT_REDIS_URL";
 /// Environment variable overriding `mongodb.uri`.

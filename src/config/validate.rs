@@ -127,7 +127,12 @@ fn check_redis(redis: &RawRedis) -> Result<(Vec<String>, RedisTls)> {
             "use 1-64 characters of [A-Za-z0-9_.-]",
         ));
     }
-    within("redis.partitions", redis.partitions.into(), 1, 4096)?;
+    within(
+        "redis.partitions",
+        redis.partitions.into(),
+        1,
+        super::MAX_PARTITIONS.into(),
+    )?;
     let tls = redis_tls(
         &urls[0],
         redis.tls_ca_file.clone(),
