@@ -73,9 +73,9 @@ impl super::Inner {
                 .fill_failed
                 .swap(true, std::sync::atomic::Ordering::Relaxed)
         {
-            tracing::debug!(key = cache_key, error = %e, "cannot fill the cache after a read-through; answered from MongoDB");
+            tracing::debug!(key = cache_key, error = %e, "cannot fill the cache from MongoDB (a read-through answers from MongoDB; a write settled from MongoDB waits for a later look)");
         } else {
-            tracing::warn!(key = cache_key, error = %e, "cannot fill the cache after a read-through; answered from MongoDB (said once per handle: later misses also go to MongoDB until this is fixed)");
+            tracing::warn!(key = cache_key, error = %e, "cannot fill the cache from MongoDB: a read-through answers from MongoDB, and a write whose ack was lost and that MongoDB holds stays unsettled (its key's reads time out) until the cache can be filled (said once per handle; check the handle's Redis ACL for the cache keys, or Redis's maxmemory)");
         }
         false
     }
