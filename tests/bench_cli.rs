@@ -121,6 +121,7 @@ async fn the_sync_and_submit_benches_print_their_ratio_and_verify() {
         assert!(line(&out, "verify").contains("OK"), "{out}");
         if mode == "submit" {
             line(&out, "drained");
+            assert!(out.contains("applied over the whole run: "), "{out}");
         }
     }
     daemon.stop().await;

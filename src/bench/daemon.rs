@@ -35,15 +35,20 @@ fn scrape(url: &str) -> Option<Sample> {
         .ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
-    let sum = |name: &str| -> f64 {
+    // Series of `name`, but those with `skip` in their labels.
+    let sum_but = |name: &str, skip: &str| -> f64 {
         body.lines()
             .filter(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
+            .filter(|l| skip.is_empty() || !l.contains(skip))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
+    let sum = |name: &str| sum_but(name, "");
     Some(Sample {
         cpu_seconds: sum("process_cpu_seconds_total"),
         rss_bytes: sum("process_resident_memory_bytes"),
-        applied: sum("writ_writes_total"),
+        // Every write the daemon settled in MongoDB (applied, coalesced into
+        // a later one, or stale), not the ones it dead-lettered.
+        applied: sum_but("writ_writes_total", "outcome=\"dead_lettered\""),
     })
 }

@@ -93,6 +93,7 @@ pub(super) async fn run(
 
     // 1. Preload, on keys no earlier run used.
     let base = (crate::protocol::wall_clock_ms() / 1000 % 100_000) as usize * 1_000_000;
+    let parked_before = dead_letters(&config, &mut conn).await?;
     let writ = Writ::connect(config.clone()).await?;
     let handle = writ.collection(&coll.name)?;
     let pad = "x".repeat(args.payload);
@@ -125,11 +126,18 @@ pub(super) async fn run(
         ceiling.1
     );
 
-    // 4. A sample, checked in MongoDB and the cache.
+    // 4. No write dead-lettered (a parked entry counts as drained, not
+    //    applied), and a sample checked in MongoDB and the cache.
+    let parked = dead_letters(&config, &mut conn)
+        .await?
+        .saturating_sub(parked_before);
     let step = (n / VERIFY_SAMPLE).max(1);
     let sample: HashMap<usize, (Version, u64)> = last.into_iter().step_by(step).collect();
     let bad = verify(&config, &coll, &sample).await?;
-    if bad == 0 {
+    if parked > 0 {
+        println!("  verify     FAILED: {parked} writes were dead-lettered (`writ dlq list`), and the rate above counts them");
+        Ok(ExitCode::FAILURE)
+    } else if bad == 0 {
         println!(
             "  verify     OK: MongoDB and the cache hold {} sampled keys",
             sample.len()
@@ -142,6 +150,12 @@ pub(super) async fn run(
         );
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// The length of the namespace's dead-letter stream.
+async fn dead_letters(config: &Config, conn: &mut crate::redis_conn::Conn) -> Result<u64> {
+    let dlq = crate::protocol::Names::new(&config.namespace).dead_letters();
+    Ok(crate::stream::cmd::xlen(&dlq).query_async(conn).await?)
 }
 
 /// Runs `writ serve` (this binary, on the same config) as a child process

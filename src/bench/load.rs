@@ -43,8 +43,10 @@ pub(super) async fn load(
         hist: Arc::new(Mutex::new(new_hist())),
         errors: Arc::new(AtomicU64::new(0)),
         bar: progress(args, plan.total),
+        // A read bench's prefill writes each key once, whatever `--duration`.
         deadline: args
             .duration
+            .filter(|_| !plan.each_key_once)
             .map(|s| Instant::now() + Duration::from_secs(s)),
         plan,
     };
