@@ -476,6 +476,29 @@ fn a_submit_on_a_runtime_that_shuts_down_does_not_strand_its_partition() {
     drop(main);
 }
 
+/// The `CLIENT ID` of a connection blocked in `WAIT`, once there is one.
+async fn blocked_in_wait(admin: &writ::redis_conn::Conn) -> String {
+    support::eventually(
+        std::time::Duration::from_secs(20),
+        "a write's WAIT to block",
+        || {
+            let mut admin = admin.clone();
+            async move {
+                let list: String = redis::cmd("CLIENT")
+                    .arg("LIST")
+                    .query_async(&mut admin)
+                    .await
+                    .ok()?;
+                list.lines()
+                    .find(|l| l.contains("cmd=wait"))
+                    .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+                    .map(str::to_string)
+            }
+        },
+    )
+    .await
+}
+
 /// With `min_replicas_acked = 1` and no replica, the `WAIT` after an
 /// admission never gets its replica; the daemon (confirming nothing itself
 /// here) applies and acks the write meanwhile. The ack settles it: the write
@@ -549,22 +572,7 @@ fn a_wait_on_a_runtime_that_shuts_down_does_not_strand_its_partition() {
             let _ = s.submit(&k, &doc! {"n": 1}).await;
         });
         // Until that write's WAIT blocks in Redis.
-        support::eventually(
-            std::time::Duration::from_secs(20),
-            "the first write's WAIT to block",
-            || {
-                let mut admin = admin.clone();
-                async move {
-                    let list: String = redis::cmd("CLIENT")
-                        .arg("LIST")
-                        .query_async(&mut admin)
-                        .await
-                        .ok()?;
-                    list.contains("cmd=wait").then_some(())
-                }
-            },
-        )
-        .await;
+        blocked_in_wait(&admin).await;
     });
     drop(short);
     let answered = main.block_on(async {
@@ -601,25 +609,7 @@ async fn a_write_whose_wait_is_cut_off_says_it_may_be_held() {
     let s = writ.collection("signal").unwrap();
     let write = tokio::spawn(async move { s.submit(&key("CUT"), &doc! {"n": 1}).await });
     let mut admin = env.redis().await;
-    let waiting = support::eventually(
-        std::time::Duration::from_secs(20),
-        "the write's WAIT to block",
-        || {
-            let mut admin = admin.clone();
-            async move {
-                let list: String = redis::cmd("CLIENT")
-                    .arg("LIST")
-                    .query_async(&mut admin)
-                    .await
-                    .ok()?;
-                list.lines()
-                    .find(|l| l.contains("cmd=wait"))
-                    .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
-                    .map(str::to_string)
-            }
-        },
-    )
-    .await;
+    let waiting = blocked_in_wait(&admin).await;
     let _: i64 = redis::cmd("CLIENT")
         .arg("KILL")
         .arg("ID")

@@ -19,6 +19,21 @@ async fn block_acks(env: &TestEnv, writ: &Writ) {
         .unwrap();
 }
 
+/// Makes the dead-letter stream unwritable but readable: a stream whose
+/// last id is the last possible one, so the daemon's `XADD *` fails (its
+/// refused entries wait, pending, to be parked) while a look's `XRANGE`
+/// reads it. `DEL` it to let the letters in.
+async fn unwritable_dead_letters(r: &mut writ::redis_conn::Conn, names: &writ::protocol::Names) {
+    let _: String = redis::cmd("XADD")
+        .arg(names.dead_letters())
+        .arg("18446744073709551615-18446744073709551615")
+        .arg("placeholder")
+        .arg("1")
+        .query_async(r)
+        .await
+        .unwrap();
+}
+
 /// The cache entry of a `signal` key.
 fn cache_entry(config: &writ::Config, key: &mongodb::bson::Document) -> String {
     let k = writ::protocol::Key::from_document(key, config.collection("signal").unwrap()).unwrap();
@@ -930,14 +945,7 @@ async fn a_write_waiting_to_be_parked_is_not_settled_by_a_newer_cached_version()
     let (env, config, writ) = handle_with("lost_refused", "read_timeout_ms = 300").await;
     let names = writ::protocol::Names::new(&config.namespace);
     let mut r = env.redis().await;
-    let _: String = redis::cmd("XADD")
-        .arg(names.dead_letters())
-        .arg("18446744073709551615-18446744073709551615")
-        .arg("placeholder")
-        .arg("1")
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    unwritable_dead_letters(&mut r, &names).await;
     let mut daemon_config = config.clone();
     daemon_config.max_document_bytes = 1024;
     let daemon = Daemon::start(daemon_config);
@@ -993,14 +1001,7 @@ async fn a_lost_ack_is_settled_past_another_entry_still_pending() {
     let (env, config, writ) = handle_with("lost_past_pending", "read_timeout_ms = 300").await;
     let names = writ::protocol::Names::new(&config.namespace);
     let mut r = env.redis().await;
-    let _: String = redis::cmd("XADD")
-        .arg(names.dead_letters())
-        .arg("18446744073709551615-18446744073709551615")
-        .arg("placeholder")
-        .arg("1")
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    unwritable_dead_letters(&mut r, &names).await;
     let daemon = Daemon::start(config.clone());
     let s = writ.collection("signal").unwrap();
     let key = dl_signal("PAST");

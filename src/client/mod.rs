@@ -9,6 +9,7 @@
 //!   `client.read_timeout_ms`) and fail with a timeout rather than go stale.
 
 mod acks;
+mod admission_reply;
 pub(crate) mod admit;
 mod batch;
 mod overdue;
