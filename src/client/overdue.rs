@@ -49,7 +49,8 @@ const LOOK_AT_MOST: usize = 256;
 pub(super) enum Done {
     /// Done: readable at its version or newer, unless it was dead-lettered.
     Yes,
-    /// Not done: nor with any later entry of the partition.
+    /// Not done yet: the look stops there (the key's later writes wait for
+    /// a later look).
     NotYet,
     /// Its entry is gone: trimmed by retention after the daemon finished it,
     /// deleted by hand, or lost by Redis (a failover; the group may then
