@@ -309,8 +309,13 @@ export function createAdapters(client: WritClient): AdapterClasses {
       return init(initial);
     }
     async readCandlesData(limit: number, sinceTimestamp: number, _untilTimestamp?: number): Promise<CandleData[] | null> {
-      if (!Number.isSafeInteger(limit) || limit <= 0) return limit === 0 ? [] : null;
-      const stamps = Array.from({ length: limit }, (_, i) => sinceTimestamp + i * this.step);
+      // As the official package's loop `for (i = 0; i < limit; i++)`: no
+      // positive limit reads nothing, a fractional one reads up to its
+      // ceiling, and a timestamp no candle can have finds none.
+      const count = limit > 0 ? Math.ceil(limit) : 0;
+      if (count === 0) return [];
+      if (!Number.isSafeInteger(count) || !Number.isSafeInteger(sinceTimestamp)) return null;
+      const stamps = Array.from({ length: count }, (_, i) => sinceTimestamp + i * this.step);
       const recs = await client.readMany(COLLECTION.candle, stamps.map((t) => this.key(t)));
       const out: CandleData[] = [];
       for (let i = 0; i < recs.length; i++) {

@@ -225,6 +225,12 @@ for (const mode of ["submit", "ack"] as const) {
       assert.equal(await w.kit.call("Candle", ctx, "readCandlesData", 1, nowMin, nowMin + MIN), null, "the unclosed candle was not stored");
       assert.equal(await w.kit.call("Candle", ctx, "readCandlesData", 7, base - 2 * MIN, base + 5 * MIN), null, "missing leading candles → null");
       assert.equal(await w.kit.call("Candle", ctx, "readCandlesData", 6, base, base + 6 * MIN), null, "missing trailing candle → null");
+      // Odd arguments, as the official package's loop reads them.
+      for (const none of [0, -1, NaN]) {
+        assert.deepEqual(await w.kit.call("Candle", ctx, "readCandlesData", none, base, base), [], `limit ${none}`);
+      }
+      assert.deepEqual(await w.kit.call("Candle", ctx, "readCandlesData", 2.5, base, base), first.slice(0, 3), "limit 2.5: three");
+      assert.equal(await w.kit.call("Candle", ctx, "readCandlesData", 1, base + 0.5, base), null, "a timestamp no candle has");
       // A gap in the middle.
       await w.kit.call("Candle", ctx, "writeCandlesData", [mk(base + 6 * MIN, 106), mk(base + 8 * MIN, 108)]);
       assert.equal(await w.kit.call("Candle", ctx, "readCandlesData", 3, base + 6 * MIN, base + 9 * MIN), null);
