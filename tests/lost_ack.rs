@@ -34,6 +34,28 @@ async fn unwritable_dead_letters(r: &mut writ::redis_conn::Conn, names: &writ::p
         .unwrap();
 }
 
+/// Waits until another handle reads `want` at `signal` key `key` (the
+/// daemon applied and cached it, whatever became of its ack).
+async fn read_by_another(
+    config: &writ::Config,
+    key: &mongodb::bson::Document,
+    want: mongodb::bson::Document,
+) {
+    support::eventually(
+        std::time::Duration::from_secs(30),
+        "the write to be cached",
+        || {
+            let (config, key, want) = (config.clone(), key.clone(), want.clone());
+            async move {
+                let r = writ::Writ::connect(config).await.ok()?;
+                let got = r.collection("signal").ok()?.read(&key).await.ok()?;
+                (got == Some(want)).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
 /// The cache entry of a `signal` key.
 fn cache_entry(config: &writ::Config, key: &mongodb::bson::Document) -> String {
     let k = writ::protocol::Key::from_document(key, config.collection("signal").unwrap()).unwrap();
@@ -629,40 +651,17 @@ async fn lost_back_to_an_older_cache(
     let entry = cache_entry(&config, key);
     let mut r = env.redis().await;
     // The cache entry of version `first`, as the daemon wrote it.
-    let (v0, doc0): (String, Vec<u8>) = redis::cmd("HMGET")
-        .arg(&entry)
-        .arg("v")
-        .arg("doc")
-        .query_async(&mut r)
-        .await
-        .unwrap();
-    assert_eq!(writ::protocol::Version::from_sortable(&v0), Some(first));
+    let saved = support::SavedCacheEntry::save(&mut r, &entry).await;
+    assert_eq!(
+        writ::protocol::Version::from_sortable(&saved.version),
+        Some(first)
+    );
     block_acks(&env, &writ).await;
     let ticket = s.submit(key, &doc! {"v": 1}).await.unwrap();
-    support::eventually(
-        std::time::Duration::from_secs(30),
-        "the second write to be cached",
-        || {
-            let (config, key) = (config.clone(), key.clone());
-            async move {
-                let r = writ::Writ::connect(config).await.ok()?;
-                let got = r.collection("signal").ok()?.read(&key).await.ok()?;
-                (got == Some(doc! {"v": 1})).then_some(())
-            }
-        },
-    )
-    .await;
+    read_by_another(&config, key, doc! {"v": 1}).await;
     daemon.stop().await;
     trim_all(&env, &config).await;
-    let _: () = redis::cmd("HSET")
-        .arg(&entry)
-        .arg("v")
-        .arg(&v0)
-        .arg("doc")
-        .arg(doc0)
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    saved.restore(&mut r).await;
     (env, config, writ, ticket)
 }
 
@@ -1012,19 +1011,7 @@ async fn a_lost_ack_is_settled_past_another_entry_still_pending() {
     block_acks(&env, &writ).await;
     let ticket = s.submit(&key, &doc! {"v": 1}).await.unwrap();
     let v = ticket.version();
-    support::eventually(
-        std::time::Duration::from_secs(30),
-        "the write to be cached",
-        || {
-            let (config, key) = (config.clone(), key.clone());
-            async move {
-                let r = writ::Writ::connect(config).await.ok()?;
-                let got = r.collection("signal").ok()?.read(&key).await.ok()?;
-                (got == Some(doc! {"v": 1})).then_some(())
-            }
-        },
-    )
-    .await;
+    read_by_another(&config, &key, doc! {"v": 1}).await;
     let pending: u64 = support::pending_count(&mut r, &stream, &names.group()).await;
     assert_eq!(pending, 1, "the refused entry waits");
     assert_eq!(

@@ -420,13 +420,7 @@ async fn rebuild_cache_since_takes_a_hard_delete_in_its_window() {
         &k.canonical(),
     );
     let mut r = env.redis().await;
-    let (v0, doc0): (String, Vec<u8>) = redis::cmd("HMGET")
-        .arg(&entry)
-        .arg("v")
-        .arg("doc")
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    let saved = support::SavedCacheEntry::save(&mut r, &entry).await;
     tokio::time::sleep(Duration::from_millis(5)).await;
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -435,15 +429,7 @@ async fn rebuild_cache_since_takes_a_hard_delete_in_its_window() {
     s.delete(&gone).await.unwrap();
     daemon.stop().await;
     // Redis lost the delete's cache update: the entry is back at the put.
-    let _: () = redis::cmd("HSET")
-        .arg(&entry)
-        .arg("v")
-        .arg(&v0)
-        .arg("doc")
-        .arg(doc0)
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    saved.restore(&mut r).await;
     let read = || async {
         let w = Writ::connect(config.clone()).await.unwrap();
         w.collection("session").unwrap().read(&gone).await.unwrap()

@@ -1013,6 +1013,46 @@ pub async fn lease_holders_on<C: redis::aio::ConnectionLike>(
     out
 }
 
+/// A cache entry as the daemon wrote it (its version and document bytes),
+/// kept to put back later: a failover that loses the cache updates after it.
+pub struct SavedCacheEntry {
+    key: String,
+    /// Its version, as stored (`Version::to_sortable`).
+    pub version: String,
+    doc: Vec<u8>,
+}
+
+impl SavedCacheEntry {
+    /// Reads cache entry `key`.
+    pub async fn save(conn: &mut writ::redis_conn::Conn, key: &str) -> SavedCacheEntry {
+        let (version, doc): (String, Vec<u8>) = redis::cmd("HMGET")
+            .arg(key)
+            .arg("v")
+            .arg("doc")
+            .query_async(conn)
+            .await
+            .unwrap();
+        SavedCacheEntry {
+            key: key.to_string(),
+            version,
+            doc,
+        }
+    }
+
+    /// Writes it back over whatever the entry holds now.
+    pub async fn restore(&self, conn: &mut writ::redis_conn::Conn) {
+        let _: () = redis::cmd("HSET")
+            .arg(&self.key)
+            .arg("v")
+            .arg(&self.version)
+            .arg("doc")
+            .arg(&self.doc)
+            .query_async(conn)
+            .await
+            .unwrap();
+    }
+}
+
 /// Entries of `stream` delivered to `group`'s consumers and not yet acked
 /// (the `XPENDING` summary's count).
 pub async fn pending_count<C: redis::aio::ConnectionLike>(
