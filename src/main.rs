@@ -303,35 +303,40 @@ async fn replay(
         );
     }
     let tools = writ::tools::Tools::connect(config).await?;
-    tools.check_collection(collection)?;
-    // Replay waits through outages like the daemon; a signal stops it.
-    tokio::spawn(signal_watch(tools.abort.clone()));
-    let sum = tools
-        .replay(from, to, collection)
-        .await
-        .context("replay stopped before the end of its range; it is idempotent: run it again")?;
-    println!("{}", serde_json::to_string(&sum)?);
-    if !sum.trimmed.is_empty() {
-        eprintln!(
-            "writ: warning: partitions {:?} no longer hold the whole range (retention trimmed them, or entries \
-             were deleted): writes removed from there were not replayed",
-            sum.trimmed
-        );
+    let done = async {
+        tools.check_collection(collection)?;
+        // Replay waits through outages like the daemon; a signal stops it.
+        tokio::spawn(signal_watch(tools.abort.clone()));
+        let sum = tools
+            .replay(from, to, collection)
+            .await
+            .context("replay stopped before the end of its range; it is idempotent: run it again")?;
+        println!("{}", serde_json::to_string(&sum)?);
+        if !sum.trimmed.is_empty() {
+            eprintln!(
+                "writ: warning: partitions {:?} no longer hold the whole range (retention trimmed them, or entries \
+                 were deleted): writes removed from there were not replayed",
+                sum.trimmed
+            );
+        }
+        if sum.rejected > 0 {
+            eprintln!(
+                "writ: warning: {} entries of the range were rejected, as the daemon rejects them (bad entries, or \
+                 errors MongoDB gives for good): not applied; the daemon dead-lettered them when it read them \
+                 (`writ dlq list`)",
+                sum.rejected
+            );
+        }
+        // A script that checks the exit code must not take a partial replay
+        // for a whole one.
+        if !sum.trimmed.is_empty() || sum.rejected > 0 {
+            return Ok(ExitCode::from(REPLAY_INCOMPLETE));
+        }
+        Ok(ExitCode::SUCCESS)
     }
-    if sum.rejected > 0 {
-        eprintln!(
-            "writ: warning: {} entries of the range were rejected, as the daemon rejects them (bad entries, or \
-             errors MongoDB gives for good): not applied; the daemon dead-lettered them when it read them \
-             (`writ dlq list`)",
-            sum.rejected
-        );
-    }
-    // A script that checks the exit code must not take a partial replay
-    // for a whole one.
-    if !sum.trimmed.is_empty() || sum.rejected > 0 {
-        return Ok(ExitCode::from(REPLAY_INCOMPLETE));
-    }
-    Ok(ExitCode::SUCCESS)
+    .await;
+    tools.close().await;
+    done
 }
 
 /// `writ replay`'s exit code when it ran to the end of its range but did not
@@ -356,10 +361,15 @@ async fn rebuild_cache(
         })
         .transpose()?;
     let tools = writ::tools::Tools::connect(config).await?;
-    tools.check_collection(collection)?;
-    let sum = tools.rebuild_cache(collection, since).await?;
-    println!("{}", serde_json::to_string(&sum)?);
-    Ok(ExitCode::SUCCESS)
+    let done = async {
+        tools.check_collection(collection)?;
+        let sum = tools.rebuild_cache(collection, since).await?;
+        println!("{}", serde_json::to_string(&sum)?);
+        Ok(ExitCode::SUCCESS)
+    }
+    .await;
+    tools.close().await;
+    done
 }
 
 /// `writ check-config`: a one-line summary, secrets redacted.

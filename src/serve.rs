@@ -39,6 +39,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
         other => other?,
     }
     let (conn, standing) = prepare_redis(&config).await?;
+    let closing = store.clone();
     let ctx = Arc::new(Ctx {
         config: config.clone(),
         names: Names::new(&config.namespace),
@@ -89,6 +90,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
     ownership::run(config.clone(), control, leases, spawn, shutdown.clone()).await;
     background.cancel();
     let _ = tokio::join!(probe, keeper);
+    closing.close().await;
     tracing::info!("writ serve stopped");
     let why = why.lock().ok().and_then(|mut w| w.take());
     match why {

@@ -26,4 +26,5 @@ pub use document::{
     doc_version, is_live, is_tombstone, update_of, DOC_PAYLOAD, DOC_REMOVED, DOC_UPDATED, DOC_WRIT,
 };
 pub use keys::{exact_filter, key_fields, keys_query, KeysQuery};
+pub(crate) use store::close_client;
 pub use store::{write_concern, Answers, Applied, Store};

@@ -49,6 +49,20 @@ impl Applied {
     }
 }
 
+/// How long [`Store::close`] waits for the driver: an `endSessions` to a
+/// server that stopped answering must not hold up the process's exit.
+const CLOSE_WITHIN: Duration = Duration::from_secs(2);
+
+/// [`Store::close`] for a driver client of its own (the bench's baseline).
+pub(crate) async fn close_client(client: mongodb::Client) {
+    if tokio::time::timeout(CLOSE_WITHIN, client.shutdown().immediate(true))
+        .await
+        .is_err()
+    {
+        tracing::debug!("the MongoDB driver did not close within {CLOSE_WITHIN:?}");
+    }
+}
+
 /// MongoDB, with writ's write concern, a server-side time limit on every
 /// operation and the daemon-wide concurrency limiter.
 #[derive(Clone)]
@@ -204,7 +218,18 @@ impl Store {
         &self.limiter
     }
 
-    /// Pings the server: Ok means reachable.
+    /// Ends the driver's server sessions and closes its connections, giving
+    /// it at most two seconds. A process calls it once it is done with
+    /// MongoDB, before its runtime ends. Without it, dropping the last handle
+    /// leaves that clean-up to a task of its own, which can still be running
+    /// while the runtime shuts down; the driver then panics inside that task
+    /// (`connection_requester.rs`: `SendError`), and the process prints a panic
+    /// after a run that went well. Every clone of this store (and of the
+    /// driver's client) fails afterwards.
+    pub async fn close(&self) {
+        close_client(self.db.client().clone()).await;
+    }
+
     /// Pings the server. Wrong credentials are one clear, permanent
     /// [`Error::Connect`] (the URL redacted) instead of a driver dump.
     pub async fn ping(&self) -> Result<()> {

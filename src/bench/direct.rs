@@ -76,12 +76,14 @@ pub(super) async fn run(
         });
     }
     while tasks.join_next().await.is_some() {}
+    let elapsed = started.elapsed();
+    crate::apply::close_client(target.client().clone()).await;
     let hist = hist.lock().expect("lock").clone();
     let failed = std::mem::take(&mut *failed.lock().expect("lock"));
     Ok((
         Figures {
             ops: hist.len(),
-            elapsed: started.elapsed(),
+            elapsed,
             hist,
         },
         failed,

@@ -81,7 +81,6 @@ pub(super) async fn run(
     coll: CollectionConfig,
     args: &BenchArgs,
 ) -> Result<ExitCode> {
-    let n = args.writes as usize;
     refuse_if_a_daemon_runs(&config).await?;
     let mut conn = crate::redis_conn::connect(&config, Duration::ZERO).await?;
     let before = unapplied(&config, &mut conn).await?;
@@ -96,26 +95,43 @@ pub(super) async fn run(
     let base = (crate::protocol::wall_clock_ms() / 1000 % 100_000) as usize * 1_000_000;
     let parked_before = dead_letters(&config, &mut conn).await?;
     let writ = Writ::connect(config.clone()).await?;
+    let done = preload_and_drain(&writ, &config, &coll, args, &mut conn, base, parked_before).await;
+    writ.close().await;
+    done
+}
+
+/// [`run`] from the preload on, with its handle (whose MongoDB side also
+/// times the ceiling and verifies).
+async fn preload_and_drain(
+    writ: &Writ,
+    config: &Config,
+    coll: &CollectionConfig,
+    args: &BenchArgs,
+    conn: &mut crate::redis_conn::Conn,
+    base: usize,
+    parked_before: u64,
+) -> Result<ExitCode> {
+    let n = args.writes as usize;
     let handle = writ.collection(&coll.name)?;
     let pad = "x".repeat(args.payload);
     let t = Instant::now();
-    let last = preload(&handle, &coll, base, n, &pad).await?;
+    let last = preload(&handle, coll, base, n, &pad).await?;
     let preload_secs = t.elapsed().as_secs_f64();
     println!("  preloaded  {n} puts on {n} distinct keys in {preload_secs:.2} s ({:.0}/s), no daemon running", n as f64 / preload_secs);
 
     // 3a. The first half of the server's ceiling, right before the drain.
     let half = (n.min(6000) / 2).max(1);
-    let before = ceiling(&config, &coll, half, &pad).await?;
+    let before = ceiling(writ.store(), config, coll, half, &pad).await?;
 
     // 2. The daemon, a child `writ serve` (or the external ones), until
     //    nothing is unapplied.
     let rate = match args.external {
-        None => drain_child(&config, args.config_path.as_deref(), &mut conn, n).await?,
-        Some(daemons) => drain_external(&config, &mut conn, n, daemons).await?,
+        None => drain_child(config, args.config_path.as_deref(), conn, n).await?,
+        Some(daemons) => drain_external(config, conn, n, daemons).await?,
     };
 
     // 3b. The second half, right after it.
-    let after = ceiling(&config, &coll, half, &pad).await?;
+    let after = ceiling(writ.store(), config, coll, half, &pad).await?;
     let ceiling = best_level(&before, &after);
     println!(
         "  ceiling    {:.0} upserts/s (best of 1, 2, 4, 8 commands of {} in flight)",
@@ -129,12 +145,12 @@ pub(super) async fn run(
 
     // 4. No write dead-lettered (a parked entry counts as drained, not
     //    applied), and a sample checked in MongoDB and the cache.
-    let parked = dead_letters(&config, &mut conn)
+    let parked = dead_letters(config, conn)
         .await?
         .saturating_sub(parked_before);
     let step = (n / VERIFY_SAMPLE).max(1);
     let sample: HashMap<usize, (Version, u64)> = last.into_iter().step_by(step).collect();
-    let bad = verify(&config, &coll, &sample).await?;
+    let bad = verify(writ.store(), config, coll, &sample).await?;
     if parked > 0 {
         println!("  verify     FAILED: {parked} writes were dead-lettered (`writ dlq list`), and the rate above counts them");
         Ok(ExitCode::FAILURE)
@@ -315,12 +331,13 @@ fn best_level(before: &[Level], after: &[Level]) -> (f64, usize) {
 /// `update` commands of `batch_size` guarded upserts on fresh keys, at 1, 2,
 /// 4 and 8 commands in flight: `per_level` upserts each, timed.
 async fn ceiling(
+    store: &Store,
     config: &Config,
     coll: &CollectionConfig,
     per_level: usize,
     pad: &str,
 ) -> Result<Vec<Level>> {
-    let store = Arc::new(Store::connect(config).await?);
+    let store = Arc::new(store.clone());
     let scratch = CollectionConfig {
         name: format!("{}_writ_ceiling", coll.name),
         ..coll.clone()

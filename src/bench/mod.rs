@@ -225,18 +225,31 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<ExitCode> {
         return drain::run(config, coll, &args).await;
     }
     let writ = Writ::connect(config.clone()).await?;
+    let done = measure_and_verify(&writ, &config, &coll, &args).await;
+    writ.close().await;
+    done
+}
+
+/// [`run`] with its handle: the load, the baseline, the daemon's figures
+/// and the verification.
+async fn measure_and_verify(
+    writ: &Writ,
+    config: &Config,
+    coll: &crate::config::CollectionConfig,
+    args: &BenchArgs,
+) -> Result<ExitCode> {
     let before = daemon::sample(args.metrics.as_deref()).await;
     let last: Last = Arc::default();
     println!(
         "writ bench --mode {:?}: {} writers, {} keys (zipf {}), {} B payload, collection {:?}",
         args.mode, args.writers, args.keys, args.zipf, args.payload, coll.name
     );
-    let (figures, errors, drain) = measure(&writ, &coll, &args, &last).await?;
+    let (figures, errors, drain) = measure(writ, coll, args, &last).await?;
     // Sampled before the baseline runs: the daemon idles through it, and
     // its idle CPU is not the writes' cost.
     let after = daemon::sample(args.metrics.as_deref()).await;
     if let Some(Baseline::Direct) = args.baseline {
-        baseline(&config, &coll, &args, &figures, drain).await?;
+        baseline(config, coll, args, &figures, drain).await?;
     }
     // A read bench writes only its prefill: CPU per write means nothing there.
     if let (Some(b), Some(a), false) = (before, after, args.mode == Mode::Read) {
@@ -249,7 +262,7 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<ExitCode> {
         );
     }
     let last = last.lock().expect("lock").clone();
-    let mismatches = verify(&config, &coll, &last).await?;
+    let mismatches = verify(writ.store(), config, coll, &last).await?;
     if mismatches == 0 && errors == 0 {
         println!(
             "  verify     OK: MongoDB and the cache hold the last value written to all {} keys",
@@ -361,11 +374,11 @@ async fn baseline(
 
 /// Compares MongoDB and the cache with the last acked (version, n) per key.
 async fn verify(
+    store: &Store,
     config: &Config,
     coll: &crate::config::CollectionConfig,
     last: &HashMap<usize, (Version, u64)>,
 ) -> Result<usize> {
-    let store = Store::connect(config).await?;
     let cache = Cache::new(crate::redis_conn::connect(config, Duration::ZERO).await?);
     let names = Names::new(&config.namespace);
     let mut bad = 0;

@@ -43,31 +43,36 @@ const DLQ_PAGE: usize = 100;
 
 pub async fn dlq(config: Config, action: DlqAction) -> anyhow::Result<ExitCode> {
     let tools = writ::tools::Tools::connect(config).await?;
-    tokio::spawn(signal_watch(tools.abort.clone()));
-    // One named letter (`Some`), or all of them.
-    let pick = |id: Option<String>, all: bool| -> anyhow::Result<Option<String>> {
-        match (id, all) {
-            (Some(id), false) => Ok(Some(letter_id(id)?)),
-            (None, true) => Ok(None),
-            (Some(_), true) => anyhow::bail!("give a dead-letter id or --all, not both"),
-            (None, false) => anyhow::bail!("give a dead-letter id or --all"),
-        }
-    };
-    match action {
-        DlqAction::List { count, json } => {
-            print_letters(&tools.dlq_list(count).await?, json)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        DlqAction::Show { id } => match tools.dlq_show(&letter_id(id.clone())?).await? {
-            Some(l) => {
-                println!("{}", serde_json::to_string_pretty(&l)?);
+    let done = async {
+        tokio::spawn(signal_watch(tools.abort.clone()));
+        // One named letter (`Some`), or all of them.
+        let pick = |id: Option<String>, all: bool| -> anyhow::Result<Option<String>> {
+            match (id, all) {
+                (Some(id), false) => Ok(Some(letter_id(id)?)),
+                (None, true) => Ok(None),
+                (Some(_), true) => anyhow::bail!("give a dead-letter id or --all, not both"),
+                (None, false) => anyhow::bail!("give a dead-letter id or --all"),
+            }
+        };
+        match action {
+            DlqAction::List { count, json } => {
+                print_letters(&tools.dlq_list(count).await?, json)?;
                 Ok(ExitCode::SUCCESS)
             }
-            None => anyhow::bail!("no dead letter {id}; {NOT_THERE}"),
-        },
-        DlqAction::Retry { id, all } => dlq_retry(&tools, pick(id, all)?).await,
-        DlqAction::Drop { id, all } => dlq_drop(&tools, pick(id, all)?).await,
+            DlqAction::Show { id } => match tools.dlq_show(&letter_id(id.clone())?).await? {
+                Some(l) => {
+                    println!("{}", serde_json::to_string_pretty(&l)?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => anyhow::bail!("no dead letter {id}; {NOT_THERE}"),
+            },
+            DlqAction::Retry { id, all } => dlq_retry(&tools, pick(id, all)?).await,
+            DlqAction::Drop { id, all } => dlq_drop(&tools, pick(id, all)?).await,
+        }
     }
+    .await;
+    tools.close().await;
+    done
 }
 
 /// What to say when a named dead letter is not there: the id given may be

@@ -166,6 +166,21 @@ impl Writ {
         })
     }
 
+    /// Closes this handle's MongoDB driver (read-through and the looks at
+    /// overdue writes use it), within two seconds. Call it once, after the
+    /// last use of every clone of the handle, before the runtime ends:
+    /// otherwise the driver's own clean-up, left to a task when the last
+    /// clone drops, can race the runtime's shutdown and panic inside the
+    /// driver. Reads that need MongoDB fail afterwards.
+    pub async fn close(&self) {
+        self.inner.store.close().await;
+    }
+
+    /// The handle's MongoDB side, for the bench's verification.
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
     /// This handle's client id (its ack stream is `<ns>:ack:<id>`).
     pub fn client_id(&self) -> &str {
         &self.inner.client_id

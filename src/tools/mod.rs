@@ -63,6 +63,11 @@ impl Tools {
         })
     }
 
+    /// Closes the MongoDB driver ([`Store::close`]): the last call of a run.
+    pub async fn close(&self) {
+        self.store.close().await;
+    }
+
     /// Refuses a `--collection` the config does not declare (a typo would
     /// otherwise match nothing and look like success).
     pub fn check_collection(&self, collection: Option<&str>) -> Result<()> {
