@@ -554,6 +554,78 @@ async fn a_write_that_races_a_change_of_the_count_undoes_it() {
     );
 }
 
+/// Two `writ partitions --set` at once (the procedure's "run it again, with
+/// either count" while the first still runs): a run that finds the count
+/// already recorded takes a later epoch and writes its copies over the
+/// changing run's. The changing run must then not swap the record: before,
+/// both said they succeeded, and the record said 2 while every copy said 4,
+/// so a writer on 4 was admitted to partition 3, which no daemon on 2 reads.
+/// Also: a copy carrying an epoch past partition 0's counter (its node lost
+/// its data, on a cluster) is not skipped by the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_changes_at_once_never_leave_the_record_and_its_copies_apart() {
+    use writ::partition_count::Changed;
+    let env = TestEnv::start("partition_count_two_runs");
+    let four = with_partitions(&env, 4);
+    let two = with_partitions(&env, 2);
+    change(&four).await.unwrap();
+    let (_proxy, slow_url) =
+        support::proxy::in_front_of_redis_with_latency(&env.redis_url, Duration::from_millis(800))
+            .await;
+    let slow_two = env.config_with(&Overrides {
+        partitions: Some(2),
+        redis_url: Some(slow_url),
+        ..Default::default()
+    });
+    let changing = tokio::spawn(async move { change(&slow_two).await });
+    eventually(
+        Duration::from_secs(30),
+        "partition 1's copy of 2",
+        || async { (copy_and_xlen(&four, 1).await.0.as_deref() == Some("2")).then_some(()) },
+    )
+    .await;
+    assert_eq!(change(&four).await.unwrap(), Changed::Already);
+    let slow = changing.await.unwrap();
+    let record = recorded(&four).await;
+    let mut copies = Vec::new();
+    for p in 1..4 {
+        copies.push(copy_and_xlen(&four, p).await.0);
+    }
+    assert!(
+        copies.iter().all(|c| *c == record),
+        "the slow run returned {slow:?}, and left the record at {record:?} with the copies at {copies:?}"
+    );
+    let e = slow.expect_err("the slow run swapped after a later run wrote its copies");
+    assert!(
+        e.to_string().contains("changed while this command ran"),
+        "{e}"
+    );
+    assert_eq!(record.as_deref(), Some("4"));
+
+    // Partition 0's counter behind a copy's epoch: the next run still
+    // writes every copy.
+    let names = writ::protocol::Names::new(&four.namespace);
+    let mut conn = writ::redis_conn::connect(&four, Duration::ZERO)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(names.meta(2))
+        .arg(writ::partition_count::EPOCH_FIELD)
+        .arg(99)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(change(&two).await.unwrap(), Changed::From(Some(4)));
+    assert_eq!(recorded(&four).await.as_deref(), Some("2"));
+    for p in 1..4 {
+        assert_eq!(
+            copy_and_xlen(&four, p).await.0.as_deref(),
+            Some("2"),
+            "partition {p}"
+        );
+    }
+}
+
 /// One command, given as words, on `conn`.
 async fn run<T: redis::FromRedisValue>(
     conn: &mut redis::aio::MultiplexedConnection,
@@ -567,8 +639,9 @@ async fn run<T: redis::FromRedisValue>(
 }
 
 /// The change's last step, on its own: partition 0's record is swapped only
-/// over the count the command read, and only while partition 0 holds no
-/// unapplied write (none undelivered, none pending).
+/// over the count the command read, only while no later run took an epoch,
+/// and only while partition 0 holds no unapplied write (none undelivered,
+/// none pending).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_record_is_swapped_only_over_a_drained_partition_0() {
     let redis = support::RedisServer::start();
@@ -582,7 +655,12 @@ async fn the_record_is_swapped_only_over_a_drained_partition_0() {
         inv.arg("w").arg("1").arg("daemon");
         inv
     };
-    let _: () = run(c, &["HSET", meta, "partitions", "4"]).await;
+    // The run's epoch, 7, is the last one taken.
+    let _: () = run(
+        c,
+        &["HSET", meta, "partitions", "4", "partitions_epochs", "7"],
+    )
+    .await;
     let _: String = run(c, &["XADD", stream, "*", "f", "v"]).await;
     assert_eq!(
         swap("4").invoke_async::<i64>(c).await.unwrap(),
@@ -622,6 +700,13 @@ async fn the_record_is_swapped_only_over_a_drained_partition_0() {
         1,
         "not the count read"
     );
+    let _: () = run(c, &["HSET", meta, "partitions_epochs", "8"]).await;
+    assert_eq!(
+        swap("4").invoke_async::<i64>(c).await.unwrap(),
+        1,
+        "a later run took an epoch"
+    );
+    let _: () = run(c, &["HSET", meta, "partitions_epochs", "7"]).await;
     assert_eq!(
         swap("4").invoke_async::<i64>(c).await.unwrap(),
         0,

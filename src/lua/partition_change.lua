@@ -5,8 +5,10 @@
 -- none); ARGV[2] the new count; ARGV[3] the run's epoch; ARGV[4] the partitions
 -- that hold copies of it; ARGV[5] the daemons' group; ARGV[6] '1' to check that
 -- partition 0 is drained ('0' when the count stays the same); ARGV[7] 'daemon'.
--- Returns 0 when recorded, 1 when the count is no longer the one read, 2 when
--- partition 0 holds an unapplied write. The other partitions' copies are written
+-- Returns 0 when recorded, 1 when the count is no longer the one read or a
+-- later run took an epoch (`partitions_epochs` is past ARGV[3]: that run may
+-- have written its copies over this one's), 2 when partition 0 holds an
+-- unapplied write. The other partitions' copies are written
 -- before this runs, so this one call is where the change takes effect: a writer
 -- on the old count that was admitted to partition 0 before it is seen here.
 -- "Unapplied" is the one definition of src/lua/admit.lua (pending entries plus
@@ -15,6 +17,7 @@
 -- last-delivered-id (or the stream has entries and no group yet).
 local cur = redis.call('HGET', KEYS[1], 'partitions')
 if cur ~= (ARGV[1] ~= '' and ARGV[1] or false) then return 1 end
+if tonumber(redis.call('HGET', KEYS[1], 'partitions_epochs')) ~= tonumber(ARGV[3]) then return 1 end
 if ARGV[6] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then
   local s = redis.call('XINFO', 'STREAM', KEYS[2])
   local info = {}

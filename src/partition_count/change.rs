@@ -67,16 +67,25 @@ pub async fn change(conn: &mut Conn, config: &Config) -> Result<Changed> {
             )));
         }
     }
+    // Past every epoch a copy carries: partition 0's counter can be behind
+    // them (its hash slot's node lost its data, on a cluster), and a run
+    // under an epoch some copy already has would skip that copy.
+    let floor = copies::highest_epoch(conn, names, 1..upto).await?;
     // HINCRBY, as a script of the commands the documented ACL users have.
     let epoch: u64 = redis::Script::new(
-        "local e = (tonumber(redis.call('HGET', KEYS[1], ARGV[1])) or 0) + 1 \
+        "local e = math.max(tonumber(redis.call('HGET', KEYS[1], ARGV[1])) or 0, \
+         tonumber(ARGV[2])) + 1 \
          redis.call('HSET', KEYS[1], ARGV[1], e) return e",
     )
     .key(names.meta(0))
     .arg(EPOCHS_FIELD)
+    .arg(floor)
     .invoke_async(conn)
     .await?;
-    copies::write(conn, names, 1..upto, to, epoch).await?;
+    if let Err(e) = copies::write(conn, names, 1..upto, to, epoch).await {
+        copies::back(conn, names, 1..upto, epoch).await?;
+        return Err(e);
+    }
     let late = if same {
         Vec::new()
     } else {
@@ -93,12 +102,7 @@ pub async fn change(conn: &mut Conn, config: &Config) -> Result<Changed> {
     } else {
         match swap(conn, names, raw.as_deref(), to, epoch, upto, !same).await? {
             0 => Ok(()),
-            1 => Err(Error::Config(format!(
-                "the partition count of namespace {:?} changed while this command ran (a daemon, \
-                 a client or another `writ partitions --set` started): stop it and run the \
-                 command again",
-                names.ns()
-            ))),
+            1 => Err(changed_meanwhile(names)),
             _ => Err(stayed(names, &[0], &old)),
         }
     };
@@ -115,7 +119,19 @@ pub async fn change(conn: &mut Conn, config: &Config) -> Result<Changed> {
     }
 }
 
-/// Runs [`CHANGE_LUA`]: 0 recorded, 1 the record is not `read` any more, 2
+/// The refusal when the record changed, or another run started, while this
+/// one ran.
+pub(super) fn changed_meanwhile(names: &Names) -> Error {
+    Error::Config(format!(
+        "the partition count of namespace {:?} changed while this command ran (a daemon, \
+         a client or another `writ partitions --set` started): stop it and run the \
+         command again",
+        names.ns()
+    ))
+}
+
+/// Runs [`CHANGE_LUA`]: 0 recorded, 1 the record is not `read` any more (or a
+/// later run took an epoch), 2
 /// partition 0 holds unapplied writes (checked only when `drained`).
 async fn swap(
     conn: &mut Conn,

@@ -38,8 +38,28 @@ pub(super) async fn record(conn: &mut Conn, names: &Names) -> Result<(Option<Str
     Ok((count, epoch.and_then(|e| e.parse().ok()).unwrap_or(0)))
 }
 
+/// The highest epoch any copy in `range` carries (0: none).
+pub(super) async fn highest_epoch(
+    conn: &mut Conn,
+    names: &Names,
+    range: Range<u32>,
+) -> Result<u64> {
+    let mut highest = 0;
+    for p in range {
+        let epoch: Option<String> = redis::cmd("HGET")
+            .arg(names.meta(p))
+            .arg(EPOCH_FIELD)
+            .query_async(conn)
+            .await?;
+        highest = highest.max(epoch.and_then(|e| e.parse().ok()).unwrap_or(0));
+    }
+    Ok(highest)
+}
+
 /// Writes `count` with `epoch` into the partitions of `range`, each only
-/// over a copy of an earlier run.
+/// over a copy of an earlier run. A copy of a later run (another `--set`
+/// started meanwhile) refuses the run: its swap would leave the record and
+/// that run's copies apart.
 pub(super) async fn write(
     conn: &mut Conn,
     names: &Names,
@@ -48,7 +68,8 @@ pub(super) async fn write(
     epoch: u64,
 ) -> Result<()> {
     for p in range {
-        let _: redis::Value = script()
+        // {1} when written, else {0, the copy, its epoch}.
+        let reply: Vec<redis::Value> = script()
             .key(names.meta(p))
             .arg("write")
             .arg(count)
@@ -56,6 +77,9 @@ pub(super) async fn write(
             .arg(epoch - 1)
             .invoke_async(conn)
             .await?;
+        if !matches!(reply.as_slice(), [redis::Value::Int(1)]) {
+            return Err(super::change::changed_meanwhile(names));
+        }
     }
     Ok(())
 }
