@@ -15,7 +15,7 @@ use crate::cache::Cache;
 use crate::config::{redact_url, Config};
 use crate::error::{Error, Result};
 use crate::ownership::{self, Leases};
-use crate::partition::Ctx;
+use crate::partition::{Ctx, Halt};
 use crate::protocol::Names;
 use crate::telemetry::{self, Health};
 
@@ -40,12 +40,17 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
     }
     let (conn, standing) = prepare_redis(&config).await?;
     let closing = store.clone();
+    // Set (and the daemon stopped) when another daemon's partition count
+    // appears in Redis: this daemon must not go on with its own.
+    let halt = Halt::new(shutdown.clone());
     let ctx = Arc::new(Ctx {
         config: config.clone(),
         names: Names::new(&config.namespace),
         store: store.clone(),
         cache: Cache::new(conn.clone()).with_replication(Replication::of(&config)),
         conn: conn.clone(),
+        standing,
+        halt: halt.clone(),
     });
     // Leases and membership get a connection of their own: on the shared
     // one, a renewal would wait behind the rounds' cache writes, which carry
@@ -66,19 +71,12 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
         health,
         background.clone(),
     ));
-    // Set (and the daemon stopped) when another daemon's partition count
-    // appears in Redis: this daemon must not go on with its own.
-    let halt = Halt {
-        daemon: shutdown.clone(),
-        why: Arc::new(std::sync::Mutex::new(None)),
-    };
-    let why = halt.why.clone();
     let keeper = tokio::spawn(housekeeping(
         config.clone(),
         conn,
         standing,
         background.clone(),
-        halt,
+        halt.clone(),
     ));
     tracing::info!(
         partitions = config.partitions,
@@ -92,8 +90,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
     let _ = tokio::join!(probe, keeper);
     closing.close().await;
     tracing::info!("writ serve stopped");
-    let why = why.lock().ok().and_then(|mut w| w.take());
-    match why {
+    match halt.why() {
         Some(e) => Err(e),
         None => Ok(()),
     }
@@ -149,12 +146,6 @@ async fn prepare_redis(config: &Config) -> Result<(Conn, crate::partition_count:
     Ok((conn, standing))
 }
 
-/// How housekeeping stops the whole daemon, and says why.
-struct Halt {
-    daemon: CancellationToken,
-    why: Arc<std::sync::Mutex<Option<Error>>>,
-}
-
 /// Refreshes the status metrics of the partitions this daemon owns, trims
 /// their streams below the committed watermark, and keeps the namespace's
 /// partition count recorded (stopping the daemon through `halt` if another
@@ -172,10 +163,7 @@ async fn housekeeping(
     loop {
         if let Some(e) = crate::partition_count::recheck(&mut conn, &config, &standing).await {
             tracing::error!(error = %e, "the namespace's partition count was changed, or a daemon that started earlier recorded another; this daemon stops (its partitions drain and go to the others)");
-            if let Ok(mut why) = halt.why.lock() {
-                *why = Some(e);
-            }
-            halt.daemon.cancel();
+            halt.stop(e);
             return;
         }
         let me = Some(config.consumer_name.as_str());

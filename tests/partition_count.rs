@@ -626,6 +626,73 @@ async fn two_changes_at_once_never_leave_the_record_and_its_copies_apart() {
     }
 }
 
+/// A daemon that outlived a change of the partition count reads a write of
+/// a writer on the new count. Here `writ partitions --set` does not hear the
+/// daemon (its heartbeat is taken out of the members set, as a stall past
+/// its leases, or a `--set` configured with a much shorter lease TTL, would
+/// leave it), and the daemon's own recheck is minutes away. Before, the
+/// daemon parked the write as `wrong_partition` under its old count, and
+/// `writ dlq retry` refused it for good. Now it asks the recheck at once,
+/// stops, and leaves the write pending for a daemon on the new count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_that_outlived_a_change_stops_instead_of_parking_a_write_of_the_new_count() {
+    use writ::partition_count::Changed;
+    let env = TestEnv::start("partition_count_outlived");
+    let slow_check = "lease_ttl_ms = 300000\nstats_interval_ms = 300000";
+    let four = env.config_with(&Overrides {
+        partitions: Some(4),
+        daemon: slow_check,
+        ..Default::default()
+    });
+    let two = with_partitions(&env, 2);
+    let names = writ::protocol::Names::new(&four.namespace);
+    let daemon = Daemon::start(four.clone());
+    let old = Writ::connect(four.clone()).await.unwrap();
+    // Acked: the daemon runs, and holds partition 1 under 4.
+    old.collection("signal")
+        .unwrap()
+        .write(&key(&name_in(&four, 1)), &doc! {"n": 0})
+        .await
+        .unwrap();
+    drop(old);
+    let mut conn = writ::redis_conn::connect(&four, Duration::ZERO)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("ZREM")
+        .arg(names.members())
+        .arg(&four.consumer_name)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(change(&two).await.unwrap(), Changed::From(Some(4)));
+    // In partition 1 under 2, in another under 4: the old daemon reads it
+    // from a stream it owns, where its count says it does not belong.
+    let name = (0..)
+        .map(|i| format!("N{i}"))
+        .find(|n| partition_of(&two, n) == 1 && partition_of(&four, n) != 1)
+        .unwrap();
+    let new = Writ::connect(two.clone()).await.unwrap();
+    let signal = new.collection("signal").unwrap();
+    signal.submit(&key(&name), &doc! {"n": 2}).await.unwrap();
+    let stopped = daemon.stopped_within(Duration::from_secs(60)).await;
+    let e = stopped.expect_err("the old daemon stopped with the count's error");
+    assert!(matches!(e, Error::Config(_)), "{e:?}");
+    let parked: u64 = redis::cmd("XLEN")
+        .arg(names.dead_letters())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(parked, 0, "the new count's write was dead-lettered");
+    let daemon = Daemon::start(two.clone());
+    eventually(
+        Duration::from_secs(30),
+        "the write applied by a daemon on the new count",
+        || async { (signal.read(&key(&name)).await.unwrap() == Some(doc! {"n": 2})).then_some(()) },
+    )
+    .await;
+    daemon.stop().await;
+}
+
 /// One command, given as words, on `conn`.
 async fn run<T: redis::FromRedisValue>(
     conn: &mut redis::aio::MultiplexedConnection,

@@ -57,6 +57,9 @@ pub(super) struct Refused {
 /// (it did not decode), so parking it beside them reorders nothing.
 pub(super) async fn park_refused(part: std::sync::Arc<Partition>, refused: Refused) {
     let Refused { entry, reject, .. } = &refused;
+    if reject.reason == RejectReason::WrongPartition && count_changed(&part).await {
+        return;
+    }
     let reply = entry.fields.as_ref().and_then(reply_of);
     let collection = entry
         .fields
@@ -71,6 +74,28 @@ pub(super) async fn park_refused(part: std::sync::Arc<Partition>, refused: Refus
         reply: reply.as_ref(),
     };
     park_fenced(&part, write).await;
+}
+
+/// Before an entry is parked as `wrong_partition`: whether the namespace's
+/// partition count changed under this daemon ([`crate::partition_count::recheck`],
+/// the housekeeping's check, asked now). Then the entry is a writer's on the
+/// new count, not a misplaced one: it stays pending for a daemon on the new
+/// count, and this daemon stops at once. Parked, it would carry this
+/// daemon's count in `dlq.partitions`, under which `writ dlq retry` refuses
+/// it for good. A daemon on an outdated count reads such entries when it
+/// outlived the change: stalled past its leases while `writ partitions
+/// --set` looked for daemons, started during the change, or not seen by a
+/// `--set` configured with a much shorter `daemon.lease_ttl_ms`.
+async fn count_changed(part: &Partition) -> bool {
+    let ctx = &part.ctx;
+    let mut conn = ctx.conn.clone();
+    let Some(e) = crate::partition_count::recheck(&mut conn, &ctx.config, &ctx.standing).await
+    else {
+        return false;
+    };
+    tracing::error!(partition = part.p, error = %e, "an entry written for another partition count: the namespace's count changed under this daemon; the entry stays pending for a daemon on the new count, and this daemon stops (its partitions drain and go to the others)");
+    ctx.halt.stop(e);
+    true
 }
 
 /// Best effort: the declared collection an entry that failed to decode

@@ -39,6 +39,38 @@ use crate::source::Item;
 use keys::Keys;
 use tracing::Instrument;
 
+/// How a part of the daemon stops the whole daemon, and says why (the
+/// error `writ serve` then returns).
+#[derive(Clone)]
+pub struct Halt {
+    daemon: tokio_util::sync::CancellationToken,
+    why: Arc<std::sync::Mutex<Option<crate::error::Error>>>,
+}
+
+impl Halt {
+    /// Stops through `daemon` (the daemon's shutdown).
+    pub fn new(daemon: tokio_util::sync::CancellationToken) -> Halt {
+        Halt {
+            daemon,
+            why: Default::default(),
+        }
+    }
+
+    /// Stops the daemon (its partitions drain and go to the others); the
+    /// first reason given is the one returned.
+    pub fn stop(&self, why: crate::error::Error) {
+        if let Ok(mut w) = self.why.lock() {
+            w.get_or_insert(why);
+        }
+        self.daemon.cancel();
+    }
+
+    /// The reason, once stopped.
+    pub fn why(&self) -> Option<crate::error::Error> {
+        self.why.lock().ok().and_then(|mut w| w.take())
+    }
+}
+
 /// What every partition task shares.
 pub struct Ctx {
     /// The validated config.
@@ -51,6 +83,10 @@ pub struct Ctx {
     pub cache: Cache,
     /// Shared connection for acks, XACK and dead letters.
     pub conn: Conn,
+    /// The daemon's standing against the namespace's partition count.
+    pub standing: crate::partition_count::Standing,
+    /// Stops the daemon (a changed partition count).
+    pub halt: Halt,
 }
 
 pub use crate::ownership::PartitionRun;
