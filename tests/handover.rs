@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use mongodb::bson::doc;
 use support::proc::DaemonProc;
-use support::{eventually, free_port, http_get, Overrides, TestEnv};
+use support::{eventually, free_port, http_get, lease_holders, Overrides, TestEnv};
 use writ::Writ;
 
 /// `partition -> value` of a gauge in a scrape.
@@ -77,7 +77,12 @@ async fn a_lost_partition_stops_exporting_its_gauges() {
     let path2 = env.config_file_with(dir2.path(), &o2);
     d1.pause();
     let _d2 = DaemonProc::start(&path2, dir2.path(), "gauges-d2");
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // d1 resumes once d2 holds a lease of d1's: d1 then finds it lost.
+    eventually(Duration::from_secs(30), "d2 to take a lease", || async {
+        let held = lease_holders(&env, 4).await;
+        (held.get("gauges-d2").copied().unwrap_or(0) > 0).then_some(())
+    })
+    .await;
     d1.resume();
     // Some partition ends up not owned by d1; for every such partition d1
     // exports no backlog, age or watermark.

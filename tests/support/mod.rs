@@ -664,9 +664,13 @@ impl TestEnv {
     }
 
     pub fn start_with(test: &str, aof: bool) -> TestEnv {
+        // The pid and a sequence keep names apart within a run; the random
+        // part keeps them apart across runs on one persistent server
+        // (`WRIT_TEST_MONGODB_URI`), where fresh CI containers repeat pids.
         let name = format!(
-            "t{}_{}_{}",
+            "t{}{:06x}_{}_{}",
             std::process::id(),
+            rand::random::<u32>() & 0xff_ffff,
             SEQ.fetch_add(1, Ordering::Relaxed),
             test.chars()
                 .filter(|c| c.is_ascii_alphanumeric())
