@@ -818,7 +818,12 @@ export class WritClient {
         { cause: e, accepted: "unknown" },
       );
     }
-    if (replicas !== undefined && (replicas instanceof Error || replicas < this.config.minReplicasAcked)) {
+    // An ack that came while the WAIT was out settles the write, whatever the
+    // WAIT says (as the Rust client: src/client/mod.rs): the daemon read it
+    // from the stream and applied it (or dead-lettered it), so "may or may
+    // not have been accepted" would be wrong, and a caller told so would
+    // write it again.
+    if (replicas !== undefined && (replicas instanceof Error || replicas < this.config.minReplicasAcked) && !w.result) {
       // Not this process's pending write any more: the caller is told to retry it.
       this.forget(w);
       w.settle({ outcome: "dead_lettered", version: "", entryId, reason: "too few replicas confirmed it" });

@@ -425,6 +425,17 @@ describe("core", () => {
     assert.deepEqual(errors, [], "the refusal went to the waiting call only");
   }));
 
+  test("minReplicasAcked on a Redis without replicas: a write whose ack came while WAIT was out succeeds", g(async () => {
+    // This env's redis-server has no replica, and the daemon min_replicas_acked = 0: every WAIT
+    // comes back short after replicaAckTimeoutMs, by which time the daemon has applied and acked
+    // the write. The ack settles it, whatever the WAIT says (as the Rust client).
+    const a = client({ mode: "ack", minReplicasAcked: 1, replicaAckTimeoutMs: 3000 });
+    const t = await a.write(KV.name, { k: "short-wait", n: 1 }, "put", { a: 1 });
+    assert.equal((await t.acked).outcome, "applied");
+    assert.equal(a.pendingCount, 0);
+    assert.equal((await client().read(KV.name, { k: "short-wait", n: 1 }))!.payload.a, 1);
+  }));
+
   test("lost acks are settled from the consumer group and the dead-letter stream: flush and maxPending recover", g(async () => {
     const id = `lost-${process.pid}-${Date.now()}`;
     const redis = new Redis(env.redisUrl);
