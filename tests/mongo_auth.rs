@@ -5,7 +5,9 @@
 //! On SecantusDB the harness creates the user, then restarts the server
 //! with `--auth`. Against a real MongoDB (`WRIT_TEST_MONGODB_URI`) the user
 //! is created through that URI; a server without authorization enabled
-//! still checks the credentials a driver presents, so both halves hold.
+//! still checks the credentials a driver presents, so the first test holds
+//! there too. The second (a role revoked while running) needs a server that
+//! enforces authorization, and says so on one that does not.
 
 mod support;
 
@@ -206,6 +208,22 @@ async fn a_role_revoked_while_running_holds_writes_back_instead_of_dead_letterin
     };
 
     let uri = with_credentials(&env.mongo_uri, USER, PASSWORD, &env.name);
+    // A revoked role changes nothing on a server that does not enforce
+    // authorization: say so, instead of timing out below.
+    let user = mongodb::Client::with_uri_str(&uri).await.unwrap();
+    let elsewhere = user
+        .database(&format!("{}_norole", env.name))
+        .collection::<mongodb::bson::Document>("x")
+        .find_one(doc! {})
+        .await;
+    assert!(
+        elsewhere.is_err(),
+        "this test needs a MongoDB that enforces authorization (mongod --auth, or \
+         security.authorization: enabled): a user with readWrite on {} only read another \
+         database through WRIT_TEST_MONGODB_URI",
+        env.name
+    );
+    drop(user);
     let o = Overrides {
         mongo_uri: Some(uri),
         daemon: "max_attempts = 2\nbackoff_cap_ms = 200",

@@ -369,14 +369,41 @@ pub async fn in_front_of_mongo_deafening(uri: &str, marker: &'static [u8]) -> (P
     (proxy, proxied)
 }
 
+/// The one `host:port` of `uri`. The proxy tests put a plain TCP proxy in
+/// front of one server: a URI they cannot do that for fails here, saying
+/// what to give instead, rather than as a confusing failure later.
 fn mongo_hostport(uri: &str) -> String {
-    let hostport = uri
+    let lower = uri.to_ascii_lowercase();
+    let unsupported = if lower.starts_with("mongodb+srv://") {
+        Some("a mongodb+srv:// URI (give the primary's mongodb://host:port)")
+    } else if ["tls=true", "ssl=true"].iter().any(|o| lower.contains(o)) {
+        Some("TLS (the proxy's address would fail the certificate check)")
+    } else if lower.contains("compressors=") {
+        Some("compression (the write-concern proxy reads plain messages)")
+    } else {
+        None
+    };
+    if let Some(what) = unsupported {
+        panic!(
+            "the proxy tests need WRIT_TEST_MONGODB_URI to name one server over plain TCP, \
+             without compression; this one has {what}"
+        );
+    }
+    let hosts = uri
         .trim_start_matches("mongodb://")
         .split(['/', '?'])
         .next()
         .unwrap()
+        .rsplit('@')
+        .next()
+        .unwrap()
         .to_string();
-    hostport.rsplit('@').next().unwrap().to_string()
+    assert!(
+        !hosts.contains(','),
+        "the proxy tests need WRIT_TEST_MONGODB_URI to name one server (the replica set's \
+         primary, with directConnection=true), not the list {hosts}"
+    );
+    hosts
 }
 
 /// The address of the (single) MongoDB server of `uri`.
