@@ -131,6 +131,7 @@ async fn scram_user_with_read_write_runs_writ_and_a_wrong_password_is_one_clear_
         }
         if started.elapsed() > Duration::from_secs(60) {
             let _ = child.kill();
+            let _ = child.wait();
             panic!("writ serve kept retrying a wrong MongoDB password for 60 s");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -65,6 +65,17 @@ impl Node {
     }
 }
 
+/// A node started before a later one failed to start (the cluster value
+/// never formed) is killed and reaped here, not left to the test binary's
+/// exit.
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child().take() {
+            kill(&mut child);
+        }
+    }
+}
+
 /// What a master was when [`RedisCluster::kill9`] killed it.
 struct Killed {
     at: Instant,
