@@ -234,6 +234,21 @@ async function withTimeout<T>(p: Promise<T>, ms: number, onTimeout: () => Error)
   }
 }
 
+/**
+ * The error `e` (from before a write was sent: connecting to Redis, waiting
+ * for its turn) as that write's: one that says nothing of a write (a failed
+ * `ready()`, shared by every call that waited for it; a close meanwhile)
+ * becomes one of its own class saying `accepted: "no"`.
+ */
+function notSent(e: unknown, collection: string): unknown {
+  if (!(e instanceof WritError) || e.accepted !== undefined) return e;
+  if (e instanceof WritClosedError) return new WritClosedError({ accepted: "no" });
+  const message = `the write to ${collection} was NOT accepted (nothing was sent): ${e.message}`;
+  if (e instanceof WritConnectionError) return new WritConnectionError(message, { cause: e, accepted: "no" });
+  if (e instanceof WritTimeoutError) return new WritTimeoutError(message, { cause: e, accepted: "no" });
+  return new WritError(message, { cause: e, accepted: "no" });
+}
+
 export class WritClient {
   readonly config: WritConfig;
   readonly names: Names;
@@ -278,8 +293,8 @@ export class WritClient {
   private syncPromise: Promise<void> | undefined;
   private readyPromise: Promise<void> | undefined;
   private closed = false;
-  /** Ack waiters to wake with {@link WritClosedError} on {@link close}. */
-  private closeWaiters = new Set<(e: Error) => void>();
+  /** Waiters (admissions, ack waits, flushes) that {@link close} ends: each fails with its own {@link WritClosedError}. */
+  private closeWaiters = new Set<() => void>();
   /** Waiters for room under `maxPending`. */
   private roomWaiters: Array<() => void> = [];
   /** Acks (of writes) whose ack-mode wait timed out: a refusal of theirs goes to onError. */
@@ -695,7 +710,7 @@ export class WritClient {
    * `fields` is the document of stored fields (`put` only).
    */
   async submit(collection: string, key: Record<string, unknown>, op: Op, fields?: Record<string, unknown>): Promise<Ticket> {
-    if (this.closed) throw new WritClosedError();
+    if (this.closed) throw new WritClosedError({ accepted: "no" });
     const k = this.resolveKey(collection, key);
     let docBytes: Buffer | undefined;
     if (op === "put") {
@@ -736,13 +751,19 @@ export class WritClient {
     // or behind writes already waiting) waits its turn in call order, and lets
     // the next one go only once it is in the admitter's queue: per-key order
     // is call order, and maxPending holds however many wait.
-    const turn =
-      this.turnsWaiting > 0 || !this.connected || this.pending.size >= this.config.maxPending
-        ? await this.waitTurn()
-        : undefined;
+    let turn: (() => void) | undefined;
+    if (this.turnsWaiting > 0 || !this.connected || this.pending.size >= this.config.maxPending) {
+      try {
+        turn = await this.waitTurn();
+      } catch (e) {
+        // Nothing of this write was sent (a Redis that cannot be reached, a
+        // close() meanwhile): it says so.
+        throw notSent(e, collection);
+      }
+    }
     if (this.closed) {
       turn?.();
-      throw new WritClosedError();
+      throw new WritClosedError({ accepted: "no" });
     }
 
     const req = `${this.reqPrefix}.${(++this.nextReq).toString(36)}`;
@@ -849,11 +870,15 @@ export class WritClient {
    * and never answers, a connection ioredis keeps queueing on) and by
    * {@link close} (ioredis may never settle commands queued on a connection
    * that is closed while it reconnects). Either way the entry may or may not
-   * have reached the stream.
+   * have reached the stream, unless it was still queued: then it is taken
+   * back, never sent.
    */
   private async bounded<T>(admitted: Promise<T>, collection: string, withdrawal?: Withdrawal): Promise<T> {
-    let onClose!: (e: Error) => void;
-    const closed = new Promise<never>((_, reject) => (onClose = reject));
+    let onClose!: () => void;
+    const closed = new Promise<never>(
+      (_, reject) =>
+        (onClose = () => reject(new WritClosedError({ accepted: withdrawal?.withdraw() ? "no" : "unknown" }))),
+    );
     this.closeWaiters.add(onClose);
     const { writeTimeoutMs, minReplicasAcked, replicaAckTimeoutMs } = this.config;
     // With replicas, a write may wait out the WAIT of the batch before its own.
@@ -947,12 +972,13 @@ export class WritClient {
 
   /** Waits for a write's ack; throws on refusal or after `timeoutMs` (the write stays queued). */
   async waitAck(t: Ticket, timeoutMs = this.config.writeTimeoutMs): Promise<AckResult> {
-    if (this.closed) throw new WritClosedError();
+    // Admitted, but a closed client cannot look whether Redis still holds it.
+    if (this.closed) throw new WritClosedError({ accepted: "unknown" });
     // While someone waits for it, a refusal is thrown to them, not also
     // given to onError (deliver() checks `waiting`).
     this.waiting.set(t.acked, (this.waiting.get(t.acked) ?? 0) + 1);
-    let onClose!: (e: Error) => void;
-    const closed = new Promise<never>((_, reject) => (onClose = reject));
+    let onClose!: () => void;
+    const closed = new Promise<never>((_, reject) => (onClose = () => reject(new WritClosedError({ accepted: "unknown" }))));
     this.closeWaiters.add(onClose);
     let r: AckResult;
     try {
@@ -992,8 +1018,8 @@ export class WritClient {
     if (this.closed) throw new WritClosedError();
     const all = [...this.pending.values()].map((w) => w.acked);
     // A close() meanwhile ends the wait at once: no ack is read after it.
-    let onClose!: (e: Error) => void;
-    const closed = new Promise<never>((_, reject) => (onClose = reject));
+    let onClose!: () => void;
+    const closed = new Promise<never>((_, reject) => (onClose = () => reject(new WritClosedError({ accepted: "unknown" }))));
     this.closeWaiters.add(onClose);
     try {
       await withTimeout(
@@ -1674,7 +1700,7 @@ export class WritClient {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    for (const wake of this.closeWaiters) wake(new WritClosedError());
+    for (const wake of this.closeWaiters) wake();
     this.closeWaiters.clear();
     for (const f of this.roomWaiters) f();
     this.roomWaiters = [];

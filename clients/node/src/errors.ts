@@ -11,8 +11,9 @@
  * - `"yes"`: writ holds it (queued, or parked in the dead-letter stream): it
  *   is applied, or waits for `writ dlq retry`, without you; sending it again
  *   would write it twice, over any newer write of the key by another process;
- * - `"unknown"`: Redis may or may not hold it (its reply was lost, or too few
- *   replicas confirmed it): once Redis answers, `flush()`, read the key, and
+ * - `"unknown"`: Redis may or may not hold it (its reply was lost, too few
+ *   replicas confirmed it, or the client was closed while it was out): once
+ *   Redis answers, `flush()`, read the key, and
  *   write it again only if it does not hold this value. An adapter write of
  *   several rows (candles, storage, log) says `"unknown"` too when some of
  *   its rows are held and others not; the message says how many.
@@ -31,7 +32,8 @@ export class WritError extends Error {
   /**
    * For an error a write threw (or `onError` was given for a write): whether
    * writ holds that write ({@link Accepted}). `undefined` for an error that
-   * says nothing about a write (a read, a list, a sync, a closed client).
+   * says nothing about a write (a read, a list, a sync, a closed client's
+   * `ready()` or read).
    */
   readonly accepted?: Accepted;
 
@@ -166,9 +168,28 @@ export class WritConfigError extends WritError {
   }
 }
 
-/** The client was closed; create a new one. */
+/**
+ * The client was closed; create a new one. Of a write (see {@link Accepted}):
+ * `"no"` if it was never sent (made after `close()`, or still waiting for
+ * the connection, for room under `maxPending` or in its partition's queue
+ * when `close()` came); `"unknown"` if its admission was out at Redis, or it
+ * was admitted and waited for its ack (`waitAck`, an ack-mode write, a
+ * `flush()`), when `close()` came: the client can no longer tell whether
+ * Redis holds it. Other calls (reads, lists, `sync`, `ready`, a `flush()`
+ * made after `close()`): `undefined`.
+ */
 export class WritClosedError extends WritError {
-  constructor() {
-    super("this writ client is closed; create a new one (or call setup() again)");
+  constructor(options?: { accepted?: Accepted }) {
+    const accepted = options?.accepted;
+    super(
+      accepted === "no"
+        ? "this writ client is closed; the write was NOT sent (NOT accepted): write it again with a new client (or after calling setup() again)"
+        : accepted === "unknown"
+          ? "this writ client was closed while the write was out at Redis or waiting for its ack: it may or may not have been " +
+            "accepted. With a new client (or after calling setup() again), read the key and write it again only if it does not " +
+            "hold this value"
+          : "this writ client is closed; create a new one (or call setup() again)",
+      accepted === undefined ? undefined : { accepted },
+    );
   }
 }

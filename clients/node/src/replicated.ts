@@ -96,7 +96,7 @@ export interface ReplicatedOptions {
   script: { sha: string; text: string };
   /** The daemon's consumer group (the admission script's bound counts its backlog). */
   group: string;
-  /** Whether the client was closed: queued admissions then fail with {@link WritClosedError}. */
+  /** Whether the client was closed: queued admissions then fail with {@link WritClosedError} (never sent: NOT accepted). */
   closed: () => boolean;
 }
 
@@ -201,7 +201,8 @@ export class ReplicatedAdmitter {
         continue;
       }
       if (this.isClosed()) {
-        this.fail(part, new WritClosedError());
+        // Never sent (a retry's node did not run it): NOT accepted.
+        this.fail(part, new WritClosedError({ accepted: "no" }));
         continue;
       }
       const call = part.retry ?? this.nextCall(part);
@@ -320,7 +321,8 @@ export class ReplicatedAdmitter {
     const max = redirectionsFor(this.config.writeTimeoutMs);
     for (const [part, c] of calls) {
       const noscript = c.lastError instanceof Error && c.lastError.message.startsWith("NOSCRIPT");
-      if (this.isClosed()) for (const entry of c.entries) entry.reject(new WritClosedError());
+      // Not run where it was sent (a redirection, NOSCRIPT), and not sent again: NOT accepted.
+      if (this.isClosed()) for (const entry of c.entries) entry.reject(new WritClosedError({ accepted: "no" }));
       else if (!noscript && ++c.redirects > max) for (const entry of c.entries) entry.reject(c.lastError);
       else part.retry = c;
     }

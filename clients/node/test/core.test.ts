@@ -425,6 +425,20 @@ describe("core", () => {
     assert.deepEqual(errors, [], "the refusal went to the waiting call only");
   }));
 
+  test("a write that never reached Redis says accepted \"no\": an unreachable Redis, a closed client", g(async () => {
+    // Nothing listens on port 1.
+    const c = client({ redisUrl: "redis://127.0.0.1:1", mode: "ack" });
+    await assert.rejects(
+      c.write(KV.name, { k: "unreachable", n: 1 }, "put", { a: 1 }),
+      (e: unknown) =>
+        e instanceof WritConnectionError && e.accepted === "no" && /NOT accepted/.test(e.message) && /127\.0\.0\.1:1/.test(e.message),
+    );
+    // Each write gets its own error, and ready() itself says nothing of a write.
+    await assert.rejects(c.ready(), (e: unknown) => e instanceof WritConnectionError && e.accepted === undefined);
+    await c.close();
+    await assert.rejects(c.write(KV.name, { k: "unreachable", n: 2 }, "put", { a: 1 }), (e: unknown) => e instanceof WritClosedError && e.accepted === "no");
+  }));
+
   test("minReplicasAcked on a Redis without replicas: a write whose ack came while WAIT was out succeeds", g(async () => {
     // This env's redis-server has no replica, and the daemon min_replicas_acked = 0: every WAIT
     // comes back short after replicaAckTimeoutMs, by which time the daemon has applied and acked
@@ -1435,8 +1449,12 @@ describe("core", () => {
       await new Promise((res) => setTimeout(res, 200));
       await r.stop();
       await new Promise((res) => setTimeout(res, 300)); // the client is now reconnecting
-      // A write made now waits in ioredis's offline queue; close() settles it.
+      // A write made now waits in ioredis's offline queue; close() settles it. Its admission call
+      // is out once this turn's microtasks ran (the group commit sends it from one).
       const queued = c.write(KV.name, { k: "close", n: 2 }, "put", { i: 2 }).catch((e: unknown) => e);
+      await new Promise((res) => setImmediate(res));
+      // A write of the same key made next waits in its partition's queue, behind that call.
+      const behind = c.write(KV.name, { k: "close", n: 2 }, "put", { i: 3 }).catch((e: unknown) => e);
       // A flush waiting for the pending ack ends with the close, not after writeTimeoutMs.
       const flushing = c.flush().catch((e: unknown) => e);
       const t = Date.now();
@@ -1446,10 +1464,19 @@ describe("core", () => {
       ]);
       assert.ok(Date.now() - t < 5000);
       assert.ok((await pending) instanceof Error, "the pending write is settled with an error");
+      // Admitted, waiting for its ack: a closed client cannot tell whether Redis still holds it.
+      assert.equal((await pending as WritClosedError).accepted, "unknown");
       const settled = await Promise.race([queued, new Promise((res) => setTimeout(() => res("unsettled"), 5000).unref())]);
       assert.ok(settled instanceof WritClosedError, `the queued write is settled with WritClosedError: ${String(settled)}`);
+      // Its admission was out (in ioredis's queue): it may or may not have been accepted.
+      assert.equal(settled.accepted, "unknown");
+      // Never sent: taken back from the queue.
+      const unsent = await behind;
+      assert.ok(unsent instanceof WritClosedError, String(unsent));
+      assert.equal(unsent.accepted, "no");
       const flushed = await Promise.race([flushing, new Promise((res) => setTimeout(() => res("unsettled"), 5000).unref())]);
       assert.ok(flushed instanceof WritClosedError, `the flush is settled with WritClosedError: ${String(flushed)}`);
+      assert.equal(flushed.accepted, "unknown");
       await assert.rejects(c.flush(), WritClosedError);
     } finally {
       await r.stop().catch(() => {});
