@@ -474,19 +474,12 @@ export class AckReader {
    */
   private async finishedByDaemon(writes: AwaitedWrite[]): Promise<{ done: AwaitedWrite[]; gone: AwaitedWrite[] }> {
     const group = this.names.group;
-    const clientId = this.config.clientId;
     const parts = await Promise.all(
       [...groupBy(writes, (w) => w.key.partition)].map(async ([p, ws]) => {
         const stream = this.names.stream(p);
-        const entries = await Promise.all(
-          ws.map((w) => this.redis.xrange(stream, w.entryId!, w.entryId!, "COUNT", 1) as Promise<[string, string[]][]>),
-        );
-        const own = (i: number) => {
-          const f = entries[i].length === 1 ? flatToMap(entries[i][0][1]) : undefined;
-          return f !== undefined && String(f.get("req")) === ws[i].req && String(f.get("client")) === clientId;
-        };
-        const held = ws.filter((_, i) => own(i));
-        const missing = ws.filter((_, i) => !own(i));
+        const own = await this.ownEntries(stream, ws);
+        const held = ws.filter((_, i) => own[i]);
+        const missing = ws.filter((_, i) => !own[i]);
         // The group's last-delivered id is read before any pending check of
         // a held entry: delivered by then and not pending after means acked.
         const [delivered, missingPending] = await Promise.all([
@@ -505,6 +498,45 @@ export class AckReader {
       }),
     );
     return { done: parts.flatMap((x) => x.done), gone: parts.flatMap((x) => x.gone) };
+  }
+
+  /**
+   * Whether `stream` holds each of `writes`' own entries (`XRANGE id id`):
+   * an entry at a write's id that another write added (a promoted replica
+   * whose clock is behind may give out a lost entry's id again) is not its.
+   */
+  private async ownEntries(stream: string, writes: AwaitedWrite[]): Promise<boolean[]> {
+    const clientId = this.config.clientId;
+    const entries = await Promise.all(
+      writes.map((w) => this.redis.xrange(stream, w.entryId!, w.entryId!, "COUNT", 1) as Promise<[string, string[]][]>),
+    );
+    return entries.map((e, i) => {
+      const f = e.length === 1 ? flatToMap(e[0][1]) : undefined;
+      return f !== undefined && String(f.get("req")) === writes[i].req && String(f.get("client")) === clientId;
+    });
+  }
+
+  /**
+   * Of `writes` (admitted: each has its entry id), those Redis may no longer
+   * hold: the stream does not hold the write's own entry and the consumer
+   * group does not hold its id pending (a failover lost it, someone deleted
+   * it, or retention trimmed it after the daemon was done with it; only
+   * MongoDB could tell which). An ack-mode wait or a flush that times out
+   * looks once, so that its error says `accepted: "yes"` only of writes writ
+   * holds (docs/protocol.md §5). Throws if Redis cannot be read; the caller
+   * bounds it.
+   */
+  async notHeld(writes: AwaitedWrite[]): Promise<AwaitedWrite[]> {
+    const parts = await Promise.all(
+      [...groupBy(writes, (w) => w.key.partition)].map(async ([p, ws]) => {
+        const stream = this.names.stream(p);
+        const own = await this.ownEntries(stream, ws);
+        const missing = ws.filter((_, i) => !own[i]);
+        const pending = await Promise.all(missing.map((w) => this.pendingInGroup(stream, w.entryId!)));
+        return missing.filter((_, i) => !pending[i]);
+      }),
+    );
+    return parts.flat();
   }
 
   /** Whether the consumer group holds entry `id` of `stream` pending (false if the stream or group is gone). */

@@ -194,6 +194,9 @@ const CLOSE_WAIT_MS = 1000;
 /** ready()'s bound ran out: Redis took the connection and did not answer. */
 class NoAnswer extends Error {}
 
+/** A wait for acks ran out: the waiter looks at the writes' entries before it says what it knows. */
+class Overdue extends Error {}
+
 /** What to do about Redis's refusal `msg` of a start-up check, by its code (`undefined`: no advice by code). */
 function refusalHint(msg: string): string | undefined {
   const code = msg.split(" ")[0];
@@ -297,6 +300,8 @@ export class WritClient {
   private closeWaiters = new Set<() => void>();
   /** Waiters for room under `maxPending`. */
   private roomWaiters: Array<() => void> = [];
+  /** Each write's ack → the write (a ticket's write, for the look an ack wait makes when it times out). */
+  private readonly byAck = new WeakMap<Promise<AckResult>, PendingWrite>();
   /** Acks (of writes) whose ack-mode wait timed out: a refusal of theirs goes to onError. */
   private unheard = new WeakSet<Promise<AckResult>>();
   /**
@@ -771,6 +776,7 @@ export class WritClient {
     const acked = new Promise<AckResult>((r) => (settle = r));
     const w: PendingWrite = { req, key: k, op, doc: docBytes, settle, acked };
     this.pending.set(req, w);
+    this.byAck.set(acked, w);
     this.ackReader.start();
 
     const keys = this.partitionKeys(k.partition);
@@ -970,7 +976,11 @@ export class WritClient {
     this.report(e);
   }
 
-  /** Waits for a write's ack; throws on refusal or after `timeoutMs` (the write stays queued). */
+  /**
+   * Waits for a write's ack; throws on refusal, or after `timeoutMs` a
+   * {@link WritTimeoutError} that says whether writ still holds the write
+   * (one look at its entry, within `readTimeoutMs`).
+   */
   async waitAck(t: Ticket, timeoutMs = this.config.writeTimeoutMs): Promise<AckResult> {
     // Admitted, but a closed client cannot look whether Redis still holds it.
     if (this.closed) throw new WritClosedError({ accepted: "unknown" });
@@ -982,21 +992,21 @@ export class WritClient {
     this.closeWaiters.add(onClose);
     let r: AckResult;
     try {
-      r = await withTimeout(
-        Promise.race([t.acked, closed]),
-        timeoutMs,
-        () => {
-          // If it is refused after all, onError says so (deliver).
+      try {
+        r = await withTimeout(Promise.race([t.acked, closed]), timeoutMs, () => new Overdue());
+      } catch (e) {
+        if (!(e instanceof Overdue)) throw e;
+        const w = this.byAck.get(t.acked);
+        const gone = await Promise.race([this.notHeldOf(w ? [w] : []), closed]);
+        // An ack that came during the look wins (deliver() sets the result
+        // before it settles; this turn decides, so no refusal is missed).
+        if (w?.result) r = w.result;
+        else {
+          // If it is refused after all, or lost, onError says so (deliver).
           this.unheard.add(t.acked);
-          return new WritTimeoutError(
-            `no ack for the write ${t.entryId} to ${t.collection} within ${timeoutMs} ms; it is still queued and will be ` +
-              `applied when the daemon catches up (if it is refused instead, onError gets a RefusedWriteError; if Redis ` +
-              `lost it, a LostWriteError). ` +
-              `Check \`writ status\` and that \`writ serve\` is running.`,
-            { accepted: "yes" },
-          );
-        },
-      );
+          throw this.ackTimeout(t, timeoutMs, w ? gone : undefined);
+        }
+      }
     } finally {
       this.closeWaiters.delete(onClose);
       const n = (this.waiting.get(t.acked) ?? 1) - 1;
@@ -1007,29 +1017,107 @@ export class WritClient {
     return r;
   }
 
+  /**
+   * Of admitted writes whose ack did not come in time, those Redis may no
+   * longer hold (their entry gone from the stream and not pending in the
+   * daemon's group: {@link AckReader.notHeld}), looked up once within
+   * `readTimeoutMs`; a write still being admitted counts too. Undefined if
+   * Redis could not be read in time. As the Rust client's ticket
+   * (src/client/ticket.rs) and docs/protocol.md §5.
+   */
+  private async notHeldOf(writes: PendingWrite[]): Promise<PendingWrite[] | undefined> {
+    const admitted = writes.filter((w) => w.entryId !== undefined);
+    const unadmitted = writes.filter((w) => w.entryId === undefined);
+    if (!admitted.length) return unadmitted;
+    const ms = this.config.readTimeoutMs;
+    try {
+      const gone = await withTimeout(this.ackReader.notHeld(admitted), ms, () => new Error(`no answer within ${ms} ms`));
+      return [...(gone as PendingWrite[]), ...unadmitted];
+    } catch {
+      return undefined;
+    }
+  }
+
+  /**
+   * The timeout of a wait for the ack of `t`, saying what the look at its
+   * entry found: `gone` is empty (held: "yes"), holds it (its entry gone:
+   * "unknown"), or is undefined (Redis not read in time: "unknown").
+   */
+  private ackTimeout(t: Ticket, timeoutMs: number, gone: PendingWrite[] | undefined): WritTimeoutError {
+    const what = `no ack for the write ${t.entryId} to ${t.collection} within ${timeoutMs} ms`;
+    const decide =
+      `Once Redis answers, read the key and write it again only if it does not hold this value (if Redis lost it, ` +
+      `onError gets a LostWriteError once MongoDB shows it was not applied, after lostWriteAfterMs).`;
+    if (gone === undefined) {
+      return new WritTimeoutError(
+        `${what}, and Redis did not tell within readTimeoutMs (${this.config.readTimeoutMs} ms) whether it still holds ` +
+          `the write's entry: it may or may not be applied. ${decide} Check Redis, \`writ status\` and that \`writ serve\` is running.`,
+        { accepted: "unknown" },
+      );
+    }
+    if (gone.length) {
+      return new WritTimeoutError(
+        `${what}, and its entry is no longer in the stream nor pending in the daemon's group (a Redis failover lost it, ` +
+          `it was deleted, or retention trimmed it after the daemon applied it and the ack was lost): it may or may not ` +
+          `be applied. ${decide}`,
+        { accepted: "unknown" },
+      );
+    }
+    return new WritTimeoutError(
+      `${what}; it is still queued and will be applied when the daemon catches up (if it is refused instead, onError ` +
+        `gets a RefusedWriteError; if Redis loses it, a LostWriteError). Check \`writ status\` and that \`writ serve\` is running.`,
+      { accepted: "yes" },
+    );
+  }
+
   /** The error for a write that is not stored ({@link notStored}): refused by the daemon, or lost by Redis. */
   private notStoredError(collection: string, r: AckResult): RefusedWriteError | LostWriteError {
     if (r.outcome === "lost") return new LostWriteError(collection, r.entryId, r.reason ?? "");
     return new RefusedWriteError(collection, r.reason ?? "", r.entryId);
   }
 
-  /** Waits until every write this process made so far is acked (bounded). */
+  /**
+   * Waits until every write this process made so far is acked (bounded: then
+   * a {@link WritTimeoutError} that says, after one look within
+   * `readTimeoutMs`, whether writ still holds the writes not acked).
+   */
   async flush(timeoutMs = this.config.writeTimeoutMs): Promise<void> {
     if (this.closed) throw new WritClosedError();
-    const all = [...this.pending.values()].map((w) => w.acked);
+    const writes = [...this.pending.values()];
     // A close() meanwhile ends the wait at once: no ack is read after it.
     let onClose!: () => void;
     const closed = new Promise<never>((_, reject) => (onClose = () => reject(new WritClosedError({ accepted: "unknown" }))));
     this.closeWaiters.add(onClose);
     try {
-      await withTimeout(
-        Promise.race([Promise.all(all), closed]),
-        timeoutMs,
-        () =>
-          new WritTimeoutError(`${all.length} writes not acked within ${timeoutMs} ms; they are still queued; check \`writ status\``, {
-            accepted: "yes",
-          }),
-      );
+      await withTimeout(Promise.race([Promise.all(writes.map((w) => w.acked)), closed]), timeoutMs, () => new Overdue());
+    } catch (e) {
+      if (!(e instanceof Overdue)) throw e;
+      const waiting = () => writes.filter((w) => this.pending.get(w.req) === w);
+      const gone = await Promise.race([this.notHeldOf(waiting()), closed]);
+      // Acked during the look: done.
+      const left = waiting();
+      if (!left.length) return;
+      const what = `${left.length} writes not acked within ${timeoutMs} ms`;
+      if (gone === undefined) {
+        throw new WritTimeoutError(
+          `${what}, and Redis did not tell within readTimeoutMs (${this.config.readTimeoutMs} ms) whether it still holds ` +
+            `their entries: they may or may not be applied. Once Redis answers, flush() again; check Redis and \`writ status\``,
+          { accepted: "unknown" },
+        );
+      }
+      const stillLeft = new Set(left);
+      const lost = gone.filter((w) => stillLeft.has(w)).length;
+      if (lost) {
+        throw new WritTimeoutError(
+          `${what}; ${lost} of them are no longer in their streams nor pending in the daemon's group (a Redis failover ` +
+            `lost them, they were deleted, or retention trimmed them after the daemon applied them and the acks were ` +
+            `lost; or still being admitted): those may or may not be applied, the others are still queued. Once Redis ` +
+            `answers, read those keys and write again what they do not hold (onError gets a LostWriteError for a write ` +
+            `Redis lost, after lostWriteAfterMs); check \`writ status\``,
+          { accepted: "unknown" },
+        );
+      }
+      throw new WritTimeoutError(`${what}; they are still queued; check \`writ status\``, { accepted: "yes" });
     } finally {
       this.closeWaiters.delete(onClose);
     }

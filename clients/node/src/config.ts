@@ -66,7 +66,11 @@ export interface WritConfig {
   maxDocumentBytes: number;
   /** How long an `ack`-mode write waits for its ack (`client.write_timeout_ms`). */
   writeTimeoutMs: number;
-  /** How long a list read waits for this process's own pending writes (`client.read_timeout_ms`); also bounds each read's Redis commands. */
+  /**
+   * How long a list read waits for this process's own pending writes
+   * (`client.read_timeout_ms`); also bounds each read's Redis commands, and
+   * the look at a write's entry when its ack wait (or a `flush`) timed out.
+   */
   readTimeoutMs: number;
   /** How long the first read waits for the daemon to apply writes made before this process started. */
   syncTimeoutMs: number;

@@ -12,8 +12,9 @@
  *   is applied, or waits for `writ dlq retry`, without you; sending it again
  *   would write it twice, over any newer write of the key by another process;
  * - `"unknown"`: Redis may or may not hold it (its reply was lost, too few
- *   replicas confirmed it, or the client was closed while it was out): once
- *   Redis answers, `flush()`, read the key, and
+ *   replicas confirmed it, its ack did not come and its entry is gone from
+ *   the stream or Redis did not answer the look, or the client was closed
+ *   while it was out): once Redis answers, `flush()`, read the key, and
  *   write it again only if it does not hold this value. An adapter write of
  *   several rows (candles, storage, log) says `"unknown"` too when some of
  *   its rows are held and others not; the message says how many.
@@ -60,11 +61,15 @@ export class BackpressureError extends WritError {
 }
 
 /**
- * A wait timed out. A write whose ack did not come in time is still queued
- * and will be applied; a write that was never admitted is a
- * {@link PendingFullError} (this class too) and was NOT accepted; a write
- * fewer than `minReplicasAcked` replicas confirmed in time is to be retried.
- * The message says which.
+ * A wait timed out. A write whose ack did not come in time (an ack-mode
+ * write, `waitAck`, `flush()`) is looked up once in its stream: while the
+ * stream holds its entry, or the daemon's group holds it pending, it is
+ * still queued and will be applied (`accepted: "yes"`); if its entry is gone
+ * (a failover lost it, or it was deleted) or Redis could not be read within
+ * `readTimeoutMs`, it may or may not be applied (`"unknown"`). A write that
+ * was never admitted is a {@link PendingFullError} (this class too) and was
+ * NOT accepted; a write fewer than `minReplicasAcked` replicas confirmed in
+ * time is to be retried (`"unknown"`). The message says which.
  */
 export class WritTimeoutError extends WritError {
   constructor(message: string, options?: WritErrorOptions) {

@@ -425,6 +425,53 @@ describe("core", () => {
     assert.deepEqual(errors, [], "the refusal went to the waiting call only");
   }));
 
+  test("an ack wait that times out says accepted \"yes\" while the write's entry is in the stream, \"unknown\" once it is gone", g(async () => {
+    const names = new Names(env.name);
+    const streamOf = (key: { k: string; n: number }) => names.stream(partitionOf(KV.name, canonicalKey(KV, key), env.partitions));
+    const a = client({ mode: "ack", writeTimeoutMs: 2000, onError: () => {} });
+    const s = client({ mode: "submit", onError: () => {} });
+    await Promise.all([a.ready(), s.ready()]);
+    const redis = new Redis(env.redisUrl);
+    const daemon = env.writ!.proc.child;
+    await pause(daemon);
+    try {
+      // Held: its entry is in the stream (nobody read it: the daemon is stopped).
+      await assert.rejects(
+        a.write(KV.name, { k: "timeout-held", n: 1 }, "put", { a: 1 }),
+        (e: unknown) => e instanceof WritTimeoutError && e.accepted === "yes" && /still queued/.test(e.message),
+      );
+      // Gone while the write waits for its ack (as a failover loses it): deleted once it is in the stream.
+      const key = { k: "timeout-gone", n: 1 };
+      const stream = streamOf(key);
+      const last = ((await redis.xrevrange(stream, "+", "-", "COUNT", 1)) as [string, string[]][])[0]?.[0] ?? "0-0";
+      const waited = a.write(KV.name, key, "put", { a: 1 }).then(
+        () => assert.fail("no ack can come: the daemon is stopped"),
+        (e: unknown) => e,
+      );
+      const id = await eventually("the write's entry in the stream", 10000, async () => {
+        const added = (await redis.xrange(stream, `(${last}`, "+")) as [string, string[]][];
+        return added.find(([, f]) => f.includes(a.clientId))?.[0];
+      });
+      assert.equal(await redis.xdel(stream, id), 1);
+      const e = await waited;
+      assert.ok(e instanceof WritTimeoutError, String(e));
+      assert.equal(e.accepted, "unknown", e.message);
+      assert.match(e.message, new RegExp(`write ${id} .*no longer in the stream.*may or may not be applied`));
+
+      // flush() says the same of the writes it waited for.
+      const t = await s.write(KV.name, { k: "timeout-flush", n: 1 }, "put", { a: 1 });
+      await assert.rejects(s.flush(500), (e: unknown) => e instanceof WritTimeoutError && e.accepted === "yes" && /still queued/.test(e.message));
+      assert.equal(await redis.xdel(streamOf({ k: "timeout-flush", n: 1 }), t.entryId), 1);
+      await assert.rejects(
+        s.flush(500),
+        (e: unknown) => e instanceof WritTimeoutError && e.accepted === "unknown" && /1 of them are no longer in their streams/.test(e.message),
+      );
+    } finally {
+      resume(daemon);
+      redis.disconnect();
+    }
+  }));
+
   test("a write that never reached Redis says accepted \"no\": an unreachable Redis, a closed client", g(async () => {
     // Nothing listens on port 1.
     const c = client({ redisUrl: "redis://127.0.0.1:1", mode: "ack" });
