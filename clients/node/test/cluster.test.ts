@@ -281,12 +281,23 @@ describe("Redis Cluster", () => {
 
   test("minReplicasAcked 2 with one replica per master: a retryable WritTimeoutError after about the timeout", g(async () => {
     const w = processWith("submit", { minReplicasAcked: 2, replicaAckTimeoutMs: 400 });
-    const t0 = Date.now();
-    const err = await w.client.submit(SIGNAL, { symbol: "wait2", strategyName: "s", exchangeName: "e" }, "put", { payload: 1 }).then(
-      () => undefined,
-      (e: unknown) => e,
-    );
-    const took = Date.now() - t0;
+    await w.client.ready();
+    // The daemon is stopped while the WAIT is out: an ack that came meanwhile would settle the write
+    // (it succeeds then, whatever the WAIT says).
+    const daemon = env.writ!.proc.child;
+    await pause(daemon);
+    let err: unknown;
+    let took: number;
+    try {
+      const t0 = Date.now();
+      err = await w.client.submit(SIGNAL, { symbol: "wait2", strategyName: "s", exchangeName: "e" }, "put", { payload: 1 }).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      took = Date.now() - t0;
+    } finally {
+      resume(daemon);
+    }
     assert.ok(err instanceof WritTimeoutError, `got ${err}`);
     assert.match(err.message, /reached the Redis master but not 2 replica\(s\) within 400 ms .*1 confirmed.*may be lost.*may still be applied.*Retry/);
     assert.ok(took >= 380 && took < 3000, `failed after ${took} ms`);
@@ -310,6 +321,10 @@ describe("Redis Cluster", () => {
       ctxs.map(([symbol, strategyName, exchangeName]) => w.client.submit(SIGNAL, { symbol, strategyName, exchangeName }, "put", { payload: 0 })),
     );
     await pause(replica.proc.child);
+    // The daemon too, while the WAITs are out: an ack that came meanwhile would settle a write on
+    // the victim (it succeeds then, whatever the WAIT says).
+    const daemon = env.writ!.proc.child;
+    await pause(daemon);
     try {
       const t0 = Date.now();
       const results = await Promise.all(
@@ -333,6 +348,7 @@ describe("Redis Cluster", () => {
       });
       assert.ok(masters.some((m) => m === victim) && masters.some((m) => m !== victim));
     } finally {
+      resume(daemon);
       resume(replica.proc.child);
     }
     // Once the replica runs again, writes there succeed.
