@@ -71,6 +71,17 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
         health,
         background.clone(),
     ));
+    // The unique key indexes again, every so often (a collection dropped
+    // while the daemon runs comes back without its index).
+    let indexes = {
+        let (store, collections) = (
+            closing.clone(),
+            config.collections.values().cloned().collect(),
+        );
+        let every = config.stats_interval * INDEX_CHECK_INTERVALS;
+        let stop = background.clone();
+        tokio::spawn(async move { store.keep_indexes(collections, every, stop).await })
+    };
     let keeper = tokio::spawn(housekeeping(
         config.clone(),
         conn,
@@ -87,7 +98,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
         Box::new(move |p, run| tokio::spawn(crate::partition::run_partition(p, ctx.clone(), run)));
     ownership::run(config.clone(), control, leases, spawn, shutdown.clone()).await;
     background.cancel();
-    let _ = tokio::join!(probe, keeper);
+    let _ = tokio::join!(probe, keeper, indexes);
     closing.close().await;
     tracing::info!("writ serve stopped");
     match halt.why() {
@@ -109,6 +120,11 @@ fn log_start(config: &Config) {
         "starting writ serve"
     );
 }
+
+/// The unique key indexes are checked again every this many
+/// `daemon.stats_interval_ms` (a minute at the default 2 s): a
+/// `listIndexes` per collection, so rarely that MongoDB does not notice.
+const INDEX_CHECK_INTERVALS: u32 = 30;
 
 /// Waits for MongoDB and creates the unique key indexes.
 /// [`Error::Shutdown`] when `shutdown` fires meanwhile (nothing was in flight).

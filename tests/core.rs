@@ -661,3 +661,50 @@ async fn an_insert_once_put_after_a_hard_delete_inserts_again() {
     assert_eq!(dlq, 0);
     daemon.stop().await;
 }
+
+/// A collection dropped while the daemon runs (by hand, or with its
+/// database) comes back with its next write without the unique key index
+/// the sequence guard relies on: a write applied again there (after a lost
+/// reply) would insert a second document for its key instead of being
+/// refused as stale. The daemon makes the index again every 30 status
+/// intervals, and writes go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_dropped_while_the_daemon_runs_gets_its_key_index_back() {
+    let env = TestEnv::start("index_back");
+    let config = env.config_with(&support::Overrides {
+        daemon: "stats_interval_ms = 100",
+        ..Default::default()
+    });
+    let daemon = Daemon::start(config.clone());
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let k = doc! {"symbol": "IX", "strategyName": "index", "exchangeName": "x"};
+    s.write(&k, &doc! {"n": 1}).await.unwrap();
+    let signal = env.mongo_db().await.collection::<Document>("signal");
+    signal.drop().await.unwrap();
+    s.write(&k, &doc! {"n": 2}).await.unwrap();
+    let key_fields = config.collection("signal").unwrap().key.clone();
+    eventually(
+        Duration::from_secs(30),
+        "the unique key index made again",
+        || async {
+            use futures::TryStreamExt;
+            let indexes: Vec<mongodb::IndexModel> =
+                signal.list_indexes().await.ok()?.try_collect().await.ok()?;
+            indexes
+                .iter()
+                .any(|ix| {
+                    ix.options.as_ref().and_then(|o| o.unique) == Some(true)
+                        && ix.keys.keys().cloned().collect::<Vec<_>>() == key_fields
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    // A second document for the key is refused again.
+    assert!(signal.insert_one(k.clone()).await.is_err());
+    s.write(&k, &doc! {"n": 3}).await.unwrap();
+    assert_eq!(s.read(&k).await.unwrap(), Some(doc! {"n": 3}));
+    assert_eq!(signal.count_documents(k.clone()).await.unwrap(), 1);
+    daemon.stop().await;
+}

@@ -1,7 +1,9 @@
 //! The unique key index every collection needs before its first write: the
 //! sequence guard tells a stale write from a new key by the duplicate-key
-//! error this index raises. `writ serve` makes sure of it at start, the tools
-//! before their first apply to a collection.
+//! error this index raises. `writ serve` makes sure of it at start and again
+//! every minute or so while it runs ([`Store::keep_indexes`]: a collection
+//! dropped meanwhile comes back without it), the tools before their first
+//! apply to a collection.
 //!
 //! An index on exactly the key fields is used whatever its name: the
 //! official `@backtest-kit/mongo` adapter's (mongoose names it by its keys,
@@ -38,7 +40,7 @@ impl Store {
         collections: impl IntoIterator<Item = &'a CollectionConfig>,
     ) -> Result<()> {
         for c in collections {
-            self.ensure_key_index(c).await.inspect_err(|e| {
+            self.ensure_key_index(c).await.map(drop).inspect_err(|e| {
                 // A transient failure (an outage) is the caller's to retry
                 // and report; a refusal needs an operator.
                 if e.retry_class() == crate::error::RetryClass::Permanent {
@@ -77,11 +79,51 @@ impl Store {
         }
     }
 
-    async fn ensure_key_index(&self, c: &CollectionConfig) -> Result<()> {
+    /// While the daemon runs, makes sure every `every` that each of
+    /// `collections` still has its unique key index, until `stop`. A
+    /// collection dropped while the daemon runs (by hand, or with its
+    /// database) comes back with its next write, without the index; a write
+    /// applied again there (after a lost reply, say) would then insert a
+    /// second document for its key instead of failing on the index as
+    /// stale. Each index made again is logged as a warning.
+    pub async fn keep_indexes(
+        &self,
+        collections: Vec<CollectionConfig>,
+        every: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.cancelled() => return,
+            }
+            for c in &collections {
+                let made = tokio::select! {
+                    r = self.ensure_key_index(c) => r,
+                    _ = stop.cancelled() => return,
+                };
+                match made {
+                    Ok(false) => {}
+                    Ok(true) => tracing::warn!(
+                        collection = %c.name,
+                        "the collection had lost its unique key index (dropped while the daemon ran?); made it again"
+                    ),
+                    Err(e) => tracing::warn!(
+                        collection = %c.name,
+                        error = %e,
+                        "cannot make sure of the unique key index; trying again later"
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Makes sure of `c`'s unique key index; `true` when it made it.
+    async fn ensure_key_index(&self, c: &CollectionConfig) -> Result<bool> {
         let keys: Document = c.key.iter().map(|k| (k.clone(), Bson::Int32(1))).collect();
         if let Some(name) = self.existing_key_index(c, &keys).await? {
             tracing::debug!(collection = %c.name, index = %name, "the unique key index is there");
-            return Ok(());
+            return Ok(false);
         }
         // The request mongoose sends for the same index, field for field and
         // in its order: a server that compares requests as documents (as
@@ -94,11 +136,11 @@ impl Store {
             "indexes": [{"key": keys.clone(), "unique": true, "background": true, "name": name.join("_")}],
         };
         match self.database().run_command(command).await {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(true),
             // Made by another process since we looked.
             Err(e) if mongo_code(&e).is_some_and(|code| INDEX_CONFLICTS.contains(&code)) => {
                 match self.existing_key_index(c, &keys).await? {
-                    Some(_) => Ok(()),
+                    Some(_) => Ok(false),
                     None => Err(Error::Mongo(e)),
                 }
             }
