@@ -458,6 +458,34 @@ fn name_in(config: &Config, p: u32) -> String {
         .unwrap()
 }
 
+/// `change` to 2 partitions through a Redis slowed by 800 ms a command,
+/// returned once it has written partition 1's copy (its other copies and
+/// its swap still to come), with the proxy that slows it.
+async fn slow_change_to_two(
+    env: &TestEnv,
+    four: &Config,
+) -> (
+    support::proxy::Proxy,
+    tokio::task::JoinHandle<writ::Result<writ::partition_count::Changed>>,
+) {
+    let (proxy, slow_url) =
+        support::proxy::in_front_of_redis_with_latency(&env.redis_url, Duration::from_millis(800))
+            .await;
+    let slow_two = env.config_with(&Overrides {
+        partitions: Some(2),
+        redis_url: Some(slow_url),
+        ..Default::default()
+    });
+    let changing = tokio::spawn(async move { change(&slow_two).await });
+    eventually(
+        Duration::from_secs(30),
+        "partition 1's copy of 2",
+        || async { (copy_and_xlen(four, 1).await.0.as_deref() == Some("2")).then_some(()) },
+    )
+    .await;
+    (proxy, changing)
+}
+
 /// `writ partitions --set` while a writer still runs on the old count (the
 /// procedure says to stop writers first): a write admitted to a partition
 /// before the new count's copy reached it is found after the copies, and
@@ -477,21 +505,7 @@ async fn a_write_that_races_a_change_of_the_count_undoes_it() {
         .unwrap();
     let old = Writ::connect(four.clone()).await.unwrap();
     let s = old.collection("signal").unwrap();
-    let (_proxy, slow_url) =
-        support::proxy::in_front_of_redis_with_latency(&env.redis_url, Duration::from_millis(800))
-            .await;
-    let slow_two = env.config_with(&Overrides {
-        partitions: Some(2),
-        redis_url: Some(slow_url),
-        ..Default::default()
-    });
-    let changing = tokio::spawn(async move { change(&slow_two).await });
-    eventually(
-        Duration::from_secs(30),
-        "partition 1's copy of 2",
-        || async { (copy_and_xlen(&four, 1).await.0.as_deref() == Some("2")).then_some(()) },
-    )
-    .await;
+    let (_proxy, changing) = slow_change_to_two(&env, &four).await;
     let raced = name_in(&four, 3);
     s.submit(&key(&raced), &doc! {"n": 3})
         .await
@@ -569,21 +583,7 @@ async fn two_changes_at_once_never_leave_the_record_and_its_copies_apart() {
     let four = with_partitions(&env, 4);
     let two = with_partitions(&env, 2);
     change(&four).await.unwrap();
-    let (_proxy, slow_url) =
-        support::proxy::in_front_of_redis_with_latency(&env.redis_url, Duration::from_millis(800))
-            .await;
-    let slow_two = env.config_with(&Overrides {
-        partitions: Some(2),
-        redis_url: Some(slow_url),
-        ..Default::default()
-    });
-    let changing = tokio::spawn(async move { change(&slow_two).await });
-    eventually(
-        Duration::from_secs(30),
-        "partition 1's copy of 2",
-        || async { (copy_and_xlen(&four, 1).await.0.as_deref() == Some("2")).then_some(()) },
-    )
-    .await;
+    let (_proxy, changing) = slow_change_to_two(&env, &four).await;
     assert_eq!(change(&four).await.unwrap(), Changed::Already);
     let slow = changing.await.unwrap();
     let record = recorded(&four).await;
