@@ -291,8 +291,10 @@ export class AckReader {
    * answer this process's reads of its key and hold up its lists. Bounded:
    * at most every {@link LOST_ACK_SWEEP_MS} (or `writeTimeoutMs`, if
    * shorter), {@link LOST_ACK_SWEEP_MAX} writes (one key at a time,
-   * {@link fairShare}) and {@link LOST_ACK_DLQ_SCAN} dead letters per sweep;
-   * any failure leaves the writes for the next sweep (a refusal of the
+   * {@link fairShare}) and {@link LOST_ACK_DLQ_SCAN} dead letters per sweep,
+   * whose Redis reads together get `readTimeoutMs` (the ack loop waits for
+   * them); any failure, or running out of that time, leaves the writes for
+   * the next sweep (a refusal of the
    * dead-letter read that will not pass by itself, such as a writer ACL
    * without `%R~<ns>:dlq`, also goes to `onError` once:
    * {@link reportDlqRefusal}).
@@ -309,15 +311,21 @@ export class AckReader {
     if (!overdue.length) return;
     const old = fairShare(overdue, (w) => w.key.id, LOST_ACK_SWEEP_MAX, this.sweepStart);
     this.sweepStart += LOST_ACK_SWEEP_MAX;
+    // The look's reads together get readTimeoutMs, as any read: the ack loop
+    // waits for them, and a Redis that does not answer them (a stalled or
+    // half-open commands connection) must not hold up the acks that the ack
+    // connection still brings. What it read by then is dropped; the next
+    // look starts over.
+    const deadline = now + this.config.readTimeoutMs;
     try {
-      const { done, gone } = await this.finishedByDaemon(old);
+      const { done, gone } = await this.within(this.finishedByDaemon(old), deadline);
       const { stored, lost } = this.lostOrStored(gone);
       const finished = [...done, ...stored];
       if (!finished.length && !lost.length) return;
-      if (!(await this.catchUpAcks())) return;
+      if (!(await this.within(this.catchUpAcks(), deadline))) return;
       let letters: Map<string, string> | undefined;
       try {
-        letters = await this.deadLettersOf([...finished, ...lost]);
+        letters = await this.within(this.deadLettersOf([...finished, ...lost]), deadline);
       } catch (e) {
         this.reportDlqRefusal(e);
         throw e;
@@ -352,6 +360,22 @@ export class AckReader {
       }
     } catch {
       /* Redis busy or away: the next sweep tries again (MongoDB is asked beside it: lostOrStored) */
+    }
+  }
+
+  /** `p`, or a rejection once `deadline` (ms) passed (the sweep's bound: {@link sweepLostAcks}). */
+  private async within<T>(p: Promise<T>, deadline: number): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      return await Promise.race([
+        p,
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error("the lost-ack look's reads ran out of readTimeoutMs")), Math.max(0, deadline - Date.now()));
+          timer.unref?.();
+        }),
+      ]);
+    } finally {
+      if (timer) clearTimeout(timer);
     }
   }
 

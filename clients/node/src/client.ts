@@ -123,7 +123,7 @@ type Hmget = [Buffer | null, Buffer | null, Buffer | null];
 type RedisConn = Redis | Cluster;
 
 /** What a connection is for (see {@link WritClient.connect}). */
-type ConnRole = "commands" | "acks" | "writes";
+export type ConnRole = "commands" | "acks" | "writes";
 
 /** Keys whose partition and BSON are remembered. */
 const KEY_MEMO_MAX = 20000;
@@ -190,6 +190,39 @@ function wrongTypeAsNone(e: unknown): null {
 
 /** Longest close() waits for a clean QUIT or for the ack loop to end. */
 const CLOSE_WAIT_MS = 1000;
+
+/** What a connection's `socketTimeout` allows past the longest wait of its callers. */
+export const SOCKET_TIMEOUT_MARGIN_MS = 5000;
+/** TCP keepalive: probes start after this long idle (as the Rust client's `tcp_settings`). */
+const KEEPALIVE_MS = 30_000;
+
+/**
+ * The ioredis `socketTimeout` of a connection of `role`: while a command is
+ * out on it and nothing at all arrives for this long, ioredis destroys the
+ * socket and reconnects (the timer starts when a command is written, and
+ * starts again at each reply while others are out; an idle connection is
+ * never cut). Without it a half-open connection (a NAT or load balancer that
+ * dropped its state, a host that died without a reset) held every command
+ * out on it until TCP gave up, about 15 minutes, and then ioredis sent them
+ * again: admissions whose callers were told "unknown" long before landed
+ * then, over newer writes. Each bound is past the longest its callers wait,
+ * so only a connection that nobody waits on any more is cut:
+ * - `commands`: admissions (writeTimeoutMs), reads and the lost-ack sweep
+ *   (readTimeoutMs);
+ * - `writes` (with minReplicasAcked): an admission, then its WAIT
+ *   (replicaAckTimeoutMs), with no reply in between while the WAIT is out;
+ * - `acks`: its XREAD blocks at most ACK_BLOCK_MS (acks.ts).
+ */
+export function socketTimeoutOf(role: ConnRole, c: Pick<WritConfig, "writeTimeoutMs" | "readTimeoutMs" | "replicaAckTimeoutMs">): number {
+  switch (role) {
+    case "acks":
+      return ACK_SOCKET_TIMEOUT_MS;
+    case "writes":
+      return c.writeTimeoutMs + c.replicaAckTimeoutMs + SOCKET_TIMEOUT_MARGIN_MS;
+    case "commands":
+      return Math.max(c.writeTimeoutMs, c.readTimeoutMs) + SOCKET_TIMEOUT_MARGIN_MS;
+  }
+}
 
 /** ready()'s bound ran out: Redis took the connection and did not answer. */
 class NoAnswer extends Error {}
@@ -361,9 +394,15 @@ export class WritClient {
       connectionName: `writ-node:${c.clientId}`,
       maxRetriesPerRequest: role === "acks" ? null : 5,
       // No commandTimeout on any connection: the ack stream's XREAD blocks
-      // ACK_BLOCK_MS, and WAIT up to replicaAckTimeoutMs, by design. The ack
-      // connection is watched for a reply that never comes (acks.ts).
-      ...(role === "acks" ? { socketTimeout: ACK_SOCKET_TIMEOUT_MS } : {}),
+      // ACK_BLOCK_MS, and WAIT up to replicaAckTimeoutMs, by design (and an
+      // ioredis command timeout only rejects the caller's promise: the
+      // command stays on the connection). Instead each connection is watched
+      // for a reply that never comes (socketTimeoutOf): a half-open one is
+      // cut and replaced within seconds, not after TCP gives up.
+      socketTimeout: socketTimeoutOf(role, c),
+      // Probes on an idle connection (after 30 s), as the Rust client's: a
+      // peer that vanished is found before the next command waits on it.
+      keepAlive: KEEPALIVE_MS,
     };
     let conn: RedisConn;
     if (!c.redisCluster) {

@@ -64,12 +64,20 @@ export interface WritConfig {
   maxBacklog: number;
   /** Largest `doc` as BSON bytes (`client.max_document_bytes`). */
   maxDocumentBytes: number;
-  /** How long an `ack`-mode write waits for its ack (`client.write_timeout_ms`). */
+  /**
+   * How long an `ack`-mode write waits for its ack (`client.write_timeout_ms`);
+   * also how long any write waits for Redis to accept it (plus
+   * `replicaAckTimeoutMs` with `minReplicasAcked`). A connection on which
+   * nothing arrives for the longer of this and `readTimeoutMs`, plus 5 s,
+   * while a command is out is cut and made again (ioredis `socketTimeout`;
+   * the `minReplicasAcked` connection: this plus `replicaAckTimeoutMs` plus 5 s).
+   */
   writeTimeoutMs: number;
   /**
    * How long a list read waits for this process's own pending writes
-   * (`client.read_timeout_ms`); also bounds each read's Redis commands, and
-   * the look at a write's entry when its ack wait (or a `flush`) timed out.
+   * (`client.read_timeout_ms`); also bounds each read's Redis commands, the
+   * look at a write's entry when its ack wait (or a `flush`) timed out, and
+   * the Redis reads of each lost-ack look of the ack loop.
    */
   readTimeoutMs: number;
   /** How long the first read waits for the daemon to apply writes made before this process started. */

@@ -1468,6 +1468,115 @@ describe("core", () => {
     }
   }));
 
+  test("writes go through again after the connection that carries admissions goes half-open", g(async () => {
+    // A proxy between the client and Redis: once told, it stops passing
+    // anything on the connections that have carried an admission (EVALSHA),
+    // in either direction, without closing them, as a NAT or load balancer
+    // that forgot the connection does, or a master host that died without a
+    // reset. TCP would give up on such a connection after about 15 minutes;
+    // until then every admission waited behind the one out on it.
+    const target = new URL(env.redisUrl);
+    const admissionConns = new Set<{ held: boolean; closedByClient: boolean }>();
+    const proxy = createServer((down) => {
+      const up = connect(Number(target.port), target.hostname);
+      const state = { held: false, closedByClient: false };
+      down.on("data", (d: Buffer) => {
+        if (state.held) return;
+        if (d.toString("latin1").toLowerCase().includes("evalsha")) admissionConns.add(state);
+        up.write(d);
+      });
+      up.on("data", (d: Buffer) => {
+        if (!state.held) down.write(d);
+      });
+      down.on("close", () => (state.closedByClient = true));
+      const close = () => (down.destroy(), up.destroy());
+      down.on("error", close).on("close", close);
+      up.on("error", close).on("close", close);
+    });
+    await new Promise<void>((r) => proxy.listen(0, "127.0.0.1", r));
+    try {
+      const port = (proxy.address() as AddressInfo).port;
+      const c = client({ writeTimeoutMs: 1000, readTimeoutMs: 1000, redisUrl: `redis://127.0.0.1:${port}` });
+      await c.write(KV.name, { k: "halfopen-w", n: 0 }, "put", { i: 0 });
+      assert.ok(admissionConns.size >= 1, "the admission went through the proxy");
+      const held = [...admissionConns];
+      for (const a of held) a.held = true;
+      // Distinct keys (several partitions, all on that connection). Each
+      // attempt fails within writeTimeoutMs while the connection hangs; the
+      // loop is bounded so that a client that never recovers fails the test
+      // instead of hanging it (a liveness bound, not a speed figure).
+      const deadline = Date.now() + 30_000;
+      const failures: unknown[] = [];
+      let ok: Ticket | undefined;
+      for (let n = 1; !ok && Date.now() < deadline; n++) {
+        ok = await c.write(KV.name, { k: "halfopen-w", n }, "put", { i: n }).catch((e: unknown) => (failures.push(e), undefined));
+      }
+      assert.ok(ok, `no write went through within 30 s of the connection going half-open; ${failures.length} failed, the last: ${String(failures.at(-1))}`);
+      assert.ok(held.every((a) => a.closedByClient), "the client gave up the half-open connection");
+      for (const e of failures) {
+        assert.ok(e instanceof WritConnectionError && (e.accepted === "unknown" || e.accepted === "no"), String(e));
+      }
+    } finally {
+      proxy.close();
+    }
+  }));
+
+  test("a lost-ack sweep whose reads Redis does not answer does not hold up the acks", g(async () => {
+    // A namespace no daemon serves; the test plays the daemon. The ack loop
+    // looks for lost acks between its reads of the ack stream; the look's
+    // reads go over the commands connection, which a proxy holds (half-open,
+    // as above) from the look's first XRANGE on. The ack stream's own
+    // connection is fine, so the ack must come while the commands connection
+    // is still held, not once the client gives that connection up.
+    const ns = `${env.name}_sweephold`;
+    const id = `sweephold-${process.pid}-${Date.now()}`;
+    const target = new URL(env.redisUrl);
+    const heldConns: { closedByClient: boolean }[] = [];
+    const proxy = createServer((down) => {
+      const up = connect(Number(target.port), target.hostname);
+      const state = { held: false, closedByClient: false };
+      down.on("data", (d: Buffer) => {
+        if (!state.held && d.toString("latin1").toLowerCase().includes("xrange")) {
+          state.held = true;
+          heldConns.push(state);
+        }
+        if (!state.held) up.write(d);
+      });
+      up.on("data", (d: Buffer) => {
+        if (!state.held) down.write(d);
+      });
+      down.on("close", () => (state.closedByClient = true));
+      const close = () => (down.destroy(), up.destroy());
+      down.on("error", close).on("close", close);
+      up.on("error", close).on("close", close);
+    });
+    await new Promise<void>((r) => proxy.listen(0, "127.0.0.1", r));
+    const admin = new Redis(env.redisUrl);
+    try {
+      const port = (proxy.address() as AddressInfo).port;
+      const c = client({
+        namespace: ns, clientId: id, partitions: 1, maxBacklog: 1000, writeTimeoutMs: 1000, readTimeoutMs: 1000,
+        redisUrl: `redis://127.0.0.1:${port}`,
+      });
+      const t = await c.submit(KV.name, { k: "sweephold", n: 1 }, "put", { i: 1 });
+      // Overdue after writeTimeoutMs: the next look reads its entry, and hangs there.
+      await eventually("the lost-ack look's read held", 20_000, async () => heldConns.length > 0);
+      const names = new Names(ns);
+      const [[, fields]] = (await admin.xrange(names.stream(0), t.entryId, t.entryId)) as [string, string[]][];
+      const req = fields[fields.indexOf("req") + 1];
+      await admin.xadd(names.acks(id), "*", "req", req, "outcome", "applied", "v", t.entryId, "id", t.entryId);
+      // A liveness bound, so that an ack that never comes fails the test instead of hanging it.
+      const hung = new Promise<never>((_, reject) => setTimeout(() => reject(new Error("no ack within 30 s")), 30_000).unref());
+      const ack = await Promise.race([t.acked, hung]);
+      const stillHeld = heldConns.every((s) => !s.closedByClient);
+      assert.equal(ack.outcome, "applied");
+      assert.ok(stillHeld, "the ack waited until the client gave up the held connection: the look held up the ack loop");
+    } finally {
+      admin.disconnect();
+      proxy.close();
+    }
+  }));
+
   test("acks keep arriving after Redis drops the client's connections", g(async () => {
     const a = client({ mode: "ack" });
     await a.write(KV.name, { k: "recon", n: 1 }, "put", { i: 1 });
