@@ -36,6 +36,68 @@ export type AdmitKeys = [string, string, string];
 /** Runs the admission script on `keys` with `args` (NOSCRIPT handled by the caller). */
 export type AdmitCall = (keys: AdmitKeys, args: Arg[]) => Promise<unknown>;
 
+/**
+ * Redis refused an admission call (`reply`, a reply error) that may have
+ * been sent before: its connection dropped while the call was out, and
+ * ioredis sends the commands that were out at a drop again once it
+ * reconnects. The first send may have run, its reply lost with the
+ * connection; then the entries are in the stream, and the refusal is of the
+ * second send (NOREPLICAS, READONLY, MISCONF: the record's answer to a call
+ * that ran renews its expiry, a write). So it does not say nothing was added:
+ * the write may or may not have been accepted (as the Rust client's
+ * `refusal(.., resent, ..)`, src/client/admission_reply.rs).
+ */
+export class RefusedAfterResend extends Error {
+  constructor(readonly reply: Error) {
+    super(reply.message);
+    this.name = "RefusedAfterResend";
+  }
+}
+
+/** A connection, as far as {@link watchDrops} needs it (an ioredis Redis or Cluster). */
+interface Emitter {
+  on(event: string, listener: (...args: any[]) => void): unknown;
+}
+
+const drops = new WeakMap<object, { n: number }>();
+
+/**
+ * Counts the times `conn` lost a working socket (for a Cluster, any of its
+ * node connections): a command out across such a drop may have been sent
+ * twice ({@link RefusedAfterResend}). Only a socket that was ready counts:
+ * ioredis holds commands back until a new socket is ready, so one that fails
+ * before that had none out (it re-sends only what was out on a ready one).
+ * Called once per connection, when it is made.
+ */
+export function watchDrops(conn: Emitter, cluster: boolean): void {
+  const d = { n: 0 };
+  drops.set(conn, d);
+  const watch = (c: Emitter) => {
+    let ready = false;
+    c.on("ready", () => void (ready = true));
+    c.on("close", () => {
+      if (ready) d.n++;
+      ready = false;
+    });
+  };
+  if (cluster) conn.on("+node", (node: Emitter) => watch(node));
+  else watch(conn);
+}
+
+/** How many drops {@link watchDrops} counted on `conn` so far (0 for a connection it does not watch). */
+export function dropsOf(conn: object): number {
+  return drops.get(conn)?.n ?? 0;
+}
+
+/**
+ * `e`, the error of an admission call, as a {@link RefusedAfterResend} if it
+ * is a refusal by Redis and the connection dropped while the call was out
+ * (`drops0`: {@link dropsOf} the connection when the call was sent).
+ */
+export function refusalOf(e: unknown, conn: object, drops0: number): unknown {
+  return e instanceof Error && e.name === "ReplyError" && dropsOf(conn) !== drops0 ? new RefusedAfterResend(e) : e;
+}
+
 /** How many of its last calls' replies an admission record keeps (one call in flight per partition). */
 export const WINDOW = 1;
 

@@ -35,7 +35,7 @@ import {
   type KeyValue,
 } from "./key.js";
 import { ADMIT_LUA, CACHE_CAS_LUA, PARTITION_COUNT_LUA } from "./lua.js";
-import { AdmitBatcher, AdmitRefused, Withdrawal, type AdmitKeys } from "./admit.js";
+import { AdmitBatcher, AdmitRefused, RefusedAfterResend, Withdrawal, dropsOf, refusalOf, watchDrops, type AdmitKeys } from "./admit.js";
 import { ACK_SOCKET_TIMEOUT_MS, AckReader, lastDelivered, type AwaitedWrite } from "./acks.js";
 import { RESERVED_FIELDS } from "./collections.js";
 import { bsonNesting, MAX_NESTING } from "./nesting.js";
@@ -351,7 +351,7 @@ export class WritClient {
     this.config = resolveConfig(config);
     this.names = new Names(this.config.namespace);
     this.admitter = new AdmitBatcher(
-      (keys, args) => this.evalScript(this.admitSha, ADMIT_LUA, keys, args),
+      (keys, args) => this.admitCall(keys, args),
       this.names.group,
       this.config.maxBacklog,
       this.config.partitions,
@@ -451,6 +451,9 @@ export class WritClient {
         },
       );
     }
+    // Admissions go over these two: a refusal of one out across a drop may
+    // follow a first send that ran (RefusedAfterResend).
+    if (role !== "acks") watchDrops(conn, c.redisCluster);
     if (role === "commands") {
       // Connection errors surface on the commands; keep ioredis from printing each
       // retry, but remember the last one: a failed connect only says "Connection is closed.".
@@ -747,6 +750,22 @@ export class WritClient {
     }
   }
 
+  /**
+   * One admission call (src/admit.ts) on the commands connection. A refusal
+   * by Redis after the connection dropped while the call was out is a
+   * {@link RefusedAfterResend}: ioredis sent the call again, and the first
+   * send may have run.
+   */
+  private async admitCall(keys: string[], args: (string | Buffer | number)[]): Promise<unknown> {
+    const conn = this.redis;
+    const drops = dropsOf(conn);
+    try {
+      return await this.evalScript(this.admitSha, ADMIT_LUA, keys, args);
+    } catch (e) {
+      throw refusalOf(e, conn, drops);
+    }
+  }
+
   // ---------------------------------------------------------------- writing
 
   /**
@@ -850,27 +869,43 @@ export class WritClient {
       if (e instanceof WritError) throw e;
       // Refused by the bound.
       if (e instanceof AdmitRefused) throw new BackpressureError(k.partition, e.backlog, this.config.maxBacklog);
-      const msg = errMessage(e);
-      if (isReplyError(e) && msg.startsWith("DUPLICATE")) {
+      // Redis's refusal of a call that may have been sent before (below).
+      const resent = e instanceof RefusedAfterResend;
+      const reply = resent ? e.reply : e;
+      const msg = errMessage(reply);
+      if (isReplyError(reply) && msg.startsWith("DUPLICATE")) {
         // The admission ran before (its reply lost, then no longer kept) or was
         // overtaken by a later one of this client (protocol.md §2a).
         throw new WritConnectionError(
           `the write to ${collection} may or may not have been accepted: ${msg}. Read the key before retrying it.`,
-          { cause: e, accepted: "unknown" },
+          { cause: reply, accepted: "unknown" },
         );
       }
-      // Refused before the admission wrote anything.
-      if (isReplyError(e) && msg.startsWith("OOM")) throw new RedisFullError(collection, msg, { cause: e });
-      if (isReplyError(e) && msg.startsWith("PARTITIONS ")) {
+      // The record answers a call that ran before the count changed, so this
+      // refusal means the call never ran, sent again or not.
+      if (isReplyError(reply) && msg.startsWith("PARTITIONS ")) {
         const recorded = msg.split(" ")[1];
         throw new WritConfigError(
           `the write to ${collection} was NOT accepted: namespace "${this.config.namespace}" now records ${recorded} partitions ` +
             `(partition ${k.partition}'s meta hash) and this client is configured with partitions = ${this.config.partitions}; ` +
             `its keys would go to other partition streams, where they are applied out of order or never. The count was changed ` +
             `(\`writ partitions --set\`) while this process ran: restart it with partitions: ${recorded} (WRIT_PARTITIONS=${recorded})`,
-          { cause: e },
+          { cause: reply },
         );
       }
+      if (resent) {
+        // The connection dropped while the call was out and ioredis sent it
+        // again: the first send may have run (its reply lost) and the second
+        // been refused, the entry in the stream all the same.
+        throw new WritConnectionError(
+          `Redis refused the write to ${collection} (${msg}), but only after its connection dropped while the write ` +
+            `was out and it was sent again: the first send may have added it. It may or may not have been accepted: ` +
+            `once Redis takes writes again, read the key, and write it again only if it does not hold this value.`,
+          { cause: reply, accepted: "unknown" },
+        );
+      }
+      // Refused before the admission wrote anything.
+      if (isReplyError(e) && msg.startsWith("OOM")) throw new RedisFullError(collection, msg, { cause: e });
       if (isReplyError(e)) {
         // A refusal of the admission call: nothing was added.
         throw new WritConnectionError(`Redis refused the write to ${collection}: ${msg}${this.clusterHint(msg)}`, {

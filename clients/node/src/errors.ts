@@ -11,7 +11,9 @@
  * - `"yes"`: writ holds it (queued, or parked in the dead-letter stream): it
  *   is applied, or waits for `writ dlq retry`, without you; sending it again
  *   would write it twice, over any newer write of the key by another process;
- * - `"unknown"`: Redis may or may not hold it (its reply was lost, too few
+ * - `"unknown"`: Redis may or may not hold it (its reply was lost, or Redis
+ *   refused it after its connection dropped while it was out and ioredis
+ *   sent it again, so that the first send may have run; too few
  *   replicas confirmed it, its ack did not come and its entry is gone from
  *   the stream or Redis did not answer the look, or the client was closed
  *   while it was out): once Redis answers, `flush()`, read the key, and
@@ -100,7 +102,10 @@ export class WritConnectionError extends WritError {
 /**
  * Redis is at its `maxmemory` and refused the write (`OOM`): it was NOT
  * accepted. Retry once memory is freed. A {@link WritConnectionError}, so
- * code that catches those catches this too.
+ * code that catches those catches this too. (An `OOM` of an admission that
+ * was out when its connection dropped, and that ioredis sent again, is a
+ * plain `WritConnectionError` with `accepted: "unknown"`: the first send
+ * may have run.)
  */
 export class RedisFullError extends WritConnectionError {
   constructor(

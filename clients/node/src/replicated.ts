@@ -24,8 +24,21 @@ import calculateSlot from "cluster-key-slot";
 
 import type { WritConfig } from "./config.js";
 import { WritClosedError } from "./errors.js";
-import { WINDOW, admitArgs, argBytes, removeFrom, settle, takeBatch, type AdmitKeys, type Arg, type Queued, type Withdrawal } from "./admit.js";
-import { errMessage, sleep } from "./util.js";
+import {
+  RefusedAfterResend,
+  WINDOW,
+  admitArgs,
+  argBytes,
+  dropsOf,
+  removeFrom,
+  settle,
+  takeBatch,
+  type AdmitKeys,
+  type Arg,
+  type Queued,
+  type Withdrawal,
+} from "./admit.js";
+import { errMessage, isReplyError, sleep } from "./util.js";
 
 /**
  * Reply errors that mean the command was not executed where it was sent
@@ -72,6 +85,17 @@ interface Call {
   redirects: number;
   /** The last reply that was not the script's. */
   lastError?: unknown;
+  /**
+   * A send of it was out when its connection dropped: ioredis sent it again,
+   * and that first send may have run. A refusal of it by Redis is then a
+   * {@link RefusedAfterResend} (it may have been added all the same).
+   */
+  maybeRan?: boolean;
+}
+
+/** What a call's writes are told when Redis refuses it for good with `err`. */
+function refused(c: Call, err: unknown): unknown {
+  return c.maybeRan && isReplyError(err) ? new RefusedAfterResend(err as Error) : err;
 }
 
 /** One partition's queue. */
@@ -266,16 +290,19 @@ export class ReplicatedAdmitter {
     }
     p.wait(this.config.minReplicasAcked, this.config.replicaAckTimeoutMs);
     let res: [Error | null, unknown][];
+    const drops = dropsOf(conn);
     try {
       res = (await p.exec()) ?? [];
     } catch (e) {
+      if (dropsOf(conn) !== drops) for (const [, c] of calls) c.maybeRan = true;
       if (conn instanceof Cluster && PIPELINE_SPLIT.test(errMessage(e))) {
         for (const [, c] of calls) c.lastError = e;
         return this.redirect(conn, calls);
       }
-      for (const [, c] of calls) for (const entry of c.entries) entry.reject(e);
+      for (const [, c] of calls) for (const entry of c.entries) entry.reject(refused(c, e));
       return;
     }
+    if (dropsOf(conn) !== drops) for (const [, c] of calls) c.maybeRan = true;
     const [waitErr, waitReply] = res[calls.length] ?? [new Error("no reply to WAIT"), null];
     const replicas =
       waitErr ?? (Number.isSafeInteger(waitReply) ? (waitReply as number) : new Error(`WAIT replied ${String(waitReply)}`));
@@ -299,7 +326,7 @@ export class ReplicatedAdmitter {
         redirected = true;
         again.push([part, c]);
       } else {
-        for (const entry of c.entries) entry.reject(err);
+        for (const entry of c.entries) entry.reject(refused(c, err));
       }
     });
     if (redirected) return this.redirect(conn as Cluster, again);
@@ -323,7 +350,7 @@ export class ReplicatedAdmitter {
       const noscript = c.lastError instanceof Error && c.lastError.message.startsWith("NOSCRIPT");
       // Not run where it was sent (a redirection, NOSCRIPT), and not sent again: NOT accepted.
       if (this.isClosed()) for (const entry of c.entries) entry.reject(new WritClosedError({ accepted: "no" }));
-      else if (!noscript && ++c.redirects > max) for (const entry of c.entries) entry.reject(c.lastError);
+      else if (!noscript && ++c.redirects > max) for (const entry of c.entries) entry.reject(refused(c, c.lastError));
       else part.retry = c;
     }
   }

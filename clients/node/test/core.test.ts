@@ -1426,6 +1426,83 @@ describe("core", () => {
     }
   }));
 
+  for (const minReplicasAcked of [0, 1]) test(`a refusal of an admission that ioredis sent again after its reply was lost does not say NOT accepted (minReplicasAcked ${minReplicasAcked})`, g(async () => {
+    // As above, a proxy drops the connection as Redis answers the admission:
+    // Redis ran it. It then holds the new connection until Redis refuses
+    // every write (min-replicas-to-write 1 on a Redis without replicas), so
+    // ioredis's second send is refused (NOREPLICAS) while the entry is in the
+    // stream. Told "no", a caller would send the write again: twice in the stream.
+    const dir = mkdtempSync(join(tmpdir(), "writ-resent-"));
+    const r = await RedisServer.start(dir);
+    const marker = Buffer.from("refused-resend-marker-51c9");
+    const target = new URL(r.url);
+    let cut = 0;
+    let openGate!: () => void;
+    const gate = new Promise<void>((res) => (openGate = res));
+    const proxy = createServer((down) => {
+      // Connections made after the cut reach Redis only once the gate opens.
+      const pending: Buffer[] = [];
+      let up: ReturnType<typeof connect> | undefined;
+      let armed = false;
+      const close = () => (down.destroy(), up?.destroy());
+      const open = () => {
+        up = connect(Number(target.port), target.hostname);
+        for (const d of pending.splice(0)) up.write(d);
+        up.on("data", (d: Buffer) => {
+          if (armed) {
+            cut++;
+            armed = false;
+            close();
+            return;
+          }
+          down.write(d);
+        });
+        up.on("error", close).on("close", close);
+      };
+      down.on("data", (d: Buffer) => {
+        if (cut === 0 && d.includes(marker)) armed = true;
+        if (up) up.write(d);
+        else pending.push(d);
+      });
+      down.on("error", close).on("close", close);
+      if (cut === 0) open();
+      else void gate.then(() => down.destroyed || open());
+    });
+    await new Promise<void>((res) => proxy.listen(0, "127.0.0.1", res));
+    const admin = new Redis(r.url);
+    try {
+      // The script is loaded, so the reply lost is the admission's own.
+      await admin.script("LOAD", ADMIT_LUA);
+      const port = (proxy.address() as AddressInfo).port;
+      const c = new WritClient(
+        env.clientConfig({ collections: COLLECTIONS, redisUrl: `redis://127.0.0.1:${port}`, partitions: 1, minReplicasAcked, replicaAckTimeoutMs: 200 }),
+      );
+      clients.push(c);
+      await c.ready();
+      // (With minReplicasAcked the admission goes in a pipeline with its WAIT, on a connection of its own.)
+      const written = c.write(KV.name, { k: "refused-resend", n: 1 }, "put", { a: marker.toString() }).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      await eventually("the admission's reply cut", 10_000, async () => cut === 1);
+      await admin.config("SET", "min-replicas-to-write", "1");
+      openGate();
+      const err = await written;
+      assert.ok(err instanceof WritConnectionError, `the second send is refused: ${String(err)}`);
+      assert.match(err.message, /NOREPLICAS/);
+      assert.notEqual(err.accepted, "no", err.message);
+      assert.equal(err.accepted, "unknown");
+      const copies = (await admin.xrangeBuffer(new Names(env.name).stream(0), "-", "+")).filter(([, f]) => f.some((v) => v.includes(marker)));
+      assert.equal(copies.length, 1, "the first send added the entry");
+    } finally {
+      openGate();
+      admin.disconnect();
+      proxy.close();
+      await r.stop().catch(() => {});
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }));
+
   test("acks keep arriving after the ack connection goes half-open", g(async () => {
     // A proxy between the client and Redis: once told, it stops passing
     // anything on the connections that have carried an XREAD (the ack
