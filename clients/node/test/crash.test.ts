@@ -4,7 +4,8 @@
 // with a kill -9 of `writ serve` first: the new process's sync waits for the
 // restarted daemon to apply what the dead child left in the streams. In ack
 // mode, the same twice, the second time with `writ serve` killed -9 after the
-// writes returned and still down while the new process reads.
+// writes returned and still down while the new process reads. Last, the
+// harness's restart() after a kill -9 waits for the new daemon.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -141,6 +142,19 @@ describe("crash-restart", () => {
       await readBack("k4", base);
     } finally {
       await env.writ!.restart();
+    }
+  }));
+
+  test("the harness: restart() right after a kill -9 returns once the new daemon owns every partition", () => env.guard(async () => {
+    // The killed daemon's leases live on for up to the lease TTL, so "every
+    // partition has an owner" was true at once, before the new daemon ran.
+    const before = await env.writ!.status();
+    const killed = new Set<string>(before.partitions.map((p: { owner: string }) => p.owner));
+    await env.writ!.kill("SIGKILL");
+    await env.writ!.restart();
+    const after = await env.writ!.status();
+    for (const p of after.partitions as { partition: number; owner: string | null }[]) {
+      assert.ok(p.owner && !killed.has(p.owner), `partition ${p.partition} is owned by ${p.owner}, not by the new daemon`);
     }
   }));
 });

@@ -166,7 +166,8 @@ class Proc {
     readonly bin: string,
     readonly args: string[],
     readonly log: string,
-    readonly env?: NodeJS.ProcessEnv,
+    /** The environment of the next spawn ({@link restart} may give another). */
+    public env?: NodeJS.ProcessEnv,
   ) {
     this.child = this.spawn();
   }
@@ -190,7 +191,9 @@ class Proc {
     return child;
   }
 
-  restart(): void {
+  /** Spawns the process again; with `env`, in that environment from now on. */
+  restart(env?: NodeJS.ProcessEnv): void {
+    if (env) this.env = env;
     this.child = this.spawn();
   }
 
@@ -794,28 +797,47 @@ export function getToml(text: string, section: string, key: string): string | un
   return undefined;
 }
 
+/** A consumer name of its own for each start of a daemon ({@link WritDaemon.consumerName}). */
+function newConsumerName(): string {
+  return `node-test-${process.pid}-${++daemonStarts}-${Date.now().toString(36)}`;
+}
+let daemonStarts = 0;
+
 export class WritDaemon {
   private constructor(
     readonly proc: Proc,
     readonly configPath: string,
     readonly env: NodeJS.ProcessEnv,
+    /**
+     * The consumer name of the running start (`WRIT_CONSUMER_NAME`), new at
+     * each start: a daemon killed -9 keeps its partitions' leases until they
+     * expire, so "every partition has an owner" does not say the new one runs.
+     */
+    public consumerName: string,
   ) {}
 
   static async start(configPath: string, env: NodeJS.ProcessEnv, log: string): Promise<WritDaemon> {
     if (!existsSync(WRIT_BIN)) {
       throw new Error(`writ binary not found at ${WRIT_BIN}: build it with \`cargo build\` in ${REPO_ROOT} (or set WRIT_BIN)`);
     }
-    const proc = new Proc("writ serve", WRIT_BIN, ["--config", configPath, "serve"], log, env);
-    const d = new WritDaemon(proc, configPath, env);
+    const name = newConsumerName();
+    const proc = new Proc("writ serve", WRIT_BIN, ["--config", configPath, "serve"], log, { ...env, WRIT_CONSUMER_NAME: name });
+    const d = new WritDaemon(proc, configPath, env, name);
     await d.waitReady();
     return d;
   }
 
-  /** Polls `writ status --json` until every partition has an owner. */
+  /**
+   * Polls `writ status --json` until this start of the daemon owns every
+   * partition (its {@link consumerName}): not the leases a daemon killed
+   * before it left behind.
+   */
   async waitReady(limitMs = 60000): Promise<void> {
     await poll("writ serve", this.proc, limitMs, async () => {
       const s = await this.status();
-      return Array.isArray(s?.partitions) && s.partitions.length > 0 && s.partitions.every((p: any) => p.owner);
+      return (
+        Array.isArray(s?.partitions) && s.partitions.length > 0 && s.partitions.every((p: any) => p.owner === this.consumerName)
+      );
     });
   }
 
@@ -846,9 +868,11 @@ export class WritDaemon {
     await this.proc.kill(signal);
   }
 
+  /** Kills the daemon (-9) if it runs, starts it again under a new consumer name, and waits until that one owns every partition. */
   async restart(): Promise<void> {
     await this.kill();
-    this.proc.restart();
+    this.consumerName = newConsumerName();
+    this.proc.restart({ ...this.env, WRIT_CONSUMER_NAME: this.consumerName });
     await this.waitReady();
   }
 
