@@ -97,6 +97,23 @@ function notAccepted(e: unknown): boolean {
   return e instanceof WritError && e.accepted === "no";
 }
 
+/** What `e` says of its write (an error that says nothing: unknown). */
+function acceptedOf(e: unknown): Accepted {
+  return (e instanceof WritError && e.accepted) || "unknown";
+}
+
+/**
+ * What a write of several rows says, from what each row says (a row that
+ * succeeded: "yes", writ holds it): "no" only if no row is held at all,
+ * "yes" only if every row is, else "unknown" (some are held and others not,
+ * or a row may or may not be).
+ */
+function acceptedOfRows(rows: Accepted[]): Accepted {
+  if (rows.every((a) => a === "no")) return "no";
+  if (rows.every((a) => a === "yes")) return "yes";
+  return "unknown";
+}
+
 /** Builds the adapter classes bound to `client`. */
 export function createAdapters(client: WritClient): AdapterClasses {
   // Every waitForInit syncs, not only the first (`initial`) one: backtest-kit
@@ -117,7 +134,9 @@ export function createAdapters(client: WritClient): AdapterClasses {
    * Many writes of one collection: all submitted, then (ack mode) all acks
    * awaited. Rows go to several partitions: when some are refused (one
    * partition at its backlog bound, say) and others accepted, the error says
-   * how many were accepted; retrying the whole call is safe.
+   * how many were accepted; retrying the whole call is safe. The error
+   * thrown is one row's, but its `accepted` speaks for every row
+   * ({@link acceptedOfRows}).
    */
   const writeAll = async (collection: string, items: Put[]): Promise<Ticket[]> => {
     const submitted = await Promise.allSettled(
@@ -139,11 +158,14 @@ export function createAdapters(client: WritClient): AdapterClasses {
           `${tickets.length} of ${items.length} rows of this ${collection} write were accepted; the others were not, or ` +
           `may not have been (the reason below says which; retrying the whole write is safe: a row written again keeps ` +
           `its value). ${refused.message}`;
-        // Some rows are held and others not: neither "yes" nor "no".
-        (refused as { accepted?: Accepted }).accepted = "unknown";
         // Nobody waits for the accepted rows' acks: if one is refused after
         // all, onError hears it.
         if (client.config.mode === "ack") for (const t of tickets) client.reportIfRefused(t);
+      }
+      // Of every row: the accepted ones are held (some held and others not:
+      // neither "yes" nor "no"); the error thrown is one row's.
+      if (refused instanceof WritError) {
+        (refused as { accepted?: Accepted }).accepted = acceptedOfRows([...tickets.map(() => "yes" as const), ...errors.map(acceptedOf)]);
       }
       throw refused;
     }
@@ -162,11 +184,28 @@ export function createAdapters(client: WritClient): AdapterClasses {
         // onError, so none is heard of only as a count.
         for (const e of failed) if (e !== first && refused(e)) client.reportError(e);
         if (failed.length > 1 && first instanceof Error) {
+          // A timed-out row is still queued if its entry is in the stream
+          // ("yes"); else it may or may not be applied.
+          const late = failed.filter((e) => !refused(e));
+          const queued = late.filter((e) => acceptedOf(e) === "yes").length;
           first.message =
             `${failed.length} of ${items.length} rows of this ${collection} write failed (${refusals - lost} dead-lettered by ` +
-            `the daemon, ${lost ? `${lost} lost by Redis, ` : ""}${failed.length - refusals} not acked in time: still ` +
-            `queued); the first ` +
+            `the daemon, ${lost ? `${lost} lost by Redis, ` : ""}${queued} not acked in time: still ` +
+            `queued${queued < late.length ? `, ${late.length - queued} not acked in time: may or may not be applied` : ""}); the first ` +
             `${refusals ? "refusal" : "timeout"}: ${first.message}`;
+        }
+        // Of every row, not only the one thrown: a dead-lettered row ("yes")
+        // next to one that may be gone, or a lost row ("no") next to applied
+        // ones, is neither "yes" nor "no".
+        if (first instanceof WritError && items.length > 1) {
+          const held = tickets.length - failed.length;
+          (first as { accepted?: Accepted }).accepted = acceptedOfRows([
+            ...Array.from({ length: held }, () => "yes" as const),
+            ...failed.map(acceptedOf),
+          ]);
+          if (first.accepted === "unknown" && failed.length === 1 && acceptedOf(failed[0]) !== "unknown") {
+            first.message = `1 of ${items.length} rows of this ${collection} write failed; the others were applied. ${first.message}`;
+          }
         }
         throw first;
       }

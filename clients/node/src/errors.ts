@@ -19,7 +19,10 @@
  *   while it was out): once Redis answers, `flush()`, read the key, and
  *   write it again only if it does not hold this value. An adapter write of
  *   several rows (candles, storage, log) says `"unknown"` too when some of
- *   its rows are held and others not; the message says how many.
+ *   its rows are held and others not, or may not be (in `ack` mode: a
+ *   dead-lettered or applied row next to a lost one, or next to one whose
+ *   ack timed out with its entry gone); the message says how many. Such a
+ *   write says `"no"` only when no row is held, `"yes"` only when all are.
  */
 export type Accepted = "yes" | "no" | "unknown";
 

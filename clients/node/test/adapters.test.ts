@@ -9,9 +9,19 @@ import { MongoClient } from "mongodb";
 import mongoose from "mongoose";
 
 import { setup } from "../src/setup.js";
-import type { WritClient } from "../src/client.js";
+import type { AckResult, Ticket, WritClient } from "../src/client.js";
 import type { WriteModeName } from "../src/config.js";
-import { BackpressureError, RefusedWriteError, WritConfigError, WritTimeoutError, type WritError } from "../src/errors.js";
+import {
+  BackpressureError,
+  LostWriteError,
+  RefusedWriteError,
+  WritConfigError,
+  WritConnectionError,
+  WritTimeoutError,
+  type Accepted,
+  type WritError,
+} from "../src/errors.js";
+import { createAdapters } from "../src/adapters.js";
 import { canonicalKey, partitionOf } from "../src/key.js";
 import { COLLECTION, PRESET_COLLECTIONS } from "../src/collections.js";
 import { FakeKit, type Domain } from "./fakekit.js";
@@ -767,5 +777,76 @@ describe("setup()", () => {
     const session = new kit.ctors.Session!("s", "e", "f", "sym", false);
     assert.deepEqual([session.strategyName, session.exchangeName, session.frameName, session.symbol, session.backtest], ["s", "e", "f", "sym", false]);
     assert.equal(new kit.ctors.Log!().readLogData.length, 0);
+  });
+});
+
+describe("a write of several rows says what became of them all (a stub client)", () => {
+  /**
+   * Storage adapter rows against a client that fails each row as `fails`
+   * says: at admission (`submit`) or in its ack wait (`ack`); other rows
+   * are accepted and applied. Returns what `writeStorageData` of every row
+   * of `ids` throws.
+   */
+  async function thrown(mode: WriteModeName, ids: string[], fails: Record<string, { at: "submit" | "ack"; error: () => WritError }>) {
+    const applied = (entryId: string): AckResult => ({ outcome: "applied", version: entryId, entryId });
+    let n = 0;
+    const client = {
+      config: { mode },
+      async submit(collection: string, key: Record<string, unknown>): Promise<Ticket & { id: string }> {
+        const id = String(key.signalId);
+        if (fails[id]?.at === "submit") throw fails[id].error();
+        const entryId = `1-${n++}`;
+        return { collection, entryId, acked: Promise.resolve(applied(entryId)), id };
+      },
+      async waitAck(t: Ticket & { id: string }): Promise<AckResult> {
+        if (fails[t.id]?.at === "ack") throw fails[t.id].error();
+        return t.acked;
+      },
+      reportIfRefused() {},
+      reportError() {},
+    };
+    const { Storage } = createAdapters(client as unknown as WritClient);
+    const e = await new Storage(true).writeStorageData(ids.map((id) => ({ id }))).then(
+      () => assert.fail("expected the write to throw"),
+      (err: unknown) => err,
+    );
+    assert.ok(e instanceof Error && "accepted" in e, String(e));
+    return e as WritError;
+  }
+  const refused = (id: string) => () => new RefusedWriteError(COLLECTION.storage, "write rejected (duplicate_key): taken", `1-${id}`);
+  const lost = (id: string) => () => new LostWriteError(COLLECTION.storage, `1-${id}`, "gone from the stream");
+  const timeout = (accepted: Accepted) => () => new WritTimeoutError("no ack in time", { accepted });
+  const expect = async (
+    accepted: Accepted,
+    mode: WriteModeName,
+    ids: string[],
+    fails: Record<string, { at: "submit" | "ack"; error: () => WritError }>,
+  ) => {
+    const e = await thrown(mode, ids, fails);
+    assert.equal(e.accepted, accepted, `${JSON.stringify(Object.fromEntries(Object.entries(fails).map(([k, v]) => [k, v.error().accepted])))}: ${e.message}`);
+  };
+
+  test("ack mode: a dead-lettered row next to one whose ack timed out with its entry gone is \"unknown\"", async () => {
+    await expect("unknown", "ack", ["a", "b", "c"], { a: { at: "ack", error: refused("a") }, b: { at: "ack", error: timeout("unknown") } });
+    // Whichever comes first.
+    await expect("unknown", "ack", ["a", "b"], { a: { at: "ack", error: timeout("unknown") }, b: { at: "ack", error: refused("b") } });
+  });
+
+  test("ack mode: a lost row next to applied ones is \"unknown\"; lost rows alone are \"no\"", async () => {
+    await expect("unknown", "ack", ["a", "b"], { a: { at: "ack", error: lost("a") } });
+    await expect("unknown", "ack", ["a", "b"], { a: { at: "ack", error: lost("a") }, b: { at: "ack", error: refused("b") } });
+    await expect("no", "ack", ["a", "b"], { a: { at: "ack", error: lost("a") }, b: { at: "ack", error: lost("b") } });
+  });
+
+  test("ack mode: rows that writ holds all (applied, dead-lettered, still queued) are \"yes\"", async () => {
+    await expect("yes", "ack", ["a", "b", "c"], { a: { at: "ack", error: refused("a") }, b: { at: "ack", error: timeout("yes") } });
+  });
+
+  test("submit mode: every row refused is \"no\"; one refused next to one unanswered is \"unknown\"", async () => {
+    const full = () => new BackpressureError(0, 1, 1);
+    const unanswered = () => new WritConnectionError("did not answer", { accepted: "unknown" });
+    await expect("no", "submit", ["a", "b"], { a: { at: "submit", error: full }, b: { at: "submit", error: full } });
+    await expect("unknown", "submit", ["a", "b"], { a: { at: "submit", error: full }, b: { at: "submit", error: unanswered } });
+    await expect("unknown", "submit", ["a", "b"], { a: { at: "submit", error: full } });
   });
 });
