@@ -188,6 +188,15 @@ function wrongTypeAsNone(e: unknown): null {
   throw e;
 }
 
+/**
+ * The end of a refusal for another partition count met by a running process
+ * (a write's, a read's): a change the operator did not finish leaves
+ * partitions that record different counts (as the Rust client says:
+ * src/client/admission_reply.rs).
+ */
+const UNFINISHED_CHANGE =
+  "If `writ partitions` says a change is unfinished instead, run `writ partitions --set` again with the count you want";
+
 /** Longest close() waits for a clean QUIT or for the ack loop to end. */
 const CLOSE_WAIT_MS = 1000;
 
@@ -889,7 +898,8 @@ export class WritClient {
           `the write to ${collection} was NOT accepted: namespace "${this.config.namespace}" now records ${recorded} partitions ` +
             `(partition ${k.partition}'s meta hash) and this client is configured with partitions = ${this.config.partitions}; ` +
             `its keys would go to other partition streams, where they are applied out of order or never. The count was changed ` +
-            `(\`writ partitions --set\`) while this process ran: restart it with partitions: ${recorded} (WRIT_PARTITIONS=${recorded})`,
+            `(\`writ partitions --set\`) while this process ran: restart it with partitions: ${recorded} (WRIT_PARTITIONS=${recorded}). ` +
+            UNFINISHED_CHANGE,
           { cause: reply },
         );
       }
@@ -1522,7 +1532,8 @@ export class WritClient {
         `the read of ${collection} was refused: namespace "${this.config.namespace}" now records ${recorded} partitions ` +
           `(partition ${p}'s meta hash) and this client is configured with partitions = ${configured}; it would read ` +
           `cache entries no daemon updates any more, older than acknowledged writes. The count was changed ` +
-          `(\`writ partitions --set\`) while this process ran: restart it with partitions: ${recorded} (WRIT_PARTITIONS=${recorded})`,
+          `(\`writ partitions --set\`) while this process ran: restart it with partitions: ${recorded} (WRIT_PARTITIONS=${recorded}). ` +
+          UNFINISHED_CHANGE,
       );
     });
   }

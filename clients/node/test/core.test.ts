@@ -1765,7 +1765,8 @@ describe("core", () => {
         e.message.includes("NOT accepted") &&
         e.message.includes("records 2 partitions") &&
         e.message.includes("configured with partitions = 3") &&
-        e.message.includes("WRIT_PARTITIONS=2");
+        e.message.includes("WRIT_PARTITIONS=2") &&
+        e.message.includes("If `writ partitions` says a change is unfinished instead, run `writ partitions --set` again with the count you want");
       for (let i = 0; i < 6; i++) {
         await assert.rejects(c.submit(KV.name, { k: `recount${i}`, n: i }, "put", { n: i }), refused);
       }
@@ -1798,7 +1799,8 @@ describe("core", () => {
         e.message.includes(`read of ${KV.name} was refused`) &&
         e.message.includes("records 2 partitions") &&
         e.message.includes("configured with partitions = 3") &&
-        e.message.includes("WRIT_PARTITIONS=2");
+        e.message.includes("WRIT_PARTITIONS=2") &&
+        e.message.includes("If `writ partitions` says a change is unfinished instead, run `writ partitions --set` again with the count you want");
       await assert.rejects(old.read(KV.name, key), refused);
       await assert.rejects(old.readMany(KV.name, [key, { k: "other", n: 2 }]), refused);
       await assert.rejects(old.readRecord(KV.name, { k: "other", n: 3 }), refused, "a key of any partition");
