@@ -80,7 +80,8 @@ impl Store {
     }
 
     /// While the daemon runs, makes sure every `every` that each of
-    /// `collections` still has its unique key index, until `stop`. A
+    /// `collections` still has its unique key index (one collection at a
+    /// time, spread over `every`), until `stop`. A
     /// collection dropped while the daemon runs (by hand, or with its
     /// database) comes back with its next write, without the index; a write
     /// applied again there (after a lost reply, say) would then insert a
@@ -92,12 +93,16 @@ impl Store {
         every: Duration,
         stop: tokio_util::sync::CancellationToken,
     ) {
+        // One collection at a time, spread over `every`: a burst of
+        // `listIndexes` would hold up the writes of a server that runs one
+        // operation at a time.
+        let step = every / collections.len().max(1) as u32;
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = stop.cancelled() => return,
-            }
             for c in &collections {
+                tokio::select! {
+                    _ = tokio::time::sleep(step) => {}
+                    _ = stop.cancelled() => return,
+                }
                 let made = tokio::select! {
                     r = self.ensure_key_index(c) => r,
                     _ = stop.cancelled() => return,
