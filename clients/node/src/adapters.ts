@@ -119,11 +119,11 @@ export function createAdapters(client: WritClient): AdapterClasses {
   // Every waitForInit syncs, not only the first (`initial`) one: backtest-kit
   // passes `true` once per context, so if that call failed (Redis not up yet,
   // or the daemon still draining past syncTimeoutMs), a retry must not read
-  // before the predecessor's accepted writes are applied. `sync()` remembers
-  // its success, so later calls cost nothing.
+  // before the predecessor's accepted writes are applied. The start-up sync
+  // (`once`) remembers its success, so later calls cost nothing.
   const init = async (_initial: boolean): Promise<void> => {
     await client.ready();
-    await client.sync();
+    await client.sync({ once: true });
   };
 
   const put = async (collection: string, key: Record<string, unknown>, fields: Record<string, unknown>) => {

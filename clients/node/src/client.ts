@@ -335,6 +335,7 @@ export class WritClient {
   /** Per partition: [stream, meta, admission record] key names. */
   private partitionNames: AdmitKeys[] = [];
   private connected = false;
+  /** The start-up sync (`sync({ once: true })`): running, or succeeded. */
   private syncPromise: Promise<void> | undefined;
   private readyPromise: Promise<void> | undefined;
   private closed = false;
@@ -1799,10 +1800,34 @@ export class WritClient {
 
   /**
    * Waits until the daemon has applied every entry that was in the partition
-   * streams when it was called (memoized: once per client). Used before the
-   * first read, so a restarted process reads what its predecessor wrote.
+   * streams when it was called (docs/protocol.md §6a), at most
+   * `syncTimeoutMs`: MongoDB and the cache hold all of it then, so a read
+   * that follows sees it, whichever process wrote it.
+   *
+   * Every call takes a fresh barrier (the streams' current ends), as the Rust
+   * client's `Writ::sync` does: this is the call to make before reading the
+   * key of a write whose error said `accepted: "unknown"` (its entry may have
+   * landed, unapplied yet, and this process no longer waits for it).
+   *
+   * With `{ once: true }` it is the start-up sync (what the adapters'
+   * `waitForInit` runs): it waits only until one sync of this client has
+   * succeeded, so every write accepted before the process started is
+   * applied. Concurrent first callers share one barrier; a success is
+   * remembered, so later calls return at once; a failure is not, so the next
+   * call runs it again. Do not use it to settle an `"unknown"` write.
    */
-  sync(): Promise<void> {
+  sync(options: { once?: boolean } = {}): Promise<void> {
+    if (!options.once) {
+      const fresh = this.runSync();
+      // A later barrier is as good as the start-up one.
+      fresh.then(
+        () => {
+          this.syncPromise ??= fresh;
+        },
+        () => {},
+      );
+      return fresh;
+    }
     if (!this.syncPromise) {
       this.syncPromise = this.runSync().catch((e) => {
         this.syncPromise = undefined;

@@ -79,7 +79,7 @@ export function setup(config: Partial<WritConfig> = {}, adapters?: PersistAdapte
 export async function waitForInit(): Promise<void> {
   if (!current) throw new WritConfigError("call setup() before waitForInit()");
   await current.ready();
-  await current.sync();
+  await current.sync({ once: true });
 }
 
 /** Closes the client of the last {@link setup}. */

@@ -790,6 +790,54 @@ describe("core", () => {
     assert.equal((await b.read(KV.name, { k: "sync", n: 39 }))!.payload.n, 39);
   }));
 
+  test("every sync() takes a fresh barrier: after an earlier sync it waits for a write this client does not know of", g(async () => {
+    // The documented way to settle a write whose error said accepted "unknown"
+    // (its entry landed late; this client no longer waits for it): sync(),
+    // then read the key. A sync() that only remembered the start-up one would
+    // return at once, and the read would miss the write.
+    const a = client({ mode: "submit" });
+    const key = { k: "fresh-sync", n: 1 };
+    await a.write(KV.name, key, "put", { v: "old" });
+    await a.flush();
+    await a.sync();
+    const b = client({ mode: "submit" });
+    await b.ready();
+    const daemon = env.writ!.proc.child;
+    let paused = false;
+    const wake = () => {
+      if (paused) resume(daemon);
+      paused = false;
+    };
+    await pause(daemon);
+    paused = true;
+    try {
+      // In the stream, not applied: a's overlay does not know it, as it does
+      // not know its own write whose admission reply was lost.
+      await b.write(KV.name, key, "put", { v: "new" });
+      // The daemon goes on only once a's sync has read a stream's end: a sync
+      // that takes no barrier returns, and the read runs, while it is paused.
+      const conn = (a as unknown as { redis: Redis }).redis;
+      const xrevrange = conn.xrevrange.bind(conn) as (...args: unknown[]) => Promise<unknown>;
+      (conn as unknown as { xrevrange: unknown }).xrevrange = async (...args: unknown[]) => {
+        const r = await xrevrange(...args);
+        wake();
+        return r;
+      };
+      await a.sync();
+      assert.equal(paused, false, "sync() returned without reading the streams' ends");
+      assert.deepEqual((await a.read(KV.name, key))!.payload, { v: "new" }, "the read after sync() sees the other write");
+      // The start-up sync stays remembered: it takes no barrier again.
+      await pause(daemon);
+      paused = true;
+      await b.write(KV.name, key, "put", { v: "newer" });
+      await a.sync({ once: true });
+      assert.equal(paused, true, "sync({ once: true }) read the streams again");
+      assert.deepEqual((await a.read(KV.name, key))!.payload, { v: "new" });
+    } finally {
+      wake();
+    }
+  }));
+
   test("without a daemon: backpressure, ack timeout, bounded pending writes, sync timeout", g(async () => {
     // A namespace no daemon serves (same Redis).
     const ns = `${env.name}_nod`;
