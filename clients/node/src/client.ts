@@ -22,6 +22,7 @@ import {
   WritError,
   WritKeyError,
   WritTimeoutError,
+  UNKNOWN_ADVICE,
 } from "./errors.js";
 import {
   canonicalOf,
@@ -887,7 +888,7 @@ export class WritClient {
         // The admission ran before (its reply lost, then no longer kept) or was
         // overtaken by a later one of this client (protocol.md §2a).
         throw new WritConnectionError(
-          `the write to ${collection} may or may not have been accepted: ${msg}. Read the key before retrying it.`,
+          `the write to ${collection} may or may not have been accepted: ${msg}. Before retrying it, ${UNKNOWN_ADVICE}.`,
           { cause: reply, accepted: "unknown" },
         );
       }
@@ -911,7 +912,7 @@ export class WritClient {
         throw new WritConnectionError(
           `Redis refused the write to ${collection} (${msg}), but only after its connection dropped while the write ` +
             `was out and it was sent again: the first send may have added it. It may or may not have been accepted: ` +
-            `once Redis takes writes again, read the key, and write it again only if it does not hold this value.`,
+            `${UNKNOWN_ADVICE}.`,
           { cause: reply, accepted: "unknown" },
         );
       }
@@ -926,7 +927,7 @@ export class WritClient {
       }
       throw new WritConnectionError(
         `cannot write to Redis at ${redactUrls(this.config.redisUrl)}: ${msg}. The write may or may not have been ` +
-          `accepted; retry it when Redis is back.`,
+          `accepted: ${UNKNOWN_ADVICE}.`,
         { cause: e, accepted: "unknown" },
       );
     }
@@ -989,7 +990,7 @@ export class WritClient {
               )
             : new WritConnectionError(
                 `Redis at ${redactUrls(this.config.redisUrl)} did not answer the write to ${collection} within ${ms} ms; ` +
-                  `it may or may not have been accepted. Check Redis, then retry the write.`,
+                  `it may or may not have been accepted. Check Redis; ${UNKNOWN_ADVICE}.`,
                 { accepted: "unknown" },
               ),
       );
@@ -1131,7 +1132,7 @@ export class WritClient {
   private ackTimeout(t: Ticket, timeoutMs: number, gone: PendingWrite[] | undefined): WritTimeoutError {
     const what = `no ack for the write ${t.entryId} to ${t.collection} within ${timeoutMs} ms`;
     const decide =
-      `Once Redis answers, read the key and write it again only if it does not hold this value (if Redis lost it, ` +
+      `To decide: ${UNKNOWN_ADVICE} (if Redis lost it, ` +
       `onError gets a LostWriteError once MongoDB shows it was not applied, after lostWriteAfterMs).`;
     if (gone === undefined) {
       return new WritTimeoutError(
@@ -1197,7 +1198,8 @@ export class WritClient {
           `${what}; ${lost} of them are no longer in their streams nor pending in the daemon's group (a Redis failover ` +
             `lost them, they were deleted, or retention trimmed them after the daemon applied them and the acks were ` +
             `lost; or still being admitted): those may or may not be applied, the others are still queued. Once Redis ` +
-            `answers, read those keys and write again what they do not hold (onError gets a LostWriteError for a write ` +
+            `answers, call sync() (a fresh barrier: it waits for every entry in the streams then), read those keys and ` +
+            `write again what they do not hold (onError gets a LostWriteError for a write ` +
             `Redis lost, after lostWriteAfterMs); check \`writ status\``,
           { accepted: "unknown" },
         );

@@ -16,8 +16,15 @@
  *   sent it again, so that the first send may have run; too few
  *   replicas confirmed it, its ack did not come and its entry is gone from
  *   the stream or Redis did not answer the look, or the client was closed
- *   while it was out): once Redis answers, `flush()`, read the key, and
- *   write it again only if it does not hold this value. An adapter write of
+ *   while it was out): once Redis answers, `await client.sync()` (with
+ *   no options: every call takes a fresh barrier, so it waits until the
+ *   daemon has applied every entry in the streams at the call, this write's
+ *   if it landed), then read the key, and write it again only if it does
+ *   not hold this value. `flush()` does not do it: it waits only for this
+ *   process's pending writes, and a write whose admission said `"unknown"`
+ *   is no longer one of them; nor does a read alone (an entry that landed may not
+ *   be applied yet), nor `sync({ once: true })` (the start-up sync, which
+ *   returns at once after it succeeded). An adapter write of
  *   several rows (candles, storage, log) says `"unknown"` too when some of
  *   its rows are held and others not, or may not be (in `ack` mode: a
  *   dead-lettered or applied row next to a lost one, or next to one whose
@@ -25,6 +32,11 @@
  *   write says `"no"` only when no row is held, `"yes"` only when all are.
  */
 export type Accepted = "yes" | "no" | "unknown";
+
+/** What to do about an `"unknown"` write, as error messages say it (see {@link Accepted}). */
+export const UNKNOWN_ADVICE =
+  "once Redis answers, call sync() (each call waits until the daemon has applied every entry in the streams then, " +
+  "this write's if it landed), then read the key, and write it again only if it does not hold this value";
 
 /** What a {@link WritError} is built with. */
 export interface WritErrorOptions {
@@ -199,8 +211,7 @@ export class WritClosedError extends WritError {
         ? "this writ client is closed; the write was NOT sent (NOT accepted): write it again with a new client (or after calling setup() again)"
         : accepted === "unknown"
           ? "this writ client was closed while the write was out at Redis or waiting for its ack: it may or may not have been " +
-            "accepted. With a new client (or after calling setup() again), read the key and write it again only if it does not " +
-            "hold this value"
+            `accepted. With a new client (or after calling setup() again), ${UNKNOWN_ADVICE}`
           : "this writ client is closed; create a new one (or call setup() again)",
       accepted === undefined ? undefined : { accepted },
     );
