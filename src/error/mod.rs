@@ -155,9 +155,11 @@ pub enum Error {
     },
 
     /// Redis took a write but fewer than `redis.min_replicas_acked` replicas
-    /// confirmed it in time, so a failover could still lose it. Retryable.
+    /// confirmed it in time, so a failover could still lose it. Retryable by
+    /// the daemon and the tools (at the same version); a client's write is
+    /// `Accepted::Unknown`.
     #[error(
-        "{what} reached the Redis master but only {confirmed} of {wanted} replicas confirmed it within {timeout_ms} ms (redis.min_replicas_acked); a failover now could lose it, and it may still be applied; retry. If this never succeeds, the master has fewer than {wanted} replicas in sync"
+        "{what} reached the Redis master but only {confirmed} of {wanted} replicas confirmed it within {timeout_ms} ms (redis.min_replicas_acked); a failover now could lose it, and it may still be applied. A client's write must not simply be sent again (that would be a newer write, over any other process's since): once Redis answers, `sync`, read the key, and write it again only if it does not hold this value. If this never succeeds, the master has fewer than {wanted} replicas in sync"
     )]
     NotReplicated {
         /// What was written.

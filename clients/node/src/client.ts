@@ -1003,8 +1003,8 @@ export class WritClient {
   private replicaError(collection: string, entryId: string, replicas: number | Error): WritError {
     const { minReplicasAcked: n, replicaAckTimeoutMs: t } = this.config;
     const risk =
-      `it may be lost if that master fails over before a replica has it, and it may still be applied. ` +
-      `Retry the write (applying the same write again changes nothing).`;
+      `it may be lost if that master fails over before a replica has it, and it may still be applied: ` +
+      `do not simply send it again (that would be a newer write, over any other process's since): ${UNKNOWN_ADVICE}.`;
     if (replicas instanceof Error) {
       return new WritConnectionError(
         `the write to ${collection} (entry ${entryId}) reached the Redis master, but waiting for ${n} replica(s) ` +
