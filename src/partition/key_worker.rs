@@ -86,11 +86,27 @@ pub(super) async fn park_refused(part: std::sync::Arc<Partition>, refused: Refus
 /// outlived the change: stalled past its leases while `writ partitions
 /// --set` looked for daemons, started during the change, or not seen by a
 /// `--set` configured with a much shorter `daemon.lease_ttl_ms`.
+///
+/// While Redis cannot tell (an error), it asks again with backoff: parked on
+/// a guess, the entry could not be taken back. `true` also when the tenure
+/// ends meanwhile (the entry stays pending for the next owner, who asks
+/// again).
 async fn count_changed(part: &Partition) -> bool {
     let ctx = &part.ctx;
     let mut conn = ctx.conn.clone();
-    let Some(e) = crate::partition_count::recheck(&mut conn, &ctx.config, &ctx.standing).await
-    else {
+    let mut backoff = crate::backoff::Backoff::new(ctx.config.backoff_cap);
+    let refused = loop {
+        match crate::partition_count::recheck_now(&mut conn, &ctx.config, &ctx.standing).await {
+            Ok(refused) => break refused,
+            Err(e) => {
+                tracing::warn!(partition = part.p, error = %e, "cannot check the namespace's partition count before parking an entry of another partition; trying again");
+                if !backoff.sleep(&part.run.abort).await {
+                    return true;
+                }
+            }
+        }
+    };
+    let Some(e) = refused else {
         return false;
     };
     tracing::error!(partition = part.p, error = %e, "an entry written for another partition count: the namespace's count changed under this daemon; the entry stays pending for a daemon on the new count, and this daemon stops (its partitions drain and go to the others)");

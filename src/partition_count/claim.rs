@@ -147,20 +147,26 @@ fn check(config: &Config, found: &Found) -> Result<()> {
 /// stop); records this daemon's count over it otherwise. Redis errors are
 /// left to the next pass.
 pub async fn recheck(conn: &mut Conn, config: &Config, me: &Standing) -> Option<Error> {
-    let names = &Names::new(&config.namespace);
-    let found = match look(conn, config, By::Daemon, Some(me.since)).await {
-        Ok(f) => f,
+    match recheck_now(conn, config, me).await {
+        Ok(refused) => refused,
         Err(e) => {
             tracing::debug!(error = %e, "cannot check the recorded partition count");
-            return None;
+            None
         }
-    };
+    }
+}
+
+/// [`recheck`], with a Redis error returned (the count unknown) instead of
+/// left to the next pass: for a caller that must know before it acts.
+pub async fn recheck_now(conn: &mut Conn, config: &Config, me: &Standing) -> Result<Option<Error>> {
+    let names = &Names::new(&config.namespace);
+    let found = look(conn, config, By::Daemon, Some(me.since)).await?;
     let Err(refused) = check(config, &found) else {
-        return None;
+        return Ok(None);
     };
     let theirs_is_later = found.since.is_none_or(|s| s > me.since);
     if found.epoch > me.epoch || !theirs_is_later {
-        return Some(refused);
+        return Ok(Some(refused));
     }
     // Only over the value looked at: another change meanwhile is seen at
     // the next pass.
@@ -192,5 +198,5 @@ pub async fn recheck(conn: &mut Conn, config: &Config, me: &Standing) -> Option<
             "another daemon's partition count is recorded for this namespace, and this daemon, running since earlier, cannot record its own again (at maxmemory Redis refuses it): both go on until it can. Stop the daemon configured with the other count, and free Redis memory"
         ),
     }
-    None
+    Ok(None)
 }

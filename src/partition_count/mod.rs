@@ -34,7 +34,7 @@ mod claim;
 pub mod copies;
 
 pub use change::{change, Changed, CHANGE_LUA};
-pub use claim::{claim, claim_daemon, recheck, Standing};
+pub use claim::{claim, claim_daemon, recheck, recheck_now, Standing};
 pub use copies::copy;
 
 use crate::error::Result;
@@ -46,6 +46,12 @@ pub const FIELD: &str = "partitions";
 
 /// The field that says who recorded it: `daemon` or `client`.
 pub const BY_FIELD: &str = "partitions_by";
+
+/// The end of a client's refusal for another partition count (a write's, a
+/// read's): a change the operator did not finish leaves partitions that
+/// record different counts.
+pub(crate) const UNFINISHED_CHANGE: &str = "If `writ partitions` says a change is unfinished \
+     instead, run `writ partitions --set` again with the count you want";
 
 /// The field of each meta hash with the epoch of its count (absent: 0): in
 /// partition 0 the epoch of the [`change`] that recorded the count, in the
