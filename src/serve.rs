@@ -34,12 +34,26 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
         Err(Error::Shutdown) => return Ok(()),
         other => other?,
     };
+    // Whatever way it ends, the driver is closed before the process exits
+    // (`Store::close`).
+    let done = run(config, store.clone(), health, shutdown).await;
+    store.close().await;
+    done
+}
+
+/// [`serve`] once MongoDB's driver is set up: prepares MongoDB and Redis,
+/// then runs and drains.
+async fn run(
+    config: Arc<Config>,
+    store: Store,
+    health: Health,
+    shutdown: CancellationToken,
+) -> Result<()> {
     match prepare_mongo(&store, &config, &shutdown).await {
         Err(Error::Shutdown) => return Ok(()),
         other => other?,
     }
     let (conn, standing) = prepare_redis(&config).await?;
-    let closing = store.clone();
     // Set (and the daemon stopped) when another daemon's partition count
     // appears in Redis: this daemon must not go on with its own.
     let halt = Halt::new(shutdown.clone());
@@ -66,7 +80,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
     .with_replication(Replication::of(&config));
     let background = shutdown.child_token();
     let probe = tokio::spawn(telemetry::probe_loop(
-        store,
+        store.clone(),
         conn.clone(),
         health,
         background.clone(),
@@ -75,7 +89,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
     // while the daemon runs comes back without its index).
     let indexes = {
         let (store, collections) = (
-            closing.clone(),
+            store.clone(),
             config.collections.values().cloned().collect(),
         );
         let every = config.stats_interval * INDEX_CHECK_INTERVALS;
@@ -99,7 +113,6 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
     ownership::run(config.clone(), control, leases, spawn, shutdown.clone()).await;
     background.cancel();
     let _ = tokio::join!(probe, keeper, indexes);
-    closing.close().await;
     tracing::info!("writ serve stopped");
     match halt.why() {
         Some(e) => Err(e),
