@@ -97,6 +97,9 @@ impl Store {
         // `listIndexes` would hold up the writes of a server that runs one
         // operation at a time.
         let step = every / collections.len().max(1) as u32;
+        // Collections whose last check failed: said once per outage, not
+        // once a minute for each collection.
+        let mut failing = std::collections::HashSet::new();
         loop {
             for c in &collections {
                 tokio::select! {
@@ -107,17 +110,23 @@ impl Store {
                     r = self.ensure_key_index(c) => r,
                     _ = stop.cancelled() => return,
                 };
+                if made.is_ok() {
+                    failing.remove(&c.name);
+                }
                 match made {
                     Ok(false) => {}
                     Ok(true) => tracing::warn!(
                         collection = %c.name,
                         "the collection had lost its unique key index (dropped while the daemon ran?); made it again"
                     ),
-                    Err(e) => tracing::warn!(
+                    Err(e) if failing.insert(c.name.clone()) => tracing::warn!(
                         collection = %c.name,
                         error = %e,
-                        "cannot make sure of the unique key index; trying again later"
+                        "cannot make sure of the unique key index; trying again at each check (said again once a check succeeds and another fails)"
                     ),
+                    Err(e) => {
+                        tracing::debug!(collection = %c.name, error = %e, "still cannot make sure of the unique key index")
+                    }
                 }
             }
         }
