@@ -94,8 +94,8 @@ impl Refused {
                  redis.partitions = {configured}; its keys would go to other partition streams, \
                  where they are applied out of order or never. The count was changed (`writ \
                  partitions --set`) while this process ran: restart it with redis.partitions = \
-                 {recorded} (Node: WRIT_PARTITIONS). If `writ partitions` says a change is \
-                 unfinished instead, run `writ partitions --set` again with the count you want"
+                 {recorded} (Node: WRIT_PARTITIONS). {}",
+                crate::partition_count::UNFINISHED_CHANGE
             )),
         }
     }

@@ -44,9 +44,8 @@ impl super::Inner {
                  redis.partitions = {configured}; it would read cache entries no daemon \
                  updates any more, older than acknowledged writes. The count was changed \
                  (`writ partitions --set`) while this process ran: restart it with \
-                 redis.partitions = {recorded} (Node: WRIT_PARTITIONS). If `writ partitions` \
-                 says a change is unfinished instead, run `writ partitions --set` again with \
-                 the count you want"
+                 redis.partitions = {recorded} (Node: WRIT_PARTITIONS). {}",
+                crate::partition_count::UNFINISHED_CHANGE
             )));
         }
         Ok(cached)
