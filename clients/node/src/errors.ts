@@ -86,7 +86,8 @@ export class BackpressureError extends WritError {
  * `readTimeoutMs`, it may or may not be applied (`"unknown"`). A write that
  * was never admitted is a {@link PendingFullError} (this class too) and was
  * NOT accepted; a write fewer than `minReplicasAcked` replicas confirmed in
- * time is to be retried (`"unknown"`). The message says which.
+ * time may be lost in a failover and may still be applied (`"unknown"`: see
+ * {@link UNKNOWN_ADVICE}, not a plain retry). The message says which.
  */
 export class WritTimeoutError extends WritError {
   constructor(message: string, options?: WritErrorOptions) {

@@ -225,7 +225,14 @@ export class ReplicatedAdmitter {
         continue;
       }
       if (this.isClosed()) {
-        // Never sent (a retry's node did not run it): NOT accepted.
+        // Not sent again: NOT accepted, unless a send of the retried call
+        // was out when its connection dropped (it may have run).
+        const retried = part.retry;
+        if (retried) {
+          part.retry = undefined;
+          const accepted = retried.maybeRan ? "unknown" : "no";
+          for (const entry of retried.entries) entry.reject(new WritClosedError({ accepted }));
+        }
         this.fail(part, new WritClosedError({ accepted: "no" }));
         continue;
       }
@@ -348,8 +355,11 @@ export class ReplicatedAdmitter {
     const max = redirectionsFor(this.config.writeTimeoutMs);
     for (const [part, c] of calls) {
       const noscript = c.lastError instanceof Error && c.lastError.message.startsWith("NOSCRIPT");
-      // Not run where it was sent (a redirection, NOSCRIPT), and not sent again: NOT accepted.
-      if (this.isClosed()) for (const entry of c.entries) entry.reject(new WritClosedError({ accepted: "no" }));
+      // Not run where it was sent (a redirection, NOSCRIPT), and not sent
+      // again: NOT accepted, unless an earlier send was out when its
+      // connection dropped (it may have run).
+      if (this.isClosed())
+        for (const entry of c.entries) entry.reject(new WritClosedError({ accepted: c.maybeRan ? "unknown" : "no" }));
       else if (!noscript && ++c.redirects > max) for (const entry of c.entries) entry.reject(refused(c, c.lastError));
       else part.retry = c;
     }

@@ -279,7 +279,7 @@ describe("Redis Cluster", () => {
     }
   }));
 
-  test("minReplicasAcked 2 with one replica per master: a retryable WritTimeoutError after about the timeout", g(async () => {
+  test("minReplicasAcked 2 with one replica per master: a WritTimeoutError, accepted unknown, after about the timeout", g(async () => {
     const w = processWith("submit", { minReplicasAcked: 2, replicaAckTimeoutMs: 400 });
     await w.client.ready();
     // The daemon is stopped while the WAIT is out: an ack that came meanwhile would settle the write
@@ -300,6 +300,7 @@ describe("Redis Cluster", () => {
     }
     assert.ok(err instanceof WritTimeoutError, `got ${err}`);
     assert.match(err.message, /reached the Redis master but not 2 replica\(s\) within 400 ms .*1 confirmed.*may be lost.*may still be applied.*do not simply send it again.*call sync\(\)/);
+    assert.equal(err.accepted, "unknown");
     assert.ok(took >= 380 && took < 3000, `failed after ${took} ms`);
     assert.equal(w.client.pendingCount, 0, "not kept as a pending write");
   }));
