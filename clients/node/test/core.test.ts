@@ -61,6 +61,46 @@ layout = "fields"
 
 let env: TestEnv;
 let mongo: MongoClient;
+/**
+ * A connection through a {@link holdingProxy}: while `held`, nothing passes
+ * in either direction and nothing is closed, as on a connection a NAT or
+ * load balancer forgot (half-open); `closedByClient` once the client gave it up.
+ */
+interface HeldConn {
+  held: boolean;
+  closedByClient: boolean;
+}
+
+/**
+ * A TCP proxy in front of `redisUrl` whose connections can be held
+ * ({@link HeldConn}). `watch` sees what the client sends on a connection not
+ * held (lower-cased), before it passes on, and may hold the connection there.
+ */
+async function holdingProxy(
+  redisUrl: string,
+  watch: (conn: HeldConn, sent: string) => void,
+): Promise<{ url: string; close: () => void }> {
+  const target = new URL(redisUrl);
+  const proxy = createServer((down) => {
+    const up = connect(Number(target.port), target.hostname);
+    const conn: HeldConn = { held: false, closedByClient: false };
+    down.on("data", (d: Buffer) => {
+      if (conn.held) return;
+      watch(conn, d.toString("latin1").toLowerCase());
+      if (!conn.held) up.write(d);
+    });
+    up.on("data", (d: Buffer) => {
+      if (!conn.held) down.write(d);
+    });
+    down.on("close", () => (conn.closedByClient = true));
+    const close = () => (down.destroy(), up.destroy());
+    down.on("error", close).on("close", close);
+    up.on("error", close).on("close", close);
+  });
+  await new Promise<void>((r) => proxy.listen(0, "127.0.0.1", r));
+  return { url: `redis://127.0.0.1:${(proxy.address() as AddressInfo).port}`, close: () => proxy.close() };
+}
+
 const clients: WritClient[] = [];
 
 function client(extra: Record<string, unknown> = {}): WritClient {
@@ -1560,27 +1600,12 @@ describe("core", () => {
     // reader's), in either direction, without closing them, as a NAT that
     // forgot the connection does. Acks must come again on a new connection
     // well before TCP would give up (about 15 minutes).
-    const target = new URL(env.redisUrl);
-    const ackConns = new Set<{ held: boolean }>();
-    const proxy = createServer((down) => {
-      const up = connect(Number(target.port), target.hostname);
-      const state = { held: false };
-      down.on("data", (d: Buffer) => {
-        if (state.held) return;
-        if (d.toString("latin1").toLowerCase().includes("xread")) ackConns.add(state);
-        up.write(d);
-      });
-      up.on("data", (d: Buffer) => {
-        if (!state.held) down.write(d);
-      });
-      const close = () => (down.destroy(), up.destroy());
-      down.on("error", close).on("close", close);
-      up.on("error", close).on("close", close);
+    const ackConns = new Set<HeldConn>();
+    const proxy = await holdingProxy(env.redisUrl, (conn, sent) => {
+      if (sent.includes("xread")) ackConns.add(conn);
     });
-    await new Promise<void>((r) => proxy.listen(0, "127.0.0.1", r));
     try {
-      const port = (proxy.address() as AddressInfo).port;
-      const c = client({ mode: "ack", writeTimeoutMs: 40_000, redisUrl: `redis://127.0.0.1:${port}` });
+      const c = client({ mode: "ack", writeTimeoutMs: 40_000, redisUrl: proxy.url });
       const key = { k: "halfopen", n: 1 };
       await (await c.write(KV.name, key, "put", { i: 1 })).acked;
       assert.ok(ackConns.size >= 1, "the ack reader's XREAD went through the proxy");
@@ -1603,28 +1628,12 @@ describe("core", () => {
     // that forgot the connection does, or a master host that died without a
     // reset. TCP would give up on such a connection after about 15 minutes;
     // until then every admission waited behind the one out on it.
-    const target = new URL(env.redisUrl);
-    const admissionConns = new Set<{ held: boolean; closedByClient: boolean }>();
-    const proxy = createServer((down) => {
-      const up = connect(Number(target.port), target.hostname);
-      const state = { held: false, closedByClient: false };
-      down.on("data", (d: Buffer) => {
-        if (state.held) return;
-        if (d.toString("latin1").toLowerCase().includes("evalsha")) admissionConns.add(state);
-        up.write(d);
-      });
-      up.on("data", (d: Buffer) => {
-        if (!state.held) down.write(d);
-      });
-      down.on("close", () => (state.closedByClient = true));
-      const close = () => (down.destroy(), up.destroy());
-      down.on("error", close).on("close", close);
-      up.on("error", close).on("close", close);
+    const admissionConns = new Set<HeldConn>();
+    const proxy = await holdingProxy(env.redisUrl, (conn, sent) => {
+      if (sent.includes("evalsha")) admissionConns.add(conn);
     });
-    await new Promise<void>((r) => proxy.listen(0, "127.0.0.1", r));
     try {
-      const port = (proxy.address() as AddressInfo).port;
-      const c = client({ writeTimeoutMs: 1000, readTimeoutMs: 1000, redisUrl: `redis://127.0.0.1:${port}` });
+      const c = client({ writeTimeoutMs: 1000, readTimeoutMs: 1000, redisUrl: proxy.url });
       await c.write(KV.name, { k: "halfopen-w", n: 0 }, "put", { i: 0 });
       assert.ok(admissionConns.size >= 1, "the admission went through the proxy");
       const held = [...admissionConns];
@@ -1658,33 +1667,18 @@ describe("core", () => {
     // is still held, not once the client gives that connection up.
     const ns = `${env.name}_sweephold`;
     const id = `sweephold-${process.pid}-${Date.now()}`;
-    const target = new URL(env.redisUrl);
-    const heldConns: { closedByClient: boolean }[] = [];
-    const proxy = createServer((down) => {
-      const up = connect(Number(target.port), target.hostname);
-      const state = { held: false, closedByClient: false };
-      down.on("data", (d: Buffer) => {
-        if (!state.held && d.toString("latin1").toLowerCase().includes("xrange")) {
-          state.held = true;
-          heldConns.push(state);
-        }
-        if (!state.held) up.write(d);
-      });
-      up.on("data", (d: Buffer) => {
-        if (!state.held) down.write(d);
-      });
-      down.on("close", () => (state.closedByClient = true));
-      const close = () => (down.destroy(), up.destroy());
-      down.on("error", close).on("close", close);
-      up.on("error", close).on("close", close);
+    const heldConns: HeldConn[] = [];
+    const proxy = await holdingProxy(env.redisUrl, (conn, sent) => {
+      if (sent.includes("xrange")) {
+        conn.held = true;
+        heldConns.push(conn);
+      }
     });
-    await new Promise<void>((r) => proxy.listen(0, "127.0.0.1", r));
     const admin = new Redis(env.redisUrl);
     try {
-      const port = (proxy.address() as AddressInfo).port;
       const c = client({
         namespace: ns, clientId: id, partitions: 1, maxBacklog: 1000, writeTimeoutMs: 1000, readTimeoutMs: 1000,
-        redisUrl: `redis://127.0.0.1:${port}`,
+        redisUrl: proxy.url,
       });
       const t = await c.submit(KV.name, { k: "sweephold", n: 1 }, "put", { i: 1 });
       // Overdue after writeTimeoutMs: the next look reads its entry, and hangs there.
