@@ -173,7 +173,8 @@ async fn a_call_sent_twice_adds_its_entries_once() {
             .arg("")
             .arg(entries)
             .arg(seq)
-            .arg(1);
+            .arg(1)
+            .arg(0);
         for i in 0..entries {
             inv.arg(2).arg("i").arg(format!("{seq}.{i}"));
         }
@@ -223,7 +224,14 @@ async fn a_call_sent_twice_adds_its_entries_once() {
     // Another caller numbers its own calls.
     let mut inv = script.key(stream);
     inv.key(meta).key("w:{p0}:adm:c2");
-    inv.arg("w").arg(50).arg(1).arg("").arg(1).arg(1).arg(1);
+    inv.arg("w")
+        .arg(50)
+        .arg(1)
+        .arg("")
+        .arg(1)
+        .arg(1)
+        .arg(1)
+        .arg(0);
     inv.arg(2).arg("i").arg("c2");
     let theirs: Vec<redis::Value> = inv.invoke_async(&mut conn).await.unwrap();
     assert_eq!(theirs.len(), 1, "{theirs:?}");
@@ -249,7 +257,14 @@ async fn a_call_sent_twice_adds_its_entries_once() {
     let windowed = |seq: u64| {
         let mut inv = script.key(stream);
         inv.key(meta).key("w:{p0}:adm:c3");
-        inv.arg("w").arg(1000).arg(1).arg("").arg(1).arg(seq).arg(3);
+        inv.arg("w")
+            .arg(1000)
+            .arg(1)
+            .arg("")
+            .arg(1)
+            .arg(seq)
+            .arg(3)
+            .arg(0);
         inv.arg(2).arg("i").arg(format!("c3.{seq}"));
         inv
     };
@@ -301,7 +316,8 @@ async fn a_caller_on_another_partition_count_is_refused_by_the_script() {
             .arg("")
             .arg(1)
             .arg(seq)
-            .arg(1);
+            .arg(1)
+            .arg(0);
         inv.arg(2).arg("i").arg(format!("{seq}"));
         inv
     };

@@ -93,7 +93,7 @@ async fn with_daemon_user(
 fn without(rules: &mut Vec<String>, rule: &str) {
     let before = rules.len();
     rules.retain(|r| r != rule);
-    assert_eq!(rules.len(), before - 1, "the daemon user has {rule}");
+    assert_eq!(rules.len(), before - 1, "the documented user has {rule}");
 }
 
 async fn conn(url: &str) -> redis::aio::MultiplexedConnection {
@@ -460,6 +460,40 @@ async fn a_daemon_user_without_time_heartbeats_on_the_hosts_clock() {
         assert_eq!(said, 1, "{}: said {said} times\n{}", d.name, d.log_text());
         assert_eq!(d.terminate(Duration::from_secs(20)), Some(0));
     }
+}
+
+/// A writer user set up before admission deadlines (no `+time`): the
+/// client's clock sample is refused, and it admits without deadlines
+/// (docs/protocol.md §2a) instead of failing every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_user_without_time_writes_without_deadlines() {
+    let redis = RedisServer::start();
+    let env = TestEnv::start("acl_writer_no_time");
+    let (daemon_pw, writer_pw) = ("d4emon-pw-91c2", "wr1ter-pw-5d08");
+    let mut admin = conn(&redis.url()).await;
+    let mut users = documented_users(&env.name, daemon_pw, writer_pw);
+    without(&mut users[1], "+time");
+    set_users(&mut admin, users).await;
+    let o = Overrides {
+        redis_url: Some(format!(
+            "redis://writ-writer:{writer_pw}@127.0.0.1:{}",
+            redis.port
+        )),
+        ..Default::default()
+    };
+    let writ = Writ::connect(env.config_with(&o)).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    for i in 0..3 {
+        s.submit(&sig("NOTIME"), &doc! {"i": i})
+            .await
+            .expect("a writer without +time could not write");
+    }
+    let refusals = acl_log(&mut admin).await;
+    assert!(
+        refusals.iter().any(|r| r.contains("time")),
+        "the clock sample was not refused, so the fallback was not taken: {refusals:#?}"
+    );
+    writ.close().await;
 }
 
 /// With `min_replicas_acked` ≥ 1, a writer whose user lacks `+client|id` or

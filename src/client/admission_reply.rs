@@ -119,6 +119,9 @@ pub(super) fn refusal(
         // it ran before (its reply lost, then overwritten), or a later call
         // overtook it.
         None if crate::redis_conn::has_code(&e, "DUPLICATE") => Refused::Unknown(e),
+        // Past its deadline: NOT added, even after a send whose reply was
+        // lost (a send that ran is answered from the record, never this).
+        None if crate::redis_conn::has_code(&e, "EXPIRED") => Refused::Failed(e),
         // Redis cannot be reached (a refused connection, or replies lost
         // LOST_REPLY_SENDS times: an outage, not a blip; fail now rather
         // than at write_timeout), or the time is up; a call an earlier send
@@ -204,8 +207,8 @@ mod tests {
 
     /// A `DUPLICATE` refusal (the call number is not after the last that
     /// ran: it ran before, or a later call overtook it) leaves the writes
-    /// unknown, as Node says; a refusal of a call that never ran (`NOPERM`)
-    /// is final, and `PARTITIONS` names the recorded count.
+    /// unknown, as Node says; a refusal of a call that never ran (`NOPERM`,
+    /// `EXPIRED`) is final, and `PARTITIONS` names the recorded count.
     #[test]
     fn a_duplicate_call_is_unknown_and_a_refusal_is_final() {
         let reply = |line: &str| {
@@ -219,6 +222,11 @@ mod tests {
         let e = refusal(noperm, false, false, 8).into_error(0, 100);
         assert!(matches!(e, Error::AdmissionRefused { .. }), "{e:?}");
         assert_eq!(e.accepted(), Some(crate::error::Accepted::No));
+        // Past its deadline: NOT added, even after a send that lost its
+        // reply (that send would have been answered from the record).
+        let expired = reply("EXPIRED admission call 3 ran 5 ms after its deadline");
+        let e = refusal(expired, true, true, 8).into_error(0, 100);
+        assert_eq!(e.accepted(), Some(crate::error::Accepted::No), "{e}");
         let moved = reply("PARTITIONS 4 recorded");
         assert!(matches!(
             refusal(moved, false, false, 8),

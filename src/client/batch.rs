@@ -32,6 +32,12 @@
 //! first reply, and one that did not run runs now, so the caller learns
 //! whether its writes were added instead of an error that cannot say.
 //!
+//! Each call also carries a deadline in Redis's clock ([`super::clock`]):
+//! the moment this batcher gives up on it, less allowances. A copy of the
+//! call that Redis runs later (a paused Redis, a send still queued) is
+//! refused with `EXPIRED` and adds nothing, so a write reported as unknown
+//! never lands after its caller was told so.
+//!
 //! The call is made by a task of its own, so a caller that gives up waiting
 //! cannot strand the submits queued behind it; nor can a runtime that shuts
 //! down under that task ([`Flush`]). Bounded: at most
@@ -47,6 +53,7 @@ use tokio::sync::oneshot;
 
 use super::admission_reply::{maybe_ran, refusal, results};
 pub use super::admission_reply::{Admitted, Refused};
+use super::clock::RedisClock;
 use crate::redis_conn::{not_run, Confirmer, Conn};
 
 /// Most entries in one admission call.
@@ -101,6 +108,7 @@ pub struct Batcher {
     script: redis::Script,
     group: String,
     settings: Settings,
+    clock: RedisClock,
 }
 
 /// How the batcher calls: the bound, whether replicas confirm, and how long a
@@ -125,6 +133,7 @@ impl Batcher {
     ) -> Arc<Batcher> {
         Arc::new(Batcher {
             queues: targets.iter().map(|_| Mutex::default()).collect(),
+            clock: RedisClock::new(targets.len()),
             targets,
             conn,
             script,
@@ -221,6 +230,18 @@ impl Batcher {
     /// per entry.
     async fn call(&self, p: usize, seq: u64, batch: &[Waiting]) -> Vec<Admitted> {
         let target = &self.targets[p];
+        let deadline = tokio::time::Instant::now() + self.settings.patience;
+        // The last moment the call may run, in Redis's clock: after it, this
+        // call has given up and told its writes "unknown", and a copy of it
+        // that Redis runs then adds nothing (docs/protocol.md §2a).
+        let expires = match self
+            .clock
+            .deadline(p, &target.meta, &self.conn, deadline.into_std())
+            .await
+        {
+            Ok(at) => at,
+            Err(e) => return vec![Err(Refused::Failed(e)); batch.len()],
+        };
         let mut inv = self.script.key(&target.stream);
         inv.key(&target.meta).key(&target.record);
         inv.arg(&self.group).arg(self.settings.bound);
@@ -228,14 +249,14 @@ impl Batcher {
             .arg("")
             .arg(batch.len())
             .arg(seq)
-            .arg(WINDOW);
+            .arg(WINDOW)
+            .arg(expires);
         for w in batch {
             inv.arg(w.fields.len() * 2);
             for (f, v) in &w.fields {
                 inv.arg(*f).arg(v.as_slice());
             }
         }
-        let deadline = tokio::time::Instant::now() + self.settings.patience;
         // Sends that lost their reply: the call may have run.
         let mut lost = 0;
         // redis-rs's cluster connection sends a command again on its own

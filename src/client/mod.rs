@@ -12,6 +12,7 @@ mod acks;
 mod admission_reply;
 pub(crate) mod admit;
 mod batch;
+mod clock;
 mod overdue;
 mod pending;
 mod read;

@@ -127,10 +127,10 @@ end
 -- used up, room() counts the backlog exactly, so an entry is refused only on
 -- an exact count at the bound, never on the estimate.
 --
--- With KEYS[3], ARGV[6] is the call's number and ARGV[7] a window, and the
--- entries start at ARGV[8]. A client library may send a call again when its
--- reply was lost (ioredis at a reconnect, redis-rs in cluster mode after a
--- timeout); without the record the entries would be added twice, and a
+-- With KEYS[3], ARGV[6] is the call's number, ARGV[7] a window and ARGV[8] a
+-- deadline (below), and the entries start at ARGV[9]. A client library may
+-- send a call again when its reply was lost (ioredis at a reconnect, redis-rs
+-- in cluster mode after a timeout); without the record the entries would be added twice, and a
 -- write of the key by another process in between would be overwritten by
 -- the copy. A caller numbers its calls to a partition 1, 2, 3, ... in the
 -- order it sends them (one record per caller and partition). The record
@@ -143,11 +143,22 @@ end
 -- DUPLICATE and adds nothing: it ran before and its reply was overwritten, or
 -- a later call overtook it (adding it now would put it after that call). The
 -- record expires an hour after the caller's last call.
+--
+-- ARGV[8] (with KEYS[3]) is the call's deadline, in Redis's clock (TIME, unix
+-- ms), and the entries start at ARGV[9]; '0' is none. Once its deadline has
+-- passed, a call that has not run is refused with EXPIRED and adds nothing.
+-- A caller that gives up on a call tells its writers "may or may not have
+-- been accepted", and a copy of the call still held somewhere (a paused or
+-- overloaded Redis, a client library's queue or re-send) must not land after
+-- that: after the writer read the key and decided what to write next, it
+-- would put an older write over a newer one. The caller sets the deadline
+-- before its own giving-up time, converted to Redis's clock (docs/protocol.md
+-- §2a). A call that ran still gets its reply after its deadline.
 local n = tonumber(ARGV[5])
 local out, at, counted = {}, 6, nil
 local seq, slot
 if KEYS[3] then
-  seq, at = tonumber(ARGV[6]), 8
+  seq, at = tonumber(ARGV[6]), 9
   slot = 'r' .. string.format('%d', seq % tonumber(ARGV[7]))
   local rec = redis.call('HMGET', KEYS[3], 'last', slot)
   local ran, said = string.match(rec[2] or '', '^(%d+):(.*)$')
@@ -166,6 +177,15 @@ if KEYS[3] then
   if last and seq <= last then
     return redis.error_reply('DUPLICATE admission call ' .. ARGV[6] .. ' is not after the last call that ran (' ..
       rec[1] .. ') and its reply is not kept: it ran before, or a later call overtook it; nothing was added now')
+  end
+  local deadline = tonumber(ARGV[8]) or 0
+  if deadline > 0 then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    if now > deadline then
+      return redis.error_reply('EXPIRED admission call ' .. ARGV[6] .. ' ran ' .. (now - deadline) ..
+        ' ms after its deadline, when its caller had given up on it; nothing was added')
+    end
   end
 end
 local refused = count_refused()
