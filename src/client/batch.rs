@@ -234,13 +234,22 @@ impl Batcher {
         // The last moment the call may run, in Redis's clock: after it, this
         // call has given up and told its writes "unknown", and a copy of it
         // that Redis runs then adds nothing (docs/protocol.md §2a).
-        let expires = match self
-            .clock
-            .deadline(p, &target.meta, &self.conn, deadline.into_std())
-            .await
-        {
-            Ok(at) => at,
-            Err(e) => return vec![Err(Refused::Failed(e)); batch.len()],
+        let expires = loop {
+            match self
+                .clock
+                .deadline(p, &target.meta, &self.conn, deadline.into_std())
+                .await
+            {
+                Ok(at) => break at,
+                // A slot on the move: asked again, as the call would be.
+                Err(e)
+                    if not_run(&e) && tokio::time::Instant::now() + REDIRECT_DELAY < deadline =>
+                {
+                    tokio::time::sleep(REDIRECT_DELAY).await
+                }
+                // Nothing was sent: NOT added.
+                Err(e) => return vec![Err(Refused::Failed(e)); batch.len()],
+            }
         };
         let mut inv = self.script.key(&target.stream);
         inv.key(&target.meta).key(&target.record);

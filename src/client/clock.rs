@@ -35,8 +35,9 @@ pub struct Sample {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Known {
     Sample(Sample, Instant),
-    /// The writer's Redis user may not run `TIME` (`NOTIME`): no deadline.
-    Refused,
+    /// The writer's Redis user may not run `TIME` (`NOTIME`): no deadline
+    /// (asked again as a sample is).
+    Refused(Instant),
 }
 
 /// The samples of one client handle, one per partition.
@@ -86,7 +87,9 @@ impl RedisClock {
     /// The deadline of a call to partition `p` (keyed by `key`, its meta
     /// hash) whose caller gives up at `give_up`; `0` (none) where the
     /// writer may not run `TIME`. Takes a sample first if the partition has
-    /// none or an old one; an error if that fails (the call must not go).
+    /// none or an old one. If that fails, an old sample still serves (its
+    /// age widens the drift allowance); with none, the error (the call must
+    /// not go without a deadline).
     pub async fn deadline(
         &self,
         p: usize,
@@ -96,17 +99,22 @@ impl RedisClock {
     ) -> redis::RedisResult<i64> {
         let known = *self.known[p].lock().expect("lock");
         let known = match known {
-            Some(Known::Sample(s, taken)) if taken.elapsed() < FRESH => Known::Sample(s, taken),
-            Some(Known::Refused) => Known::Refused,
-            _ => {
-                let k = self.sample(key, conn).await?;
-                *self.known[p].lock().expect("lock") = Some(k);
+            Some(k @ (Known::Sample(_, taken) | Known::Refused(taken)))
+                if taken.elapsed() < FRESH =>
+            {
                 k
             }
+            old => match self.sample(key, conn).await {
+                Ok(k) => {
+                    *self.known[p].lock().expect("lock") = Some(k);
+                    k
+                }
+                Err(e) => old.ok_or(e)?,
+            },
         };
         Ok(match known {
             Known::Sample(s, _) => deadline_of(s, give_up),
-            Known::Refused => 0,
+            Known::Refused(_) => 0,
         })
     }
 
@@ -140,7 +148,7 @@ impl RedisClock {
                          could still land later; add +time to the user"
                     );
                 }
-                Ok(Known::Refused)
+                Ok(Known::Refused(Instant::now()))
             }
             Err(e) => Err(e),
         }
