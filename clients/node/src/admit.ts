@@ -21,7 +21,17 @@
  * with that run's ids instead of adding the entries again (src/lua/admit.lua).
  * One call in flight per partition, so the record keeps one call's reply. Bounded: at most {@link MAX_BATCH} entries or
  * {@link MAX_BATCH_BYTES} argument bytes per call; callers wait behind it.
+ *
+ * A deadline (docs/protocol.md §2a, "A deadline"): each call carries the last
+ * moment it may run, in Redis's clock, set from the earliest give-up time of
+ * its writes (src/clock.ts). A copy of it that Redis runs later (a paused
+ * Redis, ioredis's offline queue or re-send) is refused with `EXPIRED` and
+ * adds nothing, so a write reported "may or may not have been accepted" never
+ * lands after its caller was told so.
  */
+import { WritConnectionError } from "./errors.js";
+import { NoClock, type RedisClock } from "./clock.js";
+import { errMessage, isReplyError } from "./util.js";
 
 /** Most entries in one admission call. */
 export const MAX_BATCH = 256;
@@ -114,6 +124,13 @@ export interface Queued<R = string> {
   fields: Arg[];
   /** Its argument bytes. */
   bytes: number;
+  /**
+   * When its write stops waiting for it (`performance.now()` ms): no later
+   * than the moment its caller is told it may or may not have been accepted
+   * (`bounded` in client.ts). A call's deadline is set from the earliest of
+   * its entries'.
+   */
+  giveUpAt: number;
   resolve: (r: R) => void;
   reject: (e: unknown) => void;
 }
@@ -190,14 +207,20 @@ export class AdmitBatcher {
     private readonly group: string,
     private readonly bound: number,
     private readonly partitions: number,
+    /** Redis's clock, for each call's deadline (src/clock.ts). */
+    private readonly clock: RedisClock,
   ) {}
 
-  /** Admits one entry (its field/value arguments) to the partition of `keys`; its id. */
-  admit(keys: AdmitKeys, fields: Arg[], withdrawal?: Withdrawal): Promise<string> {
+  /**
+   * Admits one entry (its field/value arguments) to the partition of `keys`;
+   * its id. `giveUpAt` (`performance.now()` ms): when its write stops waiting
+   * for it ({@link Queued}).
+   */
+  admit(keys: AdmitKeys, fields: Arg[], giveUpAt: number, withdrawal?: Withdrawal): Promise<string> {
     return new Promise((resolve, reject) => {
       let q = this.queues.get(keys[0]);
       if (!q) this.queues.set(keys[0], (q = { keys, waiting: [], busy: false }));
-      const entry: Waiting = { fields, bytes: argBytes(fields), resolve, reject };
+      const entry: Waiting = { fields, bytes: argBytes(fields), giveUpAt, resolve, reject };
       q.waiting.push(entry);
       const queue = q;
       withdrawal?.attach(removeFrom(() => queue.waiting, entry));
@@ -209,15 +232,38 @@ export class AdmitBatcher {
     });
   }
 
-  /** Sends the queue, call after call, until it is empty. Never rejects. */
+  /**
+   * Sends the queue, call after call, until it is empty. Before each call,
+   * the partition's sample of Redis's clock is made fresh, while the entries
+   * still wait (a write that gives up meanwhile is taken back unsent); if
+   * that fails, the call's entries fail unsent ({@link NoClock}). Never rejects.
+   */
   private async flush(q: Queue): Promise<void> {
     while (q.waiting.length) {
+      try {
+        await this.clock.ensure(q.keys[1]);
+      } catch (e) {
+        for (const w of takeBatch(q.waiting)) w.reject(e);
+        continue;
+      }
+      // Every entry was taken back while the sample was taken.
+      if (!q.waiting.length) break;
       const batch = takeBatch(q.waiting);
+      let deadline: number;
+      try {
+        deadline = this.clock.deadline(q.keys[1], earliestGiveUp(batch));
+      } catch (e) {
+        for (const w of batch) w.reject(e);
+        continue;
+      }
       const seq = (this.calls.get(q.keys[0]) ?? 0) + 1;
       this.calls.set(q.keys[0], seq);
       let reply: unknown;
       try {
-        reply = await this.call(q.keys, admitArgs(this.group, this.bound, this.partitions, seq, WINDOW, batch.map((w) => w.fields)));
+        reply = await this.call(
+          q.keys,
+          admitArgs(this.group, this.bound, this.partitions, seq, WINDOW, deadline, batch.map((w) => w.fields)),
+        );
       } catch (e) {
         for (const w of batch) w.reject(e);
         continue;
@@ -230,15 +276,29 @@ export class AdmitBatcher {
 
 }
 
+/** The earliest {@link Queued.giveUpAt} of a call's entries: when its caller gives up on it. */
+export function earliestGiveUp(batch: { giveUpAt: number }[]): number {
+  return batch.reduce((g, w) => Math.min(g, w.giveUpAt), Infinity);
+}
+
 /**
  * The admission script's arguments in the batch form with a record (keys:
  * {@link AdmitKeys}): the caller's partition count (the script refuses it,
- * adding nothing, where the partition records another), call number `seq`,
- * the record's `window`, then each entry's argument count and its
- * field/value arguments.
+ * adding nothing, where the partition records another), call number `seq`
+ * (`ARGV[6]`), the record's `window` (`ARGV[7]`), the call's `deadline` in
+ * Redis's clock (`ARGV[8]`, unix ms, `0` for none: src/clock.ts), then from
+ * `ARGV[9]` each entry's argument count and its field/value arguments.
  */
-export function admitArgs(group: string, bound: number, partitions: number, seq: number, window: number, entries: Arg[][]): Arg[] {
-  const args: Arg[] = [group, bound, partitions, "", entries.length, seq, window];
+export function admitArgs(
+  group: string,
+  bound: number,
+  partitions: number,
+  seq: number,
+  window: number,
+  deadline: number,
+  entries: Arg[][],
+): Arg[] {
+  const args: Arg[] = [group, bound, partitions, "", entries.length, seq, window, deadline];
   for (const fields of entries) {
     args.push(fields.length);
     for (const f of fields) args.push(f);
@@ -266,4 +326,45 @@ export function settle(batch: { resolve: (id: string) => void; reject: (e: unkno
   }
   if (ids.length > batch.length) return odd("more ids than entries");
   batch.forEach((w, i) => (i < ids.length ? w.resolve(ids[i]) : w.reject(new AdmitRefused(backlog))));
+}
+
+/**
+ * The `EXPIRED` refusal in `e`, the error of an admission call (also wrapped
+ * in a {@link RefusedAfterResend}: a send that ran would have been answered
+ * from the record, so `EXPIRED` means NOT added even after a re-send), or
+ * undefined.
+ */
+export function expiredReply(e: unknown): Error | undefined {
+  const reply = e instanceof RefusedAfterResend ? e.reply : e;
+  return isReplyError(reply) && errMessage(reply).startsWith("EXPIRED") ? (reply as Error) : undefined;
+}
+
+/**
+ * What a write of `collection` is told when Redis refused its admission call
+ * with `EXPIRED` (`reply`): NOT accepted, retry it. Redis ran the call after
+ * its deadline, when this client had given up on it (usually its caller was
+ * told so already, and hears nothing of this; only a call Redis ran in the
+ * last few ms before the giving-up reaches its caller so).
+ */
+export function expiredError(collection: string, reply: Error): WritConnectionError {
+  const late = /ran (\d+) ms after/.exec(reply.message)?.[1];
+  return new WritConnectionError(
+    `the write to ${collection} was NOT accepted: Redis ran its admission call after its deadline ` +
+      `(${late === undefined ? "" : `${late} ms after it, `}by Redis's clock), when this client had given up on it; ` +
+      `nothing was added; retry it. (${reply.message})`,
+    { cause: reply, accepted: "no" },
+  );
+}
+
+/**
+ * What a write of `collection` is told when Redis could not be asked for its
+ * clock before its admission call ({@link NoClock}): the call was not sent,
+ * NOT accepted.
+ */
+export function noClockError(collection: string, e: NoClock, redisUrl: string): WritConnectionError {
+  return new WritConnectionError(
+    `the write to ${collection} was NOT accepted (nothing was sent): Redis at ${redisUrl} could not be asked for its ` +
+      `clock (TIME, which gives each admission call its deadline): ${errMessage(e.reason)}. Check Redis, then retry the write.`,
+    { cause: e.reason, accepted: "no" },
+  );
 }

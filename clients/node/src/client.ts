@@ -4,6 +4,7 @@
  * process's overlay of pending writes, prefix lists, and the start-up sync.
  */
 import { createHash, randomBytes } from "node:crypto";
+import { performance } from "node:perf_hooks";
 import { Cluster, Redis, type RedisOptions } from "ioredis";
 import calculateSlot from "cluster-key-slot";
 import { MongoClient, type Db, type Document as MongoDocument } from "mongodb";
@@ -36,7 +37,20 @@ import {
   type KeyValue,
 } from "./key.js";
 import { ADMIT_LUA, CACHE_CAS_LUA, PARTITION_COUNT_LUA } from "./lua.js";
-import { AdmitBatcher, AdmitRefused, RefusedAfterResend, Withdrawal, dropsOf, refusalOf, watchDrops, type AdmitKeys } from "./admit.js";
+import {
+  AdmitBatcher,
+  AdmitRefused,
+  RefusedAfterResend,
+  Withdrawal,
+  dropsOf,
+  expiredError,
+  expiredReply,
+  noClockError,
+  refusalOf,
+  watchDrops,
+  type AdmitKeys,
+} from "./admit.js";
+import { NoClock, RedisClock, TIME_LUA } from "./clock.js";
 import { ACK_SOCKET_TIMEOUT_MS, AckReader, lastDelivered, type AwaitedWrite } from "./acks.js";
 import { RESERVED_FIELDS } from "./collections.js";
 import { bsonNesting, MAX_NESTING } from "./nesting.js";
@@ -264,6 +278,32 @@ function refusalHint(msg: string): string | undefined {
   }
 }
 
+/**
+ * Races `p` against the moment `at` of the monotonic clock
+ * (`performance.now()`, ms): `onTimeout` is never called before it (a
+ * timer that fires early, as Node's may by a millisecond or two, is set
+ * again for the rest). The timer never keeps the process alive.
+ */
+async function until<T>(p: Promise<T>, at: number, onTimeout: () => Error): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      p,
+      new Promise<never>((_, reject) => {
+        const arm = () => {
+          const left = at - performance.now();
+          if (left <= 0) return reject(onTimeout());
+          timer = setTimeout(arm, Math.ceil(left));
+          timer.unref?.();
+        };
+        arm();
+      }),
+    ]);
+  } finally {
+    if (timer) clearTimeout(timer);
+  }
+}
+
 /** Races `p` against a timer; the timer never keeps the process alive. */
 async function withTimeout<T>(p: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -312,6 +352,9 @@ export class WritClient {
   private mongo: MongoClient | undefined;
   private mongoDb: Promise<Db> | undefined;
   private readonly admitSha = sha1(ADMIT_LUA);
+  private readonly timeSha = sha1(TIME_LUA);
+  /** Redis's clock per partition, for the admission calls' deadlines (src/clock.ts). */
+  private readonly clock: RedisClock;
   /** Group commit of admissions without WAIT (`minReplicasAcked: 0`). */
   private readonly admitter: AdmitBatcher;
   private readonly casSha = sha1(CACHE_CAS_LUA);
@@ -361,11 +404,16 @@ export class WritClient {
   constructor(config: Partial<WritConfig> = {}) {
     this.config = resolveConfig(config);
     this.names = new Names(this.config.namespace);
+    this.clock = new RedisClock({
+      time: (metaKey) => this.evalScript(this.timeSha, TIME_LUA, [metaKey], []),
+      warnNoTime: (e) => this.reportNoTime(e),
+    });
     this.admitter = new AdmitBatcher(
       (keys, args) => this.admitCall(keys, args),
       this.names.group,
       this.config.maxBacklog,
       this.config.partitions,
+      this.clock,
     );
     this.replicated = new ReplicatedAdmitter({
       config: this.config,
@@ -373,6 +421,7 @@ export class WritClient {
       script: { sha: this.admitSha, text: ADMIT_LUA },
       group: this.names.group,
       closed: () => this.closed,
+      clock: this.clock,
     });
     this.ackReader = new AckReader({
       config: this.config,
@@ -433,7 +482,8 @@ export class WritClient {
           // While no node can be reached, a Cluster queues commands and reconnects
           // forever (clusterRetryStrategy), and sends them once the cluster is
           // back. A write fails after writeTimeoutMs meanwhile ("may or may not
-          // have been accepted": the queued command may still run later). (A clusterRetryStrategy that
+          // have been accepted": the queued command may still run later, and
+          // then adds nothing, past its deadline: src/clock.ts). (A clusterRetryStrategy that
           // gives up, restarted by the next command, left ioredis 5.11.1 stuck in
           // "close" once the nodes came back.)
           // Off in cluster mode: ioredis's auto-pipelines mix slots of one node,
@@ -864,14 +914,18 @@ export class WritClient {
     /** Replicas that confirmed the entry (WAIT), with minReplicasAcked > 0. */
     let replicas: number | Error | undefined;
     try {
+      // When this write stops waiting (bounded() waits until then, never
+      // less): its admission call's deadline is set from it, so that the call
+      // cannot land after this write was reported as unknown.
+      const giveUpAt = performance.now() + this.admissionWaitMs();
       const admitted: Promise<{ entryId: string; replicas: number | Error | undefined }> =
         this.config.minReplicasAcked > 0
-          ? this.replicated.admit(keys, entry, withdrawal)
-          : this.admitter.admit(keys, entry, withdrawal).then((id) => ({ entryId: id, replicas: undefined }));
+          ? this.replicated.admit(keys, entry, giveUpAt, withdrawal)
+          : this.admitter.admit(keys, entry, giveUpAt, withdrawal).then((id) => ({ entryId: id, replicas: undefined }));
       // In the queue (or, replicated, behind the same connection promise as
       // the next one): the next write may go.
       turn?.();
-      ({ entryId, replicas } = await this.bounded(admitted, collection, withdrawal));
+      ({ entryId, replicas } = await this.bounded(admitted, collection, giveUpAt, withdrawal));
     } catch (e) {
       turn?.();
       this.forget(w);
@@ -880,6 +934,13 @@ export class WritClient {
       if (e instanceof WritError) throw e;
       // Refused by the bound.
       if (e instanceof AdmitRefused) throw new BackpressureError(k.partition, e.backlog, this.config.maxBacklog);
+      // Redis could not be asked for its clock: the call was not sent.
+      if (e instanceof NoClock) throw noClockError(collection, e, redactUrls(this.config.redisUrl));
+      // Redis ran the call after its deadline, when this client had given up
+      // on it: nothing was added, even if it was sent again (a send that ran
+      // would have been answered from the record).
+      const expired = expiredReply(e);
+      if (expired) throw expiredError(collection, expired);
       // Redis's refusal of a call that may have been sent before (below).
       const resent = e instanceof RefusedAfterResend;
       const reply = resent ? e.reply : e;
@@ -958,33 +1019,45 @@ export class WritClient {
   }
 
   /**
-   * An admission, bounded: by `writeTimeoutMs` (a Redis that takes commands
-   * and never answers, a connection ioredis keeps queueing on) and by
-   * {@link close} (ioredis may never settle commands queued on a connection
-   * that is closed while it reconnects). Either way the entry may or may not
-   * have reached the stream, unless it was still queued: then it is taken
-   * back, never sent.
+   * How long a write waits for its admission: `writeTimeoutMs`, and with
+   * replicas twice `replicaAckTimeoutMs` more (it may wait out the WAIT of
+   * the batch before its own).
    */
-  private async bounded<T>(admitted: Promise<T>, collection: string, withdrawal?: Withdrawal): Promise<T> {
+  private admissionWaitMs(): number {
+    const { writeTimeoutMs, minReplicasAcked, replicaAckTimeoutMs } = this.config;
+    return writeTimeoutMs + (minReplicasAcked > 0 ? 2 * replicaAckTimeoutMs : 0);
+  }
+
+  /**
+   * An admission, bounded: until `giveUpAt` (`performance.now()` ms,
+   * {@link admissionWaitMs} after the write was made: a Redis that takes
+   * commands and never answers, a connection ioredis keeps queueing on), and
+   * by {@link close} (ioredis may never settle commands queued on a
+   * connection that is closed while it reconnects). Either way the entry may
+   * or may not have reached the stream, unless it was still queued: then it
+   * is taken back, never sent. It gives up no earlier than `giveUpAt`: the
+   * admission call's deadline (src/clock.ts) is set so that Redis refuses
+   * the call (`EXPIRED`, nothing added) once it is past.
+   */
+  private async bounded<T>(admitted: Promise<T>, collection: string, giveUpAt: number, withdrawal?: Withdrawal): Promise<T> {
     let onClose!: () => void;
     const closed = new Promise<never>(
       (_, reject) =>
         (onClose = () => reject(new WritClosedError({ accepted: withdrawal?.withdraw() ? "no" : "unknown" }))),
     );
     this.closeWaiters.add(onClose);
-    const { writeTimeoutMs, minReplicasAcked, replicaAckTimeoutMs } = this.config;
-    // With replicas, a write may wait out the WAIT of the batch before its own.
-    const ms = writeTimeoutMs + (minReplicasAcked > 0 ? 2 * replicaAckTimeoutMs : 0);
+    const ms = this.admissionWaitMs();
     try {
-      return await withTimeout(
+      return await until(
         Promise.race([admitted, closed]),
-        ms,
+        giveUpAt,
         () =>
           // Still queued behind a call that is stuck: taken back, never sent.
           withdrawal?.withdraw()
             ? new WritConnectionError(
-                `the write to ${collection} was NOT accepted: it waited ${ms} ms behind an earlier admission of this ` +
-                  `process that Redis at ${redactUrls(this.config.redisUrl)} did not answer, and was taken back unsent. ` +
+                `the write to ${collection} was NOT accepted: it waited ${ms} ms behind an earlier call of this process ` +
+                  `(an admission, or the read of Redis's clock before one) that Redis at ${redactUrls(this.config.redisUrl)} ` +
+                  `did not answer, and was taken back unsent. ` +
                   `Check Redis, then retry the write.`,
                 { accepted: "no" },
               )
@@ -1673,6 +1746,24 @@ export class WritClient {
       if (failure !== undefined) this.reportFillFailure(failure);
     }
     return out;
+  }
+
+  /**
+   * Tells `onError` (once per client: src/clock.ts calls it once) that this
+   * client's Redis user may not run `TIME` (`NOTIME`, `e`), so its admission
+   * calls go without a deadline.
+   */
+  private reportNoTime(e: unknown): void {
+    if (this.closed) return;
+    this.report(
+      new WritConnectionError(
+        `this client's Redis user may not run TIME (${errMessage(e)}): an ACL line set up before admission deadlines. ` +
+          `Writes still work, but their admission calls go without a deadline, so a write reported as "may or may not ` +
+          `have been accepted" may still land later, over what its caller wrote since. Add +time to the writer's ACL ` +
+          `user (the writ repository's docs/operations.md, "Redis ACL users"). Reported once per client.`,
+        { cause: e },
+      ),
+    );
   }
 
   /**

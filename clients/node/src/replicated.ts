@@ -14,6 +14,12 @@
  * of their submits across script reloads and slot-map changes: no later call
  * of a partition can run before an earlier one, on any node.
  *
+ * Each call carries a deadline in Redis's clock (docs/protocol.md §2a, "A
+ * deadline"; src/clock.ts), set from the earliest give-up time of its writes
+ * when the call is made, and kept when it is sent again. A partition whose
+ * sample of Redis's clock is missing or old takes a new one before its next
+ * call is made (its entries wait meanwhile, and can be taken back).
+ *
  * It lives apart from the client core (client.ts) because none of it touches
  * the pending writes, the overlay or the cache: the client hands it the
  * partition's keys and the entry and gets back the entry id and the replicas
@@ -30,6 +36,7 @@ import {
   admitArgs,
   argBytes,
   dropsOf,
+  earliestGiveUp,
   removeFrom,
   settle,
   takeBatch,
@@ -38,6 +45,7 @@ import {
   type Queued,
   type Withdrawal,
 } from "./admit.js";
+import type { RedisClock } from "./clock.js";
 import { errMessage, isReplyError, sleep } from "./util.js";
 
 /**
@@ -77,7 +85,7 @@ type Entry = Queued<Admitted>;
 /** One admission script call: some entries of one partition, under one call number. */
 interface Call {
   entries: Entry[];
-  /** The batch form with the call's number (src/lua/admit.lua). */
+  /** The batch form with the call's number and deadline (src/lua/admit.lua): the same at every send. */
   args: Arg[];
   /** Send the script's text (EVAL): the node did not have it (NOSCRIPT). */
   useEval: boolean;
@@ -108,6 +116,8 @@ interface Part {
   inFlight: boolean;
   /** The number of its last call. */
   seq: number;
+  /** Its sample of Redis's clock is being taken (no new call is made meanwhile). */
+  sampling?: boolean;
 }
 
 /** What a {@link ReplicatedAdmitter} is given by its client. */
@@ -122,6 +132,8 @@ export interface ReplicatedOptions {
   group: string;
   /** Whether the client was closed: queued admissions then fail with {@link WritClosedError} (never sent: NOT accepted). */
   closed: () => boolean;
+  /** Redis's clock, for each call's deadline (src/clock.ts). */
+  clock: RedisClock;
 }
 
 /** The admission path with WAIT of one client (`minReplicasAcked > 0`). */
@@ -131,6 +143,7 @@ export class ReplicatedAdmitter {
   private readonly script: { sha: string; text: string };
   private readonly group: string;
   private readonly isClosed: () => boolean;
+  private readonly clock: RedisClock;
   /** The connection admissions and their WAIT go through (WAIT blocks it). */
   private writeRedis: Redis | Cluster | undefined;
   private writeReady: Promise<void> | undefined;
@@ -145,6 +158,7 @@ export class ReplicatedAdmitter {
     this.script = opts.script;
     this.group = opts.group;
     this.isClosed = opts.closed;
+    this.clock = opts.clock;
   }
 
   /** The writes connection, once the first admission made it (the client closes it). */
@@ -157,15 +171,17 @@ export class ReplicatedAdmitter {
    * in the order of the calls to this method, and waits for the WAIT after
    * it. The writes connection is its own: WAIT blocks it (up to
    * replicaAckTimeoutMs when replicas lag), and reads must not queue behind it.
+   * `giveUpAt` (`performance.now()` ms): when its write stops waiting for it
+   * (admit.ts {@link Queued}).
    */
-  async admit(keys: AdmitKeys, fields: Arg[], withdrawal?: Withdrawal): Promise<Admitted> {
+  async admit(keys: AdmitKeys, fields: Arg[], giveUpAt: number, withdrawal?: Withdrawal): Promise<Admitted> {
     await this.writeConnection();
     return new Promise((resolve, reject) => {
       // Given up while the connection was made: never queued (never settles).
       if (withdrawal?.isWithdrawn) return;
       let part = this.parts.get(keys[0]);
       if (!part) this.parts.set(keys[0], (part = { keys, waiting: [], inFlight: false, seq: 0 }));
-      const entry: Entry = { fields, bytes: argBytes(fields), resolve, reject };
+      const entry: Entry = { fields, bytes: argBytes(fields), giveUpAt, resolve, reject };
       part.waiting.push(entry);
       const queued = part;
       withdrawal?.attach(removeFrom(() => queued.waiting, entry));
@@ -236,6 +252,12 @@ export class ReplicatedAdmitter {
         this.fail(part, new WritClosedError({ accepted: "no" }));
         continue;
       }
+      // A new call needs a fresh sample of Redis's clock: taken first, then
+      // the node is scheduled again (a call sent again keeps its deadline).
+      if (!part.retry && !this.clock.fresh(part.keys[1])) {
+        this.sample(part);
+        continue;
+      }
       const call = part.retry ?? this.nextCall(part);
       part.retry = undefined;
       part.inFlight = true;
@@ -265,11 +287,43 @@ export class ReplicatedAdmitter {
     });
   }
 
-  /** The partition's next call: its waiting entries, as many as one call takes (admit.ts `takeBatch`). */
+  /**
+   * Takes a fresh sample of Redis's clock for `part` (unless one is being
+   * taken), then schedules its node. If that fails, its next call's entries
+   * fail unsent (a {@link NoClock}: NOT accepted). Never rejects.
+   */
+  private sample(part: Part): void {
+    if (part.sampling) return;
+    part.sampling = true;
+    void this.clock
+      .ensure(part.keys[1])
+      .catch((e) => {
+        for (const entry of takeBatch(part.waiting)) entry.reject(e);
+      })
+      .finally(() => {
+        part.sampling = false;
+        if (part.retry || part.waiting.length) this.schedule(this.nodeOf(part));
+      });
+  }
+
+  /**
+   * The partition's next call: its waiting entries, as many as one call takes
+   * (admit.ts `takeBatch`), with the deadline of the earliest to give up
+   * (its sample is fresh: {@link drain} made sure).
+   */
   private nextCall(part: Part): Call {
     const entries = takeBatch(part.waiting);
     part.seq++;
-    const args = admitArgs(this.group, this.config.maxBacklog, this.config.partitions, part.seq, WINDOW, entries.map((e) => e.fields));
+    const deadline = this.clock.deadline(part.keys[1], earliestGiveUp(entries));
+    const args = admitArgs(
+      this.group,
+      this.config.maxBacklog,
+      this.config.partitions,
+      part.seq,
+      WINDOW,
+      deadline,
+      entries.map((e) => e.fields),
+    );
     return { entries, args, useEval: false, redirects: 0 };
   }
 

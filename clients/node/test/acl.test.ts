@@ -3,8 +3,11 @@
 // (protocol.md §5): the sweep reads the dead-letter stream, so the writer
 // needs read access to it. With the documented line a lost ack is settled;
 // with the line without `%R~<ns>:dlq` nothing is settled and onError is told
-// once why. Always a redis-server of this file's own (the test creates
-// users); a real writ daemon (as the default user) and SecantusDB.
+// once why. The writer reads Redis's clock (TIME, for its admission calls'
+// deadlines, protocol.md §2a): with the line without `+time` writes still
+// go through, with no deadline, and onError is told once. Always a
+// redis-server of this file's own (the test creates users); a real writ
+// daemon (as the default user) and SecantusDB.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
@@ -116,6 +119,44 @@ describe("the documented writer ACL user", () => {
     assert.ok(!errors.some((e) => e.message.includes(dlq)), errors.join("\n"));
     const refusals = (await aclLog()).filter((e) => e.includes(dlq));
     assert.deepEqual(refusals, [], "ACL LOG: the writer was refused the dead-letter stream");
+    assert.deepEqual((await aclLog()).filter((e) => e.includes('"time"')), [], "ACL LOG: the writer was refused TIME");
+    assert.ok(!errors.some((e) => /TIME/.test(e.message)), errors.join("\n"));
+    await s.close();
+  }));
+
+  test("without +time, writes go through with no deadline and onError is told once", g(async () => {
+    // The line as documented before admission deadlines.
+    const rules = documentedWriter();
+    const old = rules.filter((r) => r !== "+time");
+    assert.equal(old.length, rules.length - 1, `the writer's line grants +time: ${rules.join(" ")}`);
+    await setWriter(old);
+    const errors: WritError[] = [];
+    const s = new WritClient(
+      env.clientConfig({
+        redisUrl: `redis://writ-writer:${WRITER_PASSWORD}@127.0.0.1:${env.redis!.port}`,
+        collections: [KV],
+        mode: "ack",
+        writeTimeoutMs: 1000,
+        onError: (e: WritError) => errors.push(e),
+      }),
+    );
+    clients.push(s);
+    // Keys of several partitions: each partition's sample is refused.
+    const partitions = new Set<number>();
+    for (let n = 0; partitions.size < 3; n++) {
+      const key = { k: "acl-notime", n };
+      partitions.add(partitionOf(KV.name, canonicalKey(KV, key), env.partitions));
+      const t = await s.write(KV.name, key, "put", { n });
+      assert.equal((await t.acked).outcome, "applied");
+    }
+    const told = errors.filter((e) => /TIME/.test(e.message));
+    assert.equal(told.length, 1, `onError is told once:\n${errors.join("\n")}`);
+    assert.ok(told[0] instanceof WritConnectionError, String(told[0]));
+    assert.match(told[0].message, /\+time/);
+    assert.match(told[0].message, /NOTIME/);
+    assert.match(told[0].message, /may or may not have been accepted/);
+    assert.match(told[0].message, /docs\/operations\.md/);
+    assert.equal(told[0].accepted, undefined, "the warning is no write's");
     await s.close();
   }));
 

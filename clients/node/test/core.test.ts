@@ -1074,6 +1074,9 @@ describe("core", () => {
       const c = new WritClient(env.clientConfig({ collections: COLLECTIONS, redisUrl: r.url, writeTimeoutMs: 500, partitions: 1 }));
       clients.push(c);
       await c.ready();
+      // A first write takes the partition's sample of Redis's clock (a
+      // script, which CLIENT PAUSE WRITE would hold too).
+      const before = await c.write(KV.name, { k: "paused", n: 0 }, "put", { a: "before" });
       await admin.client("PAUSE", 20000, "WRITE");
       const t = Date.now();
       const sent = c.write(KV.name, { k: "paused", n: 1 }, "put", { a: 1 });
@@ -1088,13 +1091,67 @@ describe("core", () => {
         (e: unknown) => e instanceof WritConnectionError && /NOT accepted/.test(e.message) && /taken back unsent/.test(e.message),
       );
       await admin.client("UNPAUSE");
-      const stream = new Names(env.name).stream(0);
-      await eventually("the call Redis held to land once it answers", 10000, async () => (await admin.xlen(stream)) >= 1);
-      await new Promise((r) => setTimeout(r, 300));
-      const entries = await admin.xrangeBuffer(stream, "-", "+");
-      assert.equal(entries.length, 1, "the write taken back was sent after all");
+      // The call Redis held runs now, past its deadline (protocol.md §2a):
+      // refused, EXPIRED. A write after it, on the same connection, lands
+      // once Redis has run the held call.
+      const after = await c.write(KV.name, { k: "paused", n: 3 }, "put", { a: "after" });
+      const entries = await admin.xrangeBuffer(new Names(env.name).stream(0), "-", "+");
+      assert.deepEqual(
+        entries.map(([id]) => String(id)),
+        [before.entryId, after.entryId],
+        "the call Redis held past its writes' giving up landed, or the write taken back was sent after all",
+      );
     } finally {
       await admin.client("UNPAUSE").catch(() => {});
+      admin.disconnect();
+      await r.stop().catch(() => {});
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }));
+
+  for (const minReplicasAcked of [0, 1]) test(`a write held by a paused Redis past its giving-up never lands (minReplicasAcked ${minReplicasAcked})`, g(async () => {
+    // Redis is stopped (SIGSTOP) while a write's admission call is out: the
+    // write fails after writeTimeoutMs (plus the WAITs), "may or may not have
+    // been accepted". Its caller may then read the key and write something
+    // newer; the call Redis holds must not land over that once Redis runs
+    // again. Its deadline (protocol.md §2a, "A deadline") has Redis refuse it
+    // (EXPIRED). Without it, the held call landed between the two others.
+    const dir = mkdtempSync(join(tmpdir(), "writ-stopped-"));
+    const r = await RedisServer.start(dir);
+    const admin = new Redis(r.url);
+    let stopped = false;
+    try {
+      const c = new WritClient(
+        env.clientConfig({ collections: COLLECTIONS, redisUrl: r.url, partitions: 1, writeTimeoutMs: 1000, minReplicasAcked, replicaAckTimeoutMs: 100 }),
+      );
+      clients.push(c);
+      await c.ready();
+      const marker = (what: string) => `stopped-redis-${what}-${minReplicasAcked}-9d2e`;
+      // (With minReplicasAcked on a Redis without replicas, every write that
+      // lands fails all the same: too few replicas confirmed it.)
+      const write = (n: number, what: string) =>
+        c.write(KV.name, { k: "stopped", n }, "put", { a: marker(what) }).then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+      // The first write takes the partition's sample of Redis's clock.
+      await write(1, "before");
+      await pause(r.proc.child);
+      stopped = true;
+      const held = await write(2, "held");
+      assert.ok(held instanceof WritConnectionError, String(held));
+      assert.equal(held.accepted, "unknown", held.message);
+      assert.match(held.message, /did not answer the write/);
+      resume(r.proc.child);
+      stopped = false;
+      // Goes after the held call, on the same connection: Redis has run that
+      // call once this one is answered.
+      await write(2, "after");
+      const entries = await admin.xrangeBuffer(new Names(env.name).stream(0), "-", "+");
+      const landed = entries.map(([, f]) => ["before", "held", "after"].find((w) => f.some((v) => v.includes(marker(w)))));
+      assert.deepEqual(landed, ["before", "after"], "the call Redis held past its write's giving up landed");
+    } finally {
+      if (stopped) resume(r.proc.child);
       admin.disconnect();
       await r.stop().catch(() => {});
       rmSync(dir, { recursive: true, force: true });
@@ -1720,8 +1777,10 @@ describe("core", () => {
     const dir = mkdtempSync(join(tmpdir(), "writ-close-"));
     const r = await RedisServer.start(dir);
     try {
-      // No daemon serves this Redis: the ack never comes.
-      const c = new WritClient(env.clientConfig({ collections: COLLECTIONS, redisUrl: r.url, mode: "ack", writeTimeoutMs: 60000 }));
+      // No daemon serves this Redis: the ack never comes. One partition: the
+      // first write takes its sample of Redis's clock, so the second's
+      // admission call needs none (it would wait for it, unsent).
+      const c = new WritClient(env.clientConfig({ collections: COLLECTIONS, redisUrl: r.url, mode: "ack", writeTimeoutMs: 60000, partitions: 1 }));
       const pending = c.write(KV.name, { k: "close", n: 1 }, "put", { i: 1 }).catch((e: unknown) => e);
       await eventually("the write is in the stream", 10000, async () => (await c.ready().then(() => true)));
       await new Promise((res) => setTimeout(res, 200));
