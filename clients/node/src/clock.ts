@@ -115,8 +115,8 @@ export class RedisClock {
 
   /**
    * Makes the sample of the partition of `metaKey` fresh (takes one unless
-   * {@link fresh}); rejects with a {@link NoClock} if that failed (the call
-   * must not go).
+   * {@link fresh}). If that fails, an older sample still serves; with none,
+   * rejects with a {@link NoClock} (the call must not go).
    */
   ensure(metaKey: string): Promise<void> {
     if (this.fresh(metaKey)) return Promise.resolve();
@@ -153,11 +153,17 @@ export class RedisClock {
         }
         return;
       }
+      // An older sample still serves (its age widens the drift allowance),
+      // as in the Rust client; with none, the call must not go.
+      if (this.known.has(metaKey)) return;
       throw new NoClock(e);
     }
     const at = performance.now();
     const r = redisMs(reply);
-    if (r === undefined) throw new NoClock(new Error(`Redis's TIME made no sense: ${JSON.stringify(reply)}`));
+    if (r === undefined) {
+      if (this.known.has(metaKey)) return;
+      throw new NoClock(new Error(`Redis's TIME made no sense: ${JSON.stringify(reply)}`));
+    }
     this.known.set(metaKey, { sample: { lower: r - at, at }, at });
   }
 

@@ -337,6 +337,30 @@ describe("admission group commit", () => {
     assert.equal(samples, 3);
   });
 
+  test("an old sample still serves when a new one cannot be taken, with a wider drift allowance", async () => {
+    let fail = false;
+    const clock = new RedisClock({
+      time: async (key) => {
+        if (fail) throw new Error("connection reset");
+        return redis.eval(TIME_LUA, 1, key);
+      },
+      warnNoTime: () => assert.fail("no NOTIME here"),
+    });
+    await clock.ensure("t11:{p0}:meta");
+    const known = (clock as unknown as { known: Map<string, { at: number; sample?: { at: number } }> }).known.get("t11:{p0}:meta")!;
+    const g = performance.now() + 1000;
+    const young = clock.deadline("t11:{p0}:meta", g);
+    // Aged 20 s: 20 ms more of drift allowance.
+    known.at -= 2 * SAMPLE_FRESH_MS;
+    known.sample!.at -= 2 * SAMPLE_FRESH_MS;
+    fail = true;
+    await clock.ensure("t11:{p0}:meta");
+    const old = clock.deadline("t11:{p0}:meta", g);
+    assert.ok(old < young, `the old sample's deadline ${old} is not earlier than ${young}`);
+    // With no sample at all, a failure stops the call.
+    await assert.rejects(clock.ensure("t11:{p1}:meta"), NoClock);
+  });
+
   test("a writer whose Redis user may not run TIME sends no deadline and is warned once", async () => {
     // The script says NOTIME (an ACL refusal inside a script is a plain ERR
     // before Redis 7.2, NOPERM after).
