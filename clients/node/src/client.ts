@@ -82,6 +82,31 @@ export interface AckResult {
   reason?: string;
 }
 
+/** A write {@link WritClient.flush} waited for that is not stored and never will be. */
+export interface NotStoredWrite {
+  collection: string;
+  /** The key's canonical string (`canonicalKey`). */
+  key: string;
+  /** The write's entry id (`ms-seq`). */
+  entryId: string;
+  /**
+   * `dead_lettered`: the daemon refused it; it is parked in the dead-letter
+   * stream (`writ dlq`). `lost`: Redis lost it before the daemon applied it
+   * ({@link LostWriteError}); write it again.
+   */
+  outcome: "dead_lettered" | "lost";
+  /** Why (the dead letter's reason; for `lost`, where its entry went missing). */
+  reason: string;
+}
+
+/** What {@link WritClient.flush} found of the writes it waited for. */
+export interface FlushReport {
+  /** How many are stored: applied, coalesced or stale (MongoDB holds their version or a newer one). */
+  acked: number;
+  /** Those that are not, in the order they were made. */
+  notStored: NotStoredWrite[];
+}
+
 /** A write accepted by Redis. */
 export interface Ticket {
   collection: string;
@@ -128,6 +153,13 @@ interface PendingWrite {
   entryId?: string;
   admittedAt?: number;
   result?: AckResult;
+  /**
+   * Its own call (`write`/`submit`) failed and said so to its caller, which
+   * settled its ack `dead_lettered` ("not admitted: …", or too few
+   * replicas) only so that waiters stop waiting: {@link WritClient.flush}
+   * leaves it out of its report.
+   */
+  failedToCaller?: true;
   settle: (r: AckResult) => void;
   acked: Promise<AckResult>;
 }
@@ -190,6 +222,29 @@ async function newestCommitted(writes: PendingWrite[]): Promise<void> {
   for (const w of newestFirst) {
     if (!notStored(await w.acked)) return;
   }
+}
+
+/**
+ * The report of a flush that waited for `writes`, whose acks are `results`
+ * (in the same order): a write whose own call failed ({@link PendingWrite.failedToCaller})
+ * is neither acked nor reported.
+ */
+function flushReport(writes: PendingWrite[], results: AckResult[]): FlushReport {
+  const report: FlushReport = { acked: 0, notStored: [] };
+  writes.forEach((w, i) => {
+    const r = results[i];
+    if (w.failedToCaller) return;
+    if (r.outcome === "dead_lettered" || r.outcome === "lost") {
+      report.notStored.push({
+        collection: w.key.spec.name,
+        key: w.key.canonical,
+        entryId: r.entryId || (w.entryId ?? ""),
+        outcome: r.outcome,
+        reason: r.reason ?? "",
+      });
+    } else report.acked++;
+  });
+  return report;
 }
 
 /** A recorded partition count: a positive number; anything else records none (as at admission). */
@@ -929,7 +984,9 @@ export class WritClient {
     } catch (e) {
       turn?.();
       this.forget(w);
-      // Nothing will ack it: a list or flush that waits for it stops waiting.
+      // Nothing will ack it: a list or flush that waits for it stops waiting
+      // (a flush does not report it: the caller is told below).
+      w.failedToCaller = true;
       w.settle({ outcome: "dead_lettered", version: "", entryId: "", reason: `not admitted: ${errMessage(e)}` });
       if (e instanceof WritError) throw e;
       // Refused by the bound.
@@ -1000,6 +1057,7 @@ export class WritClient {
     if (replicas !== undefined && (replicas instanceof Error || replicas < this.config.minReplicasAcked) && !w.result) {
       // Not this process's pending write any more: the caller is told to retry it.
       this.forget(w);
+      w.failedToCaller = true;
       w.settle({ outcome: "dead_lettered", version: "", entryId, reason: "too few replicas confirmed it" });
       throw this.replicaError(collection, entryId, replicas);
     }
@@ -1236,26 +1294,38 @@ export class WritClient {
   }
 
   /**
-   * Waits until every write this process made so far is acked (bounded: then
-   * a {@link WritTimeoutError} that says, after one look within
-   * `readTimeoutMs`, whether writ still holds the writes not acked).
+   * Waits until every write this process made so far (those still waiting
+   * for their ack at the call) is acked, and resolves to a
+   * {@link FlushReport} of those writes: how many are stored, and which are
+   * not (`notStored`). A write the daemon refused (`dead_lettered`: parked in
+   * the dead-letter stream, see `writ dlq`) or that Redis lost (`lost`:
+   * write it again) settles its ack too, so check `report.notStored` before
+   * taking the writes as durable in MongoDB. Not in the report: a write whose
+   * own `write`/`submit` call failed (its caller got that error), and a
+   * write settled before the call, which it does not wait for (its refusal
+   * or loss went to `onError`, or to the `write` or `waitAck` that waited).
+   * Bounded: after `timeoutMs`, a {@link WritTimeoutError} that says, after
+   * one look within `readTimeoutMs`, whether writ still holds the writes not
+   * acked; a {@link close} meanwhile ends it with a {@link WritClosedError}.
    */
-  async flush(timeoutMs = this.config.writeTimeoutMs): Promise<void> {
+  async flush(timeoutMs = this.config.writeTimeoutMs): Promise<FlushReport> {
     if (this.closed) throw new WritClosedError();
     const writes = [...this.pending.values()];
     // A close() meanwhile ends the wait at once: no ack is read after it.
     let onClose!: () => void;
     const closed = new Promise<never>((_, reject) => (onClose = () => reject(new WritClosedError({ accepted: "unknown" }))));
     this.closeWaiters.add(onClose);
+    const all = () => Promise.all(writes.map((w) => w.acked));
     try {
-      await withTimeout(Promise.race([Promise.all(writes.map((w) => w.acked)), closed]), timeoutMs, () => new Overdue());
+      return flushReport(writes, await withTimeout(Promise.race([all(), closed]), timeoutMs, () => new Overdue()));
     } catch (e) {
       if (!(e instanceof Overdue)) throw e;
       const waiting = () => writes.filter((w) => this.pending.get(w.req) === w);
       const gone = await Promise.race([this.notHeldOf(waiting()), closed]);
-      // Acked during the look: done.
+      // Acked during the look: done (a write no longer pending has its ack
+      // settled: forget() and settle() go together).
       const left = waiting();
-      if (!left.length) return;
+      if (!left.length) return flushReport(writes, await all());
       const what = `${left.length} writes not acked within ${timeoutMs} ms`;
       if (gone === undefined) {
         throw new WritTimeoutError(

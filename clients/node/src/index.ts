@@ -1,5 +1,5 @@
 export { WritClient, notStored } from "./client.js";
-export type { AckResult, AckOutcome, Op, StoredRecord, Ticket } from "./client.js";
+export type { AckResult, AckOutcome, FlushReport, NotStoredWrite, Op, StoredRecord, Ticket } from "./client.js";
 export { resolveConfig } from "./config.js";
 export type { WritConfig, WriteModeName } from "./config.js";
 export {

@@ -10,7 +10,7 @@ import calculateSlot from "cluster-key-slot";
 import { MongoClient } from "mongodb";
 import { serialize } from "bson";
 
-import { WritClient, type Ticket } from "../src/client.js";
+import { WritClient, type FlushReport, type Ticket } from "../src/client.js";
 import {
   BackpressureError,
   RedisFullError,
@@ -685,6 +685,108 @@ describe("core", () => {
     await s.write(KV.name, key, "put", { n: 2 });
     await s.flush(20000);
     assert.equal((await client().read(KV.name, key))!.payload.n, 2);
+  }));
+
+  test("flush() reports the write the daemon dead-lettered among those it waited for, and counts the others", g(async () => {
+    const errors: WritError[] = [];
+    const s = client({ mode: "submit", onError: (e: WritError) => errors.push(e) });
+    await s.ready();
+    const bad = { k: `flush-dl-${process.pid}` };
+    const daemon = env.writ!.proc.child;
+    let refused!: Ticket;
+    let flushed!: Promise<FlushReport>;
+    // Stopped while the writes are made and flush() is called: no ack comes
+    // before, so flush() waits for all four.
+    await pause(daemon);
+    try {
+      await s.write(KV.name, { k: "flush-dl", n: 1 }, "put", { n: 1 });
+      refused = await s.write(UNKNOWN.name, bad, "put", { a: 1 });
+      await s.write(KV.name, { k: "flush-dl", n: 2 }, "put", { n: 2 });
+      await s.write(KV.name, { k: "flush-dl", n: 1 }, "remove");
+      assert.equal(s.pendingCount, 4);
+      flushed = s.flush(30000);
+    } finally {
+      resume(daemon);
+    }
+    const report = await flushed;
+    assert.equal(report.acked, 3);
+    assert.equal(report.notStored.length, 1, JSON.stringify(report));
+    const [letter] = report.notStored;
+    assert.deepEqual(
+      { ...letter, reason: undefined },
+      { collection: UNKNOWN.name, key: canonicalKey(UNKNOWN, bad), entryId: refused.entryId, outcome: "dead_lettered", reason: undefined },
+    );
+    assert.match(letter.reason, /unknown_collection/, "the dead letter's reason");
+    assert.ok(errors.some((e) => e instanceof RefusedWriteError), "onError still hears of it in submit mode");
+  }));
+
+  test("flush() does not report a write whose own call failed: refused by backpressure, or too few replicas", g(async () => {
+    // A namespace no daemon serves; the test sends the one ack by hand.
+    const ns = `${env.name}_flushrefused`;
+    const id = `flushrefused-${process.pid}-${Date.now()}`;
+    const names = new Names(ns);
+    const c = client({ namespace: ns, clientId: id, partitions: 1, maxBacklog: 1, mode: "submit" });
+    const t = await c.submit(KV.name, { k: "fr", n: 1 }, "put", { i: 1 });
+    // Pending when flush() is called; refused after (the partition's backlog is at maxBacklog).
+    const refused = c.submit(KV.name, { k: "fr", n: 2 }, "put", { i: 2 });
+    assert.equal(c.pendingCount, 2, "flush() waits for both");
+    const flushed = c.flush(30000);
+    await assert.rejects(refused, (e: unknown) => e instanceof BackpressureError && e.accepted === "no");
+    const admin = new Redis(env.redisUrl);
+    try {
+      const [[, fields]] = (await admin.xrange(names.stream(0), t.entryId, t.entryId)) as [string, string[]][];
+      const req = fields[fields.indexOf("req") + 1];
+      await admin.xadd(names.acks(id), "*", "req", req, "outcome", "applied", "v", t.entryId, "id", t.entryId);
+    } finally {
+      admin.disconnect();
+    }
+    assert.deepEqual(await flushed, { acked: 1, notStored: [] });
+
+    // This env's Redis has no replica: the WAIT comes back short, and no daemon acks the write first.
+    const r = client({ namespace: `${ns}_replicas`, partitions: 1, maxBacklog: 1000, minReplicasAcked: 1, replicaAckTimeoutMs: 200, mode: "submit" });
+    await r.ready();
+    const short = r.submit(KV.name, { k: "fr", n: 3 }, "put", { i: 3 });
+    assert.equal(r.pendingCount, 1, "flush() waits for it");
+    const flushedShort = r.flush(30000);
+    await assert.rejects(short, (e: unknown) => e instanceof WritTimeoutError && e.accepted === "unknown");
+    assert.deepEqual(await flushedShort, { acked: 0, notStored: [] });
+  }));
+
+  test("flush() reports a write Redis lost, in the order the writes were made", g(async () => {
+    const s = client({ mode: "submit", writeTimeoutMs: 500, lostWriteAfterMs: 1000, onError: () => {} });
+    const key = { k: "flush-lost", n: 1 };
+    const bad = { k: `flush-lost-${process.pid}` };
+    await s.write(KV.name, key, "put", { n: 0 });
+    assert.deepEqual((await s.flush(20000)).notStored, []);
+    const stream = new Names(env.name).stream(partitionOf(KV.name, canonicalKey(KV, key), env.partitions));
+    const daemon = env.writ!.proc.child;
+    const redis = new Redis(env.redisUrl);
+    let refused!: Ticket;
+    let lost!: Ticket;
+    let flushed!: Promise<FlushReport>;
+    await pause(daemon);
+    try {
+      refused = await s.write(UNKNOWN.name, bad, "put", { a: 1 });
+      // Accepted, then gone before any daemon read it (as a failover loses an entry).
+      lost = await s.write(KV.name, key, "put", { n: 1 });
+      assert.equal(await redis.xdel(stream, lost.entryId), 1);
+      await s.write(KV.name, { k: "flush-lost", n: 2 }, "put", { n: 2 });
+      assert.equal(s.pendingCount, 3);
+      flushed = s.flush(30000);
+    } finally {
+      resume(daemon);
+      redis.disconnect();
+    }
+    const report = await flushed;
+    assert.equal(report.acked, 1);
+    assert.deepEqual(
+      report.notStored.map((w) => [w.collection, w.key, w.entryId, w.outcome]),
+      [
+        [UNKNOWN.name, canonicalKey(UNKNOWN, bad), refused.entryId, "dead_lettered"],
+        [KV.name, canonicalKey(KV, key), lost.entryId, "lost"],
+      ],
+    );
+    assert.match(report.notStored[1].reason, /^gone from /);
   }));
 
   test("a write whose entry is gone while the group holds it pending is not settled lost until the group lets it go", g(async () => {
