@@ -89,10 +89,18 @@ async fn a_write_held_by_a_paused_redis_past_its_deadline_never_lands() {
     s.submit(&key, &doc! {"tag": "BEFORE"}).await.unwrap();
 
     support::pause::pause(redis.pid());
+    let asked = Instant::now();
     let held = s.submit(&key, &doc! {"tag": "HELD-WRITE"}).await;
+    let waited = asked.elapsed();
     support::pause::resume(redis.pid());
     let e = held.expect_err("a paused Redis answered");
     assert_eq!(e.accepted(), Some(Accepted::Unknown), "{e}");
+    // The documented bound is write_timeout_ms (1 s here), asserted with
+    // seconds of margin: before, the connection's 5 s reply timeout set it.
+    assert!(
+        waited < Duration::from_secs(4),
+        "the submit waited {waited:?}, past write_timeout_ms"
+    );
 
     let k = writ::protocol::Key::from_document(&key, config.collection("signal").unwrap()).unwrap();
     let stream = writ::protocol::Names::new(&config.namespace)

@@ -278,13 +278,26 @@ impl Batcher {
         let cluster = self.conn.is_cluster();
         loop {
             let mut conn = self.conn.clone();
-            let reply: redis::RedisResult<(u64, Value)> = if self.settings.confirm {
-                let mut pipe = Confirmer::write_pipeline();
-                pipe.load_script(&self.script).ignore();
-                pipe.invoke_script(&inv);
-                pipe.query_async(&mut conn).await
-            } else {
-                inv.invoke_async::<Value>(&mut conn).await.map(|v| (0, v))
+            let send = async {
+                if self.settings.confirm {
+                    let mut pipe = Confirmer::write_pipeline();
+                    pipe.load_script(&self.script).ignore();
+                    pipe.invoke_script(&inv);
+                    pipe.query_async::<(u64, Value)>(&mut conn).await
+                } else {
+                    inv.invoke_async::<Value>(&mut conn).await.map(|v| (0, v))
+                }
+            };
+            // No longer than client.write_timeout_ms from the first send
+            // (the connection's own reply timeout is 5 s and more): then the
+            // call may or may not have run, and it cannot run after its
+            // deadline.
+            let reply = match tokio::time::timeout_at(deadline, send).await {
+                Ok(reply) => reply,
+                Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no reply within client.write_timeout_ms",
+                ))),
             };
             match reply {
                 Ok((client, value)) => return results(batch.len(), client, value),
