@@ -118,7 +118,7 @@ pub struct Settings {
     pub bound: u64,
     /// Whether the call's pipeline starts with `CLIENT ID` (replicas confirm).
     pub confirm: bool,
-    /// `client.write_timeout_ms`.
+    /// `client.write_timeout_ms`, plus `2 × redis.replica_ack_timeout_ms` when replicas confirm.
     pub patience: Duration,
 }
 
