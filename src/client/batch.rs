@@ -65,9 +65,9 @@ pub const MAX_BATCH_BYTES: usize = 1 << 20;
 /// whose reply was lost, is sent again.
 pub const REDIRECT_DELAY: Duration = Duration::from_millis(100);
 
-/// Sends of one call whose reply is lost before it fails as unknown: a
-/// blip (a dropped connection) is over after one; an outage is said within
-/// about 2 s instead of `client.write_timeout_ms`.
+/// Sends of one call whose reply is lost before it stops sending: a blip (a
+/// dropped connection) is over after one; in an outage it stops after about
+/// 2 s, and fails as unknown once the call's deadline has passed.
 const LOST_REPLY_SENDS: u32 = 20;
 
 /// One entry's fields, as the protocol encodes them.
@@ -235,11 +235,17 @@ impl Batcher {
         // call has given up and told its writes "unknown", and a copy of it
         // that Redis runs then adds nothing (docs/protocol.md §2a).
         let expires = loop {
-            match self
+            let asked = self
                 .clock
-                .deadline(p, &target.meta, &self.conn, deadline.into_std())
-                .await
-            {
+                .deadline(p, &target.meta, &self.conn, deadline.into_std());
+            let asked = match tokio::time::timeout_at(deadline, asked).await {
+                Ok(asked) => asked,
+                Err(_) => Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "Redis did not tell its clock (for the admission call's deadline) within client.write_timeout_ms",
+                ))),
+            };
+            match asked {
                 Ok(at) => break at,
                 // A slot on the move: asked again, as the call would be.
                 Err(e)
@@ -322,6 +328,12 @@ impl Batcher {
                 }
                 Err(e) => {
                     let refused = refusal(e, lost > 0, cluster, self.targets.len() as u32);
+                    if matches!(refused, Refused::Unknown(_)) {
+                        // "May or may not": only once the call's deadline
+                        // has passed (a copy still held then is refused),
+                        // not at once after a spent re-send budget.
+                        tokio::time::sleep_until(deadline).await;
+                    }
                     return vec![Err(refused); batch.len()];
                 }
             }

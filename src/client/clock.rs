@@ -31,7 +31,7 @@ pub struct Sample {
     at: i64,
 }
 
-/// What a partition's calls carry.
+/// What a partition's calls carry, and when it was last asked for.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Known {
     Sample(Sample, Instant),
@@ -109,7 +109,16 @@ impl RedisClock {
                     *self.known[p].lock().expect("lock") = Some(k);
                     k
                 }
-                Err(e) => old.ok_or(e)?,
+                // The old sample serves, with the allowance of its age; it
+                // is asked again after FRESH, not at every call meanwhile.
+                Err(e) => match old.ok_or(e)? {
+                    Known::Sample(s, _) => {
+                        let k = Known::Sample(s, Instant::now());
+                        *self.known[p].lock().expect("lock") = Some(k);
+                        k
+                    }
+                    refused => refused,
+                },
             },
         };
         Ok(match known {

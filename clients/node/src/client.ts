@@ -1301,7 +1301,9 @@ export class WritClient {
    * the dead-letter stream, see `writ dlq`) or that Redis lost (`lost`:
    * write it again) settles its ack too, so check `report.notStored` before
    * taking the writes as durable in MongoDB. Not in the report: a write whose
-   * own `write`/`submit` call failed (its caller got that error), and a
+   * own `write`/`submit` call failed before or at its admission (refused,
+   * or too few replicas confirmed it: its caller got that error; an ack-mode
+   * `write` refused later by the daemon is in the report too), and a
    * write settled before the call, which it does not wait for (its refusal
    * or loss went to `onError`, or to the `write` or `waitAck` that waited).
    * Bounded: after `timeoutMs`, a {@link WritTimeoutError} that says, after

@@ -153,18 +153,30 @@ export class RedisClock {
         }
         return;
       }
-      // An older sample still serves (its age widens the drift allowance),
-      // as in the Rust client; with none, the call must not go.
-      if (this.known.has(metaKey)) return;
+      if (this.keepOld(metaKey)) return;
       throw new NoClock(e);
     }
     const at = performance.now();
     const r = redisMs(reply);
     if (r === undefined) {
-      if (this.known.has(metaKey)) return;
+      if (this.keepOld(metaKey)) return;
       throw new NoClock(new Error(`Redis's TIME made no sense: ${JSON.stringify(reply)}`));
     }
     this.known.set(metaKey, { sample: { lower: r - at, at }, at });
+  }
+
+  /**
+   * After a failed sample: an older one still serves (the age of its own
+   * `at` widens the drift allowance), as in the Rust client, and counts as
+   * fresh for another {@link SAMPLE_FRESH_MS}, so that the calls meanwhile go
+   * with it instead of asking again each time. False with none: the call
+   * must not go.
+   */
+  private keepOld(metaKey: string): boolean {
+    const k = this.known.get(metaKey);
+    if (!k) return false;
+    k.at = performance.now();
+    return true;
   }
 
 }

@@ -357,6 +357,9 @@ describe("admission group commit", () => {
     await clock.ensure("t11:{p0}:meta");
     const old = clock.deadline("t11:{p0}:meta", g);
     assert.ok(old < young, `the old sample's deadline ${old} is not earlier than ${young}`);
+    // It counts as fresh again: the calls meanwhile do not ask each time
+    // (the minReplicasAcked path waits for a fresh sample before it sends).
+    assert.equal(clock.fresh("t11:{p0}:meta"), true);
     // With no sample at all, a failure stops the call.
     await assert.rejects(clock.ensure("t11:{p1}:meta"), NoClock);
   });
