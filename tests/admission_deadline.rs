@@ -17,6 +17,17 @@ async fn redis_now_ms(conn: &mut redis::aio::MultiplexedConnection) -> i64 {
     secs * 1000 + micros / 1000
 }
 
+/// Every entry of `stream`.
+async fn whole_stream(r: &mut redis::aio::MultiplexedConnection, stream: &str) -> redis::Value {
+    redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query_async(r)
+        .await
+        .unwrap()
+}
+
 /// The script's rule: a call past its deadline is refused with `EXPIRED`
 /// and adds and writes nothing (no entry, no record); the same call number
 /// with a later deadline runs; once it ran, it is answered from its record
@@ -121,13 +132,7 @@ async fn a_write_held_by_a_paused_redis_past_its_deadline_never_lands() {
     // Redis refused it as expired (INFO errorstats counts the refusal).
     let start = Instant::now();
     let (landed, expired) = loop {
-        let all: redis::Value = redis::cmd("XRANGE")
-            .arg(&stream)
-            .arg("-")
-            .arg("+")
-            .query_async(&mut r)
-            .await
-            .unwrap();
+        let all = whole_stream(&mut r, &stream).await;
         let info: String = redis::cmd("INFO")
             .arg("errorstats")
             .query_async(&mut r)
@@ -152,13 +157,7 @@ async fn a_write_held_by_a_paused_redis_past_its_deadline_never_lands() {
 
     // The handle goes on: the next write of the key is admitted.
     s.submit(&key, &doc! {"tag": "AFTER"}).await.unwrap();
-    let all: redis::Value = redis::cmd("XRANGE")
-        .arg(&stream)
-        .arg("-")
-        .arg("+")
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    let all = whole_stream(&mut r, &stream).await;
     assert_eq!(held_entries(&all), 0);
     assert_eq!(
         writ::stream::parse_entries(&all).len(),

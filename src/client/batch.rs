@@ -122,6 +122,20 @@ pub struct Settings {
     pub patience: Duration,
 }
 
+impl Settings {
+    /// How long a call waits for Redis: `client.write_timeout_ms`; with
+    /// replicas to confirm (`confirm`), a call may first wait out the `WAIT`
+    /// of the call before it on the same connection, so twice
+    /// `redis.replica_ack_timeout_ms` more (as the Node client allows).
+    pub fn patience(config: &crate::config::Config, confirm: bool) -> Duration {
+        if confirm {
+            config.write_timeout + 2 * config.replica_ack_timeout
+        } else {
+            config.write_timeout
+        }
+    }
+}
+
 impl Batcher {
     /// One queue per partition (`targets[p]`).
     pub fn new(

@@ -127,14 +127,7 @@ impl Writ {
             batch::Settings {
                 bound: config.max_backlog,
                 confirm: confirmer.wanted(),
-                // With replicas to confirm, a call may first wait out the
-                // `WAIT` of the call before it on the same connection (as the
-                // Node client allows: clients/node/src/client.ts).
-                patience: if confirmer.wanted() {
-                    config.write_timeout + 2 * config.replica_ack_timeout
-                } else {
-                    config.write_timeout
-                },
+                patience: batch::Settings::patience(&config, confirmer.wanted()),
             },
         );
         let inner = Arc::new(Inner {
