@@ -240,18 +240,15 @@ impl Flush {
 }
 
 impl Batcher {
-    /// Admission call number `seq` of partition `p`, for `batch`; one result
-    /// per entry.
-    async fn call(&self, p: usize, seq: u64, batch: &[Waiting]) -> Vec<Admitted> {
-        let target = &self.targets[p];
-        let deadline = tokio::time::Instant::now() + self.settings.patience;
-        // The last moment the call may run, in Redis's clock: after it, this
-        // call has given up and told its writes "unknown", and a copy of it
-        // that Redis runs then adds nothing (docs/protocol.md §2a).
-        let expires = loop {
+    /// The deadline, in Redis's clock, of a call to partition `p` that gives
+    /// up at `deadline` ([`RedisClock::deadline`]), asked again while the
+    /// partition's slot moves; bounded by `deadline` itself.
+    async fn expiry(&self, p: usize, deadline: tokio::time::Instant) -> redis::RedisResult<i64> {
+        let meta = &self.targets[p].meta;
+        loop {
             let asked = self
                 .clock
-                .deadline(p, &target.meta, &self.conn, deadline.into_std());
+                .deadline(p, meta, &self.conn, deadline.into_std());
             let asked = match tokio::time::timeout_at(deadline, asked).await {
                 Ok(asked) => asked,
                 Err(_) => Err(redis::RedisError::from((
@@ -260,16 +257,28 @@ impl Batcher {
                 ))),
             };
             match asked {
-                Ok(at) => break at,
-                // A slot on the move: asked again, as the call would be.
                 Err(e)
                     if not_run(&e) && tokio::time::Instant::now() + REDIRECT_DELAY < deadline =>
                 {
                     tokio::time::sleep(REDIRECT_DELAY).await
                 }
-                // Nothing was sent: NOT added.
-                Err(e) => return vec![Err(Refused::Failed(e)); batch.len()],
+                other => return other,
             }
+        }
+    }
+
+    /// Admission call number `seq` of partition `p`, for `batch`; one result
+    /// per entry.
+    async fn call(&self, p: usize, seq: u64, batch: &[Waiting]) -> Vec<Admitted> {
+        let target = &self.targets[p];
+        let deadline = tokio::time::Instant::now() + self.settings.patience;
+        // The last moment the call may run, in Redis's clock: after it, this
+        // call has given up and told its writes "unknown", and a copy of it
+        // that Redis runs then adds nothing (docs/protocol.md §2a).
+        let expires = match self.expiry(p, deadline).await {
+            Ok(at) => at,
+            // Nothing was sent: NOT added.
+            Err(e) => return vec![Err(Refused::Failed(e)); batch.len()],
         };
         let mut inv = self.script.key(&target.stream);
         inv.key(&target.meta).key(&target.record);
