@@ -361,18 +361,7 @@ async function until<T>(p: Promise<T>, at: number, onTimeout: () => Error): Prom
 
 /** Races `p` against a timer; the timer never keeps the process alive. */
 async function withTimeout<T>(p: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      p,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(onTimeout()), ms);
-        timer.unref?.();
-      }),
-    ]);
-  } finally {
-    if (timer) clearTimeout(timer);
-  }
+  return until(p, performance.now() + ms, onTimeout);
 }
 
 /**
