@@ -4,6 +4,7 @@
 mod support;
 
 use mongodb::bson::doc;
+use support::streams::{create_groups, trim_all};
 use support::{Daemon, Overrides, TestEnv};
 use writ::Writ;
 
@@ -161,21 +162,6 @@ async fn applied_then_dead_lettered(
     daemon
 }
 
-/// Retention's trim, by hand: every entry of every partition.
-async fn trim_all(env: &TestEnv, config: &writ::Config) {
-    let names = writ::protocol::Names::new(&config.namespace);
-    let mut r = env.redis().await;
-    for p in 0..config.partitions {
-        let _: u64 = redis::cmd("XTRIM")
-            .arg(names.stream(p))
-            .arg("MAXLEN")
-            .arg(0)
-            .query_async(&mut r)
-            .await
-            .unwrap();
-    }
-}
-
 /// A test env, its config with `client` lines added to `[client]`, and a
 /// handle on it.
 async fn handle_with(name: &str, client: &str) -> (TestEnv, writ::Config, Writ) {
@@ -186,24 +172,6 @@ async fn handle_with(name: &str, client: &str) -> (TestEnv, writ::Config, Writ) 
     });
     let writ = Writ::connect(config.clone()).await.unwrap();
     (env, config, writ)
-}
-
-/// Creates the consumer group on every partition stream at `start` (`0`,
-/// or `$`: past every entry, as a daemon that read them leaves it).
-async fn create_groups(env: &TestEnv, config: &writ::Config, start: &str) {
-    let names = writ::protocol::Names::new(&config.namespace);
-    let mut r = env.redis().await;
-    for p in 0..config.partitions {
-        let _: redis::Value = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(names.stream(p))
-            .arg(names.group())
-            .arg(start)
-            .arg("MKSTREAM")
-            .query_async(&mut r)
-            .await
-            .unwrap();
-    }
 }
 
 /// The partition stream of a `signal` key.

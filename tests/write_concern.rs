@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use mongodb::bson::doc;
 use support::majority_proxy::MajorityProxy;
+use support::streams::{create_groups, trim_all};
 use support::{Daemon, Overrides, TestEnv};
 use writ::Writ;
 
@@ -144,4 +145,64 @@ async fn a_bulk_does_not_ack_stale_what_only_the_primary_holds() {
     assert_eq!(v, version);
     assert_eq!(s.read(&key(marker)).await.unwrap(), Some(doc! {"n": 1}));
     daemon.stop().await;
+}
+
+/// The same guarantee in a client's look at a write whose entry is gone. A
+/// Redis failover lost the write's entry and its ack; the daemon had applied
+/// it on the primary, and the majority has not confirmed it. The handle asks
+/// MongoDB whether the write is stored: a `local` read would settle it
+/// applied, telling its writer it is durable while a MongoDB failover can
+/// still roll it back. It must read at `majority`, and settle the write only
+/// once the majority holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_ack_is_not_settled_applied_from_what_only_the_primary_holds() {
+    let env = TestEnv::start("write_concern_look");
+    let target = support::proxy::mongo_target(&env.mongo_uri).await;
+    let marker = "LOOKPRIMARY";
+    let proxy = MajorityProxy::start(target, "symbol", marker).await;
+    proxy.reads_only();
+    let o = Overrides {
+        client: "read_timeout_ms = 300",
+        mongo_uri: Some(support::proxy::mongo_uri_via(&env.mongo_uri, proxy.port)),
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let key = doc! {"symbol": marker, "strategyName": "look", "exchangeName": "x"};
+    let ticket = s.submit(&key, &doc! {"n": 1}).await.unwrap();
+    let version = ticket.version();
+    // No daemon runs: the group past the entry and the entry gone, as a
+    // failover leaves them; the primary holds the write at its version.
+    create_groups(&env, &config, "$").await;
+    trim_all(&env, &config).await;
+    let mut stored = key.clone();
+    stored.insert("payload", doc! {"n": 1});
+    stored.insert("removed", false);
+    stored.insert("_writ", doc! {"v": version.to_sortable()});
+    env.mongo_db()
+        .await
+        .collection::<mongodb::bson::Document>("signal")
+        .insert_one(stored)
+        .await
+        .unwrap();
+    let err = s.read(&key).await.unwrap_err();
+    assert!(
+        matches!(err, writ::Error::Timeout { .. }),
+        "a read answered from a write only the primary holds: {err:?}"
+    );
+    assert!(
+        proxy.hidden_reads.load(Ordering::SeqCst) > 0,
+        "the look never read the key at read concern majority"
+    );
+    assert_eq!(writ.unacked(), 1, "settled from a local read");
+    assert!(
+        support::cached(&config, "signal", &key).await.is_none(),
+        "the cache holds a version the majority has not confirmed"
+    );
+    // The majority catches up: the next look settles it applied.
+    proxy.catch_up();
+    assert_eq!(s.read(&key).await.unwrap(), Some(doc! {"n": 1}));
+    assert_eq!(writ.unacked(), 0);
+    assert_eq!(ticket.wait().await.unwrap(), version);
 }

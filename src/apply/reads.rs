@@ -29,9 +29,30 @@ impl Store {
         Ok(find.await?.try_collect().await?)
     }
 
-    /// The stored document of a key, soft-deleted or not.
+    /// The stored document of a key, soft-deleted or not, read at the
+    /// collection's read concern (`local`, on the primary): what a
+    /// read-through answers. It may be a write only the primary holds yet,
+    /// never one older than an acknowledged write; a `majority` read can be,
+    /// on a newly elected primary until its first write commits.
     pub async fn find(&self, coll: &str, key: &Key) -> Result<Option<Document>> {
         Ok(self.coll(coll).find_one(key.to_document()).await?)
+    }
+
+    /// [`Store::find`] for a decision that a write is stored: at read concern
+    /// `majority` when `mongodb.write_concern` asks for more than one node,
+    /// as the daemon's stale check reads. A client settles a write whose
+    /// entry is gone applied from it; settling one that only the primary
+    /// holds would tell its writer it is durable while a failover can still
+    /// roll it back. A majority behind only delays the settling.
+    pub async fn find_confirmed(&self, coll: &str, key: &Key) -> Result<Option<Document>> {
+        let collection = self.coll(coll);
+        let mut find = collection
+            .find_one(key.to_document())
+            .max_time(self.max_time);
+        if self.confirm_majority {
+            find = find.read_concern(ReadConcern::majority());
+        }
+        Ok(find.await?)
     }
 
     /// Every live (not soft-deleted) document of a collection, in key order.

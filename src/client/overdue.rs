@@ -242,7 +242,7 @@ impl Inner {
                 stored: None,
             });
         };
-        let doc = match self.store.find(coll, &key).await {
+        let doc = match self.store.find_confirmed(coll, &key).await {
             Ok(doc) => doc,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot ask MongoDB about this handle's writes whose entries are gone; a later read looks again");

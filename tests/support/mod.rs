@@ -28,6 +28,7 @@ pub mod proc;
 pub mod proxy;
 pub mod race_proxy;
 pub mod reap;
+pub mod streams;
 pub mod wire;
 
 use std::io::Read;
