@@ -7,7 +7,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import { Cluster, Redis, type RedisOptions } from "ioredis";
 import calculateSlot from "cluster-key-slot";
-import { MongoClient, type Db, type Document as MongoDocument } from "mongodb";
+import { MongoClient, type Db, type Document as MongoDocument, type ReadConcernLike } from "mongodb";
 import { deserialize, serialize, type Document } from "bson";
 
 import { readRedisTls, redactUrl, redactUrls, redisUrls, resolveConfig, type RedisTlsPem, type WritConfig } from "./config.js";
@@ -269,6 +269,9 @@ const UNFINISHED_CHANGE =
 
 /** Longest close() waits for a clean QUIT or for the ack loop to end. */
 const CLOSE_WAIT_MS = 1000;
+
+/** The lost-ack sweep's MongoDB read: only what the majority holds (storedVersions). */
+const MAJORITY = { readConcern: { level: "majority" } } as const;
 
 /** What a connection's `socketTimeout` allows past the longest wait of its callers. */
 export const SOCKET_TIMEOUT_MARGIN_MS = 5000;
@@ -1738,6 +1741,11 @@ export class WritClient {
    */
   private async readThrough(keys: ResolvedKey[], at: number[], out: (StoredRecord | null)[]): Promise<void> {
     if (!at.length) return;
+    // The default read concern (`local`), not the lost-ack sweep's majority
+    // (storedVersions): on a newly elected primary, a majority read can
+    // briefly answer a version older than a write already acked to its
+    // writer, which would break read-after-write; a local read on the
+    // primary never does.
     const found = await this.findRaw(keys[0].spec, at.map((i) => keys[i]));
     const fills: Promise<void>[] = [];
     for (const i of at) {
@@ -1779,7 +1787,17 @@ export class WritClient {
       let failure: unknown;
       for (let i = 0; i < keys.length; i += 100) {
         const chunk = keys.slice(i, i + 100);
-        const found = await this.findRaw(spec, chunk);
+        // Read concern majority: on a replica set, `local` on the primary can
+        // return a version only the primary holds (a daemon write whose
+        // `w: majority` has not completed), which a MongoDB failover can roll
+        // back; settling a write applied from that would call it durable
+        // when it may be lost. This client does not know the daemon's
+        // mongodb.write_concern, so it always asks at majority: with
+        // write_concern = 1 a write whose ack was lost settles once the
+        // majority holds it. A majority read that misses a write only delays
+        // settling it (the next sweep looks again). Read-through stays at
+        // `local` (readThrough).
+        const found = await this.findRaw(spec, chunk, undefined, MAJORITY);
         const fills: Promise<void>[] = [];
         for (const k of chunk) {
           const raw = found.get(k.canonical);
@@ -1848,8 +1866,15 @@ export class WritClient {
   /**
    * Finds the stored documents of `keys` (one collection) with one query; raw
    * BSON by canonical key. With `fields`, only those and the key fields.
+   * With `read`, at its read concern (the lost-ack sweep's majority), else
+   * at the driver's default (`local`).
    */
-  private async findRaw(spec: CollectionSpec, keys: ResolvedKey[], fields?: Record<string, 1>): Promise<Map<string, Buffer>> {
+  private async findRaw(
+    spec: CollectionSpec,
+    keys: ResolvedKey[],
+    fields?: Record<string, 1>,
+    read: { readConcern?: ReadConcernLike } = {},
+  ): Promise<Map<string, Buffer>> {
     for (const k of keys) {
       if (k.spec !== spec) throw new WritConfigError("readMany reads keys of one collection");
     }
@@ -1874,10 +1899,10 @@ export class WritClient {
     const docs = await this.mongoCall(`find in ${spec.name}`, async (db) => {
       const c = db.collection(spec.name);
       if (keys.length === 1) {
-        const one = (await c.findOne(filter, { raw: true, projection })) as unknown as Buffer | null;
+        const one = (await c.findOne(filter, { raw: true, projection, ...read })) as unknown as Buffer | null;
         return one ? [one] : [];
       }
-      return (await c.find(filter, { raw: true, projection }).toArray()) as unknown as Buffer[];
+      return (await c.find(filter, { raw: true, projection, ...read }).toArray()) as unknown as Buffer[];
     });
     const byCanonical = new Map<string, Buffer>();
     for (const raw of docs) {

@@ -1,17 +1,22 @@
-// A write's stream entry replaced by another's at the same id (a promoted
-// replica whose clock is behind can give out a lost entry's id again): the
-// lost-ack sweep must not take that entry for the write's. An env of its own,
-// with no daemon: the test deletes a partition stream, which would upset the
+// The lost-ack sweep's edge cases. A write's stream entry replaced by
+// another's at the same id (a promoted replica whose clock is behind can give
+// out a lost entry's id again): the sweep must not take that entry for the
+// write's. A write MongoDB's primary holds but its majority does not yet: the
+// sweep must not settle it applied from that. An env of its own, with no
+// daemon: the tests delete stream entries by hand, which would upset the
 // shared env of core.test.ts.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { Redis } from "ioredis";
+import { MongoClient } from "mongodb";
 
 import { WritClient } from "../src/client.js";
 import type { CollectionSpec } from "../src/key.js";
 import { canonicalKey, Names, partitionOf } from "../src/key.js";
 import { sleep } from "../src/util.js";
-import { TestEnv } from "./harness.js";
+import { toSortable } from "../src/version.js";
+import { eventually, TestEnv } from "./harness.js";
+import { MajorityProxy } from "./majority-proxy.js";
 
 const KV: CollectionSpec = { name: "node_kv", key: ["k", "n"] };
 
@@ -49,4 +54,50 @@ test("an entry another write added at a write's id does not settle it: it is set
     }
     const r = await Promise.race([t.acked, sleep(20000).then(() => undefined)]);
     assert.equal(r?.outcome, "lost", "taking the other write's entry for its own would settle it applied");
+  }));
+
+test("a write whose entry is gone and that only MongoDB's primary holds is not settled applied until the majority holds it", () =>
+  env.guard(async () => {
+    // MongoDB's primary holds the write (the daemon applied it; its
+    // w: majority has not completed), its majority does not yet: the proxy
+    // answers the sweep's majority reads of the key empty. A failover could
+    // still roll the write back, so the sweep must not call it applied.
+    const marker = `majority-lag-${process.pid}`;
+    const key = { k: marker, n: 1 };
+    const proxy = await MajorityProxy.start(env.mongoUri, marker);
+    const mongo = new MongoClient(env.mongoUri);
+    const redis = new Redis(env.redisUrl);
+    try {
+      // lostWriteAfterMs far past the test: the hidden write is never settled lost here.
+      const s = new WritClient(
+        env.clientConfig({ collections: [KV], mongodbUri: proxy.uri, mode: "submit", writeTimeoutMs: 300, lostWriteAfterMs: 600000 }),
+      );
+      clients.push(s);
+      const t = await s.write(KV.name, key, "put", { n: 1 });
+      let settled: string | undefined;
+      t.acked.then((r) => (settled = r.outcome), (e) => (settled = `error: ${e}`));
+      // Stored on the server itself, not through the proxy: what the primary holds.
+      await mongo
+        .db(env.name)
+        .collection(KV.name)
+        .insertOne({ ...key, payload: { n: 1 }, removed: false, _writ: { v: toSortable(t.entryId), at: new Date() } });
+      // The daemon finished it, then a Redis failover lost its entry and its ack.
+      const names = new Names(env.name);
+      const stream = names.stream(partitionOf(KV.name, canonicalKey(KV, key), env.partitions));
+      assert.equal(await redis.xdel(stream, t.entryId), 1);
+      await redis.xgroup("CREATE", stream, names.group, "$");
+      // Two looks of the sweep at MongoDB (each at least one sweep), both answered by the lagging majority.
+      await eventually("two sweeps to read the key at majority, or the write to settle", 30000, async () => settled !== undefined || proxy.hidden >= 2);
+      assert.equal(settled, undefined, "settled from a version only the primary holds (read at read concern local)");
+      assert.equal(s.pendingCount, 1);
+      proxy.catchUp();
+      const r = await Promise.race([t.acked, sleep(20000).then(() => undefined)]);
+      assert.equal(r?.outcome, "applied", "once the majority holds it, the sweep settles it applied");
+      assert.equal(s.pendingCount, 0);
+      assert.equal((await s.read(KV.name, key))!.payload.n, 1);
+    } finally {
+      redis.disconnect();
+      await mongo.close();
+      await proxy.close();
+    }
   }));
