@@ -87,6 +87,24 @@ pub async fn backlog(
     Ok(out)
 }
 
+/// The oldest entry of partition `p` that is neither applied nor parked
+/// (`None`: there is none), for a tool about to apply one of the
+/// partition's writes out of turn (`writ dlq retry`): a write of the same
+/// key still waiting below it would then meet the sequence guard and be
+/// skipped as stale. Entries pending whose oldest id cannot be read count as
+/// at `0-0`, below every write.
+pub async fn oldest_unapplied(conn: &mut Conn, names: &Names, p: u32) -> Result<Option<Version>> {
+    let s = partition_status(conn, names, p, None).await?;
+    if s.unapplied == 0 {
+        return Ok(None);
+    }
+    Ok(Some(
+        s.oldest_unapplied
+            .and_then(|o| o.parse::<Version>().ok())
+            .unwrap_or_default(),
+    ))
+}
+
 /// Reads one partition's status.
 async fn partition_status(
     conn: &mut Conn,

@@ -21,7 +21,7 @@ pub enum DlqAction {
     },
     /// Show one dead letter with its original fields.
     Show { id: String },
-    /// Re-apply at the original version; removed from the stream if it applies.
+    /// Re-apply at the original version; removed from the stream if it applies (kept while older writes of its partition are not applied yet).
     Retry {
         /// Dead-letter id, or --all.
         id: Option<String>,

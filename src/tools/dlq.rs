@@ -186,6 +186,9 @@ impl Tools {
             )));
         };
         let partition = self.names.partition_of_stream(&letter.source);
+        if let Some(kept) = self.earlier_unapplied(partition, version).await? {
+            return Ok(Err(kept));
+        }
         // The partition is checked against the count the letter was parked
         // under: the count may have changed since (`writ partitions --set`),
         // and its key may hash elsewhere now. Order stays safe: the sequence
@@ -215,6 +218,35 @@ impl Tools {
             Err(crate::Error::Rejected(r)) => Ok(Err(r.to_string())),
             Err(e) => Err(e),
         }
+    }
+
+    /// Why the letter must wait, if its partition still holds a write older
+    /// than it that is neither applied nor parked. A write refused at decode
+    /// is parked at once, while earlier writes of its key may still wait (a
+    /// round, a MongoDB outage, a daemon stopped under a backlog); applied
+    /// first, it would make them stale: in the `fields` layout their fields
+    /// would be lost, in `insert_once` the letter's value would stand instead
+    /// of the first one.
+    async fn earlier_unapplied(
+        &self,
+        partition: Option<u32>,
+        version: Version,
+    ) -> Result<Option<String>> {
+        let Some(p) = partition else {
+            return Ok(None);
+        };
+        let mut conn = self.conn.clone();
+        let oldest = crate::status::oldest_unapplied(&mut conn, &self.names, p).await?;
+        Ok(oldest.filter(|o| *o < version).map(|o| {
+            format!(
+                "kept: partition {p} still holds an unapplied write ({o}) older than this \
+                 letter's ({version}); it may be of the same key, and applying the letter \
+                 first would put that write out of order. Let the daemons apply it (`writ \
+                 status`: partition {p}'s watermark past {version}), then retry",
+                o = o.to_stream_id(),
+                version = version.to_stream_id(),
+            )
+        }))
     }
 
     /// Whether the letter is a put of a `fields`-layout collection: a write

@@ -1,0 +1,140 @@
+//! `writ dlq retry` keeps a letter while an older write of its partition is
+//! neither applied nor parked.
+//!
+//! An entry refused at decode (too large, say) is parked at once, while an
+//! earlier write of its key may still wait: in a round, through a MongoDB
+//! outage, or pending under a daemon that stopped. Retried first, the letter
+//! would be applied at its version, and the earlier write would then meet
+//! the sequence guard and be skipped as stale: in `insert_once` the letter's
+//! value would stand instead of the first one, in the `fields` layout the
+//! earlier write's fields would be lost.
+
+mod support;
+
+use std::time::Duration;
+
+use mongodb::bson::doc;
+use support::proc::writ_cli;
+use support::{eventually, Daemon, TestEnv};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_waits_for_the_older_writes_of_its_partition() {
+    let env = TestEnv::start("dlq_order");
+    let dir = tempfile::tempdir().unwrap();
+    let config = env.config();
+    let path = env.config_file(dir.path(), "");
+    let names = writ::protocol::Names::new(&config.namespace);
+    let candle = config.collection("candle").unwrap();
+    let key_doc = doc! {"symbol": "BTC", "interval": "1m", "timestamp": 1};
+    let key = writ::protocol::Key::from_document(&key_doc, candle).unwrap();
+    let stream = names.stream(key.partition("candle", config.partitions));
+    let group = names.group();
+    let key_json = r#"{"symbol":"BTC","interval":"1m","timestamp":1}"#;
+    let mut r = env.redis().await;
+    // The first and the second write of the key; a daemon read both, parked
+    // the second (as it parks an entry refused at decode) and stopped with
+    // the first still pending.
+    let first =
+        support::raw_json_put(&mut r, &stream, "candle", key_json, r#"{"close":1}"#, &[]).await;
+    let second =
+        support::raw_json_put(&mut r, &stream, "candle", key_json, r#"{"close":2}"#, &[]).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg(&group)
+        .arg("0")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(&group)
+        .arg("stopped-daemon")
+        .arg("COUNT")
+        .arg(2)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let letter: String = redis::cmd("XADD")
+        .arg(names.dead_letters())
+        .arg("*")
+        .arg("dlq.reason")
+        .arg("too_large")
+        .arg("dlq.detail")
+        .arg("the document is over client.max_document_bytes")
+        .arg("dlq.stream")
+        .arg(&stream)
+        .arg("dlq.id")
+        .arg(&second)
+        .arg("dlq.attempts")
+        .arg(0)
+        .arg("dlq.at")
+        .arg(0)
+        .arg("dlq.partitions")
+        .arg(config.partitions)
+        .arg("v")
+        .arg("1")
+        .arg("coll")
+        .arg("candle")
+        .arg("op")
+        .arg("put")
+        .arg("enc")
+        .arg("json")
+        .arg("key")
+        .arg(key_json)
+        .arg("doc")
+        .arg(r#"{"close":2}"#)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let _: u64 = redis::cmd("XACK")
+        .arg(&stream)
+        .arg(&group)
+        .arg(&second)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+
+    // The first write is still pending: the letter is kept, nothing applied.
+    let out = writ_cli(&path, &["dlq", "retry", &letter]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "the letter went ahead: {stdout}");
+    assert!(
+        stdout.contains("unapplied write") && stdout.contains(&first),
+        "{stdout}"
+    );
+    assert!(env.all_docs("candle").await.is_empty());
+
+    // A daemon applies the first write; then the letter is retried.
+    let daemon = Daemon::start(config.clone());
+    eventually(
+        Duration::from_secs(30),
+        "the first write applied",
+        || async { (env.all_docs("candle").await.len() == 1).then_some(()) },
+    )
+    .await;
+    daemon.stop().await;
+    let out = writ_cli(&path, &["dlq", "retry", &letter]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = env.all_docs("candle").await;
+    assert_eq!(docs.len(), 1, "{docs:?}");
+    assert_eq!(
+        docs[0].get_document("payload").unwrap(),
+        &doc! {"close": 1},
+        "insert_once: the first write's value stands"
+    );
+    let left: u64 = redis::cmd("XLEN")
+        .arg(names.dead_letters())
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the retried letter is removed");
+}
