@@ -30,7 +30,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
         telemetry::serve_http(addr, health.clone(), shutdown.clone()).await?;
     }
     telemetry::register(&config);
-    let store = match wait_for_mongo(&shutdown, || Store::connect(&config)).await {
+    let store = match wait_for(Awaited::Mongo, &shutdown, || Store::connect(&config)).await {
         Err(Error::Shutdown) => return Ok(()),
         other => other?,
     };
@@ -53,7 +53,10 @@ async fn run(
         Err(Error::Shutdown) => return Ok(()),
         other => other?,
     }
-    let (conn, standing) = prepare_redis(&config).await?;
+    let (conn, standing) = match prepare_redis(&config, &shutdown).await {
+        Err(Error::Shutdown) => return Ok(()),
+        other => other?,
+    };
     // Set (and the daemon stopped) when another daemon's partition count
     // appears in Redis: this daemon must not go on with its own.
     let halt = Halt::new(shutdown.clone());
@@ -142,7 +145,7 @@ const INDEX_CHECK_INTERVALS: u32 = 30;
 /// Waits for MongoDB and creates the unique key indexes.
 /// [`Error::Shutdown`] when `shutdown` fires meanwhile (nothing was in flight).
 async fn prepare_mongo(store: &Store, config: &Config, shutdown: &CancellationToken) -> Result<()> {
-    if let Err(e) = wait_for_mongo(shutdown, || store.ping()).await {
+    if let Err(e) = wait_for(Awaited::Mongo, shutdown, || store.ping()).await {
         if matches!(e, Error::Shutdown) {
             tracing::info!("stopped while waiting for MongoDB; nothing was in flight");
         }
@@ -159,9 +162,14 @@ async fn prepare_mongo(store: &Store, config: &Config, shutdown: &CancellationTo
 
 /// Connects to Redis, checks its settings ([`crate::redis_conn::durability`]),
 /// claims the namespace's partition count and creates the consumer groups.
-async fn prepare_redis(config: &Config) -> Result<(Conn, crate::partition_count::Standing)> {
-    let mut conn =
-        crate::redis_conn::connect(config, crate::redis_conn::wait_bound(config)).await?;
+async fn prepare_redis(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<(Conn, crate::partition_count::Standing)> {
+    let mut conn = wait_for(Awaited::Redis, shutdown, || {
+        crate::redis_conn::connect(config, crate::redis_conn::wait_bound(config))
+    })
+    .await?;
     let names = Names::new(&config.namespace);
     let streams: Vec<String> = (0..config.partitions).map(|p| names.stream(p)).collect();
     crate::redis_conn::durability::check(&conn, &streams, config.min_replicas_acked > 0).await?;
@@ -279,11 +287,58 @@ async fn trim(conn: &mut Conn, config: &Config, stream: &str, p: &crate::status:
     }
 }
 
+/// A server `serve` waits for at start, and what it says meanwhile.
+#[derive(Clone, Copy)]
+enum Awaited {
+    /// Any transient failure: MongoDB down or still starting, its
+    /// mongodb+srv:// host not resolving.
+    Mongo,
+    /// A transient failure to connect (refused, unreachable, timed out); a
+    /// refusal by a Redis that answers (an old version, an evicting policy,
+    /// a missing ACL rule) stops the daemon at once.
+    Redis,
+}
+
+impl Awaited {
+    fn waits_for(self, e: &Error) -> bool {
+        let transient = e.retry_class() == crate::error::RetryClass::Transient;
+        match self {
+            Awaited::Mongo => transient,
+            Awaited::Redis => transient && matches!(e, Error::Connect { .. }),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Awaited::Mongo => "MongoDB",
+            Awaited::Redis => "Redis",
+        }
+    }
+
+    fn check(self) -> &'static str {
+        match self {
+            Awaited::Mongo => "check mongodb.uri / WRIT_MONGODB_URI, and that MongoDB runs",
+            Awaited::Redis => "check redis.url / WRIT_REDIS_URL, and that redis-server runs",
+        }
+    }
+
+    fn meanwhile(self) -> &'static str {
+        match self {
+            Awaited::Mongo => "writes are accepted and wait in Redis",
+            Awaited::Redis => "writers cannot submit until it is back",
+        }
+    }
+}
+
 /// Runs `attempt` until it succeeds, fails for good or `shutdown` fires,
-/// waiting out transient failures (MongoDB down or still starting, its
-/// mongodb+srv:// host not resolving) with backoff, and saying so once a
-/// minute.
-async fn wait_for_mongo<T, F, Fut>(shutdown: &CancellationToken, mut attempt: F) -> Result<T>
+/// waiting out the failures `what` waits for with backoff, and saying so
+/// once a minute: a daemon started before its servers (a host's boot, a
+/// restart during an outage) waits for them with `/health/ready` at 503.
+async fn wait_for<T, F, Fut>(
+    what: Awaited,
+    shutdown: &CancellationToken,
+    mut attempt: F,
+) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
@@ -294,27 +349,30 @@ where
     let since = std::time::Instant::now();
     let mut warned = false;
     let mut remind_at = since + REMIND;
+    let name = what.name();
     loop {
         match attempt().await {
             Ok(v) => {
                 if warned {
                     tracing::info!(
                         waited_secs = since.elapsed().as_secs(),
-                        "MongoDB is reachable; starting"
+                        "{name} is reachable; starting"
                     );
                 }
                 return Ok(v);
             }
-            Err(e) if e.retry_class() == crate::error::RetryClass::Transient => {
+            Err(e) if what.waits_for(&e) => {
                 if !warned {
-                    tracing::warn!(error = %e, "MongoDB is not reachable yet; retrying (check mongodb.uri / WRIT_MONGODB_URI)");
+                    tracing::warn!(error = %e, "{name} is not reachable yet; retrying ({})", what.check());
                     warned = true;
                 } else if std::time::Instant::now() >= remind_at {
                     remind_at += REMIND;
                     tracing::warn!(
                         waited_secs = since.elapsed().as_secs(),
                         error = %e,
-                        "MongoDB is still not reachable; writes are accepted and wait in Redis (check mongodb.uri / WRIT_MONGODB_URI, and that MongoDB runs)"
+                        "{name} is still not reachable; {} ({})",
+                        what.meanwhile(),
+                        what.check()
                     );
                 }
                 if !backoff.sleep(shutdown).await {
