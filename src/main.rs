@@ -136,7 +136,7 @@ fn main() -> ExitCode {
     match rt.block_on(run(command, config)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("writ: {e:#}");
+            eprintln!("writ: {}", said(&e));
             if serve {
                 // A start-up refusal comes moments after the MongoDB driver
                 // started its background tasks, and dropping the runtime
@@ -426,4 +426,19 @@ async fn signal_watch(shutdown: CancellationToken) {
         _ = hup.recv() => tracing::info!("SIGHUP received"),
     }
     shutdown.cancel();
+}
+
+/// An error and its causes, as one line; a cause of writ's own error is
+/// left out: writ's errors already say it (a driver's error shortened, its
+/// topology dump and server reply bytes left out), and `{:#}` would print it
+/// again in full.
+fn said(e: &anyhow::Error) -> String {
+    let mut parts = Vec::new();
+    for cause in e.chain() {
+        parts.push(cause.to_string());
+        if cause.downcast_ref::<writ::Error>().is_some() {
+            break;
+        }
+    }
+    parts.join(": ")
 }

@@ -241,8 +241,14 @@ async fn measure_and_verify(
     let before = daemon::sample(args.metrics.as_deref()).await;
     let last: Last = Arc::default();
     println!(
-        "writ bench --mode {:?}: {} writers, {} keys (zipf {}), {} B payload, collection {:?}",
-        args.mode, args.writers, args.keys, args.zipf, args.payload, coll.name
+        "writ bench --mode {}: {} writers, {} keys (zipf {}), {} B payload, collection {:?}",
+        clap::ValueEnum::to_possible_value(&args.mode)
+            .map_or_else(String::new, |v| v.get_name().to_string()),
+        args.writers,
+        args.keys,
+        args.zipf,
+        args.payload,
+        coll.name
     );
     let (figures, errors, drain) = measure(writ, coll, args, &last).await?;
     // Sampled before the baseline runs: the daemon idles through it, and

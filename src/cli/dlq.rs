@@ -20,17 +20,25 @@ pub enum DlqAction {
         json: bool,
     },
     /// Show one dead letter with its original fields.
-    Show { id: String },
-    /// Re-apply at the original version; removed from the stream if it applies (kept while older writes of its partition are not applied yet).
+    Show {
+        /// Dead-letter id (`writ dlq list` shows them).
+        #[arg(value_parser = letter_id)]
+        id: String,
+    },
+    /// Re-apply at the original version; removed from the stream if applied or superseded (kept: a superseded fields-layout put, or while older writes of its partition are not applied yet).
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all"])))]
     Retry {
         /// Dead-letter id, or --all.
+        #[arg(value_parser = letter_id)]
         id: Option<String>,
         #[arg(long)]
         all: bool,
     },
     /// Delete dead letters for good.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all"])))]
     Drop {
         /// Dead-letter id, or --all.
+        #[arg(value_parser = letter_id)]
         id: Option<String>,
         #[arg(long)]
         all: bool,
@@ -45,29 +53,21 @@ pub async fn dlq(config: Config, action: DlqAction) -> anyhow::Result<ExitCode> 
     let tools = writ::tools::Tools::connect(config).await?;
     let done = async {
         tokio::spawn(signal_watch(tools.abort.clone()));
-        // One named letter (`Some`), or all of them.
-        let pick = |id: Option<String>, all: bool| -> anyhow::Result<Option<String>> {
-            match (id, all) {
-                (Some(id), false) => Ok(Some(letter_id(id)?)),
-                (None, true) => Ok(None),
-                (Some(_), true) => anyhow::bail!("give a dead-letter id or --all, not both"),
-                (None, false) => anyhow::bail!("give a dead-letter id or --all"),
-            }
-        };
         match action {
             DlqAction::List { count, json } => {
                 print_letters(&tools.dlq_list(count).await?, json)?;
                 Ok(ExitCode::SUCCESS)
             }
-            DlqAction::Show { id } => match tools.dlq_show(&letter_id(id.clone())?).await? {
+            DlqAction::Show { id } => match tools.dlq_show(&id).await? {
                 Some(l) => {
                     println!("{}", serde_json::to_string_pretty(&l)?);
                     Ok(ExitCode::SUCCESS)
                 }
                 None => anyhow::bail!("no dead letter {id}; {NOT_THERE}"),
             },
-            DlqAction::Retry { id, all } => dlq_retry(&tools, pick(id, all)?).await,
-            DlqAction::Drop { id, all } => dlq_drop(&tools, pick(id, all)?).await,
+            // clap took one id or --all (the `which` group).
+            DlqAction::Retry { id, .. } => dlq_retry(&tools, id).await,
+            DlqAction::Drop { id, .. } => dlq_drop(&tools, id).await,
         }
     }
     .await;
@@ -79,16 +79,18 @@ pub async fn dlq(config: Config, action: DlqAction) -> anyhow::Result<ExitCode> 
 /// the write's own (the `entry=` of the daemon's log line).
 const NOT_THERE: &str = "`writ dlq list` shows the dead letters, each with its write's id in the source id column (the `entry=` of the daemon's log; the letter's own id is its `dead_letter=`)";
 
-/// A dead-letter id as given, checked to be a whole stream id (`ms-seq`)
-/// before Redis sees it: a bare `ms` means every letter of that millisecond
-/// to `XRANGE` (`show`, `retry`) but only `ms-0` to `XDEL` (`drop`).
-fn letter_id(id: String) -> anyhow::Result<String> {
+/// A dead-letter id as given (clap's parser: a bad one exits 2 as any
+/// argument that does not parse), checked to be a whole stream id
+/// (`ms-seq`) before Redis sees it: a bare `ms` means every letter of that
+/// millisecond to `XRANGE` (`show`, `retry`) but only `ms-0` to `XDEL`
+/// (`drop`).
+fn letter_id(id: &str) -> Result<String, String> {
     if !id.contains('-') || id.parse::<writ::protocol::Version>().is_err() {
-        anyhow::bail!(
+        return Err(format!(
             "{id:?} is not a dead-letter id: ids look like 1796559839946-0 (`writ dlq list` shows them)"
-        );
+        ));
     }
-    Ok(id)
+    Ok(id.to_string())
 }
 
 /// `writ dlq list`: a table, or JSON.
@@ -153,8 +155,8 @@ async fn dlq_retry(tools: &writ::tools::Tools, one: Option<String>) -> anyhow::R
     if seen == 0 {
         if one.is_none() {
             println!("no dead letters to retry");
-        } else {
-            eprintln!("writ: no dead letter with that id; {NOT_THERE}");
+        } else if let Some(id) = &one {
+            eprintln!("writ: no dead letter {id}; {NOT_THERE}");
         }
     }
     Ok(if failed == 0 && (one.is_none() || seen > 0) {
@@ -189,8 +191,8 @@ async fn dlq_drop(tools: &writ::tools::Tools, one: Option<String>) -> anyhow::Re
         }
     }
     // A named id that is not there is a failure, as for retry.
-    if one.is_some() && n == 0 {
-        eprintln!("writ: no dead letter with that id; {NOT_THERE}");
+    if let Some(id) = one.as_ref().filter(|_| n == 0) {
+        eprintln!("writ: no dead letter {id}; {NOT_THERE}");
         return Ok(ExitCode::FAILURE);
     }
     println!("dropped {n} dead letters");

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use super::validate::bad;
+use super::validate::{bad, fix_where};
 use super::{redact_url, RedisTls, ENV_REDIS_URL};
 use crate::error::Result;
 
@@ -23,8 +23,9 @@ pub(super) fn redis_urls(urls: &[String], cluster: bool, field: &str) -> Result<
             return Err(bad(
                 field,
                 format!(
-                    "{} is not a redis:// or rediss:// URL; set it or {ENV_REDIS_URL}",
-                    redact_url(url)
+                    "{} is not a redis:// or rediss:// URL; {}",
+                    redact_url(url),
+                    fix_where(field, ENV_REDIS_URL, "redis.url")
                 ),
             ));
         }
@@ -38,9 +39,10 @@ pub(super) fn redis_urls(urls: &[String], cluster: bool, field: &str) -> Result<
             return Err(bad(
                 field,
                 format!(
-                    "{} does not parse: {}; check the host, the port (1-65535) and the database number (redis://host:port/N), and %-encode special characters in the password; set it or {ENV_REDIS_URL}",
+                    "{} does not parse: {}; check the host, the port (1-65535) and the database number (redis://host:port/N), and %-encode special characters in the password; {}",
                     redact_url(url),
-                    super::validate::scrub(&why, url)
+                    super::validate::scrub(&why, url),
+                    fix_where(field, ENV_REDIS_URL, "redis.url")
                 ),
             ));
         }

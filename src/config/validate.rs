@@ -13,6 +13,16 @@ use super::{
 };
 use crate::error::{Error, Result};
 
+/// Where to fix a URL refused from `field`: the environment variable `env`
+/// when it came from there (it overrides `key`), else `key` or `env`.
+pub(super) fn fix_where(field: &str, env: &str, key: &str) -> String {
+    if field.starts_with(env) {
+        format!("fix {env}, or unset it to use {key} from the config file")
+    } else {
+        format!("fix {key}, or set {env}")
+    }
+}
+
 pub(super) fn bad(field: &str, msg: impl std::fmt::Display) -> Error {
     Error::Config(format!("`{field}`: {msg}"))
 }
@@ -153,8 +163,9 @@ fn check_mongodb(mongodb: &RawMongo) -> Result<WriteConcernW> {
         return Err(bad(
             field,
             format!(
-                "{} is not a mongodb:// URI; set it or {ENV_MONGODB_URI}",
-                redact_url(&mongodb.uri)
+                "{} is not a mongodb:// URI; {}",
+                redact_url(&mongodb.uri),
+                fix_where(field, ENV_MONGODB_URI, "mongodb.uri")
             ),
         ));
     }
@@ -166,9 +177,10 @@ fn check_mongodb(mongodb: &RawMongo) -> Result<WriteConcernW> {
         return Err(bad(
             field,
             format!(
-                "{} does not parse: {}; fix it or {ENV_MONGODB_URI} (special characters in the user or password must be %-encoded)",
+                "{} does not parse: {}; {} (special characters in the user or password must be %-encoded)",
                 redact_url(&mongodb.uri),
-                scrub(&driver_message(&e), &mongodb.uri)
+                scrub(&driver_message(&e), &mongodb.uri),
+                fix_where(field, ENV_MONGODB_URI, "mongodb.uri")
             ),
         ));
     }

@@ -274,6 +274,16 @@ pub enum Error {
 
 /// A MongoDB error's kind, with its labels when it has any.
 fn mongo_summary(e: &mongodb::error::Error) -> String {
+    // The driver's text appends a dump of the topology it saw (twice, for a
+    // single server); what an operator needs is what failed and what to check.
+    if let mongodb::error::ErrorKind::ServerSelection { message, .. } = &*e.kind {
+        let cause = message.split(" Topology:").next().unwrap_or(message);
+        return format!(
+            "cannot reach a MongoDB server ({}); is MongoDB running, and are mongodb.uri / \
+             WRIT_MONGODB_URI right?",
+            cause.trim_end_matches(['.', ' '])
+        );
+    }
     let labels = e.labels();
     if labels.is_empty() {
         e.kind.to_string()

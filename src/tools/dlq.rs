@@ -215,7 +215,10 @@ impl Tools {
                 self.dlq_drop(&letter.id).await?;
                 Ok(Ok(outcome))
             }
-            Err(crate::Error::Rejected(r)) => Ok(Err(r.to_string())),
+            Err(crate::Error::Rejected(r)) => Ok(Err(format!(
+                "{r}; {}",
+                r.reason.remedy().replace("<dead-letter id>", &letter.id)
+            ))),
             Err(e) => Err(e),
         }
     }
