@@ -162,9 +162,23 @@ impl Walk {
     }
 }
 
-/// Trims `stream` below `point`; returns the entries removed.
-pub async fn trim(conn: &mut Conn, stream: &str, point: Version) -> Result<u64> {
-    let n: u64 = cmd::trim_below(stream, point).query_async(conn).await?;
+/// The trim itself, capped by the group's watermark as it stands then
+/// (`src/lua/trim.lua`).
+pub const TRIM_LUA: &str = include_str!("lua/trim.lua");
+
+/// Trims `stream` below `point`, and never at or past the oldest entry of
+/// `group` not yet applied as Redis holds it when the trim runs (the point
+/// comes from a status read made earlier; see [`TRIM_LUA`]); returns the
+/// entries removed.
+pub async fn trim(conn: &mut Conn, stream: &str, group: &str, point: Version) -> Result<u64> {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    let n: u64 = SCRIPT
+        .get_or_init(|| redis::Script::new(TRIM_LUA))
+        .key(stream)
+        .arg(group)
+        .arg(point.to_stream_id())
+        .invoke_async(conn)
+        .await?;
     Ok(n)
 }
 

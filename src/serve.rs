@@ -273,7 +273,8 @@ async fn trim(conn: &mut Conn, config: &Config, stream: &str, p: &crate::status:
             return;
         }
     };
-    match crate::retention::trim(conn, stream, point).await {
+    match crate::retention::trim(conn, stream, &Names::new(&config.namespace).group(), point).await
+    {
         Ok(0) => {}
         Ok(n) => {
             metrics::counter!("writ_stream_trimmed_entries_total").increment(n);

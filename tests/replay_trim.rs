@@ -206,3 +206,130 @@ async fn a_replay_told_to_stop_stops_between_pages() {
         "a stopped replay: {stopped:?}"
     );
 }
+
+/// Retention's trim point comes from a status read made before the trim (a
+/// count bound searches for it page by page), and the group can move back in
+/// between: an operator's `XGROUP SETID`, or a failover to a replica whose
+/// clock gives out ids below the old point. The trim itself is capped by
+/// the group as Redis holds it then: it never removes an entry that is
+/// pending or not yet delivered, whatever point it is given. Before session
+/// 41 it was a plain `XTRIM MINID <point>`, and every step below but the
+/// first removed all it was given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trim_never_removes_what_the_group_has_not_applied() {
+    let env = TestEnv::start("trim_capped");
+    let config = env.config();
+    let names = Names::new(&config.namespace);
+    let (stream, group) = (names.stream(0), names.group());
+    let mut conn = writ::redis_conn::connect(&config, Duration::ZERO)
+        .await
+        .unwrap();
+    let mut r = env.redis().await;
+    let adder = r.clone();
+    let add = |n: usize| {
+        let (mut r, stream) = (adder.clone(), stream.clone());
+        async move {
+            for i in 0..n {
+                support::raw_json_put(
+                    &mut r,
+                    &stream,
+                    "signal",
+                    &format!(r#"{{"i":{i}}}"#),
+                    "{}",
+                    &[],
+                )
+                .await;
+            }
+        }
+    };
+    let xlen = |mut r: writ::redis_conn::Conn, stream: String| async move {
+        redis::cmd("XLEN")
+            .arg(&stream)
+            .query_async::<u64>(&mut r)
+            .await
+            .unwrap()
+    };
+    // A point past everything, as a stale status could give.
+    let far = Version {
+        ms: writ::protocol::wall_clock_ms() + 3_600_000,
+        seq: 0,
+    };
+    let trim = |conn: &mut writ::redis_conn::Conn| {
+        let (stream, group) = (stream.clone(), group.clone());
+        let mut conn = conn.clone();
+        async move {
+            writ::retention::trim(&mut conn, &stream, &group, far)
+                .await
+                .unwrap()
+        }
+    };
+    // Applied (the group past them): all go.
+    add(5).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg(&group)
+        .arg("$")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(trim(&mut conn).await, 5);
+    // Not yet delivered: none goes.
+    add(5).await;
+    assert_eq!(trim(&mut conn).await, 0);
+    assert_eq!(xlen(r.clone(), stream.clone()).await, 5);
+    // Delivered, the first two applied: only those go.
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(&group)
+        .arg("c")
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let all: redis::Value = redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let ids: Vec<String> = writ::stream::parse_entries(&all)
+        .iter()
+        .map(|e| e.id.to_stream_id())
+        .collect();
+    assert_eq!(ids.len(), 5);
+    for id in &ids[..2] {
+        let _: u64 = redis::cmd("XACK")
+            .arg(&stream)
+            .arg(&group)
+            .arg(id)
+            .query_async(&mut r)
+            .await
+            .unwrap();
+    }
+    assert_eq!(trim(&mut conn).await, 2);
+    // Every pending entry applied, then the group moved back before them
+    // (`XGROUP SETID`): they are to be delivered again, and stay.
+    for id in &ids[2..] {
+        let _: u64 = redis::cmd("XACK")
+            .arg(&stream)
+            .arg(&group)
+            .arg(id)
+            .query_async(&mut r)
+            .await
+            .unwrap();
+    }
+    let _: () = redis::cmd("XGROUP")
+        .arg("SETID")
+        .arg(&stream)
+        .arg(&group)
+        .arg("0")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(trim(&mut conn).await, 0);
+    assert_eq!(xlen(r.clone(), stream.clone()).await, 3);
+}

@@ -135,13 +135,6 @@ pub fn xlen(stream: &str) -> Cmd {
     cmd
 }
 
-/// `XTRIM <stream> MINID <point>`: removes the entries below `point`.
-pub fn trim_below(stream: &str, point: Version) -> Cmd {
-    let mut cmd = redis::cmd("XTRIM");
-    cmd.arg(stream).arg("MINID").arg(point.to_stream_id());
-    cmd
-}
-
 /// `XDEL <stream> <id>`.
 pub fn xdel(stream: &str, id: &str) -> Cmd {
     let mut cmd = redis::cmd("XDEL");
@@ -185,10 +178,6 @@ mod tests {
         assert_eq!(
             words(&pending_through("s", "g", Version { ms: 7, seq: 1 })),
             ["XPENDING", "s", "g", "-", "7-1", "1"]
-        );
-        assert_eq!(
-            words(&trim_below("s", Version { ms: 9, seq: 0 })),
-            ["XTRIM", "s", "MINID", "9-0"]
         );
     }
 }
