@@ -184,7 +184,7 @@ async fn clients_and_daemons_with_another_partition_count_are_refused() {
         .await
         .expect_err("changed over unapplied writes");
     assert!(
-        matches!(&e, Error::Config(t) if t.contains("records 4 partitions") && t.contains("unapplied")),
+        matches!(&e, Error::Refused(t) if t.contains("records 4 partitions") && t.contains("unapplied")),
         "{e:?}"
     );
     // Nor while a daemon runs, even with everything applied.
@@ -194,7 +194,7 @@ async fn clients_and_daemons_with_another_partition_count_are_refused() {
         .await
         .expect_err("changed under a running daemon");
     assert!(
-        matches!(&e, Error::Config(t) if t.contains("daemon(s)") && t.contains("running")),
+        matches!(&e, Error::Refused(t) if t.contains("daemon(s)") && t.contains("running")),
         "{e:?}"
     );
     daemon.stop().await;
@@ -515,7 +515,7 @@ async fn a_write_that_races_a_change_of_the_count_undoes_it() {
         .unwrap()
         .expect_err("the count changed over a write that raced it");
     let text = e.to_string();
-    assert!(matches!(e, Error::Config(_)), "{e:?}");
+    assert!(matches!(e, Error::Refused(_)), "{e:?}");
     assert!(
         text.contains("partition(s) 3 ") && text.contains("the count stays 4"),
         "{text}"

@@ -53,6 +53,12 @@ pub enum Error {
     #[error("invalid config: {0}")]
     Config(String),
 
+    /// An operator's command was refused in the state it found (a daemon
+    /// running, writes not yet applied, another run at the same time); the
+    /// message says what to do first. Nothing was changed.
+    #[error("refused: {0}")]
+    Refused(String),
+
     /// A write was refused before or after it reached the stream.
     #[error("{0}")]
     Rejected(#[from] Reject),
@@ -315,6 +321,7 @@ impl Error {
             | Error::NotYetConfirmed { .. } => RetryClass::Transient,
             Error::Connect { retry, .. } => *retry,
             Error::Config(_)
+            | Error::Refused(_)
             | Error::UnsafeRedis(_)
             | Error::UnsupportedRedis(_)
             | Error::Rejected(_)
@@ -367,6 +374,7 @@ impl Error {
             | Error::NotYetConfirmed { .. }
             | Error::UnsafeRedis(_)
             | Error::UnsupportedRedis(_)
+            | Error::Refused(_)
             | Error::Shutdown
             | Error::Fenced { .. }
             | Error::KeyIndex { .. } => None,
@@ -405,6 +413,7 @@ impl Error {
             | Error::KeyIndex { .. }
             | Error::UnsafeRedis(_)
             | Error::UnsupportedRedis(_) => "config",
+            Error::Refused(_) => "refused",
             Error::Shutdown => "shutdown",
             Error::Fenced { .. } => "fenced",
             Error::Encode(_) => "encode",

@@ -38,6 +38,7 @@ fn write_errors_say_whether_the_write_is_held() {
             Some(Accepted::No),
         ),
         (Error::Config("partitions".into()), Some(Accepted::No)),
+        (Error::Refused("a daemon runs".into()), None),
         (
             Error::DeadLettered {
                 reason: "payload".into(),

@@ -57,7 +57,7 @@ pub async fn change(conn: &mut Conn, config: &Config) -> Result<Changed> {
         no_daemons(conn, names, config).await?;
         let busy = unapplied_in(conn, names, 0..upto).await?;
         if !busy.is_empty() {
-            return Err(Error::Config(format!(
+            return Err(Error::Refused(format!(
                 "namespace {:?} records {old} partitions, and partition(s) {} still hold \
                  unapplied writes: with another count they would be applied out of order or \
                  never. Start daemons with the recorded count until `writ status` shows 0 \
@@ -122,7 +122,7 @@ pub async fn change(conn: &mut Conn, config: &Config) -> Result<Changed> {
 /// The refusal when the record changed, or another run started, while this
 /// one ran.
 pub(super) fn changed_meanwhile(names: &Names) -> Error {
-    Error::Config(format!(
+    Error::Refused(format!(
         "the partition count of namespace {:?} changed while this command ran (a daemon, \
          a client or another `writ partitions --set` started): stop it and run the \
          command again",
@@ -162,7 +162,7 @@ async fn swap(
 async fn no_daemons(conn: &mut Conn, names: &Names, config: &Config) -> Result<()> {
     let daemons = crate::ownership::live_members(conn, &names.members(), config.lease_ttl).await?;
     if daemons > 0 {
-        return Err(Error::Config(format!(
+        return Err(Error::Refused(format!(
             "{daemons} writ daemon(s) of namespace {:?} are running: stop every daemon (and every \
              writer) before changing the partition count",
             names.ns()
@@ -173,7 +173,7 @@ async fn no_daemons(conn: &mut Conn, names: &Names, config: &Config) -> Result<(
 
 /// The refusal when writes arrived in `late` while the run looked.
 fn stayed(names: &Names, late: &[u32], old: &str) -> Error {
-    Error::Config(format!(
+    Error::Refused(format!(
         "partition(s) {} of namespace {:?} received writes while this command ran, from a \
          process still running on {old} partitions: the count stays {old}. Stop every writer, \
          let daemons with the recorded count apply them (`writ status`: 0 unapplied), stop the \
