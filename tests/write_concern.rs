@@ -162,7 +162,9 @@ async fn a_lost_ack_is_not_settled_applied_from_what_only_the_primary_holds() {
     let proxy = MajorityProxy::start(target, "symbol", marker).await;
     proxy.reads_only();
     let o = Overrides {
-        client: "read_timeout_ms = 300",
+        // A look past lost_write_after_ms would settle a write missing from
+        // MongoDB lost: the primary holds this one, so it must not.
+        client: "read_timeout_ms = 300\nlost_write_after_ms = 1",
         mongo_uri: Some(support::proxy::mongo_uri_via(&env.mongo_uri, proxy.port)),
         ..Default::default()
     };
@@ -186,11 +188,14 @@ async fn a_lost_ack_is_not_settled_applied_from_what_only_the_primary_holds() {
         .insert_one(stored)
         .await
         .unwrap();
-    let err = s.read(&key).await.unwrap_err();
-    assert!(
-        matches!(err, writ::Error::Timeout { .. }),
-        "a read answered from a write only the primary holds: {err:?}"
-    );
+    // Two looks, the second past lost_write_after_ms.
+    for _ in 0..2 {
+        let err = s.read(&key).await.unwrap_err();
+        assert!(
+            matches!(err, writ::Error::Timeout { .. }),
+            "a read answered from a write only the primary holds: {err:?}"
+        );
+    }
     assert!(
         proxy.hidden_reads.load(Ordering::SeqCst) > 0,
         "the look never read the key at read concern majority"

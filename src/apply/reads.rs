@@ -38,13 +38,37 @@ impl Store {
         Ok(self.coll(coll).find_one(key.to_document()).await?)
     }
 
-    /// [`Store::find`] for a decision that a write is stored: at read concern
-    /// `majority` when `mongodb.write_concern` asks for more than one node,
-    /// as the daemon's stale check reads. A client settles a write whose
-    /// entry is gone applied from it; settling one that only the primary
-    /// holds would tell its writer it is durable while a failover can still
-    /// roll it back. A majority behind only delays the settling.
-    pub async fn find_confirmed(&self, coll: &str, key: &Key) -> Result<Option<Document>> {
+    /// A key's stored document read twice, for a client deciding about a
+    /// write whose entry is gone: `(confirmed, local)`.
+    /// - `confirmed` is read at read concern `majority` when
+    ///   `mongodb.write_concern` asks for more than one node, as the daemon's
+    ///   stale check reads: the write is settled applied only if it is there.
+    ///   Settling one that only the primary holds would tell its writer it is
+    ///   durable while a failover can still roll it back.
+    /// - `local` is read after it, on the primary: what the cache is filled
+    ///   with (a majority read can be older than an acknowledged write, on a
+    ///   newly elected primary), and the write is settled lost only if it is
+    ///   missing there too (a majority that cannot advance must not make an
+    ///   applied write read as lost).
+    ///
+    /// With a write concern of one node, both are one `local` read.
+    pub async fn find_settling(
+        &self,
+        coll: &str,
+        key: &Key,
+    ) -> Result<(Option<Document>, Option<Document>)> {
+        if !self.confirm_majority {
+            let doc = self.find(coll, key).await?;
+            return Ok((doc.clone(), doc));
+        }
+        let confirmed = self.find_confirmed(coll, key).await?;
+        let local = self.find(coll, key).await?;
+        Ok((confirmed, local))
+    }
+
+    /// [`Store::find`] at read concern `majority` when the write concern
+    /// asks for more than one node.
+    async fn find_confirmed(&self, coll: &str, key: &Key) -> Result<Option<Document>> {
         let collection = self.coll(coll);
         let mut find = collection
             .find_one(key.to_document())

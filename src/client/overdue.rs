@@ -28,6 +28,9 @@ struct Gone {
     applied: Vec<(Version, Pending)>,
     /// The writes MongoDB does not hold.
     missing: Vec<(Version, Pending)>,
+    /// Writes the primary holds and the majority does not yet: neither
+    /// applied nor missing, for a later look.
+    unconfirmed: bool,
     /// MongoDB's document with its version, when `applied` is not empty.
     stored: Option<(Version, mongodb::bson::Document)>,
 }
@@ -136,8 +139,10 @@ impl Inner {
             Some(Gone {
                 applied,
                 missing,
+                unconfirmed,
                 stored,
             }) => {
+                all &= !unconfirmed;
                 // Settled applied from MongoDB's document: the cache may hold
                 // an older version (lost with the entry, in a failover), and
                 // no read after this one may answer it. So they are settled
@@ -219,11 +224,14 @@ impl Inner {
 
     /// Splits `gone` (writes of one key of `coll` whose entries are gone:
     /// trimmed by retention, deleted, or lost by Redis) into those MongoDB
-    /// holds at their version or newer (the daemon applied them, or a newer
-    /// write superseded them), with MongoDB's document for the cache, and the
-    /// others: not applied, unless a daemon that read the entry before it
-    /// went is applying it now (hence `client.lost_write_after_ms`). One
-    /// MongoDB read, and none when `gone` is empty; `None` if MongoDB cannot
+    /// holds at their version or newer, confirmed by a majority where the
+    /// write concern asks for one (the daemon applied them, or a newer write
+    /// superseded them), with the primary's document for the cache; those
+    /// only the primary holds yet (left for a later look); and the others:
+    /// not applied, unless a daemon that read the entry before it went is
+    /// applying it now (hence `client.lost_write_after_ms`). One MongoDB read
+    /// (two with a majority to confirm: [`crate::apply::Store::find_settling`]),
+    /// and none when `gone` is empty; `None` if MongoDB cannot
     /// be read (they stay unknown, and the writes whose entries are there are
     /// settled all the same). Also forgets the missing-since times of writes
     /// nobody waits for any more.
@@ -239,23 +247,35 @@ impl Inner {
             return Some(Gone {
                 applied: Vec::new(),
                 missing: Vec::new(),
+                unconfirmed: false,
                 stored: None,
             });
         };
-        let doc = match self.store.find_confirmed(coll, &key).await {
-            Ok(doc) => doc,
+        let (confirmed, local) = match self.store.find_settling(coll, &key).await {
+            Ok(docs) => docs,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot ask MongoDB about this handle's writes whose entries are gone; a later read looks again");
                 return None;
             }
         };
-        let stored = doc.as_ref().and_then(doc_version).unwrap_or_default();
-        let (applied, missing): (Vec<_>, Vec<_>) =
-            gone.into_iter().partition(|(v, _)| stored >= *v);
-        let settled = (!applied.is_empty()).then_some(doc).flatten();
+        let version = |d: &Option<mongodb::bson::Document>| {
+            d.as_ref().and_then(doc_version).unwrap_or_default()
+        };
+        let (confirmed, stored) = (version(&confirmed), version(&local));
+        let (applied, rest): (Vec<_>, Vec<_>) =
+            gone.into_iter().partition(|(v, _)| confirmed >= *v);
+        let (held, missing): (Vec<_>, Vec<_>) = rest.into_iter().partition(|(v, _)| stored >= *v);
+        {
+            let mut since = self.missing.lock().expect("lock");
+            for (_, w) in &held {
+                since.remove(&w.request);
+            }
+        }
+        let settled = (!applied.is_empty()).then_some(local).flatten();
         Some(Gone {
             applied,
             missing,
+            unconfirmed: !held.is_empty(),
             stored: settled.map(|d| (stored, d)),
         })
     }

@@ -1767,8 +1767,11 @@ export class WritClient {
 
   /**
    * The version MongoDB holds of each write's key (`ZERO_VERSION` for none),
-   * by `req`, for the lost-ack sweep (src/acks.ts): one query per collection
-   * and 100 keys. Each document found also goes to the cache (compare-and-set,
+   * by `req`, for the lost-ack sweep (src/acks.ts): at or past the write's
+   * own only if a majority holds it, and older only if the primary's is too
+   * (a write only the primary holds is left out, for a later sweep); two
+   * queries (majority, local) per collection and 100 keys. Each document the
+   * primary holds also goes to the cache (compare-and-set,
    * never backwards), as a read-through fills it: a write the sweep settles
    * applied from MongoDB may have lost its cache update with its entry (a
    * failover), and no read may then answer the older version the cache holds.
@@ -1782,35 +1785,39 @@ export class WritClient {
     const ws = writes.flatMap((a) => this.pending.get(a.req) ?? []);
     for (const [spec, group] of groupBy(ws, (w) => w.key.spec)) {
       const keys = [...new Map(group.map((w) => [w.key.id, w.key])).values()];
-      const byKey = new Map<string, string>();
+      // By key: the version a majority holds, and the one the primary holds.
+      const byKey = new Map<string, { confirmed: string; local: string }>();
       const filled = new Set<string>();
       let failure: unknown;
       for (let i = 0; i < keys.length; i += 100) {
         const chunk = keys.slice(i, i + 100);
-        // Read concern majority: on a replica set, `local` on the primary can
-        // return a version only the primary holds (a daemon write whose
-        // `w: majority` has not completed), which a MongoDB failover can roll
-        // back; settling a write applied from that would call it durable
-        // when it may be lost. This client does not know the daemon's
-        // mongodb.write_concern, so it always asks at majority: with
-        // write_concern = 1 a write whose ack was lost settles once the
-        // majority holds it. A majority read that misses a write only delays
-        // settling it (the next sweep looks again). Read-through stays at
-        // `local` (readThrough).
-        const found = await this.findRaw(spec, chunk, undefined, MAJORITY);
+        // Read twice. At read concern majority first: on a replica set,
+        // `local` on the primary can return a version only the primary holds
+        // (a daemon write whose `w: majority` has not completed), which a
+        // MongoDB failover can roll back; settling a write applied from that
+        // would call it durable when it may be lost. This client does not
+        // know the daemon's mongodb.write_concern, so it always asks at
+        // majority. Then at `local`, as read-through reads: what the cache is
+        // filled with (on a newly elected primary a majority read can be
+        // older than a write already acked), and a write is settled lost only
+        // if the primary lacks it too (a majority that cannot advance, with
+        // write_concern = 1, must not make an applied write read as lost). A
+        // write only the primary holds is left for a later sweep.
+        const confirmed = await this.findRaw(spec, chunk, undefined, MAJORITY);
+        const found = await this.findRaw(spec, chunk);
         const fills: Promise<void>[] = [];
         for (const k of chunk) {
+          const majority = confirmed.get(k.canonical);
           const raw = found.get(k.canonical);
+          const local = raw ? this.docVersion(deserialize(raw)) : ZERO_VERSION;
+          byKey.set(k.id, { confirmed: majority ? this.docVersion(deserialize(majority)) : ZERO_VERSION, local });
           if (!raw) {
-            byKey.set(k.id, ZERO_VERSION);
             filled.add(k.id); // nothing to fill
             continue;
           }
           const doc = deserialize(raw);
-          const version = this.docVersion(doc);
-          byKey.set(k.id, version);
           fills.push(
-            this.casCacheOrThrow(k, version, doc._writ?.deleted === true ? Buffer.alloc(0) : raw).then(
+            this.casCacheOrThrow(k, local, doc._writ?.deleted === true ? Buffer.alloc(0) : raw).then(
               () => void filled.add(k.id),
               (e) => void (failure ??= e),
             ),
@@ -1819,8 +1826,10 @@ export class WritClient {
         await this.redisRead(Promise.all(fills), "a cache fill").catch((e) => void (failure ??= e));
       }
       for (const w of group) {
-        const v = byKey.get(w.key.id)!;
-        if (filled.has(w.key.id) || w.version === undefined || v < w.version) out.set(w.req, v);
+        const { confirmed, local } = byKey.get(w.key.id)!;
+        if (w.version === undefined || local < w.version) out.set(w.req, local);
+        else if (confirmed >= w.version && filled.has(w.key.id)) out.set(w.req, confirmed);
+        // Else only the primary holds it, or its fill failed: a later sweep.
       }
       if (failure !== undefined) this.reportFillFailure(failure);
     }
