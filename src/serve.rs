@@ -53,10 +53,11 @@ async fn run(
         Err(Error::Shutdown) => return Ok(()),
         other => other?,
     }
-    let (conn, standing) = match prepare_redis(&config, &shutdown).await {
-        Err(Error::Shutdown) => return Ok(()),
-        other => other?,
-    };
+    let (conn, standing) =
+        match wait_for(Awaited::Redis, &shutdown, || prepare_redis(&config)).await {
+            Err(Error::Shutdown) => return Ok(()),
+            other => other?,
+        };
     // Set (and the daemon stopped) when another daemon's partition count
     // appears in Redis: this daemon must not go on with its own.
     let halt = Halt::new(shutdown.clone());
@@ -162,14 +163,9 @@ async fn prepare_mongo(store: &Store, config: &Config, shutdown: &CancellationTo
 
 /// Connects to Redis, checks its settings ([`crate::redis_conn::durability`]),
 /// claims the namespace's partition count and creates the consumer groups.
-async fn prepare_redis(
-    config: &Config,
-    shutdown: &CancellationToken,
-) -> Result<(Conn, crate::partition_count::Standing)> {
-    let mut conn = wait_for(Awaited::Redis, shutdown, || {
-        crate::redis_conn::connect(config, crate::redis_conn::wait_bound(config))
-    })
-    .await?;
+async fn prepare_redis(config: &Config) -> Result<(Conn, crate::partition_count::Standing)> {
+    let mut conn =
+        crate::redis_conn::connect(config, crate::redis_conn::wait_bound(config)).await?;
     let names = Names::new(&config.namespace);
     let streams: Vec<String> = (0..config.partitions).map(|p| names.stream(p)).collect();
     crate::redis_conn::durability::check(&conn, &streams, config.min_replicas_acked > 0).await?;
@@ -294,19 +290,18 @@ enum Awaited {
     /// Any transient failure: MongoDB down or still starting, its
     /// mongodb+srv:// host not resolving.
     Mongo,
-    /// A transient failure to connect (refused, unreachable, timed out); a
-    /// refusal by a Redis that answers (an old version, an evicting policy,
-    /// a missing ACL rule) stops the daemon at once.
+    /// A transient failure: not reachable (refused, timed out, a name that
+    /// does not resolve), or a state that passes (`LOADING` its data at
+    /// boot, `CLUSTERDOWN` while a cluster forms, `OOM`). A refusal that
+    /// waiting cannot mend (an old version, an evicting policy, a missing
+    /// ACL rule, a wrong password, a TLS certificate not trusted) stops the
+    /// daemon at once.
     Redis,
 }
 
 impl Awaited {
     fn waits_for(self, e: &Error) -> bool {
-        let transient = e.retry_class() == crate::error::RetryClass::Transient;
-        match self {
-            Awaited::Mongo => transient,
-            Awaited::Redis => transient && matches!(e, Error::Connect { .. }),
-        }
+        e.retry_class() == crate::error::RetryClass::Transient
     }
 
     fn name(self) -> &'static str {
@@ -352,7 +347,11 @@ where
     let mut remind_at = since + REMIND;
     let name = what.name();
     loop {
-        match attempt().await {
+        let result = tokio::select! {
+            r = attempt() => r,
+            _ = shutdown.cancelled() => return Err(Error::Shutdown),
+        };
+        match result {
             Ok(v) => {
                 if warned {
                     tracing::info!(

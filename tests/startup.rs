@@ -95,5 +95,9 @@ async fn a_tool_that_cannot_reach_mongodb_says_what_to_check_once() {
     assert!(line.contains("cannot reach a MongoDB server"), "{line}");
     assert!(line.contains("mongodb.uri / WRIT_MONGODB_URI"), "{line}");
     assert!(!line.contains("Topology"), "the driver's dump: {line}");
+    assert!(
+        line.contains(&format!("127.0.0.1:{port}: I/O error")) && line.contains("refused"),
+        "what the server failed with: {line}"
+    );
     assert_eq!(line.matches("Server selection").count(), 1, "{line}");
 }

@@ -279,15 +279,37 @@ pub enum Error {
 }
 
 /// A MongoDB error's kind, with its labels when it has any.
+/// A server selection failure without the driver's topology dump, but with
+/// what each server failed with (refused, a TLS certificate, an unsupported
+/// version), which only the dump says. Display only: the text is the
+/// driver's and may change; nothing is decided by it.
+fn server_selection(message: &str) -> String {
+    let Some((head, topology)) = message.split_once(" Topology:") else {
+        return message.to_string();
+    };
+    let mut parts = vec![head.trim_end_matches(['.', ' ']).to_string()];
+    for server in topology.split("Address: ").skip(1) {
+        let address = server.split(',').next().unwrap_or_default().trim();
+        if let Some((_, error)) = server.split_once("Error: Kind: ") {
+            let error = error.split(", labels:").next().unwrap_or(error).trim();
+            parts.push(format!("{address}: {error}"));
+        }
+    }
+    if parts.len() == 1 {
+        // No server's error found in it: the dump as it is, once.
+        return message.to_string();
+    }
+    parts.join("; ")
+}
+
 fn mongo_summary(e: &mongodb::error::Error) -> String {
     // The driver's text appends a dump of the topology it saw (twice, for a
     // single server); what an operator needs is what failed and what to check.
     if let mongodb::error::ErrorKind::ServerSelection { message, .. } = &*e.kind {
-        let cause = message.split(" Topology:").next().unwrap_or(message);
         return format!(
             "cannot reach a MongoDB server ({}); is MongoDB running, and are mongodb.uri / \
              WRIT_MONGODB_URI right?",
-            cause.trim_end_matches(['.', ' '])
+            server_selection(message)
         );
     }
     let labels = e.labels();

@@ -164,3 +164,14 @@ fn redis_replies_of_a_full_or_busy_server_are_transient() {
     let wrong = "WRONGTYPE Operation against a key holding the wrong kind of value";
     assert_eq!(reply(wrong).retry_class(), RetryClass::Permanent);
 }
+
+#[test]
+fn a_server_selection_failure_keeps_each_servers_error_without_the_dump() {
+    let driver = "Server selection timeout: No available servers. Topology: { Type: Single, Servers: [ { Address: 127.0.0.1:21398, Type: Unknown, Error: Kind: I/O error: Connection refused (os error 111), labels: {\"RetryableError\"}, source: None, server response: None } ] }";
+    assert_eq!(
+        super::server_selection(driver),
+        "Server selection timeout: No available servers; 127.0.0.1:21398: I/O error: Connection refused (os error 111)"
+    );
+    // Text of another shape is kept whole.
+    assert_eq!(super::server_selection("no servers"), "no servers");
+}

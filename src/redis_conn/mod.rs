@@ -273,10 +273,10 @@ pub async fn connect(config: &Config, block: Duration) -> Result<Conn> {
     };
     conn.map_err(|e| {
         let detail = crate::error::said_once(&e.to_string());
-        let retry = if e.kind() == redis::ErrorKind::AuthenticationFailed {
-            RetryClass::Permanent
-        } else {
+        let retry = if unreachable(&e) {
             RetryClass::Transient
+        } else {
+            RetryClass::Permanent
         };
         Error::Connect {
             retry,
@@ -303,6 +303,31 @@ async fn connect_cluster(
         builder = builder.certs(certs.clone());
     }
     builder.build()?.get_async_connection().await
+}
+
+/// Whether a failure to connect means that the server could not be reached
+/// (yet): refused, reset, timed out, unreachable, a host name that does not
+/// resolve. Not a TLS failure (a certificate not trusted, TLS against a
+/// plain port), a refused login or an error reply of a server that
+/// answered (a database number it does not have): trying again cannot help.
+/// The cluster client reports every seed failing, a wrong password
+/// included, as one I/O failure with no cause: taken as unreachable.
+fn unreachable(e: &redis::RedisError) -> bool {
+    use std::io::ErrorKind as K;
+    if !e.is_io_error() {
+        return false;
+    }
+    let io = std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>())
+        .and_then(|inner| inner.downcast_ref::<std::io::Error>());
+    match io {
+        // rustls' refusals come as invalid data.
+        Some(io) => !matches!(
+            io.kind(),
+            K::InvalidData | K::InvalidInput | K::PermissionDenied | K::Unsupported
+        ),
+        None => true,
+    }
 }
 
 /// What to check, by what failed.
