@@ -91,18 +91,17 @@ pub async fn backlog(
 /// (`None`: there is none), for a tool about to apply one of the
 /// partition's writes out of turn (`writ dlq retry`): a write of the same
 /// key still waiting below it would then meet the sequence guard and be
-/// skipped as stale. Entries pending whose oldest id cannot be read count as
-/// at `0-0`, below every write.
+/// skipped as stale. Decided by the entries themselves, not the backlog
+/// count (an undelivered entry deleted by hand leaves the count above 0 with
+/// no entry); entries pending whose oldest id cannot be read count as at
+/// `0-0`, below every write.
 pub async fn oldest_unapplied(conn: &mut Conn, names: &Names, p: u32) -> Result<Option<Version>> {
     let s = partition_status(conn, names, p, None).await?;
-    if s.unapplied == 0 {
-        return Ok(None);
+    // Pending entries whose oldest id did not parse leave no watermark.
+    if s.pending > 0 && s.watermark.is_none() {
+        return Ok(Some(Version::default()));
     }
-    Ok(Some(
-        s.oldest_unapplied
-            .and_then(|o| o.parse::<Version>().ok())
-            .unwrap_or_default(),
-    ))
+    Ok(s.oldest_unapplied.and_then(|o| o.parse::<Version>().ok()))
 }
 
 /// Reads one partition's status.

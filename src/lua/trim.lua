@@ -20,14 +20,16 @@ for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   if f['name'] == ARGV[1] then last = f['last-delivered-id'] end
 end
 if not last then return 0 end
-local function parse(id)
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(seq)
+-- Ids compared exactly, as decimal strings (Lua's numbers are doubles):
+-- the shorter number is the smaller, else the first to differ decides.
+local function less(x, y)
+  if #x ~= #y then return #x < #y end
+  return x < y
 end
 local function below(a, b)
-  local am, as = parse(a)
-  local bm, bs = parse(b)
-  return am < bm or (am == bm and as < bs)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  return less(am, bm) or (am == bm and less(as, bs))
 end
 local point = ARGV[2]
 local summary = redis.call('XPENDING', KEYS[1], ARGV[1])
