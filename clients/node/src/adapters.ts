@@ -502,6 +502,17 @@ export function createAdapters(client: WritClient): AdapterClasses {
     }
   }
 
+  /**
+   * The top-level `removed` of a soft-deletable entry written with `data`:
+   * backtest-kit's MeasureData, IntervalData and memory rows carry their own
+   * `removed`, and the official package stores it (`$set: { payload, removed:
+   * payload.removed }`), so data written removed reads as removed and is not
+   * listed, there and in the file store. Data without it is live (before
+   * session 41, always live).
+   */
+  const removedFlag = (data: Row): boolean =>
+    typeof data === "object" && data !== null && (data as Record<string, unknown>).removed === true;
+
   /** Soft-deletable entries keyed by (bucket, entryKey) (measure, interval). */
   const bucketed = (collection: string, withWhen: boolean) =>
     class {
@@ -513,7 +524,7 @@ export function createAdapters(client: WritClient): AdapterClasses {
         return ((await live(collection, { bucket: this.bucket, entryKey: key }))?.payload ?? null) as Row | null;
       }
       async write(data: Row, key: string, when?: Date): Promise<void> {
-        const fields: Record<string, unknown> = { payload: data ?? null, removed: false };
+        const fields: Record<string, unknown> = { payload: data ?? null, removed: removedFlag(data) };
         if (withWhen) fields.when = whenMs(when);
         await put(collection, { bucket: this.bucket, entryKey: key }, fields);
       }
@@ -582,7 +593,7 @@ export function createAdapters(client: WritClient): AdapterClasses {
       return !!r && r.exists;
     }
     async writeMemoryData(data: Row, memoryId: string, when?: Date): Promise<void> {
-      await put(COLLECTION.memory, this.key(memoryId), { payload: data ?? null, removed: false, when: whenMs(when) });
+      await put(COLLECTION.memory, this.key(memoryId), { payload: data ?? null, removed: removedFlag(data), when: whenMs(when) });
     }
     async removeMemoryData(memoryId: string): Promise<void> {
       // Like the official package: removing an id that was never written leaves nothing behind.

@@ -143,6 +143,30 @@ for (const mode of ["submit", "ack"] as const) {
       assert.deepEqual(r.kit.inits.map(([, , initial]) => initial), all.flatMap(() => [true, false]));
     }));
 
+    test("data written with removed: true reads as removed and is not listed, as the official package stores it", g(async () => {
+      // backtest-kit's MeasureData / IntervalData / memory rows carry their
+      // own `removed`; the official package stores it top-level
+      // (`$set: { payload, removed: payload.removed }`). Before session 41
+      // writ stored `removed: false` whatever the data said.
+      const { kit, client } = processWith(mode);
+      const cases: [Domain, unknown[], string, string, string, string, Record<string, unknown>][] = [
+        ["Measure", [`${m}-rmb`], "writeMeasureData", "readMeasureData", "listMeasureData", "measure-items", { bucket: `${m}-rmb` }],
+        ["Interval", [`${m}-rmb`], "writeIntervalData", "readIntervalData", "listIntervalData", "interval-items", { bucket: `${m}-rmb` }],
+        ["Memory", [`${m}-rms`, "b"], "writeMemoryData", "readMemoryData", "listMemoryData", "memory-items", { signalId: `${m}-rms`, bucketName: "b" }],
+      ];
+      for (const [domain, args, write, read, list, coll, prefix] of cases) {
+        await kit.call(domain, args, write, { id: "gone", removed: true }, "gone", WHEN);
+        await kit.call(domain, args, write, { id: "kept", removed: false }, "kept", WHEN);
+        assert.equal(await kit.call(domain, args, read, "gone"), null, `${domain}: read`);
+        assert.deepEqual(await kit.call(domain, args, read, "kept"), { id: "kept", removed: false }, `${domain}: the live one`);
+        const listed = (await kit.list(domain, args, list)).map((x: any) => (typeof x === "string" ? x : x.memoryId));
+        assert.deepEqual(listed, ["kept"], `${domain}: list`);
+        await client.flush();
+        const docs = await mongo.db(env.name).collection(coll).find(prefix).sort({ removed: -1 }).toArray();
+        assert.deepEqual(docs.map((d) => d.removed), [true, false], `${domain}: the documents' removed`);
+      }
+    }));
+
     test("absent keys read as the defaults backtest-kit expects", g(async () => {
       const { kit } = processWith(mode);
       const ctx = [`${m}-NONE`, "strat", "binance"];
