@@ -284,26 +284,23 @@ async fn trim(conn: &mut Conn, config: &Config, stream: &str, p: &crate::status:
     }
 }
 
-/// A server `serve` waits for at start, and what it says meanwhile.
+/// A server `serve` waits for at start, through its transient failures, and
+/// what it says meanwhile.
 #[derive(Clone, Copy)]
 enum Awaited {
-    /// Any transient failure: MongoDB down or still starting, its
-    /// mongodb+srv:// host not resolving.
+    /// MongoDB down or still starting, its mongodb+srv:// host not
+    /// resolving.
     Mongo,
-    /// A transient failure: not reachable (refused, timed out, a name that
-    /// does not resolve), or a state that passes (`LOADING` its data at
-    /// boot, `CLUSTERDOWN` while a cluster forms, `OOM`). A refusal that
-    /// waiting cannot mend (an old version, an evicting policy, a missing
-    /// ACL rule, a wrong password, a TLS certificate not trusted) stops the
-    /// daemon at once.
+    /// Redis not reachable (refused, timed out, a name that does not
+    /// resolve), or in a state that passes (`LOADING` its data at boot,
+    /// `CLUSTERDOWN` while a cluster forms, `OOM`). A refusal that waiting
+    /// cannot mend (an old version, an evicting policy, a missing ACL rule,
+    /// a wrong password, a TLS certificate not trusted) stops the daemon at
+    /// once (`redis_conn::connect` classes the connect failures).
     Redis,
 }
 
 impl Awaited {
-    fn waits_for(self, e: &Error) -> bool {
-        e.retry_class() == crate::error::RetryClass::Transient
-    }
-
     fn name(self) -> &'static str {
         match self {
             Awaited::Mongo => "MongoDB",
@@ -361,7 +358,7 @@ where
                 }
                 return Ok(v);
             }
-            Err(e) if what.waits_for(&e) => {
+            Err(e) if e.retry_class() == crate::error::RetryClass::Transient => {
                 if !warned {
                     tracing::warn!(error = %e, "{name} is not reachable yet; retrying ({})", what.check());
                     warned = true;

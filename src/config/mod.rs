@@ -383,5 +383,15 @@ impl Config {
     }
 }
 
+/// Where to fix a URL refused from `field`: the environment variable `env`
+/// when it came from there (it overrides `key`), else `key` or `env`.
+fn fix_where(field: &str, env: &str, key: &str) -> String {
+    if field.starts_with(env) {
+        format!("fix {env}, or unset it to use {key} from the config file")
+    } else {
+        format!("fix {key}, or set {env}")
+    }
+}
+
 #[cfg(test)]
 mod tests;

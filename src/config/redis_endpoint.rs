@@ -4,7 +4,8 @@
 
 use std::path::PathBuf;
 
-use super::validate::{bad, fix_where};
+use super::fix_where;
+use super::validate::bad;
 use super::{redact_url, RedisTls, ENV_REDIS_URL};
 use crate::error::Result;
 

@@ -8,20 +8,10 @@ use std::time::Duration;
 use super::raw::{RawClient, RawCollection, RawConfig, RawDaemon, RawMongo, RawRedis};
 use super::redis_endpoint::{redis_tls, redis_urls};
 use super::{
-    redact_url, CollectionConfig, Config, LogFormat, RedisTls, WriteConcernW, ENV_MONGODB_URI,
-    MONGO_MAX_BSON, RESERVED_FIELDS,
+    fix_where, redact_url, CollectionConfig, Config, LogFormat, RedisTls, WriteConcernW,
+    ENV_MONGODB_URI, MONGO_MAX_BSON, RESERVED_FIELDS,
 };
 use crate::error::{Error, Result};
-
-/// Where to fix a URL refused from `field`: the environment variable `env`
-/// when it came from there (it overrides `key`), else `key` or `env`.
-pub(super) fn fix_where(field: &str, env: &str, key: &str) -> String {
-    if field.starts_with(env) {
-        format!("fix {env}, or unset it to use {key} from the config file")
-    } else {
-        format!("fix {key}, or set {env}")
-    }
-}
 
 pub(super) fn bad(field: &str, msg: impl std::fmt::Display) -> Error {
     Error::Config(format!("`{field}`: {msg}"))
