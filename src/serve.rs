@@ -219,7 +219,7 @@ async fn housekeeping(
                     publish_status(p);
                 }
                 for p in &s.partitions {
-                    trim(&mut conn, &config, &names.stream(p.partition), p).await;
+                    trim(&mut conn, &config, &names, p).await;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot read partition status"),
@@ -252,7 +252,8 @@ fn publish_status(p: &crate::status::PartitionStatus) {
 
 /// Trims one owned partition's committed entries past retention
 /// ([`crate::retention`]); a failure is logged and tried again next time.
-async fn trim(conn: &mut Conn, config: &Config, stream: &str, p: &crate::status::PartitionStatus) {
+async fn trim(conn: &mut Conn, config: &Config, names: &Names, p: &crate::status::PartitionStatus) {
+    let stream = &names.stream(p.partition);
     let point = crate::retention::trim_point(
         conn,
         stream,
@@ -269,8 +270,7 @@ async fn trim(conn: &mut Conn, config: &Config, stream: &str, p: &crate::status:
             return;
         }
     };
-    match crate::retention::trim(conn, stream, &Names::new(&config.namespace).group(), point).await
-    {
+    match crate::retention::trim(conn, stream, &names.group(), point).await {
         Ok(0) => {}
         Ok(n) => {
             metrics::counter!("writ_stream_trimmed_entries_total").increment(n);

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use mongodb::bson::doc;
 use support::proc::writ_cli;
+use support::streams;
 use support::{eventually, Daemon, TestEnv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,26 +39,8 @@ async fn a_letter_waits_for_the_older_writes_of_its_partition() {
         support::raw_json_put(&mut r, &stream, "candle", key_json, r#"{"close":1}"#, &[]).await;
     let second =
         support::raw_json_put(&mut r, &stream, "candle", key_json, r#"{"close":2}"#, &[]).await;
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg(&group)
-        .arg("0")
-        .query_async(&mut r)
-        .await
-        .unwrap();
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(&group)
-        .arg("stopped-daemon")
-        .arg("COUNT")
-        .arg(2)
-        .arg("STREAMS")
-        .arg(&stream)
-        .arg(">")
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    streams::create_group(&mut r, &stream, &group, "0").await;
+    streams::deliver_all(&mut r, &stream, &group, "stopped-daemon").await;
     let letter: String = redis::cmd("XADD")
         .arg(names.dead_letters())
         .arg("*")
@@ -90,13 +73,7 @@ async fn a_letter_waits_for_the_older_writes_of_its_partition() {
         .query_async(&mut r)
         .await
         .unwrap();
-    let _: u64 = redis::cmd("XACK")
-        .arg(&stream)
-        .arg(&group)
-        .arg(&second)
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    streams::ack(&mut r, &stream, &group, std::slice::from_ref(&second)).await;
 
     // The first write is still pending: the letter is kept, nothing applied.
     let out = writ_cli(&path, &["dlq", "retry", &letter]);
@@ -131,10 +108,9 @@ async fn a_letter_waits_for_the_older_writes_of_its_partition() {
         &doc! {"close": 1},
         "insert_once: the first write's value stands"
     );
-    let left: u64 = redis::cmd("XLEN")
-        .arg(names.dead_letters())
-        .query_async(&mut r)
-        .await
-        .unwrap();
-    assert_eq!(left, 0, "the retried letter is removed");
+    assert_eq!(
+        streams::xlen(&mut r, &names.dead_letters()).await,
+        0,
+        "the retried letter is removed"
+    );
 }

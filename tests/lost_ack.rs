@@ -4,7 +4,7 @@
 mod support;
 
 use mongodb::bson::doc;
-use support::streams::{create_groups, trim_all};
+use support::streams::{self, create_groups, trim_all};
 use support::{Daemon, Overrides, TestEnv};
 use writ::Writ;
 
@@ -738,16 +738,7 @@ async fn a_gone_write_the_group_holds_pending_is_not_settled_lost() {
     let id = ticket.version().to_stream_id();
     let stream = signal_stream(&config, &key);
     let mut r = env.redis().await;
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(names.group())
-        .arg("held-by-test")
-        .arg("STREAMS")
-        .arg(&stream)
-        .arg(">")
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    streams::deliver_all(&mut r, &stream, &names.group(), "held-by-test").await;
     let deleted: u64 = redis::cmd("XDEL")
         .arg(&stream)
         .arg(&id)
@@ -760,13 +751,7 @@ async fn a_gone_write_the_group_holds_pending_is_not_settled_lost() {
         assert!(matches!(err, writ::Error::Timeout { .. }), "{err}");
     }
     assert_eq!(writ.unacked(), 1, "a daemon may still apply it");
-    let _: u64 = redis::cmd("XACK")
-        .arg(&stream)
-        .arg(names.group())
-        .arg(&id)
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    streams::ack(&mut r, &stream, &names.group(), std::slice::from_ref(&id)).await;
     // The first look after that notes it; the next settles it lost.
     assert!(s.read(&key).await.is_err());
     assert_eq!(s.read(&key).await.unwrap(), None);
@@ -811,14 +796,7 @@ async fn an_entry_another_write_added_at_a_writes_id_does_not_settle_it() {
         .query_async(&mut r)
         .await
         .unwrap();
-    let _: redis::Value = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg(names.group())
-        .arg("$")
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    streams::create_group(&mut r, &stream, &names.group(), "$").await;
     let err = s.read(&key).await.unwrap_err();
     assert!(
         matches!(err, writ::Error::Timeout { .. }),

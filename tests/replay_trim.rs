@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use mongodb::bson::{doc, Document};
-use support::{Overrides, TestEnv};
+use support::{streams, Overrides, TestEnv};
 use writ::protocol::{Names, Version};
 use writ::Writ;
 
@@ -242,13 +242,6 @@ async fn a_trim_never_removes_what_the_group_has_not_applied() {
             }
         }
     };
-    let xlen = |mut r: writ::redis_conn::Conn, stream: String| async move {
-        redis::cmd("XLEN")
-            .arg(&stream)
-            .query_async::<u64>(&mut r)
-            .await
-            .unwrap()
-    };
     // A point past everything, as a stale status could give.
     let far = Version {
         ms: writ::protocol::wall_clock_ms() + 3_600_000,
@@ -265,63 +258,21 @@ async fn a_trim_never_removes_what_the_group_has_not_applied() {
     };
     // Applied (the group past them): all go.
     add(5).await;
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg(&group)
-        .arg("$")
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    streams::create_group(&mut r, &stream, &group, "$").await;
     assert_eq!(trim(&mut conn).await, 5);
     // Not yet delivered: none goes.
     add(5).await;
     assert_eq!(trim(&mut conn).await, 0);
-    assert_eq!(xlen(r.clone(), stream.clone()).await, 5);
+    assert_eq!(streams::xlen(&mut r, &stream).await, 5);
     // Delivered, the first two applied: only those go.
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(&group)
-        .arg("c")
-        .arg("STREAMS")
-        .arg(&stream)
-        .arg(">")
-        .query_async(&mut r)
-        .await
-        .unwrap();
-    let all: redis::Value = redis::cmd("XRANGE")
-        .arg(&stream)
-        .arg("-")
-        .arg("+")
-        .query_async(&mut r)
-        .await
-        .unwrap();
-    let ids: Vec<String> = writ::stream::parse_entries(&all)
-        .iter()
-        .map(|e| e.id.to_stream_id())
-        .collect();
+    streams::deliver_all(&mut r, &stream, &group, "c").await;
+    let ids = streams::ids(&mut r, &stream).await;
     assert_eq!(ids.len(), 5);
-    for id in &ids[..2] {
-        let _: u64 = redis::cmd("XACK")
-            .arg(&stream)
-            .arg(&group)
-            .arg(id)
-            .query_async(&mut r)
-            .await
-            .unwrap();
-    }
+    streams::ack(&mut r, &stream, &group, &ids[..2]).await;
     assert_eq!(trim(&mut conn).await, 2);
     // Every pending entry applied, then the group moved back before them
     // (`XGROUP SETID`): they are to be delivered again, and stay.
-    for id in &ids[2..] {
-        let _: u64 = redis::cmd("XACK")
-            .arg(&stream)
-            .arg(&group)
-            .arg(id)
-            .query_async(&mut r)
-            .await
-            .unwrap();
-    }
+    streams::ack(&mut r, &stream, &group, &ids[2..]).await;
     let _: () = redis::cmd("XGROUP")
         .arg("SETID")
         .arg(&stream)
@@ -331,5 +282,5 @@ async fn a_trim_never_removes_what_the_group_has_not_applied() {
         .await
         .unwrap();
     assert_eq!(trim(&mut conn).await, 0);
-    assert_eq!(xlen(r.clone(), stream.clone()).await, 3);
+    assert_eq!(streams::xlen(&mut r, &stream).await, 3);
 }

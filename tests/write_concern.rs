@@ -25,6 +25,26 @@ use support::streams::{create_groups, trim_all};
 use support::{Daemon, Overrides, TestEnv};
 use writ::Writ;
 
+/// Stores `signal` key `key` with `payload` at `version` straight into the
+/// server (not through the proxy): the primary holds the write, as a
+/// daemon's attempt whose `w: majority` never came leaves it.
+async fn on_the_primary(
+    env: &TestEnv,
+    mut key: mongodb::bson::Document,
+    payload: mongodb::bson::Document,
+    version: writ::protocol::Version,
+) {
+    key.insert("payload", payload);
+    key.insert("removed", false);
+    key.insert("_writ", doc! {"v": version.to_sortable()});
+    env.mongo_db()
+        .await
+        .collection::<mongodb::bson::Document>("signal")
+        .insert_one(key)
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_ack_until_the_majority_holds_the_write() {
     let env = TestEnv::start("write_concern");
@@ -103,16 +123,7 @@ async fn a_bulk_does_not_ack_stale_what_only_the_primary_holds() {
     let version = ticket.version();
     // The primary holds this very write already (as its first attempt left
     // it); the majority does not, as far as the proxy tells.
-    let mut stored = key(marker);
-    stored.insert("payload", doc! {"n": 1});
-    stored.insert("removed", false);
-    stored.insert("_writ", doc! {"v": version.to_sortable()});
-    env.mongo_db()
-        .await
-        .collection::<mongodb::bson::Document>("signal")
-        .insert_one(stored)
-        .await
-        .unwrap();
+    on_the_primary(&env, key(marker), doc! {"n": 1}, version).await;
     let mut others = Vec::new();
     for f in &fresh {
         others.push(s.submit(&key(f), &doc! {"f": f.as_str()}).await.unwrap());
@@ -178,16 +189,7 @@ async fn a_lost_ack_is_not_settled_applied_from_what_only_the_primary_holds() {
     // failover leaves them; the primary holds the write at its version.
     create_groups(&env, &config, "$").await;
     trim_all(&env, &config).await;
-    let mut stored = key.clone();
-    stored.insert("payload", doc! {"n": 1});
-    stored.insert("removed", false);
-    stored.insert("_writ", doc! {"v": version.to_sortable()});
-    env.mongo_db()
-        .await
-        .collection::<mongodb::bson::Document>("signal")
-        .insert_one(stored)
-        .await
-        .unwrap();
+    on_the_primary(&env, key.clone(), doc! {"n": 1}, version).await;
     // Two looks, the second past lost_write_after_ms.
     for _ in 0..2 {
         let err = s.read(&key).await.unwrap_err();

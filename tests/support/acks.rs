@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, HashMap};
 use writ::ack::{Ack, Outcome};
 use writ::config::Config;
 use writ::protocol::{Names, Version};
-use writ::stream::parse_entries;
 
 /// What the check saw.
 #[derive(Debug, Default)]
@@ -25,22 +24,11 @@ pub struct AckOrder {
     pub coalesced: usize,
 }
 
-async fn xrange(conn: &mut writ::redis_conn::Conn, stream: &str) -> Vec<writ::stream::Entry> {
-    let v: redis::Value = redis::cmd("XRANGE")
-        .arg(stream)
-        .arg("-")
-        .arg("+")
-        .query_async(conn)
-        .await
-        .unwrap();
-    parse_entries(&v)
-}
-
 /// The acks in one client's ack stream, in the daemon's order, each as its
 /// fields (`id`, `outcome`, ...) read as text.
 pub async fn of_client(env: &super::TestEnv, client: &str) -> Vec<HashMap<String, String>> {
     let mut conn = env.redis().await;
-    xrange(&mut conn, &format!("{}:ack:{client}", env.name))
+    super::streams::entries(&mut conn, &format!("{}:ack:{client}", env.name))
         .await
         .into_iter()
         .filter_map(|e| {
@@ -69,7 +57,7 @@ pub async fn check_ack_order(config: &Config, conn: &mut writ::redis_conn::Conn)
     // (Entry ids are unique per partition only; acks are matched by request.)
     let mut per_key: BTreeMap<String, Vec<(Version, Request)>> = BTreeMap::new();
     for p in 0..config.partitions {
-        for e in xrange(conn, &names.stream(p)).await {
+        for e in super::streams::entries(conn, &names.stream(p)).await {
             let fields = e.fields.expect("entry fields (nothing deleted)");
             let w = writ::protocol::decode(&fields, config, Some(p)).expect("a valid write");
             let key = format!("{}/{}", w.collection, w.key.canonical());
@@ -90,7 +78,7 @@ pub async fn check_ack_order(config: &Config, conn: &mut writ::redis_conn::Conn)
     let mut acks: HashMap<Request, Vec<(Version, Ack)>> = HashMap::new();
     for s in &streams {
         let client = s[prefix.len()..].to_string();
-        for e in xrange(conn, s).await {
+        for e in super::streams::entries(conn, s).await {
             let ack = Ack::parse(e.fields.as_deref().unwrap()).expect("a valid ack");
             acks.entry((client.clone(), ack.request.clone()))
                 .or_default()

@@ -1809,13 +1809,13 @@ export class WritClient {
         for (const k of chunk) {
           const majority = confirmed.get(k.canonical);
           const raw = found.get(k.canonical);
-          const local = raw ? this.docVersion(deserialize(raw)) : ZERO_VERSION;
+          const doc = raw && deserialize(raw);
+          const local = doc ? this.docVersion(doc) : ZERO_VERSION;
           byKey.set(k.id, { confirmed: majority ? this.docVersion(deserialize(majority)) : ZERO_VERSION, local });
-          if (!raw) {
+          if (!raw || !doc) {
             filled.add(k.id); // nothing to fill
             continue;
           }
-          const doc = deserialize(raw);
           fills.push(
             this.casCacheOrThrow(k, local, doc._writ?.deleted === true ? Buffer.alloc(0) : raw).then(
               () => void filled.add(k.id),
