@@ -51,6 +51,38 @@ function whenMs(when: Date | number | undefined): number {
   return Date.now();
 }
 
+/**
+ * A candle value as the official package stores it: its mongoose schema
+ * types open/high/low/close/volume as `Number`, and mongoose 8's number
+ * cast (`lib/cast/number.js`) stores a numeric string or a boolean as a
+ * number, `""` as null, and refuses NaN or what `Number()` cannot read.
+ * Exchange APIs often send prices as strings, so both packages store the
+ * same document for them. A value the official package refuses (its write
+ * throws a CastError) throws {@link WritKeyError} here, before any candle of
+ * the call is sent.
+ */
+function candleNumber(c: CandleData, field: "open" | "high" | "low" | "close" | "volume"): unknown {
+  const given: unknown = (c as unknown as Record<string, unknown>)[field];
+  if (given == null) return given;
+  if (given === "") return null;
+  const v = typeof given === "string" || typeof given === "boolean" ? Number(given) : given;
+  const refuse = () =>
+    new WritKeyError(
+      `candle ${field} must be a number or a numeric string (as the official package's schema casts it), ` +
+        `got ${typeof given === "string" ? JSON.stringify(given) : String(given)} at timestamp ${c.timestamp}; fix the candle`,
+    );
+  if (typeof v === "number") {
+    if (Number.isNaN(v)) throw refuse();
+    return v;
+  }
+  if (typeof v === "object" && !Array.isArray(v) && typeof (v as { valueOf?: unknown }).valueOf === "function") {
+    const n = Number((v as { valueOf(): unknown }).valueOf());
+    if (Number.isNaN(n)) throw refuse();
+    return n;
+  }
+  throw refuse();
+}
+
 /** A bounded insertion-ordered map (oldest entries dropped first). */
 class Bounded<V> {
   private readonly m = new Map<string, V>();
@@ -381,7 +413,13 @@ export function createAdapters(client: WritClient): AdapterClasses {
         seen.add(c.timestamp);
         items.push({
           key: this.key(c.timestamp),
-          fields: { open: c.open, high: c.high, low: c.low, close: c.close, volume: c.volume },
+          fields: {
+            open: candleNumber(c, "open"),
+            high: candleNumber(c, "high"),
+            low: candleNumber(c, "low"),
+            close: candleNumber(c, "close"),
+            volume: candleNumber(c, "volume"),
+          },
         });
       }
       if (!items.length) return;

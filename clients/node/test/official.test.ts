@@ -238,3 +238,38 @@ test("removing a key that was never written leaves no document, as in the offici
   }
 }));
 
+
+test("candle values are cast as the official package casts them, and what it refuses is refused", g(async () => {
+  if (!env.writ) await env.startDaemon(); // run alone (--test-name-pattern)
+  const w = writProcess("ack");
+  const db = mongo.db(env.name);
+  const ctx = (symbol: string) => [symbol, "1m", "binance"];
+  // Exchange APIs send prices as strings; mongoose's Number cast stores them as numbers.
+  const t = T0 - 30 * MIN;
+  const given = { timestamp: t, open: "101.5", high: "1e2", low: " 99 ", close: true, volume: "" };
+  await officialKit.call("Candle", ctx("CAST-OF"), "writeCandlesData", [given]);
+  await w.kit.call("Candle", ctx("CAST-WR"), "writeCandlesData", [given]);
+  const stored = async (symbol: string) => {
+    // promoteValues: false keeps the BSON types (Int32, Double) apart.
+    const d = await db.collection("candle-items").findOne({ symbol, timestamp: t }, { promoteValues: false });
+    assert.ok(d, `no ${symbol} candle stored`);
+    return [d.open, d.high, d.low, d.close, d.volume];
+  };
+  assert.deepEqual(await stored("CAST-WR"), await stored("CAST-OF"), "the same values, of the same BSON types");
+  const read = (await w.kit.call("Candle", ctx("CAST-WR"), "readCandlesData", 1, t, t + MIN)) as any[];
+  assert.deepEqual(read, [{ timestamp: t, open: 101.5, high: 100, low: 99, close: 1, volume: null }]);
+
+  // A value the official package's cast refuses fails its write; writ's
+  // call fails before any of its candles is sent.
+  const bad = { timestamp: t + MIN, open: "n/a", high: 1, low: 1, close: 1, volume: 1 };
+  const good = { timestamp: t + 2 * MIN, open: 1, high: 1, low: 1, close: 1, volume: 1 };
+  await assert.rejects(officialKit.call("Candle", ctx("CAST-OF"), "writeCandlesData", [bad]), /cast|number/i);
+  await assert.rejects(w.kit.call("Candle", ctx("CAST-WR"), "writeCandlesData", [good, bad]), (e: any) => {
+    assert.equal(e.name, "WritKeyError");
+    assert.equal(e.accepted, "no");
+    assert.match(e.message, /candle open must be a number or a numeric string .* got "n\/a" at timestamp \d+; fix the candle/);
+    return true;
+  });
+  await w.client.flush();
+  assert.equal(await db.collection("candle-items").countDocuments({ symbol: "CAST-WR", timestamp: { $gt: t } }), 0, "nothing of the refused call stored");
+}));
