@@ -76,7 +76,8 @@ async fn serve_started_before_redis_waits_for_it() {
 async fn a_tool_that_cannot_reach_mongodb_says_what_to_check_once() {
     let env = TestEnv::start("startup_mongo_down");
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port(); // nothing listens there
+    let refused = support::refused_port();
+    let port = refused.port;
     let path = env.config_file_with(
         dir.path(),
         &Overrides {

@@ -944,7 +944,8 @@ async fn cli_edges_empty_dlq_retry_and_a_closed_pipe() {
 fn a_refused_connection_is_said_once_with_the_url_redacted_and_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("down.toml");
-    let port = support::free_port(); // nothing listens there
+    let refused = support::refused_port();
+    let port = refused.port;
     std::fs::write(
         &path,
         format!(

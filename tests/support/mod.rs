@@ -52,6 +52,27 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback port that refuses connections for as long as the value
+/// lives: a socket is bound to it without listening, so nothing else can
+/// take the port meanwhile (a port from [`free_port`] can be taken by any
+/// process, and a test of "nothing listens there" would then reach it).
+pub struct RefusedPort {
+    _socket: tokio::net::TcpSocket,
+    pub port: u16,
+}
+
+pub fn refused_port() -> RefusedPort {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+    socket
+        .bind(([127, 0, 0, 1], 0).into())
+        .expect("bind 127.0.0.1:0");
+    let port = socket.local_addr().unwrap().port();
+    RefusedPort {
+        _socket: socket,
+        port,
+    }
+}
+
 /// How many free ports a fresh server tries: another process may take the
 /// port between [`free_port`] and the server's bind.
 const PORT_TRIES: usize = 3;
