@@ -395,24 +395,26 @@ export class RedisServer {
   /** Starts a TLS-only redis-server (`--port 0 --tls-port P`) with `t.ca`'s server certificate, no persistence. */
   static async startTls(dir: string, t: RedisTlsOptions): Promise<RedisServer> {
     if (!which(REDIS_SERVER)) throw new Error(`redis-server not found (${REDIS_SERVER}); ${SETUP_HINT}`);
-    const port = await freePort();
-    const proc = new Proc("redis-server (TLS)", REDIS_SERVER, [
-      "--port", "0",
-      "--tls-port", String(port),
-      "--tls-cert-file", t.ca.serverCert,
-      "--tls-key-file", t.ca.serverKey,
-      "--tls-ca-cert-file", t.ca.ca,
-      "--tls-auth-clients", t.authClients,
-      ...(t.password ? ["--requirepass", t.password] : []),
-      "--bind", "127.0.0.1",
-      "--dir", dir,
-      "--appendonly", "no",
-      "--save", "",
-      "--daemonize", "no",
-    ], join(dir, "redis.log"));
-    const r = new RedisServer(proc, port, t);
-    await poll("redis-server (TLS)", proc, 20000, () => redisTlsPing(port, t));
-    return r;
+    // On another port if it lost this one; a TLS ping with the test CA's
+    // certificates answers only from this server.
+    return onAFreePort(async (port) => {
+      const proc = new Proc("redis-server (TLS)", REDIS_SERVER, [
+        "--port", "0",
+        "--tls-port", String(port),
+        "--tls-cert-file", t.ca.serverCert,
+        "--tls-key-file", t.ca.serverKey,
+        "--tls-ca-cert-file", t.ca.ca,
+        "--tls-auth-clients", t.authClients,
+        ...(t.password ? ["--requirepass", t.password] : []),
+        "--bind", "127.0.0.1",
+        "--dir", dir,
+        "--appendonly", "no",
+        "--save", "",
+        "--daemonize", "no",
+      ], join(dir, "redis.log"));
+      await poll("redis-server (TLS)", proc, 20000, () => redisTlsPing(port, t));
+      return new RedisServer(proc, port, t);
+    });
   }
 
   /** Starts redis-server (AOF on) on a free port; `ports`, if given, are tried instead, in order. */
