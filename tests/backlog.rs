@@ -15,7 +15,7 @@ use std::time::Duration;
 use mongodb::bson::doc;
 use support::load::Load;
 use support::proc::{writ_cli, DaemonProc};
-use support::{eventually, free_port, http_get, Overrides, TestEnv};
+use support::{eventually, http_get, listen_port, Overrides, TestEnv};
 use writ::Writ;
 
 /// Sum of XINFO GROUPS `lag` over every partition (what the old code used).
@@ -62,7 +62,7 @@ async fn backlog_stays_true_across_redis_restarts() {
     // Always a harness-owned redis-server with AOF: the test restarts it.
     let mut redis = support::RedisServer::start_with(true);
     let env = TestEnv::start("backlog_restart");
-    let metrics_port = free_port();
+    let metrics_port = listen_port();
     let daemon_lines = format!("metrics_listen = \"127.0.0.1:{metrics_port}\"");
     let o = Overrides {
         redis_url: Some(redis.url()),

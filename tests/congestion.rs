@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use mongodb::bson::{doc, Document};
 use support::proc::DaemonProc;
 use support::proxy::in_front_of_mongo_with_latency;
-use support::{free_port, http_get, Overrides, TestEnv};
+use support::{http_get, listen_port, Overrides, TestEnv};
 use writ::Writ;
 
 /// Sum of every sample of `name` (all label sets).
@@ -42,7 +42,7 @@ const PARTITIONS: u32 = 32;
 async fn a_large_backlog_on_a_slow_mongodb_drains_without_a_retry_storm() {
     let env = TestEnv::start("congestion");
     let (_proxy, slow_uri) = in_front_of_mongo_with_latency(&env.mongo_uri, LATENCY).await;
-    let metrics_port = free_port();
+    let metrics_port = listen_port();
     let daemon_lines = format!("metrics_listen = \"127.0.0.1:{metrics_port}\"");
     // A short op timeout: queueing of more than ~5.5 s in the driver would
     // time writes out (the old failure).

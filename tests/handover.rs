@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use mongodb::bson::doc;
 use support::proc::DaemonProc;
-use support::{eventually, free_port, http_get, lease_holders, Overrides, TestEnv};
+use support::{eventually, http_get, lease_holders, listen_port, Overrides, TestEnv};
 use writ::Writ;
 
 /// `partition -> value` of a gauge in a scrape.
@@ -31,7 +31,7 @@ fn per_partition(body: &str, name: &str) -> BTreeMap<String, f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_partition_stops_exporting_its_gauges() {
     let env = TestEnv::start("handover_gauges");
-    let port = free_port();
+    let port = listen_port();
     let lines = format!("metrics_listen = \"127.0.0.1:{port}\"");
     let o = Overrides {
         daemon: &lines,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use mongodb::bson::doc;
 use support::proc::{writ_cli, DaemonProc};
-use support::{eventually, free_port, http_get, Overrides, TestEnv};
+use support::{eventually, http_get, listen_port, Overrides, TestEnv};
 
 /// Sum of every sample of `name` whose labels contain all of `labels`.
 fn sample_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
@@ -67,7 +67,7 @@ async fn metrics_health_dashboard_and_status_tell_the_truth() {
     let env = TestEnv::start("observability");
     let dir = tempfile::tempdir().unwrap();
     let (proxy, proxied) = support::proxy::in_front_of_mongo(&env.mongo_uri).await;
-    let port = free_port();
+    let port = listen_port();
     let daemon_cfg = format!("metrics_listen = \"127.0.0.1:{port}\"\nstats_interval_ms = 200");
     let o = Overrides {
         mongo_uri: Some(proxied),
@@ -499,7 +499,7 @@ fn bad_config_and_refused_connection_get_one_clear_message() {
 async fn ready_follows_a_redis_outage_of_30_seconds() {
     let env = TestEnv::start("ready_redis");
     let (proxy, proxied) = support::proxy::in_front_of_redis(&env.redis_url).await;
-    let port = free_port();
+    let port = listen_port();
     let daemon_lines = format!("metrics_listen = \"127.0.0.1:{port}\"");
     let o = Overrides {
         daemon: &daemon_lines,

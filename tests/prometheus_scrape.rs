@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use mongodb::bson::doc;
 use support::proc::DaemonProc;
-use support::{eventually, free_port, http_get, Overrides, TestEnv};
+use support::{eventually, http_get, listen_port, Overrides, TestEnv};
 
 struct Prometheus {
     child: Child,
@@ -56,7 +56,7 @@ fn scalar(result: &serde_json::Value) -> Option<f64> {
 async fn prometheus_scrapes_the_daemon_and_evaluates_the_alert_rules() {
     let env = TestEnv::start("prometheus");
     let dir = tempfile::tempdir().unwrap();
-    let metrics_port = free_port();
+    let metrics_port = listen_port();
     let daemon_cfg =
         format!("metrics_listen = \"127.0.0.1:{metrics_port}\"\nstats_interval_ms = 200");
     let o = Overrides {
@@ -67,7 +67,7 @@ async fn prometheus_scrapes_the_daemon_and_evaluates_the_alert_rules() {
     let config = env.config_with(&o);
     let _daemon = DaemonProc::start(&path, dir.path(), "prom-daemon");
 
-    let prom_port = free_port();
+    let prom_port = listen_port();
     let rules = format!("{}/dashboards/alerts.yml", env!("CARGO_MANIFEST_DIR"));
     let prom_cfg = dir.path().join("prometheus.yml");
     std::fs::write(

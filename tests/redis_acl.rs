@@ -628,7 +628,7 @@ async fn a_partition_whose_status_cannot_be_read_leaves_the_others_gauges_going(
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let port = support::free_port();
+    let port = support::listen_port();
     let o = Overrides {
         redis_url: Some(daemon_url),
         daemon: &format!("metrics_listen = \"127.0.0.1:{port}\""),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use mongodb::bson::doc;
 use support::proc::DaemonProc;
-use support::{eventually, free_port, http_get, Overrides, RedisServer, TestEnv};
+use support::{eventually, http_get, listen_port, Overrides, RedisServer, TestEnv};
 use writ::Writ;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,8 +21,8 @@ async fn serve_started_before_redis_waits_for_it() {
     let env = TestEnv::start("startup_redis");
     let dir = tempfile::tempdir().unwrap();
     // Nothing listens on this port until the test starts redis-server there.
-    let port = free_port();
-    let metrics = free_port();
+    let port = listen_port();
+    let metrics = listen_port();
     let o = Overrides {
         redis_url: Some(format!("redis://127.0.0.1:{port}")),
         daemon: &format!("metrics_listen = \"127.0.0.1:{metrics}\""),

@@ -594,7 +594,7 @@ async fn stream_lengths(
 async fn retention_trims_only_committed_entries() {
     let env = TestEnv::start("retention");
     let (proxy, proxied) = support::proxy::in_front_of_mongo(&env.mongo_uri).await;
-    let port = support::free_port();
+    let port = support::listen_port();
     let daemon_lines = format!(
         "retention_max_entries = 5\nstats_interval_ms = 200\nmetrics_listen = \"127.0.0.1:{port}\""
     );

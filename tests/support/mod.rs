@@ -52,6 +52,35 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A free loopback port for a server whose port a test must name before it
+/// starts (`daemon.metrics_listen`, Prometheus, a Redis started later), and
+/// which cannot try another port as [`on_a_free_port`] does. It lies below
+/// the kernel's ephemeral range (`ip_local_port_range`), where [`free_port`]
+/// ports and every outgoing connection's local port come from, so no other
+/// test's client or server takes it between this call and the bind. Spread
+/// by process id and a counter, and checked free.
+pub fn listen_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    const LOW: u32 = 10_000;
+    if ephemeral_low <= LOW + 1_000 {
+        return free_port(); // an unusual range: no room below it
+    }
+    let span = ephemeral_low - LOW;
+    let base = std::process::id().wrapping_mul(7_919);
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + base.wrapping_add(n.wrapping_mul(131)) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {LOW} and {ephemeral_low}")
+}
+
 /// A loopback port that refuses connections for as long as the value
 /// lives: a socket is bound to it without listening, so nothing else can
 /// take the port meanwhile (a port from [`free_port`] can be taken by any
