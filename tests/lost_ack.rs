@@ -4,6 +4,7 @@
 mod support;
 
 use mongodb::bson::doc;
+use support::hook_proxy::HookProxy;
 use support::streams::{self, create_groups, trim_all};
 use support::{Daemon, Overrides, TestEnv};
 use writ::Writ;
@@ -968,4 +969,78 @@ async fn a_lost_ack_is_settled_past_another_entry_still_pending() {
         v
     );
     daemon.stop().await;
+}
+
+/// The look that settles an overdue write asks whether the group delivered
+/// its entry before it asks whether the entry is pending. Asked the other
+/// way round, a delivery between the two reads (a daemon catching up after
+/// an outage) made an entry neither applied nor acked look done: the write
+/// was reported applied before the daemon touched it, and a read by another
+/// handle then missed it (helper-86). The proxy delivers the entry to
+/// another consumer just before the look's group read reaches Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_during_the_overdue_look_does_not_make_the_write_look_done() {
+    if std::env::var_os("WRIT_TEST_REDIS_CLUSTER").is_some() {
+        return; // one redis:// server behind the proxy; runs in the first pass
+    }
+    let env = TestEnv::start("overdue_delivery");
+    let direct = env.config();
+    let names = writ::protocol::Names::new(&direct.namespace);
+    let (url, partitions) = (env.redis_url.clone(), direct.partitions);
+    let proxy = HookProxy::start(&env.redis_url, b"XINFO", move || {
+        let (url, names) = (url.clone(), names.clone());
+        async move {
+            let mut r = redis::Client::open(url.as_str())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            for p in 0..partitions {
+                streams::deliver_all(&mut r, &names.stream(p), &names.group(), "other").await;
+            }
+        }
+    })
+    .await;
+    let config = env.config_with(&Overrides {
+        redis_url: Some(proxy.url.clone()),
+        client: "read_timeout_ms = 2000",
+        ..Default::default()
+    });
+    // The group exists (a daemon ran once) and has not delivered the write.
+    create_groups(&env, &config, "0").await;
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let key = doc! {"symbol": "DELIVERED", "strategyName": "look", "exchangeName": "x"};
+    let ticket = writ
+        .collection("signal")
+        .unwrap()
+        .submit(&key, &doc! {"v": 1})
+        .await
+        .unwrap();
+    proxy.arm();
+    let res = ticket.wait_for(std::time::Duration::from_millis(200)).await;
+    assert!(
+        proxy.fired.load(std::sync::atomic::Ordering::SeqCst),
+        "the look never read the group"
+    );
+    assert!(
+        matches!(
+            res,
+            Err(writ::Error::Timeout {
+                accepted: Some(writ::Accepted::Yes),
+                ..
+            })
+        ),
+        "delivered but not applied: the write is not done, got {res:?}"
+    );
+    let other = Writ::connect(direct).await.unwrap();
+    assert_eq!(
+        other
+            .collection("signal")
+            .unwrap()
+            .read(&key)
+            .await
+            .unwrap(),
+        None,
+        "nothing applied it"
+    );
 }

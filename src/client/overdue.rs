@@ -302,6 +302,13 @@ impl Inner {
                 && value(e, entry_field::CLIENT) == Some(self.client_id.as_bytes())
                 && value(e, entry_field::REQUEST) == Some(request.as_bytes())
         });
+        // Delivered first, pending after: an entry leaves the pending list
+        // only by its `XACK`, so delivered then not pending means done. The
+        // other order took a delivery between the two reads (a daemon
+        // catching up) for done, with the write not applied.
+        if own && !super::sync::delivered_through(&mut conn, &stream, &group, id).await? {
+            return Ok(Done::NotYet);
+        }
         let pending = match cmd::pending_at(&stream, &group, id)
             .query_async::<Value>(&mut conn)
             .await
@@ -312,14 +319,11 @@ impl Inner {
             Err(e) if crate::redis_conn::has_code(&e, "NOGROUP") => false,
             Err(e) => return Err(e.into()),
         };
-        if !own {
-            return Ok(if pending { Done::NotYet } else { Done::Gone });
-        }
-        if !pending && super::sync::delivered_through(&mut conn, &stream, &group, id).await? {
-            Ok(Done::Yes)
-        } else {
-            Ok(Done::NotYet)
-        }
+        Ok(match (own, pending) {
+            (_, true) => Done::NotYet,
+            (true, false) => Done::Yes,
+            (false, false) => Done::Gone,
+        })
     }
 
     /// The dead letters of entries `ids` (sorted) of partition `p`, read
