@@ -1,7 +1,7 @@
-//! The dispatcher's queues: one FIFO per key, the keys with work in flight,
-//! and the keys ready for the next round. A key is never in two rounds (or a
-//! round and its own worker) at once, which is what keeps its writes in
-//! stream order.
+//! The dispatcher's queues: one queue per key, in id order, the keys with
+//! work in flight, and the keys ready for the next round. A key is never in
+//! two rounds (or a round and its own worker) at once, which is what keeps
+//! its writes in stream order.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -10,7 +10,7 @@ use super::{Job, KeyId};
 use crate::config::{CollectionConfig, Config, Layout, WriteMode};
 use crate::protocol::Op;
 
-/// The dispatcher's state: per-key FIFO queues, the keys with work in
+/// The dispatcher's state: per-key queues in id order, the keys with work in
 /// flight, and the keys ready for the next round.
 #[derive(Default)]
 pub(super) struct Keys {
@@ -31,7 +31,7 @@ impl Keys {
     pub(super) fn push(&mut self, job: Job) {
         let id = (job.write.collection.clone(), job.write.key.canonical());
         let q = self.queues.entry(id.clone()).or_default();
-        q.push_back(job);
+        insert_in_order(q, job);
         if q.len() == 1 && !self.busy.contains(&id) {
             self.ready.push_back(id);
         }
@@ -88,8 +88,8 @@ impl Keys {
     /// as a whole); the key is ready again, for a smaller round.
     pub(super) fn requeue(&mut self, seg: Segment) {
         let q = self.queues.entry(seg.id.clone()).or_default();
-        for job in seg.jobs.into_iter().rev() {
-            q.push_front(job);
+        for job in seg.jobs {
+            insert_in_order(q, job);
         }
         self.busy.remove(&seg.id);
         self.ready.push_back(seg.id);
@@ -121,6 +121,16 @@ impl Keys {
         }
         segs
     }
+}
+
+/// Puts `job` in its key's queue in id order, whatever order entries arrive
+/// in: after the group went back (`XGROUP SETID`, a failover to a replica
+/// behind) entries are delivered again behind newer ones of their key, and a
+/// run coalesces into its last write, acking the others with its version
+/// (an older one, before this). An entry delivered twice sits beside itself.
+fn insert_in_order(q: &mut VecDeque<Job>, job: Job) {
+    let at = q.iter().rposition(|j| j.id <= job.id).map_or(0, |i| i + 1);
+    q.insert(at, job);
 }
 
 /// How many of a key's queued writes (`jobs`, oldest first) one apply of the

@@ -2,7 +2,7 @@
 //!
 //! The reader ([`crate::source::reader`]) pulls entries through the consumer
 //! group (pending ones first, after a restart) and hands them to the
-//! dispatcher, which keeps one FIFO queue per key ([`keys`]). The dispatcher
+//! dispatcher, which keeps one queue per key, in id order ([`keys`]). The dispatcher
 //! moves the ready keys in **rounds** ([`round`]): the next segment of up to
 //! `batch_size` keys goes to MongoDB as one bulk, to the cache as one pipeline,
 //! and is acked with one pipeline and one XACK. At most two rounds are in
