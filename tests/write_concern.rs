@@ -213,3 +213,44 @@ async fn a_lost_ack_is_not_settled_applied_from_what_only_the_primary_holds() {
     assert_eq!(writ.unacked(), 0);
     assert_eq!(ticket.wait().await.unwrap(), version);
 }
+
+/// A read-through reads at `local`, whatever read concern the URI names: on
+/// the current primary `local` never answers older than an acknowledged
+/// write, and `majority` can (a write with `w: 1`, a newly elected primary;
+/// docs/protocol.md §6). Before session 42 a `readConcernLevel=majority` in
+/// the URI made every read-through (and list) a majority read, which missed
+/// the write below.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_through_reads_at_local_whatever_the_uri_names() {
+    let env = TestEnv::start("read_through_local");
+    let target = support::proxy::mongo_target(&env.mongo_uri).await;
+    let proxy = MajorityProxy::start(target, "symbol", "PRIMARY-ONLY").await;
+    proxy.reads_only();
+    let via = support::proxy::mongo_uri_via(&env.mongo_uri, proxy.port);
+    let sep = if via.contains('?') { '&' } else { '?' };
+    let o = Overrides {
+        mongo_uri: Some(format!("{via}{sep}readConcernLevel=majority")),
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let key = doc! {"symbol": "PRIMARY-ONLY", "strategyName": "rc", "exchangeName": "x"};
+    let v = writ::protocol::Version { ms: 7, seq: 0 };
+    on_the_primary(&env, key.clone(), doc! {"n": 1}, v).await;
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    assert_eq!(
+        s.read(&key).await.unwrap(),
+        Some(doc! {"n": 1}),
+        "the read-through missed what the primary holds"
+    );
+    assert_eq!(
+        s.keys().await.unwrap().len(),
+        1,
+        "the list missed what the primary holds"
+    );
+    assert_eq!(
+        proxy.hidden_reads.load(Ordering::SeqCst),
+        0,
+        "a majority read was made"
+    );
+}

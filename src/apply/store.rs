@@ -129,6 +129,12 @@ impl Store {
         opts.selection_criteria = Some(mongodb::options::SelectionCriteria::ReadPreference(
             mongodb::options::ReadPreference::Primary,
         ));
+        // And at `local` unless a read asks for `majority` (a stale check, a
+        // lost-ack look): on the current primary `local` never answers older
+        // than an acknowledged write, and a `readConcernLevel=majority` in
+        // the URI would make every read-through and list a read that can
+        // (docs/protocol.md §6).
+        opts.read_concern = Some(ReadConcern::local());
         opts.server_selection_timeout
             .get_or_insert(Duration::from_secs(5));
         opts.connect_timeout.get_or_insert(Duration::from_secs(3));

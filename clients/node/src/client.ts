@@ -815,6 +815,14 @@ export class WritClient {
       this.mongo = new MongoClient(this.config.mongodbUri, {
         serverSelectionTimeoutMS: 10000,
         ...this.config.mongoClientOptions,
+        // Whatever the URI or mongoClientOptions name: reads must see every
+        // acknowledged write. A secondary can be behind one, and so can a
+        // majority read (a write with w: 1, a newly elected primary); a
+        // `local` read of the current primary cannot (docs/protocol.md §6).
+        // The lost-ack sweep's majority reads ask for it per operation.
+        // (`readConcernLevel`: the driver takes the URI's over `readConcern`.)
+        readPreference: "primary",
+        readConcernLevel: "local",
       });
     }
     return this.mongo;

@@ -107,3 +107,31 @@ test("a write whose entry is gone and that only MongoDB's primary holds is not s
       await proxy.close();
     }
   }));
+
+test("read-throughs read the primary at local, whatever read concern and preference the URI names", () =>
+  env.guard(async () => {
+    // The primary holds an acknowledged write its majority does not yet (a
+    // write with w: 1, a newly elected primary): a majority read misses it,
+    // a local read on the primary does not (docs/protocol.md §6). Before
+    // session 42 the client's reads took the URI's readConcernLevel and
+    // readPreference (a secondary can be behind an acknowledged write).
+    const marker = `uri-concern-${process.pid}`;
+    const key = { k: marker, n: 1 };
+    const proxy = await MajorityProxy.start(env.mongoUri, marker);
+    const mongo = new MongoClient(env.mongoUri);
+    try {
+      await mongo
+        .db(env.name)
+        .collection(KV.name)
+        .insertOne({ ...key, payload: { n: 7 }, removed: false, _writ: { v: toSortable("7-0"), at: new Date() } });
+      const uri = `${proxy.uri}&readConcernLevel=majority&readPreference=secondaryPreferred`;
+      const s = new WritClient(env.clientConfig({ collections: [KV], mongodbUri: uri, mode: "submit" }));
+      clients.push(s);
+      assert.equal((await s.read(KV.name, key))?.payload.n, 7, "the read-through missed what the primary holds");
+      assert.equal(proxy.hidden, 0, "a read-through was made at majority");
+      assert.equal(s.mongoClient.readPreference.mode, "primary");
+    } finally {
+      await mongo.close();
+      await proxy.close();
+    }
+  }));
