@@ -1179,3 +1179,65 @@ async fn status_with_another_count_shows_the_recorded_partitions_and_fails() {
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(said.contains("more than writ allows (4096)"), "{said}");
 }
+
+/// A client on a larger count that connected first (so it was not refused)
+/// and keeps running after a daemon replaced its record: its writes to
+/// partitions past the daemon's count, which no daemon reads, are refused,
+/// not accepted into streams nothing applies. Before session 42 only the
+/// daemon's own partitions got a copy of its count, so they were accepted
+/// there and never applied (helper-87).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_client_on_a_larger_count_is_refused_past_the_daemons_count() {
+    let env = TestEnv::start("count_larger_client");
+    let (four, eight) = (with_partitions(&env, 4), with_partitions(&env, 8));
+    let early = Writ::connect(eight.clone()).await.unwrap();
+    assert_eq!(recorded(&eight).await.as_deref(), Some("8"));
+    let daemon = Daemon::start(four.clone());
+    eventually(Duration::from_secs(30), "the daemon's count", || async {
+        (recorded(&four).await.as_deref() == Some("4")).then_some(())
+    })
+    .await;
+    // The daemon runs on its count (it recorded it before taking partitions).
+    let ok = (0..)
+        .map(|i| format!("lo{i}"))
+        .find(|n| partition_of(&eight, n) < 4 && partition_of(&four, n) < 4)
+        .unwrap();
+    Writ::connect(four.clone())
+        .await
+        .unwrap()
+        .collection("signal")
+        .unwrap()
+        .write(&key(&ok), &doc! {"n": 0})
+        .await
+        .unwrap();
+    assert_eq!(recorded_by(&four).await.as_deref(), Some("daemon"));
+    let past = (0..)
+        .map(|i| format!("hi{i}"))
+        .find(|n| partition_of(&eight, n) >= 4)
+        .unwrap();
+    let p = partition_of(&eight, &past);
+    let got = early
+        .collection("signal")
+        .unwrap()
+        .submit(&key(&past), &doc! {"n": 1})
+        .await;
+    match got {
+        Err(e) => {
+            let text = e.to_string();
+            assert!(
+                matches!(e, Error::Config(_))
+                    && text.contains("NOT accepted")
+                    && text.contains("records 4 partitions")
+                    && text.contains("redis.partitions = 8"),
+                "{text}"
+            );
+        }
+        Ok(_) => panic!(
+            "a write to partition {p}, past the daemon's 4, was accepted; \
+             no daemon reads it (entries there: {})",
+            copy_and_xlen(&four, p).await.1
+        ),
+    }
+    assert_eq!(copy_and_xlen(&four, p).await.1, 0, "nothing added");
+    daemon.stop().await;
+}

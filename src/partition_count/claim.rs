@@ -112,6 +112,7 @@ pub async fn claim(conn: &mut Conn, config: &Config, by: By) -> Result<()> {
 pub async fn claim_daemon(conn: &mut Conn, config: &Config, since: u64) -> Result<Standing> {
     let found = look(conn, config, By::Daemon, Some(since)).await?;
     check(config, &found)?;
+    copy_past_own(conn, config, &found).await;
     Ok(Standing {
         since,
         epoch: found.epoch,
@@ -132,10 +133,30 @@ fn check(config: &Config, found: &Found) -> Result<()> {
         tracing::warn!(
             client_count = old,
             partitions = configured,
-            "a client recorded another partition count for this namespace before any daemon; this daemon records its own. Clients configured with the other count are refused from now on; any already running write to the wrong streams (their entries are dead-lettered wrong_partition, or wait in streams past this daemon's count): restart them with this count"
+            "a client recorded another partition count for this namespace before any daemon; this daemon records its own. Clients configured with the other count are refused from now on, and those already running are refused in partitions past this daemon's count; in the others their entries are dead-lettered wrong_partition: restart them with this count"
         );
     }
     Ok(())
+}
+
+/// Where this daemon just replaced a larger count that a client recorded,
+/// copies its own count into the partitions past it, up to the replaced
+/// count: that client may still run, and its writes there would otherwise be
+/// accepted into streams no daemon reads. (The daemon's own partitions get
+/// their copies from its tenures.)
+async fn copy_past_own(conn: &mut Conn, config: &Config, found: &Found) {
+    // A client never records more than MAX_PARTITIONS (a hand edit might).
+    let Some(old) = found
+        .replaced
+        .filter(|&n| n > config.partitions)
+        .map(|n| n.min(crate::config::MAX_PARTITIONS))
+    else {
+        return;
+    };
+    let names = Names::new(&config.namespace);
+    for p in config.partitions..old {
+        super::copies::copy(conn, &names, p, config.partitions).await;
+    }
 }
 
 /// For a running daemon, at each housekeeping pass: records the count again
@@ -162,6 +183,7 @@ pub async fn recheck_now(conn: &mut Conn, config: &Config, me: &Standing) -> Res
     let names = &Names::new(&config.namespace);
     let found = look(conn, config, By::Daemon, Some(me.since)).await?;
     let Err(refused) = check(config, &found) else {
+        copy_past_own(conn, config, &found).await;
         return Ok(None);
     };
     let theirs_is_later = found.since.is_none_or(|s| s > me.since);
