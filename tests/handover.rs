@@ -117,3 +117,81 @@ async fn a_lost_partition_stops_exporting_its_gauges() {
     .await;
     assert!(!lost.is_empty());
 }
+
+/// A partition handed over to balance the daemons is released within
+/// `daemon.shutdown_deadline_ms` even when some of its work cannot finish:
+/// here an entry refused at decode waits to be parked while another
+/// program's string sits at the dead-letter stream's key. Before session 42
+/// the hand-over waited for it for ever, renewing the lease, and no write of
+/// the partition was applied by either daemon (helper-87).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_over_that_cannot_drain_is_abandoned_at_the_deadline() {
+    let env = TestEnv::start("handover_bound");
+    let o = Overrides {
+        partitions: Some(2),
+        daemon: "shutdown_deadline_ms = 2000",
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let names = writ::protocol::Names::new(&config.namespace);
+    let mut conn = env.redis().await;
+    let _: () = redis::cmd("SET")
+        .arg(names.dead_letters())
+        .arg("someone else's")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = env.config_file_with(dir.path(), &o);
+    let d1 = DaemonProc::start(&path, dir.path(), "bound-d1");
+    eventually(
+        Duration::from_secs(30),
+        "d1 to own both partitions",
+        || async { (lease_holders(&env, 2).await.get("bound-d1") == Some(&2)).then_some(()) },
+    )
+    .await;
+    // The partition d1 hands over first is its highest, 1. An entry of an
+    // undeclared collection there: refused, and it cannot be parked.
+    support::raw_json_put(
+        &mut conn,
+        &names.stream(1),
+        "no-such",
+        r#"{"k":"v"}"#,
+        "{}",
+        &[],
+    )
+    .await;
+    let coll = config.collection("signal").unwrap();
+    let key = (0..)
+        .map(|i| doc! {"symbol": format!("B{i}"), "strategyName": "b", "exchangeName": "x"})
+        .find(|k| {
+            writ::protocol::Key::from_document(k, coll)
+                .unwrap()
+                .partition("signal", 2)
+                == 1
+        })
+        .unwrap();
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    // d1 applies the partition's other keys meanwhile; then d2 joins.
+    s.write(&key, &doc! {"n": 0}).await.unwrap();
+    let dir2 = tempfile::tempdir().unwrap();
+    let path2 = env.config_file_with(dir2.path(), &o);
+    let _d2 = DaemonProc::start(&path2, dir2.path(), "bound-d2");
+    eventually(
+        Duration::from_secs(30),
+        "d2 to take the partition d1 handed over",
+        || async { (lease_holders(&env, 2).await.get("bound-d2") == Some(&1)).then_some(()) },
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(20), s.write(&key, &doc! {"n": 1}))
+        .await
+        .expect("a write of the handed-over partition is applied by its new owner")
+        .unwrap();
+    assert!(
+        d1.log_text()
+            .contains("did not drain within daemon.shutdown_deadline_ms"),
+        "{}",
+        d1.log_text()
+    );
+}

@@ -63,7 +63,9 @@ pub type Spawn = Box<dyn Fn(u32, Arc<PartitionRun>) -> JoinHandle<()> + Send + S
 struct Tenure {
     run: Arc<PartitionRun>,
     handle: JoinHandle<()>,
-    handing_over: bool,
+    /// Since when it is handed over (it reads no more; released once
+    /// drained, aborted at `daemon.shutdown_deadline`).
+    handing_over: Option<Instant>,
     /// Its lease was found lost (reported once).
     lost: std::sync::atomic::AtomicBool,
 }
@@ -117,6 +119,7 @@ pub async fn run(
             owner.hand_over_above(share);
             owner.take_up_to(share, &shutdown).await;
         }
+        owner.abort_slow_hand_overs();
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
             _ = shutdown.cancelled() => break,
@@ -176,7 +179,7 @@ impl Owner {
         let mut releases = Vec::new();
         for p in ended {
             let t = self.owned.remove(&p).expect("listed");
-            if t.handing_over || t.run.lease.valid() {
+            if t.handing_over.is_some() || t.run.lease.valid() {
                 releases.push((p, t.run.lease.token));
             }
             crate::telemetry::clear_partition(p);
@@ -228,7 +231,10 @@ impl Owner {
     }
 
     fn active(&self) -> u32 {
-        self.owned.values().filter(|t| !t.handing_over).count() as u32
+        self.owned
+            .values()
+            .filter(|t| t.handing_over.is_none())
+            .count() as u32
     }
 
     /// Stops reading every partition above `share` (the highest numbers);
@@ -239,7 +245,7 @@ impl Owner {
             if excess == 0 {
                 break;
             }
-            if t.handing_over {
+            if t.handing_over.is_some() {
                 continue;
             }
             tracing::info!(
@@ -247,9 +253,31 @@ impl Owner {
                 share,
                 "handing the partition over to balance the daemons"
             );
-            t.handing_over = true;
+            t.handing_over = Some(Instant::now());
             t.run.stop_reading.cancel();
             excess -= 1;
+        }
+    }
+
+    /// Aborts a hand-over still draining at `daemon.shutdown_deadline`, as
+    /// a shutdown does: work that cannot finish (an entry waiting for a
+    /// dead-letter stream it cannot write, a cache or ack step Redis keeps
+    /// refusing) would otherwise hold the partition, renewed, for ever, and
+    /// the daemon it goes to could never take it. What is left stays
+    /// pending for that daemon.
+    fn abort_slow_hand_overs(&self) {
+        for (p, t) in &self.owned {
+            let late = t
+                .handing_over
+                .is_some_and(|since| since.elapsed() >= self.config.shutdown_deadline);
+            if late && !t.run.abort.is_cancelled() {
+                tracing::warn!(
+                    partition = p,
+                    deadline_ms = self.config.shutdown_deadline.as_millis() as u64,
+                    "the partition handed over did not drain within daemon.shutdown_deadline_ms; abandoning what is left (it stays pending for the next owner)"
+                );
+                t.run.abort.cancel();
+            }
         }
     }
 
@@ -286,7 +314,7 @@ impl Owner {
                         Tenure {
                             run,
                             handle,
-                            handing_over: false,
+                            handing_over: None,
                             lost: Default::default(),
                         },
                     );
@@ -336,7 +364,7 @@ impl Owner {
     async fn drain(mut self) {
         for t in self.owned.values_mut() {
             t.run.stop_reading.cancel();
-            t.handing_over = true; // released when drained, even if the lease looks old
+            t.handing_over.get_or_insert_with(Instant::now); // released when drained, even if the lease looks old
         }
         let deadline = Instant::now() + self.config.shutdown_deadline;
         while !self.owned.is_empty() {
