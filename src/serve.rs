@@ -308,6 +308,14 @@ impl Awaited {
         }
     }
 
+    /// Its `writ_up` label.
+    fn dependency(self) -> &'static str {
+        match self {
+            Awaited::Mongo => "mongodb",
+            Awaited::Redis => "redis",
+        }
+    }
+
     fn check(self) -> &'static str {
         match self {
             Awaited::Mongo => "check mongodb.uri / WRIT_MONGODB_URI, and that MongoDB runs",
@@ -348,8 +356,12 @@ where
             r = attempt() => r,
             _ = shutdown.cancelled() => return Err(Error::Shutdown),
         };
+        // `writ_up` from the first attempt on, so that the alerts on it see
+        // a daemon that waits at start (the probes start after the wait).
+        let up = metrics::gauge!("writ_up", "dependency" => what.dependency());
         match result {
             Ok(v) => {
+                up.set(1.0);
                 if warned {
                     tracing::info!(
                         waited_secs = since.elapsed().as_secs(),
@@ -359,6 +371,7 @@ where
                 return Ok(v);
             }
             Err(e) if e.retry_class() == crate::error::RetryClass::Transient => {
+                up.set(0.0);
                 if !warned {
                     tracing::warn!(error = %e, "{name} is not reachable yet; retrying ({})", what.check());
                     warned = true;

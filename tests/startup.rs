@@ -55,6 +55,16 @@ async fn serve_started_before_redis_waits_for_it() {
     .await;
     assert_eq!(ready.0, 503, "{}", ready.1);
     assert_eq!(http_get(metrics, "/health/live").unwrap().0, 200);
+    // And `writ_up` says which, for WritRedisDown (before session 42 it had
+    // no series until both servers answered, so only WritPartitionUnowned
+    // fired, with the wrong runbook).
+    let body = http_get(metrics, "/metrics").unwrap().1;
+    for want in [
+        "writ_up{dependency=\"redis\"} 0",
+        "writ_up{dependency=\"mongodb\"} 1",
+    ] {
+        assert!(body.contains(want), "no {want} in:\n{body}");
+    }
 
     let redis = RedisServer::start_on_ports(vec![port]);
     assert_eq!(redis.port, port, "another process took the port");
@@ -65,6 +75,8 @@ async fn serve_started_before_redis_waits_for_it() {
     s.write(&key, &doc! {"n": 1}).await.unwrap();
     assert_eq!(s.read(&key).await.unwrap(), Some(doc! {"n": 1}));
     assert!(serve.log_text().contains("Redis is reachable; starting"));
+    let body = http_get(metrics, "/metrics").unwrap().1;
+    assert!(body.contains("writ_up{dependency=\"redis\"} 1"), "{body}");
     assert_eq!(serve.terminate(Duration::from_secs(30)), Some(0));
 }
 
