@@ -283,10 +283,12 @@ impl std::fmt::Debug for RawUrls {
 }
 
 impl RawUrls {
-    /// The URLs, each trimmed, empty ones dropped.
+    /// The URLs, each trimmed, empty ones dropped. In one string, a comma
+    /// starts the next URL only where a scheme follows it (`,redis://`): a
+    /// password may hold a comma.
     pub fn list(&self) -> Vec<String> {
         let all: Vec<&str> = match self {
-            RawUrls::One(s) => s.split(',').collect(),
+            RawUrls::One(s) => split_urls(s),
             RawUrls::Many(v) => v.iter().map(String::as_str).collect(),
         };
         all.into_iter()
@@ -295,6 +297,31 @@ impl RawUrls {
             .map(str::to_string)
             .collect()
     }
+}
+
+/// `s` cut at each comma that a URL scheme (`redis://`, `rediss://`, ...) or
+/// the end follows, spaces and more commas (empty items) allowed between.
+fn split_urls(s: &str) -> Vec<&str> {
+    let scheme_next = |rest: &str| {
+        let rest = rest.trim_start_matches(|c: char| c == ',' || c.is_whitespace());
+        rest.is_empty()
+            || rest.find("://").is_some_and(|end| {
+                end > 0
+                    && rest[..end]
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '-'))
+            })
+    };
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, _) in s.match_indices(',') {
+        if scheme_next(&s[i + 1..]) {
+            out.push(&s[start..i]);
+            start = i + 1;
+        }
+    }
+    out.push(&s[start..]);
+    out
 }
 
 fn default_replica_ack_timeout_ms() -> u64 {

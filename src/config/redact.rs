@@ -7,8 +7,7 @@
 ///
 /// The user information is everything before the last `@` ahead of the query,
 /// so a password with an unescaped `/` (base64) is hidden too; a password with
-/// an unescaped `?` or `#` is found by the `@` after it (when no `=` comes
-/// before that `@`). A query parameter is secret when its name
+/// an unescaped `?` or `#` is found by the `@` after it ([`userinfo_end`]). A query parameter is secret when its name
 /// (percent-decoded, any case) contains `password`, `passwd`, `pwd`, `secret`
 /// or `token`, or is `pass` (redis-rs's `redis+unix` URLs); in
 /// `authMechanismProperties` only the secret properties
@@ -20,11 +19,7 @@ pub fn redact_url(url: &str) -> String {
         return "<unparseable url>".into();
     };
     let (head, rest) = url.split_at(scheme_end + 3);
-    let first_query = rest.find(['?', '#']).unwrap_or(rest.len());
-    let at = rest[..first_query].rfind('@').or_else(|| {
-        let first_eq = rest.find('=').unwrap_or(rest.len());
-        rest[..first_eq].rfind('@')
-    });
+    let at = userinfo_end(rest);
     let mut out = String::with_capacity(url.len());
     out.push_str(head);
     let after = match at {
@@ -47,6 +42,27 @@ pub fn redact_url(url: &str) -> String {
     }
     out.push_str(fragment);
     out
+}
+
+/// Where the user information of `rest` (a URL after its `://`) ends: its
+/// last `@` ahead of the query; else the last `@` before the first `=` (an
+/// unescaped `?` or `#` in the password); else, when a `?` or `#` comes
+/// before any `/` (no path yet: still the authority), the last `@` of all,
+/// as `redis://:ab?c=d@host` has. Hiding too much of a URL that does not
+/// parse anyway beats showing part of a password.
+pub(super) fn userinfo_end(rest: &str) -> Option<usize> {
+    let first_query = rest.find(['?', '#']).unwrap_or(rest.len());
+    rest[..first_query]
+        .rfind('@')
+        .or_else(|| {
+            let first_eq = rest.find('=').unwrap_or(rest.len());
+            rest[..first_eq].rfind('@')
+        })
+        .or_else(|| {
+            (first_query < rest.len() && !rest[..first_query].contains('/'))
+                .then(|| rest.rfind('@'))
+                .flatten()
+        })
 }
 
 /// Whether a URL parameter or `authMechanismProperties` property of this
@@ -187,6 +203,17 @@ mod tests {
             "redis://***@host/0?protocol=resp3"
         );
         assert_eq!(redact_url("redis://:a#b@host/0"), "redis://***@host/0");
+        // An `=` in the password after its `?`: no part of it is shown.
+        assert_eq!(
+            redact_url("redis://:ab?c=d@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
+        assert_eq!(
+            redact_url("mongodb://writ:pa?ss=x@db/?authSource=admin"),
+            "mongodb://***@db/?authSource=admin"
+        );
+        // An `@` in a query value after a path is not user information.
+        assert_eq!(redact_url("mongodb://h/?a=b@c"), "mongodb://h/?a=b@c");
     }
 
     /// `url` redacted is `want`, and holds none of `secrets`.

@@ -303,6 +303,13 @@ fn urls_are_parsed_as_the_clients_will_with_no_secret_in_the_message() {
     };
     let (r, m) = ("redis://127.0.0.1:6379", "mongodb://127.0.0.1:27017/");
     assert!(with(r, m).is_ok());
+    // A comma in a password is not a list of seed nodes (it used to cut the
+    // URL there, and print the piece with the password's start).
+    let c = with("redis://u:s3c,ret@127.0.0.1:6379", m).unwrap();
+    assert_eq!(
+        c.redis_urls,
+        vec!["redis://u:s3c,ret@127.0.0.1:6379".to_string()]
+    );
     for (redis, mongo, field, says) in [
         (
             "redis://u:s3cretpw@127.0.0.1:99999",
@@ -324,6 +331,26 @@ fn urls_are_parsed_as_the_clients_will_with_no_secret_in_the_message() {
             "mongodb.uri",
             "URL encoded",
         ),
+        // A `?` and `=` in the password, unescaped: no piece of it shown,
+        // by the URL or by the driver's message.
+        (
+            "redis://u:s3c?ret=x@127.0.0.1:99999",
+            m,
+            "redis.url",
+            "does not parse",
+        ),
+        (
+            r,
+            "mongodb://writ:s3c?ret=x@127.0.0.1/",
+            "mongodb.uri",
+            "does not parse",
+        ),
+        (
+            r,
+            "mongodb://writ:s3c?xy@127.0.0.1/",
+            "mongodb.uri",
+            "does not parse",
+        ),
         (
             r,
             "mongodb://127.0.0.1/?directConnection=maybe",
@@ -342,7 +369,10 @@ fn urls_are_parsed_as_the_clients_will_with_no_secret_in_the_message() {
             e.contains(field) && e.contains(says),
             "{redis} {mongo}: {e}"
         );
-        assert!(!e.contains("s3cret"), "a secret in the message: {e}");
+        assert!(
+            !e.contains("s3cret") && !e.contains("s3c") && !e.contains("ret="),
+            "a secret in the message: {e}"
+        );
     }
 }
 

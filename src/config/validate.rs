@@ -228,20 +228,32 @@ fn driver_message(e: &mongodb::error::Error) -> String {
     message
 }
 
-/// `text` with the credentials of `url` (its user info) blanked, in case an
-/// error quotes them.
+/// `text` with the credentials of `url` (its user info, as [`redact_url`]
+/// finds it) blanked, in case an error quotes them. A piece of the password
+/// too short to replace safely (under 3 characters) that `text` holds
+/// anyway withholds the whole text.
 pub(super) fn scrub(text: &str, url: &str) -> String {
     let userinfo = url
         .split_once("://")
-        .map(|(_, rest)| rest)
-        .and_then(|rest| rest.split(['/', '?']).next())
-        .and_then(|authority| authority.rsplit_once('@'))
-        .map(|(user, _)| user);
+        .and_then(|(_, rest)| Some(&rest[..super::redact::userinfo_end(rest)?]))
+        .unwrap_or("");
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let pieces = |s: &'_ str| -> Vec<String> {
+        s.split([':', '?', '#', '&', '=', '/'])
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let secret = pieces(password);
+    if secret
+        .iter()
+        .any(|p| p.len() < 3 && text.contains(p.as_str()))
+    {
+        return "(the driver's message is left out: it may quote the password)".into();
+    }
     let mut out = text.to_string();
-    for part in userinfo.into_iter().flat_map(|u| u.split(':')) {
-        if part.len() >= 3 {
-            out = out.replace(part, "***");
-        }
+    for part in pieces(user).iter().chain(&secret).filter(|p| p.len() >= 3) {
+        out = out.replace(part.as_str(), "***");
     }
     out
 }

@@ -132,12 +132,19 @@ export function redactUrl(url: string): string {
     const i = text.search(/[?#]/);
     return i < 0 ? text.length : i;
   };
-  let at = rest.slice(0, queryAt(rest)).lastIndexOf("@");
+  const firstQuery = queryAt(rest);
+  let at = rest.slice(0, firstQuery).lastIndexOf("@");
   if (at < 0) {
     // A password with an unescaped `?` or `#`: the `@` after it, unless a
     // query parameter (`=`) comes first.
     const eq = rest.indexOf("=");
     at = rest.slice(0, eq < 0 ? rest.length : eq).lastIndexOf("@");
+  }
+  if (at < 0 && firstQuery < rest.length && !rest.slice(0, firstQuery).includes("/")) {
+    // Still no path when the `?` or `#` came: still the authority, so the
+    // last `@` of all (`redis://:ab?c=d@host`). Hiding too much of a URL
+    // that does not parse anyway beats showing part of a password.
+    at = rest.lastIndexOf("@");
   }
   if (at >= 0) rest = "***" + rest.slice(at);
   const q = queryAt(rest);
@@ -199,9 +206,13 @@ function boolFrom(name: string, text: string | undefined): boolean | undefined {
   throw new WritConfigError(`${name}=${JSON.stringify(text)} must be 1, true, 0 or false`);
 }
 
-/** The seed URLs of `redisUrl`: its comma-separated items, trimmed. */
+/**
+ * The seed URLs of `redisUrl`: its comma-separated items, trimmed. A comma
+ * starts the next item only where a scheme (`,redis://`) or the end follows
+ * it, perhaps after more commas (empty items): a password may hold a comma.
+ */
 export function redisUrls(redisUrl: string): string[] {
-  return redisUrl.split(",").map((u) => u.trim());
+  return redisUrl.split(/,(?=(?:\s*,)*\s*(?:[A-Za-z0-9+.-]+:\/\/|$))/).map((u) => u.trim());
 }
 
 /** `redisUrl` fit for messages: every URL of the list redacted ({@link redactUrl}). */

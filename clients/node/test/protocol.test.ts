@@ -8,7 +8,7 @@ import { join } from "node:path";
 
 import { canonicalKey, fnv1a64, keyValues, Names, partitionOf, type CollectionSpec } from "../src/key.js";
 import { compareStreamIds, toSortable, toStreamId, ZERO_VERSION } from "../src/version.js";
-import { redactUrl, resolveConfig } from "../src/config.js";
+import { redactUrl, redisUrls, resolveConfig } from "../src/config.js";
 import { WritConfigError, WritKeyError } from "../src/errors.js";
 import { PRESET_COLLECTIONS } from "../src/collections.js";
 import { REPO_ROOT } from "./harness.js";
@@ -247,11 +247,18 @@ test("URLs in messages carry no secrets", () => {
     ["redis://admin:2024@redis.example:6379/0", "2024"],
     ["mongodb://writ:ab/c?d#e@h:27017/?authSource=admin", "ab/c?d#e"],
     ["rediss://:p@ss@h:6380", "p@ss"],
+    ["redis://:ab?c=d@h:6379/0", "ab?c=d"],
+    ["mongodb://writ:pa?ss=x@h:27017/?authSource=admin", "pa?ss=x"],
   ]) {
     const shown = redactUrl(url);
     assert.ok(!shown.includes(secret), `${url} -> ${shown}`);
     assert.ok(/@(redis\.example|h):\d+/.test(shown), `${url} -> ${shown}: the host is still named`);
   }
+  // An `@` in a query value after a path is not user information.
+  assert.equal(redactUrl("mongodb://h/?appName=a@b"), "mongodb://h/?appName=a@b");
+  // A comma in a password is not a list of seed nodes.
+  assert.deepEqual(redisUrls("redis://u:pa,ss@h:6379"), ["redis://u:pa,ss@h:6379"]);
+  assert.deepEqual(redisUrls("redis://a:7000, rediss://b:7001"), ["redis://a:7000", "rediss://b:7001"]);
   const tokens = redactUrl("mongodb://h/?authMechanismProperties=AWS_SESSION_TOKEN:t0k&x=1");
   assert.ok(!tokens.includes("t0k") && tokens.includes("x=1"), tokens);
 });
