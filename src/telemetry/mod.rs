@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::redis_conn::Conn;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::Store;
@@ -31,6 +31,22 @@ pub fn recorder() -> &'static PrometheusHandle {
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                 10.0, 30.0,
             ])
+            .expect("static buckets are valid")
+            // Counts, not seconds: entries a read brought, statements a bulk
+            // carried (up to `daemon.batch_size`, at most 4096).
+            .set_buckets_for_metric(
+                Matcher::Full("writ_batch_entries".into()),
+                &[
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+                ],
+            )
+            .expect("static buckets are valid")
+            .set_buckets_for_metric(
+                Matcher::Full("writ_bulk_writes".into()),
+                &[
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+                ],
+            )
             .expect("static buckets are valid")
             .install_recorder()
             .expect("no other metrics recorder is installed")
@@ -353,5 +369,19 @@ mod tests {
         assert!(out.contains("process_cpu_seconds_total_other 1\n"), "{out}");
         assert!(out.ends_with("writ_up{dependency=\"redis\"} 1\n"), "{out}");
         assert_eq!(super::with_precise_cpu(text.to_string(), None), text);
+    }
+
+    /// The count histograms get count buckets (before session 42 they had
+    /// the seconds buckets, up to 30, and a bulk of 128 fell in `+Inf`).
+    #[test]
+    fn count_histograms_have_count_buckets() {
+        let handle = super::recorder();
+        metrics::histogram!("writ_bulk_writes").record(100.0);
+        metrics::histogram!("writ_batch_entries").record(100.0);
+        let out = handle.render();
+        for name in ["writ_bulk_writes", "writ_batch_entries"] {
+            let bucket = format!("{name}_bucket{{le=\"128\"}}");
+            assert!(out.contains(&bucket), "no {bucket} in:\n{out}");
+        }
     }
 }
