@@ -154,10 +154,23 @@ fn read_pem(
         return Err(bad(field, "is empty; name a PEM file or remove it"));
     }
     let pem = std::fs::read(path).map_err(|e| bad(field, format!("cannot read {path}: {e}")))?;
-    if !String::from_utf8_lossy(&pem).contains(marker) {
+    let text = String::from_utf8_lossy(&pem);
+    if !text.contains(marker) {
         return Err(bad(
             field,
             format!("{path} holds no PEM {kind} (no \"{marker}\" line)"),
+        ));
+    }
+    // An encrypted key passes the marker, and the TLS library refuses it
+    // only at connect time: on a cluster as an I/O error that reads as an
+    // unreachable server, waited for with the wrong hint.
+    if text.contains("ENCRYPTED PRIVATE KEY-----") || text.contains("Proc-Type: 4,ENCRYPTED") {
+        return Err(bad(
+            field,
+            format!(
+                "{path} holds an encrypted private key, which writ does not read: decrypt it \
+                 (openssl pkey -in {path} -out plain.pem) and point this at the plain file"
+            ),
         ));
     }
     Ok(Some((PathBuf::from(path), pem)))

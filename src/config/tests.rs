@@ -201,9 +201,32 @@ fn redis_tls_files_are_checked_and_read() {
         "k.pem",
         "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
     );
+    let encrypted = pem(
+        "enc.pem",
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    );
+    let legacy = pem(
+        "legacy.pem",
+        "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,00\n\nAAAA\n-----END RSA PRIVATE KEY-----\n",
+    );
     let with = |url: &str, lines: &str| {
         Config::from_toml(&MIN.replace("[redis]", &format!("[redis]\nurl = \"{url}\"\n{lines}")))
     };
+    // An encrypted key is refused here, not met at connect time.
+    for k in [&encrypted, &legacy] {
+        let e = with(
+            "rediss://h:6380",
+            &format!("tls_cert_file = {ca:?}\ntls_key_file = {k:?}"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("`redis.tls_key_file`")
+                && e.contains("encrypted private key")
+                && e.contains("openssl pkey"),
+            "{e}"
+        );
+    }
     // Without files: no TLS material (a rediss:// URL trusts the webpki roots).
     let c = with("rediss://h:6380", "").unwrap();
     assert!(c.redis_tls.certificates.is_none());

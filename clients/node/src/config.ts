@@ -512,6 +512,15 @@ export function readRedisTls(cfg: WritConfig): RedisTlsPem | undefined {
         `${tlsName(o)}: ${path} holds no PEM ${o.kind} (no "${o.marker}" line); point it at a PEM file holding ${o.what}`,
       );
     }
+    const text = pem.toString("latin1");
+    if (o.key === "redisTlsKeyFile" && (text.includes("ENCRYPTED PRIVATE KEY-----") || text.includes("Proc-Type: 4,ENCRYPTED"))) {
+      // Node would ask for a passphrase at connect time and fail there; the
+      // daemon refuses it the same way (src/config/redis_endpoint.rs).
+      throw new WritConfigError(
+        `${tlsName(o)}: ${path} holds an encrypted private key, which writ does not read: decrypt it ` +
+          `(openssl pkey -in ${path} -out plain.pem) and point this at the plain file`,
+      );
+    }
     out[field[o.key]] = pem;
   }
   return any ? out : undefined;

@@ -210,6 +210,9 @@ describe("redis TLS config", () => {
         new RegExp(`^redisTlsKeyFile \\(WRIT_REDIS_TLS_KEY_FILE\\): cannot read ${esc(missing)}`));
       made({ redisTlsCertFile: ca.clientKey, redisTlsKeyFile: ca.clientKey }, /^redisTlsCertFile .* holds no PEM certificate/);
       made({ redisTlsCertFile: ca.clientCert, redisTlsKeyFile: ca.clientCert }, /^redisTlsKeyFile .* holds no PEM private key/);
+      const encrypted = join(dir, "enc.pem");
+      writeFileSync(encrypted, "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n");
+      made({ redisTlsCertFile: ca.clientCert, redisTlsKeyFile: encrypted }, /^redisTlsKeyFile .* holds an encrypted private key.*openssl pkey/);
       // Readable PEM files: made (no connection yet).
       const ok = new WritClient({ redisUrl: rediss, redisTlsCaFile: ca.ca, redisTlsCertFile: ca.clientCert, redisTlsKeyFile: ca.clientKey });
       clients.push(ok);
