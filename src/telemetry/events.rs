@@ -152,7 +152,7 @@ impl Event<'_> {
                 metrics::counter!("writ_acks_skipped_total").increment(count);
                 tracing::error!(
                     skipped = count,
-                    "cannot add writers' acks: a key under the ack prefix holds a value that is not a stream (another program writes under writ's namespace; delete the key). Those writers' waits time out; their writes are committed"
+                    "cannot add writers' acks: a key under the ack prefix holds a value that is not a stream (another program writes under writ's namespace; delete the key), or Redis refused the call for good (logged just before: an ACL missing the ack keys, say). Those writers' waits time out; their writes are committed"
                 );
             }
             Event::LeaseAcquired { partition, token } => {
