@@ -37,14 +37,16 @@ pub fn recorder() -> &'static PrometheusHandle {
             .set_buckets_for_metric(
                 Matcher::Full("writ_batch_entries".into()),
                 &[
-                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
+                    4096.0,
                 ],
             )
             .expect("static buckets are valid")
             .set_buckets_for_metric(
                 Matcher::Full("writ_bulk_writes".into()),
                 &[
-                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
+                    4096.0,
                 ],
             )
             .expect("static buckets are valid")
