@@ -23,6 +23,11 @@ pub use http::serve_http;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// The buckets of the histograms that count (entries, statements).
+const COUNT_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
+];
+
 /// Installs the global Prometheus recorder once; later calls return it.
 pub fn recorder() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
@@ -34,21 +39,9 @@ pub fn recorder() -> &'static PrometheusHandle {
             .expect("static buckets are valid")
             // Counts, not seconds: entries a read brought, statements a bulk
             // carried (up to `daemon.batch_size`, at most 4096).
-            .set_buckets_for_metric(
-                Matcher::Full("writ_batch_entries".into()),
-                &[
-                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
-                    4096.0,
-                ],
-            )
+            .set_buckets_for_metric(Matcher::Full("writ_batch_entries".into()), COUNT_BUCKETS)
             .expect("static buckets are valid")
-            .set_buckets_for_metric(
-                Matcher::Full("writ_bulk_writes".into()),
-                &[
-                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
-                    4096.0,
-                ],
-            )
+            .set_buckets_for_metric(Matcher::Full("writ_bulk_writes".into()), COUNT_BUCKETS)
             .expect("static buckets are valid")
             .install_recorder()
             .expect("no other metrics recorder is installed")
