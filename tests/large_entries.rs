@@ -99,9 +99,10 @@ async fn large_entries_are_read_within_the_byte_bound() {
          over the bound of {BOUND} plus one entry"
     );
     assert!(
-        entries <= 13.0,
+        (9.0..=13.0).contains(&entries),
         "the daemon holds {entries} entries ({bytes} bytes): \
-         expected the 8 small ones and at most 5 of 512 KiB"
+         expected the 8 small ones and 1 to 5 of 512 KiB (fewer: the held \
+         MongoDB let a round through, and the bound was not tested)"
     );
 
     // Once MongoDB answers, everything is applied, in full, in order.

@@ -435,7 +435,7 @@ async fn the_overdue_look_stops_at_the_first_write_the_daemon_is_not_done_with()
     assert!(matches!(err, writ::Error::Timeout { .. }), "{err}");
     let looked = looks().await - before;
     assert!(
-        looked <= 2,
+        (1..=2).contains(&looked),
         "the read looked up {looked} entries for its {writes} pending writes (one expected)"
     );
     assert_eq!(writ.unacked(), writes as usize, "nothing settled");
@@ -468,7 +468,7 @@ async fn a_list_stops_settling_at_the_first_key_not_done() {
     assert!(matches!(err, writ::Error::Timeout { .. }), "{err}");
     let looked = looks().await - before;
     assert!(
-        looked <= 2,
+        (1..=2).contains(&looked),
         "the list looked up {looked} entries for its {keys} pending keys (one expected)"
     );
 }

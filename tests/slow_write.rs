@@ -114,7 +114,7 @@ async fn a_write_that_always_times_out_is_dead_lettered_and_the_rest_flows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_committed_but_never_answered_is_not_dead_lettered() {
     let env = TestEnv::start("unheard_write");
-    let (_proxy, proxied) =
+    let (proxy, proxied) =
         support::proxy::in_front_of_mongo_deafening(&env.mongo_uri, b"COMMITS-UNHEARD").await;
     let (daemon, s) = daemon_through(&env, proxied).await;
     s.write(&key("UNHEARD"), &doc! {"x": "old"}).await.unwrap();
@@ -127,6 +127,10 @@ async fn a_write_committed_but_never_answered_is_not_dead_lettered() {
     let waited = unheard.wait_for(Duration::from_secs(150)).await;
     stop.cancel();
     feeder.await.unwrap();
+    assert!(
+        proxy.cut_done(),
+        "no reply was withheld: the write was answered, and the test staged nothing"
+    );
     let v = waited.expect("committed, so acknowledged, not dead-lettered");
     assert_eq!(
         s.read(&key("UNHEARD")).await.unwrap(),

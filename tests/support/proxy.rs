@@ -212,6 +212,8 @@ impl Proxy {
                                     Ok(n) => n,
                                 };
                                 if deaf.load(std::sync::atomic::Ordering::SeqCst) {
+                                    // A reply withheld: what the test staged happened.
+                                    cut_done.store(true, std::sync::atomic::Ordering::SeqCst);
                                     if once {
                                         return; // the connection closes; the reply is lost
                                     }
@@ -313,7 +315,9 @@ impl Proxy {
         self.paused.send_replace(false);
     }
 
-    /// Whether a reply was cut ([`Proxy::start_cutting_reply`]).
+    /// Whether a reply was cut ([`Proxy::start_cutting_reply`]) or withheld
+    /// from a deaf connection ([`Proxy::start_deafening`],
+    /// [`Proxy::start_dropping_reply_to`]).
     pub fn cut_done(&self) -> bool {
         self.cut.load(std::sync::atomic::Ordering::SeqCst)
     }

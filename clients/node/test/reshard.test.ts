@@ -92,7 +92,12 @@ describe("Redis Cluster: a partition's slot moves while writes flow", () => {
    */
   const reshard = (p: number, order: "cold" | "stream" | "acks") =>
     env.guard(async () => {
-      const cfg = (extra: Record<string, unknown>) => env.clientConfig({ replicaAckTimeoutMs: 2000, ...extra });
+      // What the clients report besides their calls' results: a lost-ack
+      // sweep that settled writes whose acks never arrived says so here, and
+      // flush() would pass all the same.
+      const reports: string[] = [];
+      const cfg = (extra: Record<string, unknown>) =>
+        env.clientConfig({ replicaAckTimeoutMs: 2000, onError: (e: Error) => reports.push(e.message), ...extra });
       const replicated = new WritClient(cfg({ minReplicasAcked: 1 }));
       const plain = new WritClient(cfg({}));
       clients.push(replicated, plain);
@@ -160,6 +165,7 @@ describe("Redis Cluster: a partition's slot moves while writes flow", () => {
       assert.deepEqual(errors, [], "no write failed");
       assert.equal(await env.cluster!.masterOf(slot), toPort, "the slot moved");
       for (const c of [replicated, plain, ...late]) await c.flush();
+      assert.deepEqual(reports.filter((r) => /never arrived/.test(r)), [], "every ack arrived (none settled by the lost-ack sweep)");
       // Once each: the stream holds one entry per write (none trimmed yet).
       const target = new Redis(await env.cluster!.masterOf(calculateSlot(stream)), "127.0.0.1");
       try {
