@@ -259,6 +259,19 @@ async fn a_paused_daemon_cannot_overwrite_newer_state() {
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     a.resume(); // wakes with in-flight work and stale tokens
+                // It did wake to find its partitions gone (else the check below would
+                // pass on a daemon that never held anything when it woke).
+    eventually(
+        Duration::from_secs(20),
+        "the resumed daemon to find its leases lost or be fenced",
+        || {
+            let log = a.log_text();
+            async move {
+                (log.contains("lost the partition lease") || log.contains("fenced")).then_some(())
+            }
+        },
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let load = load.stop().await;
     load.verify_quiescent(&config, &env.mongo_db().await, Duration::from_secs(60))
