@@ -264,13 +264,39 @@ pub enum WriteMode {
 }
 
 /// `redis.url`: one string, or a list of seed URLs.
-#[derive(Deserialize)]
-#[serde(untagged)]
 pub enum RawUrls {
     /// One URL (or, in cluster mode, comma-separated URLs).
     One(String),
     /// Seed nodes.
     Many(Vec<String>),
+}
+
+/// By hand, for the message: serde's untagged enums say only "data did
+/// not match any variant".
+impl<'de> Deserialize<'de> for RawUrls {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Urls;
+        impl<'de> serde::de::Visitor<'de> for Urls {
+            type Value = RawUrls;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a URL string (\"redis://host:6379\") or a list of URL strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawUrls, E> {
+                Ok(RawUrls::One(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RawUrls, A::Error> {
+                let mut v = Vec::new();
+                while let Some(u) = seq.next_element::<String>()? {
+                    v.push(u);
+                }
+                Ok(RawUrls::Many(v))
+            }
+        }
+        d.deserialize_any(Urls)
+    }
 }
 
 /// The URLs with their credentials blanked: a password never reaches a

@@ -68,6 +68,26 @@ fn bad_values_name_field() {
         "[daemon]\nlog_level = \"info,writ=debug\"\n[mongodb]",
     ));
     assert!(ok.is_ok(), "{ok:?}");
+    // A URL of the wrong type says what it takes (serde's untagged enum
+    // said "data did not match any variant").
+    let e = Config::from_toml(&MIN.replace("[redis]", "[redis]\nurl = 6379")).unwrap_err();
+    assert!(
+        e.to_string().contains("redis.url")
+            && e.to_string().contains("a URL string")
+            && !e.to_string().contains("variant"),
+        "{e}"
+    );
+    let ok = Config::from_toml(&MIN.replace(
+        "[redis]",
+        "[redis]\ncluster = true\nurl = [\"redis://a:7000\", \"redis://b:7000\"]",
+    ));
+    assert_eq!(ok.unwrap().redis_urls.len(), 2);
+    let e = Config::from_toml(&MIN.replace(
+        "[mongodb]",
+        "[daemon]\nmetrics_listen = \"localhost:9108\"\n[mongodb]",
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("host names are not resolved"), "{e}");
 }
 
 /// Every numeric bound: the value just outside is refused with the

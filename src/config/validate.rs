@@ -356,7 +356,10 @@ fn metrics_listen(text: &str) -> Result<Option<SocketAddr>> {
     let addr = text.parse::<SocketAddr>().map_err(|_| {
         bad(
             "daemon.metrics_listen",
-            format!("{text:?} is not host:port such as 127.0.0.1:9108 (empty disables it)"),
+            format!(
+                "{text:?} is not an IP address and port such as 127.0.0.1:9108 or [::1]:9108 \
+                 (host names are not resolved; empty disables it)"
+            ),
         )
     })?;
     Ok(Some(addr))
