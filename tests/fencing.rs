@@ -429,3 +429,133 @@ async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
         vec![CasOutcome::NotNewer]
     );
 }
+
+/// A dead letter that waits for its stream (another program's value at its
+/// key) checks the fence again before each retry: a tenure that lost its
+/// partition meanwhile (paused past its lease, its renewals cut off) must not
+/// park, ack or XACK an entry the partition's new owner now decides on.
+/// Before session 42 only the first attempt was fenced (helper-87).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_retried_after_the_lease_moved_is_fenced() {
+    writ::telemetry::recorder();
+    let env = TestEnv::start("fencing_dlq_retry");
+    let config = env.config();
+    let ns = config.namespace.clone();
+    let names = Names::new(&ns);
+    let mut conn = writ::redis_conn::connect(&config, Duration::ZERO)
+        .await
+        .unwrap();
+    let p = 0;
+    let (stream, group) = (names.stream(p), names.group());
+    writ::source::ensure_group(&mut conn, &stream, &group)
+        .await
+        .unwrap();
+    let entry: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("v")
+        .arg("1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let ttl = Duration::from_secs(30);
+    let old = Leases::new(conn.clone(), &ns, "old-owner", ttl)
+        .try_acquire(p)
+        .await
+        .unwrap()
+        .expect("free lease");
+    let reader = FencedReader::new(&names, p, "old-owner", old.token);
+    assert_eq!(
+        reader
+            .read(&mut conn, 1, usize::MAX)
+            .await
+            .unwrap()
+            .entries
+            .len(),
+        1
+    );
+    // The dead-letter stream cannot be written: the old owner's letter waits.
+    let _: () = redis::cmd("SET")
+        .arg(names.dead_letters())
+        .arg("someone else's")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let acker = writ::ack::Acker::new(
+        conn.clone(),
+        names.clone(),
+        stream.clone(),
+        config.partitions,
+        tokio_util::sync::CancellationToken::new(),
+        writ::redis_conn::Replication::of(&config),
+    );
+    let retries = || support::own_counter("writ_retries_total", "error_class=\"permanent\"");
+    let tried = retries();
+    let parking = tokio::spawn({
+        let fence = Fence {
+            partition: p,
+            key: names.fence(p),
+            token: old.token,
+        };
+        let id: Version = entry.parse().unwrap();
+        async move {
+            let reject =
+                writ::protocol::Reject::new(writ::protocol::RejectReason::MongoRejected, "probe");
+            writ::deadletter::park(
+                &acker,
+                &fence,
+                writ::deadletter::Parking {
+                    collection: Some("signal"),
+                    id,
+                    fields: None,
+                    reject: &reject,
+                    attempts: 1,
+                    reply: None,
+                },
+            )
+            .await
+        }
+    });
+    support::eventually(
+        Duration::from_secs(10),
+        "the letter's first attempt to fail",
+        || async { (retries() > tried).then_some(()) },
+    )
+    .await;
+    // The lease lapses and a new owner takes it; then the stream can be written.
+    let _: () = redis::cmd("DEL")
+        .arg(names.lease(p))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let new = Leases::new(conn.clone(), &ns, "new-owner", ttl)
+        .try_acquire(p)
+        .await
+        .unwrap()
+        .expect("lapsed lease is free");
+    assert!(new.token > old.token);
+    let _: () = redis::cmd("DEL")
+        .arg(names.dead_letters())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let parked = tokio::time::timeout(Duration::from_secs(10), parking)
+        .await
+        .expect("the park ends once its stream can be written")
+        .unwrap();
+    assert_eq!(parked, writ::deadletter::Parked::Fenced);
+    let letters: u64 = redis::cmd("XLEN")
+        .arg(names.dead_letters())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        letters, 0,
+        "no letter from the tenure that lost the partition"
+    );
+    assert_eq!(
+        support::pending_count(&mut conn, &stream, &group).await,
+        1,
+        "the entry stays pending for the new owner"
+    );
+}

@@ -122,7 +122,8 @@ pub enum Parked {
 /// otherwise tell the writer "dead-lettered" for a write the new owner may
 /// apply. (The check and the `XADD` are two calls: the dead-letter stream
 /// may live on another cluster node than the fence. The window between them
-/// is one round trip, instead of a whole attempt.)
+/// is one round trip, instead of a whole attempt; [`add`] checks again
+/// before each retry.)
 pub async fn park(acker: &Acker, fence: &Fence, write: Parking<'_>) -> Parked {
     let Parking {
         collection,
@@ -146,8 +147,13 @@ pub async fn park(acker: &Acker, fence: &Fence, write: Parking<'_>) -> Parked {
         partitions: acker.partitions(),
         original: fields,
     };
-    let Some(letter_id) = add(acker, &letter).await else {
-        return Parked::Stopped;
+    let letter_id = match add(acker, fence, &letter).await {
+        None => return Parked::Stopped,
+        Some(Added::Fenced) => {
+            fenced(fence);
+            return Parked::Fenced;
+        }
+        Some(Added::Letter(id)) => id,
     };
     Event::DeadLettered {
         collection,
@@ -189,15 +195,28 @@ async fn still_held(acker: &Acker, fence: &Fence) -> Option<bool> {
     })
     .await?;
     if held != Some(fence.token.to_string()) {
-        Event::Fenced {
-            partition: fence.partition,
-            op: "dead_letter",
-            token: fence.token,
-        }
-        .emit();
+        fenced(fence);
         return Some(false);
     }
     Some(true)
+}
+
+/// Counts and logs a dead letter refused for a lost fence.
+fn fenced(fence: &Fence) {
+    Event::Fenced {
+        partition: fence.partition,
+        op: "dead_letter",
+        token: fence.token,
+    }
+    .emit();
+}
+
+/// What [`add`] did.
+enum Added {
+    /// The letter is in the dead-letter stream, at this id.
+    Letter(String),
+    /// Not added: before a retry, the fence held a later owner's token.
+    Fenced,
 }
 
 /// Adds `letter` to the dead-letter stream, retried until it is there (and
@@ -209,15 +228,22 @@ async fn still_held(acker: &Acker, fence: &Fence) -> Option<bool> {
 /// `WAIT`), so a replica that is down for minutes costs one letter, not one
 /// per retry. Only if that connection is gone (a reconnect) is it added
 /// again, as its confirmation can no longer be asked for.
-async fn add(acker: &Acker, letter: &DeadLetter<'_>) -> Option<String> {
+///
+/// Every attempt after the first checks the fence again before it adds the
+/// letter: the stream may stay unwritable for minutes (another program's
+/// value at its key, an ACL), and a tenure paused meanwhile must not park
+/// an entry its partition's new owner now decides on.
+async fn add(acker: &Acker, fence: &Fence, letter: &DeadLetter<'_>) -> Option<Added> {
     let dlq = acker.names().dead_letters();
     // The letter's id and the `CLIENT ID` of the connection that added it,
     // once added and waiting for its replicas.
     let added: std::sync::Mutex<Option<(String, u64)>> = Default::default();
+    let tried = std::sync::atomic::AtomicBool::new(false);
     retry_until(acker.abort(), "dead letter", || {
         let replication = *acker.replication();
         let conn = acker.conn().clone();
         let pending = added.lock().expect("lock").clone();
+        let again = tried.swap(true, std::sync::atomic::Ordering::Relaxed);
         let (dlq, added) = (&dlq, &added);
         async move {
             if let Some((id, client)) = pending {
@@ -225,9 +251,19 @@ async fn add(acker: &Acker, letter: &DeadLetter<'_>) -> Option<String> {
                     .confirm_again(&conn, dlq, client, "a dead letter")
                     .await?
                 {
-                    return Ok(id);
+                    return Ok(Added::Letter(id));
                 }
                 *added.lock().expect("lock") = None;
+            }
+            if again {
+                let t: Option<String> = redis::cmd("GET")
+                    .arg(&fence.key)
+                    .query_async(&mut conn.clone())
+                    .await
+                    .map_err(Error::from)?;
+                if t != Some(fence.token.to_string()) {
+                    return Ok(Added::Fenced);
+                }
             }
             let mut pipe = crate::redis_conn::Confirmer::write_pipeline();
             letter.add_to(&mut pipe, dlq);
@@ -236,7 +272,7 @@ async fn add(acker: &Acker, letter: &DeadLetter<'_>) -> Option<String> {
                 .await
                 .map_err(Error::from)?;
             if !replication.wanted() {
-                return Ok(id);
+                return Ok(Added::Letter(id));
             }
             // The entry is XACKed only once the dead letter is as durable as
             // `redis.min_replicas_acked` asks: the dead-letter stream may live
@@ -245,7 +281,7 @@ async fn add(acker: &Acker, letter: &DeadLetter<'_>) -> Option<String> {
             replication
                 .confirm_on(&conn, dlq, client, "a dead letter")
                 .await?;
-            Ok(id)
+            Ok(Added::Letter(id))
         }
     })
     .await
