@@ -7,7 +7,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import { Cluster, Redis, type RedisOptions } from "ioredis";
 import calculateSlot from "cluster-key-slot";
-import { MongoClient, type Db, type Document as MongoDocument, type ReadConcernLike } from "mongodb";
+import { MongoClient, ReadConcern, ReadPreference, type Db, type Document as MongoDocument, type ReadConcernLike } from "mongodb";
 import { deserialize, serialize, type Document } from "bson";
 
 import { readRedisTls, redactUrl, redactUrls, redisUrls, resolveConfig, type RedisTlsPem, type WritConfig } from "./config.js";
@@ -815,14 +815,6 @@ export class WritClient {
       this.mongo = new MongoClient(this.config.mongodbUri, {
         serverSelectionTimeoutMS: 10000,
         ...this.config.mongoClientOptions,
-        // Whatever the URI or mongoClientOptions name: reads must see every
-        // acknowledged write. A secondary can be behind one, and so can a
-        // majority read (a write with w: 1, a newly elected primary); a
-        // `local` read of the current primary cannot (docs/protocol.md §6).
-        // The lost-ack sweep's majority reads ask for it per operation.
-        // (`readConcernLevel`: the driver takes the URI's over `readConcern`.)
-        readPreference: "primary",
-        readConcernLevel: "local",
       });
     }
     return this.mongo;
@@ -832,7 +824,14 @@ export class WritClient {
     if (!this.mongoDb) {
       const client = this.mongoClient;
       this.mongoDb = client.connect().then(
-        (c) => c.db(this.config.mongodbDatabase),
+        // Whatever the URI or mongoClientOptions name, reads must see every
+        // acknowledged write. A secondary can be behind one, and so can a
+        // majority read (a write with w: 1, a newly elected primary); a
+        // `local` read of the current primary cannot (docs/protocol.md §6).
+        // The lost-ack sweep's majority reads ask for it per operation. Set
+        // on the database, not the client: a client forced to the primary
+        // refuses a URI's maxStalenessSeconds (and keeps its tags).
+        (c) => c.db(this.config.mongodbDatabase, { readPreference: ReadPreference.primary, readConcern: new ReadConcern("local") }),
         (e) => {
           this.mongoDb = undefined;
           throw new WritConnectionError(

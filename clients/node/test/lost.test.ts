@@ -129,7 +129,13 @@ test("read-throughs read the primary at local, whatever read concern and prefere
       clients.push(s);
       assert.equal((await s.read(KV.name, key))?.payload.n, 7, "the read-through missed what the primary holds");
       assert.equal(proxy.hidden, 0, "a read-through was made at majority");
-      assert.equal(s.mongoClient.readPreference.mode, "primary");
+      // A URI whose read preference carries maxStalenessSeconds still works
+      // (a client forced to the primary refuses it).
+      const stale = new WritClient(
+        env.clientConfig({ collections: [KV], mongodbUri: `${proxy.uri}&readPreference=secondaryPreferred&maxStalenessSeconds=120`, mode: "submit" }),
+      );
+      clients.push(stale);
+      assert.equal((await stale.read(KV.name, key))?.payload.n, 7);
     } finally {
       await mongo.close();
       await proxy.close();
