@@ -408,19 +408,19 @@ export function createAdapters(client: WritClient): AdapterClasses {
         if (!Number.isSafeInteger(c.timestamp)) {
           throw new WritKeyError(`candle timestamp must be an integer (ms), got ${c.timestamp}`);
         }
+        // Every candle is cast, also one left out below: the official
+        // package casts each (its update is cast whether or not it stores).
+        const fields = {
+          open: candleNumber(c, "open"),
+          high: candleNumber(c, "high"),
+          low: candleNumber(c, "low"),
+          close: candleNumber(c, "close"),
+          volume: candleNumber(c, "volume"),
+        };
         if (c.timestamp + this.step > now) continue; // not closed yet
         if (seen.has(c.timestamp) || this.known.has(String(c.timestamp))) continue;
         seen.add(c.timestamp);
-        items.push({
-          key: this.key(c.timestamp),
-          fields: {
-            open: candleNumber(c, "open"),
-            high: candleNumber(c, "high"),
-            low: candleNumber(c, "low"),
-            close: candleNumber(c, "close"),
-            volume: candleNumber(c, "volume"),
-          },
-        });
+        items.push({ key: this.key(c.timestamp), fields });
       }
       if (!items.length) return;
       const tickets = await writeAll(COLLECTION.candle, items);

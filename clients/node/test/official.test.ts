@@ -272,4 +272,6 @@ test("candle values are cast as the official package casts them, and what it ref
   });
   await w.client.flush();
   assert.equal(await db.collection("candle-items").countDocuments({ symbol: "CAST-WR", timestamp: { $gt: t } }), 0, "nothing of the refused call stored");
+  // Refused also for a candle the call would leave out (stored already).
+  await assert.rejects(w.kit.call("Candle", ctx("CAST-WR"), "writeCandlesData", [{ ...given, open: "n/a" }]), /WritKeyError|candle open must be a number/);
 }));
