@@ -57,9 +57,6 @@ async fn entries_delivered_again_after_newer_ones_do_not_ack_those_with_an_older
     // MongoDB holds the round of write 1; writes 2 and 3 wait behind it in
     // the key's queue.
     proxy.pause();
-    let t1 = s.submit(&key, &doc! {"v": 1}).await.unwrap();
-    let t2 = s.submit(&key, &doc! {"v": 2}).await.unwrap();
-    let t3 = s.submit(&key, &doc! {"v": 3}).await.unwrap();
     let delivered = |n: u64| {
         let (conn, stream, group) = (conn.clone(), stream.clone(), group.clone());
         move || {
@@ -67,6 +64,12 @@ async fn entries_delivered_again_after_newer_ones_do_not_ack_those_with_an_older
             async move { (pending_count(&mut conn, &stream, &group).await >= n).then_some(()) }
         }
     };
+    // Write 1 alone in its round (read before writes 2 and 3 are sent), so
+    // they queue behind it rather than join it.
+    let t1 = s.submit(&key, &doc! {"v": 1}).await.unwrap();
+    eventually(Duration::from_secs(20), "write 1 delivered", delivered(1)).await;
+    let t2 = s.submit(&key, &doc! {"v": 2}).await.unwrap();
+    let t3 = s.submit(&key, &doc! {"v": 3}).await.unwrap();
     eventually(
         Duration::from_secs(20),
         "writes 1-3 delivered",
