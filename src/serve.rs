@@ -30,7 +30,8 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
         telemetry::serve_http(addr, health.clone(), shutdown.clone()).await?;
     }
     telemetry::register(&config);
-    let store = match wait_for(Awaited::Mongo, &shutdown, || Store::connect(&config)).await {
+    // The driver set up, not MongoDB reached: `writ_up` waits for the ping.
+    let store = match wait_for(Awaited::Mongo, false, &shutdown, || Store::connect(&config)).await {
         Err(Error::Shutdown) => return Ok(()),
         other => other?,
     };
@@ -54,7 +55,7 @@ async fn run(
         other => other?,
     }
     let (conn, standing) =
-        match wait_for(Awaited::Redis, &shutdown, || prepare_redis(&config)).await {
+        match wait_for(Awaited::Redis, true, &shutdown, || prepare_redis(&config)).await {
             Err(Error::Shutdown) => return Ok(()),
             other => other?,
         };
@@ -146,7 +147,7 @@ const INDEX_CHECK_INTERVALS: u32 = 30;
 /// Waits for MongoDB and creates the unique key indexes.
 /// [`Error::Shutdown`] when `shutdown` fires meanwhile (nothing was in flight).
 async fn prepare_mongo(store: &Store, config: &Config, shutdown: &CancellationToken) -> Result<()> {
-    if let Err(e) = wait_for(Awaited::Mongo, shutdown, || store.ping()).await {
+    if let Err(e) = wait_for(Awaited::Mongo, true, shutdown, || store.ping()).await {
         if matches!(e, Error::Shutdown) {
             tracing::info!("stopped while waiting for MongoDB; nothing was in flight");
         }
@@ -335,8 +336,11 @@ impl Awaited {
 /// waiting out the failures `what` waits for with backoff, and saying so
 /// once a minute: a daemon started before its servers (a host's boot, a
 /// restart during an outage) waits for them with `/health/ready` at 503.
+/// `writ_up{dependency}` is 0 while it waits, and 1 once it succeeds if
+/// success proves the server answered (`reached`).
 async fn wait_for<T, F, Fut>(
     what: Awaited,
+    reached: bool,
     shutdown: &CancellationToken,
     mut attempt: F,
 ) -> Result<T>
@@ -361,7 +365,9 @@ where
         let up = metrics::gauge!("writ_up", "dependency" => what.dependency());
         match result {
             Ok(v) => {
-                up.set(1.0);
+                if reached {
+                    up.set(1.0);
+                }
                 if warned {
                     tracing::info!(
                         waited_secs = since.elapsed().as_secs(),
