@@ -244,14 +244,18 @@ pub(super) fn scrub(text: &str, url: &str) -> String {
             .map(str::to_string)
             .collect()
     };
+    // The whole password first, then its pieces (a parser may quote one).
+    let mut out = text.to_string();
+    if password.len() >= 3 {
+        out = out.replace(password, "***");
+    }
     let secret = pieces(password);
     if secret
         .iter()
-        .any(|p| p.len() < 3 && text.contains(p.as_str()))
+        .any(|p| p.len() < 3 && out.contains(p.as_str()))
     {
         return "(the driver's message is left out: it may quote the password)".into();
     }
-    let mut out = text.to_string();
     for part in pieces(user).iter().chain(&secret).filter(|p| p.len() >= 3) {
         out = out.replace(part.as_str(), "***");
     }
