@@ -154,8 +154,25 @@ async fn copy_past_own(conn: &mut Conn, config: &Config, found: &Found) {
         return;
     };
     let names = Names::new(&config.namespace);
+    let mut holding = Vec::new();
     for p in config.partitions..old {
         super::copies::copy(conn, &names, p, config.partitions).await;
+        let len: redis::RedisResult<u64> = redis::cmd("XLEN")
+            .arg(names.stream(p))
+            .query_async(conn)
+            .await;
+        if matches!(len, Ok(n) if n > 0) {
+            holding.push(p);
+        }
+    }
+    if !holding.is_empty() {
+        // Written before this daemon's copies refused them: no daemon on
+        // this count reads those streams.
+        tracing::warn!(
+            partitions = %super::list(&holding),
+            "partition streams past this daemon's count hold entries that clients configured with {old} partitions added; no daemon on {} partitions applies them. Stop those clients, and see docs/operations.md (\"To change the count\") for what to do with them",
+            config.partitions
+        );
     }
 }
 
