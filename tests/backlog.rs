@@ -398,30 +398,7 @@ async fn a_first_start_behind_writers_counts_the_backlog_without_reading_it() {
     // Every command Redis runs from now on, scripts' commands included (on
     // a cluster, those of the seed node).
     let seed = env.redis_url.split(',').next().unwrap().trim().to_string();
-    let monitor = redis::Client::open(seed.as_str())
-        .unwrap()
-        .get_async_monitor()
-        .await
-        .unwrap();
-    let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
-    let watch = {
-        let seen = seen.clone();
-        tokio::spawn(async move {
-            // As values, read lossily: a line with an entry's binary BSON
-            // would end a stream of Strings at its first such line.
-            let mut lines = std::pin::pin!(monitor.into_on_message::<redis::Value>());
-            while let Some(v) = futures::StreamExt::next(&mut lines).await {
-                let line = match v {
-                    redis::Value::SimpleString(s) => s,
-                    redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
-                    other => format!("{other:?}"),
-                };
-                if line.contains("\"XRANGE\"") || line.contains("monitor-sentinel") {
-                    seen.lock().unwrap().push(line);
-                }
-            }
-        })
-    };
+    let monitor = support::monitor::Monitor::start(&[seed], |l| l.contains("\"XRANGE\"")).await;
     let daemon = support::Daemon::start(config.clone());
     // Writers keep writing while the daemon starts.
     for i in 0..40u64 {
@@ -431,38 +408,10 @@ async fn a_first_start_behind_writers_counts_the_backlog_without_reading_it() {
     for t in tickets {
         t.wait().await.unwrap();
     }
-    // MONITOR shows the node's commands in the order it ran them: once it
-    // shows this ECHO, it has shown every XRANGE before it (and it watched
-    // at all: a watcher that saw nothing would pass the check below).
-    let sentinel = format!("{}:monitor-sentinel", config.namespace);
-    let mut c = redis::Client::open(seed.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let _: String = redis::cmd("ECHO")
-        .arg(&sentinel)
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    support::eventually(
-        std::time::Duration::from_secs(10),
-        "MONITOR to show the sentinel",
-        || {
-            let (seen, sentinel) = (seen.clone(), sentinel.clone());
-            async move {
-                let s = seen.lock().unwrap();
-                s.iter().any(|l| l.contains(&sentinel)).then_some(())
-            }
-        },
-    )
-    .await;
-    watch.abort();
+    let seen = monitor.finish().await;
     // Bounded looks (the oldest unapplied entry's age: COUNT 1) are fine; a
     // range of a partition stream to its end without COUNT reads it all.
     let whole: Vec<String> = seen
-        .lock()
-        .unwrap()
         .iter()
         .filter(|l| l.contains(":in\"") && !l.contains("\"COUNT\""))
         .cloned()

@@ -475,12 +475,7 @@ async fn a_dead_letter_retried_after_the_lease_moved_is_fenced() {
         1
     );
     // The dead-letter stream cannot be written: the old owner's letter waits.
-    let _: () = redis::cmd("SET")
-        .arg(names.dead_letters())
-        .arg("someone else's")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    support::foreign_string(&mut conn, &names.dead_letters()).await;
     let acker = writ::ack::Acker::new(
         conn.clone(),
         names.clone(),

@@ -51,12 +51,7 @@ async fn a_foreign_value_at_a_cache_key_is_replaced_and_blocks_nothing() {
     let names = support::same_partition(&config, "signal", key, "G0", "K", 6);
     let (as_string, as_list, plain) = (&names[0], &names[1], &names[2..]);
     let mut conn = env.redis().await;
-    let _: () = redis::cmd("SET")
-        .arg(cache_key(&config, as_string))
-        .arg("someone else's")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    support::foreign_string(&mut conn, &cache_key(&config, as_string)).await;
     let _: () = redis::cmd("RPUSH")
         .arg(cache_key(&config, as_list))
         .arg("a")
@@ -113,12 +108,7 @@ async fn a_foreign_value_at_an_ack_stream_skips_that_ack_only() {
     let good = Writ::connect(config.clone()).await.unwrap();
     let mut conn = env.redis().await;
     let ack_key = Names::new(&config.namespace).acks(bad.client_id());
-    let _: () = redis::cmd("SET")
-        .arg(&ack_key)
-        .arg("someone else's")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    support::foreign_string(&mut conn, &ack_key).await;
     let before = acks_skipped();
     // Both queued before the daemon starts: one round holds both.
     let lost = bad
@@ -458,12 +448,7 @@ async fn a_refused_entry_waiting_for_the_dead_letter_stream_blocks_nothing() {
     let config = env.config();
     let names = Names::new(&config.namespace);
     let mut conn = env.redis().await;
-    let _: () = redis::cmd("SET")
-        .arg(names.dead_letters())
-        .arg("someone else's")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    support::foreign_string(&mut conn, &names.dead_letters()).await;
     let daemon = Daemon::start(config.clone());
     let writ = Writ::connect(config.clone()).await.unwrap();
     let signals = writ.collection("signal").unwrap();

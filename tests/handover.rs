@@ -135,12 +135,7 @@ async fn a_hand_over_that_cannot_drain_is_abandoned_at_the_deadline() {
     let config = env.config_with(&o);
     let names = writ::protocol::Names::new(&config.namespace);
     let mut conn = env.redis().await;
-    let _: () = redis::cmd("SET")
-        .arg(names.dead_letters())
-        .arg("someone else's")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    support::foreign_string(&mut conn, &names.dead_letters()).await;
     let dir = tempfile::tempdir().unwrap();
     let path = env.config_file_with(dir.path(), &o);
     let d1 = DaemonProc::start(&path, dir.path(), "bound-d1");

@@ -648,14 +648,8 @@ async fn a_write_settled_applied_from_mongodb_is_not_read_older_from_the_cache()
     assert_eq!(s.read(&key).await.unwrap(), Some(doc! {"v": 1}));
     let v = ticket.version();
     assert_eq!(ticket.wait().await.unwrap(), v, "settled applied");
-    let other = Writ::connect(config.clone()).await.unwrap();
     assert_eq!(
-        other
-            .collection("signal")
-            .unwrap()
-            .read(&key)
-            .await
-            .unwrap(),
+        support::read_by_a_new_handle(&config, "signal", &key).await,
         Some(doc! {"v": 1}),
         "another reader"
     );
@@ -706,14 +700,8 @@ async fn a_write_is_not_settled_applied_while_its_cache_fill_is_refused() {
     );
     assert_eq!(s.read(&key).await.unwrap(), Some(doc! {"v": 1}));
     assert_eq!(writ.unacked(), 0, "settled by the read's look");
-    let other = Writ::connect(config.clone()).await.unwrap();
     assert_eq!(
-        other
-            .collection("signal")
-            .unwrap()
-            .read(&key)
-            .await
-            .unwrap(),
+        support::read_by_a_new_handle(&config, "signal", &key).await,
         Some(doc! {"v": 1}),
         "another reader"
     );
@@ -1032,14 +1020,8 @@ async fn a_delivery_during_the_overdue_look_does_not_make_the_write_look_done() 
         ),
         "delivered but not applied: the write is not done, got {res:?}"
     );
-    let other = Writ::connect(direct).await.unwrap();
     assert_eq!(
-        other
-            .collection("signal")
-            .unwrap()
-            .read(&key)
-            .await
-            .unwrap(),
+        support::read_by_a_new_handle(&direct, "signal", &key).await,
         None,
         "nothing applied it"
     );

@@ -108,14 +108,8 @@ async fn entries_delivered_again_after_newer_ones_do_not_ack_those_with_an_older
         "write 3 was acked with version {acked}, older than its own {v3}: \
          a write delivered again was taken for the newest"
     );
-    let other = Writ::connect(config.clone()).await.unwrap();
     assert_eq!(
-        other
-            .collection("signal")
-            .unwrap()
-            .read(&key)
-            .await
-            .unwrap(),
+        support::read_by_a_new_handle(&config, "signal", &key).await,
         Some(doc! {"v": 3}),
         "the read after write 3's ack"
     );

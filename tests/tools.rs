@@ -1118,26 +1118,7 @@ async fn replay_and_dlq_all_read_large_entries_a_few_at_a_time() {
     if dlq_node != nodes[0] {
         nodes.push(dlq_node);
     }
-    let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
-    let mut watches = Vec::new();
-    for node in &nodes {
-        let monitor = redis::Client::open(node.as_str())
-            .unwrap()
-            .get_async_monitor()
-            .await
-            .unwrap();
-        let seen = seen.clone();
-        let ns = format!("\"{}:", config.namespace);
-        watches.push(tokio::spawn(async move {
-            let mut lines = std::pin::pin!(monitor.into_on_message::<String>());
-            while let Some(line) = futures::StreamExt::next(&mut lines).await {
-                if (line.contains("\"XRANGE\"") || line.contains("\"ECHO\"")) && line.contains(&ns)
-                {
-                    seen.lock().unwrap().push(line);
-                }
-            }
-        }));
-    }
+    let monitor = support::monitor::Monitor::start(&nodes, |l| l.contains("\"XRANGE\"")).await;
     let out = writ_cli(&path, &["replay", "--from", "0-0"]);
     assert_eq!(
         out.status.code(),
@@ -1151,34 +1132,14 @@ async fn replay_and_dlq_all_read_large_entries_a_few_at_a_time() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    // MONITOR shows a node's commands in the order it ran them: once it
-    // shows this ECHO on each node, it has shown every XRANGE before it.
-    for (i, node) in nodes.iter().enumerate() {
-        let sentinel = format!("{}:monitor-sentinel-{i}", config.namespace);
-        let mut c = redis::Client::open(node.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        let _: String = redis::cmd("ECHO")
-            .arg(&sentinel)
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        eventually(Duration::from_secs(10), "MONITOR to catch up", || {
-            let seen = seen.clone();
-            let sentinel = sentinel.clone();
-            async move {
-                let s = seen.lock().unwrap();
-                s.iter().any(|l| l.contains(&sentinel)).then_some(())
-            }
-        })
-        .await;
-    }
-    for w in watches {
-        w.abort();
-    }
-    let lines = seen.lock().unwrap().clone();
+    // Every XRANGE the nodes ran until now (MONITOR shows them in order).
+    let ns = format!("\"{}:", config.namespace);
+    let lines: Vec<String> = monitor
+        .finish()
+        .await
+        .into_iter()
+        .filter(|l| l.contains(&ns))
+        .collect();
     let count_of = |l: &str| -> u64 {
         let at = l.find("\"COUNT\" \"").map(|i| i + 9).unwrap_or(0);
         l[at..]

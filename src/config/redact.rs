@@ -65,6 +65,40 @@ pub(super) fn userinfo_end(rest: &str) -> Option<usize> {
         })
 }
 
+/// `text` with the credentials of `url` (its user info, as [`redact_url`]
+/// finds it) blanked, in case an error quotes them. A piece of the password
+/// too short to replace safely (under 3 characters) that `text` holds
+/// anyway withholds the whole text.
+pub(super) fn scrub(text: &str, url: &str) -> String {
+    let userinfo = url
+        .split_once("://")
+        .and_then(|(_, rest)| Some(&rest[..userinfo_end(rest)?]))
+        .unwrap_or("");
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let pieces = |s: &'_ str| -> Vec<String> {
+        s.split([':', '?', '#', '&', '=', '/'])
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    // The whole password first, then its pieces (a parser may quote one).
+    let mut out = text.to_string();
+    if password.len() >= 3 {
+        out = out.replace(password, "***");
+    }
+    let secret = pieces(password);
+    if secret
+        .iter()
+        .any(|p| p.len() < 3 && out.contains(p.as_str()))
+    {
+        return "(the driver's message is left out: it may quote the password)".into();
+    }
+    for part in pieces(user).iter().chain(&secret).filter(|p| p.len() >= 3) {
+        out = out.replace(part.as_str(), "***");
+    }
+    out
+}
+
 /// Whether a URL parameter or `authMechanismProperties` property of this
 /// name may hold a secret.
 fn is_secret_name(name: &str) -> bool {

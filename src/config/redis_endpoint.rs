@@ -42,7 +42,7 @@ pub(super) fn redis_urls(urls: &[String], cluster: bool, field: &str) -> Result<
                 format!(
                     "{} does not parse: {}; check the host, the port (1-65535) and the database number (redis://host:port/N), and %-encode special characters in the password; {}",
                     redact_url(url),
-                    super::validate::scrub(&why, url),
+                    super::redact::scrub(&why, url),
                     fix_where(field, ENV_REDIS_URL, "redis.url")
                 ),
             ));

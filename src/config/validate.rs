@@ -169,7 +169,7 @@ fn check_mongodb(mongodb: &RawMongo) -> Result<WriteConcernW> {
             format!(
                 "{} does not parse: {}; {} (special characters in the user or password must be %-encoded)",
                 redact_url(&mongodb.uri),
-                scrub(&driver_message(&e), &mongodb.uri),
+                super::redact::scrub(&driver_message(&e), &mongodb.uri),
                 fix_where(field, ENV_MONGODB_URI, "mongodb.uri")
             ),
         ));
@@ -226,40 +226,6 @@ fn driver_message(e: &mongodb::error::Error) -> String {
         return "writ does not read encrypted client keys (tlsCertificateKeyFilePassword): decrypt the key file (openssl pkey -in key.pem -out plain.pem), point tlsCertificateKeyFile at it and drop the password".into();
     }
     message
-}
-
-/// `text` with the credentials of `url` (its user info, as [`redact_url`]
-/// finds it) blanked, in case an error quotes them. A piece of the password
-/// too short to replace safely (under 3 characters) that `text` holds
-/// anyway withholds the whole text.
-pub(super) fn scrub(text: &str, url: &str) -> String {
-    let userinfo = url
-        .split_once("://")
-        .and_then(|(_, rest)| Some(&rest[..super::redact::userinfo_end(rest)?]))
-        .unwrap_or("");
-    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-    let pieces = |s: &'_ str| -> Vec<String> {
-        s.split([':', '?', '#', '&', '=', '/'])
-            .filter(|p| !p.is_empty())
-            .map(str::to_string)
-            .collect()
-    };
-    // The whole password first, then its pieces (a parser may quote one).
-    let mut out = text.to_string();
-    if password.len() >= 3 {
-        out = out.replace(password, "***");
-    }
-    let secret = pieces(password);
-    if secret
-        .iter()
-        .any(|p| p.len() < 3 && out.contains(p.as_str()))
-    {
-        return "(the driver's message is left out: it may quote the password)".into();
-    }
-    for part in pieces(user).iter().chain(&secret).filter(|p| p.len() >= 3) {
-        out = out.replace(part.as_str(), "***");
-    }
-    out
 }
 
 /// What `[daemon]` yields beyond its plain numbers.

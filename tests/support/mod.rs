@@ -24,6 +24,7 @@ pub mod history;
 pub mod hook_proxy;
 pub mod load;
 pub mod majority_proxy;
+pub mod monitor;
 pub mod pause;
 pub mod ports;
 pub mod proc;
@@ -1143,6 +1144,34 @@ pub fn command_calls(info: &str, command: &str) -> u64 {
         .and_then(|v| v.strip_prefix("calls="))
         .and_then(|rest| rest.split(',').next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// Another program's string at `key` (a cache key, an ack stream's, the
+/// dead-letter stream's): writ's commands on it fail with `WRONGTYPE`.
+pub async fn foreign_string<C: redis::aio::ConnectionLike>(conn: &mut C, key: &str) {
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg("someone else's")
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+/// `key` of `collection` read by a new handle on `config` (nothing of this
+/// process's pending writes in between), as another process reads it.
+pub async fn read_by_a_new_handle(
+    config: &Config,
+    collection: &str,
+    key: &mongodb::bson::Document,
+) -> Option<mongodb::bson::Document> {
+    writ::Writ::connect(config.clone())
+        .await
+        .unwrap()
+        .collection(collection)
+        .unwrap()
+        .read(key)
+        .await
+        .unwrap()
 }
 
 /// `CONFIG RESETSTAT`: the command counts start from 0.
