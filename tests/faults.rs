@@ -258,16 +258,20 @@ async fn a_paused_daemon_cannot_overwrite_newer_state() {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    a.resume(); // wakes with in-flight work and stale tokens
-                // It did wake to find its partitions gone (else the check below would
-                // pass on a daemon that never held anything when it woke).
+    let slept = a.log_text().len();
+    // It wakes with in-flight work and stale tokens.
+    a.resume();
+    // It did wake holding partitions, and ended those tenures (else the
+    // check below would pass on a daemon that held nothing when it woke).
     eventually(
         Duration::from_secs(20),
-        "the resumed daemon to find its leases lost or be fenced",
+        "the resumed daemon to end the tenures it held",
         || {
             let log = a.log_text();
             async move {
-                (log.contains("lost the partition lease") || log.contains("fenced")).then_some(())
+                log.get(slept..)?
+                    .contains("partition tenure ended")
+                    .then_some(())
             }
         },
     )
