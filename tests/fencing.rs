@@ -30,6 +30,26 @@ fn acks_skipped() -> f64 {
     support::own_counter("writ_acks_skipped_total", "")
 }
 
+/// Partition `p`'s lease lapses (as after a pause longer than its TTL) and
+/// "new-owner" takes it: the fencing counter moves on.
+async fn lease_moves(
+    conn: &mut writ::redis_conn::Conn,
+    ns: &str,
+    p: u32,
+    ttl: Duration,
+) -> writ::ownership::Lease {
+    let _: () = redis::cmd("DEL")
+        .arg(Names::new(ns).lease(p))
+        .query_async(conn)
+        .await
+        .unwrap();
+    Leases::new(conn.clone(), ns, "new-owner", ttl)
+        .try_acquire(p)
+        .await
+        .unwrap()
+        .expect("lapsed lease is free")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
     writ::telemetry::recorder();
@@ -75,16 +95,7 @@ async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
 
     // The lease lapses (as after a pause longer than its TTL) and a new owner
     // takes it: the fencing counter moves on.
-    let _: () = redis::cmd("DEL")
-        .arg(names.lease(p))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let new = Leases::new(conn.clone(), &ns, "new-owner", ttl)
-        .try_acquire(p)
-        .await
-        .unwrap()
-        .expect("lapsed lease is free");
+    let new = lease_moves(&mut conn, &ns, p, ttl).await;
     assert!(new.token > old.token);
     assert!(
         old.valid(),
@@ -518,16 +529,7 @@ async fn a_dead_letter_retried_after_the_lease_moved_is_fenced() {
     )
     .await;
     // The lease lapses and a new owner takes it; then the stream can be written.
-    let _: () = redis::cmd("DEL")
-        .arg(names.lease(p))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let new = Leases::new(conn.clone(), &ns, "new-owner", ttl)
-        .try_acquire(p)
-        .await
-        .unwrap()
-        .expect("lapsed lease is free");
+    let new = lease_moves(&mut conn, &ns, p, ttl).await;
     assert!(new.token > old.token);
     let _: () = redis::cmd("DEL")
         .arg(names.dead_letters())

@@ -31,24 +31,16 @@ impl Drop for HookProxy {
 }
 
 impl HookProxy {
-    /// A proxy in front of the Redis at `url` (a plain `redis://host:port`
-    /// URL, database kept) running `hook` before the first chunk carrying
+    /// A proxy in front of the Redis at `url` (a `redis://` URL, credentials
+    /// and database kept) running `hook` before the first chunk carrying
     /// `marker` once [`HookProxy::arm`]ed.
     pub async fn start<F, Fut>(url: &str, marker: &'static [u8], hook: F) -> HookProxy
     where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let rest = url.strip_prefix("redis://").expect("a redis:// URL");
-        let (hostport, path) = match rest.split_once('/') {
-            Some((h, p)) => (h, format!("/{p}")),
-            None => (rest, String::new()),
-        };
-        let target = tokio::net::lookup_host(hostport)
-            .await
-            .unwrap()
-            .next()
-            .unwrap();
+        let url = super::proxy::RedisUrl::parse(url).await;
+        let target = url.target;
         let hook: Hook = Arc::new(move || Box::pin(hook()));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -89,7 +81,7 @@ impl HookProxy {
             }
         });
         HookProxy {
-            url: format!("redis://127.0.0.1:{port}{path}"),
+            url: url.via(port),
             armed,
             fired,
             task,

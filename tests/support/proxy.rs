@@ -488,21 +488,52 @@ enum Shape {
     Rewrite(fn(&mut [u8])),
 }
 
+/// A Redis URL split around its host and port, to point it at a proxy
+/// (scheme, credentials and database kept).
+pub struct RedisUrl {
+    pub target: SocketAddr,
+    scheme: String,
+    auth: String,
+    path: String,
+}
+
+impl RedisUrl {
+    /// `url` parsed, its host looked up.
+    pub async fn parse(url: &str) -> RedisUrl {
+        let (scheme, rest) = url.split_once("://").expect("a redis:// URL");
+        let (auth, hostpath) = match rest.rsplit_once('@') {
+            Some((a, h)) => (format!("{a}@"), h),
+            None => (String::new(), rest),
+        };
+        let (hostport, path) = match hostpath.split_once('/') {
+            Some((h, p)) => (h, format!("/{p}")),
+            None => (hostpath, String::new()),
+        };
+        let target = tokio::net::lookup_host(hostport)
+            .await
+            .unwrap()
+            .next()
+            .unwrap();
+        RedisUrl {
+            target,
+            scheme: scheme.to_string(),
+            auth,
+            path,
+        }
+    }
+
+    /// The same URL through a loopback proxy on `port`.
+    pub fn via(&self, port: u16) -> String {
+        format!(
+            "{}://{}127.0.0.1:{port}{}",
+            self.scheme, self.auth, self.path
+        )
+    }
+}
+
 async fn in_front_of_redis_with(url: &str, shape: Shape) -> (Proxy, String) {
-    let (scheme, rest) = url.split_once("://").expect("a redis:// URL");
-    let (auth, hostpath) = match rest.rsplit_once('@') {
-        Some((a, h)) => (format!("{a}@"), h),
-        None => (String::new(), rest),
-    };
-    let (hostport, path) = match hostpath.split_once('/') {
-        Some((h, p)) => (h, format!("/{p}")),
-        None => (hostpath, String::new()),
-    };
-    let target = tokio::net::lookup_host(hostport)
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
+    let url = RedisUrl::parse(url).await;
+    let target = url.target;
     let proxy = match shape {
         Shape::CutReply(marker, unless) => Proxy::start_cutting_reply(target, marker, unless).await,
         Shape::Swallow(marker) => Proxy::start_swallowing(target, marker).await,
@@ -510,6 +541,6 @@ async fn in_front_of_redis_with(url: &str, shape: Shape) -> (Proxy, String) {
         Shape::Latency(latency) => Proxy::start_with_latency(target, latency).await,
         Shape::Rewrite(rewrite) => Proxy::start_rewriting_replies(target, rewrite).await,
     };
-    let proxied = format!("{scheme}://{auth}127.0.0.1:{}{path}", proxy.port);
+    let proxied = url.via(proxy.port);
     (proxy, proxied)
 }
