@@ -30,6 +30,23 @@ pub(super) fn redis_urls(urls: &[String], cluster: bool, field: &str) -> Result<
                 ),
             ));
         }
+        // A seed list whose later URLs lack the scheme is one URL to the
+        // split (a comma starts the next URL only before a scheme).
+        if let Some(rest) = url.split_once("://").map(|(_, r)| r) {
+            let after_userinfo =
+                super::redact::userinfo_end(rest).map_or(rest, |end| &rest[end + 1..]);
+            let host_part = after_userinfo.split(['/', '?', '#']).next().unwrap_or("");
+            if host_part.contains(',') {
+                return Err(bad(
+                    field,
+                    format!(
+                        "{} holds a comma in its host part: to list cluster seed nodes, give each its scheme (redis://a:6379,redis://b:6379) or use a TOML list; {}",
+                        redact_url(url),
+                        fix_where(field, ENV_REDIS_URL, "redis.url")
+                    ),
+                ));
+            }
+        }
         // The parse `serve` meets (a bad port, database or host), said here
         // so that `check-config` refuses it too.
         if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url.as_str()) {

@@ -192,6 +192,15 @@ fn cluster_urls_lists_and_replica_acks() {
     // WRIT_REDIS_URL's form: one string, comma-separated.
     let c = with("cluster = true\nurl = \"redis://a:1, redis://b:2\"").unwrap();
     assert_eq!(c.redis_urls.len(), 2);
+    // A seed list without the scheme on its later URLs is one URL to the
+    // split: the message says how to list seeds, not "invalid port".
+    for list in ["redis://a:1,b:2", "redis://:pw@a:1,b:2/0"] {
+        let e = with(&format!("cluster = true\nurl = \"{list}\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("give each its scheme"), "{e}");
+        assert!(!e.contains("pw"), "{e}");
+    }
     let e = with("cluster = true\nurl = [\"redis://a:1\", \"rediss://b:2\"]")
         .unwrap_err()
         .to_string();

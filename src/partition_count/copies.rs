@@ -111,7 +111,7 @@ pub(super) async fn back(
 /// `count` as the copy, as the module header says. A copy left by an
 /// unfinished run is logged as a warning (writers on the recorded count are
 /// refused there until the run is finished); a Redis error (at `maxmemory`)
-/// leaves the copy as it was, and is only logged.
+/// leaves the copy as it was, and is logged as a warning.
 pub async fn copy(conn: &mut Conn, names: &Names, p: u32, count: u32) {
     if p == 0 {
         return;
@@ -151,7 +151,12 @@ pub async fn copy(conn: &mut Conn, names: &Names, p: u32, count: u32) {
         ),
         Ok(Some(_)) => {}
         Err(e) => {
-            tracing::debug!(partition = p, error = %e, "cannot copy the partition count to the partition's meta hash")
+            tracing::warn!(
+                partition = p,
+                error = %e,
+                error_class = e.retry_class().as_str(),
+                "cannot copy the partition count into this partition's meta hash: until a later tenure copies it, writers configured with another count are not refused here and their writes may land in streams no daemon reads. Free Redis memory (or fix the ACL) and restart the daemon, or run `writ partitions` to see the copies"
+            )
         }
     }
 }

@@ -389,6 +389,15 @@ function checkRedisUrls(cfg: WritConfig): void {
         `redisUrl (WRIT_REDIS_URL) must ${urls.length > 1 ? "hold only URLs that " : ""}start with redis:// or rediss://, got ${u === "" ? "an empty URL" : redactUrl(u)}`,
       );
     }
+    // A seed list whose later URLs lack the scheme is one URL to the split
+    // (a comma starts the next URL only before a scheme).
+    const shown = redactUrl(u);
+    const hostPart = shown.slice(shown.indexOf("://") + 3).replace(/^\*\*\*@/, "").split(/[/?#]/)[0];
+    if (hostPart.includes(",")) {
+      throw new WritConfigError(
+        `redisUrl (WRIT_REDIS_URL) ${shown} holds a comma in its host part: to list cluster seed nodes, give each its scheme (redis://a:6379,redis://b:6379)`,
+      );
+    }
   }
   if (cfg.redisCluster && urls.length > 1) {
     const tls = urls[0].startsWith("rediss://");

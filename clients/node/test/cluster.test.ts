@@ -62,6 +62,13 @@ describe("cluster config", () => {
     assert.throws(() => resolveConfig({ redisCluster: true, redisUrl: "redis://a:1,rediss://b:1" }, {}), configError(/mixes redis:\/\/ and rediss:\/\//));
     assert.throws(() => resolveConfig({ redisCluster: true, redisUrl: "redis://a:1,,redis://b:1" }, {}), configError(/an empty URL/));
     assert.throws(() => resolveConfig({ redisCluster: true, redisUrl: "redis://a:1,http://b:1" }, {}), configError(/http:\/\/b:1/));
+    // Seeds without their scheme are one URL to the split: say how to list them.
+    for (const redisUrl of ["redis://a:1,b:2", "redis://:pw@a:1,b:2/0"]) {
+      assert.throws(
+        () => resolveConfig({ redisCluster: true, redisUrl }, {}),
+        (e: unknown) => e instanceof WritConfigError && /give each its scheme/.test(e.message) && !/pw/.test(e.message),
+      );
+    }
     assert.throws(
       () => resolveConfig({ redisCluster: true, redisUrl: "redis://:pw1@a:1,redis://:pw2@b:1" }, {}),
       (e: unknown) => e instanceof WritConfigError && /different users or passwords/.test(e.message) && !/pw1|pw2/.test(e.message),
