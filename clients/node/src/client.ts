@@ -179,11 +179,16 @@ const F = Object.fromEntries(
   ["v", "1", "coll", "op", "enc", "bson", "key", "doc", "client", "req", "put", "remove"].map((x) => [x, Buffer.from(x)]),
 ) as Record<string, Buffer>;
 
-/** A Buffer view of BSON bytes (no copy). */
+/**
+ * A Buffer view of BSON bytes (no copy). `undefined` is stored as null at
+ * every level, as the MongoDB driver stores it by default, and so as the
+ * official package stores it in a payload (`{ note: undefined }` is stored
+ * as `note: null` by both).
+ */
 export function bsonBuffer(doc: Document): Buffer {
   let u8: Uint8Array;
   try {
-    u8 = serialize(doc, { ignoreUndefined: true });
+    u8 = serialize(doc, { ignoreUndefined: false });
   } catch (e) {
     // A circular value, a NUL in a nested field name, a value BSON has no type for.
     throw new WritKeyError(`a document BSON cannot encode: ${errMessage(e)}; fix the value`, { cause: e });

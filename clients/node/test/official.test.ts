@@ -8,6 +8,7 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { MongoClient } from "mongodb";
+import { Double, EJSON } from "bson";
 
 import { setup } from "../src/setup.js";
 import type { WritClient } from "../src/client.js";
@@ -274,4 +275,96 @@ test("candle values are cast as the official package casts them, and what it ref
   assert.equal(await db.collection("candle-items").countDocuments({ symbol: "CAST-WR", timestamp: { $gt: t } }), 0, "nothing of the refused call stored");
   // Refused also for a candle the call would leave out (stored already).
   await assert.rejects(w.kit.call("Candle", ctx("CAST-WR"), "writeCandlesData", [{ ...given, open: "n/a" }]), /WritKeyError|candle open must be a number/);
+}));
+
+/** The same calls for both packages, on keys no other test touches. */
+function documentCalls(): Call[] {
+  const S = ["DOCX", "strat", "binance"];
+  const r = { id: "doc-1", priceOpen: 1.5, big: Number.MAX_SAFE_INTEGER, int: 7, neg: -0, inf: Infinity, when: new Date(Date.UTC(2026, 0, 1)),
+    note: undefined, nested: { a: undefined, b: null, c: [1, "two", { d: undefined }], e: {} }, empty: [] };
+  return [
+    ["Signal", S, "writeSignalData", r],
+    ["Schedule", S, "writeScheduleData", r],
+    ["Schedule", S, "writeScheduleData", null],
+    ["Strategy", S, "writeStrategyData", { state: "s", n: 1 }],
+    ["Risk", ["DOC-risk", "binance"], "writePositionData", [["DOCX:strat", { signalId: "doc-1", hold: 1.25 }]], WHEN],
+    ["Partial", S, "writePartialData", { sig: { profitLevels: [10, 20], lossLevels: [] } }, "sig", WHEN],
+    ["Breakeven", S, "writeBreakevenData", { sig: { reached: true } }, "sig", WHEN],
+    ["Candle", ["DOCX", "1m", "binance"], "writeCandlesData", [candle(1), candle(2)]],
+    ["Storage", [true], "writeStorageData", [{ id: "doc-st-1", x: 1 }, { id: "doc-st-2", x: undefined }]],
+    ["Notification", [false], "writeNotificationData", [{ id: "doc-no-1", note: undefined }]],
+    ["Log", [], "writeLogData", [{ id: "doc-log-1", level: "info" }]],
+    ["Measure", ["doc-bucket"], "writeMeasureData", { v: 1 }, "k1", WHEN],
+    ["Measure", ["doc-bucket"], "writeMeasureData", { v: 2 }, "k2", WHEN],
+    ["Measure", ["doc-bucket"], "removeMeasureData", "k2"],
+    ["Interval", ["doc-bucket"], "writeIntervalData", { v: 1, removed: false }, "k1", WHEN],
+    ["Memory", ["doc-sig", "bucket"], "writeMemoryData", { v: 1 }, "m1", WHEN],
+    ["Recent", [...S, "frame", false], "writeRecentData", r, WHEN],
+    ["State", ["doc-sig", "bucket"], "writeStateData", { v: 1 }, WHEN],
+    ["Session", ["strat", "binance", "frame", "DOCX", true], "writeSessionData", { v: 1 }, WHEN],
+    ["Dictionary", ["doc-sig", "dict"], "writeDictionaryData", { v: 1 }, WHEN],
+  ];
+}
+
+/** The documents of {@link documentCalls}, by collection, each with its top-level fields in name order. */
+async function scopedDocuments(colls: string[]): Promise<Record<string, any[]>> {
+  const db = mongo.db(env.name);
+  const mine = { $or: [
+    { symbol: "DOCX" }, { riskName: "DOC-risk" }, { bucket: "doc-bucket" },
+    { signalId: /^doc-/ }, { notificationId: /^doc-/ }, { entryId: /^doc-/ },
+  ] };
+  const out: Record<string, any[]> = {};
+  for (const c of colls) {
+    // promoteValues: false keeps the BSON types (Int32, Int64, Double) apart.
+    const docs = await db.collection(c).find(mine, { promoteValues: false }).toArray();
+    out[c] = docs.map((d) => Object.fromEntries(Object.entries(d).sort(([a], [b]) => a.localeCompare(b))));
+  }
+  return out;
+}
+
+test("each adapter stores the document the official package stores, but for the differences the README lists", g(async () => {
+  if (!env.writ) await env.startDaemon(); // run alone (--test-name-pattern)
+  const db = mongo.db(env.name);
+  const m = await official.getMongo();
+  const colls: string[] = m.modelNames().map((n: string) => m.model(n).collection.collectionName);
+  assert.equal(colls.length, 17);
+  const reads = async (kit: FakeKit) => [
+    await kit.call("Signal", ["DOCX", "strat", "binance"], "readSignalData"),
+    await kit.call("Recent", ["DOCX", "strat", "binance", "frame", false], "readRecentData"),
+    byId(await kit.call("Storage", [true], "readStorageData"), "doc-"),
+    byId(await kit.call("Notification", [false], "readNotificationData"), "doc-"),
+  ];
+
+  // The official package first; its documents are deleted before writ
+  // makes the same calls on the same keys.
+  await run(officialKit, documentCalls());
+  const theirs = await scopedDocuments(colls);
+  const theirReads = await reads(officialKit);
+  for (const c of colls) await db.collection(c).deleteMany({ _id: { $in: theirs[c].map((d) => d._id) } });
+  const w = writProcess("ack");
+  await run(w.kit, documentCalls());
+  await w.client.flush();
+  const ours = await scopedDocuments(colls);
+  assert.deepEqual(await reads(w.kit), theirReads, "the reads of what each package wrote");
+
+  // What differs by design (the README's list), and what differs by nature.
+  const fixed = (c: string, d: any, who: string) => {
+    const { _id, createDate, updatedDate, __v, _writ, ...rest } = d;
+    assert.ok(_id && createDate && updatedDate, `${who} ${c}: _id, createDate and updatedDate`);
+    assert.ok(who === "official" ? __v !== undefined && _writ === undefined : __v === undefined && _writ !== undefined, `${who} ${c}: __v / _writ`);
+    // Integer key fields are int64 in writ's documents, doubles in the official package's.
+    if (c === "candle-items") rest.timestamp = new Double(Number(rest.timestamp));
+    // A soft delete: the official package also sets payload.removed.
+    if (rest.removed === true && who === "official") delete rest.payload.removed;
+    return EJSON.stringify(rest, { relaxed: false });
+  };
+  let documents = 0;
+  for (const c of colls) {
+    const a = theirs[c].map((d) => fixed(c, d, "official")).sort();
+    const b = ours[c].map((d) => fixed(c, d, "writ")).sort();
+    assert.ok(a.length > 0, `the calls store ${c} documents`);
+    assert.deepEqual(b, a, `${c}: writ's documents against the official package's`);
+    documents += a.length;
+  }
+  assert.equal(documents, 20);
 }));
