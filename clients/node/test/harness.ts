@@ -19,6 +19,7 @@ import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from "node:chi
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, Socket } from "node:net";
 import { connect as tlsConnect } from "node:tls";
+import { randomBytes } from "node:crypto";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -927,7 +928,12 @@ export class TestEnv {
 
   private constructor(label: string) {
     const clean = label.replace(/[^A-Za-z0-9]/g, "").slice(0, 16);
-    this.name = `n${process.pid}_${seq++}_${clean}`;
+    // The pid and a sequence keep names apart within a run; the random part
+    // keeps them apart across runs on one persistent server
+    // (WRIT_TEST_MONGODB_URI / WRIT_TEST_REDIS_URL), where fresh CI
+    // containers repeat pids. At most ~40 bytes of [A-Za-z0-9_], within
+    // MongoDB's 63-byte database-name limit.
+    this.name = `n${process.pid}${randomBytes(3).toString("hex")}_${seq++}_${clean}`;
     this.dir = mkdtempSync(join(tmpdir(), `writ-node-${clean}-`));
   }
 
