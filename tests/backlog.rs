@@ -192,7 +192,10 @@ async fn backlog_stays_true_across_redis_restarts() {
 /// made each write cost O(backlog) in Redis.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admission_counts_once_while_no_daemon_reads() {
-    let env = TestEnv::start("backlog_no_daemon");
+    // A redis-server of its own: the command counts are server-wide, and
+    // other clients of a shared server (`WRIT_TEST_REDIS_URL`) would add to
+    // them.
+    let env = TestEnv::start_own_redis("backlog_no_daemon");
     let config = env.config();
     let names = writ::protocol::Names::new(&config.namespace);
     let mut conn = env.redis().await;
@@ -255,7 +258,9 @@ async fn admission_counts_once_while_no_daemon_reads() {
 /// one-at-a-time writes spend about 1.9 group reads per write.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reader_reads_once_per_batch_of_new_entries() {
-    let env = TestEnv::start("reads_per_batch");
+    // A redis-server of its own: the command counts are server-wide (as in
+    // the test above).
+    let env = TestEnv::start_own_redis("reads_per_batch");
     // A long block: no idle wake-up adds a read while the test counts.
     let o = Overrides {
         daemon: "block_ms = 60000",

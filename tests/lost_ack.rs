@@ -166,7 +166,11 @@ async fn applied_then_dead_lettered(
 /// A test env, its config with `client` lines added to `[client]`, and a
 /// handle on it.
 async fn handle_with(name: &str, client: &str) -> (TestEnv, writ::Config, Writ) {
-    let env = TestEnv::start(name);
+    handle_on(TestEnv::start(name), client).await
+}
+
+/// The same on a given env.
+async fn handle_on(env: TestEnv, client: &str) -> (TestEnv, writ::Config, Writ) {
     let config = env.config_with(&Overrides {
         client,
         ..Default::default()
@@ -610,10 +614,10 @@ async fn a_write_whose_entry_and_cache_entry_are_gone_is_settled_applied_from_mo
 /// everything from the write's entry on, the daemon's cache update with it.
 /// No daemon runs afterwards.
 async fn lost_back_to_an_older_cache(
-    name: &str,
+    env: TestEnv,
     key: &mongodb::bson::Document,
 ) -> (TestEnv, writ::Config, Writ, writ::Ticket) {
-    let (env, config, writ) = handle_with(name, "read_timeout_ms = 300").await;
+    let (env, config, writ) = handle_on(env, "read_timeout_ms = 300").await;
     let s = writ.collection("signal").unwrap();
     let daemon = Daemon::start(config.clone());
     let first = s.write(key, &doc! {"v": 0}).await.unwrap();
@@ -643,7 +647,8 @@ async fn lost_back_to_an_older_cache(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_settled_applied_from_mongodb_is_not_read_older_from_the_cache() {
     let key = doc! {"symbol": "OLDER", "strategyName": "dl", "exchangeName": "x"};
-    let (_env, config, writ, ticket) = lost_back_to_an_older_cache("lost_older_cache", &key).await;
+    let env = TestEnv::start("lost_older_cache");
+    let (_env, config, writ, ticket) = lost_back_to_an_older_cache(env, &key).await;
     let s = writ.collection("signal").unwrap();
     assert_eq!(s.read(&key).await.unwrap(), Some(doc! {"v": 1}));
     let v = ticket.version();
@@ -664,7 +669,10 @@ async fn a_write_settled_applied_from_mongodb_is_not_read_older_from_the_cache()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_is_not_settled_applied_while_its_cache_fill_is_refused() {
     let key = doc! {"symbol": "NOFILL", "strategyName": "dl", "exchangeName": "x"};
-    let (env, config, writ, ticket) = lost_back_to_an_older_cache("lost_no_fill", &key).await;
+    // A redis-server of its own: `maxmemory` is server-wide, and a shared
+    // server (`WRIT_TEST_REDIS_URL`) would refuse every other client too.
+    let env = TestEnv::start_own_redis("lost_no_fill");
+    let (env, config, writ, ticket) = lost_back_to_an_older_cache(env, &key).await;
     let s = writ.collection("signal").unwrap();
     let r = env.redis().await;
     let set_maxmemory = |bytes: &'static str| {

@@ -631,11 +631,32 @@ impl TestEnv {
         Self::start_with(test, false)
     }
 
-    pub fn start_with(test: &str, aof: bool) -> TestEnv {
+    /// A test env on a redis-server of its own, whatever
+    /// `WRIT_TEST_REDIS_URL` and `WRIT_TEST_REDIS_CLUSTER` say, and MongoDB
+    /// as for [`TestEnv::start`]: for tests that change or count server-wide
+    /// state (`CONFIG SET maxmemory`, `CONFIG RESETSTAT` and
+    /// `INFO commandstats`), which a shared server's other clients would
+    /// suffer or disturb.
+    pub fn start_own_redis(test: &str) -> TestEnv {
+        let r = RedisServer::start();
+        let redis_url = r.url();
+        let (mongo, mongo_uri) = Self::mongo();
+        TestEnv {
+            redis: Some(r),
+            cluster: None,
+            mongo,
+            redis_url,
+            mongo_uri,
+            name: Self::unique_name(test),
+        }
+    }
+
+    /// A Redis namespace and MongoDB database name for `test`.
+    fn unique_name(test: &str) -> String {
         // The pid and a sequence keep names apart within a run; the random
         // part keeps them apart across runs on one persistent server
         // (`WRIT_TEST_MONGODB_URI`), where fresh CI containers repeat pids.
-        let name = format!(
+        format!(
             "t{}{:06x}_{}_{}",
             std::process::id(),
             rand::random::<u32>() & 0xff_ffff,
@@ -644,7 +665,23 @@ impl TestEnv {
                 .filter(|c| c.is_ascii_alphanumeric())
                 .take(20)
                 .collect::<String>()
-        );
+        )
+    }
+
+    /// `WRIT_TEST_MONGODB_URI`, or a SecantusDB of this env's own.
+    fn mongo() -> (Option<MongoServer>, String) {
+        match std::env::var("WRIT_TEST_MONGODB_URI") {
+            Ok(uri) => (None, uri),
+            Err(_) => {
+                let m = MongoServer::start();
+                let uri = m.uri();
+                (Some(m), uri)
+            }
+        }
+    }
+
+    pub fn start_with(test: &str, aof: bool) -> TestEnv {
+        let name = Self::unique_name(test);
         let (redis, cluster, redis_url) = match std::env::var("WRIT_TEST_REDIS_URL") {
             Ok(url) => (None, None, url),
             Err(_) if cluster::cluster_wanted() => {
@@ -658,14 +695,7 @@ impl TestEnv {
                 (Some(r), None, url)
             }
         };
-        let (mongo, mongo_uri) = match std::env::var("WRIT_TEST_MONGODB_URI") {
-            Ok(uri) => (None, uri),
-            Err(_) => {
-                let m = MongoServer::start();
-                let uri = m.uri();
-                (Some(m), uri)
-            }
-        };
+        let (mongo, mongo_uri) = Self::mongo();
         TestEnv {
             redis,
             cluster,
@@ -793,10 +823,13 @@ key = ["bucket", "entryKey"]
         p
     }
 
-    /// Whether this env runs on a Redis Cluster (`WRIT_TEST_REDIS_CLUSTER=1`).
+    /// Whether this env runs on a Redis Cluster (`WRIT_TEST_REDIS_CLUSTER=1`;
+    /// never with a redis-server of its own).
     pub fn is_cluster(&self) -> bool {
         self.cluster.is_some()
-            || (std::env::var("WRIT_TEST_REDIS_URL").is_ok() && cluster::cluster_wanted())
+            || (self.redis.is_none()
+                && std::env::var("WRIT_TEST_REDIS_URL").is_ok()
+                && cluster::cluster_wanted())
     }
 
     /// A Redis connection (a cluster connection on a cluster), as writ makes them.
