@@ -319,12 +319,26 @@ async fn replay(
                 sum.trimmed
             );
         }
+        for (p, id) in &sum.started_earlier {
+            eprintln!(
+                "writ: partition {p} was replayed from {id}, its oldest write the daemons have not applied yet, \
+                 not from --from: applied first, a write of the range would have put that older write of its key \
+                 out of order"
+            );
+        }
         if sum.rejected > 0 {
             eprintln!(
-                "writ: warning: {} entries of the range were rejected, as the daemon rejects them (bad entries, or \
-                 errors MongoDB gives for good): not applied; the daemon dead-lettered them when it read them \
-                 (`writ dlq list`)",
-                sum.rejected
+                "writ: warning: {} entries were rejected, as the daemon rejects them (a bad entry, an error MongoDB \
+                 gives for good, a key in another partition after a change of the count): not applied. `rejections` \
+                 in the summary names {} with the reason. One the daemons had not applied is parked by them \
+                 (`writ dlq list`); one they applied before and MongoDB refuses now is in no dead-letter stream: \
+                 fix the cause and replay its id (--from ID --to ID)",
+                sum.rejected,
+                if sum.rejected as usize > sum.rejections.len() {
+                    format!("the first {}", sum.rejections.len())
+                } else {
+                    "each".to_string()
+                }
             );
         }
         // A script that checks the exit code must not take a partial replay

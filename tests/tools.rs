@@ -1126,6 +1126,16 @@ async fn replay_and_dlq_all_read_large_entries_a_few_at_a_time() {
         "12 rejected: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Each is named, with its reason.
+    let sum: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let named = sum["rejections"].as_array().unwrap();
+    assert_eq!(named.len(), 12, "{sum}");
+    assert!(
+        named.iter().all(|r| r["partition"] == 0
+            && r["id"].as_str().is_some_and(|id| id.contains('-'))
+            && r["reason"].as_str().unwrap().contains("unknown_collection")),
+        "{sum}"
+    );
     let out = writ_cli(&path, &["dlq", "drop", "--all"]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("dropped 12"),

@@ -1,6 +1,13 @@
 //! `writ replay`: re-applies retained stream entries in a range. Idempotent:
 //! each entry applies at its own version through the sequence guard, so
 //! entries MongoDB already holds (or holds newer) are skipped and counted.
+//!
+//! A partition whose daemons have not applied everything before the range
+//! is replayed from its oldest unapplied entry instead: applied first, a
+//! write in the range would make an older unapplied write of its key stale
+//! when a daemon reaches it (its fields lost in the `fields` layout, the
+//! wrong value standing in `insert_once`), as `dlq retry` keeps a letter
+//! for the same reason.
 
 use std::collections::BTreeMap;
 
@@ -27,10 +34,29 @@ pub struct ReplaySummary {
     pub outcomes: BTreeMap<String, u64>,
     /// Entries that could not apply (already dead-lettered at the time, or bad).
     pub rejected: u64,
+    /// The first [`MAX_NAMED`] of them: which, and why.
+    pub rejections: Vec<Rejection>,
+    /// Partitions replayed from an unapplied entry older than `from`, and
+    /// that entry's id (the module header says why).
+    pub started_earlier: BTreeMap<u32, String>,
     /// Partitions whose stream may no longer hold the whole range:
     /// retention trimmed it up to a first entry after `from` (or an `XDEL`
     /// removed entries in it), so writes there, if any, were not replayed.
     pub trimmed: Vec<u32>,
+}
+
+/// How many rejected entries a summary names.
+pub const MAX_NAMED: usize = 100;
+
+/// An entry a replay could not apply.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Rejection {
+    /// Its partition.
+    pub partition: u32,
+    /// Its id in the partition's stream.
+    pub id: String,
+    /// Why (the refusal's reason and what to do).
+    pub reason: String,
 }
 
 impl Tools {
@@ -59,7 +85,18 @@ impl Tools {
         for (p, end) in (0..self.config.partitions).zip(ends) {
             let stream = self.names.stream(p);
             let Some(end) = end else { continue };
+            if end < from {
+                continue;
+            }
             let to = end.to_stream_id();
+            let mut conn = self.conn.clone();
+            let from = match crate::status::oldest_unapplied(&mut conn, &self.names, p).await? {
+                Some(oldest) if oldest < from => {
+                    sum.started_earlier.insert(p, oldest.to_stream_id());
+                    oldest
+                }
+                _ => from,
+            };
             let mut start = from.to_stream_id();
             // The first id this page may hold: what was read so far is
             // before it. Retention keeps trimming while a long replay runs;
@@ -103,7 +140,17 @@ impl Tools {
                         .await
                     {
                         Ok((o, _)) => *sum.outcomes.entry(o.as_str().to_string()).or_default() += 1,
-                        Err(crate::Error::Rejected(_)) => sum.rejected += 1,
+                        Err(crate::Error::Rejected(r)) => {
+                            sum.rejected += 1;
+                            tracing::warn!(partition = p, entry = %e.id.to_stream_id(), reason = %r, "replay could not apply an entry");
+                            if sum.rejections.len() < MAX_NAMED {
+                                sum.rejections.push(Rejection {
+                                    partition: p,
+                                    id: e.id.to_stream_id(),
+                                    reason: r.to_string(),
+                                });
+                            }
+                        }
                         Err(err) => return Err(err),
                     }
                 }
