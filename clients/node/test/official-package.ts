@@ -62,15 +62,30 @@ export async function loadOfficial(dir: string): Promise<any> {
   return import(pathToFileURL(file).href);
 }
 
-/** `uri` with its database path set to `db` (the official package's CC_MONGO_CONNECTION_STRING). */
+/**
+ * `uri` with its database path set to `db` (the official package's
+ * CC_MONGO_CONNECTION_STRING). The path's database is also the default auth
+ * source, so a URI with credentials and no `authSource` keeps the one it had:
+ * the database its path named, else `admin`. (A mechanism whose source is
+ * `$external`, named by `authMechanism`, is left to its default.)
+ */
 export function withDatabase(uri: string, db: string): string {
   const [scheme, rest] = uri.split("://");
   const q = rest.indexOf("?");
   const base = q < 0 ? rest : rest.slice(0, q);
+  const query = q < 0 ? "" : rest.slice(q + 1);
   const slash = base.indexOf("/");
-  return `${scheme}://${slash < 0 ? base : base.slice(0, slash)}/${db}${q < 0 ? "" : rest.slice(q)}`;
+  const host = slash < 0 ? base : base.slice(0, slash);
+  const params = query.split("&").filter((p) => p !== "");
+  const option = (name: string) =>
+    params.find((p) => p.split("=")[0].toLowerCase() === name.toLowerCase())?.split("=")[1];
+  const mechanism = option("authMechanism");
+  if (host.includes("@") && option("authSource") === undefined && (mechanism === undefined || /^(SCRAM-|DEFAULT$)/i.test(mechanism))) {
+    const original = slash < 0 ? "" : base.slice(slash + 1);
+    params.push(`authSource=${original === "" ? "admin" : original}`);
+  }
+  return `${scheme}://${host}/${db}${params.length === 0 ? "" : `?${params.join("&")}`}`;
 }
-
 
 /** Servers for {@link startOfficial}. */
 export interface OfficialServers {
