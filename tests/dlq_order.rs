@@ -19,6 +19,51 @@ use support::proc::writ_cli;
 use support::streams;
 use support::{eventually, Daemon, TestEnv};
 
+/// Parks `id` of `stream` as a daemon parks a write refused at decode (a
+/// candle put of `doc`), and returns the dead letter's id.
+async fn park(
+    r: &mut impl redis::aio::ConnectionLike,
+    names: &writ::protocol::Names,
+    stream: &str,
+    id: &str,
+    key_json: &str,
+    doc: &str,
+    partitions: u32,
+) -> String {
+    redis::cmd("XADD")
+        .arg(names.dead_letters())
+        .arg("*")
+        .arg("dlq.reason")
+        .arg("too_large")
+        .arg("dlq.detail")
+        .arg("the document is over client.max_document_bytes")
+        .arg("dlq.stream")
+        .arg(stream)
+        .arg("dlq.id")
+        .arg(id)
+        .arg("dlq.attempts")
+        .arg(0)
+        .arg("dlq.at")
+        .arg(0)
+        .arg("dlq.partitions")
+        .arg(partitions)
+        .arg("v")
+        .arg("1")
+        .arg("coll")
+        .arg("candle")
+        .arg("op")
+        .arg("put")
+        .arg("enc")
+        .arg("json")
+        .arg("key")
+        .arg(key_json)
+        .arg("doc")
+        .arg(doc)
+        .query_async(r)
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_letter_waits_for_the_older_writes_of_its_partition() {
     let env = TestEnv::start("dlq_order");
@@ -42,38 +87,16 @@ async fn a_letter_waits_for_the_older_writes_of_its_partition() {
         support::raw_json_put(&mut r, &stream, "candle", key_json, r#"{"close":2}"#, &[]).await;
     streams::create_group(&mut r, &stream, &group, "0").await;
     streams::deliver_all(&mut r, &stream, &group, "stopped-daemon").await;
-    let letter: String = redis::cmd("XADD")
-        .arg(names.dead_letters())
-        .arg("*")
-        .arg("dlq.reason")
-        .arg("too_large")
-        .arg("dlq.detail")
-        .arg("the document is over client.max_document_bytes")
-        .arg("dlq.stream")
-        .arg(&stream)
-        .arg("dlq.id")
-        .arg(&second)
-        .arg("dlq.attempts")
-        .arg(0)
-        .arg("dlq.at")
-        .arg(0)
-        .arg("dlq.partitions")
-        .arg(config.partitions)
-        .arg("v")
-        .arg("1")
-        .arg("coll")
-        .arg("candle")
-        .arg("op")
-        .arg("put")
-        .arg("enc")
-        .arg("json")
-        .arg("key")
-        .arg(key_json)
-        .arg("doc")
-        .arg(r#"{"close":2}"#)
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    let letter = park(
+        &mut r,
+        &names,
+        &stream,
+        &second,
+        key_json,
+        r#"{"close":2}"#,
+        config.partitions,
+    )
+    .await;
     streams::ack(&mut r, &stream, &group, std::slice::from_ref(&second)).await;
 
     // The first write is still pending: the letter is kept, nothing applied.
@@ -176,5 +199,129 @@ async fn a_replay_starts_at_the_oldest_unapplied_write_of_its_partition() {
     daemon.stop().await;
     let docs = env.all_docs("candle").await;
     assert_eq!(docs[0].get_document("payload").unwrap(), &doc! {"close": 1});
+    assert_eq!(streams::xlen(&mut r, &names.dead_letters()).await, 0);
+}
+
+/// Letters are parked in another order than their writes were made (one
+/// refused at decode at once, an earlier write of its key only after its
+/// attempts): retried in letter order, the newer write would stand and the
+/// older one be skipped as stale. A single retry waits for the older
+/// letter; `--all` retries in write order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn letters_are_retried_in_the_order_of_their_writes() {
+    let env = TestEnv::start("dlq_letter_order");
+    let dir = tempfile::tempdir().unwrap();
+    let config = env.config();
+    let path = env.config_file(dir.path(), "");
+    let names = writ::protocol::Names::new(&config.namespace);
+    let candle = config.collection("candle").unwrap();
+    let key_doc = doc! {"symbol": "SOL", "interval": "1m", "timestamp": 1};
+    let key = writ::protocol::Key::from_document(&key_doc, candle).unwrap();
+    let stream = names.stream(key.partition("candle", config.partitions));
+    let group = names.group();
+    let key_json = r#"{"symbol":"SOL","interval":"1m","timestamp":1}"#;
+    // Another key of the same partition.
+    let other_ts = (2i64..)
+        .find(|ts| {
+            let d = doc! {"symbol": "SOL", "interval": "1m", "timestamp": *ts};
+            let k = writ::protocol::Key::from_document(&d, candle).unwrap();
+            names.stream(k.partition("candle", config.partitions)) == stream
+        })
+        .unwrap();
+    let other_json = format!(r#"{{"symbol":"SOL","interval":"1m","timestamp":{other_ts}}}"#);
+    let other_json = other_json.as_str();
+    let mut r = env.redis().await;
+    let first =
+        support::raw_json_put(&mut r, &stream, "candle", key_json, r#"{"close":1}"#, &[]).await;
+    let second =
+        support::raw_json_put(&mut r, &stream, "candle", key_json, r#"{"close":2}"#, &[]).await;
+    let other =
+        support::raw_json_put(&mut r, &stream, "candle", other_json, r#"{"close":3}"#, &[]).await;
+    streams::create_group(&mut r, &stream, &group, "0").await;
+    streams::deliver_all(&mut r, &stream, &group, "stopped-daemon").await;
+    // The second write's letter first, then another key's, then the first's.
+    let n = config.partitions;
+    let second_letter = park(
+        &mut r,
+        &names,
+        &stream,
+        &second,
+        key_json,
+        r#"{"close":2}"#,
+        n,
+    )
+    .await;
+    let other_letter = park(
+        &mut r,
+        &names,
+        &stream,
+        &other,
+        other_json,
+        r#"{"close":3}"#,
+        n,
+    )
+    .await;
+    let first_letter = park(
+        &mut r,
+        &names,
+        &stream,
+        &first,
+        key_json,
+        r#"{"close":1}"#,
+        n,
+    )
+    .await;
+    streams::ack(
+        &mut r,
+        &stream,
+        &group,
+        &[first.clone(), second.clone(), other.clone()],
+    )
+    .await;
+
+    // Alone, the second write's letter waits for the first's; another key's
+    // letter does not.
+    let out = writ_cli(&path, &["dlq", "retry", &second_letter]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("still failing")
+            && stdout.contains(&format!("dead letter {first_letter} parks an older write")),
+        "{stdout}"
+    );
+    assert!(env.all_docs("candle").await.is_empty());
+    let out = writ_cli(&path, &["dlq", "retry", &other_letter]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // --all: the first write's letter, then the second's (stale).
+    let out = writ_cli(&path, &["dlq", "retry", "--all"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let at = |id: &str| {
+        stdout
+            .find(id)
+            .unwrap_or_else(|| panic!("{id} not retried: {stdout}"))
+    };
+    assert!(at(&first_letter) < at(&second_letter), "{stdout}");
+    let docs = env.all_docs("candle").await;
+    let value = |ts: i64| {
+        docs.iter()
+            .find(|d| {
+                d.get("timestamp")
+                    .and_then(|t| t.as_i64().or(t.as_i32().map(i64::from)))
+                    == Some(ts)
+            })
+            .and_then(|d| d.get_document("payload").ok().cloned())
+    };
+    assert_eq!(
+        value(1),
+        Some(doc! {"close": 1}),
+        "insert_once: the first write's value stands: {docs:?}"
+    );
+    assert_eq!(value(other_ts), Some(doc! {"close": 3}), "{docs:?}");
     assert_eq!(streams::xlen(&mut r, &names.dead_letters()).await, 0);
 }

@@ -115,51 +115,53 @@ fn print_letters(letters: &[writ::tools::dlq::Letter], json: bool) -> anyhow::Re
 }
 
 /// `writ dlq retry <id>` (`one`) or `--all`: each letter up to the newest at
-/// the start, a page at a time. Fails when a letter still fails, or a named
+/// the start, in the order of the writes they park (a letter waits for an
+/// older letter of its key). Fails when a letter still fails, or a named
 /// one is not there (an empty queue is no failure).
 async fn dlq_retry(tools: &writ::tools::Tools, one: Option<String>) -> anyhow::Result<ExitCode> {
     let through = tools.dlq_newest().await?.unwrap_or_else(|| "0-0".into());
-    let mut failed = 0;
-    let mut seen = 0usize;
-    let mut pages = tools.dlq_pages(through, DLQ_PAGE);
-    let mut first = true;
-    loop {
-        let letters = match &one {
-            Some(id) if first => tools.dlq_show(id).await?.into_iter().collect(),
-            Some(_) => Vec::new(),
-            None => tools.dlq_next(&mut pages).await?,
-        };
-        first = false;
-        if letters.is_empty() {
-            break;
-        }
-        seen += letters.len();
-        for l in &letters {
-            if tools.abort.is_cancelled() {
-                eprintln!("writ: stopped by a signal; the letters not retried yet stay");
-                return Ok(ExitCode::FAILURE);
-            }
-            match tools.dlq_retry(l).await? {
-                Ok(outcome) => println!(
-                    "{}: {} (removed from the dead-letter stream)",
-                    l.id,
-                    outcome.as_str()
-                ),
-                Err(reason) => {
-                    failed += 1;
-                    println!("{}: still failing: {reason}", l.id);
-                }
-            }
-        }
-    }
-    if seen == 0 {
-        if one.is_none() {
-            println!("no dead letters to retry");
-        } else if let Some(id) = &one {
+    let report = |id: &str, r: &Result<writ::ack::Outcome, String>| match r {
+        Ok(outcome) => println!(
+            "{id}: {} (removed from the dead-letter stream)",
+            outcome.as_str()
+        ),
+        Err(reason) => println!("{id}: still failing: {reason}"),
+    };
+    if let Some(id) = one {
+        let Some(letter) = tools.dlq_show(&id).await? else {
             eprintln!("writ: no dead letter {id}; {NOT_THERE}");
+            return Ok(ExitCode::FAILURE);
+        };
+        let r = match tools.dlq_older_letter(&letter, through).await? {
+            Some(kept) => Err(kept),
+            None => tools.dlq_retry(&letter).await?,
+        };
+        report(&id, &r);
+        return Ok(if r.is_ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    let heads = tools.dlq_heads(through, DLQ_PAGE).await?;
+    if heads.is_empty() {
+        println!("no dead letters to retry");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut failed = Vec::new();
+    for head in &heads {
+        if tools.abort.is_cancelled() {
+            eprintln!("writ: stopped by a signal; the letters not retried yet stay");
+            return Ok(ExitCode::FAILURE);
+        }
+        if let Some(r) = tools.dlq_retry_in_run(head, &failed).await? {
+            report(&head.id, &r);
+            if r.is_err() {
+                failed.push(head.clone());
+            }
         }
     }
-    Ok(if failed == 0 && (one.is_none() || seen > 0) {
+    Ok(if failed.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -40,6 +40,72 @@ pub struct Letter {
     original: Fields,
 }
 
+impl Letter {
+    /// The write's key as its writer sent it (collection, encoding, key
+    /// bytes): two letters of one key, from writers of one encoding, share
+    /// it. Not decoded, so a letter refused at decode has one too.
+    fn key_as_sent(&self) -> Vec<u8> {
+        use crate::protocol::field::{COLLECTION, ENCODING, KEY};
+        let mut out = Vec::new();
+        for name in [COLLECTION, ENCODING, KEY] {
+            if let Some((_, v)) = self
+                .original
+                .iter()
+                .find(|(k, _)| k.as_slice() == name.as_bytes())
+            {
+                out.extend_from_slice(v);
+            }
+            out.push(0);
+        }
+        out
+    }
+
+    /// The parked write's own id (its place in its partition's order).
+    fn write_id(&self) -> Option<Version> {
+        self.source_id.parse().ok()
+    }
+}
+
+/// What orders the letters of `--all`: a letter's id, its write's partition
+/// stream, id and key. Kept for every letter of a run, without the
+/// documents.
+#[derive(Debug, Clone)]
+pub struct LetterHead {
+    /// The letter's id.
+    pub id: String,
+    source: String,
+    write: Option<Version>,
+    key: Vec<u8>,
+}
+
+impl LetterHead {
+    fn of(l: &Letter) -> Self {
+        LetterHead {
+            id: l.id.clone(),
+            source: l.source.clone(),
+            write: l.write_id(),
+            key: l.key_as_sent(),
+        }
+    }
+
+    /// Whether `self` parks an older write of the same key than `other`.
+    fn is_older_write_of(&self, other: &LetterHead) -> bool {
+        self.id != other.id
+            && self.source == other.source
+            && self.key == other.key
+            && matches!((self.write, other.write), (Some(a), Some(b)) if a < b)
+    }
+}
+
+/// Why a letter waits for an older letter of its key.
+fn older_letter_waits(older: &str, letter: &str) -> String {
+    format!(
+        "kept: dead letter {older} parks an older write of the same key; applied first, this letter \
+         would make that write stale. Retry {older} first (or drop it), then {letter}; `writ dlq retry \
+         --all` retries letters in write order"
+    )
+}
+
 fn text(v: &[u8]) -> String {
     match std::str::from_utf8(v) {
         Ok(s) => s.to_string(),
@@ -171,6 +237,56 @@ impl Tools {
             .query_async(&mut conn)
             .await?;
         Ok(parse_entries(&v).first().map(letter))
+    }
+
+    /// The heads of every letter up to `through`, in the order `--all`
+    /// retries them: by the parked write's id (letters are parked in
+    /// another order: one refused at decode at once, an earlier write of
+    /// its key only after its attempts), letters without one last.
+    pub async fn dlq_heads(&self, through: String, max: usize) -> Result<Vec<LetterHead>> {
+        let mut pages = self.dlq_pages(through, max);
+        let mut heads = Vec::new();
+        loop {
+            let page = self.dlq_next(&mut pages).await?;
+            if page.is_empty() {
+                break;
+            }
+            heads.extend(page.iter().map(LetterHead::of));
+        }
+        heads.sort_by_key(|h| (h.write.is_none(), h.write, h.id.clone()));
+        Ok(heads)
+    }
+
+    /// Why `letter` must wait for another letter, if one up to `through`
+    /// parks an older write of its key (`writ dlq retry <id>`).
+    pub async fn dlq_older_letter(
+        &self,
+        letter: &Letter,
+        through: String,
+    ) -> Result<Option<String>> {
+        let me = LetterHead::of(letter);
+        let heads = self.dlq_heads(through, 100).await?;
+        Ok(heads
+            .iter()
+            .find(|h| h.is_older_write_of(&me))
+            .map(|h| older_letter_waits(&h.id, &letter.id)))
+    }
+
+    /// [`Tools::dlq_retry`] in a `--all` run: a letter whose key has an
+    /// older letter that failed earlier in the run (`failed`) waits for it.
+    pub async fn dlq_retry_in_run(
+        &self,
+        head: &LetterHead,
+        failed: &[LetterHead],
+    ) -> Result<Option<std::result::Result<crate::ack::Outcome, String>>> {
+        if let Some(older) = failed.iter().find(|f| f.is_older_write_of(head)) {
+            return Ok(Some(Err(older_letter_waits(&older.id, &head.id))));
+        }
+        // Gone meanwhile (another operator's drop or retry): nothing to do.
+        let Some(letter) = self.dlq_show(&head.id).await? else {
+            return Ok(None);
+        };
+        self.dlq_retry(&letter).await.map(Some)
     }
 
     /// Re-applies a dead letter at its original version; removes it if that
