@@ -178,6 +178,51 @@ async fn the_daemon_refuses_a_redis_older_than_7() {
     assert!(!exists, "the refusing daemon created {stream}");
 }
 
+/// A cluster node reached with `redis.cluster = false` (a one-shard
+/// "cluster mode" Redis that serves every slot): a round's cache script
+/// carries the writers' ack streams, keys of other slots, which such a node
+/// refuses (`CROSSSLOT`), and each round would be retried for ever. The
+/// daemon does not start, and says to set `redis.cluster`. (The test's Redis
+/// behind a proxy that reports `cluster_enabled:1`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_refuses_a_cluster_node_outside_cluster_mode() {
+    fn as_cluster(buf: &mut [u8]) {
+        const FIELD: &[u8] = b"cluster_enabled:";
+        if let Some(at) = buf.windows(FIELD.len()).position(|w| w == FIELD) {
+            if let Some(d) = buf.get_mut(at + FIELD.len()) {
+                *d = b'1';
+            }
+        }
+    }
+    let (env, redis, mut conn, _config) = own_redis("cluster_node").await;
+    let (_proxy, url) = support::proxy::in_front_of_redis_rewriting(&redis.url(), as_cluster).await;
+    let config = env.config_with(&Overrides {
+        redis_url: Some(url),
+        partitions: Some(1),
+        ..Default::default()
+    });
+    let refused = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        writ::serve::serve(config.clone(), tokio_util::sync::CancellationToken::new()),
+    )
+    .await
+    .expect("the daemon kept running on a cluster node outside cluster mode");
+    let e = refused.expect_err("the daemon ran on a cluster node with redis.cluster = false");
+    assert!(matches!(e, Error::UnsupportedRedis(_)), "{e:?}");
+    let text = e.to_string();
+    assert!(
+        text.contains("cluster_enabled:1") && text.contains("Set redis.cluster = true"),
+        "{text}"
+    );
+    let stream = writ::protocol::Names::new(&config.namespace).stream(0);
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!exists, "the refusing daemon created {stream}");
+}
+
 /// A Redis that may evict any key at its limit could drop a partition
 /// stream, and the accepted writes in it, without a word: the daemon does
 /// not start on one, and says which setting to change. The same policy

@@ -118,6 +118,22 @@ pub fn version_refusal(info: &str) -> Option<String> {
     })
 }
 
+/// The refusal for a cluster node reached with `redis.cluster = false`, from
+/// its `INFO` (`cluster_enabled:1`): a round's cache script also carries
+/// the writers' ack streams, keys of other hash slots, which a cluster node
+/// refuses (`CROSSSLOT`) even when it serves every slot; each round would be
+/// retried for ever, holding its partition. `cluster`: the config's mode.
+pub fn cluster_refusal(info: &str, cluster: bool) -> Option<String> {
+    let enabled = info.lines().any(|l| l.trim_end() == "cluster_enabled:1");
+    (enabled && !cluster).then(|| {
+        "this Redis runs in cluster mode (INFO: cluster_enabled:1), but redis.cluster is false: writ's \
+         scripts would reach keys of several hash slots in one call, which a cluster node refuses \
+         (CROSSSLOT), even one that serves every slot. Set redis.cluster = true and give the nodes' URLs \
+         (docs/operations.md, Redis Cluster)"
+            .to_string()
+    })
+}
+
 /// Whether a policy lets the daemon run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -132,8 +148,8 @@ pub enum Verdict {
 /// Checks the node of each of `streams` (the partition streams; one
 /// server: its only node). `replicas`: whether replicas confirm every write.
 /// `Err` only when a node's policy could evict a stream
-/// ([`Error::UnsafeRedis`]) or a node is older than Redis 7.0
-/// ([`Error::UnsupportedRedis`]); warnings are logged once each, and a check
+/// ([`Error::UnsafeRedis`]), or a node is older than Redis 7.0 or a cluster
+/// node while `redis.cluster` is false ([`Error::UnsupportedRedis`]); warnings are logged once each, and a check
 /// that cannot run is logged and passes.
 pub async fn check(conn: &Conn, streams: &[String], replicas: bool) -> Result<()> {
     let keys: &[String] = if conn.is_cluster() {
@@ -154,7 +170,9 @@ pub async fn check(conn: &Conn, streams: &[String], replicas: bool) -> Result<()
                 continue;
             }
         };
-        if let Some(message) = version_refusal(&info) {
+        if let Some(message) =
+            version_refusal(&info).or_else(|| cluster_refusal(&info, conn.is_cluster()))
+        {
             return Err(Error::UnsupportedRedis(message));
         }
         let Some(policy) = Policy::from_info(&info) else {
@@ -233,6 +251,19 @@ mod tests {
         assert_eq!(persistence_warning(off, true), None);
         assert_eq!(persistence_warning(on, false), None);
         assert_eq!(persistence_warning("# Memory\r\n", false), None);
+    }
+
+    #[test]
+    fn a_cluster_node_is_refused_unless_cluster_mode_is_on() {
+        let node = "# Cluster\r\ncluster_enabled:1\r\n";
+        let refusal = cluster_refusal(node, false).unwrap();
+        assert!(refusal.contains("redis.cluster = true"), "{refusal}");
+        assert_eq!(cluster_refusal(node, true), None);
+        assert_eq!(
+            cluster_refusal("# Cluster\r\ncluster_enabled:0\r\n", false),
+            None
+        );
+        assert_eq!(cluster_refusal("redis_version:7.0.15\r\n", false), None);
     }
 
     #[test]
