@@ -17,11 +17,12 @@ pub(super) fn redis_retry_class(e: &redis::RedisError) -> RetryClass {
     // States of the server that pass by themselves or by an operator's
     // hand, not by changing the command: memory above `maxmemory` (until
     // trimming or the operator frees some), a script running long, too few
-    // replicas for `min-replicas-to-write`. The redis crate knows them only
-    // by their reply code.
+    // replicas for `min-replicas-to-write`, an append-only file that cannot
+    // be written (`MISCONF`: a full disk, which `appendfsync always` meets
+    // first). The redis crate knows them only by their reply code.
     if matches!(
         crate::redis_conn::code_of(e).as_deref(),
-        Some("OOM" | "BUSY" | "NOREPLICAS")
+        Some("OOM" | "BUSY" | "NOREPLICAS" | "MISCONF")
     ) {
         return RetryClass::Transient;
     }
@@ -41,12 +42,21 @@ pub(super) fn redis_retry_class(e: &redis::RedisError) -> RetryClass {
 /// locks not granted in time (24, 46), an operation killed by an operator
 /// (11601), a mongos's network time limit (202), a full disk or an
 /// exhausted storage quota (14031; 8000, Atlas), and request-rate limiting
-/// (16500, Cosmos DB's MongoDB API). Counted as permanent, each would
-/// dead-letter every write in flight within a second.
+/// (16500, Cosmos DB's MongoDB API); a storage engine short of cache for
+/// now (365, `TemporarilyUnavailable`), a mongos whose routing table is
+/// behind after its own retries (13388, `StaleConfig`), and a new or
+/// restored replica set without its signing keys yet (211, `KeyNotFound`).
+/// Counted as permanent, each would dead-letter every write in flight
+/// within a second.
 const TRANSIENT_MONGO_CODES: &[i32] = &[
-    6, 7, 24, 46, 50, 64, 89, 91, 112, 133, 134, 189, 202, 262, 8000, 9001, 10107, 11600, 11601,
-    11602, 13435, 13436, 14031, 16500,
+    6, 7, 24, 46, 50, 64, 89, 91, 112, 133, 134, 189, 202, 211, 262, 365, 8000, 9001, 10107, 11600,
+    11601, 11602, 13388, 13435, 13436, 14031, 16500,
 ];
+
+/// Labels the server or driver puts on an error that may pass: besides the
+/// retryable-write and transient-transaction labels, an overloaded server's
+/// (`SystemOverloadedError`, with `RetryableError`).
+const TRANSIENT_MONGO_LABELS: &[&str] = &["RetryableError", "SystemOverloadedError"];
 
 /// MongoDB server error codes that mean "writ's user may not do this now":
 /// `Unauthorized` (13) and `AuthenticationFailed` (18).
@@ -56,6 +66,7 @@ pub(crate) fn mongo_retry_class(e: &mongodb::error::Error) -> RetryClass {
     use mongodb::error::ErrorKind as K;
     if e.contains_label(mongodb::error::RETRYABLE_WRITE_ERROR)
         || e.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR)
+        || TRANSIENT_MONGO_LABELS.iter().any(|l| e.contains_label(l))
     {
         return RetryClass::Transient;
     }

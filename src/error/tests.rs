@@ -103,7 +103,8 @@ fn mongo_codes_of_passing_server_states_are_transient() {
         mongodb::error::ErrorKind::Command(c).into()
     };
     for code in [
-        134, 133, 189, 11600, 91, 262, 13, 18, 24, 46, 202, 8000, 11601, 14031, 16500,
+        134, 133, 189, 11600, 91, 262, 13, 18, 24, 46, 202, 8000, 11601, 14031, 16500, 365, 13388,
+        211,
     ] {
         assert_eq!(
             mongo_retry_class(&command(code)),
@@ -158,6 +159,7 @@ fn redis_replies_of_a_full_or_busy_server_are_transient() {
         "OOM command not allowed when used memory > 'maxmemory'.",
         "BUSY Redis is busy running a script.",
         "NOREPLICAS Not enough good replicas to write.",
+        "MISCONF Errors writing to the AOF file: No space left on device",
     ] {
         assert_eq!(reply(line).retry_class(), RetryClass::Transient, "{line}");
     }
