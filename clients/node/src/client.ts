@@ -336,6 +336,8 @@ function refusalHint(msg: string): string | undefined {
       return "A script runs long on Redis: wait for it, or SCRIPT KILL it.";
     case "OOM":
       return "Redis is at its maxmemory: free memory or raise maxmemory (the writ repository's docs/operations.md).";
+    case "MISCONF":
+      return "Redis cannot write its append-only file or snapshot (a full disk, most often): free disk space for Redis, then try again.";
     default:
       return undefined;
   }
