@@ -166,6 +166,70 @@ async fn a_batch_is_refused_only_on_an_exact_count() {
     );
 }
 
+/// The kept upper bound's fields in the meta hash hold what another program
+/// wrote there: "1.5", "1e3" or "0x10" pass Lua's `tonumber` but not
+/// `HINCRBY`, which the batch form runs after its `XADD`s: the entries were
+/// added and the call refused, so the writer was told NOT accepted for a
+/// write in the stream. Such a value counts as absent (the backlog is
+/// counted again), and the write is admitted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meta_count_that_is_not_a_whole_number_counts_as_absent() {
+    let env = TestEnv::start("admission_meta_values");
+    let config = env.config();
+    let names = writ::protocol::Names::new(&config.namespace);
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let signal = config.collection("signal").unwrap();
+    let mut conn = env.redis().await;
+    for (i, (est, since)) in [("0", "1.5"), ("1e3", "0"), ("0x10", "2")]
+        .into_iter()
+        .enumerate()
+    {
+        let name = format!("meta{i}");
+        let p = writ::protocol::Key::from_document(&key(&name), signal)
+            .unwrap()
+            .partition("signal", config.partitions);
+        let _: () = redis::cmd("HSET")
+            .arg(names.meta(p))
+            .arg("est")
+            .arg(est)
+            .arg("since")
+            .arg(since)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let ticket = s.submit(&key(&name), &doc! {"i": i as i64}).await;
+        assert!(
+            ticket.is_ok(),
+            "est {est}, since {since}: {:?}",
+            ticket.err()
+        );
+        let entries: Vec<redis::Value> = redis::cmd("XRANGE")
+            .arg(names.stream(p))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(entries.len(), 1, "est {est}, since {since}: one entry");
+        let _: () = redis::cmd("DEL")
+            .arg(names.stream(p))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let since: String = redis::cmd("HGET")
+            .arg(names.meta(p))
+            .arg("since")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            since.parse::<u64>().is_ok(),
+            "since is {since:?} after the call"
+        );
+    }
+}
+
 /// A call that runs twice (a client library sent it again after its reply
 /// was lost: ioredis at a reconnect, redis-rs in cluster mode after a
 /// timeout) adds its entries once and gets the first run's reply again,

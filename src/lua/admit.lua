@@ -94,10 +94,17 @@ end
 -- (writes admitted after it). Only admissions grow the backlog, so while
 -- est + since is under the bound, writes are admitted in O(1); at the bound
 -- the backlog is counted again, exactly, and `est`/`since` start over. A meta
--- value that is not a number (someone else wrote it) counts as absent.
+-- value that is not a whole number (someone else wrote it: "1.5", "1e3" and
+-- "0x10" would pass tonumber, and fail HINCRBY after the XADDs) counts as
+-- absent.
+local function whole(v)
+  if v and string.match(v, '^%d+$') then return tonumber(v) end
+  return nil
+end
 local function room()
   local m = redis.call('HMGET', KEYS[2], 'est', 'since')
-  local est, since = tonumber(m[1]), tonumber(m[2] or 0)
+  local est, since = whole(m[1]), 0
+  if m[2] then since = whole(m[2]) end
   if est and since and est + since < bound then
     return bound - est - since, nil
   end
