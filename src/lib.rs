@@ -36,6 +36,7 @@ pub mod bson_bytes;
 pub mod cache;
 pub mod client;
 pub mod config;
+pub mod database_record;
 pub mod deadletter;
 pub mod error;
 pub mod ownership;

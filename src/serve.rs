@@ -174,6 +174,7 @@ async fn prepare_redis(config: &Config) -> Result<(Conn, crate::partition_count:
     let standing =
         crate::partition_count::claim_daemon(&mut conn, config, crate::protocol::wall_clock_ms())
             .await?;
+    crate::database_record::record(&mut conn, config).await?;
     for stream in &streams {
         ensure_group(&mut conn, stream, &names.group()).await?;
     }

@@ -90,13 +90,15 @@ impl Writ {
     /// Connects to Redis (and lazily to MongoDB for read-through) and starts
     /// the ack listener. Records `redis.partitions` as the namespace's count
     /// if no daemon or client did yet, and is refused ([`Error::Config`])
-    /// when another count is recorded ([`crate::partition_count`]).
+    /// when another count is recorded ([`crate::partition_count`]), or the
+    /// daemons record another MongoDB database ([`crate::database_record`]).
     pub async fn connect(config: Config) -> Result<Writ> {
         let config = Arc::new(config);
         let mut conn = crate::redis_conn::connect(&config, std::time::Duration::ZERO).await?;
         let names = Names::new(&config.namespace);
         crate::partition_count::claim(&mut conn, &config, crate::partition_count::By::Client)
             .await?;
+        crate::database_record::check(&mut conn, &config).await?;
         let store = Store::connect(&config).await?;
         let client_id = format!("c{:016x}", rand::random::<u64>());
         let stop = CancellationToken::new();

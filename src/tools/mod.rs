@@ -48,6 +48,7 @@ impl Tools {
         // and read other streams than the daemons.
         crate::partition_count::claim(&mut conn, &config, crate::partition_count::By::Client)
             .await?;
+        crate::database_record::check(&mut conn, &config).await?;
         let store = Store::connect(&config).await?;
         Ok(Tools {
             names,

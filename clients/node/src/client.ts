@@ -649,6 +649,8 @@ export class WritClient {
               if (!this.config.redisCluster) await this.checkNotCluster();
               if (this.redis !== conn) return;
               await this.checkPartitions();
+              if (this.redis !== conn) return;
+              await this.checkDatabase();
             })(),
             within,
             () =>
@@ -783,6 +785,26 @@ export class WritClient {
           `"${this.config.namespace}" records ${n} partitions (${key} field partitions): its keys would go to other partition streams, where they are applied out of order or never. ` +
           `Set partitions: ${n} (WRIT_PARTITIONS=${n}), as the daemon's redis.partitions. To change the namespace's ` +
           `count, see \`writ partitions --set\` in the writ repository's docs/operations.md`,
+      );
+    }
+  }
+
+  /**
+   * Refuses a `mongodbDatabase` other than the one the namespace's daemons
+   * record (field `database` of `<ns>:{p0}:meta`, written by each daemon at
+   * start; src/database_record.rs of the writ repository): this client's
+   * read-throughs and lost-ack looks would read a database the daemons do
+   * not write, and miss every write. Nothing is refused before a daemon ran.
+   */
+  private async checkDatabase(): Promise<void> {
+    const key = this.names.meta(0);
+    const recorded = await this.redis.hget(key, "database");
+    if (recorded && recorded !== this.config.mongodbDatabase) {
+      throw new WritConfigError(
+        `this client is configured with MongoDB database "${this.config.mongodbDatabase}" (mongodbDatabase, ` +
+          `WRIT_MONGODB_DATABASE), but the daemons of namespace "${this.config.namespace}" write to "${recorded}" ` +
+          `(${key} field database): its reads would miss every write. Set mongodbDatabase: "${recorded}" ` +
+          `(WRIT_MONGODB_DATABASE=${recorded}), as the daemon's mongodb.database (the database in a MongoDB URI's path is not used for it)`,
       );
     }
   }

@@ -1954,6 +1954,30 @@ describe("core", () => {
     await client({ namespace: ns, partitions: 3 }).ready();
   }));
 
+  test("a client configured with another MongoDB database than the daemons' is refused, naming both", g(async () => {
+    // The daemon recorded its database when it started (src/database_record.rs).
+    const right = client({ mode: "ack" });
+    await right.write(KV.name, { k: "db", n: 1 }, "put", { n: 1 });
+    const redis = new Redis(env.redisUrl);
+    try {
+      assert.equal(await redis.hget(new Names(right.config.namespace).meta(0), "database"), right.config.mongodbDatabase);
+    } finally {
+      redis.disconnect();
+    }
+    const c = client({ mongodbDatabase: "writ" });
+    await assert.rejects(
+      c.ready(),
+      (e: unknown) =>
+        e instanceof WritConfigError &&
+        e.message.includes(`configured with MongoDB database "writ"`) &&
+        e.message.includes(`write to "${right.config.mongodbDatabase}"`) &&
+        e.message.includes(`WRIT_MONGODB_DATABASE=${right.config.mongodbDatabase}`),
+    );
+    await assert.rejects(c.read(KV.name, { k: "db", n: 1 }), WritConfigError);
+    // A namespace no daemon has served: nothing recorded, nothing refused.
+    await client({ namespace: `${env.name}_nodb`, mongodbDatabase: "writ" }).ready();
+  }));
+
   test("a client left on another partition count after a change is refused at its next write, and nothing is added", g(async () => {
     const ns = `${env.name}_recount`;
     const names = new Names(ns);
