@@ -326,6 +326,14 @@ async fn replay(
                  out of order"
             );
         }
+        if !sum.rejected_before_range.is_empty() {
+            eprintln!(
+                "writ: {} entries before --from, which the daemons had not applied yet, could not apply either \
+                 (`rejected_before_range` names them): the daemons park them (`writ dlq list`); they do not \
+                 make the replay incomplete",
+                sum.rejected_before_range.len()
+            );
+        }
         if sum.rejected > 0 {
             eprintln!(
                 "writ: warning: {} entries were rejected, as the daemon rejects them (a bad entry, an error MongoDB \

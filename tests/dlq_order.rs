@@ -157,8 +157,18 @@ async fn a_replay_starts_at_the_oldest_unapplied_write_of_its_partition() {
     let stream = names.stream(p);
     let key_json = r#"{"symbol":"ETH","interval":"1m","timestamp":1}"#;
     let mut r = env.redis().await;
-    // Two writes of the key, neither delivered (the daemons are stopped
-    // under a backlog); the operator replays from the second.
+    // A bad entry (a collection the config does not declare), then two
+    // writes of the key, none delivered (the daemons are stopped under a
+    // backlog); the operator replays from the second.
+    let bad = support::raw_json_put(
+        &mut r,
+        &stream,
+        "nowhere",
+        r#"{"k":"x"}"#,
+        r#"{"n":1}"#,
+        &[],
+    )
+    .await;
     let first =
         support::raw_json_put(&mut r, &stream, "candle", key_json, r#"{"close":1}"#, &[]).await;
     let second =
@@ -172,12 +182,20 @@ async fn a_replay_starts_at_the_oldest_unapplied_write_of_its_partition() {
     let sum: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(
         sum["started_earlier"][p.to_string()].as_str(),
-        Some(first.as_str()),
+        Some(bad.as_str()),
         "{stdout}"
     );
     assert!(
-        stderr.contains(&format!("partition {p} was replayed from {first}")),
+        stderr.contains(&format!("partition {p} was replayed from {bad}")),
         "{stderr}"
+    );
+    // The bad entry, before --from, is named but does not make the replay
+    // incomplete (exit 0 above): the daemons park it.
+    assert_eq!(sum["rejected"], 0, "{stdout}");
+    assert_eq!(
+        sum["rejected_before_range"][0]["id"].as_str(),
+        Some(bad.as_str()),
+        "{stdout}"
     );
     let docs = env.all_docs("candle").await;
     assert_eq!(docs.len(), 1, "{docs:?}");
@@ -187,7 +205,7 @@ async fn a_replay_starts_at_the_oldest_unapplied_write_of_its_partition() {
         "insert_once: the first write's value stands"
     );
 
-    // The daemon then finds both applied, and nothing is parked.
+    // The daemon then finds both applied, and parks the bad entry.
     let daemon = Daemon::start(config.clone());
     eventually(Duration::from_secs(30), "the backlog applied", || {
         let out = writ_cli(&path, &["status", "--json"]);
@@ -199,7 +217,7 @@ async fn a_replay_starts_at_the_oldest_unapplied_write_of_its_partition() {
     daemon.stop().await;
     let docs = env.all_docs("candle").await;
     assert_eq!(docs[0].get_document("payload").unwrap(), &doc! {"close": 1});
-    assert_eq!(streams::xlen(&mut r, &names.dead_letters()).await, 0);
+    assert_eq!(streams::xlen(&mut r, &names.dead_letters()).await, 1);
 }
 
 /// Letters are parked in another order than their writes were made (one

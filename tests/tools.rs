@@ -1259,10 +1259,33 @@ async fn dlq_retry_keeps_a_stale_fields_layout_letter() {
             ..Default::default()
         },
     );
-    // The newer first: applied, removed.
+    // The newer first: kept, since the older letter of its key waits (in
+    // the `fields` layout their order matters).
     let out = writ_cli(&fixed, &["dlq", "retry", &letter_of(&newer)]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success() && text.contains("applied"), "{text}");
+    assert!(
+        !out.status.success() && text.contains("parks an older write of the same key"),
+        "{text}"
+    );
+    // The operator drops it and the writer sends it again: a daemon with the
+    // collection declared applies it ahead of the older letter.
+    let out = writ_cli(&fixed, &["dlq", "drop", &letter_of(&newer)]);
+    assert!(out.status.success());
+    let daemon = Daemon::start(env.config_with(&Overrides {
+        collections: "[[collections]]\nname = \"rows\"\nkey = [\"k\"]\nlayout = \"fields\"",
+        ..Default::default()
+    }));
+    support::raw_json_put(&mut r, &stream, "rows", r#"{"k":"k1"}"#, r#"{"b":2}"#, &[]).await;
+    eventually(
+        Duration::from_secs(30),
+        "the resent write applied",
+        || async {
+            let docs: Vec<Document> = env.all_docs("rows").await;
+            (docs.len() == 1).then_some(())
+        },
+    )
+    .await;
+    daemon.stop().await;
     // The older is stale, and its field `a` is not in the document: kept.
     let kept = letter_of(&older);
     let out = writ_cli(&fixed, &["dlq", "retry", &kept]);

@@ -43,21 +43,27 @@ pub struct Letter {
 impl Letter {
     /// The write's key as its writer sent it (collection, encoding, key
     /// bytes): two letters of one key, from writers of one encoding, share
-    /// it. Not decoded, so a letter refused at decode has one too.
-    fn key_as_sent(&self) -> Vec<u8> {
+    /// it. Not decoded, so a letter refused at decode has one too; a letter
+    /// without a key field has none.
+    fn key_as_sent(&self) -> Option<Vec<u8>> {
         use crate::protocol::field::{COLLECTION, ENCODING, KEY};
-        let mut out = Vec::new();
-        for name in [COLLECTION, ENCODING, KEY] {
-            if let Some((_, v)) = self
-                .original
+        let field = |name: &str| {
+            self.original
                 .iter()
                 .find(|(k, _)| k.as_slice() == name.as_bytes())
-            {
-                out.extend_from_slice(v);
-            }
+                .map(|(_, v)| v.as_slice())
+        };
+        let key = field(KEY)?;
+        let mut out = Vec::new();
+        for part in [
+            field(COLLECTION).unwrap_or_default(),
+            field(ENCODING).unwrap_or_default(),
+            key,
+        ] {
+            out.extend_from_slice(part);
             out.push(0);
         }
-        out
+        Some(out)
     }
 
     /// The parked write's own id (its place in its partition's order).
@@ -75,23 +81,41 @@ pub struct LetterHead {
     pub id: String,
     source: String,
     write: Option<Version>,
-    key: Vec<u8>,
+    key: Option<Vec<u8>>,
+    /// Whether its collection's writes must apply in order: the `fields`
+    /// layout (a put sets only its fields), `insert_once` (the first value
+    /// stands), or a collection the config does not declare. Otherwise a
+    /// newer write applied first leaves the older one stale and superseded:
+    /// the same document as in order.
+    ordered: bool,
 }
 
 impl LetterHead {
-    fn of(l: &Letter) -> Self {
+    fn of(l: &Letter, config: &crate::config::Config) -> Self {
+        use crate::config::{Layout, WriteMode};
+        let coll = l
+            .original
+            .iter()
+            .find(|(k, _)| k.as_slice() == crate::protocol::field::COLLECTION.as_bytes())
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .and_then(|c| config.collection(c));
         LetterHead {
             id: l.id.clone(),
             source: l.source.clone(),
             write: l.write_id(),
             key: l.key_as_sent(),
+            ordered: coll
+                .is_none_or(|c| c.layout == Layout::Fields || c.mode == WriteMode::InsertOnce),
         }
     }
 
-    /// Whether `self` parks an older write of the same key than `other`.
+    /// Whether `self` parks an older write of the same key than `other`,
+    /// whose collection needs its writes in order.
     fn is_older_write_of(&self, other: &LetterHead) -> bool {
-        self.id != other.id
+        other.ordered
+            && self.id != other.id
             && self.source == other.source
+            && self.key.is_some()
             && self.key == other.key
             && matches!((self.write, other.write), (Some(a), Some(b)) if a < b)
     }
@@ -251,7 +275,7 @@ impl Tools {
             if page.is_empty() {
                 break;
             }
-            heads.extend(page.iter().map(LetterHead::of));
+            heads.extend(page.iter().map(|l| LetterHead::of(l, &self.config)));
         }
         heads.sort_by_key(|h| (h.write.is_none(), h.write, h.id.clone()));
         Ok(heads)
@@ -264,7 +288,7 @@ impl Tools {
         letter: &Letter,
         through: String,
     ) -> Result<Option<String>> {
-        let me = LetterHead::of(letter);
+        let me = LetterHead::of(letter, &self.config);
         let heads = self.dlq_heads(through, 100).await?;
         Ok(heads
             .iter()

@@ -36,6 +36,11 @@ pub struct ReplaySummary {
     pub rejected: u64,
     /// The first [`MAX_NAMED`] of them: which, and why.
     pub rejections: Vec<Rejection>,
+    /// Entries before `from` that a partition's earlier start reached and
+    /// that could not apply either: writes the daemons had not applied yet,
+    /// which they park themselves, so they do not make the replay
+    /// incomplete. The first [`MAX_NAMED`].
+    pub rejected_before_range: Vec<Rejection>,
     /// Partitions replayed from an unapplied entry older than `from`, and
     /// that entry's id (the module header says why).
     pub started_earlier: BTreeMap<u32, String>,
@@ -90,6 +95,7 @@ impl Tools {
             }
             let to = end.to_stream_id();
             let mut conn = self.conn.clone();
+            let range_from = from;
             let from = match crate::status::oldest_unapplied(&mut conn, &self.names, p).await? {
                 Some(oldest) if oldest < from => {
                     sum.started_earlier.insert(p, oldest.to_stream_id());
@@ -115,7 +121,12 @@ impl Tools {
                 let v: Value = cmd::xrange(&stream, &start, &to, Some(page.next()))
                     .query_async(&mut conn)
                     .await?;
-                if !sum.trimmed.contains(&p) && self.removed_since(&stream, next).await? {
+                // Only the range counts: what retention trimmed before it
+                // (an earlier start's entries the daemons applied meanwhile)
+                // was applied.
+                if !sum.trimmed.contains(&p)
+                    && self.removed_since(&stream, next.max(range_from)).await?
+                {
                     sum.trimmed.push(p);
                 }
                 let entries = parse_entries(&v);
@@ -141,10 +152,15 @@ impl Tools {
                     {
                         Ok((o, _)) => *sum.outcomes.entry(o.as_str().to_string()).or_default() += 1,
                         Err(crate::Error::Rejected(r)) => {
-                            sum.rejected += 1;
                             tracing::warn!(partition = p, entry = %e.id.to_stream_id(), reason = %r, "replay could not apply an entry");
-                            if sum.rejections.len() < MAX_NAMED {
-                                sum.rejections.push(Rejection {
+                            let named = if e.id < range_from {
+                                &mut sum.rejected_before_range
+                            } else {
+                                sum.rejected += 1;
+                                &mut sum.rejections
+                            };
+                            if named.len() < MAX_NAMED {
+                                named.push(Rejection {
                                     partition: p,
                                     id: e.id.to_stream_id(),
                                     reason: r.to_string(),
