@@ -169,8 +169,7 @@ async fn a_replay_starts_at_the_oldest_unapplied_write_of_its_partition() {
         &[],
     )
     .await;
-    let first =
-        support::raw_json_put(&mut r, &stream, "candle", key_json, r#"{"close":1}"#, &[]).await;
+    support::raw_json_put(&mut r, &stream, "candle", key_json, r#"{"close":1}"#, &[]).await;
     let second =
         support::raw_json_put(&mut r, &stream, "candle", key_json, r#"{"close":2}"#, &[]).await;
     streams::create_group(&mut r, &stream, &names.group(), "0").await;
