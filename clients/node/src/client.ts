@@ -180,15 +180,20 @@ const F = Object.fromEntries(
 ) as Record<string, Buffer>;
 
 /**
- * A Buffer view of BSON bytes (no copy). `undefined` is stored as null at
- * every level, as the MongoDB driver stores it by default, and so as the
- * official package stores it in a payload (`{ note: undefined }` is stored
- * as `note: null` by both).
+ * A Buffer view of BSON bytes (no copy). An `undefined` field at the top
+ * level is left out, as mongoose leaves it out of the official package's
+ * `$set` (so a `fields` put leaves that stored field as it is); below the
+ * top it is stored as null, as the MongoDB driver stores it by default, and
+ * so as the official package stores it in a payload (`{ payload: { note:
+ * undefined } }` is stored as `note: null` by both).
  */
 export function bsonBuffer(doc: Document): Buffer {
+  const top = Object.values(doc).includes(undefined)
+    ? Object.fromEntries(Object.entries(doc).filter(([, v]) => v !== undefined))
+    : doc;
   let u8: Uint8Array;
   try {
-    u8 = serialize(doc, { ignoreUndefined: false });
+    u8 = serialize(top, { ignoreUndefined: false });
   } catch (e) {
     // A circular value, a NUL in a nested field name, a value BSON has no type for.
     throw new WritKeyError(`a document BSON cannot encode: ${errMessage(e)}; fix the value`, { cause: e });

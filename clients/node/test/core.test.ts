@@ -285,6 +285,22 @@ describe("core", () => {
     assert.equal(await other.read(ONCE.name, fresh), null);
   }));
 
+  test("undefined: a top-level field of a put is left out (a fields-layout value stays), below the top it is stored as null", g(async () => {
+    const a = client({ mode: "ack" });
+    const key = { k: "undef-fields", n: 1 };
+    await a.write(FIELDS.name, key, "put", { a: 1, b: 2 });
+    await a.write(FIELDS.name, key, "put", { a: undefined, b: 3, c: { d: undefined, e: [undefined] } });
+    const mongo = new MongoClient(env.mongoUri);
+    try {
+      const stored = await mongo.db(env.name).collection(FIELDS.name).findOne({ k: "undef-fields" });
+      assert.deepEqual([stored?.a, stored?.b, stored?.c], [1, 3, { d: null, e: [null] }], JSON.stringify(stored));
+    } finally {
+      await mongo.close();
+    }
+    const read = await client().read(FIELDS.name, key);
+    assert.deepEqual([read?.a, read?.b, read?.c], [1, 3, { d: null, e: [null] }], JSON.stringify(read));
+  }));
+
   test("readMany: cached, MongoDB-only and missing keys in one round trip and ONE MongoDB query", g(async () => {
     const w = client({ mode: "ack" });
     const keys = Array.from({ length: 12 }, (_, i) => ({ k: "many", n: 1700000000000 + i * 60000 }));
