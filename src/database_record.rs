@@ -11,9 +11,11 @@
 //! writes could be settled as lost. A tool (`replay`, `dlq retry`,
 //! `rebuild-cache`) would apply to, or read from, the wrong database.
 //!
-//! Each daemon records its database when it starts (the last one to start
-//! wins, with a warning when it replaces another: one namespace, one
-//! database). Nothing is refused before a daemon ever ran.
+//! Each daemon records its database when it starts, and again at each
+//! tenure of partition 0, so a Redis that lost the record has it back (the
+//! last one wins, with a warning when it replaces another: one namespace,
+//! one database). Checked at connect only: a client that connected before
+//! any daemon recorded one is not checked.
 
 use crate::config::Config;
 use crate::error::{Error, Result};

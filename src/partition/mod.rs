@@ -159,6 +159,14 @@ pub async fn run_partition(p: u32, ctx: Arc<Ctx>, run: Arc<PartitionRun>) {
     // Writers on another partition count are refused in this partition from
     // now on, also after a change of the count (src/partition_count/copies.rs).
     crate::partition_count::copy(&mut ctx.conn.clone(), &ctx.names, p, ctx.config.partitions).await;
+    // The namespace's database record lives in partition 0's meta hash: its
+    // tenure writes it again, so a Redis that lost it has it back without a
+    // restart (src/database_record.rs).
+    if p == 0 {
+        if let Err(e) = crate::database_record::record(&mut ctx.conn.clone(), &ctx.config).await {
+            tracing::warn!(error = %e, "cannot record this daemon's MongoDB database in the namespace's meta hash");
+        }
+    }
     let stream = ctx.names.stream(p);
     let acker = Acker::new(
         ctx.conn.clone(),
