@@ -631,13 +631,18 @@ impl TestEnv {
         Self::start_with(test, false)
     }
 
-    /// A test env on a redis-server of its own, whatever
-    /// `WRIT_TEST_REDIS_URL` and `WRIT_TEST_REDIS_CLUSTER` say, and MongoDB
-    /// as for [`TestEnv::start`]: for tests that change or count server-wide
-    /// state (`CONFIG SET maxmemory`, `CONFIG RESETSTAT` and
-    /// `INFO commandstats`), which a shared server's other clients would
-    /// suffer or disturb.
+    /// A test env on a Redis of its own, and MongoDB as for
+    /// [`TestEnv::start`]: for tests that change or count server-wide state
+    /// (`CONFIG SET maxmemory`, `CONFIG RESETSTAT` and `INFO commandstats`),
+    /// which a shared server's other clients would suffer or disturb.
+    /// Without `WRIT_TEST_REDIS_URL` that is what [`TestEnv::start`] gives
+    /// (a redis-server, or with `WRIT_TEST_REDIS_CLUSTER` a cluster, of the
+    /// test's own); with it, a redis-server of its own instead of the shared
+    /// one.
     pub fn start_own_redis(test: &str) -> TestEnv {
+        if std::env::var("WRIT_TEST_REDIS_URL").is_err() {
+            return Self::start(test);
+        }
         let r = RedisServer::start();
         let redis_url = r.url();
         let (mongo, mongo_uri) = Self::mongo();
