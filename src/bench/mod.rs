@@ -259,13 +259,23 @@ async fn measure_and_verify(
     }
     // A read bench writes only its prefill: CPU per write means nothing there.
     if let (Some(b), Some(a), false) = (before, after, args.mode == Mode::Read) {
-        let applied = (a.applied - b.applied).max(1.0);
-        // `process_cpu_seconds_total` moves in clock ticks (10 ms here).
-        println!(
-            "  daemon     {:.1} µs CPU per applied write ({applied:.0} applied), RSS {:.1} MiB",
-            (a.cpu_seconds - b.cpu_seconds) * 1e6 / applied,
-            a.rss_bytes / (1024.0 * 1024.0)
-        );
+        let (applied, cpu) = (a.applied - b.applied, a.cpu_seconds - b.cpu_seconds);
+        if applied >= 1.0 && cpu >= 0.0 {
+            // `process_cpu_seconds_total` moves in clock ticks (10 ms here).
+            println!(
+                "  daemon     {:.1} µs CPU per applied write ({applied:.0} applied), RSS {:.1} MiB",
+                cpu * 1e6 / applied,
+                a.rss_bytes / (1024.0 * 1024.0)
+            );
+        } else {
+            // A daemon that restarted (its counters start over) or applied
+            // nothing of this run (another namespace's `/metrics`).
+            println!(
+                "  daemon     no CPU per write: its counters went back or it applied nothing in this run \
+                 (did it restart, or is --metrics another daemon's?); RSS {:.1} MiB",
+                a.rss_bytes / (1024.0 * 1024.0)
+            );
+        }
     }
     let last = last.lock().expect("lock").clone();
     let mismatches = verify(writ.store(), config, coll, &last).await?;
