@@ -131,8 +131,15 @@ if #entries > 0 then
     -- rest of the stream is after them, counted without reading it.
     redis.call('HSET', KEYS[3], 'at', at, 'read', added() - (redis.call('XLEN', KEYS[1]) - #entries))
   else
-    local after = redis.call('XRANGE', KEYS[1], '(' .. at, '+')
-    redis.call('HSET', KEYS[3], 'at', at, 'read', added() - #after)
+    -- Counted in a bounded read: under a large backlog (a group moved back
+    -- by hand, `XGROUP SETID`) reading the rest of the stream into Lua would
+    -- hold Redis for seconds, in a script that cannot be killed once
+    -- XREADGROUP wrote. Past the bound the meta stays as it was, and the
+    -- admission script counts again (bounded) and writes it back.
+    local after = redis.call('XRANGE', KEYS[1], '(' .. at, '+', 'COUNT', 128)
+    if #after < 128 then
+      redis.call('HSET', KEYS[3], 'at', at, 'read', added() - #after)
+    end
   end
   local n, more = fit(entries), ''
   if n < #entries then
