@@ -30,15 +30,11 @@ pub const FIELD: &str = "database";
 /// record only guards clients).
 pub async fn record(conn: &mut Conn, config: &Config) -> Result<()> {
     let names = Names::new(&config.namespace);
-    let before: Option<String> = redis::cmd("HGET")
-        .arg(names.meta(0))
-        .arg(FIELD)
-        .query_async(conn)
-        .await?;
+    let before = recorded(conn, &names).await?;
     if before.as_deref() == Some(config.database.as_str()) {
         return Ok(());
     }
-    if let Some(other) = before.filter(|d| !d.is_empty()) {
+    if let Some(other) = before {
         tracing::warn!(
             recorded = %other,
             database = %config.database,
@@ -65,17 +61,22 @@ pub async fn record(conn: &mut Conn, config: &Config) -> Result<()> {
 /// `config.database` other than the one the namespace's daemons record.
 pub async fn check(conn: &mut Conn, config: &Config) -> Result<()> {
     let names = Names::new(&config.namespace);
-    let recorded: Option<String> = redis::cmd("HGET")
-        .arg(names.meta(0))
-        .arg(FIELD)
-        .query_async(conn)
-        .await?;
-    match recorded.filter(|d| !d.is_empty()) {
+    match recorded(conn, &names).await? {
         Some(d) if d != config.database => {
             Err(Error::Config(refusal(&names, &config.database, &d)))
         }
         _ => Ok(()),
     }
+}
+
+/// The database the namespace's daemons record, if one does.
+async fn recorded(conn: &mut Conn, names: &Names) -> Result<Option<String>> {
+    let db: Option<String> = redis::cmd("HGET")
+        .arg(names.meta(0))
+        .arg(FIELD)
+        .query_async(conn)
+        .await?;
+    Ok(db.filter(|d| !d.is_empty()))
 }
 
 fn refusal(names: &Names, configured: &str, recorded: &str) -> String {

@@ -19,6 +19,42 @@ use support::proc::writ_cli;
 use support::streams;
 use support::{eventually, Daemon, TestEnv};
 
+/// One test's servers and config file, and one candle key of `symbol`
+/// (timestamp 1): its partition, that partition's stream, and the key as a
+/// raw JSON writer sends it.
+struct Scene {
+    env: TestEnv,
+    _dir: tempfile::TempDir,
+    config: writ::config::Config,
+    path: std::path::PathBuf,
+    names: writ::protocol::Names,
+    p: u32,
+    stream: String,
+    key_json: String,
+}
+
+fn scene(test: &str, symbol: &str) -> Scene {
+    let env = TestEnv::start(test);
+    let dir = tempfile::tempdir().unwrap();
+    let config = env.config();
+    let path = env.config_file(dir.path(), "");
+    let names = writ::protocol::Names::new(&config.namespace);
+    let candle = config.collection("candle").unwrap();
+    let key_doc = doc! {"symbol": symbol, "interval": "1m", "timestamp": 1};
+    let key = writ::protocol::Key::from_document(&key_doc, candle).unwrap();
+    let p = key.partition("candle", config.partitions);
+    Scene {
+        stream: names.stream(p),
+        key_json: format!(r#"{{"symbol":"{symbol}","interval":"1m","timestamp":1}}"#),
+        env,
+        _dir: dir,
+        config,
+        path,
+        names,
+        p,
+    }
+}
+
 /// Parks `id` of `stream` as a daemon parks a write refused at decode (a
 /// candle put of `doc`), and returns the dead letter's id.
 async fn park(
@@ -66,41 +102,34 @@ async fn park(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_letter_waits_for_the_older_writes_of_its_partition() {
-    let env = TestEnv::start("dlq_order");
-    let dir = tempfile::tempdir().unwrap();
-    let config = env.config();
-    let path = env.config_file(dir.path(), "");
-    let names = writ::protocol::Names::new(&config.namespace);
-    let candle = config.collection("candle").unwrap();
-    let key_doc = doc! {"symbol": "BTC", "interval": "1m", "timestamp": 1};
-    let key = writ::protocol::Key::from_document(&key_doc, candle).unwrap();
-    let stream = names.stream(key.partition("candle", config.partitions));
+    let s = scene("dlq_order", "BTC");
+    let (env, config, path, names, stream) = (&s.env, &s.config, &s.path, &s.names, &s.stream);
     let group = names.group();
-    let key_json = r#"{"symbol":"BTC","interval":"1m","timestamp":1}"#;
+    let key_json = s.key_json.as_str();
     let mut r = env.redis().await;
     // The first and the second write of the key; a daemon read both, parked
     // the second (as it parks an entry refused at decode) and stopped with
     // the first still pending.
     let first =
-        support::raw_json_put(&mut r, &stream, "candle", key_json, r#"{"close":1}"#, &[]).await;
+        support::raw_json_put(&mut r, stream, "candle", key_json, r#"{"close":1}"#, &[]).await;
     let second =
-        support::raw_json_put(&mut r, &stream, "candle", key_json, r#"{"close":2}"#, &[]).await;
-    streams::create_group(&mut r, &stream, &group, "0").await;
-    streams::deliver_all(&mut r, &stream, &group, "stopped-daemon").await;
+        support::raw_json_put(&mut r, stream, "candle", key_json, r#"{"close":2}"#, &[]).await;
+    streams::create_group(&mut r, stream, &group, "0").await;
+    streams::deliver_all(&mut r, stream, &group, "stopped-daemon").await;
     let letter = park(
         &mut r,
-        &names,
-        &stream,
+        names,
+        stream,
         &second,
         key_json,
         r#"{"close":2}"#,
         config.partitions,
     )
     .await;
-    streams::ack(&mut r, &stream, &group, std::slice::from_ref(&second)).await;
+    streams::ack(&mut r, stream, &group, std::slice::from_ref(&second)).await;
 
     // The first write is still pending: the letter is kept, nothing applied.
-    let out = writ_cli(&path, &["dlq", "retry", &letter]);
+    let out = writ_cli(path, &["dlq", "retry", &letter]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "the letter went ahead: {stdout}");
     assert!(
@@ -118,7 +147,7 @@ async fn a_letter_waits_for_the_older_writes_of_its_partition() {
     )
     .await;
     daemon.stop().await;
-    let out = writ_cli(&path, &["dlq", "retry", &letter]);
+    let out = writ_cli(path, &["dlq", "retry", &letter]);
     assert!(
         out.status.success(),
         "{}\n{}",
@@ -145,36 +174,22 @@ async fn a_letter_waits_for_the_older_writes_of_its_partition() {
 /// value would stand).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_starts_at_the_oldest_unapplied_write_of_its_partition() {
-    let env = TestEnv::start("replay_order");
-    let dir = tempfile::tempdir().unwrap();
-    let config = env.config();
-    let path = env.config_file(dir.path(), "");
-    let names = writ::protocol::Names::new(&config.namespace);
-    let candle = config.collection("candle").unwrap();
-    let key_doc = doc! {"symbol": "ETH", "interval": "1m", "timestamp": 1};
-    let key = writ::protocol::Key::from_document(&key_doc, candle).unwrap();
-    let p = key.partition("candle", config.partitions);
-    let stream = names.stream(p);
-    let key_json = r#"{"symbol":"ETH","interval":"1m","timestamp":1}"#;
+    let s = scene("replay_order", "ETH");
+    let (env, config, path, names, stream, p) =
+        (&s.env, &s.config, &s.path, &s.names, &s.stream, s.p);
+    let key_json = s.key_json.as_str();
     let mut r = env.redis().await;
     // A bad entry (a collection the config does not declare), then two
     // writes of the key, none delivered (the daemons are stopped under a
     // backlog); the operator replays from the second.
-    let bad = support::raw_json_put(
-        &mut r,
-        &stream,
-        "nowhere",
-        r#"{"k":"x"}"#,
-        r#"{"n":1}"#,
-        &[],
-    )
-    .await;
-    support::raw_json_put(&mut r, &stream, "candle", key_json, r#"{"close":1}"#, &[]).await;
+    let bad =
+        support::raw_json_put(&mut r, stream, "nowhere", r#"{"k":"x"}"#, r#"{"n":1}"#, &[]).await;
+    support::raw_json_put(&mut r, stream, "candle", key_json, r#"{"close":1}"#, &[]).await;
     let second =
-        support::raw_json_put(&mut r, &stream, "candle", key_json, r#"{"close":2}"#, &[]).await;
-    streams::create_group(&mut r, &stream, &names.group(), "0").await;
+        support::raw_json_put(&mut r, stream, "candle", key_json, r#"{"close":2}"#, &[]).await;
+    streams::create_group(&mut r, stream, &names.group(), "0").await;
 
-    let out = writ_cli(&path, &["replay", "--from", &second]);
+    let out = writ_cli(path, &["replay", "--from", &second]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
@@ -207,7 +222,7 @@ async fn a_replay_starts_at_the_oldest_unapplied_write_of_its_partition() {
     // The daemon then finds both applied, and parks the bad entry.
     let daemon = Daemon::start(config.clone());
     eventually(Duration::from_secs(30), "the backlog applied", || {
-        let out = writ_cli(&path, &["status", "--json"]);
+        let out = writ_cli(path, &["status", "--json"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         let unapplied = v["partitions"][p as usize]["unapplied"].as_u64();
         async move { (unapplied == Some(0)).then_some(()) }
@@ -226,42 +241,36 @@ async fn a_replay_starts_at_the_oldest_unapplied_write_of_its_partition() {
 /// letter; `--all` retries in write order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn letters_are_retried_in_the_order_of_their_writes() {
-    let env = TestEnv::start("dlq_letter_order");
-    let dir = tempfile::tempdir().unwrap();
-    let config = env.config();
-    let path = env.config_file(dir.path(), "");
-    let names = writ::protocol::Names::new(&config.namespace);
+    let s = scene("dlq_letter_order", "SOL");
+    let (env, config, path, names, stream) = (&s.env, &s.config, &s.path, &s.names, &s.stream);
     let candle = config.collection("candle").unwrap();
-    let key_doc = doc! {"symbol": "SOL", "interval": "1m", "timestamp": 1};
-    let key = writ::protocol::Key::from_document(&key_doc, candle).unwrap();
-    let stream = names.stream(key.partition("candle", config.partitions));
     let group = names.group();
-    let key_json = r#"{"symbol":"SOL","interval":"1m","timestamp":1}"#;
+    let key_json = s.key_json.as_str();
     // Another key of the same partition.
     let other_ts = (2i64..)
         .find(|ts| {
             let d = doc! {"symbol": "SOL", "interval": "1m", "timestamp": *ts};
             let k = writ::protocol::Key::from_document(&d, candle).unwrap();
-            names.stream(k.partition("candle", config.partitions)) == stream
+            names.stream(k.partition("candle", config.partitions)) == *stream
         })
         .unwrap();
     let other_json = format!(r#"{{"symbol":"SOL","interval":"1m","timestamp":{other_ts}}}"#);
     let other_json = other_json.as_str();
     let mut r = env.redis().await;
     let first =
-        support::raw_json_put(&mut r, &stream, "candle", key_json, r#"{"close":1}"#, &[]).await;
+        support::raw_json_put(&mut r, stream, "candle", key_json, r#"{"close":1}"#, &[]).await;
     let second =
-        support::raw_json_put(&mut r, &stream, "candle", key_json, r#"{"close":2}"#, &[]).await;
+        support::raw_json_put(&mut r, stream, "candle", key_json, r#"{"close":2}"#, &[]).await;
     let other =
-        support::raw_json_put(&mut r, &stream, "candle", other_json, r#"{"close":3}"#, &[]).await;
-    streams::create_group(&mut r, &stream, &group, "0").await;
-    streams::deliver_all(&mut r, &stream, &group, "stopped-daemon").await;
+        support::raw_json_put(&mut r, stream, "candle", other_json, r#"{"close":3}"#, &[]).await;
+    streams::create_group(&mut r, stream, &group, "0").await;
+    streams::deliver_all(&mut r, stream, &group, "stopped-daemon").await;
     // The second write's letter first, then another key's, then the first's.
     let n = config.partitions;
     let second_letter = park(
         &mut r,
-        &names,
-        &stream,
+        names,
+        stream,
         &second,
         key_json,
         r#"{"close":2}"#,
@@ -270,27 +279,18 @@ async fn letters_are_retried_in_the_order_of_their_writes() {
     .await;
     let other_letter = park(
         &mut r,
-        &names,
-        &stream,
+        names,
+        stream,
         &other,
         other_json,
         r#"{"close":3}"#,
         n,
     )
     .await;
-    let first_letter = park(
-        &mut r,
-        &names,
-        &stream,
-        &first,
-        key_json,
-        r#"{"close":1}"#,
-        n,
-    )
-    .await;
+    let first_letter = park(&mut r, names, stream, &first, key_json, r#"{"close":1}"#, n).await;
     streams::ack(
         &mut r,
-        &stream,
+        stream,
         &group,
         &[first.clone(), second.clone(), other.clone()],
     )
@@ -298,7 +298,7 @@ async fn letters_are_retried_in_the_order_of_their_writes() {
 
     // Alone, the second write's letter waits for the first's; another key's
     // letter does not.
-    let out = writ_cli(&path, &["dlq", "retry", &second_letter]);
+    let out = writ_cli(path, &["dlq", "retry", &second_letter]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
     assert!(
@@ -307,7 +307,7 @@ async fn letters_are_retried_in_the_order_of_their_writes() {
         "{stdout}"
     );
     assert!(env.all_docs("candle").await.is_empty());
-    let out = writ_cli(&path, &["dlq", "retry", &other_letter]);
+    let out = writ_cli(path, &["dlq", "retry", &other_letter]);
     assert!(
         out.status.success(),
         "{}",
@@ -315,7 +315,7 @@ async fn letters_are_retried_in_the_order_of_their_writes() {
     );
 
     // --all: the first write's letter, then the second's (stale).
-    let out = writ_cli(&path, &["dlq", "retry", "--all"]);
+    let out = writ_cli(path, &["dlq", "retry", "--all"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     let at = |id: &str| {

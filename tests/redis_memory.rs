@@ -148,27 +148,39 @@ async fn the_daemon_refuses_a_redis_older_than_7() {
             from = digit;
         }
     }
-    let (env, redis, mut conn, _config) = own_redis("old_redis").await;
-    let (_proxy, url) = support::proxy::in_front_of_redis_rewriting(&redis.url(), as_six).await;
+    let text = refused_through(own_redis("old_redis").await, as_six).await;
+    assert!(
+        text.contains("Redis 6.") && text.contains("7.0 or newer") && text.contains("Upgrade"),
+        "{text}"
+    );
+}
+
+/// Starts a daemon on the test's Redis seen through a proxy that applies
+/// `rewrite` to its replies, and returns the message of the
+/// [`Error::UnsupportedRedis`] it must stop with, having created nothing.
+async fn refused_through(
+    (env, redis, mut conn, _config): (
+        TestEnv,
+        support::RedisServer,
+        redis::aio::MultiplexedConnection,
+        writ::config::Config,
+    ),
+    rewrite: fn(&mut [u8]),
+) -> String {
+    let (_proxy, url) = support::proxy::in_front_of_redis_rewriting(&redis.url(), rewrite).await;
     let config = env.config_with(&Overrides {
         redis_url: Some(url),
         partitions: Some(1),
         ..Default::default()
     });
-    let token = tokio_util::sync::CancellationToken::new();
     let refused = tokio::time::timeout(
         std::time::Duration::from_secs(30),
-        writ::serve::serve(config.clone(), token.clone()),
+        writ::serve::serve(config.clone(), tokio_util::sync::CancellationToken::new()),
     )
     .await
-    .expect("the daemon kept running on an old Redis");
-    let e = refused.expect_err("the daemon ran on a Redis older than 7.0");
+    .expect("the daemon kept running on a Redis it must refuse");
+    let e = refused.expect_err("the daemon ran on a Redis it must refuse");
     assert!(matches!(e, Error::UnsupportedRedis(_)), "{e:?}");
-    let text = e.to_string();
-    assert!(
-        text.contains("Redis 6.") && text.contains("7.0 or newer") && text.contains("Upgrade"),
-        "{text}"
-    );
     let stream = writ::protocol::Names::new(&config.namespace).stream(0);
     let exists: bool = redis::cmd("EXISTS")
         .arg(&stream)
@@ -176,6 +188,7 @@ async fn the_daemon_refuses_a_redis_older_than_7() {
         .await
         .unwrap();
     assert!(!exists, "the refusing daemon created {stream}");
+    e.to_string()
 }
 
 /// A cluster node reached with `redis.cluster = false` (a one-shard
@@ -194,33 +207,11 @@ async fn the_daemon_refuses_a_cluster_node_outside_cluster_mode() {
             }
         }
     }
-    let (env, redis, mut conn, _config) = own_redis("cluster_node").await;
-    let (_proxy, url) = support::proxy::in_front_of_redis_rewriting(&redis.url(), as_cluster).await;
-    let config = env.config_with(&Overrides {
-        redis_url: Some(url),
-        partitions: Some(1),
-        ..Default::default()
-    });
-    let refused = tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        writ::serve::serve(config.clone(), tokio_util::sync::CancellationToken::new()),
-    )
-    .await
-    .expect("the daemon kept running on a cluster node outside cluster mode");
-    let e = refused.expect_err("the daemon ran on a cluster node with redis.cluster = false");
-    assert!(matches!(e, Error::UnsupportedRedis(_)), "{e:?}");
-    let text = e.to_string();
+    let text = refused_through(own_redis("cluster_node").await, as_cluster).await;
     assert!(
         text.contains("cluster_enabled:1") && text.contains("Set redis.cluster = true"),
         "{text}"
     );
-    let stream = writ::protocol::Names::new(&config.namespace).stream(0);
-    let exists: bool = redis::cmd("EXISTS")
-        .arg(&stream)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert!(!exists, "the refusing daemon created {stream}");
 }
 
 /// A Redis that may evict any key at its limit could drop a partition
