@@ -12,9 +12,10 @@
 //! `rebuild-cache`) would apply to, or read from, the wrong database.
 //!
 //! Each daemon records its database when it starts, and again at each
-//! tenure of partition 0, so a Redis that lost the record has it back (the
-//! last one wins, with a warning when it replaces another: one namespace,
-//! one database). Checked at connect only: a client that connected before
+//! tenure of partition 0, so a Redis that lost the record has it back.
+//! Daemons of one namespace on different databases (a mistake: one
+//! namespace, one database) overwrite each other's record, each with a
+//! warning, and which one a client meets depends on who wrote last. Checked at connect only: a client that connected before
 //! any daemon recorded one is not checked.
 
 use crate::config::Config;
@@ -25,7 +26,8 @@ use crate::redis_conn::Conn;
 /// The meta hash field.
 pub const FIELD: &str = "database";
 
-/// For a daemon at start: records `config.database`. A Redis at
+/// For a daemon at start and at each tenure of partition 0: records
+/// `config.database`. A Redis at
 /// `maxmemory` refuses the write; that is logged, and the daemon runs (the
 /// record only guards clients).
 pub async fn record(conn: &mut Conn, config: &Config) -> Result<()> {

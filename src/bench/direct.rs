@@ -41,11 +41,11 @@ pub(super) async fn run(
     let issued = Arc::new(AtomicU64::new(0));
     let hist = Arc::new(Mutex::new(new_hist()));
     let failed = Arc::new(Mutex::new(Failed::default()));
+    warm_up(&target, &redis, config, coll, args).await;
     let deadline = args
         .duration
         .map(|s| Instant::now() + Duration::from_secs(s));
     let total = args.writes;
-    warm_up(&target, &redis, config, coll, args).await;
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..args.writers.max(1) {
@@ -93,12 +93,14 @@ pub(super) async fn run(
 
 /// Before the clock starts, every writer makes one untimed write of a key of
 /// its own (outside the measured keys), all at once: each holds a pooled
-/// connection while it waits at the server, so the pool opens one per
-/// writer now (the driver opens two at a time) instead of during the timed
-/// run, where those handshakes would queue behind the first upserts and
-/// land in direct's latency. writ's side is warm already (its Redis
-/// connections open, the daemon running). Failures here are left to the
-/// timed run to meet and count.
+/// connection while it waits at the server, so the pool opens most of one
+/// per writer now (the driver opens two at a time, and hands a returned
+/// connection to the next waiter) instead of during the timed run, where
+/// those handshakes would queue behind the first upserts and land in
+/// direct's latency; the pool's `min_pool_size` opens the rest in the
+/// background. writ's side is warm already (its Redis connections open,
+/// the daemon running). Failures here are left to the timed run to meet
+/// and count.
 async fn warm_up(
     target: &mongodb::Collection<Document>,
     redis: &crate::redis_conn::Conn,
@@ -126,6 +128,7 @@ async fn direct_collection(
 ) -> Result<mongodb::Collection<Document>> {
     let mut opts = ClientOptions::parse(&config.mongodb_uri).await?;
     opts.max_pool_size = Some(writers.max(1) as u32 + 2);
+    opts.min_pool_size = Some(writers.max(1) as u32);
     let client = mongodb::Client::with_options(opts)?;
     let target = client
         .database(&config.database)

@@ -360,11 +360,6 @@ async fn measure(
     })
 }
 
-/// The baseline of the same run (`--baseline direct`) and the ratio. For
-/// submit (`drain`: how long the daemon took after the last submit) the
-/// throughput ratio is of accepted writes, and a second one of the writes
-/// applied over the whole run (to the end of the drain), against direct's
-/// durable writes.
 /// `args` for one half of the direct pattern's run: half the writes, or
 /// half the duration.
 fn half(args: &BenchArgs) -> BenchArgs {
@@ -374,6 +369,12 @@ fn half(args: &BenchArgs) -> BenchArgs {
     half
 }
 
+/// The baseline of the same run (`--baseline direct`) and the ratio. For
+/// submit (`drain`: how long the daemon took after the last submit) the
+/// throughput ratio is of accepted writes, and a second one of the writes
+/// applied over the whole run (to the end of the drain), against direct's
+/// durable writes. `first`: the half of the direct pattern's writes run
+/// before writ's run; this runs the other half and compares writ with both.
 async fn baseline(
     config: &Config,
     coll: &crate::config::CollectionConfig,

@@ -465,7 +465,7 @@ export function createAdapters(client: WritClient): AdapterClasses {
         const items: (Put & { id: string; bytes: Buffer })[] = [];
         for (const [id, row] of byId) {
           const fields = { payload: row };
-          const bytes = bsonBuffer(fields);
+          const bytes = bsonBuffer(fields, true);
           const prev = this.last.get(id);
           if (prev instanceof Buffer && prev.equals(bytes)) continue;
           items.push({ key: { backtest: this.backtest, [idField]: id }, fields, id, bytes });

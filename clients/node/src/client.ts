@@ -180,17 +180,19 @@ const F = Object.fromEntries(
 ) as Record<string, Buffer>;
 
 /**
- * A Buffer view of BSON bytes (no copy). An `undefined` field at the top
- * level is left out, as mongoose leaves it out of the official package's
- * `$set` (so a `fields` put leaves that stored field as it is); below the
- * top it is stored as null, as the MongoDB driver stores it by default, and
- * so as the official package stores it in a payload (`{ payload: { note:
- * undefined } }` is stored as `note: null` by both).
+ * A Buffer view of BSON bytes (no copy). `undefined` is stored as null, as
+ * the MongoDB driver stores it by default, and so as the official package
+ * stores it in a payload (`{ payload: { note: undefined } }` is stored as
+ * `note: null` by both). With `omitTopUndefined` (a `fields`-layout put,
+ * whose top level is the official package's `$set`), an `undefined` field
+ * at the top is left out instead, as mongoose leaves it out of `$set`: the
+ * stored field stays as it is.
  */
-export function bsonBuffer(doc: Document): Buffer {
-  const top = Object.values(doc).includes(undefined)
-    ? Object.fromEntries(Object.entries(doc).filter(([, v]) => v !== undefined))
-    : doc;
+export function bsonBuffer(doc: Document, omitTopUndefined = false): Buffer {
+  const top =
+    omitTopUndefined && Object.values(doc).includes(undefined)
+      ? Object.fromEntries(Object.entries(doc).filter(([, v]) => v !== undefined))
+      : doc;
   let u8: Uint8Array;
   try {
     u8 = serialize(top, { ignoreUndefined: false });
@@ -943,7 +945,7 @@ export class WritClient {
           }
         }
       }
-      docBytes = bsonBuffer(fields);
+      docBytes = bsonBuffer(fields, (k.spec.layout ?? "payload") === "fields");
       if (docBytes.length > this.config.maxDocumentBytes) {
         throw new WritKeyError(
           `the document for ${collection} ${k.canonical} is ${docBytes.length} bytes of BSON, over maxDocumentBytes ` +

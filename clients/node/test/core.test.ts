@@ -285,7 +285,7 @@ describe("core", () => {
     assert.equal(await other.read(ONCE.name, fresh), null);
   }));
 
-  test("undefined: a top-level field of a put is left out (a fields-layout value stays), below the top it is stored as null", g(async () => {
+  test("undefined: a top-level field of a fields-layout put is left out (the stored value stays); elsewhere it is stored as null", g(async () => {
     const a = client({ mode: "ack" });
     const key = { k: "undef-fields", n: 1 };
     await a.write(FIELDS.name, key, "put", { a: 1, b: 2 });
@@ -299,6 +299,11 @@ describe("core", () => {
     }
     const read = await client().read(FIELDS.name, key);
     assert.deepEqual([read?.a, read?.b, read?.c], [1, 3, { d: null, e: [null] }], JSON.stringify(read));
+    // In the payload layout the document is the payload, one level below the
+    // official package's $set: undefined is stored as null at its top too.
+    const kv = { k: "undef-payload", n: 1 };
+    await a.write(KV.name, kv, "put", { note: undefined, x: { y: undefined } });
+    assert.deepEqual((await client().read(KV.name, kv))?.payload, { note: null, x: { y: null } });
   }));
 
   test("readMany: cached, MongoDB-only and missing keys in one round trip and ONE MongoDB query", g(async () => {
