@@ -132,7 +132,7 @@ async fn dlq_retry(tools: &writ::tools::Tools, one: Option<String>) -> anyhow::R
             eprintln!("writ: no dead letter {id}; {NOT_THERE}");
             return Ok(ExitCode::FAILURE);
         };
-        let r = match tools.dlq_older_letter(&letter, through).await? {
+        let r = match tools.dlq_older_letter(&letter, through, DLQ_PAGE).await? {
             Some(kept) => Err(kept),
             None => tools.dlq_retry(&letter).await?,
         };

@@ -40,6 +40,24 @@ pub struct Letter {
     original: Fields,
 }
 
+/// The value of field `name` in `fields`, if it is there.
+fn field<'a>(fields: &'a Fields, name: &str) -> Option<&'a [u8]> {
+    fields
+        .iter()
+        .find(|(k, _)| k.as_slice() == name.as_bytes())
+        .map(|(_, v)| v.as_slice())
+}
+
+/// The config of the collection a writer's `fields` name, if declared.
+fn collection_of<'a>(
+    fields: &Fields,
+    config: &'a crate::config::Config,
+) -> Option<&'a crate::config::CollectionConfig> {
+    field(fields, crate::protocol::field::COLLECTION)
+        .and_then(|c| std::str::from_utf8(c).ok())
+        .and_then(|c| config.collection(c))
+}
+
 impl Letter {
     /// The write's key as its writer sent it (collection, encoding, key
     /// bytes): two letters of one key, from writers of one encoding, share
@@ -47,17 +65,12 @@ impl Letter {
     /// without a key field has none.
     fn key_as_sent(&self) -> Option<Vec<u8>> {
         use crate::protocol::field::{COLLECTION, ENCODING, KEY};
-        let field = |name: &str| {
-            self.original
-                .iter()
-                .find(|(k, _)| k.as_slice() == name.as_bytes())
-                .map(|(_, v)| v.as_slice())
-        };
-        let key = field(KEY)?;
+        let get = |name| field(&self.original, name);
+        let key = get(KEY)?;
         let mut out = Vec::new();
         for part in [
-            field(COLLECTION).unwrap_or_default(),
-            field(ENCODING).unwrap_or_default(),
+            get(COLLECTION).unwrap_or_default(),
+            get(ENCODING).unwrap_or_default(),
             key,
         ] {
             out.extend_from_slice(part);
@@ -93,12 +106,7 @@ pub struct LetterHead {
 impl LetterHead {
     fn of(l: &Letter, config: &crate::config::Config) -> Self {
         use crate::config::{Layout, WriteMode};
-        let coll = l
-            .original
-            .iter()
-            .find(|(k, _)| k.as_slice() == crate::protocol::field::COLLECTION.as_bytes())
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
-            .and_then(|c| config.collection(c));
+        let coll = collection_of(&l.original, config);
         LetterHead {
             id: l.id.clone(),
             source: l.source.clone(),
@@ -166,13 +174,7 @@ pub struct DlqPages {
 
 fn letter(e: &Entry) -> Letter {
     let fields = e.fields.clone().unwrap_or_default();
-    let get = |n: &str| {
-        fields
-            .iter()
-            .find(|(k, _)| k.as_slice() == n.as_bytes())
-            .map(|(_, v)| text(v))
-            .unwrap_or_default()
-    };
+    let get = |n: &str| field(&fields, n).map(text).unwrap_or_default();
     let original = writers_fields(&fields);
     Letter {
         id: e.id.to_stream_id(),
@@ -282,14 +284,16 @@ impl Tools {
     }
 
     /// Why `letter` must wait for another letter, if one up to `through`
-    /// parks an older write of its key (`writ dlq retry <id>`).
+    /// parks an older write of its key (`writ dlq retry <id>`), read in
+    /// pages of at most `max` letters.
     pub async fn dlq_older_letter(
         &self,
         letter: &Letter,
         through: String,
+        max: usize,
     ) -> Result<Option<String>> {
         let me = LetterHead::of(letter, &self.config);
-        let heads = self.dlq_heads(through, 100).await?;
+        let heads = self.dlq_heads(through, max).await?;
         Ok(heads
             .iter()
             .find(|h| h.is_older_write_of(&me))
@@ -396,16 +400,8 @@ impl Tools {
     /// that sets only the fields it sends, so a newer write of its key does
     /// not make it redundant.
     fn sets_only_its_fields(&self, original: &Fields) -> bool {
-        let field = |name: &str| {
-            original
-                .iter()
-                .find(|(k, _)| k.as_slice() == name.as_bytes())
-                .map(|(_, v)| v.as_slice())
-        };
-        let is_put = field(crate::protocol::field::OP) == Some(b"put".as_slice());
-        let coll = field(crate::protocol::field::COLLECTION)
-            .and_then(|c| std::str::from_utf8(c).ok())
-            .and_then(|c| self.config.collection(c));
+        let is_put = field(original, crate::protocol::field::OP) == Some(b"put".as_slice());
+        let coll = collection_of(original, &self.config);
         is_put && coll.is_some_and(|c| c.layout == crate::config::Layout::Fields)
     }
 

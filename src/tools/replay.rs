@@ -95,19 +95,18 @@ impl Tools {
             }
             let to = end.to_stream_id();
             let mut conn = self.conn.clone();
-            let range_from = from;
-            let from = match crate::status::oldest_unapplied(&mut conn, &self.names, p).await? {
+            let begin = match crate::status::oldest_unapplied(&mut conn, &self.names, p).await? {
                 Some(oldest) if oldest < from => {
                     sum.started_earlier.insert(p, oldest.to_stream_id());
                     oldest
                 }
                 _ => from,
             };
-            let mut start = from.to_stream_id();
+            let mut start = begin.to_stream_id();
             // The first id this page may hold: what was read so far is
             // before it. Retention keeps trimming while a long replay runs;
             // entries it removed ahead of the replay are missed, and said so.
-            let mut next = from;
+            let mut next = begin;
             // Pages of about 4 MiB: entries may be up to 16 MiB each.
             let mut page = PageSize::new(PAGE_BYTES, 1, MAX_PAGE);
             loop {
@@ -124,9 +123,7 @@ impl Tools {
                 // Only the range counts: what retention trimmed before it
                 // (an earlier start's entries the daemons applied meanwhile)
                 // was applied.
-                if !sum.trimmed.contains(&p)
-                    && self.removed_since(&stream, next.max(range_from)).await?
-                {
+                if !sum.trimmed.contains(&p) && self.removed_since(&stream, next.max(from)).await? {
                     sum.trimmed.push(p);
                 }
                 let entries = parse_entries(&v);
@@ -153,7 +150,7 @@ impl Tools {
                         Ok((o, _)) => *sum.outcomes.entry(o.as_str().to_string()).or_default() += 1,
                         Err(crate::Error::Rejected(r)) => {
                             tracing::warn!(partition = p, entry = %e.id.to_stream_id(), reason = %r, "replay could not apply an entry");
-                            let named = if e.id < range_from {
+                            let named = if e.id < from {
                                 &mut sum.rejected_before_range
                             } else {
                                 sum.rejected += 1;
