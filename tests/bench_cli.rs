@@ -124,5 +124,50 @@ async fn the_sync_and_submit_benches_print_their_ratio_and_verify() {
             assert!(out.contains("applied over the whole run: "), "{out}");
         }
     }
+
+    // Paced (open loop): 50 writes at 100/s are due over 0.49 s, on both
+    // sides, however fast the servers answer.
+    let out = bench(
+        &path,
+        &[
+            "--writers",
+            "4",
+            "--keys",
+            "20",
+            "--writes",
+            "50",
+            "--rate",
+            "100",
+            "--baseline",
+            "direct",
+        ],
+    )
+    .await;
+    assert!(
+        line(&out, "paced").contains("100 writes/s offered"),
+        "{out}"
+    );
+    for what in ["acked", "direct"] {
+        let l = line(&out, what);
+        let secs: f64 = l
+            .rsplit_once(" in ")
+            .and_then(|(_, t)| t.trim_end_matches(" s)").parse().ok())
+            .unwrap_or_else(|| panic!("no elapsed time in {l:?}"));
+        // The direct pattern runs in two halves of 25 writes (0.24 s each).
+        let due = if what == "direct" { 0.48 } else { 0.49 };
+        assert!(secs >= due, "{what} ran ahead of its schedule:\n{out}");
+    }
+    assert!(line(&out, "verify").contains("OK"), "{out}");
+
+    // A pace means nothing to a read or a drain bench: refused, saying so.
+    let p = path.clone();
+    let refused = tokio::task::spawn_blocking(move || {
+        writ_cli(&p, &["bench", "--quiet", "--mode", "read", "--rate", "10"])
+    })
+    .await
+    .unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("--rate paces writes"), "{err}");
     daemon.stop().await;
 }

@@ -42,10 +42,8 @@ pub(super) async fn run(
     let hist = Arc::new(Mutex::new(new_hist()));
     let failed = Arc::new(Mutex::new(Failed::default()));
     warm_up(&target, &redis, config, coll, args).await;
-    let deadline = args
-        .duration
-        .map(|s| Instant::now() + Duration::from_secs(s));
-    let total = args.writes;
+    let (deadline, total) = super::load::stop(args, args.writes);
+    let pace = super::load::Pace::start(args);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..args.writers.max(1) {
@@ -64,7 +62,7 @@ pub(super) async fn run(
             let mut local = new_hist();
             while let Some(n) = super::load::next_write(&issued, deadline, total) {
                 let key = bench_key(&key_fields, zipf.sample(&mut rand::rng()));
-                let t = Instant::now();
+                let t = super::load::Pace::due(pace, n).await;
                 let payload = doc! {"n": n as i64, "writer": w as i64, "pad": &pad};
                 match write(&target, &mut redis, &ns, key, payload).await {
                     Ok(()) => {

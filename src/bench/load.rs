@@ -33,6 +33,14 @@ pub(super) async fn load(
     last: &Last,
     plan: Plan,
 ) -> (Figures, u64) {
+    // A read bench's prefill writes each key once, whatever `--duration`
+    // or `--rate`.
+    let (deadline, total, pace) = if plan.each_key_once {
+        (None, plan.total, None)
+    } else {
+        let (deadline, total) = stop(args, plan.total);
+        (deadline, total, Pace::start(args))
+    };
     let writers = Writers {
         handle: handle.clone(),
         key_fields: Arc::new(coll.key.clone()),
@@ -42,13 +50,10 @@ pub(super) async fn load(
         last: last.clone(),
         hist: Arc::new(Mutex::new(new_hist())),
         errors: Arc::new(AtomicU64::new(0)),
-        bar: progress(args, plan.total),
-        // A read bench's prefill writes each key once, whatever `--duration`.
-        deadline: args
-            .duration
-            .filter(|_| !plan.each_key_once)
-            .map(|s| Instant::now() + Duration::from_secs(s)),
-        plan,
+        bar: progress(args.quiet, deadline.and(args.duration), total),
+        deadline,
+        pace,
+        plan: Plan { total, ..plan },
     };
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -83,6 +88,7 @@ struct Writers {
     errors: Arc<AtomicU64>,
     bar: ProgressBar,
     deadline: Option<Instant>,
+    pace: Option<Pace>,
     plan: Plan,
 }
 
@@ -97,7 +103,7 @@ impl Writers {
                 self.zipf.sample(&mut rand::rng())
             };
             let key = bench_key(&self.key_fields, k);
-            let t = Instant::now();
+            let t = Pace::due(self.pace, n).await;
             match self.write(w, n, &key).await {
                 Ok(own) => {
                     let _ = local.record(t.elapsed().as_micros().max(1) as u64);
@@ -188,6 +194,50 @@ where
     }
 }
 
+/// When each write of a paced run (`--rate`) is due: write `n` at
+/// `start + n / rate`, whichever writer takes it. Its latency counts from
+/// then, not from when a writer got to it, so a run that falls behind its
+/// schedule shows the wait in its latencies (no coordinated omission).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Pace {
+    start: Instant,
+    rate: f64,
+}
+
+impl Pace {
+    /// The schedule of `args`, starting now; `None` for a closed loop.
+    pub(super) fn start(args: &BenchArgs) -> Option<Pace> {
+        args.rate.map(|rate| Pace {
+            start: Instant::now(),
+            rate,
+        })
+    }
+
+    /// Waits until write `n` is due (a closed loop: at once); returns the
+    /// instant its latency counts from.
+    pub(super) async fn due(pace: Option<Pace>, n: u64) -> Instant {
+        let Some(p) = pace else {
+            return Instant::now();
+        };
+        let due = p.start + Duration::from_secs_f64(n as f64 / p.rate);
+        tokio::time::sleep_until(due.into()).await;
+        due
+    }
+}
+
+/// How a run of `total` writes stops: `(deadline, total)` for
+/// [`next_write`]. With `--duration` a closed loop stops at its deadline; a
+/// paced run issues `rate × duration` writes instead, so that one that
+/// falls behind still issues its whole schedule (and its latencies show
+/// by how much).
+pub(super) fn stop(args: &BenchArgs, total: u64) -> (Option<Instant>, u64) {
+    match (args.duration, args.rate) {
+        (Some(s), Some(rate)) => (None, (rate * s as f64).ceil().max(1.0) as u64),
+        (Some(s), None) => (Some(Instant::now() + Duration::from_secs(s)), total),
+        (None, _) => (None, total),
+    }
+}
+
 /// The next write's number, or `None` when the run is over: its deadline
 /// passed (`--duration`), or all `total` writes were issued. Shared by
 /// writ's writers and the direct pattern's, so both stop alike.
@@ -200,17 +250,18 @@ pub(super) fn next_write(issued: &AtomicU64, deadline: Option<Instant>, total: u
     }
 }
 
-fn progress(args: &BenchArgs, total: u64) -> ProgressBar {
-    let bar = if args.quiet {
+/// The progress bar: seconds of `timed` (a run to a deadline), else writes.
+fn progress(quiet: bool, timed: Option<u64>, total: u64) -> ProgressBar {
+    let bar = if quiet {
         ProgressBar::hidden()
     } else {
-        ProgressBar::new(args.duration.unwrap_or(total))
+        ProgressBar::new(timed.unwrap_or(total))
     };
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")
             .expect("template"),
     );
-    if let Some(secs) = args.duration {
+    if let Some(secs) = timed {
         let bar = bar.clone();
         tokio::spawn(async move {
             for _ in 0..secs {

@@ -52,6 +52,13 @@ pub struct BenchArgs {
     /// read bench reads --writes times).
     #[arg(long)]
     pub duration: Option<u64>,
+    /// Open loop (sync and submit): issue this many writes a second in all,
+    /// write n due at n / rate seconds whoever takes it, each latency counted
+    /// from its due time; the direct baseline runs the same schedule. With
+    /// --duration, rate × duration writes. Without it, a closed loop: each
+    /// writer writes again as soon as its last write returns.
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// Zipf exponent of the key choice (0 = uniform).
     #[arg(long, default_value_t = 0.99)]
     pub zipf: f64,
@@ -126,6 +133,19 @@ impl Figures {
     }
     fn ms(&self, q: f64) -> f64 {
         self.hist.value_at_quantile(q) as f64 / 1000.0
+    }
+    /// With `--rate`: a line when the run fell behind its schedule (took
+    /// more than 5 % longer than its writes at the offered rate).
+    fn behind(&self, what: &str, rate: Option<f64>) {
+        if let Some(rate) = rate {
+            let planned = self.ops as f64 / rate;
+            if self.elapsed.as_secs_f64() > planned * 1.05 {
+                println!(
+                    "  {what:<10} fell behind the offered {rate:.0}/s: {:.0}/s; its latencies include the wait",
+                    self.rate()
+                );
+            }
+        }
     }
     fn print(&self, what: &str) {
         // Under 10,000 samples p99.9 is one of the few worst: not printed.
@@ -221,6 +241,7 @@ fn pick_collection(config: &Config, args: &BenchArgs) -> Result<crate::config::C
 
 /// Runs the benchmark; exit code 1 if verification fails.
 pub async fn run(config: Config, args: BenchArgs) -> Result<ExitCode> {
+    check_rate(&args)?;
     let coll = pick_collection(&config, &args)?;
     if args.mode == Mode::Drain {
         println!(
@@ -233,6 +254,20 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<ExitCode> {
     let done = measure_and_verify(&writ, &config, &coll, &args).await;
     writ.close().await;
     done
+}
+
+/// `--rate` is a positive number of writes a second, for the modes that
+/// write at a pace (sync, submit).
+fn check_rate(args: &BenchArgs) -> Result<()> {
+    match args.rate {
+        Some(r) if !(r.is_finite() && r > 0.0) => Err(Error::Config(format!(
+            "--rate {r} must be a positive number of writes a second"
+        ))),
+        Some(_) if matches!(args.mode, Mode::Read | Mode::Drain) => Err(Error::Config(
+            "--rate paces writes: give it with --mode sync or --mode submit".into(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// [`run`] with its handle: the load, the baseline, the daemon's figures
@@ -254,6 +289,12 @@ async fn measure_and_verify(
         args.payload,
         coll.name
     );
+    if let Some(rate) = args.rate {
+        println!(
+            "  paced      {rate:.0} writes/s offered by {} writers (open loop): each latency counts from its write's due time",
+            args.writers
+        );
+    }
     // The direct pattern's writes go in two halves, one before writ's run
     // and one after, so that neither side alone meets the servers' drift
     // over the run (collections and the AOF grow), as the drain splits its
@@ -328,11 +369,13 @@ async fn measure(
         Mode::Sync => {
             let (f, e) = load(&handle, coll, args, last, plan).await;
             f.print("acked");
+            f.behind("acked", args.rate);
             (f, e, None)
         }
         Mode::Submit => {
             let (f, e) = load(&handle, coll, args, last, plan).await;
             f.print("accepted");
+            f.behind("accepted", args.rate);
             let t = Instant::now();
             writ.sync(Duration::from_secs(600)).await?;
             let drain = t.elapsed();
@@ -407,11 +450,13 @@ async fn baseline(
                 };
                 d.print("direct");
                 println!("{halves}");
+                d.behind("direct", args.rate);
                 (d, failed)
             }
             None => {
                 let (d, failed) = direct::run(config, coll, args).await?;
                 d.print("direct");
+                d.behind("direct", args.rate);
                 (d, failed)
             }
         };
