@@ -7,7 +7,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use mongodb::bson::doc;
+use mongodb::bson::{doc, Document};
 use support::proc::DaemonProc;
 use support::{eventually, http_get, lease_holders, listen_port, Overrides, TestEnv};
 use writ::Writ;
@@ -156,16 +156,7 @@ async fn a_hand_over_that_cannot_drain_is_abandoned_at_the_deadline() {
         &[],
     )
     .await;
-    let coll = config.collection("signal").unwrap();
-    let key = (0..)
-        .map(|i| doc! {"symbol": format!("B{i}"), "strategyName": "b", "exchangeName": "x"})
-        .find(|k| {
-            writ::protocol::Key::from_document(k, coll)
-                .unwrap()
-                .partition("signal", 2)
-                == 1
-        })
-        .unwrap();
+    let key = signal_key_in(&config, "B", 1);
     let writ = Writ::connect(config.clone()).await.unwrap();
     let s = writ.collection("signal").unwrap();
     // d1 applies the partition's other keys meanwhile; then d2 joins.
@@ -189,4 +180,103 @@ async fn a_hand_over_that_cannot_drain_is_abandoned_at_the_deadline() {
         "{}",
         d1.log_text()
     );
+}
+
+/// A `signal` key (symbols `<prefix>0`, `<prefix>1`, ...) of partition `p`.
+fn signal_key_in(config: &writ::Config, prefix: &str, p: u32) -> Document {
+    let coll = config.collection("signal").unwrap();
+    (0..)
+        .map(|i| doc! {"symbol": format!("{prefix}{i}"), "strategyName": "b", "exchangeName": "x"})
+        .find(|k| {
+            writ::protocol::Key::from_document(k, coll)
+                .unwrap()
+                .partition("signal", config.partitions)
+                == p
+        })
+        .unwrap()
+}
+
+/// A hand-over aborted at the deadline while its partition waits for a
+/// MongoDB limiter slot (every slot held by another partition's operation)
+/// ends then, not when that operation frees the slot: before session 44 the
+/// abort was not even looked at while the tenure had stopped reading and
+/// had no round running, so the lease stayed renewed and the next owner
+/// waited for the other partition's operation to time out (helper-100).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_over_waiting_for_a_mongodb_slot_ends_at_the_deadline() {
+    let env = TestEnv::start("handover_slot");
+    // Every operation carrying the marker hangs until it times out (30 s);
+    // one operation at a time reaches MongoDB.
+    let (_proxy, proxied) =
+        support::proxy::in_front_of_mongo_swallowing(&env.mongo_uri, b"HOLDS-THE-SLOT").await;
+    let port = listen_port();
+    let lines = format!("shutdown_deadline_ms = 2000\nmetrics_listen = \"127.0.0.1:{port}\"");
+    let o = Overrides {
+        partitions: Some(2),
+        daemon: &lines,
+        mongo: "op_timeout_ms = 30000\nmax_concurrency = 1",
+        mongo_uri: Some(proxied),
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let dir = tempfile::tempdir().unwrap();
+    let path = env.config_file_with(dir.path(), &o);
+    let d1 = DaemonProc::start(&path, dir.path(), "slot-d1");
+    eventually(
+        Duration::from_secs(30),
+        "d1 to own both partitions",
+        || async { (lease_holders(&env, 2).await.get("slot-d1") == Some(&2)).then_some(()) },
+    )
+    .await;
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    // Partition 0's write holds the one slot (it is the only write, so it
+    // takes the slot as soon as it is read); partition 1's waits for it.
+    let in_flight = |p: &'static str| async move {
+        let body = http_get(port, "/metrics")?.1;
+        (per_partition(&body, "writ_inflight_entries").get(p) == Some(&1.0)).then_some(())
+    };
+    let _stuck = s
+        .submit(
+            &signal_key_in(&config, "H", 0),
+            &doc! {"x": "HOLDS-THE-SLOT"},
+        )
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "d1 reads the write that holds the slot",
+        || in_flight("0"),
+    )
+    .await;
+    let waiting = s
+        .submit(&signal_key_in(&config, "W", 1), &doc! {"x": "waits"})
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "d1 reads the write that waits",
+        || in_flight("1"),
+    )
+    .await;
+    // d2 joins (its MongoDB is the same one behind the proxy); d1 hands
+    // partition 1 over, which cannot drain while the slot is held.
+    let o2 = Overrides {
+        daemon: "shutdown_deadline_ms = 2000",
+        ..o
+    };
+    let dir2 = tempfile::tempdir().unwrap();
+    let path2 = env.config_file_with(dir2.path(), &o2);
+    let d2 = DaemonProc::start(&path2, dir2.path(), "slot-d2");
+    // Within the 2 s deadline and a take-over, far under the 30 s the
+    // held slot would take to time out.
+    if let Err(e) = waiting.wait_for(Duration::from_secs(15)).await {
+        panic!(
+            "partition 1's write is not applied before partition 0's operation times out: {e:?}\n--- d1:\n{}\n--- d2:\n{}",
+            d1.log_text(),
+            d2.log_text()
+        );
+    }
+    assert_eq!(lease_holders(&env, 2).await.get("slot-d2"), Some(&1));
+    drop(d1);
 }

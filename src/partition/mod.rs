@@ -264,8 +264,13 @@ impl Dispatcher {
                     self.slot = None;
                     self.start_round(permit);
                 }
-                _ = part.run.abort.cancelled(), if !self.aborted && (reading || !self.running.is_empty()) => {
+                _ = part.run.abort.cancelled(), if !self.aborted && (reading || !self.running.is_empty() || self.slot.is_some()) => {
                     self.aborted = true;
+                    // No round starts after an abort: the wait for a
+                    // limiter slot ends here, not when another partition's
+                    // operation frees one (up to op_timeout later, with this
+                    // lease still renewed and the next owner kept waiting).
+                    self.slot = None;
                     part.run.stop_reading.cancel();
                     tracing::warn!("partition aborted; unfinished entries stay pending for the next owner");
                 }
@@ -275,7 +280,11 @@ impl Dispatcher {
         let _ = reader.await;
         metrics::gauge!("writ_inflight_entries", "partition" => label.clone()).set(0.0);
         metrics::gauge!("writ_inflight_bytes", "partition" => label).set(0.0);
-        tracing::info!("partition drained");
+        if self.aborted {
+            tracing::info!("partition stopped after its abort; what it had not finished stays pending for the next owner");
+        } else {
+            tracing::info!("partition drained");
+        }
     }
 
     /// Asks for a limiter slot when a round could start (ready keys, fewer
