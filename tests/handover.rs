@@ -280,3 +280,90 @@ async fn a_hand_over_waiting_for_a_mongodb_slot_ends_at_the_deadline() {
     assert_eq!(lease_holders(&env, 2).await.get("slot-d2"), Some(&1));
     drop(d1);
 }
+
+/// A tenure whose reader cannot open its Redis connection (Redis at its
+/// `maxclients`, no file descriptors left) retries the connection within
+/// the tenure. Before session 44 the reader gave up, the tenure ended, and
+/// the next ownership pass took the partition again at once: a new lease
+/// and a new failed connection every 100 ms, without a backoff
+/// (helper-100).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_cannot_connect_retries_within_its_tenure() {
+    let env = TestEnv::start("handover_connect");
+    let (proxy, via) = support::proxy::in_front_of_redis(&env.redis_url).await;
+    let o1 = Overrides {
+        partitions: Some(2),
+        ..Default::default()
+    };
+    let dir1 = tempfile::tempdir().unwrap();
+    let mut d1 = DaemonProc::start(
+        &env.config_file_with(dir1.path(), &o1),
+        dir1.path(),
+        "connect-d1",
+    );
+    eventually(
+        Duration::from_secs(30),
+        "d1 to own both partitions",
+        || async { (lease_holders(&env, 2).await.get("connect-d1") == Some(&2)).then_some(()) },
+    )
+    .await;
+    // d2 reaches Redis through the proxy; d1 hands it partition 1.
+    let port = listen_port();
+    let lines = format!("metrics_listen = \"127.0.0.1:{port}\"");
+    let o2 = Overrides {
+        daemon: &lines,
+        redis_url: Some(via),
+        partitions: Some(2),
+        ..Default::default()
+    };
+    let dir2 = tempfile::tempdir().unwrap();
+    let d2 = DaemonProc::start(
+        &env.config_file_with(dir2.path(), &o2),
+        dir2.path(),
+        "connect-d2",
+    );
+    eventually(
+        Duration::from_secs(30),
+        "d2 to take the partition d1 hands over",
+        || async { (lease_holders(&env, 2).await.get("connect-d2") == Some(&1)).then_some(()) },
+    )
+    .await;
+    // No new connection reaches Redis from d2 now; d1 dies, and d2 takes
+    // partition 0 when its lease expires.
+    proxy.refuse_new(true);
+    d1.kill9();
+    eventually(
+        Duration::from_secs(30),
+        "d2 to take partition 0",
+        || async { (lease_holders(&env, 2).await.get("connect-d2") == Some(&2)).then_some(()) },
+    )
+    .await;
+    // Two seconds of refused connections: 20 ownership passes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let body = http_get(port, "/metrics").expect("d2's metrics").1;
+    let taken = per_partition(&body, "writ_lease_acquired_total");
+    assert!(
+        taken.get("0").is_some_and(|n| *n <= 1.0),
+        "partition 0 taken {:?} times while its reader could not connect\n{}",
+        taken.get("0"),
+        d2.log_text()
+    );
+    assert!(
+        d2.log_text()
+            .contains("the partition's reader cannot connect to redis; retrying"),
+        "{}",
+        d2.log_text()
+    );
+    // Connections come back: the same tenure reads, and applies partition 0.
+    proxy.refuse_new(false);
+    let config = env.config_with(&o1);
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        s.write(&signal_key_in(&config, "C", 0), &doc! {"n": 1}),
+    )
+    .await
+    .expect("partition 0's write is applied once d2's reader connects")
+    .unwrap();
+}

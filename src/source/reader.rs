@@ -51,11 +51,24 @@ pub(crate) async fn run(
     mut hold: watch::Receiver<bool>,
     tx: mpsc::Sender<Vec<Item>>,
 ) {
-    let conn = match crate::redis_conn::connect(&config, config.block).await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(partition = p, error = %e, "reader cannot connect to redis");
-            return;
+    let mut backoff = Backoff::new(config.backoff_cap);
+    // A connection that cannot be opened (Redis at its `maxclients`, no file
+    // descriptors left) is retried within the tenure, after a backoff: a
+    // reader that gave up would end the tenure, and the ownership pass would
+    // take the partition again at once, over and over, with no backoff.
+    let conn = loop {
+        let attempt = tokio::select! {
+            c = crate::redis_conn::connect(&config, config.block) => c,
+            _ = run.stop_reading.cancelled() => return,
+        };
+        match attempt {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(partition = p, error = %e, "the partition's reader cannot connect to redis; retrying");
+                if !backoff.sleep(&run.stop_reading).await {
+                    return;
+                }
+            }
         }
     };
     let mut reader = Reader {
@@ -286,10 +299,15 @@ impl Reader {
             return false;
         }
         if is_nogroup(&e) {
-            super::ensure_group(&mut self.conn, &self.stream, &self.group)
-                .await
-                .ok();
-            return true;
+            return match super::ensure_group(&mut self.conn, &self.stream, &self.group).await {
+                Ok(()) => true,
+                Err(e) => {
+                    // Redis at its maxmemory or read-only, say: retried
+                    // after a backoff, not as fast as Redis answers.
+                    tracing::warn!(partition = self.p, error = %e, "the partition's consumer group is gone and cannot be made again; retrying");
+                    self.backoff.sleep(&self.run.stop_reading).await
+                }
+            };
         }
         tracing::warn!(partition = self.p, error = %e, "reading the partition stream failed; retrying");
         self.backoff.sleep(&self.run.stop_reading).await

@@ -23,6 +23,9 @@ pub struct Proxy {
     paused: watch::Sender<bool>,
     /// Set once a reply was cut ([`Proxy::start_cutting_reply`]).
     cut: Arc<std::sync::atomic::AtomicBool>,
+    /// While set, new connections are refused; open ones go on
+    /// ([`Proxy::refuse_new`]).
+    refusing: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -165,13 +168,15 @@ impl Proxy {
         let rx = Arc::new(rx);
         let cut_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let cut = cut_done.clone();
+        let refusing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let refuse = refusing.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     continue;
                 };
-                if *rx.borrow() {
-                    drop(client); // refused while down
+                if *rx.borrow() || refuse.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(client); // refused while down, or refusing new ones
                     continue;
                 }
                 let mut rx = (*rx).clone();
@@ -297,8 +302,17 @@ impl Proxy {
             down,
             paused,
             cut,
+            refusing,
             task,
         }
+    }
+
+    /// From now on (`true`) new connections are closed as they come, as
+    /// by a server at its `maxclients` or a host out of file descriptors;
+    /// the open ones go on. `false` accepts them again.
+    pub fn refuse_new(&self, refuse: bool) {
+        self.refusing
+            .store(refuse, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Holds every request from now on until [`Proxy::go_on`]: they reach
