@@ -367,3 +367,55 @@ async fn a_reader_that_cannot_connect_retries_within_its_tenure() {
     .expect("partition 0's write is applied once d2's reader connects")
     .unwrap();
 }
+
+/// A lease found lost at a renewal (here another name written over it, as
+/// after a failover that lost the key and another daemon's take) is
+/// counted lost, not also released: the tenure's end finds nothing of its
+/// own to release. Before session 44 the local validity still ran, the
+/// release script released nothing, and `writ_lease_released_total` counted
+/// it anyway (helper-100).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_is_not_also_counted_released() {
+    let env = TestEnv::start("handover_lost");
+    let port = listen_port();
+    let lines = format!("metrics_listen = \"127.0.0.1:{port}\"");
+    let o = Overrides {
+        partitions: Some(2),
+        daemon: &lines,
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = DaemonProc::start(&env.config_file_with(dir.path(), &o), dir.path(), "lost-d1");
+    eventually(
+        Duration::from_secs(30),
+        "the daemon to own both partitions",
+        || async { (lease_holders(&env, 2).await.get("lost-d1") == Some(&2)).then_some(()) },
+    )
+    .await;
+    let names = writ::protocol::Names::new(&env.config_with(&o).namespace);
+    let _: () = redis::cmd("SET")
+        .arg(names.lease(1))
+        .arg("another-daemon")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut env.redis().await)
+        .await
+        .unwrap();
+    let counters = eventually(
+        Duration::from_secs(30),
+        "the loss to be seen and the tenure to end",
+        || async {
+            let body = http_get(port, "/metrics")?.1;
+            let owned = per_partition(&body, "writ_partition_owned");
+            let lost = per_partition(&body, "writ_lease_lost_total");
+            (owned.get("1") == Some(&0.0) && lost.get("1") == Some(&1.0)).then_some(body)
+        },
+    )
+    .await;
+    assert_eq!(
+        per_partition(&counters, "writ_lease_released_total").get("1"),
+        Some(&0.0),
+        "{}",
+        d.log_text()
+    );
+}

@@ -71,6 +71,11 @@ impl Lease {
         Instant::now() < *self.valid_until.lock().expect("lock")
     }
 
+    /// No longer ours: a renewal found it expired (and maybe taken).
+    fn lost(&self) {
+        *self.valid_until.lock().expect("lock") = Instant::now();
+    }
+
     fn extend(&self, from: Instant, ttl: Duration) {
         // Keep a safety margin: a tenth of the TTL.
         *self.valid_until.lock().expect("lock") = from + ttl - ttl / 10;
@@ -173,15 +178,18 @@ impl Leases {
             .await?;
         if ok == 1 {
             lease.extend(started, self.ttl);
+        } else {
+            lease.lost();
         }
         Ok(ok == 1)
     }
 
     /// Gives the lease of partition `p` up, only if still this tenure's
-    /// (its name and its fencing `token`).
-    pub async fn release(&self, p: u32, token: u64) -> Result<()> {
+    /// (its name and its fencing `token`); `false`: it was not (expired, and
+    /// maybe taken by another daemon), so nothing was released.
+    pub async fn release(&self, p: u32, token: u64) -> Result<bool> {
         let mut conn = self.conn.clone();
-        let _: i64 = self
+        let released: i64 = self
             .release
             .key(self.names.lease(p))
             .key(self.names.fence(p))
@@ -189,6 +197,6 @@ impl Leases {
             .arg(token)
             .invoke_async(&mut conn)
             .await?;
-        Ok(())
+        Ok(released == 1)
     }
 }

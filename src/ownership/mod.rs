@@ -197,11 +197,19 @@ impl Owner {
     }
 
     async fn release(&self, p: u32, token: u64) {
-        if let Err(e) = self.leases.release(p, token).await {
-            tracing::warn!(partition = p, error = %e, "cannot release the lease; it expires within its TTL");
-            return;
+        match self.leases.release(p, token).await {
+            Ok(true) => Event::LeaseReleased { partition: p }.emit(),
+            // Expired meanwhile (and counted as lost if a renewal saw it).
+            Ok(false) => {
+                tracing::debug!(
+                    partition = p,
+                    "the lease was no longer this tenure's; nothing to release"
+                )
+            }
+            Err(e) => {
+                tracing::warn!(partition = p, error = %e, "cannot release the lease; it expires within its TTL")
+            }
         }
-        Event::LeaseReleased { partition: p }.emit();
     }
 
     /// Renews every lease at once (the requests share one connection, so
