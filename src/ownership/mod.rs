@@ -85,6 +85,11 @@ struct Owner {
     /// The partitions whose leases the last try could not take (said once
     /// per change, not every poll).
     refused: Vec<u32>,
+    /// Those whose lease or fence key holds another program's value (said
+    /// once per change).
+    foreign: Vec<u32>,
+    /// Those whose last renewal failed (said once per change).
+    renew_failing: Vec<u32>,
 }
 
 /// Owns partitions until `shutdown`, then drains them (bounded by the
@@ -110,6 +115,8 @@ pub async fn run(
         next_write: Instant::now(),
         counting_failed: false,
         refused: Vec::new(),
+        foreign: Vec::new(),
+        renew_failing: Vec::new(),
     };
     loop {
         let members = owner.keep_up().await;
@@ -159,8 +166,25 @@ impl Owner {
     async fn renew_if_due(&mut self) {
         if Instant::now() >= self.next_write {
             self.next_write = Instant::now() + self.config.lease_ttl / 4;
-            tokio::join!(self.members.heartbeat(&self.conn), self.renew());
+            let (_, failing) = tokio::join!(self.members.heartbeat(&self.conn), self.renew());
+            self.say_renewals(failing);
         }
+    }
+
+    /// Logs the partitions whose renewal failed, once per change of that
+    /// set (every renewal pass, a quarter of the TTL, per partition, was
+    /// 128 lines a second with 64 partitions).
+    fn say_renewals(&mut self, (failing, error): (Vec<u32>, Option<Error>)) {
+        if failing == self.renew_failing {
+            return;
+        }
+        match error {
+            Some(e) => {
+                tracing::warn!(partitions = ?failing, error = %e, "cannot renew these leases; each partition stops when its lease expires")
+            }
+            None => tracing::info!("every lease renews again"),
+        }
+        self.renew_failing = failing;
     }
 
     async fn leave(&mut self) {
@@ -217,11 +241,13 @@ impl Owner {
     /// aborted tenure is still renewed until it ends (if the lease is still
     /// ours, it is then released at once), and before, each of those
     /// renewals reported the same loss again.
-    async fn renew(&self) {
+    /// Returns the partitions whose renewal failed, and the first error.
+    async fn renew(&self) -> (Vec<u32>, Option<Error>) {
         let renewals = self
             .owned
             .iter()
             .map(|(p, t)| async move { (p, t, self.leases.renew(&t.run.lease).await) });
+        let (mut failing, mut first) = (Vec::new(), None);
         for (p, t, res) in futures::future::join_all(renewals).await {
             match res {
                 Ok(true) => {}
@@ -232,10 +258,12 @@ impl Owner {
                     t.run.abort.cancel();
                 }
                 Err(e) => {
-                    tracing::warn!(partition = p, error = %e, "cannot renew the lease; the partition stops when it expires")
+                    failing.push(*p);
+                    first.get_or_insert(e);
                 }
             }
         }
+        (failing, first)
     }
 
     fn active(&self) -> u32 {
@@ -292,11 +320,14 @@ impl Owner {
     async fn take_up_to(&mut self, share: u32, shutdown: &CancellationToken) {
         let mut active = self.active();
         let mut failed: Vec<u32> = Vec::new();
+        let mut foreign: Vec<u32> = Vec::new();
         let mut first_error: Option<Error> = None;
+        let mut reached = 0;
         for p in 0..self.config.partitions {
             if active >= share || shutdown.is_cancelled() {
                 break;
             }
+            reached = p + 1;
             if self.owned.contains_key(&p) {
                 continue;
             }
@@ -333,12 +364,15 @@ impl Owner {
                 // program's value): that partition stays unowned, the
                 // others are still taken.
                 Err(Error::Redis(e)) if crate::redis_conn::is_wrong_type(&e) => {
-                    tracing::error!(
-                        partition = p,
-                        lease = %Names::new(&self.config.namespace).lease(p),
-                        error = %e,
-                        "cannot take this partition's lease: its lease or fence key (same hash tag) holds a value writ did not write; delete it"
-                    );
+                    foreign.push(p);
+                    if !self.foreign.contains(&p) {
+                        tracing::error!(
+                            partition = p,
+                            lease = %Names::new(&self.config.namespace).lease(p),
+                            error = %e,
+                            "cannot take this partition's lease: its lease or fence key (same hash tag) holds a value writ did not write; delete it"
+                        );
+                    }
                 }
                 // One partition's trouble (its cluster node failing over, no
                 // replica to confirm its lease, an ACL without its keys) must
@@ -364,6 +398,11 @@ impl Owner {
             _ => {}
         }
         self.refused = failed;
+        // A pass that stopped early (share reached, shutdown, Redis not
+        // answering) did not look at the partitions from `reached` on: what
+        // it knew of those stays.
+        self.foreign.retain(|p| *p >= reached);
+        self.foreign.extend(foreign);
     }
 
     /// Stops reading everywhere, keeps renewing while in-flight work drains,
@@ -385,7 +424,8 @@ impl Owner {
             }
             if Instant::now() >= self.next_write {
                 self.next_write = Instant::now() + self.config.lease_ttl / 4;
-                self.renew().await;
+                let failing = self.renew().await;
+                self.say_renewals(failing);
             }
             self.end_tenures().await;
             tokio::time::sleep(Duration::from_millis(20)).await;
