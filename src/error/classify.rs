@@ -19,10 +19,13 @@ pub(super) fn redis_retry_class(e: &redis::RedisError) -> RetryClass {
     // trimming or the operator frees some), a script running long, too few
     // replicas for `min-replicas-to-write`, an append-only file that cannot
     // be written (`MISCONF`: a full disk, which `appendfsync always` meets
-    // first). The redis crate knows them only by their reply code.
+    // first). The redis crate knows them only by their reply code. And
+    // writ's own admission refusal `EXPIRED` (a call that reached Redis
+    // after its deadline, when its caller had given up: nothing was added,
+    // so the write may be sent again at once).
     if matches!(
         crate::redis_conn::code_of(e).as_deref(),
-        Some("OOM" | "BUSY" | "NOREPLICAS" | "MISCONF")
+        Some("OOM" | "BUSY" | "NOREPLICAS" | "MISCONF" | "EXPIRED")
     ) {
         return RetryClass::Transient;
     }

@@ -160,6 +160,7 @@ fn redis_replies_of_a_full_or_busy_server_are_transient() {
         "BUSY Redis is busy running a script.",
         "NOREPLICAS Not enough good replicas to write.",
         "MISCONF Errors writing to the AOF file: No space left on device",
+        "EXPIRED admission call 7 ran 12 ms after its deadline, when its caller had given up on it; nothing was added",
     ] {
         assert_eq!(reply(line).retry_class(), RetryClass::Transient, "{line}");
     }
