@@ -155,3 +155,33 @@ async fn a_write_committed_but_never_answered_is_not_dead_lettered() {
     assert_eq!(letters, 0, "no dead letter for a committed write");
     daemon.stop().await;
 }
+
+/// A read-through MongoDB never answers (the request taken, no reply: a
+/// black-holed link, a stalled primary) fails within `op_timeout_ms` and a
+/// few seconds, as the daemon's own operations do. Before session 44 the
+/// client's read of a cache miss waited for ever: its `find` had no time
+/// limit, and the driver has none of its own (helper-102).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_mongodb_never_answers_fails_in_bounded_time() {
+    let env = TestEnv::start("slow_read");
+    let (_proxy, proxied) =
+        support::proxy::in_front_of_mongo_swallowing(&env.mongo_uri, b"NEVER-ANSWERED").await;
+    let o = Overrides {
+        mongo: "op_timeout_ms = 1000",
+        mongo_uri: Some(proxied),
+        ..Default::default()
+    };
+    let writ = Writ::connect(env.config_with(&o)).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    // Not in the cache: read through to MongoDB, whose reply never comes.
+    let read = tokio::time::timeout(Duration::from_secs(30), s.read(&key("NEVER-ANSWERED")))
+        .await
+        .expect("the read returns within its bound (1 s + 5 s), not after 30 s");
+    assert!(
+        matches!(read, Err(Error::Timeout { accepted: None, .. })),
+        "{read:?}"
+    );
+    // Other keys read as before.
+    assert_eq!(s.read(&key("ANSWERED")).await.unwrap(), None);
+    writ.close().await;
+}

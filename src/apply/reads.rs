@@ -2,6 +2,8 @@
 //! query, the live documents of a collection or a key prefix, and their
 //! count. Soft-deleted keys are skipped where a reader asks for live ones.
 
+use std::time::Duration;
+
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::ReadConcern;
@@ -9,10 +11,34 @@ use mongodb::options::ReadConcern;
 use super::keys::{exact_filter, keys_query, KeysQuery};
 use super::{Store, DOC_REMOVED};
 use crate::config::CollectionConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::protocol::Key;
 
+/// How long a read may take here, past its `maxTimeMS`: that bounds the
+/// server's work, not a server that took the request and never answers (a
+/// black-holed link, a stalled primary), which the driver would wait for
+/// without end. The daemon's rule for its own operations.
+const READ_GRACE: Duration = Duration::from_secs(5);
+
 impl Store {
+    /// `read`, given up after `maxTimeMS` + [`READ_GRACE`] with a
+    /// [`Error::Timeout`] naming `what`.
+    async fn bounded<T>(
+        &self,
+        what: &'static str,
+        read: impl std::future::Future<Output = mongodb::error::Result<T>>,
+    ) -> Result<T> {
+        let limit = self.max_time + READ_GRACE;
+        match tokio::time::timeout(limit, read).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(Error::Timeout {
+                after: limit,
+                what,
+                accepted: None,
+            }),
+        }
+    }
+
     /// Documents of `coll` matching `filter`, at read concern `concern` (the
     /// collection's own when `None`).
     async fn find_docs_at(
@@ -26,7 +52,10 @@ impl Store {
         if let Some(c) = concern {
             find = find.read_concern(c.clone());
         }
-        Ok(find.await?.try_collect().await?)
+        self.bounded("MongoDB's documents", async {
+            find.await?.try_collect().await
+        })
+        .await
     }
 
     /// The stored document of a key, soft-deleted or not, read at the
@@ -35,7 +64,12 @@ impl Store {
     /// never one older than an acknowledged write; a `majority` read can be,
     /// on a newly elected primary until its first write commits.
     pub async fn find(&self, coll: &str, key: &Key) -> Result<Option<Document>> {
-        Ok(self.coll(coll).find_one(key.to_document()).await?)
+        let collection = self.coll(coll);
+        let find = collection
+            .find_one(key.to_document())
+            .max_time(self.max_time);
+        self.bounded("MongoDB's document", async { find.await })
+            .await
     }
 
     /// A key's stored document read twice, for a client deciding about a
@@ -76,7 +110,8 @@ impl Store {
         if self.confirm_majority {
             find = find.read_concern(ReadConcern::majority());
         }
-        Ok(find.await?)
+        self.bounded("MongoDB's document", async { find.await })
+            .await
     }
 
     /// Every live (not soft-deleted) document of a collection, in key order.
@@ -98,13 +133,12 @@ impl Store {
             .collect();
         let mut filter = prefix.clone();
         filter.insert(DOC_REMOVED, doc! {"$ne": true});
-        let cursor = self
-            .coll(&coll.name)
-            .find(filter)
-            .sort(sort)
-            .max_time(self.max_time)
-            .await?;
-        Ok(cursor.try_collect().await?)
+        let collection = self.coll(&coll.name);
+        let find = collection.find(filter).sort(sort).max_time(self.max_time);
+        self.bounded("MongoDB's live documents", async {
+            find.await?.try_collect().await
+        })
+        .await
     }
 
     /// The stored documents of many keys of one collection, in one query.
@@ -133,7 +167,11 @@ impl Store {
                 if let Some(c) = concern {
                     find = find.read_concern(c.clone());
                 }
-                let mut docs: Vec<Document> = find.await?.try_collect().await?;
+                let mut docs: Vec<Document> = self
+                    .bounded("MongoDB's documents", async {
+                        find.await?.try_collect().await
+                    })
+                    .await?;
                 if (docs.len() as i64) < limit {
                     return Ok(docs);
                 }
@@ -169,9 +207,10 @@ impl Store {
 
     /// Number of live (not soft-deleted) documents.
     pub async fn count_live(&self, coll: &str) -> Result<u64> {
-        Ok(self
-            .coll(coll)
+        let collection = self.coll(coll);
+        let count = collection
             .count_documents(doc! {DOC_REMOVED: {"$ne": true}})
-            .await?)
+            .max_time(self.max_time);
+        self.bounded("MongoDB's count", async { count.await }).await
     }
 }
