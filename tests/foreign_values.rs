@@ -519,3 +519,32 @@ async fn a_refused_entry_waiting_for_the_dead_letter_stream_blocks_nothing() {
     assert_eq!(letters, 1);
     daemon.stop().await;
 }
+
+/// A cache entry whose document is not BSON (another program's value, a
+/// truncated write) under a version writ can read is a miss: the read goes
+/// to MongoDB. Before session 44 the read failed with `Encode` (which also
+/// said a write was not accepted) until the key's next write (helper-102).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_cached_document_reads_through() {
+    let env = TestEnv::start("foreign_doc");
+    let config = env.config();
+    let daemon = Daemon::start(config.clone());
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    s.write(&key("D1"), &doc! {"price": 9}).await.unwrap();
+    daemon.stop().await;
+    let _: () = redis::cmd("HSET")
+        .arg(cache_key(&config, "D1"))
+        .arg("doc")
+        .arg("not bson")
+        .query_async(&mut env.redis().await)
+        .await
+        .unwrap();
+    let reader = Writ::connect(config.clone()).await.unwrap();
+    let r = reader.collection("signal").unwrap();
+    assert_eq!(r.read(&key("D1")).await.unwrap(), Some(doc! {"price": 9}));
+    assert_eq!(
+        r.read_many(&[key("D1")]).await.unwrap(),
+        vec![Some(doc! {"price": 9})]
+    );
+}

@@ -429,9 +429,18 @@ fn parse(
         return Ok(None);
     };
     let doc = match (doc, gone) {
-        (Some(bytes), _) => Some(
-            Document::from_reader(bytes.as_slice()).map_err(|e| Error::Encode(e.to_string()))?,
-        ),
+        (Some(bytes), _) => match Document::from_reader(bytes.as_slice()) {
+            Ok(d) => Some(d),
+            // Not written by writ (another program, a truncated value): a
+            // miss, so the read goes to MongoDB, which holds the value; a
+            // failed read here would make the key unreadable until its next
+            // write (and say, wrongly, that a write was not accepted). The
+            // next write of the key, or `writ rebuild-cache`, replaces it.
+            Err(e) => {
+                tracing::warn!(key, error = %e, "cache entry has an unreadable document; treating it as a miss");
+                return Ok(None);
+            }
+        },
         (None, Some(_)) => None,
         (None, None) => return Ok(None),
     };
