@@ -1574,6 +1574,15 @@ export class WritClient {
     return { version, doc, exists: true, live: doc.removed !== true, source: "overlay" };
   }
 
+  /** {@link fromCached}, or null when the entry's document cannot be read. */
+  private readableCached(v: Buffer, doc: Buffer | null, gone: Buffer | null): StoredRecord | null {
+    try {
+      return this.fromCached(v, doc, gone);
+    } catch {
+      return null;
+    }
+  }
+
   private fromCached(v: Buffer, doc: Buffer | null, gone: Buffer | null): StoredRecord {
     const version = v.toString("latin1");
     if (gone || !doc) return { version, doc: null, exists: false, live: false, source: "cache" };
@@ -1752,7 +1761,11 @@ export class WritClient {
     const misses: number[] = [];
     const skipped: number[] = [];
     cached.forEach(([v, doc, gone], i) => {
-      if (v) out[i] = this.fromCached(v, doc, gone);
+      // A document that is not BSON (another program's value, a truncated write) is read like
+      // another program's value at the entry: from MongoDB, which holds the key's value.
+      const hit = v ? this.readableCached(v, doc, gone) : null;
+      if (hit) out[i] = hit;
+      else if (v) misses.push(i);
       // A replace key with a pending write of this process and no cache entry: every write the
       // daemon applies also fills the cache, so MongoDB holds nothing newer than the pending
       // write and the overlay answers without a MongoDB read (the common case: a new key read

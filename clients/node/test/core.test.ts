@@ -340,6 +340,24 @@ describe("core", () => {
     }
   }));
 
+  test("a cache entry whose document is not BSON reads through to MongoDB", g(async () => {
+    const w = client({ mode: "ack" });
+    const key = { k: "unreadable", n: 1 };
+    await (await w.write(KV.name, key, "put", { n: 1 })).acked;
+    const redis = new Redis(env.redisUrl);
+    try {
+      const k = w.resolveKey(KV.name, key);
+      await redis.hset(w.names.cache(k.partition, KV.name, k.canonical), "doc", "not bson");
+      const r = client();
+      const got = await r.readRecord(KV.name, key);
+      assert.equal(got!.doc!.payload.n, 1);
+      assert.equal(got!.source, "mongodb");
+      assert.deepEqual((await r.readMany(KV.name, [key])).map((x) => x!.doc!.payload.n), [1]);
+    } finally {
+      redis.disconnect();
+    }
+  }));
+
   test("a cache key holding another program's value reads through to MongoDB, is repaired, and fails no other key", g(async () => {
     const w = client({ mode: "ack" });
     const keys = [{ k: "foreign", n: 1 }, { k: "foreign", n: 2 }, { k: "foreign", n: 3 }];
