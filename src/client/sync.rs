@@ -23,6 +23,22 @@ impl Writ {
     /// readable, at most `timeout`. backtest-kit's `waitForInit(true)` is the
     /// place to call it.
     pub async fn sync(&self, timeout: Duration) -> Result<()> {
+        // The whole of it, reading the targets included: each command may
+        // wait for its reply timeout (more, with cluster retries) before the
+        // loop would look at the deadline again.
+        let timed_out = || {
+            Error::Timeout {
+            after: timeout,
+            what: "the daemon to apply the writes accepted before this process started (is `writ serve` running? see `writ status`)",
+            accepted: None,
+        }
+        };
+        tokio::time::timeout(timeout, self.sync_within(timeout, timed_out))
+            .await
+            .unwrap_or_else(|_| Err(timed_out()))
+    }
+
+    async fn sync_within(&self, timeout: Duration, timed_out: impl Fn() -> Error) -> Result<()> {
         let inner = &self.inner;
         let mut conn = inner.conn.clone();
         let mut targets = Vec::new();
@@ -37,11 +53,7 @@ impl Writ {
         for (stream, target) in targets {
             while !applied_through(&mut conn, &stream, &inner.names.group(), target).await? {
                 if tokio::time::Instant::now() >= deadline {
-                    return Err(Error::Timeout {
-                        after: timeout,
-                        what: "the daemon to apply the writes accepted before this process started (is `writ serve` running? see `writ status`)",
-                        accepted: None,
-                    });
+                    return Err(timed_out());
                 }
                 tokio::time::sleep(POLL).await;
             }

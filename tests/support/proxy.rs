@@ -456,6 +456,12 @@ pub async fn in_front_of_redis(url: &str) -> (Proxy, String) {
     in_front_of_redis_with(url, Shape::Latency(Duration::ZERO)).await
 }
 
+/// Like [`in_front_of_redis`], holding requests while paused
+/// ([`Proxy::pause`]): a Redis that stops answering.
+pub async fn in_front_of_redis_pausable(url: &str) -> (Proxy, String) {
+    in_front_of_redis_with(url, Shape::Pausable).await
+}
+
 /// Like [`in_front_of_redis`], holding every chunk a client sends for
 /// `latency` (a slow Redis).
 pub async fn in_front_of_redis_with_latency(url: &str, latency: Duration) -> (Proxy, String) {
@@ -495,6 +501,7 @@ pub async fn in_front_of_redis_swallowing(url: &str, marker: &'static [u8]) -> (
 
 /// What a Redis proxy does besides passing bytes.
 enum Shape {
+    Pausable,
     Swallow(&'static [u8]),
     DropReplyTo(&'static [u8]),
     Latency(Duration),
@@ -551,6 +558,7 @@ async fn in_front_of_redis_with(url: &str, shape: Shape) -> (Proxy, String) {
     let proxy = match shape {
         Shape::CutReply(marker, unless) => Proxy::start_cutting_reply(target, marker, unless).await,
         Shape::Swallow(marker) => Proxy::start_swallowing(target, marker).await,
+        Shape::Pausable => Proxy::start_pausable(target).await,
         Shape::DropReplyTo(marker) => Proxy::start_dropping_reply_to(target, marker).await,
         Shape::Latency(latency) => Proxy::start_with_latency(target, latency).await,
         Shape::Rewrite(rewrite) => Proxy::start_rewriting_replies(target, rewrite).await,
