@@ -126,8 +126,15 @@ impl Store {
         // against: the primary, whatever `readPreference` the URI names. A
         // secondary behind could fill the cache with a version older than an
         // acknowledged write.
-        opts.selection_criteria = Some(mongodb::options::SelectionCriteria::ReadPreference(
-            mongodb::options::ReadPreference::Primary,
+        //
+        // Not as the read preference `primary`: on a direct connection
+        // (`directConnection=true`) to one replica-set member the driver
+        // selects that member whatever it is, and reads a secondary as
+        // `primaryPreferred`. A predicate that takes only a primary (or a
+        // standalone server, a mongos, a load balancer) makes such a
+        // connection fail server selection instead, naming the criteria.
+        opts.selection_criteria = Some(mongodb::options::SelectionCriteria::Predicate(
+            std::sync::Arc::new(|server: &mongodb::ServerInfo| writable(server.server_type())),
         ));
         // And at `local` unless a read asks for `majority` (a stale check, a
         // lost-ack look): on the current primary `local` never answers older
@@ -479,4 +486,34 @@ enum Guarded {
     Written(Option<Document>),
     /// The key already holds this version or a newer one.
     Stale(Applied),
+}
+
+/// Whether a server of this type takes writ's reads: a primary, never a
+/// secondary behind it ([`Store::connect`]).
+fn writable(t: mongodb::ServerType) -> bool {
+    use mongodb::ServerType as T;
+    matches!(
+        t,
+        T::RsPrimary | T::Standalone | T::Mongos | T::LoadBalancer
+    )
+}
+
+#[cfg(test)]
+mod selection_tests {
+    #[test]
+    fn only_a_primary_takes_reads() {
+        use mongodb::ServerType as T;
+        for t in [T::RsPrimary, T::Standalone, T::Mongos, T::LoadBalancer] {
+            assert!(super::writable(t), "{t:?}");
+        }
+        for t in [
+            T::RsSecondary,
+            T::RsArbiter,
+            T::RsOther,
+            T::RsGhost,
+            T::Unknown,
+        ] {
+            assert!(!super::writable(t), "{t:?}");
+        }
+    }
 }

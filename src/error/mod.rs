@@ -306,6 +306,16 @@ fn mongo_summary(e: &mongodb::error::Error) -> String {
     // The driver's text appends a dump of the topology it saw (twice, for a
     // single server); what an operator needs is what failed and what to check.
     if let mongodb::error::ErrorKind::ServerSelection { message, .. } = &*e.kind {
+        // Servers answered, none of them a primary (writ reads and writes
+        // only a primary: [`crate::apply::Store::connect`]).
+        if message.contains("suitable for criteria") {
+            return format!(
+                "no MongoDB primary among the servers reached ({}): writ reads and writes only a \
+                 primary; connect to the replica set (without directConnection=true) or to its \
+                 primary in mongodb.uri / WRIT_MONGODB_URI",
+                server_selection(message)
+            );
+        }
         return format!(
             "cannot reach a MongoDB server ({}); is MongoDB running, and are mongodb.uri / \
              WRIT_MONGODB_URI right?",
