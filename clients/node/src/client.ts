@@ -860,6 +860,11 @@ export class WritClient {
     if (!this.mongoDb) {
       const client = this.mongoClient;
       this.mongoDb = client.connect().then(
+        async (c) => {
+          await refuseSecondary(c);
+          return c;
+        },
+      ).then(
         // Whatever the URI or mongoClientOptions name, reads must see every
         // acknowledged write. A secondary can be behind one, and so can a
         // majority read (a write with w: 1, a newly elected primary); a
@@ -870,6 +875,7 @@ export class WritClient {
         (c) => c.db(this.config.mongodbDatabase, { readPreference: ReadPreference.primary, readConcern: new ReadConcern("local") }),
         (e) => {
           this.mongoDb = undefined;
+          if (e instanceof WritError) throw e;
           throw new WritConnectionError(
             `cannot reach MongoDB for read-through: ${errMessage(e)}. Check WRIT_MONGODB_URI / mongodbUri.`,
             { cause: e },
@@ -2170,3 +2176,20 @@ export class WritClient {
 }
 
 export type { Document, Key };
+
+/**
+ * Refuses a direct connection (`directConnection=true`) to a replica-set member that is not the
+ * primary: the driver sends every read to the one server it was given, whatever the read
+ * preference, and a secondary behind the primary would answer (and fill the cache with) a version
+ * older than an acknowledged write. On a replica-set connection the command goes to the primary.
+ */
+export async function refuseSecondary(c: MongoClient): Promise<void> {
+  const hello = await c.db("admin").command({ hello: 1 });
+  if (hello.isWritablePrimary === false && hello.msg !== "isdbgrid") {
+    throw new WritConfigError(
+      `the MongoDB server reached (${String(hello.me ?? "?")}) is not the primary${hello.setName ? ` of replica set ${String(hello.setName)}` : ""}: ` +
+        "writ reads only a primary (a secondary can be behind an acknowledged write); connect to the replica set " +
+        "(without directConnection=true) or to its primary in WRIT_MONGODB_URI / mongodbUri",
+    );
+  }
+}

@@ -287,3 +287,16 @@ test("bsonNesting counts objects, arrays and code scopes below the top, over eve
   assert.equal(n(nested(MAX_NESTING + 1)), MAX_NESTING + 1);
   assert.equal(n(nested(MAX_NESTING + 50)), MAX_NESTING + 1, "counts no further than the limit + 1");
 });
+
+test("a direct connection to a replica-set member that is not the primary is refused, naming it", async () => {
+  const { refuseSecondary } = await import("../src/client.js");
+  const stub = (hello: Document) => ({ db: () => ({ command: async () => hello }) }) as unknown as import("mongodb").MongoClient;
+  await assert.rejects(
+    refuseSecondary(stub({ isWritablePrimary: false, secondary: true, setName: "rs0", me: "b:27017" })),
+    (e: unknown) => e instanceof WritConfigError && /b:27017\) is not the primary of replica set rs0/.test((e as Error).message),
+  );
+  // A primary, a standalone server and a mongos are taken.
+  await refuseSecondary(stub({ isWritablePrimary: true, setName: "rs0" }));
+  await refuseSecondary(stub({ isWritablePrimary: true }));
+  await refuseSecondary(stub({ isWritablePrimary: false, msg: "isdbgrid" }));
+});
