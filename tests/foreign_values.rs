@@ -548,3 +548,49 @@ async fn an_unreadable_cached_document_reads_through() {
         vec![Some(doc! {"price": 9})]
     );
 }
+
+/// Writes whose acks never arrive (the handle's ack stream holds another
+/// program's value, so the daemon skips the acks) and whose keys are never
+/// read again are settled by the handle's overdue sweep once applied: the
+/// pending maps do not grow for the life of the handle. Before session 44
+/// only a read or a list of the key settled them (helper-102).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_whose_acks_never_come_are_swept() {
+    let env = TestEnv::start("foreign_sweep");
+    let o = support::Overrides {
+        client: "write_timeout_ms = 1000",
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let bad = Writ::connect(config.clone()).await.unwrap();
+    let mut conn = env.redis().await;
+    let ack_key = Names::new(&config.namespace).acks(bad.client_id());
+    support::foreign_string(&mut conn, &ack_key).await;
+    let s = bad.collection("signal").unwrap();
+    for i in 0..20 {
+        // Submitted and forgotten: the tickets are dropped at once.
+        s.submit(&key(&format!("S{i}")), &doc! {"n": i})
+            .await
+            .unwrap();
+    }
+    assert_eq!(bad.unacked(), 20);
+    let daemon = Daemon::start(config.clone());
+    support::eventually(
+        Duration::from_secs(60),
+        "the sweep to settle the applied writes",
+        || async { (bad.unacked() == 0).then_some(()) },
+    )
+    .await;
+    // They were applied, not dropped.
+    let reader = Writ::connect(config.clone()).await.unwrap();
+    assert_eq!(
+        reader
+            .collection("signal")
+            .unwrap()
+            .read(&key("S7"))
+            .await
+            .unwrap(),
+        Some(doc! {"n": 7})
+    );
+    daemon.stop().await;
+}

@@ -16,6 +16,7 @@ mod clock;
 mod overdue;
 mod pending;
 mod read;
+mod sweep;
 mod sync;
 mod ticket;
 
@@ -149,7 +150,8 @@ impl Writ {
             _stop: stop.clone().drop_guard(),
             config,
         });
-        acks::spawn_listener(Arc::downgrade(&inner), stop).await?;
+        acks::spawn_listener(Arc::downgrade(&inner), stop.clone()).await?;
+        sweep::spawn(Arc::downgrade(&inner), stop);
         Ok(Writ { inner })
     }
 
@@ -189,10 +191,10 @@ impl Writ {
         &self.inner.client_id
     }
 
-    /// Writes of this handle whose ack has not arrived, less those a read
-    /// or list settled from the cache that nobody waits for any more (their
-    /// tickets dropped, then or later): lost acks do not pile up once their
-    /// keys are read.
+    /// Writes of this handle whose ack has not arrived, less those a read,
+    /// list or the overdue sweep settled that nobody waits for any more
+    /// (their tickets dropped, then or later): lost acks do not pile up,
+    /// even for keys never read again (`sweep`).
     pub fn unacked(&self) -> usize {
         self.inner.unacked()
     }
