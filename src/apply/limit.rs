@@ -4,9 +4,12 @@
 //! Without it every partition's key workers call MongoDB at once: thousands of
 //! operations queue in the driver's pool, time out while queued, are retried
 //! while the first attempt may still run, and the load multiplies (a congestive
-//! collapse under a backlog). With it, operations wait *here*, in order,
-//! outside any timeout, and at most `limit` reach the driver, whose pool is
-//! sized to the upper bound.
+//! collapse under a backlog). With it, operations wait *here*, outside any
+//! timeout, and at most `limit` reach the driver, whose pool is sized to the
+//! upper bound. Not in arrival order: a freed slot wakes every waiter and
+//! the first to run takes it (so with many waiters, a key worker of a
+//! failed round among hundreds, a completion costs a wake-up each; a FIFO
+//! queue is a known improvement, not made).
 //!
 //! The limit starts at 1 (a slow start), holds there for the first
 //! `HOLD_AFTER_DECREASE` completions, and then grows by one per `limit` fast
