@@ -131,6 +131,19 @@ impl Collection {
         // done (the call fails then anyway; the next call goes on).
         let settle = async {
             for (id, writes) in wait {
+                // A key whose newest write is committed was waited for
+                // already (its older writes' acks do not matter to a list);
+                // looking at them could stop the look at an older write
+                // the daemon still holds (refused, waiting to be parked).
+                let newest_committed = writes.values().next_back().is_some_and(|w| {
+                    matches!(
+                        *w.state.borrow(),
+                        Some(super::acks::AckResult::Committed(_))
+                    )
+                });
+                if newest_committed {
+                    continue;
+                }
                 let p = partition(&id);
                 let entry = inner.names.cache(p, &id.0, &id.1);
                 if !inner.settle_overdue(&id.0, p, &entry, writes).await? {
