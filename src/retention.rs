@@ -194,6 +194,7 @@ mod tests {
             undelivered: 0,
             pending: unapplied,
             unapplied,
+            unapplied_at_least: false,
             oldest_unapplied_age_seconds: 0.0,
             oldest_unapplied: None,
             watermark: None,

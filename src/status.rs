@@ -1,6 +1,13 @@
 //! Partition status: owner, unapplied entries (undelivered + pending), the age
 //! of the oldest unapplied entry, the committed watermark and dead-letter
 //! depth. Used by `writ status`, the daemon's metrics and stream retention.
+//!
+//! The unapplied count is O(1) while the partition's meta hash agrees with
+//! its group (docs/protocol.md §2a). When it does not (an `XGROUP SETID` by
+//! hand, the meta hash lost), the count reads at most [`COUNT_BOUND`]
+//! undelivered entries and says so ([`Backlog::exact`],
+//! [`PartitionStatus::unapplied_at_least`]): a lower bound, never a walk of
+//! the whole backlog inside a script (1M entries held Redis for 6.4 s).
 
 use crate::redis_conn::Conn;
 use redis::Value;
@@ -25,6 +32,10 @@ pub struct PartitionStatus {
     pub pending: u64,
     /// `undelivered + pending`.
     pub unapplied: u64,
+    /// `unapplied` (and `undelivered`) is a lower bound: the partition's
+    /// meta hash disagrees with its group, and the count stopped after
+    /// [`COUNT_BOUND`] undelivered entries.
+    pub unapplied_at_least: bool,
     /// Age in seconds of the oldest unapplied entry (0 when none).
     pub oldest_unapplied_age_seconds: f64,
     /// Id of the oldest unapplied entry.
@@ -64,27 +75,51 @@ fn as_string(v: Option<&Value>) -> Option<String> {
     }
 }
 
-/// A partition's backlog, by the script writers' admission uses:
-/// `(unapplied, pending, undelivered, last-delivered-id)`, counting no further
-/// than `bound` (0: exactly).
-pub async fn backlog(
-    conn: &mut Conn,
-    names: &Names,
-    p: u32,
-    bound: u64,
-) -> Result<(u64, u64, u64, String)> {
+/// The most undelivered entries one count reads when the partition's meta
+/// hash does not give the count in O(1) (and about 4 MiB of their values at
+/// most: `src/lua/admit.lua`).
+pub const COUNT_BOUND: u64 = 1024;
+
+/// A partition's backlog (docs/protocol.md §2a).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backlog {
+    /// `pending + undelivered`.
+    pub unapplied: u64,
+    /// Entries delivered to the group and not acked.
+    pub pending: u64,
+    /// Entries after the group's last-delivered-id.
+    pub undelivered: u64,
+    /// The group's last-delivered-id (empty: no stream or no group).
+    pub last_delivered: String,
+    /// `false`: the count stopped at its bound, and the backlog is at least
+    /// this.
+    pub exact: bool,
+}
+
+/// A partition's backlog, by the script writers' admission uses (its status
+/// form), counting at most `bound` undelivered entries when the meta hash
+/// does not give the count in O(1) (0, or more than [`COUNT_BOUND`]:
+/// [`COUNT_BOUND`]). Exact whenever the meta hash agrees with the group.
+pub async fn backlog(conn: &mut Conn, names: &Names, p: u32, bound: u64) -> Result<Backlog> {
     // One `Script` for the process: `Script::new` hashes the source (SHA-1),
     // which was 1 % of an idle daemon's CPU when done per call.
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
     let script = SCRIPT.get_or_init(|| redis::Script::new(crate::client::admit::XADD_BOUNDED));
-    let out: (u64, u64, u64, String) = script
-        .key(names.stream(p))
-        .key(names.meta(p))
-        .arg(names.group())
-        .arg(bound)
-        .invoke_async(conn)
-        .await?;
-    Ok(out)
+    let (unapplied, pending, undelivered, last_delivered, exact): (u64, u64, u64, String, u8) =
+        script
+            .key(names.stream(p))
+            .key(names.meta(p))
+            .arg(names.group())
+            .arg(bound.min(COUNT_BOUND))
+            .invoke_async(conn)
+            .await?;
+    Ok(Backlog {
+        unapplied,
+        pending,
+        undelivered,
+        last_delivered,
+        exact: exact == 1,
+    })
 }
 
 /// The oldest entry of partition `p` that is neither applied nor parked
@@ -96,7 +131,9 @@ pub async fn backlog(
 /// no entry); entries pending whose oldest id cannot be read count as at
 /// `0-0`, below every write.
 pub async fn oldest_unapplied(conn: &mut Conn, names: &Names, p: u32) -> Result<Option<Version>> {
-    let s = partition_status(conn, names, p, None).await?;
+    // Only the oldest entry matters, not how many: the count reads at most
+    // one undelivered entry.
+    let s = partition_status(conn, names, p, None, 1).await?;
     // Pending entries whose oldest id did not parse leave no watermark.
     if s.pending > 0 && s.watermark.is_none() {
         return Ok(Some(Version::default()));
@@ -104,19 +141,27 @@ pub async fn oldest_unapplied(conn: &mut Conn, names: &Names, p: u32) -> Result<
     Ok(s.oldest_unapplied.and_then(|o| o.parse::<Version>().ok()))
 }
 
-/// Reads one partition's status.
+/// Reads one partition's status, counting at most `bound` undelivered
+/// entries when the meta hash disagrees with the group ([`backlog`]).
 async fn partition_status(
     conn: &mut Conn,
     names: &Names,
     p: u32,
     owner: Option<String>,
+    bound: u64,
 ) -> Result<PartitionStatus> {
     let stream = names.stream(p);
     let group = names.group();
     let length: u64 = cmd::xlen(&stream).query_async(conn).await?;
     // The one definition of the backlog (src/lua/admit.lua), never XINFO's
     // `lag`, which Redis 7.0 gets wrong after an AOF reload.
-    let (unapplied, pending, undelivered, last_delivered) = backlog(conn, names, p, 0).await?;
+    let Backlog {
+        unapplied,
+        pending,
+        undelivered,
+        last_delivered,
+        exact,
+    } = backlog(conn, names, p, bound).await?;
     if last_delivered.is_empty() {
         // No stream or no group yet: nothing was ever delivered, so the
         // oldest unapplied entry is the stream's first (a group deleted by
@@ -132,6 +177,7 @@ async fn partition_status(
             undelivered: length,
             pending: 0,
             unapplied: length,
+            unapplied_at_least: false,
             oldest_unapplied_age_seconds: oldest.map_or(0.0, |o| {
                 crate::protocol::wall_clock_ms().saturating_sub(o.ms) as f64 / 1000.0
             }),
@@ -191,6 +237,7 @@ async fn partition_status(
         undelivered,
         pending,
         unapplied,
+        unapplied_at_least: !exact,
         oldest_unapplied_age_seconds: age,
         oldest_unapplied: oldest.map(|o| o.to_stream_id()),
         watermark: watermark.map(|w| w.to_stream_id()),
@@ -242,7 +289,7 @@ pub async fn status_of(
         if owner.is_none() || o.as_deref() == owner {
             // A partition whose keys hold another program's values is left
             // out, and named; the others are still reported (and trimmed).
-            match unless_foreign(partition_status(conn, &names, p, o).await) {
+            match unless_foreign(partition_status(conn, &names, p, o, COUNT_BOUND).await) {
                 Ok(Some(s)) => out.push(s),
                 Ok(None) => left_out.push(p),
                 Err(e) if owner.is_some() => skip(p, e),
@@ -283,15 +330,31 @@ pub fn render_table(s: &Status) -> String {
         "part", "owner", "unapplied", "pending", "oldest(s)", "retained", "watermark"
     );
     for p in &s.partitions {
+        let unapplied = if p.unapplied_at_least {
+            format!(">={}", p.unapplied)
+        } else {
+            p.unapplied.to_string()
+        };
         out += &format!(
             "{:>4}  {:<24} {:>10} {:>9} {:>10.1} {:>12}  {}\n",
             p.partition,
             p.owner.as_deref().unwrap_or("-"),
-            p.unapplied,
+            unapplied,
             p.pending,
             p.oldest_unapplied_age_seconds,
             p.length,
             p.watermark.as_deref().unwrap_or("-")
+        );
+    }
+    let at_least: Vec<u32> = s
+        .partitions
+        .iter()
+        .filter(|p| p.unapplied_at_least)
+        .map(|p| p.partition)
+        .collect();
+    if !at_least.is_empty() {
+        out += &format!(
+            "partitions {at_least:?}: unapplied is a lower bound (>=): their meta hash disagrees with the group (an XGROUP SETID, a lost meta hash) and the count stopped after {COUNT_BOUND} undelivered entries\n"
         );
     }
     if !s.left_out.is_empty() {

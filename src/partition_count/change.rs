@@ -191,7 +191,8 @@ async fn unapplied_in(
 ) -> Result<Vec<u32>> {
     let mut busy = Vec::new();
     for p in range {
-        let (unapplied, ..) = crate::status::backlog(conn, names, p, 1).await?;
+        // Bound 1: whether anything is unapplied, reading at most one entry.
+        let unapplied = crate::status::backlog(conn, names, p, 1).await?.unapplied;
         if unapplied > 0 {
             busy.push(p);
         }
