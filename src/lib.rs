@@ -20,7 +20,8 @@
 //!
 //! Around them: [`config`], [`error`], [`ownership`] (partition leases and
 //! fencing), [`partition_count`] (the count daemons and clients must agree
-//! on), [`status`] and [`retention`], [`serve`] (the daemon's wiring and
+//! on), [`status`], [`heal`] (mending the backlog count's bookkeeping) and
+//! [`retention`], [`serve`] (the daemon's wiring and
 //! shutdown), [`telemetry`] (metrics and health), [`bench`](mod@bench) (load
 //! generator).
 
@@ -39,6 +40,7 @@ pub mod config;
 pub mod database_record;
 pub mod deadletter;
 pub mod error;
+pub mod heal;
 pub mod ownership;
 pub mod partition;
 pub mod partition_count;

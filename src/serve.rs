@@ -181,10 +181,11 @@ async fn prepare_redis(config: &Config) -> Result<(Conn, crate::partition_count:
     Ok((conn, standing))
 }
 
-/// Refreshes the status metrics of the partitions this daemon owns, trims
-/// their streams below the committed watermark, and keeps the namespace's
-/// partition count recorded (stopping the daemon through `halt` if another
-/// daemon's count appears).
+/// Refreshes the status metrics of the partitions this daemon owns, mends
+/// the backlog bookkeeping of those whose count was not exact
+/// ([`crate::heal`]), trims their streams below the committed watermark, and
+/// keeps the namespace's partition count recorded (stopping the daemon
+/// through `halt` if another daemon's count appears).
 async fn housekeeping(
     config: Arc<Config>,
     mut conn: Conn,
@@ -195,6 +196,7 @@ async fn housekeeping(
     let names = Names::new(&config.namespace);
     // The partitions the last pass could not read: said once per change.
     let mut skipped: Vec<u32> = Vec::new();
+    let mut mender = crate::heal::Mender::new();
     loop {
         if let Some(e) = crate::partition_count::recheck(&mut conn, &config, &standing).await {
             tracing::error!(error = %e, "the namespace's partition count was changed, or a daemon that started earlier recorded another; this daemon stops (its partitions drain and go to the others)");
@@ -220,6 +222,17 @@ async fn housekeeping(
                 for p in &s.partitions {
                     publish_status(p);
                 }
+                // Counts that stopped at their bound (the meta hash
+                // disagrees with the group): counted on in pages, then the
+                // meta hash mended, before the trims (a trim between the
+                // count and the mend would make the mend start over).
+                let stale: Vec<u32> = s
+                    .partitions
+                    .iter()
+                    .filter(|p| p.unapplied_at_least)
+                    .map(|p| p.partition)
+                    .collect();
+                mender.pass(&mut conn, &names, &stale).await;
                 for p in &s.partitions {
                     trim(&mut conn, &config, &names, p).await;
                 }
@@ -233,7 +246,9 @@ async fn housekeeping(
     }
 }
 
-/// One owned partition's status as gauges.
+/// One owned partition's status as gauges (`writ_partition_unapplied_entries`
+/// is a lower bound while the partition's count is not exact, until the
+/// mend of [`crate::heal`] is done: a pass or a few).
 fn publish_status(p: &crate::status::PartitionStatus) {
     let label = p.partition.to_string();
     metrics::gauge!("writ_partition_unapplied_entries", "partition" => label.clone())

@@ -7,7 +7,9 @@
 //! hand, the meta hash lost), the count reads at most [`COUNT_BOUND`]
 //! undelivered entries and says so ([`Backlog::exact`],
 //! [`PartitionStatus::unapplied_at_least`]): a lower bound, never a walk of
-//! the whole backlog inside a script (1M entries held Redis for 6.4 s).
+//! the whole backlog inside a script (1M entries held Redis for 6.4 s). The
+//! owning daemon's housekeeping then counts the rest in short steps and
+//! mends the meta hash ([`crate::heal`]).
 
 use crate::redis_conn::Conn;
 use redis::Value;
@@ -34,7 +36,8 @@ pub struct PartitionStatus {
     pub unapplied: u64,
     /// `unapplied` (and `undelivered`) is a lower bound: the partition's
     /// meta hash disagrees with its group, and the count stopped after
-    /// [`COUNT_BOUND`] undelivered entries.
+    /// [`COUNT_BOUND`] undelivered entries. The owning daemon makes the count
+    /// exact again within a pass or a few ([`crate::heal`]).
     pub unapplied_at_least: bool,
     /// Age in seconds of the oldest unapplied entry (0 when none).
     pub oldest_unapplied_age_seconds: f64,
@@ -354,7 +357,7 @@ pub fn render_table(s: &Status) -> String {
         .collect();
     if !at_least.is_empty() {
         out += &format!(
-            "partitions {at_least:?}: unapplied is a lower bound (>=): their meta hash disagrees with the group (an XGROUP SETID, a lost meta hash) and the count stopped after {COUNT_BOUND} undelivered entries\n"
+            "partitions {at_least:?}: unapplied is a lower bound (>=): their meta hash disagrees with the group (an XGROUP SETID, a lost meta hash) and the count stopped after {COUNT_BOUND} undelivered entries; the owning daemon mends it within a few passes of daemon.stats_interval_ms\n"
         );
     }
     if !s.left_out.is_empty() {

@@ -469,3 +469,491 @@ async fn a_stream_without_a_group_ages_its_backlog() {
     assert_eq!(empty.oldest_unapplied_age_seconds, 0.0);
     assert_eq!(empty.oldest_unapplied, None);
 }
+
+/// The slow-log entries of the server behind `conn` (`SLOWLOG GET`): each
+/// command's duration in microseconds and its first arguments.
+async fn slowlog<C: redis::aio::ConnectionLike>(conn: &mut C) -> Vec<(i64, String)> {
+    let v: redis::Value = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(100)
+        .query_async(conn)
+        .await
+        .unwrap();
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        other => format!("{other:?}"),
+    };
+    let redis::Value::Array(entries) = v else {
+        return Vec::new();
+    };
+    entries
+        .iter()
+        .filter_map(|e| match e {
+            redis::Value::Array(f) if f.len() >= 4 => {
+                let micros = match &f[2] {
+                    redis::Value::Int(i) => *i,
+                    _ => -1,
+                };
+                let args = match &f[3] {
+                    redis::Value::Array(a) => a.iter().take(4).map(text).collect::<Vec<_>>(),
+                    _ => Vec::new(),
+                };
+                Some((micros, args.join(" ")))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The partition's `writ status --json` entry.
+fn status_of_partition(path: &std::path::Path, p: usize) -> serde_json::Value {
+    let out = writ_cli(path, &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "writ status --json: {e}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    v["partitions"][p].clone()
+}
+
+/// A large backlog (250,000 undelivered entries) whose meta hash disagrees
+/// with the group (an operator's `XGROUP SETID` back to the stream's first
+/// entry, and the meta's `at`/`read` lost). The count must never walk the
+/// backlog inside a script: that held Redis for 6.4 s at 1M entries (past the
+/// lease TTL, so every daemon lost every lease), and the daemon counted every
+/// `stats_interval` for every partition. Now `writ status` and the daemon's
+/// gauge count at most 1,024 undelivered entries and say the count is a
+/// lower bound (`unapplied_at_least`); the owning daemon counts the rest in
+/// pages outside any script and mends the meta hash, after which the count
+/// is exact and reads no entry at all.
+///
+/// MongoDB is cut off so the daemon's reader holds (`max_in_flight`
+/// entries read, then no more): the group stays where the test put it.
+/// Before (checked): the first status walked the whole backlog in one
+/// script (SLOWLOG: the script 0.86 s, its XRANGE without COUNT 0.23 s),
+/// and said nothing of it. Now: the first status counts 1,024 and says so,
+/// the count is exact about 0.7 s later, and nothing takes 50 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_count_of_a_large_backlog_is_bounded_then_mended() {
+    // Its own redis-server: SLOWLOG, MONITOR and the command counts are
+    // server-wide.
+    let env = TestEnv::start_own_redis("backlog_stale_large");
+    let (proxy, proxied) = support::proxy::in_front_of_mongo(&env.mongo_uri).await;
+    let o = Overrides {
+        mongo_uri: Some(proxied),
+        partitions: Some(1),
+        daemon: "stats_interval_ms = 200",
+        mongo: "op_timeout_ms = 1000",
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let dir = tempfile::tempdir().unwrap();
+    let path = env.config_file_with(dir.path(), &o);
+    let mut daemon = DaemonProc::start(&path, dir.path(), "stale-d");
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let measure = writ.collection("measure").unwrap();
+    let key = doc! {"bucket": "stale", "entryKey": "k"};
+    measure.write(&key, &doc! {"i": 0}).await.unwrap();
+    let names = writ::protocol::Names::new(&config.namespace);
+    let (stream, meta, group) = (names.stream(0), names.meta(0), names.group());
+    let mut conn = env.redis().await;
+
+    // MongoDB gone: what is added from now on stays unapplied. One write
+    // through the client, then 250,000 copies of its entry added raw.
+    proxy.cut();
+    let _unapplied = measure.submit(&key, &doc! {"i": 1}).await.unwrap();
+    let fill = redis::Script::new(
+        "local e = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1] \
+         for _ = 1, tonumber(ARGV[1]) do redis.call('XADD', KEYS[1], '*', unpack(e[2])) end \
+         return 1",
+    );
+    let copies = 250_000u64;
+    for _ in 0..copies / 25_000 {
+        let _: i64 = fill
+            .key(&stream)
+            .arg(25_000)
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    // The reader takes its fill (max_in_flight) and holds.
+    let mut pending = u64::MAX;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = support::pending_count(&mut conn, &stream, &group).await;
+        if now == pending {
+            break;
+        }
+        pending = now;
+    }
+    assert!(
+        pending > 0 && pending < 10_000,
+        "the reader holds {pending} entries"
+    );
+    let len: u64 = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let first: redis::Value = redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let first = writ::stream::parse_entries(&first)[0].id.to_stream_id();
+
+    // The daemon paused while the meta is made stale and status looks.
+    daemon.pause();
+    let _: () = redis::cmd("XGROUP")
+        .arg("SETID")
+        .arg(&stream)
+        .arg(&group)
+        .arg(&first)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HDEL")
+        .arg(&meta)
+        .arg("at")
+        .arg("read")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Every entry after the first is undelivered now, and the held ones
+    // are still pending.
+    let truth = pending + len - 1;
+    support::config_set(&mut conn, "slowlog-log-slower-than", "50000").await;
+    let _: () = redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let seed = env.redis_url.clone();
+    let monitor = support::monitor::Monitor::start(&[seed], |l| l.contains("\"XRANGE\"")).await;
+    let at_first = status_of_partition(&path, 0);
+    daemon.resume();
+
+    // The owning daemon makes the count exact within a few passes (200 ms).
+    let t = std::time::Instant::now();
+    let exact = eventually(Duration::from_secs(20), "status to be exact", || {
+        let path = path.clone();
+        async move {
+            let p = status_of_partition(&path, 0);
+            (p["unapplied_at_least"] != serde_json::json!(true)
+                && p["unapplied"].as_u64() == Some(truth))
+            .then_some(p)
+        }
+    })
+    .await;
+    let healed_after = t.elapsed();
+    // A few more passes: nothing slow, nothing walks.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let slow = slowlog(&mut conn).await;
+    let seen = monitor.finish().await;
+    let ours = format!("\"{stream}\"");
+    let count_of = |l: &str| -> Option<u64> {
+        let i = l.find("\"COUNT\" \"")? + "\"COUNT\" \"".len();
+        l[i..].split('"').next()?.parse().ok()
+    };
+    let walks: Vec<&String> = seen
+        .iter()
+        .filter(|l| l.contains(&ours) && count_of(l).is_none_or(|c| c > 10_000))
+        .collect();
+    let pages = seen.iter().filter(|l| l.contains(&ours)).count();
+
+    // Now the count reads nothing: O(1) from the mended meta hash.
+    daemon.kill9();
+    support::reset_stats(&mut conn).await;
+    let status_form = redis::Script::new(include_str!("../src/lua/admit.lua"));
+    let counted: Vec<redis::Value> = status_form
+        .key(&stream)
+        .key(&meta)
+        .arg(&group)
+        .arg(0)
+        .invoke_async(&mut conn)
+        .await
+        .unwrap();
+    let scans = support::command_calls(&support::commandstats(&mut conn).await, "xrange");
+    eprintln!(
+        "stale count of {truth} unapplied: first status {at_first}; exact after {healed_after:?}; \
+         {pages} XRANGEs of the stream meanwhile; slow log {slow:?}; unbounded or large ranges {}",
+        walks.len()
+    );
+    assert_eq!(
+        at_first["unapplied_at_least"],
+        serde_json::json!(true),
+        "the first status after the meta went stale must say its count is a lower bound: {at_first}"
+    );
+    assert!(
+        at_first["unapplied"].as_u64().unwrap() < truth,
+        "{at_first}"
+    );
+    assert!(
+        walks.is_empty(),
+        "the backlog was read in one range: {:?}",
+        walks.iter().take(3).collect::<Vec<_>>()
+    );
+    assert!(slow.is_empty(), "commands over 50 ms: {slow:?}");
+    assert_eq!(exact["unapplied"].as_u64(), Some(truth));
+    assert_eq!(
+        redis::from_redis_value::<u64>(counted[0].clone()).unwrap(),
+        truth
+    );
+    assert_eq!(scans, 0, "the mended count read entries");
+}
+
+/// `n` raw entries added to `stream` (fields `v x`), in one script call.
+async fn fill_raw<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    stream: &str,
+    n: u64,
+) -> Vec<String> {
+    let ids: Vec<String> = redis::Script::new(
+        "local out = {} for i = 1, tonumber(ARGV[1]) do \
+         out[i] = redis.call('XADD', KEYS[1], '*', 'v', 'x') end return out",
+    )
+    .key(stream)
+    .arg(n)
+    .invoke_async(conn)
+    .await
+    .unwrap();
+    ids
+}
+
+async fn meta_pair<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    meta: &str,
+) -> (Option<String>, Option<u64>) {
+    let (at, read): (Option<String>, Option<u64>) = redis::cmd("HMGET")
+        .arg(meta)
+        .arg("at")
+        .arg("read")
+        .query_async(conn)
+        .await
+        .unwrap();
+    (at, read)
+}
+
+async fn set_group<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    stream: &str,
+    group: &str,
+    id: &str,
+) {
+    let _: () = redis::cmd("XGROUP")
+        .arg("SETID")
+        .arg(stream)
+        .arg(group)
+        .arg(id)
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+/// A meta hash a few reads behind its group (its pair is for an older id:
+/// a write-back Redis refused at its maxmemory, a small `XGROUP SETID`) is
+/// mended by the daemon's next read, however many entries follow: the read
+/// carries the pair over, read(before) = read(at) + |(at, before]|, counting
+/// at most 1,024 entries. Not when an entry above the pair's id was removed
+/// (the carried count would be off by it). Before, the read mended it only
+/// when fewer than 128 entries followed the read, so under a backlog the
+/// pair stayed stale and every count stopped at its bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meta_hash_a_few_reads_behind_is_mended_at_the_next_read() {
+    let env = TestEnv::start("backlog_carry");
+    let config = env.config();
+    let names = writ::protocol::Names::new(&config.namespace);
+    let mut conn = env.redis().await;
+    let read_script = redis::Script::new(include_str!("../src/lua/fenced_read.lua"));
+    for (p, delete) in [(0u32, false), (1, true)] {
+        let (stream, meta, group) = (names.stream(p), names.meta(p), names.group());
+        let ids = fill_raw(&mut conn, &stream, 2000).await;
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&stream)
+            .arg(&group)
+            .arg(&ids[99])
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        // The pair as a read that delivered the first 100 entries left it,
+        // and the group 300 entries further on.
+        let _: () = redis::cmd("HSET")
+            .arg(&meta)
+            .arg("at")
+            .arg(&ids[99])
+            .arg("read")
+            .arg(100)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        set_group(&mut conn, &stream, &group, &ids[399]).await;
+        if delete {
+            let _: u64 = redis::cmd("XDEL")
+                .arg(&stream)
+                .arg(&ids[199])
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        let _: () = redis::cmd("SET")
+            .arg(names.fence(p))
+            .arg("tok")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let _: redis::Value = read_script
+            .key(&stream)
+            .key(names.fence(p))
+            .key(&meta)
+            .arg("tok")
+            .arg(&group)
+            .arg("c")
+            .arg(10)
+            .arg("read")
+            .arg("")
+            .arg(1 << 20)
+            .arg(0)
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
+        let pair = meta_pair(&mut conn, &meta).await;
+        if delete {
+            // An entry above the pair's id went: nothing carried over.
+            assert_eq!(pair, (Some(ids[99].clone()), Some(100)), "partition {p}");
+        } else {
+            assert_eq!(pair, (Some(ids[409].clone()), Some(410)), "partition {p}");
+            let mut cm = env.redis().await;
+            let b = writ::status::backlog(&mut cm, &names, p, 0).await.unwrap();
+            assert_eq!((b.undelivered, b.pending, b.exact), (1590, 10, true));
+        }
+    }
+}
+
+/// The mend of `src/heal.rs` step by step: a look, a count in short steps,
+/// and the write, which follows a group that moved meanwhile (forward or
+/// back, counting the difference), says `moved` when the group went
+/// further than it counts, and starts over when an entry that may have been
+/// counted was removed; an entry removed below the count does not matter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mend_follows_the_group_and_starts_over_after_a_removal() {
+    use writ::heal::{look, mend, Mend, Mender, Outcome, RangeCount};
+    let env = TestEnv::start("backlog_mend");
+    let config = env.config();
+    let names = writ::protocol::Names::new(&config.namespace);
+    let (stream, meta, group) = (names.stream(0), names.meta(0), names.group());
+    let mut conn = env.redis().await;
+    let ids = fill_raw(&mut conn, &stream, 25_000).await;
+    let id = |i: usize| ids[i].parse::<writ::protocol::Version>().unwrap();
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg(&group)
+        .arg(&ids[99])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let count = |b: &writ::status::Backlog| (b.undelivered, b.exact);
+
+    // Looked at with the group after entry 100: 24,900 after it.
+    let l = look(&mut conn, &names, 0).await.unwrap();
+    assert_eq!(l.last_delivered, Some(id(99)));
+    assert_eq!((l.entries_added, l.removed), (25_000, 0));
+    let mut c = RangeCount::between(l.last_generated, id(99));
+    c.run(&mut conn, &names, 0, u64::MAX).await.unwrap();
+    assert!(c.done);
+    assert_eq!((c.counted, c.lowest), (24_900, Some(id(100))));
+    // Meanwhile the group moved on 50 entries: the mend counts them.
+    set_group(&mut conn, &stream, &group, &ids[149]).await;
+    let m = mend(&mut conn, &names, 0, id(99), 100, 0, c.lowest)
+        .await
+        .unwrap();
+    assert_eq!(m, Mend::Mended(id(149), 24_850));
+    let b = writ::status::backlog(&mut conn, &names, 0, 0)
+        .await
+        .unwrap();
+    assert_eq!(count(&b), (24_850, true));
+    // Already agreeing: nothing to write.
+    let m = mend(&mut conn, &names, 0, id(99), 100, 0, c.lowest)
+        .await
+        .unwrap();
+    assert_eq!(m, Mend::Fresh);
+
+    // The pair lost and the group moved back: a mender pass mends it.
+    let _: () = redis::cmd("DEL")
+        .arg(&meta)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    set_group(&mut conn, &stream, &group, &ids[49]).await;
+    let b = writ::status::backlog(&mut conn, &names, 0, 0)
+        .await
+        .unwrap();
+    assert_eq!(count(&b), (1024, false));
+    let mut mender = Mender::new();
+    assert_eq!(
+        mender.step(&mut conn, &names, 0).await.unwrap(),
+        Outcome::Mended {
+            undelivered: 24_950
+        }
+    );
+    let b = writ::status::backlog(&mut conn, &names, 0, 0)
+        .await
+        .unwrap();
+    assert_eq!(count(&b), (24_950, true));
+
+    // A group that went further than the mend script counts (10,000).
+    let _: () = redis::cmd("DEL")
+        .arg(&meta)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    set_group(&mut conn, &stream, &group, &ids[20_049]).await;
+    let m = mend(&mut conn, &names, 0, id(49), 50, 0, Some(id(50)))
+        .await
+        .unwrap();
+    assert_eq!(m, Mend::Moved(id(20_049)));
+
+    // An entry removed within the count: start over. Below it: fine.
+    let l = look(&mut conn, &names, 0).await.unwrap();
+    let mut c = RangeCount::between(l.last_generated, id(20_049));
+    c.run(&mut conn, &names, 0, u64::MAX).await.unwrap();
+    assert_eq!(c.counted, 4950);
+    let read = l.entries_added - c.counted;
+    let _: u64 = redis::cmd("XDEL")
+        .arg(&stream)
+        .arg(&ids[10])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let m = mend(&mut conn, &names, 0, id(20_049), read, l.removed, c.lowest)
+        .await
+        .unwrap();
+    assert_eq!(m, Mend::Mended(id(20_049), 4950));
+    let _: () = redis::cmd("DEL")
+        .arg(&meta)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: u64 = redis::cmd("XDEL")
+        .arg(&stream)
+        .arg(&ids[22_000])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let m = mend(&mut conn, &names, 0, id(20_049), read, l.removed, c.lowest)
+        .await
+        .unwrap();
+    assert_eq!(m, Mend::Removed);
+    // The next pass starts over, and counts what is there.
+    assert_eq!(
+        mender.step(&mut conn, &names, 0).await.unwrap(),
+        Outcome::Mended { undelivered: 4949 }
+    );
+}

@@ -20,14 +20,16 @@
 -- `lag` (wrong after an AOF reload on Redis 7.0). The daemon's fenced read keeps
 -- `read` in the meta hash: the stream's entries-added count as of the entry
 -- `at`, the group's last-delivered-id. While `at` is still the last-delivered-id
--- the count is entries-added - read (O(1)); otherwise the entries after
--- last-delivered-id are counted, in bounded steps, and an exact count is
--- written back as `at`/`read`, so that the next call is O(1) again while no
--- daemon reads (writers keep writing through a daemon outage). A count that
--- stopped at its bound writes nothing back, and says so. No count here reads
--- the stream to its end: a script holds Redis while it runs (1M entries took
--- 6.4 s and 512 MB of Lua memory on Redis 7.0), and cannot be killed once it
--- wrote.
+-- the count is entries-added - read (O(1)); otherwise the entries between `at`
+-- and last-delivered-id are counted, when the pair can be carried over
+-- (from_pair), or else the entries after last-delivered-id, in bounded steps;
+-- an exact count is written back as `at`/`read`, so that the next call is
+-- O(1) again while no daemon reads (writers keep writing through a daemon
+-- outage). A count that stopped at its bound writes nothing back: the owning
+-- daemon's housekeeping counts the rest in short steps and writes `at`/`read`
+-- then (src/heal.rs). No count here reads the stream to its end: a script
+-- holds Redis while it runs (1M entries took 6.4 s and 512 MB of Lua memory
+-- on Redis 7.0), and cannot be killed once it wrote.
 
 -- The most undelivered entries the status form counts, and the most entry
 -- bytes (values) any count here reads, about.
@@ -57,6 +59,50 @@ local function count_range(lo, hi, cap, max_bytes)
     step = math.min(cap - n, math.max(1, math.floor((max_bytes - used) / largest)))
   end
   return n, false
+end
+
+-- Ids compared exactly, as decimal strings (Lua's numbers are doubles):
+-- the shorter number is the smaller, else the first to differ decides.
+local function less(x, y)
+  if #x ~= #y then return #x < #y end
+  return x < y
+end
+local function below(a, b)
+  local am, as = string.match(a, '^(%d+)%-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)%-(%d+)$')
+  return less(am, bm) or (am == bm and less(as, bs))
+end
+
+-- `read` as of the id `to`, from the meta hash's pair (`at`, `read`) for
+-- another id, or nil. `read` as of an id is the entries-added count less the
+-- entries after it, so read(to) = read(at) + |(at, to]| (or - |(to, at]|):
+-- counted as above, at most STATUS_CAP entries. It holds only if none of the
+-- entries between them was removed since the pair was written, so only when
+-- none above the lower id ever was (an XDEL leaves max-deleted-entry-id;
+-- trimming removes only entries below the first one left). So a meta hash
+-- a few reads behind the group (a write-back refused at maxmemory, a small
+-- XGROUP SETID) is mended by the next count.
+local function from_pair(info, at, read, to)
+  if not (at and read and string.match(at, '^%d+%-%d+$') and string.match(read, '^%d+$')) then
+    return nil
+  end
+  local low = at
+  if below(to, at) then low = to end
+  local first = info['first-entry']
+  if not first or below(low, first[1]) then return nil end
+  local deleted = info['max-deleted-entry-id']
+  if not deleted or below(low, deleted) then return nil end
+  local ok, n, all
+  if below(at, to) then
+    ok, n, all = pcall(count_range, at, to, STATUS_CAP, COUNT_BYTES)
+  else
+    ok, n, all = pcall(count_range, to, at, STATUS_CAP, COUNT_BYTES)
+    if ok then n = -n end
+  end
+  if not (ok and all) then return nil end
+  local known = tonumber(read) + n
+  if known < 0 or known > info['entries-added'] then return nil end
+  return known
 end
 
 -- The backlog, counting at most `cap` undelivered entries and about
@@ -94,10 +140,15 @@ local function backlog(cap, max_bytes)
     undelivered = info['length']
     redis.pcall('HSET', KEYS[2], 'at', last, 'read', info['entries-added'] - undelivered)
   else
-    local known
-    local all
-    undelivered, all = count_range(last, '+', cap, max_bytes)
-    if all then known = info['entries-added'] - undelivered end
+    local known = from_pair(info, meta[1], meta[2], last)
+    if known then
+      undelivered = info['entries-added'] - known
+      if undelivered > info['length'] then undelivered = info['length'] end
+    else
+      local all
+      undelivered, all = count_range(last, '+', cap, max_bytes)
+      if all then known = info['entries-added'] - undelivered end
+    end
     if known then
       -- Only a shortcut for the next count: if Redis refuses it (at its
       -- maxmemory), the count is still right. pcall, so that the daemon's

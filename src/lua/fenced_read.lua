@@ -22,7 +22,8 @@
 --
 -- A read also keeps the meta hash's `at`/`read` pair (the group's
 -- last-delivered-id and the stream's entries-added count as of that entry),
--- from which src/lua/admit.lua counts the undelivered backlog in O(1).
+-- from which src/lua/admit.lua counts the undelivered backlog in O(1). A
+-- pair left behind the group is carried over to it before the read (below).
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
   return redis.error_reply('FENCED the partition lease moved to another daemon')
 end
@@ -116,6 +117,73 @@ end
 -- this consumer at once, and a failed script would not return them. So an
 -- unreadable `read` (written by someone else) is recounted, never added to.
 local read = tonumber(meta[2])
+-- When the meta's pair is for another id than the group's (a few reads
+-- behind: a write-back refused at maxmemory; an XGROUP SETID), `read` as of
+-- `before`, carried over from it before reading: read(before) = read(at) +
+-- |(at, before]| (or - |(before, at]|), counted with XRANGE ... COUNT, at most
+-- 1,024 entries and about 4 MiB of them. Only when none of the entries
+-- above the lower id was ever removed (an XDEL leaves max-deleted-entry-id;
+-- trimming removes only entries below the first one left): then the next
+-- read mends the pair, however many entries follow it.
+local function less(x, y)
+  if #x ~= #y then return #x < #y end
+  return x < y
+end
+local function below(a, b)
+  local am, as = string.match(a, '^(%d+)%-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)%-(%d+)$')
+  return less(am, bm) or (am == bm and less(as, bs))
+end
+local function count_range(lo, hi, cap, max_bytes)
+  local n, used, largest, step = 0, 0, 1, math.min(cap, 4)
+  local from = '(' .. lo
+  while step > 0 do
+    local r = redis.call('XRANGE', KEYS[1], from, hi, 'COUNT', step)
+    n = n + #r
+    if #r < step then return n, true end
+    if n >= cap then return n, false end
+    for _, e in ipairs(r) do
+      local b = size(e)
+      used = used + b
+      if b > largest then largest = b end
+    end
+    if used >= max_bytes then return n, false end
+    from = '(' .. r[#r][1]
+    step = math.min(cap - n, math.max(1, math.floor((max_bytes - used) / largest)))
+  end
+  return n, false
+end
+local function carried()
+  local at = meta[1]
+  if not (at and meta[2] and string.match(at, '^%d+%-%d+$') and string.match(meta[2], '^%d+$')) then
+    return nil
+  end
+  local s = redis.call('XINFO', 'STREAM', KEYS[1])
+  local info = {}
+  for i = 1, #s, 2 do info[s[i]] = s[i + 1] end
+  local low = at
+  if below(before, at) then low = before end
+  local first = info['first-entry']
+  if not first or below(low, first[1]) then return nil end
+  local deleted = info['max-deleted-entry-id']
+  if not deleted or below(low, deleted) then return nil end
+  local n, all
+  if below(at, before) then
+    n, all = count_range(at, before, 1024, 4194304)
+  else
+    n, all = count_range(before, at, 1024, 4194304)
+    n = -n
+  end
+  if not all then return nil end
+  local known = tonumber(meta[2]) + n
+  if known < 0 or known > info['entries-added'] then return nil end
+  return known
+end
+local known
+if before ~= '0-0' and meta[1] ~= before then
+  local ok, k = pcall(carried)
+  if ok then known = k end
+end
 local entries, full = gather(function(n)
   local r = redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', n, 'STREAMS', KEYS[1], '>')
   if not r then return {}, false end
@@ -130,12 +198,16 @@ if #entries > 0 then
     -- start behind writers): these are the stream's first entries, so the
     -- rest of the stream is after them, counted without reading it.
     redis.call('HSET', KEYS[3], 'at', at, 'read', added() - (redis.call('XLEN', KEYS[1]) - #entries))
+  elseif known then
+    -- The entries read are those in (before, at].
+    redis.call('HSET', KEYS[3], 'at', at, 'read', known + #entries)
   else
     -- Counted in a bounded read: under a large backlog (a group moved back
     -- by hand, `XGROUP SETID`) reading the rest of the stream into Lua would
     -- hold Redis for seconds, in a script that cannot be killed once
-    -- XREADGROUP wrote. Past the bound the meta stays as it was, and the
-    -- admission script counts again (bounded) and writes it back.
+    -- XREADGROUP wrote. Past the bound the meta stays as it was, counts say
+    -- they are lower bounds, and the owning daemon's housekeeping counts
+    -- outside any script and mends it (src/heal.rs).
     local after = redis.call('XRANGE', KEYS[1], '(' .. at, '+', 'COUNT', 128)
     if #after < 128 then
       redis.call('HSET', KEYS[3], 'at', at, 'read', added() - #after)
