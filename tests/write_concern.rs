@@ -254,3 +254,75 @@ async fn a_read_through_reads_at_local_whatever_the_uri_names() {
         "a majority read was made"
     );
 }
+
+/// A reader connected straight to one replica-set member
+/// (`directConnection=true`, as the harness connects) that is not the
+/// primary is refused, naming why, instead of reading a copy that may be
+/// behind an acknowledged write: the driver ignores the read preference on
+/// such a connection (helper-102). The member here is the test's own
+/// SecantusDB (a one-node replica set) inside a `replSetStepDown` window, in
+/// which it answers as a secondary and still serves reads. Against a shared
+/// MongoDB (`WRIT_TEST_MONGODB_URI`) a step-down would disturb every other
+/// test, so there the test only checks the primary is read, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_connection_to_a_secondary_is_refused() {
+    let env = TestEnv::start("read_primary");
+    let config = env.config();
+    let daemon = Daemon::start(config.clone());
+    let key = doc! {"symbol": "P", "strategyName": "primary", "exchangeName": "x"};
+    {
+        let writ = Writ::connect(config.clone()).await.unwrap();
+        let s = writ.collection("signal").unwrap();
+        s.write(&key, &doc! {"n": 1}).await.unwrap();
+        writ.close().await;
+    }
+    daemon.stop().await;
+    // Read through to MongoDB: the cache entry goes.
+    let names = writ::protocol::Names::new(&config.namespace);
+    let k = writ::protocol::Key::from_document(&key, config.collection("signal").unwrap()).unwrap();
+    let entry = names.cache(
+        k.partition("signal", config.partitions),
+        "signal",
+        &k.canonical(),
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(&entry)
+        .query_async(&mut env.redis().await)
+        .await
+        .unwrap();
+    if env.mongo.is_none() {
+        eprintln!("a shared MongoDB (WRIT_TEST_MONGODB_URI): not stepped down; checking the primary is read");
+        let writ = Writ::connect(config.clone()).await.unwrap();
+        let got = writ.collection("signal").unwrap().read(&key).await.unwrap();
+        assert_eq!(got, Some(doc! {"n": 1}));
+        return;
+    }
+    let stepped: mongodb::bson::Document = env
+        .mongo_db()
+        .await
+        .client()
+        .database("admin")
+        .run_command(doc! {"replSetStepDown": 60, "force": true})
+        .await
+        .expect("the test's SecantusDB steps down");
+    assert_eq!(
+        stepped
+            .get_f64("ok")
+            .ok()
+            .or(stepped.get_i32("ok").ok().map(f64::from)),
+        Some(1.0)
+    );
+    let refused = match Writ::connect(config.clone()).await {
+        Err(e) => e,
+        Ok(writ) => writ
+            .collection("signal")
+            .unwrap()
+            .read(&key)
+            .await
+            .expect_err("a read through a direct connection to a secondary"),
+    };
+    assert!(
+        refused.to_string().contains("no MongoDB primary"),
+        "{refused}"
+    );
+}

@@ -127,15 +127,25 @@ impl Store {
         // secondary behind could fill the cache with a version older than an
         // acknowledged write.
         //
-        // Not as the read preference `primary`: on a direct connection
-        // (`directConnection=true`) to one replica-set member the driver
-        // selects that member whatever it is, and reads a secondary as
-        // `primaryPreferred`. A predicate that takes only a primary (or a
-        // standalone server, a mongos, a load balancer) makes such a
-        // connection fail server selection instead, naming the criteria.
-        opts.selection_criteria = Some(mongodb::options::SelectionCriteria::Predicate(
-            std::sync::Arc::new(|server: &mongodb::ServerInfo| writable(server.server_type())),
-        ));
+        // On a direct connection (`directConnection=true`) to one replica-set
+        // member the driver selects that member whatever the read preference,
+        // and reads a secondary as `primaryPreferred`: there a predicate that
+        // takes only a primary (or a standalone server, a mongos, a load
+        // balancer) makes the connection fail server selection instead,
+        // naming the criteria. Elsewhere the read preference `primary`
+        // itself: a predicate would go out as `primaryPreferred` on a
+        // replica set, and a primary that just stepped down would answer as
+        // a secondary instead of refusing (NotPrimary) until the driver's
+        // next heartbeat.
+        opts.selection_criteria = Some(if opts.direct_connection == Some(true) {
+            mongodb::options::SelectionCriteria::Predicate(std::sync::Arc::new(
+                |server: &mongodb::ServerInfo| writable(server.server_type()),
+            ))
+        } else {
+            mongodb::options::SelectionCriteria::ReadPreference(
+                mongodb::options::ReadPreference::Primary,
+            )
+        });
         // And at `local` unless a read asks for `majority` (a stale check, a
         // lost-ack look): on the current primary `local` never answers older
         // than an acknowledged write, and a `readConcernLevel=majority` in
