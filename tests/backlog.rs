@@ -957,3 +957,127 @@ async fn a_mend_follows_the_group_and_starts_over_after_a_removal() {
         Outcome::Mended { undelivered: 4949 }
     );
 }
+
+/// Admission at its bound while the meta hash's pair is stale (20,000
+/// undelivered entries behind a group made by hand, no pair): the recount
+/// reads at most 1,024 entries, not `max_backlog` (100,000: 0.4 s of Redis
+/// per refused write on 7.0 at that size), and decides conservatively. With
+/// an upper bound kept at the bound (`est + since`) it refuses, though the
+/// backlog may be under the bound (before, it counted 19,999 and admitted);
+/// with none (the meta hash lost it) it admits, and keeps the lower bound;
+/// a lower bound at or over the bound refuses, exactly. Once the pair is
+/// mended (src/heal.rs: the owning daemon does it within a pass) the
+/// recount is exact again and the write is admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_with_a_stale_count_reads_at_most_1024_entries() {
+    let env = TestEnv::start("admission_stale");
+    let config = env.config();
+    let names = writ::protocol::Names::new(&config.namespace);
+    let (stream, meta, group) = (names.stream(0), names.meta(0), names.group());
+    let mut conn = env.redis().await;
+    let ids = fill_raw(&mut conn, &stream, 20_000).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg(&group)
+        .arg(&ids[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let admit = redis::Script::new(include_str!("../src/lua/admit.lua"));
+    let seed = env.redis_url.split(',').next().unwrap().trim().to_string();
+    let monitor = support::monitor::Monitor::start(&[seed], |l| l.contains("\"XRANGE\"")).await;
+    let keep = |est: u64, since: u64| {
+        redis::cmd("HSET")
+            .arg(&meta)
+            .arg("est")
+            .arg(est)
+            .arg("since")
+            .arg(since)
+            .to_owned()
+    };
+    let kept = |conn: &mut writ::redis_conn::Conn| {
+        let mut c = conn.clone();
+        let meta = meta.clone();
+        async move {
+            let v: (Option<u64>, Option<u64>) = redis::cmd("HMGET")
+                .arg(&meta)
+                .arg("est")
+                .arg("since")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            v
+        }
+    };
+    let writer = conn.clone();
+    let write = |bound: u64| {
+        let (mut c, admit) = (writer.clone(), admit.clone());
+        let (stream, meta, group) = (stream.clone(), meta.clone(), group.clone());
+        let partitions = config.partitions;
+        async move {
+            admit
+                .key(&stream)
+                .key(&meta)
+                .arg(&group)
+                .arg(bound)
+                .arg(partitions)
+                .arg("v")
+                .arg("y")
+                .invoke_async::<String>(&mut c)
+                .await
+        }
+    };
+
+    // An upper bound kept at the bound: refused, on the kept bound.
+    let _: () = keep(100_000, 0).query_async(&mut conn).await.unwrap();
+    let e = write(100_000).await.unwrap_err();
+    assert_eq!(e.code(), Some("BACKPRESSURE"), "{e}");
+    assert!(e.to_string().contains("100000"), "{e}");
+    // A lower bound at or over the bound: refused, exactly.
+    let _: () = keep(1000, 0).query_async(&mut conn).await.unwrap();
+    let e = write(1000).await.unwrap_err();
+    assert!(
+        e.to_string().contains("BACKPRESSURE") && e.to_string().contains("1000"),
+        "{e}"
+    );
+    // No kept bound: admitted, and the lower bound kept.
+    let _: () = redis::cmd("HDEL")
+        .arg(&meta)
+        .arg("est")
+        .arg("since")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    write(100_000).await.unwrap();
+    assert_eq!(kept(&mut conn).await, (Some(1024), Some(1)));
+    let seen = monitor.finish().await;
+    let ours = format!("\"{stream}\"");
+    let large: Vec<&String> = seen
+        .iter()
+        .filter(|l| l.contains(&ours))
+        .filter(|l| {
+            let count = l
+                .find("\"COUNT\" \"")
+                .and_then(|i| l[i + 9..].split('"').next()?.parse::<u64>().ok());
+            count.is_none_or(|c| c > 1024)
+        })
+        .collect();
+    assert!(
+        large.is_empty(),
+        "admission read more than 1,024 entries at once: {:?}",
+        large.iter().take(3).collect::<Vec<_>>()
+    );
+
+    // Mended: exact (20,000 undelivered now), admitted, in O(1).
+    let _: () = keep(100_000, 0).query_async(&mut conn).await.unwrap();
+    let mut mender = writ::heal::Mender::new();
+    assert_eq!(
+        mender.step(&mut conn, &names, 0).await.unwrap(),
+        writ::heal::Outcome::Mended {
+            undelivered: 20_000
+        }
+    );
+    write(100_000).await.unwrap();
+    assert_eq!(kept(&mut conn).await, (Some(20_000), Some(1)));
+}
