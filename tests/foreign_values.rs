@@ -526,6 +526,7 @@ async fn a_refused_entry_waiting_for_the_dead_letter_stream_blocks_nothing() {
 /// said a write was not accepted) until the key's next write (helper-102).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_cached_document_reads_through() {
+    let _counter = FOREIGN_COUNTER.lock().await;
     let env = TestEnv::start("foreign_doc");
     let config = env.config();
     let daemon = Daemon::start(config.clone());
@@ -542,7 +543,13 @@ async fn an_unreadable_cached_document_reads_through() {
         .unwrap();
     let reader = Writ::connect(config.clone()).await.unwrap();
     let r = reader.collection("signal").unwrap();
+    let before = foreign_count();
     assert_eq!(r.read(&key("D1")).await.unwrap(), Some(doc! {"price": 9}));
+    assert_eq!(
+        foreign_count() - before,
+        1.0,
+        "the unreadable entry counted"
+    );
     assert_eq!(
         r.read_many(&[key("D1")]).await.unwrap(),
         vec![Some(doc! {"price": 9})]

@@ -412,8 +412,19 @@ async fn a_lost_lease_is_not_also_counted_released() {
         },
     )
     .await;
+    drop(counters);
+    // The gauges are cleared before the tenure's end releases (or not): wait
+    // for that end in the log, then a second more, before reading the count.
+    eventually(Duration::from_secs(10), "the tenure's end", || async {
+        d.log_text()
+            .contains("partition tenure ended")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let body = http_get(port, "/metrics").expect("metrics").1;
     assert_eq!(
-        per_partition(&counters, "writ_lease_released_total").get("1"),
+        per_partition(&body, "writ_lease_released_total").get("1"),
         Some(&0.0),
         "{}",
         d.log_text()

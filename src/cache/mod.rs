@@ -436,8 +436,8 @@ fn parse(
             // failed read here would make the key unreadable until its next
             // write (and say, wrongly, that a write was not accepted). The
             // next write of the key, or `writ rebuild-cache`, replaces it.
-            Err(e) => {
-                tracing::warn!(key, error = %e, "cache entry has an unreadable document; treating it as a miss");
+            Err(_) => {
+                foreign(key, "reading: its document is not BSON; read as a miss");
                 return Ok(None);
             }
         },

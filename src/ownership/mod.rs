@@ -182,7 +182,8 @@ impl Owner {
             Some(e) => {
                 tracing::warn!(partitions = ?failing, error = %e, "cannot renew these leases; each partition stops when its lease expires")
             }
-            None => tracing::info!("every lease renews again"),
+            // The failing ones renewed, or their tenures ended.
+            None => tracing::info!("no lease renewal is failing now"),
         }
         self.renew_failing = failing;
     }

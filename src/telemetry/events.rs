@@ -47,8 +47,9 @@ pub enum Event<'a> {
         /// This daemon's stale token.
         token: u64,
     },
-    /// A cache key held another program's value (not a hash): a reader
-    /// treated it as a miss, or a cache write replaced it.
+    /// A cache key held another program's value (not a hash, or a document
+    /// that is not BSON): a reader treated it as a miss, or a cache write
+    /// replaced it.
     ForeignCacheValue {
         /// The cache key.
         key: &'a str,
@@ -145,7 +146,7 @@ impl Event<'_> {
                 tracing::warn!(
                     key,
                     then,
-                    "a cache key holds a value that is not writ's (not a hash): another program writes under writ's namespace"
+                    "a cache key holds a value that is not writ's (not a hash, or a document that is not BSON): another program writes under writ's namespace"
                 );
             }
             Event::AcksSkipped { count } => {

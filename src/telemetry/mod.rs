@@ -99,7 +99,7 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     (
         "writ_cache_foreign_total",
         "counter",
-        "Cache keys found holding another program's value (not a hash); each was read as a miss or replaced.",
+        "Cache keys found holding another program's value (not a hash, or a document that is not BSON); each was read as a miss or replaced.",
     ),
     (
         "writ_acks_skipped_total",
