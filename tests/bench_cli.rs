@@ -159,6 +159,28 @@ async fn the_sync_and_submit_benches_print_their_ratio_and_verify() {
     }
     assert!(line(&out, "verify").contains("OK"), "{out}");
 
+    // A pace one writer cannot keep (400 acked writes due within 4 ms): the
+    // bench says it fell behind, and by how much.
+    let out = bench(
+        &path,
+        &[
+            "--writers",
+            "1",
+            "--keys",
+            "20",
+            "--writes",
+            "400",
+            "--rate",
+            "100000",
+        ],
+    )
+    .await;
+    assert!(line(&out, "acked").contains("(400 in"), "{out}");
+    assert!(
+        out.contains("acked      fell behind the offered 100000/s"),
+        "{out}"
+    );
+
     // A pace means nothing to a read or a drain bench: refused, saying so.
     let p = path.clone();
     let refused = tokio::task::spawn_blocking(move || {

@@ -47,7 +47,7 @@ pub(super) async fn run(
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..args.writers.max(1) {
-        let (target, zipf, pad, issued, hist, failed, key_fields, ns) = (
+        let (target, zipf, pad, issued, hist, failed, key_fields, ns, pace) = (
             target.clone(),
             zipf.clone(),
             pad.clone(),
@@ -56,13 +56,14 @@ pub(super) async fn run(
             failed.clone(),
             coll.key.clone(),
             config.namespace.clone(),
+            pace.clone(),
         );
         let mut redis = redis.clone();
         tasks.spawn(async move {
             let mut local = new_hist();
             while let Some(n) = super::load::next_write(&issued, deadline, total) {
                 let key = bench_key(&key_fields, zipf.sample(&mut rand::rng()));
-                let t = super::load::Pace::due(pace, n).await;
+                let t = super::load::Pace::due(&pace, n).await;
                 let payload = doc! {"n": n as i64, "writer": w as i64, "pad": &pad};
                 match write(&target, &mut redis, &ns, key, payload).await {
                     Ok(()) => {
@@ -84,6 +85,7 @@ pub(super) async fn run(
             ops: hist.len(),
             elapsed,
             hist,
+            lag: super::load::Pace::lag(&pace),
         },
         failed,
     ))

@@ -69,6 +69,7 @@ pub(super) async fn load(
             ops: hist.len(),
             elapsed,
             hist,
+            lag: Pace::lag(&writers.pace),
         },
         writers.errors.load(Ordering::Relaxed),
     )
@@ -103,7 +104,7 @@ impl Writers {
                 self.zipf.sample(&mut rand::rng())
             };
             let key = bench_key(&self.key_fields, k);
-            let t = Pace::due(self.pace, n).await;
+            let t = Pace::due(&self.pace, n).await;
             match self.write(w, n, &key).await {
                 Ok(own) => {
                     let _ = local.record(t.elapsed().as_micros().max(1) as u64);
@@ -191,6 +192,7 @@ where
         ops: hist.len(),
         elapsed: started.elapsed(),
         hist,
+        lag: None,
     }
 }
 
@@ -198,10 +200,13 @@ where
 /// `start + n / rate`, whichever writer takes it. Its latency counts from
 /// then, not from when a writer got to it, so a run that falls behind its
 /// schedule shows the wait in its latencies (no coordinated omission).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct Pace {
     start: Instant,
     rate: f64,
+    /// The latest a write started after it was due, in µs: how far the run
+    /// fell behind its schedule (every writer busy).
+    late_us: Arc<AtomicU64>,
 }
 
 impl Pace {
@@ -210,18 +215,29 @@ impl Pace {
         args.rate.map(|rate| Pace {
             start: Instant::now(),
             rate,
+            late_us: Arc::default(),
         })
     }
 
     /// Waits until write `n` is due (a closed loop: at once); returns the
     /// instant its latency counts from.
-    pub(super) async fn due(pace: Option<Pace>, n: u64) -> Instant {
+    pub(super) async fn due(pace: &Option<Pace>, n: u64) -> Instant {
         let Some(p) = pace else {
             return Instant::now();
         };
         let due = p.start + Duration::from_secs_f64(n as f64 / p.rate);
         tokio::time::sleep_until(due.into()).await;
+        let late = Instant::now().saturating_duration_since(due);
+        p.late_us
+            .fetch_max(late.as_micros() as u64, Ordering::Relaxed);
         due
+    }
+
+    /// How far behind its schedule the run fell, at most (`None`: a closed
+    /// loop).
+    pub(super) fn lag(pace: &Option<Pace>) -> Option<Duration> {
+        pace.as_ref()
+            .map(|p| Duration::from_micros(p.late_us.load(Ordering::Relaxed)))
     }
 }
 
