@@ -2182,9 +2182,17 @@ export type { Document, Key };
  * primary: the driver sends every read to the one server it was given, whatever the read
  * preference, and a secondary behind the primary would answer (and fill the cache with) a version
  * older than an acknowledged write. On a replica-set connection the command goes to the primary.
+ * Checked once, at the client's first MongoDB use: a direct connection to a primary that steps
+ * down later is not refused (the Rust client checks each read's server selection).
  */
 export async function refuseSecondary(c: MongoClient): Promise<void> {
-  const hello = await c.db("admin").command({ hello: 1 });
+  const admin = c.db("admin");
+  // `hello` from MongoDB 4.4.2 (and 4.2.10); before it, `isMaster` says the same as `ismaster`.
+  const hello: Document = await admin.command({ hello: 1 }).catch(async (e: unknown) => {
+    if ((e as { code?: number }).code !== 59) throw e; // CommandNotFound
+    const legacy = await admin.command({ isMaster: 1 });
+    return { ...legacy, isWritablePrimary: legacy.ismaster };
+  });
   if (hello.isWritablePrimary === false && hello.msg !== "isdbgrid") {
     throw new WritConfigError(
       `the MongoDB server reached (${String(hello.me ?? "?")}) is not the primary${hello.setName ? ` of replica set ${String(hello.setName)}` : ""}: ` +

@@ -299,4 +299,16 @@ test("a direct connection to a replica-set member that is not the primary is ref
   await refuseSecondary(stub({ isWritablePrimary: true, setName: "rs0" }));
   await refuseSecondary(stub({ isWritablePrimary: true }));
   await refuseSecondary(stub({ isWritablePrimary: false, msg: "isdbgrid" }));
+  // A server without `hello` (before 4.4.2) is asked `isMaster`.
+  const legacy = (ismaster: boolean) =>
+    ({
+      db: () => ({
+        command: async (cmd: Document) => {
+          if ("hello" in cmd) throw Object.assign(new Error("no such command: 'hello'"), { code: 59 });
+          return { ismaster, secondary: !ismaster, setName: "rs0", me: "c:27017" };
+        },
+      }),
+    }) as unknown as import("mongodb").MongoClient;
+  await refuseSecondary(legacy(true));
+  await assert.rejects(refuseSecondary(legacy(false)), WritConfigError);
 });
