@@ -5,9 +5,12 @@
 //! Redis has no way to find the id of the n-th entry without reading the
 //! entries before it, payloads included, so the count bound reads them, in
 //! pages sized to about [`Budget::page_bytes`] by the largest entry seen so
-//! far, and at most [`Budget::pass_bytes`] a pass: no reply, and no pass,
-//! holds Redis or the daemon's memory for long, whatever the documents'
-//! size. What a pass leaves over, the next one trims.
+//! far, and at most [`Budget::pass_bytes`] a pass, and only below the
+//! committed watermark: no reply, and no pass, holds Redis or the daemon's
+//! memory for long, whatever the documents' size, and an old entry left
+//! pending at the head makes the search read nothing. What a pass leaves
+//! over, the next one trims. The trim itself (`src/lua/trim.lua`) removes at
+//! most about 10,000 entries a pass too.
 
 use std::time::Duration;
 
@@ -38,10 +41,14 @@ pub async fn trim_point(
         ms: now.saturating_sub(max_age.as_millis() as u64),
         seq: 0,
     };
-    // By count: the id of the entry that leaves `max_entries` behind it.
+    // By count: the id of the entry that leaves `max_entries` behind it,
+    // searched below the watermark only: entries at or above it cannot go,
+    // and an old entry left pending at the head (the watermark) would
+    // otherwise have every pass read up to 10,000 entries past it, to find
+    // a point the watermark then overrides.
     let excess = count_excess(status, max_entries);
     let by_count = if excess > 0 {
-        nth_id(conn, stream, excess + 1, Budget::DEFAULT).await?
+        nth_id_below(conn, stream, excess + 1, Budget::DEFAULT, Some(watermark)).await?
     } else {
         None
     };
@@ -53,18 +60,24 @@ pub async fn trim_point(
 }
 
 /// How many of the oldest entries the count bound asks to trim, read at
-/// most 100,000 per pass. Only committed entries can go, and at most
-/// `length - unapplied` of them are below the watermark: during a MongoDB
-/// outage, once the committed ones are trimmed, this is 0 and no entry is
-/// read at all (otherwise each pass would read up to 100,000 entries, with
-/// their payloads, to find a point the watermark then overrides).
+/// most [`TRIM_STEP`] per pass (as many as the trim removes a pass: reading
+/// 100,000 to trim 10,000 would read most of them again next pass). Only
+/// committed entries can go, and at most `length - unapplied` of them are
+/// below the watermark: during a MongoDB outage, once the committed ones are
+/// trimmed, this is 0 and no entry is read at all (otherwise each pass would
+/// read entries, with their payloads, to find a point the watermark then
+/// overrides; the search also stops at the watermark, [`nth_id_below`]).
 fn count_excess(status: &PartitionStatus, max_entries: u64) -> u64 {
     status
         .length
         .saturating_sub(max_entries)
         .min(status.length.saturating_sub(status.unapplied))
-        .min(100_000)
+        .min(TRIM_STEP)
 }
+
+/// About the most entries one trim removes (`src/lua/trim.lua`: `XTRIM MINID
+/// ~ <point> LIMIT 10000`); the next pass goes on.
+pub const TRIM_STEP: u64 = 10_000;
 
 /// How much one search for the count bound's point reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,16 +110,35 @@ pub async fn nth_id(
     n: u64,
     budget: Budget,
 ) -> Result<Option<Version>> {
+    nth_id_below(conn, stream, n, budget, None).await
+}
+
+/// [`nth_id`] among the entries below `below` only (`XRANGE ... (below
+/// COUNT n`); when fewer than `n` are below it, `below` itself (all of them
+/// may go), or `None` if none is.
+pub async fn nth_id_below(
+    conn: &mut Conn,
+    stream: &str,
+    n: u64,
+    budget: Budget,
+    below: Option<Version>,
+) -> Result<Option<Version>> {
+    let end = below.map_or("+".to_string(), |b| format!("({}", b.to_stream_id()));
     let mut walk = Walk::new(n, budget);
+    let mut ended = false;
     while let Some((from, count)) = walk.next_page() {
-        let v: redis::Value = cmd::xrange(stream, &from, "+", Some(count))
+        let v: redis::Value = cmd::xrange(stream, &from, &end, Some(count))
             .query_async(conn)
             .await?;
         if !walk.saw(&take_entries(v), count) {
+            ended = true;
             break;
         }
     }
-    Ok(walk.last)
+    Ok(match below {
+        Some(b) if ended && walk.last.is_some() => Some(b),
+        _ => walk.last,
+    })
 }
 
 /// Where a search of [`nth_id`] is: what it has read, and how large its next
@@ -168,7 +200,8 @@ pub const TRIM_LUA: &str = include_str!("lua/trim.lua");
 
 /// Trims `stream` below `point`, and never at or past the oldest entry of
 /// `group` not yet applied as Redis holds it when the trim runs (the point
-/// comes from a status read made earlier; see [`TRIM_LUA`]); returns the
+/// comes from a status read made earlier; see [`TRIM_LUA`]), about
+/// [`TRIM_STEP`] entries at most (the next call goes on); returns the
 /// entries removed.
 pub async fn trim(conn: &mut Conn, stream: &str, group: &str, point: Version) -> Result<u64> {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
@@ -274,7 +307,7 @@ mod tests {
         assert_eq!(count_excess(&status(1500, 1300), 1000), 200);
         // Everything unapplied: no read at all.
         assert_eq!(count_excess(&status(250_000, 250_000), 1000), 0);
-        // A large excess is read 100,000 at a time.
-        assert_eq!(count_excess(&status(1_000_000, 0), 1000), 100_000);
+        // A large excess is read as much at a time as a trim removes.
+        assert_eq!(count_excess(&status(1_000_000, 0), 1000), 10_000);
     }
 }

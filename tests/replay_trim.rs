@@ -284,3 +284,153 @@ async fn a_trim_never_removes_what_the_group_has_not_applied() {
     assert_eq!(trim(&mut conn).await, 0);
     assert_eq!(streams::xlen(&mut r, &stream).await, 3);
 }
+
+/// `n` raw entries of about `bytes` bytes added to `stream`, in calls of
+/// 50,000.
+async fn fill<C: redis::aio::ConnectionLike>(conn: &mut C, stream: &str, n: u64, bytes: usize) {
+    let script = redis::Script::new(
+        "for _ = 1, tonumber(ARGV[1]) do \
+         redis.call('XADD', KEYS[1], '*', 'v', ARGV[2]) end return 1",
+    );
+    let mut left = n;
+    while left > 0 {
+        let now = left.min(50_000);
+        let _: i64 = script
+            .key(stream)
+            .arg(now)
+            .arg("x".repeat(bytes))
+            .invoke_async(conn)
+            .await
+            .unwrap();
+        left -= now;
+    }
+}
+
+/// A trim removes about 10,000 entries at most a call (`XTRIM MINID ~
+/// <point> LIMIT 10000`, whole nodes, then the rest below the point exactly
+/// once at most 1,000 are left): the next pass goes on. Before, it was one
+/// exact `XTRIM MINID` of everything below the point, whatever its size
+/// (about 1M entries after retention was held back: 104 ms of Redis in the
+/// audit; 200,000 entries of 100 B here: one call, about 4 ms on the test
+/// machine, which is why this test counts entries per call, not time).
+/// And the count bound's search for its point stops at the watermark: with
+/// an old entry left pending at the head, it reads nothing (before, every
+/// pass read up to 100,000 entries past it, for a point the watermark then
+/// overrode).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trim_removes_a_bounded_number_of_entries_a_call() {
+    // Its own redis-server: the command counts are server-wide.
+    let env = TestEnv::start_own_redis("trim_bounded");
+    let config = env.config();
+    let names = Names::new(&config.namespace);
+    let (stream, group) = (names.stream(0), names.group());
+    let mut conn = writ::redis_conn::connect(&config, Duration::ZERO)
+        .await
+        .unwrap();
+    let mut r = env.redis().await;
+    let total = 200_000u64;
+    fill(&mut r, &stream, total, 100).await;
+    // All applied: the group past them.
+    streams::create_group(&mut r, &stream, &group, "$").await;
+    let newest: redis::Value = redis::cmd("XREVRANGE")
+        .arg(&stream)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let last = writ::stream::parse_entries(&newest)[0].id;
+    let mut calls = Vec::new();
+    loop {
+        let n = writ::retention::trim(&mut conn, &stream, &group, last)
+            .await
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        calls.push(n);
+        assert!(calls.len() < 100, "{calls:?}");
+    }
+    eprintln!("{} calls trimmed {total} entries: {calls:?}", calls.len());
+    assert!(
+        calls.iter().all(|n| *n <= 11_000),
+        "a call removed more than about 10,000 entries: {calls:?}"
+    );
+    // Down to the point exactly: only the newest entry is left.
+    assert_eq!(calls.iter().sum::<u64>(), total - 1);
+    assert_eq!(streams::xlen(&mut r, &stream).await, 1);
+
+    // An old entry left pending at the head, 20,000 applied entries after
+    // it, and a count bound of 1,000: nothing can go (the watermark is the
+    // head), and the search finds that without reading the entries past it.
+    let other = names.stream(1);
+    fill(&mut r, &other, 1, 100).await;
+    streams::create_group(&mut r, &other, &group, "0").await;
+    streams::deliver_all(&mut r, &other, &group, "c").await;
+    fill(&mut r, &other, 20_000, 100).await;
+    streams::deliver_all(&mut r, &other, &group, "c").await;
+    let ids = streams::ids(&mut r, &other).await;
+    let first: Version = ids[0].parse().unwrap();
+    streams::ack(&mut r, &other, &group, &ids[1..]).await;
+    let status = writ::status::PartitionStatus {
+        partition: 1,
+        owner: None,
+        length: 20_001,
+        undelivered: 0,
+        pending: 1,
+        unapplied: 1,
+        unapplied_at_least: false,
+        oldest_unapplied_age_seconds: 0.0,
+        oldest_unapplied: Some(first.to_stream_id()),
+        watermark: Some(first.to_stream_id()),
+    };
+    support::reset_stats(&mut r).await;
+    let point =
+        writ::retention::trim_point(&mut conn, &other, &status, Duration::from_secs(3600), 1000)
+            .await
+            .unwrap();
+    let info = support::commandstats(&mut r).await;
+    assert!(point.is_some_and(|p| p <= first), "{point:?}");
+    assert!(
+        support::command_calls(&info, "xrange") <= 1,
+        "the count search read past the watermark: {info}"
+    );
+}
+
+/// Retention by count over many passes: 100,000 applied entries and
+/// `retention_max_entries = 1000` are trimmed about 10,000 a pass, and end
+/// with exactly 1,000 left (the last step trims the rest below the point
+/// exactly).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_count_converges_over_passes() {
+    let env = TestEnv::start("trim_converges");
+    let o = Overrides {
+        partitions: Some(1),
+        daemon: "retention_max_entries = 1000\nstats_interval_ms = 100",
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let names = Names::new(&config.namespace);
+    let (stream, group) = (names.stream(0), names.group());
+    let mut r = env.redis().await;
+    fill(&mut r, &stream, 100_000, 100).await;
+    streams::create_group(&mut r, &stream, &group, "$").await;
+    let daemon = support::Daemon::start(config.clone());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    support::eventually(Duration::from_secs(60), "1,000 entries left", || {
+        let (mut r, stream, seen) = (r.clone(), stream.clone(), seen.clone());
+        async move {
+            let len = streams::xlen(&mut r, &stream).await;
+            let mut seen = seen.lock().unwrap();
+            if seen.last() != Some(&len) {
+                seen.push(len);
+            }
+            (len == 1000).then_some(())
+        }
+    })
+    .await;
+    eprintln!("stream lengths seen: {:?}", seen.lock().unwrap());
+    daemon.stop().await;
+}
