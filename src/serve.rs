@@ -74,8 +74,16 @@ async fn run(
     // Leases and membership get a connection of their own: on the shared
     // one, a renewal would wait behind the rounds' cache writes, which carry
     // whole documents (tens of MiB with large ones), and lapse meanwhile.
-    let control =
-        crate::redis_conn::connect(&config, crate::redis_conn::wait_bound(&config)).await?;
+    // Waited for as the first connection was: a Redis that restarts just
+    // now must not end the daemon (only an answer that refuses does).
+    let control = match wait_for(Awaited::Redis, true, &shutdown, || {
+        crate::redis_conn::connect(&config, crate::redis_conn::wait_bound(&config))
+    })
+    .await
+    {
+        Err(Error::Shutdown) => return Ok(()),
+        other => other?,
+    };
     let leases = Leases::new(
         control.clone(),
         &config.namespace,
@@ -198,46 +206,25 @@ async fn housekeeping(
     let mut skipped: Vec<u32> = Vec::new();
     let mut mender = crate::heal::Mender::new();
     loop {
-        if let Some(e) = crate::partition_count::recheck(&mut conn, &config, &standing).await {
-            tracing::error!(error = %e, "the namespace's partition count was changed, or a daemon that started earlier recorded another; this daemon stops (its partitions drain and go to the others)");
-            halt.stop(e);
-            return;
-        }
-        let me = Some(config.consumer_name.as_str());
-        match crate::status::status_of(&mut conn, &config.namespace, config.partitions, me).await {
-            Ok(s) => {
-                if s.skipped != skipped {
-                    match &s.skipped_error {
-                        Some(e) => {
-                            tracing::warn!(partitions = ?s.skipped, error = %e, "cannot read these partitions' status; their gauges and trimming wait, the other partitions' go on")
-                        }
-                        None => tracing::info!("every owned partition's status reads again"),
-                    }
-                    skipped = s.skipped.clone();
-                }
-                metrics::gauge!("writ_dead_letter_entries").set(s.dead_letters as f64);
-                // Every gauge first, then the trims (which may take seconds):
-                // a tenure that ends meanwhile clears its gauges after these,
-                // not before, where they would be written back stale.
-                for p in &s.partitions {
-                    publish_status(p);
-                }
-                // Counts that stopped at their bound (the meta hash
-                // disagrees with the group): counted on in pages, then the
-                // meta hash mended, before the trims (a trim between the
-                // count and the mend would make the mend start over).
-                let stale: Vec<u32> = s
-                    .partitions
-                    .iter()
-                    .filter(|p| p.unapplied_at_least)
-                    .map(|p| p.partition)
-                    .collect();
-                mender.pass(&mut conn, &names, &stale).await;
-                for p in &s.partitions {
-                    trim(&mut conn, &config, &names, p).await;
-                }
+        // A whole pass can take long when Redis stops answering (each call
+        // waits for its reply timeout, per partition): a shutdown does not
+        // wait for it. What a cut-off pass leaves (a trim or a mend half
+        // done) is done again by the next daemon's passes.
+        let pass = async {
+            if let Some(e) = crate::partition_count::recheck(&mut conn, &config, &standing).await {
+                tracing::error!(error = %e, "the namespace's partition count was changed, or a daemon that started earlier recorded another; this daemon stops (its partitions drain and go to the others)");
+                halt.stop(e);
+                return false;
             }
-            Err(e) => tracing::warn!(error = %e, "cannot read partition status"),
+            pass_once(&config, &mut conn, &names, &mut skipped, &mut mender).await;
+            true
+        };
+        let go_on = tokio::select! {
+            go_on = pass => go_on,
+            _ = stop.cancelled() => return,
+        };
+        if !go_on {
+            return;
         }
         tokio::select! {
             _ = tokio::time::sleep(config.stats_interval) => {}
@@ -246,10 +233,62 @@ async fn housekeeping(
     }
 }
 
+/// One housekeeping pass over the owned partitions: status gauges, the
+/// mend of counts that were not exact, trims.
+async fn pass_once(
+    config: &Config,
+    conn: &mut Conn,
+    names: &Names,
+    skipped: &mut Vec<u32>,
+    mender: &mut crate::heal::Mender,
+) {
+    let me = Some(config.consumer_name.as_str());
+    match crate::status::status_of(conn, &config.namespace, config.partitions, me).await {
+        Ok(s) => {
+            if s.skipped != *skipped {
+                match &s.skipped_error {
+                    Some(e) => {
+                        tracing::warn!(partitions = ?s.skipped, error = %e, "cannot read these partitions' status; their gauges and trimming wait, the other partitions' go on")
+                    }
+                    None => tracing::info!("every owned partition's status reads again"),
+                }
+                *skipped = s.skipped.clone();
+            }
+            metrics::gauge!("writ_dead_letter_entries").set(s.dead_letters as f64);
+            // Every gauge first, then the trims (which may take seconds):
+            // a tenure that ends meanwhile clears its gauges after these,
+            // not before, where they would be written back stale.
+            for p in &s.partitions {
+                publish_status(p);
+            }
+            // Counts that stopped at their bound (the meta hash
+            // disagrees with the group): counted on in pages, then the
+            // meta hash mended, before the trims (a trim between the
+            // count and the mend would make the mend start over).
+            let stale: Vec<u32> = s
+                .partitions
+                .iter()
+                .filter(|p| p.unapplied_at_least)
+                .map(|p| p.partition)
+                .collect();
+            mender.pass(conn, names, &stale).await;
+            for p in &s.partitions {
+                trim(conn, config, names, p).await;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read partition status"),
+    }
+}
+
 /// One owned partition's status as gauges (`writ_partition_unapplied_entries`
 /// is a lower bound while the partition's count is not exact, until the
-/// mend of [`crate::heal`] is done: a pass or a few).
+/// mend of [`crate::heal`] is done: a pass or a few), unless its tenure
+/// ended since the status was read ([`telemetry::publish_partition`]).
 fn publish_status(p: &crate::status::PartitionStatus) {
+    telemetry::publish_partition(p.partition, || set_status_gauges(p));
+}
+
+fn set_status_gauges(p: &crate::status::PartitionStatus) {
     let label = p.partition.to_string();
     metrics::gauge!("writ_partition_unapplied_entries", "partition" => label.clone())
         .set(p.unapplied as f64);

@@ -147,3 +147,67 @@ async fn all_applied(
         );
     }
 }
+
+/// SIGTERM while Redis stops answering (a blackholed link: no reset, no
+/// replies) ends the daemon within its deadline and the reply timeouts of
+/// the leases' release, not after its housekeeping pass has waited out a
+/// reply timeout per call and per partition. Before session 44 `serve`
+/// waited for that pass, which the shutdown could not interrupt
+/// (helper-100).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_redis_stops_answering_does_not_wait_for_housekeeping() {
+    let env = TestEnv::start("shutdown_redis_silent");
+    let (proxy, via) = support::proxy::in_front_of_redis_pausable(&env.redis_url).await;
+    let o = Overrides {
+        daemon: "shutdown_deadline_ms = 1000\nstats_interval_ms = 100",
+        redis_url: Some(via),
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = env.config_file_with(dir.path(), &o);
+    let config = env.config_with(&o);
+    let mut d = DaemonProc::start(&path, dir.path(), "silent-1");
+    let writ = writ::Writ::connect(config.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    s.write(
+        &doc! {"symbol": "R", "strategyName": "silent", "exchangeName": "x"},
+        &doc! {"i": 0},
+    )
+    .await
+    .unwrap();
+    // Redis stops answering; a housekeeping pass (every 100 ms) is caught
+    // in it within the second.
+    proxy.pause();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = Instant::now();
+    let code = d.terminate(Duration::from_secs(120));
+    let took = t.elapsed();
+    proxy.go_on();
+    eprintln!("SIGTERM with Redis silent: exited in {took:?}");
+    let log = d.log_text();
+    assert_eq!(code, Some(0), "{log}");
+    // The ownership's drain costs reply timeouts of its own (a renewal, the
+    // releases: documented); what must not follow it is a wait for the
+    // housekeeping pass. So: the daemon stops within a second of the
+    // ownership's last line.
+    let at = |needle: &str| -> f64 {
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in the log:\n{log}"));
+        // 2026-12-07T12:05:19.476985Z: seconds of the day.
+        let time = &line[11..26];
+        let (h, m, sec) = (&time[0..2], &time[3..5], &time[6..]);
+        h.parse::<f64>().unwrap() * 3600.0
+            + m.parse::<f64>().unwrap() * 60.0
+            + sec.parse::<f64>().unwrap()
+    };
+    let owned_end = at("partition tenure ended").max(at("writ::ownership"));
+    let stopped = at("writ serve stopped");
+    assert!(
+        stopped - owned_end < 1.0,
+        "the daemon stopped {:.1} s after its partitions' leases were done with (took {took:?}); log:\n{log}",
+        stopped - owned_end
+    );
+}

@@ -157,10 +157,9 @@ impl Event<'_> {
                 );
             }
             Event::LeaseAcquired { partition, token } => {
-                let label = partition.to_string();
-                metrics::counter!("writ_lease_acquired_total", "partition" => label.clone())
+                metrics::counter!("writ_lease_acquired_total", "partition" => partition.to_string())
                     .increment(1);
-                metrics::gauge!("writ_partition_owned", "partition" => label).set(1.0);
+                super::own_partition(partition);
                 tracing::info!(partition, token, "took the partition lease");
             }
             Event::LeaseReleased { partition } => {

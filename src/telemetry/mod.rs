@@ -230,10 +230,36 @@ fn with_precise_cpu(text: String, cpu: Option<f64>) -> String {
     out
 }
 
+/// The partitions whose tenure this process holds, as far as the gauges go:
+/// [`publish_partition`] writes a partition's status gauges only while it is
+/// here, under the same lock [`clear_partition`] takes. A status read before
+/// a tenure ended and published after it would otherwise write the gauges
+/// back after they were cleared, and nothing would write them again (the
+/// partition no longer owned): an age alert would fire on a frozen value.
+static OWNED: std::sync::Mutex<std::collections::BTreeSet<u32>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// A tenure of `p` began: its status gauges may be written.
+pub fn own_partition(p: u32) {
+    OWNED.lock().expect("owned lock").insert(p);
+    metrics::gauge!("writ_partition_owned", "partition" => p.to_string()).set(1.0);
+}
+
+/// Runs `publish` (which writes `p`'s status gauges) only while a tenure of
+/// `p` is held.
+pub fn publish_partition(p: u32, publish: impl FnOnce()) {
+    let owned = OWNED.lock().expect("owned lock");
+    if owned.contains(&p) {
+        publish();
+    }
+}
+
 /// Zeroes a partition's gauges when this daemon's tenure of it ends, so a
 /// handed-over or lost partition does not keep exporting its last backlog,
 /// age or watermark from here (and no alert fires on a frozen value).
 pub fn clear_partition(p: u32) {
+    let mut owned = OWNED.lock().expect("owned lock");
+    owned.remove(&p);
     let label = p.to_string();
     for name in [
         "writ_partition_owned",
