@@ -312,6 +312,13 @@ impl Mender {
         Mender::default()
     }
 
+    /// Whether a mend of partition `p` is in progress (its count carried
+    /// over to the next pass): its trims wait, since a trim of entries the
+    /// mend counted would make it start over.
+    pub fn mending(&self, p: u32) -> bool {
+        self.progress.contains_key(&p)
+    }
+
     /// One housekeeping pass over the partitions whose count was not exact
     /// (`stale`); mends in progress for other partitions (mended meanwhile
     /// by a read, or no longer owned) are dropped.

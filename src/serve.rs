@@ -272,7 +272,10 @@ async fn pass_once(
                 .map(|p| p.partition)
                 .collect();
             mender.pass(conn, names, &stale).await;
-            for p in &s.partitions {
+            // A mend that goes on next pass holds its partition's trims
+            // back (a trim of entries it counted would make it start over,
+            // pass after pass); they resume once it is done or given up.
+            for p in s.partitions.iter().filter(|p| !mender.mending(p.partition)) {
                 trim(conn, config, names, p).await;
             }
         }

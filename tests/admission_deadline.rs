@@ -166,3 +166,27 @@ async fn a_write_held_by_a_paused_redis_past_its_deadline_never_lands() {
     );
     writ.close().await;
 }
+
+/// `sync(timeout)` keeps its bound when Redis stops answering: it says the
+/// daemon has not applied the earlier writes within `timeout`. (Not in the
+/// Redis Cluster pass: the proxy stands in front of one server.) Before
+/// session 44 its first pass over the partitions ran outside the deadline,
+/// and each command could wait for its reply timeout (5 s) first, so the
+/// call failed later, with a Redis timeout instead (helper-102).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_keeps_its_bound_when_redis_stops_answering() {
+    let env = TestEnv::start("sync_bound");
+    let (proxy, via) = support::proxy::in_front_of_redis_pausable(&env.redis_url).await;
+    let o = Overrides {
+        redis_url: Some(via),
+        ..Default::default()
+    };
+    let writ = Writ::connect(env.config_with(&o)).await.unwrap();
+    proxy.pause();
+    let err = writ.sync(Duration::from_secs(1)).await.unwrap_err();
+    proxy.go_on();
+    assert!(
+        matches!(&err, writ::Error::Timeout { what, .. } if what.contains("apply the writes accepted")),
+        "{err}"
+    );
+}

@@ -405,26 +405,3 @@ async fn redis_restart_with_aof_always_loses_no_acknowledged_write() {
     );
     daemon.stop().await;
 }
-
-/// `sync(timeout)` keeps its bound when Redis stops answering: it says the
-/// daemon has not applied the earlier writes within `timeout`. Before
-/// session 44 its first pass over the partitions ran outside the deadline,
-/// and each command could wait for its reply timeout (5 s) first, so the
-/// call failed later, with a Redis timeout instead (helper-102).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sync_keeps_its_bound_when_redis_stops_answering() {
-    let env = TestEnv::start("sync_bound");
-    let (proxy, via) = support::proxy::in_front_of_redis_pausable(&env.redis_url).await;
-    let o = Overrides {
-        redis_url: Some(via),
-        ..Default::default()
-    };
-    let writ = writ::Writ::connect(env.config_with(&o)).await.unwrap();
-    proxy.pause();
-    let err = writ.sync(Duration::from_secs(1)).await.unwrap_err();
-    proxy.go_on();
-    assert!(
-        matches!(&err, writ::Error::Timeout { what, .. } if what.contains("apply the writes accepted")),
-        "{err}"
-    );
-}
