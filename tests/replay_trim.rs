@@ -362,6 +362,38 @@ async fn a_trim_removes_a_bounded_number_of_entries_a_call() {
     assert_eq!(calls.iter().sum::<u64>(), total - 1);
     assert_eq!(streams::xlen(&mut r, &stream).await, 1);
 
+    // A server whose stream nodes hold more than the step (20,000 entries a
+    // node): the approximate trim can remove no whole node within its
+    // LIMIT, and the rest below the point is more than 1,000 entries, so
+    // before the review (helper-107) nothing was ever trimmed; now each call
+    // trims exactly up to at most about 1,000 entries below the point.
+    for (param, value) in [("stream-node-max-entries", "20000"), ("stream-node-max-bytes", "0")] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(param)
+            .arg(value)
+            .query_async(&mut r)
+            .await
+            .unwrap();
+    }
+    let big = names.stream(2);
+    fill(&mut r, &big, 30_000, 100).await;
+    streams::create_group(&mut r, &big, &group, "$").await;
+    let ids = streams::ids(&mut r, &big).await;
+    let last: Version = ids.last().unwrap().parse().unwrap();
+    let mut removed = 0u64;
+    for call in 0.. {
+        let n = writ::retention::trim(&mut conn, &big, &group, last)
+            .await
+            .unwrap();
+        assert!(n <= 11_000, "call {call} removed {n}");
+        removed += n;
+        if n == 0 || call > 200 {
+            break;
+        }
+    }
+    assert_eq!(removed, 29_999, "large stream nodes: trimmed {removed} of 29,999");
+
     // An old entry left pending at the head, 20,000 applied entries after
     // it, and a count bound of 1,000: nothing can go (the watermark is the
     // head), and the search finds that without reading the entries past it.

@@ -45,29 +45,38 @@ if nxt[1] and below(nxt[1][1], point) then point = nxt[1][1] end
 -- next pass goes on where it stopped. What it leaves below the point in the
 -- node that holds the point is then trimmed exactly, once at most 1,000
 -- entries (and about 1 MiB of them) are left below it, counted with XRANGE
--- ... COUNT: so a short stream still ends exactly at the point. (A server set
--- up with nodes of more than 10,000 entries trims nothing approximately, and
--- keeps up to a node of entries below the point.)
+-- ... COUNT: so a short stream still ends exactly at the point. A server set
+-- up with nodes of more than 10,000 entries (stream-node-max-entries) lets
+-- the approximate trim remove no node within its LIMIT: then, when it
+-- removed nothing and more than that is left below the point, the entries
+-- the count walked (about 1,000, about 1 MiB) are trimmed exactly, so every
+-- call makes progress (helper-107: before, such a stream was never trimmed).
 local removed = redis.call('XTRIM', KEYS[1], 'MINID', '~', point, 'LIMIT', 10000)
+-- Whether at most `cap` entries (and `max_bytes` of values) are left below
+-- the point; if not, the id of the last entry the walk read (below it, the
+-- walk's entries: at most about `cap`, about `max_bytes`).
 local function few_below(cap, max_bytes)
   local n, used, largest, step, from = 0, 0, 1, 4, '-'
   while true do
     local r = redis.call('XRANGE', KEYS[1], from, '(' .. point, 'COUNT', step)
     n = n + #r
     if #r < step then return true end
-    if n > cap then return false end
+    if n > cap then return false, r[#r][1] end
     for _, e in ipairs(r) do
       local b, f = 0, e[2]
       for j = 2, #f, 2 do b = b + #f[j] end
       used = used + b
       if b > largest then largest = b end
     end
-    if used >= max_bytes then return false end
+    if used >= max_bytes then return false, r[#r][1] end
     from = '(' .. r[#r][1]
     step = math.min(cap + 1 - n, math.max(1, math.floor((max_bytes - used) / largest)))
   end
 end
-if few_below(1000, 1048576) then
+local few, reached = few_below(1000, 1048576)
+if few then
   removed = removed + redis.call('XTRIM', KEYS[1], 'MINID', point)
+elseif removed == 0 and reached then
+  removed = redis.call('XTRIM', KEYS[1], 'MINID', reached)
 end
 return removed
