@@ -367,7 +367,10 @@ async fn a_trim_removes_a_bounded_number_of_entries_a_call() {
     // LIMIT, and the rest below the point is more than 1,000 entries, so
     // before the review (helper-107) nothing was ever trimmed; now each call
     // trims exactly up to at most about 1,000 entries below the point.
-    for (param, value) in [("stream-node-max-entries", "20000"), ("stream-node-max-bytes", "0")] {
+    for (param, value) in [
+        ("stream-node-max-entries", "20000"),
+        ("stream-node-max-bytes", "0"),
+    ] {
         let _: () = redis::cmd("CONFIG")
             .arg("SET")
             .arg(param)
@@ -392,7 +395,10 @@ async fn a_trim_removes_a_bounded_number_of_entries_a_call() {
             break;
         }
     }
-    assert_eq!(removed, 29_999, "large stream nodes: trimmed {removed} of 29,999");
+    assert_eq!(
+        removed, 29_999,
+        "large stream nodes: trimmed {removed} of 29,999"
+    );
 
     // An old entry left pending at the head, 20,000 applied entries after
     // it, and a count bound of 1,000: nothing can go (the watermark is the
