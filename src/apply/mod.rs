@@ -15,6 +15,7 @@ mod indexes;
 mod keys;
 mod limit;
 mod post_image;
+mod primary;
 mod reads;
 mod store;
 

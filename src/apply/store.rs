@@ -121,31 +121,8 @@ impl Store {
                 )),
             })?;
         opts.app_name.get_or_insert_with(|| "writ".into());
-        // Every read writ makes (a post-image, a stale check, a read-through
-        // on a cache miss, a list) must see the committed writes it orders
-        // against: the primary, whatever `readPreference` the URI names. A
-        // secondary behind could fill the cache with a version older than an
-        // acknowledged write.
-        //
-        // On a direct connection (`directConnection=true`) to one replica-set
-        // member the driver selects that member whatever the read preference,
-        // and reads a secondary as `primaryPreferred`: there a predicate that
-        // takes only a primary (or a standalone server, a mongos, a load
-        // balancer) makes the connection fail server selection instead,
-        // naming the criteria. Elsewhere the read preference `primary`
-        // itself: a predicate would go out as `primaryPreferred` on a
-        // replica set, and a primary that just stepped down would answer as
-        // a secondary instead of refusing (NotPrimary) until the driver's
-        // next heartbeat.
-        opts.selection_criteria = Some(if opts.direct_connection == Some(true) {
-            mongodb::options::SelectionCriteria::Predicate(std::sync::Arc::new(
-                |server: &mongodb::ServerInfo| writable(server.server_type()),
-            ))
-        } else {
-            mongodb::options::SelectionCriteria::ReadPreference(
-                mongodb::options::ReadPreference::Primary,
-            )
-        });
+        // Every read writ makes goes to the primary ([`super::primary`]).
+        opts.selection_criteria = Some(super::primary::criteria(opts.direct_connection));
         // And at `local` unless a read asks for `majority` (a stale check, a
         // lost-ack look): on the current primary `local` never answers older
         // than an acknowledged write, and a `readConcernLevel=majority` in
@@ -496,34 +473,4 @@ enum Guarded {
     Written(Option<Document>),
     /// The key already holds this version or a newer one.
     Stale(Applied),
-}
-
-/// Whether a server of this type takes writ's reads: a primary, never a
-/// secondary behind it ([`Store::connect`]).
-fn writable(t: mongodb::ServerType) -> bool {
-    use mongodb::ServerType as T;
-    matches!(
-        t,
-        T::RsPrimary | T::Standalone | T::Mongos | T::LoadBalancer
-    )
-}
-
-#[cfg(test)]
-mod selection_tests {
-    #[test]
-    fn only_a_primary_takes_reads() {
-        use mongodb::ServerType as T;
-        for t in [T::RsPrimary, T::Standalone, T::Mongos, T::LoadBalancer] {
-            assert!(super::writable(t), "{t:?}");
-        }
-        for t in [
-            T::RsSecondary,
-            T::RsArbiter,
-            T::RsOther,
-            T::RsGhost,
-            T::Unknown,
-        ] {
-            assert!(!super::writable(t), "{t:?}");
-        }
-    }
 }
