@@ -44,8 +44,10 @@ use crate::redis_conn::Conn;
 /// The look and mend script (`src/lua/backlog_mend.lua`).
 pub const MEND_LUA: &str = include_str!("lua/backlog_mend.lua");
 
-/// The most entries one partition's count counts in a pass (it may end one
-/// step of 2,000 past it); the next pass goes on from there.
+/// The most entries the counts of one housekeeping pass count, all its
+/// partitions together (a count may end one step of 2,000 past it); the
+/// next pass goes on from there, starting with the partition after the last
+/// one this pass reached, so that none waits behind the others for good.
 const PASS_ENTRIES: u64 = 2_000_000;
 /// Mend calls per pass: a group that each time moved further than the mend
 /// script counts waits for the next pass.
@@ -304,6 +306,8 @@ pub enum Outcome {
 #[derive(Debug, Default)]
 pub struct Mender {
     progress: HashMap<u32, Progress>,
+    /// Where the next pass starts in its list of partitions.
+    next: usize,
 }
 
 impl Mender {
@@ -324,8 +328,25 @@ impl Mender {
     /// by a read, or no longer owned) are dropped.
     pub async fn pass(&mut self, conn: &mut Conn, names: &Names, stale: &[u32]) {
         self.progress.retain(|p, _| stale.contains(p));
-        for &p in stale {
-            match self.step(conn, names, p).await {
+        let mut budget = PASS_ENTRIES;
+        let start = if stale.is_empty() {
+            0
+        } else {
+            self.next % stale.len()
+        };
+        for (i, &p) in stale
+            .iter()
+            .enumerate()
+            .cycle()
+            .skip(start)
+            .take(stale.len())
+        {
+            if budget == 0 {
+                // The rest wait for the next pass, which starts with them.
+                self.next = i;
+                return;
+            }
+            match self.step(conn, names, p, &mut budget).await {
                 Ok(Outcome::Mended { undelivered }) => tracing::info!(
                     partition = p,
                     undelivered,
@@ -340,8 +361,15 @@ impl Mender {
         }
     }
 
-    /// One pass's work for partition `p`.
-    pub async fn step(&mut self, conn: &mut Conn, names: &Names, p: u32) -> Result<Outcome> {
+    /// One pass's work for partition `p`, counting at most `budget`
+    /// entries (less what it counted, after).
+    pub async fn step(
+        &mut self,
+        conn: &mut Conn,
+        names: &Names,
+        p: u32,
+        budget: &mut u64,
+    ) -> Result<Outcome> {
         let mut prog = match self.progress.remove(&p) {
             Some(prog) => prog,
             None => {
@@ -362,9 +390,8 @@ impl Mender {
                 }
             }
         };
-        let mut budget = PASS_ENTRIES;
         for _ in 0..ROUNDS {
-            budget = budget.saturating_sub(prog.count.run(conn, names, p, budget).await?);
+            *budget = budget.saturating_sub(prog.count.run(conn, names, p, *budget).await?);
             if let Some(l) = prog.count.lowest {
                 prog.lowest = Some(prog.lowest.map_or(l, |x| x.min(l)));
             }

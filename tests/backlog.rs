@@ -898,7 +898,10 @@ async fn a_mend_follows_the_group_and_starts_over_after_a_removal() {
     assert_eq!(count(&b), (1024, false));
     let mut mender = Mender::new();
     assert_eq!(
-        mender.step(&mut conn, &names, 0).await.unwrap(),
+        mender
+            .step(&mut conn, &names, 0, &mut 2_000_000)
+            .await
+            .unwrap(),
         Outcome::Mended {
             undelivered: 24_950
         }
@@ -953,7 +956,10 @@ async fn a_mend_follows_the_group_and_starts_over_after_a_removal() {
     assert_eq!(m, Mend::Removed);
     // The next pass starts over, and counts what is there.
     assert_eq!(
-        mender.step(&mut conn, &names, 0).await.unwrap(),
+        mender
+            .step(&mut conn, &names, 0, &mut 2_000_000)
+            .await
+            .unwrap(),
         Outcome::Mended { undelivered: 4949 }
     );
 }
@@ -1073,7 +1079,10 @@ async fn admission_with_a_stale_count_reads_at_most_1024_entries() {
     let _: () = keep(100_000, 0).query_async(&mut conn).await.unwrap();
     let mut mender = writ::heal::Mender::new();
     assert_eq!(
-        mender.step(&mut conn, &names, 0).await.unwrap(),
+        mender
+            .step(&mut conn, &names, 0, &mut 2_000_000)
+            .await
+            .unwrap(),
         writ::heal::Outcome::Mended {
             undelivered: 20_000
         }
