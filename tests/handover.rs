@@ -139,12 +139,7 @@ async fn a_hand_over_that_cannot_drain_is_abandoned_at_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let path = env.config_file_with(dir.path(), &o);
     let d1 = DaemonProc::start(&path, dir.path(), "bound-d1");
-    eventually(
-        Duration::from_secs(30),
-        "d1 to own both partitions",
-        || async { (lease_holders(&env, 2).await.get("bound-d1") == Some(&2)).then_some(()) },
-    )
-    .await;
+    holds(&env, "bound-d1", 2, "d1 to own both partitions").await;
     // The partition d1 hands over first is its highest, 1. An entry of an
     // undeclared collection there: refused, and it cannot be parked.
     support::raw_json_put(
@@ -164,10 +159,11 @@ async fn a_hand_over_that_cannot_drain_is_abandoned_at_the_deadline() {
     let dir2 = tempfile::tempdir().unwrap();
     let path2 = env.config_file_with(dir2.path(), &o);
     let _d2 = DaemonProc::start(&path2, dir2.path(), "bound-d2");
-    eventually(
-        Duration::from_secs(30),
+    holds(
+        &env,
+        "bound-d2",
+        1,
         "d2 to take the partition d1 handed over",
-        || async { (lease_holders(&env, 2).await.get("bound-d2") == Some(&1)).then_some(()) },
     )
     .await;
     tokio::time::timeout(Duration::from_secs(20), s.write(&key, &doc! {"n": 1}))
@@ -222,12 +218,7 @@ async fn a_hand_over_waiting_for_a_mongodb_slot_ends_at_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let path = env.config_file_with(dir.path(), &o);
     let d1 = DaemonProc::start(&path, dir.path(), "slot-d1");
-    eventually(
-        Duration::from_secs(30),
-        "d1 to own both partitions",
-        || async { (lease_holders(&env, 2).await.get("slot-d1") == Some(&2)).then_some(()) },
-    )
-    .await;
+    holds(&env, "slot-d1", 2, "d1 to own both partitions").await;
     let writ = Writ::connect(config.clone()).await.unwrap();
     let s = writ.collection("signal").unwrap();
     // Partition 0's write holds the one slot (it is the only write, so it
@@ -301,12 +292,7 @@ async fn a_reader_that_cannot_connect_retries_within_its_tenure() {
         dir1.path(),
         "connect-d1",
     );
-    eventually(
-        Duration::from_secs(30),
-        "d1 to own both partitions",
-        || async { (lease_holders(&env, 2).await.get("connect-d1") == Some(&2)).then_some(()) },
-    )
-    .await;
+    holds(&env, "connect-d1", 2, "d1 to own both partitions").await;
     // d2 reaches Redis through the proxy; d1 hands it partition 1.
     let port = listen_port();
     let lines = format!("metrics_listen = \"127.0.0.1:{port}\"");
@@ -322,22 +308,18 @@ async fn a_reader_that_cannot_connect_retries_within_its_tenure() {
         dir2.path(),
         "connect-d2",
     );
-    eventually(
-        Duration::from_secs(30),
+    holds(
+        &env,
+        "connect-d2",
+        1,
         "d2 to take the partition d1 hands over",
-        || async { (lease_holders(&env, 2).await.get("connect-d2") == Some(&1)).then_some(()) },
     )
     .await;
     // No new connection reaches Redis from d2 now; d1 dies, and d2 takes
     // partition 0 when its lease expires.
     proxy.refuse_new(true);
     d1.kill9();
-    eventually(
-        Duration::from_secs(30),
-        "d2 to take partition 0",
-        || async { (lease_holders(&env, 2).await.get("connect-d2") == Some(&2)).then_some(()) },
-    )
-    .await;
+    holds(&env, "connect-d2", 2, "d2 to take partition 0").await;
     // Two seconds of refused connections: 20 ownership passes.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let body = http_get(port, "/metrics").expect("d2's metrics").1;
@@ -386,12 +368,7 @@ async fn a_lost_lease_is_not_also_counted_released() {
     };
     let dir = tempfile::tempdir().unwrap();
     let d = DaemonProc::start(&env.config_file_with(dir.path(), &o), dir.path(), "lost-d1");
-    eventually(
-        Duration::from_secs(30),
-        "the daemon to own both partitions",
-        || async { (lease_holders(&env, 2).await.get("lost-d1") == Some(&2)).then_some(()) },
-    )
-    .await;
+    holds(&env, "lost-d1", 2, "the daemon to own both partitions").await;
     let names = writ::protocol::Names::new(&env.config_with(&o).namespace);
     let _: () = redis::cmd("SET")
         .arg(names.lease(1))
@@ -429,4 +406,13 @@ async fn a_lost_lease_is_not_also_counted_released() {
         "{}",
         d.log_text()
     );
+}
+
+/// Waits (30 s at most) until daemon `name` holds `n` of the 2 partitions'
+/// leases; `what` names the wait if it times out.
+async fn holds(env: &TestEnv, name: &str, n: u32, what: &str) {
+    eventually(Duration::from_secs(30), what, || async {
+        (lease_holders(env, 2).await.get(name) == Some(&n)).then_some(())
+    })
+    .await;
 }
