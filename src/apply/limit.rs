@@ -6,10 +6,11 @@
 //! while the first attempt may still run, and the load multiplies (a congestive
 //! collapse under a backlog). With it, operations wait *here*, outside any
 //! timeout, and at most `limit` reach the driver, whose pool is sized to the
-//! upper bound. Not in arrival order: a freed slot wakes every waiter and
-//! the first to run takes it (so with many waiters, a key worker of a
-//! failed round among hundreds, a completion costs a wake-up each; a FIFO
-//! queue is a known improvement, not made).
+//! upper bound. Slots go in arrival order: a freed slot wakes only the
+//! longest waiter, and an operation that arrives while others wait queues
+//! behind them, however quickly it runs (no partition's round is passed
+//! over again and again by busier ones, and a completion costs one wake-up,
+//! not one per waiter).
 //!
 //! The limit starts at 1 (a slow start), holds there for the first
 //! `HOLD_AFTER_DECREASE` completions, and then grows by one per `limit` fast
@@ -40,6 +41,7 @@
 //! ceiling (docs/performance.md, session 9). Growing from 1 costs a server
 //! that scales a few dozen completions.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -88,13 +90,50 @@ struct State {
     /// After an increase of the whole limit: fast completions since, until
     /// a full window of them confirms the probe.
     probe: Option<u32>,
+    /// Operations waiting for a slot, longest first: (ticket, its wake-up).
+    queue: VecDeque<(u64, Arc<Notify>)>,
+    next_ticket: u64,
+}
+
+impl State {
+    fn has_free_slot(&self) -> bool {
+        (self.in_flight as f64) < self.limit.floor().max(1.0)
+    }
+
+    /// Wakes the longest waiter if a slot is free for it. Its wake-up is
+    /// kept if it is not waiting yet, so none is lost.
+    fn wake_head(&self) {
+        if self.has_free_slot() {
+            if let Some((_, wake)) = self.queue.front() {
+                wake.notify_one();
+            }
+        }
+    }
+}
+
+/// A place in the queue; dropped before its slot came (the wait was
+/// cancelled), it leaves the queue and passes its turn on.
+struct Queued<'a> {
+    limiter: &'a Limiter,
+    ticket: u64,
+    served: bool,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if self.served {
+            return;
+        }
+        let mut s = self.limiter.state.lock().expect("limiter lock");
+        s.queue.retain(|(t, _)| *t != self.ticket);
+        s.wake_head();
+    }
 }
 
 /// The shared limiter; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Limiter {
     state: Arc<Mutex<State>>,
-    freed: Arc<Notify>,
     max: usize,
     slow: Duration,
 }
@@ -133,29 +172,52 @@ impl Limiter {
                 hold: HOLD_AFTER_DECREASE,
                 next_hold: HOLD_AFTER_DECREASE,
                 probe: None,
+                queue: VecDeque::new(),
+                next_ticket: 0,
             })),
-            freed: Arc::new(Notify::new()),
             max,
             slow: op_timeout / 4,
         }
     }
 
-    /// Waits for a slot. Cancel-safe: dropping the future takes no slot.
+    /// Waits for a slot, behind every operation already waiting. Cancel-safe:
+    /// dropping the future takes no slot and loses no other waiter's turn.
     pub async fn acquire(&self) -> Permit {
-        loop {
-            let notified = self.freed.notified();
-            {
-                let mut s = self.state.lock().expect("limiter lock");
-                if (s.in_flight as f64) < s.limit.floor().max(1.0) {
-                    s.in_flight += 1;
-                    drop(s);
-                    return Permit {
-                        limiter: self.clone(),
-                        started: Instant::now(),
-                    };
-                }
+        let (ticket, wake) = {
+            let mut s = self.state.lock().expect("limiter lock");
+            if s.queue.is_empty() && s.has_free_slot() {
+                s.in_flight += 1;
+                return self.permit();
             }
-            notified.await;
+            let ticket = s.next_ticket;
+            s.next_ticket += 1;
+            let wake = Arc::new(Notify::new());
+            s.queue.push_back((ticket, wake.clone()));
+            (ticket, wake)
+        };
+        let mut queued = Queued {
+            limiter: self,
+            ticket,
+            served: false,
+        };
+        loop {
+            wake.notified().await;
+            let mut s = self.state.lock().expect("limiter lock");
+            if s.queue.front().map(|(t, _)| *t) == Some(ticket) && s.has_free_slot() {
+                s.queue.pop_front();
+                s.in_flight += 1;
+                // A grown limit can have freed more than one slot.
+                s.wake_head();
+                queued.served = true;
+                return self.permit();
+            }
+        }
+    }
+
+    fn permit(&self) -> Permit {
+        Permit {
+            limiter: self.clone(),
+            started: Instant::now(),
         }
     }
 
@@ -175,7 +237,7 @@ impl Limiter {
         // then. A limit that is never reached proves nothing about the
         // server, and growing it anyway lets every caller start its work at
         // once, in small pieces, on a server that may run them one by one.
-        let used = s.in_flight as f64 >= s.limit.floor().max(1.0);
+        let used = !s.has_free_slot();
         s.in_flight = s.in_flight.saturating_sub(1);
         if let Some((latency, signal, writes)) = latency {
             let per_write = latency / writes.max(1) as u32;
@@ -218,8 +280,7 @@ impl Limiter {
             }
             metrics::gauge!("writ_mongodb_concurrency_limit").set(s.limit.floor());
         }
-        drop(s);
-        self.freed.notify_waiters();
+        s.wake_head();
     }
 }
 
@@ -277,6 +338,60 @@ mod tests {
             "fast completions did not grow the limit: {}",
             l.limit()
         );
+    }
+
+    #[tokio::test]
+    async fn slots_go_in_arrival_order_and_a_cancelled_wait_passes_its_turn_on() {
+        let l = Limiter::new(4, Duration::from_secs(10)); // limit 1
+        let held = l.acquire().await;
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for i in 0..3 {
+            let (l, order) = (l.clone(), order.clone());
+            waiters.push(tokio::spawn(async move {
+                let p = l.acquire().await;
+                order.lock().unwrap().push(i);
+                tokio::task::yield_now().await;
+                drop(p);
+            }));
+            tokio::task::yield_now().await; // it queues now, before the next
+        }
+        // A wait given up while queued takes no slot and loses no turn.
+        let gave_up = tokio::time::timeout(Duration::from_millis(20), l.acquire()).await;
+        assert!(gave_up.is_err());
+        drop(held);
+        // Arriving just as the slot frees, before the woken waiter runs: it
+        // must queue behind the three, not take the slot first.
+        let late = l.acquire().await;
+        order.lock().unwrap().push(99);
+        drop(late);
+        for w in waiters {
+            w.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 99]);
+        assert_eq!(l.in_flight(), 0);
+        assert!(l.state.lock().unwrap().queue.is_empty());
+
+        // The head, woken for a freed slot and cancelled before it ran,
+        // hands the slot to the next waiter.
+        let held = l.acquire().await;
+        let head = tokio::spawn({
+            let l = l.clone();
+            async move { drop(l.acquire().await) }
+        });
+        tokio::task::yield_now().await;
+        let next = tokio::spawn({
+            let l = l.clone();
+            async move { drop(l.acquire().await) }
+        });
+        tokio::task::yield_now().await;
+        drop(held); // wakes the head only
+        head.abort();
+        tokio::time::timeout(Duration::from_secs(1), next)
+            .await
+            .expect("a cancelled head kept the freed slot from the next waiter")
+            .unwrap();
+        assert_eq!(l.in_flight(), 0);
     }
 
     #[tokio::test]
