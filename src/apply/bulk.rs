@@ -128,7 +128,10 @@ impl Store {
             .map_err(|e| crate::error::Error::Encode(format!("write concern: {e}")))?;
         cmd.append("writeConcern", wc);
         cmd.append("maxTimeMS", self.max_time_ms());
-        Ok(self.database().run_raw_command(cmd).await?)
+        self.within("a bulk of MongoDB writes", async {
+            Ok(self.database().run_raw_command(cmd).await?)
+        })
+        .await
     }
 
     /// The server's side of a bulk alone: one unordered `update` command of
@@ -160,15 +163,19 @@ impl Store {
     /// Applies `items` (distinct keys) with one `update` command per
     /// collection, and one `find` for the writes that did not insert. An
     /// error of the whole command is returned; the caller then applies every
-    /// write on its own.
+    /// write on its own. Each command is bounded on its own
+    /// ([`Store::within`]), so the whole takes at most that bound per command.
     pub async fn apply_bulk(&self, items: &[BulkItem<'_>]) -> Result<Vec<BulkOutcome>> {
         if items.len() < BULK_MIN {
             // A bulk of existing keys costs two round trips (the update,
             // then the find); a few findAndModify calls side by side cost
             // one each.
-            let each = items
-                .iter()
-                .map(|it| self.apply(it.coll, it.write, it.version));
+            let each = items.iter().map(|it| {
+                self.within(
+                    "a MongoDB write",
+                    self.apply(it.coll, it.write, it.version),
+                )
+            });
             return Ok(futures::future::join_all(each)
                 .await
                 .into_iter()
@@ -179,7 +186,8 @@ impl Store {
         let mut by_coll: HashMap<&str, Vec<usize>> = HashMap::new();
         for (i, item) in items.iter().enumerate() {
             if item.write.op == Op::Delete {
-                out[i] = match self.apply(item.coll, item.write, item.version).await {
+                let apply = self.apply(item.coll, item.write, item.version);
+                out[i] = match self.within("a MongoDB delete", apply).await {
                     Ok(a) => BulkOutcome::Done(a),
                     Err(_) => BulkOutcome::Single,
                 };

@@ -14,29 +14,41 @@ use crate::config::CollectionConfig;
 use crate::error::{Error, Result};
 use crate::protocol::Key;
 
-/// How long a read may take here, past its `maxTimeMS`: that bounds the
-/// server's work, not a server that took the request and never answers (a
-/// black-holed link, a stalled primary), which the driver would wait for
-/// without end. The daemon's rule for its own operations.
-const READ_GRACE: Duration = Duration::from_secs(5);
+/// How long one MongoDB command may take here, past its `maxTimeMS`: that
+/// bounds the server's work, not a server that took the request and never
+/// answers (a black-holed link, a stalled primary), which the driver would
+/// wait for without end.
+const GRACE: Duration = Duration::from_secs(5);
 
 impl Store {
-    /// `read`, given up after `maxTimeMS` + [`READ_GRACE`] with a
-    /// [`Error::Timeout`] naming `what`.
+    /// `op`, one MongoDB command (or a few that the server answers at once),
+    /// given up after `maxTimeMS` + [`GRACE`] with an [`Error::Timeout`]
+    /// naming `what`. Each command of a round gets its own bound: a round of
+    /// several commands that each finish in time is not given up (and
+    /// retried beside its own last command) because together they took
+    /// longer than one.
+    pub(super) async fn within<T>(
+        &self,
+        what: &'static str,
+        op: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let limit = self.max_time + GRACE;
+        tokio::time::timeout(limit, op)
+            .await
+            .unwrap_or(Err(Error::Timeout {
+                after: limit,
+                what,
+                accepted: None,
+            }))
+    }
+
+    /// A driver read bounded as [`Store::within`].
     async fn bounded<T>(
         &self,
         what: &'static str,
         read: impl std::future::Future<Output = mongodb::error::Result<T>>,
     ) -> Result<T> {
-        let limit = self.max_time + READ_GRACE;
-        match tokio::time::timeout(limit, read).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(Error::Timeout {
-                after: limit,
-                what,
-                accepted: None,
-            }),
-        }
+        self.within(what, async { Ok(read.await?) }).await
     }
 
     /// Documents of `coll` matching `filter`, at read concern `concern` (the

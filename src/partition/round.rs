@@ -11,7 +11,7 @@
 //! failed, retried or dead-lettered with it.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::{key_worker, Job, KeyId, Partition};
 use crate::ack::{Ack, Outcome, Outgoing};
@@ -122,8 +122,9 @@ pub(super) async fn run_round(part: &Partition, segs: Vec<Segment>, permit: Perm
     }
 }
 
-/// The round's one bulk at MongoDB: the last write of each segment, within
-/// the operation timeout (plus slack), telling the limiter how it went.
+/// The round's one bulk at MongoDB: the last write of each segment, each of
+/// its commands within the operation timeout (plus slack), telling the
+/// limiter how it went.
 async fn bulk(
     part: &Partition,
     segs: &[Segment],
@@ -144,18 +145,22 @@ async fn bulk(
         })
         .collect();
     let names = || colls.iter().map(|c| c.name.as_str());
-    let limit = part.ctx.config.op_timeout + Duration::from_secs(5);
+    // No bound on the whole here: a round is several commands (deletes,
+    // one `update` per collection and chunk, read-backs), each bounded by
+    // `maxTimeMS` plus a grace in the store. One bound for all of them gave
+    // up on a round whose commands each finished in time, and sent its
+    // writes the single way while its last command still ran.
     let res = tokio::select! {
-        r = tokio::time::timeout(limit, store.apply_bulk(&items)) => r,
+        r = store.apply_bulk(&items) => r,
         _ = part.run.abort.cancelled() => return Bulk::Aborted,
     };
     match res {
-        Ok(Ok(outcomes)) => {
+        Ok(outcomes) => {
             permit.done_writes(Signal::Completed, items.len());
             store.note_answered(names());
             Bulk::Done(outcomes)
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             if e.is_timeout() {
                 store.note_timed_out(names());
             }
@@ -165,15 +170,6 @@ async fn bulk(
                 Signal::Completed
             });
             tracing::warn!(writes = items.len(), error = %e, "bulk apply failed; applying its writes one by one, and making the next rounds smaller");
-            Bulk::Failed
-        }
-        Err(_) => {
-            store.note_timed_out(names());
-            permit.done(Signal::Overloaded);
-            tracing::warn!(
-                writes = items.len(),
-                "bulk apply timed out; applying its writes one by one, and making the next rounds smaller"
-            );
             Bulk::Failed
         }
     }
