@@ -129,6 +129,7 @@ fn numeric_bounds_are_checked_at_their_edges() {
         ("client", "read_timeout_ms", "0", "1", "between 1 and 86400000"),
         ("client", "read_timeout_ms", "86400001", "86400000", "between 1 and 86400000"),
         ("daemon", "retention_max_entries", "0", "1", "at least 1"),
+        ("daemon", "retention_max_age_secs", "18446744073709552", "3153600000", "between 0 and 3153600000"),
         ("client", "max_backlog", "0", "1", "at least 1"),
         ("client", "lost_write_after_ms", "0", "1", "at least 1"),
         ("client", "max_document_bytes", "16777217", "16777216", "between 1 and 16777216"),

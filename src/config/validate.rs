@@ -283,6 +283,14 @@ fn check_daemon(daemon: &RawDaemon) -> Result<DaemonChecked> {
         // at this pace; an hour's pause would leave them all off.
         300_000,
     )?;
+    // 100 years: the age is counted in milliseconds, and a larger one wrapped
+    // around there (18446744073709552 s became 384 ms: trim everything).
+    within(
+        "daemon.retention_max_age_secs",
+        daemon.retention_max_age_secs,
+        0,
+        3_153_600_000,
+    )?;
     within(
         "daemon.retention_max_entries",
         daemon.retention_max_entries,
