@@ -7,7 +7,16 @@ import { createHash, randomBytes } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import { Cluster, Redis, type RedisOptions } from "ioredis";
 import calculateSlot from "cluster-key-slot";
-import { MongoClient, ReadConcern, ReadPreference, type Db, type Document as MongoDocument, type ReadConcernLike } from "mongodb";
+import {
+  MongoClient,
+  ReadConcern,
+  ReadPreference,
+  type Db,
+  type Document as MongoDocument,
+  type ReadConcernLike,
+  type ServerDescription,
+  type ServerType,
+} from "mongodb";
 import { deserialize, serialize, type Document } from "bson";
 
 import { readRedisTls, redactUrl, redactUrls, redisUrls, resolveConfig, type RedisTlsPem, type WritConfig } from "./config.js";
@@ -412,6 +421,8 @@ export class WritClient {
   private lastRedisError: unknown;
   private mongo: MongoClient | undefined;
   private mongoDb: Promise<Db> | undefined;
+  /** The role of the one server of a direct connection, as the driver's monitoring last saw it (set with {@link mongo}). */
+  private primaryWatch: PrimaryWatch | undefined;
   private readonly admitSha = sha1(ADMIT_LUA);
   private readonly timeSha = sha1(TIME_LUA);
   /** Redis's clock per partition, for the admission calls' deadlines (src/clock.ts). */
@@ -852,6 +863,8 @@ export class WritClient {
         serverSelectionTimeoutMS: 10000,
         ...this.config.mongoClientOptions,
       });
+      // Before connect(): the first description of the server comes during it.
+      this.primaryWatch = new PrimaryWatch(this.mongo);
     }
     return this.mongo;
   }
@@ -886,14 +899,24 @@ export class WritClient {
     return this.mongoDb;
   }
 
+  /**
+   * Every MongoDB read of the client (read-throughs, lists, the lost-ack
+   * sweep's looks) goes through here: on a direct connection it is refused
+   * while the server is known not to be the primary ({@link PrimaryWatch}).
+   */
   private async mongoCall<T>(what: string, f: (db: Db) => Promise<T>): Promise<T> {
     const db = await this.db();
+    const watch = this.primaryWatch!;
+    const mark = watch.before();
+    let answer: T;
     try {
-      return await f(db);
+      answer = await f(db);
     } catch (e) {
       if (e instanceof WritError) throw e;
       throw new WritConnectionError(`MongoDB ${what} failed: ${errMessage(e)}`, { cause: e });
     }
+    watch.after(mark);
+    return answer;
   }
 
   private async evalScript(sha: string, text: string, keys: string[], args: (string | Buffer | number)[]) {
@@ -2182,8 +2205,11 @@ export type { Document, Key };
  * primary: the driver sends every read to the one server it was given, whatever the read
  * preference, and a secondary behind the primary would answer (and fill the cache with) a version
  * older than an acknowledged write. On a replica-set connection the command goes to the primary.
- * Checked once, at the client's first MongoDB use: a direct connection to a primary that steps
- * down later is not refused (the Rust client checks each read's server selection).
+ * Asked (`hello`) once, at the client's first MongoDB use, before the driver's monitoring may
+ * have seen the server: a {@link WritConfigError}, as the URI names a server that is not the
+ * primary. After it, {@link PrimaryWatch} follows the server's role: a primary that steps down
+ * later has the client's reads refused (a retryable {@link WritConnectionError}) until it is the
+ * primary again (the Rust client checks each read's server selection).
  */
 export async function refuseSecondary(c: MongoClient): Promise<void> {
   const admin = c.db("admin");
@@ -2200,4 +2226,91 @@ export async function refuseSecondary(c: MongoClient): Promise<void> {
         "(without directConnection=true) or to its primary in WRIT_MONGODB_URI / mongodbUri",
     );
   }
+}
+
+/**
+ * Whether `c` connects directly (`directConnection=true`, in the URI or `mongoClientOptions`) to
+ * one server: the driver then sends every operation to that server, whatever the read preference
+ * (a secondary is read as `primaryPreferred`). Elsewhere (a replica-set connection, a load
+ * balancer) the read preference `primary` itself routes writ's reads to the current primary.
+ */
+export function isDirectConnection(c: MongoClient): boolean {
+  return c.options.directConnection === true;
+}
+
+/**
+ * The server types of a replica-set member that is not the primary (SDAM). `Unknown` (a server
+ * that does not answer) is not one: the driver selects no such server, and reads fail on their own.
+ */
+const NOT_PRIMARY: ReadonlySet<ServerType> = new Set<ServerType>(["RSSecondary", "RSArbiter", "RSOther", "RSGhost"]);
+
+/** What a server type that is not the primary means, for the message. */
+const ROLE: Partial<Record<ServerType, string>> = {
+  RSSecondary: "a secondary",
+  RSArbiter: "an arbiter",
+  RSOther: "a member that is neither primary nor secondary (hidden, starting or recovering)",
+  RSGhost: "a member without a replica-set config",
+};
+
+/**
+ * Follows the role of the one server of a direct connection ({@link isDirectConnection}) between
+ * reads, without a round trip per read: the driver monitors the server (a `hello` every
+ * `heartbeatFrequencyMS`, 10 s by default, or streamed by the server as soon as it changes, from
+ * MongoDB 4.4) and emits `serverDescriptionChanged`. While the last description says it is a
+ * replica-set member that is not the primary (a primary that stepped down), every MongoDB read is
+ * refused with a {@link WritConnectionError}: transient, like any MongoDB that cannot be read, as
+ * an election brings a primary back, often this same server; reads go on by themselves once a
+ * description says primary (or standalone, or mongos) again. A read that was out while such a
+ * description came is refused too (the driver may have sent it to the secondary). Between a
+ * step-down and the heartbeat that sees it, reads may still go to the secondary: the Rust client
+ * has that window too (server selection uses the driver's last description). On other
+ * connections it does nothing: the driver routes to the primary itself. The first use's check
+ * ({@link refuseSecondary}) closes the window before the first description.
+ */
+export class PrimaryWatch {
+  /** The server's description while it is not the primary, else undefined. */
+  private notPrimary: ServerDescription | undefined;
+  /** The last description of the server when it was not the primary, for a read that raced it. */
+  private lastNotPrimary: ServerDescription | undefined;
+  /** How many descriptions of the server as not the primary have come. */
+  private notPrimarySeen = 0;
+
+  constructor(c: MongoClient) {
+    if (!isDirectConnection(c)) return;
+    c.on("serverDescriptionChanged", (e) => this.described(e.newDescription));
+  }
+
+  private described(d: ServerDescription): void {
+    if (NOT_PRIMARY.has(d.type)) {
+      this.notPrimary = this.lastNotPrimary = d;
+      this.notPrimarySeen++;
+    } else {
+      this.notPrimary = undefined;
+    }
+  }
+
+  /** Before a read: throws while the server is not the primary; else a mark for {@link after}. */
+  before(): number {
+    if (this.notPrimary) throw notPrimaryError(this.notPrimary, false);
+    return this.notPrimarySeen;
+  }
+
+  /** After a read: throws if the server was described as not the primary while it was out. */
+  after(mark: number): void {
+    if (this.notPrimarySeen !== mark) throw notPrimaryError(this.lastNotPrimary!, true);
+  }
+}
+
+function notPrimaryError(d: ServerDescription, during: boolean): WritConnectionError {
+  const set = d.setName ? ` of replica set ${d.setName}` : "";
+  const role = `${ROLE[d.type] ?? "not the primary"} (${d.type})${d.primary ? `; it names ${d.primary} as the primary` : ""}`;
+  return new WritConnectionError(
+    (during
+      ? `the MongoDB server reached (${d.address}) stopped being the primary${set} while this read was out: it said it is ${role}. `
+      : `the MongoDB server reached (${d.address}) is no longer the primary${set}: it says it is ${role}. `) +
+      "writ reads only a primary (a secondary can be behind an acknowledged write), and on a direct connection " +
+      "(directConnection=true) the driver reads only that server. Retry after the election (reads go on by " +
+      "themselves once it is the primary again), or connect to the replica set (without directConnection=true) " +
+      "in WRIT_MONGODB_URI / mongodbUri, so that reads follow the primary",
+  );
 }

@@ -5,11 +5,12 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
+import { EventEmitter } from "node:events";
 
 import { canonicalKey, fnv1a64, keyValues, Names, partitionOf, type CollectionSpec } from "../src/key.js";
 import { compareStreamIds, toSortable, toStreamId, ZERO_VERSION } from "../src/version.js";
 import { redactUrl, redisUrls, resolveConfig } from "../src/config.js";
-import { WritConfigError, WritKeyError } from "../src/errors.js";
+import { WritConfigError, WritConnectionError, WritKeyError } from "../src/errors.js";
 import { PRESET_COLLECTIONS } from "../src/collections.js";
 import { REPO_ROOT } from "./harness.js";
 import { serialize, Binary, BSONRegExp, Code, Decimal128, Double, Int32, Long, MaxKey, MinKey, ObjectId, Timestamp, type Document } from "bson";
@@ -311,4 +312,52 @@ test("a direct connection to a replica-set member that is not the primary is ref
     }) as unknown as import("mongodb").MongoClient;
   await refuseSecondary(legacy(true));
   await assert.rejects(refuseSecondary(legacy(false)), WritConfigError);
+});
+
+test("a direct connection follows its server's role: reads are refused while it is a member that is not the primary", async () => {
+  const { PrimaryWatch } = await import("../src/client.js");
+  const client = (directConnection: boolean) =>
+    Object.assign(new EventEmitter(), { options: { directConnection } }) as unknown as import("mongodb").MongoClient & EventEmitter;
+  const describe = (c: EventEmitter, type: string, more: Document = {}) =>
+    c.emit("serverDescriptionChanged", { newDescription: { address: "a:27017", type, setName: "rs0", primary: null, ...more } });
+  const refused = (f: () => unknown, during = false) =>
+    assert.throws(f, (e: unknown) => {
+      const m = (e as Error).message;
+      return (
+        e instanceof WritConnectionError &&
+        m.includes(during ? "(a:27017) stopped being the primary of replica set rs0 while this read was out" : "(a:27017) is no longer the primary of replica set rs0") &&
+        /directConnection=true/.test(m)
+      );
+    });
+
+  const c = client(true);
+  const w = new PrimaryWatch(c);
+  describe(c, "RSPrimary");
+  w.after(w.before());
+  describe(c, "RSSecondary", { primary: "b:27017" });
+  refused(() => w.before());
+  assert.throws(() => w.before(), /it says it is a secondary \(RSSecondary\); it names b:27017 as the primary/);
+  for (const t of ["RSArbiter", "RSOther", "RSGhost"]) {
+    describe(c, t);
+    refused(() => w.before());
+  }
+  // Unreachable is not a secondary (its reads fail on their own); a primary, standalone or mongos is read.
+  for (const t of ["Unknown", "RSPrimary", "Standalone", "Mongos"]) {
+    describe(c, t);
+    w.after(w.before());
+  }
+  // A read out while the server was described as a secondary may have been sent to it: refused,
+  // even if it is the primary again by the time the answer comes.
+  const mark = w.before();
+  describe(c, "RSSecondary");
+  describe(c, "RSPrimary");
+  refused(() => w.after(mark), true);
+  w.after(w.before());
+
+  // Elsewhere the driver routes to the primary itself: nothing is refused.
+  const rs = client(false);
+  const free = new PrimaryWatch(rs);
+  assert.equal(rs.listenerCount("serverDescriptionChanged"), 0);
+  describe(rs, "RSSecondary");
+  free.after(free.before());
 });
