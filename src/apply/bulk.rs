@@ -171,10 +171,7 @@ impl Store {
             // then the find); a few findAndModify calls side by side cost
             // one each.
             let each = items.iter().map(|it| {
-                self.within(
-                    "a MongoDB write",
-                    self.apply(it.coll, it.write, it.version),
-                )
+                self.within("a MongoDB write", self.apply(it.coll, it.write, it.version))
             });
             return Ok(futures::future::join_all(each)
                 .await

@@ -176,12 +176,51 @@ end
 -- count changed would put keys in streams no daemon reads, or one key's writes
 -- in two streams: it is refused here, and nothing is added. A partition with
 -- no count recorded (or one that is not a positive number) is not checked.
+-- Also reads the floor (below).
+local floor = nil
 local function count_refused()
-  local recorded = tonumber(redis.call('HGET', KEYS[2], 'partitions'))
+  local m = redis.call('HMGET', KEYS[2], 'partitions', 'floor')
+  local recorded = tonumber(m[1])
   if recorded and recorded > 0 and recorded ~= tonumber(ARGV[3]) then
     return redis.error_reply('PARTITIONS ' .. recorded .. ' this namespace records ' .. recorded ..
       ' partitions and the caller is configured with ' .. ARGV[3] .. '; nothing was added')
   end
+  if m[2] and m[2] ~= '' then floor = m[2] end
+end
+
+-- XADDs the entry of ARGV[first..last]. `writ partitions --set` records a
+-- floor in each partition's meta hash (field `floor`, a stream id): the
+-- newest id any of the namespace's streams had given out. A key that the new
+-- count moves to this stream must get ids above the versions its earlier
+-- stream gave it, whatever this node's clock says (a cluster node whose clock
+-- is behind the other's, a clock stepped back): else its next write is taken
+-- for an older one and acknowledged stale. So the first entry after the
+-- floor, while Redis's clock is not clearly past the floor's millisecond (or
+-- TIME is not allowed), gets the id <floor's ms + 1>-0; if the stream is already at
+-- or past that, or the clock is past the floor, `*` is above it anyway. The
+-- floor is then cleared ('': the writers' ACL has no HDEL); every later id
+-- is above this entry's.
+local function xadd(first, last)
+  if floor then
+    local ms = string.match(floor, '^(%d+)-%d+$')
+    local id
+    if ms then
+      local ok, t = pcall(redis.call, 'TIME')
+      -- (10 ms of margin: a script's `*` may use the time it started at.)
+      if not ok or tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) <= tonumber(ms) + 10 then
+        local added
+        added, id = pcall(redis.call, 'XADD', KEYS[1], string.format('%d', tonumber(ms) + 1) .. '-0',
+          unpack(ARGV, first, last))
+        if not added then id = nil end
+      end
+    end
+    if not id then id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, first, last)) end
+    -- Only once an entry is in: a script that fails is not rolled back.
+    floor = nil
+    redis.call('HSET', KEYS[2], 'floor', '')
+    return id
+  end
+  return redis.call('XADD', KEYS[1], '*', unpack(ARGV, first, last))
 end
 
 -- How many more entries may be admitted now. Admission checks an upper bound
@@ -238,7 +277,7 @@ if ARGV[4] ~= '' then
   local free, counted = room()
   if free < 1 then return redis.error_reply('BACKPRESSURE ' .. counted) end
   redis.call('HINCRBY', KEYS[2], 'since', 1)
-  return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
+  return xadd(4, #ARGV)
 end
 
 -- A batch (ARGV[4] is ''): ARGV[5] the entry count n, then per entry its
@@ -322,7 +361,7 @@ while #out < n do
   local take = math.min(n - #out, free)
   for _ = 1, take do
     local c = tonumber(ARGV[at])
-    out[#out + 1] = redis.call('XADD', KEYS[1], '*', unpack(ARGV, at + 1, at + c))
+    out[#out + 1] = xadd(at + 1, at + c)
     at = at + 1 + c
   end
   redis.call('HINCRBY', KEYS[2], 'since', take)

@@ -11,9 +11,11 @@
 //! record changed meanwhile, the run puts back what partition 0 records into
 //! the copies it wrote, and refuses: nothing changed. A run that finds the
 //! count already recorded rewrites every copy under a new epoch, which
-//! finishes a run that stopped midway.
+//! finishes a run that stopped midway. Before any copy, the run records an
+//! id floor in the new count's partitions ([`floor`]), so that a moved key's
+//! next write is not taken for an older one.
 
-use super::{copies, list, parse, By, EPOCHS_FIELD, FIELD, UPTO_FIELD};
+use super::{copies, floor, list, parse, By, EPOCHS_FIELD, FIELD, UPTO_FIELD};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::protocol::Names;
@@ -67,6 +69,10 @@ pub async fn change(conn: &mut Conn, config: &Config) -> Result<Changed> {
             )));
         }
     }
+    // Before the new count is copied anywhere (writers on it are refused
+    // until then): ids above every version so far in the streams it uses.
+    let top = floor::newest_id(conn, names, upto).await?;
+    floor::record(conn, names, to, top).await?;
     // Past every epoch a copy carries: partition 0's counter can be behind
     // them (its hash slot's node lost its data, on a cluster), and a run
     // under an epoch some copy already has would skip that copy.

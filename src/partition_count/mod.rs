@@ -32,6 +32,7 @@
 mod change;
 mod claim;
 pub mod copies;
+mod floor;
 
 pub use change::{change, Changed, CHANGE_LUA};
 pub use claim::{claim, claim_daemon, recheck, recheck_now, Standing};

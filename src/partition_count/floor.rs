@@ -1,0 +1,72 @@
+//! The id floor of a partition count change.
+//!
+//! A write's version is the id its partition's stream gave it, and the ids
+//! of one stream only grow, so versions grow per key while the key stays in
+//! its stream. A new count moves keys to other streams, whose ids come from
+//! their own node's clock (a cluster), or from a clock that stepped back
+//! meanwhile: a moved key's next write could get an id below the version
+//! MongoDB holds for it, and be acknowledged stale though it is the newest.
+//!
+//! So before the new count is copied anywhere, `writ partitions --set`
+//! records in each partition's meta hash of the new count (field `floor`)
+//! the newest id any stream of the namespace had given out, and the
+//! admission script gives the first entry after it an id above it
+//! (`src/lua/admit.lua`, `xadd`; docs/protocol.md §1).
+
+use crate::error::Result;
+use crate::protocol::{Names, Version};
+use crate::redis_conn::Conn;
+
+/// A stream's last-generated-id (the newest id it gave out, also when that
+/// entry is trimmed or deleted), or nil for no stream. A script, so that
+/// Redis Cluster routes it by its key.
+const LAST_ID_LUA: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then return false end \
+     local s = redis.call('XINFO', 'STREAM', KEYS[1]) \
+     for i = 1, #s, 2 do if s[i] == 'last-generated-id' then return s[i + 1] end end \
+     return false";
+
+/// The newest id the streams of partitions `0..upto` gave out.
+pub(super) async fn newest_id(conn: &mut Conn, names: &Names, upto: u32) -> Result<Version> {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    let script = SCRIPT.get_or_init(|| redis::Script::new(LAST_ID_LUA));
+    let mut top = Version::default();
+    for p in 0..upto {
+        let last: Option<String> = script.key(names.stream(p)).invoke_async(conn).await?;
+        if let Some(v) = last.and_then(|s| s.parse::<Version>().ok()) {
+            top = top.max(v);
+        }
+    }
+    Ok(top)
+}
+
+/// Records `floor` in the meta hashes of partitions `0..to`, unless one holds
+/// a higher floor that no entry used yet.
+pub(super) async fn record(conn: &mut Conn, names: &Names, to: u32, floor: Version) -> Result<()> {
+    if floor == Version::default() {
+        return Ok(()); // no stream gave out an id: nothing to stay above
+    }
+    for p in 0..to {
+        let meta = names.meta(p);
+        let kept: Option<String> = redis::cmd("HGET")
+            .arg(&meta)
+            .arg(FIELD)
+            .query_async(conn)
+            .await?;
+        if kept
+            .and_then(|s| s.parse::<Version>().ok())
+            .is_some_and(|k| k >= floor)
+        {
+            continue;
+        }
+        let _: () = redis::cmd("HSET")
+            .arg(&meta)
+            .arg(FIELD)
+            .arg(floor.to_stream_id())
+            .query_async(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The meta hash field of the floor ('' once an entry used it).
+pub const FIELD: &str = "floor";

@@ -1,0 +1,138 @@
+//! A write's version is the id its partition's stream gave it. `writ
+//! partitions --set` moves keys to other streams, whose ids come from their
+//! own node's clock on a Redis Cluster (or from a clock that stepped back):
+//! a moved key's next write must still get a version above the one MongoDB
+//! holds, or it is taken for an older write, acknowledged stale, and the key
+//! reads the value before it. The change records an id floor in the new
+//! count's partitions, and the admission script's first entry after it gets
+//! an id above it.
+//!
+//! One server has one clock, so the clock that runs ahead is staged: the
+//! key's old stream is moved an hour ahead with `XSETID` before the write
+//! that gives the key its version, as a node whose clock is an hour ahead of
+//! the new stream's would.
+
+mod support;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mongodb::bson::{doc, Document};
+use support::{eventually, Daemon, Overrides, TestEnv};
+use writ::config::Config;
+use writ::Writ;
+
+fn key(s: &str) -> Document {
+    doc! {"symbol": s, "strategyName": "floor", "exchangeName": "x"}
+}
+
+fn with_partitions(env: &TestEnv, n: u32) -> Config {
+    env.config_with(&Overrides {
+        partitions: Some(n),
+        ..Default::default()
+    })
+}
+
+fn partition_of(config: &Config, name: &str) -> u32 {
+    let coll = config.collection("signal").unwrap();
+    writ::protocol::Key::from_document(&key(name), coll)
+        .unwrap()
+        .partition("signal", config.partitions)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_moved_by_a_count_change_gets_versions_above_its_stored_one() {
+    let env = TestEnv::start("partition_floor");
+    let two = with_partitions(&env, 2);
+    let three = with_partitions(&env, 3);
+    // A key that three partitions put in partition 2, whose stream two never used.
+    let name = (0..)
+        .map(|i| format!("F{i}"))
+        .find(|n| partition_of(&three, n) == 2)
+        .unwrap();
+    let names = writ::protocol::Names::new(&two.namespace);
+    let old = names.stream(partition_of(&two, &name));
+    let mut r = env.redis().await;
+
+    let daemon = Daemon::start(two.clone());
+    eventually(
+        Duration::from_secs(30),
+        "the daemon made its streams",
+        || {
+            let (mut r, old) = (r.clone(), old.clone());
+            async move {
+                let n: u64 = redis::cmd("EXISTS")
+                    .arg(&old)
+                    .query_async(&mut r)
+                    .await
+                    .ok()?;
+                (n == 1).then_some(())
+            }
+        },
+    )
+    .await;
+    let ahead = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 3_600_000;
+    let _: () = redis::cmd("XSETID")
+        .arg(&old)
+        .arg(format!("{ahead}-0"))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let writ = Writ::connect(two.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let first = s.write(&key(&name), &doc! {"v": "before"}).await.unwrap();
+    assert!(
+        first.ms > ahead - 1,
+        "the staged clock gave the version: {first:?}"
+    );
+    drop(writ);
+    daemon.stop().await;
+
+    let mut conn = writ::redis_conn::connect(&three, Duration::ZERO)
+        .await
+        .unwrap();
+    writ::partition_count::change(&mut conn, &three)
+        .await
+        .unwrap();
+    let daemon = Daemon::start(three.clone());
+    let writ = Writ::connect(three.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let next = s.write(&key(&name), &doc! {"v": "after"}).await.unwrap();
+    assert!(
+        next > first,
+        "the moved key's write got version {next:?}, not above its stored {first:?}: taken for an older write"
+    );
+    assert_eq!(
+        s.read(&key(&name)).await.unwrap(),
+        Some(doc! {"v": "after"}),
+        "the newest write of the moved key is not what it reads"
+    );
+    // The floor was used once and cleared; later ids come from the clock
+    // again, above the entry that used it.
+    let floor: Option<String> = redis::cmd("HGET")
+        .arg(names.meta(2))
+        .arg("floor")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(floor.as_deref(), Some(""));
+    let again = s.write(&key(&name), &doc! {"v": "again"}).await.unwrap();
+    assert!(again > next);
+    assert_eq!(
+        s.read(&key(&name)).await.unwrap(),
+        Some(doc! {"v": "again"})
+    );
+    // A key that stayed in its stream (partition 0 under both counts) is
+    // written as before.
+    let stay = (0..)
+        .map(|i| format!("S{i}"))
+        .find(|n| partition_of(&two, n) == 0 && partition_of(&three, n) == 0)
+        .unwrap();
+    s.write(&key(&stay), &doc! {"v": 1}).await.unwrap();
+    assert_eq!(s.read(&key(&stay)).await.unwrap(), Some(doc! {"v": 1}));
+    drop(writ);
+    daemon.stop().await;
+}
