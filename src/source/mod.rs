@@ -12,6 +12,7 @@
 //! owner's, in id order), then new ones, never more than the in-flight
 //! bound; each entry travels with its permit ([`Item`]).
 
+pub mod prune;
 pub(crate) mod reader;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -84,6 +84,7 @@ pub(crate) async fn run(
         cursor: Some("0-0".to_string()),
         received: None,
         kept_back: false,
+        pruned: false,
         config,
         run,
     };
@@ -119,6 +120,8 @@ struct Reader {
     /// The claims going on are of entries a read kept back (past its bytes),
     /// not of an earlier owner's: nothing to report.
     kept_back: bool,
+    /// Whether this tenure removed earlier daemons' consumers ([`super::prune`]).
+    pruned: bool,
 }
 
 impl Reader {
@@ -265,6 +268,12 @@ impl Reader {
             // fenced: nobody else reads it), so the next read's gap check
             // starts from here.
             self.received = c.delivered;
+            if !self.pruned {
+                // Earlier consumers hold nothing pending now.
+                self.pruned = true;
+                let me = &self.config.consumer_name;
+                super::prune::prune(&mut self.conn, self.p, &self.stream, &self.group, me).await;
+            }
         }
         Ok(Next {
             entries: c.entries,
