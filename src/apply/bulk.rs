@@ -164,7 +164,9 @@ impl Store {
     /// collection, and one `find` for the writes that did not insert. An
     /// error of the whole command is returned; the caller then applies every
     /// write on its own. Each command is bounded on its own
-    /// ([`Store::within`]), so the whole takes at most that bound per command.
+    /// ([`Store::within`]), and the first that times out fails the whole
+    /// bulk (a server that stopped answering fails a round within one
+    /// command's bound, not one per delete).
     pub async fn apply_bulk(&self, items: &[BulkItem<'_>]) -> Result<Vec<BulkOutcome>> {
         if items.len() < BULK_MIN {
             // A bulk of existing keys costs two round trips (the update,
@@ -173,21 +175,18 @@ impl Store {
             let each = items.iter().map(|it| {
                 self.within("a MongoDB write", self.apply(it.coll, it.write, it.version))
             });
-            return Ok(futures::future::join_all(each)
-                .await
-                .into_iter()
-                .map(|r| r.map_or(BulkOutcome::Single, BulkOutcome::Done))
-                .collect());
+            let mut out = Vec::with_capacity(items.len());
+            for r in futures::future::join_all(each).await {
+                out.push(settled(r)?);
+            }
+            return Ok(out);
         }
         let mut out = vec![BulkOutcome::Single; items.len()];
         let mut by_coll: HashMap<&str, Vec<usize>> = HashMap::new();
         for (i, item) in items.iter().enumerate() {
             if item.write.op == Op::Delete {
                 let apply = self.apply(item.coll, item.write, item.version);
-                out[i] = match self.within("a MongoDB delete", apply).await {
-                    Ok(a) => BulkOutcome::Done(a),
-                    Err(_) => BulkOutcome::Single,
-                };
+                out[i] = settled(self.within("a MongoDB delete", apply).await)?;
             } else {
                 by_coll.entry(item.coll.name.as_str()).or_default().push(i);
             }
@@ -347,6 +346,17 @@ impl Store {
     }
 }
 
+/// A write of the bulk applied on its own: its outcome, or the single way
+/// for an error of its own; a timeout fails the whole bulk (as the server's
+/// timeout, it is an outage or congestion, not this write's fault).
+fn settled(r: Result<Applied>) -> Result<BulkOutcome> {
+    match r {
+        Ok(a) => Ok(BulkOutcome::Done(a)),
+        Err(e) if e.is_timeout() => Err(e),
+        Err(_) => Ok(BulkOutcome::Single),
+    }
+}
+
 /// Stored documents of `coll` by their key's canonical form (a query for
 /// many keys may return others too: they are matched by key).
 fn by_key(coll: &CollectionConfig, docs: Vec<Document>) -> HashMap<String, Document> {
@@ -366,7 +376,25 @@ fn by_key(coll: &CollectionConfig, docs: Vec<Document>) -> HashMap<String, Docum
 
 #[cfg(test)]
 mod tests {
-    use super::{by_bytes, CHUNK_BYTES};
+    use super::{by_bytes, settled, BulkOutcome, CHUNK_BYTES};
+    use crate::error::Error;
+
+    /// A timed-out write of the bulk fails the whole bulk (the round then
+    /// shrinks and counts the timeout); another error sends only it the
+    /// single way.
+    #[test]
+    fn a_timeout_fails_the_bulk_and_another_error_only_its_write() {
+        let timeout = Error::Timeout {
+            after: std::time::Duration::from_secs(1),
+            what: "a MongoDB delete",
+            accepted: None,
+        };
+        assert!(settled(Err(timeout)).is_err_and(|e| e.is_timeout()));
+        assert!(matches!(
+            settled(Err(Error::Encode("x".into()))),
+            Ok(BulkOutcome::Single)
+        ));
+    }
 
     #[test]
     fn runs_stay_within_the_chunk_bytes_in_order() {
