@@ -136,3 +136,90 @@ async fn a_key_moved_by_a_count_change_gets_versions_above_its_stored_one() {
     drop(writ);
     daemon.stop().await;
 }
+
+/// Streams deleted after a change (as operations.md allows for the
+/// partitions a smaller count left) no longer say what ids they gave out:
+/// the next change still stays above them, by partition 0's high-water mark
+/// of the floors recorded before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_stays_above_the_ids_of_streams_deleted_since_the_last_one() {
+    let env = TestEnv::start("partition_floor_high");
+    let three = with_partitions(&env, 3);
+    let two = with_partitions(&env, 2);
+    let name = (0..)
+        .map(|i| format!("H{i}"))
+        .find(|n| partition_of(&three, n) == 2)
+        .unwrap();
+    let names = writ::protocol::Names::new(&three.namespace);
+    let mut r = env.redis().await;
+    let daemon = Daemon::start(three.clone());
+    eventually(
+        Duration::from_secs(30),
+        "the daemon made its streams",
+        || {
+            let (mut r, s) = (r.clone(), names.stream(2));
+            async move {
+                let n: u64 = redis::cmd("EXISTS")
+                    .arg(&s)
+                    .query_async(&mut r)
+                    .await
+                    .ok()?;
+                (n == 1).then_some(())
+            }
+        },
+    )
+    .await;
+    let ahead = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 3_600_000;
+    let _: () = redis::cmd("XSETID")
+        .arg(names.stream(2))
+        .arg(format!("{ahead}-0"))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let writ = Writ::connect(three.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let first = s.write(&key(&name), &doc! {"v": "before"}).await.unwrap();
+    drop(writ);
+    daemon.stop().await;
+
+    let change = |config: Config| async move {
+        let mut conn = writ::redis_conn::connect(&config, Duration::ZERO)
+            .await
+            .unwrap();
+        writ::partition_count::change(&mut conn, &config)
+            .await
+            .unwrap();
+    };
+    change(two.clone()).await;
+    // Every stream and every unused floor gone: only the mark is left.
+    for p in 0..3 {
+        let _: () = redis::cmd("DEL")
+            .arg(names.stream(p))
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg(names.meta(p))
+            .arg("floor")
+            .arg("")
+            .query_async(&mut r)
+            .await
+            .unwrap();
+    }
+    change(three.clone()).await;
+    let daemon = Daemon::start(three.clone());
+    let writ = Writ::connect(three.clone()).await.unwrap();
+    let s = writ.collection("signal").unwrap();
+    let next = s.write(&key(&name), &doc! {"v": "after"}).await.unwrap();
+    assert!(next > first, "{next:?} is not above {first:?}");
+    assert_eq!(
+        s.read(&key(&name)).await.unwrap(),
+        Some(doc! {"v": "after"})
+    );
+    drop(writ);
+    daemon.stop().await;
+}

@@ -195,24 +195,26 @@ end
 -- stream gave it, whatever this node's clock says (a cluster node whose clock
 -- is behind the other's, a clock stepped back): else its next write is taken
 -- for an older one and acknowledged stale. So the first entry after the
--- floor, while Redis's clock is not clearly past the floor's millisecond (or
--- TIME is not allowed), gets the id <floor's ms + 1>-0; if the stream is already at
--- or past that, or the clock is past the floor, `*` is above it anyway. The
--- floor is then cleared ('': the writers' ACL has no HDEL); every later id
--- is above this entry's.
+-- floor gets the explicit id <max(floor's ms + 1, Redis's clock)>-0 (the
+-- floor's ms + 1 when TIME is not allowed), which does not depend on which
+-- time a script's `*` uses; if the stream is already at or past that id,
+-- `*` is above it, and so above the floor. The floor is then cleared ('':
+-- the writers' ACL has no HDEL); every later id is above this entry's.
 local function xadd(first, last)
   if floor then
     local ms = string.match(floor, '^(%d+)-%d+$')
     local id
     if ms then
+      local at = tonumber(ms) + 1
       local ok, t = pcall(redis.call, 'TIME')
-      -- (10 ms of margin: a script's `*` may use the time it started at.)
-      if not ok or tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) <= tonumber(ms) + 10 then
-        local added
-        added, id = pcall(redis.call, 'XADD', KEYS[1], string.format('%d', tonumber(ms) + 1) .. '-0',
-          unpack(ARGV, first, last))
-        if not added then id = nil end
+      if ok then
+        local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        if now > at then at = now end
       end
+      local added
+      added, id = pcall(redis.call, 'XADD', KEYS[1], string.format('%d', at) .. '-0',
+        unpack(ARGV, first, last))
+      if not added then id = nil end
     end
     if not id then id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, first, last)) end
     -- Only once an entry is in: a script that fails is not rolled back.

@@ -25,26 +25,50 @@ const LAST_ID_LUA: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then return fal
      for i = 1, #s, 2 do if s[i] == 'last-generated-id' then return s[i + 1] end end \
      return false";
 
-/// The newest id the streams of partitions `0..upto` gave out.
+/// The newest id the streams of partitions `0..upto` gave out, or that an
+/// earlier change recorded: a floor not used yet, and the high-water mark in
+/// partition 0's meta hash (a stream deleted since, as operations.md allows
+/// for the partitions a smaller count left, or lost with a cluster node,
+/// no longer says what it gave out).
 pub(super) async fn newest_id(conn: &mut Conn, names: &Names, upto: u32) -> Result<Version> {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
     let script = SCRIPT.get_or_init(|| redis::Script::new(LAST_ID_LUA));
-    let mut top = Version::default();
+    let high: Option<String> = redis::cmd("HGET")
+        .arg(names.meta(0))
+        .arg(HIGH_FIELD)
+        .query_async(conn)
+        .await?;
+    let mut top = parsed(high);
     for p in 0..upto {
         let last: Option<String> = script.key(names.stream(p)).invoke_async(conn).await?;
-        if let Some(v) = last.and_then(|s| s.parse::<Version>().ok()) {
-            top = top.max(v);
-        }
+        let unused: Option<String> = redis::cmd("HGET")
+            .arg(names.meta(p))
+            .arg(FIELD)
+            .query_async(conn)
+            .await?;
+        top = top.max(parsed(last)).max(parsed(unused));
     }
     Ok(top)
 }
 
+fn parsed(id: Option<String>) -> Version {
+    id.and_then(|s| s.parse::<Version>().ok())
+        .unwrap_or_default()
+}
+
 /// Records `floor` in the meta hashes of partitions `0..to`, unless one holds
-/// a higher floor that no entry used yet.
+/// a higher floor that no entry used yet, and as partition 0's high-water
+/// mark (which only grows).
 pub(super) async fn record(conn: &mut Conn, names: &Names, to: u32, floor: Version) -> Result<()> {
     if floor == Version::default() {
         return Ok(()); // no stream gave out an id: nothing to stay above
     }
+    let _: () = redis::cmd("HSET")
+        .arg(names.meta(0))
+        .arg(HIGH_FIELD)
+        .arg(floor.to_stream_id())
+        .query_async(conn)
+        .await?;
     for p in 0..to {
         let meta = names.meta(p);
         let kept: Option<String> = redis::cmd("HGET")
@@ -70,3 +94,6 @@ pub(super) async fn record(conn: &mut Conn, names: &Names, to: u32, floor: Versi
 
 /// The meta hash field of the floor ('' once an entry used it).
 pub const FIELD: &str = "floor";
+
+/// Partition 0's meta hash field of the highest floor any change recorded.
+pub const HIGH_FIELD: &str = "floor_high";
