@@ -144,6 +144,8 @@ pub struct Limiter {
 pub struct Permit {
     limiter: Limiter,
     started: Instant,
+    /// Set once [`Permit::done_writes`] reported (its drop then frees nothing).
+    reported: bool,
 }
 
 /// How an operation ended, for the limit.
@@ -218,6 +220,7 @@ impl Limiter {
         Permit {
             limiter: self.clone(),
             started: Instant::now(),
+            reported: false,
         }
     }
 
@@ -292,16 +295,18 @@ impl Permit {
 
     /// Reports the outcome of an operation that carried `writes` writes (a
     /// bulk) and frees the slot; its latency is judged per write.
-    pub fn done_writes(self, signal: Signal, writes: usize) {
+    pub fn done_writes(mut self, signal: Signal, writes: usize) {
         let latency = self.started.elapsed();
+        self.reported = true;
         self.limiter.finish(Some((latency, signal, writes)));
-        std::mem::forget(self);
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.limiter.finish(None);
+        if !self.reported {
+            self.limiter.finish(None);
+        }
     }
 }
 
@@ -338,6 +343,8 @@ mod tests {
             "fast completions did not grow the limit: {}",
             l.limit()
         );
+        // Reported and dropped permits alike let go of the limiter.
+        assert_eq!(Arc::strong_count(&l.state), 1);
     }
 
     #[tokio::test]
