@@ -72,6 +72,7 @@ pub async fn change(conn: &mut Conn, config: &Config) -> Result<Changed> {
     // Before the new count is copied anywhere (writers on it are refused
     // until then): ids above every version so far in the streams it uses.
     let top = floor::newest_id(conn, names, upto).await?;
+    floor::warn_if_ahead(conn, top).await?;
     floor::record(conn, names, to, top).await?;
     // Past every epoch a copy carries: partition 0's counter can be behind
     // them (its hash slot's node lost its data, on a cluster), and a run

@@ -56,6 +56,27 @@ fn parsed(id: Option<String>) -> Version {
         .unwrap_or_default()
 }
 
+/// Says so when `floor` is more than a minute ahead of Redis's clock: a
+/// clock that ran ahead, an `XSETID` or a raw `XADD` with an explicit id.
+/// The floor is kept all the same (MongoDB may hold versions that high, and
+/// a moved key's writes must go above them), but until Redis's clock catches
+/// up, the moved keys' ids stay at that millisecond, and whatever reads time
+/// from ids (ages, retention) is off by as much. `HDEL <ns>:{p0}:meta
+/// floor_high` and the partitions' `floor` fields undo it, at the risk this
+/// module exists for.
+pub(super) async fn warn_if_ahead(conn: &mut Conn, floor: Version) -> Result<()> {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
+    let now = secs * 1000 + micros / 1000;
+    if floor.ms > now + 60_000 {
+        tracing::warn!(
+            floor = %floor.to_stream_id(),
+            ahead_secs = (floor.ms - now) / 1000,
+            "the newest stream id of the namespace is ahead of Redis's clock; the moved keys' next ids go above it (docs/protocol.md, the id floor)"
+        );
+    }
+    Ok(())
+}
+
 /// Records `floor` in the meta hashes of partitions `0..to`, unless one holds
 /// a higher floor that no entry used yet, and as partition 0's high-water
 /// mark (which only grows).

@@ -44,7 +44,15 @@ pub async fn prune(conn: &mut Conn, p: u32, stream: &str, group: &str, me: &str)
                 "removed consumers of earlier daemons that held no pending entry"
             );
         }
-        Err(e) if crate::redis_conn::code_of(&e).is_some() => {
+        // Redis 7.0 reports a command a script's user may not run as `ERR`
+        // (7.2 and later: `NOPERM`); other codes (READONLY, LOADING, BUSY,
+        // CLUSTERDOWN, ...) pass, and the next tenure tries again.
+        Err(e)
+            if matches!(
+                crate::redis_conn::code_of(&e).as_deref(),
+                Some("ERR" | "NOPERM")
+            ) =>
+        {
             if !REFUSAL_SAID.swap(true, Ordering::Relaxed) {
                 tracing::warn!(partition = p, error = %e, "cannot remove the consumers of earlier daemons from the partitions' groups (each restart leaves one per partition); if Redis refused for the ACL, give the daemon's user +xinfo|consumers and +xgroup|delconsumer (docs/operations.md). Said once");
             }
