@@ -145,25 +145,36 @@ async fn a_consumer_with_pending_entries_is_kept() {
             .await
             .unwrap();
     }
+    let fence = "consumers_pending:fence";
+    let _: () = redis::cmd("SET")
+        .arg(fence)
+        .arg(7)
+        .query_async(&mut r)
+        .await
+        .unwrap();
     let script = redis::Script::new(writ::source::prune::PRUNE_LUA);
-    let run = |most: u32| {
+    let run = |most: u32, token: u64| {
         let mut r = r.clone();
         let script = script.clone();
         async move {
             let got: (u64, u64) = script
                 .key(stream)
+                .key(fence)
                 .arg(group)
                 .arg("me")
                 .arg(most)
+                .arg(token)
                 .invoke_async(&mut r)
                 .await
                 .unwrap();
             got
         }
     };
+    // A tenure that lost the partition (another token) removes nothing.
+    assert_eq!(run(2, 6).await, (0, 0));
     // At most two a call: one empty consumer is left for the next.
-    assert_eq!(run(2).await, (2, 1));
-    assert_eq!(run(2).await, (1, 0));
+    assert_eq!(run(2, 7).await, (2, 1));
+    assert_eq!(run(2, 7).await, (1, 0));
     assert_eq!(
         consumers(&mut r, stream, group).await,
         [("holder".to_string(), 1), ("me".to_string(), 0)]

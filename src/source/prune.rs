@@ -15,23 +15,33 @@ use crate::redis_conn::Conn;
 /// The pruning script.
 pub const PRUNE_LUA: &str = include_str!("../lua/consumers_prune.lua");
 
+/// Where a tenure prunes: its partition's stream and group, and its fence.
+pub struct Tenure<'a> {
+    pub stream: &'a str,
+    pub group: &'a str,
+    pub fence: &'a str,
+    pub token: u64,
+}
+
 /// The most consumers one call removes: a group that collected thousands
 /// over years is emptied over the next tenures, in short script runs.
 const MOST: u32 = 1_000;
 
 /// Removes the consumers of `group` on `stream` that hold no pending entry,
-/// except `me`. A failure (an ACL without `xinfo|consumers` or
+/// except `me`, while `fence` still holds this tenure's `token`. A failure (an ACL without `xinfo|consumers` or
 /// `xgroup|delconsumer`, Redis unavailable) is logged, once per process for
 /// a refusal, and costs nothing else: reading goes on.
-pub async fn prune(conn: &mut Conn, p: u32, stream: &str, group: &str, me: &str) {
+pub async fn prune(conn: &mut Conn, p: u32, at: Tenure<'_>, me: &str) {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
     static REFUSAL_SAID: AtomicBool = AtomicBool::new(false);
     let res: redis::RedisResult<(u64, u64)> = SCRIPT
         .get_or_init(|| redis::Script::new(PRUNE_LUA))
-        .key(stream)
-        .arg(group)
+        .key(at.stream)
+        .key(at.fence)
+        .arg(at.group)
         .arg(me)
         .arg(MOST)
+        .arg(at.token)
         .invoke_async(conn)
         .await;
     match res {

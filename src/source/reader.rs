@@ -74,6 +74,7 @@ pub(crate) async fn run(
     let mut reader = Reader {
         p,
         stream: names.stream(p),
+        fence: names.fence(p),
         group: names.group(),
         fenced: FencedReader::new(&names, p, &config.consumer_name, run.lease.token),
         conn,
@@ -107,6 +108,8 @@ struct Reader {
     config: Arc<Config>,
     run: Arc<PartitionRun>,
     stream: String,
+    /// The partition's fencing counter (for [`super::prune`]).
+    fence: String,
     group: String,
     fenced: FencedReader,
     conn: crate::redis_conn::Conn,
@@ -271,8 +274,17 @@ impl Reader {
             if !self.pruned {
                 // Earlier consumers hold nothing pending now.
                 self.pruned = true;
+                let at = super::prune::Tenure {
+                    stream: &self.stream,
+                    group: &self.group,
+                    fence: &self.fence,
+                    token: self.run.lease.token,
+                };
                 let me = &self.config.consumer_name;
-                super::prune::prune(&mut self.conn, self.p, &self.stream, &self.group, me).await;
+                tokio::select! {
+                    _ = super::prune::prune(&mut self.conn, self.p, at, me) => {}
+                    _ = self.run.stop_reading.cancelled() => {}
+                }
             }
         }
         Ok(Next {
