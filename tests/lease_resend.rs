@@ -16,7 +16,8 @@ const ACQUIRED: &str = "w:{p0}:acquired";
 /// The fence's step for every call here (the daemon draws one at random).
 const STEP: u64 = 7;
 
-async fn acquire(conn: &mut MultiplexedConnection, me: &str, call: &str) -> u64 {
+/// The token taken, or minus the lease's remaining ms while it is held.
+async fn acquire(conn: &mut MultiplexedConnection, me: &str, call: &str) -> i64 {
     redis::Script::new(include_str!("../src/lua/lease_acquire.lua"))
         .key(LEASE)
         .key(FENCE)
@@ -43,11 +44,15 @@ async fn an_acquisition_sent_twice_takes_the_lease_once() {
             .unwrap()
     };
 
-    assert_eq!(acquire(&mut conn, "d1", "a").await, STEP, "a free lease");
+    assert_eq!(
+        acquire(&mut conn, "d1", "a").await,
+        STEP as i64,
+        "a free lease"
+    );
     let aof = support::aof_size(&mut conn).await;
     assert_eq!(
         acquire(&mut conn, "d1", "a").await,
-        STEP,
+        STEP as i64,
         "the same call again gets its token"
     );
     // The second run writes, so that a WAIT after it (min_replicas_acked)
@@ -57,12 +62,13 @@ async fn an_acquisition_sent_twice_takes_the_lease_once() {
         "the second run propagated nothing"
     );
     assert_eq!(fence(conn.clone()).await, STEP, "one step for the two runs");
-    assert_eq!(
-        acquire(&mut conn, "d1", "b").await,
-        0,
-        "another call from a daemon of the same name is refused"
+    let held = acquire(&mut conn, "d1", "b").await;
+    assert!(
+        (-60_000..0).contains(&held),
+        "another call from a daemon of the same name is refused, told the lease's time left: {held}"
     );
-    assert_eq!(acquire(&mut conn, "d2", "a").await, 0, "another daemon");
+    let held = acquire(&mut conn, "d2", "a").await;
+    assert!((-60_000..0).contains(&held), "another daemon: {held}");
 
     // The lease expires and another daemon takes it: the old call's second
     // run must not hand out the old token.
@@ -71,8 +77,8 @@ async fn an_acquisition_sent_twice_takes_the_lease_once() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(acquire(&mut conn, "d2", "c").await, 2 * STEP);
-    assert_eq!(acquire(&mut conn, "d1", "a").await, 0);
+    assert_eq!(acquire(&mut conn, "d2", "c").await, 2 * STEP as i64);
+    assert!(acquire(&mut conn, "d1", "a").await < 0);
     assert_eq!(fence(conn.clone()).await, 2 * STEP);
     let ttl: i64 = redis::cmd("PTTL")
         .arg(ACQUIRED)
@@ -147,12 +153,16 @@ async fn a_fence_near_the_top_moves_exactly() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(acquire(&mut conn, "d1", "a").await, big + 1);
+    assert_eq!(acquire(&mut conn, "d1", "a").await, big as i64 + 1);
     let stored: u64 = redis::cmd("GET")
         .arg(FENCE)
         .query_async(&mut conn)
         .await
         .unwrap();
     assert_eq!(stored, big + 1);
-    assert_eq!(acquire(&mut conn, "d1", "a").await, big + 1, "sent twice");
+    assert_eq!(
+        acquire(&mut conn, "d1", "a").await,
+        big as i64 + 1,
+        "sent twice"
+    );
 }

@@ -3,8 +3,10 @@
 -- KEYS[3] last acquisition <ns>:{p<N>}:acquired.
 -- ARGV[1] the daemon's consumer name; ARGV[2] TTL (ms); ARGV[3] this call's id
 -- (random per call); ARGV[4] the step (random per call, 2 to 2^20+1).
--- Returns the new fencing token (as a string, exact at any size), or 0 when
--- the lease is held.
+-- Returns the new fencing token (as a string, exact at any size), or, when
+-- the lease is held, minus its remaining time to live in ms (at most -1):
+-- a daemon that polls leases others hold need not ask again before the
+-- lease could have expired (src/ownership/tries.rs).
 --
 -- The fence moves by a random step, not by one: a Redis failover that lost
 -- an acquisition rolls the fence back, and with a step of one the next
@@ -24,7 +26,7 @@
 -- the last acquisition is this call's, with the token still current, the
 -- second run returns that token (as a string, exact at any size). Another call from a daemon of the same
 -- name (a replacement started while the old one drains) has another id and
--- gets 0, as any daemon does while the lease is held.
+-- is refused, as any daemon is while the lease is held.
 local fence = redis.call('GET', KEYS[2])
 if fence and not (string.match(fence, '^%d+$') and #fence <= 18) then
   return redis.error_reply('WRONGTYPE the fence key holds a value writ did not write (not a number)')
@@ -58,4 +60,4 @@ if cur == ARGV[1] and fence then
     return fence
   end
 end
-return 0
+return -math.max(1, redis.call('PTTL', KEYS[1]))

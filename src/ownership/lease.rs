@@ -95,6 +95,15 @@ pub struct Leases {
     replication: Replication,
 }
 
+/// What a try for a lease got.
+#[derive(Debug)]
+pub enum Acquired {
+    /// The lease, now this daemon's.
+    Taken(Lease),
+    /// Another holds it, for at least this long when Redis said.
+    Held(Option<Duration>),
+}
+
 impl Leases {
     /// Leases held as `me`, lasting `ttl` unless renewed.
     pub fn new(conn: Conn, ns: &str, me: &str, ttl: Duration) -> Leases {
@@ -118,6 +127,15 @@ impl Leases {
 
     /// Takes the lease of `p` if nobody holds it.
     pub async fn try_acquire(&self, p: u32) -> Result<Option<Lease>> {
+        Ok(match self.acquire_or_held(p).await? {
+            Acquired::Taken(lease) => Some(lease),
+            Acquired::Held(_) => None,
+        })
+    }
+
+    /// Takes the lease of `p` if nobody holds it; else how long it is held
+    /// for at least (when Redis said).
+    pub async fn acquire_or_held(&self, p: u32) -> Result<Acquired> {
         let started = Instant::now();
         let mut conn = self.conn.clone();
         let mut call = self.acquire.key(self.names.lease(p));
@@ -129,7 +147,7 @@ impl Leases {
             .arg(rand::random_range(FENCE_STEP));
         // With replicas to confirm, note the connection the acquisition went
         // out on: its WAIT must go out on the same one.
-        let (client, token): (u64, u64) = if self.replication.wanted() {
+        let (client, reply): (u64, redis::Value) = if self.replication.wanted() {
             let mut pipe = Confirmer::write_pipeline();
             pipe.load_script(&self.acquire).ignore();
             pipe.invoke_script(&call);
@@ -137,9 +155,13 @@ impl Leases {
         } else {
             (0, call.invoke_async(&mut conn).await?)
         };
-        if token == 0 {
-            return Ok(None);
-        }
+        let token = match reply {
+            redis::Value::Int(n) if n <= 0 => {
+                let held = (n < 0).then(|| Duration::from_millis(n.unsigned_abs()));
+                return Ok(Acquired::Held(held));
+            }
+            other => redis::from_redis_value::<u64>(other).map_err(redis::RedisError::from)?,
+        };
         if self.replication.wanted() {
             let lease_key = self.names.lease(p);
             if let Err(e) = self
@@ -160,7 +182,7 @@ impl Leases {
             valid_until: Mutex::new(started),
         };
         lease.extend(started, self.ttl);
-        Ok(Some(lease))
+        Ok(Acquired::Taken(lease))
     }
 
     /// Renews; `false` means the lease is lost (expired and possibly taken).

@@ -8,7 +8,8 @@
 //! syncs its AOF once for them all instead of once per lease and poll: those
 //! syncs stall every other client of that Redis), hands over every partition above
 //! its share at once (stop reading, drain, release the moment the drain
-//! ends), and takes free partitions below it. A new tenure first re-applies
+//! ends), and takes free partitions below it (asking for leases others hold
+//! by their time to live once nothing changes: [`tries`]). A new tenure first re-applies
 //! the partition's pending entries (XAUTOCLAIM) before reading new ones, so a
 //! crashed owner's work is finished in order. A lost lease aborts the
 //! partition at once.
@@ -24,8 +25,9 @@
 
 mod lease;
 mod members;
+mod tries;
 
-pub use lease::{Lease, Leases};
+pub use lease::{Acquired, Lease, Leases};
 pub(crate) use members::live as live_members;
 
 use std::collections::BTreeMap;
@@ -90,6 +92,8 @@ struct Owner {
     foreign: Vec<u32>,
     /// Those whose last renewal failed (said once per change).
     renew_failing: Vec<u32>,
+    /// When to ask again for leases others hold.
+    tries: tries::Tries,
 }
 
 /// Owns partitions until `shutdown`, then drains them (bounded by the
@@ -117,11 +121,13 @@ pub async fn run(
         refused: Vec::new(),
         foreign: Vec::new(),
         renew_failing: Vec::new(),
+        tries: Default::default(),
     };
     loop {
         let members = owner.keep_up().await;
         owner.end_tenures().await;
         if let Some(n) = members {
+            owner.tries.members(n);
             let share = owner.config.partitions.div_ceil(n as u32);
             owner.hand_over_above(share);
             owner.take_up_to(share, &shutdown).await;
@@ -324,20 +330,22 @@ impl Owner {
         let mut foreign: Vec<u32> = Vec::new();
         let mut first_error: Option<Error> = None;
         let mut reached = 0;
+        let (below, before, now) = (active < share, active, Instant::now());
         for p in 0..self.config.partitions {
             if active >= share || shutdown.is_cancelled() {
                 break;
             }
             reached = p + 1;
-            if self.owned.contains_key(&p) {
+            if self.owned.contains_key(&p) || !self.tries.due(p, now) {
                 continue;
             }
             // Taking many partitions from a slow Redis (a takeover while it
             // writes large documents to its AOF) can outlast the leases
             // already held: renew them between acquisitions when due.
             self.renew_if_due().await;
-            match self.leases.try_acquire(p).await {
-                Ok(Some(lease)) => {
+            match self.leases.acquire_or_held(p).await {
+                Ok(Acquired::Taken(lease)) => {
+                    self.tries.taken(p);
                     Event::LeaseAcquired {
                         partition: p,
                         token: lease.token,
@@ -360,7 +368,7 @@ impl Owner {
                     );
                     active += 1;
                 }
-                Ok(None) => {}
+                Ok(Acquired::Held(left)) => self.tries.held(p, left, now),
                 // One partition's keys hold something else (another
                 // program's value): that partition stays unowned, the
                 // others are still taken.
@@ -399,6 +407,9 @@ impl Owner {
             _ => {}
         }
         self.refused = failed;
+        if below {
+            self.tries.passed(active > before);
+        }
         // A pass that stopped early (share reached, shutdown, Redis not
         // answering) did not look at the partitions from `reached` on: what
         // it knew of those stays.
