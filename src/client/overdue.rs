@@ -20,7 +20,7 @@ use crate::deadletter::field;
 use crate::error::Result;
 use crate::protocol::field as entry_field;
 use crate::protocol::Version;
-use crate::stream::{cmd, parse_entries, take_entries, Entry};
+use crate::stream::{cmd, parse_entries, take_entries, Entry, PageSize};
 
 /// What [`Inner::gone_writes`] found of writes whose entries are gone.
 struct Gone {
@@ -35,14 +35,17 @@ struct Gone {
     stored: Option<(Version, mongodb::bson::Document)>,
 }
 
-/// Dead letters read per page, and pages at most, when looking for the
+/// Dead letters read per page at most, and in all, when looking for the
 /// letters of a look's writes: letters come after their entries, read from a
 /// minute before the oldest one's time (other nodes' clocks). A letter
-/// carries its write's document, so pages are small. With more letters than
-/// that, the writes not found are not settled now, and a later read looks
-/// again.
+/// carries its write's document (up to `client.max_document_bytes`, 16 MiB
+/// by default), so a page holds about [`LETTERS_PAGE_BYTES`] of letters as
+/// large as the largest seen, starting at a few ([`PageSize`]): 100 such
+/// letters were 1.6 GB in one reply. With more letters than the total, the
+/// writes not found are not settled now, and a later read looks again.
 const LETTERS_PAGE: u64 = 100;
-const LETTERS_PAGES: usize = 20;
+const LETTERS_AT_MOST: usize = 2_000;
+const LETTERS_PAGE_BYTES: usize = 4 << 20;
 /// Writes looked at per settling, at most (a few round trips each); the
 /// rest wait for a later read's look.
 const LOOK_AT_MOST: usize = 256;
@@ -340,11 +343,15 @@ impl Inner {
             seq: 0,
         }
         .to_stream_id();
-        for _ in 0..LETTERS_PAGES {
-            let page: Value = cmd::xrange(&dlq, &from, "+", Some(LETTERS_PAGE))
+        let (mut sizes, mut read) = (PageSize::new(LETTERS_PAGE_BYTES, 4, LETTERS_PAGE), 0);
+        while read < LETTERS_AT_MOST {
+            let asked = sizes.next();
+            let page: Value = cmd::xrange(&dlq, &from, "+", Some(asked))
                 .query_async(&mut conn)
                 .await?;
             let letters = take_entries(page);
+            sizes.saw(&letters);
+            read += letters.len();
             for l in &letters {
                 if value(l, field::SOURCE) != Some(stream.as_bytes()) {
                     continue;
@@ -365,7 +372,7 @@ impl Inner {
                 reasons.insert(*id, why);
             }
             match letters.last() {
-                Some(last) if letters.len() as u64 == LETTERS_PAGE && reasons.len() < ids.len() => {
+                Some(last) if letters.len() as u64 == asked && reasons.len() < ids.len() => {
                     from = format!("({}", last.id.to_stream_id());
                 }
                 _ => {

@@ -34,8 +34,15 @@ export const ACK_SOCKET_TIMEOUT_MS = ACK_BLOCK_MS + 9000;
 const LOST_ACK_SWEEP_MS = 5000;
 /** Writes one sweep looks at. */
 const LOST_ACK_SWEEP_MAX = 256;
-/** Dead letters one sweep reads (pages of 500) before it gives up until the next. */
+/** Dead letters one sweep reads before it gives up until the next. */
 const LOST_ACK_DLQ_SCAN = 2000;
+/**
+ * A page of dead letters: at most this many, and about {@link LOST_ACK_DLQ_PAGE_BYTES} of letters as
+ * large as the largest seen so far, starting with a few. A letter carries its write's document (up to
+ * `maxDocumentBytes`, 16 MiB by default): 500 such letters were 8 GB in one reply.
+ */
+const LOST_ACK_DLQ_PAGE = 500;
+const LOST_ACK_DLQ_PAGE_BYTES = 4 << 20;
 /** How far before a write's entry its dead letter is looked for. */
 const LOST_ACK_CLOCK_MARGIN_MS = 60_000;
 /**
@@ -584,9 +591,12 @@ export class AckReader {
     // A margin for clocks: the dead-letter stream may live on another node
     // (a cluster), or on a promoted replica whose clock is behind.
     let from = `${Math.max(0, Number(oldest.split("-")[0]) - LOST_ACK_CLOCK_MARGIN_MS)}-0`;
+    let count = 4;
+    let largest = 0;
     for (let read = 0; read < LOST_ACK_DLQ_SCAN; ) {
-      const page = (await this.redis.xrange(this.names.dlq, from, "+", "COUNT", 500)) as [string, string[]][];
+      const page = (await this.redis.xrange(this.names.dlq, from, "+", "COUNT", count)) as [string, string[]][];
       for (const [, flat] of page) {
+        largest = Math.max(largest, flat.reduce((n, v) => n + Buffer.byteLength(v), 0));
         const f = flatToMap(flat);
         const stream = f.get("dlq.stream");
         const id = f.get("dlq.id");
@@ -597,9 +607,10 @@ export class AckReader {
           letters.set(`${stream} ${id}`, detail ? `${reason}: ${String(detail)}` : reason);
         }
       }
-      if (page.length < 500) return letters;
+      if (page.length < count) return letters;
       read += page.length;
       from = `(${page[page.length - 1][0]}`;
+      count = Math.max(1, Math.min(LOST_ACK_DLQ_PAGE, count * 4, Math.floor(LOST_ACK_DLQ_PAGE_BYTES / Math.max(1, largest))));
     }
     return undefined;
   }
