@@ -32,8 +32,11 @@ async fn held_leases_are_asked_for_by_their_ttl_once_ownership_is_quiet() {
     let daemons: Vec<Daemon> = ["pa", "pb", "pc"]
         .iter()
         .map(|name| {
-            let line: &'static str =
-                Box::leak(format!("consumer_name = \"{name}\"").into_boxed_str());
+            // The shortest deadline: asked at every poll for 2.6 s after a
+            // change (the deadline, the tenures' 2 s grace, 5 polls).
+            let line: &'static str = Box::leak(
+                format!("consumer_name = \"{name}\"\nshutdown_deadline_ms = 100").into_boxed_str(),
+            );
             Daemon::start(env.config_with(&Overrides {
                 daemon: line,
                 partitions: Some(8),
@@ -51,8 +54,9 @@ async fn held_leases_are_asked_for_by_their_ttl_once_ownership_is_quiet() {
         (n == [2, 3, 3]).then_some(h)
     };
     let before = eventually(Duration::from_secs(30), "3, 3 and 2 leases held", settled).await;
-    // Ten polls with nothing taken and the same members: quiet from here.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Ten polls with nothing taken and the same members, and 2.6 s after the
+    // last change: quiet from here.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let mut r = env.redis().await;
     let start = pttl_calls(&mut r).await;
     tokio::time::sleep(Duration::from_secs(4)).await;

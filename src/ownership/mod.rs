@@ -9,7 +9,8 @@
 //! syncs stall every other client of that Redis), hands over every partition above
 //! its share at once (stop reading, drain, release the moment the drain
 //! ends), and takes free partitions below it (asking for leases others hold
-//! by their time to live once nothing changes: [`tries`]). A new tenure first re-applies
+//! by their time to live once nothing has changed for as long as a
+//! hand-over takes: [`tries`]). A new tenure first re-applies
 //! the partition's pending entries (XAUTOCLAIM) before reading new ones, so a
 //! crashed owner's work is finished in order. A lost lease aborts the
 //! partition at once.
@@ -105,6 +106,7 @@ pub async fn run(
     spawn: Spawn,
     shutdown: CancellationToken,
 ) {
+    let config_deadline = config.shutdown_deadline;
     let mut owner = Owner {
         members: members::Members::new(
             crate::protocol::Names::new(&config.namespace).members(),
@@ -121,13 +123,15 @@ pub async fn run(
         refused: Vec::new(),
         foreign: Vec::new(),
         renew_failing: Vec::new(),
-        tries: Default::default(),
+        // Every poll for as long as a hand-over takes after a change: its
+        // drain's deadline, the tenures' 2 s grace, a few polls.
+        tries: tries::Tries::new(config_deadline + Duration::from_secs(2) + 5 * POLL),
     };
     loop {
         let members = owner.keep_up().await;
         owner.end_tenures().await;
         if let Some(n) = members {
-            owner.tries.members(n);
+            owner.tries.members(n, Instant::now());
             let share = owner.config.partitions.div_ceil(n as u32);
             owner.hand_over_above(share);
             owner.take_up_to(share, &shutdown).await;
@@ -139,10 +143,18 @@ pub async fn run(
         }
     }
     // Leave first, so the others' share grows and they take each partition
-    // the moment it is released.
-    owner.leave().await;
-    owner.drain().await;
+    // the moment it is released. Every Redis call from here on waits no
+    // longer than the shutdown deadline (a Redis that stopped answering
+    // costs a reply timeout per call otherwise: 19 s past a 1 s deadline),
+    // and the last releases [`RELEASE_GRACE`] past it.
+    let deadline = Instant::now() + owner.config.shutdown_deadline;
+    let _ = tokio::time::timeout_at(deadline, owner.leave()).await;
+    owner.drain(deadline).await;
 }
+
+/// How long the releases after the shutdown deadline may take: a lease not
+/// released in time expires within its TTL.
+const RELEASE_GRACE: Duration = Duration::from_secs(1);
 
 impl Owner {
     /// Every poll: the number of live members (`None`: Redis did not answer,
@@ -408,7 +420,7 @@ impl Owner {
         }
         self.refused = failed;
         if below {
-            self.tries.passed(active > before);
+            self.tries.passed(active > before, Instant::now());
         }
         // A pass that stopped early (share reached, shutdown, Redis not
         // answering) did not look at the partitions from `reached` on: what
@@ -420,12 +432,11 @@ impl Owner {
     /// Stops reading everywhere, keeps renewing while in-flight work drains,
     /// releases each lease as soon as its partition is drained, and aborts
     /// what is left at the deadline.
-    async fn drain(mut self) {
+    async fn drain(mut self, deadline: Instant) {
         for t in self.owned.values_mut() {
             t.run.stop_reading.cancel();
             t.handing_over.get_or_insert_with(Instant::now); // released when drained, even if the lease looks old
         }
-        let deadline = Instant::now() + self.config.shutdown_deadline;
         while !self.owned.is_empty() {
             if Instant::now() >= deadline {
                 tracing::warn!("shutdown deadline passed; abandoning what is left (it stays pending for the next owner)");
@@ -436,10 +447,13 @@ impl Owner {
             }
             if Instant::now() >= self.next_write {
                 self.next_write = Instant::now() + self.config.lease_ttl / 4;
-                let failing = self.renew().await;
-                self.say_renewals(failing);
+                if let Ok(failing) = tokio::time::timeout_at(deadline, self.renew()).await {
+                    self.say_renewals(failing);
+                }
             }
-            self.end_tenures().await;
+            // (A tenure that ended is out of `owned` before its release
+            // goes out: one cut at the deadline expires within the TTL.)
+            let _ = tokio::time::timeout_at(deadline, self.end_tenures()).await;
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Join what is left at once: a stuck tenure costs its 2 s grace once,
@@ -468,12 +482,16 @@ impl Owner {
             }
         }
         // At once: a Redis that does not answer costs one reply timeout, not
-        // one per partition.
-        futures::future::join_all(
-            releases
-                .into_iter()
-                .map(|(p, token)| self.release(p, token)),
-        )
-        .await;
+        // one per partition, and no more than the grace.
+        let releases = releases
+            .into_iter()
+            .map(|(p, token)| self.release(p, token));
+        let grace = deadline.max(Instant::now()) + RELEASE_GRACE;
+        if tokio::time::timeout_at(grace, futures::future::join_all(releases))
+            .await
+            .is_err()
+        {
+            tracing::warn!("redis did not answer the leases' releases in time; they expire within the lease TTL");
+        }
     }
 }

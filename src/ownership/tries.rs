@@ -10,11 +10,13 @@
 //! about once per lease TTL instead of ten times a second. A crashed owner's
 //! lease is still taken within the TTL plus a poll.
 //!
-//! Right after a change the daemon asks at every poll, as before: a daemon
-//! joining (its share shrinks others' and they hand partitions over), one
-//! leaving (it leaves the member set before it releases), a lease taken, or
-//! a new member count. A hand-over releases a lease before its TTL is out,
-//! and must not wait for it.
+//! After a change the daemon asks at every poll, as before, for as long as a
+//! hand-over can take: the shutdown deadline, the tenures' 2 s grace and a
+//! few polls (a daemon joining shrinks the others' share and they hand
+//! partitions over, each released when its drain ends, at the latest when
+//! the deadline aborts it; one leaving leaves the member set before it
+//! drains; a lease taken). A hand-over releases a lease before its TTL is
+//! out, and must not wait for it.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -28,26 +30,49 @@ use super::POLL;
 pub const QUIET_AFTER: u32 = 10;
 
 /// When each lease another daemon holds is worth asking for again.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Tries {
     not_before: HashMap<u32, Instant>,
     /// Polls in a row below the share that took nothing.
     fruitless: u32,
     members: Option<u64>,
+    /// The last change (a member count, a lease taken), and how long after
+    /// it every lease is asked for at every poll.
+    changed: Option<Instant>,
+    window: Duration,
 }
 
 impl Tries {
+    /// Asks at every poll for `window` after each change: the longest a
+    /// hand-over takes (`daemon.shutdown_deadline_ms` and its grace).
+    pub fn new(window: Duration) -> Tries {
+        Tries {
+            not_before: HashMap::new(),
+            fruitless: 0,
+            members: None,
+            changed: None,
+            window,
+        }
+    }
+
     /// A poll counted `n` live members: a change asks for every lease again.
-    pub fn members(&mut self, n: u64) {
+    pub fn members(&mut self, n: u64, now: Instant) {
         if self.members != Some(n) {
             self.members = Some(n);
-            self.fruitless = 0;
+            self.changed_at(now);
         }
+    }
+
+    fn changed_at(&mut self, now: Instant) {
+        self.fruitless = 0;
+        self.changed = Some(now);
     }
 
     /// Whether to ask for partition `p`'s lease at this poll.
     pub fn due(&self, p: u32, now: Instant) -> bool {
-        self.fruitless < QUIET_AFTER || self.not_before.get(&p).is_none_or(|t| *t <= now)
+        self.fruitless < QUIET_AFTER
+            || self.changed.is_none_or(|c| now < c + self.window)
+            || self.not_before.get(&p).is_none_or(|t| *t <= now)
     }
 
     /// `p`'s lease is held for `left` more (when Redis said).
@@ -63,9 +88,9 @@ impl Tries {
     }
 
     /// A poll below the share ended; `took` whether it took any lease.
-    pub fn passed(&mut self, took: bool) {
+    pub fn passed(&mut self, took: bool, now: Instant) {
         if took {
-            self.fruitless = 0;
+            self.changed_at(now);
         } else {
             self.fruitless = self.fruitless.saturating_add(1);
         }
@@ -83,31 +108,41 @@ mod tests {
 
     #[test]
     fn quiet_polls_ask_by_the_ttl_and_a_change_asks_at_once() {
-        let mut t = Tries::default();
+        let window = Duration::from_secs(12);
+        let mut t = Tries::new(window);
         let now = Instant::now();
-        t.members(3);
+        t.members(3, now);
         t.held(5, Some(Duration::from_secs(2)), now);
-        // Right after a change: every poll.
+        // Right after a change: every poll, for ten polls and the window.
         for _ in 0..QUIET_AFTER {
             assert!(t.due(5, now));
-            t.passed(false);
+            t.passed(false, now);
         }
+        assert!(t.due(5, now + window - Duration::from_millis(1)));
         // Quiet: not before one poll short of the lease's end.
-        assert!(!t.due(5, now));
-        assert!(!t.due(5, now + Duration::from_millis(1800)));
-        assert!(t.due(5, now + Duration::from_millis(1900)));
+        let later = now + window;
+        t.held(5, Some(Duration::from_secs(2)), later);
+        assert!(!t.due(5, later));
+        assert!(!t.due(5, later + Duration::from_millis(1800)));
+        assert!(t.due(5, later + Duration::from_millis(1900)));
         // A lease Redis gave no time for is asked for every poll.
-        t.held(6, None, now);
-        assert!(t.due(6, now));
+        t.held(6, None, later);
+        assert!(t.due(6, later));
         // A member joins or leaves: every poll again.
-        t.members(2);
-        assert!(t.due(5, now));
+        t.members(2, later);
+        assert!(t.due(5, later));
         for _ in 0..QUIET_AFTER {
-            t.passed(false);
+            t.passed(false, later);
         }
-        assert!(!t.due(5, now));
+        assert!(
+            t.due(5, later + Duration::from_secs(1)),
+            "within the window"
+        );
+        let quiet = later + window;
+        t.held(5, Some(Duration::from_secs(2)), quiet);
+        assert!(!t.due(5, quiet));
         // A lease taken: every poll again.
-        t.passed(true);
-        assert!(t.due(5, now));
+        t.passed(true, quiet);
+        assert!(t.due(5, quiet));
     }
 }
