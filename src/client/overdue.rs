@@ -46,6 +46,8 @@ struct Gone {
 const LETTERS_PAGE: u64 = 100;
 const LETTERS_AT_MOST: usize = 2_000;
 const LETTERS_PAGE_BYTES: usize = 4 << 20;
+/// The bytes of letters one look reads at most (then it is incomplete).
+const LETTERS_BYTES_AT_MOST: usize = 64 << 20;
 /// Writes looked at per settling, at most (a few round trips each); the
 /// rest wait for a later read's look.
 const LOOK_AT_MOST: usize = 256;
@@ -343,8 +345,9 @@ impl Inner {
             seq: 0,
         }
         .to_stream_id();
-        let (mut sizes, mut read) = (PageSize::new(LETTERS_PAGE_BYTES, 4, LETTERS_PAGE), 0);
-        while read < LETTERS_AT_MOST {
+        let (mut sizes, mut read, mut bytes) =
+            (PageSize::new(LETTERS_PAGE_BYTES, 4, LETTERS_PAGE), 0, 0);
+        while read < LETTERS_AT_MOST && bytes < LETTERS_BYTES_AT_MOST {
             let asked = sizes.next();
             let page: Value = cmd::xrange(&dlq, &from, "+", Some(asked))
                 .query_async(&mut conn)
@@ -352,6 +355,7 @@ impl Inner {
             let letters = take_entries(page);
             sizes.saw(&letters);
             read += letters.len();
+            bytes += letters.iter().map(Entry::bytes).sum::<usize>();
             for l in &letters {
                 if value(l, field::SOURCE) != Some(stream.as_bytes()) {
                     continue;

@@ -43,6 +43,8 @@ const LOST_ACK_DLQ_SCAN = 2000;
  */
 const LOST_ACK_DLQ_PAGE = 500;
 const LOST_ACK_DLQ_PAGE_BYTES = 4 << 20;
+/** The bytes of dead letters one sweep reads at most (then it settles nothing and looks again later). */
+const LOST_ACK_DLQ_SCAN_BYTES = 64 << 20;
 /** How far before a write's entry its dead letter is looked for. */
 const LOST_ACK_CLOCK_MARGIN_MS = 60_000;
 /**
@@ -332,7 +334,7 @@ export class AckReader {
       if (!(await this.within(this.catchUpAcks(), deadline))) return;
       let letters: Map<string, string> | undefined;
       try {
-        letters = await this.within(this.deadLettersOf([...finished, ...lost]), deadline);
+        letters = await this.within(this.deadLettersOf([...finished, ...lost], deadline), deadline);
       } catch (e) {
         this.reportDlqRefusal(e);
         throw e;
@@ -585,7 +587,7 @@ export class AckReader {
    * the oldest write's time on; undefined if more than
    * {@link LOST_ACK_DLQ_SCAN} letters follow it (the answer would be unsure).
    */
-  private async deadLettersOf(writes: AwaitedWrite[]): Promise<Map<string, string> | undefined> {
+  private async deadLettersOf(writes: AwaitedWrite[], deadline: number): Promise<Map<string, string> | undefined> {
     const letters = new Map<string, string>();
     const oldest = writes.reduce((a, w) => (compareStreamIds(w.entryId!, a) < 0 ? w.entryId! : a), writes[0].entryId!);
     // A margin for clocks: the dead-letter stream may live on another node
@@ -593,10 +595,14 @@ export class AckReader {
     let from = `${Math.max(0, Number(oldest.split("-")[0]) - LOST_ACK_CLOCK_MARGIN_MS)}-0`;
     let count = 4;
     let largest = 0;
-    for (let read = 0; read < LOST_ACK_DLQ_SCAN; ) {
+    for (let read = 0, bytes = 0; read < LOST_ACK_DLQ_SCAN && bytes < LOST_ACK_DLQ_SCAN_BYTES; ) {
+      // The look gave up (its within() rejected): so does its scan.
+      if (Date.now() >= deadline) return undefined;
       const page = (await this.redis.xrange(this.names.dlq, from, "+", "COUNT", count)) as [string, string[]][];
       for (const [, flat] of page) {
-        largest = Math.max(largest, flat.reduce((n, v) => n + Buffer.byteLength(v), 0));
+        const size = flat.reduce((n, v) => n + Buffer.byteLength(v), 0);
+        largest = Math.max(largest, size);
+        bytes += size;
         const f = flatToMap(flat);
         const stream = f.get("dlq.stream");
         const id = f.get("dlq.id");
