@@ -24,6 +24,7 @@
 //! This module does not know what a partition run does: `serve` hands it a
 //! spawn function (see [`Spawn`]).
 
+mod drain;
 mod lease;
 mod members;
 mod tries;
@@ -129,7 +130,7 @@ pub async fn run(
     };
     loop {
         let members = owner.keep_up().await;
-        owner.end_tenures().await;
+        owner.end_tenures(None).await;
         if let Some(n) = members {
             owner.tries.members(n, Instant::now());
             let share = owner.config.partitions.div_ceil(n as u32);
@@ -146,15 +147,11 @@ pub async fn run(
     // the moment it is released. Every Redis call from here on waits no
     // longer than the shutdown deadline (a Redis that stopped answering
     // costs a reply timeout per call otherwise: 19 s past a 1 s deadline),
-    // and the last releases [`RELEASE_GRACE`] past it.
+    // and the last releases [`drain::RELEASE_GRACE`] past it.
     let deadline = Instant::now() + owner.config.shutdown_deadline;
     let _ = tokio::time::timeout_at(deadline, owner.leave()).await;
     owner.drain(deadline).await;
 }
-
-/// How long the releases after the shutdown deadline may take: a lease not
-/// released in time expires within its TTL.
-const RELEASE_GRACE: Duration = Duration::from_secs(1);
 
 impl Owner {
     /// Every poll: the number of live members (`None`: Redis did not answer,
@@ -212,7 +209,9 @@ impl Owner {
 
     /// Releases the leases of tenures that ended (handed over, drained,
     /// aborted, or failed) while they are still ours.
-    async fn end_tenures(&mut self) {
+    /// During a shutdown the releases wait `until` at most (a lease not
+    /// released expires within its TTL).
+    async fn end_tenures(&mut self, until: Option<Instant>) {
         let ended: Vec<u32> = self
             .owned
             .iter()
@@ -231,12 +230,21 @@ impl Owner {
         // At once, as the renewals go: tenures that end together (a
         // shutdown, a Redis stall that aborts them all) cost one round trip,
         // or one reply timeout, not one per partition.
-        futures::future::join_all(
+        let releases = futures::future::join_all(
             releases
                 .into_iter()
                 .map(|(p, token)| self.release(p, token)),
-        )
-        .await;
+        );
+        match until {
+            Some(until) => {
+                if tokio::time::timeout_at(until, releases).await.is_err() {
+                    tracing::warn!("redis did not answer the leases' releases in time; they expire within the lease TTL");
+                }
+            }
+            None => {
+                releases.await;
+            }
+        }
     }
 
     async fn release(&self, p: u32, token: u64) {
@@ -427,71 +435,5 @@ impl Owner {
         // it knew of those stays.
         self.foreign.retain(|p| *p >= reached);
         self.foreign.extend(foreign);
-    }
-
-    /// Stops reading everywhere, keeps renewing while in-flight work drains,
-    /// releases each lease as soon as its partition is drained, and aborts
-    /// what is left at the deadline.
-    async fn drain(mut self, deadline: Instant) {
-        for t in self.owned.values_mut() {
-            t.run.stop_reading.cancel();
-            t.handing_over.get_or_insert_with(Instant::now); // released when drained, even if the lease looks old
-        }
-        while !self.owned.is_empty() {
-            if Instant::now() >= deadline {
-                tracing::warn!("shutdown deadline passed; abandoning what is left (it stays pending for the next owner)");
-                for t in self.owned.values() {
-                    t.run.abort.cancel();
-                }
-                break;
-            }
-            if Instant::now() >= self.next_write {
-                self.next_write = Instant::now() + self.config.lease_ttl / 4;
-                if let Ok(failing) = tokio::time::timeout_at(deadline, self.renew()).await {
-                    self.say_renewals(failing);
-                }
-            }
-            // (A tenure that ended is out of `owned` before its release
-            // goes out: one cut at the deadline expires within the TTL.)
-            let _ = tokio::time::timeout_at(deadline, self.end_tenures()).await;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        // Join what is left at once: a stuck tenure costs its 2 s grace once,
-        // not once per partition.
-        let joins = std::mem::take(&mut self.owned)
-            .into_iter()
-            .map(|(p, t)| async move {
-                crate::telemetry::clear_partition(p);
-                let token = t.run.lease.token;
-                let stopped = tokio::time::timeout(Duration::from_secs(2), t.handle)
-                    .await
-                    .is_ok();
-                (p, token, stopped)
-            });
-        let mut releases = Vec::new();
-        for (p, token, stopped) in futures::future::join_all(joins).await {
-            if stopped {
-                releases.push((p, token));
-            } else {
-                // Still inside a call: keep the lease so nobody else applies
-                // the partition meanwhile; it expires within the TTL.
-                tracing::warn!(
-                    partition = p,
-                    "partition did not stop in time; leaving its lease to expire"
-                );
-            }
-        }
-        // At once: a Redis that does not answer costs one reply timeout, not
-        // one per partition, and no more than the grace.
-        let releases = releases
-            .into_iter()
-            .map(|(p, token)| self.release(p, token));
-        let grace = deadline.max(Instant::now()) + RELEASE_GRACE;
-        if tokio::time::timeout_at(grace, futures::future::join_all(releases))
-            .await
-            .is_err()
-        {
-            tracing::warn!("redis did not answer the leases' releases in time; they expire within the lease TTL");
-        }
     }
 }
