@@ -317,7 +317,7 @@ pub fn register(config: &crate::config::Config) {
     }
     metrics::counter!("writ_stream_trimmed_entries_total").absolute(0);
     metrics::gauge!("writ_partitions").set(f64::from(config.partitions));
-    // The adaptive limit starts at 1 (src/apply/limit.rs) and the limiter
+    // The adaptive limit starts at 1 (src/apply/limit/mod.rs) and the limiter
     // sets the gauge from its first completion on.
     metrics::gauge!("writ_mongodb_concurrency_limit").set(1.0);
     metrics::gauge!("writ_dead_letter_entries").set(0.0);
