@@ -30,7 +30,7 @@ use super::post_image;
 use super::store::{Applied, Store};
 use crate::bson_bytes;
 use crate::config::CollectionConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::protocol::{Op, Version, Write};
 
 /// Rounds smaller than this use one findAndModify per write, concurrently.
@@ -347,12 +347,14 @@ impl Store {
 }
 
 /// A write of the bulk applied on its own: its outcome, or the single way
-/// for an error of its own; a timeout fails the whole bulk (as the server's
-/// timeout, it is an outage or congestion, not this write's fault).
+/// for an error of its own, a server's `MaxTimeMSExpired` included (a write
+/// too slow by itself must not fail the others: poison isolation). No answer
+/// within the local bound ([`Store::within`]) fails the whole bulk: the
+/// server stopped answering, which is no write's fault.
 fn settled(r: Result<Applied>) -> Result<BulkOutcome> {
     match r {
         Ok(a) => Ok(BulkOutcome::Done(a)),
-        Err(e) if e.is_timeout() => Err(e),
+        Err(e @ Error::Timeout { .. }) => Err(e),
         Err(_) => Ok(BulkOutcome::Single),
     }
 }
