@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use mongodb::bson::{doc, Document};
 use support::{eventually, Daemon, Overrides, TestEnv};
 use writ::config::Config;
+use writ::protocol::Version;
 use writ::Writ;
 
 fn key(s: &str) -> Document {
@@ -39,29 +40,20 @@ fn partition_of(config: &Config, name: &str) -> u32 {
         .partition("signal", config.partitions)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_moved_by_a_count_change_gets_versions_above_its_stored_one() {
-    let env = TestEnv::start("partition_floor");
-    let two = with_partitions(&env, 2);
-    let three = with_partitions(&env, 3);
-    // A key that three partitions put in partition 2, whose stream two never used.
-    let name = (0..)
-        .map(|i| format!("F{i}"))
-        .find(|n| partition_of(&three, n) == 2)
-        .unwrap();
-    let names = writ::protocol::Names::new(&two.namespace);
-    let old = names.stream(partition_of(&two, &name));
+/// Writes `name` under `config` through a daemon, with `stream` (the key's
+/// stream there) an hour ahead of the clock, as a node whose clock runs an
+/// hour ahead would give it; stops the daemon. The write's version.
+async fn write_an_hour_ahead(env: &TestEnv, config: &Config, stream: &str, name: &str) -> Version {
     let mut r = env.redis().await;
-
-    let daemon = Daemon::start(two.clone());
+    let daemon = Daemon::start(config.clone());
     eventually(
         Duration::from_secs(30),
         "the daemon made its streams",
         || {
-            let (mut r, old) = (r.clone(), old.clone());
+            let mut r = r.clone();
             async move {
                 let n: u64 = redis::cmd("EXISTS")
-                    .arg(&old)
+                    .arg(stream)
                     .query_async(&mut r)
                     .await
                     .ok()?;
@@ -76,20 +68,37 @@ async fn a_key_moved_by_a_count_change_gets_versions_above_its_stored_one() {
         .as_millis() as u64
         + 3_600_000;
     let _: () = redis::cmd("XSETID")
-        .arg(&old)
+        .arg(stream)
         .arg(format!("{ahead}-0"))
         .query_async(&mut r)
         .await
         .unwrap();
-    let writ = Writ::connect(two.clone()).await.unwrap();
+    let writ = Writ::connect(config.clone()).await.unwrap();
     let s = writ.collection("signal").unwrap();
-    let first = s.write(&key(&name), &doc! {"v": "before"}).await.unwrap();
+    let first = s.write(&key(name), &doc! {"v": "before"}).await.unwrap();
     assert!(
-        first.ms > ahead - 1,
+        first.ms >= ahead,
         "the staged clock gave the version: {first:?}"
     );
     drop(writ);
     daemon.stop().await;
+    first
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_moved_by_a_count_change_gets_versions_above_its_stored_one() {
+    let env = TestEnv::start("partition_floor");
+    let two = with_partitions(&env, 2);
+    let three = with_partitions(&env, 3);
+    // A key that three partitions put in partition 2, whose stream two never used.
+    let name = (0..)
+        .map(|i| format!("F{i}"))
+        .find(|n| partition_of(&three, n) == 2)
+        .unwrap();
+    let names = writ::protocol::Names::new(&two.namespace);
+    let old = names.stream(partition_of(&two, &name));
+    let mut r = env.redis().await;
+    let first = write_an_hour_ahead(&env, &two, &old, &name).await;
 
     let mut conn = writ::redis_conn::connect(&three, Duration::ZERO)
         .await
@@ -152,39 +161,7 @@ async fn a_change_stays_above_the_ids_of_streams_deleted_since_the_last_one() {
         .unwrap();
     let names = writ::protocol::Names::new(&three.namespace);
     let mut r = env.redis().await;
-    let daemon = Daemon::start(three.clone());
-    eventually(
-        Duration::from_secs(30),
-        "the daemon made its streams",
-        || {
-            let (mut r, s) = (r.clone(), names.stream(2));
-            async move {
-                let n: u64 = redis::cmd("EXISTS")
-                    .arg(&s)
-                    .query_async(&mut r)
-                    .await
-                    .ok()?;
-                (n == 1).then_some(())
-            }
-        },
-    )
-    .await;
-    let ahead = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-        + 3_600_000;
-    let _: () = redis::cmd("XSETID")
-        .arg(names.stream(2))
-        .arg(format!("{ahead}-0"))
-        .query_async(&mut r)
-        .await
-        .unwrap();
-    let writ = Writ::connect(three.clone()).await.unwrap();
-    let s = writ.collection("signal").unwrap();
-    let first = s.write(&key(&name), &doc! {"v": "before"}).await.unwrap();
-    drop(writ);
-    daemon.stop().await;
+    let first = write_an_hour_ahead(&env, &three, &names.stream(2), &name).await;
 
     let change = |config: Config| async move {
         let mut conn = writ::redis_conn::connect(&config, Duration::ZERO)
