@@ -1306,6 +1306,77 @@ async fn dlq_retry_keeps_a_stale_fields_layout_letter() {
     assert!(!docs[0].contains_key("a"), "{docs:?}");
 }
 
+/// In `insert_once` the first value stands: a letter found stale because a
+/// later write of its key inserted it first is not redundant (its value came
+/// first), so `dlq retry` keeps it and says what to do. Before, it was
+/// removed as stale: a write neither applied nor parked (helper-115).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_retry_keeps_a_stale_insert_once_letter() {
+    let env = TestEnv::start("dlq_once_stale");
+    let dir = tempfile::tempdir().unwrap();
+    let config = env.config();
+    let canonical = r#"["k1"]"#;
+    let p = writ::protocol::partition_of("firsts", canonical, config.partitions);
+    let stream = format!("{}:{{p{p}}}:in", env.name);
+    let mut r = env.redis().await;
+    // The first put, to a collection not declared yet: parked.
+    let daemon = Daemon::start(config.clone());
+    let first = support::raw_json_put(
+        &mut r,
+        &stream,
+        "firsts",
+        r#"{"k":"k1"}"#,
+        r#"{"a":1}"#,
+        &[],
+    )
+    .await;
+    let path = env.config_file_with(dir.path(), &Overrides::default());
+    let letters = eventually(Duration::from_secs(30), "the dead letter", || async {
+        let l = json(&writ_cli(&path, &["dlq", "list", "--json"]));
+        (l.as_array().unwrap().len() == 1).then_some(l)
+    })
+    .await;
+    daemon.stop().await;
+    let letter = letters[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(letters[0]["source_id"].as_str(), Some(first.as_str()));
+    // Declared now; a later put of the key inserts it.
+    let declared = Overrides {
+        collections: "[[collections]]\nname = \"firsts\"\nkey = [\"k\"]\nmode = \"insert_once\"",
+        ..Default::default()
+    };
+    let daemon = Daemon::start(env.config_with(&declared));
+    support::raw_json_put(
+        &mut r,
+        &stream,
+        "firsts",
+        r#"{"k":"k1"}"#,
+        r#"{"b":2}"#,
+        &[],
+    )
+    .await;
+    eventually(Duration::from_secs(30), "the later put applied", || async {
+        (env.all_docs("firsts").await.len() == 1).then_some(())
+    })
+    .await;
+    daemon.stop().await;
+    let fixed = env.config_file_with(dir.path(), &declared);
+    let out = writ_cli(&fixed, &["dlq", "retry", &letter]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("kept") && text.contains("insert_once"),
+        "{text}"
+    );
+    let left = json(&writ_cli(&fixed, &["dlq", "list", "--json"]));
+    let left: Vec<&str> = left
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(left, [letter.as_str()]);
+}
+
 /// `writ dlq drop --all` stops at a signal (it catches SIGINT, SIGTERM and
 /// SIGHUP to stop cleanly): the letters it has not dropped yet stay, and it
 /// exits 1. Here Redis is frozen (SIGSTOP) while the drop is under way, so

@@ -343,13 +343,22 @@ impl Tools {
             .await
         {
             Ok((crate::ack::Outcome::Stale, now))
-                if now > version && self.sets_only_its_fields(&letter.original) =>
+                if now > version && self.stale_is_not_redundant(&letter.original) =>
             {
+                let why = if self.sets_only_its_fields(&letter.original) {
+                    "in the `fields` layout a put sets only the fields it sends, so this letter's \
+                     fields may be missing from the document. Compare `writ dlq show {id}` with the \
+                     document, write what is missing again"
+                } else {
+                    "in `insert_once` the first value stands, and this letter's write came first: \
+                     the key holds the later one's value. Compare `writ dlq show {id}` with the \
+                     document; if this letter's value should stand, remove the key and write the \
+                     value again through a client"
+                };
                 Ok(Err(format!(
-                    "kept: the key holds a newer write ({now}) than this letter ({version}), and in \
-                     the `fields` layout a put sets only the fields it sends, so this letter's fields \
-                     may be missing from the document. Compare `writ dlq show {id}` with the document, \
-                     write what is missing again, then `writ dlq drop {id}`",
+                    "kept: the key holds a newer write ({now}) than this letter ({version}), and \
+                     {why}, then `writ dlq drop {id}`",
+                    why = why.replace("{id}", &letter.id),
                     now = now.to_stream_id(),
                     version = version.to_stream_id(),
                     id = letter.id
@@ -403,6 +412,17 @@ impl Tools {
         let is_put = field(original, crate::protocol::field::OP) == Some(b"put".as_slice());
         let coll = collection_of(original, &self.config);
         is_put && coll.is_some_and(|c| c.layout == crate::config::Layout::Fields)
+    }
+
+    /// Whether a newer write of the letter's key leaves it unapplied rather
+    /// than redundant: a `fields`-layout put ([`Self::sets_only_its_fields`]),
+    /// or a put of an `insert_once` collection, whose first value should
+    /// stand (a letter dropped as stale there lost the value that came first).
+    fn stale_is_not_redundant(&self, original: &Fields) -> bool {
+        let is_put = field(original, crate::protocol::field::OP) == Some(b"put".as_slice());
+        let coll = collection_of(original, &self.config);
+        self.sets_only_its_fields(original)
+            || (is_put && coll.is_some_and(|c| c.mode == crate::config::WriteMode::InsertOnce))
     }
 
     /// Removes a dead letter.
