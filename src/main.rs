@@ -247,7 +247,8 @@ async fn partitions_set(config: Config) -> anyhow::Result<ExitCode> {
 }
 
 /// `writ partitions`: the recorded count against the config's, and the
-/// partitions whose copy of it disagrees or was lost.
+/// partitions whose copy of it disagrees or was lost. Exit 1 when the
+/// recorded count is not the config's, or a copy disagrees or was lost.
 async fn partitions_show(config: Config) -> anyhow::Result<ExitCode> {
     use writ::partition_count::list;
     let mut conn = writ::redis_conn::connect(&config, std::time::Duration::ZERO).await?;
@@ -266,6 +267,13 @@ async fn partitions_show(config: Config) -> anyhow::Result<ExitCode> {
     let Some(n) = recorded else {
         return Ok(ExitCode::SUCCESS);
     };
+    // Exit 1 for a state that refuses someone, as `writ status` does: a
+    // script that checks with this command must not pass it.
+    let mut code = if n == to {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    };
     let (other, missing) = writ::partition_count::copies::disagreeing(&mut conn, &names, n).await?;
     if !other.is_empty() {
         println!(
@@ -279,7 +287,10 @@ async fn partitions_show(config: Config) -> anyhow::Result<ExitCode> {
             list(&missing)
         );
     }
-    Ok(ExitCode::SUCCESS)
+    if !other.is_empty() || !missing.is_empty() {
+        code = ExitCode::FAILURE;
+    }
+    Ok(code)
 }
 
 /// `writ replay --from F [--to T] [--collection C]`.

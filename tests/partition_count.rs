@@ -131,6 +131,18 @@ fn cli_ok(out: std::process::Output) -> String {
     stdout
 }
 
+/// The stdout of a CLI run that exited 1 (a state to mend).
+fn cli_exit_1(out: std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// `serve`'s result within 30 s (it must not keep running).
 async fn serve_refused(config: Config) -> Error {
     tokio::time::timeout(
@@ -204,7 +216,7 @@ async fn clients_and_daemons_with_another_partition_count_are_refused() {
     // Drained and stopped: the count changes (here with the CLI), the
     // daemon with 8 runs, and processes with 4 are refused from now on.
     let (_dir, file) = config_file(&env, 8);
-    let shown = cli_ok(writ_cli(&file, &["partitions"]));
+    let shown = cli_exit_1(writ_cli(&file, &["partitions"]));
     assert!(
         shown.contains("records 4 partitions; this config says 8"),
         "{shown}"
@@ -844,7 +856,7 @@ async fn an_unfinished_change_is_finished_by_running_it_again() {
     assert_eq!(copy_and_xlen(&four, 1).await.0.as_deref(), Some("2"));
     // `writ partitions` says so, and what to do.
     let (_dir, file) = config_file(&env, 4);
-    let shown = cli_ok(writ_cli(&file, &["partitions"]));
+    let shown = cli_exit_1(writ_cli(&file, &["partitions"]));
     assert!(
         shown.contains("partition(s) 1, 2, 3 hold a copy of another count")
             && shown.contains("Run `writ partitions --set` again"),

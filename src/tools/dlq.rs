@@ -293,6 +293,10 @@ impl Tools {
         max: usize,
     ) -> Result<Option<String>> {
         let me = LetterHead::of(letter, &self.config);
+        if !me.ordered || me.key.is_none() || me.write.is_none() {
+            // No letter can be an older write it must wait for: no scan.
+            return Ok(None);
+        }
         let heads = self.dlq_heads(through, max).await?;
         Ok(heads
             .iter()
