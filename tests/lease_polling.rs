@@ -34,11 +34,9 @@ async fn held_leases_are_asked_for_by_their_ttl_once_ownership_is_quiet() {
         .map(|name| {
             // The shortest deadline: asked at every poll for 2.6 s after a
             // change (the deadline, the tenures' 2 s grace, 5 polls).
-            let line: &'static str = Box::leak(
-                format!("consumer_name = \"{name}\"\nshutdown_deadline_ms = 100").into_boxed_str(),
-            );
+            let line = format!("consumer_name = \"{name}\"\nshutdown_deadline_ms = 100");
             Daemon::start(env.config_with(&Overrides {
-                daemon: line,
+                daemon: &line,
                 partitions: Some(8),
                 ..Default::default()
             }))

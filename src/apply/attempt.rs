@@ -11,8 +11,6 @@
 //! ever. Before such a write is refused, the key is read: a timed-out
 //! attempt may have committed with its reply lost.
 
-use std::time::Duration;
-
 use tokio_util::sync::CancellationToken;
 
 use super::{Applied, Signal, Store};
@@ -53,11 +51,10 @@ impl Attempts<'_> {
         // must not dead-letter writes that were merely waiting for MongoDB.
         let mut attempts = 0u32;
         // Every operation carries `maxTimeMS = op_timeout`, so by the time
-        // this local bound (op_timeout + 5 s) gives up on an attempt the
-        // server has stopped it too: a retry never runs beside an earlier
-        // attempt. The wait for a limiter slot is outside the bound, so
-        // queueing never times an operation out.
-        let limit = self.config.op_timeout + Duration::from_secs(5);
+        // the local bound (`Store::within`: op_timeout + 5 s) gives up on an
+        // attempt the server has stopped it too: a retry never runs beside an
+        // earlier attempt. The wait for a limiter slot is outside the bound,
+        // so queueing never times an operation out.
         // Timeouts in a row while MongoDB answered other operations: the
         // write is slow by itself (a huge document, a stalled statement), not
         // the server. Bounded like permanent failures, or one such write
@@ -73,7 +70,7 @@ impl Attempts<'_> {
             if !still_owner() {
                 return None;
             }
-            let e = match self.once(coll, write, id, limit).await? {
+            let e = match self.once(coll, write, id).await? {
                 Ok(a) => return Some(Ok(a)),
                 Err(e) => e,
             };
@@ -87,7 +84,7 @@ impl Attempts<'_> {
             if e.is_timeout() && answered > others_timed_out {
                 slow += 1;
                 if self.config.max_timeouts > 0 && slow >= self.config.max_timeouts {
-                    match self.committed_unanswered(coll, write, id, limit).await {
+                    match self.committed_unanswered(coll, write, id).await {
                         Held::Yes(a) => return Some(Ok(a)),
                         Held::No(reject) => {
                             return Some(Err((
@@ -121,29 +118,23 @@ impl Attempts<'_> {
         }
     }
 
-    /// One attempt: a limiter slot, then the write within `limit`, telling
-    /// the limiter and the collection's answer counts how it went. `None`:
-    /// stopped.
+    /// One attempt: a limiter slot, then the write within the store's
+    /// bound, telling the limiter and the collection's answer counts how it
+    /// went. `None`: stopped.
     async fn once(
         &self,
         coll: &CollectionConfig,
         write: &Write,
         id: Version,
-        limit: Duration,
     ) -> Option<Result<Applied, Error>> {
         let permit = tokio::select! {
             p = self.store.limiter().acquire() => p,
             _ = self.abort.cancelled() => return None,
         };
         let res = tokio::select! {
-            r = tokio::time::timeout(limit, self.store.apply(coll, write, id)) => r,
+            r = self.store.within("a MongoDB write", self.store.apply(coll, write, id)) => r,
             _ = self.abort.cancelled() => return None,
         };
-        let res = res.unwrap_or(Err(Error::Timeout {
-            after: limit,
-            what: "a MongoDB write",
-            accepted: None,
-        }));
         permit.done(match &res {
             Err(e) if e.retry_class() == RetryClass::Transient => Signal::Overloaded,
             _ => Signal::Completed,
@@ -170,21 +161,20 @@ impl Attempts<'_> {
         coll: &CollectionConfig,
         write: &Write,
         id: Version,
-        limit: Duration,
     ) -> Held {
         let read = tokio::select! {
-            r = tokio::time::timeout(limit, self.store.holds(coll, write, id)) => r,
+            r = self.store.within("a MongoDB read", self.store.holds(coll, write, id)) => r,
             _ = self.abort.cancelled() => return Held::Unknown,
         };
         match read {
-            Ok(Ok(Some(a))) => Held::Yes(a),
-            Ok(Ok(None)) => Held::No(None),
-            Ok(Err(Error::Rejected(r))) => Held::No(Some(r)),
-            Ok(Err(e)) => {
+            Ok(Some(a)) => Held::Yes(a),
+            Ok(None) => Held::No(None),
+            Err(Error::Rejected(r)) => Held::No(Some(r)),
+            Err(Error::Timeout { .. }) => Held::Unknown,
+            Err(e) => {
                 tracing::warn!(entry = %id, collection = %coll.name, error = %e, "cannot tell whether a write that keeps timing out was committed; retrying it");
                 Held::Unknown
             }
-            Err(_) => Held::Unknown,
         }
     }
 

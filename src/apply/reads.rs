@@ -23,7 +23,9 @@ const GRACE: Duration = Duration::from_secs(5);
 impl Store {
     /// `op`, one MongoDB command (or a few that the server answers at once),
     /// given up after `maxTimeMS` + [`GRACE`] with an [`Error::Timeout`]
-    /// naming `what`. Each command of a round gets its own bound: a round of
+    /// naming `what`: the one local bound of every MongoDB operation (reads,
+    /// the single write's attempts in `attempt.rs`, each command of a
+    /// round's bulk). Each command of a round gets its own bound: a round of
     /// several commands that each finish in time is not given up (and
     /// retried beside its own last command) because together they took
     /// longer than one.

@@ -17,13 +17,16 @@ use crate::error::Result;
 use crate::protocol::{Names, Version};
 use crate::redis_conn::Conn;
 
-/// A stream's last-generated-id (the newest id it gave out, also when that
-/// entry is trimmed or deleted), or nil for no stream. A script, so that
-/// Redis Cluster routes it by its key.
-const LAST_ID_LUA: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then return false end \
-     local s = redis.call('XINFO', 'STREAM', KEYS[1]) \
-     for i = 1, #s, 2 do if s[i] == 'last-generated-id' then return s[i + 1] end end \
-     return false";
+/// A partition's stream's last-generated-id (the newest id it gave out,
+/// also when that entry is trimmed or deleted; nil for no stream) and its
+/// meta hash's unused floor, in one call. KEYS[1] stream, KEYS[2] meta (one
+/// hash slot, so Redis Cluster routes it by its keys).
+const LAST_ID_LUA: &str = "local last = false \
+     if redis.call('EXISTS', KEYS[1]) == 1 then \
+       local s = redis.call('XINFO', 'STREAM', KEYS[1]) \
+       for i = 1, #s, 2 do if s[i] == 'last-generated-id' then last = s[i + 1] end end \
+     end \
+     return {last, redis.call('HGET', KEYS[2], ARGV[1])}";
 
 /// The newest id the streams of partitions `0..upto` gave out, or that an
 /// earlier change recorded: a floor not used yet, and the high-water mark in
@@ -40,11 +43,11 @@ pub(super) async fn newest_id(conn: &mut Conn, names: &Names, upto: u32) -> Resu
         .await?;
     let mut top = parsed(high);
     for p in 0..upto {
-        let last: Option<String> = script.key(names.stream(p)).invoke_async(conn).await?;
-        let unused: Option<String> = redis::cmd("HGET")
-            .arg(names.meta(p))
+        let (last, unused): (Option<String>, Option<String>) = script
+            .key(names.stream(p))
+            .key(names.meta(p))
             .arg(FIELD)
-            .query_async(conn)
+            .invoke_async(conn)
             .await?;
         top = top.max(parsed(last)).max(parsed(unused));
     }
