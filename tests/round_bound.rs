@@ -14,96 +14,52 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mongodb::bson::doc;
+use mongodb::bson::{doc, Document};
+use support::mongo_proxy::{collection_of, Act, MongoProxy};
 use support::{Daemon, Overrides, TestEnv};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use writ::Writ;
 
-const MARKER: &[u8] = b"slowround";
+const COLLECTION: &str = "slowround";
 const DELAY: Duration = Duration::from_secs(4);
 
-/// Forwards to MongoDB; once armed, holds each request that names
-/// [`MARKER`] for [`DELAY`], and counts the `findAndModify`s among them.
-struct DelayProxy {
-    port: u16,
-    armed: Arc<AtomicBool>,
-    delayed: Arc<AtomicUsize>,
-    single: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
+/// Counts of what the proxy held back.
+#[derive(Default)]
+struct Held {
+    armed: AtomicBool,
+    /// Commands on the collection held for [`DELAY`].
+    delayed: AtomicUsize,
+    /// `findAndModify`s among them (writes applied one by one).
+    single: AtomicUsize,
 }
 
-impl Drop for DelayProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl DelayProxy {
-    async fn start(target: std::net::SocketAddr) -> DelayProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let armed = Arc::new(AtomicBool::new(false));
-        let delayed = Arc::new(AtomicUsize::new(0));
-        let single = Arc::new(AtomicUsize::new(0));
-        let (a, d, s) = (armed.clone(), delayed.clone(), single.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = TcpStream::connect(target).await else {
-                    continue;
-                };
-                let (a, d, s) = (a.clone(), d.clone(), s.clone());
-                tokio::spawn(async move {
-                    let (mut cr, mut cw) = client.into_split();
-                    let (mut sr, mut sw) = server.into_split();
-                    let down = async move {
-                        let _ = tokio::io::copy(&mut sr, &mut cw).await;
-                    };
-                    let up = async move {
-                        let mut buf = vec![0u8; 64 * 1024];
-                        loop {
-                            let n = match cr.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => n,
-                            };
-                            let has = |m: &[u8]| buf[..n].windows(m.len()).any(|w| w == m);
-                            if a.load(Ordering::SeqCst) && has(MARKER) {
-                                d.fetch_add(1, Ordering::SeqCst);
-                                if has(b"findAndModify") {
-                                    s.fetch_add(1, Ordering::SeqCst);
-                                }
-                                tokio::time::sleep(DELAY).await;
-                            }
-                            if sw.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    };
-                    tokio::select! {
-                        _ = up => {}
-                        _ = down => {}
-                    }
-                });
+/// Forwards to MongoDB; once armed, holds each command on [`COLLECTION`]
+/// for [`DELAY`].
+async fn delay_proxy(target: std::net::SocketAddr, held: Arc<Held>) -> MongoProxy {
+    MongoProxy::start(target, move |cmd: Document| {
+        let held = held.clone();
+        async move {
+            if held.armed.load(Ordering::SeqCst) && collection_of(&cmd) == Some(COLLECTION) {
+                held.delayed.fetch_add(1, Ordering::SeqCst);
+                if cmd.contains_key("findAndModify") {
+                    held.single.fetch_add(1, Ordering::SeqCst);
+                }
+                tokio::time::sleep(DELAY).await;
             }
-        });
-        DelayProxy {
-            port,
-            armed,
-            delayed,
-            single,
-            task,
+            Act::Pass
         }
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_round_whose_commands_each_finish_in_time_is_not_given_up() {
     let env = TestEnv::start("round_bound");
     let target = support::proxy::mongo_target(&env.mongo_uri).await;
-    let proxy = DelayProxy::start(target).await;
+    let held = Arc::new(Held::default());
+    let proxy = delay_proxy(target, held.clone()).await;
     let o = Overrides {
         mongo: "op_timeout_ms = 2000",
-        mongo_uri: Some(support::proxy::mongo_uri_via(&env.mongo_uri, proxy.port)),
+        mongo_uri: Some(proxy.uri(&env.mongo_uri)),
         collections: "[[collections]]\nname = \"slowround\"\nkey = [\"k\"]\n",
         // One partition: the six keys go into one round.
         partitions: Some(1),
@@ -127,7 +83,7 @@ async fn a_round_whose_commands_each_finish_in_time_is_not_given_up() {
     for k in &keys {
         tickets.push(c.submit(k, &doc! {"v": 1}).await.unwrap());
     }
-    proxy.armed.store(true, Ordering::SeqCst);
+    held.armed.store(true, Ordering::SeqCst);
     let second = Daemon::start(config.clone());
     for t in tickets {
         // Before the fix, the round was given up at 7 s and retried smaller,
@@ -140,14 +96,102 @@ async fn a_round_whose_commands_each_finish_in_time_is_not_given_up() {
         assert_eq!(c.read(k).await.unwrap(), Some(doc! {"v": 1}));
     }
     assert!(
-        proxy.delayed.load(Ordering::SeqCst) >= 2,
+        held.delayed.load(Ordering::SeqCst) >= 2,
         "the round's update and find were not both delayed: the test staged nothing"
     );
     assert_eq!(
-        proxy.single.load(Ordering::SeqCst),
+        held.single.load(Ordering::SeqCst),
         0,
         "the round was given up and its writes applied one by one, though each of its \
          commands finished within its own bound"
     );
     second.stop().await;
+}
+
+/// A server's own `MaxTimeMSExpired` (code 50) on one write of a round is
+/// that write's trouble, not the server's: only that write goes the single
+/// way, and the others are settled by the round (poison isolation). Only no
+/// answer within writ's local bound fails a whole round. A single node
+/// never answers code 50 on cue, so the proxy answers it for one key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_servers_time_limit_on_one_write_touches_only_that_write() {
+    const COLL: &str = "limit50";
+    let env = TestEnv::start("round_code50");
+    let target = support::proxy::mongo_target(&env.mongo_uri).await;
+    let armed = Arc::new(AtomicBool::new(false));
+    // findAndModify calls per key while armed.
+    let sent: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>> = Default::default();
+    let proxy = {
+        let (armed, sent) = (armed.clone(), sent.clone());
+        MongoProxy::start(target, move |cmd: Document| {
+            let key = (armed.load(Ordering::SeqCst)
+                && collection_of(&cmd) == Some(COLL)
+                && cmd.contains_key("findAndModify"))
+            .then(|| {
+                cmd.get_document("query")
+                    .ok()?
+                    .get_str("k")
+                    .ok()
+                    .map(String::from)
+            })
+            .flatten();
+            if let Some(k) = &key {
+                *sent.lock().unwrap().entry(k.clone()).or_default() += 1;
+            }
+            async move {
+                match key.as_deref() {
+                    Some("poison") => Act::Answer(doc! {
+                        "ok": 0.0,
+                        "errmsg": "operation exceeded time limit (staged by the test's proxy)",
+                        "code": 50,
+                        "codeName": "MaxTimeMSExpired",
+                    }),
+                    _ => Act::Pass,
+                }
+            }
+        })
+        .await
+    };
+    let o = Overrides {
+        mongo_uri: Some(proxy.uri(&env.mongo_uri)),
+        collections: &format!("[[collections]]\nname = \"{COLL}\"\nkey = [\"k\"]\n"),
+        // Retried until the test lets it through, never parked for its
+        // timeouts.
+        daemon: "max_timeouts = 0",
+        // One partition: the three writes form one round (fewer than four:
+        // one findAndModify each, side by side).
+        partitions: Some(1),
+        ..Default::default()
+    };
+    let config = env.config_with(&o);
+    let writ = Writ::connect(config.clone()).await.unwrap();
+    let c = writ.collection(COLL).unwrap();
+    let (a, b, poison) = (doc! {"k": "a"}, doc! {"k": "b"}, doc! {"k": "poison"});
+    let ta = c.submit(&a, &doc! {"v": 1}).await.unwrap();
+    let tb = c.submit(&b, &doc! {"v": 1}).await.unwrap();
+    let tp = c.submit(&poison, &doc! {"v": 1}).await.unwrap();
+    armed.store(true, Ordering::SeqCst);
+    let daemon = Daemon::start(config.clone());
+    ta.wait_for(Duration::from_secs(60)).await.expect("a acked");
+    tb.wait_for(Duration::from_secs(60)).await.expect("b acked");
+    {
+        let sent = sent.lock().unwrap();
+        assert!(
+            sent.get("poison").copied().unwrap_or(0) >= 1,
+            "the poison write never reached the proxy: the test staged nothing ({sent:?})"
+        );
+        assert_eq!(
+            (sent.get("a").copied(), sent.get("b").copied()),
+            (Some(1), Some(1)),
+            "the round's other writes were sent again: one write's MaxTimeMSExpired failed its whole round"
+        );
+    }
+    armed.store(false, Ordering::SeqCst);
+    tp.wait_for(Duration::from_secs(60))
+        .await
+        .expect("the poison write applied once the server let it through");
+    for k in [&a, &b, &poison] {
+        assert_eq!(c.read(k).await.unwrap(), Some(doc! {"v": 1}));
+    }
+    daemon.stop().await;
 }

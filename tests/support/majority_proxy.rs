@@ -18,10 +18,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use mongodb::bson::{doc, Bson, Document};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
-use super::wire::{command_of, op_msg, OP_MSG};
+use super::wire::{command_of, op_msg, read_msg, OP_MSG};
 
 pub struct MajorityProxy {
     pub port: u16,
@@ -79,15 +79,6 @@ fn majority_read(cmd: &Document, marker: &str) -> bool {
         && cmd
             .get_document("filter")
             .is_ok_and(|f| mentions(&Bson::Document(f.clone()), marker))
-}
-
-async fn read_msg(r: &mut (impl AsyncReadExt + Unpin)) -> Option<([u8; 16], Vec<u8>)> {
-    let mut header = [0u8; 16];
-    r.read_exact(&mut header).await.ok()?;
-    let len = i32::from_le_bytes(header[0..4].try_into().unwrap()) as usize;
-    let mut body = vec![0u8; len.saturating_sub(16)];
-    r.read_exact(&mut body).await.ok()?;
-    Some((header, body))
 }
 
 impl MajorityProxy {

@@ -24,6 +24,7 @@ pub mod history;
 pub mod hook_proxy;
 pub mod load;
 pub mod majority_proxy;
+pub mod mongo_proxy;
 pub mod monitor;
 pub mod pause;
 pub mod ports;

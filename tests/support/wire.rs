@@ -44,6 +44,19 @@ pub fn command_of(body: &[u8]) -> Option<Document> {
     None
 }
 
+/// One wire message from `r`: its 16-byte header and the rest. `None` at
+/// the end of the stream or on an error.
+pub async fn read_msg(
+    r: &mut (impl tokio::io::AsyncReadExt + Unpin),
+) -> Option<([u8; 16], Vec<u8>)> {
+    let mut header = [0u8; 16];
+    r.read_exact(&mut header).await.ok()?;
+    let len = i32::from_le_bytes(header[0..4].try_into().unwrap()) as usize;
+    let mut body = vec![0u8; len.saturating_sub(16)];
+    r.read_exact(&mut body).await.ok()?;
+    Some((header, body))
+}
+
 /// Runs `cmd` against `admin` on `127.0.0.1:port`; `None` on any failure
 /// (refused, timed out, not a MongoDB-protocol reply).
 pub fn admin_command(port: u16, cmd: Document) -> Option<Document> {
