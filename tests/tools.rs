@@ -1314,40 +1314,12 @@ async fn dlq_retry_keeps_a_stale_fields_layout_letter() {
 async fn dlq_retry_keeps_a_stale_insert_once_letter() {
     let env = TestEnv::start("dlq_once_stale");
     let dir = tempfile::tempdir().unwrap();
-    let config = env.config();
-    let canonical = r#"["k1"]"#;
-    let p = writ::protocol::partition_of("firsts", canonical, config.partitions);
-    let stream = format!("{}:{{p{p}}}:in", env.name);
+    let (letter, declared) = park_an_insert_once_put(&env).await;
     let mut r = env.redis().await;
-    // The first put, to a collection not declared yet: parked.
-    let daemon = Daemon::start(config.clone());
-    let first = support::raw_json_put(
-        &mut r,
-        &stream,
-        "firsts",
-        r#"{"k":"k1"}"#,
-        r#"{"a":1}"#,
-        &[],
-    )
-    .await;
-    let path = env.config_file_with(dir.path(), &Overrides::default());
-    let letters = eventually(Duration::from_secs(30), "the dead letter", || async {
-        let l = json(&writ_cli(&path, &["dlq", "list", "--json"]));
-        (l.as_array().unwrap().len() == 1).then_some(l)
-    })
-    .await;
-    daemon.stop().await;
-    let letter = letters[0]["id"].as_str().unwrap().to_string();
-    assert_eq!(letters[0]["source_id"].as_str(), Some(first.as_str()));
-    // Declared now; a later put of the key inserts it.
-    let declared = Overrides {
-        collections: "[[collections]]\nname = \"firsts\"\nkey = [\"k\"]\nmode = \"insert_once\"",
-        ..Default::default()
-    };
     let daemon = Daemon::start(env.config_with(&declared));
     support::raw_json_put(
         &mut r,
-        &stream,
+        &once_stream(&env),
         "firsts",
         r#"{"k":"k1"}"#,
         r#"{"b":2}"#,
@@ -1367,6 +1339,11 @@ async fn dlq_retry_keeps_a_stale_insert_once_letter() {
         text.contains("kept") && text.contains("insert_once"),
         "{text}"
     );
+    // A soft `remove` would not do: a removed insert_once key ignores puts.
+    assert!(
+        text.contains("hard-delete the key (`delete`, not `remove`"),
+        "{text}"
+    );
     let left = json(&writ_cli(&fixed, &["dlq", "list", "--json"]));
     let left: Vec<&str> = left
         .as_array()
@@ -1375,6 +1352,75 @@ async fn dlq_retry_keeps_a_stale_insert_once_letter() {
         .map(|l| l["id"].as_str().unwrap())
         .collect();
     assert_eq!(left, [letter.as_str()]);
+}
+
+/// The same parked insert_once put, but the later write is a hard delete:
+/// in write order the key ends deleted, so the letter is superseded and
+/// dropped, and the key stays deleted. Before, it was kept with advice to
+/// write its value again, which would have revived the deleted key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_retry_drops_a_letter_a_later_delete_superseded() {
+    let env = TestEnv::start("dlq_once_deleted");
+    let dir = tempfile::tempdir().unwrap();
+    let (letter, declared) = park_an_insert_once_put(&env).await;
+    let config = env.config_with(&declared);
+    let daemon = Daemon::start(config.clone());
+    let writ = writ::Writ::connect(config).await.unwrap();
+    let key = doc! {"k": "k1"};
+    writ.collection("firsts")
+        .unwrap()
+        .delete(&key)
+        .await
+        .unwrap();
+    daemon.stop().await;
+    let fixed = env.config_file_with(dir.path(), &declared);
+    let out = writ_cli(&fixed, &["dlq", "retry", &letter]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("stale") && text.contains("removed"), "{text}");
+    let left = json(&writ_cli(&fixed, &["dlq", "list", "--json"]));
+    assert_eq!(left.as_array().unwrap().len(), 0, "{left}");
+    assert_eq!(
+        writ.collection("firsts").unwrap().read(&key).await.unwrap(),
+        None
+    );
+}
+
+/// The stream of key `k1` of collection `firsts`.
+fn once_stream(env: &TestEnv) -> String {
+    let p = writ::protocol::partition_of("firsts", r#"["k1"]"#, env.config().partitions);
+    format!("{}:{{p{p}}}:in", env.name)
+}
+
+/// Parks a put of `firsts`/`k1` (`{"a":1}`) by writing it while the
+/// collection is not declared; returns its letter's id and the overrides
+/// that declare `firsts` as insert_once.
+async fn park_an_insert_once_put(env: &TestEnv) -> (String, Overrides<'static>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = env.redis().await;
+    let daemon = Daemon::start(env.config());
+    let first = support::raw_json_put(
+        &mut r,
+        &once_stream(env),
+        "firsts",
+        r#"{"k":"k1"}"#,
+        r#"{"a":1}"#,
+        &[],
+    )
+    .await;
+    let path = env.config_file_with(dir.path(), &Overrides::default());
+    let letters = eventually(Duration::from_secs(30), "the dead letter", || async {
+        let l = json(&writ_cli(&path, &["dlq", "list", "--json"]));
+        (l.as_array().unwrap().len() == 1).then_some(l)
+    })
+    .await;
+    daemon.stop().await;
+    assert_eq!(letters[0]["source_id"].as_str(), Some(first.as_str()));
+    let declared = Overrides {
+        collections: "[[collections]]\nname = \"firsts\"\nkey = [\"k\"]\nmode = \"insert_once\"",
+        ..Default::default()
+    };
+    (letters[0]["id"].as_str().unwrap().to_string(), declared)
 }
 
 /// `writ dlq drop --all` stops at a signal (it catches SIGINT, SIGTERM and

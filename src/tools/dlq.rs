@@ -7,7 +7,8 @@
 
 use redis::Value;
 
-use super::Tools;
+use super::failed::Failed;
+use super::{Reapplied, Tools};
 use crate::deadletter::field;
 use crate::error::Result;
 use crate::protocol::Version;
@@ -92,15 +93,15 @@ impl Letter {
 pub struct LetterHead {
     /// The letter's id.
     pub id: String,
-    source: String,
-    write: Option<Version>,
-    key: Option<Vec<u8>>,
+    pub(super) source: String,
+    pub(super) write: Option<Version>,
+    pub(super) key: Option<Vec<u8>>,
     /// Whether its collection's writes must apply in order: the `fields`
     /// layout (a put sets only its fields), `insert_once` (the first value
     /// stands), or a collection the config does not declare. Otherwise a
     /// newer write applied first leaves the older one stale and superseded:
     /// the same document as in order.
-    ordered: bool,
+    pub(super) ordered: bool,
 }
 
 impl LetterHead {
@@ -119,7 +120,7 @@ impl LetterHead {
 
     /// Whether `self` parks an older write of the same key than `other`,
     /// whose collection needs its writes in order.
-    fn is_older_write_of(&self, other: &LetterHead) -> bool {
+    pub(super) fn is_older_write_of(&self, other: &LetterHead) -> bool {
         other.ordered
             && self.id != other.id
             && self.source == other.source
@@ -309,9 +310,9 @@ impl Tools {
     pub async fn dlq_retry_in_run(
         &self,
         head: &LetterHead,
-        failed: &[LetterHead],
+        failed: &Failed,
     ) -> Result<Option<std::result::Result<crate::ack::Outcome, String>>> {
-        if let Some(older) = failed.iter().find(|f| f.is_older_write_of(head)) {
+        if let Some(older) = failed.older_than(head) {
             return Ok(Some(Err(older_letter_waits(&older.id, &head.id))));
         }
         // Gone meanwhile (another operator's drop or retry): nothing to do.
@@ -346,9 +347,15 @@ impl Tools {
             .apply_entry(partition, count, version, &letter.original)
             .await
         {
-            Ok((crate::ack::Outcome::Stale, now))
-                if now > version && self.stale_is_not_redundant(&letter.original) =>
-            {
+            // A newer write stands, and this letter's write would have
+            // changed what the key reads had it come first. Not so when the
+            // key reads as gone: a later hard delete ends the key in write
+            // order too, and re-writing the letter's value would revive it.
+            Ok(Reapplied {
+                outcome: crate::ack::Outcome::Stale,
+                now,
+                gone: false,
+            }) if now > version && self.stale_is_not_redundant(&letter.original) => {
                 let why = if self.sets_only_its_fields(&letter.original) {
                     "in the `fields` layout a put sets only the fields it sends, so this letter's \
                      fields may be missing from the document. Compare `writ dlq show {id}` with the \
@@ -356,7 +363,8 @@ impl Tools {
                 } else {
                     "in `insert_once` the first value stands, and this letter's write came first: \
                      the key holds the later one's value. Compare `writ dlq show {id}` with the \
-                     document; if this letter's value should stand, remove the key and write the \
+                     document; if this letter's value should stand, hard-delete the key (`delete`, \
+                     not `remove`: a removed `insert_once` key ignores later puts) and write the \
                      value again through a client"
                 };
                 Ok(Err(format!(
@@ -368,9 +376,9 @@ impl Tools {
                     id = letter.id
                 )))
             }
-            Ok((outcome, _)) => {
+            Ok(r) => {
                 self.dlq_drop(&letter.id).await?;
-                Ok(Ok(outcome))
+                Ok(Ok(r.outcome))
             }
             Err(crate::Error::Rejected(r)) => Ok(Err(format!(
                 "{r}; {}",

@@ -6,6 +6,7 @@
 //! the same compare-and-set.
 
 pub mod dlq;
+pub mod failed;
 pub mod rebuild;
 pub mod replay;
 
@@ -104,16 +105,17 @@ impl Tools {
 
     /// Applies one retained entry of `partition`'s stream (when known) at
     /// its own version with the daemon's routine, then refreshes the cache
-    /// (never backwards); its outcome, and the version the key holds now. `Err(Rejected)` if it cannot apply, as the daemon
-    /// would refuse it (including an entry in the wrong partition's stream);
-    /// `Err(Shutdown)` if [`Tools::abort`] stopped it.
+    /// (never backwards): what it did and what the key holds now.
+    /// `Err(Rejected)` if it cannot apply, as the daemon would refuse it
+    /// (including an entry in the wrong partition's stream); `Err(Shutdown)`
+    /// if [`Tools::abort`] stopped it.
     pub async fn apply_entry(
         &self,
         partition: Option<u32>,
         count: u32,
         id: Version,
         fields: &Fields,
-    ) -> Result<(Outcome, Version)> {
+    ) -> Result<Reapplied> {
         let write = protocol::decode_in(fields, &self.config, partition, count)?;
         let coll = self
             .config
@@ -147,8 +149,23 @@ impl Tools {
             .publish(&key, version, doc.as_ref(), None, &self.abort)
             .await
             .ok_or(Error::Shutdown)?;
-        Ok((outcome, version))
+        Ok(Reapplied {
+            outcome,
+            now: version,
+            gone: doc.is_none(),
+        })
     }
+}
+
+/// What [`Tools::apply_entry`] did with one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reapplied {
+    /// Applied, or stale (MongoDB already held this version or a newer one).
+    pub outcome: Outcome,
+    /// The version the key holds now.
+    pub now: Version,
+    /// Whether the key reads as gone now (hard-deleted, or never written).
+    pub gone: bool,
 }
 
 /// Parses `--from` (and `--since`): a stream id (`ms-seq`), unix

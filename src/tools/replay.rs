@@ -147,7 +147,11 @@ impl Tools {
                         .apply_entry(Some(p), self.config.partitions, e.id, fields)
                         .await
                     {
-                        Ok((o, _)) => *sum.outcomes.entry(o.as_str().to_string()).or_default() += 1,
+                        Ok(r) => {
+                            *sum.outcomes
+                                .entry(r.outcome.as_str().to_string())
+                                .or_default() += 1
+                        }
                         Err(crate::Error::Rejected(r)) => {
                             tracing::warn!(partition = p, entry = %e.id.to_stream_id(), reason = %r, "replay could not apply an entry");
                             let named = if e.id < from {
