@@ -148,7 +148,7 @@ async fn dlq_retry(tools: &writ::tools::Tools, one: Option<String>) -> anyhow::R
         println!("no dead letters to retry");
         return Ok(ExitCode::SUCCESS);
     }
-    let mut failed = Vec::new();
+    let mut failed = writ::tools::failed::Failed::default();
     for head in &heads {
         if tools.abort.is_cancelled() {
             eprintln!("writ: stopped by a signal; the letters not retried yet stay");
@@ -157,7 +157,7 @@ async fn dlq_retry(tools: &writ::tools::Tools, one: Option<String>) -> anyhow::R
         if let Some(r) = tools.dlq_retry_in_run(head, &failed).await? {
             report(&head.id, &r);
             if r.is_err() {
-                failed.push(head.clone());
+                failed.add(head);
             }
         }
     }
