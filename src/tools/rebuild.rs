@@ -6,7 +6,7 @@
 //! the truth for it ([`crate::cache::Cache::refresh`]).
 
 use futures::TryStreamExt;
-use mongodb::bson::{doc, DateTime, Document};
+use mongodb::bson::{doc, DateTime, Document, RawDocumentBuf};
 
 use super::Tools;
 use crate::apply::{doc_version, is_tombstone, key_fields, DOC_UPDATED, DOC_WRIT};
@@ -43,6 +43,8 @@ impl Tools {
         since: Option<u64>,
     ) -> Result<RebuildSummary> {
         let mut sum = RebuildSummary::default();
+        let budget = self.config.max_in_flight_bytes.clamp(1, u32::MAX as usize);
+        let bytes = std::sync::Arc::new(tokio::sync::Semaphore::new(budget));
         let colls: Vec<_> = self
             .config
             .collections
@@ -50,7 +52,7 @@ impl Tools {
             .filter(|c| collection.is_none_or(|n| n == c.name))
             .cloned()
             .collect();
-        for coll in colls {
+        for coll in &colls {
             let filter = match since {
                 // `_writ.at` too: a hard delete's tombstone has no
                 // `updatedDate`, and a deleted key left in the cache would
@@ -65,15 +67,37 @@ impl Tools {
                 }
                 None => doc! {},
             };
-            let cursor = self.store.raw_collection(&coll.name).find(filter).await?;
+            let cursor = self
+                .store
+                .raw_collection(&coll.name)
+                .clone_with_type::<RawDocumentBuf>()
+                .find(filter)
+                .await?;
             // Many entries in flight on the multiplexed connection, which
             // pipelines them: one round trip per document made a rebuild of
             // 20k documents spend 70 % of its time waiting (docs/performance.md).
             // A collection holds one document per key, so their order does
-            // not matter.
+            // not matter. Bounded by count and by bytes: documents may be
+            // 16 MiB each, and 64 of them were 1 GiB in this process and a
+            // pipeline of scripts that long at Redis, beside the daemons.
+            // A document is taken from the cursor only once its bytes fit.
             cursor
                 .map_err(Error::from)
-                .map_ok(|doc| self.refresh_one(&coll, doc))
+                .and_then(|raw| {
+                    let (bytes, size) = (bytes.clone(), raw.as_bytes().len().clamp(1, budget));
+                    async move {
+                        let permit = bytes.acquire_many_owned(size as u32).await;
+                        Ok((raw, permit.expect("the semaphore is never closed")))
+                    }
+                })
+                .map_ok(|(raw, permit)| {
+                    let refresh = self.refresh_one(coll, raw);
+                    async move {
+                        let refreshed = refresh.await;
+                        drop(permit);
+                        refreshed
+                    }
+                })
                 .try_buffer_unordered(REBUILD_IN_FLIGHT)
                 .try_for_each(|outcome| {
                     sum.read += 1;
@@ -90,7 +114,9 @@ impl Tools {
     }
 
     /// Puts one MongoDB document into the cache (see [`crate::cache::Cache::refresh`]).
-    async fn refresh_one(&self, coll: &CollectionConfig, doc: Document) -> Result<Refreshed> {
+    async fn refresh_one(&self, coll: &CollectionConfig, raw: RawDocumentBuf) -> Result<Refreshed> {
+        let doc = Document::try_from(raw.as_ref())
+            .map_err(|e| Error::Encode(format!("a stored document: {e}")))?;
         let Ok(key) = Key::from_document(&key_fields(&coll.key, &doc), coll) else {
             return Ok(Refreshed::Skipped);
         };
@@ -107,7 +133,8 @@ impl Tools {
     }
 }
 
-/// Cache entries a rebuild has in flight at once.
+/// Cache entries a rebuild has in flight at once (and at most
+/// `daemon.max_in_flight_bytes` of documents).
 const REBUILD_IN_FLIGHT: usize = 64;
 
 /// What a rebuild did with one document.
