@@ -1592,3 +1592,109 @@ async fn dlq_drop_all_stops_at_a_signal() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("stopped by a signal"), "{said}");
 }
+
+const ROWS_FIELDS: &str = "[[collections]]\nname = \"rows\"\nkey = [\"k\"]\nlayout = \"fields\"";
+
+/// Puts of `rows`/`k1` (raw JSON, one per document) written while `rows`
+/// is not declared: each is parked. Their entry ids and letter ids.
+async fn park_rows_puts(env: &TestEnv, docs: &[&str]) -> Vec<(String, String)> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = writ::protocol::partition_of("rows", r#"["k1"]"#, env.config().partitions);
+    let stream = format!("{}:{{p{p}}}:in", env.name);
+    let mut r = env.redis().await;
+    let daemon = Daemon::start(env.config());
+    let mut ids = Vec::new();
+    for d in docs {
+        ids.push(support::raw_json_put(&mut r, &stream, "rows", r#"{"k":"k1"}"#, d, &[]).await);
+    }
+    let path = env.config_file_with(dir.path(), &Overrides::default());
+    let letters = eventually(Duration::from_secs(30), "the dead letters", || async {
+        let l = json(&writ_cli(&path, &["dlq", "list", "--json"]));
+        (l.as_array().unwrap().len() == docs.len()).then_some(l)
+    })
+    .await;
+    daemon.stop().await;
+    ids.into_iter()
+        .map(|id| {
+            let letter = letters
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|l| l["source_id"].as_str() == Some(id.as_str()))
+                .unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            (id, letter)
+        })
+        .collect()
+}
+
+/// `writ replay` of a parked fields-layout put that a newer put of its key
+/// overtook: its fields were never written, so the replay is incomplete
+/// (exit 3) and names the letter, which stays. Before, it counted the entry
+/// `stale` ("MongoDB already held it") and exited 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_of_an_overtaken_parked_write_is_not_called_stale() {
+    let env = TestEnv::start("replay_overtaken");
+    let dir = tempfile::tempdir().unwrap();
+    let parked = park_rows_puts(&env, &[r#"{"a":1}"#]).await;
+    let (entry, letter) = &parked[0];
+    let declared = Overrides {
+        collections: ROWS_FIELDS,
+        ..Default::default()
+    };
+    let daemon = Daemon::start(env.config_with(&declared));
+    let writ = Writ::connect(env.config_with(&declared)).await.unwrap();
+    let rows = writ.collection("rows").unwrap();
+    rows.write(&doc! {"k": "k1"}, &doc! {"b": 2}).await.unwrap();
+    daemon.stop().await;
+    let path = env.config_file_with(dir.path(), &declared);
+    let out = writ_cli(&path, &["replay", "--from", entry]);
+    let sum: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(3), "{sum}");
+    assert_eq!(sum["rejected"].as_u64(), Some(1), "{sum}");
+    let reason = sum["rejections"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(letter.as_str()) && reason.contains("kept"),
+        "{reason}"
+    );
+    let left = json(&writ_cli(&path, &["dlq", "list", "--json"]));
+    assert_eq!(left.as_array().unwrap().len(), 1, "{left}");
+}
+
+/// `writ replay` of parked writes it applies removes their letters, as
+/// `dlq retry` would. Before, they stayed, and a later `dlq retry --all`
+/// found the first stale behind the second and reported both as still
+/// failing (exit 1) although both were applied in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_removes_the_letters_of_the_parked_writes_it_applies() {
+    let env = TestEnv::start("replay_letters");
+    let dir = tempfile::tempdir().unwrap();
+    let parked = park_rows_puts(&env, &[r#"{"a":1}"#, r#"{"b":2}"#]).await;
+    let path = env.config_file_with(
+        dir.path(),
+        &Overrides {
+            collections: ROWS_FIELDS,
+            ..Default::default()
+        },
+    );
+    let sum = json(&writ_cli(&path, &["replay", "--from", &parked[0].0]));
+    assert_eq!(sum["letters_dropped"].as_u64(), Some(2), "{sum}");
+    assert_eq!(sum["outcomes"]["applied"].as_u64(), Some(2), "{sum}");
+    let left = json(&writ_cli(&path, &["dlq", "list", "--json"]));
+    assert_eq!(left.as_array().unwrap().len(), 0, "{left}");
+    let out = writ_cli(&path, &["dlq", "retry", "--all"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let docs = env.all_docs("rows").await;
+    assert_eq!(docs.len(), 1);
+    let payload = docs[0].clone();
+    assert!(
+        payload.get("a").is_some() && payload.get("b").is_some(),
+        "{payload:?}"
+    );
+}

@@ -347,16 +347,39 @@ impl Tools {
             .apply_entry(partition, count, version, &letter.original)
             .await
         {
+            Ok(r) => {
+                self.settle_letter(&letter.id, &letter.original, version, r)
+                    .await
+            }
+            Err(crate::Error::Rejected(r)) => Ok(Err(format!(
+                "{r}; {}",
+                r.reason.remedy().replace("<dead-letter id>", &letter.id)
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// What a re-applied parked write means for its letter (`dlq retry`,
+    /// and `replay` of an entry that has one): removed when the write is
+    /// applied or superseded, else kept, with why and what to do.
+    pub(super) async fn settle_letter(
+        &self,
+        letter_id: &str,
+        original: &Fields,
+        version: Version,
+        r: Reapplied,
+    ) -> Result<std::result::Result<crate::ack::Outcome, String>> {
+        match r {
             // A newer write stands, and this letter's write would have
             // changed what the key reads had it come first. Not so when the
             // key reads as gone: a later hard delete ends the key in write
             // order too, and re-writing the letter's value would revive it.
-            Ok(Reapplied {
+            Reapplied {
                 outcome: crate::ack::Outcome::Stale,
                 now,
                 gone: false,
-            }) if now > version && self.stale_is_not_redundant(&letter.original) => {
-                let why = if self.sets_only_its_fields(&letter.original) {
+            } if now > version && self.stale_is_not_redundant(original) => {
+                let why = if self.sets_only_its_fields(original) {
                     "in the `fields` layout a put sets only the fields it sends, so this letter's \
                      fields may be missing from the document. Compare `writ dlq show {id}` with the \
                      document, write what is missing again"
@@ -370,21 +393,16 @@ impl Tools {
                 Ok(Err(format!(
                     "kept: the key holds a newer write ({now}) than this letter ({version}), and \
                      {why}, then `writ dlq drop {id}`",
-                    why = why.replace("{id}", &letter.id),
+                    why = why.replace("{id}", letter_id),
                     now = now.to_stream_id(),
                     version = version.to_stream_id(),
-                    id = letter.id
+                    id = letter_id
                 )))
             }
-            Ok(r) => {
-                self.dlq_drop(&letter.id).await?;
+            r => {
+                self.dlq_drop(letter_id).await?;
                 Ok(Ok(r.outcome))
             }
-            Err(crate::Error::Rejected(r)) => Ok(Err(format!(
-                "{r}; {}",
-                r.reason.remedy().replace("<dead-letter id>", &letter.id)
-            ))),
-            Err(e) => Err(e),
         }
     }
 

@@ -8,8 +8,13 @@
 //! when a daemon reaches it (its fields lost in the `fields` layout, the
 //! wrong value standing in `insert_once`), as `dlq retry` keeps a letter
 //! for the same reason.
+//!
+//! An entry a daemon parked is settled as `writ dlq retry` settles its
+//! letter (removed when applied or superseded, kept otherwise), so a
+//! replay neither calls an overtaken write `stale` nor leaves the letters of
+//! what it applied behind.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use redis::Value;
 
@@ -22,6 +27,8 @@ use crate::stream::{cmd, parse_entries, PageSize};
 /// entries.
 const PAGE_BYTES: usize = 4 << 20;
 const MAX_PAGE: u64 = 500;
+/// Most dead letters one page reads (letter heads are kept, not documents).
+const LETTERS_PAGE: usize = 100;
 
 /// What a replay did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -32,7 +39,9 @@ pub struct ReplaySummary {
     pub filtered: u64,
     /// Outcome counts (`applied`, `stale`, ...).
     pub outcomes: BTreeMap<String, u64>,
-    /// Entries that could not apply (already dead-lettered at the time, or bad).
+    /// Entries that could not apply (already dead-lettered at the time, or
+    /// bad), and parked entries whose letter stays (a newer write of their
+    /// key stood first, in the `fields` layout or `insert_once`).
     pub rejected: u64,
     /// The first [`MAX_NAMED`] of them: which, and why.
     pub rejections: Vec<Rejection>,
@@ -41,6 +50,9 @@ pub struct ReplaySummary {
     /// which they park themselves, so they do not make the replay
     /// incomplete. The first [`MAX_NAMED`].
     pub rejected_before_range: Vec<Rejection>,
+    /// Dead letters of entries the replay applied, or found superseded, and
+    /// removed as `writ dlq retry` would.
+    pub letters_dropped: u64,
     /// Partitions replayed from an unapplied entry older than `from`, and
     /// that entry's id (the module header says why).
     pub started_earlier: BTreeMap<u32, String>,
@@ -74,6 +86,7 @@ impl Tools {
     ) -> Result<ReplaySummary> {
         self.check_collection(collection)?;
         let mut sum = ReplaySummary::default();
+        let parked = self.parked_writes().await?;
         // Without `--to`, each partition's range ends at its newest entry as
         // of the start: writers keep adding, and a replay must end.
         let mut ends = Vec::with_capacity(self.config.partitions as usize);
@@ -143,16 +156,30 @@ impl Tools {
                             continue;
                         }
                     }
-                    match self
+                    let applied = self
                         .apply_entry(Some(p), self.config.partitions, e.id, fields)
-                        .await
-                    {
-                        Ok(r) => {
-                            *sum.outcomes
-                                .entry(r.outcome.as_str().to_string())
-                                .or_default() += 1
+                        .await;
+                    // An entry a daemon parked: its letter goes as `dlq retry`
+                    // would drop it, or stays, and the entry counts as not
+                    // applied (a newer write stood first: `stale` would say
+                    // MongoDB holds it).
+                    let settled = match (applied, parked.get(&(stream.clone(), e.id))) {
+                        (Ok(r), Some(letter)) => {
+                            match self.settle_letter(letter, fields, e.id, r).await? {
+                                Ok(outcome) => {
+                                    sum.letters_dropped += 1;
+                                    Ok(outcome)
+                                }
+                                Err(kept) => Err(format!("dead letter {letter}: {kept}")),
+                            }
                         }
-                        Err(crate::Error::Rejected(r)) => {
+                        (Ok(r), None) => Ok(r.outcome),
+                        (Err(crate::Error::Rejected(r)), _) => Err(r.to_string()),
+                        (Err(err), _) => return Err(err),
+                    };
+                    match settled {
+                        Ok(o) => *sum.outcomes.entry(o.as_str().to_string()).or_default() += 1,
+                        Err(r) => {
                             tracing::warn!(partition = p, entry = %e.id.to_stream_id(), reason = %r, "replay could not apply an entry");
                             let named = if e.id < from {
                                 &mut sum.rejected_before_range
@@ -164,11 +191,10 @@ impl Tools {
                                 named.push(Rejection {
                                     partition: p,
                                     id: e.id.to_stream_id(),
-                                    reason: r.to_string(),
+                                    reason: r,
                                 });
                             }
                         }
-                        Err(err) => return Err(err),
                     }
                 }
                 start = format!("({}", last.to_stream_id());
@@ -179,6 +205,18 @@ impl Tools {
             }
         }
         Ok(sum)
+    }
+
+    /// The dead letters there are, by their write's stream and id.
+    async fn parked_writes(&self) -> Result<HashMap<(String, Version), String>> {
+        let Some(through) = self.dlq_newest().await? else {
+            return Ok(HashMap::new());
+        };
+        let heads = self.dlq_heads(through, LETTERS_PAGE).await?;
+        Ok(heads
+            .into_iter()
+            .filter_map(|h| Some(((h.source, h.write?), h.id)))
+            .collect())
     }
 
     /// The id of `stream`'s newest entry, if it has any.
