@@ -348,7 +348,8 @@ async fn replay(
         if sum.rejected > 0 {
             eprintln!(
                 "writ: warning: {} entries were rejected, as the daemon rejects them (a bad entry, an error MongoDB \
-                 gives for good, a key in another partition after a change of the count): not applied. `rejections` \
+                 gives for good, a key in another partition after a change of the count), or were parked writes a \
+                 newer write of their key overtook (their letters stay): not applied. `rejections` \
                  in the summary names {} with the reason. One the daemons had not applied is parked by them \
                  (`writ dlq list`); one they applied before and MongoDB refuses now is in no dead-letter stream: \
                  fix the cause and replay its id (--from ID --to ID)",
@@ -396,7 +397,12 @@ async fn rebuild_cache(
     let tools = writ::tools::Tools::connect(config).await?;
     let done = async {
         tools.check_collection(collection)?;
-        let sum = tools.rebuild_cache(collection, since).await?;
+        tokio::spawn(signal_watch(tools.abort.clone()));
+        const AGAIN: &str = "rebuild-cache stopped before the end; it never moves a cache entry backwards: run it again";
+        let sum = tokio::select! {
+            sum = tools.rebuild_cache(collection, since) => sum.context(AGAIN)?,
+            _ = tools.abort.cancelled() => anyhow::bail!("{AGAIN} (stopped by a signal)"),
+        };
         println!("{}", serde_json::to_string(&sum)?);
         Ok(ExitCode::SUCCESS)
     }

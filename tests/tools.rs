@@ -1698,3 +1698,65 @@ async fn replay_removes_the_letters_of_the_parked_writes_it_applies() {
         "{payload:?}"
     );
 }
+
+/// Ctrl-C while `dlq retry` waits inside an apply (MongoDB does not answer;
+/// here a proxy holds the write) says what state it leaves and what to do,
+/// not only "shutting down"; the letter stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_retry_stopped_inside_an_apply_says_what_to_do() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use support::mongo_proxy::{collection_of, Act, MongoProxy};
+    let env = TestEnv::start("dlq_retry_signal");
+    let dir = tempfile::tempdir().unwrap();
+    let parked = park_rows_puts(&env, &[r#"{"a":1}"#]).await;
+    let held = std::sync::Arc::new(AtomicUsize::new(0));
+    let target = support::proxy::mongo_target(&env.mongo_uri).await;
+    let proxy = {
+        let held = held.clone();
+        MongoProxy::start(target, move |cmd: Document| {
+            let hold = collection_of(&cmd) == Some("rows") && cmd.contains_key("findAndModify");
+            let held = held.clone();
+            async move {
+                if hold {
+                    held.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                }
+                Act::Pass
+            }
+        })
+        .await
+    };
+    let path = env.config_file_with(
+        dir.path(),
+        &Overrides {
+            collections: ROWS_FIELDS,
+            mongo_uri: Some(proxy.uri(&env.mongo_uri)),
+            ..Default::default()
+        },
+    );
+    let child = std::process::Command::new(support::proc::writ_bin())
+        .arg("--config")
+        .arg(&path)
+        .args(["dlq", "retry", &parked[0].1])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the retry's write held",
+        || async { (held.load(Ordering::SeqCst) > 0).then_some(()) },
+    )
+    .await;
+    support::pause::signal(child.id(), libc::SIGINT);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("stopped by a signal while retrying a letter")
+            && err.contains("run the retry again"),
+        "{err}"
+    );
+    let left = json(&writ_cli(&path, &["dlq", "list", "--json"]));
+    assert_eq!(left.as_array().unwrap().len(), 1, "{left}");
+}

@@ -66,7 +66,14 @@ pub async fn dlq(config: Config, action: DlqAction) -> anyhow::Result<ExitCode> 
                 None => anyhow::bail!("no dead letter {id}; {NOT_THERE}"),
             },
             // clap took one id or --all (the `which` group).
-            DlqAction::Retry { id, .. } => dlq_retry(&tools, id).await,
+            DlqAction::Retry { id, .. } => dlq_retry(&tools, id).await.map_err(|e| {
+                if matches!(e.downcast_ref::<writ::Error>(), Some(writ::Error::Shutdown)) {
+                    // Most of a retry's time in an outage is inside an apply.
+                    e.context("stopped by a signal while retrying a letter: its write may have applied and its letter still be listed; run the retry again (a letter whose write is applied is then removed)")
+                } else {
+                    e
+                }
+            }),
             DlqAction::Drop { id, .. } => dlq_drop(&tools, id).await,
         }
     }
