@@ -165,6 +165,11 @@ pub(super) async fn run_key(part: &Partition, jobs: Vec<Job>, mut refused: bool)
     // Writes found poison as the last of a run, by index; the lowest on top.
     let mut poison: Vec<(usize, Reject, u32)> = Vec::new();
     while i < jobs.len() {
+        // Before a park as before an apply: a tenure aborted while the last
+        // park waited parks nothing more (the rest stays pending, in order).
+        if !part.still_owner() {
+            return refused; // leave the rest pending
+        }
         let coll = part
             .ctx
             .config
@@ -181,9 +186,6 @@ pub(super) async fn run_key(part: &Partition, jobs: Vec<Job>, mut refused: bool)
         let limit = poison.last().map_or(jobs.len(), |(at, ..)| *at);
         let end = coalesced_end(&coll, &jobs[..limit], i);
         let target = &jobs[end - 1];
-        if !part.still_owner() {
-            return refused; // leave the rest pending
-        }
         let started = std::time::Instant::now();
         let budget = if poison.is_empty() && !refused {
             part.ctx.config.max_attempts
