@@ -7,8 +7,12 @@
 //! about a second, the leases of every partition lapsed meanwhile, and
 //! nothing was applied (docs/operations.md, "Failure modes").
 //!
+//! `writ rebuild-cache` likewise holds no more than that of documents.
+//!
 //! In its own test binary: it reads the daemon's gauges from this process's
-//! recorder, which no other daemon may share.
+//! recorder, which no other daemon may share. (Not in the Redis Cluster
+//! pass: the rebuild's test holds Redis with a proxy in front of one
+//! server.)
 
 mod support;
 
@@ -234,4 +238,103 @@ async fn the_read_script_returns_no_more_than_fits() {
     assert_eq!(got, ids[6..], "a read with room returns all there is");
     assert_eq!(r.more, None);
     assert!(!r.full);
+}
+
+/// `writ rebuild-cache` holds at most `daemon.max_in_flight_bytes` of
+/// documents at once, not 64 of them whatever their size: while Redis is
+/// slow (here: held by a proxy for 3 s) the documents it reads from MongoDB
+/// pile up in the process. 32 documents of 4 MiB with a 10 MiB budget:
+/// before, its peak RSS was 506 MiB (every document read, and its cache
+/// entry queued, at once); now about 130 MiB (the driver's batches of up to
+/// 16 MiB, the budget, and each document's copies on its way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_cache_holds_at_most_its_byte_budget_of_documents() {
+    const DOCS: usize = 32;
+    let env = TestEnv::start("rebuild_bytes");
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, via) = support::proxy::in_front_of_redis_pausable(&env.redis_url).await;
+    let o = Overrides {
+        redis_url: Some(via),
+        client: "max_document_bytes = 5242880",
+        daemon: "max_in_flight_bytes = 10485760",
+        ..Default::default()
+    };
+    let path = env.config_file_with(dir.path(), &o);
+    let signals = env.mongo_db().await.collection::<Document>("signal");
+    let blob = "x".repeat(4 << 20);
+    for i in 0..DOCS {
+        let mut d =
+            doc! {"symbol": format!("B{i}"), "strategyName": "rebuild", "exchangeName": "x"};
+        d.insert("payload", doc! {"blob": &blob});
+        signals.insert_one(d).await.unwrap();
+    }
+    let mut child = std::process::Command::new(support::proc::writ_bin())
+        .arg("--config")
+        .arg(&path)
+        .arg("rebuild-cache")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut r = env.redis().await;
+    let pattern = format!("{}:*:c:*", env.name);
+    let cached = |mut r: writ::redis_conn::Conn| {
+        let pattern = pattern.clone();
+        async move {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(&pattern)
+                .query_async(&mut r)
+                .await
+                .unwrap();
+            keys.len()
+        }
+    };
+    // Held once the rebuild has begun writing the cache.
+    let mut peak_kib = 0;
+    while cached(r.clone()).await == 0 {
+        peak_kib = peak_kib.max(peak_rss_kib(child.id()));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the rebuild ended before it cached anything"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    proxy.pause();
+    let held_at = cached(r.clone()).await;
+    for _ in 0..150 {
+        peak_kib = peak_kib.max(peak_rss_kib(child.id()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.go_on();
+    assert!(
+        held_at < DOCS,
+        "the rebuild was done before Redis was held: the test staged nothing"
+    );
+    while child.try_wait().unwrap().is_none() {
+        peak_kib = peak_kib.max(peak_rss_kib(child.id()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let sum = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
+    assert_eq!(sum["stored"].as_u64(), Some(DOCS as u64), "{sum}");
+    assert_eq!(cached(r.clone()).await, DOCS);
+    assert!(
+        peak_kib < 256 * 1024,
+        "rebuild-cache peaked at {} MiB with a 10 MiB budget of documents in flight",
+        peak_kib / 1024
+    );
+    let _ = &mut r;
+}
+
+/// The peak resident size of process `pid` so far (`VmHWM`), in KiB; 0 once
+/// it is gone.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
