@@ -21,7 +21,7 @@ use redis::Value;
 use super::Tools;
 use crate::error::Result;
 use crate::protocol::{self, Version};
-use crate::stream::{cmd, parse_entries, PageSize};
+use crate::stream::{cmd, parse_entries, Fields, PageSize};
 
 /// About the most entry bytes one page of a replay reads, and its most
 /// entries.
@@ -76,6 +76,14 @@ pub struct Rejection {
     pub reason: String,
 }
 
+/// What one replay works from: its range, its filter and the letters of
+/// the parked writes.
+struct Run<'a> {
+    from: Version,
+    collection: Option<&'a str>,
+    parked: HashMap<(String, Version), String>,
+}
+
 impl Tools {
     /// Replays `[from, to]` of every partition (optionally one collection).
     pub async fn replay(
@@ -86,7 +94,11 @@ impl Tools {
     ) -> Result<ReplaySummary> {
         self.check_collection(collection)?;
         let mut sum = ReplaySummary::default();
-        let parked = self.parked_writes().await?;
+        let run = Run {
+            from,
+            collection,
+            parked: self.parked_writes().await?,
+        };
         // Without `--to`, each partition's range ends at its newest entry as
         // of the start: writers keep adding, and a replay must end.
         let mut ends = Vec::with_capacity(self.config.partitions as usize);
@@ -101,110 +113,134 @@ impl Tools {
             });
         }
         for (p, end) in (0..self.config.partitions).zip(ends) {
-            let stream = self.names.stream(p);
-            let Some(end) = end else { continue };
-            if end < from {
-                continue;
-            }
-            let to = end.to_stream_id();
-            let mut conn = self.conn.clone();
-            let begin = match crate::status::oldest_unapplied(&mut conn, &self.names, p).await? {
-                Some(oldest) if oldest < from => {
-                    sum.started_earlier.insert(p, oldest.to_stream_id());
-                    oldest
-                }
-                _ => from,
-            };
-            let mut start = begin.to_stream_id();
-            // The first id this page may hold: what was read so far is
-            // before it. Retention keeps trimming while a long replay runs;
-            // entries it removed ahead of the replay are missed, and said so.
-            let mut next = begin;
-            // Pages of about 4 MiB: entries may be up to 16 MiB each.
-            let mut page = PageSize::new(PAGE_BYTES, 1, MAX_PAGE);
-            loop {
-                // A stop (SIGINT, SIGTERM, SIGHUP) ends the replay here too,
-                // not only inside an apply: pages of entries of other
-                // collections apply nothing.
-                if self.abort.is_cancelled() {
-                    return Err(crate::Error::Shutdown);
-                }
-                let mut conn = self.conn.clone();
-                let v: Value = cmd::xrange(&stream, &start, &to, Some(page.next()))
-                    .query_async(&mut conn)
-                    .await?;
-                // Only the range counts: what retention trimmed before it
-                // (an earlier start's entries the daemons applied meanwhile)
-                // was applied.
-                if !sum.trimmed.contains(&p) && self.removed_since(&stream, next.max(from)).await? {
-                    sum.trimmed.push(p);
-                }
-                let entries = parse_entries(&v);
-                let Some(last) = entries.last().map(|e| e.id) else {
-                    break;
-                };
-                page.saw(&entries);
-                for e in &entries {
-                    sum.read += 1;
-                    let Some(fields) = &e.fields else { continue };
-                    if let Some(c) = collection {
-                        let coll = fields
-                            .iter()
-                            .find(|(k, _)| k.as_slice() == protocol::field::COLLECTION.as_bytes());
-                        if coll.is_none_or(|(_, v)| v.as_slice() != c.as_bytes()) {
-                            sum.filtered += 1;
-                            continue;
-                        }
-                    }
-                    let applied = self
-                        .apply_entry(Some(p), self.config.partitions, e.id, fields)
-                        .await;
-                    // An entry a daemon parked: its letter goes as `dlq retry`
-                    // would drop it, or stays, and the entry counts as not
-                    // applied (a newer write stood first: `stale` would say
-                    // MongoDB holds it).
-                    let settled = match (applied, parked.get(&(stream.clone(), e.id))) {
-                        (Ok(r), Some(letter)) => {
-                            match self.settle_letter(letter, fields, e.id, r).await? {
-                                Ok(outcome) => {
-                                    sum.letters_dropped += 1;
-                                    Ok(outcome)
-                                }
-                                Err(kept) => Err(format!("dead letter {letter}: {kept}")),
-                            }
-                        }
-                        (Ok(r), None) => Ok(r.outcome),
-                        (Err(crate::Error::Rejected(r)), _) => Err(r.to_string()),
-                        (Err(err), _) => return Err(err),
-                    };
-                    match settled {
-                        Ok(o) => *sum.outcomes.entry(o.as_str().to_string()).or_default() += 1,
-                        Err(r) => {
-                            tracing::warn!(partition = p, entry = %e.id.to_stream_id(), reason = %r, "replay could not apply an entry");
-                            let named = if e.id < from {
-                                &mut sum.rejected_before_range
-                            } else {
-                                sum.rejected += 1;
-                                &mut sum.rejections
-                            };
-                            if named.len() < MAX_NAMED {
-                                named.push(Rejection {
-                                    partition: p,
-                                    id: e.id.to_stream_id(),
-                                    reason: r,
-                                });
-                            }
-                        }
-                    }
-                }
-                start = format!("({}", last.to_stream_id());
-                next = Version {
-                    ms: last.ms,
-                    seq: last.seq.saturating_add(1),
-                };
+            match end {
+                Some(end) if end >= from => self.replay_partition(&run, p, end, &mut sum).await?,
+                _ => {}
             }
         }
         Ok(sum)
+    }
+
+    /// Replays partition `p` up to `end`, from the range's start or its
+    /// oldest unapplied entry, whichever is older.
+    async fn replay_partition(
+        &self,
+        run: &Run<'_>,
+        p: u32,
+        end: Version,
+        sum: &mut ReplaySummary,
+    ) -> Result<()> {
+        let stream = self.names.stream(p);
+        let to = end.to_stream_id();
+        let mut conn = self.conn.clone();
+        let begin = match crate::status::oldest_unapplied(&mut conn, &self.names, p).await? {
+            Some(oldest) if oldest < run.from => {
+                sum.started_earlier.insert(p, oldest.to_stream_id());
+                oldest
+            }
+            _ => run.from,
+        };
+        let mut start = begin.to_stream_id();
+        // The first id this page may hold: what was read so far is before
+        // it. Retention keeps trimming while a long replay runs; entries it
+        // removed ahead of the replay are missed, and said so.
+        let mut next = begin;
+        // Pages of about 4 MiB: entries may be up to 16 MiB each.
+        let mut page = PageSize::new(PAGE_BYTES, 1, MAX_PAGE);
+        loop {
+            // A stop (SIGINT, SIGTERM, SIGHUP) ends the replay here too, not
+            // only inside an apply: pages of entries of other collections
+            // apply nothing.
+            if self.abort.is_cancelled() {
+                return Err(crate::Error::Shutdown);
+            }
+            let v: Value = cmd::xrange(&stream, &start, &to, Some(page.next()))
+                .query_async(&mut conn)
+                .await?;
+            // Only the range counts: what retention trimmed before it (an
+            // earlier start's entries the daemons applied meanwhile) was
+            // applied.
+            if !sum.trimmed.contains(&p) && self.removed_since(&stream, next.max(run.from)).await? {
+                sum.trimmed.push(p);
+            }
+            let entries = parse_entries(&v);
+            let Some(last) = entries.last().map(|e| e.id) else {
+                return Ok(());
+            };
+            page.saw(&entries);
+            for e in &entries {
+                sum.read += 1;
+                let Some(fields) = &e.fields else { continue };
+                if let Some(c) = run.collection {
+                    let coll = fields
+                        .iter()
+                        .find(|(k, _)| k.as_slice() == protocol::field::COLLECTION.as_bytes());
+                    if coll.is_none_or(|(_, v)| v.as_slice() != c.as_bytes()) {
+                        sum.filtered += 1;
+                        continue;
+                    }
+                }
+                self.replay_entry(run, p, &stream, e.id, fields, sum)
+                    .await?;
+            }
+            start = format!("({}", last.to_stream_id());
+            next = Version {
+                ms: last.ms,
+                seq: last.seq.saturating_add(1),
+            };
+        }
+    }
+
+    /// Applies entry `id` of partition `p` and counts what it did.
+    async fn replay_entry(
+        &self,
+        run: &Run<'_>,
+        p: u32,
+        stream: &str,
+        id: Version,
+        fields: &Fields,
+        sum: &mut ReplaySummary,
+    ) -> Result<()> {
+        let applied = self
+            .apply_entry(Some(p), self.config.partitions, id, fields)
+            .await;
+        // An entry a daemon parked: its letter goes as `dlq retry` would
+        // drop it, or stays, and the entry counts as not applied (a newer
+        // write stood first: `stale` would say MongoDB holds it).
+        let settled = match (applied, run.parked.get(&(stream.to_string(), id))) {
+            (Ok(r), Some(letter)) => match self.settle_letter(letter, fields, id, r).await? {
+                Ok(outcome) => {
+                    sum.letters_dropped += 1;
+                    Ok(outcome)
+                }
+                Err(kept) => Err(format!("dead letter {letter}: {kept}")),
+            },
+            (Ok(r), None) => Ok(r.outcome),
+            (Err(crate::Error::Rejected(r)), _) => Err(r.to_string()),
+            (Err(err), _) => return Err(err),
+        };
+        let reason = match settled {
+            Ok(o) => {
+                *sum.outcomes.entry(o.as_str().to_string()).or_default() += 1;
+                return Ok(());
+            }
+            Err(reason) => reason,
+        };
+        tracing::warn!(partition = p, entry = %id.to_stream_id(), reason = %reason, "replay could not apply an entry");
+        let named = if id < run.from {
+            &mut sum.rejected_before_range
+        } else {
+            sum.rejected += 1;
+            &mut sum.rejections
+        };
+        if named.len() < MAX_NAMED {
+            named.push(Rejection {
+                partition: p,
+                id: id.to_stream_id(),
+                reason,
+            });
+        }
+        Ok(())
     }
 
     /// The dead letters there are, by their write's stream and id.
