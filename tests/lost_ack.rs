@@ -1034,3 +1034,91 @@ async fn a_delivery_during_the_overdue_look_does_not_make_the_write_look_done() 
         "nothing applied it"
     );
 }
+
+/// A submitted write that is dead-lettered after its ticket was dropped is
+/// counted ([`Writ::unheard_refusals`]) and logged: a process that submits
+/// without waiting has no other way to learn of it. One whose ticket is
+/// still held is told through the ticket and not counted. Here the handle
+/// declares a collection the daemon does not, so the daemon parks its
+/// writes (`unknown_collection`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_nobody_waits_for_is_counted() {
+    let env = TestEnv::start("unheard_refusal");
+    let daemon = Daemon::start(env.config());
+    let writer = Writ::connect(env.config_with(&Overrides {
+        collections: "[[collections]]\nname = \"undeclared\"\nkey = [\"k\"]\n",
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    let c = writer.collection("undeclared").unwrap();
+    let held = c.submit(&doc! {"k": "held"}, &doc! {"v": 1}).await.unwrap();
+    let err = held
+        .wait_for(std::time::Duration::from_secs(30))
+        .await
+        .expect_err("the daemon parks a write of a collection it does not declare");
+    assert!(matches!(err, writ::Error::DeadLettered { .. }), "{err:?}");
+    assert_eq!(writer.unheard_refusals(), 0, "a held ticket was told");
+    drop(
+        c.submit(&doc! {"k": "dropped"}, &doc! {"v": 1})
+            .await
+            .unwrap(),
+    );
+    support::eventually(
+        std::time::Duration::from_secs(30),
+        "the dropped ticket's refusal counted",
+        || async { (writer.unheard_refusals() == 1).then_some(()) },
+    )
+    .await;
+    daemon.stop().await;
+}
+
+/// A write whose ack is lost and whose dead letter comes after more letters
+/// than one look reads (2,000) is still settled: each look goes on after
+/// the letters the one before read. Before, every look read the same first
+/// 2,000 again, and the write never settled (its ticket timed out, and so
+/// did every read of its key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_behind_a_burst_of_letters_is_found() {
+    use writ::deadletter::field;
+    let env = TestEnv::start("letters_resume");
+    let daemon = Daemon::start(env.config());
+    let writer = Writ::connect(env.config_with(&Overrides {
+        collections: "[[collections]]\nname = \"undeclared\"\nkey = [\"k\"]\n",
+        client: "write_timeout_ms = 1000\nread_timeout_ms = 1000",
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    block_acks(&env, &writer).await;
+    // Letters of other writes, in the minute before the handle's write.
+    let dlq = writ::protocol::Names::new(&env.name).dead_letters();
+    let mut r = env.redis().await;
+    for _ in 0..3 {
+        let mut pipe = redis::pipe();
+        for _ in 0..700 {
+            pipe.cmd("XADD")
+                .arg(&dlq)
+                .arg("*")
+                .arg(field::SOURCE)
+                .arg("another:{p0}:in")
+                .arg(field::ID)
+                .arg("1-0")
+                .arg(field::REASON)
+                .arg("malformed")
+                .ignore();
+        }
+        let () = pipe.query_async(&mut r).await.unwrap();
+    }
+    let c = writer.collection("undeclared").unwrap();
+    let ticket = c.submit(&doc! {"k": "x"}, &doc! {"v": 1}).await.unwrap();
+    let err = ticket
+        .wait_for(std::time::Duration::from_secs(30))
+        .await
+        .expect_err("the daemon parks a write of a collection it does not declare");
+    assert!(
+        matches!(err, writ::Error::DeadLettered { .. }),
+        "the write was not settled from its dead letter behind 2,100 others: {err:?}"
+    );
+    daemon.stop().await;
+}

@@ -79,18 +79,55 @@ pub(super) fn deliver(inner: &Inner, ack: Ack) {
 }
 
 /// Wakes the waiter of `request` (the write of entry `entry`) with `result`
-/// and drops the write from the pending ones of its key.
+/// and drops the write from the pending ones of its key. A refusal (dead
+/// letter, lost write) nobody waits for any more is logged and counted
+/// ([`Writ::unheard_refusals`]): the caller of a `submit` that dropped its
+/// ticket would otherwise never learn it.
 pub(super) fn settle(inner: &Inner, request: &str, entry: Version, result: AckResult) {
+    let refused = match &result {
+        AckResult::Committed(_) => None,
+        AckResult::DeadLettered(why) => Some(("dead-lettered", why.clone())),
+        AckResult::Lost(why) => Some(("lost", why.clone())),
+    };
     let Some((key, tx)) = inner.waiters.lock().expect("lock").remove(request) else {
+        if let Some(refused) = refused {
+            unheard(inner, request, entry, refused);
+        }
         return;
     };
     // Wake waiters first: submit checks the receiver under the `latest` lock.
     let _ = tx.send(Some(result));
-    let mut latest = inner.latest.lock().expect("lock");
-    if let Some(pending) = latest.get_mut(&key) {
-        pending.remove(&entry);
-        if pending.is_empty() {
-            latest.remove(&key);
+    {
+        let mut latest = inner.latest.lock().expect("lock");
+        if let Some(pending) = latest.get_mut(&key) {
+            pending.remove(&entry);
+            if pending.is_empty() {
+                latest.remove(&key);
+            }
         }
+    }
+    // The pending write's own receiver is gone now: any left is a ticket's.
+    if let Some(refused) = refused.filter(|_| tx.receiver_count() == 0) {
+        unheard(inner, request, entry, refused);
+    }
+}
+
+/// A refusal no ticket receives: its ticket was dropped (a `submit` nobody
+/// waits for), or its ack came twice.
+fn unheard(inner: &Inner, request: &str, entry: Version, (what, why): (&str, String)) {
+    inner
+        .unheard_refusals
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!(request, entry = %entry.to_stream_id(), outcome = what, reason = %why, "a write of this handle was {what}, and no caller waits for its ticket: its value was not stored (`writ dlq list` shows dead letters by their write's id)");
+}
+
+impl super::Writ {
+    /// Writes of this handle refused (dead-lettered, or lost by Redis) after
+    /// their tickets were dropped: each is also logged. A process that
+    /// submits without waiting learns of its refused writes here.
+    pub fn unheard_refusals(&self) -> u64 {
+        self.inner
+            .unheard_refusals
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }

@@ -20,6 +20,7 @@ mod sweep;
 mod sync;
 mod ticket;
 
+pub use read::Record;
 pub use ticket::Ticket;
 
 use std::collections::{BTreeMap, HashMap};
@@ -44,15 +45,6 @@ type AckState = watch::Receiver<Option<acks::AckResult>>;
 /// A request waiting for its ack: its key and the sender that wakes it.
 type Waiter = (KeyId, watch::Sender<Option<acks::AckResult>>);
 
-/// What a read returns with its version.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Record {
-    /// The version read.
-    pub version: Version,
-    /// The payload, or `None` if the key is soft- or hard-deleted.
-    pub payload: Option<Document>,
-}
-
 pub(crate) struct Inner {
     config: Arc<Config>,
     names: Names,
@@ -71,11 +63,16 @@ pub(crate) struct Inner {
     /// Request → when a look first found its entry gone and MongoDB older
     /// than it ([`overdue`]); dropped once it is settled or no longer waited for.
     missing: Mutex<HashMap<String, tokio::time::Instant>>,
+    /// Request → the letter a look for its dead letter read up to without
+    /// finding it ([`overdue`]); dropped as `missing` is.
+    letters_read: Mutex<HashMap<String, String>>,
     /// Admission calls, one in flight per partition (group commit).
     batcher: Arc<batch::Batcher>,
     /// Whether a cache fill failed for a reason other than memory (said
     /// once per handle: [`Inner::fill`]).
     fill_failed: std::sync::atomic::AtomicBool,
+    /// Refusals no ticket received ([`Writ::unheard_refusals`]).
+    unheard_refusals: AtomicU64,
     /// `redis.min_replicas_acked`: submits share `WAIT`s (group commit).
     confirmer: Confirmer,
     _stop: DropGuard,
@@ -136,6 +133,7 @@ impl Writ {
         let inner = Arc::new(Inner {
             batcher,
             fill_failed: Default::default(),
+            unheard_refusals: Default::default(),
             cache: Cache::new(conn.clone()),
             confirmer,
             names,
@@ -147,6 +145,7 @@ impl Writ {
             latest: Mutex::new(HashMap::new()),
             settled: Mutex::new(Vec::new()),
             missing: Mutex::new(HashMap::new()),
+            letters_read: Mutex::new(HashMap::new()),
             _stop: stop.clone().drop_guard(),
             config,
         });

@@ -73,6 +73,9 @@ pub(super) enum Done {
 struct Letters {
     reasons: HashMap<Version, String>,
     complete: bool,
+    /// The id of the last letter read: a later look for the writes not
+    /// found goes on after it ([`Inner::letters_read`]).
+    read_to: Option<String>,
 }
 
 impl Inner {
@@ -177,10 +180,29 @@ impl Inner {
         }
         let mut ids: Vec<Version> = done.iter().chain(&missing).map(|(v, _)| *v).collect();
         ids.sort();
+        let requests: Vec<&str> = done
+            .iter()
+            .chain(&missing)
+            .map(|(_, w)| w.request.as_str())
+            .collect();
+        let after = self.letters_read_by(&requests);
         let Letters {
             mut reasons,
             complete,
-        } = self.letters(p, &ids).await?;
+            read_to,
+        } = self.letters(p, &ids, after).await?;
+        if let Some(read_to) = read_to.filter(|_| !complete) {
+            // The letters up to `read_to` hold none of the writes not found:
+            // the next look goes on from there, not from the start again
+            // (which never got past a burst of more letters than one look
+            // reads).
+            let mut read = self.letters_read.lock().expect("lock");
+            for (version, w) in done.iter().chain(&missing) {
+                if !reasons.contains_key(version) {
+                    read.insert(w.request.clone(), read_to.clone());
+                }
+            }
+        }
         let lost_after = self.config.lost_write_after;
         let now = tokio::time::Instant::now();
         let stream = self.names.stream(p);
@@ -218,8 +240,11 @@ impl Inner {
                 AckResult::Lost(_) => {
                     tracing::warn!(request = %request, entry = %version, "this write's entry is gone from its stream, no ack or dead letter came, and MongoDB holds an older version of its key: Redis lost it (a failover with redis.min_replicas_acked = 0, or the entry was deleted by hand); settled as lost")
                 }
-                _ => {
-                    tracing::warn!(request = %request, entry = %version, "the ack of this write was lost (Redis lost data, or the ack stream was trimmed or holds another type); settled from the streams")
+                AckResult::DeadLettered(why) => {
+                    tracing::warn!(request = %request, entry = %version, reason = %why, "the ack of this write was lost (Redis lost data, or the ack stream was trimmed or holds another type); settled from the streams: it was dead-lettered")
+                }
+                AckResult::Committed(_) => {
+                    tracing::warn!(request = %request, entry = %version, "the ack of this write was lost (Redis lost data, or the ack stream was trimmed or holds another type); settled from the streams: applied")
                 }
             }
             acks::settle(self, &request, version, result);
@@ -244,6 +269,10 @@ impl Inner {
         {
             let waiters = self.waiters.lock().expect("lock");
             self.missing
+                .lock()
+                .expect("lock")
+                .retain(|request, _| waiters.contains_key(request));
+            self.letters_read
                 .lock()
                 .expect("lock")
                 .retain(|request, _| waiters.contains_key(request));
@@ -331,20 +360,37 @@ impl Inner {
         })
     }
 
+    /// Where a look for the letters of `requests` may start: after the
+    /// earliest letter an earlier look read up to for one of them, when each
+    /// of them had such a look; else `None` (from a minute before the
+    /// oldest write).
+    fn letters_read_by(&self, requests: &[&str]) -> Option<String> {
+        let read = self.letters_read.lock().expect("lock");
+        let points: Option<Vec<Version>> = requests
+            .iter()
+            .map(|r| read.get(*r).and_then(|id| id.parse().ok()))
+            .collect();
+        points?.into_iter().min().map(|v| v.to_stream_id())
+    }
+
     /// The dead letters of entries `ids` (sorted) of partition `p`, read
-    /// once for all of them, in pages.
-    async fn letters(&self, p: u32, ids: &[Version]) -> Result<Letters> {
+    /// once for all of them, in pages, from after letter `after` if given.
+    async fn letters(&self, p: u32, ids: &[Version], after: Option<String>) -> Result<Letters> {
         let stream = self.names.stream(p);
         let dlq = self.names.dead_letters();
         let mut conn = self.conn.clone();
         let wanted: HashMap<String, Version> = ids.iter().map(|v| (v.to_stream_id(), *v)).collect();
         let mut reasons = HashMap::new();
         let oldest = ids.first().map_or(0, |v| v.ms);
-        let mut from = Version {
-            ms: oldest.saturating_sub(60_000),
-            seq: 0,
-        }
-        .to_stream_id();
+        let mut from = match after {
+            Some(id) => format!("({id}"),
+            None => Version {
+                ms: oldest.saturating_sub(60_000),
+                seq: 0,
+            }
+            .to_stream_id(),
+        };
+        let mut read_to = None;
         let (mut sizes, mut read, mut bytes) =
             (PageSize::new(LETTERS_PAGE_BYTES, 4, LETTERS_PAGE), 0, 0);
         while read < LETTERS_AT_MOST && bytes < LETTERS_BYTES_AT_MOST {
@@ -355,6 +401,9 @@ impl Inner {
             let letters = take_entries(page);
             sizes.saw(&letters);
             read += letters.len();
+            if let Some(last) = letters.last() {
+                read_to = Some(last.id.to_stream_id());
+            }
             bytes += letters.iter().map(Entry::bytes).sum::<usize>();
             for l in &letters {
                 if value(l, field::SOURCE) != Some(stream.as_bytes()) {
@@ -383,6 +432,7 @@ impl Inner {
                     return Ok(Letters {
                         reasons,
                         complete: true,
+                        read_to,
                     })
                 }
             }
@@ -390,6 +440,7 @@ impl Inner {
         Ok(Letters {
             reasons,
             complete: false,
+            read_to,
         })
     }
 }

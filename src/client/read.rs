@@ -15,6 +15,15 @@ use crate::cache::Cached;
 use crate::error::{Error, Result};
 use crate::protocol::{Key, Reject, RejectReason, Version};
 
+/// What a read returns with its version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// The version read.
+    pub version: Version,
+    /// The payload, or `None` if the key is soft- or hard-deleted.
+    pub payload: Option<Document>,
+}
+
 impl super::Inner {
     /// The cache entries of `entries` (each with its partition) in one
     /// round trip, refused ([`Error::Config`]) when one of their partitions
