@@ -34,8 +34,18 @@ export const ACK_SOCKET_TIMEOUT_MS = ACK_BLOCK_MS + 9000;
 const LOST_ACK_SWEEP_MS = 5000;
 /** Writes one sweep looks at. */
 const LOST_ACK_SWEEP_MAX = 256;
-/** Dead letters one sweep reads before it gives up until the next. */
+/** Dead letters one sweep reads at most; the next goes on after them ({@link AckReader.lettersReadTo}). */
 const LOST_ACK_DLQ_SCAN = 2000;
+
+/** What a sweep's read of the dead-letter stream found ({@link AckReader.deadLettersOf}). */
+interface Letters {
+  /** `"<stream> <entry id>"` → reason. */
+  letters: Map<string, string>;
+  /** Whether it read to the end of the stream. */
+  complete: boolean;
+  /** The id of the last letter it read. */
+  readTo?: string;
+}
 /**
  * A page of dead letters: at most this many, and about {@link LOST_ACK_DLQ_PAGE_BYTES} of letters as
  * large as the largest seen so far, starting with a few. A letter carries its write's document (up to
@@ -154,6 +164,13 @@ export class AckReader {
   private dlqErrorReported = false;
   /** req → when a sweep first found its entry gone and MongoDB older than it ({@link lostOrStored}). */
   private missingSince = new Map<string, number>();
+  /**
+   * req → the last dead letter a sweep read without finding the write's
+   * ({@link deadLettersOf}): the next sweep goes on from there, not from
+   * the start again, which never got past a burst of more letters than one
+   * sweep reads.
+   */
+  private lettersReadTo = new Map<string, string>();
   /** The MongoDB look for writes whose entries are gone, running beside the ack loop ({@link lostOrStored}). */
   private mongoLook: Promise<void> | undefined;
   /**
@@ -312,7 +329,8 @@ export class AckReader {
     const now = Date.now();
     if (now - this.lastSweepAt < Math.min(LOST_ACK_SWEEP_MS, this.config.writeTimeoutMs)) return;
     this.lastSweepAt = now;
-    for (const m of [this.missingSince, this.storedSeen]) for (const req of m.keys()) if (!this.pending.has(req)) m.delete(req);
+    for (const m of [this.missingSince, this.storedSeen, this.lettersReadTo])
+      for (const req of m.keys()) if (!this.pending.has(req)) m.delete(req);
     const overdue: AwaitedWrite[] = [];
     for (const w of this.pending.values()) {
       if (w.entryId && w.admittedAt! <= now - this.config.writeTimeoutMs) overdue.push(w);
@@ -332,20 +350,26 @@ export class AckReader {
       const finished = [...done, ...stored];
       if (!finished.length && !lost.length) return;
       if (!(await this.within(this.catchUpAcks(), deadline))) return;
-      let letters: Map<string, string> | undefined;
+      let found: Letters | undefined;
       try {
-        letters = await this.within(this.deadLettersOf([...finished, ...lost], deadline), deadline);
+        found = await this.within(this.deadLettersOf([...finished, ...lost], deadline), deadline);
       } catch (e) {
         this.reportDlqRefusal(e);
         throw e;
       }
-      if (!letters) return;
+      if (!found) return;
+      const { letters, complete, readTo } = found;
       let settled = 0;
       for (const w of [...finished, ...lost]) {
         if (!this.pending.has(w.req)) continue; // its ack came meanwhile
         const stream = this.names.stream(w.key.partition);
         const reason = letters.get(`${stream} ${w.entryId}`);
         const entryId = w.entryId!;
+        if (reason === undefined && !complete) {
+          // More letters follow than one sweep reads: the next goes on.
+          if (readTo) this.lettersReadTo.set(w.req, readTo);
+          continue;
+        }
         this.missingSince.delete(w.req);
         if (reason !== undefined) {
           this.deliver(w.req, { outcome: "dead_lettered", version: entryId, entryId, reason });
@@ -584,15 +608,23 @@ export class AckReader {
 
   /**
    * The dead letters of `writes` (`"<stream> <entry id>"` → reason), read from
-   * the oldest write's time on; undefined if more than
-   * {@link LOST_ACK_DLQ_SCAN} letters follow it (the answer would be unsure).
+   * the oldest write's time on, or after the letter an earlier sweep read up
+   * to for each of them ({@link lettersReadTo}); `complete` is false when
+   * more than {@link LOST_ACK_DLQ_SCAN} letters (or
+   * {@link LOST_ACK_DLQ_SCAN_BYTES}) follow (a write not found may have one
+   * further on, after `readTo`); undefined once the sweep's `deadline` passed.
    */
-  private async deadLettersOf(writes: AwaitedWrite[], deadline: number): Promise<Map<string, string> | undefined> {
+  private async deadLettersOf(writes: AwaitedWrite[], deadline: number): Promise<Letters | undefined> {
     const letters = new Map<string, string>();
     const oldest = writes.reduce((a, w) => (compareStreamIds(w.entryId!, a) < 0 ? w.entryId! : a), writes[0].entryId!);
     // A margin for clocks: the dead-letter stream may live on another node
     // (a cluster), or on a promoted replica whose clock is behind.
     let from = `${Math.max(0, Number(oldest.split("-")[0]) - LOST_ACK_CLOCK_MARGIN_MS)}-0`;
+    const after = writes.map((w) => this.lettersReadTo.get(w.req));
+    if (after.every((id): id is string => id !== undefined)) {
+      from = `(${after.reduce((a, id) => (compareStreamIds(id, a) < 0 ? id : a))}`;
+    }
+    let readTo: string | undefined;
     let count = 4;
     let largest = 0;
     for (let read = 0, bytes = 0; read < LOST_ACK_DLQ_SCAN && bytes < LOST_ACK_DLQ_SCAN_BYTES; ) {
@@ -613,11 +645,12 @@ export class AckReader {
           letters.set(`${stream} ${id}`, detail ? `${reason}: ${String(detail)}` : reason);
         }
       }
-      if (page.length < count) return letters;
+      if (page.length) readTo = page[page.length - 1][0];
+      if (page.length < count) return { letters, complete: true, readTo };
       read += page.length;
       from = `(${page[page.length - 1][0]}`;
       count = Math.max(1, Math.min(LOST_ACK_DLQ_PAGE, count * 4, Math.floor(LOST_ACK_DLQ_PAGE_BYTES / Math.max(1, largest))));
     }
-    return undefined;
+    return { letters, complete: false, readTo };
   }
 }

@@ -141,3 +141,38 @@ test("read-throughs read the primary at local, whatever read concern and prefere
       await proxy.close();
     }
   }));
+
+test("a lost ack's dead letter behind more letters than one sweep reads is still found", () =>
+  env.guard(async () => {
+    // No daemon: its steps by hand. The write's entry is in its stream and
+    // the group is past it with nothing pending (a daemon finished it), its
+    // ack never came, and its dead letter comes after 3,500 others. Each
+    // sweep reads about 2,000 letters (to the end of the page that passes
+    // 2,000); before, every sweep read the same first ones again and the
+    // write was never settled.
+    const s = new WritClient(env.clientConfig({ collections: [KV], mode: "submit", writeTimeoutMs: 300 }));
+    clients.push(s);
+    const key = { k: "behind-a-burst", n: 1 };
+    const t = await s.write(KV.name, key, "put", { n: 1 });
+    const names = new Names(env.name);
+    const stream = names.stream(partitionOf(KV.name, canonicalKey(KV, key), env.partitions));
+    const redis = new Redis(env.redisUrl);
+    try {
+      for (let batch = 0; batch < 5; batch++) {
+        const pipe = redis.pipeline();
+        for (let i = 0; i < 700; i++) pipe.xadd(names.dlq, "*", "dlq.stream", "another:{p0}:in", "dlq.id", "1-0", "dlq.reason", "malformed");
+        await pipe.exec();
+      }
+      await redis.xadd(names.dlq, "*", "dlq.stream", stream, "dlq.id", t.entryId, "dlq.reason", "mongo_rejected", "dlq.detail", "staged");
+      try {
+        await redis.xgroup("CREATE", stream, names.group, "$");
+      } catch {
+        await redis.xgroup("SETID", stream, names.group, "$");
+      }
+    } finally {
+      redis.disconnect();
+    }
+    const r = await Promise.race([t.acked, sleep(30000).then(() => undefined)]);
+    assert.equal(r?.outcome, "dead_lettered", "the sweep never got past the first 2,000 or so letters");
+    assert.equal(r?.reason, "mongo_rejected: staged");
+  }));
