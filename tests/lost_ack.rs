@@ -760,8 +760,9 @@ async fn a_gone_write_the_group_holds_pending_is_not_settled_lost() {
 /// after a failover that lost the entry, a promoted replica whose clock is
 /// behind can give out the same id again. Here by hand, with no daemon: the
 /// stream replaced by one holding another client's entry at that id, which
-/// the group has passed. The write is not settled applied on that entry's
-/// account; MongoDB does not hold it, so it is settled lost.
+/// the group has passed, and that write's dead letter. The write is not
+/// settled applied on that entry's account, nor dead-lettered on that
+/// letter's; MongoDB does not hold it, so it is settled lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_another_write_added_at_a_writes_id_does_not_settle_it() {
     let (env, config, writ) = handle_with(
@@ -776,6 +777,15 @@ async fn an_entry_another_write_added_at_a_writes_id_does_not_settle_it() {
     let names = writ::protocol::Names::new(&config.namespace);
     let stream = signal_stream(&config, &key);
     let mut r = env.redis().await;
+    // This write's request id, as its entry carries it.
+    let own: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg(&id)
+        .arg(&id)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let req = own[0].1.iter().find(|(f, _)| f == "req").unwrap().1.clone();
     let _: u64 = redis::cmd("DEL")
         .arg(&stream)
         .query_async(&mut r)
@@ -790,6 +800,25 @@ async fn an_entry_another_write_added_at_a_writes_id_does_not_settle_it() {
         .arg("another-client")
         .arg("req")
         .arg("1")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    // And another client's write at that id was parked; its request id is
+    // even this write's (they are unique per client only). Its letter is not
+    // this write's either.
+    let _: String = redis::cmd("XADD")
+        .arg(names.dead_letters())
+        .arg("*")
+        .arg("dlq.stream")
+        .arg(&stream)
+        .arg("dlq.id")
+        .arg(&id)
+        .arg("dlq.reason")
+        .arg("malformed")
+        .arg("client")
+        .arg("another-client")
+        .arg("req")
+        .arg(&req)
         .query_async(&mut r)
         .await
         .unwrap();
@@ -1112,10 +1141,30 @@ async fn a_dead_letter_behind_a_burst_of_letters_is_found() {
     }
     let c = writer.collection("undeclared").unwrap();
     let ticket = c.submit(&doc! {"k": "x"}, &doc! {"v": 1}).await.unwrap();
-    let err = ticket
-        .wait_for(std::time::Duration::from_secs(30))
-        .await
-        .expect_err("the daemon parks a write of a collection it does not declare");
+    // Meanwhile more writes of the key, their acks lost too, keep joining
+    // its looks, each with its own window reaching back over the burst:
+    // they must not send the look back to the start each time.
+    let feeder = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            for i in 2..i64::MAX {
+                drop(c.submit(&doc! {"k": "x"}, &doc! {"v": i}).await);
+                // Slow enough that a look's 256 writes are not all old ones
+                // within the test's bound (which would let it go on too).
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        })
+    };
+    // Settled by the handle's sweep (every 5 s), not by the ticket's own
+    // look once its wait runs out (that look has the write alone).
+    let err = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        ticket.wait_for(std::time::Duration::from_secs(600)),
+    )
+    .await
+    .expect("not settled by the sweep within 30 s: it never got past the burst")
+    .expect_err("the daemon parks a write of a collection it does not declare");
+    feeder.abort();
     assert!(
         matches!(err, writ::Error::DeadLettered { .. }),
         "the write was not settled from its dead letter behind 2,100 others: {err:?}"

@@ -65,7 +65,7 @@ pub(crate) struct Inner {
     missing: Mutex<HashMap<String, tokio::time::Instant>>,
     /// Request → the letter a look for its dead letter read up to without
     /// finding it ([`overdue`]); dropped as `missing` is.
-    letters_read: Mutex<HashMap<String, String>>,
+    letters_read: Mutex<HashMap<String, Version>>,
     /// Admission calls, one in flight per partition (group commit).
     batcher: Arc<batch::Batcher>,
     /// Whether a cache fill failed for a reason other than memory (said

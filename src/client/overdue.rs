@@ -9,7 +9,7 @@
 //! lost (a failover) is never applied: MongoDB tells, and it is settled lost
 //! ([`crate::Error::Lost`]) rather than wedge its key's reads.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use redis::Value;
 
@@ -75,7 +75,7 @@ struct Letters {
     complete: bool,
     /// The id of the last letter read: a later look for the writes not
     /// found goes on after it ([`Inner::letters_read`]).
-    read_to: Option<String>,
+    read_to: Option<Version>,
 }
 
 impl Inner {
@@ -178,28 +178,25 @@ impl Inner {
         if done.is_empty() && missing.is_empty() {
             return Ok(all);
         }
-        let mut ids: Vec<Version> = done.iter().chain(&missing).map(|(v, _)| *v).collect();
-        ids.sort();
-        let requests: Vec<&str> = done
+        let wanted: Vec<(Version, String)> = done
             .iter()
             .chain(&missing)
-            .map(|(_, w)| w.request.as_str())
+            .map(|(v, w)| (*v, w.request.clone()))
             .collect();
-        let after = self.letters_read_by(&requests);
+        let (from, covered) = self.letter_scan(&wanted);
         let Letters {
             mut reasons,
             complete,
             read_to,
-        } = self.letters(p, &ids, after).await?;
+        } = self.letters(p, &wanted, from).await?;
         if let Some(read_to) = read_to.filter(|_| !complete) {
-            // The letters up to `read_to` hold none of the writes not found:
-            // the next look goes on from there, not from the start again
-            // (which never got past a burst of more letters than one look
-            // reads).
+            // The letters from `from` to `read_to` hold none of the writes
+            // not found: their next look goes on from there (never back).
             let mut read = self.letters_read.lock().expect("lock");
-            for (version, w) in done.iter().chain(&missing) {
-                if !reasons.contains_key(version) {
-                    read.insert(w.request.clone(), read_to.clone());
+            for (version, request) in &wanted {
+                if covered.contains(version) && !reasons.contains_key(version) {
+                    let at = read.entry(request.clone()).or_insert(read_to);
+                    *at = (*at).max(read_to);
                 }
             }
         }
@@ -216,7 +213,9 @@ impl Inner {
             }
             let result = match reasons.remove(&version) {
                 Some(why) => AckResult::DeadLettered(why),
-                None if !complete => {
+                // Its letter may be further on, or before where this look
+                // started (`letter_scan`).
+                None if !complete || !covered.contains(&version) => {
                     all = false;
                     continue;
                 }
@@ -360,36 +359,67 @@ impl Inner {
         })
     }
 
-    /// Where a look for the letters of `requests` may start: after the
-    /// earliest letter an earlier look read up to for one of them, when each
-    /// of them had such a look; else `None` (from a minute before the
-    /// oldest write).
-    fn letters_read_by(&self, requests: &[&str]) -> Option<String> {
+    /// Where this look reads the dead-letter stream from, and the writes of
+    /// `wanted` it judges. Each write's letter may be after the letter an
+    /// earlier look read up to for it without finding it
+    /// ([`Inner::letters_read`]), else from a minute before its own time (a
+    /// margin for other nodes' clocks). Writes an earlier look left part way
+    /// go first, from the earliest point one of them reached: a write that
+    /// joins later (its own window reaching back over the letters read
+    /// already) must not send them back to the start at each look, or with
+    /// acks lost all the time none would ever get past a burst of letters.
+    /// A write whose start is before that point is not judged now; its turn
+    /// comes once those are settled.
+    fn letter_scan(&self, wanted: &[(Version, String)]) -> (Version, HashSet<Version>) {
         let read = self.letters_read.lock().expect("lock");
-        let points: Option<Vec<Version>> = requests
+        let start = |v: &Version, request: &str| match read.get(request) {
+            Some(at) => Version {
+                ms: at.ms,
+                seq: at.seq.saturating_add(1),
+            },
+            None => Version {
+                ms: v.ms.saturating_sub(60_000),
+                seq: 0,
+            },
+        };
+        let resumed: Vec<&(Version, String)> = wanted
             .iter()
-            .map(|r| read.get(*r).and_then(|id| id.parse().ok()))
+            .filter(|(_, r)| read.contains_key(r))
             .collect();
-        points?.into_iter().min().map(|v| v.to_stream_id())
+        let from = if resumed.is_empty() {
+            wanted.iter().map(|(v, r)| start(v, r)).min()
+        } else {
+            resumed.iter().map(|(v, r)| start(v, r)).min()
+        }
+        .unwrap_or_default();
+        let covered = wanted
+            .iter()
+            .filter(|(v, r)| start(v, r) >= from)
+            .map(|(v, _)| *v)
+            .collect();
+        (from, covered)
     }
 
-    /// The dead letters of entries `ids` (sorted) of partition `p`, read
-    /// once for all of them, in pages, from after letter `after` if given.
-    async fn letters(&self, p: u32, ids: &[Version], after: Option<String>) -> Result<Letters> {
+    /// The dead letters of this handle's writes `wanted` (entry id, request)
+    /// of partition `p`, read once for all of them, in pages, from `from`.
+    /// A letter carries its entry's fields, so only one of this client's
+    /// request is its write's: a promoted replica whose clock is behind may
+    /// give a lost entry's id to another write, which may be parked.
+    async fn letters(
+        &self,
+        p: u32,
+        wanted: &[(Version, String)],
+        from: Version,
+    ) -> Result<Letters> {
         let stream = self.names.stream(p);
         let dlq = self.names.dead_letters();
         let mut conn = self.conn.clone();
-        let wanted: HashMap<String, Version> = ids.iter().map(|v| (v.to_stream_id(), *v)).collect();
+        let by_id: HashMap<String, (Version, &str)> = wanted
+            .iter()
+            .map(|(v, r)| (v.to_stream_id(), (*v, r.as_str())))
+            .collect();
         let mut reasons = HashMap::new();
-        let oldest = ids.first().map_or(0, |v| v.ms);
-        let mut from = match after {
-            Some(id) => format!("({id}"),
-            None => Version {
-                ms: oldest.saturating_sub(60_000),
-                seq: 0,
-            }
-            .to_stream_id(),
-        };
+        let mut from = from.to_stream_id();
         let mut read_to = None;
         let (mut sizes, mut read, mut bytes) =
             (PageSize::new(LETTERS_PAGE_BYTES, 4, LETTERS_PAGE), 0, 0);
@@ -402,19 +432,24 @@ impl Inner {
             sizes.saw(&letters);
             read += letters.len();
             if let Some(last) = letters.last() {
-                read_to = Some(last.id.to_stream_id());
+                read_to = Some(last.id);
             }
             bytes += letters.iter().map(Entry::bytes).sum::<usize>();
             for l in &letters {
                 if value(l, field::SOURCE) != Some(stream.as_bytes()) {
                     continue;
                 }
-                let Some(id) = value(l, field::ID)
+                let Some((id, request)) = value(l, field::ID)
                     .and_then(|id| std::str::from_utf8(id).ok())
-                    .and_then(|id| wanted.get(id))
+                    .and_then(|id| by_id.get(id))
                 else {
                     continue;
                 };
+                if value(l, entry_field::CLIENT) != Some(self.client_id.as_bytes())
+                    || value(l, entry_field::REQUEST) != Some(request.as_bytes())
+                {
+                    continue;
+                }
                 let reason = value(l, field::REASON).unwrap_or_default();
                 let detail = value(l, field::DETAIL).unwrap_or_default();
                 let why = format!(
@@ -425,7 +460,7 @@ impl Inner {
                 reasons.insert(*id, why);
             }
             match letters.last() {
-                Some(last) if letters.len() as u64 == asked && reasons.len() < ids.len() => {
+                Some(last) if letters.len() as u64 == asked && reasons.len() < wanted.len() => {
                     from = format!("({}", last.id.to_stream_id());
                 }
                 _ => {

@@ -17,7 +17,7 @@ import type { AckOutcome, AckResult } from "./client.js";
 import type { WritConfig } from "./config.js";
 import { WritConnectionError, WritTimeoutError, type WritError } from "./errors.js";
 import type { Names } from "./key.js";
-import { compareStreamIds } from "./version.js";
+import { compareStreamIds, nextStreamId } from "./version.js";
 import { errMessage, groupBy, isReplyError, sleepUnref } from "./util.js";
 
 const ACK_BLOCK_MS = 1000;
@@ -350,9 +350,13 @@ export class AckReader {
       const finished = [...done, ...stored];
       if (!finished.length && !lost.length) return;
       if (!(await this.within(this.catchUpAcks(), deadline))) return;
+      // Those whose acks the catch-up just delivered need no letter.
+      const unsettled = [...finished, ...lost].filter((w) => this.pending.has(w.req));
+      if (!unsettled.length) return;
+      const from = this.letterScanStart(unsettled);
       let found: Letters | undefined;
       try {
-        found = await this.within(this.deadLettersOf([...finished, ...lost], deadline), deadline);
+        found = await this.within(this.deadLettersOf(from, deadline), deadline);
       } catch (e) {
         this.reportDlqRefusal(e);
         throw e;
@@ -362,12 +366,15 @@ export class AckReader {
       let settled = 0;
       for (const w of [...finished, ...lost]) {
         if (!this.pending.has(w.req)) continue; // its ack came meanwhile
+        if (compareStreamIds(this.letterStart(w), from) < 0) continue; // not this sweep's: letterScanStart
         const stream = this.names.stream(w.key.partition);
-        const reason = letters.get(`${stream} ${w.entryId}`);
+        const reason = letters.get(`${stream} ${w.entryId} ${w.req}`);
         const entryId = w.entryId!;
         if (reason === undefined && !complete) {
-          // More letters follow than one sweep reads: the next goes on.
-          if (readTo) this.lettersReadTo.set(w.req, readTo);
+          // More letters follow than one sweep reads: the next goes on
+          // from where this one stopped (never back).
+          const was = this.lettersReadTo.get(w.req);
+          if (readTo && (was === undefined || compareStreamIds(was, readTo) < 0)) this.lettersReadTo.set(w.req, readTo);
           continue;
         }
         this.missingSince.delete(w.req);
@@ -607,23 +614,43 @@ export class AckReader {
   }
 
   /**
-   * The dead letters of `writes` (`"<stream> <entry id>"` → reason), read from
-   * the oldest write's time on, or after the letter an earlier sweep read up
-   * to for each of them ({@link lettersReadTo}); `complete` is false when
-   * more than {@link LOST_ACK_DLQ_SCAN} letters (or
-   * {@link LOST_ACK_DLQ_SCAN_BYTES}) follow (a write not found may have one
-   * further on, after `readTo`); undefined once the sweep's `deadline` passed.
+   * Where each write's letter may be: after the letter an earlier sweep read
+   * up to for it without finding it ({@link lettersReadTo}), else from a
+   * minute before its own time (a margin for clocks: the dead-letter stream
+   * may live on another node of a cluster, or on a promoted replica whose
+   * clock is behind).
    */
-  private async deadLettersOf(writes: AwaitedWrite[], deadline: number): Promise<Letters | undefined> {
+  private letterStart(w: AwaitedWrite): string {
+    const after = this.lettersReadTo.get(w.req);
+    if (after !== undefined) return nextStreamId(after);
+    return `${Math.max(0, Number(w.entryId!.split("-")[0]) - LOST_ACK_CLOCK_MARGIN_MS)}-0`;
+  }
+
+  /**
+   * Where this sweep reads the dead-letter stream from. Writes an earlier
+   * sweep left part way go first, from the earliest point one of them
+   * reached: a write that joins later (its own window reaching back over
+   * the letters read already) must not send them back to the start each
+   * sweep, or with acks lost all the time none would ever get past a burst
+   * of letters. A write whose start is before this point is not judged in
+   * this sweep; its turn comes once those are settled.
+   */
+  private letterScanStart(writes: AwaitedWrite[]): string {
+    const resumed = writes.filter((w) => this.lettersReadTo.has(w.req));
+    const from = (resumed.length ? resumed : writes).map((w) => this.letterStart(w));
+    return from.reduce((a, id) => (compareStreamIds(id, a) < 0 ? id : a));
+  }
+
+  /**
+   * The dead letters of this client's writes (`"<stream> <entry id> <req>"`
+   * → reason), read from `from`; `complete` is false when more than
+   * {@link LOST_ACK_DLQ_SCAN} letters (or {@link LOST_ACK_DLQ_SCAN_BYTES})
+   * follow (a write not found may have one further on, after `readTo`);
+   * undefined once the sweep's `deadline` passed.
+   */
+  private async deadLettersOf(from: string, deadline: number): Promise<Letters | undefined> {
     const letters = new Map<string, string>();
-    const oldest = writes.reduce((a, w) => (compareStreamIds(w.entryId!, a) < 0 ? w.entryId! : a), writes[0].entryId!);
-    // A margin for clocks: the dead-letter stream may live on another node
-    // (a cluster), or on a promoted replica whose clock is behind.
-    let from = `${Math.max(0, Number(oldest.split("-")[0]) - LOST_ACK_CLOCK_MARGIN_MS)}-0`;
-    const after = writes.map((w) => this.lettersReadTo.get(w.req));
-    if (after.every((id): id is string => id !== undefined)) {
-      from = `(${after.reduce((a, id) => (compareStreamIds(id, a) < 0 ? id : a))}`;
-    }
+    const clientId = this.config.clientId;
     let readTo: string | undefined;
     let count = 4;
     let largest = 0;
@@ -638,11 +665,15 @@ export class AckReader {
         const f = flatToMap(flat);
         const stream = f.get("dlq.stream");
         const id = f.get("dlq.id");
-        if (typeof stream === "string" && typeof id === "string") {
+        // A letter carries its entry's fields: only this client's request
+        // is its write (a promoted replica whose clock is behind may give
+        // a lost entry's id to another write, which may be parked).
+        const req = f.get("req");
+        if (typeof stream === "string" && typeof id === "string" && typeof req === "string" && f.get("client") === clientId) {
           // As the Rust client settles it: `<label>: <detail>`.
           const reason = String(f.get("dlq.reason") ?? "");
           const detail = f.get("dlq.detail");
-          letters.set(`${stream} ${id}`, detail ? `${reason}: ${String(detail)}` : reason);
+          letters.set(`${stream} ${id} ${req}`, detail ? `${reason}: ${String(detail)}` : reason);
         }
       }
       if (page.length) readTo = page[page.length - 1][0];

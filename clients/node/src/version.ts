@@ -34,3 +34,9 @@ export function compareStreamIds(a: string, b: string): number {
   const sb = toSortable(b);
   return sa < sb ? -1 : sa > sb ? 1 : 0;
 }
+
+/** The stream id just after `id` (`ms-seq` → `ms-(seq+1)`). */
+export function nextStreamId(id: string): string {
+  const [ms, seq] = id.split("-");
+  return `${BigInt(ms)}-${BigInt(seq) + 1n}`;
+}

@@ -35,7 +35,7 @@ after(async () => {
   }
 });
 
-test("an entry another write added at a write's id does not settle it: it is settled lost, not applied", () =>
+test("an entry (and a letter) another write added at a write's id does not settle it: it is settled lost", () =>
   env.guard(async () => {
     const s = new WritClient(env.clientConfig({ collections: [KV], mode: "submit", writeTimeoutMs: 300, lostWriteAfterMs: 1 }));
     clients.push(s);
@@ -45,15 +45,20 @@ test("an entry another write added at a write's id does not settle it: it is set
     const stream = names.stream(partitionOf(KV.name, canonicalKey(KV, key), env.partitions));
     const redis = new Redis(env.redisUrl);
     try {
+      const [[, own]] = (await redis.xrange(stream, t.entryId, t.entryId)) as [string, string[]][];
+      const req = own[own.indexOf("req") + 1];
       await redis.del(stream);
       await redis.xadd(stream, t.entryId, "v", "1", "client", "another-client", "req", "x.1");
+      // And another client's write at that id was parked; its request id is
+      // even the same as this write's (they are unique per client only).
+      await redis.xadd(names.dlq, "*", "dlq.stream", stream, "dlq.id", t.entryId, "dlq.reason", "malformed", "client", "another-client", "req", req);
       // Past that entry and holding nothing pending: as a daemon that finished it leaves the group.
       await redis.xgroup("CREATE", stream, names.group, "$");
     } finally {
       redis.disconnect();
     }
     const r = await Promise.race([t.acked, sleep(20000).then(() => undefined)]);
-    assert.equal(r?.outcome, "lost", "taking the other write's entry for its own would settle it applied");
+    assert.equal(r?.outcome, "lost", "taking the other write's entry (or its letter) for its own would settle it applied (or dead-lettered)");
   }));
 
 test("a write whose entry is gone and that only MongoDB's primary holds is not settled applied until the majority holds it", () =>
@@ -163,7 +168,9 @@ test("a lost ack's dead letter behind more letters than one sweep reads is still
         for (let i = 0; i < 700; i++) pipe.xadd(names.dlq, "*", "dlq.stream", "another:{p0}:in", "dlq.id", "1-0", "dlq.reason", "malformed");
         await pipe.exec();
       }
-      await redis.xadd(names.dlq, "*", "dlq.stream", stream, "dlq.id", t.entryId, "dlq.reason", "mongo_rejected", "dlq.detail", "staged");
+      // A letter carries its entry's fields verbatim.
+      const [[, entry]] = (await redis.xrange(stream, t.entryId, t.entryId)) as [string, string[]][];
+      await redis.xadd(names.dlq, "*", "dlq.stream", stream, "dlq.id", t.entryId, "dlq.reason", "mongo_rejected", "dlq.detail", "staged", ...entry);
       try {
         await redis.xgroup("CREATE", stream, names.group, "$");
       } catch {
@@ -172,7 +179,32 @@ test("a lost ack's dead letter behind more letters than one sweep reads is still
     } finally {
       redis.disconnect();
     }
+    // Meanwhile more writes whose acks are lost keep joining the sweep, each
+    // with its own window reaching back over the burst: they must not send
+    // the scan back to the start every sweep.
+    let feeding = true;
+    const feeder = (async () => {
+      const r2 = new Redis(env.redisUrl);
+      try {
+        for (let i = 0; feeding; i++) {
+          const fk = { k: "feed", n: i };
+          const ft = await s.write(KV.name, fk, "put", { n: i });
+          const fs = names.stream(partitionOf(KV.name, canonicalKey(KV, fk), env.partitions));
+          try {
+            await r2.xgroup("CREATE", fs, names.group, "$");
+          } catch {
+            await r2.xgroup("SETID", fs, names.group, "$");
+          }
+          void ft.acked.catch(() => undefined);
+          await sleep(100);
+        }
+      } finally {
+        r2.disconnect();
+      }
+    })();
     const r = await Promise.race([t.acked, sleep(30000).then(() => undefined)]);
+    feeding = false;
+    await feeder;
     assert.equal(r?.outcome, "dead_lettered", "the sweep never got past the first 2,000 or so letters");
     assert.equal(r?.reason, "mongo_rejected: staged");
   }));
