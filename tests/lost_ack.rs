@@ -1165,6 +1165,14 @@ async fn a_dead_letter_behind_a_burst_of_letters_is_found() {
     .expect("not settled by the sweep within 30 s: it never got past the burst")
     .expect_err("the daemon parks a write of a collection it does not declare");
     feeder.abort();
+    // The feeder's writes, parked and settled from the streams like it,
+    // had their tickets dropped: each refusal is counted.
+    support::eventually(
+        std::time::Duration::from_secs(15),
+        "refusals settled from the streams for dropped tickets counted",
+        || async { (writer.unheard_refusals() > 0).then_some(()) },
+    )
+    .await;
     assert!(
         matches!(err, writ::Error::DeadLettered { .. }),
         "the write was not settled from its dead letter behind 2,100 others: {err:?}"

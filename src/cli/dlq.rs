@@ -25,7 +25,7 @@ pub enum DlqAction {
         #[arg(value_parser = letter_id)]
         id: String,
     },
-    /// Re-apply at the original version; removed from the stream if applied or superseded (kept: a fields-layout or insert_once put a later write superseded, unless that write deleted the key; while older writes of its partition are not applied yet; or, in fields-layout, insert_once and undeclared collections, while an older letter of its key remains); --all goes in write order.
+    /// Re-apply at the original version; removed from the stream if applied or superseded (kept: a fields-layout or insert_once put a later write superseded, unless the key reads as deleted or removed; while older writes of its partition are not applied yet; or, in fields-layout, insert_once and undeclared collections, while an older letter of its key remains); --all goes in write order.
     #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all"])))]
     Retry {
         /// Dead-letter id, or --all.

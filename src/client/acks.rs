@@ -89,7 +89,7 @@ pub(super) fn settle(inner: &Inner, request: &str, entry: Version, result: AckRe
         AckResult::DeadLettered(why) => Some(("dead-lettered", why.clone())),
         AckResult::Lost(why) => Some(("lost", why.clone())),
     };
-    let Some((key, tx)) = inner.waiters.lock().expect("lock").remove(request) else {
+    let Some((key, tx, held)) = inner.waiters.lock().expect("lock").remove(request) else {
         if let Some(refused) = refused {
             unheard(inner, request, entry, refused);
         }
@@ -106,8 +106,7 @@ pub(super) fn settle(inner: &Inner, request: &str, entry: Version, result: AckRe
             }
         }
     }
-    // The pending write's own receiver is gone now: any left is a ticket's.
-    if let Some(refused) = refused.filter(|_| tx.receiver_count() == 0) {
+    if let Some(refused) = refused.filter(|_| held.strong_count() == 0) {
         unheard(inner, request, entry, refused);
     }
 }

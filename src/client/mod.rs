@@ -42,8 +42,13 @@ use crate::protocol::{self, Key, Names, Op, Reject, RejectReason, ReplyTo, Versi
 
 type KeyId = (String, String);
 type AckState = watch::Receiver<Option<acks::AckResult>>;
-/// A request waiting for its ack: its key and the sender that wakes it.
-type Waiter = (KeyId, watch::Sender<Option<acks::AckResult>>);
+/// A request waiting for its ack: its key, the sender that wakes it, and
+/// whether its ticket is still held ([`acks::settle`]).
+type Waiter = (
+    KeyId,
+    watch::Sender<Option<acks::AckResult>>,
+    std::sync::Weak<()>,
+);
 
 pub(crate) struct Inner {
     config: Arc<Config>,
@@ -271,12 +276,7 @@ impl Collection {
         };
         let fields = protocol::encode(&self.coll, &key, op, doc, Some(&reply))?;
         let id: KeyId = (self.coll.name.clone(), key.canonical());
-        let (tx, rx) = watch::channel(None);
-        inner
-            .waiters
-            .lock()
-            .expect("lock")
-            .insert(request.clone(), (id.clone(), tx));
+        let (rx, held) = inner.waiter(&request, &id);
         // Until the write is pending, any way out (an error, or this future
         // dropped: a `timeout` around the submit) takes its waiter back, or
         // a write that was refused or never added would keep it for good.
@@ -343,6 +343,7 @@ impl Collection {
             partition: p,
             cache_key,
             pending,
+            _held: held,
         };
         Ok(Ticket::new(version, rx, inner.config.write_timeout, origin))
     }

@@ -445,8 +445,15 @@ impl Inner {
                 else {
                     continue;
                 };
-                if value(l, entry_field::CLIENT) != Some(self.client_id.as_bytes())
-                    || value(l, entry_field::REQUEST) != Some(request.as_bytes())
+                // A letter without its entry's fields (an entry deleted while
+                // pending was parked without them) goes by stream and id.
+                let (client, req) = (
+                    value(l, entry_field::CLIENT),
+                    value(l, entry_field::REQUEST),
+                );
+                if (client.is_some() || req.is_some())
+                    && (client != Some(self.client_id.as_bytes())
+                        || req != Some(request.as_bytes()))
                 {
                     continue;
                 }

@@ -4,6 +4,9 @@
 //! pending writes and waiters bounded when acks are lost.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use tokio::sync::watch;
 
 use super::{AckState, Collection, Inner, KeyId, Waiter};
 use crate::error::{Error, Result};
@@ -19,6 +22,19 @@ pub(crate) struct Pending {
 }
 
 impl Inner {
+    /// Registers the waiter of `request` (a write of key `id`): the receiver
+    /// of its ack, and the token its ticket holds.
+    pub(super) fn waiter(&self, request: &str, id: &KeyId) -> (AckState, Arc<()>) {
+        let (tx, rx) = watch::channel(None);
+        let held = Arc::new(());
+        let waiter = (id.clone(), tx, Arc::downgrade(&held));
+        self.waiters
+            .lock()
+            .expect("lock")
+            .insert(request.to_string(), waiter);
+        (rx, held)
+    }
+
     /// Forgets this handle's pending writes of `id` up to `upto`: the cache
     /// shows a version at least that new, so they are settled for reads even
     /// if their ack was lost. Keeps the pending and waiter maps bounded. A
@@ -61,7 +77,7 @@ impl Inner {
 /// tickets dropped); keeps the rest of `settled` for a later look.
 fn prune(waiters: &mut HashMap<String, Waiter>, settled: &mut Vec<String>) {
     settled.retain(|request| match waiters.get(request) {
-        Some((_, tx)) if tx.receiver_count() == 0 => {
+        Some((_, _, held)) if held.strong_count() == 0 => {
             waiters.remove(request);
             false
         }

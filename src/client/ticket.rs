@@ -30,6 +30,9 @@ pub(super) struct Origin {
     pub(super) partition: u32,
     pub(super) cache_key: String,
     pub(super) pending: Pending,
+    /// Held while the ticket lives: a refusal after it is dropped is
+    /// logged and counted ([`super::acks::settle`]).
+    pub(super) _held: Arc<()>,
 }
 
 impl std::fmt::Debug for Ticket {

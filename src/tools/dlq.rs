@@ -42,6 +42,15 @@ pub struct Letter {
 }
 
 /// The value of field `name` in `fields`, if it is there.
+/// An entry's `client` and `req` fields, when it has both.
+pub(super) fn request_of(fields: &Fields) -> Option<(Vec<u8>, Vec<u8>)> {
+    use crate::protocol::field::{CLIENT, REQUEST};
+    Some((
+        field(fields, CLIENT)?.to_vec(),
+        field(fields, REQUEST)?.to_vec(),
+    ))
+}
+
 fn field<'a>(fields: &'a Fields, name: &str) -> Option<&'a [u8]> {
     fields
         .iter()
@@ -96,6 +105,10 @@ pub struct LetterHead {
     pub(super) source: String,
     pub(super) write: Option<Version>,
     pub(super) key: Option<Vec<u8>>,
+    /// Its write's `client` and `req` fields, when it has them: another
+    /// write may come to hold its write's id (a promoted replica whose clock
+    /// is behind), and only these tell them apart.
+    pub(super) request: Option<(Vec<u8>, Vec<u8>)>,
     /// Whether its collection's writes must apply in order: the `fields`
     /// layout (a put sets only its fields), `insert_once` (the first value
     /// stands), or a collection the config does not declare. Otherwise a
@@ -113,6 +126,7 @@ impl LetterHead {
             source: l.source.clone(),
             write: l.write_id(),
             key: l.key_as_sent(),
+            request: request_of(&l.original),
             ordered: coll
                 .is_none_or(|c| c.layout == Layout::Fields || c.mode == WriteMode::InsertOnce),
         }
@@ -372,8 +386,9 @@ impl Tools {
         match r {
             // A newer write stands, and this letter's write would have
             // changed what the key reads had it come first. Not so when the
-            // key reads as gone: a later hard delete ends the key in write
-            // order too, and re-writing the letter's value would revive it.
+            // key reads as absent: a later delete or remove ends the key in
+            // write order too, and re-writing the letter's value would
+            // revive it.
             Reapplied {
                 outcome: crate::ack::Outcome::Stale,
                 now,

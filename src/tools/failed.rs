@@ -56,6 +56,7 @@ mod tests {
             source: "ns:{p0}:in".into(),
             write: Some(Version { ms: write, seq: 0 }),
             key: Some(key.as_bytes().to_vec()),
+            request: None,
             ordered: true,
         }
     }

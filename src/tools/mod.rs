@@ -152,7 +152,7 @@ impl Tools {
         Ok(Reapplied {
             outcome,
             now: version,
-            gone: doc.is_none(),
+            gone: doc.as_ref().is_none_or(|d| !crate::apply::is_live(d)),
         })
     }
 }
@@ -164,7 +164,8 @@ pub struct Reapplied {
     pub outcome: Outcome,
     /// The version the key holds now.
     pub now: Version,
-    /// Whether the key reads as gone now (hard-deleted, or never written).
+    /// Whether the key reads as absent now (hard-deleted, soft-removed, or
+    /// never written).
     pub gone: bool,
 }
 

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use redis::Value;
 
-use super::Tools;
+use super::{dlq, Tools};
 use crate::error::Result;
 use crate::protocol::{self, Version};
 use crate::stream::{cmd, parse_entries, Fields, PageSize};
@@ -76,12 +76,15 @@ pub struct Rejection {
     pub reason: String,
 }
 
+/// A dead letter of an entry: its id, and its write's `client` and `req`.
+type Parked = (String, Option<(Vec<u8>, Vec<u8>)>);
+
 /// What one replay works from: its range, its filter and the letters of
 /// the parked writes.
 struct Run<'a> {
     from: Version,
     collection: Option<&'a str>,
-    parked: HashMap<(String, Version), String>,
+    parked: HashMap<(String, Version), Vec<Parked>>,
 }
 
 impl Tools {
@@ -204,20 +207,34 @@ impl Tools {
         let applied = self
             .apply_entry(Some(p), self.config.partitions, id, fields)
             .await;
-        // An entry a daemon parked: its letter goes as `dlq retry` would
-        // drop it, or stays, and the entry counts as not applied (a newer
-        // write stood first: `stale` would say MongoDB holds it).
-        let settled = match (applied, run.parked.get(&(stream.to_string(), id))) {
-            (Ok(r), Some(letter)) => match self.settle_letter(letter, fields, id, r).await? {
-                Ok(outcome) => {
-                    sum.letters_dropped += 1;
-                    Ok(outcome)
+        // An entry a daemon parked: its letters go as `dlq retry` would drop
+        // them, or stay, and the entry counts as not applied (a newer write
+        // stood first: `stale` would say MongoDB holds it). Only letters of
+        // this entry's own write: another write may have come to hold its
+        // id (a promoted replica whose clock is behind).
+        let own = dlq::request_of(fields);
+        let letters: Vec<&String> = run
+            .parked
+            .get(&(stream.to_string(), id))
+            .into_iter()
+            .flatten()
+            .filter(|(_, req)| req.is_none() || *req == own)
+            .map(|(letter, _)| letter)
+            .collect();
+        let (settled, kept) = match applied {
+            Ok(r) => {
+                let mut settled = Ok(r.outcome);
+                for letter in letters {
+                    match self.settle_letter(letter, fields, id, r).await? {
+                        Ok(_) => sum.letters_dropped += 1,
+                        Err(kept) => settled = Err(format!("dead letter {letter}: {kept}")),
+                    }
                 }
-                Err(kept) => Err(format!("dead letter {letter}: {kept}")),
-            },
-            (Ok(r), None) => Ok(r.outcome),
-            (Err(crate::Error::Rejected(r)), _) => Err(r.to_string()),
-            (Err(err), _) => return Err(err),
+                let kept = settled.is_err();
+                (settled, kept)
+            }
+            Err(crate::Error::Rejected(r)) => (Err(r.to_string()), false),
+            Err(err) => return Err(err),
         };
         let reason = match settled {
             Ok(o) => {
@@ -227,7 +244,9 @@ impl Tools {
             Err(reason) => reason,
         };
         tracing::warn!(partition = p, entry = %id.to_stream_id(), reason = %reason, "replay could not apply an entry");
-        let named = if id < run.from {
+        // A kept letter makes the replay incomplete wherever its entry is:
+        // the daemons parked it already.
+        let named = if id < run.from && !kept {
             &mut sum.rejected_before_range
         } else {
             sum.rejected += 1;
@@ -244,15 +263,20 @@ impl Tools {
     }
 
     /// The dead letters there are, by their write's stream and id.
-    async fn parked_writes(&self) -> Result<HashMap<(String, Version), String>> {
+    async fn parked_writes(&self) -> Result<HashMap<(String, Version), Vec<Parked>>> {
         let Some(through) = self.dlq_newest().await? else {
             return Ok(HashMap::new());
         };
-        let heads = self.dlq_heads(through, LETTERS_PAGE).await?;
-        Ok(heads
-            .into_iter()
-            .filter_map(|h| Some(((h.source, h.write?), h.id)))
-            .collect())
+        let mut parked: HashMap<(String, Version), Vec<Parked>> = HashMap::new();
+        for h in self.dlq_heads(through, LETTERS_PAGE).await? {
+            if let Some(write) = h.write {
+                parked
+                    .entry((h.source, write))
+                    .or_default()
+                    .push((h.id, h.request));
+            }
+        }
+        Ok(parked)
     }
 
     /// The id of `stream`'s newest entry, if it has any.

@@ -368,7 +368,7 @@ export class AckReader {
         if (!this.pending.has(w.req)) continue; // its ack came meanwhile
         if (compareStreamIds(this.letterStart(w), from) < 0) continue; // not this sweep's: letterScanStart
         const stream = this.names.stream(w.key.partition);
-        const reason = letters.get(`${stream} ${w.entryId} ${w.req}`);
+        const reason = letters.get(`${stream} ${w.entryId} ${w.req}`) ?? letters.get(`${stream} ${w.entryId} *`);
         const entryId = w.entryId!;
         if (reason === undefined && !complete) {
           // More letters follow than one sweep reads: the next goes on
@@ -668,12 +668,16 @@ export class AckReader {
         // A letter carries its entry's fields: only this client's request
         // is its write (a promoted replica whose clock is behind may give
         // a lost entry's id to another write, which may be parked).
+        // A letter without its entry's fields (an entry deleted while
+        // pending was parked without them) goes by stream and id.
         const req = f.get("req");
-        if (typeof stream === "string" && typeof id === "string" && typeof req === "string" && f.get("client") === clientId) {
+        const client = f.get("client");
+        const bare = req === undefined && client === undefined;
+        if (typeof stream === "string" && typeof id === "string" && (bare || (typeof req === "string" && client === clientId))) {
           // As the Rust client settles it: `<label>: <detail>`.
           const reason = String(f.get("dlq.reason") ?? "");
           const detail = f.get("dlq.detail");
-          letters.set(`${stream} ${id} ${req}`, detail ? `${reason}: ${String(detail)}` : reason);
+          letters.set(`${stream} ${id} ${bare ? "*" : req}`, detail ? `${reason}: ${String(detail)}` : reason);
         }
       }
       if (page.length) readTo = page[page.length - 1][0];
