@@ -905,18 +905,29 @@ export class WritClient {
    * while the server is known not to be the primary ({@link PrimaryWatch}).
    */
   private async mongoCall<T>(what: string, f: (db: Db) => Promise<T>): Promise<T> {
-    const db = await this.db();
-    const watch = this.primaryWatch!;
-    const mark = watch.before();
-    let answer: T;
-    try {
-      answer = await f(db);
-    } catch (e) {
-      if (e instanceof WritError) throw e;
-      throw new WritConnectionError(`MongoDB ${what} failed: ${errMessage(e)}`, { cause: e });
-    }
-    watch.after(mark);
-    return answer;
+    // Bounded as every read is: a MongoDB that stopped answering (a stalled
+    // mongod, a half-open connection) held reads for about 40 s, until the
+    // driver's monitor gave up. The finds carry the same maxTimeMS, so the
+    // server stops them too.
+    const ms = this.config.readTimeoutMs;
+    return withTimeout(
+      (async () => {
+        const db = await this.db();
+        const watch = this.primaryWatch!;
+        const mark = watch.before();
+        let answer: T;
+        try {
+          answer = await f(db);
+        } catch (e) {
+          if (e instanceof WritError) throw e;
+          throw new WritConnectionError(`MongoDB ${what} failed: ${errMessage(e)}`, { cause: e });
+        }
+        watch.after(mark);
+        return answer;
+      })(),
+      ms,
+      () => new WritTimeoutError(`MongoDB ${what} did not answer within readTimeoutMs (${ms} ms); check that MongoDB is up and answering`),
+    );
   }
 
   private async evalScript(sha: string, text: string, keys: string[], args: (string | Buffer | number)[]) {
@@ -1990,13 +2001,14 @@ export class WritClient {
       }
     }
     const projection = fields && { ...fields, ...Object.fromEntries(spec.key.map((f) => [f, 1])) };
+    const maxTimeMS = this.config.readTimeoutMs;
     const docs = await this.mongoCall(`find in ${spec.name}`, async (db) => {
       const c = db.collection(spec.name);
       if (keys.length === 1) {
-        const one = (await c.findOne(filter, { raw: true, projection, ...read })) as unknown as Buffer | null;
+        const one = (await c.findOne(filter, { raw: true, projection, maxTimeMS, ...read })) as unknown as Buffer | null;
         return one ? [one] : [];
       }
-      return (await c.find(filter, { raw: true, projection, ...read }).toArray()) as unknown as Buffer[];
+      return (await c.find(filter, { raw: true, projection, maxTimeMS, ...read }).toArray()) as unknown as Buffer[];
     });
     const byCanonical = new Map<string, Buffer>();
     for (const raw of docs) {
@@ -2046,7 +2058,7 @@ export class WritClient {
     const sort: Record<string, 1> = {};
     for (const f of spec.key.slice(names.length)) sort[f] = 1;
     return this.mongoCall(`find in ${collection}`, (db) =>
-      db.collection(collection).find(filter, { sort }).toArray(),
+      db.collection(collection).find(filter, { sort, maxTimeMS: this.config.readTimeoutMs }).toArray(),
     ) as Promise<Document[]>;
   }
 

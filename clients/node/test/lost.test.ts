@@ -208,3 +208,24 @@ test("a lost ack's dead letter behind more letters than one sweep reads is still
     assert.equal(r?.outcome, "dead_lettered", "the sweep never got past the first 2,000 or so letters");
     assert.equal(r?.reason, "mongo_rejected: staged");
   }));
+
+test("a read through to a MongoDB that stopped answering fails within readTimeoutMs", () =>
+  env.guard(async () => {
+    // Before, the driver held such a read for about 40 s (its monitor's
+    // give-up), past any bound the caller set.
+    const marker = `stalled-${process.pid}`;
+    const proxy = await MajorityProxy.start(env.mongoUri, marker);
+    try {
+      proxy.catchUp();
+      const s = new WritClient(env.clientConfig({ collections: [KV], mongodbUri: proxy.uri, readTimeoutMs: 1000 }));
+      clients.push(s);
+      proxy.stall();
+      const started = performance.now();
+      await assert.rejects(s.read(KV.name, { k: marker, n: 1 }), (e: Error) => e.name === "WritTimeoutError");
+      assert.ok(proxy.held > 0, "the proxy held no read: the test staged nothing");
+      const took = performance.now() - started;
+      assert.ok(took < 10000, `the read took ${Math.round(took)} ms against a readTimeoutMs of 1000`);
+    } finally {
+      await proxy.close();
+    }
+  }));

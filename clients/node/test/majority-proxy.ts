@@ -51,6 +51,15 @@ export class MajorityProxy {
     return proxy;
   }
 
+  /** `find`s of the marker held (neither forwarded nor answered) while stalled. */
+  held = 0;
+  private stalled = false;
+
+  /** From now on a `find` of the marker, at any read concern, is held for good: a server that stopped answering. */
+  stall(): void {
+    this.stalled = true;
+  }
+
   /** The majority has caught up: every read passes through from now on. */
   catchUp(): void {
     this.lagging = false;
@@ -80,6 +89,10 @@ export class MajorityProxy {
         if (buf.length < len) break;
         const msg = buf.subarray(0, len);
         buf = buf.subarray(len);
+        if (this.stalled && this.findsMarker(msg)) {
+          this.held++;
+          continue;
+        }
         const reply = this.lagging ? this.answer(msg) : undefined;
         if (reply) {
           this.hidden++;
@@ -100,26 +113,18 @@ export class MajorityProxy {
     up.on("error", close).on("close", close);
   }
 
+  /** Whether `msg` is a `find` whose filter mentions the marker. */
+  private findsMarker(msg: Buffer): boolean {
+    const body = commandOf(msg);
+    return !!body && typeof body.find === "string" && mentions(body.filter, this.marker);
+  }
+
   /** The proxy's own reply to `msg` if it is a majority find of the marker, else undefined. */
   private answer(msg: Buffer): Buffer | undefined {
-    if (msg.readInt32LE(12) !== OP_MSG) return undefined;
+    const body = commandOf(msg);
+    if (!body) return undefined;
     const requestId = msg.readInt32LE(4);
-    const flags = msg.readUInt32LE(16);
-    const end = msg.length - (flags & CHECKSUM_PRESENT ? 4 : 0);
-    let body: Document | undefined;
-    for (let at = 20; at < end; ) {
-      const kind = msg[at++];
-      if (kind === 0) {
-        const size = msg.readInt32LE(at);
-        body = deserialize(msg.subarray(at, at + size));
-        at += size;
-      } else if (kind === 1) {
-        at += msg.readInt32LE(at); // the size counts itself, the identifier and the documents
-      } else {
-        return undefined; // a section kind this proxy does not know: pass it on
-      }
-    }
-    if (!body || typeof body.find !== "string") return undefined;
+    if (typeof body.find !== "string") return undefined;
     if (body.readConcern?.level !== "majority" || !mentions(body.filter, this.marker)) return undefined;
     const reply = serialize({ cursor: { firstBatch: [], id: Long.fromNumber(0), ns: `${body.$db}.${body.find}` }, ok: 1 });
     const header = Buffer.alloc(21);
@@ -131,6 +136,27 @@ export class MajorityProxy {
     header.writeUInt8(0, 20); // section kind 0
     return Buffer.concat([header, reply]);
   }
+}
+
+/** The command document of an OP_MSG, else undefined. */
+function commandOf(msg: Buffer): Document | undefined {
+  if (msg.readInt32LE(12) !== OP_MSG) return undefined;
+  const flags = msg.readUInt32LE(16);
+  const end = msg.length - (flags & CHECKSUM_PRESENT ? 4 : 0);
+  let body: Document | undefined;
+  for (let at = 20; at < end; ) {
+    const kind = msg[at++];
+    if (kind === 0) {
+      const size = msg.readInt32LE(at);
+      body = deserialize(msg.subarray(at, at + size));
+      at += size;
+    } else if (kind === 1) {
+      at += msg.readInt32LE(at); // the size counts itself, the identifier and the documents
+    } else {
+      return undefined; // a section kind this proxy does not know: pass it on
+    }
+  }
+  return body;
 }
 
 /** Whether `value` (a filter) holds a string containing `marker`, at any depth. */
