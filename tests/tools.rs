@@ -1396,31 +1396,12 @@ fn once_stream(env: &TestEnv) -> String {
 /// collection is not declared; returns its letter's id and the overrides
 /// that declare `firsts` as insert_once.
 async fn park_an_insert_once_put(env: &TestEnv) -> (String, Overrides<'static>) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut r = env.redis().await;
-    let daemon = Daemon::start(env.config());
-    let first = support::raw_json_put(
-        &mut r,
-        &once_stream(env),
-        "firsts",
-        r#"{"k":"k1"}"#,
-        r#"{"a":1}"#,
-        &[],
-    )
-    .await;
-    let path = env.config_file_with(dir.path(), &Overrides::default());
-    let letters = eventually(Duration::from_secs(30), "the dead letter", || async {
-        let l = json(&writ_cli(&path, &["dlq", "list", "--json"]));
-        (l.as_array().unwrap().len() == 1).then_some(l)
-    })
-    .await;
-    daemon.stop().await;
-    assert_eq!(letters[0]["source_id"].as_str(), Some(first.as_str()));
+    let parked = park_puts(env, "firsts", &[r#"{"a":1}"#]).await;
     let declared = Overrides {
         collections: "[[collections]]\nname = \"firsts\"\nkey = [\"k\"]\nmode = \"insert_once\"",
         ..Default::default()
     };
-    (letters[0]["id"].as_str().unwrap().to_string(), declared)
+    (parked[0].1.clone(), declared)
 }
 
 /// `writ dlq drop --all` stops at a signal (it catches SIGINT, SIGTERM and
@@ -1497,17 +1478,17 @@ async fn dlq_drop_all_stops_at_a_signal() {
 
 const ROWS_FIELDS: &str = "[[collections]]\nname = \"rows\"\nkey = [\"k\"]\nlayout = \"fields\"";
 
-/// Puts of `rows`/`k1` (raw JSON, one per document) written while `rows`
+/// Puts of `coll`/`k1` (raw JSON, one per document) written while `coll`
 /// is not declared: each is parked. Their entry ids and letter ids.
-async fn park_rows_puts(env: &TestEnv, docs: &[&str]) -> Vec<(String, String)> {
+async fn park_puts(env: &TestEnv, coll: &str, docs: &[&str]) -> Vec<(String, String)> {
     let dir = tempfile::tempdir().unwrap();
-    let p = writ::protocol::partition_of("rows", r#"["k1"]"#, env.config().partitions);
+    let p = writ::protocol::partition_of(coll, r#"["k1"]"#, env.config().partitions);
     let stream = format!("{}:{{p{p}}}:in", env.name);
     let mut r = env.redis().await;
     let daemon = Daemon::start(env.config());
     let mut ids = Vec::new();
     for d in docs {
-        ids.push(support::raw_json_put(&mut r, &stream, "rows", r#"{"k":"k1"}"#, d, &[]).await);
+        ids.push(support::raw_json_put(&mut r, &stream, coll, r#"{"k":"k1"}"#, d, &[]).await);
     }
     let path = env.config_file_with(dir.path(), &Overrides::default());
     let letters = eventually(Duration::from_secs(30), "the dead letters", || async {
@@ -1530,6 +1511,11 @@ async fn park_rows_puts(env: &TestEnv, docs: &[&str]) -> Vec<(String, String)> {
             (id, letter)
         })
         .collect()
+}
+
+/// [`park_puts`] of `rows`.
+async fn park_rows_puts(env: &TestEnv, docs: &[&str]) -> Vec<(String, String)> {
+    park_puts(env, "rows", docs).await
 }
 
 /// `writ replay` of a parked fields-layout put that a newer put of its key
