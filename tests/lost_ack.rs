@@ -1179,3 +1179,83 @@ async fn a_dead_letter_behind_a_burst_of_letters_is_found() {
     );
     daemon.stop().await;
 }
+
+/// A write whose entry id Redis gives out again to a later write of the same
+/// handle (a failover lost the entry, and the promoted replica's clock is
+/// behind) is not overwritten in the handle's pending map: the sweep settles
+/// it as a read's look would, here lost (MongoDB never held it), and its
+/// dropped ticket's refusal is told. Before, the later write took its place,
+/// its waiter stayed for the handle's life and nobody heard of it. Here by
+/// hand, with no daemon: the stream's last id set an hour ahead, the first
+/// entry deleted and the last id set back, so the next entry gets its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_id_redis_gives_out_again_is_still_settled() {
+    let (env, config, writ) = handle_with(
+        "lost_reused",
+        "read_timeout_ms = 300\nlost_write_after_ms = 1",
+    )
+    .await;
+    let s = writ.collection("signal").unwrap();
+    let key = doc! {"symbol": "REUSED", "strategyName": "dl", "exchangeName": "x"};
+    let stream = signal_stream(&config, &key);
+    let mut r = env.redis().await;
+    let ahead = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 3_600_000;
+    let base = format!("{ahead}-0");
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg(&base)
+        .arg("placeholder")
+        .arg("1")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let _: u64 = redis::cmd("XDEL")
+        .arg(&stream)
+        .arg(&base)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let first = s.submit(&key, &doc! {"v": 1}).await.unwrap();
+    let id = first.version();
+    assert_eq!(id.to_stream_id(), format!("{ahead}-1"));
+    let deleted: u64 = redis::cmd("XDEL")
+        .arg(&stream)
+        .arg(id.to_stream_id())
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    let _: () = redis::cmd("XSETID")
+        .arg(&stream)
+        .arg(&base)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let second = s.submit(&key, &doc! {"v": 2}).await.unwrap();
+    assert_eq!(second.version(), id, "Redis gave the id out again");
+    drop(first);
+    assert_eq!(writ.unacked(), 2);
+    support::eventually(
+        std::time::Duration::from_secs(30),
+        "the first write's refusal to be told",
+        || async { (writ.unheard_refusals() == 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(writ.unacked(), 1, "only the second write is left");
+    // Settling the first did not take the second's place either: a read
+    // still waits for it (no daemon applies it yet).
+    let read = s.read(&key).await;
+    assert!(
+        matches!(read, Err(writ::Error::Timeout { .. })),
+        "a read before the second write is applied: {read:?}"
+    );
+    let daemon = Daemon::start(config.clone());
+    second.wait().await.unwrap();
+    assert_eq!(s.read(&key).await.unwrap(), Some(doc! {"v": 2}));
+    assert_eq!(writ.unacked(), 0);
+    daemon.stop().await;
+}

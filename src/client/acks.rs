@@ -100,7 +100,10 @@ pub(super) fn settle(inner: &Inner, request: &str, entry: Version, result: AckRe
     {
         let mut latest = inner.latest.lock().expect("lock");
         if let Some(pending) = latest.get_mut(&key) {
-            pending.remove(&entry);
+            // Another write may hold `entry` now ([`Inner::add_pending`]).
+            if pending.get(&entry).is_some_and(|p| p.request == request) {
+                pending.remove(&entry);
+            }
             if pending.is_empty() {
                 latest.remove(&key);
             }

@@ -62,6 +62,10 @@ pub(crate) struct Inner {
     waiters: Mutex<HashMap<String, Waiter>>,
     /// This handle's unacked writes per key, by version.
     latest: Mutex<HashMap<KeyId, BTreeMap<Version, Pending>>>,
+    /// Writes whose entry id Redis gave out again to a later write of this
+    /// handle (their entries were lost): `latest` holds the later one, and
+    /// the overdue sweep settles these ([`Inner::add_pending`]).
+    displaced: Mutex<Vec<(KeyId, Version, Pending)>>,
     /// Requests settled from the cache whose ticket may still wait for the
     /// ack: their waiters go once no receiver is left ([`prune`]).
     settled: Mutex<Vec<String>>,
@@ -148,6 +152,7 @@ impl Writ {
             next_request: AtomicU64::new(1),
             waiters: Mutex::new(HashMap::new()),
             latest: Mutex::new(HashMap::new()),
+            displaced: Mutex::new(Vec::new()),
             settled: Mutex::new(Vec::new()),
             missing: Mutex::new(HashMap::new()),
             letters_read: Mutex::new(HashMap::new()),
@@ -327,15 +332,7 @@ impl Collection {
             key: Arc::new(key),
         };
         let cache_key = inner.names.cache(p, &self.coll.name, &id.1);
-        {
-            let mut latest = inner.latest.lock().expect("lock");
-            if rx.borrow().is_none() {
-                latest
-                    .entry(id)
-                    .or_default()
-                    .insert(version, pending.clone());
-            }
-        }
+        inner.add_pending(id, version, pending.clone());
         waiter.request = None;
         let origin = ticket::Origin {
             inner: self.writ.inner.clone(),

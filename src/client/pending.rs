@@ -35,6 +35,32 @@ impl Inner {
         (rx, held)
     }
 
+    /// Adds `pending`, this handle's write of `id` at `version`, unless its
+    /// ack came already. Redis gives out an id once per stream, so another
+    /// pending write of this handle at that version had its entry lost (a
+    /// failover to a replica whose clock is behind gave the id out again):
+    /// it moves to `displaced`, and the overdue sweep settles it as a read's
+    /// look would (applied, parked or lost). Overwritten, its waiter stayed
+    /// for the handle's life, and its refusal was never told.
+    pub(super) fn add_pending(&self, id: KeyId, version: Version, pending: Pending) {
+        let mut latest = self.latest.lock().expect("lock");
+        if pending.state.borrow().is_some() {
+            return;
+        }
+        let displaced = latest
+            .entry(id.clone())
+            .or_default()
+            .insert(version, pending);
+        drop(latest);
+        if let Some(old) = displaced {
+            tracing::warn!(request = %old.request, entry = %version.to_stream_id(), "Redis gave this write's entry id to a later write of this handle: its entry was lost (a failover with redis.min_replicas_acked = 0, or a clock behind); the overdue sweep settles it");
+            self.displaced
+                .lock()
+                .expect("lock")
+                .push((id, version, old));
+        }
+    }
+
     /// Forgets this handle's pending writes of `id` up to `upto`: the cache
     /// shows a version at least that new, so they are settled for reads even
     /// if their ack was lost. Keeps the pending and waiter maps bounded. A

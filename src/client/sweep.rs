@@ -4,7 +4,8 @@
 //! again (a submit-and-forget caller of many distinct keys, an ack stream
 //! lost in a failover or taken by another program's value). A read or a
 //! list of a key settles its own writes ([`super::overdue`]); this does the
-//! same for the keys nobody reads.
+//! same for the keys nobody reads, and for writes whose entry id Redis gave
+//! out again to a later write of this handle (their entries were lost).
 //!
 //! Every [`EVERY`], the keys with a write pending for longer than
 //! `client.write_timeout_ms` since a sweep first saw it are read from the
@@ -58,6 +59,7 @@ pub(super) fn spawn(inner: Weak<Inner>, stop: CancellationToken) {
             };
             let unsettled = settle_from_cache(&inner, overdue).await;
             look(&inner, &mut memory, unsettled).await;
+            look_displaced(&inner).await;
         }
     });
 }
@@ -144,6 +146,31 @@ async fn look(
         let p = protocol::partition_of(&id.0, &id.1, inner.config.partitions);
         let entry = inner.names.cache(p, &id.0, &id.1);
         if let Err(e) = inner.settle_within(&id.0, p, &entry, writes).await {
+            tracing::debug!(error = %e, "overdue sweep: a look failed; the next sweep tries again");
+        }
+        drop::<Arc<Inner>>(inner);
+    }
+}
+
+/// The read's look for each write whose entry id Redis gave out again
+/// ([`Inner::add_pending`]), on its own (the pending map holds the later
+/// write at that version), at most [`LOOKS_PER_SWEEP`] a sweep; the settled
+/// ones leave the list.
+async fn look_displaced(inner: &Weak<Inner>) {
+    let writes: Vec<(KeyId, Version, Pending)> = {
+        let Some(inner) = inner.upgrade() else { return };
+        let mut displaced = inner.displaced.lock().expect("lock");
+        displaced.retain(|(_, _, w)| w.state.borrow().is_none());
+        displaced.iter().take(LOOKS_PER_SWEEP).cloned().collect()
+    };
+    for (id, version, write) in writes {
+        let Some(inner) = inner.upgrade() else { return };
+        let p = protocol::partition_of(&id.0, &id.1, inner.config.partitions);
+        let entry = inner.names.cache(p, &id.0, &id.1);
+        if let Err(e) = inner
+            .settle_within(&id.0, p, &entry, [(version, write)])
+            .await
+        {
             tracing::debug!(error = %e, "overdue sweep: a look failed; the next sweep tries again");
         }
         drop::<Arc<Inner>>(inner);
