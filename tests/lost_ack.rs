@@ -1259,3 +1259,57 @@ async fn a_write_whose_id_redis_gives_out_again_is_still_settled() {
     assert_eq!(writ.unacked(), 0);
     daemon.stop().await;
 }
+
+/// A letter that carries only its `dlq.*` fields (a daemon parks an entry
+/// whose fields it could not read so, an entry deleted while pending on a
+/// Redis that claims it without them) is this write's by stream and id:
+/// the write is settled dead-lettered with its reason, not lost. Here by
+/// hand, with no daemon: the entry read for the group by another consumer,
+/// deleted, its letter added, then acked, as a daemon parks it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_without_its_entrys_fields_settles_the_write_by_stream_and_id() {
+    let (env, config, writ) = handle_with(
+        "lost_fieldless",
+        "read_timeout_ms = 300\nlost_write_after_ms = 1",
+    )
+    .await;
+    let s = writ.collection("signal").unwrap();
+    let key = doc! {"symbol": "FIELDLESS", "strategyName": "dl", "exchangeName": "x"};
+    let names = writ::protocol::Names::new(&config.namespace);
+    create_groups(&env, &config, "0").await;
+    let ticket = s.submit(&key, &doc! {"v": 1}).await.unwrap();
+    let id = ticket.version().to_stream_id();
+    let stream = signal_stream(&config, &key);
+    let mut r = env.redis().await;
+    streams::deliver_all(&mut r, &stream, &names.group(), "held-by-test").await;
+    let deleted: u64 = redis::cmd("XDEL")
+        .arg(&stream)
+        .arg(&id)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    let _: String = redis::cmd("XADD")
+        .arg(names.dead_letters())
+        .arg("*")
+        .arg("dlq.reason")
+        .arg("malformed")
+        .arg("dlq.detail")
+        .arg("the entry's fields could not be read")
+        .arg("dlq.stream")
+        .arg(&stream)
+        .arg("dlq.id")
+        .arg(&id)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    streams::ack(&mut r, &stream, &names.group(), std::slice::from_ref(&id)).await;
+    // The read's look settles it at once (a lost write would wait out
+    // `client.lost_write_after_ms` from this first look).
+    assert_eq!(s.read(&key).await.unwrap(), None);
+    let err = ticket.wait().await.unwrap_err();
+    assert!(
+        matches!(&err, writ::Error::DeadLettered { reason, .. } if reason.contains("could not be read")),
+        "{err}"
+    );
+}
