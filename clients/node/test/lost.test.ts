@@ -2,7 +2,8 @@
 // another's at the same id (a promoted replica whose clock is behind can give
 // out a lost entry's id again): the sweep must not take that entry for the
 // write's. A write MongoDB's primary holds but its majority does not yet: the
-// sweep must not settle it applied from that. An env of its own, with no
+// sweep must not settle it applied from that. A letter with no entry fields:
+// it goes by stream and id. An env of its own, with no
 // daemon: the tests delete stream entries by hand, which would upset the
 // shared env of core.test.ts.
 import { after, before, test } from "node:test";
@@ -59,6 +60,32 @@ test("an entry (and a letter) another write added at a write's id does not settl
     }
     const r = await Promise.race([t.acked, sleep(20000).then(() => undefined)]);
     assert.equal(r?.outcome, "lost", "taking the other write's entry (or its letter) for its own would settle it applied (or dead-lettered)");
+  }));
+
+test("a letter that carries only its dlq.* fields settles the write by stream and id: dead-lettered with its reason, not lost", () =>
+  env.guard(async () => {
+    const s = new WritClient(env.clientConfig({ collections: [KV], mode: "submit", writeTimeoutMs: 300, lostWriteAfterMs: 1 }));
+    clients.push(s);
+    const key = { k: "fieldless", n: 1 };
+    const t = await s.write(KV.name, key, "put", { n: 1 });
+    const names = new Names(env.name);
+    const stream = names.stream(partitionOf(KV.name, canonicalKey(KV, key), env.partitions));
+    const redis = new Redis(env.redisUrl);
+    try {
+      // As a daemon parks an entry whose fields it could not read (deleted
+      // while pending, on a Redis that claims it without them): read for the
+      // group, deleted, its letter added with no entry fields, then acked.
+      await redis.xgroup("CREATE", stream, names.group, "0");
+      await redis.xreadgroup("GROUP", names.group, "held-by-test", "STREAMS", stream, ">");
+      assert.equal(await redis.xdel(stream, t.entryId), 1);
+      await redis.xadd(names.dlq, "*", "dlq.reason", "malformed", "dlq.detail", "the entry's fields could not be read", "dlq.stream", stream, "dlq.id", t.entryId);
+      assert.equal(await redis.xack(stream, names.group, t.entryId), 1);
+    } finally {
+      redis.disconnect();
+    }
+    const r = await Promise.race([t.acked, sleep(20000).then(() => undefined)]);
+    assert.equal(r?.outcome, "dead_lettered", "a letter without client and req is the write's by stream and id");
+    assert.match(String(r?.reason), /could not be read/);
   }));
 
 test("a write whose entry is gone and that only MongoDB's primary holds is not settled applied until the majority holds it", () =>
