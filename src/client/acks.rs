@@ -82,18 +82,21 @@ pub(super) fn deliver(inner: &Inner, ack: Ack) {
 /// and drops the write from the pending ones of its key. A refusal (dead
 /// letter, lost write) nobody waits for any more is logged and counted
 /// ([`Writ::unheard_refusals`]): the caller of a `submit` that dropped its
-/// ticket would otherwise never learn it.
-pub(super) fn settle(inner: &Inner, request: &str, entry: Version, result: AckResult) {
+/// ticket would otherwise never learn it. `true` when it logged so.
+pub(super) fn settle(inner: &Inner, request: &str, entry: Version, result: AckResult) -> bool {
     let refused = match &result {
         AckResult::Committed(_) => None,
         AckResult::DeadLettered(why) => Some(("dead-lettered", why.clone())),
         AckResult::Lost(why) => Some(("lost", why.clone())),
     };
     let Some((key, tx, held)) = inner.waiters.lock().expect("lock").remove(request) else {
-        if let Some(refused) = refused {
-            unheard(inner, request, entry, refused);
-        }
-        return;
+        return match refused {
+            Some(refused) => {
+                unheard(inner, request, entry, refused);
+                true
+            }
+            None => false,
+        };
     };
     // Wake waiters first: submit checks the receiver under the `latest` lock.
     let _ = tx.send(Some(result));
@@ -109,8 +112,12 @@ pub(super) fn settle(inner: &Inner, request: &str, entry: Version, result: AckRe
             }
         }
     }
-    if let Some(refused) = refused.filter(|_| held.strong_count() == 0) {
-        unheard(inner, request, entry, refused);
+    match refused.filter(|_| held.strong_count() == 0) {
+        Some(refused) => {
+            unheard(inner, request, entry, refused);
+            true
+        }
+        None => false,
     }
 }
 

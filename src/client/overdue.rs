@@ -235,7 +235,11 @@ impl Inner {
                 }
             };
             self.missing.lock().expect("lock").remove(&request);
-            match &result {
+            let what = result.clone();
+            if acks::settle(self, &request, version, result) {
+                continue; // logged as a refusal nobody waits for
+            }
+            match &what {
                 AckResult::Lost(_) => {
                     tracing::warn!(request = %request, entry = %version, "this write's entry is gone from its stream, no ack or dead letter came, and MongoDB holds an older version of its key: Redis lost it (a failover with redis.min_replicas_acked = 0, or the entry was deleted by hand); settled as lost")
                 }
@@ -246,7 +250,6 @@ impl Inner {
                     tracing::warn!(request = %request, entry = %version, "the ack of this write was lost (Redis lost data, or the ack stream was trimmed or holds another type); settled from the streams: applied")
                 }
             }
-            acks::settle(self, &request, version, result);
         }
         Ok(all)
     }
