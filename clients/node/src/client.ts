@@ -63,7 +63,7 @@ import { NoClock, RedisClock, TIME_LUA } from "./clock.js";
 import { ACK_SOCKET_TIMEOUT_MS, AckReader, lastDelivered, type AwaitedWrite } from "./acks.js";
 import { RESERVED_FIELDS } from "./collections.js";
 import { bsonNesting, MAX_NESTING } from "./nesting.js";
-import { NOT_EXECUTED, ReplicatedAdmitter, redirectionsFor } from "./replicated.js";
+import { NOT_EXECUTED, ReplicatedAdmitter, redirectionsFor, WritesNotConnected } from "./replicated.js";
 import { compareStreamIds, isSortable, toSortable, ZERO_VERSION } from "./version.js";
 import { errMessage, groupBy, isReplyError, sleep } from "./util.js";
 
@@ -1064,6 +1064,14 @@ export class WritClient {
       w.failedToCaller = true;
       w.settle({ outcome: "dead_lettered", version: "", entryId: "", reason: `not admitted: ${errMessage(e)}` });
       if (e instanceof WritError) throw e;
+      // The writes connection (minReplicasAcked) could not be made: nothing was sent.
+      if (e instanceof WritesNotConnected) {
+        throw new WritConnectionError(
+          `the write to ${collection} was NOT accepted (nothing was sent): cannot connect to Redis at ` +
+            `${redactUrls(this.config.redisUrl)}: ${errMessage(e.reason)}. ${this.connectHint(e.reason)}`,
+          { cause: e.reason, accepted: "no" },
+        );
+      }
       // Refused by the bound.
       if (e instanceof AdmitRefused) throw new BackpressureError(k.partition, e.backlog, this.config.maxBacklog);
       // Redis could not be asked for its clock: the call was not sent.

@@ -137,6 +137,13 @@ export interface ReplicatedOptions {
 }
 
 /** The admission path with WAIT of one client (`minReplicasAcked > 0`). */
+/** The writes connection could not be made: the entry was never sent (the caller says `accepted: "no"`). */
+export class WritesNotConnected extends Error {
+  constructor(readonly reason: unknown) {
+    super(`cannot connect the writes connection: ${errMessage(reason)}`);
+  }
+}
+
 export class ReplicatedAdmitter {
   private readonly config: ReplicatedOptions["config"];
   private readonly connect: () => Redis | Cluster;
@@ -175,7 +182,11 @@ export class ReplicatedAdmitter {
    * (admit.ts {@link Queued}).
    */
   async admit(keys: AdmitKeys, fields: Arg[], giveUpAt: number, withdrawal?: Withdrawal): Promise<Admitted> {
-    await this.writeConnection();
+    try {
+      await this.writeConnection();
+    } catch (e) {
+      throw new WritesNotConnected(e);
+    }
     return new Promise((resolve, reject) => {
       // Given up while the connection was made: never queued (never settles).
       if (withdrawal?.isWithdrawn) return;

@@ -1914,6 +1914,32 @@ describe("core", () => {
     assert.equal((await client().read(KV.name, { k: "recon", n: 1 }))!.payload.i, 5);
   }));
 
+  test("minReplicasAcked: a write whose writes connection cannot be made was NOT accepted", g(async () => {
+    // The writes connection (admissions and their WAIT) is made at the first
+    // write. If Redis refuses it, nothing was sent: accepted "no", not "may
+    // or may not have been accepted".
+    const dir = mkdtempSync(join(tmpdir(), "writ-writes-conn-"));
+    const r = await RedisServer.start(dir);
+    try {
+      const c = new WritClient(
+        env.clientConfig({ collections: COLLECTIONS, redisUrl: r.url, partitions: 1, writeTimeoutMs: 5000, minReplicasAcked: 1, replicaAckTimeoutMs: 100 }),
+      );
+      clients.push(c);
+      await c.ready();
+      await r.stop();
+      const err = await c.write(KV.name, { k: "no-writes-conn", n: 1 }, "put", { i: 1 }).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      assert.ok(err instanceof WritConnectionError, String(err));
+      assert.equal(err.accepted, "no", err.message);
+      assert.match(err.message, /NOT accepted \(nothing was sent\): cannot connect to Redis/);
+    } finally {
+      await r.stop().catch(() => {});
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }));
+
   test("close() returns promptly while Redis is down and an ack is pending", g(async () => {
     const dir = mkdtempSync(join(tmpdir(), "writ-close-"));
     const r = await RedisServer.start(dir);
