@@ -1587,6 +1587,53 @@ async fn replay_removes_the_letters_of_the_parked_writes_it_applies() {
     );
 }
 
+/// `writ replay` of a window holding the second of two parked puts of a
+/// `fields`-layout key, the first parked before the window: as `dlq retry`
+/// keeps such a letter, the replay does not apply the second (its write
+/// would overtake the first, whose fields would then never be written), and
+/// says to retry the older letter first (exit 3). Both letters stay, and
+/// `dlq retry --all` then applies both in order. Before, the replay applied
+/// the second and dropped its letter, leaving the first overtaken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_keeps_a_parked_write_an_older_letter_of_its_key_waits_for() {
+    let env = TestEnv::start("replay_older_letter");
+    let dir = tempfile::tempdir().unwrap();
+    let parked = park_rows_puts(&env, &[r#"{"a":1}"#, r#"{"b":2}"#]).await;
+    let path = env.config_file_with(
+        dir.path(),
+        &Overrides {
+            collections: ROWS_FIELDS,
+            ..Default::default()
+        },
+    );
+    let out = writ_cli(&path, &["replay", "--from", &parked[1].0]);
+    let sum: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(3), "{sum}");
+    assert_eq!(sum["rejected"].as_u64(), Some(1), "{sum}");
+    let why = sum["rejections"][0]["reason"].as_str().unwrap();
+    assert!(
+        why.contains(&parked[0].1) && why.contains("older write of the same key"),
+        "{why}"
+    );
+    assert_eq!(sum["letters_dropped"].as_u64(), Some(0), "{sum}");
+    assert!(env.all_docs("rows").await.is_empty(), "the replay wrote");
+    let left = json(&writ_cli(&path, &["dlq", "list", "--json"]));
+    assert_eq!(left.as_array().unwrap().len(), 2, "{left}");
+    let out = writ_cli(&path, &["dlq", "retry", "--all"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let docs = env.all_docs("rows").await;
+    assert_eq!(docs.len(), 1);
+    assert!(
+        docs[0].get("a").is_some() && docs[0].get("b").is_some(),
+        "{:?}",
+        docs[0]
+    );
+}
+
 /// Ctrl-C while `dlq retry` waits inside an apply (MongoDB does not answer;
 /// here a proxy holds the write) says what state it leaves and what to do,
 /// not only "shutting down"; the letter stays.

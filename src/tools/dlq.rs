@@ -145,7 +145,7 @@ impl LetterHead {
 }
 
 /// Why a letter waits for an older letter of its key.
-fn older_letter_waits(older: &str, letter: &str) -> String {
+pub(super) fn older_letter_waits(older: &str, letter: &str) -> String {
     format!(
         "kept: dead letter {older} parks an older write of the same key; applied first, this letter \
          would make that write stale. Retry {older} first (or drop it), then {letter}; `writ dlq retry \

@@ -12,13 +12,15 @@
 //! An entry a daemon parked is settled as `writ dlq retry` settles its
 //! letter (removed when applied or superseded, kept otherwise), so a
 //! replay neither calls an overtaken write `stale` nor leaves the letters of
-//! what it applied behind.
+//! what it applied behind; and as `dlq retry` keeps a letter whose key has
+//! an older letter in an ordered collection, such an entry is not applied.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use redis::Value;
 
-use super::{dlq, Tools};
+use super::dlq::{self, LetterHead};
+use super::Tools;
 use crate::error::Result;
 use crate::protocol::{self, Version};
 use crate::stream::{cmd, parse_entries, Fields, PageSize};
@@ -41,7 +43,8 @@ pub struct ReplaySummary {
     pub outcomes: BTreeMap<String, u64>,
     /// Entries that could not apply (already dead-lettered at the time, or
     /// bad), and parked entries whose letter stays (a newer write of their
-    /// key stood first, in the `fields` layout or `insert_once`).
+    /// key stood first, in the `fields` layout or `insert_once`, or an older
+    /// letter of their key is still there).
     pub rejected: u64,
     /// The first [`MAX_NAMED`] of them: which, and why.
     pub rejections: Vec<Rejection>,
@@ -76,15 +79,39 @@ pub struct Rejection {
     pub reason: String,
 }
 
-/// A dead letter of an entry: its id, and its write's `client` and `req`.
-type Parked = (String, Option<(Vec<u8>, Vec<u8>)>);
+type ByWrite = HashMap<(String, Version), Vec<LetterHead>>;
+type ByKey = HashMap<(String, Vec<u8>), Vec<LetterHead>>;
 
 /// What one replay works from: its range, its filter and the letters of
 /// the parked writes.
 struct Run<'a> {
     from: Version,
     collection: Option<&'a str>,
-    parked: HashMap<(String, Version), Vec<Parked>>,
+    /// The letters there are, by their write's stream and id.
+    parked: ByWrite,
+    /// The same letters by their write's stream and key (as sent), in write
+    /// order: a parked entry waits for an older letter of its key, as
+    /// `writ dlq retry` does.
+    by_key: ByKey,
+    /// Letters this run removed.
+    dropped: std::sync::Mutex<HashSet<String>>,
+}
+
+impl Run<'_> {
+    /// A letter still there, other than `own`, that parks an older write of
+    /// `me`'s key, when `me`'s collection needs its writes in order.
+    fn older_letter(&self, me: &LetterHead, own: &[&LetterHead]) -> Option<&LetterHead> {
+        let key = me.key.clone()?;
+        let dropped = self.dropped.lock().expect("lock");
+        self.by_key
+            .get(&(me.source.clone(), key))?
+            .iter()
+            .find(|h| {
+                h.is_older_write_of(me)
+                    && !dropped.contains(&h.id)
+                    && !own.iter().any(|o| o.id == h.id)
+            })
+    }
 }
 
 impl Tools {
@@ -97,10 +124,13 @@ impl Tools {
     ) -> Result<ReplaySummary> {
         self.check_collection(collection)?;
         let mut sum = ReplaySummary::default();
+        let (parked, by_key) = self.parked_writes().await?;
         let run = Run {
             from,
             collection,
-            parked: self.parked_writes().await?,
+            parked,
+            by_key,
+            dropped: Default::default(),
         };
         // Without `--to`, each partition's range ends at its newest entry as
         // of the start: writers keep adding, and a replay must end.
@@ -204,37 +234,48 @@ impl Tools {
         fields: &Fields,
         sum: &mut ReplaySummary,
     ) -> Result<()> {
-        let applied = self
-            .apply_entry(Some(p), self.config.partitions, id, fields)
-            .await;
         // An entry a daemon parked: its letters go as `dlq retry` would drop
         // them, or stay, and the entry counts as not applied (a newer write
         // stood first: `stale` would say MongoDB holds it). Only letters of
         // this entry's own write: another write may have come to hold its
         // id (a promoted replica whose clock is behind).
         let own = dlq::request_of(fields);
-        let letters: Vec<&String> = run
+        let letters: Vec<&LetterHead> = run
             .parked
             .get(&(stream.to_string(), id))
             .into_iter()
             .flatten()
-            .filter(|(_, req)| req.is_none() || *req == own)
-            .map(|(letter, _)| letter)
+            .filter(|h| h.request.is_none() || h.request == own)
             .collect();
+        // And, as `dlq retry` keeps it, one that an older letter of its key
+        // still parks: applied first, it would make that write stale.
+        let waits = letters
+            .iter()
+            .find_map(|me| Some((run.older_letter(me, &letters)?, me)));
+        let applied = match waits {
+            Some((older, me)) => Err(dlq::older_letter_waits(&older.id, &me.id)),
+            None => Ok(self
+                .apply_entry(Some(p), self.config.partitions, id, fields)
+                .await),
+        };
         let (settled, kept) = match applied {
-            Ok(r) => {
+            Err(waits) => (Err(waits), true),
+            Ok(Ok(r)) => {
                 let mut settled = Ok(r.outcome);
                 for letter in letters {
-                    match self.settle_letter(letter, fields, id, r).await? {
-                        Ok(_) => sum.letters_dropped += 1,
-                        Err(kept) => settled = Err(format!("dead letter {letter}: {kept}")),
+                    match self.settle_letter(&letter.id, fields, id, r).await? {
+                        Ok(_) => {
+                            sum.letters_dropped += 1;
+                            run.dropped.lock().expect("lock").insert(letter.id.clone());
+                        }
+                        Err(kept) => settled = Err(format!("dead letter {}: {kept}", letter.id)),
                     }
                 }
                 let kept = settled.is_err();
                 (settled, kept)
             }
-            Err(crate::Error::Rejected(r)) => (Err(r.to_string()), false),
-            Err(err) => return Err(err),
+            Ok(Err(crate::Error::Rejected(r))) => (Err(r.to_string()), false),
+            Ok(Err(err)) => return Err(err),
         };
         let reason = match settled {
             Ok(o) => {
@@ -262,21 +303,25 @@ impl Tools {
         Ok(())
     }
 
-    /// The dead letters there are, by their write's stream and id.
-    async fn parked_writes(&self) -> Result<HashMap<(String, Version), Vec<Parked>>> {
+    /// The dead letters there are, by their write's stream and id, and by
+    /// its stream and key (in write order).
+    async fn parked_writes(&self) -> Result<(ByWrite, ByKey)> {
         let Some(through) = self.dlq_newest().await? else {
-            return Ok(HashMap::new());
+            return Ok(Default::default());
         };
-        let mut parked: HashMap<(String, Version), Vec<Parked>> = HashMap::new();
+        let (mut parked, mut by_key) = (ByWrite::new(), ByKey::new());
+        // In write order ([`Tools::dlq_heads`]).
         for h in self.dlq_heads(through, LETTERS_PAGE).await? {
-            if let Some(write) = h.write {
-                parked
-                    .entry((h.source, write))
+            let Some(write) = h.write else { continue };
+            if let Some(key) = &h.key {
+                by_key
+                    .entry((h.source.clone(), key.clone()))
                     .or_default()
-                    .push((h.id, h.request));
+                    .push(h.clone());
             }
+            parked.entry((h.source.clone(), write)).or_default().push(h);
         }
-        Ok(parked)
+        Ok((parked, by_key))
     }
 
     /// The id of `stream`'s newest entry, if it has any.
