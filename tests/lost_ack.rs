@@ -1180,14 +1180,70 @@ async fn a_dead_letter_behind_a_burst_of_letters_is_found() {
     daemon.stop().await;
 }
 
+/// Two writes of one key by one handle at the same entry id, as after a
+/// failover that lost the first's entry and a promoted replica whose clock
+/// is behind: here by hand, with no daemon, the stream's last id set an hour
+/// ahead, the first entry deleted, and the stream made again with its last
+/// id where it was before the first (`XSETID` below a deleted id is refused
+/// since Redis 7.2), so the next entry gets the first's id.
+async fn two_writes_at_one_id(
+    env: &TestEnv,
+    config: &writ::Config,
+    s: &writ::Collection,
+    key: &mongodb::bson::Document,
+) -> (writ::Ticket, writ::Ticket) {
+    let stream = signal_stream(config, key);
+    let mut r = env.redis().await;
+    let ahead = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 3_600_000;
+    let base = format!("{ahead}-0");
+    let placeholder = |r: &mut writ::redis_conn::Conn| {
+        let (stream, base) = (stream.clone(), base.clone());
+        let mut r = r.clone();
+        async move {
+            let _: String = redis::cmd("XADD")
+                .arg(&stream)
+                .arg(&base)
+                .arg("placeholder")
+                .arg("1")
+                .query_async(&mut r)
+                .await
+                .unwrap();
+            let _: u64 = redis::cmd("XDEL")
+                .arg(&stream)
+                .arg(&base)
+                .query_async(&mut r)
+                .await
+                .unwrap();
+        }
+    };
+    placeholder(&mut r).await;
+    let first = s.submit(key, &doc! {"v": 1}).await.unwrap();
+    assert_eq!(first.version().to_stream_id(), format!("{ahead}-1"));
+    let _: u64 = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    placeholder(&mut r).await;
+    let second = s.submit(key, &doc! {"v": 2}).await.unwrap();
+    assert_eq!(
+        second.version(),
+        first.version(),
+        "Redis gave the id out again"
+    );
+    (first, second)
+}
+
 /// A write whose entry id Redis gives out again to a later write of the same
-/// handle (a failover lost the entry, and the promoted replica's clock is
-/// behind) is not overwritten in the handle's pending map: the sweep settles
-/// it as a read's look would, here lost (MongoDB never held it), and its
-/// dropped ticket's refusal is told. Before, the later write took its place,
-/// its waiter stayed for the handle's life and nobody heard of it. Here by
-/// hand, with no daemon: the stream's last id set an hour ahead, the first
-/// entry deleted and the last id set back, so the next entry gets its id.
+/// handle ([`two_writes_at_one_id`]) is not overwritten in the handle's
+/// pending map: the sweep settles it as a read's look would, here lost
+/// (MongoDB never held it), and its dropped ticket's refusal is told. Before,
+/// the later write took its place, its waiter stayed for the handle's life
+/// and nobody heard of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_whose_id_redis_gives_out_again_is_still_settled() {
     let (env, config, writ) = handle_with(
@@ -1197,46 +1253,7 @@ async fn a_write_whose_id_redis_gives_out_again_is_still_settled() {
     .await;
     let s = writ.collection("signal").unwrap();
     let key = doc! {"symbol": "REUSED", "strategyName": "dl", "exchangeName": "x"};
-    let stream = signal_stream(&config, &key);
-    let mut r = env.redis().await;
-    let ahead = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-        + 3_600_000;
-    let base = format!("{ahead}-0");
-    let _: String = redis::cmd("XADD")
-        .arg(&stream)
-        .arg(&base)
-        .arg("placeholder")
-        .arg("1")
-        .query_async(&mut r)
-        .await
-        .unwrap();
-    let _: u64 = redis::cmd("XDEL")
-        .arg(&stream)
-        .arg(&base)
-        .query_async(&mut r)
-        .await
-        .unwrap();
-    let first = s.submit(&key, &doc! {"v": 1}).await.unwrap();
-    let id = first.version();
-    assert_eq!(id.to_stream_id(), format!("{ahead}-1"));
-    let deleted: u64 = redis::cmd("XDEL")
-        .arg(&stream)
-        .arg(id.to_stream_id())
-        .query_async(&mut r)
-        .await
-        .unwrap();
-    assert_eq!(deleted, 1);
-    let _: () = redis::cmd("XSETID")
-        .arg(&stream)
-        .arg(&base)
-        .query_async(&mut r)
-        .await
-        .unwrap();
-    let second = s.submit(&key, &doc! {"v": 2}).await.unwrap();
-    assert_eq!(second.version(), id, "Redis gave the id out again");
+    let (first, second) = two_writes_at_one_id(&env, &config, &s, &key).await;
     drop(first);
     assert_eq!(writ.unacked(), 2);
     support::eventually(
@@ -1255,6 +1272,51 @@ async fn a_write_whose_id_redis_gives_out_again_is_still_settled() {
     );
     let daemon = Daemon::start(config.clone());
     second.wait().await.unwrap();
+    assert_eq!(s.read(&key).await.unwrap(), Some(doc! {"v": 2}));
+    assert_eq!(writ.unacked(), 0);
+    daemon.stop().await;
+}
+
+/// The same, with the later write at that id applied first: MongoDB and
+/// the cache then hold exactly that id's version, but it is the later
+/// write's, so the first is still settled lost, not applied (before, a look
+/// took that version for its own), nor dead-lettered by a letter at that id
+/// that names no write. A fields-layout put settled applied so would have
+/// had its fields never written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_id_a_later_applied_write_holds_is_settled_lost() {
+    let (env, config, writ) = handle_with(
+        "lost_reused_applied",
+        "read_timeout_ms = 300\nlost_write_after_ms = 3000",
+    )
+    .await;
+    let s = writ.collection("signal").unwrap();
+    let key = doc! {"symbol": "REUSEDAPPLIED", "strategyName": "dl", "exchangeName": "x"};
+    let (first, second) = two_writes_at_one_id(&env, &config, &s, &key).await;
+    // A letter at that id that names no write is the later write's too (its
+    // entry holds the id), not the first's. (Its own id after the entry's,
+    // as a daemon's would be: the entries' ids are an hour ahead.)
+    let mut r = env.redis().await;
+    let _: String = redis::cmd("XADD")
+        .arg(writ::protocol::Names::new(&config.namespace).dead_letters())
+        .arg(format!("{}-0", first.version().ms + 1))
+        .arg("dlq.reason")
+        .arg("malformed")
+        .arg("dlq.stream")
+        .arg(signal_stream(&config, &key))
+        .arg("dlq.id")
+        .arg(first.version().to_stream_id())
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let daemon = Daemon::start(config.clone());
+    assert_eq!(second.wait().await.unwrap(), first.version());
+    // Settled by the sweep (every 5 s), well within this bound.
+    let err = first
+        .wait_for(std::time::Duration::from_secs(40))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, writ::Error::Lost { .. }), "{err}");
     assert_eq!(s.read(&key).await.unwrap(), Some(doc! {"v": 2}));
     assert_eq!(writ.unacked(), 0);
     daemon.stop().await;

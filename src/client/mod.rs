@@ -13,6 +13,7 @@ mod admission_reply;
 pub(crate) mod admit;
 mod batch;
 mod clock;
+mod letters;
 mod overdue;
 mod pending;
 mod read;

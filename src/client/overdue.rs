@@ -9,18 +9,18 @@
 //! lost (a failover) is never applied: MongoDB tells, and it is settled lost
 //! ([`crate::Error::Lost`]) rather than wedge its key's reads.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use redis::Value;
 
 use super::acks::AckResult;
+use super::letters::Letters;
 use super::{acks, Inner, Pending};
 use crate::apply::doc_version;
-use crate::deadletter::field;
 use crate::error::Result;
 use crate::protocol::field as entry_field;
 use crate::protocol::Version;
-use crate::stream::{cmd, parse_entries, take_entries, Entry, PageSize};
+use crate::stream::{cmd, parse_entries, Entry};
 
 /// What [`Inner::gone_writes`] found of writes whose entries are gone.
 struct Gone {
@@ -35,19 +35,6 @@ struct Gone {
     stored: Option<(Version, mongodb::bson::Document)>,
 }
 
-/// Dead letters read per page at most, and in all, when looking for the
-/// letters of a look's writes: letters come after their entries, read from a
-/// minute before the oldest one's time (other nodes' clocks). A letter
-/// carries its write's document (up to `client.max_document_bytes`, 16 MiB
-/// by default), so a page holds about [`LETTERS_PAGE_BYTES`] of letters as
-/// large as the largest seen, starting at a few ([`PageSize`]): 100 such
-/// letters were 1.6 GB in one reply. With more letters than the total, the
-/// writes not found are not settled now, and a later read looks again.
-const LETTERS_PAGE: u64 = 100;
-const LETTERS_AT_MOST: usize = 2_000;
-const LETTERS_PAGE_BYTES: usize = 4 << 20;
-/// The bytes of letters one look reads at most (then it is incomplete).
-const LETTERS_BYTES_AT_MOST: usize = 64 << 20;
 /// Writes looked at per settling, at most (a few round trips each); the
 /// rest wait for a later read's look.
 const LOOK_AT_MOST: usize = 256;
@@ -65,17 +52,12 @@ pub(super) enum Done {
     /// have passed its id on later entries). The stream cannot tell which:
     /// MongoDB can ([`Inner::gone_writes`]).
     Gone,
-}
-
-/// The letters found for a look's writes: each one's reason, and whether
-/// the search reached the end of the dead-letter stream (else writes not
-/// found may have letters further on).
-struct Letters {
-    reasons: HashMap<Version, String>,
-    complete: bool,
-    /// The id of the last letter read: a later look for the writes not
-    /// found goes on after it ([`Inner::letters_read`]).
-    read_to: Option<Version>,
+    /// Its entry is gone, and the stream holds another write's entry at its
+    /// id (a promoted replica whose clock is behind gave the id out again).
+    /// Judged as [`Done::Gone`], except that a version exactly its own, in
+    /// the cache or MongoDB, is taken for that other write's, and a letter
+    /// at its id that names no write for the other's too.
+    Taken,
 }
 
 impl Inner {
@@ -124,6 +106,8 @@ impl Inner {
         writes.truncate(LOOK_AT_MOST);
         let mut done = Vec::new();
         let mut gone = Vec::new();
+        // The requests of writes whose id another write's entry holds.
+        let mut taken = HashSet::new();
         for (version, pending) in writes {
             // The cache at or past a write's version does not make the daemon
             // done with it: an entry refused at decode waits, pending, to be
@@ -134,6 +118,14 @@ impl Inner {
                     done.push((version, pending))
                 }
                 Done::Gone => gone.push((version, pending)),
+                Done::Taken => {
+                    taken.insert(pending.request.clone());
+                    if committed.is_some_and(|c| c > version) {
+                        done.push((version, pending))
+                    } else {
+                        gone.push((version, pending))
+                    }
+                }
                 // The group has not passed it (or holds it pending, its entry
                 // gone: a daemon may be applying it): later entries wait too.
                 Done::NotYet => {
@@ -143,7 +135,7 @@ impl Inner {
                 }
             }
         }
-        let missing = match self.gone_writes(coll, gone).await {
+        let missing = match self.gone_writes(coll, gone, &taken).await {
             Some(Gone {
                 applied,
                 missing,
@@ -188,7 +180,7 @@ impl Inner {
             mut reasons,
             complete,
             read_to,
-        } = self.letters(p, &wanted, from).await?;
+        } = self.letters(p, &wanted, from, &taken).await?;
         if let Some(read_to) = read_to.filter(|_| !complete) {
             // The letters from `from` to `read_to` hold none of the writes
             // not found: their next look goes on from there (never back).
@@ -267,7 +259,12 @@ impl Inner {
     /// be read (they stay unknown, and the writes whose entries are there are
     /// settled all the same). Also forgets the missing-since times of writes
     /// nobody waits for any more.
-    async fn gone_writes(&self, coll: &str, gone: Vec<(Version, Pending)>) -> Option<Gone> {
+    async fn gone_writes(
+        &self,
+        coll: &str,
+        gone: Vec<(Version, Pending)>,
+        taken: &HashSet<String>,
+    ) -> Option<Gone> {
         {
             let waiters = self.waiters.lock().expect("lock");
             self.missing
@@ -298,9 +295,12 @@ impl Inner {
             d.as_ref().and_then(doc_version).unwrap_or_default()
         };
         let (confirmed, stored) = (version(&confirmed), version(&local));
-        let (applied, rest): (Vec<_>, Vec<_>) =
-            gone.into_iter().partition(|(v, _)| confirmed >= *v);
-        let (held, missing): (Vec<_>, Vec<_>) = rest.into_iter().partition(|(v, _)| stored >= *v);
+        // At exactly a taken write's version, MongoDB holds the other write.
+        let holds = |at: Version, (v, w): &(Version, Pending)| {
+            at > *v || (at == *v && !taken.contains(&w.request))
+        };
+        let (applied, rest): (Vec<_>, Vec<_>) = gone.into_iter().partition(|w| holds(confirmed, w));
+        let (held, missing): (Vec<_>, Vec<_>) = rest.into_iter().partition(|w| holds(stored, w));
         {
             let mut since = self.missing.lock().expect("lock");
             for (_, w) in &held {
@@ -333,19 +333,38 @@ impl Inner {
         let mut conn = self.conn.clone();
         let at = id.to_stream_id();
         let upto: Value = cmd::xrev_upto(&stream, &at).query_async(&mut conn).await?;
-        let own = parse_entries(&upto).first().is_some_and(|e| {
-            e.id == id
-                && value(e, entry_field::CLIENT) == Some(self.client_id.as_bytes())
-                && value(e, entry_field::REQUEST) == Some(request.as_bytes())
-        });
+        let entries = parse_entries(&upto);
+        let Some(at_id) = entries.first().filter(|e| e.id == id) else {
+            return self.pending_or(&stream, &group, id, Done::Gone).await;
+        };
+        let own = value(at_id, entry_field::CLIENT) == Some(self.client_id.as_bytes())
+            && value(at_id, entry_field::REQUEST) == Some(request.as_bytes());
+        if !own {
+            // Whatever the group holds at this id is the other write.
+            return Ok(Done::Taken);
+        }
         // Delivered first, pending after: an entry leaves the pending list
         // only by its `XACK`, so delivered then not pending means done. The
         // other order took a delivery between the two reads (a daemon
         // catching up) for done, with the write not applied.
-        if own && !super::sync::delivered_through(&mut conn, &stream, &group, id).await? {
+        if !super::sync::delivered_through(&mut conn, &stream, &group, id).await? {
             return Ok(Done::NotYet);
         }
-        let pending = match cmd::pending_at(&stream, &group, id)
+        self.pending_or(&stream, &group, id, Done::Yes).await
+    }
+
+    /// [`Done::NotYet`] if the group holds entry `id` of `stream` pending (a
+    /// daemon read it and may be applying it, even if it is gone since),
+    /// else `otherwise`.
+    async fn pending_or(
+        &self,
+        stream: &str,
+        group: &str,
+        id: Version,
+        otherwise: Done,
+    ) -> Result<Done> {
+        let mut conn = self.conn.clone();
+        let pending = match cmd::pending_at(stream, group, id)
             .query_async::<Value>(&mut conn)
             .await
         {
@@ -355,143 +374,12 @@ impl Inner {
             Err(e) if crate::redis_conn::has_code(&e, "NOGROUP") => false,
             Err(e) => return Err(e.into()),
         };
-        Ok(match (own, pending) {
-            (_, true) => Done::NotYet,
-            (true, false) => Done::Yes,
-            (false, false) => Done::Gone,
-        })
-    }
-
-    /// Where this look reads the dead-letter stream from, and the writes of
-    /// `wanted` it judges. Each write's letter may be after the letter an
-    /// earlier look read up to for it without finding it
-    /// ([`Inner::letters_read`]), else from a minute before its own time (a
-    /// margin for other nodes' clocks). Writes an earlier look left part way
-    /// go first, from the earliest point one of them reached: a write that
-    /// joins later (its own window reaching back over the letters read
-    /// already) must not send them back to the start at each look, or with
-    /// acks lost all the time none would ever get past a burst of letters.
-    /// A write whose start is before that point is not judged now; its turn
-    /// comes once those are settled.
-    fn letter_scan(&self, wanted: &[(Version, String)]) -> (Version, HashSet<Version>) {
-        let read = self.letters_read.lock().expect("lock");
-        let start = |v: &Version, request: &str| match read.get(request) {
-            Some(at) => Version {
-                ms: at.ms,
-                seq: at.seq.saturating_add(1),
-            },
-            None => Version {
-                ms: v.ms.saturating_sub(60_000),
-                seq: 0,
-            },
-        };
-        let resumed: Vec<&(Version, String)> = wanted
-            .iter()
-            .filter(|(_, r)| read.contains_key(r))
-            .collect();
-        let from = if resumed.is_empty() {
-            wanted.iter().map(|(v, r)| start(v, r)).min()
-        } else {
-            resumed.iter().map(|(v, r)| start(v, r)).min()
-        }
-        .unwrap_or_default();
-        let covered = wanted
-            .iter()
-            .filter(|(v, r)| start(v, r) >= from)
-            .map(|(v, _)| *v)
-            .collect();
-        (from, covered)
-    }
-
-    /// The dead letters of this handle's writes `wanted` (entry id, request)
-    /// of partition `p`, read once for all of them, in pages, from `from`.
-    /// A letter carries its entry's fields, so only one of this client's
-    /// request is its write's: a promoted replica whose clock is behind may
-    /// give a lost entry's id to another write, which may be parked.
-    async fn letters(
-        &self,
-        p: u32,
-        wanted: &[(Version, String)],
-        from: Version,
-    ) -> Result<Letters> {
-        let stream = self.names.stream(p);
-        let dlq = self.names.dead_letters();
-        let mut conn = self.conn.clone();
-        let by_id: HashMap<String, (Version, &str)> = wanted
-            .iter()
-            .map(|(v, r)| (v.to_stream_id(), (*v, r.as_str())))
-            .collect();
-        let mut reasons = HashMap::new();
-        let mut from = from.to_stream_id();
-        let mut read_to = None;
-        let (mut sizes, mut read, mut bytes) =
-            (PageSize::new(LETTERS_PAGE_BYTES, 4, LETTERS_PAGE), 0, 0);
-        while read < LETTERS_AT_MOST && bytes < LETTERS_BYTES_AT_MOST {
-            let asked = sizes.next();
-            let page: Value = cmd::xrange(&dlq, &from, "+", Some(asked))
-                .query_async(&mut conn)
-                .await?;
-            let letters = take_entries(page);
-            sizes.saw(&letters);
-            read += letters.len();
-            if let Some(last) = letters.last() {
-                read_to = Some(last.id);
-            }
-            bytes += letters.iter().map(Entry::bytes).sum::<usize>();
-            for l in &letters {
-                if value(l, field::SOURCE) != Some(stream.as_bytes()) {
-                    continue;
-                }
-                let Some((id, request)) = value(l, field::ID)
-                    .and_then(|id| std::str::from_utf8(id).ok())
-                    .and_then(|id| by_id.get(id))
-                else {
-                    continue;
-                };
-                // A letter without its entry's fields (an entry deleted while
-                // pending was parked without them) goes by stream and id.
-                let (client, req) = (
-                    value(l, entry_field::CLIENT),
-                    value(l, entry_field::REQUEST),
-                );
-                if (client.is_some() || req.is_some())
-                    && (client != Some(self.client_id.as_bytes())
-                        || req != Some(request.as_bytes()))
-                {
-                    continue;
-                }
-                let reason = value(l, field::REASON).unwrap_or_default();
-                let detail = value(l, field::DETAIL).unwrap_or_default();
-                let why = format!(
-                    "{}: {}",
-                    String::from_utf8_lossy(reason),
-                    String::from_utf8_lossy(detail)
-                );
-                reasons.insert(*id, why);
-            }
-            match letters.last() {
-                Some(last) if letters.len() as u64 == asked && reasons.len() < wanted.len() => {
-                    from = format!("({}", last.id.to_stream_id());
-                }
-                _ => {
-                    return Ok(Letters {
-                        reasons,
-                        complete: true,
-                        read_to,
-                    })
-                }
-            }
-        }
-        Ok(Letters {
-            reasons,
-            complete: false,
-            read_to,
-        })
+        Ok(if pending { Done::NotYet } else { otherwise })
     }
 }
 
 /// The value of field `name` of an entry.
-fn value<'a>(e: &'a Entry, name: &str) -> Option<&'a [u8]> {
+pub(super) fn value<'a>(e: &'a Entry, name: &str) -> Option<&'a [u8]> {
     e.fields
         .as_ref()?
         .iter()

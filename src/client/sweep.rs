@@ -154,14 +154,19 @@ async fn look(
 
 /// The read's look for each write whose entry id Redis gave out again
 /// ([`Inner::add_pending`]), on its own (the pending map holds the later
-/// write at that version), at most [`LOOKS_PER_SWEEP`] a sweep; the settled
-/// ones leave the list.
+/// write at that version), at most [`LOOKS_PER_SWEEP`] a sweep, those
+/// looked at longest ago first; the settled ones leave the list.
 async fn look_displaced(inner: &Weak<Inner>) {
     let writes: Vec<(KeyId, Version, Pending)> = {
         let Some(inner) = inner.upgrade() else { return };
         let mut displaced = inner.displaced.lock().expect("lock");
         displaced.retain(|(_, _, w)| w.state.borrow().is_none());
-        displaced.iter().take(LOOKS_PER_SWEEP).cloned().collect()
+        // Those looked at now go to the back: writes that cannot settle yet
+        // do not hide the others.
+        let n = displaced.len().min(LOOKS_PER_SWEEP);
+        let now: Vec<_> = displaced.drain(..n).collect();
+        displaced.extend(now.iter().cloned());
+        now
     };
     for (id, version, write) in writes {
         let Some(inner) = inner.upgrade() else { return };

@@ -117,7 +117,7 @@ impl Ticket {
             .done_with(o.partition, self.version, &o.pending.request);
         match tokio::time::timeout(o.inner.config.read_timeout, look).await {
             Ok(Ok(Done::Yes | Done::NotYet)) => Accepted::Yes,
-            Ok(Ok(Done::Gone) | Err(_)) | Err(_) => Accepted::Unknown,
+            Ok(Ok(Done::Gone | Done::Taken) | Err(_)) | Err(_) => Accepted::Unknown,
         }
     }
 

@@ -178,6 +178,13 @@ export class AckReader {
    * look was sent (ms), not yet used by a sweep.
    */
   private storedSeen = new Map<string, { v: string; at: number }>();
+  /**
+   * reqs of writes whose id the stream gives to another write's entry (a
+   * promoted replica whose clock is behind gave a lost entry's id out
+   * again): a version exactly theirs, in MongoDB, is the other write's, and
+   * so is a letter at that id that names no write ({@link ownEntries}).
+   */
+  private taken = new Set<string>();
   /** Whether a failed MongoDB look went to `onError` already. */
   private mongoErrorReported = false;
 
@@ -329,7 +336,7 @@ export class AckReader {
     const now = Date.now();
     if (now - this.lastSweepAt < Math.min(LOST_ACK_SWEEP_MS, this.config.writeTimeoutMs)) return;
     this.lastSweepAt = now;
-    for (const m of [this.missingSince, this.storedSeen, this.lettersReadTo])
+    for (const m of [this.missingSince, this.storedSeen, this.lettersReadTo, this.taken])
       for (const req of m.keys()) if (!this.pending.has(req)) m.delete(req);
     const overdue: AwaitedWrite[] = [];
     for (const w of this.pending.values()) {
@@ -368,7 +375,8 @@ export class AckReader {
         if (!this.pending.has(w.req)) continue; // its ack came meanwhile
         if (compareStreamIds(this.letterStart(w), from) < 0) continue; // not this sweep's: letterScanStart
         const stream = this.names.stream(w.key.partition);
-        const reason = letters.get(`${stream} ${w.entryId} ${w.req}`) ?? letters.get(`${stream} ${w.entryId} *`);
+        const bare = this.taken.has(w.req) ? undefined : letters.get(`${stream} ${w.entryId} *`);
+        const reason = letters.get(`${stream} ${w.entryId} ${w.req}`) ?? bare;
         const entryId = w.entryId!;
         if (reason === undefined && !complete) {
           // More letters follow than one sweep reads: the next goes on
@@ -442,7 +450,7 @@ export class AckReader {
       this.storedSeen.delete(w.req);
       if (seen === undefined || w.version === undefined) {
         ask.push(w);
-      } else if (seen.v >= w.version) {
+      } else if (seen.v > w.version || (seen.v === w.version && !this.taken.has(w.req))) {
         this.missingSince.delete(w.req);
         stored.push(w);
       } else {
@@ -542,15 +550,16 @@ export class AckReader {
       [...groupBy(writes, (w) => w.key.partition)].map(async ([p, ws]) => {
         const stream = this.names.stream(p);
         const own = await this.ownEntries(stream, ws);
-        const held = ws.filter((_, i) => own[i]);
-        const missing = ws.filter((_, i) => !own[i]);
+        const held = ws.filter((_, i) => own[i] === "own");
+        const missing = ws.filter((_, i) => own[i] === "absent");
         // The group's last-delivered id is read before any pending check of
         // a held entry: delivered by then and not pending after means acked.
         const [delivered, missingPending] = await Promise.all([
           held.length ? lastDelivered(this.redis, stream, group) : Promise.resolve(undefined),
           Promise.all(missing.map((w) => this.pendingInGroup(stream, w.entryId!))),
         ]);
-        const gone = missing.filter((_, i) => !missingPending[i]);
+        // Whatever the group holds at a taken write's id is the other write.
+        const gone = [...missing.filter((_, i) => !missingPending[i]), ...ws.filter((_, i) => own[i] === "taken")];
         for (const w of missing.filter((_, i) => missingPending[i])) {
           this.missingSince.delete(w.req);
           this.storedSeen.delete(w.req);
@@ -566,17 +575,21 @@ export class AckReader {
 
   /**
    * Whether `stream` holds each of `writes`' own entries (`XRANGE id id`):
-   * an entry at a write's id that another write added (a promoted replica
-   * whose clock is behind may give out a lost entry's id again) is not its.
+   * `taken` when it holds another write's entry at the write's id (a
+   * promoted replica whose clock is behind may give out a lost entry's id
+   * again), which is remembered for the sweep ({@link taken}).
    */
-  private async ownEntries(stream: string, writes: AwaitedWrite[]): Promise<boolean[]> {
+  private async ownEntries(stream: string, writes: AwaitedWrite[]): Promise<("own" | "taken" | "absent")[]> {
     const clientId = this.config.clientId;
     const entries = await Promise.all(
       writes.map((w) => this.redis.xrange(stream, w.entryId!, w.entryId!, "COUNT", 1) as Promise<[string, string[]][]>),
     );
     return entries.map((e, i) => {
-      const f = e.length === 1 ? flatToMap(e[0][1]) : undefined;
-      return f !== undefined && String(f.get("req")) === writes[i].req && String(f.get("client")) === clientId;
+      if (e.length !== 1) return "absent";
+      const f = flatToMap(e[0][1]);
+      if (String(f.get("req")) === writes[i].req && String(f.get("client")) === clientId) return "own";
+      this.taken.add(writes[i].req);
+      return "taken";
     });
   }
 
@@ -595,9 +608,9 @@ export class AckReader {
       [...groupBy(writes, (w) => w.key.partition)].map(async ([p, ws]) => {
         const stream = this.names.stream(p);
         const own = await this.ownEntries(stream, ws);
-        const missing = ws.filter((_, i) => !own[i]);
+        const missing = ws.filter((_, i) => own[i] === "absent");
         const pending = await Promise.all(missing.map((w) => this.pendingInGroup(stream, w.entryId!)));
-        return missing.filter((_, i) => !pending[i]);
+        return [...missing.filter((_, i) => !pending[i]), ...ws.filter((_, i) => own[i] === "taken")];
       }),
     );
     return parts.flat();

@@ -2,7 +2,8 @@
 // another's at the same id (a promoted replica whose clock is behind can give
 // out a lost entry's id again): the sweep must not take that entry for the
 // write's. A write MongoDB's primary holds but its majority does not yet: the
-// sweep must not settle it applied from that. A letter with no entry fields:
+// sweep must not settle it applied from that, nor from the other write's
+// version at exactly its id. A letter with no entry fields:
 // it goes by stream and id. An env of its own, with no
 // daemon: the tests delete stream entries by hand, which would upset the
 // shared env of core.test.ts.
@@ -62,6 +63,37 @@ test("an entry (and a letter) another write added at a write's id does not settl
     assert.equal(r?.outcome, "lost", "taking the other write's entry (or its letter) for its own would settle it applied (or dead-lettered)");
   }));
 
+test("a write whose id another write's entry holds, applied at exactly that version, is settled lost, not applied", () =>
+  env.guard(async () => {
+    // As above, and the other write was applied: MongoDB holds exactly this
+    // write's version, but it is the other write's. A letter at that id that
+    // names no write is the other write's too. Before, the sweep settled
+    // this write applied (a fields-layout put whose fields were never written).
+    const s = new WritClient(env.clientConfig({ collections: [KV], mode: "submit", writeTimeoutMs: 300, lostWriteAfterMs: 1 }));
+    clients.push(s);
+    const key = { k: "same-id-applied", n: 1 };
+    const t = await s.write(KV.name, key, "put", { n: 1 });
+    const names = new Names(env.name);
+    const stream = names.stream(partitionOf(KV.name, canonicalKey(KV, key), env.partitions));
+    const redis = new Redis(env.redisUrl);
+    const mongo = new MongoClient(env.mongoUri);
+    try {
+      await redis.del(stream);
+      await redis.xadd(stream, t.entryId, "v", "1", "client", "another-client", "req", "x.1");
+      await redis.xgroup("CREATE", stream, names.group, "$");
+      await redis.xadd(names.dlq, "*", "dlq.stream", stream, "dlq.id", t.entryId, "dlq.reason", "malformed");
+      await mongo
+        .db(env.name)
+        .collection(KV.name)
+        .insertOne({ ...key, payload: { n: 2 }, removed: false, _writ: { v: toSortable(t.entryId), at: new Date() } });
+    } finally {
+      redis.disconnect();
+      await mongo.close();
+    }
+    const r = await Promise.race([t.acked, sleep(20000).then(() => undefined)]);
+    assert.equal(r?.outcome, "lost", "the other write's version (or its letter) taken for this write's");
+  }));
+
 test("a letter that carries only its dlq.* fields settles the write by stream and id: dead-lettered with its reason, not lost", () =>
   env.guard(async () => {
     const s = new WritClient(env.clientConfig({ collections: [KV], mode: "submit", writeTimeoutMs: 300, lostWriteAfterMs: 1 }));
@@ -75,8 +107,12 @@ test("a letter that carries only its dlq.* fields settles the write by stream an
       // As a daemon parks an entry whose fields it could not read (deleted
       // while pending, on a Redis that claims it without them): read for the
       // group, deleted, its letter added with no entry fields, then acked.
-      await redis.xgroup("CREATE", stream, names.group, "0");
-      await redis.xreadgroup("GROUP", names.group, "held-by-test", "STREAMS", stream, ">");
+      // The group (made, or moved if another test made it) just before this
+      // entry, so that only it is delivered.
+      const [ms, seq] = t.entryId.split("-").map(BigInt);
+      const before = seq > 0n ? `${ms}-${seq - 1n}` : `${ms - 1n}-18446744073709551615`;
+      await redis.xgroup("CREATE", stream, names.group, before).catch(() => redis.xgroup("SETID", stream, names.group, before));
+      await redis.xreadgroup("GROUP", names.group, "held-by-test", "COUNT", 1, "STREAMS", stream, ">");
       assert.equal(await redis.xdel(stream, t.entryId), 1);
       await redis.xadd(names.dlq, "*", "dlq.reason", "malformed", "dlq.detail", "the entry's fields could not be read", "dlq.stream", stream, "dlq.id", t.entryId);
       assert.equal(await redis.xack(stream, names.group, t.entryId), 1);
