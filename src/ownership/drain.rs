@@ -34,7 +34,8 @@ impl Owner {
             }
             if Instant::now() >= self.next_write {
                 self.next_write = Instant::now() + self.config.lease_ttl / 4;
-                if let Ok(failing) = tokio::time::timeout_at(deadline, self.renew()).await {
+                let bound = self.config.lease_ttl / 4;
+                if let Ok(failing) = tokio::time::timeout_at(deadline, self.renew(bound)).await {
                     self.say_renewals(failing);
                 }
             }

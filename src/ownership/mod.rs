@@ -157,9 +157,19 @@ impl Owner {
     /// Every poll: the number of live members (`None`: Redis did not answer,
     /// so take nothing new). When due (every quarter of the lease TTL), the
     /// heartbeat and every lease renewal go out together first.
+    /// The count waits a quarter of the TTL at most, as a renewal: the next
+    /// renewals must not wait for a master that stopped answering.
     async fn keep_up(&mut self) -> Option<u64> {
         self.renew_if_due().await;
-        let counted = self.members.count(&self.conn).await;
+        let bound = self.config.lease_ttl / 4;
+        let counted = tokio::time::timeout(bound, self.members.count(&self.conn))
+            .await
+            .unwrap_or_else(|_| {
+                Err(redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the member count did not answer within a quarter of the lease TTL",
+                )))
+            });
         match counted {
             Ok(n) => {
                 self.counting_failed = false;
@@ -178,11 +188,40 @@ impl Owner {
 
     /// When due (every quarter of the lease TTL), the heartbeat and every
     /// lease renewal, together.
+    /// Each call waits a quarter of the TTL at most (a renewal that did not
+    /// answer by then failed, and the lease is trusted only as long as the
+    /// last one that did say): on a cluster, one master that stopped
+    /// answering must not hold up the renewals on the others until every
+    /// lease lapses.
     async fn renew_if_due(&mut self) {
         if Instant::now() >= self.next_write {
             self.next_write = Instant::now() + self.config.lease_ttl / 4;
-            let (_, failing) = tokio::join!(self.members.heartbeat(&self.conn), self.renew());
+            let bound = self.config.lease_ttl / 4;
+            let heartbeat = tokio::time::timeout(bound, self.members.heartbeat(&self.conn));
+            let (beat, failing) = tokio::join!(heartbeat, self.renew(bound));
+            if beat.is_err() {
+                tracing::debug!(
+                    "the membership heartbeat did not answer within a quarter of the lease TTL"
+                );
+            }
             self.say_renewals(failing);
+        }
+    }
+
+    /// [`Leases::acquire_or_held`] of partition `p`, renewing the leases
+    /// held whenever due while it waits: an acquisition that waits (a
+    /// cluster master that stopped answering, a `WAIT` for replicas) must
+    /// not outlast the leases already held.
+    async fn acquire_renewing(&mut self, p: u32) -> crate::error::Result<Acquired> {
+        let leases = self.leases.clone();
+        let acquire = async move { leases.acquire_or_held(p).await };
+        tokio::pin!(acquire);
+        loop {
+            let due = self.next_write;
+            tokio::select! {
+                r = &mut acquire => return r,
+                _ = tokio::time::sleep_until(due) => self.renew_if_due().await,
+            }
         }
     }
 
@@ -221,9 +260,11 @@ impl Owner {
         let mut releases = Vec::new();
         for p in ended {
             let t = self.owned.remove(&p).expect("listed");
-            if t.handing_over.is_some() || t.run.lease.valid() {
-                releases.push((p, t.run.lease.token));
-            }
+            // Even when this daemon no longer trusts it (a renewal late by a
+            // stall): Redis may still hold it in this daemon's name, and
+            // nobody could take it for up to a TTL. The release checks the
+            // name and the token, and the tenure has stopped.
+            releases.push((p, t.run.lease.token));
             crate::telemetry::clear_partition(p);
             tracing::info!(partition = p, "partition tenure ended");
         }
@@ -235,15 +276,12 @@ impl Owner {
                 .into_iter()
                 .map(|(p, token)| self.release(p, token)),
         );
-        match until {
-            Some(until) => {
-                if tokio::time::timeout_at(until, releases).await.is_err() {
-                    tracing::warn!("redis did not answer the leases' releases in time; they expire within the lease TTL");
-                }
-            }
-            None => {
-                releases.await;
-            }
+        // Outside a shutdown, a quarter of the TTL at most, as a renewal:
+        // a release to a master that stopped answering must not hold up
+        // the renewals of the leases still held.
+        let until = until.unwrap_or_else(|| Instant::now() + self.config.lease_ttl / 4);
+        if tokio::time::timeout_at(until, releases).await.is_err() {
+            tracing::warn!("redis did not answer the leases' releases in time; they expire within the lease TTL");
         }
     }
 
@@ -268,12 +306,19 @@ impl Owner {
     /// aborted tenure is still renewed until it ends (if the lease is still
     /// ours, it is then released at once), and before, each of those
     /// renewals reported the same loss again.
+    /// Each waits `bound` at most (then it failed).
     /// Returns the partitions whose renewal failed, and the first error.
-    async fn renew(&self) -> (Vec<u32>, Option<Error>) {
-        let renewals = self
-            .owned
-            .iter()
-            .map(|(p, t)| async move { (p, t, self.leases.renew(&t.run.lease).await) });
+    async fn renew(&self, bound: Duration) -> (Vec<u32>, Option<Error>) {
+        let renewals = self.owned.iter().map(|(p, t)| async move {
+            let renewed = tokio::time::timeout(bound, self.leases.renew(&t.run.lease))
+                .await
+                .unwrap_or(Err(Error::Timeout {
+                    after: bound,
+                    what: "a lease renewal",
+                    accepted: None,
+                }));
+            (p, t, renewed)
+        });
         let (mut failing, mut first) = (Vec::new(), None);
         for (p, t, res) in futures::future::join_all(renewals).await {
             match res {
@@ -363,7 +408,7 @@ impl Owner {
             // writes large documents to its AOF) can outlast the leases
             // already held: renew them between acquisitions when due.
             self.renew_if_due().await;
-            match self.leases.acquire_or_held(p).await {
+            match self.acquire_renewing(p).await {
                 Ok(Acquired::Taken(lease)) => {
                     self.tries.taken(p);
                     Event::LeaseAcquired {
