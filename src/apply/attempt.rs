@@ -70,7 +70,7 @@ impl Attempts<'_> {
             if !still_owner() {
                 return None;
             }
-            let e = match self.once(coll, write, id).await? {
+            let e = match self.once(&still_owner, coll, write, id).await? {
                 Ok(a) => return Some(Ok(a)),
                 Err(e) => e,
             };
@@ -120,9 +120,11 @@ impl Attempts<'_> {
 
     /// One attempt: a limiter slot, then the write within the store's
     /// bound, telling the limiter and the collection's answer counts how it
-    /// went. `None`: stopped.
+    /// went. `None`: stopped, or no longer the owner once the slot came (the
+    /// wait for it can outlast the lease).
     async fn once(
         &self,
+        still_owner: &impl Fn() -> bool,
         coll: &CollectionConfig,
         write: &Write,
         id: Version,
@@ -131,6 +133,9 @@ impl Attempts<'_> {
             p = self.store.limiter().acquire() => p,
             _ = self.abort.cancelled() => return None,
         };
+        if !still_owner() {
+            return None;
+        }
         let res = tokio::select! {
             r = self.store.within("a MongoDB write", self.store.apply(coll, write, id)) => r,
             _ = self.abort.cancelled() => return None,
