@@ -1253,3 +1253,53 @@ async fn a_running_client_on_a_larger_count_is_refused_past_the_daemons_count() 
     assert_eq!(copy_and_xlen(&four, p).await.1, 0, "nothing added");
     daemon.stop().await;
 }
+
+/// A tenure whose copy of the partition count fails at its start (here the
+/// meta hash's key holds a string, as `WRONGTYPE` stands for any refusal: a
+/// failover's `LOADING`, `maxmemory`) goes on trying in the background, and
+/// the copy is written once Redis takes it. Before, it was left until the
+/// partition's next tenure, which may be weeks away, and writers on another
+/// count were not refused in that partition meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenure_retries_a_copy_of_the_count_that_failed_at_its_start() {
+    let env = TestEnv::start("pc_copy_retry");
+    let config = env.config();
+    let names = writ::protocol::Names::new(&config.namespace);
+    let p = 1;
+    let mut conn = writ::redis_conn::connect(&config, Duration::ZERO)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(names.meta(p))
+        .arg("not a hash")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let daemon = Daemon::start(config.clone());
+    // The tenure has started (its lease is taken); its copy goes right after.
+    // (Its reader cannot be waited for: it reads the meta hash too.)
+    eventually(Duration::from_secs(30), "partition 1 owned", || {
+        let mut conn = conn.clone();
+        let lease = names.lease(p);
+        async move {
+            let holder: Option<String> = redis::cmd("GET")
+                .arg(lease)
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            holder.map(|_| ())
+        }
+    })
+    .await;
+    let _: () = redis::cmd("DEL")
+        .arg(names.meta(p))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "the copy written", || async {
+        let (copy, _) = copy_and_xlen(&config, p).await;
+        (copy == Some(config.partitions.to_string())).then_some(())
+    })
+    .await;
+    daemon.stop().await;
+}

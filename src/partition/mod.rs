@@ -21,6 +21,7 @@
 
 mod key_worker;
 mod keys;
+mod records;
 mod round;
 
 use std::collections::HashSet;
@@ -156,17 +157,8 @@ const ROUNDS_IN_FLIGHT: usize = 2;
 /// span (`partition`, `token`).
 pub async fn run_partition(p: u32, ctx: Arc<Ctx>, run: Arc<PartitionRun>) {
     let span = tracing::info_span!("tenure", partition = p, token = run.lease.token);
-    // Writers on another partition count are refused in this partition from
-    // now on, also after a change of the count (src/partition_count/copies.rs).
-    crate::partition_count::copy(&mut ctx.conn.clone(), &ctx.names, p, ctx.config.partitions).await;
-    // The namespace's database record lives in partition 0's meta hash: its
-    // tenure writes it again, so a Redis that lost it has it back without a
-    // restart (src/database_record.rs).
-    if p == 0 {
-        if let Err(e) = crate::database_record::record(&mut ctx.conn.clone(), &ctx.config).await {
-            tracing::warn!(error = %e, "cannot record this daemon's MongoDB database in the namespace's meta hash");
-        }
-    }
+    // The partition-count copy, and partition 0's database record.
+    records::write(&ctx, p, &run).instrument(span.clone()).await;
     let stream = ctx.names.stream(p);
     let acker = Acker::new(
         ctx.conn.clone(),

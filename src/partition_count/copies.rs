@@ -107,14 +107,27 @@ pub(super) async fn back(
     Ok(())
 }
 
+/// [`try_copy`], with a Redis error logged as a warning (the copy is left
+/// as it was).
+pub async fn copy(conn: &mut Conn, names: &Names, p: u32, count: u32) {
+    if let Err(e) = try_copy(conn, names, p, count).await {
+        tracing::warn!(
+            partition = p,
+            error = %e,
+            error_class = e.retry_class().as_str(),
+            "cannot copy the partition count into this partition's meta hash: writers configured with another count are not refused here and their writes may land in streams no daemon reads. Free Redis memory (or fix the ACL), or run `writ partitions` to see the copies"
+        )
+    }
+}
+
 /// At the start of a daemon's tenure of partition `p`: writes the daemon's
 /// `count` as the copy, as the module header says. A copy left by an
 /// unfinished run is logged as a warning (writers on the recorded count are
 /// refused there until the run is finished); a Redis error (at `maxmemory`)
-/// leaves the copy as it was, and is logged as a warning.
-pub async fn copy(conn: &mut Conn, names: &Names, p: u32, count: u32) {
+/// leaves the copy as it was, and is returned.
+pub async fn try_copy(conn: &mut Conn, names: &Names, p: u32, count: u32) -> Result<()> {
     if p == 0 {
-        return;
+        return Ok(());
     }
     let r: Result<Option<(String, u64)>> = async {
         let (recorded, epoch) = record(conn, names).await?;
@@ -150,15 +163,9 @@ pub async fn copy(conn: &mut Conn, names: &Names, p: u32, count: u32) {
             "this partition's copy of the partition count is from a `writ partitions --set` that has not finished: writers configured with the recorded count are refused in this partition. Run `writ partitions --set` again with the config of the count you want"
         ),
         Ok(Some(_)) => {}
-        Err(e) => {
-            tracing::warn!(
-                partition = p,
-                error = %e,
-                error_class = e.retry_class().as_str(),
-                "cannot copy the partition count into this partition's meta hash: until a later tenure copies it, writers configured with another count are not refused here and their writes may land in streams no daemon reads. Free Redis memory (or fix the ACL) and restart the daemon, or run `writ partitions` to see the copies"
-            )
-        }
+        Err(e) => return Err(e),
     }
+    Ok(())
 }
 
 /// For `writ partitions`: the partitions whose copy is another count than

@@ -36,7 +36,7 @@ mod floor;
 
 pub use change::{change, Changed, CHANGE_LUA};
 pub use claim::{claim, claim_daemon, recheck, recheck_now, Standing};
-pub use copies::copy;
+pub use copies::{copy, try_copy};
 
 use crate::error::Result;
 use crate::protocol::Names;
