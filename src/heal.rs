@@ -55,7 +55,7 @@ const ROUNDS: usize = 4;
 
 fn script() -> &'static redis::Script {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| redis::Script::new(MEND_LUA))
+    SCRIPT.get_or_init(|| crate::redis_conn::script(MEND_LUA))
 }
 
 fn text(v: &Value) -> Option<String> {

@@ -206,7 +206,7 @@ pub const TRIM_LUA: &str = include_str!("lua/trim.lua");
 pub async fn trim(conn: &mut Conn, stream: &str, group: &str, point: Version) -> Result<u64> {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
     let n: u64 = SCRIPT
-        .get_or_init(|| redis::Script::new(TRIM_LUA))
+        .get_or_init(|| crate::redis_conn::script(TRIM_LUA))
         .key(stream)
         .arg(group)
         .arg(point.to_stream_id())

@@ -107,7 +107,8 @@ pub async fn backlog(conn: &mut Conn, names: &Names, p: u32, bound: u64) -> Resu
     // One `Script` for the process: `Script::new` hashes the source (SHA-1),
     // which was 1 % of an idle daemon's CPU when done per call.
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
-    let script = SCRIPT.get_or_init(|| redis::Script::new(crate::client::admit::XADD_BOUNDED));
+    let script =
+        SCRIPT.get_or_init(|| crate::redis_conn::script(crate::client::admit::XADD_BOUNDED));
     let (unapplied, pending, undelivered, last_delivered, exact): (u64, u64, u64, String, u8) =
         script
             .key(names.stream(p))

@@ -84,7 +84,7 @@ impl AckCall {
     /// `SCRIPT LOAD`).
     pub fn script() -> &'static redis::Script {
         static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
-        SCRIPT.get_or_init(|| redis::Script::new(include_str!("../lua/ack_stream.lua")))
+        SCRIPT.get_or_init(|| crate::redis_conn::script(include_str!("../lua/ack_stream.lua")))
     }
 
     /// The call, as an `EVALSHA` that loads the script if Redis lacks it.

@@ -150,8 +150,8 @@ impl Cache {
     pub fn new(conn: Conn) -> Cache {
         Cache {
             conn,
-            cas: redis::Script::new(CAS_SCRIPT),
-            cas_many: redis::Script::new(CAS_MANY_SCRIPT),
+            cas: crate::redis_conn::script(CAS_SCRIPT),
+            cas_many: crate::redis_conn::script(CAS_MANY_SCRIPT),
             replication: Replication::NONE,
         }
     }

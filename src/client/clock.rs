@@ -79,7 +79,7 @@ impl RedisClock {
         local_ms(Instant::now());
         RedisClock {
             known: (0..partitions).map(|_| Mutex::new(None)).collect(),
-            script: redis::Script::new(TIME_LUA),
+            script: crate::redis_conn::script(TIME_LUA),
             warned: Default::default(),
         }
     }

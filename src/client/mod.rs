@@ -132,7 +132,7 @@ impl Writ {
                 })
                 .collect(),
             writes,
-            redis::Script::new(admit::XADD_BOUNDED),
+            crate::redis_conn::script(admit::XADD_BOUNDED),
             names.group(),
             batch::Settings {
                 bound: config.max_backlog,

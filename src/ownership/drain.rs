@@ -16,7 +16,7 @@ use super::Owner;
 pub(super) const RELEASE_GRACE: Duration = Duration::from_secs(1);
 
 impl Owner {
-    /// Stops reading everywhere, keeps renewing while in-flight work drains,
+    /// Stops reading everywhere, keeps renewing (the renewers: [`super::renewal`]) while in-flight work drains,
     /// releases each lease as soon as its partition is drained, and aborts
     /// what is left at the deadline.
     pub(super) async fn drain(mut self, deadline: Instant) {
@@ -32,13 +32,8 @@ impl Owner {
                 }
                 break;
             }
-            if Instant::now() >= self.next_write {
-                self.next_write = Instant::now() + self.config.lease_ttl / 4;
-                let bound = self.config.lease_ttl / 4;
-                if let Ok(failing) = tokio::time::timeout_at(deadline, self.renew(bound)).await {
-                    self.say_renewals(failing);
-                }
-            }
+            // The renewers keep renewing until each tenure ends.
+            self.say_renewals();
             // Releases of tenures that ended get the same grace as the last.
             self.end_tenures(Some(deadline.max(Instant::now()) + RELEASE_GRACE))
                 .await;
@@ -49,6 +44,9 @@ impl Owner {
         let joins = std::mem::take(&mut self.owned)
             .into_iter()
             .map(|(p, t)| async move {
+                // No renewal after the deadline: a lease kept for a tenure
+                // still inside a call expires within the TTL.
+                t.renewer.abort();
                 crate::telemetry::clear_partition(p);
                 let token = t.run.lease.token;
                 let stopped = tokio::time::timeout(Duration::from_secs(2), t.handle)

@@ -71,6 +71,14 @@ impl Lease {
         Instant::now() < *self.valid_until.lock().expect("lock")
     }
 
+    /// How long it is still surely ours (zero once it is not).
+    pub fn left(&self) -> Duration {
+        self.valid_until
+            .lock()
+            .expect("lock")
+            .saturating_duration_since(Instant::now())
+    }
+
     /// No longer ours: a renewal found it expired (and maybe taken).
     fn lost(&self) {
         *self.valid_until.lock().expect("lock") = Instant::now();
@@ -112,9 +120,9 @@ impl Leases {
             names: Names::new(ns),
             me: me.into(),
             ttl,
-            acquire: redis::Script::new(ACQUIRE),
-            renew: redis::Script::new(RENEW),
-            release: redis::Script::new(RELEASE),
+            acquire: crate::redis_conn::script(ACQUIRE),
+            renew: crate::redis_conn::script(RENEW),
+            release: crate::redis_conn::script(RELEASE),
             replication: Replication::NONE,
         }
     }

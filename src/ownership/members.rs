@@ -41,7 +41,7 @@ impl Members {
             key,
             me: me.to_string(),
             ttl_ms: ttl.as_millis() as u64,
-            script: redis::Script::new(HEARTBEAT),
+            script: crate::redis_conn::script(HEARTBEAT),
             offset_ms: AtomicI64::new(0),
             own_clock: AtomicBool::new(false),
             failing: AtomicBool::new(false),

@@ -2,11 +2,9 @@
 //!
 //! Every daemon heartbeats into `<ns>:members` (on Redis's clock: `members.rs`)
 //! and aims for an even share, `ceil(partitions / live members)`. It polls
-//! every [`POLL`]: counts the live members, and every quarter of the lease
-//! TTL heartbeats and renews all its
-//! leases at once (one batch of writes, so with `appendfsync always` Redis
-//! syncs its AOF once for them all instead of once per lease and poll: those
-//! syncs stall every other client of that Redis), hands over every partition above
+//! every [`POLL`]: counts the live members (the heartbeat and the lease
+//! renewals go out on tasks of their own, all at once every quarter of the
+//! lease TTL: [`renewal`]), hands over every partition above
 //! its share at once (stop reading, drain, release the moment the drain
 //! ends), and takes free partitions below it (asking for leases others hold
 //! by their time to live once nothing has changed for as long as a
@@ -27,6 +25,7 @@
 mod drain;
 mod lease;
 mod members;
+mod renewal;
 mod tries;
 
 pub use lease::{Acquired, Lease, Leases};
@@ -70,8 +69,8 @@ struct Tenure {
     /// Since when it is handed over (it reads no more; released once
     /// drained, aborted at `daemon.shutdown_deadline`).
     handing_over: Option<Instant>,
-    /// Its lease was found lost (reported once).
-    lost: std::sync::atomic::AtomicBool,
+    /// Renews its lease until the tenure ends ([`renewal::Renewer`]).
+    renewer: JoinHandle<()>,
 }
 
 /// One daemon's view of the partitions it holds.
@@ -80,10 +79,13 @@ struct Owner {
     conn: Conn,
     leases: Leases,
     spawn: Spawn,
-    members: members::Members,
+    members: Arc<members::Members>,
     owned: BTreeMap<u32, Tenure>,
-    /// When the heartbeat and the renewals are due next.
-    next_write: Instant,
+    /// Every quarter of the lease TTL: when the renewals and the heartbeat
+    /// go out.
+    tick: tokio::sync::watch::Receiver<u64>,
+    /// The partitions whose last renewal failed (the renewers keep it).
+    failing: renewal::Failing,
     /// Whether the last member count failed (its error is logged once).
     counting_failed: bool,
     /// The partitions whose leases the last try could not take (said once
@@ -108,18 +110,20 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let config_deadline = config.shutdown_deadline;
+    let (tick, ticker) = renewal::ticker(config.lease_ttl / 4);
     let mut owner = Owner {
-        members: members::Members::new(
+        members: Arc::new(members::Members::new(
             crate::protocol::Names::new(&config.namespace).members(),
             &config.consumer_name,
             config.lease_ttl,
-        ),
+        )),
         config,
         conn,
         leases,
         spawn,
         owned: BTreeMap::new(),
-        next_write: Instant::now(),
+        tick,
+        failing: Default::default(),
         counting_failed: false,
         refused: Vec::new(),
         foreign: Vec::new(),
@@ -128,6 +132,18 @@ pub async fn run(
         // drain's deadline, the tenures' 2 s grace, a few polls.
         tries: tries::Tries::new(config_deadline + Duration::from_secs(2) + 5 * POLL),
     };
+    // The first heartbeat before the first count, which must count this
+    // daemon; then one at every tick.
+    let quarter = owner.config.lease_ttl / 4;
+    let _ = tokio::time::timeout(quarter, owner.members.heartbeat(&owner.conn)).await;
+    let beating = CancellationToken::new();
+    let heartbeats = renewal::heartbeats(
+        owner.members.clone(),
+        owner.conn.clone(),
+        &owner.tick,
+        quarter,
+        beating.clone(),
+    );
     loop {
         let members = owner.keep_up().await;
         owner.end_tenures(None).await;
@@ -149,27 +165,20 @@ pub async fn run(
     // costs a reply timeout per call otherwise: 19 s past a 1 s deadline),
     // and the last releases [`drain::RELEASE_GRACE`] past it.
     let deadline = Instant::now() + owner.config.shutdown_deadline;
+    beating.cancel();
+    // A heartbeat still out must not land after the leave.
+    let _ = tokio::time::timeout_at(deadline, heartbeats).await;
     let _ = tokio::time::timeout_at(deadline, owner.leave()).await;
     owner.drain(deadline).await;
+    ticker.abort();
 }
 
 impl Owner {
     /// Every poll: the number of live members (`None`: Redis did not answer,
-    /// so take nothing new). When due (every quarter of the lease TTL), the
-    /// heartbeat and every lease renewal go out together first.
-    /// The count waits a quarter of the TTL at most, as a renewal: the next
-    /// renewals must not wait for a master that stopped answering.
+    /// so take nothing new), after saying which renewals fail.
     async fn keep_up(&mut self) -> Option<u64> {
-        self.renew_if_due().await;
-        let bound = self.config.lease_ttl / 4;
-        let counted = tokio::time::timeout(bound, self.members.count(&self.conn))
-            .await
-            .unwrap_or_else(|_| {
-                Err(redis::RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "the member count did not answer within a quarter of the lease TTL",
-                )))
-            });
+        self.say_renewals();
+        let counted = self.members.count(&self.conn).await;
         match counted {
             Ok(n) => {
                 self.counting_failed = false;
@@ -186,49 +195,14 @@ impl Owner {
         }
     }
 
-    /// When due (every quarter of the lease TTL), the heartbeat and every
-    /// lease renewal, together.
-    /// Each call waits a quarter of the TTL at most (a renewal that did not
-    /// answer by then failed, and the lease is trusted only as long as the
-    /// last one that did say): on a cluster, one master that stopped
-    /// answering must not hold up the renewals on the others until every
-    /// lease lapses.
-    async fn renew_if_due(&mut self) {
-        if Instant::now() >= self.next_write {
-            self.next_write = Instant::now() + self.config.lease_ttl / 4;
-            let bound = self.config.lease_ttl / 4;
-            let heartbeat = tokio::time::timeout(bound, self.members.heartbeat(&self.conn));
-            let (beat, failing) = tokio::join!(heartbeat, self.renew(bound));
-            if beat.is_err() {
-                tracing::debug!(
-                    "the membership heartbeat did not answer within a quarter of the lease TTL"
-                );
-            }
-            self.say_renewals(failing);
-        }
-    }
-
-    /// [`Leases::acquire_or_held`] of partition `p`, renewing the leases
-    /// held whenever due while it waits: an acquisition that waits (a
-    /// cluster master that stopped answering, a `WAIT` for replicas) must
-    /// not outlast the leases already held.
-    async fn acquire_renewing(&mut self, p: u32) -> crate::error::Result<Acquired> {
-        let leases = self.leases.clone();
-        let acquire = async move { leases.acquire_or_held(p).await };
-        tokio::pin!(acquire);
-        loop {
-            let due = self.next_write;
-            tokio::select! {
-                r = &mut acquire => return r,
-                _ = tokio::time::sleep_until(due) => self.renew_if_due().await,
-            }
-        }
-    }
-
     /// Logs the partitions whose renewal failed, once per change of that
     /// set (every renewal pass, a quarter of the TTL, per partition, was
     /// 128 lines a second with 64 partitions).
-    fn say_renewals(&mut self, (failing, error): (Vec<u32>, Option<Error>)) {
+    fn say_renewals(&mut self) {
+        let (failing, error): (Vec<u32>, Option<String>) = {
+            let f = self.failing.lock().expect("lock");
+            (f.keys().copied().collect(), f.values().next().cloned())
+        };
         if failing == self.renew_failing {
             return;
         }
@@ -260,6 +234,7 @@ impl Owner {
         let mut releases = Vec::new();
         for p in ended {
             let t = self.owned.remove(&p).expect("listed");
+            t.renewer.abort();
             // Even when this daemon no longer trusts it (a renewal late by a
             // stall): Redis may still hold it in this daemon's name, and
             // nobody could take it for up to a TTL. The release checks the
@@ -276,12 +251,15 @@ impl Owner {
                 .into_iter()
                 .map(|(p, token)| self.release(p, token)),
         );
-        // Outside a shutdown, a quarter of the TTL at most, as a renewal:
-        // a release to a master that stopped answering must not hold up
-        // the renewals of the leases still held.
-        let until = until.unwrap_or_else(|| Instant::now() + self.config.lease_ttl / 4);
-        if tokio::time::timeout_at(until, releases).await.is_err() {
-            tracing::warn!("redis did not answer the leases' releases in time; they expire within the lease TTL");
+        match until {
+            Some(until) => {
+                if tokio::time::timeout_at(until, releases).await.is_err() {
+                    tracing::warn!("redis did not answer the leases' releases in time; they expire within the lease TTL");
+                }
+            }
+            None => {
+                releases.await;
+            }
         }
     }
 
@@ -299,43 +277,6 @@ impl Owner {
                 tracing::warn!(partition = p, error = %e, "cannot release the lease; it expires within its TTL")
             }
         }
-    }
-
-    /// Renews every lease at once (the requests share one connection, so
-    /// they reach Redis together). A loss is reported once per tenure: an
-    /// aborted tenure is still renewed until it ends (if the lease is still
-    /// ours, it is then released at once), and before, each of those
-    /// renewals reported the same loss again.
-    /// Each waits `bound` at most (then it failed).
-    /// Returns the partitions whose renewal failed, and the first error.
-    async fn renew(&self, bound: Duration) -> (Vec<u32>, Option<Error>) {
-        let renewals = self.owned.iter().map(|(p, t)| async move {
-            let renewed = tokio::time::timeout(bound, self.leases.renew(&t.run.lease))
-                .await
-                .unwrap_or(Err(Error::Timeout {
-                    after: bound,
-                    what: "a lease renewal",
-                    accepted: None,
-                }));
-            (p, t, renewed)
-        });
-        let (mut failing, mut first) = (Vec::new(), None);
-        for (p, t, res) in futures::future::join_all(renewals).await {
-            match res {
-                Ok(true) => {}
-                Ok(false) => {
-                    if !t.lost.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                        Event::LeaseLost { partition: *p }.emit();
-                    }
-                    t.run.abort.cancel();
-                }
-                Err(e) => {
-                    failing.push(*p);
-                    first.get_or_insert(e);
-                }
-            }
-        }
-        (failing, first)
     }
 
     fn active(&self) -> u32 {
@@ -407,8 +348,13 @@ impl Owner {
             // Taking many partitions from a slow Redis (a takeover while it
             // writes large documents to its AOF) can outlast the leases
             // already held: renew them between acquisitions when due.
-            self.renew_if_due().await;
-            match self.acquire_renewing(p).await {
+            let acquired = tokio::select! {
+                r = self.leases.acquire_or_held(p) => r,
+                // A stop is not held up by an acquisition from a Redis that
+                // does not answer (one that lands expires within its TTL).
+                _ = shutdown.cancelled() => break,
+            };
+            match acquired {
                 Ok(Acquired::Taken(lease)) => {
                     self.tries.taken(p);
                     Event::LeaseAcquired {
@@ -422,13 +368,22 @@ impl Owner {
                         lease: Arc::new(lease),
                     });
                     let handle = (self.spawn)(p, run.clone());
+                    let renewer = renewal::Renewer {
+                        leases: self.leases.clone(),
+                        partition: p,
+                        run: run.clone(),
+                        lost: Default::default(),
+                        failing: self.failing.clone(),
+                        ttl: self.config.lease_ttl,
+                    }
+                    .spawn(&self.tick);
                     self.owned.insert(
                         p,
                         Tenure {
                             run,
                             handle,
                             handing_over: None,
-                            lost: Default::default(),
+                            renewer,
                         },
                     );
                     active += 1;

@@ -79,7 +79,7 @@ pub async fn change(conn: &mut Conn, config: &Config) -> Result<Changed> {
     // under an epoch some copy already has would skip that copy.
     let floor = copies::highest_epoch(conn, names, 1..upto).await?;
     // HINCRBY, as a script of the commands the documented ACL users have.
-    let epoch: u64 = redis::Script::new(
+    let epoch: u64 = crate::redis_conn::script(
         "local e = math.max(tonumber(redis.call('HGET', KEYS[1], ARGV[1])) or 0, \
          tonumber(ARGV[2])) + 1 \
          redis.call('HSET', KEYS[1], ARGV[1], e) return e",
@@ -151,7 +151,7 @@ async fn swap(
 ) -> Result<i64> {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
     Ok(SCRIPT
-        .get_or_init(|| redis::Script::new(CHANGE_LUA))
+        .get_or_init(|| crate::redis_conn::script(CHANGE_LUA))
         .key(names.meta(0))
         .key(names.stream(0))
         .arg(read.unwrap_or(""))

@@ -47,7 +47,7 @@ async fn look(conn: &mut Conn, config: &Config, by: By, since: Option<u64>) -> R
     let names = &Names::new(&config.namespace);
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
     let mut inv = SCRIPT
-        .get_or_init(|| redis::Script::new(CLAIM_LUA))
+        .get_or_init(|| crate::redis_conn::script(CLAIM_LUA))
         .key(names.meta(0));
     inv.arg(config.partitions).arg(by.as_str());
     if let Some(s) = since {
@@ -210,7 +210,7 @@ pub async fn recheck_now(conn: &mut Conn, config: &Config, me: &Standing) -> Res
     // Only over the value looked at: another change meanwhile is seen at
     // the next pass.
     let now = found.now.unwrap_or_default();
-    let swapped: redis::RedisResult<i64> = redis::Script::new(
+    let swapped: redis::RedisResult<i64> = crate::redis_conn::script(
         "if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end \
          redis.call('HSET', KEYS[1], ARGV[1], ARGV[3], ARGV[4], 'daemon', ARGV[5], ARGV[6]) return 1",
     )

@@ -24,7 +24,7 @@ pub const COPY_LUA: &str = include_str!("../lua/partition_copy.lua");
 
 fn script() -> &'static redis::Script {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| redis::Script::new(COPY_LUA))
+    SCRIPT.get_or_init(|| crate::redis_conn::script(COPY_LUA))
 }
 
 /// What partition 0 records: the count (as stored) and its epoch.

@@ -35,7 +35,7 @@ const LAST_ID_LUA: &str = "local last = false \
 /// no longer says what it gave out).
 pub(super) async fn newest_id(conn: &mut Conn, names: &Names, upto: u32) -> Result<Version> {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
-    let script = SCRIPT.get_or_init(|| redis::Script::new(LAST_ID_LUA));
+    let script = SCRIPT.get_or_init(|| crate::redis_conn::script(LAST_ID_LUA));
     let high: Option<String> = redis::cmd("HGET")
         .arg(names.meta(0))
         .arg(HIGH_FIELD)

@@ -19,6 +19,7 @@
 
 pub mod durability;
 mod replication;
+mod scripts;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -32,6 +33,7 @@ use crate::config::{redact_url, Config};
 use crate::error::{Error, Result, RetryClass};
 
 pub use replication::{Confirmer, Replication};
+pub use scripts::script;
 
 /// Response timeout for ordinary commands.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -50,7 +52,22 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Node(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
+            // A node without the script gets it by `EVAL`, not by redis-rs's
+            // `SCRIPT LOAD` to every node ([`scripts`]).
+            Conn::Cluster(c) => Box::pin(async move {
+                match c.req_packed_command(cmd).await {
+                    Err(e)
+                        if e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        match scripts::as_eval(cmd) {
+                            Some(eval) => c.req_packed_command(&eval).await,
+                            None => Err(e),
+                        }
+                    }
+                    r => r,
+                }
+            }),
         }
     }
 

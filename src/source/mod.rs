@@ -175,7 +175,7 @@ impl FencedReader {
     /// Reads of partition `p` as `consumer`, holding fencing `token`.
     pub fn new(names: &Names, p: u32, consumer: &str, token: u64) -> Self {
         FencedReader {
-            script: redis::Script::new(FENCED_READ),
+            script: crate::redis_conn::script(FENCED_READ),
             partition: p,
             token,
             stream: names.stream(p),

@@ -35,7 +35,7 @@ pub async fn prune(conn: &mut Conn, p: u32, at: Tenure<'_>, me: &str) {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
     static REFUSAL_SAID: AtomicBool = AtomicBool::new(false);
     let res: redis::RedisResult<(u64, u64)> = SCRIPT
-        .get_or_init(|| redis::Script::new(PRUNE_LUA))
+        .get_or_init(|| crate::redis_conn::script(PRUNE_LUA))
         .key(at.stream)
         .key(at.fence)
         .arg(at.group)

@@ -20,6 +20,7 @@
 
 pub mod acks;
 pub mod cluster;
+pub mod delay_proxy;
 pub mod history;
 pub mod hook_proxy;
 pub mod load;

@@ -1,0 +1,90 @@
+//! writ's Lua scripts by SHA1, so that a Redis Cluster node that does not
+//! have one yet gets it by `EVAL`, on that node alone. redis-rs answers a
+//! `NOSCRIPT` with `SCRIPT LOAD`, which a cluster connection sends to every
+//! node and waits for all of them: while any master does not answer (a node
+//! stopped, a failover under way), the first call of each script on every
+//! other node waited out the reply timeout and failed (found in session 47
+//! with `tests/lease_stall.rs`: a lease renewal on a healthy master stuck
+//! behind the stopped one until its lease lapsed). `EVAL` goes to the node of
+//! the call's keys and caches the script there, as `SCRIPT LOAD` would.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use redis::{Arg, Cmd};
+
+fn registry() -> &'static Mutex<HashMap<String, &'static str>> {
+    static SCRIPTS: OnceLock<Mutex<HashMap<String, &'static str>>> = OnceLock::new();
+    SCRIPTS.get_or_init(Default::default)
+}
+
+/// `crate::redis_conn::script(text)`, with `text` kept by its SHA1 for [`as_eval`].
+pub fn script(text: &'static str) -> redis::Script {
+    let script = redis::Script::new(text);
+    registry()
+        .lock()
+        .expect("lock")
+        .insert(script.get_hash().to_string(), text);
+    script
+}
+
+/// The `EVAL` of `cmd`, an `EVALSHA` of a script made by [`script`]: the
+/// same keys and arguments, the script's text for its SHA1. `None` for any
+/// other command.
+pub fn as_eval(cmd: &Cmd) -> Option<Cmd> {
+    let mut args = cmd.args_iter();
+    match args.next()? {
+        Arg::Simple(name) if name.eq_ignore_ascii_case(b"EVALSHA") => {}
+        _ => return None,
+    }
+    let Arg::Simple(sha) = args.next()? else {
+        return None;
+    };
+    let text = *registry()
+        .lock()
+        .expect("lock")
+        .get(std::str::from_utf8(sha).ok()?)?;
+    let mut eval = redis::cmd("EVAL");
+    eval.arg(text);
+    for a in args {
+        match a {
+            Arg::Simple(v) => eval.arg(v),
+            _ => return None,
+        };
+    }
+    Some(eval)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_evalsha_of_a_known_script_becomes_its_eval() {
+        let s = script("return {KEYS[1], ARGV[1]}");
+        let mut call = redis::cmd("EVALSHA");
+        call.arg(s.get_hash()).arg(1).arg("k").arg("a");
+        let eval = as_eval(&call).expect("known");
+        let args: Vec<Vec<u8>> = eval
+            .args_iter()
+            .map(|a| match a {
+                Arg::Simple(v) => v.to_vec(),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(
+            args,
+            [
+                b"EVAL".to_vec(),
+                b"return {KEYS[1], ARGV[1]}".to_vec(),
+                b"1".to_vec(),
+                b"k".to_vec(),
+                b"a".to_vec()
+            ]
+        );
+        assert!(as_eval(&redis::cmd("GET")).is_none());
+        let mut unknown = redis::cmd("EVALSHA");
+        unknown.arg("0123").arg(0);
+        assert!(as_eval(&unknown).is_none());
+    }
+}
