@@ -117,8 +117,35 @@ async fn a_stalled_master_costs_only_the_partitions_whose_leases_it_holds() {
     assert!(!healthy.is_empty(), "every lease on one master");
     let before = fences(&conn, &names, &healthy).await;
     cluster.pause(stalled);
-    // Longer than a lease TTL (2 s) and the 5 s reply timeout.
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    // Meanwhile the other masters keep losing their scripts (as a restarted
+    // node or a promoted replica has none): every renewal there must get
+    // its script again while one master does not answer.
+    let healthy_masters: Vec<String> = cluster
+        .masters()
+        .into_iter()
+        .filter(|m| *m != stalled)
+        .map(|m| cluster.node_url(m))
+        .collect();
+    let flushing = tokio::task::spawn_blocking(move || {
+        let mut conns: Vec<redis::Connection> = healthy_masters
+            .iter()
+            .map(|u| {
+                redis::Client::open(u.as_str())
+                    .unwrap()
+                    .get_connection()
+                    .unwrap()
+            })
+            .collect();
+        // Longer than a lease TTL (2 s) and the 5 s reply timeout.
+        let until = std::time::Instant::now() + Duration::from_secs(7);
+        while std::time::Instant::now() < until {
+            for c in &mut conns {
+                redis::cmd("SCRIPT").arg("FLUSH").exec(c).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    flushing.await.unwrap();
     let mut held = Vec::new();
     for p in &healthy {
         let holder: Option<String> = redis::cmd("GET")

@@ -134,19 +134,33 @@ pub async fn run(
     };
     // The first heartbeat before the first count, which must count this
     // daemon; then one at every tick.
-    let quarter = owner.config.lease_ttl / 4;
-    let _ = tokio::time::timeout(quarter, owner.members.heartbeat(&owner.conn)).await;
+    // A heartbeat holds nothing else up: it may take the TTL less a tick.
+    let beat_bound = owner.config.lease_ttl - owner.config.lease_ttl / 4;
+    let first = owner.members.heartbeat(&owner.conn);
+    tokio::select! {
+        _ = tokio::time::timeout(beat_bound, first) => {}
+        _ = shutdown.cancelled() => {}
+    }
     let beating = CancellationToken::new();
-    let heartbeats = renewal::heartbeats(
+    let mut heartbeats = renewal::heartbeats(
         owner.members.clone(),
         owner.conn.clone(),
         &owner.tick,
-        quarter,
+        beat_bound,
         beating.clone(),
     );
     loop {
-        let members = owner.keep_up().await;
-        owner.end_tenures(None).await;
+        // A Redis that does not answer (the master of the member set) must
+        // not hold a stop up: the count and the releases give way to it (a
+        // lease not released expires within its TTL).
+        let members = tokio::select! {
+            m = owner.keep_up() => m,
+            _ = shutdown.cancelled() => break,
+        };
+        tokio::select! {
+            _ = owner.end_tenures(None) => {}
+            _ = shutdown.cancelled() => break,
+        }
         if let Some(n) = members {
             owner.tries.members(n, Instant::now());
             let share = owner.config.partitions.div_ceil(n as u32);
@@ -166,9 +180,17 @@ pub async fn run(
     // and the last releases [`drain::RELEASE_GRACE`] past it.
     let deadline = Instant::now() + owner.config.shutdown_deadline;
     beating.cancel();
-    // A heartbeat still out must not land after the leave.
-    let _ = tokio::time::timeout_at(deadline, heartbeats).await;
-    let _ = tokio::time::timeout_at(deadline, owner.leave()).await;
+    // A heartbeat still out must not land after the leave: it is waited for
+    // (a heartbeat is a few round trips), or stopped at the deadline.
+    if tokio::time::timeout_at(deadline, &mut heartbeats)
+        .await
+        .is_err()
+    {
+        heartbeats.abort();
+    }
+    // The leave gets a short grace of its own if the heartbeat took it all.
+    let leave_by = deadline.max(Instant::now() + owner.config.lease_ttl / 4);
+    let _ = tokio::time::timeout_at(leave_by, owner.leave()).await;
     owner.drain(deadline).await;
     ticker.abort();
 }

@@ -71,6 +71,9 @@ impl Renewer {
     pub(super) fn spawn(self, tick: &watch::Receiver<u64>) -> JoinHandle<()> {
         let mut tick = next_ticks(tick);
         tokio::spawn(async move {
+            // However the task ends (aborted with its tenure), its partition
+            // leaves the failing ones, after any insert of its last poll.
+            let _clear = Clear(self.failing.clone(), self.partition);
             while tick.changed().await.is_ok() {
                 self.renew_once().await;
             }
@@ -105,8 +108,20 @@ impl Renewer {
     }
 }
 
-/// Heartbeats at every tick (each within `bound`) until `stop`: the first
-/// heartbeat went out before the ownership loop's first count.
+/// Takes a partition out of the failing ones when dropped.
+struct Clear(Failing, u32);
+
+impl Drop for Clear {
+    fn drop(&mut self) {
+        if let Ok(mut failing) = self.0.lock() {
+            failing.remove(&self.1);
+        }
+    }
+}
+
+/// Heartbeats at every tick (each within `bound`) until `stop` (looked at
+/// first): the first heartbeat went out before the ownership loop's first
+/// count.
 pub(super) fn heartbeats(
     members: Arc<Members>,
     conn: Conn,
@@ -118,15 +133,16 @@ pub(super) fn heartbeats(
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                r = tick.changed() => if r.is_err() { return },
+                biased;
                 _ = stop.cancelled() => return,
+                r = tick.changed() => if r.is_err() { return },
             }
             if tokio::time::timeout(bound, members.heartbeat(&conn))
                 .await
                 .is_err()
             {
                 tracing::debug!(
-                    "the membership heartbeat did not answer within a quarter of the lease TTL"
+                    "the membership heartbeat did not answer in time; the next tick sends another"
                 );
             }
         }

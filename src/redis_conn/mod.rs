@@ -54,18 +54,20 @@ impl ConnectionLike for Conn {
             Conn::Node(c) => c.req_packed_command(cmd),
             // A node without the script gets it by `EVAL`, not by redis-rs's
             // `SCRIPT LOAD` to every node ([`scripts`]).
+            // (redis-rs hands a `NOSCRIPT` back as a value, and makes it an
+            // error only later, in `query_async`.)
             Conn::Cluster(c) => Box::pin(async move {
-                match c.req_packed_command(cmd).await {
-                    Err(e)
-                        if e.kind()
-                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                    {
-                        match scripts::as_eval(cmd) {
-                            Some(eval) => c.req_packed_command(&eval).await,
-                            None => Err(e),
-                        }
+                let reply = c.req_packed_command(cmd).await;
+                let no_script = match &reply {
+                    Ok(Value::ServerError(e)) => e.kind() == Some(redis::ServerErrorKind::NoScript),
+                    Err(e) => {
+                        e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
                     }
-                    r => r,
+                    Ok(_) => false,
+                };
+                match no_script.then(|| scripts::as_eval(cmd)).flatten() {
+                    Some(eval) => c.req_packed_command(&eval).await,
+                    None => reply,
                 }
             }),
         }
