@@ -116,24 +116,26 @@ async fn a_stalled_master_costs_only_the_partitions_whose_leases_it_holds() {
         .collect();
     assert!(!healthy.is_empty(), "every lease on one master");
     let before = fences(&conn, &names, &healthy).await;
-    cluster.pause(stalled);
-    // Meanwhile the other masters keep losing their scripts (as a restarted
-    // node or a promoted replica has none): every renewal there must get
-    // its script again while one master does not answer.
     let healthy_masters: Vec<String> = cluster
         .masters()
         .into_iter()
         .filter(|m| *m != stalled)
         .map(|m| cluster.node_url(m))
         .collect();
+    cluster.pause(stalled);
+    // Meanwhile the other masters keep losing their scripts (as a restarted
+    // node or a promoted replica has none): every renewal there must get
+    // its script again while one master does not answer.
     let flushing = tokio::task::spawn_blocking(move || {
         let mut conns: Vec<redis::Connection> = healthy_masters
             .iter()
             .map(|u| {
-                redis::Client::open(u.as_str())
+                let c = redis::Client::open(u.as_str())
                     .unwrap()
-                    .get_connection()
-                    .unwrap()
+                    .get_connection_with_timeout(Duration::from_secs(2))
+                    .unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                c
             })
             .collect();
         // Longer than a lease TTL (2 s) and the 5 s reply timeout.

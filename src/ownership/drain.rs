@@ -54,7 +54,8 @@ impl Owner {
                     .is_ok();
                 (p, token, stopped)
             });
-        let mut releases = Vec::new();
+        // And those a stop cut short in the ownership loop.
+        let mut releases = std::mem::take(&mut self.unreleased);
         for (p, token, stopped) in futures::future::join_all(joins).await {
             if stopped {
                 releases.push((p, token));

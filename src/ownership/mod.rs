@@ -86,6 +86,8 @@ struct Owner {
     tick: tokio::sync::watch::Receiver<u64>,
     /// The partitions whose last renewal failed (the renewers keep it).
     failing: renewal::Failing,
+    /// Leases of ended tenures not released yet (partition, token).
+    unreleased: Vec<(u32, u64)>,
     /// Whether the last member count failed (its error is logged once).
     counting_failed: bool,
     /// The partitions whose leases the last try could not take (said once
@@ -124,6 +126,7 @@ pub async fn run(
         owned: BTreeMap::new(),
         tick,
         failing: Default::default(),
+        unreleased: Vec::new(),
         counting_failed: false,
         refused: Vec::new(),
         foreign: Vec::new(),
@@ -181,16 +184,16 @@ pub async fn run(
     let deadline = Instant::now() + owner.config.shutdown_deadline;
     beating.cancel();
     // A heartbeat still out must not land after the leave: it is waited for
-    // (a heartbeat is a few round trips), or stopped at the deadline.
-    if tokio::time::timeout_at(deadline, &mut heartbeats)
+    // (a heartbeat is a few round trips), a quarter of the TTL at most and
+    // not past the deadline, then stopped (an aborted one is not sent on).
+    let beat_by = deadline.min(Instant::now() + owner.config.lease_ttl / 4);
+    if tokio::time::timeout_at(beat_by, &mut heartbeats)
         .await
         .is_err()
     {
         heartbeats.abort();
     }
-    // The leave gets a short grace of its own if the heartbeat took it all.
-    let leave_by = deadline.max(Instant::now() + owner.config.lease_ttl / 4);
-    let _ = tokio::time::timeout_at(leave_by, owner.leave()).await;
+    let _ = tokio::time::timeout_at(deadline, owner.leave()).await;
     owner.drain(deadline).await;
     ticker.abort();
 }
@@ -253,7 +256,6 @@ impl Owner {
             .filter(|(_, t)| t.handle.is_finished())
             .map(|(p, _)| *p)
             .collect();
-        let mut releases = Vec::new();
         for p in ended {
             let t = self.owned.remove(&p).expect("listed");
             t.renewer.abort();
@@ -261,17 +263,22 @@ impl Owner {
             // stall): Redis may still hold it in this daemon's name, and
             // nobody could take it for up to a TTL. The release checks the
             // name and the token, and the tenure has stopped.
-            releases.push((p, t.run.lease.token));
+            self.unreleased.push((p, t.run.lease.token));
             crate::telemetry::clear_partition(p);
             tracing::info!(partition = p, "partition tenure ended");
         }
         // At once, as the renewals go: tenures that end together (a
         // shutdown, a Redis stall that aborts them all) cost one round trip,
         // or one reply timeout, not one per partition.
+        // Kept in `unreleased` until they went out: a stop that cuts this
+        // short leaves them to the drain's last releases.
+        if self.unreleased.is_empty() {
+            return;
+        }
         let releases = futures::future::join_all(
-            releases
-                .into_iter()
-                .map(|(p, token)| self.release(p, token)),
+            self.unreleased
+                .iter()
+                .map(|&(p, token)| self.release(p, token)),
         );
         match until {
             Some(until) => {
@@ -283,6 +290,7 @@ impl Owner {
                 releases.await;
             }
         }
+        self.unreleased.clear();
     }
 
     async fn release(&self, p: u32, token: u64) {
