@@ -715,6 +715,32 @@ async fn a_write_is_not_settled_applied_while_its_cache_fill_is_refused() {
     );
 }
 
+/// A `submit` of `{v: 1}` at `key`, its entry read for the group by another
+/// consumer ("held-by-test"), then deleted: a write a daemon read and that
+/// is gone since. Returns its ticket, stream, entry id and a connection.
+async fn submitted_held_deleted(
+    env: &TestEnv,
+    config: &writ::Config,
+    s: &writ::Collection,
+    key: &mongodb::bson::Document,
+) -> (writ::Ticket, String, String, writ::redis_conn::Conn) {
+    let names = writ::protocol::Names::new(&config.namespace);
+    create_groups(env, config, "0").await;
+    let ticket = s.submit(key, &doc! {"v": 1}).await.unwrap();
+    let id = ticket.version().to_stream_id();
+    let stream = signal_stream(config, key);
+    let mut r = env.redis().await;
+    streams::deliver_all(&mut r, &stream, &names.group(), "held-by-test").await;
+    let deleted: u64 = redis::cmd("XDEL")
+        .arg(&stream)
+        .arg(&id)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    (ticket, stream, id, r)
+}
+
 /// A write whose entry is gone while the group still holds it pending was
 /// read by a daemon that may be applying it now: no look settles it lost
 /// until the group lets it go (acked, or dropped by a claim that finds it
@@ -730,19 +756,7 @@ async fn a_gone_write_the_group_holds_pending_is_not_settled_lost() {
     let s = writ.collection("signal").unwrap();
     let key = doc! {"symbol": "HELD", "strategyName": "dl", "exchangeName": "x"};
     let names = writ::protocol::Names::new(&config.namespace);
-    create_groups(&env, &config, "0").await;
-    let ticket = s.submit(&key, &doc! {"v": 1}).await.unwrap();
-    let id = ticket.version().to_stream_id();
-    let stream = signal_stream(&config, &key);
-    let mut r = env.redis().await;
-    streams::deliver_all(&mut r, &stream, &names.group(), "held-by-test").await;
-    let deleted: u64 = redis::cmd("XDEL")
-        .arg(&stream)
-        .arg(&id)
-        .query_async(&mut r)
-        .await
-        .unwrap();
-    assert_eq!(deleted, 1);
+    let (ticket, stream, id, mut r) = submitted_held_deleted(&env, &config, &s, &key).await;
     for _ in 0..3 {
         let err = s.read(&key).await.unwrap_err();
         assert!(matches!(err, writ::Error::Timeout { .. }), "{err}");
@@ -1338,19 +1352,7 @@ async fn a_letter_without_its_entrys_fields_settles_the_write_by_stream_and_id()
     let s = writ.collection("signal").unwrap();
     let key = doc! {"symbol": "FIELDLESS", "strategyName": "dl", "exchangeName": "x"};
     let names = writ::protocol::Names::new(&config.namespace);
-    create_groups(&env, &config, "0").await;
-    let ticket = s.submit(&key, &doc! {"v": 1}).await.unwrap();
-    let id = ticket.version().to_stream_id();
-    let stream = signal_stream(&config, &key);
-    let mut r = env.redis().await;
-    streams::deliver_all(&mut r, &stream, &names.group(), "held-by-test").await;
-    let deleted: u64 = redis::cmd("XDEL")
-        .arg(&stream)
-        .arg(&id)
-        .query_async(&mut r)
-        .await
-        .unwrap();
-    assert_eq!(deleted, 1);
+    let (ticket, stream, id, mut r) = submitted_held_deleted(&env, &config, &s, &key).await;
     let _: String = redis::cmd("XADD")
         .arg(names.dead_letters())
         .arg("*")
