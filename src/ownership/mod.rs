@@ -375,9 +375,9 @@ impl Owner {
             if self.owned.contains_key(&p) || !self.tries.due(p, now) {
                 continue;
             }
-            // Taking many partitions from a slow Redis (a takeover while it
-            // writes large documents to its AOF) can outlast the leases
-            // already held: renew them between acquisitions when due.
+            // However long the acquisitions take (a slow Redis, a master
+            // that stopped answering), the leases already held are renewed
+            // meanwhile by their own tasks ([`renewal`]).
             let acquired = tokio::select! {
                 r = self.leases.acquire_or_held(p) => r,
                 // A stop is not held up by an acquisition from a Redis that
