@@ -365,7 +365,33 @@ async fn on_a_cluster_with_replica_acks_the_documented_additions_are_enough() {
             "docs/operations.md names `{a}`"
         );
     }
-    let env = TestEnv::start("acl_cluster");
+    let refusals = writes_on_a_cluster("acl_cluster", |_| {}).await;
+    for (node, refusals) in refusals.iter().enumerate() {
+        assert!(refusals.is_empty(), "node {node}: ACL LOG: {refusals:#?}");
+    }
+}
+
+/// A daemon user set up before session 47 (no `+eval`) on a cluster: a node
+/// that lacks a script refuses the `EVAL` that would load it on that node
+/// alone, and the daemon loads it with `SCRIPT LOAD` instead, as before.
+/// Every write still applies; the refusals are `EVAL`s only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_daemon_user_without_eval_still_applies() {
+    let refusals =
+        writes_on_a_cluster("acl_cluster_no_eval", |daemon| without(daemon, "+eval")).await;
+    let all: Vec<&String> = refusals.iter().flatten().collect();
+    assert!(
+        !all.is_empty() && all.iter().all(|r| r.contains("eval")),
+        "ACL LOG: {all:#?}"
+    );
+}
+
+/// Both documented users (plus the cluster and replica additions, and
+/// `edit` applied to the daemon's rules) on every node of a 3×1 cluster;
+/// a daemon and a writer with `min_replicas_acked = 1` apply writes to
+/// every partition. Returns each node's `ACL LOG` refusals.
+async fn writes_on_a_cluster(test: &str, edit: impl Fn(&mut Vec<String>)) -> Vec<Vec<String>> {
+    let env = TestEnv::start(test);
     let cluster = RedisCluster::start(3, 1, false);
     let ns = env.name.clone();
     let (daemon_pw, writer_pw) = ("cl-d4emon-pw-5e1b", "cl-wr1ter-pw-0d7c");
@@ -381,6 +407,7 @@ async fn on_a_cluster_with_replica_acks_the_documented_additions_are_enough() {
                     .flat_map(|a| a.split_whitespace().map(String::from)),
             );
         }
+        edit(&mut users[0]);
         set_users(&mut admin, users).await;
         admins.push(admin);
     }
@@ -416,10 +443,11 @@ async fn on_a_cluster_with_replica_acks_the_documented_additions_are_enough() {
     writ.sync(Duration::from_secs(20)).await.unwrap();
     drop(writ);
     daemon.stop().await;
-    for (node, admin) in admins.iter_mut().enumerate() {
-        let refusals = acl_log(admin).await;
-        assert!(refusals.is_empty(), "node {node}: ACL LOG: {refusals:#?}");
+    let mut refusals = Vec::new();
+    for admin in admins.iter_mut() {
+        refusals.push(acl_log(admin).await);
     }
+    refusals
 }
 
 /// A daemon user set up before `+time` was documented: the heartbeat script

@@ -58,17 +58,20 @@ impl ConnectionLike for Conn {
             // error only later, in `query_async`.)
             Conn::Cluster(c) => Box::pin(async move {
                 let reply = c.req_packed_command(cmd).await;
-                let no_script = match &reply {
-                    Ok(Value::ServerError(e)) => e.kind() == Some(redis::ServerErrorKind::NoScript),
-                    Err(e) => {
-                        e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
-                    }
-                    Ok(_) => false,
-                };
-                match no_script.then(|| scripts::as_eval(cmd)).flatten() {
-                    Some(eval) => c.req_packed_command(&eval).await,
-                    None => reply,
+                if !server_kind_is(&reply, redis::ServerErrorKind::NoScript) {
+                    return reply;
                 }
+                let Some(eval) = scripts::as_eval(cmd) else {
+                    return reply;
+                };
+                let evaluated = c.req_packed_command(&eval).await;
+                if server_kind_is(&evaluated, redis::ServerErrorKind::NoPerm) {
+                    // An ACL without `+eval`: redis-rs loads the script on
+                    // every node, as before (said once, not tried again).
+                    scripts::eval_refused();
+                    return reply;
+                }
+                evaluated
             }),
         }
     }
@@ -90,6 +93,17 @@ impl ConnectionLike for Conn {
             Conn::Node(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
         }
+    }
+}
+
+/// Whether `reply` is a server error of `kind`: redis-rs hands most back
+/// as a value ([`Value::ServerError`]) and makes them errors only later,
+/// in `query_async`.
+fn server_kind_is(reply: &redis::RedisResult<Value>, kind: redis::ServerErrorKind) -> bool {
+    match reply {
+        Ok(Value::ServerError(e)) => e.kind() == Some(kind),
+        Err(e) => e.kind() == redis::ErrorKind::Server(kind),
+        Ok(_) => false,
     }
 }
 

@@ -9,6 +9,7 @@
 //! the call's keys and caches the script there, as `SCRIPT LOAD` would.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use redis::{Arg, Cmd};
@@ -28,10 +29,24 @@ pub fn script(text: &'static str) -> redis::Script {
     script
 }
 
+/// Whether Redis refused `EVAL` to this process (an ACL without `+eval`).
+static EVAL_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// Redis refused an `EVAL` of [`as_eval`]: says so once, and no more are
+/// tried (each refusal is also an entry in Redis's `ACL LOG`).
+pub fn eval_refused() {
+    if !EVAL_REFUSED.swap(true, Ordering::Relaxed) {
+        tracing::warn!("Redis refuses EVAL to this process (an ACL without +eval; see docs/operations.md, \"Redis ACL users\"): on a Redis Cluster a node that lacks one of writ's scripts gets it by SCRIPT LOAD to every node instead, which waits for any master that does not answer");
+    }
+}
+
 /// The `EVAL` of `cmd`, an `EVALSHA` of a script made by [`script`]: the
 /// same keys and arguments, the script's text for its SHA1. `None` for any
-/// other command.
+/// other command, and once Redis refused an `EVAL` ([`eval_refused`]).
 pub fn as_eval(cmd: &Cmd) -> Option<Cmd> {
+    if EVAL_REFUSED.load(Ordering::Relaxed) {
+        return None;
+    }
     let mut args = cmd.args_iter();
     match args.next()? {
         Arg::Simple(name) if name.eq_ignore_ascii_case(b"EVALSHA") => {}
