@@ -490,6 +490,58 @@ async fn a_daemon_user_without_time_heartbeats_on_the_hosts_clock() {
     }
 }
 
+/// A daemon whose user cannot count the members (no `+zcount`: an ACL cut
+/// short) takes no partition; counted by the other daemon it would keep that
+/// one's share at half the partitions, and the other half would have no
+/// owner. After two lease TTLs of failing counts it leaves the member set,
+/// and the other daemon takes every partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_that_cannot_count_the_members_steps_out_of_their_shares() {
+    let (redis, env, good_url) = with_daemon_user("acl_no_zcount", |_, _| {}).await;
+    let ns = env.name.clone();
+    let mut admin = conn(&redis.url()).await;
+    let mut broken = documented_users(&ns, "d4emon-pw-5e1b", "unused")[0].clone();
+    broken[0] = "writ-daemon-b".into();
+    without(&mut broken, "+zcount");
+    let ok: String = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&broken)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(ok, "OK");
+    let broken_url = good_url.replacen("writ-daemon:", "writ-daemon-b:", 1);
+    let config_of = |url: &str, dir: &std::path::Path| {
+        let o = Overrides {
+            redis_url: Some(url.to_string()),
+            ..Default::default()
+        };
+        (env.config_file_with(dir, &o), env.config_with(&o))
+    };
+    let (dir_b, dir_a) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (path_b, _) = config_of(&broken_url, dir_b.path());
+    let (path_a, config) = config_of(&good_url, dir_a.path());
+    let mut b = DaemonProc::start(&path_b, dir_b.path(), "no-zcount-b");
+    let mut a = DaemonProc::start(&path_a, dir_a.path(), "counting-a");
+    support::eventually(
+        Duration::from_secs(30),
+        "the counting daemon to own every partition",
+        || {
+            let mut admin = admin.clone();
+            let ns = ns.clone();
+            async move {
+                let o = support::lease_holders_on(&mut admin, &ns, config.partitions).await;
+                (o.get("counting-a") == Some(&config.partitions)).then_some(())
+            }
+        },
+    )
+    .await;
+    let said = b.log_text().matches("it leaves the member set").count();
+    assert_eq!(said, 1, "{}", b.log_text());
+    assert_eq!(a.terminate(Duration::from_secs(20)), Some(0));
+    assert_eq!(b.terminate(Duration::from_secs(20)), Some(0));
+}
+
 /// A writer user set up before admission deadlines (no `+time`): the
 /// client's clock sample is refused, and it admits without deadlines
 /// (docs/protocol.md §2a) instead of failing every write.

@@ -33,6 +33,9 @@ pub(super) struct Members {
     /// The last heartbeat failed (said once per failing streak: at Redis's
     /// `maxmemory` it fails every renewal, every 500 ms by default).
     failing: AtomicBool,
+    /// Out of the member set while it cannot count the members: no
+    /// heartbeat ([`Members::step_out`]).
+    out: AtomicBool,
 }
 
 impl Members {
@@ -45,12 +48,35 @@ impl Members {
             offset_ms: AtomicI64::new(0),
             own_clock: AtomicBool::new(false),
             failing: AtomicBool::new(false),
+            out: AtomicBool::new(false),
         }
+    }
+
+    /// Leaves the member set and heartbeats no more until [`Members::step_in`]:
+    /// a daemon that cannot count the members takes no partition, and counted
+    /// by the others it would keep their shares below what they could take,
+    /// leaving partitions nobody owns.
+    pub(super) async fn step_out(&self, conn: &Conn) {
+        self.out.store(true, Relaxed);
+        self.leave(conn).await;
+    }
+
+    /// Whether it stepped out ([`Members::step_out`]).
+    pub(super) fn is_out(&self) -> bool {
+        self.out.load(Relaxed)
+    }
+
+    /// Heartbeats again from the next tick on; `true` if it was out.
+    pub(super) fn step_in(&self) -> bool {
+        self.out.swap(false, Relaxed)
     }
 
     /// Refreshes this daemon's score and prunes members silent for a lease
     /// TTL; a failure is logged and retried at the next heartbeat.
     pub(super) async fn heartbeat(&self, conn: &Conn) {
+        if self.out.load(Relaxed) {
+            return;
+        }
         if !self.own_clock.load(Relaxed) {
             let before = local_ms();
             let res = self

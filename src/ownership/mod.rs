@@ -88,8 +88,8 @@ struct Owner {
     failing: renewal::Failing,
     /// Leases of ended tenures not released yet (partition, token).
     unreleased: Vec<(u32, u64)>,
-    /// Whether the last member count failed (its error is logged once).
-    counting_failed: bool,
+    /// Since when the member count fails (its error is logged once).
+    counting_failed: Option<Instant>,
     /// The partitions whose leases the last try could not take (said once
     /// per change, not every poll).
     refused: Vec<u32>,
@@ -127,7 +127,7 @@ pub async fn run(
         tick,
         failing: Default::default(),
         unreleased: Vec::new(),
-        counting_failed: false,
+        counting_failed: None,
         refused: Vec::new(),
         foreign: Vec::new(),
         renew_failing: Vec::new(),
@@ -206,15 +206,33 @@ impl Owner {
         let counted = self.members.count(&self.conn).await;
         match counted {
             Ok(n) => {
-                self.counting_failed = false;
+                self.counting_failed = None;
+                if self.members.step_in() {
+                    // Counted without this daemon: back in first, and its
+                    // share from the next count.
+                    tracing::info!(
+                        "the live daemons can be counted again; this daemon is a member again"
+                    );
+                    self.members.heartbeat(&self.conn).await;
+                    return None;
+                }
                 Some(n.max(1))
             }
             Err(e) => {
-                if !self.counting_failed {
+                let now = Instant::now();
+                let since = *self.counting_failed.get_or_insert_with(|| {
                     // Said once per failing streak, not every poll.
                     tracing::error!(error = %e, "cannot count the live daemons; taking no partition until it works (a Redis ACL without ZCOUNT? see docs/operations.md)");
+                    now
+                });
+                // For long (not a blip), it steps out of the member set: the
+                // others' shares then grow to the partitions it cannot take.
+                // It keeps and renews the ones it holds.
+                if now.duration_since(since) >= 2 * self.config.lease_ttl && !self.members.is_out()
+                {
+                    tracing::warn!("this daemon still cannot count the live daemons: it leaves the member set, so that the others take the partitions it cannot, and comes back once it can count");
+                    self.members.step_out(&self.conn).await;
                 }
-                self.counting_failed = true;
                 None
             }
         }
