@@ -497,7 +497,7 @@ async fn a_write_is_confirmed_on_its_node_while_its_key_moves_away() {
         .collect();
     end_move(slot, &to_id, cluster.port(from), cluster.port(to), &masters).await;
     let on_new_node = |c: &writ::redis_conn::Conn| {
-        let writ::redis_conn::Conn::Cluster(mut c) = c.clone() else {
+        let writ::redis_conn::Conn::Cluster(mut c, _) = c.clone() else {
             panic!("a cluster connection")
         };
         let mut pipe = writ::redis_conn::Confirmer::write_pipeline();

@@ -36,6 +36,9 @@ pub(super) struct Members {
     /// Out of the member set while it cannot count the members: no
     /// heartbeat ([`Members::step_out`]).
     out: AtomicBool,
+    /// Held for a whole heartbeat (a few round trips): a step out waits for
+    /// the one under way, so none lands after its `ZREM`.
+    beat: tokio::sync::Mutex<()>,
 }
 
 impl Members {
@@ -49,6 +52,7 @@ impl Members {
             own_clock: AtomicBool::new(false),
             failing: AtomicBool::new(false),
             out: AtomicBool::new(false),
+            beat: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -58,6 +62,7 @@ impl Members {
     /// leaving partitions nobody owns.
     pub(super) async fn step_out(&self, conn: &Conn) {
         self.out.store(true, Relaxed);
+        let _beat = self.beat.lock().await;
         self.leave(conn).await;
     }
 
@@ -66,14 +71,15 @@ impl Members {
         self.out.load(Relaxed)
     }
 
-    /// Heartbeats again from the next tick on; `true` if it was out.
-    pub(super) fn step_in(&self) -> bool {
-        self.out.swap(false, Relaxed)
+    /// Heartbeats again from the next tick on.
+    pub(super) fn step_in(&self) {
+        self.out.store(false, Relaxed);
     }
 
     /// Refreshes this daemon's score and prunes members silent for a lease
     /// TTL; a failure is logged and retried at the next heartbeat.
     pub(super) async fn heartbeat(&self, conn: &Conn) {
+        let _beat = self.beat.lock().await;
         if self.out.load(Relaxed) {
             return;
         }

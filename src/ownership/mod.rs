@@ -90,6 +90,8 @@ struct Owner {
     unreleased: Vec<(u32, u64)>,
     /// Since when the member count fails (its error is logged once).
     counting_failed: Option<Instant>,
+    /// Since when it works again, while this daemon is out of the member set.
+    counting_again: Option<Instant>,
     /// The partitions whose leases the last try could not take (said once
     /// per change, not every poll).
     refused: Vec<u32>,
@@ -128,6 +130,7 @@ pub async fn run(
         failing: Default::default(),
         unreleased: Vec::new(),
         counting_failed: None,
+        counting_again: None,
         refused: Vec::new(),
         foreign: Vec::new(),
         renew_failing: Vec::new(),
@@ -207,18 +210,26 @@ impl Owner {
         match counted {
             Ok(n) => {
                 self.counting_failed = None;
-                if self.members.step_in() {
-                    // Counted without this daemon: back in first, and its
-                    // share from the next count.
-                    tracing::info!(
-                        "the live daemons can be counted again; this daemon is a member again"
-                    );
-                    self.members.heartbeat(&self.conn).await;
+                if self.members.is_out() {
+                    // Back in once counts have worked for a TTL (a count
+                    // that fails on and off would make the others hand
+                    // partitions over and back at each step), then counted
+                    // first: its share comes from the next count.
+                    let since = *self.counting_again.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= self.config.lease_ttl {
+                        self.members.step_in();
+                        self.counting_again = None;
+                        tracing::info!(
+                            "the live daemons can be counted again; this daemon is a member again"
+                        );
+                        self.members.heartbeat(&self.conn).await;
+                    }
                     return None;
                 }
                 Some(n.max(1))
             }
             Err(e) => {
+                self.counting_again = None;
                 let now = Instant::now();
                 let since = *self.counting_failed.get_or_insert_with(|| {
                     // Said once per failing streak, not every poll.

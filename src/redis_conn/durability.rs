@@ -208,7 +208,7 @@ async fn info_memory(conn: &Conn, key: &str) -> redis::RedisResult<String> {
     // would skip the version check meant for it.
     pipe.cmd("INFO");
     let replies = match conn.clone() {
-        Conn::Cluster(mut c) => {
+        Conn::Cluster(mut c, _) => {
             let to = SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master));
             c.route_pipeline(pipe, 0, 1, to).await?
         }

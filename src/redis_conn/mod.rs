@@ -33,7 +33,7 @@ use crate::config::{redact_url, Config};
 use crate::error::{Error, Result, RetryClass};
 
 pub use replication::{Confirmer, Replication};
-pub use scripts::script;
+pub use scripts::{script, EvalRefused};
 
 /// Response timeout for ordinary commands.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,8 +44,9 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Conn {
     /// One server (`redis.cluster = false`, the default).
     Node(ConnectionManager),
-    /// A Redis Cluster.
-    Cluster(ClusterConnection),
+    /// A Redis Cluster, and when this connection's user was last refused
+    /// an `EVAL` ([`scripts`]).
+    Cluster(ClusterConnection, scripts::EvalRefused),
 }
 
 impl ConnectionLike for Conn {
@@ -56,19 +57,19 @@ impl ConnectionLike for Conn {
             // `SCRIPT LOAD` to every node ([`scripts`]).
             // (redis-rs hands a `NOSCRIPT` back as a value, and makes it an
             // error only later, in `query_async`.)
-            Conn::Cluster(c) => Box::pin(async move {
+            Conn::Cluster(c, refused) => Box::pin(async move {
                 let reply = c.req_packed_command(cmd).await;
                 if !server_kind_is(&reply, redis::ServerErrorKind::NoScript) {
                     return reply;
                 }
-                let Some(eval) = scripts::as_eval(cmd) else {
+                let Some(eval) = scripts::as_eval(cmd, refused) else {
                     return reply;
                 };
                 let evaluated = c.req_packed_command(&eval).await;
                 if server_kind_is(&evaluated, redis::ServerErrorKind::NoPerm) {
                     // An ACL without `+eval`: redis-rs loads the script on
-                    // every node, as before (said once, not tried again).
-                    scripts::eval_refused();
+                    // every node, as before ([`scripts::EvalRefused`]).
+                    refused.now();
                     return reply;
                 }
                 evaluated
@@ -84,14 +85,14 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Node(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c, _) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Conn::Node(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
+            Conn::Cluster(c, _) => c.get_db(),
         }
     }
 }
@@ -160,7 +161,7 @@ pub fn not_run(e: &redis::RedisError) -> bool {
 impl Conn {
     /// Whether this is a cluster connection.
     pub fn is_cluster(&self) -> bool {
-        matches!(self, Conn::Cluster(_))
+        matches!(self, Conn::Cluster(..))
     }
 
     /// Runs `cmds`, each touching the key it is paired with, and returns
@@ -291,7 +292,9 @@ pub fn wait_bound(config: &Config) -> Duration {
 /// connection will issue (zero for none).
 pub async fn connect(config: &Config, block: Duration) -> Result<Conn> {
     let conn = if config.redis_cluster {
-        connect_cluster(config, block).await.map(Conn::Cluster)
+        connect_cluster(config, block)
+            .await
+            .map(|c| Conn::Cluster(c, Default::default()))
     } else {
         let client = client(config)?;
         let cfg = ConnectionManagerConfig::new()

@@ -153,7 +153,7 @@ impl Replication {
         let mut pipe = Confirmer::write_pipeline();
         self.add_to(&mut pipe);
         let replies = match conn.clone() {
-            Conn::Cluster(mut c) => {
+            Conn::Cluster(mut c, _) => {
                 let to =
                     SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master));
                 c.route_pipeline(pipe, 0, 2, to).await?

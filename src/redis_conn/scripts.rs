@@ -10,7 +10,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use redis::{Arg, Cmd};
 
@@ -29,22 +30,41 @@ pub fn script(text: &'static str) -> redis::Script {
     script
 }
 
-/// Whether Redis refused `EVAL` to this process (an ACL without `+eval`).
-static EVAL_REFUSED: AtomicBool = AtomicBool::new(false);
+/// When Redis last refused an `EVAL` of [`as_eval`] on one connection (its
+/// user has no `+eval`): for a minute no more are tried on it (each refusal
+/// is an entry in Redis's `ACL LOG`), then one is, so a user given `+eval`
+/// meanwhile gets the fallback back without a restart. Shared by the clones
+/// of one connection, not by the process: the daemon's user and a writer's
+/// may differ.
+#[derive(Clone, Default)]
+pub struct EvalRefused(Arc<Mutex<Option<Instant>>>);
 
-/// Redis refused an `EVAL` of [`as_eval`]: says so once, and no more are
-/// tried (each refusal is also an entry in Redis's `ACL LOG`).
-pub fn eval_refused() {
-    if !EVAL_REFUSED.swap(true, Ordering::Relaxed) {
-        tracing::warn!("Redis refuses EVAL to this process (an ACL without +eval; see docs/operations.md, \"Redis ACL users\"): on a Redis Cluster a node that lacks one of writ's scripts gets it by SCRIPT LOAD to every node instead, which waits for any master that does not answer");
+/// How long a refused `EVAL` is not tried again on its connection.
+const EVAL_RETRY: Duration = Duration::from_secs(60);
+
+impl EvalRefused {
+    /// Redis refused an `EVAL` now: said once per process.
+    pub fn now(&self) {
+        static SAID: AtomicBool = AtomicBool::new(false);
+        *self.0.lock().expect("lock") = Some(Instant::now());
+        if !SAID.swap(true, Ordering::Relaxed) {
+            tracing::warn!("Redis refuses EVAL to this connection's user (an ACL without +eval; see docs/operations.md, \"Redis ACL users\"): on a Redis Cluster a node that lacks one of writ's scripts gets it by SCRIPT LOAD to every node instead, which waits for any master that does not answer");
+        }
+    }
+
+    fn lately(&self) -> bool {
+        self.0
+            .lock()
+            .expect("lock")
+            .is_some_and(|at| at.elapsed() < EVAL_RETRY)
     }
 }
 
 /// The `EVAL` of `cmd`, an `EVALSHA` of a script made by [`script`]: the
 /// same keys and arguments, the script's text for its SHA1. `None` for any
-/// other command, and once Redis refused an `EVAL` ([`eval_refused`]).
-pub fn as_eval(cmd: &Cmd) -> Option<Cmd> {
-    if EVAL_REFUSED.load(Ordering::Relaxed) {
+/// other command, and while `refused` says Redis refused one lately.
+pub fn as_eval(cmd: &Cmd, refused: &EvalRefused) -> Option<Cmd> {
+    if refused.lately() {
         return None;
     }
     let mut args = cmd.args_iter();
@@ -79,7 +99,7 @@ mod tests {
         let s = script("return {KEYS[1], ARGV[1]}");
         let mut call = redis::cmd("EVALSHA");
         call.arg(s.get_hash()).arg(1).arg("k").arg("a");
-        let eval = as_eval(&call).expect("known");
+        let eval = as_eval(&call, &EvalRefused::default()).expect("known");
         let args: Vec<Vec<u8>> = eval
             .args_iter()
             .map(|a| match a {
@@ -97,9 +117,12 @@ mod tests {
                 b"a".to_vec()
             ]
         );
-        assert!(as_eval(&redis::cmd("GET")).is_none());
+        assert!(as_eval(&redis::cmd("GET"), &EvalRefused::default()).is_none());
         let mut unknown = redis::cmd("EVALSHA");
         unknown.arg("0123").arg(0);
-        assert!(as_eval(&unknown).is_none());
+        assert!(as_eval(&unknown, &EvalRefused::default()).is_none());
+        let refused = EvalRefused::default();
+        refused.now();
+        assert!(as_eval(&call, &refused).is_none(), "refused lately");
     }
 }
