@@ -47,12 +47,17 @@ impl Inner {
         if pending.state.borrow().is_some() {
             return;
         }
-        let displaced = latest
-            .entry(id.clone())
-            .or_default()
-            .insert(version, pending);
+        // No clone of the key on this path (every submit): it is only
+        // needed for a displaced write.
+        let displaced = match latest.get_mut(&id) {
+            Some(writes) => writes.insert(version, pending).map(|old| (id, old)),
+            None => {
+                latest.entry(id).or_default().insert(version, pending);
+                None
+            }
+        };
         drop(latest);
-        if let Some(old) = displaced {
+        if let Some((id, old)) = displaced {
             tracing::warn!(request = %old.request, entry = %version.to_stream_id(), "Redis gave this write's entry id to a later write of this handle: its entry was lost (a failover with redis.min_replicas_acked = 0, or a clock behind); the overdue sweep settles it");
             self.displaced
                 .lock()

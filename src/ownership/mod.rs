@@ -431,7 +431,6 @@ impl Owner {
                         leases: self.leases.clone(),
                         partition: p,
                         run: run.clone(),
-                        lost: Default::default(),
                         failing: self.failing.clone(),
                         ttl: self.config.lease_ttl,
                     }

@@ -10,7 +10,6 @@
 //! ownership loop, one call after another (`tests/lease_stall.rs`).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,8 +56,6 @@ pub(super) struct Renewer {
     pub leases: Leases,
     pub partition: u32,
     pub run: Arc<PartitionRun>,
-    /// Its lease was found lost (reported once).
-    pub lost: Arc<AtomicBool>,
     pub failing: Failing,
     pub ttl: Duration,
 }
@@ -74,13 +71,15 @@ impl Renewer {
             // However the task ends (aborted with its tenure), its partition
             // leaves the failing ones, after any insert of its last poll.
             let _clear = Clear(self.failing.clone(), self.partition);
+            // Its lease was found lost (reported once).
+            let mut lost = false;
             while tick.changed().await.is_ok() {
-                self.renew_once().await;
+                self.renew_once(&mut lost).await;
             }
         })
     }
 
-    async fn renew_once(&self) {
+    async fn renew_once(&self, lost: &mut bool) {
         let bound = self.run.lease.left().max(self.ttl / 4);
         let renewed = tokio::time::timeout(bound, self.leases.renew(&self.run.lease))
             .await
@@ -96,7 +95,7 @@ impl Renewer {
             }
             Ok(false) => {
                 self.failing.lock().expect("lock").remove(&p);
-                if !self.lost.swap(true, Ordering::Relaxed) {
+                if !std::mem::replace(lost, true) {
                     Event::LeaseLost { partition: p }.emit();
                 }
                 self.run.abort.cancel();
