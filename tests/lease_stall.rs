@@ -60,17 +60,20 @@ async fn renewed(conn: &writ::redis_conn::Conn, key: &str) {
     }
 }
 
-/// `Some` when every partition of `all` has its lease taken.
-async fn owned_all(conn: &writ::redis_conn::Conn, names: &Names, all: &[u32]) -> Option<()> {
-    for p in all {
-        let holder: Option<String> = redis::cmd("GET")
-            .arg(names.lease(*p))
-            .query_async(&mut conn.clone())
-            .await
-            .ok()?;
-        holder?;
-    }
-    Some(())
+/// Waits (60 s at most) until every partition of `all` has its lease taken.
+async fn wait_owned(conn: &writ::redis_conn::Conn, names: &Names, all: &[u32], what: &str) {
+    support::eventually(Duration::from_secs(60), what, || async {
+        for p in all {
+            let holder: Option<String> = redis::cmd("GET")
+                .arg(names.lease(*p))
+                .query_async(&mut conn.clone())
+                .await
+                .ok()?;
+            holder?;
+        }
+        Some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,10 +107,7 @@ async fn a_stalled_master_costs_only_the_partitions_whose_leases_it_holds() {
         .unwrap();
     let all: Vec<u32> = (0..config.partitions).collect();
     let daemon = Daemon::start(config.clone());
-    support::eventually(Duration::from_secs(60), "every partition owned", || {
-        owned_all(&conn, &names, &all)
-    })
-    .await;
+    wait_owned(&conn, &names, &all, "every partition owned").await;
     let stalled = cluster.master_of_key(&names.lease(0));
     let healthy: Vec<u32> = all
         .iter()
@@ -162,12 +162,7 @@ async fn a_stalled_master_costs_only_the_partitions_whose_leases_it_holds() {
         held.iter().all(|h| *h),
         "leases of partitions {healthy:?} on the masters that kept answering lapsed: {held:?}"
     );
-    support::eventually(
-        Duration::from_secs(60),
-        "every partition owned again",
-        || owned_all(&conn, &names, &all),
-    )
-    .await;
+    wait_owned(&conn, &names, &all, "every partition owned again").await;
     assert_eq!(
         fences(&conn, &names, &healthy).await,
         before,
@@ -197,10 +192,7 @@ async fn a_slow_redis_that_answers_keeps_every_lease() {
         .unwrap();
     let all: Vec<u32> = (0..config.partitions).collect();
     let daemon = Daemon::start(config.clone());
-    support::eventually(Duration::from_secs(60), "every partition owned", || {
-        owned_all(&direct, &names, &all)
-    })
-    .await;
+    wait_owned(&direct, &names, &all, "every partition owned").await;
     // Each lease renewed once (its TTL in Redis went back up): the renewal
     // script is loaded, as on a daemon that has run for a while (the first
     // call of a script costs two more round trips).
@@ -214,19 +206,9 @@ async fn a_slow_redis_that_answers_keeps_every_lease() {
     proxy.set_delay(Duration::ZERO);
     // A tenure that ended meanwhile released its lease; its next one moves
     // the fence once it is taken again.
-    support::eventually(
-        Duration::from_secs(60),
-        "every partition owned again",
-        || owned_all(&direct, &names, &all),
-    )
-    .await;
+    wait_owned(&direct, &names, &all, "every partition owned again").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    support::eventually(
-        Duration::from_secs(60),
-        "every partition owned again",
-        || owned_all(&direct, &names, &all),
-    )
-    .await;
+    wait_owned(&direct, &names, &all, "every partition owned again").await;
     assert_eq!(
         fences(&direct, &names, &all).await,
         before,

@@ -1478,6 +1478,14 @@ async fn dlq_drop_all_stops_at_a_signal() {
 
 const ROWS_FIELDS: &str = "[[collections]]\nname = \"rows\"\nkey = [\"k\"]\nlayout = \"fields\"";
 
+/// The overrides that declare [`ROWS_FIELDS`].
+fn rows_declared() -> Overrides<'static> {
+    Overrides {
+        collections: ROWS_FIELDS,
+        ..Default::default()
+    }
+}
+
 /// Puts of `coll`/`k1` (raw JSON, one per document) written while `coll`
 /// is not declared: each is parked. Their entry ids and letter ids.
 async fn park_puts(env: &TestEnv, coll: &str, docs: &[&str]) -> Vec<(String, String)> {
@@ -1528,10 +1536,7 @@ async fn replay_of_an_overtaken_parked_write_is_not_called_stale() {
     let dir = tempfile::tempdir().unwrap();
     let parked = park_rows_puts(&env, &[r#"{"a":1}"#]).await;
     let (entry, letter) = &parked[0];
-    let declared = Overrides {
-        collections: ROWS_FIELDS,
-        ..Default::default()
-    };
+    let declared = rows_declared();
     let daemon = Daemon::start(env.config_with(&declared));
     let writ = Writ::connect(env.config_with(&declared)).await.unwrap();
     let rows = writ.collection("rows").unwrap();
@@ -1560,13 +1565,7 @@ async fn replay_removes_the_letters_of_the_parked_writes_it_applies() {
     let env = TestEnv::start("replay_letters");
     let dir = tempfile::tempdir().unwrap();
     let parked = park_rows_puts(&env, &[r#"{"a":1}"#, r#"{"b":2}"#]).await;
-    let path = env.config_file_with(
-        dir.path(),
-        &Overrides {
-            collections: ROWS_FIELDS,
-            ..Default::default()
-        },
-    );
+    let path = env.config_file_with(dir.path(), &rows_declared());
     let sum = json(&writ_cli(&path, &["replay", "--from", &parked[0].0]));
     assert_eq!(sum["letters_dropped"].as_u64(), Some(2), "{sum}");
     assert_eq!(sum["outcomes"]["applied"].as_u64(), Some(2), "{sum}");
@@ -1599,13 +1598,7 @@ async fn replay_keeps_a_parked_write_an_older_letter_of_its_key_waits_for() {
     let env = TestEnv::start("replay_older_letter");
     let dir = tempfile::tempdir().unwrap();
     let parked = park_rows_puts(&env, &[r#"{"a":1}"#, r#"{"b":2}"#]).await;
-    let path = env.config_file_with(
-        dir.path(),
-        &Overrides {
-            collections: ROWS_FIELDS,
-            ..Default::default()
-        },
-    );
+    let path = env.config_file_with(dir.path(), &rows_declared());
     let out = writ_cli(&path, &["replay", "--from", &parked[1].0]);
     let sum: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(3), "{sum}");
@@ -1706,10 +1699,7 @@ async fn dlq_retry_drops_a_letter_of_a_key_removed_since() {
     let env = TestEnv::start("dlq_fields_removed");
     let dir = tempfile::tempdir().unwrap();
     let parked = park_rows_puts(&env, &[r#"{"a":1}"#]).await;
-    let declared = Overrides {
-        collections: ROWS_FIELDS,
-        ..Default::default()
-    };
+    let declared = rows_declared();
     let daemon = Daemon::start(env.config_with(&declared));
     let writ = Writ::connect(env.config_with(&declared)).await.unwrap();
     let rows = writ.collection("rows").unwrap();
@@ -1787,13 +1777,7 @@ async fn replay_keeps_the_letter_of_another_write_at_the_same_id() {
         .query_async(&mut r)
         .await
         .unwrap();
-    let fixed = env.config_file_with(
-        dir.path(),
-        &Overrides {
-            collections: ROWS_FIELDS,
-            ..Default::default()
-        },
-    );
+    let fixed = env.config_file_with(dir.path(), &rows_declared());
     let sum = json(&writ_cli(&fixed, &["replay", "--from", &id]));
     assert_eq!(sum["outcomes"]["applied"].as_u64(), Some(1), "{sum}");
     assert_eq!(sum["letters_dropped"].as_u64(), Some(0), "{sum}");
