@@ -560,6 +560,18 @@ async fn a_daemon_that_cannot_count_the_members_steps_out_of_their_shares() {
     let (path_a, config) = config_of(&good_url, dir_a.path());
     let mut b = DaemonProc::start(&path_b, dir_b.path(), "no-zcount-b");
     let mut a = DaemonProc::start(&path_a, dir_a.path(), "counting-a");
+    // First the step out: before it, `a` may own every partition for a
+    // moment (its first poll can come before `b`'s first heartbeat), which
+    // the wait below would take for the outcome.
+    support::eventually(
+        Duration::from_secs(30),
+        "the daemon that cannot count to leave the member set",
+        || {
+            let said = b.log_text().contains("it leaves the member set");
+            async move { said.then_some(()) }
+        },
+    )
+    .await;
     support::eventually(
         Duration::from_secs(30),
         "the counting daemon to own every partition",
