@@ -21,6 +21,11 @@ use writ::protocol::{Names, Version};
 use writ::source::FencedReader;
 use writ::{Error, Writ};
 
+/// Held by each test that makes `writ_fenced_total` move: the counter is
+/// the process's, and the tests of this file run side by side, so one
+/// test's exact count would see the other's refusals.
+static FENCED_COUNTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn fenced_count(op: &str) -> f64 {
     support::own_counter("writ_fenced_total", &format!("op=\"{op}\""))
 }
@@ -53,6 +58,7 @@ async fn lease_moves(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
     writ::telemetry::recorder();
+    let _counter = FENCED_COUNTER.lock().await;
     let env = TestEnv::start("fencing");
     let config = env.config();
     let ns = config.namespace.clone();
@@ -449,6 +455,7 @@ async fn a_daemon_that_lost_its_lease_is_refused_read_claim_and_cache() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_retried_after_the_lease_moved_is_fenced() {
     writ::telemetry::recorder();
+    let _counter = FENCED_COUNTER.lock().await;
     let env = TestEnv::start("fencing_dlq_retry");
     let config = env.config();
     let ns = config.namespace.clone();

@@ -622,36 +622,41 @@ async fn retention_trims_only_committed_entries() {
             .await
             .unwrap();
     }
-    eventually(
+    // Trimmed to 5 per partition, and the counter says so: every entry gone
+    // is counted (so `t0` below holds no trim still to be counted).
+    let t0 = eventually(
         Duration::from_secs(20),
-        "committed entries trimmed to 5 per partition",
+        "committed entries trimmed to 5 per partition, and counted",
         || {
             let mut r = r.clone();
             let names = names.clone();
             async move {
                 let ls = stream_lengths(&mut r, &names, 4).await;
-                ls.iter().all(|l| *l <= 5).then_some(())
+                let t = trimmed().await?;
+                let gone = 30 - ls.iter().sum::<u64>();
+                (ls.iter().all(|l| *l <= 5) && t == gone as f64).then_some(t)
             }
         },
     )
     .await;
     // MongoDB cut off: 40 writes stay unapplied (each key's stream grows).
+    // Retention may trim the committed leftovers at any moment from here on,
+    // so the unapplied entries are counted from the keys, not from the
+    // streams' growth.
     proxy.cut();
-    let before = stream_lengths(&mut r, &names, 4).await;
+    let coll = config.collection("signal").unwrap();
+    let mut unapplied = [0u64; 4];
     let mut tickets = Vec::new();
     for i in 0..40i64 {
-        tickets.push(
-            s.submit(&key(&format!("U{}", i % 4)), &doc! {"i": i})
-                .await
-                .unwrap(),
-        );
+        let k = key(&format!("U{}", i % 4));
+        let p = writ::protocol::Key::from_document(&k, coll)
+            .unwrap()
+            .partition("signal", config.partitions);
+        unapplied[p as usize] += 1;
+        tickets.push(s.submit(&k, &doc! {"i": i}).await.unwrap());
     }
-    let with_unapplied = stream_lengths(&mut r, &names, 4).await;
-    let added: u64 = with_unapplied.iter().sum::<u64>() - before.iter().sum::<u64>();
-    assert_eq!(added, 40);
     // Retention runs meanwhile: the committed entries left over are trimmed
     // (the counter moves), the unapplied ones are all still there.
-    let t0 = trimmed().await.expect("metrics");
     let t1 = eventually(
         Duration::from_secs(20),
         "retention to trim committed entries while 40 are unapplied",
@@ -664,11 +669,11 @@ async fn retention_trims_only_committed_entries() {
     assert!(t1 > t0);
     let during = stream_lengths(&mut r, &names, 4).await;
     for p in 0..4 {
-        let unapplied = with_unapplied[p] - before[p];
         assert!(
-            during[p] >= unapplied,
-            "partition {p}: {} entries left while {unapplied} were unapplied (trimmed an unapplied entry)",
-            during[p]
+            during[p] >= unapplied[p],
+            "partition {p}: {} entries left while {} were unapplied (trimmed an unapplied entry)",
+            during[p],
+            unapplied[p]
         );
     }
     // MongoDB back: every write applied, the last value of each key read back.
@@ -764,11 +769,21 @@ async fn retention_trims_committed_entries_by_age() {
     let env = TestEnv::start("retention_age");
     let o = Overrides {
         daemon:
-            "retention_max_age_secs = 3\nretention_max_entries = 1000000\nstats_interval_ms = 200",
+            "retention_max_age_secs = 5\nretention_max_entries = 1000000\nstats_interval_ms = 200",
         ..Default::default()
     };
     let config = env.config_with(&o);
     let daemon = Daemon::start(config.clone());
+    // The daemon's start (indexes, leases) is not counted in the entries'
+    // age: the first write goes out once every partition is owned.
+    eventually(Duration::from_secs(30), "every partition owned", || async {
+        let held: u32 = support::lease_holders(&env, config.partitions)
+            .await
+            .values()
+            .sum();
+        (held == config.partitions).then_some(())
+    })
+    .await;
     let writ = Writ::connect(config.clone()).await.unwrap();
     let s = writ.collection("signal").unwrap();
     for i in 0..20i64 {
@@ -785,8 +800,8 @@ async fn retention_trims_committed_entries_by_age() {
         "nothing trimmed right after the writes"
     );
     eventually(
-        Duration::from_secs(20),
-        "entries older than 3 s trimmed",
+        Duration::from_secs(30),
+        "entries older than 5 s trimmed",
         || {
             let mut r = r.clone();
             let names = names.clone();

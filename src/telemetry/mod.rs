@@ -338,18 +338,15 @@ impl Health {
     }
 }
 
-/// Probes Redis and MongoDB every second until `stop` fires.
+/// Probes Redis and MongoDB every second until `stop` fires. A probe under
+/// way gives way to `stop` too: a server that does not answer would
+/// otherwise hold a shutdown for up to the probes' timeouts.
 pub async fn probe_loop(store: Store, mut conn: Conn, health: Health, stop: CancellationToken) {
     loop {
-        let mongo = tokio::time::timeout(Duration::from_secs(3), store.ping())
-            .await
-            .is_ok_and(|r| r.is_ok());
-        let redis = tokio::time::timeout(
-            Duration::from_secs(3),
-            redis::cmd("PING").query_async::<String>(&mut conn),
-        )
-        .await
-        .is_ok_and(|r| r.is_ok());
+        let (mongo, redis) = tokio::select! {
+            r = probe(&store, &mut conn) => r,
+            _ = stop.cancelled() => return,
+        };
         health.mongo_ok.store(mongo, Ordering::Relaxed);
         health.redis_ok.store(redis, Ordering::Relaxed);
         metrics::gauge!("writ_up", "dependency" => "mongodb").set(if mongo { 1.0 } else { 0.0 });
@@ -359,6 +356,19 @@ pub async fn probe_loop(store: Store, mut conn: Conn, health: Health, stop: Canc
             _ = stop.cancelled() => return,
         }
     }
+}
+
+/// One probe of both servers, side by side, each bounded by 3 s: whether
+/// MongoDB and Redis answered.
+async fn probe(store: &Store, conn: &mut Conn) -> (bool, bool) {
+    let ping = redis::cmd("PING");
+    let mongo = tokio::time::timeout(Duration::from_secs(3), store.ping());
+    let redis = tokio::time::timeout(Duration::from_secs(3), ping.query_async::<String>(conn));
+    let (mongo, redis) = tokio::join!(mongo, redis);
+    (
+        mongo.is_ok_and(|r| r.is_ok()),
+        redis.is_ok_and(|r| r.is_ok()),
+    )
 }
 
 #[cfg(test)]

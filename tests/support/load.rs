@@ -219,7 +219,8 @@ impl Load {
     }
 
     /// Waits (up to `limit`) until MongoDB holds the newest accepted write of
-    /// every key, then checks the cache equals MongoDB and the history.
+    /// every key and the cache has caught up with it, then checks the cache
+    /// equals MongoDB and the history.
     pub async fn verify_quiescent(
         &self,
         config: &Config,
@@ -239,6 +240,14 @@ impl Load {
                 // been accepted after all, with a newer version.
                 if v.is_none_or(|v| v < *version) {
                     behind.push(format!("{name}: mongodb {v:?} want {version}"));
+                    continue;
+                }
+                // The cache follows MongoDB by one step of the daemon's round
+                // (the bulk, then the cache script): not yet is not wrong.
+                let cached = super::cached(config, "signal", &key(name)).await;
+                if cached.as_ref().map(|c| c.version) != v {
+                    let c = cached.map(|c| c.version);
+                    behind.push(format!("{name}: cache {c:?} behind mongodb {v:?}"));
                 }
             }
             if behind.is_empty() {
