@@ -120,7 +120,8 @@ fn main() -> ExitCode {
         }
     };
     init_logs(&config);
-    let rt = match tokio::runtime::Runtime::new() {
+    let serve = matches!(cli.command, Command::Serve);
+    let rt = match runtime(serve, &config) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("writ: cannot start the async runtime: {e}");
@@ -132,7 +133,6 @@ fn main() -> ExitCode {
         // `bench --mode drain` starts `writ serve` on the same file.
         args.config_path = cli.config.clone();
     }
-    let serve = matches!(command, Command::Serve);
     match rt.block_on(run(command, config)) {
         Ok(code) => code,
         Err(e) => {
@@ -147,6 +147,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The async runtime: `writ serve` runs on `daemon.worker_threads` threads
+/// (docs/operations.md, "Threads"); the other commands on one per core.
+fn runtime(serve: bool, config: &Config) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if serve {
+        b.worker_threads(config.worker_threads);
+    }
+    b.enable_all().build()
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {

@@ -116,9 +116,12 @@ async fn run(
         background.clone(),
         halt.clone(),
     ));
+    let threads = tokio::runtime::Handle::current().metrics().num_workers();
+    metrics::gauge!("writ_worker_threads").set(threads as f64);
     tracing::info!(
         partitions = config.partitions,
         lease_ttl_ms = config.lease_ttl.as_millis() as u64,
+        worker_threads = threads,
         "writ serve is running"
     );
     let spawn: ownership::Spawn =

@@ -68,7 +68,11 @@ async fn metrics_health_dashboard_and_status_tell_the_truth() {
     let dir = tempfile::tempdir().unwrap();
     let (proxy, proxied) = support::proxy::in_front_of_mongo(&env.mongo_uri).await;
     let port = listen_port();
-    let daemon_cfg = format!("metrics_listen = \"127.0.0.1:{port}\"\nstats_interval_ms = 200");
+    // Three runtime threads: neither the default (1) nor one per core (2
+    // here), so the gauge shows the config reached the runtime.
+    let daemon_cfg = format!(
+        "metrics_listen = \"127.0.0.1:{port}\"\nstats_interval_ms = 200\nworker_threads = 3"
+    );
     let o = Overrides {
         mongo_uri: Some(proxied),
         daemon: &daemon_cfg,
@@ -124,6 +128,7 @@ async fn metrics_health_dashboard_and_status_tell_the_truth() {
         sample_sum(&text, "writ_rejected_total", &["reason=\"bad_version\""]),
         1.0
     );
+    assert_eq!(sample_sum(&text, "writ_worker_threads", &[]), 3.0);
     // The log line of the parked entry names the dead letter's own id, the
     // one `writ dlq show` takes, and what to do for its reason.
     let log = daemon.log_text();

@@ -160,6 +160,8 @@ pub struct Config {
     pub log_level: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// Threads of `writ serve`'s async runtime.
+    pub worker_threads: usize,
     /// `write` ack timeout.
     pub write_timeout: Duration,
     /// `read` wait bound for own pending writes.
@@ -208,6 +210,7 @@ impl std::fmt::Debug for Config {
             metrics_listen,
             log_level,
             log_format,
+            worker_threads,
             write_timeout,
             read_timeout,
             lost_write_after,
@@ -249,6 +252,7 @@ impl std::fmt::Debug for Config {
             .field("metrics_listen", metrics_listen)
             .field("log_level", log_level)
             .field("log_format", log_format)
+            .field("worker_threads", worker_threads)
             .field("write_timeout", write_timeout)
             .field("read_timeout", read_timeout)
             .field("lost_write_after", lost_write_after)

@@ -169,6 +169,10 @@ pub struct RawDaemon {
     /// Log format: "text" or "json".
     #[serde(default = "default_log_format")]
     pub log_format: String,
+    /// Threads of `writ serve`'s async runtime (docs/operations.md,
+    /// "Threads").
+    #[serde(default = "default_worker_threads")]
+    pub worker_threads: usize,
 }
 
 impl Default for RawRedis {
@@ -428,6 +432,9 @@ fn default_log_level() -> String {
 }
 fn default_log_format() -> String {
     "text".into()
+}
+fn default_worker_threads() -> usize {
+    1
 }
 fn default_write_timeout_ms() -> u64 {
     10_000

@@ -118,6 +118,8 @@ fn numeric_bounds_are_checked_at_their_edges() {
         ("daemon", "max_attempts", "0", "1", "at least 1"),
         ("daemon", "max_timeouts", "1001", "1000", "between 0 and 1000"),
         ("daemon", "lease_ttl_ms", "299", "300", "between 300 and 300000"),
+        ("daemon", "worker_threads", "0", "1", "between 1 and 256"),
+        ("daemon", "worker_threads", "257", "256", "between 1 and 256"),
         ("daemon", "stats_interval_ms", "99", "100", "between 100 and 300000"),
         ("daemon", "stats_interval_ms", "300001", "300000", "between 100 and 300000"),
         ("daemon", "max_in_flight", "1000001", "1000000", "between 1 and 1000000"),

@@ -92,6 +92,7 @@ impl RawConfig {
             metrics_listen: daemon_checked.metrics_listen,
             log_level: daemon.log_level,
             log_format: daemon_checked.log_format,
+            worker_threads: daemon.worker_threads,
             write_timeout: Duration::from_millis(client.write_timeout_ms),
             read_timeout: Duration::from_millis(client.read_timeout_ms),
             lost_write_after: Duration::from_millis(client.lost_write_after_ms),
@@ -275,6 +276,12 @@ fn check_daemon(daemon: &RawDaemon) -> Result<DaemonChecked> {
     // Below 10 ms a failing write is retried in a hot loop.
     within("daemon.backoff_cap_ms", daemon.backoff_cap_ms, 10, 600_000)?;
     within("daemon.lease_ttl_ms", daemon.lease_ttl_ms, 300, 300_000)?;
+    within(
+        "daemon.worker_threads",
+        daemon.worker_threads as u64,
+        1,
+        256,
+    )?;
     within(
         "daemon.stats_interval_ms",
         daemon.stats_interval_ms,

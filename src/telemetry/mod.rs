@@ -193,6 +193,11 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "1 if the dependency (redis, mongodb) answered the last probe.",
     ),
     ("writ_build_info", "gauge", "Build information; always 1."),
+    (
+        "writ_worker_threads",
+        "gauge",
+        "Threads of the daemon's async runtime (daemon.worker_threads): the CPU it can use is this many cores.",
+    ),
 ];
 
 /// The process metrics (`process_cpu_seconds_total`,
