@@ -155,6 +155,15 @@ fn runtime(serve: bool, config: &Config) -> std::io::Result<tokio::runtime::Runt
     let mut b = tokio::runtime::Builder::new_multi_thread();
     if serve {
         b.worker_threads(config.worker_threads);
+        if let Some(v) = std::env::var_os("TOKIO_WORKER_THREADS") {
+            // Read before session 48; an operator who set it must learn that
+            // it no longer counts.
+            tracing::warn!(
+                TOKIO_WORKER_THREADS = %v.to_string_lossy(),
+                worker_threads = config.worker_threads,
+                "writ serve no longer reads TOKIO_WORKER_THREADS: set daemon.worker_threads in the config instead"
+            );
+        }
     }
     b.enable_all().build()
 }

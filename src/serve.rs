@@ -30,6 +30,10 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
         telemetry::serve_http(addr, health.clone(), shutdown.clone()).await?;
     }
     telemetry::register(&config);
+    // Set before the servers are awaited, so the CPU alert has its right-hand
+    // side from the start.
+    let threads = tokio::runtime::Handle::current().metrics().num_workers();
+    metrics::gauge!("writ_worker_threads").set(threads as f64);
     // The driver set up, not MongoDB reached: `writ_up` waits for the ping.
     let store = match wait_for(Awaited::Mongo, false, &shutdown, || Store::connect(&config)).await {
         Err(Error::Shutdown) => return Ok(()),
@@ -117,7 +121,6 @@ async fn run(
         halt.clone(),
     ));
     let threads = tokio::runtime::Handle::current().metrics().num_workers();
-    metrics::gauge!("writ_worker_threads").set(threads as f64);
     tracing::info!(
         partitions = config.partitions,
         lease_ttl_ms = config.lease_ttl.as_millis() as u64,

@@ -40,6 +40,10 @@ use crate::source::Item;
 use keys::Keys;
 use tracing::Instrument;
 
+/// Entry bytes decoded between two yields of [`Dispatcher::admit`]: about a
+/// millisecond of decoding.
+const ADMIT_STEP: usize = 1 << 20;
+
 /// How a part of the daemon stops the whole daemon, and says why (the
 /// error `writ serve` then returns).
 #[derive(Clone)]
@@ -246,7 +250,7 @@ impl Dispatcher {
                 .set(self.bytes.used() as f64);
             tokio::select! {
                 batch = rx.recv(), if reading => match batch {
-                    Some(items) => self.admit(items),
+                    Some(items) => self.admit(items).await,
                     None => reading = false,
                 },
                 Some(done) = self.running.join_next(), if !self.running.is_empty() => {
@@ -312,11 +316,22 @@ impl Dispatcher {
         );
     }
 
-    fn admit(&mut self, items: Vec<Item>) {
+    /// Decodes a read's entries into jobs. A read can hold up to
+    /// `daemon.max_in_flight_bytes` of entries, tens of milliseconds of
+    /// decoding: it gives way to the other tasks after each [`ADMIT_STEP`]
+    /// bytes, so the lease renewals (on the same threads, one by default)
+    /// never wait for a whole read of every partition.
+    async fn admit(&mut self, items: Vec<Item>) {
         metrics::histogram!("writ_batch_entries").record(items.len() as f64);
+        let mut since_yield = 0;
         for item in items {
             if self.aborted {
                 return; // left pending for the next owner
+            }
+            since_yield += item.entry.bytes();
+            if since_yield >= ADMIT_STEP {
+                since_yield = 0;
+                tokio::task::yield_now().await;
             }
             match key_worker::admit(&self.part, item) {
                 Ok(job) => self.keys.push(job),

@@ -244,10 +244,14 @@ impl Load {
                 }
                 // The cache follows MongoDB by one step of the daemon's round
                 // (the bulk, then the cache script): not yet is not wrong.
-                let cached = super::cached(config, "signal", &key(name)).await;
-                if cached.as_ref().map(|c| c.version) != v {
-                    let c = cached.map(|c| c.version);
-                    behind.push(format!("{name}: cache {c:?} behind mongodb {v:?}"));
+                // A failed read (Redis restarting) is behind too, not a panic.
+                match super::try_cached(config, "signal", &key(name)).await {
+                    Ok(c) if c.as_ref().map(|c| c.version) == v => {}
+                    Ok(c) => {
+                        let c = c.map(|c| c.version);
+                        behind.push(format!("{name}: cache {c:?} behind mongodb {v:?}"));
+                    }
+                    Err(e) => behind.push(format!("{name}: cache read failed: {e}")),
                 }
             }
             if behind.is_empty() {

@@ -916,39 +916,68 @@ pub struct Overrides<'a> {
     pub partitions: Option<u32>,
 }
 
-/// An in-process daemon; stopped (gracefully) by [`Daemon::stop`] or on drop.
+/// An in-process daemon, on a runtime of its own with
+/// `daemon.worker_threads` threads, as `writ serve` runs it (not on the
+/// test's runtime, whose threads the test's own work shares). Stopped
+/// gracefully by [`Daemon::stop`]; dropped, it is stopped at once, its tasks
+/// dropped mid-way, as a test's runtime drops its tasks when the test ends.
 pub struct Daemon {
     token: CancellationToken,
-    handle: Option<tokio::task::JoinHandle<writ::Result<()>>>,
+    done: Option<tokio::sync::oneshot::Receiver<writ::Result<()>>>,
+    /// Dropped with the daemon: its runtime goes, whatever it was doing.
+    _kill: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Daemon {
     pub fn start(config: Config) -> Daemon {
         let token = CancellationToken::new();
-        let handle = tokio::spawn(writ::serve::serve(config, token.clone()));
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let (kill, killed) = tokio::sync::oneshot::channel::<()>();
+        let stop = token.clone();
+        std::thread::Builder::new()
+            .name("writ-serve".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(config.worker_threads)
+                    .enable_all()
+                    .build()
+                    .expect("the daemon's runtime");
+                rt.block_on(async move {
+                    tokio::select! {
+                        r = writ::serve::serve(config, stop) => {
+                            let _ = done_tx.send(r);
+                        }
+                        _ = killed => {}
+                    }
+                });
+                // Not a drop: the MongoDB driver's tasks may still run.
+                rt.shutdown_background();
+            })
+            .expect("the daemon's thread");
         Daemon {
             token,
-            handle: Some(handle),
+            done: Some(done),
+            _kill: kill,
         }
     }
 
     /// What the daemon returned, once it stopped by itself within `limit`.
     pub async fn stopped_within(mut self, limit: Duration) -> writ::Result<()> {
-        let h = self.handle.take().unwrap();
-        tokio::time::timeout(limit, h)
+        let done = self.done.take().unwrap();
+        tokio::time::timeout(limit, done)
             .await
             .expect("the daemon stopped by itself")
-            .expect("daemon task")
+            .expect("daemon thread")
     }
 
     /// SIGTERM-equivalent: stop reading, drain, return.
     pub async fn stop(mut self) {
         self.token.cancel();
-        let h = self.handle.take().unwrap();
-        tokio::time::timeout(Duration::from_secs(30), h)
+        let done = self.done.take().unwrap();
+        tokio::time::timeout(Duration::from_secs(30), done)
             .await
             .expect("daemon stops within 30 s")
-            .expect("daemon task")
+            .expect("daemon thread")
             .expect("daemon returns Ok");
     }
 }
@@ -965,18 +994,25 @@ pub async fn cached(
     collection: &str,
     key: &mongodb::bson::Document,
 ) -> Option<writ::cache::Cached> {
+    try_cached(config, collection, key).await.unwrap()
+}
+
+/// [`cached`], with Redis's refusal (a restart under way) as an error.
+pub async fn try_cached(
+    config: &Config,
+    collection: &str,
+    key: &mongodb::bson::Document,
+) -> writ::Result<Option<writ::cache::Cached>> {
     let coll = config.collection(collection).expect("declared collection");
     let k = writ::protocol::Key::from_document(key, coll).unwrap();
     let names = writ::protocol::Names::new(&config.namespace);
-    let conn = writ::redis_conn::connect(config, Duration::ZERO)
-        .await
-        .unwrap();
+    let conn = writ::redis_conn::connect(config, Duration::ZERO).await?;
     let entry = names.cache(
         k.partition(collection, config.partitions),
         collection,
         &k.canonical(),
     );
-    writ::cache::Cache::new(conn).get(&entry).await.unwrap()
+    writ::cache::Cache::new(conn).get(&entry).await
 }
 
 /// A tiny HTTP GET on loopback: (status, body), or `None` if unreachable.
