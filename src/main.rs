@@ -195,8 +195,11 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_watch(shutdown.clone()));
-    writ::serve::serve(config, shutdown)
+    // A task, so that the ownership loop runs on the runtime's threads
+    // (`daemon.worker_threads`), not on this one besides them.
+    tokio::spawn(writ::serve::serve(config, shutdown))
         .await
+        .context("the writ serve task")?
         .context("writ serve")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -332,6 +332,9 @@ impl Dispatcher {
             if since_yield >= ADMIT_STEP {
                 since_yield = 0;
                 tokio::task::yield_now().await;
+                if self.part.run.abort.is_cancelled() {
+                    return; // the abort arm runs next; the rest stays pending
+                }
             }
             match key_worker::admit(&self.part, item) {
                 Ok(job) => self.keys.push(job),

@@ -919,8 +919,9 @@ pub struct Overrides<'a> {
 /// An in-process daemon, on a runtime of its own with
 /// `daemon.worker_threads` threads, as `writ serve` runs it (not on the
 /// test's runtime, whose threads the test's own work shares). Stopped
-/// gracefully by [`Daemon::stop`]; dropped, it is stopped at once, its tasks
-/// dropped mid-way, as a test's runtime drops its tasks when the test ends.
+/// gracefully by [`Daemon::stop`]; dropped, it is told to stop and its
+/// runtime goes at once, its tasks dropped mid-way, as a test's runtime
+/// drops its tasks when the test ends.
 pub struct Daemon {
     token: CancellationToken,
     done: Option<tokio::sync::oneshot::Receiver<writ::Result<()>>>,
@@ -942,10 +943,13 @@ impl Daemon {
                     .enable_all()
                     .build()
                     .expect("the daemon's runtime");
+                // A task, as `writ serve` runs it (src/main.rs).
                 rt.block_on(async move {
                     tokio::select! {
-                        r = writ::serve::serve(config, stop) => {
-                            let _ = done_tx.send(r);
+                        r = tokio::spawn(writ::serve::serve(config, stop)) => {
+                            if let Ok(r) = r {
+                                let _ = done_tx.send(r);
+                            }
                         }
                         _ = killed => {}
                     }
@@ -967,7 +971,7 @@ impl Daemon {
         tokio::time::timeout(limit, done)
             .await
             .expect("the daemon stopped by itself")
-            .expect("daemon thread")
+            .expect("the daemon's thread ended without a result (serve panicked? see stderr)")
     }
 
     /// SIGTERM-equivalent: stop reading, drain, return.
@@ -977,7 +981,7 @@ impl Daemon {
         tokio::time::timeout(Duration::from_secs(30), done)
             .await
             .expect("daemon stops within 30 s")
-            .expect("daemon thread")
+            .expect("the daemon's thread ended without a result (serve panicked? see stderr)")
             .expect("daemon returns Ok");
     }
 }
