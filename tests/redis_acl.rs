@@ -531,7 +531,8 @@ async fn a_daemon_user_without_time_heartbeats_on_the_hosts_clock() {
 /// short) takes no partition; counted by the other daemon it would keep that
 /// one's share at half the partitions, and the other half would have no
 /// owner. After two lease TTLs of failing counts it leaves the member set,
-/// and the other daemon takes every partition.
+/// and the other daemon takes every partition. Once it can count again, it
+/// steps back in and takes its share.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_that_cannot_count_the_members_steps_out_of_their_shares() {
     let (redis, env, good_url) = with_daemon_user("acl_no_zcount", |_, _| {}).await;
@@ -586,6 +587,36 @@ async fn a_daemon_that_cannot_count_the_members_steps_out_of_their_shares() {
     )
     .await;
     let said = b.log_text().matches("it leaves the member set").count();
+    assert_eq!(said, 1, "{}", b.log_text());
+    // The operator grants `+zcount`: `b` counts again, steps back in after a
+    // lease TTL of working counts, and the two share the partitions.
+    let ok: String = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("writ-daemon-b")
+        .arg("+zcount")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(ok, "OK");
+    support::eventually(
+        Duration::from_secs(30),
+        "the daemon that counts again to own its share",
+        || {
+            let mut admin = admin.clone();
+            let ns = ns.clone();
+            async move {
+                let o = support::lease_holders_on(&mut admin, &ns, config.partitions).await;
+                let half = config.partitions / 2;
+                (o.get("no-zcount-b") == Some(&half) && o.get("counting-a") == Some(&half))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let said = b
+        .log_text()
+        .matches("this daemon is a member again")
+        .count();
     assert_eq!(said, 1, "{}", b.log_text());
     assert_eq!(a.terminate(Duration::from_secs(20)), Some(0));
     assert_eq!(b.terminate(Duration::from_secs(20)), Some(0));
