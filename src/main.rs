@@ -6,11 +6,14 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use writ::config::{Config, LogFormat};
+use writ::config::Config;
 
 #[path = "cli/dlq.rs"]
 mod dlq;
 use dlq::{dlq, DlqAction};
+#[path = "cli/process.rs"]
+mod process;
+use process::{init_logs, runtime};
 
 /// mimalloc instead of glibc malloc: allocation was about 30 % of the CPU of
 /// the daemon (a drain) and of `writ bench` (submits) in `perf` profiles
@@ -86,21 +89,6 @@ enum Command {
     },
 }
 
-fn init_logs(config: &Config) {
-    // `WRIT_LOG`, when set, is in `log_level` already, checked (config::ENV_LOG).
-    let filter = tracing_subscriber::EnvFilter::new(&config.log_level);
-    // Colours only on a terminal: a log file or journald gets plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve | Command::Bench(_)) {
@@ -147,25 +135,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The async runtime: `writ serve` runs on `daemon.worker_threads` threads
-/// (docs/operations.md, "Threads"); the other commands on one per core.
-fn runtime(serve: bool, config: &Config) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if serve {
-        b.worker_threads(config.worker_threads);
-        if let Some(v) = std::env::var_os("TOKIO_WORKER_THREADS") {
-            // Read before session 48; an operator who set it must learn that
-            // it no longer counts.
-            tracing::warn!(
-                TOKIO_WORKER_THREADS = %v.to_string_lossy(),
-                worker_threads = config.worker_threads,
-                "writ serve no longer reads TOKIO_WORKER_THREADS: set daemon.worker_threads in the config instead"
-            );
-        }
-    }
-    b.enable_all().build()
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {

@@ -96,6 +96,28 @@ fn without(rules: &mut Vec<String>, rule: &str) {
     assert_eq!(rules.len(), before - 1, "the documented user has {rule}");
 }
 
+/// Waits (30 s at most) until each daemon of `shares` holds its number of
+/// the `partitions` leases of namespace `ns`.
+async fn wait_shares(
+    admin: &redis::aio::MultiplexedConnection,
+    ns: &str,
+    partitions: u32,
+    shares: &[(&str, u32)],
+    what: &str,
+) {
+    support::eventually(Duration::from_secs(30), what, || {
+        let mut admin = admin.clone();
+        async move {
+            let o = support::lease_holders_on(&mut admin, ns, partitions).await;
+            shares
+                .iter()
+                .all(|(name, n)| o.get(*name) == Some(n))
+                .then_some(())
+        }
+    })
+    .await;
+}
+
 async fn conn(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
         .unwrap()
@@ -505,19 +527,13 @@ async fn a_daemon_user_without_time_heartbeats_on_the_hosts_clock() {
     let config = env.config_with(&o);
     let mut d1 = DaemonProc::start(&path, dir.path(), "old-acl-d1");
     let mut d2 = DaemonProc::start(&path, dir.path(), "old-acl-d2");
-    support::eventually(
-        Duration::from_secs(30),
+    let half = config.partitions / 2;
+    wait_shares(
+        &admin,
+        &ns,
+        config.partitions,
+        &[("old-acl-d1", half), ("old-acl-d2", half)],
         "the two daemons to own half the partitions each",
-        || {
-            let mut admin = admin.clone();
-            let ns = ns.clone();
-            async move {
-                let o = support::lease_holders_on(&mut admin, &ns, config.partitions).await;
-                let half = config.partitions / 2;
-                (o.get("old-acl-d1") == Some(&half) && o.get("old-acl-d2") == Some(&half))
-                    .then_some(())
-            }
-        },
     )
     .await;
     for d in [&mut d1, &mut d2] {
@@ -573,17 +589,12 @@ async fn a_daemon_that_cannot_count_the_members_steps_out_of_their_shares() {
         },
     )
     .await;
-    support::eventually(
-        Duration::from_secs(30),
+    wait_shares(
+        &admin,
+        &ns,
+        config.partitions,
+        &[("counting-a", config.partitions)],
         "the counting daemon to own every partition",
-        || {
-            let mut admin = admin.clone();
-            let ns = ns.clone();
-            async move {
-                let o = support::lease_holders_on(&mut admin, &ns, config.partitions).await;
-                (o.get("counting-a") == Some(&config.partitions)).then_some(())
-            }
-        },
     )
     .await;
     let said = b.log_text().matches("it leaves the member set").count();
@@ -598,19 +609,13 @@ async fn a_daemon_that_cannot_count_the_members_steps_out_of_their_shares() {
         .await
         .unwrap();
     assert_eq!(ok, "OK");
-    support::eventually(
-        Duration::from_secs(30),
+    let half = config.partitions / 2;
+    wait_shares(
+        &admin,
+        &ns,
+        config.partitions,
+        &[("no-zcount-b", half), ("counting-a", half)],
         "the daemon that counts again to own its share",
-        || {
-            let mut admin = admin.clone();
-            let ns = ns.clone();
-            async move {
-                let o = support::lease_holders_on(&mut admin, &ns, config.partitions).await;
-                let half = config.partitions / 2;
-                (o.get("no-zcount-b") == Some(&half) && o.get("counting-a") == Some(&half))
-                    .then_some(())
-            }
-        },
     )
     .await;
     let said = b
@@ -748,17 +753,12 @@ async fn a_partition_whose_lease_is_refused_does_not_keep_the_others_unowned() {
     };
     let path = env.config_file_with(dir.path(), &o);
     let mut daemon = DaemonProc::start(&path, dir.path(), "one-lease-refused");
-    support::eventually(
-        Duration::from_secs(30),
+    wait_shares(
+        &admin,
+        &ns,
+        4,
+        &[("one-lease-refused", 3)],
         "the daemon to own partitions 1 to 3",
-        || {
-            let mut admin = admin.clone();
-            let ns = ns.clone();
-            async move {
-                let o = support::lease_holders_on(&mut admin, &ns, 4).await;
-                (o.get("one-lease-refused") == Some(&3)).then_some(())
-            }
-        },
     )
     .await;
     // The log is written beside the leases: it may trail what Redis shows.
