@@ -24,7 +24,9 @@ use crate::source::ensure_group;
 /// Runs the daemon until `shutdown` fires, then drains and returns.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
     let config = Arc::new(config);
-    log_start(&config);
+    // The runtime's threads (`daemon.worker_threads` for `writ serve`).
+    let threads = tokio::runtime::Handle::current().metrics().num_workers();
+    log_start(&config, threads);
     let health = Health::default();
     if let Some(addr) = config.metrics_listen {
         telemetry::serve_http(addr, health.clone(), shutdown.clone()).await?;
@@ -32,7 +34,6 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<()> {
     telemetry::register(&config);
     // Set before the servers are awaited, so the CPU alert has its right-hand
     // side from the start.
-    let threads = tokio::runtime::Handle::current().metrics().num_workers();
     metrics::gauge!("writ_worker_threads").set(threads as f64);
     // The driver set up, not MongoDB reached: `writ_up` waits for the ping.
     let store = match wait_for(Awaited::Mongo, false, &shutdown, || Store::connect(&config)).await {
@@ -120,11 +121,9 @@ async fn run(
         background.clone(),
         halt.clone(),
     ));
-    let threads = tokio::runtime::Handle::current().metrics().num_workers();
     tracing::info!(
         partitions = config.partitions,
         lease_ttl_ms = config.lease_ttl.as_millis() as u64,
-        worker_threads = threads,
         "writ serve is running"
     );
     let spawn: ownership::Spawn =
@@ -140,7 +139,7 @@ async fn run(
 }
 
 /// The start-up line: where the daemon writes (credentials redacted).
-fn log_start(config: &Config) {
+fn log_start(config: &Config, worker_threads: usize) {
     tracing::info!(
         redis = %crate::redis_conn::redacted_urls(config),
         redis_cluster = config.redis_cluster,
@@ -149,6 +148,7 @@ fn log_start(config: &Config) {
         database = %config.database,
         partitions = config.partitions,
         consumer = %config.consumer_name,
+        worker_threads,
         "starting writ serve"
     );
 }
